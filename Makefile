@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is a detail.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: run test bench lint install system-deps clean
+
+$(STAMP): requirements.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	@$(BIN)/uv pip sync -q -p $(BIN)/python requirements.lock
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+# PostgreSQL, Redis and Chromium for the tests, from Debian's packages when they are missing.
+system-deps:
+	@bin/system-deps
+
+run: install
+	@$(BIN)/python bin/run-embedded
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy inbox
+
+test: install system-deps lint
+	@echo "== whole suite against PostgreSQL and Redis =="
+	bin/with-services -- $(BIN)/pytest $(PYTEST_ARGS)
+	@echo "== smoke subset against SQLite and the embedded broker =="
+	env -u DATABASE_URL -u CELERY_BROKER_URL INBOX_VAR_DIR=$$(mktemp -d) $(BIN)/pytest -m smoke -q -p no:randomly $(PYTEST_ARGS)
+
+bench: install system-deps
+	bin/with-services -- $(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""Encryption at rest for secrets we must keep but never show: Dify API keys and form tokens.
+
+MultiFernet with the keys from INBOX_ENCRYPTION_KEYS: the first key encrypts, every key decrypts,
+so rotating is "put the new key first, run `manage.py rotate_encryption_keys`, drop the old one".
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+
+@cache
+def _fernet(keys: tuple[str, ...]) -> MultiFernet:
+    try:
+        return MultiFernet([Fernet(key.encode()) for key in keys])
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            "INBOX_ENCRYPTION_KEYS must be comma-separated Fernet keys "
+            "(generate one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')"
+        ) from exc
+
+
+def fernet() -> MultiFernet:
+    return _fernet(tuple(settings.INBOX_ENCRYPTION_KEYS))
+
+
+def encrypt(value: str) -> str:
+    return fernet().encrypt(value.encode()).decode()
+
+
+def decrypt(value: str) -> str:
+    return fernet().decrypt(value.encode()).decode()
+
+
+def rotate(value: str) -> str:
+    """Re-encrypt with the first key (MultiFernet.rotate keeps the original timestamp)."""
+    return fernet().rotate(value.encode()).decode()
+
+
+class DecryptionError(Exception):
+    pass
+
+
+class EncryptedTextField(models.TextField):
+    """A text column holding Fernet ciphertext; Python sees the plain value.
+
+    Lookups other than isnull cannot work on ciphertext, so do not filter on this field.
+    """
+
+    description = "Text encrypted at rest with Fernet"
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> str | None:
+        if value is None or value == "":
+            return value
+        try:
+            return decrypt(value)
+        except InvalidToken as exc:
+            raise DecryptionError(
+                f"{self.model.__name__}.{self.name} cannot be decrypted with INBOX_ENCRYPTION_KEYS"
+            ) from exc
+
+    def get_prep_value(self, value: Any) -> Any:
+        value = super().get_prep_value(value)
+        if value is None or value == "":
+            return value
+        return encrypt(str(value))

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.validators import URLValidator
+
+from inbox.models import AuditEntry, DifyApp
+
+
+class Command(BaseCommand):
+    help = "Create or update a Dify app connection (the API key is stored encrypted)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("--base-url", required=True, help="API base URL including /v1")
+        parser.add_argument("--api-key", required=True)
+        parser.add_argument("--mode", choices=[m.value for m in DifyApp.Mode], default="workflow")
+        parser.add_argument("--inactive", action="store_true", help="Store it switched off")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        base_url = options["base_url"].rstrip("/")
+        try:
+            URLValidator(schemes=["http", "https"])(base_url)
+        except ValidationError:
+            raise CommandError(f"--base-url is not an http(s) URL: {base_url!r}") from None
+        if not options["api_key"].strip():
+            raise CommandError("--api-key must not be empty")
+        app, created = DifyApp.objects.update_or_create(
+            name=options["name"],
+            defaults={
+                "base_url": base_url,
+                "api_key": options["api_key"].strip(),
+                "mode": options["mode"],
+                "is_active": not options["inactive"],
+            },
+        )
+        AuditEntry.record("created" if created else "updated", app, actor_label="add_dify_app")
+        verb = "Created" if created else "Updated"
+        self.stdout.write(f"{verb} Dify app {app.name!r} ({app.mode}, key {app.masked_api_key})")

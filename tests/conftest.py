@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.db import connection
+from django.test import override_settings
+
+from inbox.models import DifyApp
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _plain_static_storage() -> Iterator[None]:
+    # Production uses WhiteNoise's manifest storage, which needs collectstatic; tests do not.
+    storages = {**settings.STORAGES}
+    storages["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    with override_settings(STORAGES=storages):
+        yield
+
+
+@pytest.fixture
+def reviewers_group(db: None) -> Group:
+    return Group.objects.create(name="reviewers")
+
+
+@pytest.fixture
+def reviewer(db: None, reviewers_group: Group) -> User:
+    user = User.objects.create_user(
+        "alice", "alice@example.com", "pw-alice-123", first_name="Alice"
+    )
+    user.groups.add(reviewers_group)
+    return user
+
+
+@pytest.fixture
+def other_reviewer(db: None, reviewers_group: Group) -> User:
+    user = User.objects.create_user("bob", "bob@example.com", "pw-bob-123", first_name="Bob")
+    user.groups.add(reviewers_group)
+    return user
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    return User.objects.create_user("mallory", "mallory@example.com", "pw-mallory-123")
+
+
+@pytest.fixture
+def admin_user(db: None) -> User:
+    return User.objects.create_superuser("admin", "admin@example.com", "pw-admin-123")
+
+
+@pytest.fixture
+def dify_app(db: None) -> DifyApp:
+    return DifyApp.objects.create(
+        name="refunds", base_url="http://127.0.0.1:9/v1", api_key="app-secret-key-123456"
+    )
+
+
+def _uses_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db: None) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process on the real broker, sharing the test database."""
+    if not _uses_postgres() or not settings.CELERY_BROKER_URL.startswith("redis://"):
+        pytest.skip("needs PostgreSQL and Redis (run through bin/with-services, as make test does)")
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "inbox",
+            "worker",
+            "--pool=solo",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll until predicate() is truthy; fail with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

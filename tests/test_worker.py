@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import subprocess
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from inbox.models import AuditEntry, DifyApp, Form, Run
+from inbox.tasks import sweep_expired_forms
+from tests.conftest import wait_until
+
+
+def _form(app: DifyApp, form_id: str, minutes: int) -> Form:
+    run = Run.objects.create(app=app, dify_user="u", workflow_run_id=f"R-{form_id}")
+    return Form.objects.create(
+        run=run,
+        form_id=form_id,
+        node_id="n",
+        form_token="t",
+        expiration_time=timezone.now() + timedelta(minutes=minutes),
+    )
+
+
+@pytest.mark.smoke
+def test_sweep_expires_only_pending_forms_past_their_time(dify_app: DifyApp) -> None:
+    old = _form(dify_app, "F-old", -5)
+    fresh = _form(dify_app, "F-fresh", 30)
+    done = _form(dify_app, "F-done", -5)
+    Form.objects.filter(pk=done.pk).update(status=Form.Status.SUBMITTED)
+    assert sweep_expired_forms() == 1
+    statuses = dict(Form.objects.values_list("form_id", "status"))
+    assert statuses == {"F-old": "expired", "F-fresh": "pending", "F-done": "submitted"}
+    assert AuditEntry.objects.get(verb="expired").object_id == str(old.pk)
+    assert fresh.pk
+
+
+@pytest.mark.worker
+def test_a_task_travels_through_redis_to_a_real_worker(
+    celery_worker_process: subprocess.Popen[bytes], dify_app: DifyApp
+) -> None:
+    form = _form(dify_app, "F-worker", -1)
+    sweep_expired_forms.delay()
+    wait_until(lambda: Form.objects.get(pk=form.pk).status == Form.Status.EXPIRED, timeout=60)
+    assert AuditEntry.objects.filter(verb="expired", object_id=str(form.pk)).count() == 1
