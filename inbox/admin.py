@@ -55,8 +55,8 @@ class DifyAppAdmin(admin.ModelAdmin):
 
 class FormInline(admin.TabularInline):
     model = Form
-    fields = ["node_title", "status", "expiration_time", "created_at"]
-    readonly_fields = fields
+    fields = ("node_title", "status", "expiration_time", "created_at")
+    readonly_fields = ("node_title", "status", "expiration_time", "created_at")
     extra = 0
     can_delete = False
     show_change_link = True

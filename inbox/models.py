@@ -46,13 +46,13 @@ class DifyApp(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def masked_api_key(self) -> str:
-        return mask_secret(self.api_key)
-
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.base_url = self.base_url.rstrip("/")
         super().save(*args, **kwargs)
+
+    @property
+    def masked_api_key(self) -> str:
+        return mask_secret(self.api_key)
 
 
 class Run(models.Model):
