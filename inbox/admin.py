@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
-from inbox.models import AuditEntry, Decision, DifyApp, Form, Run, RunEvent, Upload
+from inbox.models import ApiToken, AuditEntry, Decision, DifyApp, Form, Run, RunEvent, Upload
 
 
 class DifyAppAdminForm(forms.ModelForm):
@@ -132,3 +132,22 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "name", "prefix"]
+    readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Raw tokens are shown once, by `manage.py create_api_token`; the admin never sees one.
+        return False
+
+    @admin.action(description=_("Revoke selected tokens"))
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        from django.utils import timezone
+
+        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())

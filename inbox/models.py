@@ -319,3 +319,54 @@ class AuditEntry(models.Model):
             object_repr=str(obj)[:255],
             details=details,
         )
+
+
+class ApiToken(models.Model):
+    """A per-user bearer token for the JSON API. Only a SHA-256 of the token is stored."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, help_text=_("The first characters, to recognise it."))
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def hash(raw: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user: Any, name: str = "") -> tuple[ApiToken, str]:
+        """Create a token; the raw value is returned once and never stored."""
+        import secrets
+
+        raw = "inbx_" + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, prefix=raw[:9], digest=cls.hash(raw))
+        AuditEntry.record("api_token_issued", token, actor=user)
+        return token, raw
+
+    @classmethod
+    def authenticate(cls, raw: str) -> Any:
+        token = (
+            cls.objects.select_related("user")
+            .filter(digest=cls.hash(raw), revoked_at__isnull=True, user__is_active=True)
+            .first()
+        )
+        if token is None:
+            return None
+        now = timezone.now()
+        # Write at most once a minute: a busy API client must not turn every call into a write.
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+            cls.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user
