@@ -11,6 +11,12 @@ from inbox.models import ApiToken, AuditEntry, Decision, DifyApp, Form, Run, Run
 
 
 class DifyAppAdminForm(forms.ModelForm):
+    base_url = forms.URLField(
+        label=_("API base URL"),
+        assume_scheme="https",
+        max_length=300,
+        help_text=_("Including /v1, e.g. https://api.dify.ai/v1"),
+    )
     # The stored key is never sent back to the browser: the field starts empty and an empty
     # value on save keeps the current key.
     api_key = forms.CharField(

@@ -1,0 +1,22 @@
+# Production image: one image for every process (web, worker, beat, follower).
+#   docker build -t dify-approval-inbox .
+#   docker run --env-file .env dify-approval-inbox web|worker|beat|follower|migrate
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+COPY requirements.lock ./
+RUN pip install uv && uv pip install --system -r requirements.lock
+
+COPY . .
+# Static files are collected at build time and served by WhiteNoise.
+RUN DATABASE_URL=postgres://build@localhost/build SECRET_KEY=build-only-not-used-at-run-time \
+    INBOX_ENCRYPTION_KEYS=YnVpbGQtb25seS1rZXktbm90LXVzZWQtYXQtcnVudGk= \
+    python manage.py collectstatic --no-input -v 0
+
+RUN useradd --system --uid 10001 --home-dir /app inbox && mkdir -p /app/var && chown inbox /app/var
+USER inbox
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz').status == 200 else 1)" || exit 1
+ENTRYPOINT ["bin/docker-entrypoint"]
+CMD ["web"]

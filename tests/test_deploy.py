@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _production_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SECURE_", "SESSION_", "DEBUG"))
+    }
+    env.update(
+        DATABASE_URL="postgres://inbox:pw@db.internal:5432/inbox",
+        SECRET_KEY="k" * 30 + "-production-secret-" + "z" * 20,
+        INBOX_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+        ALLOWED_HOSTS="inbox.example.com",
+        CELERY_BROKER_URL="redis://redis.internal:6379/0",
+    )
+    env.update(extra)
+    return env
+
+
+def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+def test_production_settings_pass_the_deploy_check() -> None:
+    done = _manage(_production_env(), "check", "--deploy", "--fail-level", "WARNING")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no issues" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DEBUG", "perhaps", "DEBUG must be a boolean"),
+        ("DATABASE_URL", "mysql://x@y/z", "DATABASE_URL must start with postgres:// or sqlite://"),
+        ("EMAIL_PORT", "smtp", "EMAIL_PORT must be an integer"),
+        (
+            "INBOX_ENCRYPTION_KEYS",
+            "not-a-fernet-key",
+            "INBOX_ENCRYPTION_KEYS must be comma-separated Fernet keys",
+        ),
+    ],
+)
+def test_a_bad_setting_stops_start_up_with_its_name(name: str, value: str, message: str) -> None:
+    done = _manage(
+        _production_env(**{name: value}),
+        "shell",
+        "-c",
+        "from inbox import crypto; crypto.encrypt('x')",
+    )
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_production_requires_a_secret_key_and_encryption_keys() -> None:
+    env = _production_env()
+    del env["SECRET_KEY"]
+    done = _manage(env, "check")
+    assert "SECRET_KEY must be set when DATABASE_URL is set" in done.stderr
+    env = _production_env()
+    del env["INBOX_ENCRYPTION_KEYS"]
+    done = _manage(env, "check")
+    assert "INBOX_ENCRYPTION_KEYS must be set when DATABASE_URL is set" in done.stderr

@@ -1,0 +1,119 @@
+"""The container entrypoint's commands, run for real (the Docker engine itself is not needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "the entrypoint runs the production configuration: needs PostgreSQL (make test)"
+        )
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    env["PYTHON"] = sys.executable
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_until(cmd: list[str], env: dict[str, str], marker: str, timeout: float = 60) -> str:
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if marker in "".join(lines):
+                return "".join(lines)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{cmd[1]} never printed {marker!r}:\n{''.join(lines)[-3000:]}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_migrate_command_runs(transactional_db: None) -> None:
+    done = subprocess.run(
+        ["bin/docker-entrypoint", "migrate"], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_web_command_serves_the_health_check(transactional_db: None) -> None:
+    env = _env()
+    env["PORT"] = str(port := _free_port())
+    env["WEB_CONCURRENCY"] = "1"
+    env["SECURE_SSL_REDIRECT"] = "1"
+    proc = subprocess.Popen(
+        ["bin/docker-entrypoint", "web"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {
+                    "status": "ok"
+                }
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout=60)
+        # Everything else is redirected to HTTPS in production.
+        response = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert response.status_code == 301
+        assert response.headers["location"].startswith("https://")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_worker_command_starts_a_worker(transactional_db: None) -> None:
+    env = _env()
+    env["WORKER_CONCURRENCY"] = "1"
+    out = _run_until(["bin/docker-entrypoint", "worker"], env, "ready.")
+    assert "inbox.tasks.sweep_expired_forms" in out
+
+
+def test_beat_command_starts_the_scheduler(transactional_db: None, tmp_path: Path) -> None:
+    env = _env()
+    env["BEAT_SCHEDULE_FILE"] = str(tmp_path / "schedule")
+    _run_until(["bin/docker-entrypoint", "beat"], env, "beat: Starting")
