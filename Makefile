@@ -31,7 +31,7 @@ test: install system-deps lint
 	@echo "== whole suite against PostgreSQL and Redis =="
 	bin/with-services -- $(BIN)/pytest $(PYTEST_ARGS)
 	@echo "== smoke subset against SQLite and the embedded broker =="
-	env -u DATABASE_URL -u CELERY_BROKER_URL INBOX_VAR_DIR=$$(mktemp -d) $(BIN)/pytest -m smoke -q -p no:randomly $(PYTEST_ARGS)
+	env -u DATABASE_URL -u CELERY_BROKER_URL INBOX_VAR_DIR=$$(mktemp -d) $(BIN)/pytest -m smoke -q $(PYTEST_ARGS)
 
 bench: install system-deps
 	bin/with-services -- $(BIN)/python -m bench
