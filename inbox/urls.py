@@ -9,6 +9,18 @@ from inbox import views
 app_patterns = (
     [
         path("", views.index, name="index"),
+        path("nodes/", views.node_options, name="node_options"),
+        path("forms/<uuid:public_id>/", views.form_page, name="form"),
+        path("forms/<uuid:public_id>/decide", views.form_decide, name="form_decide"),
+        path("forms/<uuid:public_id>/live", views.form_live, name="form_live"),
+        path(
+            "forms/<uuid:public_id>/files/<str:input_name>", views.form_upload, name="form_upload"
+        ),
+        path(
+            "forms/<uuid:public_id>/uploads/<uuid:upload_id>/remove",
+            views.form_remove_upload,
+            name="form_remove_upload",
+        ),
     ],
     "inbox",
 )

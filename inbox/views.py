@@ -1,18 +1,628 @@
+"""Reviewer pages: the inbox and the form page (with its uploads, decision and live parts).
+
+The form page is drawn by `*_response` functions that take the Form and a `Decider` (who is
+deciding, and the URL the page's endpoints hang off), so a guest page reached through a signed
+link reuses the same rendering with its own Decider. The reviewer views below are thin wrappers:
+fetch through `_get_form_for_user`, call the shared function.
+"""
+
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+import datetime as dt
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
-from inbox.models import Form
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.db import IntegrityError, connection
+from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models.functions import Left
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import reswap, retarget, trigger_client_event
+
+from inbox import presence
+from inbox.forms import DecisionForm, FileRefsField, InputSpec, inputs_from_dify
+from inbox.markdown import split_content
+from inbox.models import Decision, DifyApp, Form, Run, Upload
+from inbox.uploads import UploadRejected, upload_to_dify
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# The inbox
+# ---------------------------------------------------------------------------------------------
+
+PAGE_SIZE = 50
+
+# The tabs of the inbox and the form statuses each one shows.
+TABS: list[tuple[str, Any, tuple[str, ...]]] = [
+    ("pending", gettext_lazy("Pending"), ("pending",)),
+    ("submitted", gettext_lazy("Submitted"), ("submitting", "submitted")),
+    ("expired", gettext_lazy("Expired"), ("expired",)),
+    ("elsewhere", gettext_lazy("Answered elsewhere"), ("answered_elsewhere", "not_answerable")),
+    ("failed", gettext_lazy("Failed"), ("failed",)),
+]
+TAB_STATUSES = {key: statuses for key, _label, statuses in TABS}
+SORTS: dict[str, Any] = {
+    "time_left": gettext_lazy("Time left"),
+    "newest": gettext_lazy("Newest"),
+    "oldest": gettext_lazy("Oldest"),
+}
+
+
+def _ordering(sort: str) -> list[Any]:
+    if sort == "newest":
+        return ["-created_at", "-id"]
+    if sort == "oldest":
+        return ["created_at", "id"]
+    # Soonest to expire first; forms that never expire go last.
+    return [F("expiration_time").asc(nulls_last=True), "id"]
+
+
+@dataclass
+class InboxFilters:
+    status: str = "pending"
+    app: int | None = None
+    node: str = ""
+    q: str = ""
+    sort: str = "time_left"
+    page: int = 1
+
+    @classmethod
+    def from_query(cls, query: Any) -> InboxFilters:
+        status = query.get("status", "pending")
+        sort = query.get("sort", "time_left")
+        app = query.get("app", "")
+        page = query.get("page", "1")
+        return cls(
+            status=status if status in TAB_STATUSES or status == "all" else "pending",
+            app=int(app) if app.isdigit() else None,
+            node=query.get("node", "").strip()[:128],
+            q=query.get("q", "").strip()[:200],
+            sort=sort if sort in SORTS else "time_left",
+            page=int(page) if page.isdigit() and int(page) > 0 else 1,
+        )
+
+    @property
+    def is_narrowed(self) -> bool:
+        return bool(self.app or self.node or self.q)
+
+    def apply(self, forms: QuerySet[Form], *, with_status: bool = True) -> QuerySet[Form]:
+        if self.app:
+            forms = forms.filter(run__app_id=self.app)
+        if self.node:
+            forms = forms.filter(node_id=self.node)
+        if self.q:
+            forms = forms.filter(Q(node_title__icontains=self.q) | Q(content__icontains=self.q))
+        if with_status and self.status != "all":
+            forms = forms.filter(status__in=TAB_STATUSES[self.status])
+        return forms
+
+
+def _change_token(request: HttpRequest) -> str:
+    """What the list poll compares: the newest change among the forms this user may see.
+
+    One indexed MAX(updated_at); a new form or any status change moves it. Routing narrows
+    `for_user`, which narrows this with it.
+    """
+    latest = Form.objects.for_user(request.user).aggregate(latest=Max("updated_at"))["latest"]
+    return latest.isoformat() if latest else "0"
+
+
+def inbox_rows(forms: QuerySet[Form]) -> QuerySet[Form]:
+    """Only what a row shows: long content and definitions stay in the database."""
+    return (
+        forms.select_related("run__app")
+        .only(
+            "public_id",
+            "node_id",
+            "node_title",
+            "status",
+            "expiration_time",
+            "created_at",
+            "decided_at",
+            "run__public_id",
+            "run__status",
+            "run__workflow_run_id",
+            "run__app__name",
+        )
+        .annotate(content_head=Left("content", 400))
+    )
 
 
 @login_required
+@require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    forms = Form.objects.for_user(request.user).filter(status=Form.Status.PENDING)
-    return render(request, "inbox/index.html", {"pending_count": forms.count()})
+    since = request.GET.get("since")
+    if since is not None and request.htmx:
+        token = _change_token(request)
+        if token == since:
+            # Nothing changed: the poll cost one indexed query and moves no bytes.
+            return HttpResponse(status=204)
+    filters = InboxFilters.from_query(request.GET)
+    visible = Form.objects.for_user(request.user)
+    counts = {
+        row["status"]: row["n"]
+        for row in filters.apply(visible, with_status=False)
+        .values("status")
+        .annotate(n=Count("id"))
+    }
+    tabs = [
+        {"key": key, "label": label, "count": sum(counts.get(s, 0) for s in statuses)}
+        for key, label, statuses in TABS
+    ]
+    total = (
+        sum(counts.values())
+        if filters.status == "all"
+        else next(t["count"] for t in tabs if t["key"] == filters.status)
+    )
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = min(filters.page, pages)
+    offset = (page - 1) * PAGE_SIZE
+    rows = list(
+        inbox_rows(filters.apply(visible)).order_by(*_ordering(filters.sort))[
+            offset : offset + PAGE_SIZE
+        ]
+    )
+    context = {
+        "filters": filters,
+        "tabs": tabs,
+        "rows": rows,
+        "page": page,
+        "pages": pages,
+        "total": total,
+        "first_index": offset + 1,
+        "last_index": offset + len(rows),
+        "token": since if since is not None else _change_token(request),
+        "sorts": list(SORTS.items()),
+    }
+    if request.htmx and not request.htmx.boosted:
+        if since is not None:
+            context["token"] = _change_token(request)
+        response = render(request, "inbox/index.html#results", context)
+        if since is not None:
+            trigger_client_event(
+                response, "inbox:announce", {"message": _("The list was updated.")}
+            )
+        return response
+    context["apps"] = list(DifyApp.objects.order_by("name").values("id", "name"))
+    context["node_label"] = _node_label(filters.node) if filters.node else ""
+    return render(request, "inbox/index.html", context)
+
+
+def _node_label(node_id: str) -> str:
+    title = (
+        Form.objects.filter(node_id=node_id)
+        .exclude(node_title="")
+        .values_list("node_title", flat=True)
+        .first()
+    )
+    return title or node_id
+
+
+@login_required
+@require_GET
+def node_options(request: HttpRequest) -> HttpResponse:
+    """The node filter's choices, fetched when the filter is first used.
+
+    A DISTINCT over every form is too slow to run on each inbox load, so the list loads on
+    demand and is cached for a minute per app.
+    """
+    app = request.GET.get("app", "")
+    key = f"inbox:node-options:{app if app.isdigit() else 'all'}"
+    nodes = cache.get(key)
+    if nodes is None:
+        forms = Form.objects.for_user(request.user)
+        if app.isdigit():
+            forms = forms.filter(run__app_id=int(app))
+        nodes = list(
+            forms.values_list("node_id", "node_title").distinct().order_by("node_title")[:200]
+        )
+        cache.set(key, nodes, timeout=60)
+    return render(
+        request,
+        "inbox/index.html#node_options",
+        {"nodes": nodes, "selected": request.GET.get("node", "")},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The form page
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decider:
+    """Who is answering on a form page, and the URL its page's endpoints hang off.
+
+    `base_url` ends with a slash; the page posts to `decide`, `files/<input>`,
+    `uploads/<id>/remove` and polls `live` below it.
+    """
+
+    base_url: str
+    reviewer: Any = None
+    guest_email: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"u:{self.reviewer.pk}" if self.reviewer is not None else f"g:{self.guest_email}"
+
+    @property
+    def label(self) -> str:
+        if self.reviewer is not None:
+            return str(self.reviewer.get_full_name() or self.reviewer.get_username())
+        return self.guest_email
+
+
+def page_state(form: Form) -> str:
+    """What the page shows: `open` (answerable here) or one of the closed states."""
+    if form.status == Form.Status.PENDING:
+        if not form.is_answerable:
+            return "not_answerable"
+        return "expired" if form.is_expired else "open"
+    if form.status == Form.Status.SUBMITTING:
+        return "in_flight"
+    return str(form.status)
+
+
+@dataclass
+class FieldView:
+    """One input as the template draws it."""
+
+    spec: InputSpec
+    bound: Any
+    uploads: list[Upload] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.spec.name.replace("_", " ").strip().capitalize() or self.spec.name
+
+    @property
+    def can_add_more(self) -> bool:
+        return len(self.uploads) + len(self.urls) < self.spec.ui_max_files
+
+
+def _field_views(dform: DecisionForm) -> dict[str, FieldView]:
+    """Every input with its current value; uploads are fetched in one query for the page."""
+    values: dict[str, list[str]] = {}
+    for spec in dform.specs:
+        if spec.is_file:
+            field_obj = dform.fields[spec.field_name]
+            assert isinstance(field_obj, FileRefsField)
+            raw = dform[spec.field_name].value()
+            values[spec.name] = field_obj.to_python(raw)
+    ids = [ref for refs in values.values() for ref in refs if not ref.startswith("http")]
+    uploads = {}
+    if ids:
+        valid = []
+        for ref in ids:
+            try:
+                valid.append(uuid.UUID(ref))
+            except ValueError:
+                continue
+        uploads = {
+            str(u.public_id): u
+            for u in Upload.objects.filter(form=dform.form_obj, public_id__in=valid)
+        }
+    views = {}
+    for spec in dform.specs:
+        view = FieldView(spec=spec, bound=dform[spec.field_name])
+        for ref in values.get(spec.name, []):
+            if ref in uploads and uploads[ref].input_name == spec.name:
+                view.uploads.append(uploads[ref])
+            elif ref.lower().startswith(("http://", "https://")):
+                view.urls.append(ref)
+        views[spec.name] = view
+    return views
+
+
+def form_context(
+    request: HttpRequest,
+    form: Form,
+    decider: Decider,
+    *,
+    dform: DecisionForm | None = None,
+    notice: str = "",
+) -> dict[str, Any]:
+    state = page_state(form)
+    decision = form.decisions.select_related("reviewer").first()
+    rejection = ""
+    if dform is None:
+        initial = None
+        if state == "open" and decision is not None and decision.status == Decision.Status.REJECTED:
+            # Dify refused the last decision: show why, with the values the reviewer gave.
+            initial = inputs_from_dify(form, decision.inputs)
+            rejection = decision.last_error or _("Dify did not accept the decision.")
+        dform = DecisionForm(form, initial_inputs=initial)
+    fields = _field_views(dform)
+    segments: list[dict[str, Any]] = []
+    trailing: list[FieldView] = []
+    content = form.content or str((form.definition or {}).get("form_content") or "")
+    if state == "open":
+        parts, rest = split_content(content, [s.name for s in dform.specs])
+        segments = [
+            {"html": p.html} if p.html is not None else {"field": fields[p.input_name or ""]}
+            for p in parts
+        ]
+        trailing = [fields[name] for name in rest]
+    return {
+        "form": form,
+        "run": form.run,
+        "app": form.run.app,
+        "state": state,
+        "decider": decider,
+        "base": decider.base_url,
+        "dform": dform,
+        "segments": segments,
+        "trailing": trailing,
+        "actions": dform.actions,
+        "content": content,
+        "decision": decision,
+        "rejection": rejection,
+        "notice": notice,
+        # A new key per page: a second click or a browser resubmit of this page finds the
+        # decision the first one made instead of making another.
+        "submission_key": uuid.uuid4().hex,
+        "others": presence.touch(form.pk, decider.key, decider.label),
+        **run_context(form),
+    }
+
+
+def run_context(form: Form) -> dict[str, Any]:
+    run = form.run
+    next_forms = list(
+        run.forms.filter(status=Form.Status.PENDING)
+        .exclude(pk=form.pk)
+        .order_by("created_at")
+        .only("public_id", "node_title", "node_id")
+    )
+    return {
+        "run": run,
+        "run_version": run.updated_at.isoformat() if run.updated_at else "",
+        "timeline": [_timeline_item(item) for item in (run.timeline or [])[-50:]],
+        "next_forms": next_forms,
+        "run_url": _run_url(run),
+    }
+
+
+def _timeline_item(item: Any) -> dict[str, Any]:
+    """A timeline entry as written by the follower, read tolerantly for display."""
+    if not isinstance(item, dict):
+        return {"title": str(item), "status": "", "at": None, "event": ""}
+    at = item.get("at") or item.get("created_at") or item.get("time")
+    when = None
+    if isinstance(at, int | float):
+        when = dt.datetime.fromtimestamp(at, tz=dt.UTC)
+    elif isinstance(at, str):
+        try:
+            when = dt.datetime.fromisoformat(at)
+        except ValueError:
+            when = None
+    return {
+        "title": item.get("title") or item.get("node_title") or item.get("label") or "",
+        "event": item.get("event") or item.get("type") or "",
+        "status": item.get("status") or "",
+        "at": when,
+    }
+
+
+def _run_url(run: Run) -> str:
+    for name in ("inbox:run", "inbox:run_detail"):
+        try:
+            return reverse(name, args=[run.public_id])
+        except Exception:  # noqa: S112 - the run page belongs to another part of the app
+            continue
+    return ""
+
+
+def form_page_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+    context = form_context(request, form, decider)
+    if request.htmx and request.GET.get("part") == "body":
+        return render(request, "inbox/form.html#body", context)
+    return render(request, "inbox/form.html", context)
+
+
+def _render_body(
+    request: HttpRequest, context: dict[str, Any], *, status: int = 200
+) -> HttpResponse:
+    if request.htmx:
+        # htmx swaps only 2xx answers; the status of a refused post is in the page itself.
+        return render(request, "inbox/form.html#body", context)
+    return render(request, "inbox/form.html", context, status=status)
+
+
+def decide_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+    from inbox.models import FormNotOpen
+
+    key = (request.POST.get("submission_key") or "").strip()[:64]
+    if key and Decision.objects.filter(form=form, submission_key=key).exists():
+        # The same page posted twice (double click, resubmit): show the first decision.
+        return _after_decision(request, form, decider)
+    state = page_state(form)
+    if state != "open":
+        return _render_body(request, form_context(request, form, decider), status=409)
+    dform = DecisionForm(form, request.POST)
+    if not dform.is_valid():
+        context = form_context(request, form, decider, dform=dform)
+        return _render_body(request, context, status=400)
+    try:
+        form.decide(
+            action_id=dform.cleaned_data["action"],
+            inputs=dform.dify_inputs(),
+            reviewer=decider.reviewer,
+            guest_email=decider.guest_email,
+            submission_key=key or None,
+        )
+    except FormNotOpen as exc:
+        form.refresh_from_db()
+        context = form_context(request, form, decider, notice=str(exc))
+        return _render_body(request, context, status=409)
+    except IntegrityError:
+        # Two posts of one page raced past the check above; the other one made the decision.
+        if not (key and Decision.objects.filter(form=form, submission_key=key).exists()):
+            raise
+    return _after_decision(request, form, decider)
+
+
+def _after_decision(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+    form.refresh_from_db()
+    if request.htmx:
+        return render(request, "inbox/form.html#body", form_context(request, form, decider))
+    return redirect(decider.base_url, permanent=False)
+
+
+def upload_response(
+    request: HttpRequest, form: Form, decider: Decider, input_name: str
+) -> HttpResponse:
+    spec = next((s for s in DecisionForm(form).specs if s.name == input_name), None)
+    if spec is None or not spec.is_file:
+        raise Http404("No such file input")
+    files = request.FILES.getlist("file")
+    uploads: list[Upload] = []
+    errors: list[str] = []
+    if page_state(form) != "open":
+        errors.append(_("This form can no longer be answered."))
+    elif not files:
+        errors.append(_("Choose a file to upload."))
+    else:
+        # A single-file input keeps only the last file picked; a list takes each in turn.
+        for fileobj in files if spec.kind == "file-list" else files[-1:]:
+            try:
+                uploads.append(
+                    upload_to_dify(form, spec, fileobj, decider.reviewer, decider.guest_email)
+                )
+            except UploadRejected as exc:
+                errors.append(f"{fileobj.name}: {exc.message}")
+    names = ", ".join(upload.name for upload in uploads)
+    if not request.htmx:
+        for error in errors:
+            messages.error(request, error)
+        if uploads:
+            messages.success(request, _("Uploaded: %(names)s.") % {"names": names})
+        return redirect(decider.base_url)
+    context = {
+        "uploads": uploads,
+        "errors": errors,
+        "spec": spec,
+        "base": decider.base_url,
+        "state": "open",
+    }
+    response = render(request, "inbox/form.html#upload_result", context)
+    if not uploads:
+        # Nothing to add to the list: show the reason where the errors go and leave the list.
+        response = render(request, "inbox/form.html#upload_error", context)
+        retarget(response, f"#file-error-{spec.name}")
+        reswap(response, "innerHTML")
+    message = _("Uploaded: %(names)s.") % {"names": names} if uploads else " ".join(errors)
+    return trigger_client_event(response, "inbox:announce", {"message": message})
+
+
+def remove_upload_response(
+    request: HttpRequest, form: Form, decider: Decider, upload_id: uuid.UUID
+) -> HttpResponse:
+    upload = get_object_or_404(Upload, form=form, public_id=upload_id)
+    if page_state(form) == "open":
+        # Dify has no delete for uploads; the file stays there unreferenced, as in Dify's UI.
+        upload.delete()
+    if request.htmx:
+        return trigger_client_event(
+            HttpResponse(""),
+            "inbox:announce",
+            {"message": _("%(name)s removed.") % {"name": upload.name}},
+        )
+    return redirect(decider.base_url)
+
+
+def live_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+    """The page's poll: presence always; the run panel and the body only when they changed."""
+    context = {
+        "form": form,
+        "base": decider.base_url,
+        "state": page_state(form),
+        "others": presence.touch(form.pk, decider.key, decider.label),
+    }
+    parts = [render(request, "inbox/form.html#live", context).content.decode()]
+    seen_state = request.GET.get("state", "")
+    seen_run = request.GET.get("run", "")
+    if seen_state != context["state"]:
+        full = form_context(request, form, decider)
+        parts.append(render(request, "inbox/form.html#body_oob", full).content.decode())
+        if context["state"] != "open":
+            message = _("This form changed: %(status)s.") % {"status": form.get_status_display()}
+            parts.append(render(request, "inbox/form.html#run_panel_oob", full).content.decode())
+            response = HttpResponse("".join(parts))
+            return trigger_client_event(response, "inbox:announce", {"message": message})
+    run_ctx = run_context(form)
+    if seen_run != run_ctx["run_version"]:
+        run_ctx.update(base=decider.base_url, form=form)
+        parts.append(render(request, "inbox/form.html#run_panel_oob", run_ctx).content.decode())
+    return HttpResponse("".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reviewer views: one access helper, then the shared functions above
+# ---------------------------------------------------------------------------------------------
+
+
+def _get_form_for_user(request: HttpRequest, public_id: uuid.UUID) -> Form:
+    return get_object_or_404(
+        Form.objects.for_user(request.user).select_related("run__app", "run__started_by"),
+        public_id=public_id,
+    )
+
+
+def _reviewer(request: HttpRequest, form: Form) -> Decider:
+    return Decider(base_url=reverse("inbox:form", args=[form.public_id]), reviewer=request.user)
+
+
+@login_required
+@require_GET
+def form_page(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    try:
+        form = _get_form_for_user(request, public_id)
+    except Http404:
+        return render(request, "inbox/form_not_found.html", status=404)
+    return form_page_response(request, form, _reviewer(request, form))
+
+
+@login_required
+@require_POST
+def form_decide(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    form = _get_form_for_user(request, public_id)
+    return decide_response(request, form, _reviewer(request, form))
+
+
+@login_required
+@require_POST
+def form_upload(request: HttpRequest, public_id: uuid.UUID, input_name: str) -> HttpResponse:
+    form = _get_form_for_user(request, public_id)
+    return upload_response(request, form, _reviewer(request, form), input_name)
+
+
+@login_required
+@require_POST
+def form_remove_upload(
+    request: HttpRequest, public_id: uuid.UUID, upload_id: uuid.UUID
+) -> HttpResponse:
+    form = _get_form_for_user(request, public_id)
+    return remove_upload_response(request, form, _reviewer(request, form), upload_id)
+
+
+@login_required
+@require_GET
+def form_live(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    form = _get_form_for_user(request, public_id)
+    return live_response(request, form, _reviewer(request, form))
 
 
 @require_GET

@@ -1,9 +1,219 @@
-// Tell the server the reviewer's time zone so times render in it.
+// Small enhancements on top of pages that work without script: time zone, live relative
+// times, keyboard moves in the inbox, upload progress, and keeping action buttons disabled
+// until Dify would accept the form.
 (function () {
+  "use strict";
+  document.documentElement.classList.add("js");
+
+  // Tell the server the reviewer's time zone so times render in it.
   try {
     var tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
     if (tz && document.cookie.indexOf("tz=" + tz) === -1) {
       document.cookie = "tz=" + tz + ";path=/;max-age=31536000;samesite=lax";
     }
   } catch (e) { /* old browsers keep the server default */ }
+
+  function announce(message) {
+    var region = document.getElementById("announcer");
+    if (!region || !message) return;
+    region.textContent = "";
+    window.setTimeout(function () { region.textContent = message; }, 50);
+  }
+
+  // --- Relative times, refreshed in the page's language -------------------------------------
+  var lang = document.documentElement.lang || "en";
+  var rtf = null;
+  try { rtf = new Intl.RelativeTimeFormat(lang === "zh-hans" ? "zh-Hans" : lang, { numeric: "always" }); } catch (e) { rtf = null; }
+
+  function relative(date) {
+    var seconds = (date.getTime() - Date.now()) / 1000;
+    var abs = Math.abs(seconds);
+    if (abs < 60) return null; // keep the server's "now"
+    var units = [[86400, "day"], [3600, "hour"], [60, "minute"]];
+    for (var i = 0; i < units.length; i++) {
+      if (abs >= units[i][0]) {
+        var n = Math.floor(abs / units[i][0]);
+        return rtf.format(seconds < 0 ? -n : n, units[i][1]);
+      }
+    }
+    return null;
+  }
+
+  function refreshTimes(root) {
+    if (!rtf) return;
+    (root || document).querySelectorAll("time[data-rel]").forEach(function (el) {
+      var date = new Date(el.getAttribute("datetime"));
+      if (isNaN(date)) return;
+      var text = relative(date);
+      if (text) el.textContent = text;
+    });
+    (root || document).querySelectorAll("[data-expires]").forEach(function (el) {
+      var left = (new Date(el.getAttribute("data-expires")).getTime() - Date.now()) / 1000;
+      el.classList.toggle("urgent", left > 0 && left <= 3600);
+    });
+  }
+  window.setInterval(refreshTimes, 30000);
+
+  // --- Inbox: j / k / Enter / "/" ---------------------------------------------------------
+  var selectedId = null;
+
+  function rows() { return Array.prototype.slice.call(document.querySelectorAll("#rows .row")); }
+
+  function select(row, focus) {
+    rows().forEach(function (r) { r.classList.remove("selected"); });
+    if (!row) return;
+    row.classList.add("selected");
+    selectedId = row.getAttribute("data-id");
+    if (focus) {
+      var link = row.querySelector("a.open");
+      if (link) link.focus();
+      row.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var target = event.target;
+    var typing = target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+    if (typing) {
+      if (event.key === "Escape" && target.id === "q") target.blur();
+      return;
+    }
+    var list = rows();
+    if (event.key === "/") {
+      var q = document.getElementById("q");
+      if (q) { event.preventDefault(); q.focus(); q.select(); }
+      return;
+    }
+    if (!list.length || (event.key !== "j" && event.key !== "k")) return;
+    event.preventDefault();
+    var index = list.findIndex(function (r) { return r.classList.contains("selected"); });
+    if (index === -1) index = event.key === "j" ? 0 : list.length - 1;
+    else index = Math.max(0, Math.min(list.length - 1, index + (event.key === "j" ? 1 : -1)));
+    select(list[index], true);
+  });
+
+  document.addEventListener("focusin", function (event) {
+    var row = event.target.closest && event.target.closest("#rows .row");
+    if (row) select(row, false);
+  });
+
+  // --- Forms: enable the actions only when Dify would accept the form -----------------------
+  function uploadsBusy(form) {
+    return form.querySelector(".field[data-uploading]") !== null;
+  }
+
+  function fieldReady(field) {
+    var kind = field.getAttribute("data-kind");
+    if (kind === "select") {
+      var checked = field.querySelector("input[type=radio]:checked");
+      var select = field.querySelector("select, input[type=text]");
+      return !!checked || (!!select && select.value.trim() !== "");
+    }
+    if (kind === "file") {
+      var chips = field.querySelectorAll(".file-chip").length;
+      var url = field.querySelector(".url-input");
+      return chips > 0 || (!!url && url.value.trim() !== "");
+    }
+    return true;
+  }
+
+  function refreshActions() {
+    var form = document.getElementById("decision-form");
+    if (!form) return;
+    var ready = !uploadsBusy(form);
+    form.querySelectorAll(".field[data-required]").forEach(function (field) {
+      if (!fieldReady(field)) ready = false;
+    });
+    form.querySelectorAll(".field[data-kind=file-list]").forEach(function (field) {
+      var list = field.querySelector(".file-chips");
+      var max = list ? parseInt(list.getAttribute("data-max"), 10) : 0;
+      var count = field.querySelectorAll(".file-chip").length;
+      var picker = field.querySelector(".file-pick");
+      if (picker) picker.hidden = max > 0 && count >= max;
+      if (max > 0 && count > max) ready = false;
+    });
+    form.querySelectorAll(".actions button[name=action]").forEach(function (button) {
+      button.disabled = !ready;
+    });
+    var hint = form.querySelector(".actions-hint");
+    if (hint) hint.hidden = ready;
+  }
+
+  document.addEventListener("input", refreshActions);
+  document.addEventListener("change", refreshActions);
+
+  // --- Uploads: progress bar while the file travels, input reset afterwards -----------------
+  function uploadParts(elt) {
+    var name = elt && elt.getAttribute && elt.getAttribute("data-upload");
+    if (!name) return null;
+    return {
+      name: name,
+      field: elt.closest(".field"),
+      progress: document.getElementById("progress-" + name),
+      error: document.getElementById("file-error-" + name),
+    };
+  }
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var parts = uploadParts(event.detail.elt);
+    if (!parts) return;
+    if (parts.error) parts.error.textContent = "";
+    if (parts.field) parts.field.setAttribute("data-uploading", "");
+    if (parts.progress) { parts.progress.hidden = false; parts.progress.value = 0; }
+    refreshActions();
+  });
+
+  document.addEventListener("htmx:xhr:progress", function (event) {
+    var parts = uploadParts(event.detail.elt);
+    if (!parts || !parts.progress || !event.detail.lengthComputable) return;
+    parts.progress.value = Math.round((event.detail.loaded / event.detail.total) * 100);
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var parts = uploadParts(event.detail.elt);
+    if (parts) {
+      if (parts.field) parts.field.removeAttribute("data-uploading");
+      if (parts.progress) parts.progress.hidden = true;
+      event.detail.elt.value = "";
+    }
+    var toast = document.getElementById("connection-error");
+    if (toast) toast.hidden = !event.detail.failed || event.detail.xhr.status !== 0;
+    refreshActions();
+  });
+
+  document.addEventListener("htmx:sendError", function () {
+    var toast = document.getElementById("connection-error");
+    if (toast) toast.hidden = false;
+  });
+
+  document.addEventListener("htmx:responseError", function (event) {
+    var parts = uploadParts(event.detail.elt);
+    if (parts && parts.error) {
+      parts.error.textContent = event.detail.xhr.status === 413
+        ? parts.error.getAttribute("data-too-large") || "The file is too large."
+        : "The upload failed (" + event.detail.xhr.status + ").";
+    }
+  });
+
+  // --- After every swap: fresh times, actions, kept selection -------------------------------
+  document.addEventListener("htmx:afterSettle", function (event) {
+    refreshTimes(event.detail.elt);
+    refreshActions();
+    if (selectedId) {
+      var row = document.querySelector('#rows .row[data-id="' + selectedId + '"]');
+      if (row) row.classList.add("selected");
+    }
+    var errors = document.getElementById("form-errors");
+    if (errors && event.detail.elt && event.detail.elt.id === "form-body") errors.focus();
+  });
+
+  document.addEventListener("inbox:announce", function (event) {
+    announce(event.detail && event.detail.message);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    refreshTimes();
+    refreshActions();
+  });
 })();

@@ -1,0 +1,457 @@
+"""A Dify form definition as a Django form: one place validates HTML posts and JSON API calls.
+
+The rules are Dify's (CONTRACT §4), checked here first so a reviewer learns what is wrong before
+anything is queued: every input key present, a select value among constant options, a single file
+for `file`, at most `number_limits` files for `file-list`, allowed transfer methods and types, and
+an action the form defines. A file value is a list of references: our own upload ids (the file is
+already at Dify, see `Upload`) or web addresses (Dify fetches those when the decision arrives).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from inbox.dify.files import CATEGORY_EXTENSIONS, CUSTOM, category_for, extension_of, is_allowed
+from inbox.models import Form, Upload
+
+# Dify's own form page shows at most ten files in a list; with `number_limits` 0 (no cap at
+# Dify) we cap the page there too, but accept more through the API.
+UI_FILE_LIST_CAP = 10
+
+CATEGORY_LABELS = {
+    "image": _("images"),
+    "document": _("documents"),
+    "audio": _("audio"),
+    "video": _("video"),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a form definition, read tolerantly from Dify's JSON."""
+
+    kind: str  # paragraph | select | file | file-list
+    name: str
+    default: str = ""
+    options: tuple[str, ...] = ()
+    options_from_variable: bool = False
+    allowed_types: tuple[str, ...] = ()
+    allowed_extensions: tuple[str, ...] = ()
+    allowed_methods: tuple[str, ...] = ("local_file", "remote_url")
+    number_limits: int = 0
+
+    @property
+    def field_name(self) -> str:
+        # Prefixed so an input called "action" cannot collide with the form's own fields.
+        return f"in_{self.name}"
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in ("file", "file-list")
+
+    @property
+    def max_files(self) -> int | None:
+        """The server-side cap: one for `file`, `number_limits` for a list (0 = none)."""
+        if self.kind == "file":
+            return 1
+        return self.number_limits or None
+
+    @property
+    def ui_max_files(self) -> int:
+        return self.max_files or UI_FILE_LIST_CAP
+
+    @property
+    def allows_upload(self) -> bool:
+        return "local_file" in self.allowed_methods
+
+    @property
+    def allows_url(self) -> bool:
+        return "remote_url" in self.allowed_methods
+
+    @property
+    def custom_extensions(self) -> tuple[str, ...]:
+        if not self.allows_custom:
+            return ()
+        return tuple("." + ext.lower().lstrip(".") for ext in self.allowed_extensions)
+
+    @property
+    def allows_custom(self) -> bool:
+        return "custom" in self.allowed_types
+
+    def accepted_label(self) -> str:
+        """What a person may attach, in words: "images, documents or .dwg"."""
+        parts = [str(CATEGORY_LABELS[t]) for t in self.allowed_types if t in CATEGORY_LABELS]
+        parts += list(self.custom_extensions)
+        return ", ".join(parts)
+
+    def file_type(self, filename: str, mime_type: str = "") -> str | None:
+        """The `type` Dify will accept for this file here, or None when it is not allowed.
+
+        Dify detects the real category and rejects a mismatch; a file of another category still
+        passes as `custom` when custom is allowed and its extension is listed (CONTRACT §4, D6).
+        """
+        category = category_for(filename, mime_type)
+        allowed = is_allowed(
+            category,
+            extension_of(filename),
+            allowed_file_types=self.allowed_types,
+            allowed_file_extensions=self.allowed_extensions,
+        )
+        if not allowed:
+            return None
+        return category if category in self.allowed_types else CUSTOM
+
+    @property
+    def accept(self) -> str:
+        """The file picker's `accept` attribute: every extension this input takes."""
+        extensions = sorted(
+            {f".{ext}" for t in self.allowed_types for ext in CATEGORY_EXTENSIONS.get(t, ())}
+        )
+        return ",".join(extensions + list(self.custom_extensions))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(str(v) for v in value if v is not None)
+
+
+def input_specs(definition: Mapping[str, Any]) -> list[InputSpec]:
+    resolved = definition.get("resolved_default_values") or {}
+    specs: list[InputSpec] = []
+    for raw in definition.get("inputs") or []:
+        if not isinstance(raw, Mapping) or not raw.get("output_variable_name"):
+            continue
+        name = str(raw["output_variable_name"])
+        kind = str(raw.get("type") or "paragraph")
+        if kind == "paragraph":
+            # CONTRACT §3: the resolved value first, then a constant default, else empty. Never
+            # resolve selectors ourselves.
+            default_spec = raw.get("default") or {}
+            if name in resolved and resolved[name] is not None:
+                default = resolved[name] if isinstance(resolved[name], str) else str(resolved[name])
+            elif isinstance(default_spec, Mapping) and default_spec.get("type") == "constant":
+                default = str(default_spec.get("value") or "")
+            else:
+                default = ""
+            specs.append(InputSpec(kind=kind, name=name, default=default))
+        elif kind == "select":
+            source = raw.get("option_source") or {}
+            specs.append(
+                InputSpec(
+                    kind=kind,
+                    name=name,
+                    options=_strings(source.get("value")),
+                    options_from_variable=source.get("type") == "variable",
+                )
+            )
+        elif kind in ("file", "file-list"):
+            limit = raw.get("number_limits") or 0
+            specs.append(
+                InputSpec(
+                    kind=kind,
+                    name=name,
+                    allowed_types=_strings(raw.get("allowed_file_types")),
+                    allowed_extensions=_strings(raw.get("allowed_file_extensions")),
+                    allowed_methods=_strings(raw.get("allowed_file_upload_methods"))
+                    or ("local_file", "remote_url"),
+                    number_limits=int(limit) if str(limit).isdigit() else 0,
+                )
+            )
+    return specs
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    id: str
+    title: str
+    button_style: str = "default"
+
+
+def action_specs(definition: Mapping[str, Any]) -> list[ActionSpec]:
+    raw_actions = definition.get("user_actions") or definition.get("actions") or []
+    actions = []
+    for raw in raw_actions:
+        if isinstance(raw, Mapping) and raw.get("id"):
+            style = str(raw.get("button_style") or "default")
+            actions.append(
+                ActionSpec(
+                    id=str(raw["id"]),
+                    title=str(raw.get("title") or raw["id"]),
+                    button_style=style
+                    if style in ("primary", "default", "accent", "ghost")
+                    else "default",
+                )
+            )
+    return actions
+
+
+class FileRefsWidget(forms.Widget):
+    """Reads every value of a name: hidden upload ids plus typed web addresses."""
+
+    def value_from_datadict(self, data: Any, files: Any, name: str) -> list[str] | None:
+        if hasattr(data, "getlist"):
+            return data.getlist(name) if name in data else None
+        value = data.get(name)
+        if value is None:
+            return None
+        return list(value) if isinstance(value, list | tuple) else [value]
+
+
+@dataclass
+class FileRef:
+    """A validated file value: one of our uploads, or a web address."""
+
+    upload: Upload | None = None
+    url: str = ""
+    type: str = ""
+
+    def to_dify(self) -> dict[str, str]:
+        if self.upload is not None:
+            return {
+                "transfer_method": "local_file",
+                "upload_file_id": self.upload.upload_file_id,
+                "type": self.type,
+            }
+        return {"transfer_method": "remote_url", "url": self.url, "type": self.type}
+
+
+def url_filename(url: str) -> str:
+    return posixpath.basename(urlsplit(url).path) or url
+
+
+class FileRefsField(forms.Field):
+    widget = FileRefsWidget
+
+    def __init__(self, spec: InputSpec, form_obj: Form, **kwargs: Any) -> None:
+        self.spec, self.form_obj = spec, form_obj
+        kwargs.setdefault("required", spec.kind == "file")
+        kwargs.setdefault("error_messages", {"required": _("Add a file.")})
+        super().__init__(**kwargs)
+
+    def to_python(self, value: Any) -> list[str]:
+        if value in self.empty_values:
+            return []
+        refs = value if isinstance(value, list | tuple) else [value]
+        return [str(ref).strip() for ref in refs if ref is not None and str(ref).strip()]
+
+    def clean(self, value: Any) -> list[FileRef]:
+        refs = self.to_python(value)
+        self.validate(refs)
+        spec = self.spec
+        if spec.max_files is not None and len(refs) > spec.max_files:
+            if spec.kind == "file":
+                raise ValidationError(_("Only one file can be attached here."), code="too_many")
+            raise ValidationError(
+                ngettext(
+                    "At most %(limit)d file can be attached here.",
+                    "At most %(limit)d files can be attached here.",
+                    spec.max_files,
+                )
+                % {"limit": spec.max_files},
+                code="too_many",
+            )
+        ids = [ref for ref in refs if not ref.lower().startswith(("http://", "https://"))]
+        uploads = self._uploads(ids)
+        result: list[FileRef] = []
+        for ref in refs:
+            if ref in uploads:
+                upload = uploads[ref]
+                if not spec.allows_upload:
+                    raise ValidationError(
+                        _("Uploads are not accepted here; give a web address instead."),
+                        code="method",
+                    )
+                file_type = spec.file_type(upload.name, upload.mime_type)
+                if file_type is None:
+                    raise self._type_error(upload.name)
+                result.append(FileRef(upload=upload, type=file_type))
+            elif ref in ids:
+                raise ValidationError(
+                    _("This upload is not part of this form; upload the file again."),
+                    code="unknown_upload",
+                )
+            else:
+                if not spec.allows_url:
+                    raise ValidationError(
+                        _("Web addresses are not accepted here; upload the file instead."),
+                        code="method",
+                    )
+                parts = urlsplit(ref)
+                if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                    raise ValidationError(
+                        _("Enter a full web address starting with http:// or https://."),
+                        code="url",
+                    )
+                file_type = spec.file_type(url_filename(ref))
+                if file_type is None:
+                    raise self._type_error(url_filename(ref))
+                result.append(FileRef(url=ref, type=file_type))
+        return result
+
+    def _uploads(self, ids: Iterable[str]) -> dict[str, Upload]:
+        valid = []
+        for ref in ids:
+            try:
+                valid.append(uuid.UUID(ref))
+            except ValueError:
+                continue
+        if not valid:
+            return {}
+        rows = Upload.objects.filter(
+            form=self.form_obj, input_name=self.spec.name, public_id__in=valid
+        )
+        return {str(upload.public_id): upload for upload in rows}
+
+    def _type_error(self, filename: str) -> ValidationError:
+        return ValidationError(
+            _("%(name)s: this kind of file is not accepted here. Accepted: %(accepted)s.")
+            % {"name": filename, "accepted": self.spec.accepted_label() or "—"},
+            code="file_type",
+        )
+
+
+class DecisionForm(forms.Form):
+    """The reviewer's answer to one form: an action, a value per input, a one-time page key."""
+
+    action = forms.CharField(
+        max_length=64, error_messages={"required": _("Choose one of the actions.")}
+    )
+    submission_key = forms.CharField(max_length=64, required=False)
+
+    def __init__(
+        self,
+        form_obj: Form,
+        data: Any = None,
+        *,
+        initial_inputs: Mapping[str, Any] | None = None,
+        require_every_key: bool = False,
+    ) -> None:
+        super().__init__(data=data)
+        self.form_obj = form_obj
+        self.specs = input_specs(form_obj.definition or {})
+        self.actions = action_specs(form_obj.definition or {})
+        # The JSON API must name every input, as Dify requires; the HTML page always sends them.
+        self.require_every_key = require_every_key
+        initial_inputs = initial_inputs or {}
+        for spec in self.specs:
+            initial = initial_inputs.get(spec.name)
+            self.fields[spec.field_name] = self._field_for(spec, initial)
+
+    def _field_for(self, spec: InputSpec, initial: Any) -> forms.Field:
+        if spec.kind == "paragraph":
+            return forms.CharField(
+                required=False,
+                strip=False,
+                initial=spec.default if initial is None else initial,
+                widget=forms.Textarea(attrs={"rows": 4}),
+            )
+        if spec.kind == "select":
+            if spec.options or not spec.options_from_variable:
+                return forms.ChoiceField(
+                    choices=[(option, option) for option in spec.options],
+                    initial=initial,
+                    error_messages={
+                        "required": _("Choose an option."),
+                        "invalid_choice": _("“%(value)s” is not one of the options."),
+                    },
+                )
+            # Options Dify could not resolve: any text passes at Dify (D3), so let the person type.
+            return forms.CharField(
+                initial=initial, error_messages={"required": _("Choose an option.")}
+            )
+        return FileRefsField(spec, self.form_obj, initial=initial or [])
+
+    def clean_action(self) -> str:
+        action = self.cleaned_data["action"]
+        if action not in {a.id for a in self.actions}:
+            raise ValidationError(
+                _("“%(action)s” is not an action of this form.") % {"action": action},
+                code="invalid_action",
+            )
+        return str(action)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.require_every_key and self.data is not None:
+            missing = [s.name for s in self.specs if s.field_name not in self.data]
+            if missing:
+                raise ValidationError(
+                    format_lazy(_("Missing required inputs: {}."), ", ".join(missing)),
+                    code="missing",
+                )
+        return cleaned
+
+    def spec_for(self, name: str) -> InputSpec | None:
+        return next((s for s in self.specs if s.name == name), None)
+
+    def dify_inputs(self) -> dict[str, Any]:
+        """The `inputs` object Dify expects, every key present (call after is_valid())."""
+        inputs: dict[str, Any] = {}
+        for spec in self.specs:
+            value = self.cleaned_data.get(spec.field_name)
+            if spec.kind == "file":
+                inputs[spec.name] = value[0].to_dify() if value else None
+            elif spec.kind == "file-list":
+                inputs[spec.name] = [ref.to_dify() for ref in value or []]
+            else:
+                inputs[spec.name] = value if value is not None else ""
+        return inputs
+
+    def error_list(self) -> list[str]:
+        """Every error as a sentence, prefixed with the input's name: for the API and for a summary."""
+        messages = []
+        for field_name, errors in self.errors.items():
+            prefix = ""
+            if field_name.startswith("in_"):
+                prefix = f"{field_name[3:]}: "
+            for error in errors:
+                messages.append(f"{prefix}{error}")
+        return messages
+
+
+def inputs_from_dify(form_obj: Form, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A decision's Dify-shaped inputs turned back into form values, to refill the page.
+
+    After Dify rejects a decision the reviewer fixes it instead of starting over; uploads are
+    found again by their Dify id, web addresses are kept as typed.
+    """
+    specs = input_specs(form_obj.definition or {})
+    file_ids: list[str] = []
+    for spec in specs:
+        if spec.is_file:
+            value = inputs.get(spec.name)
+            items = value if isinstance(value, list) else [value] if value else []
+            file_ids += [str(i.get("upload_file_id")) for i in items if isinstance(i, Mapping)]
+    uploads = {
+        u.upload_file_id: str(u.public_id)
+        for u in Upload.objects.filter(form=form_obj, upload_file_id__in=file_ids)
+    }
+    result: dict[str, Any] = {}
+    for spec in specs:
+        value = inputs.get(spec.name)
+        if spec.is_file:
+            items = value if isinstance(value, list) else [value] if value else []
+            refs = []
+            for item in items:
+                if not isinstance(item, Mapping):
+                    continue
+                if item.get("transfer_method") == "remote_url" and item.get("url"):
+                    refs.append(str(item["url"]))
+                elif str(item.get("upload_file_id")) in uploads:
+                    refs.append(uploads[str(item["upload_file_id"])])
+            result[spec.name] = refs
+        elif value is not None:
+            result[spec.name] = value if isinstance(value, str) else str(value)
+    return result

@@ -1,0 +1,63 @@
+"""Template helpers for the reviewer pages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from django import template
+from django.utils.safestring import SafeString
+
+from inbox import markdown, timefmt
+
+register = template.Library()
+
+
+@register.filter
+def relative(value: dt.datetime | None) -> str:
+    return timefmt.relative(value)
+
+
+@register.filter
+def urgent(value: dt.datetime | None) -> bool:
+    return timefmt.is_urgent(value)
+
+
+@register.filter
+def is_past(value: dt.datetime | None) -> bool:
+    from django.utils import timezone
+
+    return value is not None and value <= timezone.now()
+
+
+@register.filter
+def md(value: str) -> SafeString:
+    """Untrusted Markdown as sanitized HTML."""
+    return markdown.render_markdown(value or "")
+
+
+@register.filter
+def excerpt(value: str) -> str:
+    return markdown.excerpt(value or "")
+
+
+@register.filter
+def filesize(value: int | None) -> str:
+    """Bytes in the units people read: 820 KB, 3.4 MB."""
+    if value is None:
+        return ""
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 100 else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+@register.filter
+def as_text(value: Any) -> str:
+    """A run output value as readable text: strings as they are, the rest as indented JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)

@@ -1,0 +1,47 @@
+"""Relative times ("in 3 hours", "5 minutes ago") in the reviewer's language.
+
+The page's script refreshes these with the browser's Intl.RelativeTimeFormat, which words them
+the same way, so the server's first rendering and the live updates agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.utils import timezone
+from django.utils.translation import gettext, ngettext
+
+_UNITS = [(86400, "day"), (3600, "hour"), (60, "minute")]
+
+
+def _unit_text(count: int, unit: str) -> str:
+    if unit == "day":
+        return ngettext("%(n)d day", "%(n)d days", count) % {"n": count}
+    if unit == "hour":
+        return ngettext("%(n)d hour", "%(n)d hours", count) % {"n": count}
+    return ngettext("%(n)d minute", "%(n)d minutes", count) % {"n": count}
+
+
+def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    if value is None:
+        return ""
+    now = now or timezone.now()
+    seconds = (value - now).total_seconds()
+    magnitude = abs(seconds)
+    if magnitude < 60:
+        return gettext("now")
+    for size, unit in _UNITS:
+        if magnitude >= size:
+            text = _unit_text(int(magnitude // size), unit)
+            break
+    if seconds > 0:
+        return gettext("in %(time)s") % {"time": text}
+    return gettext("%(time)s ago") % {"time": text}
+
+
+def is_urgent(value: dt.datetime | None, now: dt.datetime | None = None) -> bool:
+    """The last hour before a form expires: the list and the page turn it red."""
+    if value is None:
+        return False
+    left = (value - (now or timezone.now())).total_seconds()
+    return 0 < left <= 3600

@@ -1,0 +1,103 @@
+"""Upload first: a reviewer's file goes to Dify the moment it is chosen, under the run's user.
+
+Size and type are checked here before anything is sent, so the common mistakes surface at
+once in plain words; whatever Dify still refuses comes back as its own reason. The file object
+Django hands us (in memory when small, a temporary file above FILE_UPLOAD_MAX_MEMORY_SIZE) is
+passed on as it is and streamed: it is never read whole into memory.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from django.core.files.uploadedfile import UploadedFile
+from django.utils.translation import gettext as _
+
+from inbox.dify.files import size_limit_for
+from inbox.forms import InputSpec
+from inbox.models import AuditEntry, Form, Upload
+
+
+class UploadRejected(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
+
+
+def upload_to_dify(
+    form: Form, spec: InputSpec, fileobj: UploadedFile, reviewer: Any, guest_email: str = ""
+) -> Upload:
+    from inbox.dify import DifyClient
+    from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
+
+    name = posixpath.basename((fileobj.name or "").replace("\\", "/")) or "file"
+    mime_type = fileobj.content_type or "application/octet-stream"
+    if not spec.allows_upload:
+        raise UploadRejected(_("Uploads are not accepted here; give a web address instead."))
+    file_type = spec.file_type(name, mime_type)
+    if file_type is None:
+        raise UploadRejected(
+            _("This kind of file is not accepted here. Accepted: %(accepted)s.")
+            % {"accepted": spec.accepted_label() or "—"}
+        )
+    limit = size_limit_for(file_type)
+    size = fileobj.size or 0
+    if limit and size > limit:
+        raise UploadRejected(
+            _("The file is %(size)s; files of this kind may be at most %(limit)s.")
+            % {"size": _megabytes(size), "limit": _megabytes(limit)}
+        )
+    if size == 0:
+        raise UploadRejected(_("The file is empty."))
+    client = DifyClient.for_app(form.run.app)
+    try:
+        fileobj.seek(0)
+        uploaded = client.upload_file(
+            fileobj, filename=name, mime_type=mime_type, user=form.run.dify_user
+        )
+    except DifyStatusError as exc:
+        raise UploadRejected(_dify_message(exc)) from None
+    except DifyConnectionError:
+        raise UploadRejected(_("Dify could not be reached. Try again in a moment.")) from None
+    except DifyError as exc:
+        raise UploadRejected(
+            _("Dify did not accept the file: %(reason)s") % {"reason": exc}
+        ) from None
+    upload = Upload.objects.create(
+        form=form,
+        input_name=spec.name,
+        upload_file_id=str(uploaded.id),
+        name=name[:255],
+        size=getattr(uploaded, "size", None) or size,
+        mime_type=(getattr(uploaded, "mime_type", "") or mime_type)[:255],
+        extension=(getattr(uploaded, "extension", "") or posixpath.splitext(name)[1])[:32],
+        category=file_type,
+        uploaded_by=reviewer if reviewer is not None and reviewer.is_authenticated else None,
+        guest_email=guest_email,
+    )
+    AuditEntry.record(
+        "file_uploaded",
+        upload,
+        actor=reviewer,
+        actor_label="" if reviewer is not None else guest_email,
+        form=str(form.public_id),
+        input=spec.name,
+        size=upload.size,
+    )
+    return upload
+
+
+def _dify_message(exc: Any) -> str:
+    """Dify's refusal in words a reviewer can act on (its 413 comes with an empty message)."""
+    code = getattr(exc, "code", "")
+    if code == "file_too_large":
+        return _("Dify says the file is too large.")
+    if code == "unsupported_file_type":
+        return _("Dify does not accept this type of file.")
+    message = getattr(exc, "message", "") or str(exc)
+    return _("Dify did not accept the file: %(reason)s") % {"reason": message}
