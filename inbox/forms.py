@@ -18,12 +18,13 @@ from urllib.parse import urlsplit
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError
 from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from inbox.dify.files import CATEGORY_EXTENSIONS, CUSTOM, category_for, extension_of, is_allowed
-from inbox.models import Form, Upload
+from inbox.models import Decision, Form, Upload
 
 # Dify's own form page shows at most ten files in a list; with `number_limits` 0 (no cap at
 # Dify) we cap the page there too, but accept more through the API.
@@ -393,6 +394,32 @@ class DecisionForm(forms.Form):
                 )
         return cleaned
 
+    def save(self, *, reviewer: Any = None, guest_email: str = "") -> Decision:
+        """Record the decision through `Form.decide` (call after is_valid()).
+
+        Raises `FormNotOpen` when someone got there first. The page's submission key makes a
+        repeated post return the decision the first one made.
+        """
+        key = self.cleaned_data.get("submission_key") or None
+        if key:
+            existing = existing_decision(self.form_obj, key)
+            if existing is not None:
+                return existing
+        try:
+            return self.form_obj.decide(
+                action_id=self.cleaned_data["action"],
+                inputs=self.dify_inputs(),
+                reviewer=reviewer,
+                guest_email=guest_email,
+                submission_key=key,
+            )
+        except IntegrityError:
+            # Two posts of one page raced past the check above; the other made the decision.
+            existing = existing_decision(self.form_obj, key) if key else None
+            if existing is None:
+                raise
+            return existing
+
     def spec_for(self, name: str) -> InputSpec | None:
         return next((s for s in self.specs if s.name == name), None)
 
@@ -419,6 +446,10 @@ class DecisionForm(forms.Form):
             for error in errors:
                 messages.append(f"{prefix}{error}")
         return messages
+
+
+def existing_decision(form_obj: Form, submission_key: str) -> Decision | None:
+    return Decision.objects.filter(form=form_obj, submission_key=submission_key).first()
 
 
 def inputs_from_dify(form_obj: Form, inputs: Mapping[str, Any]) -> dict[str, Any]:

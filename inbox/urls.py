@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from inbox import views
+from inbox import api, views
 
 app_patterns = (
     [
@@ -30,6 +30,10 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("api/v1/forms", api.forms_list, name="api_forms"),
+    path("api/v1/forms/<uuid:public_id>", api.form_detail, name="api_form"),
+    path("api/v1/forms/<uuid:public_id>/files", api.form_files, name="api_form_files"),
+    path("api/v1/forms/<uuid:public_id>/decision", api.form_decision, name="api_form_decision"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

@@ -18,7 +18,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.db import IntegrityError, connection
+from django.db import connection
 from django.db.models import Count, F, Max, Q, QuerySet
 from django.db.models.functions import Left
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -30,7 +30,13 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
 
 from inbox import presence
-from inbox.forms import DecisionForm, FileRefsField, InputSpec, inputs_from_dify
+from inbox.forms import (
+    DecisionForm,
+    FileRefsField,
+    InputSpec,
+    existing_decision,
+    inputs_from_dify,
+)
 from inbox.markdown import split_content
 from inbox.models import Decision, DifyApp, Form, Run, Upload
 from inbox.uploads import UploadRejected, upload_to_dify
@@ -59,7 +65,7 @@ SORTS: dict[str, Any] = {
 }
 
 
-def _ordering(sort: str) -> list[Any]:
+def ordering(sort: str) -> list[Any]:
     if sort == "newest":
         return ["-created_at", "-id"]
     if sort == "oldest":
@@ -169,7 +175,7 @@ def index(request: HttpRequest) -> HttpResponse:
     page = min(filters.page, pages)
     offset = (page - 1) * PAGE_SIZE
     rows = list(
-        inbox_rows(filters.apply(visible)).order_by(*_ordering(filters.sort))[
+        inbox_rows(filters.apply(visible)).order_by(*ordering(filters.sort))[
             offset : offset + PAGE_SIZE
         ]
     )
@@ -360,6 +366,7 @@ def form_context(
         "run": form.run,
         "app": form.run.app,
         "state": state,
+        "live_key": f"{state}-{decision.status}" if state == "in_flight" and decision else state,
         "decider": decider,
         "base": decider.base_url,
         "dform": dform,
@@ -445,32 +452,21 @@ def decide_response(request: HttpRequest, form: Form, decider: Decider) -> HttpR
     from inbox.models import FormNotOpen
 
     key = (request.POST.get("submission_key") or "").strip()[:64]
-    if key and Decision.objects.filter(form=form, submission_key=key).exists():
+    if key and existing_decision(form, key) is not None:
         # The same page posted twice (double click, resubmit): show the first decision.
         return _after_decision(request, form, decider)
-    state = page_state(form)
-    if state != "open":
+    if page_state(form) != "open":
         return _render_body(request, form_context(request, form, decider), status=409)
     dform = DecisionForm(form, request.POST)
     if not dform.is_valid():
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)
     try:
-        form.decide(
-            action_id=dform.cleaned_data["action"],
-            inputs=dform.dify_inputs(),
-            reviewer=decider.reviewer,
-            guest_email=decider.guest_email,
-            submission_key=key or None,
-        )
+        dform.save(reviewer=decider.reviewer, guest_email=decider.guest_email)
     except FormNotOpen as exc:
         form.refresh_from_db()
         context = form_context(request, form, decider, notice=str(exc))
         return _render_body(request, context, status=409)
-    except IntegrityError:
-        # Two posts of one page raced past the check above; the other one made the decision.
-        if not (key and Decision.objects.filter(form=form, submission_key=key).exists()):
-            raise
     return _after_decision(request, form, decider)
 
 
@@ -543,30 +539,40 @@ def remove_upload_response(
     return redirect(decider.base_url)
 
 
+def _live_key(form: Form, state: str) -> str:
+    """What the page last showed: the state, and while a decision travels, its status too."""
+    if state != "in_flight":
+        return state
+    status = form.decisions.values_list("status", flat=True).first()
+    return f"{state}-{status}"
+
+
 def live_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
     """The page's poll: presence always; the run panel and the body only when they changed."""
+    state = page_state(form)
+    live_key = _live_key(form, state)
+    run_ctx = run_context(form)
     context = {
+        **run_ctx,
         "form": form,
         "base": decider.base_url,
-        "state": page_state(form),
+        "state": state,
+        "live_key": live_key,
         "others": presence.touch(form.pk, decider.key, decider.label),
     }
     parts = [render(request, "inbox/form.html#live", context).content.decode()]
-    seen_state = request.GET.get("state", "")
-    seen_run = request.GET.get("run", "")
-    if seen_state != context["state"]:
+    changed_state = request.GET.get("state", "") != live_key
+    if changed_state:
+        # Someone decided, the form expired, or our decision moved on: redraw the body.
         full = form_context(request, form, decider)
         parts.append(render(request, "inbox/form.html#body_oob", full).content.decode())
-        if context["state"] != "open":
-            message = _("This form changed: %(status)s.") % {"status": form.get_status_display()}
-            parts.append(render(request, "inbox/form.html#run_panel_oob", full).content.decode())
-            response = HttpResponse("".join(parts))
-            return trigger_client_event(response, "inbox:announce", {"message": message})
-    run_ctx = run_context(form)
-    if seen_run != run_ctx["run_version"]:
-        run_ctx.update(base=decider.base_url, form=form)
-        parts.append(render(request, "inbox/form.html#run_panel_oob", run_ctx).content.decode())
-    return HttpResponse("".join(parts))
+    if changed_state or request.GET.get("run", "") != run_ctx["run_version"]:
+        parts.append(render(request, "inbox/form.html#run_panel_oob", context).content.decode())
+    response = HttpResponse("".join(parts))
+    if changed_state:
+        message = _("This form is now: %(status)s.") % {"status": form.get_status_display()}
+        trigger_client_event(response, "inbox:announce", {"message": message})
+    return response
 
 
 # ---------------------------------------------------------------------------------------------

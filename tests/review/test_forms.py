@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from inbox.forms import DecisionForm, input_specs, inputs_from_dify
+from inbox.models import DifyApp, Form, Upload
+from tests.review.conftest import full_definition, make_form
+
+pytestmark = pytest.mark.smoke
+
+
+def upload(
+    form: Form, input_name: str, name: str = "receipt.pdf", category: str = "document"
+) -> Upload:
+    return Upload.objects.create(
+        form=form,
+        input_name=input_name,
+        upload_file_id=f"dify-{name}",
+        name=name,
+        size=1234,
+        mime_type="application/pdf",
+        category=category,
+    )
+
+
+def api_data(form: Form, **inputs: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "in_note": "ok",
+        "in_decision": "refund",
+        "in_receipt": [str(upload(form, "receipt").public_id)],
+        "in_evidence": [],
+    }
+    values.update({f"in_{k}": v for k, v in inputs.items()})
+    return {"action": "approve", **{k: v for k, v in values.items() if v is not None}}
+
+
+def test_paragraph_prefill_prefers_resolved_value_then_constant_default() -> None:
+    definition = full_definition()
+    assert input_specs(definition)[0].default == "resolved default"
+    definition["resolved_default_values"] = {}
+    assert input_specs(definition)[0].default == "constant default"
+    definition["inputs"][0]["default"] = {"type": "variable", "selector": ["a", "b"], "value": ""}
+    assert input_specs(definition)[0].default == ""
+
+
+def test_a_valid_decision_becomes_dify_inputs_with_every_key(form: Form) -> None:
+    data = api_data(form, evidence=["https://example.com/plan.dwg", "https://example.com/a.png"])
+    dform = DecisionForm(form, data, require_every_key=True)
+    assert dform.is_valid(), dform.errors
+    receipt = Upload.objects.get(form=form, input_name="receipt")
+    assert dform.dify_inputs() == {
+        "note": "ok",
+        "decision": "refund",
+        "receipt": {
+            "transfer_method": "local_file",
+            "upload_file_id": receipt.upload_file_id,
+            "type": "document",
+        },
+        "evidence": [
+            {
+                "transfer_method": "remote_url",
+                "url": "https://example.com/plan.dwg",
+                "type": "custom",
+            },
+            {"transfer_method": "remote_url", "url": "https://example.com/a.png", "type": "image"},
+        ],
+    }
+
+
+def test_every_input_key_must_be_present_through_the_api(form: Form) -> None:
+    data = api_data(form, note=None)
+    dform = DecisionForm(form, data, require_every_key=True)
+    assert not dform.is_valid()
+    assert dform.error_list() == ["Missing required inputs: note."]
+
+
+def test_select_value_must_be_one_of_the_constant_options(form: Form) -> None:
+    dform = DecisionForm(form, api_data(form, decision="maybe"))
+    assert not dform.is_valid()
+    assert dform.error_list() == ["decision: “maybe” is not one of the options."]
+
+
+def test_an_unchosen_select_says_so(form: Form) -> None:
+    dform = DecisionForm(form, api_data(form, decision=""))
+    assert not dform.is_valid()
+    assert dform.error_list() == ["decision: Choose an option."]
+
+
+def test_an_unknown_action_is_refused(form: Form) -> None:
+    data = api_data(form)
+    data["action"] = "delete_everything"
+    dform = DecisionForm(form, data)
+    assert not dform.is_valid()
+    assert dform.error_list() == ["“delete_everything” is not an action of this form."]
+
+
+def test_a_single_file_input_needs_exactly_one_file(form: Form) -> None:
+    dform = DecisionForm(form, api_data(form, receipt=[]))
+    assert not dform.is_valid()
+    assert dform.error_list() == ["receipt: Add a file."]
+    two = [str(upload(form, "receipt", "a.pdf").public_id), "https://example.com/b.pdf"]
+    dform = DecisionForm(form, api_data(form, receipt=two))
+    assert not dform.is_valid()
+    assert dform.error_list() == ["receipt: Only one file can be attached here."]
+
+
+def test_file_list_respects_number_limits(form: Form) -> None:
+    urls = [f"https://example.com/{i}.png" for i in range(4)]
+    dform = DecisionForm(form, api_data(form, evidence=urls))
+    assert not dform.is_valid()
+    assert dform.error_list() == ["evidence: At most 3 files can be attached here."]
+
+
+def test_file_list_without_a_limit_takes_more_than_the_page_shows(dify_app: DifyApp) -> None:
+    definition = full_definition()
+    definition["inputs"][3]["number_limits"] = 0
+    form = make_form(dify_app, definition=definition)
+    urls = [f"https://example.com/{i}.png" for i in range(12)]
+    dform = DecisionForm(form, api_data(form, evidence=urls))
+    assert dform.is_valid(), dform.errors
+    assert len(dform.dify_inputs()["evidence"]) == 12
+
+
+def test_file_types_follow_the_category_table_and_custom_extensions(form: Form) -> None:
+    dform = DecisionForm(form, api_data(form, evidence=["https://example.com/song.mp3"]))
+    assert not dform.is_valid()
+    assert dform.error_list() == [
+        "evidence: song.mp3: this kind of file is not accepted here. Accepted: images, .dwg."
+    ]
+
+
+def test_transfer_methods_are_enforced(dify_app: DifyApp) -> None:
+    definition = full_definition()
+    definition["inputs"][2]["allowed_file_upload_methods"] = ["local_file"]
+    form = make_form(dify_app, definition=definition)
+    dform = DecisionForm(form, api_data(form, receipt=["https://example.com/r.pdf"]))
+    assert not dform.is_valid()
+    assert dform.error_list() == [
+        "receipt: Web addresses are not accepted here; upload the file instead."
+    ]
+
+
+def test_an_upload_of_another_form_is_not_accepted(dify_app: DifyApp, form: Form) -> None:
+    other = make_form(dify_app)
+    foreign = upload(other, "receipt")
+    dform = DecisionForm(form, api_data(form, receipt=[str(foreign.public_id)]))
+    assert not dform.is_valid()
+    assert dform.error_list() == [
+        "receipt: This upload is not part of this form; upload the file again."
+    ]
+
+
+def test_a_rejected_decision_refills_the_page(form: Form) -> None:
+    receipt = upload(form, "receipt")
+    values = inputs_from_dify(
+        form,
+        {
+            "note": "kept",
+            "decision": "deny",
+            "receipt": {
+                "transfer_method": "local_file",
+                "upload_file_id": receipt.upload_file_id,
+                "type": "document",
+            },
+            "evidence": [
+                {
+                    "transfer_method": "remote_url",
+                    "url": "https://example.com/x.png",
+                    "type": "image",
+                }
+            ],
+        },
+    )
+    assert values == {
+        "note": "kept",
+        "decision": "deny",
+        "receipt": [str(receipt.public_id)],
+        "evidence": ["https://example.com/x.png"],
+    }
+
+
+def test_an_input_named_action_does_not_collide_with_the_action(dify_app: DifyApp) -> None:
+    definition = full_definition(
+        inputs=[{"type": "paragraph", "output_variable_name": "action", "default": None}]
+    )
+    form = make_form(dify_app, definition=definition)
+    dform = DecisionForm(form, {"action": "approve", "in_action": "text"}, require_every_key=True)
+    assert dform.is_valid(), dform.errors
+    assert dform.dify_inputs() == {"action": "text"}
