@@ -1,0 +1,283 @@
+"""What can go wrong talking to Dify, as a hierarchy that retry logic can decide from.
+
+    DifyError
+    ├── DifyConnectionError            transient: refused, reset, DNS, TLS...
+    │   └── DifyTimeout                transient
+    ├── DifyProtocolError              an answer we could not read
+    ├── DifyStreamError                an `error` event inside a 200 event stream
+    └── DifyStatusError(status, code, message)
+        ├── BadRequest (400)
+        │   ├── InvalidFormData (400 invalid_form_data)
+        │   └── InvalidParam (400 invalid_param)
+        ├── Unauthorized (401), Forbidden (403), NotFound (404)
+        ├── FormAlreadySubmitted (412 human_input_form_submitted)
+        ├── FormExpired (412 human_input_form_expired)
+        ├── FileTooLarge (413), UnsupportedFileType (415)
+        ├── TooManyRequests (429, retry_after)
+        └── ServerError (5xx)
+
+Every class says whether it is `permanent`: a 4xx other than 429 will fail the same way again;
+5xx, 429, connection problems and timeouts may not.
+
+A form token is a bearer secret and sits in URL paths, so messages built here never contain one:
+the client passes the secrets of a call as `redact` and they are replaced by `***`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+REDACTED = "***"
+# Keep error messages readable in logs and in a reviewer's page; an HTML error page from a proxy
+# can be megabytes.
+_MAX_MESSAGE = 500
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class DifyError(Exception):
+    """Base of everything the Dify client raises."""
+
+    permanent: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DifyConnectionError(DifyError):
+    """The request did not get an answer: refused, reset, closed early, DNS or TLS failure."""
+
+    permanent = False
+
+
+class DifyTimeout(DifyConnectionError):
+    """Connect, read, write or pool timeout."""
+
+    permanent = False
+
+
+class DifyProtocolError(DifyError):
+    """Dify answered something we cannot read: bad JSON, a wrong content type, an oversize event.
+
+    Not permanent: such answers usually come from a proxy or a half-deployed server, and the same
+    call later may well succeed. The client itself does not retry them.
+    """
+
+    permanent = False
+
+
+class DifyStatusError(DifyError):
+    """A non-2xx answer. `code` is Dify's machine-readable code ("" when the body had none)."""
+
+    # The class default; a plain DifyStatusError decides from its status instead.
+    permanent = True
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        super().__init__(message)
+        if type(self) is DifyStatusError:
+            self.permanent = _permanent_status(status)
+
+    def __str__(self) -> str:
+        head = f"{self.status} {self.code}" if self.code else str(self.status)
+        return f"{head}: {self.message}" if self.message else head
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r}, message={self.message!r})"
+
+
+class BadRequest(DifyStatusError):
+    permanent = True
+
+
+class InvalidFormData(BadRequest):
+    """The submission failed Dify's validation; the token is still good, fix and resend."""
+
+
+class InvalidParam(BadRequest):
+    """A missing or invalid parameter, e.g. no `user`, a bad filename, a blacklisted extension."""
+
+
+class Unauthorized(DifyStatusError):
+    permanent = True
+
+
+class Forbidden(DifyStatusError):
+    """The app is disabled, archived, over a plan limit or barred from the API: read `message`."""
+
+    permanent = True
+
+
+class NotFound(DifyStatusError):
+    """Unknown token or run, one belonging to another app, or a non-WebApp form token."""
+
+    permanent = True
+
+
+FormNotFound = NotFound
+
+
+class FormAlreadySubmitted(DifyStatusError):
+    """Someone (possibly us, earlier) already answered this form. GET returns it too."""
+
+    permanent = True
+
+
+class FormExpired(DifyStatusError):
+    """The node timeout or the deployment's global cap has passed."""
+
+    permanent = True
+
+
+class FileTooLarge(DifyStatusError):
+    permanent = True
+
+
+class UnsupportedFileType(DifyStatusError):
+    permanent = True
+
+
+class TooManyRequests(DifyStatusError):
+    permanent = False
+
+
+class ServerError(DifyStatusError):
+    permanent = False
+
+
+class DifyStreamError(DifyError):
+    """An `{"event": "error", status, code, message}` event: Dify keeps HTTP 200 for mid-stream
+    failures and reports them with the same codes as HTTP errors."""
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
+        # A failure without a status is most likely the server giving up mid-run (an internal
+        # error turned into an event), so it is treated like a 5xx.
+        self.permanent = _permanent_status(status) if status else False
+
+    def __str__(self) -> str:
+        head = f"stream error {self.status or ''} {self.code}".replace("  ", " ").strip()
+        return f"{head}: {self.message}" if self.message else head
+
+    def __repr__(self) -> str:
+        return (
+            f"DifyStreamError(status={self.status}, code={self.code!r}, message={self.message!r})"
+        )
+
+    def as_status_error(self) -> DifyStatusError:
+        """The same failure as the class an HTTP answer would have raised, to branch on type."""
+        return from_response(self.status or 500, {"code": self.code, "message": self.message})
+
+
+def _permanent_status(status: int) -> bool:
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+_BY_CODE: dict[str, type[DifyStatusError]] = {
+    "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
+    "not_found": NotFound,
+    "human_input_form_submitted": FormAlreadySubmitted,
+    "human_input_form_expired": FormExpired,
+    "invalid_form_data": InvalidFormData,
+    "invalid_param": InvalidParam,
+    "bad_request": BadRequest,
+    "file_too_large": FileTooLarge,
+    "unsupported_file_type": UnsupportedFileType,
+    "too_many_requests": TooManyRequests,
+    "rate_limit_error": TooManyRequests,
+    "internal_server_error": ServerError,
+}
+
+_BY_STATUS: dict[int, type[DifyStatusError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    413: FileTooLarge,
+    415: UnsupportedFileType,
+    429: TooManyRequests,
+}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    return max(seconds, 0.0)
+
+
+def from_response(
+    status: int,
+    body: Any,
+    *,
+    headers: Mapping[str, str] | None = None,
+    redact_secrets: Iterable[str | None] = (),
+) -> DifyStatusError:
+    """The error for a non-2xx answer: by Dify's `code` first, then by HTTP status.
+
+    `body` may be the parsed envelope, its raw bytes or text, or None.
+    """
+    secrets = tuple(redact_secrets)
+    envelope: Any = body
+    if isinstance(body, bytes | bytearray):
+        envelope = bytes(body).decode("utf-8", "replace")
+    if isinstance(envelope, str):
+        try:
+            envelope = json.loads(envelope)
+        except ValueError:
+            envelope = {"message": envelope.strip()}
+    if not isinstance(envelope, dict):
+        envelope = {}
+    code = envelope.get("code")
+    code = code if isinstance(code, str) else ""
+    message = envelope.get("message")
+    message = message if isinstance(message, str) else ("" if message is None else str(message))
+    message = redact(message, secrets)
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "…"
+    retry_after = None
+    if headers is not None:
+        retry_after = parse_retry_after(headers.get("retry-after"))
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        if status >= 500:
+            cls = ServerError
+        else:
+            cls = _BY_STATUS.get(status, DifyStatusError)
+    return cls(status, code, message, retry_after=retry_after)

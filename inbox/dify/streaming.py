@@ -1,0 +1,280 @@
+"""A run's event stream as typed events: the response it owns, when it ends, what it has seen.
+
+The stream ends by itself where Dify's own stream would close: after `workflow_finished`, after
+`workflow_paused` (unless it was opened with `continue_on_pause=True`, where Dify only closes on an
+idle timeout, so we close at `workflow_finished` ourselves; CONTRACT D13), on an `error` event
+(raised as DifyStreamError), and at the end of the body. `ping` keep-alives are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from inbox.dify.errors import (
+    DifyConnectionError,
+    DifyError,
+    DifyProtocolError,
+    DifyStreamError,
+    DifyTimeout,
+)
+from inbox.dify.sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
+from inbox.dify.types import ErrorEvent, StreamEvent, parse_event
+
+
+def transport_error(exc: httpx.HTTPError, what: str) -> DifyError:
+    """Our error for an httpx failure. httpx messages and requests carry the URL, which may hold
+    a form token, so only the class name and our own (already redacted) description survive."""
+    if isinstance(exc, httpx.TimeoutException):
+        return DifyTimeout(f"{what}: timed out ({type(exc).__name__})")
+    if isinstance(exc, httpx.TransportError):
+        return DifyConnectionError(f"{what}: {type(exc).__name__}")
+    return DifyProtocolError(f"{what}: {type(exc).__name__}")
+
+
+class _StreamState:
+    """What the stream has seen, shared by the sync and async streams."""
+
+    def __init__(self, *, continue_on_pause: bool) -> None:
+        self.continue_on_pause = continue_on_pause
+        self.workflow_run_id: str | None = None
+        self.task_id: str | None = None
+        self.conversation_id: str | None = None
+        self.message_id: str | None = None
+        self.last_event: StreamEvent | None = None
+        self.terminal_event: StreamEvent | None = None
+        self.events_seen = 0
+
+    def handle(self, sse: ServerSentEvent) -> StreamEvent | None:
+        if sse.event == "ping" or not sse.data.strip():
+            return None
+        try:
+            payload: Any = json.loads(sse.data)
+        except ValueError:
+            # Not the data itself in the message: an event may carry a form token.
+            raise DifyProtocolError(
+                f"event stream: an event is not JSON ({len(sse.data)} characters)"
+            ) from None
+        if not isinstance(payload, dict):
+            raise DifyProtocolError("event stream: an event is not a JSON object")
+        if sse.event != "message" and "event" not in payload:
+            payload["event"] = sse.event
+        event = parse_event(payload)
+        if event.event == "ping":
+            return None
+        self.events_seen += 1
+        self.last_event = event
+        # The run id is the only reconnect handle, so it is exposed from the first event on.
+        if event.workflow_run_id and not self.workflow_run_id:
+            self.workflow_run_id = event.workflow_run_id
+        # task_id may change after a resume; the latest one is the one a stop call needs.
+        if event.task_id:
+            self.task_id = event.task_id
+        if event.conversation_id:
+            self.conversation_id = event.conversation_id
+        if event.message_id:
+            self.message_id = event.message_id
+        if isinstance(event, ErrorEvent):
+            self.terminal_event = event
+            raise DifyStreamError(event.status, event.code, event.message)
+        if self.is_terminal(event):
+            self.terminal_event = event
+        return event
+
+    def is_terminal(self, event: StreamEvent) -> bool:
+        if event.event == "workflow_finished":
+            return True
+        return event.event == "workflow_paused" and not self.continue_on_pause
+
+
+class _StreamBase:
+    _state: _StreamState
+
+    @property
+    def workflow_run_id(self) -> str | None:
+        return self._state.workflow_run_id
+
+    @property
+    def task_id(self) -> str | None:
+        return self._state.task_id
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self._state.conversation_id
+
+    @property
+    def message_id(self) -> str | None:
+        return self._state.message_id
+
+    @property
+    def last_event(self) -> StreamEvent | None:
+        return self._state.last_event
+
+    @property
+    def terminal_event(self) -> StreamEvent | None:
+        """The event that ended the stream, or None while it runs and when the body just ended
+        (a dropped connection or Dify's idle close)."""
+        return self._state.terminal_event
+
+    @property
+    def ended(self) -> bool:
+        return self._state.terminal_event is not None
+
+
+class EventStream(_StreamBase):
+    """Iterate it for StreamEvents; use it as a context manager so the response is closed."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        continue_on_pause: bool = False,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        description: str = "event stream",
+    ) -> None:
+        self.response = response
+        self._state = _StreamState(continue_on_pause=continue_on_pause)
+        self._max_event_bytes = max_event_bytes
+        self._what = description
+        self._iterator = self._iter()
+        self.closed = False
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        return next(self._iterator)
+
+    def __repr__(self) -> str:
+        return f"<EventStream {self._what} run={self.workflow_run_id} closed={self.closed}>"
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.response.close()
+
+    def _iter(self) -> Iterator[StreamEvent]:
+        decoder = SSEDecoder(self._max_event_bytes)
+        try:
+            if self.closed:
+                return
+            for chunk in self.response.iter_bytes():
+                for sse in decoder.feed(chunk):
+                    event = self._state.handle(sse)
+                    if event is not None:
+                        yield event
+                        if self._state.terminal_event is not None:
+                            return
+            for sse in decoder.flush():
+                event = self._state.handle(sse)
+                if event is not None:
+                    yield event
+                    if self._state.terminal_event is not None:
+                        return
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._what) from None
+        except httpx.StreamError as exc:
+            raise DifyConnectionError(f"{self._what}: {type(exc).__name__}") from None
+        finally:
+            self.close()
+
+
+class AsyncEventStream(_StreamBase):
+    """The async stream. Usable as `async with client.run_workflow(...) as stream`, or
+    `stream = await client.run_workflow(...)` then `async with stream` / `async for`."""
+
+    def __init__(
+        self,
+        opener: Callable[[], Awaitable[httpx.Response]],
+        *,
+        continue_on_pause: bool = False,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        description: str = "event stream",
+    ) -> None:
+        self._opener = opener
+        self.response: httpx.Response | None = None
+        self._state = _StreamState(continue_on_pause=continue_on_pause)
+        self._max_event_bytes = max_event_bytes
+        self._what = description
+        self._iterator: AsyncIterator[StreamEvent] | None = None
+        self.closed = False
+
+    async def open(self) -> AsyncEventStream:
+        """Send the request; raises the mapped error for a non-2xx answer."""
+        if self.response is None and not self.closed:
+            self.response = await self._opener()
+        return self
+
+    def __await__(self) -> Any:
+        return self.open().__await__()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._iterator is None:
+            self._iterator = self._iter()
+        return await self._iterator.__anext__()
+
+    def __repr__(self) -> str:
+        return f"<AsyncEventStream {self._what} run={self.workflow_run_id} closed={self.closed}>"
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.response is not None:
+                await self.response.aclose()
+
+    aclose = close
+
+    async def _iter(self) -> AsyncIterator[StreamEvent]:
+        decoder = SSEDecoder(self._max_event_bytes)
+        try:
+            await self.open()
+            if self.closed or self.response is None:
+                return
+            async for chunk in self.response.aiter_bytes():
+                for sse in decoder.feed(chunk):
+                    event = self._state.handle(sse)
+                    if event is not None:
+                        yield event
+                        if self._state.terminal_event is not None:
+                            return
+            for sse in decoder.flush():
+                event = self._state.handle(sse)
+                if event is not None:
+                    yield event
+                    if self._state.terminal_event is not None:
+                        return
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._what) from None
+        except httpx.StreamError as exc:
+            raise DifyConnectionError(f"{self._what}: {type(exc).__name__}") from None
+        finally:
+            await self.close()

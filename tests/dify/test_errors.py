@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inbox.dify.errors import (
+    BadRequest,
+    DifyConnectionError,
+    DifyError,
+    DifyProtocolError,
+    DifyStatusError,
+    DifyStreamError,
+    DifyTimeout,
+    FileTooLarge,
+    Forbidden,
+    FormAlreadySubmitted,
+    FormExpired,
+    InvalidFormData,
+    InvalidParam,
+    NotFound,
+    ServerError,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedFileType,
+    from_response,
+    parse_retry_after,
+)
+
+
+def envelope(status: int, code: str, message: str = "m") -> bytes:
+    return json.dumps({"status": status, "code": code, "message": message}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls", "permanent"),
+    [
+        (401, "unauthorized", Unauthorized, True),
+        (403, "forbidden", Forbidden, True),
+        (404, "not_found", NotFound, True),
+        (412, "human_input_form_submitted", FormAlreadySubmitted, True),
+        (412, "human_input_form_expired", FormExpired, True),
+        (400, "invalid_form_data", InvalidFormData, True),
+        (400, "invalid_param", InvalidParam, True),
+        (400, "bad_request", BadRequest, True),
+        (400, "not_workflow_app", BadRequest, True),
+        (413, "file_too_large", FileTooLarge, True),
+        (415, "unsupported_file_type", UnsupportedFileType, True),
+        (429, "too_many_requests", TooManyRequests, False),
+        (429, "rate_limit_error", TooManyRequests, False),
+        (500, "internal_server_error", ServerError, False),
+        (502, "", ServerError, False),
+        (503, "something_new", ServerError, False),
+    ],
+)
+def test_it_maps_code_then_status(
+    status: int, code: str, cls: type[DifyStatusError], permanent: bool
+) -> None:
+    error = from_response(status, envelope(status, code, "the message"))
+    assert type(error) is cls
+    assert (error.status, error.code, error.message) == (status, code, "the message")
+    assert error.permanent is permanent
+
+
+def test_code_wins_over_status() -> None:
+    assert type(from_response(400, envelope(400, "not_found"))) is NotFound
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (401, Unauthorized),
+        (403, Forbidden),
+        (404, NotFound),
+        (413, FileTooLarge),
+        (400, BadRequest),
+    ],
+)
+def test_a_body_without_a_code_maps_by_status(status: int, cls: type[DifyStatusError]) -> None:
+    error = from_response(status, b"<html>Not here</html>")
+    assert type(error) is cls
+    assert error.code == ""
+    assert error.message == "<html>Not here</html>"
+
+
+def test_an_unknown_4xx_is_a_permanent_plain_status_error() -> None:
+    error = from_response(409, envelope(409, "conflict"))
+    assert type(error) is DifyStatusError
+    assert error.permanent is True
+    assert from_response(408, b"").permanent is False
+
+
+def test_retry_after_is_read_from_the_headers() -> None:
+    error = from_response(429, envelope(429, "too_many_requests"), headers={"retry-after": "3"})
+    assert isinstance(error, TooManyRequests)
+    assert error.retry_after == 3.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None
+
+
+def test_messages_never_contain_the_token() -> None:
+    body = envelope(404, "not_found", "Form tok-SECRET not found")
+    error = from_response(404, body, redact_secrets=["tok-SECRET"])
+    assert "tok-SECRET" not in str(error)
+    assert "tok-SECRET" not in repr(error)
+    assert str(error) == "404 not_found: Form *** not found"
+
+
+def test_an_empty_message_keeps_the_code() -> None:
+    assert str(from_response(413, envelope(413, "file_too_large", ""))) == "413 file_too_large"
+
+
+def test_huge_bodies_are_cut() -> None:
+    error = from_response(502, b"x" * 100_000)
+    assert len(error.message) < 1000
+
+
+def test_transient_and_permanent_families() -> None:
+    assert issubclass(DifyTimeout, DifyConnectionError)
+    assert DifyConnectionError.permanent is False
+    assert DifyTimeout.permanent is False
+    assert DifyProtocolError("x").permanent is False
+    for cls in (DifyConnectionError, DifyTimeout, DifyProtocolError, DifyStatusError):
+        assert issubclass(cls, DifyError)
+
+
+def test_a_stream_error_carries_status_code_and_message() -> None:
+    error = DifyStreamError(400, "invalid_param", "bad input")
+    assert (error.status, error.code, error.message) == (400, "invalid_param", "bad input")
+    assert error.permanent is True
+    assert isinstance(error.as_status_error(), InvalidParam)
+    assert DifyStreamError(500, "internal_server_error", "x").permanent is False
+    assert DifyStreamError(None, "", "x").permanent is False
+    assert "bad input" in str(error)
