@@ -449,8 +449,6 @@ def _render_body(
 
 
 def decide_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
-    from inbox.models import FormNotOpen
-
     key = (request.POST.get("submission_key") or "").strip()[:64]
     if key and existing_decision(form, key) is not None:
         # The same page posted twice (double click, resubmit): show the first decision.
@@ -461,6 +459,8 @@ def decide_response(request: HttpRequest, form: Form, decider: Decider) -> HttpR
     if not dform.is_valid():
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)
+    from inbox.models import FormNotOpen
+
     try:
         dform.save(reviewer=decider.reviewer, guest_email=decider.guest_email)
     except FormNotOpen as exc:

@@ -140,6 +140,11 @@
     if (hint) hint.hidden = ready;
   }
 
+  // The language switch submits itself; without script its button does.
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("select[data-autosubmit]")) event.target.form.submit();
+  });
+
   document.addEventListener("input", refreshActions);
   document.addEventListener("change", refreshActions);
 

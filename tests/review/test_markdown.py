@@ -5,7 +5,7 @@ import re
 import pytest
 
 from inbox.markdown import excerpt, render_markdown, sanitize, split_content
-from tests.review.xss import FORBIDDEN, PAYLOADS
+from tests.review.xss import FORBIDDEN, PAYLOADS, executable_markup
 
 pytestmark = pytest.mark.smoke
 
@@ -14,6 +14,7 @@ pytestmark = pytest.mark.smoke
 def test_sanitizer_leaves_nothing_executable(payload: str) -> None:
     html = render_markdown(f"Intro\n\n{payload}\n\n**bold** {payload}").lower()
     # Escaped text is harmless; markup is what counts: no raw tag or attribute survives.
+    assert executable_markup(html) == [], html
     markup = " ".join(re.findall(r"<[^>]*>", html))
     for bad in FORBIDDEN:
         assert bad not in markup, (payload, html)
@@ -22,6 +23,7 @@ def test_sanitizer_leaves_nothing_executable(payload: str) -> None:
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_sanitizer_strips_payloads_given_as_html(payload: str) -> None:
     # Defence in depth: even markup that reached the sanitizer directly is cleaned.
+    assert executable_markup(str(sanitize(payload))) == []
     markup = " ".join(re.findall(r"<[^>]*>", str(sanitize(payload)).lower()))
     for bad in FORBIDDEN:
         assert bad not in markup, (payload, markup)

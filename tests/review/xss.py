@@ -34,3 +34,37 @@ FORBIDDEN = [
     "data:text/html",
     "style=",
 ]
+
+
+def executable_markup(html: str) -> list[str]:
+    """Everything in a page that a browser would run: script-capable tags, event handler
+    attributes, and javascript:/data: URLs. Escaped text inside attribute values is not markup."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Finder(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            src = dict(attrs).get("src") or ""
+            if tag == "script" and src.startswith("/static/"):
+                return  # the page's own scripts
+            if tag in {"script", "iframe", "object", "embed", "svg", "math", "base"}:
+                found.append(f"<{tag}>")
+            for name, value in attrs:
+                lowered = (value or "").strip().lower()
+                if name.startswith("on"):
+                    found.append(f"{tag}[{name}]")
+                elif name in {
+                    "href",
+                    "src",
+                    "action",
+                    "formaction",
+                    "xlink:href",
+                    "data",
+                } and lowered.startswith(("javascript:", "data:", "vbscript:")):
+                    found.append(f"{tag}[{name}={value}]")
+                elif name == "style" and "javascript:" in lowered:
+                    found.append(f"{tag}[style]")
+
+    Finder().feed(html)
+    return found

@@ -1,0 +1,348 @@
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from inbox.models import Decision, DifyApp, Form, Upload
+from tests.review.conftest import full_definition, make_form, make_run
+from tests.review.xss import PAYLOADS, executable_markup
+
+pytestmark = pytest.mark.smoke
+
+
+def body(page: str) -> str:
+    match = re.search(r'<section id="form-body".*?</section>', page, re.S)
+    assert match, page
+    return match.group(0)
+
+
+def test_anonymous_visitors_are_sent_to_log_in(client: Client, form: Form) -> None:
+    url = f"/forms/{form.public_id}/"
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"] == f"/accounts/login/?next={url}"
+    assert client.post(url + "decide", {"action": "approve"}).status_code == 302
+
+
+def test_an_unknown_form_has_a_designed_not_found_page(alice: Client, db: None) -> None:
+    response = alice.get("/forms/00000000-0000-0000-0000-000000000000/")
+    assert response.status_code == 404
+    assert "This form does not exist, or you may not see it." in response.content.decode()
+
+
+def test_an_open_form_places_each_input_at_its_placeholder(alice: Client, form: Form) -> None:
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    order = [m.group(1) for m in re.finditer(r'data-name="(\w+)"', page)]
+    # note and decision sit where the content names them; the files follow the content.
+    assert order == ["note", "decision", "receipt", "evidence"]
+    assert page.index("Customer <strong>Ada</strong>") < page.index('data-name="note"')
+    assert (
+        page.index('data-name="note"')
+        < page.index("Choose the outcome:")
+        < page.index('data-name="decision"')
+    )
+    assert "unknown_field" not in page and "{{#" not in page
+
+
+def test_every_input_kind_is_drawn(alice: Client, form: Form) -> None:
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert '<textarea id="id_in_note" name="in_note" rows="4">\nresolved default</textarea>' in page
+    for option in ("refund", "partial", "deny"):
+        assert f'<input type="radio" name="in_decision" value="{option}">' in page
+    assert "One file" in page and "Accepted: images, documents" in page
+    assert "Up to 3 files" in page and "Accepted: images, .dwg" in page
+    assert 'accept=".gif,.jpeg,.jpg,.png,.svg,.webp,.dwg"' in page
+    assert f'hx-post="/forms/{form.public_id}/files/receipt"' in page
+    assert '<input type="url" id="url-receipt" name="in_receipt"' in page
+
+
+def test_a_long_option_list_is_a_dropdown(alice: Client, dify_app: DifyApp) -> None:
+    definition = full_definition()
+    definition["inputs"][1]["option_source"]["value"] = [f"option {i}" for i in range(8)]
+    form = make_form(dify_app, definition=definition)
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert '<select id="id_in_decision" name="in_decision">' in page
+    assert '<option value="option 7">option 7</option>' in page
+
+
+def test_file_list_without_a_limit_is_capped_at_ten_on_the_page(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    definition = full_definition()
+    definition["inputs"][3]["number_limits"] = 0
+    form = make_form(dify_app, definition=definition)
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert "Up to 10 files" in page and 'data-max="10"' in page
+
+
+def test_action_buttons_carry_difys_four_styles(alice: Client, form: Form) -> None:
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    for action, style, title in [
+        ("approve", "primary", "Approve"),
+        ("escalate", "accent", "Escalate"),
+        ("reject", "default", "Reject"),
+        ("skip", "ghost", "Skip"),
+    ]:
+        assert (
+            f'<button type="submit" name="action" value="{action}" class="btn {style}">{title}</button>'
+            in page
+        )
+
+
+def test_the_form_token_never_reaches_the_page(alice: Client, form: Form) -> None:
+    token = form.form_token
+    assert token
+    for url in (f"/forms/{form.public_id}/", f"/forms/{form.public_id}/live?state=open&run=", "/"):
+        assert token not in alice.get(url).content.decode()
+
+
+def test_each_page_gets_its_own_submission_key(alice: Client, form: Form) -> None:
+    keys = {
+        re.search(
+            r'name="submission_key" value="(\w+)"',
+            alice.get(f"/forms/{form.public_id}/").content.decode(),
+        ).group(1)  # type: ignore[union-attr]
+        for _ in range(2)
+    }
+    assert len(keys) == 2
+
+
+def test_the_expiry_is_counted_down_and_urgent_in_the_last_hour(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    form = make_form(dify_app, expires_in=dt.timedelta(minutes=40))
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert 'class="expiry urgent"' in page
+    assert "in 39 minutes" in page or "in 40 minutes" in page
+
+
+def test_times_are_shown_in_the_reviewers_time_zone(alice: Client, dify_app: DifyApp) -> None:
+    expires = dt.datetime(2031, 5, 1, 12, 0, tzinfo=dt.UTC)
+    form = make_form(dify_app, expires_in=None, expiration_time=expires)
+    alice.cookies["tz"] = "Asia/Shanghai"
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert "(May 1, 2031, 8 p.m.)" in page
+
+
+def test_invalid_post_keeps_values_and_explains(alice: Client, form: Form) -> None:
+    response = alice.post(
+        f"/forms/{form.public_id}/decide",
+        {"action": "approve", "in_note": "my careful note", "in_decision": "", "in_evidence": ""},
+    )
+    assert response.status_code == 400
+    page = body(response.content.decode())
+    assert "Please correct the following:" in page
+    assert "<li>decision: Choose an option.</li>" in page
+    assert "<li>receipt: Add a file.</li>" in page
+    assert "my careful note</textarea>" in page
+    assert not Decision.objects.exists()
+
+
+def test_invalid_htmx_post_swaps_the_body_with_200(alice: Client, form: Form) -> None:
+    response = alice.post(
+        f"/forms/{form.public_id}/decide", {"action": "nope"}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 200
+    part = response.content.decode()
+    assert part.lstrip().startswith('<section id="form-body"')
+    assert "“nope” is not an action of this form." in part
+
+
+def test_expired_form_says_so_and_takes_no_decision(alice: Client, dify_app: DifyApp) -> None:
+    form = make_form(dify_app, expires_in=-dt.timedelta(minutes=5))
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "This form expired." in page and "decision-form" not in page
+    response = alice.post(f"/forms/{form.public_id}/decide", {"action": "approve"})
+    assert response.status_code == 409
+
+
+def test_submitted_form_shows_who_when_which_action_and_the_record(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(
+        dify_app,
+        status=Form.Status.SUBMITTED,
+        decided_at=dt.datetime(2030, 1, 2, 10, 30, tzinfo=dt.UTC),
+        filled_action_id="approve",
+        filled_action_text="Approve",
+        rendered_content="Refund **approved** <script>window.__xss=1</script>",
+    )
+    Decision.objects.create(
+        form=form, action_id="approve", reviewer=reviewer, status=Decision.Status.DELIVERED
+    )
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "By Alice" in page
+    assert "Jan. 2, 2030, 10:30 a.m." in page
+    assert "Action: <strong>Approve</strong>" in page
+    assert "Refund <strong>approved</strong>" in page
+    assert "<script>" not in page
+
+
+def test_answered_elsewhere_and_not_answerable_and_failed(alice: Client, dify_app: DifyApp) -> None:
+    elsewhere = make_form(
+        dify_app, status=Form.Status.ANSWERED_ELSEWHERE, filled_action_text="Reject"
+    )
+    assert "Answered elsewhere." in body(
+        alice.get(f"/forms/{elsewhere.public_id}/").content.decode()
+    )
+    email_only = make_form(dify_app, form_token="", approval_channels=["email"])
+    page = body(alice.get(f"/forms/{email_only.public_id}/").content.decode())
+    assert (
+        "This form cannot be answered here." in page and '<span class="chip">email</span>' in page
+    )
+    failed = make_form(dify_app, status=Form.Status.FAILED)
+    Decision.objects.create(
+        form=failed,
+        action_id="approve",
+        status=Decision.Status.FAILED,
+        last_error="Dify answered 500 five times.",
+    )
+    page = body(alice.get(f"/forms/{failed.public_id}/").content.decode())
+    assert (
+        "The decision could not be delivered." in page and "Dify answered 500 five times." in page
+    )
+
+
+def test_a_rejected_decision_is_explained_with_the_values_kept(alice: Client, form: Form) -> None:
+    Decision.objects.create(
+        form=form,
+        action_id="approve",
+        status=Decision.Status.REJECTED,
+        last_error="Missing required inputs: note",
+        inputs={
+            "note": "what I wrote",
+            "decision": "partial",
+            "receipt": {
+                "transfer_method": "remote_url",
+                "url": "https://example.com/r.pdf",
+                "type": "document",
+            },
+            "evidence": [],
+        },
+    )
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert (
+        "Dify did not accept the last decision." in page and "Missing required inputs: note" in page
+    )
+    assert "what I wrote</textarea>" in page
+    assert '<input type="radio" name="in_decision" value="partial" checked>' in page
+    assert 'value="https://example.com/r.pdf"' in page
+
+
+def test_a_decision_in_flight_polls_every_second(alice: Client, form: Form, reviewer: User) -> None:
+    form.status = Form.Status.SUBMITTING
+    form.save()
+    Decision.objects.create(form=form, action_id="approve", reviewer=reviewer)
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert "Decision queued; it is on its way to Dify." in page
+    assert 'hx-trigger="every 1s"' in page and "state=in_flight-queued" in page
+
+
+def test_the_live_poll_redraws_the_body_only_when_the_state_changed(
+    alice: Client, form: Form, reviewer: User
+) -> None:
+    url = f"/forms/{form.public_id}/live"
+    run_version = form.run.updated_at.isoformat()
+    quiet = alice.get(
+        url, {"state": "open", "run": run_version}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert (
+        quiet.lstrip().startswith('<div id="live"')
+        and "form-body" not in quiet
+        and "run-panel" not in quiet
+    )
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
+    changed = alice.get(url, {"state": "open", "run": run_version}, HTTP_HX_REQUEST="true")
+    text = changed.content.decode()
+    assert (
+        '<section id="form-body" class="form-body state-answered_elsewhere" hx-swap-oob="true">'
+        in text
+    )
+    assert "Answered elsewhere" in changed["HX-Trigger"]
+
+
+def test_someone_else_reviewing_is_shown(
+    client: Client, form: Form, reviewer: User, other_reviewer: User
+) -> None:
+    client.force_login(other_reviewer)
+    client.get(f"/forms/{form.public_id}/")
+    client.force_login(reviewer)
+    page = client.get(f"/forms/{form.public_id}/").content.decode()
+    assert "Bob is reviewing this too." in page
+    # Your own presence is never announced to you.
+    client.force_login(other_reviewer)
+    assert (
+        "is reviewing this"
+        in client.get(f"/forms/{form.public_id}/live?state=open&run=").content.decode()
+    )
+    assert (
+        "Bob is reviewing"
+        not in client.get(f"/forms/{form.public_id}/live?state=open&run=").content.decode()
+    )
+
+
+def test_the_run_panel_shows_status_timeline_outputs_and_the_next_form(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    run = make_run(
+        dify_app,
+        started_by=reviewer,
+        status="succeeded",
+        outputs={"summary": "Refund sent", "amount": {"eur": 120}},
+        timeline=[
+            {
+                "event": "node_finished",
+                "title": "Fetch order",
+                "status": "succeeded",
+                "at": "2030-01-01T10:00:00+00:00",
+            }
+        ],
+    )
+    form = make_form(dify_app, run=run, status=Form.Status.SUBMITTED)
+    following = make_form(dify_app, run=run, node_title="Finance sign-off")
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    panel = re.search(r'<aside id="run-panel".*?</aside>', page, re.S).group(0)  # type: ignore[union-attr]
+    assert "Succeeded" in panel and "Alice" in panel
+    assert "Fetch order" in panel
+    assert "Refund sent" in panel and "&quot;eur&quot;: 120" in panel
+    assert f'href="/forms/{following.public_id}/"' in panel and "Finance sign-off" in panel
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_payloads_in_titles_options_and_file_names_are_escaped(
+    alice: Client, dify_app: DifyApp, payload: str
+) -> None:
+    definition = full_definition()
+    definition["inputs"][1]["option_source"]["value"] = [payload, "ok"]
+    definition["user_actions"][0]["title"] = payload
+    form = make_form(
+        dify_app,
+        definition=definition,
+        node_title=payload,
+        content=f"{payload}\n\n{{{{#$output.note#}}}}",
+    )
+    Upload.objects.create(
+        form=form,
+        input_name="receipt",
+        upload_file_id="u1",
+        name=payload[:200],
+        size=1,
+        category="document",
+    )
+    Decision.objects.create(
+        form=form,
+        action_id="approve",
+        status=Decision.Status.REJECTED,
+        inputs={
+            "receipt": {"transfer_method": "local_file", "upload_file_id": "u1", "type": "document"}
+        },
+    )
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    inbox = alice.get("/").content.decode()
+    for html in (page, inbox):
+        assert "<script>window.__xss" not in html
+        assert executable_markup(html) == [], payload

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from inbox.models import DifyApp, Form
+from tests.review.conftest import make_form, make_run
+
+pytestmark = pytest.mark.smoke
+
+
+def rows(page: str) -> list[str]:
+    """The node titles of the listed rows, in order."""
+    import re
+
+    return re.findall(r'<a class="open" href="/forms/[^"]+/">([^<]*)</a>', page)
+
+
+def test_anonymous_visitors_are_sent_to_log_in(client: Client, db: None) -> None:
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/"
+
+
+def test_pending_forms_are_listed_soonest_to_expire_first(alice: Client, dify_app: DifyApp) -> None:
+    make_form(dify_app, node_title="Later", expires_in=dt.timedelta(days=2))
+    make_form(dify_app, node_title="Soon", expires_in=dt.timedelta(minutes=30))
+    make_form(dify_app, node_title="Never", expires_in=None)
+    make_form(dify_app, node_title="Done", status=Form.Status.SUBMITTED)
+    page = alice.get("/").content.decode()
+    assert rows(page) == ["Soon", "Later", "Never"]
+    # The last hour turns urgent; no expiry is said plainly.
+    assert 'class="left urgent"' in page
+    assert "No time limit" in page
+
+
+def test_a_row_shows_app_excerpt_run_age_and_status(alice: Client, dify_app: DifyApp) -> None:
+    form = make_form(dify_app, run=make_run(dify_app, workflow_run_id="run-abc"))
+    page = alice.get("/").content.decode()
+    assert f'href="/forms/{form.public_id}/"' in page
+    assert '<span class="chip app">refunds</span>' in page
+    assert "Refund request Customer Ada asks for a refund of 120 EUR. Choose the outcome:" in page
+    assert "<code>run-abc</code>" in page
+    assert "Arrived" in page and "in 4 hours" in page
+    assert '<span class="badge pending">Pending</span>' in page
+
+
+def test_sorting_newest_and_oldest(alice: Client, dify_app: DifyApp) -> None:
+    for title in ("one", "two", "three"):
+        make_form(dify_app, node_title=title)
+    assert rows(alice.get("/?sort=newest").content.decode()) == ["three", "two", "one"]
+    assert rows(alice.get("/?sort=oldest").content.decode()) == ["one", "two", "three"]
+
+
+def test_tabs_count_each_status_and_filter_by_it(alice: Client, dify_app: DifyApp) -> None:
+    make_form(dify_app, node_title="p1")
+    make_form(dify_app, node_title="s1", status=Form.Status.SUBMITTED)
+    make_form(dify_app, node_title="s2", status=Form.Status.SUBMITTING)
+    make_form(dify_app, node_title="x1", status=Form.Status.EXPIRED)
+    make_form(dify_app, node_title="e1", status=Form.Status.ANSWERED_ELSEWHERE)
+    make_form(dify_app, node_title="f1", status=Form.Status.FAILED)
+    page = alice.get("/").content.decode()
+    for label, count in [
+        ("Pending", 1),
+        ("Submitted", 2),
+        ("Expired", 1),
+        ("Answered elsewhere", 1),
+        ("Failed", 1),
+    ]:
+        assert f'{label} <span class="count">{count}</span>' in page
+    assert sorted(rows(alice.get("/?status=submitted").content.decode())) == ["s1", "s2"]
+    assert rows(alice.get("/?status=failed").content.decode()) == ["f1"]
+
+
+def test_filters_by_app_node_and_search(alice: Client, dify_app: DifyApp) -> None:
+    other_app = DifyApp.objects.create(name="hiring", base_url="http://127.0.0.1:9/v1", api_key="k")
+    make_form(dify_app, node_title="Refund check", node_id="refund")
+    make_form(other_app, node_title="Offer approval", node_id="offer", content="Salary band B")
+    assert rows(alice.get(f"/?app={other_app.pk}").content.decode()) == ["Offer approval"]
+    assert rows(alice.get("/?node=refund").content.decode()) == ["Refund check"]
+    assert rows(alice.get("/?q=salary").content.decode()) == ["Offer approval"]
+    assert rows(alice.get("/?q=REFUND").content.decode()) == ["Refund check"]
+    empty = alice.get("/?q=nothing-matches").content.decode()
+    assert "No forms match these filters." in empty
+
+
+def test_node_options_load_on_demand(alice: Client, dify_app: DifyApp) -> None:
+    make_form(dify_app, node_title="Refund check", node_id="refund")
+    page = alice.get("/nodes/?node=refund", HTTP_HX_REQUEST="true").content.decode()
+    assert '<option value="refund" selected>Refund check</option>' in page
+
+
+def test_pages_of_fifty(alice: Client, dify_app: DifyApp) -> None:
+    run = make_run(dify_app)
+    now = timezone.now()
+    Form.objects.bulk_create(
+        Form(
+            run=run,
+            form_id=f"bulk-{i}",
+            node_id="n",
+            node_title=f"form {i:03}",
+            expiration_time=now + dt.timedelta(minutes=90 + i),
+        )
+        for i in range(60)
+    )
+    first = alice.get("/").content.decode()
+    assert len(rows(first)) == 50 and "1–50 of 60" in first and 'rel="next"' in first  # noqa: RUF001
+    second = alice.get("/?page=2").content.decode()
+    assert rows(second) == [f"form {i:03}" for i in range(50, 60)]
+    assert "51–60 of 60" in second and 'rel="prev"' in second  # noqa: RUF001
+
+
+def test_the_list_poll_answers_204_when_nothing_changed(alice: Client, dify_app: DifyApp) -> None:
+    make_form(dify_app, node_title="first")
+    page = alice.get("/").content.decode()
+    import re
+
+    token = re.search(r'hx-get="\?since=([^"]+)"', page)
+    assert token is not None
+    since = token.group(1).replace("%3A", ":").replace("%2B", "+")
+    with CaptureQueriesContext(connection) as queries:
+        unchanged = alice.get("/", {"since": since}, HTTP_HX_REQUEST="true")
+    assert unchanged.status_code == 204
+    # Session, user, and the one MAX(updated_at).
+    assert len(queries) == 3
+    make_form(dify_app, node_title="second")
+    changed = alice.get("/", {"since": since}, HTTP_HX_REQUEST="true")
+    assert changed.status_code == 200
+    assert rows(changed.content.decode()) == ["first", "second"]
+    assert changed["HX-Trigger"].startswith('{"inbox:announce"')
+
+
+def test_an_htmx_filter_change_returns_only_the_results(alice: Client, dify_app: DifyApp) -> None:
+    make_form(dify_app)
+    part = alice.get("/?status=pending", HTTP_HX_REQUEST="true").content.decode()
+    assert part.lstrip().startswith('<section id="results"')
+    assert "<html" not in part
+
+
+def test_the_inbox_costs_the_same_queries_for_one_or_many_forms(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    make_form(dify_app)
+    with CaptureQueriesContext(connection) as one:
+        alice.get("/")
+    for _ in range(20):
+        make_form(
+            dify_app,
+            run=make_run(DifyApp.objects.create(name=f"a{_}", base_url="http://x/v1", api_key="k")),
+        )
+    with CaptureQueriesContext(connection) as many:
+        alice.get("/")
+    assert len(one) == len(many) <= 10
+
+
+def test_every_logged_in_user_sees_forms_through_for_user(
+    client: Client, outsider: User, dify_app: DifyApp
+) -> None:
+    # Routing narrows Form.objects.for_user later; today every active user sees every form.
+    make_form(dify_app, node_title="Visible")
+    client.force_login(outsider)
+    assert rows(client.get("/").content.decode()) == ["Visible"]
+
+
+def test_the_inbox_speaks_chinese(alice: Client, dify_app: DifyApp) -> None:
+    make_form(dify_app)
+    page = alice.get("/", HTTP_ACCEPT_LANGUAGE="zh-Hans").content.decode()
+    assert "待处理" in page
+
+
+def test_empty_inbox_says_new_forms_will_appear(alice: Client) -> None:
+    page = alice.get("/").content.decode()
+    assert "Nothing is waiting for you." in page
+    assert "New forms appear here by themselves" in page
