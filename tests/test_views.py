@@ -25,4 +25,4 @@ def test_login_page_speaks_chinese_when_the_browser_asks(client: Client, db: Non
 def test_a_reviewer_sees_the_inbox(client: Client, reviewer: object) -> None:
     client.force_login(reviewer)
     page = client.get("/").content.decode()
-    assert "0 forms are waiting for a decision." in page
+    assert "Nothing is waiting for you." in page
