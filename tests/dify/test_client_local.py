@@ -1,0 +1,126 @@
+"""Client behaviour that needs no Dify at all: a refused port, the shared clients, the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+
+import httpx
+import pytest
+
+from inbox.dify import AsyncDifyClient, DifyClient
+from inbox.dify.client import USER_AGENT, redact_url
+from inbox.dify.errors import DifyConnectionError
+from inbox.models import DifyApp
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """The real transport, counting what goes through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return super().handle_request(request)
+
+
+def refused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_connect_refused_is_retried_for_idempotent_calls_only() -> None:
+    transport = CountingTransport()
+    client = DifyClient(
+        refused_url(), "key", max_retries=2, transport=transport, initial_retry_delay=0.01
+    )
+    with pytest.raises(DifyConnectionError) as caught:
+        client.get_form("tok-secret-1")
+    assert transport.paths == ["/v1/form/human_input/tok-secret-1"] * 3
+    assert "tok-secret-1" not in str(caught.value)
+    # httpx's exception (which carries the URL) is not chained to ours.
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None or caught.value.__suppress_context__
+
+    transport.paths.clear()
+    with pytest.raises(DifyConnectionError):
+        client.submit_form("tok-secret-1", inputs={}, action="approve", user="u")
+    assert len(transport.paths) == 1
+
+    transport.paths.clear()
+    with pytest.raises(DifyConnectionError):
+        client.run_workflow(inputs={}, user="u")
+    assert len(transport.paths) == 1
+    client.close()
+
+
+def test_an_empty_token_is_refused_before_any_request() -> None:
+    client = DifyClient(refused_url(), "key")
+    with pytest.raises(ValueError, match="cannot be answered through the API"):
+        client.get_form("")
+    client.close()
+
+
+def test_the_api_key_does_not_show_in_the_client_repr() -> None:
+    client = DifyClient("http://dify.local/v1/", "app-very-secret")
+    assert repr(client) == "<DifyClient http://dify.local/v1>"
+    assert "app-very-secret" not in repr(client._http.headers)
+    assert client._http.headers["user-agent"] == USER_AGENT
+    assert USER_AGENT.startswith("dify-approval-inbox/")
+    client.close()
+
+
+def test_httpx_log_lines_lose_the_form_token(caplog: pytest.LogCaptureFixture) -> None:
+    client = DifyClient(refused_url(), "key", max_retries=0)
+    with caplog.at_level(logging.DEBUG, logger="httpx"):
+        logging.getLogger("httpx").info(
+            'HTTP Request: %s %s "%s"', "GET", "http://h/v1/form/human_input/tok-abc", "200"
+        )
+    assert "tok-abc" not in caplog.text
+    assert "/form/human_input/***" in caplog.text
+    assert redact_url("/v1/form/human_input/tok-abc?x=1") == "/v1/form/human_input/***?x=1"
+    client.close()
+
+
+@pytest.mark.django_db
+def test_for_app_shares_one_client_per_app_across_threads(dify_app: DifyApp) -> None:
+    DifyClient.close_cached()
+    seen: list[DifyClient] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(DifyClient.for_app(dify_app))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in seen}) == 1
+    first = seen[0]
+    assert first.base_url == dify_app.base_url
+
+    dify_app.api_key = "rotated-key-000000"
+    dify_app.save()
+    rotated = DifyClient.for_app(dify_app)
+    assert rotated is not first
+    assert rotated._http.headers["authorization"] == "Bearer rotated-key-000000"
+    other = DifyApp.objects.create(name="other", base_url=dify_app.base_url, api_key="k2")
+    assert DifyClient.for_app(other) is not rotated
+    DifyClient.close_cached()
+    assert rotated.is_closed
+
+
+@pytest.mark.django_db
+def test_async_clients_are_shared_per_event_loop(dify_app: DifyApp) -> None:
+    async def two() -> tuple[AsyncDifyClient, AsyncDifyClient]:
+        a, b = AsyncDifyClient.for_app(dify_app), AsyncDifyClient.for_app(dify_app)
+        return a, b
+
+    a1, a2 = asyncio.run(two())
+    b1, _ = asyncio.run(two())
+    assert a1 is a2
+    assert b1 is not a1
