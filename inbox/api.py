@@ -168,7 +168,7 @@ def forms_list(request: HttpRequest) -> HttpResponse:
             "count": total,
             "page": page,
             "pages": pages,
-            "results": [_form_summary(request, f, f.content_head) for f in rows],
+            "results": [_form_summary(request, f, getattr(f, "content_head", "")) for f in rows],
         }
     )
 

@@ -24,6 +24,13 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from inbox.dify.files import CATEGORY_EXTENSIONS, CUSTOM, category_for, extension_of, is_allowed
+from inbox.dify.types import (
+    FileInput,
+    FileListInput,
+    FormDefinition,
+    ParagraphInput,
+    SelectInput,
+)
 from inbox.models import Decision, Form, Upload
 
 # Dify's own form page shows at most ten files in a list; with `number_limits` 0 (no cap at
@@ -122,52 +129,35 @@ class InputSpec:
         return ",".join(extensions + list(self.custom_extensions))
 
 
-def _strings(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple):
-        return ()
-    return tuple(str(v) for v in value if v is not None)
-
-
 def input_specs(definition: Mapping[str, Any]) -> list[InputSpec]:
-    resolved = definition.get("resolved_default_values") or {}
+    parsed = FormDefinition.from_api(definition)
     specs: list[InputSpec] = []
-    for raw in definition.get("inputs") or []:
-        if not isinstance(raw, Mapping) or not raw.get("output_variable_name"):
+    for item in parsed.inputs:
+        name = item.output_variable_name
+        if not name:
             continue
-        name = str(raw["output_variable_name"])
-        kind = str(raw.get("type") or "paragraph")
-        if kind == "paragraph":
-            # CONTRACT §3: the resolved value first, then a constant default, else empty. Never
-            # resolve selectors ourselves.
-            default_spec = raw.get("default") or {}
-            if name in resolved and resolved[name] is not None:
-                default = resolved[name] if isinstance(resolved[name], str) else str(resolved[name])
-            elif isinstance(default_spec, Mapping) and default_spec.get("type") == "constant":
-                default = str(default_spec.get("value") or "")
-            else:
-                default = ""
-            specs.append(InputSpec(kind=kind, name=name, default=default))
-        elif kind == "select":
-            source = raw.get("option_source") or {}
+        if isinstance(item, ParagraphInput):
+            # CONTRACT §3: the resolved value first, then a constant default, else empty.
+            specs.append(InputSpec(kind="paragraph", name=name, default=parsed.default_for(name)))
+        elif isinstance(item, SelectInput):
             specs.append(
                 InputSpec(
-                    kind=kind,
+                    kind="select",
                     name=name,
-                    options=_strings(source.get("value")),
-                    options_from_variable=source.get("type") == "variable",
+                    options=tuple(item.options),
+                    options_from_variable=item.option_source.type == "variable",
                 )
             )
-        elif kind in ("file", "file-list"):
-            limit = raw.get("number_limits") or 0
+        elif isinstance(item, FileInput):
             specs.append(
                 InputSpec(
-                    kind=kind,
+                    kind=item.type,
                     name=name,
-                    allowed_types=_strings(raw.get("allowed_file_types")),
-                    allowed_extensions=_strings(raw.get("allowed_file_extensions")),
-                    allowed_methods=_strings(raw.get("allowed_file_upload_methods"))
+                    allowed_types=tuple(item.allowed_file_types),
+                    allowed_extensions=tuple(item.allowed_file_extensions),
+                    allowed_methods=tuple(item.allowed_file_upload_methods)
                     or ("local_file", "remote_url"),
-                    number_limits=int(limit) if str(limit).isdigit() else 0,
+                    number_limits=item.number_limits if isinstance(item, FileListInput) else 0,
                 )
             )
     return specs
@@ -181,21 +171,18 @@ class ActionSpec:
 
 
 def action_specs(definition: Mapping[str, Any]) -> list[ActionSpec]:
-    raw_actions = definition.get("user_actions") or definition.get("actions") or []
-    actions = []
-    for raw in raw_actions:
-        if isinstance(raw, Mapping) and raw.get("id"):
-            style = str(raw.get("button_style") or "default")
-            actions.append(
-                ActionSpec(
-                    id=str(raw["id"]),
-                    title=str(raw.get("title") or raw["id"]),
-                    button_style=style
-                    if style in ("primary", "default", "accent", "ghost")
-                    else "default",
-                )
-            )
-    return actions
+    return [
+        ActionSpec(
+            id=action.id,
+            title=action.title or action.id,
+            # Dify's four styles; anything else is drawn as a plain button.
+            button_style=action.button_style
+            if action.button_style in ("primary", "default", "accent", "ghost")
+            else "default",
+        )
+        for action in FormDefinition.from_api(definition).user_actions
+        if action.id
+    ]
 
 
 class FileRefsWidget(forms.Widget):

@@ -9,11 +9,13 @@ passed on as it is and streamed: it is never read whole into memory.
 from __future__ import annotations
 
 import posixpath
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.translation import gettext as _
 
+from inbox.dify import DifyClient
+from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
 from inbox.dify.files import size_limit_for
 from inbox.forms import InputSpec
 from inbox.models import AuditEntry, Form, Upload
@@ -32,9 +34,6 @@ def _megabytes(size: int) -> str:
 def upload_to_dify(
     form: Form, spec: InputSpec, fileobj: UploadedFile, reviewer: Any, guest_email: str = ""
 ) -> Upload:
-    from inbox.dify import DifyClient
-    from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
-
     name = posixpath.basename((fileobj.name or "").replace("\\", "/")) or "file"
     mime_type = fileobj.content_type or "application/octet-stream"
     if not spec.allows_upload:
@@ -57,8 +56,9 @@ def upload_to_dify(
     client = DifyClient.for_app(form.run.app)
     try:
         fileobj.seek(0)
+        # Django's upload (memory or temporary file) is read in chunks by the client, never whole.
         uploaded = client.upload_file(
-            fileobj, filename=name, mime_type=mime_type, user=form.run.dify_user
+            cast(BinaryIO, fileobj), filename=name, mime_type=mime_type, user=form.run.dify_user
         )
     except DifyStatusError as exc:
         raise UploadRejected(_dify_message(exc)) from None
@@ -92,7 +92,7 @@ def upload_to_dify(
     return upload
 
 
-def _dify_message(exc: Any) -> str:
+def _dify_message(exc: DifyStatusError) -> str:
     """Dify's refusal in words a reviewer can act on (its 413 comes with an empty message)."""
     code = getattr(exc, "code", "")
     if code == "file_too_large":

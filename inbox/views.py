@@ -28,6 +28,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
+from django_htmx.middleware import HtmxDetails
 
 from inbox import presence
 from inbox.forms import (
@@ -42,6 +43,11 @@ from inbox.models import Decision, DifyApp, Form, Run, Upload
 from inbox.uploads import UploadRejected, upload_to_dify
 
 logger = logging.getLogger(__name__)
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
 
 # ---------------------------------------------------------------------------------------------
 # The inbox
@@ -147,7 +153,7 @@ def inbox_rows(forms: QuerySet[Form]) -> QuerySet[Form]:
 
 @login_required
 @require_GET
-def index(request: HttpRequest) -> HttpResponse:
+def index(request: HtmxHttpRequest) -> HttpResponse:
     since = request.GET.get("since")
     if since is not None and request.htmx:
         token = _change_token(request)
@@ -217,7 +223,7 @@ def _node_label(node_id: str) -> str:
 
 @login_required
 @require_GET
-def node_options(request: HttpRequest) -> HttpResponse:
+def node_options(request: HtmxHttpRequest) -> HttpResponse:
     """The node filter's choices, fetched when the filter is first used.
 
     A DISTINCT over every form is too slow to run on each inbox load, so the list loads on
@@ -333,7 +339,7 @@ def _field_views(dform: DecisionForm) -> dict[str, FieldView]:
 
 
 def form_context(
-    request: HttpRequest,
+    request: HtmxHttpRequest,
     form: Form,
     decider: Decider,
     *,
@@ -432,7 +438,7 @@ def _run_url(run: Run) -> str:
     return ""
 
 
-def form_page_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+def form_page_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
     context = form_context(request, form, decider)
     if request.htmx and request.GET.get("part") == "body":
         return render(request, "inbox/form.html#body", context)
@@ -440,7 +446,7 @@ def form_page_response(request: HttpRequest, form: Form, decider: Decider) -> Ht
 
 
 def _render_body(
-    request: HttpRequest, context: dict[str, Any], *, status: int = 200
+    request: HtmxHttpRequest, context: dict[str, Any], *, status: int = 200
 ) -> HttpResponse:
     if request.htmx:
         # htmx swaps only 2xx answers; the status of a refused post is in the page itself.
@@ -448,7 +454,7 @@ def _render_body(
     return render(request, "inbox/form.html", context, status=status)
 
 
-def decide_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
     key = (request.POST.get("submission_key") or "").strip()[:64]
     if key and existing_decision(form, key) is not None:
         # The same page posted twice (double click, resubmit): show the first decision.
@@ -470,7 +476,7 @@ def decide_response(request: HttpRequest, form: Form, decider: Decider) -> HttpR
     return _after_decision(request, form, decider)
 
 
-def _after_decision(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+def _after_decision(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
     form.refresh_from_db()
     if request.htmx:
         return render(request, "inbox/form.html#body", form_context(request, form, decider))
@@ -478,7 +484,7 @@ def _after_decision(request: HttpRequest, form: Form, decider: Decider) -> HttpR
 
 
 def upload_response(
-    request: HttpRequest, form: Form, decider: Decider, input_name: str
+    request: HtmxHttpRequest, form: Form, decider: Decider, input_name: str
 ) -> HttpResponse:
     spec = next((s for s in DecisionForm(form).specs if s.name == input_name), None)
     if spec is None or not spec.is_file:
@@ -524,7 +530,7 @@ def upload_response(
 
 
 def remove_upload_response(
-    request: HttpRequest, form: Form, decider: Decider, upload_id: uuid.UUID
+    request: HtmxHttpRequest, form: Form, decider: Decider, upload_id: uuid.UUID
 ) -> HttpResponse:
     upload = get_object_or_404(Upload, form=form, public_id=upload_id)
     if page_state(form) == "open":
@@ -547,7 +553,7 @@ def _live_key(form: Form, state: str) -> str:
     return f"{state}-{status}"
 
 
-def live_response(request: HttpRequest, form: Form, decider: Decider) -> HttpResponse:
+def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
     """The page's poll: presence always; the run panel and the body only when they changed."""
     state = page_state(form)
     live_key = _live_key(form, state)
@@ -580,20 +586,20 @@ def live_response(request: HttpRequest, form: Form, decider: Decider) -> HttpRes
 # ---------------------------------------------------------------------------------------------
 
 
-def _get_form_for_user(request: HttpRequest, public_id: uuid.UUID) -> Form:
+def _get_form_for_user(request: HtmxHttpRequest, public_id: uuid.UUID) -> Form:
     return get_object_or_404(
         Form.objects.for_user(request.user).select_related("run__app", "run__started_by"),
         public_id=public_id,
     )
 
 
-def _reviewer(request: HttpRequest, form: Form) -> Decider:
+def _reviewer(request: HtmxHttpRequest, form: Form) -> Decider:
     return Decider(base_url=reverse("inbox:form", args=[form.public_id]), reviewer=request.user)
 
 
 @login_required
 @require_GET
-def form_page(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+def form_page(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
     try:
         form = _get_form_for_user(request, public_id)
     except Http404:
@@ -603,14 +609,14 @@ def form_page(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
 
 @login_required
 @require_POST
-def form_decide(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+def form_decide(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
     form = _get_form_for_user(request, public_id)
     return decide_response(request, form, _reviewer(request, form))
 
 
 @login_required
 @require_POST
-def form_upload(request: HttpRequest, public_id: uuid.UUID, input_name: str) -> HttpResponse:
+def form_upload(request: HtmxHttpRequest, public_id: uuid.UUID, input_name: str) -> HttpResponse:
     form = _get_form_for_user(request, public_id)
     return upload_response(request, form, _reviewer(request, form), input_name)
 
@@ -618,7 +624,7 @@ def form_upload(request: HttpRequest, public_id: uuid.UUID, input_name: str) -> 
 @login_required
 @require_POST
 def form_remove_upload(
-    request: HttpRequest, public_id: uuid.UUID, upload_id: uuid.UUID
+    request: HtmxHttpRequest, public_id: uuid.UUID, upload_id: uuid.UUID
 ) -> HttpResponse:
     form = _get_form_for_user(request, public_id)
     return remove_upload_response(request, form, _reviewer(request, form), upload_id)
@@ -626,7 +632,7 @@ def form_remove_upload(
 
 @login_required
 @require_GET
-def form_live(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+def form_live(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
     form = _get_form_for_user(request, public_id)
     return live_response(request, form, _reviewer(request, form))
 
