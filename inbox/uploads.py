@@ -48,8 +48,8 @@ def upload_to_dify(
     size = fileobj.size or 0
     if limit and size > limit:
         raise UploadRejected(
-            _("The file is %(size)s; files of this kind may be at most %(limit)s.")
-            % {"size": _megabytes(size), "limit": _megabytes(limit)}
+            _("The file is larger than %(limit)s, the most Dify takes for this kind of file.")
+            % {"limit": _megabytes(limit)}
         )
     if size == 0:
         raise UploadRejected(_("The file is empty."))

@@ -1,0 +1,108 @@
+"""Upload checks that happen before anything is sent to Dify, and removing an upload."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from inbox.models import DifyApp, Form, Upload
+from tests.review.conftest import full_definition, make_form
+
+pytestmark = pytest.mark.smoke
+
+
+def post_file(
+    client: Client, form: Form, input_name: str, name: str, data: bytes, mime: str, **extra: str
+):  # type: ignore[no-untyped-def]
+    upload = SimpleUploadedFile(name, data, content_type=mime)
+    return client.post(f"/forms/{form.public_id}/files/{input_name}", {"file": upload}, **extra)
+
+
+def test_a_file_of_a_type_the_input_refuses_is_explained(alice: Client, form: Form) -> None:
+    response = post_file(
+        alice, form, "receipt", "song.mp3", b"ID3", "audio/mpeg", HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 200
+    assert response["HX-Retarget"] == "#file-error-receipt"
+    assert (
+        "<p>song.mp3: This kind of file is not accepted here. Accepted: images, documents.</p>"
+        in response.content.decode()
+    )
+    assert not Upload.objects.exists()
+
+
+def test_a_file_over_its_category_limit_is_refused_before_sending(
+    alice: Client, form: Form
+) -> None:
+    big = b"\x89PNG" + b"0" * (10 * 1024 * 1024)
+    response = post_file(
+        alice, form, "receipt", "scan.png", big, "image/png", HTTP_HX_REQUEST="true"
+    )
+    assert (
+        "scan.png: The file is larger than 10 MB, the most Dify takes for this kind of file."
+        in response.content.decode()
+    )
+    assert not Upload.objects.exists()
+
+
+def test_uploads_refused_where_only_web_addresses_are_allowed(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    definition = full_definition()
+    definition["inputs"][2]["allowed_file_upload_methods"] = ["remote_url"]
+    form = make_form(dify_app, definition=definition)
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert f'hx-post="/forms/{form.public_id}/files/receipt"' not in page
+    response = post_file(
+        alice, form, "receipt", "r.pdf", b"%PDF", "application/pdf", HTTP_HX_REQUEST="true"
+    )
+    assert "Uploads are not accepted here; give a web address instead." in response.content.decode()
+
+
+def test_no_uploads_once_the_form_is_closed(alice: Client, dify_app: DifyApp) -> None:
+    form = make_form(dify_app, status=Form.Status.SUBMITTED)
+    response = post_file(
+        alice, form, "receipt", "r.pdf", b"%PDF", "application/pdf", HTTP_HX_REQUEST="true"
+    )
+    assert "This form can no longer be answered." in response.content.decode()
+
+
+def test_an_unknown_input_is_not_found(alice: Client, form: Form) -> None:
+    response = post_file(alice, form, "note", "r.pdf", b"%PDF", "application/pdf")
+    assert response.status_code == 404
+
+
+def test_without_script_an_upload_error_comes_back_as_a_message(alice: Client, form: Form) -> None:
+    response = post_file(alice, form, "receipt", "song.mp3", b"ID3", "audio/mpeg")
+    assert response.status_code == 302 and response["Location"] == f"/forms/{form.public_id}/"
+    page = alice.get(response["Location"]).content.decode()
+    assert "song.mp3: This kind of file is not accepted here." in page
+
+
+def test_removing_an_upload(alice: Client, form: Form) -> None:
+    upload = Upload.objects.create(
+        form=form,
+        input_name="receipt",
+        upload_file_id="u1",
+        name="r.pdf",
+        size=10,
+        category="document",
+    )
+    response = alice.post(
+        f"/forms/{form.public_id}/uploads/{upload.public_id}/remove", HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 200 and response.content == b""
+    assert "r.pdf removed." in response["HX-Trigger"]
+    assert not Upload.objects.exists()
+
+
+def test_uploads_need_a_login_and_csrf(client: Client, form: Form, reviewer: object) -> None:
+    assert (
+        post_file(client, form, "receipt", "r.pdf", b"%PDF", "application/pdf").status_code == 302
+    )
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(reviewer)  # type: ignore[arg-type]
+    assert (
+        post_file(strict, form, "receipt", "r.pdf", b"%PDF", "application/pdf").status_code == 403
+    )
