@@ -57,7 +57,12 @@ def sanitize(html: str) -> SafeString:
 
 
 def render_markdown(text: str) -> SafeString:
-    return sanitize(_md.render(text or ""))
+    tokens = _md.parse(text or "")
+    for token in tokens:
+        # The page has its own h1 and h2; content headings sit below them in the outline.
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(int(token.tag[1]) + 2, 6)}"
+    return sanitize(_md.renderer.render(tokens, _md.options, {}))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def test_markdown_renders_headings_emphasis_tables_and_safe_links() -> None:
     html = render_markdown(
         "# Title\n\n*em* **strong** [site](https://example.com)\n\n| a | b |\n|---|---|\n| 1 | 2 |"
     )
-    assert "<h1>Title</h1>" in html
+    assert "<h3>Title</h3>" in html  # below the page's own h1 and h2
     assert "<em>em</em>" in html and "<strong>strong</strong>" in html
     assert '<a href="https://example.com" rel="noopener noreferrer nofollow">site</a>' in html
     assert "<table>" in html and "<td>1</td>" in html

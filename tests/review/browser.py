@@ -1,0 +1,87 @@
+"""Debian's Chromium through Playwright, for what only a browser shows."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
+    # around it are ordinary blocking calls, which Django would otherwise refuse.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_contexts() -> Iterator[list[Any]]:
+    """Contexts opened by a test, closed before the live server goes: no poll outlives it."""
+    contexts: list[Any] = []
+    yield contexts
+    for context in contexts:
+        context.close()
+
+
+def logged_in_page(
+    chromium: Any,
+    live_server: Any,
+    user: Any,
+    contexts: list[Any],
+    *,
+    language: str = "en",
+    tz: str = "Europe/Paris",
+) -> Any:
+    """A page whose browser is logged in as `user` (a session made on the server side)."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    context = chromium.new_context(
+        locale="zh-CN" if language == "zh-hans" else "en-US",
+        timezone_id=tz,
+        viewport={"width": 1280, "height": 900},
+        extra_http_headers={"Accept-Language": "zh-Hans,zh;q=0.9" if language == "zh-hans" else "en"},
+    )
+    contexts.append(context)
+    context.add_cookies(
+        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}]
+    )
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.js_errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+def screenshot(page: Any, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
