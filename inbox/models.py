@@ -172,6 +172,8 @@ class Form(models.Model):
         indexes = [
             models.Index(fields=["status", "expiration_time"]),
             models.Index(fields=["status", "created_at"]),
+            # The inbox poll asks "anything newer than what I have?": MAX(updated_at) from an index.
+            models.Index(fields=["updated_at"]),
         ]
 
     def __str__(self) -> str:
