@@ -66,7 +66,9 @@ def logged_in_page(
         locale="zh-CN" if language == "zh-hans" else "en-US",
         timezone_id=tz,
         viewport={"width": 1280, "height": 900},
-        extra_http_headers={"Accept-Language": "zh-Hans,zh;q=0.9" if language == "zh-hans" else "en"},
+        extra_http_headers={
+            "Accept-Language": "zh-Hans,zh;q=0.9" if language == "zh-hans" else "en"
+        },
     )
     contexts.append(context)
     context.add_cookies(

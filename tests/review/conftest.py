@@ -10,6 +10,9 @@ from django.test import Client
 from django.utils import timezone
 
 from inbox.models import DifyApp, Form, Run
+from tests.review.browser import browser_contexts, chromium
+
+__all__ = ["browser_contexts", "chromium"]  # fixtures for the browser tests
 
 _ids = itertools.count(1)
 

@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from inbox.models import DifyApp, Form, Run
-from tests.review.browser import browser_contexts, chromium, logged_in_page, screenshot  # noqa: F401
+from tests.review.browser import logged_in_page, screenshot
 from tests.review.conftest import full_definition, make_form, make_run
 from tests.review.xss import PAYLOADS
 
@@ -26,21 +26,61 @@ def seed(app: DifyApp, reviewer: User) -> Form:
         app,
         started_by=reviewer,
         timeline=[
-            {"event": "workflow_started", "title": "Run started", "status": "running", "at": "2030-01-01T10:00:00+00:00"},
-            {"event": "node_finished", "title": "Fetch order", "status": "succeeded", "at": "2030-01-01T10:00:02+00:00"},
-            {"event": "human_input_required", "title": "Manager approval", "status": "paused", "at": "2030-01-01T10:00:03+00:00"},
+            {
+                "event": "workflow_started",
+                "title": "Run started",
+                "status": "running",
+                "at": "2030-01-01T10:00:00+00:00",
+            },
+            {
+                "event": "node_finished",
+                "title": "Fetch order",
+                "status": "succeeded",
+                "at": "2030-01-01T10:00:02+00:00",
+            },
+            {
+                "event": "human_input_required",
+                "title": "Manager approval",
+                "status": "paused",
+                "at": "2030-01-01T10:00:03+00:00",
+            },
         ],
     )
-    form = make_form(app, run=run, node_title="Manager approval", expires_in=dt.timedelta(minutes=42))
-    make_form(app, node_title="Refund over 500 EUR", expires_in=dt.timedelta(hours=7), content="Order **#4411**: the customer returned two items and asks for 640 EUR.")
-    make_form(other, node_title="Offer approval", expires_in=dt.timedelta(days=2), content="Candidate accepted band B; approve the offer letter.")
-    make_form(other, node_title="Contract review", expires_in=None, content="Legal flagged clause 7.2 for review.")
+    form = make_form(
+        app, run=run, node_title="Manager approval", expires_in=dt.timedelta(minutes=42)
+    )
+    make_form(
+        app,
+        node_title="Refund over 500 EUR",
+        expires_in=dt.timedelta(hours=7),
+        content="Order **#4411**: the customer returned two items and asks for 640 EUR.",
+    )
+    make_form(
+        other,
+        node_title="Offer approval",
+        expires_in=dt.timedelta(days=2),
+        content="Candidate accepted band B; approve the offer letter.",
+    )
+    make_form(
+        other,
+        node_title="Contract review",
+        expires_in=None,
+        content="Legal flagged clause 7.2 for review.",
+    )
     make_form(app, node_title="Archived", status=Form.Status.SUBMITTED)
     return form
 
 
 @pytest.mark.parametrize("language", ["en", "zh-hans"])
-def test_inbox_and_form_page_screenshots(chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User, other_reviewer: User, language: str) -> None:
+def test_inbox_and_form_page_screenshots(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+    language: str,
+) -> None:
     form = seed(dify_app, reviewer)
     # Bob has the form open: Alice sees the soft lock.
     bob = logged_in_page(chromium, live_server, other_reviewer, browser_contexts, language=language)
@@ -55,12 +95,14 @@ def test_inbox_and_form_page_screenshots(chromium: Any, live_server: Any, browse
     page.goto(f"{live_server.url}/forms/{form.public_id}/")
     page.wait_for_selector("#decision-form")
     page.wait_for_selector(".presence")
-    assert ("Bob" in page.locator(".presence").inner_text())
+    assert "Bob" in page.locator(".presence").inner_text()
     screenshot(page, f"form-{language}")
     assert page.js_errors == []
 
 
-def test_keyboard_moves_opens_and_searches(chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User) -> None:
+def test_keyboard_moves_opens_and_searches(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
     seed(dify_app, reviewer)
     page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
     page.goto(live_server.url + "/")
@@ -84,7 +126,9 @@ def test_keyboard_moves_opens_and_searches(chromium: Any, live_server: Any, brow
     assert "q=clause%207.2" in page.url  # the filters live in the URL
 
 
-def test_new_forms_appear_without_a_reload(chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User) -> None:
+def test_new_forms_appear_without_a_reload(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
     page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
     page.goto(live_server.url + "/")
     page.wait_for_selector(".empty-state")
@@ -96,7 +140,9 @@ def test_new_forms_appear_without_a_reload(chromium: Any, live_server: Any, brow
     assert page.locator("#announcer").inner_text() == "The list was updated."
 
 
-def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_page(chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User) -> None:
+def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_page(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
     definition = full_definition()
     definition["inputs"] = definition["inputs"][:2]  # paragraph and select
     form = make_form(dify_app, definition=definition)
@@ -112,7 +158,9 @@ def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_p
     assert "Answered elsewhere." in page.locator("#form-body").inner_text()
 
 
-def test_the_run_panel_follows_the_run(chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User) -> None:
+def test_the_run_panel_follows_the_run(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
     form = make_form(dify_app)
     page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
     page.goto(f"{live_server.url}/forms/{form.public_id}/")
@@ -124,15 +172,26 @@ def test_the_run_panel_follows_the_run(chromium: Any, live_server: Any, browser_
     assert "All done" in page.locator("#run-panel").inner_text()
 
 
-def test_nothing_from_the_xss_corpus_runs(chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User) -> None:
+def test_nothing_from_the_xss_corpus_runs(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
     joined = "\n\n".join(PAYLOADS)
     definition = full_definition()
     definition["inputs"][1]["option_source"]["value"] = PAYLOADS[:6]
     definition["user_actions"][0]["title"] = PAYLOADS[0]
-    form = make_form(dify_app, definition=definition, node_title=PAYLOADS[1], content=joined + "\n\n{{#$output.note#}}")
+    form = make_form(
+        dify_app,
+        definition=definition,
+        node_title=PAYLOADS[1],
+        content=joined + "\n\n{{#$output.note#}}",
+    )
     for payload in PAYLOADS[:8]:
-        form.uploads.create(input_name="evidence", upload_file_id="x", name=payload[:200], size=1, category="image")
-    done = make_form(dify_app, status=Form.Status.SUBMITTED, node_title=PAYLOADS[2], rendered_content=joined)
+        form.uploads.create(
+            input_name="evidence", upload_file_id="x", name=payload[:200], size=1, category="image"
+        )
+    done = make_form(
+        dify_app, status=Form.Status.SUBMITTED, node_title=PAYLOADS[2], rendered_content=joined
+    )
     page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
     for url in ("/", f"/forms/{form.public_id}/", f"/forms/{done.public_id}/", "/?q=%3Cscript%3E"):
         page.goto(live_server.url + url)
