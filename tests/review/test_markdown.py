@@ -65,3 +65,10 @@ def test_excerpt_is_one_plain_line() -> None:
         "Refund & co Ada wants 120 EUR."
     )
     assert len(excerpt("word " * 100)) <= 140
+
+
+def test_quick_excerpt_drops_marks_and_keeps_link_text() -> None:
+    from inbox.markdown import quick_excerpt
+
+    text = "# Order **#4411**: see [the ticket](https://x.test/1)\n\n> quoted `code`\n\n{{#$output.note#}}"
+    assert quick_excerpt(text) == "Order 4411: see the ticket quoted code"
