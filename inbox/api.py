@@ -270,8 +270,6 @@ def _file_refs(value: Any) -> list[str] | None:
 @api_view(["POST"])
 def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     """`POST /api/v1/forms/{id}/decision` `{"action", "inputs", "submission_key"?}` → 202."""
-    from inbox.models import FormNotOpen
-
     form = _get_api_form(request, public_id)
     body = json_body(request)
     inputs = body.get("inputs", {})
@@ -301,6 +299,8 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             " ".join(errors),
             details={name: [str(e) for e in errs] for name, errs in dform.errors.items()},
         )
+    from inbox.models import FormNotOpen  # Form.decide's refusal
+
     try:
         decision = dform.save(reviewer=request.user)
     except FormNotOpen as exc:

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from inbox.models import ApiToken, DifyApp, Form
+from tests.review.conftest import make_form
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture
+def auth(reviewer: User) -> dict[str, str]:
+    _token, raw = ApiToken.issue(reviewer)
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+def test_the_api_needs_a_token(client: Client, db: None) -> None:
+    response = client.get("/api/v1/forms")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_list_pending_forms(client: Client, auth: dict[str, str], dify_app: DifyApp) -> None:
+    form = make_form(dify_app, node_title="Manager approval")
+    make_form(dify_app, status=Form.Status.SUBMITTED)
+    body = client.get("/api/v1/forms?status=pending", **auth).json()
+    assert body["count"] == 1 and body["pages"] == 1
+    row = body["results"][0]
+    assert row["id"] == str(form.public_id) and row["node_title"] == "Manager approval"
+    assert row["app"] == "refunds" and row["status"] == "pending"
+    assert row["url"].endswith(f"/forms/{form.public_id}/")
+
+
+def test_detail_gives_the_definition_and_never_the_token(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    response = client.get(f"/api/v1/forms/{form.public_id}", **auth)
+    body = response.json()
+    assert [i["output_variable_name"] for i in body["inputs"]] == [
+        "note",
+        "decision",
+        "receipt",
+        "evidence",
+    ]
+    assert [a["id"] for a in body["actions"]] == ["approve", "escalate", "reject", "skip"]
+    assert body["answerable"] is True and body["decision"] is None
+    assert form.form_token not in response.content.decode()
+
+
+def test_decision_validation_speaks_difys_rules(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/decision",
+        json.dumps({"action": "approve", "inputs": {"decision": "refund"}}),
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_form_data"
+    assert error["message"] == "Missing required inputs: note, receipt, evidence."
+
+
+def test_decision_on_a_closed_form_is_a_conflict(
+    client: Client, auth: dict[str, str], dify_app: DifyApp
+) -> None:
+    form = make_form(dify_app, status=Form.Status.EXPIRED)
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/decision",
+        json.dumps({"action": "approve", "inputs": {}}),
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 409 and response.json()["error"]["code"] == "form_not_open"
+
+
+def test_files_refuse_a_type_the_input_does_not_take(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = SimpleUploadedFile("song.mp3", b"ID3", content_type="audio/mpeg")
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files", {"input": "receipt", "file": upload}, **auth
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "upload_rejected",
+        "message": "This kind of file is not accepted here. Accepted: images, documents.",
+    }
+
+
+def test_unknown_forms_are_404(client: Client, auth: dict[str, str]) -> None:
+    response = client.get("/api/v1/forms/00000000-0000-0000-0000-000000000000", **auth)
+    assert response.status_code == 404
