@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import typing
 import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.db.models import Q
-from django.utils import timezone
+from django.utils import formats, timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from inbox.crypto import EncryptedTextField
+
+logger = logging.getLogger(__name__)
+
+
+def redact_secret(text: str, secret: str | None) -> str:
+    """A form token is a bearer secret: it never reaches a stored message."""
+    return text.replace(secret, "***") if secret else text
 
 
 def mask_secret(value: str | None) -> str:
@@ -120,6 +131,46 @@ class Run(models.Model):
         return self.status in self.FINAL_STATUSES
 
 
+def request_follow(run_pk: int) -> None:
+    """After a form is settled the run moves on in Dify: have the follower reopen its stream
+    with a state snapshot, so it catches the next pause or the end."""
+    run = Run.objects.filter(pk=run_pk).first()
+    if run is None:
+        return
+    method = getattr(run, "request_follow", None)
+    if callable(method):
+        method(snapshot=True)
+    else:
+        # Until Run.request_follow exists, the flags the follower reads are set directly.
+        Run.objects.filter(pk=run_pk).update(
+            follow_wanted=True, follow_snapshot=True, updated_at=timezone.now()
+        )
+
+
+class FormNotOpen(Exception):
+    """A decision was refused because the form is no longer open to one.
+
+    `message` is written for the reviewer ("Bob already decided this form at 14:02: Approve");
+    `decision` is the decision that got there first, when there is one.
+    """
+
+    def __init__(self, message: str, *, decision: Decision | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.decision = decision
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _when(value: Any) -> str:
+    """A time as a reviewer reads it: the clock time today, the date too on another day."""
+    local = timezone.localtime(value)
+    if local.date() == timezone.localdate():
+        return formats.date_format(local, "H:i")
+    return formats.date_format(local, "SHORT_DATETIME_FORMAT")
+
+
 class FormQuerySet(models.QuerySet["Form"]):
     def for_user(self, user: Any) -> FormQuerySet:
         """The forms this user may see. Every page and API call goes through here."""
@@ -164,6 +215,9 @@ class Form(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     decided_at = models.DateTimeField(null=True, blank=True)
+    # The last time the reconcile asked Dify about this form (GET form), to find forms answered
+    # in Dify directly when the follower saw nothing.
+    checked_at = models.DateTimeField(null=True, blank=True)
 
     objects = FormQuerySet.as_manager()
 
@@ -186,6 +240,171 @@ class Form(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expiration_time is not None and self.expiration_time <= timezone.now()
+
+    def action_title(self, action_id: str) -> str:
+        """The button text of an action, as the definition (or Dify's filled event) names it."""
+        if action_id and action_id == self.filled_action_id and self.filled_action_text:
+            return self.filled_action_text
+        definition = self.definition if isinstance(self.definition, dict) else {}
+        for action in definition.get("user_actions") or definition.get("actions") or []:
+            if isinstance(action, dict) and action.get("id") == action_id:
+                return str(action.get("title") or action_id)
+        return action_id
+
+    def decide(
+        self,
+        *,
+        action_id: str,
+        inputs: dict[str, Any],
+        reviewer: Any = None,
+        guest_email: str = "",
+        submission_key: str | None = None,
+    ) -> Decision:
+        """Record a reviewer's decision and queue its delivery to Dify.
+
+        The decision is the outbox: it is stored, with the form moved to `submitting`, in one
+        transaction under the form's row lock, and the delivery task is queued only once that
+        commits. A repeated post with the same `submission_key` returns the decision it made.
+        Raises `FormNotOpen` when the form cannot take a decision (someone got there first, it
+        expired, it was answered in Dify). Inputs are trusted: the caller's form class checked
+        them against the definition.
+        """
+        submission_key = submission_key or None
+        try:
+            with transaction.atomic():
+                # The lock serialises concurrent reviewers; the loser waits here, then reads the
+                # winner's decision below.
+                form = Form.objects.select_for_update().get(pk=self.pk)
+                if submission_key:
+                    existing = Decision.objects.filter(submission_key=submission_key).first()
+                    if existing is not None:
+                        if existing.form_id != form.pk:
+                            raise ValueError("submission key belongs to another form")
+                        return existing
+                refusal = form.refusal()
+                if refusal is not None:
+                    raise refusal
+                decision = Decision.objects.create(
+                    form=form,
+                    reviewer=reviewer if getattr(reviewer, "is_authenticated", False) else None,
+                    guest_email=guest_email,
+                    action_id=action_id,
+                    inputs=inputs,
+                    submission_key=submission_key,
+                    status=Decision.Status.QUEUED,
+                    next_attempt_at=timezone.now(),
+                )
+                form.status = Form.Status.SUBMITTING
+                form.save(update_fields=["status", "updated_at"])
+                AuditEntry.record(
+                    "decision_made",
+                    decision,
+                    actor=reviewer,
+                    actor_label=guest_email,
+                    form=form.pk,
+                    action=action_id,
+                )
+                transaction.on_commit(lambda: Decision.enqueue(decision.pk))
+        except IntegrityError:
+            # The database constraint caught what the lock did not (a backend without row
+            # locks, or the same page posted twice in the same instant).
+            if submission_key:
+                existing = Decision.objects.filter(submission_key=submission_key).first()
+                if existing is not None and existing.form_id == self.pk:
+                    return existing
+            form = Form.objects.get(pk=self.pk)
+            raise form.refusal(force=True) from None
+        self.status = form.status
+        self.updated_at = form.updated_at
+        return decision
+
+    def close_in_dify(self, status: str, *, reason: str, source: str, **filled: str) -> bool:
+        """Dify says this pending form is closed (answered there, or expired): record it.
+
+        `filled` may carry what is known of the other answer (`filled_action_id`,
+        `filled_action_text`, `rendered_content`). False when the form was no longer pending
+        (a reviewer's decision got there first; delivery settles that one)."""
+        with transaction.atomic():
+            form = Form.objects.select_for_update().filter(pk=self.pk).first()
+            if form is None or form.status != Form.Status.PENDING:
+                return False
+            fields = ["status", "updated_at"]
+            for name, value in filled.items():
+                if value and not getattr(form, name):
+                    setattr(form, name, value)
+                    fields.append(name)
+            form.status = status
+            form.checked_at = timezone.now()
+            form.save(update_fields=[*fields, "checked_at"])
+            AuditEntry.record(
+                f"form_{status}", form, previous="pending", reason=reason, source=source
+            )
+            run_pk = form.run_id
+            transaction.on_commit(lambda: request_follow(run_pk))
+        self.refresh_from_db()
+        return True
+
+    @typing.overload
+    def refusal(self, *, force: typing.Literal[True]) -> FormNotOpen: ...
+    @typing.overload
+    def refusal(self, *, force: bool = False) -> FormNotOpen | None: ...
+    def refusal(self, *, force: bool = False) -> FormNotOpen | None:
+        """Why this form cannot take a decision now, in the reviewer's words; None if it can.
+        `force`: the database refused a decision, so there is a reason even if the form looks
+        open (a decision made by another path)."""
+        winner = (
+            self.decisions.select_related("reviewer")
+            .filter(status__in=(*Decision.ACTIVE_STATUSES, Decision.Status.FAILED))
+            .order_by("-created_at")
+            .first()
+        )
+        status = self.status
+        if force and status == Form.Status.PENDING:
+            status = Form.Status.SUBMITTING
+        if status == Form.Status.PENDING:
+            if self.is_expired:
+                return FormNotOpen(
+                    gettext("This form expired at %(time)s.")
+                    % {"time": _when(self.expiration_time)}
+                )
+            if not self.is_answerable:
+                return FormNotOpen(gettext("This form cannot be answered from the inbox."))
+            return None
+        if status in (Form.Status.SUBMITTING, Form.Status.SUBMITTED) and winner is not None:
+            return FormNotOpen(
+                gettext("%(who)s already decided this form at %(time)s: %(action)s")
+                % {
+                    "who": winner.decider_label or gettext("Someone"),
+                    "time": _when(winner.created_at),
+                    "action": self.action_title(winner.action_id),
+                },
+                decision=winner,
+            )
+        if status == Form.Status.EXPIRED:
+            when = self.expiration_time or self.updated_at
+            return FormNotOpen(gettext("This form expired at %(time)s.") % {"time": _when(when)})
+        if status == Form.Status.FAILED and winner is not None:
+            return FormNotOpen(
+                gettext(
+                    "%(who)s's decision (%(action)s) could not be delivered to Dify; "
+                    "an administrator can retry it."
+                )
+                % {
+                    "who": winner.decider_label or gettext("Someone"),
+                    "action": self.action_title(winner.action_id),
+                },
+                decision=winner,
+            )
+        if status == Form.Status.NOT_ANSWERABLE:
+            return FormNotOpen(gettext("This form cannot be answered from the inbox."))
+        if status == Form.Status.SUBMITTING:
+            return FormNotOpen(gettext("Someone else decided this form first."))
+        if self.filled_action_id:
+            return FormNotOpen(
+                gettext("This form was answered in Dify: %(action)s")
+                % {"action": self.action_title(self.filled_action_id)}
+            )
+        return FormNotOpen(gettext("This form was answered in Dify."))
 
 
 class Decision(models.Model):
@@ -219,6 +438,13 @@ class Decision(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     delivery_started_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # When a queued decision is next due: the sweep re-sends a queued decision whose task was lost
+    # (broker restart, publish failure) once this is well past.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # An attempt ended without a definite answer (timeout, dropped connection, 5xx, a worker
+    # killed mid-call): Dify may have applied it. A later 412 "already submitted" is then checked
+    # against the run's events before it is called someone else's answer.
+    maybe_applied = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -241,6 +467,296 @@ class Decision(models.Model):
         if self.reviewer_id and self.reviewer:
             return self.reviewer.get_full_name() or self.reviewer.get_username()
         return self.guest_email
+
+    # --- delivery: each verb is one short transaction, form row locked before decision row, so
+    # no lock is ever held across a call to Dify and two verbs cannot deadlock.
+
+    @classmethod
+    def enqueue(cls, pk: int, *, countdown: float | None = None) -> None:
+        """Queue the delivery task. A broker that is down loses nothing: the decision is stored
+        and `sweep_deliveries` sends it again."""
+        from inbox.tasks import deliver_decision
+
+        try:
+            if countdown:
+                deliver_decision.apply_async((pk,), countdown=countdown)
+            else:
+                deliver_decision.apply_async((pk,))
+        except Exception:
+            logger.warning(
+                "decision %s: delivery not queued, the sweep will retry", pk, exc_info=True
+            )
+
+    @classmethod
+    def _lock(cls, pk: int) -> tuple[Form, Decision] | None:
+        form_pk = cls.objects.filter(pk=pk).values_list("form_id", flat=True).first()
+        if form_pk is None:
+            return None
+        form = Form.objects.select_for_update().filter(pk=form_pk).first()
+        decision = cls.objects.select_for_update().filter(pk=pk).first()
+        if form is None or decision is None:
+            return None
+        decision.form = form
+        return form, decision
+
+    @classmethod
+    def start_delivery(cls, pk: int) -> Decision | None:
+        """Claim a queued decision for one attempt: `delivering`, attempts + 1. None when there
+        is nothing to send (gone, already settled, claimed by another task, form closed)."""
+        with transaction.atomic():
+            locked = cls._lock(pk)
+            if locked is None:
+                return None
+            form, decision = locked
+            if decision.status != cls.Status.QUEUED:
+                # A duplicate task (acks_late redelivery, the sweep's re-send): the first one
+                # owns it.
+                return None
+            if form.status != Form.Status.SUBMITTING:
+                decision._settle_with_closed_form(form)
+                return None
+            if form.is_expired and not decision.maybe_applied:
+                # Nothing of ours can have reached Dify, and Dify would answer 412 expired.
+                decision._close(
+                    form,
+                    status=cls.Status.REJECTED,
+                    form_status=Form.Status.EXPIRED,
+                    reason=gettext("The form expired before the decision could be delivered."),
+                    verb="decision_rejected",
+                )
+                transaction.on_commit(lambda: request_follow(form.run_id))
+                return None
+            now = timezone.now()
+            decision.status = cls.Status.DELIVERING
+            decision.attempts += 1
+            decision.delivery_started_at = now
+            decision.next_attempt_at = None
+            decision.save(
+                update_fields=[
+                    "status",
+                    "attempts",
+                    "delivery_started_at",
+                    "next_attempt_at",
+                    "updated_at",
+                ]
+            )
+            AuditEntry.record("delivery_started", decision, attempt=decision.attempts)
+        return cls.objects.select_related("form__run__app").get(pk=pk)
+
+    def _settle_with_closed_form(self, form: Form) -> None:
+        """The form moved on (answered in Dify, expired) while this decision waited its turn."""
+        if (
+            self.maybe_applied
+            and form.status in (Form.Status.SUBMITTED, Form.Status.ANSWERED_ELSEWHERE)
+            and form.filled_action_id == self.action_id
+        ):
+            # Dify's own event shows our action filled the form: an earlier attempt landed.
+            self._close(
+                form,
+                status=self.Status.DELIVERED,
+                form_status=Form.Status.SUBMITTED,
+                reason="",
+                verb="decision_delivered",
+            )
+            return
+        refusal = form.refusal()
+        self._close(
+            form,
+            status=self.Status.REJECTED,
+            form_status=form.status,
+            reason=refusal.message if refusal else gettext("The form is no longer open."),
+            verb="decision_rejected",
+        )
+
+    def _close(
+        self, form: Form, *, status: str, form_status: str, reason: str, verb: str, **details: Any
+    ) -> None:
+        """Write a final (or back-to-the-reviewer) outcome. Call with both rows locked."""
+        now = timezone.now()
+        self.status = status
+        self.last_error = redact_secret(reason, form.form_token)
+        self.next_attempt_at = None
+        fields = ["status", "last_error", "next_attempt_at", "updated_at"]
+        if status == self.Status.DELIVERED:
+            self.delivered_at = now
+            fields.append("delivered_at")
+        self.save(update_fields=fields)
+        form_fields = ["status", "updated_at"]
+        if status == self.Status.DELIVERED:
+            form.decided_at = self.created_at
+            form_fields.append("decided_at")
+            if not form.filled_action_id:
+                # Dify accepted it: the action that filled the form is ours.
+                form.filled_action_id = self.action_id
+                form.filled_action_text = form.action_title(self.action_id)
+                form_fields += ["filled_action_id", "filled_action_text"]
+        previous = form.status
+        form.status = form_status
+        form.save(update_fields=form_fields)
+        AuditEntry.record(
+            verb,
+            self,
+            form=form.pk,
+            attempts=self.attempts,
+            reason=self.last_error,
+            **details,
+        )
+        if previous != form_status:
+            AuditEntry.record(
+                f"form_{form_status}",
+                form,
+                decision=self.pk,
+                previous=previous,
+                reason=self.last_error,
+            )
+
+    @classmethod
+    def finish(
+        cls,
+        pk: int,
+        *,
+        status: str,
+        form_status: str,
+        reason: str = "",
+        verb: str,
+        filled: dict[str, str] | None = None,
+        **details: Any,
+    ) -> bool:
+        """Settle a decision in flight: delivered, rejected (with why) or failed. False when it
+        was already settled (a duplicate task got there first). `filled` records what Dify
+        showed of the answer that filled the form (action id and text, rendered content)."""
+        with transaction.atomic():
+            locked = cls._lock(pk)
+            if locked is None:
+                return False
+            form, decision = locked
+            if decision.status not in (cls.Status.QUEUED, cls.Status.DELIVERING):
+                return False
+            extra = []
+            for name, value in (filled or {}).items():
+                if value and not getattr(form, name):
+                    setattr(form, name, value)
+                    extra.append(name)
+            if extra:
+                form.save(update_fields=extra)
+            if form_status == Form.Status.PENDING and form.status != Form.Status.SUBMITTING:
+                # Back to the reviewer only if nothing else closed the form meanwhile.
+                form_status = form.status
+            decision._close(
+                form, status=status, form_status=form_status, reason=reason, verb=verb, **details
+            )
+        return True
+
+    @classmethod
+    def schedule_retry(cls, pk: int, *, error: str, delay: float, ambiguous: bool) -> bool:
+        """Put an attempt that may succeed later back in the queue, due in `delay` seconds."""
+        with transaction.atomic():
+            locked = cls._lock(pk)
+            if locked is None:
+                return False
+            form, decision = locked
+            if decision.status != cls.Status.DELIVERING:
+                return False
+            decision.status = cls.Status.QUEUED
+            decision.last_error = redact_secret(error, form.form_token)
+            decision.next_attempt_at = timezone.now() + dt.timedelta(seconds=delay)
+            decision.maybe_applied = decision.maybe_applied or ambiguous
+            decision.save(
+                update_fields=[
+                    "status",
+                    "last_error",
+                    "next_attempt_at",
+                    "maybe_applied",
+                    "updated_at",
+                ]
+            )
+            AuditEntry.record(
+                "delivery_retry_scheduled",
+                decision,
+                attempt=decision.attempts,
+                delay=round(delay, 3),
+                error=decision.last_error,
+            )
+            transaction.on_commit(lambda: cls.enqueue(pk, countdown=delay))
+        return True
+
+    @classmethod
+    def resend_lost(cls, pk: int, *, due_before: dt.datetime) -> bool:
+        """A queued decision long past its due time lost its task: send it again."""
+        with transaction.atomic():
+            locked = cls._lock(pk)
+            if locked is None:
+                return False
+            _form, decision = locked
+            due = decision.next_attempt_at or decision.updated_at
+            if decision.status != cls.Status.QUEUED or due >= due_before:
+                return False
+            # Due again from now: a long broker backlog is not re-sent on every sweep.
+            decision.next_attempt_at = timezone.now()
+            decision.save(update_fields=["next_attempt_at", "updated_at"])
+            AuditEntry.record(
+                "delivery_resent", decision, attempt=decision.attempts, due=due.isoformat()
+            )
+            transaction.on_commit(lambda: cls.enqueue(pk))
+        return True
+
+    @classmethod
+    def recover_stuck(cls, pk: int, *, started_before: dt.datetime) -> bool:
+        """A delivery left `delivering` by a worker that died mid-call goes back to the queue.
+        Its call may have reached Dify, so it is marked as maybe applied."""
+        with transaction.atomic():
+            locked = cls._lock(pk)
+            if locked is None:
+                return False
+            _form, decision = locked
+            if (
+                decision.status != cls.Status.DELIVERING
+                or decision.delivery_started_at is None
+                or decision.delivery_started_at >= started_before
+            ):
+                return False
+            decision.status = cls.Status.QUEUED
+            decision.maybe_applied = True
+            decision.next_attempt_at = timezone.now()
+            decision.last_error = gettext("The delivery was interrupted; trying again.")
+            decision.save(
+                update_fields=[
+                    "status",
+                    "maybe_applied",
+                    "next_attempt_at",
+                    "last_error",
+                    "updated_at",
+                ]
+            )
+            AuditEntry.record(
+                "delivery_recovered",
+                decision,
+                attempt=decision.attempts,
+                started_at=decision.delivery_started_at.isoformat(),
+            )
+            transaction.on_commit(lambda: cls.enqueue(pk))
+        return True
+
+    def retry_delivery(self, *, actor: Any = None) -> bool:
+        """An administrator sends a failed decision again, with a fresh retry budget."""
+        with transaction.atomic():
+            locked = Decision._lock(self.pk)
+            if locked is None:
+                return False
+            form, decision = locked
+            if decision.status != self.Status.FAILED or form.status != Form.Status.FAILED:
+                return False
+            decision.status = self.Status.QUEUED
+            decision.attempts = 0
+            decision.next_attempt_at = timezone.now()
+            decision.save(update_fields=["status", "attempts", "next_attempt_at", "updated_at"])
+            form.status = Form.Status.SUBMITTING
+            form.save(update_fields=["status", "updated_at"])
+            AuditEntry.record("delivery_retry_requested", decision, actor=actor, form=form.pk)
+            pk = decision.pk
+            transaction.on_commit(lambda: Decision.enqueue(pk))
+        self.refresh_from_db()
+        return True
 
 
 class Upload(models.Model):

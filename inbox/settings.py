@@ -12,7 +12,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from inbox.env import env_bool, env_int, env_list, env_str, parse_database_url
+from inbox.env import env_bool, env_float, env_int, env_list, env_str, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("INBOX_VAR_DIR", str(BASE_DIR / "var")))
@@ -159,6 +159,40 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+
+# Decision delivery (inbox.tasks.deliver_decision). A failed attempt that may succeed later
+# (connection error, timeout, 429, 5xx) is retried after base * 2**(attempt-1) seconds, at most
+# the cap, less up to a quarter of jitter; a Retry-After from Dify is honoured. After the last
+# attempt the decision is `failed` and waits for an administrator's "retry delivery".
+INBOX_DELIVERY_MAX_ATTEMPTS = env_int("INBOX_DELIVERY_MAX_ATTEMPTS", 12, minimum=1)
+INBOX_DELIVERY_RETRY_BASE_SECONDS = env_float("INBOX_DELIVERY_RETRY_BASE_SECONDS", 2.0, minimum=0)
+INBOX_DELIVERY_RETRY_CAP_SECONDS = env_float("INBOX_DELIVERY_RETRY_CAP_SECONDS", 900.0, minimum=0)
+# Longest Retry-After we wait for; a longer one is cut to this.
+INBOX_DELIVERY_RETRY_AFTER_MAX_SECONDS = env_float(
+    "INBOX_DELIVERY_RETRY_AFTER_MAX_SECONDS", 3600.0, minimum=0
+)
+# How long one submit may take before it counts as a timeout (connect stays short).
+INBOX_DELIVERY_TIMEOUT_SECONDS = env_float("INBOX_DELIVERY_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+# A decision `delivering` for longer than this was left by a dead worker: the sweep re-queues
+# it. Must exceed the delivery task's hard time limit (timeout + confirmation reads + margin).
+INBOX_DELIVERY_STUCK_SECONDS = env_float("INBOX_DELIVERY_STUCK_SECONDS", 300.0, minimum=0)
+# A queued decision this far past its due time lost its task (broker restart, publish failure):
+# the sweep sends it again. A duplicate task is harmless, the first to claim the decision wins.
+INBOX_DELIVERY_REQUEUE_AFTER_SECONDS = env_float(
+    "INBOX_DELIVERY_REQUEUE_AFTER_SECONDS", 120.0, minimum=0
+)
+# Pending forms not checked in Dify for this long are asked about (GET form), at most a batch
+# per run, to find those answered in Dify directly.
+INBOX_RECONCILE_AFTER_SECONDS = env_float("INBOX_RECONCILE_AFTER_SECONDS", 900.0, minimum=0)
+INBOX_RECONCILE_BATCH = env_int("INBOX_RECONCILE_BATCH", 100, minimum=1)
+
+# Periodic tasks, run by `celery beat`. Each task holds a lock while it runs, so a slow run and
+# the next tick cannot overlap.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "sweep-expired-forms": {"task": "inbox.tasks.sweep_expired_forms", "schedule": 60.0},
+    "sweep-deliveries": {"task": "inbox.tasks.sweep_deliveries", "schedule": 30.0},
+    "reconcile-pending-forms": {"task": "inbox.tasks.reconcile_pending_forms", "schedule": 300.0},
+}
 
 # Email: console in the embedded setup, SMTP when EMAIL_HOST is set.
 EMAIL_HOST = env_str("EMAIL_HOST", "")

@@ -2,15 +2,78 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
+import hashlib
 import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import httpx
 from celery import shared_task
-from django.db import transaction
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.translation import gettext
 
-from inbox.models import AuditEntry, Form
+from inbox.dify.client import DifyClient
+from inbox.dify.errors import (
+    DifyConnectionError,
+    DifyError,
+    DifyStatusError,
+    FormAlreadySubmitted,
+    FormExpired,
+    InvalidFormData,
+    NotFound,
+    TooManyRequests,
+)
+from inbox.models import AuditEntry, Decision, DifyApp, Form, RunEvent, request_follow
 
 logger = logging.getLogger(__name__)
+
+
+# --- periodic locks ---
+
+
+@contextmanager
+def periodic_lock(name: str) -> Iterator[bool]:
+    """Yield True when this process holds the lock `name`, False when another run holds it.
+
+    PostgreSQL: a session advisory lock, released by the server if the worker dies. SQLite (the
+    embedded setup, one machine): an flock on a file next to the database.
+    """
+    if connection.vendor == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            row = cursor.fetchone()
+        held = bool(row and row[0])
+        try:
+            yield held
+        finally:
+            if held:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+        return
+    lock_dir = Path(settings.VAR_DIR) / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # Periodic (beat, every minute). Bounded by time so a huge backlog cannot pin the worker;
@@ -18,6 +81,14 @@ logger = logging.getLogger(__name__)
 @shared_task(soft_time_limit=50, time_limit=60)
 def sweep_expired_forms(batch_size: int = 500) -> int:
     """Mark pending forms past their expiration time as expired, so nobody tries to answer them."""
+    with periodic_lock("sweep_expired_forms") as held:
+        if not held:
+            logger.info("sweep_expired_forms: another run holds the lock")
+            return 0
+        return _sweep_expired_forms(batch_size)
+
+
+def _sweep_expired_forms(batch_size: int) -> int:
     now = timezone.now()
     expired = 0
     ids = list(
@@ -41,3 +112,371 @@ def sweep_expired_forms(batch_size: int = 500) -> int:
     if expired:
         logger.info("sweep_expired_forms: %d form(s) expired", expired)
     return expired
+
+
+# --- decision delivery ---
+
+_clients: dict[tuple[int, str, str, float], DifyClient] = {}
+_clients_lock = threading.Lock()
+
+
+def delivery_client(app: DifyApp) -> DifyClient:
+    """The app's client with the delivery timeout. Shared by the worker's threads; a changed
+    URL, key or timeout gets a new one."""
+    timeout = float(settings.INBOX_DELIVERY_TIMEOUT_SECONDS)
+    fingerprint = hashlib.sha256(app.api_key.encode()).hexdigest()[:16]
+    key = (app.pk, app.base_url.rstrip("/"), fingerprint, timeout)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None or client.is_closed:
+            for stale in [k for k in _clients if k[0] == app.pk and k != key]:
+                del _clients[stale]
+            limit = httpx.Timeout(timeout, connect=min(5.0, timeout))
+            # The client never repeats a submit; the confirmation read is not repeated either,
+            # the delivery's own retry covers both.
+            client = DifyClient(
+                app.base_url, app.api_key, timeout=limit, stream_timeout=limit, max_retries=0
+            )
+            _clients[key] = client
+        return client
+
+
+def retry_delay(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds before attempt `attempt + 1`: exponential from the base, capped, with up to a
+    quarter of jitter so decisions failed by one outage do not all come back at once. Dify's
+    Retry-After, when it sent one, is the floor."""
+    base = float(settings.INBOX_DELIVERY_RETRY_BASE_SECONDS)
+    cap = float(settings.INBOX_DELIVERY_RETRY_CAP_SECONDS)
+    delay = min(cap, base * (2.0 ** max(attempt - 1, 0)))
+    delay -= delay * 0.25 * random.random()
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, float(settings.INBOX_DELIVERY_RETRY_AFTER_MAX_SECONDS)))
+    return delay
+
+
+def _never_sent(exc: DifyError) -> bool:
+    """Errors after which the submit surely did not reach Dify's handler."""
+    if isinstance(exc, TooManyRequests):
+        return True
+    if isinstance(exc, DifyConnectionError):
+        # The client names the httpx error class; a refused or timed-out connect sent nothing.
+        return "ConnectError" in exc.message or "ConnectTimeout" in exc.message
+    return False
+
+
+# One submit plus, after a 412, one bounded read of the run's events: the soft limit leaves the
+# task time to put the decision back in the queue; the hard limit stays well below
+# INBOX_DELIVERY_STUCK_SECONDS, so the sweep never re-sends a delivery that is still running.
+_DELIVERY_SOFT_LIMIT = int(settings.INBOX_DELIVERY_TIMEOUT_SECONDS * 2 + 20)
+
+
+# acks_late (also the project default): the broker keeps the message until the task returns, so
+# a worker lost mid-call hands it on. The decision row, not the message, says what is left to do.
+@shared_task(
+    acks_late=True, soft_time_limit=_DELIVERY_SOFT_LIMIT, time_limit=_DELIVERY_SOFT_LIMIT + 10
+)
+def deliver_decision(decision_pk: int) -> str:
+    """Deliver one decision to Dify (POST /form/human_input/{token}) and record the outcome."""
+    decision = Decision.start_delivery(decision_pk)
+    if decision is None:
+        return "skipped"
+    form = decision.form
+    run = form.run
+    try:
+        delivery_client(run.app).submit_form(
+            form.form_token, inputs=decision.inputs, action=decision.action_id, user=run.dify_user
+        )
+    except InvalidFormData as exc:
+        # Dify's validation: nothing changed there, the reviewer fixes the values and resends.
+        Decision.finish(
+            decision.pk,
+            status=Decision.Status.REJECTED,
+            form_status=Form.Status.PENDING,
+            reason=exc.message or gettext("Dify did not accept the values."),
+            verb="decision_rejected",
+            code=exc.code,
+        )
+        return "rejected"
+    except FormAlreadySubmitted:
+        return _settle_already_submitted(decision)
+    except FormExpired:
+        Decision.finish(
+            decision.pk,
+            status=Decision.Status.REJECTED,
+            form_status=Form.Status.EXPIRED,
+            reason=gettext("The form expired in Dify before the decision arrived."),
+            verb="decision_rejected",
+            code="human_input_form_expired",
+        )
+        request_follow(run.pk)
+        return "expired"
+    except NotFound as exc:
+        _fail(
+            decision,
+            gettext(
+                "Dify does not know this form (404): the app's key changed or the form "
+                "belongs to another app."
+            ),
+            code=exc.code,
+        )
+        return "failed"
+    except DifyStatusError as exc:
+        if exc.permanent:
+            _fail(
+                decision,
+                gettext("Dify refused the decision (%(status)s %(code)s): %(message)s")
+                % {"status": exc.status, "code": exc.code, "message": exc.message},
+                code=exc.code,
+            )
+            return "failed"
+        return _retry_or_fail(decision, exc, retry_after=exc.retry_after)
+    except DifyError as exc:
+        return _retry_or_fail(decision, exc)
+    except SoftTimeLimitExceeded:
+        # Out of time mid-call: whether Dify applied it is unknown.
+        return _retry_or_fail(
+            decision, DifyConnectionError("the delivery ran out of time"), ambiguous=True
+        )
+    Decision.finish(
+        decision.pk,
+        status=Decision.Status.DELIVERED,
+        form_status=Form.Status.SUBMITTED,
+        verb="decision_delivered",
+    )
+    request_follow(run.pk)
+    return "delivered"
+
+
+def _fail(decision: Decision, reason: str, **details: Any) -> None:
+    Decision.finish(
+        decision.pk,
+        status=Decision.Status.FAILED,
+        form_status=Form.Status.FAILED,
+        reason=reason,
+        verb="decision_failed",
+        **details,
+    )
+    logger.warning("decision %s: delivery failed: %s", decision.pk, reason)
+
+
+def _retry_or_fail(
+    decision: Decision,
+    exc: DifyError,
+    *,
+    retry_after: float | None = None,
+    ambiguous: bool | None = None,
+) -> str:
+    if ambiguous is None:
+        ambiguous = not _never_sent(exc)
+    if decision.attempts >= settings.INBOX_DELIVERY_MAX_ATTEMPTS:
+        if ambiguous or decision.maybe_applied:
+            # The last call may have landed; a later retry by an administrator is checked
+            # against Dify's answer (412) like any other.
+            Decision.objects.filter(pk=decision.pk).update(maybe_applied=True)
+        _fail(
+            decision,
+            gettext("Dify could not be reached after %(n)d attempts. Last error: %(error)s")
+            % {"n": decision.attempts, "error": exc.message},
+            error=exc.message,
+        )
+        return "failed"
+    delay = retry_delay(decision.attempts, retry_after)
+    Decision.schedule_retry(decision.pk, error=exc.message, delay=delay, ambiguous=ambiguous)
+    logger.info(
+        "decision %s: attempt %d failed (%s), retry in %.2fs",
+        decision.pk,
+        decision.attempts,
+        exc.message,
+        delay,
+    )
+    return "retry"
+
+
+def _filled_data(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        return {}
+    data = payload.get("data")
+    return data if isinstance(data, dict) else payload
+
+
+def _filled_info(data: dict[str, Any]) -> dict[str, str]:
+    return {
+        "filled_action_id": str(data.get("action_id") or ""),
+        "filled_action_text": str(data.get("action_text") or "")[:255],
+        "rendered_content": str(data.get("rendered_content") or ""),
+    }
+
+
+def _find_filled_event(decision: Decision) -> dict[str, str] | None:
+    """What Dify showed of the answer that filled the decision's form: the follower's record
+    on the form, a stored `human_input_form_filled` event, or (only when one of our earlier
+    attempts may have landed) the run's event stream read with a state snapshot."""
+    form = Form.objects.select_related("run__app").get(pk=decision.form_id)
+    if form.filled_action_id:
+        return {
+            "filled_action_id": form.filled_action_id,
+            "filled_action_text": form.filled_action_text,
+            "rendered_content": form.rendered_content,
+        }
+    # Events carry the node, not the form id; the latest fill of this node is this form's.
+    for payload in (
+        RunEvent.objects.filter(run=form.run, event="human_input_form_filled")
+        .order_by("-id")
+        .values_list("payload", flat=True)[:20]
+    ):
+        data = _filled_data(payload)
+        if data.get("node_id") == form.node_id and data.get("action_id"):
+            return _filled_info(data)
+    if not decision.maybe_applied or not form.run.workflow_run_id:
+        return None
+    deadline = time.monotonic() + float(settings.INBOX_DELIVERY_TIMEOUT_SECONDS)
+    try:
+        with delivery_client(form.run.app).stream_events(
+            form.run.workflow_run_id, user=form.run.dify_user, include_state_snapshot=True
+        ) as stream:
+            for event in stream:
+                if event.event == "human_input_form_filled":
+                    data = event.data or {}
+                    if data.get("node_id") == form.node_id and data.get("action_id"):
+                        return _filled_info(data)
+                if event.event == "human_input_required" and (
+                    (event.data or {}).get("form_id") == form.form_id
+                ):
+                    # Still waiting for an answer in the replay: not filled (yet) by anyone.
+                    return None
+                if time.monotonic() > deadline:
+                    break
+    except DifyError as exc:
+        logger.info("decision %s: could not read the run's events: %s", decision.pk, exc.message)
+    return None
+
+
+def _settle_already_submitted(decision: Decision) -> str:
+    """Dify says the form was already submitted (412). If one of our earlier attempts may have
+    landed (a lost answer) and Dify's events show our action, it was ours: delivered. Otherwise
+    someone answered in Dify first."""
+    filled = _find_filled_event(decision)
+    run_pk = decision.form.run_id
+    if (
+        decision.maybe_applied
+        and filled is not None
+        and filled["filled_action_id"] == decision.action_id
+    ):
+        Decision.finish(
+            decision.pk,
+            status=Decision.Status.DELIVERED,
+            form_status=Form.Status.SUBMITTED,
+            verb="decision_delivered",
+            filled=filled,
+            confirmed_by="human_input_form_filled",
+        )
+        request_follow(run_pk)
+        return "delivered"
+    form = Form.objects.get(pk=decision.form_id)
+    if filled is not None and filled["filled_action_id"]:
+        title = filled["filled_action_text"] or form.action_title(filled["filled_action_id"])
+        reason = gettext(
+            "This form was answered in Dify before this decision arrived: %(action)s."
+        ) % {"action": title}
+    else:
+        reason = gettext("This form was answered in Dify before this decision arrived.")
+    Decision.finish(
+        decision.pk,
+        status=Decision.Status.REJECTED,
+        form_status=Form.Status.ANSWERED_ELSEWHERE,
+        reason=reason,
+        verb="decision_rejected",
+        filled=filled,
+        code="human_input_form_submitted",
+    )
+    request_follow(run_pk)
+    return "answered_elsewhere"
+
+
+# Periodic (beat, every 30 s). Bounded by a batch and the time limit; the rest waits a tick.
+@shared_task(soft_time_limit=50, time_limit=60)
+def sweep_deliveries(batch_size: int = 500) -> dict[str, int]:
+    """Recover deliveries left `delivering` by a dead worker and re-send queued decisions whose
+    task was lost. Both go back through `deliver_decision`; a 412 keeps a landed one from
+    counting twice."""
+    with periodic_lock("sweep_deliveries") as held:
+        if not held:
+            logger.info("sweep_deliveries: another run holds the lock")
+            return {"stuck": 0, "resent": 0}
+        now = timezone.now()
+        started_before = now - dt.timedelta(seconds=settings.INBOX_DELIVERY_STUCK_SECONDS)
+        stuck = 0
+        for pk in Decision.objects.filter(
+            status=Decision.Status.DELIVERING, delivery_started_at__lt=started_before
+        ).values_list("pk", flat=True)[:batch_size]:
+            stuck += Decision.recover_stuck(pk, started_before=started_before)
+        due_before = now - dt.timedelta(seconds=settings.INBOX_DELIVERY_REQUEUE_AFTER_SECONDS)
+        resent = 0
+        for pk in (
+            Decision.objects.filter(status=Decision.Status.QUEUED)
+            .filter(
+                Q(next_attempt_at__lt=due_before)
+                | Q(next_attempt_at__isnull=True, updated_at__lt=due_before)
+            )
+            .values_list("pk", flat=True)[:batch_size]
+        ):
+            resent += Decision.resend_lost(pk, due_before=due_before)
+        if stuck or resent:
+            logger.info("sweep_deliveries: %d stuck recovered, %d lost re-sent", stuck, resent)
+        return {"stuck": stuck, "resent": resent}
+
+
+# Periodic (beat, every 5 min). Each GET is short, the batch is bounded; the limit covers a
+# batch of slow answers.
+@shared_task(soft_time_limit=240, time_limit=270)
+def reconcile_pending_forms(batch_size: int | None = None) -> dict[str, int]:
+    """Ask Dify about pending forms not checked recently (GET form): a 412 finds forms answered
+    in Dify directly (web app, email) or expired there, which the follower may not have seen."""
+    with periodic_lock("reconcile_pending_forms") as held:
+        if not held:
+            logger.info("reconcile_pending_forms: another run holds the lock")
+            return {}
+        return _reconcile(batch_size or settings.INBOX_RECONCILE_BATCH)
+
+
+def _reconcile(batch_size: int) -> dict[str, int]:
+    now = timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.INBOX_RECONCILE_AFTER_SECONDS)
+    forms = list(
+        Form.objects.filter(status=Form.Status.PENDING)
+        .exclude(form_token="")
+        .filter(Q(expiration_time__isnull=True) | Q(expiration_time__gt=now))
+        .filter(Q(checked_at__lt=cutoff) | Q(checked_at__isnull=True, created_at__lt=cutoff))
+        .select_related("run__app")
+        .order_by(F("checked_at").asc(nulls_first=True), "created_at")[:batch_size]
+    )
+    counts = {"checked": 0, "answered_elsewhere": 0, "expired": 0, "errors": 0}
+    unreachable: set[int] = set()
+    for form in forms:
+        app = form.run.app
+        if app.pk in unreachable:
+            continue
+        try:
+            delivery_client(app).get_form(form.form_token)
+        except FormAlreadySubmitted:
+            if form.close_in_dify(
+                Form.Status.ANSWERED_ELSEWHERE,
+                reason="GET form: human_input_form_submitted",
+                source="reconcile",
+            ):
+                counts["answered_elsewhere"] += 1
+        except FormExpired:
+            if form.close_in_dify(
+                Form.Status.EXPIRED, reason="GET form: human_input_form_expired", source="reconcile"
+            ):
+                counts["expired"] += 1
+        except DifyError as exc:
+            counts["errors"] += 1
+            logger.warning("reconcile: form %s: %s", form.pk, exc)
+            if not isinstance(exc, DifyStatusError) or not exc.permanent:
+                # Dify is down or busy for this app: leave its other forms for the next run.
+                unreachable.add(app.pk)
+                continue
+        counts["checked"] += 1
+        Form.objects.filter(pk=form.pk).update(checked_at=timezone.now())
+    return counts

@@ -1,0 +1,53 @@
+"""Forms and runs for the delivery tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Any
+
+from django.utils import timezone
+
+from inbox.models import DifyApp, Form, Run
+
+_ids = itertools.count(1)
+
+ACTIONS = [
+    {"id": "approve", "title": "Approve", "button_style": "primary"},
+    {"id": "reject", "title": "Reject", "button_style": "default"},
+]
+
+
+def make_run(app: DifyApp, **kwargs: Any) -> Run:
+    n = next(_ids)
+    kwargs.setdefault("workflow_run_id", f"R-delivery-{n}")
+    kwargs.setdefault("dify_user", f"inbox-run-{n}")
+    kwargs.setdefault("status", Run.Status.PAUSED)
+    kwargs.setdefault("follow_wanted", False)
+    return Run.objects.create(app=app, **kwargs)
+
+
+def make_form(
+    app: DifyApp,
+    *,
+    run: Run | None = None,
+    expires_in: dt.timedelta | None = dt.timedelta(hours=5),
+    **kwargs: Any,
+) -> Form:
+    n = next(_ids)
+    kwargs.setdefault("form_id", f"F-delivery-{n}")
+    kwargs.setdefault("form_token", f"secret-delivery-token-{n}")
+    kwargs.setdefault("node_id", f"approval_{n}")
+    kwargs.setdefault("node_title", "Manager approval")
+    kwargs.setdefault(
+        "definition",
+        {
+            "form_content": "Refund 120 EUR?\n\n{{#$output.note#}}",
+            "inputs": [{"type": "paragraph", "output_variable_name": "note", "default": None}],
+            "user_actions": ACTIONS,
+            "resolved_default_values": {},
+        },
+    )
+    if expires_in is not None:
+        kwargs.setdefault("expiration_time", timezone.now() + expires_in)
+    return Form.objects.create(run=run or make_run(app), **kwargs)
