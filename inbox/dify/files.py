@@ -110,6 +110,16 @@ def size_limit_for(category: str, limits: dict[str, int] | None = None) -> int:
     return table.get(category, table.get(CUSTOM, DEFAULT_SIZE_LIMITS[CUSTOM]))
 
 
+def upload_size_limit(filename: str, limits: dict[str, int] | None = None) -> int:
+    """Bytes POST /files/upload accepts for this file. Dify picks the limit from the extension
+    alone (no MIME fallback): an image, video or audio extension gets its own limit, anything
+    else the general file limit."""
+    category = category_for_extension(extension_of(filename))
+    if category in (IMAGE, VIDEO, AUDIO):
+        return size_limit_for(category, limits)
+    return size_limit_for(DOCUMENT, limits)
+
+
 def is_allowed(
     category: str,
     extension: str,

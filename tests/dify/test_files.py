@@ -9,6 +9,7 @@ from inbox.dify.files import (
     extension_of,
     is_allowed,
     size_limit_for,
+    upload_size_limit,
 )
 
 
@@ -70,3 +71,11 @@ def test_is_allowed_follows_the_detected_category() -> None:
         "custom", "exe", allowed_file_types=["custom"], allowed_file_extensions=[".heic"]
     )
     assert not is_allowed("custom", "heic", allowed_file_types=["image"])
+
+
+def test_the_upload_limit_follows_the_extension_alone() -> None:
+    assert upload_size_limit("clip.MP4") == 100 * MB
+    assert upload_size_limit("scan.png") == 10 * MB
+    # No image extension: the general limit, whatever the MIME type will say.
+    assert upload_size_limit("scan") == 15 * MB
+    assert upload_size_limit("data.parquet") == 15 * MB
