@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
@@ -96,15 +96,49 @@ class FormAdmin(admin.ModelAdmin):
 
 @admin.register(Decision)
 class DecisionAdmin(admin.ModelAdmin):
-    list_display = ["form", "action_id", "decider", "status", "attempts", "created_at"]
+    list_display = [
+        "form",
+        "action_id",
+        "decider",
+        "status",
+        "attempts",
+        "last_error",
+        "created_at",
+    ]
     list_filter = ["status", "form__run__app"]
     search_fields = ["form__node_title", "form__form_id", "action_id", "guest_email"]
     list_select_related = ["form", "reviewer"]
-    readonly_fields = ["public_id", "created_at", "updated_at", "delivered_at"]
+    readonly_fields = [
+        "public_id",
+        "created_at",
+        "updated_at",
+        "delivered_at",
+        "delivery_started_at",
+        "next_attempt_at",
+        "maybe_applied",
+    ]
+    actions = ["retry_delivery"]
 
     @admin.display(description=_("decided by"))
     def decider(self, obj: Decision) -> str:
         return obj.decider_label
+
+    @admin.action(description=_("Retry delivery of the selected failed decisions"))
+    def retry_delivery(self, request: HttpRequest, queryset: Any) -> None:
+        retried = sum(
+            decision.retry_delivery(actor=request.user)
+            for decision in queryset.filter(status=Decision.Status.FAILED)
+        )
+        skipped = queryset.count() - retried
+        self.message_user(
+            request,
+            _(
+                "%(retried)d decision(s) queued for delivery again; %(skipped)d skipped (only a "
+                "failed decision on a failed form can be retried)."
+            )
+            % {"retried": retried, "skipped": skipped},
+            messages.SUCCESS if retried else messages.WARNING,
+        )
 
 
 @admin.register(Upload)

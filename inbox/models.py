@@ -339,8 +339,7 @@ class Form(models.Model):
             AuditEntry.record(
                 f"form_{status}", form, previous="pending", reason=reason, source=source
             )
-            run_pk = form.run_id
-            transaction.on_commit(lambda: request_follow(run_pk))
+        request_follow(form.run_id)
         self.refresh_from_db()
         return True
 
@@ -492,7 +491,14 @@ class Decision(models.Model):
         form_pk = cls.objects.filter(pk=pk).values_list("form_id", flat=True).first()
         if form_pk is None:
             return None
-        form = Form.objects.select_for_update().filter(pk=form_pk).first()
+        # Only the form's row is locked (`of`): the run and app rows are shared by every form
+        # of the run, locking them would serialise unrelated deliveries.
+        form = (
+            Form.objects.select_for_update(of=("self",))
+            .select_related("run__app")
+            .filter(pk=form_pk)
+            .first()
+        )
         decision = cls.objects.select_for_update().filter(pk=pk).first()
         if form is None or decision is None:
             return None
@@ -512,11 +518,29 @@ class Decision(models.Model):
                 # A duplicate task (acks_late redelivery, the sweep's re-send): the first one
                 # owns it.
                 return None
+            if form.status == Form.Status.SUBMITTING and (
+                decision.maybe_applied or not form.is_expired
+            ):
+                decision.status = cls.Status.DELIVERING
+                decision.attempts += 1
+                decision.delivery_started_at = timezone.now()
+                decision.next_attempt_at = None
+                decision.save(
+                    update_fields=[
+                        "status",
+                        "attempts",
+                        "delivery_started_at",
+                        "next_attempt_at",
+                        "updated_at",
+                    ]
+                )
+                AuditEntry.record("delivery_started", decision, attempt=decision.attempts)
+                return decision
             if form.status != Form.Status.SUBMITTING:
                 decision._settle_with_closed_form(form)
-                return None
-            if form.is_expired and not decision.maybe_applied:
-                # Nothing of ours can have reached Dify, and Dify would answer 412 expired.
+            else:
+                # Expired while queued, and nothing of ours can have reached Dify: Dify would
+                # answer 412 expired, so it is not asked.
                 decision._close(
                     form,
                     status=cls.Status.REJECTED,
@@ -524,24 +548,8 @@ class Decision(models.Model):
                     reason=gettext("The form expired before the decision could be delivered."),
                     verb="decision_rejected",
                 )
-                transaction.on_commit(lambda: request_follow(form.run_id))
-                return None
-            now = timezone.now()
-            decision.status = cls.Status.DELIVERING
-            decision.attempts += 1
-            decision.delivery_started_at = now
-            decision.next_attempt_at = None
-            decision.save(
-                update_fields=[
-                    "status",
-                    "attempts",
-                    "delivery_started_at",
-                    "next_attempt_at",
-                    "updated_at",
-                ]
-            )
-            AuditEntry.record("delivery_started", decision, attempt=decision.attempts)
-        return cls.objects.select_related("form__run__app").get(pk=pk)
+        request_follow(form.run_id)
+        return None
 
     def _settle_with_closed_form(self, form: Form) -> None:
         """The form moved on (answered in Dify, expired) while this decision waited its turn."""

@@ -268,6 +268,7 @@ def _retry_or_fail(
 ) -> str:
     if ambiguous is None:
         ambiguous = not _never_sent(exc)
+    text = str(exc)
     if decision.attempts >= settings.INBOX_DELIVERY_MAX_ATTEMPTS:
         if ambiguous or decision.maybe_applied:
             # The last call may have landed; a later retry by an administrator is checked
@@ -276,17 +277,17 @@ def _retry_or_fail(
         _fail(
             decision,
             gettext("Dify could not be reached after %(n)d attempts. Last error: %(error)s")
-            % {"n": decision.attempts, "error": exc.message},
-            error=exc.message,
+            % {"n": decision.attempts, "error": text},
+            error=text,
         )
         return "failed"
     delay = retry_delay(decision.attempts, retry_after)
-    Decision.schedule_retry(decision.pk, error=exc.message, delay=delay, ambiguous=ambiguous)
+    Decision.schedule_retry(decision.pk, error=text, delay=delay, ambiguous=ambiguous)
     logger.info(
         "decision %s: attempt %d failed (%s), retry in %.2fs",
         decision.pk,
         decision.attempts,
-        exc.message,
+        text,
         delay,
     )
     return "retry"

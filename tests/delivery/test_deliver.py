@@ -1,0 +1,394 @@
+"""deliver_decision, called directly against the real database and a scripted Dify on loopback:
+one test per outcome of a submit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
+from inbox.tasks import deliver_decision, retry_delay
+from tests.delivery.helpers import make_form
+from tests.delivery.scripted import Reply, ScriptedDify, error
+
+pytestmark = pytest.mark.smoke
+
+SUBMIT = "/form/human_input/"
+
+
+@pytest.fixture
+def dify() -> Iterator[ScriptedDify]:
+    server = ScriptedDify()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def app(db: None, dify: ScriptedDify, settings: Any) -> DifyApp:
+    settings.INBOX_DELIVERY_RETRY_BASE_SECONDS = 0.01
+    settings.INBOX_DELIVERY_RETRY_CAP_SECONDS = 0.05
+    settings.INBOX_DELIVERY_MAX_ATTEMPTS = 3
+    settings.INBOX_DELIVERY_TIMEOUT_SECONDS = 1.0
+    return DifyApp.objects.create(name="refunds", base_url=dify.base_url, api_key="app-key-123")
+
+
+@pytest.fixture
+def decide(
+    reviewer: User, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> Callable[..., Decision]:
+    def make(form: Form, action: str = "approve", inputs: dict[str, Any] | None = None) -> Decision:
+        # The task is called by the test itself, not through the broker.
+        with django_capture_on_commit_callbacks(execute=False):
+            return form.decide(action_id=action, inputs=inputs or {"note": "ok"}, reviewer=reviewer)
+
+    return make
+
+
+def _state(decision: Decision) -> tuple[str, str, int]:
+    decision.refresh_from_db()
+    return decision.status, decision.form.status, decision.attempts
+
+
+def _no_secret_anywhere(form: Form) -> None:
+    token = form.form_token
+    assert token
+    for entry in AuditEntry.objects.all():
+        assert token not in str(entry.details) and token not in entry.object_repr
+    for decision in Decision.objects.all():
+        assert token not in decision.last_error
+
+
+def _retry(decision: Decision, callbacks: Callable[..., Any]) -> str:
+    """The retry the task scheduled, run now (the countdown is the broker's business)."""
+    with callbacks(execute=False) as queued:
+        outcome = deliver_decision(decision.pk)
+    assert len(queued) == (1 if outcome == "retry" else 0)
+    return outcome
+
+
+def test_a_delivered_decision_submits_the_form_and_resumes_following_the_run(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    form = make_form(app)
+    decision = decide(form, "approve", {"note": "refund in full"})
+    assert deliver_decision(decision.pk) == "delivered"
+
+    (post,) = dify.requests("POST", SUBMIT)
+    assert post.body == {
+        "inputs": {"note": "refund in full"},
+        "action": "approve",
+        "user": form.run.dify_user,
+    }
+    assert _state(decision) == ("delivered", "submitted", 1)
+    form.refresh_from_db()
+    assert form.decided_at == decision.created_at
+    assert (form.filled_action_id, form.filled_action_text) == ("approve", "Approve")
+    assert decision.delivered_at is not None
+    run = Run.objects.get(pk=form.run_id)
+    assert run.follow_wanted and run.follow_snapshot
+    verbs = list(AuditEntry.objects.order_by("id").values_list("verb", flat=True))
+    assert verbs == ["decision_made", "delivery_started", "decision_delivered", "form_submitted"]
+    _no_secret_anywhere(form)
+    # A second task for the same decision (a redelivered message) sends nothing.
+    assert deliver_decision(decision.pk) == "skipped"
+    assert len(dify.requests("POST", SUBMIT)) == 1
+
+
+def test_a_task_for_a_deleted_decision_returns_quietly(app: DifyApp) -> None:
+    assert deliver_decision(424242) == "skipped"
+
+
+def test_dify_validation_sends_the_decision_back_to_the_reviewer_with_its_message(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    dify.on("POST", SUBMIT, error(400, "invalid_form_data", "Missing required inputs: note"))
+    form = make_form(app)
+    decision = decide(form, "approve", {"note": ""})
+    assert deliver_decision(decision.pk) == "rejected"
+    assert _state(decision) == ("rejected", "pending", 1)
+    assert decision.last_error == "Missing required inputs: note"
+    assert decision.inputs == {"note": ""}  # the reviewer's values, to refill the page
+    # The reviewer fixes it and decides again.
+    dify.on("POST", SUBMIT, Reply())
+    again = decide(Form.objects.get(pk=form.pk), "approve", {"note": "now with a note"})
+    assert deliver_decision(again.pk) == "delivered"
+    assert _state(again) == ("delivered", "submitted", 1)
+
+
+def test_a_form_answered_in_dify_first_is_shown_as_answered_elsewhere(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    dify.on(
+        "POST",
+        SUBMIT,
+        error(412, "human_input_form_submitted", "already been submitted by another user"),
+    )
+    form = make_form(app)
+    decision = decide(form)
+    assert deliver_decision(decision.pk) == "answered_elsewhere"
+    assert _state(decision) == ("rejected", "answered_elsewhere", 1)
+    assert decision.last_error == "This form was answered in Dify before this decision arrived."
+    # Our first attempt cannot have landed, so no time is spent reading the run's events.
+    assert not dify.requests("GET", "/workflow/")
+    assert Run.objects.get(pk=form.run_id).follow_snapshot
+
+
+def test_a_lost_answer_then_412_is_confirmed_as_ours_from_the_run_events(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    form = make_form(app)
+    dify.on(
+        "POST",
+        SUBMIT,
+        Reply(drop=True),
+        error(412, "human_input_form_submitted", "already been submitted by another user"),
+    )
+    dify.on(
+        "GET",
+        f"/workflow/{form.run.workflow_run_id}/events",
+        Reply(
+            events=[
+                {
+                    "event": "workflow_started",
+                    "workflow_run_id": form.run.workflow_run_id,
+                    "data": {},
+                },
+                {
+                    "event": "human_input_form_filled",
+                    "workflow_run_id": form.run.workflow_run_id,
+                    "data": {
+                        "node_id": form.node_id,
+                        "node_title": "Manager approval",
+                        "rendered_content": "Refund 120 EUR? ok",
+                        "action_id": "approve",
+                        "action_text": "Approve",
+                    },
+                },
+                {
+                    "event": "workflow_finished",
+                    "workflow_run_id": form.run.workflow_run_id,
+                    "data": {"status": "succeeded"},
+                },
+            ]
+        ),
+    )
+    decision = decide(form, "approve")
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert decision.status == "queued" and decision.maybe_applied
+    assert deliver_decision(decision.pk) == "delivered"
+    assert _state(decision) == ("delivered", "submitted", 2)
+    (events,) = dify.requests("GET", "/workflow/")
+    assert "include_state_snapshot=true" in events.query
+    assert f"user={form.run.dify_user}" in events.query
+    form.refresh_from_db()
+    assert form.rendered_content == "Refund 120 EUR? ok"
+    assert len(dify.requests("POST", SUBMIT)) == 2
+
+
+def test_a_lost_answer_then_412_with_another_action_is_answered_elsewhere(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    form = make_form(app)
+    dify.on(
+        "POST",
+        SUBMIT,
+        Reply(drop=True),
+        error(412, "human_input_form_submitted", "already been submitted by another user"),
+    )
+    dify.on(
+        "GET",
+        "/workflow/",
+        Reply(
+            events=[
+                {
+                    "event": "human_input_form_filled",
+                    "data": {
+                        "node_id": form.node_id,
+                        "action_id": "reject",
+                        "action_text": "Reject",
+                    },
+                }
+            ]
+        ),
+    )
+    decision = decide(form, "approve")
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    assert deliver_decision(decision.pk) == "answered_elsewhere"
+    assert _state(decision) == ("rejected", "answered_elsewhere", 2)
+    assert decision.last_error == (
+        "This form was answered in Dify before this decision arrived: Reject."
+    )
+    form.refresh_from_db()
+    assert (form.filled_action_id, form.filled_action_text) == ("reject", "Reject")
+
+
+def test_the_followers_record_of_the_fill_is_used_before_asking_dify(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    form = make_form(app)
+    dify.on(
+        "POST",
+        SUBMIT,
+        error(502, "", "bad gateway"),
+        error(412, "human_input_form_submitted", "already submitted"),
+    )
+    decision = decide(form, "approve")
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    form.run.events.create(
+        event="human_input_form_filled",
+        payload={
+            "event": "human_input_form_filled",
+            "data": {"node_id": form.node_id, "action_id": "approve"},
+        },
+    )
+    assert deliver_decision(decision.pk) == "delivered"
+    assert not dify.requests("GET", "/workflow/")
+
+
+def test_an_expired_form_in_dify_expires_here(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    dify.on("POST", SUBMIT, error(412, "human_input_form_expired", "This form has expired"))
+    form = make_form(app)
+    decision = decide(form)
+    assert deliver_decision(decision.pk) == "expired"
+    assert _state(decision) == ("rejected", "expired", 1)
+    assert decision.last_error == "The form expired in Dify before the decision arrived."
+
+
+def test_a_form_that_expired_while_queued_is_not_sent(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    form = make_form(app)
+    decision = decide(form)
+    Form.objects.filter(pk=form.pk).update(expiration_time=timezone.now() - dt.timedelta(seconds=1))
+    assert deliver_decision(decision.pk) == "skipped"
+    assert not dify.requests("POST", SUBMIT)
+    assert _state(decision) == ("rejected", "expired", 0)
+    assert decision.last_error == "The form expired before the decision could be delivered."
+
+
+def test_an_unknown_form_fails_with_a_clear_reason(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    dify.on("POST", SUBMIT, error(404, "not_found", "Form not found"))
+    form = make_form(app)
+    decision = decide(form)
+    assert deliver_decision(decision.pk) == "failed"
+    assert _state(decision) == ("failed", "failed", 1)
+    assert decision.last_error.startswith("Dify does not know this form (404)")
+
+
+def test_5xx_and_429_are_retried_and_honour_retry_after(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    dify.on(
+        "POST",
+        SUBMIT,
+        error(503, "", "unavailable"),
+        error(429, "too_many_requests", "slow down", **{"Retry-After": "7"}),
+        Reply(),
+    )
+    form = make_form(app)
+    decision = decide(form)
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert decision.last_error == "503: unavailable" and decision.maybe_applied
+    before = timezone.now()
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert decision.next_attempt_at is not None
+    assert decision.next_attempt_at - before >= dt.timedelta(seconds=6.9)
+    assert deliver_decision(decision.pk) == "delivered"
+    assert _state(decision) == ("delivered", "submitted", 3)
+    verbs = list(AuditEntry.objects.order_by("id").values_list("verb", flat=True))
+    assert verbs.count("delivery_retry_scheduled") == 2
+
+
+def test_retries_run_out_into_a_failed_decision_an_admin_can_retry(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    admin_user: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    dify.on("POST", SUBMIT, error(500, "internal_server_error", "boom"))
+    form = make_form(app)
+    decision = decide(form)
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    assert _retry(decision, django_capture_on_commit_callbacks) == "failed"
+    assert _state(decision) == ("failed", "failed", 3)
+    assert decision.last_error == (
+        "Dify could not be reached after 3 attempts. Last error: 500 internal_server_error: boom"
+    )
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert decision.retry_delivery(actor=admin_user)
+    assert len(queued) == 1
+    assert _state(decision) == ("queued", "submitting", 0)
+    assert AuditEntry.objects.filter(verb="delivery_retry_requested", actor=admin_user).exists()
+    dify.on("POST", SUBMIT, Reply())
+    assert deliver_decision(decision.pk) == "delivered"
+
+
+def test_a_timeout_is_retried_and_marks_the_attempt_as_maybe_applied(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    settings: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    settings.INBOX_DELIVERY_TIMEOUT_SECONDS = 0.3
+    dify.on("POST", SUBMIT, Reply(delay=1.0), Reply())
+    form = make_form(app)
+    decision = decide(form)
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert decision.maybe_applied and "timed out" in decision.last_error
+    assert deliver_decision(decision.pk) == "delivered"
+
+
+def test_a_refused_connection_is_retried_and_known_not_to_have_landed(
+    db: None,
+    decide: Callable[..., Decision],
+    settings: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    settings.INBOX_DELIVERY_RETRY_BASE_SECONDS = 0.01
+    closed = DifyApp.objects.create(name="down", base_url="http://127.0.0.1:9/v1", api_key="k")
+    decision = decide(make_form(closed))
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert not decision.maybe_applied and "ConnectError" in decision.last_error
+
+
+@pytest.mark.parametrize(
+    ("attempt", "low", "high"), [(1, 1.5, 2.0), (2, 3.0, 4.0), (5, 24.0, 32.0), (30, 675.0, 900.0)]
+)
+def test_backoff_doubles_with_jitter_up_to_the_cap(
+    settings: Any, attempt: int, low: float, high: float
+) -> None:
+    settings.INBOX_DELIVERY_RETRY_BASE_SECONDS = 2.0
+    settings.INBOX_DELIVERY_RETRY_CAP_SECONDS = 900.0
+    delays = [retry_delay(attempt) for _ in range(200)]
+    assert all(low <= d <= high for d in delays)
+    assert len({round(d, 6) for d in delays}) > 100  # jittered, not one value
+    assert retry_delay(1, retry_after=60.0) == 60.0

@@ -1,0 +1,239 @@
+"""The periodic tasks: stuck and lost deliveries, expiry, reconcile, and their locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
+from inbox.tasks import (
+    deliver_decision,
+    periodic_lock,
+    reconcile_pending_forms,
+    sweep_deliveries,
+    sweep_expired_forms,
+)
+from tests.delivery.helpers import make_form
+from tests.delivery.scripted import Reply, ScriptedDify, error
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture
+def dify() -> Iterator[ScriptedDify]:
+    server = ScriptedDify()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def app(db: None, dify: ScriptedDify, settings: Any) -> DifyApp:
+    settings.INBOX_DELIVERY_STUCK_SECONDS = 60
+    settings.INBOX_DELIVERY_REQUEUE_AFTER_SECONDS = 60
+    settings.INBOX_RECONCILE_AFTER_SECONDS = 600
+    return DifyApp.objects.create(name="refunds", base_url=dify.base_url, api_key="app-key-123")
+
+
+@pytest.fixture
+def decided(
+    app: DifyApp, reviewer: User, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> Decision:
+    form = make_form(app)
+    with django_capture_on_commit_callbacks(execute=False):
+        return form.decide(action_id="approve", inputs={"note": "ok"}, reviewer=reviewer)
+
+
+def _ago(seconds: float) -> dt.datetime:
+    return timezone.now() - dt.timedelta(seconds=seconds)
+
+
+def test_a_delivery_left_by_a_dead_worker_is_queued_again(
+    decided: Decision, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    # The worker claimed it two minutes ago and never came back.
+    Decision.objects.filter(pk=decided.pk).update(
+        status=Decision.Status.DELIVERING, attempts=1, delivery_started_at=_ago(120)
+    )
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert sweep_deliveries() == {"stuck": 1, "resent": 0}
+    assert len(queued) == 1
+    decided.refresh_from_db()
+    assert decided.status == "queued" and decided.maybe_applied
+    assert decided.last_error == "The delivery was interrupted; trying again."
+    assert AuditEntry.objects.filter(verb="delivery_recovered", object_id=str(decided.pk)).exists()
+    # A delivery started recently is left alone: its worker may still be waiting for Dify.
+    Decision.objects.filter(pk=decided.pk).update(
+        status=Decision.Status.DELIVERING, delivery_started_at=_ago(5)
+    )
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert sweep_deliveries() == {"stuck": 0, "resent": 0}
+    assert not queued
+
+
+def test_a_queued_decision_whose_task_was_lost_is_sent_again_once(
+    decided: Decision, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    Decision.objects.filter(pk=decided.pk).update(next_attempt_at=_ago(300))
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert sweep_deliveries() == {"stuck": 0, "resent": 1}
+        # Due again from now: the next tick does not send it a second time.
+        assert sweep_deliveries() == {"stuck": 0, "resent": 0}
+    assert len(queued) == 1
+    assert AuditEntry.objects.filter(verb="delivery_resent").count() == 1
+
+
+def test_a_decision_waiting_for_its_retry_is_not_resent(
+    decided: Decision, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    Decision.objects.filter(pk=decided.pk).update(
+        next_attempt_at=timezone.now() + dt.timedelta(minutes=10)
+    )
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert sweep_deliveries() == {"stuck": 0, "resent": 0}
+    assert not queued
+
+
+def test_a_recovered_delivery_that_had_landed_counts_once(
+    decided: Decision, dify: ScriptedDify, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    form = decided.form
+    Decision.objects.filter(pk=decided.pk).update(
+        status=Decision.Status.DELIVERING, attempts=1, delivery_started_at=_ago(120)
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        sweep_deliveries()
+    # Dify applied the first call before the worker died: the second gets 412, and the run's
+    # events show our action.
+    dify.on("POST", "/form/human_input/", error(412, "human_input_form_submitted", "submitted"))
+    dify.on(
+        "GET",
+        "/workflow/",
+        Reply(
+            events=[
+                {
+                    "event": "human_input_form_filled",
+                    "data": {
+                        "node_id": form.node_id,
+                        "action_id": "approve",
+                        "action_text": "Approve",
+                    },
+                },
+                {"event": "workflow_finished", "data": {"status": "succeeded"}},
+            ]
+        ),
+    )
+    assert deliver_decision(decided.pk) == "delivered"
+    decided.refresh_from_db()
+    assert (decided.status, decided.attempts) == ("delivered", 2)
+    assert AuditEntry.objects.filter(verb="decision_delivered").count() == 1
+
+
+def test_sweep_expired_forms_skips_when_another_run_holds_the_lock(
+    app: DifyApp,
+) -> None:
+    make_form(app, expires_in=dt.timedelta(minutes=-1))
+    with periodic_lock("sweep_expired_forms") as held:
+        assert held
+        other: list[int] = []
+        # Another worker process would hold its own connection; a thread does too.
+        thread = threading.Thread(target=lambda: other.append(_in_thread(sweep_expired_forms)))
+        thread.start()
+        thread.join()
+        assert other == [0]
+    assert sweep_expired_forms() == 1
+
+
+def _in_thread(task: Callable[[], int]) -> int:
+    try:
+        return task()
+    finally:
+        connection.close()
+
+
+def test_reconcile_finds_forms_answered_or_expired_in_dify(
+    app: DifyApp, dify: ScriptedDify
+) -> None:
+    stale = _ago(3600)
+    answered = make_form(app, form_token="tok-answered")
+    expired = make_form(app, form_token="tok-expired")
+    open_ = make_form(app, form_token="tok-open")
+    fresh = make_form(app, form_token="tok-fresh")
+    Form.objects.filter(pk__in=[answered.pk, expired.pk, open_.pk]).update(created_at=stale)
+    dify.on("GET", "/form/human_input/tok-answered", error(412, "human_input_form_submitted", "x"))
+    dify.on("GET", "/form/human_input/tok-expired", error(412, "human_input_form_expired", "x"))
+    dify.on(
+        "GET",
+        "/form/human_input/tok-open",
+        Reply(
+            body={
+                "form_content": "",
+                "inputs": [],
+                "user_actions": [],
+                "resolved_default_values": {},
+            }
+        ),
+    )
+    counts = reconcile_pending_forms()
+    assert counts == {"checked": 3, "answered_elsewhere": 1, "expired": 1, "errors": 0}
+    statuses = dict(Form.objects.values_list("pk", "status"))
+    assert statuses == {
+        answered.pk: "answered_elsewhere",
+        expired.pk: "expired",
+        open_.pk: "pending",
+        fresh.pk: "pending",  # captured just now: the follower has it, nothing to ask
+    }
+    assert Run.objects.get(pk=answered.run_id).follow_snapshot
+    # Checked forms wait their turn again.
+    assert reconcile_pending_forms() == {
+        "checked": 0,
+        "answered_elsewhere": 0,
+        "expired": 0,
+        "errors": 0,
+    }
+    assert len(dify.requests("GET", "/form/human_input/")) == 3
+    entry = AuditEntry.objects.get(verb="form_answered_elsewhere")
+    assert entry.details["source"] == "reconcile"
+
+
+def test_reconcile_leaves_an_unreachable_apps_forms_for_later(db: None, settings: Any) -> None:
+    down = DifyApp.objects.create(name="down", base_url="http://127.0.0.1:9/v1", api_key="k")
+    forms = [make_form(down) for _ in range(3)]
+    Form.objects.filter(pk__in=[f.pk for f in forms]).update(created_at=_ago(3600))
+    counts = reconcile_pending_forms()
+    assert counts == {"checked": 0, "answered_elsewhere": 0, "expired": 0, "errors": 1}
+    assert not Form.objects.filter(checked_at__isnull=False).exists()
+
+
+def test_admin_retry_delivery_action(decided: Decision, admin_user: User, client: Client) -> None:
+    Decision.objects.filter(pk=decided.pk).update(
+        status=Decision.Status.FAILED, attempts=12, last_error="Dify could not be reached"
+    )
+    Form.objects.filter(pk=decided.form_id).update(status=Form.Status.FAILED)
+    client.force_login(admin_user)
+    page = client.get("/admin/inbox/decision/").content.decode()
+    assert "Dify could not be reached" in page
+    response = client.post(
+        "/admin/inbox/decision/",
+        {"action": "retry_delivery", "_selected_action": [decided.pk]},
+        follow=True,
+    )
+    assert "1 decision(s) queued for delivery again; 0 skipped" in response.content.decode()
+    decided.refresh_from_db()
+    assert (decided.status, decided.attempts, decided.form.status) == ("queued", 0, "submitting")
+    entry = AuditEntry.objects.get(verb="delivery_retry_requested")
+    assert entry.actor == admin_user
+    # Nothing to retry on a decision that is not failed.
+    response = client.post(
+        "/admin/inbox/decision/",
+        {"action": "retry_delivery", "_selected_action": [decided.pk]},
+        follow=True,
+    )
+    assert "0 decision(s) queued for delivery again; 1 skipped" in response.content.decode()
