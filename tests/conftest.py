@@ -118,3 +118,46 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> 
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+# --- The Dify simulator (inbox/simulator): one server per test process, state reset per test ---
+
+# Short enough that tests never wait long, long enough for slow CI machines.
+SIMULATOR_TEST_OPTIONS: dict[str, Any] = {
+    "idle_timeout": 5.0,
+    "ping_interval": 1.0,
+    "resume_delay": 0.02,
+    "time_scale": 0.0,
+}
+
+
+@pytest.fixture(scope="session")
+def simulator_server() -> Iterator[Any]:
+    from inbox.simulator.testing import running_simulator
+
+    with running_simulator(**SIMULATOR_TEST_OPTIONS) as handle:
+        yield handle
+
+
+@pytest.fixture
+def simulator(simulator_server: Any) -> Any:
+    """A running Dify simulator (`inbox.simulator.testing.SimulatorHandle`), reset for this test."""
+    simulator_server.reset()
+    return simulator_server
+
+
+@pytest.fixture
+def simulator_dify_app(db: None, simulator: Any) -> Any:
+    """`simulator_dify_app("refund-approval")`: a DifyApp row pointing at that simulator app."""
+
+    def make(app_name: str = "refund-approval", **fields: Any) -> DifyApp:
+        spec = simulator.apps[app_name]
+        fields.setdefault("mode", "workflow" if spec.mode == "workflow" else "chatflow")
+        return DifyApp.objects.create(
+            name=fields.pop("name", app_name),
+            base_url=simulator.base_url,
+            api_key=simulator.api_key(app_name),
+            **fields,
+        )
+
+    return make
