@@ -173,9 +173,24 @@ INBOX_DELIVERY_RETRY_AFTER_MAX_SECONDS = env_float(
 )
 # How long one submit may take before it counts as a timeout (connect stays short).
 INBOX_DELIVERY_TIMEOUT_SECONDS = env_float("INBOX_DELIVERY_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+# The run's live events are watched during each submit, so that an answer lost on the way back
+# can be confirmed from Dify's own `human_input_form_filled`; read for at most this long.
+INBOX_DELIVERY_WATCH_RUN = env_bool("INBOX_DELIVERY_WATCH_RUN", True)
+INBOX_DELIVERY_WATCH_SECONDS = env_float("INBOX_DELIVERY_WATCH_SECONDS", 5.0, minimum=0.1)
 # A decision `delivering` for longer than this was left by a dead worker: the sweep re-queues
 # it. Must exceed the delivery task's hard time limit (timeout + confirmation reads + margin).
 INBOX_DELIVERY_STUCK_SECONDS = env_float("INBOX_DELIVERY_STUCK_SECONDS", 300.0, minimum=0)
+# The delivery task's time limits follow from the above: a submit, a bounded read of the run's
+# events after a lost answer, and after a 412 one snapshot (open + bounded read).
+INBOX_DELIVERY_SOFT_TIME_LIMIT = int(
+    2 * INBOX_DELIVERY_TIMEOUT_SECONDS + 2 * INBOX_DELIVERY_WATCH_SECONDS + 5
+)
+INBOX_DELIVERY_TIME_LIMIT = INBOX_DELIVERY_SOFT_TIME_LIMIT + 5
+if INBOX_DELIVERY_STUCK_SECONDS <= INBOX_DELIVERY_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        "INBOX_DELIVERY_STUCK_SECONDS must exceed the delivery task's time limit, "
+        f"{INBOX_DELIVERY_TIME_LIMIT} s with these delivery timeouts"
+    )
 # A queued decision this far past its due time lost its task (broker restart, publish failure):
 # the sweep sends it again. A duplicate task is harmless, the first to claim the decision wins.
 INBOX_DELIVERY_REQUEUE_AFTER_SECONDS = env_float(

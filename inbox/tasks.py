@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
-from inbox.dify.client import DifyClient
+from inbox.dify.client import DifyClient, EventStream
 from inbox.dify.errors import (
     DifyConnectionError,
     DifyError,
@@ -116,7 +116,7 @@ def _sweep_expired_forms(batch_size: int) -> int:
 
 # --- decision delivery ---
 
-_clients: dict[tuple[int, str, str, float], DifyClient] = {}
+_clients: dict[tuple[int, str, str, float, float], DifyClient] = {}
 _clients_lock = threading.Lock()
 
 
@@ -124,18 +124,26 @@ def delivery_client(app: DifyApp) -> DifyClient:
     """The app's client with the delivery timeout. Shared by the worker's threads; a changed
     URL, key or timeout gets a new one."""
     timeout = float(settings.INBOX_DELIVERY_TIMEOUT_SECONDS)
+    watch_seconds = float(settings.INBOX_DELIVERY_WATCH_SECONDS)
     fingerprint = hashlib.sha256(app.api_key.encode()).hexdigest()[:16]
-    key = (app.pk, app.base_url.rstrip("/"), fingerprint, timeout)
+    key = (app.pk, app.base_url.rstrip("/"), fingerprint, timeout, watch_seconds)
     with _clients_lock:
         client = _clients.get(key)
         if client is None or client.is_closed:
             for stale in [k for k in _clients if k[0] == app.pk and k != key]:
                 del _clients[stale]
             limit = httpx.Timeout(timeout, connect=min(5.0, timeout))
-            # The client never repeats a submit; the confirmation read is not repeated either,
+            # Event streams are only read briefly, to confirm a submit: silence beyond the watch
+            # time means no answer to wait for.
+            watch = httpx.Timeout(
+                timeout,
+                connect=min(5.0, timeout),
+                read=watch_seconds,
+            )
+            # The client never repeats a submit; the confirmation reads are not repeated either,
             # the delivery's own retry covers both.
             client = DifyClient(
-                app.base_url, app.api_key, timeout=limit, stream_timeout=limit, max_retries=0
+                app.base_url, app.api_key, timeout=limit, stream_timeout=watch, max_retries=0
             )
             _clients[key] = client
         return client
@@ -164,16 +172,43 @@ def _never_sent(exc: DifyError) -> bool:
     return False
 
 
-# One submit plus, after a 412, one bounded read of the run's events: the soft limit leaves the
-# task time to put the decision back in the queue; the hard limit stays well below
-# INBOX_DELIVERY_STUCK_SECONDS, so the sweep never re-sends a delivery that is still running.
-_DELIVERY_SOFT_LIMIT = int(settings.INBOX_DELIVERY_TIMEOUT_SECONDS * 2 + 20)
+# Time limits (settings.INBOX_DELIVERY_SOFT_TIME_LIMIT): a submit, a bounded read of the run's
+# events after a lost answer, a snapshot after a 412. The soft limit leaves the task time to put
+# the decision back in the queue; the hard limit stays below INBOX_DELIVERY_STUCK_SECONDS
+# (checked in settings), so the sweep never re-sends a delivery whose worker still runs.
+_DELIVERY_SOFT_LIMIT = settings.INBOX_DELIVERY_SOFT_TIME_LIMIT
+
+
+@contextmanager
+def _watch_run(client: DifyClient, decision: Decision) -> Iterator[EventStream | None]:
+    """The run's live event stream, opened before the submit.
+
+    Dify replays nothing of the past on a resume stream, and a snapshot does not include
+    `human_input_form_filled`: once a submit's answer is lost, only a subscriber that was
+    already listening learns which action filled the form. So one listens for the length of
+    the call, and is read only if the answer is lost."""
+    run = decision.form.run
+    if not settings.INBOX_DELIVERY_WATCH_RUN or not run.workflow_run_id:
+        yield None
+        return
+    try:
+        stream = client.stream_events(run.workflow_run_id, user=run.dify_user)
+    except DifyError as exc:
+        logger.info("decision %s: not watching the run: %s", decision.pk, exc)
+        yield None
+        return
+    try:
+        yield stream
+    finally:
+        stream.close()
 
 
 # acks_late (also the project default): the broker keeps the message until the task returns, so
 # a worker lost mid-call hands it on. The decision row, not the message, says what is left to do.
 @shared_task(
-    acks_late=True, soft_time_limit=_DELIVERY_SOFT_LIMIT, time_limit=_DELIVERY_SOFT_LIMIT + 10
+    acks_late=True,
+    soft_time_limit=_DELIVERY_SOFT_LIMIT,
+    time_limit=settings.INBOX_DELIVERY_TIME_LIMIT,
 )
 def deliver_decision(decision_pk: int) -> str:
     """Deliver one decision to Dify (POST /form/human_input/{token}) and record the outcome."""
@@ -182,56 +217,18 @@ def deliver_decision(decision_pk: int) -> str:
         return "skipped"
     form = decision.form
     run = form.run
+    client = delivery_client(run.app)
     try:
-        delivery_client(run.app).submit_form(
-            form.form_token, inputs=decision.inputs, action=decision.action_id, user=run.dify_user
-        )
-    except InvalidFormData as exc:
-        # Dify's validation: nothing changed there, the reviewer fixes the values and resends.
-        Decision.finish(
-            decision.pk,
-            status=Decision.Status.REJECTED,
-            form_status=Form.Status.PENDING,
-            reason=exc.message or gettext("Dify did not accept the values."),
-            verb="decision_rejected",
-            code=exc.code,
-        )
-        return "rejected"
-    except FormAlreadySubmitted:
-        return _settle_already_submitted(decision)
-    except FormExpired:
-        Decision.finish(
-            decision.pk,
-            status=Decision.Status.REJECTED,
-            form_status=Form.Status.EXPIRED,
-            reason=gettext("The form expired in Dify before the decision arrived."),
-            verb="decision_rejected",
-            code="human_input_form_expired",
-        )
-        request_follow(run.pk)
-        return "expired"
-    except NotFound as exc:
-        _fail(
-            decision,
-            gettext(
-                "Dify does not know this form (404): the app's key changed or the form "
-                "belongs to another app."
-            ),
-            code=exc.code,
-        )
-        return "failed"
-    except DifyStatusError as exc:
-        if exc.permanent:
-            _fail(
-                decision,
-                gettext("Dify refused the decision (%(status)s %(code)s): %(message)s")
-                % {"status": exc.status, "code": exc.code, "message": exc.message},
-                code=exc.code,
-            )
-            return "failed"
-        return _retry_or_fail(decision, exc, retry_after=exc.retry_after)
-    except DifyError as exc:
-        return _retry_or_fail(decision, exc)
+        with _watch_run(client, decision) as watch:
+            try:
+                client.submit_form(
+                    form.form_token,
+                    inputs=decision.inputs,
+                    action=decision.action_id,
+                    user=run.dify_user,
+                )
+            except DifyError as exc:
+                return _after_error(decision, exc, watch)
     except SoftTimeLimitExceeded:
         # Out of time mid-call: whether Dify applied it is unknown.
         return _retry_or_fail(
@@ -245,6 +242,60 @@ def deliver_decision(decision_pk: int) -> str:
     )
     request_follow(run.pk)
     return "delivered"
+
+
+def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) -> str:
+    run_pk = decision.form.run_id
+    if isinstance(exc, InvalidFormData):
+        # Dify's validation: nothing changed there, the reviewer fixes the values and resends.
+        Decision.finish(
+            decision.pk,
+            status=Decision.Status.REJECTED,
+            form_status=Form.Status.PENDING,
+            reason=exc.message or gettext("Dify did not accept the values."),
+            verb="decision_rejected",
+            code=exc.code,
+        )
+        return "rejected"
+    if isinstance(exc, FormAlreadySubmitted):
+        return _settle_already_submitted(decision)
+    if isinstance(exc, FormExpired):
+        Decision.finish(
+            decision.pk,
+            status=Decision.Status.REJECTED,
+            form_status=Form.Status.EXPIRED,
+            reason=gettext("The form expired in Dify before the decision arrived."),
+            verb="decision_rejected",
+            code=exc.code,
+        )
+        request_follow(run_pk)
+        return "expired"
+    if isinstance(exc, NotFound):
+        _fail(
+            decision,
+            gettext(
+                "Dify does not know this form (404): the app's key changed or the form "
+                "belongs to another app."
+            ),
+            code=exc.code,
+        )
+        return "failed"
+    if isinstance(exc, DifyStatusError) and exc.permanent:
+        _fail(
+            decision,
+            gettext("Dify refused the decision (%(status)s %(code)s): %(message)s")
+            % {"status": exc.status, "code": exc.code, "message": exc.message},
+            code=exc.code,
+        )
+        return "failed"
+    ambiguous = not _never_sent(exc)
+    if ambiguous and watch is not None:
+        # The answer was lost; Dify's own event on the run says whether the submit landed.
+        filled = _filled_from_stream(watch, decision.form, stop_at_pending=False)
+        if filled is not None:
+            return _settle_filled(decision, filled, confirmed_by="live events")
+    retry_after = exc.retry_after if isinstance(exc, DifyStatusError) else None
+    return _retry_or_fail(decision, exc, retry_after=retry_after, ambiguous=ambiguous)
 
 
 def _fail(decision: Decision, reason: str, **details: Any) -> None:
@@ -308,10 +359,37 @@ def _filled_info(data: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _filled_from_stream(
+    stream: EventStream, form: Form, *, stop_at_pending: bool
+) -> dict[str, str] | None:
+    """Read a run's events (bounded in time) for the `human_input_form_filled` of this form's
+    node. `stop_at_pending`: a snapshot that replays this form as still pending ends the search."""
+    deadline = time.monotonic() + float(settings.INBOX_DELIVERY_WATCH_SECONDS)
+    try:
+        for event in stream:
+            data = event.data or {}
+            if event.event == "human_input_form_filled":
+                if data.get("node_id") == form.node_id and data.get("action_id"):
+                    return _filled_info(data)
+            elif (
+                stop_at_pending
+                and event.event == "human_input_required"
+                and data.get("form_id") == form.form_id
+            ):
+                return None
+            if time.monotonic() > deadline:
+                break
+    except DifyError as exc:
+        # A silent stream ends in a read timeout: no fill seen in time.
+        logger.info("form %s: run events: %s", form.pk, exc)
+    return None
+
+
 def _find_filled_event(decision: Decision) -> dict[str, str] | None:
     """What Dify showed of the answer that filled the decision's form: the follower's record
     on the form, a stored `human_input_form_filled` event, or (only when one of our earlier
-    attempts may have landed) the run's event stream read with a state snapshot."""
+    attempts may have landed) the run's event stream read with a state snapshot (newer Dify
+    builds replay the retained event log there)."""
     form = Form.objects.select_related("run__app").get(pk=decision.form_id)
     if form.filled_action_id:
         return {
@@ -330,49 +408,35 @@ def _find_filled_event(decision: Decision) -> dict[str, str] | None:
             return _filled_info(data)
     if not decision.maybe_applied or not form.run.workflow_run_id:
         return None
-    deadline = time.monotonic() + float(settings.INBOX_DELIVERY_TIMEOUT_SECONDS)
     try:
-        with delivery_client(form.run.app).stream_events(
+        stream = delivery_client(form.run.app).stream_events(
             form.run.workflow_run_id, user=form.run.dify_user, include_state_snapshot=True
-        ) as stream:
-            for event in stream:
-                if event.event == "human_input_form_filled":
-                    data = event.data or {}
-                    if data.get("node_id") == form.node_id and data.get("action_id"):
-                        return _filled_info(data)
-                if event.event == "human_input_required" and (
-                    (event.data or {}).get("form_id") == form.form_id
-                ):
-                    # Still waiting for an answer in the replay: not filled (yet) by anyone.
-                    return None
-                if time.monotonic() > deadline:
-                    break
+        )
     except DifyError as exc:
-        logger.info("decision %s: could not read the run's events: %s", decision.pk, exc.message)
-    return None
+        logger.info("decision %s: could not read the run's events: %s", decision.pk, exc)
+        return None
+    with stream:
+        return _filled_from_stream(stream, form, stop_at_pending=True)
 
 
-def _settle_already_submitted(decision: Decision) -> str:
-    """Dify says the form was already submitted (412). If one of our earlier attempts may have
-    landed (a lost answer) and Dify's events show our action, it was ours: delivered. Otherwise
-    someone answered in Dify first."""
-    filled = _find_filled_event(decision)
+def _settle_filled(decision: Decision, filled: dict[str, str], *, confirmed_by: str) -> str:
+    """Dify's events show which action filled the form: ours (delivered) or another one."""
     run_pk = decision.form.run_id
-    if (
-        decision.maybe_applied
-        and filled is not None
-        and filled["filled_action_id"] == decision.action_id
-    ):
+    if filled["filled_action_id"] == decision.action_id:
         Decision.finish(
             decision.pk,
             status=Decision.Status.DELIVERED,
             form_status=Form.Status.SUBMITTED,
             verb="decision_delivered",
             filled=filled,
-            confirmed_by="human_input_form_filled",
+            confirmed_by=confirmed_by,
         )
         request_follow(run_pk)
         return "delivered"
+    return _answered_elsewhere(decision, filled)
+
+
+def _answered_elsewhere(decision: Decision, filled: dict[str, str] | None) -> str:
     form = Form.objects.get(pk=decision.form_id)
     if filled is not None and filled["filled_action_id"]:
         title = filled["filled_action_text"] or form.action_title(filled["filled_action_id"])
@@ -390,8 +454,18 @@ def _settle_already_submitted(decision: Decision) -> str:
         filled=filled,
         code="human_input_form_submitted",
     )
-    request_follow(run_pk)
+    request_follow(form.run_id)
     return "answered_elsewhere"
+
+
+def _settle_already_submitted(decision: Decision) -> str:
+    """Dify says the form was already submitted (412). If one of our earlier attempts may have
+    landed (a lost answer) and Dify's events show our action, it was ours: delivered. Otherwise
+    someone answered in Dify first."""
+    filled = _find_filled_event(decision)
+    if decision.maybe_applied and filled is not None:
+        return _settle_filled(decision, filled, confirmed_by="human_input_form_filled")
+    return _answered_elsewhere(decision, filled)
 
 
 # Periodic (beat, every 30 s). Bounded by a batch and the time limit; the rest waits a tick.

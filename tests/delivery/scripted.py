@@ -44,9 +44,16 @@ class Seen:
     body: Any
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that drop a kept-alive connection (or a reply that drops on purpose) are part
+        # of the tests, not errors.
+        pass
+
+
 class ScriptedDify:
     def __init__(self) -> None:
-        self.script: dict[tuple[str, str], list[Reply]] = defaultdict(list)
+        self.script: dict[tuple[str, str, str], list[Reply]] = defaultdict(list)
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         server = self
@@ -67,7 +74,7 @@ class ScriptedDify:
                     body = raw
                 with server._lock:
                     server.seen.append(Seen(self.command, path, query, body))
-                    reply = server._next(self.command, path)
+                    reply = server._next(self.command, path, query)
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.drop:
@@ -95,27 +102,35 @@ class ScriptedDify:
             do_GET = _handle
             do_POST = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def _next(self, method: str, path: str) -> Reply:
-        for (m, prefix), replies in self.script.items():
-            if m == method and path.startswith(prefix) and replies:
+    def _next(self, method: str, path: str, query: str) -> Reply:
+        # The most specific entry (longest query part) first.
+        entries = sorted(self.script.items(), key=lambda item: -len(item[0][2]))
+        for (m, prefix, part), replies in entries:
+            if m == method and path.startswith(prefix) and part in query and replies:
                 return replies.pop(0) if len(replies) > 1 else replies[0]
+        if method == "GET" and path.endswith("/events"):
+            # A paused run's resume stream: a ping, then nothing (Dify replays no past events).
+            return Reply(events=["event: ping"])
         return Reply()
 
-    def on(self, method: str, prefix: str, *replies: Reply) -> None:
-        """Answer requests to paths under `prefix` with these replies in turn (the last repeats)."""
-        self.script[(method, "/v1" + prefix)] = list(replies)
+    def on(self, method: str, prefix: str, *replies: Reply, query: str = "") -> None:
+        """Answer requests to paths under `prefix` (and with `query` in the query string) with
+        these replies in turn; the last one repeats."""
+        self.script[(method, "/v1" + prefix, query)] = list(replies)
 
-    def requests(self, method: str, prefix: str) -> list[Seen]:
+    def requests(self, method: str, prefix: str, *, query: str = "") -> list[Seen]:
         with self._lock:
             return [
-                s for s in self.seen if s.method == method and s.path.startswith("/v1" + prefix)
+                s
+                for s in self.seen
+                if s.method == method and s.path.startswith("/v1" + prefix) and query in s.query
             ]
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import Q
 from django.utils import timezone
 
 from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
@@ -91,7 +92,12 @@ def test_a_delivered_decision_submits_the_form_and_resumes_following_the_run(
     assert decision.delivered_at is not None
     run = Run.objects.get(pk=form.run_id)
     assert run.follow_wanted and run.follow_snapshot
-    verbs = list(AuditEntry.objects.order_by("id").values_list("verb", flat=True))
+    # The delivery's own trail: entries on the decision, and on the form naming the decision.
+    verbs = list(
+        AuditEntry.objects.filter(Q(object_type="decision") | Q(details__has_key="decision"))
+        .order_by("id")
+        .values_list("verb", flat=True)
+    )
     assert verbs == ["decision_made", "delivery_started", "decision_delivered", "form_submitted"]
     _no_secret_anywhere(form)
     # A second task for the same decision (a redelivered message) sends nothing.
@@ -133,73 +139,74 @@ def test_a_form_answered_in_dify_first_is_shown_as_answered_elsewhere(
     assert deliver_decision(decision.pk) == "answered_elsewhere"
     assert _state(decision) == ("rejected", "answered_elsewhere", 1)
     assert decision.last_error == "This form was answered in Dify before this decision arrived."
-    # Our first attempt cannot have landed, so no time is spent reading the run's events.
-    assert not dify.requests("GET", "/workflow/")
+    # Our first attempt cannot have landed, so no time is spent on a snapshot.
+    assert not dify.requests("GET", "/workflow/", query="include_state_snapshot")
     assert Run.objects.get(pk=form.run_id).follow_snapshot
 
 
-def test_a_lost_answer_then_412_is_confirmed_as_ours_from_the_run_events(
-    app: DifyApp,
-    dify: ScriptedDify,
-    decide: Callable[..., Decision],
-    django_capture_on_commit_callbacks: Callable[..., Any],
+def _filled(form: Form, action: str, title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "event": "human_input_form_filled",
+        "workflow_run_id": form.run.workflow_run_id,
+        "data": {"node_id": form.node_id, "action_id": action, "action_text": title, **extra},
+    }
+
+
+def test_a_lost_answer_is_confirmed_from_the_run_events_watched_during_the_submit(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
 ) -> None:
     form = make_form(app)
-    dify.on(
-        "POST",
-        SUBMIT,
-        Reply(drop=True),
-        error(412, "human_input_form_submitted", "already been submitted by another user"),
-    )
+    # Dify applies the submit and the connection drops before the answer: the live stream that
+    # was open during the call shows our action filling the form.
+    dify.on("POST", SUBMIT, Reply(drop=True))
     dify.on(
         "GET",
         f"/workflow/{form.run.workflow_run_id}/events",
         Reply(
             events=[
-                {
-                    "event": "workflow_started",
-                    "workflow_run_id": form.run.workflow_run_id,
-                    "data": {},
-                },
-                {
-                    "event": "human_input_form_filled",
-                    "workflow_run_id": form.run.workflow_run_id,
-                    "data": {
-                        "node_id": form.node_id,
-                        "node_title": "Manager approval",
-                        "rendered_content": "Refund 120 EUR? ok",
-                        "action_id": "approve",
-                        "action_text": "Approve",
-                    },
-                },
-                {
-                    "event": "workflow_finished",
-                    "workflow_run_id": form.run.workflow_run_id,
-                    "data": {"status": "succeeded"},
-                },
+                "event: ping",
+                _filled(form, "approve", "Approve", rendered_content="Refund 120 EUR? ok"),
+                {"event": "workflow_finished", "data": {"status": "succeeded"}},
             ]
         ),
     )
     decision = decide(form, "approve")
-    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
-    decision.refresh_from_db()
-    assert decision.status == "queued" and decision.maybe_applied
     assert deliver_decision(decision.pk) == "delivered"
-    assert _state(decision) == ("delivered", "submitted", 2)
-    (events,) = dify.requests("GET", "/workflow/")
-    assert "include_state_snapshot=true" in events.query
-    assert f"user={form.run.dify_user}" in events.query
+    assert _state(decision) == ("delivered", "submitted", 1)
+    (watch,) = dify.requests("GET", "/workflow/")
+    assert "include_state_snapshot" not in watch.query
+    assert f"user={form.run.dify_user}" in watch.query
     form.refresh_from_db()
     assert form.rendered_content == "Refund 120 EUR? ok"
-    assert len(dify.requests("POST", SUBMIT)) == 2
+    assert len(dify.requests("POST", SUBMIT)) == 1
+    entry = AuditEntry.objects.get(verb="decision_delivered")
+    assert entry.details["confirmed_by"] == "live events"
 
 
-def test_a_lost_answer_then_412_with_another_action_is_answered_elsewhere(
+def test_a_lost_answer_with_another_action_in_the_events_is_answered_elsewhere(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    form = make_form(app)
+    dify.on("POST", SUBMIT, Reply(drop=True))
+    dify.on("GET", "/workflow/", Reply(events=[_filled(form, "reject", "Reject")]))
+    decision = decide(form, "approve")
+    assert deliver_decision(decision.pk) == "answered_elsewhere"
+    assert _state(decision) == ("rejected", "answered_elsewhere", 1)
+    assert decision.last_error == (
+        "This form was answered in Dify before this decision arrived: Reject."
+    )
+    form.refresh_from_db()
+    assert (form.filled_action_id, form.filled_action_text) == ("reject", "Reject")
+
+
+def test_a_lost_answer_then_412_is_confirmed_from_a_snapshot_that_replays_the_fill(
     app: DifyApp,
     dify: ScriptedDify,
     decide: Callable[..., Decision],
     django_capture_on_commit_callbacks: Callable[..., Any],
 ) -> None:
+    # The live stream showed nothing in time; newer Dify builds replay the retained event log
+    # in a snapshot, which the retry reads after its 412.
     form = make_form(app)
     dify.on(
         "POST",
@@ -212,26 +219,41 @@ def test_a_lost_answer_then_412_with_another_action_is_answered_elsewhere(
         "/workflow/",
         Reply(
             events=[
-                {
-                    "event": "human_input_form_filled",
-                    "data": {
-                        "node_id": form.node_id,
-                        "action_id": "reject",
-                        "action_text": "Reject",
-                    },
-                }
+                {"event": "workflow_started", "data": {}},
+                _filled(form, "approve", "Approve"),
+                {"event": "workflow_finished", "data": {"status": "succeeded"}},
             ]
         ),
+        query="include_state_snapshot=true",
+    )
+    decision = decide(form, "approve")
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert decision.status == "queued" and decision.maybe_applied
+    assert deliver_decision(decision.pk) == "delivered"
+    assert _state(decision) == ("delivered", "submitted", 2)
+    assert len(dify.requests("GET", "/workflow/", query="include_state_snapshot=true")) == 1
+    assert len(dify.requests("POST", SUBMIT)) == 2
+
+
+def test_a_lost_answer_then_412_with_no_trace_of_ours_is_answered_elsewhere(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    form = make_form(app)
+    dify.on(
+        "POST",
+        SUBMIT,
+        Reply(drop=True),
+        error(412, "human_input_form_submitted", "already been submitted by another user"),
     )
     decision = decide(form, "approve")
     assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
     assert deliver_decision(decision.pk) == "answered_elsewhere"
     assert _state(decision) == ("rejected", "answered_elsewhere", 2)
-    assert decision.last_error == (
-        "This form was answered in Dify before this decision arrived: Reject."
-    )
-    form.refresh_from_db()
-    assert (form.filled_action_id, form.filled_action_text) == ("reject", "Reject")
+    assert decision.last_error == "This form was answered in Dify before this decision arrived."
 
 
 def test_the_followers_record_of_the_fill_is_used_before_asking_dify(
@@ -257,7 +279,7 @@ def test_the_followers_record_of_the_fill_is_used_before_asking_dify(
         },
     )
     assert deliver_decision(decision.pk) == "delivered"
-    assert not dify.requests("GET", "/workflow/")
+    assert not dify.requests("GET", "/workflow/", query="include_state_snapshot")
 
 
 def test_an_expired_form_in_dify_expires_here(
