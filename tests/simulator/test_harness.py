@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import httpx
@@ -80,8 +81,9 @@ def test_the_spec_check_rejects_an_event_that_breaks_the_schema() -> None:
 
 def test_the_spec_check_rejects_a_recorded_answer_off_the_spec(simulator: Any) -> None:
     httpx.get(f"{simulator.base_url}/info", headers=simulator.headers())
-    (exchange,) = simulator.exchanges("info")
-    assert_exchanges_valid([exchange])
+    (recorded,) = simulator.exchanges("info")
+    assert_exchanges_valid([recorded])
+    exchange = copy.copy(recorded)  # the fixture checks the real one afterwards
     exchange.response_body = b'{"name": 5}'
     with pytest.raises(AssertionError, match="spec violations"):
         assert_exchanges_valid([exchange])
