@@ -16,6 +16,9 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIM_OPTIONS = {"time_scale": 0.0, "ping_interval": 0.05, "resume_delay": 0.02, "record": True}
 
 
+# Our own server with this package's scenarios rather than the shared `simulator` fixture: the
+# client's tests pin exact forms (every input kind, a chatflow, an email-only form) that the demo
+# scenarios may change at will.
 @pytest.fixture(scope="session")
 def _dify_sim() -> Iterator[SimulatorHandle]:
     with running_simulator(SCENARIOS, **SIM_OPTIONS) as handle:

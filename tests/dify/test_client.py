@@ -626,3 +626,20 @@ def test_the_async_chatflow_stream_and_its_failures(sim: SimulatorHandle) -> Non
                 await client.stream_events(stream.workflow_run_id or "", user="other")
 
     asyncio.run(scenario())
+
+
+# --- the shared client of an app ------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_for_app_talks_to_the_app_it_was_made_for(simulator_dify_app: Any, simulator: Any) -> None:
+    app = simulator_dify_app("refund-approval")
+    client = DifyClient.for_app(app)
+    assert client is DifyClient.for_app(app)
+    assert client.get_info()["name"] == "refund-approval"
+    [exchange] = simulator.exchanges("info")
+    assert (
+        exchange.request_headers["authorization"]
+        == f"Bearer {simulator.api_key('refund-approval')}"
+    )
+    DifyClient.close_cached()
