@@ -273,7 +273,10 @@ def validate_response(exchange: Exchange) -> list[str]:
     content_type = exchange.response_headers.get("content-type", "application/json")
     data = exchange.response_body
     if exchange.is_stream:
-        data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in exchange.events or ())
+        # The stream as sent (pings first: their place does not matter to the schema).
+        data = b"event: ping\n\n" * exchange.pings + b"".join(
+            b"data: " + json.dumps(e).encode() + b"\n\n" for e in exchange.events or ()
+        )
     response = MockResponse(
         data, exchange.status, exchange.response_headers, content_type.split(";")[0]
     )
