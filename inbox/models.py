@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import logging
 import typing
 import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Lower
 from django.utils import formats, timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -171,12 +174,198 @@ def _when(value: Any) -> str:
     return formats.date_format(local, "SHORT_DATETIME_FORMAT")
 
 
+# --- routing: who is asked about a form ---
+
+_OFFSET_UNITS = {"d": 86400, "h": 3600, "m": 60}
+
+
+def parse_offsets(text: str) -> list[int]:
+    """`"24h,1h"` as seconds before expiry, largest first. Raises ValueError on a bad part."""
+    offsets: set[int] = set()
+    for part in (text or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        unit = part[-1].lower()
+        number = part[:-1]
+        if unit not in _OFFSET_UNITS or not number.isdigit() or int(number) <= 0:
+            raise ValueError(part)
+        offsets.add(int(number) * _OFFSET_UNITS[unit])
+    return sorted(offsets, reverse=True)
+
+
+def validate_offsets(text: str) -> None:
+    try:
+        parse_offsets(text)
+    except ValueError as exc:
+        raise ValidationError(
+            _("“%(part)s” is not a time before expiry; write e.g. 2d, 24h or 30m, comma-separated.")
+            % {"part": exc.args[0]}
+        ) from None
+
+
+class Route(models.Model):
+    """Who is asked about the forms of an app: reviewers who see them in the inbox, addresses
+    that get an email, and when to remind them. The route without a node is the app's default,
+    used when no node route matches."""
+
+    app = models.ForeignKey(DifyApp, on_delete=models.CASCADE, related_name="routes")
+    name = models.CharField(_("name"), max_length=100)
+    node = models.CharField(
+        _("node"),
+        max_length=255,
+        blank=True,
+        help_text=_(
+            "A node id, or a pattern for node titles (* and ? as wildcards, any case). Empty: "
+            "the app's default route, used when no other route matches."
+        ),
+    )
+    priority = models.PositiveIntegerField(
+        _("priority"),
+        default=100,
+        help_text=_("Node routes of an app are tried lowest first; the first that matches wins."),
+    )
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="inbox_routes", verbose_name=_("reviewer groups")
+    )
+    users = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="inbox_routes",
+        verbose_name=_("reviewers"),
+    )
+    email_reviewers = models.BooleanField(
+        _("email the reviewers"),
+        default=False,
+        help_text=_("Also email every routed reviewer (users and group members) with an address."),
+    )
+    language = models.CharField(
+        _("language of reviewer emails"),
+        max_length=16,
+        choices=settings.LANGUAGES,
+        default=settings.LANGUAGE_CODE,
+    )
+    allow_guests = models.BooleanField(
+        _("guests may answer"),
+        default=False,
+        help_text=_(
+            "Recipients without an account may answer through the link in their email. "
+            "Otherwise the link only works for people who sign in."
+        ),
+    )
+    reminders = models.CharField(
+        _("reminders"),
+        max_length=100,
+        blank=True,
+        default="24h,1h",
+        validators=[validate_offsets],
+        help_text=_("Times before expiry to remind those who have not answered, e.g. 24h,1h."),
+    )
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["app__name", "priority", "id"]
+        verbose_name = _("route")
+        verbose_name_plural = _("routes")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["app"], condition=Q(node=""), name="route_one_default_per_app"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app} · {self.node or gettext('default')} · {self.name}"
+
+    @property
+    def is_default(self) -> bool:
+        return not self.node
+
+    @property
+    def reminder_offsets(self) -> list[int]:
+        try:
+            return parse_offsets(self.reminders)
+        except ValueError:
+            return []
+
+    def matches(self, node_id: str, node_title: str) -> bool:
+        if not self.node:
+            return True
+        if self.node == node_id:
+            return True
+        return fnmatch.fnmatchcase(node_title.casefold(), self.node.casefold())
+
+    @classmethod
+    def for_node(cls, app_id: int, node_id: str, node_title: str) -> Route | None:
+        """The app's first active node route that matches, else its default route."""
+        routes = list(cls.objects.filter(app_id=app_id, is_active=True).order_by("priority", "id"))
+        for route in routes:
+            if route.node and route.matches(node_id, node_title):
+                return route
+        return next((route for route in routes if not route.node), None)
+
+
+class RouteRecipient(models.Model):
+    """An address a route emails; it may belong to no account (a guest)."""
+
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="recipients")
+    email = models.EmailField(_("email"))
+    language = models.CharField(
+        _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
+    )
+
+    class Meta:
+        ordering = ["email"]
+        verbose_name = _("email recipient")
+        verbose_name_plural = _("email recipients")
+        constraints = [
+            models.UniqueConstraint(fields=["route", "email"], name="route_recipient_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class ClaimRefused(Exception):
+    """A claim or release was refused; `message` is written for the reviewer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class FormQuerySet(models.QuerySet["Form"]):
     def for_user(self, user: Any) -> FormQuerySet:
-        """The forms this user may see. Every page and API call goes through here."""
+        """The forms this user may see. Every page and API call goes through here.
+
+        Staff see every form (they route, reassign and audit). A reviewer sees the forms routed
+        to them or to one of their groups, and the ones they hold. EXISTS rather than joins: a
+        form routed to a user and two of their groups is still one row, with no DISTINCT.
+        """
         if user is None or not user.is_authenticated or not user.is_active:
             return self.none()
-        return self
+        if user.is_staff:
+            return self
+        by_user = Form.assigned_users.through.objects.filter(
+            form_id=OuterRef("pk"), user_id=user.pk
+        )
+        by_group = Form.assigned_groups.through.objects.filter(
+            form_id=OuterRef("pk"), group_id__in=user.groups.values("pk")
+        )
+        return self.filter(Q(Exists(by_user)) | Q(Exists(by_group)) | Q(claimed_by=user))
+
+    def assigned_to(self, user: Any) -> FormQuerySet:
+        """The inbox's "assigned to me": forms the user holds or that were routed to them by
+        name (not only through a group)."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        by_user = Form.assigned_users.through.objects.filter(
+            form_id=OuterRef("pk"), user_id=user.pk
+        )
+        return self.filter(Q(claimed_by=user) | Q(Exists(by_user)))
 
 
 class Form(models.Model):
@@ -212,6 +401,19 @@ class Form(models.Model):
         on_delete=models.SET_NULL,
         related_name="claimed_forms",
     )
+    # Routing, fixed when the form is captured: later route edits do not move existing forms.
+    route = models.ForeignKey(
+        Route, null=True, blank=True, on_delete=models.SET_NULL, related_name="forms"
+    )
+    assigned_users = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="assigned_forms"
+    )
+    assigned_groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="assigned_forms"
+    )
+    allow_guests = models.BooleanField(default=False)
+    reminder_offsets = models.JSONField(default=list, blank=True)
+    routed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     decided_at = models.DateTimeField(null=True, blank=True)
@@ -233,9 +435,161 @@ class Form(models.Model):
     def __str__(self) -> str:
         return f"{self.node_title or self.node_id} ({self.form_id})"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        adding = self._state.adding
+        super().save(*args, **kwargs)
+        if adding:
+            # Whatever creates a form (the follower's capture, an ingest, the demo) routes it in
+            # the same transaction: a form is never visible before its reviewers are known.
+            self.on_captured()
+
     @property
     def is_answerable(self) -> bool:
         return bool(self.form_token)
+
+    # --- routing and claims ---
+
+    def on_captured(self) -> None:
+        """Route a new form: store who is asked (reviewers, groups, email recipients) and queue
+        the emails once the capture commits. Runs once per form; calling it again does nothing."""
+        from django.contrib.auth import get_user_model
+
+        now = timezone.now()
+        with transaction.atomic():
+            # The conditional update is the once-only guard, race-free without a row lock.
+            if not Form.objects.filter(pk=self.pk, routed_at__isnull=True).update(routed_at=now):
+                return
+            self.routed_at = now
+            route = Route.for_node(self.run.app_id, self.node_id, self.node_title)
+            if route is None:
+                AuditEntry.record("form_unrouted", self, reason="no route for the app")
+                return
+            self.route = route
+            self.allow_guests = route.allow_guests
+            self.reminder_offsets = route.reminder_offsets
+            Form.objects.filter(pk=self.pk).update(
+                route=route, allow_guests=self.allow_guests, reminder_offsets=self.reminder_offsets
+            )
+            user_model = get_user_model()
+            users = {u.pk: u for u in route.users.filter(is_active=True)}
+            groups = list(route.groups.all())
+            # email (lower case) -> (address, language, account)
+            wanted: dict[str, tuple[str, str, Any]] = {}
+            for listed in route.recipients.all():
+                wanted.setdefault(listed.email.lower(), (listed.email, listed.language, None))
+            if route.email_reviewers:
+                reviewers = (
+                    user_model.objects.filter(is_active=True)
+                    .filter(Q(pk__in=list(users)) | Q(groups__in=groups))
+                    .exclude(email="")
+                    .distinct()
+                )
+                for reviewer in reviewers:
+                    wanted.setdefault(
+                        reviewer.email.lower(), (reviewer.email, route.language, reviewer)
+                    )
+            # An address that belongs to exactly one active account is that person: they sign
+            # in and find the form in their inbox instead of answering as a guest.
+            accounts: dict[str, list[Any]] = {}
+            for account in user_model.objects.annotate(email_lower=Lower("email")).filter(
+                is_active=True, email_lower__in=[key for key, v in wanted.items() if v[2] is None]
+            ):
+                accounts.setdefault(account.email.lower(), []).append(account)
+            recipients = []
+            for key, (email, language, account) in wanted.items():
+                if account is None and len(accounts.get(key, [])) == 1:
+                    account = accounts[key][0]
+                if account is not None:
+                    users.setdefault(account.pk, account)
+                recipients.append(
+                    FormRecipient(form=self, email=email, language=language, user=account)
+                )
+            self.assigned_users.set(list(users.values()))
+            self.assigned_groups.set(groups)
+            FormRecipient.objects.bulk_create(recipients, ignore_conflicts=True)
+            AuditEntry.record(
+                "form_routed",
+                self,
+                route=route.pk,
+                users=sorted(u.get_username() for u in users.values()),
+                groups=sorted(g.name for g in groups),
+                recipients=len(recipients),
+            )
+            if recipients and self.is_answerable:
+                pk = self.pk
+                transaction.on_commit(lambda: FormRecipient.enqueue_emails(pk))
+
+    def claim(self, user: Any) -> None:
+        """Take the form, so others see it is being handled. Raises ClaimRefused when another
+        reviewer holds it or it no longer takes a decision."""
+        with transaction.atomic():
+            form = Form.objects.select_for_update().get(pk=self.pk)
+            if form.status != Form.Status.PENDING:
+                raise ClaimRefused(gettext("This form is no longer open."))
+            if form.claimed_by_id == user.pk:
+                self.claimed_by = user
+                return
+            if form.claimed_by_id is not None:
+                holder = form.claimed_by
+                raise ClaimRefused(
+                    gettext("%(who)s has already taken this form.")
+                    % {"who": (holder.get_full_name() or holder.get_username()) if holder else "?"}
+                )
+            form.claimed_by = user
+            form.save(update_fields=["claimed_by", "updated_at"])
+            AuditEntry.record("form_claimed", form, actor=user)
+        self.claimed_by = user
+        self.updated_at = form.updated_at
+
+    def release(self, user: Any) -> None:
+        """Give the form back to everyone it is routed to. Only its holder or staff may."""
+        with transaction.atomic():
+            form = Form.objects.select_for_update().get(pk=self.pk)
+            if form.claimed_by_id is None:
+                self.claimed_by = None
+                return
+            if form.claimed_by_id != user.pk and not user.is_staff:
+                raise ClaimRefused(gettext("Only the reviewer who took this form can release it."))
+            previous = form.claimed_by_id
+            form.claimed_by = None
+            form.save(update_fields=["claimed_by", "updated_at"])
+            AuditEntry.record("form_released", form, actor=user, previous=previous)
+        self.claimed_by = None
+        self.updated_at = form.updated_at
+
+    def reassign(self, *, to_user: Any = None, groups: Any = None, actor: Any = None) -> None:
+        """An administrator's reassignment: the form is routed to `to_user` (who also holds it)
+        and `groups` instead of whoever had it."""
+        groups = list(groups or [])
+        with transaction.atomic():
+            form = Form.objects.select_for_update().get(pk=self.pk)
+            previous = {
+                "users": sorted(form.assigned_users.values_list("username", flat=True)),
+                "groups": sorted(form.assigned_groups.values_list("name", flat=True)),
+                "claimed_by": form.claimed_by_id,
+            }
+            form.assigned_users.set([to_user] if to_user is not None else [])
+            form.assigned_groups.set(groups)
+            form.claimed_by = to_user
+            form.save(update_fields=["claimed_by", "updated_at"])
+            AuditEntry.record(
+                "form_reassigned",
+                form,
+                actor=actor,
+                previous=previous,
+                users=[to_user.get_username()] if to_user is not None else [],
+                groups=sorted(g.name for g in groups),
+            )
+            if to_user is not None and to_user.email and form.is_answerable:
+                _recipient, created = FormRecipient.objects.get_or_create(
+                    form=form,
+                    email=to_user.email,
+                    defaults={"user": to_user, "language": settings.LANGUAGE_CODE},
+                )
+                if created and form.status == Form.Status.PENDING:
+                    pk = form.pk
+                    transaction.on_commit(lambda: FormRecipient.enqueue_emails(pk))
+        self.refresh_from_db()
 
     @property
     def is_expired(self) -> bool:
@@ -788,6 +1142,81 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class FormRecipient(models.Model):
+    """An address emailed about a form (a routed reviewer or a guest), and what it was sent.
+
+    The email's link is signed for this row (see `inbox.notify`); it never carries Dify's token.
+    """
+
+    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="recipients")
+    email = models.EmailField(_("email"))
+    language = models.CharField(
+        _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
+    )
+    # The account behind the address, if any: its link signs in instead of opening a guest page.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="form_recipients",
+    )
+    sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
+    send_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    # Offsets before expiry (seconds) already reminded, or passed over because the first email
+    # went out after them.
+    reminders_sent = models.JSONField(default=list, blank=True)
+    reminded_at = models.DateTimeField(_("reminded"), null=True, blank=True)
+    # When the sweep next looks at this row for a reminder; None when none is left.
+    next_reminder_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    closed_notice_at = models.DateTimeField(null=True, blank=True)
+    link_opened_at = models.DateTimeField(null=True, blank=True)
+    link_used_at = models.DateTimeField(_("link used"), null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["form", "email"]
+        verbose_name = _("form recipient")
+        verbose_name_plural = _("form recipients")
+        constraints = [
+            models.UniqueConstraint(fields=["form", "email"], name="form_recipient_unique")
+        ]
+        indexes = [
+            # The sweep's "emailed, no closing notice yet": only rows of open forms are in it.
+            models.Index(
+                fields=["form"],
+                condition=Q(sent_at__isnull=False, closed_notice_at__isnull=True),
+                name="form_recipient_notice_due",
+            ),
+            models.Index(
+                fields=["created_at"],
+                condition=Q(sent_at__isnull=True),
+                name="form_recipient_unsent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+    @property
+    def is_guest(self) -> bool:
+        return self.user_id is None
+
+    @classmethod
+    def enqueue_emails(cls, form_pk: int) -> None:
+        """Queue the form's emails. A broker that is down loses nothing: the reminder sweep
+        sends what was never sent."""
+        from inbox.tasks import send_form_emails
+
+        try:
+            send_form_emails.apply_async((form_pk,))
+        except Exception:
+            logger.warning(
+                "form %s: emails not queued, the sweep will send them", form_pk, exc_info=True
+            )
 
 
 class RunEvent(models.Model):

@@ -207,6 +207,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sweep-expired-forms": {"task": "inbox.tasks.sweep_expired_forms", "schedule": 60.0},
     "sweep-deliveries": {"task": "inbox.tasks.sweep_deliveries", "schedule": 30.0},
     "reconcile-pending-forms": {"task": "inbox.tasks.reconcile_pending_forms", "schedule": 300.0},
+    "send-reminders": {"task": "inbox.tasks.send_reminders", "schedule": 60.0},
 }
 
 # Email: console in the embedded setup, SMTP when EMAIL_HOST is set.
@@ -223,6 +224,14 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", bool(EMAIL_HOST))
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Dify Approval Inbox <inbox@localhost>")
 INBOX_BASE_URL = env_str("INBOX_BASE_URL", "http://127.0.0.1:8000")
+# Emailed links expire with their form; a form without an expiry bounds them with this.
+INBOX_LINK_MAX_AGE_SECONDS = env_int("INBOX_LINK_MAX_AGE_SECONDS", 30 * 86400, minimum=60)
+# Guest pages (opened from an emailed link), requests per minute per link and per address; a
+# page polls every few seconds, so the limits leave room for a few open tabs. Links that fail
+# the signature check have their own, much lower, limit per address.
+INBOX_GUEST_RATE_PER_LINK = env_int("INBOX_GUEST_RATE_PER_LINK", 120, minimum=1)
+INBOX_GUEST_RATE_PER_IP = env_int("INBOX_GUEST_RATE_PER_IP", 300, minimum=1)
+INBOX_GUEST_BAD_LINKS_PER_IP = env_int("INBOX_GUEST_BAD_LINKS_PER_IP", 20, minimum=1)
 
 # Security: production (DATABASE_URL set, DEBUG off) defaults to HTTPS everywhere, so
 # `manage.py check --deploy` is clean; each can be turned off from the environment.

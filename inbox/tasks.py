@@ -555,3 +555,30 @@ def _reconcile(batch_size: int) -> dict[str, int]:
         counts["checked"] += 1
         Form.objects.filter(pk=form.pk).update(checked_at=timezone.now())
     return counts
+
+
+# --- emails: requests, reminders, closing notices ---
+
+
+# A form's first emails, queued when its capture commits. Sending goes through Django's email
+# backend (SMTP in production): the limits cover a slow mail server and a long recipient list.
+@shared_task(soft_time_limit=120, time_limit=150)
+def send_form_emails(form_pk: int) -> int:
+    """Email every recipient of a pending form that has not been emailed yet."""
+    from inbox import notify
+
+    return notify.send_form_emails(form_pk)
+
+
+# Periodic (beat, every minute). Bounded by batches and the time limit; the rest waits a tick.
+@shared_task(soft_time_limit=100, time_limit=120)
+def send_reminders(batch_size: int = 500) -> dict[str, int]:
+    """First emails that never went out, reminders before expiry for forms nobody answered,
+    and a notice to each recipient once their form is decided or expires."""
+    from inbox import notify
+
+    with periodic_lock("send_reminders") as held:
+        if not held:
+            logger.info("send_reminders: another run holds the lock")
+            return {}
+        return notify.send_due_emails(timezone.now(), batch_size=batch_size)
