@@ -1,13 +1,33 @@
 from __future__ import annotations
 
+import csv
+import json
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
 from django.utils.translation import gettext_lazy as _
 
-from inbox.models import ApiToken, AuditEntry, Decision, DifyApp, Form, Run, RunEvent, Upload
+from inbox.dify.client import DifyClient
+from inbox.dify.errors import DifyError
+from inbox.models import (
+    ApiToken,
+    AuditEntry,
+    Decision,
+    DifyApp,
+    Form,
+    FormRecipient,
+    Route,
+    RouteRecipient,
+    Run,
+    RunEvent,
+    Upload,
+)
 
 
 class DifyAppAdminForm(forms.ModelForm):
@@ -53,10 +73,47 @@ class DifyAppAdmin(admin.ModelAdmin):
     list_display = ["name", "base_url", "mode", "masked_api_key", "is_active", "updated_at"]
     list_filter = ["mode", "is_active"]
     search_fields = ["name", "base_url"]
+    actions = ["test_connection"]
 
     @admin.display(description=_("API key"))
     def masked_api_key(self, obj: DifyApp) -> str:
         return obj.masked_api_key
+
+    @admin.action(description=_("Test the connection to Dify"))
+    def test_connection(self, request: HttpRequest, queryset: Any) -> None:
+        """GET /info and /parameters with the app's key: proves the URL, the key and the app."""
+        for app in queryset:
+            client = DifyClient.for_app(app)
+            try:
+                info = client.get_info()
+                parameters = client.get_parameters()
+            except DifyError as exc:
+                # The client's messages never include the key.
+                self.message_user(
+                    request,
+                    _("%(app)s: Dify did not answer as expected: %(error)s")
+                    % {"app": app.name, "error": exc},
+                    messages.ERROR,
+                )
+                continue
+            self.message_user(
+                request,
+                _(
+                    "%(app)s: connected. Dify calls it “%(name)s” (mode %(mode)s); "
+                    "%(inputs)d start input(s), file upload %(upload)s."
+                )
+                % {
+                    "app": app.name,
+                    "name": info.get("name") or "?",
+                    "mode": info.get("mode") or "?",
+                    "inputs": len(parameters.get("user_input_form") or []),
+                    "upload": _("on")
+                    if (parameters.get("file_upload") or {}).get("enabled")
+                    or ((parameters.get("file_upload") or {}).get("image") or {}).get("enabled")
+                    else _("off"),
+                },
+                messages.SUCCESS,
+            )
 
 
 class FormInline(admin.TabularInline):
@@ -77,21 +134,210 @@ class RunAdmin(admin.ModelAdmin):
     readonly_fields = ["public_id", "created_at", "updated_at", "finished_at"]
     date_hierarchy = "created_at"
     inlines = [FormInline]
+    actions = ["stop_run"]
+
+    @admin.action(description=_("Stop the selected runs in Dify"))
+    def stop_run(self, request: HttpRequest, queryset: Any) -> None:
+        """Dify's stop endpoint for the run's task, as the run's own Dify user."""
+        for run in queryset.select_related("app"):
+            if run.is_finished or not run.task_id:
+                self.message_user(
+                    request,
+                    _("%(run)s: not stopped, it has finished or has no task id.") % {"run": run},
+                    messages.WARNING,
+                )
+                continue
+            client = DifyClient.for_app(run.app)
+            try:
+                if run.app.mode == DifyApp.Mode.CHATFLOW:
+                    client.stop_chat_message(run.task_id, user=run.dify_user)
+                else:
+                    client.stop_workflow_task(run.task_id, user=run.dify_user)
+            except DifyError as exc:
+                self.message_user(
+                    request,
+                    _("%(run)s: Dify refused to stop it: %(error)s") % {"run": run, "error": exc},
+                    messages.ERROR,
+                )
+                continue
+            AuditEntry.record("run_stop_requested", run, actor=request.user, task_id=run.task_id)
+            self.message_user(
+                request,
+                _("%(run)s: stop requested; the run's status follows from Dify's events.")
+                % {"run": run},
+                messages.SUCCESS,
+            )
+
+
+class FormRecipientInline(admin.TabularInline):
+    model = FormRecipient
+    fields = (
+        "email",
+        "language",
+        "user",
+        "sent_at",
+        "reminded_at",
+        "link_opened_at",
+        "link_used_at",
+        "last_error",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReassignForm(forms.Form):
+    to_user = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
+        required=False,
+        label=_("Reviewer"),
+        help_text=_("Routed to and held by this reviewer, who is emailed if they have an address."),
+    )
+    groups = forms.ModelMultipleChoiceField(
+        queryset=Group.objects.order_by("name"), required=False, label=_("Reviewer groups")
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if not cleaned.get("to_user") and not cleaned.get("groups"):
+            raise forms.ValidationError(_("Choose a reviewer, a group, or both."))
+        return cleaned
 
 
 @admin.register(Form)
 class FormAdmin(admin.ModelAdmin):
-    list_display = ["node_title", "run", "status", "expiration_time", "claimed_by", "created_at"]
-    list_filter = ["status", "run__app"]
+    list_display = [
+        "node_title",
+        "run",
+        "status",
+        "expiration_time",
+        "claimed_by",
+        "assignees",
+        "created_at",
+    ]
+    list_filter = ["status", "run__app", "route"]
     search_fields = ["node_title", "node_id", "form_id", "content"]
     list_select_related = ["run__app", "claimed_by"]
-    exclude = ["form_token"]
-    readonly_fields = ["public_id", "form_id", "created_at", "updated_at", "answerable"]
+    exclude = ["form_token", "assigned_users", "assigned_groups"]
+    readonly_fields = [
+        "public_id",
+        "form_id",
+        "created_at",
+        "updated_at",
+        "answerable",
+        "route",
+        "routed_at",
+        "assignees",
+    ]
     date_hierarchy = "created_at"
+    inlines = [FormRecipientInline]
+    actions = ["reassign", "resend_email"]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).prefetch_related("assigned_users", "assigned_groups")
 
     @admin.display(boolean=True, description=_("Answerable via API"))
     def answerable(self, obj: Form) -> bool:
         return obj.is_answerable
+
+    @admin.display(description=_("assigned to"))
+    def assignees(self, obj: Form) -> str:
+        names = [u.get_username() for u in obj.assigned_users.all()]
+        names += [f"@{g.name}" for g in obj.assigned_groups.all()]
+        return ", ".join(names) or "—"
+
+    @admin.action(description=_("Reassign the selected forms…"))
+    def reassign(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
+        """An intermediate page picks the reviewer and groups; they replace the routing."""
+        form = ReassignForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            for item in queryset:
+                item.reassign(
+                    to_user=form.cleaned_data["to_user"],
+                    groups=form.cleaned_data["groups"],
+                    actor=request.user,
+                )
+            self.message_user(
+                request,
+                _("%(n)d form(s) reassigned.") % {"n": queryset.count()},
+                messages.SUCCESS,
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Reassign forms"),
+            "opts": self.model._meta,
+            "forms": queryset,
+            "reassign_form": form,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/inbox/form/reassign.html", context)
+
+    @admin.action(description=_("Resend the email to every recipient"))
+    def resend_email(self, request: HttpRequest, queryset: Any) -> None:
+        from inbox import notify
+
+        sent = 0
+        skipped = 0
+        for item in queryset.select_related("run__app"):
+            count = notify.resend_form_emails(item)
+            if count:
+                AuditEntry.record("form_emails_resent", item, actor=request.user, sent=count)
+                sent += count
+            else:
+                skipped += 1
+        self.message_user(
+            request,
+            _("%(sent)d email(s) sent; %(skipped)d form(s) skipped (closed, or no recipients).")
+            % {"sent": sent, "skipped": skipped},
+            messages.SUCCESS if sent else messages.WARNING,
+        )
+
+
+class RouteRecipientInline(admin.TabularInline):
+    model = RouteRecipient
+    extra = 1
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "app",
+        "node_or_default",
+        "priority",
+        "who",
+        "allow_guests",
+        "reminders",
+        "is_active",
+    ]
+    list_filter = ["app", "is_active", "allow_guests"]
+    search_fields = ["name", "node", "recipients__email"]
+    list_select_related = ["app"]
+    filter_horizontal = ["groups", "users"]
+    inlines = [RouteRecipientInline]
+    fieldsets = [
+        (None, {"fields": ["app", "name", "node", "priority", "is_active"]}),
+        (_("Reviewers"), {"fields": ["groups", "users"]}),
+        (_("Email"), {"fields": ["email_reviewers", "language", "allow_guests", "reminders"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).prefetch_related("groups", "users", "recipients")
+
+    @admin.display(description=_("node"))
+    def node_or_default(self, obj: Route) -> str:
+        return obj.node or str(_("(default)"))
+
+    @admin.display(description=_("who"))
+    def who(self, obj: Route) -> str:
+        names = [f"@{g.name}" for g in obj.groups.all()]
+        names += [u.get_username() for u in obj.users.all()]
+        names += [r.email for r in obj.recipients.all()]
+        return ", ".join(names) or "—"
 
 
 @admin.register(Decision)
@@ -163,6 +409,42 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_filter = ["verb", "object_type"]
     search_fields = ["actor_label", "verb", "object_repr", "object_id"]
     date_hierarchy = "created_at"
+    actions = ["export_csv"]
+
+    @admin.action(description=_("Export the selected entries as CSV"))
+    def export_csv(self, request: HttpRequest, queryset: Any) -> StreamingHttpResponse:
+        """Streamed row by row: an export of a year of entries never sits in memory."""
+
+        class Echo:
+            def write(self, value: str) -> str:
+                return value
+
+        writer = csv.writer(Echo())
+        header = ["created_at", "actor", "verb", "object_type", "object_id", "object", "details"]
+
+        def cell(value: str) -> str:
+            # Node titles and labels come from Dify and users: a leading = + - @ would run as a
+            # formula when the file is opened in a spreadsheet.
+            return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+        def rows() -> Any:
+            yield writer.writerow(header)
+            for entry in queryset.order_by("created_at", "id").iterator(chunk_size=2000):
+                yield writer.writerow(
+                    [
+                        entry.created_at.isoformat(),
+                        cell(entry.actor_label),
+                        entry.verb,
+                        entry.object_type,
+                        entry.object_id,
+                        cell(entry.object_repr),
+                        cell(json.dumps(entry.details, ensure_ascii=False, sort_keys=True)),
+                    ]
+                )
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="audit.csv"'
+        return response
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from inbox import api, views
+from inbox import api, views, views_reach
 
 app_patterns = (
     [
@@ -21,6 +21,19 @@ app_patterns = (
             views.form_remove_upload,
             name="form_remove_upload",
         ),
+        path("forms/<uuid:public_id>/claim", views_reach.form_claim, name="form_claim"),
+        path("forms/<uuid:public_id>/release", views_reach.form_release, name="form_release"),
+        # Pages behind emailed links: the token is a signed capability, never Dify's.
+        path("r/<str:token>/", views_reach.guest_form, name="guest_form"),
+        path("r/<str:token>/decide", views_reach.guest_decide, name="guest_decide"),
+        path("r/<str:token>/live", views_reach.guest_live, name="guest_live"),
+        path("r/<str:token>/files/<str:input_name>", views_reach.guest_upload, name="guest_upload"),
+        path(
+            "r/<str:token>/uploads/<uuid:upload_id>/remove",
+            views_reach.guest_remove_upload,
+            name="guest_remove_upload",
+        ),
+        path("dashboard/", views_reach.dashboard, name="dashboard"),
     ],
     "inbox",
 )

@@ -14,7 +14,7 @@ from django.contrib.auth.models import Group, User
 from django.db import connection
 from django.test import override_settings
 
-from inbox.models import DifyApp
+from inbox.models import DifyApp, Route
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -61,10 +61,15 @@ def admin_user(db: None) -> User:
 
 
 @pytest.fixture
-def dify_app(db: None) -> DifyApp:
-    return DifyApp.objects.create(
+def dify_app(db: None, reviewers_group: Group) -> DifyApp:
+    app = DifyApp.objects.create(
         name="refunds", base_url="http://127.0.0.1:9/v1", api_key="app-secret-key-123456"
     )
+    # As an administrator would set it up: the app's forms go to the "reviewers" group. Forms
+    # are routed when they are created, so every form of this app is seen by alice and bob.
+    route = Route.objects.create(app=app, name="default", reminders="")
+    route.groups.add(reviewers_group)
+    return app
 
 
 def _uses_postgres() -> bool:

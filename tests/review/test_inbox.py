@@ -3,13 +3,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from inbox.models import DifyApp, Form
+from tests.reach.factories import route, route_existing
 from tests.review.conftest import make_form, make_run
 
 pytestmark = pytest.mark.smoke
@@ -80,6 +81,7 @@ def test_tabs_count_each_status_and_filter_by_it(alice: Client, dify_app: DifyAp
 
 def test_filters_by_app_node_and_search(alice: Client, dify_app: DifyApp) -> None:
     other_app = DifyApp.objects.create(name="hiring", base_url="http://127.0.0.1:9/v1", api_key="k")
+    route(other_app, groups=Group.objects.filter(name="reviewers"))
     make_form(dify_app, node_title="Refund check", node_id="refund")
     make_form(other_app, node_title="Offer approval", node_id="offer", content="Salary band B")
     assert rows(alice.get(f"/?app={other_app.pk}").content.decode()) == ["Offer approval"]
@@ -109,6 +111,7 @@ def test_pages_of_fifty(alice: Client, dify_app: DifyApp) -> None:
         )
         for i in range(60)
     )
+    route_existing(Form.objects.filter(run=run))  # bulk_create skips the routing save() does
     first = alice.get("/").content.decode()
     assert len(rows(first)) == 50 and "1–50 of 60" in first and 'rel="next"' in first  # noqa: RUF001
     second = alice.get("/?page=2").content.decode()
@@ -150,21 +153,22 @@ def test_the_inbox_costs_the_same_queries_for_one_or_many_forms(
     with CaptureQueriesContext(connection) as one:
         alice.get("/")
     for _ in range(20):
-        make_form(
-            dify_app,
-            run=make_run(DifyApp.objects.create(name=f"a{_}", base_url="http://x/v1", api_key="k")),
-        )
+        app = DifyApp.objects.create(name=f"a{_}", base_url="http://x/v1", api_key="k")
+        route(app, groups=Group.objects.filter(name="reviewers"))
+        make_form(dify_app, run=make_run(app))
     with CaptureQueriesContext(connection) as many:
         alice.get("/")
     assert len(one) == len(many) <= 10
 
 
-def test_every_logged_in_user_sees_forms_through_for_user(
-    client: Client, outsider: User, dify_app: DifyApp
+def test_the_inbox_lists_only_forms_routed_to_the_user(
+    client: Client, outsider: User, reviewer: User, dify_app: DifyApp
 ) -> None:
-    # Routing narrows Form.objects.for_user later; today every active user sees every form.
+    # dify_app routes its forms to the "reviewers" group: alice is in it, the outsider is not.
     make_form(dify_app, node_title="Visible")
     client.force_login(outsider)
+    assert rows(client.get("/").content.decode()) == []
+    client.force_login(reviewer)
     assert rows(client.get("/").content.decode()) == ["Visible"]
 
 

@@ -1,0 +1,362 @@
+"""Reach: the emails about a form (the request, reminders, the closing notice) and the signed
+links in them.
+
+A link is signed for one recipient of one form with Django's signing framework and expires with
+the form. It carries our ids only: Dify's `form_token` never leaves the database, so an email
+forwarded or logged somewhere gives no way to answer the form in Dify behind our back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core import signing
+from django.core.mail import EmailMultiAlternatives
+from django.db.models import F, Q
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import formats, timezone, translation
+
+from inbox import timefmt
+from inbox.markdown import excerpt
+from inbox.models import Decision, Form, FormRecipient
+
+logger = logging.getLogger(__name__)
+
+LINK_SALT = "inbox.notify.form-link"
+
+# Forms that closed longer ago than this get no closing notice: news that old is noise.
+NOTICE_STALE_AFTER = dt.timedelta(days=2)
+# An email that failed this often is left alone; the admin's "resend email" starts over.
+MAX_SEND_ATTEMPTS = 5
+CLOSED_STATUSES = (Form.Status.SUBMITTED, Form.Status.ANSWERED_ELSEWHERE, Form.Status.EXPIRED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed links
+# ---------------------------------------------------------------------------------------------
+
+
+def _email_tag(email: str) -> str:
+    # Binds the link to the address as well as the row id, so a row deleted and its id reused
+    # (SQLite reuses the highest id) does not open someone else's form.
+    return hashlib.sha256(email.lower().encode()).hexdigest()[:12]
+
+
+def link_token(recipient: FormRecipient) -> str:
+    form = recipient.form
+    expires = int(form.expiration_time.timestamp()) if form.expiration_time else None
+    payload = {
+        "f": form.public_id.hex,
+        "r": recipient.pk,
+        "m": _email_tag(recipient.email),
+        "x": expires,
+    }
+    return signing.dumps(payload, salt=LINK_SALT, compress=True)
+
+
+def link_path(token: str) -> str:
+    return reverse("inbox:guest_form", args=[token])
+
+
+def link_url(recipient: FormRecipient) -> str:
+    return settings.INBOX_BASE_URL.rstrip("/") + link_path(link_token(recipient))
+
+
+@dataclass(frozen=True)
+class LinkCheck:
+    """What a link is worth: `ok` with its recipient, or why not (`invalid`, `expired`)."""
+
+    state: str
+    recipient: FormRecipient | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+def check_link(token: str, *, now: dt.datetime | None = None) -> LinkCheck:
+    """Verify a link's signature and age; find its recipient. Says nothing about why a valid
+    looking link has no recipient: forged and deleted are the same to the visitor."""
+    now = now or timezone.now()
+    try:
+        data = signing.loads(
+            token, salt=LINK_SALT, max_age=dt.timedelta(seconds=settings.INBOX_LINK_MAX_AGE_SECONDS)
+        )
+    except signing.SignatureExpired:
+        return LinkCheck("expired")
+    except (signing.BadSignature, ValueError):
+        return LinkCheck("invalid")
+    if not isinstance(data, dict):
+        return LinkCheck("invalid")
+    try:
+        public_id = uuid.UUID(str(data["f"]))
+        pk = int(data["r"])
+        expires = data.get("x")
+    except (KeyError, TypeError, ValueError):
+        return LinkCheck("invalid")
+    recipient = (
+        FormRecipient.objects.select_related("form__run__app", "user")
+        .filter(pk=pk, form__public_id=public_id)
+        .first()
+    )
+    if recipient is None or _email_tag(recipient.email) != data.get("m"):
+        return LinkCheck("invalid")
+    if isinstance(expires, int) and now.timestamp() >= expires:
+        return LinkCheck("expired", recipient)
+    form = recipient.form
+    if form.expiration_time is not None and now >= form.expiration_time:
+        return LinkCheck("expired", recipient)
+    return LinkCheck("ok", recipient)
+
+
+# ---------------------------------------------------------------------------------------------
+# Emails
+# ---------------------------------------------------------------------------------------------
+
+
+def _decider(form: Form) -> Decision | None:
+    return (
+        form.decisions.select_related("reviewer")
+        .filter(status__in=Decision.ACTIVE_STATUSES)
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def build_email(
+    recipient: FormRecipient, kind: str, *, now: dt.datetime | None = None
+) -> EmailMultiAlternatives:
+    """The email of `kind` (`request`, `reminder`, `closed`) for a recipient, in their language:
+    plain text and HTML from templates/emails/. Dify's content goes in as plain text only."""
+    now = now or timezone.now()
+    form = recipient.form
+    decision = _decider(form) if kind == "closed" else None
+    with translation.override(recipient.language):
+        expires = form.expiration_time
+        context: dict[str, Any] = {
+            "recipient": recipient,
+            "form": form,
+            "title": form.node_title or form.node_id,
+            "app": form.run.app.name,
+            "excerpt": excerpt(
+                form.content or str((form.definition or {}).get("form_content") or ""), 600
+            ),
+            "expires": expires,
+            "expires_text": formats.date_format(timezone.localtime(expires), "DATETIME_FORMAT")
+            if expires
+            else "",
+            "time_zone": timezone.get_current_timezone_name(),
+            "time_left": timefmt.relative(expires, now) if expires else "",
+            "url": link_url(recipient),
+            "as_guest": recipient.is_guest,
+            "guests_may_answer": form.allow_guests,
+            "status": form.status,
+            "action": form.filled_action_text
+            or (form.action_title(decision.action_id) if decision else ""),
+            "decider": decision.decider_label if decision else "",
+        }
+        subject = " ".join(render_to_string(f"emails/{kind}_subject.txt", context).split())
+        text = render_to_string(f"emails/{kind}.txt", context)
+        html = render_to_string(f"emails/{kind}.html", context)
+    message = EmailMultiAlternatives(
+        subject,
+        text,
+        to=[recipient.email],
+        # Out-of-office replies to an automated notice only clutter the sender's mailbox.
+        headers={"Auto-Submitted": "auto-generated", "X-Auto-Response-Suppress": "All"},
+    )
+    message.attach_alternative(html, "text/html")
+    return message
+
+
+def _send(recipient: FormRecipient, kind: str, now: dt.datetime) -> bool:
+    try:
+        build_email(recipient, kind, now=now).send()
+    except Exception as exc:
+        # The error may quote the message; it never holds a form token (none is in it).
+        logger.warning(
+            "form %s: %s email to recipient %s failed: %s",
+            recipient.form_id,
+            kind,
+            recipient.pk,
+            exc,
+        )
+        FormRecipient.objects.filter(pk=recipient.pk).update(last_error=str(exc)[:500])
+        return False
+    return True
+
+
+def next_reminder(
+    offsets: list[int], expires: dt.datetime | None, sent_at: dt.datetime, done: list[int]
+) -> dt.datetime | None:
+    """When the next reminder is due: the earliest offset time still ahead of the first email
+    and not yet done. None when there is none."""
+    if expires is None:
+        return None
+    times = [
+        expires - dt.timedelta(seconds=o)
+        for o in offsets
+        if o not in done and expires - dt.timedelta(seconds=o) > sent_at
+    ]
+    return min(times) if times else None
+
+
+def due_reminder(
+    offsets: list[int],
+    expires: dt.datetime | None,
+    sent_at: dt.datetime,
+    done: list[int],
+    now: dt.datetime,
+) -> tuple[int | None, list[int]]:
+    """The reminder to send now (an offset in seconds, or None) and every offset it settles.
+
+    After a pause (worker down) several offsets may be due at once: only the most urgent goes
+    out. An offset whose time had come before the first email was sent is settled silently,
+    since that email already said how much time was left.
+    """
+    if expires is None or now >= expires:
+        return None, []
+    due = [o for o in offsets if o not in done and now >= expires - dt.timedelta(seconds=o)]
+    fresh = [o for o in due if expires - dt.timedelta(seconds=o) > sent_at]
+    return (min(fresh) if fresh else None), due
+
+
+def send_form_emails(form_pk: int, *, now: dt.datetime | None = None) -> int:
+    """Send the first email to every recipient of a pending form not yet emailed."""
+    form = Form.objects.select_related("run__app").filter(pk=form_pk).first()
+    now = now or timezone.now()
+    if form is None or not _still_asking(form, now):
+        return 0
+    sent = 0
+    for recipient in form.recipients.filter(
+        sent_at__isnull=True, send_attempts__lt=MAX_SEND_ATTEMPTS
+    ):
+        recipient.form = form
+        sent += _send_request(recipient, now)
+    return sent
+
+
+def _still_asking(form: Form, now: dt.datetime) -> bool:
+    return (
+        form.status == Form.Status.PENDING
+        and form.is_answerable
+        and (form.expiration_time is None or form.expiration_time > now)
+    )
+
+
+def _send_request(recipient: FormRecipient, now: dt.datetime) -> int:
+    # Claim the row first: the capture's task and the sweep may both get here; one sends.
+    claimed = FormRecipient.objects.filter(pk=recipient.pk, sent_at__isnull=True).update(
+        sent_at=now, send_attempts=F("send_attempts") + 1
+    )
+    if not claimed:
+        return 0
+    if not _send(recipient, "request", now):
+        FormRecipient.objects.filter(pk=recipient.pk).update(sent_at=None)
+        return 0
+    form = recipient.form
+    offsets = list(form.reminder_offsets or [])
+    # Offsets already inside the time left were covered by this email.
+    passed = [
+        o
+        for o in offsets
+        if form.expiration_time is not None
+        and form.expiration_time - dt.timedelta(seconds=o) <= now
+    ]
+    FormRecipient.objects.filter(pk=recipient.pk).update(
+        last_error="",
+        reminders_sent=passed,
+        next_reminder_at=next_reminder(offsets, form.expiration_time, now, passed),
+    )
+    return 1
+
+
+def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) -> dict[str, int]:
+    """The sweep: first emails that never went out, reminders that are due, and closing notices
+    for forms that were decided or expired. Each part is bounded by `batch_size`."""
+    now = now or timezone.now()
+    counts = {"requests": 0, "reminders": 0, "notices": 0}
+
+    # First emails whose task was lost or whose send failed; a minute's grace for the task.
+    late = (
+        FormRecipient.objects.filter(
+            sent_at__isnull=True,
+            send_attempts__lt=MAX_SEND_ATTEMPTS,
+            created_at__lt=now - dt.timedelta(seconds=60),
+            form__status=Form.Status.PENDING,
+        )
+        .exclude(form__form_token="")
+        .filter(Q(form__expiration_time__isnull=True) | Q(form__expiration_time__gt=now))
+        .select_related("form__run__app")[:batch_size]
+    )
+    for recipient in late:
+        counts["requests"] += _send_request(recipient, now)
+
+    for recipient in FormRecipient.objects.filter(
+        next_reminder_at__lte=now, sent_at__isnull=False
+    ).select_related("form__run__app")[:batch_size]:
+        counts["reminders"] += _remind(recipient, now)
+
+    closed = FormRecipient.objects.filter(
+        sent_at__isnull=False,
+        closed_notice_at__isnull=True,
+        form__status__in=CLOSED_STATUSES,
+    ).select_related("form__run__app", "user")[:batch_size]
+    for recipient in closed:
+        counts["notices"] += _notify_closed(recipient, now)
+    return counts
+
+
+def _remind(recipient: FormRecipient, now: dt.datetime) -> int:
+    form = recipient.form
+    if not _still_asking(form, now) or recipient.sent_at is None:
+        # Decided, expired or closed in Dify: no more reminders; the closing notice follows.
+        FormRecipient.objects.filter(pk=recipient.pk).update(next_reminder_at=None)
+        return 0
+    done = list(recipient.reminders_sent or [])
+    offsets = list(form.reminder_offsets or [])
+    offset, settled = due_reminder(offsets, form.expiration_time, recipient.sent_at, done, now)
+    done = sorted(set(done) | set(settled), reverse=True)
+    following = next_reminder(offsets, form.expiration_time, recipient.sent_at, done)
+    # Claim by the due time we read: a concurrent sweep (the lock makes that rare) sends none.
+    claimed = FormRecipient.objects.filter(
+        pk=recipient.pk, next_reminder_at=recipient.next_reminder_at
+    ).update(reminders_sent=done, next_reminder_at=following)
+    if not claimed or offset is None:
+        return 0
+    if not _send(recipient, "reminder", now):
+        return 0
+    FormRecipient.objects.filter(pk=recipient.pk).update(reminded_at=now)
+    return 1
+
+
+def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
+    form = recipient.form
+    claimed = FormRecipient.objects.filter(pk=recipient.pk, closed_notice_at__isnull=True).update(
+        closed_notice_at=now, next_reminder_at=None
+    )
+    if not claimed or form.updated_at < now - NOTICE_STALE_AFTER:
+        return 0
+    decision = _decider(form)
+    if decision is not None and (
+        (decision.reviewer_id is not None and decision.reviewer_id == recipient.user_id)
+        or (decision.guest_email and decision.guest_email.lower() == recipient.email.lower())
+    ):
+        # They made the decision; telling them about it is noise.
+        return 0
+    return int(_send(recipient, "closed", now))
+
+
+def resend_form_emails(form: Form) -> int:
+    """The admin's "resend email": every recipient of a pending form gets the email again."""
+    if not _still_asking(form, timezone.now()):
+        return 0
+    form.recipients.update(sent_at=None, send_attempts=0, last_error="")
+    return send_form_emails(form.pk)

@@ -1,0 +1,439 @@
+"""Reach and govern: the pages behind emailed links (guests), claiming forms, the staff dashboard.
+
+A guest page is the reviewer's form page drawn by `inbox.views` with a guest `Decider`, so
+validation, uploads and the live poll behave exactly as for a signed-in reviewer. What differs is
+the access check: a signed link (see `inbox.notify`) instead of `Form.objects.for_user`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.cache import cache
+from django.db.models import Count
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone, translation
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from inbox import notify
+from inbox.models import ClaimRefused, Decision, Form, FormRecipient
+from inbox.views import (
+    Decider,
+    HtmxHttpRequest,
+    _get_form_for_user,
+    decide_response,
+    form_page_response,
+    live_response,
+    remove_upload_response,
+    upload_response,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Rate limits (Django's cache: shared by all processes when it is Redis)
+# ---------------------------------------------------------------------------------------------
+
+WINDOW = 60
+
+
+def _hit(key: str, limit: int) -> bool:
+    """Count one request against `key` in the current minute; True when over the limit."""
+    bucket = f"reach:rate:{key}:{int(time.time() // WINDOW)}"
+    if cache.add(bucket, 1, timeout=WINDOW * 2):
+        return 1 > limit
+    try:
+        return cache.incr(bucket) > limit
+    except ValueError:
+        # Evicted between add and incr: start the count again.
+        cache.set(bucket, 1, timeout=WINDOW * 2)
+        return False
+
+
+def _client_ip(request: HttpRequest) -> str:
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
+def _link_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------------------------
+# Guest pages
+# ---------------------------------------------------------------------------------------------
+
+# Recipients whose link this browser used to decide: it keeps showing them the outcome, while
+# the same link opened anywhere else is refused as used.
+SESSION_USED = "inbox_used_links"
+
+_LINK_STATUS = {
+    "invalid": 404,
+    "expired": 410,
+    "used": 410,
+    "account": 403,
+    "not_allowed": 403,
+    "rate_limited": 429,
+}
+
+
+def _link_page(request: HttpRequest, state: str) -> HttpResponse:
+    """The page for a link that opens nothing. It shows no data of the form."""
+    response = render(
+        request, "inbox/guest_link.html", {"state": state}, status=_LINK_STATUS[state]
+    )
+    if state == "rate_limited":
+        response["Retry-After"] = str(WINDOW)
+    return response
+
+
+@dataclass
+class GuestAccess:
+    recipient: FormRecipient
+    form: Form
+    decider: Decider
+
+
+def _guest_access(
+    request: HttpRequest, token: str, *, landing: bool = False
+) -> GuestAccess | HttpResponse:
+    """Check the rate limits and the link. Return the guest's access, or the response to send
+    instead (a refusal page, or for the landing page a redirect to where the visitor belongs)."""
+    ip = _client_ip(request)
+    if _hit(f"ip:{ip}", settings.INBOX_GUEST_RATE_PER_IP):
+        return _link_page(request, "rate_limited")
+    check = notify.check_link(token)
+    if check.state == "invalid":
+        # Guessing at links: a much lower limit than for a visitor with a valid one.
+        if _hit(f"bad:{ip}", settings.INBOX_GUEST_BAD_LINKS_PER_IP):
+            return _link_page(request, "rate_limited")
+        return _link_page(request, "invalid")
+    if _hit(f"link:{_link_key(token)}", settings.INBOX_GUEST_RATE_PER_LINK):
+        return _link_page(request, "rate_limited")
+    recipient = check.recipient
+    if not check.ok or recipient is None:
+        return _link_page(request, "expired")
+    form = recipient.form
+    user = request.user
+    if (
+        landing
+        and user.is_authenticated
+        and Form.objects.for_user(user).filter(pk=form.pk).exists()
+    ):
+        return redirect("inbox:form", public_id=form.public_id)
+    if recipient.user_id is not None:
+        # The address belongs to an account: its owner signs in and answers as themselves.
+        if landing and not user.is_authenticated:
+            return redirect_to_login(reverse("inbox:form", args=[form.public_id]))
+        return _link_page(request, "account")
+    if not form.allow_guests:
+        return _link_page(request, "not_allowed")
+    if recipient.link_used_at is not None and recipient.pk not in request.session.get(
+        SESSION_USED, []
+    ):
+        return _link_page(request, "used")
+    if settings.LANGUAGE_COOKIE_NAME not in request.COOKIES:
+        # No language chosen in this browser yet: the one the email was written in.
+        translation.activate(recipient.language)
+        request.LANGUAGE_CODE = recipient.language
+    decider = Decider(base_url=notify.link_path(token), guest_email=recipient.email)
+    return GuestAccess(recipient=recipient, form=form, decider=decider)
+
+
+@require_GET
+def guest_form(request: HtmxHttpRequest, token: str) -> HttpResponse:
+    access = _guest_access(request, token, landing=True)
+    if isinstance(access, HttpResponse):
+        return access
+    if access.recipient.link_opened_at is None:
+        FormRecipient.objects.filter(pk=access.recipient.pk, link_opened_at__isnull=True).update(
+            link_opened_at=timezone.now()
+        )
+    response = form_page_response(request, access.form, access.decider)
+    # The link is a credential: keep it out of other sites' Referer headers and of caches.
+    response["Referrer-Policy"] = "no-referrer"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+def guest_decide(request: HtmxHttpRequest, token: str) -> HttpResponse:
+    access = _guest_access(request, token)
+    if isinstance(access, HttpResponse):
+        return access
+    response = decide_response(request, access.form, access.decider)
+    recipient = access.recipient
+    if (
+        recipient.link_used_at is None
+        and Decision.objects.filter(form=access.form, guest_email=recipient.email).exists()
+    ):
+        # Used: from now on the link shows its outcome only in this browser.
+        FormRecipient.objects.filter(pk=recipient.pk).update(link_used_at=timezone.now())
+        used = list(request.session.get(SESSION_USED, []))
+        request.session[SESSION_USED] = [*used[-19:], recipient.pk]
+    return response
+
+
+@require_POST
+def guest_upload(request: HtmxHttpRequest, token: str, input_name: str) -> HttpResponse:
+    access = _guest_access(request, token)
+    if isinstance(access, HttpResponse):
+        return access
+    return upload_response(request, access.form, access.decider, input_name)
+
+
+@require_POST
+def guest_remove_upload(request: HtmxHttpRequest, token: str, upload_id: uuid.UUID) -> HttpResponse:
+    access = _guest_access(request, token)
+    if isinstance(access, HttpResponse):
+        return access
+    return remove_upload_response(request, access.form, access.decider, upload_id)
+
+
+@require_GET
+def guest_live(request: HtmxHttpRequest, token: str) -> HttpResponse:
+    access = _guest_access(request, token)
+    if isinstance(access, HttpResponse):
+        return access
+    return live_response(request, access.form, access.decider)
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim and release
+# ---------------------------------------------------------------------------------------------
+
+
+def _back(request: HttpRequest, form: Form) -> HttpResponse:
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        target = reverse("inbox:form", args=[form.public_id])
+    return redirect(target)
+
+
+@login_required
+@require_POST
+def form_claim(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    form = _get_form_for_user(request, public_id)
+    try:
+        form.claim(request.user)
+    except ClaimRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _("You took this form. Others see that you are handling it."))
+    return _back(request, form)
+
+
+@login_required
+@require_POST
+def form_release(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    form = _get_form_for_user(request, public_id)
+    try:
+        form.release(request.user)
+    except ClaimRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, _("You released this form."))
+    return _back(request, form)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dashboard
+# ---------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of sorted `values` (None when empty)."""
+    if not values:
+        return None
+    rank = max(1, math.ceil(round(fraction * len(values), 9)))
+    return values[min(rank, len(values)) - 1]
+
+
+def decision_times(since: dt.datetime) -> list[float]:
+    """Seconds from arrival to decision of the forms decided since `since`, sorted."""
+    rows = Form.objects.filter(decided_at__gte=since).values_list("created_at", "decided_at")
+    return sorted(
+        (decided - created).total_seconds() for created, decided in rows if decided is not None
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return _("%(n)d s") % {"n": round(seconds)}
+    if seconds < 3600:
+        return _("%(n)d min") % {"n": round(seconds / 60)}
+    if seconds < 86400:
+        return _("%(n).1f h") % {"n": seconds / 3600}
+    return _("%(n).1f d") % {"n": seconds / 86400}
+
+
+# Geometry of the charts, in SVG user units; the SVG scales to the page's width.
+CHART_WIDTH = 640
+LABEL_WIDTH = 220
+BAR_HEIGHT = 18
+BAR_GAP = 8
+
+
+def bar_rows(items: list[tuple[str, float, str]]) -> dict[str, Any]:
+    """A horizontal bar chart: (label, value, shown value) → rectangles and text positions."""
+    top = max((value for _label, value, _text in items), default=0) or 1
+    span = CHART_WIDTH - LABEL_WIDTH - 60
+    bars = []
+    for index, (label, value, text) in enumerate(items):
+        y = index * (BAR_HEIGHT + BAR_GAP)
+        width = max(1.0, span * value / top) if value else 0.0
+        bars.append(
+            {
+                "label": label,
+                "text": text,
+                "y": y,
+                "text_y": y + BAR_HEIGHT - 5,
+                "width": round(width, 1),
+                "value_x": round(LABEL_WIDTH + width + 6, 1),
+            }
+        )
+    return {
+        "bars": bars,
+        "height": max(1, len(items)) * (BAR_HEIGHT + BAR_GAP),
+        "width": CHART_WIDTH,
+        "label_width": LABEL_WIDTH,
+        "bar_height": BAR_HEIGHT,
+    }
+
+
+def daily_columns(now: dt.datetime, days: int = 30) -> dict[str, Any]:
+    """Forms decided and expired per day over the last `days` days, as stacked columns."""
+    start = timezone.localtime(now).date() - dt.timedelta(days=days - 1)
+    decided = [0] * days
+    expired = [0] * days
+    since = now - dt.timedelta(days=days + 1)
+    for value in Form.objects.filter(decided_at__gte=since).values_list("decided_at", flat=True):
+        index = (timezone.localtime(value).date() - start).days
+        if 0 <= index < days:
+            decided[index] += 1
+    for value in Form.objects.filter(
+        status=Form.Status.EXPIRED, expiration_time__gte=since, expiration_time__lte=now
+    ).values_list("expiration_time", flat=True):
+        index = (timezone.localtime(value).date() - start).days
+        if 0 <= index < days:
+            expired[index] += 1
+    height = 120
+    top = max((d + e for d, e in zip(decided, expired, strict=True)), default=0) or 1
+    step = CHART_WIDTH / days
+    columns = []
+    for index in range(days):
+        day = start + dt.timedelta(days=index)
+        d_height = round(height * decided[index] / top, 1)
+        e_height = round(height * expired[index] / top, 1)
+        columns.append(
+            {
+                "x": round(index * step + 1, 1),
+                "width": round(step - 2, 1),
+                "day": day.isoformat(),
+                "decided": decided[index],
+                "expired": expired[index],
+                "decided_y": round(height - d_height, 1),
+                "decided_height": d_height,
+                "expired_y": round(height - d_height - e_height, 1),
+                "expired_height": e_height,
+            }
+        )
+    return {
+        "columns": columns,
+        "height": height,
+        "width": CHART_WIDTH,
+        "first": start.isoformat(),
+        "last": (start + dt.timedelta(days=days - 1)).isoformat(),
+        "top": top,
+        "total_decided": sum(decided),
+        "total_expired": sum(expired),
+    }
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_staff:
+        # Not a page for reviewers: as with a form one may not see, it does not exist for them.
+        raise Http404
+    now = timezone.now()
+    pending = list(
+        Form.objects.filter(status=Form.Status.PENDING)
+        .values("run__app__name", "node_id", "node_title")
+        .annotate(n=Count("id"))
+        .order_by("-n", "run__app__name", "node_title")[:25]
+    )
+    pending_chart = bar_rows(
+        [
+            (
+                f"{row['run__app__name']} · {row['node_title'] or row['node_id']}",
+                row["n"],
+                str(row["n"]),
+            )
+            for row in pending
+        ]
+    )
+    periods = []
+    for days in (7, 30):
+        times = decision_times(now - dt.timedelta(days=days))
+        periods.append(
+            {
+                "days": days,
+                "count": len(times),
+                "median": percentile(times, 0.5),
+                "p95": percentile(times, 0.95),
+            }
+        )
+    timing_items = []
+    for period in periods:
+        timing_items.append(
+            (
+                _("median, %(days)d days") % {"days": period["days"]},
+                period["median"] or 0,
+                _duration(period["median"]),
+            )
+        )
+        timing_items.append(
+            (
+                _("95th percentile, %(days)d days") % {"days": period["days"]},
+                period["p95"] or 0,
+                _duration(period["p95"]),
+            )
+        )
+    rows = [
+        {**period, "median_text": _duration(period["median"]), "p95_text": _duration(period["p95"])}
+        for period in periods
+    ]
+    context = {
+        "pending": pending,
+        "pending_total": Form.objects.filter(status=Form.Status.PENDING).count(),
+        "pending_chart": pending_chart,
+        "periods": rows,
+        "timing_chart": bar_rows(timing_items),
+        "daily": daily_columns(now),
+        "expired_7": Form.objects.filter(
+            status=Form.Status.EXPIRED, expiration_time__gte=now - dt.timedelta(days=7)
+        ).count(),
+        "expired_30": Form.objects.filter(
+            status=Form.Status.EXPIRED, expiration_time__gte=now - dt.timedelta(days=30)
+        ).count(),
+        "failed_deliveries": Decision.objects.filter(status=Decision.Status.FAILED).count(),
+        "unsent_emails": FormRecipient.objects.filter(
+            sent_at__isnull=True, form__status=Form.Status.PENDING
+        ).count(),
+        "unrouted": Form.objects.filter(status=Form.Status.PENDING, route__isnull=True).count(),
+    }
+    return render(request, "inbox/dashboard.html", context)

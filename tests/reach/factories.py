@@ -1,0 +1,88 @@
+"""Routes, forms and recipients for the reach tests (and for any test that needs a form routed
+somewhere other than the shared `dify_app` fixture's default route)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth.models import Group, User
+from django.utils import timezone
+
+from inbox.models import DifyApp, Form, Route, RouteRecipient, Run
+
+_ids = itertools.count(1)
+
+DEFINITION: dict[str, Any] = {
+    "form_content": "Refund **120 EUR** to Ada?\n\n{{#$output.note#}}",
+    "inputs": [{"type": "paragraph", "output_variable_name": "note", "default": None}],
+    "user_actions": [
+        {"id": "approve", "title": "Approve", "button_style": "primary"},
+        {"id": "reject", "title": "Reject", "button_style": "default"},
+    ],
+    "resolved_default_values": {},
+}
+
+
+def route(
+    app: DifyApp,
+    *,
+    node: str = "",
+    name: str = "",
+    groups: Iterable[Group] = (),
+    users: Iterable[User] = (),
+    recipients: Iterable[tuple[str, str] | str] = (),
+    **fields: Any,
+) -> Route:
+    """A route of `app`; `node` empty makes (or reuses) the app's default route."""
+    fields.setdefault("reminders", "")
+    if not node:
+        made, _ = Route.objects.update_or_create(
+            app=app, node="", defaults={"name": name or "default", **fields}
+        )
+    else:
+        made = Route.objects.create(app=app, node=node, name=name or node, **fields)
+    made.groups.set(list(groups))
+    made.users.set(list(users))
+    made.recipients.all().delete()
+    for item in recipients:
+        email, language = (item, "en") if isinstance(item, str) else item
+        RouteRecipient.objects.create(route=made, email=email, language=language)
+    return made
+
+
+def make_run(app: DifyApp, **kwargs: Any) -> Run:
+    n = next(_ids)
+    kwargs.setdefault("workflow_run_id", f"R-reach-{n}")
+    kwargs.setdefault("dify_user", f"inbox-reach-{n}")
+    kwargs.setdefault("status", Run.Status.PAUSED)
+    kwargs.setdefault("follow_wanted", False)
+    return Run.objects.create(app=app, **kwargs)
+
+
+def make_form(
+    app: DifyApp,
+    *,
+    run: Run | None = None,
+    expires_in: dt.timedelta | None = dt.timedelta(hours=5),
+    **kwargs: Any,
+) -> Form:
+    """A captured form: creating it routes it, as the follower's capture does."""
+    n = next(_ids)
+    kwargs.setdefault("form_id", f"F-reach-{n}")
+    kwargs.setdefault("form_token", f"dify-form-token-reach-{n}")
+    kwargs.setdefault("node_id", f"approval_{n}")
+    kwargs.setdefault("node_title", "Manager approval")
+    kwargs.setdefault("definition", DEFINITION)
+    kwargs.setdefault("content", DEFINITION["form_content"])
+    if expires_in is not None:
+        kwargs.setdefault("expiration_time", timezone.now() + expires_in)
+    return Form.objects.create(run=run or make_run(app), **kwargs)
+
+
+def route_existing(forms: Iterable[Form]) -> None:
+    """Route forms created without `save()` (bulk_create), as their capture would have."""
+    for form in forms:
+        form.on_captured()

@@ -1,0 +1,206 @@
+"""Routes decide who is asked about a form; `Form.objects.for_user` shows each reviewer only
+what was routed to them."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import AnonymousUser, Group, User
+from django.core.exceptions import ValidationError
+
+from inbox.models import AuditEntry, ClaimRefused, DifyApp, Form, Route, parse_offsets
+from tests.reach.conftest import GUEST, GUEST_ZH
+from tests.reach.factories import make_form, route
+
+
+def test_a_node_route_wins_over_the_default_and_priority_orders_node_routes(
+    reach_app: DifyApp, reviewer: User, other_reviewer: User, outsider: User
+) -> None:
+    route(reach_app, users=[outsider])
+    route(reach_app, node="Finance *", users=[other_reviewer], priority=50)
+    route(reach_app, node="finance_check", users=[reviewer], priority=10)
+    by_id = make_form(reach_app, node_id="finance_check", node_title="Finance sign-off")
+    by_title = make_form(reach_app, node_id="n2", node_title="FINANCE review")
+    fallback = make_form(reach_app, node_id="n3", node_title="Legal review")
+    assert list(by_id.assigned_users.all()) == [reviewer]
+    assert list(by_title.assigned_users.all()) == [other_reviewer]
+    assert list(fallback.assigned_users.all()) == [outsider]
+    assert by_id.route is not None and by_id.route.node == "finance_check"
+
+
+def test_inactive_routes_are_skipped(reach_app: DifyApp, reviewer: User, outsider: User) -> None:
+    route(reach_app, users=[outsider])
+    route(reach_app, node="*", users=[reviewer], is_active=False)
+    assert list(make_form(reach_app).assigned_users.all()) == [outsider]
+
+
+def test_routing_stores_groups_users_and_recipients(
+    reach_route: Route, routed_form: Form, reviewer: User
+) -> None:
+    assert list(routed_form.assigned_users.all()) == [reviewer]
+    assert list(routed_form.assigned_groups.all()) == []
+    recipients = {r.email: r.language for r in routed_form.recipients.all()}
+    assert recipients == {GUEST: "en", GUEST_ZH: "zh-hans"}
+    assert routed_form.allow_guests is True
+    assert routed_form.reminder_offsets == [86400, 3600]
+    entry = AuditEntry.objects.get(verb="form_routed", object_id=str(routed_form.pk))
+    assert entry.details == {
+        "route": reach_route.pk,
+        "users": ["alice"],
+        "groups": [],
+        "recipients": 2,
+    }
+
+
+def test_a_recipient_address_with_an_account_is_that_reviewer(
+    reach_app: DifyApp, other_reviewer: User
+) -> None:
+    route(reach_app, recipients=["BOB@example.com"])
+    form = make_form(reach_app)
+    recipient = form.recipients.get()
+    assert recipient.user == other_reviewer and not recipient.is_guest
+    assert list(form.assigned_users.all()) == [other_reviewer]
+    assert Form.objects.for_user(other_reviewer).filter(pk=form.pk).exists()
+
+
+def test_email_reviewers_adds_group_members_in_the_routes_language(
+    reach_app: DifyApp, reviewers_group: Group, reviewer: User, other_reviewer: User
+) -> None:
+    route(reach_app, groups=[reviewers_group], email_reviewers=True, language="zh-hans")
+    form = make_form(reach_app)
+    assert {(r.email, r.language, r.user_id) for r in form.recipients.all()} == {
+        ("alice@example.com", "zh-hans", reviewer.pk),
+        ("bob@example.com", "zh-hans", other_reviewer.pk),
+    }
+
+
+def test_routing_happens_once(routed_form: Form, other_reviewer: User) -> None:
+    Route.objects.filter(pk=routed_form.route_id).update(allow_guests=False)
+    routed_form.route.users.add(other_reviewer)  # type: ignore[union-attr]
+    routed_form.on_captured()
+    assert list(routed_form.assigned_users.values_list("username", flat=True)) == ["alice"]
+    routed_form.refresh_from_db()
+    assert routed_form.allow_guests is True
+    assert AuditEntry.objects.filter(verb="form_routed").count() == 1
+
+
+def test_a_form_of_an_app_without_routes_is_seen_by_staff_only(
+    reach_app: DifyApp, reviewer: User, admin_user: User
+) -> None:
+    form = make_form(reach_app)
+    assert form.route is None and form.routed_at is not None
+    assert not Form.objects.for_user(reviewer).exists()
+    assert list(Form.objects.for_user(admin_user)) == [form]
+    assert AuditEntry.objects.filter(verb="form_unrouted", object_id=str(form.pk)).exists()
+
+
+@pytest.mark.parametrize(
+    ("persona", "sees"),
+    [
+        ("reviewer", True),  # routed by name
+        ("other_reviewer", True),  # routed through the group
+        ("outsider", False),
+        ("admin_user", True),  # staff see every form
+        ("anonymous", False),
+    ],
+)
+def test_for_user_shows_routed_forms_only(
+    request: pytest.FixtureRequest,
+    reach_app: DifyApp,
+    reviewer: User,
+    reviewers_group: Group,
+    persona: str,
+    sees: bool,
+) -> None:
+    helpers = Group.objects.create(name="helpers")
+    user = AnonymousUser() if persona == "anonymous" else request.getfixturevalue(persona)
+    if persona == "other_reviewer":
+        user.groups.set([helpers])
+    route(reach_app, users=[reviewer], groups=[helpers])
+    form = make_form(reach_app)
+    make_form(reach_app, status=Form.Status.SUBMITTED)
+    visible = Form.objects.for_user(user)
+    assert visible.filter(pk=form.pk).exists() is sees
+    # One row per form even when routed twice (by name and by group).
+    assert visible.count() == (2 if sees else 0)
+
+
+def test_an_inactive_user_sees_nothing(routed_form: Form, reviewer: User) -> None:
+    reviewer.is_active = False
+    reviewer.save()
+    assert not Form.objects.for_user(reviewer).exists()
+
+
+def test_assigned_to_is_the_named_or_the_holder(
+    reach_app: DifyApp, reviewers_group: Group, reviewer: User, other_reviewer: User
+) -> None:
+    route(reach_app, groups=[reviewers_group], users=[reviewer])
+    named = make_form(reach_app)
+    route(reach_app, groups=[reviewers_group])
+    by_group = make_form(reach_app)
+    assert list(Form.objects.assigned_to(reviewer)) == [named]
+    assert not Form.objects.assigned_to(other_reviewer).exists()
+    by_group.claim(other_reviewer)
+    assert list(Form.objects.assigned_to(other_reviewer)) == [by_group]
+
+
+def test_claim_release_and_the_refusals(
+    routed_form: Form, reviewer: User, other_reviewer: User, admin_user: User
+) -> None:
+    routed_form.claim(reviewer)
+    routed_form.claim(reviewer)  # taking it again is harmless
+    with pytest.raises(ClaimRefused, match="Alice has already taken this form."):
+        routed_form.claim(other_reviewer)
+    with pytest.raises(ClaimRefused, match="Only the reviewer who took this form can release"):
+        routed_form.release(other_reviewer)
+    routed_form.release(admin_user)  # staff may
+    routed_form.refresh_from_db()
+    assert routed_form.claimed_by is None
+    verbs = list(
+        AuditEntry.objects.filter(object_type="form", verb__startswith="form_")
+        .order_by("id")
+        .values_list("verb", "actor_label")
+    )
+    assert verbs[-2:] == [("form_claimed", "alice"), ("form_released", "admin")]
+
+
+def test_a_closed_form_cannot_be_claimed(routed_form: Form, reviewer: User) -> None:
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
+    with pytest.raises(ClaimRefused, match="This form is no longer open."):
+        routed_form.claim(reviewer)
+
+
+def test_reassign_moves_the_form_and_emails_the_new_reviewer(
+    routed_form: Form,
+    reviewer: User,
+    other_reviewer: User,
+    admin_user: User,
+    django_capture_on_commit_callbacks: object,
+) -> None:
+    routed_form.reassign(to_user=other_reviewer, actor=admin_user)
+    assert list(routed_form.assigned_users.all()) == [other_reviewer]
+    assert routed_form.claimed_by == other_reviewer
+    assert not Form.objects.for_user(reviewer).filter(pk=routed_form.pk).exists()
+    assert Form.objects.for_user(other_reviewer).filter(pk=routed_form.pk).exists()
+    assert routed_form.recipients.filter(email="bob@example.com", user=other_reviewer).exists()
+    entry = AuditEntry.objects.get(verb="form_reassigned")
+    assert entry.actor == admin_user and entry.details["previous"]["users"] == ["alice"]
+
+
+def test_reminder_offsets_parse_and_validate(reach_app: DifyApp) -> None:
+    assert parse_offsets("24h, 1h,30m,2d,1h") == [172800, 86400, 3600, 1800]
+    assert parse_offsets("") == []
+    bad = Route(app=reach_app, name="x", reminders="24h,soon")
+    with pytest.raises(ValidationError) as info:
+        bad.full_clean()
+    assert info.value.message_dict["reminders"] == [
+        "“soon” is not a time before expiry; write e.g. 2d, 24h or 30m, comma-separated."
+    ]
+
+
+def test_an_app_has_one_default_route(reach_app: DifyApp) -> None:
+    from django.db import IntegrityError, transaction
+
+    Route.objects.create(app=reach_app, name="one")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Route.objects.create(app=reach_app, name="two")
+    Route.objects.create(app=reach_app, name="node", node="approve_*")
