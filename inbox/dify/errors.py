@@ -58,9 +58,24 @@ class DifyError(Exception):
 
 
 class DifyConnectionError(DifyError):
-    """The request did not get an answer: refused, reset, closed early, DNS or TLS failure."""
+    """The request did not get an answer: refused, reset, closed early, DNS or TLS failure.
+
+    `error_type` names the underlying failure (httpx's class name, e.g. "ConnectError",
+    "ReadTimeout"); `request_sent` says whether the request may have reached Dify, which is
+    what decides if a non-idempotent call (a submit) may have taken effect.
+    """
 
     permanent = False
+    # Failures that happen before a single byte of the request leaves this process.
+    NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
+
+    def __init__(self, message: str, *, error_type: str = "") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+    @property
+    def request_sent(self) -> bool:
+        return self.error_type not in self.NOT_SENT
 
 
 class DifyTimeout(DifyConnectionError):

@@ -29,11 +29,12 @@ from inbox.dify.types import ErrorEvent, StreamEvent, parse_event
 def transport_error(exc: httpx.HTTPError, what: str) -> DifyError:
     """Our error for an httpx failure. httpx messages and requests carry the URL, which may hold
     a form token, so only the class name and our own (already redacted) description survive."""
+    name = type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
-        return DifyTimeout(f"{what}: timed out ({type(exc).__name__})")
+        return DifyTimeout(f"{what}: timed out ({name})", error_type=name)
     if isinstance(exc, httpx.TransportError):
-        return DifyConnectionError(f"{what}: {type(exc).__name__}")
-    return DifyProtocolError(f"{what}: {type(exc).__name__}")
+        return DifyConnectionError(f"{what}: {name}", error_type=name)
+    return DifyProtocolError(f"{what}: {name}")
 
 
 class _StreamState:
@@ -189,7 +190,8 @@ class EventStream(_StreamBase):
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._what) from None
         except httpx.StreamError as exc:
-            raise DifyConnectionError(f"{self._what}: {type(exc).__name__}") from None
+            name = type(exc).__name__
+            raise DifyConnectionError(f"{self._what}: {name}", error_type=name) from None
         finally:
             self.close()
 
@@ -275,6 +277,7 @@ class AsyncEventStream(_StreamBase):
         except httpx.HTTPError as exc:
             raise transport_error(exc, self._what) from None
         except httpx.StreamError as exc:
-            raise DifyConnectionError(f"{self._what}: {type(exc).__name__}") from None
+            name = type(exc).__name__
+            raise DifyConnectionError(f"{self._what}: {name}", error_type=name) from None
         finally:
             await self.close()

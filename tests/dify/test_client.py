@@ -486,6 +486,7 @@ def test_a_submit_is_never_retried(client: DifyClient, sim: SimulatorHandle) -> 
     with pytest.raises(DifyConnectionError) as caught:
         client.submit_form(token, inputs=inputs, action="approve", user=USER)
     assert not caught.value.permanent
+    assert caught.value.request_sent
     assert sim.request_count("form_submit") == 2
     assert sim.submits_applied(required.form_id) == 1
 
@@ -513,8 +514,10 @@ def test_a_slow_answer_times_out_and_only_idempotent_calls_retry(sim: SimulatorH
         assert client.get_info()["name"] == "client-review"
         assert sim.request_count("info") == 2
         sim.add_fault("delay", "workflow_stop", delay=1.0)
-        with pytest.raises(DifyTimeout):
+        with pytest.raises(DifyTimeout) as caught:
             client.stop_workflow_task("task", user=USER)
+        assert caught.value.error_type == "ReadTimeout"
+        assert caught.value.request_sent
         assert sim.request_count("workflow_stop") == 1
 
 

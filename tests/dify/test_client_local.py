@@ -44,6 +44,9 @@ def test_connect_refused_is_retried_for_idempotent_calls_only() -> None:
         client.get_form("tok-secret-1")
     assert transport.paths == ["/v1/form/human_input/tok-secret-1"] * 3
     assert "tok-secret-1" not in str(caught.value)
+    # Nothing left this process: a caller may safely try a submit again.
+    assert caught.value.error_type == "ConnectError"
+    assert not caught.value.request_sent
     # httpx's exception (which carries the URL) is not chained to ours.
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None or caught.value.__suppress_context__
