@@ -131,6 +131,7 @@ class _Endpoint:
             try:
                 faults.append(Fault.from_header(header, self.route))
             except (ValueError, TypeError) as exc:
+                exchange.fault = "invalid_fault_header"
                 return self._finish(
                     exchange, DifyError(400, "bad_request", f"X-Sim-Fault: {exc}").response()
                 )
