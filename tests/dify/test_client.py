@@ -250,6 +250,19 @@ def test_stop_parameters_and_info(client: DifyClient, sim: SimulatorHandle) -> N
     assert parameters["system_parameters"]["video_file_size_limit"] == 100
 
 
+def test_leaving_a_stream_early_closes_its_connection(
+    client: DifyClient, sim: SimulatorHandle
+) -> None:
+    _, _, run_id = start(client)
+    with client.stream_events(run_id, user=USER) as stream:
+        # A paused run's live stream carries only pings: nothing arrives, and we leave.
+        assert stream.workflow_run_id is None
+    assert stream.closed
+    sim.wait_for(lambda: sim.stats()["streams_open"] == 0, timeout=5)
+    # A closed stream yields nothing more.
+    assert list(stream) == []
+
+
 # --- files ----------------------------------------------------------------------------------------
 
 
@@ -609,6 +622,25 @@ def test_the_async_client_does_the_same(sim: SimulatorHandle) -> None:
             assert sim.request_count("form_submit") == 2
 
     asyncio.run(scenario())
+
+
+def test_the_async_upload_reads_a_real_file_off_the_event_loop(
+    sim: SimulatorHandle, tmp_path: Any
+) -> None:
+    path = tmp_path / "scan.pdf"
+    path.write_bytes(b"%PDF-1.7 " + b"z" * 700_000)
+
+    async def scenario() -> int:
+        async with async_client(sim) as client:
+            with path.open("rb") as f:
+                uploaded = await client.upload_file(
+                    f, filename="scan.pdf", mime_type="application/pdf", user=USER
+                )
+            return uploaded.size
+
+    assert asyncio.run(scenario()) == path.stat().st_size
+    [exchange] = sim.exchanges("files_upload")
+    assert exchange.request_headers["content-length"]
 
 
 def test_the_async_chatflow_stream_and_its_failures(sim: SimulatorHandle) -> None:
