@@ -122,6 +122,11 @@ class _StreamBase:
         return self._state.terminal_event
 
     @property
+    def events_seen(self) -> int:
+        """Events handed out so far (pings not counted)."""
+        return self._state.events_seen
+
+    @property
     def ended(self) -> bool:
         return self._state.terminal_event is not None
 

@@ -85,6 +85,7 @@ def test_a_run_streams_typed_events_and_stops_at_the_pause(
         rest = list(stream)
     events = [first, *rest]
     assert not any(isinstance(e, PingEvent) for e in events)
+    assert stream.events_seen == len(events)
     assert "".join(e.text for e in events if isinstance(e, TextChunk)) == DRAFT
     required, paused = events[-2:]
     assert isinstance(required, HumanInputRequired)
