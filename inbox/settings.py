@@ -205,8 +205,14 @@ INBOX_RECONCILE_BATCH = env_int("INBOX_RECONCILE_BATCH", 100, minimum=1)
 # the next tick cannot overlap.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sweep-expired-forms": {"task": "inbox.tasks.sweep_expired_forms", "schedule": 60.0},
-    "sweep-deliveries": {"task": "inbox.tasks.sweep_deliveries", "schedule": 30.0},
-    "reconcile-pending-forms": {"task": "inbox.tasks.reconcile_pending_forms", "schedule": 300.0},
+    "sweep-deliveries": {
+        "task": "inbox.tasks.sweep_deliveries",
+        "schedule": env_float("INBOX_DELIVERY_SWEEP_EVERY_SECONDS", 30.0, minimum=0.5),
+    },
+    "reconcile-pending-forms": {
+        "task": "inbox.tasks.reconcile_pending_forms",
+        "schedule": env_float("INBOX_RECONCILE_EVERY_SECONDS", 300.0, minimum=1),
+    },
     "send-reminders": {"task": "inbox.tasks.send_reminders", "schedule": 60.0},
 }
 

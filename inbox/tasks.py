@@ -459,13 +459,28 @@ def _answered_elsewhere(decision: Decision, filled: dict[str, str] | None) -> st
 
 
 def _settle_already_submitted(decision: Decision) -> str:
-    """Dify says the form was already submitted (412). If one of our earlier attempts may have
-    landed (a lost answer) and Dify's events show our action, it was ours: delivered. Otherwise
-    someone answered in Dify first."""
+    """Dify says the form was already submitted (412).
+
+    Never sent before this attempt: someone answered in Dify first. If an earlier attempt may
+    have landed (its answer was lost, or its worker died mid-call), Dify's events decide when
+    they are known: our action, delivered; another one, answered elsewhere. When they are not
+    (Dify replays no `human_input_form_filled` to a late reader, so a lost answer seen by nobody
+    leaves no trace), the submit is presumed ours: the form closed within seconds of our own
+    unanswered call, and the audit entry says it was presumed."""
     filled = _find_filled_event(decision)
-    if decision.maybe_applied and filled is not None:
+    if not decision.maybe_applied:
+        return _answered_elsewhere(decision, filled)
+    if filled is not None:
         return _settle_filled(decision, filled, confirmed_by="human_input_form_filled")
-    return _answered_elsewhere(decision, filled)
+    Decision.finish(
+        decision.pk,
+        status=Decision.Status.DELIVERED,
+        form_status=Form.Status.SUBMITTED,
+        verb="decision_delivered",
+        confirmed_by="presumed: an earlier attempt's answer was lost; Dify shows no other answer",
+    )
+    request_follow(decision.form.run_id)
+    return "delivered"
 
 
 # Periodic (beat, every 30 s). Bounded by a batch and the time limit; the rest waits a tick.

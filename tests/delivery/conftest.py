@@ -37,14 +37,27 @@ class Workers:
         self.logs: list[Path] = []
 
     def start(
-        self, *, pool: str = "solo", concurrency: int = 1, env: dict[str, str] | None = None
+        self,
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        beat: bool = False,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """A worker; with `beat`, it also runs the periodic tasks (the delivery sweep every
+        second, so a stuck delivery is found as soon as it counts as stuck)."""
         environ = dict(os.environ)
         environ.update(FAST_DELIVERY_ENV)
         environ.update(env or {})
         environ["DATABASE_URL"] = self.database_url
         log = tempfile.NamedTemporaryFile(prefix="inbox-worker-", suffix=".log", delete=False)
         self.logs.append(Path(log.name))
+        extra: list[str] = []
+        if beat:
+            schedule = Path(log.name).with_suffix(".beat")
+            self.logs.append(schedule)
+            extra = ["--beat", "--schedule", str(schedule)]
+            environ.setdefault("INBOX_DELIVERY_SWEEP_EVERY_SECONDS", "1")
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -60,6 +73,7 @@ class Workers:
                 "--without-mingle",
                 "-l",
                 "INFO",
+                *extra,
             ],
             cwd=ROOT,
             env=environ,
@@ -91,6 +105,8 @@ class Workers:
         """The end of every worker's log, for a failing test's message."""
         out = []
         for path in self.logs:
+            if path.suffix != ".log":
+                continue
             text = path.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(out)

@@ -51,3 +51,43 @@ def make_form(
     if expires_in is not None:
         kwargs.setdefault("expiration_time", timezone.now() + expires_in)
     return Form.objects.create(run=run or make_run(app), **kwargs)
+
+
+def simulated_forms(
+    sim: Any, app: DifyApp, count: int, *, app_name: str = "refund-approval"
+) -> list[Form]:
+    """`count` runs started in the Dify simulator, each paused at its first form, recorded as
+    the capture would record them (the same Dify user, the real form token)."""
+    forms = []
+    for _ in range(count):
+        n = next(_ids)
+        user = f"inbox-run-{n}"
+        started = sim.start_run(app_name, user=user)
+        data = started.forms[0]
+        run = Run.objects.create(
+            app=app,
+            workflow_run_id=started.workflow_run_id,
+            task_id=started.task_id,
+            dify_user=user,
+            status=Run.Status.PAUSED,
+            follow_wanted=False,
+        )
+        expires = data.get("expiration_time")
+        forms.append(
+            Form.objects.create(
+                run=run,
+                form_id=data["form_id"],
+                form_token=data["form_token"],
+                node_id=data["node_id"],
+                node_title=data["node_title"],
+                content=data["form_content"],
+                definition={
+                    "form_content": data["form_content"],
+                    "inputs": data["inputs"],
+                    "user_actions": data["actions"],
+                    "resolved_default_values": data.get("resolved_default_values") or {},
+                },
+                expiration_time=dt.datetime.fromtimestamp(expires, dt.UTC) if expires else None,
+            )
+        )
+    return forms
