@@ -153,7 +153,7 @@ def forms_list(request: HttpRequest) -> HttpResponse:
         statuses = TAB_STATUSES[status]
     else:
         raise ApiError(400, "invalid_param", f"Unknown status {status!r}.")
-    filters = InboxFilters.from_query(request.GET)
+    filters = InboxFilters.from_query(request.GET, request.user)
     forms = filters.apply(Form.objects.for_user(request.user), with_status=False)
     if statuses is not None:
         forms = forms.filter(status__in=statuses)
@@ -306,3 +306,259 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     except FormNotOpen as exc:
         raise ApiError(409, "form_not_open", str(exc)) from None
     return JsonResponse({"decision": _decision_json(decision)}, status=202)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: start, read, stop, and ingest runs started elsewhere. Never a form token in an answer.
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
+    forms = list(run.forms.order_by("created_at", "id"))
+    return {
+        "id": str(run.public_id),
+        "app": run.app.name,
+        "workflow_run_id": run.workflow_run_id,
+        "status": run.status,
+        "dify_user": run.dify_user,
+        "source": run.source,
+        "inputs": run.inputs,
+        "query": run.query,
+        "answer": run.answer,
+        "outputs": run.outputs,
+        "error": run.error,
+        "started_by": run.started_by.get_username() if run.started_by else None,
+        "created_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "url": request.build_absolute_uri(reverse("inbox:run", args=[run.public_id])),
+        "forms": [
+            {
+                "id": str(form.public_id),
+                "status": form.status,
+                "node_id": form.node_id,
+                "node_title": form.node_title,
+                "answerable": form.status == Form.Status.PENDING and form.is_answerable,
+                "approval_channels": form.approval_channels or [],
+                "expiration_time": _iso(form.expiration_time),
+                "filled_action_id": form.filled_action_id,
+                "filled_action_text": form.filled_action_text,
+                "url": request.build_absolute_uri(reverse("inbox:form", args=[form.public_id])),
+            }
+            for form in forms
+        ],
+        "timeline": [
+            {k: v for k, v in item.items() if k != "key"}
+            for item in (run.timeline or [])
+            if isinstance(item, dict)
+        ],
+    }
+
+
+def _active_app(body: dict[str, Any]) -> Any:
+    from inbox.models import DifyApp
+
+    name = body.get("app")
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(400, "invalid_param", "'app' is required: the name of a Dify app.")
+    app = DifyApp.objects.filter(name=name.strip(), is_active=True).first()
+    if app is None:
+        raise ApiError(400, "unknown_app", f"There is no active Dify app named {name.strip()!r}.")
+    return app
+
+
+def _require_may_start(request: HttpRequest) -> None:
+    from inbox.models import Run
+
+    if not Run.objects.may_start(request.user):
+        raise ApiError(403, "forbidden", "You may not start or ingest runs.")
+
+
+def _optional_text(body: dict[str, Any], key: str, *, limit: int) -> str:
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"'{key}' must be a non-empty string of at most {limit} characters.",
+        )
+    return value.strip()
+
+
+_START_TYPES = {
+    "text-input": (str,),
+    "paragraph": (str,),
+    "select": (str,),
+    "checkbox": (bool,),
+}
+
+
+def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """API inputs as the start form's data, with JSON types checked first: the form would
+    otherwise read 12 as the text "12" and "yes" as a ticked box."""
+    known = {spec.variable: spec for spec in form_specs}
+    unknown = sorted(set(inputs) - set(known))
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_inputs",
+            f"Unknown input {unknown[0]!r}; this app takes: {', '.join(sorted(known)) or 'none'}.",
+            details={name: ["Unknown input."] for name in unknown},
+        )
+    data: dict[str, Any] = {}
+    for name, value in inputs.items():
+        spec = known[name]
+        if value is None:
+            continue
+        if spec.type == "number":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ApiError(
+                    400,
+                    "invalid_inputs",
+                    f"'{name}' must be a number.",
+                    details={name: ["Must be a number."]},
+                )
+        elif spec.type in _START_TYPES and not isinstance(value, _START_TYPES[spec.type]):
+            expected = "true or false" if spec.type == "checkbox" else "a string"
+            raise ApiError(
+                400,
+                "invalid_inputs",
+                f"'{name}' must be {expected}.",
+                details={name: [f"Must be {expected}."]},
+            )
+        if spec.type == "checkbox":
+            if value:
+                data[spec.field_name] = "on"
+            continue
+        data[spec.field_name] = value
+    return data
+
+
+@api_view(["POST"])
+def runs_create(request: HttpRequest) -> HttpResponse:
+    """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?}` → 201 the run."""
+    from inbox.dify.errors import DifyError
+    from inbox.runs import StartFailed, StartRunForm, app_parameters, default_dify_user, start_run
+
+    _require_may_start(request)
+    body = json_body(request)
+    app = _active_app(body)
+    inputs = body.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise ApiError(400, "invalid_param", "'inputs' must be an object.")
+    query = body.get("query", "")
+    if not isinstance(query, str):
+        raise ApiError(400, "invalid_param", "'query' must be a string.")
+    dify_user = _optional_text(body, "user", limit=255) or default_dify_user(request.user)
+    try:
+        parameters = app_parameters(app)
+    except DifyError as exc:
+        raise ApiError(
+            502, "dify_unavailable", f"Dify's parameters could not be read: {exc}"
+        ) from None
+    form = StartRunForm(app, parameters)
+    data = _start_form_data(form.specs, inputs)
+    if query:
+        data["query"] = query
+    form = StartRunForm(app, parameters, data)
+    if not form.is_valid():
+        errors = form.error_messages()
+        message = " ".join(
+            f"{name}: {text}" if name != "__all__" else text
+            for name, texts in errors.items()
+            for text in texts
+        )
+        raise ApiError(400, "invalid_inputs", message, details=errors)
+    try:
+        run = start_run(
+            app,
+            inputs=form.dify_inputs(),
+            query=form.cleaned_data.get("query", ""),
+            dify_user=dify_user,
+            started_by=request.user,
+            source="api",
+        )
+    except StartFailed as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    return JsonResponse(_run_json(request, run), status=201)
+
+
+def _get_api_run(request: HttpRequest, public_id: Any) -> Any:
+    from inbox.models import Run
+
+    run = (
+        Run.objects.for_user(request.user)
+        .select_related("app", "started_by")
+        .filter(public_id=public_id)
+        .first()
+    )
+    if run is None:
+        raise ApiError(404, "not_found", "No such run, or you may not see it.")
+    return run
+
+
+@api_view(["GET"])
+def run_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
+    """`GET /api/v1/runs/{id}`: status, outputs, answer, timeline and forms (never a token)."""
+    return JsonResponse(_run_json(request, _get_api_run(request, public_id)))
+
+
+@api_view(["POST"])
+def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
+    """`POST /api/v1/runs/{id}/stop` → 202; the run's end arrives through its stream."""
+    from inbox.dify.errors import DifyError
+    from inbox.runs import RunNotStoppable, stop_run
+
+    run = _get_api_run(request, public_id)
+    if not (request.user.is_staff or run.started_by_id == request.user.pk):
+        raise ApiError(
+            403, "forbidden", "Only who started a run, or an administrator, may stop it."
+        )
+    try:
+        stop_run(run, actor=request.user)
+    except RunNotStoppable as exc:
+        raise ApiError(409, "not_stoppable", exc.message) from None
+    except DifyError as exc:
+        raise ApiError(502, "dify_error", f"Dify did not stop the run: {exc}") from None
+    run.refresh_from_db()
+    return JsonResponse(_run_json(request, run), status=202)
+
+
+@api_view(["POST"])
+def ingest(request: HttpRequest) -> HttpResponse:
+    """`POST /api/v1/ingest` `{"app", "workflow_run_id", "user", "form_token"?}`: follow a run
+    started elsewhere. 201 when recorded now, 200 when it was already (nothing changes)."""
+    from inbox.runs import IngestRefused, ingest_run
+
+    _require_may_start(request)
+    body = json_body(request)
+    app = _active_app(body)
+    workflow_run_id = body.get("workflow_run_id")
+    if (
+        not isinstance(workflow_run_id, str)
+        or not workflow_run_id.strip()
+        or len(workflow_run_id) > 64
+    ):
+        raise ApiError(
+            400, "invalid_param", "'workflow_run_id' is required: the run id Dify gave the run."
+        )
+    user = body.get("user")
+    if not isinstance(user, str) or not user.strip() or len(user) > 255:
+        raise ApiError(
+            400, "invalid_param", "'user' is required: the Dify user that started the run."
+        )
+    token = body.get("form_token") or ""
+    if not isinstance(token, str) or len(token) > 512:
+        raise ApiError(400, "invalid_param", "'form_token' must be a string.")
+    try:
+        run, created = ingest_run(
+            app,
+            workflow_run_id=workflow_run_id.strip(),
+            dify_user=user.strip(),
+            form_token=token.strip(),
+            actor=request.user,
+        )
+    except IngestRefused as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    return JsonResponse(_run_json(request, run), status=201 if created else 200)

@@ -69,6 +69,28 @@ class DifyApp(models.Model):
         return mask_secret(self.api_key)
 
 
+class RunQuerySet(models.QuerySet["Run"]):
+    def for_user(self, user: Any) -> RunQuerySet:
+        """The runs this user may see: staff see all; others the runs they started and the runs
+        of forms they may see (Form.objects.for_user)."""
+        if user is None or not user.is_authenticated or not user.is_active:
+            return self.none()
+        if user.is_staff:
+            return self
+        visible_forms = Form.objects.for_user(user).filter(run_id=OuterRef("pk"))
+        return self.filter(Q(started_by=user) | Q(Exists(visible_forms)))
+
+    def may_start(self, user: Any) -> bool:
+        """Starting runs needs the `inbox.add_run` permission (staff and superusers have it
+        through the admin; reviewers get it through their group)."""
+        return bool(
+            user is not None
+            and user.is_authenticated
+            and user.is_active
+            and (user.is_staff or user.has_perm("inbox.add_run"))
+        )
+
+
 class Run(models.Model):
     class Status(models.TextChoices):
         STARTING = "starting", _("Starting")
@@ -111,9 +133,24 @@ class Run(models.Model):
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     stream_attempts = models.PositiveIntegerField(default=0)
+    # Bumped by every request_follow. A follower clears follow_wanted on release only when this
+    # is still what it claimed, so a request made while it was reading is never lost.
+    follow_seq = models.PositiveIntegerField(default=0)
+    # The follower gave up on the stream (its reconnects ran out, Dify refused it): the periodic
+    # reconcile asks Dify (run detail) what became of the run.
+    needs_reconcile = models.BooleanField(default=False)
+    # Dify refuses this run's event stream (404: another end user's run, or one not started
+    # through the API, e.g. an ingested WebApp run): it is tracked through run detail only.
+    events_unavailable = models.BooleanField(default=False)
+    # When the reconcile last asked Dify about this run.
+    checked_at = models.DateTimeField(null=True, blank=True)
+    # When an event of this run was last applied.
+    last_event_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -124,7 +161,15 @@ class Run(models.Model):
                 name="run_unique_workflow_run_id_per_app",
             )
         ]
-        indexes = [models.Index(fields=["status", "updated_at"])]
+        indexes = [
+            models.Index(fields=["status", "updated_at"]),
+            # The followers' work queue, polled several times a second: only wanted runs.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(follow_wanted=True),
+                name="run_follow_queue",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.app.name} · {self.workflow_run_id or self.public_id}"
@@ -132,6 +177,73 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINAL_STATUSES
+
+    # --- capture (the event logic lives in inbox/capture.py) ---
+
+    def apply_event(
+        self, event: Any, *, definition: Any = None, fetch_definitions: bool = True
+    ) -> Any:
+        """Apply one stream event (a dict as Dify sends it, or a StreamEvent). Idempotent and
+        order-tolerant; see `apply_events`. Returns a `capture.Applied`."""
+        definitions = None
+        if definition is not None:
+            form_id = (event.get("data") or {}).get("form_id") if isinstance(event, dict) else None
+            definitions = {str(form_id or getattr(event, "form_id", "")): definition}
+        return self.apply_events(
+            [event], definitions=definitions, fetch_definitions=fetch_definitions
+        )
+
+    def apply_events(
+        self,
+        events: Any,
+        *,
+        definitions: Any = None,
+        fetch_definitions: bool = True,
+        source: str = "stream",
+    ) -> Any:
+        """Apply stream events in order, in one transaction under this run's row lock: status,
+        timeline, answer, outputs, and a Form per `human_input_required` (unique on form_id,
+        token encrypted; a replay with a fresh token updates the token). Forms whose definition
+        was not passed in `definitions` (form_id -> FormDefinition or the DifyError of GET
+        form) are fetched afterwards with GET form, outside the transaction, unless
+        `fetch_definitions` is False (the follower fetches them itself, asynchronously)."""
+        from inbox import capture
+
+        applied = capture.apply_events(self, events, definitions=definitions, source=source)
+        if fetch_definitions and applied.needs_definition:
+            capture.fetch_definitions(self, applied.needs_definition)
+        self.refresh_from_db()
+        return applied
+
+    def request_follow(self, snapshot: bool = False) -> bool:
+        """Ask a follower to (re)open this run's event stream and read it to the next pause or
+        the end. Call it whenever the run may have moved on in Dify: after a decision was
+        delivered, after a form was answered or expired elsewhere, after an ingest.
+
+        The follower always opens `GET /workflow/{id}/events` with `include_state_snapshot=true`
+        (and `continue_on_pause=true`), because a stream opened after the run moved on would
+        miss the events in between (CONTRACT 6.1 "Race"); replays are idempotent. `snapshot=True`
+        additionally asks it to fetch the definitions of the forms the replay lists again (GET
+        form), since after a decision the variables that select options and defaults resolve
+        from may have changed. Returns False for a finished run: it has nothing more to say.
+        """
+        if self.is_finished:
+            return False
+        fields: dict[str, Any] = {
+            "follow_wanted": True,
+            "follow_seq": models.F("follow_seq") + 1,
+            "updated_at": timezone.now(),
+        }
+        if snapshot:
+            fields["follow_snapshot"] = True
+        # An UPDATE, not save(): the follower writes this row concurrently.
+        updated = (
+            Run.objects.filter(pk=self.pk).exclude(status__in=self.FINAL_STATUSES).update(**fields)
+        )
+        if updated:
+            self.follow_wanted = True
+            self.follow_snapshot = self.follow_snapshot or snapshot
+        return bool(updated)
 
 
 def request_follow(run_pk: int) -> None:
@@ -360,12 +472,15 @@ class FormQuerySet(models.QuerySet["Form"]):
     def assigned_to(self, user: Any) -> FormQuerySet:
         """The inbox's "assigned to me": forms the user holds or that were routed to them by
         name (not only through a group)."""
-        if user is None or not user.is_authenticated:
-            return self.none()
-        by_user = Form.assigned_users.through.objects.filter(
-            form_id=OuterRef("pk"), user_id=user.pk
-        )
-        return self.filter(Q(claimed_by=user) | Q(Exists(by_user)))
+        return self.filter(assigned_to_q(user))
+
+
+def assigned_to_q(user: Any) -> Q:
+    """The condition behind `FormQuerySet.assigned_to`, for querysets typed as plain QuerySet."""
+    if user is None or not user.is_authenticated:
+        return Q(pk__in=[])
+    by_user = Form.assigned_users.through.objects.filter(form_id=OuterRef("pk"), user_id=user.pk)
+    return Q(claimed_by=user) | Q(Exists(by_user))
 
 
 class Form(models.Model):
@@ -387,6 +502,9 @@ class Form(models.Model):
     node_title = models.CharField(max_length=255, blank=True)
     content = models.TextField(blank=True)
     definition = models.JSONField(default=dict, blank=True)
+    # When the definition last came from GET form (which resolves variable-sourced select
+    # options and defaults); null while only the stream event's copy is stored.
+    definition_fetched_at = models.DateTimeField(null=True, blank=True)
     approval_channels = models.JSONField(default=list, blank=True)
     expiration_time = models.DateTimeField(null=True, blank=True, db_index=True)
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING)
@@ -1220,13 +1338,23 @@ class FormRecipient(models.Model):
 
 
 class RunEvent(models.Model):
+    """A stream event worth keeping (fills, timeouts, the end, errors, anything unknown), without
+    any form token. Node events and text chunks live in Run.timeline and Run.answer instead."""
+
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
     event = models.CharField(max_length=64)
+    # What makes a replayed event the same event (e.g. "workflow_finished", "filled:<form>:<a>").
+    key = models.CharField(max_length=200, blank=True)
     payload = models.JSONField(default=dict, blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["received_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "key"], condition=~Q(key=""), name="runevent_unique_key_per_run"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} @ {self.received_at:%Y-%m-%d %H:%M:%S}"

@@ -201,6 +201,30 @@ INBOX_DELIVERY_REQUEUE_AFTER_SECONDS = env_float(
 INBOX_RECONCILE_AFTER_SECONDS = env_float("INBOX_RECONCILE_AFTER_SECONDS", 900.0, minimum=0)
 INBOX_RECONCILE_BATCH = env_int("INBOX_RECONCILE_BATCH", 100, minimum=1)
 
+# The follower (`manage.py follow`, inbox/follower.py): how many streams one process reads at
+# once, how often it looks for work, how long its lease on a run lasts (renewed every third of
+# it), how many times a stream that ends early is reopened (backoff from the base, doubling)
+# before the reconcile takes over, how long a stream stays open across a pause that no form
+# waits at (Dify's resume after a submit), and its database threads.
+INBOX_FOLLOWER_MAX_STREAMS = env_int("INBOX_FOLLOWER_MAX_STREAMS", 1000, minimum=1)
+INBOX_FOLLOWER_POLL_SECONDS = env_float("INBOX_FOLLOWER_POLL_SECONDS", 0.25, minimum=0.01)
+INBOX_FOLLOWER_LEASE_SECONDS = env_float("INBOX_FOLLOWER_LEASE_SECONDS", 60.0, minimum=1)
+INBOX_FOLLOWER_MAX_ATTEMPTS = env_int("INBOX_FOLLOWER_MAX_ATTEMPTS", 6, minimum=1)
+INBOX_FOLLOWER_BACKOFF_SECONDS = env_float("INBOX_FOLLOWER_BACKOFF_SECONDS", 0.5, minimum=0)
+INBOX_FOLLOWER_STALE_PAUSE_SECONDS = env_float(
+    "INBOX_FOLLOWER_STALE_PAUSE_SECONDS", 60.0, minimum=0.1
+)
+INBOX_FOLLOWER_DB_THREADS = env_int(
+    "INBOX_FOLLOWER_DB_THREADS", 8 if _database_url else 2, minimum=1
+)
+# Runs no stream of ours is reading are checked against Dify's run detail at most this often
+# (paused runs, given-up streams), a batch per reconcile tick.
+INBOX_RUN_RECONCILE_AFTER_SECONDS = env_float("INBOX_RUN_RECONCILE_AFTER_SECONDS", 300.0, minimum=0)
+INBOX_RUN_RECONCILE_BATCH = env_int("INBOX_RUN_RECONCILE_BATCH", 200, minimum=1)
+# A run still `starting` this long after it was created never got a run id from Dify (the web
+# process died mid-start): it is marked failed.
+INBOX_RUN_START_TIMEOUT_SECONDS = env_float("INBOX_RUN_START_TIMEOUT_SECONDS", 600.0, minimum=1)
+
 # Periodic tasks, run by `celery beat`. Each task holds a lock while it runs, so a slow run and
 # the next tick cannot overlap.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
@@ -214,6 +238,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": env_float("INBOX_RECONCILE_EVERY_SECONDS", 300.0, minimum=1),
     },
     "send-reminders": {"task": "inbox.tasks.send_reminders", "schedule": 60.0},
+    "reconcile-runs": {
+        "task": "inbox.tasks.reconcile_runs",
+        "schedule": env_float("INBOX_RUN_RECONCILE_EVERY_SECONDS", 60.0, minimum=1),
+    },
 }
 
 # Email: console in the embedded setup, SMTP when EMAIL_HOST is set.

@@ -597,3 +597,101 @@ def send_reminders(batch_size: int = 500) -> dict[str, int]:
             logger.info("send_reminders: another run holds the lock")
             return {}
         return notify.send_due_emails(timezone.now(), batch_size=batch_size)
+
+
+# --- runs no stream is reading ---
+
+
+# Periodic (beat, every minute). A batch of GET run detail calls, each short; the limit covers
+# a batch of slow answers. Whatever is left waits a tick.
+@shared_task(soft_time_limit=100, time_limit=120)
+def reconcile_runs(batch_size: int | None = None) -> dict[str, int]:
+    """Ask Dify's run detail about runs no follower is reading: the ones whose stream the
+    follower gave up on, and every open run now and then. A finished run is closed with Dify's
+    final status (its open forms expire); a run that moved on, or a paused run whose forms we
+    may not know (a given-up stream, forms answerable only in Dify's own channels), is handed
+    back to the follower with a state snapshot."""
+    with periodic_lock("reconcile_runs") as held:
+        if not held:
+            logger.info("reconcile_runs: another run holds the lock")
+            return {}
+        return _reconcile_runs(batch_size or settings.INBOX_RUN_RECONCILE_BATCH)
+
+
+def _reconcile_runs(batch_size: int) -> dict[str, int]:
+    from inbox import capture
+    from inbox.models import Run
+
+    now = timezone.now()
+    counts = {"checked": 0, "finished": 0, "followed": 0, "never_started": 0, "errors": 0}
+    stale_start = now - dt.timedelta(seconds=settings.INBOX_RUN_START_TIMEOUT_SECONDS)
+    for run in Run.objects.filter(status=Run.Status.STARTING, workflow_run_id="").filter(
+        created_at__lt=stale_start
+    )[:batch_size]:
+        updated = Run.objects.filter(
+            pk=run.pk, status=Run.Status.STARTING, workflow_run_id=""
+        ).update(
+            status=Run.Status.FAILED,
+            error=gettext("The run did not start: Dify never gave it a run id."),
+            follow_wanted=False,
+            finished_at=now,
+        )
+        if updated:
+            AuditEntry.record("run_never_started", run)
+            counts["never_started"] += 1
+    cutoff = now - dt.timedelta(seconds=settings.INBOX_RUN_RECONCILE_AFTER_SECONDS)
+    runs = list(
+        Run.objects.exclude(status__in=Run.FINAL_STATUSES)
+        .exclude(workflow_run_id="")
+        .filter(follow_wanted=False)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .filter(
+            Q(needs_reconcile=True)
+            | Q(checked_at__lt=cutoff, updated_at__lt=cutoff)
+            | Q(checked_at__isnull=True, updated_at__lt=cutoff)
+        )
+        .select_related("app")
+        .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")[:batch_size]
+    )
+    unreachable: set[int] = set()
+    for run in runs:
+        if run.app_id in unreachable:
+            continue
+        try:
+            detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
+        except NotFound:
+            # The key sees no such run: it was deleted, or belongs to another app.
+            Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=False)
+            AuditEntry.record("run_not_found", run)
+            counts["errors"] += 1
+            continue
+        except DifyError as exc:
+            counts["errors"] += 1
+            logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
+            if not isinstance(exc, DifyStatusError) or not exc.permanent:
+                unreachable.add(run.app_id)
+            continue
+        counts["checked"] += 1
+        capture.apply_run_detail(run, detail)
+        Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=False)
+        if detail.is_finished:
+            counts["finished"] += 1
+            continue
+        if run.events_unavailable:
+            continue
+        awaiting = list(
+            run.forms.filter(status__in=sorted(capture.AWAITING_STATUSES)).values_list(
+                "status", flat=True
+            )
+        )
+        # A running run nobody reads, or a pause whose forms we may not know: read it again.
+        # A pause on forms answerable only in Dify (email, console) is looked at each time,
+        # since nothing else tells us when someone answers there.
+        if (
+            detail.status == "running"
+            or run.needs_reconcile
+            or not awaiting
+            or "not_answerable" in awaiting
+        ) and run.request_follow(snapshot=True):
+            counts["followed"] += 1
+    return counts

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from inbox import api, views, views_reach
+from inbox import api, views, views_reach, views_runs
 
 app_patterns = (
     [
@@ -34,6 +34,11 @@ app_patterns = (
             name="guest_remove_upload",
         ),
         path("dashboard/", views_reach.dashboard, name="dashboard"),
+        path("apps/", views_runs.apps_list, name="apps"),
+        path("apps/<int:app_id>/start/", views_runs.app_start, name="app_start"),
+        path("runs/", views_runs.runs_list, name="runs"),
+        path("runs/<uuid:public_id>/", views_runs.run_page, name="run"),
+        path("runs/<uuid:public_id>/stop", views_runs.run_stop, name="run_stop"),
     ],
     "inbox",
 )
@@ -47,6 +52,10 @@ urlpatterns = [
     path("api/v1/forms/<uuid:public_id>", api.form_detail, name="api_form"),
     path("api/v1/forms/<uuid:public_id>/files", api.form_files, name="api_form_files"),
     path("api/v1/forms/<uuid:public_id>/decision", api.form_decision, name="api_form_decision"),
+    path("api/v1/runs", api.runs_create, name="api_runs"),
+    path("api/v1/runs/<uuid:public_id>", api.run_detail, name="api_run"),
+    path("api/v1/runs/<uuid:public_id>/stop", api.run_stop, name="api_run_stop"),
+    path("api/v1/ingest", api.ingest, name="api_ingest"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,813 @@
+"""Capture: what the events of a run's stream mean for our records.
+
+`Run.apply_event(s)` in models.py is the verb; the bookkeeping lives here so the model stays
+readable. The rules every handler keeps:
+
+- **Idempotent.** A snapshot replay (`include_state_snapshot=true`) repeats `workflow_started`,
+  every executed node, each pending `human_input_required` with a *fresh* token and the
+  `workflow_paused` or `workflow_finished`. Replaying any of that creates nothing twice: forms are
+  keyed by Dify's `form_id`, timeline entries and stored events by a key of their own.
+- **Order-tolerant.** A final status is never undone by a late or replayed event; a paused run
+  only counts as running again once Dify says a form was filled or timed out.
+- **Compact.** Node events become one timeline entry per node execution, text chunks are
+  appended to the answer (chatflow) or to their node's entry, not stored one row each. Only the
+  events someone reads later (fills, timeouts, the end, errors, anything unknown) are kept as
+  `RunEvent` rows, and never with a form token in them.
+- **No network inside a transaction.** The GET that fetches a form's definition happens before
+  (the follower fetches first and passes `definitions`) or after (`fetch_definitions`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from inbox.dify.errors import DifyError, FormAlreadySubmitted, FormExpired, FormNotFound
+from inbox.dify.types import (
+    ErrorEvent,
+    FormDefinition,
+    HumanInputFields,
+    HumanInputFormFilled,
+    HumanInputFormTimeout,
+    HumanInputRequired,
+    MessageEnd,
+    MessageEvent,
+    NodeEvent,
+    StreamEvent,
+    TextChunk,
+    WorkflowFinished,
+    WorkflowPaused,
+    WorkflowStarted,
+    parse_event,
+)
+
+if TYPE_CHECKING:
+    from inbox.models import Form, Run
+
+logger = logging.getLogger(__name__)
+
+# A run's timeline stays small enough to rewrite on every update: a loop that runs a node a
+# thousand times keeps its first entry and the most recent ones.
+TIMELINE_LIMIT = 300
+# Streamed text kept on a node's timeline entry (the whole answer of a chatflow is on the run).
+NODE_TEXT_LIMIT = 2000
+# An unknown event larger than this is stored as a note of its size, not its content.
+MAX_STORED_PAYLOAD = 16 * 1024
+# Events that carry nothing we keep (audio chunks of text-to-speech, keep-alives).
+IGNORED_EVENTS = frozenset({"ping", "tts_message", "tts_message_end"})
+# A decision delivered this recently whose `human_input_form_filled` was not seen yet.
+SETTLE_WINDOW = 60.0
+CHUNK_EVENTS = frozenset({"message", "agent_message", "text_chunk"})
+# A placeholder form recorded from an ingested token before the stream told us its form_id.
+INGEST_FORM_PREFIX = "ingest-"
+
+# Forms that still wait for a person (here, in Dify's own channels, or an administrator).
+AWAITING_STATUSES = frozenset({"pending", "not_answerable", "submitting", "failed"})
+
+DefinitionResult = FormDefinition | DifyError
+
+
+@dataclass
+class Applied:
+    """What applying a batch of events did, for the caller to decide what comes next."""
+
+    # The record moved on: new forms, a status change, new timeline entries, more answer text.
+    # A replay that adds nothing leaves it False (the follower's reconnect budget counts on it).
+    changed: bool = False
+    status: str = ""
+    # The last significant event was a `workflow_paused`...
+    paused: bool = False
+    # ... and at least one of its forms waits for a person. A pause without one is the gap
+    # between an accepted submit and Dify's resume task: the run is about to go on.
+    awaiting_human: bool = False
+    # ... but a decision of ours on this run was just delivered and Dify has not shown its
+    # `human_input_form_filled` yet (parallel forms: the next pause may come first). The
+    # follower reads on for a short while to record what was filled.
+    settling: bool = False
+    finished: bool = False
+    error: str = ""
+    forms_created: list[int] = field(default_factory=list)
+    # Forms (pk -> token) whose definition still has to come from GET form.
+    needs_definition: dict[int, str] = field(default_factory=dict)
+    events: int = 0
+
+
+def event_dict(event: Mapping[str, Any] | StreamEvent) -> dict[str, Any]:
+    if isinstance(event, StreamEvent):
+        return event.raw or {"event": event.event, "data": event.data}
+    return dict(event)
+
+
+def strip_tokens(value: Any) -> Any:
+    """A copy without any `form_token`: what may be stored in clear or shown."""
+    if isinstance(value, dict):
+        return {k: strip_tokens(v) for k, v in value.items() if k != "form_token"}
+    if isinstance(value, list):
+        return [strip_tokens(v) for v in value]
+    return value
+
+
+def _when(unix: Any) -> dt.datetime | None:
+    if isinstance(unix, bool) or not isinstance(unix, int | float) or unix <= 0:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(unix, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _iso(value: dt.datetime | None) -> str:
+    return (value or timezone.now()).isoformat()
+
+
+def pending_forms_in(events: Iterable[Mapping[str, Any] | StreamEvent]) -> list[HumanInputFields]:
+    """The forms a batch of events announces (`human_input_required` and pause reasons)."""
+    found: list[HumanInputFields] = []
+    for raw in events:
+        event = raw if isinstance(raw, StreamEvent) else parse_event(dict(raw))
+        if isinstance(event, HumanInputRequired):
+            found.append(event)
+        elif isinstance(event, WorkflowPaused):
+            found.extend(r for r in event.reasons if r.is_human_input or r.form_id)
+    return found
+
+
+class _Batch:
+    """One transaction's worth of events applied to one locked run."""
+
+    def __init__(
+        self, run: Run, definitions: Mapping[str, DefinitionResult] | None, source: str
+    ) -> None:
+        from inbox.models import Run
+
+        self.run = Run.objects.select_for_update().get(pk=run.pk)
+        self.definitions = definitions or {}
+        self.source = source
+        self.applied = Applied(status=self.run.status)
+        self.run_fields: set[str] = set()
+        self.timeline: list[dict[str, Any]] = list(self.run.timeline or [])
+        self.timeline_index = {
+            item.get("key"): i for i, item in enumerate(self.timeline) if isinstance(item, dict)
+        }
+        self.timeline_changed = False
+        self._forms: dict[str, Form] | None = None
+        self.stored: list[tuple[str, str, dict[str, Any]]] = []
+
+    # --- helpers ---
+
+    @property
+    def forms(self) -> dict[str, Form]:
+        if self._forms is None:
+            self._forms = {f.form_id: f for f in self.run.forms.all().order_by("created_at", "id")}
+        return self._forms
+
+    def set_run(self, name: str, value: Any) -> None:
+        if getattr(self.run, name) != value:
+            setattr(self.run, name, value)
+            self.run_fields.add(name)
+
+    def progress(self) -> None:
+        self.applied.changed = True
+
+    def entry(self, key: str, **values: Any) -> dict[str, Any]:
+        """The timeline entry `key`, created at the end if new; `values` fill in what changed."""
+        index = self.timeline_index.get(key)
+        if index is None:
+            item: dict[str, Any] = {"key": key, **values}
+            self.timeline.append(item)
+            self.timeline_index[key] = len(self.timeline) - 1
+            self.timeline_changed = True
+            self.progress()
+            return item
+        item = self.timeline[index]
+        for name, value in values.items():
+            # When something happened is fixed by its first sighting; a replay does not move it.
+            if name == "at" and item.get("at"):
+                continue
+            if value not in (None, "") and item.get(name) != value:
+                item[name] = value
+                self.timeline_changed = True
+                self.progress()
+        return item
+
+    def store(self, name: str, key: str, payload: Any) -> None:
+        data = strip_tokens(payload)
+        text = json.dumps(data, default=str)
+        if len(text) > MAX_STORED_PAYLOAD:
+            data = {"truncated": True, "size": len(text)}
+        self.stored.append((name, key[:200], data))
+
+    def resume(self) -> None:
+        """Dify said a form was filled or timed out: the run is moving again."""
+        if self.run.status == "paused":
+            self.set_run("status", "running")
+            self.progress()
+
+    def form_for_node(self, node_id: str) -> Form | None:
+        """The form a node event is about: events name the node, not the form. A node that
+        paused more than once (a loop) is about its latest form not yet filled."""
+        candidates = [f for f in self.forms.values() if f.node_id == node_id]
+        if not candidates:
+            return None
+        open_ones = [f for f in candidates if not f.filled_action_id]
+        return (open_ones or candidates)[-1]
+
+    # --- the events ---
+
+    def apply(self, raw: dict[str, Any]) -> None:
+        name = str(raw.get("event") or "")
+        if not name or name in IGNORED_EVENTS:
+            return
+        event = parse_event(raw)
+        self.applied.events += 1
+        if event.task_id and not self.run.is_finished:
+            self.set_run("task_id", event.task_id[:64])
+        if event.conversation_id:
+            self.set_run("conversation_id", event.conversation_id[:64])
+        if event.message_id and name != "workflow_finished":
+            self.set_run("message_id", event.message_id[:64])
+        if event.workflow_run_id and not self.run.workflow_run_id:
+            self.set_run("workflow_run_id", event.workflow_run_id[:64])
+        if name not in CHUNK_EVENTS:
+            self.applied.paused = self.applied.awaiting_human = self.applied.settling = False
+        if isinstance(event, WorkflowStarted):
+            self.started(event)
+        elif isinstance(event, HumanInputRequired):
+            self.form_announced(event)
+        elif isinstance(event, WorkflowPaused):
+            self.paused(event)
+        elif isinstance(event, HumanInputFormFilled):
+            self.filled(event)
+        elif isinstance(event, HumanInputFormTimeout):
+            self.timed_out(event)
+        elif isinstance(event, WorkflowFinished):
+            self.finished(event)
+        elif isinstance(event, NodeEvent):
+            self.node(event)
+        elif isinstance(event, TextChunk):
+            self.text(event)
+        elif isinstance(event, MessageEvent):
+            self.message(event)
+        elif isinstance(event, MessageEnd):
+            self.store(name, f"message_end:{event.id or event.message_id}", raw)
+        elif isinstance(event, ErrorEvent):
+            self.error(event)
+        else:
+            digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode())
+            self.store(name[:64], f"{name}:{digest.hexdigest()[:40]}", raw)
+
+    def started(self, event: WorkflowStarted) -> None:
+        if self.run.status == "starting":
+            self.set_run("status", "running")
+            self.progress()
+        created = _when(event.data.get("created_at"))
+        self.entry("started", event="workflow_started", status="running", at=_iso(created))
+
+    def node(self, event: NodeEvent) -> None:
+        data = event.data
+        # Nodes inside an iteration or a loop would fill the timeline with one entry per pass;
+        # the iteration's own events stand for them.
+        if data.get("iteration_id") or data.get("loop_id"):
+            return
+        if event.event.endswith(("_next", "_retry")):
+            return
+        key = f"node:{event.id or f'{event.node_id}:{event.index}'}"
+        finished = event.event.endswith(("_finished", "_completed", "_succeeded", "_failed"))
+        status = (event.status or ("succeeded" if finished else "running")).lower()
+        when = _when(data.get("created_at"))
+        item = self.entry(
+            key,
+            event="node",
+            node_id=event.node_id,
+            node_type=event.node_type or event.event.split("_", 1)[0],
+            title=event.title or event.node_id,
+            at=_iso(when),
+        )
+        if finished or "status" not in item:
+            self.entry(key, status=status)
+            if event.error:
+                self.entry(key, error=str(event.error)[:500])
+
+    def text(self, event: TextChunk) -> None:
+        if not event.text:
+            return
+        node_id = event.from_variable_selector[0] if event.from_variable_selector else ""
+        for index in range(len(self.timeline) - 1, -1, -1):
+            item = self.timeline[index]
+            if item.get("event") == "node" and item.get("node_id") == node_id:
+                text = str(item.get("text", ""))
+                if len(text) < NODE_TEXT_LIMIT:
+                    item["text"] = (text + event.text)[:NODE_TEXT_LIMIT]
+                    self.timeline_changed = True
+                    self.progress()
+                return
+
+    def message(self, event: MessageEvent) -> None:
+        if event.event == "message_replace":
+            # A snapshot starts with the whole answer so far; it replaces, never appends.
+            if self.run.answer != event.answer:
+                self.set_run("answer", event.answer)
+                self.progress()
+            return
+        if event.answer:
+            self.set_run("answer", self.run.answer + event.answer)
+            self.progress()
+
+    def error(self, event: ErrorEvent) -> None:
+        message = event.message or event.code or "error"
+        self.applied.error = message
+        if self.run.error != message:
+            self.set_run("error", message)
+            self.progress()
+        self.store("error", f"error:{event.code}:{message[:120]}", event.raw)
+
+    # --- forms ---
+
+    def form_announced(self, fields: HumanInputFields) -> Form | None:
+        if not fields.form_id:
+            return None
+        form = self.forms.get(fields.form_id)
+        fetched = self.definitions.get(fields.form_id)
+        if form is None:
+            form = self.adopt_placeholder(fields)
+        if form is None:
+            return self.create_form(fields, fetched)
+        self.refresh_form(form, fields, fetched)
+        return form
+
+    def create_form(self, fields: HumanInputFields, fetched: DefinitionResult | None) -> Form:
+        from inbox.models import AuditEntry, Form
+
+        token = fields.form_token or ""
+        definition = fetched if isinstance(fetched, FormDefinition) else fields.definition
+        status = Form.Status.PENDING if token else Form.Status.NOT_ANSWERABLE
+        if isinstance(fetched, FormAlreadySubmitted):
+            status = Form.Status.ANSWERED_ELSEWHERE
+        elif isinstance(fetched, FormExpired):
+            status = Form.Status.EXPIRED
+        expires = definition.expiration_time or fields.expiration_time
+        form = Form(
+            run=self.run,
+            form_id=fields.form_id[:64],
+            form_token=token,
+            node_id=fields.node_id[:128],
+            node_title=fields.node_title[:255],
+            content=definition.form_content,
+            definition=definition.to_json(),
+            approval_channels=list(fields.approval_channels),
+            expiration_time=_when(expires),
+            status=status,
+            definition_fetched_at=timezone.now() if isinstance(fetched, FormDefinition) else None,
+        )
+        try:
+            # A savepoint: a form created meanwhile by another path (an ingest) must not abort
+            # the rest of the batch.
+            with transaction.atomic():
+                form.save()
+        except IntegrityError:
+            existing = Form.objects.get(form_id=form.form_id)
+            self.forms[existing.form_id] = existing
+            self.refresh_form(existing, fields, fetched)
+            return existing
+        self.forms[form.form_id] = form
+        AuditEntry.record(
+            "form_captured",
+            form,
+            source=self.source,
+            status=status,
+            definition="get" if isinstance(fetched, FormDefinition) else "event",
+        )
+        self.applied.forms_created.append(form.pk)
+        if token and not isinstance(fetched, FormDefinition | FormAlreadySubmitted | FormExpired):
+            self.applied.needs_definition[form.pk] = token
+        self.entry(
+            f"form:{form.form_id}",
+            event="human_input_required",
+            node_id=form.node_id,
+            title=form.node_title or form.node_id,
+            status="waiting",
+            form=str(form.public_id),
+            at=_iso(None),
+        )
+        return form
+
+    def adopt_placeholder(self, fields: HumanInputFields) -> Form | None:
+        """A form recorded from an ingested token has no form_id yet; the first announcement
+        with the same content in this run is that form."""
+        for form in list(self.forms.values()):
+            if not form.form_id.startswith(INGEST_FORM_PREFIX):
+                continue
+            if form.content != fields.form_content:
+                continue
+            del self.forms[form.form_id]
+            form.form_id = fields.form_id[:64]
+            form.node_id = fields.node_id[:128]
+            form.node_title = fields.node_title[:255]
+            form.approval_channels = list(fields.approval_channels)
+            form.save(
+                update_fields=[
+                    "form_id",
+                    "node_id",
+                    "node_title",
+                    "approval_channels",
+                    "updated_at",
+                ]
+            )
+            self.forms[form.form_id] = form
+            self.progress()
+            return form
+        return None
+
+    def refresh_form(
+        self, form: Form, fields: HumanInputFields, fetched: DefinitionResult | None
+    ) -> None:
+        from inbox.models import Form
+
+        updates: list[str] = []
+        token = fields.form_token or ""
+        if token and token != form.form_token:
+            # A snapshot hands out a fresh token for a pending form; the newest one is kept.
+            form.form_token = token
+            updates.append("form_token")
+            if form.status == Form.Status.NOT_ANSWERABLE:
+                form.status = Form.Status.PENDING
+                updates.append("status")
+        if fields.approval_channels and fields.approval_channels != form.approval_channels:
+            form.approval_channels = list(fields.approval_channels)
+            updates.append("approval_channels")
+        if isinstance(fetched, FormDefinition):
+            updates += _set_definition(form, fetched)
+        if updates:
+            form.save(update_fields=[*updates, "updated_at"])
+        if isinstance(fetched, FormAlreadySubmitted | FormExpired):
+            self.closed_in_dify(form, fetched)
+        elif form.form_token and form.definition_fetched_at is None and fetched is None:
+            self.applied.needs_definition[form.pk] = form.form_token
+
+    def closed_in_dify(self, form: Form, error: FormAlreadySubmitted | FormExpired) -> None:
+        """GET form answered 412: the form was answered elsewhere or expired before we saw it."""
+        from inbox.models import AuditEntry, Form
+
+        if form.status not in (Form.Status.PENDING, Form.Status.NOT_ANSWERABLE):
+            return  # a decision of ours is in flight: delivery settles it
+        status = (
+            Form.Status.ANSWERED_ELSEWHERE
+            if isinstance(error, FormAlreadySubmitted)
+            else Form.Status.EXPIRED
+        )
+        previous = form.status
+        form.status = status
+        form.checked_at = timezone.now()
+        form.save(update_fields=["status", "checked_at", "updated_at"])
+        AuditEntry.record(
+            f"form_{status}",
+            form,
+            previous=previous,
+            reason=f"GET form: {error.code}",
+            source=self.source,
+        )
+        self.progress()
+
+    def paused(self, event: WorkflowPaused) -> None:
+        announced = [self.form_announced(r) for r in event.reasons if r.is_human_input or r.form_id]
+        if not self.run.is_finished and self.run.status != "paused":
+            self.set_run("status", "paused")
+            self.progress()
+        self.applied.paused = True
+        self.applied.awaiting_human = any(
+            f is not None and f.status in AWAITING_STATUSES for f in announced
+        )
+        recently = timezone.now() - dt.timedelta(seconds=SETTLE_WINDOW)
+        self.applied.settling = any(
+            f.status == "submitted" and not f.rendered_content and f.updated_at >= recently
+            for f in self.forms.values()
+        )
+
+    def filled(self, event: HumanInputFormFilled) -> None:
+        from inbox.models import AuditEntry, Decision, Form
+
+        form = self.form_for_node(event.node_id)
+        self.resume()
+        key = f"filled:{form.form_id if form else event.node_id}:{event.action_id}"
+        self.store("human_input_form_filled", key, event.raw)
+        if form is None:
+            self.entry(
+                key,
+                event="human_input_form_filled",
+                node_id=event.node_id,
+                title=event.node_title or event.node_id,
+                status="answered",
+                action=event.action_text or event.action_id,
+                at=_iso(None),
+            )
+            return
+        updates: list[str] = []
+        filled = {
+            "rendered_content": event.rendered_content,
+            "filled_action_id": event.action_id[:64],
+            "filled_action_text": (event.action_text or form.action_title(event.action_id))[:255],
+        }
+        for name, value in filled.items():
+            if value and not getattr(form, name):
+                setattr(form, name, value)
+                updates.append(name)
+        if event.submitted_data and not form.filled_data:
+            form.filled_data = event.submitted_data
+            updates.append("filled_data")
+        previous = form.status
+        if (
+            previous
+            in (
+                Form.Status.PENDING,
+                Form.Status.NOT_ANSWERABLE,
+                Form.Status.EXPIRED,
+            )
+            and not form.decisions.filter(status=Decision.Status.DELIVERED).exists()
+        ):
+            # Nobody here answered it: someone did in Dify (the WebApp, an email link, the
+            # console). A decision of ours in flight (`submitting`) is settled by delivery.
+            form.status = Form.Status.ANSWERED_ELSEWHERE
+            updates.append("status")
+        if updates:
+            form.save(update_fields=[*updates, "updated_at"])
+            self.progress()
+        if "status" in updates:
+            AuditEntry.record(
+                "form_answered_elsewhere",
+                form,
+                previous=previous,
+                action=form.filled_action_id,
+                source=self.source,
+            )
+        self.entry(f"form:{form.form_id}", status="answered")
+        self.entry(
+            key,
+            event="human_input_form_filled",
+            node_id=form.node_id,
+            title=form.node_title or form.node_id,
+            status="answered",
+            action=form.filled_action_text or event.action_id,
+            form=str(form.public_id),
+            at=_iso(None),
+        )
+
+    def timed_out(self, event: HumanInputFormTimeout) -> None:
+        from inbox.models import AuditEntry, Form
+
+        form = self.form_for_node(event.node_id)
+        self.resume()
+        key = f"timeout:{form.form_id if form else event.node_id}"
+        self.store("human_input_form_timeout", key, event.raw)
+        if form is not None and form.status in (Form.Status.PENDING, Form.Status.NOT_ANSWERABLE):
+            previous = form.status
+            form.status = Form.Status.EXPIRED
+            form.save(update_fields=["status", "updated_at"])
+            AuditEntry.record(
+                "form_expired",
+                form,
+                previous=previous,
+                reason="human_input_form_timeout",
+                source=self.source,
+            )
+            self.progress()
+        if form is not None:
+            self.entry(f"form:{form.form_id}", status="expired")
+        self.entry(
+            key,
+            event="human_input_form_timeout",
+            node_id=event.node_id,
+            title=event.node_title or event.node_id,
+            status="expired",
+            at=_iso(None),
+        )
+
+    def finished(self, event: WorkflowFinished) -> None:
+        from inbox.models import Run
+
+        self.applied.finished = True
+        self.store("workflow_finished", "workflow_finished", event.raw)
+        status = event.status if event.status in Run.FINAL_STATUSES else "failed"
+        if not self.run.is_finished:
+            self.set_run("status", status)
+            self.progress()
+        if event.outputs and not self.run.outputs:
+            self.set_run("outputs", event.outputs)
+        if event.error and not self.run.error:
+            self.set_run("error", str(event.error))
+        if self.run.finished_at is None:
+            self.set_run("finished_at", _when(event.finished_at) or timezone.now())
+        self.entry(
+            "finished",
+            event="workflow_finished",
+            status=self.run.status,
+            at=_iso(_when(event.finished_at)),
+        )
+        self.close_open_forms("the run ended")
+
+    def close_open_forms(self, reason: str) -> None:
+        """Forms still open when their run ends can never be answered: Dify marks them expired."""
+        from inbox.models import AuditEntry, Form
+
+        for form in self.forms.values():
+            if form.status in (Form.Status.PENDING, Form.Status.NOT_ANSWERABLE):
+                previous = form.status
+                form.status = Form.Status.EXPIRED
+                form.save(update_fields=["status", "updated_at"])
+                AuditEntry.record(
+                    "form_expired", form, previous=previous, reason=reason, source=self.source
+                )
+                self.entry(f"form:{form.form_id}", status="expired")
+                self.progress()
+
+    # --- the end of the batch ---
+
+    def save(self) -> None:
+        from inbox.models import RunEvent
+
+        if self.timeline_changed:
+            if len(self.timeline) > TIMELINE_LIMIT:
+                self.timeline = self.timeline[:1] + self.timeline[-(TIMELINE_LIMIT - 1) :]
+            self.run.timeline = self.timeline
+            self.run_fields.add("timeline")
+        if self.applied.events:
+            self.run.last_event_at = timezone.now()
+            self.run_fields.add("last_event_at")
+        if self.run_fields:
+            self.run.save(update_fields=[*self.run_fields, "updated_at"])
+        if self.stored:
+            now = timezone.now()
+            RunEvent.objects.bulk_create(
+                [
+                    RunEvent(run=self.run, event=name, key=key, payload=payload, received_at=now)
+                    for name, key, payload in self.stored
+                ],
+                ignore_conflicts=True,
+            )
+        self.applied.status = self.run.status
+
+
+def _set_definition(form: Form, definition: FormDefinition) -> list[str]:
+    form.definition = definition.to_json()
+    form.content = definition.form_content or form.content
+    form.definition_fetched_at = timezone.now()
+    fields = ["definition", "content", "definition_fetched_at"]
+    expires = _when(definition.expiration_time)
+    if expires is not None and expires != form.expiration_time:
+        form.expiration_time = expires
+        fields.append("expiration_time")
+    return fields
+
+
+def apply_events(
+    run: Run,
+    events: Iterable[Mapping[str, Any] | StreamEvent],
+    *,
+    definitions: Mapping[str, DefinitionResult] | None = None,
+    source: str = "stream",
+) -> Applied:
+    """Apply events in order, in one transaction under the run's row lock.
+
+    `definitions` maps a form_id to what GET form answered for it (a FormDefinition, or the
+    DifyError it raised), fetched by the caller before this transaction.
+    """
+    with transaction.atomic():
+        batch = _Batch(run, definitions, source)
+        for event in events:
+            batch.apply(event_dict(event))
+        batch.save()
+    return batch.applied
+
+
+def store_definition(form_pk: int, result: DefinitionResult) -> None:
+    """Record what GET form answered for a form captured without its definition."""
+    from inbox.models import Form
+
+    with transaction.atomic():
+        form = Form.objects.select_for_update().filter(pk=form_pk).first()
+        if form is None:
+            return
+        if isinstance(result, FormDefinition):
+            form.save(update_fields=[*_set_definition(form, result), "updated_at"])
+            return
+        if isinstance(result, FormAlreadySubmitted | FormExpired):
+            batch_source = "definition"
+            status = "answered_elsewhere" if isinstance(result, FormAlreadySubmitted) else "expired"
+            if form.status == Form.Status.PENDING:
+                from inbox.models import AuditEntry
+
+                form.status = status
+                form.checked_at = timezone.now()
+                form.save(update_fields=["status", "checked_at", "updated_at"])
+                AuditEntry.record(
+                    f"form_{status}",
+                    form,
+                    previous="pending",
+                    reason=f"GET form: {result.code}",
+                    source=batch_source,
+                )
+        elif isinstance(result, FormNotFound):
+            logger.warning("form %s: Dify does not know its token (404)", form_pk)
+
+
+def fetch_definitions(run: Run, wanted: Mapping[int, str]) -> None:
+    """GET form for each form captured without its definition (synchronously, outside any
+    transaction). Errors other than Dify's own answers leave the event's definition in place;
+    the follower or the next replay tries again."""
+    from inbox.dify.client import DifyClient
+
+    client = DifyClient.for_app(run.app)
+    for form_pk, token in wanted.items():
+        try:
+            result: DefinitionResult = client.get_form(token)
+        except (FormAlreadySubmitted, FormExpired, FormNotFound) as exc:
+            result = exc
+        except DifyError as exc:
+            logger.info("form %s: definition not fetched: %s", form_pk, exc)
+            continue
+        store_definition(form_pk, result)
+
+
+def apply_run_detail(run: Run | int, detail: Any, *, source: str = "reconcile") -> Applied:
+    """What GET run detail says, for a run no stream of ours is reading. A finished run is
+    closed as `workflow_finished` would close it (its open forms expire); Dify's final status
+    wins over one we recorded (CONTRACT 7.12: some versions' events misreport it)."""
+    from inbox.models import AuditEntry, Run
+
+    pk = run if isinstance(run, int) else run.pk
+    if not detail.is_finished:
+        with transaction.atomic():
+            locked = Run.objects.select_for_update().get(pk=pk)
+            if detail.status in ("paused", "running") and locked.status == "starting":
+                locked.status = detail.status
+                locked.save(update_fields=["status", "updated_at"])
+            elif detail.status == "paused" and locked.status == "running":
+                locked.status = "paused"
+                locked.save(update_fields=["status", "updated_at"])
+            return Applied(status=locked.status, paused=locked.status == "paused")
+    event = {
+        "event": "workflow_finished",
+        "workflow_run_id": detail.id,
+        "data": {
+            "id": detail.id,
+            "workflow_id": detail.workflow_id,
+            "status": detail.status,
+            "outputs": detail.outputs,
+            "error": detail.error,
+            "elapsed_time": detail.elapsed_time,
+            "total_tokens": detail.total_tokens,
+            "total_steps": detail.total_steps,
+            "created_at": detail.created_at,
+            "finished_at": detail.finished_at,
+        },
+    }
+    applied = apply_events(Run(pk=pk), [event], source=source)
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=pk)
+        if locked.status != detail.status:
+            previous = locked.status
+            locked.status = detail.status
+            locked.save(update_fields=["status", "updated_at"])
+            AuditEntry.record(
+                "run_status_corrected",
+                locked,
+                previous=previous,
+                status=detail.status,
+                source=source,
+            )
+            applied.changed = True
+        applied.status = locked.status
+    return applied
+
+
+def record_ingested_form(run: Run, token: str, definition: FormDefinition) -> Form:
+    """A form known only by its token (an ingest): GET form gives its content but not its
+    form_id or node. It is stored under a key derived from the token, so the same token twice
+    is one form, and the first announcement of a form with the same content in this run gives
+    it its real id (`adopt_placeholder`)."""
+    from inbox.models import AuditEntry, Form
+
+    form_id = INGEST_FORM_PREFIX + hashlib.sha256(token.encode()).hexdigest()[:40]
+    form, created = Form.objects.get_or_create(
+        form_id=form_id,
+        defaults={
+            "run": run,
+            "form_token": token,
+            "node_id": "",
+            "content": definition.form_content,
+            "definition": definition.to_json(),
+            "definition_fetched_at": timezone.now(),
+            "expiration_time": _when(definition.expiration_time),
+            "status": Form.Status.PENDING,
+        },
+    )
+    if created:
+        AuditEntry.record("form_captured", form, source="ingest", definition="get")
+    return form

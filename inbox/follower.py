@@ -1,0 +1,601 @@
+"""The follower: reads the event streams of every active run, concurrently, in one asyncio loop.
+
+    python manage.py follow            # as many processes as you like, side by side
+
+Work comes from the database. A run with `follow_wanted` set needs its stream read; a follower
+takes a *lease* on it (`lease_owner`, `lease_expires_at`, renewed while it reads), so two
+followers never read the same run. Leases are taken with `SELECT ... FOR UPDATE SKIP LOCKED` on
+PostgreSQL and a conditional UPDATE on SQLite (whose writers are serialised anyway). A follower
+that dies leaves an expired lease and `follow_wanted` still set: another one takes the run over.
+
+Each run is read with `GET /workflow/{id}/events?include_state_snapshot=true&continue_on_pause=true`:
+
+- the snapshot replays what happened so far, so nothing is missed between two streams (a decision
+  delivered just before we opened it, a dropped connection); replays are idempotent;
+- `continue_on_pause` keeps the stream open across a pause that has no form waiting for a person.
+  That is the gap between an accepted submit and Dify's resume task, where the snapshot still
+  says `paused` (with the submitted form gone from its reasons): without the flag Dify would
+  close the stream right there and we would miss the resume. With it Dify only closes on its
+  idle timeout, even after `workflow_finished` (CONTRACT D13), so we close the stream ourselves:
+  at `workflow_finished`, at an `error`, and at a pause where a form does wait for a person,
+  because we hold no connection while a human thinks. Delivering the decision calls
+  `Run.request_follow`, which brings the run back here.
+- A stream that ends early (a drop, Dify's 300 s idle close, D14) is reopened with backoff; the
+  budget of attempts is reset whenever a stream moved the record on. When it runs out the run
+  is marked `needs_reconcile` and the periodic reconcile asks Dify's run detail.
+
+Database work runs in a small thread pool (Django's ORM is synchronous); the loop itself only
+waits on sockets. A `human_input_required` is captured with its full definition in one
+transaction: GET form first (asynchronously, outside any transaction), then the insert, so a
+reviewer never sees a form whose select options are not resolved yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import close_old_connections, connection, connections, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from inbox import capture
+from inbox.dify.client import AsyncDifyClient
+from inbox.dify.errors import (
+    DifyError,
+    DifyStatusError,
+    DifyStreamError,
+    FormAlreadySubmitted,
+    FormExpired,
+    FormNotFound,
+)
+from inbox.dify.types import FormDefinition, StreamEvent
+from inbox.models import DifyApp, Form, Run
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class FollowerSettings:
+    max_streams: int = 1000
+    poll_seconds: float = 0.25
+    lease_seconds: float = 60.0
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    # How long a stream stays open across a pause that has no form waiting for a person
+    # (Dify's resume task normally starts within a second of the submit).
+    stale_pause_seconds: float = 60.0
+    # How long to keep reading after a pause when one of our decisions was just delivered and
+    # Dify has not yet shown its `human_input_form_filled` (parallel forms: the pause that
+    # follows can come before it).
+    settle_seconds: float = 10.0
+    db_threads: int = 8
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> FollowerSettings:
+        values: dict[str, Any] = {
+            "max_streams": settings.INBOX_FOLLOWER_MAX_STREAMS,
+            "poll_seconds": settings.INBOX_FOLLOWER_POLL_SECONDS,
+            "lease_seconds": settings.INBOX_FOLLOWER_LEASE_SECONDS,
+            "max_attempts": settings.INBOX_FOLLOWER_MAX_ATTEMPTS,
+            "backoff_base": settings.INBOX_FOLLOWER_BACKOFF_SECONDS,
+            "stale_pause_seconds": settings.INBOX_FOLLOWER_STALE_PAUSE_SECONDS,
+            "db_threads": settings.INBOX_FOLLOWER_DB_THREADS,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# --- leases (synchronous; run in the follower's database threads) ---
+
+
+@dataclass
+class Claim:
+    """A run this follower holds the lease of, with what it needs to read the stream."""
+
+    pk: int
+    seq: int
+    refresh: bool
+    workflow_run_id: str
+    dify_user: str
+    app: DifyApp
+    # Forms of the run whose definition already came from GET form.
+    known: set[str] = field(default_factory=set)
+
+
+def _claimable(now: Any) -> Any:
+    return (
+        Run.objects.filter(follow_wanted=True)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .exclude(workflow_run_id="")
+        .exclude(status__in=Run.FINAL_STATUSES)
+    )
+
+
+def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
+    """Lease up to `limit` runs that want following and nobody (alive) follows."""
+    if limit <= 0:
+        return []
+    now = timezone.now()
+    # A read first: most polls find nothing, and on SQLite a write transaction would block
+    # every other writer for nothing.
+    if not _claimable(now).exists():
+        return []
+    until = now + dt.timedelta(seconds=seconds)
+    with transaction.atomic():
+        if connection.features.has_select_for_update_skip_locked:
+            rows = list(
+                _claimable(now)
+                .select_for_update(skip_locked=True, of=("self",))
+                .order_by("updated_at")
+                .values("pk", "follow_seq", "follow_snapshot")[:limit]
+            )
+            pks = [row["pk"] for row in rows]
+            Run.objects.filter(pk__in=pks).update(
+                lease_owner=owner, lease_expires_at=until, follow_snapshot=False
+            )
+        else:
+            # SQLite: the transaction holds the database's write lock from its first statement
+            # (transaction_mode IMMEDIATE), so nothing changes between this read and the update;
+            # the conditional update says so again.
+            rows = list(
+                _claimable(now)
+                .order_by("updated_at")
+                .values("pk", "follow_seq", "follow_snapshot")[:limit]
+            )
+            taken = []
+            for row in rows:
+                if (
+                    _claimable(now)
+                    .filter(pk=row["pk"])
+                    .update(lease_owner=owner, lease_expires_at=until, follow_snapshot=False)
+                ):
+                    taken.append(row)
+            rows = taken
+            pks = [row["pk"] for row in rows]
+    if not rows:
+        return []
+    runs = {
+        r.pk: r
+        for r in Run.objects.filter(pk__in=pks)
+        .select_related("app")
+        .only("pk", "workflow_run_id", "dify_user", "app")
+    }
+    known: dict[int, set[str]] = {}
+    for run_pk, form_id in Form.objects.filter(
+        run_id__in=pks, definition_fetched_at__isnull=False
+    ).values_list("run_id", "form_id"):
+        known.setdefault(run_pk, set()).add(form_id)
+    return [
+        Claim(
+            pk=row["pk"],
+            seq=row["follow_seq"],
+            refresh=row["follow_snapshot"],
+            workflow_run_id=runs[row["pk"]].workflow_run_id,
+            dify_user=runs[row["pk"]].dify_user,
+            app=runs[row["pk"]].app,
+            known=known.get(row["pk"], set()),
+        )
+        for row in rows
+        if row["pk"] in runs
+    ]
+
+
+def renew_leases(owner: str, pks: list[int], seconds: float) -> set[int]:
+    """Extend our leases; returns the runs still ours (a lease taken over while this process
+    stalled past its expiry is no longer ours, and that run must not be read twice)."""
+    if not pks:
+        return set()
+    until = timezone.now() + dt.timedelta(seconds=seconds)
+    Run.objects.filter(pk__in=pks, lease_owner=owner).update(lease_expires_at=until)
+    return set(Run.objects.filter(pk__in=pks, lease_owner=owner).values_list("pk", flat=True))
+
+
+def release_lease(owner: str, claim: Claim, outcome: str, attempts: int = 0) -> None:
+    """Give the run back. `done`: it reached a pause that waits for a person, or its end.
+    `gave_up`/`gone`: the stream could not be read; the reconcile takes over. Anything else
+    (shutdown, a lost lease): only the lease is dropped, so another follower takes it."""
+    mine = Run.objects.filter(pk=claim.pk, lease_owner=owner)
+    cleared: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None}
+    if outcome in ("done", "gave_up", "gone"):
+        # Compare-and-set on follow_seq: a request_follow made while we read keeps the run
+        # wanted, and it is read once more.
+        final: dict[str, Any] = {
+            **cleared,
+            "follow_wanted": False,
+            "stream_attempts": attempts,
+            "needs_reconcile": outcome != "done",
+        }
+        if outcome == "gone":
+            final["events_unavailable"] = True
+        if mine.filter(follow_seq=claim.seq).update(**final):
+            return
+    mine.update(**cleared, stream_attempts=attempts)
+
+
+# --- the loop ---
+
+
+@dataclass
+class _End:
+    """The reader's last word: the stream ended (cleanly or not)."""
+
+    error: BaseException | None = None
+
+
+@dataclass
+class StreamResult:
+    # paused (a form waits for a person), finished, error (an `error` event), dropped (ended
+    # early), stalled (a pause with nobody waiting never moved on), gone (Dify refuses it).
+    kind: str
+    progressed: bool = False
+    detail: str = ""
+
+
+class Follower:
+    def __init__(
+        self, owner: str | None = None, config: FollowerSettings | None = None, **overrides: Any
+    ) -> None:
+        self.owner = owner or default_owner()
+        self.config = config or FollowerSettings.from_settings(**overrides)
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.config.db_threads, thread_name_prefix="follower-db"
+        )
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.side_tasks: set[asyncio.Task[Any]] = set()
+        self.stats = {"claimed": 0, "events": 0, "batches": 0, "reconnects": 0, "forms": 0}
+        self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- database calls, off the loop ---
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, functools.partial(_db_call, fn, *args, **kwargs)
+        )
+
+    # --- lifecycle ---
+
+    def stop(self) -> None:
+        """Ask the loop to stop (thread-safe)."""
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+
+    def wake(self) -> None:
+        """Poll for work now instead of at the next tick (thread-safe)."""
+        if self.loop is not None and self._wake is not None:
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        logger.info("follower %s: started (up to %d streams)", self.owner, self.config.max_streams)
+        renew_every = max(self.config.lease_seconds / 3.0, 0.05)
+        last_renew = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                free = self.config.max_streams - len(self.tasks)
+                if free > 0:
+                    try:
+                        claims = await self.db(
+                            take_leases, self.owner, free, self.config.lease_seconds
+                        )
+                    except Exception:
+                        logger.exception("follower %s: could not take leases", self.owner)
+                        claims = []
+                    for claim in claims:
+                        self.stats["claimed"] += 1
+                        task = asyncio.create_task(self._follow(claim), name=f"run-{claim.pk}")
+                        self.tasks[claim.pk] = task
+                        task.add_done_callback(functools.partial(self._forget, claim.pk))
+                if time.monotonic() - last_renew >= renew_every and self.tasks:
+                    last_renew = time.monotonic()
+                    await self._renew()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        _first(self._stop.wait(), self._wake.wait()), self.config.poll_seconds
+                    )
+        finally:
+            await self._shutdown()
+
+    def _forget(self, pk: int, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(pk) is task:
+            del self.tasks[pk]
+
+    async def _renew(self) -> None:
+        pks = list(self.tasks)
+        try:
+            still_mine = await self.db(renew_leases, self.owner, pks, self.config.lease_seconds)
+        except Exception:
+            logger.exception("follower %s: could not renew leases", self.owner)
+            return
+        for pk in set(pks) - still_mine:
+            task = self.tasks.get(pk)
+            if task is not None:
+                logger.warning("follower %s: lost the lease of run %s", self.owner, pk)
+                task.cancel()
+
+    async def _shutdown(self) -> None:
+        tasks = list(self.tasks.values()) + list(self.side_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await AsyncDifyClient.close_cached()
+        await asyncio.get_running_loop().run_in_executor(None, self._close_db_threads)
+        logger.info("follower %s: stopped", self.owner)
+
+    def _close_db_threads(self) -> None:
+        """Close each pool thread's database connection, from that thread (Django connections
+        belong to their thread): one job per thread, held at a barrier so no thread takes two."""
+        n = self.config.db_threads
+        barrier = threading.Barrier(n)
+
+        def close() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=5)
+            connections.close_all()
+
+        for future in [self.executor.submit(close) for _ in range(n)]:
+            with contextlib.suppress(Exception):
+                future.result(timeout=10)
+        self.executor.shutdown(wait=True)
+
+    # --- one run ---
+
+    async def _follow(self, claim: Claim) -> None:
+        outcome, attempts = "released", 0
+        try:
+            outcome, attempts = await self._follow_run(claim)
+        except asyncio.CancelledError:
+            outcome = "released"
+            raise
+        except Exception:
+            logger.exception("follower: run %s failed", claim.pk)
+            outcome = "gave_up"
+        finally:
+            try:
+                await asyncio.shield(self.db(release_lease, self.owner, claim, outcome, attempts))
+            except Exception:
+                logger.exception("follower: could not release run %s", claim.pk)
+
+    async def _follow_run(self, claim: Claim) -> tuple[str, int]:
+        client = AsyncDifyClient.for_app(claim.app)
+        attempts = 0
+        refresh = claim.refresh
+        while True:
+            result = await self._read_stream(claim, client, refresh)
+            refresh = False
+            if result.kind in ("paused", "finished"):
+                return "done", 0
+            if result.kind == "gone":
+                logger.warning(
+                    "follower: run %s: Dify refuses its events: %s", claim.pk, result.detail
+                )
+                return "gone", attempts
+            if result.kind == "error" and await self._settle_from_detail(claim, client):
+                return "done", 0
+            attempts = 1 if result.progressed else attempts + 1
+            if attempts > self.config.max_attempts:
+                logger.warning(
+                    "follower: run %s: giving up after %d attempts (%s); the reconcile takes over",
+                    claim.pk,
+                    attempts - 1,
+                    result.detail or result.kind,
+                )
+                return "gave_up", attempts
+            self.stats["reconnects"] += 1
+            delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (attempts - 1))
+            await asyncio.sleep(delay * (0.75 + 0.25 * random.random()))
+
+    async def _settle_from_detail(self, claim: Claim, client: AsyncDifyClient) -> bool:
+        """After an `error` event: Dify's run detail says whether the run really ended."""
+        try:
+            detail = await client.get_run(claim.workflow_run_id)
+        except DifyError as exc:
+            logger.info("follower: run %s: no run detail: %s", claim.pk, exc)
+            return False
+        if not detail.is_finished:
+            return False
+        await self.db(capture.apply_run_detail, claim.pk, detail)
+        return True
+
+    async def _read_stream(
+        self, claim: Claim, client: AsyncDifyClient, refresh: bool
+    ) -> StreamResult:
+        stream = client.stream_events(
+            claim.workflow_run_id,
+            user=claim.dify_user,
+            include_state_snapshot=True,
+            continue_on_pause=True,
+        )
+        try:
+            await stream.open()
+        except DifyStatusError as exc:
+            await stream.close()
+            # 404: another user's run, a console run, or one this key cannot see. Retrying
+            # will not change that; 5xx and 429 are not permanent.
+            if exc.permanent:
+                return StreamResult("gone", detail=str(exc))
+            return StreamResult("dropped", detail=str(exc))
+        except DifyError as exc:
+            await stream.close()
+            return StreamResult("dropped", detail=str(exc))
+        queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for event in stream:
+                    queue.put_nowait(event)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the applier below
+                queue.put_nowait(_End(exc))
+            else:
+                queue.put_nowait(_End())
+
+        reader = asyncio.create_task(read(), name=f"read-{claim.pk}")
+        progressed = False
+        # Set while the run sits in a pause that nobody waits at: then we keep reading for a
+        # bounded time only.
+        wait_until: float | None = None
+        settle_only = False
+        try:
+            while True:
+                timeout = None if wait_until is None else max(0.0, wait_until - time.monotonic())
+                try:
+                    first = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    if settle_only:
+                        return StreamResult("paused", progressed)
+                    return StreamResult("stalled", progressed, "a pause with no form waiting")
+                batch: list[StreamEvent | _End] = [first]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                events = [e for e in batch if isinstance(e, StreamEvent)]
+                end = next((e for e in batch if isinstance(e, _End)), None)
+                if events:
+                    applied = await self._apply(claim, client, events, refresh)
+                    progressed = progressed or applied.changed
+                    if applied.finished:
+                        return StreamResult("finished", progressed)
+                    if applied.paused:
+                        if applied.awaiting_human and not applied.settling:
+                            return StreamResult("paused", progressed)
+                        settle_only = applied.awaiting_human
+                        if wait_until is None:
+                            wait_until = time.monotonic() + (
+                                self.config.settle_seconds
+                                if settle_only
+                                else self.config.stale_pause_seconds
+                            )
+                    elif any(e.event not in capture.CHUNK_EVENTS for e in events):
+                        wait_until = None
+                        settle_only = False
+                if end is not None:
+                    if isinstance(end.error, DifyStreamError):
+                        return StreamResult("error", progressed, str(end.error))
+                    if end.error is not None:
+                        return StreamResult("dropped", progressed, repr(end.error))
+                    # The body ended without an end event: a drop or Dify's idle close.
+                    return StreamResult("dropped", progressed, "the stream ended early")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await stream.close()
+
+    async def _apply(
+        self, claim: Claim, client: AsyncDifyClient, events: list[StreamEvent], refresh: bool
+    ) -> capture.Applied:
+        definitions = await self._fetch_definitions(claim, client, events, refresh)
+        raws = [e.raw for e in events]
+        applied = await self.db(
+            capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
+        )
+        self.stats["events"] += len(events)
+        self.stats["batches"] += 1
+        self.stats["forms"] += len(applied.forms_created)
+        claim.known.update(k for k, v in definitions.items() if isinstance(v, FormDefinition))
+        if applied.needs_definition:
+            task = asyncio.create_task(
+                self._retry_definitions(client, dict(applied.needs_definition))
+            )
+            self.side_tasks.add(task)
+            task.add_done_callback(self.side_tasks.discard)
+        return applied
+
+    async def _fetch_definitions(
+        self, claim: Claim, client: AsyncDifyClient, events: list[StreamEvent], refresh: bool
+    ) -> dict[str, capture.DefinitionResult]:
+        """GET form for every form the batch announces that we have no definition of yet
+        (concurrently). Dify's own refusals (412, 404) are passed on; a connection problem
+        leaves the form to be captured from the event and fetched again later."""
+        wanted: dict[str, str] = {}
+        for fields in capture.pending_forms_in(events):
+            if fields.form_token and (refresh or fields.form_id not in claim.known):
+                wanted[fields.form_id] = fields.form_token
+        if not wanted:
+            return {}
+        results = await asyncio.gather(
+            *(client.get_form(token) for token in wanted.values()), return_exceptions=True
+        )
+        found: dict[str, capture.DefinitionResult] = {}
+        for form_id, result in zip(wanted, results, strict=True):
+            if isinstance(
+                result, FormDefinition | FormAlreadySubmitted | FormExpired | FormNotFound
+            ):
+                found[form_id] = result
+            elif isinstance(result, BaseException):
+                logger.info("follower: run %s: GET form failed: %s", claim.pk, result)
+        return found
+
+    async def _retry_definitions(self, client: AsyncDifyClient, wanted: dict[int, str]) -> None:
+        for attempt in range(3):
+            await asyncio.sleep(self.config.backoff_base * 2**attempt)
+            for form_pk, token in list(wanted.items()):
+                try:
+                    result: capture.DefinitionResult = await client.get_form(token)
+                except (FormAlreadySubmitted, FormExpired, FormNotFound) as exc:
+                    result = exc
+                except DifyError:
+                    continue
+                await self.db(capture.store_definition, form_pk, result)
+                del wanted[form_pk]
+            if not wanted:
+                return
+
+
+async def _first(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    # As Django does around a request: drop a connection that broke or outlived its age.
+    close_old_connections()
+    return fn(*args, **kwargs)
+
+
+def run_follower(owner: str | None = None, **overrides: Any) -> None:
+    """Run a follower until SIGINT/SIGTERM."""
+    import signal
+
+    follower = Follower(owner, **overrides)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, follower.stop)
+        await follower.run()
+
+    asyncio.run(main())

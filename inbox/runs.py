@@ -1,0 +1,410 @@
+"""Starting runs: the start form built from Dify's `GET /parameters`, and the start itself.
+
+Used by the "Start a run" page and by `POST /api/v1/runs`, so both validate the same way.
+
+How a start hands over to the follower: the request opens the streaming run, reads only until
+Dify has named the run (the first event carries `workflow_run_id`), stores that id at once,
+closes its stream and asks a follower to take over (`Run.request_follow`). The follower reopens
+the run's events with a state snapshot, which replays whatever happened in between, so nothing
+is lost in the hand-over. We chose this over letting the follower own the whole start because
+the start is the one call that must not be repeated (a lost answer could hide a second run) and
+its errors (invalid inputs, a wrong key, Dify down) belong to the person who asked, in the same
+request; and the request never holds a stream for longer than the first event. Dify runs the
+workflow on its own workers, so closing the original stream does not stop the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.core.cache import cache
+from django.db import transaction
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
+
+from inbox.dify.client import DifyClient
+from inbox.dify.errors import DifyError, DifyStatusError, DifyStreamError
+from inbox.dify.types import StreamEvent
+from inbox.models import AuditEntry, DifyApp, Run
+
+logger = logging.getLogger(__name__)
+
+START_INPUT_TYPES = ("text-input", "paragraph", "select", "number", "checkbox")
+# Parameters change when an app is republished, rarely; a start page is opened often.
+PARAMETERS_CACHE_SECONDS = 60
+# How long a start waits for Dify to name the run.
+FIRST_EVENT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class StartInput:
+    """One item of `user_input_form`: {"text-input": {label, variable, required, ...}}."""
+
+    type: str
+    variable: str
+    label: str
+    required: bool
+    default: Any = None
+    options: tuple[str, ...] = ()
+    max_length: int | None = None
+
+    @property
+    def supported(self) -> bool:
+        return self.type in START_INPUT_TYPES
+
+    @property
+    def field_name(self) -> str:
+        # Prefixed: a variable may be called `query` or `csrfmiddlewaretoken`.
+        return f"in_{self.variable}"
+
+    @classmethod
+    def from_item(cls, item: Any) -> StartInput | None:
+        if not isinstance(item, dict) or len(item) != 1:
+            return None
+        ((kind, body),) = item.items()
+        if not isinstance(body, dict) or not body.get("variable"):
+            return None
+        max_length = body.get("max_length")
+        return cls(
+            type=str(kind),
+            variable=str(body["variable"]),
+            label=str(body.get("label") or body["variable"]),
+            required=bool(body.get("required")),
+            default=body.get("default"),
+            options=tuple(str(o) for o in body.get("options") or []),
+            max_length=max_length if isinstance(max_length, int) and max_length > 0 else None,
+        )
+
+
+def start_inputs(parameters: dict[str, Any]) -> list[StartInput]:
+    return [
+        spec
+        for spec in (StartInput.from_item(i) for i in parameters.get("user_input_form") or [])
+        if spec is not None
+    ]
+
+
+def app_parameters(app: DifyApp) -> dict[str, Any]:
+    """The app's `GET /parameters`, cached briefly. Raises DifyError."""
+    key = f"inbox:parameters:{app.pk}:{app.updated_at.timestamp() if app.updated_at else 0}"
+    cached = cache.get(key)
+    if cached is None:
+        cached = DifyClient.for_app(app).get_parameters()
+        cache.set(key, cached, PARAMETERS_CACHE_SECONDS)
+    return dict(cached)
+
+
+class StartRunForm(forms.Form):
+    """The start inputs of one app, as Dify's `user_input_form` declares them; a chatflow also
+    asks for the message (`query`)."""
+
+    def __init__(self, app: DifyApp, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = app
+        self.specs = start_inputs(parameters)
+        self.unsupported = [s for s in self.specs if not s.supported]
+        for spec in self.specs:
+            if spec.supported:
+                self.fields[spec.field_name] = _field(spec)
+        if app.mode == DifyApp.Mode.CHATFLOW:
+            self.fields["query"] = forms.CharField(
+                label=_("Message"),
+                widget=forms.Textarea(attrs={"rows": 3}),
+                help_text=_("What the chatflow is asked."),
+            )
+
+    @property
+    def blocked(self) -> bool:
+        """An input this page cannot fill (a file, say) is required: start the run elsewhere."""
+        return any(s.required for s in self.unsupported)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.blocked:
+            raise forms.ValidationError(
+                gettext("This app needs inputs the inbox cannot send: %(names)s.")
+                % {"names": ", ".join(s.label for s in self.unsupported if s.required)}
+            )
+        return cleaned
+
+    def dify_inputs(self) -> dict[str, Any]:
+        """The validated values as Dify takes them (numbers as numbers, checkboxes as bools)."""
+        values: dict[str, Any] = {}
+        for spec in self.specs:
+            if not spec.supported:
+                continue
+            value = self.cleaned_data.get(spec.field_name)
+            if spec.type == "number":
+                if value is None:
+                    continue
+                number = Decimal(value)
+                value = int(number) if number == number.to_integral_value() else float(number)
+            elif spec.type == "checkbox":
+                value = bool(value)
+            elif value in (None, "") and not spec.required:
+                continue
+            values[spec.variable] = value
+        return values
+
+    def error_messages(self) -> dict[str, list[str]]:
+        """Errors keyed by Dify's variable names (and `query`, and `__all__`)."""
+        names = {s.field_name: s.variable for s in self.specs}
+        return {names.get(k, k): [str(e) for e in v] for k, v in self.errors.items()}
+
+
+def _field(spec: StartInput) -> forms.Field:
+    label = spec.label
+    initial = spec.default if spec.default not in (None, "") else None
+    if spec.type == "paragraph":
+        return forms.CharField(
+            label=label,
+            required=spec.required,
+            max_length=spec.max_length,
+            initial=initial,
+            widget=forms.Textarea(attrs={"rows": 4}),
+        )
+    if spec.type == "select":
+        choices = [(o, o) for o in spec.options]
+        if not spec.required:
+            choices = [("", "—"), *choices]
+        return forms.ChoiceField(
+            label=label, required=spec.required, choices=choices, initial=initial
+        )
+    if spec.type == "number":
+        return forms.DecimalField(label=label, required=spec.required, initial=initial)
+    if spec.type == "checkbox":
+        # An unticked box is a valid answer (false), whatever `required` says.
+        return forms.BooleanField(label=label, required=False, initial=bool(spec.default))
+    return forms.CharField(
+        label=label, required=spec.required, max_length=spec.max_length, initial=initial
+    )
+
+
+def default_dify_user(user: Any) -> str:
+    return f"inbox-{user.get_username()}"[:255]
+
+
+class StartFailed(Exception):
+    """Dify did not start the run. `message` is for the person who asked."""
+
+    def __init__(self, message: str, *, status: int = 502, code: str = "dify_error") -> None:
+        super().__init__(message)
+        self.message, self.status, self.code = message, status, code
+
+
+def start_run(
+    app: DifyApp,
+    *,
+    inputs: dict[str, Any],
+    query: str = "",
+    dify_user: str,
+    started_by: Any = None,
+    source: str = "ui",
+) -> Run:
+    """Start a streaming run and hand it to the follower (see the module docstring).
+
+    Raises StartFailed; the run row then stays as `failed` with Dify's message, for the record.
+    """
+    run = Run.objects.create(
+        app=app,
+        dify_user=dify_user,
+        inputs=inputs,
+        query=query,
+        started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
+        source=source,
+        status=Run.Status.STARTING,
+        # Not before Dify has named it: there is nothing to follow yet.
+        follow_wanted=False,
+    )
+    AuditEntry.record("run_started", run, actor=started_by, app=app.name, source=source)
+    client = DifyClient.for_app(app)
+    seen: list[StreamEvent] = []
+    try:
+        if app.mode == DifyApp.Mode.CHATFLOW:
+            stream = client.send_chat_message(query=query, inputs=inputs, user=dify_user)
+        else:
+            stream = client.run_workflow(inputs=inputs, user=dify_user)
+        with stream:
+            deadline = time.monotonic() + FIRST_EVENT_SECONDS
+            for event in stream:
+                seen.append(event)
+                if stream.workflow_run_id:
+                    break
+                if time.monotonic() > deadline:
+                    break
+            workflow_run_id = stream.workflow_run_id
+            task_id = stream.task_id or ""
+    except DifyStreamError as exc:
+        _fail(run, str(exc.message or exc))
+        raise StartFailed(
+            exc.message or str(exc), status=502, code=exc.code or "dify_error"
+        ) from None
+    except DifyStatusError as exc:
+        _fail(run, exc.message or str(exc))
+        status = 400 if exc.status in (400, 404, 422) else 502
+        raise StartFailed(
+            exc.message or str(exc), status=status, code=exc.code or "dify_error"
+        ) from None
+    except DifyError as exc:
+        _fail(run, str(exc))
+        raise StartFailed(
+            gettext("Dify could not be reached: %(error)s") % {"error": exc},
+            code="dify_unavailable",
+        ) from None
+    if not workflow_run_id:
+        message = gettext("Dify did not start a run.")
+        _fail(run, message)
+        raise StartFailed(message)
+    # The run id is the only handle to the run: stored before anything else can fail.
+    Run.objects.filter(pk=run.pk).update(workflow_run_id=workflow_run_id[:64], task_id=task_id[:64])
+    run.apply_events(seen, source="start")
+    run.request_follow(snapshot=True)
+    run.refresh_from_db()
+    return run
+
+
+def _fail(run: Run, message: str) -> None:
+    with transaction.atomic():
+        Run.objects.filter(pk=run.pk).update(
+            status=Run.Status.FAILED, error=message[:2000], follow_wanted=False
+        )
+        AuditEntry.record("run_start_failed", run, error=message[:500])
+    logger.info("run %s did not start: %s", run.pk, message)
+
+
+class RunNotStoppable(Exception):
+    """`message` says why, for the person who asked."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def stop_run(run: Run, *, actor: Any = None) -> None:
+    """Ask Dify to stop a run that is working (not one parked at a form: Dify documents no stop
+    there, CONTRACT 6.3). The follower records the `workflow_finished` (stopped) that follows.
+    Raises RunNotStoppable, or DifyError when Dify refuses or cannot be reached."""
+    if run.is_finished:
+        raise RunNotStoppable(gettext("This run has already ended."))
+    if run.status == Run.Status.PAUSED:
+        raise RunNotStoppable(
+            gettext(
+                "This run is waiting at a form, where Dify cannot stop it. Answer the form, or "
+                "let it expire."
+            )
+        )
+    if not run.task_id:
+        raise RunNotStoppable(gettext("This run has not started in Dify yet."))
+    client = DifyClient.for_app(run.app)
+    if run.app.mode == DifyApp.Mode.CHATFLOW:
+        client.stop_chat_message(run.task_id, user=run.dify_user)
+    else:
+        client.stop_workflow_task(run.task_id, user=run.dify_user)
+    AuditEntry.record("run_stop_requested", run, actor=actor)
+    run.request_follow(snapshot=True)
+
+
+class IngestRefused(Exception):
+    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_param") -> None:
+        super().__init__(message)
+        self.message, self.status, self.code = message, status, code
+
+
+def ingest_run(
+    app: DifyApp,
+    *,
+    workflow_run_id: str,
+    dify_user: str,
+    form_token: str = "",
+    actor: Any = None,
+) -> tuple[Run, bool]:
+    """Record a run started elsewhere and have it followed; (run, created).
+
+    Idempotent: a run we already hold is returned unchanged (its Dify user is part of it; a
+    different one is refused). Dify is asked first (GET run detail), so an id that does not
+    belong to this app is refused before anything is stored. Without a token the follower
+    recovers the pending forms from a state snapshot. With one, its form is captured now from
+    GET form: that also covers runs whose events Dify will not show us (a run started in the
+    WebApp or the console has no API end user, CONTRACT 6.1), and when the snapshot later names
+    the form, the same form is completed, not duplicated.
+    """
+    from inbox import capture
+    from inbox.dify.errors import FormAlreadySubmitted, FormExpired, NotFound
+
+    existing = Run.objects.filter(app=app, workflow_run_id=workflow_run_id).first()
+    if existing is not None:
+        if existing.dify_user != dify_user:
+            raise IngestRefused(
+                gettext("This run is already recorded with another Dify user."),
+                status=409,
+                code="conflict",
+            )
+        return existing, False
+    client = DifyClient.for_app(app)
+    try:
+        detail = client.get_run(workflow_run_id)
+    except NotFound:
+        raise IngestRefused(
+            gettext("Dify knows no run %(id)s in the app %(app)s.")
+            % {"id": workflow_run_id, "app": app.name},
+            code="run_not_found",
+        ) from None
+    except DifyError as exc:
+        raise IngestRefused(
+            gettext("Dify could not be reached: %(error)s") % {"error": exc},
+            status=502,
+            code="dify_unavailable",
+        ) from None
+    definition = None
+    if form_token:
+        try:
+            definition = client.get_form(form_token)
+        except (FormAlreadySubmitted, FormExpired):
+            definition = None  # settled already: nothing to capture, the run is still followed
+        except NotFound:
+            raise IngestRefused(
+                gettext("Dify does not know this form token in the app %(app)s.")
+                % {"app": app.name},
+                code="form_not_found",
+            ) from None
+        except DifyError as exc:
+            raise IngestRefused(
+                gettext("Dify could not be reached: %(error)s") % {"error": exc},
+                status=502,
+                code="dify_unavailable",
+            ) from None
+    from django.db import IntegrityError
+
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(
+                app=app,
+                workflow_run_id=workflow_run_id,
+                dify_user=dify_user,
+                source="ingest",
+                status=Run.Status.RUNNING,
+                started_by=actor if getattr(actor, "is_authenticated", False) else None,
+                follow_wanted=False,
+            )
+            AuditEntry.record("run_ingested", run, actor=actor, with_token=bool(form_token))
+            if definition is not None:
+                capture.record_ingested_form(run, form_token, definition)
+    except IntegrityError:
+        # The same run ingested twice at the same moment: the other request recorded it.
+        existing = Run.objects.get(app=app, workflow_run_id=workflow_run_id)
+        if existing.dify_user != dify_user:
+            raise IngestRefused(
+                gettext("This run is already recorded with another Dify user."),
+                status=409,
+                code="conflict",
+            ) from None
+        return existing, False
+    capture.apply_run_detail(run, detail, source="ingest")
+    run.request_follow(snapshot=True)
+    run.refresh_from_db()
+    return run, True

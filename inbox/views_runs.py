@@ -1,0 +1,179 @@
+"""Reviewer pages for runs: the apps one may start, the start page, the runs list and the run
+page (status, timeline, answer, outputs and forms, kept current by HTMX polling)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from inbox.dify.errors import DifyError
+from inbox.models import DifyApp, Form, Run
+from inbox.runs import (
+    RunNotStoppable,
+    StartFailed,
+    StartRunForm,
+    app_parameters,
+    default_dify_user,
+    start_run,
+    stop_run,
+)
+
+# Timeline events shown without a node title, in the reviewer's language.
+EVENT_LABELS = {
+    "workflow_started": gettext_lazy("Run started"),
+    "workflow_finished": gettext_lazy("Run ended"),
+    "human_input_required": gettext_lazy("Waiting for a decision"),
+    "human_input_form_filled": gettext_lazy("Form answered"),
+    "human_input_form_timeout": gettext_lazy("Form timed out"),
+}
+
+
+def _get_run_for_user(request: HttpRequest, public_id: uuid.UUID) -> Run:
+    run = (
+        Run.objects.for_user(request.user)
+        .select_related("app", "started_by")
+        .filter(public_id=public_id)
+        .first()
+    )
+    if run is None:
+        raise Http404(_("No such run, or you may not see it."))
+    return run
+
+
+def _may_stop(request: HttpRequest, run: Run) -> bool:
+    return bool(request.user.is_staff or run.started_by_id == request.user.pk)
+
+
+@login_required
+@require_GET
+def apps_list(request: HttpRequest) -> HttpResponse:
+    apps = DifyApp.objects.filter(is_active=True).order_by("name")
+    return render(
+        request,
+        "inbox/apps.html",
+        {"apps": apps, "may_start": Run.objects.may_start(request.user)},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
+    if not Run.objects.may_start(request.user):
+        raise PermissionDenied(_("You may not start runs."))
+    app = get_object_or_404(DifyApp, pk=app_id, is_active=True)
+    try:
+        parameters = app_parameters(app)
+    except DifyError as exc:
+        return render(
+            request,
+            "inbox/apps_start.html",
+            {"app": app, "form": None, "unreachable": str(exc)},
+            status=502,
+        )
+    form = StartRunForm(app, parameters, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            run = start_run(
+                app,
+                inputs=form.dify_inputs(),
+                query=form.cleaned_data.get("query", ""),
+                dify_user=default_dify_user(request.user),
+                started_by=request.user,
+                source="ui",
+            )
+        except StartFailed as exc:
+            form.add_error(
+                None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
+            )
+        else:
+            messages.success(request, _("The run has started."))
+            return redirect("inbox:run", public_id=run.public_id)
+    status = 400 if form.is_bound and form.errors else 200
+    return render(request, "inbox/apps_start.html", {"app": app, "form": form}, status=status)
+
+
+@login_required
+@require_GET
+def runs_list(request: HttpRequest) -> HttpResponse:
+    runs = list(
+        Run.objects.for_user(request.user)
+        .select_related("app", "started_by")
+        .order_by("-created_at")[:100]
+    )
+    return render(
+        request,
+        "inbox/runs.html",
+        {"runs": runs, "may_start": Run.objects.may_start(request.user)},
+    )
+
+
+def _timeline(run: Run) -> list[dict[str, Any]]:
+    items = []
+    for item in run.timeline or []:
+        if not isinstance(item, dict):
+            continue
+        event = str(item.get("event") or "")
+        label = item.get("title") or EVENT_LABELS.get(event) or event
+        items.append(
+            {
+                "label": label,
+                "event": event,
+                "status": str(item.get("status") or ""),
+                "action": item.get("action") or "",
+                "text": item.get("text") or "",
+                "error": item.get("error") or "",
+                "at": item.get("at") or "",
+                "form": item.get("form") or "",
+            }
+        )
+    return items
+
+
+def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
+    forms = list(run.forms.order_by("created_at", "id"))
+    visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
+    return {
+        "run": run,
+        "app": run.app,
+        "forms": [(form, form.pk in visible) for form in forms],
+        "timeline": _timeline(run),
+        "may_stop": _may_stop(request, run) and run.status == Run.Status.RUNNING,
+        # The poll asks only for the part that changes, and stops once the run has ended.
+        "live": not run.is_finished,
+    }
+
+
+@login_required
+@require_GET
+def run_page(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    run = _get_run_for_user(request, public_id)
+    context = run_context(request, run)
+    if getattr(request, "htmx", False) and request.GET.get("part") == "live":
+        return render(request, "inbox/run.html#live", context)
+    return render(request, "inbox/run.html", context)
+
+
+@login_required
+@require_POST
+def run_stop(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    run = _get_run_for_user(request, public_id)
+    if not _may_stop(request, run):
+        raise PermissionDenied(_("Only who started a run, or an administrator, may stop it."))
+    try:
+        stop_run(run, actor=request.user)
+    except RunNotStoppable as exc:
+        messages.error(request, exc.message)
+    except DifyError as exc:
+        messages.error(request, _("Dify did not stop the run: %(error)s") % {"error": exc})
+    else:
+        messages.success(request, _("Dify was asked to stop the run."))
+    return redirect("inbox:run", public_id=run.public_id)

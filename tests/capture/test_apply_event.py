@@ -1,0 +1,294 @@
+"""Run.apply_event with Dify's events as dicts: idempotent, order-tolerant, compact, no token
+stored in clear. The GET form step is given its answer here; the simulator tests do it for real."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+
+from inbox.dify.errors import FormAlreadySubmitted
+from inbox.dify.types import FormDefinition
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run, RunEvent
+from tests.capture import events as ev
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def run(dify_app: DifyApp, reviewer: User) -> Run:
+    return Run.objects.create(
+        app=dify_app,
+        workflow_run_id=ev.RUN,
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        follow_wanted=False,
+    )
+
+
+def get_definition(**overrides: Any) -> FormDefinition:
+    """What GET form answers: here a select whose options the server resolved."""
+    data = {
+        "form_content": "Approve the refund?\n\n{{#$output.note#}}",
+        "inputs": [
+            {"type": "paragraph", "output_variable_name": "note", "default": None},
+            {
+                "type": "select",
+                "output_variable_name": "level",
+                "option_source": {"type": "variable", "selector": ["n", "v"], "value": ["a", "b"]},
+            },
+        ],
+        "user_actions": [{"id": "approve", "title": "Approve", "button_style": "primary"}],
+        "resolved_default_values": {"note": ""},
+        "expiration_time": 2_000_000_000,
+    }
+    data.update(overrides)
+    return FormDefinition.from_api(data)
+
+
+def pause_once(run: Run, token: str = "tok-secret-1") -> Any:
+    return run.apply_events(
+        [
+            ev.started(),
+            ev.node("node_started", "fetch", "Fetch order", execution="E1"),
+            ev.node("node_finished", "fetch", "Fetch order", execution="E1", status="succeeded"),
+            ev.required(token=token),
+            ev.paused(ev.form_data(token=token)),
+        ],
+        definitions={"F1": get_definition()},
+    )
+
+
+def test_a_pause_records_the_form_with_its_fetched_definition_and_the_run_as_paused(
+    run: Run,
+) -> None:
+    applied = pause_once(run)
+    assert applied.paused and applied.awaiting_human and applied.changed
+    assert run.status == "paused" and run.task_id == ev.TASK
+    (form,) = run.forms.all()
+    assert form.form_id == "F1" and form.status == "pending"
+    assert form.form_token == "tok-secret-1"
+    # The definition is GET form's (resolved options), not the event's copy.
+    assert form.definition["inputs"][1]["option_source"]["value"] == ["a", "b"]
+    assert form.definition_fetched_at is not None
+    assert form.approval_channels == ["webapp"]
+    assert form.expiration_time is not None and form.expiration_time.year == 2033
+    assert [item["key"] for item in run.timeline] == ["started", "node:E1", "form:F1"]
+    node = run.timeline[1]
+    assert (node["title"], node["status"]) == ("Fetch order", "succeeded")
+    assert run.timeline[2]["form"] == str(form.public_id)
+    assert AuditEntry.objects.filter(verb="form_captured", object_id=str(form.pk)).count() == 1
+
+
+def test_a_replayed_snapshot_creates_nothing_twice_and_keeps_the_fresh_token(run: Run) -> None:
+    pause_once(run)
+    timeline = run.timeline
+    applied = pause_once(run, token="tok-fresh-2")
+    assert not applied.changed and not applied.forms_created
+    assert run.forms.count() == 1 and run.forms.get().form_token == "tok-fresh-2"
+    assert run.timeline == timeline
+    assert AuditEntry.objects.filter(verb="form_captured").count() == 1
+
+
+def test_the_token_is_stored_encrypted_and_nowhere_else(run: Run) -> None:
+    pause_once(run)
+    run.apply_events([ev.filled(), ev.finished()])
+    with connection.cursor() as cursor:
+        for table in ("inbox_form", "inbox_run", "inbox_runevent", "inbox_auditentry"):
+            cursor.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed table names
+            assert "tok-secret-1" not in repr(cursor.fetchall()), table
+
+
+def test_a_form_without_token_is_not_answerable_and_the_run_is_still_followed_to_its_end(
+    run: Run,
+) -> None:
+    data = ev.form_data(token=None, channels=["email"])
+    applied = run.apply_events(
+        [ev.started(), ev.required(token=None, channels=["email"]), ev.paused(data)]
+    )
+    form = run.forms.get()
+    assert form.status == "not_answerable" and form.form_token == ""
+    assert form.approval_channels == ["email"]
+    assert form.content.startswith("Approve the refund?")
+    # Someone waits at it (by email), so the follower closes the stream here...
+    assert applied.awaiting_human and not applied.needs_definition
+    # ... and Dify's events later say who answered and how the run ended.
+    run.apply_events([ev.filled(action="reject"), ev.finished()])
+    form.refresh_from_db()
+    assert form.status == "answered_elsewhere"
+    assert (form.filled_action_id, form.filled_action_text) == ("reject", "Reject")
+    assert run.status == "succeeded"
+
+
+def test_a_form_filled_in_dify_is_answered_elsewhere_with_what_was_filled(run: Run) -> None:
+    pause_once(run)
+    applied = run.apply_event(ev.filled())
+    form = run.forms.get()
+    assert form.status == "answered_elsewhere"
+    assert form.rendered_content == "Approve the refund?\n\nok by me"
+    assert form.filled_data == {"note": "ok by me"}
+    assert run.status == "running" and applied.changed
+    run.apply_event(ev.filled())  # replayed: one stored event, one audit entry
+    assert RunEvent.objects.filter(run=run, event="human_input_form_filled").count() == 1
+    assert AuditEntry.objects.filter(verb="form_answered_elsewhere").count() == 1
+    assert "form_token" not in str(RunEvent.objects.get(event="human_input_form_filled").payload)
+
+
+def test_a_fill_while_our_decision_is_in_flight_leaves_the_status_to_delivery(
+    run: Run, reviewer: User
+) -> None:
+    pause_once(run)
+    form = run.forms.get()
+    form.decide(action_id="approve", inputs={"note": "ok by me"}, reviewer=reviewer)
+    run.apply_event(ev.filled())
+    form.refresh_from_db()
+    assert form.status == "submitting"
+    assert form.filled_action_id == "approve" and form.rendered_content
+
+
+def test_a_fill_after_our_delivered_decision_keeps_it_submitted(run: Run, reviewer: User) -> None:
+    pause_once(run)
+    form = run.forms.get()
+    decision = form.decide(action_id="approve", inputs={"note": "x"}, reviewer=reviewer)
+    Decision.objects.filter(pk=decision.pk).update(status="delivered")
+    Form.objects.filter(pk=form.pk).update(status="submitted")
+    run.apply_event(ev.filled())
+    form.refresh_from_db()
+    assert form.status == "submitted" and form.rendered_content
+
+
+def test_a_timeout_expires_the_form_and_the_run_goes_on(run: Run) -> None:
+    pause_once(run)
+    run.apply_event(ev.timeout())
+    assert run.forms.get().status == "expired" and run.status == "running"
+    assert run.timeline[-1]["status"] == "expired"
+
+
+def test_the_end_closes_open_forms_and_a_late_replay_does_not_undo_it(run: Run) -> None:
+    pause_once(run)
+    applied = run.apply_event(ev.finished("failed", error="boom", outputs={}))
+    assert applied.finished
+    assert run.status == "failed" and run.error == "boom" and run.finished_at is not None
+    assert run.forms.get().status == "expired"
+    # A snapshot stream opened before the end and delivered after it.
+    pause_once(run)
+    assert run.status == "failed" and run.forms.get().status == "expired"
+    run.apply_event(ev.finished("failed", error="boom"))
+    assert RunEvent.objects.filter(run=run, event="workflow_finished").count() == 1
+
+
+def test_outputs_and_the_final_status_come_from_workflow_finished(run: Run) -> None:
+    pause_once(run)
+    run.apply_events([ev.filled(), ev.finished()])
+    assert run.status == "succeeded" and run.outputs == {"decision": "approve"}
+    assert run.timeline[-1]["key"] == "finished"
+
+
+def test_a_pause_with_no_form_waiting_is_the_gap_before_a_resume(run: Run) -> None:
+    pause_once(run)
+    run.apply_event(ev.filled())
+    # Dify's snapshot between an accepted submit and the resume: paused, nothing pending.
+    applied = run.apply_events([ev.started(), ev.paused()])
+    assert applied.paused and not applied.awaiting_human
+
+
+def test_pause_reasons_alone_capture_the_forms_with_either_type_key(run: Run) -> None:
+    run.apply_events(
+        [ev.paused(ev.form_data("F7", "tok-7", node_id="n7"), type_key="type")],
+        definitions={"F7": get_definition()},
+    )
+    assert run.forms.get().form_id == "F7" and run.status == "paused"
+
+
+def test_parallel_forms_under_one_pause(run: Run) -> None:
+    a = ev.form_data("FA", "tok-a", node_id="legal", title="Legal")
+    b = ev.form_data("FB", None, node_id="finance", title="Finance", channels=["email"])
+    run.apply_events(
+        [ev.started(), ev.event("human_input_required", a), ev.event("human_input_required", b)]
+        + [ev.paused(a, b)],
+        definitions={"FA": get_definition()},
+    )
+    statuses = dict(run.forms.values_list("node_id", "status"))
+    assert statuses == {"legal": "pending", "finance": "not_answerable"}
+    run.apply_event(ev.filled(node_id="legal"))
+    statuses = dict(run.forms.values_list("node_id", "status"))
+    assert statuses == {"legal": "answered_elsewhere", "finance": "not_answerable"}
+
+
+def test_a_412_from_get_form_records_the_form_as_answered_elsewhere(run: Run) -> None:
+    error = FormAlreadySubmitted(412, "human_input_form_submitted", "already submitted")
+    run.apply_events([ev.started(), ev.required()], definitions={"F1": error})
+    assert run.forms.get().status == "answered_elsewhere"
+
+
+def test_node_events_make_one_entry_per_execution_and_text_chunks_are_appended(
+    run: Run,
+) -> None:
+    run.apply_events(
+        [
+            ev.started(),
+            ev.node("node_started", "llm", "Summarize", execution="E9"),
+            ev.event("text_chunk", {"text": "Hello ", "from_variable_selector": ["llm", "text"]}),
+            ev.event("text_chunk", {"text": "world", "from_variable_selector": ["llm", "text"]}),
+            ev.node("node_finished", "llm", "Summarize", execution="E9", status="succeeded"),
+            ev.event("node_started", {"id": "E10", "node_id": "inner", "iteration_id": "I1"}),
+        ]
+    )
+    assert [item["key"] for item in run.timeline] == ["started", "node:E9"]
+    assert run.timeline[1]["text"] == "Hello world"
+    assert run.timeline[1]["status"] == "succeeded"
+    assert not RunEvent.objects.filter(run=run).exists()
+
+
+def test_chatflow_answer_chunks_are_aggregated_and_a_replace_replaces(run: Run) -> None:
+    chat = {"conversation_id": "C1", "message_id": "M1", "created_at": 1}
+    run.apply_events(
+        [
+            ev.started(),
+            ev.event("message", answer="Hel", **chat),
+            ev.event("message", answer="lo", **chat),
+        ]
+    )
+    assert run.answer == "Hello" and run.conversation_id == "C1" and run.message_id == "M1"
+    run.apply_events([ev.event("message_replace", answer="Hello", **chat)])
+    assert run.answer == "Hello"
+    run.apply_events(
+        [
+            ev.event("message", answer=" there", **chat),
+            ev.event("message_end", id="M1", metadata={"usage": {"total_tokens": 3}}, **chat),
+            ev.finished(outputs={"answer": "Hello there"}),
+        ]
+    )
+    assert run.answer == "Hello there" and run.status == "succeeded"
+    assert RunEvent.objects.filter(run=run, event="message_end").count() == 1
+
+
+def test_an_error_event_is_recorded_but_the_final_status_waits_for_dify(run: Run) -> None:
+    pause_once(run)
+    applied = run.apply_event({"event": "error", "status": 500, "code": "x", "message": "boom"})
+    assert applied.error == "boom" and run.error == "boom" and run.status == "paused"
+    assert RunEvent.objects.filter(run=run, event="error").count() == 1
+
+
+def test_an_unknown_event_is_stored_once_without_any_token(run: Run) -> None:
+    weird = ev.event("agent_log", {"form_token": "tok-x", "label": "thinking"})
+    applied = run.apply_events([weird, weird])
+    stored = RunEvent.objects.get(run=run)
+    assert stored.event == "agent_log" and stored.payload["data"] == {"label": "thinking"}
+    assert not applied.changed
+
+
+def test_request_follow_asks_for_a_snapshot_and_is_a_no_op_on_a_finished_run(run: Run) -> None:
+    seq = run.follow_seq
+    assert run.request_follow(snapshot=True)
+    run.refresh_from_db()
+    assert run.follow_wanted and run.follow_snapshot and run.follow_seq == seq + 1
+    Run.objects.filter(pk=run.pk).update(follow_wanted=False, follow_snapshot=False)
+    assert run.request_follow()
+    run.refresh_from_db()
+    assert run.follow_wanted and not run.follow_snapshot
+    Run.objects.filter(pk=run.pk).update(status="succeeded", follow_wanted=False)
+    run.refresh_from_db()
+    assert not run.request_follow() and not Run.objects.get(pk=run.pk).follow_wanted
