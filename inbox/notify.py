@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import formats, timezone, translation
+from django.utils.html import strip_tags
 
 from inbox import timefmt
 from inbox.markdown import excerpt
@@ -121,6 +123,14 @@ def check_link(token: str, *, now: dt.datetime | None = None) -> LinkCheck:
 # ---------------------------------------------------------------------------------------------
 
 
+_SCRIPTS = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+
+
+def plain_excerpt(content: str, length: int = 600) -> str:
+    """Dify's Markdown as a short plain text: no tags, no scripts' text, no placeholders."""
+    return excerpt(strip_tags(_SCRIPTS.sub(" ", content or "")), length)
+
+
 def _decider(form: Form) -> Decision | None:
     return (
         form.decisions.select_related("reviewer")
@@ -145,8 +155,8 @@ def build_email(
             "form": form,
             "title": form.node_title or form.node_id,
             "app": form.run.app.name,
-            "excerpt": excerpt(
-                form.content or str((form.definition or {}).get("form_content") or ""), 600
+            "excerpt": plain_excerpt(
+                form.content or str((form.definition or {}).get("form_content") or "")
             ),
             "expires": expires,
             "expires_text": formats.date_format(timezone.localtime(expires), "DATETIME_FORMAT")

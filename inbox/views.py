@@ -43,7 +43,7 @@ from inbox.forms import (
     inputs_from_dify,
 )
 from inbox.markdown import quick_excerpt, split_content
-from inbox.models import Decision, DifyApp, Form, Run, Upload
+from inbox.models import Decision, DifyApp, Form, Run, Upload, assigned_to_q
 from inbox.uploads import UploadRejected, upload_to_dify
 
 logger = logging.getLogger(__name__)
@@ -92,9 +92,12 @@ class InboxFilters:
     q: str = ""
     sort: str = "time_left"
     page: int = 1
+    # "Assigned to me": forms the user holds or that were routed to them by name.
+    mine: bool = False
+    user: Any = None
 
     @classmethod
-    def from_query(cls, query: Any) -> InboxFilters:
+    def from_query(cls, query: Any, user: Any = None) -> InboxFilters:
         status = query.get("status", "pending")
         sort = query.get("sort", "time_left")
         app = query.get("app", "")
@@ -106,11 +109,13 @@ class InboxFilters:
             q=query.get("q", "").strip()[:200],
             sort=sort if sort in SORTS else "time_left",
             page=int(page) if page.isdigit() and int(page) > 0 else 1,
+            mine=query.get("mine") == "1" and user is not None,
+            user=user,
         )
 
     @property
     def is_narrowed(self) -> bool:
-        return bool(self.app or self.node or self.q)
+        return bool(self.app or self.node or self.q or self.mine)
 
     def apply(self, forms: QuerySet[Form], *, with_status: bool = True) -> QuerySet[Form]:
         if self.app:
@@ -119,6 +124,8 @@ class InboxFilters:
             forms = forms.filter(node_id=self.node)
         if self.q:
             forms = forms.filter(Q(node_title__icontains=self.q) | Q(content__icontains=self.q))
+        if self.mine:
+            forms = forms.filter(assigned_to_q(self.user))
         if with_status and self.status != "all":
             forms = forms.filter(status__in=TAB_STATUSES[self.status])
         return forms
@@ -143,7 +150,7 @@ def _status_counts(
     change token moves with every new form or status change, so a cached count is never stale,
     and reloads, tab switches and pages reuse it.
     """
-    narrowing = f"{filters.app or ''}\n{filters.node}\n{filters.q}".encode()
+    narrowing = f"{filters.app or ''}\n{filters.node}\n{filters.q}\n{filters.mine}".encode()
     key = f"inbox:counts:{request.user.pk}:{token}:{hashlib.sha256(narrowing).hexdigest()[:16]}"
     counts: dict[str, int] | None = cache.get(key)
     if counts is None:
@@ -233,7 +240,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         if token == since:
             # Nothing changed: the poll cost one indexed query and moves no bytes.
             return HttpResponse(status=204)
-    filters = InboxFilters.from_query(request.GET)
+    filters = InboxFilters.from_query(request.GET, request.user)
     visible = Form.objects.for_user(request.user)
     token = _change_token(request)
     counts = _status_counts(request, filters, visible, token)
@@ -299,7 +306,8 @@ def node_options(request: HtmxHttpRequest) -> HttpResponse:
     demand and is cached for a minute per app.
     """
     app = request.GET.get("app", "")
-    key = f"inbox:node-options:{app if app.isdigit() else 'all'}"
+    # Per user: the choices come from the forms this user may see.
+    key = f"inbox:node-options:{request.user.pk}:{app if app.isdigit() else 'all'}"
     nodes = cache.get(key)
     if nodes is None:
         forms = Form.objects.for_user(request.user)

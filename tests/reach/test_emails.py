@@ -1,0 +1,173 @@
+"""The emails about a form: who gets them, in which language, what they say, and their link."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.test import override_settings
+from django.utils import timezone
+
+from inbox import notify
+from inbox.models import DifyApp, Form, FormRecipient, Route
+from inbox.tasks import send_form_emails
+from tests.reach.conftest import GUEST, GUEST_ZH
+from tests.reach.factories import make_form, route
+
+LINK = re.compile(r"https?://[^\s\"<]+/r/[^\s\"<]+/")
+
+
+def html_of(message: Any) -> str:
+    return next(content for content, kind in message.alternatives if kind == "text/html")
+
+
+def by_recipient() -> dict[str, Any]:
+    return {message.to[0]: message for message in mail.outbox}
+
+
+def test_capture_queues_the_emails_after_commit(
+    reach_route: Route, reach_app: DifyApp, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        make_form(reach_app)
+    assert len(callbacks) == 1  # FormRecipient.enqueue_emails, once the capture commits
+    assert mail.outbox == []  # nothing is sent inside the capture's transaction
+
+
+def test_no_email_for_a_form_dify_does_not_let_us_answer(
+    reach_route: Route, reach_app: DifyApp, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        form = make_form(reach_app, form_token="", status=Form.Status.NOT_ANSWERABLE)
+    assert callbacks == []
+    assert notify.send_form_emails(form.pk) == 0
+
+
+@override_settings(INBOX_BASE_URL="https://inbox.example.org")
+def test_the_request_email_in_english(routed_form: Form) -> None:
+    assert send_form_emails(routed_form.pk) == 2  # the task, called directly
+    message = by_recipient()[GUEST]
+    assert message.subject == "Decision needed: Manager approval (payroll)"
+    assert message.extra_headers["Auto-Submitted"] == "auto-generated"
+    text = message.body
+    assert "A workflow of payroll is waiting for a decision from you." in text
+    # The excerpt is plain text: Markdown marks and placeholders are gone.
+    assert "Refund 120 EUR to Ada?" in text and "**" not in text and "{{#" not in text
+    assert "The form expires in 1 day (" in text
+    links = LINK.findall(text)
+    assert len(links) == 1 and links[0].startswith("https://inbox.example.org/r/")
+    html = html_of(message)
+    assert '<html lang="en">' in html
+    assert f'href="{links[0]}"' in html
+    assert "Open the form to decide" in html and "Refund 120 EUR to Ada?" in html
+    recipient = FormRecipient.objects.get(email=GUEST)
+    assert recipient.sent_at is not None and recipient.send_attempts == 1
+    # 24h is still ahead of a form with 30h left; 1h too.
+    assert recipient.reminders_sent == []
+    assert recipient.next_reminder_at == routed_form.expiration_time - dt.timedelta(hours=24)
+
+
+def test_the_request_email_in_chinese(routed_form: Form) -> None:
+    notify.send_form_emails(routed_form.pk)
+    message = by_recipient()[GUEST_ZH]
+    assert message.subject == "需要您的决定：Manager approval（payroll）"
+    assert "payroll 的一个工作流正在等待您的决定。" in message.body
+    assert "表单将于1 天后过期" in message.body
+    html = html_of(message)
+    assert '<html lang="zh-hans">' in html and "打开表单并作出决定" in html
+
+
+def test_dify_html_reaches_the_email_as_text_only(reach_route: Route, reach_app: DifyApp) -> None:
+    form = make_form(
+        reach_app,
+        content='<script>alert("x")</script><img src=x onerror=alert(1)> Pay **now**',
+    )
+    notify.send_form_emails(form.pk)
+    message = by_recipient()[GUEST]
+    html = html_of(message)
+    assert "<script" not in html and "img" not in html and "onerror" not in html
+    assert "alert" not in html and "Pay now</blockquote>" in html
+    assert "\nPay now\n" in message.body and "script" not in message.body
+
+
+def test_the_email_never_carries_the_dify_form_token(routed_form: Form) -> None:
+    notify.send_form_emails(routed_form.pk)
+    assert len(mail.outbox) == 2
+    for message in mail.outbox:
+        blob = "\n".join(
+            [message.subject, message.body, html_of(message), str(message.message())]
+        )
+        assert routed_form.form_token not in blob
+
+
+def test_each_recipient_is_emailed_once(routed_form: Form) -> None:
+    assert notify.send_form_emails(routed_form.pk) == 2
+    assert notify.send_form_emails(routed_form.pk) == 0
+    assert notify.send_due_emails(timezone.now() + dt.timedelta(minutes=5))["requests"] == 0
+    assert len(mail.outbox) == 2
+
+
+def test_a_form_without_expiry_says_so(reach_route: Route, reach_app: DifyApp) -> None:
+    form = make_form(reach_app, expires_in=None)
+    notify.send_form_emails(form.pk)
+    assert "The form has no time limit." in by_recipient()[GUEST].body
+    assert FormRecipient.objects.get(form=form, email=GUEST).next_reminder_at is None
+
+
+def test_a_recipient_without_guest_answers_is_told_an_account_is_needed(
+    reach_app: DifyApp,
+) -> None:
+    route(reach_app, recipients=[GUEST], allow_guests=False)
+    form = make_form(reach_app)
+    notify.send_form_emails(form.pk)
+    message = by_recipient()[GUEST]
+    assert "Open the form (answering needs an account):" in message.body
+    assert "Answering this form needs an account in the approval inbox." in html_of(message)
+
+
+class BrokenBackend:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def send_messages(self, messages: list[Any]) -> int:
+        raise ConnectionRefusedError("mail server down")
+
+
+@override_settings(EMAIL_BACKEND="tests.reach.test_emails.BrokenBackend")
+def test_a_failed_send_is_retried_by_the_sweep(
+    routed_form: Form, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert notify.send_form_emails(routed_form.pk) == 0
+    recipient = FormRecipient.objects.get(email=GUEST)
+    assert recipient.sent_at is None and recipient.send_attempts == 1
+    assert recipient.last_error == "mail server down"
+    assert "request email to recipient" in caplog.text
+    with override_settings(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend"):
+        counts = notify.send_due_emails(timezone.now() + dt.timedelta(minutes=2))
+    assert counts["requests"] == 2
+    recipient.refresh_from_db()
+    assert recipient.sent_at is not None and recipient.last_error == ""
+
+
+def test_the_sweep_gives_up_after_five_failed_attempts(routed_form: Form) -> None:
+    FormRecipient.objects.filter(form=routed_form).update(send_attempts=notify.MAX_SEND_ATTEMPTS)
+    assert notify.send_due_emails(timezone.now() + dt.timedelta(minutes=2))["requests"] == 0
+    assert notify.send_form_emails(routed_form.pk) == 0
+    assert mail.outbox == []
+
+
+def test_resend_starts_over(routed_form: Form) -> None:
+    notify.send_form_emails(routed_form.pk)
+    assert notify.resend_form_emails(routed_form) == 2
+    assert len(mail.outbox) == 4
+
+
+def test_no_email_once_the_form_is_closed(routed_form: Form) -> None:
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTING)
+    assert notify.send_form_emails(routed_form.pk) == 0
+    routed_form.refresh_from_db()
+    assert notify.resend_form_emails(routed_form) == 0
+    assert mail.outbox == []

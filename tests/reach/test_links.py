@@ -1,0 +1,226 @@
+"""The signed link in an email: bound to one recipient of one form, expiring with the form,
+single-use, and rate limited. A link that opens nothing shows why and nothing of the form."""
+
+from __future__ import annotations
+
+import datetime as dt
+from unittest import mock
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import signing
+from django.test import Client, override_settings
+from django.utils import timezone
+
+from inbox import notify
+from inbox.models import AuditEntry, Decision, DifyApp, Form, FormRecipient, Route
+from tests.reach.conftest import GUEST
+from tests.reach.factories import make_form, route
+
+FORM_TEXT = "Refund"  # in the form's content: a page that shows it leaked the form
+RECEIPT = "https://files.example.org/receipt.pdf"
+
+
+def decide(client: Client, link: str, action: str = "approve") -> object:
+    return client.post(f"{link}decide", {"action": action, "in_note": "ok by me", "in_receipt": RECEIPT})
+
+
+def test_a_guest_opens_the_form_page_and_decides(
+    client: Client, guest_link: str, routed_form: Form, guest_recipient: FormRecipient
+) -> None:
+    page = client.get(guest_link)
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert FORM_TEXT in body and f'action="{guest_link}decide"' in body
+    assert page["Referrer-Policy"] == "no-referrer" and page["Cache-Control"] == "no-store"
+    guest_recipient.refresh_from_db()
+    assert guest_recipient.link_opened_at is not None and guest_recipient.link_used_at is None
+    response = decide(client, guest_link)
+    assert response.status_code == 302 and response["Location"] == guest_link
+    decision = Decision.objects.get(form=routed_form)
+    assert decision.guest_email == GUEST and decision.reviewer is None
+    assert decision.decider_label == GUEST
+    entry = AuditEntry.objects.get(verb="decision_made")
+    assert entry.actor is None and entry.actor_label == GUEST
+    guest_recipient.refresh_from_db()
+    assert guest_recipient.link_used_at is not None
+    # The same browser still sees what happened to its decision.
+    after = client.get(guest_link).content.decode()
+    assert "Decision queued" in after and GUEST in after
+
+
+def test_a_used_link_opens_nothing_in_another_browser(
+    client: Client, guest_link: str, routed_form: Form
+) -> None:
+    decide(client, guest_link)
+    other = Client()
+    page = other.get(guest_link)
+    assert page.status_code == 410
+    body = page.content.decode()
+    assert "This link was already used." in body and FORM_TEXT not in body
+    assert "Manager approval" not in body
+    assert other.post(f"{guest_link}decide", {"action": "reject"}).status_code == 410
+    assert Decision.objects.filter(form=routed_form).count() == 1
+
+
+@pytest.mark.parametrize("where", ["payload", "signature", "truncated"])
+def test_an_altered_link_is_refused(client: Client, guest_link: str, where: str) -> None:
+    token = guest_link.split("/")[2]
+    if where == "payload":
+        altered = ("A" if token[1] != "A" else "B").join([token[:1], token[2:]])
+    elif where == "signature":
+        altered = token[:-3] + ("xyz" if not token.endswith("xyz") else "abc")
+    else:
+        altered = token[: len(token) // 2]
+    page = client.get(f"/r/{altered}/")
+    assert page.status_code == 404
+    body = page.content.decode()
+    assert "This link is not valid." in body and FORM_TEXT not in body
+
+
+def test_a_forged_link_for_another_form_is_refused(
+    client: Client, guest_recipient: FormRecipient, reach_app: DifyApp
+) -> None:
+    other = make_form(reach_app, node_title="Other form")
+    # Signed with another salt (what anyone without our key cannot do right either).
+    forged = signing.dumps(
+        {"f": other.public_id.hex, "r": guest_recipient.pk, "m": "0", "x": None}, salt="wrong"
+    )
+    assert client.get(f"/r/{forged}/").status_code == 404
+    # Correctly signed, but the recipient belongs to another form.
+    mixed = signing.dumps(
+        {
+            "f": other.public_id.hex,
+            "r": guest_recipient.pk,
+            "m": notify._email_tag(GUEST),
+            "x": None,
+        },
+        salt=notify.LINK_SALT,
+    )
+    page = client.get(f"/r/{mixed}/")
+    assert page.status_code == 404 and "Other form" not in page.content.decode()
+
+
+def test_a_link_expires_with_its_form(
+    client: Client, guest_link: str, routed_form: Form
+) -> None:
+    later = routed_form.expiration_time + dt.timedelta(seconds=1)  # type: ignore[operator]
+    with mock.patch("django.utils.timezone.now", return_value=later):
+        page = client.get(guest_link)
+    assert page.status_code == 410
+    body = page.content.decode()
+    assert "This link has expired." in body and FORM_TEXT not in body
+
+
+@override_settings(INBOX_LINK_MAX_AGE_SECONDS=60)
+def test_a_link_to_a_form_without_expiry_still_ages_out(
+    client: Client, reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = make_form(reach_app, expires_in=None)
+    link = notify.link_path(notify.link_token(form.recipients.get(email=GUEST)))
+    assert client.get(link).status_code == 200
+    with mock.patch("time.time", return_value=timezone.now().timestamp() + 120):
+        page = client.get(link)
+    assert page.status_code == 410 and "This link has expired." in page.content.decode()
+
+
+def test_a_deleted_recipient_link_is_invalid(
+    client: Client, guest_link: str, guest_recipient: FormRecipient
+) -> None:
+    guest_recipient.delete()
+    assert client.get(guest_link).status_code == 404
+
+
+def test_a_routed_reviewer_is_sent_to_the_normal_page(
+    client: Client, guest_link: str, routed_form: Form, reviewer: User
+) -> None:
+    client.force_login(reviewer)
+    response = client.get(guest_link)
+    assert response.status_code == 302
+    assert response["Location"] == f"/forms/{routed_form.public_id}/"
+
+
+def test_a_recipient_with_an_account_signs_in(
+    client: Client, reach_app: DifyApp, other_reviewer: User
+) -> None:
+    route(reach_app, recipients=["bob@example.com"], allow_guests=True)
+    form = make_form(reach_app)
+    link = notify.link_path(notify.link_token(form.recipients.get()))
+    response = client.get(link)
+    assert response.status_code == 302
+    assert response["Location"] == f"/accounts/login/?next=/forms/{form.public_id}/"
+    # Its sub-pages do not take a guest's decision for the account.
+    refused = client.post(f"{link}decide", {"action": "approve"})
+    assert refused.status_code == 403
+    assert "Sign in to answer." in refused.content.decode()
+    assert not Decision.objects.exists()
+    client.force_login(other_reviewer)
+    assert client.get(link)["Location"] == f"/forms/{form.public_id}/"
+
+
+def test_guests_may_not_answer_unless_the_route_allows(
+    client: Client, reach_app: DifyApp
+) -> None:
+    route(reach_app, recipients=[GUEST], allow_guests=False)
+    form = make_form(reach_app)
+    link = notify.link_path(notify.link_token(form.recipients.get()))
+    page = client.get(link)
+    assert page.status_code == 403
+    body = page.content.decode()
+    assert "This form can only be answered by reviewers with an account." in body
+    assert FORM_TEXT not in body
+    assert client.post(f"{link}decide", {"action": "approve"}).status_code == 403
+
+
+def test_the_guest_page_speaks_the_recipients_language(
+    client: Client, routed_form: Form
+) -> None:
+    recipient = routed_form.recipients.get(language="zh-hans")
+    link = notify.link_path(notify.link_token(recipient))
+    page = client.get(link).content.decode()
+    assert '<html lang="zh-hans">' in page
+    # A language the visitor picked wins.
+    client.cookies["django_language"] = "en"
+    assert '<html lang="en">' in client.get(link).content.decode()
+
+
+def test_the_guest_page_shows_a_closed_form_to_the_recipient(
+    client: Client, guest_link: str, routed_form: Form
+) -> None:
+    Form.objects.filter(pk=routed_form.pk).update(
+        status=Form.Status.ANSWERED_ELSEWHERE, filled_action_text="Approve"
+    )
+    body = client.get(guest_link).content.decode()
+    assert "Answered elsewhere." in body
+    assert 'action="' + guest_link + 'decide"' not in body
+
+
+@override_settings(INBOX_GUEST_RATE_PER_LINK=3)
+def test_a_link_is_rate_limited(client: Client, guest_link: str) -> None:
+    assert [client.get(guest_link).status_code for _ in range(4)] == [200, 200, 200, 429]
+    limited = client.get(guest_link)
+    assert limited["Retry-After"] == "60"
+    assert "Too many requests." in limited.content.decode()
+
+
+@override_settings(INBOX_GUEST_BAD_LINKS_PER_IP=2)
+def test_guessing_links_is_rate_limited_per_address(client: Client, guest_link: str) -> None:
+    codes = [client.get(f"/r/guess-{n}/").status_code for n in range(3)]
+    assert codes == [404, 404, 429]
+    # Another address is not held back by this one's guesses.
+    assert Client(REMOTE_ADDR="10.0.0.9").get(guest_link).status_code == 200
+
+
+@override_settings(INBOX_GUEST_RATE_PER_IP=2)
+def test_an_address_is_rate_limited_across_links(client: Client, guest_link: str) -> None:
+    assert [client.get(guest_link).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_guest_decision_is_checked_like_a_reviewers(
+    client: Client, guest_link: str, guest_recipient: FormRecipient
+) -> None:
+    response = client.post(f"{guest_link}decide", {"action": "nope", "in_note": ""})
+    assert response.status_code == 400
+    assert not Decision.objects.exists()
+    guest_recipient.refresh_from_db()
+    assert guest_recipient.link_used_at is None

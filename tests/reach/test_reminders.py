@@ -1,0 +1,166 @@
+"""Reminders before expiry to those who have not answered, and a notice when the form closes.
+The clock is passed in (`now`), so each test walks through a form's life in a few calls."""
+
+from __future__ import annotations
+
+import datetime as dt
+from unittest import mock
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from inbox import notify
+from inbox.models import Decision, DifyApp, Form, FormRecipient, Route
+from inbox.tasks import periodic_lock, send_reminders
+from tests.reach.conftest import GUEST, GUEST_ZH
+from tests.reach.factories import make_form
+
+H = dt.timedelta(hours=1)
+# Now, to the minute: decisions are taken on the real clock, so the forms must be open on it.
+T0 = timezone.now().replace(second=0, microsecond=0)
+
+
+def captured(reach_app: DifyApp, hours_left: float, **kwargs: object) -> Form:
+    """A form captured at T0 with `hours_left` before it expires, its first emails sent."""
+    with mock.patch("django.utils.timezone.now", return_value=T0):
+        form = make_form(reach_app, expires_in=None, **kwargs)
+    Form.objects.filter(pk=form.pk).update(expiration_time=T0 + hours_left * H, created_at=T0)
+    form.refresh_from_db()
+    assert notify.send_form_emails(form.pk, now=T0) == 2
+    mail.outbox.clear()
+    return form
+
+
+def sweep(at: dt.datetime) -> dict[str, int]:
+    return notify.send_due_emails(at)
+
+
+def subjects() -> list[tuple[str, str]]:
+    return sorted((m.to[0], m.subject) for m in mail.outbox)
+
+
+@pytest.mark.parametrize(
+    ("offsets", "sent_hours_before", "now_hours_before", "expected"),
+    [
+        ([86400, 3600], 48, 30, (None, [])),  # nothing due yet
+        ([86400, 3600], 48, 24, (86400, [86400])),  # the 24 h reminder
+        ([86400, 3600], 48, 0.5, (3600, [86400, 3600])),  # after a pause: only the most urgent
+        ([86400, 3600], 5, 4, (None, [86400])),  # 24 h had passed when the email went out
+        ([86400, 3600], 5, 1, (3600, [86400, 3600])),
+        ([86400, 3600], 48, 0, (None, [])),  # expired: nothing
+    ],
+)
+def test_due_reminder(
+    offsets: list[int],
+    sent_hours_before: float,
+    now_hours_before: float,
+    expected: tuple[int | None, list[int]],
+) -> None:
+    expires = T0 + 100 * H
+    result = notify.due_reminder(
+        offsets, expires, expires - sent_hours_before * H, [], expires - now_hours_before * H
+    )
+    assert (result[0], sorted(result[1], reverse=True)) == expected
+
+
+def test_reminders_at_24_and_1_hour_before_expiry(reach_route: Route, reach_app: DifyApp) -> None:
+    form = captured(reach_app, hours_left=48)
+    assert sweep(T0 + 23 * H)["reminders"] == 0
+    assert sweep(T0 + 24 * H)["reminders"] == 2
+    assert subjects() == [
+        (GUEST, "Reminder: Manager approval expires in 1 day"),
+        (GUEST_ZH, "提醒：Manager approval 将于1 天后过期"),
+    ]
+    mail.outbox.clear()
+    assert sweep(T0 + 30 * H)["reminders"] == 0  # nothing more until the last hour
+    assert sweep(T0 + 47 * H)["reminders"] == 2
+    assert {m.subject for m in mail.outbox if m.to == [GUEST]} == {
+        "Reminder: Manager approval expires in 1 hour"
+    }
+    mail.outbox.clear()
+    assert sweep(T0 + 47.5 * H)["reminders"] == 0
+    recipient = FormRecipient.objects.get(form=form, email=GUEST)
+    assert recipient.reminders_sent == [86400, 3600] and recipient.next_reminder_at is None
+    assert recipient.reminded_at == T0 + 47 * H
+
+
+def test_a_reminder_reads_the_time_left_and_links_the_form(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    captured(reach_app, hours_left=48)
+    sweep(T0 + 47 * H)
+    message = next(m for m in mail.outbox if m.to == [GUEST])
+    assert "has not been answered yet, and it expires in 1 hour." in message.body
+    assert "/r/" in message.body
+
+
+def test_a_short_form_gets_only_the_last_hour_reminder(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    captured(reach_app, hours_left=5)
+    assert sweep(T0 + 1 * H)["reminders"] == 0
+    assert sweep(T0 + 4 * H)["reminders"] == 2
+    assert sweep(T0 + 4.5 * H)["reminders"] == 0
+
+
+def test_no_reminder_once_someone_decided(reach_route: Route, reach_app: DifyApp) -> None:
+    form = captured(reach_app, hours_left=48)
+    form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
+    assert sweep(T0 + 24 * H)["reminders"] == 0
+    assert mail.outbox == []
+    assert not FormRecipient.objects.filter(next_reminder_at__isnull=False).exists()
+
+
+def test_the_decided_notice_goes_to_those_who_did_not_decide(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = captured(reach_app, hours_left=48)
+    decision = form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
+    assert sweep(T0 + 2 * H)["notices"] == 0  # still on its way to Dify: not decided yet
+    Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED, updated_at=T0 + 2 * H)
+    counts = sweep(T0 + 2 * H)
+    assert counts["notices"] == 0 + 1
+    assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
+    assert mail.outbox[0].subject == "已决定：Manager approval"
+    assert "guest@example.net" in mail.outbox[0].body and "Approve" in mail.outbox[0].body
+    assert sweep(T0 + 3 * H)["notices"] == 0  # once
+
+
+def test_the_expired_notice(reach_route: Route, reach_app: DifyApp) -> None:
+    form = captured(reach_app, hours_left=2)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 2 * H)
+    assert sweep(T0 + 2 * H)["notices"] == 2
+    message = next(m for m in mail.outbox if m.to == [GUEST])
+    assert message.subject == "Expired: Manager approval"
+    assert "expired without a decision" in message.body
+
+
+def test_no_notice_for_news_days_old(reach_route: Route, reach_app: DifyApp) -> None:
+    form = captured(reach_app, hours_left=2)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 2 * H)
+    assert sweep(T0 + 72 * H)["notices"] == 0
+    assert not FormRecipient.objects.filter(closed_notice_at__isnull=True).exists()
+
+
+def test_recipients_never_emailed_get_no_reminder_or_notice(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    with mock.patch("django.utils.timezone.now", return_value=T0):
+        form = make_form(reach_app, expires_in=None)
+    Form.objects.filter(pk=form.pk).update(
+        expiration_time=T0 + 2 * H, status=Form.Status.EXPIRED
+    )
+    assert sweep(T0 + 2 * H) == {"requests": 0, "reminders": 0, "notices": 0}
+    assert mail.outbox == []
+
+
+def test_the_periodic_task_holds_a_lock(reach_route: Route, reach_app: DifyApp) -> None:
+    make_form(reach_app)
+    FormRecipient.objects.update(created_at=timezone.now() - dt.timedelta(minutes=5))
+    with periodic_lock("send_reminders") as held:
+        assert held
+        assert send_reminders() == {}  # another run holds it: this one does nothing
+    assert mail.outbox == []
+    assert send_reminders() == {"requests": 2, "reminders": 0, "notices": 0}
