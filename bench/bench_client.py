@@ -13,6 +13,7 @@ import codecs
 import gc
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ CAPTURED = ROOT / "tests" / "dify" / "data" / "captured_stream.txt"
 UPLOAD_MB = int(os.environ.get("BENCH_UPLOAD_MB", "100"))
 SSE_COPIES = 2000
 ROUNDS = 7
-UPLOAD_ROUNDS = 5
+UPLOAD_ROUNDS = 7
 
 
 class PeakRSS:
@@ -253,16 +254,22 @@ def bench_upload() -> list[str]:
         f"| DifyClient.upload_file | {UPLOAD_MB / ours:,.0f} MB/s | {ours_growth / mb:.1f} MB |"
     )
     ratio = plain / ours
+    # Each round's pair ran back to back, so a busy moment of the machine hits both alike; the
+    # median of the pairs' ratios is the steadier figure on a shared machine.
+    paired = statistics.median(
+        p / c for (p, _), (c, _) in zip(results["plain"], results["client"], strict=True)
+    )
     return [
         f"Upload: a {UPLOAD_MB} MB file from disk to the simulator (its own process) over "
-        f"loopback, best of {UPLOAD_ROUNDS} each, alternating; peak RSS growth of the uploading "
-        f"process is the worst of the {UPLOAD_ROUNDS}.",
+        f"loopback, {UPLOAD_ROUNDS} rounds alternating the two uploaders; throughput is the best "
+        f"round, peak RSS growth of the uploading process the worst.",
         "",
         "| uploader | throughput | peak RSS growth |",
         "|---|---|---|",
         *rows,
         "",
-        f"Throughput ratio client/plain: **{ratio:.2f}** (goal >= 0.8); client peak RSS growth "
+        f"Throughput ratio client/plain: **{ratio:.2f}** best against best, **{paired:.2f}** "
+        f"median of the rounds' ratios (goal >= 0.8); client peak RSS growth "
         f"**{ours_growth / mb:.1f} MB** (goal <= 32 MB).",
     ]
 
