@@ -246,20 +246,15 @@ class Run(models.Model):
         return bool(updated)
 
 
-def request_follow(run_pk: int) -> None:
+def request_follow(run: Run | int) -> None:
     """After a form is settled the run moves on in Dify: have the follower reopen its stream
     with a state snapshot, so it catches the next pause or the end."""
-    run = Run.objects.filter(pk=run_pk).first()
-    if run is None:
-        return
-    method = getattr(run, "request_follow", None)
-    if callable(method):
-        method(snapshot=True)
-    else:
-        # Until Run.request_follow exists, the flags the follower reads are set directly.
-        Run.objects.filter(pk=run_pk).update(
-            follow_wanted=True, follow_snapshot=True, updated_at=timezone.now()
-        )
+    if not isinstance(run, Run):
+        found = Run.objects.filter(pk=run).first()
+        if found is None:
+            return
+        run = found
+    run.request_follow(snapshot=True)
 
 
 class FormNotOpen(Exception):
@@ -823,12 +818,6 @@ class Form(models.Model):
         """Why this form cannot take a decision now, in the reviewer's words; None if it can.
         `force`: the database refused a decision, so there is a reason even if the form looks
         open (a decision made by another path)."""
-        winner = (
-            self.decisions.select_related("reviewer")
-            .filter(status__in=(*Decision.ACTIVE_STATUSES, Decision.Status.FAILED))
-            .order_by("-created_at")
-            .first()
-        )
         status = self.status
         if force and status == Form.Status.PENDING:
             status = Form.Status.SUBMITTING
@@ -841,6 +830,12 @@ class Form(models.Model):
             if not self.is_answerable:
                 return FormNotOpen(gettext("This form cannot be answered from the inbox."))
             return None
+        winner = (
+            self.decisions.select_related("reviewer")
+            .filter(status__in=(*Decision.ACTIVE_STATUSES, Decision.Status.FAILED))
+            .order_by("-created_at")
+            .first()
+        )
         if status in (Form.Status.SUBMITTING, Form.Status.SUBMITTED) and winner is not None:
             return FormNotOpen(
                 gettext("%(who)s already decided this form at %(time)s: %(action)s")
@@ -959,30 +954,27 @@ class Decision(models.Model):
             )
 
     @classmethod
-    def _lock(cls, pk: int) -> tuple[Form, Decision] | None:
-        form_pk = cls.objects.filter(pk=pk).values_list("form_id", flat=True).first()
-        if form_pk is None:
-            return None
-        # Only the form's row is locked (`of`): the run and app rows are shared by every form
-        # of the run, locking them would serialise unrelated deliveries.
-        form = (
-            Form.objects.select_for_update(of=("self",))
-            .select_related("run__app")
-            .filter(pk=form_pk)
+    def _lock(cls, pk: int, *, with_run: bool = False) -> tuple[Form, Decision] | None:
+        """Lock the decision and its form in one statement. Only those two rows (`of`): the run
+        and app rows are shared by every form of the run, locking them would serialise
+        unrelated deliveries. Every verb locks through here, so all lock in the same order."""
+        related = "form__run__app" if with_run else "form"
+        decision = (
+            cls.objects.select_for_update(of=("self", "form"))
+            .select_related(related)
+            .filter(pk=pk)
             .first()
         )
-        decision = cls.objects.select_for_update().filter(pk=pk).first()
-        if form is None or decision is None:
+        if decision is None:
             return None
-        decision.form = form
-        return form, decision
+        return decision.form, decision
 
     @classmethod
     def start_delivery(cls, pk: int) -> Decision | None:
         """Claim a queued decision for one attempt: `delivering`, attempts + 1. None when there
         is nothing to send (gone, already settled, claimed by another task, form closed)."""
         with transaction.atomic():
-            locked = cls._lock(pk)
+            locked = cls._lock(pk, with_run=True)
             if locked is None:
                 return None
             form, decision = locked
@@ -1020,7 +1012,7 @@ class Decision(models.Model):
                     reason=gettext("The form expired before the decision could be delivered."),
                     verb="decision_rejected",
                 )
-        request_follow(form.run_id)
+        request_follow(form.run)
         return None
 
     def _settle_with_closed_form(self, form: Form) -> None:

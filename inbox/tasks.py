@@ -167,8 +167,8 @@ def _never_sent(exc: DifyError) -> bool:
     if isinstance(exc, TooManyRequests):
         return True
     if isinstance(exc, DifyConnectionError):
-        # The client names the httpx error class; a refused or timed-out connect sent nothing.
-        return "ConnectError" in exc.message or "ConnectTimeout" in exc.message
+        # A refused or timed-out connect (or no free connection) sent nothing.
+        return not exc.request_sent
     return False
 
 
@@ -240,7 +240,7 @@ def deliver_decision(decision_pk: int) -> str:
         form_status=Form.Status.SUBMITTED,
         verb="decision_delivered",
     )
-    request_follow(run.pk)
+    request_follow(run)
     return "delivered"
 
 
