@@ -92,6 +92,9 @@ class Applied:
     # `human_input_form_filled` yet (parallel forms: the next pause may come first). The
     # follower reads on for a short while to record what was filled.
     settling: bool = False
+    # Forms (pk -> token) we hold as pending that the last pause no longer lists: Dify settled
+    # them (answered elsewhere, expired) while no stream of ours was open. GET form says which.
+    unlisted: dict[int, str] = field(default_factory=dict)
     finished: bool = False
     error: str = ""
     forms_created: list[int] = field(default_factory=list)
@@ -485,8 +488,15 @@ class _Batch:
         self.applied.awaiting_human = any(
             f is not None and f.status in AWAITING_STATUSES for f in announced
         )
+        listed = {f.form_id for f in announced if f is not None}
+        unlisted = [
+            f
+            for f in self.forms.values()
+            if f.form_id not in listed and f.status in ("pending", "not_answerable")
+        ]
+        self.applied.unlisted = {f.pk: f.form_token for f in unlisted if f.form_token}
         recently = timezone.now() - dt.timedelta(seconds=SETTLE_WINDOW)
-        self.applied.settling = any(
+        self.applied.settling = bool(unlisted) or any(
             f.status == "submitted" and not f.rendered_content and f.updated_at >= recently
             for f in self.forms.values()
         )
@@ -600,6 +610,12 @@ class _Batch:
             self.progress()
         if event.outputs and not self.run.outputs:
             self.set_run("outputs", event.outputs)
+        answer = event.outputs.get("answer")
+        if isinstance(answer, str) and len(answer) > len(self.run.answer):
+            # A stream opened after a chatflow ended carries no message chunks; its outputs
+            # may still hold the whole answer.
+            self.set_run("answer", answer)
+            self.progress()
         if event.error and not self.run.error:
             self.set_run("error", str(event.error))
         if self.run.finished_at is None:
@@ -613,19 +629,33 @@ class _Batch:
         self.close_open_forms("the run ended")
 
     def close_open_forms(self, reason: str) -> None:
-        """Forms still open when their run ends can never be answered: Dify marks them expired."""
+        """Forms still open when their run ends can never be answered any more. A stream opened
+        after the end carries only `workflow_finished`, not the fills before it, so what GET
+        form answered (the caller asks it for each open form with a token, see
+        `open_form_tokens`) tells a form answered in Dify from one that expired; Dify marks a
+        form left waiting at the end as expired."""
         from inbox.models import AuditEntry, Form
 
         for form in self.forms.values():
-            if form.status in (Form.Status.PENDING, Form.Status.NOT_ANSWERABLE):
-                previous = form.status
+            # A form answerable only in Dify's own channels can't be asked about: unless an
+            # event said what became of it, it stays as it was (read-only here anyway).
+            if form.status != Form.Status.PENDING:
+                continue
+            previous = form.status
+            checked = self.definitions.get(form.form_id)
+            if isinstance(checked, FormAlreadySubmitted):
+                form.status = Form.Status.ANSWERED_ELSEWHERE
+                why = f"GET form: {checked.code}"
+            else:
                 form.status = Form.Status.EXPIRED
-                form.save(update_fields=["status", "updated_at"])
-                AuditEntry.record(
-                    "form_expired", form, previous=previous, reason=reason, source=self.source
-                )
-                self.entry(f"form:{form.form_id}", status="expired")
-                self.progress()
+                why = reason
+            form.save(update_fields=["status", "updated_at"])
+            AuditEntry.record(
+                f"form_{form.status}", form, previous=previous, reason=why, source=self.source
+            )
+            label = "answered" if form.status == Form.Status.ANSWERED_ELSEWHERE else "expired"
+            self.entry(f"form:{form.form_id}", status=label)
+            self.progress()
 
     # --- the end of the batch ---
 
@@ -686,35 +716,75 @@ def apply_events(
     return batch.applied
 
 
-def store_definition(form_pk: int, result: DefinitionResult) -> None:
-    """Record what GET form answered for a form captured without its definition."""
-    from inbox.models import Form
+def store_definition(form_pk: int, result: DefinitionResult, *, source: str = "stream") -> None:
+    """Record what GET form answered for a form, outside the batch that captured it: its
+    definition, or (412) that Dify settled it: answered elsewhere or expired."""
+    from inbox.models import AuditEntry, Form, Run
 
+    run_pk = Form.objects.filter(pk=form_pk).values_list("run_id", flat=True).first()
+    if run_pk is None:
+        return
     with transaction.atomic():
-        form = Form.objects.select_for_update().filter(pk=form_pk).first()
-        if form is None:
-            return
+        # The run first, as a batch locks it, so the two never deadlock.
+        run = Run.objects.select_for_update().get(pk=run_pk)
+        form = Form.objects.select_for_update().get(pk=form_pk)
         if isinstance(result, FormDefinition):
             form.save(update_fields=[*_set_definition(form, result), "updated_at"])
             return
-        if isinstance(result, FormAlreadySubmitted | FormExpired):
-            batch_source = "definition"
-            status = "answered_elsewhere" if isinstance(result, FormAlreadySubmitted) else "expired"
-            if form.status == Form.Status.PENDING:
-                from inbox.models import AuditEntry
-
-                form.status = status
-                form.checked_at = timezone.now()
-                form.save(update_fields=["status", "checked_at", "updated_at"])
-                AuditEntry.record(
-                    f"form_{status}",
-                    form,
-                    previous="pending",
-                    reason=f"GET form: {result.code}",
-                    source=batch_source,
-                )
-        elif isinstance(result, FormNotFound):
+        if isinstance(result, FormNotFound):
             logger.warning("form %s: Dify does not know its token (404)", form_pk)
+            return
+        if form.status != Form.Status.PENDING:
+            return  # a decision of ours is in flight, or it is settled already
+        settled = isinstance(result, FormAlreadySubmitted)
+        status = Form.Status.ANSWERED_ELSEWHERE if settled else Form.Status.EXPIRED
+        form.status = status
+        form.checked_at = timezone.now()
+        form.save(update_fields=["status", "checked_at", "updated_at"])
+        AuditEntry.record(
+            f"form_{status}",
+            form,
+            previous="pending",
+            reason=f"GET form: {result.code}",
+            source=source,
+        )
+        timeline = list(run.timeline or [])
+        for item in timeline:
+            if isinstance(item, dict) and item.get("key") == f"form:{form.form_id}":
+                item["status"] = "answered" if settled else "expired"
+                run.timeline = timeline
+                run.save(update_fields=["timeline", "updated_at"])
+                break
+
+
+def open_form_tokens(run: Run | int) -> dict[str, str]:
+    """form_id -> token of the run's forms that are open here: asked about (GET form) before
+    an end is applied, see `close_open_forms`."""
+    from inbox.models import Form
+
+    pk = run if isinstance(run, int) else run.pk
+    return dict(
+        Form.objects.filter(run_id=pk, status=Form.Status.PENDING)
+        .exclude(form_token="")
+        .values_list("form_id", "form_token")
+    )
+
+
+def check_forms(app: Any, wanted: Mapping[str, str]) -> dict[str, DefinitionResult]:
+    """GET form for each form_id -> token (synchronously, outside any transaction): Dify's
+    answers, 412s included; forms Dify could not be asked about are left out."""
+    from inbox.dify.client import DifyClient
+
+    client = DifyClient.for_app(app)
+    found: dict[str, DefinitionResult] = {}
+    for form_id, token in wanted.items():
+        try:
+            found[form_id] = client.get_form(token)
+        except (FormAlreadySubmitted, FormExpired, FormNotFound) as exc:
+            found[form_id] = exc
+        except DifyError as exc:
+            logger.info("form %s: GET form failed: %s", form_id, exc)
+    return found
 
 
 def fetch_definitions(run: Run, wanted: Mapping[int, str]) -> None:
@@ -768,7 +838,9 @@ def apply_run_detail(run: Run | int, detail: Any, *, source: str = "reconcile") 
             "finished_at": detail.finished_at,
         },
     }
-    applied = apply_events(Run(pk=pk), [event], source=source)
+    app = run.app if not isinstance(run, int) else Run.objects.select_related("app").get(pk=pk).app
+    checked = check_forms(app, open_form_tokens(pk))
+    applied = apply_events(Run(pk=pk), [event], definitions=checked, source=source)
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=pk)
         if locked.status != detail.status:

@@ -513,6 +513,11 @@ class Follower:
         self, claim: Claim, client: AsyncDifyClient, events: list[StreamEvent], refresh: bool
     ) -> capture.Applied:
         definitions = await self._fetch_definitions(claim, client, events, refresh)
+        if any(e.event == "workflow_finished" for e in events):
+            # The end closes the forms still open here; GET form says which were answered in
+            # Dify (a stream opened after the end carries no fills).
+            wanted = await self.db(capture.open_form_tokens, claim.pk)
+            definitions.update(await self._get_forms(claim, client, wanted))
         raws = [e.raw for e in events]
         applied = await self.db(
             capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
@@ -521,6 +526,11 @@ class Follower:
         self.stats["batches"] += 1
         self.stats["forms"] += len(applied.forms_created)
         claim.known.update(k for k, v in definitions.items() if isinstance(v, FormDefinition))
+        if applied.unlisted:
+            # Settled in Dify while no stream of ours was open: GET form says how.
+            for form_pk, result in (await self._get_forms_by_pk(client, applied.unlisted)).items():
+                if isinstance(result, FormAlreadySubmitted | FormExpired):
+                    await self.db(capture.store_definition, form_pk, result)
         if applied.needs_definition:
             task = asyncio.create_task(
                 self._retry_definitions(client, dict(applied.needs_definition))
@@ -539,6 +549,11 @@ class Follower:
         for fields in capture.pending_forms_in(events):
             if fields.form_token and (refresh or fields.form_id not in claim.known):
                 wanted[fields.form_id] = fields.form_token
+        return await self._get_forms(claim, client, wanted)
+
+    async def _get_forms(
+        self, claim: Claim, client: AsyncDifyClient, wanted: dict[str, str]
+    ) -> dict[str, capture.DefinitionResult]:
         if not wanted:
             return {}
         results = await asyncio.gather(
@@ -553,6 +568,14 @@ class Follower:
             elif isinstance(result, BaseException):
                 logger.info("follower: run %s: GET form failed: %s", claim.pk, result)
         return found
+
+    async def _get_forms_by_pk(
+        self, client: AsyncDifyClient, wanted: dict[int, str]
+    ) -> dict[int, Any]:
+        results = await asyncio.gather(
+            *(client.get_form(token) for token in wanted.values()), return_exceptions=True
+        )
+        return dict(zip(wanted, results, strict=True))
 
     async def _retry_definitions(self, client: AsyncDifyClient, wanted: dict[int, str]) -> None:
         for attempt in range(3):

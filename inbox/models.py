@@ -209,6 +209,13 @@ class Run(models.Model):
         `fetch_definitions` is False (the follower fetches them itself, asynchronously)."""
         from inbox import capture
 
+        events = list(events)
+        if fetch_definitions and any(
+            capture.event_dict(e).get("event") == "workflow_finished" for e in events
+        ):
+            # The end closes the forms still open here; Dify says which were answered.
+            checked = capture.check_forms(self.app, capture.open_form_tokens(self))
+            definitions = {**checked, **(definitions or {})}
         applied = capture.apply_events(self, events, definitions=definitions, source=source)
         if fetch_definitions and applied.needs_definition:
             capture.fetch_definitions(self, applied.needs_definition)

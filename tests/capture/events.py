@@ -24,7 +24,9 @@ def started() -> dict[str, Any]:
     )
 
 
-def node(name: str, node_id: str, title: str, *, execution: str, status: str = "") -> dict[str, Any]:
+def node(
+    name: str, node_id: str, title: str, *, execution: str, status: str = ""
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": execution,
         "node_id": node_id,

@@ -97,7 +97,7 @@ def test_the_token_is_stored_encrypted_and_nowhere_else(run: Run) -> None:
     run.apply_events([ev.filled(), ev.finished()])
     with connection.cursor() as cursor:
         for table in ("inbox_form", "inbox_run", "inbox_runevent", "inbox_auditentry"):
-            cursor.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed table names
+            cursor.execute(f"SELECT * FROM {table}")
             assert "tok-secret-1" not in repr(cursor.fetchall()), table
 
 
@@ -206,8 +206,12 @@ def test_parallel_forms_under_one_pause(run: Run) -> None:
     a = ev.form_data("FA", "tok-a", node_id="legal", title="Legal")
     b = ev.form_data("FB", None, node_id="finance", title="Finance", channels=["email"])
     run.apply_events(
-        [ev.started(), ev.event("human_input_required", a), ev.event("human_input_required", b)]
-        + [ev.paused(a, b)],
+        [
+            ev.started(),
+            ev.event("human_input_required", a),
+            ev.event("human_input_required", b),
+            ev.paused(a, b),
+        ],
         definitions={"FA": get_definition()},
     )
     statuses = dict(run.forms.values_list("node_id", "status"))

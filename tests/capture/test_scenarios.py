@@ -1,0 +1,185 @@
+"""Each shipped scenario end to end: started as the inbox starts runs, followed by a real
+follower over real HTTP against the simulator, answered in Dify with the stored token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import override_settings
+from django.utils import timezone
+
+from inbox.models import AuditEntry, Form, RunEvent
+from inbox.tasks import reconcile_runs, sweep_expired_forms
+from tests.capture.conftest import (
+    FollowerThread,
+    no_stream_left,
+    pending,
+    run_status,
+    start,
+    submit,
+)
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_single_pause_is_captured_then_followed_to_the_end(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    # Dify resumes a run a moment after the submit; meanwhile a snapshot still says `paused`,
+    # with the answered form gone from it. The follower, asked to follow right after the submit,
+    # must read on through that gap to see the fill.
+    simulator.set_options(resume_delay=0.5)
+    run = start(simulator, sim_app("refund-approval"), reviewer)
+    assert run.workflow_run_id and run.dify_user == "inbox-alice"
+    (form,) = pending(run)
+    run = run_status(run, "paused")
+    assert form.node_id == "manager_approval" and form.node_title == "Manager approval"
+    assert "Refund request for order SO-104233" in form.content
+    assert [a["id"] for a in form.definition["user_actions"]] == ["approve", "reject"]
+    # The token is the one Dify handed out for this form.
+    assert simulator.run(run.workflow_run_id)["forms"][0]["status"] == "waiting"
+    # Nothing is held open while the manager thinks.
+    no_stream_left(run)
+    assert simulator.stats()["streams_open"] == 0
+
+    submit(form, "approve", decision_note="Approved, sorry for the trouble.")
+    run = run_status(run, "succeeded")
+    assert run.outputs == {
+        "decision": "approve",
+        "note": "Approved, sorry for the trouble.",
+        "refund": "RF-88231",
+    }
+    form.refresh_from_db()
+    # Answered with the token directly, not through a decision of ours.
+    assert form.status == "answered_elsewhere"
+    assert (form.filled_action_id, form.filled_action_text) == ("approve", "Approve refund")
+    assert "Approved, sorry for the trouble." in form.rendered_content
+    titles = [item.get("title") for item in run.timeline if item.get("event") == "node"]
+    assert titles[:3] == ["Start", "Look up order", "Summarize the request"]
+    assert "Issue refund" in titles
+    assert run.forms.count() == 1
+    assert RunEvent.objects.filter(run=run, event="workflow_finished").count() == 1
+    no_stream_left(run)
+
+
+def test_three_sequential_pauses_each_bring_a_new_form(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    run = start(simulator, sim_app("content-publish"))
+    seen: list[str] = []
+    for _ in range(3):
+        form = pending(run)[0]
+        seen.append(form.node_id)
+        submit(form)
+        wait_until(lambda f=form: Form.objects.get(pk=f.pk).status == "answered_elsewhere")
+    run = run_status(run, "succeeded")
+    assert seen == ["editor_review", "legal_check", "publisher_signoff"]
+    assert run.forms.count() == 3
+    assert set(run.forms.values_list("status", flat=True)) == {"answered_elsewhere"}
+    assert AuditEntry.objects.filter(verb="form_captured").count() == 3
+
+
+def test_two_parallel_forms_pause_the_run_together(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    run = start(simulator, sim_app("vendor-onboarding"))
+    forms = pending(run, 2)
+    assert {f.node_id for f in forms} == {"security_review", "finance_review"}
+    run = run_status(run, "paused")
+    no_stream_left(run)
+    submit(forms[0])
+    wait_until(lambda: Form.objects.get(pk=forms[0].pk).status == "answered_elsewhere")
+    # The other form still waits; the run is paused on it again.
+    run = run_status(run, "paused")
+    assert Form.objects.get(pk=forms[1].pk).status == "pending"
+    submit(forms[1])
+    run = run_status(run, "succeeded")
+    assert run.forms.count() == 2
+
+
+def test_a_chatflow_pause_and_its_answer(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    run = start(simulator, sim_app("support-chat"))
+    (form,) = pending(run)
+    run.refresh_from_db()
+    assert run.conversation_id and run.message_id
+    assert "delivery is late" in run.answer
+    answer_before = run.answer
+    submit(form, "grant", agent_message="Credit added.")
+    run = run_status(run, "succeeded")
+    assert run.answer.startswith(answer_before) and len(run.answer) > len(answer_before)
+    assert run.outputs.get("answer") == run.answer
+    assert RunEvent.objects.filter(run=run, event="message_end").count() == 1
+
+
+def test_an_email_only_form_is_recorded_read_only_and_the_run_followed_to_the_end(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    run = start(simulator, sim_app("expense-email"))
+    form = wait_until(lambda: run.forms.first())
+    assert form.status == "not_answerable" and form.form_token == ""
+    assert form.approval_channels == ["email"] and form.content
+    assert form.definition_fetched_at is None  # no token: nothing to GET
+    run = run_status(run, "paused")
+    no_stream_left(run)
+    # The owner answers by email. Nothing tells the inbox but Dify itself: the periodic
+    # reconcile reads the run detail and hands a pause on such a form back to the follower.
+    assert simulator.submit_elsewhere(form.form_id, "approve")
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=0):
+        assert reconcile_runs()["followed"] == 1
+    run = run_status(run, "succeeded")
+    form.refresh_from_db()
+    assert form.status == "answered_elsewhere" and form.filled_action_id == "approve"
+
+
+def test_a_form_that_times_out_takes_the_timeout_branch(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    run = start(simulator, sim_app("access-request"))
+    (form,) = pending(run)
+    no_stream_left(run)
+    # The node's timeout passes, in Dify and here: the run takes the timeout branch in Dify,
+    # the expiry sweep closes the form here, and the reconcile finds the run moved on.
+    Form.objects.filter(pk=form.pk).update(expiration_time=timezone.now())
+    assert simulator.expire_form(form.form_id)
+    assert sweep_expired_forms() == 1
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=0):
+        assert reconcile_runs()["followed"] == 1
+    escalation = pending(run)[0]
+    assert escalation.node_id == "on_call_approval"
+    assert Form.objects.get(pk=form.pk).status == "expired"
+    submit(escalation, "grant")
+    run = run_status(run, "succeeded")
+    assert run.forms.count() == 2
+
+
+def test_a_failed_run_ends_failed_with_dify_s_error(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    run = start(simulator, sim_app("invoice-sync"))
+    (form,) = pending(run)
+    submit(form, "post")
+    run = run_status(run, "failed")
+    assert "posting period 2025-11 is locked" in run.error
+    assert run.finished_at is not None
+    failed = [i for i in run.timeline if i.get("status") == "failed"]
+    assert failed and failed[0]["title"]
+
+
+def test_a_stopped_run_ends_stopped(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    from inbox.runs import stop_run
+
+    # Slow nodes, so there is a working run to stop.
+    simulator.set_options(time_scale=30.0)
+    run = start(simulator, sim_app("refund-approval"), reviewer)
+    run = run_status(run, "running")
+    stop_run(run, actor=reviewer)
+    run = run_status(run, "stopped")
+    assert run.forms.count() == 0
+    assert AuditEntry.objects.filter(verb="run_stop_requested").count() == 1
