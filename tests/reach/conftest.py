@@ -37,6 +37,13 @@ def _fresh_rate_limits() -> None:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # The personas are created in every test (the permission matrix makes 170 of them); the
+    # production hasher is slow on purpose, which here only costs seconds per test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def reach_app(db: None) -> DifyApp:
     return DifyApp.objects.create(

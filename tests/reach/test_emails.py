@@ -73,7 +73,7 @@ def test_the_request_email_in_english(routed_form: Form) -> None:
 def test_the_request_email_in_chinese(routed_form: Form) -> None:
     notify.send_form_emails(routed_form.pk)
     message = by_recipient()[GUEST_ZH]
-    assert message.subject == "需要您的决定：Manager approval（payroll）"
+    assert message.subject == "需要您的决定：Manager approval（payroll）"  # noqa: RUF001
     assert "payroll 的一个工作流正在等待您的决定。" in message.body
     assert "表单将于1 天后过期" in message.body
     html = html_of(message)
@@ -97,9 +97,7 @@ def test_the_email_never_carries_the_dify_form_token(routed_form: Form) -> None:
     notify.send_form_emails(routed_form.pk)
     assert len(mail.outbox) == 2
     for message in mail.outbox:
-        blob = "\n".join(
-            [message.subject, message.body, html_of(message), str(message.message())]
-        )
+        blob = "\n".join([message.subject, message.body, html_of(message), str(message.message())])
         assert routed_form.form_token not in blob
 
 

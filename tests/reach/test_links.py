@@ -22,7 +22,9 @@ RECEIPT = "https://files.example.org/receipt.pdf"
 
 
 def decide(client: Client, link: str, action: str = "approve") -> object:
-    return client.post(f"{link}decide", {"action": action, "in_note": "ok by me", "in_receipt": RECEIPT})
+    return client.post(
+        f"{link}decide", {"action": action, "in_note": "ok by me", "in_receipt": RECEIPT}
+    )
 
 
 def test_a_guest_opens_the_form_page_and_decides(
@@ -101,9 +103,7 @@ def test_a_forged_link_for_another_form_is_refused(
     assert page.status_code == 404 and "Other form" not in page.content.decode()
 
 
-def test_a_link_expires_with_its_form(
-    client: Client, guest_link: str, routed_form: Form
-) -> None:
+def test_a_link_expires_with_its_form(client: Client, guest_link: str, routed_form: Form) -> None:
     later = routed_form.expiration_time + dt.timedelta(seconds=1)  # type: ignore[operator]
     with mock.patch("django.utils.timezone.now", return_value=later):
         page = client.get(guest_link)
@@ -158,9 +158,7 @@ def test_a_recipient_with_an_account_signs_in(
     assert client.get(link)["Location"] == f"/forms/{form.public_id}/"
 
 
-def test_guests_may_not_answer_unless_the_route_allows(
-    client: Client, reach_app: DifyApp
-) -> None:
+def test_guests_may_not_answer_unless_the_route_allows(client: Client, reach_app: DifyApp) -> None:
     route(reach_app, recipients=[GUEST], allow_guests=False)
     form = make_form(reach_app)
     link = notify.link_path(notify.link_token(form.recipients.get()))
@@ -172,9 +170,7 @@ def test_guests_may_not_answer_unless_the_route_allows(
     assert client.post(f"{link}decide", {"action": "approve"}).status_code == 403
 
 
-def test_the_guest_page_speaks_the_recipients_language(
-    client: Client, routed_form: Form
-) -> None:
+def test_the_guest_page_speaks_the_recipients_language(client: Client, routed_form: Form) -> None:
     recipient = routed_form.recipients.get(language="zh-hans")
     link = notify.link_path(notify.link_token(recipient))
     page = client.get(link).content.decode()

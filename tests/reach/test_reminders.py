@@ -70,7 +70,7 @@ def test_reminders_at_24_and_1_hour_before_expiry(reach_route: Route, reach_app:
     assert sweep(T0 + 24 * H)["reminders"] == 2
     assert subjects() == [
         (GUEST, "Reminder: Manager approval expires in 1 day"),
-        (GUEST_ZH, "提醒：Manager approval 将于1 天后过期"),
+        (GUEST_ZH, "提醒：Manager approval 将于1 天后过期"),  # noqa: RUF001
     ]
     mail.outbox.clear()
     assert sweep(T0 + 30 * H)["reminders"] == 0  # nothing more until the last hour
@@ -123,7 +123,7 @@ def test_the_decided_notice_goes_to_those_who_did_not_decide(
     counts = sweep(T0 + 2 * H)
     assert counts["notices"] == 0 + 1
     assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
-    assert mail.outbox[0].subject == "已决定：Manager approval"
+    assert mail.outbox[0].subject == "已决定：Manager approval"  # noqa: RUF001
     assert "guest@example.net" in mail.outbox[0].body and "Approve" in mail.outbox[0].body
     assert sweep(T0 + 3 * H)["notices"] == 0  # once
 
@@ -149,9 +149,7 @@ def test_recipients_never_emailed_get_no_reminder_or_notice(
 ) -> None:
     with mock.patch("django.utils.timezone.now", return_value=T0):
         form = make_form(reach_app, expires_in=None)
-    Form.objects.filter(pk=form.pk).update(
-        expiration_time=T0 + 2 * H, status=Form.Status.EXPIRED
-    )
+    Form.objects.filter(pk=form.pk).update(expiration_time=T0 + 2 * H, status=Form.Status.EXPIRED)
     assert sweep(T0 + 2 * H) == {"requests": 0, "reminders": 0, "notices": 0}
     assert mail.outbox == []
 
