@@ -9,6 +9,7 @@ idle timeout, so we close at `workflow_finished` ourselves; CONTRACT D13), on an
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -25,6 +26,8 @@ from inbox.dify.errors import (
 from inbox.dify.sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
 from inbox.dify.types import ErrorEvent, StreamEvent, parse_event
 
+logger = logging.getLogger(__name__)
+
 
 def transport_error(exc: httpx.HTTPError, what: str) -> DifyError:
     """Our error for an httpx failure. httpx messages and requests carry the URL, which may hold
@@ -40,8 +43,11 @@ def transport_error(exc: httpx.HTTPError, what: str) -> DifyError:
 class _StreamState:
     """What the stream has seen, shared by the sync and async streams."""
 
-    def __init__(self, *, continue_on_pause: bool) -> None:
+    def __init__(self, *, continue_on_pause: bool, description: str = "event stream") -> None:
         self.continue_on_pause = continue_on_pause
+        self.description = description
+        # Events that could not be read and were skipped (see `handle`).
+        self.skipped = 0
         self.workflow_run_id: str | None = None
         self.task_id: str | None = None
         self.conversation_id: str | None = None
@@ -55,13 +61,14 @@ class _StreamState:
             return None
         try:
             payload: Any = json.loads(sse.data)
-        except ValueError:
-            # Not the data itself in the message: an event may carry a form token.
-            raise DifyProtocolError(
-                f"event stream: an event is not JSON ({len(sse.data)} characters)"
-            ) from None
+        except (ValueError, RecursionError):
+            # One unreadable event (a proxy's garbage, a truncated line, nesting too deep to
+            # parse) must not end a stream whose next events are fine: skip it, say so.
+            self._skip(f"an event that is not JSON ({len(sse.data)} characters)")
+            return None
         if not isinstance(payload, dict):
-            raise DifyProtocolError("event stream: an event is not a JSON object")
+            self._skip(f"an event that is not a JSON object ({type(payload).__name__})")
+            return None
         if sse.event != "message" and "event" not in payload:
             payload["event"] = sse.event
         event = parse_event(payload)
@@ -85,6 +92,13 @@ class _StreamState:
         if self.is_terminal(event):
             self.terminal_event = event
         return event
+
+    def _skip(self, what: str) -> None:
+        self.skipped += 1
+        # Never the data itself in the message: an event may carry a form token.
+        logger.warning(
+            "%s (run %s): skipped %s", self.description, self.workflow_run_id or "unknown", what
+        )
 
     def is_terminal(self, event: StreamEvent) -> bool:
         if event.event == "workflow_finished":
@@ -143,7 +157,7 @@ class EventStream(_StreamBase):
         description: str = "event stream",
     ) -> None:
         self.response = response
-        self._state = _StreamState(continue_on_pause=continue_on_pause)
+        self._state = _StreamState(continue_on_pause=continue_on_pause, description=description)
         self._max_event_bytes = max_event_bytes
         self._what = description
         self._iterator = self._iter()
@@ -215,7 +229,7 @@ class AsyncEventStream(_StreamBase):
     ) -> None:
         self._opener = opener
         self.response: httpx.Response | None = None
-        self._state = _StreamState(continue_on_pause=continue_on_pause)
+        self._state = _StreamState(continue_on_pause=continue_on_pause, description=description)
         self._max_event_bytes = max_event_bytes
         self._what = description
         self._iterator: AsyncIterator[StreamEvent] | None = None

@@ -386,8 +386,10 @@ class HumanInputFields:
     @staticmethod
     def _parse(d: dict[str, Any]) -> dict[str, Any]:
         return {
-            "form_id": _str(d.get("form_id")),
-            "form_token": _opt_str(d.get("form_token")) or None,
+            # The two identifiers are taken only as the strings Dify sends: a number or a list
+            # here is garbage, and a form made from it could never be answered.
+            "form_id": d["form_id"] if isinstance(d.get("form_id"), str) else "",
+            "form_token": d["form_token"] if isinstance(d.get("form_token"), str) else None,
             "node_id": _str(d.get("node_id")),
             "node_title": _str(d.get("node_title")),
             "form_content": _str(d.get("form_content")),

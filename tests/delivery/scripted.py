@@ -28,6 +28,9 @@ class Reply:
     drop: bool = False
     # An event stream: each item is one event's JSON (or a raw str line block).
     events: list[Any] | None = None
+    # An event stream sent exactly as these bytes, then the connection is closed (the body is
+    # delimited by the close, so it may end anywhere, mid-line included).
+    raw: bytes | None = None
 
 
 def error(status: int, code: str, message: str, **headers: str) -> Reply:
@@ -81,6 +84,15 @@ class ScriptedDify:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if reply.raw is not None:
+                    self.close_connection = True
+                    self.send_response(reply.status)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("connection", "close")
+                    self.end_headers()
+                    self.wfile.write(reply.raw)
+                    self.wfile.flush()
+                    return
                 if reply.events is not None:
                     chunks = []
                     for event in reply.events:
@@ -118,6 +130,8 @@ class ScriptedDify:
         if method == "GET" and path.endswith("/events"):
             # A paused run's resume stream: a ping, then nothing (Dify replays no past events).
             return Reply(events=["event: ping"])
+        if method == "GET" and "/form/human_input/" in path:
+            return error(404, "not_found", "Form not found")
         return Reply()
 
     def on(self, method: str, prefix: str, *replies: Reply, query: str = "") -> None:
