@@ -1,0 +1,212 @@
+"""The admin console: test connection, stop run, reassign, resend email, audit CSV, routes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.contrib.messages import get_messages
+from django.core import mail
+from django.test import Client
+from django.urls import reverse
+
+from inbox import notify
+from inbox.models import AuditEntry, DifyApp, Form, Route, RouteRecipient, Run
+from tests.reach.conftest import GUEST
+from tests.reach.factories import make_form, make_run
+
+
+def action(client: Client, model: str, name: str, pks: list[int], **extra: Any) -> Any:
+    return client.post(
+        reverse(f"admin:inbox_{model}_changelist"),
+        {"action": name, "_selected_action": [str(pk) for pk in pks], **extra},
+        follow=True,
+    )
+
+
+def notes(response: Any) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def test_test_connection_calls_info_and_parameters(
+    admin_client: Client, simulator: Any, simulator_dify_app: Any
+) -> None:
+    app = simulator_dify_app("refund-approval")
+    response = action(admin_client, "difyapp", "test_connection", [app.pk])
+    [message] = notes(response)
+    assert message.startswith("refund-approval: connected. Dify calls it “")
+    assert "(mode workflow);" in message and "start input(s)" in message
+    assert simulator.request_count("info") == 1 and simulator.request_count("parameters") == 1
+    # The key stays masked on the page that shows the result.
+    assert app.api_key not in response.content.decode()
+
+
+def test_test_connection_reports_a_bad_key(
+    admin_client: Client, simulator: Any, simulator_dify_app: Any
+) -> None:
+    app = simulator_dify_app("refund-approval")
+    DifyApp.objects.filter(pk=app.pk).update(api_key="app-not-a-real-key-000")
+    response = action(admin_client, "difyapp", "test_connection", [app.pk])
+    [message] = notes(response)
+    assert message.startswith("refund-approval: Dify did not answer as expected:")
+    assert "401" in message and "app-not-a-real-key-000" not in response.content.decode()
+
+
+def test_test_connection_reports_an_unreachable_server(admin_client: Client, db: None) -> None:
+    app = DifyApp.objects.create(
+        name="gone", base_url="http://127.0.0.1:9/v1", api_key="k-123456789"
+    )
+    [message] = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
+    assert message.startswith("gone: Dify did not answer as expected:")
+
+
+def test_stop_run_asks_dify_as_the_runs_own_user(
+    admin_client: Client, admin_user: User, simulator: Any, simulator_dify_app: Any
+) -> None:
+    app = simulator_dify_app("refund-approval")
+    started = simulator.start_run("refund-approval", user="inbox-run-user-7")
+    run = Run.objects.create(
+        app=app,
+        workflow_run_id=started.workflow_run_id,
+        task_id=started.task_id,
+        dify_user="inbox-run-user-7",
+        status=Run.Status.RUNNING,
+        follow_wanted=False,
+    )
+    response = action(admin_client, "run", "stop_run", [run.pk])
+    assert notes(response) == [
+        f"{run}: stop requested; the run's status follows from Dify's events."
+    ]
+    [exchange] = simulator.exchanges("workflow_stop")
+    assert exchange.path == f"/v1/workflows/tasks/{started.task_id}/stop"
+    assert json.loads(exchange.request_body)["user"] == "inbox-run-user-7"
+    entry = AuditEntry.objects.get(verb="run_stop_requested")
+    assert entry.actor == admin_user and entry.details == {"task_id": started.task_id}
+
+
+def test_stop_run_skips_finished_runs(admin_client: Client, dify_app: DifyApp) -> None:
+    run = make_run(dify_app, status=Run.Status.SUCCEEDED, task_id="t-1")
+    [message] = notes(action(admin_client, "run", "stop_run", [run.pk]))
+    assert message == f"{run}: not stopped, it has finished or has no task id."
+
+
+def test_reassign_through_the_intermediate_page(
+    admin_client: Client, routed_form: Form, other_reviewer: User
+) -> None:
+    page = action(admin_client, "form", "reassign", [routed_form.pk])
+    body = page.content.decode()
+    assert "Reassign forms" in body and str(routed_form) in body
+    empty = action(admin_client, "form", "reassign", [routed_form.pk], apply="1")
+    assert "Choose a reviewer, a group, or both." in empty.content.decode()
+    done = action(
+        admin_client, "form", "reassign", [routed_form.pk], apply="1", to_user=other_reviewer.pk
+    )
+    assert notes(done) == ["1 form(s) reassigned."]
+    routed_form.refresh_from_db()
+    assert routed_form.claimed_by == other_reviewer
+    assert list(routed_form.assigned_users.all()) == [other_reviewer]
+
+
+def test_resend_email(admin_client: Client, routed_form: Form) -> None:
+    notify.send_form_emails(routed_form.pk)
+    mail.outbox.clear()
+    closed = make_form(routed_form.run.app, status=Form.Status.EXPIRED)
+    response = action(admin_client, "form", "resend_email", [routed_form.pk, closed.pk])
+    assert notes(response) == ["2 email(s) sent; 1 form(s) skipped (closed, or no recipients)."]
+    assert sorted(m.to[0] for m in mail.outbox) == sorted([GUEST, "zhang@example.cn"])
+    assert AuditEntry.objects.filter(verb="form_emails_resent").count() == 1
+
+
+def test_the_form_admin_shows_recipients_but_never_the_token(
+    admin_client: Client, routed_form: Form
+) -> None:
+    page = admin_client.get(reverse("admin:inbox_form_change", args=[routed_form.pk]))
+    body = page.content.decode()
+    assert GUEST in body and "alice" in body
+    assert routed_form.form_token not in body
+
+
+def test_routes_are_edited_with_their_recipients(
+    admin_client: Client, reach_app: DifyApp, reviewer: User
+) -> None:
+    response = admin_client.post(
+        reverse("admin:inbox_route_add"),
+        {
+            "app": reach_app.pk,
+            "name": "finance",
+            "node": "Finance*",
+            "priority": 10,
+            "is_active": "on",
+            "users": [reviewer.pk],
+            "language": "zh-hans",
+            "allow_guests": "on",
+            "reminders": "24h,1h",
+            "recipients-TOTAL_FORMS": "1",
+            "recipients-INITIAL_FORMS": "0",
+            "recipients-0-email": "cfo@example.org",
+            "recipients-0-language": "zh-hans",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    made = Route.objects.get(name="finance")
+    assert list(made.users.all()) == [reviewer]
+    assert RouteRecipient.objects.get(route=made).email == "cfo@example.org"
+    listing = admin_client.get(reverse("admin:inbox_route_changelist")).content.decode()
+    assert "alice, cfo@example.org" in listing
+
+
+def test_a_bad_reminder_setting_is_refused_in_the_admin(
+    admin_client: Client, reach_app: DifyApp
+) -> None:
+    response = admin_client.post(
+        reverse("admin:inbox_route_add"),
+        {
+            "app": reach_app.pk,
+            "name": "x",
+            "priority": 1,
+            "language": "en",
+            "reminders": "tomorrow",
+            "recipients-TOTAL_FORMS": "0",
+            "recipients-INITIAL_FORMS": "0",
+        },
+    )
+    assert response.status_code == 200
+    assert "is not a time before expiry" in response.content.decode()
+
+
+def test_audit_entries_export_as_csv(admin_client: Client, routed_form: Form) -> None:
+    AuditEntry.record("note", routed_form, actor_label="=HYPERLINK(evil)", comment="über")
+    entries = list(AuditEntry.objects.order_by("created_at", "id"))
+    response = action(admin_client, "auditentry", "export_csv", [e.pk for e in entries])
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"] == 'attachment; filename="audit.csv"'
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows[0] == [
+        "created_at",
+        "actor",
+        "verb",
+        "object_type",
+        "object_id",
+        "object",
+        "details",
+    ]
+    assert [row[2] for row in rows[1:]] == [e.verb for e in entries]
+    note = rows[-1]
+    # A spreadsheet must not run a formula from a label.
+    assert note[1] == "'=HYPERLINK(evil)" and json.loads(note[6]) == {"comment": "über"}
+
+
+def test_audit_entries_are_read_only_and_searchable(
+    admin_client: Client, routed_form: Form
+) -> None:
+    entry = AuditEntry.objects.filter(verb="form_routed").get()
+    assert admin_client.get(reverse("admin:inbox_auditentry_add")).status_code == 403
+    change = admin_client.post(
+        reverse("admin:inbox_auditentry_change", args=[entry.pk]), {"verb": "x"}
+    )
+    assert change.status_code == 403
+    found = admin_client.get(reverse("admin:inbox_auditentry_changelist"), {"q": "form_routed"})
+    assert "form_routed" in found.content.decode()

@@ -1,0 +1,90 @@
+"""The staff dashboard: pending per app and node, time to decision, expiries and failures,
+drawn as inline SVG on the server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+
+from inbox.models import Decision, DifyApp, Form
+from inbox.views_reach import bar_rows, percentile
+from tests.reach.factories import make_form, route
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 21)]  # 1..20
+    assert percentile(values, 0.5) == 10.0
+    assert percentile(values, 0.95) == 19.0
+    assert percentile([5.0], 0.95) == 5.0
+    assert percentile([], 0.5) is None
+
+
+def test_bars_scale_to_the_largest_value() -> None:
+    chart = bar_rows([("a", 10, "10"), ("b", 5, "5"), ("c", 0, "0")])
+    widths = [bar["width"] for bar in chart["bars"]]
+    assert widths[0] == 2 * widths[1] and widths[2] == 0
+    assert chart["height"] == 3 * 26
+
+
+def decided(app: DifyApp, minutes: float, days_ago: float = 1, **kwargs: object) -> Form:
+    form = make_form(app, status=Form.Status.SUBMITTED, **kwargs)
+    decided_at = timezone.now() - dt.timedelta(days=days_ago)
+    Form.objects.filter(pk=form.pk).update(
+        created_at=decided_at - dt.timedelta(minutes=minutes), decided_at=decided_at
+    )
+    return form
+
+
+def test_the_dashboard_draws_the_numbers(
+    client: Client, admin_user: User, reach_app: DifyApp, dify_app: DifyApp
+) -> None:
+    route(reach_app)
+    for _ in range(3):
+        make_form(reach_app, node_id="approve", node_title="Approve payout")
+    make_form(dify_app, node_id="refund", node_title="Refund check")
+    for minutes in (10, 20, 30, 40):
+        decided(reach_app, minutes)
+    decided(reach_app, 600, days_ago=20)  # in the 30 days only
+    make_form(reach_app, status=Form.Status.EXPIRED, expires_in=dt.timedelta(hours=-2))
+    failed = make_form(reach_app, status=Form.Status.FAILED)
+    Decision.objects.create(form=failed, action_id="approve", status=Decision.Status.FAILED)
+    client.force_login(admin_user)
+    page = client.get("/dashboard/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert body.count("<svg ") == 3 and "<script" not in body.split("<main", 1)[1]
+    # Pending per app and node: the longest bar is payroll's three.
+    pending_chart = body.split('id="pending-title"')[1].split('id="timing-title"')[0]
+    bars = re.findall(r'<rect class="bar" x="220" y="\d+" width="([\d.]+)"', pending_chart)
+    assert bars == ["360.0", "120.0"]  # 3 and 1 pending, on a 360-unit scale
+    assert "<title>payroll · Approve payout: 3</title>" in body
+    assert "<title>refunds · Refund check: 1</title>" in body
+    # Time to decision: 7 days has the four quick ones, 30 days also the slow one.
+    assert re.search(
+        r"<td>Last 7 days</td><td class=\"num\">4</td><td class=\"num\">20 min</td><td class=\"num\">40 min</td>",
+        body,
+    )
+    assert re.search(
+        r"<td>Last 30 days</td><td class=\"num\">5</td><td class=\"num\">30 min</td><td class=\"num\">10.0 h</td>",
+        body,
+    )
+    figures = dict(re.findall(r"<strong>(\d+)</strong>(?:<a[^>]*>)?([^<]+)", body))
+    assert figures["4"] == "pending forms"
+    assert re.search(r"<strong>1</strong><a [^>]*>failed deliveries", body)
+    assert re.search(r"<strong>1</strong>expired, last 7 days", body)
+
+
+def test_the_dashboard_is_staff_only(client: Client, reviewer: User) -> None:
+    assert client.get("/dashboard/")["Location"] == "/accounts/login/?next=/dashboard/"
+    client.force_login(reviewer)
+    assert client.get("/dashboard/").status_code == 404
+
+
+def test_the_dashboard_speaks_chinese(client: Client, admin_user: User) -> None:
+    client.force_login(admin_user)
+    body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-Hans").content.decode()
+    assert "仪表盘" in body and "决定用时" in body and "没有等待决定的表单。" in body
