@@ -144,3 +144,20 @@ def test_the_database_refuses_a_second_active_decision_without_the_lock(
     ):
         form.decide(action_id="approve", inputs={}, reviewer=reviewer)
     assert Decision.objects.count() == 1
+
+
+def test_the_refusal_is_in_the_reviewers_language(
+    dify_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    from django.utils import translation
+
+    form = make_form(dify_app)
+    with django_capture_on_commit_callbacks(execute=False):
+        first = form.decide(action_id="approve", inputs={}, reviewer=other_reviewer)
+    when = timezone.localtime(first.created_at).strftime("%H:%M")
+    with translation.override("zh-hans"), pytest.raises(FormNotOpen) as refused:
+        form.decide(action_id="reject", inputs={}, reviewer=reviewer)
+    assert refused.value.message == f"Bob 已于 {when} 对此表单作出决定：Approve"  # noqa: RUF001
