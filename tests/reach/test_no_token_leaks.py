@@ -1,0 +1,171 @@
+"""Dify's form token is a bearer secret. Through a whole form's life (capture from a real
+stream, routing, emails, reminders, the guest's page, upload, decision, delivery, the closing
+notice, every admin and reviewer page), it must not appear in any email, any page, any log
+line, or any audit entry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import mail
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from inbox import notify
+from inbox.models import ApiToken, AuditEntry, Decision, Form, Route, Run, RunEvent
+from inbox.tasks import deliver_decision, send_reminders
+from tests.reach.conftest import GUEST
+from tests.reach.factories import route
+
+
+class RecordingClient(Client):
+    """A test client that keeps every response body it was given."""
+
+    pages: list[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pages = []
+
+    def request(self, **request: Any) -> Any:
+        response = super().request(**request)
+        if getattr(response, "streaming", False):
+            body = b"".join(response.streaming_content)
+            response.streaming_content = [body]
+        else:
+            body = response.content
+        self.pages.append(
+            f"{request.get('PATH_INFO')} {response.status_code}\n{body.decode(errors='replace')}"
+        )
+        for name, value in response.items():
+            self.pages.append(f"header {name}: {value}")
+        return response
+
+
+@pytest.fixture
+def captured_form(
+    simulator: Any, simulator_dify_app: Any, reviewer: User, admin_user: User
+) -> Form:
+    """A refund approval captured from a real run on the simulator, routed to alice and to a
+    guest by email."""
+    app = simulator_dify_app("contract-review")
+    route(app, users=[reviewer], recipients=[(GUEST, "en")], allow_guests=True, reminders="1h")
+    started = simulator.start_run("contract-review", user="inbox-secret-run")
+    run = Run.objects.create(
+        app=app,
+        workflow_run_id=started.workflow_run_id,
+        task_id=started.task_id,
+        dify_user="inbox-secret-run",
+        follow_wanted=False,
+    )
+    run.apply_events(started.events)
+    form = Form.objects.get(run=run)
+    assert form.form_token == started.forms[0]["form_token"] and form.form_token
+    return form
+
+
+def test_the_form_token_never_leaves_the_database(
+    captured_form: Form,
+    reviewer: User,
+    other_reviewer: User,
+    admin_user: User,
+    simulator: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # every request URL, which would hold it
+    form = captured_form
+    token = form.form_token
+
+    # Emails: the request, then a reminder.
+    assert notify.send_form_emails(form.pk) == 1
+    recipient = form.recipients.get(email=GUEST)
+    late = form.expiration_time - dt.timedelta(minutes=30)  # type: ignore[operator]
+    assert notify.send_due_emails(late)["reminders"] == 1
+
+    # The guest: page, live poll, an upload, a refused decision, then the decision.
+    guest = RecordingClient()
+    link = notify.link_path(notify.link_token(recipient))
+    assert guest.get(link).status_code == 200
+    guest.get(f"{link}live?state=open")
+    upload = guest.post(
+        f"{link}files/signed_contract",
+        {"file": SimpleUploadedFile("contract.pdf", b"%PDF-1.4 signed", "application/pdf")},
+    )
+    assert upload.status_code == 302
+    upload_id = str(form.uploads.get().public_id)
+    guest.post(f"{link}decide", {"action": "approve"})  # missing inputs: refused
+    decided = guest.post(
+        f"{link}decide",
+        {
+            "action": "approve",
+            "in_assessment": "Fine.",
+            "in_reviewer": "Priya Raman (Commercial)",
+            "in_risk_level": "low",
+            "in_signed_contract": upload_id,
+            "in_annexes": "",
+        },
+    )
+    assert decided.status_code == 302, decided.content.decode()[-3000:]
+    decision = Decision.objects.get(form=form)
+    assert deliver_decision(decision.pk) == "delivered"
+    assert simulator.submit_count(form.form_id) == 1
+
+    # The closing notice goes to nobody (the guest decided) but runs through the sweep.
+    Form.objects.filter(pk=form.pk).update(updated_at=timezone.now())
+    send_reminders()
+
+    # Reviewers, staff and the API look at everything there is.
+    alice, bob, staff = RecordingClient(), RecordingClient(), RecordingClient()
+    alice.force_login(reviewer)
+    bob.force_login(other_reviewer)
+    staff.force_login(admin_user)
+    for client in (alice, bob, staff):
+        client.get("/")
+        client.get("/?status=all")
+        client.get(f"/forms/{form.public_id}/")
+        client.get(f"/forms/{form.public_id}/live?state=open")
+        client.get(f"/runs/{form.run.public_id}/")
+        client.get("/runs/")
+    staff.get("/dashboard/")
+    for model in ("form", "run", "decision", "upload", "runevent", "auditentry", "route"):
+        staff.get(reverse(f"admin:inbox_{model}_changelist"))
+    staff.get(reverse("admin:inbox_form_change", args=[form.pk]))
+    staff.get(reverse("admin:inbox_run_change", args=[form.run.pk]))
+    staff.get(reverse("admin:inbox_decision_change", args=[decision.pk]))
+    for event in RunEvent.objects.filter(run=form.run):
+        staff.get(reverse("admin:inbox_runevent_change", args=[event.pk]))
+    staff.post(
+        reverse("admin:inbox_auditentry_changelist"),
+        {
+            "action": "export_csv",
+            "_selected_action": [str(pk) for pk in AuditEntry.objects.values_list("pk", flat=True)],
+        },
+    )
+    api = RecordingClient()
+    raw = ApiToken.issue(reviewer)[1]
+    api.get(f"/api/v1/forms/{form.public_id}", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    api.get("/api/v1/forms?status=all", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    api.get(f"/api/v1/runs/{form.run.public_id}", HTTP_AUTHORIZATION=f"Bearer {raw}")
+
+    # What we scan, and that there was plenty of it.
+    emails = [
+        "\n".join([m.subject, m.body, *(c for c, _kind in m.alternatives), m.message().as_string()])
+        for m in mail.outbox
+    ]
+    pages = [p for c in (guest, alice, bob, staff, api) for p in c.pages]
+    logs = [record.getMessage() + (record.exc_text or "") for record in caplog.records]
+    audit = [str(e.details) + e.object_repr for e in AuditEntry.objects.all()]
+    assert len(emails) == 2 and len(pages) > 100 and len(logs) > 5
+    assert any(token not in p and "Legal review" in p for p in pages)
+    assert any("/form/human_input/" in line for line in logs), "the client's request lines"
+
+    leaks = [text[:200] for text in emails + pages + logs + audit if token in text]
+    assert leaks == []
+    assert Route.objects.count() == 1
