@@ -4,10 +4,12 @@ The clock is passed in (`now`), so each test walks through a form's life in a fe
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from unittest import mock
 
 import pytest
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 from inbox import notify
@@ -157,8 +159,26 @@ def test_recipients_never_emailed_get_no_reminder_or_notice(
 def test_the_periodic_task_holds_a_lock(reach_route: Route, reach_app: DifyApp) -> None:
     make_form(reach_app)
     FormRecipient.objects.update(created_at=timezone.now() - dt.timedelta(minutes=5))
-    with periodic_lock("send_reminders") as held:
-        assert held
-        assert send_reminders() == {}  # another run holds it: this one does nothing
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        # Another worker's run: its own database connection (PostgreSQL's advisory locks are
+        # per session) or its own open lock file (SQLite's flock).
+        try:
+            with periodic_lock("send_reminders") as held:
+                assert held
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        assert send_reminders() == {}  # another run holds the lock: this one does nothing
+    finally:
+        release.set()
+        thread.join(10)
     assert mail.outbox == []
     assert send_reminders() == {"requests": 2, "reminders": 0, "notices": 0}

@@ -1,0 +1,118 @@
+"""A guest with no account answers from the emailed link, with a file, and the run goes on.
+
+Everything is real: a run started on the Dify simulator, the follower capturing its pause,
+routing and the email (Celery tasks run in this process so the email lands in Django's locmem
+outbox), the guest's page in Chromium, the upload to Dify, the delivery, and the follower
+reading the run to its end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core import mail
+
+from inbox.celery import app as celery_app
+from inbox.models import Decision, DifyApp, Form, Route, RouteRecipient, Run
+from inbox.runs import start_run
+from inbox.simulator.testing import sample_inputs
+from tests.capture.conftest import FollowerThread, follower  # noqa: F401 - fixture
+from tests.conftest import wait_until
+from tests.reach.conftest import GUEST
+from tests.review.browser import CHROMIUM_ARGS, chromium, screenshot  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.browser
+
+LINK = re.compile(r"^(https?://\S+/r/\S+/)$", re.MULTILINE)
+
+
+@pytest.fixture
+def tasks_in_process() -> Iterator[None]:
+    """Run Celery tasks where they are queued: the email task after the capture commits (in
+    the follower's thread), the delivery after the guest's decision commits (in the live
+    server's thread). The tasks are the production ones; only the broker hop is skipped."""
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = before
+
+
+def test_a_guest_answers_with_a_file_from_the_emailed_link(
+    live_server: Any,
+    settings: Any,
+    simulator: Any,
+    follower: FollowerThread,  # noqa: F811
+    chromium: Any,  # noqa: F811
+    tasks_in_process: None,
+    tmp_path: Path,
+) -> None:
+    settings.INBOX_BASE_URL = live_server.url
+    app = DifyApp.objects.create(
+        name="contract-review",
+        base_url=simulator.base_url,
+        api_key=simulator.api_key("contract-review"),
+    )
+    route = Route.objects.create(app=app, name="legal", allow_guests=True, reminders="")
+    RouteRecipient.objects.create(route=route, email=GUEST, language="en")
+
+    run = start_run(
+        app,
+        inputs=sample_inputs(simulator.apps["contract-review"]),
+        dify_user="inbox-guest-e2e",
+        source="ui",
+    )
+    form: Form = wait_until(
+        lambda: run.forms.filter(
+            status=Form.Status.PENDING, definition_fetched_at__isnull=False
+        ).first(),
+        timeout=20,
+    )
+    message = wait_until(lambda: next((m for m in mail.outbox if m.to == [GUEST]), None))
+    assert message.subject == "Decision needed: Legal review (contract-review)"
+    [link] = LINK.findall(message.body)
+    assert link.startswith(live_server.url) and form.form_token not in message.body
+
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(link)
+        page.get_by_role("heading", name="Legal review").wait_for()
+        page.locator('input[name="in_reviewer"][value="Jonas Weber (Privacy)"]').check()
+        page.locator('input[name="in_risk_level"][value="medium"]').check()
+        contract = tmp_path / "signed-contract.pdf"
+        contract.write_bytes(b"%PDF-1.4\n% signed by both parties\n")
+        page.locator('input[data-upload="signed_contract"]').set_input_files(str(contract))
+        page.locator("#files-signed_contract .file-chip").wait_for()
+        assert "signed-contract.pdf" in page.locator("#files-signed_contract").inner_text()
+        page.get_by_role("button", name="Approve for signature").click()
+        page.get_by_text(GUEST).first.wait_for()
+        screenshot(page, "reach-guest-decided")
+        assert errors == []
+    finally:
+        context.close()
+
+    decision = wait_until(
+        lambda: Decision.objects.filter(form=form, status=Decision.Status.DELIVERED).first()
+    )
+    assert decision.guest_email == GUEST and decision.reviewer is None
+    assert decision.inputs["risk_level"] == "medium"
+    upload = form.uploads.get()
+    assert decision.inputs["signed_contract"]["upload_file_id"] == upload.upload_file_id
+    assert upload.guest_email == GUEST
+    # The run went on in Dify past the form, and the follower saw it to its end.
+    finished = wait_until(
+        lambda: Run.objects.filter(pk=run.pk, status__in=Run.FINAL_STATUSES).first(), timeout=20
+    )
+    assert finished.status == "succeeded"
+    assert finished.outputs["decision"] == "approve"
+    assert finished.outputs["risk_level"] == "medium"
+    assert form.recipients.get(email=GUEST).link_used_at is not None
