@@ -204,3 +204,19 @@ def test_an_app_has_one_default_route(reach_app: DifyApp) -> None:
     with pytest.raises(IntegrityError), transaction.atomic():
         Route.objects.create(app=reach_app, name="two")
     Route.objects.create(app=reach_app, name="node", node="approve_*")
+
+
+def test_the_demo_routes_each_app_to_the_reviewers_and_two_guests(
+    reach_app: DifyApp, reviewers_group: Group, reviewer: User
+) -> None:
+    from inbox.management.commands.seed_demo import Command
+
+    Command().route_demo_app(reach_app)
+    Command().route_demo_app(reach_app)  # seeding twice changes nothing
+    form = make_form(reach_app)
+    assert Form.objects.for_user(reviewer).filter(pk=form.pk).exists()
+    assert form.allow_guests is True
+    assert {(r.email, r.language, r.user_id) for r in form.recipients.all()} == {
+        ("guest@example.com", "en", None),
+        ("zhang.wei@example.com", "zh-hans", None),
+    }

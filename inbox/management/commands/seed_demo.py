@@ -39,6 +39,31 @@ class Command(BaseCommand):
                 user.save()
             user.groups.add(reviewers)
         self.seed_apps(os.environ.get("INBOX_SIMULATOR_URL", "http://127.0.0.1:5001/v1"))
+        # Any app seeded without its route (see route_demo_app) gets one now.
+        from inbox.models import DifyApp
+
+        for app in DifyApp.objects.all():
+            self.route_demo_app(app)
+
+    def route_demo_app(self, app: Any) -> None:
+        """The demo's routing: every form of the app goes to the reviewers group (alice and
+        bob), and two guests get an email with a link they can answer through (printed on the
+        console by the embedded setup's email backend), one in each language."""
+        from inbox.models import Route, RouteRecipient
+
+        route, created = Route.objects.get_or_create(
+            app=app,
+            node="",
+            defaults={"name": "demo: reviewers and guests", "allow_guests": True},
+        )
+        if created:
+            route.groups.add(Group.objects.get(name="reviewers"))
+            RouteRecipient.objects.create(route=route, email="guest@example.com", language="en")
+            RouteRecipient.objects.create(
+                route=route, email="zhang.wei@example.com", language="zh-hans"
+            )
 
     def seed_apps(self, simulator_url: str) -> None:
-        """Register the simulator's demo apps and start a few runs (filled in by capture)."""
+        """Register the simulator's demo apps and start a few runs (filled in by capture).
+        Call `self.route_demo_app(app)` before starting an app's runs: forms are routed when
+        they are captured, and the follower may capture them at once."""
