@@ -266,6 +266,24 @@ INBOX_LINK_MAX_AGE_SECONDS = env_int("INBOX_LINK_MAX_AGE_SECONDS", 30 * 86400, m
 INBOX_GUEST_RATE_PER_LINK = env_int("INBOX_GUEST_RATE_PER_LINK", 120, minimum=1)
 INBOX_GUEST_RATE_PER_IP = env_int("INBOX_GUEST_RATE_PER_IP", 300, minimum=1)
 INBOX_GUEST_BAD_LINKS_PER_IP = env_int("INBOX_GUEST_BAD_LINKS_PER_IP", 20, minimum=1)
+# Behind N reverse proxies, the visitor's address is N entries from the right of
+# X-Forwarded-For (entries further left can be forged by the visitor). 0: REMOTE_ADDR.
+INBOX_TRUSTED_PROXIES = env_int("INBOX_TRUSTED_PROXIES", 0, minimum=0)
+
+# The cache holds the guest pages' rate-limit counters, presence and the inbox's tab counts.
+# Without CACHE_URL each process has its own memory cache, so with several web processes a limit
+# counts per process: production sets CACHE_URL=redis://... to share one.
+CACHE_URL = env_str("CACHE_URL", "")
+if CACHE_URL:
+    if not CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured("CACHE_URL must be a redis:// (or rediss://, unix://) URL")
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "inbox",
+        }
+    }
 
 # Security: production (DATABASE_URL set, DEBUG off) defaults to HTTPS everywhere, so
 # `manage.py check --deploy` is clean; each can be turned off from the environment.

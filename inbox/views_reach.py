@@ -63,6 +63,15 @@ def _hit(key: str, limit: int) -> bool:
 
 
 def _client_ip(request: HttpRequest) -> str:
+    hops = settings.INBOX_TRUSTED_PROXIES
+    if hops:
+        forwarded = [
+            part.strip()
+            for part in str(request.META.get("HTTP_X_FORWARDED_FOR", "")).split(",")
+            if part.strip()
+        ]
+        if len(forwarded) >= hops:
+            return forwarded[-hops]
     return str(request.META.get("REMOTE_ADDR") or "unknown")
 
 

@@ -220,3 +220,15 @@ def test_a_guest_decision_is_checked_like_a_reviewers(
     assert not Decision.objects.exists()
     guest_recipient.refresh_from_db()
     assert guest_recipient.link_used_at is None
+
+
+@override_settings(INBOX_GUEST_RATE_PER_IP=2, INBOX_TRUSTED_PROXIES=1)
+def test_behind_a_proxy_the_limit_counts_the_forwarded_address(
+    client: Client, guest_link: str
+) -> None:
+    behind = {"REMOTE_ADDR": "10.0.0.1"}  # the proxy, the same for every visitor
+    first = {**behind, "HTTP_X_FORWARDED_FOR": "forged, 203.0.113.7"}
+    second = {**behind, "HTTP_X_FORWARDED_FOR": "198.51.100.9"}
+    assert [client.get(guest_link, **first).status_code for _ in range(3)] == [200, 200, 429]
+    # Another visitor behind the same proxy has their own count.
+    assert client.get(guest_link, **second).status_code == 200
