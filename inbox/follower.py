@@ -96,6 +96,7 @@ class FollowerSettings:
             "max_attempts": settings.INBOX_FOLLOWER_MAX_ATTEMPTS,
             "backoff_base": settings.INBOX_FOLLOWER_BACKOFF_SECONDS,
             "stale_pause_seconds": settings.INBOX_FOLLOWER_STALE_PAUSE_SECONDS,
+            "settle_seconds": settings.INBOX_FOLLOWER_SETTLE_SECONDS,
             "db_threads": settings.INBOX_FOLLOWER_DB_THREADS,
         }
         values.update(overrides)
@@ -280,12 +281,12 @@ class Follower:
 
     def stop(self) -> None:
         """Ask the loop to stop (thread-safe)."""
-        if self.loop is not None and self._stop is not None:
+        if self.loop is not None and self._stop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._stop.set)
 
     def wake(self) -> None:
         """Poll for work now instead of at the next tick (thread-safe)."""
-        if self.loop is not None and self._wake is not None:
+        if self.loop is not None and self._wake is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:

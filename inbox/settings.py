@@ -214,6 +214,8 @@ INBOX_FOLLOWER_BACKOFF_SECONDS = env_float("INBOX_FOLLOWER_BACKOFF_SECONDS", 0.5
 INBOX_FOLLOWER_STALE_PAUSE_SECONDS = env_float(
     "INBOX_FOLLOWER_STALE_PAUSE_SECONDS", 60.0, minimum=0.1
 )
+# After a pause, how long to read on for the fill of a form Dify settled without us seeing it.
+INBOX_FOLLOWER_SETTLE_SECONDS = env_float("INBOX_FOLLOWER_SETTLE_SECONDS", 10.0, minimum=0)
 INBOX_FOLLOWER_DB_THREADS = env_int(
     "INBOX_FOLLOWER_DB_THREADS", 8 if _database_url else 2, minimum=1
 )

@@ -53,8 +53,9 @@ class FollowerThread:
         return self
 
     def stop(self) -> None:
-        self.follower.stop()
-        self.thread.join(timeout=30)
+        if self.thread.is_alive():
+            self.follower.stop()
+            self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the follower did not stop"
         if self.error is not None:
             raise self.error
@@ -110,8 +111,10 @@ def sim_app(
     return make
 
 
-def start(simulator: Any, app: DifyApp, user: User | None = None, **inputs: Any) -> Run:
-    values = {**sample_inputs(simulator.apps[app.name]), **inputs}
+def start(
+    simulator: Any, app: DifyApp, user: User | None = None, scenario: str = "", **inputs: Any
+) -> Run:
+    values = {**sample_inputs(simulator.apps[scenario or app.name]), **inputs}
     return start_run(
         app,
         inputs=values,

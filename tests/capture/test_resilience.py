@@ -1,0 +1,299 @@
+"""Streams that drop, followers that die or run side by side, streams that cannot be read."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.test import override_settings
+from django.utils import timezone
+
+from inbox.models import AuditEntry, DifyApp, Form, Route, Run
+from inbox.simulator.testing import running_simulator
+from inbox.tasks import reconcile_runs
+from tests.capture.conftest import (
+    FOLLOWER_TEST_SETTINGS,
+    FollowerThread,
+    needs_shared_database,
+    no_stream_left,
+    pending,
+    run_status,
+    start,
+    submit,
+)
+from tests.conftest import ROOT, SIMULATOR_TEST_OPTIONS, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PAUSES = 3
+
+
+def _three_pauses(sim: Any, app: DifyApp, drop_at: tuple[int, int] | None) -> Run:
+    """A content-publish run answered at each of its three pauses. `drop_at` = (stream, n):
+    the n-th events stream of the run (1 = the one opened after the start, 2 = after the first
+    answer, ...) is cut by Dify after n events."""
+
+    def arm(stream: int) -> None:
+        sim.clear_faults()
+        if drop_at is not None and drop_at[0] == stream:
+            sim.add_fault("drop_stream", "workflow_events", times=1, after_events=drop_at[1])
+
+    arm(1)
+    run = start(sim, app, scenario="content-publish")
+    for pause in range(1, PAUSES + 1):
+
+        def captured(n: int = pause) -> Form | None:
+            forms = list(run.forms.order_by("created_at", "id"))
+            newest = forms[-1] if len(forms) == n else None
+            ready = newest and newest.status == "pending" and newest.definition_fetched_at
+            return newest if ready else None
+
+        form = wait_until(captured, timeout=30)
+        arm(pause + 1)
+        submit(form)
+        wait_until(lambda f=form: Form.objects.get(pk=f.pk).status == "answered_elsewhere")
+    return run_status(run, "succeeded", timeout=30)
+
+
+def _segment_lengths(sim: Any) -> list[int]:
+    """How many events each of a run's event streams carried, in order."""
+    return [len(e.events or []) for e in sim.exchanges("workflow_events") if e.status == 200]
+
+
+@pytest.fixture
+def simulators(transactional_db: None) -> Iterator[list[Any]]:
+    """A few more simulators: a fault is set per simulator app, so each one runs its own cases
+    while the others run theirs."""
+    with contextlib.ExitStack() as stack:
+        sims = [
+            stack.enter_context(
+                running_simulator(**{**SIMULATOR_TEST_OPTIONS, "resume_delay": 0.1})
+            )
+            for _ in range(4)
+        ]
+        yield sims
+
+
+def _app_for(sim: Any, name: str) -> DifyApp:
+    spec = sim.apps["content-publish"]
+    app = DifyApp.objects.create(
+        name=name, base_url=sim.base_url, api_key=sim.api_key("content-publish"), mode="workflow"
+    )
+    Route.objects.create(app=app, name="default", reminders="")
+    assert spec.mode == "workflow"
+    return app
+
+
+def test_a_three_pause_run_survives_its_stream_dropping_after_every_event(
+    simulators: list[Any], follower: FollowerThread
+) -> None:
+    apps = [_app_for(sim, f"publish-{i}") for i, sim in enumerate(simulators)]
+    # A clean run first: how many events each of its streams carries.
+    clean = _three_pauses(simulators[0], apps[0], None)
+    lengths = _segment_lengths(simulators[0])
+    assert len(lengths) >= PAUSES + 1 and sum(lengths) > 20, lengths
+    cases = [(stream, n) for stream, length in enumerate(lengths, 1) for n in range(1, length + 1)]
+    dropped: list[tuple[int, int]] = []
+    runs: list[Run] = [clean]
+
+    def work(index: int) -> None:
+        sim, app = simulators[index], apps[index]
+        try:
+            for case in cases[index :: len(simulators)]:
+                sim.clear_records()
+                runs.append(_three_pauses(sim, app, case))
+                if any(e.fault == "drop_stream" for e in sim.exchanges("workflow_events")):
+                    dropped.append(case)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(len(simulators)) as pool:
+        for future in [pool.submit(work, i) for i in range(len(simulators))]:
+            future.result()
+    assert len(runs) == len(cases) + 1
+    # Most cases cut a stream; a stream may carry fewer events than the clean run's did (a
+    # follower that opened it a moment later gets a shorter replay), and then that cut is moot.
+    assert len(dropped) >= len(cases) // 2, (dropped, lengths)
+    for run in runs:
+        assert run.status == "succeeded"
+        forms = list(run.forms.values_list("node_id", flat=True).order_by("created_at"))
+        assert forms == ["editor_review", "legal_check", "publisher_signoff"], run.pk
+    captured = AuditEntry.objects.filter(verb="form_captured").count()
+    assert captured == PAUSES * len(runs)
+    # A cut after a stream's last event (the pause, the end) leaves nothing to reopen for.
+    mid_stream = [(stream, n) for stream, n in dropped if n < lengths[stream - 1]]
+    assert follower.follower.stats["reconnects"] >= len(mid_stream) > 0
+
+
+def test_a_stream_that_keeps_failing_goes_to_the_reconcile_then_resumes(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    # Every events stream is cut before its first event.
+    simulator.add_fault("drop_stream", "workflow_events", times=None, after_events=0)
+    run = start(simulator, app)
+
+    def given_up() -> Run | None:
+        run.refresh_from_db()
+        return run if run.needs_reconcile and not run.follow_wanted else None
+
+    run = wait_until(given_up, timeout=30)
+    attempts = simulator.request_count("workflow_events")
+    assert attempts == FOLLOWER_TEST_SETTINGS["max_attempts"] + 1
+    assert run.forms.count() == 0 and not run.lease_owner
+    simulator.clear_faults()
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["followed"] == 1
+    assert len(pending(run)) == 1
+    run = no_stream_left(run)
+    assert not run.needs_reconcile and run.status == "paused"
+
+
+def test_a_dead_followers_lease_is_taken_over_when_it_expires(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    follower.stop()
+    run = start(simulator, app)
+    # A follower that took the run and died: its lease runs out, nobody renews it.
+    Run.objects.filter(pk=run.pk).update(
+        lease_owner="dead-host:1", lease_expires_at=timezone.now() + dt.timedelta(seconds=1)
+    )
+    other = FollowerThread("second").start()
+    try:
+        time.sleep(0.5)
+        assert Run.objects.get(pk=run.pk).lease_owner == "dead-host:1"
+        (form,) = pending(run)
+        assert form.node_id == "manager_approval"
+        run = no_stream_left(run)
+    finally:
+        other.stop()
+
+
+def test_a_run_dify_will_not_show_is_followed_through_its_run_detail(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    # The events endpoint refuses another user's run (404), as it refuses WebApp runs.
+    Run.objects.filter(pk=run.pk).update(dify_user="someone-else")
+    run.refresh_from_db()
+    run.request_follow(snapshot=True)
+
+    def gone() -> Run | None:
+        run.refresh_from_db()
+        return run if run.events_unavailable else None
+
+    run = wait_until(gone, timeout=15)
+    assert run.needs_reconcile and not run.follow_wanted
+    submit_token = Form.objects.get(pk=form.pk).form_token
+    from inbox.dify.client import DifyClient
+
+    # Answered anyway (Dify does not check the submitter); the run ends without our stream.
+    DifyClient.for_app(app).submit_form(
+        submit_token, inputs={"decision_note": ""}, action="reject", user="inbox-tests"
+    )
+    simulator.wait_for_status(run.workflow_run_id, "succeeded")
+    assert reconcile_runs()["finished"] == 1
+    run.refresh_from_db()
+    assert run.status == "succeeded" and not run.follow_wanted
+    assert Form.objects.get(pk=form.pk).status == "answered_elsewhere"
+
+
+# --- two followers side by side ---
+
+
+def _follow_process(owner: str) -> subprocess.Popen[bytes]:
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    env.update(
+        {
+            "INBOX_FOLLOWER_POLL_SECONDS": "0.05",
+            "INBOX_FOLLOWER_LEASE_SECONDS": "5",
+            "INBOX_FOLLOWER_BACKOFF_SECONDS": "0.05",
+            "INBOX_FOLLOWER_STALE_PAUSE_SECONDS": "5",
+            "INBOX_FOLLOWER_SETTLE_SECONDS": "1",
+            "INBOX_FOLLOWER_DB_THREADS": "4",
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "follow", "--owner", owner],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_two_follower_processes_never_follow_a_run_twice(simulator: Any, sim_app: Any) -> None:
+    needs_shared_database()
+    simulator.set_options(resume_delay=0.2, record=False)
+    app = sim_app("content-publish")
+    procs = [_follow_process("follower-a"), _follow_process("follower-b")]
+    owners: set[str] = set()
+    # The most event streams open at once on any one run, sampled on the simulator's own loop.
+    most_streams = [0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            busiest = simulator.call(
+                lambda: max((len(r.subscribers) for r in simulator.sim.runs.values()), default=0)
+            )
+            most_streams[0] = max(most_streams[0], busiest)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        runs = [start(simulator, app) for _ in range(24)]
+        # The start's own stream is closed before start() returns: from here on, every stream
+        # of a run is a follower's.
+        sampler.start()
+        answered: set[int] = set()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            owners.update(Run.objects.exclude(lease_owner="").values_list("lease_owner", flat=True))
+            if all(
+                r.status == "succeeded" for r in Run.objects.filter(pk__in=[r.pk for r in runs])
+            ):
+                break
+            for form in Form.objects.filter(
+                run__in=runs, status="pending", definition_fetched_at__isnull=False
+            ).exclude(pk__in=answered):
+                submit(form)
+                answered.add(form.pk)
+            time.sleep(0.02)
+        sampling.set()
+        sampler.join(timeout=5)
+        statuses = list(
+            Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)
+        )
+        assert statuses == ["succeeded"] * len(runs)
+        assert Form.objects.filter(run__in=runs).count() == PAUSES * len(runs)
+        assert AuditEntry.objects.filter(verb="form_captured").count() == PAUSES * len(runs)
+        assert most_streams[0] == 1
+        assert owners == {"follower-a", "follower-b"}
+    finally:
+        sampling.set()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            assert b"Traceback" not in out, out.decode()[-3000:]
