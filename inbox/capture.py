@@ -734,6 +734,10 @@ def store_definition(form_pk: int, result: DefinitionResult, *, source: str = "s
         if isinstance(result, FormNotFound):
             logger.warning("form %s: Dify does not know its token (404)", form_pk)
             return
+        if not isinstance(result, (FormAlreadySubmitted, FormExpired)):
+            # An outage or an answer we cannot read settles nothing: reconcile asks again.
+            logger.warning("form %s: GET form failed: %s", form_pk, type(result).__name__)
+            return
         if form.status != Form.Status.PENDING:
             return  # a decision of ours is in flight, or it is settled already
         settled = isinstance(result, FormAlreadySubmitted)

@@ -63,7 +63,9 @@ def test_decision_validation_speaks_difys_rules(
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "invalid_form_data"
-    assert error["message"] == "receipt: Add a file. Missing required inputs: note, receipt, evidence."
+    assert (
+        error["message"] == "receipt: Add a file. Missing required inputs: note, receipt, evidence."
+    )
     assert error["details"]["__all__"] == ["Missing required inputs: note, receipt, evidence."]
 
 
