@@ -91,9 +91,7 @@ def starters(reviewers_group: Group) -> Group:
 
 
 @pytest.fixture
-def sim_app(
-    transactional_db: None, simulator: Any, reviewers_group: Group
-) -> Callable[..., DifyApp]:
+def sim_app(db: None, simulator: Any, reviewers_group: Group) -> Callable[..., DifyApp]:
     """A DifyApp row for a simulator app, its forms routed to the reviewers."""
 
     def make(name: str = "refund-approval") -> DifyApp:

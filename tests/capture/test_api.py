@@ -1,0 +1,355 @@
+"""The runs JSON API: start, read, stop, ingest. Who may and may not, and the exact messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from inbox.models import ApiToken, DifyApp, Form, Run
+from inbox.runs import start_run
+from inbox.simulator.testing import sample_inputs
+from tests.capture import events as ev
+
+pytestmark = pytest.mark.django_db
+
+
+def bearer(user: User) -> dict[str, str]:
+    _token, raw = ApiToken.issue(user)
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+def post(client: Client, path: str, body: Any, user: User) -> Any:
+    return client.post(path, json.dumps(body), content_type="application/json", **bearer(user))
+
+
+def error(response: Any) -> tuple[int, str, str]:
+    body = response.json()["error"]
+    return response.status_code, body["code"], body["message"]
+
+
+@pytest.fixture
+def refunds(sim_app: Any, starters: Any) -> DifyApp:
+    app: DifyApp = sim_app("refund-approval")
+    return app
+
+
+VALID = {"customer_name": "Ada", "order_id": "SO-1", "amount": 5, "reason": "Broken."}
+
+
+def inputs(simulator: Any, **overrides: Any) -> dict[str, Any]:
+    return {**sample_inputs(simulator.apps["refund-approval"]), **overrides}
+
+
+# --- starting ---
+
+
+def test_a_reviewer_starts_a_run_and_gets_its_dify_run_id(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    response = post(
+        client, "/api/v1/runs", {"app": "refund-approval", "inputs": inputs(simulator)}, reviewer
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    run = Run.objects.get(public_id=body["id"])
+    assert body["workflow_run_id"] == run.workflow_run_id != ""
+    assert body["status"] == "running" and body["dify_user"] == "inbox-alice"
+    assert body["started_by"] == "alice" and body["source"] == "api"
+    assert body["url"].endswith(f"/runs/{run.public_id}/")
+    # Dify knows the run under the same user; the follower takes it from here.
+    assert simulator.run(run.workflow_run_id)["user"] == "inbox-alice"
+    assert run.follow_wanted and run.follow_snapshot
+
+
+def test_the_caller_may_choose_the_dify_user_once(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    body = post(
+        client,
+        "/api/v1/runs",
+        {"app": "refund-approval", "inputs": inputs(simulator), "user": "crm-42"},
+        reviewer,
+    ).json()
+    run = Run.objects.get(public_id=body["id"])
+    assert run.dify_user == "crm-42" == simulator.run(run.workflow_run_id)["user"]
+
+
+def test_a_chatflow_needs_its_message(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    sim_app("support-chat")
+    response = post(client, "/api/v1/runs", {"app": "support-chat", "inputs": {}}, reviewer)
+    assert error(response) == (400, "invalid_inputs", "query: This field is required.")
+    response = post(
+        client,
+        "/api/v1/runs",
+        {"app": "support-chat", "inputs": {}, "query": "Where is my parcel?"},
+        reviewer,
+    )
+    assert response.status_code == 201
+    run = Run.objects.get(public_id=response.json()["id"])
+    assert run.query == "Where is my parcel?" and run.conversation_id
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({}, (400, "invalid_param", "'app' is required: the name of a Dify app.")),
+        (
+            {"app": "nope"},
+            (400, "unknown_app", "There is no active Dify app named 'nope'."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": []},
+            (400, "invalid_param", "'inputs' must be an object."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {}, "user": ""},
+            (400, "invalid_param", "'user' must be a non-empty string of at most 255 characters."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {"colour": "red"}},
+            (
+                400,
+                "invalid_inputs",
+                "Unknown input 'colour'; this app takes: amount, channel, customer_name, "
+                "order_id, reason, vip.",
+            ),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {**VALID, "amount": "lots"}},
+            (400, "invalid_inputs", "amount: Enter a number."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {"amount": True}},
+            (400, "invalid_inputs", "'amount' must be a number."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {"vip": "yes"}},
+            (400, "invalid_inputs", "'vip' must be true or false."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {"customer_name": 7}},
+            (400, "invalid_inputs", "'customer_name' must be a string."),
+        ),
+        (
+            {
+                "app": "refund-approval",
+                "inputs": {
+                    "customer_name": "",
+                    "order_id": "SO-1",
+                    "amount": 5,
+                    "reason": "x",
+                    "channel": "fax",
+                },
+            },
+            (
+                400,
+                "invalid_inputs",
+                "customer_name: This field is required. channel: Select a valid choice. fax is "
+                "not one of the available choices.",
+            ),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {"customer_name": "x" * 81}},
+            (
+                400,
+                "invalid_inputs",
+                "customer_name: Ensure this value has at most 80 characters (it has 81). "
+                "order_id: This field is required. amount: This field is required. "
+                "reason: This field is required.",
+            ),
+        ),
+    ],
+)
+def test_start_validation_says_what_is_wrong(
+    client: Client, refunds: DifyApp, reviewer: User, body: Any, expected: Any
+) -> None:
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert error(response) == expected
+    assert not Run.objects.exists()
+
+
+def test_validation_details_are_keyed_by_variable(
+    client: Client, refunds: DifyApp, reviewer: User
+) -> None:
+    response = post(client, "/api/v1/runs", {"app": "refund-approval", "inputs": {}}, reviewer)
+    details = response.json()["error"]["details"]
+    assert set(details) == {"customer_name", "order_id", "amount", "reason"}
+
+
+def test_someone_without_the_permission_may_not_start_or_ingest(
+    client: Client, refunds: DifyApp, outsider: User, reviewers_group: Any
+) -> None:
+    for path in ("/api/v1/runs", "/api/v1/ingest"):
+        response = post(client, path, {"app": "refund-approval"}, outsider)
+        assert error(response) == (403, "forbidden", "You may not start or ingest runs.")
+    assert not Run.objects.exists()
+
+
+def test_a_dify_refusal_is_passed_on_and_recorded(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.add_fault("status", "workflows_run", status=503)
+    response = post(
+        client, "/api/v1/runs", {"app": "refund-approval", "inputs": inputs(simulator)}, reviewer
+    )
+    assert error(response) == (502, "service_unavailable", "Service Unavailable")
+    run = Run.objects.get()
+    assert run.status == "failed" and run.error == "Service Unavailable" and not run.follow_wanted
+
+
+# --- reading and stopping ---
+
+
+@pytest.fixture
+def paused_run(simulator: Any, refunds: DifyApp, reviewer: User) -> Run:
+    run = start_run(refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer)
+    # As the follower would record it.
+    snapshot = simulator.run(run.workflow_run_id)
+    (sim_form,) = snapshot["forms"]
+    data = ev.form_data(sim_form["form_id"], sim_form["form_token"], node_id="manager_approval")
+    run.apply_events([ev.event("human_input_required", data), ev.paused(data)])
+    return run
+
+
+def test_the_run_detail_has_forms_and_never_the_token(
+    client: Client, paused_run: Run, reviewer: User
+) -> None:
+    response = client.get(f"/api/v1/runs/{paused_run.public_id}", **bearer(reviewer))
+    body = response.json()
+    form = Form.objects.get()
+    assert body["status"] == "paused"
+    assert [f["id"] for f in body["forms"]] == [str(form.public_id)]
+    assert body["forms"][0]["answerable"] is True
+    assert body["forms"][0]["url"].endswith(f"/forms/{form.public_id}/")
+    assert form.form_token and form.form_token not in response.content.decode()
+    assert "form_token" not in response.content.decode()
+    assert {item["event"] for item in body["timeline"]} >= {"human_input_required"}
+
+
+def test_who_may_see_a_run(
+    client: Client,
+    paused_run: Run,
+    other_reviewer: User,
+    outsider: User,
+    admin_user: User,
+) -> None:
+    path = f"/api/v1/runs/{paused_run.public_id}"
+    # Bob sees it through its form, routed to the reviewers; an outsider does not.
+    assert client.get(path, **bearer(other_reviewer)).status_code == 200
+    assert client.get(path, **bearer(admin_user)).status_code == 200
+    response = client.get(path, **bearer(outsider))
+    assert error(response) == (404, "not_found", "No such run, or you may not see it.")
+
+
+def test_a_run_without_forms_is_seen_by_who_started_it_only(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    run = start_run(refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer)
+    path = f"/api/v1/runs/{run.public_id}"
+    assert client.get(path, **bearer(reviewer)).status_code == 200
+    assert client.get(path, **bearer(other_reviewer)).status_code == 404
+
+
+def test_stopping_is_for_who_started_the_run_and_not_at_a_form(
+    client: Client, paused_run: Run, reviewer: User, other_reviewer: User
+) -> None:
+    path = f"/api/v1/runs/{paused_run.public_id}/stop"
+    response = post(client, path, {}, other_reviewer)
+    assert error(response) == (
+        403,
+        "forbidden",
+        "Only who started a run, or an administrator, may stop it.",
+    )
+    response = post(client, path, {}, reviewer)
+    assert error(response) == (
+        409,
+        "not_stoppable",
+        "This run is waiting at a form, where Dify cannot stop it. Answer the form, or let it "
+        "expire.",
+    )
+
+
+def test_stopping_a_working_run(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.set_options(time_scale=30.0)
+    run = start_run(refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer)
+    response = post(client, f"/api/v1/runs/{run.public_id}/stop", {}, reviewer)
+    assert response.status_code == 202
+    simulator.wait_for_status(run.workflow_run_id, "stopped")
+    run.refresh_from_db()
+    assert run.follow_wanted  # the follower records the end
+
+
+# --- ingest ---
+
+
+def test_ingest_validation(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    cases = [
+        (
+            {"app": "refund-approval", "user": "u"},
+            (400, "invalid_param", "'workflow_run_id' is required: the run id Dify gave the run."),
+        ),
+        (
+            {"app": "refund-approval", "workflow_run_id": "R1"},
+            (400, "invalid_param", "'user' is required: the Dify user that started the run."),
+        ),
+        (
+            {"app": "refund-approval", "workflow_run_id": "R1", "user": "u", "form_token": 5},
+            (400, "invalid_param", "'form_token' must be a string."),
+        ),
+        (
+            {"app": "refund-approval", "workflow_run_id": "no-such-run", "user": "u"},
+            (400, "run_not_found", "Dify knows no run no-such-run in the app refund-approval."),
+        ),
+    ]
+    for body, expected in cases:
+        assert error(post(client, "/api/v1/ingest", body, reviewer)) == expected
+    started = simulator.start_run("refund-approval", user="crm-7")
+    response = post(
+        client,
+        "/api/v1/ingest",
+        {
+            "app": "refund-approval",
+            "workflow_run_id": started.workflow_run_id,
+            "user": "crm-7",
+            "form_token": "not-a-token",
+        },
+        reviewer,
+    )
+    assert error(response) == (
+        400,
+        "form_not_found",
+        "Dify does not know this form token in the app refund-approval.",
+    )
+    assert not Run.objects.exists()
+
+
+def test_ingesting_the_same_run_twice_changes_nothing(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    started = simulator.start_run("refund-approval", user="crm-7")
+    body = {"app": "refund-approval", "workflow_run_id": started.workflow_run_id, "user": "crm-7"}
+    first = post(client, "/api/v1/ingest", body, reviewer)
+    assert first.status_code == 201
+    run = Run.objects.get()
+    assert (run.status, run.dify_user, run.source) == ("paused", "crm-7", "ingest")
+    assert run.follow_wanted and run.follow_snapshot
+    before = Run.objects.values().get()
+    second = post(client, "/api/v1/ingest", body, reviewer)
+    assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+    assert Run.objects.values().get() == before
+    other_user = post(client, "/api/v1/ingest", {**body, "user": "crm-8"}, reviewer)
+    assert error(other_user) == (
+        409,
+        "conflict",
+        "This run is already recorded with another Dify user.",
+    )

@@ -1,0 +1,239 @@
+"""The reviewer pages for runs: apps, start, runs, the run page and its live part, stop."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from inbox.models import DifyApp, Form, Run
+from inbox.runs import start_run
+from inbox.simulator.testing import sample_inputs
+from tests.capture import events as ev
+
+pytestmark = pytest.mark.django_db
+
+
+def login(client: Client, user: User) -> Client:
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def refunds(sim_app: Any, starters: Any) -> DifyApp:
+    app: DifyApp = sim_app("refund-approval")
+    return app
+
+
+def start_form_data(simulator: Any, **overrides: Any) -> dict[str, Any]:
+    values = sample_inputs(simulator.apps["refund-approval"])
+    data = {f"in_{k}": v for k, v in values.items() if not isinstance(v, bool)}
+    data.update(overrides)
+    return data
+
+
+def test_pages_need_a_login(client: Client, refunds: DifyApp) -> None:
+    for path in ("/apps/", f"/apps/{refunds.pk}/start/", "/runs/"):
+        response = client.get(path)
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_the_apps_page_offers_a_start_only_to_who_may_start(
+    client: Client, refunds: DifyApp, reviewer: User, outsider: User
+) -> None:
+    page = login(client, reviewer).get("/apps/").content.decode()
+    assert "refund-approval" in page and f'href="/apps/{refunds.pk}/start/"' in page
+    page = login(Client(), outsider).get("/apps/").content.decode()
+    assert "refund-approval" in page and "/start/" not in page
+
+
+def test_the_start_page_renders_dify_s_start_inputs(
+    client: Client, refunds: DifyApp, reviewer: User
+) -> None:
+    page = login(client, reviewer).get(f"/apps/{refunds.pk}/start/").content.decode()
+    for label in (
+        "Customer name",
+        "Order number",
+        "Refund amount (EUR)",
+        "Channel",
+        "VIP customer",
+    ):
+        assert label in page
+    assert 'name="in_customer_name"' in page and 'maxlength="80"' in page
+    assert re.search(r'<textarea[^>]*name="in_reason"', page)
+    assert re.search(r'<input[^>]*type="number"[^>]*name="in_amount"', page)
+    assert re.search(r'<input[^>]*type="checkbox"[^>]*name="in_vip"', page)
+    assert '<option value="phone">phone</option>' in page
+    assert 'value="Ada Lovelace"' in page  # Dify's default, prefilled
+
+
+def test_a_chatflow_start_page_asks_for_the_message(
+    client: Client, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    app = sim_app("support-chat")
+    page = login(client, reviewer).get(f"/apps/{app.pk}/start/").content.decode()
+    assert 'name="query"' in page and "Message" in page
+
+
+def test_who_may_not_start_gets_403_and_an_inactive_app_404(
+    client: Client, refunds: DifyApp, outsider: User, reviewer: User
+) -> None:
+    assert login(client, outsider).get(f"/apps/{refunds.pk}/start/").status_code == 403
+    assert login(Client(), outsider).post(f"/apps/{refunds.pk}/start/", {}).status_code == 403
+    DifyApp.objects.filter(pk=refunds.pk).update(is_active=False)
+    assert login(Client(), reviewer).get(f"/apps/{refunds.pk}/start/").status_code == 404
+    assert not Run.objects.exists()
+
+
+def test_invalid_start_inputs_are_shown_with_dify_s_rules(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    data = start_form_data(simulator, in_customer_name="", in_amount="lots", in_channel="fax")
+    response = login(client, reviewer).post(f"/apps/{refunds.pk}/start/", data)
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Customer name: This field is required." in page
+    assert "Refund amount (EUR): Enter a number." in page
+    assert "Channel: Select a valid choice. fax is not one of the available choices." in page
+    assert not Run.objects.exists()
+
+
+def test_starting_a_run_goes_to_its_page(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    data = start_form_data(simulator, in_vip="on", in_amount="12.50")
+    response = login(client, reviewer).post(f"/apps/{refunds.pk}/start/", data)
+    run = Run.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/runs/{run.public_id}/"
+    assert run.dify_user == "inbox-alice" and run.started_by == reviewer and run.source == "ui"
+    assert run.inputs["vip"] is True and run.inputs["amount"] == 12.5
+    assert simulator.run(run.workflow_run_id)["status"] in ("running", "paused")
+    page = client.get(response["Location"]).content.decode()
+    assert "The run has started." in page and "refund-approval" in page
+
+
+def test_a_dify_error_at_the_start_is_shown_on_the_form(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.add_fault("status", "workflows_run", status=503)
+    response = login(client, reviewer).post(
+        f"/apps/{refunds.pk}/start/", start_form_data(simulator)
+    )
+    assert response.status_code == 400
+    assert "Dify did not start the run: Service Unavailable" in response.content.decode()
+
+
+def test_unreachable_dify_on_the_start_page(
+    client: Client, starters: Any, reviewer: User, reviewers_group: Any
+) -> None:
+    app = DifyApp.objects.create(name="gone", base_url="http://127.0.0.1:9/v1", api_key="k")
+    response = login(client, reviewer).get(f"/apps/{app.pk}/start/")
+    assert response.status_code == 502
+    assert (
+        "Dify could not be reached for this app's inputs: GET /parameters"
+        in response.content.decode()
+    )
+
+
+@pytest.fixture
+def paused_run(simulator: Any, refunds: DifyApp, reviewer: User) -> Run:
+    run = start_run(
+        refunds,
+        inputs=sample_inputs(simulator.apps["refund-approval"]),
+        dify_user="inbox-alice",
+        started_by=reviewer,
+    )
+    (sim_form,) = simulator.run(run.workflow_run_id)["forms"]
+    data = ev.form_data(sim_form["form_id"], sim_form["form_token"], node_id="manager_approval")
+    run.apply_events(
+        [
+            ev.node("node_started", "lookup_order", "Look up order", execution="E1"),
+            ev.node(
+                "node_finished", "lookup_order", "Look up order", execution="E1", status="succeeded"
+            ),
+            ev.event("human_input_required", data),
+            ev.paused(data),
+        ]
+    )
+    return run
+
+
+def test_the_run_page_shows_status_timeline_and_forms_never_the_token(
+    client: Client, paused_run: Run, reviewer: User
+) -> None:
+    form = Form.objects.get()
+    page = login(client, reviewer).get(f"/runs/{paused_run.public_id}/").content.decode()
+    assert "Paused" in page and "The run is waiting for a decision." in page
+    assert "Look up order" in page and "Run started" in page
+    assert f'href="/forms/{form.public_id}/"' in page
+    assert form.form_token not in page
+    # It keeps itself current while the run is open.
+    assert f'hx-get="/runs/{paused_run.public_id}/?part=live"' in page
+
+
+def test_the_live_part_is_the_fragment_and_stops_polling_at_the_end(
+    client: Client, paused_run: Run, reviewer: User
+) -> None:
+    login(client, reviewer)
+    part = client.get(
+        f"/runs/{paused_run.public_id}/?part=live", HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert part.lstrip().startswith('<section id="run-live"') and "<html" not in part
+    assert 'hx-trigger="every 2s"' in part
+    paused_run.apply_events([ev.filled(node_id="manager_approval"), ev.finished()])
+    part = client.get(
+        f"/runs/{paused_run.public_id}/?part=live", HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert "Succeeded" in part and "hx-trigger" not in part
+    assert "decision" in part  # the outputs
+
+
+def test_who_may_see_the_run_page(
+    client: Client, paused_run: Run, other_reviewer: User, outsider: User, admin_user: User
+) -> None:
+    path = f"/runs/{paused_run.public_id}/"
+    assert login(client, other_reviewer).get(path).status_code == 200
+    assert login(Client(), admin_user).get(path).status_code == 200
+    assert login(Client(), outsider).get(path).status_code == 404
+    runs = login(Client(), outsider).get("/runs/").content.decode()
+    assert str(paused_run.public_id) not in runs
+
+
+def test_the_runs_list_shows_the_runs_one_may_see(
+    client: Client, paused_run: Run, reviewer: User
+) -> None:
+    page = login(client, reviewer).get("/runs/").content.decode()
+    assert f'href="/runs/{paused_run.public_id}/"' in page and "Paused" in page
+
+
+def test_stop_is_for_who_started_it_and_not_at_a_form(
+    client: Client, paused_run: Run, reviewer: User, other_reviewer: User
+) -> None:
+    path = f"/runs/{paused_run.public_id}/stop"
+    assert login(client, other_reviewer).post(path).status_code == 403
+    response = login(Client(), reviewer).post(path, follow=True)
+    assert (
+        "This run is waiting at a form, where Dify cannot stop it. Answer the form, or let it "
+        "expire." in response.content.decode()
+    )
+    assert login(Client(), reviewer).get(path).status_code == 405
+
+
+def test_stopping_a_working_run_from_its_page(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.set_options(time_scale=30.0)
+    run = start_run(
+        refunds,
+        inputs=sample_inputs(simulator.apps["refund-approval"]),
+        dify_user="inbox-alice",
+        started_by=reviewer,
+    )
+    page = login(client, reviewer).get(f"/runs/{run.public_id}/").content.decode()
+    assert f'action="/runs/{run.public_id}/stop"' in page
+    response = client.post(f"/runs/{run.public_id}/stop", follow=True)
+    assert "Dify was asked to stop the run." in response.content.decode()
+    simulator.wait_for_status(run.workflow_run_id, "stopped")
