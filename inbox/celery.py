@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inbox.settings")
 
 app = Celery("inbox")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.task_prerun.connect
+def _drop_stale_connections(**kwargs: Any) -> None:
+    """As Django does before each request: a connection that broke or outlived CONN_MAX_AGE is
+    closed, the others are reused (CELERY_DB_REUSE_MAX keeps Celery from closing them all)."""
+    from django.db import close_old_connections
+
+    close_old_connections()

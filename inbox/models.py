@@ -1072,22 +1072,22 @@ class Decision(models.Model):
         previous = form.status
         form.status = form_status
         form.save(update_fields=form_fields)
-        AuditEntry.record(
-            verb,
-            self,
-            form=form.pk,
-            attempts=self.attempts,
-            reason=self.last_error,
-            **details,
-        )
-        if previous != form_status:
-            AuditEntry.record(
-                f"form_{form_status}",
-                form,
-                decision=self.pk,
-                previous=previous,
-                reason=self.last_error,
+        entries = [
+            AuditEntry.build(
+                verb, self, form=form.pk, attempts=self.attempts, reason=self.last_error, **details
             )
+        ]
+        if previous != form_status:
+            entries.append(
+                AuditEntry.build(
+                    f"form_{form_status}",
+                    form,
+                    decision=self.pk,
+                    previous=previous,
+                    reason=self.last_error,
+                )
+            )
+        AuditEntry.objects.bulk_create(entries)
 
     @classmethod
     def finish(
@@ -1389,10 +1389,25 @@ class AuditEntry(models.Model):
         actor_label: str = "",
         **details: Any,
     ) -> AuditEntry:
+        entry = cls.build(verb, obj, actor=actor, actor_label=actor_label, **details)
+        entry.save(force_insert=True)
+        return entry
+
+    @classmethod
+    def build(
+        cls,
+        verb: str,
+        obj: models.Model,
+        *,
+        actor: Any = None,
+        actor_label: str = "",
+        **details: Any,
+    ) -> AuditEntry:
+        """An unsaved entry, for writing several in one INSERT (`bulk_create`)."""
         if actor is not None and not getattr(actor, "is_authenticated", False):
             actor = None
         label = actor_label or (actor.get_username() if actor is not None else "system")
-        return cls.objects.create(
+        return cls(
             actor=actor,
             actor_label=label,
             verb=verb,

@@ -159,6 +159,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# Celery's Django fixup closes the database connection around every task unless this is set; a
+# new PostgreSQL connection (a server process forked) per task costs more than most tasks do.
+# Connections are kept as for web requests instead: inbox/celery.py drops a broken or aged one
+# (CONN_MAX_AGE, health checks) before each task, and the fixup recycles them every this many.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 
 # Decision delivery (inbox.tasks.deliver_decision). A failed attempt that may succeed later
 # (connection error, timeout, 429, 5xx) is retried after base * 2**(attempt-1) seconds, at most
