@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from inbox.models import AuditEntry, DifyApp
+from inbox.models import AuditEntry, DifyApp, Route, Run
 
 pytestmark = pytest.mark.smoke
 
@@ -45,3 +48,43 @@ def test_add_dify_app_creates_then_updates(db: None, capsys: pytest.CaptureFixtu
 def test_add_dify_app_rejects_a_bad_url(db: None) -> None:
     with pytest.raises(CommandError, match="--base-url is not an http"):
         call_command("add_dify_app", "hr", "--base-url", "dify.local", "--api-key", "k")
+
+
+def test_seed_demo_registers_the_simulator_apps_and_starts_runs_once(
+    db: None,
+    simulator: Any,
+    settings: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings.DEBUG = True
+    monkeypatch.setenv("INBOX_SIMULATOR_URL", simulator.base_url)
+    call_command("seed_demo")
+    out = capsys.readouterr().out
+    # Every simulator app with a workflow, none without (the plain chat app).
+    names = set(DifyApp.objects.values_list("name", flat=True))
+    assert names == {n for n, spec in simulator.apps.items() if spec.mode != "chat"}
+    assert DifyApp.objects.get(name="support-chat").mode == "chatflow"
+    runs = Run.objects.all()
+    assert runs.count() == len(names) + 1  # two refund runs
+    assert f"{runs.count()} demo runs started" in out
+    assert all(r.workflow_run_id and r.dify_user == "inbox-alice" for r in runs)
+    # They really run in the simulator, under the run's user.
+    for run in runs:
+        assert simulator.run(run.workflow_run_id)["user"] == "inbox-alice"
+    # Every app is routed to the reviewers before its forms arrive.
+    assert Route.objects.filter(app__in=DifyApp.objects.all()).count() == len(names)
+    # Seeding again (every `make run`) starts nothing more.
+    call_command("seed_demo")
+    assert Run.objects.count() == runs.count()
+
+
+def test_seed_demo_without_a_simulator_still_seeds_the_logins(
+    db: None, settings: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.DEBUG = True
+    monkeypatch.setenv("INBOX_SIMULATOR_URL", "http://127.0.0.1:9/v1")
+    call_command("seed_demo")
+    assert "no simulator at http://127.0.0.1:9" in capsys.readouterr().err
+    assert DifyApp.objects.count() == 0
+    assert User.objects.filter(username__in=["admin", "alice", "bob"]).count() == 3

@@ -3,8 +3,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import httpx
 from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand, CommandParser
+
+from inbox.dify.errors import DifyError
 
 # The demo's logins. Only for the embedded demo: `seed_demo` refuses to run with DEBUG off
 # unless --force is given, so a production database never gets these accounts by accident.
@@ -13,6 +16,15 @@ DEMO_USERS = [
     ("alice", "alice", False),
     ("bob", "bob", False),
 ]
+
+
+# The simulator's app modes as ours; a plain chat app (no workflow) is not registered.
+SIMULATOR_MODES = {"workflow": "workflow", "advanced-chat": "chatflow"}
+# Demo runs per app (a chatflow's message each); an app not named here gets one run.
+DEMO_RUNS = {
+    "refund-approval": ["", ""],
+    "support-chat": ["My parcel arrived damaged. Can I get my money back?"],
+}
 
 
 class Command(BaseCommand):
@@ -64,6 +76,73 @@ class Command(BaseCommand):
             )
 
     def seed_apps(self, simulator_url: str) -> None:
-        """Register the simulator's demo apps and start a few runs (filled in by capture).
-        Call `self.route_demo_app(app)` before starting an app's runs: forms are routed when
-        they are captured, and the follower may capture them at once."""
+        """Register the simulator's demo apps and start a few runs, so the inbox has forms
+        waiting. Runs are started once per app: seeding again (every `make run`) adds none.
+        Each app is routed before its runs start: forms are routed when they are captured, and
+        the follower may capture them at once."""
+        from inbox.models import DifyApp
+
+        root = simulator_url.rstrip("/").removesuffix("/v1")
+        try:
+            listed = httpx.get(f"{root}/_sim/apps", timeout=5).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.stderr.write(
+                f"seed_demo: no simulator at {root} ({type(exc).__name__}); no demo apps"
+            )
+            return
+        alice = User.objects.get(username="alice")
+        started = 0
+        for entry in listed:
+            mode = SIMULATOR_MODES.get(entry.get("mode"))
+            if mode is None:
+                continue  # a plain chat app has no workflow, hence no forms
+            app, _ = DifyApp.objects.update_or_create(
+                name=entry["name"],
+                defaults={"base_url": simulator_url, "api_key": entry["api_key"], "mode": mode},
+            )
+            self.route_demo_app(app)
+            if app.runs.exists():
+                continue
+            for query in DEMO_RUNS.get(app.name, [""]):
+                started += self.start_demo_run(app, alice, query)
+        self.stdout.write(f"seed_demo: {started} demo runs started on the simulator")
+
+    def start_demo_run(self, app: Any, user: Any, query: str) -> int:
+        """Start one run with the app's default start inputs; 1 when Dify took it."""
+        from inbox.runs import (
+            StartFailed,
+            StartRunForm,
+            app_parameters,
+            default_dify_user,
+            start_run,
+        )
+
+        try:
+            parameters = app_parameters(app)
+        except DifyError as exc:
+            self.stderr.write(f"seed_demo: {app.name}: parameters: {exc}")
+            return 0
+        form = StartRunForm(app, parameters, data={})
+        data: dict[str, Any] = {}
+        for spec in form.specs:
+            if spec.supported and spec.default not in (None, "", False):
+                data[spec.field_name] = "on" if spec.type == "checkbox" else spec.default
+        if query:
+            data["query"] = query
+        form = StartRunForm(app, parameters, data=data)
+        if not form.is_valid():
+            self.stderr.write(f"seed_demo: {app.name}: {form.error_messages()}")
+            return 0
+        try:
+            start_run(
+                app,
+                inputs=form.dify_inputs(),
+                query=form.cleaned_data.get("query", ""),
+                dify_user=default_dify_user(user),
+                started_by=user,
+                source="demo",
+            )
+        except StartFailed as exc:
+            self.stderr.write(f"seed_demo: {app.name}: {exc.message}")
+            return 0
+        return 1
