@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from inbox.models import DifyApp, Form, Run
+from inbox.models import DifyApp, Form, Route, Run
 from tests.review.browser import logged_in_page, screenshot
 from tests.review.conftest import full_definition, make_form, make_run
 from tests.review.xss import PAYLOADS
@@ -22,6 +22,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 def seed(app: DifyApp, reviewer: User) -> Form:
     other = DifyApp.objects.create(name="hiring", base_url="http://127.0.0.1:9/v1", api_key="k")
+    # Routed to the reviewers like the first app, so the inbox lists both apps' forms.
+    route = Route.objects.create(app=other, name="default", reminders="")
+    route.groups.add(*reviewer.groups.all())
     run = make_run(
         app,
         started_by=reviewer,
