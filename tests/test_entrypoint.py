@@ -117,3 +117,8 @@ def test_beat_command_starts_the_scheduler(transactional_db: None, tmp_path: Pat
     env = _env()
     env["BEAT_SCHEDULE_FILE"] = str(tmp_path / "schedule")
     _run_until(["bin/docker-entrypoint", "beat"], env, "beat: Starting")
+
+
+def test_follower_command_starts_a_follower(transactional_db: None) -> None:
+    out = _run_until(["bin/docker-entrypoint", "follower"], _env(), ": started")
+    assert "follower" in out
