@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from inbox.forms import DecisionForm, action_specs, existing_decision, input_specs
 from inbox.markdown import excerpt
-from inbox.models import ApiToken, Decision, Form
+from inbox.models import ApiToken, Decision, Form, FormNotOpen
 from inbox.uploads import UploadRejected, upload_to_dify
 from inbox.views import PAGE_SIZE, TAB_STATUSES, InboxFilters, inbox_rows, ordering, page_state
 
@@ -283,7 +283,14 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
         if decision is not None:
             return JsonResponse({"decision": _decision_json(decision)}, status=202)
     if page_state(form) != "open":
-        raise ApiError(409, "form_not_open", "This form can no longer be answered.")
+        # Who got there first, when, and with which action (or why it closed otherwise).
+        refusal = form.refusal(force=True)
+        raise ApiError(
+            409,
+            "form_not_open",
+            str(refusal),
+            details={"decision": _decision_json(refusal.decision)} if refusal.decision else None,
+        )
     dform = DecisionForm(form, require_every_key=True)
     data: dict[str, Any] = {"action": body.get("action") or "", "submission_key": key}
     for spec in dform.specs:
@@ -299,12 +306,11 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             " ".join(errors),
             details={name: [str(e) for e in errs] for name, errs in dform.errors.items()},
         )
-    from inbox.models import FormNotOpen  # Form.decide's refusal
-
     try:
         decision = dform.save(reviewer=request.user)
     except FormNotOpen as exc:
-        raise ApiError(409, "form_not_open", str(exc)) from None
+        details = {"decision": _decision_json(exc.decision)} if exc.decision else None
+        raise ApiError(409, "form_not_open", str(exc), details=details) from None
     return JsonResponse({"decision": _decision_json(decision)}, status=202)
 
 

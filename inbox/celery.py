@@ -15,9 +15,14 @@ app.autodiscover_tasks()
 
 
 @signals.task_prerun.connect
-def _drop_stale_connections(**kwargs: Any) -> None:
+def _drop_stale_connections(task: Any = None, **kwargs: Any) -> None:
     """As Django does before each request: a connection that broke or outlived CONN_MAX_AGE is
-    closed, the others are reused (CELERY_DB_REUSE_MAX keeps Celery from closing them all)."""
+    closed, the others are reused (CELERY_DB_REUSE_MAX keeps Celery from closing them all).
+    Not for an eager task (CELERY_TASK_ALWAYS_EAGER): it runs inside its caller, whose connection
+    and open transaction are not the task's to close."""
     from django.db import close_old_connections
+
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
 
     close_old_connections()

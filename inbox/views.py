@@ -43,7 +43,7 @@ from inbox.forms import (
     inputs_from_dify,
 )
 from inbox.markdown import quick_excerpt, split_content
-from inbox.models import Decision, DifyApp, Form, Run, Upload, assigned_to_q
+from inbox.models import Decision, DifyApp, Form, FormNotOpen, Run, Upload, assigned_to_q
 from inbox.uploads import UploadRejected, upload_to_dify
 
 logger = logging.getLogger(__name__)
@@ -537,13 +537,14 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         # The same page posted twice (double click, resubmit): show the first decision.
         return _after_decision(request, form, decider)
     if page_state(form) != "open":
-        return _render_body(request, form_context(request, form, decider), status=409)
+        # A page opened before someone else decided: say who got there first, and when.
+        notice = str(form.refusal(force=True)) if form.status != Form.Status.PENDING else ""
+        context = form_context(request, form, decider, notice=notice)
+        return _render_body(request, context, status=409)
     dform = DecisionForm(form, request.POST)
     if not dform.is_valid():
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)
-    from inbox.models import FormNotOpen
-
     try:
         dform.save(reviewer=decider.reviewer, guest_email=decider.guest_email)
     except FormNotOpen as exc:

@@ -627,6 +627,7 @@ class DifyApi:
         )
 
     async def form_submit(self, ctx: _Context) -> Response:
+        received = time.time()
         body = await _json_body(ctx)
         user = _user_from(body.get("user"))
         inputs = body.get("inputs")
@@ -638,6 +639,7 @@ class DifyApi:
             raise invalid_param("action: Input should be a valid string")
         form = self._form_for(ctx)
         self.sim.stats.submit_attempts[form.id] += 1
+        self.sim.stats.submit_received_at.setdefault(form.id, received)
         self._ensure_active(form)
         end_user = self.sim.end_user(ctx.app, user)
 

@@ -633,6 +633,8 @@ class Stats:
         self.requests_by_app: dict[str, Counter[str]] = {}
         self.submit_attempts: Counter[str] = Counter()
         self.submits_applied: Counter[str] = Counter()
+        # Unix time (float) at which each form's first submit request arrived.
+        self.submit_received_at: dict[str, float] = {}
         self.streams_open = 0
         self.streams_total = 0
         self.uploads = 0
@@ -649,6 +651,7 @@ class Stats:
             "requests_by_app": {app: dict(c) for app, c in self.requests_by_app.items()},
             "submit_attempts": dict(self.submit_attempts),
             "submits_applied": dict(self.submits_applied),
+            "submit_received_at": dict(self.submit_received_at),
             "streams_open": self.streams_open,
             "streams_total": self.streams_total,
             "uploads": self.uploads,

@@ -22,6 +22,7 @@ EXPECTED_APPS = {
     "access-request": ("app-sim-timeout", "workflow"),
     "invoice-sync": ("app-sim-failing", "workflow"),
     "faq-bot": ("app-sim-chatbot", "chat"),
+    "claim-review": ("app-sim-claims", "workflow"),
 }
 
 

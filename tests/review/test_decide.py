@@ -1,0 +1,258 @@
+"""The decision path of the form page and the JSON API, against the Dify simulator.
+
+A paused run in the simulator, its form recorded as the capture records it. The reviewer's post
+stores a Decision through `Form.decide` and moves the form to `submitting`; the delivery task is
+queued only when that commits. The tests hold those commit callbacks, look at the page while the
+decision is queued, then run them with Celery's tasks in this process (the production task, only
+the broker hop skipped) so the decision really travels to the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from inbox.celery import app as celery_app
+from inbox.models import ApiToken, Decision, DifyApp, Form, Route
+from tests.delivery.helpers import simulated_forms
+
+Capture = Callable[..., Any]
+
+
+@pytest.fixture
+def sim_form(simulator: Any, simulator_dify_app: Any, reviewers_group: Group) -> Form:
+    app: DifyApp = simulator_dify_app("refund-approval")
+    route = Route.objects.create(app=app, name="default", reminders="")
+    route.groups.add(reviewers_group)
+    [form] = simulated_forms(simulator, app, 1)
+    return form
+
+
+@pytest.fixture
+def tasks_in_process() -> Iterator[None]:
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = before
+
+
+def deliver(callbacks: list[Callable[[], Any]]) -> None:
+    """What happens when the decision's transaction commits: its delivery task runs."""
+    for callback in callbacks:
+        callback()
+
+
+def body(page: str) -> str:
+    start = page.index('id="form-body"')
+    return page[start : page.index("</section>", start)]
+
+
+def test_a_decision_is_queued_then_delivered_and_the_page_says_so(
+    client: Client,
+    reviewer: User,
+    sim_form: Form,
+    simulator: Any,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    client.force_login(reviewer)
+    url = f"/forms/{sim_form.public_id}/"
+    post = {"action": "approve", "in_decision_note": "Refund granted.", "submission_key": "k-1"}
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client.post(url + "decide", post)
+    assert response.status_code == 302 and response["Location"] == url
+    decision = Decision.objects.get(form=sim_form)
+    assert (decision.status, decision.action_id, decision.reviewer) == (
+        "queued",
+        "approve",
+        reviewer,
+    )
+    assert decision.inputs == {"decision_note": "Refund granted."}
+    assert Form.objects.get(pk=sim_form.pk).status == Form.Status.SUBMITTING
+    assert len(callbacks) == 1  # the delivery is queued once, after the commit
+    assert simulator.submit_count(sim_form.form_id) == 0
+
+    queued = body(client.get(url).content.decode())
+    assert "Decision queued; it is on its way to Dify." in queued
+    assert "Alice chose “approve”." in queued
+
+    deliver(callbacks)
+    decision.refresh_from_db()
+    assert decision.status == Decision.Status.DELIVERED and decision.attempts == 1
+    assert simulator.submits_applied(sim_form.form_id) == 1
+    form_in_dify = simulator.run(sim_form.run.workflow_run_id)["forms"][0]
+    assert form_in_dify["action_id"] == "approve"
+    assert form_in_dify["submitted_data"] == {"decision_note": "Refund granted."}
+
+    delivered = body(client.get(url).content.decode())
+    assert "✓ Submitted" in delivered and "By Alice" in delivered
+    assert "Approve refund" in delivered  # the action's title, as Dify shows it
+    assert sim_form.form_token not in delivered
+
+
+def test_the_same_page_posted_twice_makes_one_decision(
+    client: Client,
+    reviewer: User,
+    sim_form: Form,
+    simulator: Any,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    client.force_login(reviewer)
+    url = f"/forms/{sim_form.public_id}/decide"
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        first = client.post(url, {"action": "approve", "submission_key": "k-twice"})
+        # A double click, or the browser resending after a lost answer; htmx this time.
+        again = client.post(
+            url, {"action": "reject", "submission_key": "k-twice"}, HTTP_HX_REQUEST="true"
+        )
+    assert first.status_code == 302 and again.status_code == 200
+    assert "Decision queued; it is on its way to Dify." in again.content.decode()
+    assert Decision.objects.filter(form=sim_form).count() == 1
+    assert len(callbacks) == 1
+    deliver(callbacks)
+    with django_capture_on_commit_callbacks(execute=True) as later:
+        late = client.post(url, {"action": "approve", "submission_key": "k-twice"})
+    assert late.status_code == 302 and later == []
+    assert simulator.submit_count(sim_form.form_id) == 1
+    decision = Decision.objects.get(form=sim_form)
+    assert (decision.status, decision.action_id) == ("delivered", "approve")
+
+
+def test_another_reviewer_after_the_first_is_told_who_got_there_first(
+    client: Client,
+    reviewer: User,
+    other_reviewer: User,
+    sim_form: Form,
+    simulator: Any,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    url = f"/forms/{sim_form.public_id}/"
+    client.force_login(reviewer)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        client.post(url + "decide", {"action": "approve", "submission_key": "k-alice"})
+    # Bob's page was opened before Alice decided; he posts his own choice.
+    bob = Client()
+    bob.force_login(other_reviewer)
+    with django_capture_on_commit_callbacks(execute=False) as bobs:
+        refused = bob.post(url + "decide", {"action": "reject", "submission_key": "k-bob"})
+    assert refused.status_code == 409 and bobs == []
+    page = refused.content.decode()
+    assert "Alice already decided this form at" in page and ": Approve refund" in page
+    deliver(callbacks)
+    # Delivered by now: the same answer, and Bob's choice never reaches Dify.
+    refused = bob.post(url + "decide", {"action": "reject", "submission_key": "k-bob-2"})
+    assert refused.status_code == 409
+    assert "Alice already decided this form at" in refused.content.decode()
+    assert "By Alice" in body(refused.content.decode())
+    assert Decision.objects.filter(form=sim_form).count() == 1
+    assert simulator.submit_count(sim_form.form_id) == 1
+    assert simulator.run(sim_form.run.workflow_run_id)["forms"][0]["action_id"] == "approve"
+
+
+def test_a_decision_dify_refuses_comes_back_with_the_values_kept(
+    client: Client,
+    reviewer: User,
+    sim_form: Form,
+    simulator: Any,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    simulator.add_fault(
+        "status",
+        "form_submit",
+        status=400,
+        code="invalid_form_data",
+        message="decision_note: must mention the order",
+    )
+    client.force_login(reviewer)
+    url = f"/forms/{sim_form.public_id}/"
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        client.post(url + "decide", {"action": "approve", "in_decision_note": "Fine by me."})
+    deliver(callbacks)
+    decision = Decision.objects.get(form=sim_form)
+    assert decision.status == Decision.Status.REJECTED
+    assert Form.objects.get(pk=sim_form.pk).status == Form.Status.PENDING
+    page = body(client.get(url).content.decode())
+    assert "Dify did not accept the last decision." in page
+    assert "decision_note: must mention the order" in page
+    assert "Fine by me.</textarea>" in page
+    # Fixed and sent again: this one is delivered.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        again = client.post(
+            url + "decide", {"action": "approve", "in_decision_note": "Order SO-1: refund."}
+        )
+    assert again.status_code == 302
+    deliver(callbacks)
+    assert Decision.objects.filter(form=sim_form, status="delivered").count() == 1
+    assert simulator.submits_applied(sim_form.form_id) == 1
+
+
+# --- The JSON API ---------------------------------------------------------------------------
+
+
+def api_post(client: Client, token: str, url: str, data: dict[str, Any]) -> Any:
+    return client.post(
+        url, json.dumps(data), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+
+
+def test_the_api_takes_a_decision_with_202_and_reports_its_delivery(
+    client: Client,
+    reviewer: User,
+    other_reviewer: User,
+    sim_form: Form,
+    simulator: Any,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    _, alice_token = ApiToken.issue(reviewer)
+    _, bob_token = ApiToken.issue(other_reviewer)
+    url = f"/api/v1/forms/{sim_form.public_id}"
+    payload = {
+        "action": "approve",
+        "inputs": {"decision_note": "Approved via the API."},
+        "submission_key": "api-k-1",
+    }
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = api_post(client, alice_token, url + "/decision", payload)
+        # The client retries (a timeout on its side): the same decision, nothing new queued.
+        retried = api_post(client, alice_token, url + "/decision", payload)
+    assert response.status_code == 202
+    decision = response.json()["decision"]
+    assert decision["status"] == "queued" and decision["action"] == "approve"
+    assert decision["decided_by"] == "Alice" and decision["delivered_at"] is None
+    assert retried.status_code == 202 and retried.json()["decision"]["id"] == decision["id"]
+    assert len(callbacks) == 1 and Decision.objects.count() == 1
+    detail = client.get(url, HTTP_AUTHORIZATION=f"Bearer {alice_token}").json()
+    assert detail["status"] == "submitting" and detail["decision"]["status"] == "queued"
+
+    # Bob, a moment later: refused, and told whose decision it is.
+    late = api_post(client, bob_token, url + "/decision", {"action": "reject", "inputs": {}})
+    assert late.status_code == 409
+    error = late.json()["error"]
+    assert error["code"] == "form_not_open"
+    assert error["message"].startswith("Alice already decided this form at")
+    assert error["message"].endswith(": Approve refund")
+    assert error["details"]["decision"]["id"] == decision["id"]
+
+    deliver(callbacks)
+    detail = client.get(url, HTTP_AUTHORIZATION=f"Bearer {alice_token}").json()
+    assert detail["status"] == "submitted" and detail["answerable"] is False
+    assert detail["decision"]["status"] == "delivered" and detail["decision"]["delivered_at"]
+    assert sim_form.form_token not in json.dumps(detail)
+    assert simulator.submits_applied(sim_form.form_id) == 1
+    submitted = simulator.run(sim_form.run.workflow_run_id)["forms"][0]["submitted_data"]
+    assert submitted == {"decision_note": "Approved via the API."}
+    # The same key after delivery still answers with that decision, now delivered.
+    again = api_post(client, alice_token, url + "/decision", payload)
+    assert again.status_code == 202 and again.json()["decision"]["status"] == "delivered"
+    assert simulator.submit_count(sim_form.form_id) == 1
