@@ -1,12 +1,14 @@
-# Production image: one image for every process (web, worker, beat, follower).
+# Production image: one image for every process (web, worker, beat, follower), with the
+# runtime dependencies only (requirements.prod.lock: the pins of requirements.lock without the
+# test and lint tools).
 #   docker build -t dify-approval-inbox .
 #   docker run --env-file .env dify-approval-inbox web|worker|beat|follower|migrate
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
-COPY requirements.lock ./
-RUN pip install uv && uv pip install --system -r requirements.lock
+COPY requirements.prod.lock ./
+RUN pip install uv && uv pip install --system -r requirements.prod.lock
 
 COPY . .
 # Static files are collected at build time and served by WhiteNoise.

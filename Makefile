@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint install system-deps clean
+.PHONY: run test bench lint install system-deps lock clean
 
 $(STAMP): requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install system-deps lint
 
 bench: install system-deps
 	bin/with-services -- $(BIN)/python -m bench
+
+# Re-pin after changing pyproject.toml: everything (requirements.lock) and the image's subset.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --group dev --python-version 3.11 -o requirements.lock -q
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 -c requirements.lock -o requirements.prod.lock -q
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .mypy_cache .ruff_cache

@@ -20,3 +20,19 @@ class TimezoneMiddleware:
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             timezone.deactivate()
         return self.get_response(request)
+
+
+class HealthCheckMiddleware:
+    """Answer `/healthz` before anything checks the Host header or redirects to HTTPS: the
+    container's health check and load balancers probe by address over plain HTTP, with a Host
+    that ALLOWED_HOSTS rightly refuses. It still proves the database answers."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/healthz" and request.method in ("GET", "HEAD"):
+            from inbox.views import healthz
+
+            return healthz(request)
+        return self.get_response(request)

@@ -71,3 +71,39 @@ def test_production_requires_a_secret_key_and_encryption_keys() -> None:
     del env["INBOX_ENCRYPTION_KEYS"]
     done = _manage(env, "check")
     assert "INBOX_ENCRYPTION_KEYS must be set when DATABASE_URL is set" in done.stderr
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split("==", 1)
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_the_image_lock_pins_what_the_tests_ran_without_the_tools() -> None:
+    """The image installs requirements.prod.lock: the same versions the suite runs on (a subset
+    of requirements.lock), without the test and lint tools."""
+    everything, image = _pins(ROOT / "requirements.lock"), _pins(ROOT / "requirements.prod.lock")
+    drifted = {n: (v, everything.get(n)) for n, v in image.items() if everything.get(n) != v}
+    assert not drifted, (
+        f"{drifted}: regenerate with `uv pip compile pyproject.toml --python-version 3.11 "
+        "-c requirements.lock -o requirements.prod.lock`"
+    )
+    for package in ("django", "celery", "psycopg", "httpx", "gunicorn", "whitenoise"):
+        assert package in image
+    for tool in ("pytest", "playwright", "mypy", "ruff"):
+        assert tool not in image
+    assert "requirements.prod.lock" in (ROOT / "Dockerfile").read_text()
+
+
+def test_every_setting_read_from_the_environment_is_documented() -> None:
+    import re
+
+    source = (ROOT / "inbox" / "settings.py").read_text()
+    names = set(re.findall(r"env_\w+\(\s*\"([A-Z][A-Z0-9_]+)\"", source))
+    assert len(names) > 40
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert not missing, f"README.md's settings tables lack {missing}"

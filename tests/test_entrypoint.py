@@ -79,6 +79,8 @@ def test_web_command_serves_the_health_check(transactional_db: None) -> None:
     env["PORT"] = str(port := _free_port())
     env["WEB_CONCURRENCY"] = "1"
     env["SECURE_SSL_REDIRECT"] = "1"
+    # As in production: the probe's address is not one of the site's host names.
+    env["ALLOWED_HOSTS"] = "inbox.example.com"
     proc = subprocess.Popen(
         ["bin/docker-entrypoint", "web"],
         cwd=ROOT,
@@ -98,9 +100,13 @@ def test_web_command_serves_the_health_check(transactional_db: None) -> None:
 
         wait_until(healthy, timeout=60)
         # Everything else is redirected to HTTPS in production.
-        response = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/", headers={"Host": "inbox.example.com"}, timeout=5
+        )
         assert response.status_code == 301
-        assert response.headers["location"].startswith("https://")
+        assert response.headers["location"].startswith("https://inbox.example.com/")
+        # Any other host is refused, the probe's address included.
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 400
     finally:
         proc.terminate()
         proc.wait(timeout=15)
