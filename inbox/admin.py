@@ -22,6 +22,7 @@ from inbox.models import (
     DifyApp,
     Form,
     FormRecipient,
+    ReviewerProfile,
     Route,
     RouteRecipient,
     Run,
@@ -473,3 +474,13 @@ class ApiTokenAdmin(admin.ModelAdmin):
         from django.utils import timezone
 
         queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+@admin.register(ReviewerProfile)
+class ReviewerProfileAdmin(admin.ModelAdmin):
+    """The language each reviewer last used the inbox in: their emails are sent in it."""
+
+    list_display = ["user", "language", "updated_at"]
+    list_filter = ["language"]
+    search_fields = ["user__username", "user__email"]
+    autocomplete_fields = ["user"]

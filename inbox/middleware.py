@@ -4,7 +4,7 @@ import zoneinfo
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 
 class TimezoneMiddleware:
@@ -36,3 +36,31 @@ class HealthCheckMiddleware:
 
             return healthz(request)
         return self.get_response(request)
+
+
+class ReviewerLanguageMiddleware:
+    """Remember the language a signed-in reviewer uses the inbox in (after LocaleMiddleware has
+    picked it from the switch, the cookie or the browser), for the emails sent to them. One write
+    per session and change, not per request."""
+
+    SESSION_KEY = "inbox_language_saved"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        # Signed in through the session (not an API token, not a guest link).
+        if user is not None and user.is_authenticated and request.session.session_key:
+            language = translation.get_language() or ""
+            try:
+                language = translation.get_supported_language_variant(language)
+            except LookupError:
+                return response
+            if request.session.get(self.SESSION_KEY) != language:
+                from inbox.models import ReviewerProfile
+
+                ReviewerProfile.remember(user, language)
+                request.session[self.SESSION_KEY] = language
+        return response

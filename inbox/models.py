@@ -357,6 +357,10 @@ class Route(models.Model):
         max_length=16,
         choices=settings.LANGUAGES,
         default=settings.LANGUAGE_CODE,
+        help_text=_(
+            "For reviewers who have not used the inbox yet; the others get their emails in the "
+            "language they last used it in."
+        ),
     )
     allow_guests = models.BooleanField(
         _("guests may answer"),
@@ -604,9 +608,11 @@ class Form(models.Model):
                     .exclude(email="")
                     .distinct()
                 )
+                spoken = ReviewerProfile.languages_of(reviewers)
                 for reviewer in reviewers:
                     wanted.setdefault(
-                        reviewer.email.lower(), (reviewer.email, route.language, reviewer)
+                        reviewer.email.lower(),
+                        (reviewer.email, spoken.get(reviewer.pk, route.language), reviewer),
                     )
             # An address that belongs to exactly one active account is that person: they sign
             # in and find the form in their inbox instead of answering as a guest.
@@ -704,7 +710,12 @@ class Form(models.Model):
                 _recipient, created = FormRecipient.objects.get_or_create(
                     form=form,
                     email=to_user.email,
-                    defaults={"user": to_user, "language": settings.LANGUAGE_CODE},
+                    defaults={
+                        "user": to_user,
+                        "language": ReviewerProfile.languages_of([to_user]).get(
+                            to_user.pk, settings.LANGUAGE_CODE
+                        ),
+                    },
                 )
                 if created and form.status == Form.Status.PENDING:
                     pk = form.pk
@@ -1467,3 +1478,35 @@ class ApiToken(models.Model):
         if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
             cls.objects.filter(pk=token.pk).update(last_used_at=now)
         return token.user
+
+
+class ReviewerProfile(models.Model):
+    """What the inbox remembers of a reviewer: the language they last used it in (the language
+    switch or their browser's preference), so their emails speak it too."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="inbox_profile"
+    )
+    language = models.CharField(
+        _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("reviewer profile")
+        verbose_name_plural = _("reviewer profiles")
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.language})"
+
+    @classmethod
+    def languages_of(cls, users: typing.Iterable[Any]) -> dict[int, str]:
+        """user pk -> language, for the users who have used the inbox (one query)."""
+        pks = [u.pk for u in users]
+        if not pks:
+            return {}
+        return dict(cls.objects.filter(user_id__in=pks).values_list("user_id", "language"))
+
+    @classmethod
+    def remember(cls, user: Any, language: str) -> None:
+        cls.objects.update_or_create(user=user, defaults={"language": language})

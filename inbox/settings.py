@@ -51,6 +51,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "inbox.middleware.TimezoneMiddleware",
+    "inbox.middleware.ReviewerLanguageMiddleware",
 ]
 
 ROOT_URLCONF = "inbox.urls"

@@ -6,8 +6,18 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import AnonymousUser, Group, User
 from django.core.exceptions import ValidationError
+from django.test import Client
 
-from inbox.models import AuditEntry, ClaimRefused, DifyApp, Form, Route, parse_offsets
+from inbox.models import (
+    ApiToken,
+    AuditEntry,
+    ClaimRefused,
+    DifyApp,
+    Form,
+    ReviewerProfile,
+    Route,
+    parse_offsets,
+)
 from tests.reach.conftest import GUEST, GUEST_ZH
 from tests.reach.factories import make_form, route
 
@@ -220,3 +230,46 @@ def test_the_demo_routes_each_app_to_the_reviewers_and_two_guests(
         ("guest@example.com", "en", None),
         ("zhang.wei@example.com", "zh-hans", None),
     }
+
+
+def test_reviewers_get_emails_in_the_language_they_use_the_inbox_in(
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    reviewer: User,
+    other_reviewer: User,
+    client: Client,
+) -> None:
+    # Alice switches the inbox to Chinese; Bob never signed in, so the route's language is his.
+    client.force_login(reviewer)
+    response = client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
+    assert response.status_code == 302
+    client.get("/")
+    assert ReviewerProfile.objects.get(user=reviewer).language == "zh-hans"
+    route(reach_app, groups=[reviewers_group], email_reviewers=True, language="en")
+    form = make_form(reach_app)
+    assert {(r.email, r.language) for r in form.recipients.all()} == {
+        ("alice@example.com", "zh-hans"),
+        ("bob@example.com", "en"),
+    }
+    # A reassignment emails the new holder in their language too.
+    other = make_form(reach_app, node_id="n9")
+    other.recipients.all().delete()
+    other.reassign(to_user=reviewer)
+    assert other.recipients.get(user=reviewer).language == "zh-hans"
+
+
+def test_the_language_is_remembered_once_per_session_and_not_for_api_tokens(
+    reviewer: User, client: Client
+) -> None:
+    client.force_login(reviewer)
+    client.get("/", HTTP_ACCEPT_LANGUAGE="zh-Hans,zh;q=0.9")
+    assert ReviewerProfile.objects.get(user=reviewer).language == "zh-hans"
+    ReviewerProfile.objects.all().delete()
+    client.get("/", HTTP_ACCEPT_LANGUAGE="zh-Hans,zh;q=0.9")
+    assert not ReviewerProfile.objects.exists()  # already saved in this session
+    _token, raw = ApiToken.issue(other_reviewer_for_api := User.objects.create_user("carol"))
+    api = Client()
+    response = api.get("/api/v1/forms", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert response.status_code == 200
+    assert "sessionid" not in response.cookies
+    assert not ReviewerProfile.objects.filter(user=other_reviewer_for_api).exists()
