@@ -518,7 +518,7 @@ def _run_url(run: Run) -> str:
 def form_page_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
     context = form_context(request, form, decider)
     if request.htmx and request.GET.get("part") == "body":
-        return render(request, "inbox/form.html#body", context)
+        return render(request, "inbox/form.html#body_swap", context)
     return render(request, "inbox/form.html", context)
 
 
@@ -527,7 +527,7 @@ def _render_body(
 ) -> HttpResponse:
     if request.htmx:
         # htmx swaps only 2xx answers; the status of a refused post is in the page itself.
-        return render(request, "inbox/form.html#body", context)
+        return render(request, "inbox/form.html#body_swap", context)
     return render(request, "inbox/form.html", context, status=status)
 
 
@@ -557,7 +557,7 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
 def _after_decision(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
     form.refresh_from_db()
     if request.htmx:
-        return render(request, "inbox/form.html#body", form_context(request, form, decider))
+        return render(request, "inbox/form.html#body_swap", form_context(request, form, decider))
     return redirect(decider.base_url, permanent=False)
 
 

@@ -168,6 +168,8 @@ def test_a_reviewer_starts_a_run_and_decides_both_of_its_forms(
     covered.click()
     page.locator(".closed-submitted").wait_for(timeout=20000)
     assert "By Alice" in page.locator("#form-body").inner_text()
+    page.locator("#form-status.submitted").wait_for()  # the header follows the body
+    assert page.locator("#claim").count() == 0
     screenshot(page, "review-flow-delivered")
     decision = Decision.objects.get(form=first)
     assert decision.status == Decision.Status.DELIVERED and decision.reviewer == reviewer

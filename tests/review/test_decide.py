@@ -114,7 +114,11 @@ def test_the_same_page_posted_twice_makes_one_decision(
             url, {"action": "reject", "submission_key": "k-twice"}, HTTP_HX_REQUEST="true"
         )
     assert first.status_code == 302 and again.status_code == 200
-    assert "Decision queued; it is on its way to Dify." in again.content.decode()
+    swapped = again.content.decode()
+    assert "Decision queued; it is on its way to Dify." in swapped
+    # The page's header follows: its status badge, and no more "Take this form".
+    assert '<span id="form-status" class="badge submitting" hx-swap-oob="true">' in swapped
+    assert '<div id="claim" hx-swap-oob="delete"></div>' in swapped
     assert Decision.objects.filter(form=sim_form).count() == 1
     assert len(callbacks) == 1
     deliver(callbacks)
