@@ -37,6 +37,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import math
 import os
 import random
 import socket
@@ -68,6 +69,20 @@ from inbox.models import DifyApp, Form, Run
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Open streams per HTTP connection pool.
+STREAMS_PER_CLIENT = 50
+# Events applied the moment they arrive; the others may wait a little (see `_read_stream`).
+URGENT_EVENTS = frozenset(
+    {
+        "human_input_required",
+        "workflow_paused",
+        "human_input_form_filled",
+        "human_input_form_timeout",
+        "workflow_finished",
+        "message_end",
+        "error",
+    }
+)
 
 
 @dataclass
@@ -86,6 +101,9 @@ class FollowerSettings:
     # follows can come before it).
     settle_seconds: float = 10.0
     db_threads: int = 8
+    # How long progress events (node steps, text chunks) may wait to be applied together
+    # (see `_read_stream`).
+    hold_seconds: float = 0.5
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> FollowerSettings:
@@ -262,6 +280,8 @@ class Follower:
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.db_threads, thread_name_prefix="follower-db"
         )
+        # Streams are spread over several HTTP clients per app (see AsyncDifyClient.for_app).
+        self.http_shards = max(1, math.ceil(self.config.max_streams / STREAMS_PER_CLIENT))
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.side_tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"claimed": 0, "events": 0, "batches": 0, "reconnects": 0, "forms": 0}
@@ -348,7 +368,11 @@ class Follower:
         with contextlib.suppress(Exception):
             await AsyncDifyClient.close_cached()
         await asyncio.get_running_loop().run_in_executor(None, self._close_db_threads)
-        logger.info("follower %s: stopped", self.owner)
+        logger.info(
+            "follower %s: stopped (%s)",
+            self.owner,
+            ", ".join(f"{name} {count}" for name, count in self.stats.items()),
+        )
 
     def _close_db_threads(self) -> None:
         """Close each pool thread's database connection, from that thread (Django connections
@@ -385,7 +409,7 @@ class Follower:
                 logger.exception("follower: could not release run %s", claim.pk)
 
     async def _follow_run(self, claim: Claim) -> tuple[str, int]:
-        client = AsyncDifyClient.for_app(claim.app)
+        client = AsyncDifyClient.for_app(claim.app, shard=claim.pk % self.http_shards)
         attempts = 0
         refresh = claim.refresh
         while True:
@@ -465,20 +489,38 @@ class Follower:
         # bounded time only.
         wait_until: float | None = None
         settle_only = False
+        # Progress events (node steps; an LLM's text chunks, dozens a second per run) only add
+        # to the run's timeline: they are held for up to `hold_seconds` and applied together
+        # with what follows, so that a transaction per event does not crowd out the events
+        # that matter. Those (a form, a pause, a fill, the end, an error) are applied the moment
+        # they arrive, with whatever was held before them.
+        held: list[StreamEvent] = []
+        flush_at: float | None = None
         try:
             while True:
-                timeout = None if wait_until is None else max(0.0, wait_until - time.monotonic())
+                deadlines = [d for d in (wait_until, flush_at) if d is not None]
+                timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+                batch: list[StreamEvent | _End] = []
+                timed_out = False
                 try:
-                    first = await asyncio.wait_for(queue.get(), timeout)
+                    batch.append(await asyncio.wait_for(queue.get(), timeout))
                 except TimeoutError:
-                    if settle_only:
-                        return StreamResult("paused", progressed)
-                    return StreamResult("stalled", progressed, "a pause with no form waiting")
-                batch: list[StreamEvent | _End] = [first]
+                    timed_out = True
+                    if not held:
+                        if settle_only:
+                            return StreamResult("paused", progressed)
+                        return StreamResult("stalled", progressed, "a pause with no form waiting")
                 while not queue.empty():
                     batch.append(queue.get_nowait())
-                events = [e for e in batch if isinstance(e, StreamEvent)]
+                events = held + [e for e in batch if isinstance(e, StreamEvent)]
                 end = next((e for e in batch if isinstance(e, _End)), None)
+                due = timed_out or (flush_at is not None and time.monotonic() >= flush_at)
+                if end is None and not due and all(e.event not in URGENT_EVENTS for e in events):
+                    held = events
+                    if flush_at is None:
+                        flush_at = time.monotonic() + self.config.hold_seconds
+                    continue
+                held, flush_at = [], None
                 if events:
                     applied = await self._apply(claim, client, events, refresh)
                     progressed = progressed or applied.changed
@@ -603,10 +645,26 @@ async def _first(*aws: Any) -> None:
             task.cancel()
 
 
+_db_checks = threading.local()
+# How often a database thread checks its connection (see `_db_call`).
+DB_CHECK_SECONDS = 1.0
+
+
 def _db_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    # As Django does around a request: drop a connection that broke or outlived its age.
-    close_old_connections()
-    return fn(*args, **kwargs)
+    # As Django does around a request: drop a connection that broke or outlived its age. With
+    # CONN_HEALTH_CHECKS that costs a `SELECT 1` round trip, so each thread does it at most
+    # once a second (and after a call that failed) rather than before every call.
+    now = time.monotonic()
+    if (
+        getattr(_db_checks, "failed", True)
+        or now - getattr(_db_checks, "at", 0.0) >= DB_CHECK_SECONDS
+    ):
+        close_old_connections()
+        _db_checks.at = now
+    _db_checks.failed = True
+    result = fn(*args, **kwargs)
+    _db_checks.failed = False
+    return result
 
 
 def run_follower(owner: str | None = None, **overrides: Any) -> None:

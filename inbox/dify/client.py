@@ -20,12 +20,14 @@ lines leave them out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.metadata
 import logging
 import os
 import random
 import re
+import ssl
 import threading
 import time
 import tomllib
@@ -344,6 +346,13 @@ def _key_fingerprint(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default TLS settings, built once: loading the CA bundle costs tens of
+    milliseconds, and the follower keeps several clients per app (see `AsyncDifyClient`)."""
+    return httpx.create_ssl_context()
+
+
 class DifyClient(_BaseClient):
     """Synchronous client; thread-safe (httpx.Client is), one connection pool per instance."""
 
@@ -565,7 +574,7 @@ class AsyncDifyClient(_BaseClient):
     an AsyncEventStream: `async with client.stream_events(...) as stream: async for e in stream`."""
 
     # Per event loop: an AsyncClient's connections belong to the loop that opened them.
-    _cache: ClassVar[dict[Any, dict[tuple[Any, str, str], AsyncDifyClient]]] = {}
+    _cache: ClassVar[dict[Any, dict[tuple[Any, str, str, int], AsyncDifyClient]]] = {}
     _cache_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -585,25 +594,30 @@ class AsyncDifyClient(_BaseClient):
             headers=self._headers(),
             timeout=self.timeout,
             transport=transport,
+            verify=_shared_ssl_context(),
             # One follower holds hundreds of streams open against the same app at once.
             limits=limits or httpx.Limits(max_connections=1000, max_keepalive_connections=100),
             follow_redirects=False,
         )
 
     @classmethod
-    def for_app(cls, app: DifyApp) -> AsyncDifyClient:
+    def for_app(cls, app: DifyApp, shard: int = 0) -> AsyncDifyClient:
+        """The loop's client for `app`. `shard` picks one of several clients of the same app:
+        httpx's connection pool looks at each of its connections whenever a request starts or
+        a response closes, so a pool holding a thousand open streams makes every request cost
+        a thousand checks; the follower spreads its streams over pools of about fifty."""
         try:
             loop: Any = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        key = (app.pk, app.base_url.rstrip("/"), _key_fingerprint(app.api_key))
+        key = (app.pk, app.base_url.rstrip("/"), _key_fingerprint(app.api_key), shard)
         with cls._cache_lock:
             for dead in [lp for lp in cls._cache if lp is not None and lp.is_closed()]:
                 del cls._cache[dead]
             clients = cls._cache.setdefault(loop, {})
             client = clients.get(key)
             if client is None or client.is_closed:
-                for stale in [k for k in clients if k[0] == app.pk and k != key]:
+                for stale in [k for k in clients if k[0] == app.pk and k[:3] != key[:3]]:
                     del clients[stale]
                 client = cls(app.base_url, app.api_key)
                 clients[key] = client

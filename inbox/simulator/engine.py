@@ -607,6 +607,8 @@ class Run:
                     "form_id": form.id,
                     "node_id": form.node.id,
                     "status": form.status,
+                    # Unix time (float) of the moment the form was created and announced.
+                    "created_at": form.created_at,
                     "form_token": form.webapp_token,
                     "email_token": form.email_token,
                     "console_token": form.console_token,
