@@ -10,6 +10,7 @@ the broker hop skipped) so the decision really travels to the simulator.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -83,9 +84,13 @@ def test_a_decision_is_queued_then_delivered_and_the_page_says_so(
     assert "Decision queued; it is on its way to Dify." in queued
     assert "Alice chose “approve”." in queued
 
+    sent = time.time()
     deliver(callbacks)
     decision.refresh_from_db()
     assert decision.status == Decision.Status.DELIVERED and decision.attempts == 1
+    # The simulator notes when the submit arrived (the click-to-Dify benchmark reads it).
+    received = simulator.stats()["submit_received_at"][sim_form.form_id]
+    assert sent <= received <= time.time()
     assert simulator.submits_applied(sim_form.form_id) == 1
     form_in_dify = simulator.run(sim_form.run.workflow_run_id)["forms"][0]
     assert form_in_dify["action_id"] == "approve"
