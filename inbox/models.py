@@ -891,6 +891,10 @@ class Form(models.Model):
         return FormNotOpen(gettext("This form was answered in Dify."))
 
 
+# Run columns a delivery never reads (deferred when a decision is locked with its run).
+_RUN_BULK_FIELDS = ("inputs", "query", "outputs", "answer", "error", "timeline")
+
+
 class Decision(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
@@ -976,13 +980,17 @@ class Decision(models.Model):
         """Lock the decision and its form in one statement. Only those two rows (`of`): the run
         and app rows are shared by every form of the run, locking them would serialise
         unrelated deliveries. Every verb locks through here, so all lock in the same order."""
-        related = "form__run__app" if with_run else "form"
-        decision = (
-            cls.objects.select_for_update(of=("self", "form"))
-            .select_related(related)
-            .filter(pk=pk)
-            .first()
-        )
+        queryset = cls.objects.select_for_update(of=("self", "form"))
+        if with_run:
+            # A delivery needs the run's ids and user, not its history: the timeline, outputs
+            # and answer can be large and are decoded on every attempt otherwise.
+            queryset = queryset.select_related("form__run__app").defer(
+                *(f"form__run__{name}" for name in _RUN_BULK_FIELDS)
+            )
+        else:
+            queryset = queryset.select_related("form")
+        # No ORDER BY / LIMIT (`first()` would add them): the primary key selects one row.
+        decision = next(iter(queryset.filter(pk=pk).order_by()), None)
         if decision is None:
             return None
         return decision.form, decision

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 
-from inbox.models import AuditEntry, Decision, DifyApp, Form
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
 from tests.conftest import wait_until
 from tests.delivery.conftest import Workers
 from tests.delivery.helpers import simulated_forms
@@ -250,3 +251,33 @@ def test_forms_answered_or_expired_in_dify_are_shown_so_through_the_worker(
         "The form expired in Dify before the decision arrived.",
     )
     assert simulator.submits_applied(answered.form_id) == 1  # the other channel's, not ours
+
+
+def test_the_worker_survives_its_database_connections_being_ended_between_tasks(
+    simulator: Any, workers: Workers, reviewer_user: User
+) -> None:
+    forms = simulated_forms(simulator, _app(simulator), 4)
+    worker = workers.start(pool="threads", concurrency=2)
+    first = _decide_all(forms[:2], reviewer_user)
+    _wait_settled(workers, first, timeout=60)
+    # The task's last write (the run handed back to the follower) is done too.
+    wait_until(
+        lambda: Run.objects.filter(forms__in=forms[:2], follow_wanted=True).count() == 2,
+        timeout=30,
+    )
+    # The worker keeps its connections between tasks. End them from the server's side, as a
+    # PostgreSQL restart, a failover or an idle-session timeout would.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        )
+        ended = sum(1 for (done,) in cursor.fetchall() if done)
+    assert ended >= 1  # there were kept connections to end
+    second = _decide_all(forms[2:], reviewer_user)
+    _wait_settled(workers, second, timeout=60)
+    assert worker.poll() is None
+    _delivered_once_each(simulator, forms)
+    # The dead connection was replaced before the task used it: no attempt was lost to it.
+    assert [Decision.objects.get(pk=d.pk).attempts for d in second] == [1, 1]
