@@ -84,7 +84,8 @@ def main() -> str:
     client.force_login(user)
     api_key = load_dir()[APP].api_key
     total = SAMPLES + WARMUP
-    with _simulator() as root:
+    load_before = os.getloadavg()[0]
+    with _simulator() as (root, _pid):
         app = DifyApp.objects.create(
             name=f"bench-click-{int(time.time())}", base_url=f"{root}/v1", api_key=api_key
         )
@@ -133,7 +134,8 @@ def main() -> str:
             "test client in the benchmark process; the decision goes through PostgreSQL and Redis "
             f"to one Celery worker process (`--pool={POOL} --concurrency={CONCURRENCY}`), which "
             "opens the run's event stream and POSTs the form to the simulator. "
-            "Numbers taken on a 2-core machine shared with other work.",
+            "Numbers taken on a 2-core machine shared with other work (load average "
+            f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end).",
             "",
             "| from the click to | p50 | p95 | p99 | max | mean |",
             "|---|---|---|---|---|---|",
