@@ -40,6 +40,7 @@ from inbox.forms import (
     FileRefsField,
     InputSpec,
     existing_decision,
+    input_specs,
     inputs_from_dify,
 )
 from inbox.markdown import quick_excerpt, split_content
@@ -415,6 +416,27 @@ def _field_views(dform: DecisionForm) -> dict[str, FieldView]:
     return views
 
 
+def _kept_uploads(form: Form, decider: Decider) -> dict[str, list[str]]:
+    """The decider's own uploads still on the form, per file input: the latest ones, as many as
+    the input takes (one for `file`), in the order they were uploaded."""
+    specs = {s.name: s for s in input_specs(form.definition or {}) if s.is_file and s.allows_upload}
+    if not specs:
+        return {}
+    uploads = Upload.objects.filter(form=form, input_name__in=list(specs))
+    if decider.reviewer is not None:
+        uploads = uploads.filter(uploaded_by=decider.reviewer)
+    elif decider.guest_email:
+        uploads = uploads.filter(uploaded_by__isnull=True, guest_email__iexact=decider.guest_email)
+    else:
+        return {}
+    kept: dict[str, list[str]] = {}
+    for upload in uploads.order_by("-created_at", "-pk"):
+        refs = kept.setdefault(upload.input_name, [])
+        if len(refs) < specs[upload.input_name].ui_max_files:
+            refs.append(str(upload.public_id))
+    return {name: refs[::-1] for name, refs in kept.items()}
+
+
 def form_context(
     request: HtmxHttpRequest,
     form: Form,
@@ -432,6 +454,9 @@ def form_context(
             # Dify refused the last decision: show why, with the values the reviewer gave.
             initial = inputs_from_dify(form, decision.inputs)
             rejection = decision.last_error or _("Dify did not accept the decision.")
+        elif state == "open":
+            # Files this reviewer already sent to Dify are kept across reloads.
+            initial = _kept_uploads(form, decider)
         dform = DecisionForm(form, initial_inputs=initial)
     fields = _field_views(dform)
     segments: list[dict[str, Any]] = []

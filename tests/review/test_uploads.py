@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
+import re
 
-from inbox.models import DifyApp, Form, Upload
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client, RequestFactory
+
+from inbox.models import Decision, DifyApp, Form, Upload
 from tests.review.conftest import full_definition, make_form
 
 pytestmark = pytest.mark.smoke
@@ -106,3 +109,66 @@ def test_uploads_need_a_login_and_csrf(client: Client, form: Form, reviewer: obj
     assert (
         post_file(strict, form, "receipt", "r.pdf", b"%PDF", "application/pdf").status_code == 403
     )
+
+
+def _upload(form: Form, input_name: str, name: str, **fields: object) -> Upload:
+    return Upload.objects.create(
+        form=form,
+        input_name=input_name,
+        upload_file_id=f"dify-{name}",
+        name=name,
+        size=2048,
+        category="document",
+        **fields,
+    )
+
+
+def test_a_reload_shows_the_reviewers_own_uploads_and_submits_them(
+    alice: Client, form: Form, reviewer: User, other_reviewer: User
+) -> None:
+    _upload(form, "receipt", "old.pdf", uploaded_by=reviewer)
+    _upload(form, "receipt", "latest.pdf", uploaded_by=reviewer)
+    for n in range(5):  # the list takes three
+        _upload(form, "evidence", f"e{n}.png", uploaded_by=reviewer)
+    _upload(form, "evidence", "bobs.png", uploaded_by=other_reviewer)
+    _upload(form, "evidence", "guests.png", guest_email="guest@example.com")
+    removed = _upload(form, "receipt", "removed.pdf", uploaded_by=reviewer)
+    alice.post(f"/forms/{form.public_id}/uploads/{removed.public_id}/remove")
+
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    chips = re.findall(r'<span class="file-name">([^<]*)</span>', page)
+    # One file for the single input (the latest), the three latest for the list, in order.
+    assert chips == ["latest.pdf", "e2.png", "e3.png", "e4.png"]
+    assert "2.0\xa0KB" in page or "2.0 KB" in page
+    latest = Upload.objects.get(name="latest.pdf")
+    assert 'aria-label="Remove latest.pdf"' in page
+    assert f'name="in_receipt" value="{latest.public_id}"' in page
+
+    refs = re.findall(r'name="(in_receipt|in_evidence)" value="([0-9a-f-]{36})"', page)
+    data: dict[str, object] = {"action": "approve", "in_decision": "refund", "in_note": ""}
+    for key in ("in_receipt", "in_evidence"):
+        data[key] = [value for name, value in refs if name == key]
+    alice.post(f"/forms/{form.public_id}/decide", data)
+    decision = Decision.objects.get(form=form)
+    assert decision.inputs["receipt"]["upload_file_id"] == "dify-latest.pdf"
+    assert [f["upload_file_id"] for f in decision.inputs["evidence"]] == [
+        "dify-e2.png",
+        "dify-e3.png",
+        "dify-e4.png",
+    ]
+
+
+def test_a_guest_sees_only_the_uploads_made_as_that_guest(client: Client, form: Form) -> None:
+    from inbox.views import Decider, form_context
+
+    _upload(form, "receipt", "mine.pdf", guest_email="Guest@Example.com")
+    _upload(form, "receipt", "other.pdf", guest_email="other@example.com")
+    request = RequestFactory().get("/")
+    context = form_context(
+        request,  # type: ignore[arg-type]
+        form,
+        Decider(base_url="/g/", guest_email="guest@example.com"),
+    )
+    views = [seg["field"] for seg in context["segments"] if "field" in seg] + context["trailing"]
+    fields = {fv.spec.name: fv for fv in views}
+    assert [u.name for u in fields["receipt"].uploads] == ["mine.pdf"]
