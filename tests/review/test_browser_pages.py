@@ -182,15 +182,23 @@ def test_nothing_from_the_xss_corpus_runs(
     definition = full_definition()
     definition["inputs"][1]["option_source"]["value"] = PAYLOADS[:6]
     definition["user_actions"][0]["title"] = PAYLOADS[0]
+    names = [payload[:200] for payload in PAYLOADS[:8]]
+    definition["inputs"][3]["number_limits"] = len(names)
     form = make_form(
         dify_app,
         definition=definition,
         node_title=PAYLOADS[1],
         content=joined + "\n\n{{#$output.note#}}",
     )
-    for payload in PAYLOADS[:8]:
+    for name in names:
+        # The reviewer's own uploads: the page shows them again, names as plain text.
         form.uploads.create(
-            input_name="evidence", upload_file_id="x", name=payload[:200], size=1, category="image"
+            input_name="evidence",
+            upload_file_id="x",
+            name=name,
+            size=1,
+            category="image",
+            uploaded_by=reviewer,
         )
     done = make_form(
         dify_app, status=Form.Status.SUBMITTED, node_title=PAYLOADS[2], rendered_content=joined
@@ -200,4 +208,7 @@ def test_nothing_from_the_xss_corpus_runs(
         page.goto(live_server.url + url)
         page.wait_for_timeout(300)
         assert page.evaluate("window.__xss") is None, url
+        if url == f"/forms/{form.public_id}/":
+            shown = page.locator("#files-evidence .file-name").all_text_contents()
+            assert shown == names
     assert page.js_errors == []
