@@ -195,9 +195,11 @@
   document.addEventListener("htmx:responseError", function (event) {
     var parts = uploadParts(event.detail.elt);
     if (parts && parts.error) {
-      parts.error.textContent = event.detail.xhr.status === 413
-        ? parts.error.getAttribute("data-too-large") || "The file is too large."
-        : "The upload failed (" + event.detail.xhr.status + ").";
+      // The words come from the page, in its language.
+      var status = String(event.detail.xhr.status);
+      parts.error.textContent = status === "413"
+        ? parts.error.getAttribute("data-too-large") || status
+        : (parts.error.getAttribute("data-upload-failed") || "{status}").replace("{status}", status);
     }
   });
 

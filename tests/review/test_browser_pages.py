@@ -212,3 +212,23 @@ def test_nothing_from_the_xss_corpus_runs(
             shown = page.locator("#files-evidence .file-name").all_text_contents()
             assert shown == names
     assert page.js_errors == []
+
+
+def test_a_failed_upload_is_explained_in_the_pages_language(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language="zh-hans")
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    error = page.locator("#file-error-receipt")
+    assert error.get_attribute("data-too-large") == "文件过大。"
+    # The form is gone by the time the file is sent: the server answers 404.
+    Form.objects.filter(pk=form.pk).delete()
+    page.set_input_files(
+        "input[data-upload=receipt]",
+        files=[{"name": "r.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4"}],
+    )
+    page.wait_for_function(
+        "document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
+    )
+    assert error.text_content() == "上传失败\uff08404\uff09。"
