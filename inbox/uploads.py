@@ -11,14 +11,18 @@ from __future__ import annotations
 import posixpath
 from typing import Any, BinaryIO, cast
 
+from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.translation import gettext as _
 
 from inbox.dify import DifyClient
 from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
-from inbox.dify.files import size_limit_for
+from inbox.dify.files import DEFAULT_SIZE_LIMITS, limits_from_parameters, upload_size_limit
 from inbox.forms import InputSpec
-from inbox.models import AuditEntry, Form, Upload
+from inbox.models import AuditEntry, DifyApp, Form, Upload
+
+# When Dify cannot be asked for an app's limits, its defaults stand in for a short while.
+LIMITS_FALLBACK_SECONDS = 30
 
 
 class UploadRejected(Exception):
@@ -27,7 +31,22 @@ class UploadRejected(Exception):
         self.message = message
 
 
-def _megabytes(size: int) -> str:
+def upload_limits(app: DifyApp) -> dict[str, int]:
+    """Bytes per file category this app's Dify takes: the limits it reports in `GET /parameters`
+    (cached), or Dify's defaults when it cannot be asked."""
+    from inbox.runs import app_parameters
+
+    failed_key = f"inbox:upload-limits-failed:{app.pk}"
+    if cache.get(failed_key):
+        return dict(DEFAULT_SIZE_LIMITS)
+    try:
+        return limits_from_parameters(app_parameters(app))
+    except DifyError:
+        cache.set(failed_key, True, LIMITS_FALLBACK_SECONDS)
+        return dict(DEFAULT_SIZE_LIMITS)
+
+
+def megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):g} MB"
 
 
@@ -44,12 +63,13 @@ def upload_to_dify(
             _("This kind of file is not accepted here. Accepted: %(accepted)s.")
             % {"accepted": spec.accepted_label() or "—"}
         )
-    limit = size_limit_for(file_type)
+    # Dify picks the limit from the extension alone, whatever type the input takes it as.
+    limit = upload_size_limit(name, upload_limits(form.run.app))
     size = fileobj.size or 0
     if limit and size > limit:
         raise UploadRejected(
             _("The file is larger than %(limit)s, the most Dify takes for this kind of file.")
-            % {"limit": _megabytes(limit)}
+            % {"limit": megabytes(limit)}
         )
     if size == 0:
         raise UploadRejected(_("The file is empty."))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import math
 import uuid
@@ -35,7 +36,17 @@ from django_htmx.http import reswap, retarget, trigger_client_event
 from django_htmx.middleware import HtmxDetails
 
 from inbox import presence, timefmt
+from inbox.dify.files import (
+    AUDIO,
+    CATEGORY_EXTENSIONS,
+    DOCUMENT,
+    IMAGE,
+    VIDEO,
+    size_limit_for,
+    upload_size_limit,
+)
 from inbox.forms import (
+    CATEGORY_LABELS,
     DecisionForm,
     FileRefsField,
     InputSpec,
@@ -45,7 +56,7 @@ from inbox.forms import (
 )
 from inbox.markdown import quick_excerpt, split_content
 from inbox.models import Decision, DifyApp, Form, FormNotOpen, Run, Upload, assigned_to_q
-from inbox.uploads import UploadRejected, upload_to_dify
+from inbox.uploads import UploadRejected, megabytes, upload_limits, upload_to_dify
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +383,37 @@ class FieldView:
     bound: Any
     uploads: list[Upload] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    # Bytes per file category the app's Dify takes (see `inbox.uploads.upload_limits`).
+    limits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def size_limit_label(self) -> str:
+        """The largest file per kind this input takes, as Dify picks it: "images 10 MB, documents
+        15 MB"; a listed extension of another kind counts as a document or under its own kind."""
+        if not self.limits:
+            return ""
+        parts = []
+        for kind in self.spec.allowed_types:
+            if kind in CATEGORY_LABELS:
+                parts.append(
+                    f"{CATEGORY_LABELS[kind]} {megabytes(size_limit_for(kind, self.limits))}"
+                )
+        for ext in self.spec.custom_extensions:
+            parts.append(f"{ext} {megabytes(upload_size_limit('f' + ext, self.limits))}")
+        return ", ".join(parts)
+
+    @property
+    def size_limits_json(self) -> str:
+        """What the page checks before sending: a limit per extension with its own, else the
+        general one (the same choice `upload_size_limit` makes on the server)."""
+        if not self.limits:
+            return ""
+        by_extension = {
+            ext: size_limit_for(kind, self.limits)
+            for kind in (IMAGE, AUDIO, VIDEO)
+            for ext in sorted(CATEGORY_EXTENSIONS[kind])
+        }
+        return json.dumps({"default": size_limit_for(DOCUMENT, self.limits), "ext": by_extension})
 
     @property
     def label(self) -> str:
@@ -404,9 +446,14 @@ def _field_views(dform: DecisionForm) -> dict[str, FieldView]:
             str(u.public_id): u
             for u in Upload.objects.filter(form=dform.form_obj, public_id__in=valid)
         }
+    limits: dict[str, int] = {}
+    if any(spec.is_file and spec.allows_upload for spec in dform.specs):
+        limits = upload_limits(dform.form_obj.run.app)
     views = {}
     for spec in dform.specs:
         view = FieldView(spec=spec, bound=dform[spec.field_name])
+        if spec.is_file and spec.allows_upload:
+            view.limits = limits
         for ref in values.get(spec.name, []):
             if ref in uploads and uploads[ref].input_name == spec.name:
                 view.uploads.append(uploads[ref])

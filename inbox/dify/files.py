@@ -9,6 +9,7 @@ add a few document extensions (`UNSTRUCTURED_DOCUMENT_EXTENSIONS`).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 IMAGE = "image"
 DOCUMENT = "document"
@@ -118,6 +119,27 @@ def upload_size_limit(filename: str, limits: dict[str, int] | None = None) -> in
     if category in (IMAGE, VIDEO, AUDIO):
         return size_limit_for(category, limits)
     return size_limit_for(DOCUMENT, limits)
+
+
+_PARAMETER_KEYS = {
+    IMAGE: "image_file_size_limit",
+    AUDIO: "audio_file_size_limit",
+    VIDEO: "video_file_size_limit",
+    DOCUMENT: "file_size_limit",
+    CUSTOM: "file_size_limit",
+}
+
+
+def limits_from_parameters(parameters: dict[str, Any] | None) -> dict[str, int]:
+    """Bytes per category from an app's `GET /parameters` → `system_parameters` (in MB); a
+    limit the app does not report keeps Dify's default."""
+    system = (parameters or {}).get("system_parameters") or {}
+    limits = dict(DEFAULT_SIZE_LIMITS)
+    for category, key in _PARAMETER_KEYS.items():
+        value = system.get(key) if isinstance(system, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            limits[category] = int(value * MB)
+    return limits
 
 
 def is_allowed(

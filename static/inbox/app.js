@@ -160,10 +160,39 @@
     };
   }
 
+  // The same limit the server applies: by the file's extension, the app's limits in the page.
+  function megabytes(size) {
+    return String(Number((size / (1024 * 1024)).toPrecision(6))) + " MB";
+  }
+
+  function tooLarge(input, error) {
+    var limits = null;
+    try { limits = JSON.parse(input.getAttribute("data-size-limits") || "null"); } catch (e) { limits = null; }
+    if (!limits || !input.files) return [];
+    var template = (error && error.getAttribute("data-larger-than")) || "{limit}";
+    var found = [];
+    Array.prototype.forEach.call(input.files, function (file) {
+      var match = /[^/\\.]\.([^./\\]+)$/.exec(file.name);
+      var ext = match ? match[1].toLowerCase() : "";
+      var limit = (ext && limits.ext[ext]) || limits["default"];
+      if (limit && file.size > limit) found.push(file.name + ": " + template.replace("{limit}", megabytes(limit)));
+    });
+    return found;
+  }
+
   document.addEventListener("htmx:beforeRequest", function (event) {
     var parts = uploadParts(event.detail.elt);
     if (!parts) return;
     if (parts.error) parts.error.textContent = "";
+    var refused = tooLarge(event.detail.elt, parts.error);
+    if (refused.length) {
+      // Refused before sending, in the words the server would use.
+      event.preventDefault();
+      if (parts.error) parts.error.textContent = refused.join(" ");
+      event.detail.elt.value = "";
+      announce(refused.join(" "));
+      return;
+    }
     if (parts.field) parts.field.setAttribute("data-uploading", "");
     if (parts.progress) { parts.progress.hidden = false; parts.progress.value = 0; }
     refreshActions();

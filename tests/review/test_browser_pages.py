@@ -232,3 +232,31 @@ def test_a_failed_upload_is_explained_in_the_pages_language(
         "document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
     )
     assert error.text_content() == "上传失败\uff08404\uff09。"
+
+
+def test_a_file_over_its_limit_is_refused_before_sending(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    sent: list[str] = []
+    page.on(
+        "request", lambda request: sent.append(request.url) if "/files/" in request.url else None
+    )
+    # The page's limit is Dify's image limit (10 MB) for a .png, by its extension.
+    page.set_input_files(
+        "input[data-upload=receipt]",
+        files=[
+            {"name": "big.png", "mimeType": "image/png", "buffer": b"0" * (10 * 1024 * 1024 + 1)}
+        ],
+    )
+    error = page.locator("#file-error-receipt")
+    page.wait_for_function(
+        "document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
+    )
+    assert error.text_content() == (
+        "big.png: The file is larger than 10 MB, the most Dify takes for this kind of file."
+    )
+    assert sent == [] and not form.uploads.exists()
+    assert page.js_errors == []

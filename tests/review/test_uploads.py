@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, RequestFactory
 
-from inbox.models import Decision, DifyApp, Form, Upload
+from inbox.models import Decision, DifyApp, Form, Route, Upload
 from tests.review.conftest import full_definition, make_form
 
 pytestmark = pytest.mark.smoke
@@ -172,3 +175,47 @@ def test_a_guest_sees_only_the_uploads_made_as_that_guest(client: Client, form: 
     views = [seg["field"] for seg in context["segments"] if "field" in seg] + context["trailing"]
     fields = {fv.spec.name: fv for fv in views}
     assert [u.name for u in fields["receipt"].uploads] == ["mine.pdf"]
+
+
+def test_the_apps_own_size_limits_apply_by_extension_on_the_page_and_the_server(
+    alice: Client, simulator: Any, simulator_dify_app: Any, reviewers_group: Any
+) -> None:
+    mb = 1024 * 1024
+    simulator.set_options(
+        size_limits={"image": 1 * mb, "file": 2 * mb, "audio": 3 * mb, "video": 4 * mb}
+    )
+    app = simulator_dify_app()
+    Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
+    form = make_form(app)
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    # receipt takes images and documents; evidence images and .dwg (the general limit).
+    assert '<span class="size-limits">images 1 MB, documents 2 MB</span>' in page
+    assert '<span class="size-limits">images 1 MB, .dwg 2 MB</span>' in page
+    match = re.search(r'data-upload="receipt" data-size-limits="([^"]+)"', page)
+    assert match is not None
+    limits = json.loads(html.unescape(match.group(1)))
+    assert limits["default"] == 2 * mb and limits["ext"]["png"] == 1 * mb
+    assert limits["ext"]["mp4"] == 4 * mb and "pdf" not in limits["ext"]
+
+    # A PNG sent as a document-typed file still gets the image limit (by its extension).
+    refused = post_file(
+        alice, form, "receipt", "scan.png", b"0" * (mb + 1), "image/png", HTTP_HX_REQUEST="true"
+    )
+    assert "scan.png: The file is larger than 1 MB" in refused.content.decode()
+    accepted = post_file(
+        alice,
+        form,
+        "receipt",
+        "scan.pdf",
+        b"0" * (mb + 1),
+        "application/pdf",
+        HTTP_HX_REQUEST="true",
+    )
+    assert "scan.pdf" in accepted.content.decode() and "larger" not in accepted.content.decode()
+    assert [u.name for u in Upload.objects.filter(form=form)] == ["scan.pdf"]
+
+
+def test_without_the_apps_parameters_difys_defaults_apply(alice: Client, form: Form) -> None:
+    # dify_app points at a closed port: the defaults are shown.
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert '<span class="size-limits">images 10 MB, documents 15 MB</span>' in page
