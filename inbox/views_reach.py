@@ -49,9 +49,14 @@ from inbox.views import (
 WINDOW = 60
 
 
+def _window() -> int:
+    """The number of the current rate-limit window (fixed windows of WINDOW seconds)."""
+    return int(time.time() // WINDOW)
+
+
 def _hit(key: str, limit: int) -> bool:
     """Count one request against `key` in the current minute; True when over the limit."""
-    bucket = f"reach:rate:{key}:{int(time.time() // WINDOW)}"
+    bucket = f"reach:rate:{key}:{_window()}"
     if cache.add(bucket, 1, timeout=WINDOW * 2):
         return 1 > limit
     try:
