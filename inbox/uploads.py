@@ -36,7 +36,9 @@ def upload_limits(app: DifyApp) -> dict[str, int]:
     (cached), or Dify's defaults when it cannot be asked."""
     from inbox.runs import app_parameters
 
-    failed_key = f"inbox:upload-limits-failed:{app.pk}"
+    # Keyed like the parameters themselves: an app edited since (a new URL or key) asks again.
+    version = app.updated_at.timestamp() if app.updated_at else 0
+    failed_key = f"inbox:upload-limits-failed:{app.pk}:{version}"
     if cache.get(failed_key):
         return dict(DEFAULT_SIZE_LIMITS)
     try:

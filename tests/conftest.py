@@ -166,3 +166,13 @@ def simulator_dify_app(db: None, simulator: Any) -> Any:
         )
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Any:
+    """Each test starts with an empty cache: on SQLite a new row may reuse a primary key of an
+    earlier test's row, and cached values are keyed by primary keys."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
