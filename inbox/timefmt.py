@@ -7,9 +7,10 @@ the same way, so the server's first rendering and the live updates agree.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 from django.utils import timezone
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import get_language, gettext, ngettext
 
 _UNITS = [(86400, "day"), (3600, "hour"), (60, "minute")]
 
@@ -29,12 +30,21 @@ def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
     seconds = (value - now).total_seconds()
     magnitude = abs(seconds)
     if magnitude < 60:
-        return gettext("now")
+        return _worded(get_language(), 0, "", future=False)
     for size, unit in _UNITS:
         if magnitude >= size:
-            text = _unit_text(int(magnitude // size), unit)
-            break
-    if seconds > 0:
+            return _worded(get_language(), int(magnitude // size), unit, future=seconds > 0)
+    raise AssertionError("unreachable: the smallest unit is a minute")
+
+
+@functools.lru_cache(maxsize=4096)
+def _worded(language: str | None, count: int, unit: str, *, future: bool) -> str:
+    """The words for one (language, amount, unit, direction); a list of fifty rows repeats a
+    few of them, and translations do not change while the process runs."""
+    if not unit:
+        return gettext("now")
+    text = _unit_text(count, unit)
+    if future:
         return gettext("in %(time)s") % {"time": text}
     return gettext("%(time)s ago") % {"time": text}
 

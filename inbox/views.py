@@ -15,19 +15,21 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass, field
+from html import escape
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models import F, Max, Q, QuerySet
 from django.db.models.functions import Left
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
-from django.utils.formats import date_format
+from django.utils import dateformat, timezone
+from django.utils.formats import get_format
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import localtime
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -153,30 +155,60 @@ def _change_token(request: HttpRequest) -> str:
     return latest.isoformat() if latest else "0"
 
 
-def _status_counts(
+# Tab counts stop here and show as "1000+": an exact count reads every visible form (hundreds
+# of milliseconds at 100k), a capped one stops at the cap, and nobody works a tab that long.
+COUNT_CAP = 1000
+
+
+def _tab_counts(
     request: HttpRequest, filters: InboxFilters, visible: QuerySet[Form], token: str
 ) -> dict[str, int]:
-    """Forms per status for the tabs, cached until any form changes.
+    """Forms per tab, counted up to COUNT_CAP + 1 and cached until any form changes.
 
-    Counting every status reads the whole table (tens of milliseconds at 100k forms); the
-    change token moves with every new form or status change, so a cached count is never stale,
-    and reloads, tab switches and pages reuse it.
+    The change token moves with every new form or status change, so a cached count is never
+    stale, and reloads, tab switches and pages reuse it. All tabs in one statement: each count
+    is a subquery that stops after COUNT_CAP + 1 rows.
     """
     narrowing = f"{filters.app or ''}\n{filters.node}\n{filters.q}\n{filters.mine}".encode()
     key = f"inbox:counts:{request.user.pk}:{token}:{hashlib.sha256(narrowing).hexdigest()[:16]}"
     counts: dict[str, int] | None = cache.get(key)
     if counts is None:
-        # One count per status, glued with UNION ALL: each is an index-only scan of the
-        # (status, ...) index, where a GROUP BY over the table reads every row (12 ms against
-        # 92 ms at 100k forms on PostgreSQL).
         base = filters.apply(visible, with_status=False).order_by()
-        parts = [
-            base.filter(status=status).values("status").annotate(n=Count("*"))
-            for status in Form.Status.values
-        ]
-        counts = {row["status"]: row["n"] for row in parts[0].union(*parts[1:], all=True)}
+        parts: list[str] = []
+        params: list[Any] = []
+        for _key, _label, statuses in TABS:
+            sql, part_params = (
+                base.filter(status__in=statuses)
+                .values("pk")[: COUNT_CAP + 1]
+                .query.sql_with_params()
+            )
+            # Django compiled `sql` with placeholders; its values travel in `params`.
+            parts.append(f"(SELECT COUNT(*) FROM ({sql}) AS capped)")  # noqa: S608
+            params.extend(part_params)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join(parts), params)
+            row = cursor.fetchone()
+        counts = {key: int(n) for (key, _label, _statuses), n in zip(TABS, row, strict=True)}
         cache.set(key, counts, timeout=300)
     return counts
+
+
+def _count_text(count: int) -> str:
+    return f"{COUNT_CAP}+" if count > COUNT_CAP else str(count)
+
+
+def _total_text(
+    counts: dict[str, int], status: str, capped: bool, offset: int, shown: int, has_next: bool
+) -> str:
+    """The pager's "of N". Past the cap the count is a floor ("1000+", or as far as the pages
+    have gone); on the last page it is exact again."""
+    if not capped:
+        return str(sum(counts.values()) if status == "all" else counts[status])
+    last_index = offset + shown
+    if shown and not has_next:
+        return str(last_index)
+    floor = sum(min(n, COUNT_CAP) for n in counts.values()) if status == "all" else COUNT_CAP
+    return f"{max(floor, last_index)}+"
 
 
 def inbox_rows(forms: QuerySet[Form]) -> QuerySet[Form]:
@@ -222,22 +254,81 @@ class Row:
     expired: bool = False
 
 
-def inbox_row(form: Form, now: dt.datetime) -> Row:
+class RowFormat:
+    """What every row of a page shares, worked out once per page rather than fifty times:
+    status labels, the form URL's shape and the date format, in the request's language."""
+
+    _PLACEHOLDER = uuid.UUID(int=0)
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+        self.labels = {value: str(label) for value, label in Form.Status.choices}
+        self.url_head, self.url_tail = reverse("inbox:form", args=[self._PLACEHOLDER]).split(
+            str(self._PLACEHOLDER)
+        )
+        self.datetime_format = get_format("DATETIME_FORMAT")
+
+    def url(self, public_id: uuid.UUID) -> str:
+        return f"{self.url_head}{public_id}{self.url_tail}"
+
+    def datetime(self, value: dt.datetime) -> str:
+        return dateformat.format(localtime(value), self.datetime_format)
+
+
+def rows_html(rows: list[Row]) -> SafeString:
+    """The list's rows as HTML. Built here rather than in a template loop: fifty rows of a
+    dozen escaped values each cost a template a third of the page's time. Every value is
+    escaped; the words are translated once per page."""
+    run_label, arrived, expires_label = _("Run"), _("Arrived"), _("Expires")
+    expired_label, no_limit = _("Expired"), _("No time limit")
+    out = []
+    for r in rows:
+        side = ""
+        if r.status == "pending":
+            if not r.expires_iso:
+                side = f'<span class="left muted">{escape(no_limit)}</span>'
+            elif r.expired:
+                side = f'<span class="left expired">{escape(expired_label)}</span>'
+            else:
+                expires = escape(r.expires_iso)
+                side = (
+                    f'<span class="left{" urgent" if r.urgent else ""}" data-expires="{expires}">'
+                    f'{escape(expires_label)} <time datetime="{expires}" data-rel '
+                    f'title="{escape(r.expires_title)}">{escape(r.expires_rel)}</time></span>'
+                )
+        status = escape(r.status)
+        out.append(
+            f'<li class="row status-{status}" data-id="{escape(r.id)}">'
+            f'<div class="row-main"><a class="open" href="{escape(r.url)}">{escape(r.title)}</a> '
+            f'<span class="chip app">{escape(r.app)}</span> '
+            f'<p class="excerpt">{escape(r.excerpt)}</p></div>'
+            f'<div class="row-meta"><span class="run">{escape(run_label)} '
+            f"<code>{escape(r.run)}</code></span> "
+            f'<span class="age">{escape(arrived)} <time datetime="{escape(r.created_iso)}" '
+            f"data-rel>{escape(r.created_rel)}</time></span></div>"
+            f'<div class="row-side">{side} <span class="badge {status}">'
+            f"{escape(r.status_label)}</span></div></li>\n"
+        )
+    return mark_safe("".join(out))  # noqa: S308 - every value above is escaped
+
+
+def inbox_row(form: Form, fmt: RowFormat) -> Row:
     expires = form.expiration_time
+    now = fmt.now
     return Row(
         id=str(form.public_id),
-        url=reverse("inbox:form", args=[form.public_id]),
+        url=fmt.url(form.public_id),
         title=form.node_title or form.node_id,
         app=form.run.app.name,
         excerpt=quick_excerpt(getattr(form, "content_head", "")),
         run=(form.run.workflow_run_id or str(form.run.public_id))[:8],
         status=form.status,
-        status_label=str(form.get_status_display()),
+        status_label=fmt.labels.get(form.status, form.status),
         created_iso=form.created_at.isoformat(),
         created_rel=timefmt.relative(form.created_at, now),
         expires_iso=expires.isoformat() if expires else "",
         expires_rel=timefmt.relative(expires, now) if expires else "",
-        expires_title=date_format(localtime(expires), "DATETIME_FORMAT") if expires else "",
+        expires_title=fmt.datetime(expires) if expires else "",
         urgent=timefmt.is_urgent(expires, now),
         expired=expires is not None and expires <= now,
     )
@@ -255,33 +346,36 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     filters = InboxFilters.from_query(request.GET, request.user)
     visible = Form.objects.for_user(request.user)
     token = _change_token(request)
-    counts = _status_counts(request, filters, visible, token)
-    tabs = [
-        {"key": key, "label": label, "count": sum(counts.get(s, 0) for s in statuses)}
-        for key, label, statuses in TABS
-    ]
-    total = (
-        sum(counts.values())
+    counts = _tab_counts(request, filters, visible, token)
+    tabs = [{"key": k, "label": label, "count": _count_text(counts[k])} for k, label, _s in TABS]
+    total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
+    # Past the cap the number of pages is unknown: "Next" shows while another row follows.
+    capped = (
+        any(n > COUNT_CAP for n in counts.values())
         if filters.status == "all"
-        else next(t["count"] for t in tabs if t["key"] == filters.status)
+        else total > COUNT_CAP
     )
     pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(filters.page, pages)
+    page = filters.page if capped else min(filters.page, pages)
     offset = (page - 1) * PAGE_SIZE
     now = timezone.now()
-    rows = [
-        inbox_row(form, now)
-        for form in inbox_rows(filters.apply(visible)).order_by(*ordering(filters.sort))[
-            offset : offset + PAGE_SIZE
+    found = list(
+        inbox_rows(filters.apply(visible)).order_by(*ordering(filters.sort))[
+            offset : offset + PAGE_SIZE + 1
         ]
-    ]
+    )
+    fmt = RowFormat(now)
+    rows = [inbox_row(form, fmt) for form in found[:PAGE_SIZE]]
+    has_next = len(found) > PAGE_SIZE
     context = {
         "filters": filters,
         "tabs": tabs,
         "rows": rows,
+        "rows_html": rows_html(rows),
         "page": page,
         "pages": pages,
-        "total": total,
+        "has_next": has_next,
+        "total": _total_text(counts, filters.status, capped, offset, len(rows), has_next),
         "first_index": offset + 1,
         "last_index": offset + len(rows),
         "token": token,
@@ -463,19 +557,23 @@ def _field_views(dform: DecisionForm) -> dict[str, FieldView]:
     return views
 
 
+def _own_uploads(form: Form, decider: Decider) -> QuerySet[Upload]:
+    """The uploads this reviewer (or guest) made on the form; nobody else's."""
+    uploads = Upload.objects.filter(form=form)
+    if decider.reviewer is not None:
+        return uploads.filter(uploaded_by=decider.reviewer)
+    if decider.guest_email:
+        return uploads.filter(uploaded_by__isnull=True, guest_email__iexact=decider.guest_email)
+    return uploads.none()
+
+
 def _kept_uploads(form: Form, decider: Decider) -> dict[str, list[str]]:
     """The decider's own uploads still on the form, per file input: the latest ones, as many as
     the input takes (one for `file`), in the order they were uploaded."""
     specs = {s.name: s for s in input_specs(form.definition or {}) if s.is_file and s.allows_upload}
     if not specs:
         return {}
-    uploads = Upload.objects.filter(form=form, input_name__in=list(specs))
-    if decider.reviewer is not None:
-        uploads = uploads.filter(uploaded_by=decider.reviewer)
-    elif decider.guest_email:
-        uploads = uploads.filter(uploaded_by__isnull=True, guest_email__iexact=decider.guest_email)
-    else:
-        return {}
+    uploads = _own_uploads(form, decider).filter(input_name__in=list(specs))
     kept: dict[str, list[str]] = {}
     for upload in uploads.order_by("-created_at", "-pk"):
         refs = kept.setdefault(upload.input_name, [])
@@ -682,7 +780,8 @@ def upload_response(
 def remove_upload_response(
     request: HtmxHttpRequest, form: Form, decider: Decider, upload_id: uuid.UUID
 ) -> HttpResponse:
-    upload = get_object_or_404(Upload, form=form, public_id=upload_id)
+    # Only one's own: another reviewer's upload on the same form is not theirs to take away.
+    upload = get_object_or_404(_own_uploads(form, decider), public_id=upload_id)
     if page_state(form) == "open":
         # Dify has no delete for uploads; the file stays there unreferenced, as in Dify's UI.
         upload.delete()

@@ -119,6 +119,7 @@ def world(
         "users": users,
         "tokens": {name: ApiToken.issue(user)[1] for name, user in users.items()},
         "link": notify.link_token(guest_recipient),
+        "guest_email": guest_recipient.email,
     }
 
 
@@ -133,8 +134,11 @@ def build_url(name: str, persona: str, world: dict[str, Any]) -> str:
     if "input_name" in params:
         kwargs["input_name"] = "receipt"
     if "upload_id" in params:
+        # The persona's own upload: nobody may remove another's.
         upload = Upload.objects.create(
             form=form,
+            uploaded_by=world["users"].get(persona),
+            guest_email=world["guest_email"] if persona == "guest" else "",
             input_name="receipt",
             upload_file_id=str(uuid.uuid4()),
             name="r.pdf",

@@ -183,3 +183,67 @@ def test_empty_inbox_says_new_forms_will_appear(alice: Client) -> None:
     page = alice.get("/").content.decode()
     assert "Nothing is waiting for you." in page
     assert "New forms appear here by themselves" in page
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["hashed", "probed"])
+def test_both_visibility_queries_show_the_same_forms(
+    probe: bool, dify_app: DifyApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`for_user` picks its query by how many forms the user's groups have; either returns
+    exactly the forms routed to the user, to one of their groups, or held by them."""
+    from django.core.cache import cache
+
+    from inbox import models
+    from inbox.models import Run
+
+    monkeypatch.setattr(models, "PROBE_ROUTING_ROWS", 0 if probe else 10**9)
+    cache.clear()
+    team, other_team = Group.objects.create(name="team"), Group.objects.create(name="other")
+    ana = User.objects.create_user("ana")
+    ana.groups.add(team, Group.objects.create(name="second"))
+    ben = User.objects.create_user("ben")
+    ben.groups.add(other_team)
+    forms = {name: make_form(dify_app, node_title=name) for name in "abcdefg"}
+    for form in forms.values():
+        form.assigned_groups.clear()
+        form.assigned_users.clear()
+    forms["a"].assigned_groups.add(team)
+    forms["b"].assigned_users.add(ana)
+    forms["c"].assigned_groups.add(team, Group.objects.get(name="second"))
+    forms["c"].assigned_users.add(ana)  # routed three ways: still one row
+    forms["d"].assigned_groups.add(other_team)
+    Form.objects.filter(pk=forms["e"].pk).update(claimed_by=ana)
+    forms["f"].assigned_users.add(ben)
+    seen = {
+        user.username: sorted(Form.objects.for_user(user).values_list("node_title", flat=True))
+        for user in (ana, ben)
+    }
+    assert seen == {"ana": ["a", "b", "c", "e"], "ben": ["d", "f"]}
+    sql = str(Form.objects.for_user(ana).query)
+    assert ("UNION ALL" in sql) is probe
+    runs = sorted(Run.objects.for_user(ana).values_list("forms__node_title", flat=True))
+    assert runs == ["a", "b", "c", "e"]
+
+
+def test_tab_counts_stop_at_the_cap_and_pages_go_on_past_it(
+    alice: Client, dify_app: DifyApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inbox import views
+
+    monkeypatch.setattr(views, "COUNT_CAP", 3)
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    for i in range(7):
+        make_form(dify_app, node_title=f"p{i}", expires_in=dt.timedelta(hours=1 + i))
+    make_form(dify_app, node_title="s0", status=Form.Status.SUBMITTED)
+    first = alice.get("/").content.decode()
+    assert 'Pending <span class="count">3+</span>' in first
+    assert 'Submitted <span class="count">1</span>' in first
+    assert rows(first) == ["p0", "p1"] and "1–2 of 3+" in first and 'rel="next"' in first  # noqa: RUF001
+    third = alice.get("/?page=3").content.decode()
+    assert rows(third) == ["p4", "p5"] and "5–6 of 6+" in third and 'rel="next"' in third  # noqa: RUF001
+    # The last page knows the total again.
+    last = alice.get("/?page=4").content.decode()
+    assert rows(last) == ["p6"] and "7–7 of 7" in last and 'rel="next"' not in last  # noqa: RUF001
+    everything = alice.get("/?status=all").content.decode()
+    assert "1–2 of 4+" in everything  # noqa: RUF001  (3 pending counted, 1 submitted)
+    assert 'Pending <span class="count">3+</span>' in everything

@@ -86,9 +86,10 @@ def test_without_script_an_upload_error_comes_back_as_a_message(alice: Client, f
     assert "song.mp3: This kind of file is not accepted here." in page
 
 
-def test_removing_an_upload(alice: Client, form: Form) -> None:
+def test_removing_an_upload(alice: Client, form: Form, reviewer: Any) -> None:
     upload = Upload.objects.create(
         form=form,
+        uploaded_by=reviewer,
         input_name="receipt",
         upload_file_id="u1",
         name="r.pdf",
@@ -101,6 +102,27 @@ def test_removing_an_upload(alice: Client, form: Form) -> None:
     assert response.status_code == 200 and response.content == b""
     assert "r.pdf removed." in response["HX-Trigger"]
     assert not Upload.objects.exists()
+
+
+def test_another_reviewers_upload_cannot_be_removed(
+    alice: Client, form: Form, reviewers_group: Any
+) -> None:
+    bob = User.objects.create_user("bob")
+    bob.groups.add(reviewers_group)
+    theirs = Upload.objects.create(
+        form=form,
+        uploaded_by=bob,
+        input_name="receipt",
+        upload_file_id="u2",
+        name="bobs.pdf",
+        size=10,
+        category="document",
+    )
+    response = alice.post(
+        f"/forms/{form.public_id}/uploads/{theirs.public_id}/remove", HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 404
+    assert Upload.objects.filter(pk=theirs.pk).exists()
 
 
 def test_uploads_need_a_login_and_csrf(client: Client, form: Form, reviewer: object) -> None:
