@@ -247,3 +247,23 @@ def test_tab_counts_stop_at_the_cap_and_pages_go_on_past_it(
     everything = alice.get("/?status=all").content.decode()
     assert "1–2 of 4+" in everything  # noqa: RUF001  (3 pending counted, 1 submitted)
     assert 'Pending <span class="count">3+</span>' in everything
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="trigram indexes exist on PostgreSQL only"
+)
+def test_search_is_served_by_the_trigram_indexes(reviewer: User, dify_app: DifyApp) -> None:
+    """The migration's UPPER(...) gin_trgm_ops indexes match the SQL the search generates."""
+    from inbox.views import InboxFilters
+
+    make_form(dify_app, node_title="Refund check", content="refund of 4242 EUR")
+    forms = InboxFilters(q="refund of 4242", status="all").apply(Form.objects.all())
+    sql, params = forms.order_by().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        # A tiny table would be read whole, or walked along another index.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_indexscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "inbox_form_title_trgm" in plan and "inbox_form_content_trgm" in plan, plan
+    assert [f.node_title for f in forms] == ["Refund check"]
