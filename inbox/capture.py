@@ -557,7 +557,9 @@ class _Batch:
                 action=form.filled_action_id,
                 source=self.source,
             )
-        self.entry(f"form:{form.form_id}", status="answered")
+        # The pause's own entry says the run paused here; the answer is the entry below, at the
+        # time it came (both saying "answered" read as two answers).
+        self.entry(f"form:{form.form_id}", status="paused")
         self.entry(
             key,
             event="human_input_form_filled",

@@ -59,6 +59,7 @@ from inbox.forms import (
 from inbox.markdown import quick_excerpt, split_content
 from inbox.models import Decision, DifyApp, Form, FormNotOpen, Run, Upload, assigned_to_q
 from inbox.uploads import UploadRejected, megabytes, upload_limits, upload_to_dify
+from inbox.views_runs import timeline_status_label
 
 logger = logging.getLogger(__name__)
 
@@ -672,6 +673,7 @@ def _timeline_item(item: Any) -> dict[str, Any]:
         "title": item.get("title") or item.get("node_title") or item.get("label") or "",
         "event": item.get("event") or item.get("type") or "",
         "status": item.get("status") or "",
+        "status_label": timeline_status_label(str(item.get("status") or "")),
         "at": when,
     }
 

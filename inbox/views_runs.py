@@ -36,6 +36,25 @@ EVENT_LABELS = {
     "human_input_form_timeout": gettext_lazy("Form timed out"),
 }
 
+# The statuses a timeline entry carries (Dify's node and run statuses, and ours for forms), in
+# the reviewer's language; one Dify adds later shows as it comes.
+TIMELINE_STATUS_LABELS = {
+    "waiting": gettext_lazy("Waiting"),
+    "paused": gettext_lazy("Paused"),
+    "answered": gettext_lazy("Answered"),
+    "expired": gettext_lazy("Expired"),
+    "running": gettext_lazy("Running"),
+    "succeeded": gettext_lazy("Succeeded"),
+    "failed": gettext_lazy("Failed"),
+    "stopped": gettext_lazy("Stopped"),
+    "exception": gettext_lazy("Exception"),
+    "partial-succeeded": gettext_lazy("Partially succeeded"),
+}
+
+
+def timeline_status_label(status: str) -> str:
+    return str(TIMELINE_STATUS_LABELS.get(status, status))
+
 
 def _get_run_for_user(request: HttpRequest, public_id: uuid.UUID) -> Run:
     run = (
@@ -128,6 +147,7 @@ def _timeline(run: Run) -> list[dict[str, Any]]:
                 "label": label,
                 "event": event,
                 "status": str(item.get("status") or ""),
+                "status_label": timeline_status_label(str(item.get("status") or "")),
                 "action": item.get("action") or "",
                 "text": item.get("text") or "",
                 "error": item.get("error") or "",

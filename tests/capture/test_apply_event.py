@@ -134,6 +134,9 @@ def test_a_form_filled_in_dify_is_answered_elsewhere_with_what_was_filled(run: R
     assert RunEvent.objects.filter(run=run, event="human_input_form_filled").count() == 1
     assert AuditEntry.objects.filter(verb="form_answered_elsewhere").count() == 1
     assert "form_token" not in str(RunEvent.objects.get(event="human_input_form_filled").payload)
+    # The timeline: the pause where it happened, one answer after it (not two).
+    statuses = [(item["event"], item.get("status")) for item in run.timeline if "form" in item]
+    assert statuses == [("human_input_required", "paused"), ("human_input_form_filled", "answered")]
 
 
 def test_a_fill_while_our_decision_is_in_flight_leaves_the_status_to_delivery(

@@ -310,6 +310,10 @@ def test_the_run_panel_shows_status_timeline_outputs_and_the_next_form(
     assert "Fetch order" in panel
     assert "Refund sent" in panel and "&quot;eur&quot;: 120" in panel
     assert f'href="/forms/{following.public_id}/"' in panel and "Finance sign-off" in panel
+    # Timeline statuses are words in the reviewer's language, not Dify's codes.
+    chinese = alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content
+    assert '<span class="tl-status">Succeeded</span>' in panel
+    assert '<span class="tl-status">成功</span>' in chinese.decode()
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
