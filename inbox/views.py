@@ -257,9 +257,10 @@ class Row:
 
 
 @functools.lru_cache(maxsize=4096)
-def _formatted(language: str | None, fmt: str, value: dt.datetime) -> str:
+def _formatted(language: str | None, fmt: str, zone: str, value: dt.datetime) -> str:
     """A local time in a format of the language (its month and day words); a page polled again
-    and again shows the same times."""
+    and again shows the same times. `zone` is part of the key because aware datetimes compare
+    (and hash) by instant: 10:00 in Paris and 17:00 in Shanghai are the same key otherwise."""
     return dateformat.format(value, fmt)
 
 
@@ -281,7 +282,8 @@ class RowFormat:
         return f"{self.url_head}{public_id}{self.url_tail}"
 
     def datetime(self, value: dt.datetime) -> str:
-        return _formatted(get_language(), self.datetime_format, localtime(value))
+        local = localtime(value)
+        return _formatted(get_language(), self.datetime_format, str(local.tzinfo), local)
 
 
 def rows_html(rows: list[Row]) -> SafeString:

@@ -267,3 +267,26 @@ def test_search_is_served_by_the_trigram_indexes(reviewer: User, dify_app: DifyA
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "inbox_form_title_trgm" in plan and "inbox_form_content_trgm" in plan, plan
     assert [f.node_title for f in forms] == ["Refund check"]
+
+
+def test_the_expiry_tooltip_is_in_each_reviewers_time_zone(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    """Formatted times are cached; the same instant still reads differently in two zones."""
+    import re
+
+    expires = dt.datetime(2031, 3, 4, 9, 30, tzinfo=dt.UTC)
+    form = make_form(dify_app, node_title="tz")
+    Form.objects.filter(pk=form.pk).update(expiration_time=expires)
+
+    def tooltip(zone: str) -> str:
+        alice.cookies["tz"] = zone
+        page = alice.get("/").content.decode()
+        found = re.search(r'data-rel title="([^"]+)"', page)
+        assert found is not None, page
+        return found.group(1)
+
+    paris = tooltip("Europe/Paris")  # formatted and cached first
+    shanghai = tooltip("Asia/Shanghai")  # the same instant: must not reuse Paris's words
+    assert "10:30 a.m." in paris, paris
+    assert "5:30 p.m." in shanghai, shanghai
