@@ -460,6 +460,14 @@ class ClaimRefused(Exception):
 PROBE_ROUTING_ROWS = 20_000
 
 
+def _group_ids_of(user: Any) -> models.QuerySet[Any]:
+    """The user's group ids, read from the membership table alone: `user.groups` joins the
+    group table too, and inside a per-form probe that join costs a third of an inbox count."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().groups.through.objects.filter(user_id=user.pk).values("group_id")
+
+
 def _routed_through_groups(user: Any) -> int:
     """How many forms are routed to the user's groups, counted up to PROBE_ROUTING_ROWS and
     cached for five minutes: it only picks the faster query, never what the query returns."""
@@ -469,7 +477,7 @@ def _routed_through_groups(user: Any) -> int:
     count: int | None = cache.get(key)
     if count is None:
         count = (
-            Form.assigned_groups.through.objects.filter(group_id__in=user.groups.values("pk"))
+            Form.assigned_groups.through.objects.filter(group_id__in=_group_ids_of(user))
             .order_by()[:PROBE_ROUTING_ROWS]
             .count()
         )
@@ -493,7 +501,7 @@ class FormQuerySet(models.QuerySet["Form"]):
             form_id=OuterRef("pk"), user_id=user.pk
         ).values("pk")
         by_group = Form.assigned_groups.through.objects.filter(
-            form_id=OuterRef("pk"), group_id__in=user.groups.values("pk")
+            form_id=OuterRef("pk"), group_id__in=_group_ids_of(user)
         ).values("pk")
         if _routed_through_groups(user) < PROBE_ROUTING_ROWS:
             # Few forms routed to the user's groups: PostgreSQL hashes those routing rows once
