@@ -214,23 +214,13 @@ def _total_text(
 
 
 def inbox_rows(forms: QuerySet[Form]) -> QuerySet[Form]:
-    """Only what a row shows: long content and definitions stay in the database."""
+    """The API's list: a row's fields as model instances (the API's summary also gives the
+    decision time and the run's status); long content and definitions stay in the database."""
+    fields = [name for name in ROW_FIELDS if name != "content_head"]
     return (
         forms.select_related("run__app")
-        .only(
-            "public_id",
-            "node_id",
-            "node_title",
-            "status",
-            "expiration_time",
-            "created_at",
-            "decided_at",
-            "run__public_id",
-            "run__status",
-            "run__workflow_run_id",
-            "run__app__name",
-        )
-        .annotate(content_head=Left("content", 400))
+        .only(*fields, "decided_at", "run__status")
+        .annotate(content_head=CONTENT_HEAD)
     )
 
 
@@ -337,6 +327,8 @@ ROW_FIELDS = (
     "run__workflow_run_id",
     "run__app__name",
 )
+# The start of the content, enough for a row's excerpt.
+CONTENT_HEAD = Left("content", 400)
 
 
 def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
@@ -367,14 +359,12 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
 @require_GET
 def index(request: HtmxHttpRequest) -> HttpResponse:
     since = request.GET.get("since")
-    if since is not None and request.htmx:
-        token = _change_token(request)
-        if token == since:
-            # Nothing changed: the poll cost one indexed query and moves no bytes.
-            return HttpResponse(status=204)
+    token = _change_token(request)
+    if since is not None and request.htmx and token == since:
+        # Nothing changed: the poll cost one indexed query and moves no bytes.
+        return HttpResponse(status=204)
     filters = InboxFilters.from_query(request.GET, request.user)
     visible = Form.objects.for_user(request.user)
-    token = _change_token(request)
     counts = _tab_counts(request, filters, visible, token)
     tabs = [{"key": k, "label": label, "count": _count_text(counts[k])} for k, label, _s in TABS]
     total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
@@ -391,7 +381,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     found = list(
         filters.apply(visible)
         .order_by(*ordering(filters.sort))
-        .annotate(content_head=Left("content", 400))
+        .annotate(content_head=CONTENT_HEAD)
         .values(*ROW_FIELDS)[offset : offset + PAGE_SIZE + 1]
     )
     fmt = RowFormat(now)
@@ -403,7 +393,6 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         "rows": rows,
         "rows_html": rows_html(rows),
         "page": page,
-        "pages": pages,
         "has_next": has_next,
         "total": _total_text(counts, filters.status, capped, offset, len(rows), has_next),
         "first_index": offset + 1,
