@@ -485,6 +485,64 @@ def _routed_through_groups(user: Any) -> int:
     return count
 
 
+class RoutedTo(models.Expression):
+    """True when a form is routed to the user, by name or through one of their groups, or the
+    user holds it: the condition of `FormQuerySet.for_user`, written as SQL once.
+
+    The same condition built from querysets (two EXISTS over the routing tables, a union, the
+    user's groups) costs Django 2.5 ms to assemble and as much again to compile, on every
+    page, several times a page; this compiles in microseconds. The form's columns are source
+    expressions, so the table alias is the right one wherever the condition is used (a subquery
+    under another alias included). `probe`: one EXISTS over a UNION ALL, probed per form
+    through the routing indexes, instead of two EXISTS that PostgreSQL hashes whole (see
+    `for_user`)."""
+
+    conditional = True
+    output_field = models.BooleanField()
+
+    def __init__(
+        self, user_id: int, *, probe: bool, pk: Any = None, claimed_by: Any = None
+    ) -> None:
+        super().__init__()
+        self.user_id = user_id
+        self.probe = probe
+        self.pk = pk if pk is not None else models.F("pk")
+        self.claimed_by = claimed_by if claimed_by is not None else models.F("claimed_by")
+
+    def get_source_expressions(self) -> list[Any]:
+        return [self.pk, self.claimed_by]
+
+    def set_source_expressions(self, exprs: typing.Sequence[Any]) -> None:
+        self.pk, self.claimed_by = exprs
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        from django.contrib.auth import get_user_model
+
+        quote = connection.ops.quote_name
+        form_sql, form_params = compiler.compile(self.pk)
+        claimed_sql, claimed_params = compiler.compile(self.claimed_by)
+        users = quote(Form.assigned_users.through._meta.db_table)
+        groups = quote(Form.assigned_groups.through._meta.db_table)
+        members = quote(get_user_model().groups.through._meta.db_table)
+        # Only table names and compiled columns are formatted in; the user id is a parameter.
+        # Aliases of their own: the form's alias (say U0 inside a subquery) is never shadowed.
+        by_user = (
+            f"SELECT 1 FROM {users} routed_u "  # noqa: S608
+            f"WHERE routed_u.form_id = {form_sql} AND routed_u.user_id = %s"
+        )
+        by_group = (
+            f"SELECT 1 FROM {groups} routed_g "  # noqa: S608
+            f"WHERE routed_g.form_id = {form_sql} AND routed_g.group_id IN "
+            f"(SELECT member.group_id FROM {members} member WHERE member.user_id = %s)"
+        )
+        if self.probe:
+            sql = f"(EXISTS({by_user} UNION ALL {by_group}) OR {claimed_sql} = %s)"
+        else:
+            sql = f"(EXISTS({by_user}) OR EXISTS({by_group}) OR {claimed_sql} = %s)"
+        uid = self.user_id
+        return sql, (*form_params, uid, *form_params, uid, *claimed_params, uid)
+
+
 class FormQuerySet(models.QuerySet["Form"]):
     def for_user(self, user: Any) -> FormQuerySet:
         """The forms this user may see. Every page and API call goes through here.
@@ -492,26 +550,19 @@ class FormQuerySet(models.QuerySet["Form"]):
         Staff see every form (they route, reassign and audit). A reviewer sees the forms routed
         to them or to one of their groups, and the ones they hold. EXISTS rather than joins: a
         form routed to a user and two of their groups is still one row, with no DISTINCT.
+
+        Few forms routed to the user's groups: PostgreSQL hashes those routing rows once and
+        checks each form against the hash. Many: hashing every routing row costs 50 ms at 100k
+        before the first form is read, so one EXISTS over a UNION ALL is probed through the
+        (form, user) and (form, group) indexes one form at a time, and a page of fifty, a
+        capped count or the newest change stops after a few probes. Both return the same forms.
         """
         if user is None or not user.is_authenticated or not user.is_active:
             return self.none()
         if user.is_staff:
             return self
-        by_user = Form.assigned_users.through.objects.filter(
-            form_id=OuterRef("pk"), user_id=user.pk
-        ).values("pk")
-        by_group = Form.assigned_groups.through.objects.filter(
-            form_id=OuterRef("pk"), group_id__in=_group_ids_of(user)
-        ).values("pk")
-        if _routed_through_groups(user) < PROBE_ROUTING_ROWS:
-            # Few forms routed to the user's groups: PostgreSQL hashes those routing rows once
-            # and checks each form against the hash.
-            return self.filter(Q(Exists(by_user)) | Q(Exists(by_group)) | Q(claimed_by=user))
-        # Many: hashing every routing row costs 50 ms at 100k before the first form is read.
-        # One EXISTS over a UNION ALL is instead probed through the (form, user) and
-        # (form, group) indexes one form at a time, so a page of fifty, a capped count or the
-        # newest change stops after a few probes. Both return the same forms.
-        return self.filter(Q(Exists(by_user.union(by_group, all=True))) | Q(claimed_by=user))
+        probe = _routed_through_groups(user) >= PROBE_ROUTING_ROWS
+        return self.filter(RoutedTo(user.pk, probe=probe))
 
     def assigned_to(self, user: Any) -> FormQuerySet:
         """The inbox's "assigned to me": forms the user holds or that were routed to them by
