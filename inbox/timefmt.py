@@ -23,17 +23,21 @@ def _unit_text(count: int, unit: str) -> str:
     return ngettext("%(n)d minute", "%(n)d minutes", count) % {"n": count}
 
 
-def relative(value: dt.datetime | None, now: dt.datetime | None = None) -> str:
+def relative(
+    value: dt.datetime | None, now: dt.datetime | None = None, *, language: str | None = None
+) -> str:
+    """`language`: the active one unless given (a list of rows looks it up once)."""
     if value is None:
         return ""
     now = now or timezone.now()
+    language = language or get_language()
     seconds = (value - now).total_seconds()
     magnitude = abs(seconds)
     if magnitude < 60:
-        return _worded(get_language(), 0, "", future=False)
+        return _worded(language, 0, "", future=False)
     for size, unit in _UNITS:
         if magnitude >= size:
-            return _worded(get_language(), int(magnitude // size), unit, future=seconds > 0)
+            return _worded(language, int(magnitude // size), unit, future=seconds > 0)
     raise AssertionError("unreachable: the smallest unit is a minute")
 
 
