@@ -515,7 +515,9 @@ class RoutedTo(models.Expression):
     def set_source_expressions(self, exprs: typing.Sequence[Any]) -> None:
         self.pk, self.claimed_by = exprs
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+    def as_sql(
+        self, compiler: Any, connection: Any, *, member_ids_once: bool = False
+    ) -> tuple[str, tuple[Any, ...]]:
         from django.contrib.auth import get_user_model
 
         quote = connection.ops.quote_name
@@ -526,14 +528,21 @@ class RoutedTo(models.Expression):
         members = quote(get_user_model().groups.through._meta.db_table)
         # Only table names and compiled columns are formatted in; the user id is a parameter.
         # Aliases of their own: the form's alias (say U0 inside a subquery) is never shadowed.
+        member_ids = f"SELECT member.group_id FROM {members} member WHERE member.user_id = %s"  # noqa: S608
+        if member_ids_once:
+            # An uncorrelated ARRAY(...) is an InitPlan: the user's groups are read once per
+            # statement, and each probe is one index lookup on (form, group), instead of a
+            # join with the membership table per form (a third of a capped count's time).
+            in_groups = f"= ANY(ARRAY({member_ids}))"
+        else:
+            in_groups = f"IN ({member_ids})"
         by_user = (
             f"SELECT 1 FROM {users} routed_u "  # noqa: S608
             f"WHERE routed_u.form_id = {form_sql} AND routed_u.user_id = %s"
         )
         by_group = (
             f"SELECT 1 FROM {groups} routed_g "  # noqa: S608
-            f"WHERE routed_g.form_id = {form_sql} AND routed_g.group_id IN "
-            f"(SELECT member.group_id FROM {members} member WHERE member.user_id = %s)"
+            f"WHERE routed_g.form_id = {form_sql} AND routed_g.group_id {in_groups}"
         )
         if self.probe:
             sql = f"(EXISTS({by_user} UNION ALL {by_group}) OR {claimed_sql} = %s)"
@@ -541,6 +550,9 @@ class RoutedTo(models.Expression):
             sql = f"(EXISTS({by_user}) OR EXISTS({by_group}) OR {claimed_sql} = %s)"
         uid = self.user_id
         return sql, (*form_params, uid, *form_params, uid, *claimed_params, uid)
+
+    def as_postgresql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        return self.as_sql(compiler, connection, member_ids_once=self.probe)
 
 
 class FormQuerySet(models.QuerySet["Form"]):
