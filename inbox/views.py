@@ -8,6 +8,7 @@ fetch through `_get_form_for_user`, call the shared function.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -22,7 +23,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import DatabaseError, connection
 from django.db.models import F, Max, Q, QuerySet
 from django.db.models.functions import Left
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -58,7 +59,16 @@ from inbox.forms import (
     inputs_from_dify,
 )
 from inbox.markdown import quick_excerpt, split_content
-from inbox.models import Decision, DifyApp, Form, FormNotOpen, Run, Upload, assigned_to_q
+from inbox.models import (
+    Decision,
+    DifyApp,
+    Form,
+    FormNotOpen,
+    Run,
+    Upload,
+    assigned_to_q,
+    probes_routing,
+)
 from inbox.uploads import UploadRejected, megabytes, upload_limits, upload_to_dify
 from inbox.views_runs import timeline_status_label
 
@@ -187,17 +197,40 @@ def _tab_counts(
             # Django compiled `sql` with placeholders; its values travel in `params`.
             parts.append(f"(SELECT COUNT(*) FROM ({sql}) AS capped)")  # noqa: S608
             params.extend(part_params)
-        with transaction.atomic(), connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                # Each count stops after COUNT_CAP + 1 forms, which a plain index scan does;
-                # the planner, expecting to read far more, prefers a bitmap scan that reads
-                # every index entry of the status first (30k pending forms at 100k: twice the
-                # time). For this statement only.
-                cursor.execute("SET LOCAL enable_bitmapscan = off")
-            cursor.execute("SELECT " + ", ".join(parts), params)
-            row = cursor.fetchone()
-            if connection.vendor == "postgresql":
-                cursor.execute("SET LOCAL enable_bitmapscan = DEFAULT")
+        select = "SELECT " + ", ".join(parts)
+        user = request.user
+        # Most forms this reviewer meets are theirs: each count stops after COUNT_CAP + 1 forms,
+        # early in the status index, which a plain index scan does. The planner, expecting to
+        # read far more, prefers a bitmap scan that reads every index entry of the status first
+        # (30k pending forms at 100k: twice the time). Where few are theirs (a team routed one
+        # form in ten) a count reads far down the index, and the bitmap scan is the better one.
+        dense = connection.vendor == "postgresql" and not user.is_staff and probes_routing(user)
+        with connection.cursor() as cursor:
+            if not dense:
+                cursor.execute(select, params)
+                row = cursor.fetchone()
+            else:
+                # Bitmap scans are off while this statement is planned, and the statement
+                # itself puts the setting back (no transaction, one extra query).
+                cursor.execute(
+                    "SELECT current_setting('enable_bitmapscan'), "
+                    "set_config('enable_bitmapscan', 'off', false)"
+                )
+                previous = cursor.fetchone()[0]
+                try:
+                    cursor.execute(
+                        f"{select}, set_config('enable_bitmapscan', %s, false)",
+                        [*params, previous],
+                    )
+                    row = cursor.fetchone()[:-1]
+                except Exception:
+                    # In autocommit the setting stayed; inside a transaction, its rollback
+                    # undoes it (and refuses this statement, hence the suppress).
+                    with contextlib.suppress(DatabaseError):
+                        cursor.execute(
+                            "SELECT set_config('enable_bitmapscan', %s, false)", [previous]
+                        )
+                    raise
         counts = {key: int(n) for (key, _label, _statuses), n in zip(TABS, row, strict=True)}
         cache.set(key, counts, timeout=300)
     return counts

@@ -290,3 +290,30 @@ def test_the_expiry_tooltip_is_in_each_reviewers_time_zone(
     shanghai = tooltip("Asia/Shanghai")  # the same instant: must not reuse Paris's words
     assert "10:30 a.m." in paris, paris
     assert "5:30 p.m." in shanghai, shanghai
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the planner setting exists on PostgreSQL only"
+)
+@pytest.mark.parametrize("probe", [True, False], ids=["probed", "hashed"])
+def test_counting_the_tabs_leaves_the_planner_settings_as_they_were(
+    alice: Client, dify_app: DifyApp, monkeypatch: pytest.MonkeyPatch, probe: bool
+) -> None:
+    """For a reviewer whose forms are probed one at a time, the tab counts turn bitmap scans
+    off while they are planned, and put them back; counts are the same either way."""
+    from inbox import models
+
+    monkeypatch.setattr(models, "PROBE_ROUTING_ROWS", 0 if probe else 10**9)
+    make_form(dify_app, node_title="one")
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_bitmapscan = on")
+
+    def bitmap_scans() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW enable_bitmapscan")
+            return str(cursor.fetchone()[0])
+
+    assert bitmap_scans() == "on"
+    page = alice.get("/").content.decode()  # a cold cache: the tabs are counted
+    assert 'Pending <span class="count">1</span>' in page
+    assert bitmap_scans() == "on"
