@@ -196,7 +196,7 @@ def test_both_visibility_queries_show_the_same_forms(
     from inbox import models
     from inbox.models import Run
 
-    monkeypatch.setattr(models, "PROBE_ROUTING_ROWS", 0 if probe else 10**9)
+    monkeypatch.setattr(models, "PROBE_FACTOR", 0 if probe else 10**9)
     cache.clear()
     team, other_team = Group.objects.create(name="team"), Group.objects.create(name="other")
     ana = User.objects.create_user("ana")
@@ -295,15 +295,15 @@ def test_the_expiry_tooltip_is_in_each_reviewers_time_zone(
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the planner setting exists on PostgreSQL only"
 )
-@pytest.mark.parametrize("probe", [True, False], ids=["probed", "hashed"])
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "sparse"])
 def test_counting_the_tabs_leaves_the_planner_settings_as_they_were(
-    alice: Client, dify_app: DifyApp, monkeypatch: pytest.MonkeyPatch, probe: bool
+    alice: Client, dify_app: DifyApp, monkeypatch: pytest.MonkeyPatch, dense: bool
 ) -> None:
-    """For a reviewer whose forms are probed one at a time, the tab counts turn bitmap scans
-    off while they are planned, and put them back; counts are the same either way."""
-    from inbox import models
+    """For a reviewer most forms are routed to, the tab counts turn bitmap scans off while
+    they are planned, and put them back; the counts are the same either way."""
+    from inbox import views
 
-    monkeypatch.setattr(models, "PROBE_ROUTING_ROWS", 0 if probe else 10**9)
+    monkeypatch.setattr(views, "routing_is_dense", lambda user: dense)
     make_form(dify_app, node_title="one")
     with connection.cursor() as cursor:
         cursor.execute("SET enable_bitmapscan = on")
