@@ -172,7 +172,9 @@ def _change_token(request: HttpRequest) -> str:
 COUNT_CAP = 1000
 
 
-def _tab_counts(request: HttpRequest, filters: InboxFilters, token: str) -> dict[str, int]:
+def _tab_counts(
+    request: HttpRequest, filters: InboxFilters, token: str, *, allow_last: bool = False
+) -> tuple[dict[str, int], bool]:
     """Forms per tab, counted up to COUNT_CAP + 1 and cached until any form changes.
 
     The change token moves with every new form or status change, so a cached count is never
@@ -182,10 +184,22 @@ def _tab_counts(request: HttpRequest, filters: InboxFilters, token: str) -> dict
     A count reads far more forms than a page: where most forms are the reviewer's it stops
     early in each status index, and each form is probed; where few are (a team routed one form
     in ten) it reads far down the index, and hashing the team's routing once is cheaper.
+
+    Returns the counts and whether they are current. `allow_last`: when the forms changed
+    since the last count, return that last count (not current) rather than count again; the
+    page then asks for the current one (`tabs`) once it is shown, so a list never waits for a
+    recount (a tenth of a second at 100k forms) and every change still reaches the tabs.
     """
     narrowing = f"{filters.app or ''}\n{filters.node}\n{filters.q}\n{filters.mine}".encode()
-    key = f"inbox:counts:{request.user.pk}:{token}:{hashlib.sha256(narrowing).hexdigest()[:16]}"
-    counts: dict[str, int] | None = cache.get(key)
+    narrow = hashlib.sha256(narrowing).hexdigest()[:16]
+    key = f"inbox:counts:{request.user.pk}:{token}:{narrow}"
+    last_key = f"inbox:counts-last:{request.user.pk}:{narrow}"
+    cached = cache.get_many([key, last_key] if allow_last else [key])
+    counts: dict[str, int] | None = cached.get(key)
+    if counts is not None:
+        return counts, True
+    if allow_last and cached.get(last_key) is not None:
+        return cached[last_key], False
     if counts is None:
         user = request.user
         dense = not user.is_staff and routing_is_dense(user)
@@ -233,9 +247,54 @@ def _tab_counts(request: HttpRequest, filters: InboxFilters, token: str) -> dict
                             "SELECT set_config('enable_bitmapscan', %s, false)", [previous]
                         )
                     raise
-        counts = {key: int(n) for (key, _label, _statuses), n in zip(TABS, row, strict=True)}
-        cache.set(key, counts, timeout=300)
-    return counts
+        counts = {tab: int(n) for (tab, _label, _statuses), n in zip(TABS, row, strict=True)}
+        cache.set_many({key: counts, last_key: counts}, timeout=300)
+    return counts, True
+
+
+def _capped(counts: dict[str, int], status: str) -> bool:
+    if status == "all":
+        return any(n > COUNT_CAP for n in counts.values())
+    return counts[status] > COUNT_CAP
+
+
+def _tabs_context(
+    counts: dict[str, int], current: bool, status: str, offset: int, shown: int, has_next: bool
+) -> dict[str, Any]:
+    """The tabs and the pager's range. Not `current`: the tabs ask for the current counts
+    when they are shown, and the answer replaces both."""
+    total = _total_text(counts, status, _capped(counts, status), offset, shown, has_next)
+    return {
+        "tabs": [
+            {"key": k, "label": label, "count": _count_text(counts[k])} for k, label, _s in TABS
+        ],
+        "counts_current": current,
+        "total": total,
+        "first_index": offset + 1,
+        "last_index": offset + shown,
+        "shown": shown,
+    }
+
+
+@login_required
+@require_GET
+def tabs(request: HtmxHttpRequest) -> HttpResponse:
+    """The tabs with current counts, and the pager's range with them (out of band): asked for
+    by a list shown with the last counts. `shown` and `more` describe the page on screen."""
+    filters = InboxFilters.from_query(request.GET, request.user)
+    counts, _current = _tab_counts(request, filters, _change_token(request))
+    try:
+        shown = max(0, min(int(request.GET.get("shown", "0")), PAGE_SIZE))
+    except ValueError:
+        shown = 0
+    offset = (filters.page - 1) * PAGE_SIZE
+    has_next = request.GET.get("more") == "1"
+    context = {
+        "filters": filters,
+        **_tabs_context(counts, True, filters.status, offset, shown, has_next),
+        "oob": True,
+    }
+    return render(request, "inbox/index.html#tabs", context)
 
 
 def _count_text(count: int) -> str:
@@ -415,17 +474,15 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         return HttpResponse(status=204)
     filters = InboxFilters.from_query(request.GET, request.user)
     visible = Form.objects.for_user(request.user)
-    counts = _tab_counts(request, filters, token)
-    tabs = [{"key": k, "label": label, "count": _count_text(counts[k])} for k, label, _s in TABS]
-    total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
-    # Past the cap the number of pages is unknown: "Next" shows while another row follows.
-    capped = (
-        any(n > COUNT_CAP for n in counts.values())
-        if filters.status == "all"
-        else total > COUNT_CAP
-    )
-    pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = filters.page if capped else min(filters.page, pages)
+    counts, counts_current = _tab_counts(request, filters, token, allow_last=True)
+    capped = _capped(counts, filters.status)
+    if capped or not counts_current:
+        # Past the cap (or with the last count) the number of pages is not known: "Next"
+        # shows while another row follows.
+        page = filters.page
+    else:
+        total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
+        page = min(filters.page, max(1, math.ceil(total / PAGE_SIZE)))
     offset = (page - 1) * PAGE_SIZE
     now = timezone.now()
     order = ordering(filters.sort)
@@ -443,14 +500,11 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     has_next = len(found) > PAGE_SIZE
     context = {
         "filters": filters,
-        "tabs": tabs,
+        **_tabs_context(counts, counts_current, filters.status, offset, len(rows), has_next),
         "rows": rows,
         "rows_html": rows_html(rows),
         "page": page,
         "has_next": has_next,
-        "total": _total_text(counts, filters.status, capped, offset, len(rows), has_next),
-        "first_index": offset + 1,
-        "last_index": offset + len(rows),
         "token": token,
         "sorts": list(SORTS.items()),
     }

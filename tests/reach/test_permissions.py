@@ -44,6 +44,7 @@ MATRIX: dict[str, Endpoint] = {
     # The inbox and the form page (inbox.views)
     "inbox:index": Endpoint("GET", "login ok ok ok login ok"),
     "inbox:node_options": Endpoint("GET", "login ok ok ok login ok"),
+    "inbox:tabs": Endpoint("GET", "login ok ok ok login ok"),
     "inbox:form": Endpoint("GET", "login ok hidden hidden login ok"),
     "inbox:form_decide": Endpoint("POST", "login ok hidden hidden login ok", {"action": "nope"}),
     "inbox:form_live": Endpoint("GET", "login ok hidden hidden login ok"),

@@ -317,3 +317,47 @@ def test_counting_the_tabs_leaves_the_planner_settings_as_they_were(
     page = alice.get("/").content.decode()  # a cold cache: the tabs are counted
     assert 'Pending <span class="count">1</span>' in page
     assert bitmap_scans() == "on"
+
+
+def test_after_a_change_the_list_shows_at_once_and_the_tabs_fetch_current_counts(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    """A list never waits for a recount: with the last counts on it, the tabs ask for the
+    current ones as soon as they are shown, and the pager's range comes with them."""
+    import html
+    import re
+
+    make_form(dify_app, node_title="first")
+    first = alice.get("/?sort=newest").content.decode()
+    # Nothing counted before: counted now, and nothing left to ask for.
+    assert 'Pending <span class="count">1</span>' in first
+    assert 'hx-trigger="load"' not in first and "1–1 of 1" in first  # noqa: RUF001
+
+    make_form(dify_app, node_title="second")
+    second = alice.get("/?sort=newest").content.decode()
+    assert rows(second) == ["second", "first"]  # the rows are current
+    assert 'Pending <span class="count">1</span>' in second  # the tabs, not yet
+    found = re.search(r'<nav class="tabs" id="tabs"[^>]*hx-get="([^"]+)" hx-trigger="load"', second)
+    assert found is not None, second
+    url = html.unescape(found.group(1))
+    assert url.startswith("/tabs/?") and "sort=newest" in url and "shown=2" in url
+
+    tabs = alice.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert 'Pending <span class="count">2</span>' in tabs
+    assert 'hx-trigger="load"' not in tabs
+    assert 'id="pager-range" hx-swap-oob="true">1–2 of 2<' in tabs  # noqa: RUF001
+    # The tab links still lead to the list, without the page's description.
+    assert 'hx-get="/?sort=newest&amp;status=submitted"' in tabs
+    # Counted once, the next load has them.
+    assert 'hx-trigger="load"' not in alice.get("/?sort=newest").content.decode()
+
+
+def test_the_tabs_need_a_login_and_count_only_what_the_user_may_see(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    assert Client().get("/tabs/").status_code == 302
+    make_form(dify_app, node_title="mine")
+    hidden = make_form(dify_app, node_title="not routed")
+    hidden.assigned_groups.clear()
+    tabs = alice.get("/tabs/?shown=abc", HTTP_HX_REQUEST="true").content.decode()
+    assert 'Pending <span class="count">1</span>' in tabs
