@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-ROUNDS = int(os.environ.get("BENCH_REVIEW_ROUNDS", "60"))
+ROUNDS = int(os.environ.get("BENCH_REVIEW_ROUNDS", "200"))
 SIZES = (1_000, 100_000)
 BATCH = 5_000
 GROUP = "bench-reviewers"

@@ -292,7 +292,8 @@ def tabs(request: HtmxHttpRequest) -> HttpResponse:
     context = {
         "filters": filters,
         **_tabs_context(counts, True, filters.status, offset, shown, has_next),
-        "oob": True,
+        # The range only exists on a page with rows.
+        "oob": shown > 0,
     }
     return render(request, "inbox/index.html#tabs", context)
 

@@ -121,6 +121,12 @@ def test_a_reviewer_starts_a_run_and_decides_both_of_its_forms(
     row = inbox.locator("#rows .row", has_text="Adjuster assessment")
     row.wait_for(timeout=20000)
     assert inbox.evaluate("window.__marker") == 1
+    # The tabs follow: the list came with the last counts (none pending), then the current.
+    inbox.wait_for_function(
+        "document.querySelector('#tabs a.active .count').textContent.trim() === '1' && "
+        "!document.querySelector('#tabs').hasAttribute('aria-busy')"
+    )
+    assert inbox.locator("#pager-range").inner_text().endswith(" 1")
     first = run.forms.get()
     assert first.form_token not in inbox.content()
     row.locator(".open").click()

@@ -361,3 +361,5 @@ def test_the_tabs_need_a_login_and_count_only_what_the_user_may_see(
     hidden.assigned_groups.clear()
     tabs = alice.get("/tabs/?shown=abc", HTTP_HX_REQUEST="true").content.decode()
     assert 'Pending <span class="count">1</span>' in tabs
+    # No rows on the page that asked: no range to replace.
+    assert "pager-range" not in tabs
