@@ -724,21 +724,26 @@ class Form(models.Model):
         from django.contrib.auth import get_user_model
 
         now = timezone.now()
-        with transaction.atomic():
-            # The conditional update is the once-only guard, race-free without a row lock.
-            if not Form.objects.filter(pk=self.pk, routed_at__isnull=True).update(routed_at=now):
-                return
-            self.routed_at = now
+        # No savepoint of its own: the capture creates the form inside one already, and a
+        # failure here undoes the form with it.
+        with transaction.atomic(savepoint=False):
             route = Route.for_node(self.run.app_id, self.node_id, self.node_title)
+            routing: dict[str, Any] = {"routed_at": now}
+            if route is not None:
+                routing.update(
+                    route=route,
+                    allow_guests=route.allow_guests,
+                    reminder_offsets=route.reminder_offsets,
+                )
+            # The conditional update is the once-only guard, race-free without a row lock, and
+            # stores the route in the same statement.
+            if not Form.objects.filter(pk=self.pk, routed_at__isnull=True).update(**routing):
+                return
+            for name, value in routing.items():
+                setattr(self, name, value)
             if route is None:
                 AuditEntry.record("form_unrouted", self, reason="no route for the app")
                 return
-            self.route = route
-            self.allow_guests = route.allow_guests
-            self.reminder_offsets = route.reminder_offsets
-            Form.objects.filter(pk=self.pk).update(
-                route=route, allow_guests=self.allow_guests, reminder_offsets=self.reminder_offsets
-            )
             user_model = get_user_model()
             users = {u.pk: u for u in route.users.filter(is_active=True)}
             groups = list(route.groups.all())
@@ -775,8 +780,10 @@ class Form(models.Model):
                 recipients.append(
                     FormRecipient(form=self, email=email, language=language, user=account)
                 )
-            self.assigned_users.set(list(users.values()))
-            self.assigned_groups.set(groups)
+            # Added, not set: a form is routed once, before anyone could assign it (set() would
+            # read the assignments it replaces first).
+            self.assigned_users.add(*users.values())
+            self.assigned_groups.add(*groups)
             FormRecipient.objects.bulk_create(recipients, ignore_conflicts=True)
             AuditEntry.record(
                 "form_routed",
