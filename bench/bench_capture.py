@@ -601,8 +601,8 @@ FINDINGS = [
     "- Still above the goal: after the `GET form` that the bare reader also makes, the follower "
     "hands the batch to a database thread and commits one transaction (the run locked, its "
     "forms read, the form inserted in a savepoint and routed: 11 statements for a routed form, "
-    "16 before this run; its audit entry, the timeline), together with the progress events held "
-    "before the pause. CPU per "
+    "16 before this run; two audit entries, the timeline), together with the progress events "
+    "held before the pause. CPU per "
     "event is dominated by that per-transaction ORM work and by httpx's per-request overhead; "
     "at 1,000 runs one follower process is CPU-bound; more follower processes share the runs "
     "through their leases (not measured here).",

@@ -316,8 +316,8 @@ def main() -> str:
         "the same at 1k and 100k. Numbers taken on a 2-core machine shared with other work "
         f"(load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; ten "
         f"million additions in a Python loop took {speed_before:.2f} s of CPU before and "
-        f"{_python_speed():.2f} s after, about 0.4 s on a current desktop core and 1.35 s here "
-        "when the host is quiet).",
+        f"{_python_speed():.2f} s after: about 0.4 s on a current desktop core, and from 0.77 s to "
+        "2.5 s on this shared host over one day, which moves every row with it).",
         "",
         f"| case | p50 {small:,} | p95 {small:,} | queries {small:,} | p50 {large:,} | p95 {large:,} | queries {large:,} |",
         "|---|---:|---:|---:|---:|---:|---:|",
