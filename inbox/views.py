@@ -200,55 +200,50 @@ def _tab_counts(
         return counts, True
     if allow_last and cached.get(last_key) is not None:
         return cached[last_key], False
-    if counts is None:
-        user = request.user
-        dense = not user.is_staff and routing_is_dense(user)
-        visible = Form.objects.for_user(user, probe=dense)
-        base = filters.apply(visible, with_status=False).order_by()
-        parts: list[str] = []
-        params: list[Any] = []
-        for _key, _label, statuses in TABS:
-            sql, part_params = (
-                base.filter(status__in=statuses)
-                .values("pk")[: COUNT_CAP + 1]
-                .query.sql_with_params()
+    user = request.user
+    dense = not user.is_staff and routing_is_dense(user)
+    visible = Form.objects.for_user(user, probe=dense)
+    base = filters.apply(visible, with_status=False).order_by()
+    parts: list[str] = []
+    params: list[Any] = []
+    for _key, _label, statuses in TABS:
+        sql, part_params = (
+            base.filter(status__in=statuses).values("pk")[: COUNT_CAP + 1].query.sql_with_params()
+        )
+        # Django compiled `sql` with placeholders; its values travel in `params`.
+        parts.append(f"(SELECT COUNT(*) FROM ({sql}) AS capped)")  # noqa: S608
+        params.extend(part_params)
+    select = "SELECT " + ", ".join(parts)
+    with connection.cursor() as cursor:
+        if not dense or connection.vendor != "postgresql":
+            cursor.execute(select, params)
+            row = cursor.fetchone()
+        else:
+            # Each count stops after COUNT_CAP + 1 forms, early in the status index, which
+            # a plain index scan does. The planner, expecting to read far more, prefers a
+            # bitmap scan that reads every index entry of the status first (30k pending
+            # forms at 100k: twice the time). So bitmap scans are off while this statement
+            # is planned, and the statement puts the setting back (no transaction, one
+            # extra query). Not for a sparse reviewer: there the bitmap scan wins.
+            cursor.execute(
+                "SELECT current_setting('enable_bitmapscan'), "
+                "set_config('enable_bitmapscan', 'off', false)"
             )
-            # Django compiled `sql` with placeholders; its values travel in `params`.
-            parts.append(f"(SELECT COUNT(*) FROM ({sql}) AS capped)")  # noqa: S608
-            params.extend(part_params)
-        select = "SELECT " + ", ".join(parts)
-        with connection.cursor() as cursor:
-            if not dense or connection.vendor != "postgresql":
-                cursor.execute(select, params)
-                row = cursor.fetchone()
-            else:
-                # Each count stops after COUNT_CAP + 1 forms, early in the status index, which
-                # a plain index scan does. The planner, expecting to read far more, prefers a
-                # bitmap scan that reads every index entry of the status first (30k pending
-                # forms at 100k: twice the time). So bitmap scans are off while this statement
-                # is planned, and the statement puts the setting back (no transaction, one
-                # extra query). Not for a sparse reviewer: there the bitmap scan wins.
+            previous = cursor.fetchone()[0]
+            try:
                 cursor.execute(
-                    "SELECT current_setting('enable_bitmapscan'), "
-                    "set_config('enable_bitmapscan', 'off', false)"
+                    f"{select}, set_config('enable_bitmapscan', %s, false)",
+                    [*params, previous],
                 )
-                previous = cursor.fetchone()[0]
-                try:
-                    cursor.execute(
-                        f"{select}, set_config('enable_bitmapscan', %s, false)",
-                        [*params, previous],
-                    )
-                    row = cursor.fetchone()[:-1]
-                except Exception:
-                    # In autocommit the setting stayed; inside a transaction, its rollback
-                    # undoes it (and refuses this statement, hence the suppress).
-                    with contextlib.suppress(DatabaseError):
-                        cursor.execute(
-                            "SELECT set_config('enable_bitmapscan', %s, false)", [previous]
-                        )
-                    raise
-        counts = {tab: int(n) for (tab, _label, _statuses), n in zip(TABS, row, strict=True)}
-        cache.set_many({key: counts, last_key: counts}, timeout=300)
+                row = cursor.fetchone()[:-1]
+            except Exception:
+                # In autocommit the setting stayed; inside a transaction, its rollback
+                # undoes it (and refuses this statement, hence the suppress).
+                with contextlib.suppress(DatabaseError):
+                    cursor.execute("SELECT set_config('enable_bitmapscan', %s, false)", [previous])
+                raise
+    counts = {tab: int(n) for (tab, _label, _statuses), n in zip(TABS, row, strict=True)}
+    cache.set_many({key: counts, last_key: counts}, timeout=300)
     return counts, True
 
 
