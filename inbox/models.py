@@ -525,14 +525,12 @@ class RoutedTo(models.Expression):
     conditional = True
     output_field = models.BooleanField()
 
-    def __init__(
-        self, user_id: int, *, probe: bool, pk: Any = None, claimed_by: Any = None
-    ) -> None:
+    def __init__(self, user_id: int, *, probe: bool) -> None:
         super().__init__()
         self.user_id = user_id
         self.probe = probe
-        self.pk = pk if pk is not None else models.F("pk")
-        self.claimed_by = claimed_by if claimed_by is not None else models.F("claimed_by")
+        self.pk: Any = models.F("pk")
+        self.claimed_by: Any = models.F("claimed_by")
 
     def get_source_expressions(self) -> list[Any]:
         return [self.pk, self.claimed_by]
