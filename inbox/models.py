@@ -7,11 +7,12 @@ import fnmatch
 import logging
 import typing
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Lower
 from django.utils import formats, timezone
@@ -253,6 +254,23 @@ class Run(models.Model):
         return bool(updated)
 
 
+def request_follow_many(run_pks: Iterable[int]) -> int:
+    """`request_follow` for the runs of a batch of settled forms, in one UPDATE."""
+    pks = sorted(set(run_pks))
+    if not pks:
+        return 0
+    return (
+        Run.objects.filter(pk__in=pks)
+        .exclude(status__in=Run.FINAL_STATUSES)
+        .update(
+            follow_wanted=True,
+            follow_seq=models.F("follow_seq") + 1,
+            follow_snapshot=True,
+            updated_at=timezone.now(),
+        )
+    )
+
+
 def request_follow(run: Run | int) -> None:
     """After a form is settled the run moves on in Dify: have the follower reopen its stream
     with a state snapshot, so it catches the next pause or the end."""
@@ -490,7 +508,6 @@ def _forms_estimate() -> int:
     """About how many forms there are, cached for five minutes: PostgreSQL's own estimate
     (instant, kept by ANALYZE), an exact count elsewhere or before the first ANALYZE."""
     from django.core.cache import cache
-    from django.db import connection
 
     key = "inbox:forms-estimate"
     count: int | None = cache.get(key)
@@ -1095,7 +1112,11 @@ class Decision(models.Model):
                 name="decision_one_active_per_form",
             )
         ]
-        indexes = [models.Index(fields=["status", "updated_at"])]
+        indexes = [
+            models.Index(fields=["status", "updated_at"]),
+            # The delivery pump's queue: the due decisions, oldest first.
+            models.Index(fields=["status", "next_attempt_at"], name="decision_due_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action_id} on {self.form_id} ({self.status})"
@@ -1111,19 +1132,84 @@ class Decision(models.Model):
 
     @classmethod
     def enqueue(cls, pk: int, *, countdown: float | None = None) -> None:
-        """Queue the delivery task. A broker that is down loses nothing: the decision is stored
+        """Queue the decision's delivery. Due now: wake the delivery pump (`deliver_queued`),
+        which sends every due decision in batches. Due later (a retry's backoff): a task of its
+        own with that countdown. A broker that is down loses nothing: the decision is stored
         and `sweep_deliveries` sends it again."""
         from inbox.tasks import deliver_decision
 
+        if not countdown:
+            DeliveryPump.wake()
+            return
         try:
-            if countdown:
-                deliver_decision.apply_async((pk,), countdown=countdown)
-            else:
-                deliver_decision.apply_async((pk,))
+            deliver_decision.apply_async((pk,), countdown=countdown)
         except Exception:
             logger.warning(
                 "decision %s: delivery not queued, the sweep will retry", pk, exc_info=True
             )
+
+    @classmethod
+    def claim_due(cls, limit: int) -> tuple[list[Decision], list[int]]:
+        """Claim up to `limit` due decisions for one attempt each, as `start_delivery` does one:
+        `delivering`, attempts + 1, an audit entry each. Rows another pump holds are skipped.
+        Returns the claimed decisions (with form, run and app) and the due decisions whose form
+        closed or expired meanwhile, which `start_delivery` settles one by one."""
+        now = timezone.now()
+        # The next ones due, from the (status, next_attempt_at) index alone: however long the
+        # queue, only these rows are read and joined. (A queued decision with no due time is
+        # the sweep's: it is sent again with one.)
+        due = list(
+            cls.objects.filter(status=cls.Status.QUEUED, next_attempt_at__lte=now)
+            .order_by("next_attempt_at", "pk")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not due:
+            return [], []
+        with transaction.atomic():
+            rows: list[Decision] = list(
+                cls.objects.select_for_update(skip_locked=True, of=("self", "form"))
+                .select_related("form__run__app")
+                .defer(*(f"form__run__{name}" for name in _RUN_BULK_FIELDS))
+                .filter(pk__in=due, status=cls.Status.QUEUED)
+                .order_by("pk")
+            )
+            ready = [
+                d
+                for d in rows
+                if d.form.status == Form.Status.SUBMITTING
+                and (d.maybe_applied or not d.form.is_expired)
+            ]
+            ready_pks = {d.pk for d in ready}
+            others = [d.pk for d in rows if d.pk not in ready_pks]
+            fields = {
+                "status": cls.Status.DELIVERING,
+                "attempts": models.F("attempts") + 1,
+                "delivery_started_at": now,
+                "next_attempt_at": None,
+                "updated_at": now,
+            }
+            if connection.features.has_select_for_update_skip_locked:
+                # The rows are locked: all of them are ours.
+                cls.objects.filter(pk__in=ready_pks).update(**fields)
+                claimed = ready
+            else:
+                # No row locks (SQLite, whose writers take turns): a row another pump claimed
+                # since the read no longer matches `queued`.
+                claimed = [
+                    d
+                    for d in ready
+                    if cls.objects.filter(pk=d.pk, status=cls.Status.QUEUED).update(**fields)
+                ]
+            for decision in claimed:
+                decision.status = cls.Status.DELIVERING
+                decision.attempts += 1
+                decision.delivery_started_at = now
+                decision.next_attempt_at = None
+                decision.updated_at = now
+            AuditEntry.objects.bulk_create(
+                [AuditEntry.build("delivery_started", d, attempt=d.attempts) for d in claimed]
+            )
+        return claimed, others
 
     @classmethod
     def _lock(cls, pk: int, *, with_run: bool = False) -> tuple[Form, Decision] | None:
@@ -1220,6 +1306,18 @@ class Decision(models.Model):
         self, form: Form, *, status: str, form_status: str, reason: str, verb: str, **details: Any
     ) -> None:
         """Write a final (or back-to-the-reviewer) outcome. Call with both rows locked."""
+        fields, form_fields, entries = self._closing(
+            form, status=status, form_status=form_status, reason=reason, verb=verb, **details
+        )
+        self.save(update_fields=fields)
+        form.save(update_fields=form_fields)
+        AuditEntry.objects.bulk_create(entries)
+
+    def _closing(
+        self, form: Form, *, status: str, form_status: str, reason: str, verb: str, **details: Any
+    ) -> tuple[list[str], list[str], list[AuditEntry]]:
+        """`_close`'s changes, made on the objects but not saved: the fields to write on each
+        row and the audit entries, so a batch can write them together."""
         now = timezone.now()
         self.status = status
         self.last_error = redact_secret(reason, form.form_token)
@@ -1228,7 +1326,7 @@ class Decision(models.Model):
         if status == self.Status.DELIVERED:
             self.delivered_at = now
             fields.append("delivered_at")
-        self.save(update_fields=fields)
+        self.updated_at = now
         form_fields = ["status", "updated_at"]
         if status == self.Status.DELIVERED:
             form.decided_at = self.created_at
@@ -1240,7 +1338,7 @@ class Decision(models.Model):
                 form_fields += ["filled_action_id", "filled_action_text"]
         previous = form.status
         form.status = form_status
-        form.save(update_fields=form_fields)
+        form.updated_at = now
         entries = [
             AuditEntry.build(
                 verb, self, form=form.pk, attempts=self.attempts, reason=self.last_error, **details
@@ -1256,7 +1354,64 @@ class Decision(models.Model):
                     reason=self.last_error,
                 )
             )
-        AuditEntry.objects.bulk_create(entries)
+        return fields, form_fields, entries
+
+    @classmethod
+    def finish_delivered(cls, pks: Iterable[int]) -> list[Decision]:
+        """`finish(pk, status=delivered, ...)` for a batch Dify accepted: every row written in
+        one transaction, a statement per table. Returns the decisions it settled (a decision
+        another task settled meanwhile is left alone, as `finish` leaves it)."""
+        with transaction.atomic():
+            settled: list[Decision] = list(
+                cls.objects.select_for_update(of=("self", "form"))
+                .select_related("form")
+                .filter(pk__in=sorted(set(pks)))
+                .filter(status__in=(cls.Status.QUEUED, cls.Status.DELIVERING))
+                .order_by("pk")
+            )
+            if not settled:
+                return []
+            entries: list[AuditEntry] = []
+            for decision in settled:
+                entries += decision._closing(
+                    decision.form,
+                    status=cls.Status.DELIVERED,
+                    form_status=Form.Status.SUBMITTED,
+                    reason="",
+                    verb="decision_delivered",
+                )[2]
+            # What `_closing` set is the same on every row but the time the form was decided
+            # (its decision's) and the action that filled it: a statement per distinct action,
+            # not one per row (nor a CASE per row and column).
+            first = settled[0]
+            pks = [d.pk for d in settled]
+            Decision.objects.filter(pk__in=pks).update(
+                status=first.status,
+                last_error="",
+                next_attempt_at=None,
+                delivered_at=first.delivered_at,
+                updated_at=first.updated_at,
+            )
+            decided_at = models.Subquery(
+                Decision.objects.filter(pk__in=pks, form_id=models.OuterRef("pk")).values(
+                    "created_at"
+                )[:1]
+            )
+            by_action: dict[tuple[str, str], list[int]] = {}
+            for decision in settled:
+                form = decision.form
+                key = (form.filled_action_id, form.filled_action_text)
+                by_action.setdefault(key, []).append(form.pk)
+            for (action_id, action_text), form_pks in by_action.items():
+                Form.objects.filter(pk__in=form_pks).update(
+                    status=Form.Status.SUBMITTED,
+                    decided_at=decided_at,
+                    filled_action_id=action_id,
+                    filled_action_text=action_text,
+                    updated_at=first.form.updated_at,
+                )
+            AuditEntry.objects.bulk_create(entries)
+        return settled
 
     @classmethod
     def finish(
@@ -1405,6 +1560,61 @@ class Decision(models.Model):
             transaction.on_commit(lambda: Decision.enqueue(pk))
         self.refresh_from_db()
         return True
+
+
+class DeliveryPump(models.Model):
+    """One row: whether a `deliver_queued` task is on its way.
+
+    Each decision due now wakes the pump, but only the first wakes it with a message: the
+    others find it already requested, and the pump takes their decisions when it starts
+    (it clears the request before it reads the queue, so a decision stored after that
+    read sends a new message). One message for a burst of decisions, not one each."""
+
+    # A request older than this is taken for lost (its message never sent, or dropped with a
+    # killed worker) and the next wake sends another.
+    STALE_SECONDS = 10.0
+
+    requested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("delivery pump")
+
+    def __str__(self) -> str:
+        return f"delivery pump (requested {self.requested_at})"
+
+    @classmethod
+    def wake(cls) -> bool:
+        """Send the pump a message unless one is already on its way. True if this sent it."""
+        from inbox.tasks import deliver_queued
+
+        now = timezone.now()
+        stale = now - dt.timedelta(seconds=cls.STALE_SECONDS)
+        try:
+            woken = (
+                cls.objects.filter(pk=1)
+                .filter(Q(requested_at__isnull=True) | Q(requested_at__lt=stale))
+                .update(requested_at=now)
+            )
+            if not woken:
+                woken = cls.objects.get_or_create(pk=1, defaults={"requested_at": now})[1]
+        except DatabaseError:
+            logger.warning("delivery pump: request not recorded, sending anyway", exc_info=True)
+            woken = True
+        if not woken:
+            return False
+        try:
+            deliver_queued.apply_async()
+        except Exception:
+            logger.warning(
+                "delivery pump not woken, the next decision or the sweep will", exc_info=True
+            )
+            return False
+        return True
+
+    @classmethod
+    def started(cls) -> None:
+        """The pump runs: a decision stored from now on wakes it again."""
+        cls.objects.filter(pk=1).update(requested_at=None)
 
 
 class Upload(models.Model):

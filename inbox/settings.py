@@ -199,6 +199,15 @@ if INBOX_DELIVERY_STUCK_SECONDS <= INBOX_DELIVERY_TIME_LIMIT:
         "INBOX_DELIVERY_STUCK_SECONDS must exceed the delivery task's time limit, "
         f"{INBOX_DELIVERY_TIME_LIMIT} s with these delivery timeouts"
     )
+# The delivery pump (inbox.tasks.deliver_queued) claims this many due decisions at a time and
+# sends them at once, each on its own thread; it stops claiming after the pump time and wakes
+# another pump for what is left, so one task never holds a worker thread for long.
+INBOX_DELIVERY_BATCH = env_int("INBOX_DELIVERY_BATCH", 32, minimum=1)
+INBOX_DELIVERY_PUMP_SECONDS = env_float("INBOX_DELIVERY_PUMP_SECONDS", 20.0, minimum=1)
+INBOX_DELIVERY_PUMP_SOFT_TIME_LIMIT = int(
+    INBOX_DELIVERY_PUMP_SECONDS + INBOX_DELIVERY_SOFT_TIME_LIMIT + 5
+)
+INBOX_DELIVERY_PUMP_TIME_LIMIT = INBOX_DELIVERY_PUMP_SOFT_TIME_LIMIT + 5
 # A queued decision this far past its due time lost its task (broker restart, publish failure):
 # the sweep sends it again. A duplicate task is harmless, the first to claim the decision wins.
 INBOX_DELIVERY_REQUEUE_AFTER_SECONDS = env_float(

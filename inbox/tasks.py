@@ -9,7 +9,9 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import httpx
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext
@@ -34,7 +36,16 @@ from inbox.dify.errors import (
     NotFound,
     TooManyRequests,
 )
-from inbox.models import AuditEntry, Decision, DifyApp, Form, RunEvent, request_follow
+from inbox.models import (
+    AuditEntry,
+    Decision,
+    DeliveryPump,
+    DifyApp,
+    Form,
+    RunEvent,
+    request_follow,
+    request_follow_many,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +153,19 @@ def delivery_client(app: DifyApp) -> DifyClient:
             )
             # The client never repeats a submit; the confirmation reads are not repeated either,
             # the delivery's own retry covers both.
+            # The pump has up to two batches in flight, each call with a watch stream beside
+            # it: enough connections are kept open for all of them, none is reopened per call.
+            connections_needed = max(100, 4 * int(settings.INBOX_DELIVERY_BATCH))
             client = DifyClient(
-                app.base_url, app.api_key, timeout=limit, stream_timeout=watch, max_retries=0
+                app.base_url,
+                app.api_key,
+                timeout=limit,
+                stream_timeout=watch,
+                max_retries=0,
+                limits=httpx.Limits(
+                    max_connections=connections_needed,
+                    max_keepalive_connections=connections_needed,
+                ),
             )
             _clients[key] = client
         return client
@@ -203,21 +225,11 @@ def _watch_run(client: DifyClient, decision: Decision) -> Iterator[EventStream |
         stream.close()
 
 
-# acks_late (also the project default): the broker keeps the message until the task returns, so
-# a worker lost mid-call hands it on. The decision row, not the message, says what is left to do.
-@shared_task(
-    acks_late=True,
-    soft_time_limit=_DELIVERY_SOFT_LIMIT,
-    time_limit=settings.INBOX_DELIVERY_TIME_LIMIT,
-)
-def deliver_decision(decision_pk: int) -> str:
-    """Deliver one decision to Dify (POST /form/human_input/{token}) and record the outcome."""
-    decision = Decision.start_delivery(decision_pk)
-    if decision is None:
-        return "skipped"
+def _submit(client: DifyClient, decision: Decision) -> str | None:
+    """Send one claimed decision (POST /form/human_input/{token}). None when Dify accepted it,
+    for the caller to record; otherwise the outcome, already recorded."""
     form = decision.form
     run = form.run
-    client = delivery_client(run.app)
     try:
         with _watch_run(client, decision) as watch:
             try:
@@ -234,14 +246,104 @@ def deliver_decision(decision_pk: int) -> str:
         return _retry_or_fail(
             decision, DifyConnectionError("the delivery ran out of time"), ambiguous=True
         )
+    return None
+
+
+# acks_late (also the project default): the broker keeps the message until the task returns, so
+# a worker lost mid-call hands it on. The decision row, not the message, says what is left to do.
+@shared_task(
+    acks_late=True,
+    soft_time_limit=_DELIVERY_SOFT_LIMIT,
+    time_limit=settings.INBOX_DELIVERY_TIME_LIMIT,
+)
+def deliver_decision(decision_pk: int) -> str:
+    """Deliver one decision to Dify and record the outcome. Retries come through here (each
+    with its backoff as the countdown); a decision due now goes through `deliver_queued`."""
+    decision = Decision.start_delivery(decision_pk)
+    if decision is None:
+        return "skipped"
+    outcome = _submit(delivery_client(decision.form.run.app), decision)
+    if outcome is not None:
+        return outcome
     Decision.finish(
         decision.pk,
         status=Decision.Status.DELIVERED,
         form_status=Form.Status.SUBMITTED,
         verb="decision_delivered",
     )
-    request_follow(run)
+    request_follow(decision.form.run)
     return "delivered"
+
+
+def _submit_on_thread(decision: Decision) -> str | None:
+    """`_submit` on one of the pump's threads. A thread that touched the database (only the
+    outcomes other than "accepted" do) closes its connection: the threads do not outlive the
+    batch, their connections must not either."""
+    try:
+        return _submit(delivery_client(decision.form.run.app), decision)
+    finally:
+        for conn in connections.all(initialized_only=True):
+            conn.close()
+
+
+@shared_task(
+    acks_late=True,
+    soft_time_limit=settings.INBOX_DELIVERY_PUMP_SOFT_TIME_LIMIT,
+    time_limit=settings.INBOX_DELIVERY_PUMP_TIME_LIMIT,
+)
+def deliver_queued() -> dict[str, int]:
+    """The delivery pump: claim the due decisions a batch at a time and send each batch at once
+    (a thread per decision), until none is due. Two batches are in flight at most, so the
+    database work of one (its claim, then recording its outcomes) overlaps the calls of the
+    other. Each decision goes through the same claim, submit and outcomes as
+    `deliver_decision`; only the bookkeeping of the common case, Dify accepting, is shared by
+    the batch."""
+    DeliveryPump.started()
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + float(settings.INBOX_DELIVERY_PUMP_SECONDS)
+    batch_size = int(settings.INBOX_DELIVERY_BATCH)
+    in_flight: deque[tuple[list[Decision], list[Future[str | None]]]] = deque()
+    claiming = True
+    with ThreadPoolExecutor(2 * batch_size, thread_name_prefix="deliver") as pool:
+        while claiming or in_flight:
+            if claiming and len(in_flight) < 2:
+                claimed, closed = Decision.claim_due(batch_size)
+                for pk in closed:
+                    # Its form closed or expired while it waited: settled there, no call.
+                    settled_as = deliver_decision(pk)
+                    counts[settled_as] = counts.get(settled_as, 0) + 1
+                if len(claimed) < batch_size and not closed:
+                    # Whatever comes due from now on wakes another pump.
+                    claiming = False
+                elif time.monotonic() > deadline:
+                    # A long backlog: the rest goes to a new task, so this thread is free soon.
+                    claiming = False
+                    DeliveryPump.wake()
+                if len(claimed) == 1 and not in_flight and not claiming:
+                    # A lone decision (the usual case) is sent from this thread.
+                    outcome = _submit(delivery_client(claimed[0].form.run.app), claimed[0])
+                    _record_batch(claimed, [outcome], counts)
+                elif claimed:
+                    futures = [pool.submit(_submit_on_thread, d) for d in claimed]
+                    in_flight.append((claimed, futures))
+                continue
+            claimed, futures = in_flight.popleft()
+            _record_batch(claimed, [f.result() for f in futures], counts)
+    if counts:
+        logger.info("deliver_queued: %s", counts)
+    return counts
+
+
+def _record_batch(
+    claimed: list[Decision], outcomes: list[str | None], counts: dict[str, int]
+) -> None:
+    """The decisions Dify accepted, recorded together; the other outcomes are recorded already."""
+    accepted = [d.pk for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
+    settled = Decision.finish_delivered(accepted)
+    request_follow_many(d.form.run_id for d in settled)
+    for outcome in outcomes:
+        key = outcome or "delivered"
+        counts[key] = counts.get(key, 0) + 1
 
 
 def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) -> str:

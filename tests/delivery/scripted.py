@@ -48,6 +48,9 @@ class Seen:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # Batches of concurrent calls: more than the default five connections may wait for accept.
+    request_queue_size = 128
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients that drop a kept-alive connection (or a reply that drops on purpose) are part
         # of the tests, not errors.

@@ -1,0 +1,270 @@
+"""The delivery pump (`deliver_queued`): the due decisions in batches, each with the outcome a
+lone `deliver_decision` would give it; one message per burst of decisions. Real database
+(committed rows: the batch is sent from threads), a scripted Dify on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection, connections
+from django.db.models import Q
+from django.utils import timezone
+
+from inbox import tasks
+from inbox.models import AuditEntry, Decision, DeliveryPump, DifyApp, Form, Run
+from inbox.tasks import deliver_queued
+from tests.delivery.helpers import make_form
+from tests.delivery.scripted import ScriptedDify, error
+
+pytestmark = [pytest.mark.smoke, pytest.mark.django_db(transaction=True)]
+
+SUBMIT = "/form/human_input/"
+
+
+@pytest.fixture
+def dify() -> Iterator[ScriptedDify]:
+    server = ScriptedDify()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def app(dify: ScriptedDify, settings: Any) -> DifyApp:
+    settings.INBOX_DELIVERY_RETRY_BASE_SECONDS = 0.01
+    settings.INBOX_DELIVERY_RETRY_CAP_SECONDS = 0.05
+    settings.INBOX_DELIVERY_MAX_ATTEMPTS = 3
+    settings.INBOX_DELIVERY_TIMEOUT_SECONDS = 1.0
+    settings.INBOX_DELIVERY_BATCH = 2
+    return DifyApp.objects.create(name="refunds", base_url=dify.base_url, api_key="app-key-123")
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The messages that would reach the broker: the pump's wake-ups and the retries' tasks.
+    The tests run the pump themselves."""
+    messages: list[str] = []
+    monkeypatch.setattr(
+        tasks.deliver_queued, "apply_async", lambda *a, **k: messages.append("deliver_queued")
+    )
+    monkeypatch.setattr(
+        tasks.deliver_decision,
+        "apply_async",
+        lambda args, **k: messages.append(f"deliver_decision {args[0]}"),
+    )
+    return messages
+
+
+@pytest.fixture
+def decide(reviewer: User, sent: list[str]) -> Callable[..., Decision]:
+    def make(form: Form, action: str = "approve") -> Decision:
+        return form.decide(action_id=action, inputs={"note": f"ok {form.pk}"}, reviewer=reviewer)
+
+    return make
+
+
+def _trail(decision: Decision) -> list[str]:
+    return list(
+        AuditEntry.objects.filter(
+            Q(object_type="decision", object_id=str(decision.pk)) | Q(details__decision=decision.pk)
+        )
+        .order_by("id")
+        .values_list("verb", flat=True)
+    )
+
+
+def test_the_pump_sends_every_due_decision_once_and_records_each_as_a_lone_delivery_would(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision], sent: list[str]
+) -> None:
+    forms = [make_form(app) for _ in range(5)]
+    decisions = [decide(form, "reject" if i == 3 else "approve") for i, form in enumerate(forms)]
+    # Five decisions, one message: the first wakes the pump, the others find it on its way.
+    assert sent == ["deliver_queued"]
+
+    assert deliver_queued() == {"delivered": 5}
+
+    posts = dify.requests("POST", SUBMIT)
+    assert sorted(p.path.rsplit("/", 1)[1] for p in posts) == sorted(f.form_token for f in forms)
+    for form, decision in zip(forms, decisions, strict=True):
+        (post,) = [p for p in posts if p.path.endswith(form.form_token)]
+        assert post.body == {
+            "inputs": {"note": f"ok {form.pk}"},
+            "action": decision.action_id,
+            "user": form.run.dify_user,
+        }
+        decision.refresh_from_db()
+        form.refresh_from_db()
+        assert (decision.status, decision.attempts, decision.last_error) == ("delivered", 1, "")
+        assert decision.delivered_at is not None and decision.next_attempt_at is None
+        assert form.status == "submitted"
+        assert form.decided_at == decision.created_at
+        title = "Reject" if decision.action_id == "reject" else "Approve"
+        assert (form.filled_action_id, form.filled_action_text) == (decision.action_id, title)
+        run = Run.objects.get(pk=form.run_id)
+        assert run.follow_wanted and run.follow_snapshot
+        assert _trail(decision) == [
+            "decision_made",
+            "delivery_started",
+            "decision_delivered",
+            "form_submitted",
+        ]
+    assert DeliveryPump.objects.get(pk=1).requested_at is None
+    # Nothing is due any more: a second pump finds nothing and sends nothing.
+    assert deliver_queued() == {}
+    assert len(dify.requests("POST", SUBMIT)) == 5
+
+
+def test_every_other_outcome_in_a_batch_is_recorded_for_its_own_decision(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision], sent: list[str]
+) -> None:
+    accepted, invalid, taken, closed, expired = (make_form(app) for _ in range(5))
+    dify.on("POST", SUBMIT + invalid.form_token, error(400, "invalid_form_data", "note missing"))
+    dify.on(
+        "POST",
+        SUBMIT + taken.form_token,
+        error(412, "human_input_form_submitted", "already been submitted"),
+    )
+    decisions = {form.pk: decide(form) for form in (accepted, invalid, taken, closed, expired)}
+    # While they wait: one form is answered in Dify (the follower saw the fill), one expires.
+    Form.objects.filter(pk=closed.pk).update(
+        status=Form.Status.ANSWERED_ELSEWHERE, filled_action_id="reject"
+    )
+    Form.objects.filter(pk=expired.pk).update(
+        expiration_time=timezone.now() - dt.timedelta(minutes=1)
+    )
+
+    counts = deliver_queued()
+
+    assert counts == {"delivered": 1, "rejected": 1, "answered_elsewhere": 1, "skipped": 2}
+    # No call for the two forms already closed.
+    assert sorted(p.path.rsplit("/", 1)[1] for p in dify.requests("POST", SUBMIT)) == sorted(
+        [accepted.form_token, invalid.form_token, taken.form_token]
+    )
+    expect = {
+        accepted.pk: ("delivered", "submitted"),
+        invalid.pk: ("rejected", "pending"),
+        taken.pk: ("rejected", "answered_elsewhere"),
+        closed.pk: ("rejected", "answered_elsewhere"),
+        expired.pk: ("rejected", "expired"),
+    }
+    for form_pk, (status, form_status) in expect.items():
+        decision = Decision.objects.select_related("form").get(pk=decisions[form_pk].pk)
+        assert (decision.status, decision.form.status) == (status, form_status), form_pk
+    assert Decision.objects.get(pk=decisions[invalid.pk].pk).last_error == "note missing"
+
+
+def test_a_decision_due_later_waits_for_its_own_task_and_a_dify_error_retries_it(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    sent: list[str],
+    settings: Any,
+) -> None:
+    settings.INBOX_DELIVERY_RETRY_BASE_SECONDS = 60
+    settings.INBOX_DELIVERY_RETRY_CAP_SECONDS = 60
+    busy, fine = make_form(app), make_form(app)
+    dify.on("POST", SUBMIT + busy.form_token, error(503, "unavailable", "try later"))
+    retried, delivered = decide(busy), decide(fine)
+    sent.clear()
+
+    assert deliver_queued() == {"retry": 1, "delivered": 1}
+
+    retried.refresh_from_db()
+    assert (retried.status, retried.attempts) == ("queued", 1)
+    assert retried.next_attempt_at is not None and retried.next_attempt_at > timezone.now()
+    # The retry is its own task, with the backoff as its countdown; the pump leaves it alone
+    # until it is due.
+    assert sent == [f"deliver_decision {retried.pk}"]
+    assert deliver_queued() == {}
+    assert len(dify.requests("POST", SUBMIT + busy.form_token)) == 1
+    Decision.objects.filter(pk=retried.pk).update(next_attempt_at=timezone.now())
+    dify.on("POST", SUBMIT + busy.form_token)
+    assert deliver_queued() == {"delivered": 1}
+    assert Decision.objects.get(pk=delivered.pk).status == "delivered"
+
+
+def test_the_pump_is_woken_again_once_it_started_or_when_its_wake_up_was_lost(
+    app: DifyApp, decide: Callable[..., Decision], sent: list[str]
+) -> None:
+    decide(make_form(app))
+    decide(make_form(app))
+    assert sent == ["deliver_queued"]
+    # The pump starts: a decision made from now on may come after its last look at the queue.
+    DeliveryPump.started()
+    decide(make_form(app))
+    assert sent == ["deliver_queued"] * 2
+    # A wake-up older than STALE_SECONDS whose pump never started (its message lost with a
+    # killed worker) does not hold the next one back.
+    DeliveryPump.objects.filter(pk=1).update(
+        requested_at=timezone.now() - dt.timedelta(seconds=DeliveryPump.STALE_SECONDS + 1)
+    )
+    decide(make_form(app))
+    assert sent == ["deliver_queued"] * 3
+    # Without its row (a flushed table), the pump is woken and the row made again.
+    DeliveryPump.objects.all().delete()
+    decide(make_form(app))
+    assert sent == ["deliver_queued"] * 4
+    assert DeliveryPump.objects.get(pk=1).requested_at is not None
+
+
+def test_a_backlog_longer_than_the_pump_time_goes_on_in_a_new_pump(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    sent: list[str],
+    settings: Any,
+) -> None:
+    settings.INBOX_DELIVERY_PUMP_SECONDS = 0
+    decisions = [decide(make_form(app)) for _ in range(5)]
+    sent.clear()
+
+    assert deliver_queued() == {"delivered": 2}
+    assert sent == ["deliver_queued"]
+    assert Decision.objects.filter(status="queued").count() == 3
+    # The new pump (and the next) take the rest.
+    while Decision.objects.filter(status="queued").exists():
+        deliver_queued()
+    assert {d.status for d in Decision.objects.filter(pk__in=[d.pk for d in decisions])} == {
+        "delivered"
+    }
+    assert len(dify.requests("POST", SUBMIT)) == 5
+
+
+def test_two_pumps_at_once_send_each_decision_once(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision], settings: Any
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "two writers at once: SQLite's in-memory test database (shared cache) fails the "
+            "second with 'table is locked' instead of waiting as the embedded file database does"
+        )
+    settings.INBOX_DELIVERY_BATCH = 3
+    forms = [make_form(app) for _ in range(20)]
+    for form in forms:
+        decide(form)
+    results: list[dict[str, int]] = []
+    failures: list[BaseException] = []
+
+    def pump() -> None:
+        try:
+            while Decision.objects.filter(status="queued").exists():
+                results.append(deliver_queued())
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=pump) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures
+    assert sum(r.get("delivered", 0) for r in results) == 20
+    posts = [p.path.rsplit("/", 1)[1] for p in dify.requests("POST", SUBMIT)]
+    assert sorted(posts) == sorted(f.form_token for f in forms)
+    assert Decision.objects.filter(status="delivered", attempts=1).count() == 20
