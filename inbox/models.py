@@ -1100,6 +1100,9 @@ class Decision(models.Model):
     # killed mid-call): Dify may have applied it. A later 412 "already submitted" is then checked
     # against the run's events before it is called someone else's answer.
     maybe_applied = models.BooleanField(default=False)
+    # The last attempt never reached Dify (connection refused, connect timed out): it waits out
+    # its backoff only until a delivery to the same app gets through again.
+    dify_unreachable = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -1451,8 +1454,11 @@ class Decision(models.Model):
         return True
 
     @classmethod
-    def schedule_retry(cls, pk: int, *, error: str, delay: float, ambiguous: bool) -> bool:
-        """Put an attempt that may succeed later back in the queue, due in `delay` seconds."""
+    def schedule_retry(
+        cls, pk: int, *, error: str, delay: float, ambiguous: bool, unreachable: bool = False
+    ) -> bool:
+        """Put an attempt that may succeed later back in the queue, due in `delay` seconds.
+        `unreachable`: it never reached Dify, so `release_unreachable` may send it sooner."""
         with transaction.atomic():
             locked = cls._lock(pk)
             if locked is None:
@@ -1464,12 +1470,14 @@ class Decision(models.Model):
             decision.last_error = redact_secret(error, form.form_token)
             decision.next_attempt_at = timezone.now() + dt.timedelta(seconds=delay)
             decision.maybe_applied = decision.maybe_applied or ambiguous
+            decision.dify_unreachable = unreachable
             decision.save(
                 update_fields=[
                     "status",
                     "last_error",
                     "next_attempt_at",
                     "maybe_applied",
+                    "dify_unreachable",
                     "updated_at",
                 ]
             )
@@ -1482,6 +1490,27 @@ class Decision(models.Model):
             )
             transaction.on_commit(lambda: cls.enqueue(pk, countdown=delay))
         return True
+
+    @classmethod
+    def release_unreachable(cls, app_ids: Iterable[int]) -> int:
+        """Dify answered a delivery for these apps again: the decisions of theirs that wait out a
+        backoff because Dify could not be reached are due now, and the pump is woken for them.
+        (Those that reached Dify and were told to wait, 429 or 5xx, keep their backoff.) Their
+        own delayed tasks find them settled and skip."""
+        ids = sorted(set(app_ids))
+        if not ids:
+            return 0
+        now = timezone.now()
+        released = cls.objects.filter(
+            status=cls.Status.QUEUED,
+            dify_unreachable=True,
+            next_attempt_at__gt=now,
+            form__run__app_id__in=ids,
+        ).update(next_attempt_at=now, dify_unreachable=False, updated_at=now)
+        if released:
+            logger.info("Dify answers again: %d waiting decision(s) due now", released)
+            DeliveryPump.wake()
+        return released
 
     @classmethod
     def resend_lost(cls, pk: int, *, due_before: dt.datetime) -> bool:

@@ -272,6 +272,7 @@ def deliver_decision(decision_pk: int) -> str:
         verb="decision_delivered",
     )
     request_follow(decision.form.run)
+    Decision.release_unreachable([decision.form.run.app_id])
     return "delivered"
 
 
@@ -341,6 +342,7 @@ def _record_batch(
     accepted = [d.pk for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
     settled = Decision.finish_delivered(accepted)
     request_follow_many(d.form.run_id for d in settled)
+    Decision.release_unreachable({d.form.run.app_id for d in settled})
     for outcome in outcomes:
         key = outcome or "delivered"
         counts[key] = counts.get(key, 0) + 1
@@ -435,7 +437,10 @@ def _retry_or_fail(
         )
         return "failed"
     delay = retry_delay(decision.attempts, retry_after)
-    Decision.schedule_retry(decision.pk, error=text, delay=delay, ambiguous=ambiguous)
+    unreachable = isinstance(exc, DifyConnectionError) and not exc.request_sent
+    Decision.schedule_retry(
+        decision.pk, error=text, delay=delay, ambiguous=ambiguous, unreachable=unreachable
+    )
     logger.info(
         "decision %s: attempt %d failed (%s), retry in %.2fs",
         decision.pk,

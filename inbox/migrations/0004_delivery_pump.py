@@ -1,5 +1,6 @@
-"""The delivery pump: its one row (whether a `deliver_queued` task is on its way) and the index
-of its queue (due decisions, oldest first)."""
+"""The delivery pump: its one row (whether a `deliver_queued` task is on its way), the index of
+its queue (due decisions, oldest first), and the mark on a decision whose last attempt never
+reached Dify (sent as soon as a delivery to its app gets through again)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunPython(create_row, migrations.RunPython.noop),
+        migrations.AddField(
+            model_name="decision",
+            name="dify_unreachable",
+            field=models.BooleanField(default=False),
+        ),
         migrations.AddIndex(
             model_name="decision",
             index=models.Index(fields=["status", "next_attempt_at"], name="decision_due_idx"),

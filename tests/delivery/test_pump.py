@@ -5,6 +5,7 @@ lone `deliver_decision` would give it; one message per burst of decisions. Real 
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -268,3 +269,46 @@ def test_two_pumps_at_once_send_each_decision_once(
     posts = [p.path.rsplit("/", 1)[1] for p in dify.requests("POST", SUBMIT)]
     assert sorted(posts) == sorted(f.form_token for f in forms)
     assert Decision.objects.filter(status="delivered", attempts=1).count() == 20
+
+
+def test_once_dify_answers_again_the_decisions_that_could_not_reach_it_are_sent_at_once(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    sent: list[str],
+    settings: Any,
+) -> None:
+    settings.INBOX_DELIVERY_RETRY_BASE_SECONDS = 60
+    settings.INBOX_DELIVERY_RETRY_CAP_SECONDS = 60
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    # Dify is down: nothing listens there, the connections are refused.
+    DifyApp.objects.filter(pk=app.pk).update(base_url=f"http://127.0.0.1:{closed_port}/v1")
+    first, second = decide(make_form(app)), decide(make_form(app))
+    assert deliver_queued() == {"retry": 2}
+    # Dify is back, and busy for one more form: that one reached it and was told to wait.
+    DifyApp.objects.filter(pk=app.pk).update(base_url=dify.base_url)
+    busy_form = make_form(app)
+    dify.on("POST", SUBMIT + busy_form.form_token, error(503, "unavailable", "try later"))
+    busy = decide(busy_form)
+    assert deliver_queued() == {"retry": 1}
+    waiting = {d.pk: d for d in Decision.objects.filter(pk__in=[first.pk, second.pk, busy.pk])}
+    assert [waiting[d.pk].dify_unreachable for d in (first, second, busy)] == [True, True, False]
+    assert all(
+        d.next_attempt_at > timezone.now() + dt.timedelta(seconds=30) for d in waiting.values()
+    )
+
+    # The first retry comes due and gets through.
+    Decision.objects.filter(pk=first.pk).update(next_attempt_at=timezone.now())
+    sent.clear()
+    assert tasks.deliver_decision(first.pk) == "delivered"
+
+    # The other one that never reached Dify is due now and the pump is woken for it; the one
+    # Dify asked to wait keeps its backoff.
+    assert sent == ["deliver_queued"]
+    assert deliver_queued() == {"delivered": 1}
+    assert Decision.objects.get(pk=second.pk).status == "delivered"
+    busy.refresh_from_db()
+    assert busy.status == "queued" and busy.next_attempt_at > timezone.now()
+    assert len(dify.requests("POST", SUBMIT + busy_form.form_token)) == 1
