@@ -363,6 +363,7 @@ class DecisionAdmin(admin.ModelAdmin):
         "delivery_started_at",
         "next_attempt_at",
         "maybe_applied",
+        "dify_unreachable",
     ]
     actions = ["retry_delivery"]
 
