@@ -342,7 +342,9 @@ def _record_batch(
     accepted = [d.pk for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
     settled = Decision.finish_delivered(accepted)
     request_follow_many(d.form.run_id for d in settled)
-    Decision.release_unreachable({d.form.run.app_id for d in settled})
+    delivered = {d.pk for d in settled}
+    # The claimed rows carry their run (the settled ones only their form).
+    Decision.release_unreachable({d.form.run.app_id for d in claimed if d.pk in delivered})
     for outcome in outcomes:
         key = outcome or "delivered"
         counts[key] = counts.get(key, 0) + 1
