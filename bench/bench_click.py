@@ -3,8 +3,9 @@
 One decision at a time, on a quiet system: the reviewer's POST to the form page's decide view
 (Django's test client in this process: every middleware, the form validation, `Form.decide`
 storing the Decision and moving the form to `submitting`, the htmx answer; no browser and no
-network hop in front of Django) → the commit queues `deliver_decision` on Redis → one Celery
-worker process takes it, opens the run's event stream and POSTs the form to the Dify simulator
+network hop in front of Django) → the commit wakes the delivery pump (`deliver_queued`) on Redis
+→ one Celery worker process claims the decision, opens the run's event stream and POSTs the
+form to the Dify simulator
 (its own process) → the simulator notes when the POST arrived (`submit_received_at` in
 `/_sim/stats`). The time from the click to that arrival is the measure; goal p95 <= 100 ms with a
 healthy Dify. Both clocks are the same machine's wall clock.

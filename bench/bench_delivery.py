@@ -9,6 +9,7 @@
   every decision is delivered, and the same counts.
 
 Needs PostgreSQL and Redis: `bin/with-services -- .venv/bin/python -m bench delivery`.
+`BENCH_KEEP_WORKER_LOG=1` keeps the worker's log (`bench-worker-*.log` in the temp directory).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def _worker(env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[byte
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-        Path(log.name).unlink(missing_ok=True)
+        if not os.environ.get("BENCH_KEEP_WORKER_LOG"):
+            Path(log.name).unlink(missing_ok=True)
 
 
 def _start_runs(root: str, api_key: str, count: int, prefix: str) -> list[dict[str, Any]]:

@@ -1152,23 +1152,28 @@ class Decision(models.Model):
             )
 
     @classmethod
-    def claim_due(cls, limit: int) -> tuple[list[Decision], list[int]]:
+    def claim_due(cls, limit: int) -> tuple[list[Decision], list[int], bool]:
         """Claim up to `limit` due decisions for one attempt each, as `start_delivery` does one:
         `delivering`, attempts + 1, an audit entry each. Rows another pump holds are skipped.
-        Returns the claimed decisions (with form, run and app) and the due decisions whose form
-        closed or expired meanwhile, which `start_delivery` settles one by one."""
+        Returns the claimed decisions (with form, run and app), the due decisions whose form
+        closed or expired meanwhile (which `start_delivery` settles one by one), and whether the
+        queue is drained: fewer than `limit` due decisions were free, and none was passed over
+        for a form another transaction held (its decision is still due, the caller claims
+        again)."""
         now = timezone.now()
-        # The next ones due, from the (status, next_attempt_at) index alone: however long the
-        # queue, only these rows are read and joined. (A queued decision with no due time is
-        # the sweep's: it is sent again with one.)
-        due = list(
-            cls.objects.filter(status=cls.Status.QUEUED, next_attempt_at__lte=now)
-            .order_by("next_attempt_at", "pk")
-            .values_list("pk", flat=True)[:limit]
-        )
-        if not due:
-            return [], []
         with transaction.atomic():
+            # The next ones due that nobody else holds, oldest first, from the (status,
+            # next_attempt_at) index alone: however long the queue, only these rows are read.
+            # Locked here, so a second pump picks the next ones, not these. (A queued decision
+            # with no due time is the sweep's: it is sent again with one.)
+            due = list(
+                cls.objects.select_for_update(skip_locked=True)
+                .filter(status=cls.Status.QUEUED, next_attempt_at__lte=now)
+                .order_by("next_attempt_at", "pk")
+                .values_list("pk", flat=True)[:limit]
+            )
+            if not due:
+                return [], [], True
             rows: list[Decision] = list(
                 cls.objects.select_for_update(skip_locked=True, of=("self", "form"))
                 .select_related("form__run__app")
@@ -1176,6 +1181,7 @@ class Decision(models.Model):
                 .filter(pk__in=due, status=cls.Status.QUEUED)
                 .order_by("pk")
             )
+            drained = len(due) < limit and len(rows) == len(due)
             ready = [
                 d
                 for d in rows
@@ -1212,7 +1218,7 @@ class Decision(models.Model):
             AuditEntry.objects.bulk_create(
                 [AuditEntry.build("delivery_started", d, attempt=d.attempts) for d in claimed]
             )
-        return claimed, others
+        return claimed, others, drained
 
     @classmethod
     def _lock(cls, pk: int, *, with_run: bool = False) -> tuple[Form, Decision] | None:
@@ -1493,8 +1499,9 @@ class Decision(models.Model):
 
     @classmethod
     def release_unreachable(cls, app_ids: Iterable[int]) -> int:
-        """Dify answered a delivery for these apps again: the decisions of theirs that wait out a
-        backoff because Dify could not be reached are due now, and the pump is woken for them.
+        """A delivery that could not reach Dify before got through for these apps: the decisions
+        of theirs that wait out a backoff because Dify could not be reached are due now, and
+        the pump is woken for them.
         (Those that reached Dify and were told to wait, 429 or 5xx, keep their backoff.) Their
         own delayed tasks find them settled and skip."""
         ids = sorted(set(app_ids))

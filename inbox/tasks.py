@@ -272,7 +272,9 @@ def deliver_decision(decision_pk: int) -> str:
         verb="decision_delivered",
     )
     request_follow(decision.form.run)
-    Decision.release_unreachable([decision.form.run.app_id])
+    if decision.dify_unreachable:
+        # Its last attempt could not reach Dify, this one did: Dify is back for this app.
+        Decision.release_unreachable([decision.form.run.app_id])
     return "delivered"
 
 
@@ -308,18 +310,23 @@ def deliver_queued() -> dict[str, int]:
     with ThreadPoolExecutor(2 * batch_size, thread_name_prefix="deliver") as pool:
         while claiming or in_flight:
             if claiming and len(in_flight) < 2:
-                claimed, closed = Decision.claim_due(batch_size)
+                claimed, closed, drained = Decision.claim_due(batch_size)
                 for pk in closed:
                     # Its form closed or expired while it waited: settled there, no call.
                     settled_as = deliver_decision(pk)
                     counts[settled_as] = counts.get(settled_as, 0) + 1
-                if len(claimed) < batch_size and not closed:
-                    # Whatever comes due from now on wakes another pump.
+                if drained:
+                    # Whatever comes due from now on wakes another pump; what another pump
+                    # holds, it sends.
                     claiming = False
                 elif time.monotonic() > deadline:
                     # A long backlog: the rest goes to a new task, so this thread is free soon.
                     claiming = False
                     DeliveryPump.wake()
+                if not claimed and not closed and claiming:
+                    # Every due decision free of other pumps waits on a form another
+                    # transaction holds for a moment.
+                    time.sleep(0.05)
                 if len(claimed) == 1 and not in_flight and not claiming:
                     # A lone decision (the usual case) is sent from this thread.
                     outcome = _submit(delivery_client(claimed[0].form.run.app), claimed[0])
@@ -343,8 +350,11 @@ def _record_batch(
     settled = Decision.finish_delivered(accepted)
     request_follow_many(d.form.run_id for d in settled)
     delivered = {d.pk for d in settled}
-    # The claimed rows carry their run (the settled ones only their form).
-    Decision.release_unreachable({d.form.run.app_id for d in claimed if d.pk in delivered})
+    # A decision whose last attempt could not reach Dify got through: Dify is back for its app.
+    # (The claimed rows carry their run, the settled ones only their form.)
+    Decision.release_unreachable(
+        d.form.run.app_id for d in claimed if d.pk in delivered and d.dify_unreachable
+    )
     for outcome in outcomes:
         key = outcome or "delivered"
         counts[key] = counts.get(key, 0) + 1
