@@ -306,6 +306,7 @@ def deliver_queued() -> dict[str, int]:
     deadline = time.monotonic() + float(settings.INBOX_DELIVERY_PUMP_SECONDS)
     batch_size = int(settings.INBOX_DELIVERY_BATCH)
     in_flight: deque[tuple[list[Decision], list[Future[str | None]]]] = deque()
+    parallel = connection.features.has_select_for_update_skip_locked
     claiming = True
     with ThreadPoolExecutor(2 * batch_size, thread_name_prefix="deliver") as pool:
         while claiming or in_flight:
@@ -327,10 +328,11 @@ def deliver_queued() -> dict[str, int]:
                     # Every due decision free of other pumps waits on a form another
                     # transaction holds for a moment.
                     time.sleep(0.05)
-                if len(claimed) == 1 and not in_flight and not claiming:
-                    # A lone decision (the usual case) is sent from this thread.
-                    outcome = _submit(delivery_client(claimed[0].form.run.app), claimed[0])
-                    _record_batch(claimed, [outcome], counts)
+                if claimed and (not parallel or (len(claimed) == 1 and not in_flight)):
+                    # A lone decision (the usual case) is sent from this thread; so is every
+                    # batch on SQLite, whose one writer at a time gains nothing from threads.
+                    outcomes = [_submit(delivery_client(d.form.run.app), d) for d in claimed]
+                    _record_batch(claimed, outcomes, counts)
                 elif claimed:
                     futures = [pool.submit(_submit_on_thread, d) for d in claimed]
                     in_flight.append((claimed, futures))
