@@ -6,7 +6,7 @@ so rotating is "put the new key first, run `manage.py rotate_encryption_keys`, d
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -36,7 +36,15 @@ def encrypt(value: str) -> str:
 
 
 def decrypt(value: str) -> str:
-    return fernet().decrypt(value.encode()).decode()
+    return _decrypt(tuple(settings.INBOX_ENCRYPTION_KEYS), value)
+
+
+# An app's key is read with each of its runs and forms (a delivery batch reads it once per
+# decision): the same ciphertext is not verified and decrypted again each time. Keyed by the
+# keys too, so a key dropped from the settings no longer opens what it encrypted.
+@lru_cache(maxsize=256)
+def _decrypt(keys: tuple[str, ...], value: str) -> str:
+    return _fernet(keys).decrypt(value.encode()).decode()
 
 
 def rotate(value: str) -> str:

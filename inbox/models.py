@@ -1060,6 +1060,14 @@ class Form(models.Model):
 
 # Run columns a delivery never reads (deferred when a decision is locked with its run).
 _RUN_BULK_FIELDS = ("inputs", "query", "outputs", "answer", "error", "timeline")
+# A form's fields a delivery never reads: its text as shown, and what routing and reminders use.
+_FORM_DISPLAY_FIELDS = (
+    "content",
+    "rendered_content",
+    "approval_channels",
+    "filled_data",
+    "reminder_offsets",
+)
 
 
 class Decision(models.Model):
@@ -1177,7 +1185,10 @@ class Decision(models.Model):
             rows: list[Decision] = list(
                 cls.objects.select_for_update(skip_locked=True, of=("self", "form"))
                 .select_related("form__run__app")
-                .defer(*(f"form__run__{name}" for name in _RUN_BULK_FIELDS))
+                .defer(
+                    *(f"form__run__{name}" for name in _RUN_BULK_FIELDS),
+                    *(f"form__{name}" for name in _FORM_DISPLAY_FIELDS),
+                )
                 .filter(pk__in=due, status=cls.Status.QUEUED)
                 .order_by("pk")
             )
@@ -1329,7 +1340,7 @@ class Decision(models.Model):
         row and the audit entries, so a batch can write them together."""
         now = timezone.now()
         self.status = status
-        self.last_error = redact_secret(reason, form.form_token)
+        self.last_error = redact_secret(reason, form.form_token) if reason else ""
         self.next_attempt_at = None
         fields = ["status", "last_error", "next_attempt_at", "updated_at"]
         if status == self.Status.DELIVERED:
@@ -1366,18 +1377,37 @@ class Decision(models.Model):
         return fields, form_fields, entries
 
     @classmethod
-    def finish_delivered(cls, pks: Iterable[int]) -> list[Decision]:
+    def finish_delivered(cls, claimed: Iterable[Decision]) -> list[Decision]:
         """`finish(pk, status=delivered, ...)` for a batch Dify accepted: every row written in
-        one transaction, a statement per table. Returns the decisions it settled (a decision
-        another task settled meanwhile is left alone, as `finish` leaves it)."""
+        one transaction, a statement per table. `claimed` are the decisions as `claim_due`
+        returned them (with their forms): only what may have changed since is read again,
+        under the row locks. Returns the decisions it settled (a decision another task settled
+        meanwhile is left alone, as `finish` leaves it)."""
+        by_pk = {d.pk: d for d in claimed}
         with transaction.atomic():
-            settled: list[Decision] = list(
+            current = (
                 cls.objects.select_for_update(of=("self", "form"))
                 .select_related("form")
-                .filter(pk__in=sorted(set(pks)))
+                .only(
+                    "status",
+                    "attempts",
+                    "form__status",
+                    "form__filled_action_id",
+                    "form__filled_action_text",
+                )
+                .filter(pk__in=sorted(by_pk))
                 .filter(status__in=(cls.Status.QUEUED, cls.Status.DELIVERING))
                 .order_by("pk")
             )
+            settled: list[Decision] = []
+            for row in current:
+                decision = by_pk[row.pk]
+                decision.status, decision.attempts = row.status, row.attempts
+                form = decision.form
+                form.status = row.form.status
+                form.filled_action_id = row.form.filled_action_id
+                form.filled_action_text = row.form.filled_action_text
+                settled.append(decision)
             if not settled:
                 return []
             entries: list[AuditEntry] = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -127,22 +129,47 @@ def _sweep_expired_forms(batch_size: int) -> int:
 
 # --- decision delivery ---
 
-_clients: dict[tuple[int, str, str, float, float], DifyClient] = {}
+_clients: dict[tuple[int, str, str, float, float], list[DifyClient | None]] = {}
 _clients_lock = threading.Lock()
+# httpcore's pool looks at each of its connections whenever a request starts or a response
+# closes, under one lock: with a hundred connections in one pool, that walk costs more than the
+# request. The threads are spread over clients of this many connections instead (each thread
+# uses two at a time: the submit and the watch stream beside it).
+CONNECTIONS_PER_CLIENT = 16
+_thread_slot = threading.local()
+_slots = itertools.count()
+
+
+def _slot() -> int:
+    """This thread's number, given out in turn, so consecutive threads use different clients."""
+    slot: int | None = getattr(_thread_slot, "n", None)
+    if slot is None:
+        slot = _thread_slot.n = next(_slots)
+    return slot
 
 
 def delivery_client(app: DifyApp) -> DifyClient:
-    """The app's client with the delivery timeout. Shared by the worker's threads; a changed
-    URL, key or timeout gets a new one."""
+    """The app's client with the delivery timeout, one of a few shared by the worker's threads
+    (see CONNECTIONS_PER_CLIENT); a changed URL, key or timeout gets new ones."""
     timeout = float(settings.INBOX_DELIVERY_TIMEOUT_SECONDS)
     watch_seconds = float(settings.INBOX_DELIVERY_WATCH_SECONDS)
     fingerprint = hashlib.sha256(app.api_key.encode()).hexdigest()[:16]
     key = (app.pk, app.base_url.rstrip("/"), fingerprint, timeout, watch_seconds)
+    slot = _slot()
     with _clients_lock:
-        client = _clients.get(key)
-        if client is None or client.is_closed:
+        clients = _clients.get(key)
+        if clients is None:
             for stale in [k for k in _clients if k[0] == app.pk and k != key]:
                 del _clients[stale]
+            # The pump has up to two batches in flight, each call with a watch stream beside
+            # it: enough connections are kept open for all of them, none is reopened per call.
+            connections_needed = max(100, 4 * int(settings.INBOX_DELIVERY_BATCH))
+            clients = _clients[key] = [None] * math.ceil(
+                connections_needed / CONNECTIONS_PER_CLIENT
+            )
+        index = slot % len(clients)
+        client = clients[index]
+        if client is None or client.is_closed:
             limit = httpx.Timeout(timeout, connect=min(5.0, timeout))
             # Event streams are only read briefly, to confirm a submit: silence beyond the watch
             # time means no answer to wait for.
@@ -153,21 +180,17 @@ def delivery_client(app: DifyApp) -> DifyClient:
             )
             # The client never repeats a submit; the confirmation reads are not repeated either,
             # the delivery's own retry covers both.
-            # The pump has up to two batches in flight, each call with a watch stream beside
-            # it: enough connections are kept open for all of them, none is reopened per call.
-            connections_needed = max(100, 4 * int(settings.INBOX_DELIVERY_BATCH))
-            client = DifyClient(
+            client = clients[index] = DifyClient(
                 app.base_url,
                 app.api_key,
                 timeout=limit,
                 stream_timeout=watch,
                 max_retries=0,
                 limits=httpx.Limits(
-                    max_connections=connections_needed,
-                    max_keepalive_connections=connections_needed,
+                    max_connections=CONNECTIONS_PER_CLIENT,
+                    max_keepalive_connections=CONNECTIONS_PER_CLIENT,
                 ),
             )
-            _clients[key] = client
         return client
 
 
@@ -348,15 +371,11 @@ def _record_batch(
     claimed: list[Decision], outcomes: list[str | None], counts: dict[str, int]
 ) -> None:
     """The decisions Dify accepted, recorded together; the other outcomes are recorded already."""
-    accepted = [d.pk for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
+    accepted = [d for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
     settled = Decision.finish_delivered(accepted)
     request_follow_many(d.form.run_id for d in settled)
-    delivered = {d.pk for d in settled}
     # A decision whose last attempt could not reach Dify got through: Dify is back for its app.
-    # (The claimed rows carry their run, the settled ones only their form.)
-    Decision.release_unreachable(
-        d.form.run.app_id for d in claimed if d.pk in delivered and d.dify_unreachable
-    )
+    Decision.release_unreachable(d.form.run.app_id for d in settled if d.dify_unreachable)
     for outcome in outcomes:
         key = outcome or "delivered"
         counts[key] = counts.get(key, 0) + 1
