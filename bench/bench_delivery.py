@@ -36,8 +36,9 @@ HEALTHY = int(os.environ.get("BENCH_DELIVERY_DECISIONS", "1000"))
 OUTAGE = int(os.environ.get("BENCH_DELIVERY_OUTAGE_DECISIONS", "100"))
 OUTAGE_SECONDS = float(os.environ.get("BENCH_DELIVERY_OUTAGE_SECONDS", "30"))
 # One worker process; its pool and concurrency, as a deployment would set them.
-POOL = os.environ.get("BENCH_DELIVERY_POOL", "threads")
-CONCURRENCY = int(os.environ.get("BENCH_DELIVERY_CONCURRENCY", "8"))
+# As the production image runs it (bin/docker-entrypoint): the default prefork pool, 4 processes.
+POOL = os.environ.get("BENCH_DELIVERY_POOL", "prefork")
+CONCURRENCY = int(os.environ.get("BENCH_DELIVERY_CONCURRENCY", "4"))
 
 
 def _free_port() -> int:
@@ -326,7 +327,8 @@ def _healthy(root: str, sim_pid: int, api_key: str, reviewer: Any) -> list[str]:
         f"Healthy simulator: {HEALTHY:,} decisions on {HEALTHY:,} forms, queued through "
         f"`Form.decide` ({results[0][1]['decide_rate']:,.0f}/s in one thread) before one worker "
         f"(`--pool={POOL} --concurrency={CONCURRENCY}`) starts; the delivery pump sends "
-        f"{settings.INBOX_DELIVERY_BATCH} at a time. Run twice: with the run's events watched "
+        f"{settings.INBOX_DELIVERY_BATCH} at a time, {settings.INBOX_DELIVERY_PUMPS} pumps sharing "
+        "the backlog (`INBOX_DELIVERY_PUMPS`). Run twice: with the run's events watched "
         "during each submit (`INBOX_DELIVERY_WATCH_RUN`, on by default) and without.",
         "",
         "| watch | delivered | duplicates | extra POSTs | lost | not delivered | delivery span "

@@ -204,6 +204,9 @@ if INBOX_DELIVERY_STUCK_SECONDS <= INBOX_DELIVERY_TIME_LIMIT:
 # another pump for what is left, so one task never holds a worker thread for long.
 INBOX_DELIVERY_BATCH = env_int("INBOX_DELIVERY_BATCH", 32, minimum=1)
 INBOX_DELIVERY_PUMP_SECONDS = env_float("INBOX_DELIVERY_PUMP_SECONDS", 20.0, minimum=1)
+# Pumps sharing a backlog (PostgreSQL only): each its own task, so with the default prefork pool
+# each its own process and core.
+INBOX_DELIVERY_PUMPS = env_int("INBOX_DELIVERY_PUMPS", 2, minimum=1)
 INBOX_DELIVERY_PUMP_SOFT_TIME_LIMIT = int(
     INBOX_DELIVERY_PUMP_SECONDS + INBOX_DELIVERY_SOFT_TIME_LIMIT + 5
 )

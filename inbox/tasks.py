@@ -317,24 +317,33 @@ def _submit_on_thread(decision: Decision) -> str | None:
     soft_time_limit=settings.INBOX_DELIVERY_PUMP_SOFT_TIME_LIMIT,
     time_limit=settings.INBOX_DELIVERY_PUMP_TIME_LIMIT,
 )
-def deliver_queued() -> dict[str, int]:
+def deliver_queued(helper: bool = False) -> dict[str, int]:
     """The delivery pump: claim the due decisions a batch at a time and send each batch at once
     (a thread per decision), until none is due. Two batches are in flight at most, so the
     database work of one (its claim, then recording its outcomes) overlaps the calls of the
     other. Each decision goes through the same claim, submit and outcomes as
     `deliver_decision`; only the bookkeeping of the common case, Dify accepting, is shared by
-    the batch."""
-    DeliveryPump.started()
+    the batch.
+
+    A backlog (a full batch claimed) calls `INBOX_DELIVERY_PUMPS - 1` helpers: pumps in other
+    tasks that claim from the same queue (rows are locked as they are picked, so no decision
+    goes to two of them) and stop when it is drained; one pump is bound to one core."""
+    if not helper:
+        DeliveryPump.started()
     counts: dict[str, int] = {}
     deadline = time.monotonic() + float(settings.INBOX_DELIVERY_PUMP_SECONDS)
     batch_size = int(settings.INBOX_DELIVERY_BATCH)
     in_flight: deque[tuple[list[Decision], list[Future[str | None]]]] = deque()
     parallel = connection.features.has_select_for_update_skip_locked
+    helpers_wanted = int(settings.INBOX_DELIVERY_PUMPS) - 1 if parallel and not helper else 0
     claiming = True
     with ThreadPoolExecutor(2 * batch_size, thread_name_prefix="deliver") as pool:
         while claiming or in_flight:
             if claiming and len(in_flight) < 2:
                 claimed, closed, drained = Decision.claim_due(batch_size)
+                if helpers_wanted and len(claimed) == batch_size and not drained:
+                    _call_helpers(helpers_wanted)
+                    helpers_wanted = 0
                 for pk in closed:
                     # Its form closed or expired while it waited: settled there, no call.
                     settled_as = deliver_decision(pk)
@@ -344,9 +353,11 @@ def deliver_queued() -> dict[str, int]:
                     # holds, it sends.
                     claiming = False
                 elif time.monotonic() > deadline:
-                    # A long backlog: the rest goes to a new task, so this thread is free soon.
+                    # A long backlog: the rest goes to a new task, so this thread is free soon
+                    # (a helper just stops: the new pump calls its own).
                     claiming = False
-                    DeliveryPump.wake()
+                    if not helper:
+                        DeliveryPump.wake()
                 if not claimed and not closed and claiming:
                     # Every due decision free of other pumps waits on a form another
                     # transaction holds for a moment.
@@ -365,6 +376,16 @@ def deliver_queued() -> dict[str, int]:
     if counts:
         logger.info("deliver_queued: %s", counts)
     return counts
+
+
+def _call_helpers(count: int) -> None:
+    for _ in range(count):
+        try:
+            deliver_queued.apply_async(kwargs={"helper": True})
+        except Exception:
+            # This pump still sends the whole backlog, only alone.
+            logger.warning("delivery pump: helper not called", exc_info=True)
+            return
 
 
 def _record_batch(

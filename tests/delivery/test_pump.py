@@ -41,6 +41,8 @@ def app(dify: ScriptedDify, settings: Any) -> DifyApp:
     settings.INBOX_DELIVERY_MAX_ATTEMPTS = 3
     settings.INBOX_DELIVERY_TIMEOUT_SECONDS = 1.0
     settings.INBOX_DELIVERY_BATCH = 2
+    # One pump unless a test calls helpers.
+    settings.INBOX_DELIVERY_PUMPS = 1
     return DifyApp.objects.create(name="refunds", base_url=dify.base_url, api_key="app-key-123")
 
 
@@ -50,7 +52,11 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     The tests run the pump themselves."""
     messages: list[str] = []
     monkeypatch.setattr(
-        tasks.deliver_queued, "apply_async", lambda *a, **k: messages.append("deliver_queued")
+        tasks.deliver_queued,
+        "apply_async",
+        lambda *a, kwargs=None, **k: messages.append(
+            "deliver_queued helper" if (kwargs or {}).get("helper") else "deliver_queued"
+        ),
     )
     monkeypatch.setattr(
         tasks.deliver_decision,
@@ -233,6 +239,43 @@ def test_a_backlog_longer_than_the_pump_time_goes_on_in_a_new_pump(
         "delivered"
     }
     assert len(dify.requests("POST", SUBMIT)) == 5
+
+
+def test_a_backlog_calls_helper_pumps_that_share_it_and_leave_the_wake_up_to_the_pump(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    sent: list[str],
+    settings: Any,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("helpers need row locks that skip what another pump holds (PostgreSQL)")
+    settings.INBOX_DELIVERY_PUMPS = 3
+    forms = [make_form(app) for _ in range(7)]
+    for form in forms:
+        decide(form)
+    sent.clear()
+    # A full batch claimed: two helpers are called, once.
+    assert deliver_queued() == {"delivered": 7}
+    assert sent == ["deliver_queued helper"] * 2
+    # A helper that comes late finds nothing; it never clears the pump's wake-up record (a
+    # decision made meanwhile already sent the message that record stands for).
+    sent.clear()
+    requested = timezone.now()
+    DeliveryPump.objects.filter(pk=1).update(requested_at=requested)
+    assert deliver_queued(helper=True) == {}
+    assert DeliveryPump.objects.get(pk=1).requested_at == requested
+    # A helper calls no helper and, out of time, hands nothing on: its pump does.
+    settings.INBOX_DELIVERY_PUMP_SECONDS = 0
+    for _ in range(5):
+        decide(make_form(app))
+    sent.clear()
+    assert deliver_queued(helper=True) == {"delivered": 2}
+    assert sent == []
+    assert Decision.objects.filter(status="queued").count() == 3
+    assert len(dify.requests("POST", SUBMIT)) == 9
+    posts = [p.path.rsplit("/", 1)[1] for p in dify.requests("POST", SUBMIT)]
+    assert len(set(posts)) == 9
 
 
 def test_two_pumps_started_at_once_send_each_decision_once_and_leave_none_behind(

@@ -127,3 +127,23 @@ def test_async_clients_are_shared_per_event_loop(dify_app: DifyApp) -> None:
     b1, _ = asyncio.run(two())
     assert a1 is a2
     assert b1 is not a1
+
+
+def test_a_cookie_set_by_a_server_is_not_kept_nor_sent_back() -> None:
+    """The Service API authenticates by key alone; the client keeps no cookie (and spends no
+    time parsing one), so nothing a proxy sets rides along on the next call."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(
+            200,
+            json={"result": "success"},
+            headers={"set-cookie": "route=node-2; Path=/"},
+        )
+
+    client = DifyClient("http://dify.test/v1", "key", transport=httpx.MockTransport(handler))
+    client.submit_form("tok-1", inputs={}, action="approve", user="u")
+    client.submit_form("tok-2", inputs={}, action="approve", user="u")
+    assert seen == [None, None]
+    assert not client._http.cookies
