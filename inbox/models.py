@@ -1385,28 +1385,29 @@ class Decision(models.Model):
         meanwhile is left alone, as `finish` leaves it)."""
         by_pk = {d.pk: d for d in claimed}
         with transaction.atomic():
+            # FOR UPDATE without OF locks a row of each table read: the decision and its form,
+            # as `_lock` does, in the same order.
             current = (
-                cls.objects.select_for_update(of=("self", "form"))
-                .select_related("form")
-                .only(
+                cls.objects.select_for_update()
+                .filter(pk__in=sorted(by_pk))
+                .filter(status__in=(cls.Status.QUEUED, cls.Status.DELIVERING))
+                .order_by("pk")
+                .values_list(
+                    "pk",
                     "status",
                     "attempts",
                     "form__status",
                     "form__filled_action_id",
                     "form__filled_action_text",
                 )
-                .filter(pk__in=sorted(by_pk))
-                .filter(status__in=(cls.Status.QUEUED, cls.Status.DELIVERING))
-                .order_by("pk")
             )
             settled: list[Decision] = []
-            for row in current:
-                decision = by_pk[row.pk]
-                decision.status, decision.attempts = row.status, row.attempts
+            for pk, status, attempts, form_status, action_id, action_text in current:
+                decision = by_pk[pk]
+                decision.status, decision.attempts = status, attempts
                 form = decision.form
-                form.status = row.form.status
-                form.filled_action_id = row.form.filled_action_id
-                form.filled_action_text = row.form.filled_action_text
+                form.status = form_status
+                form.filled_action_id, form.filled_action_text = action_id, action_text
                 settled.append(decision)
             if not settled:
                 return []
