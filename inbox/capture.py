@@ -163,6 +163,9 @@ class _Batch:
         self.timeline_changed = False
         self._forms: dict[str, Form] | None = None
         self.stored: list[tuple[str, str, dict[str, Any]]] = []
+        # Forms this batch inserted with the definition GET form gave: the pause that follows
+        # their announcement names them again, with nothing new to write.
+        self.defined_here: set[str] = set()
 
     # --- helpers ---
 
@@ -381,6 +384,8 @@ class _Batch:
             self.refresh_form(existing, fields, fetched)
             return existing
         self.forms[form.form_id] = form
+        if isinstance(fetched, FormDefinition):
+            self.defined_here.add(form.form_id)
         AuditEntry.record(
             "form_captured",
             form,
@@ -446,7 +451,7 @@ class _Batch:
         if fields.approval_channels and fields.approval_channels != form.approval_channels:
             form.approval_channels = list(fields.approval_channels)
             updates.append("approval_channels")
-        if isinstance(fetched, FormDefinition):
+        if isinstance(fetched, FormDefinition) and form.form_id not in self.defined_here:
             updates += _set_definition(form, fetched)
         if updates:
             form.save(update_fields=[*updates, "updated_at"])

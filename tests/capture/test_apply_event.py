@@ -197,6 +197,24 @@ def test_a_pause_with_no_form_waiting_is_the_gap_before_a_resume(run: Run) -> No
     assert applied.paused and not applied.awaiting_human
 
 
+def test_a_form_and_its_pause_in_one_batch_write_the_form_once(run: Run) -> None:
+    """The pause names the form the batch just inserted with GET form's definition: there is
+    nothing left to write to it (the follower commits this batch while a reviewer waits)."""
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        pause_once(run)
+    form_writes = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith(('INSERT INTO "inbox_form"', 'UPDATE "inbox_form"'))
+    ]
+    # The insert, and routing's once-only mark.
+    assert len(form_writes) == 2, form_writes
+    assert "routed_at" in form_writes[1] and "definition" not in form_writes[1]
+    assert run.forms.get().definition["inputs"][1]["option_source"]["value"] == ["a", "b"]
+
+
 def test_pause_reasons_alone_capture_the_forms_with_either_type_key(run: Run) -> None:
     run.apply_events(
         [ev.paused(ev.form_data("F7", "tok-7", node_id="n7"), type_key="type")],
