@@ -399,8 +399,10 @@ def _outage(root: str, api_key: str, reviewer: Any) -> list[str]:
         f"| {c['delivered']} | {c['duplicates']} | {c['extra_posts']} | {c['lost']} | "
         f"{c['attempts']} | **{recovered:.1f} s** |",
         "",
-        "Time to recover runs from Dify's return to the last decision delivered; it is set by "
-        "the backoff: each decision waits out the retry it scheduled while Dify was down.",
+        "Time to recover runs from Dify's return to the last decision delivered. The first "
+        "retry due after the return gets through, and makes every other retry of the app that "
+        "could not reach Dify due at once (`Decision.release_unreachable`): the rest do not "
+        "wait out the backoff each of them scheduled while Dify was down.",
     ]
 
 
