@@ -601,7 +601,7 @@ FINDINGS = [
     "- Still above the goal: after the `GET form` that the bare reader also makes, the follower "
     "hands the batch to a database thread and commits one transaction (the run locked, its "
     "forms read, the form inserted in a savepoint and routed, two audit entries, the timeline: "
-    "10 statements for a form with no route, 16 on 2026-12-04 before this work), together with "
+    "10 statements for a form with no route, one fewer since 2026-12-05), together with "
     "the progress events held before the pause. Timed step by step in the follower (2026-12-05): "
     "GET form p50 5.5 ms; waiting for the database thread 0.4 ms; the transaction p50 17 ms, "
     "p95 31-36 ms, of which the statements themselves take 7-8 ms and Django's ORM the rest; a "
