@@ -14,11 +14,15 @@ readable. The rules every handler keeps:
   events someone reads later (fills, timeouts, the end, errors, anything unknown) are kept as
   `RunEvent` rows, and never with a form token in them.
 - **No network inside a transaction.** The GET that fetches a form's definition happens before
-  (the follower fetches first and passes `definitions`) or after (`fetch_definitions`).
+  (the follower fetches first and passes `definitions`), after (`fetch_definitions`), or, on
+  PostgreSQL, at the same time in the follower's event loop: the batch is applied while the GET
+  is in flight and waits for its answer, for at most `DefinitionsHandoff.timeout`, before it
+  commits (see `DefinitionsHandoff`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import hashlib
 import json
@@ -103,6 +107,41 @@ class Applied:
     events: int = 0
 
 
+class DefinitionsHandoff:
+    """What GET form answers for the forms of a batch, handed from the follower's event loop,
+    which makes the calls, to the database thread, which applies the batch meanwhile.
+
+    The batch inserts and routes a new form while its GET is in flight and waits for the
+    answer only before it commits: the form becomes visible once, complete with its definition
+    and its reviewers, and the moment it does is the GET's answer plus one UPDATE and the
+    commit, not the GET plus the whole transaction. The run's row stays locked for the wait;
+    the wait is bounded by `timeout`, after which the batch commits with the definition the
+    event carried and the form's definition is fetched again later, as when a GET fails.
+    """
+
+    def __init__(self, form_ids: Iterable[str], timeout: float = 2.0) -> None:
+        self.form_ids = frozenset(form_ids)
+        self.timeout = timeout
+        self._answer: concurrent.futures.Future[dict[str, DefinitionResult]] = (
+            concurrent.futures.Future()
+        )
+        # What the batch applied: None until it received the answer, {} if it gave up waiting.
+        self.applied: dict[str, DefinitionResult] | None = None
+
+    def give(self, results: Mapping[str, DefinitionResult]) -> None:
+        """Called once from the event loop with whatever GET form answered (possibly nothing)."""
+        if not self._answer.done():
+            self._answer.set_result(dict(results))
+
+    def wait(self) -> dict[str, DefinitionResult]:
+        try:
+            self.applied = self._answer.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            logger.info("capture: GET form took over %.1f s, committing without it", self.timeout)
+            self.applied = {}
+        return self.applied
+
+
 def event_dict(event: Mapping[str, Any] | StreamEvent) -> dict[str, Any]:
     if isinstance(event, StreamEvent):
         return event.raw or {"event": event.event, "data": event.data}
@@ -147,12 +186,16 @@ class _Batch:
     """One transaction's worth of events applied to one locked run."""
 
     def __init__(
-        self, run: Run, definitions: Mapping[str, DefinitionResult] | None, source: str
+        self,
+        run: Run,
+        definitions: Mapping[str, DefinitionResult] | None,
+        source: str,
+        awaited: Iterable[str] = (),
     ) -> None:
         from inbox.models import Run
 
         self.run = Run.objects.select_for_update().get(pk=run.pk)
-        self.definitions = definitions or {}
+        self.definitions = dict(definitions or {})
         self.source = source
         self.applied = Applied(status=self.run.status)
         self.run_fields: set[str] = set()
@@ -166,6 +209,14 @@ class _Batch:
         # Forms this batch inserted with the definition GET form gave: the pause that follows
         # their announcement names them again, with nothing new to write.
         self.defined_here: set[str] = set()
+        # Forms whose GET form is in flight while this batch is applied (DefinitionsHandoff):
+        # the latest announcement of each, and those this batch created, whose capture is
+        # recorded once the answer is in (`receive`).
+        self.awaited = frozenset(awaited)
+        self.waiting: dict[str, HumanInputFields] = {}
+        self.uncaptured: dict[str, Form] = {}
+        self.last_pause: list[Form | None] | None = None
+        self.events_saved = False
 
     # --- helpers ---
 
@@ -244,6 +295,7 @@ class _Batch:
             self.set_run("workflow_run_id", event.workflow_run_id[:64])
         if name not in CHUNK_EVENTS:
             self.applied.paused = self.applied.awaiting_human = self.applied.settling = False
+            self.last_pause = None
         if isinstance(event, WorkflowStarted):
             self.started(event)
         elif isinstance(event, HumanInputRequired):
@@ -342,6 +394,8 @@ class _Batch:
             return None
         form = self.forms.get(fields.form_id)
         fetched = self.definitions.get(fields.form_id)
+        if fetched is None and fields.form_id in self.awaited:
+            self.waiting[fields.form_id] = fields
         if form is None:
             form = self.adopt_placeholder(fields)
         if form is None:
@@ -350,7 +404,7 @@ class _Batch:
         return form
 
     def create_form(self, fields: HumanInputFields, fetched: DefinitionResult | None) -> Form:
-        from inbox.models import AuditEntry, Form
+        from inbox.models import Form
 
         token = fields.form_token or ""
         definition = fetched if isinstance(fetched, FormDefinition) else fields.definition
@@ -386,16 +440,11 @@ class _Batch:
         self.forms[form.form_id] = form
         if isinstance(fetched, FormDefinition):
             self.defined_here.add(form.form_id)
-        AuditEntry.record(
-            "form_captured",
-            form,
-            source=self.source,
-            status=status,
-            definition="get" if isinstance(fetched, FormDefinition) else "event",
-        )
         self.applied.forms_created.append(form.pk)
-        if token and not isinstance(fetched, FormDefinition | FormAlreadySubmitted | FormExpired):
-            self.applied.needs_definition[form.pk] = token
+        if fetched is None and form.form_id in self.waiting:
+            self.uncaptured[form.form_id] = form
+        else:
+            self.captured(form, fetched)
         self.entry(
             f"form:{form.form_id}",
             event="human_input_required",
@@ -406,6 +455,44 @@ class _Batch:
             at=_iso(None),
         )
         return form
+
+    def captured(self, form: Form, fetched: DefinitionResult | None) -> None:
+        from inbox.models import AuditEntry
+
+        AuditEntry.record(
+            "form_captured",
+            form,
+            source=self.source,
+            status=form.status,
+            definition="get" if isinstance(fetched, FormDefinition) else "event",
+        )
+        if form.form_token and not isinstance(
+            fetched, FormDefinition | FormAlreadySubmitted | FormExpired
+        ):
+            self.applied.needs_definition[form.pk] = form.form_token
+
+    def receive(self, results: Mapping[str, DefinitionResult]) -> None:
+        """The answers of the GET forms this batch waited for (DefinitionsHandoff)."""
+        self.definitions.update(results)
+        for form_id, fields in self.waiting.items():
+            fetched = results.get(form_id)
+            created = self.uncaptured.pop(form_id, None)
+            if created is None:
+                if form_id in self.forms:
+                    self.refresh_form(self.forms[form_id], fields, fetched)
+                continue
+            if isinstance(fetched, FormDefinition):
+                created.save(update_fields=[*_set_definition(created, fetched), "updated_at"])
+            self.captured(created, fetched)
+            if isinstance(fetched, FormAlreadySubmitted | FormExpired):
+                self.closed_in_dify(created, fetched)
+                label = "answered" if isinstance(fetched, FormAlreadySubmitted) else "expired"
+                self.entry(f"form:{form_id}", status=label)
+        self.waiting.clear()
+        if self.last_pause is not None:
+            self.applied.awaiting_human = any(
+                f is not None and f.status in AWAITING_STATUSES for f in self.last_pause
+            )
 
     def adopt_placeholder(self, fields: HumanInputFields) -> Form | None:
         """A form recorded from an ingested token has no form_id yet; the first announcement
@@ -457,7 +544,12 @@ class _Batch:
             form.save(update_fields=[*updates, "updated_at"])
         if isinstance(fetched, FormAlreadySubmitted | FormExpired):
             self.closed_in_dify(form, fetched)
-        elif form.form_token and form.definition_fetched_at is None and fetched is None:
+        elif (
+            form.form_token
+            and form.definition_fetched_at is None
+            and fetched is None
+            and form.form_id not in self.waiting
+        ):
             self.applied.needs_definition[form.pk] = form.form_token
 
     def closed_in_dify(self, form: Form, error: FormAlreadySubmitted | FormExpired) -> None:
@@ -490,6 +582,7 @@ class _Batch:
             self.set_run("status", "paused")
             self.progress()
         self.applied.paused = True
+        self.last_pause = announced
         self.applied.awaiting_human = any(
             f is not None and f.status in AWAITING_STATUSES for f in announced
         )
@@ -667,6 +760,7 @@ class _Batch:
     # --- the end of the batch ---
 
     def save(self) -> None:
+        """Write what the batch changed on the run; called again, writes only what changed since."""
         from inbox.models import RunEvent
 
         if self.timeline_changed:
@@ -674,11 +768,14 @@ class _Batch:
                 self.timeline = self.timeline[:1] + self.timeline[-(TIMELINE_LIMIT - 1) :]
             self.run.timeline = self.timeline
             self.run_fields.add("timeline")
-        if self.applied.events:
+            self.timeline_changed = False
+        if self.applied.events and not self.events_saved:
             self.run.last_event_at = timezone.now()
             self.run_fields.add("last_event_at")
+            self.events_saved = True
         if self.run_fields:
             self.run.save(update_fields=[*self.run_fields, "updated_at"])
+            self.run_fields = set()
         if self.stored:
             now = timezone.now()
             RunEvent.objects.bulk_create(
@@ -688,6 +785,7 @@ class _Batch:
                 ],
                 ignore_conflicts=True,
             )
+            self.stored = []
         self.applied.status = self.run.status
 
 
@@ -709,16 +807,22 @@ def apply_events(
     *,
     definitions: Mapping[str, DefinitionResult] | None = None,
     source: str = "stream",
+    handoff: DefinitionsHandoff | None = None,
 ) -> Applied:
     """Apply events in order, in one transaction under the run's row lock.
 
     `definitions` maps a form_id to what GET form answered for it (a FormDefinition, or the
-    DifyError it raised), fetched by the caller before this transaction.
+    DifyError it raised), fetched by the caller before this transaction. `handoff` brings the
+    answers of GETs still in flight for the forms it names: the batch is applied and written,
+    then waits for them before the commit.
     """
     with transaction.atomic():
-        batch = _Batch(run, definitions, source)
+        batch = _Batch(run, definitions, source, handoff.form_ids if handoff else ())
         for event in events:
             batch.apply(event_dict(event))
+        if handoff is not None:
+            batch.save()
+            batch.receive(handoff.wait())
         batch.save()
     return batch.applied
 

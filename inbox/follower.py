@@ -104,6 +104,10 @@ class FollowerSettings:
     # How long progress events (node steps, text chunks) may wait to be applied together
     # (see `_read_stream`).
     hold_seconds: float = 0.5
+    # Apply a batch that announces forms while their GET form is in flight, and wait for it
+    # (at most `definition_wait_seconds`) before the commit; see `capture.DefinitionsHandoff`.
+    fetch_while_applying: bool = True
+    definition_wait_seconds: float = 2.0
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> FollowerSettings:
@@ -284,6 +288,8 @@ class Follower:
         self.http_shards = max(1, math.ceil(self.config.max_streams / STREAMS_PER_CLIENT))
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.side_tasks: set[asyncio.Task[Any]] = set()
+        # Batches waiting in a database thread for their GET form (see `_apply_while_fetching`).
+        self.waiting_batches = 0
         self.stats = {"claimed": 0, "events": 0, "batches": 0, "reconnects": 0, "forms": 0}
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
@@ -555,16 +561,23 @@ class Follower:
     async def _apply(
         self, claim: Claim, client: AsyncDifyClient, events: list[StreamEvent], refresh: bool
     ) -> capture.Applied:
-        definitions = await self._fetch_definitions(claim, client, events, refresh)
+        wanted = self._wanted_definitions(claim, events, refresh)
+        raws = [e.raw for e in events]
         if any(e.event == "workflow_finished" for e in events):
             # The end closes the forms still open here; GET form says which were answered in
             # Dify (a stream opened after the end carries no fills).
-            wanted = await self.db(capture.open_form_tokens, claim.pk)
-            definitions.update(await self._get_forms(claim, client, wanted))
-        raws = [e.raw for e in events]
-        applied = await self.db(
-            capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
-        )
+            wanted = {**await self.db(capture.open_form_tokens, claim.pk), **wanted}
+            definitions = await self._get_forms(claim, client, wanted)
+            applied = await self.db(
+                capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
+            )
+        elif wanted and self._may_fetch_while_applying():
+            applied, definitions = await self._apply_while_fetching(claim, client, raws, wanted)
+        else:
+            definitions = await self._get_forms(claim, client, wanted)
+            applied = await self.db(
+                capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
+            )
         self.stats["events"] += len(events)
         self.stats["batches"] += 1
         self.stats["forms"] += len(applied.forms_created)
@@ -582,17 +595,56 @@ class Follower:
             task.add_done_callback(self.side_tasks.discard)
         return applied
 
-    async def _fetch_definitions(
-        self, claim: Claim, client: AsyncDifyClient, events: list[StreamEvent], refresh: bool
-    ) -> dict[str, capture.DefinitionResult]:
-        """GET form for every form the batch announces that we have no definition of yet
-        (concurrently). Dify's own refusals (412, 404) are passed on; a connection problem
-        leaves the form to be captured from the event and fetched again later."""
+    def _may_fetch_while_applying(self) -> bool:
+        """Whether a batch may wait in its transaction for the GET forms made meanwhile
+        (`capture.DefinitionsHandoff`): on PostgreSQL (SQLite would hold its one write lock
+        for the wait), and while at least half of the database threads stay free for other
+        runs' batches."""
+        return (
+            self.config.fetch_while_applying
+            and connection.vendor == "postgresql"
+            and self.waiting_batches < max(1, self.config.db_threads // 2)
+        )
+
+    async def _apply_while_fetching(
+        self,
+        claim: Claim,
+        client: AsyncDifyClient,
+        raws: list[dict[str, Any]],
+        wanted: dict[str, str],
+    ) -> tuple[capture.Applied, dict[str, capture.DefinitionResult]]:
+        handoff = capture.DefinitionsHandoff(wanted, timeout=self.config.definition_wait_seconds)
+
+        async def fetch() -> None:
+            results: dict[str, capture.DefinitionResult] = {}
+            try:
+                results = await self._get_forms(claim, client, wanted)
+            finally:
+                # Always answered, even when cancelled: the database thread waits for it.
+                handoff.give(results)
+
+        fetching = asyncio.create_task(fetch(), name=f"get-forms-{claim.pk}")
+        self.waiting_batches += 1
+        try:
+            applied = await self.db(capture.apply_events, Run(pk=claim.pk), raws, handoff=handoff)
+        finally:
+            self.waiting_batches -= 1
+            # Still running only when the batch gave up waiting or failed: its answer would
+            # be applied by nobody (the forms' definitions are fetched again later).
+            fetching.cancel()
+        return applied, handoff.applied or {}
+
+    def _wanted_definitions(
+        self, claim: Claim, events: list[StreamEvent], refresh: bool
+    ) -> dict[str, str]:
+        """form_id -> token for every form the batch announces that we have no definition of
+        yet (GET form, concurrently). Dify's own refusals (412, 404) are passed on; a connection
+        problem leaves the form to be captured from the event and fetched again later."""
         wanted: dict[str, str] = {}
         for fields in capture.pending_forms_in(events):
             if fields.form_token and (refresh or fields.form_id not in claim.known):
                 wanted[fields.form_id] = fields.form_token
-        return await self._get_forms(claim, client, wanted)
+        return wanted
 
     async def _get_forms(
         self, claim: Claim, client: AsyncDifyClient, wanted: dict[str, str]

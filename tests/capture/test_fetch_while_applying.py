@@ -1,0 +1,184 @@
+"""A batch that announces a form is applied while its GET form is in flight and waits for the
+answer before it commits (capture.DefinitionsHandoff): the form shows once, with its definition
+and its reviewers, whatever GET form answers, and a GET that takes too long costs the definition
+only for a moment."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connections
+
+from inbox import capture
+from inbox.dify.errors import DifyConnectionError, FormAlreadySubmitted, FormExpired
+from inbox.models import AuditEntry, DifyApp, Form, Run
+from tests.capture import events as ev
+from tests.capture.conftest import pending, start
+from tests.capture.test_apply_event import get_definition
+from tests.conftest import wait_until
+
+PAUSE = [
+    ev.started(),
+    ev.required(token="tok-secret-1"),
+    ev.paused(ev.form_data(token="tok-secret-1")),
+]
+
+
+@pytest.fixture
+def run(dify_app: DifyApp, reviewer: User) -> Run:
+    return Run.objects.create(
+        app=dify_app,
+        workflow_run_id=ev.RUN,
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        follow_wanted=False,
+    )
+
+
+def apply_with(run: Run, answer: dict[str, Any] | None, timeout: float = 2.0) -> capture.Applied:
+    """Apply the pause with the GET's `answer` handed over by another thread a moment later
+    (None: never, the batch gives up after `timeout`)."""
+    handoff = capture.DefinitionsHandoff(["F1"], timeout=timeout)
+    if answer is not None:
+        threading.Timer(0.05, handoff.give, (answer,)).start()
+    applied = capture.apply_events(run, PAUSE, handoff=handoff)
+    run.refresh_from_db()
+    return applied
+
+
+def captured_audit(form: Form) -> dict[str, Any]:
+    entry = AuditEntry.objects.get(verb="form_captured", object_id=str(form.pk))
+    return dict(entry.details)
+
+
+@pytest.mark.django_db
+def test_the_definition_handed_over_is_the_forms_and_nothing_is_fetched_again(run: Run) -> None:
+    applied = apply_with(run, {"F1": get_definition()})
+    form = run.forms.get()
+    assert form.definition["inputs"][1]["option_source"]["value"] == ["a", "b"]
+    assert form.definition_fetched_at is not None and form.routed_at is not None
+    assert captured_audit(form) == {"source": "stream", "status": "pending", "definition": "get"}
+    assert applied.forms_created == [form.pk] and not applied.needs_definition
+    assert applied.paused and applied.awaiting_human
+    assert run.status == "paused" and run.timeline[-1]["status"] == "waiting"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("error", "status", "label"),
+    [
+        (
+            FormAlreadySubmitted(412, "human_input_form_submitted", "submitted"),
+            "answered_elsewhere",
+            "answered",
+        ),
+        (FormExpired(412, "human_input_form_expired", "expired"), "expired", "expired"),
+    ],
+)
+def test_a_412_handed_over_settles_the_new_form_before_anyone_sees_it(
+    run: Run, error: Exception, status: str, label: str
+) -> None:
+    applied = apply_with(run, {"F1": error})
+    form = run.forms.get()
+    assert form.status == status and form.definition_fetched_at is None
+    verbs = list(
+        AuditEntry.objects.filter(object_id=str(form.pk))
+        .order_by("id")
+        .values_list("verb", flat=True)
+    )
+    assert verbs[-2:] == ["form_captured", f"form_{status}"]
+    # Nobody waits at this pause: the follower does not hold the run for it.
+    assert applied.paused and not applied.awaiting_human and not applied.needs_definition
+    assert run.timeline[-1]["key"] == "form:F1" and run.timeline[-1]["status"] == label
+
+
+@pytest.mark.django_db
+def test_a_get_that_failed_or_never_came_leaves_the_definition_to_be_fetched_again(
+    run: Run,
+) -> None:
+    failed = DifyConnectionError("connection refused")
+    applied = apply_with(run, {"F1": failed})
+    form = run.forms.get()
+    assert form.definition_fetched_at is None and form.status == "pending"
+    assert captured_audit(form)["definition"] == "event"
+    assert applied.needs_definition == {form.pk: "tok-secret-1"}
+
+    Form.objects.all().delete()
+    began = time.monotonic()
+    applied = apply_with(run, None, timeout=0.2)
+    assert time.monotonic() - began >= 0.2
+    form = run.forms.get()
+    assert form.definition_fetched_at is None
+    assert applied.needs_definition == {form.pk: "tok-secret-1"}
+
+
+@pytest.mark.django_db
+def test_a_replay_that_refetches_a_known_form_updates_it_in_place(run: Run) -> None:
+    apply_with(run, {"F1": get_definition()})
+    form = run.forms.get()
+    handoff = capture.DefinitionsHandoff(["F1"])
+    handoff.give({"F1": get_definition(form_content="Approve the refund now?")})
+    fresh = [ev.required(token="tok-secret-2"), ev.paused(ev.form_data(token="tok-secret-2"))]
+    applied = capture.apply_events(run, fresh, handoff=handoff)
+    form.refresh_from_db()
+    assert run.forms.count() == 1 and not applied.forms_created
+    assert form.form_token == "tok-secret-2" and form.content == "Approve the refund now?"
+    assert AuditEntry.objects.filter(verb="form_captured").count() == 1
+
+
+# --- in the follower, against the simulator ---
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_follower_inserts_and_routes_a_form_while_its_get_form_is_in_flight(
+    follower: Any, simulator: Any, sim_app: Any
+) -> None:
+    app = sim_app()
+    simulator.add_fault("delay", "form_get", times=1, delay=0.6)
+    run = start(simulator, app)
+    incomplete: list[str] = []
+
+    def complete() -> Form | None:
+        # What anyone else can read while the GET is delayed: no form, then the whole form.
+        for form in Form.objects.filter(run=run):
+            if form.definition_fetched_at is None or form.routed_at is None:
+                incomplete.append(form.form_id)
+            return form
+        return None
+
+    form = wait_until(complete, timeout=15, interval=0.02)
+    connections.close_all()
+    assert incomplete == []
+    # Inserted and routed before the GET answered; committed with what it answered.
+    assert form.definition_fetched_at - form.created_at >= dt.timedelta(seconds=0.5)
+    assert captured_audit(form)["definition"] == "get"
+    assert AuditEntry.objects.filter(verb="form_routed", object_id=str(form.pk)).count() == 1
+    assert len(simulator.exchanges("form_get")) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_get_form_slower_than_the_wait_commits_the_form_and_its_definition_follows(
+    simulator: Any, sim_app: Any
+) -> None:
+    from tests.capture.conftest import FollowerThread, needs_shared_database
+
+    needs_shared_database()
+    app = sim_app()
+    simulator.add_fault("delay", "form_get", times=1, delay=2.0)
+    thread = FollowerThread("slow-get", definition_wait_seconds=0.3).start()
+    try:
+        run = start(simulator, app)
+        began = time.monotonic()
+        first = wait_until(lambda: Form.objects.filter(run=run).first(), timeout=15, interval=0.02)
+        assert time.monotonic() - began < 2.0
+        assert first.definition_fetched_at is None and first.status == "pending"
+        (form,) = pending(run)
+    finally:
+        thread.stop()
+    assert form.pk == first.pk and run.forms.count() == 1
+    assert captured_audit(form)["definition"] == "event"
