@@ -31,7 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from inbox.dify.errors import DifyError, FormAlreadySubmitted, FormExpired, FormNotFound
@@ -111,10 +112,13 @@ class DefinitionsHandoff:
     """What GET form answers for the forms of a batch, handed from the follower's event loop,
     which makes the calls, to the database thread, which applies the batch meanwhile.
 
-    The batch inserts and routes a new form while its GET is in flight and waits for the
-    answer only before it commits: the form becomes visible once, complete with its definition
-    and its reviewers, and the moment it does is the GET's answer plus one UPDATE and the
-    commit, not the GET plus the whole transaction. The run's row stays locked for the wait;
+    The batch locks the run and applies the events before the form's while the GET is in
+    flight. If the answer is in when the form comes to be inserted, it is inserted with it;
+    if not, the form is inserted and routed from the event and the batch waits for the answer
+    only before it commits, then writes the definition. Either way the form becomes visible
+    once, complete with its definition and its reviewers, and the moment it does is about
+    the longer of the GET and the transaction, not their sum. The run's row stays locked for
+    the wait;
     the wait is bounded by `timeout`, after which the batch commits with the definition the
     event carried and the form's definition is fetched again later, as when a GET fails.
     """
@@ -133,7 +137,15 @@ class DefinitionsHandoff:
         if not self._answer.done():
             self._answer.set_result(dict(results))
 
+    def answered(self) -> dict[str, DefinitionResult] | None:
+        """The answer if it is in already, without waiting; None if not."""
+        if self.applied is None and self._answer.done():
+            self.applied = self._answer.result()
+        return self.applied
+
     def wait(self) -> dict[str, DefinitionResult]:
+        if self.applied is not None:
+            return self.applied
         try:
             self.applied = self._answer.result(self.timeout)
         except concurrent.futures.TimeoutError:
@@ -190,7 +202,7 @@ class _Batch:
         run: Run,
         definitions: Mapping[str, DefinitionResult] | None,
         source: str,
-        awaited: Iterable[str] = (),
+        handoff: DefinitionsHandoff | None = None,
     ) -> None:
         from inbox.models import Run
 
@@ -205,6 +217,8 @@ class _Batch:
         }
         self.timeline_changed = False
         self._forms: dict[str, Form] | None = None
+        self.announced: set[str] = set()
+        self.elsewhere: dict[str, Form] = {}
         self.stored: list[tuple[str, str, dict[str, Any]]] = []
         # Forms this batch inserted with the definition GET form gave: the pause that follows
         # their announcement names them again, with nothing new to write.
@@ -212,7 +226,7 @@ class _Batch:
         # Forms whose GET form is in flight while this batch is applied (DefinitionsHandoff):
         # the latest announcement of each, and those this batch created, whose capture is
         # recorded once the answer is in (`receive`).
-        self.awaited = frozenset(awaited)
+        self.handoff = handoff
         self.waiting: dict[str, HumanInputFields] = {}
         self.uncaptured: dict[str, Form] = {}
         self.last_pause: list[Form | None] | None = None
@@ -222,8 +236,21 @@ class _Batch:
 
     @property
     def forms(self) -> dict[str, Form]:
+        """The run's forms by form_id. Read with them, in the same query: forms of other runs
+        bearing an id this batch announces (`elsewhere`), which a new form must not collide
+        with (two records of one Dify run, see `create_form`)."""
+        from inbox.models import Form
+
         if self._forms is None:
-            self._forms = {f.form_id: f for f in self.run.forms.all().order_by("created_at", "id")}
+            rows = Form.objects.filter(run=self.run)
+            if self.announced:
+                rows = Form.objects.filter(Q(run=self.run) | Q(form_id__in=self.announced))
+            self._forms = {}
+            for form in rows.order_by("created_at", "id"):
+                if form.run_id == self.run.pk:
+                    self._forms[form.form_id] = form
+                else:
+                    self.elsewhere[form.form_id] = form
         return self._forms
 
     def set_run(self, name: str, value: Any) -> None:
@@ -394,8 +421,13 @@ class _Batch:
             return None
         form = self.forms.get(fields.form_id)
         fetched = self.definitions.get(fields.form_id)
-        if fetched is None and fields.form_id in self.awaited:
-            self.waiting[fields.form_id] = fields
+        if fetched is None and self.handoff and fields.form_id in self.handoff.form_ids:
+            answered = self.handoff.answered()
+            if answered is None:
+                self.waiting[fields.form_id] = fields
+            else:
+                self.definitions.update(answered)
+                fetched = answered.get(fields.form_id)
         if form is None:
             form = self.adopt_placeholder(fields)
         if form is None:
@@ -427,16 +459,17 @@ class _Batch:
             status=status,
             definition_fetched_at=timezone.now() if isinstance(fetched, FormDefinition) else None,
         )
-        try:
-            # A savepoint: a form created meanwhile by another path (an ingest) must not abort
-            # the rest of the batch.
-            with transaction.atomic():
-                form.save()
-        except IntegrityError:
-            existing = Form.objects.get(form_id=form.form_id)
+        existing = self.elsewhere.get(form.form_id)
+        if existing is not None:
+            # The same Dify form recorded under another run (one Dify run recorded twice):
+            # that record is the form. Every path that creates a form of this run holds the
+            # run's lock and has read its forms, so the insert below cannot collide otherwise;
+            # if a second record of the run inserts it at this very moment, the batch fails and
+            # is applied again from Dify's snapshot, which finds it.
             self.forms[existing.form_id] = existing
             self.refresh_form(existing, fields, fetched)
             return existing
+        form.save()
         self.forms[form.form_id] = form
         if isinstance(fetched, FormDefinition):
             self.defined_here.add(form.form_id)
@@ -816,11 +849,22 @@ def apply_events(
     answers of GETs still in flight for the forms it names: the batch is applied and written,
     then waits for them before the commit.
     """
-    with transaction.atomic():
-        batch = _Batch(run, definitions, source, handoff.form_ids if handoff else ())
-        for event in events:
-            batch.apply(event_dict(event))
-        if handoff is not None:
+    from inbox.models import AuditEntry
+
+    with transaction.atomic(), AuditEntry.deferred():
+        batch = _Batch(run, definitions, source, handoff)
+        raws = [event_dict(event) for event in events]
+        batch.announced = {
+            fields.form_id
+            for fields in pending_forms_in(
+                r for r in raws if r.get("event") in ("human_input_required", "workflow_paused")
+            )
+            if fields.form_id
+        }
+        for raw in raws:
+            batch.apply(raw)
+        if batch.waiting:
+            assert handoff is not None
             batch.save()
             batch.receive(handoff.wait())
         batch.save()

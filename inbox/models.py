@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import fnmatch
 import logging
 import typing
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -720,12 +722,18 @@ class Form(models.Model):
         return f"{self.node_title or self.node_id} ({self.form_id})"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        adding = self._state.adding
-        super().save(*args, **kwargs)
-        if adding:
-            # Whatever creates a form (the follower's capture, an ingest, the demo) routes it in
-            # the same transaction: a form is never visible before its reviewers are known.
-            self.on_captured()
+        if not self._state.adding or self.routed_at is not None:
+            super().save(*args, **kwargs)
+            return
+        # Whatever creates a form (the follower's capture, an ingest, the demo) routes it in
+        # the same transaction: a form is never visible before its reviewers are known. The
+        # route is chosen first and inserted with the form: inserted once, routed once.
+        with transaction.atomic(savepoint=False):
+            route = Route.for_node(self.run.app_id, self.node_id, self.node_title)
+            for name, value in self._routing(route).items():
+                setattr(self, name, value)
+            super().save(*args, **kwargs)
+            self._assign(route)
 
     @property
     def is_answerable(self) -> bool:
@@ -734,28 +742,37 @@ class Form(models.Model):
     # --- routing and claims ---
 
     def on_captured(self) -> None:
-        """Route a new form: store who is asked (reviewers, groups, email recipients) and queue
-        the emails once the capture commits. Runs once per form; calling it again does nothing."""
-        from django.contrib.auth import get_user_model
-
-        now = timezone.now()
-        # No savepoint of its own: the capture creates the form inside one already, and a
-        # failure here undoes the form with it.
+        """Route a form stored without `save()` (a bulk insert): store who is asked (reviewers,
+        groups, email recipients) and queue the emails once the transaction commits. Runs once
+        per form; calling it again does nothing."""
+        # No savepoint of its own: a failure here undoes what the caller's transaction wrote.
         with transaction.atomic(savepoint=False):
             route = Route.for_node(self.run.app_id, self.node_id, self.node_title)
-            routing: dict[str, Any] = {"routed_at": now}
-            if route is not None:
-                routing.update(
-                    route=route,
-                    allow_guests=route.allow_guests,
-                    reminder_offsets=route.reminder_offsets,
-                )
+            routing = self._routing(route)
             # The conditional update is the once-only guard, race-free without a row lock, and
             # stores the route in the same statement.
             if not Form.objects.filter(pk=self.pk, routed_at__isnull=True).update(**routing):
                 return
             for name, value in routing.items():
                 setattr(self, name, value)
+            self._assign(route)
+
+    @staticmethod
+    def _routing(route: Route | None) -> dict[str, Any]:
+        routing: dict[str, Any] = {"routed_at": timezone.now()}
+        if route is not None:
+            routing.update(
+                route=route,
+                allow_guests=route.allow_guests,
+                reminder_offsets=route.reminder_offsets,
+            )
+        return routing
+
+    def _assign(self, route: Route | None) -> None:
+        """Who `route` asks, for this form just routed (see `save` and `on_captured`)."""
+        from django.contrib.auth import get_user_model
+
+        with transaction.atomic(savepoint=False):
             if route is None:
                 AuditEntry.record("form_unrouted", self, reason="no route for the app")
                 return
@@ -1805,6 +1822,12 @@ class RunEvent(models.Model):
         return f"{self.event} @ {self.received_at:%Y-%m-%d %H:%M:%S}"
 
 
+# Audit entries held back by `AuditEntry.deferred()` in this context, None outside it.
+_deferred_audit: contextvars.ContextVar[list[AuditEntry] | None] = contextvars.ContextVar(
+    "deferred_audit", default=None
+)
+
+
 class AuditEntry(models.Model):
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -1836,8 +1859,27 @@ class AuditEntry(models.Model):
         **details: Any,
     ) -> AuditEntry:
         entry = cls.build(verb, obj, actor=actor, actor_label=actor_label, **details)
-        entry.save(force_insert=True)
+        pending = _deferred_audit.get()
+        if pending is not None:
+            pending.append(entry)
+        else:
+            entry.save(force_insert=True)
         return entry
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls) -> Iterator[list[AuditEntry]]:
+        """Entries recorded inside the block (by this thread) are written together, in one
+        INSERT, when it ends without an error; an error writes none of them. For a transaction
+        that records several, each otherwise a round trip of its own (a capture)."""
+        pending: list[AuditEntry] = []
+        token = _deferred_audit.set(pending)
+        try:
+            yield pending
+        finally:
+            _deferred_audit.reset(token)
+        if pending:
+            AuditEntry.objects.bulk_create(pending)
 
     @classmethod
     def build(

@@ -198,21 +198,26 @@ def test_a_pause_with_no_form_waiting_is_the_gap_before_a_resume(run: Run) -> No
 
 
 def test_a_form_and_its_pause_in_one_batch_write_the_form_once(run: Run) -> None:
-    """The pause names the form the batch just inserted with GET form's definition: there is
-    nothing left to write to it (the follower commits this batch while a reviewer waits)."""
+    """The form is inserted once, routed and with GET form's definition; the pause that names
+    it writes nothing more; the batch's audit entries go in one INSERT; no savepoint (the
+    follower commits this batch while a reviewer waits)."""
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as queries:
         pause_once(run)
+    sql = [q["sql"] for q in queries.captured_queries]
     form_writes = [
-        q["sql"]
-        for q in queries.captured_queries
-        if q["sql"].startswith(('INSERT INTO "inbox_form"', 'UPDATE "inbox_form"'))
+        q for q in sql if q.startswith(('INSERT INTO "inbox_form"', 'UPDATE "inbox_form"'))
     ]
-    # The insert, and routing's once-only mark.
-    assert len(form_writes) == 2, form_writes
-    assert "routed_at" in form_writes[1] and "definition" not in form_writes[1]
-    assert run.forms.get().definition["inputs"][1]["option_source"]["value"] == ["a", "b"]
+    assert len(form_writes) == 1 and form_writes[0].startswith("INSERT"), form_writes
+    form = run.forms.get()
+    assert form.routed_at is not None and form.definition_fetched_at is not None
+    assert form.definition["inputs"][1]["option_source"]["value"] == ["a", "b"]
+    assert len([q for q in sql if q.startswith('INSERT INTO "inbox_auditentry"')]) == 1
+    verbs = set(AuditEntry.objects.filter(object_id=str(form.pk)).values_list("verb", flat=True))
+    assert verbs == {"form_captured", "form_routed"}
+    # The batch's own transaction is a savepoint here, inside the test's; no other.
+    assert len([q for q in sql if q.startswith("SAVEPOINT")]) == 1
 
 
 def test_pause_reasons_alone_capture_the_forms_with_either_type_key(run: Run) -> None:
