@@ -16,6 +16,7 @@ from inbox.follower import Follower
 from inbox.models import DifyApp, Form, Route, Run
 from inbox.runs import start_run
 from inbox.simulator.testing import sample_inputs
+from tests.capture import events as ev
 from tests.conftest import wait_until
 
 # Short everything: a test never waits for a production-sized backoff or lease.
@@ -81,6 +82,18 @@ def follower(transactional_db: None, simulator: Any) -> Iterator[FollowerThread]
         yield thread
     finally:
         thread.stop()
+
+
+@pytest.fixture
+def run(dify_app: DifyApp, reviewer: User) -> Run:
+    """A run of ours with no events yet, for events applied by hand (tests/capture/events.py)."""
+    return Run.objects.create(
+        app=dify_app,
+        workflow_run_id=ev.RUN,
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        follow_wanted=False,
+    )
 
 
 @pytest.fixture

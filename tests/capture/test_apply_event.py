@@ -11,21 +11,10 @@ from django.db import connection
 
 from inbox.dify.errors import FormAlreadySubmitted
 from inbox.dify.types import FormDefinition
-from inbox.models import AuditEntry, Decision, DifyApp, Form, Run, RunEvent
+from inbox.models import AuditEntry, Decision, Form, Run, RunEvent
 from tests.capture import events as ev
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def run(dify_app: DifyApp, reviewer: User) -> Run:
-    return Run.objects.create(
-        app=dify_app,
-        workflow_run_id=ev.RUN,
-        dify_user="inbox-alice",
-        started_by=reviewer,
-        follow_wanted=False,
-    )
 
 
 def get_definition(**overrides: Any) -> FormDefinition:

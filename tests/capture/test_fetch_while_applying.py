@@ -11,12 +11,11 @@ import time
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.db import connections
 
 from inbox import capture
 from inbox.dify.errors import DifyConnectionError, FormAlreadySubmitted, FormExpired
-from inbox.models import AuditEntry, DifyApp, Form, Run
+from inbox.models import AuditEntry, Form, Run
 from tests.capture import events as ev
 from tests.capture.conftest import pending, start
 from tests.capture.test_apply_event import get_definition
@@ -27,17 +26,6 @@ PAUSE = [
     ev.required(token="tok-secret-1"),
     ev.paused(ev.form_data(token="tok-secret-1")),
 ]
-
-
-@pytest.fixture
-def run(dify_app: DifyApp, reviewer: User) -> Run:
-    return Run.objects.create(
-        app=dify_app,
-        workflow_run_id=ev.RUN,
-        dify_user="inbox-alice",
-        started_by=reviewer,
-        follow_wanted=False,
-    )
 
 
 def apply_with(run: Run, answer: dict[str, Any] | None, timeout: float = 2.0) -> capture.Applied:
