@@ -142,8 +142,15 @@ class Claim:
     workflow_run_id: str
     dify_user: str
     app: DifyApp
-    # Forms of the run whose definition already came from GET form.
+    # Forms of the run whose definition already came from GET form...
     known: set[str] = field(default_factory=set)
+    # ... and those fetched again since the current stream opened (a refresh fetches each once).
+    fetched_this_stream: set[str] = field(default_factory=set)
+
+    def answered(self, definitions: dict[str, capture.DefinitionResult]) -> None:
+        """Note what GET form answered (a definition, or Dify's refusal) for these forms."""
+        self.known.update(k for k, v in definitions.items() if isinstance(v, FormDefinition))
+        self.fetched_this_stream.update(definitions)
 
 
 def _claimable(now: Any) -> Any:
@@ -458,6 +465,7 @@ class Follower:
     async def _read_stream(
         self, claim: Claim, client: AsyncDifyClient, refresh: bool
     ) -> StreamResult:
+        claim.fetched_this_stream.clear()
         stream = client.stream_events(
             claim.workflow_run_id,
             user=claim.dify_user,
@@ -581,7 +589,7 @@ class Follower:
         self.stats["events"] += len(events)
         self.stats["batches"] += 1
         self.stats["forms"] += len(applied.forms_created)
-        claim.known.update(k for k, v in definitions.items() if isinstance(v, FormDefinition))
+        claim.answered(definitions)
         if applied.unlisted:
             # Settled in Dify while no stream of ours was open: GET form says how.
             for form_pk, result in (await self._get_forms_by_pk(client, applied.unlisted)).items():
@@ -642,7 +650,13 @@ class Follower:
         problem leaves the form to be captured from the event and fetched again later."""
         wanted: dict[str, str] = {}
         for fields in capture.pending_forms_in(events):
-            if fields.form_token and (refresh or fields.form_id not in claim.known):
+            if not fields.form_token:
+                continue
+            if fields.form_id not in claim.known or (
+                # A snapshot hands out fresh tokens: with `refresh`, each form is fetched again,
+                # once per stream (its announcement and its pause reason come in two batches).
+                refresh and fields.form_id not in claim.fetched_this_stream
+            ):
                 wanted[fields.form_id] = fields.form_token
         return wanted
 

@@ -170,3 +170,28 @@ def test_a_get_form_slower_than_the_wait_commits_the_form_and_its_definition_fol
         thread.stop()
     assert form.pk == first.pk and run.forms.count() == 1
     assert captured_audit(form)["definition"] == "event"
+
+
+def test_a_refreshing_stream_fetches_each_form_once_though_its_pause_comes_in_a_later_batch() -> (
+    None
+):
+    """A snapshot stream hands out fresh tokens, so each form it names is fetched again; but
+    once per stream: the pause that names the form again, in the next batch, fetches nothing."""
+    from inbox.follower import Claim, Follower
+
+    follower = Follower("wanted", db_threads=1)
+    claim = Claim(
+        pk=1, seq=1, refresh=True, workflow_run_id=ev.RUN, dify_user="u", app=None, known={"F1"}
+    )
+    announced = [ev.required(token="tok-fresh")]
+    pause = [ev.paused(ev.form_data(token="tok-fresh"))]
+    try:
+        assert follower._wanted_definitions(claim, announced, refresh=True) == {"F1": "tok-fresh"}
+        claim.answered({"F1": get_definition()})
+        assert follower._wanted_definitions(claim, pause, refresh=True) == {}
+        # The stream as it goes on without a refresh, and the next stream that refreshes.
+        assert follower._wanted_definitions(claim, pause, refresh=False) == {}
+        claim.fetched_this_stream.clear()
+        assert follower._wanted_definitions(claim, pause, refresh=True) == {"F1": "tok-fresh"}
+    finally:
+        follower.executor.shutdown()
