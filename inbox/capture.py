@@ -118,9 +118,8 @@ class DefinitionsHandoff:
     only before it commits, then writes the definition. Either way the form becomes visible
     once, complete with its definition and its reviewers, and the moment it does is about
     the longer of the GET and the transaction, not their sum. The run's row stays locked for
-    the wait;
-    the wait is bounded by `timeout`, after which the batch commits with the definition the
-    event carried and the form's definition is fetched again later, as when a GET fails.
+    the wait, which is bounded by `timeout`: past it the batch commits with the definition the
+    event carried, and the form's definition is fetched again later, as when a GET fails.
     """
 
     def __init__(self, form_ids: Iterable[str], timeout: float = 2.0) -> None:
@@ -242,11 +241,11 @@ class _Batch:
         from inbox.models import Form
 
         if self._forms is None:
-            rows = Form.objects.filter(run=self.run)
+            wanted = Q(run=self.run)
             if self.announced:
-                rows = Form.objects.filter(Q(run=self.run) | Q(form_id__in=self.announced))
+                wanted |= Q(form_id__in=self.announced)
             self._forms = {}
-            for form in rows.order_by("created_at", "id"):
+            for form in Form.objects.filter(wanted).order_by("created_at", "id"):
                 if form.run_id == self.run.pk:
                     self._forms[form.form_id] = form
                 else:
@@ -519,8 +518,6 @@ class _Batch:
             self.captured(created, fetched)
             if isinstance(fetched, FormAlreadySubmitted | FormExpired):
                 self.closed_in_dify(created, fetched)
-                label = "answered" if isinstance(fetched, FormAlreadySubmitted) else "expired"
-                self.entry(f"form:{form_id}", status=label)
         self.waiting.clear()
         if self.last_pause is not None:
             self.applied.awaiting_human = any(
@@ -607,6 +604,9 @@ class _Batch:
             reason=f"GET form: {error.code}",
             source=self.source,
         )
+        if f"form:{form.form_id}" in self.timeline_index:
+            label = "answered" if status == Form.Status.ANSWERED_ELSEWHERE else "expired"
+            self.entry(f"form:{form.form_id}", status=label)
         self.progress()
 
     def paused(self, event: WorkflowPaused) -> None:
