@@ -439,11 +439,10 @@ class _Batch:
 
         token = fields.form_token or ""
         definition = fetched if isinstance(fetched, FormDefinition) else fields.definition
+        # A form GET form says is closed (412) is inserted open and settled right after, by
+        # the step every path shares (`closed_in_dify`): its audit trail and its timeline entry
+        # read the same whichever way the answer came.
         status = Form.Status.PENDING if token else Form.Status.NOT_ANSWERABLE
-        if isinstance(fetched, FormAlreadySubmitted):
-            status = Form.Status.ANSWERED_ELSEWHERE
-        elif isinstance(fetched, FormExpired):
-            status = Form.Status.EXPIRED
         expires = definition.expiration_time or fields.expiration_time
         form = Form(
             run=self.run,
@@ -473,10 +472,6 @@ class _Batch:
         if isinstance(fetched, FormDefinition):
             self.defined_here.add(form.form_id)
         self.applied.forms_created.append(form.pk)
-        if fetched is None and form.form_id in self.waiting:
-            self.uncaptured[form.form_id] = form
-        else:
-            self.captured(form, fetched)
         self.entry(
             f"form:{form.form_id}",
             event="human_input_required",
@@ -486,6 +481,12 @@ class _Batch:
             form=str(form.public_id),
             at=_iso(None),
         )
+        if fetched is None and form.form_id in self.waiting:
+            self.uncaptured[form.form_id] = form
+        else:
+            self.captured(form, fetched)
+            if isinstance(fetched, FormAlreadySubmitted | FormExpired):
+                self.closed_in_dify(form, fetched)
         return form
 
     def captured(self, form: Form, fetched: DefinitionResult | None) -> None:

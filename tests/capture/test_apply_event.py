@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
-from inbox.dify.errors import FormAlreadySubmitted
+from inbox.dify.errors import FormAlreadySubmitted, FormExpired
 from inbox.dify.types import FormDefinition
 from inbox.models import AuditEntry, Decision, Form, Run, RunEvent
 from tests.capture import events as ev
@@ -236,10 +236,31 @@ def test_parallel_forms_under_one_pause(run: Run) -> None:
     assert statuses == {"legal": "answered_elsewhere", "finance": "not_answerable"}
 
 
-def test_a_412_from_get_form_records_the_form_as_answered_elsewhere(run: Run) -> None:
-    error = FormAlreadySubmitted(412, "human_input_form_submitted", "already submitted")
+@pytest.mark.parametrize(
+    ("error", "status", "label"),
+    [
+        (
+            FormAlreadySubmitted(412, "human_input_form_submitted", "already submitted"),
+            "answered_elsewhere",
+            "answered",
+        ),
+        (FormExpired(412, "human_input_form_expired", "expired"), "expired", "expired"),
+    ],
+)
+def test_a_412_from_get_form_settles_the_new_form_in_its_record_its_audit_and_the_timeline(
+    run: Run, error: Exception, status: str, label: str
+) -> None:
     run.apply_events([ev.started(), ev.required()], definitions={"F1": error})
-    assert run.forms.get().status == "answered_elsewhere"
+    form = run.forms.get()
+    assert form.status == status
+    verbs = list(
+        AuditEntry.objects.filter(object_id=str(form.pk))
+        .order_by("id")
+        .values_list("verb", flat=True)
+    )
+    assert verbs[-2:] == ["form_captured", f"form_{status}"]
+    run.refresh_from_db()
+    assert run.timeline[-1]["key"] == "form:F1" and run.timeline[-1]["status"] == label
 
 
 def test_node_events_make_one_entry_per_execution_and_text_chunks_are_appended(
