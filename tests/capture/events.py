@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from inbox.dify.errors import FormAlreadySubmitted, FormExpired
+
 RUN = "R-capture-1"
 TASK = "T-capture-1"
 
@@ -127,3 +129,15 @@ def finished(status: str = "succeeded", **data: Any) -> dict[str, Any]:
     }
     body.update(data)
     return event("workflow_finished", body)
+
+
+# GET form's two refusals of a form closed in Dify (412), each with the status the form takes and
+# the label its timeline entry shows: `pytest.mark.parametrize(("error", "status", "label"), ...)`.
+CLOSED_IN_DIFY = [
+    (
+        FormAlreadySubmitted(412, "human_input_form_submitted", "already submitted"),
+        "answered_elsewhere",
+        "answered",
+    ),
+    (FormExpired(412, "human_input_form_expired", "expired"), "expired", "expired"),
+]

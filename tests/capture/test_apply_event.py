@@ -9,7 +9,6 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
-from inbox.dify.errors import FormAlreadySubmitted, FormExpired
 from inbox.dify.types import FormDefinition
 from inbox.models import AuditEntry, Decision, Form, Run, RunEvent
 from tests.capture import events as ev
@@ -236,17 +235,7 @@ def test_parallel_forms_under_one_pause(run: Run) -> None:
     assert statuses == {"legal": "answered_elsewhere", "finance": "not_answerable"}
 
 
-@pytest.mark.parametrize(
-    ("error", "status", "label"),
-    [
-        (
-            FormAlreadySubmitted(412, "human_input_form_submitted", "already submitted"),
-            "answered_elsewhere",
-            "answered",
-        ),
-        (FormExpired(412, "human_input_form_expired", "expired"), "expired", "expired"),
-    ],
-)
+@pytest.mark.parametrize(("error", "status", "label"), ev.CLOSED_IN_DIFY)
 def test_a_412_from_get_form_settles_the_new_form_in_its_record_its_audit_and_the_timeline(
     run: Run, error: Exception, status: str, label: str
 ) -> None:

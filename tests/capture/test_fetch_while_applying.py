@@ -14,7 +14,7 @@ import pytest
 from django.db import connections
 
 from inbox import capture
-from inbox.dify.errors import DifyConnectionError, FormAlreadySubmitted, FormExpired
+from inbox.dify.errors import DifyConnectionError
 from inbox.models import AuditEntry, Form, Run
 from tests.capture import events as ev
 from tests.capture.conftest import pending, start
@@ -57,17 +57,7 @@ def test_the_definition_handed_over_is_the_forms_and_nothing_is_fetched_again(ru
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(
-    ("error", "status", "label"),
-    [
-        (
-            FormAlreadySubmitted(412, "human_input_form_submitted", "submitted"),
-            "answered_elsewhere",
-            "answered",
-        ),
-        (FormExpired(412, "human_input_form_expired", "expired"), "expired", "expired"),
-    ],
-)
+@pytest.mark.parametrize(("error", "status", "label"), ev.CLOSED_IN_DIFY)
 def test_a_412_handed_over_settles_the_new_form_before_anyone_sees_it(
     run: Run, error: Exception, status: str, label: str
 ) -> None:
