@@ -147,7 +147,9 @@ def test_a_get_form_slower_than_the_wait_commits_the_form_and_its_definition_fol
 
     needs_shared_database()
     app = sim_app()
-    simulator.add_fault("delay", "form_get", times=1, delay=2.0)
+    # Both GETs slow: the one the batch gives up on, and the retry that brings the definition
+    # afterwards, so the form is seen without its definition for about a second.
+    simulator.add_fault("delay", "form_get", times=2, delay=1.0)
     thread = FollowerThread("slow-get", definition_wait_seconds=0.3).start()
     try:
         run = start(simulator, app)
