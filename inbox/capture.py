@@ -485,11 +485,11 @@ class _Batch:
             self.uncaptured[form.form_id] = form
         else:
             self.captured(form, fetched)
-            if isinstance(fetched, FormAlreadySubmitted | FormExpired):
-                self.closed_in_dify(form, fetched)
         return form
 
     def captured(self, form: Form, fetched: DefinitionResult | None) -> None:
+        """Record the capture of a form this batch inserted, with what GET form answered: a
+        closed form (412) is settled at once, one without an answer fetched again later."""
         from inbox.models import AuditEntry
 
         AuditEntry.record(
@@ -499,9 +499,9 @@ class _Batch:
             status=form.status,
             definition="get" if isinstance(fetched, FormDefinition) else "event",
         )
-        if form.form_token and not isinstance(
-            fetched, FormDefinition | FormAlreadySubmitted | FormExpired
-        ):
+        if isinstance(fetched, FormAlreadySubmitted | FormExpired):
+            self.closed_in_dify(form, fetched)
+        elif form.form_token and not isinstance(fetched, FormDefinition):
             self.applied.needs_definition[form.pk] = form.form_token
 
     def receive(self, results: Mapping[str, DefinitionResult]) -> None:
@@ -517,8 +517,6 @@ class _Batch:
             if isinstance(fetched, FormDefinition):
                 created.save(update_fields=[*_set_definition(created, fetched), "updated_at"])
             self.captured(created, fetched)
-            if isinstance(fetched, FormAlreadySubmitted | FormExpired):
-                self.closed_in_dify(created, fetched)
         self.waiting.clear()
         if self.last_pause is not None:
             self.applied.awaiting_human = any(
