@@ -642,11 +642,14 @@ def _transaction_alone(
     # back (so each replay inserts the same form): what PostgreSQL and the wire cost without
     # Django, one round trip each, then all in one pipeline.
     Form.objects.filter(run_id=runs[-1]).delete()
-    replay = {"one by one": [], "pipelined": []}
+    replay: dict[str, list[float]] = {"one by one": [], "pipelined": []}
+    # The replaying thread's own CPU time, per replay: psycopg building and parsing messages.
+    # The rest of the wall time is spent waiting for PostgreSQL and the loopback.
+    replay_cpu: dict[str, list[float]] = {how: [] for how in replay}
     with psycopg.connect(conninfo, cursor_factory=psycopg.ClientCursor) as raw:
         for i in range(samples + 20):
             for how, times in replay.items():
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.thread_time()
                 with raw.cursor() as cursor:
                     if how == "pipelined":
                         with raw.pipeline():
@@ -658,11 +661,27 @@ def _transaction_alone(
                 raw.rollback()
                 if i >= 20:
                     times.append(time.perf_counter() - started)
+                    replay_cpu[how].append(time.thread_time() - cpu)
+        # PostgreSQL's own time for them: planning and execution as EXPLAIN ANALYZE reports
+        # each statement (run, then rolled back), without the wire and without psycopg.
+        server: list[float] = []
+        for _ in range(50):
+            total = 0.0
+            with raw.cursor() as cursor:
+                for statement, params in sent:
+                    cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", params)
+                    plan = cursor.fetchone()[0][0]
+                    total += plan.get("Planning Time", 0.0) + plan.get("Execution Time", 0.0)
+            raw.rollback()
+            server.append(total / 1000)
     Run.objects.filter(pk__in=runs).delete()
     p50, p95 = _percentile(took, 50) * 1000, _percentile(took, 95) * 1000
     sql50 = _percentile(sql, 50) * 1000
     one_by_one = _percentile(replay["one by one"], 50) * 1000
     pipelined = _percentile(replay["pipelined"], 50) * 1000
+    one_by_one_cpu = _percentile(replay_cpu["one by one"], 50) * 1000
+    pipelined_cpu = _percentile(replay_cpu["pipelined"], 50) * 1000
+    server50 = _percentile(server, 50) * 1000
     return [
         f"### The pause's transaction alone ({samples} samples)",
         "",
@@ -676,12 +695,16 @@ def _transaction_alone(
         f"code. The bare reader's whole path (event and GET) in the part above: p50 "
         f"{bare_p[0]:.1f} ms, p95 {bare_p[1]:.1f} ms; 1.5x its p95 is {1.5 * bare_p[1]:.1f} ms. "
         "The follower's path is at least the event's arrival plus this transaction (the GET "
-        "runs meanwhile), so the goal needs the transaction well under that, not "
-        f"{p95 / (1.5 * bare_p[1]):.1f} times it.",
+        "runs meanwhile), so the goal needs the transaction well under that; idle, it takes "
+        f"{p95 / (1.5 * bare_p[1]):.0%} of it at p95.",
         "",
         "The same statements as sent, replayed by psycopg alone, BEGIN to ROLLBACK: one round "
-        f"trip each p50 {one_by_one:.1f} ms, all in one pipeline p50 {pipelined:.1f} ms. The "
-        "difference between these and the transaction above is Django's and our Python.",
+        f"trip each p50 {one_by_one:.1f} ms (of which psycopg's own CPU time "
+        f"{one_by_one_cpu:.1f} ms), all in one pipeline p50 {pipelined:.1f} ms (CPU "
+        f"{pipelined_cpu:.1f} ms). PostgreSQL's own time for them, planning and execution as "
+        f"EXPLAIN ANALYZE reports each: {server50:.2f} ms at p50. The rest of a replay is the "
+        "loopback's round trips and the wake-ups around them; the difference between a replay "
+        "and the transaction above is Django's and our Python.",
     ]
 
 
@@ -833,27 +856,30 @@ FINDINGS = [
     "- Why 1.5x is out of reach on loopback for this transaction: \"The pause's transaction "
     'alone" (added 2026-12-05) applies the same batch with nothing else running, and it alone '
     "takes about as long as 1.5x the bare reader's whole path (event and GET) at p95, before "
-    "the event's arrival, the hop and the GIL shared with the event loop are counted. Replaying "
-    "its statements with psycopg alone splits it: PostgreSQL and the wire cost 1.8 ms one round "
-    "trip at a time, 1.2 ms all pipelined; Django building queries and model objects and our "
-    "event code cost the other 3 ms or so. So pipelining alone (about 0.6 ms) would not close "
-    "the gap. Two throwaway prototypes (2026-12-05, 300 and 100 pauses, not kept) wrote the "
-    "pause's transaction as hand-made SQL in two pipelined round trips (lock, forms and routes "
-    "read while GET form is in flight; form, run, audit and COMMIT after its answer), leaving "
-    "out routing's assignments and most of the events' bookkeeping: from a database thread, "
-    "follower 6.8 / 9.5 ms against bare 3.2 / 4.6 ms (2.09x at p95); on the event loop with an "
-    "async psycopg connection, no thread hop, 6.8 / 8.4 against 2.8 / 3.5 ms (2.4x; 2.2x in "
-    "a first run of 50). "
-    "Timed inside the second: GET form takes 3.4 ms at p50 there (the loop shares its time "
-    "with the first round trip), building the row 0.5 ms, the write round trip and commit "
-    "1.8 ms. So not even a second implementation of what capture writes, beside the ORM one "
-    "every other path uses, meets 1.5x on this host, where PostgreSQL's own work for the "
-    "writes (about 1.2 ms) is a third of the bare reader's whole path. Against a Dify that "
-    "takes 20 ms to answer GET form the follower is within 1.25x. The ratio is also shown "
-    "with the end "
-    "taken at PostgreSQL's own commit timestamp (`track_commit_timestamp`, set by "
-    "bin/with-services) instead of the NOTIFY's arrival in the benchmark's process: 0.2 to "
-    "0.4 ms earlier, so the NOTIFY path is not what keeps the ratio up.",
+    "the event's arrival, the hop and the GIL shared with the event loop are counted. Replaying"
+    " its statements with psycopg alone splits it: 1.8 ms one round trip at a time, 1.2 ms all "
+    "pipelined; Django building queries and model objects and our event code cost the other 3 "
+    "ms or so. Within a replay (measured since the night of 2026-12-05, one round trip each, "
+    "p50): PostgreSQL's own planning and execution about 0.5 ms, psycopg's CPU 0.6 ms, the "
+    "loopback round trips and wake-ups the rest. So pipelining alone (about 0.6 ms) would not "
+    "close the gap, and neither would a faster database: most of the transaction is Python on "
+    "the follower's side. Two throwaway prototypes (2026-12-05, 300 and 100 pauses, not kept) "
+    "wrote the pause's transaction as hand-made SQL in two pipelined round trips (lock, forms "
+    "and routes read while GET form is in flight; form, run, audit and COMMIT after its "
+    "answer), leaving out routing's assignments and most of the events' bookkeeping: from a "
+    "database thread, follower 6.8 / 9.5 ms against bare 3.2 / 4.6 ms (2.09x at p95); on the "
+    "event loop with an async psycopg connection, no thread hop, 6.8 / 8.4 against 2.8 / 3.5 ms"
+    " (2.4x; 2.2x in a first run of 50). Timed inside the second: GET form takes 3.4 ms at p50 "
+    "there (the loop shares its time with the first round trip), building the row 0.5 ms, the "
+    "write round trip and commit 1.8 ms. So not even a second implementation of what capture "
+    "writes, beside the ORM one every other path uses, meets 1.5x on this host: the write round"
+    " trip and commit alone (1.8 ms at p50, on two cores shared with the simulator and "
+    "PostgreSQL) already use what 1.5x leaves over the bare reader there (1.4 ms at p50, 1.8 ms"
+    " at p95). Against a Dify that takes 20 ms to answer GET form the follower is within 1.25x."
+    " The ratio is also shown with the end taken at PostgreSQL's own commit timestamp "
+    "(`track_commit_timestamp`, set by bin/with-services) instead of the NOTIFY's arrival in "
+    "the benchmark's process: 0.2 to 0.4 ms earlier, so the NOTIFY path is not what keeps the "
+    "ratio up.",
     "- CPU per event at 1,000 runs is that per-transaction work and httpx's per-request "
     "overhead; at 1,000 runs one follower process is CPU-bound; more follower processes share "
     "the runs through their leases (not measured here). Hosts differ between runs (this "
