@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from inbox.forms import DecisionForm, action_specs, existing_decision, input_specs
 from inbox.markdown import excerpt
-from inbox.models import ApiToken, Decision, Form, FormNotOpen
+from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen
 from inbox.uploads import UploadRejected, upload_to_dify
 from inbox.views import PAGE_SIZE, TAB_STATUSES, InboxFilters, inbox_rows, ordering, page_state
 
@@ -70,6 +70,12 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         body = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"The request body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        # Valid JSON that Python will not read: an integer of over 4,300 digits, or arrays
+        # nested thousands deep.
+        raise ApiError(
+            400, "invalid_json", "The request body holds a number too long or nesting too deep."
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     return body
@@ -361,8 +367,6 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
 
 
 def _active_app(body: dict[str, Any]) -> Any:
-    from inbox.models import DifyApp
-
     name = body.get("app")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "invalid_param", "'app' is required: the name of a Dify app.")
@@ -413,10 +417,22 @@ def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str,
             details={name: ["Unknown input."] for name in unknown},
         )
     data: dict[str, Any] = {}
+    for spec in form_specs:
+        # Left out, a checkbox is its default, as in Dify and on the start page.
+        if spec.type == "checkbox" and inputs.get(spec.variable) is None and spec.checked:
+            data[spec.field_name] = "on"
     for name, value in inputs.items():
         spec = known[name]
         if value is None:
             continue
+        if not spec.supported:
+            raise ApiError(
+                400,
+                "invalid_inputs",
+                f"'{name}' is a {spec.type} input, which the inbox cannot send; start this run "
+                "in Dify instead.",
+                details={name: [f"The inbox cannot send {spec.type} inputs."]},
+            )
         if spec.type == "number":
             if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise ApiError(
@@ -456,6 +472,12 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     query = body.get("query", "")
     if not isinstance(query, str):
         raise ApiError(400, "invalid_param", "'query' must be a string.")
+    if query and app.mode != DifyApp.Mode.CHATFLOW:
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"'query' is for chatflow apps; {app.name} is a workflow and takes only 'inputs'.",
+        )
     dify_user = _optional_text(body, "user", limit=255) or default_dify_user(request.user)
     try:
         parameters = app_parameters(app)

@@ -58,6 +58,13 @@ class StartInput:
         return self.type in START_INPUT_TYPES
 
     @property
+    def checked(self) -> bool:
+        """A checkbox ticked by default (Dify stores the default as a bool; a string is read
+        as Dify's console writes it)."""
+        default = self.default
+        return default is True or (isinstance(default, str) and default.lower() == "true")
+
+    @property
     def field_name(self) -> str:
         # Prefixed: a variable may be called `query` or `csrfmiddlewaretoken`.
         return f"in_{self.variable}"
@@ -116,12 +123,20 @@ class StartRunForm(forms.Form):
                 label=_("Message"),
                 widget=forms.Textarea(attrs={"rows": 3}),
                 help_text=_("What the chatflow is asked."),
+                # Sent as typed; a message of spaces alone is no message (`clean_query`).
+                strip=False,
             )
 
     @property
     def blocked(self) -> bool:
         """An input this page cannot fill (a file, say) is required: start the run elsewhere."""
         return any(s.required for s in self.unsupported)
+
+    def clean_query(self) -> str:
+        query: str = self.cleaned_data["query"]
+        if not query.strip():
+            raise forms.ValidationError(self.fields["query"].error_messages["required"], "required")
+        return query
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -164,6 +179,8 @@ def _field(spec: StartInput) -> forms.Field:
         return forms.CharField(
             label=label,
             required=spec.required,
+            # Sent as typed: Dify keeps leading and trailing spaces, and so do we.
+            strip=False,
             max_length=spec.max_length,
             initial=initial,
             widget=forms.Textarea(attrs={"rows": 4}),
@@ -176,13 +193,38 @@ def _field(spec: StartInput) -> forms.Field:
             label=label, required=spec.required, choices=choices, initial=initial
         )
     if spec.type == "number":
-        return forms.DecimalField(label=label, required=spec.required, initial=initial)
+        return NumberField(label=label, required=spec.required, initial=initial)
     if spec.type == "checkbox":
         # An unticked box is a valid answer (false), whatever `required` says.
-        return forms.BooleanField(label=label, required=False, initial=bool(spec.default))
+        return forms.BooleanField(label=label, required=False, initial=spec.checked)
     return forms.CharField(
-        label=label, required=spec.required, max_length=spec.max_length, initial=initial
+        label=label,
+        required=spec.required,
+        max_length=spec.max_length,
+        initial=initial,
+        strip=False,
     )
+
+
+class NumberField(forms.DecimalField):
+    """A start input of type number. Bounded before anything converts it: "1e1000000" is nine
+    characters, and turning it into an int would take the server's CPU for many seconds."""
+
+    # Past 10^15 a number stops being exact once Dify (or a browser) reads it as a float.
+    MAX_EXPONENT = 15
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        if (
+            value is not None
+            and value.is_finite()
+            and value
+            and value.adjusted() > self.MAX_EXPONENT
+        ):
+            raise forms.ValidationError(
+                gettext("Enter a number smaller than 10^%(max)s.") % {"max": self.MAX_EXPONENT + 1},
+                code="max_value",
+            )
 
 
 def default_dify_user(user: Any) -> str:
@@ -326,7 +368,8 @@ def ingest_run(
     """Record a run started elsewhere and have it followed; (run, created).
 
     Idempotent: a run we already hold is returned unchanged (its Dify user is part of it; a
-    different one is refused). Dify is asked first (GET run detail), so an id that does not
+    different one is refused), unless the token is of a form it does not have yet
+    (`_ingested_again`). Dify is asked first (GET run detail), so an id that does not
     belong to this app is refused before anything is stored. Without a token the follower
     recovers the pending forms from a state snapshot. With one, its form is captured now from
     GET form: that also covers runs whose events Dify will not show us (a run started in the
@@ -338,13 +381,7 @@ def ingest_run(
 
     existing = Run.objects.filter(app=app, workflow_run_id=workflow_run_id).first()
     if existing is not None:
-        if existing.dify_user != dify_user:
-            raise IngestRefused(
-                gettext("This run is already recorded with another Dify user."),
-                status=409,
-                code="conflict",
-            )
-        return existing, False
+        return _ingested_again(existing, dify_user, form_token, actor), False
     client = DifyClient.for_app(app)
     try:
         detail = client.get_run(workflow_run_id)
@@ -397,14 +434,71 @@ def ingest_run(
     except IntegrityError:
         # The same run ingested twice at the same moment: the other request recorded it.
         existing = Run.objects.get(app=app, workflow_run_id=workflow_run_id)
-        if existing.dify_user != dify_user:
-            raise IngestRefused(
-                gettext("This run is already recorded with another Dify user."),
-                status=409,
-                code="conflict",
-            ) from None
-        return existing, False
+        return _ingested_again(existing, dify_user, form_token, actor), False
     capture.apply_run_detail(run, detail, source="ingest")
     run.request_follow(snapshot=True)
     run.refresh_from_db()
     return run, True
+
+
+def _ingested_again(run: Run, dify_user: str, form_token: str, actor: Any) -> Run:
+    """An ingest of a run we already hold. Refused to whoever may not see the run (its inputs,
+    outputs and forms would be in the answer) and for another Dify user. Otherwise nothing
+    changes, unless it brings the token of a form this run does not have yet: a run whose
+    events Dify will not show us (started in the WebApp or the console) reaches its second
+    pause only that way."""
+    if actor is not None and not Run.objects.for_user(actor).filter(pk=run.pk).exists():
+        raise IngestRefused(
+            gettext("This run is already recorded in the inbox, and you may not see it."),
+            status=409,
+            code="conflict",
+        )
+    if run.dify_user != dify_user:
+        raise IngestRefused(
+            gettext("This run is already recorded with another Dify user."),
+            status=409,
+            code="conflict",
+        )
+    if form_token and not run.is_finished and _ingest_new_form(run, form_token, actor):
+        run.request_follow(snapshot=True)
+        run.refresh_from_db()
+    return run
+
+
+def _ingest_new_form(run: Run, form_token: str, actor: Any) -> bool:
+    """Record the form behind `form_token` in a run we hold, unless the run has it already:
+    the same token, or (a snapshot hands out fresh tokens for the same form) an open form with
+    the same content. When two open forms could be the same, none is added: a form recorded
+    twice could be answered twice. True when a form was added."""
+    from inbox import capture
+    from inbox.dify.errors import FormAlreadySubmitted, FormExpired, NotFound
+    from inbox.models import Form
+
+    if any(form.form_token == form_token for form in run.forms.exclude(form_token="")):
+        return False
+    try:
+        definition = DifyClient.for_app(run.app).get_form(form_token)
+    except (FormAlreadySubmitted, FormExpired):
+        return False  # settled already: the run's own stream tells how
+    except NotFound:
+        raise IngestRefused(
+            gettext("Dify does not know this form token in the app %(app)s.")
+            % {"app": run.app.name},
+            code="form_not_found",
+        ) from None
+    except DifyError as exc:
+        raise IngestRefused(
+            gettext("Dify could not be reached: %(error)s") % {"error": exc},
+            status=502,
+            code="dify_unavailable",
+        ) from None
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        if locked.forms.filter(
+            status__in=[Form.Status.PENDING, Form.Status.SUBMITTING],
+            content=definition.form_content,
+        ).exists():
+            return False
+        form = capture.record_ingested_form(locked, form_token, definition)
+        AuditEntry.record("form_ingested", form, actor=actor)
+    return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from django.test import Client
 
 from inbox.models import ApiToken, DifyApp, Form, Run
 from inbox.runs import start_run
+from inbox.simulator.scenarios import StartInput as SimStartInput
 from inbox.simulator.testing import sample_inputs
 from tests.capture import events as ev
 
@@ -128,6 +131,24 @@ def test_a_chatflow_needs_its_message(
             {"app": "refund-approval", "inputs": {"amount": True}},
             (400, "invalid_inputs", "'amount' must be a number."),
         ),
+        # Nine characters that would be a million-digit integer: refused before converting.
+        (
+            {"app": "refund-approval", "inputs": {**VALID, "amount": "1e1000000"}},
+            (400, "invalid_inputs", "amount: Enter a number smaller than 10^16."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": {**VALID, "amount": 10**16}},
+            (400, "invalid_inputs", "amount: Enter a number smaller than 10^16."),
+        ),
+        (
+            {"app": "refund-approval", "inputs": VALID, "query": "Refund it."},
+            (
+                400,
+                "invalid_param",
+                "'query' is for chatflow apps; refund-approval is a workflow and takes only "
+                "'inputs'.",
+            ),
+        ),
         (
             {"app": "refund-approval", "inputs": {"vip": "yes"}},
             (400, "invalid_inputs", "'vip' must be true or false."),
@@ -171,6 +192,105 @@ def test_start_validation_says_what_is_wrong(
 ) -> None:
     response = post(client, "/api/v1/runs", body, reviewer)
     assert error(response) == expected
+    assert not Run.objects.exists()
+
+
+def test_the_largest_number_allowed_reaches_dify_exactly(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    body = {"app": "refund-approval", "inputs": {**VALID, "amount": "9999999999999999.5e-1"}}
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert response.status_code == 201, response.content
+    run = Run.objects.get()
+    assert run.inputs["amount"] == 999999999999999.95
+    assert simulator.run(run.workflow_run_id)["status"] in ("running", "paused")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"app": "refund-approval", "inputs": {"amount": 1' + b"0" * 5000 + b"}}",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["a 5001-digit integer", "arrays nested 100,000 deep"],
+)
+def test_json_python_will_not_read_is_a_400_not_a_crash(
+    client: Client, refunds: DifyApp, reviewer: User, raw: bytes
+) -> None:
+    response = client.post("/api/v1/runs", raw, content_type="application/json", **bearer(reviewer))
+    assert error(response) == (
+        400,
+        "invalid_json",
+        "The request body holds a number too long or nesting too deep.",
+    )
+    assert not Run.objects.exists()
+
+
+def test_text_is_sent_as_typed_and_a_message_of_spaces_is_no_message(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    sim_app("refund-approval")
+    sim_app("support-chat")
+    typed = {**VALID, "customer_name": "  Ada ", "reason": "    indented\n  and kept  "}
+    response = post(client, "/api/v1/runs", {"app": "refund-approval", "inputs": typed}, reviewer)
+    assert response.status_code == 201, response.content
+    run = Run.objects.get()
+    assert run.inputs["customer_name"] == "  Ada " and run.inputs["reason"] == typed["reason"]
+    assert simulator.run(run.workflow_run_id)["status"] in ("running", "paused")
+    blank = post(
+        client, "/api/v1/runs", {"app": "support-chat", "inputs": {}, "query": "  \n "}, reviewer
+    )
+    assert error(blank) == (400, "invalid_inputs", "query: This field is required.")
+
+
+@pytest.fixture
+def more_inputs(simulator: Any) -> Iterator[None]:
+    """refund-approval with two more start inputs: a checkbox ticked by default, and a JSON
+    object, which the inbox cannot send (Dify's start node has it; our form has no field)."""
+    app = simulator.apps["refund-approval"]
+    extra = (
+        SimStartInput("notify", "checkbox", "Notify the customer", False, default=True),
+        SimStartInput("meta", "json_object", "Metadata", False),
+    )
+
+    def use(spec: Any) -> None:
+        simulator.sim.apps[spec.name] = simulator.sim.apps_by_key[spec.api_key] = spec
+
+    simulator.call(lambda: use(dataclasses.replace(app, inputs=(*app.inputs, *extra))))
+    try:
+        yield
+    finally:
+        simulator.call(lambda: use(app))
+
+
+def test_a_checkbox_left_out_is_its_default_as_in_dify(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, more_inputs: None
+) -> None:
+    response = post(client, "/api/v1/runs", {"app": "refund-approval", "inputs": VALID}, reviewer)
+    assert response.status_code == 201, response.content
+    run = Run.objects.get()
+    assert run.inputs["notify"] is True and run.inputs["vip"] is False
+    unticked = {**VALID, "notify": False}
+    response = post(
+        client, "/api/v1/runs", {"app": "refund-approval", "inputs": unticked}, reviewer
+    )
+    assert Run.objects.get(public_id=response.json()["id"]).inputs["notify"] is False
+
+
+def test_a_value_for_an_input_the_inbox_cannot_send_is_refused_not_dropped(
+    client: Client, refunds: DifyApp, reviewer: User, more_inputs: None
+) -> None:
+    body = {"app": "refund-approval", "inputs": {**VALID, "meta": {"source": "crm"}}}
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert error(response) == (
+        400,
+        "invalid_inputs",
+        "'meta' is a json_object input, which the inbox cannot send; start this run in Dify "
+        "instead.",
+    )
+    assert response.json()["error"]["details"] == {
+        "meta": ["The inbox cannot send json_object inputs."]
+    }
     assert not Run.objects.exists()
 
 

@@ -11,6 +11,7 @@ from django.test import Client
 
 from inbox.capture import INGEST_FORM_PREFIX
 from inbox.models import ApiToken, AuditEntry, Form, Run
+from inbox.simulator.testing import parse_sse
 from inbox.tasks import reconcile_runs
 from tests.capture.conftest import FollowerThread, no_stream_left, pending, run_status, submit
 from tests.conftest import wait_until
@@ -124,3 +125,77 @@ def test_a_run_whose_events_dify_refuses_is_still_answerable_by_its_token(
     run.refresh_from_db()
     assert run.status == "succeeded" and run.outputs["decision"] == "approve"
     assert Form.objects.get().status == "answered_elsewhere"
+
+
+def test_a_run_whose_events_dify_refuses_reaches_its_next_pause_through_the_next_token(
+    client: Client,
+    simulator: Any,
+    sim_app: Any,
+    starters: Any,
+    reviewer: User,
+    other_reviewer: User,
+    follower: FollowerThread,
+) -> None:
+    sim_app("content-publish")
+    started = simulator.start_run("content-publish", user="webapp-visitor")
+    run_id = started.workflow_run_id
+    body = {"app": "content-publish", "workflow_run_id": run_id, "user": "inbox-proxy"}
+    first = started.form("editor_review")
+    assert ingest(client, reviewer, **body, form_token=first["form_token"]).status_code == 201
+    run = Run.objects.get()
+    wait_until(lambda: Run.objects.filter(pk=run.pk, events_unavailable=True).exists())
+    editor = Form.objects.get()
+    submit(editor, "approve")
+
+    def legal_form() -> dict[str, Any] | None:
+        forms = simulator.run(run_id)["forms"]
+        return next((f for f in forms if f["node_id"] == "legal_check"), None)
+
+    legal = simulator.wait_for(legal_form)
+    # No stream of ours sees the second pause; the caller brings its token.
+    response = ingest(client, reviewer, **body, form_token=legal["form_token"])
+    assert response.status_code == 200
+    assert legal["form_token"] not in response.content.decode()
+    added = Form.objects.exclude(pk=editor.pk).get()
+    assert added.status == "pending" and added.form_token == legal["form_token"]
+    assert added.definition["user_actions"][0]["id"] == "cleared"
+    assert str(added.public_id) in {f["id"] for f in response.json()["forms"]}
+    # Routed like any captured form: the reviewers see it.
+    assert Form.objects.for_user(other_reviewer).filter(pk=added.pk).exists()
+    assert AuditEntry.objects.filter(verb="form_ingested", object_id=str(added.pk)).exists()
+    # The same tokens again, and a fresh token Dify hands out for the same form (a snapshot
+    # read as the run's own user): nothing new, no form recorded twice.
+    with simulator.client("content-publish") as http:
+        params = {"user": "webapp-visitor", "include_state_snapshot": "true"}
+        replay = parse_sse(http.get(f"/workflow/{run_id}/events", params=params).text)
+    (fresh,) = [e["data"]["form_token"] for e in replay if e["event"] == "human_input_required"]
+    assert fresh != legal["form_token"]
+    for token in (legal["form_token"], first["form_token"], fresh):
+        again = ingest(client, reviewer, **body, form_token=token)
+        assert again.status_code == 200, again.content
+    assert Form.objects.count() == 2
+    assert AuditEntry.objects.filter(verb="form_ingested").count() == 1
+
+
+def test_an_ingest_of_a_run_the_caller_may_not_see_tells_nothing_of_it(
+    client: Client,
+    simulator: Any,
+    sim_app: Any,
+    starters: Any,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    sim_app("refund-approval")
+    started = simulator.start_run("refund-approval", user="crm-7")
+    body = {"workflow_run_id": started.workflow_run_id, "user": "crm-7"}
+    assert ingest(client, reviewer, **body).status_code == 201
+    # Bob may start runs, but this one has no form routed to him yet and he did not start it.
+    for user in ("crm-7", "inbox-alice"):
+        response = ingest(client, other_reviewer, **{**body, "user": user})
+        assert response.status_code == 409
+        assert response.json() == {
+            "error": {
+                "code": "conflict",
+                "message": "This run is already recorded in the inbox, and you may not see it.",
+            }
+        }
