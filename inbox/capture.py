@@ -775,6 +775,23 @@ class _Batch:
                 continue
             previous = form.status
             checked = self.definitions.get(form.form_id)
+            if isinstance(checked, DifyError) and not isinstance(
+                checked, FormAlreadySubmitted | FormExpired | FormNotFound
+            ):
+                # GET form got no answer (Dify down or slow): whether someone answered the form
+                # in Dify (the WebApp, an email link) before the end is not known, and "expired"
+                # would be a final word that nothing corrects once the run has ended. It stays
+                # pending, first in line for the reconcile of pending forms, whose GET form
+                # settles it (412); failing that, the expiry sweep closes it at its expiration
+                # time. A reviewer who decides it meanwhile gets Dify's answer from delivery.
+                form.checked_at = None
+                form.save(update_fields=["checked_at", "updated_at"])
+                logger.warning(
+                    "form %s: its run ended but GET form failed (%s): left to the reconcile",
+                    form.pk,
+                    type(checked).__name__,
+                )
+                continue
             if isinstance(checked, FormAlreadySubmitted):
                 form.status = Form.Status.ANSWERED_ELSEWHERE
                 why = f"GET form: {checked.code}"
@@ -929,8 +946,9 @@ def open_form_tokens(run: Run | int) -> dict[str, str]:
 
 
 def check_forms(app: Any, wanted: Mapping[str, str]) -> dict[str, DefinitionResult]:
-    """GET form for each form_id -> token (synchronously, outside any transaction): Dify's
-    answers, 412s included; forms Dify could not be asked about are left out."""
+    """GET form for each form_id -> token (synchronously, outside any transaction), before an
+    end is applied: Dify's answers, 412s included, and the error of a GET that got none (such
+    a form is not closed on a guess, see `close_open_forms`)."""
     from inbox.dify.client import DifyClient
 
     client = DifyClient.for_app(app)
@@ -942,6 +960,7 @@ def check_forms(app: Any, wanted: Mapping[str, str]) -> dict[str, DefinitionResu
             found[form_id] = exc
         except DifyError as exc:
             logger.info("form %s: GET form failed: %s", form_id, exc)
+            found[form_id] = exc
     return found
 
 

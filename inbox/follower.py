@@ -22,7 +22,9 @@ Each run is read with `GET /workflow/{id}/events?include_state_snapshot=true&con
   `Run.request_follow`, which brings the run back here.
 - A stream that ends early (a drop, Dify's 300 s idle close, D14) is reopened with backoff; the
   budget of attempts is reset whenever a stream moved the record on. When it runs out the run
-  is marked `needs_reconcile` and the periodic reconcile asks Dify's run detail.
+  is marked `needs_reconcile` and the periodic reconcile asks Dify's run detail; so is a run
+  whose stream Dify refuses for the app (400, 401, 403: a rotated key, a disabled app), which
+  the reconcile hands back once Dify answers again. Only a 404 marks its events unavailable.
 
 Database work runs in a small thread pool (Django's ORM is synchronous); the loop itself only
 waits on sockets. A `human_input_required` is captured with its full definition in one
@@ -44,7 +46,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -55,7 +57,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from inbox import capture
-from inbox.dify.client import AsyncDifyClient
+from inbox.dify.client import AsyncDifyClient, redact_url
 from inbox.dify.errors import (
     DifyError,
     DifyStatusError,
@@ -63,6 +65,8 @@ from inbox.dify.errors import (
     FormAlreadySubmitted,
     FormExpired,
     FormNotFound,
+    NotFound,
+    redact,
 )
 from inbox.dify.types import FormDefinition, StreamEvent
 from inbox.models import DifyApp, Form, Run
@@ -138,6 +142,9 @@ class Claim:
 
     pk: int
     seq: int
+    # Fetch again the definitions of the forms we know when they are next listed (see
+    # `Run.request_follow` and `_wanted_definitions`); kept until a stream has read the pause or
+    # end that lists them, so a stream that failed or dropped before that does not lose it.
     refresh: bool
     workflow_run_id: str
     dify_user: str
@@ -146,6 +153,8 @@ class Claim:
     known: set[str] = field(default_factory=set)
     # ... and those fetched again since the current stream opened (a refresh fetches each once).
     fetched_this_stream: set[str] = field(default_factory=set)
+    # A stream of the run opened during this lease: Dify shows us its events.
+    opened: bool = False
 
     def answered(self, definitions: dict[str, capture.DefinitionResult]) -> None:
         """Note what GET form answered (a definition, or Dify's refusal) for these forms."""
@@ -163,7 +172,11 @@ def _claimable(now: Any) -> Any:
 
 
 def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
-    """Lease up to `limit` runs that want following and nobody (alive) follows."""
+    """Lease up to `limit` runs that want following and nobody (alive) follows.
+
+    `follow_snapshot` stays set while the run is read: it is cleared when the lease is given
+    back done, so a follower that dies before its stream replayed the forms leaves the wish to
+    the next one."""
     if limit <= 0:
         return []
     now = timezone.now()
@@ -181,9 +194,7 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
                 .values("pk", "follow_seq", "follow_snapshot")[:limit]
             )
             pks = [row["pk"] for row in rows]
-            Run.objects.filter(pk__in=pks).update(
-                lease_owner=owner, lease_expires_at=until, follow_snapshot=False
-            )
+            Run.objects.filter(pk__in=pks).update(lease_owner=owner, lease_expires_at=until)
         else:
             # SQLite: the transaction holds the database's write lock from its first statement
             # (transaction_mode IMMEDIATE), so nothing changes between this read and the update;
@@ -198,7 +209,7 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
                 if (
                     _claimable(now)
                     .filter(pk=row["pk"])
-                    .update(lease_owner=owner, lease_expires_at=until, follow_snapshot=False)
+                    .update(lease_owner=owner, lease_expires_at=until)
                 ):
                     taken.append(row)
             rows = taken
@@ -243,16 +254,24 @@ def renew_leases(owner: str, pks: list[int], seconds: float) -> set[int]:
 
 def release_lease(owner: str, claim: Claim, outcome: str, attempts: int = 0) -> None:
     """Give the run back. `done`: it reached a pause that waits for a person, or its end.
-    `gave_up`/`gone`: the stream could not be read; the reconcile takes over. Anything else
-    (shutdown, a lost lease): only the lease is dropped, so another follower takes it."""
+    `gave_up`: the stream could not be read for now; the reconcile takes over and hands the
+    run back later. `gone`: Dify will not show this run's events (404); the reconcile follows
+    it through its run detail. Anything else (shutdown, a lost lease): only the lease is
+    dropped, so another follower takes it."""
     mine = Run.objects.filter(pk=claim.pk, lease_owner=owner)
     cleared: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None}
+    if claim.opened:
+        # A run once refused (a wrong Dify user, since put right) shows its events again: the
+        # reconcile may hand it back to the follower again.
+        cleared["events_unavailable"] = False
     if outcome in ("done", "gave_up", "gone"):
         # Compare-and-set on follow_seq: a request_follow made while we read keeps the run
-        # wanted, and it is read once more.
+        # wanted (and its refresh wish), and it is read once more. A run given up on without
+        # its refresh gets one from the reconcile, which asks for a snapshot.
         final: dict[str, Any] = {
             **cleared,
             "follow_wanted": False,
+            "follow_snapshot": False,
             "stream_attempts": attempts,
             "needs_reconcile": outcome != "done",
         }
@@ -276,7 +295,8 @@ class _End:
 @dataclass
 class StreamResult:
     # paused (a form waits for a person), finished, error (an `error` event), dropped (ended
-    # early), stalled (a pause with nobody waiting never moved on), gone (Dify refuses it).
+    # early), stalled (a pause with nobody waiting never moved on), gone (Dify does not know
+    # the run: 404), refused (Dify refuses the app for now: 400, 401, 403).
     kind: str
     progressed: bool = False
     detail: str = ""
@@ -424,10 +444,8 @@ class Follower:
     async def _follow_run(self, claim: Claim) -> tuple[str, int]:
         client = AsyncDifyClient.for_app(claim.app, shard=claim.pk % self.http_shards)
         attempts = 0
-        refresh = claim.refresh
         while True:
-            result = await self._read_stream(claim, client, refresh)
-            refresh = False
+            result = await self._read_stream(claim, client)
             if result.kind in ("paused", "finished"):
                 return "done", 0
             if result.kind == "gone":
@@ -435,6 +453,14 @@ class Follower:
                     "follower: run %s: Dify refuses its events: %s", claim.pk, result.detail
                 )
                 return "gone", attempts
+            if result.kind == "refused":
+                logger.warning(
+                    "follower: run %s: Dify refuses its events for now (%s); the reconcile "
+                    "takes over",
+                    claim.pk,
+                    result.detail,
+                )
+                return "gave_up", attempts + 1
             if result.kind == "error" and await self._settle_from_detail(claim, client):
                 return "done", 0
             attempts = 1 if result.progressed else attempts + 1
@@ -462,9 +488,7 @@ class Follower:
         await self.db(capture.apply_run_detail, claim.pk, detail)
         return True
 
-    async def _read_stream(
-        self, claim: Claim, client: AsyncDifyClient, refresh: bool
-    ) -> StreamResult:
+    async def _read_stream(self, claim: Claim, client: AsyncDifyClient) -> StreamResult:
         claim.fetched_this_stream.clear()
         stream = client.stream_events(
             claim.workflow_run_id,
@@ -477,13 +501,19 @@ class Follower:
         except DifyStatusError as exc:
             await stream.close()
             # 404: another user's run, a console run, or one this key cannot see. Retrying
-            # will not change that; 5xx and 429 are not permanent.
-            if exc.permanent:
+            # will not change that.
+            if isinstance(exc, NotFound):
                 return StreamResult("gone", detail=str(exc))
+            # 401, 403, 400: a rotated key, a disabled app. Retrying now fails the same way,
+            # but it is about the app, not the run, and ends when someone fixes it: the
+            # reconcile tries again later. 5xx and 429 are not permanent: reconnect.
+            if exc.permanent:
+                return StreamResult("refused", detail=str(exc))
             return StreamResult("dropped", detail=str(exc))
         except DifyError as exc:
             await stream.close()
             return StreamResult("dropped", detail=str(exc))
+        claim.opened = True
         queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
 
         async def read() -> None:
@@ -528,6 +558,14 @@ class Follower:
                     batch.append(queue.get_nowait())
                 events = held + [e for e in batch if isinstance(e, StreamEvent)]
                 end = next((e for e in batch if isinstance(e, _End)), None)
+                if (
+                    end is not None
+                    and isinstance(end.error, DifyStreamError)
+                    and end.error.event is not None
+                ):
+                    # The stream raises Dify's `error` event rather than handing it out: it is
+                    # recorded on the run like any other event before the stream ends.
+                    events.append(end.error.event)
                 due = timed_out or (flush_at is not None and time.monotonic() >= flush_at)
                 if end is None and not due and all(e.event not in URGENT_EVENTS for e in events):
                     held = events
@@ -536,7 +574,7 @@ class Follower:
                     continue
                 held, flush_at = [], None
                 if events:
-                    applied = await self._apply(claim, client, events, refresh)
+                    applied = await self._apply(claim, client, events)
                     progressed = progressed or applied.changed
                     if applied.finished:
                         return StreamResult("finished", progressed)
@@ -567,15 +605,16 @@ class Follower:
             await stream.close()
 
     async def _apply(
-        self, claim: Claim, client: AsyncDifyClient, events: list[StreamEvent], refresh: bool
+        self, claim: Claim, client: AsyncDifyClient, events: list[StreamEvent]
     ) -> capture.Applied:
-        wanted = self._wanted_definitions(claim, events, refresh)
+        wanted = self._wanted_definitions(claim, events)
         raws = [e.raw for e in events]
         if any(e.event == "workflow_finished" for e in events):
             # The end closes the forms still open here; GET form says which were answered in
-            # Dify (a stream opened after the end carries no fills).
+            # Dify (a stream opened after the end carries no fills). A GET that got no answer
+            # is passed on too: that form is left to the reconcile, not closed on a guess.
             wanted = {**await self.db(capture.open_form_tokens, claim.pk), **wanted}
-            definitions = await self._get_forms(claim, client, wanted)
+            definitions = await self._get_forms(claim, client, wanted, failures=True)
             applied = await self.db(
                 capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
             )
@@ -642,27 +681,45 @@ class Follower:
             fetching.cancel()
         return applied, handoff.applied or {}
 
-    def _wanted_definitions(
-        self, claim: Claim, events: list[StreamEvent], refresh: bool
-    ) -> dict[str, str]:
+    def _wanted_definitions(self, claim: Claim, events: list[StreamEvent]) -> dict[str, str]:
         """form_id -> token for every form the batch announces that we have no definition of
         yet (GET form, concurrently). Dify's own refusals (412, 404) are passed on; a connection
-        problem leaves the form to be captured from the event and fetched again later."""
+        problem leaves the form to be captured from the event and fetched again later.
+
+        With `claim.refresh`, forms we know are fetched again too, once each (an announcement
+        and its pause reason may come in two batches), up to the pause or end that lists them.
+        A fill or a timeout sets it again: the run moved on, and the variables the forms still
+        waiting resolve their select options and defaults from may have changed with it (the
+        answer of a parallel form). Dify resumes a moment after a submit, so a stream opened
+        for the decision often replays the pause before the resume, then sees the pause again.
+        """
         wanted: dict[str, str] = {}
-        for fields in capture.pending_forms_in(events):
-            if not fields.form_token:
+        for event in events:
+            if event.event in ("human_input_form_filled", "human_input_form_timeout"):
+                claim.refresh = True
+                claim.fetched_this_stream.clear()
                 continue
-            if fields.form_id not in claim.known or (
-                # A snapshot hands out fresh tokens: with `refresh`, each form is fetched again,
-                # once per stream (its announcement and its pause reason come in two batches).
-                refresh and fields.form_id not in claim.fetched_this_stream
-            ):
-                wanted[fields.form_id] = fields.form_token
+            for fields in capture.pending_forms_in([event]):
+                if not fields.form_token:
+                    continue
+                if fields.form_id not in claim.known or (
+                    claim.refresh and fields.form_id not in claim.fetched_this_stream
+                ):
+                    wanted[fields.form_id] = fields.form_token
+            if event.event in ("workflow_paused", "workflow_finished"):
+                claim.refresh = False
         return wanted
 
     async def _get_forms(
-        self, claim: Claim, client: AsyncDifyClient, wanted: dict[str, str]
+        self,
+        claim: Claim,
+        client: AsyncDifyClient,
+        wanted: dict[str, str],
+        *,
+        failures: bool = False,
     ) -> dict[str, capture.DefinitionResult]:
+        """What GET form answered for each form_id -> token. `failures`: also the error of a
+        GET that got no answer, which is otherwise left out (the form is fetched again later)."""
         if not wanted:
             return {}
         results = await asyncio.gather(
@@ -675,7 +732,13 @@ class Follower:
             ):
                 found[form_id] = result
             elif isinstance(result, BaseException):
-                logger.info("follower: run %s: GET form failed: %s", claim.pk, result)
+                logger.info(
+                    "follower: run %s: GET form failed: %s",
+                    claim.pk,
+                    _describe(result, secrets=wanted.values()),
+                )
+                if failures and isinstance(result, DifyError):
+                    found[form_id] = result
         return found
 
     async def _get_forms_by_pk(
@@ -684,22 +747,49 @@ class Follower:
         results = await asyncio.gather(
             *(client.get_form(token) for token in wanted.values()), return_exceptions=True
         )
+        for form_pk, result in zip(wanted, results, strict=True):
+            # Only a 412 settles the form; anything else leaves it pending for the reconcile.
+            if isinstance(result, BaseException) and not isinstance(
+                result, FormAlreadySubmitted | FormExpired
+            ):
+                logger.info(
+                    "follower: form %s: GET form failed: %s",
+                    form_pk,
+                    _describe(result, secrets=wanted.values()),
+                )
         return dict(zip(wanted, results, strict=True))
 
     async def _retry_definitions(self, client: AsyncDifyClient, wanted: dict[int, str]) -> None:
-        for attempt in range(3):
-            await asyncio.sleep(self.config.backoff_base * 2**attempt)
-            for form_pk, token in list(wanted.items()):
-                try:
-                    result: capture.DefinitionResult = await client.get_form(token)
-                except (FormAlreadySubmitted, FormExpired, FormNotFound) as exc:
-                    result = exc
-                except DifyError:
-                    continue
-                await self.db(capture.store_definition, form_pk, result)
-                del wanted[form_pk]
-            if not wanted:
-                return
+        try:
+            for attempt in range(3):
+                await asyncio.sleep(self.config.backoff_base * 2**attempt)
+                for form_pk, token in list(wanted.items()):
+                    try:
+                        result: capture.DefinitionResult = await client.get_form(token)
+                    except (FormAlreadySubmitted, FormExpired, FormNotFound) as exc:
+                        result = exc
+                    except DifyError:
+                        continue
+                    await self.db(capture.store_definition, form_pk, result)
+                    del wanted[form_pk]
+                if not wanted:
+                    return
+        except Exception as exc:
+            # A side task nobody awaits: said here, or only as "Task exception was never
+            # retrieved" at exit. The forms keep the event's definition; a replay fetches again.
+            logger.error(
+                "follower: fetching the definitions of forms %s failed: %s",
+                sorted(wanted),
+                _describe(exc, secrets=wanted.values()),
+            )
+
+
+def _describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """An error for a log line. The client's errors never hold a form token; any other may (a
+    URL, a request in its message), so the tokens in play are redacted from it."""
+    if isinstance(exc, DifyError):
+        return str(exc)
+    return f"{type(exc).__name__}: {redact_url(redact(str(exc), secrets))}"
 
 
 async def _first(*aws: Any) -> None:

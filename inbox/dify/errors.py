@@ -29,7 +29,10 @@ import datetime as dt
 import email.utils
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inbox.dify.types import ErrorEvent
 
 REDACTED = "***"
 # Keep error messages readable in logs and in a reviewer's page; an HTML error page from a proxy
@@ -184,11 +187,15 @@ class ServerError(DifyStatusError):
 
 class DifyStreamError(DifyError):
     """An `{"event": "error", status, code, message}` event: Dify keeps HTTP 200 for mid-stream
-    failures and reports them with the same codes as HTTP errors."""
+    failures and reports them with the same codes as HTTP errors. `event` is the event itself,
+    for a caller that records what the stream said (the follower)."""
 
-    def __init__(self, status: int | None, code: str, message: str) -> None:
+    def __init__(
+        self, status: int | None, code: str, message: str, *, event: ErrorEvent | None = None
+    ) -> None:
         self.status = status
         self.code = code
+        self.event = event
         super().__init__(message)
         # A failure without a status is most likely the server giving up mid-run (an internal
         # error turned into an event), so it is treated like a 5xx.

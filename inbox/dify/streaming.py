@@ -3,7 +3,8 @@
 The stream ends by itself where Dify's own stream would close: after `workflow_finished`, after
 `workflow_paused` (unless it was opened with `continue_on_pause=True`, where Dify only closes on an
 idle timeout, so we close at `workflow_finished` ourselves; CONTRACT D13), on an `error` event
-(raised as DifyStreamError), and at the end of the body. `ping` keep-alives are skipped.
+(raised as DifyStreamError, which carries the event), and at the end of the body. `ping`
+keep-alives are skipped.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class _StreamState:
             self.message_id = event.message_id
         if isinstance(event, ErrorEvent):
             self.terminal_event = event
-            raise DifyStreamError(event.status, event.code, event.message)
+            raise DifyStreamError(event.status, event.code, event.message, event=event)
         if self.is_terminal(event):
             self.terminal_event = event
         return event

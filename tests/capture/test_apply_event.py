@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
+from django.utils import timezone
 
+from inbox.dify.errors import FormExpired
 from inbox.dify.types import FormDefinition
 from inbox.models import AuditEntry, Decision, Form, Run, RunEvent
 from tests.capture import events as ev
@@ -159,7 +161,11 @@ def test_a_timeout_expires_the_form_and_the_run_goes_on(run: Run) -> None:
 
 def test_the_end_closes_open_forms_and_a_late_replay_does_not_undo_it(run: Run) -> None:
     pause_once(run)
-    applied = run.apply_event(ev.finished("failed", error="boom", outputs={}))
+    # GET form of the open form, asked before the end is applied: Dify expired it at the end.
+    expired = FormExpired(412, "human_input_form_expired", "expired")
+    applied = run.apply_events(
+        [ev.finished("failed", error="boom", outputs={})], definitions={"F1": expired}
+    )
     assert applied.finished
     assert run.status == "failed" and run.error == "boom" and run.finished_at is not None
     assert run.forms.get().status == "expired"
@@ -168,6 +174,20 @@ def test_the_end_closes_open_forms_and_a_late_replay_does_not_undo_it(run: Run) 
     assert run.status == "failed" and run.forms.get().status == "expired"
     run.apply_event(ev.finished("failed", error="boom"))
     assert RunEvent.objects.filter(run=run, event="workflow_finished").count() == 1
+
+
+def test_the_end_leaves_a_form_pending_when_get_form_could_not_say_what_became_of_it(
+    run: Run,
+) -> None:
+    pause_once(run)
+    Form.objects.filter(run=run).update(checked_at=timezone.now())
+    # The app's Dify (127.0.0.1:9) does not answer the GET form asked before the end is applied.
+    run.apply_event(ev.finished())
+    form = run.forms.get()
+    assert run.status == "succeeded"
+    # Answered in Dify or expired: the reconcile asks again, first in line.
+    assert form.status == "pending" and form.checked_at is None
+    assert not AuditEntry.objects.filter(verb="form_expired").exists()
 
 
 def test_outputs_and_the_final_status_come_from_workflow_finished(run: Run) -> None:

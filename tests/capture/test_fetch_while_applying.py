@@ -15,6 +15,7 @@ from django.db import connections
 
 from inbox import capture
 from inbox.dify.errors import DifyConnectionError
+from inbox.dify.types import parse_event
 from inbox.models import AuditEntry, Form, Run
 from tests.capture import events as ev
 from tests.capture.conftest import pending, start
@@ -175,15 +176,41 @@ def test_a_refreshing_stream_fetches_each_form_once_though_its_pause_comes_in_a_
     claim = Claim(
         pk=1, seq=1, refresh=True, workflow_run_id=ev.RUN, dify_user="u", app=None, known={"F1"}
     )
-    announced = [ev.required(token="tok-fresh")]
-    pause = [ev.paused(ev.form_data(token="tok-fresh"))]
+    announced = [parse_event(ev.required(token="tok-fresh"))]
+    pause = [parse_event(ev.paused(ev.form_data(token="tok-fresh")))]
     try:
-        assert follower._wanted_definitions(claim, announced, refresh=True) == {"F1": "tok-fresh"}
+        assert follower._wanted_definitions(claim, announced) == {"F1": "tok-fresh"}
         claim.answered({"F1": get_definition()})
-        assert follower._wanted_definitions(claim, pause, refresh=True) == {}
-        # The stream as it goes on without a refresh, and the next stream that refreshes.
-        assert follower._wanted_definitions(claim, pause, refresh=False) == {}
-        claim.fetched_this_stream.clear()
-        assert follower._wanted_definitions(claim, pause, refresh=True) == {"F1": "tok-fresh"}
+        assert follower._wanted_definitions(claim, pause) == {}
+        # The stream as it goes on: its pause ended the refresh.
+        assert not claim.refresh
+        assert follower._wanted_definitions(claim, pause) == {}
+    finally:
+        follower.executor.shutdown()
+
+
+def test_a_fill_makes_the_forms_still_waiting_be_fetched_again_at_the_next_pause() -> None:
+    """Parallel forms: the answer of one may change the select options and defaults of the
+    other, which the pause after the resume lists again."""
+    from inbox.follower import Claim, Follower
+
+    follower = Follower("wanted", db_threads=1)
+    claim = Claim(
+        pk=1, seq=1, refresh=False, workflow_run_id=ev.RUN, dify_user="u", app=None, known={"F2"}
+    )
+    claim.fetched_this_stream.add("F2")
+    second = ev.form_data("F2", "tok-2", node_id="second")
+    again = [parse_event(ev.required(form_id="F2", token="tok-2", node_id="second"))]
+    try:
+        assert follower._wanted_definitions(claim, again) == {}
+        # The fill and the pause after the resume, in one batch or in two.
+        filled = [parse_event(ev.filled("first"))]
+        repaused = [*again, parse_event(ev.paused(second))]
+        assert follower._wanted_definitions(claim, filled + repaused) == {"F2": "tok-2"}
+        claim.answered({"F2": get_definition()})
+        assert follower._wanted_definitions(claim, filled) == {}
+        assert follower._wanted_definitions(claim, repaused) == {"F2": "tok-2"}
+        claim.answered({"F2": get_definition()})
+        assert follower._wanted_definitions(claim, repaused) == {}
     finally:
         follower.executor.shutdown()

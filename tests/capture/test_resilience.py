@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -18,9 +19,10 @@ from django.db import connection, connections
 from django.test import override_settings
 from django.utils import timezone
 
-from inbox.models import AuditEntry, DifyApp, Form, Route, Run
+from inbox.dify.client import DifyClient
+from inbox.models import AuditEntry, DifyApp, Form, Route, Run, RunEvent
 from inbox.simulator.testing import running_simulator
-from inbox.tasks import reconcile_runs
+from inbox.tasks import reconcile_pending_forms, reconcile_runs
 from tests.capture.conftest import (
     FOLLOWER_TEST_SETTINGS,
     FollowerThread,
@@ -205,8 +207,6 @@ def test_a_run_dify_will_not_show_is_followed_through_its_run_detail(
     run = wait_until(gone, timeout=15)
     assert run.needs_reconcile and not run.follow_wanted
     submit_token = Form.objects.get(pk=form.pk).form_token
-    from inbox.dify.client import DifyClient
-
     # Answered anyway (Dify does not check the submitter); the run ends without our stream.
     DifyClient.for_app(app).submit_form(
         submit_token, inputs={"decision_note": ""}, action="reject", user="inbox-tests"
@@ -216,6 +216,234 @@ def test_a_run_dify_will_not_show_is_followed_through_its_run_detail(
     run.refresh_from_db()
     assert run.status == "succeeded" and not run.follow_wanted
     assert Form.objects.get(pk=form.pk).status == "answered_elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(401, "unauthorized"), (403, "forbidden"), (400, "bad_request")]
+)
+def test_an_events_stream_refused_for_the_app_is_followed_again_once_dify_accepts_it(
+    simulator: Any, sim_app: Any, follower: FollowerThread, status: int, code: str
+) -> None:
+    app = sim_app("content-publish")
+    run = start(simulator, app)
+    (first,) = pending(run)
+    no_stream_left(run)
+    # The app's key was rotated in Dify (or the app disabled) and not here yet: the events
+    # stream refuses us while the form's token still answers.
+    simulator.add_fault(
+        "status", "workflow_events", times=None, status=status, code=code, message="Refused."
+    )
+    submit(first)
+
+    def given_up() -> Run | None:
+        run.refresh_from_db()
+        return run if run.needs_reconcile and not run.follow_wanted else None
+
+    run = wait_until(given_up, timeout=15)
+    # Not a run Dify will never show (that is a 404): one the reconcile tries again.
+    assert not run.events_unavailable
+    # One refused stream is enough to know: retrying before someone fixes the app is no use.
+    assert simulator.request_count("workflow_events") == 2
+    # The key is fixed; the reconcile hands the run back and its next pause reaches the inbox.
+    simulator.clear_faults()
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["followed"] == 1
+    wait_until(lambda: Form.objects.get(pk=first.pk).status == "answered_elsewhere")
+    (second,) = pending(run)
+    assert second.node_id == "legal_check"
+
+
+def test_a_run_dify_shows_again_is_no_longer_marked_as_refusing_its_events(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    pending(run)
+    no_stream_left(run)
+    # Recorded under the wrong Dify user: the events endpoint answers 404.
+    Run.objects.filter(pk=run.pk).update(dify_user="someone-else")
+    run.request_follow(snapshot=True)
+    wait_until(lambda: Run.objects.get(pk=run.pk).events_unavailable, timeout=15)
+    # Put right; the next follow (a delivered decision asks for one) reads the stream again.
+    Run.objects.filter(pk=run.pk).update(dify_user="inbox-tests")
+    run.refresh_from_db()
+    run.request_follow(snapshot=True)
+    run = no_stream_left(run)
+    assert not run.events_unavailable and not run.needs_reconcile
+
+
+# A parallel pair whose second form's default comes from the first form's answer, so that a
+# decision on the first changes what GET form says of the second.
+PAIRED_REVIEW = """
+app: {name: paired-review, api_key: app-test-paired, mode: workflow}
+flow: [reviews, done]
+nodes:
+  reviews:
+    type: parallel
+    title: Reviews
+    branches: [[first_review], [second_review]]
+  first_review:
+    type: human-input
+    title: First review
+    content: "Notes: {{#$output.notes#}}"
+    inputs:
+      - {type: paragraph, output_variable_name: notes, default: null}
+    actions:
+      - {id: done, title: Done, button_style: primary}
+  second_review:
+    type: human-input
+    title: Second review
+    content: "Second opinion: {{#$output.opinion#}}"
+    inputs:
+      - type: paragraph
+        output_variable_name: opinion
+        default: {type: variable, selector: [first_review, notes]}
+    actions:
+      - {id: done, title: Done, button_style: primary}
+  done: {type: end, title: End, outputs: {}}
+"""
+
+
+def _paired_app(sim: Any) -> DifyApp:
+    app = DifyApp.objects.create(
+        name="paired-review",
+        base_url=sim.base_url,
+        api_key=sim.api_key("paired-review"),
+        mode="workflow",
+    )
+    Route.objects.create(app=app, name="default", reminders="")
+    return app
+
+
+def test_the_refetch_a_decision_asks_for_survives_a_first_stream_that_fails(
+    tmp_path: Any, follower: FollowerThread
+) -> None:
+    (tmp_path / "paired.yaml").write_text(PAIRED_REVIEW)
+    with running_simulator(tmp_path, **SIMULATOR_TEST_OPTIONS) as sim:
+        app = _paired_app(sim)
+        run = start(sim, app)
+        first, second = pending(run, 2)
+        assert first.node_id == "first_review"
+        assert "opinion" not in second.definition["resolved_default_values"]
+        no_stream_left(run)
+        # The first form is decided (as the delivery worker sends it) and Dify moves the run on
+        # to its pause on the second form, whose default now holds the first one's notes.
+        DifyClient.for_app(app).submit_form(
+            first.form_token,
+            inputs={"notes": "Checked the contract."},
+            action="done",
+            user=run.dify_user,
+        )
+        sim.wait_for(
+            lambda: (
+                sim.run(run.workflow_run_id)["events"][-2:]
+                == ["human_input_required", "workflow_paused"]
+                and "human_input_form_filled" in sim.run(run.workflow_run_id)["events"]
+            )
+        )
+        # The first stream opened after the decision is cut before it replays anything.
+        sim.add_fault("drop_stream", "workflow_events", times=1, after_events=0)
+        run.request_follow(snapshot=True)
+        wait_until(lambda: Form.objects.get(pk=first.pk).status == "answered_elsewhere")
+        run = no_stream_left(run)
+        second.refresh_from_db()
+        assert second.definition["resolved_default_values"] == {"opinion": "Checked the contract."}
+        assert not run.follow_snapshot
+
+
+def test_a_decision_refreshes_the_other_parallel_form_though_dify_resumes_after_the_replay(
+    tmp_path: Any, follower: FollowerThread
+) -> None:
+    (tmp_path / "paired.yaml").write_text(PAIRED_REVIEW)
+    # Dify's resume task starts a while after the submit: the stream opened for the decision
+    # replays the pause (the second form, its default not resolved yet) before the run moves on.
+    with running_simulator(tmp_path, **{**SIMULATOR_TEST_OPTIONS, "resume_delay": 0.5}) as sim:
+        app = _paired_app(sim)
+        run = start(sim, app)
+        first, second = pending(run, 2)
+        no_stream_left(run)
+        DifyClient.for_app(app).submit_form(
+            first.form_token, inputs={"notes": "Checked."}, action="done", user=run.dify_user
+        )
+        run.request_follow(snapshot=True)
+        wait_until(lambda: Form.objects.get(pk=first.pk).status == "answered_elsewhere")
+        no_stream_left(run)
+        second.refresh_from_db()
+        assert second.definition["resolved_default_values"] == {"opinion": "Checked."}
+
+
+def test_a_form_dify_could_not_be_asked_about_at_the_end_is_left_to_the_reconcile(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    # Answered through the WebApp while no stream of ours is open; the run ends in Dify.
+    assert simulator.submit_elsewhere(form.form_id, "approve", channel="webapp")
+    simulator.wait_for_status(run.workflow_run_id, "succeeded")
+    # The stream opened now carries only `workflow_finished`, and GET form fails meanwhile.
+    simulator.add_fault("status", "form_get", times=None, status=503)
+    run.request_follow(snapshot=True)
+    run = run_status(run, "succeeded")
+    # Not declared expired on a guess: it waits for the reconcile, which asks Dify again.
+    form.refresh_from_db()
+    assert form.status == "pending" and form.checked_at is None
+    simulator.clear_faults()
+    with override_settings(INBOX_RECONCILE_AFTER_SECONDS=0):
+        assert reconcile_pending_forms()["answered_elsewhere"] == 1
+    form.refresh_from_db()
+    assert form.status == "answered_elsewhere"
+    assert not AuditEntry.objects.filter(verb="form_expired").exists()
+
+
+def test_an_error_event_in_the_stream_is_recorded_on_the_run(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    # The follower's first stream breaks off with Dify's in-stream `error` event.
+    simulator.add_fault(
+        "stream_error",
+        "workflow_events",
+        times=1,
+        after_events=1,
+        status=500,
+        code="internal_server_error",
+        message="The model provider timed out.",
+    )
+    run = start(simulator, app)
+    # The follower reads on (Dify's run detail says the run goes on) and reaches the pause.
+    pending(run)
+    run = no_stream_left(run)
+    assert run.error == "The model provider timed out." and run.status == "paused"
+    (stored,) = RunEvent.objects.filter(run=run, event="error")
+    assert stored.payload["code"] == "internal_server_error"
+    assert any(e.fault == "stream_error" for e in simulator.exchanges("workflow_events"))
+
+
+def test_a_form_settled_unseen_whose_get_form_fails_is_logged_and_left_pending(
+    simulator: Any, sim_app: Any, follower: FollowerThread, caplog: Any
+) -> None:
+    caplog.set_level(logging.INFO, logger="inbox.follower")
+    run = start(simulator, sim_app("vendor-onboarding"))
+    security, finance = pending(run, 2)
+    no_stream_left(run)
+    # Answered through the WebApp while no stream of ours is open: the next pause no longer
+    # lists it, and GET form, asked what became of it, fails.
+    assert simulator.submit_elsewhere(security.form_id, "pass", channel="webapp")
+    simulator.wait_for(
+        lambda: (
+            simulator.run(run.workflow_run_id)["events"][-1] == "workflow_paused"
+            and "human_input_form_filled" in simulator.run(run.workflow_run_id)["events"]
+        )
+    )
+    simulator.add_fault("status", "form_get", times=None, status=503)
+    run.request_follow()
+    no_stream_left(run)
+    assert Form.objects.get(pk=security.pk).status == "pending"
+    assert f"follower: form {security.pk}: GET form failed: 503" in caplog.text
+    tokens = [f.form_token for f in (security, finance, *run.forms.all())]
+    assert not [t for t in tokens if t in caplog.text]
 
 
 # --- two followers side by side ---
