@@ -7,12 +7,19 @@ readable. The rules every handler keeps:
   every executed node, each pending `human_input_required` with a *fresh* token and the
   `workflow_paused` or `workflow_finished`. Replaying any of that creates nothing twice: forms are
   keyed by Dify's `form_id`, timeline entries and stored events by a key of their own.
+- **Replay-tolerant.** Newer builds replay the run's retained event log from its start instead
+  (CONTRACT 6.1): every fill, timeout and text chunk again. Fills and timeouts name a node, not a
+  form, so each is given to the form it settled (`_Batch.settled_form`), one already recorded
+  changing nothing; text the replay repeats is recognised, not appended again. Both read the
+  stream's order, which the follower carries from one batch to the next (`StreamState`).
 - **Order-tolerant.** A final status is never undone by a late or replayed event; a paused run
   only counts as running again once Dify says a form was filled or timed out.
 - **Compact.** Node events become one timeline entry per node execution, text chunks are
   appended to the answer (chatflow) or to their node's entry, not stored one row each. Only the
   events someone reads later (fills, timeouts, the end, errors, anything unknown) are kept as
   `RunEvent` rows, and never with a form token in them.
+- **No NUL characters.** An LLM's output can hold one and PostgreSQL stores none: events are
+  stripped of them before anything is read from them (`without_nul`).
 - **No network inside a transaction.** The GET that fetches a form's definition happens before
   (the follower fetches first and passes `definitions`), after (`fetch_definitions`), or, on
   PostgreSQL, at the same time in the follower's event loop: the batch is applied while the GET
@@ -27,7 +34,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +59,7 @@ from inbox.dify.types import (
     WorkflowPaused,
     WorkflowStarted,
     parse_event,
+    without_nul,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +84,8 @@ INGEST_FORM_PREFIX = "ingest-"
 
 # Forms that still wait for a person (here, in Dify's own channels, or an administrator).
 AWAITING_STATUSES = frozenset({"pending", "not_answerable", "submitting", "failed"})
+# ... and those whose `human_input_form_filled` is still to come (a decision of ours delivered).
+AWAITING_FILL_STATUSES = AWAITING_STATUSES | {"submitted"}
 
 DefinitionResult = FormDefinition | DifyError
 
@@ -153,6 +163,58 @@ class DefinitionsHandoff:
         return self.applied
 
 
+@dataclass
+class StreamState:
+    """What one stream of a run has shown so far, carried by its reader from one batch to the
+    next (the follower cuts a stream into batches wherever events happen to arrive). Dify's
+    order holds within a stream: a form is announced before it is filled or times out, and a
+    stream that replays the run from its start repeats the text chunks we hold already. A batch
+    applied without one reads as a stream of its own."""
+
+    # Significant events seen (not pings): the first one tells how the stream began.
+    events: int = 0
+    # The stream began at the run's start (`workflow_started`, not a resumption): a snapshot,
+    # or the retained log replayed from the start.
+    from_start: bool = False
+    # node_id -> the forms this stream announced at that node, in order...
+    announced: dict[str, list[str]] = field(default_factory=dict)
+    # ... and the forms whose fill or timeout it delivered.
+    settled: set[str] = field(default_factory=set)
+    # The stream paused the run (a pause replayed or new) and no fill or timeout came since.
+    paused: bool = False
+    # How far into the run's answer, and into each node's text, a stream replaying from the
+    # start has got: chunks that repeat what is there only move this on. None: new text.
+    answer_at: int | None = None
+    text_at: dict[str, int | None] = field(default_factory=dict)
+
+    def copy(self) -> StreamState:
+        return StreamState(
+            events=self.events,
+            from_start=self.from_start,
+            announced={node: list(ids) for node, ids in self.announced.items()},
+            settled=set(self.settled),
+            paused=self.paused,
+            answer_at=self.answer_at,
+            text_at=dict(self.text_at),
+        )
+
+
+def _follow_on(text: str, at: int | None, chunk: str) -> tuple[str, int | None]:
+    """`text` with the next `chunk` of a stream, and where the stream now is in it. `at` is how
+    far a replay from the start has got in `text` (None: the stream sends new text only): a
+    chunk that repeats what `text` holds there is not added again."""
+    if at is None:
+        return text + chunk, None
+    rest = text[at:]
+    if rest.startswith(chunk):
+        return text, at + len(chunk)
+    if chunk.startswith(rest):
+        text += chunk[len(rest) :]
+        return text, len(text)
+    # Not what we hold: the stream sends new text (a snapshot replays no chunks).
+    return text + chunk, None
+
+
 def event_dict(event: Mapping[str, Any] | StreamEvent) -> dict[str, Any]:
     if isinstance(event, StreamEvent):
         return event.raw or {"event": event.event, "data": event.data}
@@ -202,10 +264,13 @@ class _Batch:
         definitions: Mapping[str, DefinitionResult] | None,
         source: str,
         handoff: DefinitionsHandoff | None = None,
+        stream: StreamState | None = None,
     ) -> None:
         from inbox.models import Run
 
         self.run = Run.objects.select_for_update().get(pk=run.pk)
+        self.stream = stream or StreamState()
+        self.initial_status = self.run.status
         self.definitions = dict(definitions or {})
         self.source = source
         self.applied = Applied(status=self.run.status)
@@ -230,6 +295,8 @@ class _Batch:
         self.uncaptured: dict[str, Form] = {}
         self.last_pause: list[Form | None] | None = None
         self.events_saved = False
+        # form_id -> how its fill ("filled:<action>") or timeout ("timeout") was recorded.
+        self._settlements: dict[str, set[str]] | None = None
 
     # --- helpers ---
 
@@ -289,19 +356,82 @@ class _Batch:
         self.stored.append((name, key[:200], data))
 
     def resume(self) -> None:
-        """Dify said a form was filled or timed out: the run is moving again."""
+        """Dify said a form was filled or timed out: the run is moving again. (Whether the
+        status changed is judged at the end of the batch: a replay pauses and resumes it.)"""
         if self.run.status == "paused":
             self.set_run("status", "running")
-            self.progress()
 
-    def form_for_node(self, node_id: str) -> Form | None:
-        """The form a node event is about: events name the node, not the form. A node that
-        paused more than once (a loop) is about its latest form not yet filled."""
+    @property
+    def settlements(self) -> dict[str, set[str]]:
+        """How each form's fill or timeout was recorded, from the stored events' keys."""
+        from inbox.models import RunEvent
+
+        if self._settlements is None:
+            self._settlements = {}
+            keys = RunEvent.objects.filter(
+                run=self.run, event__in=("human_input_form_filled", "human_input_form_timeout")
+            ).values_list("key", flat=True)
+            for key in keys:
+                kind, _, rest = key.partition(":")
+                if kind == "filled":
+                    form_id, _, action = rest.rpartition(":")
+                    self._settlements.setdefault(form_id, set()).add(f"filled:{action}")
+                elif kind == "timeout":
+                    self._settlements.setdefault(rest, set()).add("timeout")
+        return self._settlements
+
+    def settled_form(
+        self,
+        node_id: str,
+        *,
+        repeats: Callable[[Form, bool], bool],
+        awaits: Callable[[Form], bool],
+        open_statuses: frozenset[str],
+    ) -> tuple[Form | None, bool]:
+        """The form a fill or timeout is about, and whether the event repeats what is recorded
+        of it already (a replay). Events name the node, not the form, and a node in a loop has
+        had several forms: `repeats(form, strict)` says the event is the one recorded for that
+        form, `awaits(form)` that the form has had no fill or timeout yet."""
         candidates = [f for f in self.forms.values() if f.node_id == node_id]
-        if not candidates:
-            return None
-        open_ones = [f for f in candidates if not f.filled_action_id]
-        return (open_ones or candidates)[-1]
+        order = self.stream.announced.get(node_id, [])
+        # Dify settles a node's form after announcing it: in a stream that announced forms at
+        # this node, the event is about one of those it has not settled yet.
+        here = sorted(
+            (f for f in candidates if f.form_id in order and f.form_id not in self.stream.settled),
+            key=lambda f: order.index(f.form_id),
+        )
+        for form in here:
+            if repeats(form, False):
+                return form, True
+        for form in here:
+            if awaits(form):
+                return form, False
+        if not self.stream.from_start:
+            # A stream that did not begin at the start (a log Dify trimmed, a batch applied on
+            # its own) may repeat a fill without the announcement before it. A stream that did
+            # begin there announces a form before replaying its fill.
+            for form in candidates:
+                if form.form_id not in self.stream.settled and repeats(form, True):
+                    return form, True
+        for form in candidates:
+            if awaits(form) and form.status in open_statuses:
+                return form, False
+        # Settled here by other means (GET form said so, the run ended) before Dify told how.
+        for form in reversed(candidates):
+            if awaits(form):
+                return form, False
+        return None, False
+
+    def settle(self, form: Form | None, mark: str, replayed: bool) -> None:
+        """Note a fill or timeout as this stream's; the run goes on (`resume`) unless it was
+        only a replay, which resumes only a pause the same replay applied."""
+        if form is not None:
+            self.stream.settled.add(form.form_id)
+            if not replayed:
+                self.settlements.setdefault(form.form_id, set()).add(mark)
+        if not replayed or self.stream.paused:
+            self.resume()
+        self.stream.paused = False
 
     # --- the events ---
 
@@ -311,6 +441,8 @@ class _Batch:
             return
         event = parse_event(raw)
         self.applied.events += 1
+        first = self.stream.events == 0
+        self.stream.events += 1
         if event.task_id and not self.run.is_finished:
             self.set_run("task_id", event.task_id[:64])
         if event.conversation_id:
@@ -323,7 +455,7 @@ class _Batch:
             self.applied.paused = self.applied.awaiting_human = self.applied.settling = False
             self.last_pause = None
         if isinstance(event, WorkflowStarted):
-            self.started(event)
+            self.started(event, first)
         elif isinstance(event, HumanInputRequired):
             self.form_announced(event)
         elif isinstance(event, WorkflowPaused):
@@ -342,13 +474,21 @@ class _Batch:
             self.message(event)
         elif isinstance(event, MessageEnd):
             self.store(name, f"message_end:{event.id or event.message_id}", raw)
+            if isinstance(raw.get("answer"), str):
+                self.set_answer(raw["answer"])
         elif isinstance(event, ErrorEvent):
             self.error(event)
         else:
             digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode())
             self.store(name[:64], f"{name}:{digest.hexdigest()[:40]}", raw)
 
-    def started(self, event: WorkflowStarted) -> None:
+    def started(self, event: WorkflowStarted, first: bool) -> None:
+        # A paused run that goes on starts again with reason "resumption" (mid-stream, or first
+        # on a stream opened just then); a stream that opens with any other start replays the
+        # run from its beginning, and its chunks repeat the text we hold.
+        if first and event.data.get("reason") != "resumption":
+            self.stream.from_start = True
+            self.stream.answer_at = 0
         if self.run.status == "starting":
             self.set_run("status", "running")
             self.progress()
@@ -387,9 +527,13 @@ class _Batch:
         for index in range(len(self.timeline) - 1, -1, -1):
             item = self.timeline[index]
             if item.get("event") == "node" and item.get("node_id") == node_id:
-                text = str(item.get("text", ""))
-                if len(text) < NODE_TEXT_LIMIT:
-                    item["text"] = (text + event.text)[:NODE_TEXT_LIMIT]
+                key = str(item.get("key"))
+                at = self.stream.text_at.get(key, 0 if self.stream.from_start else None)
+                before = str(item.get("text", ""))
+                text, self.stream.text_at[key] = _follow_on(before, at, event.text)
+                text = text[:NODE_TEXT_LIMIT]
+                if text != before:
+                    item["text"] = text
                     self.timeline_changed = True
                     self.progress()
                 return
@@ -397,12 +541,26 @@ class _Batch:
     def message(self, event: MessageEvent) -> None:
         if event.event == "message_replace":
             # A snapshot starts with the whole answer so far; it replaces, never appends.
-            if self.run.answer != event.answer:
-                self.set_run("answer", event.answer)
-                self.progress()
+            self.set_answer(event.answer)
             return
-        if event.answer:
-            self.set_run("answer", self.run.answer + event.answer)
+        if not event.answer or self.run.is_finished:
+            # A finished run's answer is settled: chunks now come from a late replay.
+            return
+        answer, self.stream.answer_at = _follow_on(
+            self.run.answer, self.stream.answer_at, event.answer
+        )
+        if answer != self.run.answer:
+            self.set_run("answer", answer)
+            self.progress()
+
+    def set_answer(self, answer: str) -> None:
+        """The whole answer so far, as Dify says it (`message_replace`, `message_end`)."""
+        if self.run.is_finished:
+            return
+        if self.stream.answer_at is not None:
+            self.stream.answer_at = len(answer)
+        if self.run.answer != answer:
+            self.set_run("answer", answer)
             self.progress()
 
     def error(self, event: ErrorEvent) -> None:
@@ -416,6 +574,14 @@ class _Batch:
     # --- forms ---
 
     def form_announced(self, fields: HumanInputFields) -> Form | None:
+        form = self._form_announced(fields)
+        if form is not None:
+            order = self.stream.announced.setdefault(form.node_id, [])
+            if form.form_id not in order:
+                order.append(form.form_id)
+        return form
+
+    def _form_announced(self, fields: HumanInputFields) -> Form | None:
         if not fields.form_id:
             return None
         form = self.forms.get(fields.form_id)
@@ -612,8 +778,8 @@ class _Batch:
         announced = [self.form_announced(r) for r in event.reasons if r.is_human_input or r.form_id]
         if not self.run.is_finished and self.run.status != "paused":
             self.set_run("status", "paused")
-            self.progress()
         self.applied.paused = True
+        self.stream.paused = True
         self.last_pause = announced
         self.applied.awaiting_human = any(
             f is not None and f.status in AWAITING_STATUSES for f in announced
@@ -634,8 +800,29 @@ class _Batch:
     def filled(self, event: HumanInputFormFilled) -> None:
         from inbox.models import AuditEntry, Decision, Form
 
-        form = self.form_for_node(event.node_id)
-        self.resume()
+        action = event.action_id[:64]
+        mark = f"filled:{event.action_id}"
+
+        def repeats(form: Form, strict: bool) -> bool:
+            return (
+                mark in self.settlements.get(form.form_id, ())
+                and form.rendered_content == event.rendered_content
+            )
+
+        def awaits(form: Form) -> bool:
+            # A decision of ours that Dify accepted sets the action before the fill shows it.
+            return (
+                form.form_id not in self.settlements
+                and not form.rendered_content
+                and form.filled_action_id in ("", action)
+            )
+
+        form, replayed = self.settled_form(
+            event.node_id, repeats=repeats, awaits=awaits, open_statuses=AWAITING_FILL_STATUSES
+        )
+        self.settle(form, mark, replayed)
+        if replayed:
+            return
         key = f"filled:{form.form_id if form else event.node_id}:{event.action_id}"
         self.store("human_input_form_filled", key, event.raw)
         if form is None:
@@ -704,8 +891,25 @@ class _Batch:
     def timed_out(self, event: HumanInputFormTimeout) -> None:
         from inbox.models import AuditEntry, Form
 
-        form = self.form_for_node(event.node_id)
-        self.resume()
+        expires = event.expiration_time
+
+        def repeats(form: Form, strict: bool) -> bool:
+            if "timeout" not in self.settlements.get(form.form_id, ()):
+                return False
+            # Out of the stream's order, the time it names tells one form of the node from
+            # the next (an event without one is taken as a repeat: it changes nothing).
+            known = form.expiration_time
+            return not strict or not expires or known is None or int(known.timestamp()) == expires
+
+        def awaits(form: Form) -> bool:
+            return form.form_id not in self.settlements and not form.filled_action_id
+
+        form, replayed = self.settled_form(
+            event.node_id, repeats=repeats, awaits=awaits, open_statuses=AWAITING_STATUSES
+        )
+        self.settle(form, "timeout", replayed)
+        if replayed:
+            return
         key = f"timeout:{form.form_id if form else event.node_id}"
         self.store("human_input_form_timeout", key, event.raw)
         if form is not None and form.status in (Form.Status.PENDING, Form.Status.NOT_ANSWERABLE):
@@ -743,9 +947,9 @@ class _Batch:
         if event.outputs and not self.run.outputs:
             self.set_run("outputs", event.outputs)
         answer = event.outputs.get("answer")
-        if isinstance(answer, str) and len(answer) > len(self.run.answer):
-            # A stream opened after a chatflow ended carries no message chunks; its outputs
-            # may still hold the whole answer.
+        if isinstance(answer, str) and answer and answer != self.run.answer:
+            # Dify's final word on the answer: it also repairs one a replay made longer (a
+            # stream opened after a chatflow ended carries no message chunks at all).
             self.set_run("answer", answer)
             self.progress()
         if event.error and not self.run.error:
@@ -818,6 +1022,8 @@ class _Batch:
             self.run.timeline = self.timeline
             self.run_fields.add("timeline")
             self.timeline_changed = False
+        if self.run.status != self.initial_status:
+            self.progress()
         if self.applied.events and not self.events_saved:
             self.run.last_event_at = timezone.now()
             self.run_fields.add("last_event_at")
@@ -857,19 +1063,22 @@ def apply_events(
     definitions: Mapping[str, DefinitionResult] | None = None,
     source: str = "stream",
     handoff: DefinitionsHandoff | None = None,
+    stream: StreamState | None = None,
 ) -> Applied:
     """Apply events in order, in one transaction under the run's row lock.
 
     `definitions` maps a form_id to what GET form answered for it (a FormDefinition, or the
     DifyError it raised), fetched by the caller before this transaction. `handoff` brings the
     answers of GETs still in flight for the forms it names: the batch is applied and written,
-    then waits for them before the commit.
+    then waits for them before the commit. `stream` is what the stream these events come from
+    showed before them (see `StreamState`); it is brought up to date once the batch commits.
     """
     from inbox.models import AuditEntry
 
+    state = stream.copy() if stream is not None else StreamState()
     with transaction.atomic(), AuditEntry.deferred():
-        batch = _Batch(run, definitions, source, handoff)
-        raws = [event_dict(event) for event in events]
+        batch = _Batch(run, definitions, source, handoff, state)
+        raws = [without_nul(event_dict(event)) for event in events]
         batch.announced = {
             fields.form_id
             for fields in pending_forms_in(
@@ -884,6 +1093,9 @@ def apply_events(
             batch.save()
             batch.receive(handoff.wait())
         batch.save()
+    if stream is not None:
+        # Only a committed batch moves the stream on: one that failed is applied again.
+        vars(stream).update(vars(state))
     return batch.applied
 
 

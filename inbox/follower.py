@@ -155,6 +155,8 @@ class Claim:
     fetched_this_stream: set[str] = field(default_factory=set)
     # A stream of the run opened during this lease: Dify shows us its events.
     opened: bool = False
+    # What the current stream has shown so far (its order, how far a replay has got).
+    stream: capture.StreamState = field(default_factory=capture.StreamState)
 
     def answered(self, definitions: dict[str, capture.DefinitionResult]) -> None:
         """Note what GET form answered (a definition, or Dify's refusal) for these forms."""
@@ -490,6 +492,7 @@ class Follower:
 
     async def _read_stream(self, claim: Claim, client: AsyncDifyClient) -> StreamResult:
         claim.fetched_this_stream.clear()
+        claim.stream = capture.StreamState()
         stream = client.stream_events(
             claim.workflow_run_id,
             user=claim.dify_user,
@@ -616,14 +619,22 @@ class Follower:
             wanted = {**await self.db(capture.open_form_tokens, claim.pk), **wanted}
             definitions = await self._get_forms(claim, client, wanted, failures=True)
             applied = await self.db(
-                capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
+                capture.apply_events,
+                Run(pk=claim.pk),
+                raws,
+                definitions=definitions,
+                stream=claim.stream,
             )
         elif wanted and self._may_fetch_while_applying():
             applied, definitions = await self._apply_while_fetching(claim, client, raws, wanted)
         else:
             definitions = await self._get_forms(claim, client, wanted)
             applied = await self.db(
-                capture.apply_events, Run(pk=claim.pk), raws, definitions=definitions
+                capture.apply_events,
+                Run(pk=claim.pk),
+                raws,
+                definitions=definitions,
+                stream=claim.stream,
             )
         self.stats["events"] += len(events)
         self.stats["batches"] += 1
@@ -673,7 +684,9 @@ class Follower:
         fetching = asyncio.create_task(fetch(), name=f"get-forms-{claim.pk}")
         self.waiting_batches += 1
         try:
-            applied = await self.db(capture.apply_events, Run(pk=claim.pk), raws, handoff=handoff)
+            applied = await self.db(
+                capture.apply_events, Run(pk=claim.pk), raws, handoff=handoff, stream=claim.stream
+            )
         finally:
             self.waiting_batches -= 1
             # Still running only when the batch gave up waiting or failed: its answer would

@@ -203,13 +203,16 @@ class Run(models.Model):
         definitions: Any = None,
         fetch_definitions: bool = True,
         source: str = "stream",
+        stream: Any = None,
     ) -> Any:
         """Apply stream events in order, in one transaction under this run's row lock: status,
         timeline, answer, outputs, and a Form per `human_input_required` (unique on form_id,
         token encrypted; a replay with a fresh token updates the token). Forms whose definition
         was not passed in `definitions` (form_id -> FormDefinition or the DifyError of GET
         form) are fetched afterwards with GET form, outside the transaction, unless
-        `fetch_definitions` is False (the follower fetches them itself, asynchronously)."""
+        `fetch_definitions` is False (the follower fetches them itself, asynchronously).
+        `stream` (a `capture.StreamState`) carries what earlier batches of the same stream
+        showed; without it the events read as a stream of their own."""
         from inbox import capture
 
         events = list(events)
@@ -219,7 +222,9 @@ class Run(models.Model):
             # The end closes the forms still open here; Dify says which were answered.
             checked = capture.check_forms(self.app, capture.open_form_tokens(self))
             definitions = {**checked, **(definitions or {})}
-        applied = capture.apply_events(self, events, definitions=definitions, source=source)
+        applied = capture.apply_events(
+            self, events, definitions=definitions, source=source, stream=stream
+        )
         if fetch_definitions and applied.needs_definition:
             capture.fetch_definitions(self, applied.needs_definition)
         self.refresh_from_db()

@@ -18,6 +18,20 @@ from typing import Any
 # --- lenient coercion -------------------------------------------------------------------------
 
 
+def without_nul(value: Any) -> Any:
+    """`value` (decoded JSON) with every NUL character taken out of its strings and keys: an
+    LLM's output can hold one, and PostgreSQL stores none, neither in text nor as `\\u0000` in
+    jsonb, so one NUL would make every write of the record fail. Dicts and lists come back as
+    copies."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -264,7 +278,7 @@ class FormDefinition:
 
     @classmethod
     def from_api(cls, data: Any) -> FormDefinition:
-        d = _dict(data)
+        d = without_nul(_dict(data))
         actions = d.get("user_actions")
         if actions is None:
             actions = d.get("actions")

@@ -502,27 +502,37 @@ class DifyApi:
         run = self.sim.find_run(ctx.app, request.path_params["workflow_run_id"])
         if run is None or run.user != user:
             raise not_found("Workflow run not found")
-        if run.is_finished:
+        snapshot = request.query_params.get("include_state_snapshot", "false").lower() == "true"
+        retained_log = snapshot and self.sim.options.retained_log
+        if run.is_finished and not retained_log:
             finished = self.sim.finished_event(run)
 
             async def one() -> AsyncIterator[Event | str]:
                 yield finished
 
             return self._sse(ctx, one())
-        snapshot = request.query_params.get("include_state_snapshot", "false").lower() == "true"
         continue_on_pause = request.query_params.get("continue_on_pause", "false").lower() == "true"
         # Subscribing and building the replay happen in one step of the event loop, so no event
         # falls between them and none is sent twice.
         subscriber = run.subscribe()
         idle = self.sim.options.idle_timeout
         if snapshot:
-            replay = self.sim.snapshot_events(run)
 
             def snapshot_terminal(event: Event) -> bool:
                 name = event.get("event")
                 if continue_on_pause:
                     return name == "workflow_finished"
                 return name in ("workflow_finished", "workflow_paused", "error")
+
+            if retained_log:
+                # The log as it was published, up to the first event that ends the stream.
+                replay = []
+                for event in run.log:
+                    replay.append(event)
+                    if snapshot_terminal(event):
+                        break
+            else:
+                replay = self.sim.snapshot_events(run)
 
             return self._stream(
                 ctx,

@@ -49,6 +49,9 @@ class Options:
     reason_type_key: str = "TYPE"  # newer Dify serializes pause reasons with "type"
     include_submitted_data: bool = True  # `human_input_form_filled.data.submitted_data` (D8)
     strict_file_owner: bool = False  # reject another end user's upload at submit (docs, not src)
+    # Newer builds: a snapshot stream replays the run's retained event log from its start
+    # (every chunk, fill and pause again) instead of a state snapshot (CONTRACT 6.1).
+    retained_log: bool = False
     size_limits: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SIZE_LIMITS))
 
     def update(self, values: dict[str, Any]) -> None:

@@ -19,11 +19,27 @@ def event(name: str, data: dict[str, Any] | None = None, **extra: Any) -> dict[s
     return payload
 
 
-def started() -> dict[str, Any]:
+def started(reason: str = "initial") -> dict[str, Any]:
+    """`reason` is "initial" at the start of a run (and of a snapshot replaying it) and
+    "resumption" when a paused run goes on."""
     return event(
         "workflow_started",
-        {"id": RUN, "workflow_id": "W1", "inputs": {}, "created_at": int(time.time())},
+        {
+            "id": RUN,
+            "workflow_id": "W1",
+            "inputs": {},
+            "created_at": int(time.time()),
+            "reason": reason,
+        },
     )
+
+
+CHAT = {"conversation_id": "C1", "message_id": "M1", "created_at": 1}
+
+
+def message(answer: str, name: str = "message") -> dict[str, Any]:
+    """A chatflow `message` chunk (or `message_replace`): the answer is at top level."""
+    return event(name, answer=answer, **CHAT)
 
 
 def node(
@@ -50,6 +66,7 @@ def form_data(
     title: str = "Manager approval",
     content: str = "Approve the refund?\n\n{{#$output.note#}}",
     channels: list[str] | None = None,
+    expires: int | None = None,
 ) -> dict[str, Any]:
     return {
         "form_id": form_id,
@@ -64,7 +81,7 @@ def form_data(
         ],
         "display_in_ui": False,
         "resolved_default_values": {"note": ""},
-        "expiration_time": int(time.time()) + 3600,
+        "expiration_time": expires or int(time.time()) + 3600,
         "approval_channels": channels if channels is not None else ["webapp"],
     }
 
@@ -90,24 +107,27 @@ def paused(*forms: dict[str, Any], type_key: str = "TYPE") -> dict[str, Any]:
     )
 
 
-def filled(node_id: str = "approve_node", action: str = "approve") -> dict[str, Any]:
+def filled(
+    node_id: str = "approve_node", action: str = "approve", note: str = "ok by me"
+) -> dict[str, Any]:
     return event(
         "human_input_form_filled",
         {
             "node_id": node_id,
             "node_title": "Manager approval",
-            "rendered_content": "Approve the refund?\n\nok by me",
+            "rendered_content": f"Approve the refund?\n\n{note}",
             "action_id": action,
             "action_text": action.title(),
-            "submitted_data": {"note": "ok by me"},
+            "submitted_data": {"note": note},
         },
     )
 
 
-def timeout(node_id: str = "approve_node") -> dict[str, Any]:
+def timeout(node_id: str = "approve_node", expires: int = 1) -> dict[str, Any]:
+    """`expires`: the expiration_time of the form that timed out."""
     return event(
         "human_input_form_timeout",
-        {"node_id": node_id, "node_title": "Manager approval", "expiration_time": 1},
+        {"node_id": node_id, "node_title": "Manager approval", "expiration_time": expires},
     )
 
 

@@ -341,3 +341,59 @@ def test_request_follow_asks_for_a_snapshot_and_is_a_no_op_on_a_finished_run(run
     Run.objects.filter(pk=run.pk).update(status="succeeded", follow_wanted=False)
     run.refresh_from_db()
     assert not run.request_follow() and not Run.objects.get(pk=run.pk).follow_wanted
+
+
+# --- NUL characters (PostgreSQL stores none: not in text, not as \u0000 in jsonb) ---
+
+
+def test_nul_characters_from_an_llm_are_dropped_and_the_form_is_still_captured(
+    run: Run,
+) -> None:
+    form = ev.form_data(content="Refund \x00EUR 15?\n\n{{#$output.note#}}")
+    form["inputs"][0]["output_variable_name"] = "no\x00te"
+    applied = run.apply_events(
+        [
+            ev.started(),
+            ev.node("node_started", "llm", "Summarize", execution="E9"),
+            ev.event("text_chunk", {"text": "a\x00b", "from_variable_selector": ["llm", "text"]}),
+            ev.message("Hi\x00!"),
+            ev.event("human_input_required", form),
+            ev.paused(form),
+            ev.event("agent_log", {"label": "thinking\x00", "\x00key": 1}),
+        ],
+        fetch_definitions=False,
+    )
+    assert applied.forms_created
+    captured = run.forms.get()
+    assert captured.content == "Refund EUR 15?\n\n{{#$output.note#}}"
+    assert captured.definition["inputs"][0]["output_variable_name"] == "note"
+    assert run.answer == "Hi!" and run.timeline[1]["text"] == "ab"
+    assert RunEvent.objects.get(run=run, event="agent_log").payload["data"] == {
+        "label": "thinking",
+        "key": 1,
+    }
+    run.apply_events(
+        [ev.filled(note="ok\x00"), ev.finished(outputs={"summary": "done\x00"})],
+        fetch_definitions=False,
+    )
+    captured.refresh_from_db()
+    assert captured.rendered_content == "Approve the refund?\n\nok"
+    assert captured.filled_data == {"note": "ok"}
+    assert run.outputs == {"summary": "done"} and run.status == "succeeded"
+
+
+def test_nul_characters_in_what_get_form_answers_are_dropped(run: Run) -> None:
+    definition = FormDefinition.from_api(
+        {
+            "form_content": "Approve\x00?",
+            "inputs": [],
+            "user_actions": [{"id": "approve", "title": "Appr\x00ove", "button_style": "primary"}],
+            "resolved_default_values": {"note": "\x00"},
+            "expiration_time": 2_000_000_000,
+        }
+    )
+    run.apply_events([ev.required(), ev.paused(ev.form_data())], definitions={"F1": definition})
+    captured = run.forms.get()
+    assert captured.content == "Approve?" and captured.definition_fetched_at is not None
+    assert captured.definition["user_actions"][0]["title"] == "Approve"
+    assert captured.definition["resolved_default_values"] == {"note": ""}

@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from inbox.models import AuditEntry, Form, RunEvent
-from inbox.tasks import reconcile_runs, sweep_expired_forms
+from inbox.tasks import deliver_decision, reconcile_runs, sweep_expired_forms
 from tests.capture.conftest import (
     FollowerThread,
     no_stream_left,
@@ -114,6 +114,29 @@ def test_a_chatflow_pause_and_its_answer(
     assert run.answer.startswith(answer_before) and len(run.answer) > len(answer_before)
     assert run.outputs.get("answer") == run.answer
     assert RunEvent.objects.filter(run=run, event="message_end").count() == 1
+
+
+def test_a_chatflow_followed_through_replays_of_its_whole_event_log_keeps_one_answer(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    # Newer builds replay the retained log from the start on every stream the follower opens:
+    # each text chunk, the form, the pause and the fill again (CONTRACT 6.1).
+    simulator.set_options(retained_log=True)
+    run = start(simulator, sim_app("support-chat"))
+    (form,) = pending(run)
+    run = run_status(run, "paused")
+    assert run.answer == simulator.run(run.workflow_run_id)["answer"]
+    decision = form.decide(
+        action_id="grant", inputs={"agent_message": "Credit added."}, reviewer=reviewer
+    )
+    deliver_decision(decision.pk)
+    run = run_status(run, "succeeded")
+    assert run.answer == simulator.run(run.workflow_run_id)["answer"]
+    assert run.answer.count("delivery is late") == 1 and run.answer.endswith("Credit added.")
+    form.refresh_from_db()
+    assert (form.status, form.filled_action_id) == ("submitted", "grant")
+    assert "Credit added." in form.rendered_content
+    assert RunEvent.objects.filter(run=run, event="human_input_form_filled").count() == 1
 
 
 def test_an_email_only_form_is_recorded_read_only_and_the_run_followed_to_the_end(
