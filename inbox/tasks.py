@@ -526,18 +526,22 @@ def _filled_from_stream(
     """Read a run's events (bounded in time) for the `human_input_form_filled` of this form's
     node. `stop_at_pending`: a snapshot that replays this form as still pending ends the search."""
     deadline = time.monotonic() + float(settings.INBOX_DELIVERY_WATCH_SECONDS)
+    # The form this stream last announced at the node: a fill names the node only, and one
+    # that follows another form's announcement (a loop, replayed from the run's start) is that
+    # form's, not this one's.
+    announced: str | None = None
     try:
         for event in stream:
             data = event.data or {}
             if event.event == "human_input_form_filled":
                 if data.get("node_id") == form.node_id and data.get("action_id"):
-                    return _filled_info(data)
-            elif (
-                stop_at_pending
-                and event.event == "human_input_required"
-                and data.get("form_id") == form.form_id
-            ):
-                return None
+                    if announced in (None, form.form_id):
+                        return _filled_info(data)
+                    announced = None
+            elif event.event == "human_input_required" and data.get("node_id") == form.node_id:
+                if stop_at_pending and data.get("form_id") == form.form_id:
+                    return None
+                announced = data.get("form_id")
             if time.monotonic() > deadline:
                 break
     except DifyError as exc:
@@ -558,12 +562,20 @@ def _find_filled_event(decision: Decision) -> dict[str, str] | None:
             "filled_action_text": form.filled_action_text,
             "rendered_content": form.rendered_content,
         }
-    # Events carry the node, not the form id; the latest fill of this node is this form's.
-    for payload in (
+    # Events carry the node, not the form id. Capture stores a fill under the form it gave it
+    # to (`filled:<form_id>:<action>`), or under the node when it knew no form there: this
+    # form's, else the node's latest, never another form's (the same node in a loop).
+    stored = list(
         RunEvent.objects.filter(run=form.run, event="human_input_form_filled")
+        .filter(
+            Q(key__startswith=f"filled:{form.form_id}:")
+            | Q(key__startswith=f"filled:{form.node_id}:")
+        )
         .order_by("-id")
-        .values_list("payload", flat=True)[:20]
-    ):
+        .values_list("key", "payload")[:20]
+    )
+    stored.sort(key=lambda row: not row[0].startswith(f"filled:{form.form_id}:"))
+    for _key, payload in stored:
         data = _filled_data(payload)
         if data.get("node_id") == form.node_id and data.get("action_id"):
             return _filled_info(data)

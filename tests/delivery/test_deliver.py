@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
 from inbox.tasks import deliver_decision, retry_delay
-from tests.delivery.helpers import make_form
+from tests.delivery.helpers import make_form, make_run
 from tests.delivery.scripted import Reply, ScriptedDify, error
 
 pytestmark = pytest.mark.smoke
@@ -259,6 +259,72 @@ def test_a_lost_answer_then_412_with_no_trace_of_either_answer_is_presumed_ours(
     assert len(dify.requests("GET", "/workflow/", query="include_state_snapshot=true")) == 1
 
 
+def _loop(app: DifyApp) -> tuple[Form, Form]:
+    """A node in a loop: its first form filled with "reject" (as capture records it), its
+    second one now pending."""
+    run = make_run(app)
+    first = make_form(app, run=run, node_id="loop_review", form_id="F-loop-1")
+    fill = _filled(first, "reject", "Reject", rendered_content="first round")
+    run.apply_events([fill], fetch_definitions=False)
+    first.refresh_from_db()
+    assert first.filled_action_id == "reject"
+    second = make_form(app, run=run, node_id="loop_review", form_id="F-loop-2")
+    return first, second
+
+
+def test_the_fill_of_an_earlier_form_of_the_same_node_is_not_taken_for_this_ones(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    _first, second = _loop(app)
+    dify.on(
+        "POST",
+        SUBMIT,
+        error(412, "human_input_form_submitted", "already been submitted by another user"),
+    )
+    decision = decide(second, "approve")
+    assert deliver_decision(decision.pk) == "answered_elsewhere"
+    # Not "...: Reject.": that was the first round's answer.
+    assert decision.form.filled_action_id == ""
+    decision.refresh_from_db()
+    assert decision.last_error == "This form was answered in Dify before this decision arrived."
+
+
+def test_a_replay_from_the_start_gives_a_loops_earlier_fill_to_its_own_form(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    first, second = _loop(app)
+    dify.on(
+        "POST",
+        SUBMIT,
+        Reply(drop=True),
+        error(412, "human_input_form_submitted", "already been submitted by another user"),
+    )
+    announce = {"node_id": "loop_review", "form_content": "Refund 120 EUR?"}
+    dify.on(
+        "GET",
+        "/workflow/",
+        Reply(
+            events=[
+                {"event": "workflow_started", "data": {}},
+                {"event": "human_input_required", "data": {**announce, "form_id": first.form_id}},
+                _filled(first, "reject", "Reject", rendered_content="first round"),
+                {"event": "human_input_required", "data": {**announce, "form_id": second.form_id}},
+            ]
+        ),
+        query="include_state_snapshot=true",
+    )
+    decision = decide(second, "approve")
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    # The first round's "reject" is not this form's answer; this form is replayed as still
+    # pending, and our own lost attempt is the only answer in sight.
+    assert deliver_decision(decision.pk) == "delivered"
+    entry = AuditEntry.objects.get(verb="decision_delivered")
+    assert entry.details["confirmed_by"].startswith("presumed")
+
+
 def test_the_followers_record_of_the_fill_is_used_before_asking_dify(
     app: DifyApp,
     dify: ScriptedDify,
@@ -274,8 +340,10 @@ def test_the_followers_record_of_the_fill_is_used_before_asking_dify(
     )
     decision = decide(form, "approve")
     assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    # As capture stores a fill it gave to this form.
     form.run.events.create(
         event="human_input_form_filled",
+        key=f"filled:{form.form_id}:approve",
         payload={
             "event": "human_input_form_filled",
             "data": {"node_id": form.node_id, "action_id": "approve"},
