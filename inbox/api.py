@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,15 +25,27 @@ from inbox.views import PAGE_SIZE, TAB_STATUSES, InboxFilters, inbox_rows, order
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.retry_after = retry_after
 
     def response(self) -> JsonResponse:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.details is not None:
             body["details"] = self.details
-        return JsonResponse({"error": body}, status=self.status)
+        response = JsonResponse({"error": body}, status=self.status)
+        if self.retry_after is not None:
+            response["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return response
 
 
 def api_view(
@@ -508,7 +521,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             source="api",
         )
     except StartFailed as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+        raise ApiError(exc.status, exc.code, exc.message, retry_after=exc.retry_after) from None
     return JsonResponse(_run_json(request, run), status=201)
 
 

@@ -28,7 +28,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from inbox.dify.client import DifyClient
-from inbox.dify.errors import DifyError, DifyStatusError, DifyStreamError
+from inbox.dify.errors import DifyError, DifyStatusError, DifyStreamError, TooManyRequests
 from inbox.dify.types import StreamEvent
 from inbox.models import AuditEntry, DifyApp, Run
 
@@ -234,9 +234,17 @@ def default_dify_user(user: Any) -> str:
 class StartFailed(Exception):
     """Dify did not start the run. `message` is for the person who asked."""
 
-    def __init__(self, message: str, *, status: int = 502, code: str = "dify_error") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        code: str = "dify_error",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message, self.status, self.code = message, status, code
+        self.retry_after = retry_after
 
 
 def start_run(
@@ -288,9 +296,15 @@ def start_run(
         ) from None
     except DifyStatusError as exc:
         _fail(run, exc.message or str(exc))
-        status = 400 if exc.status in (400, 404, 422) else 502
+        # Dify's refusal of the inputs is the caller's to fix (400); its rate limit is the
+        # caller's to wait out (429, with Dify's Retry-After); anything else (a wrong key, an
+        # app switched off, a server error) is ours or Dify's (502).
+        status = 400 if exc.status in (400, 404, 422) else 429 if exc.status == 429 else 502
         raise StartFailed(
-            exc.message or str(exc), status=status, code=exc.code or "dify_error"
+            exc.message or str(exc),
+            status=status,
+            code=exc.code or "dify_error",
+            retry_after=exc.retry_after if isinstance(exc, TooManyRequests) else None,
         ) from None
     except DifyError as exc:
         _fail(run, str(exc))

@@ -323,6 +323,22 @@ def test_a_dify_refusal_is_passed_on_and_recorded(
     assert run.status == "failed" and run.error == "Service Unavailable" and not run.follow_wanted
 
 
+def test_dify_rate_limiting_a_start_is_passed_on_with_its_retry_after(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.add_fault("status", "workflows_run", status=429, retry_after=7)
+    response = post(
+        client, "/api/v1/runs", {"app": "refund-approval", "inputs": inputs(simulator)}, reviewer
+    )
+    assert response.status_code == 429 and response["Retry-After"] == "7"
+    assert Run.objects.get().status == "failed"
+    # Once Dify lets it through, the same call starts the run.
+    response = post(
+        client, "/api/v1/runs", {"app": "refund-approval", "inputs": inputs(simulator)}, reviewer
+    )
+    assert response.status_code == 201 and "Retry-After" not in response
+
+
 # --- reading and stopping ---
 
 
