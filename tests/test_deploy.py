@@ -107,3 +107,16 @@ def test_every_setting_read_from_the_environment_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = sorted(n for n in names if f"`{n}`" not in readme)
     assert not missing, f"README.md's settings tables lack {missing}"
+
+
+def test_every_json_api_call_is_documented() -> None:
+    import re
+
+    from inbox.urls import urlpatterns
+
+    readme = (ROOT / "README.md").read_text()
+    routes = {str(p.pattern) for p in urlpatterns if str(p.pattern).startswith("api/v1/")}
+    assert len(routes) >= 8
+    documented = {re.sub(r"\{\w+\}", "X", r) for r in re.findall(r"`\w+ /(api/v1/[^` ?]*)", readme)}
+    missing = sorted(r for r in routes if re.sub(r"<[\w:]+>", "X", r) not in documented)
+    assert not missing, f"README.md's JSON API table lacks {missing}"
