@@ -280,12 +280,11 @@ def start_run(
         else:
             stream = client.run_workflow(inputs=inputs, user=dify_user)
         with stream:
-            deadline = time.monotonic() + FIRST_EVENT_SECONDS
+            # Ends the stream at the first chunk past it, a keep-alive ping included.
+            stream.deadline = time.monotonic() + FIRST_EVENT_SECONDS
             for event in stream:
                 seen.append(event)
                 if stream.workflow_run_id:
-                    break
-                if time.monotonic() > deadline:
                     break
             workflow_run_id = stream.workflow_run_id
             task_id = stream.task_id or ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -163,6 +164,9 @@ class EventStream(_StreamBase):
         self._what = description
         self._iterator = self._iter()
         self.closed = False
+        # time.monotonic() after which the stream ends at its next chunk, pings included (the
+        # read timeout only notices a silent stream; one that pings forever would never end).
+        self.deadline: float | None = None
 
     def __enter__(self) -> EventStream:
         return self
@@ -201,6 +205,8 @@ class EventStream(_StreamBase):
                         yield event
                         if self._state.terminal_event is not None:
                             return
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    return
             for sse in decoder.flush():
                 event = self._state.handle(sse)
                 if event is not None:

@@ -31,6 +31,9 @@ class Reply:
     # An event stream sent exactly as these bytes, then the connection is closed (the body is
     # delimited by the close, so it may end anywhere, mid-line included).
     raw: bytes | None = None
+    # With `events`: send them one at a time, this many seconds apart (a slow or silent run's
+    # keep-alive pings), the body delimited by closing the connection.
+    every: float = 0.0
 
 
 def error(status: int, code: str, message: str, **headers: str) -> Reply:
@@ -95,6 +98,21 @@ class ScriptedDify:
                     self.end_headers()
                     self.wfile.write(reply.raw)
                     self.wfile.flush()
+                    return
+                if reply.events is not None and reply.every:
+                    self.close_connection = True
+                    self.send_response(reply.status)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("connection", "close")
+                    self.end_headers()
+                    for event in reply.events:
+                        text = event if isinstance(event, str) else "data: " + json.dumps(event)
+                        try:
+                            self.wfile.write((text + "\n\n").encode())
+                            self.wfile.flush()
+                        except OSError:  # the client hung up
+                            return
+                        time.sleep(reply.every)
                     return
                 if reply.events is not None:
                     chunks = []
