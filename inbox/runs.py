@@ -169,7 +169,11 @@ class StartRunForm(forms.Form):
     def error_messages(self) -> dict[str, list[str]]:
         """Errors keyed by Dify's variable names (and `query`, and `__all__`)."""
         names = {s.field_name: s.variable for s in self.specs}
-        return {names.get(k, k): [str(e) for e in v] for k, v in self.errors.items()}
+        found: dict[str, list[str]] = {}
+        # A chatflow may have a start variable named `query` beside its message: both are kept.
+        for key, errors in self.errors.items():
+            found.setdefault(names.get(key, key), []).extend(str(e) for e in errors)
+        return found
 
 
 def _field(spec: StartInput) -> forms.Field:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -243,15 +244,10 @@ def test_text_is_sent_as_typed_and_a_message_of_spaces_is_no_message(
     assert error(blank) == (400, "invalid_inputs", "query: This field is required.")
 
 
-@pytest.fixture
-def more_inputs(simulator: Any) -> Iterator[None]:
-    """refund-approval with two more start inputs: a checkbox ticked by default, and a JSON
-    object, which the inbox cannot send (Dify's start node has it; our form has no field)."""
-    app = simulator.apps["refund-approval"]
-    extra = (
-        SimStartInput("notify", "checkbox", "Notify the customer", False, default=True),
-        SimStartInput("meta", "json_object", "Metadata", False),
-    )
+@contextlib.contextmanager
+def added_inputs(simulator: Any, app_name: str, *extra: SimStartInput) -> Iterator[None]:
+    """The simulator's app with more start inputs, for the time of a test."""
+    app = simulator.apps[app_name]
 
     def use(spec: Any) -> None:
         simulator.sim.apps[spec.name] = simulator.sim.apps_by_key[spec.api_key] = spec
@@ -261,6 +257,33 @@ def more_inputs(simulator: Any) -> Iterator[None]:
         yield
     finally:
         simulator.call(lambda: use(app))
+
+
+@pytest.fixture
+def more_inputs(simulator: Any) -> Iterator[None]:
+    """refund-approval with two more start inputs: a checkbox ticked by default, and a JSON
+    object, which the inbox cannot send (Dify's start node has it; our form has no field)."""
+    with added_inputs(
+        simulator,
+        "refund-approval",
+        SimStartInput("notify", "checkbox", "Notify the customer", False, default=True),
+        SimStartInput("meta", "json_object", "Metadata", False),
+    ):
+        yield
+
+
+def test_a_chatflow_input_named_query_and_the_message_each_keep_their_error(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    sim_app("support-chat")
+    with added_inputs(
+        simulator, "support-chat", SimStartInput("query", "text-input", "Search terms", True)
+    ):
+        response = post(client, "/api/v1/runs", {"app": "support-chat", "inputs": {}}, reviewer)
+    assert response.json()["error"]["details"]["query"] == [
+        "This field is required.",
+        "This field is required.",
+    ]
 
 
 def test_a_checkbox_left_out_is_its_default_as_in_dify(
