@@ -3,8 +3,11 @@ from __future__ import annotations
 import zoneinfo
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import resolve_url
 from django.utils import timezone, translation
+from django_htmx.http import HttpResponseClientRefresh
 
 
 class TimezoneMiddleware:
@@ -64,3 +67,28 @@ class ReviewerLanguageMiddleware:
                 ReviewerProfile.remember(user, language)
                 request.session[self.SESSION_KEY] = language
         return response
+
+
+class HtmxReloadMiddleware:
+    """A part of a page fetched by htmx (a poll, a search) that the server will not give: the
+    session ended (a redirect to sign in), or the page is no longer the reader's (403, 404).
+    htmx would swap the sign-in page into the part, or ignore the error and poll on forever;
+    the browser reloads the page instead, and shows the sign-in page or the reason in full."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.method != "GET" or not getattr(request, "htmx", False):
+            return response
+        if response.status_code in (403, 404) or self._to_sign_in(response):
+            return HttpResponseClientRefresh()
+        return response
+
+    @staticmethod
+    def _to_sign_in(response: HttpResponse) -> bool:
+        if response.status_code not in (301, 302):
+            return False
+        login = resolve_url(settings.LOGIN_URL)
+        return str(response.get("Location", "")).split("?", 1)[0] == login

@@ -153,6 +153,8 @@ def _timeline(run: Run) -> list[dict[str, Any]]:
                 "error": item.get("error") or "",
                 "at": item.get("at") or "",
                 "form": item.get("form") or "",
+                # Keeps an entry's "Output text" open across the live part's refresh.
+                "key": str(item.get("key") or ""),
             }
         )
     return items

@@ -61,3 +61,10 @@ def as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, indent=2, default=str)
+
+
+@register.filter
+def pairs(value: Any) -> list[tuple[Any, Any]]:
+    """A dict's (key, value) pairs. `{% for k, v in d.items %}` looks up a key named "items"
+    first: a run whose outputs or inputs have one (an ordinary name) would break the page."""
+    return list(value.items()) if isinstance(value, dict) else []

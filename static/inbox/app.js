@@ -232,8 +232,24 @@
     }
   });
 
+  // --- Open <details data-keep> stay open when a poll replaces the part they are in ---------
+  var keptOpen = [];
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    keptOpen = target ? Array.prototype.map.call(
+      target.querySelectorAll("details[open][data-keep]"),
+      function (el) { return el.getAttribute("data-keep"); }
+    ) : [];
+  });
+
   // --- After every swap: fresh times, actions, kept selection -------------------------------
   document.addEventListener("htmx:afterSettle", function (event) {
+    keptOpen.forEach(function (key) {
+      document.querySelectorAll("details[data-keep]").forEach(function (el) {
+        if (el.getAttribute("data-keep") === key) el.open = true;
+      });
+    });
+    keptOpen = [];
     refreshTimes(event.detail.elt);
     refreshActions();
     if (selectedId) {

@@ -191,6 +191,57 @@ def test_the_live_part_is_the_fragment_and_stops_polling_at_the_end(
     assert "decision" in part  # the outputs
 
 
+def test_inputs_and_outputs_named_items_are_shown_like_any_other(
+    client: Client, refunds: DifyApp, reviewer: User
+) -> None:
+    # `{% for k, v in d.items %}` would read the key "items" rather than the pairs.
+    run = Run.objects.create(
+        app=refunds,
+        workflow_run_id="R-items",
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        status=Run.Status.SUCCEEDED,
+        inputs={"items": "three mugs", "order_id": "SO-9"},
+        outputs={"items": [["mug", 3]], "summary": "refunded"},
+        follow_wanted=False,
+    )
+    response = login(client, reviewer).get(f"/runs/{run.public_id}/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    for text in ("<dt>items</dt>", "three mugs", "<dt>order_id</dt>", "<dt>summary</dt>"):
+        assert text in page
+    assert "refunded" in page and "&quot;mug&quot;" in page
+
+
+def test_a_poll_of_a_run_no_longer_one_s_own_or_after_signing_out_reloads_the_page(
+    client: Client, paused_run: Run, reviewer: User, outsider: User
+) -> None:
+    poll = f"/runs/{paused_run.public_id}/?part=live"
+    login(client, reviewer)
+    assert client.get(poll, HTTP_HX_REQUEST="true").status_code == 200
+    # Not the sign-in page swapped into the part, nor a 404 that htmx would ignore and poll on:
+    # the browser reloads the page, which shows the sign-in page or the reason in full.
+    for who in (Client(), login(Client(), outsider)):
+        response = who.get(poll, HTTP_HX_REQUEST="true")
+        assert (response.status_code, response["HX-Refresh"]) == (200, "true")
+        assert who.get(poll).status_code in (302, 404)  # the same request without htmx
+
+
+def test_not_found_and_not_allowed_pages_say_why_in_the_reader_s_language(
+    client: Client, refunds: DifyApp, paused_run: Run, outsider: User
+) -> None:
+    login(client, outsider)
+    for language, texts in (
+        ("en", ("This page does not exist, or you may not see it.", "You may not start runs.")),
+        ("zh-hans", ("此页面不存在，或您无权查看。", "您无权启动运行。")),  # noqa: RUF001
+    ):
+        headers = {"HTTP_ACCEPT_LANGUAGE": language}
+        missing = client.get(f"/runs/{paused_run.public_id}/", **headers)
+        assert missing.status_code == 404 and texts[0] in missing.content.decode()
+        refused = client.get(f"/apps/{refunds.pk}/start/", **headers)
+        assert refused.status_code == 403 and texts[1] in refused.content.decode()
+
+
 def test_who_may_see_the_run_page(
     client: Client, paused_run: Run, other_reviewer: User, outsider: User, admin_user: User
 ) -> None:

@@ -260,3 +260,39 @@ def test_a_file_over_its_limit_is_refused_before_sending(
     )
     assert sent == [] and not form.uploads.exists()
     assert page.js_errors == []
+
+
+def test_the_run_page_keeps_an_open_output_text_open_and_reloads_when_the_session_ends(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    from django.contrib.sessions.models import Session
+
+    run = make_run(
+        dify_app,
+        started_by=reviewer,
+        status=Run.Status.RUNNING,
+        timeline=[
+            {
+                "key": "node:draft:1",
+                "event": "node",
+                "node_id": "draft",
+                "title": "Draft the reply",
+                "status": "running",
+                "text": "Dear customer, your refund",
+                "at": "2030-01-01T10:00:02+00:00",
+            }
+        ],
+    )
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/runs/{run.public_id}/")
+    page.click("#run-live details summary")
+    # The live part is replaced every 2 s; the reader's open entry stays open through it.
+    Run.objects.filter(pk=run.pk).update(error="A tool is slow to answer.")
+    page.wait_for_selector("#run-live p.error", timeout=15000)
+    assert page.locator("#run-live details").evaluate("el => el.open")
+    assert "Dear customer" in page.locator("#run-live details pre").inner_text()
+    # Signed out meanwhile: the page goes to the sign-in page, not into the live part.
+    Session.objects.all().delete()
+    page.wait_for_url("**/accounts/login/**", timeout=15000)
+    assert page.locator("input[type=password]").count() == 1
+    assert page.locator("#run-live").count() == 0
