@@ -77,13 +77,15 @@ class StartInput:
         if not isinstance(body, dict) or not body.get("variable"):
             return None
         max_length = body.get("max_length")
+        options = body.get("options")
         return cls(
             type=str(kind),
             variable=str(body["variable"]),
             label=str(body.get("label") or body["variable"]),
             required=bool(body.get("required")),
             default=body.get("default"),
-            options=tuple(str(o) for o in body.get("options") or []),
+            # A list in Dify; anything else (a misconfigured app) offers no choice, not a 500.
+            options=tuple(str(o) for o in options) if isinstance(options, list) else (),
             max_length=max_length if isinstance(max_length, int) and max_length > 0 else None,
         )
 

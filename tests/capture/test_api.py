@@ -512,3 +512,11 @@ def test_ingesting_the_same_run_twice_changes_nothing(
         "conflict",
         "This run is already recorded with another Dify user.",
     )
+
+
+def test_a_select_whose_options_are_not_a_list_offers_no_choice_rather_than_failing() -> None:
+    from inbox.runs import StartInput
+
+    item = {"select": {"variable": "tier", "label": "Tier", "required": True, "options": 7}}
+    spec = StartInput.from_item(item)
+    assert spec is not None and spec.options == ()
