@@ -169,3 +169,24 @@ def test_no_email_once_the_form_is_closed(routed_form: Form) -> None:
     routed_form.refresh_from_db()
     assert notify.resend_form_emails(routed_form) == 0
     assert mail.outbox == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("request", 'Decision needed: Tom\'s Q&A <urgent> (R&D "beta")'),
+        ("reminder", "Reminder: Tom's Q&A <urgent> expires in 1 hour"),
+        ("closed", "Decided: Tom's Q&A <urgent>"),
+    ],
+)
+def test_subjects_keep_the_characters_of_titles_and_app_names(kind: str, expected: str) -> None:
+    # A subject is plain text: no HTML escaping (`&amp;`, `&#x27;`) belongs in it.
+    from django.template.loader import render_to_string
+
+    context = {
+        "title": "Tom's Q&A <urgent>",
+        "app": 'R&D "beta"',
+        "time_left": "in 1 hour",
+        "status": "submitted",
+    }
+    assert render_to_string(f"emails/{kind}_subject.txt", context).strip() == expected
