@@ -151,7 +151,7 @@ def _guest_access(
         if landing and not user.is_authenticated:
             return redirect_to_login(reverse("inbox:form", args=[form.public_id]))
         return _link_page(request, "account")
-    if not form.allow_guests:
+    if not form.allow_guests or not _route_still_asks(form, recipient):
         return _link_page(request, "not_allowed")
     if recipient.link_used_at is not None and recipient.pk not in request.session.get(
         SESSION_USED, []
@@ -163,6 +163,18 @@ def _guest_access(
         request.LANGUAGE_CODE = recipient.language
     decider = Decider(base_url=notify.link_path(token), guest_email=recipient.email)
     return GuestAccess(recipient=recipient, form=form, decider=decider)
+
+
+def _route_still_asks(form: Form, recipient: FormRecipient) -> bool:
+    """Whether the form's route still lets this guest answer: an administrator who switches a
+    route off, stops it letting guests answer, deletes it, or takes an address off its list
+    closes the links already sent, not only those of forms captured later. (A reviewer whose
+    account was deleted is a guest now; the route asked the account, not the address.)"""
+    route = form.route
+    if route is None or not route.is_active or not route.allow_guests:
+        return False
+    listed = {email.lower() for email in route.recipients.values_list("email", flat=True)}
+    return recipient.email.lower() in listed
 
 
 @require_GET

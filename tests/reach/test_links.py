@@ -170,6 +170,56 @@ def test_guests_may_not_answer_unless_the_route_allows(client: Client, reach_app
     assert client.post(f"{link}decide", {"action": "approve"}).status_code == 403
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        "guests no longer allowed",
+        "address taken off the route",
+        "route switched off",
+        "route deleted",
+    ],
+)
+def test_a_route_changed_after_the_email_closes_the_links_already_sent(
+    client: Client,
+    guest_link: str,
+    routed_form: Form,
+    reach_route: Route,
+    guest_recipient: FormRecipient,
+    change: str,
+) -> None:
+    assert client.get(guest_link).status_code == 200
+    if change == "guests no longer allowed":
+        Route.objects.filter(pk=reach_route.pk).update(allow_guests=False)
+    elif change == "address taken off the route":
+        reach_route.recipients.filter(email=GUEST).delete()
+    elif change == "route switched off":
+        Route.objects.filter(pk=reach_route.pk).update(is_active=False)
+    else:
+        reach_route.delete()
+    page = client.get(guest_link)
+    assert page.status_code == 403 and FORM_TEXT not in page.content.decode()
+    assert client.post(f"{guest_link}decide", {"action": "approve"}).status_code == 403
+    assert not Decision.objects.exists()
+    # The others the route still asks keep their links.
+    if change == "address taken off the route":
+        other = routed_form.recipients.exclude(pk=guest_recipient.pk).filter(user=None).get()
+        assert Client().get(notify.link_path(notify.link_token(other))).status_code == 200
+
+
+def test_a_reviewer_whose_account_is_deleted_may_not_answer_as_a_guest(
+    client: Client, reach_app: DifyApp, other_reviewer: User
+) -> None:
+    route(reach_app, users=[other_reviewer], email_reviewers=True, allow_guests=True)
+    form = make_form(reach_app)
+    recipient = form.recipients.get(email="bob@example.com")
+    assert recipient.user_id == other_reviewer.pk
+    link = notify.link_path(notify.link_token(recipient))
+    other_reviewer.delete()
+    page = client.get(link)
+    assert page.status_code == 403 and FORM_TEXT not in page.content.decode()
+    assert client.post(f"{link}decide", {"action": "approve"}).status_code == 403
+
+
 def test_the_guest_page_speaks_the_recipients_language(client: Client, routed_form: Form) -> None:
     recipient = routed_form.recipients.get(language="zh-hans")
     link = notify.link_path(notify.link_token(recipient))
