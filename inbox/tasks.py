@@ -337,10 +337,20 @@ def deliver_queued(helper: bool = False) -> dict[str, int]:
     parallel = connection.features.has_select_for_update_skip_locked
     helpers_wanted = int(settings.INBOX_DELIVERY_PUMPS) - 1 if parallel and not helper else 0
     claiming = True
+    claims = 0
     with ThreadPoolExecutor(2 * batch_size, thread_name_prefix="deliver") as pool:
         while claiming or in_flight:
+            if claiming and not parallel and claims and time.monotonic() > deadline:
+                # SQLite sends from this thread, one call after another, and claims one
+                # decision at a time: none is claimed (an attempt counted, marked delivering)
+                # that the task's time limit could stop before it is sent.
+                claiming = False
+                if not helper:
+                    DeliveryPump.wake()
+                continue
             if claiming and len(in_flight) < 2:
-                claimed, closed, drained = Decision.claim_due(batch_size)
+                claims += 1
+                claimed, closed, drained = Decision.claim_due(batch_size if parallel else 1)
                 if helpers_wanted and len(claimed) == batch_size and not drained:
                     _call_helpers(helpers_wanted)
                     helpers_wanted = 0
