@@ -361,6 +361,16 @@ class DecisionForm(forms.Form):
             )
         return FileRefsField(spec, self.form_obj, initial=initial or [])
 
+    def clean_submission_key(self) -> str:
+        key = str(self.cleaned_data.get("submission_key") or "")
+        # Keys are unique over every decision: one made for another form is not this one's.
+        if key and Decision.objects.filter(submission_key=key).exclude(form=self.form_obj).exists():
+            raise ValidationError(
+                _("This submission key was used for a decision on another form; send a new one."),
+                code="submission_key_reused",
+            )
+        return key
+
     def clean_action(self) -> str:
         action = self.cleaned_data["action"]
         if action not in {a.id for a in self.actions}:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -101,3 +102,31 @@ def test_files_refuse_a_type_the_input_does_not_take(
 def test_unknown_forms_are_404(client: Client, auth: dict[str, str]) -> None:
     response = client.get("/api/v1/forms/00000000-0000-0000-0000-000000000000", **auth)
     assert response.status_code == 404
+
+
+def test_a_submission_key_of_another_forms_decision_is_refused_not_a_crash(
+    client: Client, auth: dict[str, str], dify_app: DifyApp, django_capture_on_commit_callbacks: Any
+) -> None:
+    definition = {
+        "form_content": "Approve?",
+        "inputs": [],
+        "user_actions": [{"id": "approve", "title": "Approve", "button_style": "primary"}],
+    }
+    first, second = (make_form(dify_app, definition=definition) for _ in range(2))
+
+    def decide(form: Form) -> Any:
+        with django_capture_on_commit_callbacks(execute=False):
+            return client.post(
+                f"/api/v1/forms/{form.public_id}/decision",
+                json.dumps({"action": "approve", "inputs": {}, "submission_key": "k-123"}),
+                content_type="application/json",
+                **auth,
+            )
+
+    assert decide(first).status_code == 202
+    response = decide(second)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["submission_key"] == [
+        "This submission key was used for a decision on another form; send a new one."
+    ]
+    assert second.decisions.count() == 0
