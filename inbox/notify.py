@@ -37,6 +37,8 @@ LINK_SALT = "inbox.notify.form-link"
 NOTICE_STALE_AFTER = dt.timedelta(days=2)
 # An email that failed this often is left alone; the admin's "resend email" starts over.
 MAX_SEND_ATTEMPTS = 5
+# A reminder that could not be sent is tried again this much later (while the form is open).
+REMINDER_RETRY = dt.timedelta(minutes=5)
 CLOSED_STATUSES = (Form.Status.SUBMITTED, Form.Status.ANSWERED_ELSEWHERE, Form.Status.EXPIRED)
 
 
@@ -342,6 +344,15 @@ def _remind(recipient: FormRecipient, now: dt.datetime) -> int:
     if not claimed or offset is None:
         return 0
     if not _send(recipient, "reminder", now):
+        # Not sent (the mail server down, say): this reminder is due again at the next sweep
+        # after a pause, while the form is still open, rather than lost. Undone only if no
+        # other sweep moved the row on meanwhile.
+        FormRecipient.objects.filter(
+            pk=recipient.pk, reminders_sent=done, next_reminder_at=following
+        ).update(
+            reminders_sent=[o for o in done if o != offset],
+            next_reminder_at=now + REMINDER_RETRY,
+        )
         return 0
     FormRecipient.objects.filter(pk=recipient.pk).update(reminded_at=now)
     return 1

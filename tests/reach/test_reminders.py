@@ -182,3 +182,23 @@ def test_the_periodic_task_holds_a_lock(reach_route: Route, reach_app: DifyApp) 
         thread.join(10)
     assert mail.outbox == []
     assert send_reminders() == {"requests": 2, "reminders": 0, "notices": 0}
+
+
+def test_a_reminder_the_mail_server_refused_is_sent_at_a_later_sweep(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = captured(reach_app, hours_left=48)
+    assert sweep(T0 + 24 * H)["reminders"] == 2
+    mail.outbox.clear()
+    refused = OSError("mail server unavailable")
+    with mock.patch(
+        "django.core.mail.backends.locmem.EmailBackend.send_messages", side_effect=refused
+    ):
+        assert sweep(T0 + 47 * H)["reminders"] == 0
+    recipient = FormRecipient.objects.get(form=form, email=GUEST)
+    assert recipient.reminders_sent == [86400] and "unavailable" in recipient.last_error
+    assert sweep(T0 + 47 * H + dt.timedelta(minutes=1))["reminders"] == 0  # not yet again
+    assert sweep(T0 + 47 * H + dt.timedelta(minutes=6))["reminders"] == 2
+    assert [m.to for m in mail.outbox].count([GUEST]) == 1
+    recipient.refresh_from_db()
+    assert recipient.reminders_sent == [86400, 3600] and recipient.next_reminder_at is None
