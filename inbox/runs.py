@@ -29,7 +29,7 @@ from django.utils.translation import gettext_lazy as _
 
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError, DifyStreamError, TooManyRequests
-from inbox.dify.types import StreamEvent
+from inbox.dify.types import FormDefinition, StreamEvent
 from inbox.models import AuditEntry, DifyApp, Run
 
 logger = logging.getLogger(__name__)
@@ -396,7 +396,7 @@ def ingest_run(
     the form, the same form is completed, not duplicated.
     """
     from inbox import capture
-    from inbox.dify.errors import FormAlreadySubmitted, FormExpired, NotFound
+    from inbox.dify.errors import NotFound
 
     existing = Run.objects.filter(app=app, workflow_run_id=workflow_run_id).first()
     if existing is not None:
@@ -416,24 +416,8 @@ def ingest_run(
             status=502,
             code="dify_unavailable",
         ) from None
-    definition = None
-    if form_token:
-        try:
-            definition = client.get_form(form_token)
-        except (FormAlreadySubmitted, FormExpired):
-            definition = None  # settled already: nothing to capture, the run is still followed
-        except NotFound:
-            raise IngestRefused(
-                gettext("Dify does not know this form token in the app %(app)s.")
-                % {"app": app.name},
-                code="form_not_found",
-            ) from None
-        except DifyError as exc:
-            raise IngestRefused(
-                gettext("Dify could not be reached: %(error)s") % {"error": exc},
-                status=502,
-                code="dify_unavailable",
-            ) from None
+    # A form settled already has nothing to capture; the run is still followed.
+    definition = _ingested_form(client, app, form_token) if form_token else None
     from django.db import IntegrityError
 
     try:
@@ -490,27 +474,13 @@ def _ingest_new_form(run: Run, form_token: str, actor: Any) -> bool:
     the same content. When two open forms could be the same, none is added: a form recorded
     twice could be answered twice. True when a form was added."""
     from inbox import capture
-    from inbox.dify.errors import FormAlreadySubmitted, FormExpired, NotFound
     from inbox.models import Form
 
     if any(form.form_token == form_token for form in run.forms.exclude(form_token="")):
         return False
-    try:
-        definition = DifyClient.for_app(run.app).get_form(form_token)
-    except (FormAlreadySubmitted, FormExpired):
+    definition = _ingested_form(DifyClient.for_app(run.app), run.app, form_token)
+    if definition is None:
         return False  # settled already: the run's own stream tells how
-    except NotFound:
-        raise IngestRefused(
-            gettext("Dify does not know this form token in the app %(app)s.")
-            % {"app": run.app.name},
-            code="form_not_found",
-        ) from None
-    except DifyError as exc:
-        raise IngestRefused(
-            gettext("Dify could not be reached: %(error)s") % {"error": exc},
-            status=502,
-            code="dify_unavailable",
-        ) from None
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
         if locked.forms.filter(
@@ -521,3 +491,25 @@ def _ingest_new_form(run: Run, form_token: str, actor: Any) -> bool:
         form = capture.record_ingested_form(locked, form_token, definition)
         AuditEntry.record("form_ingested", form, actor=actor)
     return True
+
+
+def _ingested_form(client: DifyClient, app: DifyApp, form_token: str) -> FormDefinition | None:
+    """GET form for a token an ingest brought: its definition, None when Dify says the form
+    is settled already (412), or the refusal to answer (unknown token, Dify unreachable)."""
+    from inbox.dify.errors import FormAlreadySubmitted, FormExpired, NotFound
+
+    try:
+        return client.get_form(form_token)
+    except (FormAlreadySubmitted, FormExpired):
+        return None
+    except NotFound:
+        raise IngestRefused(
+            gettext("Dify does not know this form token in the app %(app)s.") % {"app": app.name},
+            code="form_not_found",
+        ) from None
+    except DifyError as exc:
+        raise IngestRefused(
+            gettext("Dify could not be reached: %(error)s") % {"error": exc},
+            status=502,
+            code="dify_unavailable",
+        ) from None
