@@ -411,11 +411,7 @@ def ingest_run(
             code="run_not_found",
         ) from None
     except DifyError as exc:
-        raise IngestRefused(
-            gettext("Dify could not be reached: %(error)s") % {"error": exc},
-            status=502,
-            code="dify_unavailable",
-        ) from None
+        raise _unreachable(exc) from None
     # A form settled already has nothing to capture; the run is still followed.
     definition = _ingested_form(client, app, form_token) if form_token else None
     from django.db import IntegrityError
@@ -508,8 +504,12 @@ def _ingested_form(client: DifyClient, app: DifyApp, form_token: str) -> FormDef
             code="form_not_found",
         ) from None
     except DifyError as exc:
-        raise IngestRefused(
-            gettext("Dify could not be reached: %(error)s") % {"error": exc},
-            status=502,
-            code="dify_unavailable",
-        ) from None
+        raise _unreachable(exc) from None
+
+
+def _unreachable(exc: DifyError) -> IngestRefused:
+    return IngestRefused(
+        gettext("Dify could not be reached: %(error)s") % {"error": exc},
+        status=502,
+        code="dify_unavailable",
+    )
