@@ -1082,6 +1082,9 @@ class Form(models.Model):
 
 # Run columns a delivery never reads (deferred when a decision is locked with its run).
 _RUN_BULK_FIELDS = ("inputs", "query", "outputs", "answer", "error", "timeline")
+# A delayed task may start a little before its decision's due time (it was counted from the
+# commit, the due time from just before; hosts' clocks differ a little): still its turn.
+_DUE_TOLERANCE = dt.timedelta(seconds=2)
 # A form's fields a delivery never reads: its text as shown, and what routing and reminders use.
 _FORM_DISPLAY_FIELDS = (
     "content",
@@ -1285,6 +1288,18 @@ class Decision(models.Model):
             if decision.status != cls.Status.QUEUED:
                 # A duplicate task (acks_late redelivery, the sweep's re-send): the first one
                 # owns it.
+                return None
+            if (
+                decision.next_attempt_at is not None
+                and decision.next_attempt_at > timezone.now() + _DUE_TOLERANCE
+            ):
+                # An older task (a redelivered countdown, one from before Dify was back and then
+                # failed again): the decision waits out a newer backoff, whose own task sends it.
+                logger.info(
+                    "decision %s: not due until %s, this task is not its latest",
+                    pk,
+                    decision.next_attempt_at.isoformat(),
+                )
                 return None
             if form.status == Form.Status.SUBMITTING and (
                 decision.maybe_applied or not form.is_expired

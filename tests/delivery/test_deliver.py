@@ -410,6 +410,13 @@ def test_5xx_and_429_are_retried_and_honour_retry_after(
     decision.refresh_from_db()
     assert decision.next_attempt_at is not None
     assert decision.next_attempt_at - before >= dt.timedelta(seconds=6.9)
+    # A task that starts before the backoff is over (a redelivered or older countdown) is not
+    # the one for this attempt: it sends nothing and spends no attempt.
+    assert deliver_decision(decision.pk) == "skipped"
+    assert _state(decision) == ("queued", "submitting", 2)
+    assert len(dify.requests("POST", SUBMIT)) == 2
+    # The backoff is over: the task scheduled for it delivers.
+    Decision.objects.filter(pk=decision.pk).update(next_attempt_at=timezone.now())
     assert deliver_decision(decision.pk) == "delivered"
     assert _state(decision) == ("delivered", "submitted", 3)
     verbs = list(AuditEntry.objects.order_by("id").values_list("verb", flat=True))
