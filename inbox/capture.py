@@ -1194,10 +1194,19 @@ def fetch_definitions(run: Run, wanted: Mapping[int, str]) -> None:
         store_definition(form_pk, result)
 
 
-def apply_run_detail(run: Run | int, detail: Any, *, source: str = "reconcile") -> Applied:
+def apply_run_detail(
+    run: Run | int,
+    detail: Any,
+    *,
+    source: str = "reconcile",
+    checked: Mapping[str, DefinitionResult] | None = None,
+) -> Applied:
     """What GET run detail says, for a run no stream of ours is reading. A finished run is
     closed as `workflow_finished` would close it (its open forms expire); Dify's final status
-    wins over one we recorded (CONTRACT 7.12: some versions' events misreport it)."""
+    wins over one we recorded (CONTRACT 7.12: some versions' events misreport it).
+
+    `checked`: what GET form answered for the run's open forms (`open_form_tokens`), when the
+    caller asked already (the follower, asynchronously); otherwise they are asked here."""
     from inbox.models import AuditEntry, Run
 
     pk = run if isinstance(run, int) else run.pk
@@ -1227,8 +1236,13 @@ def apply_run_detail(run: Run | int, detail: Any, *, source: str = "reconcile") 
             "finished_at": detail.finished_at,
         },
     }
-    app = run.app if not isinstance(run, int) else Run.objects.select_related("app").get(pk=pk).app
-    checked = check_forms(app, open_form_tokens(pk))
+    if checked is None:
+        app = (
+            run.app
+            if not isinstance(run, int)
+            else Run.objects.select_related("app").get(pk=pk).app
+        )
+        checked = check_forms(app, open_form_tokens(pk))
     applied = apply_events(Run(pk=pk), [event], definitions=checked, source=source)
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=pk)

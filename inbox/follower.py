@@ -487,7 +487,11 @@ class Follower:
             return False
         if not detail.is_finished:
             return False
-        await self.db(capture.apply_run_detail, claim.pk, detail)
+        # The open forms are asked about here, on the event loop: a database thread would wait
+        # on Dify for them (during an outage, while other runs' batches and leases queue).
+        tokens = await self.db(capture.open_form_tokens, claim.pk)
+        checked = await self._get_forms(claim, client, tokens, failures=True)
+        await self.db(capture.apply_run_detail, claim.pk, detail, checked=checked)
         return True
 
     async def _read_stream(self, claim: Claim, client: AsyncDifyClient) -> StreamResult:

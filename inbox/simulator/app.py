@@ -438,6 +438,27 @@ class DifyApi:
         stream_error = ctx.fault("stream_error")
         request = ctx.request
 
+        def error_event(item: dict[str, Any] | None) -> dict[str, Any]:
+            assert stream_error is not None
+            exchange.fault = "stream_error"
+            error: dict[str, Any] = {
+                "event": "error",
+                "status": stream_error.status,
+                "code": stream_error.code or "internal_server_error",
+                "message": stream_error.message or "Internal Server Error.",
+            }
+            if item is not None and exchange.app_mode == "advanced-chat":
+                error.update(
+                    {
+                        k: item[k]
+                        for k in ("conversation_id", "message_id", "created_at")
+                        if k in item
+                    }
+                )
+            assert exchange.events is not None
+            exchange.events.append(error)
+            return error
+
         async def body() -> AsyncIterator[bytes]:
             sim.stats.streams_open += 1
             sim.stats.streams_total += 1
@@ -446,6 +467,10 @@ class DifyApi:
                 if drop is not None and drop.after_events <= 0:
                     exchange.fault, exchange.completed = "drop_stream", False
                     await abort_connection(request)
+                    return
+                if stream_error is not None and stream_error.after_events <= 0:
+                    # Before any event: Dify failed the stream as it began.
+                    yield encode_event(error_event(None))
                     return
                 async for item in events:
                     if item == PING:
@@ -462,23 +487,7 @@ class DifyApi:
                         await abort_connection(request)
                         return
                     if stream_error is not None and sent >= stream_error.after_events:
-                        exchange.fault = "stream_error"
-                        error = {
-                            "event": "error",
-                            "status": stream_error.status,
-                            "code": stream_error.code or "internal_server_error",
-                            "message": stream_error.message or "Internal Server Error.",
-                        }
-                        if exchange.app_mode == "advanced-chat":
-                            error.update(
-                                {
-                                    k: item[k]
-                                    for k in ("conversation_id", "message_id", "created_at")
-                                    if k in item
-                                }
-                            )
-                        exchange.events.append(error)
-                        yield encode_event(error)
+                        yield encode_event(error_event(item))
                         return
             finally:
                 sim.stats.streams_open -= 1

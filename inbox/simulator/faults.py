@@ -7,7 +7,7 @@ cleared). Kinds:
   else, with Dify's error envelope.
 - ``delay``: wait ``delay`` seconds before handling the request.
 - ``drop_stream``: cut the connection of an SSE response after ``after_events`` events.
-- ``stream_error``: after ``after_events`` events send Dify's in-stream ``error`` event
+- ``stream_error``: after ``after_events`` events (0: before any) send Dify's in-stream ``error`` event
   (``status``, ``code``, ``message``) and end the stream.
 - ``close_upload``: cut the connection of a file upload after ``after_bytes`` bytes of body.
 - ``drop_after_submit``: apply a form submission, then cut the connection before answering, so

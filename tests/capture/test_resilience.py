@@ -19,6 +19,7 @@ from django.db import connection, connections
 from django.test import override_settings
 from django.utils import timezone
 
+from inbox import capture
 from inbox.dify.client import DifyClient
 from inbox.models import AuditEntry, DifyApp, Form, Route, Run, RunEvent
 from inbox.simulator.testing import running_simulator
@@ -419,6 +420,38 @@ def test_an_error_event_in_the_stream_is_recorded_on_the_run(
     (stored,) = RunEvent.objects.filter(run=run, event="error")
     assert stored.payload["code"] == "internal_server_error"
     assert any(e.fault == "stream_error" for e in simulator.exchanges("workflow_events"))
+
+
+def test_after_an_error_event_a_run_dify_finished_is_closed_asking_about_its_forms_from_the_loop(
+    simulator: Any, sim_app: Any, follower: FollowerThread, monkeypatch: Any
+) -> None:
+    run = start(simulator, sim_app("refund-approval"))
+    (form,) = pending(run)
+    no_stream_left(run)
+    # Answered through the WebApp while no stream of ours is open; the run ends in Dify.
+    assert simulator.submit_elsewhere(form.form_id, "approve", channel="webapp")
+    simulator.wait_for_status(run.workflow_run_id, "succeeded")
+
+    # The open form is asked about on the follower's event loop, not with synchronous calls
+    # from a database thread (which would hold it while Dify is slow).
+    def no_sync_calls(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("GET form made from a database thread")
+
+    monkeypatch.setattr(capture, "check_forms", no_sync_calls)
+    # The next stream breaks off at once with an `error` event: the run detail settles it.
+    simulator.add_fault(
+        "stream_error",
+        "workflow_events",
+        times=None,
+        after_events=0,
+        status=500,
+        code="internal_server_error",
+        message="The model provider timed out.",
+    )
+    run.request_follow(snapshot=True)
+    run = run_status(run, "succeeded")
+    form.refresh_from_db()
+    assert form.status == "answered_elsewhere"
 
 
 def test_a_form_settled_unseen_whose_get_form_fails_is_logged_and_left_pending(

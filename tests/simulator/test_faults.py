@@ -142,6 +142,22 @@ def test_a_stream_error_event_ends_the_stream(simulator: Any) -> None:
     assert '"event": "error"' in events[-1] and '"code": "completion_request_error"' in events[-1]
 
 
+def test_a_stream_error_after_no_events_is_the_stream_s_only_event(simulator: Any) -> None:
+    simulator.add_fault("stream_error", "workflows_run", after_events=0, status=500)
+    with simulator.client(APP) as http:
+        body = http.post(
+            "/workflows/run",
+            json={
+                "inputs": {"customer_name": "A", "order_id": "1", "amount": 1, "reason": "r"},
+                "user": "u-1",
+                "response_mode": "streaming",
+            },
+        )
+    events = [line for line in body.text.split("\n") if line.startswith("data:")]
+    assert len(events) == 1
+    assert '"event": "error"' in events[0] and '"code": "internal_server_error"' in events[0]
+
+
 def test_a_connection_cut_mid_upload_stores_nothing(simulator: Any) -> None:
     simulator.add_fault("close_upload", "files_upload", after_bytes=256 * 1024)
     payload = pdf_bytes(4 * 1024 * 1024)
