@@ -28,7 +28,13 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from inbox.dify.client import DifyClient
-from inbox.dify.errors import DifyError, DifyStatusError, DifyStreamError, TooManyRequests
+from inbox.dify.errors import (
+    DifyConnectionError,
+    DifyError,
+    DifyStatusError,
+    DifyStreamError,
+    TooManyRequests,
+)
 from inbox.dify.types import FormDefinition, StreamEvent
 from inbox.models import AuditEntry, DifyApp, Run
 
@@ -312,12 +318,31 @@ def start_run(
             retry_after=exc.retry_after if isinstance(exc, TooManyRequests) else None,
         ) from None
     except DifyError as exc:
+        if isinstance(exc, DifyConnectionError) and exc.request_sent:
+            # The request reached Dify, its answer did not reach us: the run may be going on
+            # there, with no id of it here to follow. Said plainly, so nobody starts it twice
+            # without looking.
+            message = gettext(
+                "Dify did not answer the start (%(error)s). It may have started the run anyway: "
+                "check in Dify before starting it again."
+            ) % {"error": exc}
+            _fail(run, message)
+            raise StartFailed(message, status=504, code="dify_no_answer") from None
         _fail(run, str(exc))
         raise StartFailed(
             gettext("Dify could not be reached: %(error)s") % {"error": exc},
             code="dify_unavailable",
         ) from None
     if not workflow_run_id:
+        if stream.deadline is not None and time.monotonic() > stream.deadline:
+            # Dify took the request and kept the stream open (pings) without naming the run:
+            # it may be queued there.
+            message = gettext(
+                "Dify did not name the run within %(seconds)g seconds. It may still start it: "
+                "check in Dify before starting it again."
+            ) % {"seconds": FIRST_EVENT_SECONDS}
+            _fail(run, message)
+            raise StartFailed(message, status=504, code="dify_no_answer")
         message = gettext("Dify did not start a run.")
         _fail(run, message)
         raise StartFailed(message)

@@ -110,9 +110,13 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
                 source="ui",
             )
         except StartFailed as exc:
-            form.add_error(
-                None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
-            )
+            if exc.code == "dify_no_answer":
+                # Whether Dify started it is not known: the message says so itself.
+                form.add_error(None, exc.message)
+            else:
+                form.add_error(
+                    None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
+                )
         else:
             messages.success(request, _("The run has started."))
             return redirect("inbox:run", public_id=run.public_id)

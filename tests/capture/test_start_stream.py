@@ -36,6 +36,34 @@ def test_a_start_answered_by_pings_alone_ends_at_its_deadline(
         start_run(app, inputs={}, dify_user="inbox-alice")
     # Ended by its own 0.5 s deadline, long before the pings stop.
     assert time.monotonic() - started < 20
-    assert caught.value.message == "Dify did not start a run."
+    # Dify took the request: the run may be queued there, and the message says so.
+    message = (
+        "Dify did not name the run within 0.5 seconds. It may still start it: check in Dify "
+        "before starting it again."
+    )
+    assert (caught.value.message, caught.value.status) == (message, 504)
     run = Run.objects.get()
-    assert run.status == "failed" and run.error == "Dify did not start a run."
+    assert run.status == "failed" and run.error == message
+
+
+def test_a_start_whose_answer_is_lost_says_the_run_may_have_started(dify: ScriptedDify) -> None:
+    app = DifyApp.objects.create(name="lost", base_url=dify.base_url, api_key="app-key-123")
+    # Dify reads the request, then the connection closes with no answer.
+    dify.on("POST", "/workflows/run", Reply(drop=True))
+    with pytest.raises(StartFailed) as caught:
+        start_run(app, inputs={}, dify_user="inbox-alice")
+    assert (caught.value.status, caught.value.code) == (504, "dify_no_answer")
+    assert "It may have started the run anyway" in caught.value.message
+    run = Run.objects.get()
+    assert run.status == "failed" and "check in Dify before starting it again" in run.error
+
+
+def test_a_start_dify_never_received_says_dify_could_not_be_reached() -> None:
+    # Nothing listens there: the request never left.
+    app = DifyApp.objects.create(
+        name="down", base_url="http://127.0.0.1:9/v1", api_key="app-key-123"
+    )
+    with pytest.raises(StartFailed) as caught:
+        start_run(app, inputs={}, dify_user="inbox-alice")
+    assert (caught.value.status, caught.value.code) == (502, "dify_unavailable")
+    assert caught.value.message.startswith("Dify could not be reached")

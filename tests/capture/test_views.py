@@ -126,6 +126,21 @@ def test_a_dify_error_at_the_start_is_shown_on_the_form(
     assert "Dify did not start the run: Service Unavailable" in response.content.decode()
 
 
+def test_a_start_whose_answer_is_lost_tells_the_reviewer_to_check_dify_first(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    # Dify starts the run; the connection breaks before its first event reaches us.
+    simulator.add_fault("drop_stream", "workflows_run", after_events=0)
+    response = login(client, reviewer).post(
+        f"/apps/{refunds.pk}/start/", start_form_data(simulator)
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "It may have started the run anyway: check in Dify before starting it again." in page
+    assert "Dify did not start the run:" not in page
+    assert Run.objects.get().status == "failed"
+
+
 def test_unreachable_dify_on_the_start_page(
     client: Client, starters: Any, reviewer: User, reviewers_group: Any
 ) -> None:
