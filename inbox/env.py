@@ -7,6 +7,7 @@ start-up with a message an operator can act on, not later with a confusing trace
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -80,6 +81,23 @@ def env_list(name: str, default: list[str], environ: Mapping[str, str] | None = 
     if raw is None:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z"
+)
+
+
+def env_hosts(name: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Comma-separated host names, lower-cased. Only plain names: no scheme, port, path or
+    wildcard, so a value can go into a Content-Security-Policy header as it is."""
+    hosts = [host.lower() for host in env_list(name, [], environ)]
+    for host in hosts:
+        if not _HOST_NAME.match(host):
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated host names like images.example.com, got {host!r}"
+            )
+    return list(dict.fromkeys(hosts))
 
 
 def parse_database_url(name: str, url: str) -> dict[str, object]:

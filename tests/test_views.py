@@ -1,7 +1,15 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
 import pytest
 from django.test import Client
+
+from inbox.models import DifyApp
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.smoke
 
@@ -26,3 +34,57 @@ def test_a_reviewer_sees_the_inbox(client: Client, reviewer: object) -> None:
     client.force_login(reviewer)
     page = client.get("/").content.decode()
     assert "Nothing is waiting for you." in page
+
+
+POLICY = (
+    "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def test_every_page_is_served_with_the_content_security_policy(
+    client: Client, admin_user: object, dify_app: DifyApp
+) -> None:
+    assert client.get("/accounts/login/")["Content-Security-Policy"] == POLICY
+    assert client.get("/admin/login/")["Content-Security-Policy"] == POLICY
+    client.force_login(admin_user)
+    for url in (
+        "/",
+        "/dashboard/",
+        "/admin/",
+        "/admin/inbox/difyapp/",
+        f"/admin/inbox/difyapp/{dify_app.pk}/change/",
+        "/forms/00000000-0000-0000-0000-000000000000/",  # a 404
+    ):
+        assert client.get(url)["Content-Security-Policy"] == POLICY, url
+
+
+def test_images_from_the_allowed_hosts_are_allowed_by_the_policy(
+    client: Client, db: None, settings: Any
+) -> None:
+    settings.INBOX_MARKDOWN_IMAGE_HOSTS = ["images.example.com", "cdn.example.org"]
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    assert "; img-src 'self' https://images.example.com https://cdn.example.org; " in policy
+
+
+def test_no_page_template_has_inline_script_or_style() -> None:
+    # The policy allows neither; emails are not pages and keep their inline styles.
+    offending = [
+        f"{path.relative_to(ROOT)}: {match.group(0)}"
+        for path in (ROOT / "templates").rglob("*.html")
+        if "emails" not in path.parts
+        for match in re.finditer(
+            r"<script(?![^>]*\ssrc=)[^>]*>|<style\b|\sstyle=|\son\w+=", path.read_text()
+        )
+    ]
+    assert offending == []
+
+
+def test_djangos_debug_pages_are_left_without_a_policy(
+    client: Client, db: None, settings: Any
+) -> None:
+    # Styled and scripted inline, and only ever shown with DEBUG on.
+    settings.DEBUG = True
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404 and "Content-Security-Policy" not in response
+    assert client.get("/accounts/login/")["Content-Security-Policy"] == POLICY

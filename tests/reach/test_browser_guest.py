@@ -23,7 +23,12 @@ from inbox.simulator.testing import sample_inputs
 from tests.capture.conftest import FollowerThread, follower  # noqa: F401 - fixture
 from tests.conftest import wait_until
 from tests.reach.conftest import GUEST
-from tests.review.browser import CHROMIUM_ARGS, chromium, screenshot  # noqa: F401 - fixture
+from tests.review.browser import (  # noqa: F401 - fixture
+    CHROMIUM_ARGS,
+    chromium,
+    csp_violations,
+    screenshot,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -84,6 +89,7 @@ def test_a_guest_answers_with_a_file_from_the_emailed_link(
         page.set_default_timeout(15000)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        refused = csp_violations(page)
         page.goto(link)
         page.get_by_role("heading", name="Legal review").wait_for()
         page.locator('input[name="in_reviewer"][value="Jonas Weber (Privacy)"]').check()
@@ -97,6 +103,7 @@ def test_a_guest_answers_with_a_file_from_the_emailed_link(
         page.get_by_text(GUEST).first.wait_for()
         screenshot(page, "reach-guest-decided")
         assert errors == []
+        assert refused == []
     finally:
         context.close()
 

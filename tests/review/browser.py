@@ -1,4 +1,8 @@
-"""Debian's Chromium through Playwright, for what only a browser shows."""
+"""Debian's Chromium through Playwright, for what only a browser shows.
+
+Pages are served with a Content-Security-Policy that refuses eval, so `wait_for_function` is
+given a function (`"() => ..."`): a bare expression would be run by eval in the page and refused.
+"""
 
 from __future__ import annotations
 
@@ -90,7 +94,22 @@ def logged_in_page(
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.js_errors = errors  # type: ignore[attr-defined]
+    page.csp_violations = csp_violations(page)  # type: ignore[attr-defined]
     return page
+
+
+def csp_violations(page: Any) -> list[str]:
+    """What the Content-Security-Policy refused on a page, or on every page of a browser
+    context (an inline style or script, an image from elsewhere), as Chromium reports it on the
+    console; filled in as the pages run."""
+    found: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            found.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    return found
 
 
 def screenshot(page: Any, name: str) -> Path:

