@@ -11,10 +11,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
+from django.utils import formats, timezone
 from django.utils.translation import gettext_lazy as _
 
 from inbox.dify.client import DifyClient
-from inbox.dify.errors import DifyError
+from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.models import (
     ApiToken,
     AuditEntry,
@@ -68,17 +69,62 @@ class DifyAppAdminForm(forms.ModelForm):
         return value
 
 
+class HealthFilter(admin.SimpleListFilter):
+    title = _("connection to Dify")
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("ok", _("OK")), ("refused", _("Refused"))]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        if self.value() == "ok":
+            return queryset.filter(refused_at__isnull=True)
+        if self.value() == "refused":
+            return queryset.filter(refused_at__isnull=False)
+        return queryset
+
+
 @admin.register(DifyApp)
 class DifyAppAdmin(admin.ModelAdmin):
     form = DifyAppAdminForm
-    list_display = ["name", "base_url", "mode", "masked_api_key", "is_active", "updated_at"]
-    list_filter = ["mode", "is_active"]
+    list_display = [
+        "name",
+        "base_url",
+        "mode",
+        "masked_api_key",
+        "is_active",
+        "health",
+        "updated_at",
+    ]
+    list_filter = ["mode", "is_active", HealthFilter]
     search_fields = ["name", "base_url"]
+    readonly_fields = ["health"]
     actions = ["test_connection"]
 
     @admin.display(description=_("API key"))
     def masked_api_key(self, obj: DifyApp) -> str:
         return obj.masked_api_key
+
+    @admin.display(description=_("connection to Dify"), ordering="refused_at")
+    def health(self, obj: DifyApp) -> str:
+        if obj.refused_at is None:
+            return str(_("OK"))
+        # Dify's own words; the client's messages never hold the key, and `note_refused`
+        # redacted it anyway.
+        return str(
+            _("Refused since %(when)s: %(refusal)s")
+            % {
+                "when": formats.date_format(timezone.localtime(obj.refused_at), "DATETIME_FORMAT"),
+                "refusal": obj.refusal,
+            }
+        )
+
+    def save_model(self, request: HttpRequest, obj: DifyApp, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and {"api_key", "base_url"} & set(form.changed_data):
+            # A new key (or server) may be what Dify was waiting for: try again now rather
+            # than at the reconcile's next probe.
+            obj.settings_changed(actor=request.user)
 
     @admin.action(description=_("Test the connection to Dify"))
     def test_connection(self, request: HttpRequest, queryset: Any) -> None:
@@ -89,6 +135,8 @@ class DifyAppAdmin(admin.ModelAdmin):
                 info = client.get_info()
                 parameters = client.get_parameters()
             except DifyError as exc:
+                if isinstance(exc, DifyStatusError) and exc.refuses_app:
+                    app.note_refused(exc, "connection test")
                 # The client's messages never include the key.
                 self.message_user(
                     request,
@@ -97,6 +145,7 @@ class DifyAppAdmin(admin.ModelAdmin):
                     messages.ERROR,
                 )
                 continue
+            app.note_accepted("connection test")
             self.message_user(
                 request,
                 _(

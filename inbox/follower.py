@@ -23,8 +23,10 @@ Each run is read with `GET /workflow/{id}/events?include_state_snapshot=true&con
 - A stream that ends early (a drop, Dify's 300 s idle close, D14) is reopened with backoff; the
   budget of attempts is reset whenever a stream moved the record on. When it runs out the run
   is marked `needs_reconcile` and the periodic reconcile asks Dify's run detail; so is a run
-  whose stream Dify refuses for the app (400, 401, 403: a rotated key, a disabled app), which
-  the reconcile hands back once Dify answers again. Only a 404 marks its events unavailable.
+  whose stream Dify refuses (a 400, 401, 403). When the refusal is about the app (a rotated key,
+  a disabled app: `DifyStatusError.refuses_app`) the app is marked refused, and the reconcile
+  tries one run of it now and then instead of handing every run back; a stream that opens
+  clears the mark. Only a 404 marks its events unavailable.
 
 Database work runs in a small thread pool (Django's ORM is synchronous); the loop itself only
 waits on sockets. A `human_input_required` is captured with its full definition in one
@@ -302,6 +304,8 @@ class StreamResult:
     kind: str
     progressed: bool = False
     detail: str = ""
+    # The refusal, for `refused`.
+    error: DifyStatusError | None = None
 
 
 class Follower:
@@ -456,6 +460,8 @@ class Follower:
                 )
                 return "gone", attempts
             if result.kind == "refused":
+                if result.error is not None and result.error.refuses_app:
+                    await self.db(claim.app.note_refused, result.error, "follower")
                 logger.warning(
                     "follower: run %s: Dify refuses its events for now (%s); the reconcile "
                     "takes over",
@@ -515,12 +521,16 @@ class Follower:
             # but it is about the app, not the run, and ends when someone fixes it: the
             # reconcile tries again later. 5xx and 429 are not permanent: reconnect.
             if exc.permanent:
-                return StreamResult("refused", detail=str(exc))
+                return StreamResult("refused", detail=str(exc), error=exc)
             return StreamResult("dropped", detail=str(exc))
         except DifyError as exc:
             await stream.close()
             return StreamResult("dropped", detail=str(exc))
         claim.opened = True
+        if claim.app.refused_at is not None:
+            # Dify takes the key again; read from the app as loaded with the lease, so an app
+            # in good health costs no query here.
+            await self.db(claim.app.note_accepted, "follower")
         queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
 
         async def read() -> None:

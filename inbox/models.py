@@ -23,6 +23,9 @@ from django.utils.translation import gettext_lazy as _
 
 from inbox.crypto import EncryptedTextField
 
+if typing.TYPE_CHECKING:
+    from inbox.dify.errors import DifyStatusError
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,6 +57,19 @@ class DifyApp(models.Model):
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Connection health. Set when Dify refuses the app's key or the app itself (401, 403, an
+    # app-level 400: `DifyStatusError.refuses_app`), cleared by the next call Dify accepts. Only
+    # a change is written (a filtered UPDATE), never every call; `save()` leaves them alone.
+    refused_at = models.DateTimeField(_("refused since"), null=True, blank=True, editable=False)
+    # Dify's answer ("401 unauthorized: Access token is invalid"), for administrators.
+    refusal = models.CharField(_("refusal"), max_length=300, blank=True, editable=False)
+    # Its HTTP status alone: what reviewers are shown.
+    refusal_status = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    # When the reconcile last asked Dify again (see `next_refusal_probe`).
+    refusal_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # What the connection-health fields are; a plain save() writes the others only.
+    HEALTH_FIELDS = ("refused_at", "refusal", "refusal_status", "refusal_checked_at")
 
     class Meta:
         ordering = ["name"]
@@ -65,11 +81,107 @@ class DifyApp(models.Model):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         self.base_url = self.base_url.rstrip("/")
+        if self.pk is not None and not self._state.adding and kwargs.get("update_fields") is None:
+            # The health fields are written by workers as Dify answers them; an administrator
+            # saving a form loaded a moment earlier must not put back what they held then.
+            kwargs["update_fields"] = [
+                f.name
+                for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in self.HEALTH_FIELDS
+            ]
         super().save(*args, **kwargs)
 
     @property
     def masked_api_key(self) -> str:
         return mask_secret(self.api_key)
+
+    # --- connection health ---
+
+    def note_refused(self, exc: DifyStatusError, source: str) -> bool:
+        """Dify refused this app (`exc.refuses_app`): record it, unless it is known already.
+        True when this starts a refusal. `source` says which call saw it, for the audit trail.
+
+        Only for the settings this instance was loaded with: once an administrator saved new
+        ones (a new key), a refusal of a call made with the old ones is old news."""
+        message = redact_secret(str(exc), self.api_key)[:300]
+        if self.refused_at is not None and self.refusal == message:
+            return False
+        now = timezone.now()
+        mine = DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at)
+        started = mine.filter(refused_at__isnull=True).update(
+            refused_at=now, refusal=message, refusal_status=exc.status, refusal_checked_at=now
+        )
+        if not started:
+            # Refused already: only a different answer is news (403 after 401, say).
+            mine.filter(refused_at__isnull=False).exclude(refusal=message).update(
+                refusal=message, refusal_status=exc.status
+            )
+        self.refusal, self.refusal_status = message, exc.status
+        if started:
+            self.refused_at = self.refusal_checked_at = now
+            AuditEntry.record("app_refused", self, refusal=message, source=source)
+            logger.warning(
+                "Dify refuses the app %s (%s, seen by the %s): its runs wait until it accepts "
+                "the key again",
+                self.name,
+                message,
+                source,
+            )
+        return bool(started)
+
+    def note_accepted(self, source: str) -> bool:
+        """Dify accepted a call with this app's key: a refusal on record is over. Free when
+        this instance knows of none, so it may be called after every successful call."""
+        if self.refused_at is None:
+            return False
+        cleared = self._clear_refusal(
+            DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at)
+        )
+        if cleared:
+            AuditEntry.record("app_accepted", self, source=source)
+            logger.info("Dify accepts the app %s again (seen by the %s)", self.name, source)
+        return cleared
+
+    def note_probed(self, now: dt.datetime) -> None:
+        """The reconcile asked Dify again and was refused: the next try waits longer."""
+        DifyApp.objects.filter(pk=self.pk, refused_at__isnull=False).update(refusal_checked_at=now)
+        self.refusal_checked_at = now
+
+    def next_refusal_probe(self) -> dt.datetime | None:
+        """When the reconcile may ask Dify again about a refused app. The wait doubles with
+        each refusal: 1, 2, 4... minutes after `refused_at`, then every REFUSAL_PROBE_MAX."""
+        if self.refused_at is None:
+            return None
+        checked = self.refusal_checked_at or self.refused_at
+        return checked + min(max(checked - self.refused_at, REFUSAL_PROBE_MIN), REFUSAL_PROBE_MAX)
+
+    def settings_changed(self, *, actor: Any = None) -> int:
+        """An administrator saved a new key or URL: what Dify refused is worth asking again
+        now. Clears the refusal and hands the runs the follower gave up on back to it (each
+        stream opened with a state snapshot, so their forms come in). Returns how many."""
+        if self._clear_refusal(DifyApp.objects.filter(pk=self.pk)):
+            AuditEntry.record("app_accepted", self, actor=actor, source="new settings")
+        pks = (
+            Run.objects.filter(app=self, needs_reconcile=True, events_unavailable=False)
+            .filter(follow_wanted=False)
+            .exclude(status__in=Run.FINAL_STATUSES)
+            .exclude(workflow_run_id="")
+            .values_list("pk", flat=True)
+        )
+        return request_follow_many(pks)
+
+    def _clear_refusal(self, rows: models.QuerySet[DifyApp]) -> bool:
+        cleared = rows.filter(refused_at__isnull=False).update(
+            refused_at=None, refusal="", refusal_status=None, refusal_checked_at=None
+        )
+        self.refused_at = self.refusal_checked_at = self.refusal_status = None
+        self.refusal = ""
+        return bool(cleared)
+
+
+# How long the reconcile waits before asking Dify again about a refused app, at first and at most.
+REFUSAL_PROBE_MIN = dt.timedelta(minutes=1)
+REFUSAL_PROBE_MAX = dt.timedelta(minutes=30)
 
 
 class RunQuerySet(models.QuerySet["Run"]):

@@ -306,6 +306,8 @@ def start_run(
             exc.message or str(exc), status=502, code=exc.code or "dify_error"
         ) from None
     except DifyStatusError as exc:
+        if exc.refuses_app:
+            app.note_refused(exc, "start")
         _fail(run, exc.message or str(exc))
         # Dify's refusal of the inputs is the caller's to fix (400); its rate limit is the
         # caller's to wait out (429, with Dify's Retry-After); anything else (a wrong key, an
@@ -333,6 +335,7 @@ def start_run(
             gettext("Dify could not be reached: %(error)s") % {"error": exc},
             code="dify_unavailable",
         ) from None
+    app.note_accepted("start")
     if not workflow_run_id:
         if stream.deadline is not None and time.monotonic() > stream.deadline:
             # Dify took the request and kept the stream open (pings) without naming the run:

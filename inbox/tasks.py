@@ -23,7 +23,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -288,6 +288,7 @@ def deliver_decision(decision_pk: int) -> str:
     outcome = _submit(delivery_client(decision.form.run.app), decision)
     if outcome is not None:
         return outcome
+    decision.form.run.app.note_accepted("delivery")
     Decision.finish(
         decision.pk,
         status=Decision.Status.DELIVERED,
@@ -403,6 +404,8 @@ def _record_batch(
 ) -> None:
     """The decisions Dify accepted, recorded together; the other outcomes are recorded already."""
     accepted = [d for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
+    for app in {d.form.run.app_id: d.form.run.app for d in accepted}.values():
+        app.note_accepted("delivery")
     settled = Decision.finish_delivered(accepted)
     request_follow_many(d.form.run_id for d in settled)
     # A decision whose last attempt could not reach Dify got through: Dify is back for its app.
@@ -449,6 +452,8 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
         )
         return "failed"
     if isinstance(exc, DifyStatusError) and exc.permanent:
+        if exc.refuses_app:
+            decision.form.run.app.note_refused(exc, "delivery")
         _fail(
             decision,
             gettext("Dify refused the decision (%(status)s %(code)s): %(message)s")
@@ -720,6 +725,8 @@ def _reconcile(batch_size: int) -> dict[str, int]:
         .exclude(form_token="")
         .filter(Q(expiration_time__isnull=True) | Q(expiration_time__gt=now))
         .filter(Q(checked_at__lt=cutoff) | Q(checked_at__isnull=True, created_at__lt=cutoff))
+        # Dify refuses their app's key: they wait for `reconcile_runs` to find it accepted.
+        .filter(run__app__refused_at__isnull=True)
         .select_related("run__app")
         .order_by(F("checked_at").asc(nulls_first=True), "created_at")[:batch_size]
     )
@@ -745,6 +752,12 @@ def _reconcile(batch_size: int) -> dict[str, int]:
                 counts["expired"] += 1
         except DifyError as exc:
             counts["errors"] += 1
+            if isinstance(exc, DifyStatusError) and exc.refuses_app:
+                # Said once, for the app (`note_refused` logs it); its other forms wait.
+                if not app.note_refused(exc, "reconcile"):
+                    logger.warning("reconcile: app %s: Dify refuses it: %s", app, exc)
+                unreachable.add(app.pk)
+                continue
             logger.warning("reconcile: form %s: %s", form.pk, exc)
             if not isinstance(exc, DifyStatusError) or not exc.permanent:
                 # Dify is down or busy for this app: leave its other forms for the next run.
@@ -793,7 +806,8 @@ def reconcile_runs(batch_size: int | None = None) -> dict[str, int]:
     follower gave up on, and every open run now and then. A finished run is closed with Dify's
     final status (its open forms expire); a run that moved on, or a paused run whose forms we
     may not know (a given-up stream, forms answerable only in Dify's own channels), is handed
-    back to the follower with a state snapshot."""
+    back to the follower with a state snapshot. The runs of an app whose key Dify refuses wait,
+    and one of them asks for all, with a growing interval (`_refused_apps`)."""
     with periodic_lock("reconcile_runs") as held:
         if not held:
             logger.info("reconcile_runs: another run holds the lock")
@@ -806,7 +820,15 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
     from inbox.models import Run
 
     now = timezone.now()
-    counts = {"checked": 0, "finished": 0, "followed": 0, "never_started": 0, "errors": 0}
+    counts = {
+        "checked": 0,
+        "finished": 0,
+        "followed": 0,
+        "never_started": 0,
+        "errors": 0,
+        # Runs of apps Dify refuses, left waiting (see `_refused_apps`).
+        "held": 0,
+    }
     stale_start = now - dt.timedelta(seconds=settings.INBOX_RUN_START_TIMEOUT_SECONDS)
     for run in Run.objects.filter(status=Run.Status.STARTING, workflow_run_id="").filter(
         created_at__lt=stale_start
@@ -823,7 +845,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             AuditEntry.record("run_never_started", run)
             counts["never_started"] += 1
     cutoff = now - dt.timedelta(seconds=settings.INBOX_RUN_RECONCILE_AFTER_SECONDS)
-    runs = list(
+    due = (
         Run.objects.exclude(status__in=Run.FINAL_STATUSES)
         .exclude(workflow_run_id="")
         .filter(follow_wanted=False)
@@ -834,12 +856,23 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             | Q(checked_at__isnull=True, updated_at__lt=cutoff)
         )
         .select_related("app")
-        .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")[:batch_size]
+        .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")
     )
+    refused = {app.pk: app for app in DifyApp.objects.filter(refused_at__isnull=False)}
+    # The runs of a refused app are not asked about one by one: one of them asks for all.
+    probes = _refused_apps(due, refused, now, counts)
+    runs = probes + list(due.exclude(app_id__in=refused)[:batch_size])
     unreachable: set[int] = set()
+    refused_now: set[int] = set()
     for run in runs:
+        if run.app_id in refused_now:
+            counts["held"] += 1
+            continue
         if run.app_id in unreachable:
             continue
+        probing = run.app_id in refused
+        if probing:
+            run.app = refused[run.app_id]
         try:
             detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
         except NotFound:
@@ -850,10 +883,20 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             continue
         except DifyError as exc:
             counts["errors"] += 1
-            logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
-            if not isinstance(exc, DifyStatusError) or not exc.permanent:
-                unreachable.add(run.app_id)
+            if probing:
+                _probe_failed(run.app, exc, now)
+            elif isinstance(exc, DifyStatusError) and exc.refuses_app:
+                # Said once, for the app (`note_refused` logs it); its other runs wait.
+                if not run.app.note_refused(exc, "reconcile"):
+                    logger.warning("reconcile_runs: app %s: Dify refuses it: %s", run.app, exc)
+                refused_now.add(run.app_id)
+            else:
+                logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
+                if not isinstance(exc, DifyStatusError) or not exc.permanent:
+                    unreachable.add(run.app_id)
             continue
+        # Dify answers for this app (again): its other runs are asked about from the next pass.
+        run.app.note_accepted("reconcile")
         counts["checked"] += 1
         capture.apply_run_detail(run, detail)
         Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=False)
@@ -878,3 +921,68 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         ) and run.request_follow(snapshot=True):
             counts["followed"] += 1
     return counts
+
+
+def _refused_apps(
+    due: Any, refused: dict[int, DifyApp], now: dt.datetime, counts: dict[str, int]
+) -> list[Any]:
+    """The runs that ask Dify again about the apps it refuses, one per app at most, each when
+    the app's backoff allows (`DifyApp.next_refusal_probe`: 1, 2, 4... up to 30 minutes). The
+    other runs of those apps wait, with one warning per app, so a revoked key costs a call and
+    a log line per app and pass, not one per run. An app with no run waiting asks GET /info
+    instead, so its mark goes away once Dify accepts the key, whoever fixed it."""
+    if not refused:
+        return []
+    waiting = dict(
+        due.filter(app_id__in=refused)
+        .order_by()
+        .values("app_id")
+        .annotate(n=Count("pk"))
+        .values_list("app_id", "n")
+    )
+    probes = []
+    for app in refused.values():
+        count = waiting.get(app.pk, 0)
+        next_probe = app.next_refusal_probe()
+        if next_probe is not None and now < next_probe:
+            counts["held"] += count
+            if count:
+                logger.warning(
+                    "reconcile_runs: app %s: Dify refuses it since %s (%s); %d run(s) wait, "
+                    "next try after %s",
+                    app,
+                    app.refused_at.isoformat() if app.refused_at else "?",
+                    app.refusal,
+                    count,
+                    next_probe.isoformat(),
+                )
+            continue
+        probe = due.filter(app_id=app.pk).first() if count else None
+        if probe is not None:
+            counts["held"] += count - 1
+            probes.append(probe)
+        elif app.is_active:
+            try:
+                DifyClient.for_app(app).get_info()
+            except DifyError as exc:
+                _probe_failed(app, exc, now)
+            else:
+                app.note_accepted("reconcile")
+    return probes
+
+
+def _probe_failed(app: DifyApp, exc: DifyError, now: dt.datetime) -> None:
+    """Dify still refuses the app: the next probe waits longer. Any other failure (Dify
+    unreachable, busy) says nothing about the key: the next pass asks again."""
+    if isinstance(exc, DifyStatusError) and exc.refuses_app:
+        app.note_refused(exc, "reconcile")
+        app.note_probed(now)
+        logger.warning(
+            "reconcile_runs: app %s: Dify still refuses it (since %s): %s; next try after %s",
+            app,
+            app.refused_at.isoformat() if app.refused_at else "?",
+            exc,
+            (app.next_refusal_probe() or now).isoformat(),
+        )
+        return
+    logger.warning("reconcile_runs: app %s: asked Dify again about its key: %s", app, exc)

@@ -511,7 +511,16 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
                 response, "inbox:announce", {"message": _("The list was updated.")}
             )
         return response
-    context["apps"] = list(DifyApp.objects.order_by("name").values("id", "name"))
+    context["apps"] = list(
+        DifyApp.objects.order_by("name").values(
+            "id", "name", "is_active", "refused_at", "refusal_status"
+        )
+    )
+    # Apps whose key Dify refuses: their new forms cannot arrive. Only the status code is
+    # shown; Dify's message is for administrators.
+    context["refused_apps"] = [
+        app for app in context["apps"] if app["refused_at"] and app["is_active"]
+    ]
     context["node_label"] = _node_label(filters.node) if filters.node else ""
     return render(request, "inbox/index.html", context)
 

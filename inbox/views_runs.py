@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from inbox.dify.errors import DifyError
+from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.models import DifyApp, Form, Run
 from inbox.runs import (
     RunNotStoppable,
@@ -92,6 +92,8 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
     try:
         parameters = app_parameters(app)
     except DifyError as exc:
+        if isinstance(exc, DifyStatusError) and exc.refuses_app:
+            app.note_refused(exc, "start")
         return render(
             request,
             "inbox/apps_start.html",
@@ -173,6 +175,10 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "forms": [(form, form.pk in visible) for form in forms],
         "timeline": _timeline(run),
         "may_stop": _may_stop(request, run) and run.status == Run.Status.RUNNING,
+        # Dify refuses the app's key: no new form of this run can arrive. Reviewers are shown
+        # the status code; Dify's message is for administrators.
+        "refused": run.app.refused_at is not None and not run.is_finished,
+        "refusal_detail": run.app.refusal if request.user.is_staff else "",
         # The poll asks only for the part that changes, and stops once the run has ended.
         "live": not run.is_finished,
     }

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
+from django.utils import timezone
 
-from inbox.models import DifyApp
+from inbox.models import AuditEntry, DifyApp, Run
 
 pytestmark = pytest.mark.smoke
 
@@ -65,3 +68,83 @@ def test_every_model_has_a_working_admin_list(
 def test_audit_entries_are_read_only(client: Client, admin_user: object) -> None:
     client.force_login(admin_user)
     assert client.get("/admin/inbox/auditentry/add/").status_code == 403
+
+
+def _refused(app: DifyApp, refusal: str = "401 unauthorized: Access token is invalid") -> None:
+    DifyApp.objects.filter(pk=app.pk).update(
+        refused_at=timezone.now(), refusal=refusal, refusal_status=int(refusal[:3])
+    )
+
+
+def test_the_app_list_shows_each_app_s_connection_health_and_filters_by_it(
+    client: Client, admin_user: object, dify_app: DifyApp
+) -> None:
+    DifyApp.objects.create(name="payroll", base_url="http://127.0.0.1:9/v1", api_key="k-1")
+    _refused(dify_app)
+    client.force_login(admin_user)
+    page = client.get("/admin/inbox/difyapp/").content.decode()
+    assert "connection to Dify" in page
+    assert "Refused since " in page and ": 401 unauthorized: Access token is invalid" in page
+    assert '<td class="field-health">OK</td>' in page
+    refused = client.get("/admin/inbox/difyapp/?health=refused").content.decode()
+    assert "refunds" in refused and "payroll" not in refused
+    ok = client.get("/admin/inbox/difyapp/?health=ok").content.decode()
+    assert "payroll" in ok and "refunds" not in ok
+    change = client.get(f"/admin/inbox/difyapp/{dify_app.pk}/change/").content.decode()
+    assert "401 unauthorized: Access token is invalid" in change
+    assert 'name="refusal"' not in change and 'name="refused_at"' not in change
+
+
+def _change(client: Client, app: DifyApp, api_key: str) -> Any:
+    return client.post(
+        f"/admin/inbox/difyapp/{app.pk}/change/",
+        {
+            "name": app.name,
+            "base_url": app.base_url,
+            "api_key": api_key,
+            "mode": "workflow",
+            "is_active": "on",
+        },
+    )
+
+
+def test_saving_a_new_key_clears_the_refusal_and_hands_the_given_up_runs_back_at_once(
+    client: Client, admin_user: object, dify_app: DifyApp
+) -> None:
+    given_up = Run.objects.create(
+        app=dify_app,
+        workflow_run_id="R-1",
+        dify_user="u",
+        follow_wanted=False,
+        needs_reconcile=True,
+        status=Run.Status.PAUSED,
+    )
+    finished = Run.objects.create(
+        app=dify_app,
+        workflow_run_id="R-2",
+        dify_user="u",
+        follow_wanted=False,
+        needs_reconcile=True,
+        status=Run.Status.SUCCEEDED,
+    )
+    _refused(dify_app)
+    client.force_login(admin_user)
+    assert _change(client, dify_app, "app-new-key-987654").status_code == 302
+    app = DifyApp.objects.get(pk=dify_app.pk)
+    assert app.api_key == "app-new-key-987654"
+    assert (app.refused_at, app.refusal, app.refusal_status) == (None, "", None)
+    given_up.refresh_from_db()
+    assert given_up.follow_wanted and given_up.follow_snapshot
+    assert not Run.objects.get(pk=finished.pk).follow_wanted
+    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "new settings"}
+
+
+def test_saving_without_a_new_key_keeps_the_refusal(
+    client: Client, admin_user: object, dify_app: DifyApp
+) -> None:
+    _refused(dify_app, "403 forbidden: The app's API service has been disabled.")
+    client.force_login(admin_user)
+    assert _change(client, dify_app, "").status_code == 302
+    app = DifyApp.objects.get(pk=dify_app.pk)
+    assert app.refusal == "403 forbidden: The app's API service has been disabled."
+    assert app.refused_at is not None and app.refusal_status == 403

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
+from inbox.dify.errors import Unauthorized
 from inbox.models import AuditEntry, Decision, DifyApp, Form, Run, mask_secret
 
 pytestmark = pytest.mark.smoke
@@ -54,3 +55,58 @@ def test_audit_record_names_actor_and_object(dify_app: DifyApp, reviewer: object
     )
     assert entry.details == {"field": "base_url"}
     assert AuditEntry.record("expired", dify_app).actor_label == "system"
+
+
+def _revoked() -> Unauthorized:
+    return Unauthorized(401, "unauthorized", "Access token is invalid")
+
+
+def test_a_refused_app_is_asked_again_after_1_2_4_minutes_then_every_30(
+    dify_app: DifyApp,
+) -> None:
+    assert dify_app.next_refusal_probe() is None
+    assert dify_app.note_refused(_revoked(), "follower")
+    start = dify_app.refused_at
+    assert start is not None
+    waits = []
+    for _ in range(8):
+        due = dify_app.next_refusal_probe()
+        assert due is not None
+        waits.append(round((due - start).total_seconds() / 60))
+        dify_app.note_probed(due)
+    assert waits == [1, 2, 4, 8, 16, 32, 62, 92]
+    stored = DifyApp.objects.get(pk=dify_app.pk)
+    assert stored.next_refusal_probe() == dify_app.next_refusal_probe()
+
+
+def test_a_refusal_is_written_once_and_never_holds_the_key(dify_app: DifyApp) -> None:
+    leaky = Unauthorized(401, "unauthorized", f"Bad key {dify_app.api_key}")
+    assert dify_app.note_refused(leaky, "delivery")
+    assert not DifyApp.objects.get(pk=dify_app.pk).note_refused(leaky, "delivery")
+    stored = DifyApp.objects.get(pk=dify_app.pk)
+    assert stored.refusal == "401 unauthorized: Bad key ***"
+    assert AuditEntry.objects.filter(verb="app_refused").count() == 1
+    assert stored.note_accepted("delivery")
+    assert not stored.note_accepted("delivery")
+    assert DifyApp.objects.get(pk=dify_app.pk).refused_at is None
+    assert AuditEntry.objects.filter(verb="app_accepted").count() == 1
+
+
+def test_saving_an_app_leaves_a_refusal_recorded_meanwhile_alone(dify_app: DifyApp) -> None:
+    editing = DifyApp.objects.get(pk=dify_app.pk)
+    DifyApp.objects.get(pk=dify_app.pk).note_refused(_revoked(), "follower")
+    editing.name = "refunds-eu"
+    editing.save()
+    stored = DifyApp.objects.get(pk=dify_app.pk)
+    assert stored.name == "refunds-eu"
+    assert stored.refusal == "401 unauthorized: Access token is invalid"
+
+
+def test_a_refusal_of_the_settings_before_a_new_key_is_old_news(dify_app: DifyApp) -> None:
+    stale = DifyApp.objects.get(pk=dify_app.pk)
+    fixed = DifyApp.objects.get(pk=dify_app.pk)
+    fixed.api_key = "app-new-key-987654"
+    fixed.save()
+    # A call made with the old key comes back refused after the new one was saved.
+    assert not stale.note_refused(_revoked(), "follower")
+    assert DifyApp.objects.get(pk=dify_app.pk).refused_at is None

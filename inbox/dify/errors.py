@@ -17,7 +17,9 @@
         └── ServerError (5xx)
 
 Every class says whether it is `permanent`: a 4xx other than 429 will fail the same way again;
-5xx, 429, connection problems and timeouts may not.
+5xx, 429, connection problems and timeouts may not. A status error also says whether it
+`refuses_app`: Dify refuses the app's key or the app itself (401, 403, an app-level 400), so every
+call with that key fails alike until someone fixes it, whichever run or form it is about.
 
 A form token is a bearer secret and sits in URL paths, so messages built here never contain one:
 the client passes the secrets of a call as `redact` and they are replaced by `***`.
@@ -125,6 +127,26 @@ class DifyStatusError(DifyError):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status}, code={self.code!r}, message={self.message!r})"
 
+    @property
+    def refuses_app(self) -> bool:
+        """Whether Dify refuses the app or its key, not this one request (CONTRACT 1, 2.1, 6):
+
+        - 401: no valid key (rotated, revoked, mistyped);
+        - 403: the app is deleted or abnormal, its API access is off, its workspace archived,
+          or a plan limit bars it; except `workflow_version_execution_not_allowed`, which is
+          about the workflow version a request asked for;
+        - 400 `app_unavailable`, `not_workflow_app`, `not_chat_app`: the app is not published
+          or configured, or the key belongs to an app of another kind.
+
+        Any other 400 (`invalid_param`, `invalid_form_data`, `bad_request`...) is about the data
+        of one run or form, and 404 about one run or token: the app itself is fine.
+        """
+        if self.status == 401:
+            return True
+        if self.status == 403:
+            return self.code not in _REQUEST_FORBIDDEN_CODES
+        return self.status == 400 and self.code in _APP_REFUSAL_CODES
+
 
 class BadRequest(DifyStatusError):
     permanent = True
@@ -213,6 +235,11 @@ class DifyStreamError(DifyError):
     def as_status_error(self) -> DifyStatusError:
         """The same failure as the class an HTTP answer would have raised, to branch on type."""
         return from_response(self.status or 500, {"code": self.code, "message": self.message})
+
+
+# See DifyStatusError.refuses_app.
+_APP_REFUSAL_CODES = frozenset({"app_unavailable", "not_workflow_app", "not_chat_app"})
+_REQUEST_FORBIDDEN_CODES = frozenset({"workflow_version_execution_not_allowed"})
 
 
 def _permanent_status(status: int) -> bool:

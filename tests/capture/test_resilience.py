@@ -245,10 +245,23 @@ def test_an_events_stream_refused_for_the_app_is_followed_again_once_dify_accept
     assert not run.events_unavailable
     # One refused stream is enough to know: retrying before someone fixes the app is no use.
     assert simulator.request_count("workflow_events") == 2
+    app.refresh_from_db()
+    # A 401 or 403 refuses the app's key: the app is marked, and the reconcile waits a minute
+    # before asking again. A 400 `bad_request` is about the request, not the app.
+    assert (app.refusal_status, app.refusal) == (
+        (status, f"{status} {code}: Refused.") if status != 400 else (None, "")
+    )
     # The key is fixed; the reconcile hands the run back and its next pause reaches the inbox.
     simulator.clear_faults()
+    if status != 400:
+        with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+            assert reconcile_runs()["held"] == 1
+        assert simulator.request_count("workflow_run_detail") == 0
+        later = timezone.now() - dt.timedelta(minutes=1)
+        DifyApp.objects.filter(pk=app.pk).update(refused_at=later, refusal_checked_at=later)
     with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
         assert reconcile_runs()["followed"] == 1
+    assert DifyApp.objects.get(pk=app.pk).refused_at is None
     wait_until(lambda: Form.objects.get(pk=first.pk).status == "answered_elsewhere")
     (second,) = pending(run)
     assert second.node_id == "legal_check"

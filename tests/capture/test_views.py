@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from inbox.models import DifyApp, Form, Run
 from inbox.runs import start_run
@@ -141,6 +142,17 @@ def test_a_start_whose_answer_is_lost_tells_the_reviewer_to_check_dify_first(
     assert Run.objects.get().status == "failed"
 
 
+def test_a_start_page_whose_parameters_dify_refuses_marks_the_app(
+    client: Client, refunds: DifyApp, reviewer: User
+) -> None:
+    DifyApp.objects.filter(pk=refunds.pk).update(api_key="app-revoked-key-000000")
+    response = login(client, reviewer).get(f"/apps/{refunds.pk}/start/")
+    assert response.status_code == 502
+    assert "401 unauthorized: Access token is invalid" in response.content.decode()
+    refunds.refresh_from_db()
+    assert refunds.refusal == "401 unauthorized: Access token is invalid"
+
+
 def test_unreachable_dify_on_the_start_page(
     client: Client, starters: Any, reviewer: User, reviewers_group: Any
 ) -> None:
@@ -187,6 +199,35 @@ def test_the_run_page_shows_status_timeline_and_forms_never_the_token(
     assert form.form_token not in page
     # It keeps itself current while the run is open.
     assert f'hx-get="/runs/{paused_run.public_id}/?part=live"' in page
+
+
+def test_the_run_page_says_when_dify_refuses_the_app_s_key_with_its_words_only_for_staff(
+    client: Client, paused_run: Run, reviewer: User, admin_user: User
+) -> None:
+    notice = (
+        "Dify is refusing this app's API key; new forms of this run cannot arrive until "
+        "an administrator fixes it."
+    )
+    page = login(client, reviewer).get(f"/runs/{paused_run.public_id}/").content.decode()
+    assert notice not in page
+    DifyApp.objects.filter(pk=paused_run.app_id).update(
+        refused_at=timezone.now(),
+        refusal="401 unauthorized: Access token is invalid",
+        refusal_status=401,
+    )
+    part = client.get(
+        f"/runs/{paused_run.public_id}/?part=live", HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert notice in part and "Dify answered 401." in part
+    assert "Access token is invalid" not in part
+    page = login(Client(), admin_user).get(f"/runs/{paused_run.public_id}/").content.decode()
+    assert notice in page and "401 unauthorized: Access token is invalid" in page
+    part = client.get(
+        f"/runs/{paused_run.public_id}/?part=live",
+        HTTP_HX_REQUEST="true",
+        HTTP_ACCEPT_LANGUAGE="zh-Hans",
+    ).content.decode()
+    assert "Dify 拒绝了此应用的 API 密钥" in part and "401" in part
 
 
 def test_the_live_part_is_the_fragment_and_stops_polling_at_the_end(

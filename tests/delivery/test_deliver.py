@@ -492,3 +492,29 @@ def test_backoff_doubles_with_jitter_up_to_the_cap(
     assert all(low <= d <= high for d in delays)
     assert len({round(d, 6) for d in delays}) > 100  # jittered, not one value
     assert retry_delay(1, retry_after=60.0) == 60.0
+
+
+def test_a_refused_key_marks_the_app_and_the_next_delivery_dify_accepts_clears_it(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    dify.on(
+        "POST",
+        SUBMIT,
+        # About this submission's values: the app is fine.
+        error(400, "invalid_form_data", "Missing required inputs: note"),
+        error(401, "unauthorized", "Access token is invalid"),
+        Reply(),
+    )
+    form = make_form(app)
+    assert deliver_decision(decide(form, "approve", {"note": ""}).pk) == "rejected"
+    app.refresh_from_db()
+    assert app.refused_at is None
+    assert deliver_decision(decide(form).pk) == "failed"
+    app.refresh_from_db()
+    assert app.refused_at is not None
+    assert (app.refusal, app.refusal_status) == ("401 unauthorized: Access token is invalid", 401)
+    assert AuditEntry.objects.get(verb="app_refused").details["source"] == "delivery"
+    # The key is put right; the next decision goes through and the app is fine again.
+    assert deliver_decision(decide(make_form(app)).pk) == "delivered"
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal == ""

@@ -386,3 +386,19 @@ def test_once_dify_answers_again_the_decisions_that_could_not_reach_it_are_sent_
     busy.refresh_from_db()
     assert busy.status == "queued" and busy.next_attempt_at > timezone.now()
     assert len(dify.requests("POST", SUBMIT + busy_form.form_token)) == 1
+
+
+def test_a_batch_dify_accepts_clears_the_refusal_of_its_app(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    DifyApp.objects.filter(pk=app.pk).update(
+        refused_at=timezone.now(),
+        refusal="401 unauthorized: Access token is invalid",
+        refusal_status=401,
+    )
+    for _ in range(3):
+        decide(make_form(app))
+    assert deliver_queued() == {"delivered": 3}
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal == ""
+    assert AuditEntry.objects.filter(verb="app_accepted").count() == 1

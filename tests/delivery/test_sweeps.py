@@ -237,3 +237,24 @@ def test_admin_retry_delivery_action(decided: Decision, admin_user: User, client
         follow=True,
     )
     assert "0 decision(s) queued for delivery again; 1 skipped" in response.content.decode()
+
+
+def test_reconcile_asks_once_about_the_forms_of_an_app_dify_refuses_then_leaves_them(
+    app: DifyApp, dify: ScriptedDify
+) -> None:
+    forms = [make_form(app) for _ in range(3)]
+    Form.objects.filter(pk__in=[f.pk for f in forms]).update(created_at=_ago(3600))
+    dify.on("GET", "/form/human_input/", error(401, "unauthorized", "Access token is invalid"))
+    assert reconcile_pending_forms() == {
+        "checked": 0,
+        "answered_elsewhere": 0,
+        "expired": 0,
+        "errors": 1,
+    }
+    assert len(dify.requests("GET", "/form/human_input/")) == 1
+    app.refresh_from_db()
+    assert app.refusal == "401 unauthorized: Access token is invalid"
+    # The forms wait, unchecked, for Dify to accept the key again (the run reconcile finds out).
+    assert reconcile_pending_forms()["errors"] == 0
+    assert len(dify.requests("GET", "/form/human_input/")) == 1
+    assert not Form.objects.filter(checked_at__isnull=False).exists()

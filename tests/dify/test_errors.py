@@ -132,3 +132,29 @@ def test_a_stream_error_carries_status_code_and_message() -> None:
     assert DifyStreamError(500, "internal_server_error", "x").permanent is False
     assert DifyStreamError(None, "", "x").permanent is False
     assert "bad input" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "refuses_app"),
+    [
+        (401, "unauthorized", True),
+        (401, "", True),
+        (403, "forbidden", True),
+        (403, "workflow_version_execution_not_allowed", False),
+        (400, "app_unavailable", True),
+        (400, "not_workflow_app", True),
+        (400, "not_chat_app", True),
+        (400, "invalid_param", False),
+        (400, "invalid_form_data", False),
+        (400, "bad_request", False),
+        (404, "not_found", False),
+        (412, "human_input_form_submitted", False),
+        (429, "too_many_requests", False),
+        (500, "internal_server_error", False),
+    ],
+)
+def test_it_says_whether_dify_refuses_the_app_or_only_the_request(
+    status: int, code: str, refuses_app: bool
+) -> None:
+    error = from_response(status, {"code": code, "message": "x"})
+    assert error.refuses_app is refuses_app

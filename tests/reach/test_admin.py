@@ -55,12 +55,35 @@ def test_test_connection_reports_a_bad_key(
     assert "401" in message and "app-not-a-real-key-000" not in response.content.decode()
 
 
+def test_test_connection_records_a_refused_key_and_clears_it_once_dify_accepts_one(
+    admin_client: Client, simulator: Any, simulator_dify_app: Any
+) -> None:
+    app = simulator_dify_app("refund-approval")
+    good_key = app.api_key
+    DifyApp.objects.filter(pk=app.pk).update(api_key="app-not-a-real-key-000")
+    action(admin_client, "difyapp", "test_connection", [app.pk])
+    app.refresh_from_db()
+    assert (app.refusal, app.refusal_status) == ("401 unauthorized: Access token is invalid", 401)
+    listing = admin_client.get(reverse("admin:inbox_difyapp_changelist")).content.decode()
+    assert "Refused since" in listing and "app-not-a-real-key-000" not in listing
+    DifyApp.objects.filter(pk=app.pk).update(api_key=good_key)
+    [message] = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
+    assert message.startswith("refund-approval: connected.")
+    app.refresh_from_db()
+    assert app.refused_at is None
+    assert list(
+        AuditEntry.objects.filter(object_type="difyapp").values_list("verb", "details__source")
+    ) == [("app_accepted", "connection test"), ("app_refused", "connection test")]
+
+
 def test_test_connection_reports_an_unreachable_server(admin_client: Client, db: None) -> None:
     app = DifyApp.objects.create(
         name="gone", base_url="http://127.0.0.1:9/v1", api_key="k-123456789"
     )
     [message] = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
     assert message.startswith("gone: Dify did not answer as expected:")
+    # No answer says nothing about the key.
+    assert DifyApp.objects.get(pk=app.pk).refused_at is None
 
 
 def test_stop_run_asks_dify_as_the_runs_own_user(

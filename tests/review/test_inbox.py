@@ -179,6 +179,27 @@ def test_the_inbox_speaks_chinese(alice: Client, dify_app: DifyApp) -> None:
     assert "待处理" in page
 
 
+def test_the_inbox_says_whose_key_dify_refuses_with_the_status_code_only(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    make_form(dify_app)
+    assert "Dify is refusing" not in alice.get("/").content.decode()
+    DifyApp.objects.filter(pk=dify_app.pk).update(
+        refused_at=timezone.now(),
+        refusal="401 unauthorized: Access token is invalid",
+        refusal_status=401,
+    )
+    page = alice.get("/").content.decode()
+    assert (
+        "Dify is refusing the API key of refunds (it answered 401); new forms from this app "
+        "cannot arrive until an administrator fixes it."
+    ) in page
+    assert "Access token is invalid" not in page
+    # Not for an app switched off here: nothing is expected from it.
+    DifyApp.objects.filter(pk=dify_app.pk).update(is_active=False)
+    assert "Dify is refusing" not in alice.get("/").content.decode()
+
+
 def test_empty_inbox_says_new_forms_will_appear(alice: Client) -> None:
     page = alice.get("/").content.decode()
     assert "Nothing is waiting for you." in page

@@ -1,0 +1,227 @@
+"""An app whose key Dify refuses: the app is marked, the reconcile asks Dify about it once in a
+while instead of handing every run back each minute, and everything flows again once Dify
+accepts the key (or an administrator saves a new one)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client, override_settings
+from django.utils import timezone
+
+from inbox.models import AuditEntry, DifyApp, Form, Run
+from inbox.runs import StartFailed, start_run
+from inbox.tasks import reconcile_runs
+from tests.capture.conftest import FollowerThread, no_stream_left, pending, start
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REVOKED = "401 unauthorized: Access token is invalid"
+
+
+def _dify_calls(simulator: Any) -> int:
+    return sum(simulator.stats()["requests"].values())
+
+
+def _a_minute_later(app: DifyApp) -> None:
+    """As if the refusal had been recorded a minute ago: the reconcile may ask Dify again."""
+    earlier = timezone.now() - dt.timedelta(minutes=1, seconds=1)
+    DifyApp.objects.filter(pk=app.pk).update(refused_at=earlier, refusal_checked_at=earlier)
+
+
+def _given_up(app: DifyApp, count: int) -> None:
+    """Every run of the app is back with the reconcile, and no follower holds one."""
+    wait_until(
+        lambda: (
+            Run.objects.filter(app=app, needs_reconcile=True, follow_wanted=False).count() == count
+            and not Run.objects.filter(app=app).exclude(lease_owner="").exists()
+        ),
+        timeout=30,
+    )
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("inbox")
+    ]
+
+
+def _next_form(run: Run, node_id: str) -> Form:
+    form: Form = wait_until(
+        lambda: run.forms.filter(
+            node_id=node_id, status="pending", definition_fetched_at__isnull=False
+        ).first(),
+        timeout=20,
+    )
+    return form
+
+
+def _answer_in_dify(simulator: Any, form: Form) -> None:
+    """Answered through another channel (an email link), while no stream of ours is open."""
+    form.refresh_from_db()
+    assert simulator.submit_elsewhere(form.form_id, form.definition["user_actions"][0]["id"])
+
+
+def test_a_refused_stream_marks_the_app_and_a_reconcile_pass_asks_dify_once_for_its_twenty_runs(
+    simulator: Any, sim_app: Any, follower: FollowerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = sim_app("refund-approval")
+    runs = [start(simulator, app) for _ in range(20)]
+    for run in runs:
+        pending(run)
+        no_stream_left(run)
+    # The key is revoked in Dify; each run is asked for again (as a delivered decision would).
+    DifyApp.objects.filter(pk=app.pk).update(api_key="app-revoked-key-000000")
+    for run in runs:
+        run.request_follow(snapshot=True)
+    _given_up(app, 20)
+    app.refresh_from_db()
+    assert app.refused_at is not None
+    assert (app.refusal, app.refusal_status) == (REVOKED, 401)
+    # Twenty refused streams, one change of state.
+    assert AuditEntry.objects.filter(verb="app_refused").count() == 1
+    assert "app-revoked-key-000000" not in app.refusal
+
+    caplog.set_level(logging.WARNING, logger="inbox")
+    caplog.clear()
+    _a_minute_later(app)
+    before = _dify_calls(simulator)
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    # One run asks for all twenty; the others wait without a call or a line of their own.
+    assert _dify_calls(simulator) - before == 1
+    assert counts["held"] == 19 and counts["followed"] == 0
+    (line,) = _warnings(caplog)
+    assert "refund-approval" in line and "still refuses" in line and REVOKED in line
+
+    # Right after, the next try is not due: no call at all, still one line.
+    caplog.clear()
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    assert _dify_calls(simulator) - before == 1
+    assert counts["held"] == 20
+    (line,) = _warnings(caplog)
+    assert "20 run(s) wait" in line
+    assert not Run.objects.filter(app=app, follow_wanted=True).exists()
+
+
+def test_once_dify_accepts_the_key_again_the_refusal_clears_and_the_runs_next_forms_arrive(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("content-publish")
+    runs = [start(simulator, app) for _ in range(3)]
+    firsts = [pending(run)[0] for run in runs]
+    for run in runs:
+        no_stream_left(run)
+    # The app's API access is switched off in Dify...
+    simulator.add_fault(
+        "status",
+        "*",
+        app="content-publish",
+        times=None,
+        status=403,
+        code="forbidden",
+        message="The app's API service has been disabled.",
+    )
+    # ... while its forms are answered there through email, and the runs move on.
+    for form in firsts:
+        _answer_in_dify(simulator, form)
+        form.run.request_follow(snapshot=True)
+    _given_up(app, 3)
+    app.refresh_from_db()
+    assert app.refusal == "403 forbidden: The app's API service has been disabled."
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["held"] == 3
+
+    # Switched on again. The next try (a minute on) finds it so, and the runs flow again.
+    simulator.clear_faults()
+    _a_minute_later(app)
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["followed"] == 1
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal == "" and app.refusal_status is None
+    assert AuditEntry.objects.filter(verb="app_accepted").count() == 1
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["followed"] == 2
+    for run in runs:
+        assert _next_form(run, "legal_check")
+        no_stream_left(run)
+    assert not Run.objects.filter(app=app, needs_reconcile=True).exists()
+
+
+def test_saving_a_new_key_in_the_admin_clears_the_refusal_and_follows_the_runs_at_once(
+    simulator: Any, sim_app: Any, follower: FollowerThread, admin_user: User
+) -> None:
+    app = sim_app("content-publish")
+    run = start(simulator, app)
+    (first,) = pending(run)
+    no_stream_left(run)
+    good_key = app.api_key
+    # The key was rotated in Dify and not here yet.
+    DifyApp.objects.filter(pk=app.pk).update(api_key="app-rotated-key-000000")
+    _answer_in_dify(simulator, first)
+    run.request_follow(snapshot=True)
+    _given_up(app, 1)
+    admin = Client()
+    admin.force_login(admin_user)
+    listing = admin.get("/admin/inbox/difyapp/?health=refused").content.decode()
+    assert "Refused since" in listing and REVOKED in listing
+    response = admin.post(
+        f"/admin/inbox/difyapp/{app.pk}/change/",
+        {
+            "name": app.name,
+            "base_url": app.base_url,
+            "api_key": good_key,
+            "mode": "workflow",
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 302
+    app.refresh_from_db()
+    assert app.refused_at is None and app.api_key == good_key
+    # No reconcile pass needed: the follower reads the run now and finds its next form.
+    assert _next_form(run, "legal_check")
+    run = no_stream_left(run)
+    assert not run.needs_reconcile
+    entry = AuditEntry.objects.get(verb="app_accepted")
+    assert entry.actor == admin_user and entry.details == {"source": "new settings"}
+
+
+def test_dify_refusing_one_run_s_inputs_does_not_mark_the_app(simulator: Any, sim_app: Any) -> None:
+    app = sim_app("refund-approval")
+    with pytest.raises(StartFailed) as refused:
+        start_run(app, inputs={}, dify_user="inbox-tests")
+    assert (refused.value.status, refused.value.code) == (400, "invalid_param")
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal == ""
+    assert not AuditEntry.objects.filter(verb="app_refused").exists()
+
+
+def test_a_start_with_a_refused_key_marks_the_app_and_a_start_dify_accepts_clears_it(
+    simulator: Any, sim_app: Any
+) -> None:
+    app = sim_app("refund-approval")
+    good_key = app.api_key
+    DifyApp.objects.filter(pk=app.pk).update(api_key="app-revoked-key-000000")
+    app.refresh_from_db()
+    with pytest.raises(StartFailed) as refused:
+        start(simulator, app)
+    assert refused.value.status == 502
+    app.refresh_from_db()
+    assert (app.refusal, app.refusal_status) == (REVOKED, 401)
+    assert AuditEntry.objects.get(verb="app_refused").details == {
+        "refusal": REVOKED,
+        "source": "start",
+    }
+    DifyApp.objects.filter(pk=app.pk).update(api_key=good_key)
+    app.refresh_from_db()
+    start(simulator, app)
+    app.refresh_from_db()
+    assert app.refused_at is None
