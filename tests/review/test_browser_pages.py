@@ -141,7 +141,12 @@ def test_new_forms_appear_without_a_reload(
     page.wait_for_selector("#rows .row", timeout=15000)
     assert page.locator("#rows .row .open").inner_text() == "Just arrived"
     assert page.evaluate("window.__marker") == 1
-    assert page.locator("#announcer").inner_text() == "The list was updated."
+    # Screen readers are told a moment after the swap (the region is emptied, then filled, so
+    # the same words are read again): wait for it rather than read it at once.
+    page.wait_for_function(
+        "() => document.getElementById('announcer').textContent === 'The list was updated.'",
+        timeout=5000,
+    )
 
 
 def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_page(
