@@ -2,7 +2,9 @@
 links in them.
 
 A link is signed for one recipient of one form with Django's signing framework and expires with
-the form. It carries our ids only: Dify's `form_token` never leaves the database, so an email
+the form. A form without an expiry bounds its links' age instead (INBOX_LINK_MAX_AGE_SECONDS); the
+recipient of such a link that is too old may ask for a new one while the form still waits for
+them. A link carries our ids only: Dify's `form_token` never leaves the database, so an email
 forwarded or logged somewhere gives no way to answer the form in Dify behind our back.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
 from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -27,7 +30,7 @@ from django.utils.html import strip_tags
 
 from inbox import timefmt
 from inbox.markdown import excerpt
-from inbox.models import Decision, Form, FormRecipient
+from inbox.models import AuditEntry, Decision, Form, FormRecipient
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,9 @@ def link_url(recipient: FormRecipient) -> str:
 
 @dataclass(frozen=True)
 class LinkCheck:
-    """What a link is worth: `ok` with its recipient, or why not (`invalid`, `expired`)."""
+    """What a link is worth: `ok` with its recipient, or why not: `invalid`, `expired` (the
+    form's expiry passed) or `lapsed` (a link to a form without an expiry, older than
+    INBOX_LINK_MAX_AGE_SECONDS; its recipient may ask for a new one)."""
 
     state: str
     recipient: FormRecipient | None = None
@@ -85,17 +90,26 @@ class LinkCheck:
         return self.state == "ok"
 
 
+def _signed_at(token: str) -> int:
+    # TimestampSigner's "payload:timestamp:signature", the timestamp in base 62. Read only
+    # once `signing.loads` has checked the signature over both.
+    return signing.b62_decode(token.rsplit(":", 2)[-2])
+
+
+def link_max_age() -> dt.timedelta:
+    return dt.timedelta(seconds=settings.INBOX_LINK_MAX_AGE_SECONDS)
+
+
 def check_link(token: str, *, now: dt.datetime | None = None) -> LinkCheck:
-    """Verify a link's signature and age; find its recipient. Says nothing about why a valid
-    looking link has no recipient: forged and deleted are the same to the visitor."""
+    """Verify a link's signature and find its recipient, then its time: a link to a form with
+    an expiry is good until then, however old (the expiry bounds it); one to a form without an
+    expiry is good for INBOX_LINK_MAX_AGE_SECONDS. Says nothing about why a valid looking link
+    has no recipient: forged and deleted are the same to the visitor."""
     now = now or timezone.now()
     try:
-        data = signing.loads(
-            token, salt=LINK_SALT, max_age=dt.timedelta(seconds=settings.INBOX_LINK_MAX_AGE_SECONDS)
-        )
-    except signing.SignatureExpired:
-        return LinkCheck("expired")
-    except (signing.BadSignature, ValueError):
+        data = signing.loads(token, salt=LINK_SALT)
+        signed_at = _signed_at(token)
+    except (signing.BadSignature, ValueError, IndexError):
         return LinkCheck("invalid")
     if not isinstance(data, dict):
         return LinkCheck("invalid")
@@ -112,12 +126,21 @@ def check_link(token: str, *, now: dt.datetime | None = None) -> LinkCheck:
     )
     if recipient is None or _email_tag(recipient.email) != data.get("m"):
         return LinkCheck("invalid")
-    if isinstance(expires, int) and now.timestamp() >= expires:
-        return LinkCheck("expired", recipient)
+    if isinstance(expires, int):
+        if now.timestamp() >= expires:
+            return LinkCheck("expired", recipient)
+    elif now.timestamp() - signed_at > link_max_age().total_seconds():
+        return LinkCheck("lapsed", recipient)
     form = recipient.form
     if form.expiration_time is not None and now >= form.expiration_time:
         return LinkCheck("expired", recipient)
     return LinkCheck("ok", recipient)
+
+
+def masked_address(email: str) -> str:
+    """An address as a page may show it to whoever holds a link: j***@example.com."""
+    local, at, domain = email.partition("@")
+    return f"{local[:1]}***{at}{domain}" if at else "***"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +168,10 @@ def _decider(form: Form) -> Decision | None:
 def build_email(
     recipient: FormRecipient, kind: str, *, now: dt.datetime | None = None
 ) -> EmailMultiAlternatives:
-    """The email of `kind` (`request`, `reminder`, `closed`) for a recipient, in their language:
-    plain text and HTML from templates/emails/. Dify's content goes in as plain text only."""
+    """The email of `kind` (`request`, `reminder`, `link`, `closed`) for a recipient, in their
+    language: plain text and HTML from templates/emails/. Each carries a link signed as it is
+    built, so a reminder's link is as fresh as the reminder. Dify's content goes in as plain
+    text only."""
     now = now or timezone.now()
     form = recipient.form
     decision = _decider(form) if kind == "closed" else None
@@ -166,6 +191,7 @@ def build_email(
             else "",
             "time_zone": timezone.get_current_timezone_name(),
             "time_left": timefmt.relative(expires, now) if expires else "",
+            "link_lasts": timefmt.span(link_max_age()),
             "url": link_url(recipient),
             "as_guest": recipient.is_guest,
             "guests_may_answer": form.allow_guests,
@@ -244,7 +270,7 @@ def send_form_emails(form_pk: int, *, now: dt.datetime | None = None) -> int:
     """Send the first email to every recipient of a pending form not yet emailed."""
     form = Form.objects.select_related("run__app").filter(pk=form_pk).first()
     now = now or timezone.now()
-    if form is None or not _still_asking(form, now):
+    if form is None or not still_asking(form, now):
         return 0
     sent = 0
     for recipient in form.recipients.filter(
@@ -255,7 +281,9 @@ def send_form_emails(form_pk: int, *, now: dt.datetime | None = None) -> int:
     return sent
 
 
-def _still_asking(form: Form, now: dt.datetime) -> bool:
+def still_asking(form: Form, now: dt.datetime | None = None) -> bool:
+    """Whether the form still waits for an answer from us: pending, answerable, not expired."""
+    now = now or timezone.now()
     return (
         form.status == Form.Status.PENDING
         and form.is_answerable
@@ -328,7 +356,7 @@ def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) ->
 
 def _remind(recipient: FormRecipient, now: dt.datetime) -> int:
     form = recipient.form
-    if not _still_asking(form, now) or recipient.sent_at is None:
+    if not still_asking(form, now) or recipient.sent_at is None:
         # Decided, expired or closed in Dify: no more reminders; the closing notice follows.
         FormRecipient.objects.filter(pk=recipient.pk).update(next_reminder_at=None)
         return 0
@@ -377,7 +405,67 @@ def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
 
 def resend_form_emails(form: Form) -> int:
     """The admin's "resend email": every recipient of a pending form gets the email again."""
-    if not _still_asking(form, timezone.now()):
+    if not still_asking(form, timezone.now()):
         return 0
     form.recipients.update(sent_at=None, send_attempts=0, last_error="")
     return send_form_emails(form.pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# A new link, asked for from a lapsed one
+# ---------------------------------------------------------------------------------------------
+
+# One new link per recipient this often at most: whoever holds an old link can press the button,
+# and the recipient's mailbox must not be theirs to fill.
+RENEW_EVERY = dt.timedelta(minutes=10)
+RENEWED = "link_renewed"
+RENEWAL_FAILED = "link_renewal_failed"
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What asking for a new link did: `sent`, `too_soon` (possible again at `retry_at`), or
+    `failed` (the mail server refused; asking again may work)."""
+
+    outcome: str
+    retry_at: dt.datetime | None = None
+
+
+def _audit(verb: str, recipient: FormRecipient, now: dt.datetime, **details: Any) -> None:
+    entry = AuditEntry.build(
+        verb, recipient, actor_label=recipient.email, form=str(recipient.form.public_id), **details
+    )
+    # The time the limit counts from: the caller's clock, not the column default's.
+    entry.created_at = now
+    entry.save(force_insert=True)
+
+
+def send_new_link(recipient: FormRecipient, *, now: dt.datetime | None = None) -> Renewal:
+    """Email `recipient` a fresh link to their form, at most once per RENEW_EVERY, with an
+    audit entry for each request and each failure. The caller has checked that the form is
+    open and still asks this recipient."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        # The row lock orders two presses of the button: the second sees the first's entry.
+        if not FormRecipient.objects.select_for_update().filter(pk=recipient.pk).exists():
+            return Renewal("failed")
+        last = (
+            AuditEntry.objects.filter(
+                object_type=FormRecipient._meta.model_name,
+                object_id=str(recipient.pk),
+                verb__in=[RENEWED, RENEWAL_FAILED],
+                created_at__gt=now - RENEW_EVERY,
+            )
+            .order_by("-created_at", "-id")
+            .values_list("verb", "created_at")
+            .first()
+        )
+        if last is not None and last[0] == RENEWED:
+            return Renewal("too_soon", retry_at=last[1] + RENEW_EVERY)
+        _audit(RENEWED, recipient, now)
+    # Sent outside the lock: a slow mail server holds up nobody else's work on the row.
+    if not _send(recipient, "link", now):
+        # Not counted against the limit: nothing reached the recipient.
+        _audit(RENEWAL_FAILED, recipient, now)
+        return Renewal("failed")
+    return Renewal("sent")

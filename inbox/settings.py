@@ -282,7 +282,8 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", bool(EMAIL_HOST))
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Dify Approval Inbox <inbox@localhost>")
 INBOX_BASE_URL = env_str("INBOX_BASE_URL", "http://127.0.0.1:8000")
-# Emailed links expire with their form; a form without an expiry bounds them with this.
+# Emailed links expire with their form, however far off; a form without an expiry bounds them
+# with this (the page of a link that lapsed offers its recipient a new one).
 INBOX_LINK_MAX_AGE_SECONDS = env_int("INBOX_LINK_MAX_AGE_SECONDS", 30 * 86400, minimum=60)
 # Guest pages (opened from an emailed link), requests per minute per link and per address; a
 # page polls every few seconds, so the limits leave room for a few open tabs. Links that fail

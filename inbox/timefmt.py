@@ -23,6 +23,15 @@ def _unit_text(count: int, unit: str) -> str:
     return ngettext("%(n)d minute", "%(n)d minutes", count) % {"n": count}
 
 
+def span(length: dt.timedelta) -> str:
+    """A length of time in its largest whole unit ("30 days", "2 hours"), at least a minute."""
+    seconds = length.total_seconds()
+    for size, unit in _UNITS:
+        if seconds >= size:
+            return _unit_text(int(seconds // size), unit)
+    return _unit_text(1, "minute")
+
+
 def relative(
     value: dt.datetime | None, now: dt.datetime | None = None, *, language: str | None = None
 ) -> str:

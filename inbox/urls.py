@@ -28,6 +28,7 @@ app_patterns = (
         path("r/<str:token>/", views_reach.guest_form, name="guest_form"),
         path("r/<str:token>/decide", views_reach.guest_decide, name="guest_decide"),
         path("r/<str:token>/live", views_reach.guest_live, name="guest_live"),
+        path("r/<str:token>/renew", views_reach.guest_renew, name="guest_renew"),
         path("r/<str:token>/files/<str:input_name>", views_reach.guest_upload, name="guest_upload"),
         path(
             "r/<str:token>/uploads/<uuid:upload_id>/remove",

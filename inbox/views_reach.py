@@ -28,8 +28,9 @@ from django.utils import timezone, translation
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import trigger_client_event
 
-from inbox import notify
+from inbox import notify, timefmt
 from inbox.models import ClaimRefused, Decision, Form, FormRecipient
 from inbox.views import (
     Decider,
@@ -95,6 +96,7 @@ SESSION_USED = "inbox_used_links"
 _LINK_STATUS = {
     "invalid": 404,
     "expired": 410,
+    "lapsed": 410,
     "used": 410,
     "account": 403,
     "not_allowed": 403,
@@ -102,14 +104,28 @@ _LINK_STATUS = {
 }
 
 
-def _link_page(request: HttpRequest, state: str) -> HttpResponse:
+def _link_page(
+    request: HttpRequest, state: str, extra: dict[str, Any] | None = None
+) -> HttpResponse:
     """The page for a link that opens nothing. It shows no data of the form."""
     response = render(
-        request, "inbox/guest_link.html", {"state": state}, status=_LINK_STATUS[state]
+        request,
+        "inbox/guest_link.html",
+        {"state": state, **(extra or {})},
+        status=_LINK_STATUS[state],
     )
     if state == "rate_limited":
         response["Retry-After"] = str(WINDOW)
     return response
+
+
+def _lapsed_context(token: str, recipient: FormRecipient) -> dict[str, Any]:
+    # The address masked: the page is shown to whoever holds the link, not only its owner.
+    return {
+        "token": token,
+        "address": notify.masked_address(recipient.email),
+        "link_lasts": timefmt.span(notify.link_max_age()),
+    }
 
 
 @dataclass
@@ -117,13 +133,20 @@ class GuestAccess:
     recipient: FormRecipient
     form: Form
     decider: Decider
+    # Only with `allow_lapsed`: the link is too old to open the form; its recipient may ask
+    # for a new one.
+    lapsed: bool = False
 
 
 def _guest_access(
-    request: HttpRequest, token: str, *, landing: bool = False
+    request: HttpRequest, token: str, *, landing: bool = False, allow_lapsed: bool = False
 ) -> GuestAccess | HttpResponse:
     """Check the rate limits and the link. Return the guest's access, or the response to send
-    instead (a refusal page, or for the landing page a redirect to where the visitor belongs)."""
+    instead (a refusal page, or for the landing page a redirect to where the visitor belongs).
+
+    A lapsed link (too old, to a form without an expiry) passes the same checks as a fresh
+    one, and then offers a new link instead of the form; `allow_lapsed` returns it as access
+    for the view that sends that link. A lapsed link to a form no longer open is expired."""
     ip = _client_ip(request)
     if _hit(f"ip:{ip}", settings.INBOX_GUEST_RATE_PER_IP):
         return _link_page(request, "rate_limited")
@@ -136,7 +159,11 @@ def _guest_access(
     if _hit(f"link:{_link_key(token)}", settings.INBOX_GUEST_RATE_PER_LINK):
         return _link_page(request, "rate_limited")
     recipient = check.recipient
-    if not check.ok or recipient is None:
+    if (
+        recipient is None
+        or check.state == "expired"
+        or (check.state == "lapsed" and not notify.still_asking(recipient.form))
+    ):
         return _link_page(request, "expired")
     form = recipient.form
     user = request.user
@@ -161,8 +188,11 @@ def _guest_access(
         # No language chosen in this browser yet: the one the email was written in.
         translation.activate(recipient.language)
         request.LANGUAGE_CODE = recipient.language
+    lapsed = check.state == "lapsed"
+    if lapsed and not allow_lapsed:
+        return _link_page(request, "lapsed", _lapsed_context(token, recipient))
     decider = Decider(base_url=notify.link_path(token), guest_email=recipient.email)
-    return GuestAccess(recipient=recipient, form=form, decider=decider)
+    return GuestAccess(recipient=recipient, form=form, decider=decider, lapsed=lapsed)
 
 
 def _route_still_asks(form: Form, recipient: FormRecipient) -> bool:
@@ -233,6 +263,54 @@ def guest_live(request: HtmxHttpRequest, token: str) -> HttpResponse:
     if isinstance(access, HttpResponse):
         return access
     return live_response(request, access.form, access.decider)
+
+
+def _in_whole_minutes(when: dt.datetime | None) -> str:
+    """The wait until `when` in words ("in 10 minutes"), rounded up: asking again at the time
+    said is never too soon."""
+    now = timezone.now()
+    wait = math.ceil(((when or now) - now).total_seconds() / 60)
+    return timefmt.relative(now + dt.timedelta(minutes=max(wait, 1)), now)
+
+
+@require_POST
+def guest_renew(request: HtmxHttpRequest, token: str) -> HttpResponse:
+    """The lapsed link page's "Email me a new link": a fresh link to the recipient's stored
+    address (never one typed here), at most once per `notify.RENEW_EVERY`."""
+    access = _guest_access(request, token, allow_lapsed=True)
+    if isinstance(access, HttpResponse):
+        return access
+    if not access.lapsed:
+        # The link still opens the form: nothing to send.
+        return redirect(notify.link_path(token))
+    recipient = access.recipient
+    renewal = notify.send_new_link(recipient)
+    address = notify.masked_address(recipient.email)
+    if renewal.outcome == "sent":
+        level, tag = messages.SUCCESS, "success"
+        message = _("We sent a new link to %(address)s. It may take a few minutes to arrive.") % {
+            "address": address
+        }
+    elif renewal.outcome == "too_soon":
+        level, tag = messages.WARNING, "warning"
+        message = _(
+            "A new link was already sent to %(address)s a few minutes ago, so none was sent "
+            "now. Look for it in your inbox and spam folder, or ask again %(when)s."
+        ) % {"address": address, "when": _in_whole_minutes(renewal.retry_at)}
+    else:
+        level, tag = messages.ERROR, "error"
+        message = _("The email could not be sent just now. Try again in a few minutes.")
+    if request.htmx:
+        # htmx swaps only 2xx answers; the outcome is in the part it swaps.
+        context = {
+            **_lapsed_context(token, recipient),
+            "state": "lapsed",
+            "renewal": {"tag": tag, "message": message},
+        }
+        response = render(request, "inbox/guest_link.html#renew", context)
+        return trigger_client_event(response, "inbox:announce", {"message": message})
+    messages.add_message(request, level, message)
+    return redirect(notify.link_path(token))
 
 
 # ---------------------------------------------------------------------------------------------

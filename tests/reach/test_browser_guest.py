@@ -1,4 +1,5 @@
-"""A guest with no account answers from the emailed link, with a file, and the run goes on.
+"""A guest with no account answers from the emailed link, with a file, and the run goes on; a
+guest whose link lapsed asks for a new one from its page.
 
 Everything is real: a run started on the Dify simulator, the follower capturing its pause,
 routing and the email (Celery tasks run in this process so the email lands in Django's locmem
@@ -9,13 +10,16 @@ reading the run to its end.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core import mail
 
+from inbox import notify
 from inbox.celery import app as celery_app
 from inbox.models import Decision, DifyApp, Form, Route, RouteRecipient, Run
 from inbox.runs import start_run
@@ -23,6 +27,7 @@ from inbox.simulator.testing import sample_inputs
 from tests.capture.conftest import FollowerThread, follower  # noqa: F401 - fixture
 from tests.conftest import wait_until
 from tests.reach.conftest import GUEST
+from tests.reach.factories import make_form
 from tests.review.browser import (  # noqa: F401 - fixture
     CHROMIUM_ARGS,
     chromium,
@@ -123,3 +128,42 @@ def test_a_guest_answers_with_a_file_from_the_emailed_link(
     assert finished.outputs["decision"] == "approve"
     assert finished.outputs["risk_level"] == "medium"
     assert form.recipients.get(email=GUEST).link_used_at is not None
+
+
+def test_a_guest_with_a_lapsed_link_asks_for_a_new_one_in_the_page(
+    live_server: Any,
+    settings: Any,
+    chromium: Any,  # noqa: F811
+    reach_route: Route,
+    reach_app: DifyApp,
+) -> None:
+    settings.INBOX_BASE_URL = live_server.url
+    settings.INBOX_LINK_MAX_AGE_SECONDS = 60
+    form = make_form(reach_app, expires_in=None)
+    with mock.patch("time.time", return_value=time.time() - 120):
+        lapsed = notify.link_path(notify.link_token(form.recipients.get(email=GUEST)))
+
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(live_server.url + lapsed)
+        page.get_by_role("heading", name="This link has expired.").wait_for()
+        url = page.url
+        page.get_by_role("button", name="Email me a new link").click()
+        outcome = page.locator("#renew .flash")
+        outcome.get_by_text("We sent a new link to g***@example.net.").wait_for()
+        screenshot(page, "reach-lapsed-link-renewed")
+        # Swapped in place by htmx (the same page, no reload), the button still there.
+        assert page.url == url
+        page.get_by_role("button", name="Email me a new link").click()
+        outcome.get_by_text("so none was sent now").wait_for()
+        assert errors == []
+    finally:
+        context.close()
+
+    assert [m.to for m in mail.outbox] == [[GUEST]]
+    [link] = LINK.findall(mail.outbox[0].body)
+    assert link.startswith(live_server.url) and link != live_server.url + lapsed

@@ -119,7 +119,9 @@ def test_a_link_to_a_form_without_expiry_still_ages_out(
     form = make_form(reach_app, expires_in=None)
     link = notify.link_path(notify.link_token(form.recipients.get(email=GUEST)))
     assert client.get(link).status_code == 200
-    with mock.patch("time.time", return_value=timezone.now().timestamp() + 120):
+    # The age is measured on the clock that ends a form (`check_link`'s `now`).
+    later = timezone.now() + dt.timedelta(seconds=120)
+    with mock.patch("django.utils.timezone.now", return_value=later):
         page = client.get(link)
     assert page.status_code == 410 and "This link has expired." in page.content.decode()
 

@@ -1,13 +1,15 @@
 """Dify's form token is a bearer secret. Through a whole form's life (capture from a real
-stream, routing, emails, reminders, the guest's page, upload, decision, delivery, the closing
-notice, every admin and reviewer page), it must not appear in any email, any page, any log
-line, or any audit entry."""
+stream, routing, emails, reminders, a lapsed link and the new link it sends, the guest's page,
+upload, decision, delivery, the closing notice, every admin and reviewer page), it must not
+appear in any email, any page, any log line, or any audit entry."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.contrib.auth.models import User
@@ -18,7 +20,16 @@ from django.urls import reverse
 from django.utils import timezone
 
 from inbox import notify
-from inbox.models import ApiToken, AuditEntry, Decision, Form, Route, Run, RunEvent
+from inbox.models import (
+    ApiToken,
+    AuditEntry,
+    Decision,
+    Form,
+    FormRecipient,
+    Route,
+    Run,
+    RunEvent,
+)
 from inbox.tasks import deliver_decision, send_reminders
 from tests.reach.conftest import GUEST
 from tests.reach.factories import route
@@ -89,8 +100,19 @@ def test_the_form_token_never_leaves_the_database(
     late = form.expiration_time - dt.timedelta(minutes=30)  # type: ignore[operator]
     assert notify.send_due_emails(late)["reminders"] == 1
 
-    # The guest: page, live poll, an upload, a refused decision, then the decision.
+    # A link too old to open the form, were it a form without an expiry: its page offers a new
+    # link, and sends one.
     guest = RecordingClient()
+    expires = form.expiration_time
+    Form.objects.filter(pk=form.pk).update(expiration_time=None)
+    with mock.patch("time.time", return_value=time.time() - 31 * 86400):
+        fresh = FormRecipient.objects.get(pk=recipient.pk)  # with the form as it is now
+        lapsed = notify.link_path(notify.link_token(fresh))
+    assert "Email me a new link" in guest.get(lapsed).content.decode()
+    assert "We sent a new link" in guest.post(f"{lapsed}renew", follow=True).content.decode()
+    Form.objects.filter(pk=form.pk).update(expiration_time=expires)
+
+    # The guest: page, live poll, an upload, a refused decision, then the decision.
     link = notify.link_path(notify.link_token(recipient))
     assert guest.get(link).status_code == 200
     guest.get(f"{link}live?state=open")
@@ -162,7 +184,7 @@ def test_the_form_token_never_leaves_the_database(
     pages = [p for c in (guest, alice, bob, staff, api) for p in c.pages]
     logs = [record.getMessage() + (record.exc_text or "") for record in caplog.records]
     audit = [str(e.details) + e.object_repr for e in AuditEntry.objects.all()]
-    assert len(emails) == 2 and len(pages) > 100 and len(logs) > 5
+    assert len(emails) == 3 and len(pages) > 100 and len(logs) > 5
     assert any(token not in p and "Legal review" in p for p in pages)
     assert any("/form/human_input/" in line for line in logs), "the client's request lines"
 

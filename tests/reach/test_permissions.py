@@ -62,6 +62,8 @@ MATRIX: dict[str, Endpoint] = {
     "inbox:guest_live": Endpoint("GET", "hidden hidden hidden hidden ok hidden"),
     "inbox:guest_upload": Endpoint("POST", "hidden hidden hidden hidden ok hidden", {}),
     "inbox:guest_remove_upload": Endpoint("POST", "hidden hidden hidden hidden ok hidden", {}),
+    # "Email me a new link": only a lapsed link sends one (tests/reach/test_lapsed_links.py).
+    "inbox:guest_renew": Endpoint("POST", "hidden hidden hidden hidden ok hidden", {}),
     # Apps and runs (inbox.views_runs): starting needs inbox.add_run, stopping is the starter's
     "inbox:apps": Endpoint("GET", "login ok ok ok login ok"),
     "inbox:app_start": Endpoint("GET", "login denied denied denied login ok"),

@@ -4,6 +4,7 @@ The clock is passed in (`now`), so each test walks through a form's life in a fe
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from unittest import mock
 
@@ -95,6 +96,22 @@ def test_a_reminder_reads_the_time_left_and_links_the_form(
     message = next(m for m in mail.outbox if m.to == [GUEST])
     assert "has not been answered yet, and it expires in 1 hour." in message.body
     assert "/r/" in message.body
+
+
+def test_a_reminder_carries_a_link_signed_when_the_reminder_is_sent(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    captured(reach_app, hours_left=48)
+    reminded = T0 + 47 * H
+    # Signing's clock at the reminder's time, so the link's timestamp says when it was made.
+    with mock.patch("time.time", return_value=reminded.timestamp()):
+        sweep(reminded)
+    message = next(m for m in mail.outbox if m.to == [GUEST])
+    found = re.search(r"/r/([^/\s]+)/", message.body)
+    assert found is not None
+    token = found.group(1)
+    assert notify._signed_at(token) == int(reminded.timestamp())
+    assert notify.check_link(token, now=reminded).ok
 
 
 def test_a_short_form_gets_only_the_last_hour_reminder(
