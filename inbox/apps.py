@@ -14,6 +14,9 @@ class InboxConfig(AppConfig):
 
         from django.conf import settings
 
+        from inbox import logs
+
+        logs.install()
         # The embedded broker and SQLite file live here; create it once so every process finds it.
         Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
         options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})

@@ -32,7 +32,7 @@ from inbox.models import (
 )
 from inbox.tasks import deliver_decision, send_reminders
 from tests.reach.conftest import GUEST
-from tests.reach.factories import route
+from tests.reach.factories import make_form, route
 
 
 class RecordingClient(Client):
@@ -191,3 +191,25 @@ def test_the_form_token_never_leaves_the_database(
     leaks = [text[:200] for text in emails + pages + logs + audit if token in text]
     assert leaks == []
     assert Route.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_guest_link_refused_or_served_is_logged_without_its_token(
+    client: Client, caplog: Any, reach_route: Route, reach_app: Any
+) -> None:
+    """An emailed link is a password until it lapses: Django's warning about a refused link and
+    the web servers' request lines keep its path, not its token."""
+    caplog.set_level(logging.INFO)
+    recipient = make_form(reach_app).recipients.get(email=GUEST)
+    token = notify.link_token(recipient)
+    tampered = token[:-3] + ("abc" if not token.endswith("abc") else "xyz")
+    assert client.get(f"/r/{tampered}/").status_code in (400, 404, 410)
+    assert "/r/***/" in caplog.text
+    # What runserver and gunicorn write for each request.
+    logging.getLogger("django.server").info('"%s" %s %s', f"GET /r/{token}/ HTTP/1.1", 200, 512)
+    logging.getLogger("gunicorn.access").info(
+        '%(h)s "%(r)s" %(s)s', {"h": "10.0.0.1", "r": f"POST /r/{token}/decide HTTP/1.1", "s": 302}
+    )
+    assert token not in caplog.text and tampered not in caplog.text
+    assert '"GET /r/***/ HTTP/1.1" 200 512' in caplog.text
+    assert '10.0.0.1 "POST /r/***/decide HTTP/1.1" 302' in caplog.text

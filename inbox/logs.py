@@ -1,0 +1,41 @@
+"""Keep guest links out of the logs.
+
+An emailed link (`/r/<signed token>/...`) lets whoever holds it open the form and decide as its
+recipient, until it lapses: it is a password. Django logs the path of every refused request
+(`django.request`: "Gone: /r/.../"), and the web servers log every request line (`django.server`
+under `make run`, `gunicorn.access` in the image). The token in such a line is replaced by ***.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# A guest link's token: what `django.core.signing.dumps` writes (URL-safe base64, '.', ':').
+_GUEST_LINK = re.compile(r"(/r/)[A-Za-z0-9_\-.:]+")
+REDACTED = "***"
+LOGGERS = ("django.request", "django.server", "gunicorn.access")
+
+
+def redact_links(text: str) -> str:
+    return _GUEST_LINK.sub(r"\1" + REDACTED, text)
+
+
+class RedactGuestLinks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):
+            return True
+        if "/r/" in message:
+            redacted = redact_links(message)
+            if redacted != message:
+                record.msg, record.args = redacted, ()
+        return True
+
+
+def install() -> None:
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactGuestLinks) for f in logger.filters):
+            logger.addFilter(RedactGuestLinks())
