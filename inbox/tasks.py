@@ -45,6 +45,7 @@ from inbox.models import (
     DifyApp,
     Form,
     RunEvent,
+    database_now,
     request_follow,
     request_follow_many,
 )
@@ -676,7 +677,9 @@ def sweep_deliveries(batch_size: int = 500) -> dict[str, int]:
         if not held:
             logger.info("sweep_deliveries: another run holds the lock")
             return {"stuck": 0, "resent": 0}
-        now = timezone.now()
+        # The database's clock, which delivery_started_at and next_attempt_at are kept by: a
+        # worker whose clock is behind the beat's did not start its delivery minutes ago.
+        now = database_now()
         started_before = now - dt.timedelta(seconds=settings.INBOX_DELIVERY_STUCK_SECONDS)
         stuck = 0
         for pk in Decision.objects.filter(
