@@ -152,6 +152,7 @@ class Run(models.Model):
     follow_wanted = models.BooleanField(default=True, db_index=True)
     follow_snapshot = models.BooleanField(default=False)
     lease_owner = models.CharField(max_length=64, blank=True)
+    # Written and compared by the database's clock (see `database_now`), not a follower's own.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     stream_attempts = models.PositiveIntegerField(default=0)
     # Bumped by every request_follow. A follower clears follow_wanted on release only when this

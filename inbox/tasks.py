@@ -24,6 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -830,7 +831,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         Run.objects.exclude(status__in=Run.FINAL_STATUSES)
         .exclude(workflow_run_id="")
         .filter(follow_wanted=False)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=Now()))
         .filter(
             Q(needs_reconcile=True)
             | Q(checked_at__lt=cutoff, updated_at__lt=cutoff)
