@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import close_old_connections, connection, connections, transaction
 from django.db.models import Q
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from inbox import capture
 from inbox.dify.client import AsyncDifyClient, redact_url
@@ -166,10 +166,13 @@ class Claim:
         self.fetched_this_stream.update(definitions)
 
 
-def _claimable(now: Any) -> Any:
+# Leases are written and compared by the database's clock (`Now()`), never by a host's own: a
+# follower whose clock runs behind would write leases that others take for expired at once,
+# and two followers would read the run.
+def _claimable() -> Any:
     return (
         Run.objects.filter(follow_wanted=True)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=Now()))
         .exclude(workflow_run_id="")
         .exclude(status__in=Run.FINAL_STATUSES)
     )
@@ -183,16 +186,15 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
     the next one."""
     if limit <= 0:
         return []
-    now = timezone.now()
     # A read first: most polls find nothing, and on SQLite a write transaction would block
     # every other writer for nothing.
-    if not _claimable(now).exists():
+    if not _claimable().exists():
         return []
-    until = now + dt.timedelta(seconds=seconds)
+    until = Now() + dt.timedelta(seconds=seconds)
     with transaction.atomic():
         if connection.features.has_select_for_update_skip_locked:
             rows = list(
-                _claimable(now)
+                _claimable()
                 .select_for_update(skip_locked=True, of=("self",))
                 .order_by("updated_at")
                 .values("pk", "follow_seq", "follow_snapshot")[:limit]
@@ -204,14 +206,14 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             # (transaction_mode IMMEDIATE), so nothing changes between this read and the update;
             # the conditional update says so again.
             rows = list(
-                _claimable(now)
+                _claimable()
                 .order_by("updated_at")
                 .values("pk", "follow_seq", "follow_snapshot")[:limit]
             )
             taken = []
             for row in rows:
                 if (
-                    _claimable(now)
+                    _claimable()
                     .filter(pk=row["pk"])
                     .update(lease_owner=owner, lease_expires_at=until)
                 ):
@@ -251,7 +253,7 @@ def renew_leases(owner: str, pks: list[int], seconds: float) -> set[int]:
     stalled past its expiry is no longer ours, and that run must not be read twice)."""
     if not pks:
         return set()
-    until = timezone.now() + dt.timedelta(seconds=seconds)
+    until = Now() + dt.timedelta(seconds=seconds)
     Run.objects.filter(pk__in=pks, lease_owner=owner).update(lease_expires_at=until)
     return set(Run.objects.filter(pk__in=pks, lease_owner=owner).values_list("pk", flat=True))
 

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Now
 from django.utils import formats, timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -32,6 +32,24 @@ logger = logging.getLogger(__name__)
 def redact_secret(text: str, secret: str | None) -> str:
     """A form token is a bearer secret: it never reaches a stored message."""
     return text.replace(secret, "***") if secret else text
+
+
+def database_now() -> dt.datetime:
+    """The database's clock, the one every host shares.
+
+    Times that processes on different hosts write and compare (a follower's lease, a delivery
+    in flight, a decision's due time) are kept by it: a host's own clock may be minutes off.
+    A query reads it with `Now()`; this is for code that needs the value itself."""
+    if connection.vendor != "postgresql":
+        # SQLite runs inside each process of the embedded setup, all on one machine: its clock
+        # is that machine's, read here to the microsecond (SQLite's own stops at milliseconds,
+        # and would sort before a time from Python written in the same millisecond).
+        return dt.datetime.now(dt.UTC)
+    with connection.cursor() as cursor:
+        # As Django's Now(): CURRENT_TIMESTAMP would stop at the transaction's start.
+        cursor.execute("SELECT STATEMENT_TIMESTAMP()")
+        now: dt.datetime = cursor.fetchone()[0]
+    return now
 
 
 def mask_secret(value: str | None) -> str:
@@ -246,6 +264,7 @@ class Run(models.Model):
     follow_wanted = models.BooleanField(default=True, db_index=True)
     follow_snapshot = models.BooleanField(default=False)
     lease_owner = models.CharField(max_length=64, blank=True)
+    # Written and compared by the database's clock (see `database_now`), not a follower's own.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     stream_attempts = models.PositiveIntegerField(default=0)
     # Bumped by every request_follow. A follower clears follow_wanted on release only when this
@@ -1078,7 +1097,7 @@ class Form(models.Model):
                     inputs=inputs,
                     submission_key=submission_key,
                     status=Decision.Status.QUEUED,
-                    next_attempt_at=timezone.now(),
+                    next_attempt_at=database_now(),
                 )
                 form.status = Form.Status.SUBMITTING
                 form.save(update_fields=["status", "updated_at"])
@@ -1195,7 +1214,9 @@ class Form(models.Model):
 # Run columns a delivery never reads (deferred when a decision is locked with its run).
 _RUN_BULK_FIELDS = ("inputs", "query", "outputs", "answer", "error", "timeline")
 # A delayed task may start a little before its decision's due time (it was counted from the
-# commit, the due time from just before; hosts' clocks differ a little): still its turn.
+# commit, the due time from just before; Celery counts a countdown by the clocks of the host
+# that sent it and the one that runs it): still its turn. A task run earlier than this by a
+# worker whose clock is ahead sends nothing; the decision goes at the next pump or sweep.
 _DUE_TOLERANCE = dt.timedelta(seconds=2)
 # A form's fields a delivery never reads: its text as shown, and what routing and reminders use.
 _FORM_DISPLAY_FIELDS = (
@@ -1236,6 +1257,8 @@ class Decision(models.Model):
     submission_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # delivery_started_at and next_attempt_at are written and compared by the database's clock
+    # (see `database_now`): one process writes them, another on another host compares.
     delivery_started_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     # When a queued decision is next due: the sweep re-sends a queued decision whose task was lost
@@ -1306,6 +1329,7 @@ class Decision(models.Model):
         for a form another transaction held (its decision is still due, the caller claims
         again)."""
         now = timezone.now()
+        db_now = database_now()
         with transaction.atomic():
             # The next ones due that nobody else holds, oldest first, from the (status,
             # next_attempt_at) index alone: however long the queue, only these rows are read.
@@ -1313,7 +1337,7 @@ class Decision(models.Model):
             # with no due time is the sweep's: it is sent again with one.)
             due = list(
                 cls.objects.select_for_update(skip_locked=True)
-                .filter(status=cls.Status.QUEUED, next_attempt_at__lte=now)
+                .filter(status=cls.Status.QUEUED, next_attempt_at__lte=db_now)
                 .order_by("next_attempt_at", "pk")
                 .values_list("pk", flat=True)[:limit]
             )
@@ -1341,7 +1365,7 @@ class Decision(models.Model):
             fields = {
                 "status": cls.Status.DELIVERING,
                 "attempts": models.F("attempts") + 1,
-                "delivery_started_at": now,
+                "delivery_started_at": db_now,
                 "next_attempt_at": None,
                 "updated_at": now,
             }
@@ -1360,7 +1384,7 @@ class Decision(models.Model):
             for decision in claimed:
                 decision.status = cls.Status.DELIVERING
                 decision.attempts += 1
-                decision.delivery_started_at = now
+                decision.delivery_started_at = db_now
                 decision.next_attempt_at = None
                 decision.updated_at = now
             AuditEntry.objects.bulk_create(
@@ -1401,9 +1425,10 @@ class Decision(models.Model):
                 # A duplicate task (acks_late redelivery, the sweep's re-send): the first one
                 # owns it.
                 return None
+            now = database_now()
             if (
                 decision.next_attempt_at is not None
-                and decision.next_attempt_at > timezone.now() + _DUE_TOLERANCE
+                and decision.next_attempt_at > now + _DUE_TOLERANCE
             ):
                 # An older task (a redelivered countdown, one from before Dify was back and then
                 # failed again): the decision waits out a newer backoff, whose own task sends it.
@@ -1418,7 +1443,7 @@ class Decision(models.Model):
             ):
                 decision.status = cls.Status.DELIVERING
                 decision.attempts += 1
-                decision.delivery_started_at = timezone.now()
+                decision.delivery_started_at = now
                 decision.next_attempt_at = None
                 decision.save(
                     update_fields=[
@@ -1654,7 +1679,7 @@ class Decision(models.Model):
                 return False
             decision.status = cls.Status.QUEUED
             decision.last_error = redact_secret(error, form.form_token)
-            decision.next_attempt_at = timezone.now() + dt.timedelta(seconds=delay)
+            decision.next_attempt_at = database_now() + dt.timedelta(seconds=delay)
             decision.maybe_applied = decision.maybe_applied or ambiguous
             decision.dify_unreachable = unreachable
             decision.save(
@@ -1687,13 +1712,12 @@ class Decision(models.Model):
         ids = sorted(set(app_ids))
         if not ids:
             return 0
-        now = timezone.now()
         released = cls.objects.filter(
             status=cls.Status.QUEUED,
             dify_unreachable=True,
-            next_attempt_at__gt=now,
+            next_attempt_at__gt=Now(),
             form__run__app_id__in=ids,
-        ).update(next_attempt_at=now, dify_unreachable=False, updated_at=now)
+        ).update(next_attempt_at=Now(), dify_unreachable=False, updated_at=timezone.now())
         if released:
             logger.info("Dify answers again: %d waiting decision(s) due now", released)
             DeliveryPump.wake()
@@ -1711,7 +1735,7 @@ class Decision(models.Model):
             if decision.status != cls.Status.QUEUED or due >= due_before:
                 return False
             # Due again from now: a long broker backlog is not re-sent on every sweep.
-            decision.next_attempt_at = timezone.now()
+            decision.next_attempt_at = database_now()
             decision.save(update_fields=["next_attempt_at", "updated_at"])
             AuditEntry.record(
                 "delivery_resent", decision, attempt=decision.attempts, due=due.isoformat()
@@ -1736,7 +1760,7 @@ class Decision(models.Model):
                 return False
             decision.status = cls.Status.QUEUED
             decision.maybe_applied = True
-            decision.next_attempt_at = timezone.now()
+            decision.next_attempt_at = database_now()
             decision.last_error = gettext("The delivery was interrupted; trying again.")
             decision.save(
                 update_fields=[
@@ -1767,7 +1791,7 @@ class Decision(models.Model):
                 return False
             decision.status = self.Status.QUEUED
             decision.attempts = 0
-            decision.next_attempt_at = timezone.now()
+            decision.next_attempt_at = database_now()
             decision.save(update_fields=["status", "attempts", "next_attempt_at", "updated_at"])
             form.status = Form.Status.SUBMITTING
             form.save(update_fields=["status", "updated_at"])

@@ -24,6 +24,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.db.models import Count, F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -45,6 +46,7 @@ from inbox.models import (
     DifyApp,
     Form,
     RunEvent,
+    database_now,
     request_follow,
     request_follow_many,
 )
@@ -681,7 +683,9 @@ def sweep_deliveries(batch_size: int = 500) -> dict[str, int]:
         if not held:
             logger.info("sweep_deliveries: another run holds the lock")
             return {"stuck": 0, "resent": 0}
-        now = timezone.now()
+        # The database's clock, which delivery_started_at and next_attempt_at are kept by: a
+        # worker whose clock is behind the beat's did not start its delivery minutes ago.
+        now = database_now()
         started_before = now - dt.timedelta(seconds=settings.INBOX_DELIVERY_STUCK_SECONDS)
         stuck = 0
         for pk in Decision.objects.filter(
@@ -849,7 +853,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         Run.objects.exclude(status__in=Run.FINAL_STATUSES)
         .exclude(workflow_run_id="")
         .filter(follow_wanted=False)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=Now()))
         .filter(
             Q(needs_reconcile=True)
             | Q(checked_at__lt=cutoff, updated_at__lt=cutoff)
