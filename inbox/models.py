@@ -1213,10 +1213,10 @@ class Form(models.Model):
 
 # Run columns a delivery never reads (deferred when a decision is locked with its run).
 _RUN_BULK_FIELDS = ("inputs", "query", "outputs", "answer", "error", "timeline")
-# A delayed task may start a little before its decision's due time (it was counted from the
-# commit, the due time from just before; Celery counts a countdown by the clocks of the host
-# that sent it and the one that runs it): still its turn. A task run earlier than this by a
-# worker whose clock is ahead sends nothing; the decision goes at the next pump or sweep.
+# A delayed task queued without the due time it waited for (sent before tasks carried it) may
+# start a little before its decision's due time (Celery counts a countdown by the clocks of the
+# host that sent it and the one that runs it): still its turn. One run earlier than this sends
+# nothing; the decision goes at the next pump or sweep. Tasks that carry `due` compare no clocks.
 _DUE_TOLERANCE = dt.timedelta(seconds=2)
 # A form's fields a delivery never reads: its text as shown, and what routing and reminders use.
 _FORM_DISPLAY_FIELDS = (
@@ -1302,18 +1302,24 @@ class Decision(models.Model):
     # no lock is ever held across a call to Dify and two verbs cannot deadlock.
 
     @classmethod
-    def enqueue(cls, pk: int, *, countdown: float | None = None) -> None:
+    def enqueue(
+        cls, pk: int, *, countdown: float | None = None, due: dt.datetime | None = None
+    ) -> None:
         """Queue the decision's delivery. Due now: wake the delivery pump (`deliver_queued`),
         which sends every due decision in batches. Due later (a retry's backoff): a task of its
-        own with that countdown. A broker that is down loses nothing: the decision is stored
-        and `sweep_deliveries` sends it again."""
+        own with that countdown, carrying the due time it was scheduled for (`due`, the
+        decision's `next_attempt_at`), so it knows whether it is still the latest. A broker
+        that is down loses nothing: the decision is stored and `sweep_deliveries` sends it
+        again."""
         from inbox.tasks import deliver_decision
 
         if not countdown:
             DeliveryPump.wake()
             return
         try:
-            deliver_decision.apply_async((pk,), countdown=countdown)
+            deliver_decision.apply_async(
+                (pk,), {"due": due.isoformat()} if due is not None else {}, countdown=countdown
+            )
         except Exception:
             logger.warning(
                 "decision %s: delivery not queued, the sweep will retry", pk, exc_info=True
@@ -1413,9 +1419,10 @@ class Decision(models.Model):
         return decision.form, decision
 
     @classmethod
-    def start_delivery(cls, pk: int) -> Decision | None:
+    def start_delivery(cls, pk: int, *, due: dt.datetime | None = None) -> Decision | None:
         """Claim a queued decision for one attempt: `delivering`, attempts + 1. None when there
-        is nothing to send (gone, already settled, claimed by another task, form closed)."""
+        is nothing to send (gone, already settled, claimed by another task, form closed, or
+        waiting out a newer backoff than the task's `due`)."""
         with transaction.atomic():
             locked = cls._lock(pk, with_run=True)
             if locked is None:
@@ -1426,16 +1433,22 @@ class Decision(models.Model):
                 # owns it.
                 return None
             now = database_now()
-            if (
-                decision.next_attempt_at is not None
-                and decision.next_attempt_at > now + _DUE_TOLERANCE
-            ):
+            if due is not None:
+                # The task knows which backoff it waited out: only a later one is not its turn.
+                # No clocks are compared, so a worker whose clock runs ahead is not turned away.
+                not_yet = decision.next_attempt_at is not None and decision.next_attempt_at > due
+            else:
+                # A task from before due times were carried: the clocks, with some slack.
+                not_yet = decision.next_attempt_at is not None and (
+                    decision.next_attempt_at > now + _DUE_TOLERANCE
+                )
+            if not_yet:
                 # An older task (a redelivered countdown, one from before Dify was back and then
                 # failed again): the decision waits out a newer backoff, whose own task sends it.
                 logger.info(
                     "decision %s: not due until %s, this task is not its latest",
                     pk,
-                    decision.next_attempt_at.isoformat(),
+                    decision.next_attempt_at,
                 )
                 return None
             if form.status == Form.Status.SUBMITTING and (
@@ -1699,7 +1712,8 @@ class Decision(models.Model):
                 delay=round(delay, 3),
                 error=decision.last_error,
             )
-            transaction.on_commit(lambda: cls.enqueue(pk, countdown=delay))
+            due = decision.next_attempt_at
+            transaction.on_commit(lambda: cls.enqueue(pk, countdown=delay, due=due))
         return True
 
     @classmethod

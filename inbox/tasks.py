@@ -281,10 +281,13 @@ def _submit(client: DifyClient, decision: Decision) -> str | None:
     soft_time_limit=_DELIVERY_SOFT_LIMIT,
     time_limit=settings.INBOX_DELIVERY_TIME_LIMIT,
 )
-def deliver_decision(decision_pk: int) -> str:
+def deliver_decision(decision_pk: int, due: str | None = None) -> str:
     """Deliver one decision to Dify and record the outcome. Retries come through here (each
-    with its backoff as the countdown); a decision due now goes through `deliver_queued`."""
-    decision = Decision.start_delivery(decision_pk)
+    with its backoff as the countdown, and `due`, the due time it was scheduled for); a
+    decision due now goes through `deliver_queued`."""
+    decision = Decision.start_delivery(
+        decision_pk, due=dt.datetime.fromisoformat(due) if due else None
+    )
     if decision is None:
         return "skipped"
     outcome = _submit(delivery_client(decision.form.run.app), decision)

@@ -141,3 +141,63 @@ def test_decisions_waiting_for_dify_are_released_by_a_host_whose_clock_is_ahead(
     with host_clock(SKEW), django_capture_on_commit_callbacks(execute=False):
         assert Decision.release_unreachable([app.pk]) == 1
     assert _claim_due(decision.pk) is not None
+
+
+def test_a_retry_s_task_carries_the_due_time_it_waits_for(
+    decide: Callable[[], Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: Any,
+) -> None:
+    sent: list[tuple[Any, Any, Any]] = []
+    monkeypatch.setattr(
+        tasks.deliver_decision,
+        "apply_async",
+        lambda args, kwargs, countdown: sent.append((args, kwargs, countdown)),
+    )
+    decision = decide()
+    assert Decision.start_delivery(decision.pk) is not None
+    with django_capture_on_commit_callbacks(execute=True):
+        assert Decision.schedule_retry(decision.pk, error="503", delay=60, ambiguous=True)
+    decision.refresh_from_db()
+    assert decision.next_attempt_at is not None
+    [(args, kwargs, countdown)] = sent
+    assert args == (decision.pk,) and countdown == 60
+    assert dt.datetime.fromisoformat(kwargs["due"]) == decision.next_attempt_at
+
+
+def test_a_retry_s_own_task_sends_even_on_a_worker_whose_clock_runs_ahead(
+    decide: Callable[[], Decision], django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    decision = decide()
+    assert Decision.start_delivery(decision.pk) is not None
+    with django_capture_on_commit_callbacks(execute=False):
+        assert Decision.schedule_retry(decision.pk, error="503", delay=60, ambiguous=True)
+    decision.refresh_from_db()
+    due = decision.next_attempt_at
+    assert due is not None
+    # Its countdown ended by a clock a minute ahead of the database's: it is still its turn
+    # (without the due time, the clocks would say no and the decision would wait for a sweep).
+    assert Decision.start_delivery(decision.pk) is None
+    started = Decision.start_delivery(decision.pk, due=due)
+    assert started is not None and started.attempts == 2
+
+
+def test_an_older_retry_s_task_sends_nothing_whatever_the_clocks_say(
+    decide: Callable[[], Decision], django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    decision = decide()
+    assert Decision.start_delivery(decision.pk) is not None
+    with django_capture_on_commit_callbacks(execute=False):
+        assert Decision.schedule_retry(decision.pk, error="503", delay=1, ambiguous=True)
+    first_due = Decision.objects.get(pk=decision.pk).next_attempt_at
+    assert first_due is not None
+    # Sent by the pump meanwhile, failed again, a longer backoff: the first task is stale.
+    Decision.objects.filter(pk=decision.pk).update(next_attempt_at=first_due)
+    assert Decision.start_delivery(decision.pk, due=first_due) is not None
+    with django_capture_on_commit_callbacks(execute=False):
+        assert Decision.schedule_retry(decision.pk, error="503", delay=600, ambiguous=True)
+    for offset in (-SKEW, SKEW * 100):
+        with host_clock(offset):
+            assert Decision.start_delivery(decision.pk, due=first_due) is None
+    decision.refresh_from_db()
+    assert decision.status == "queued" and decision.attempts == 2

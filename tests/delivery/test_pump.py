@@ -61,7 +61,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(
         tasks.deliver_decision,
         "apply_async",
-        lambda args, **k: messages.append(f"deliver_decision {args[0]}"),
+        lambda args, kwargs=None, **k: messages.append(f"deliver_decision {args[0]}"),
     )
     return messages
 
