@@ -2,7 +2,8 @@
 
 An emailed link (`/r/<signed token>/...`) lets whoever holds it open the form and decide as its
 recipient, until it lapses: it is a password. Django logs the path of every refused request
-(`django.request`: "Gone: /r/.../"), and the web servers log every request line (`django.server`
+(`django.request`: "Gone: /r/.../"; a POST its CSRF check refuses under `django.security.csrf`,
+which `django.request` does not see), and the web servers log every request line (`django.server`
 under `make run`, `gunicorn.access` in the image). The token in such a line is replaced by ***.
 """
 
@@ -14,7 +15,7 @@ import re
 # A guest link's token: what `django.core.signing.dumps` writes (URL-safe base64, '.', ':').
 _GUEST_LINK = re.compile(r"(/r/)[A-Za-z0-9_\-.:]+")
 REDACTED = "***"
-LOGGERS = ("django.request", "django.server", "gunicorn.access")
+LOGGERS = ("django.request", "django.security.csrf", "django.server", "gunicorn.access")
 
 
 def redact_links(text: str) -> str:

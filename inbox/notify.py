@@ -139,7 +139,8 @@ def check_link(token: str, *, now: dt.datetime | None = None) -> LinkCheck:
 
 def masked_address(email: str) -> str:
     """An address as a page may show it to whoever holds a link: j***@example.com."""
-    local, at, domain = email.partition("@")
+    # The last @: a quoted local part may hold one too ("jane@doe"@example.com).
+    local, at, domain = email.rpartition("@")
     return f"{local[:1]}***{at}{domain}" if at else "***"
 
 

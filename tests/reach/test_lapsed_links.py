@@ -381,3 +381,5 @@ def test_masked_addresses() -> None:
     assert notify.masked_address("jane.doe@example.com") == "j***@example.com"
     assert notify.masked_address("x@example.org") == "x***@example.org"
     assert notify.masked_address("not-an-address") == "***"
+    # A quoted local part may hold an @ (Django's validator takes it): none of it is shown.
+    assert notify.masked_address('"jane@doe"@example.com') == '"***@example.com'

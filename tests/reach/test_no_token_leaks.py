@@ -213,3 +213,21 @@ def test_a_guest_link_refused_or_served_is_logged_without_its_token(
     assert token not in caplog.text and tampered not in caplog.text
     assert '"GET /r/***/ HTTP/1.1" 200 512' in caplog.text
     assert '10.0.0.1 "POST /r/***/decide HTTP/1.1" 302' in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_guest_post_refused_by_the_csrf_check_is_logged_without_its_token(
+    caplog: Any, reach_route: Route, reach_app: Any
+) -> None:
+    """Django's CSRF check logs the path of the POST it refuses under its own logger: a guest's
+    decision or request for a new link sent without the page's token (an old tab, cookies
+    cleared) must not put the link in the log."""
+    caplog.set_level(logging.INFO)
+    recipient = make_form(reach_app).recipients.get(email=GUEST)
+    token = notify.link_token(recipient)
+    browser = Client(enforce_csrf_checks=True)
+    for action in ("decide", "renew"):
+        assert browser.post(f"/r/{token}/{action}", {"action": "approve"}).status_code == 403
+    assert "Forbidden (CSRF cookie not set.): /r/***/decide" in caplog.text
+    assert "Forbidden (CSRF cookie not set.): /r/***/renew" in caplog.text
+    assert token not in caplog.text
