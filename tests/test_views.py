@@ -88,3 +88,20 @@ def test_djangos_debug_pages_are_left_without_a_policy(
     response = client.get("/no-such-page/")
     assert response.status_code == 404 and "Content-Security-Policy" not in response
     assert client.get("/accounts/login/")["Content-Security-Policy"] == POLICY
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("language", "heading"),
+    [("en", "The form could not be sent."), ("zh-hans", "表单未能发送。")],
+)
+def test_a_form_refused_by_the_csrf_check_gets_our_page_in_the_reader_s_language(
+    language: str, heading: str
+) -> None:
+    browser = Client(enforce_csrf_checks=True, headers={"accept-language": language})
+    response = browser.post("/accounts/login/", {"username": "alice", "password": "x"})
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert heading in page and "/static/inbox/app.css" in page
+    # Django's own page styles itself inline, which the Content-Security-Policy blocks.
+    assert "<style" not in page and "style=" not in page
