@@ -116,6 +116,14 @@ def _link_page(
     )
     if state == "rate_limited":
         response["Retry-After"] = str(WINDOW)
+    return _private(response)
+
+
+def _private(response: HttpResponse) -> HttpResponse:
+    """A page at a guest link's address: the link is a credential, so keep it out of other
+    sites' Referer headers and of caches."""
+    response["Referrer-Policy"] = "no-referrer"
+    response["Cache-Control"] = "no-store"
     return response
 
 
@@ -216,11 +224,7 @@ def guest_form(request: HtmxHttpRequest, token: str) -> HttpResponse:
         FormRecipient.objects.filter(pk=access.recipient.pk, link_opened_at__isnull=True).update(
             link_opened_at=timezone.now()
         )
-    response = form_page_response(request, access.form, access.decider)
-    # The link is a credential: keep it out of other sites' Referer headers and of caches.
-    response["Referrer-Policy"] = "no-referrer"
-    response["Cache-Control"] = "no-store"
-    return response
+    return _private(form_page_response(request, access.form, access.decider))
 
 
 @require_POST
@@ -307,7 +311,7 @@ def guest_renew(request: HtmxHttpRequest, token: str) -> HttpResponse:
             "state": "lapsed",
             "renewal": {"tag": tag, "message": message},
         }
-        response = render(request, "inbox/guest_link.html#renew", context)
+        response = _private(render(request, "inbox/guest_link.html#renew", context))
         return trigger_client_event(response, "inbox:announce", {"message": message})
     messages.add_message(request, level, message)
     return redirect(notify.link_path(token))
