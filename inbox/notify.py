@@ -457,7 +457,9 @@ def send_new_link(recipient: FormRecipient, *, now: dt.datetime | None = None) -
                 verb__in=[RENEWED, RENEWAL_FAILED],
                 created_at__gt=now - RENEW_EVERY,
             )
-            .order_by("-created_at", "-id")
+            # Written in this order (the failure after the send), whatever each web host's
+            # clock said: the last one written is the one that counts.
+            .order_by("-id")
             .values_list("verb", "created_at")
             .first()
         )
