@@ -124,7 +124,8 @@ class DifyApp(models.Model):
         message = redact_secret(str(exc), self.api_key)[:300]
         if self.refused_at is not None and self.refusal == message:
             return False
-        now = timezone.now()
+        # The database's clock: the reconcile, on another host, counts its probes from it.
+        now = database_now()
         mine = DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at)
         started = mine.filter(refused_at__isnull=True).update(
             refused_at=now, refusal=message, refusal_status=exc.status, refusal_checked_at=now
