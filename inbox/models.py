@@ -124,7 +124,8 @@ class DifyApp(models.Model):
         message = redact_secret(str(exc), self.api_key)[:300]
         if self.refused_at is not None and self.refusal == message:
             return False
-        now = timezone.now()
+        # The database's clock: the reconcile, on another host, counts its probes from it.
+        now = database_now()
         mine = DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at)
         started = mine.filter(refused_at__isnull=True).update(
             refused_at=now, refusal=message, refusal_status=exc.status, refusal_checked_at=now
@@ -1841,16 +1842,19 @@ class DeliveryPump(models.Model):
         """Send the pump a message unless one is already on its way. True if this sent it."""
         from inbox.tasks import deliver_queued
 
-        now = timezone.now()
-        stale = now - dt.timedelta(seconds=cls.STALE_SECONDS)
+        # The database's clock: the request is written on one host (web, a worker) and found
+        # stale or not on another.
+        stale = Now() - dt.timedelta(seconds=cls.STALE_SECONDS)
         try:
             woken = (
                 cls.objects.filter(pk=1)
                 .filter(Q(requested_at__isnull=True) | Q(requested_at__lt=stale))
-                .update(requested_at=now)
+                .update(requested_at=Now())
             )
             if not woken:
-                woken = cls.objects.get_or_create(pk=1, defaults={"requested_at": now})[1]
+                _row, woken = cls.objects.get_or_create(
+                    pk=1, defaults={"requested_at": database_now()}
+                )
         except DatabaseError:
             logger.warning("delivery pump: request not recorded, sending anyway", exc_info=True)
             woken = True

@@ -866,8 +866,11 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")
     )
     refused = {app.pk: app for app in DifyApp.objects.filter(refused_at__isnull=False)}
+    # When a refusal was seen and last asked about are kept by the database's clock (whichever
+    # host saw it); the probes are counted by it too.
+    db_now = database_now()
     # The runs of a refused app are not asked about one by one: one of them asks for all.
-    probes = _refused_apps(due, refused, now, counts)
+    probes = _refused_apps(due, refused, db_now, counts)
     runs = probes + list(due.exclude(app_id__in=refused)[:batch_size])
     unreachable: set[int] = set()
     refused_now: set[int] = set()
@@ -891,7 +894,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         except DifyError as exc:
             counts["errors"] += 1
             if probing:
-                _probe_failed(run.app, exc, now)
+                _probe_failed(run.app, exc, db_now)
             elif isinstance(exc, DifyStatusError) and exc.refuses_app:
                 # Said once, for the app (`note_refused` logs it); its other runs wait.
                 if not run.app.note_refused(exc, "reconcile"):

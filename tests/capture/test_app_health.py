@@ -10,13 +10,16 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import F
 from django.test import Client, override_settings
 from django.utils import timezone
 
+from inbox.dify.errors import Unauthorized
 from inbox.models import AuditEntry, DifyApp, Form, Run
 from inbox.runs import StartFailed, start_run
 from inbox.tasks import reconcile_runs
 from tests.capture.conftest import FollowerThread, no_stream_left, pending, start
+from tests.clock import SKEW, host_clock
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -225,3 +228,47 @@ def test_a_start_with_a_refused_key_marks_the_app_and_a_start_dify_accepts_clear
     start(simulator, app)
     app.refresh_from_db()
     assert app.refused_at is None
+
+
+def _note_revoked_on_a_host(app: DifyApp, offset: dt.timedelta) -> None:
+    """A follower on a host whose clock is `offset` off sees Dify refuse the key."""
+    with host_clock(offset):
+        assert app.note_refused(
+            Unauthorized(401, "unauthorized", "Access token is invalid"), "follower"
+        )
+
+
+def _held_run(app: DifyApp) -> Run:
+    return Run.objects.create(
+        app=app,
+        workflow_run_id="R-held",
+        dify_user="inbox-tests",
+        status=Run.Status.PAUSED,
+        follow_wanted=False,
+        needs_reconcile=True,
+    )
+
+
+def test_a_refusal_seen_by_a_host_whose_clock_is_behind_waits_its_minute_before_dify_is_asked(
+    dify_app: DifyApp,
+) -> None:
+    _held_run(dify_app)
+    _note_revoked_on_a_host(dify_app, -SKEW)
+    # Refused a moment ago: the reconcile leaves the run waiting. (Nothing listens at the app's
+    # URL: a call to Dify would count as an error.)
+    counts = reconcile_runs()
+    assert (counts["held"], counts["errors"]) == (1, 0)
+
+
+def test_a_refusal_seen_by_a_host_whose_clock_is_ahead_is_asked_about_a_minute_later(
+    dify_app: DifyApp,
+) -> None:
+    _held_run(dify_app)
+    _note_revoked_on_a_host(dify_app, SKEW)
+    a_minute = dt.timedelta(minutes=1, seconds=1)
+    DifyApp.objects.filter(pk=dify_app.pk).update(
+        refused_at=F("refused_at") - a_minute, refusal_checked_at=F("refusal_checked_at") - a_minute
+    )
+    # A minute on, the reconcile asks Dify again (and finds it unreachable).
+    counts = reconcile_runs()
+    assert (counts["held"], counts["errors"]) == (0, 1)

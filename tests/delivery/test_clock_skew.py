@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import F
 
 from inbox import tasks
-from inbox.models import Decision, DifyApp, database_now
+from inbox.models import Decision, DeliveryPump, DifyApp, database_now
 from inbox.tasks import sweep_deliveries
 from tests.clock import SKEW, host_clock
 from tests.delivery.helpers import make_form
@@ -201,3 +202,18 @@ def test_an_older_retry_s_task_sends_nothing_whatever_the_clocks_say(
             assert Decision.start_delivery(decision.pk, due=first_due) is None
     decision.refresh_from_db()
     assert decision.status == "queued" and decision.attempts == 2
+
+
+def test_a_lost_wake_up_from_a_host_whose_clock_is_ahead_holds_the_pump_back_only_seconds(
+    app: DifyApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+    monkeypatch.setattr(tasks.deliver_queued, "apply_async", lambda: sent.append("pump"))
+    with host_clock(SKEW):
+        assert DeliveryPump.wake()
+    # Its message was lost with a killed worker, and the pump never started. STALE_SECONDS on,
+    # a decision made on another host wakes it again.
+    stale = dt.timedelta(seconds=DeliveryPump.STALE_SECONDS + 1)
+    DeliveryPump.objects.filter(pk=1).update(requested_at=F("requested_at") - stale)
+    assert DeliveryPump.wake()
+    assert sent == ["pump", "pump"]
