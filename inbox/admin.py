@@ -401,7 +401,7 @@ class DecisionAdmin(admin.ModelAdmin):
         "last_error",
         "created_at",
     ]
-    list_filter = ["status", "form__run__app"]
+    list_filter = ["status", "held_for_app", "form__run__app"]
     search_fields = ["form__node_title", "form__form_id", "action_id", "guest_email"]
     list_select_related = ["form", "reviewer"]
     readonly_fields = [
@@ -413,6 +413,7 @@ class DecisionAdmin(admin.ModelAdmin):
         "next_attempt_at",
         "maybe_applied",
         "dify_unreachable",
+        "held_for_app",
     ]
     actions = ["retry_delivery"]
 

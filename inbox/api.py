@@ -135,6 +135,8 @@ def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
         "action": decision.action_id,
         "decided_by": decision.decider_label,
         "last_error": decision.last_error,
+        # Queued, but waiting for Dify to accept the app again (a refused key).
+        "held": decision.held_for_app,
         "created_at": _iso(decision.created_at),
         "delivered_at": _iso(decision.delivered_at),
     }

@@ -195,6 +195,9 @@ class DifyApp(models.Model):
         )
         self.refused_at = self.refusal_checked_at = self.refusal_status = None
         self.refusal = ""
+        # The decisions held while Dify refused the app go now. (One held after this read is
+        # released by `sweep_deliveries`, which finds its app accepted.)
+        Decision.release_held([self.pk])
         return bool(cleared)
 
 
@@ -1272,6 +1275,10 @@ class Decision(models.Model):
     # The last attempt never reached Dify (connection refused, connect timed out): it waits out
     # its backoff only until a delivery to the same app gets through again.
     dify_unreachable = models.BooleanField(default=False)
+    # Dify refused the app's key or the app itself (`DifyStatusError.refuses_app`: a revoked key,
+    # an unpublished app): the decision waits, with no due time, until Dify accepts the app again
+    # (`release_held`). What an administrator fixes in the app's settings fails no decision.
+    held_for_app = models.BooleanField(_("held until Dify accepts its app"), default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -1433,6 +1440,10 @@ class Decision(models.Model):
                 # A duplicate task (acks_late redelivery, the sweep's re-send): the first one
                 # owns it.
                 return None
+            if decision.held_for_app:
+                # Its app is refused: `release_held` makes it due when Dify accepts the app.
+                logger.info("decision %s: held until Dify accepts its app again", pk)
+                return None
             now = database_now()
             if due is not None:
                 # The task knows which backoff it waited out: only a later one is not its turn.
@@ -1531,6 +1542,10 @@ class Decision(models.Model):
         self.last_error = redact_secret(reason, form.form_token) if reason else ""
         self.next_attempt_at = None
         fields = ["status", "last_error", "next_attempt_at", "updated_at"]
+        if self.held_for_app:
+            # Settled while it waited for its app (answered in Dify, the run stopped).
+            self.held_for_app = False
+            fields.append("held_for_app")
         if status == self.Status.DELIVERED:
             self.delivered_at = now
             fields.append("delivered_at")
@@ -1739,6 +1754,59 @@ class Decision(models.Model):
         return released
 
     @classmethod
+    def hold_for_app(cls, pk: int, *, error: str) -> bool:
+        """Dify refused the app this attempt was made for: the decision waits, queued with no
+        due time, until `release_held` finds the app accepted again."""
+        with transaction.atomic():
+            locked = cls._lock(pk)
+            if locked is None:
+                return False
+            form, decision = locked
+            if decision.status != cls.Status.DELIVERING:
+                return False
+            decision.status = cls.Status.QUEUED
+            decision.last_error = redact_secret(error, form.form_token)
+            decision.next_attempt_at = None
+            decision.held_for_app = True
+            decision.dify_unreachable = False
+            decision.save(
+                update_fields=[
+                    "status",
+                    "last_error",
+                    "next_attempt_at",
+                    "held_for_app",
+                    "dify_unreachable",
+                    "updated_at",
+                ]
+            )
+            AuditEntry.record(
+                "delivery_held", decision, attempt=decision.attempts, error=decision.last_error
+            )
+        return True
+
+    @classmethod
+    def release_held(cls, app_ids: Iterable[int] | None = None) -> int:
+        """The decisions held for these apps (`hold_for_app`) are due now, and the pump is woken
+        for them. Without `app_ids`: those of every app Dify no longer refuses, and those whose
+        form expired meanwhile (the attempt settles them without asking Dify)."""
+        held = cls.objects.filter(status=cls.Status.QUEUED, held_for_app=True)
+        if app_ids is None:
+            held = held.filter(
+                Q(form__run__app__refused_at__isnull=True)
+                | Q(form__expiration_time__lte=timezone.now())
+            )
+        else:
+            ids = sorted(set(app_ids))
+            if not ids:
+                return 0
+            held = held.filter(form__run__app_id__in=ids)
+        released = held.update(next_attempt_at=Now(), held_for_app=False, updated_at=timezone.now())
+        if released:
+            logger.info("%d held decision(s) due now", released)
+            DeliveryPump.wake()
+        return released
+
+    @classmethod
     def resend_lost(cls, pk: int, *, due_before: dt.datetime) -> bool:
         """A queued decision long past its due time lost its task: send it again."""
         with transaction.atomic():
@@ -1747,7 +1815,7 @@ class Decision(models.Model):
                 return False
             _form, decision = locked
             due = decision.next_attempt_at or decision.updated_at
-            if decision.status != cls.Status.QUEUED or due >= due_before:
+            if decision.status != cls.Status.QUEUED or decision.held_for_app or due >= due_before:
                 return False
             # Due again from now: a long broker backlog is not re-sent on every sweep.
             decision.next_attempt_at = database_now()

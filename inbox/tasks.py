@@ -456,9 +456,9 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
             code=exc.code,
         )
         return "failed"
+    if isinstance(exc, DifyStatusError) and exc.refuses_app:
+        return _hold_for_app(decision, exc)
     if isinstance(exc, DifyStatusError) and exc.permanent:
-        if exc.refuses_app:
-            decision.form.run.app.note_refused(exc, "delivery")
         _fail(
             decision,
             gettext("Dify refused the decision (%(status)s %(code)s): %(message)s")
@@ -474,6 +474,33 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
             return _settle_filled(decision, filled, confirmed_by="live events")
     retry_after = exc.retry_after if isinstance(exc, DifyStatusError) else None
     return _retry_or_fail(decision, exc, retry_after=retry_after, ambiguous=ambiguous)
+
+
+def _hold_for_app(decision: Decision, exc: DifyStatusError) -> str:
+    """Dify refuses the app (a revoked key, an unpublished app), not the decision: it waits for
+    the app to be accepted again, which an administrator's new key or Dify's next accepted call
+    says (`DifyApp.note_accepted`, `settings_changed`). A refusal that keeps coming back while
+    other calls are accepted (a key that may read but not submit) fails after the attempts."""
+    app = decision.form.run.app
+    app.note_refused(exc, "delivery")
+    reason = gettext("Dify refused the decision (%(status)s %(code)s): %(message)s") % {
+        "status": exc.status,
+        "code": exc.code,
+        "message": exc.message,
+    }
+    if decision.attempts >= settings.INBOX_DELIVERY_MAX_ATTEMPTS:
+        _fail(decision, reason, code=exc.code)
+        return "failed"
+    if not Decision.hold_for_app(decision.pk, error=reason):
+        return "skipped"
+    logger.warning(
+        "decision %s: held until Dify accepts the app %s again: %s", decision.pk, app, exc
+    )
+    if not DifyApp.objects.filter(pk=app.pk, refused_at__isnull=False).exists():
+        # Accepted again between the refusal and the hold, or the refusal was of settings an
+        # administrator has replaced since: nothing would release it.
+        Decision.release_held([app.pk])
+    return "held"
 
 
 def _fail(decision: Decision, reason: str, **details: Any) -> None:
@@ -685,7 +712,7 @@ def sweep_deliveries(batch_size: int = 500) -> dict[str, int]:
     with periodic_lock("sweep_deliveries") as held:
         if not held:
             logger.info("sweep_deliveries: another run holds the lock")
-            return {"stuck": 0, "resent": 0}
+            return {"stuck": 0, "resent": 0, "released": 0}
         # The database's clock, which delivery_started_at and next_attempt_at are kept by: a
         # worker whose clock is behind the beat's did not start its delivery minutes ago.
         now = database_now()
@@ -698,7 +725,7 @@ def sweep_deliveries(batch_size: int = 500) -> dict[str, int]:
         due_before = now - dt.timedelta(seconds=settings.INBOX_DELIVERY_REQUEUE_AFTER_SECONDS)
         resent = 0
         for pk in (
-            Decision.objects.filter(status=Decision.Status.QUEUED)
+            Decision.objects.filter(status=Decision.Status.QUEUED, held_for_app=False)
             .filter(
                 Q(next_attempt_at__lt=due_before)
                 | Q(next_attempt_at__isnull=True, updated_at__lt=due_before)
@@ -706,9 +733,17 @@ def sweep_deliveries(batch_size: int = 500) -> dict[str, int]:
             .values_list("pk", flat=True)[:batch_size]
         ):
             resent += Decision.resend_lost(pk, due_before=due_before)
-        if stuck or resent:
-            logger.info("sweep_deliveries: %d stuck recovered, %d lost re-sent", stuck, resent)
-        return {"stuck": stuck, "resent": resent}
+        # A decision held for an app that Dify accepted meanwhile (the release missed it), or
+        # whose form expired while it waited.
+        released = Decision.release_held()
+        if stuck or resent or released:
+            logger.info(
+                "sweep_deliveries: %d stuck recovered, %d lost re-sent, %d held released",
+                stuck,
+                resent,
+                released,
+            )
+        return {"stuck": stuck, "resent": resent, "released": released}
 
 
 # Periodic (beat, every 5 min). Each GET is short, the batch is bounded; the limit covers a

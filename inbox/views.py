@@ -751,7 +751,9 @@ def form_context(
         "run": form.run,
         "app": form.run.app,
         "state": state,
-        "live_key": f"{state}-{decision.status}" if state == "in_flight" and decision else state,
+        "live_key": _decision_key(state, decision.status, decision.held_for_app)
+        if decision
+        else state,
         "decider": decider,
         "base": decider.base_url,
         "dform": dform,
@@ -931,8 +933,15 @@ def _live_key(form: Form, state: str) -> str:
     """What the page last showed: the state, and while a decision travels, its status too."""
     if state != "in_flight":
         return state
-    status = form.decisions.values_list("status", flat=True).first()
-    return f"{state}-{status}"
+    status, held = form.decisions.values_list("status", "held_for_app").first() or (None, False)
+    return _decision_key(state, status, held)
+
+
+def _decision_key(state: str, status: str | None, held: bool) -> str:
+    if state != "in_flight":
+        return state
+    # A decision held for its app (see `Decision.held_for_app`) shows its own words.
+    return f"{state}-{status}-held" if held else f"{state}-{status}"
 
 
 def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:

@@ -69,9 +69,13 @@ def test_a_delivery_started_seconds_ago_by_a_worker_whose_clock_is_behind_is_not
     with host_clock(-SKEW):
         assert claim(decision.pk) is not None
     # Still waiting for Dify's answer: re-sending it now could apply it twice.
-    assert _sweep(django_capture_on_commit_callbacks) == {"stuck": 0, "resent": 0}
+    assert _sweep(django_capture_on_commit_callbacks) == {"stuck": 0, "resent": 0, "released": 0}
     with host_clock(SKEW):
-        assert _sweep(django_capture_on_commit_callbacks) == {"stuck": 0, "resent": 0}
+        assert _sweep(django_capture_on_commit_callbacks) == {
+            "stuck": 0,
+            "resent": 0,
+            "released": 0,
+        }
     decision.refresh_from_db()
     assert decision.status == "delivering" and not decision.maybe_applied
 
@@ -93,11 +97,15 @@ def test_a_retry_scheduled_by_a_worker_whose_clock_is_behind_waits_out_its_backo
         assert Decision.schedule_retry(decision.pk, error="503", delay=60, ambiguous=True)
     assert _claim_due(decision.pk) is None
     assert Decision.start_delivery(decision.pk) is None
-    assert _sweep(django_capture_on_commit_callbacks) == {"stuck": 0, "resent": 0}
+    assert _sweep(django_capture_on_commit_callbacks) == {"stuck": 0, "resent": 0, "released": 0}
     with host_clock(SKEW):
         assert _claim_due(decision.pk) is None
         assert Decision.start_delivery(decision.pk) is None
-        assert _sweep(django_capture_on_commit_callbacks) == {"stuck": 0, "resent": 0}
+        assert _sweep(django_capture_on_commit_callbacks) == {
+            "stuck": 0,
+            "resent": 0,
+            "released": 0,
+        }
     decision.refresh_from_db()
     assert decision.status == "queued" and decision.attempts == 1
 
@@ -111,7 +119,11 @@ def test_decisions_the_sweep_of_a_host_whose_clock_is_ahead_sends_again_are_due_
     )
     Decision.objects.filter(pk=lost.pk).update(next_attempt_at=_ago(300))
     with host_clock(SKEW):
-        assert _sweep(django_capture_on_commit_callbacks) == {"stuck": 1, "resent": 1}
+        assert _sweep(django_capture_on_commit_callbacks) == {
+            "stuck": 1,
+            "resent": 1,
+            "released": 0,
+        }
     claimed, _closed, _drained = Decision.claim_due(10)
     assert sorted(d.pk for d in claimed) == sorted([stuck.pk, lost.pk])
 

@@ -509,7 +509,8 @@ def test_a_refused_key_marks_the_app_and_the_next_delivery_dify_accepts_clears_i
     assert deliver_decision(decide(form, "approve", {"note": ""}).pk) == "rejected"
     app.refresh_from_db()
     assert app.refused_at is None
-    assert deliver_decision(decide(form).pk) == "failed"
+    held = decide(form)
+    assert deliver_decision(held.pk) == "held"
     app.refresh_from_db()
     assert app.refused_at is not None
     assert (app.refusal, app.refusal_status) == ("401 unauthorized: Access token is invalid", 401)
@@ -518,3 +519,6 @@ def test_a_refused_key_marks_the_app_and_the_next_delivery_dify_accepts_clears_i
     assert deliver_decision(decide(make_form(app)).pk) == "delivered"
     app.refresh_from_db()
     assert app.refused_at is None and app.refusal == ""
+    # And the decision kept while the app was refused is due again.
+    held.refresh_from_db()
+    assert held.status == "queued" and not held.held_for_app and held.next_attempt_at

@@ -402,3 +402,110 @@ def test_a_batch_dify_accepts_clears_the_refusal_of_its_app(
     app.refresh_from_db()
     assert app.refused_at is None and app.refusal == ""
     assert AuditEntry.objects.filter(verb="app_accepted").count() == 1
+
+
+def test_a_decision_dify_refuses_for_its_app_is_kept_until_dify_accepts_the_app_again(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision], sent: list[str]
+) -> None:
+    # The app's key was revoked in Dify: the decision is not at fault, the app is.
+    dify.on("POST", SUBMIT, error(401, "unauthorized", "Access token is invalid"))
+    form = make_form(app)
+    decision = decide(form)
+    assert deliver_queued() == {"held": 1}
+    decision.refresh_from_db()
+    assert (decision.status, decision.held_for_app, decision.next_attempt_at) == (
+        "queued",
+        True,
+        None,
+    )
+    assert decision.last_error == (
+        "Dify refused the decision (401 unauthorized): Access token is invalid"
+    )
+    assert Form.objects.get(pk=form.pk).status == "submitting"
+    assert _trail(decision)[-2:] == ["delivery_started", "delivery_held"]
+    app.refresh_from_db()
+    assert app.refused_at is not None
+
+    # Nothing sends it while the app is refused: not the pump, not a stale task, not the sweep.
+    assert deliver_queued() == {}
+    assert tasks.deliver_decision(decision.pk) == "skipped"
+    assert tasks.sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 0}
+    assert len(dify.requests("POST", SUBMIT)) == 1
+
+    # Dify accepts the app again (the reconcile's probe, say): the decision is due at once.
+    dify.on("POST", SUBMIT, Reply())
+    sent.clear()
+    assert app.note_accepted("reconcile")
+    assert sent == ["deliver_queued"]
+    decision.refresh_from_db()
+    assert not decision.held_for_app and decision.next_attempt_at is not None
+    assert deliver_queued() == {"delivered": 1}
+    assert _state_of(decision) == ("delivered", "submitted", 2)
+    assert len(dify.requests("POST", SUBMIT + form.form_token)) == 2
+
+
+def _state_of(decision: Decision) -> tuple[str, str, int]:
+    decision.refresh_from_db()
+    return decision.status, decision.form.status, decision.attempts
+
+
+def test_an_administrators_new_key_sends_the_decisions_held_for_the_app(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision], admin_user: User
+) -> None:
+    dify.on("POST", SUBMIT, error(403, "forbidden", "App is disabled"), Reply(), Reply())
+    first, second = decide(make_form(app)), decide(make_form(app))
+    # The first is refused and held; the second, claimed in the same batch, is refused too.
+    dify.on("POST", SUBMIT, error(403, "forbidden", "App is disabled"))
+    assert deliver_queued() == {"held": 2}
+    app.refresh_from_db()
+    app.api_key = "app-key-new"
+    app.save()
+    dify.on("POST", SUBMIT, Reply())
+    app.settings_changed(actor=admin_user)
+    assert deliver_queued() == {"delivered": 2}
+    assert {d.status for d in Decision.objects.filter(pk__in=[first.pk, second.pk])} == {
+        "delivered"
+    }
+
+
+def test_the_sweep_sends_a_held_decision_whose_app_was_accepted_meanwhile_or_whose_form_expired(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision], sent: list[str]
+) -> None:
+    dify.on("POST", SUBMIT, error(401, "unauthorized", "Access token is invalid"))
+    kept, late = decide(make_form(app)), decide(make_form(app))
+    assert deliver_queued() == {"held": 2}
+    # The form of one expires in Dify while it waits: the attempt settles it without asking.
+    Form.objects.filter(pk=late.form_id).update(
+        expiration_time=timezone.now() - dt.timedelta(seconds=1)
+    )
+    sent.clear()
+    assert tasks.sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 1}
+    assert sent == ["deliver_queued"]
+    assert deliver_queued() == {"skipped": 1}
+    late.refresh_from_db()
+    assert (late.status, late.held_for_app) == ("rejected", False)
+    assert Form.objects.get(pk=late.form_id).status == "expired"
+    # Dify accepted the app again, but the release missed the other one (it was held a moment
+    # after the release read): the sweep finds it.
+    DifyApp.objects.filter(pk=app.pk).update(refused_at=None, refusal="", refusal_status=None)
+    dify.on("POST", SUBMIT, Reply())
+    assert tasks.sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 1}
+    assert deliver_queued() == {"delivered": 1}
+    assert Decision.objects.get(pk=kept.pk).status == "delivered"
+    assert len(dify.requests("POST", SUBMIT)) == 3
+
+
+def test_a_refusal_that_comes_back_while_dify_accepts_other_calls_fails_after_the_attempts(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    # A key that may read runs but not submit forms: each release ends in another refusal.
+    dify.on("POST", SUBMIT, error(403, "forbidden", "Not allowed"))
+    decision = decide(make_form(app))
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(deliver_queued())
+        app.refresh_from_db()
+        app.note_accepted("reconcile")
+    assert outcomes == [{"held": 1}, {"held": 1}, {"failed": 1}]
+    assert _state_of(decision) == ("failed", "failed", 3)
+    assert decision.last_error == "Dify refused the decision (403 forbidden): Not allowed"

@@ -63,7 +63,7 @@ def test_a_delivery_left_by_a_dead_worker_is_queued_again(
         status=Decision.Status.DELIVERING, attempts=1, delivery_started_at=_ago(120)
     )
     with django_capture_on_commit_callbacks(execute=False) as queued:
-        assert sweep_deliveries() == {"stuck": 1, "resent": 0}
+        assert sweep_deliveries() == {"stuck": 1, "resent": 0, "released": 0}
     assert len(queued) == 1
     decided.refresh_from_db()
     assert decided.status == "queued" and decided.maybe_applied
@@ -74,7 +74,7 @@ def test_a_delivery_left_by_a_dead_worker_is_queued_again(
         status=Decision.Status.DELIVERING, delivery_started_at=_ago(5)
     )
     with django_capture_on_commit_callbacks(execute=False) as queued:
-        assert sweep_deliveries() == {"stuck": 0, "resent": 0}
+        assert sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 0}
     assert not queued
 
 
@@ -83,9 +83,9 @@ def test_a_queued_decision_whose_task_was_lost_is_sent_again_once(
 ) -> None:
     Decision.objects.filter(pk=decided.pk).update(next_attempt_at=_ago(300))
     with django_capture_on_commit_callbacks(execute=False) as queued:
-        assert sweep_deliveries() == {"stuck": 0, "resent": 1}
+        assert sweep_deliveries() == {"stuck": 0, "resent": 1, "released": 0}
         # Due again from now: the next tick does not send it a second time.
-        assert sweep_deliveries() == {"stuck": 0, "resent": 0}
+        assert sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 0}
     assert len(queued) == 1
     assert AuditEntry.objects.filter(verb="delivery_resent").count() == 1
 
@@ -97,7 +97,7 @@ def test_a_decision_waiting_for_its_retry_is_not_resent(
         next_attempt_at=timezone.now() + dt.timedelta(minutes=10)
     )
     with django_capture_on_commit_callbacks(execute=False) as queued:
-        assert sweep_deliveries() == {"stuck": 0, "resent": 0}
+        assert sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 0}
     assert not queued
 
 

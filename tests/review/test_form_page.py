@@ -368,3 +368,34 @@ def test_payloads_in_titles_options_and_file_names_are_escaped(
     for html in (page, inbox):
         assert "<script>window.__xss" not in html
         assert executable_markup(html) == [], payload
+
+
+def test_a_decision_held_for_its_app_says_so_and_the_page_notices_when_it_goes_on(
+    alice: Client, form: Form, reviewer: User
+) -> None:
+    form.status = Form.Status.SUBMITTING
+    form.save()
+    decision = Decision.objects.create(
+        form=form,
+        action_id="approve",
+        reviewer=reviewer,
+        held_for_app=True,
+        last_error="Dify refused the decision (401 unauthorized): Access token is invalid",
+    )
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert "Decision kept: Dify refuses this app's connection." in page
+    assert "Nothing needs to be decided again." in page
+    assert "Access token is invalid" in page
+    # It may wait for hours: the page asks less often, and redraws once the decision goes on.
+    assert 'hx-trigger="every 5s"' in page and "state=in_flight-queued-held" in page
+    Decision.objects.filter(pk=decision.pk).update(held_for_app=False)
+    live = alice.get(
+        f"/forms/{form.public_id}/live",
+        {"state": "in_flight-queued-held", "run": "x"},
+        HTTP_HX_REQUEST="true",
+    ).content.decode()
+    assert "Decision queued; it is on its way to Dify." in live
+    assert 'hx-trigger="every 1s"' in live
+    Decision.objects.filter(pk=decision.pk).update(held_for_app=True)
+    page = alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "Decision kept" not in page and "决定已保留" in page
