@@ -243,6 +243,12 @@ def test_the_api_takes_a_decision_with_202_and_reports_its_delivery(
     assert len(callbacks) == 1 and Decision.objects.count() == 1
     detail = client.get(url, HTTP_AUTHORIZATION=f"Bearer {alice_token}").json()
     assert detail["status"] == "submitting" and detail["decision"]["status"] == "queued"
+    assert detail["decision"]["held"] is False
+    # Held while Dify refuses the app (`Decision.held_for_app`): the API says so.
+    Decision.objects.update(held_for_app=True)
+    detail = client.get(url, HTTP_AUTHORIZATION=f"Bearer {alice_token}").json()
+    assert detail["decision"]["held"] is True
+    Decision.objects.update(held_for_app=False)
 
     # Bob, a moment later: refused, and told whose decision it is.
     late = api_post(client, bob_token, url + "/decision", {"action": "reject", "inputs": {}})
