@@ -176,17 +176,25 @@ class DifyApp(models.Model):
 
     def settings_changed(self, *, actor: Any = None) -> int:
         """An administrator saved a new key or URL: what Dify refused is worth asking again
-        now. Clears the refusal and hands the runs the follower gave up on back to it (each
-        stream opened with a state snapshot, so their forms come in). Returns how many."""
+        now. Clears the refusal and hands the runs the follower gave up on, or whose events
+        the old settings could not see, back to it (each stream opened with a state snapshot,
+        so their forms come in). Returns how many."""
         if self._clear_refusal(DifyApp.objects.filter(pk=self.pk)):
             AuditEntry.record("app_accepted", self, actor=actor, source="new settings")
-        pks = (
-            Run.objects.filter(app=self, needs_reconcile=True, events_unavailable=False)
-            .filter(follow_wanted=False)
+        open_runs = (
+            Run.objects.filter(app=self, follow_wanted=False)
             .exclude(status__in=Run.FINAL_STATUSES)
             .exclude(workflow_run_id="")
-            .values_list("pk", flat=True)
         )
+        # Runs whose events the old settings could not see (404: another app's key, another
+        # server) may be visible to the new ones: each is read once more, and marked again if
+        # Dify still will not show it.
+        pks = list(
+            open_runs.filter(Q(needs_reconcile=True) | Q(events_unavailable=True)).values_list(
+                "pk", flat=True
+            )
+        )
+        Run.objects.filter(pk__in=pks, events_unavailable=True).update(events_unavailable=False)
         return request_follow_many(pks)
 
     def _clear_refusal(self, rows: models.QuerySet[DifyApp]) -> bool:

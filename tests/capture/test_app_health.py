@@ -272,3 +272,49 @@ def test_a_refusal_seen_by_a_host_whose_clock_is_ahead_is_asked_about_a_minute_l
     # A minute on, the reconcile asks Dify again (and finds it unreachable).
     counts = reconcile_runs()
     assert (counts["held"], counts["errors"]) == (0, 1)
+
+
+def test_a_new_key_after_another_app_s_key_follows_the_runs_that_key_could_not_see(
+    simulator: Any, sim_app: Any, follower: FollowerThread, admin_user: User
+) -> None:
+    app = sim_app("content-publish")
+    run = start(simulator, app)
+    (first,) = pending(run)
+    no_stream_left(run)
+    good_key = app.api_key
+    # An administrator pasted the key of another app: Dify accepts it, but knows none of this
+    # app's runs (404), so the run's events look unavailable and its detail not found.
+    DifyApp.objects.filter(pk=app.pk).update(api_key=simulator.api_key("refund-approval"))
+    _answer_in_dify(simulator, first)
+    run.request_follow(snapshot=True)
+    wait_until(
+        lambda: (
+            Run.objects.filter(pk=run.pk, events_unavailable=True, follow_wanted=False)
+            .filter(lease_owner="")
+            .exists()
+        ),
+        timeout=30,
+    )
+    Run.objects.filter(pk=run.pk).update(updated_at=timezone.now() - dt.timedelta(hours=1))
+    reconcile_runs()
+    assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).exists()
+    app.refresh_from_db()
+    assert app.refused_at is None  # Dify never refused the key itself.
+
+    admin = Client()
+    admin.force_login(admin_user)
+    response = admin.post(
+        f"/admin/inbox/difyapp/{app.pk}/change/",
+        {
+            "name": app.name,
+            "base_url": app.base_url,
+            "api_key": good_key,
+            "mode": "workflow",
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 302
+    # The right key sees the run again: it is read now, and its next form arrives.
+    assert _next_form(run, "legal_check")
+    run = no_stream_left(run)
+    assert not run.events_unavailable and not run.needs_reconcile
