@@ -70,7 +70,7 @@ from inbox.models import (
     routing_is_dense,
 )
 from inbox.uploads import UploadRejected, megabytes, upload_limits, upload_to_dify
-from inbox.views_runs import timeline_status_label
+from inbox.views_runs import timeline_items
 
 logger = logging.getLogger(__name__)
 
@@ -783,31 +783,9 @@ def run_context(form: Form) -> dict[str, Any]:
     return {
         "run": run,
         "run_version": run.updated_at.isoformat() if run.updated_at else "",
-        "timeline": [_timeline_item(item) for item in (run.timeline or [])[-50:]],
+        "timeline": timeline_items((run.timeline or [])[-50:]),
         "next_forms": next_forms,
         "run_url": _run_url(run),
-    }
-
-
-def _timeline_item(item: Any) -> dict[str, Any]:
-    """A timeline entry as written by the follower, read tolerantly for display."""
-    if not isinstance(item, dict):
-        return {"title": str(item), "status": "", "at": None, "event": ""}
-    at = item.get("at") or item.get("created_at") or item.get("time")
-    when = None
-    if isinstance(at, int | float):
-        when = dt.datetime.fromtimestamp(at, tz=dt.UTC)
-    elif isinstance(at, str):
-        try:
-            when = dt.datetime.fromisoformat(at)
-        except ValueError:
-            when = None
-    return {
-        "title": item.get("title") or item.get("node_title") or item.get("label") or "",
-        "event": item.get("event") or item.get("type") or "",
-        "status": item.get("status") or "",
-        "status_label": timeline_status_label(str(item.get("status") or "")),
-        "at": when,
     }
 
 

@@ -3,6 +3,7 @@ page (status, timeline, answer, outputs and forms, kept current by HTMX polling)
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -141,29 +142,60 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _timeline(run: Run) -> list[dict[str, Any]]:
+def timeline_items(entries: Any) -> list[dict[str, Any]]:
+    """A run's timeline as written by the follower, read tolerantly and worded for reviewers:
+    Dify's event names become words, and what the follower keeps but a reader does not need
+    is left out. A Human Input node's own entry says "running" until the run resumes, while its
+    form's entry says what it waits for: only the form's is shown then. The run's start entry
+    carries no status; the run's own is shown beside the timeline."""
+    raw = [item for item in entries or [] if isinstance(item, dict)]
+    waiting: set[str] = set()
+    hidden: set[int] = set()
+    for index in range(len(raw) - 1, -1, -1):
+        item = raw[index]
+        node_id = str(item.get("node_id") or "")
+        if item.get("event") == "human_input_required" and node_id:
+            waiting.add(node_id)
+        elif item.get("event") == "node" and item.get("status") == "running" and node_id in waiting:
+            hidden.add(index)
     items = []
-    for item in run.timeline or []:
-        if not isinstance(item, dict):
+    for index, item in enumerate(raw):
+        if index in hidden:
             continue
-        event = str(item.get("event") or "")
-        label = item.get("title") or EVENT_LABELS.get(event) or event
+        event = str(item.get("event") or item.get("type") or "")
+        status = "" if event == "workflow_started" else str(item.get("status") or "")
         items.append(
             {
-                "label": label,
+                "label": str(
+                    item.get("title")
+                    or item.get("node_title")
+                    or EVENT_LABELS.get(event)
+                    or event
+                ),
                 "event": event,
-                "status": str(item.get("status") or ""),
-                "status_label": timeline_status_label(str(item.get("status") or "")),
+                "status": status,
+                "status_label": timeline_status_label(status),
                 "action": item.get("action") or "",
                 "text": item.get("text") or "",
                 "error": item.get("error") or "",
-                "at": item.get("at") or "",
+                "at": _timeline_time(item.get("at") or item.get("created_at")),
                 "form": item.get("form") or "",
                 # Keeps an entry's "Output text" open across the live part's refresh.
                 "key": str(item.get("key") or ""),
             }
         )
     return items
+
+
+def _timeline_time(at: Any) -> dt.datetime | None:
+    if isinstance(at, int | float):
+        return dt.datetime.fromtimestamp(at, tz=dt.UTC)
+    if isinstance(at, str) and at:
+        try:
+            return dt.datetime.fromisoformat(at)
+        except ValueError:
+            return None
+    return None
 
 
 def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
@@ -173,7 +205,7 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "run": run,
         "app": run.app,
         "forms": [(form, form.pk in visible) for form in forms],
-        "timeline": _timeline(run),
+        "timeline": timeline_items(run.timeline),
         "may_stop": _may_stop(request, run) and run.status == Run.Status.RUNNING,
         # Dify refuses the app's key: no new form of this run can arrive. Reviewers are shown
         # the status code; Dify's message is for administrators.

@@ -399,3 +399,60 @@ def test_a_decision_held_for_its_app_says_so_and_the_page_notices_when_it_goes_o
     Decision.objects.filter(pk=decision.pk).update(held_for_app=True)
     page = alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "Decision kept" not in page and "决定已保留" in page
+
+
+def test_the_run_panel_s_timeline_is_in_words_and_shows_a_waiting_node_once(
+    alice: Client, form: Form
+) -> None:
+    run = form.run
+    run.timeline = [
+        {
+            "key": "started",
+            "event": "workflow_started",
+            "status": "running",
+            "at": "2026-12-06T02:36:59+00:00",
+        },
+        {
+            "key": "node:1",
+            "event": "node",
+            "node_id": "start",
+            "title": "Start",
+            "status": "succeeded",
+        },
+        # The Human Input node's own entry says "running" until the run resumes.
+        {
+            "key": "node:2",
+            "event": "node",
+            "node_id": "approval",
+            "title": "Data owner approval",
+            "status": "running",
+        },
+        {
+            "key": "form:F1",
+            "event": "human_input_required",
+            "node_id": "approval",
+            "title": "Data owner approval",
+            "status": "waiting",
+        },
+    ]
+    run.save()
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    panel = page[page.index('id="run-panel"') :]
+    titles = re.findall(r'<span class="tl-title">([^<]*)</span>', panel)
+    assert titles == ["Run started", "Start", "Data owner approval"]
+    statuses = re.findall(r'<span class="tl-status">([^<]*)</span>', panel)
+    assert statuses == ["Succeeded", "Waiting"]
+    assert "workflow_started" not in panel
+    chinese = alice.get(
+        f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert "运行已启动" in chinese and "Run started" not in chinese
+    # Once the run resumes and the node finishes, both entries say how it ended.
+    run.timeline[2]["status"] = "succeeded"
+    run.timeline[3]["status"] = "answered"
+    run.save()
+    panel = alice.get(f"/forms/{form.public_id}/").content.decode()
+    titles = re.findall(
+        r'<span class="tl-title">([^<]*)</span>', panel[panel.index('id="run-panel"') :]
+    )
+    assert titles == ["Run started", "Start", "Data owner approval", "Data owner approval"]
