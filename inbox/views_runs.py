@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
@@ -127,18 +128,63 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
     return render(request, "inbox/apps_start.html", {"app": app, "form": form}, status=status)
 
 
+# Runs a page of the runs list shows; older ones are a link away.
+RUNS_PAGE = 50
+RUN_STATES = {
+    "open": ("starting", "running", "paused"),
+    "paused": ("paused",),
+    "finished": tuple(sorted(Run.FINAL_STATUSES)),
+}
+
+
 @login_required
 @require_GET
 def runs_list(request: HttpRequest) -> HttpResponse:
-    runs = list(
-        Run.objects.for_user(request.user)
-        .select_related("app", "started_by")
-        .order_by("-created_at")[:100]
+    """The runs one may see, newest first, a page at a time, by state and app. Pages are read
+    by offset without counting: a count over every visible run costs more than the page."""
+    visible = Run.objects.for_user(request.user)
+    state = request.GET.get("state", "")
+    if state not in RUN_STATES:
+        state = ""
+    runs = visible.select_related("app", "started_by").order_by("-created_at", "-pk")
+    if state:
+        runs = runs.filter(status__in=RUN_STATES[state])
+    apps = list(DifyApp.objects.filter(pk__in=visible.values("app_id")).order_by("name"))
+    app = next((a for a in apps if str(a.pk) == request.GET.get("app", "")), None)
+    if app is not None:
+        runs = runs.filter(app=app)
+    try:
+        page = max(int(request.GET.get("page", "1")), 1)
+    except ValueError:
+        page = 1
+    rows = list(runs[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
+    more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
+    waiting = dict(
+        Form.objects.filter(run__in=rows, status=Form.Status.PENDING)
+        .order_by()
+        .values("run_id")
+        .annotate(n=Count("pk"))
+        .values_list("run_id", "n")
     )
     return render(
         request,
         "inbox/runs.html",
-        {"runs": runs, "may_start": Run.objects.may_start(request.user)},
+        {
+            "runs": [(run, waiting.get(run.pk, 0)) for run in rows],
+            "may_start": Run.objects.may_start(request.user),
+            "states": [
+                ("", _("All")),
+                ("open", _("Open")),
+                ("paused", _("Waiting for a decision")),
+                ("finished", _("Ended")),
+            ],
+            "state": state,
+            "apps": apps,
+            "app": app,
+            "page": page,
+            "newer": page - 1 if page > 1 else None,
+            "older": page + 1 if more else None,
+        },
     )
 
 
@@ -167,10 +213,7 @@ def timeline_items(entries: Any) -> list[dict[str, Any]]:
         items.append(
             {
                 "label": str(
-                    item.get("title")
-                    or item.get("node_title")
-                    or EVENT_LABELS.get(event)
-                    or event
+                    item.get("title") or item.get("node_title") or EVENT_LABELS.get(event) or event
                 ),
                 "event": event,
                 "status": status,

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
+from inbox import views_runs
 from inbox.models import DifyApp, Form, Run
 from inbox.runs import start_run
 from inbox.simulator.testing import sample_inputs
@@ -344,3 +345,53 @@ def test_stopping_a_working_run_from_its_page(
     response = client.post(f"/runs/{run.public_id}/stop", follow=True)
     assert "Dify was asked to stop the run." in response.content.decode()
     simulator.wait_for_status(run.workflow_run_id, "stopped")
+
+
+def test_the_runs_list_filters_by_state_and_app_and_pages_without_counting(
+    client: Client,
+    paused_run: Run,
+    refunds: DifyApp,
+    sim_app: Any,
+    admin_user: User,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other = sim_app("content-publish")
+    finished = [
+        Run.objects.create(app=refunds, status="succeeded", workflow_run_id=f"done-{n}")
+        for n in range(3)
+    ]
+    Run.objects.create(app=other, status="running", workflow_run_id="other-1")
+    admin = login(client, admin_user)
+
+    def shown(query: str) -> list[str]:
+        page = admin.get("/runs/" + query).content.decode()
+        return re.findall(r'<a class="open" href="/runs/([0-9a-f-]+)/"', page)
+
+    assert len(shown("")) == 5
+    paused_page = admin.get("/runs/?state=paused").content.decode()
+    assert shown("?state=paused") == [str(paused_run.public_id)]
+    assert "1 form waiting for a decision" in paused_page
+    assert sorted(shown("?state=finished")) == sorted(str(r.public_id) for r in finished)
+    assert len(shown(f"?state=open&app={refunds.pk}")) == 1
+    assert shown(f"?state=finished&app={other.pk}") == []
+    assert "No runs match." in admin.get(f"/runs/?state=finished&app={other.pk}").content.decode()
+
+    # Pages of two: newest first, each run once, a link to the older ones while there are any.
+    monkeypatch.setattr(views_runs, "RUNS_PAGE", 2)
+    pages = [shown(f"?page={n}") for n in (1, 2, 3)]
+    first = admin.get("/runs/?page=1").content.decode()
+    last = admin.get("/runs/?page=3").content.decode()
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert len({run for p in pages for run in p}) == 5
+    assert "?page=2" in first and "Newer" not in first
+    assert "?page=2" in last and "Older" not in last
+    assert shown("?page=oops") == shown("?page=1")
+
+
+def test_the_runs_list_shows_a_reviewer_only_the_apps_of_runs_they_may_see(
+    client: Client, paused_run: Run, sim_app: Any, reviewer: User
+) -> None:
+    hidden = sim_app("content-publish")
+    Run.objects.create(app=hidden, status="running", workflow_run_id="not-theirs")
+    page = login(client, reviewer).get("/runs/").content.decode()
+    assert "content-publish" not in page and str(paused_run.public_id) in page
