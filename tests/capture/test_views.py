@@ -196,6 +196,7 @@ def test_the_run_page_shows_status_timeline_and_forms_never_the_token(
     page = login(client, reviewer).get(f"/runs/{paused_run.public_id}/").content.decode()
     assert "Paused" in page and "The run is waiting for a decision." in page
     assert "Look up order" in page and "Run started" in page
+    assert re.search(r"<time datetime=\"[^\"]+\" title=\"[^\"]+\">\d\d:\d\d:\d\d</time>", page)
     assert f'href="/forms/{form.public_id}/"' in page
     assert form.form_token not in page
     # It keeps itself current while the run is open.
