@@ -768,24 +768,34 @@ def form_context(
         # decision the first one made instead of making another.
         "submission_key": uuid.uuid4().hex,
         "others": presence.touch(form.pk, decider.key, decider.label),
-        **run_context(form),
+        **run_context(form, decider),
     }
 
 
-def run_context(form: Form) -> dict[str, Any]:
+def run_context(form: Form, decider: Decider) -> dict[str, Any]:
+    """The run panel. The run's other open forms and the run page are offered to a reviewer
+    only as far as they may open them. A guest's link opens this one form and nothing else:
+    a guest is offered neither (their own emails bring them any other form of theirs), and
+    sees only the run's app, status and start, not who started it, its steps or its outputs,
+    which may hold far more than the form shows."""
     run = form.run
-    next_forms = list(
-        run.forms.filter(status=Form.Status.PENDING)
-        .exclude(pk=form.pk)
-        .order_by("created_at")
-        .only("public_id", "node_title", "node_id")
-    )
+    reviewer = decider.reviewer is not None
+    next_forms: list[Form] = []
+    if reviewer:
+        next_forms = list(
+            Form.objects.for_user(decider.reviewer)
+            .filter(run=run, status=Form.Status.PENDING)
+            .exclude(pk=form.pk)
+            .order_by("created_at")
+            .only("public_id", "node_title", "node_id")
+        )
     return {
         "run": run,
         "run_version": run.updated_at.isoformat() if run.updated_at else "",
         "timeline": timeline_items((run.timeline or [])[-50:]),
         "next_forms": next_forms,
-        "run_url": _run_url(run),
+        "run_url": _run_url(run) if reviewer else "",
+        "run_details": reviewer,
     }
 
 
@@ -926,7 +936,7 @@ def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> Htt
     """The page's poll: presence always; the run panel and the body only when they changed."""
     state = page_state(form)
     live_key = _live_key(form, state)
-    run_ctx = run_context(form)
+    run_ctx = run_context(form, decider)
     context = {
         **run_ctx,
         "form": form,

@@ -295,3 +295,35 @@ def test_behind_a_proxy_the_limit_counts_the_forwarded_address(
     assert [client.get(guest_link, **first).status_code for _ in range(3)] == [200, 200, 429]
     # Another visitor behind the same proxy has their own count.
     assert client.get(guest_link, **second).status_code == 200
+
+
+def test_the_run_panel_offers_a_guest_nothing_beyond_the_form_and_a_reviewer_only_their_forms(
+    client: Client,
+    guest_link: str,
+    routed_form: Form,
+    reach_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    run = routed_form.run
+    # Two more forms wait in the same run: one routed to alice (the default route), one only
+    # to bob.
+    alices = make_form(reach_app, run=run, node_title="Second look")
+    route(reach_app, node="legal_only", users=[other_reviewer])
+    bobs = make_form(reach_app, run=run, node_id="legal_only", node_title="Legal sign-off")
+    run.outputs = {"internal_score": "credit 87, flagged"}
+    run.status = "succeeded"
+    run.timeline = [{"key": "node:1", "event": "node", "title": "Credit check"}]
+    run.save()
+    page = client.get(guest_link).content.decode()
+    assert "waiting for another decision" not in page
+    # Nor who started the run, its steps or its outputs: only what the form itself shows.
+    assert "credit 87" not in page and "Credit check" not in page and "Started by" not in page
+    assert "Second look" not in page and "Legal sign-off" not in page
+    assert f"/runs/{run.public_id}/" not in page and "/forms/" not in page
+    client.force_login(reviewer)
+    page = client.get(f"/forms/{routed_form.public_id}/").content.decode()
+    assert f'href="/forms/{alices.public_id}/"' in page
+    assert f"/forms/{bobs.public_id}/" not in page and "Legal sign-off" not in page
+    assert f'href="/runs/{run.public_id}/"' in page
+    assert "credit 87" in page and "Credit check" in page and "Started by" in page
