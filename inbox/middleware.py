@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import zoneinfo
 from collections.abc import Callable
+from typing import cast
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import resolve_url
 from django.utils import timezone, translation
+from django.utils.translation import gettext as _
 from django_htmx.http import HttpResponseClientRefresh
 
 
@@ -73,17 +75,32 @@ class HtmxReloadMiddleware:
     """A part of a page fetched by htmx (a poll, a search) that the server will not give: the
     session ended (a redirect to sign in), or the page is no longer the reader's (403, 404).
     htmx would swap the sign-in page into the part, or ignore the error and poll on forever;
-    the browser reloads the page instead, and shows the sign-in page or the reason in full."""
+    the browser reloads the page instead, and shows the sign-in page or the reason in full.
+
+    A post from a page whose session ended is not reloaded away: the reader may have typed in
+    it. The page is told in its error alert, and the reader reloads when they have what they
+    typed. An answer that says where it goes (HX-Retarget) is left as it is."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if request.method != "GET" or not getattr(request, "htmx", False):
+        if not getattr(request, "htmx", False) or "HX-Retarget" in response:
             return response
-        if response.status_code in (403, 404) or self._to_sign_in(response):
-            return HttpResponseClientRefresh()
+        if request.method == "GET":
+            if response.status_code in (403, 404) or self._to_sign_in(response):
+                return HttpResponseClientRefresh()
+        elif self._to_sign_in(response):
+            # XHR would follow the redirect, and htmx swap the sign-in page into the part.
+            from inbox.views import HtmxHttpRequest, refused_for_htmx
+
+            message = _(
+                "Nothing was sent: you are signed out. Copy anything you typed, then reload "
+                "the page to sign in again."
+            )
+            htmx_request = cast(HtmxHttpRequest, request)
+            return refused_for_htmx(htmx_request, message, status=403, reload=True)
         return response
 
     @staticmethod

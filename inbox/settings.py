@@ -24,6 +24,8 @@ if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is set")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# A page's htmx post refused by the check is told so in the page (the full page otherwise).
+CSRF_FAILURE_VIEW = "inbox.views.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

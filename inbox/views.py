@@ -35,6 +35,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import get_current_timezone
 from django.utils.translation import get_language, gettext_lazy
 from django.utils.translation import gettext as _
+from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
 from django_htmx.middleware import HtmxDetails
@@ -77,6 +78,35 @@ logger = logging.getLogger(__name__)
 
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
+
+
+def refused_for_htmx(
+    request: HtmxHttpRequest, message: str, *, status: int, reload: bool = False
+) -> HttpResponse:
+    """An error answer to a page's htmx request, worded for the page's error alert (base.html).
+
+    htmx swaps nothing of a 4xx or 5xx answer, so the button would just come back; app.js
+    swaps an error answer that names its place. The page stays as it was, with what was typed.
+    `reload`: the page itself is out of date, and the message links to it."""
+    context = {
+        "message": message,
+        "reload_url": request.htmx.current_url_abs_path if reload else "",
+    }
+    response = render(request, "base.html#request_error", context, status=status)
+    return reswap(retarget(response, "#request-error-text"), "innerHTML")
+
+
+def csrf_failure(request: HtmxHttpRequest, reason: str = "") -> HttpResponse:
+    """Django's refusal of a post without this site's CSRF token (CSRF_FAILURE_VIEW). A page's
+    htmx post was sent with the token the page was drawn with: the page is out of date (open
+    for long, or its reader signed in again since, which changes the token)."""
+    if getattr(request, "htmx", False):
+        message = _(
+            "Nothing was sent: this page is out of date (it was open a long time, or you "
+            "signed in again since). Copy anything you typed, then reload the page and try again."
+        )
+        return refused_for_htmx(request, message, status=403, reload=True)
+    return django_csrf_failure(request, reason)
 
 
 # ---------------------------------------------------------------------------------------------

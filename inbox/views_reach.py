@@ -28,7 +28,7 @@ from django.utils import timezone, translation
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import trigger_client_event
+from django_htmx.http import reswap, retarget, trigger_client_event
 
 from inbox import notify, timefmt
 from inbox.models import ClaimRefused, Decision, Form, FormRecipient
@@ -39,6 +39,7 @@ from inbox.views import (
     decide_response,
     form_page_response,
     live_response,
+    refused_for_htmx,
     remove_upload_response,
     upload_response,
 )
@@ -105,15 +106,23 @@ _LINK_STATUS = {
 
 
 def _link_page(
-    request: HttpRequest, state: str, extra: dict[str, Any] | None = None
+    request: HtmxHttpRequest, state: str, extra: dict[str, Any] | None = None
 ) -> HttpResponse:
-    """The page for a link that opens nothing. It shows no data of the form."""
-    response = render(
-        request,
-        "inbox/guest_link.html",
-        {"state": state, **(extra or {})},
-        status=_LINK_STATUS[state],
-    )
+    """The page for a link that opens nothing. It shows no data of the form.
+
+    To an htmx request (the page's poll, a button on it), the part that replaces the open
+    page's content: its form or button is of no more use. Too many requests is not the page's
+    end, only a wait: that goes to the page's error alert, and the page stays."""
+    context = {"state": state, **(extra or {})}
+    status = _LINK_STATUS[state]
+    if request.htmx and state == "rate_limited":
+        message = _("Too many requests. Wait a minute, then try again.")
+        response = refused_for_htmx(request, message, status=status)
+    elif request.htmx:
+        response = render(request, "inbox/guest_link.html#card_swap", context, status=status)
+        reswap(retarget(response, "#main"), "innerHTML")
+    else:
+        response = render(request, "inbox/guest_link.html", context, status=status)
     if state == "rate_limited":
         response["Retry-After"] = str(WINDOW)
     return _private(response)
@@ -147,7 +156,7 @@ class GuestAccess:
 
 
 def _guest_access(
-    request: HttpRequest, token: str, *, landing: bool = False, allow_lapsed: bool = False
+    request: HtmxHttpRequest, token: str, *, landing: bool = False, allow_lapsed: bool = False
 ) -> GuestAccess | HttpResponse:
     """Check the rate limits and the link. Return the guest's access, or the response to send
     instead (a refusal page, or for the landing page a redirect to where the visitor belongs).

@@ -105,3 +105,37 @@ def test_a_form_refused_by_the_csrf_check_gets_our_page_in_the_reader_s_language
     assert heading in page and "/static/inbox/app.css" in page
     # Django's own page styles itself inline, which the Content-Security-Policy blocks.
     assert "<style" not in page and "style=" not in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("language", "text"),
+    [
+        ("en", "Nothing was sent: this page is out of date"),
+        ("zh-hans", "未发送任何内容：此页面已过时"),  # noqa: RUF001
+    ],
+)
+def test_an_htmx_post_refused_by_the_csrf_check_is_told_to_reload_in_the_page(
+    language: str, text: str
+) -> None:
+    # The page stays, with what was typed in it: the refusal goes to its error alert, with a
+    # link to reload the page it came from.
+    browser = Client(enforce_csrf_checks=True, headers={"accept-language": language})
+    response = browser.post(
+        "/r/some-link/decide",
+        {"action": "approve"},
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL="http://testserver/r/some-link/",
+    )
+    assert response.status_code == 403
+    assert (response["HX-Retarget"], response["HX-Reswap"]) == ("#request-error-text", "innerHTML")
+    part = response.content.decode()
+    assert part.startswith(f"<p>{text}") and '<a href="/r/some-link/">' in part
+    assert "<html" not in part
+    # A page on another site is not linked to.
+    elsewhere = browser.post(
+        "/r/some-link/decide",
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL="https://elsewhere.example/",
+    )
+    assert elsewhere.status_code == 403 and "<a " not in elsewhere.content.decode()

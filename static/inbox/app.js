@@ -1,6 +1,6 @@
 // Small enhancements on top of pages that work without script: time zone, live relative
-// times, keyboard moves in the inbox, upload progress, and keeping action buttons disabled
-// until Dify would accept the form.
+// times, keyboard moves in the inbox, upload progress, keeping action buttons disabled until
+// Dify would accept the form, and saying why when the server refuses a request.
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
@@ -221,15 +221,146 @@
     if (toast) toast.hidden = false;
   });
 
+  // --- Error answers: say what happened, and keep what was typed ----------------------------
+  // htmx swaps nothing of a 4xx or 5xx answer: the button would just come back. An answer that
+  // names its place (HX-Retarget) is swapped there: a guest link's refusal replaces the page's
+  // content, a message goes to the error alert. Any other answer (a 500, a proxy's 502) gets
+  // the page's words for its status in the alert, and the page stays as it was.
+  var errorFromPoll = false;
+  var errorShown = "";
+  var typed = [];
+
+  function verb(event) {
+    var config = event.detail.requestConfig;
+    return config && config.verb ? config.verb.toLowerCase() : "get";
+  }
+
+  function hideError() {
+    var box = document.getElementById("request-error");
+    if (box) box.hidden = true;
+  }
+
+  function showError(nodes, fromGet) {
+    var box = document.getElementById("request-error");
+    var text = document.getElementById("request-error-text");
+    if (!box || !text) return;
+    var words = nodes.map(function (node) { return node.textContent; }).join("");
+    // A poll failing again and again says so once, not every few seconds.
+    if (!box.hidden && fromGet && errorFromPoll && words === errorShown) return;
+    errorFromPoll = fromGet;
+    errorShown = words;
+    text.textContent = "";
+    box.hidden = false;
+    // Filled once shown: an alert is read out when its words arrive, the same words again too.
+    window.setTimeout(function () {
+      nodes.forEach(function (node) { text.appendChild(node); });
+    }, 50);
+  }
+
+  function statusMessage(xhr) {
+    var box = document.getElementById("request-error");
+    if (!box) return "";
+    var status = xhr.status;
+    if (status === 429) {
+      var wait = parseInt(xhr.getResponseHeader("Retry-After") || "", 10);
+      if (wait > 0 && rtf) {
+        var when = wait < 120 ? rtf.format(wait, "second") : rtf.format(Math.ceil(wait / 60), "minute");
+        return (box.getAttribute("data-status-429-in") || "").replace("{when}", when);
+      }
+      return box.getAttribute("data-status-429") || "";
+    }
+    var words = box.getAttribute(status >= 500 ? "data-status-5xx" : "data-status-4xx") || "{status}";
+    return words.replace("{status}", String(status));
+  }
+
+  // What the reader typed in the part an answer replaces: a closed form's note is not lost.
+  function typedIn(root) {
+    var found = [];
+    if (!root || !root.querySelectorAll) return found;
+    root.querySelectorAll("textarea, input[type=text], input[type=url]").forEach(function (input) {
+      if (!input.value.trim()) return;
+      var label = input.id ? document.querySelector('label[for="' + CSS.escape(input.id) + '"]') : null;
+      found.push({ label: label ? label.textContent.trim() : "", value: input.value });
+    });
+    return found;
+  }
+
+  function keptBox(values) {
+    var box = document.getElementById("request-error");
+    var section = document.createElement("section");
+    section.className = "card kept-text";
+    var title = document.createElement("h2");
+    title.textContent = (box && box.getAttribute("data-kept")) || "";
+    section.appendChild(title);
+    values.forEach(function (item, index) {
+      var label = document.createElement("label");
+      label.htmlFor = "kept-" + index;
+      label.textContent = item.label;
+      var area = document.createElement("textarea");
+      area.id = "kept-" + index;
+      area.readOnly = true;
+      area.value = item.value;
+      section.appendChild(label);
+      section.appendChild(area);
+    });
+    return section;
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr.status < 400 || !xhr.getResponseHeader("HX-Retarget")) return;
+    event.detail.shouldSwap = true;
+    typed = typedIn(event.detail.target);
+  });
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    // Sent again: the alert about the last try goes; a new one comes if this fails too.
+    if (verb(event) !== "get") hideError();
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    // A poll that failed once and answers again: its alert is over. One about something the
+    // reader sent stays until they send again or dismiss it.
+    if (event.detail.successful && errorFromPoll) hideError();
+  });
+
+  document.addEventListener("click", function (event) {
+    if (event.target.closest && event.target.closest("#request-error .toast-close")) hideError();
+  });
+
+  // Handled once swapped, on the part that took the answer: the element that sent the request
+  // may be gone with the part it replaced, and its own events with it.
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var xhr = event.detail.xhr;
+    var target = event.detail.target;
+    if (!xhr || xhr.status < 400 || !xhr.getResponseHeader("HX-Retarget") || event.target !== target) return;
+    var text = document.getElementById("request-error-text");
+    if (target === text) {
+      showError(Array.prototype.slice.call(text.childNodes), verb(event) === "get");
+    } else {
+      // The page's content was replaced by the reason: say it, and start reading there.
+      if (typed.length) target.appendChild(keptBox(typed));
+      hideError();
+      var heading = target.querySelector("h1");
+      if (target.focus) target.focus();
+      announce((heading || target).textContent.trim());
+    }
+    typed = [];
+  });
+
   document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr.getResponseHeader("HX-Retarget")) return; // swapped where it said, above
     var parts = uploadParts(event.detail.elt);
     if (parts && parts.error) {
       // The words come from the page, in its language.
-      var status = String(event.detail.xhr.status);
+      var status = String(xhr.status);
       parts.error.textContent = status === "413"
         ? parts.error.getAttribute("data-too-large") || status
         : (parts.error.getAttribute("data-upload-failed") || "{status}").replace("{status}", status);
+      return;
     }
+    showError([document.createTextNode(statusMessage(xhr))], verb(event) === "get");
   });
 
   // --- Open <details data-keep> stay open when a poll replaces the part they are in ---------

@@ -1,5 +1,6 @@
 """A guest with no account answers from the emailed link, with a file, and the run goes on; a
-guest whose link lapsed asks for a new one from its page.
+guest whose link lapsed asks for a new one from its page; a guest whose request is refused is
+told why in the page, in its language, and keeps what they typed.
 
 Everything is real: a run started on the Dify simulator, the follower capturing its pause,
 routing and the email (Celery tasks run in this process so the email lands in Django's locmem
@@ -9,6 +10,7 @@ reading the run to its end.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from unittest import mock
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from inbox import notify
 from inbox.celery import app as celery_app
@@ -26,10 +29,11 @@ from inbox.runs import start_run
 from inbox.simulator.testing import sample_inputs
 from tests.capture.conftest import FollowerThread, follower  # noqa: F401 - fixture
 from tests.conftest import wait_until
-from tests.reach.conftest import GUEST
+from tests.reach.conftest import GUEST, GUEST_ZH
 from tests.reach.factories import make_form
 from tests.review.browser import (  # noqa: F401 - fixture
     CHROMIUM_ARGS,
+    browser_contexts,
     chromium,
     csp_violations,
     screenshot,
@@ -168,3 +172,125 @@ def test_a_guest_with_a_lapsed_link_asks_for_a_new_one_in_the_page(
     assert [m.to for m in mail.outbox] == [[GUEST]]
     [link] = LINK.findall(mail.outbox[0].body)
     assert link.startswith(live_server.url) and link != live_server.url + lapsed
+
+
+def guest_page(browser: Any, contexts: list[Any]) -> Any:
+    """A page in a fresh English browser, with what it throws and what the policy refuses."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    contexts.append(context)
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.js_errors = errors
+    page.csp_violations = csp_violations(page)
+    return page
+
+
+def next_poll(page: Any) -> None:
+    """Wait for the page's live poll to answer: the next one is seconds away, so what the test
+    does now reaches the server through the button, not through the poll."""
+    with page.expect_response(lambda response: "/live" in response.url):
+        pass
+
+
+def test_a_guest_whose_form_closed_meanwhile_is_told_why_and_keeps_their_note(
+    live_server: Any,
+    chromium: Any,  # noqa: F811
+    browser_contexts: list[Any],  # noqa: F811
+    reach_route: Route,
+    reach_app: DifyApp,
+) -> None:
+    form = make_form(reach_app, expires_in=dt.timedelta(hours=5))
+    # The email was Chinese: so is the page, and so is its refusal, in an English browser.
+    link = notify.link_path(notify.link_token(form.recipients.get(email=GUEST_ZH)))
+    page = guest_page(chromium, browser_contexts)
+    page.goto(live_server.url + link)
+    note = page.locator("textarea[name=in_note]")
+    note.fill("Approved, but pay it from the Q3 budget.")
+    next_poll(page)
+    Form.objects.filter(pk=form.pk).update(expiration_time=timezone.now() - dt.timedelta(seconds=1))
+    with page.expect_response(lambda response: response.url.endswith("/decide")) as answer:
+        page.get_by_role("button", name="Approve").click()
+    assert answer.value.status == 410
+    # The page's content is the closed link's, as a reload would show it: nothing to press.
+    page.locator("#main h1").get_by_text("此链接已过期。").wait_for()
+    assert page.locator("#decision-form").count() == 0
+    assert page.locator("#live").count() == 0  # no poll asks again
+    assert page.title() == "此链接已过期 · 审批收件箱"
+    # Read out, and the reader starts there.
+    page.wait_for_function(
+        "() => document.getElementById('announcer').textContent === '此链接已过期。'"
+    )
+    assert page.evaluate("document.activeElement.id") == "main"
+    # What the guest typed is not lost: kept beside the reason, to copy.
+    kept = page.locator(".kept-text textarea")
+    assert kept.input_value() == "Approved, but pay it from the Q3 budget."
+    assert kept.get_attribute("readonly") is not None
+    heading = page.locator(".kept-text h2").inner_text()
+    assert heading == "未发送。您输入的内容保留在这里，方便您复制。"  # noqa: RUF001
+    screenshot(page, "reach-guest-form-closed-meanwhile")
+    assert not Decision.objects.exists()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_guest_page_refused_by_the_csrf_check_says_to_reload_and_keeps_the_note(
+    live_server: Any,
+    chromium: Any,  # noqa: F811
+    browser_contexts: list[Any],  # noqa: F811
+    guest_link: str,
+) -> None:
+    page = guest_page(chromium, browser_contexts)
+    page.goto(live_server.url + guest_link)
+    page.locator("textarea[name=in_note]").fill("ok by me")
+    page.locator(".url-input").fill("https://files.example.org/receipt.pdf")
+    # The browser's token changed since the page was drawn (signed in elsewhere, say).
+    page.context.add_cookies([{"name": "csrftoken", "value": "x" * 32, "url": live_server.url}])
+    with page.expect_response(lambda response: response.url.endswith("/decide")) as answer:
+        page.get_by_role("button", name="Approve").click()
+    assert answer.value.status == 403
+    alert = page.get_by_role("alert")
+    alert.get_by_text("Nothing was sent: this page is out of date").wait_for()
+    assert alert.get_by_role("link", name="Reload the page").get_attribute("href") == guest_link
+    # The page stays as it was, with what was typed, and its button may be pressed again.
+    assert page.locator("textarea[name=in_note]").input_value() == "ok by me"
+    assert page.get_by_role("button", name="Approve").is_enabled()
+    assert not Decision.objects.exists()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_asking_for_a_new_link_too_often_says_when_to_try_again(
+    live_server: Any,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    chromium: Any,  # noqa: F811
+    browser_contexts: list[Any],  # noqa: F811
+    reach_route: Route,
+    reach_app: DifyApp,
+) -> None:
+    settings.INBOX_BASE_URL = live_server.url
+    settings.INBOX_LINK_MAX_AGE_SECONDS = 60
+    # The page and one press; the second press is one request too many.
+    settings.INBOX_GUEST_RATE_PER_LINK = 2
+    monkeypatch.setattr("inbox.views_reach._window", lambda: 12345)
+    form = make_form(reach_app, expires_in=None)
+    with mock.patch("time.time", return_value=time.time() - 120):
+        lapsed = notify.link_path(notify.link_token(form.recipients.get(email=GUEST)))
+    page = guest_page(chromium, browser_contexts)
+    page.goto(live_server.url + lapsed)
+    button = page.get_by_role("button", name="Email me a new link")
+    button.click()
+    page.locator("#renew .flash").get_by_text("We sent a new link to g***@example.net.").wait_for()
+    with page.expect_response(lambda response: response.url.endswith("/renew")) as answer:
+        button.click()
+    assert answer.value.status == 429
+    alert = page.get_by_role("alert")
+    alert.get_by_text("Too many requests. Wait a minute, then try again.").wait_for()
+    screenshot(page, "reach-renew-rate-limited")
+    # The page is as it was: the last outcome, and the button for later.
+    assert page.locator("#renew .flash").inner_text().startswith("We sent a new link")
+    assert button.is_enabled()
+    page.get_by_role("button", name="Dismiss").click()
+    assert page.locator("#request-error").is_hidden()
+    assert len(mail.outbox) == 1
+    assert page.js_errors == [] and page.csp_violations == []

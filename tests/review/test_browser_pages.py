@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from inbox.models import DifyApp, Form, Route, Run
+from inbox.models import Decision, DifyApp, Form, Route, Run
 from tests.review.browser import logged_in_page, screenshot
 from tests.review.conftest import full_definition, make_form, make_run
 from tests.review.xss import PAYLOADS
@@ -165,6 +165,40 @@ def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_p
     Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
     page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
     assert "Answered elsewhere." in page.locator("#form-body").inner_text()
+
+
+def test_a_decision_the_proxy_answers_with_a_502_is_explained_and_the_note_kept(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    definition = full_definition()
+    definition["inputs"] = definition["inputs"][:1]  # the note alone
+    form = make_form(dify_app, definition=definition)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language="zh-hans")
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill("Refund it, the parcel was lost.")
+    # The reverse proxy in front of the app, which no test runs: its 502 carries none of our
+    # words, so the page's own are shown.
+    page.route(
+        "**/decide",
+        lambda route: route.fulfill(
+            status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>"
+        ),
+    )
+    page.get_by_role("button", name="Approve").click()
+    alert = page.get_by_role("alert")
+    alert.get_by_text("服务器出现问题（502）。您输入的内容仍在此处，请稍后再试。").wait_for()  # noqa: RUF001
+    screenshot(page, "form-502-zh-hans")
+    assert page.locator("textarea[name=in_note]").input_value() == "Refund it, the parcel was lost."
+    assert page.get_by_role("button", name="Approve").is_enabled()
+    # The page's poll answering again does not take away what the reviewer was told.
+    with page.expect_response(lambda response: "/live" in response.url):
+        pass
+    assert alert.is_visible()
+    page.get_by_role("button", name="关闭").click()
+    assert page.locator("#request-error").is_hidden()
+    assert not Decision.objects.exists()
+    assert page.js_errors == []
+    assert page.csp_violations == []
 
 
 def test_the_run_panel_follows_the_run(

@@ -28,6 +28,43 @@ def test_anonymous_visitors_are_sent_to_log_in(client: Client, form: Form) -> No
     assert client.post(url + "decide", {"action": "approve"}).status_code == 302
 
 
+def test_a_decision_sent_after_the_session_ended_says_so_in_the_page(
+    client: Client, form: Form
+) -> None:
+    # Not a redirect: XHR would follow it and htmx swap the sign-in page into the form. Not
+    # a reload either: the reviewer may have typed a note. The page's error alert says what
+    # happened, with a link to reload once they have what they typed.
+    page = f"http://testserver/forms/{form.public_id}/"
+    for language, text in (
+        ("en", "Nothing was sent: you are signed out. Copy anything you typed, then reload"),
+        ("zh-hans", "未发送任何内容：您已退出登录。"),  # noqa: RUF001
+    ):
+        response = client.post(
+            f"/forms/{form.public_id}/decide",
+            {"action": "approve", "in_note": "my careful note"},
+            HTTP_HX_REQUEST="true",
+            HTTP_HX_CURRENT_URL=page,
+            HTTP_ACCEPT_LANGUAGE=language,
+        )
+        assert response.status_code == 403
+        assert response["HX-Retarget"] == "#request-error-text"
+        assert response["HX-Reswap"] == "innerHTML"
+        part = response.content.decode()
+        assert text in part and f'<a href="/forms/{form.public_id}/">' in part
+    assert not Decision.objects.exists()
+
+
+def test_the_page_carries_its_words_for_refusals_without_a_message(
+    alice: Client, form: Form
+) -> None:
+    # A 500, or a proxy's 502, comes with no words of ours: the page has them, in its language.
+    page = alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert '<div id="request-error-text" role="alert"></div>' in page
+    assert 'data-status-5xx="服务器出现问题（{status}）。' in page  # noqa: RUF001
+    assert 'data-status-429-in="请求过多，请{when}再试。"' in page  # noqa: RUF001
+    assert '"Accept-Language": "zh-hans"' in page
+
+
 def test_an_unknown_form_has_a_designed_not_found_page(alice: Client, db: None) -> None:
     response = alice.get("/forms/00000000-0000-0000-0000-000000000000/")
     assert response.status_code == 404
