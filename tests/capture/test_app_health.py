@@ -272,3 +272,98 @@ def test_a_refusal_seen_by_a_host_whose_clock_is_ahead_is_asked_about_a_minute_l
     # A minute on, the reconcile asks Dify again (and finds it unreachable).
     counts = reconcile_runs()
     assert (counts["held"], counts["errors"]) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "set_up_as", "kind", "code"),
+    [
+        ("support-chat", "workflow", "chatflow", "not_workflow_app"),
+        ("refund-approval", "chatflow", "workflow", "not_chat_app"),
+    ],
+)
+def test_an_app_refused_as_of_another_kind_stays_refused_until_dify_s_info_names_its_kind(
+    simulator: Any,
+    sim_app: Any,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    set_up_as: str,
+    kind: str,
+    code: str,
+) -> None:
+    app = sim_app(name)
+    # Set up here as the other kind: Dify refuses its starts.
+    DifyApp.objects.filter(pk=app.pk).update(mode=set_up_as)
+    app.refresh_from_db()
+    with pytest.raises(StartFailed) as refused:
+        start(simulator, app)
+    assert refused.value.code == code
+    app.refresh_from_db()
+    refusal = app.refusal
+    assert refusal.startswith(f"400 {code}: ") and app.refusal_code == code
+
+    # GET /info answers for an app of any kind; the kind it names is not the one set up here.
+    caplog.set_level(logging.WARNING, logger="inbox")
+    caplog.clear()
+    _a_minute_later(app)
+    reconcile_runs()
+    assert simulator.request_count("info") == 1
+    app.refresh_from_db()
+    assert app.refused_at is not None and app.refusal == refusal
+    assert not AuditEntry.objects.filter(verb="app_accepted").exists()
+    (line,) = _warnings(caplog)
+    assert "still refuses" in line and refusal in line
+    # Asked and refused: the next try waits longer.
+    assert app.next_refusal_probe() > timezone.now()
+
+    # An administrator sets the kind right; the next try finds /info agrees.
+    DifyApp.objects.filter(pk=app.pk).update(mode=kind)
+    _a_minute_later(app)
+    reconcile_runs()
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal == app.refusal_code == ""
+    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "reconcile"}
+
+
+UNAVAILABLE = "App unavailable, please check your app configurations."
+
+
+def test_an_app_dify_calls_unavailable_is_asked_about_through_its_parameters_not_its_info(
+    simulator: Any, sim_app: Any, reviewer: User, starters: Any
+) -> None:
+    app = sim_app("refund-approval")
+    # Nothing is published in Dify: it refuses the app's parameters, while /info still answers.
+    simulator.add_fault(
+        "status",
+        "parameters",
+        app="refund-approval",
+        times=None,
+        status=400,
+        code="app_unavailable",
+        message=UNAVAILABLE,
+    )
+    browser = Client()
+    browser.force_login(reviewer)
+    assert browser.get(f"/apps/{app.pk}/start/").status_code == 502
+    app.refresh_from_db()
+    assert (app.refusal, app.refusal_code) == (
+        f"400 app_unavailable: {UNAVAILABLE}",
+        "app_unavailable",
+    )
+
+    # A run's detail does not tell either: the run waits, the app is asked.
+    _held_run(app)
+    _a_minute_later(app)
+    assert reconcile_runs()["held"] == 1
+    assert simulator.request_count("parameters") == 2
+    assert simulator.request_count("info") == simulator.request_count("workflow_run_detail") == 0
+    app.refresh_from_db()
+    assert app.refused_at is not None
+    assert app.next_refusal_probe() > timezone.now()
+
+    # Published: the next try finds its parameters.
+    simulator.clear_faults()
+    _a_minute_later(app)
+    reconcile_runs()
+    app.refresh_from_db()
+    assert app.refused_at is None
+    assert simulator.request_count("info") == 0
