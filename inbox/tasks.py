@@ -890,20 +890,30 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=False)
             AuditEntry.record("run_not_found", run)
             counts["errors"] += 1
+            if probing:
+                _ask_about_app(run.app, db_now)
             continue
         except DifyError as exc:
             counts["errors"] += 1
-            if probing:
-                _probe_failed(run.app, exc, db_now)
-            elif isinstance(exc, DifyStatusError) and exc.refuses_app:
+            if isinstance(exc, DifyStatusError) and exc.refuses_app:
+                if probing:
+                    _probe_failed(run.app, exc, db_now)
+                    continue
                 # Said once, for the app (`note_refused` logs it); its other runs wait.
                 if not run.app.note_refused(exc, "reconcile"):
                     logger.warning("reconcile_runs: app %s: Dify refuses it: %s", run.app, exc)
                 refused_now.add(run.app_id)
-            else:
-                logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
-                if not isinstance(exc, DifyStatusError) or not exc.permanent:
-                    unreachable.add(run.app_id)
+                continue
+            logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
+            # Asked about, if not answered: the next pass starts with the app's other runs, so
+            # a run Dify keeps failing on (a 5xx on its detail alone) does not stand in front
+            # of them for good.
+            Run.objects.filter(pk=run.pk).update(checked_at=timezone.now())
+            if probing:
+                # Which says nothing about what Dify refused: the app itself is asked instead.
+                _ask_about_app(run.app, db_now)
+            elif not isinstance(exc, DifyStatusError) or not exc.permanent:
+                unreachable.add(run.app_id)
             continue
         # Dify answers for this app (again): its other runs are asked about from the next pass.
         run.app.note_accepted("reconcile")

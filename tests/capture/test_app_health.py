@@ -367,3 +367,95 @@ def test_an_app_dify_calls_unavailable_is_asked_about_through_its_parameters_not
     app.refresh_from_db()
     assert app.refused_at is None
     assert simulator.request_count("info") == 0
+
+
+def test_a_run_whose_detail_keeps_failing_does_not_hold_the_other_runs_of_its_app(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("content-publish")
+    runs = [start(simulator, app) for _ in range(3)]
+    firsts = [pending(run)[0] for run in runs]
+    for run in runs:
+        no_stream_left(run)
+    simulator.add_fault(
+        "status",
+        "*",
+        app="content-publish",
+        times=None,
+        status=403,
+        code="forbidden",
+        message="The app's API service has been disabled.",
+    )
+    for form in firsts:
+        _answer_in_dify(simulator, form)
+        form.run.request_follow(snapshot=True)
+    _given_up(app, 3)
+    # Switched on again; but Dify fails on the detail of the run that asks for the app.
+    simulator.clear_faults()
+    broken, *others = runs
+    simulator.add_fault(
+        "status",
+        "workflow_run_detail",
+        app="content-publish",
+        run=broken.workflow_run_id,
+        times=None,
+        status=500,
+    )
+    _a_minute_later(app)
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    # The run's failure says nothing of the app: Dify is asked about the app itself.
+    assert (counts["errors"], counts["held"]) == (1, 2)
+    assert simulator.request_count("info") == 1
+    app.refresh_from_db()
+    assert app.refused_at is None
+
+    # The next pass asks about the other runs first; they flow again.
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    assert (counts["followed"], counts["errors"]) == (2, 1)
+    for run in others:
+        assert _next_form(run, "legal_check")
+        no_stream_left(run)
+    broken.refresh_from_db()
+    assert broken.needs_reconcile and broken.status == "paused"
+
+
+def test_a_run_dify_keeps_failing_on_does_not_stand_in_front_of_the_other_runs_of_its_app(
+    simulator: Any, sim_app: Any
+) -> None:
+    app = sim_app("refund-approval")
+    runs = [start(simulator, app) for _ in range(3)]
+    # Handed to the reconcile (the follower gave up on their streams).
+    Run.objects.filter(app=app).update(follow_wanted=False, needs_reconcile=True)
+    broken = runs[0]
+    simulator.add_fault(
+        "status", "workflow_run_detail", run=broken.workflow_run_id, times=None, status=500
+    )
+    # Asked first, it fails: Dify may be down for the app, its other runs wait for the next pass.
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    assert (counts["errors"], counts["followed"]) == (1, 0)
+    # The next pass asks about the others first.
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    assert (counts["followed"], counts["errors"]) == (2, 1)
+    assert list(Run.objects.filter(app=app, needs_reconcile=True)) == [broken]
+
+
+def test_a_run_dify_does_not_know_hands_the_question_to_the_app(
+    simulator: Any, sim_app: Any
+) -> None:
+    app = sim_app("refund-approval")
+    _held_run(app)
+    assert app.note_refused(
+        Unauthorized(401, "unauthorized", "Access token is invalid"), "follower"
+    )
+    _a_minute_later(app)
+    counts = reconcile_runs()
+    # Deleted in Dify, say: that says nothing of the key, /info does.
+    assert (counts["errors"], counts["held"]) == (1, 0)
+    assert AuditEntry.objects.filter(verb="run_not_found").count() == 1
+    assert simulator.request_count("info") == 1
+    app.refresh_from_db()
+    assert app.refused_at is None
