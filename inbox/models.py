@@ -188,12 +188,15 @@ class DifyApp(models.Model):
         checked = self.refusal_checked_at or self.refused_at
         return checked + min(max(checked - self.refused_at, REFUSAL_PROBE_MIN), REFUSAL_PROBE_MAX)
 
-    def settings_changed(self, *, actor: Any = None) -> int:
-        """An administrator saved a new key or URL: what Dify refused is worth asking again
-        now. Clears the refusal and hands the runs the follower gave up on back to it (each
-        stream opened with a state snapshot, so their forms come in). Returns how many."""
+    def settings_changed(self, *, actor: Any = None, actor_label: str = "") -> int:
+        """An administrator saved a new key or URL (in the admin, or with `add_dify_app`):
+        what Dify refused is worth asking again now. Clears the refusal and hands the runs the
+        follower gave up on back to it (each stream opened with a state snapshot, so their
+        forms come in). Returns how many."""
         if self._clear_refusal(DifyApp.objects.filter(pk=self.pk)):
-            AuditEntry.record("app_accepted", self, actor=actor, source="new settings")
+            AuditEntry.record(
+                "app_accepted", self, actor=actor, actor_label=actor_label, source="new settings"
+            )
         pks = (
             Run.objects.filter(app=self, needs_reconcile=True, events_unavailable=False)
             .filter(follow_wanted=False)
