@@ -475,7 +475,7 @@ def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str,
 @api_view(["POST"])
 def runs_create(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?}` → 201 the run."""
-    from inbox.dify.errors import DifyError
+    from inbox.dify.errors import DifyError, DifyStatusError
     from inbox.runs import StartFailed, StartRunForm, app_parameters, default_dify_user, start_run
 
     _require_may_start(request)
@@ -497,6 +497,10 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     try:
         parameters = app_parameters(app)
     except DifyError as exc:
+        # Recorded as the start page does; a refusal of the start itself, and Dify taking it,
+        # are recorded by `start_run` for both.
+        if isinstance(exc, DifyStatusError) and exc.refuses_app:
+            app.note_refused(exc, "start")
         raise ApiError(
             502, "dify_unavailable", f"Dify's parameters could not be read: {exc}"
         ) from None

@@ -83,11 +83,20 @@ class DifyApp(models.Model):
     refusal = models.CharField(_("refusal"), max_length=300, blank=True, editable=False)
     # Its HTTP status alone: what reviewers are shown.
     refusal_status = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    # Dify's code ("app_unavailable"): what was refused, so the reconcile asks with a call that
+    # can tell whether it is over (`tasks._ask_about_app`).
+    refusal_code = models.CharField(max_length=64, blank=True, editable=False)
     # When the reconcile last asked Dify again (see `next_refusal_probe`).
     refusal_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # What the connection-health fields are; a plain save() writes the others only.
-    HEALTH_FIELDS = ("refused_at", "refusal", "refusal_status", "refusal_checked_at")
+    HEALTH_FIELDS = (
+        "refused_at",
+        "refusal",
+        "refusal_status",
+        "refusal_code",
+        "refusal_checked_at",
+    )
 
     class Meta:
         ordering = ["name"]
@@ -127,15 +136,20 @@ class DifyApp(models.Model):
         # The database's clock: the reconcile, on another host, counts its probes from it.
         now = database_now()
         mine = DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at)
+        code = exc.code[:64]
         started = mine.filter(refused_at__isnull=True).update(
-            refused_at=now, refusal=message, refusal_status=exc.status, refusal_checked_at=now
+            refused_at=now,
+            refusal=message,
+            refusal_status=exc.status,
+            refusal_code=code,
+            refusal_checked_at=now,
         )
         if not started:
             # Refused already: only a different answer is news (403 after 401, say).
             mine.filter(refused_at__isnull=False).exclude(refusal=message).update(
-                refusal=message, refusal_status=exc.status
+                refusal=message, refusal_status=exc.status, refusal_code=code
             )
-        self.refusal, self.refusal_status = message, exc.status
+        self.refusal, self.refusal_status, self.refusal_code = message, exc.status, code
         if started:
             self.refused_at = self.refusal_checked_at = now
             AuditEntry.record("app_refused", self, refusal=message, source=source)
@@ -174,13 +188,15 @@ class DifyApp(models.Model):
         checked = self.refusal_checked_at or self.refused_at
         return checked + min(max(checked - self.refused_at, REFUSAL_PROBE_MIN), REFUSAL_PROBE_MAX)
 
-    def settings_changed(self, *, actor: Any = None) -> int:
-        """An administrator saved a new key or URL: what Dify refused is worth asking again
-        now. Clears the refusal and hands the runs the follower gave up on, or whose events
-        the old settings could not see, back to it (each stream opened with a state snapshot,
-        so their forms come in). Returns how many."""
+    def settings_changed(self, *, actor: Any = None, actor_label: str = "") -> int:
+        """An administrator saved a new key or URL (in the admin, or with `add_dify_app`):
+        what Dify refused is worth asking again now. Clears the refusal and hands the runs the
+        follower gave up on, or whose events the old settings could not see, back to it (each
+        stream opened with a state snapshot, so their forms come in). Returns how many."""
         if self._clear_refusal(DifyApp.objects.filter(pk=self.pk)):
-            AuditEntry.record("app_accepted", self, actor=actor, source="new settings")
+            AuditEntry.record(
+                "app_accepted", self, actor=actor, actor_label=actor_label, source="new settings"
+            )
         open_runs = (
             Run.objects.filter(app=self, follow_wanted=False)
             .exclude(status__in=Run.FINAL_STATUSES)
@@ -199,10 +215,14 @@ class DifyApp(models.Model):
 
     def _clear_refusal(self, rows: models.QuerySet[DifyApp]) -> bool:
         cleared = rows.filter(refused_at__isnull=False).update(
-            refused_at=None, refusal="", refusal_status=None, refusal_checked_at=None
+            refused_at=None,
+            refusal="",
+            refusal_status=None,
+            refusal_code="",
+            refusal_checked_at=None,
         )
         self.refused_at = self.refusal_checked_at = self.refusal_status = None
-        self.refusal = ""
+        self.refusal = self.refusal_code = ""
         # The decisions held while Dify refused the app go now. (One held after this read is
         # released by `sweep_deliveries`, which finds its app accepted.)
         Decision.release_held([self.pk])

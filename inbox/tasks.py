@@ -925,20 +925,30 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=False)
             AuditEntry.record("run_not_found", run)
             counts["errors"] += 1
+            if probing:
+                _ask_about_app(run.app, db_now)
             continue
         except DifyError as exc:
             counts["errors"] += 1
-            if probing:
-                _probe_failed(run.app, exc, db_now)
-            elif isinstance(exc, DifyStatusError) and exc.refuses_app:
+            if isinstance(exc, DifyStatusError) and exc.refuses_app:
+                if probing:
+                    _probe_failed(run.app, exc, db_now)
+                    continue
                 # Said once, for the app (`note_refused` logs it); its other runs wait.
                 if not run.app.note_refused(exc, "reconcile"):
                     logger.warning("reconcile_runs: app %s: Dify refuses it: %s", run.app, exc)
                 refused_now.add(run.app_id)
-            else:
-                logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
-                if not isinstance(exc, DifyStatusError) or not exc.permanent:
-                    unreachable.add(run.app_id)
+                continue
+            logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
+            # Asked about, if not answered: the next pass starts with the app's other runs, so
+            # a run Dify keeps failing on (a 5xx on its detail alone) does not stand in front
+            # of them for good.
+            Run.objects.filter(pk=run.pk).update(checked_at=timezone.now())
+            if probing:
+                # Which says nothing about what Dify refused: the app itself is asked instead.
+                _ask_about_app(run.app, db_now)
+            elif not isinstance(exc, DifyStatusError) or not exc.permanent:
+                unreachable.add(run.app_id)
             continue
         # Dify answers for this app (again): its other runs are asked about from the next pass.
         run.app.note_accepted("reconcile")
@@ -974,8 +984,9 @@ def _refused_apps(
     """The runs that ask Dify again about the apps it refuses, one per app at most, each when
     the app's backoff allows (`DifyApp.next_refusal_probe`: 1, 2, 4... up to 30 minutes). The
     other runs of those apps wait, with one warning per app, so a revoked key costs a call and
-    a log line per app and pass, not one per run. An app with no run waiting asks GET /info
-    instead, so its mark goes away once Dify accepts the key, whoever fixed it."""
+    a log line per app and pass, not one per run. An app with no run waiting, or refused for
+    what a run's detail does not tell (see `_RUN_BLIND_REFUSALS`), is asked about itself
+    instead (`_ask_about_app`), so its mark goes away once Dify accepts it, whoever fixed it."""
     if not refused:
         return []
     waiting = dict(
@@ -1002,23 +1013,64 @@ def _refused_apps(
                     next_probe.isoformat(),
                 )
             continue
-        probe = due.filter(app_id=app.pk).first() if count else None
+        asks_a_run = bool(count) and app.refusal_code not in _RUN_BLIND_REFUSALS
+        probe = due.filter(app_id=app.pk).first() if asks_a_run else None
         if probe is not None:
             counts["held"] += count - 1
             probes.append(probe)
-        elif app.is_active:
-            try:
-                DifyClient.for_app(app).get_info()
-            except DifyError as exc:
-                _probe_failed(app, exc, now)
-            else:
-                app.note_accepted("reconcile")
+        elif count or app.is_active:
+            counts["held"] += count
+            _ask_about_app(app, now)
     return probes
+
+
+# Dify says the app is not of the kind set up here (a workflow, a chatflow).
+_KIND_REFUSALS = frozenset({"not_workflow_app", "not_chat_app"})
+# What Dify refuses of an app that its answer about a run does not tell is over: a run's detail
+# comes for an app with nothing published, and for a workflow set up here as a chatflow (or the
+# other way round).
+_RUN_BLIND_REFUSALS = _KIND_REFUSALS | {"app_unavailable"}
+# The `mode` Dify's /info names for each kind of app (the spec's AppInfoResponse).
+_DIFY_MODES: dict[str, str] = {
+    DifyApp.Mode.WORKFLOW: "workflow",
+    DifyApp.Mode.CHATFLOW: "advanced-chat",
+}
+
+
+def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
+    """Ask Dify about a refused app itself, with a call that can tell whether what it refused
+    is over. /info answers for an app with nothing published and for an app of any kind: an app
+    Dify called unavailable is asked for its parameters (refused until a workflow is
+    published), one it called of another kind must be named of its kind by /info. For a
+    refused key any answer will do."""
+    client = DifyClient.for_app(app)
+    mode = None
+    try:
+        if app.refusal_code == "app_unavailable":
+            client.get_parameters()
+        else:
+            mode = client.get_info().get("mode")
+    except DifyError as exc:
+        _probe_failed(app, exc, now)
+        return
+    if app.refusal_code in _KIND_REFUSALS and mode != _DIFY_MODES.get(app.mode):
+        app.note_probed(now)
+        logger.warning(
+            "reconcile_runs: app %s: Dify still refuses it (since %s): %s; its /info names the "
+            "mode %r; next try after %s",
+            app,
+            app.refused_at.isoformat() if app.refused_at else "?",
+            app.refusal,
+            mode,
+            (app.next_refusal_probe() or now).isoformat(),
+        )
+        return
+    app.note_accepted("reconcile")
 
 
 def _probe_failed(app: DifyApp, exc: DifyError, now: dt.datetime) -> None:
     """Dify still refuses the app: the next probe waits longer. Any other failure (Dify
-    unreachable, busy) says nothing about the key: the next pass asks again."""
+    unreachable, busy) says nothing about the app: the next pass asks again."""
     if isinstance(exc, DifyStatusError) and exc.refuses_app:
         app.note_refused(exc, "reconcile")
         app.note_probed(now)
@@ -1030,4 +1082,4 @@ def _probe_failed(app: DifyApp, exc: DifyError, now: dt.datetime) -> None:
             (app.next_refusal_probe() or now).isoformat(),
         )
         return
-    logger.warning("reconcile_runs: app %s: asked Dify again about its key: %s", app, exc)
+    logger.warning("reconcile_runs: app %s: asked Dify again about it: %s", app, exc)

@@ -6,6 +6,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
+from inbox.dify.errors import Forbidden, Unauthorized
 from inbox.models import AuditEntry, DifyApp, Route, Run
 
 pytestmark = pytest.mark.smoke
@@ -43,6 +44,51 @@ def test_add_dify_app_creates_then_updates(db: None, capsys: pytest.CaptureFixtu
         "created",
         "updated",
     ]
+
+
+def _add_hr(*args: str) -> None:
+    call_command("add_dify_app", "hr", "--base-url", "http://dify.local/v1", *args)
+
+
+def test_a_new_key_from_add_dify_app_clears_a_refusal_and_hands_back_the_runs(db: None) -> None:
+    _add_hr("--api-key", "app-old-key-11112222")
+    app = DifyApp.objects.get(name="hr")
+    assert app.note_refused(Unauthorized(401, "unauthorized", "Access token is invalid"), "start")
+    run = Run.objects.create(
+        app=app,
+        workflow_run_id="R-1",
+        dify_user="inbox-alice",
+        status=Run.Status.PAUSED,
+        follow_wanted=False,
+        needs_reconcile=True,
+    )
+    # The same key and URL again (a new mode, say): nothing Dify refused is worth asking again.
+    _add_hr("--api-key", "app-old-key-11112222", "--mode", "chatflow")
+    app.refresh_from_db()
+    assert app.refused_at is not None
+    assert not Run.objects.get(pk=run.pk).follow_wanted
+
+    _add_hr("--api-key", "app-new-key-33334444", "--mode", "chatflow")
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal == ""
+    entry = AuditEntry.objects.get(verb="app_accepted")
+    assert (entry.actor, entry.actor_label, entry.details) == (
+        None,
+        "add_dify_app",
+        {"source": "new settings"},
+    )
+    assert Run.objects.get(pk=run.pk).follow_wanted
+
+
+def test_a_new_url_from_add_dify_app_clears_a_refusal(db: None) -> None:
+    _add_hr("--api-key", "app-key-11112222")
+    app = DifyApp.objects.get(name="hr")
+    assert app.note_refused(Forbidden(403, "forbidden", "Workspace archived."), "follower")
+    call_command(
+        "add_dify_app", "hr", "--base-url", "https://dify.example/v1", "--api-key", app.api_key
+    )
+    app.refresh_from_db()
+    assert app.refused_at is None
 
 
 def test_add_dify_app_rejects_a_bad_url(db: None) -> None:

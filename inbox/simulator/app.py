@@ -125,7 +125,9 @@ class _Endpoint:
             app=app.name if app else None,
             app_mode=app.mode if app else None,
         )
-        faults = sim.faults.take(self.route, app.name if app else None)
+        faults = sim.faults.take(
+            self.route, app.name if app else None, request.path_params.get("workflow_run_id")
+        )
         header = request.headers.get("x-sim-fault")
         if header:
             try:

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from inbox.models import ApiToken, DifyApp, Form, Run
+from inbox.models import ApiToken, AuditEntry, DifyApp, Form, Run
 from inbox.runs import start_run
 from inbox.simulator.scenarios import StartInput as SimStartInput
 from inbox.simulator.testing import sample_inputs
@@ -344,6 +344,46 @@ def test_a_dify_refusal_is_passed_on_and_recorded(
     assert error(response) == (502, "service_unavailable", "Service Unavailable")
     run = Run.objects.get()
     assert run.status == "failed" and run.error == "Service Unavailable" and not run.follow_wanted
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (401, "unauthorized", "Access token is invalid"),
+        (400, "app_unavailable", "App unavailable, please check your app configurations."),
+    ],
+)
+def test_dify_refusing_the_app_s_parameters_marks_the_app_and_a_start_it_takes_clears_it(
+    client: Client,
+    simulator: Any,
+    refunds: DifyApp,
+    reviewer: User,
+    status: int,
+    code: str,
+    message: str,
+) -> None:
+    # A revoked key, or nothing published: Dify refuses the parameters a start reads first.
+    simulator.add_fault("status", "parameters", status=status, code=code, message=message)
+    body = {"app": "refund-approval", "inputs": inputs(simulator)}
+    response = post(client, "/api/v1/runs", body, reviewer)
+    refusal = f"{status} {code}: {message}"
+    assert error(response) == (
+        502,
+        "dify_unavailable",
+        f"Dify's parameters could not be read: {refusal}",
+    )
+    assert not Run.objects.exists()
+    refunds.refresh_from_db()
+    assert (refunds.refusal, refunds.refusal_status) == (refusal, status)
+    assert AuditEntry.objects.get(verb="app_refused").details == {
+        "refusal": refusal,
+        "source": "start",
+    }
+    # Put right in Dify: the next start goes through, and Dify taking it clears the mark.
+    assert post(client, "/api/v1/runs", body, reviewer).status_code == 201
+    refunds.refresh_from_db()
+    assert refunds.refused_at is None
+    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "start"}
 
 
 def test_dify_rate_limiting_a_start_is_passed_on_with_its_retry_after(

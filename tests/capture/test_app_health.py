@@ -318,3 +318,190 @@ def test_a_new_key_after_another_app_s_key_follows_the_runs_that_key_could_not_s
     assert _next_form(run, "legal_check")
     run = no_stream_left(run)
     assert not run.events_unavailable and not run.needs_reconcile
+
+
+@pytest.mark.parametrize(
+    ("name", "set_up_as", "kind", "code"),
+    [
+        ("support-chat", "workflow", "chatflow", "not_workflow_app"),
+        ("refund-approval", "chatflow", "workflow", "not_chat_app"),
+    ],
+)
+def test_an_app_refused_as_of_another_kind_stays_refused_until_dify_s_info_names_its_kind(
+    simulator: Any,
+    sim_app: Any,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    set_up_as: str,
+    kind: str,
+    code: str,
+) -> None:
+    app = sim_app(name)
+    # Set up here as the other kind: Dify refuses its starts.
+    DifyApp.objects.filter(pk=app.pk).update(mode=set_up_as)
+    app.refresh_from_db()
+    with pytest.raises(StartFailed) as refused:
+        start(simulator, app)
+    assert refused.value.code == code
+    app.refresh_from_db()
+    refusal = app.refusal
+    assert refusal.startswith(f"400 {code}: ") and app.refusal_code == code
+
+    # GET /info answers for an app of any kind; the kind it names is not the one set up here.
+    caplog.set_level(logging.WARNING, logger="inbox")
+    caplog.clear()
+    _a_minute_later(app)
+    reconcile_runs()
+    assert simulator.request_count("info") == 1
+    app.refresh_from_db()
+    assert app.refused_at is not None and app.refusal == refusal
+    assert not AuditEntry.objects.filter(verb="app_accepted").exists()
+    (line,) = _warnings(caplog)
+    assert "still refuses" in line and refusal in line
+    # Asked and refused: the next try waits longer.
+    assert app.next_refusal_probe() > timezone.now()
+
+    # An administrator sets the kind right; the next try finds /info agrees.
+    DifyApp.objects.filter(pk=app.pk).update(mode=kind)
+    _a_minute_later(app)
+    reconcile_runs()
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal == app.refusal_code == ""
+    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "reconcile"}
+
+
+UNAVAILABLE = "App unavailable, please check your app configurations."
+
+
+def test_an_app_dify_calls_unavailable_is_asked_about_through_its_parameters_not_its_info(
+    simulator: Any, sim_app: Any, reviewer: User, starters: Any
+) -> None:
+    app = sim_app("refund-approval")
+    # Nothing is published in Dify: it refuses the app's parameters, while /info still answers.
+    simulator.add_fault(
+        "status",
+        "parameters",
+        app="refund-approval",
+        times=None,
+        status=400,
+        code="app_unavailable",
+        message=UNAVAILABLE,
+    )
+    browser = Client()
+    browser.force_login(reviewer)
+    assert browser.get(f"/apps/{app.pk}/start/").status_code == 502
+    app.refresh_from_db()
+    assert (app.refusal, app.refusal_code) == (
+        f"400 app_unavailable: {UNAVAILABLE}",
+        "app_unavailable",
+    )
+
+    # A run's detail does not tell either: the run waits, the app is asked.
+    _held_run(app)
+    _a_minute_later(app)
+    assert reconcile_runs()["held"] == 1
+    assert simulator.request_count("parameters") == 2
+    assert simulator.request_count("info") == simulator.request_count("workflow_run_detail") == 0
+    app.refresh_from_db()
+    assert app.refused_at is not None
+    assert app.next_refusal_probe() > timezone.now()
+
+    # Published: the next try finds its parameters.
+    simulator.clear_faults()
+    _a_minute_later(app)
+    reconcile_runs()
+    app.refresh_from_db()
+    assert app.refused_at is None
+    assert simulator.request_count("info") == 0
+
+
+def test_a_run_whose_detail_keeps_failing_does_not_hold_the_other_runs_of_its_app(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("content-publish")
+    runs = [start(simulator, app) for _ in range(3)]
+    firsts = [pending(run)[0] for run in runs]
+    for run in runs:
+        no_stream_left(run)
+    simulator.add_fault(
+        "status",
+        "*",
+        app="content-publish",
+        times=None,
+        status=403,
+        code="forbidden",
+        message="The app's API service has been disabled.",
+    )
+    for form in firsts:
+        _answer_in_dify(simulator, form)
+        form.run.request_follow(snapshot=True)
+    _given_up(app, 3)
+    # Switched on again; but Dify fails on the detail of the run that asks for the app.
+    simulator.clear_faults()
+    broken, *others = runs
+    simulator.add_fault(
+        "status",
+        "workflow_run_detail",
+        app="content-publish",
+        run=broken.workflow_run_id,
+        times=None,
+        status=500,
+    )
+    _a_minute_later(app)
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    # The run's failure says nothing of the app: Dify is asked about the app itself.
+    assert (counts["errors"], counts["held"]) == (1, 2)
+    assert simulator.request_count("info") == 1
+    app.refresh_from_db()
+    assert app.refused_at is None
+
+    # The next pass asks about the other runs first; they flow again.
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    assert (counts["followed"], counts["errors"]) == (2, 1)
+    for run in others:
+        assert _next_form(run, "legal_check")
+        no_stream_left(run)
+    broken.refresh_from_db()
+    assert broken.needs_reconcile and broken.status == "paused"
+
+
+def test_a_run_dify_keeps_failing_on_does_not_stand_in_front_of_the_other_runs_of_its_app(
+    simulator: Any, sim_app: Any
+) -> None:
+    app = sim_app("refund-approval")
+    runs = [start(simulator, app) for _ in range(3)]
+    # Handed to the reconcile (the follower gave up on their streams).
+    Run.objects.filter(app=app).update(follow_wanted=False, needs_reconcile=True)
+    broken = runs[0]
+    simulator.add_fault(
+        "status", "workflow_run_detail", run=broken.workflow_run_id, times=None, status=500
+    )
+    # Asked first, it fails: Dify may be down for the app, its other runs wait for the next pass.
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    assert (counts["errors"], counts["followed"]) == (1, 0)
+    # The next pass asks about the others first.
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        counts = reconcile_runs()
+    assert (counts["followed"], counts["errors"]) == (2, 1)
+    assert list(Run.objects.filter(app=app, needs_reconcile=True)) == [broken]
+
+
+def test_a_run_dify_does_not_know_hands_the_question_to_the_app(
+    simulator: Any, sim_app: Any
+) -> None:
+    app = sim_app("refund-approval")
+    _held_run(app)
+    assert app.note_refused(
+        Unauthorized(401, "unauthorized", "Access token is invalid"), "follower"
+    )
+    _a_minute_later(app)
+    counts = reconcile_runs()
+    # Deleted in Dify, say: that says nothing of the key, /info does.
+    assert (counts["errors"], counts["held"]) == (1, 0)
+    assert AuditEntry.objects.filter(verb="run_not_found").count() == 1
+    assert simulator.request_count("info") == 1
+    app.refresh_from_db()
+    assert app.refused_at is None

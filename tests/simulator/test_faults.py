@@ -52,6 +52,24 @@ def test_a_fault_can_target_one_app(simulator: Any) -> None:
         assert http.get("/info").status_code == 200
 
 
+def test_a_fault_can_target_one_run(simulator: Any) -> None:
+    broken = simulator.start_run(APP, user="u-1").workflow_run_id
+    other = simulator.start_run(APP, user="u-1").workflow_run_id
+    simulator.add_fault("status", "workflow_run_detail", run=broken, times=None, status=500)
+    with simulator.client(APP) as http:
+        assert http.get(f"/workflows/run/{broken}").status_code == 500
+        assert http.get(f"/workflows/run/{other}").status_code == 200
+        assert http.get("/info").status_code == 200
+    with httpx.Client(base_url=simulator.root_url) as control:
+        added = control.post(
+            "/_sim/faults", json={"kind": "status", "route": "*", "run": other, "status": 502}
+        )
+        assert added.json()[0]["run"] == other
+    with simulator.client(APP) as http:
+        assert http.get(f"/workflows/run/{other}").status_code == 502
+        assert http.get(f"/workflows/run/{other}").status_code == 200
+
+
 def test_one_request_can_carry_its_own_fault(simulator: Any) -> None:
     with simulator.client(APP) as http:
         assert (
