@@ -281,3 +281,29 @@ def test_the_worker_survives_its_database_connections_being_ended_between_tasks(
     _delivered_once_each(simulator, forms)
     # The dead connection was replaced before the task used it: no attempt was lost to it.
     assert [Decision.objects.get(pk=d.pk).attempts for d in second] == [1, 1]
+
+
+def test_decisions_refused_for_a_revoked_key_wait_and_go_once_an_administrator_fixes_it(
+    simulator: Any, workers: Workers, reviewer_user: User
+) -> None:
+    app = _app(simulator)
+    forms = simulated_forms(simulator, app, 5)
+    good_key = app.api_key
+    # The key was rotated in Dify and not here yet: every submit is refused with a 401.
+    DifyApp.objects.filter(pk=app.pk).update(api_key="app-rotated-key-000000")
+    workers.start()
+    decisions = _decide_all(forms, reviewer_user)
+    wait_until(lambda: Decision.objects.filter(held_for_app=True).count() == 5, timeout=60)
+    assert not Decision.objects.exclude(status="queued").exists()
+    assert all(simulator.submits_applied(form.form_id) == 0 for form in forms)
+    app.refresh_from_db()
+    assert app.refused_at is not None and app.refusal_status == 401
+    # Nothing is sent while it waits, however long: no retries burn the attempts.
+    time.sleep(2)
+    assert sorted(Decision.objects.values_list("attempts", flat=True)) == [1] * 5
+
+    app.api_key = good_key
+    app.save()
+    app.settings_changed()
+    _wait_settled(workers, decisions, timeout=30)
+    _delivered_once_each(simulator, forms)
