@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.utils import formats, timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
@@ -111,13 +112,24 @@ class DifyAppAdmin(admin.ModelAdmin):
             return str(_("OK"))
         # Dify's own words; the client's messages never hold the key, and `note_refused`
         # redacted it anyway.
-        return str(
+        text = str(
             _("Refused since %(when)s: %(refusal)s")
             % {
                 "when": formats.date_format(timezone.localtime(obj.refused_at), "DATETIME_FORMAT"),
                 "refusal": obj.refusal,
             }
         )
+        # What waits on the fix: decisions reviewers made that go once Dify accepts the app.
+        held = Decision.objects.filter(
+            form__run__app=obj, status=Decision.Status.QUEUED, held_for_app=True
+        ).count()
+        if held:
+            text += " " + ngettext(
+                "(%(count)d decision waits to be sent.)",
+                "(%(count)d decisions wait to be sent.)",
+                held,
+            ) % {"count": held}
+        return text
 
     def save_model(self, request: HttpRequest, obj: DifyApp, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

@@ -3,10 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from inbox.models import AuditEntry, DifyApp, Run
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
 
 pytestmark = pytest.mark.smoke
 
@@ -148,3 +149,22 @@ def test_saving_without_a_new_key_keeps_the_refusal(
     app = DifyApp.objects.get(pk=dify_app.pk)
     assert app.refusal == "403 forbidden: The app's API service has been disabled."
     assert app.refused_at is not None and app.refusal_status == 403
+
+
+def test_a_refused_app_says_how_many_decisions_wait_for_its_fix(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    _refused(dify_app)
+    run = Run.objects.create(app=dify_app, workflow_run_id="R-held", status="paused")
+    for n in range(2):
+        form = Form.objects.create(
+            run=run, form_id=f"F-held-{n}", form_token=f"t-{n}", node_id="n", status="submitting"
+        )
+        Decision.objects.create(
+            form=form, action_id="approve", reviewer=admin_user, held_for_app=True
+        )
+    client.force_login(admin_user)
+    page = client.get("/admin/inbox/difyapp/").content.decode()
+    assert "(2 decisions wait to be sent.)" in page
+    page = client.get("/admin/inbox/difyapp/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "decisions wait" not in page and "（2 个决定等待发送。）" in page
