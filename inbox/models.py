@@ -1728,27 +1728,15 @@ class Decision(models.Model):
         """Put an attempt that may succeed later back in the queue, due in `delay` seconds.
         `unreachable`: it never reached Dify, so `release_unreachable` may send it sooner."""
         with transaction.atomic():
-            locked = cls._lock(pk)
-            if locked is None:
-                return False
-            form, decision = locked
-            if decision.status != cls.Status.DELIVERING:
-                return False
-            decision.status = cls.Status.QUEUED
-            decision.last_error = redact_secret(error, form.form_token)
-            decision.next_attempt_at = database_now() + dt.timedelta(seconds=delay)
-            decision.maybe_applied = decision.maybe_applied or ambiguous
-            decision.dify_unreachable = unreachable
-            decision.save(
-                update_fields=[
-                    "status",
-                    "last_error",
-                    "next_attempt_at",
-                    "maybe_applied",
-                    "dify_unreachable",
-                    "updated_at",
-                ]
+            decision = cls._requeue(
+                pk,
+                error=error,
+                ambiguous=ambiguous,
+                next_attempt_at=database_now() + dt.timedelta(seconds=delay),
+                dify_unreachable=unreachable,
             )
+            if decision is None:
+                return False
             AuditEntry.record(
                 "delivery_retry_scheduled",
                 decision,
@@ -1759,6 +1747,29 @@ class Decision(models.Model):
             due = decision.next_attempt_at
             transaction.on_commit(lambda: cls.enqueue(pk, countdown=delay, due=due))
         return True
+
+    @classmethod
+    def _requeue(
+        cls, pk: int, *, error: str, ambiguous: bool = False, **fields: Any
+    ) -> Decision | None:
+        """An attempt in flight goes back to `queued` with `fields` set, its error kept (without
+        the form's token). None when it is not in flight (settled or taken over meanwhile).
+        Call inside a transaction: the rows stay locked until it ends."""
+        locked = cls._lock(pk)
+        if locked is None:
+            return None
+        form, decision = locked
+        if decision.status != cls.Status.DELIVERING:
+            return None
+        decision.status = cls.Status.QUEUED
+        decision.last_error = redact_secret(error, form.form_token)
+        decision.maybe_applied = decision.maybe_applied or ambiguous
+        for name, value in fields.items():
+            setattr(decision, name, value)
+        decision.save(
+            update_fields=["status", "last_error", "maybe_applied", *fields, "updated_at"]
+        )
+        return decision
 
     @classmethod
     def release_unreachable(cls, app_ids: Iterable[int]) -> int:
@@ -1786,27 +1797,11 @@ class Decision(models.Model):
         """Dify refused the app this attempt was made for: the decision waits, queued with no
         due time, until `release_held` finds the app accepted again."""
         with transaction.atomic():
-            locked = cls._lock(pk)
-            if locked is None:
-                return False
-            form, decision = locked
-            if decision.status != cls.Status.DELIVERING:
-                return False
-            decision.status = cls.Status.QUEUED
-            decision.last_error = redact_secret(error, form.form_token)
-            decision.next_attempt_at = None
-            decision.held_for_app = True
-            decision.dify_unreachable = False
-            decision.save(
-                update_fields=[
-                    "status",
-                    "last_error",
-                    "next_attempt_at",
-                    "held_for_app",
-                    "dify_unreachable",
-                    "updated_at",
-                ]
+            decision = cls._requeue(
+                pk, error=error, next_attempt_at=None, held_for_app=True, dify_unreachable=False
             )
+            if decision is None:
+                return False
             AuditEntry.record(
                 "delivery_held", decision, attempt=decision.attempts, error=decision.last_error
             )
