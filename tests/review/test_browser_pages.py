@@ -337,3 +337,48 @@ def test_the_run_page_keeps_an_open_output_text_open_and_reloads_when_the_sessio
     page.wait_for_url("**/accounts/login/**", timeout=15000)
     assert page.locator("input[type=password]").count() == 1
     assert page.locator("#run-live").count() == 0
+
+
+def note_only_form(app: DifyApp) -> Form:
+    definition = full_definition()
+    definition["inputs"] = definition["inputs"][:1]  # the note, prefilled "resolved default"
+    return make_form(app, definition=definition)
+
+
+def test_the_connection_and_request_errors_stack_rather_than_overlap(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.route(
+        "**/decide",
+        lambda route: route.fulfill(
+            status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>"
+        ),
+    )
+    page.get_by_role("button", name="Approve").click()
+    request_error = page.locator("#request-error")
+    request_error.get_by_text("The server ran into a problem (502).").wait_for()
+    # Then the connection drops: the next poll cannot reach the server.
+    page.route("**/live?*", lambda route: route.abort())
+    connection_error = page.locator("#connection-error")
+    connection_error.wait_for(state="visible", timeout=15000)
+    assert request_error.is_visible()
+    screenshot(page, "form-two-toasts")
+    one = connection_error.bounding_box()
+    other = request_error.bounding_box()
+    assert one is not None and other is not None
+    apart = (
+        one["y"] + one["height"] <= other["y"]
+        or other["y"] + other["height"] <= one["y"]
+        or one["x"] + one["width"] <= other["x"]
+        or other["x"] + other["width"] <= one["x"]
+    )
+    assert apart, (one, other)
+    # Both inside the window.
+    viewport = page.viewport_size
+    for box in (one, other):
+        assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
+    assert page.js_errors == []
+    assert page.csp_violations == []
