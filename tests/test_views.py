@@ -139,3 +139,32 @@ def test_an_htmx_post_refused_by_the_csrf_check_is_told_to_reload_in_the_page(
         HTTP_HX_CURRENT_URL="https://elsewhere.example/",
     )
     assert elsewhere.status_code == 403 and "<a " not in elsewhere.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("language", "heading"),
+    [("en", "Something went wrong on our side."), ("zh-hans", "我们这边出了问题。")],
+)
+def test_a_server_error_gets_our_page_in_the_reader_s_language_with_the_database_down(
+    client: Client,
+    reviewer: object,
+    django_db_blocker: Any,
+    settings: Any,
+    language: str,
+    heading: str,
+) -> None:
+    settings.DEBUG = False
+    client.force_login(reviewer)
+    client.raise_request_exception = False
+    # Every query now fails, as with the database down: the page's own (the reviewer's
+    # login) raises, and so would any the error page made.
+    with django_db_blocker.block():
+        response = client.get("/", headers={"accept-language": language})
+    assert response.status_code == 500
+    page = response.content.decode()
+    assert f'<html lang="{language}">' in page
+    assert heading in page and "/static/inbox/app.css" in page
+    assert response["Content-Security-Policy"] == POLICY
+    # Nothing of what failed is shown.
+    assert "Database access not allowed" not in page and "Traceback" not in page
+    assert "RuntimeError" not in page

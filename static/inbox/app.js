@@ -1,6 +1,7 @@
 // Small enhancements on top of pages that work without script: time zone, live relative
 // times, keyboard moves in the inbox, upload progress, keeping action buttons disabled until
-// Dify would accept the form, and saying why when the server refuses a request.
+// Dify would accept the form, saying why when the server refuses a request, and holding a
+// reload that would lose what was typed.
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
@@ -99,6 +100,8 @@
   });
 
   // --- Forms: enable the actions only when Dify would accept the form -----------------------
+  var pageStale = false; // the page can no longer send its form (below)
+
   function uploadsBusy(form) {
     return form.querySelector(".field[data-uploading]") !== null;
   }
@@ -121,7 +124,7 @@
   function refreshActions() {
     var form = document.getElementById("decision-form");
     if (!form) return;
-    var ready = !uploadsBusy(form);
+    var ready = !uploadsBusy(form) && !pageStale;
     form.querySelectorAll(".field[data-required]").forEach(function (field) {
       if (!fieldReady(field)) ready = false;
     });
@@ -137,7 +140,7 @@
       button.disabled = !ready;
     });
     var hint = form.querySelector(".actions-hint");
-    if (hint) hint.hidden = ready;
+    if (hint) hint.hidden = ready || pageStale; // the reload notice says why instead
   }
 
   // The language switch submits itself; without script its button does.
@@ -363,6 +366,61 @@
     showError([document.createTextNode(statusMessage(xhr))], verb(event) === "get");
   });
 
+  // --- A page that can no longer send its form keeps what was typed in it ------------------
+  // When the login ends or the form is no longer the reader's, the page's poll is answered with
+  // HX-Refresh (HtmxReloadMiddleware), and htmx reloads the page right after
+  // htmx:beforeOnLoad: a note typed and not sent would go with it. If there is one, the reload
+  // waits for the reader, the page says why, and asks the server nothing more.
+  var drawnText = {};
+
+  function textFields() {
+    var form = document.getElementById("decision-form");
+    return form ? Array.prototype.slice.call(form.querySelectorAll("textarea, input[type=text], input[type=url]")) : [];
+  }
+
+  // What the server drew when the page loaded: a reload draws it again. A field redrawn since
+  // (a decision refused for a missing choice) holds what was sent, which a reload may not draw.
+  function rememberDrawnText() {
+    textFields().forEach(function (input) { drawnText[input.id || input.name] = input.defaultValue; });
+  }
+
+  function typedNotSent() {
+    return textFields().some(function (input) {
+      var key = input.id || input.name;
+      var drawn = Object.prototype.hasOwnProperty.call(drawnText, key) ? drawnText[key] : input.defaultValue;
+      return input.value.trim() !== "" && input.value !== drawn;
+    });
+  }
+
+  function showStale() {
+    pageStale = true;
+    refreshActions();
+    var box = document.getElementById("reload-notice");
+    var text = document.getElementById("reload-notice-text");
+    if (!box || !text) return;
+    text.textContent = "";
+    box.hidden = false;
+    // Filled once shown, so the alert is read out.
+    window.setTimeout(function () { text.textContent = box.getAttribute("data-message") || ""; }, 50);
+  }
+
+  document.addEventListener("htmx:beforeOnLoad", function (event) {
+    var xhr = event.detail.xhr;
+    if (!xhr || xhr.getResponseHeader("HX-Refresh") !== "true") return;
+    if (!pageStale && !typedNotSent()) return; // nothing to lose: htmx reloads the page
+    event.preventDefault();
+    if (!pageStale) showStale();
+  });
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    // Each poll would only be told to reload again.
+    if (pageStale && verb(event) === "get") event.preventDefault();
+  });
+
+  document.addEventListener("click", function (event) {
+    if (event.target.closest && event.target.closest("#reload-notice .reload-page")) window.location.reload();
+  });
+
   // --- Open <details data-keep> stay open when a poll replaces the part they are in ---------
   var keptOpen = [];
   document.addEventListener("htmx:beforeSwap", function (event) {
@@ -396,6 +454,7 @@
   });
 
   document.addEventListener("DOMContentLoaded", function () {
+    rememberDrawnText();
     refreshTimes();
     refreshActions();
   });

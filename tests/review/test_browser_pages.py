@@ -337,3 +337,135 @@ def test_the_run_page_keeps_an_open_output_text_open_and_reloads_when_the_sessio
     page.wait_for_url("**/accounts/login/**", timeout=15000)
     assert page.locator("input[type=password]").count() == 1
     assert page.locator("#run-live").count() == 0
+
+
+def note_only_form(app: DifyApp) -> Form:
+    definition = full_definition()
+    definition["inputs"] = definition["inputs"][:1]  # the note, prefilled "resolved default"
+    return make_form(app, definition=definition)
+
+
+@pytest.mark.parametrize(
+    ("ends", "language", "notice", "reload_label"),
+    [
+        (
+            "signed_out",
+            "en",
+            "This form can no longer be sent from this page: you were signed out, or it is no "
+            "longer yours to answer. Copy what you typed, then reload the page.",
+            "Reload the page",
+        ),
+        (
+            "form_taken_away",
+            "zh-hans",
+            "此表单已无法从本页面发送：您已退出登录，或已无权回答它。请先复制您输入的内容，然后刷新页面。",  # noqa: RUF001
+            "刷新页面",
+        ),
+    ],
+)
+def test_a_typed_note_waits_when_the_page_can_no_longer_send_it(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    ends: str,
+    language: str,
+    notice: str,
+    reload_label: str,
+) -> None:
+    from django.contrib.sessions.models import Session
+
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.evaluate("window.__marker = 1")  # gone if the page reloads
+    note = page.locator("textarea[name=in_note]")
+    note.fill("Refund it, the parcel was lost.")
+    if ends == "signed_out":
+        Session.objects.all().delete()  # signed out elsewhere, or the login expired
+    else:
+        reviewer.groups.clear()  # the form is no longer routed to them
+    # The poll is told to reload the page; the note would go with it. The page stays, and says
+    # why the note cannot be sent from here (read out: the alert's words arrive once shown).
+    page.get_by_role("alert").get_by_text(notice).wait_for(timeout=15000)
+    assert page.evaluate("window.__marker") == 1
+    assert note.input_value() == "Refund it, the parcel was lost."
+    approve = page.get_by_role("button", name="Approve")
+    assert approve.is_disabled()
+    assert page.locator(".actions-hint").is_hidden()
+    screenshot(page, f"form-stale-{language}")
+    # The poll stops: nothing asks again, and the notice is not repeated.
+    polls: list[str] = []
+    page.on(
+        "request", lambda request: polls.append(request.url) if "/live" in request.url else None
+    )
+    page.wait_for_timeout(6000)  # longer than the poll's 5 s
+    assert polls == []
+    assert page.get_by_role("alert").get_by_text(notice).count() == 1
+    assert page.evaluate("window.__marker") == 1
+    assert page.js_errors == []
+    assert page.csp_violations == []
+    # The reader reloads when they have copied it.
+    page.get_by_role("button", name=reload_label).click()
+    if ends == "signed_out":
+        page.wait_for_url("**/accounts/login/**", timeout=15000)
+    else:
+        page.locator("#main h1").wait_for()
+        assert page.evaluate("window.__marker") is None
+        assert page.locator("#decision-form").count() == 0
+
+
+def test_a_page_with_nothing_typed_reloads_when_the_login_ends(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    from django.contrib.sessions.models import Session
+
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    # Prefilled by the form, not typed: nothing would be lost.
+    assert page.locator("textarea[name=in_note]").input_value() == "resolved default"
+    Session.objects.all().delete()
+    page.wait_for_url("**/accounts/login/**", timeout=15000)
+    assert page.locator("input[type=password]").count() == 1
+    assert page.js_errors == []
+
+
+def test_the_connection_and_request_errors_stack_rather_than_overlap(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.route(
+        "**/decide",
+        lambda route: route.fulfill(
+            status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>"
+        ),
+    )
+    page.get_by_role("button", name="Approve").click()
+    request_error = page.locator("#request-error")
+    request_error.get_by_text("The server ran into a problem (502).").wait_for()
+    # Then the connection drops: the next poll cannot reach the server.
+    page.route("**/live?*", lambda route: route.abort())
+    connection_error = page.locator("#connection-error")
+    connection_error.wait_for(state="visible", timeout=15000)
+    assert request_error.is_visible()
+    screenshot(page, "form-two-toasts")
+    one = connection_error.bounding_box()
+    other = request_error.bounding_box()
+    assert one is not None and other is not None
+    apart = (
+        one["y"] + one["height"] <= other["y"]
+        or other["y"] + other["height"] <= one["y"]
+        or one["x"] + one["width"] <= other["x"]
+        or other["x"] + other["width"] <= one["x"]
+    )
+    assert apart, (one, other)
+    # Both inside the window.
+    viewport = page.viewport_size
+    for box in (one, other):
+        assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
+    assert page.js_errors == []
+    assert page.csp_violations == []
