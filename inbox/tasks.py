@@ -802,7 +802,11 @@ def _reconcile(batch_size: int) -> dict[str, int]:
                 continue
             logger.warning("reconcile: form %s: %s", form.pk, exc)
             if not isinstance(exc, DifyStatusError) or not exc.permanent:
-                # Dify is down or busy for this app: leave its other forms for the next run.
+                # Dify may be down or busy for this app: its other forms wait for the next pass.
+                # This one is stamped as asked about, if not answered, so that pass starts with
+                # them: a form Dify keeps failing on (a 5xx on its GET alone) does not stand in
+                # front of them for good, and an outage costs one call per app and pass.
+                Form.objects.filter(pk=form.pk).update(checked_at=timezone.now())
                 unreachable.add(app.pk)
                 continue
         counts["checked"] += 1

@@ -17,7 +17,7 @@ from django.utils import timezone
 from inbox.dify.errors import Unauthorized
 from inbox.models import AuditEntry, DifyApp, Form, Run
 from inbox.runs import StartFailed, start_run
-from inbox.tasks import reconcile_runs
+from inbox.tasks import reconcile_pending_forms, reconcile_runs
 from tests.capture.conftest import FollowerThread, no_stream_left, pending, start
 from tests.clock import SKEW, host_clock
 from tests.conftest import wait_until
@@ -487,6 +487,35 @@ def test_a_run_dify_keeps_failing_on_does_not_stand_in_front_of_the_other_runs_o
         counts = reconcile_runs()
     assert (counts["followed"], counts["errors"]) == (2, 1)
     assert list(Run.objects.filter(app=app, needs_reconcile=True)) == [broken]
+
+
+def test_a_form_dify_keeps_failing_on_does_not_stand_in_front_of_the_other_forms_of_its_app(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    runs = [start(simulator, app) for _ in range(3)]
+    forms = [pending(run)[0] for run in runs]
+    for run in runs:
+        no_stream_left(run)
+    # Due for the reconcile in the order they came in.
+    for minutes, form in zip((3, 2, 1), forms, strict=True):
+        Form.objects.filter(pk=form.pk).update(
+            created_at=timezone.now() - dt.timedelta(minutes=minutes)
+        )
+    broken, *others = forms
+    simulator.add_fault("status", "form_get", form=broken.form_id, times=None, status=500)
+    # Answered in Dify through email, which only GET form tells.
+    for form in others:
+        _answer_in_dify(simulator, form)
+    # Asked first, it fails: Dify may be down for the app, its other forms wait for the next pass.
+    with override_settings(INBOX_RECONCILE_AFTER_SECONDS=30):
+        counts = reconcile_pending_forms()
+    assert counts == {"checked": 0, "answered_elsewhere": 0, "expired": 0, "errors": 1}
+    # The next pass asks about the others first.
+    with override_settings(INBOX_RECONCILE_AFTER_SECONDS=30):
+        counts = reconcile_pending_forms()
+    assert counts == {"checked": 2, "answered_elsewhere": 2, "expired": 0, "errors": 0}
+    assert list(Form.objects.filter(run__app=app, status="pending")) == [broken]
 
 
 def test_a_run_dify_does_not_know_hands_the_question_to_the_app(
