@@ -157,7 +157,9 @@ class DifyAppAdmin(admin.ModelAdmin):
                     messages.ERROR,
                 )
                 continue
-            app.note_accepted("connection test")
+            # /parameters answers once a workflow is published; /info names the app's kind.
+            kind = app.is_dify_mode(info.get("mode"))
+            app.note_accepted("connection test", kind=kind, published=True)
             self.message_user(
                 request,
                 _(
@@ -176,6 +178,20 @@ class DifyAppAdmin(admin.ModelAdmin):
                 },
                 messages.SUCCESS,
             )
+            if not kind:
+                self.message_user(
+                    request,
+                    _(
+                        "%(app)s: Dify names its mode “%(mode)s”, which is not a %(kind)s as set "
+                        "up here; set the mode to match."
+                    )
+                    % {
+                        "app": app.name,
+                        "mode": info.get("mode") or "?",
+                        "kind": app.get_mode_display(),
+                    },
+                    messages.WARNING,
+                )
 
 
 class FormInline(admin.TabularInline):

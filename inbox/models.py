@@ -76,8 +76,9 @@ class DifyApp(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     # Connection health. Set when Dify refuses the app's key or the app itself (401, 403, an
-    # app-level 400: `DifyStatusError.refuses_app`), cleared by the next call Dify accepts. Only
-    # a change is written (a filtered UPDATE), never every call; `save()` leaves them alone.
+    # app-level 400: `DifyStatusError.refuses_app`), cleared by the next call Dify accepts that
+    # can tell it is over (`note_accepted`). Only a change is written (a filtered UPDATE), never
+    # every call; `save()` leaves them alone.
     refused_at = models.DateTimeField(_("refused since"), null=True, blank=True, editable=False)
     # Dify's answer ("401 unauthorized: Access token is invalid"), for administrators.
     refusal = models.CharField(_("refusal"), max_length=300, blank=True, editable=False)
@@ -162,18 +163,36 @@ class DifyApp(models.Model):
             )
         return bool(started)
 
-    def note_accepted(self, source: str) -> bool:
-        """Dify accepted a call with this app's key: a refusal on record is over. Free when
-        this instance knows of none, so it may be called after every successful call."""
+    def note_accepted(self, source: str, *, kind: bool = False, published: bool = False) -> bool:
+        """Dify accepted a call with this app's key: a refusal on record is over, if the call
+        can tell. Any call proves the key (401, 403). Only a call that proves it ends a refusal
+        of the app's kind (`kind`: a start, /info naming the mode set up here) or of an app with
+        nothing published (`published`: a start, /parameters): a run's events and detail,
+        uploads and submits go through either way. True when this clears the refusal. Free
+        when this instance knows of none the call can judge, so it may be called after every
+        successful call."""
         if self.refused_at is None:
             return False
+        unjudged = set() if kind else set(KIND_REFUSALS)
+        if not published:
+            unjudged.add(UNPUBLISHED_REFUSAL)
+        if self.refusal_code in unjudged:
+            return False
+        # What is on record may be newer than what this instance knows (a start found the app
+        # of another kind meanwhile): a refusal the call cannot judge stays.
         cleared = self._clear_refusal(
-            DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at)
+            DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at).exclude(
+                refusal_code__in=unjudged
+            )
         )
         if cleared:
             AuditEntry.record("app_accepted", self, source=source)
             logger.info("Dify accepts the app %s again (seen by the %s)", self.name, source)
         return cleared
+
+    def is_dify_mode(self, mode: Any) -> bool:
+        """Whether the `mode` Dify's /info names is the kind of app set up here."""
+        return bool(mode) and mode == DIFY_MODES.get(self.mode)
 
     def note_probed(self, now: dt.datetime) -> None:
         """The reconcile asked Dify again and was refused: the next try waits longer."""
@@ -228,6 +247,16 @@ class DifyApp(models.Model):
         Decision.release_held([self.pk])
         return bool(cleared)
 
+
+# Refusals of the app itself, not its key: Dify says the app is not of the kind set up here (a
+# workflow, a chatflow), or that it has nothing published.
+KIND_REFUSALS = frozenset({"not_workflow_app", "not_chat_app"})
+UNPUBLISHED_REFUSAL = "app_unavailable"
+# The `mode` Dify's /info names for each kind of app (the spec's AppInfoResponse).
+DIFY_MODES: dict[str, str] = {
+    DifyApp.Mode.WORKFLOW: "workflow",
+    DifyApp.Mode.CHATFLOW: "advanced-chat",
+}
 
 # How long the reconcile waits before asking Dify again about a refused app, at first and at most.
 REFUSAL_PROBE_MIN = dt.timedelta(minutes=1)

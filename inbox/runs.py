@@ -335,7 +335,8 @@ def start_run(
             gettext("Dify could not be reached: %(error)s") % {"error": exc},
             code="dify_unavailable",
         ) from None
-    app.note_accepted("start")
+    # Dify took the start: the app is of the kind set up here, and has a workflow published.
+    app.note_accepted("start", kind=True, published=True)
     if not workflow_run_id:
         if stream.deadline is not None and time.monotonic() > stream.deadline:
             # Dify took the request and kept the stream open (pings) without naming the run:

@@ -40,6 +40,8 @@ from inbox.dify.errors import (
     TooManyRequests,
 )
 from inbox.models import (
+    KIND_REFUSALS,
+    UNPUBLISHED_REFUSAL,
     AuditEntry,
     Decision,
     DeliveryPump,
@@ -293,7 +295,7 @@ def deliver_decision(decision_pk: int, due: str | None = None) -> str:
     outcome = _submit(delivery_client(decision.form.run.app), decision)
     if outcome is not None:
         return outcome
-    decision.form.run.app.note_accepted("delivery")
+    _delivered_for(decision.form.run.app)
     Decision.finish(
         decision.pk,
         status=Decision.Status.DELIVERED,
@@ -410,7 +412,7 @@ def _record_batch(
     """The decisions Dify accepted, recorded together; the other outcomes are recorded already."""
     accepted = [d for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
     for app in {d.form.run.app_id: d.form.run.app for d in accepted}.values():
-        app.note_accepted("delivery")
+        _delivered_for(app)
     settled = Decision.finish_delivered(accepted)
     request_follow_many(d.form.run_id for d in settled)
     # A decision whose last attempt could not reach Dify got through: Dify is back for its app.
@@ -418,6 +420,14 @@ def _record_batch(
     for outcome in outcomes:
         key = outcome or "delivered"
         counts[key] = counts.get(key, 0) + 1
+
+
+def _delivered_for(app: DifyApp) -> None:
+    """Dify accepted a decision for this app: its key is good. A submit goes through whatever
+    the app's kind and whether anything is published, so the decisions held for the app are due
+    again even while a refusal about those stays on record. Free for an app in good health."""
+    if app.refused_at is not None and not app.note_accepted("delivery"):
+        Decision.release_held([app.pk])
 
 
 def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) -> str:
@@ -478,9 +488,10 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
 
 def _hold_for_app(decision: Decision, exc: DifyStatusError) -> str:
     """Dify refuses the app (a revoked key, an unpublished app), not the decision: it waits for
-    the app to be accepted again, which an administrator's new key or Dify's next accepted call
-    says (`DifyApp.note_accepted`, `settings_changed`). A refusal that keeps coming back while
-    other calls are accepted (a key that may read but not submit) fails after the attempts."""
+    the app to be accepted again, which an administrator's new key, Dify's next accepted call or
+    another decision's delivery says (`DifyApp.note_accepted`, `settings_changed`,
+    `_delivered_for`). A refusal that keeps coming back while other calls are accepted (a key
+    that may read but not submit) fails after the attempts."""
     app = decision.form.run.app
     app.note_refused(exc, "delivery")
     reason = gettext("Dify refused the decision (%(status)s %(code)s): %(message)s") % {
@@ -802,7 +813,11 @@ def _reconcile(batch_size: int) -> dict[str, int]:
                 continue
             logger.warning("reconcile: form %s: %s", form.pk, exc)
             if not isinstance(exc, DifyStatusError) or not exc.permanent:
-                # Dify is down or busy for this app: leave its other forms for the next run.
+                # Dify may be down or busy for this app: its other forms wait for the next pass.
+                # This one is stamped as asked about, if not answered, so that pass starts with
+                # them: a form Dify keeps failing on (a 5xx on its GET alone) does not stand in
+                # front of them for good, and an outage costs one call per app and pass.
+                Form.objects.filter(pk=form.pk).update(checked_at=timezone.now())
                 unreachable.add(app.pk)
                 continue
         counts["checked"] += 1
@@ -1024,17 +1039,10 @@ def _refused_apps(
     return probes
 
 
-# Dify says the app is not of the kind set up here (a workflow, a chatflow).
-_KIND_REFUSALS = frozenset({"not_workflow_app", "not_chat_app"})
 # What Dify refuses of an app that its answer about a run does not tell is over: a run's detail
 # comes for an app with nothing published, and for a workflow set up here as a chatflow (or the
 # other way round).
-_RUN_BLIND_REFUSALS = _KIND_REFUSALS | {"app_unavailable"}
-# The `mode` Dify's /info names for each kind of app (the spec's AppInfoResponse).
-_DIFY_MODES: dict[str, str] = {
-    DifyApp.Mode.WORKFLOW: "workflow",
-    DifyApp.Mode.CHATFLOW: "advanced-chat",
-}
+_RUN_BLIND_REFUSALS = KIND_REFUSALS | {UNPUBLISHED_REFUSAL}
 
 
 def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
@@ -1045,15 +1053,18 @@ def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
     refused key any answer will do."""
     client = DifyClient.for_app(app)
     mode = None
+    published = False
     try:
-        if app.refusal_code == "app_unavailable":
+        if app.refusal_code == UNPUBLISHED_REFUSAL:
             client.get_parameters()
+            published = True
         else:
             mode = client.get_info().get("mode")
     except DifyError as exc:
         _probe_failed(app, exc, now)
         return
-    if app.refusal_code in _KIND_REFUSALS and mode != _DIFY_MODES.get(app.mode):
+    kind = app.is_dify_mode(mode)
+    if app.refusal_code in KIND_REFUSALS and not kind:
         app.note_probed(now)
         logger.warning(
             "reconcile_runs: app %s: Dify still refuses it (since %s): %s; its /info names the "
@@ -1065,7 +1076,7 @@ def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
             (app.next_refusal_probe() or now).isoformat(),
         )
         return
-    app.note_accepted("reconcile")
+    app.note_accepted("reconcile", kind=kind, published=published)
 
 
 def _probe_failed(app: DifyApp, exc: DifyError, now: dt.datetime) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
-from inbox.dify.errors import Unauthorized
+from inbox.dify.errors import BadRequest, Unauthorized
 from inbox.models import AuditEntry, Decision, DifyApp, Form, Run, mask_secret
 
 pytestmark = pytest.mark.smoke
@@ -90,6 +90,25 @@ def test_a_refusal_is_written_once_and_never_holds_the_key(dify_app: DifyApp) ->
     assert not stored.note_accepted("delivery")
     assert DifyApp.objects.get(pk=dify_app.pk).refused_at is None
     assert AuditEntry.objects.filter(verb="app_accepted").count() == 1
+
+
+def test_an_accepted_call_clears_only_the_refusals_it_can_judge(dify_app: DifyApp) -> None:
+    other_kind = BadRequest(400, "not_chat_app", "Please check if your app mode matches.")
+    unpublished = BadRequest(400, "app_unavailable", "App unavailable.")
+    assert dify_app.note_refused(other_kind, "start")
+    # A stream or a submit says nothing of the app's kind, /parameters nothing either.
+    assert not dify_app.note_accepted("follower")
+    assert not dify_app.note_accepted("connection test", published=True)
+    assert dify_app.note_accepted("connection test", kind=True, published=True)
+    assert dify_app.note_refused(unpublished, "start")
+    assert not dify_app.note_accepted("reconcile", kind=True)
+    assert dify_app.note_accepted("reconcile", published=True)
+    # Loaded while the key was refused; refused since for the app's kind: that stays.
+    loaded = DifyApp.objects.get(pk=dify_app.pk)
+    loaded.note_refused(_revoked(), "follower")
+    DifyApp.objects.get(pk=dify_app.pk).note_refused(other_kind, "start")
+    assert not loaded.note_accepted("follower")
+    assert DifyApp.objects.get(pk=dify_app.pk).refusal_code == "not_chat_app"
 
 
 def test_saving_an_app_leaves_a_refusal_recorded_meanwhile_alone(dify_app: DifyApp) -> None:

@@ -125,8 +125,13 @@ class _Endpoint:
             app=app.name if app else None,
             app_mode=app.mode if app else None,
         )
+        # A form is named by its token in the path; a fault names it by its id.
+        token = sim.tokens.get(request.path_params.get("form_token", ""))
         faults = sim.faults.take(
-            self.route, app.name if app else None, request.path_params.get("workflow_run_id")
+            self.route,
+            app.name if app else None,
+            request.path_params.get("workflow_run_id"),
+            token.form.id if token else None,
         )
         header = request.headers.get("x-sim-fault")
         if header:

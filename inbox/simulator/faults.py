@@ -1,7 +1,8 @@
 """Fault injection: the failures a client must survive, on demand.
 
-A fault targets a route (or ``*``), optionally one app and one run (``run``: a workflow run id, for
-the routes that name one: its events and its detail), for the next ``times`` requests (or until
+A fault targets a route (or ``*``), optionally one app, one run (``run``: a workflow run id, for
+the routes that name one: its events and its detail) and one form (``form``: a form id, for the
+routes that name one by its token: GET and POST form), for the next ``times`` requests (or until
 cleared). Kinds:
 
 - ``status``: answer ``status`` (5xx, or 429 with ``Retry-After: retry_after``) before anything
@@ -57,6 +58,7 @@ class Fault:
     route: str = "*"
     app: str | None = None
     run: str | None = None
+    form: str | None = None
     times: int | None = 1  # None: until cleared
     status: int = 503
     code: str | None = None
@@ -82,10 +84,14 @@ class Fault:
         if not self.id:
             self.id = next(_ids)
 
-    def matches(self, route: str, app: str | None, run: str | None = None) -> bool:
+    def matches(
+        self, route: str, app: str | None, run: str | None = None, form: str | None = None
+    ) -> bool:
         if self.route not in ("*", route):
             return False
         if self.run is not None and self.run != run:
+            return False
+        if self.form is not None and self.form != form:
             return False
         return self.app is None or self.app == app
 
@@ -109,6 +115,7 @@ class Fault:
             "route",
             "app",
             "run",
+            "form",
             "times",
             "status",
             "code",
@@ -155,11 +162,13 @@ class FaultBook:
         self.faults = [f for f in self.faults if f.id != fault_id]
         return len(self.faults) != before
 
-    def take(self, route: str, app: str | None, run: str | None = None) -> list[Fault]:
+    def take(
+        self, route: str, app: str | None, run: str | None = None, form: str | None = None
+    ) -> list[Fault]:
         """The faults that apply to this request, each counted as used once."""
         taken = []
         for fault in list(self.faults):
-            if not fault.matches(route, app, run):
+            if not fault.matches(route, app, run, form):
                 continue
             fault.used += 1
             if fault.times is not None:

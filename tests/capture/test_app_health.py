@@ -15,9 +15,9 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from inbox.dify.errors import Unauthorized
-from inbox.models import AuditEntry, DifyApp, Form, Run
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
 from inbox.runs import StartFailed, start_run
-from inbox.tasks import reconcile_runs
+from inbox.tasks import deliver_decision, reconcile_pending_forms, reconcile_runs
 from tests.capture.conftest import FollowerThread, no_stream_left, pending, start
 from tests.clock import SKEW, host_clock
 from tests.conftest import wait_until
@@ -489,6 +489,35 @@ def test_a_run_dify_keeps_failing_on_does_not_stand_in_front_of_the_other_runs_o
     assert list(Run.objects.filter(app=app, needs_reconcile=True)) == [broken]
 
 
+def test_a_form_dify_keeps_failing_on_does_not_stand_in_front_of_the_other_forms_of_its_app(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    runs = [start(simulator, app) for _ in range(3)]
+    forms = [pending(run)[0] for run in runs]
+    for run in runs:
+        no_stream_left(run)
+    # Due for the reconcile in the order they came in.
+    for minutes, form in zip((3, 2, 1), forms, strict=True):
+        Form.objects.filter(pk=form.pk).update(
+            created_at=timezone.now() - dt.timedelta(minutes=minutes)
+        )
+    broken, *others = forms
+    simulator.add_fault("status", "form_get", form=broken.form_id, times=None, status=500)
+    # Answered in Dify through email, which only GET form tells.
+    for form in others:
+        _answer_in_dify(simulator, form)
+    # Asked first, it fails: Dify may be down for the app, its other forms wait for the next pass.
+    with override_settings(INBOX_RECONCILE_AFTER_SECONDS=30):
+        counts = reconcile_pending_forms()
+    assert counts == {"checked": 0, "answered_elsewhere": 0, "expired": 0, "errors": 1}
+    # The next pass asks about the others first.
+    with override_settings(INBOX_RECONCILE_AFTER_SECONDS=30):
+        counts = reconcile_pending_forms()
+    assert counts == {"checked": 2, "answered_elsewhere": 2, "expired": 0, "errors": 0}
+    assert list(Form.objects.filter(run__app=app, status="pending")) == [broken]
+
+
 def test_a_run_dify_does_not_know_hands_the_question_to_the_app(
     simulator: Any, sim_app: Any
 ) -> None:
@@ -505,3 +534,104 @@ def test_a_run_dify_does_not_know_hands_the_question_to_the_app(
     assert simulator.request_count("info") == 1
     app.refresh_from_db()
     assert app.refused_at is None
+
+
+def _decide(form: Form, reviewer: User) -> Decision:
+    return form.decide(action_id="approve", inputs={"decision_note": "Fine."}, reviewer=reviewer)
+
+
+def test_an_app_refused_as_of_another_kind_stays_refused_while_dify_takes_its_streams_and_decisions(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    app = sim_app("refund-approval")
+    runs = [start(simulator, app) for _ in range(2)]
+    held_form, form = (pending(run)[0] for run in runs)
+    for run in runs:
+        no_stream_left(run)
+    good_key = app.api_key
+    # The key is revoked in Dify: a decision is held for the app.
+    DifyApp.objects.filter(pk=app.pk).update(api_key="app-revoked-key-000000")
+    held = _decide(held_form, reviewer)
+    assert deliver_decision(held.pk) == "held"
+    # The key is good again, but the app is set up here as a chatflow: Dify refuses its starts.
+    DifyApp.objects.filter(pk=app.pk).update(api_key=good_key, mode="chatflow")
+    app.refresh_from_db()
+    with pytest.raises(StartFailed) as refused:
+        start(simulator, app)
+    assert refused.value.code == "not_chat_app"
+    app.refresh_from_db()
+    refusal = app.refusal
+    assert refusal.startswith("400 not_chat_app: ")
+
+    # A run's events come whatever the app's kind: the follower reads them, the refusal stays.
+    streams = simulator.request_count("workflow_events")
+    runs[1].request_follow(snapshot=True)
+    no_stream_left(runs[1])
+    assert simulator.request_count("workflow_events") > streams
+    app.refresh_from_db()
+    assert app.refusal == refusal
+    # So does a submit: delivered, and the decision held for the app is due again with it.
+    assert deliver_decision(_decide(form, reviewer).pk) == "delivered"
+    app.refresh_from_db()
+    assert app.refusal == refusal
+    held.refresh_from_db()
+    assert not held.held_for_app and held.next_attempt_at is not None
+    assert deliver_decision(held.pk) == "delivered"
+    app.refresh_from_db()
+    assert app.refusal == refusal
+    assert not AuditEntry.objects.filter(verb="app_accepted").exists()
+
+    # Set up as a workflow again: the next start proves it, and clears the refusal.
+    DifyApp.objects.filter(pk=app.pk).update(mode="workflow")
+    app.refresh_from_db()
+    start(simulator, app)
+    app.refresh_from_db()
+    assert app.refused_at is None
+    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "start"}
+
+
+def test_an_app_with_nothing_published_stays_refused_until_a_call_that_needs_it_is_accepted(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User, admin_user: User
+) -> None:
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    # Unpublished in Dify: the administrator's connection test meets the refusal.
+    simulator.add_fault(
+        "status",
+        "parameters",
+        app="refund-approval",
+        times=None,
+        status=400,
+        code="app_unavailable",
+        message=UNAVAILABLE,
+    )
+    admin = Client()
+    admin.force_login(admin_user)
+
+    def test_connection() -> None:
+        admin.post(
+            "/admin/inbox/difyapp/",
+            {"action": "test_connection", "_selected_action": [str(app.pk)]},
+        )
+
+    test_connection()
+    app.refresh_from_db()
+    assert app.refusal_code == "app_unavailable"
+
+    # The run's events and a submit go through: they need nothing published.
+    streams = simulator.request_count("workflow_events")
+    run.request_follow(snapshot=True)
+    no_stream_left(run)
+    assert deliver_decision(_decide(form, reviewer).pk) == "delivered"
+    assert simulator.request_count("workflow_events") > streams
+    app.refresh_from_db()
+    assert app.refusal == f"400 app_unavailable: {UNAVAILABLE}"
+
+    # Published: the connection test's /parameters says so.
+    simulator.clear_faults()
+    test_connection()
+    app.refresh_from_db()
+    assert app.refused_at is None
+    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "connection test"}

@@ -206,10 +206,16 @@ def test_reconcile_finds_forms_answered_or_expired_in_dify(
 def test_reconcile_leaves_an_unreachable_apps_forms_for_later(db: None, settings: Any) -> None:
     down = DifyApp.objects.create(name="down", base_url="http://127.0.0.1:9/v1", api_key="k")
     forms = [make_form(down) for _ in range(3)]
-    Form.objects.filter(pk__in=[f.pk for f in forms]).update(created_at=_ago(3600))
-    counts = reconcile_pending_forms()
-    assert counts == {"checked": 0, "answered_elsewhere": 0, "expired": 0, "errors": 1}
-    assert not Form.objects.filter(checked_at__isnull=False).exists()
+    for hours, form in zip((3, 2, 1), forms, strict=True):
+        Form.objects.filter(pk=form.pk).update(created_at=_ago(hours * 3600))
+    # One form is asked about per pass, not every form of the app; each pass asks another.
+    for asked in (1, 2):
+        counts = reconcile_pending_forms()
+        assert counts == {"checked": 0, "answered_elsewhere": 0, "expired": 0, "errors": 1}
+        assert (
+            list(Form.objects.filter(checked_at__isnull=False).order_by("created_at"))
+            == (forms[:asked])
+        )
 
 
 def test_admin_retry_delivery_action(decided: Decision, admin_user: User, client: Client) -> None:

@@ -14,6 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from inbox import notify
+from inbox.dify.errors import BadRequest
 from inbox.models import AuditEntry, DifyApp, Form, Route, RouteRecipient, Run
 from tests.reach.conftest import GUEST
 from tests.reach.factories import make_form, make_run
@@ -74,6 +75,32 @@ def test_test_connection_records_a_refused_key_and_clears_it_once_dify_accepts_o
     assert list(
         AuditEntry.objects.filter(object_type="difyapp").values_list("verb", "details__source")
     ) == [("app_accepted", "connection test"), ("app_refused", "connection test")]
+
+
+def test_test_connection_clears_a_refusal_of_the_app_s_kind_only_when_dify_names_that_kind(
+    admin_client: Client, simulator: Any, simulator_dify_app: Any
+) -> None:
+    app = simulator_dify_app("refund-approval")
+    # Set up here as a chatflow: Dify refused a start (`not_chat_app`).
+    DifyApp.objects.filter(pk=app.pk).update(mode="chatflow")
+    app.refresh_from_db()
+    assert app.note_refused(
+        BadRequest(
+            400, "not_chat_app", "Please check if your app mode matches the right API route."
+        ),
+        "start",
+    )
+    connected, mismatch = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
+    assert connected.startswith("refund-approval: connected.")
+    assert mismatch == (
+        "refund-approval: Dify names its mode “workflow”, which is not a Chatflow as set up "
+        "here; set the mode to match."
+    )
+    assert DifyApp.objects.get(pk=app.pk).refusal_code == "not_chat_app"
+    DifyApp.objects.filter(pk=app.pk).update(mode="workflow")
+    [message] = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
+    assert message.startswith("refund-approval: connected.")
+    assert DifyApp.objects.get(pk=app.pk).refused_at is None
 
 
 def test_test_connection_reports_an_unreachable_server(admin_client: Client, db: None) -> None:

@@ -70,6 +70,33 @@ def test_a_fault_can_target_one_run(simulator: Any) -> None:
         assert http.get(f"/workflows/run/{other}").status_code == 200
 
 
+def test_a_fault_can_target_one_form(simulator: Any) -> None:
+    broken = simulator.start_run(APP, user="u-1").forms[0]
+    other = simulator.start_run(APP, user="u-1").forms[0]
+    simulator.add_fault("status", "form_get", form=broken["form_id"], times=None, status=500)
+    with simulator.client(APP) as http:
+        assert http.get(f"/form/human_input/{broken['form_token']}").status_code == 500
+        assert http.get(f"/form/human_input/{other['form_token']}").status_code == 200
+        assert http.get("/info").status_code == 200
+    with httpx.Client(base_url=simulator.root_url) as control:
+        added = control.post(
+            "/_sim/faults",
+            json={"kind": "status", "route": "*", "form": other["form_id"], "status": 502},
+        )
+        assert added.json()[0]["form"] == other["form_id"]
+
+    def answer(form: dict[str, Any]) -> int:
+        response = submit(
+            simulator, APP, form["form_token"], {"decision_note": ""}, "approve", "u-1"
+        )
+        return response.status_code
+
+    assert answer(other) == 502
+    assert answer(other) == 200
+    # The first fault is on the form's GET only.
+    assert answer(broken) == 200
+
+
 def test_one_request_can_carry_its_own_fault(simulator: Any) -> None:
     with simulator.client(APP) as http:
         assert (
