@@ -195,6 +195,17 @@ def test_the_inbox_says_whose_key_dify_refuses_with_the_status_code_only(
         "cannot arrive until an administrator fixes it."
     ) in page
     assert "Access token is invalid" not in page
+    # An app Dify refuses as set up here (its kind, nothing published) is not a key problem.
+    DifyApp.objects.filter(pk=dify_app.pk).update(
+        refusal="400 not_workflow_app: Please check if your app mode matches the right API route.",
+        refusal_status=400,
+    )
+    page = alice.get("/").content.decode()
+    assert (
+        "Dify is refusing the app refunds as it is set up here (it answered 400); new forms from "
+        "this app cannot arrive until an administrator fixes it."
+    ) in page
+    assert "API key" not in page
     # Not for an app switched off here: nothing is expected from it.
     DifyApp.objects.filter(pk=dify_app.pk).update(is_active=False)
     assert "Dify is refusing" not in alice.get("/").content.decode()
