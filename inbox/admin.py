@@ -133,9 +133,9 @@ class DifyAppAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: DifyApp, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        if change and {"api_key", "base_url"} & set(form.changed_data):
-            # A new key (or server) may be what Dify was waiting for: try again now rather
-            # than at the reconcile's next probe.
+        if change and {"api_key", "base_url", "mode"} & set(form.changed_data):
+            # A new key, server or kind of app may be what Dify was waiting for: try again now
+            # rather than at the reconcile's next probe.
             obj.settings_changed(actor=request.user)
 
     @admin.action(description=_("Test the connection to Dify"))

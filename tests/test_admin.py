@@ -151,6 +151,29 @@ def test_saving_without_a_new_key_keeps_the_refusal(
     assert app.refused_at is not None and app.refusal_status == 403
 
 
+def test_saving_another_kind_of_app_asks_dify_again(
+    client: Client, admin_user: object, dify_app: DifyApp
+) -> None:
+    # Set up as a workflow; Dify says it is not one.
+    DifyApp.objects.filter(pk=dify_app.pk).update(mode="workflow")
+    _refused(dify_app, "400 not_workflow_app: Please check if your app mode matches the API route.")
+    DifyApp.objects.filter(pk=dify_app.pk).update(refusal_code="not_workflow_app")
+    client.force_login(admin_user)
+    response = client.post(
+        f"/admin/inbox/difyapp/{dify_app.pk}/change/",
+        {
+            "name": dify_app.name,
+            "base_url": dify_app.base_url,
+            "api_key": "",
+            "mode": "chatflow",
+            "is_active": "on",
+        },
+    )
+    assert response.status_code == 302
+    app = DifyApp.objects.get(pk=dify_app.pk)
+    assert app.mode == "chatflow" and app.refused_at is None and app.refusal_code == ""
+
+
 def test_a_refused_app_says_how_many_decisions_wait_for_its_fix(
     client: Client, admin_user: User, dify_app: DifyApp
 ) -> None:
@@ -167,4 +190,4 @@ def test_a_refused_app_says_how_many_decisions_wait_for_its_fix(
     page = client.get("/admin/inbox/difyapp/").content.decode()
     assert "(2 decisions wait to be sent.)" in page
     page = client.get("/admin/inbox/difyapp/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
-    assert "decisions wait" not in page and "（2 个决定等待发送。）" in page
+    assert "decisions wait" not in page and "（2 个决定等待发送。）" in page  # noqa: RUF001

@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from inbox.dify.errors import Forbidden, Unauthorized
+from inbox.dify.errors import BadRequest, Forbidden, Unauthorized
 from inbox.models import AuditEntry, DifyApp, Route, Run
 
 pytestmark = pytest.mark.smoke
@@ -62,8 +62,9 @@ def test_a_new_key_from_add_dify_app_clears_a_refusal_and_hands_back_the_runs(db
         follow_wanted=False,
         needs_reconcile=True,
     )
-    # The same key and URL again (a new mode, say): nothing Dify refused is worth asking again.
-    _add_hr("--api-key", "app-old-key-11112222", "--mode", "chatflow")
+    # The same settings again (its inactive flag aside): nothing Dify refused is worth asking
+    # again.
+    _add_hr("--api-key", "app-old-key-11112222", "--inactive")
     app.refresh_from_db()
     assert app.refused_at is not None
     assert not Run.objects.get(pk=run.pk).follow_wanted
@@ -89,6 +90,16 @@ def test_a_new_url_from_add_dify_app_clears_a_refusal(db: None) -> None:
     )
     app.refresh_from_db()
     assert app.refused_at is None
+
+
+def test_another_kind_of_app_from_add_dify_app_clears_a_refusal_of_its_kind(db: None) -> None:
+    _add_hr("--api-key", "app-key-11112222")
+    app = DifyApp.objects.get(name="hr")
+    wrong_kind = BadRequest(400, "not_workflow_app", "Please check if your app mode matches.")
+    assert app.note_refused(wrong_kind, "start")
+    _add_hr("--api-key", "app-key-11112222", "--mode", "chatflow")
+    app.refresh_from_db()
+    assert app.mode == "chatflow" and app.refused_at is None
 
 
 def test_add_dify_app_rejects_a_bad_url(db: None) -> None:

@@ -28,7 +28,9 @@ class Command(BaseCommand):
         if not options["api_key"].strip():
             raise CommandError("--api-key must not be empty")
         previous = DifyApp.objects.filter(name=options["name"]).first()
-        before = (previous.base_url, previous.api_key) if previous is not None else None
+        before = (
+            (previous.base_url, previous.api_key, previous.mode) if previous is not None else None
+        )
         app, created = DifyApp.objects.update_or_create(
             name=options["name"],
             defaults={
@@ -39,9 +41,10 @@ class Command(BaseCommand):
             },
         )
         AuditEntry.record("created" if created else "updated", app, actor_label="add_dify_app")
-        if before is not None and before != (app.base_url, app.api_key):
-            # As when the admin saves one: a new key (or server) may be what Dify was waiting
-            # for, so it is asked again now rather than at the reconcile's next probe.
+        if before is not None and before != (app.base_url, app.api_key, app.mode):
+            # As when the admin saves one: a new key, server or kind of app may be what Dify
+            # was waiting for, so it is asked again now rather than at the reconcile's next
+            # probe.
             app.settings_changed(actor_label="add_dify_app")
         verb = "Created" if created else "Updated"
         self.stdout.write(f"{verb} Dify app {app.name!r} ({app.mode}, key {app.masked_api_key})")
