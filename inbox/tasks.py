@@ -778,8 +778,12 @@ def _reconcile(batch_size: int) -> dict[str, int]:
         .exclude(form_token="")
         .filter(Q(expiration_time__isnull=True) | Q(expiration_time__gt=now))
         .filter(Q(checked_at__lt=cutoff) | Q(checked_at__isnull=True, created_at__lt=cutoff))
-        # Dify refuses their app's key: they wait for `reconcile_runs` to find it accepted.
-        .filter(run__app__refused_at__isnull=True)
+        # Dify refuses their app's key: they wait for `reconcile_runs` to find it accepted. (A
+        # form of an app refused as set up here, its kind or nothing published, still answers.)
+        .filter(
+            Q(run__app__refused_at__isnull=True)
+            | Q(run__app__refusal_code__in=sorted(_RUN_BLIND_REFUSALS))
+        )
         .select_related("run__app")
         .order_by(F("checked_at").asc(nulls_first=True), "created_at")[:batch_size]
     )
@@ -916,12 +920,16 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")
     )
     refused = {app.pk: app for app in DifyApp.objects.filter(refused_at__isnull=False)}
+    # A refused key refuses the runs' detail and events too: those runs wait, and one of them
+    # asks for all. An app refused as set up here (its kind, nothing published) still answers
+    # for the runs it has, which are read as any others while the app itself is asked about.
+    holding = {pk for pk, app in refused.items() if app.refusal_code not in _RUN_BLIND_REFUSALS}
     # When a refusal was seen and last asked about are kept by the database's clock (whichever
     # host saw it); the probes are counted by it too.
     db_now = database_now()
-    # The runs of a refused app are not asked about one by one: one of them asks for all.
     probes = _refused_apps(due, refused, db_now, counts)
-    runs = probes + list(due.exclude(app_id__in=refused)[:batch_size])
+    probe_pks = {run.pk for run in probes}
+    runs = probes + list(due.exclude(app_id__in=holding)[:batch_size])
     unreachable: set[int] = set()
     refused_now: set[int] = set()
     for run in runs:
@@ -930,8 +938,8 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             continue
         if run.app_id in unreachable:
             continue
-        probing = run.app_id in refused
-        if probing:
+        probing = run.pk in probe_pks
+        if run.app_id in refused:
             run.app = refused[run.app_id]
         try:
             detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
@@ -1000,12 +1008,15 @@ def _refused_apps(
     the app's backoff allows (`DifyApp.next_refusal_probe`: 1, 2, 4... up to 30 minutes). The
     other runs of those apps wait, with one warning per app, so a revoked key costs a call and
     a log line per app and pass, not one per run. An app with no run waiting, or refused for
-    what a run's detail does not tell (see `_RUN_BLIND_REFUSALS`), is asked about itself
-    instead (`_ask_about_app`), so its mark goes away once Dify accepts it, whoever fixed it."""
+    what a run's detail does not tell (see `_RUN_BLIND_REFUSALS`; its runs are read as any
+    others), is asked about itself instead (`_ask_about_app`), so its mark goes away once
+    Dify accepts it, whoever fixed it."""
     if not refused:
         return []
+    # Only a refused key holds an app's runs (see `_reconcile_runs`).
+    holding = [pk for pk, app in refused.items() if app.refusal_code not in _RUN_BLIND_REFUSALS]
     waiting = dict(
-        due.filter(app_id__in=refused)
+        due.filter(app_id__in=holding)
         .order_by()
         .values("app_id")
         .annotate(n=Count("pk"))
@@ -1028,8 +1039,7 @@ def _refused_apps(
                     next_probe.isoformat(),
                 )
             continue
-        asks_a_run = bool(count) and app.refusal_code not in _RUN_BLIND_REFUSALS
-        probe = due.filter(app_id=app.pk).first() if asks_a_run else None
+        probe = due.filter(app_id=app.pk).first() if count else None
         if probe is not None:
             counts["held"] += count - 1
             probes.append(probe)

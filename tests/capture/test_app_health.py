@@ -396,12 +396,15 @@ def test_an_app_dify_calls_unavailable_is_asked_about_through_its_parameters_not
         "app_unavailable",
     )
 
-    # A run's detail does not tell either: the run waits, the app is asked.
+    # A run's detail does not tell either: the app itself is asked, and its runs are not held
+    # (Dify still answers for them; this one it does not know, so it is left be).
     _held_run(app)
     _a_minute_later(app)
-    assert reconcile_runs()["held"] == 1
+    counts = reconcile_runs()
+    assert counts["held"] == 0 and counts["errors"] == 1, counts
     assert simulator.request_count("parameters") == 2
-    assert simulator.request_count("info") == simulator.request_count("workflow_run_detail") == 0
+    assert simulator.request_count("workflow_run_detail") == 1
+    assert simulator.request_count("info") == 0
     app.refresh_from_db()
     assert app.refused_at is not None
     assert app.next_refusal_probe() > timezone.now()
@@ -635,3 +638,35 @@ def test_an_app_with_nothing_published_stays_refused_until_a_call_that_needs_it_
     app.refresh_from_db()
     assert app.refused_at is None
     assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "connection test"}
+
+
+def test_the_runs_and_forms_of_an_app_refused_as_of_another_kind_are_still_reconciled(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("content-publish")
+    run = start(simulator, app)
+    (first,) = pending(run)
+    no_stream_left(run)
+    # Set up here as a chatflow now: Dify refuses its starts, but still answers for the run it
+    # has, its events and its forms.
+    DifyApp.objects.filter(pk=app.pk).update(mode="chatflow")
+    app.refresh_from_db()
+    with pytest.raises(StartFailed):
+        start(simulator, app)
+    app.refresh_from_db()
+    assert app.refusal_code == "not_chat_app"
+    # The first form is answered in Dify while nothing of ours reads the run, which the
+    # follower had given up on.
+    _answer_in_dify(simulator, first)
+    Run.objects.filter(pk=run.pk).update(needs_reconcile=True)
+    counts = reconcile_runs()
+    assert counts["held"] == 0 and counts["checked"] == 1, counts
+    # The run is read again, and its next form arrives; the app stays refused.
+    second = _next_form(run, "legal_check")
+    no_stream_left(run)
+    app.refresh_from_db()
+    assert app.refused_at is not None and app.refusal_code == "not_chat_app"
+    # Its forms are asked about too: one answered in Dify is found so.
+    _answer_in_dify(simulator, second)
+    Form.objects.filter(pk=second.pk).update(checked_at=timezone.now() - dt.timedelta(hours=1))
+    assert reconcile_pending_forms()["answered_elsewhere"] == 1
