@@ -1839,12 +1839,15 @@ class Decision(models.Model):
     @classmethod
     def release_held(cls, app_ids: Iterable[int] | None = None) -> int:
         """The decisions held for these apps (`hold_for_app`) are due now, and the pump is woken
-        for them. Without `app_ids`: those of every app Dify no longer refuses, and those whose
-        form expired meanwhile (the attempt settles them without asking Dify)."""
+        for them. Without `app_ids`: those of every app whose key Dify no longer refuses (a
+        refusal of the app's kind, or of an app with nothing published, does not stop a
+        submit), and those whose form expired meanwhile (the attempt settles them without
+        asking Dify)."""
         held = cls.objects.filter(status=cls.Status.QUEUED, held_for_app=True)
         if app_ids is None:
             held = held.filter(
                 Q(form__run__app__refused_at__isnull=True)
+                | Q(form__run__app__refusal_code__in=[*sorted(KIND_REFUSALS), UNPUBLISHED_REFUSAL])
                 | Q(form__expiration_time__lte=timezone.now())
             )
         else:

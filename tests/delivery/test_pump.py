@@ -509,3 +509,22 @@ def test_a_refusal_that_comes_back_while_dify_accepts_other_calls_fails_after_th
     assert outcomes == [{"held": 1}, {"held": 1}, {"failed": 1}]
     assert _state_of(decision) == ("failed", "failed", 3)
     assert decision.last_error == "Dify refused the decision (403 forbidden): Not allowed"
+
+
+def test_the_sweep_sends_a_held_decision_once_its_app_is_refused_only_for_its_kind(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision]
+) -> None:
+    dify.on("POST", SUBMIT, error(401, "unauthorized", "Access token is invalid"))
+    decision = decide(make_form(app))
+    assert deliver_queued() == {"held": 1}
+    # The key was fixed, and a start since found the app set up as the wrong kind: Dify takes
+    # the key, and a submit does not care about the app's kind.
+    DifyApp.objects.filter(pk=app.pk).update(
+        refusal="400 not_workflow_app: Please check if your app mode matches the right API route.",
+        refusal_status=400,
+        refusal_code="not_workflow_app",
+    )
+    dify.on("POST", SUBMIT, Reply())
+    assert tasks.sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 1}
+    assert deliver_queued() == {"delivered": 1}
+    assert Decision.objects.get(pk=decision.pk).status == "delivered"
