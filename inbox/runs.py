@@ -111,6 +111,9 @@ def app_parameters(app: DifyApp) -> dict[str, Any]:
     if cached is None:
         cached = DifyClient.for_app(app).get_parameters()
         cache.set(key, cached, PARAMETERS_CACHE_SECONDS)
+        # Dify gives the parameters of a published app only: one refused as having nothing
+        # published (or for its key) is accepted again.
+        app.note_accepted("start", published=True)
     return dict(cached)
 
 

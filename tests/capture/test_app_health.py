@@ -670,3 +670,29 @@ def test_the_runs_and_forms_of_an_app_refused_as_of_another_kind_are_still_recon
     _answer_in_dify(simulator, second)
     Form.objects.filter(pk=second.pk).update(checked_at=timezone.now() - dt.timedelta(hours=1))
     assert reconcile_pending_forms()["answered_elsewhere"] == 1
+
+
+def test_the_start_page_finding_an_app_published_again_clears_its_refusal(
+    simulator: Any, sim_app: Any, reviewer: User, starters: Any
+) -> None:
+    app = sim_app("refund-approval")
+    simulator.add_fault(
+        "status",
+        "parameters",
+        app="refund-approval",
+        times=None,
+        status=400,
+        code="app_unavailable",
+        message=UNAVAILABLE,
+    )
+    browser = Client()
+    browser.force_login(reviewer)
+    assert browser.get(f"/apps/{app.pk}/start/").status_code == 502
+    app.refresh_from_db()
+    assert app.refusal_code == "app_unavailable"
+    # Published in Dify: the next visit of the start page finds the app's inputs.
+    simulator.clear_faults()
+    assert browser.get(f"/apps/{app.pk}/start/").status_code == 200
+    app.refresh_from_db()
+    assert app.refused_at is None and app.refusal_code == ""
+    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "start"}
