@@ -863,6 +863,7 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         # A page opened before someone else decided: say who got there first, and when.
         notice = str(form.refusal(force=True)) if form.status != Form.Status.PENDING else ""
         context = form_context(request, form, decider, notice=notice)
+        context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
     dform = DecisionForm(form, request.POST)
     if not dform.is_valid():
@@ -873,8 +874,21 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
     except FormNotOpen as exc:
         form.refresh_from_db()
         context = form_context(request, form, decider, notice=str(exc))
+        context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
     return _after_decision(request, form, decider)
+
+
+def _unsent_text(form: Form, request: HttpRequest) -> list[dict[str, str]]:
+    """The text a refused decision carried (its paragraphs), shown back read-only: the form
+    closed under the reviewer, what they wrote is theirs to copy elsewhere."""
+    return [
+        {"label": spec.name.replace("_", " ").strip().capitalize() or spec.name, "value": value}
+        for spec in DecisionForm(form).specs
+        if spec.kind == "paragraph"
+        and (value := str(request.POST.get(spec.field_name, "")).strip())
+        and value != spec.default.strip()
+    ]
 
 
 def _after_decision(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:

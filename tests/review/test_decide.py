@@ -10,6 +10,7 @@ the broker hop skipped) so the decision really travels to the simulator.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -152,10 +153,29 @@ def test_another_reviewer_after_the_first_is_told_who_got_there_first(
     bob = Client()
     bob.force_login(other_reviewer)
     with django_capture_on_commit_callbacks(execute=False) as bobs:
-        refused = bob.post(url + "decide", {"action": "reject", "submission_key": "k-bob"})
+        refused = bob.post(
+            url + "decide",
+            {
+                "action": "reject",
+                "submission_key": "k-bob",
+                "in_decision_note": "Not convinced: the receipt is missing.",
+            },
+        )
     assert refused.status_code == 409 and bobs == []
     page = refused.content.decode()
     assert "Alice already decided this form at" in page and ": Approve refund" in page
+    # What Bob wrote is shown back to him to copy, not lost with his page.
+    assert "Not sent. What you typed is kept here so you can copy it." in page
+    assert re.search(
+        r'<textarea id="unsent-1" readonly rows="4">Not convinced: the receipt is missing\.</textarea>',
+        page,
+    )
+    swapped = bob.post(
+        url + "decide",
+        {"action": "reject", "submission_key": "k-bob-htmx", "in_decision_note": "Still no."},
+        HTTP_HX_REQUEST="true",
+    ).content.decode()
+    assert "Still no.</textarea>" in swapped and "Alice already decided" in swapped
     deliver(callbacks)
     # Delivered by now: the same answer, and Bob's choice never reaches Dify.
     refused = bob.post(url + "decide", {"action": "reject", "submission_key": "k-bob-2"})
