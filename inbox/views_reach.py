@@ -56,6 +56,11 @@ def _window() -> int:
     return int(time.time() // WINDOW)
 
 
+def _window_left() -> int:
+    """Whole seconds until the current window ends (at least one)."""
+    return max(1, math.ceil(WINDOW - time.time() % WINDOW))
+
+
 def _hit(key: str, limit: int) -> bool:
     """Count one request against `key` in the current minute; True when over the limit."""
     bucket = f"reach:rate:{key}:{_window()}"
@@ -124,7 +129,8 @@ def _link_page(
     else:
         response = render(request, "inbox/guest_link.html", context, status=status)
     if state == "rate_limited":
-        response["Retry-After"] = str(WINDOW)
+        # The windows are fixed: the count starts again when this one ends.
+        response["Retry-After"] = str(_window_left())
     return _private(response)
 
 
