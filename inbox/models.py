@@ -593,7 +593,10 @@ class Route(models.Model):
         blank=True,
         default="24h,1h",
         validators=[validate_offsets],
-        help_text=_("Times before expiry to remind those who have not answered, e.g. 24h,1h."),
+        help_text=_(
+            "Times before expiry to remind those who have not answered, e.g. 24h,1h. A form "
+            "that never expires is reminded of that long after its first email instead."
+        ),
     )
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -232,17 +232,23 @@ def _send(recipient: FormRecipient, kind: str, now: dt.datetime) -> bool:
     return True
 
 
+def reminder_time(offset: int, expires: dt.datetime | None, sent_at: dt.datetime) -> dt.datetime:
+    """When the reminder of `offset` seconds is due: that long before the form expires, or for
+    a form that never expires (nothing to count back from), that long after the first email."""
+    if expires is None:
+        return sent_at + dt.timedelta(seconds=offset)
+    return expires - dt.timedelta(seconds=offset)
+
+
 def next_reminder(
     offsets: list[int], expires: dt.datetime | None, sent_at: dt.datetime, done: list[int]
 ) -> dt.datetime | None:
     """When the next reminder is due: the earliest offset time still ahead of the first email
     and not yet done. None when there is none."""
-    if expires is None:
-        return None
     times = [
-        expires - dt.timedelta(seconds=o)
+        when
         for o in offsets
-        if o not in done and expires - dt.timedelta(seconds=o) > sent_at
+        if o not in done and (when := reminder_time(o, expires, sent_at)) > sent_at
     ]
     return min(times) if times else None
 
@@ -256,15 +262,18 @@ def due_reminder(
 ) -> tuple[int | None, list[int]]:
     """The reminder to send now (an offset in seconds, or None) and every offset it settles.
 
-    After a pause (worker down) several offsets may be due at once: only the most urgent goes
-    out. An offset whose time had come before the first email was sent is settled silently,
-    since that email already said how much time was left.
+    After a pause (worker down) several offsets may be due at once: only the latest of them
+    goes out (the most urgent, for a form that expires). An offset whose time had come before
+    the first email was sent is settled silently, since that email already said how much time
+    was left.
     """
-    if expires is None or now >= expires:
+    if expires is not None and now >= expires:
         return None, []
-    due = [o for o in offsets if o not in done and now >= expires - dt.timedelta(seconds=o)]
-    fresh = [o for o in due if expires - dt.timedelta(seconds=o) > sent_at]
-    return (min(fresh) if fresh else None), due
+    due = [o for o in offsets if o not in done and now >= reminder_time(o, expires, sent_at)]
+    fresh = [o for o in due if reminder_time(o, expires, sent_at) > sent_at]
+    if not fresh:
+        return None, due
+    return max(fresh, key=lambda o: reminder_time(o, expires, sent_at)), due
 
 
 def send_form_emails(form_pk: int, *, now: dt.datetime | None = None) -> int:

@@ -112,7 +112,9 @@ def test_a_form_without_expiry_says_so(reach_route: Route, reach_app: DifyApp) -
     form = make_form(reach_app, expires_in=None)
     notify.send_form_emails(form.pk)
     assert "The form has no time limit." in by_recipient()[GUEST].body
-    assert FormRecipient.objects.get(form=form, email=GUEST).next_reminder_at is None
+    # Reminded of an hour after this email (the route's 1h), not before an expiry it lacks.
+    recipient = FormRecipient.objects.get(form=form, email=GUEST)
+    assert recipient.next_reminder_at == recipient.sent_at + dt.timedelta(hours=1)
 
 
 def test_a_recipient_without_guest_answers_is_told_an_account_is_needed(
@@ -187,6 +189,7 @@ def test_subjects_keep_the_characters_of_titles_and_app_names(kind: str, expecte
         "title": "Tom's Q&A <urgent>",
         "app": 'R&D "beta"',
         "time_left": "in 1 hour",
+        "expires": True,
         "status": "submitted",
     }
     assert render_to_string(f"emails/{kind}_subject.txt", context).strip() == expected

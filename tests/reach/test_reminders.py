@@ -219,3 +219,42 @@ def test_a_reminder_the_mail_server_refused_is_sent_at_a_later_sweep(
     assert [m.to for m in mail.outbox].count([GUEST]) == 1
     recipient.refresh_from_db()
     assert recipient.reminders_sent == [86400, 3600] and recipient.next_reminder_at is None
+
+
+def test_a_form_that_never_expires_is_reminded_of_after_its_first_email(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    with mock.patch("django.utils.timezone.now", return_value=T0):
+        form = make_form(reach_app, expires_in=None)
+    Form.objects.filter(pk=form.pk).update(created_at=T0)
+    assert notify.send_form_emails(form.pk, now=T0) == 2
+    mail.outbox.clear()
+    recipient = FormRecipient.objects.get(form=form, email=GUEST)
+    # Nothing to count back from: the route's 24h,1h come 1 h and 24 h after the first email.
+    assert recipient.next_reminder_at == T0 + H
+    assert sweep(T0 + 0.5 * H)["reminders"] == 0
+    assert sweep(T0 + H)["reminders"] == 2
+    assert subjects() == [
+        (GUEST, "Reminder: Manager approval waits for your decision"),
+        (GUEST_ZH, "提醒：Manager approval 等待您的决定"),  # noqa: RUF001
+    ]
+    message = next(m for m in mail.outbox if m.to == [GUEST])
+    assert "A form you were asked about has not been answered yet." in message.body
+    assert "expires" not in message.body.split("/r/")[0]
+    mail.outbox.clear()
+    assert sweep(T0 + 23 * H)["reminders"] == 0
+    assert sweep(T0 + 24 * H)["reminders"] == 2
+    mail.outbox.clear()
+    assert sweep(T0 + 100 * H)["reminders"] == 0
+    recipient.refresh_from_db()
+    assert sorted(recipient.reminders_sent) == [3600, 86400]
+    assert recipient.next_reminder_at is None
+
+
+def test_after_a_pause_a_form_that_never_expires_gets_only_its_latest_reminder() -> None:
+    sent = T0
+    assert notify.due_reminder([86400, 3600], None, sent, [], sent + 30 * H) == (
+        86400,
+        [86400, 3600],
+    )
+    assert notify.due_reminder([86400, 3600], None, sent, [], sent + 0.5 * H) == (None, [])
