@@ -24,7 +24,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import DatabaseError, connection
-from django.db.models import F, Max, Q, QuerySet
+from django.db.models import Count, F, Max, Q, QuerySet
 from django.db.models.functions import Left
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -551,6 +551,22 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     context["refused_apps"] = [
         app for app in context["apps"] if app["refused_at"] and app["is_active"]
     ]
+    if context["refused_apps"]:
+        # The reviewer's own decisions that wait for the fix (`Decision.held_for_app`).
+        held = dict(
+            Decision.objects.filter(
+                status=Decision.Status.QUEUED,
+                held_for_app=True,
+                reviewer_id=request.user.pk,
+                form__run__app_id__in=[app["id"] for app in context["refused_apps"]],
+            )
+            .order_by()
+            .values("form__run__app_id")
+            .annotate(n=Count("pk"))
+            .values_list("form__run__app_id", "n")
+        )
+        for app in context["refused_apps"]:
+            app["held"] = held.get(app["id"], 0)
     context["node_label"] = _node_label(filters.node) if filters.node else ""
     return render(request, "inbox/index.html", context)
 

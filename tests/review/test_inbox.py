@@ -9,7 +9,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from inbox.models import DifyApp, Form
+from inbox.models import Decision, DifyApp, Form
 from tests.reach.factories import route, route_existing
 from tests.review.conftest import make_form, make_run
 
@@ -195,6 +195,18 @@ def test_the_inbox_says_whose_key_dify_refuses_with_the_status_code_only(
         "cannot arrive until an administrator fixes it."
     ) in page
     assert "Access token is invalid" not in page
+    assert "wait to be sent" not in page and "waits to be sent" not in page
+    # Alice's decisions made meanwhile wait for the fix, and she is told so.
+    alice_user = User.objects.get(username="alice")
+    for form in (make_form(dify_app), make_form(dify_app)):
+        Form.objects.filter(pk=form.pk).update(status="submitting")
+        Decision.objects.create(
+            form=form, action_id="approve", reviewer=alice_user, held_for_app=True
+        )
+    page = alice.get("/").content.decode()
+    assert "Your decisions on 2 of its forms wait to be sent; they go once this is fixed." in page
+    chinese = alice.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "wait to be sent" not in chinese and "2 个表单" in chinese
     # An app Dify refuses as set up here (its kind, nothing published) is not a key problem.
     DifyApp.objects.filter(pk=dify_app.pk).update(
         refusal="400 not_workflow_app: Please check if your app mode matches the right API route.",
