@@ -65,6 +65,11 @@ class InputSpec:
         return f"in_{self.name}"
 
     @property
+    def label(self) -> str:
+        """What a reviewer reads for it: Dify gives only the variable's name."""
+        return self.name.replace("_", " ").strip().capitalize() or self.name
+
+    @property
     def is_file(self) -> bool:
         return self.kind in ("file", "file-list")
 

@@ -252,6 +252,9 @@ class DifyApp(models.Model):
 # workflow, a chatflow), or that it has nothing published.
 KIND_REFUSALS = frozenset({"not_workflow_app", "not_chat_app"})
 UNPUBLISHED_REFUSAL = "app_unavailable"
+# Both: what Dify refuses of the app as set up here, while its key still works. A run's events
+# and detail, its forms and their submits still go through for such an app.
+SETUP_REFUSALS = KIND_REFUSALS | {UNPUBLISHED_REFUSAL}
 # The `mode` Dify's /info names for each kind of app (the spec's AppInfoResponse).
 DIFY_MODES: dict[str, str] = {
     DifyApp.Mode.WORKFLOW: "workflow",
@@ -1850,7 +1853,7 @@ class Decision(models.Model):
         if app_ids is None:
             held = held.filter(
                 Q(form__run__app__refused_at__isnull=True)
-                | Q(form__run__app__refusal_code__in=[*sorted(KIND_REFUSALS), UNPUBLISHED_REFUSAL])
+                | Q(form__run__app__refusal_code__in=sorted(SETUP_REFUSALS))
                 | Q(form__expiration_time__lte=timezone.now())
             )
         else:

@@ -41,6 +41,7 @@ from inbox.dify.errors import (
 )
 from inbox.models import (
     KIND_REFUSALS,
+    SETUP_REFUSALS,
     UNPUBLISHED_REFUSAL,
     AuditEntry,
     Decision,
@@ -471,8 +472,7 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
     if isinstance(exc, DifyStatusError) and exc.permanent:
         _fail(
             decision,
-            gettext("Dify refused the decision (%(status)s %(code)s): %(message)s")
-            % {"status": exc.status, "code": exc.code, "message": exc.message},
+            _refused_reason(exc),
             code=exc.code,
         )
         return "failed"
@@ -494,11 +494,7 @@ def _hold_for_app(decision: Decision, exc: DifyStatusError) -> str:
     that may read but not submit) fails after the attempts."""
     app = decision.form.run.app
     app.note_refused(exc, "delivery")
-    reason = gettext("Dify refused the decision (%(status)s %(code)s): %(message)s") % {
-        "status": exc.status,
-        "code": exc.code,
-        "message": exc.message,
-    }
+    reason = _refused_reason(exc)
     if decision.attempts >= settings.INBOX_DELIVERY_MAX_ATTEMPTS:
         _fail(decision, reason, code=exc.code)
         return "failed"
@@ -512,6 +508,14 @@ def _hold_for_app(decision: Decision, exc: DifyStatusError) -> str:
         # administrator has replaced since: nothing would release it.
         Decision.release_held([app.pk])
     return "held"
+
+
+def _refused_reason(exc: DifyStatusError) -> str:
+    return gettext("Dify refused the decision (%(status)s %(code)s): %(message)s") % {
+        "status": exc.status,
+        "code": exc.code,
+        "message": exc.message,
+    }
 
 
 def _fail(decision: Decision, reason: str, **details: Any) -> None:
@@ -782,7 +786,7 @@ def _reconcile(batch_size: int) -> dict[str, int]:
         # form of an app refused as set up here, its kind or nothing published, still answers.)
         .filter(
             Q(run__app__refused_at__isnull=True)
-            | Q(run__app__refusal_code__in=sorted(_RUN_BLIND_REFUSALS))
+            | Q(run__app__refusal_code__in=sorted(SETUP_REFUSALS))
         )
         .select_related("run__app")
         .order_by(F("checked_at").asc(nulls_first=True), "created_at")[:batch_size]
@@ -923,11 +927,11 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
     # A refused key refuses the runs' detail and events too: those runs wait, and one of them
     # asks for all. An app refused as set up here (its kind, nothing published) still answers
     # for the runs it has, which are read as any others while the app itself is asked about.
-    holding = {pk for pk, app in refused.items() if app.refusal_code not in _RUN_BLIND_REFUSALS}
+    holding = {pk for pk, app in refused.items() if app.refusal_code not in SETUP_REFUSALS}
     # When a refusal was seen and last asked about are kept by the database's clock (whichever
     # host saw it); the probes are counted by it too.
     db_now = database_now()
-    probes = _refused_apps(due, refused, db_now, counts)
+    probes = _refused_apps(due, refused, holding, db_now, counts)
     probe_pks = {run.pk for run in probes}
     runs = probes + list(due.exclude(app_id__in=holding)[:batch_size])
     unreachable: set[int] = set()
@@ -1002,19 +1006,21 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
 
 
 def _refused_apps(
-    due: Any, refused: dict[int, DifyApp], now: dt.datetime, counts: dict[str, int]
+    due: Any,
+    refused: dict[int, DifyApp],
+    holding: set[int],
+    now: dt.datetime,
+    counts: dict[str, int],
 ) -> list[Any]:
     """The runs that ask Dify again about the apps it refuses, one per app at most, each when
     the app's backoff allows (`DifyApp.next_refusal_probe`: 1, 2, 4... up to 30 minutes). The
     other runs of those apps wait, with one warning per app, so a revoked key costs a call and
     a log line per app and pass, not one per run. An app with no run waiting, or refused for
-    what a run's detail does not tell (see `_RUN_BLIND_REFUSALS`; its runs are read as any
-    others), is asked about itself instead (`_ask_about_app`), so its mark goes away once
+    what a run's detail does not tell (`SETUP_REFUSALS`, not in `holding`: its runs are read
+    as any others), is asked about itself instead (`_ask_about_app`), so its mark goes away once
     Dify accepts it, whoever fixed it."""
     if not refused:
         return []
-    # Only a refused key holds an app's runs (see `_reconcile_runs`).
-    holding = [pk for pk, app in refused.items() if app.refusal_code not in _RUN_BLIND_REFUSALS]
     waiting = dict(
         due.filter(app_id__in=holding)
         .order_by()
@@ -1047,12 +1053,6 @@ def _refused_apps(
             counts["held"] += count
             _ask_about_app(app, now)
     return probes
-
-
-# What Dify refuses of an app that its answer about a run does not tell is over: a run's detail
-# comes for an app with nothing published, and for a workflow set up here as a chatflow (or the
-# other way round).
-_RUN_BLIND_REFUSALS = KIND_REFUSALS | {UNPUBLISHED_REFUSAL}
 
 
 def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:

@@ -689,7 +689,7 @@ class FieldView:
 
     @property
     def label(self) -> str:
-        return self.spec.name.replace("_", " ").strip().capitalize() or self.spec.name
+        return self.spec.label
 
     @property
     def can_add_more(self) -> bool:
@@ -899,7 +899,7 @@ def _unsent_text(form: Form, request: HttpRequest) -> list[dict[str, str]]:
     """The text a refused decision carried (its paragraphs), shown back read-only: the form
     closed under the reviewer, what they wrote is theirs to copy elsewhere."""
     return [
-        {"label": spec.name.replace("_", " ").strip().capitalize() or spec.name, "value": value}
+        {"label": spec.label, "value": value}
         for spec in DecisionForm(form).specs
         if spec.kind == "paragraph"
         and (value := str(request.POST.get(spec.field_name, "")).strip())
