@@ -209,10 +209,47 @@ class RunAdmin(admin.ModelAdmin):
     list_filter = ["status", "app", "source"]
     search_fields = ["workflow_run_id", "task_id", "dify_user", "conversation_id"]
     list_select_related = ["app", "started_by"]
-    readonly_fields = ["public_id", "created_at", "updated_at", "finished_at"]
+    readonly_fields = ["public_id", "following", "created_at", "updated_at", "finished_at"]
     date_hierarchy = "created_at"
     inlines = [FormInline]
     actions = ["stop_run"]
+
+    @admin.display(description=_("following"))
+    def following(self, obj: Run) -> str:
+        """Who reads the run's events, or why nobody does: what an operator asks first about a
+        run whose forms do not come in."""
+        if obj.is_finished:
+            return str(_("Ended: nothing more to read."))
+        if obj.lease_owner and obj.lease_expires_at and obj.lease_expires_at > timezone.now():
+            return str(_("Read now by the follower %(owner)s.") % {"owner": obj.lease_owner})
+        if obj.follow_wanted:
+            return str(_("Waiting for a follower to read it."))
+        if obj.events_unavailable:
+            return str(
+                _(
+                    "Dify does not show this run's events (404): the reconcile follows it "
+                    "through its run detail."
+                )
+            )
+        if obj.needs_reconcile:
+            text = ngettext(
+                "The follower gave up on its stream %(count)d time in a row.",
+                "The follower gave up on its stream %(count)d times in a row.",
+                max(obj.give_ups, 1),
+            ) % {"count": max(obj.give_ups, 1)}
+            if obj.refollow_after and obj.refollow_after > timezone.now():
+                when = formats.date_format(
+                    timezone.localtime(obj.refollow_after), "DATETIME_FORMAT"
+                )
+                return (
+                    text
+                    + " "
+                    + str(_("The reconcile hands it back after %(when)s.") % {"when": when})
+                )
+            return text + " " + str(_("The reconcile hands it back at its next pass."))
+        return str(
+            _("No stream open: it waits for a person; the reconcile checks on it regularly.")
+        )
 
     @admin.action(description=_("Stop the selected runs in Dify"))
     def stop_run(self, request: HttpRequest, queryset: Any) -> None:

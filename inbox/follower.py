@@ -26,7 +26,10 @@ Each run is read with `GET /workflow/{id}/events?include_state_snapshot=true&con
   whose stream Dify refuses (a 400, 401, 403). When the refusal is about the app (a rotated key,
   a disabled app: `DifyStatusError.refuses_app`) the app is marked refused, and the reconcile
   tries one run of it now and then instead of handing every run back; a stream that opens
-  clears the mark. Only a 404 marks its events unavailable.
+  clears the mark. Only a 404 marks its events unavailable. The reconcile hands a run given up
+  on back at its next pass the first time, then after 2, 4, 8... minutes (30 at most) for each
+  give-up in a row (`Run.give_ups`, `refollow_delay`), while it still asks the run's detail as
+  often as any run's: a run whose stream keeps failing costs Dify a few streams an hour.
 
 Database work runs in a small thread pool (Django's ORM is synchronous); the loop itself only
 waits on sockets. A `human_input_required` is captured with its full definition in one
@@ -71,7 +74,7 @@ from inbox.dify.errors import (
     redact,
 )
 from inbox.dify.types import FormDefinition, StreamEvent
-from inbox.models import DifyApp, Form, Run
+from inbox.models import DifyApp, Form, Run, refollow_delay
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,6 +154,8 @@ class Claim:
     workflow_run_id: str
     dify_user: str
     app: DifyApp
+    # Follows of the run given up on in a row before this one (`Run.give_ups`).
+    give_ups: int = 0
     # Forms of the run whose definition already came from GET form...
     known: set[str] = field(default_factory=set)
     # ... and those fetched again since the current stream opened (a refresh fetches each once).
@@ -197,7 +202,7 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
                 _claimable()
                 .select_for_update(skip_locked=True, of=("self",))
                 .order_by("updated_at")
-                .values("pk", "follow_seq", "follow_snapshot")[:limit]
+                .values("pk", "follow_seq", "follow_snapshot", "give_ups")[:limit]
             )
             pks = [row["pk"] for row in rows]
             Run.objects.filter(pk__in=pks).update(lease_owner=owner, lease_expires_at=until)
@@ -208,7 +213,7 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             rows = list(
                 _claimable()
                 .order_by("updated_at")
-                .values("pk", "follow_seq", "follow_snapshot")[:limit]
+                .values("pk", "follow_seq", "follow_snapshot", "give_ups")[:limit]
             )
             taken = []
             for row in rows:
@@ -238,6 +243,7 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             pk=row["pk"],
             seq=row["follow_seq"],
             refresh=row["follow_snapshot"],
+            give_ups=row["give_ups"],
             workflow_run_id=runs[row["pk"]].workflow_run_id,
             dify_user=runs[row["pk"]].dify_user,
             app=runs[row["pk"]].app,
@@ -261,9 +267,10 @@ def renew_leases(owner: str, pks: list[int], seconds: float) -> set[int]:
 def release_lease(owner: str, claim: Claim, outcome: str, attempts: int = 0) -> None:
     """Give the run back. `done`: it reached a pause that waits for a person, or its end.
     `gave_up`: the stream could not be read for now; the reconcile takes over and hands the
-    run back later. `gone`: Dify will not show this run's events (404); the reconcile follows
-    it through its run detail. Anything else (shutdown, a lost lease): only the lease is
-    dropped, so another follower takes it."""
+    run back later, after a wait that grows with each give-up in a row (`refollow_delay`).
+    `gone`: Dify will not show this run's events (404); the reconcile follows it through its
+    run detail. Anything else (shutdown, a lost lease): only the lease is dropped, so another
+    follower takes it. `attempts`: the streams this follow opened, for the log."""
     mine = Run.objects.filter(pk=claim.pk, lease_owner=owner)
     cleared: dict[str, Any] = {"lease_owner": "", "lease_expires_at": None}
     if claim.opened:
@@ -278,14 +285,33 @@ def release_lease(owner: str, claim: Claim, outcome: str, attempts: int = 0) -> 
             **cleared,
             "follow_wanted": False,
             "follow_snapshot": False,
-            "stream_attempts": attempts,
             "needs_reconcile": outcome != "done",
+            "give_ups": 0,
+            "refollow_after": None,
         }
+        if outcome != "done":
+            give_ups = min(claim.give_ups + 1, 1000)
+            delay = refollow_delay(give_ups)
+            # A run gone from the events endpoint is followed through its run detail: it is not
+            # handed back to the follower, and has no wait.
+            final.update(
+                give_ups=give_ups,
+                refollow_after=Now() + delay if outcome == "gave_up" else None,
+            )
+            if give_ups > 1 and outcome == "gave_up":
+                logger.warning(
+                    "follower: run %s: given up on %d times in a row (%d stream(s) this time); "
+                    "handed back in %d min",
+                    claim.pk,
+                    give_ups,
+                    attempts,
+                    delay.total_seconds() // 60,
+                )
         if outcome == "gone":
             final["events_unavailable"] = True
         if mine.filter(follow_seq=claim.seq).update(**final):
             return
-    mine.update(**cleared, stream_attempts=attempts)
+    mine.update(**cleared)
 
 
 # --- the loop ---

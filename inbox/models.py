@@ -230,6 +230,8 @@ class DifyApp(models.Model):
             )
         )
         Run.objects.filter(pk__in=pks, events_unavailable=True).update(events_unavailable=False)
+        # What the follower gave up on was read with the old settings: no wait carries over.
+        Run.objects.filter(pk__in=pks).update(give_ups=0, refollow_after=None)
         return request_follow_many(pks)
 
     def _clear_refusal(self, rows: models.QuerySet[DifyApp]) -> bool:
@@ -264,6 +266,17 @@ DIFY_MODES: dict[str, str] = {
 # How long the reconcile waits before asking Dify again about a refused app, at first and at most.
 REFUSAL_PROBE_MIN = dt.timedelta(minutes=1)
 REFUSAL_PROBE_MAX = dt.timedelta(minutes=30)
+# The reconcile hands a run the follower gave up on back to it at its next pass the first time,
+# then 2, 4, 8... minutes after each give-up in a row, and every REFOLLOW_MAX at most.
+REFOLLOW_MAX = dt.timedelta(minutes=30)
+
+
+def refollow_delay(give_ups: int) -> dt.timedelta:
+    """How long a run the follower has given up on `give_ups` times in a row waits before the
+    reconcile hands it back."""
+    if give_ups <= 1:
+        return dt.timedelta(0)
+    return min(dt.timedelta(minutes=2 ** min(give_ups - 1, 16)), REFOLLOW_MAX)
 
 
 class RunQuerySet(models.QuerySet["Run"]):
@@ -330,7 +343,13 @@ class Run(models.Model):
     lease_owner = models.CharField(max_length=64, blank=True)
     # Written and compared by the database's clock (see `database_now`), not a follower's own.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    stream_attempts = models.PositiveIntegerField(default=0)
+    # Follows in a row that the follower gave up on (the stream refused, or failing through
+    # all its reconnects), and when the reconcile may hand the run back to the follower: the
+    # wait doubles with each (see `refollow_delay`), so a run whose stream keeps failing costs
+    # Dify a few streams an hour, not one a minute. A follow that reaches a pause or the end
+    # clears both; a decision's or an administrator's request to follow does not wait for it.
+    give_ups = models.PositiveSmallIntegerField(default=0)
+    refollow_after = models.DateTimeField(null=True, blank=True)
     # Bumped by every request_follow. A follower clears follow_wanted on release only when this
     # is still what it claimed, so a request made while it was reading is never lost.
     follow_seq = models.PositiveIntegerField(default=0)

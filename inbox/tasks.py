@@ -893,6 +893,8 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         "errors": 0,
         # Runs of apps Dify refuses, left waiting (see `_refused_apps`).
         "held": 0,
+        # Runs the follower gave up on in a row, not handed back to it yet (`Run.refollow_after`).
+        "waiting": 0,
     }
     stale_start = now - dt.timedelta(seconds=settings.INBOX_RUN_START_TIMEOUT_SECONDS)
     for run in Run.objects.filter(status=Run.Status.STARTING, workflow_run_id="").filter(
@@ -916,7 +918,11 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         .filter(follow_wanted=False)
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=Now()))
         .filter(
-            Q(needs_reconcile=True)
+            # A run the follower gave up on is asked about at the next pass, and again whenever
+            # it may be handed back to the follower (see `Run.refollow_after`); in between, as
+            # often as any other run.
+            Q(needs_reconcile=True, refollow_after__isnull=True)
+            | Q(needs_reconcile=True, refollow_after__lte=Now())
             | Q(checked_at__lt=cutoff, updated_at__lt=cutoff)
             | Q(checked_at__isnull=True, updated_at__lt=cutoff)
         )
@@ -981,11 +987,22 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         run.app.note_accepted("reconcile")
         counts["checked"] += 1
         capture.apply_run_detail(run, detail)
-        Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=False)
+        # The follower gave up on this run again and again: it waits to be handed back (its run
+        # detail still says when it ends), and keeps its mark until then.
+        waiting = bool(
+            run.needs_reconcile
+            and not detail.is_finished
+            and run.refollow_after is not None
+            and run.refollow_after > db_now
+        )
+        Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=waiting)
         if detail.is_finished:
             counts["finished"] += 1
             continue
         if run.events_unavailable:
+            continue
+        if waiting:
+            counts["waiting"] += 1
             continue
         awaiting = list(
             run.forms.filter(status__in=sorted(capture.AWAITING_STATUSES)).values_list(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -7,7 +8,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run, refollow_delay
 
 pytestmark = pytest.mark.smoke
 
@@ -119,6 +120,9 @@ def test_saving_a_new_key_clears_the_refusal_and_hands_the_given_up_runs_back_at
         follow_wanted=False,
         needs_reconcile=True,
         status=Run.Status.PAUSED,
+        # Given up on many times with the old key: it waits no longer.
+        give_ups=5,
+        refollow_after=timezone.now() + dt.timedelta(minutes=16),
     )
     finished = Run.objects.create(
         app=dify_app,
@@ -136,6 +140,7 @@ def test_saving_a_new_key_clears_the_refusal_and_hands_the_given_up_runs_back_at
     assert (app.refused_at, app.refusal, app.refusal_status) == (None, "", None)
     given_up.refresh_from_db()
     assert given_up.follow_wanted and given_up.follow_snapshot
+    assert (given_up.give_ups, given_up.refollow_after) == (0, None)
     assert not Run.objects.get(pk=finished.pk).follow_wanted
     assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "new settings"}
 
@@ -191,3 +196,44 @@ def test_a_refused_app_says_how_many_decisions_wait_for_its_fix(
     assert "(2 decisions wait to be sent.)" in page
     page = client.get("/admin/inbox/difyapp/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "decisions wait" not in page and "（2 个决定等待发送。）" in page  # noqa: RUF001
+
+
+def test_the_reconcile_hands_a_given_up_run_back_later_with_each_give_up_in_a_row() -> None:
+    minutes = [refollow_delay(n).total_seconds() / 60 for n in (0, 1, 2, 3, 4, 5, 6, 7, 1000)]
+    assert minutes == [0, 0, 2, 4, 8, 16, 30, 30, 30]
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        ({"status": Run.Status.SUCCEEDED}, "Ended: nothing more to read."),
+        (
+            {"lease_owner": "host:1:ab", "lease_expires_at": "soon"},
+            "Read now by the follower host:1:ab.",
+        ),
+        ({"follow_wanted": True}, "Waiting for a follower to read it."),
+        ({"events_unavailable": True, "needs_reconcile": True}, "Dify does not show"),
+        (
+            {"needs_reconcile": True, "give_ups": 1, "refollow_after": "past"},
+            "gave up on its stream 1 time in a row. The reconcile hands it back at its next pass.",
+        ),
+        (
+            {"needs_reconcile": True, "give_ups": 3, "refollow_after": "soon"},
+            "gave up on its stream 3 times in a row. The reconcile hands it back after",
+        ),
+        ({}, "No stream open: it waits for a person"),
+    ],
+)
+def test_a_run_s_admin_page_says_who_reads_its_events_or_why_nobody_does(
+    client: Client, admin_user: object, dify_app: DifyApp, state: dict[str, Any], says: str
+) -> None:
+    when = {
+        "soon": timezone.now() + dt.timedelta(minutes=4),
+        "past": timezone.now() - dt.timedelta(seconds=1),
+    }
+    values = {k: when.get(v, v) if isinstance(v, str) else v for k, v in state.items()}
+    fields: dict[str, Any] = {"status": Run.Status.PAUSED, "follow_wanted": False, **values}
+    run = Run.objects.create(app=dify_app, workflow_run_id="R-9", dify_user="u", **fields)
+    client.force_login(admin_user)
+    page = client.get(f"/admin/inbox/run/{run.pk}/change/").content.decode()
+    assert says in page

@@ -168,6 +168,84 @@ def test_a_stream_that_keeps_failing_goes_to_the_reconcile_then_resumes(
     assert not run.needs_reconcile and run.status == "paused"
 
 
+def test_a_run_whose_stream_keeps_being_refused_is_handed_back_less_and_less_often(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    # Dify refuses this one run's events with a 400 about the request, not the app: the app's
+    # other runs are fine, and nothing here says when this one will be read again.
+    simulator.add_fault(
+        "status", "workflow_events", times=None, status=400, code="invalid_param", message="No."
+    )
+
+    def given_up(times: int) -> Run | None:
+        found = Run.objects.get(pk=run.pk)
+        ready = found.needs_reconcile and not found.follow_wanted and found.give_ups == times
+        return found if ready and not found.lease_owner else None
+
+    def streams() -> int:
+        return simulator.request_count("workflow_events")
+
+    run.request_follow(snapshot=True)
+    first = wait_until(lambda: given_up(1), timeout=15)
+    assert first.refollow_after is not None and first.refollow_after <= timezone.now()
+    assert DifyApp.objects.get(pk=app.pk).refused_at is None
+    # The first give-up is handed back at the next pass, as before...
+    opened = streams()
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["followed"] == 1
+    second = wait_until(lambda: given_up(2), timeout=15)
+    assert streams() == opened + 1
+    # ... the second one two minutes later, however often the reconcile passes meanwhile. Its
+    # run detail is still asked about as any run's (here: every pass), and it keeps its mark.
+    assert second.refollow_after is not None
+    wait = (second.refollow_after - timezone.now()).total_seconds()
+    assert 100 < wait <= 120
+    details = simulator.request_count("workflow_run_detail")
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=0):
+        for _ in range(3):
+            assert reconcile_runs()["waiting"] == 1
+    assert simulator.request_count("workflow_run_detail") == details + 3
+    run = Run.objects.get(pk=run.pk)
+    assert run.needs_reconcile and not run.follow_wanted and streams() == opened + 1
+    # Not asked about before its turn when the reconcile's cadence leaves it alone.
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["checked"] == 0
+    # Its turn comes; Dify shows the run again: it is read to its pause and the count goes.
+    Run.objects.filter(pk=run.pk).update(refollow_after=timezone.now() - dt.timedelta(seconds=1))
+    simulator.clear_faults()
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
+        assert reconcile_runs()["followed"] == 1
+    run = no_stream_left(run)
+    assert run.give_ups == 0 and not run.needs_reconcile and run.refollow_after is None
+    assert run.status == "paused" and Form.objects.get(pk=form.pk).status == "pending"
+
+
+def test_a_run_left_to_wait_for_its_stream_is_still_closed_when_it_ends(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    # Given up on four times in a row: the next stream is eight minutes away.
+    Run.objects.filter(pk=run.pk).update(
+        needs_reconcile=True, give_ups=4, refollow_after=timezone.now() + dt.timedelta(minutes=8)
+    )
+    assert simulator.submit_elsewhere(form.form_id, "approve")
+    simulator.wait_for_status(run.workflow_run_id, "succeeded")
+    opened = simulator.request_count("workflow_events")
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=0):
+        counts = reconcile_runs()
+    assert (counts["finished"], counts["waiting"]) == (1, 0)
+    run.refresh_from_db()
+    assert run.status == "succeeded" and not run.needs_reconcile
+    assert simulator.request_count("workflow_events") == opened
+
+
 def test_a_dead_followers_lease_is_taken_over_when_it_expires(
     simulator: Any, sim_app: Any, follower: FollowerThread
 ) -> None:
