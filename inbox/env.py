@@ -88,14 +88,20 @@ _HOST_NAME = re.compile(
 )
 
 
-def env_hosts(name: str, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Comma-separated host names, lower-cased. Only plain names: no scheme, port, path or
-    wildcard, so a value can go into a Content-Security-Policy header as it is."""
+def env_hosts(
+    name: str, environ: Mapping[str, str] | None = None, *, wildcards: bool = False
+) -> list[str]:
+    """Comma-separated host names, lower-cased. Only plain names: no scheme, port or path, so a
+    value can go into a Content-Security-Policy header as it is. With `wildcards`, a name may
+    start with `*.` (every subdomain of what follows, not that name itself, as CSP reads it);
+    what follows must have two labels at least, so `*.com` is refused."""
     hosts = [host.lower() for host in env_list(name, [], environ)]
     for host in hosts:
-        if not _HOST_NAME.match(host):
+        bare = host[2:] if wildcards and host.startswith("*.") else host
+        if not _HOST_NAME.match(bare) or (bare != host and "." not in bare):
+            example = "images.example.com or *.example.com" if wildcards else "images.example.com"
             raise ImproperlyConfigured(
-                f"{name} must be comma-separated host names like images.example.com, got {host!r}"
+                f"{name} must be comma-separated host names like {example}, got {host!r}"
             )
     return list(dict.fromkeys(hosts))
 

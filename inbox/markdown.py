@@ -61,7 +61,9 @@ _plain = RendererHTML()  # an image's alt text, as the browser would show it
 
 def image_allowed(src: str, hosts: Collection[str]) -> bool:
     """Whether an image at `src` may be loaded: https, on one of `hosts`, at the default port,
-    with no user name (what a browser would take for the host is what is checked)."""
+    with no user name (what a browser would take for the host is what is checked). A host
+    `*.example.com` stands for any subdomain of example.com, as in the Content-Security-Policy
+    the same setting writes."""
     try:
         parts = urlsplit(src)
         port = parts.port
@@ -69,11 +71,22 @@ def image_allowed(src: str, hosts: Collection[str]) -> bool:
         return False
     return (
         parts.scheme.lower() == "https"
-        and parts.hostname in hosts
+        and _host_allowed(parts.hostname or "", hosts)
         and port in (None, 443)
         and parts.username is None
         and parts.password is None
     )
+
+
+def _host_allowed(hostname: str, hosts: Collection[str]) -> bool:
+    if not hostname:
+        return False
+    if hostname in hosts:
+        return True
+    # Every parent domain of the name, as a wildcard: a.b.example.com -> *.b.example.com,
+    # *.example.com, *.com.
+    labels = hostname.split(".")
+    return any("*." + ".".join(labels[i:]) in hosts for i in range(1, len(labels)))
 
 
 def sanitize(html: str) -> SafeString:

@@ -297,7 +297,8 @@ INBOX_GUEST_BAD_LINKS_PER_IP = env_int("INBOX_GUEST_BAD_LINKS_PER_IP", 20, minim
 # hosts, over https; any other image is shown as a link. An image the content chose would tell
 # its host who opened the form and when, and carry off whatever a prompt injection put in its
 # URL. The Content-Security-Policy header allows images from the same hosts and no others.
-INBOX_MARKDOWN_IMAGE_HOSTS = env_hosts("INBOX_MARKDOWN_IMAGE_HOSTS")
+# `*.example.com` allows every subdomain of example.com (not example.com itself).
+INBOX_MARKDOWN_IMAGE_HOSTS = env_hosts("INBOX_MARKDOWN_IMAGE_HOSTS", wildcards=True)
 # Behind N reverse proxies, the visitor's address is N entries from the right of
 # X-Forwarded-For (entries further left can be forged by the visitor). 0: REMOTE_ADDR.
 INBOX_TRUSTED_PROXIES = env_int("INBOX_TRUSTED_PROXIES", 0, minimum=0)

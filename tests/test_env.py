@@ -53,6 +53,17 @@ def test_env_hosts_refuses_anything_but_a_host_name(value: str) -> None:
         env_hosts("H", environ={"H": value})
 
 
+def test_env_hosts_may_allow_wildcards_of_a_domain() -> None:
+    hosts = env_hosts("H", environ={"H": "*.Example.com, cdn.example.org"}, wildcards=True)
+    assert hosts == ["*.example.com", "cdn.example.org"]
+
+
+@pytest.mark.parametrize("value", ["*.com", "*", "*example.com", "a.*.example.com", "**.a.b"])
+def test_env_hosts_refuses_a_wildcard_of_a_top_level_domain_or_inside_a_name(value: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"like images\.example\.com or \*\.example"):
+        env_hosts("H", environ={"H": value}, wildcards=True)
+
+
 def test_database_url_postgres() -> None:
     config = parse_database_url(
         "DATABASE_URL", "postgres://u:p%40ss@db.internal:5433/inbox?sslmode=require"

@@ -122,6 +122,28 @@ def test_an_image_only_near_an_allowed_host_is_not_loaded(settings: Any, url: st
     assert '<span class="image-blocked">Image not loaded: ' in html
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://eu.images.example.com/q3.png", True),
+        ("https://a.b.images.example.com/q3.png", True),
+        ("https://EU.Images.Example.com/q3.png", True),
+        # The name itself is not one of its subdomains (nor is it in the policy).
+        ("https://images.example.com/q3.png", False),
+        ("https://evilimages.example.com/q3.png", False),
+        ("https://eu.images.example.com.attacker.example/q3.png", False),
+        ("http://eu.images.example.com/q3.png", False),
+    ],
+)
+def test_a_wildcard_host_allows_images_from_its_subdomains_only(
+    settings: Any, url: str, shown: bool
+) -> None:
+    settings.INBOX_MARKDOWN_IMAGE_HOSTS = ["*.images.example.com"]
+    html = render_markdown(f"![chart]({url})")
+    assert ("<img" in html) is shown
+    assert ("Image not loaded" in html) is not shown
+
+
 def test_alt_text_and_title_of_an_image_not_loaded_are_escaped() -> None:
     html = render_markdown('![<b>x</b> & "y"](https://attacker.example/a.png "<script>")')
     assert '<a href="https://attacker.example/a.png" title="&lt;script&gt;"' in html
