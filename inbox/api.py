@@ -313,6 +313,17 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             details={"decision": _decision_json(refusal.decision)} if refusal.decision else None,
         )
     dform = DecisionForm(form, require_every_key=True)
+    # Dify would store a key the form does not have with the submission (CONTRACT 4): a typo
+    # is refused here instead, by its name.
+    names = [spec.name for spec in dform.specs]
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_form_data",
+            f"Unknown input {unknown[0]!r}; this form takes: {', '.join(names) or 'none'}.",
+            details={name: ["Unknown input."] for name in unknown},
+        )
     data: dict[str, Any] = {"action": body.get("action") or "", "submission_key": key}
     for spec in dform.specs:
         if spec.name in inputs:
@@ -321,11 +332,16 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     dform = DecisionForm(form, data, require_every_key=True)
     if not dform.is_valid():
         errors = dform.error_list()
+        # Keyed as the request names them: an input by its name, not the page's field name.
+        named = {spec.field_name: spec.name for spec in dform.specs}
         raise ApiError(
             400,
             "invalid_form_data",
             " ".join(errors),
-            details={name: [str(e) for e in errs] for name, errs in dform.errors.items()},
+            details={
+                named.get(field, field): [str(e) for e in errs]
+                for field, errs in dform.errors.items()
+            },
         )
     try:
         decision = dform.save(reviewer=request.user)

@@ -67,7 +67,28 @@ def test_decision_validation_speaks_difys_rules(
     assert (
         error["message"] == "receipt: Add a file. Missing required inputs: note, receipt, evidence."
     )
-    assert error["details"]["__all__"] == ["Missing required inputs: note, receipt, evidence."]
+    assert error["details"] == {
+        "receipt": ["Add a file."],
+        "__all__": ["Missing required inputs: note, receipt, evidence."],
+    }
+
+
+def test_a_decision_with_an_input_the_form_does_not_have_is_refused_by_its_name(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/decision",
+        json.dumps({"action": "approve", "inputs": {"notes": "typo", "decision": "refund"}}),
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_form_data",
+        "message": "Unknown input 'notes'; this form takes: note, decision, receipt, evidence.",
+        "details": {"notes": ["Unknown input."]},
+    }
+    assert not form.decisions.exists()
 
 
 def test_decision_on_a_closed_form_is_a_conflict(
