@@ -166,6 +166,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
+# What a task prints (the embedded demo's console email backend prints each email) is logged as
+# information, not as a warning.
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 # Celery's Django fixup closes the database connection around every task unless this is set; a
 # new PostgreSQL connection (a server process forked) per task costs more than most tasks do.
 # Connections are kept as for web requests instead: inbox/celery.py drops a broken or aged one
