@@ -194,6 +194,23 @@ class DifyAppAdmin(admin.ModelAdmin):
                 )
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """What Dify said and what reviewers decided: shown, never edited or added by hand. A run's
+    status or a decision's state changed here would bypass the verbs that keep them consistent
+    (a decision set back to queued would be sent twice), and deleting one would lose a decision.
+    What an administrator may do to them is offered as actions (stop, reassign, retry), which
+    go through those verbs and the audit trail."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class FormInline(admin.TabularInline):
     model = Form
     fields = ("node_title", "status", "expiration_time", "created_at")
@@ -204,12 +221,52 @@ class FormInline(admin.TabularInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(RecordAdmin):
     list_display = ["__str__", "app", "status", "dify_user", "started_by", "created_at"]
     list_filter = ["status", "app", "source"]
     search_fields = ["workflow_run_id", "task_id", "dify_user", "conversation_id"]
     list_select_related = ["app", "started_by"]
-    readonly_fields = ["public_id", "following", "created_at", "updated_at", "finished_at"]
+    readonly_fields = ["following"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "app",
+                    "status",
+                    "workflow_run_id",
+                    "dify_user",
+                    "source",
+                    "started_by",
+                    "created_at",
+                    "finished_at",
+                ]
+            },
+        ),
+        (_("Following"), {"fields": ["following", "last_event_at", "checked_at"]}),
+        (_("Content"), {"fields": ["inputs", "query", "outputs", "answer", "error"]}),
+        (
+            _("Details"),
+            {
+                "classes": ["collapse"],
+                "fields": [
+                    "public_id",
+                    "task_id",
+                    "conversation_id",
+                    "message_id",
+                    "follow_wanted",
+                    "follow_snapshot",
+                    "lease_owner",
+                    "lease_expires_at",
+                    "needs_reconcile",
+                    "give_ups",
+                    "refollow_after",
+                    "events_unavailable",
+                    "updated_at",
+                ],
+            },
+        ),
+    ]
     date_hierarchy = "created_at"
     inlines = [FormInline]
     actions = ["stop_run"]
@@ -271,7 +328,7 @@ class RunAdmin(admin.ModelAdmin):
             except DifyError as exc:
                 self.message_user(
                     request,
-                    _("%(run)s: Dify refused to stop it: %(error)s") % {"run": run, "error": exc},
+                    _("%(run)s: not stopped: %(error)s") % {"run": run, "error": exc},
                     messages.ERROR,
                 )
                 continue
@@ -323,7 +380,7 @@ class ReassignForm(forms.Form):
 
 
 @admin.register(Form)
-class FormAdmin(admin.ModelAdmin):
+class FormAdmin(RecordAdmin):
     list_display = [
         "node_title",
         "run",
@@ -456,7 +513,7 @@ class RouteAdmin(admin.ModelAdmin):
 
 
 @admin.register(Decision)
-class DecisionAdmin(admin.ModelAdmin):
+class DecisionAdmin(RecordAdmin):
     list_display = [
         "form",
         "action_id",
@@ -505,7 +562,7 @@ class DecisionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Upload)
-class UploadAdmin(admin.ModelAdmin):
+class UploadAdmin(RecordAdmin):
     list_display = ["name", "form", "input_name", "category", "size", "uploaded_by", "created_at"]
     list_filter = ["category"]
     search_fields = ["name", "upload_file_id", "form__node_title"]
@@ -513,7 +570,7 @@ class UploadAdmin(admin.ModelAdmin):
 
 
 @admin.register(RunEvent)
-class RunEventAdmin(admin.ModelAdmin):
+class RunEventAdmin(RecordAdmin):
     list_display = ["event", "run", "received_at"]
     list_filter = ["event"]
     search_fields = ["run__workflow_run_id", "event"]

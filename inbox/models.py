@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Lower, Now
+from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -390,6 +391,10 @@ class Run(models.Model):
 
     def __str__(self) -> str:
         return f"{self.app.name} · {self.workflow_run_id or self.public_id}"
+
+    def get_absolute_url(self) -> str:
+        """The run's page (the admin's "view on site")."""
+        return reverse("inbox:run", args=[self.public_id])
 
     @property
     def is_finished(self) -> bool:
@@ -956,6 +961,10 @@ class Form(models.Model):
                 setattr(self, name, value)
             super().save(*args, **kwargs)
             self._assign(route)
+
+    def get_absolute_url(self) -> str:
+        """The form's page (the admin's "view on site"); our id, never Dify's token."""
+        return reverse("inbox:form", args=[self.public_id])
 
     @property
     def is_answerable(self) -> bool:

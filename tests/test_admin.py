@@ -237,3 +237,70 @@ def test_a_run_s_admin_page_says_who_reads_its_events_or_why_nobody_does(
     client.force_login(admin_user)
     page = client.get(f"/admin/inbox/run/{run.pk}/change/").content.decode()
     assert says in page
+
+
+def _records(app: DifyApp, user: User) -> dict[str, Any]:
+    run = Run.objects.create(app=app, workflow_run_id="R-rec", dify_user="u", status="paused")
+    form = Form.objects.create(
+        run=run, form_id="F-rec", form_token="tok-secret-rec", node_id="n", status="failed"
+    )
+    decision = Decision.objects.create(
+        form=form, action_id="approve", reviewer=user, status=Decision.Status.FAILED
+    )
+    return {"run": run, "form": form, "decision": decision}
+
+
+@pytest.mark.parametrize("model", ["run", "form", "decision"])
+def test_runs_forms_and_decisions_are_shown_in_the_admin_never_edited_added_or_deleted(
+    client: Client, admin_user: User, dify_app: DifyApp, model: str
+) -> None:
+    record = _records(dify_app, admin_user)[model]
+    client.force_login(admin_user)
+    base = f"/admin/inbox/{model}/"
+    page = client.get(f"{base}{record.pk}/change/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert f"View {model}" in body and 'name="_save"' not in body
+    assert "tok-secret-rec" not in body
+    # A hand-made POST changes nothing.
+    assert client.post(f"{base}{record.pk}/change/", {"status": "queued"}).status_code == 403
+    assert type(record).objects.get(pk=record.pk).status == record.status
+    assert client.get(f"{base}add/").status_code == 403
+    assert client.post(f"{base}{record.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert type(record).objects.filter(pk=record.pk).exists()
+
+
+def test_a_run_and_a_form_link_to_their_own_pages_from_the_admin(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    records = _records(dify_app, admin_user)
+    client.force_login(admin_user)
+    for model in ("run", "form"):
+        record = records[model]
+        body = client.get(f"/admin/inbox/{model}/{record.pk}/change/").content.decode()
+        assert "View on site" in body
+    assert records["run"].get_absolute_url() == f"/runs/{records['run'].public_id}/"
+    assert records["form"].get_absolute_url() == f"/forms/{records['form'].public_id}/"
+
+
+def test_the_admin_s_actions_still_act_on_read_only_records(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    records = _records(dify_app, admin_user)
+    client.force_login(admin_user)
+    response = client.post(
+        "/admin/inbox/decision/",
+        {"action": "retry_delivery", "_selected_action": [records["decision"].pk]},
+        follow=True,
+    )
+    assert "1 decision(s) queued for delivery again" in response.content.decode()
+    records["decision"].refresh_from_db()
+    assert records["decision"].status == Decision.Status.QUEUED
+    # The stop action asks Dify (here: nobody listens on the app's address) and says so.
+    Run.objects.filter(pk=records["run"].pk).update(task_id="T-1")
+    response = client.post(
+        "/admin/inbox/run/",
+        {"action": "stop_run", "_selected_action": [records["run"].pk]},
+        follow=True,
+    )
+    assert f"{records['run']}: not stopped: " in response.content.decode()
