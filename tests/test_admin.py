@@ -303,4 +303,4 @@ def test_the_admin_s_actions_still_act_on_read_only_records(
         {"action": "stop_run", "_selected_action": [records["run"].pk]},
         follow=True,
     )
-    assert f"{records['run']}: not stopped: " in response.content.decode()
+    assert "R-rec: not stopped: POST /workflows/tasks/T-1/stop" in response.content.decode()
