@@ -784,6 +784,7 @@ class _Batch:
         self.applied.awaiting_human = any(
             f is not None and f.status in AWAITING_STATUSES for f in announced
         )
+        self.settle_timeline()
         listed = {f.form_id for f in announced if f is not None}
         unlisted = [
             f
@@ -963,6 +964,48 @@ class _Batch:
             at=_iso(_when(event.finished_at)),
         )
         self.close_open_forms("the run ended")
+        self.settle_timeline()
+
+    def settle_timeline(self) -> None:
+        """A form answered through us whose fill no stream of ours showed (the stream after the
+        decision opened once the run had moved on or ended: a snapshot, or a finished run's one
+        `workflow_finished`, replays no fill) would keep saying "waiting" on the timeline. Its
+        answer goes right after its pause, as the fill would have put it; the fill, if a replay
+        brings it later, lands on the same entry."""
+        from inbox.models import Form
+
+        for form in self.forms.values():
+            key = f"form:{form.form_id}"
+            index = self.timeline_index.get(key)
+            if index is None or self.timeline[index].get("status") != "waiting":
+                continue
+            if form.status == Form.Status.EXPIRED:
+                self.entry(key, status="expired")
+                continue
+            if form.status != Form.Status.SUBMITTED or not form.filled_action_id:
+                continue
+            self.entry(key, status="paused")
+            answer = f"filled:{form.form_id}:{form.filled_action_id}"
+            if answer in self.timeline_index:
+                continue
+            self.timeline.insert(
+                index + 1,
+                {
+                    "key": answer,
+                    "event": "human_input_form_filled",
+                    "node_id": form.node_id,
+                    "title": form.node_title or form.node_id,
+                    "status": "answered",
+                    "action": form.filled_action_text or form.filled_action_id,
+                    "form": str(form.public_id),
+                    "at": _iso(form.decided_at),
+                },
+            )
+            self.timeline_index = {
+                item.get("key"): i for i, item in enumerate(self.timeline) if isinstance(item, dict)
+            }
+            self.timeline_changed = True
+            self.progress()
 
     def close_open_forms(self, reason: str) -> None:
         """Forms still open when their run ends can never be answered any more. A stream opened

@@ -488,3 +488,49 @@ def inputs_from_dify(form_obj: Form, inputs: Mapping[str, Any]) -> dict[str, Any
         elif value is not None:
             result[spec.name] = value if isinstance(value, str) else str(value)
     return result
+
+
+def answered_content(form_obj: Form, decision: Decision | None) -> str:
+    """The form's content as answered: Dify's own record when a fill event brought it (its
+    `rendered_content`); else the content with each input's place filled with what was sent,
+    as Dify fills it: the values of our decision Dify accepted, or those Dify said were submitted
+    elsewhere. A file reads as its name when it was uploaded here. Empty when nothing says what
+    was answered (the content is then shown as it was asked)."""
+    from inbox.markdown import PLACEHOLDER
+
+    if form_obj.rendered_content:
+        return form_obj.rendered_content
+    values: Any = None
+    if decision is not None and decision.status == Decision.Status.DELIVERED:
+        values = decision.inputs
+    elif form_obj.filled_data:
+        values = form_obj.filled_data
+    content = form_obj.content or str((form_obj.definition or {}).get("form_content") or "")
+    if not isinstance(values, Mapping) or not content:
+        return ""
+    kinds = {spec.name: spec.kind for spec in input_specs(form_obj.definition or {})}
+    names: dict[str, str] | None = None
+
+    def file_name(item: Any) -> str:
+        nonlocal names
+        if not isinstance(item, Mapping):
+            return "[file]"
+        if item.get("transfer_method") == "remote_url" and item.get("url"):
+            return str(item["url"])
+        if names is None:
+            names = dict(Upload.objects.filter(form=form_obj).values_list("upload_file_id", "name"))
+        known = names.get(str(item.get("upload_file_id") or item.get("related_id") or ""))
+        return known or str(item.get("filename") or item.get("name") or "[file]")
+
+    def fill(match: Any) -> str:
+        name = match.group(1).strip()
+        value = values.get(name)
+        if value is None:
+            return ""
+        if kinds.get(name) == "file":
+            return file_name(value)
+        if kinds.get(name) == "file-list":
+            return ", ".join(file_name(item) for item in value) if isinstance(value, list) else ""
+        return value if isinstance(value, str) else str(value)
+
+    return PLACEHOLDER.sub(fill, content)

@@ -100,6 +100,57 @@ def test_two_parallel_forms_pause_the_run_together(
     assert run.forms.count() == 2
 
 
+def test_a_run_that_ended_before_its_stream_reopened_shows_each_answer_on_its_timeline(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    # Two pauses, each answered here; the follower is away each time until the run has moved on
+    # (then ended): the streams it opens replay no fill (a snapshot of the next pause, a finished
+    # run's one `workflow_finished`). The timeline still says each form was answered, and how.
+    run = start(simulator, sim_app("content-publish"), reviewer)
+    steps = [("editor_review", "approve"), ("legal_check", "cleared"), ("publisher_signoff", "")]
+    for node, action in steps:
+        form = wait_until(lambda n=node: run.forms.filter(node_id=n, status="pending").first())
+        no_stream_left(run)
+        follower.stop()
+        decision = form.decide(
+            action_id=action or "publish_now", inputs=_filled(form), reviewer=reviewer
+        )
+        deliver_decision(decision.pk)
+        simulator.wait_for_status(run.workflow_run_id, "paused" if action else "succeeded")
+        follower = FollowerThread(f"after-{node}").start()
+    try:
+        run = run_status(run, "succeeded")
+    finally:
+        follower.stop()
+    # The last fill at least came in no stream of ours: the run had ended when it reopened.
+    assert RunEvent.objects.filter(run=run, event="human_input_form_filled").count() < len(steps)
+    entries = [(e.get("title"), e.get("status")) for e in run.timeline if "form" in e]
+    for form in run.forms.order_by("created_at"):
+        assert form.status == "submitted"
+        title = form.node_title
+        assert (title, "waiting") not in entries
+        index = entries.index((title, "paused"))
+        assert entries[index + 1] == (title, "answered"), entries
+        answered = next(
+            e for e in run.timeline if e.get("key", "").startswith(f"filled:{form.form_id}")
+        )
+        assert answered["action"] == form.filled_action_text and answered["form"] == str(
+            form.public_id
+        )
+
+
+def _filled(form: Form) -> dict[str, Any]:
+    """Values every input of the form accepts: text, the first option."""
+    values: dict[str, Any] = {}
+    for spec in (form.definition or {}).get("inputs", []):
+        name = spec["output_variable_name"]
+        if spec["type"] == "select":
+            values[name] = spec["option_source"]["value"][0]
+        elif spec["type"] == "paragraph":
+            values[name] = "Fine."
+    return values
+
+
 def test_a_chatflow_pause_and_its_answer(
     simulator: Any, sim_app: Any, follower: FollowerThread
 ) -> None:

@@ -237,6 +237,75 @@ def test_submitted_form_shows_who_when_which_action_and_the_record(
     assert "<script>" not in page
 
 
+def test_a_form_answered_here_whose_fill_no_stream_showed_reads_as_answered(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    # The run ended before the follower reopened its stream: Dify's record of the answer (the
+    # fill event's rendered content) never came. What was sent, and Dify accepted, is known.
+    content = (
+        "Refund for **Ada**\n\n{{#$output.note#}}\n\nOutcome: {{#$output.decision#}}\n\n"
+        "Receipt: {{#$output.receipt#}}\n\nEvidence: {{#$output.evidence#}}\n"
+    )
+    form = make_form(
+        dify_app,
+        status=Form.Status.SUBMITTED,
+        filled_action_id="approve",
+        filled_action_text="Approve",
+        content=content,
+        definition=full_definition(form_content=content),
+    )
+    Upload.objects.create(
+        form=form,
+        input_name="receipt",
+        upload_file_id="f-receipt",
+        name="receipt-104233.pdf",
+        size=10,
+        category="document",
+    )
+    inputs = {
+        "note": "Paid back <b>today</b>.",
+        "decision": "partial",
+        "receipt": {"transfer_method": "local_file", "upload_file_id": "f-receipt"},
+        "evidence": [
+            {"transfer_method": "remote_url", "url": "https://files.example.com/photo.png"},
+            {"transfer_method": "local_file", "upload_file_id": "f-unknown"},
+        ],
+    }
+    decision = Decision.objects.create(
+        form=form,
+        action_id="approve",
+        reviewer=reviewer,
+        status=Decision.Status.QUEUED,
+        inputs=inputs,
+    )
+    # Not yet accepted by Dify: the content is shown as it was asked.
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "{{#$output.note#}}" in page and "Record" not in page
+    Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "{{#$output" not in page
+    assert "Paid back &lt;b&gt;today&lt;/b&gt;." in page and "Outcome: partial" in page
+    assert "Receipt: receipt-104233.pdf" in page
+    assert "Evidence: https://files.example.com/photo.png, [file]" in page
+    assert executable_markup(page) == []
+
+
+def test_a_form_answered_elsewhere_reads_with_what_dify_said_was_submitted(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    content = "Outcome: {{#$output.decision#}}\n\nNote: {{#$output.note#}}\n"
+    form = make_form(
+        dify_app,
+        status=Form.Status.ANSWERED_ELSEWHERE,
+        filled_action_text="Reject",
+        content=content,
+        definition=full_definition(form_content=content),
+        filled_data={"decision": "deny"},
+    )
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "<p>Outcome: deny</p>" in page and "<p>Note:</p>" in page
+
+
 def test_answered_elsewhere_and_not_answerable_and_failed(alice: Client, dify_app: DifyApp) -> None:
     elsewhere = make_form(
         dify_app, status=Form.Status.ANSWERED_ELSEWHERE, filled_action_text="Reject"
