@@ -72,7 +72,7 @@ from inbox.models import (
     routing_is_dense,
 )
 from inbox.uploads import UploadRejected, megabytes, upload_limits, upload_to_dify
-from inbox.views_runs import timeline_items
+from inbox.views_runs import output_items, timeline_items
 
 logger = logging.getLogger(__name__)
 
@@ -841,6 +841,7 @@ def run_context(form: Form, decider: Decider) -> dict[str, Any]:
         "run": run,
         "run_version": run.updated_at.isoformat() if run.updated_at else "",
         "timeline": timeline_items((run.timeline or [])[-50:]),
+        "outputs": output_items(run) if reviewer and run.is_finished else [],
         "next_forms": next_forms,
         "run_url": _run_url(run) if reviewer else "",
         "run_details": reviewer,

@@ -18,7 +18,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from inbox.dify.errors import DifyError, DifyStatusError
-from inbox.models import DifyApp, Form, Run
+from inbox.models import DifyApp, Form, Run, Upload
 from inbox.runs import (
     RunNotStoppable,
     StartFailed,
@@ -241,6 +241,45 @@ def _timeline_time(at: Any) -> dt.datetime | None:
     return None
 
 
+FILE_ID_KEYS = ("upload_file_id", "related_id", "url", "remote_url")
+
+
+def _is_file(value: Any) -> bool:
+    """A file as Dify writes it into outputs: its own file object, or a file input's value."""
+    return isinstance(value, dict) and (
+        value.get("dify_model_identity") == "__dify__file__"
+        or ("transfer_method" in value and any(k in value for k in FILE_ID_KEYS))
+    )
+
+
+def output_items(run: Run) -> list[tuple[str, str]]:
+    """A finished run's outputs as (name, text): strings as they are, files by name (the name
+    they were uploaded here under, else Dify's file name; never a file URL, which may carry a
+    signature that opens it), anything else as indented JSON."""
+    from inbox.templatetags.inbox_tags import as_text
+
+    outputs = run.outputs if isinstance(run.outputs, dict) else {}
+    names: dict[str, str] | None = None
+
+    def file_name(item: dict[str, Any]) -> str:
+        nonlocal names
+        if names is None:
+            names = dict(Upload.objects.filter(form__run=run).values_list("upload_file_id", "name"))
+        known = names.get(str(item.get("upload_file_id") or item.get("related_id") or ""))
+        return known or str(item.get("filename") or item.get("name") or _("[file]"))
+
+    items = []
+    for key, value in outputs.items():
+        if _is_file(value):
+            text = file_name(value)
+        elif isinstance(value, list) and value and all(_is_file(v) for v in value):
+            text = "\n".join(file_name(v) for v in value)
+        else:
+            text = as_text(value)
+        items.append((str(key), text))
+    return items
+
+
 def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
@@ -249,6 +288,7 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "app": run.app,
         "forms": [(form, form.pk in visible) for form in forms],
         "timeline": timeline_items(run.timeline),
+        "outputs": output_items(run) if run.is_finished else [],
         "may_stop": _may_stop(request, run) and run.status == Run.Status.RUNNING,
         # Dify refuses the app's key: no new form of this run can arrive. Reviewers are shown
         # the status code; Dify's message is for administrators.

@@ -440,6 +440,49 @@ def test_the_run_panel_shows_status_timeline_outputs_and_the_next_form(
     assert '<span class="tl-status">成功</span>' in chinese.decode()
 
 
+def test_files_in_a_run_s_outputs_read_as_their_names_on_both_pages(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    run = make_run(
+        dify_app,
+        started_by=reviewer,
+        status="succeeded",
+        outputs={
+            # A file input's value, passed on by the workflow...
+            "receipt": {"transfer_method": "local_file", "upload_file_id": "f-1", "type": "image"},
+            # ... Dify's own file objects, whose URL is signed: it is not shown.
+            "evidence": [
+                {
+                    "dify_model_identity": "__dify__file__",
+                    "transfer_method": "local_file",
+                    "related_id": "f-2",
+                    "filename": "dify-name.png",
+                    "url": "https://dify.example/files/f-3/file-preview?sign=secret",
+                },
+                {
+                    "dify_model_identity": "__dify__file__",
+                    "transfer_method": "remote_url",
+                    "filename": "scan.pdf",
+                    "url": "https://dify.example/files/x?sign=secret",
+                },
+            ],
+            "count": 2,
+        },
+    )
+    form = make_form(dify_app, run=run, status=Form.Status.SUBMITTED)
+    for file_id, name in (("f-1", "receipt-104233.png"), ("f-2", "photo-of-box.png")):
+        Upload.objects.create(
+            form=form, input_name="x", upload_file_id=file_id, name=name, size=1, category="image"
+        )
+    for url in (f"/forms/{form.public_id}/", f"/runs/{run.public_id}/"):
+        page = alice.get(url).content.decode()
+        outputs = re.search(r'<dl class="outputs">.*?</dl>', page, re.S).group(0)  # type: ignore[union-attr]
+        assert "<dt>receipt</dt><dd><pre>receipt-104233.png</pre></dd>" in outputs, url
+        assert "<dt>evidence</dt><dd><pre>photo-of-box.png\nscan.pdf</pre></dd>" in outputs
+        assert "<dt>count</dt><dd><pre>2</pre></dd>" in outputs
+        assert "sign=secret" not in page and "transfer_method" not in page
+
+
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_payloads_in_titles_options_and_file_names_are_escaped(
     alice: Client, dify_app: DifyApp, payload: str
