@@ -191,9 +191,10 @@ def runs_list(request: HttpRequest) -> HttpResponse:
 def timeline_items(entries: Any) -> list[dict[str, Any]]:
     """A run's timeline as written by the follower, read tolerantly and worded for reviewers:
     Dify's event names become words, and what the follower keeps but a reader does not need
-    is left out. A Human Input node's own entry says "running" until the run resumes, while its
-    form's entry says what it waits for: only the form's is shown then. The run's start entry
-    carries no status; the run's own is shown beside the timeline."""
+    is left out. A Human Input node's own entry says "running" until the run resumes, then
+    "succeeded" (dated when it started), while its form's entries say what it waited for and how
+    it was answered: only the form's are shown, unless the node itself failed. The run's start
+    entry carries no status; the run's own is shown beside the timeline."""
     raw = [item for item in entries or [] if isinstance(item, dict)]
     waiting: set[str] = set()
     hidden: set[int] = set()
@@ -202,7 +203,11 @@ def timeline_items(entries: Any) -> list[dict[str, Any]]:
         node_id = str(item.get("node_id") or "")
         if item.get("event") == "human_input_required" and node_id:
             waiting.add(node_id)
-        elif item.get("event") == "node" and item.get("status") == "running" and node_id in waiting:
+        elif (
+            item.get("event") == "node"
+            and item.get("status") in ("running", "succeeded")
+            and node_id in waiting
+        ):
             hidden.add(index)
     items = []
     for index, item in enumerate(raw):

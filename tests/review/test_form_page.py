@@ -596,12 +596,31 @@ def test_the_run_panel_s_timeline_is_in_words_and_shows_a_waiting_node_once(
         f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans"
     ).content.decode()
     assert "运行已启动" in chinese and "Run started" not in chinese
-    # Once the run resumes and the node finishes, both entries say how it ended.
+    # Once answered and the node finished, the form's entries tell it: paused, then answered.
+    # The node's own "succeeded", dated when it started, would read as done before the pause.
     run.timeline[2]["status"] = "succeeded"
-    run.timeline[3]["status"] = "answered"
+    run.timeline[3]["status"] = "paused"
+    run.timeline.append(
+        {
+            "key": "filled:F1:approve",
+            "event": "human_input_form_filled",
+            "node_id": "approval",
+            "title": "Data owner approval",
+            "status": "answered",
+            "action": "Approve",
+        }
+    )
     run.save()
     panel = alice.get(f"/forms/{form.public_id}/").content.decode()
-    titles = re.findall(
-        r'<span class="tl-title">([^<]*)</span>', panel[panel.index('id="run-panel"') :]
-    )
+    panel = panel[panel.index('id="run-panel"') :]
+    titles = re.findall(r'<span class="tl-title">([^<]*)</span>', panel)
     assert titles == ["Run started", "Start", "Data owner approval", "Data owner approval"]
+    statuses = re.findall(r'<span class="tl-status">([^<]*)</span>', panel)
+    assert statuses == ["Succeeded", "Paused", "Answered"]
+    # A Human Input node that failed says so.
+    run.timeline[2]["status"] = "failed"
+    run.save()
+    panel = alice.get(f"/forms/{form.public_id}/").content.decode()
+    panel = panel[panel.index('id="run-panel"') :]
+    statuses = re.findall(r'<span class="tl-status">([^<]*)</span>', panel)
+    assert statuses == ["Succeeded", "Failed", "Paused", "Answered"]
