@@ -315,15 +315,7 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     dform = DecisionForm(form, require_every_key=True)
     # Dify would store a key the form does not have with the submission (CONTRACT 4): a typo
     # is refused here instead, by its name.
-    names = [spec.name for spec in dform.specs]
-    unknown = sorted(set(inputs) - set(names))
-    if unknown:
-        raise ApiError(
-            400,
-            "invalid_form_data",
-            f"Unknown input {unknown[0]!r}; this form takes: {', '.join(names) or 'none'}.",
-            details={name: ["Unknown input."] for name in unknown},
-        )
+    _refuse_unknown(inputs, [spec.name for spec in dform.specs], "invalid_form_data", "form")
     data: dict[str, Any] = {"action": body.get("action") or "", "submission_key": key}
     for spec in dform.specs:
         if spec.name in inputs:
@@ -435,18 +427,23 @@ _START_TYPES = {
 }
 
 
+def _refuse_unknown(inputs: dict[str, Any], names: list[str], code: str, what: str) -> None:
+    """A 400 naming the first input the request gave that the app (or form) does not take."""
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise ApiError(
+            400,
+            code,
+            f"Unknown input {unknown[0]!r}; this {what} takes: {', '.join(names) or 'none'}.",
+            details={name: ["Unknown input."] for name in unknown},
+        )
+
+
 def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str, Any]:
     """API inputs as the start form's data, with JSON types checked first: the form would
     otherwise read 12 as the text "12" and "yes" as a ticked box."""
     known = {spec.variable: spec for spec in form_specs}
-    unknown = sorted(set(inputs) - set(known))
-    if unknown:
-        raise ApiError(
-            400,
-            "invalid_inputs",
-            f"Unknown input {unknown[0]!r}; this app takes: {', '.join(sorted(known)) or 'none'}.",
-            details={name: ["Unknown input."] for name in unknown},
-        )
+    _refuse_unknown(inputs, sorted(known), "invalid_inputs", "app")
     data: dict[str, Any] = {}
     for spec in form_specs:
         # Left out, a checkbox is its default, as in Dify and on the start page.
