@@ -195,11 +195,11 @@ class DifyAppAdmin(admin.ModelAdmin):
 
 
 class RecordAdmin(admin.ModelAdmin):
-    """What Dify said and what reviewers decided: shown, never edited or added by hand. A run's
-    status or a decision's state changed here would bypass the verbs that keep them consistent
-    (a decision set back to queued would be sent twice), and deleting one would lose a decision.
-    What an administrator may do to them is offered as actions (stop, reassign, retry), which
-    go through those verbs and the audit trail."""
+    """What Dify said, what reviewers decided and the audit trail of both: shown, never edited
+    or added by hand. A run's status or a decision's state changed here would bypass the verbs
+    that keep them consistent (a decision set back to queued would be sent twice), and deleting
+    one would lose a decision. What an administrator may do to them is offered as actions (stop,
+    reassign, retry, export), which go through those verbs and the audit trail."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -578,7 +578,7 @@ class RunEventAdmin(RecordAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(RecordAdmin):
     list_display = ["created_at", "actor_label", "verb", "object_type", "object_repr"]
     list_filter = ["verb", "object_type"]
     search_fields = ["actor_label", "verb", "object_repr", "object_id"]
@@ -619,15 +619,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
         response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="audit.csv"'
         return response
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(ApiToken)
