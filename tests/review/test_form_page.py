@@ -519,6 +519,33 @@ def test_payloads_in_titles_options_and_file_names_are_escaped(
         assert executable_markup(html) == [], payload
 
 
+def test_a_decision_being_retried_tells_the_reviewer_in_their_language_and_keeps_the_detail(
+    alice: Client, form: Form, reviewer: User
+) -> None:
+    form.status = Form.Status.SUBMITTING
+    form.save()
+    Decision.objects.create(
+        form=form,
+        action_id="approve",
+        reviewer=reviewer,
+        attempts=2,
+        last_error="POST /form/human_input/***: ConnectError",
+    )
+    for language, says in (
+        ("en", "The last attempt did not get through; the decision is sent again automatically."),
+        ("zh-hans", "上次尝试未能送达；决定会自动重新发送。"),  # noqa: RUF001
+    ):
+        page = body(
+            alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+        )
+        assert says in page
+        # What went wrong stays at hand, folded away.
+        assert re.search(
+            r"<details[^>]*><summary>[^<]+</summary>POST /form/human_input/\*\*\*: ConnectError</details>",
+            page,
+        )
+
+
 def test_a_decision_held_for_its_app_says_so_and_the_page_notices_when_it_goes_on(
     alice: Client, form: Form, reviewer: User
 ) -> None:
