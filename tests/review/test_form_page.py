@@ -546,6 +546,30 @@ def test_a_decision_being_retried_tells_the_reviewer_in_their_language_and_keeps
         )
 
 
+def test_the_worker_s_own_reasons_read_in_the_page_s_language_and_dify_s_words_as_they_are(
+    alice: Client, form: Form, reviewer: User
+) -> None:
+    form.status = Form.Status.SUBMITTING
+    form.save()
+    decision = Decision.objects.create(
+        form=form,
+        action_id="approve",
+        reviewer=reviewer,
+        attempts=2,
+        last_error="The delivery was interrupted; trying again.",
+    )
+    page = alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "投递被中断，正在重试。" in page and "The delivery was interrupted" not in page  # noqa: RUF001
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.FAILED)
+    Decision.objects.filter(pk=decision.pk).update(
+        status=Decision.Status.FAILED, last_error="Dify said <b>no</b> & %(n)s"
+    )
+    page = body(
+        alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    )
+    assert "<p>Dify said &lt;b&gt;no&lt;/b&gt; &amp; %(n)s</p>" in page
+
+
 def test_a_decision_held_for_its_app_says_so_and_the_page_notices_when_it_goes_on(
     alice: Client, form: Form, reviewer: User
 ) -> None:
