@@ -20,8 +20,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.utils.text import format_lazy
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from inbox.dify.files import CATEGORY_EXTENSIONS, CUSTOM, category_for, extension_of, is_allowed
 from inbox.dify.types import (
@@ -490,6 +490,27 @@ def inputs_from_dify(form_obj: Form, inputs: Mapping[str, Any]) -> dict[str, Any
     return result
 
 
+class FileNames:
+    """Names for the file references Dify hands back (a file input's value, Dify's own file
+    object), as people read them: the name the file was uploaded here under, else Dify's file
+    name. `url=True` shows a web address a reviewer gave as it is; a file URL of Dify's is never
+    shown (it is signed: it opens the file). The uploads are read once, at the first file."""
+
+    def __init__(self, uploads: Any) -> None:
+        self._uploads = uploads
+        self._names: dict[str, str] | None = None
+
+    def __call__(self, item: Any, *, url: bool = False) -> str:
+        if not isinstance(item, Mapping):
+            return gettext("[file]")
+        if url and item.get("transfer_method") == "remote_url" and item.get("url"):
+            return str(item["url"])
+        if self._names is None:
+            self._names = dict(self._uploads.values_list("upload_file_id", "name"))
+        known = self._names.get(str(item.get("upload_file_id") or item.get("related_id") or ""))
+        return known or str(item.get("filename") or item.get("name") or gettext("[file]"))
+
+
 def answered_content(form_obj: Form, decision: Decision | None) -> str:
     """The form's content as answered: Dify's own record when a fill event brought it (its
     `rendered_content`); else the content with each input's place filled with what was sent,
@@ -509,18 +530,7 @@ def answered_content(form_obj: Form, decision: Decision | None) -> str:
     if not isinstance(values, Mapping) or not content:
         return ""
     kinds = {spec.name: spec.kind for spec in input_specs(form_obj.definition or {})}
-    names: dict[str, str] | None = None
-
-    def file_name(item: Any) -> str:
-        nonlocal names
-        if not isinstance(item, Mapping):
-            return "[file]"
-        if item.get("transfer_method") == "remote_url" and item.get("url"):
-            return str(item["url"])
-        if names is None:
-            names = dict(Upload.objects.filter(form=form_obj).values_list("upload_file_id", "name"))
-        known = names.get(str(item.get("upload_file_id") or item.get("related_id") or ""))
-        return known or str(item.get("filename") or item.get("name") or "[file]")
+    file_name = FileNames(Upload.objects.filter(form=form_obj))
 
     def fill(match: Any) -> str:
         name = match.group(1).strip()
@@ -528,9 +538,10 @@ def answered_content(form_obj: Form, decision: Decision | None) -> str:
         if value is None:
             return ""
         if kinds.get(name) == "file":
-            return file_name(value)
+            return file_name(value, url=True)
         if kinds.get(name) == "file-list":
-            return ", ".join(file_name(item) for item in value) if isinstance(value, list) else ""
+            items = value if isinstance(value, list) else []
+            return ", ".join(file_name(item, url=True) for item in items)
         return value if isinstance(value, str) else str(value)
 
     return PLACEHOLDER.sub(fill, content)

@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from inbox.dify.errors import DifyError, DifyStatusError
+from inbox.forms import FileNames
 from inbox.models import DifyApp, Form, Run, Upload
 from inbox.runs import (
     RunNotStoppable,
@@ -264,14 +265,7 @@ def output_items(run: Run) -> list[tuple[str, str]]:
     from inbox.templatetags.inbox_tags import as_text
 
     outputs = run.outputs if isinstance(run.outputs, dict) else {}
-    names: dict[str, str] | None = None
-
-    def file_name(item: dict[str, Any]) -> str:
-        nonlocal names
-        if names is None:
-            names = dict(Upload.objects.filter(form__run=run).values_list("upload_file_id", "name"))
-        known = names.get(str(item.get("upload_file_id") or item.get("related_id") or ""))
-        return known or str(item.get("filename") or item.get("name") or _("[file]"))
+    file_name = FileNames(Upload.objects.filter(form__run=run))
 
     items = []
     for key, value in outputs.items():
