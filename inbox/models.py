@@ -19,10 +19,11 @@ from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Lower, Now
 from django.urls import reverse
 from django.utils import formats, timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
 from inbox.crypto import EncryptedTextField
+from inbox.reasons import Reason, stored, translated
 
 if typing.TYPE_CHECKING:
     from inbox.dify.errors import DifyStatusError
@@ -511,13 +512,15 @@ def request_follow(run: Run | int) -> None:
 class FormNotOpen(Exception):
     """A decision was refused because the form is no longer open to one.
 
-    `message` is written for the reviewer ("Bob already decided this form at 14:02: Approve");
+    `message` is written for the reviewer in the active language ("Bob already decided this
+    form at 14:02: Approve"); `reason` is the same in English, as a decision stores it;
     `decision` is the decision that got there first, when there is one.
     """
 
-    def __init__(self, message: str, *, decision: Decision | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, reason: Reason, *, decision: Decision | None = None) -> None:
+        self.reason = reason
+        self.message = translated(reason, reason.parts())
+        super().__init__(self.message)
         self.decision = decision
 
     def __str__(self) -> str:
@@ -1257,11 +1260,15 @@ class Form(models.Model):
         if status == Form.Status.PENDING:
             if self.is_expired:
                 return FormNotOpen(
-                    gettext("This form expired at %(time)s.")
-                    % {"time": _when(self.expiration_time)}
+                    Reason(
+                        gettext_noop("This form expired at %(time)s."),
+                        time=_when(self.expiration_time),
+                    )
                 )
             if not self.is_answerable:
-                return FormNotOpen(gettext("This form cannot be answered from the inbox."))
+                return FormNotOpen(
+                    Reason(gettext_noop("This form cannot be answered from the inbox."))
+                )
             return None
         winner = (
             self.decisions.select_related("reviewer")
@@ -1271,39 +1278,43 @@ class Form(models.Model):
         )
         if status in (Form.Status.SUBMITTING, Form.Status.SUBMITTED) and winner is not None:
             return FormNotOpen(
-                gettext("%(who)s already decided this form at %(time)s: %(action)s")
-                % {
-                    "who": winner.decider_label or gettext("Someone"),
-                    "time": _when(winner.created_at),
-                    "action": self.action_title(winner.action_id),
-                },
+                Reason(
+                    gettext_noop("%(who)s already decided this form at %(time)s: %(action)s"),
+                    who=winner.decider_label or gettext("Someone"),
+                    time=_when(winner.created_at),
+                    action=self.action_title(winner.action_id),
+                ),
                 decision=winner,
             )
         if status == Form.Status.EXPIRED:
             when = self.expiration_time or self.updated_at
-            return FormNotOpen(gettext("This form expired at %(time)s.") % {"time": _when(when)})
+            return FormNotOpen(
+                Reason(gettext_noop("This form expired at %(time)s."), time=_when(when))
+            )
         if status == Form.Status.FAILED and winner is not None:
             return FormNotOpen(
-                gettext(
-                    "%(who)s's decision (%(action)s) could not be delivered to Dify; "
-                    "an administrator can retry it."
-                )
-                % {
-                    "who": winner.decider_label or gettext("Someone"),
-                    "action": self.action_title(winner.action_id),
-                },
+                Reason(
+                    gettext_noop(
+                        "%(who)s's decision (%(action)s) could not be delivered to Dify; "
+                        "an administrator can retry it."
+                    ),
+                    who=winner.decider_label or gettext("Someone"),
+                    action=self.action_title(winner.action_id),
+                ),
                 decision=winner,
             )
         if status == Form.Status.NOT_ANSWERABLE:
-            return FormNotOpen(gettext("This form cannot be answered from the inbox."))
+            return FormNotOpen(Reason(gettext_noop("This form cannot be answered from the inbox.")))
         if status == Form.Status.SUBMITTING:
-            return FormNotOpen(gettext("Someone else decided this form first."))
+            return FormNotOpen(Reason(gettext_noop("Someone else decided this form first.")))
         if self.filled_action_id:
             return FormNotOpen(
-                gettext("This form was answered in Dify: %(action)s")
-                % {"action": self.action_title(self.filled_action_id)}
+                Reason(
+                    gettext_noop("This form was answered in Dify: %(action)s"),
+                    action=self.action_title(self.filled_action_id),
+                )
             )
-        return FormNotOpen(gettext("This form was answered in Dify."))
+        return FormNotOpen(Reason(gettext_noop("This form was answered in Dify.")))
 
 
 # Run columns a delivery never reads (deferred when a decision is locked with its run).
@@ -1347,7 +1358,11 @@ class Decision(models.Model):
     inputs = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)
+    # Why the last attempt failed or the decision was refused, in English (administrators, the
+    # audit trail and the API read it so); `last_error_parts` keeps the message it was made from
+    # and its values, for a page in the reviewer's language (`last_error_text`).
     last_error = models.TextField(blank=True)
+    last_error_parts = models.JSONField(default=dict, blank=True)
     # The page's one-time key: a double click or a browser resubmit finds the same decision.
     submission_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -1390,6 +1405,11 @@ class Decision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action_id} on {self.form_id} ({self.status})"
+
+    @property
+    def last_error_text(self) -> str:
+        """`last_error` in the active language, as a reviewer's page shows it."""
+        return translated(self.last_error, self.last_error_parts)
 
     @property
     def decider_label(self) -> str:
@@ -1581,7 +1601,9 @@ class Decision(models.Model):
                     form,
                     status=cls.Status.REJECTED,
                     form_status=Form.Status.EXPIRED,
-                    reason=gettext("The form expired before the decision could be delivered."),
+                    reason=Reason(
+                        gettext_noop("The form expired before the decision could be delivered.")
+                    ),
                     verb="decision_rejected",
                 )
         request_follow(form.run)
@@ -1608,7 +1630,9 @@ class Decision(models.Model):
             form,
             status=self.Status.REJECTED,
             form_status=form.status,
-            reason=refusal.message if refusal else gettext("The form is no longer open."),
+            reason=refusal.reason
+            if refusal
+            else Reason(gettext_noop("The form is no longer open.")),
             verb="decision_rejected",
         )
 
@@ -1630,9 +1654,11 @@ class Decision(models.Model):
         row and the audit entries, so a batch can write them together."""
         now = timezone.now()
         self.status = status
-        self.last_error = redact_secret(reason, form.form_token) if reason else ""
+        self.last_error, self.last_error_parts = stored(
+            reason, lambda text: redact_secret(text, form.form_token)
+        )
         self.next_attempt_at = None
-        fields = ["status", "last_error", "next_attempt_at", "updated_at"]
+        fields = ["status", "last_error", "last_error_parts", "next_attempt_at", "updated_at"]
         if self.held_for_app:
             # Settled while it waited for its app (answered in Dify, the run stopped).
             self.held_for_app = False
@@ -1722,6 +1748,7 @@ class Decision(models.Model):
             Decision.objects.filter(pk__in=pks).update(
                 status=first.status,
                 last_error="",
+                last_error_parts={},
                 next_attempt_at=None,
                 delivered_at=first.delivered_at,
                 updated_at=first.updated_at,
@@ -1825,12 +1852,21 @@ class Decision(models.Model):
         if decision.status != cls.Status.DELIVERING:
             return None
         decision.status = cls.Status.QUEUED
-        decision.last_error = redact_secret(error, form.form_token)
+        decision.last_error, decision.last_error_parts = stored(
+            error, lambda text: redact_secret(text, form.form_token)
+        )
         decision.maybe_applied = decision.maybe_applied or ambiguous
         for name, value in fields.items():
             setattr(decision, name, value)
         decision.save(
-            update_fields=["status", "last_error", "maybe_applied", *fields, "updated_at"]
+            update_fields=[
+                "status",
+                "last_error",
+                "last_error_parts",
+                "maybe_applied",
+                *fields,
+                "updated_at",
+            ]
         )
         return decision
 
@@ -1933,13 +1969,16 @@ class Decision(models.Model):
             decision.status = cls.Status.QUEUED
             decision.maybe_applied = True
             decision.next_attempt_at = database_now()
-            decision.last_error = gettext("The delivery was interrupted; trying again.")
+            decision.last_error, decision.last_error_parts = stored(
+                Reason(gettext_noop("The delivery was interrupted; trying again."))
+            )
             decision.save(
                 update_fields=[
                     "status",
                     "maybe_applied",
                     "next_attempt_at",
                     "last_error",
+                    "last_error_parts",
                     "updated_at",
                 ]
             )

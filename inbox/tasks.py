@@ -26,7 +26,7 @@ from django.db import connection, connections, transaction
 from django.db.models import Count, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext_noop
 
 from inbox.dify.client import DifyClient, EventStream
 from inbox.dify.errors import (
@@ -53,6 +53,7 @@ from inbox.models import (
     request_follow,
     request_follow_many,
 )
+from inbox.reasons import Reason
 
 logger = logging.getLogger(__name__)
 
@@ -439,7 +440,7 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
             decision.pk,
             status=Decision.Status.REJECTED,
             form_status=Form.Status.PENDING,
-            reason=exc.message or gettext("Dify did not accept the values."),
+            reason=exc.message or Reason(gettext_noop("Dify did not accept the values.")),
             verb="decision_rejected",
             code=exc.code,
         )
@@ -451,7 +452,7 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
             decision.pk,
             status=Decision.Status.REJECTED,
             form_status=Form.Status.EXPIRED,
-            reason=gettext("The form expired in Dify before the decision arrived."),
+            reason=Reason(gettext_noop("The form expired in Dify before the decision arrived.")),
             verb="decision_rejected",
             code=exc.code,
         )
@@ -460,9 +461,11 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
     if isinstance(exc, NotFound):
         _fail(
             decision,
-            gettext(
-                "Dify does not know this form (404): the app's key changed or the form "
-                "belongs to another app."
+            Reason(
+                gettext_noop(
+                    "Dify does not know this form (404): the app's key changed or the form "
+                    "belongs to another app."
+                )
             ),
             code=exc.code,
         )
@@ -510,12 +513,13 @@ def _hold_for_app(decision: Decision, exc: DifyStatusError) -> str:
     return "held"
 
 
-def _refused_reason(exc: DifyStatusError) -> str:
-    return gettext("Dify refused the decision (%(status)s %(code)s): %(message)s") % {
-        "status": exc.status,
-        "code": exc.code,
-        "message": exc.message,
-    }
+def _refused_reason(exc: DifyStatusError) -> Reason:
+    return Reason(
+        gettext_noop("Dify refused the decision (%(status)s %(code)s): %(message)s"),
+        status=exc.status,
+        code=exc.code,
+        message=exc.message,
+    )
 
 
 def _fail(decision: Decision, reason: str, **details: Any) -> None:
@@ -547,8 +551,13 @@ def _retry_or_fail(
             Decision.objects.filter(pk=decision.pk).update(maybe_applied=True)
         _fail(
             decision,
-            gettext("Dify could not be reached after %(n)d attempts. Last error: %(error)s")
-            % {"n": decision.attempts, "error": text},
+            Reason(
+                gettext_noop(
+                    "Dify could not be reached after %(n)d attempts. Last error: %(error)s"
+                ),
+                n=decision.attempts,
+                error=text,
+            ),
             error=text,
         )
         return "failed"
@@ -675,11 +684,16 @@ def _answered_elsewhere(decision: Decision, filled: dict[str, str] | None) -> st
     form = Form.objects.get(pk=decision.form_id)
     if filled is not None and filled["filled_action_id"]:
         title = filled["filled_action_text"] or form.action_title(filled["filled_action_id"])
-        reason = gettext(
-            "This form was answered in Dify before this decision arrived: %(action)s."
-        ) % {"action": title}
+        reason = Reason(
+            gettext_noop(
+                "This form was answered in Dify before this decision arrived: %(action)s."
+            ),
+            action=title,
+        )
     else:
-        reason = gettext("This form was answered in Dify before this decision arrived.")
+        reason = Reason(
+            gettext_noop("This form was answered in Dify before this decision arrived.")
+        )
     Decision.finish(
         decision.pk,
         status=Decision.Status.REJECTED,
@@ -904,7 +918,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             pk=run.pk, status=Run.Status.STARTING, workflow_run_id=""
         ).update(
             status=Run.Status.FAILED,
-            error=gettext("The run did not start: Dify never gave it a run id."),
+            error=gettext_noop("The run did not start: Dify never gave it a run id."),
             follow_wanted=False,
             finished_at=now,
         )

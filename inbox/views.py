@@ -777,7 +777,7 @@ def form_context(
         if state == "open" and decision is not None and decision.status == Decision.Status.REJECTED:
             # Dify refused the last decision: show why, with the values the reviewer gave.
             initial = inputs_from_dify(form, decision.inputs)
-            rejection = decision.last_error or _("Dify did not accept the decision.")
+            rejection = decision.last_error_text or _("Dify did not accept the decision.")
         elif state == "open":
             # Files this reviewer already sent to Dify are kept across reloads.
             initial = _kept_uploads(form, decider)

@@ -56,3 +56,33 @@ def test_the_compiled_catalogue_matches_the_source(tmp_path: Path) -> None:
         ).stdout
 
     assert dump(ROOT / MO) == dump(fresh), "run `python manage.py compilemessages`"
+
+
+def test_a_reason_is_stored_in_english_and_read_in_the_active_language() -> None:
+    from django.utils import translation
+
+    from inbox.reasons import Reason, stored, translated
+
+    reason = Reason(
+        "Dify refused the decision (%(status)s %(code)s): %(message)s",
+        status=403,
+        code="forbidden",
+        message="token tok-123 is not allowed",
+    )
+    text, parts = stored(reason, lambda t: t.replace("tok-123", "***"))
+    assert text == "Dify refused the decision (403 forbidden): token *** is not allowed"
+    assert "tok-123" not in str(parts)
+    with translation.override("zh-hans"):
+        assert translated(text, parts) == (
+            "Dify 拒绝了该决定（403 forbidden）：token *** is not allowed"  # noqa: RUF001
+        )
+        # A row written before parts were kept: its fixed reason is looked up as it is; words
+        # the catalogue does not know (Dify's) read as written.
+        assert translated("The form is no longer open.", {}) == "此表单已不再开放。"
+        assert translated("Missing required inputs: note", {}) == "Missing required inputs: note"
+        # Parts out of step with the catalogue's message still give the English text.
+        assert translated(text, {"message": parts["message"], "values": {"n": 1}}) == text
+    with translation.override("en"):
+        assert translated(text, parts) == text
+    # A plain text (Dify's words) is kept with no parts.
+    assert stored("Missing required inputs: note") == ("Missing required inputs: note", {})

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.db.models import Q
+from django.test import Client
 from django.utils import timezone
 
 from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
@@ -61,7 +62,7 @@ def _no_secret_anywhere(form: Form) -> None:
     for entry in AuditEntry.objects.all():
         assert token not in str(entry.details) and token not in entry.object_repr
     for decision in Decision.objects.all():
-        assert token not in decision.last_error
+        assert token not in decision.last_error and token not in str(decision.last_error_parts)
 
 
 def _retry(decision: Decision, callbacks: Callable[..., Any]) -> str:
@@ -522,3 +523,54 @@ def test_a_refused_key_marks_the_app_and_the_next_delivery_dify_accepts_clears_i
     # And the decision kept while the app was refused is due again.
     held.refresh_from_db()
     assert held.status == "queued" and not held.held_for_app and held.next_attempt_at
+
+
+def test_the_worker_s_reasons_are_kept_in_english_and_read_in_the_reviewer_s_language(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    admin_user: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    """A reason with values in it (the attempts, Dify's status and words) is written by the
+    worker in English, for the admin, the audit trail and the API; a reviewer reading Chinese
+    reads the sentence in Chinese around the same values, Dify's words as Dify said them."""
+    dify.on(
+        "POST",
+        SUBMIT,
+        error(401, "unauthorized", "Access token is invalid"),
+        error(500, "internal_server_error", "boom"),
+        error(500, "internal_server_error", "boom"),
+    )
+    form = make_form(app)
+    decision = decide(form)
+    assert deliver_decision(decision.pk) == "held"
+    decision.refresh_from_db()
+    assert decision.last_error == (
+        "Dify refused the decision (401 unauthorized): Access token is invalid"
+    )
+    client = Client()
+    client.force_login(admin_user)
+
+    def page() -> str:
+        return client.get(
+            f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans"
+        ).content.decode()
+
+    assert "Dify 拒绝了该决定（401 unauthorized）：Access token is invalid" in page()  # noqa: RUF001
+    # The app is accepted again: the decision goes on, and runs out of its three attempts.
+    Decision.release_held([app.pk])
+    for expected in ("retry", "failed"):
+        assert _retry(decision, django_capture_on_commit_callbacks) == expected
+    decision.refresh_from_db()
+    english = (
+        "Dify could not be reached after 3 attempts. Last error: 500 internal_server_error: boom"
+    )
+    assert decision.last_error == english
+    assert AuditEntry.objects.filter(verb="decision_failed").get().details["reason"] == english
+    chinese = page()
+    assert "尝试 3 次后仍无法连接 Dify。最后一次错误：500 internal_server_error: boom" in chinese  # noqa: RUF001
+    assert "Dify could not be reached" not in chinese
+    assert english in client.get(f"/forms/{form.public_id}/").content.decode()
+    # A token in a value is kept out of the stored values as out of the text.
+    assert form.form_token not in str(decision.last_error_parts)

@@ -1,0 +1,70 @@
+"""Reasons written for people: stored in English, read in the reader's language.
+
+A worker settles a decision in the site's language, while the reviewer who reads why may read
+Chinese. So a reason is kept twice over: its English text (what administrators, logs, the audit
+trail and the API see) and the message it was made from with its values, from which a page
+writes it again in the reader's language. The values are shown as they are: Dify's words, an
+action's title and an error's text are not ours to translate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.utils.translation import gettext
+
+
+class Reason(str):
+    """A reason's English text that remembers its message and values.
+
+    `Reason(gettext_noop("... %(n)d ..."), n=3)` reads as the English sentence wherever a string
+    is expected; `parts` is what a row stores beside it for `translated`.
+    """
+
+    message: str
+    values: dict[str, Any]
+
+    def __new__(cls, message: str, /, **values: Any) -> Reason:
+        self = super().__new__(cls, message % values if values else message)
+        self.message = message
+        self.values = values
+        return self
+
+    def parts(self, redact: Callable[[str], str] = str) -> dict[str, Any]:
+        """The message and its values as JSON, each text value passed through `redact` (a
+        form's token never reaches a stored message, nor a value in one)."""
+        return {
+            "message": self.message,
+            "values": {
+                name: redact(value) if isinstance(value, str) else value
+                for name, value in self.values.items()
+            },
+        }
+
+
+def stored(reason: str, redact: Callable[[str], str] = str) -> tuple[str, dict[str, Any]]:
+    """What a row keeps of `reason`: its English text and, for a `Reason`, its parts (empty for
+    a plain text, which is shown as it was written: Dify's own words, an error's text)."""
+    if not reason:
+        return "", {}
+    if isinstance(reason, Reason):
+        return redact(str(reason)), reason.parts(redact)
+    return redact(reason), {}
+
+
+def translated(text: str, parts: Mapping[str, Any] | None) -> str:
+    """`text` in the active language: its message translated and its values put back in. A text
+    stored without parts is looked up in the catalogue as it is (the fixed reasons of rows
+    written before parts were kept); one the catalogue does not know reads as written."""
+    if not text:
+        return ""
+    message = (parts or {}).get("message")
+    if not message:
+        return gettext(text)
+    values = (parts or {}).get("values") or {}
+    try:
+        return gettext(message) % values if values else gettext(message)
+    except (KeyError, TypeError, ValueError):
+        # A catalogue entry out of step with its values: the English text is still right.
+        return text
