@@ -31,15 +31,39 @@ from inbox.dify.types import ErrorEvent, StreamEvent, parse_event
 logger = logging.getLogger(__name__)
 
 
+# What each httpx failure means, for the administrator who reads it in a decision's last error
+# or the admin's messages (httpx's own text is not kept: see `transport_error`).
+_TRANSPORT_WORDS = {
+    "ConnectError": "could not connect: refused, unreachable or an unknown host",
+    "ConnectTimeout": "timed out connecting",
+    "ReadTimeout": "timed out waiting for the answer",
+    "WriteTimeout": "timed out sending the request",
+    "PoolTimeout": "timed out waiting for a free connection",
+    "ReadError": "the connection broke while reading the answer",
+    "WriteError": "the connection broke while sending the request",
+    "RemoteProtocolError": "the server closed the connection or answered out of protocol",
+    "LocalProtocolError": "the request could not be sent as HTTP",
+    "ProxyError": "the proxy refused the request",
+    "UnsupportedProtocol": "the URL is not http or https",
+}
+
+
+def transport_words(name: str) -> str:
+    """`name` (an httpx failure's class name) in words, with the name kept for searching."""
+    words = _TRANSPORT_WORDS.get(name)
+    return f"{words} ({name})" if words else name
+
+
 def transport_error(exc: httpx.HTTPError, what: str) -> DifyError:
     """Our error for an httpx failure. httpx messages and requests carry the URL, which may hold
-    a form token, so only the class name and our own (already redacted) description survive."""
+    a form token, so only the class name (in words) and our own (already redacted) description
+    survive."""
     name = type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
-        return DifyTimeout(f"{what}: timed out ({name})", error_type=name)
+        return DifyTimeout(f"{what}: {transport_words(name)}", error_type=name)
     if isinstance(exc, httpx.TransportError):
-        return DifyConnectionError(f"{what}: {name}", error_type=name)
-    return DifyProtocolError(f"{what}: {name}")
+        return DifyConnectionError(f"{what}: {transport_words(name)}", error_type=name)
+    return DifyProtocolError(f"{what}: {transport_words(name)}")
 
 
 class _StreamState:
@@ -217,7 +241,9 @@ class EventStream(_StreamBase):
             raise transport_error(exc, self._what) from None
         except httpx.StreamError as exc:
             name = type(exc).__name__
-            raise DifyConnectionError(f"{self._what}: {name}", error_type=name) from None
+            raise DifyConnectionError(
+                f"{self._what}: {transport_words(name)}", error_type=name
+            ) from None
         finally:
             self.close()
 
@@ -304,6 +330,8 @@ class AsyncEventStream(_StreamBase):
             raise transport_error(exc, self._what) from None
         except httpx.StreamError as exc:
             name = type(exc).__name__
-            raise DifyConnectionError(f"{self._what}: {name}", error_type=name) from None
+            raise DifyConnectionError(
+                f"{self._what}: {transport_words(name)}", error_type=name
+            ) from None
         finally:
             await self.close()

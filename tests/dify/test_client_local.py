@@ -47,6 +47,11 @@ def test_connect_refused_is_retried_for_idempotent_calls_only() -> None:
     # Nothing left this process: a caller may safely try a submit again.
     assert caught.value.error_type == "ConnectError"
     assert not caught.value.request_sent
+    # Said in words an administrator reads, the class name kept for searching.
+    assert str(caught.value) == (
+        "GET /form/human_input/***: could not connect: refused, unreachable or an unknown host "
+        "(ConnectError)"
+    )
     # httpx's exception (which carries the URL) is not chained to ours.
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None or caught.value.__suppress_context__
