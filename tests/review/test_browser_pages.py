@@ -201,6 +201,39 @@ def test_a_decision_the_proxy_answers_with_a_502_is_explained_and_the_note_kept(
     assert page.csp_violations == []
 
 
+def test_a_note_refused_because_someone_decided_first_stays_while_the_page_follows_the_form(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill("Refund only half: the box was opened.")
+    with page.expect_response(lambda response: "/live" in response.url):
+        pass
+    # Bob decides first, from his own page (his decision queued, on its way to Dify).
+    decision = Decision.objects.create(form=form, action_id="reject", reviewer=other_reviewer)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+    with page.expect_response(lambda response: response.url.endswith("/decide")) as answer:
+        page.get_by_role("button", name="Approve").click()
+    assert answer.value.status == 200  # htmx swaps only 2xx; the refusal is in the page
+    kept = page.locator(".kept-text textarea")
+    assert kept.input_value() == "Refund only half: the box was opened."
+    # Bob's decision reaches Dify: the page's poll redraws the form as submitted, and what
+    # the reviewer typed is still there to copy.
+    Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED)
+    page.wait_for_selector(".state-submitted", timeout=15000)
+    assert kept.input_value() == "Refund only half: the box was opened."
+    assert page.locator(".kept-text").is_visible()
+    screenshot(page, "form-note-kept-after-redraw")
+    assert page.js_errors == [] and page.csp_violations == []
+
+
 def test_the_run_panel_follows_the_run(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
