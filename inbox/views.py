@@ -637,6 +637,16 @@ class Decider:
         return self.guest_email
 
 
+def _presence(form: Form, decider: Decider) -> dict[str, Any]:
+    """Who else has the form open. A reviewer sees their names; a guest (someone outside, asked
+    by email) is told only how many others there are: neither the reviewers' names nor the
+    other recipients' addresses are theirs to see."""
+    others = presence.touch(form.pk, decider.key, decider.label)
+    if decider.reviewer is None:
+        return {"others": [""] * len(others), "others_named": False}
+    return {"others": others, "others_named": True}
+
+
 def page_state(form: Form) -> str:
     """What the page shows: `open` (answerable here) or one of the closed states."""
     if form.status == Form.Status.PENDING:
@@ -815,7 +825,7 @@ def form_context(
         # A new key per page: a second click or a browser resubmit of this page finds the
         # decision the first one made instead of making another.
         "submission_key": uuid.uuid4().hex,
-        "others": presence.touch(form.pk, decider.key, decider.label),
+        **_presence(form, decider),
         **run_context(form, decider),
     }
 
@@ -1006,7 +1016,7 @@ def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> Htt
         "base": decider.base_url,
         "state": state,
         "live_key": live_key,
-        "others": presence.touch(form.pk, decider.key, decider.label),
+        **_presence(form, decider),
     }
     parts = [render(request, "inbox/form.html#live", context).content.decode()]
     changed_state = request.GET.get("state", "") != live_key

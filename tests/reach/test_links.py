@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from inbox import notify
 from inbox.models import AuditEntry, Decision, DifyApp, Form, FormRecipient, Route
-from tests.reach.conftest import GUEST
+from tests.reach.conftest import GUEST, GUEST_ZH
 from tests.reach.factories import make_form, route
 
 FORM_TEXT = "Refund"  # in the form's content: a page that shows it leaked the form
@@ -330,3 +330,26 @@ def test_the_run_panel_offers_a_guest_nothing_beyond_the_form_and_a_reviewer_onl
     assert f"/forms/{bobs.public_id}/" not in page and "Legal sign-off" not in page
     assert f'href="/runs/{run.public_id}/"' in page
     assert "credit 87" in page and "Credit check" in page and "Started by" in page
+
+
+def test_a_guest_is_told_how_many_others_have_the_form_open_but_not_who(
+    guest_link: str, routed_form: Form, reviewer: User
+) -> None:
+    zh_link = notify.link_path(notify.link_token(routed_form.recipients.get(email=GUEST_ZH)))
+    reviewers = Client()
+    reviewers.force_login(reviewer)
+    reviewers.get(f"/forms/{routed_form.public_id}/")
+    Client().get(zh_link)
+    guest = Client()
+    page = guest.get(guest_link).content.decode()
+    assert "2 others have this form open too." in page
+    # Neither the reviewer's name nor the other recipient's address is the guest's to see.
+    assert GUEST_ZH not in page and "alice" not in page.lower()
+    # A reviewer, inside, sees who they are.
+    page = reviewers.get(f"/forms/{routed_form.public_id}/").content.decode()
+    assert GUEST in page and GUEST_ZH in page and "are reviewing this too." in page
+    # Once the form is decided, nobody is told who else looks at it.
+    decide(guest, guest_link)
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
+    page = reviewers.get(f"/forms/{routed_form.public_id}/").content.decode()
+    assert "reviewing this too" not in page
