@@ -538,25 +538,44 @@ def _when(value: Any) -> str:
 # --- routing: who is asked about a form ---
 
 _OFFSET_UNITS = {"d": 86400, "h": 3600, "m": 60}
+# A reminder is sent that long before expiry (or, for a form that never expires, after the first
+# email) at most: a larger one would only be a typo, and a date out of any calendar.
+MAX_OFFSET_SECONDS = 366 * 86400
+
+
+class OffsetTooLong(ValueError):
+    """A part of a reminder schedule longer than `MAX_OFFSET_SECONDS`."""
 
 
 def parse_offsets(text: str) -> list[int]:
-    """`"24h,1h"` as seconds before expiry, largest first. Raises ValueError on a bad part."""
+    """`"24h,1h"` as seconds before expiry, largest first. Raises ValueError on a bad part
+    (`OffsetTooLong` for one over a year)."""
     offsets: set[int] = set()
     for part in (text or "").replace(" ", "").split(","):
         if not part:
             continue
         unit = part[-1].lower()
         number = part[:-1]
-        if unit not in _OFFSET_UNITS or not number.isdigit() or int(number) <= 0:
+        # ASCII digits only: "²".isdigit() is true, and int() refuses it.
+        if unit not in _OFFSET_UNITS or not (number.isascii() and number.isdigit()):
             raise ValueError(part)
-        offsets.add(int(number) * _OFFSET_UNITS[unit])
+        seconds = int(number) * _OFFSET_UNITS[unit]
+        if seconds <= 0:
+            raise ValueError(part)
+        if seconds > MAX_OFFSET_SECONDS:
+            raise OffsetTooLong(part)
+        offsets.add(seconds)
     return sorted(offsets, reverse=True)
 
 
 def validate_offsets(text: str) -> None:
     try:
         parse_offsets(text)
+    except OffsetTooLong as exc:
+        raise ValidationError(
+            _("“%(part)s” is more than a year; reminders are at most 366d before expiry.")
+            % {"part": exc.args[0]}
+        ) from None
     except ValueError as exc:
         raise ValidationError(
             _("“%(part)s” is not a time before expiry; write e.g. 2d, 24h or 30m, comma-separated.")

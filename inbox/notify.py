@@ -240,15 +240,29 @@ def reminder_time(offset: int, expires: dt.datetime | None, sent_at: dt.datetime
     return expires - dt.timedelta(seconds=offset)
 
 
+# A reminder due within this fraction of its offset after the first email is left out: the
+# email just said how much time was left ("expires in 1 day"), and saying it again minutes
+# later ("expires in 23 hours") is noise. A 24h reminder goes if the first email is 2.4h old by then.
+FIRST_EMAIL_COVERS = 0.1
+
+
+def covered_by_first_email(offset: int, expires: dt.datetime | None, sent_at: dt.datetime) -> bool:
+    """Whether the reminder of `offset` comes so soon after the first email (or before it) that
+    the first email said it already."""
+    return reminder_time(offset, expires, sent_at) < sent_at + dt.timedelta(
+        seconds=offset * FIRST_EMAIL_COVERS
+    )
+
+
 def next_reminder(
     offsets: list[int], expires: dt.datetime | None, sent_at: dt.datetime, done: list[int]
 ) -> dt.datetime | None:
-    """When the next reminder is due: the earliest offset time still ahead of the first email
+    """When the next reminder is due: the earliest offset time the first email did not cover
     and not yet done. None when there is none."""
     times = [
-        when
+        reminder_time(o, expires, sent_at)
         for o in offsets
-        if o not in done and (when := reminder_time(o, expires, sent_at)) > sent_at
+        if o not in done and not covered_by_first_email(o, expires, sent_at)
     ]
     return min(times) if times else None
 
@@ -263,14 +277,14 @@ def due_reminder(
     """The reminder to send now (an offset in seconds, or None) and every offset it settles.
 
     After a pause (worker down) several offsets may be due at once: only the latest of them
-    goes out (the most urgent, for a form that expires). An offset whose time had come before
-    the first email was sent is settled silently, since that email already said how much time
-    was left.
+    goes out (the most urgent, for a form that expires). An offset the first email covered
+    (`covered_by_first_email`) is settled silently, since that email already said how much
+    time was left.
     """
     if expires is not None and now >= expires:
         return None, []
     due = [o for o in offsets if o not in done and now >= reminder_time(o, expires, sent_at)]
-    fresh = [o for o in due if reminder_time(o, expires, sent_at) > sent_at]
+    fresh = [o for o in due if not covered_by_first_email(o, expires, sent_at)]
     if not fresh:
         return None, due
     return max(fresh, key=lambda o: reminder_time(o, expires, sent_at)), due
@@ -313,13 +327,8 @@ def _send_request(recipient: FormRecipient, now: dt.datetime) -> int:
         return 0
     form = recipient.form
     offsets = list(form.reminder_offsets or [])
-    # Offsets already inside the time left were covered by this email.
-    passed = [
-        o
-        for o in offsets
-        if form.expiration_time is not None
-        and form.expiration_time - dt.timedelta(seconds=o) <= now
-    ]
+    # Offsets already inside the time left, or about to be, were covered by this email.
+    passed = [o for o in offsets if covered_by_first_email(o, form.expiration_time, now)]
     FormRecipient.objects.filter(pk=recipient.pk).update(
         last_error="",
         reminders_sent=passed,

@@ -123,6 +123,46 @@ def test_a_short_form_gets_only_the_last_hour_reminder(
     assert sweep(T0 + 4.5 * H)["reminders"] == 0
 
 
+def test_a_reminder_due_moments_after_the_first_email_is_not_sent(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    """A one-day form with a 24h reminder, captured seconds after Dify opened it: the first
+    email said "expires in 1 day"; a reminder saying "23 hours" 20 seconds later is noise."""
+    form = captured(reach_app, hours_left=24 + 20 / 3600)
+    recipient = FormRecipient.objects.get(form=form, email=GUEST)
+    assert recipient.reminders_sent == [86400]
+    assert recipient.next_reminder_at == T0 + 23 * H + dt.timedelta(seconds=20)
+    assert sweep(T0 + dt.timedelta(seconds=30))["reminders"] == 0
+    assert sweep(T0 + 23.5 * H)["reminders"] == 2  # the last hour's
+    # One long enough after it is sent: a day's reminder for a form with a day and 3h left.
+    late = captured(reach_app, hours_left=27)
+    assert FormRecipient.objects.get(form=late, email=GUEST).reminders_sent == []
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("1000000d", "“1000000d” is more than a year; reminders are at most 366d before expiry."),
+        ("24h,²h", "“²h” is not a time before expiry; write e.g. 2d, 24h or 30m, comma-separated."),
+    ],
+)
+def test_a_reminder_schedule_out_of_any_calendar_is_refused_and_never_breaks_the_sweep(
+    reach_route: Route, reach_app: DifyApp, text: str, error: str
+) -> None:
+    from django.core.exceptions import ValidationError
+
+    from inbox.models import validate_offsets
+
+    with pytest.raises(ValidationError) as refused:
+        validate_offsets(text)
+    assert refused.value.messages == [error]
+    validate_offsets("366d,1h")
+    # A route saved before the check (or behind the admin's back) sends its emails, unreminded.
+    Route.objects.filter(pk=reach_route.pk).update(reminders=text)
+    captured(reach_app, hours_left=48)
+    assert sweep(T0 + 47 * H) == {"requests": 0, "reminders": 0, "notices": 0}
+
+
 def test_no_reminder_once_someone_decided(reach_route: Route, reach_app: DifyApp) -> None:
     form = captured(reach_app, hours_left=48)
     form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
