@@ -444,6 +444,8 @@ def ingest_run(
         ) from None
     except DifyError as exc:
         raise _unreachable(exc) from None
+    if not form_token:
+        _check_events_user(client, app, workflow_run_id, dify_user)
     # A form settled already has nothing to capture; the run is still followed.
     definition = _ingested_form(client, app, form_token) if form_token else None
     from django.db import IntegrityError
@@ -470,6 +472,32 @@ def ingest_run(
     run.request_follow(snapshot=True)
     run.refresh_from_db()
     return run, True
+
+
+def _check_events_user(client: DifyClient, app: DifyApp, workflow_run_id: str, user: str) -> None:
+    """Whether Dify shows the run's events to `user`, the only way an ingest without a token
+    reaches its forms: Dify answers 404 for anyone but the end user that started the run
+    (CONTRACT 6.1). Such a run, recorded, would wait for forms it can never learn of, under a
+    user it can never change, so it is refused here. The stream opened (no snapshot: nothing is
+    replayed) is closed at once. A run started in the WebApp or the console has no API end user
+    at all: its forms come in by their tokens."""
+    from inbox.dify.errors import NotFound
+
+    try:
+        with client.stream_events(workflow_run_id, user=user):
+            pass
+    except NotFound:
+        raise IngestRefused(
+            gettext(
+                "Dify does not show this run's events to the user %(user)s: give the user that "
+                "started the run. A run started in Dify's WebApp or console has no such user; "
+                "ingest it with the token of its pending form."
+            )
+            % {"user": user},
+            code="user_mismatch",
+        ) from None
+    except DifyError as exc:
+        raise _unreachable(exc) from None
 
 
 def _ingested_again(run: Run, dify_user: str, form_token: str, actor: Any) -> Run:

@@ -54,6 +54,24 @@ def test_ingest_without_a_token_recovers_the_form_from_a_snapshot(
     assert run.dify_user == "crm-7"
 
 
+def test_ingest_without_a_token_under_another_user_is_refused_and_records_nothing(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    """Dify shows a run's events only to its creator: recorded under another user, the run
+    would wait for forms it can never learn of, under a user nobody can change."""
+    sim_app("refund-approval")
+    started = simulator.start_run("refund-approval", user="crm-7")
+    response = ingest(client, reviewer, workflow_run_id=started.workflow_run_id, user="crm-8")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "user_mismatch"
+    assert "Dify does not show this run's events to the user crm-8" in error["message"]
+    assert not Run.objects.exists() and not AuditEntry.objects.filter(verb="run_ingested")
+    # With the right user it is recorded.
+    response = ingest(client, reviewer, workflow_run_id=started.workflow_run_id, user="crm-7")
+    assert response.status_code == 201
+
+
 def test_ingest_with_a_token_captures_the_form_at_once_and_the_snapshot_completes_it(
     client: Client,
     simulator: Any,
