@@ -115,6 +115,7 @@ def _sweep_expired_forms(batch_size: int) -> int:
             "pk", flat=True
         )[:batch_size]
     )
+    runs: set[int] = set()
     for pk in ids:
         with transaction.atomic():
             form = (
@@ -128,8 +129,14 @@ def _sweep_expired_forms(batch_size: int) -> int:
             form.save(update_fields=["status", "updated_at"])
             AuditEntry.record("expired", form, reason="expiration_time passed")
             expired += 1
+            runs.add(form.run_id)
     if expired:
         logger.info("sweep_expired_forms: %d form(s) expired", expired)
+        # Dify takes the node's timeout branch now (or within its own sweep): the run's next
+        # pause, an escalation say, is read as it comes, not at the reconcile's next look. With
+        # no form of ours waiting at the replayed pause, the follower keeps the stream open for
+        # Dify's timeout (`stale_pause_seconds`).
+        request_follow_many(runs)
     return expired
 
 

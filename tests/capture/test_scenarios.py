@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.test import override_settings
 from django.utils import timezone
 
-from inbox.models import AuditEntry, Form, RunEvent
+from inbox.models import AuditEntry, Form, Run, RunEvent
 from inbox.tasks import deliver_decision, reconcile_runs, sweep_expired_forms
 from tests.capture.conftest import (
     FollowerThread,
@@ -217,18 +217,37 @@ def test_a_form_that_times_out_takes_the_timeout_branch(
     (form,) = pending(run)
     no_stream_left(run)
     # The node's timeout passes, in Dify and here: the run takes the timeout branch in Dify,
-    # the expiry sweep closes the form here, and the reconcile finds the run moved on.
+    # the expiry sweep closes the form here and has the run followed to its next pause.
     Form.objects.filter(pk=form.pk).update(expiration_time=timezone.now())
     assert simulator.expire_form(form.form_id)
     assert sweep_expired_forms() == 1
-    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=0):
-        assert reconcile_runs()["followed"] == 1
     escalation = pending(run)[0]
     assert escalation.node_id == "on_call_approval"
     assert Form.objects.get(pk=form.pk).status == "expired"
     submit(escalation, "grant")
     run = run_status(run, "succeeded")
     assert run.forms.count() == 2
+
+
+def test_the_next_form_after_a_timeout_is_read_as_soon_as_dify_takes_the_branch(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    """The expiry sweep here runs before Dify's own: the run is followed from the expiry, and
+    the escalation is captured when Dify takes the timeout branch, with no reconcile."""
+    run = start(simulator, sim_app("access-request"))
+    (form,) = pending(run)
+    no_stream_left(run)
+    Form.objects.filter(pk=form.pk).update(expiration_time=timezone.now())
+    assert sweep_expired_forms() == 1
+    # The follower reads the replayed pause (nothing waits for a person there now) and keeps
+    # listening; Dify's timeout comes a moment later.
+    wait_until(lambda: Run.objects.filter(pk=run.pk).exclude(lease_owner="").exists())
+    assert simulator.expire_form(form.form_id)
+    escalation = wait_until(
+        lambda: Form.objects.filter(run=run, node_id="on_call_approval").first()
+    )
+    assert escalation.status == "pending"
+    no_stream_left(run)
 
 
 def test_a_failed_run_ends_failed_with_dify_s_error(
