@@ -311,20 +311,20 @@ class RunAdmin(RecordAdmin):
     @admin.action(description=_("Stop the selected runs in Dify"))
     def stop_run(self, request: HttpRequest, queryset: Any) -> None:
         """Dify's stop endpoint for the run's task, as the run's own Dify user."""
+        from inbox.runs import RunNotStoppable, stop_run
+
         for run in queryset.select_related("app"):
-            if run.is_finished or not run.task_id:
+            try:
+                # The same rules as the page and the API: a run parked at a form is not
+                # stoppable in Dify, and saying "stop requested" for it would be untrue.
+                stop_run(run, actor=request.user)
+            except RunNotStoppable as exc:
                 self.message_user(
                     request,
-                    _("%(run)s: not stopped, it has finished or has no task id.") % {"run": run},
+                    _("%(run)s: not stopped: %(error)s") % {"run": run, "error": exc.message},
                     messages.WARNING,
                 )
                 continue
-            client = DifyClient.for_app(run.app)
-            try:
-                if run.app.mode == DifyApp.Mode.CHATFLOW:
-                    client.stop_chat_message(run.task_id, user=run.dify_user)
-                else:
-                    client.stop_workflow_task(run.task_id, user=run.dify_user)
             except DifyError as exc:
                 self.message_user(
                     request,
@@ -332,7 +332,6 @@ class RunAdmin(RecordAdmin):
                     messages.ERROR,
                 )
                 continue
-            AuditEntry.record("run_stop_requested", run, actor=request.user, task_id=run.task_id)
             self.message_user(
                 request,
                 _("%(run)s: stop requested; the run's status follows from Dify's events.")

@@ -398,7 +398,7 @@ def stop_run(run: Run, *, actor: Any = None) -> None:
         client.stop_chat_message(run.task_id, user=run.dify_user)
     else:
         client.stop_workflow_task(run.task_id, user=run.dify_user)
-    AuditEntry.record("run_stop_requested", run, actor=actor)
+    AuditEntry.record("run_stop_requested", run, actor=actor, task_id=run.task_id)
     run.request_follow(snapshot=True)
 
 

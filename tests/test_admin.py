@@ -297,7 +297,7 @@ def test_the_admin_s_actions_still_act_on_read_only_records(
     records["decision"].refresh_from_db()
     assert records["decision"].status == Decision.Status.QUEUED
     # The stop action asks Dify (here: nobody listens on the app's address) and says so.
-    Run.objects.filter(pk=records["run"].pk).update(task_id="T-1")
+    Run.objects.filter(pk=records["run"].pk).update(task_id="T-1", status="running")
     response = client.post(
         "/admin/inbox/run/",
         {"action": "stop_run", "_selected_action": [records["run"].pk]},

@@ -137,10 +137,21 @@ def test_stop_run_asks_dify_as_the_runs_own_user(
     assert entry.actor == admin_user and entry.details == {"task_id": started.task_id}
 
 
-def test_stop_run_skips_finished_runs(admin_client: Client, dify_app: DifyApp) -> None:
-    run = make_run(dify_app, status=Run.Status.SUCCEEDED, task_id="t-1")
-    [message] = notes(action(admin_client, "run", "stop_run", [run.pk]))
-    assert message == f"{run}: not stopped, it has finished or has no task id."
+def test_stop_run_says_why_a_finished_or_paused_run_is_not_stopped(
+    admin_client: Client, dify_app: DifyApp
+) -> None:
+    finished = make_run(dify_app, status=Run.Status.SUCCEEDED, task_id="t-1")
+    paused = make_run(dify_app, status=Run.Status.PAUSED, task_id="t-2")
+    messages = notes(action(admin_client, "run", "stop_run", [finished.pk, paused.pk]))
+    assert sorted(messages) == sorted(
+        [
+            f"{finished}: not stopped: This run has already ended.",
+            f"{paused}: not stopped: This run is waiting at a form, where Dify cannot stop it. "
+            "Answer the form, or let it expire.",
+        ]
+    )
+    # Nothing was asked of Dify, and nothing claims it was.
+    assert not AuditEntry.objects.filter(verb="run_stop_requested").exists()
 
 
 def test_reassign_through_the_intermediate_page(
