@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -21,7 +23,15 @@ from inbox.forms import DecisionForm, action_specs, existing_decision, input_spe
 from inbox.markdown import excerpt
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen
 from inbox.uploads import UploadRejected, upload_to_dify
-from inbox.views import PAGE_SIZE, TAB_STATUSES, InboxFilters, inbox_rows, ordering, page_state
+from inbox.views import (
+    PAGE_SIZE,
+    SORTS,
+    TAB_STATUSES,
+    InboxFilters,
+    inbox_rows,
+    ordering,
+    page_state,
+)
 
 
 class ApiError(Exception):
@@ -69,10 +79,26 @@ def api_view(
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()
+            except RequestDataTooBig:
+                # Django's own answer would be an HTML page.
+                return ApiError(
+                    413,
+                    "request_too_large",
+                    f"The request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; "
+                    "files go to the upload call, one at a time.",
+                ).response()
 
         return wrapper
 
     return decorate
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other address under /api/: an answer in the API's shape, not an HTML page."""
+    return ApiError(
+        404, "not_found", f"No such API address: {request.method} {request.path}"
+    ).response()
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:
@@ -174,7 +200,21 @@ def forms_list(request: HttpRequest) -> HttpResponse:
         statuses = TAB_STATUSES[status]
     else:
         raise ApiError(400, "invalid_param", f"Unknown status {status!r}.")
-    filters = InboxFilters.from_query(request.GET, request.user)
+    query = request.GET.copy()
+    sort = query.get("sort", "")
+    if sort and sort not in SORTS:
+        raise ApiError(
+            400, "invalid_param", f"Unknown sort {sort!r}; one of: {', '.join(sorted(SORTS))}."
+        )
+    if name := query.get("app", ""):
+        # The app by its name, as everywhere in the API (its id is accepted too).
+        app = DifyApp.objects.filter(name=name).only("pk").first()
+        if app is None and name.isdigit():
+            app = DifyApp.objects.filter(pk=int(name)).only("pk").first()
+        if app is None:
+            raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
+        query["app"] = str(app.pk)
+    filters = InboxFilters.from_query(query, request.user)
     forms = filters.apply(Form.objects.for_user(request.user), with_status=False)
     if statuses is not None:
         forms = forms.filter(status__in=statuses)
@@ -320,6 +360,15 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     for spec in dform.specs:
         if spec.name in inputs:
             value = inputs[spec.name]
+            if not spec.is_file and not isinstance(value, str):
+                # A paragraph or a select is text; Dify would store a number or an object as
+                # whatever Python prints for it (CONTRACT D4), as starting a run refuses it.
+                raise ApiError(
+                    400,
+                    "invalid_form_data",
+                    f"'{spec.name}' must be a string.",
+                    details={spec.name: ["Must be a string."]},
+                )
             data[spec.field_name] = _file_refs(value) if spec.is_file else value
     dform = DecisionForm(form, data, require_every_key=True)
     if not dform.is_valid():

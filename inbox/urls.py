@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from inbox import api, views, views_reach, views_runs
 
@@ -58,6 +58,8 @@ urlpatterns = [
     path("api/v1/runs/<uuid:public_id>", api.run_detail, name="api_run"),
     path("api/v1/runs/<uuid:public_id>/stop", api.run_stop, name="api_run_stop"),
     path("api/v1/ingest", api.ingest, name="api_ingest"),
+    # Last of the API's: any other address under it (a mistyped call, an id that is no id).
+    re_path(r"^api/(?P<path>.*)$", api.not_found),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]

@@ -227,6 +227,24 @@ def test_json_python_will_not_read_is_a_400_not_a_crash(
     assert not Run.objects.exists()
 
 
+def test_an_unknown_address_and_an_oversized_body_are_answered_in_the_api_s_shape(
+    client: Client, starters: Any, reviewer: User
+) -> None:
+    for path in ("/api/v1/nope", "/api/v1/forms/abc", "/api/v2/runs"):
+        response = client.get(path, **bearer(reviewer))
+        assert response["Content-Type"] == "application/json"
+        assert error(response) == (404, "not_found", f"No such API address: GET {path}")
+    huge = json.dumps({"app": "refund-approval", "inputs": {"note": "x" * (6 * 1024 * 1024)}})
+    response = client.post(
+        "/api/v1/runs", huge, content_type="application/json", **bearer(reviewer)
+    )
+    assert error(response) == (
+        413,
+        "request_too_large",
+        "The request body is over 5242880 bytes; files go to the upload call, one at a time.",
+    )
+
+
 def test_text_is_sent_as_typed_and_a_message_of_spaces_is_no_message(
     client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
 ) -> None:

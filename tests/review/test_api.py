@@ -36,6 +36,33 @@ def test_list_pending_forms(client: Client, auth: dict[str, str], dify_app: Dify
     assert row["url"].endswith(f"/forms/{form.public_id}/")
 
 
+def test_the_list_is_narrowed_to_an_app_by_its_name_and_refuses_what_it_does_not_know(
+    client: Client, auth: dict[str, str], dify_app: DifyApp, reviewers_group: Any
+) -> None:
+    from inbox.models import Route
+
+    other = DifyApp.objects.create(name="hiring", base_url="http://127.0.0.1:9/v1", api_key="k")
+    Route.objects.create(app=other, name="default", reminders="").groups.add(reviewers_group)
+    make_form(dify_app, node_title="Refund")
+    make_form(other, node_title="Offer")
+
+    def titles(query: str) -> list[str]:
+        response = client.get(f"/api/v1/forms?{query}", **auth)
+        assert response.status_code == 200, response.content
+        return sorted(row["node_title"] for row in response.json()["results"])
+
+    assert titles("") == ["Offer", "Refund"]
+    assert titles("app=hiring") == ["Offer"]
+    assert titles(f"app={dify_app.pk}") == ["Refund"]  # its id, as the pages' filter sends it
+    for query, message in (
+        ("app=payroll", "Unknown app 'payroll'."),
+        ("sort=cheapest", "Unknown sort 'cheapest'; one of: newest, oldest, time_left."),
+    ):
+        response = client.get(f"/api/v1/forms?{query}", **auth)
+        assert response.status_code == 400
+        assert response.json()["error"] == {"code": "invalid_param", "message": message}
+
+
 def test_detail_gives_the_definition_and_never_the_token(
     client: Client, auth: dict[str, str], form: Form
 ) -> None:
@@ -71,6 +98,25 @@ def test_decision_validation_speaks_difys_rules(
         "receipt": ["Add a file."],
         "__all__": ["Missing required inputs: note, receipt, evidence."],
     }
+
+
+@pytest.mark.parametrize("value", [{"a": [1, 2]}, 5, None, ["x"]])
+def test_a_decision_with_text_that_is_not_a_string_is_refused(
+    client: Client, auth: dict[str, str], form: Form, value: Any
+) -> None:
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/decision",
+        json.dumps({"action": "approve", "inputs": {"note": value, "decision": "refund"}}),
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_form_data",
+        "message": "'note' must be a string.",
+        "details": {"note": ["Must be a string."]},
+    }
+    assert not form.decisions.exists()
 
 
 def test_a_decision_with_an_input_the_form_does_not_have_is_refused_by_its_name(
