@@ -449,6 +449,16 @@ class DecisionForm(forms.Form):
                 messages.append(f"{prefix}{error}")
         return messages
 
+    def error_summary(self) -> list[str]:
+        """Every error as a sentence, prefixed with the input's label as the page shows it
+        ("Payment method: Choose an option."): for the page's summary above the form."""
+        labels = {spec.field_name: spec.label for spec in self.specs}
+        return [
+            f"{labels[field_name]}: {error}" if field_name in labels else str(error)
+            for field_name, errors in self.errors.items()
+            for error in errors
+        ]
+
 
 def existing_decision(form_obj: Form, submission_key: str) -> Decision | None:
     return Decision.objects.filter(form=form_obj, submission_key=submission_key).first()
@@ -514,15 +524,19 @@ class FileNames:
 def answered_content(form_obj: Form, decision: Decision | None) -> str:
     """The form's content as answered: Dify's own record when a fill event brought it (its
     `rendered_content`); else the content with each input's place filled with what was sent,
-    as Dify fills it: the values of our decision Dify accepted, or those Dify said were submitted
-    elsewhere. A file reads as its name when it was uploaded here. Empty when nothing says what
+    as Dify fills it: the values of our decision Dify accepted (or of one that could not be
+    delivered), or those Dify said were submitted elsewhere. A file reads as its name when it was uploaded here. Empty when nothing says what
     was answered (the content is then shown as it was asked)."""
     from inbox.markdown import PLACEHOLDER
 
     if form_obj.rendered_content:
         return form_obj.rendered_content
     values: Any = None
-    if decision is not None and decision.status == Decision.Status.DELIVERED:
+    if decision is not None and decision.status in (
+        Decision.Status.DELIVERED,
+        Decision.Status.FAILED,
+    ):
+        # A failed decision: what was decided here, shown as such (it never reached Dify).
         values = decision.inputs
     elif form_obj.filled_data:
         values = form_obj.filled_data

@@ -1426,6 +1426,11 @@ class Decision(models.Model):
         return f"{self.action_id} on {self.form_id} ({self.status})"
 
     @property
+    def action_title(self) -> str:
+        """The chosen action as its button read ("Approve refund"), not its id."""
+        return self.form.action_title(self.action_id)
+
+    @property
     def last_error_text(self) -> str:
         """`last_error` in the active language, as a reviewer's page shows it."""
         return translated(self.last_error, self.last_error_parts)

@@ -60,7 +60,7 @@ from inbox.forms import (
     input_specs,
     inputs_from_dify,
 )
-from inbox.markdown import quick_excerpt, split_content
+from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
     Decision,
     DifyApp,
@@ -817,7 +817,9 @@ def form_context(
         "segments": segments,
         "trailing": trailing,
         "actions": dform.actions,
-        "content": content,
+        # Shown as asked when nothing says how it was answered (expired, answerable only in
+        # Dify): an input's place reads as a blank, not as Dify's `{{#$output.x#}}`.
+        "content": PLACEHOLDER.sub("—", content) if state != "open" else content,
         "answered": answered_content(form, decision) if state != "open" else "",
         "decision": decision,
         "rejection": rejection,

@@ -83,7 +83,7 @@ def test_a_decision_is_queued_then_delivered_and_the_page_says_so(
 
     queued = body(client.get(url).content.decode())
     assert "Decision queued; it is on its way to Dify." in queued
-    assert "Alice chose “approve”." in queued
+    assert "Alice chose “Approve refund”." in queued  # the button as it read, not its id
 
     sent = time.time()
     deliver(callbacks)

@@ -191,8 +191,9 @@ def test_invalid_post_keeps_values_and_explains(alice: Client, form: Form) -> No
     assert response.status_code == 400
     page = body(response.content.decode())
     assert "Please correct the following:" in page
-    assert "<li>decision: Choose an option.</li>" in page
-    assert "<li>receipt: Add a file.</li>" in page
+    # Named as the page labels them, not by their variable.
+    assert "<li>Decision: Choose an option.</li>" in page
+    assert "<li>Receipt: Add a file.</li>" in page
     assert "my careful note</textarea>" in page
     assert not Decision.objects.exists()
 
@@ -278,9 +279,11 @@ def test_a_form_answered_here_whose_fill_no_stream_showed_reads_as_answered(
         status=Decision.Status.QUEUED,
         inputs=inputs,
     )
-    # Not yet accepted by Dify: the content is shown as it was asked.
+    # Not yet accepted by Dify: the content is shown as it was asked, each input's place a
+    # blank rather than Dify's placeholder.
     page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
-    assert "{{#$output.note#}}" in page and "Record" not in page
+    assert "{{#$output" not in page and "Record" not in page
+    assert "Outcome: —" in page and "Paid back" not in page
     Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
     page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
     assert "{{#$output" not in page
@@ -288,6 +291,39 @@ def test_a_form_answered_here_whose_fill_no_stream_showed_reads_as_answered(
     assert "Receipt: receipt-104233.pdf" in page
     assert "Evidence: https://files.example.com/photo.png, [file]" in page
     assert executable_markup(page) == []
+
+
+def test_an_expired_form_shows_blanks_and_a_failed_one_what_was_decided(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    content = "Conditions: {{#$output.note#}}\n\nOutcome: {{#$output.decision#}}\n"
+    expired = make_form(
+        dify_app,
+        status=Form.Status.EXPIRED,
+        content=content,
+        definition=full_definition(form_content=content),
+    )
+    page = body(alice.get(f"/forms/{expired.public_id}/").content.decode())
+    assert "This form expired." in page
+    assert "Conditions: —" in page and "{{#$output" not in page
+    failed = make_form(
+        dify_app,
+        status=Form.Status.FAILED,
+        content=content,
+        definition=full_definition(form_content=content),
+    )
+    Decision.objects.create(
+        form=failed,
+        action_id="approve",
+        reviewer=reviewer,
+        status=Decision.Status.FAILED,
+        inputs={"note": "Only with a signed NDA.", "decision": "partial"},
+        last_error="Dify could not be reached after 12 attempts. Last error: boom",
+    )
+    page = body(alice.get(f"/forms/{failed.public_id}/").content.decode())
+    assert "The decision could not be delivered." in page
+    assert "Decided here, not delivered" in page and "Record" not in page
+    assert "Conditions: Only with a signed NDA." in page and "Outcome: partial" in page
 
 
 def test_a_form_answered_elsewhere_reads_with_what_dify_said_was_submitted(
