@@ -152,6 +152,15 @@ def test_an_upload_of_another_form_is_not_accepted(dify_app: DifyApp, form: Form
     ]
 
 
+@pytest.mark.parametrize("typed", ["ftp://example.com/a.pdf", "www.example.com/a.pdf", "a.pdf"])
+def test_a_web_address_typed_wrong_is_told_so(form: Form, typed: str) -> None:
+    dform = DecisionForm(form, api_data(form, receipt=[typed]))
+    assert not dform.is_valid()
+    assert dform.error_list() == [
+        "receipt: Enter a full web address starting with http:// or https://."
+    ]
+
+
 def test_a_rejected_decision_refills_the_page(form: Form) -> None:
     receipt = upload(form, "receipt")
     values = inputs_from_dify(
