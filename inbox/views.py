@@ -33,7 +33,7 @@ from django.utils import dateformat, timezone
 from django.utils.formats import get_format
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import get_current_timezone
-from django.utils.translation import get_language, gettext_lazy
+from django.utils.translation import get_language, gettext_lazy, ngettext
 from django.utils.translation import gettext as _
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET, require_POST
@@ -943,8 +943,32 @@ def upload_response(
     elif not files:
         errors.append(_("Choose a file to upload."))
     else:
-        # A single-file input keeps only the last file picked; a list takes each in turn.
-        for fileobj in files if spec.kind == "file-list" else files[-1:]:
+        # A single-file input keeps only the last file picked; a list takes each in turn, as
+        # many as it has room for (Dify refuses a list over its limit; the page would keep
+        # only the newest on a reload, and drop the others without a word).
+        picked = files[-1:]
+        if spec.kind == "file-list":
+            room = max(
+                0,
+                spec.ui_max_files
+                - _own_uploads(form, decider).filter(input_name=spec.name).count(),
+            )
+            picked = files[:room]
+            if len(files) > room:
+                errors.append(
+                    ngettext(
+                        "At most %(limit)d file can be attached here; remove one to add "
+                        "another. Not added: %(names)s.",
+                        "At most %(limit)d files can be attached here; remove one to add "
+                        "another. Not added: %(names)s.",
+                        spec.ui_max_files,
+                    )
+                    % {
+                        "limit": spec.ui_max_files,
+                        "names": ", ".join(f.name or "" for f in files[room:]),
+                    }
+                )
+        for fileobj in picked:
             try:
                 uploads.append(
                     upload_to_dify(form, spec, fileobj, decider.reviewer, decider.guest_email)

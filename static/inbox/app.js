@@ -183,11 +183,22 @@
     return found;
   }
 
+  // A file list takes so many files: more picked than it has room for are refused before
+  // sending (the server would add only those it has room for).
+  function tooMany(input, parts) {
+    var list = parts.field && parts.field.querySelector(".file-chips");
+    var max = list ? parseInt(list.getAttribute("data-max"), 10) : 0;
+    if (!max || !input.files || parts.field.getAttribute("data-kind") !== "file-list") return [];
+    var count = parts.field.querySelectorAll(".file-chip").length;
+    if (count + input.files.length <= max) return [];
+    return [(parts.error && parts.error.getAttribute("data-too-many")) || ""];
+  }
+
   document.addEventListener("htmx:beforeRequest", function (event) {
     var parts = uploadParts(event.detail.elt);
     if (!parts) return;
     if (parts.error) parts.error.textContent = "";
-    var refused = tooLarge(event.detail.elt, parts.error);
+    var refused = tooLarge(event.detail.elt, parts.error).concat(tooMany(event.detail.elt, parts));
     if (refused.length) {
       // Refused before sending, in the words the server would use.
       event.preventDefault();

@@ -336,6 +336,51 @@ def test_a_file_over_its_limit_is_refused_before_sending(
     assert page.js_errors == []
 
 
+def test_more_files_than_a_list_takes_are_refused_before_sending_and_a_full_list_hides_its_picker(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    from inbox.models import Upload
+
+    form = make_form(dify_app)  # evidence: up to 3 files
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    sent: list[str] = []
+    page.on(
+        "request", lambda request: sent.append(request.url) if "/files/" in request.url else None
+    )
+    page.set_input_files(
+        "input[data-upload=evidence]",
+        files=[
+            {"name": f"photo-{n}.png", "mimeType": "image/png", "buffer": b"png"}
+            for n in range(4)
+        ],
+    )
+    page.wait_for_function(
+        "() => document.getElementById('file-error-evidence').textContent.length > 0",
+        timeout=10000,
+    )
+    assert page.locator("#file-error-evidence").text_content() == (
+        "At most 3 files can be attached here; remove one to add another."
+    )
+    assert sent == []
+    # Three already on the list (a reload shows them): nothing more to pick.
+    for n in range(3):
+        Upload.objects.create(
+            form=form,
+            input_name="evidence",
+            upload_file_id=f"f-{n}",
+            name=f"photo-{n}.png",
+            size=3,
+            category="image",
+            uploaded_by=reviewer,
+        )
+    page.reload()
+    assert page.locator("#files-evidence .file-chip").count() == 3
+    assert page.locator("[data-name=evidence] .file-pick").is_hidden()
+    assert page.locator("[data-name=receipt] .file-pick").is_visible()
+    assert page.js_errors == []
+
+
 def test_the_run_page_keeps_an_open_output_text_open_and_reloads_when_the_session_ends(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:

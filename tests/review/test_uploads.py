@@ -148,6 +148,30 @@ def _upload(form: Form, input_name: str, name: str, **fields: object) -> Upload:
     )
 
 
+def test_a_full_file_list_takes_no_more_and_says_which_files_were_not_added(
+    alice: Client, form: Form, reviewer: User, other_reviewer: User
+) -> None:
+    for n in range(3):  # the list takes three
+        _upload(form, "evidence", f"e{n}.png", uploaded_by=reviewer)
+    _upload(form, "evidence", "bobs.png", uploaded_by=other_reviewer)  # Bob's list is his own
+    response = alice.post(
+        f"/forms/{form.public_id}/files/evidence",
+        {
+            "file": [
+                SimpleUploadedFile("more.png", b"\x89PNG", content_type="image/png"),
+                SimpleUploadedFile("again.png", b"\x89PNG", content_type="image/png"),
+            ]
+        },
+        HTTP_HX_REQUEST="true",
+    )
+    assert response["HX-Retarget"] == "#file-error-evidence"
+    assert (
+        "At most 3 files can be attached here; remove one to add another. "
+        "Not added: more.png, again.png." in html.unescape(response.content.decode())
+    )
+    assert Upload.objects.filter(form=form, uploaded_by=reviewer).count() == 3
+
+
 def test_a_reload_shows_the_reviewers_own_uploads_and_submits_them(
     alice: Client, form: Form, reviewer: User, other_reviewer: User
 ) -> None:
