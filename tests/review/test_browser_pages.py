@@ -351,8 +351,7 @@ def test_more_files_than_a_list_takes_are_refused_before_sending_and_a_full_list
     page.set_input_files(
         "input[data-upload=evidence]",
         files=[
-            {"name": f"photo-{n}.png", "mimeType": "image/png", "buffer": b"png"}
-            for n in range(4)
+            {"name": f"photo-{n}.png", "mimeType": "image/png", "buffer": b"png"} for n in range(4)
         ],
     )
     page.wait_for_function(
