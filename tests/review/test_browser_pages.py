@@ -104,6 +104,38 @@ def test_inbox_and_form_page_screenshots(
     assert page.csp_violations == []
 
 
+@pytest.mark.parametrize("language", ["en", "zh-hans"])
+def test_no_page_scrolls_sideways_on_a_phone(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    language: str,
+) -> None:
+    form = seed(dify_app, reviewer)
+    make_form(
+        dify_app,
+        node_title="A long title " * 6,
+        content="An excerpt without a single space: " + "x" * 400,
+    )
+    reviewer.is_staff = True  # the most links in the top bar (Dashboard, Admin)
+    reviewer.save()
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/", f"/forms/{form.public_id}/", f"/runs/{form.run.public_id}/", "/runs/"):
+        page.goto(live_server.url + path)
+        wide = page.evaluate("() => document.documentElement.scrollWidth")
+        assert wide <= 390, (path, wide)
+        # Every link of the top bar is on the screen.
+        for link in page.locator(".topbar a, .topbar button").all():
+            box = link.bounding_box()
+            assert box is None or box["x"] + box["width"] <= 390, (path, link.inner_text())
+    screenshot(page, f"phone-runs-{language}")
+    page.goto(live_server.url + "/")
+    screenshot(page, f"phone-inbox-{language}")
+
+
 def test_keyboard_moves_opens_and_searches(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
