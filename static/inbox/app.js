@@ -143,6 +143,19 @@
     if (hint) hint.hidden = ready || pageStale; // the reload notice says why instead
   }
 
+  // Another app: the node chosen belongs to the one before, so it is let go before the list is
+  // asked again (this runs first, in the capture phase), and the node choices are fetched for
+  // the new app (the select's `change from:#f-app` trigger).
+  document.addEventListener("change", function (event) {
+    if (!event.target || event.target.id !== "f-app") return;
+    var node = document.getElementById("f-node");
+    if (!node) return;
+    node.value = "";
+    Array.prototype.slice.call(node.options).forEach(function (option) {
+      if (option.value) option.remove();
+    });
+  }, true);
+
   // The language switch submits itself; without script its button does.
   document.addEventListener("change", function (event) {
     if (event.target.matches && event.target.matches("select[data-autosubmit]")) event.target.form.submit();

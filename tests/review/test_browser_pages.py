@@ -162,6 +162,35 @@ def test_keyboard_moves_opens_and_searches(
     assert "q=clause%207.2" in page.url  # the filters live in the URL
 
 
+def test_the_node_filter_follows_the_app_chosen(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    seed(dify_app, reviewer)  # refunds: three nodes (one form decided); hiring: two more
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#rows .row")
+    page.select_option("#f-app", label="refunds")
+    page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 2")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#f-node option')].map(o => o.textContent).join('|')"
+        " === 'All nodes|Archived|Manager approval|Refund over 500 EUR'"
+    )
+    page.select_option("#f-node", label="Manager approval")
+    page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 1")
+    # Another app: its own nodes, and its forms (not "No forms match").
+    page.select_option("#f-app", label="hiring")
+    page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 2")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#f-node option')].map(o => o.textContent).join('|')"
+        " === 'All nodes|Contract review|Offer approval'"
+    )
+    assert page.locator("#f-node").input_value() == ""
+    from urllib.parse import parse_qs, urlsplit
+
+    assert parse_qs(urlsplit(page.url).query).get("node", [""]) == [""]
+    assert page.js_errors == []
+
+
 def test_new_forms_appear_without_a_reload(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
