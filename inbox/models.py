@@ -657,7 +657,14 @@ class Route(models.Model):
         verbose_name_plural = _("routes")
         constraints = [
             models.UniqueConstraint(
-                fields=["app"], condition=Q(node=""), name="route_one_default_per_app"
+                fields=["app"],
+                condition=Q(node=""),
+                name="route_one_default_per_app",
+                violation_error_message=_(
+                    "This app already has a default route (one without a node). Give this "
+                    "route a node id or title pattern, or add these reviewers to the default "
+                    "route."
+                ),
             )
         ]
 

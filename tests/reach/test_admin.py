@@ -271,3 +271,27 @@ def test_audit_entries_are_read_only_and_searchable(
     assert change.status_code == 403
     found = admin_client.get(reverse("admin:inbox_auditentry_changelist"), {"q": "form_routed"})
     assert "form_routed" in found.content.decode()
+
+
+def test_a_second_default_route_is_refused_in_words(
+    admin_client: Client, reach_app: DifyApp, reach_route: Route
+) -> None:
+    assert reach_route.is_default
+    response = admin_client.post(
+        reverse("admin:inbox_route_add"),
+        {
+            "app": reach_app.pk,
+            "name": "another default",
+            "priority": 1,
+            "language": "en",
+            "reminders": "",
+            "recipients-TOTAL_FORMS": "0",
+            "recipients-INITIAL_FORMS": "0",
+        },
+        HTTP_ACCEPT_LANGUAGE="en",
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "This app already has a default route (one without a node)." in page
+    assert "route_one_default_per_app" not in page
+    assert Route.objects.filter(app=reach_app).count() == 1
