@@ -457,6 +457,8 @@ def ingest_run(
                 workflow_run_id=workflow_run_id,
                 dify_user=dify_user,
                 source="ingest",
+                # What it was started with, as Dify keeps it (the run page and API show it).
+                inputs=detail.inputs or {},
                 status=Run.Status.RUNNING,
                 started_by=actor if getattr(actor, "is_authenticated", False) else None,
                 follow_wanted=False,

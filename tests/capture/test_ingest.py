@@ -52,6 +52,12 @@ def test_ingest_without_a_token_recovers_the_form_from_a_snapshot(
     run = run_status(run, "succeeded")
     assert run.outputs["decision"] == "approve"
     assert run.dify_user == "crm-7"
+    # What it was started with, from Dify's run detail.
+    from inbox.dify import DifyClient
+
+    assert (
+        run.inputs and run.inputs == DifyClient.for_app(run.app).get_run(run.workflow_run_id).inputs
+    )
 
 
 def test_ingest_without_a_token_under_another_user_is_refused_and_records_nothing(
