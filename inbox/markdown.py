@@ -53,9 +53,11 @@ _ATTRIBUTE_VALUES = {"span": {"class": {_BLOCKED_CLASS}}}
 # No data: either: an image inlined in the content is as much the content's choice as a remote one.
 _URL_SCHEMES = {"http", "https", "mailto"}
 
-_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
-    ["table", "strikethrough"]
-)
+# `breaks`: a single newline is a line break, as on Dify's own pages (remark-breaks), where
+# "**Customer:** Ada\n**Amount:** 120 EUR" reads as two lines, not one.
+_md = MarkdownIt(
+    "commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True}
+).enable(["table", "strikethrough"])
 _plain = RendererHTML()  # an image's alt text, as the browser would show it
 
 

@@ -41,6 +41,14 @@ def test_markdown_renders_headings_emphasis_tables_and_safe_links() -> None:
     assert "<table>" in html and "<td>1</td>" in html
 
 
+def test_a_single_newline_is_a_line_break_as_on_dify_s_pages() -> None:
+    html = str(render_markdown("**Customer:** Ada\n**Amount:** 120 EUR\n\nNext paragraph"))
+    assert html == (
+        "<p><strong>Customer:</strong> Ada<br>\n<strong>Amount:</strong> 120 EUR</p>\n"
+        "<p>Next paragraph</p>\n"
+    )
+
+
 def test_raw_html_is_shown_as_text_not_markup() -> None:
     html = render_markdown("<b>bold?</b>")
     assert "&lt;b&gt;bold?&lt;/b&gt;" in html
