@@ -481,5 +481,9 @@
     rememberDrawnText();
     refreshTimes();
     refreshActions();
+    // A page sent back with errors (the start form, a form page without htmx): the reader
+    // starts at what to correct.
+    var summary = document.getElementById("start-errors") || document.getElementById("form-errors");
+    if (summary) summary.focus();
   });
 })();
