@@ -48,8 +48,11 @@ def test_the_apps_page_offers_a_start_only_to_who_may_start(
 ) -> None:
     page = login(client, reviewer).get("/apps/").content.decode()
     assert "refund-approval" in page and f'href="/apps/{refunds.pk}/start/"' in page
+    assert "Start a run to see its decisions arrive" in page
     page = login(Client(), outsider).get("/apps/").content.decode()
     assert "refund-approval" in page and "/start/" not in page
+    # Not told to do what the page does not offer.
+    assert "Start a run to see" not in page and "for those an administrator allows" in page
 
 
 def test_the_start_page_renders_dify_s_start_inputs(
