@@ -193,3 +193,10 @@ def test_the_sanitizer_drops_the_source_of_a_remote_image_given_as_html(settings
 def test_content_may_carry_no_class_but_the_marker() -> None:
     html = sanitize('<span class="image-blocked">a</span><span class="flash error">b</span>')
     assert html == '<span class="image-blocked">a</span><span>b</span>'
+
+
+def test_quick_excerpt_leaves_out_rules_and_table_delimiter_rows() -> None:
+    from inbox.markdown import quick_excerpt
+
+    text = "Clause review\n\n| Clause | Risk |\n|---|:---:|\n| 7.2 | high |\n\n---\n\nSign below"
+    assert quick_excerpt(text) == "Clause review Clause Risk 7.2 high Sign below"
