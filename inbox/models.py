@@ -75,8 +75,8 @@ class DifyApp(models.Model):
     api_key = EncryptedTextField(_("API key"))
     mode = models.CharField(_("mode"), max_length=16, choices=Mode.choices, default=Mode.WORKFLOW)
     is_active = models.BooleanField(_("active"), default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
     # Connection health. Set when Dify refuses the app's key or the app itself (401, 403, an
     # app-level 400: `DifyStatusError.refuses_app`), cleared by the next call Dify accepts that
     # can tell it is over (`note_accepted`). Only a change is written (a filtered UPDATE), never
@@ -85,12 +85,18 @@ class DifyApp(models.Model):
     # Dify's answer ("401 unauthorized: Access token is invalid"), for administrators.
     refusal = models.CharField(_("refusal"), max_length=300, blank=True, editable=False)
     # Its HTTP status alone: what reviewers are shown.
-    refusal_status = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    refusal_status = models.PositiveSmallIntegerField(
+        null=True, blank=True, editable=False, verbose_name=_("refusal status")
+    )
     # Dify's code ("app_unavailable"): what was refused, so the reconcile asks with a call that
     # can tell whether it is over (`tasks._ask_about_app`).
-    refusal_code = models.CharField(max_length=64, blank=True, editable=False)
+    refusal_code = models.CharField(
+        max_length=64, blank=True, editable=False, verbose_name=_("refusal code")
+    )
     # When the reconcile last asked Dify again (see `next_refusal_probe`).
-    refusal_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    refusal_checked_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("refusal checked at")
+    )
 
     # What the connection-health fields are; a plain save() writes the others only.
     HEALTH_FIELDS = (
@@ -315,63 +321,82 @@ class Run(models.Model):
 
     FINAL_STATUSES = frozenset({"succeeded", "failed", "stopped", "partial-succeeded"})
 
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    app = models.ForeignKey(DifyApp, on_delete=models.PROTECT, related_name="runs")
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
+    )
+    app = models.ForeignKey(
+        DifyApp, on_delete=models.PROTECT, related_name="runs", verbose_name=_("app")
+    )
     workflow_run_id = models.CharField(_("workflow run id"), max_length=64, blank=True)
     task_id = models.CharField(_("task id"), max_length=64, blank=True)
-    conversation_id = models.CharField(max_length=64, blank=True)
-    message_id = models.CharField(max_length=64, blank=True)
+    conversation_id = models.CharField(max_length=64, blank=True, verbose_name=_("conversation id"))
+    message_id = models.CharField(max_length=64, blank=True, verbose_name=_("message id"))
     # The Dify end user of this run. Dify scopes uploads and event streams by it, so it is chosen
     # once and every later call for the run (upload, submit, resume) uses the same value.
     dify_user = models.CharField(_("Dify user"), max_length=255)
-    inputs = models.JSONField(default=dict, blank=True)
-    query = models.TextField(blank=True)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.STARTING)
-    outputs = models.JSONField(default=dict, blank=True)
-    answer = models.TextField(blank=True, help_text=_("Chatflow answer text, aggregated."))
-    error = models.TextField(blank=True)
-    timeline = models.JSONField(default=list, blank=True)
+    inputs = models.JSONField(default=dict, blank=True, verbose_name=_("inputs"))
+    query = models.TextField(blank=True, verbose_name=_("query"))
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.STARTING, verbose_name=_("status")
+    )
+    outputs = models.JSONField(default=dict, blank=True, verbose_name=_("outputs"))
+    answer = models.TextField(
+        blank=True, help_text=_("Chatflow answer text, aggregated."), verbose_name=_("answer")
+    )
+    error = models.TextField(blank=True, verbose_name=_("error"))
+    timeline = models.JSONField(default=list, blank=True, verbose_name=_("timeline"))
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         related_name="started_runs",
+        verbose_name=_("started by"),
     )
-    source = models.CharField(max_length=16, default="ui")  # ui / api / ingest
+    source = models.CharField(
+        max_length=16, default="ui", verbose_name=_("source")
+    )  # ui / api / ingest
     # Following: a run that needs its stream read has follow_wanted set; a follower takes a lease.
-    follow_wanted = models.BooleanField(default=True, db_index=True)
-    follow_snapshot = models.BooleanField(default=False)
-    lease_owner = models.CharField(max_length=64, blank=True)
+    follow_wanted = models.BooleanField(
+        default=True, db_index=True, verbose_name=_("follow wanted")
+    )
+    follow_snapshot = models.BooleanField(default=False, verbose_name=_("follow snapshot"))
+    lease_owner = models.CharField(max_length=64, blank=True, verbose_name=_("lease owner"))
     # Written and compared by the database's clock (see `database_now`), not a follower's own.
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("lease expires at")
+    )
     # Follows in a row that the follower gave up on (the stream refused, or failing through
     # all its reconnects), and when the reconcile may hand the run back to the follower: the
     # wait doubles with each (see `refollow_delay`), so a run whose stream keeps failing costs
     # Dify a few streams an hour, not one a minute. A follow that reaches a pause or the end
     # clears both; a decision's or an administrator's request to follow does not wait for it.
-    give_ups = models.PositiveSmallIntegerField(default=0)
-    refollow_after = models.DateTimeField(null=True, blank=True)
+    give_ups = models.PositiveSmallIntegerField(default=0, verbose_name=_("give ups"))
+    refollow_after = models.DateTimeField(null=True, blank=True, verbose_name=_("refollow after"))
     # Bumped by every request_follow. A follower clears follow_wanted on release only when this
     # is still what it claimed, so a request made while it was reading is never lost.
-    follow_seq = models.PositiveIntegerField(default=0)
+    follow_seq = models.PositiveIntegerField(default=0, verbose_name=_("follow seq"))
     # The follower gave up on the stream (its reconnects ran out, Dify refused it): the periodic
     # reconcile asks Dify (run detail) what became of the run.
-    needs_reconcile = models.BooleanField(default=False)
+    needs_reconcile = models.BooleanField(default=False, verbose_name=_("needs reconcile"))
     # Dify refuses this run's event stream (404: another end user's run, or one not started
     # through the API, e.g. an ingested WebApp run): it is tracked through run detail only.
-    events_unavailable = models.BooleanField(default=False)
+    events_unavailable = models.BooleanField(default=False, verbose_name=_("events unavailable"))
     # When the reconcile last asked Dify about this run.
-    checked_at = models.DateTimeField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True, verbose_name=_("checked at"))
     # When an event of this run was last applied.
-    last_event_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last event at"))
+    created_at = models.DateTimeField(
+        auto_now_add=True, db_index=True, verbose_name=_("created at")
+    )
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
+    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=_("finished at"))
 
     objects = RunQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("run")
+        verbose_name_plural = _("runs")
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
@@ -588,7 +613,9 @@ class Route(models.Model):
     that get an email, and when to remind them. The route without a node is the app's default,
     used when no node route matches."""
 
-    app = models.ForeignKey(DifyApp, on_delete=models.CASCADE, related_name="routes")
+    app = models.ForeignKey(
+        DifyApp, on_delete=models.CASCADE, related_name="routes", verbose_name=_("app")
+    )
     name = models.CharField(_("name"), max_length=100)
     node = models.CharField(
         _("node"),
@@ -648,8 +675,8 @@ class Route(models.Model):
         ),
     )
     is_active = models.BooleanField(_("active"), default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
         ordering = ["app__name", "priority", "id"]
@@ -702,7 +729,9 @@ class Route(models.Model):
 class RouteRecipient(models.Model):
     """An address a route emails; it may belong to no account (a guest)."""
 
-    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="recipients")
+    route = models.ForeignKey(
+        Route, on_delete=models.CASCADE, related_name="recipients", verbose_name=_("route")
+    )
     email = models.EmailField(_("email"))
     language = models.CharField(
         _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
@@ -917,55 +946,86 @@ class Form(models.Model):
         NOT_ANSWERABLE = "not_answerable", _("Not answerable via API")
         FAILED = "failed", _("Delivery failed")
 
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="forms")
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
+    )
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="forms", verbose_name=_("run")
+    )
     form_id = models.CharField(_("Dify form id"), max_length=64, unique=True)
     # A bearer capability: whoever holds it can answer the form. Encrypted, never rendered.
     form_token = EncryptedTextField(blank=True, default="")
-    node_id = models.CharField(max_length=128)
-    node_title = models.CharField(max_length=255, blank=True)
-    content = models.TextField(blank=True)
-    definition = models.JSONField(default=dict, blank=True)
+    node_id = models.CharField(max_length=128, verbose_name=_("node id"))
+    node_title = models.CharField(max_length=255, blank=True, verbose_name=_("node title"))
+    content = models.TextField(blank=True, verbose_name=_("content"))
+    definition = models.JSONField(default=dict, blank=True, verbose_name=_("definition"))
     # When the definition last came from GET form (which resolves variable-sourced select
     # options and defaults); null while only the stream event's copy is stored.
-    definition_fetched_at = models.DateTimeField(null=True, blank=True)
-    approval_channels = models.JSONField(default=list, blank=True)
-    expiration_time = models.DateTimeField(null=True, blank=True, db_index=True)
-    status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING)
-    rendered_content = models.TextField(blank=True)
-    filled_action_id = models.CharField(max_length=64, blank=True)
-    filled_action_text = models.CharField(max_length=255, blank=True)
-    filled_data = models.JSONField(default=dict, blank=True)
+    definition_fetched_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("definition fetched at")
+    )
+    approval_channels = models.JSONField(
+        default=list, blank=True, verbose_name=_("approval channels")
+    )
+    expiration_time = models.DateTimeField(
+        null=True, blank=True, db_index=True, verbose_name=_("expiration time")
+    )
+    status = models.CharField(
+        max_length=24, choices=Status.choices, default=Status.PENDING, verbose_name=_("status")
+    )
+    rendered_content = models.TextField(blank=True, verbose_name=_("rendered content"))
+    filled_action_id = models.CharField(
+        max_length=64, blank=True, verbose_name=_("filled action id")
+    )
+    filled_action_text = models.CharField(
+        max_length=255, blank=True, verbose_name=_("filled action text")
+    )
+    filled_data = models.JSONField(default=dict, blank=True, verbose_name=_("filled data"))
     claimed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         related_name="claimed_forms",
+        verbose_name=_("claimed by"),
     )
     # Routing, fixed when the form is captured: later route edits do not move existing forms.
     route = models.ForeignKey(
-        Route, null=True, blank=True, on_delete=models.SET_NULL, related_name="forms"
+        Route,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="forms",
+        verbose_name=_("route"),
     )
     assigned_users = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, blank=True, related_name="assigned_forms"
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="assigned_forms",
+        verbose_name=_("assigned users"),
     )
     assigned_groups = models.ManyToManyField(
-        "auth.Group", blank=True, related_name="assigned_forms"
+        "auth.Group", blank=True, related_name="assigned_forms", verbose_name=_("assigned groups")
     )
-    allow_guests = models.BooleanField(default=False)
-    reminder_offsets = models.JSONField(default=list, blank=True)
-    routed_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    decided_at = models.DateTimeField(null=True, blank=True)
+    allow_guests = models.BooleanField(default=False, verbose_name=_("allow guests"))
+    reminder_offsets = models.JSONField(
+        default=list, blank=True, verbose_name=_("reminder offsets")
+    )
+    routed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("routed at"))
+    created_at = models.DateTimeField(
+        auto_now_add=True, db_index=True, verbose_name=_("created at")
+    )
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
+    decided_at = models.DateTimeField(null=True, blank=True, verbose_name=_("decided at"))
     # The last time the reconcile asked Dify about this form (GET form), to find forms answered
     # in Dify directly when the follower saw nothing.
-    checked_at = models.DateTimeField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True, verbose_name=_("checked at"))
 
     objects = FormQuerySet.as_manager()
 
     class Meta:
+        verbose_name = _("form")
+        verbose_name_plural = _("forms")
         ordering = ["expiration_time", "created_at"]
         indexes = [
             models.Index(fields=["status", "expiration_time"]),
@@ -1370,49 +1430,64 @@ class Decision(models.Model):
 
     ACTIVE_STATUSES = ("queued", "delivering", "delivered")
 
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="decisions")
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
+    )
+    form = models.ForeignKey(
+        Form, on_delete=models.CASCADE, related_name="decisions", verbose_name=_("form")
+    )
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         related_name="decisions",
+        verbose_name=_("reviewer"),
     )
-    guest_email = models.EmailField(blank=True)
-    action_id = models.CharField(max_length=64)
-    inputs = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    attempts = models.PositiveIntegerField(default=0)
+    guest_email = models.EmailField(blank=True, verbose_name=_("guest email"))
+    action_id = models.CharField(max_length=64, verbose_name=_("action id"))
+    inputs = models.JSONField(default=dict, blank=True, verbose_name=_("inputs"))
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, verbose_name=_("status")
+    )
+    attempts = models.PositiveIntegerField(default=0, verbose_name=_("attempts"))
     # Why the last attempt failed or the decision was refused, in English (administrators, the
     # audit trail and the API read it so); `last_error_parts` keeps the message it was made from
     # and its values, for a page in the reviewer's language (`last_error_text`).
-    last_error = models.TextField(blank=True)
-    last_error_parts = models.JSONField(default=dict, blank=True)
+    last_error = models.TextField(blank=True, verbose_name=_("last error"))
+    last_error_parts = models.JSONField(
+        default=dict, blank=True, verbose_name=_("last error parts")
+    )
     # The page's one-time key: a double click or a browser resubmit finds the same decision.
-    submission_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    submission_key = models.CharField(
+        max_length=64, null=True, blank=True, unique=True, verbose_name=_("submission key")
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
     # delivery_started_at and next_attempt_at are written and compared by the database's clock
     # (see `database_now`): one process writes them, another on another host compares.
-    delivery_started_at = models.DateTimeField(null=True, blank=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivery_started_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("delivery started at")
+    )
+    delivered_at = models.DateTimeField(null=True, blank=True, verbose_name=_("delivered at"))
     # When a queued decision is next due: the sweep re-sends a queued decision whose task was lost
     # (broker restart, publish failure) once this is well past.
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, verbose_name=_("next attempt at"))
     # An attempt ended without a definite answer (timeout, dropped connection, 5xx, a worker
     # killed mid-call): Dify may have applied it. A later 412 "already submitted" is then checked
     # against the run's events before it is called someone else's answer.
-    maybe_applied = models.BooleanField(default=False)
+    maybe_applied = models.BooleanField(default=False, verbose_name=_("maybe applied"))
     # The last attempt never reached Dify (connection refused, connect timed out): it waits out
     # its backoff only until a delivery to the same app gets through again.
-    dify_unreachable = models.BooleanField(default=False)
+    dify_unreachable = models.BooleanField(default=False, verbose_name=_("dify unreachable"))
     # Dify refused the app's key or the app itself (`DifyStatusError.refuses_app`: a revoked key,
     # an unpublished app): the decision waits, with no due time, until Dify accepts the app again
     # (`release_held`). What an administrator fixes in the app's settings fails no decision.
     held_for_app = models.BooleanField(_("held until Dify accepts its app"), default=False)
 
     class Meta:
+        verbose_name = _("decision")
+        verbose_name_plural = _("decisions")
         ordering = ["-created_at"]
         constraints = [
             # At most one decision per form may be on its way or delivered: the database, not
@@ -2103,22 +2178,32 @@ class DeliveryPump(models.Model):
 
 
 class Upload(models.Model):
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="uploads")
-    input_name = models.CharField(max_length=128)
-    upload_file_id = models.CharField(_("Dify upload file id"), max_length=64)
-    name = models.CharField(max_length=255)
-    size = models.BigIntegerField()
-    mime_type = models.CharField(max_length=255, blank=True)
-    extension = models.CharField(max_length=32, blank=True)
-    category = models.CharField(max_length=16)
-    uploaded_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
     )
-    guest_email = models.EmailField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    form = models.ForeignKey(
+        Form, on_delete=models.CASCADE, related_name="uploads", verbose_name=_("form")
+    )
+    input_name = models.CharField(max_length=128, verbose_name=_("input name"))
+    upload_file_id = models.CharField(_("Dify upload file id"), max_length=64)
+    name = models.CharField(max_length=255, verbose_name=_("name"))
+    size = models.BigIntegerField(verbose_name=_("size"))
+    mime_type = models.CharField(max_length=255, blank=True, verbose_name=_("MIME type"))
+    extension = models.CharField(max_length=32, blank=True, verbose_name=_("extension"))
+    category = models.CharField(max_length=16, verbose_name=_("category"))
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        verbose_name=_("uploaded by"),
+    )
+    guest_email = models.EmailField(blank=True, verbose_name=_("guest email"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
+        verbose_name = _("upload")
+        verbose_name_plural = _("uploads")
         ordering = ["created_at"]
 
     def __str__(self) -> str:
@@ -2131,7 +2216,9 @@ class FormRecipient(models.Model):
     The email's link is signed for this row (see `inbox.notify`); it never carries Dify's token.
     """
 
-    form = models.ForeignKey(Form, on_delete=models.CASCADE, related_name="recipients")
+    form = models.ForeignKey(
+        Form, on_delete=models.CASCADE, related_name="recipients", verbose_name=_("form")
+    )
     email = models.EmailField(_("email"))
     language = models.CharField(
         _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
@@ -2143,20 +2230,25 @@ class FormRecipient(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="form_recipients",
+        verbose_name=_("user"),
     )
     sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
-    send_attempts = models.PositiveIntegerField(default=0)
-    last_error = models.TextField(blank=True)
+    send_attempts = models.PositiveIntegerField(default=0, verbose_name=_("send attempts"))
+    last_error = models.TextField(blank=True, verbose_name=_("last error"))
     # Offsets before expiry (seconds) already reminded, or passed over because the first email
     # went out after them.
-    reminders_sent = models.JSONField(default=list, blank=True)
+    reminders_sent = models.JSONField(default=list, blank=True, verbose_name=_("reminders sent"))
     reminded_at = models.DateTimeField(_("reminded"), null=True, blank=True)
     # When the sweep next looks at this row for a reminder; None when none is left.
-    next_reminder_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    closed_notice_at = models.DateTimeField(null=True, blank=True)
-    link_opened_at = models.DateTimeField(null=True, blank=True)
+    next_reminder_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, verbose_name=_("next reminder at")
+    )
+    closed_notice_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("closed notice at")
+    )
+    link_opened_at = models.DateTimeField(null=True, blank=True, verbose_name=_("link opened at"))
     link_used_at = models.DateTimeField(_("link used"), null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
         ordering = ["form", "email"]
@@ -2204,14 +2296,20 @@ class RunEvent(models.Model):
     """A stream event worth keeping (fills, timeouts, the end, errors, anything unknown), without
     any form token. Node events and text chunks live in Run.timeline and Run.answer instead."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
-    event = models.CharField(max_length=64)
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="events", verbose_name=_("run")
+    )
+    event = models.CharField(max_length=64, verbose_name=_("event"))
     # What makes a replayed event the same event (e.g. "workflow_finished", "filled:<form>:<a>").
-    key = models.CharField(max_length=200, blank=True)
-    payload = models.JSONField(default=dict, blank=True)
-    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    key = models.CharField(max_length=200, blank=True, verbose_name=_("key"))
+    payload = models.JSONField(default=dict, blank=True, verbose_name=_("payload"))
+    received_at = models.DateTimeField(
+        default=timezone.now, db_index=True, verbose_name=_("received at")
+    )
 
     class Meta:
+        verbose_name = _("run event")
+        verbose_name_plural = _("run events")
         ordering = ["received_at", "id"]
         constraints = [
             models.UniqueConstraint(
@@ -2231,17 +2329,24 @@ _deferred_audit: contextvars.ContextVar[list[AuditEntry] | None] = contextvars.C
 
 class AuditEntry(models.Model):
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        verbose_name=_("actor"),
     )
-    actor_label = models.CharField(max_length=255, blank=True)
-    verb = models.CharField(max_length=64, db_index=True)
-    object_type = models.CharField(max_length=64)
-    object_id = models.CharField(max_length=64)
-    object_repr = models.CharField(max_length=255, blank=True)
-    details = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor_label = models.CharField(max_length=255, blank=True, verbose_name=_("actor label"))
+    verb = models.CharField(max_length=64, db_index=True, verbose_name=_("verb"))
+    object_type = models.CharField(max_length=64, verbose_name=_("object type"))
+    object_id = models.CharField(max_length=64, verbose_name=_("object id"))
+    object_repr = models.CharField(max_length=255, blank=True, verbose_name=_("object repr"))
+    details = models.JSONField(default=dict, blank=True, verbose_name=_("details"))
+    created_at = models.DateTimeField(
+        default=timezone.now, db_index=True, verbose_name=_("created at")
+    )
 
     class Meta:
+        verbose_name = _("audit entry")
         ordering = ["-created_at", "-id"]
         verbose_name_plural = _("audit entries")
         indexes = [models.Index(fields=["object_type", "object_id"])]
@@ -2311,16 +2416,25 @@ class ApiToken(models.Model):
     """A per-user bearer token for the JSON API. Only a SHA-256 of the token is stored."""
 
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="api_tokens",
+        verbose_name=_("user"),
     )
-    name = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=12, help_text=_("The first characters, to recognise it."))
-    digest = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    name = models.CharField(max_length=100, blank=True, verbose_name=_("name"))
+    prefix = models.CharField(
+        max_length=12,
+        help_text=_("The first characters, to recognise it."),
+        verbose_name=_("prefix"),
+    )
+    digest = models.CharField(max_length=64, unique=True, verbose_name=_("digest"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    last_used_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last used at"))
+    revoked_at = models.DateTimeField(null=True, blank=True, verbose_name=_("revoked at"))
 
     class Meta:
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -2363,12 +2477,15 @@ class ReviewerProfile(models.Model):
     switch or their browser's preference), so their emails speak it too."""
 
     user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="inbox_profile"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="inbox_profile",
+        verbose_name=_("user"),
     )
     language = models.CharField(
         _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
         verbose_name = _("reviewer profile")

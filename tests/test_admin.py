@@ -304,3 +304,17 @@ def test_the_admin_s_actions_still_act_on_read_only_records(
         follow=True,
     )
     assert "R-rec: not stopped: POST /workflows/tasks/T-1/stop" in response.content.decode()
+
+
+def test_the_admin_reads_in_chinese(client: Client, admin_user: User, dify_app: DifyApp) -> None:
+    """Every model and column of the records an administrator reads has its Chinese name."""
+    _records(dify_app, admin_user)
+    client.force_login(admin_user)
+    index = client.get("/admin/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    for name in ("运行", "表单", "决定", "上传", "运行事件", "审计记录", "API 令牌"):
+        assert f">{name}</a>" in index, name
+    page = client.get("/admin/inbox/decision/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    for column in ("操作 ID", "状态", "尝试次数", "最后错误"):
+        assert column in page, column
+    for untranslated in ("Action id", "Attempts", "Last error", "decision 来"):
+        assert untranslated not in page, untranslated
