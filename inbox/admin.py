@@ -85,8 +85,38 @@ class HealthFilter(admin.SimpleListFilter):
         return queryset
 
 
+class AuditedAdmin(admin.ModelAdmin):
+    """Settings an administrator edits (apps, routes) leave an entry in the audit trail, beside
+    Django's own history: who created, changed or deleted what, and which fields (their names,
+    never their values: an API key stays out of the trail)."""
+
+    audit_name = ""
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        fields = sorted({*form.changed_data, *(fs.prefix for fs in formsets if fs.has_changed())})
+        if change and not fields:
+            return
+        AuditEntry.record(
+            f"{self.audit_name}_{'changed' if change else 'created'}",
+            form.instance,
+            actor=request.user,
+            fields=fields,
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        AuditEntry.record(f"{self.audit_name}_deleted", obj, actor=request.user)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for obj in queryset:
+            AuditEntry.record(f"{self.audit_name}_deleted", obj, actor=request.user)
+        super().delete_queryset(request, queryset)
+
+
 @admin.register(DifyApp)
-class DifyAppAdmin(admin.ModelAdmin):
+class DifyAppAdmin(AuditedAdmin):
+    audit_name = "app"
     form = DifyAppAdminForm
     list_display = [
         "name",
@@ -474,7 +504,8 @@ class RouteRecipientInline(admin.TabularInline):
 
 
 @admin.register(Route)
-class RouteAdmin(admin.ModelAdmin):
+class RouteAdmin(AuditedAdmin):
+    audit_name = "route"
     list_display = [
         "name",
         "app",

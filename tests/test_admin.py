@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -143,6 +144,10 @@ def test_saving_a_new_key_clears_the_refusal_and_hands_the_given_up_runs_back_at
     assert (given_up.give_ups, given_up.refollow_after) == (0, None)
     assert not Run.objects.get(pk=finished.pk).follow_wanted
     assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "new settings"}
+    # The audit trail says who changed the key, never what it is.
+    changed = AuditEntry.objects.get(verb="app_changed")
+    assert changed.actor == admin_user and changed.details == {"fields": ["api_key"]}
+    assert "app-new-key-987654" not in json.dumps(changed.details) + changed.object_repr
 
 
 def test_saving_without_a_new_key_keeps_the_refusal(

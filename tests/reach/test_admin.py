@@ -217,6 +217,14 @@ def test_routes_are_edited_with_their_recipients(
     assert RouteRecipient.objects.get(route=made).email == "cfo@example.org"
     listing = admin_client.get(reverse("admin:inbox_route_changelist")).content.decode()
     assert "alice, cfo@example.org" in listing
+    created = AuditEntry.objects.get(verb="route_created")
+    assert created.object_id == str(made.pk)
+    assert "recipients" in created.details["fields"] and "node" in created.details["fields"]
+    response = admin_client.post(
+        reverse("admin:inbox_route_delete", args=[made.pk]), {"post": "yes"}
+    )
+    assert response.status_code == 302
+    assert AuditEntry.objects.filter(verb="route_deleted", object_id=str(made.pk)).exists()
 
 
 def test_a_bad_reminder_setting_is_refused_in_the_admin(
