@@ -9,6 +9,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.utils import formats, timezone
@@ -136,9 +138,41 @@ class DifyAppAdmin(AuditedAdmin):
     def masked_api_key(self, obj: DifyApp) -> str:
         return obj.masked_api_key
 
+    def get_queryset(self, request: HttpRequest) -> Any:
+        # What waits on each app's connection, counted in the list's one query: decisions held
+        # until Dify accepts the app, and decisions waiting out a backoff because Dify could not
+        # be reached at all.
+        def waiting(**conditions: Any) -> Any:
+            return Coalesce(
+                Subquery(
+                    Decision.objects.filter(
+                        form__run__app=OuterRef("pk"), status=Decision.Status.QUEUED, **conditions
+                    )
+                    .order_by()
+                    .values("form__run__app")
+                    .annotate(n=Count("pk"))
+                    .values("n")
+                ),
+                0,
+            )
+
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(held=waiting(held_for_app=True), unreachable=waiting(dify_unreachable=True))
+        )
+
     @admin.display(description=_("connection to Dify"), ordering="refused_at")
     def health(self, obj: DifyApp) -> str:
         if obj.refused_at is None:
+            unreachable = getattr(obj, "unreachable", 0)
+            if unreachable:
+                # Not a refusal (the key is not in question): Dify did not answer at all.
+                return ngettext(
+                    "Not reachable: %(count)d decision waits for Dify to answer.",
+                    "Not reachable: %(count)d decisions wait for Dify to answer.",
+                    unreachable,
+                ) % {"count": unreachable}
             return str(_("OK"))
         # Dify's own words; the client's messages never hold the key, and `note_refused`
         # redacted it anyway.
@@ -150,9 +184,7 @@ class DifyAppAdmin(AuditedAdmin):
             }
         )
         # What waits on the fix: decisions reviewers made that go once Dify accepts the app.
-        held = Decision.objects.filter(
-            form__run__app=obj, status=Decision.Status.QUEUED, held_for_app=True
-        ).count()
+        held = getattr(obj, "held", 0)
         if held:
             text += " " + ngettext(
                 "(%(count)d decision waits to be sent.)",

@@ -203,6 +203,30 @@ def test_a_refused_app_says_how_many_decisions_wait_for_its_fix(
     assert "decisions wait" not in page and "（2 个决定等待发送。）" in page  # noqa: RUF001
 
 
+def test_an_app_dify_does_not_answer_for_is_not_shown_as_ok(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    run = Run.objects.create(app=dify_app, workflow_run_id="R-down", status="paused")
+    for n in range(3):
+        form = Form.objects.create(
+            run=run, form_id=f"F-down-{n}", form_token=f"t-{n}", node_id="n", status="submitting"
+        )
+        Decision.objects.create(
+            form=form,
+            action_id="approve",
+            reviewer=admin_user,
+            attempts=1,
+            dify_unreachable=n < 2,  # the third is simply queued
+            next_attempt_at=timezone.now() + dt.timedelta(minutes=1),
+        )
+    client.force_login(admin_user)
+    page = client.get("/admin/inbox/difyapp/").content.decode()
+    assert "Not reachable: 2 decisions wait for Dify to answer." in page
+    Decision.objects.update(dify_unreachable=False)
+    page = client.get("/admin/inbox/difyapp/").content.decode()
+    assert "Not reachable" not in page and ">OK<" in page
+
+
 def test_the_reconcile_hands_a_given_up_run_back_later_with_each_give_up_in_a_row() -> None:
     minutes = [refollow_delay(n).total_seconds() / 60 for n in (0, 1, 2, 3, 4, 5, 6, 7, 1000)]
     assert minutes == [0, 0, 2, 4, 8, 16, 30, 30, 30]
