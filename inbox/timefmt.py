@@ -44,9 +44,13 @@ def relative(
     magnitude = abs(seconds)
     if magnitude < 60:
         return _worded(language, 0, "", future=False)
+    # The largest unit of which there are at least two, rounded to the nearest: a deadline 47
+    # hours away reads "in 47 hours", not "in 1 day", and one a reminder names a few seconds
+    # after it was due ("24h before") reads "in 24 hours", not "in 23 hours".
     for size, unit in _UNITS:
-        if magnitude >= size:
-            return _worded(language, int(magnitude // size), unit, future=seconds > 0)
+        if magnitude >= 2 * size or unit == "minute":
+            # Half up, as the page's script rounds (Math.round), not Python's half to even.
+            return _worded(language, int(magnitude / size + 0.5), unit, future=seconds > 0)
     raise AssertionError("unreachable: the smallest unit is a minute")
 
 

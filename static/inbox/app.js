@@ -30,10 +30,12 @@
     var seconds = (date.getTime() - Date.now()) / 1000;
     var abs = Math.abs(seconds);
     if (abs < 60) return null; // keep the server's "now"
+    // As the server words it (timefmt.relative): the largest unit of which there are at
+    // least two, rounded to the nearest.
     var units = [[86400, "day"], [3600, "hour"], [60, "minute"]];
     for (var i = 0; i < units.length; i++) {
-      if (abs >= units[i][0]) {
-        var n = Math.floor(abs / units[i][0]);
+      if (abs >= 2 * units[i][0] || units[i][1] === "minute") {
+        var n = Math.round(abs / units[i][0]);
         return rtf.format(seconds < 0 ? -n : n, units[i][1]);
       }
     }

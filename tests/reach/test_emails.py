@@ -56,7 +56,7 @@ def test_the_request_email_in_english(routed_form: Form) -> None:
     assert "A workflow of payroll is waiting for a decision from you." in text
     # The excerpt is plain text: Markdown marks and placeholders are gone.
     assert "Refund 120 EUR to Ada?" in text and "**" not in text and "{{#" not in text
-    assert "The form expires in 1 day (" in text
+    assert "The form expires in 30 hours (" in text  # under two days: in hours
     links = LINK.findall(text)
     assert len(links) == 1 and links[0].startswith("https://inbox.example.org/r/")
     html = html_of(message)
@@ -75,7 +75,7 @@ def test_the_request_email_in_chinese(routed_form: Form) -> None:
     message = by_recipient()[GUEST_ZH]
     assert message.subject == "需要您的决定：Manager approval（payroll）"  # noqa: RUF001
     assert "payroll 的一个工作流正在等待您的决定。" in message.body
-    assert "表单将于1 天后过期" in message.body
+    assert "表单将于30 小时后过期" in message.body
     html = html_of(message)
     assert '<html lang="zh-hans">' in html and "打开表单并作出决定" in html
 

@@ -72,14 +72,14 @@ def test_reminders_at_24_and_1_hour_before_expiry(reach_route: Route, reach_app:
     assert sweep(T0 + 23 * H)["reminders"] == 0
     assert sweep(T0 + 24 * H)["reminders"] == 2
     assert subjects() == [
-        (GUEST, "Reminder: Manager approval expires in 1 day"),
-        (GUEST_ZH, "提醒：Manager approval 将于1 天后过期"),  # noqa: RUF001
+        (GUEST, "Reminder: Manager approval expires in 24 hours"),
+        (GUEST_ZH, "提醒：Manager approval 将于24 小时后过期"),  # noqa: RUF001
     ]
     mail.outbox.clear()
     assert sweep(T0 + 30 * H)["reminders"] == 0  # nothing more until the last hour
     assert sweep(T0 + 47 * H)["reminders"] == 2
     assert {m.subject for m in mail.outbox if m.to == [GUEST]} == {
-        "Reminder: Manager approval expires in 1 hour"
+        "Reminder: Manager approval expires in 60 minutes"
     }
     mail.outbox.clear()
     assert sweep(T0 + 47.5 * H)["reminders"] == 0
@@ -94,7 +94,7 @@ def test_a_reminder_reads_the_time_left_and_links_the_form(
     captured(reach_app, hours_left=48)
     sweep(T0 + 47 * H)
     message = next(m for m in mail.outbox if m.to == [GUEST])
-    assert "has not been answered yet, and it expires in 1 hour." in message.body
+    assert "has not been answered yet, and it expires in 60 minutes." in message.body
     assert "/r/" in message.body
 
 
