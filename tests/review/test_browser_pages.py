@@ -187,7 +187,13 @@ def test_the_node_filter_follows_the_app_chosen(
     assert page.locator("#f-node").input_value() == ""
     from urllib.parse import parse_qs, urlsplit
 
+    # The address stays the inbox's (fetching the node choices is not a page of its own).
+    assert urlsplit(page.url).path == "/"
     assert parse_qs(urlsplit(page.url).query).get("node", [""]) == [""]
+    page.locator("#f-node").hover()
+    page.locator("#f-node").focus()
+    page.wait_for_timeout(300)
+    assert urlsplit(page.url).path == "/"
     assert page.js_errors == []
 
 
