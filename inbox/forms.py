@@ -247,7 +247,10 @@ class FileRefsField(forms.Field):
         if value in self.empty_values:
             return []
         refs = value if isinstance(value, list | tuple) else [value]
-        return [str(ref).strip() for ref in refs if ref is not None and str(ref).strip()]
+        # A file list's web addresses come from one box, one per line: each line is a file (and
+        # counts against the list's limit), never one address with line breaks in it.
+        lines = (line for ref in refs if ref is not None for line in str(ref).splitlines())
+        return [line.strip() for line in lines if line.strip()]
 
     def clean(self, value: Any) -> list[FileRef]:
         refs = self.to_python(value)

@@ -152,6 +152,23 @@ def test_an_upload_of_another_form_is_not_accepted(dify_app: DifyApp, form: Form
     ]
 
 
+def test_web_addresses_given_one_per_line_are_one_file_each_and_count_against_the_limit(
+    form: Form,
+) -> None:
+    # The page's box for a file list's addresses: one value, a line each.
+    two = "https://files.example.com/a.png\r\nhttps://files.example.com/b.png\n"
+    dform = DecisionForm(form, api_data(form, evidence=[two]))
+    assert dform.is_valid(), dform.errors
+    assert [ref.url for ref in dform.cleaned_data["in_evidence"]] == [
+        "https://files.example.com/a.png",
+        "https://files.example.com/b.png",
+    ]
+    four = "\n".join(f"https://files.example.com/{n}.png" for n in range(4))
+    dform = DecisionForm(form, api_data(form, evidence=[four]))
+    assert not dform.is_valid()
+    assert dform.error_list() == ["evidence: At most 3 files can be attached here."]
+
+
 @pytest.mark.parametrize("typed", ["ftp://example.com/a.pdf", "www.example.com/a.pdf", "a.pdf"])
 def test_a_web_address_typed_wrong_is_told_so(form: Form, typed: str) -> None:
     dform = DecisionForm(form, api_data(form, receipt=[typed]))
