@@ -1052,6 +1052,20 @@ def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> Htt
         parts.append(render(request, "inbox/form.html#body_oob", full).content.decode())
     if changed_state or request.GET.get("run", "") != run_ctx["run_version"]:
         parts.append(render(request, "inbox/form.html#run_panel_oob", context).content.decode())
+    if (
+        not changed_state
+        and decider.reviewer is not None
+        and request.GET.get("claim", "") != str(form.claimed_by_id or "")
+    ):
+        # Taken or released by someone else since: the header says so, and offers what is
+        # left to do (the body, with what the reviewer typed, is not touched).
+        parts.append(
+            render(
+                request,
+                "inbox/claim_panel.html",
+                {"form": form, "decider": decider, "oob": True},
+            ).content.decode()
+        )
     response = HttpResponse("".join(parts))
     if changed_state:
         message = _("This form is now: %(status)s.") % {"status": form.get_status_display()}

@@ -351,10 +351,8 @@ def form_claim(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
     try:
         form.claim(request.user)
     except ClaimRefused as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, _("You took this form. Others see that you are handling it."))
-    return _back(request, form)
+        return _claimed(request, form, exc.message, ok=False)
+    return _claimed(request, form, _("You took this form. Others see that you are handling it."))
 
 
 @login_required
@@ -364,10 +362,26 @@ def form_release(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse
     try:
         form.release(request.user)
     except ClaimRefused as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, _("You released this form."))
-    return _back(request, form)
+        return _claimed(request, form, exc.message, ok=False)
+    return _claimed(request, form, _("You released this form."))
+
+
+def _claimed(
+    request: HtmxHttpRequest, form: Form, message: str, *, ok: bool = True
+) -> HttpResponse:
+    """The claim panel redrawn in place (htmx): what the reviewer typed in the form below stays
+    as it is. Without script, the page again, with the message."""
+    if not request.htmx:
+        (messages.success if ok else messages.error)(request, message)
+        return _back(request, form)
+    form.refresh_from_db()
+    decider = Decider(base_url=reverse("inbox:form", args=[form.public_id]), reviewer=request.user)
+    response = render(
+        request,
+        "inbox/claim_panel.html",
+        {"form": form, "decider": decider, "claim_note": message, "claim_ok": ok},
+    )
+    return trigger_client_event(response, "inbox:announce", {"message": message})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -173,6 +173,39 @@ def test_claim_release_and_the_refusals(
     assert verbs[-2:] == [("form_claimed", "alice"), ("form_released", "admin")]
 
 
+def test_taking_a_form_redraws_only_its_claim_and_other_pages_hear_of_it(
+    routed_form: Form, reviewer: User, admin_user: User
+) -> None:
+    alice, bob = Client(), Client()
+    alice.force_login(reviewer)
+    bob.force_login(admin_user)  # staff: sees every form
+    base = f"/forms/{routed_form.public_id}/"
+    # htmx: the claim panel comes back alone (the form below, with what was typed, stays).
+    response = alice.post(base + "claim", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    panel = response.content.decode()
+    assert panel.lstrip().startswith('<div class="claim" id="claim">')
+    assert "You are handling this" in panel and "You took this form." in panel
+    assert "decision-form" not in panel
+    # The admin's page was drawn before: its next poll brings the claim, and only the claim.
+    live = bob.get(
+        base + "live", {"state": "open", "run": "x", "claim": ""}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert '<div class="claim" id="claim" hx-swap-oob="true">' in live
+    assert "Taken by Alice" in live and "Take this form" not in live
+    assert 'id="form-body"' not in live
+    # Once that page knows, the poll says nothing more about it.
+    live = bob.get(
+        base + "live",
+        {"state": "open", "run": "x", "claim": str(reviewer.pk)},
+        HTTP_HX_REQUEST="true",
+    ).content.decode()
+    assert 'id="claim"' not in live
+    # Taking it anyway (a page that had not heard yet): told so, in place.
+    refused = bob.post(base + "claim", HTTP_HX_REQUEST="true").content.decode()
+    assert "Alice has already taken this form." in refused and "Taken by Alice" in refused
+
+
 def test_a_closed_form_cannot_be_claimed(routed_form: Form, reviewer: User) -> None:
     Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
     with pytest.raises(ClaimRefused, match="This form is no longer open."):

@@ -301,6 +301,26 @@ def test_a_note_refused_because_someone_decided_first_stays_while_the_page_follo
     assert page.js_errors == [] and page.csp_violations == []
 
 
+def test_taking_a_form_keeps_what_the_reviewer_typed(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.evaluate("window.__marker = 1")  # gone if the page reloads
+    note = page.locator("textarea[name=in_note]")
+    note.fill("Half now, half on delivery.")
+    page.get_by_role("button", name="Take this form").click()
+    page.locator("#claim").get_by_text("You are handling this").wait_for()
+    assert note.input_value() == "Half now, half on delivery."
+    assert page.evaluate("window.__marker") == 1
+    assert Form.objects.get(pk=form.pk).claimed_by_id == reviewer.pk
+    page.get_by_role("button", name="Release").click()
+    page.locator("#claim").get_by_role("button", name="Take this form").wait_for()
+    assert note.input_value() == "Half now, half on delivery."
+    assert page.js_errors == [] and page.csp_violations == []
+
+
 def test_the_run_panel_follows_the_run(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
