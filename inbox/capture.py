@@ -963,13 +963,24 @@ class _Batch:
             status=self.run.status,
             at=_iso(_when(event.finished_at)),
         )
+        if self.run.status in ("stopped", "failed"):
+            # A node cut short by the stop (or the failure) sends no `node_finished`: it would
+            # keep saying "running" under a run that has ended.
+            for item in list(self.timeline):
+                if (
+                    isinstance(item, dict)
+                    and str(item.get("key", "")).startswith("node:")
+                    and item.get("status") == "running"
+                ):
+                    self.entry(str(item["key"]), status=self.run.status)
         self.close_open_forms("the run ended")
         self.settle_timeline()
 
     def settle_timeline(self) -> None:
-        """A form answered through us whose fill no stream of ours showed (the stream after the
-        decision opened once the run had moved on or ended: a snapshot, or a finished run's one
-        `workflow_finished`, replays no fill) would keep saying "waiting" on the timeline. Its
+        """A form answered (through us, or elsewhere as our decision found) whose fill no stream
+        of ours showed (the stream after the decision opened once the run had moved on or
+        ended: a snapshot, or a finished run's one `workflow_finished`, replays no fill) would
+        keep saying "waiting" on the timeline. Its
         answer goes right after its pause, as the fill would have put it; the fill, if a replay
         brings it later, lands on the same entry."""
         from inbox.models import Form
@@ -982,7 +993,14 @@ class _Batch:
             if form.status == Form.Status.EXPIRED:
                 self.entry(key, status="expired")
                 continue
-            if form.status != Form.Status.SUBMITTED or not form.filled_action_id:
+            if form.status == Form.Status.ANSWERED_ELSEWHERE and not form.filled_action_id:
+                # Answered in Dify (its console, an email), with which action we never learnt.
+                self.entry(key, status="answered_elsewhere")
+                continue
+            if (
+                form.status not in (Form.Status.SUBMITTED, Form.Status.ANSWERED_ELSEWHERE)
+                or not form.filled_action_id
+            ):
                 continue
             self.entry(key, status="paused")
             answer = f"filled:{form.form_id}:{form.filled_action_id}"

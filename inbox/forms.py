@@ -534,25 +534,37 @@ class FileNames:
         return known or str(item.get("filename") or item.get("name") or gettext("[file]"))
 
 
+def not_delivered(form_obj: Form, decision: Decision | None) -> bool:
+    """Whether the form's record is our own decision that never reached Dify: it failed, or Dify
+    had been answered elsewhere first and said nothing of that answer."""
+    return (
+        decision is not None
+        and decision.status in (Decision.Status.FAILED, Decision.Status.REJECTED)
+        and not form_obj.rendered_content
+        and not form_obj.filled_data
+        and form_obj.status in (form_obj.Status.FAILED, form_obj.Status.ANSWERED_ELSEWHERE)
+    )
+
+
 def answered_content(form_obj: Form, decision: Decision | None) -> str:
     """The form's content as answered: Dify's own record when a fill event brought it (its
     `rendered_content`); else the content with each input's place filled with what was sent,
-    as Dify fills it: the values of our decision Dify accepted (or of one that could not be
-    delivered), or those Dify said were submitted elsewhere. A file reads as its name when it was uploaded here. Empty when nothing says what
+    as Dify fills it: the values of our decision Dify accepted, those Dify said were submitted
+    elsewhere, or (`not_delivered`) those of our decision that never reached Dify. A file reads as its name when it was uploaded here. Empty when nothing says what
     was answered (the content is then shown as it was asked)."""
     from inbox.markdown import PLACEHOLDER
 
     if form_obj.rendered_content:
         return form_obj.rendered_content
     values: Any = None
-    if decision is not None and decision.status in (
-        Decision.Status.DELIVERED,
-        Decision.Status.FAILED,
-    ):
-        # A failed decision: what was decided here, shown as such (it never reached Dify).
+    if decision is not None and decision.status == Decision.Status.DELIVERED:
         values = decision.inputs
     elif form_obj.filled_data:
         values = form_obj.filled_data
+    elif not_delivered(form_obj, decision):
+        # What was decided here and never reached Dify (it failed, or the form was answered
+        # elsewhere first): shown as such, so the reviewer's words are not lost.
+        values = decision.inputs if decision is not None else None
     content = form_obj.content or str((form_obj.definition or {}).get("form_content") or "")
     if not isinstance(values, Mapping) or not content:
         return ""

@@ -943,7 +943,7 @@ class Form(models.Model):
         SUBMITTED = "submitted", _("Submitted")
         EXPIRED = "expired", _("Expired")
         ANSWERED_ELSEWHERE = "answered_elsewhere", _("Answered elsewhere")
-        NOT_ANSWERABLE = "not_answerable", _("Not answerable via API")
+        NOT_ANSWERABLE = "not_answerable", _("Only answerable in Dify")
         FAILED = "failed", _("Delivery failed")
 
     public_id = models.UUIDField(

@@ -59,6 +59,7 @@ from inbox.forms import (
     existing_decision,
     input_specs,
     inputs_from_dify,
+    not_delivered,
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
@@ -121,7 +122,9 @@ TABS: list[tuple[str, Any, tuple[str, ...]]] = [
     ("pending", gettext_lazy("Pending"), ("pending",)),
     ("submitted", gettext_lazy("Submitted"), ("submitting", "submitted")),
     ("expired", gettext_lazy("Expired"), ("expired",)),
-    ("elsewhere", gettext_lazy("Answered elsewhere"), ("answered_elsewhere", "not_answerable")),
+    # Forms answered outside the inbox, and those only Dify's own channels (email, its console)
+    # can answer.
+    ("elsewhere", gettext_lazy("Outside the inbox"), ("answered_elsewhere", "not_answerable")),
     ("failed", gettext_lazy("Failed"), ("failed",)),
 ]
 TAB_STATUSES = {key: statuses for key, _label, statuses in TABS}
@@ -821,6 +824,7 @@ def form_context(
         # Dify): an input's place reads as a blank, not as Dify's `{{#$output.x#}}`.
         "content": PLACEHOLDER.sub("—", content) if state != "open" else content,
         "answered": answered_content(form, decision) if state != "open" else "",
+        "not_delivered": state != "open" and not_delivered(form, decision),
         "decision": decision,
         "rejection": rejection,
         "notice": notice,

@@ -45,6 +45,7 @@ TIMELINE_STATUS_LABELS = {
     "waiting": gettext_lazy("Waiting"),
     "paused": gettext_lazy("Paused"),
     "answered": gettext_lazy("Answered"),
+    "answered_elsewhere": gettext_lazy("Answered elsewhere"),
     "expired": gettext_lazy("Expired"),
     "running": gettext_lazy("Running"),
     "succeeded": gettext_lazy("Succeeded"),

@@ -139,6 +139,31 @@ def test_a_run_that_ended_before_its_stream_reopened_shows_each_answer_on_its_ti
         )
 
 
+def test_a_form_answered_in_dify_before_our_decision_reads_so_on_the_timeline(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    # Answered by email while the follower held no stream; our decision then finds it answered
+    # (412), with which action we are not told. The run ends; its timeline must not say
+    # "waiting" for that form.
+    run = start(simulator, sim_app("refund-approval"), reviewer)
+    (form,) = pending(run)
+    no_stream_left(run)
+    follower.stop()
+    assert simulator.submit_elsewhere(form.form_id, "reject", {"decision_note": "No."})
+    decision = form.decide(action_id="approve", inputs=_filled(form), reviewer=reviewer)
+    assert deliver_decision(decision.pk) == "answered_elsewhere"
+    simulator.wait_for_status(run.workflow_run_id, "succeeded")
+    follower = FollowerThread("after-elsewhere").start()
+    try:
+        run = run_status(run, "succeeded")
+    finally:
+        follower.stop()
+    form.refresh_from_db()
+    assert form.status == "answered_elsewhere"
+    entries = [(e.get("title"), e.get("status")) for e in run.timeline if "form" in e]
+    assert entries == [(form.node_title, "answered_elsewhere")], entries
+
+
 def _filled(form: Form) -> dict[str, Any]:
     """Values every input of the form accepts: text, the first option."""
     values: dict[str, Any] = {}
@@ -272,7 +297,21 @@ def test_a_stopped_run_ends_stopped(
     simulator.set_options(time_scale=30.0)
     run = start(simulator, sim_app("refund-approval"), reviewer)
     run = run_status(run, "running")
+
+    def working() -> Run | None:
+        run.refresh_from_db()
+        running = [
+            i
+            for i in run.timeline
+            if str(i.get("key", "")).startswith("node:") and i.get("status") == "running"
+        ]
+        return run if running else None
+
+    run = wait_until(working)  # a node is at work
     stop_run(run, actor=reviewer)
     run = run_status(run, "stopped")
     assert run.forms.count() == 0
+    # The node the stop cut short says so, not "running" under a run that has ended.
+    nodes = [i for i in run.timeline if str(i.get("key", "")).startswith("node:")]
+    assert nodes and not [i for i in nodes if i.get("status") == "running"], nodes
     assert AuditEntry.objects.filter(verb="run_stop_requested").count() == 1

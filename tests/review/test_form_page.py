@@ -322,8 +322,28 @@ def test_an_expired_form_shows_blanks_and_a_failed_one_what_was_decided(
     )
     page = body(alice.get(f"/forms/{failed.public_id}/").content.decode())
     assert "The decision could not be delivered." in page
+    assert "Alice chose “Approve”." in page
     assert "Decided here, not delivered" in page and "Record" not in page
     assert "Conditions: Only with a signed NDA." in page and "Outcome: partial" in page
+    # Answered in Dify first, with which answer Dify did not say: the reviewer's own words are
+    # still there, marked as not delivered.
+    elsewhere = make_form(
+        dify_app,
+        status=Form.Status.ANSWERED_ELSEWHERE,
+        content=content,
+        definition=full_definition(form_content=content),
+    )
+    Decision.objects.create(
+        form=elsewhere,
+        action_id="approve",
+        reviewer=reviewer,
+        status=Decision.Status.REJECTED,
+        inputs={"note": "Fine by me.", "decision": "refund"},
+        last_error="This form was answered in Dify before this decision arrived.",
+    )
+    page = body(alice.get(f"/forms/{elsewhere.public_id}/").content.decode())
+    assert "Answered elsewhere." in page
+    assert "Decided here, not delivered" in page and "Conditions: Fine by me." in page
 
 
 def test_a_form_answered_elsewhere_reads_with_what_dify_said_was_submitted(

@@ -71,7 +71,7 @@ def test_tabs_count_each_status_and_filter_by_it(alice: Client, dify_app: DifyAp
         ("Pending", 1),
         ("Submitted", 2),
         ("Expired", 1),
-        ("Answered elsewhere", 1),
+        ("Outside the inbox", 1),  # answered elsewhere, or answerable only in Dify
         ("Failed", 1),
     ]:
         assert f'{label} <span class="count">{count}</span>' in page
