@@ -228,10 +228,19 @@ def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_p
     assert approve.is_disabled()
     page.get_by_label("partial").check()
     assert approve.is_enabled()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
     # Someone decides elsewhere: the page says so by itself.
     Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
     page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
     assert "Answered elsewhere." in page.locator("#form-body").inner_text()
+    # The header follows (no "Take this form", no "Expires in"), and a later redraw still finds
+    # its places: htmx reports no out-of-band target missing.
+    assert page.locator("#claim").inner_text() == ""
+    assert page.locator("#form-expiry").inner_text() == ""
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED)
+    page.wait_for_selector(".state-expired", timeout=15000)
+    assert console == []
 
 
 def test_a_decision_the_proxy_answers_with_a_502_is_explained_and_the_note_kept(
