@@ -168,3 +168,14 @@ def test_a_server_error_gets_our_page_in_the_reader_s_language_with_the_database
     # Nothing of what failed is shown.
     assert "Database access not allowed" not in page and "Traceback" not in page
     assert "RuntimeError" not in page
+
+
+def test_pages_name_their_icon_so_browsers_do_not_ask_for_a_missing_favicon(
+    client: Client, reviewer: Any
+) -> None:
+    from django.contrib.staticfiles import finders
+
+    client.force_login(reviewer)
+    page = client.get("/").content.decode()
+    assert '<link rel="icon" href="/static/inbox/favicon.svg" type="image/svg+xml">' in page
+    assert finders.find("inbox/favicon.svg")

@@ -123,7 +123,14 @@ def test_no_page_scrolls_sideways_on_a_phone(
     reviewer.save()
     page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language=language)
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/", f"/forms/{form.public_id}/", f"/runs/{form.run.public_id}/", "/runs/"):
+    for path in (
+        "/",
+        f"/forms/{form.public_id}/",
+        f"/runs/{form.run.public_id}/",
+        "/runs/",
+        "/apps/",
+        "/dashboard/",
+    ):
         page.goto(live_server.url + path)
         wide = page.evaluate("() => document.documentElement.scrollWidth")
         assert wide <= 390, (path, wide)
