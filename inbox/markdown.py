@@ -223,13 +223,15 @@ def excerpt(text: str, length: int = 140) -> str:
 _MARKUP = re.compile(r"!?\[([^\]]*)\]\([^)]*\)|[*_`~>#|]+|<[^>]*>")
 # A line that is only a rule or a table's delimiter row ("---", "|:---|---:|", "===").
 _RULE_LINES = re.compile(r"(?m)^[ \t]*[-=:|*_ \t]{3,}$")
+# A list item's marker at the start of a line ("- ", "* ", "+ ", "1. ").
+_LIST_MARKERS = re.compile(r"(?m)^[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]+")
 
 
 def quick_excerpt(text: str, length: int = 140) -> str:
     """A list row's excerpt without a full Markdown parse: links keep their text, emphasis,
     heading and quote marks and inline tags go. Good enough for one line of preview, and
     cheap enough for fifty rows per page."""
-    text = _RULE_LINES.sub(" ", PLACEHOLDER.sub(" ", text or ""))
+    text = _LIST_MARKERS.sub("", _RULE_LINES.sub(" ", PLACEHOLDER.sub(" ", text or "")))
     plain = _MARKUP.sub(lambda m: m.group(1) or "", text)
     line = " ".join(html.unescape(plain).split())
     return line if len(line) <= length else line[: length - 1].rstrip() + "…"

@@ -200,3 +200,11 @@ def test_quick_excerpt_leaves_out_rules_and_table_delimiter_rows() -> None:
 
     text = "Clause review\n\n| Clause | Risk |\n|---|:---:|\n| 7.2 | high |\n\n---\n\nSign below"
     assert quick_excerpt(text) == "Clause review Clause Risk 7.2 high Sign below"
+
+
+def test_quick_excerpt_leaves_out_list_markers_as_the_full_excerpt_does() -> None:
+    from inbox.markdown import excerpt, quick_excerpt
+
+    text = "Vendors:\n\n- Acme Ltd - SOC 2\n* Globex\n1. First\n2) Second"
+    assert quick_excerpt(text) == "Vendors: Acme Ltd - SOC 2 Globex First Second"
+    assert quick_excerpt(text) == excerpt(text)
