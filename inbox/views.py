@@ -181,7 +181,10 @@ class InboxFilters:
         if self.app:
             forms = forms.filter(run__app_id=self.app)
         if self.node:
-            forms = forms.filter(node_id=self.node)
+            app, node = split_node(self.node)
+            forms = forms.filter(node_id=node)
+            if app is not None:
+                forms = forms.filter(run__app_id=app)
         if self.q:
             forms = forms.filter(Q(node_title__icontains=self.q) | Q(content__icontains=self.q))
         if self.mine:
@@ -575,13 +578,21 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "inbox/index.html", context)
 
 
-def _node_label(node_id: str) -> str:
-    title = (
-        Form.objects.filter(node_id=node_id)
-        .exclude(node_title="")
-        .values_list("node_title", flat=True)
-        .first()
-    )
+def split_node(value: str) -> tuple[int | None, str]:
+    """The node filter's value: a node id, or `<app id>:<node id>` when no app is chosen (two
+    apps' workflows may both have a node `approval`; each is its own choice)."""
+    app, sep, node = value.partition(":")
+    if sep and app.isdigit() and node:
+        return int(app), node
+    return None, value
+
+
+def _node_label(value: str) -> str:
+    app, node_id = split_node(value)
+    forms = Form.objects.filter(node_id=node_id)
+    if app is not None:
+        forms = forms.filter(run__app_id=app)
+    title = forms.exclude(node_title="").values_list("node_title", flat=True).first()
     return title or node_id
 
 
@@ -601,9 +612,19 @@ def node_options(request: HtmxHttpRequest) -> HttpResponse:
         forms = Form.objects.for_user(request.user)
         if app.isdigit():
             forms = forms.filter(run__app_id=int(app))
-        nodes = list(
-            forms.values_list("node_id", "node_title").distinct().order_by("node_title")[:200]
-        )
+            nodes = list(
+                forms.values_list("node_id", "node_title").distinct().order_by("node_title")[:200]
+            )
+        else:
+            # Every app's nodes: each named with its app, and chosen with it.
+            nodes = [
+                (f"{app_id}:{node_id}", f"{title or node_id} · {app_name}")
+                for app_id, app_name, node_id, title in forms.values_list(
+                    "run__app_id", "run__app__name", "node_id", "node_title"
+                )
+                .distinct()
+                .order_by("node_title", "run__app__name")[:200]
+            ]
         cache.set(key, nodes, timeout=60)
     return render(
         request,

@@ -94,8 +94,28 @@ def test_filters_by_app_node_and_search(alice: Client, dify_app: DifyApp) -> Non
 
 def test_node_options_load_on_demand(alice: Client, dify_app: DifyApp) -> None:
     make_form(dify_app, node_title="Refund check", node_id="refund")
-    page = alice.get("/nodes/?node=refund", HTTP_HX_REQUEST="true").content.decode()
+    page = alice.get(
+        f"/nodes/?app={dify_app.pk}&node=refund", HTTP_HX_REQUEST="true"
+    ).content.decode()
     assert '<option value="refund" selected>Refund check</option>' in page
+
+
+def test_two_apps_nodes_of_the_same_id_are_two_choices_under_all_apps(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    other_app = DifyApp.objects.create(name="hiring", base_url="http://127.0.0.1:9/v1", api_key="k")
+    route(other_app, groups=Group.objects.filter(name="reviewers"))
+    make_form(dify_app, node_title="Owner approval", node_id="approval")
+    make_form(other_app, node_title="Cost-centre approval", node_id="approval")
+    page = alice.get("/nodes/", HTTP_HX_REQUEST="true").content.decode()
+    assert f'<option value="{other_app.pk}:approval">Cost-centre approval · hiring</option>' in page
+    assert f'<option value="{dify_app.pk}:approval">Owner approval · refunds</option>' in page
+    assert rows(alice.get(f"/?node={dify_app.pk}:approval").content.decode()) == ["Owner approval"]
+    # A node id alone (an app chosen, the API) still matches it in every app.
+    assert sorted(rows(alice.get("/?node=approval").content.decode())) == [
+        "Cost-centre approval",
+        "Owner approval",
+    ]
 
 
 def test_pages_of_fifty(alice: Client, dify_app: DifyApp) -> None:
