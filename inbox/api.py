@@ -587,6 +587,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             dify_user=dify_user,
             started_by=request.user,
             source="api",
+            labels=form.labels,
         )
     except StartFailed as exc:
         raise ApiError(exc.status, exc.code, exc.message, retry_after=exc.retry_after) from None

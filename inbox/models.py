@@ -345,6 +345,9 @@ class Run(models.Model):
     )
     error = models.TextField(blank=True, verbose_name=_("error"))
     timeline = models.JSONField(default=list, blank=True, verbose_name=_("timeline"))
+    # The start inputs' labels as the app declared them when the run started ({variable:
+    # label}), so its page names them as the start form did, without asking Dify again.
+    input_labels = models.JSONField(default=dict, blank=True, verbose_name=_("input labels"))
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -474,6 +477,14 @@ class Run(models.Model):
             capture.fetch_definitions(self, applied.needs_definition)
         self.refresh_from_db()
         return applied
+
+    @property
+    def labelled_inputs(self) -> list[tuple[str, Any]]:
+        """The run's inputs as (label, value): the app's label where it gave one, else the
+        variable's name."""
+        labels = self.input_labels if isinstance(self.input_labels, dict) else {}
+        inputs = self.inputs if isinstance(self.inputs, dict) else {}
+        return [(str(labels.get(name) or name), value) for name, value in inputs.items()]
 
     def request_follow(self, snapshot: bool = False) -> bool:
         """Ask a follower to (re)open this run's event stream and read it to the next pause or

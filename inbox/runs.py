@@ -125,6 +125,8 @@ class StartRunForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.app = app
         self.specs = start_inputs(parameters)
+        # What the run's page calls each input, as this form does.
+        self.labels = {spec.variable: spec.label for spec in self.specs if spec.label}
         self.unsupported = [s for s in self.specs if not s.supported]
         for spec in self.specs:
             if spec.supported:
@@ -270,8 +272,10 @@ def start_run(
     dify_user: str,
     started_by: Any = None,
     source: str = "ui",
+    labels: dict[str, str] | None = None,
 ) -> Run:
     """Start a streaming run and hand it to the follower (see the module docstring).
+    `labels`: the start inputs' labels ({variable: label}), kept for the run's page.
 
     Raises StartFailed; the run row then stays as `failed` with Dify's message, for the record.
     """
@@ -279,6 +283,7 @@ def start_run(
         app=app,
         dify_user=dify_user,
         inputs=inputs,
+        input_labels=labels or {},
         query=query,
         started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
         source=source,
@@ -459,6 +464,7 @@ def ingest_run(
                 source="ingest",
                 # What it was started with, as Dify keeps it (the run page and API show it).
                 inputs=detail.inputs or {},
+                input_labels=_start_labels(app),
                 status=Run.Status.RUNNING,
                 started_by=actor if getattr(actor, "is_authenticated", False) else None,
                 follow_wanted=False,
@@ -474,6 +480,16 @@ def ingest_run(
     run.request_follow(snapshot=True)
     run.refresh_from_db()
     return run, True
+
+
+def _start_labels(app: DifyApp) -> dict[str, str]:
+    """The app's start input labels, for an ingested run's page; none if Dify will not say
+    (the run's inputs then read by their variables' names)."""
+    try:
+        parameters = app_parameters(app)
+    except DifyError:
+        return {}
+    return {spec.variable: spec.label for spec in start_inputs(parameters) if spec.label}
 
 
 def _check_events_user(client: DifyClient, app: DifyApp, workflow_run_id: str, user: str) -> None:

@@ -114,6 +114,7 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
                 dify_user=default_dify_user(request.user),
                 started_by=request.user,
                 source="ui",
+                labels=form.labels,
             )
         except StartFailed as exc:
             if exc.code == "dify_no_answer":

@@ -58,6 +58,8 @@ def test_ingest_without_a_token_recovers_the_form_from_a_snapshot(
     assert (
         run.inputs and run.inputs == DifyClient.for_app(run.app).get_run(run.workflow_run_id).inputs
     )
+    # Named as the app names them, on its page.
+    assert dict(run.labelled_inputs)["Customer name"] == run.inputs["customer_name"]
 
 
 def test_ingest_without_a_token_under_another_user_is_refused_and_records_nothing(

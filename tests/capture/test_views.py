@@ -118,6 +118,8 @@ def test_starting_a_run_goes_to_its_page(
     assert simulator.run(run.workflow_run_id)["status"] in ("running", "paused")
     page = client.get(response["Location"]).content.decode()
     assert "The run has started." in page and "refund-approval" in page
+    # Its inputs are named as the start form named them, not by their variables.
+    assert "<dt>Refund amount (EUR)</dt>" in page and "<dt>amount</dt>" not in page
 
 
 def test_a_dify_error_at_the_start_is_shown_on_the_form(
