@@ -96,6 +96,11 @@ class StartInput:
         )
 
 
+def start_labels(specs: list[StartInput]) -> dict[str, str]:
+    """What a run's page calls each start input ({variable: label}), as the start form does."""
+    return {spec.variable: spec.label for spec in specs if spec.label}
+
+
 def start_inputs(parameters: dict[str, Any]) -> list[StartInput]:
     return [
         spec
@@ -125,8 +130,7 @@ class StartRunForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.app = app
         self.specs = start_inputs(parameters)
-        # What the run's page calls each input, as this form does.
-        self.labels = {spec.variable: spec.label for spec in self.specs if spec.label}
+        self.labels = start_labels(self.specs)
         self.unsupported = [s for s in self.specs if not s.supported]
         for spec in self.specs:
             if spec.supported:
@@ -489,7 +493,7 @@ def _start_labels(app: DifyApp) -> dict[str, str]:
         parameters = app_parameters(app)
     except DifyError:
         return {}
-    return {spec.variable: spec.label for spec in start_inputs(parameters) if spec.label}
+    return start_labels(start_inputs(parameters))
 
 
 def _check_events_user(client: DifyClient, app: DifyApp, workflow_run_id: str, user: str) -> None:
