@@ -77,13 +77,19 @@ class HealthFilter(admin.SimpleListFilter):
     parameter_name = "health"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("ok", _("OK")), ("refused", _("Refused"))]
+        return [
+            ("ok", _("OK")),
+            ("refused", _("Refused")),
+            ("test_failed", _("Connection test failed")),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         if self.value() == "ok":
-            return queryset.filter(refused_at__isnull=True)
+            return queryset.filter(refused_at__isnull=True, test_failed_at__isnull=True)
         if self.value() == "refused":
             return queryset.filter(refused_at__isnull=False)
+        if self.value() == "test_failed":
+            return queryset.filter(refused_at__isnull=True, test_failed_at__isnull=False)
         return queryset
 
 
@@ -173,6 +179,17 @@ class DifyAppAdmin(AuditedAdmin):
                     "Not reachable: %(count)d decisions wait for Dify to answer.",
                     unreachable,
                 ) % {"count": unreachable}
+            if obj.test_failed_at is not None:
+                # What the last "Test the connection" found, until Dify answers a call.
+                return str(
+                    _("The connection test of %(when)s failed: %(error)s")
+                    % {
+                        "when": formats.date_format(
+                            timezone.localtime(obj.test_failed_at), "DATETIME_FORMAT"
+                        ),
+                        "error": obj.test_failure,
+                    }
+                )
             return str(_("OK"))
         # Dify's own words; the client's messages never hold the key, and `note_refused`
         # redacted it anyway.
@@ -211,6 +228,10 @@ class DifyAppAdmin(AuditedAdmin):
             except DifyError as exc:
                 if isinstance(exc, DifyStatusError) and exc.refuses_app:
                     app.note_refused(exc, "connection test")
+                else:
+                    # No refusal of the key or the app, but no Dify either (a wrong URL, a
+                    # server down): the app's list shows it until Dify answers.
+                    app.note_test_failed(exc)
                 # The client's messages never include the key.
                 self.message_user(
                     request,

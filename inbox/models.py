@@ -97,6 +97,15 @@ class DifyApp(models.Model):
     refusal_checked_at = models.DateTimeField(
         null=True, blank=True, editable=False, verbose_name=_("refusal checked at")
     )
+    # The last "Test the connection" that found no Dify answering as one should (a wrong URL, a
+    # server down, a 404 or 5xx), and what it found. Not a refusal: nothing waits on it. Cleared
+    # by the next call Dify answers (`note_accepted`) and by new settings.
+    test_failed_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("connection test failed at")
+    )
+    test_failure = models.CharField(
+        _("connection test failure"), max_length=300, blank=True, editable=False
+    )
 
     # What the connection-health fields are; a plain save() writes the others only.
     HEALTH_FIELDS = (
@@ -105,6 +114,8 @@ class DifyApp(models.Model):
         "refusal_status",
         "refusal_code",
         "refusal_checked_at",
+        "test_failed_at",
+        "test_failure",
     )
 
     class Meta:
@@ -179,6 +190,9 @@ class DifyApp(models.Model):
         uploads and submits go through either way. True when this clears the refusal. Free
         when this instance knows of none the call can judge, so it may be called after every
         successful call."""
+        if self.test_failed_at is not None:
+            # Dify answered: whatever the last connection test found is over.
+            self._clear_test_failure()
         if self.refused_at is None:
             return False
         unjudged = set() if kind else set(KIND_REFUSALS)
@@ -197,6 +211,20 @@ class DifyApp(models.Model):
             AuditEntry.record("app_accepted", self, source=source)
             logger.info("Dify accepts the app %s again (seen by the %s)", self.name, source)
         return cleared
+
+    def note_test_failed(self, error: Exception) -> None:
+        """A connection test found no Dify answering as one should, for a reason other than a
+        refusal (`note_refused`): kept to be shown with the app until Dify answers a call."""
+        now = database_now()
+        message = redact_secret(str(error), self.api_key)[:300]
+        DifyApp.objects.filter(pk=self.pk).update(test_failed_at=now, test_failure=message)
+        self.test_failed_at, self.test_failure = now, message
+
+    def _clear_test_failure(self) -> None:
+        DifyApp.objects.filter(pk=self.pk, test_failed_at__isnull=False).update(
+            test_failed_at=None, test_failure=""
+        )
+        self.test_failed_at, self.test_failure = None, ""
 
     def is_dify_mode(self, mode: Any) -> bool:
         """Whether the `mode` Dify's /info names is the kind of app set up here."""
@@ -220,6 +248,8 @@ class DifyApp(models.Model):
         what Dify refused is worth asking again now. Clears the refusal and hands the runs the
         follower gave up on, or whose events the old settings could not see, back to it (each
         stream opened with a state snapshot, so their forms come in). Returns how many."""
+        # A failed connection test was of the old settings.
+        self._clear_test_failure()
         if self._clear_refusal(DifyApp.objects.filter(pk=self.pk)):
             AuditEntry.record(
                 "app_accepted", self, actor=actor, actor_label=actor_label, source="new settings"

@@ -113,6 +113,53 @@ def test_test_connection_reports_an_unreachable_server(admin_client: Client, db:
     assert DifyApp.objects.get(pk=app.pk).refused_at is None
 
 
+def test_a_failed_connection_test_stays_on_the_app_until_dify_answers(
+    admin_client: Client, simulator: Any, simulator_dify_app: Any
+) -> None:
+    app = simulator_dify_app("refund-approval")
+    good_url = app.base_url
+    # A wrong path on a real server: Dify's routes are under /v1.
+    DifyApp.objects.filter(pk=app.pk).update(base_url=good_url.removesuffix("/v1"))
+    [message] = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
+    assert message.startswith("refund-approval: Dify did not answer as expected:")
+    app.refresh_from_db()
+    assert app.refused_at is None and app.test_failed_at is not None
+    assert "404" in app.test_failure and app.api_key not in app.test_failure
+    changelist = reverse("admin:inbox_difyapp_changelist")
+    listing = admin_client.get(changelist).content.decode()
+    assert "The connection test of " in listing and " failed: " in listing
+    assert '<td class="field-health">OK</td>' not in listing
+    assert (
+        "refund-approval" in admin_client.get(changelist + "?health=test_failed").content.decode()
+    )
+    assert "refund-approval" not in admin_client.get(changelist + "?health=ok").content.decode()
+    # The right URL, tested: the app is OK again.
+    DifyApp.objects.filter(pk=app.pk).update(base_url=good_url)
+    [message] = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
+    assert message.startswith("refund-approval: connected.")
+    app.refresh_from_db()
+    assert (app.test_failed_at, app.test_failure) == (None, "")
+    assert "refund-approval" in admin_client.get(changelist + "?health=ok").content.decode()
+
+
+def test_new_settings_end_a_failed_connection_test_of_the_old_ones(
+    admin_client: Client, db: None
+) -> None:
+    app = DifyApp.objects.create(
+        name="gone", base_url="http://127.0.0.1:9/v1", api_key="k-123456789"
+    )
+    action(admin_client, "difyapp", "test_connection", [app.pk])
+    app.refresh_from_db()
+    assert "could not connect" in app.test_failure
+    # Another save of the app (its name) keeps what the test found; a new URL ends it.
+    change = reverse("admin:inbox_difyapp_change", args=[app.pk])
+    data = {"name": "gone", "base_url": app.base_url, "mode": "workflow", "is_active": "on"}
+    admin_client.post(change, {**data, "api_key": ""})
+    assert DifyApp.objects.get(pk=app.pk).test_failed_at is not None
+    admin_client.post(change, {**data, "base_url": "http://127.0.0.1:10/v1", "api_key": ""})
+    assert DifyApp.objects.get(pk=app.pk).test_failed_at is None
+
+
 def test_stop_run_asks_dify_as_the_runs_own_user(
     admin_client: Client, admin_user: User, simulator: Any, simulator_dify_app: Any
 ) -> None:
