@@ -21,7 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from inbox.forms import DecisionForm, action_specs, existing_decision, input_specs
 from inbox.markdown import excerpt
-from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen
+from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.uploads import UploadRejected, upload_to_dify
 from inbox.views import (
     PAGE_SIZE,
@@ -267,7 +267,8 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
                     "size": u.size,
                     "type": u.category,
                 }
-                for u in form.uploads.all()
+                # The caller's own, as on the page: another reviewer's files are theirs.
+                for u in Upload.owned(form, reviewer=request.user)
             ],
             "decision": _decision_json(form.decisions.select_related("reviewer").first()),
         }
@@ -370,7 +371,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
                     details={spec.name: ["Must be a string."]},
                 )
             data[spec.field_name] = _file_refs(value) if spec.is_file else value
-    dform = DecisionForm(form, data, require_every_key=True)
+    dform = DecisionForm(
+        form, data, require_every_key=True, uploads=Upload.owned(form, reviewer=request.user)
+    )
     if not dform.is_valid():
         errors = dform.error_list()
         # Keyed as the request names them: an input by its name, not the page's field name.

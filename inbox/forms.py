@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
+from django.db.models import QuerySet
 from django.utils.text import format_lazy
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -237,8 +238,8 @@ def _is_upload_id(ref: str) -> bool:
 class FileRefsField(forms.Field):
     widget = FileRefsWidget
 
-    def __init__(self, spec: InputSpec, form_obj: Form, **kwargs: Any) -> None:
-        self.spec, self.form_obj = spec, form_obj
+    def __init__(self, spec: InputSpec, uploads: QuerySet[Upload], **kwargs: Any) -> None:
+        self.spec, self.uploads = spec, uploads
         kwargs.setdefault("required", spec.kind == "file")
         kwargs.setdefault("error_messages", {"required": _("Add a file.")})
         super().__init__(**kwargs)
@@ -315,9 +316,7 @@ class FileRefsField(forms.Field):
                 continue
         if not valid:
             return {}
-        rows = Upload.objects.filter(
-            form=self.form_obj, input_name=self.spec.name, public_id__in=valid
-        )
+        rows = self.uploads.filter(input_name=self.spec.name, public_id__in=valid)
         return {str(upload.public_id): upload for upload in rows}
 
     def _type_error(self, filename: str) -> ValidationError:
@@ -343,9 +342,13 @@ class DecisionForm(forms.Form):
         *,
         initial_inputs: Mapping[str, Any] | None = None,
         require_every_key: bool = False,
+        uploads: QuerySet[Upload] | None = None,
     ) -> None:
         super().__init__(data=data)
         self.form_obj = form_obj
+        # The uploads the decision may carry: the decider's own (`Upload.owned`). None: no
+        # upload at all (a form only read, never decided with).
+        self.uploads = uploads if uploads is not None else Upload.objects.none()
         self.specs = input_specs(form_obj.definition or {})
         self.actions = action_specs(form_obj.definition or {})
         # The JSON API must name every input, as Dify requires; the HTML page always sends them.
@@ -377,7 +380,7 @@ class DecisionForm(forms.Form):
             return forms.CharField(
                 initial=initial, error_messages={"required": _("Choose an option.")}
             )
-        return FileRefsField(spec, self.form_obj, initial=initial or [])
+        return FileRefsField(spec, self.uploads, initial=initial or [])
 
     def clean_submission_key(self) -> str:
         key = str(self.cleaned_data.get("submission_key") or "")

@@ -1348,6 +1348,17 @@ class Form(models.Model):
         self.updated_at = form.updated_at
         return decision
 
+    @classmethod
+    def enqueue_check(cls, form_pk: int) -> None:
+        """Queue one GET form for the form (`tasks.check_form`). A broker that is down loses
+        nothing: the form reconcile asks about it in its time."""
+        from inbox.tasks import check_form
+
+        try:
+            check_form.apply_async((form_pk,))
+        except Exception:
+            logger.warning("form %s: check not queued", form_pk, exc_info=True)
+
     def close_in_dify(self, status: str, *, reason: str, source: str, **filled: str) -> bool:
         """Dify says this pending form is closed (answered there, or expired): record it.
 
@@ -2249,6 +2260,19 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @classmethod
+    def owned(
+        cls, form: Form, *, reviewer: Any = None, guest_email: str = ""
+    ) -> models.QuerySet[Upload]:
+        """The uploads a reviewer (or a guest) made on the form; nobody else's. A decision may
+        carry only these: another reviewer's file is theirs to send or drop."""
+        uploads = cls.objects.filter(form=form)
+        if reviewer is not None and reviewer.is_authenticated:
+            return uploads.filter(uploaded_by=reviewer)
+        if guest_email:
+            return uploads.filter(uploaded_by__isnull=True, guest_email__iexact=guest_email)
+        return uploads.none()
 
 
 class FormRecipient(models.Model):

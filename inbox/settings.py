@@ -227,6 +227,9 @@ INBOX_DELIVERY_REQUEUE_AFTER_SECONDS = env_float(
 # per run, to find those answered in Dify directly.
 INBOX_RECONCILE_AFTER_SECONDS = env_float("INBOX_RECONCILE_AFTER_SECONDS", 900.0, minimum=0)
 INBOX_RECONCILE_BATCH = env_int("INBOX_RECONCILE_BATCH", 100, minimum=1)
+# A reviewer opening a pending form's page asks Dify about it (GET form) at most this often, so a
+# form answered in Dify's own pages reads so within seconds. 0: on every opening.
+INBOX_CHECK_ON_VIEW_SECONDS = env_float("INBOX_CHECK_ON_VIEW_SECONDS", 60.0, minimum=0)
 
 # The follower (`manage.py follow`, inbox/follower.py): how many streams one process reads at
 # once, how often it looks for work, how long its lease on a run lasts (renewed every third of

@@ -818,40 +818,89 @@ def _reconcile(batch_size: int) -> dict[str, int]:
         app = form.run.app
         if app.pk in unreachable:
             continue
-        try:
-            delivery_client(app).get_form(form.form_token)
-        except FormAlreadySubmitted:
-            if form.close_in_dify(
-                Form.Status.ANSWERED_ELSEWHERE,
-                reason="GET form: human_input_form_submitted",
-                source="reconcile",
-            ):
-                counts["answered_elsewhere"] += 1
-        except FormExpired:
-            if form.close_in_dify(
-                Form.Status.EXPIRED, reason="GET form: human_input_form_expired", source="reconcile"
-            ):
-                counts["expired"] += 1
-        except DifyError as exc:
+        outcome = _ask_about_form(form, "reconcile")
+        if outcome in ("refused", "unreachable"):
+            # Its app's other forms wait for the next pass.
             counts["errors"] += 1
-            if isinstance(exc, DifyStatusError) and exc.refuses_app:
-                # Said once, for the app (`note_refused` logs it); its other forms wait.
-                if not app.note_refused(exc, "reconcile"):
-                    logger.warning("reconcile: app %s: Dify refuses it: %s", app, exc)
-                unreachable.add(app.pk)
-                continue
-            logger.warning("reconcile: form %s: %s", form.pk, exc)
-            if not isinstance(exc, DifyStatusError) or not exc.permanent:
-                # Dify may be down or busy for this app: its other forms wait for the next pass.
-                # This one is stamped as asked about, if not answered, so that pass starts with
-                # them: a form Dify keeps failing on (a 5xx on its GET alone) does not stand in
-                # front of them for good, and an outage costs one call per app and pass.
-                Form.objects.filter(pk=form.pk).update(checked_at=timezone.now())
-                unreachable.add(app.pk)
-                continue
+            unreachable.add(app.pk)
+            continue
+        if outcome in ("answered_elsewhere", "expired"):
+            counts[outcome] += 1
+        elif outcome == "error":
+            counts["errors"] += 1
         counts["checked"] += 1
-        Form.objects.filter(pk=form.pk).update(checked_at=timezone.now())
     return counts
+
+
+def _ask_about_form(form: Form, source: str) -> str:
+    """GET form: closes a form Dify says was answered there or expired, and stamps it as asked
+    about. Returns "answered_elsewhere", "expired", "open" (nothing new), "closed" (closed here
+    meanwhile), "refused" (Dify refuses its app), "unreachable" (Dify down or busy for the app)
+    or "error" (an answer Dify will give again)."""
+    app = form.run.app
+    try:
+        delivery_client(app).get_form(form.form_token)
+    except FormAlreadySubmitted:
+        closed = form.close_in_dify(
+            Form.Status.ANSWERED_ELSEWHERE,
+            reason="GET form: human_input_form_submitted",
+            source=source,
+        )
+        _stamp_checked(form)
+        return "answered_elsewhere" if closed else "closed"
+    except FormExpired:
+        closed = form.close_in_dify(
+            Form.Status.EXPIRED, reason="GET form: human_input_form_expired", source=source
+        )
+        _stamp_checked(form)
+        return "expired" if closed else "closed"
+    except DifyError as exc:
+        if isinstance(exc, DifyStatusError) and exc.refuses_app:
+            # Said once, for the app (`note_refused` logs it).
+            if not app.note_refused(exc, source):
+                logger.warning("%s: app %s: Dify refuses it: %s", source, app, exc)
+            return "refused"
+        logger.warning("%s: form %s: %s", source, form.pk, exc)
+        _stamp_checked(form)
+        if not isinstance(exc, DifyStatusError) or not exc.permanent:
+            # Dify may be down or busy for this app. The form is stamped as asked about all
+            # the same, so the next pass starts with the others: a form Dify keeps failing on
+            # (a 5xx on its GET alone) does not stand in front of them for good, and an outage
+            # costs one call per app and pass.
+            return "unreachable"
+        return "error"
+    _stamp_checked(form)
+    return "open"
+
+
+def _stamp_checked(form: Form) -> None:
+    Form.objects.filter(pk=form.pk).update(checked_at=timezone.now())
+
+
+# A reviewer opened the page of a pending form: one GET form now, not at the reconcile's next
+# pass, so a form answered in Dify's own pages meanwhile reads so within seconds (the page's
+# live poll shows it) rather than after the reviewer decided it.
+@shared_task(soft_time_limit=60, time_limit=75)
+def check_form(form_pk: int) -> str:
+    """Ask Dify about one pending form (GET form), unless it was asked about in the last
+    INBOX_CHECK_ON_VIEW_SECONDS or its app's key is refused."""
+    now = timezone.now()
+    recently = now - dt.timedelta(seconds=settings.INBOX_CHECK_ON_VIEW_SECONDS)
+    form = (
+        Form.objects.filter(pk=form_pk, status=Form.Status.PENDING)
+        .exclude(form_token="")
+        .filter(Q(expiration_time__isnull=True) | Q(expiration_time__gt=now))
+        .exclude(checked_at__gte=recently)
+        .filter(
+            Q(run__app__refused_at__isnull=True)
+            | Q(run__app__refusal_code__in=sorted(SETUP_REFUSALS))
+        )
+        .select_related("run__app")
+        .first()
+    )
+    if form is None:
+        return "skipped"
+    return _ask_about_form(form, "check on view")
 
 
 # --- emails: requests, reminders, closing notices ---

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
@@ -574,7 +575,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         )
         for app in context["refused_apps"]:
             app["held"] = held.get(app["id"], 0)
-    context["node_label"] = _node_label(filters.node) if filters.node else ""
+    context["node_label"] = _node_label(filters.node, request.user) if filters.node else ""
     return render(request, "inbox/index.html", context)
 
 
@@ -587,9 +588,10 @@ def split_node(value: str) -> tuple[int | None, str]:
     return None, value
 
 
-def _node_label(value: str) -> str:
+def _node_label(value: str, user: Any) -> str:
     app, node_id = split_node(value)
-    forms = Form.objects.filter(node_id=node_id)
+    # Only a title of a form this user may see: the value comes from the address bar.
+    forms = Form.objects.for_user(user).filter(node_id=node_id)
     if app is not None:
         forms = forms.filter(run__app_id=app)
     title = forms.exclude(node_title="").values_list("node_title", flat=True).first()
@@ -772,12 +774,7 @@ def _field_views(dform: DecisionForm) -> dict[str, FieldView]:
 
 def _own_uploads(form: Form, decider: Decider) -> QuerySet[Upload]:
     """The uploads this reviewer (or guest) made on the form; nobody else's."""
-    uploads = Upload.objects.filter(form=form)
-    if decider.reviewer is not None:
-        return uploads.filter(uploaded_by=decider.reviewer)
-    if decider.guest_email:
-        return uploads.filter(uploaded_by__isnull=True, guest_email__iexact=decider.guest_email)
-    return uploads.none()
+    return Upload.owned(form, reviewer=decider.reviewer, guest_email=decider.guest_email)
 
 
 def _kept_uploads(form: Form, decider: Decider) -> dict[str, list[str]]:
@@ -898,7 +895,26 @@ def form_page_response(request: HtmxHttpRequest, form: Form, decider: Decider) -
     context = form_context(request, form, decider)
     if request.htmx and request.GET.get("part") == "body":
         return render(request, "inbox/form.html#body_swap", context)
+    _check_in_dify(form)
     return render(request, "inbox/form.html", context)
+
+
+def _check_in_dify(form: Form) -> None:
+    """Someone opened a pending form: ask Dify about it now (`tasks.check_form`), at most once
+    a INBOX_CHECK_ON_VIEW_SECONDS, so a form answered in Dify's own pages meanwhile turns
+    "Answered elsewhere" at the page's next poll, before the reader spends time on it."""
+    if form.status != Form.Status.PENDING or not form.form_token:
+        return
+    every = settings.INBOX_CHECK_ON_VIEW_SECONDS
+    if form.checked_at is not None and timezone.now() - form.checked_at < dt.timedelta(
+        seconds=every
+    ):
+        return
+    # One task per form and interval however many open it (each process, without a shared
+    # cache); the task skips a form asked about meanwhile anyway.
+    if every and not cache.add(f"check-form:{form.pk}", 1, timeout=every):
+        return
+    Form.enqueue_check(form.pk)
 
 
 def _render_body(
@@ -921,7 +937,7 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         context = form_context(request, form, decider, notice=notice)
         context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
-    dform = DecisionForm(form, request.POST)
+    dform = DecisionForm(form, request.POST, uploads=_own_uploads(form, decider))
     if not dform.is_valid():
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)

@@ -81,6 +81,10 @@ def celery_worker_process(transactional_db: None) -> Iterator[subprocess.Popen[b
     """A real Celery worker process on the real broker, sharing the test database."""
     if not _uses_postgres() or not settings.CELERY_BROKER_URL.startswith("redis://"):
         pytest.skip("needs PostgreSQL and Redis (run through bin/with-services, as make test does)")
+    from inbox.celery import app
+
+    # Messages an earlier test queued (a page opened, a form captured) must not reach it.
+    app.control.purge()
     db = connection.settings_dict
     env = dict(os.environ)
     env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import subprocess
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from inbox.models import AuditEntry, DifyApp, Form, Run
 from inbox.tasks import sweep_expired_forms
 from tests.conftest import wait_until
+from tests.delivery.helpers import simulated_forms
 
 
 def _form(app: DifyApp, form_id: str, minutes: int) -> Form:
@@ -43,3 +46,23 @@ def test_a_task_travels_through_redis_to_a_real_worker(
     sweep_expired_forms.delay()
     wait_until(lambda: Form.objects.get(pk=form.pk).status == Form.Status.EXPIRED, timeout=60)
     assert AuditEntry.objects.filter(verb="expired", object_id=str(form.pk)).count() == 1
+
+
+@pytest.mark.worker
+def test_opening_a_form_answered_in_dify_meanwhile_turns_it_answered_elsewhere(
+    celery_worker_process: subprocess.Popen[bytes],
+    simulator: Any,
+    simulator_dify_app: Any,
+    admin_client: Client,
+) -> None:
+    [form] = simulated_forms(simulator, simulator_dify_app("refund-approval"), 1)
+    assert simulator.submit_elsewhere(form.form_id, "approve", {"decision_note": "ok"})
+    page = admin_client.get(f"/forms/{form.public_id}/").content.decode()
+    # Nothing known yet when the page is read; the worker asks Dify, and the page's next poll
+    # finds the form closed.
+    assert "Answered elsewhere" not in page
+    wait_until(
+        lambda: Form.objects.get(pk=form.pk).status == Form.Status.ANSWERED_ELSEWHERE, timeout=60
+    )
+    live = admin_client.get(f"/forms/{form.public_id}/live", headers={"HX-Request": "true"})
+    assert "Answered elsewhere" in live.content.decode()

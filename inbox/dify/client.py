@@ -237,8 +237,12 @@ class _BaseClient:
         return delay * (1.0 - 0.25 * random.random())
 
     def _status_error(self, response: httpx.Response, body: bytes, call: _Call) -> DifyStatusError:
+        # The app's key too: a proxy or a misbehaving server may echo the request's headers.
         return from_response(
-            response.status_code, body, headers=response.headers, redact_secrets=call.secrets
+            response.status_code,
+            body,
+            headers=response.headers,
+            redact_secrets=(*call.secrets, self._api_key),
         )
 
     def _json(self, response: httpx.Response, call: _Call) -> Any:

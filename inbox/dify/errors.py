@@ -314,7 +314,7 @@ def from_response(
     if not isinstance(envelope, dict):
         envelope = {}
     code = envelope.get("code")
-    code = code if isinstance(code, str) else ""
+    code = redact(code, secrets) if isinstance(code, str) else ""
     message = envelope.get("message")
     message = message if isinstance(message, str) else ("" if message is None else str(message))
     message = redact(message, secrets)

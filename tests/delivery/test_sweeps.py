@@ -264,3 +264,97 @@ def test_reconcile_asks_once_about_the_forms_of_an_app_dify_refuses_then_leaves_
     assert reconcile_pending_forms()["errors"] == 0
     assert len(dify.requests("GET", "/form/human_input/")) == 1
     assert not Form.objects.filter(checked_at__isnull=False).exists()
+
+
+# --- a form's page asks Dify about it when someone opens it (tasks.check_form) ---
+
+
+def test_opening_a_form_answered_in_dify_finds_it_answered_elsewhere(
+    app: DifyApp,
+    dify: ScriptedDify,
+    admin_user: User,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from inbox import tasks
+
+    # The worker's part, run at once: what a real worker does is in tests/test_worker.py.
+    monkeypatch.setattr(tasks.check_form, "apply_async", lambda args: tasks.check_form(*args))
+    form = make_form(app, form_token="tok-answered")
+    dify.on("GET", "/form/human_input/tok-answered", error(412, "human_input_form_submitted", "x"))
+    client.force_login(admin_user)
+    client.get(f"/forms/{form.public_id}/")
+    form.refresh_from_db()
+    assert form.status == Form.Status.ANSWERED_ELSEWHERE
+    assert AuditEntry.objects.get(verb="form_answered_elsewhere").details["source"] == (
+        "check on view"
+    )
+    # The page read next says so.
+    assert "Answered elsewhere" in client.get(f"/forms/{form.public_id}/").content.decode()
+    assert len(dify.requests("GET", "/form/human_input/")) == 1
+
+
+def test_a_form_is_asked_about_at_most_once_a_minute_however_often_it_is_opened(
+    app: DifyApp,
+    dify: ScriptedDify,
+    admin_user: User,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    from inbox import tasks
+
+    settings.INBOX_CHECK_ON_VIEW_SECONDS = 60
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.check_form, "apply_async", lambda args: queued.append(args[0]))
+    form = make_form(app)
+    client.force_login(admin_user)
+    for _ in range(3):
+        assert client.get(f"/forms/{form.public_id}/").status_code == 200
+    assert queued == [form.pk]
+    # The page's own redraws (htmx, `part=body`) ask nothing.
+    client.get(f"/forms/{form.public_id}/?part=body", headers={"HX-Request": "true"})
+    assert queued == [form.pk]
+    # Asked about by the reconcile a moment ago: nothing to ask.
+    other = make_form(app)
+    Form.objects.filter(pk=other.pk).update(checked_at=_ago(10))
+    client.get(f"/forms/{other.public_id}/")
+    assert queued == [form.pk]
+    # A closed form is not asked about.
+    done = make_form(app)
+    Form.objects.filter(pk=done.pk).update(status=Form.Status.SUBMITTED)
+    client.get(f"/forms/{done.public_id}/")
+    assert queued == [form.pk]
+    # The task itself skips a form asked about since it was queued, and one still open is
+    # stamped as asked about.
+    dify.on(
+        "GET",
+        "/form/human_input/",
+        Reply(
+            body={
+                "form_content": "",
+                "inputs": [],
+                "user_actions": [],
+                "resolved_default_values": {},
+            }
+        ),
+    )
+    assert tasks.check_form(form.pk) == "open"
+    assert tasks.check_form(form.pk) == "skipped"
+    assert tasks.check_form(other.pk) == "skipped"
+    assert len(dify.requests("GET", "/form/human_input/")) == 1
+    assert Form.objects.get(pk=form.pk).checked_at is not None
+
+
+def test_a_check_that_cannot_reach_dify_leaves_the_form_open(
+    db: None, admin_user: User, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inbox import tasks
+
+    monkeypatch.setattr(tasks.check_form, "apply_async", lambda args: tasks.check_form(*args))
+    down = DifyApp.objects.create(name="down", base_url="http://127.0.0.1:9/v1", api_key="k")
+    form = make_form(down)
+    client.force_login(admin_user)
+    assert client.get(f"/forms/{form.public_id}/").status_code == 200
+    form.refresh_from_db()
+    assert form.status == Form.Status.PENDING and form.checked_at is not None

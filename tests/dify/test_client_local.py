@@ -152,3 +152,21 @@ def test_a_cookie_set_by_a_server_is_not_kept_nor_sent_back() -> None:
     client.submit_form("tok-2", inputs={}, action="approve", user="u")
     assert seen == [None, None]
     assert not client._http.cookies
+
+
+def test_the_api_key_is_never_repeated_from_an_answer_that_echoes_it() -> None:
+    from tests.delivery.scripted import ScriptedDify, error
+
+    # A proxy or a misbehaving server that repeats the request's headers in its error.
+    dify = ScriptedDify()
+    key = "app-echoed-secret-998877"
+    dify.on("GET", "/info", error(502, f"echo {key}", f"upstream saw Authorization=Bearer {key}"))
+    client = DifyClient(dify.base_url, key, max_retries=0)
+    try:
+        with pytest.raises(Exception) as caught:
+            client.get_info()
+    finally:
+        client.close()
+        dify.close()
+    assert "Authorization=Bearer ***" in str(caught.value)
+    assert key not in str(caught.value) and key not in repr(caught.value)

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from inbox.models import ApiToken, DifyApp, Form
+from inbox.models import ApiToken, DifyApp, Form, Upload
 from tests.review.conftest import make_form
 
 pytestmark = pytest.mark.smoke
@@ -164,6 +164,56 @@ def test_files_refuse_a_type_the_input_does_not_take(
         "code": "upload_rejected",
         "message": "This kind of file is not accepted here. Accepted: images, documents.",
     }
+
+
+def test_another_reviewers_uploads_are_neither_listed_nor_sent(
+    client: Client,
+    auth: dict[str, str],
+    form: Form,
+    other_reviewer: User,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    def upload(by: User, name: str) -> Upload:
+        return Upload.objects.create(
+            form=form,
+            uploaded_by=by,
+            input_name="receipt",
+            upload_file_id=f"dify-{name}",
+            name=name,
+            size=10,
+            category="image",
+        )
+
+    theirs = upload(other_reviewer, "bobs-photo.png")
+    mine = upload(ApiToken.objects.get().user, "my-photo.png")
+    detail = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()
+    assert [u["name"] for u in detail["uploads"]] == ["my-photo.png"]
+
+    def decide(receipt: Upload) -> Any:
+        with django_capture_on_commit_callbacks(execute=False):
+            return client.post(
+                f"/api/v1/forms/{form.public_id}/decision",
+                json.dumps(
+                    {
+                        "action": "approve",
+                        "inputs": {
+                            "note": "ok",
+                            "decision": "refund",
+                            "receipt": str(receipt.public_id),
+                            "evidence": [],
+                        },
+                    }
+                ),
+                content_type="application/json",
+                **auth,
+            )
+
+    refused = decide(theirs)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["details"] == {
+        "receipt": ["This upload is not part of this form; upload the file again."]
+    }
+    assert decide(mine).status_code == 202
 
 
 def test_unknown_forms_are_404(client: Client, auth: dict[str, str]) -> None:

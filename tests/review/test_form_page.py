@@ -198,6 +198,35 @@ def test_invalid_post_keeps_values_and_explains(alice: Client, form: Form) -> No
     assert not Decision.objects.exists()
 
 
+def test_a_decision_carries_only_the_reviewer_s_own_uploads(
+    alice: Client, form: Form, other_reviewer: User
+) -> None:
+    theirs = Upload.objects.create(
+        form=form,
+        uploaded_by=other_reviewer,
+        input_name="receipt",
+        upload_file_id="dify-theirs",
+        name="theirs.pdf",
+        size=10,
+        category="document",
+    )
+    response = alice.post(
+        f"/forms/{form.public_id}/decide",
+        {
+            "action": "approve",
+            "in_note": "ok",
+            "in_decision": "refund",
+            "in_receipt": str(theirs.public_id),
+            "in_evidence": "",
+        },
+    )
+    assert response.status_code == 400
+    assert "<li>Receipt: This upload is not part of this form; upload the file again.</li>" in (
+        body(response.content.decode())
+    )
+    assert not Decision.objects.exists()
+
+
 def test_invalid_htmx_post_swaps_the_body_with_200(alice: Client, form: Form) -> None:
     response = alice.post(
         f"/forms/{form.public_id}/decide", {"action": "nope"}, HTTP_HX_REQUEST="true"

@@ -25,6 +25,12 @@ def upload(
     )
 
 
+def decision_form(form: Form, data: Any = None, **kwargs: Any) -> DecisionForm:
+    """The form's decision with the form's uploads at hand (whose they are is the views' part:
+    tests/review/test_api.py, tests/review/test_uploads.py)."""
+    return DecisionForm(form, data, uploads=Upload.objects.filter(form=form), **kwargs)
+
+
 def api_data(form: Form, **inputs: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         "in_note": "ok",
@@ -47,7 +53,7 @@ def test_paragraph_prefill_prefers_resolved_value_then_constant_default() -> Non
 
 def test_a_valid_decision_becomes_dify_inputs_with_every_key(form: Form) -> None:
     data = api_data(form, evidence=["https://example.com/plan.dwg", "https://example.com/a.png"])
-    dform = DecisionForm(form, data, require_every_key=True)
+    dform = decision_form(form, data, require_every_key=True)
     assert dform.is_valid(), dform.errors
     receipt = Upload.objects.get(form=form, input_name="receipt")
     assert dform.dify_inputs() == {
@@ -71,19 +77,19 @@ def test_a_valid_decision_becomes_dify_inputs_with_every_key(form: Form) -> None
 
 def test_every_input_key_must_be_present_through_the_api(form: Form) -> None:
     data = api_data(form, note=None)
-    dform = DecisionForm(form, data, require_every_key=True)
+    dform = decision_form(form, data, require_every_key=True)
     assert not dform.is_valid()
     assert dform.error_list() == ["Missing required inputs: note."]
 
 
 def test_select_value_must_be_one_of_the_constant_options(form: Form) -> None:
-    dform = DecisionForm(form, api_data(form, decision="maybe"))
+    dform = decision_form(form, api_data(form, decision="maybe"))
     assert not dform.is_valid()
     assert dform.error_list() == ["decision: “maybe” is not one of the options."]
 
 
 def test_an_unchosen_select_says_so(form: Form) -> None:
-    dform = DecisionForm(form, api_data(form, decision=""))
+    dform = decision_form(form, api_data(form, decision=""))
     assert not dform.is_valid()
     assert dform.error_list() == ["decision: Choose an option."]
 
@@ -91,24 +97,24 @@ def test_an_unchosen_select_says_so(form: Form) -> None:
 def test_an_unknown_action_is_refused(form: Form) -> None:
     data = api_data(form)
     data["action"] = "delete_everything"
-    dform = DecisionForm(form, data)
+    dform = decision_form(form, data)
     assert not dform.is_valid()
     assert dform.error_list() == ["“delete_everything” is not an action of this form."]
 
 
 def test_a_single_file_input_needs_exactly_one_file(form: Form) -> None:
-    dform = DecisionForm(form, api_data(form, receipt=[]))
+    dform = decision_form(form, api_data(form, receipt=[]))
     assert not dform.is_valid()
     assert dform.error_list() == ["receipt: Add a file."]
     two = [str(upload(form, "receipt", "a.pdf").public_id), "https://example.com/b.pdf"]
-    dform = DecisionForm(form, api_data(form, receipt=two))
+    dform = decision_form(form, api_data(form, receipt=two))
     assert not dform.is_valid()
     assert dform.error_list() == ["receipt: Only one file can be attached here."]
 
 
 def test_file_list_respects_number_limits(form: Form) -> None:
     urls = [f"https://example.com/{i}.png" for i in range(4)]
-    dform = DecisionForm(form, api_data(form, evidence=urls))
+    dform = decision_form(form, api_data(form, evidence=urls))
     assert not dform.is_valid()
     assert dform.error_list() == ["evidence: At most 3 files can be attached here."]
 
@@ -118,13 +124,13 @@ def test_file_list_without_a_limit_takes_more_than_the_page_shows(dify_app: Dify
     definition["inputs"][3]["number_limits"] = 0
     form = make_form(dify_app, definition=definition)
     urls = [f"https://example.com/{i}.png" for i in range(12)]
-    dform = DecisionForm(form, api_data(form, evidence=urls))
+    dform = decision_form(form, api_data(form, evidence=urls))
     assert dform.is_valid(), dform.errors
     assert len(dform.dify_inputs()["evidence"]) == 12
 
 
 def test_file_types_follow_the_category_table_and_custom_extensions(form: Form) -> None:
-    dform = DecisionForm(form, api_data(form, evidence=["https://example.com/song.mp3"]))
+    dform = decision_form(form, api_data(form, evidence=["https://example.com/song.mp3"]))
     assert not dform.is_valid()
     assert dform.error_list() == [
         "evidence: song.mp3: this kind of file is not accepted here. Accepted: images, .dwg."
@@ -135,7 +141,7 @@ def test_transfer_methods_are_enforced(dify_app: DifyApp) -> None:
     definition = full_definition()
     definition["inputs"][2]["allowed_file_upload_methods"] = ["local_file"]
     form = make_form(dify_app, definition=definition)
-    dform = DecisionForm(form, api_data(form, receipt=["https://example.com/r.pdf"]))
+    dform = decision_form(form, api_data(form, receipt=["https://example.com/r.pdf"]))
     assert not dform.is_valid()
     assert dform.error_list() == [
         "receipt: Web addresses are not accepted here; upload the file instead."
@@ -145,7 +151,7 @@ def test_transfer_methods_are_enforced(dify_app: DifyApp) -> None:
 def test_an_upload_of_another_form_is_not_accepted(dify_app: DifyApp, form: Form) -> None:
     other = make_form(dify_app)
     foreign = upload(other, "receipt")
-    dform = DecisionForm(form, api_data(form, receipt=[str(foreign.public_id)]))
+    dform = decision_form(form, api_data(form, receipt=[str(foreign.public_id)]))
     assert not dform.is_valid()
     assert dform.error_list() == [
         "receipt: This upload is not part of this form; upload the file again."
@@ -157,21 +163,21 @@ def test_web_addresses_given_one_per_line_are_one_file_each_and_count_against_th
 ) -> None:
     # The page's box for a file list's addresses: one value, a line each.
     two = "https://files.example.com/a.png\r\nhttps://files.example.com/b.png\n"
-    dform = DecisionForm(form, api_data(form, evidence=[two]))
+    dform = decision_form(form, api_data(form, evidence=[two]))
     assert dform.is_valid(), dform.errors
     assert [ref.url for ref in dform.cleaned_data["in_evidence"]] == [
         "https://files.example.com/a.png",
         "https://files.example.com/b.png",
     ]
     four = "\n".join(f"https://files.example.com/{n}.png" for n in range(4))
-    dform = DecisionForm(form, api_data(form, evidence=[four]))
+    dform = decision_form(form, api_data(form, evidence=[four]))
     assert not dform.is_valid()
     assert dform.error_list() == ["evidence: At most 3 files can be attached here."]
 
 
 @pytest.mark.parametrize("typed", ["ftp://example.com/a.pdf", "www.example.com/a.pdf", "a.pdf"])
 def test_a_web_address_typed_wrong_is_told_so(form: Form, typed: str) -> None:
-    dform = DecisionForm(form, api_data(form, receipt=[typed]))
+    dform = decision_form(form, api_data(form, receipt=[typed]))
     assert not dform.is_valid()
     assert dform.error_list() == [
         "receipt: Enter a full web address starting with http:// or https://."
@@ -212,6 +218,6 @@ def test_an_input_named_action_does_not_collide_with_the_action(dify_app: DifyAp
         inputs=[{"type": "paragraph", "output_variable_name": "action", "default": None}]
     )
     form = make_form(dify_app, definition=definition)
-    dform = DecisionForm(form, {"action": "approve", "in_action": "text"}, require_every_key=True)
+    dform = decision_form(form, {"action": "approve", "in_action": "text"}, require_every_key=True)
     assert dform.is_valid(), dform.errors
     assert dform.dify_inputs() == {"action": "text"}

@@ -118,6 +118,16 @@ def test_two_apps_nodes_of_the_same_id_are_two_choices_under_all_apps(
     ]
 
 
+def test_the_node_filter_names_no_node_of_a_form_the_reader_may_not_see(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    hidden = DifyApp.objects.create(name="board", base_url="http://127.0.0.1:9/v1", api_key="k")
+    make_form(hidden, node_title="Board vote on the merger", node_id="board_vote")
+    page = alice.get("/?node=board_vote").content.decode()
+    assert "Board vote on the merger" not in page
+    assert '<option value="board_vote" selected>board_vote</option>' in page
+
+
 def test_pages_of_fifty(alice: Client, dify_app: DifyApp) -> None:
     run = make_run(dify_app)
     now = timezone.now()
