@@ -19,6 +19,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Lower, Now
 from django.urls import reverse
 from django.utils import formats, timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
@@ -1385,13 +1386,14 @@ class Form(models.Model):
         return True
 
     @typing.overload
-    def refusal(self, *, force: typing.Literal[True]) -> FormNotOpen: ...
+    def refusal(self, *, force: typing.Literal[True], guest: str | None = None) -> FormNotOpen: ...
     @typing.overload
-    def refusal(self, *, force: bool = False) -> FormNotOpen | None: ...
-    def refusal(self, *, force: bool = False) -> FormNotOpen | None:
+    def refusal(self, *, force: bool = False, guest: str | None = None) -> FormNotOpen | None: ...
+    def refusal(self, *, force: bool = False, guest: str | None = None) -> FormNotOpen | None:
         """Why this form cannot take a decision now, in the reviewer's words; None if it can.
         `force`: the database refused a decision, so there is a reason even if the form looks
-        open (a decision made by another path)."""
+        open (a decision made by another path). `guest`: told to that guest, who is not told
+        who else decided (`Decision.decider_label_for`)."""
         status = self.status
         if force and status == Form.Status.PENDING:
             status = Form.Status.SUBMITTING
@@ -1418,7 +1420,7 @@ class Form(models.Model):
             return FormNotOpen(
                 Reason(
                     gettext_noop("%(who)s already decided this form at %(time)s: %(action)s"),
-                    who=winner.decider_label or gettext("Someone"),
+                    who=winner.decider_label_for(guest, sentence_start=True) or gettext("Someone"),
                     time=_when(winner.created_at),
                     action=self.action_title(winner.action_id),
                 ),
@@ -1436,7 +1438,7 @@ class Form(models.Model):
                         "%(who)s's decision (%(action)s) could not be delivered to Dify; "
                         "an administrator can retry it."
                     ),
-                    who=winner.decider_label or gettext("Someone"),
+                    who=winner.decider_label_for(guest, sentence_start=True) or gettext("Someone"),
                     action=self.action_title(winner.action_id),
                 ),
                 decision=winner,
@@ -1574,6 +1576,18 @@ class Decision(models.Model):
         if self.reviewer_id and self.reviewer:
             return self.reviewer.get_full_name() or self.reviewer.get_username()
         return self.guest_email
+
+    def decider_label_for(self, guest_email: str | None, *, sentence_start: bool = False) -> str:
+        """Who decided, as a reader may be told it. Reviewers (`guest_email` None) read the
+        name or the address. A guest, asked by email from outside, reads their own address for
+        their own decision, and otherwise only "a reviewer" or "another recipient": the
+        reviewers' names and the other recipients' addresses are not theirs to see."""
+        if guest_email is None:
+            return self.decider_label
+        if not self.reviewer_id and self.guest_email.lower() == guest_email.lower():
+            return self.guest_email
+        label = gettext("a reviewer") if self.reviewer_id else gettext("another recipient")
+        return capfirst(label) if sentence_start else label
 
     # --- delivery: each verb is one short transaction, form row locked before decision row, so
     # no lock is ever held across a call to Dify and two verbs cannot deadlock.

@@ -199,7 +199,12 @@ def build_email(
             "status": form.status,
             "action": form.filled_action_text
             or (form.action_title(decision.action_id) if decision else ""),
-            "decider": decision.decider_label if decision else "",
+            # A guest is told neither reviewers' names nor other recipients' addresses.
+            "decider": decision.decider_label_for(
+                recipient.email if recipient.is_guest else None, sentence_start=True
+            )
+            if decision
+            else "",
         }
         subject = " ".join(render_to_string(f"emails/{kind}_subject.txt", context).split())
         text = render_to_string(f"emails/{kind}.txt", context)

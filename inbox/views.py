@@ -663,6 +663,11 @@ class Decider:
         return self.guest_email
 
 
+def _guest_of(decider: Decider) -> str | None:
+    """The guest's address when a guest reads the page; None for a reviewer."""
+    return None if decider.reviewer is not None else decider.guest_email
+
+
 def _presence(form: Form, decider: Decider) -> dict[str, Any]:
     """Who else has the form open. A reviewer sees their names; a guest (someone outside, asked
     by email) is told only how many others there are: neither the reviewers' names nor the
@@ -844,6 +849,12 @@ def form_context(
         "answered": answered_content(form, decision) if state != "open" else "",
         "not_delivered": state != "open" and not_delivered(form, decision),
         "decision": decision,
+        # Who decided, as this reader may be told it (a guest is not told reviewers' names or
+        # other recipients' addresses); the second starts a sentence.
+        "decided_by": decision.decider_label_for(_guest_of(decider)) if decision else "",
+        "decided_by_start": decision.decider_label_for(_guest_of(decider), sentence_start=True)
+        if decision
+        else "",
         "rejection": rejection,
         "notice": notice,
         # A new key per page: a second click or a browser resubmit of this page finds the
@@ -933,7 +944,11 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         return _after_decision(request, form, decider)
     if page_state(form) != "open":
         # A page opened before someone else decided: say who got there first, and when.
-        notice = str(form.refusal(force=True)) if form.status != Form.Status.PENDING else ""
+        notice = (
+            str(form.refusal(force=True, guest=_guest_of(decider)))
+            if form.status != Form.Status.PENDING
+            else ""
+        )
         context = form_context(request, form, decider, notice=notice)
         context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
@@ -945,7 +960,11 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         dform.save(reviewer=decider.reviewer, guest_email=decider.guest_email)
     except FormNotOpen as exc:
         form.refresh_from_db()
-        context = form_context(request, form, decider, notice=str(exc))
+        notice = str(exc)
+        if decider.reviewer is None:
+            # Said again for a guest, who is not told who else decided.
+            notice = str(form.refusal(force=True, guest=decider.guest_email))
+        context = form_context(request, form, decider, notice=notice)
         context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
     return _after_decision(request, form, decider)

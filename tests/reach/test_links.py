@@ -4,6 +4,7 @@ single-use, and rate limited. A link that opens nothing shows why and nothing of
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -353,3 +354,40 @@ def test_a_guest_is_told_how_many_others_have_the_form_open_but_not_who(
     Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
     page = reviewers.get(f"/forms/{routed_form.public_id}/").content.decode()
     assert "reviewing this too" not in page
+
+
+def test_a_guest_is_not_told_who_else_decided(
+    guest_link: str, routed_form: Form, reviewer: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    zh_link = notify.link_path(notify.link_token(routed_form.recipients.get(email=GUEST_ZH)))
+    zh_guest, guest = Client(), Client()
+    zh_guest.get(zh_link)
+    guest.get(guest_link)
+    # The other guest decides first.
+    with django_capture_on_commit_callbacks(execute=False):
+        assert decide(zh_guest, zh_link).status_code == 302
+    refused = decide(guest, guest_link)
+    assert refused.status_code == 409
+    page = refused.content.decode()
+    assert GUEST_ZH not in page
+    assert "Another recipient already decided this form at" in page
+    assert "Another recipient chose “Approve”." in page
+    # The one who decided reads their own address.
+    assert GUEST_ZH in zh_guest.get(zh_link).content.decode()
+    # A reviewer inside reads who it was.
+    reviewers = Client()
+    reviewers.force_login(reviewer)
+    assert GUEST_ZH in reviewers.get(f"/forms/{routed_form.public_id}/").content.decode()
+
+
+def test_a_guest_reads_a_reviewer_decided_not_their_name(
+    client: Client, guest_link: str, routed_form: Form, reviewer: User
+) -> None:
+    decision = routed_form.decide(
+        action_id="approve", inputs={"note": "", "receipt": []}, reviewer=reviewer
+    )
+    Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
+    page = client.get(guest_link).content.decode()
+    assert "By a reviewer" in page
+    assert reviewer.get_full_name() not in page and reviewer.username not in page

@@ -183,7 +183,9 @@ def test_the_decided_notice_goes_to_those_who_did_not_decide(
     assert counts["notices"] == 0 + 1
     assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
     assert mail.outbox[0].subject == "已决定：Manager approval"  # noqa: RUF001
-    assert "guest@example.net" in mail.outbox[0].body and "Approve" in mail.outbox[0].body
+    # Another guest is not told who decided: neither a reviewer's name nor a guest's address.
+    assert "guest@example.net" not in mail.outbox[0].body
+    assert "另一位收件人 选择了：Approve。" in mail.outbox[0].body  # noqa: RUF001
     assert sweep(T0 + 3 * H)["notices"] == 0  # once
 
 
