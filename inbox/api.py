@@ -22,7 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from inbox.forms import DecisionForm, action_specs, existing_decision, input_specs
 from inbox.markdown import excerpt
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
-from inbox.uploads import UploadRejected, upload_to_dify
+from inbox.uploads import UploadRejected, too_large, upload_to_dify
 from inbox.views import (
     PAGE_SIZE,
     SORTS,
@@ -286,6 +286,10 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
         raise ApiError(400, "invalid_param", f"{name!r} is not a file input of this form.")
     fileobj = request.FILES.get("file")
     if fileobj is None:
+        dropped = too_large(request)
+        if dropped:
+            # Dropped as it arrived: larger than Dify takes for any kind of file.
+            raise ApiError(413, "upload_rejected", " ".join(dropped))
         raise ApiError(400, "no_file_uploaded", "Send the file in a multipart field named 'file'.")
     if page_state(form) != "open":
         raise ApiError(409, "form_not_open", "This form can no longer be answered.")

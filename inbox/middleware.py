@@ -153,3 +153,46 @@ class ContentSecurityPolicyMiddleware:
                 settings.INBOX_MARKDOWN_IMAGE_HOSTS
             )
         return response
+
+
+class UploadSizeMiddleware:
+    """Before anything reads the body (the CSRF check does, for its token): a POST to an upload
+    endpoint gets a handler that drops any file over the most the form's Dify takes, as it
+    streams in (`uploads.cap_uploads`). Without it Django would write a file of any size to a
+    temporary file before the view could refuse it, even from a guest's link."""
+
+    UPLOAD_VIEWS = frozenset({"inbox:form_upload", "inbox:guest_upload", "api_form_files"})
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "POST":
+            self._cap(request)
+        return self.get_response(request)
+
+    def _cap(self, request: HttpRequest) -> None:
+        from django.urls import Resolver404, resolve
+
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return
+        if match.view_name not in self.UPLOAD_VIEWS:
+            return
+        from inbox import notify
+        from inbox.models import Form
+        from inbox.uploads import cap_uploads
+
+        form = None
+        if "public_id" in match.kwargs:
+            form = (
+                Form.objects.filter(public_id=match.kwargs["public_id"])
+                .select_related("run__app")
+                .first()
+            )
+        elif "token" in match.kwargs:
+            recipient = notify.check_link(match.kwargs["token"]).recipient
+            form = recipient.form if recipient is not None else None
+        # Only a cap, never an answer: whether the caller may see the form is the view's part.
+        cap_uploads(request, form.run.app if form is not None else None)

@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "inbox.middleware.UploadSizeMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -134,6 +135,9 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR", "") or None
+# An upload request holds at most this many files of the largest size Dify takes; the files past
+# that are dropped as they arrive (inbox.uploads.SizeCapHandler).
+INBOX_UPLOAD_FILES_PER_REQUEST = env_int("INBOX_UPLOAD_FILES_PER_REQUEST", 10, minimum=1)
 
 # API keys of Dify apps (and form tokens) are encrypted with these Fernet keys. The first one
 # encrypts; all of them decrypt, so a key can be rotated by putting a new one in front.

@@ -11,8 +11,10 @@ from __future__ import annotations
 import posixpath
 from typing import Any, BinaryIO, cast
 
+from django.conf import settings
 from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.utils.translation import gettext as _
 
 from inbox.dify import DifyClient
@@ -46,6 +48,55 @@ def upload_limits(app: DifyApp) -> dict[str, int]:
     except DifyError:
         cache.set(failed_key, True, LIMITS_FALLBACK_SECONDS)
         return dict(DEFAULT_SIZE_LIMITS)
+
+
+class SizeCapHandler(FileUploadHandler):
+    """First of the request's upload handlers on the upload endpoints: a file larger than the
+    most Dify takes for any kind of file (`cap`) is dropped as it streams in, so it is never
+    kept whole in memory or on disk, and the request remembers its name for the view to say
+    why. Once the request's files together pass `total`, every further file is dropped too.
+    A file within the cap goes on to Django's own handlers; its kind's limit (smaller) is
+    checked by `upload_to_dify` as before."""
+
+    def __init__(self, request: Any, cap: int, total: int) -> None:
+        super().__init__(request)
+        self.cap, self.total, self.received = cap, total, 0
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        self.received += len(raw_data)
+        if start + len(raw_data) > self.cap or self.received > self.total:
+            request: Any = self.request
+            dropped = getattr(request, "uploads_too_large", [])
+            dropped.append(self.file_name or "file")
+            request.uploads_too_large = dropped
+            raise SkipFile
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None
+
+
+def cap_uploads(request: Any, app: DifyApp | None) -> None:
+    """Put a `SizeCapHandler` in front of the request's upload handlers, capped at the most
+    the app's Dify takes for any kind of file (Dify's defaults when the app is not known)."""
+    limits = upload_limits(app) if app is not None else DEFAULT_SIZE_LIMITS
+    cap = max(limits.values(), default=max(DEFAULT_SIZE_LIMITS.values()))
+    request.upload_handlers.insert(
+        0, SizeCapHandler(request, cap, cap * settings.INBOX_UPLOAD_FILES_PER_REQUEST)
+    )
+
+
+def too_large(request: Any) -> list[str]:
+    """What `SizeCapHandler` dropped from this request, said for each file."""
+    handler = next((h for h in request.upload_handlers if isinstance(h, SizeCapHandler)), None)
+    names = getattr(request, "uploads_too_large", [])
+    if handler is None or not names:
+        return []
+    return [
+        _("%(name)s: the file is larger than %(limit)s, the most Dify takes for any kind of file.")
+        % {"name": name, "limit": megabytes(handler.cap)}
+        for name in names
+    ]
 
 
 def megabytes(size: int) -> str:

@@ -73,7 +73,7 @@ from inbox.models import (
     assigned_to_q,
     routing_is_dense,
 )
-from inbox.uploads import UploadRejected, megabytes, upload_limits, upload_to_dify
+from inbox.uploads import UploadRejected, megabytes, too_large, upload_limits, upload_to_dify
 from inbox.views_runs import output_items, timeline_items
 
 logger = logging.getLogger(__name__)
@@ -997,11 +997,13 @@ def upload_response(
         raise Http404("No such file input")
     files = request.FILES.getlist("file")
     uploads: list[Upload] = []
-    errors: list[str] = []
+    # Files dropped as they arrived, for being larger than Dify takes (`SizeCapHandler`).
+    errors: list[str] = too_large(request)
     if page_state(form) != "open":
-        errors.append(_("This form can no longer be answered."))
+        errors = [_("This form can no longer be answered.")]
     elif not files:
-        errors.append(_("Choose a file to upload."))
+        if not errors:
+            errors.append(_("Choose a file to upload."))
     else:
         # A single-file input keeps only the last file picked; a list takes each in turn, as
         # many as it has room for (Dify refuses a list over its limit; the page would keep

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.core.files.uploadhandler import FileUploadHandler
 from django.db import connection
 from django.test import override_settings
 
@@ -192,3 +193,49 @@ def _default_language() -> Iterator[None]:
     translation.activate(settings.LANGUAGE_CODE)
     yield
     translation.activate(settings.LANGUAGE_CODE)
+
+
+class BytesSeen(FileUploadHandler):
+    """After the size cap, before Django's own handlers: the most bytes of one file that got
+    past the cap (what could have reached memory or a temporary file)."""
+
+    most = 0
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super().new_file(*args, **kwargs)
+        self.seen = 0
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        self.seen += len(raw_data)
+        BytesSeen.most = max(BytesSeen.most, self.seen)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None
+
+
+@pytest.fixture
+def small_dify(settings: Any) -> Any:
+    """A Dify whose every kind of file may be 1 MB at most (GET /parameters), and a counter of
+    what gets past the size cap."""
+    from tests.delivery.scripted import Reply, ScriptedDify
+
+    dify = ScriptedDify()
+    limits = {
+        key: 1
+        for key in (
+            "image_file_size_limit",
+            "file_size_limit",
+            "audio_file_size_limit",
+            "video_file_size_limit",
+        )
+    }
+    dify.on("GET", "/parameters", Reply(body={"system_parameters": limits}))
+    settings.FILE_UPLOAD_HANDLERS = [
+        "tests.conftest.BytesSeen",
+        "django.core.files.uploadhandler.MemoryFileUploadHandler",
+        "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+    ]
+    BytesSeen.most = 0
+    yield dify
+    dify.close()

@@ -391,3 +391,18 @@ def test_a_guest_reads_a_reviewer_decided_not_their_name(
     page = client.get(guest_link).content.decode()
     assert "By a reviewer" in page
     assert reviewer.get_full_name() not in page and reviewer.username not in page
+
+
+def test_a_guest_s_file_larger_than_dify_takes_is_dropped_as_it_arrives(
+    client: Client, guest_link: str, routed_form: Form, small_dify: Any
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.conftest import BytesSeen
+
+    DifyApp.objects.filter(pk=routed_form.run.app_id).update(base_url=small_dify.base_url)
+    big = SimpleUploadedFile("scan.png", b"\x89PNG" + b"0" * (3 * 1024 * 1024), "image/png")
+    client.get(guest_link)
+    response = client.post(f"{guest_link}files/receipt", {"file": big}, HTTP_HX_REQUEST="true")
+    assert "scan.png: the file is larger than 1 MB" in response.content.decode()
+    assert 0 < BytesSeen.most <= 1024 * 1024

@@ -13,6 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client, RequestFactory
 
 from inbox.models import Decision, DifyApp, Form, Route, Upload
+from tests.conftest import BytesSeen
 from tests.review.conftest import full_definition, make_form
 
 pytestmark = pytest.mark.smoke
@@ -265,3 +266,50 @@ def test_without_the_apps_parameters_difys_defaults_apply(alice: Client, form: F
     # dify_app points at a closed port: the defaults are shown.
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
     assert '<span class="size-limits">images 10 MB, documents 15 MB</span>' in page
+
+
+def test_a_file_larger_than_dify_takes_is_dropped_as_it_arrives(
+    alice: Client, dify_app: DifyApp, small_dify: Any
+) -> None:
+    DifyApp.objects.filter(pk=dify_app.pk).update(base_url=small_dify.base_url)
+    form = make_form(dify_app)
+    big = b"\x89PNG" + b"0" * (3 * 1024 * 1024)
+    response = post_file(
+        alice, form, "receipt", "scan.png", big, "image/png", HTTP_HX_REQUEST="true"
+    )
+    assert response["HX-Retarget"] == "#file-error-receipt"
+    assert (
+        "scan.png: the file is larger than 1 MB, the most Dify takes for any kind of file."
+        in response.content.decode()
+    )
+    # Never more than the cap went on to memory or a temporary file.
+    assert 0 < BytesSeen.most <= 1024 * 1024
+    assert not Upload.objects.exists()
+    # A file within the cap still goes on to the next check (and to Dify).
+    small = post_file(
+        alice, form, "receipt", "song.mp3", b"ID3", "audio/mpeg", HTTP_HX_REQUEST="true"
+    )
+    assert "This kind of file is not accepted here." in small.content.decode()
+
+
+def test_the_api_refuses_a_file_larger_than_dify_takes_without_keeping_it(
+    client: Client, reviewer: User, dify_app: DifyApp, small_dify: Any
+) -> None:
+    from inbox.models import ApiToken
+
+    DifyApp.objects.filter(pk=dify_app.pk).update(base_url=small_dify.base_url)
+    form = make_form(dify_app)
+    _token, raw = ApiToken.issue(reviewer)
+    big = SimpleUploadedFile("scan.png", b"\x89PNG" + b"0" * (3 * 1024 * 1024), "image/png")
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {"input": "receipt", "file": big},
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "upload_rejected",
+        "message": "scan.png: the file is larger than 1 MB, the most Dify takes for any kind of "
+        "file.",
+    }
+    assert 0 < BytesSeen.most <= 1024 * 1024
