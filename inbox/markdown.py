@@ -34,7 +34,7 @@ from markdown_it.token import Token
 PLACEHOLDER = re.compile(r"\{\{#\$output\.([^#{}]+?)#\}\}")
 
 _TAGS = {
-    "a", "abbr", "b", "blockquote", "br", "code", "del", "details", "dd", "dl", "dt", "em",
+    "a", "abbr", "b", "blockquote", "br", "code", "del", "details", "dd", "div", "dl", "dt", "em",
     "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "ins", "kbd", "li", "mark", "ol", "p",
     "pre", "s", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td", "th", "thead",
     "tr", "ul",
@@ -49,7 +49,12 @@ _ATTRIBUTES = {
 }
 # The marker after an image not loaded: the only class content may carry, and only this one.
 _BLOCKED_CLASS = "image-blocked"
-_ATTRIBUTE_VALUES = {"span": {"class": {_BLOCKED_CLASS}}}
+# The box a table scrolls in (`_wrap_tables`): the only class a div may carry.
+_TABLE_CLASS = "table-wrap"
+_ATTRIBUTE_VALUES = {
+    "span": {"class": {_BLOCKED_CLASS}},
+    "div": {"class": {_TABLE_CLASS}, "tabindex": {"0"}},
+}
 # No data: either: an image inlined in the content is as much the content's choice as a remote one.
 _URL_SCHEMES = {"http", "https", "mailto"}
 
@@ -169,14 +174,36 @@ def _hold_back_images(tokens: list[Token], hosts: Collection[str]) -> None:
         block.children = children
 
 
-def render_markdown(text: str) -> SafeString:
+def _wrap_tables(tokens: list[Token]) -> list[Token]:
+    """Each table in a box of its own that scrolls sideways (and takes the keyboard's focus to
+    do so), so a wide table neither crushes its columns nor widens the page."""
+    wrapped: list[Token] = []
+    for token in tokens:
+        if token.type == "table_open":
+            wrapped.append(
+                Token(
+                    "table_wrap_open",
+                    "div",
+                    1,
+                    attrs={"class": _TABLE_CLASS, "tabindex": "0"},
+                    block=True,
+                )
+            )
+        wrapped.append(token)
+        if token.type == "table_close":
+            wrapped.append(Token("table_wrap_close", "div", -1, block=True))
+    return wrapped
+
+
+def render_markdown(text: str, *, heading_below: int = 2) -> SafeString:
+    """`heading_below`: the page's own heading levels above the content. A form's content
+    follows its h1 (its headings start at h2); a record or an answer sits under an h2."""
     tokens = _md.parse(text or "")
     for token in tokens:
-        # The page has its own h1 and h2; content headings sit below them in the outline.
         if token.type in ("heading_open", "heading_close"):
-            token.tag = f"h{min(int(token.tag[1]) + 2, 6)}"
+            token.tag = f"h{min(int(token.tag[1]) + heading_below, 6)}"
     _hold_back_images(tokens, frozenset(settings.INBOX_MARKDOWN_IMAGE_HOSTS))
-    return sanitize(_md.renderer.render(tokens, _md.options, {}))
+    return sanitize(_md.renderer.render(_wrap_tables(tokens), _md.options, {}))
 
 
 @dataclass(frozen=True)
@@ -201,7 +228,7 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
     for match in PLACEHOLDER.finditer(text or ""):
         before = text[pos : match.start()]
         if before.strip():
-            segments.append(Segment(html=render_markdown(before)))
+            segments.append(Segment(html=render_markdown(before, heading_below=1)))
         name = match.group(1).strip()
         if name in known and name not in placed:
             placed.append(name)
@@ -209,7 +236,7 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
         pos = match.end()
     rest = (text or "")[pos:]
     if rest.strip():
-        segments.append(Segment(html=render_markdown(rest)))
+        segments.append(Segment(html=render_markdown(rest, heading_below=1)))
     return segments, [name for name in input_names if name not in placed]
 
 

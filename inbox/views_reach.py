@@ -136,8 +136,10 @@ def _link_page(
 
 def _private(response: HttpResponse) -> HttpResponse:
     """A page at a guest link's address: the link is a credential, so keep it out of other
-    sites' Referer headers and of caches."""
-    response["Referrer-Policy"] = "no-referrer"
+    sites' Referer headers and of caches. `same-origin`, not `no-referrer`: with no referrer
+    at all, browsers send `Origin: null` on the page's own form posts (the language switch,
+    a decision without JavaScript), which the CSRF check rightly refuses."""
+    response["Referrer-Policy"] = "same-origin"
     response["Cache-Control"] = "no-store"
     return response
 

@@ -158,7 +158,7 @@
     });
   }, true);
 
-  // The language switch submits itself; without script its button does.
+  // A list filter submits itself on change (the runs page); without script its button does.
   document.addEventListener("change", function (event) {
     if (event.target.matches && event.target.matches("select[data-autosubmit]")) event.target.form.submit();
   });

@@ -49,6 +49,8 @@ def test_the_apps_page_offers_a_start_only_to_who_may_start(
     page = login(client, reviewer).get("/apps/").content.decode()
     assert "refund-approval" in page and f'href="/apps/{refunds.pk}/start/"' in page
     assert "Start a run to see its decisions arrive" in page
+    # Each link names its app for a screen reader's list of links.
+    assert 'Start a run<span class="visually-hidden">: refund-approval</span></a>' in page
     page = login(Client(), outsider).get("/apps/").content.decode()
     assert "refund-approval" in page and "/start/" not in page
     # Not told to do what the page does not offer.
@@ -104,6 +106,13 @@ def test_invalid_start_inputs_are_shown_with_dify_s_rules(
     assert "Refund amount (EUR): Enter a number." in page
     assert "Channel: Select a valid choice. fax is not one of the available choices." in page
     assert not Run.objects.exists()
+    # Each field's errors are tied to it: the id its aria-describedby names is on the page.
+    import re
+
+    for described in re.findall(r'aria-describedby="([^"]+)"', page):
+        for ident in described.split():
+            assert f'id="{ident}"' in page, ident
+    assert 'aria-describedby="id_in_customer_name_error"' in page
 
 
 def test_starting_a_run_goes_to_its_page(

@@ -294,3 +294,27 @@ def test_asking_for_a_new_link_too_often_says_when_to_try_again(
     assert page.locator("#request-error").is_hidden()
     assert len(mail.outbox) == 1
     assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_guest_switches_the_page_s_language(
+    live_server: Any,
+    chromium: Any,  # noqa: F811
+    browser_contexts: list[Any],  # noqa: F811
+    guest_link: str,
+) -> None:
+    page = guest_page(chromium, browser_contexts)
+    page.goto(live_server.url + guest_link)
+    assert page.evaluate("document.documentElement.lang") == "en"
+    # A plain form post from a page whose address is a credential: the CSRF check takes it
+    # (the page keeps its address out of other sites' Referer headers, not out of its own).
+    with page.expect_navigation():
+        page.get_by_role("button", name="简体中文").click()
+    assert page.evaluate("document.documentElement.lang") == "zh-hans"
+    assert page.url == live_server.url + guest_link
+    assert page.locator("#decision-form").count() == 1
+    # Back again, by the keyboard.
+    page.get_by_role("button", name="English").focus()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.js_errors == [] and page.csp_violations == []

@@ -44,7 +44,7 @@ def test_a_decision_sent_after_the_form_expired_replaces_the_page_with_why(
     assert part.startswith("<title>This link has expired · Approval inbox</title>")
     assert "<h1>This link has expired.</h1>" in part
     assert "<html" not in part and FORM_TEXT not in part
-    assert (response["Referrer-Policy"], response["Cache-Control"]) == ("no-referrer", "no-store")
+    assert (response["Referrer-Policy"], response["Cache-Control"]) == ("same-origin", "no-store")
     assert not Decision.objects.exists()
     # Without htmx (no script), the whole page, as before.
     with after_expiry(routed_form):

@@ -104,7 +104,7 @@ def test_a_lapsed_link_offers_a_new_link_by_email(
     assert FORM_TEXT not in body and "Manager approval" not in body and GUEST not in body
     assert open_form.form_token not in body
     # Its address is a credential: kept out of Referer headers and caches, as the form's page.
-    assert (page["Referrer-Policy"], page["Cache-Control"]) == ("no-referrer", "no-store")
+    assert (page["Referrer-Policy"], page["Cache-Control"]) == ("same-origin", "no-store")
     # Its other pages do not open either.
     assert client.post(f"{lapsed_link}decide", {"action": "approve"}).status_code == 410
     assert client.get(f"{lapsed_link}live").status_code == 410
@@ -183,7 +183,7 @@ def test_with_htmx_the_outcome_replaces_the_button_part(client: Client, lapsed_l
     assert body.lstrip().startswith('<div id="renew"') and "<html" not in body
     assert f"We sent a new link to {MASKED}." in body and BUTTON in body
     assert "inbox:announce" in response["HX-Trigger"]
-    assert (response["Referrer-Policy"], response["Cache-Control"]) == ("no-referrer", "no-store")
+    assert (response["Referrer-Policy"], response["Cache-Control"]) == ("same-origin", "no-store")
     again = client.post(f"{lapsed_link}renew", HTTP_HX_REQUEST="true")
     assert again.status_code == 200 and "so none was sent now" in again.content.decode()
     assert len(mail.outbox) == 1

@@ -35,7 +35,7 @@ def test_a_guest_opens_the_form_page_and_decides(
     assert page.status_code == 200
     body = page.content.decode()
     assert FORM_TEXT in body and f'action="{guest_link}decide"' in body
-    assert page["Referrer-Policy"] == "no-referrer" and page["Cache-Control"] == "no-store"
+    assert page["Referrer-Policy"] == "same-origin" and page["Cache-Control"] == "no-store"
     guest_recipient.refresh_from_db()
     assert guest_recipient.link_opened_at is not None and guest_recipient.link_used_at is None
     response = decide(client, guest_link)
