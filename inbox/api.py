@@ -165,6 +165,9 @@ def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
         "held": decision.held_for_app,
         "created_at": _iso(decision.created_at),
         "delivered_at": _iso(decision.delivered_at),
+        # Delivered, but Dify never said the answer it took was this one (a lost answer, then
+        # "already submitted"): presumed ours.
+        "delivery_presumed": decision.delivery_presumed,
     }
 
 

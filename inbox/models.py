@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import fnmatch
+import functools
 import logging
 import typing
 import uuid
@@ -1576,6 +1577,23 @@ class Decision(models.Model):
         if self.reviewer_id and self.reviewer:
             return self.reviewer.get_full_name() or self.reviewer.get_username()
         return self.guest_email
+
+    @functools.cached_property
+    def delivery_presumed(self) -> bool:
+        """Delivered by presumption: an attempt's answer was lost, Dify then said the form was
+        already submitted, and nothing Dify showed said whose answer it took
+        (`tasks._settle_already_submitted`). Told to readers rather than passed off as
+        confirmed."""
+        return (
+            self.status == Decision.Status.DELIVERED
+            and self.maybe_applied
+            and AuditEntry.objects.filter(
+                verb="decision_delivered",
+                object_type="decision",
+                object_id=str(self.pk),
+                details__confirmed_by__startswith="presumed",
+            ).exists()
+        )
 
     def decider_label_for(self, guest_email: str | None, *, sentence_start: bool = False) -> str:
         """Who decided, as a reader may be told it. Reviewers (`guest_email` None) read the

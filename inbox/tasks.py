@@ -224,6 +224,11 @@ def _never_sent(exc: DifyError) -> bool:
     """Errors after which the submit surely did not reach Dify's handler."""
     if isinstance(exc, TooManyRequests):
         return True
+    if isinstance(exc, DifyStatusError) and exc.status == 503:
+        # Service Unavailable, answered in full: the server (or the proxy before it) did not
+        # take the request on. Counted as sent, a 503 followed by a 412 for an answer given in
+        # Dify meanwhile would be presumed ours.
+        return True
     if isinstance(exc, DifyConnectionError):
         # A refused or timed-out connect (or no free connection) sent nothing.
         return not exc.request_sent

@@ -258,6 +258,46 @@ def test_a_lost_answer_then_412_with_no_trace_of_either_answer_is_presumed_ours(
     assert entry.details["confirmed_by"].startswith("presumed")
     # What was looked at first: the run's events, with a snapshot, for a trace of either answer.
     assert len(dify.requests("GET", "/workflow/", query="include_state_snapshot=true")) == 1
+    # Readers are told it is presumed, not confirmed: the form's page and the API.
+    decision = Decision.objects.get(pk=decision.pk)
+    assert decision.delivery_presumed
+    reviewer = decision.reviewer
+    assert reviewer is not None
+    reviewer.is_staff = True
+    reviewer.save()
+    client = Client()
+    client.force_login(reviewer)
+    page = client.get(f"/forms/{form.public_id}/").content.decode()
+    assert "Not confirmed by Dify: an attempt to send this decision got no answer" in page
+    from inbox.api import _decision_json
+
+    assert _decision_json(decision)["delivery_presumed"] is True  # type: ignore[index]
+
+
+def test_a_503_then_412_is_an_answer_given_elsewhere_not_ours(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    # Service Unavailable, answered in full: the submit was not taken on. The form closed in
+    # Dify meanwhile: someone answered there (in the web app, by email).
+    form = make_form(app)
+    dify.on(
+        "POST",
+        SUBMIT,
+        error(503, "unavailable", "Service Unavailable"),
+        error(412, "human_input_form_submitted", "already been submitted by another user"),
+    )
+    decision = decide(form, "approve")
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert not decision.maybe_applied
+    deliver_decision(decision.pk)
+    decision.refresh_from_db()
+    assert decision.status != Decision.Status.DELIVERED
+    assert decision.form.status == Form.Status.ANSWERED_ELSEWHERE
+    assert not decision.delivery_presumed
 
 
 def _loop(app: DifyApp) -> tuple[Form, Form]:
@@ -397,7 +437,8 @@ def test_5xx_and_429_are_retried_and_honour_retry_after(
     dify.on(
         "POST",
         SUBMIT,
-        error(503, "", "unavailable"),
+        # A bad gateway may come after Dify took the submit (a 503 is never taken on).
+        error(502, "", "bad gateway"),
         error(429, "too_many_requests", "slow down", **{"Retry-After": "7"}),
         Reply(),
     )
@@ -405,7 +446,7 @@ def test_5xx_and_429_are_retried_and_honour_retry_after(
     decision = decide(form)
     assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
     decision.refresh_from_db()
-    assert decision.last_error == "503: unavailable" and decision.maybe_applied
+    assert decision.last_error == "502: bad gateway" and decision.maybe_applied
     before = timezone.now()
     assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
     decision.refresh_from_db()
