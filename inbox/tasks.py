@@ -220,6 +220,17 @@ def retry_delay(attempt: int, retry_after: float | None = None) -> float:
     return delay
 
 
+def _outage(exc: DifyError) -> bool:
+    """Errors that say Dify (or the way to it) is down, not that it refuses this decision: no
+    connection, no answer in time, a gateway with nothing behind it. A decision meeting them
+    is not failed however long the outage lasts: past its attempts it keeps trying at the
+    longest backoff while its form is open (an expired form closes it), and goes at once when
+    another delivery to the app gets through (`Decision.release_unreachable`)."""
+    if isinstance(exc, DifyConnectionError):
+        return True
+    return isinstance(exc, DifyStatusError) and exc.status in (502, 503, 504)
+
+
 def _never_sent(exc: DifyError) -> bool:
     """Errors after which the submit surely did not reach Dify's handler."""
     if isinstance(exc, TooManyRequests):
@@ -556,7 +567,7 @@ def _retry_or_fail(
     if ambiguous is None:
         ambiguous = not _never_sent(exc)
     text = str(exc)
-    if decision.attempts >= settings.INBOX_DELIVERY_MAX_ATTEMPTS:
+    if decision.attempts >= settings.INBOX_DELIVERY_MAX_ATTEMPTS and not _outage(exc):
         if ambiguous or decision.maybe_applied:
             # The last call may have landed; a later retry by an administrator is checked
             # against Dify's answer (412) like any other.
@@ -574,6 +585,8 @@ def _retry_or_fail(
         )
         return "failed"
     delay = retry_delay(decision.attempts, retry_after)
+    # No connection at all: sent again as soon as another delivery to the app gets through.
+    # (A 503 reached a server that said to wait: its backoff stands.)
     unreachable = isinstance(exc, DifyConnectionError) and not exc.request_sent
     Decision.schedule_retry(
         decision.pk, error=text, delay=delay, ambiguous=ambiguous, unreachable=unreachable

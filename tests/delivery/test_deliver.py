@@ -491,6 +491,44 @@ def test_retries_run_out_into_a_failed_decision_an_admin_can_retry(
     assert deliver_decision(decision.pk) == "delivered"
 
 
+@pytest.mark.parametrize("down", ["refused", "503"])
+def test_an_outage_longer_than_the_attempts_fails_nothing(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    settings: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    down: str,
+) -> None:
+    form = make_form(app)
+    decision = decide(form)
+    if down == "refused":
+        DifyApp.objects.filter(pk=app.pk).update(base_url="http://127.0.0.1:9/v1")
+    else:
+        # A gateway with nothing behind it.
+        dify.on("POST", SUBMIT, error(503, "", "no healthy upstream"))
+    for _ in range(5):
+        assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+        Decision.objects.filter(pk=decision.pk).update(next_attempt_at=timezone.now())
+    # Past its three attempts, still waiting for Dify, at the longest backoff.
+    assert _state(decision) == ("queued", "submitting", 5)
+    decision.refresh_from_db()
+    assert decision.dify_unreachable == (down == "refused")
+    before = timezone.now()
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert decision.next_attempt_at is not None
+    wait = (decision.next_attempt_at - before).total_seconds()
+    assert 0.75 * settings.INBOX_DELIVERY_RETRY_CAP_SECONDS - 1 <= wait
+    assert wait <= settings.INBOX_DELIVERY_RETRY_CAP_SECONDS + 1
+    # Dify is back: delivered, once.
+    DifyApp.objects.filter(pk=app.pk).update(base_url=dify.base_url)
+    dify.on("POST", SUBMIT, Reply())
+    Decision.objects.filter(pk=decision.pk).update(next_attempt_at=timezone.now())
+    assert deliver_decision(decision.pk) == "delivered"
+    assert len(dify.requests("POST", SUBMIT)) == (1 if down == "refused" else 7)
+
+
 def test_a_timeout_is_retried_and_marks_the_attempt_as_maybe_applied(
     app: DifyApp,
     dify: ScriptedDify,
