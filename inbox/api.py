@@ -349,6 +349,16 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
         raise ApiError(400, "invalid_param", "'submission_key' must be a string of at most 64.")
     if key:
         decision = existing_decision(form, key)
+        if decision is not None and decision.action_id != (body.get("action") or ""):
+            # The same key is the same decision, sent again: another action under it is not
+            # that, and would read as accepted if answered 202.
+            raise ApiError(
+                409,
+                "submission_key_reused",
+                f"This submission_key was already used for a decision on this form with the "
+                f"action {decision.action_id!r}; send a new key for another decision.",
+                details={"decision": _decision_json(decision)},
+            )
         if decision is not None:
             return JsonResponse({"decision": _decision_json(decision)}, status=202)
     if page_state(form) != "open":

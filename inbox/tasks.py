@@ -351,6 +351,25 @@ def _submit_on_thread(decision: Decision) -> str | None:
     time_limit=settings.INBOX_DELIVERY_PUMP_TIME_LIMIT,
 )
 def deliver_queued(helper: bool = False) -> dict[str, int]:
+    """The delivery pump (`_pump`). One that fails (a database error, a bug) calls another in a
+    few seconds: it had cleared the pump's request, so the decisions due now would otherwise
+    wait for the lost-task sweep (minutes)."""
+    try:
+        return _pump(helper)
+    except Exception:
+        if not helper:
+            try:
+                deliver_queued.apply_async(countdown=PUMP_RESTART_SECONDS)
+            except Exception:
+                logger.warning("delivery pump: no other pump called", exc_info=True)
+        raise
+
+
+# How long after a failed pump the next one starts.
+PUMP_RESTART_SECONDS = 5.0
+
+
+def _pump(helper: bool) -> dict[str, int]:
     """The delivery pump: claim the due decisions a batch at a time and send each batch at once
     (a thread per decision), until none is due. Two batches are in flight at most, so the
     database work of one (its claim, then recording its outcomes) overlaps the calls of the

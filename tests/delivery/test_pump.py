@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -216,6 +216,30 @@ def test_the_pump_is_woken_again_once_it_started_or_when_its_wake_up_was_lost(
     decide(make_form(app))
     assert sent == ["deliver_queued"] * 4
     assert DeliveryPump.objects.get(pk=1).requested_at is not None
+
+
+def test_a_pump_that_fails_calls_another_rather_than_leave_the_queue_to_the_sweep(
+    app: DifyApp,
+    decide: Callable[..., Decision],
+    sent: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decide(make_form(app))
+    sent.clear()
+
+    def broken(limit: int) -> Any:
+        raise DatabaseError("database is locked")
+
+    monkeypatch.setattr(Decision, "claim_due", broken)
+    with pytest.raises(DatabaseError):
+        deliver_queued()
+    # It had cleared the pump's request; another pump is on its way for what is due.
+    assert sent == ["deliver_queued"]
+    # A helper that fails leaves that to the pump that called it.
+    sent.clear()
+    with pytest.raises(DatabaseError):
+        deliver_queued(helper=True)
+    assert sent == []
 
 
 def test_a_backlog_longer_than_the_pump_time_goes_on_in_a_new_pump(

@@ -247,3 +247,37 @@ def test_a_submission_key_of_another_forms_decision_is_refused_not_a_crash(
         "This submission key was used for a decision on another form; send a new one."
     ]
     assert second.decisions.count() == 0
+
+
+def test_the_same_submission_key_with_another_action_is_a_conflict_not_a_202(
+    client: Client, auth: dict[str, str], dify_app: DifyApp, django_capture_on_commit_callbacks: Any
+) -> None:
+    definition = {
+        "form_content": "Approve?",
+        "inputs": [],
+        "user_actions": [
+            {"id": "approve", "title": "Approve", "button_style": "primary"},
+            {"id": "reject", "title": "Reject", "button_style": "default"},
+        ],
+    }
+    form = make_form(dify_app, definition=definition)
+
+    def decide(action: str) -> Any:
+        with django_capture_on_commit_callbacks(execute=False):
+            return client.post(
+                f"/api/v1/forms/{form.public_id}/decision",
+                json.dumps({"action": action, "inputs": {}, "submission_key": "k-7"}),
+                content_type="application/json",
+                **auth,
+            )
+
+    assert decide("approve").status_code == 202
+    # Sent again: the same decision.
+    again = decide("approve")
+    assert again.status_code == 202 and again.json()["decision"]["action"] == "approve"
+    other = decide("reject")
+    assert other.status_code == 409
+    error = other.json()["error"]
+    assert error["code"] == "submission_key_reused"
+    assert error["details"]["decision"]["action"] == "approve"
+    assert form.decisions.count() == 1
