@@ -20,7 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -570,6 +570,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             status=Form.Status.EXPIRED, expiration_time__gte=now - dt.timedelta(days=30)
         ).count(),
         "failed_deliveries": Decision.objects.filter(status=Decision.Status.FAILED).count(),
+        # What is on its way to Dify, and what of it waits: retrying (Dify down, busy or its
+        # answer lost) and held (Dify refuses the app). One query.
+        **Decision.objects.filter(
+            status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING)
+        ).aggregate(
+            on_their_way=Count("pk"),
+            retrying=Count(
+                "pk",
+                filter=Q(status=Decision.Status.QUEUED, attempts__gt=0, held_for_app=False),
+            ),
+            held=Count("pk", filter=Q(status=Decision.Status.QUEUED, held_for_app=True)),
+        ),
         "unsent_emails": FormRecipient.objects.filter(
             sent_at__isnull=True, form__status=Form.Status.PENDING
         ).count(),

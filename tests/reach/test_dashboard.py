@@ -88,3 +88,23 @@ def test_the_dashboard_speaks_chinese(client: Client, admin_user: User) -> None:
     client.force_login(admin_user)
     body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-Hans").content.decode()
     assert "仪表盘" in body and "决定用时" in body and "没有等待决定的表单。" in body
+
+
+def test_the_dashboard_counts_decisions_on_their_way_and_those_that_wait(
+    client: Client, admin_user: User, reach_app: DifyApp
+) -> None:
+    route(reach_app)
+
+    def decision(**fields: object) -> Decision:
+        form = make_form(reach_app, status=Form.Status.SUBMITTING)
+        return Decision.objects.create(form=form, action_id="approve", **fields)
+
+    decision(status=Decision.Status.QUEUED)
+    decision(status=Decision.Status.DELIVERING, attempts=1)
+    decision(status=Decision.Status.QUEUED, attempts=3, dify_unreachable=True)
+    decision(status=Decision.Status.QUEUED, held_for_app=True)
+    client.force_login(admin_user)
+    body = client.get("/dashboard/").content.decode()
+    assert re.search(r"<strong>4</strong><a [^>]*>decisions on their way to Dify</a>", body)
+    assert "1 being retried · 1 held: Dify refuses its app" in body
+    assert 'class="card figure warn"><strong>4</strong>' in body
