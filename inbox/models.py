@@ -461,6 +461,46 @@ class Run(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINAL_STATUSES
 
+    def gone_from_dify(self, *, source: str) -> int:
+        """Dify no longer knows this run (its detail is a 404 to a key it accepts): it was
+        deleted there, or Dify's data was reset. The run ends as failed, saying so, and its
+        forms still waiting for an answer close as gone, so nobody decides what cannot be
+        sent. A form whose decision is on its way is left to its delivery (which meets the
+        same 404 and says so). Returns how many forms closed."""
+        reason = (
+            "Dify no longer knows this run (404): it was deleted there, or Dify's data was reset."
+        )
+        with transaction.atomic():
+            run = Run.objects.select_for_update().filter(pk=self.pk).first()
+            if run is None or run.is_finished:
+                return 0
+            now = timezone.now()
+            Run.objects.filter(pk=run.pk).update(
+                status=Run.Status.FAILED,
+                error=reason,
+                finished_at=now,
+                follow_wanted=False,
+                needs_reconcile=False,
+                checked_at=now,
+                updated_at=now,
+            )
+            forms = list(
+                Form.objects.select_for_update().filter(
+                    run=run, status__in=(Form.Status.PENDING, Form.Status.NOT_ANSWERABLE)
+                )
+            )
+            Form.objects.filter(pk__in=[f.pk for f in forms]).update(
+                status=Form.Status.GONE, updated_at=now, checked_at=now
+            )
+            AuditEntry.record("run_gone", run, reason=reason, source=source, forms=len(forms))
+            for form in forms:
+                AuditEntry.record(
+                    "form_gone", form, previous=form.status, reason=reason, source=source
+                )
+        logger.warning("run %s: %s (seen by the %s)", self.pk, reason, source)
+        self.refresh_from_db()
+        return len(forms)
+
     # --- capture (the event logic lives in inbox/capture.py) ---
 
     def apply_event(
@@ -988,6 +1028,9 @@ class Form(models.Model):
         ANSWERED_ELSEWHERE = "answered_elsewhere", _("Answered elsewhere")
         NOT_ANSWERABLE = "not_answerable", _("Only answerable in Dify")
         FAILED = "failed", _("Delivery failed")
+        # Dify no longer knows its run (deleted there, or Dify's data reset): nothing can be
+        # sent (`Run.gone_from_dify`).
+        GONE = "gone", _("Gone from Dify")
 
     public_id = models.UUIDField(
         default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
@@ -1446,6 +1489,10 @@ class Form(models.Model):
             )
         if status == Form.Status.NOT_ANSWERABLE:
             return FormNotOpen(Reason(gettext_noop("This form cannot be answered from the inbox.")))
+        if status == Form.Status.GONE:
+            return FormNotOpen(
+                Reason(gettext_noop("Dify no longer knows this form's run; nothing can be sent."))
+            )
         if status == Form.Status.SUBMITTING:
             return FormNotOpen(Reason(gettext_noop("Someone else decided this form first.")))
         if self.filled_action_id:

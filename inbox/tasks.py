@@ -987,6 +987,10 @@ def reconcile_runs(batch_size: int | None = None) -> dict[str, int]:
         return _reconcile_runs(batch_size or settings.INBOX_RUN_RECONCILE_BATCH)
 
 
+# How long after Dify first said it does not know a run (404) a second 404 takes it for gone.
+RUN_GONE_AFTER = dt.timedelta(minutes=10)
+
+
 def _reconcile_runs(batch_size: int) -> dict[str, int]:
     from inbox import capture
     from inbox.models import Run
@@ -1061,9 +1065,25 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         try:
             detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
         except NotFound:
-            # The key sees no such run: it was deleted, or belongs to another app.
-            Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=False)
-            AuditEntry.record("run_not_found", run)
+            # The key sees no such run: it was deleted (or Dify's data reset), or the key is
+            # another app's. Said twice, RUN_GONE_AFTER apart, with no new settings between,
+            # the run is taken for gone and its waiting forms close: nothing sent for them
+            # could arrive.
+            seen_before = AuditEntry.objects.filter(
+                verb="run_not_found",
+                object_type="run",
+                object_id=str(run.pk),
+                created_at__lt=now - RUN_GONE_AFTER,
+                created_at__gt=run.app.updated_at,
+            ).exists()
+            if seen_before and run.app.refused_at is None:
+                run.gone_from_dify(source="reconcile")
+                counts["gone"] = counts.get("gone", 0) + 1
+            else:
+                Run.objects.filter(pk=run.pk).update(
+                    checked_at=timezone.now(), needs_reconcile=False
+                )
+                AuditEntry.record("run_not_found", run)
             counts["errors"] += 1
             if probing:
                 _ask_about_app(run.app, db_now)

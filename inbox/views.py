@@ -123,9 +123,13 @@ TABS: list[tuple[str, Any, tuple[str, ...]]] = [
     ("pending", gettext_lazy("Pending"), ("pending",)),
     ("submitted", gettext_lazy("Submitted"), ("submitting", "submitted")),
     ("expired", gettext_lazy("Expired"), ("expired",)),
-    # Forms answered outside the inbox, and those only Dify's own channels (email, its console)
-    # can answer.
-    ("elsewhere", gettext_lazy("Outside the inbox"), ("answered_elsewhere", "not_answerable")),
+    # Forms answered outside the inbox, those only Dify's own channels (email, its console)
+    # can answer, and those whose run Dify no longer knows.
+    (
+        "elsewhere",
+        gettext_lazy("Outside the inbox"),
+        ("answered_elsewhere", "not_answerable", "gone"),
+    ),
     ("failed", gettext_lazy("Failed"), ("failed",)),
 ]
 TAB_STATUSES = {key: statuses for key, _label, statuses in TABS}

@@ -358,3 +358,69 @@ def test_a_check_that_cannot_reach_dify_leaves_the_form_open(
     assert client.get(f"/forms/{form.public_id}/").status_code == 200
     form.refresh_from_db()
     assert form.status == Form.Status.PENDING and form.checked_at is not None
+
+
+# --- runs Dify no longer knows ---
+
+
+def test_a_run_dify_no_longer_knows_is_gone_after_a_second_404_and_its_forms_close(
+    app: DifyApp, dify: ScriptedDify, admin_user: User, client: Client, settings: Any
+) -> None:
+    from inbox.tasks import reconcile_runs
+    from tests.delivery.helpers import make_run
+
+    settings.INBOX_RUN_RECONCILE_AFTER_SECONDS = 60
+    DifyApp.objects.filter(pk=app.pk).update(updated_at=_ago(7200))  # set up long ago
+    run = make_run(app)
+    waiting = make_form(app, run=run)
+    email_only = make_form(app, run=run, form_token="", status=Form.Status.NOT_ANSWERABLE)
+    Run.objects.filter(pk=run.pk).update(updated_at=_ago(3600))
+    dify.on("GET", "/workflows/run/", error(404, "not_found", "Workflow run not found"))
+    # A first 404 is only noted: it may be a key pasted from another app, soon put right.
+    reconcile_runs()
+    assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).count() == 1
+    assert Form.objects.get(pk=waiting.pk).status == Form.Status.PENDING
+    # Ten minutes on, Dify still knows no such run: it is gone.
+    AuditEntry.objects.filter(verb="run_not_found").update(created_at=_ago(11 * 60))
+    Run.objects.filter(pk=run.pk).update(checked_at=_ago(3600), updated_at=_ago(3600))
+    reconcile_runs()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED and "no longer knows this run" in run.error
+    assert not run.follow_wanted
+    statuses = set(
+        Form.objects.filter(pk__in=[waiting.pk, email_only.pk]).values_list("status", flat=True)
+    )
+    assert statuses == {Form.Status.GONE}
+    assert AuditEntry.objects.filter(verb="form_gone").count() == 2
+    # The page says so, and takes no decision.
+    client.force_login(admin_user)
+    page = client.get(f"/forms/{waiting.public_id}/").content.decode()
+    assert "Gone from Dify." in page and "decision-form" not in page
+    response = client.post(f"/forms/{waiting.public_id}/decide", {"action": "approve"})
+    assert response.status_code == 409
+    assert "Dify no longer knows this form&#x27;s run; nothing can be sent." in (
+        response.content.decode()
+    )
+
+
+def test_new_settings_between_two_404s_keep_the_run(
+    app: DifyApp, dify: ScriptedDify, settings: Any
+) -> None:
+    from inbox.tasks import reconcile_runs
+    from tests.delivery.helpers import make_run
+
+    settings.INBOX_RUN_RECONCILE_AFTER_SECONDS = 60
+    DifyApp.objects.filter(pk=app.pk).update(updated_at=_ago(7200))
+    run = make_run(app)
+    form = make_form(app, run=run)
+    Run.objects.filter(pk=run.pk).update(updated_at=_ago(3600))
+    dify.on("GET", "/workflows/run/", error(404, "not_found", "Workflow run not found"))
+    reconcile_runs()
+    AuditEntry.objects.filter(verb="run_not_found").update(created_at=_ago(11 * 60))
+    # An administrator put in another key meanwhile: what the old one could not see says
+    # nothing of the new one.
+    DifyApp.objects.filter(pk=app.pk).update(updated_at=_ago(5 * 60))
+    Run.objects.filter(pk=run.pk).update(checked_at=_ago(3600), updated_at=_ago(3600))
+    reconcile_runs()
+    assert Run.objects.get(pk=run.pk).status == Run.Status.PAUSED
+    assert Form.objects.get(pk=form.pk).status == Form.Status.PENDING
