@@ -7,7 +7,7 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
 from inbox.dify.errors import BadRequest, Forbidden, Unauthorized
-from inbox.models import AuditEntry, DifyApp, Route, Run
+from inbox.models import AuditEntry, DifyApp, Form, Route, Run
 
 pytestmark = pytest.mark.smoke
 
@@ -134,6 +134,20 @@ def test_seed_demo_registers_the_simulator_apps_and_starts_runs_once(
     # Seeding again (every `make run`) starts nothing more.
     call_command("seed_demo")
     assert Run.objects.count() == runs.count()
+    # The simulator restarted, knowing nothing: the earlier demo's open runs end, and fresh
+    # ones start.
+    first = set(Run.objects.values_list("pk", flat=True))
+    simulator.reset()
+    capsys.readouterr()
+    call_command("seed_demo")
+    out = capsys.readouterr().out
+    assert "run(s) of an earlier demo ended" in out
+    assert set(Run.objects.filter(pk__in=first).values_list("status", flat=True)) <= {
+        "failed",
+        "succeeded",
+    }
+    assert not Form.objects.filter(run__pk__in=first, status=Form.Status.PENDING).exists()
+    assert Run.objects.exclude(pk__in=first).count() == len(first)
 
 
 def test_seed_demo_without_a_simulator_still_seeds_the_logins(

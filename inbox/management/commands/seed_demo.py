@@ -77,7 +77,8 @@ class Command(BaseCommand):
 
     def seed_apps(self, simulator_url: str) -> None:
         """Register the simulator's demo apps and start a few runs, so the inbox has forms
-        waiting. Runs are started once per app: seeding again (every `make run`) adds none.
+        waiting. Runs are started once per app: seeding again (every `make run`) adds none,
+        unless the runs of the last demo were lost with the simulator's memory.
         Each app is routed before its runs start: forms are routed when they are captured, and
         the follower may capture them at once."""
         from inbox.models import DifyApp
@@ -101,11 +102,35 @@ class Command(BaseCommand):
                 defaults={"base_url": simulator_url, "api_key": entry["api_key"], "mode": mode},
             )
             self.route_demo_app(app)
-            if app.runs.exists():
+            gone = self.close_lost_runs(app)
+            if app.runs.exists() and not gone:
                 continue
             for query in DEMO_RUNS.get(app.name, [""]):
                 started += self.start_demo_run(app, alice, query)
         self.stdout.write(f"seed_demo: {started} demo runs started on the simulator")
+
+    def close_lost_runs(self, app: Any) -> int:
+        """The embedded simulator keeps nothing between starts: the open runs an earlier demo
+        left there are gone from it. They end, and their waiting forms close, as for any run
+        Dify no longer knows (`Run.gone_from_dify`), so the inbox does not list forms nothing
+        can answer; the app then gets fresh demo runs. Returns how many runs ended."""
+        from inbox.dify import DifyClient
+        from inbox.dify.errors import NotFound
+        from inbox.models import Run
+
+        ended = 0
+        client = DifyClient.for_app(app)
+        for run in app.runs.exclude(status__in=Run.FINAL_STATUSES).exclude(workflow_run_id=""):
+            try:
+                client.get_run(run.workflow_run_id)
+            except NotFound:
+                run.gone_from_dify(source="demo restart")
+                ended += 1
+            except DifyError:
+                continue
+        if ended:
+            self.stdout.write(f"seed_demo: {app.name}: {ended} run(s) of an earlier demo ended")
+        return ended
 
     def start_demo_run(self, app: Any, user: Any, query: str) -> int:
         """Start one run with the app's default start inputs; 1 when Dify took it."""
