@@ -303,11 +303,13 @@
   }
 
   // What the reader typed in the part an answer replaces: a closed form's note is not lost.
-  function typedIn(root) {
+  // `changedOnly`: only what differs from what the page gave (a default is not their words).
+  function typedIn(root, changedOnly) {
     var found = [];
     if (!root || !root.querySelectorAll) return found;
     root.querySelectorAll("textarea, input[type=text], input[type=url]").forEach(function (input) {
       if (!input.value.trim()) return;
+      if (changedOnly && input.value === input.defaultValue) return;
       var label = input.id ? document.querySelector('label[for="' + CSS.escape(input.id) + '"]') : null;
       found.push({ label: label ? label.textContent.trim() : "", value: input.value });
     });
@@ -340,6 +342,20 @@
     if (xhr.status < 400 || !xhr.getResponseHeader("HX-Retarget")) return;
     event.detail.shouldSwap = true;
     typed = typedIn(event.detail.target);
+  });
+
+  // The form closed while the reader was typing (decided by someone else, expired, answered in
+  // Dify): the page's poll redraws the body without the decision form. What they typed is kept
+  // beside it to copy, as a refused decision's is.
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var target = event.detail.target;
+    if (!target || target.id !== "form-body") return;
+    var form = target.querySelector("#decision-form");
+    var fragment = event.detail.fragment;
+    if (!form || (fragment && fragment.querySelector && fragment.querySelector("#decision-form"))) return;
+    var changed = typedIn(form, true);
+    var kept = document.getElementById("kept");
+    if (changed.length && kept && !kept.children.length) kept.appendChild(keptBox(changed));
   });
 
   document.addEventListener("htmx:beforeRequest", function (event) {

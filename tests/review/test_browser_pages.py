@@ -250,6 +250,40 @@ def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_p
     assert console == []
 
 
+def test_what_the_reviewer_typed_is_kept_when_someone_else_decides_meanwhile(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    definition = full_definition()
+    definition["inputs"] = definition["inputs"][:2]  # the note (prefilled) and a select
+    form = make_form(dify_app, definition=definition)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill("A long, careful note about this refund.")
+    # Someone else decides: the page's poll redraws it closed.
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
+    page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
+    kept = page.locator("#kept .kept-text textarea")
+    assert kept.input_value() == "A long, careful note about this refund."
+    assert kept.get_attribute("readonly") is not None
+    assert "What you typed is kept here" in page.locator("#kept h2").inner_text()
+    # A later redraw keeps it.
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED)
+    page.wait_for_selector(".state-expired", timeout=15000)
+    assert kept.input_value() == "A long, careful note about this refund."
+
+
+def test_nothing_is_kept_when_the_reviewer_typed_nothing(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    # The note holds its default: not the reviewer's words.
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
+    page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
+    assert page.locator("#kept").inner_text() == ""
+
+
 def test_a_decision_the_proxy_answers_with_a_502_is_explained_and_the_note_kept(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
