@@ -225,7 +225,7 @@ def url_filename(url: str) -> str:
     return posixpath.basename(urlsplit(url).path) or url
 
 
-def _is_upload_id(ref: str) -> bool:
+def is_upload_id(ref: str) -> bool:
     """Whether `ref` has the shape of our upload ids (anything else given for a file, such as
     `ftp://…` or `www.…`, is a web address typed wrong, and is told so)."""
     try:
@@ -284,7 +284,7 @@ class FileRefsField(forms.Field):
                 if file_type is None:
                     raise self._type_error(upload.name)
                 result.append(FileRef(upload=upload, type=file_type))
-            elif ref in ids and (_is_upload_id(ref) or not spec.allows_url):
+            elif ref in ids and (is_upload_id(ref) or not spec.allows_url):
                 raise ValidationError(
                     _("This upload is not part of this form; upload the file again."),
                     code="unknown_upload",

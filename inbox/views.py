@@ -60,6 +60,7 @@ from inbox.forms import (
     existing_decision,
     input_specs,
     inputs_from_dify,
+    is_upload_id,
     not_delivered,
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
@@ -775,7 +776,9 @@ def _field_views(dform: DecisionForm) -> dict[str, FieldView]:
         for ref in values.get(spec.name, []):
             if ref in uploads and uploads[ref].input_name == spec.name:
                 view.uploads.append(uploads[ref])
-            elif ref.lower().startswith(("http://", "https://")):
+            elif not is_upload_id(ref):
+                # A web address, or what was typed for one: drawn back as it was, a line the
+                # check refused included, for the reviewer to put right.
                 view.urls.append(ref)
         views[spec.name] = view
     return views

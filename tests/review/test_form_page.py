@@ -227,6 +227,30 @@ def test_a_decision_carries_only_the_reviewer_s_own_uploads(
     assert not Decision.objects.exists()
 
 
+def test_web_addresses_the_check_refused_are_drawn_back_as_typed(alice: Client, form: Form) -> None:
+    response = alice.post(
+        f"/forms/{form.public_id}/decide",
+        {
+            "action": "approve",
+            "in_note": "ok",
+            "in_decision": "refund",
+            "in_receipt": "https://files.example.org/r.pdf",
+            "in_evidence": "not a url\nftp://x.example/a.png\nhttps://files.example.org/a.png",
+        },
+    )
+    assert response.status_code == 400
+    page = body(response.content.decode())
+    # Every line, the refused ones too, for the reviewer to put right; the field says it is
+    # the one in error.
+    assert (
+        "not a url&#10;ftp://x.example/a.png&#10;https://files.example.org/a.png</textarea>" in page
+    )
+    assert 'id="url-evidence"' in page
+    assert re.search(
+        r'id="url-evidence"[^>]*aria-invalid="true" aria-describedby="err-evidence"', page
+    )
+
+
 def test_invalid_htmx_post_swaps_the_body_with_200(alice: Client, form: Form) -> None:
     response = alice.post(
         f"/forms/{form.public_id}/decide", {"action": "nope"}, HTTP_HX_REQUEST="true"
