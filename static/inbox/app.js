@@ -491,6 +491,65 @@
     if (errors && event.detail.elt && event.detail.elt.id === "form-body") errors.focus();
   });
 
+  // --- Focus is never dropped to the page's start by a swap -------------------------------
+  // A swap that takes away the element the reader was on (their button, a row, a chip) would
+  // leave the focus on <body>, sending keyboard and screen reader users back to the top. The
+  // focus goes instead to the same thing redrawn (a row's link, a button of the same name and
+  // value), else to what the new part says first (its status, its heading), else into what
+  // is left around it.
+  var focusWas = null;
+  function rememberFocus(target) {
+    var active = document.activeElement;
+    if (!target || !active || active === document.body || !target.contains(active)) return;
+    if (!target.id) return;
+    var around = target.parentElement;
+    while (around && !around.id) around = around.parentElement;
+    focusWas = {
+      target: target.id,
+      around: around ? around.id : "",
+      href: active.getAttribute("href"),
+      name: active.getAttribute("name"),
+      value: active.getAttribute("value"),
+      at: Date.now(),
+    };
+  }
+  // Taken when the request starts too: the button pressed is disabled while it is in flight
+  // (`hx-disabled-elt`), which already takes the focus from it before the answer comes.
+  document.addEventListener("htmx:beforeRequest", function (event) { rememberFocus(event.detail.target); });
+  document.addEventListener("htmx:beforeSwap", function (event) { rememberFocus(event.detail.target); });
+  document.addEventListener("htmx:oobBeforeSwap", function (event) { rememberFocus(event.detail.target); });
+
+  function focusOn(el) {
+    if (!el) return false;
+    if (el.tabIndex < 0 && !el.hasAttribute("tabindex")) el.setAttribute("tabindex", "-1");
+    el.focus({ preventScroll: true });
+    return document.activeElement === el;
+  }
+  var FOCUSABLE = "a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), select, textarea";
+  document.addEventListener("htmx:afterSettle", function () {
+    var was = focusWas;
+    focusWas = null;
+    var active = document.activeElement;
+    if (!was || Date.now() - was.at > 60000) return;
+    if (active && active !== document.body && active.isConnected) return;
+    var root = (was.target && document.getElementById(was.target)) || null;
+    if (root) {
+      if (was.href && focusOn(root.querySelector('a[href="' + CSS.escape(was.href) + '"]'))) return;
+      if (was.name) {
+        var same = root.querySelector('[name="' + CSS.escape(was.name) + '"]' + (was.value ? '[value="' + CSS.escape(was.value) + '"]' : ""));
+        if (same && !same.disabled && focusOn(same)) return;
+      }
+      if (focusOn(root.querySelector(".state-title, [role=status], [role=alert], h1, h2"))) return;
+      if (focusOn(root.querySelector(FOCUSABLE))) return;
+    }
+    var around = was.around && document.getElementById(was.around);
+    if (!around || focusOn(around.querySelector(FOCUSABLE))) return;
+    // Nothing left to press where it was (the last file of a list removed): the field's next
+    // control, the file picker.
+    var field = around.closest("fieldset, section, form");
+    if (!(field && focusOn(field.querySelector(FOCUSABLE)))) focusOn(around);
+  });
+
   document.addEventListener("inbox:announce", function (event) {
     announce(event.detail && event.detail.message);
   });

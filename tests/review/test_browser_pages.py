@@ -223,6 +223,60 @@ def test_new_forms_appear_without_a_reload(
     )
 
 
+def _focused(page: Any) -> str:
+    """Where the focus is: the element's id, else its tag and text."""
+    return str(
+        page.evaluate(
+            "() => { const e = document.activeElement;"
+            " return e === document.body ? 'BODY' : (e.id || e.tagName + ':' + e.textContent.trim()); }"
+        )
+    )
+
+
+def test_a_swap_never_drops_the_focus_to_the_start_of_the_page(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    definition = full_definition()
+    definition["inputs"] = definition["inputs"][:1]  # the note only
+    form = make_form(dify_app, definition=definition)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    # Take the form, then release it, by the keyboard: the focus stays in the claim panel.
+    page.get_by_role("button", name="Take this form").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Release").wait_for()
+    in_claim = "() => document.getElementById('claim').contains(document.activeElement)"
+    page.wait_for_function(in_claim, timeout=5000)
+    page.get_by_role("button", name="Release").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Take this form").wait_for()
+    page.wait_for_function(in_claim, timeout=5000)
+    # Decide by the keyboard: the focus goes to what the page now says.
+    page.get_by_role("button", name="Approve").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#form-body.state-in_flight, #form-body.state-submitted")
+    assert _focused(page) != "BODY"
+    assert page.evaluate("document.getElementById('form-body').contains(document.activeElement)")
+
+
+def test_an_inbox_update_keeps_the_focus_on_the_row_it_was_on(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    first = make_form(dify_app, node_title="First in line")
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.locator("#rows .row .open").first.focus()
+    make_form(dify_app, node_title="Just arrived")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#rows .row').length === 2", timeout=15000
+    )
+    # Back on the row it was on, once the new list has settled.
+    page.wait_for_function(
+        f"() => document.activeElement.getAttribute('href') === '/forms/{first.public_id}/'",
+        timeout=5000,
+    )
+
+
 def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_page(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
