@@ -575,6 +575,16 @@ def test_more_files_than_a_list_takes_are_refused_before_sending_and_a_full_list
     assert page.locator("#files-evidence .file-chip").count() == 3
     assert page.locator("[data-name=evidence] .file-pick").is_hidden()
     assert page.locator("[data-name=receipt] .file-pick").is_visible()
+    # A file removed by the keyboard: the focus stays in the list, on the next file's button.
+    page.get_by_role("button", name="Remove photo-0.png").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#files-evidence .file-chip').length === 2"
+    )
+    page.wait_for_function(
+        "() => document.getElementById('files-evidence').contains(document.activeElement)",
+        timeout=5000,
+    )
     assert page.js_errors == []
 
 
