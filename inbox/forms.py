@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.db.models import QuerySet
 from django.utils.text import format_lazy
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext, ngettext, pgettext
 from django.utils.translation import gettext_lazy as _
 
 from inbox.dify.files import CATEGORY_EXTENSIONS, CUSTOM, category_for, extension_of, is_allowed
@@ -107,7 +107,7 @@ class InputSpec:
         """What a person may attach, in words: "images, documents or .dwg"."""
         parts = [str(CATEGORY_LABELS[t]) for t in self.allowed_types if t in CATEGORY_LABELS]
         parts += list(self.custom_extensions)
-        return ", ".join(parts)
+        return joined(parts)
 
     def file_type(self, filename: str, mime_type: str = "") -> str | None:
         """The `type` Dify will accept for this file here, or None when it is not allowed.
@@ -233,6 +233,11 @@ def is_upload_id(ref: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def joined(items: Iterable[str]) -> str:
+    """Items of a list in a sentence, with the reader's language's separator ("a, b"; "甲、乙")."""
+    return pgettext("list separator", ", ").join(items)
 
 
 class FileRefsField(forms.Field):

@@ -62,8 +62,14 @@ def _worded(language: str | None, count: int, unit: str, *, future: bool) -> str
         return gettext("now")
     text = _unit_text(count, unit)
     if future:
-        return gettext("in %(time)s") % {"time": text}
-    return gettext("%(time)s ago") % {"time": text}
+        worded = gettext("in %(time)s") % {"time": text}
+    else:
+        worded = gettext("%(time)s ago") % {"time": text}
+    if (language or "").lower().startswith("zh"):
+        # As the browser says it (Intl.RelativeTimeFormat: "2分钟前"), which the page's
+        # script writes over it: the same words before and after.
+        worded = worded.replace(" ", "")
+    return worded
 
 
 def is_urgent(value: dt.datetime | None, now: dt.datetime | None = None) -> bool:

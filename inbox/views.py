@@ -61,6 +61,7 @@ from inbox.forms import (
     input_specs,
     inputs_from_dify,
     is_upload_id,
+    joined,
     not_delivered,
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
@@ -428,7 +429,10 @@ def rows_html(rows: list[Row]) -> SafeString:
     """The list's rows as HTML. Built here rather than in a template loop: fifty rows of a
     dozen escaped values each cost a template a third of the page's time. Every value is
     escaped; the words are translated once per page."""
-    run_label, arrived, expires_label = _("Run"), _("Arrived"), _("Expires")
+    run_label = _("Run")
+    # Each language puts the time where its grammar wants it ("2分钟前收到").
+    arrived_before, _sep, arrived_after = _("Arrived %(when)s").partition("%(when)s")
+    expires_before, _sep, expires_after = _("Expires %(when)s").partition("%(when)s")
     expired_label, no_limit = _("Expired"), _("No time limit")
     out = []
     for r in rows:
@@ -442,8 +446,9 @@ def rows_html(rows: list[Row]) -> SafeString:
                 expires = escape(r.expires_iso)
                 side = (
                     f'<span class="left{" urgent" if r.urgent else ""}" data-expires="{expires}">'
-                    f'{escape(expires_label)} <time datetime="{expires}" data-rel '
-                    f'title="{escape(r.expires_title)}">{escape(r.expires_rel)}</time></span>'
+                    f'{escape(expires_before)}<time datetime="{expires}" data-rel '
+                    f'title="{escape(r.expires_title)}">{escape(r.expires_rel)}</time>'
+                    f"{escape(expires_after)}</span>"
                 )
         status = escape(r.status)
         out.append(
@@ -453,8 +458,8 @@ def rows_html(rows: list[Row]) -> SafeString:
             f'<p class="excerpt">{escape(r.excerpt)}</p></div>'
             f'<div class="row-meta"><span class="run">{escape(run_label)} '
             f"<code>{escape(r.run)}</code></span> "
-            f'<span class="age">{escape(arrived)} <time datetime="{escape(r.created_iso)}" '
-            f"data-rel>{escape(r.created_rel)}</time></span></div>"
+            f'<span class="age">{escape(arrived_before)}<time datetime="{escape(r.created_iso)}" '
+            f"data-rel>{escape(r.created_rel)}</time>{escape(arrived_after)}</span></div>"
             f'<div class="row-side">{side} <span class="badge {status}">'
             f"{escape(r.status_label)}</span></div></li>\n"
         )
@@ -719,7 +724,7 @@ class FieldView:
                 )
         for ext in self.spec.custom_extensions:
             parts.append(f"{ext} {megabytes(upload_size_limit('f' + ext, self.limits))}")
-        return ", ".join(parts)
+        return joined(parts)
 
     @property
     def size_limits_json(self) -> str:
@@ -1034,7 +1039,7 @@ def upload_response(
                     )
                     % {
                         "limit": spec.ui_max_files,
-                        "names": ", ".join(f.name or "" for f in files[room:]),
+                        "names": joined(f.name or "" for f in files[room:]),
                     }
                 )
         for fileobj in picked:
@@ -1044,7 +1049,7 @@ def upload_response(
                 )
             except UploadRejected as exc:
                 errors.append(f"{fileobj.name}: {exc.message}")
-    names = ", ".join(upload.name for upload in uploads)
+    names = joined(upload.name for upload in uploads)
     if not request.htmx:
         for error in errors:
             messages.error(request, error)

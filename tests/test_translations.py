@@ -92,14 +92,14 @@ def test_a_reason_is_stored_in_english_and_read_in_the_active_language() -> None
     ("delta", "english", "chinese"),
     [
         ({"seconds": 59}, "now", "刚刚"),
-        ({"minutes": 60}, "in 60 minutes", "60 分钟后"),
-        ({"minutes": 90}, "in 90 minutes", "90 分钟后"),
-        ({"hours": 2, "minutes": 5}, "in 2 hours", "2 小时后"),
-        ({"hours": 4, "minutes": 59, "seconds": 58}, "in 5 hours", "5 小时后"),
-        ({"hours": 47, "minutes": 59}, "in 48 hours", "48 小时后"),
-        ({"days": 2}, "in 2 days", "2 天后"),
-        ({"days": 2, "hours": 13}, "in 3 days", "3 天后"),
-        ({"hours": -3}, "3 hours ago", "3 小时前"),
+        ({"minutes": 60}, "in 60 minutes", "60分钟后"),
+        ({"minutes": 90}, "in 90 minutes", "90分钟后"),
+        ({"hours": 2, "minutes": 5}, "in 2 hours", "2小时后"),
+        ({"hours": 4, "minutes": 59, "seconds": 58}, "in 5 hours", "5小时后"),
+        ({"hours": 47, "minutes": 59}, "in 48 hours", "48小时后"),
+        ({"days": 2}, "in 2 days", "2天后"),
+        ({"days": 2, "hours": 13}, "in 3 days", "3天后"),
+        ({"hours": -3}, "3 hours ago", "3小时前"),
     ],
 )
 def test_a_time_left_reads_in_the_largest_unit_there_are_two_of_rounded(

@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 from django import template
-from django.utils.safestring import SafeString
+from django.utils import formats, timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
 
 from inbox import markdown, timefmt
 
@@ -17,6 +19,22 @@ register = template.Library()
 @register.filter
 def relative(value: dt.datetime | None) -> str:
     return timefmt.relative(value)
+
+
+@register.filter
+def reltime(value: dt.datetime | None) -> SafeString:
+    """A time said relative to now ("in 5 hours"), in a <time> the page's script keeps current,
+    its date and time in the title. For a sentence around it: `{% blocktranslate with
+    when=value|reltime %}Arrived {{ when }}{% endblocktranslate %}`, so each language puts the
+    time where its grammar wants it."""
+    if value is None:
+        return mark_safe("")
+    return format_html(
+        '<time datetime="{}" data-rel title="{}">{}</time>',
+        timezone.localtime(value).isoformat(),
+        formats.date_format(timezone.localtime(value), "DATETIME_FORMAT"),
+        timefmt.relative(value),
+    )
 
 
 @register.filter

@@ -784,3 +784,12 @@ def test_the_run_panel_s_timeline_is_in_words_and_shows_a_waiting_node_once(
     panel = panel[panel.index('id="run-panel"') :]
     statuses = re.findall(r'<span class="tl-status">([^<]*)</span>', panel)
     assert statuses == ["Succeeded", "Failed", "Paused", "Answered"]
+
+
+def test_in_chinese_lists_take_the_enumeration_comma_and_labels_no_stray_space(
+    alice: Client, form: Form
+) -> None:
+    alice.cookies["django_language"] = "zh-hans"
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert "可接受：图片、文档" in page  # noqa: RUF001
+    assert "：  " not in page and "： " not in page  # noqa: RUF001

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -50,6 +51,23 @@ def test_a_row_shows_app_excerpt_run_age_and_status(alice: Client, dify_app: Dif
     assert "<code>run-abc</code>" in page
     assert "Arrived" in page and "in 5 hours" in page  # 5 hours less a moment, rounded
     assert '<span class="badge pending">Pending</span>' in page
+
+
+def test_in_chinese_the_time_comes_before_arrived_and_expires(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    from django.utils import translation
+
+    form = make_form(dify_app, expires_in=dt.timedelta(hours=48))
+    Form.objects.filter(pk=form.pk).update(created_at=timezone.now() - dt.timedelta(minutes=2))
+    alice.cookies["django_language"] = "zh-hans"
+    page = alice.get("/").content.decode()
+    # "2分钟前收到", "48小时后截止": the time first, as Chinese says it.
+    assert re.search(r"<time [^>]*data-rel>2分钟前</time>收到</span>", page)
+    assert re.search(r"<time [^>]*>48小时后</time>截止</span>", page)
+    form_page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert re.search(r"<time [^>]*>2分钟前</time>收到", form_page)
+    translation.activate("en")
 
 
 def test_sorting_newest_and_oldest(alice: Client, dify_app: DifyApp) -> None:
