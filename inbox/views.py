@@ -1028,7 +1028,22 @@ def upload_response(
                 - _own_uploads(form, decider).filter(input_name=spec.name).count(),
             )
             picked = files[:room]
-            if len(files) > room:
+            if len(files) > room and room == spec.ui_max_files:
+                # Nothing on the list yet: nothing to remove, only fewer to pick.
+                errors.append(
+                    ngettext(
+                        "At most %(limit)d file can be attached here; choose fewer. Not "
+                        "added: %(names)s.",
+                        "At most %(limit)d files can be attached here; choose fewer. Not "
+                        "added: %(names)s.",
+                        spec.ui_max_files,
+                    )
+                    % {
+                        "limit": spec.ui_max_files,
+                        "names": joined(f.name or "" for f in files[room:]),
+                    }
+                )
+            elif len(files) > room:
                 errors.append(
                     ngettext(
                         "At most %(limit)d file can be attached here; remove one to add "

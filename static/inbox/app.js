@@ -206,7 +206,9 @@
     if (!max || !input.files || parts.field.getAttribute("data-kind") !== "file-list") return [];
     var count = parts.field.querySelectorAll(".file-chip").length;
     if (count + input.files.length <= max) return [];
-    return [(parts.error && parts.error.getAttribute("data-too-many")) || ""];
+    // Nothing on the list yet: there is nothing to remove, only fewer to pick.
+    var words = count ? "data-too-many" : "data-too-many-picked";
+    return [(parts.error && parts.error.getAttribute(words)) || ""];
   }
 
   document.addEventListener("htmx:beforeRequest", function (event) {

@@ -557,7 +557,7 @@ def test_more_files_than_a_list_takes_are_refused_before_sending_and_a_full_list
         timeout=10000,
     )
     assert page.locator("#file-error-evidence").text_content() == (
-        "At most 3 files can be attached here; remove one to add another."
+        "At most 3 files can be attached here; choose fewer."
     )
     assert sent == []
     # Three already on the list (a reload shows them): nothing more to pick.

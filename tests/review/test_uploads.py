@@ -313,3 +313,23 @@ def test_the_api_refuses_a_file_larger_than_dify_takes_without_keeping_it(
         "file.",
     }
     assert 0 < BytesSeen.most <= 1024 * 1024
+
+
+def test_more_files_picked_than_an_empty_list_takes_are_told_to_be_fewer(
+    alice: Client, form: Form
+) -> None:
+    response = alice.post(
+        f"/forms/{form.public_id}/files/evidence",
+        {
+            "file": [
+                SimpleUploadedFile(f"p{n}.png", b"\x89PNG", content_type="image/png")
+                for n in range(4)
+            ]
+        },
+        HTTP_HX_REQUEST="true",
+    )
+    # Nothing on the list to remove: only fewer to pick.
+    assert (
+        "At most 3 files can be attached here; choose fewer. Not added: p3.png."
+        in html.unescape(response.content.decode())
+    )
