@@ -102,7 +102,7 @@ def test_a_long_option_list_is_a_dropdown(alice: Client, dify_app: DifyApp) -> N
     definition["inputs"][1]["option_source"]["value"] = [f"option {i}" for i in range(8)]
     form = make_form(dify_app, definition=definition)
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
-    assert '<select id="id_in_decision" name="in_decision">' in page
+    assert '<select id="id_in_decision" name="in_decision" aria-required="true">' in page
     assert '<option value="option 7">option 7</option>' in page
 
 
