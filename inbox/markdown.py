@@ -18,6 +18,7 @@ import html
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import nh3
@@ -60,9 +61,32 @@ _URL_SCHEMES = {"http", "https", "mailto"}
 
 # `breaks`: a single newline is a line break, as on Dify's own pages (remark-breaks), where
 # "**Customer:** Ada\n**Amount:** 120 EUR" reads as two lines, not one.
+# `linkify`: a bare web address is a link, as GFM (and so Dify's page) makes it: one with its
+# scheme ("https://…") or starting "www.". Not a bare name with a dot ("config.py",
+# "README.md"), which linkify's fuzzy matching would take for a domain.
 _md = MarkdownIt(
-    "commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True}
-).enable(["table", "strikethrough"])
+    "commonmark", {"html": False, "linkify": True, "typographer": False, "breaks": True}
+).enable(["table", "strikethrough", "linkify"])
+_linkify = _md.linkify
+assert _linkify is not None  # linkify-it-py, installed with markdown-it-py[linkify]
+_linkify.set({"fuzzy_link": False, "fuzzy_email": False})
+
+
+def _www_link(_self: Any, match: Any) -> None:
+    match.url = "http://" + match.url
+
+
+_linkify.add(
+    "www.",
+    {
+        # The rest of the host, then a path, query or fragment that does not end in the
+        # sentence's punctuation.
+        "validate": re.compile(
+            r"^(?:[a-z0-9-]+\.)+[a-z]{2,}(?:[/?#](?:[^\s<>]*[^\s<>.,;:!?'\")\]])?)?", re.I
+        ),
+        "normalize": _www_link,
+    },
+)
 _plain = RendererHTML()  # an image's alt text, as the browser would show it
 
 

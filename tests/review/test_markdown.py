@@ -219,3 +219,18 @@ def test_a_forms_content_headings_follow_the_page_s_h1_and_tables_scroll_in_a_bo
     assert html.rstrip().endswith("</table>\n</div>")
     # Content cannot make such a box (or any other div) of its own.
     assert "<div" not in render_markdown('<div class="table-wrap" tabindex="0">x</div>')
+
+
+def test_bare_web_addresses_are_links_as_on_dify_s_page_but_not_names_with_a_dot() -> None:
+    html = str(
+        render_markdown(
+            "See https://example.com/a?b=1, www.example.org. Edit config.py and README.md; "
+            "write to ops@example.com. javascript:alert(1)"
+        )
+    )
+    assert '<a href="https://example.com/a?b=1" rel="noopener noreferrer nofollow">' in html
+    assert '<a href="http://www.example.org" rel="noopener noreferrer nofollow">' in html
+    assert "www.example.org</a>." in html  # the sentence's full stop is not the link's
+    assert "config.py" in html and 'href="http://config.py"' not in html
+    assert 'href="http://README.md"' not in html and "mailto:" not in html
+    assert 'href="javascript' not in html
