@@ -47,6 +47,8 @@ _ATTRIBUTES = {
     "th": {"align", "colspan", "rowspan"},
     "td": {"align", "colspan", "rowspan"},
     "code": {"class"},
+    # A table's scrolling box is named (`_wrap_tables`); content makes no div of its own.
+    "div": {"aria-label"},
 }
 # The marker after an image not loaded: the only class content may carry, and only this one.
 _BLOCKED_CLASS = "image-blocked"
@@ -54,7 +56,7 @@ _BLOCKED_CLASS = "image-blocked"
 _TABLE_CLASS = "table-wrap"
 _ATTRIBUTE_VALUES = {
     "span": {"class": {_BLOCKED_CLASS}},
-    "div": {"class": {_TABLE_CLASS}, "tabindex": {"0"}},
+    "div": {"class": {_TABLE_CLASS}, "tabindex": {"0"}, "role": {"region"}},
 }
 # No data: either: an image inlined in the content is as much the content's choice as a remote one.
 _URL_SCHEMES = {"http", "https", "mailto"}
@@ -209,7 +211,12 @@ def _wrap_tables(tokens: list[Token]) -> list[Token]:
                     "table_wrap_open",
                     "div",
                     1,
-                    attrs={"class": _TABLE_CLASS, "tabindex": "0"},
+                    attrs={
+                        "class": _TABLE_CLASS,
+                        "tabindex": "0",
+                        "role": "region",
+                        "aria-label": gettext("Table"),
+                    },
                     block=True,
                 )
             )

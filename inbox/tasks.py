@@ -505,8 +505,8 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
             decision,
             Reason(
                 gettext_noop(
-                    "Dify does not know this form (404): the app's key changed or the form "
-                    "belongs to another app."
+                    "Dify does not know this form (404): its run was deleted there or Dify's "
+                    "data was reset, the app's key changed, or the form belongs to another app."
                 )
             ),
             code=exc.code,

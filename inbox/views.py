@@ -923,7 +923,7 @@ def form_page_response(request: HtmxHttpRequest, form: Form, decider: Decider) -
 
 
 def _check_in_dify(form: Form) -> None:
-    """Someone opened a pending form: ask Dify about it now (`tasks.check_form`), at most once
+    """Someone has a pending form open: ask Dify about it (`tasks.check_form`), at most once
     a INBOX_CHECK_ON_VIEW_SECONDS, so a form answered in Dify's own pages meanwhile turns
     "Answered elsewhere" at the page's next poll, before the reader spends time on it."""
     if form.status != Form.Status.PENDING or not form.form_token:
@@ -1121,7 +1121,10 @@ def _decision_key(state: str, status: str | None, held: bool) -> str:
 
 
 def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
-    """The page's poll: presence always; the run panel and the body only when they changed."""
+    """The page's poll: presence always; the run panel and the body only when they changed.
+    While the page stays open, Dify is asked about the form now and then too (at most once a
+    INBOX_CHECK_ON_VIEW_SECONDS), so an answer given in Dify meanwhile reaches the page."""
+    _check_in_dify(form)
     state = page_state(form)
     live_key = _live_key(form, state)
     run_ctx = run_context(form, decider)

@@ -518,7 +518,12 @@
   // Taken when the request starts too: the button pressed is disabled while it is in flight
   // (`hx-disabled-elt`), which already takes the focus from it before the answer comes.
   document.addEventListener("htmx:beforeRequest", function (event) { rememberFocus(event.detail.target); });
-  document.addEventListener("htmx:beforeSwap", function (event) { rememberFocus(event.detail.target); });
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    rememberFocus(event.detail.target);
+    // A part swapped for nothing (the last file of a list removed) settles on an element no
+    // longer in the page, whose events do not reach this document: look again in a moment.
+    if (focusWas) setTimeout(function () { restoreFocus(true); }, 100);
+  });
   document.addEventListener("htmx:oobBeforeSwap", function (event) { rememberFocus(event.detail.target); });
 
   function focusOn(el) {
@@ -528,12 +533,17 @@
     return document.activeElement === el;
   }
   var FOCUSABLE = "a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), select, textarea";
-  document.addEventListener("htmx:afterSettle", function () {
+  document.addEventListener("htmx:afterSettle", function () { restoreFocus(false); });
+  // `early`: the look a moment after the swap, which leaves the memory to the settle when the
+  // focus is still where it was (the swap not done yet).
+  function restoreFocus(early) {
     var was = focusWas;
-    focusWas = null;
     var active = document.activeElement;
-    if (!was || Date.now() - was.at > 60000) return;
+    if (!was) return;
+    if (!early) focusWas = null;
+    if (Date.now() - was.at > 60000) return;
     if (active && active !== document.body && active.isConnected) return;
+    focusWas = null;
     var root = (was.target && document.getElementById(was.target)) || null;
     if (root) {
       if (was.href && focusOn(root.querySelector('a[href="' + CSS.escape(was.href) + '"]'))) return;
@@ -550,7 +560,7 @@
     // control, the file picker.
     var field = around.closest("fieldset, section, form");
     if (!(field && focusOn(field.querySelector(FOCUSABLE)))) focusOn(around);
-  });
+  }
 
   document.addEventListener("inbox:announce", function (event) {
     announce(event.detail && event.detail.message);

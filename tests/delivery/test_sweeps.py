@@ -424,3 +424,30 @@ def test_new_settings_between_two_404s_keep_the_run(
     reconcile_runs()
     assert Run.objects.get(pk=run.pk).status == Run.Status.PAUSED
     assert Form.objects.get(pk=form.pk).status == Form.Status.PENDING
+
+
+def test_a_page_left_open_asks_dify_about_its_form_through_its_poll(
+    app: DifyApp,
+    admin_user: User,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    from django.core.cache import cache
+
+    from inbox import tasks
+
+    settings.INBOX_CHECK_ON_VIEW_SECONDS = 60
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.check_form, "apply_async", lambda args: queued.append(args[0]))
+    form = make_form(app)
+    client.force_login(admin_user)
+    client.get(f"/forms/{form.public_id}/")
+    assert queued == [form.pk]
+    # Within the minute the poll asks nothing more; a minute on, it asks again.
+    client.get(f"/forms/{form.public_id}/live", headers={"HX-Request": "true"})
+    assert queued == [form.pk]
+    cache.clear()
+    Form.objects.filter(pk=form.pk).update(checked_at=_ago(61))
+    client.get(f"/forms/{form.public_id}/live", headers={"HX-Request": "true"})
+    assert queued == [form.pk, form.pk]

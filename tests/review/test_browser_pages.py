@@ -585,6 +585,17 @@ def test_more_files_than_a_list_takes_are_refused_before_sending_and_a_full_list
         "() => document.getElementById('files-evidence').contains(document.activeElement)",
         timeout=5000,
     )
+    # The last ones: the focus goes on to the field's file picker, not to the page's start.
+    for n in (1, 2):
+        page.get_by_role("button", name=f"Remove photo-{n}.png").focus()
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#files-evidence .file-chip').length === {2 - n}"
+        )
+    page.wait_for_function(
+        "() => document.querySelector('[data-name=evidence]').contains(document.activeElement)",
+        timeout=2000,
+    )
     assert page.js_errors == []
 
 

@@ -215,7 +215,9 @@ def test_a_forms_content_headings_follow_the_page_s_h1_and_tables_scroll_in_a_bo
     segments, _rest = split_content("# Request\n\n{{#$output.note#}}\n\n## Details", ["note"])
     assert [s.html for s in segments] == ["<h2>Request</h2>\n", None, "<h3>Details</h3>\n"]
     html = render_markdown("|a|b|\n|-|-|\n|1|2|")
-    assert html.startswith('<div class="table-wrap" tabindex="0">\n<table>')
+    assert html.startswith(
+        '<div class="table-wrap" tabindex="0" role="region" aria-label="Table">\n<table>'
+    )
     assert html.rstrip().endswith("</table>\n</div>")
     # Content cannot make such a box (or any other div) of its own.
     assert "<div" not in render_markdown('<div class="table-wrap" tabindex="0">x</div>')
