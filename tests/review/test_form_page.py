@@ -793,3 +793,12 @@ def test_in_chinese_lists_take_the_enumeration_comma_and_labels_no_stray_space(
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
     assert "可接受：图片、文档" in page  # noqa: RUF001
     assert "：  " not in page and "： " not in page  # noqa: RUF001
+
+
+def test_in_chinese_the_expiry_date_is_in_full_width_parentheses(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    form = make_form(dify_app, expires_in=dt.timedelta(hours=48))
+    alice.cookies["django_language"] = "zh-hans"
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert re.search(r'<span class="abs">（\d{4}年\d+月\d+日 [^）]*）</span>', page)  # noqa: RUF001
