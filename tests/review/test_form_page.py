@@ -342,7 +342,11 @@ def test_a_form_answered_here_whose_fill_no_stream_showed_reads_as_answered(
     assert "{{#$output" not in page
     assert "Paid back &lt;b&gt;today&lt;/b&gt;." in page and "Outcome: partial" in page
     assert "Receipt: receipt-104233.pdf" in page
-    assert "Evidence: https://files.example.com/photo.png, [file]" in page
+    # A web address given for a file is a link, as any bare address in content is.
+    assert (
+        'Evidence: <a href="https://files.example.com/photo.png" rel="noopener noreferrer '
+        'nofollow">https://files.example.com/photo.png</a>, [file]' in page
+    )
     assert executable_markup(page) == []
 
 
