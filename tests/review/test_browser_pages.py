@@ -119,6 +119,17 @@ def test_no_page_scrolls_sideways_on_a_phone(
         node_title="A long title " * 6,
         content="An excerpt without a single space: " + "x" * 400,
     )
+    # A code line and a table far wider than the phone: they scroll in their own boxes.
+    wide_content = (
+        "```\n"
+        + "y" * 300
+        + "\n```\n\n|"
+        + "|".join(f"Column {n}" for n in range(14))
+        + "|\n|"
+        + "|".join("---" for _ in range(14))
+        + "|\n"
+    )
+    wide = make_form(dify_app, node_title="Wide content", content=wide_content)
     reviewer.is_staff = True  # the most links in the top bar (Dashboard, Admin)
     reviewer.save()
     page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language=language)
@@ -126,14 +137,15 @@ def test_no_page_scrolls_sideways_on_a_phone(
     for path in (
         "/",
         f"/forms/{form.public_id}/",
+        f"/forms/{wide.public_id}/",
         f"/runs/{form.run.public_id}/",
         "/runs/",
         "/apps/",
         "/dashboard/",
     ):
         page.goto(live_server.url + path)
-        wide = page.evaluate("() => document.documentElement.scrollWidth")
-        assert wide <= 390, (path, wide)
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
         # Every link of the top bar is on the screen.
         for link in page.locator(".topbar a, .topbar button").all():
             box = link.bounding_box()
