@@ -23,7 +23,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_noop
@@ -832,20 +832,28 @@ def reconcile_pending_forms(batch_size: int | None = None) -> dict[str, int]:
         return _reconcile(batch_size or settings.INBOX_RECONCILE_BATCH)
 
 
-def _reconcile(batch_size: int) -> dict[str, int]:
-    now = timezone.now()
-    cutoff = now - dt.timedelta(seconds=settings.INBOX_RECONCILE_AFTER_SECONDS)
-    forms = list(
+def _askable_forms(now: dt.datetime) -> QuerySet[Form]:
+    """Pending forms Dify can be asked about (GET form): with a token, not expired here, and of
+    an app whose key Dify accepts. Those of a refused key wait for `reconcile_runs` to find it
+    accepted; a form of an app refused as set up here (its kind, nothing published) still
+    answers."""
+    return (
         Form.objects.filter(status=Form.Status.PENDING)
         .exclude(form_token="")
         .filter(Q(expiration_time__isnull=True) | Q(expiration_time__gt=now))
-        .filter(Q(checked_at__lt=cutoff) | Q(checked_at__isnull=True, created_at__lt=cutoff))
-        # Dify refuses their app's key: they wait for `reconcile_runs` to find it accepted. (A
-        # form of an app refused as set up here, its kind or nothing published, still answers.)
         .filter(
             Q(run__app__refused_at__isnull=True)
             | Q(run__app__refusal_code__in=sorted(SETUP_REFUSALS))
         )
+    )
+
+
+def _reconcile(batch_size: int) -> dict[str, int]:
+    now = timezone.now()
+    cutoff = now - dt.timedelta(seconds=settings.INBOX_RECONCILE_AFTER_SECONDS)
+    forms = list(
+        _askable_forms(now)
+        .filter(Q(checked_at__lt=cutoff) | Q(checked_at__isnull=True, created_at__lt=cutoff))
         .select_related("run__app")
         .order_by(F("checked_at").asc(nulls_first=True), "created_at")[:batch_size]
     )
@@ -924,14 +932,9 @@ def check_form(form_pk: int) -> str:
     now = timezone.now()
     recently = now - dt.timedelta(seconds=settings.INBOX_CHECK_ON_VIEW_SECONDS)
     form = (
-        Form.objects.filter(pk=form_pk, status=Form.Status.PENDING)
-        .exclude(form_token="")
-        .filter(Q(expiration_time__isnull=True) | Q(expiration_time__gt=now))
+        _askable_forms(now)
+        .filter(pk=form_pk)
         .exclude(checked_at__gte=recently)
-        .filter(
-            Q(run__app__refused_at__isnull=True)
-            | Q(run__app__refusal_code__in=sorted(SETUP_REFUSALS))
-        )
         .select_related("run__app")
         .first()
     )
