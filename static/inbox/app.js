@@ -1,7 +1,7 @@
 // Small enhancements on top of pages that work without script: time zone, live relative
 // times, keyboard moves in the inbox, upload progress, keeping action buttons disabled until
-// Dify would accept the form, saying why when the server refuses a request, and holding a
-// reload that would lose what was typed.
+// Dify would accept the form, saying why when the server refuses a request, holding a reload that
+// would lose what was typed, and carrying what was typed across a language switch.
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
@@ -562,12 +562,104 @@
     if (!(field && focusOn(field.querySelector(FOCUSABLE)))) focusOn(around);
   }
 
+  // --- Switching language keeps what was typed --------------------------------------------
+  // The switch is a plain post that comes back to the same page, drawn anew in the other
+  // language: what the reader typed or chose in the page's form (a decision, a run's inputs)
+  // is held in the tab's session storage for the trip and put back where the new page left
+  // the field as drawn. If the form closed meanwhile, the text is kept beside it to copy.
+  var SWITCH_KEY = "inbox:language-switch";
+  var SWITCH_FORMS = "#decision-form, form.start-form";
+
+  function formKey(form) { return form.id || "start-form"; }
+
+  function changedFields(form) {
+    var found = [];
+    Array.prototype.forEach.call(form.elements, function (el) {
+      if (!el.name || el.disabled || /^(hidden|file|submit|button|reset|password)$/.test(el.type)) return;
+      if (el.type === "radio" || el.type === "checkbox") {
+        if (el.checked !== el.defaultChecked) found.push({ name: el.name, type: el.type, value: el.value, checked: el.checked });
+      } else if (el.tagName === "SELECT") {
+        var drawn = Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+        if (drawn) found.push({ name: el.name, type: "select", value: el.value });
+      } else if (el.value !== el.defaultValue) {
+        var label = el.id ? document.querySelector('label[for="' + CSS.escape(el.id) + '"]') : null;
+        found.push({ name: el.name, type: "text", value: el.value, label: label ? label.textContent.trim() : "" });
+      }
+    });
+    return found;
+  }
+
+  document.addEventListener("submit", function (event) {
+    if (!event.target.matches || !event.target.matches("form.lang-switch")) return;
+    var held = [];
+    document.querySelectorAll(SWITCH_FORMS).forEach(function (form) {
+      var fields = changedFields(form);
+      if (fields.length) held.push({ form: formKey(form), fields: fields });
+    });
+    try {
+      if (held.length) {
+        window.sessionStorage.setItem(SWITCH_KEY, JSON.stringify({ path: window.location.pathname, at: Date.now(), forms: held }));
+      } else {
+        window.sessionStorage.removeItem(SWITCH_KEY);
+      }
+    } catch (e) { /* storage refused: the switch goes on as before */ }
+  });
+
+  function restoreField(form, field) {
+    var selector = '[name="' + CSS.escape(field.name) + '"]';
+    if (field.type === "radio" || field.type === "checkbox") {
+      // By its value as the browser reads it: a box drawn with no value attribute reads "on".
+      Array.prototype.forEach.call(form.querySelectorAll("input" + selector), function (box) {
+        if (box.value === field.value && !box.disabled && box.checked === box.defaultChecked) box.checked = field.checked;
+      });
+      return true;
+    }
+    var el = form.querySelector(selector);
+    if (!el || el.disabled) return false;
+    if (field.type === "select") {
+      var drawnNow = Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+      var known = Array.prototype.some.call(el.options, function (o) { return o.value === field.value; });
+      if (!drawnNow && known) el.value = field.value;
+      return true;
+    }
+    if (el.value === el.defaultValue) el.value = field.value;
+    return true;
+  }
+
+  function restoreAfterSwitch() {
+    var saved = null;
+    try {
+      saved = JSON.parse(window.sessionStorage.getItem(SWITCH_KEY) || "null");
+      window.sessionStorage.removeItem(SWITCH_KEY);
+    } catch (e) { saved = null; }
+    if (!saved || saved.path !== window.location.pathname || !(Date.now() - saved.at < 600000)) return;
+    var lost = [];
+    (saved.forms || []).forEach(function (held) {
+      var form = null;
+      document.querySelectorAll(SWITCH_FORMS).forEach(function (f) { if (formKey(f) === held.form) form = f; });
+      (held.fields || []).forEach(function (field) {
+        if (form && restoreField(form, field)) return;
+        if (field.type === "text" && field.value.trim()) lost.push({ label: field.label || "", value: field.value });
+      });
+    });
+    if (!lost.length) return;
+    // A form page keeps it in its place for kept text; a page that took the form's place (its
+    // link has expired) at the end of its content.
+    var kept = document.getElementById("kept");
+    if (kept && !kept.children.length) kept.appendChild(keptBox(lost));
+    else if (!kept) {
+      var main = document.getElementById("main");
+      if (main) main.appendChild(keptBox(lost));
+    }
+  }
+
   document.addEventListener("inbox:announce", function (event) {
     announce(event.detail && event.detail.message);
   });
 
   document.addEventListener("DOMContentLoaded", function () {
-    rememberDrawnText();
+    rememberDrawnText(); // what the server drew: a text put back below is typed, not drawn
+    restoreAfterSwitch();
     refreshTimes();
     refreshActions();
     // A page sent back with errors (the start form, a form page without htmx): the reader

@@ -305,6 +305,8 @@ def test_a_guest_switches_the_page_s_language(
     page = guest_page(chromium, browser_contexts)
     page.goto(live_server.url + guest_link)
     assert page.evaluate("document.documentElement.lang") == "en"
+    note = page.locator("textarea[name=in_note]")
+    note.fill("Approved, but pay it from the Q3 budget.")
     # A plain form post from a page whose address is a credential: the CSRF check takes it
     # (the page keeps its address out of other sites' Referer headers, not out of its own).
     with page.expect_navigation():
@@ -312,9 +314,42 @@ def test_a_guest_switches_the_page_s_language(
     assert page.evaluate("document.documentElement.lang") == "zh-hans"
     assert page.url == live_server.url + guest_link
     assert page.locator("#decision-form").count() == 1
-    # Back again, by the keyboard.
+    # What was typed came along, and counts as typed: a reload would lose it.
+    assert note.input_value() == "Approved, but pay it from the Q3 budget."
+    assert page.evaluate("sessionStorage.getItem('inbox:language-switch')") is None
+    # Back again, by the keyboard, still with the note.
     page.get_by_role("button", name="English").focus()
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert page.evaluate("document.documentElement.lang") == "en"
+    assert note.input_value() == "Approved, but pay it from the Q3 budget."
+    # Nothing typed, nothing held: a page drawn afresh shows what the server draws.
+    note.fill("")
+    with page.expect_navigation():
+        page.get_by_role("button", name="简体中文").click()
+    assert note.input_value() == ""
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_guest_whose_form_closed_while_switching_language_keeps_their_note(
+    live_server: Any,
+    chromium: Any,  # noqa: F811
+    browser_contexts: list[Any],  # noqa: F811
+    guest_recipient: Any,
+    guest_link: str,
+) -> None:
+    page = guest_page(chromium, browser_contexts)
+    page.goto(live_server.url + guest_link)
+    page.locator("textarea[name=in_note]").fill("Pay it from the Q3 budget.")
+    # The form expired while the guest read: the page drawn in Chinese is the closed link's.
+    Form.objects.filter(pk=guest_recipient.form_id).update(
+        expiration_time=timezone.now() - dt.timedelta(seconds=1)
+    )
+    with page.expect_navigation():
+        page.get_by_role("button", name="简体中文").click()
+    page.locator("#main h1").get_by_text("此链接已过期。").wait_for()
+    assert page.locator("#decision-form").count() == 0
+    kept = page.locator(".kept-text textarea")
+    assert kept.input_value() == "Pay it from the Q3 budget."
+    assert page.locator(".kept-text h2").inner_text().startswith("未发送。")
     assert page.js_errors == [] and page.csp_violations == []

@@ -239,3 +239,29 @@ def test_a_reviewer_starts_a_run_and_decides_both_of_its_forms(
         assert simulator.submits_applied(form.form_id) == 1
         assert simulator.submit_count(form.form_id) == 1
     assert "Succeeded" in panel
+
+
+def test_switching_language_keeps_the_inputs_of_a_run_being_started(
+    live_server: Any,
+    chromium: Any,
+    browser_contexts: list[Any],
+    simulator: Any,
+    sim_app: Any,  # noqa: F811
+    starters: Group,  # noqa: F811
+    reviewer: User,
+) -> None:
+    app: DifyApp = sim_app("refund-approval")
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/apps/{app.pk}/start/")
+    page.get_by_label("Customer name").fill("Grace Hopper")
+    page.get_by_label("Channel").select_option("phone")
+    page.get_by_label("VIP customer").check()
+    with page.expect_navigation():
+        page.get_by_role("button", name="简体中文").click()
+    assert page.evaluate("document.documentElement.lang") == "zh-hans"
+    # Each kind of input as the reviewer left it; what they did not touch as the app sets it.
+    assert page.get_by_label("Customer name").input_value() == "Grace Hopper"
+    assert page.get_by_label("Channel").input_value() == "phone"
+    assert page.get_by_label("VIP customer").is_checked()
+    assert page.get_by_label("Order number").input_value() == "SO-104233"
+    assert page.js_errors == []
