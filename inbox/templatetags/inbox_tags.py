@@ -61,6 +61,14 @@ def excerpt(value: str) -> str:
 
 
 @register.filter
+def shorten(value: Any, length: int) -> str:
+    """At most `length` characters, the last an ellipsis when cut: one character in every
+    language (Django's `truncatechars` ends in "..." in its Chinese catalogue)."""
+    text = str(value)
+    return text if len(text) <= length else text[: max(0, length - 1)].rstrip() + "…"
+
+
+@register.filter
 def filesize(value: int | None) -> str:
     """Bytes in the units people read: 820 KB, 3.4 MB."""
     if value is None:

@@ -90,6 +90,26 @@ def test_the_dashboard_speaks_chinese(client: Client, admin_user: User) -> None:
     assert "仪表盘" in body and "决定用时" in body and "没有等待决定的表单。" in body
 
 
+def test_the_dashboard_s_durations_and_long_names_read_as_chinese(
+    client: Client, admin_user: User, reach_app: DifyApp
+) -> None:
+    route(reach_app)
+    make_form(
+        reach_app,
+        node_id="n",
+        node_title="经理审批 超过五百欧元的退款申请需要两级审核以及财务部门的最终确认",
+    )
+    for minutes in (10, 20):
+        decided(reach_app, minutes)
+    client.force_login(admin_user)
+    body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-Hans").content.decode()
+    # As the pages' relative times say them: no space between the number and its unit.
+    assert '<td class="num">10分钟</td><td class="num">20分钟</td>' in body
+    # A name too long for the chart ends in one ellipsis, not three full stops.
+    [label] = re.findall(r'<text x="0" y="\d+">([^<]*)</text>', body.split('id="timing-title"')[0])
+    assert len(label) == 34 and label.endswith("…") and "..." not in body
+
+
 def test_the_dashboard_counts_decisions_on_their_way_and_those_that_wait(
     client: Client, admin_user: User, reach_app: DifyApp
 ) -> None:
