@@ -271,10 +271,33 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
     return segments, [name for name in input_names if name not in placed]
 
 
+# A line that ends so that the next may simply follow it.
+# The Chinese full stop, exclamation and question marks, colon, semicolon, commas.
+_FULL_WIDTH_ENDS = frozenset("\u3002\uff01\uff1f\uff1a\uff1b\uff0c\u3001")
+_ENDS_PHRASE = re.compile("[.!?:;,\u2026" + "".join(sorted(_FULL_WIDTH_ENDS)) + "]$")
+
+
+def one_line(text: str) -> str:
+    """Lines as one: a line that ends its phrase is followed by the next after a space (none
+    after Chinese punctuation), any other (a heading, a list item, a field and its value) by
+    " · ", so that lines of content do not run together into one phrase."""
+    out = ""
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if not line:
+            continue
+        if not out:
+            out = line
+        elif _ENDS_PHRASE.search(out):
+            out += ("" if out[-1] in _FULL_WIDTH_ENDS else " ") + line
+        else:
+            out += " · " + line
+    return out
+
+
 def excerpt(text: str, length: int = 140) -> str:
     """One line of plain text for a list row: markup, placeholders and blank lines removed."""
-    plain = html.unescape(strip_tags(_md.render(PLACEHOLDER.sub(" ", text or ""))))
-    line = " ".join(plain.split())
+    line = one_line(html.unescape(strip_tags(_md.render(PLACEHOLDER.sub(" ", text or "")))))
     return line if len(line) <= length else line[: length - 1].rstrip() + "…"
 
 
@@ -291,5 +314,5 @@ def quick_excerpt(text: str, length: int = 140) -> str:
     cheap enough for fifty rows per page."""
     text = _LIST_MARKERS.sub("", _RULE_LINES.sub(" ", PLACEHOLDER.sub(" ", text or "")))
     plain = _MARKUP.sub(lambda m: m.group(1) or "", text)
-    line = " ".join(html.unescape(plain).split())
+    line = one_line(html.unescape(plain))
     return line if len(line) <= length else line[: length - 1].rstrip() + "…"

@@ -47,7 +47,7 @@ def test_a_row_shows_app_excerpt_run_age_and_status(alice: Client, dify_app: Dif
     page = alice.get("/").content.decode()
     assert f'href="/forms/{form.public_id}/"' in page
     assert '<span class="chip app">refunds</span>' in page
-    assert "Refund request Customer Ada asks for a refund of 120 EUR. Choose the outcome:" in page
+    assert "Refund request · Customer Ada asks for a refund of 120 EUR. Choose the outcome:" in page
     assert "<code>run-abc</code>" in page
     assert "Arrived" in page and "in 5 hours" in page  # 5 hours less a moment, rounded
     assert '<span class="badge pending">Pending</span>' in page

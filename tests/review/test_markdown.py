@@ -72,8 +72,14 @@ def test_content_splits_at_placeholders_and_unknown_placeholders_vanish() -> Non
 
 def test_excerpt_is_one_plain_line() -> None:
     assert excerpt("# Refund & co\n\nAda wants **120 EUR**.\n\n{{#$output.note#}}") == (
-        "Refund & co Ada wants 120 EUR."
+        "Refund & co · Ada wants 120 EUR."
     )
+    # Lines do not run into one phrase: a heading, a field and its value, a list item each end
+    # with " · "; a line that ends its sentence is followed by the next as in a paragraph.
+    assert excerpt("## Refund\n**Customer:** Ada\n**Amount:** 120 EUR\nShe asks. Approve?") == (
+        "Refund · Customer: Ada · Amount: 120 EUR · She asks. Approve?"
+    )
+    assert excerpt("退款申请：\n客户很满意。\n金额\n120") == "退款申请：客户很满意。金额 · 120"  # noqa: RUF001
     assert len(excerpt("word " * 100)) <= 140
 
 
@@ -81,7 +87,7 @@ def test_quick_excerpt_drops_marks_and_keeps_link_text() -> None:
     from inbox.markdown import quick_excerpt
 
     text = "# Order **#4411**: see [the ticket](https://x.test/1)\n\n> quoted `code`\n\n{{#$output.note#}}"
-    assert quick_excerpt(text) == "Order 4411: see the ticket quoted code"
+    assert quick_excerpt(text) == "Order 4411: see the ticket · quoted code"
 
 
 def test_a_remote_image_becomes_a_link_marked_as_an_image_not_loaded() -> None:
@@ -199,14 +205,14 @@ def test_quick_excerpt_leaves_out_rules_and_table_delimiter_rows() -> None:
     from inbox.markdown import quick_excerpt
 
     text = "Clause review\n\n| Clause | Risk |\n|---|:---:|\n| 7.2 | high |\n\n---\n\nSign below"
-    assert quick_excerpt(text) == "Clause review Clause Risk 7.2 high Sign below"
+    assert quick_excerpt(text) == "Clause review · Clause Risk · 7.2 high · Sign below"
 
 
 def test_quick_excerpt_leaves_out_list_markers_as_the_full_excerpt_does() -> None:
     from inbox.markdown import excerpt, quick_excerpt
 
     text = "Vendors:\n\n- Acme Ltd - SOC 2\n* Globex\n1. First\n2) Second"
-    assert quick_excerpt(text) == "Vendors: Acme Ltd - SOC 2 Globex First Second"
+    assert quick_excerpt(text) == "Vendors: Acme Ltd - SOC 2 · Globex · First · Second"
     assert quick_excerpt(text) == excerpt(text)
 
 
