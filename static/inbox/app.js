@@ -332,6 +332,7 @@
       var area = document.createElement("textarea");
       area.id = "kept-" + index;
       area.readOnly = true;
+      area.dir = "auto";
       area.value = item.value;
       section.appendChild(label);
       section.appendChild(area);

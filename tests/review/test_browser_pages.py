@@ -155,6 +155,47 @@ def test_no_page_scrolls_sideways_on_a_phone(
     screenshot(page, f"phone-inbox-{language}")
 
 
+def test_right_to_left_text_runs_from_the_right_paragraph_by_paragraph(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    arabic = "يرجى الموافقة على استرداد المبلغ"
+    form = make_form(
+        dify_app,
+        node_title="Refund",
+        content=f"Refund **120 EUR** to Ada?\n\n{arabic}\n\n{{{{#$output.note#}}}}",
+    )
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+
+    def side(locator: Any) -> str:
+        """Which edge of its box the element's text sits at."""
+        return str(
+            locator.evaluate(
+                """el => {
+                    const range = document.createRange();
+                    range.selectNodeContents(el);
+                    const text = range.getBoundingClientRect(), box = el.getBoundingClientRect();
+                    const style = getComputedStyle(el);
+                    const left = text.left - box.left - parseFloat(style.paddingLeft);
+                    const right = box.right - text.right - parseFloat(style.paddingRight);
+                    return left < 2 && right > 20 ? "left" : right < 2 && left > 20 ? "right" : "?";
+                }"""
+            )
+        )
+
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    assert side(page.locator(".md p", has_text="Refund")) == "left"
+    assert side(page.locator(".md p", has_text=arabic)) == "right"
+    # A note typed in Arabic runs from the right too, in the field and in the row's excerpt.
+    note = page.locator("textarea[name=in_note]")
+    assert note.get_attribute("dir") == "auto"
+    assert note.evaluate("el => getComputedStyle(el).unicodeBidi") == "plaintext"
+    form.content = f"{arabic}\n\nRefund **120 EUR** to Ada?"
+    form.save(update_fields=["content"])
+    page.goto(live_server.url + "/")
+    assert side(page.locator("#rows .row .excerpt").first) == "right"
+    assert page.js_errors == []
+
+
 def test_keyboard_moves_opens_and_searches(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
