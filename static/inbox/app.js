@@ -158,11 +158,6 @@
     });
   }, true);
 
-  // A list filter submits itself on change (the runs page); without script its button does.
-  document.addEventListener("change", function (event) {
-    if (event.target.matches && event.target.matches("select[data-autosubmit]")) event.target.form.submit();
-  });
-
   document.addEventListener("input", refreshActions);
   document.addEventListener("change", refreshActions);
 

@@ -196,6 +196,36 @@ def test_right_to_left_text_runs_from_the_right_paragraph_by_paragraph(
     assert page.js_errors == []
 
 
+def test_the_runs_filters_redraw_the_list_and_leave_the_focus_on_the_filter(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    make_run(dify_app, started_by=reviewer, workflow_run_id="paused-run-1")
+    make_run(
+        dify_app, started_by=reviewer, workflow_run_id="finished-run", status=Run.Status.SUCCEEDED
+    )
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/runs/")
+    assert page.locator(".run-list .row").count() == 2
+    page.evaluate("window.__marker = 1")  # gone if the page reloads
+    # By the keyboard: the first arrow key changes the state filter.
+    state = page.get_by_label("State")
+    state.focus()
+    with page.expect_response(lambda response: "state=" in response.url):
+        page.keyboard.press("ArrowDown")
+    chosen = state.input_value()
+    page.wait_for_function("() => !document.querySelector('#run-results.htmx-swapping')")
+    assert page.evaluate("window.__marker") == 1
+    assert page.evaluate("document.activeElement.id") == "r-state"
+    assert page.url.endswith(f"/runs/?state={chosen}")
+    shown = page.locator(".run-list .row code").all_inner_texts()
+    expected = {"open": ["paused-r"], "paused": ["paused-r"], "finished": ["finished"]}[chosen]
+    assert shown == expected
+    # Back in the history: the whole list again.
+    page.go_back()
+    page.wait_for_function("() => document.querySelectorAll('.run-list .row').length === 2")
+    assert page.js_errors == [] and page.csp_violations == []
+
+
 def test_keyboard_moves_opens_and_searches(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
