@@ -3,6 +3,7 @@
 # test and lint tools).
 #   docker build -t dify-approval-inbox .
 #   docker run --env-file .env dify-approval-inbox web|worker|beat|follower|migrate
+# (.dockerignore keeps .env, .git, .venv and var/ out of the image.)
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
@@ -19,6 +20,8 @@ RUN DATABASE_URL=postgres://build@localhost/build SECRET_KEY=build-only-not-used
 RUN useradd --system --uid 10001 --home-dir /app inbox && mkdir -p /app/var && chown inbox /app/var
 USER inbox
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz').status == 200 else 1)" || exit 1
+# The web process's check (the port it listens on, PORT); the other processes serve no HTTP, so
+# their containers turn it off (compose.yaml) or pass --no-healthcheck to docker run.
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import os,urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000')).status == 200 else 1)" || exit 1
 ENTRYPOINT ["bin/docker-entrypoint"]
 CMD ["web"]

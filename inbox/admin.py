@@ -9,8 +9,10 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.utils import formats, timezone
@@ -307,7 +309,7 @@ class FormInline(admin.TabularInline):
 class RunAdmin(RecordAdmin):
     list_display = ["__str__", "app", "status", "dify_user", "started_by", "created_at"]
     list_filter = ["status", "app", "source"]
-    search_fields = ["workflow_run_id", "task_id", "dify_user", "conversation_id"]
+    search_fields = ["=public_id", "workflow_run_id", "task_id", "dify_user", "conversation_id"]
     list_select_related = ["app", "started_by"]
     readonly_fields = ["following"]
     fieldsets = [
@@ -473,7 +475,14 @@ class FormAdmin(RecordAdmin):
         "created_at",
     ]
     list_filter = ["status", "run__app", "route"]
-    search_fields = ["node_title", "node_id", "form_id", "content"]
+    search_fields = [
+        "=public_id",
+        "node_title",
+        "node_id",
+        "form_id",
+        "content",
+        "recipients__email",
+    ]
     list_select_related = ["run__app", "claimed_by"]
     exclude = ["form_token", "assigned_users", "assigned_groups"]
     readonly_fields = [
@@ -551,8 +560,26 @@ class FormAdmin(RecordAdmin):
         )
 
 
+class RouteRecipientFormSet(BaseInlineFormSet):  # type: ignore[type-arg]
+    def clean(self) -> None:
+        """One address once: routing compares addresses in any case, so "Ann@x.org" and
+        "ann@x.org" would be one recipient, emailed in one of the two languages."""
+        super().clean()
+        seen: set[str] = set()
+        for form in self.forms:
+            if not hasattr(form, "cleaned_data") or form.cleaned_data.get("DELETE"):
+                continue
+            email = (form.cleaned_data.get("email") or "").lower()
+            if email and email in seen:
+                raise ValidationError(
+                    _("%(email)s is on the list twice; keep it once.") % {"email": email}
+                )
+            seen.add(email)
+
+
 class RouteRecipientInline(admin.TabularInline):
     model = RouteRecipient
+    formset = RouteRecipientFormSet
     extra = 1
 
 
@@ -570,7 +597,7 @@ class RouteAdmin(AuditedAdmin):
         "is_active",
     ]
     list_filter = ["app", "is_active", "allow_guests"]
-    search_fields = ["name", "node", "recipients__email"]
+    search_fields = ["name", "node", "recipients__email", "users__username", "groups__name"]
     list_select_related = ["app"]
     filter_horizontal = ["groups", "users"]
     inlines = [RouteRecipientInline]
@@ -582,6 +609,26 @@ class RouteAdmin(AuditedAdmin):
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).prefetch_related("groups", "users", "recipients")
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        route = form.instance
+        if route.is_active and not (
+            route.users.filter(is_active=True).exists()
+            or route.groups.exists()
+            or route.recipients.exists()
+        ):
+            # Saved as asked (a route may be set up before its people), but its forms would wait
+            # unseen by anyone but staff: said at once.
+            self.message_user(
+                request,
+                _(
+                    "The route %(name)s asks nobody: its forms will wait where only "
+                    "administrators see them. Add reviewers, groups or email addresses."
+                )
+                % {"name": route.name},
+                messages.WARNING,
+            )
 
     @admin.display(description=_("node"))
     def node_or_default(self, obj: Route) -> str:
@@ -607,7 +654,15 @@ class DecisionAdmin(RecordAdmin):
         "created_at",
     ]
     list_filter = ["status", "held_for_app", "form__run__app"]
-    search_fields = ["form__node_title", "form__form_id", "action_id", "guest_email"]
+    search_fields = [
+        "form__node_title",
+        "form__form_id",
+        "action_id",
+        "guest_email",
+        "reviewer__username",
+        "reviewer__first_name",
+        "reviewer__last_name",
+    ]
     list_select_related = ["form", "reviewer"]
     readonly_fields = [
         "public_id",

@@ -8,18 +8,30 @@ envelope `{"error": {"code", "message", "details"?}}`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from inbox.forms import DecisionForm, action_specs, existing_decision, input_specs
+from inbox.forms import (
+    DecisionForm,
+    action_specs,
+    answered_content,
+    existing_decision,
+    input_specs,
+    small_int,
+)
 from inbox.markdown import excerpt
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.uploads import UploadRejected, too_large, upload_to_dify
@@ -32,6 +44,8 @@ from inbox.views import (
     ordering,
     page_state,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -55,7 +69,28 @@ class ApiError(Exception):
         response = JsonResponse({"error": body}, status=self.status)
         if self.retry_after is not None:
             response["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        if self.status == 401:
+            response["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
+
+
+# Text PostgreSQL cannot store (NUL) or that cannot be encoded at all (a lone surrogate, which
+# JSON's "\ud800" escape can carry): refused where it enters, by where it is.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(text: str) -> str | None:
+    match = _UNSTORABLE.search(text)
+    if match is None:
+        return None
+    return "a NUL character" if match.group() == "\x00" else "a lone surrogate (invalid Unicode)"
+
+
+def _check_query(request: HttpRequest) -> None:
+    for key, values in request.GET.lists():
+        for text in [key, *values]:
+            if what := _unstorable(text):
+                raise ApiError(400, "invalid_param", f"The query parameter {key!r} holds {what}.")
 
 
 def api_view(
@@ -67,7 +102,11 @@ def api_view(
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 if request.method not in methods:
-                    raise ApiError(405, "method_not_allowed", f"Use {' or '.join(methods)}.")
+                    response = ApiError(
+                        405, "method_not_allowed", f"Use {' or '.join(methods)}."
+                    ).response()
+                    response["Allow"] = ", ".join(methods)
+                    return response
                 header = request.headers.get("Authorization", "")
                 scheme, _, raw = header.partition(" ")
                 if scheme.lower() != "bearer" or not raw.strip():
@@ -76,16 +115,32 @@ def api_view(
                 if user is None:
                     raise ApiError(401, "unauthorized", "The API token is not valid.")
                 request.user = user
+                _check_query(request)
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()
+            # Django's own answers to these would be HTML pages.
             except RequestDataTooBig:
-                # Django's own answer would be an HTML page.
                 return ApiError(
                     413,
                     "request_too_large",
                     f"The request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; "
                     "files go to the upload call, one at a time.",
+                ).response()
+            except MultiPartParserError as exc:
+                return ApiError(
+                    400, "invalid_request", f"The multipart body could not be read: {exc}"
+                ).response()
+            except SuspiciousOperation as exc:
+                # Too many fields or file parts, among others: said, not logged as an attack.
+                return ApiError(400, "invalid_request", str(exc)).response()
+            except Exception:
+                logger.exception("API %s %s failed", request.method, request.path)
+                return ApiError(
+                    500,
+                    "internal_error",
+                    "The inbox failed to answer this request; nothing was changed by it. "
+                    "It was logged for the administrators.",
                 ).response()
 
         return wrapper
@@ -117,7 +172,47 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    if where := _unstorable_in(body, ""):
+        path, what = where
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"The request body holds {what} in {path}.",
+            details={path: [f"Holds {what}."]},
+        )
     return body
+
+
+def _unstorable_in(value: Any, path: str) -> tuple[str, str] | None:
+    """Where a JSON value holds text that cannot be stored or sent, as `inputs.note`."""
+    if isinstance(value, str):
+        what = _unstorable(value)
+        return (path or "body", what) if what else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if what := _unstorable(key):
+                return (f"a key of {path}" if path else "a key", what)
+            if found := _unstorable_in(item, where):
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := _unstorable_in(item, f"{path}[{index}]"):
+                return found
+    return None
+
+
+def _refuse_unknown_keys(body: dict[str, Any], known: tuple[str, ...]) -> None:
+    """A misspelt key ("submision_key") would be dropped in silence, and with it what it was
+    for: refused by its name instead."""
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"Unknown field {unknown[0]!r}; this call takes: {', '.join(known)}.",
+            details={name: ["Unknown field."] for name in unknown},
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +254,8 @@ def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
         "id": str(decision.public_id),
         "status": decision.status,
         "action": decision.action_id,
+        # As sent to Dify: text as typed, files as Dify's upload ids or web addresses.
+        "inputs": decision.inputs,
         "decided_by": decision.decider_label,
         "last_error": decision.last_error,
         # Queued, but waiting for Dify to accept the app again (a refused key).
@@ -193,16 +290,25 @@ def _form_summary(request: HttpRequest, form: Form, content: str) -> dict[str, A
 @api_view(["GET"])
 def forms_list(request: HttpRequest) -> HttpResponse:
     """`GET /api/v1/forms?status=pending&app=&node=&q=&sort=&page=`"""
-    status = request.GET.get("status", "pending")
+    status = request.GET.get("status") or "pending"
     statuses: tuple[str, ...] | None
     if status == "all":
         statuses = None
+    elif status in TAB_STATUSES:
+        # The inbox's tabs: "submitted" holds those on their way to Dify too, as on the page.
+        statuses = TAB_STATUSES[status]
     elif status in Form.Status.values:
         statuses = (status,)
-    elif status in TAB_STATUSES:
-        statuses = TAB_STATUSES[status]
     else:
-        raise ApiError(400, "invalid_param", f"Unknown status {status!r}.")
+        known = sorted({"all", *TAB_STATUSES, *Form.Status.values})
+        raise ApiError(
+            400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
+        )
+    raw_page = request.GET.get("page") or "1"
+    if small_int(raw_page) is None:
+        raise ApiError(
+            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page!r}."
+        )
     query = request.GET.copy()
     sort = query.get("sort", "")
     if sort and sort not in SORTS:
@@ -212,8 +318,8 @@ def forms_list(request: HttpRequest) -> HttpResponse:
     if name := query.get("app", ""):
         # The app by its name, as everywhere in the API (its id is accepted too).
         app = DifyApp.objects.filter(name=name).only("pk").first()
-        if app is None and name.isdigit():
-            app = DifyApp.objects.filter(pk=int(name)).only("pk").first()
+        if app is None and (app_id := small_int(name)) is not None:
+            app = DifyApp.objects.filter(pk=app_id).only("pk").first()
         if app is None:
             raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
         query["app"] = str(app.pk)
@@ -223,10 +329,15 @@ def forms_list(request: HttpRequest) -> HttpResponse:
         forms = forms.filter(status__in=statuses)
     total = forms.count()
     pages = max(1, -(-total // PAGE_SIZE))
-    page = min(filters.page, pages)
-    rows = inbox_rows(forms).order_by(*ordering(filters.sort))[
-        (page - 1) * PAGE_SIZE : page * PAGE_SIZE
-    ]
+    # A page past the last is empty, so a client reading page after page stops there.
+    page = filters.page
+    rows = (
+        inbox_rows(forms).order_by(*ordering(filters.sort))[
+            (page - 1) * PAGE_SIZE : page * PAGE_SIZE
+        ]
+        if page <= pages
+        else []
+    )
     return JsonResponse(
         {
             "count": total,
@@ -242,6 +353,7 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
     """`GET /api/v1/forms/{id}`: the definition, never the token."""
     form = _get_api_form(request, public_id)
     definition = form.definition or {}
+    decision = form.decisions.select_related("reviewer").first()
     body = _form_summary(request, form, form.content)
     body.update(
         {
@@ -259,7 +371,10 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
             ],
             "approval_channels": form.approval_channels or [],
             "decided_at": _iso(form.decided_at),
-            "rendered_content": form.rendered_content,
+            # Dify's own record of the answer when a fill event brought it; else, once
+            # submitted, the content filled with what was sent, as the page shows it.
+            "rendered_content": form.rendered_content
+            or (answered_content(form, decision) if form.status == Form.Status.SUBMITTED else ""),
             "filled_action_id": form.filled_action_id,
             "filled_action_text": form.filled_action_text,
             "uploads": [
@@ -269,14 +384,26 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
                     "name": u.name,
                     "size": u.size,
                     "type": u.category,
+                    "mime_type": u.mime_type,
                 }
                 # The caller's own, as on the page: another reviewer's files are theirs.
                 for u in Upload.owned(form, reviewer=request.user)
             ],
-            "decision": _decision_json(form.decisions.select_related("reviewer").first()),
+            "decision": _decision_json(decision),
         }
     )
     return JsonResponse(body)
+
+
+def _refuse_closed(form: Form) -> None:
+    """409: who got there first, when, and with which action (or why it closed otherwise)."""
+    refusal = form.refusal(force=True)
+    raise ApiError(
+        409,
+        "form_not_open",
+        str(refusal),
+        details={"decision": _decision_json(refusal.decision)} if refusal.decision else None,
+    )
 
 
 @api_view(["POST"])
@@ -295,11 +422,11 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
             raise ApiError(413, "upload_rejected", " ".join(dropped))
         raise ApiError(400, "no_file_uploaded", "Send the file in a multipart field named 'file'.")
     if page_state(form) != "open":
-        raise ApiError(409, "form_not_open", "This form can no longer be answered.")
+        _refuse_closed(form)
     try:
         upload = upload_to_dify(form, spec, fileobj, request.user)
     except UploadRejected as exc:
-        raise ApiError(400, "upload_rejected", exc.message) from None
+        raise ApiError(exc.status, exc.code, exc.message, retry_after=exc.retry_after) from None
     return JsonResponse(
         {
             "id": str(upload.public_id),
@@ -313,27 +440,37 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
     )
 
 
-def _file_refs(value: Any) -> list[str] | None:
+def _file_refs(name: str, value: Any) -> list[str] | None:
     """An API file value as the form's references: upload ids and web addresses."""
     if value is None:
         return None
     items = value if isinstance(value, list) else [value]
     refs = []
+    shape = "A file is {'upload_id': ...} from /files, or {'url': 'https://...'}."
     for item in items:
-        if isinstance(item, str):
-            refs.append(item)
-        elif isinstance(item, dict):
+        ref = item
+        if isinstance(item, dict):
             ref = item.get("upload_id") or item.get("url") or item.get("id")
-            if not isinstance(ref, str):
-                raise ApiError(
-                    400,
-                    "invalid_form_data",
-                    "A file is {'upload_id': ...} from /files, or {'url': 'https://...'}.",
-                )
-            refs.append(ref)
-        else:
-            raise ApiError(400, "invalid_form_data", "A file value must be an object or a string.")
+        if not isinstance(ref, str):
+            raise ApiError(400, "invalid_form_data", f"'{name}': {shape}", details={name: [shape]})
+        refs.append(ref)
     return refs
+
+
+def _scoped_key(user: Any, given: str) -> str:
+    """A client's submission key as stored: its own, apart from every other caller's (two
+    clients may both pick "1"), and from the page's keys, in the column's 64 characters."""
+    return "api-" + hashlib.sha256(f"{user.pk}:{given}".encode()).hexdigest()[:60]
+
+
+def _other_text(decision: Decision, form: Form, inputs: dict[str, Any]) -> bool:
+    """Whether a decision sent again under its key gives a text input another value."""
+    stored = decision.inputs or {}
+    return any(
+        spec.name in inputs and stored.get(spec.name) != inputs[spec.name]
+        for spec in input_specs(form.definition or {})
+        if not spec.is_file
+    )
 
 
 @api_view(["POST"])
@@ -341,40 +478,53 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     """`POST /api/v1/forms/{id}/decision` `{"action", "inputs", "submission_key"?}` → 202."""
     form = _get_api_form(request, public_id)
     body = json_body(request)
+    _refuse_unknown_keys(body, ("action", "inputs", "submission_key"))
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
         raise ApiError(400, "invalid_form_data", "'inputs' must be an object.")
-    key = body.get("submission_key") or ""
-    if not isinstance(key, str) or len(key) > 64:
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        names = ", ".join(a.id for a in action_specs(form.definition or {}))
+        raise ApiError(
+            400,
+            "invalid_form_data",
+            f"'action' is required: the id of one of this form's actions ({names}).",
+            details={"action": ["Must be the id of one of the form's actions, as a string."]},
+        )
+    given_key = body.get("submission_key") or ""
+    if not isinstance(given_key, str) or len(given_key) > 64:
         raise ApiError(400, "invalid_param", "'submission_key' must be a string of at most 64.")
+    key = _scoped_key(request.user, given_key) if given_key else ""
     if key:
         decision = existing_decision(form, key)
-        if decision is not None and decision.action_id != (body.get("action") or ""):
-            # The same key is the same decision, sent again: another action under it is not
-            # that, and would read as accepted if answered 202.
+        if decision is not None and (
+            decision.action_id != action or _other_text(decision, form, inputs)
+        ):
+            # The same key is the same decision, sent again: another action or other words
+            # under it are not that, and would read as accepted if answered 202.
             raise ApiError(
                 409,
                 "submission_key_reused",
-                f"This submission_key was already used for a decision on this form with the "
-                f"action {decision.action_id!r}; send a new key for another decision.",
+                f"This submission_key was already used for a decision on this form (the action "
+                f"{decision.action_id!r}, with other values than these); send a new key for "
+                "another decision.",
                 details={"decision": _decision_json(decision)},
             )
         if decision is not None:
             return JsonResponse({"decision": _decision_json(decision)}, status=202)
+        if Decision.objects.filter(submission_key=key).exclude(form=form).exists():
+            raise ApiError(
+                409,
+                "submission_key_reused",
+                "You used this submission_key for a decision on another form; send a new key.",
+            )
     if page_state(form) != "open":
-        # Who got there first, when, and with which action (or why it closed otherwise).
-        refusal = form.refusal(force=True)
-        raise ApiError(
-            409,
-            "form_not_open",
-            str(refusal),
-            details={"decision": _decision_json(refusal.decision)} if refusal.decision else None,
-        )
+        _refuse_closed(form)
     dform = DecisionForm(form, require_every_key=True)
     # Dify would store a key the form does not have with the submission (CONTRACT 4): a typo
     # is refused here instead, by its name.
     _refuse_unknown(inputs, [spec.name for spec in dform.specs], "invalid_form_data", "form")
-    data: dict[str, Any] = {"action": body.get("action") or "", "submission_key": key}
+    data: dict[str, Any] = {"action": action, "submission_key": key}
     for spec in dform.specs:
         if spec.name in inputs:
             value = inputs[spec.name]
@@ -387,7 +537,7 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
                     f"'{spec.name}' must be a string.",
                     details={spec.name: ["Must be a string."]},
                 )
-            data[spec.field_name] = _file_refs(value) if spec.is_file else value
+            data[spec.field_name] = _file_refs(spec.name, value) if spec.is_file else value
     dform = DecisionForm(
         form, data, require_every_key=True, uploads=Upload.owned(form, reviewer=request.user)
     )
@@ -395,20 +545,23 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
         errors = dform.error_list()
         # Keyed as the request names them: an input by its name, not the page's field name.
         named = {spec.field_name: spec.name for spec in dform.specs}
-        raise ApiError(
-            400,
-            "invalid_form_data",
-            " ".join(errors),
-            details={
-                named.get(field, field): [str(e) for e in errs]
-                for field, errs in dform.errors.items()
-            },
-        )
+        details: dict[str, Any] = {
+            named.get(field, field): [str(e) for e in errs] for field, errs in dform.errors.items()
+        }
+        # Every input must be sent (CONTRACT 4): each one left out is named on its own too.
+        for spec in dform.specs:
+            if spec.name not in inputs:
+                details.setdefault(spec.name, ["Missing: every input of the form must be sent."])
+        raise ApiError(400, "invalid_form_data", " ".join(errors), details=details)
     try:
         decision = dform.save(reviewer=request.user)
     except FormNotOpen as exc:
-        details = {"decision": _decision_json(exc.decision)} if exc.decision else None
-        raise ApiError(409, "form_not_open", str(exc), details=details) from None
+        raise ApiError(
+            409,
+            "form_not_open",
+            str(exc),
+            details={"decision": _decision_json(exc.decision)} if exc.decision else None,
+        ) from None
     return JsonResponse({"decision": _decision_json(decision)}, status=202)
 
 
@@ -419,6 +572,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
 
 def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
+    # As on the run page: every form of the run is listed, but only those the caller may open
+    # carry their address and may be answerable by them.
+    visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
     return {
         "id": str(run.public_id),
         "app": run.app.name,
@@ -437,16 +593,21 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
         "url": request.build_absolute_uri(reverse("inbox:run", args=[run.public_id])),
         "forms": [
             {
-                "id": str(form.public_id),
+                "id": str(form.public_id) if form.pk in visible else None,
+                "visible": form.pk in visible,
                 "status": form.status,
                 "node_id": form.node_id,
                 "node_title": form.node_title,
-                "answerable": form.status == Form.Status.PENDING and form.is_answerable,
+                "answerable": form.pk in visible and page_state(form) == "open",
                 "approval_channels": form.approval_channels or [],
                 "expiration_time": _iso(form.expiration_time),
                 "filled_action_id": form.filled_action_id,
                 "filled_action_text": form.filled_action_text,
-                "url": request.build_absolute_uri(reverse("inbox:form", args=[form.public_id])),
+                "url": (
+                    request.build_absolute_uri(reverse("inbox:form", args=[form.public_id]))
+                    if form.pk in visible
+                    else None
+                ),
             }
             for form in forms
         ],
@@ -554,7 +715,79 @@ def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str,
     return data
 
 
-@api_view(["POST"])
+RUNS_PAGE = 50
+
+
+@api_view(["GET", "POST"])
+def runs(request: HttpRequest) -> HttpResponse:
+    """`GET /api/v1/runs`: the caller's runs; `POST`: start one."""
+    return runs_create(request) if request.method == "POST" else runs_list(request)
+
+
+def runs_list(request: HttpRequest) -> HttpResponse:
+    """`GET /api/v1/runs?status=&app=&page=`: the runs the caller may see, newest first, 50 a
+    page, without their timelines. A start answered `504 dify_no_answer` is here, as `failed`
+    with its reason, beside any run Dify started for it."""
+    from inbox.models import Run
+    from inbox.views_runs import RUN_STATES
+
+    runs = Run.objects.for_user(request.user).select_related("app", "started_by")
+    status = request.GET.get("status") or ""
+    if status in RUN_STATES:
+        runs = runs.filter(status__in=RUN_STATES[status])
+    elif status in Run.Status.values:
+        runs = runs.filter(status=status)
+    elif status:
+        known = sorted({*RUN_STATES, *Run.Status.values})
+        raise ApiError(
+            400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
+        )
+    if name := request.GET.get("app") or "":
+        app = DifyApp.objects.filter(name=name).only("pk").first()
+        if app is None:
+            raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
+        runs = runs.filter(app=app)
+    raw_page = request.GET.get("page") or "1"
+    page = small_int(raw_page)
+    if page is None or page > 10**6:
+        raise ApiError(
+            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page!r}."
+        )
+    # Read one past the page rather than counting every run: whether there is a next page.
+    rows = list(runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
+    more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
+    waiting = dict(
+        Form.objects.filter(run__in=rows, status=Form.Status.PENDING)
+        .order_by()
+        .values("run_id")
+        .annotate(n=Count("pk"))
+        .values_list("run_id", "n")
+    )
+    return JsonResponse(
+        {
+            "page": page,
+            "next_page": page + 1 if more else None,
+            "results": [
+                {
+                    "id": str(run.public_id),
+                    "app": run.app.name,
+                    "workflow_run_id": run.workflow_run_id,
+                    "status": run.status,
+                    "dify_user": run.dify_user,
+                    "source": run.source,
+                    "error": run.error,
+                    "started_by": run.started_by.get_username() if run.started_by else None,
+                    "created_at": _iso(run.created_at),
+                    "finished_at": _iso(run.finished_at),
+                    "pending_forms": waiting.get(run.pk, 0),
+                    "url": request.build_absolute_uri(reverse("inbox:run", args=[run.public_id])),
+                }
+                for run in rows
+            ],
+        }
+    )
+
+
 def runs_create(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?}` → 201 the run."""
     from inbox.dify.errors import DifyError, DifyStatusError
@@ -562,6 +795,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
 
     _require_may_start(request)
     body = json_body(request)
+    _refuse_unknown_keys(body, ("app", "inputs", "query", "user"))
     app = _active_app(body)
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
@@ -610,7 +844,17 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             labels=form.labels,
         )
     except StartFailed as exc:
-        raise ApiError(exc.status, exc.code, exc.message, retry_after=exc.retry_after) from None
+        details: dict[str, Any] = {}
+        if exc.run is not None:
+            # The row kept for the record: after a 504 it is how to find the run again.
+            details["run"] = str(exc.run.public_id)
+        if exc.dify_status is not None:
+            details["dify_status"] = exc.dify_status
+        if exc.dify_code:
+            details["dify_code"] = exc.dify_code
+        raise ApiError(
+            exc.status, exc.code, exc.message, details or None, retry_after=exc.retry_after
+        ) from None
     return JsonResponse(_run_json(request, run), status=201)
 
 
@@ -637,7 +881,7 @@ def run_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
 @api_view(["POST"])
 def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
     """`POST /api/v1/runs/{id}/stop` → 202; the run's end arrives through its stream."""
-    from inbox.dify.errors import DifyError
+    from inbox.dify.errors import DifyError, TooManyRequests
     from inbox.runs import RunNotStoppable, stop_run
 
     run = _get_api_run(request, public_id)
@@ -649,6 +893,13 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
         stop_run(run, actor=request.user)
     except RunNotStoppable as exc:
         raise ApiError(409, "not_stoppable", exc.message) from None
+    except TooManyRequests as exc:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Dify is receiving too many requests: {exc}",
+            retry_after=exc.retry_after,
+        ) from None
     except DifyError as exc:
         raise ApiError(502, "dify_error", f"Dify did not stop the run: {exc}") from None
     run.refresh_from_db()
@@ -663,6 +914,7 @@ def ingest(request: HttpRequest) -> HttpResponse:
 
     _require_may_start(request)
     body = json_body(request)
+    _refuse_unknown_keys(body, ("app", "workflow_run_id", "user", "form_token"))
     app = _active_app(body)
     workflow_run_id = body.get("workflow_run_id")
     if (
@@ -690,5 +942,5 @@ def ingest(request: HttpRequest) -> HttpResponse:
             actor=request.user,
         )
     except IngestRefused as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+        raise ApiError(exc.status, exc.code, exc.message, retry_after=exc.retry_after) from None
     return JsonResponse(_run_json(request, run), status=201 if created else 200)

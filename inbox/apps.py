@@ -14,7 +14,7 @@ class InboxConfig(AppConfig):
 
         from django.conf import settings
 
-        from inbox import logs
+        from inbox import checks, logs  # noqa: F401 - checks registers the deploy checks
 
         logs.install()
         # The embedded broker and SQLite file live here; create it once so every process finds it.

@@ -1,7 +1,8 @@
 """Encryption at rest for secrets we must keep but never show: Dify API keys and form tokens.
 
 MultiFernet with the keys from INBOX_ENCRYPTION_KEYS: the first key encrypts, every key decrypts,
-so rotating is "put the new key first, run `manage.py rotate_encryption_keys`, drop the old one".
+so rotating is "put the new key first, run `manage.py rotate_encryption_keys`, drop the old one"
+(see that command).
 """
 
 from __future__ import annotations

@@ -227,12 +227,18 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             pks = [row["pk"] for row in rows]
     if not rows:
         return []
-    runs = {
-        r.pk: r
-        for r in Run.objects.filter(pk__in=pks)
-        .select_related("app")
-        .only("pk", "workflow_run_id", "dify_user", "app")
-    }
+    try:
+        runs = {
+            r.pk: r
+            for r in Run.objects.filter(pk__in=pks)
+            .select_related("app")
+            .only("pk", "workflow_run_id", "dify_user", "app")
+        }
+    except Exception:
+        # The runs cannot be read here (an app's API key this process has no key for, say):
+        # given back at once, for a follower that can, rather than held for the lease's time.
+        Run.objects.filter(pk__in=pks, lease_owner=owner).update(lease_expires_at=None)
+        raise
     known: dict[int, set[str]] = {}
     for run_pk, form_id in Form.objects.filter(
         run_id__in=pks, definition_fetched_at__isnull=False
@@ -376,6 +382,34 @@ class Follower:
         if self.loop is not None and self._wake is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._wake.set)
 
+    # A database that is down: tried again after a pause that doubles up to this, with one
+    # log line per try and the traceback only at the first failure and every ten minutes.
+    LEASE_BACKOFF_MAX = 30.0
+    LEASE_TRACEBACK_EVERY = 600.0
+
+    _lease_failures = 0
+    _lease_retry_at = 0.0
+    _lease_traceback_at = 0.0
+
+    def _lease_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._lease_failures += 1
+        pause = min(
+            self.config.poll_seconds * 2 ** min(self._lease_failures, 16), self.LEASE_BACKOFF_MAX
+        )
+        self._lease_retry_at = now + pause
+        if self._lease_failures == 1 or now >= self._lease_traceback_at:
+            self._lease_traceback_at = now + self.LEASE_TRACEBACK_EVERY
+            logger.exception("follower %s: could not take leases", self.owner)
+        else:
+            logger.warning(
+                "follower %s: could not take leases (%d tries; next in %.1f s): %s",
+                self.owner,
+                self._lease_failures,
+                pause,
+                f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+            )
+
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -386,14 +420,22 @@ class Follower:
         try:
             while not self._stop.is_set():
                 free = self.config.max_streams - len(self.tasks)
-                if free > 0:
+                if free > 0 and time.monotonic() >= self._lease_retry_at:
                     try:
                         claims = await self.db(
                             take_leases, self.owner, free, self.config.lease_seconds
                         )
-                    except Exception:
-                        logger.exception("follower %s: could not take leases", self.owner)
+                    except Exception as exc:
+                        self._lease_failed(exc)
                         claims = []
+                    else:
+                        if self._lease_failures:
+                            logger.info(
+                                "follower %s: takes leases again, after %d failed tries",
+                                self.owner,
+                                self._lease_failures,
+                            )
+                        self._lease_failures = 0
                     for claim in claims:
                         self.stats["claimed"] += 1
                         task = asyncio.create_task(self._follow(claim), name=f"run-{claim.pk}")

@@ -10,6 +10,7 @@ already at Dify, see `Upload`) or web addresses (Dify fetches those when the dec
 from __future__ import annotations
 
 import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -479,6 +480,14 @@ class DecisionForm(forms.Form):
             for field_name, errors in self.errors.items()
             for error in errors
         ]
+
+
+def small_int(text: str) -> int | None:
+    """A positive id or page number from an address: ASCII digits that fit a database integer
+    ("²" is a digit to `str.isdigit`, and "9" * 5000 is too long for `int`)."""
+    if re.fullmatch(r"[0-9]{1,18}", text) is None:
+        return None
+    return int(text) or None
 
 
 def existing_decision(form_obj: Form, submission_key: str) -> Decision | None:

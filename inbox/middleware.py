@@ -56,8 +56,16 @@ class ReviewerLanguageMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         user = getattr(request, "user", None)
-        # Signed in through the session (not an API token, not a guest link).
-        if user is not None and user.is_authenticated and request.session.session_key:
+        # Signed in through the session (not an API token), and not on a guest link: a link
+        # forwarded to a reviewer opens in its recipient's language, which is not theirs.
+        match = getattr(request, "resolver_match", None)
+        on_guest_link = match is not None and (match.url_name or "").startswith("guest_")
+        if (
+            user is not None
+            and user.is_authenticated
+            and request.session.session_key
+            and not on_guest_link
+        ):
             language = translation.get_language() or ""
             try:
                 language = translation.get_supported_language_variant(language)

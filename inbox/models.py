@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
-import fnmatch
 import functools
 import logging
+import re
 import typing
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,7 +24,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
-from inbox.crypto import EncryptedTextField
+from inbox.crypto import DecryptionError, EncryptedTextField
 from inbox.reasons import Reason, stored, translated
 
 if typing.TYPE_CHECKING:
@@ -691,6 +691,14 @@ def validate_offsets(text: str) -> None:
         ) from None
 
 
+@functools.lru_cache(maxsize=256)
+def title_pattern(pattern: str) -> re.Pattern[str]:
+    """A node title pattern as its help text promises: `*` any run of characters, `?` any one,
+    every other character itself (fnmatch would read "[EU]" as a set), in any case."""
+    parts = (re.escape(c) if c not in "*?" else (".*" if c == "*" else ".") for c in pattern)
+    return re.compile("".join(parts).casefold(), re.DOTALL)
+
+
 class Route(models.Model):
     """Who is asked about the forms of an app: reviewers who see them in the inbox, addresses
     that get an email, and when to remind them. The route without a node is the app's default,
@@ -797,7 +805,7 @@ class Route(models.Model):
             return True
         if self.node == node_id:
             return True
-        return fnmatch.fnmatchcase(node_title.casefold(), self.node.casefold())
+        return title_pattern(self.node).fullmatch(node_title.casefold()) is not None
 
     @classmethod
     def for_node(cls, app_id: int, node_id: str, node_title: str) -> Route | None:
@@ -1204,17 +1212,30 @@ class Form(models.Model):
                     )
             # An address that belongs to exactly one active account is that person: they sign
             # in and find the form in their inbox instead of answering as a guest.
+            # An address of a deactivated account (and of no active one) is not asked at all:
+            # its owner was turned away, and the address would make them a guest.
             accounts: dict[str, list[Any]] = {}
+            turned_away: set[str] = set()
             for account in user_model.objects.annotate(email_lower=Lower("email")).filter(
-                is_active=True, email_lower__in=[key for key, v in wanted.items() if v[2] is None]
+                email_lower__in=[key for key, v in wanted.items() if v[2] is None]
             ):
-                accounts.setdefault(account.email.lower(), []).append(account)
+                if account.is_active:
+                    accounts.setdefault(account.email.lower(), []).append(account)
+                else:
+                    turned_away.add(account.email.lower())
             recipients = []
+            skipped = []
             for key, (email, language, account) in wanted.items():
+                if account is None and key in turned_away and key not in accounts:
+                    skipped.append(email)
+                    continue
                 if account is None and len(accounts.get(key, [])) == 1:
                     account = accounts[key][0]
-                if account is not None:
+                    # Asked by address: that person is assigned. (A reviewer emailed as one of
+                    # the route's users or groups is assigned through those already, and loses
+                    # the form with them.)
                     users.setdefault(account.pk, account)
+                    language = ReviewerProfile.languages_of([account]).get(account.pk, language)
                 recipients.append(
                     FormRecipient(form=self, email=email, language=language, user=account)
                 )
@@ -1230,6 +1251,7 @@ class Form(models.Model):
                 users=sorted(u.get_username() for u in users.values()),
                 groups=sorted(g.name for g in groups),
                 recipients=len(recipients),
+                **({"not_asked_deactivated": ", ".join(skipped)} if skipped else {}),
             )
             if recipients and self.is_answerable:
                 pk = self.pk
@@ -1296,6 +1318,11 @@ class Form(models.Model):
                 users=[to_user.get_username()] if to_user is not None else [],
                 groups=sorted(g.name for g in groups),
             )
+            # Whoever else was asked is asked no more: their links close, their reminders stop.
+            others = form.recipients.filter(withdrawn_at__isnull=True)
+            if to_user is not None:
+                others = others.exclude(user=to_user)
+            others.update(withdrawn_at=timezone.now(), next_reminder_at=None)
             if to_user is not None and to_user.email and form.is_answerable:
                 _recipient, created = FormRecipient.objects.get_or_create(
                     form=form,
@@ -1439,7 +1466,9 @@ class Form(models.Model):
         open (a decision made by another path). `guest`: told to that guest, who is not told
         who else decided (`Decision.decider_label_for`)."""
         status = self.status
-        if force and status == Form.Status.PENDING:
+        # Past its time or not answerable here, a pending form says so even when forced: its
+        # timeout may simply not be recorded yet.
+        if force and status == Form.Status.PENDING and not self.is_expired and self.is_answerable:
             status = Form.Status.SUBMITTING
         if status == Form.Status.PENDING:
             if self.is_expired:
@@ -1705,16 +1734,22 @@ class Decision(models.Model):
             )
             if not due:
                 return [], [], True
-            rows: list[Decision] = list(
+            batch = (
                 cls.objects.select_for_update(skip_locked=True, of=("self", "form"))
                 .select_related("form__run__app")
                 .defer(
                     *(f"form__run__{name}" for name in _RUN_BULK_FIELDS),
                     *(f"form__{name}" for name in _FORM_DISPLAY_FIELDS),
                 )
-                .filter(pk__in=due, status=cls.Status.QUEUED)
+                .filter(status=cls.Status.QUEUED)
                 .order_by("pk")
             )
+            try:
+                rows: list[Decision] = list(batch.filter(pk__in=due))
+            except DecryptionError:
+                # A form token or API key this process has no key for (a rotation half done):
+                # that decision waits, the rest of the batch goes.
+                rows = cls._readable(batch, due, db_now)
             drained = len(due) < limit and len(rows) == len(due)
             ready = [
                 d
@@ -1753,6 +1788,27 @@ class Decision(models.Model):
                 [AuditEntry.build("delivery_started", d, attempt=d.attempts) for d in claimed]
             )
         return claimed, others, drained
+
+    @classmethod
+    def _readable(cls, batch: Any, due: list[int], db_now: dt.datetime) -> list[Decision]:
+        """The decisions of `due` whose secrets this process can decrypt, one at a time. The
+        others are put off by the longest backoff with the reason, and logged: the decision is
+        kept, and goes once the process has the key again."""
+        rows: list[Decision] = []
+        for pk in due:
+            try:
+                rows.extend(batch.filter(pk=pk))
+            except DecryptionError as exc:
+                logger.error("decision %s: not sent: %s", pk, exc)
+                cls.objects.filter(pk=pk, status=cls.Status.QUEUED).update(
+                    next_attempt_at=db_now
+                    + dt.timedelta(seconds=settings.INBOX_DELIVERY_RETRY_CAP_SECONDS),
+                    last_error=(
+                        f"{exc}: this process lacks the key that encrypted it. The decision is "
+                        "kept and sent once the key is back in INBOX_ENCRYPTION_KEYS."
+                    ),
+                )
+        return rows
 
     @classmethod
     def _lock(cls, pk: int, *, with_run: bool = False) -> tuple[Form, Decision] | None:
@@ -2392,6 +2448,9 @@ class FormRecipient(models.Model):
     )
     link_opened_at = models.DateTimeField(null=True, blank=True, verbose_name=_("link opened at"))
     link_used_at = models.DateTimeField(_("link used"), null=True, blank=True)
+    # No longer asked: the form was reassigned to someone else. Its link opens nothing more, and
+    # no reminder or notice follows.
+    withdrawn_at = models.DateTimeField(_("withdrawn"), null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
@@ -2421,6 +2480,31 @@ class FormRecipient(models.Model):
     @property
     def is_guest(self) -> bool:
         return self.user_id is None
+
+    def still_asked(self) -> bool:
+        """Whether the form still asks this recipient, so their link may open it and reminders
+        and notices may reach them. Not once the form was reassigned to someone else; a
+        reviewer, while their account is active and they may see the form; a guest, while the
+        form's route is on and lists their address, and no deactivated account owns the address
+        (its owner was turned away: their address does not make them a guest)."""
+        if self.withdrawn_at is not None:
+            return False
+        if self.user_id is not None:
+            user = self.user
+            return bool(
+                user is not None
+                and user.is_active
+                and Form.objects.for_user(user).filter(pk=self.form_id).exists()
+            )
+        route = self.form.route
+        if route is None or not route.is_active:
+            return False
+        email = self.email.lower()
+        if email not in {e.lower() for e in route.recipients.values_list("email", flat=True)}:
+            return False
+        from django.contrib.auth import get_user_model
+
+        return not get_user_model().objects.filter(email__iexact=email, is_active=False).exists()
 
     @classmethod
     def enqueue_emails(cls, form_pk: int) -> None:

@@ -303,9 +303,11 @@ def send_form_emails(form_pk: int, *, now: dt.datetime | None = None) -> int:
         return 0
     sent = 0
     for recipient in form.recipients.filter(
-        sent_at__isnull=True, send_attempts__lt=MAX_SEND_ATTEMPTS
+        sent_at__isnull=True, send_attempts__lt=MAX_SEND_ATTEMPTS, withdrawn_at__isnull=True
     ):
         recipient.form = form
+        if not recipient.still_asked():
+            continue
         sent += _send_request(recipient, now)
     return sent
 
@@ -380,8 +382,9 @@ def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) ->
 
 def _remind(recipient: FormRecipient, now: dt.datetime) -> int:
     form = recipient.form
-    if not still_asking(form, now) or recipient.sent_at is None:
+    if not still_asking(form, now) or recipient.sent_at is None or not recipient.still_asked():
         # Decided, expired or closed in Dify: no more reminders; the closing notice follows.
+        # Or no longer asked (taken off the route, deactivated, the form reassigned): nothing.
         FormRecipient.objects.filter(pk=recipient.pk).update(next_reminder_at=None)
         return 0
     done = list(recipient.reminders_sent or [])
@@ -417,6 +420,9 @@ def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
     )
     if not claimed or form.updated_at < now - NOTICE_STALE_AFTER:
         return 0
+    if not recipient.still_asked():
+        # No longer asked when it closed: how it ended is not theirs to hear.
+        return 0
     decision = _decider(form)
     if decision is not None and (
         (decision.reviewer_id is not None and decision.reviewer_id == recipient.user_id)
@@ -431,7 +437,9 @@ def resend_form_emails(form: Form) -> int:
     """The admin's "resend email": every recipient of a pending form gets the email again."""
     if not still_asking(form, timezone.now()):
         return 0
-    form.recipients.update(sent_at=None, send_attempts=0, last_error="")
+    form.recipients.filter(withdrawn_at__isnull=True).update(
+        sent_at=None, send_attempts=0, last_error=""
+    )
     return send_form_emails(form.pk)
 
 

@@ -253,7 +253,9 @@ def default_dify_user(user: Any) -> str:
 
 
 class StartFailed(Exception):
-    """Dify did not start the run. `message` is for the person who asked."""
+    """Dify did not start the run. `message` is for the person who asked; `code` is the inbox's
+    own (never Dify's, which is kept in `dify_code` beside Dify's HTTP status); `run` is the
+    row kept as `failed` for the record, where there is one."""
 
     def __init__(
         self,
@@ -262,10 +264,14 @@ class StartFailed(Exception):
         status: int = 502,
         code: str = "dify_error",
         retry_after: float | None = None,
+        run: Run | None = None,
+        dify_status: int | None = None,
+        dify_code: str = "",
     ) -> None:
         super().__init__(message)
         self.message, self.status, self.code = message, status, code
         self.retry_after = retry_after
+        self.run, self.dify_status, self.dify_code = run, dify_status, dify_code
 
 
 def start_run(
@@ -315,7 +321,11 @@ def start_run(
     except DifyStreamError as exc:
         _fail(run, str(exc.message or exc))
         raise StartFailed(
-            exc.message or str(exc), status=502, code=exc.code or "dify_error"
+            exc.message or str(exc),
+            status=502,
+            code="dify_error",
+            run=run,
+            dify_code=exc.code or "",
         ) from None
     except DifyStatusError as exc:
         if exc.refuses_app:
@@ -323,13 +333,21 @@ def start_run(
         _fail(run, exc.message or str(exc))
         # Dify's refusal of the inputs is the caller's to fix (400); its rate limit is the
         # caller's to wait out (429, with Dify's Retry-After); anything else (a wrong key, an
-        # app switched off, a server error) is ours or Dify's (502).
-        status = 400 if exc.status in (400, 404, 422) else 429 if exc.status == 429 else 502
+        # app not found or switched off, a server error) is the set-up's or Dify's (502).
+        if exc.status in (400, 422):
+            status, code = 400, "dify_rejected_inputs"
+        elif exc.status == 429:
+            status, code = 429, "rate_limited"
+        else:
+            status, code = 502, "dify_error"
         raise StartFailed(
             exc.message or str(exc),
             status=status,
-            code=exc.code or "dify_error",
+            code=code,
             retry_after=exc.retry_after if isinstance(exc, TooManyRequests) else None,
+            run=run,
+            dify_status=exc.status,
+            dify_code=exc.code or "",
         ) from None
     except DifyError as exc:
         if isinstance(exc, DifyConnectionError) and exc.request_sent:
@@ -341,11 +359,12 @@ def start_run(
                 "check in Dify before starting it again."
             ) % {"error": exc}
             _fail(run, message)
-            raise StartFailed(message, status=504, code="dify_no_answer") from None
+            raise StartFailed(message, status=504, code="dify_no_answer", run=run) from None
         _fail(run, str(exc))
         raise StartFailed(
             gettext("Dify could not be reached: %(error)s") % {"error": exc},
             code="dify_unavailable",
+            run=run,
         ) from None
     # Dify took the start: the app is of the kind set up here, and has a workflow published.
     app.note_accepted("start", kind=True, published=True)
@@ -358,10 +377,10 @@ def start_run(
                 "check in Dify before starting it again."
             ) % {"seconds": FIRST_EVENT_SECONDS}
             _fail(run, message)
-            raise StartFailed(message, status=504, code="dify_no_answer")
+            raise StartFailed(message, status=504, code="dify_no_answer", run=run)
         message = gettext("Dify did not start a run.")
         _fail(run, message)
-        raise StartFailed(message)
+        raise StartFailed(message, run=run)
     # The run id is the only handle to the run: stored before anything else can fail.
     Run.objects.filter(pk=run.pk).update(workflow_run_id=workflow_run_id[:64], task_id=task_id[:64])
     run.apply_events(seen, source="start")
@@ -412,9 +431,17 @@ def stop_run(run: Run, *, actor: Any = None) -> None:
 
 
 class IngestRefused(Exception):
-    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_param") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        code: str = "invalid_param",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message, self.status, self.code = message, status, code
+        self.retry_after = retry_after
 
 
 def ingest_run(
@@ -590,6 +617,21 @@ def _ingested_form(client: DifyClient, app: DifyApp, form_token: str) -> FormDef
 
 
 def _unreachable(exc: DifyError) -> IngestRefused:
+    """Dify did not help: busy (429, to wait out), refusing or failing (502 `dify_error`, in
+    Dify's words), or not reached at all (502 `dify_unavailable`)."""
+    if isinstance(exc, TooManyRequests):
+        return IngestRefused(
+            gettext("Dify is receiving too many requests: %(error)s") % {"error": exc},
+            status=429,
+            code="rate_limited",
+            retry_after=exc.retry_after,
+        )
+    if isinstance(exc, DifyStatusError):
+        return IngestRefused(
+            gettext("Dify answered with an error: %(error)s") % {"error": exc},
+            status=502,
+            code="dify_error",
+        )
     return IngestRefused(
         gettext("Dify could not be reached: %(error)s") % {"error": exc},
         status=502,

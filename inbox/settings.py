@@ -7,8 +7,10 @@ ALLOWED_HOSTS, INBOX_ENCRYPTION_KEYS and the email settings.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -18,7 +20,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("INBOX_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-_INSECURE_KEY = "insecure-embedded-key-change-me-in-production-0123456789abcdef"
+# Published with the source: Django's deploy check (security.W009) knows it by its prefix.
+_INSECURE_KEY = "django-insecure-embedded-key-change-me-in-production-0123456789abcdef"
 SECRET_KEY = env_str("SECRET_KEY", _INSECURE_KEY if DEBUG or not env_str("DATABASE_URL") else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is set")
@@ -139,14 +142,26 @@ FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR", "") or None
 # that are dropped as they arrive (inbox.uploads.SizeCapHandler).
 INBOX_UPLOAD_FILES_PER_REQUEST = env_int("INBOX_UPLOAD_FILES_PER_REQUEST", 10, minimum=1)
 
+DEVELOPMENT_ENCRYPTION_KEY = "ZW1iZWRkZWQtZGV2LWtleS1ub3QtZm9yLXByb2R1Y3Q="
 # API keys of Dify apps (and form tokens) are encrypted with these Fernet keys. The first one
 # encrypts; all of them decrypt, so a key can be rotated by putting a new one in front.
 INBOX_ENCRYPTION_KEYS = env_list("INBOX_ENCRYPTION_KEYS", [])
 if not INBOX_ENCRYPTION_KEYS:
     if _database_url and not DEBUG:
         raise ImproperlyConfigured("INBOX_ENCRYPTION_KEYS must be set when DATABASE_URL is set")
-    # Embedded default: a fixed development key. Never used when DATABASE_URL is set.
-    INBOX_ENCRYPTION_KEYS = ["ZW1iZWRkZWQtZGV2LWtleS1ub3QtZm9yLXByb2R1Y3Q="]
+    # Embedded default: a fixed development key. Never used when DATABASE_URL is set (the deploy
+    # check warns of it: `inbox.checks`).
+    INBOX_ENCRYPTION_KEYS = [DEVELOPMENT_ENCRYPTION_KEY]
+# Read now, so that a key that is no key stops start-up with the variable's name rather than
+# the first page that decrypts something.
+try:
+    for _key in INBOX_ENCRYPTION_KEYS:
+        Fernet(_key.encode())
+except (ValueError, TypeError):
+    raise ImproperlyConfigured(
+        "INBOX_ENCRYPTION_KEYS must be comma-separated Fernet keys (generate one with: python -c "
+        "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+    ) from None
 
 # Celery: the embedded default is a file-system broker that needs no server.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -280,12 +295,16 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
 }
 
-# Email: console in the embedded setup, SMTP when EMAIL_HOST is set.
+# Email: console in the embedded setup, SMTP when EMAIL_HOST is set. In production with neither
+# set, nothing is written out (an email's link is a credential, not for a process's output):
+# sending fails, the emails wait as "not sent yet" on the dashboard, and the deploy check warns.
 EMAIL_HOST = env_str("EMAIL_HOST", "")
 EMAIL_BACKEND = env_str(
     "EMAIL_BACKEND",
     "django.core.mail.backends.smtp.EmailBackend"
     if EMAIL_HOST
+    else "inbox.mail.NoMailServerBackend"
+    if _database_url and not DEBUG
     else "django.core.mail.backends.console.EmailBackend",
 )
 EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
@@ -293,7 +312,12 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", bool(EMAIL_HOST))
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Dify Approval Inbox <inbox@localhost>")
-INBOX_BASE_URL = env_str("INBOX_BASE_URL", "http://127.0.0.1:8000")
+INBOX_BASE_URL = env_str("INBOX_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", INBOX_BASE_URL):
+    raise ImproperlyConfigured(
+        "INBOX_BASE_URL must be the inbox's public address with its scheme, such as "
+        "https://inbox.example.com: emailed links are made from it"
+    )
 # Emailed links expire with their form, however far off; a form without an expiry bounds them
 # with this (the page of a link that lapsed offers its recipient a new one).
 INBOX_LINK_MAX_AGE_SECONDS = env_int("INBOX_LINK_MAX_AGE_SECONDS", 30 * 86400, minimum=60)
@@ -344,11 +368,14 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SILENCED_SYSTEM_CHECKS = env_list("SILENCED_SYSTEM_CHECKS", [])
 
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

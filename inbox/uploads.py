@@ -28,9 +28,21 @@ LIMITS_FALLBACK_SECONDS = 30
 
 
 class UploadRejected(Exception):
-    def __init__(self, message: str) -> None:
+    """The file was not taken. `status` and `code` say it to an API client: the file's own
+    fault (400, 413) apart from Dify's being busy or away, which is worth trying again (429
+    with `retry_after`, 502)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        code: str = "upload_rejected",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
-        self.message = message
+        self.message, self.status, self.code = message, status, code
+        self.retry_after = retry_after
 
 
 def upload_limits(app: DifyApp) -> dict[str, int]:
@@ -122,7 +134,8 @@ def upload_to_dify(
     if limit and size > limit:
         raise UploadRejected(
             _("The file is larger than %(limit)s, the most Dify takes for this kind of file.")
-            % {"limit": megabytes(limit)}
+            % {"limit": megabytes(limit)},
+            status=413,
         )
     if size == 0:
         raise UploadRejected(_("The file is empty."))
@@ -134,12 +147,28 @@ def upload_to_dify(
             cast(BinaryIO, fileobj), filename=name, mime_type=mime_type, user=form.run.dify_user
         )
     except DifyStatusError as exc:
-        raise UploadRejected(_dify_message(exc)) from None
+        if exc.status == 429:
+            raise UploadRejected(
+                _("Dify is receiving too many requests. Try again in a moment."),
+                status=429,
+                code="rate_limited",
+                retry_after=getattr(exc, "retry_after", None),
+            ) from None
+        if exc.status >= 500:
+            raise UploadRejected(_dify_message(exc), status=502, code="dify_error") from None
+        status = 413 if exc.status == 413 or exc.code == "file_too_large" else 400
+        raise UploadRejected(_dify_message(exc), status=status) from None
     except DifyConnectionError:
-        raise UploadRejected(_("Dify could not be reached. Try again in a moment.")) from None
+        raise UploadRejected(
+            _("Dify could not be reached. Try again in a moment."),
+            status=502,
+            code="dify_unavailable",
+        ) from None
     except DifyError as exc:
         raise UploadRejected(
-            _("Dify did not accept the file: %(reason)s") % {"reason": exc}
+            _("Dify did not accept the file: %(reason)s") % {"reason": exc},
+            status=502,
+            code="dify_error",
         ) from None
     upload = Upload.objects.create(
         form=form,

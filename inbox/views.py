@@ -63,6 +63,7 @@ from inbox.forms import (
     is_upload_id,
     joined,
     not_delivered,
+    small_int,
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
@@ -171,11 +172,11 @@ class InboxFilters:
         page = query.get("page", "1")
         return cls(
             status=status if status in TAB_STATUSES or status == "all" else "pending",
-            app=int(app) if app.isdigit() else None,
+            app=small_int(app),
             node=query.get("node", "").strip()[:128],
             q=query.get("q", "").strip()[:200],
             sort=sort if sort in SORTS else "time_left",
-            page=int(page) if page.isdigit() and int(page) > 0 else 1,
+            page=small_int(page) or 1,
             mine=query.get("mine") == "1" and user is not None,
             user=user,
         )
@@ -593,8 +594,9 @@ def split_node(value: str) -> tuple[int | None, str]:
     """The node filter's value: a node id, or `<app id>:<node id>` when no app is chosen (two
     apps' workflows may both have a node `approval`; each is its own choice)."""
     app, sep, node = value.partition(":")
-    if sep and app.isdigit() and node:
-        return int(app), node
+    app_id = small_int(app) if sep and node else None
+    if app_id is not None:
+        return app_id, node
     return None, value
 
 
@@ -1223,6 +1225,24 @@ def form_live(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
 
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    """200 when this process can serve pages: its database answers, and (with hashed static
+    file names) the static files were collected. 503 otherwise, saying which, in one log line
+    rather than a traceback per probe."""
+    problems = []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        problems.append(
+            f"database: {str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+        )
+    try:
+        from django.contrib.staticfiles.storage import staticfiles_storage
+
+        staticfiles_storage.url("inbox/app.css")
+    except ValueError:
+        problems.append("static files: not collected (run collectstatic)")
+    if problems:
+        logger.warning("health check failed: %s", "; ".join(problems))
+        return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
     return JsonResponse({"status": "ok"})

@@ -106,6 +106,7 @@ _LINK_STATUS = {
     "used": 410,
     "account": 403,
     "not_allowed": 403,
+    "withdrawn": 403,
     "rate_limited": 429,
 }
 
@@ -203,7 +204,11 @@ def _guest_access(
         if landing and not user.is_authenticated:
             return redirect_to_login(reverse("inbox:form", args=[form.public_id]))
         return _link_page(request, "account")
-    if not form.allow_guests or not _route_still_asks(form, recipient):
+    if not recipient.still_asked():
+        # Taken off the route, the route switched off or deleted, the form reassigned, or the
+        # address's account deactivated.
+        return _link_page(request, "withdrawn")
+    if not _route_takes_guests(form):
         return _link_page(request, "not_allowed")
     if recipient.link_used_at is not None and recipient.pk not in request.session.get(
         SESSION_USED, []
@@ -220,16 +225,11 @@ def _guest_access(
     return GuestAccess(recipient=recipient, form=form, decider=decider, lapsed=lapsed)
 
 
-def _route_still_asks(form: Form, recipient: FormRecipient) -> bool:
-    """Whether the form's route still lets this guest answer: an administrator who switches a
-    route off, stops it letting guests answer, deletes it, or takes an address off its list
-    closes the links already sent, not only those of forms captured later. (A reviewer whose
-    account was deleted is a guest now; the route asked the account, not the address.)"""
-    route = form.route
-    if route is None or not route.is_active or not route.allow_guests:
-        return False
-    listed = {email.lower() for email in route.recipients.values_list("email", flat=True)}
-    return recipient.email.lower() in listed
+def _route_takes_guests(form: Form) -> bool:
+    """Whether the form's route lets guests answer now: an administrator who stops it letting
+    them closes the links already sent, and one who lets them again opens them (the email of a
+    form captured meanwhile said answering needs an account; the link now lets them answer)."""
+    return form.route is not None and form.route.allow_guests
 
 
 @require_GET
@@ -585,6 +585,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "unsent_emails": FormRecipient.objects.filter(
             sent_at__isnull=True, form__status=Form.Status.PENDING
         ).count(),
-        "unrouted": Form.objects.filter(status=Form.Status.PENDING, route__isnull=True).count(),
+        # Asked of nobody: no route took them, or theirs names no one who can answer (its group
+        # deleted, its reviewers deactivated, its list empty). Only staff see these forms.
+        "unrouted": Form.objects.filter(status=Form.Status.PENDING)
+        .exclude(assigned_users__is_active=True)
+        .exclude(assigned_groups__user__is_active=True)
+        .exclude(recipients__withdrawn_at__isnull=True)
+        .count(),
     }
     return render(request, "inbox/dashboard.html", context)

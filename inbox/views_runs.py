@@ -18,7 +18,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from inbox.dify.errors import DifyError, DifyStatusError
-from inbox.forms import FileNames
+from inbox.forms import FileNames, small_int
 from inbox.models import DifyApp, Form, Run, Upload
 from inbox.runs import (
     RunNotStoppable,
@@ -156,10 +156,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     app = next((a for a in apps if str(a.pk) == request.GET.get("app", "")), None)
     if app is not None:
         runs = runs.filter(app=app)
-    try:
-        page = max(int(request.GET.get("page", "1")), 1)
-    except ValueError:
-        page = 1
+    page = min(small_int(request.GET.get("page", "1")) or 1, 10**6)
     rows = list(runs[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
     more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
     waiting = dict(

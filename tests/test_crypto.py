@@ -40,3 +40,32 @@ def test_a_missing_key_gives_a_clear_error(db: None) -> None:
     with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
         with pytest.raises(DecryptionError, match="DifyApp.api_key cannot be decrypted"):
             DifyApp.objects.get(pk=app.pk)
+
+
+def test_rotating_re_encrypts_every_secret_so_the_old_key_can_go(
+    db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from django.core.management import CommandError, call_command
+
+    from inbox.models import Form, Run
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with override_settings(INBOX_ENCRYPTION_KEYS=[old]):
+        app = DifyApp.objects.create(name="a", base_url="http://x/v1", api_key="key-under-old")
+        run = Run.objects.create(app=app, workflow_run_id="R1", dify_user="u")
+        form = Form.objects.create(run=run, form_id="F1", form_token="token-under-old")
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new, old]):
+        call_command("rotate_encryption_keys")
+        assert "DifyApp.api_key: 1 re-encrypted" in capsys.readouterr().out
+        # Run again: nothing left to do.
+        call_command("rotate_encryption_keys")
+        assert "Form.form_token: 0 re-encrypted" in capsys.readouterr().out
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new]):
+        assert DifyApp.objects.get(pk=app.pk).api_key == "key-under-old"
+        assert Form.objects.get(pk=form.pk).form_token == "token-under-old"
+    # A value no key opens is named, left alone, and fails the command.
+    with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
+        DifyApp.objects.create(name="b", base_url="http://x/v1", api_key="lost")
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new]):
+        with pytest.raises(CommandError, match=r"No key in INBOX_ENCRYPTION_KEYS opens: DifyApp"):
+            call_command("rotate_encryption_keys")

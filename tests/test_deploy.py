@@ -21,6 +21,8 @@ def _production_env(**extra: str) -> dict[str, str]:
         INBOX_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
         ALLOWED_HOSTS="inbox.example.com",
         CELERY_BROKER_URL="redis://redis.internal:6379/0",
+        INBOX_BASE_URL="https://inbox.example.com",
+        EMAIL_HOST="smtp.example.com",
     )
     env.update(extra)
     return env
@@ -38,9 +40,48 @@ def test_production_settings_pass_the_deploy_check() -> None:
     assert "no issues" in done.stdout
 
 
+def test_the_deploy_check_warns_of_what_would_leak_or_go_nowhere() -> None:
+    env = _production_env()
+    del env["EMAIL_HOST"], env["INBOX_BASE_URL"]
+    done = _manage(env, "check", "--deploy")
+    assert "inbox.W002" in done.stderr and "No mail server is set up" in done.stderr
+    assert "inbox.W003" in done.stderr
+    # Without DATABASE_URL, the development keys published with the source are named.
+    env = _production_env()
+    del env["DATABASE_URL"], env["SECRET_KEY"], env["INBOX_ENCRYPTION_KEYS"]
+    done = _manage(env, "check", "--deploy")
+    assert "security.W009" in done.stderr and "inbox.W001" in done.stderr
+
+
+def test_without_a_mail_server_an_email_is_not_written_out_but_left_unsent() -> None:
+    env = _production_env()
+    del env["EMAIL_HOST"]
+    done = _manage(
+        env,
+        "shell",
+        "-c",
+        "from django.core.mail import send_mail\n"
+        "try:\n    send_mail('s', 'http://x/r/secret-link/', 'a@x.org', ['b@x.org'])\n"
+        "except Exception as exc:\n    print('refused:', exc)",
+    )
+    assert "refused: No mail server is set up" in done.stdout, done.stdout + done.stderr
+    assert "secret-link" not in done.stdout + done.stderr
+
+
+def test_a_lower_case_log_level_is_read() -> None:
+    done = _manage(_production_env(LOG_LEVEL="warning"), "check")
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
+        ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of DEBUG, INFO"),
+        (
+            "INBOX_BASE_URL",
+            "inbox.example.com",
+            "INBOX_BASE_URL must be the inbox's public address",
+        ),
         ("DEBUG", "perhaps", "DEBUG must be a boolean"),
         ("DATABASE_URL", "mysql://x@y/z", "DATABASE_URL must start with postgres:// or sqlite://"),
         ("EMAIL_PORT", "smtp", "EMAIL_PORT must be an integer"),

@@ -19,6 +19,33 @@ def test_healthz_checks_the_database(client: Client, db: None) -> None:
     assert response.json() == {"status": "ok"}
 
 
+def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
+    client: Client, db: None, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from django.db import OperationalError
+
+    class Down:
+        def cursor(self) -> Any:
+            raise OperationalError("connection to server at 10.0.0.5 failed: Connection refused")
+
+    monkeypatch.setattr("inbox.views.connection", Down())
+    # Hashed static file names with nothing collected: every page would fail.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+    }
+    settings.STATIC_ROOT = str(ROOT / "no-such-static-root")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "problems": [
+            "database: connection to server at 10.0.0.5 failed: Connection refused",
+            "static files: not collected (run collectstatic)",
+        ],
+    }
+
+
 def test_inbox_requires_login(client: Client, db: None) -> None:
     response = client.get("/")
     assert response.status_code == 302

@@ -359,9 +359,45 @@ def test_a_dify_refusal_is_passed_on_and_recorded(
     response = post(
         client, "/api/v1/runs", {"app": "refund-approval", "inputs": inputs(simulator)}, reviewer
     )
-    assert error(response) == (502, "service_unavailable", "Service Unavailable")
+    # The inbox's own code; Dify's status and code beside it, with the run kept for the record.
+    assert error(response) == (502, "dify_error", "Service Unavailable")
     run = Run.objects.get()
+    assert response.json()["error"]["details"] == {
+        "run": str(run.public_id),
+        "dify_status": 503,
+        "dify_code": "service_unavailable",
+    }
     assert run.status == "failed" and run.error == "Service Unavailable" and not run.follow_wanted
+    # The failed run is the caller's to read.
+    detail = client.get(f"/api/v1/runs/{run.public_id}", **bearer(reviewer))
+    assert detail.status_code == 200 and detail.json()["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (401, "unauthorized", (502, "dify_error")),
+        (404, "not_found", (502, "dify_error")),
+        (400, "invalid_param", (400, "dify_rejected_inputs")),
+    ],
+)
+def test_dify_s_codes_never_pass_for_the_inbox_s_own(
+    client: Client,
+    simulator: Any,
+    refunds: DifyApp,
+    reviewer: User,
+    status: int,
+    code: str,
+    expected: tuple[int, str],
+) -> None:
+    # A 401 from Dify is not the caller's token refused, nor its 404 an address of ours.
+    simulator.add_fault("status", "workflows_run", status=status, code=code, message="No.")
+    response = post(
+        client, "/api/v1/runs", {"app": "refund-approval", "inputs": inputs(simulator)}, reviewer
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == expected
+    details = response.json()["error"]["details"]
+    assert (details["dify_status"], details["dify_code"]) == (status, code)
 
 
 @pytest.mark.parametrize(
@@ -578,3 +614,102 @@ def test_a_select_whose_options_are_not_a_list_offers_no_choice_rather_than_fail
     item = {"select": {"variable": "tier", "label": "Tier", "required": True, "options": 7}}
     spec = StartInput.from_item(item)
     assert spec is not None and spec.options == ()
+
+
+def test_a_run_lists_forms_the_caller_may_not_open_without_their_address(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, admin_user: User
+) -> None:
+    from inbox.models import Route
+
+    # The approval goes to the administrator alone; alice started the run and sees it.
+    route = Route.objects.create(app=refunds, node="manager_approval", name="ops", reminders="")
+    route.users.add(admin_user)
+    run = start_run(refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer)
+    (sim_form,) = simulator.run(run.workflow_run_id)["forms"]
+    data = ev.form_data(sim_form["form_id"], sim_form["form_token"], node_id="manager_approval")
+    run.apply_events([ev.event("human_input_required", data), ev.paused(data)])
+    [entry] = client.get(f"/api/v1/runs/{run.public_id}", **bearer(reviewer)).json()["forms"]
+    assert (entry["visible"], entry["id"], entry["url"], entry["answerable"]) == (
+        False,
+        None,
+        None,
+        False,
+    )
+    assert entry["status"] == "pending"
+    [entry] = client.get(f"/api/v1/runs/{run.public_id}", **bearer(admin_user)).json()["forms"]
+    assert entry["visible"] and entry["answerable"] and entry["id"]
+
+
+def test_dify_busy_is_a_429_to_wait_out_for_uploads_ingest_and_stop(
+    client: Client, simulator: Any, paused_run: Run, refunds: DifyApp, reviewer: User
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    form = Form.objects.get()
+    # The form takes a document, as claim-review's do.
+    form.definition = {
+        **form.definition,
+        "inputs": [
+            {
+                "type": "file",
+                "output_variable_name": "attachment",
+                "allowed_file_types": ["document"],
+                "allowed_file_extensions": [],
+                "allowed_file_upload_methods": ["local_file"],
+            }
+        ],
+    }
+    form.save(update_fields=["definition"])
+    simulator.add_fault("status", "files_upload", status=429, retry_after=60)
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {
+            "input": "attachment",
+            "file": SimpleUploadedFile("r.pdf", b"%PDF-1.4", "application/pdf"),
+        },
+        **bearer(reviewer),
+    )
+    assert (response.status_code, response["Retry-After"]) == (429, "60")
+    assert response.json()["error"]["code"] == "rate_limited"
+
+    started = simulator.start_run("refund-approval", user="crm-7")
+    simulator.add_fault("status", "workflow_run_detail", status=429, retry_after=60)
+    body = {"app": "refund-approval", "workflow_run_id": started.workflow_run_id, "user": "crm-7"}
+    response = post(client, "/api/v1/ingest", body, reviewer)
+    assert (response.status_code, response["Retry-After"]) == (429, "60")
+    assert response.json()["error"]["code"] == "rate_limited"
+    # Not Dify "unreachable" when it answers with a refusal.
+    simulator.add_fault("status", "workflow_run_detail", status=401, code="unauthorized")
+    response = post(client, "/api/v1/ingest", body, reviewer)
+    assert error(response)[:2] == (502, "dify_error")
+    assert "could not be reached" not in response.json()["error"]["message"]
+
+
+def test_the_runs_list_shows_a_start_dify_did_not_take(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    started = start_run(
+        refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer
+    )
+    # A start Dify did not take (or whose answer was lost, a 504): its error names the run
+    # kept for the record, which the list shows beside the others.
+    simulator.add_fault("status", "workflows_run", status=503)
+    response = post(
+        client, "/api/v1/runs", {"app": "refund-approval", "inputs": inputs(simulator)}, reviewer
+    )
+    assert response.status_code == 502
+    lost = response.json()["error"]["details"]["run"]
+    body = client.get("/api/v1/runs", **bearer(reviewer)).json()
+    assert [r["id"] for r in body["results"]] == [lost, str(started.public_id)]
+    assert body["results"][0]["status"] == "failed" and body["results"][0]["error"]
+    assert body["next_page"] is None
+    body = client.get("/api/v1/runs?status=failed", **bearer(reviewer)).json()
+    assert [r["id"] for r in body["results"]] == [lost]
+    assert client.get("/api/v1/runs?status=open&app=refund-approval", **bearer(reviewer)).json()[
+        "results"
+    ][0]["id"] == str(started.public_id)
+    # Another reviewer sees neither: no form of them is routed to anyone yet.
+    assert client.get("/api/v1/runs", **bearer(other_reviewer)).json()["results"] == []
+    for bad in ("status=done", "app=nope", "page=0"):
+        response = client.get(f"/api/v1/runs?{bad}", **bearer(reviewer))
+        assert error(response)[:2] == (400, "invalid_param"), bad

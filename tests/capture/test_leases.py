@@ -73,3 +73,39 @@ def test_the_reconcile_on_a_fast_host_leaves_alone_a_run_a_follower_holds(run: R
     with host_clock(SKEW):
         counts = reconcile_runs()
     assert counts["checked"] == 0 and counts["errors"] == 0
+
+
+def test_runs_a_follower_cannot_read_are_given_back_at_once(run: Run) -> None:
+    from cryptography.fernet import Fernet
+    from django.test import override_settings
+
+    from inbox.crypto import DecryptionError
+
+    # A follower started with another key than the one the app's API key is under.
+    with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
+        with pytest.raises(DecryptionError):
+            take_leases("wrong-key", 10, 60)
+    run.refresh_from_db()
+    assert run.lease_expires_at is None
+    # Another follower takes it straight away, not a lease's time later.
+    assert [claim.pk for claim in take_leases("right-key", 10, 60)] == [run.pk]
+
+
+def test_a_database_that_stays_down_is_tried_less_and_less_often_and_logged_briefly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from inbox.follower import Follower
+
+    follower = Follower("down", poll_seconds=0.25)
+    with caplog.at_level("WARNING", logger="inbox.follower"):
+        for _ in range(8):
+            try:
+                raise ConnectionError("connection refused\nsecond line")
+            except ConnectionError as exc:
+                follower._lease_failed(exc)
+    pause = follower._lease_retry_at - time.monotonic()
+    assert 25 < pause <= Follower.LEASE_BACKOFF_MAX
+    # One traceback, then one short line per try.
+    with_traceback = [r for r in caplog.records if r.exc_info]
+    assert len(with_traceback) == 1 and len(caplog.records) == 8
+    assert caplog.records[-1].getMessage().endswith("ConnectionError: connection refused")

@@ -552,3 +552,34 @@ def test_the_sweep_sends_a_held_decision_once_its_app_is_refused_only_for_its_ki
     assert tasks.sweep_deliveries() == {"stuck": 0, "resent": 0, "released": 1}
     assert deliver_queued() == {"delivered": 1}
     assert Decision.objects.get(pk=decision.pk).status == "delivered"
+
+
+def test_a_decision_this_process_cannot_decrypt_waits_and_the_others_go(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    sent: list[str],
+    settings: Any,
+) -> None:
+    from cryptography.fernet import Fernet
+
+    # Captured by a web process that already has the new key in front; this worker has not.
+    newer = Fernet.generate_key().decode()
+    before = list(settings.INBOX_ENCRYPTION_KEYS)
+    settings.INBOX_ENCRYPTION_KEYS = [newer, *before]
+    unreadable = decide(make_form(app))
+    settings.INBOX_ENCRYPTION_KEYS = before
+    readable = decide(make_form(app))
+
+    assert deliver_queued() == {"delivered": 1}
+    readable.refresh_from_db()
+    unreadable.refresh_from_db()
+    assert readable.status == "delivered"
+    assert unreadable.status == "queued" and unreadable.attempts == 0
+    assert "lacks the key that encrypted it" in unreadable.last_error
+    # With the key back, it goes.
+    settings.INBOX_ENCRYPTION_KEYS = [newer, *before]
+    Decision.objects.filter(pk=unreadable.pk).update(next_attempt_at=timezone.now())
+    assert deliver_queued() == {"delivered": 1}
+    unreadable.refresh_from_db()
+    assert unreadable.status == "delivered"

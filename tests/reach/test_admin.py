@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -350,3 +351,70 @@ def test_a_second_default_route_is_refused_in_words(
     assert "This app already has a default route (one without a node)." in page
     assert "route_one_default_per_app" not in page
     assert Route.objects.filter(app=reach_app).count() == 1
+
+
+def test_an_address_listed_twice_in_another_case_is_refused(
+    admin_client: Client, reach_app: DifyApp
+) -> None:
+    response = admin_client.post(
+        reverse("admin:inbox_route_add"),
+        {
+            "app": reach_app.pk,
+            "name": "eu",
+            "priority": 1,
+            "language": "en",
+            "is_active": "on",
+            "recipients-TOTAL_FORMS": "2",
+            "recipients-INITIAL_FORMS": "0",
+            "recipients-0-email": "eu.guest@partner.test",
+            "recipients-0-language": "en",
+            "recipients-1-email": "Eu.Guest@Partner.test",
+            "recipients-1-language": "zh-hans",
+        },
+    )
+    assert response.status_code == 200
+    assert "eu.guest@partner.test is on the list twice; keep it once." in response.content.decode()
+    assert not Route.objects.exists()
+
+
+def test_a_route_that_asks_nobody_is_saved_with_a_warning(
+    admin_client: Client, reach_app: DifyApp
+) -> None:
+    response = admin_client.post(
+        reverse("admin:inbox_route_add"),
+        {
+            "app": reach_app.pk,
+            "name": "nobody",
+            "priority": 1,
+            "language": "en",
+            "is_active": "on",
+            "recipients-TOTAL_FORMS": "0",
+            "recipients-INITIAL_FORMS": "0",
+        },
+        follow=True,
+    )
+    notes = [str(m) for m in get_messages(response.wsgi_request)]
+    assert any("The route nobody asks nobody" in note for note in notes), notes
+
+
+def test_the_admin_finds_forms_runs_decisions_and_routes_by_what_it_shows(
+    admin_client: Client, routed_form: Form, reach_route: Route, reviewer: User
+) -> None:
+    from inbox.models import Decision
+
+    Decision.objects.create(form=routed_form, reviewer=reviewer, action_id="approve")
+
+    def found(name: str, term: str) -> int:
+        page = admin_client.get(reverse(f"admin:inbox_{name}_changelist"), {"q": term})
+        assert page.status_code == 200
+        counted = re.search(r'class="paginator">\s*(\d+) ', page.content.decode())
+        assert counted is not None
+        return int(counted.group(1))
+
+    assert found("form", str(routed_form.public_id)) == 1
+    assert found("form", GUEST) == 1
+    assert found("run", str(routed_form.run.public_id)) == 1
+    assert found("decision", reviewer.username) == 1
+    assert found("route", reviewer.username) == 1
+    # A term that is no id is no crash.
+    assert found("run", "not-an-id") == 0

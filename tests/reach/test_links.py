@@ -406,3 +406,76 @@ def test_a_guest_s_file_larger_than_dify_takes_is_dropped_as_it_arrives(
     response = client.post(f"{guest_link}files/receipt", {"file": big}, HTTP_HX_REQUEST="true")
     assert "scan.png: the file is larger than 1 MB" in response.content.decode()
     assert 0 < BytesSeen.most <= 1024 * 1024
+
+
+def test_a_deactivated_account_s_address_is_no_guest(
+    client: Client, reach_app: DifyApp, other_reviewer: User
+) -> None:
+    other_reviewer.is_active = False
+    other_reviewer.save()
+    # Listed by address on a route that takes guests: the owner was turned away, and is not
+    # asked again as a guest.
+    route(reach_app, recipients=["Bob@example.com", GUEST], allow_guests=True)
+    form = make_form(reach_app)
+    assert list(form.recipients.values_list("email", flat=True)) == [GUEST]
+    # Listed while the account was active, deactivated since: the link closes.
+    other_reviewer.is_active = True
+    other_reviewer.save()
+    later = make_form(reach_app)
+    bobs = later.recipients.get(email="Bob@example.com")
+    assert bobs.user_id == other_reviewer.pk
+    other_reviewer.is_active = False
+    other_reviewer.save()
+    FormRecipient.objects.filter(pk=bobs.pk).update(user=None)  # as a guest, as it once was
+    link = notify.link_path(notify.link_token(FormRecipient.objects.get(pk=bobs.pk)))
+    page = client.get(link)
+    assert page.status_code == 403
+    assert "You are no longer asked to decide this form." in page.content.decode()
+    assert client.post(f"{link}decide", {"action": "approve"}).status_code == 403
+    assert not Decision.objects.exists()
+
+
+def test_a_reassigned_form_is_no_longer_the_guests_to_answer(
+    client: Client,
+    guest_link: str,
+    routed_form: Form,
+    guest_recipient: FormRecipient,
+    other_reviewer: User,
+    admin_user: User,
+) -> None:
+    assert client.get(guest_link).status_code == 200
+    routed_form.reassign(to_user=other_reviewer, actor=admin_user)
+    page = client.get(guest_link)
+    assert page.status_code == 403 and FORM_TEXT not in page.content.decode()
+    assert client.post(f"{guest_link}decide", {"action": "approve"}).status_code == 403
+    guest_recipient.refresh_from_db()
+    assert guest_recipient.withdrawn_at is not None and guest_recipient.next_reminder_at is None
+    # The one it was given to is asked.
+    assert routed_form.recipients.get(email=other_reviewer.email).withdrawn_at is None
+
+
+def test_letting_guests_answer_again_opens_the_links_already_sent(
+    client: Client, reach_app: DifyApp
+) -> None:
+    made = route(reach_app, recipients=[GUEST], allow_guests=False)
+    form = make_form(reach_app)
+    link = notify.link_path(notify.link_token(form.recipients.get()))
+    assert client.get(link).status_code == 403
+    Route.objects.filter(pk=made.pk).update(allow_guests=True)
+    assert client.get(link).status_code == 200
+
+
+def test_a_forwarded_guest_link_leaves_a_reviewer_s_own_language_alone(
+    client: Client, routed_form: Form, other_reviewer: User
+) -> None:
+    from inbox.models import ReviewerProfile
+
+    # Bob is not asked for this form; a Chinese guest's link reaches him, signed in.
+    client.force_login(other_reviewer)
+    client.get("/", HTTP_ACCEPT_LANGUAGE="en")
+    assert ReviewerProfile.languages_of([other_reviewer]) == {other_reviewer.pk: "en"}
+    chinese = routed_form.recipients.get(email=GUEST_ZH)
+    page = client.get(notify.link_path(notify.link_token(chinese)), HTTP_ACCEPT_LANGUAGE="en")
+    assert page.status_code == 200 and '<html lang="zh-hans">' in page.content.decode()
+    # His emails stay in his language.
+    assert ReviewerProfile.languages_of([other_reviewer]) == {other_reviewer.pk: "en"}

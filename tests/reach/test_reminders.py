@@ -216,6 +216,23 @@ def test_recipients_never_emailed_get_no_reminder_or_notice(
     assert mail.outbox == []
 
 
+def test_who_is_no_longer_asked_gets_no_reminder_notice_or_resent_email(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = captured(reach_app, hours_left=48)
+    # The Chinese guest is taken off the route after the first email.
+    reach_route.recipients.filter(email=GUEST_ZH).delete()
+    assert sweep(T0 + 24 * H)["reminders"] == 1
+    assert [m.to for m in mail.outbox] == [[GUEST]]
+    mail.outbox.clear()
+    assert notify.resend_form_emails(form) == 1
+    assert [m.to for m in mail.outbox] == [[GUEST]]
+    mail.outbox.clear()
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 30 * H)
+    assert sweep(T0 + 30 * H)["notices"] == 1
+    assert [m.to for m in mail.outbox] == [[GUEST]]
+
+
 def test_the_periodic_task_holds_a_lock(reach_route: Route, reach_app: DifyApp) -> None:
     make_form(reach_app)
     FormRecipient.objects.update(created_at=timezone.now() - dt.timedelta(minutes=5))

@@ -306,3 +306,42 @@ def test_the_language_is_remembered_once_per_session_and_not_for_api_tokens(
     assert response.status_code == 200
     assert "sessionid" not in response.cookies
     assert not ReviewerProfile.objects.filter(user=other_reviewer_for_api).exists()
+
+
+def test_a_group_member_emailed_by_the_route_loses_the_form_with_the_group(
+    reach_app: DifyApp, reviewers_group: Group, other_reviewer: User
+) -> None:
+    route(reach_app, groups=[reviewers_group], email_reviewers=True)
+    form = make_form(reach_app)
+    assert list(form.assigned_users.all()) == []  # asked through the group, not by name
+    other_reviewer.groups.remove(reviewers_group)
+    assert not Form.objects.for_user(other_reviewer).filter(pk=form.pk).exists()
+
+
+def test_a_listed_address_of_a_reviewer_is_emailed_in_their_language(
+    reach_app: DifyApp, other_reviewer: User
+) -> None:
+    from inbox.models import ReviewerProfile
+
+    ReviewerProfile.remember(other_reviewer, "zh-hans")
+    route(reach_app, recipients=[("bob@example.com", "en")])
+    form = make_form(reach_app)
+    assert form.recipients.get().language == "zh-hans"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "title", "matches"),
+    [
+        ("Approve [EU] refund", "Approve [EU] refund", True),
+        ("Approve [EU] refund", "Approve E refund", False),
+        ("approve * refund", "Approve [EU] refund", True),
+        ("Refund ?", "refund 7", True),
+        ("Refund ?", "refund 70", False),
+        ("a.b", "axb", False),
+    ],
+)
+def test_a_title_pattern_has_two_wildcards_and_nothing_else(
+    reach_app: DifyApp, pattern: str, title: str, matches: bool
+) -> None:
+    made = Route(app=reach_app, name="x", node=pattern)
+    assert made.matches("some_node", title) is matches

@@ -94,9 +94,13 @@ def test_decision_validation_speaks_difys_rules(
     assert (
         error["message"] == "receipt: Add a file. Missing required inputs: note, receipt, evidence."
     )
+    # Each input left out named by itself too, for a client that reads the errors by input.
+    missing = ["Missing: every input of the form must be sent."]
     assert error["details"] == {
         "receipt": ["Add a file."],
         "__all__": ["Missing required inputs: note, receipt, evidence."],
+        "note": missing,
+        "evidence": missing,
     }
 
 
@@ -242,11 +246,54 @@ def test_a_submission_key_of_another_forms_decision_is_refused_not_a_crash(
 
     assert decide(first).status_code == 202
     response = decide(second)
-    assert response.status_code == 400
-    assert response.json()["error"]["details"]["submission_key"] == [
-        "This submission key was used for a decision on another form; send a new one."
-    ]
+    assert response.status_code == 409
+    assert response.json()["error"] == {
+        "code": "submission_key_reused",
+        "message": "You used this submission_key for a decision on another form; send a new key.",
+    }
     assert second.decisions.count() == 0
+
+
+def test_submission_keys_are_each_caller_s_own(
+    client: Client,
+    auth: dict[str, str],
+    reviewer: Any,
+    other_reviewer: Any,
+    dify_app: DifyApp,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    definition = {
+        "form_content": "Approve?",
+        "inputs": [{"type": "paragraph", "output_variable_name": "note", "default": None}],
+        "user_actions": [{"id": "approve", "title": "Approve", "button_style": "primary"}],
+    }
+    mine, theirs = (make_form(dify_app, definition=definition) for _ in range(2))
+    other_auth = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(other_reviewer)[1]}"}
+
+    def decide(form: Form, headers: dict[str, str], note: str = "ok") -> Any:
+        body = {"action": "approve", "inputs": {"note": note}, "submission_key": "1"}
+        with django_capture_on_commit_callbacks(execute=False):
+            return client.post(
+                f"/api/v1/forms/{form.public_id}/decision",
+                json.dumps(body),
+                content_type="application/json",
+                **headers,
+            )
+
+    assert decide(mine, auth).status_code == 202
+    # Another caller sending that key on that form is not handed the first one's decision.
+    response = decide(mine, other_auth)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "form_not_open"
+    # Nor does the key stop them using it for a decision of their own.
+    assert decide(theirs, other_auth).status_code == 202
+    assert theirs.decisions.get().reviewer == other_reviewer
+    # The same key with other words is not the same decision sent again.
+    response = decide(theirs, other_auth, note="changed my mind")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "submission_key_reused"
+    assert decide(theirs, other_auth).status_code == 202
+    assert theirs.decisions.count() == 1 and mine.decisions.count() == 1
 
 
 def test_the_same_submission_key_with_another_action_is_a_conflict_not_a_202(
@@ -281,3 +328,177 @@ def test_the_same_submission_key_with_another_action_is_a_conflict_not_a_202(
     assert error["code"] == "submission_key_reused"
     assert error["details"]["decision"]["action"] == "approve"
     assert form.decisions.count() == 1
+
+
+def post_json(client: Client, path: str, body: Any, auth: dict[str, str]) -> Any:
+    raw = body if isinstance(body, str) else json.dumps(body)
+    return client.post(path, raw, content_type="application/json", **auth)
+
+
+def test_text_that_cannot_be_stored_or_sent_is_refused_where_it_is(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    # A lone surrogate cannot be encoded for Dify: taken, its delivery would fail for good.
+    raw = '{"action": "approve", "inputs": {"note": "ok \\ud800"}}'
+    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", raw, auth)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_json",
+        "message": "The request body holds a lone surrogate (invalid Unicode) in inputs.note.",
+        "details": {"inputs.note": ["Holds a lone surrogate (invalid Unicode)."]},
+    }
+    raw = '{"action": "approve", "submission_key": "a\\u0000b"}'
+    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", raw, auth)
+    assert response.json()["error"]["details"] == {"submission_key": ["Holds a NUL character."]}
+    assert not form.decisions.exists()
+    response = client.get("/api/v1/forms?q=a%00b", **auth)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "The query parameter 'q' holds a NUL character."
+
+
+@pytest.mark.parametrize(
+    "query", ["app=%C2%B2", "page=%C2%B2", "app=" + "9" * 5000, "node=99999999999999999999999:x"]
+)
+def test_numbers_no_database_can_hold_are_no_crash(
+    client: Client, auth: dict[str, str], form: Form, query: str
+) -> None:
+    response = client.get(f"/api/v1/forms?{query}", **auth)
+    assert response.status_code in (200, 400)
+    assert response["Content-Type"] == "application/json"
+    # The inbox page takes the same filters.
+    client.force_login(form.run.started_by or User.objects.get(username="alice"))
+    assert client.get(f"/?{query}").status_code == 200
+
+
+def test_pages_of_the_form_list_end(
+    client: Client, auth: dict[str, str], dify_app: DifyApp
+) -> None:
+    for _ in range(3):
+        make_form(dify_app)
+    body = client.get("/api/v1/forms?status=&page=1", **auth).json()
+    assert (body["count"], body["page"], body["pages"], len(body["results"])) == (3, 1, 1, 3)
+    # Past the last page: empty, so a client reading page after page stops.
+    body = client.get("/api/v1/forms?page=2", **auth).json()
+    assert (body["page"], body["results"]) == (2, [])
+    for bad in ("abc", "0", "-1", "1.5"):
+        response = client.get(f"/api/v1/forms?page={bad}", **auth)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["code"] == "invalid_param"
+    message = client.get("/api/v1/forms?status=done", **auth).json()["error"]["message"]
+    assert message.startswith("Unknown status 'done'; one of: ")
+    assert "pending" in message and "elsewhere" in message
+
+
+def test_a_misspelt_field_is_refused_by_its_name(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    body = {"action": "approve", "inputs": {}, "submision_key": "k-1"}
+    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"submision_key": ["Unknown field."]}
+    assert not form.decisions.exists()
+
+
+def test_an_action_that_is_not_a_string_is_said_so(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    body = {"action": ["approve"], "inputs": {}}
+    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+    assert response.status_code == 400
+    assert (
+        "'action' is required: the id of one of this form's actions"
+        in (response.json()["error"]["message"])
+    )
+    assert "[" not in response.json()["error"]["message"]
+
+
+def test_a_file_value_of_the_wrong_shape_is_keyed_by_its_input(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    body = {"action": "approve", "inputs": {"note": "", "decision": "refund", "receipt": 5}}
+    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+    assert response.status_code == 400
+    assert list(response.json()["error"]["details"]) == ["receipt"]
+
+
+def test_a_form_past_its_time_is_said_to_have_expired_not_to_be_decided(
+    client: Client, auth: dict[str, str], dify_app: DifyApp
+) -> None:
+    import datetime as dt
+
+    form = make_form(dify_app, expires_in=dt.timedelta(seconds=-5))
+    body = {"action": "approve", "inputs": {}}
+    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+    assert response.status_code == 409
+    assert response.json()["error"]["message"].startswith("This form expired at ")
+    assert client.get(f"/api/v1/forms/{form.public_id}", **auth).json()["answerable"] is False
+    run = client.get(f"/api/v1/runs/{form.run.public_id}", **auth).json()
+    assert run["forms"][0]["answerable"] is False
+
+
+def test_an_upload_dify_cannot_be_reached_for_is_not_the_file_s_fault(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    # The app's Dify is a closed port: worth trying again, not a file to change.
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {"input": "receipt", "file": SimpleUploadedFile("r.pdf", b"%PDF-1.4", "application/pdf")},
+        **auth,
+    )
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "dify_unavailable"
+
+
+def test_errors_django_would_answer_in_html_are_json(
+    client: Client, auth: dict[str, str], form: Form, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = f"/api/v1/forms/{form.public_id}/files"
+    response = client.generic(
+        "POST", path, b"--xx\r\nbroken", content_type="multipart/form-data", **auth
+    )
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "invalid_request"
+    many = "&".join(f"f{n}=1" for n in range(1100))
+    response = client.get(f"/api/v1/forms?{many}", **auth)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+    # A failure of the inbox itself: the envelope, and nothing of the failure's insides.
+    monkeypatch.setattr("inbox.api.page_state", lambda form: 1 / 0)
+    response = client.get(f"/api/v1/forms/{form.public_id}", **auth)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "ZeroDivision" not in response.content.decode()
+
+
+def test_protocol_headers_of_refusals(client: Client, auth: dict[str, str], form: Form) -> None:
+    response = client.delete(f"/api/v1/forms/{form.public_id}", **auth)
+    assert response.status_code == 405 and response["Allow"] == "GET"
+    response = client.get("/api/v1/forms")
+    assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_submitted_form_says_what_was_answered_and_the_decision_what_was_sent(
+    client: Client, auth: dict[str, str], reviewer: User, dify_app: DifyApp
+) -> None:
+    from inbox.models import Decision
+
+    form = make_form(
+        dify_app,
+        definition={
+            "form_content": "Refund?\n\n{{#$output.note#}}",
+            "inputs": [{"type": "paragraph", "output_variable_name": "note", "default": None}],
+            "user_actions": [{"id": "approve", "title": "Approve", "button_style": "primary"}],
+        },
+        status=Form.Status.SUBMITTED,
+    )
+    Decision.objects.create(
+        form=form,
+        reviewer=reviewer,
+        action_id="approve",
+        inputs={"note": "Paid from Q3."},
+        status=Decision.Status.DELIVERED,
+    )
+    body = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()
+    assert body["rendered_content"] == "Refund?\n\nPaid from Q3."
+    assert body["decision"]["inputs"] == {"note": "Paid from Q3."}

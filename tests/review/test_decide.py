@@ -168,7 +168,7 @@ def test_another_reviewer_after_the_first_is_told_who_got_there_first(
     # What Bob wrote is shown back to him to copy, not lost with his page.
     assert "Not sent. What you typed is kept here so you can copy it." in page
     assert re.search(
-        r'<textarea id="unsent-1" readonly rows="4">Not convinced: the receipt is missing\.</textarea>',
+        r'<textarea id="unsent-1" readonly rows="4" dir="auto">Not convinced: the receipt is missing\.</textarea>',
         page,
     )
     swapped = bob.post(

@@ -87,7 +87,10 @@ def test_an_open_form_places_each_input_at_its_placeholder(alice: Client, form: 
 
 def test_every_input_kind_is_drawn(alice: Client, form: Form) -> None:
     page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
-    assert '<textarea id="id_in_note" name="in_note" rows="4">\nresolved default</textarea>' in page
+    assert (
+        '<textarea id="id_in_note" name="in_note" rows="4" dir="auto">\nresolved default</textarea>'
+        in page
+    )
     for option in ("refund", "partial", "deny"):
         assert f'<input type="radio" name="in_decision" value="{option}">' in page
     assert "One file" in page and "Accepted: images, documents" in page

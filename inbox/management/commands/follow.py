@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -25,5 +24,4 @@ class Command(BaseCommand):
             for key in ("max_streams", "poll_seconds")
             if options.get(key) is not None
         }
-        logging.getLogger("inbox").setLevel(logging.INFO)
         run_follower(options["owner"], **overrides)
