@@ -244,8 +244,10 @@ def joined(items: Iterable[str]) -> str:
 class FileRefsField(forms.Field):
     widget = FileRefsWidget
 
-    def __init__(self, spec: InputSpec, uploads: QuerySet[Upload], **kwargs: Any) -> None:
-        self.spec, self.uploads = spec, uploads
+    def __init__(
+        self, spec: InputSpec, uploads: QuerySet[Upload], form: Form | None = None, **kwargs: Any
+    ) -> None:
+        self.spec, self.uploads, self.form_obj = spec, uploads, form
         kwargs.setdefault("required", spec.kind == "file")
         kwargs.setdefault("error_messages", {"required": _("Add a file.")})
         super().__init__(**kwargs)
@@ -291,10 +293,7 @@ class FileRefsField(forms.Field):
                     raise self._type_error(upload.name)
                 result.append(FileRef(upload=upload, type=file_type))
             elif ref in ids and (is_upload_id(ref) or not spec.allows_url):
-                raise ValidationError(
-                    _("This upload is not part of this form; upload the file again."),
-                    code="unknown_upload",
-                )
+                raise self._unknown_upload(ref)
             else:
                 if not spec.allows_url:
                     raise ValidationError(
@@ -324,6 +323,31 @@ class FileRefsField(forms.Field):
             return {}
         rows = self.uploads.filter(input_name=self.spec.name, public_id__in=valid)
         return {str(upload.public_id): upload for upload in rows}
+
+    def _unknown_upload(self, ref: str) -> ValidationError:
+        """An upload id that is not one of the decider's files for this input: said as it is
+        (made for another input, or by someone else), for the caller to fix."""
+        other = None
+        if is_upload_id(ref):
+            form_uploads = Upload.objects.filter(public_id=ref)
+            # The decider's own, made for another input of the form.
+            owned = self.uploads.filter(public_id=ref).first()
+            if owned is not None:
+                return ValidationError(
+                    _("This file was uploaded for the input “%(input)s”; upload it again here.")
+                    % {"input": owned.input_name},
+                    code="unknown_upload",
+                )
+            other = self.form_obj is not None and form_uploads.filter(form=self.form_obj).exists()
+        if other:
+            return ValidationError(
+                _("This file was uploaded by someone else; upload your own."),
+                code="unknown_upload",
+            )
+        return ValidationError(
+            _("This upload is not part of this form; upload the file again."),
+            code="unknown_upload",
+        )
 
     def _type_error(self, filename: str) -> ValidationError:
         return ValidationError(
@@ -386,7 +410,7 @@ class DecisionForm(forms.Form):
             return forms.CharField(
                 initial=initial, error_messages={"required": _("Choose an option.")}
             )
-        return FileRefsField(spec, self.uploads, initial=initial or [])
+        return FileRefsField(spec, self.uploads, self.form_obj, initial=initial or [])
 
     def clean_submission_key(self) -> str:
         key = str(self.cleaned_data.get("submission_key") or "")

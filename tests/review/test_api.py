@@ -215,7 +215,14 @@ def test_another_reviewers_uploads_are_neither_listed_nor_sent(
     refused = decide(theirs)
     assert refused.status_code == 400
     assert refused.json()["error"]["details"] == {
-        "receipt": ["This upload is not part of this form; upload the file again."]
+        "receipt": ["This file was uploaded by someone else; upload your own."]
+    }
+    # One of the caller's own, made for another input, is said to be so.
+    for_evidence = upload(ApiToken.objects.get().user, "evidence.png")
+    Upload.objects.filter(pk=for_evidence.pk).update(input_name="evidence")
+    refused = decide(for_evidence)
+    assert refused.json()["error"]["details"] == {
+        "receipt": ["This file was uploaded for the input “evidence”; upload it again here."]
     }
     assert decide(mine).status_code == 202
 
