@@ -280,6 +280,7 @@ INBOX_RUN_START_TIMEOUT_SECONDS = env_float("INBOX_RUN_START_TIMEOUT_SECONDS", 6
 # the next tick cannot overlap.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sweep-expired-forms": {"task": "inbox.tasks.sweep_expired_forms", "schedule": 60.0},
+    "clear-expired-sessions": {"task": "inbox.tasks.clear_expired_sessions", "schedule": 3600.0},
     "sweep-deliveries": {
         "task": "inbox.tasks.sweep_deliveries",
         "schedule": env_float("INBOX_DELIVERY_SWEEP_EVERY_SECONDS", 30.0, minimum=0.5),

@@ -970,6 +970,16 @@ def send_reminders(batch_size: int = 500) -> dict[str, int]:
         return notify.send_due_emails(timezone.now(), batch_size=batch_size)
 
 
+# Periodic (beat, hourly): sessions past their expiry, which Django keeps until told.
+@shared_task(soft_time_limit=100, time_limit=120)
+def clear_expired_sessions() -> None:
+    from importlib import import_module
+
+    from django.conf import settings
+
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
+
+
 # --- runs no stream is reading ---
 
 

@@ -38,6 +38,23 @@ def test_sweep_expires_only_pending_forms_past_their_time(dify_app: DifyApp) -> 
     assert fresh.pk
 
 
+def test_expired_sessions_are_cleared_and_live_ones_kept(db: None) -> None:
+    from django.conf import settings
+    from django.contrib.sessions.models import Session
+
+    from inbox.celery import app
+    from inbox.tasks import clear_expired_sessions
+
+    now = timezone.now()
+    Session.objects.create(session_key="old", session_data="", expire_date=now - timedelta(1))
+    Session.objects.create(session_key="live", session_data="", expire_date=now + timedelta(1))
+    clear_expired_sessions()
+    assert list(Session.objects.values_list("session_key", flat=True)) == ["live"]
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "inbox.tasks.clear_expired_sessions" in scheduled
+    assert "inbox.tasks.clear_expired_sessions" in app.tasks
+
+
 @pytest.mark.worker
 def test_a_task_travels_through_redis_to_a_real_worker(
     celery_worker_process: subprocess.Popen[bytes], dify_app: DifyApp
