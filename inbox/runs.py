@@ -334,7 +334,9 @@ def start_run(
         # Dify's refusal of the inputs is the caller's to fix (400); its rate limit is the
         # caller's to wait out (429, with Dify's Retry-After); anything else (a wrong key, an
         # app not found or switched off, a server error) is the set-up's or Dify's (502).
-        if exc.status in (400, 422):
+        if exc.refuses_app:
+            status, code = 502, "dify_error"
+        elif exc.status in (400, 422):
             status, code = 400, "dify_rejected_inputs"
         elif exc.status == 429:
             status, code = 429, "rate_limited"

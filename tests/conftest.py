@@ -89,6 +89,8 @@ def celery_worker_process(transactional_db: None) -> Iterator[subprocess.Popen[b
     db = connection.settings_dict
     env = dict(os.environ)
     env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    # Production settings with no mail server send nothing; this worker writes its emails out.
+    env.setdefault("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -201,7 +201,8 @@ def test_dify_refusing_one_run_s_inputs_does_not_mark_the_app(simulator: Any, si
     app = sim_app("refund-approval")
     with pytest.raises(StartFailed) as refused:
         start_run(app, inputs={}, dify_user="inbox-tests")
-    assert (refused.value.status, refused.value.code) == (400, "invalid_param")
+    assert (refused.value.status, refused.value.code) == (400, "dify_rejected_inputs")
+    assert refused.value.dify_code == "invalid_param"
     app.refresh_from_db()
     assert app.refused_at is None and app.refusal == ""
     assert not AuditEntry.objects.filter(verb="app_refused").exists()
@@ -342,7 +343,12 @@ def test_an_app_refused_as_of_another_kind_stays_refused_until_dify_s_info_names
     app.refresh_from_db()
     with pytest.raises(StartFailed) as refused:
         start(simulator, app)
-    assert refused.value.code == code
+    # Dify refuses the app as set up here: not the caller's inputs, the set-up's (502).
+    assert (refused.value.status, refused.value.code, refused.value.dify_code) == (
+        502,
+        "dify_error",
+        code,
+    )
     app.refresh_from_db()
     refusal = app.refusal
     assert refusal.startswith(f"400 {code}: ") and app.refusal_code == code
@@ -561,7 +567,7 @@ def test_an_app_refused_as_of_another_kind_stays_refused_while_dify_takes_its_st
     app.refresh_from_db()
     with pytest.raises(StartFailed) as refused:
         start(simulator, app)
-    assert refused.value.code == "not_chat_app"
+    assert refused.value.dify_code == "not_chat_app"
     app.refresh_from_db()
     refusal = app.refusal
     assert refusal.startswith("400 not_chat_app: ")
