@@ -584,6 +584,8 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
         "source": run.source,
         "inputs": run.inputs,
         "query": run.query,
+        # A chatflow's conversation, to go on with it in Dify.
+        "conversation_id": run.conversation_id or None,
         "answer": run.answer,
         "outputs": run.outputs,
         "error": run.error,

@@ -31,7 +31,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
 
 from inbox import notify, timefmt
-from inbox.models import ClaimRefused, Decision, Form, FormRecipient
+from inbox.models import AuditEntry, ClaimRefused, Decision, Form, FormRecipient
 from inbox.views import (
     Decider,
     HtmxHttpRequest,
@@ -251,10 +251,18 @@ def guest_decide(request: HtmxHttpRequest, token: str) -> HttpResponse:
         return access
     response = decide_response(request, access.form, access.decider)
     recipient = access.recipient
-    if (
-        recipient.link_used_at is None
-        and Decision.objects.filter(form=access.form, guest_email=recipient.email).exists()
-    ):
+    decided = Decision.objects.filter(form=access.form, guest_email=recipient.email).first()
+    if decided is not None and request.user.is_authenticated and recipient.link_used_at is None:
+        # Decided for the link's recipient by someone signed in here (the link was forwarded
+        # to them): the trail says who pressed the button.
+        AuditEntry.record(
+            "guest_link_used_signed_in",
+            decided,
+            actor=request.user,
+            actor_label=recipient.email,
+            form=access.form.pk,
+        )
+    if recipient.link_used_at is None and decided is not None:
         # Used: from now on the link shows its outcome only in this browser.
         FormRecipient.objects.filter(pk=recipient.pk).update(link_used_at=timezone.now())
         used = list(request.session.get(SESSION_USED, []))

@@ -97,6 +97,8 @@ def test_a_chatflow_needs_its_message(
     assert response.status_code == 201
     run = Run.objects.get(public_id=response.json()["id"])
     assert run.query == "Where is my parcel?" and run.conversation_id
+    # The conversation, to go on with it in Dify.
+    assert response.json()["conversation_id"] == run.conversation_id
 
 
 @pytest.mark.parametrize(

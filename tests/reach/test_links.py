@@ -479,3 +479,16 @@ def test_a_forwarded_guest_link_leaves_a_reviewer_s_own_language_alone(
     assert page.status_code == 200 and '<html lang="zh-hans">' in page.content.decode()
     # His emails stay in his language.
     assert ReviewerProfile.languages_of([other_reviewer]) == {other_reviewer.pk: "en"}
+
+
+def test_a_decision_through_a_forwarded_link_names_who_was_signed_in(
+    client: Client, guest_link: str, routed_form: Form, other_reviewer: User
+) -> None:
+    # Bob is not asked for this form; the guest's link reached him, and he decides through it.
+    client.force_login(other_reviewer)
+    assert decide(client, guest_link).status_code == 302
+    decision = Decision.objects.get(form=routed_form)
+    assert decision.guest_email == GUEST
+    entry = AuditEntry.objects.get(verb="guest_link_used_signed_in")
+    assert (entry.actor, entry.actor_label) == (other_reviewer, GUEST)
+    assert entry.object_id == str(decision.pk)
