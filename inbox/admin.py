@@ -167,7 +167,13 @@ class DifyAppAdmin(AuditedAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(held=waiting(held_for_app=True), unreachable=waiting(dify_unreachable=True))
+            .annotate(
+                held=waiting(held_for_app=True),
+                unreachable=waiting(dify_unreachable=True),
+                # Sent before and to be sent again: Dify took the request and did not answer in
+                # time, or answered with an error (a Dify that hangs is not "unreachable").
+                retrying=waiting(attempts__gt=0, held_for_app=False, dify_unreachable=False),
+            )
         )
 
     @admin.display(description=_("connection to Dify"), ordering="refused_at")
@@ -181,6 +187,13 @@ class DifyAppAdmin(AuditedAdmin):
                     "Not reachable: %(count)d decisions wait for Dify to answer.",
                     unreachable,
                 ) % {"count": unreachable}
+            retrying = getattr(obj, "retrying", 0)
+            if retrying:
+                return ngettext(
+                    "Not answering: %(count)d decision is being sent again.",
+                    "Not answering: %(count)d decisions are being sent again.",
+                    retrying,
+                ) % {"count": retrying}
             if obj.test_failed_at is not None:
                 # What the last "Test the connection" found, until Dify answers a call.
                 return str(
