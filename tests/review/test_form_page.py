@@ -224,7 +224,7 @@ def test_a_decision_carries_only_the_reviewer_s_own_uploads(
         },
     )
     assert response.status_code == 400
-    assert "<li>Receipt: This upload is not part of this form; upload the file again.</li>" in (
+    assert "<li>Receipt: This file was uploaded by someone else; upload your own.</li>" in (
         body(response.content.decode())
     )
     assert not Decision.objects.exists()
