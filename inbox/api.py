@@ -307,7 +307,7 @@ def forms_list(request: HttpRequest) -> HttpResponse:
     raw_page = request.GET.get("page") or "1"
     if small_int(raw_page) is None:
         raise ApiError(
-            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page!r}."
+            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page[:20]!r}."
         )
     query = request.GET.copy()
     sort = query.get("sort", "")
@@ -493,7 +493,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
         )
     given_key = body.get("submission_key") or ""
     if not isinstance(given_key, str) or len(given_key) > 64:
-        raise ApiError(400, "invalid_param", "'submission_key' must be a string of at most 64.")
+        raise ApiError(
+            400, "invalid_param", "'submission_key' must be a string of at most 64 characters."
+        )
     key = _scoped_key(request.user, given_key) if given_key else ""
     if key:
         decision = existing_decision(form, key)
@@ -575,6 +577,8 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     # As on the run page: every form of the run is listed, but only those the caller may open
     # carry their address and may be answerable by them.
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
+    # The timeline names forms by our id: not those the caller may not open.
+    hidden = {str(form.public_id) for form in forms if form.pk not in visible}
     return {
         "id": str(run.public_id),
         "app": run.app.name,
@@ -614,7 +618,7 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
             for form in forms
         ],
         "timeline": [
-            {k: v for k, v in item.items() if k != "key"}
+            {k: v for k, v in item.items() if k != "key" and not (k == "form" and v in hidden)}
             for item in (run.timeline or [])
             if isinstance(item, dict)
         ],
@@ -753,7 +757,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     page = small_int(raw_page)
     if page is None or page > 10**6:
         raise ApiError(
-            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page!r}."
+            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page[:20]!r}."
         )
     # Read one past the page rather than counting every run: whether there is a next page.
     rows = list(runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])

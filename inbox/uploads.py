@@ -154,7 +154,8 @@ def upload_to_dify(
                 code="rate_limited",
                 retry_after=getattr(exc, "retry_after", None),
             ) from None
-        if exc.status >= 500:
+        if exc.status >= 500 or exc.refuses_app:
+            # Dify failing, or refusing the app's key or the app itself: not the file's fault.
             raise UploadRejected(_dify_message(exc), status=502, code="dify_error") from None
         status = 413 if exc.status == 413 or exc.code == "file_too_large" else 400
         raise UploadRejected(_dify_message(exc), status=status) from None

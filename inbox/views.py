@@ -618,14 +618,14 @@ def node_options(request: HtmxHttpRequest) -> HttpResponse:
     A DISTINCT over every form is too slow to run on each inbox load, so the list loads on
     demand and is cached for a minute per app.
     """
-    app = request.GET.get("app", "")
+    app_id = small_int(request.GET.get("app", ""))
     # Per user: the choices come from the forms this user may see.
-    key = f"inbox:node-options:{request.user.pk}:{app if app.isdigit() else 'all'}"
+    key = f"inbox:node-options:{request.user.pk}:{app_id if app_id is not None else 'all'}"
     nodes = cache.get(key)
     if nodes is None:
         forms = Form.objects.for_user(request.user)
-        if app.isdigit():
-            forms = forms.filter(run__app_id=int(app))
+        if app_id is not None:
+            forms = forms.filter(run__app_id=app_id)
             nodes = list(
                 forms.values_list("node_id", "node_title").distinct().order_by("node_title")[:200]
             )

@@ -71,6 +71,9 @@ def test_without_a_mail_server_an_email_is_not_written_out_but_left_unsent() -> 
 def test_a_lower_case_log_level_is_read() -> None:
     done = _manage(_production_env(LOG_LEVEL="warning"), "check")
     assert done.returncode == 0, done.stderr
+    # Left empty, as other settings may be: the default.
+    done = _manage(_production_env(LOG_LEVEL=""), "check")
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize(

@@ -630,7 +630,11 @@ def test_a_run_lists_forms_the_caller_may_not_open_without_their_address(
     (sim_form,) = simulator.run(run.workflow_run_id)["forms"]
     data = ev.form_data(sim_form["form_id"], sim_form["form_token"], node_id="manager_approval")
     run.apply_events([ev.event("human_input_required", data), ev.paused(data)])
-    [entry] = client.get(f"/api/v1/runs/{run.public_id}", **bearer(reviewer)).json()["forms"]
+    body = client.get(f"/api/v1/runs/{run.public_id}", **bearer(reviewer)).json()
+    [entry] = body["forms"]
+    # Nor does the timeline name it.
+    form_id = str(Form.objects.get(run=run).public_id)
+    assert form_id not in json.dumps(body)
     assert (entry["visible"], entry["id"], entry["url"], entry["answerable"]) == (
         False,
         None,
@@ -673,6 +677,17 @@ def test_dify_busy_is_a_429_to_wait_out_for_uploads_ingest_and_stop(
     )
     assert (response.status_code, response["Retry-After"]) == (429, "60")
     assert response.json()["error"]["code"] == "rate_limited"
+    # Dify refusing the app's key is not the file's fault either.
+    simulator.add_fault("status", "files_upload", status=401, code="unauthorized")
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {
+            "input": "attachment",
+            "file": SimpleUploadedFile("r.pdf", b"%PDF-1.4", "application/pdf"),
+        },
+        **bearer(reviewer),
+    )
+    assert error(response)[:2] == (502, "dify_error")
 
     started = simulator.start_run("refund-approval", user="crm-7")
     simulator.add_fault("status", "workflow_run_detail", status=429, retry_after=60)

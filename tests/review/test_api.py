@@ -375,6 +375,7 @@ def test_numbers_no_database_can_hold_are_no_crash(
     # The inbox page takes the same filters.
     client.force_login(form.run.started_by or User.objects.get(username="alice"))
     assert client.get(f"/?{query}").status_code == 200
+    assert client.get(f"/nodes/?{query}").status_code == 200
 
 
 def test_pages_of_the_form_list_end(
