@@ -10,7 +10,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -172,7 +172,22 @@ class DifyAppAdmin(AuditedAdmin):
                 unreachable=waiting(dify_unreachable=True),
                 # Sent before and to be sent again: Dify took the request and did not answer in
                 # time, or answered with an error (a Dify that hangs is not "unreachable").
-                retrying=waiting(attempts__gt=0, held_for_app=False, dify_unreachable=False),
+                retrying=Coalesce(
+                    Subquery(
+                        Decision.objects.filter(form__run__app=OuterRef("pk"))
+                        .filter(
+                            Q(status=Decision.Status.QUEUED, attempts__gt=0)
+                            | Q(status=Decision.Status.DELIVERING, attempts__gt=1),
+                            held_for_app=False,
+                            dify_unreachable=False,
+                        )
+                        .order_by()
+                        .values("form__run__app")
+                        .annotate(n=Count("pk"))
+                        .values("n")
+                    ),
+                    0,
+                ),
             )
         )
 

@@ -306,8 +306,6 @@ def send_form_emails(form_pk: int, *, now: dt.datetime | None = None) -> int:
         sent_at__isnull=True, send_attempts__lt=MAX_SEND_ATTEMPTS, withdrawn_at__isnull=True
     ):
         recipient.form = form
-        if not recipient.still_asked():
-            continue
         sent += _send_request(recipient, now)
     return sent
 
@@ -323,6 +321,10 @@ def still_asking(form: Form, now: dt.datetime | None = None) -> bool:
 
 
 def _send_request(recipient: FormRecipient, now: dt.datetime) -> int:
+    if not recipient.still_asked():
+        # Taken off the route, deactivated, or the form reassigned before the first email went
+        # (or before an administrator's resend): nothing is sent.
+        return 0
     # Claim the row first: the capture's task and the sweep may both get here; one sends.
     claimed = FormRecipient.objects.filter(pk=recipient.pk, sent_at__isnull=True).update(
         sent_at=now, send_attempts=F("send_attempts") + 1
@@ -437,9 +439,8 @@ def resend_form_emails(form: Form) -> int:
     """The admin's "resend email": every recipient of a pending form gets the email again."""
     if not still_asking(form, timezone.now()):
         return 0
-    form.recipients.filter(withdrawn_at__isnull=True).update(
-        sent_at=None, send_attempts=0, last_error=""
-    )
+    asked = [r.pk for r in form.recipients.filter(withdrawn_at__isnull=True) if r.still_asked()]
+    form.recipients.filter(pk__in=asked).update(sent_at=None, send_attempts=0, last_error="")
     return send_form_emails(form.pk)
 
 

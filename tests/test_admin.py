@@ -227,6 +227,10 @@ def test_an_app_dify_does_not_answer_for_is_not_shown_as_ok(
     page = client.get("/admin/inbox/difyapp/").content.decode()
     assert "Not answering: 2 decisions are being sent again." in page
     assert '<td class="field-health">OK</td>' not in page
+    # Nor while one of them is being sent again, for its second time.
+    Decision.objects.filter(attempts=1).update(status=Decision.Status.DELIVERING, attempts=2)
+    page = client.get("/admin/inbox/difyapp/").content.decode()
+    assert "Not answering: 2 decisions are being sent again." in page
     Decision.objects.update(status=Decision.Status.DELIVERED)
     page = client.get("/admin/inbox/difyapp/").content.decode()
     assert "Not reachable" not in page and '<td class="field-health">OK</td>' in page

@@ -158,6 +158,16 @@
     });
   }, true);
 
+  // Back or forward to a filtered list: htmx restores the page as it was drawn, with each
+  // select showing what the server marked selected then; the address says what was chosen.
+  document.addEventListener("htmx:historyRestore", function () {
+    var params = new URLSearchParams(window.location.search);
+    document.querySelectorAll("form.filters select[name]").forEach(function (select) {
+      var value = params.get(select.name) || "";
+      if (Array.prototype.some.call(select.options, function (o) { return o.value === value; })) select.value = value;
+    });
+  });
+
   document.addEventListener("input", refreshActions);
   document.addEventListener("change", refreshActions);
 

@@ -228,6 +228,10 @@ def test_who_is_no_longer_asked_gets_no_reminder_notice_or_resent_email(
     assert notify.resend_form_emails(form) == 1
     assert [m.to for m in mail.outbox] == [[GUEST]]
     mail.outbox.clear()
+    # Nor does the sweep after the resend send it the first email again.
+    assert sweep(T0 + 25 * H)["requests"] == 0
+    assert [GUEST_ZH] not in [m.to for m in mail.outbox]
+    mail.outbox.clear()
     Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 30 * H)
     assert sweep(T0 + 30 * H)["notices"] == 1
     assert [m.to for m in mail.outbox] == [[GUEST]]

@@ -220,9 +220,12 @@ def test_the_runs_filters_redraw_the_list_and_leave_the_focus_on_the_filter(
     shown = page.locator(".run-list .row code").all_inner_texts()
     expected = {"open": ["paused-r"], "paused": ["paused-r"], "finished": ["finished"]}[chosen]
     assert shown == expected
-    # Back in the history: the whole list again.
+    # Back in the history: the whole list again, and the filter says so.
     page.go_back()
     page.wait_for_function("() => document.querySelectorAll('.run-list .row').length === 2")
+    assert state.input_value() == ""
+    page.go_forward()
+    page.wait_for_function(f"() => document.getElementById('r-state').value === '{chosen}'")
     assert page.js_errors == [] and page.csp_violations == []
 
 
