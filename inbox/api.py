@@ -18,7 +18,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
@@ -572,6 +571,23 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
 # ---------------------------------------------------------------------------------------------
 
 
+def _run_summary(request: HttpRequest, run: Any) -> dict[str, Any]:
+    """A run as the list shows it; its detail adds inputs, outputs, forms and timeline."""
+    return {
+        "id": str(run.public_id),
+        "app": run.app.name,
+        "workflow_run_id": run.workflow_run_id,
+        "status": run.status,
+        "dify_user": run.dify_user,
+        "source": run.source,
+        "error": run.error,
+        "started_by": run.started_by.get_username() if run.started_by else None,
+        "created_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "url": request.build_absolute_uri(reverse("inbox:run", args=[run.public_id])),
+    }
+
+
 def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
     # As on the run page: every form of the run is listed, but only those the caller may open
@@ -580,23 +596,13 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     # The timeline names forms by our id: not those the caller may not open.
     hidden = {str(form.public_id) for form in forms if form.pk not in visible}
     return {
-        "id": str(run.public_id),
-        "app": run.app.name,
-        "workflow_run_id": run.workflow_run_id,
-        "status": run.status,
-        "dify_user": run.dify_user,
-        "source": run.source,
+        **_run_summary(request, run),
         "inputs": run.inputs,
         "query": run.query,
         # A chatflow's conversation, to go on with it in Dify.
         "conversation_id": run.conversation_id or None,
         "answer": run.answer,
         "outputs": run.outputs,
-        "error": run.error,
-        "started_by": run.started_by.get_username() if run.started_by else None,
-        "created_at": _iso(run.created_at),
-        "finished_at": _iso(run.finished_at),
-        "url": request.build_absolute_uri(reverse("inbox:run", args=[run.public_id])),
         "forms": [
             {
                 "id": str(form.public_id) if form.pk in visible else None,
@@ -735,7 +741,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     page, without their timelines. A start answered `504 dify_no_answer` is here, as `failed`
     with its reason, beside any run Dify started for it."""
     from inbox.models import Run
-    from inbox.views_runs import RUN_STATES
+    from inbox.views_runs import RUN_STATES, pending_counts
 
     runs = Run.objects.for_user(request.user).select_related("app", "started_by")
     status = request.GET.get("status") or ""
@@ -762,32 +768,13 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     # Read one past the page rather than counting every run: whether there is a next page.
     rows = list(runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
     more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
-    waiting = dict(
-        Form.objects.filter(run__in=rows, status=Form.Status.PENDING)
-        .order_by()
-        .values("run_id")
-        .annotate(n=Count("pk"))
-        .values_list("run_id", "n")
-    )
+    waiting = pending_counts(rows)
     return JsonResponse(
         {
             "page": page,
             "next_page": page + 1 if more else None,
             "results": [
-                {
-                    "id": str(run.public_id),
-                    "app": run.app.name,
-                    "workflow_run_id": run.workflow_run_id,
-                    "status": run.status,
-                    "dify_user": run.dify_user,
-                    "source": run.source,
-                    "error": run.error,
-                    "started_by": run.started_by.get_username() if run.started_by else None,
-                    "created_at": _iso(run.created_at),
-                    "finished_at": _iso(run.finished_at),
-                    "pending_forms": waiting.get(run.pk, 0),
-                    "url": request.build_absolute_uri(reverse("inbox:run", args=[run.public_id])),
-                }
+                {**_run_summary(request, run), "pending_forms": waiting.get(run.pk, 0)}
                 for run in rows
             ],
         }

@@ -159,13 +159,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     page = min(small_int(request.GET.get("page", "1")) or 1, 10**6)
     rows = list(runs[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
     more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
-    waiting = dict(
-        Form.objects.filter(run__in=rows, status=Form.Status.PENDING)
-        .order_by()
-        .values("run_id")
-        .annotate(n=Count("pk"))
-        .values_list("run_id", "n")
-    )
+    waiting = pending_counts(rows)
     return render(
         request,
         "inbox/runs.html",
@@ -185,6 +179,17 @@ def runs_list(request: HttpRequest) -> HttpResponse:
             "newer": page - 1 if page > 1 else None,
             "older": page + 1 if more else None,
         },
+    )
+
+
+def pending_counts(runs: list[Run]) -> dict[int, int]:
+    """run pk -> its forms waiting for a decision, for a page of runs (one query)."""
+    return dict(
+        Form.objects.filter(run__in=runs, status=Form.Status.PENDING)
+        .order_by()
+        .values("run_id")
+        .annotate(n=Count("pk"))
+        .values_list("run_id", "n")
     )
 
 
