@@ -33,6 +33,7 @@ from inbox.forms import (
 )
 from inbox.markdown import excerpt
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
+from inbox.reasons import Refused
 from inbox.uploads import UploadRejected, too_large, upload_to_dify
 from inbox.views import (
     PAGE_SIZE,
@@ -60,6 +61,18 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
         self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, refused: Refused) -> ApiError:
+        """The answer to a call the inbox refused."""
+        details = refused.details()
+        return cls(
+            refused.status,
+            refused.code,
+            refused.message,
+            details or None,
+            retry_after=refused.retry_after,
+        )
 
     def response(self) -> JsonResponse:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -425,7 +438,7 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
     try:
         upload = upload_to_dify(form, spec, fileobj, request.user)
     except UploadRejected as exc:
-        raise ApiError(exc.status, exc.code, exc.message, retry_after=exc.retry_after) from None
+        raise ApiError.of(exc) from None
     return JsonResponse(
         {
             "id": str(upload.public_id),
@@ -837,17 +850,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             labels=form.labels,
         )
     except StartFailed as exc:
-        details: dict[str, Any] = {}
-        if exc.run is not None:
-            # The row kept for the record: after a 504 it is how to find the run again.
-            details["run"] = str(exc.run.public_id)
-        if exc.dify_status is not None:
-            details["dify_status"] = exc.dify_status
-        if exc.dify_code:
-            details["dify_code"] = exc.dify_code
-        raise ApiError(
-            exc.status, exc.code, exc.message, details or None, retry_after=exc.retry_after
-        ) from None
+        raise ApiError.of(exc) from None
     return JsonResponse(_run_json(request, run), status=201)
 
 
@@ -935,5 +938,5 @@ def ingest(request: HttpRequest) -> HttpResponse:
             actor=request.user,
         )
     except IngestRefused as exc:
-        raise ApiError(exc.status, exc.code, exc.message, retry_after=exc.retry_after) from None
+        raise ApiError.of(exc) from None
     return JsonResponse(_run_json(request, run), status=201 if created else 200)

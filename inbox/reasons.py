@@ -15,6 +15,28 @@ from typing import Any
 from django.utils.translation import gettext
 
 
+class Refused(Exception):
+    """Something asked of the inbox was not done. `message` is for the person who asked;
+    `status` and `code` are how an API client is told (the inbox's own code, never Dify's);
+    `retry_after` is set when it is worth asking again later. Subclasses name the verb."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        code: str = "invalid_param",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message, self.status, self.code = message, status, code
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        """What an API error carries beside the message; nothing by default."""
+        return {}
+
+
 class Reason(str):
     """A reason's English text that remembers its message and values.
 

@@ -37,6 +37,7 @@ from inbox.dify.errors import (
 )
 from inbox.dify.types import FormDefinition, StreamEvent
 from inbox.models import AuditEntry, DifyApp, Run
+from inbox.reasons import Refused
 
 logger = logging.getLogger(__name__)
 
@@ -252,10 +253,10 @@ def default_dify_user(user: Any) -> str:
     return f"inbox-{user.get_username()}"[:255]
 
 
-class StartFailed(Exception):
-    """Dify did not start the run. `message` is for the person who asked; `code` is the inbox's
-    own (never Dify's, which is kept in `dify_code` beside Dify's HTTP status); `run` is the
-    row kept as `failed` for the record, where there is one."""
+class StartFailed(Refused):
+    """Dify did not start the run. The code is the inbox's own (never Dify's, which is kept in
+    `dify_code` beside Dify's HTTP status); `run` is the row kept as `failed` for the record,
+    where there is one."""
 
     def __init__(
         self,
@@ -268,10 +269,19 @@ class StartFailed(Exception):
         dify_status: int | None = None,
         dify_code: str = "",
     ) -> None:
-        super().__init__(message)
-        self.message, self.status, self.code = message, status, code
-        self.retry_after = retry_after
+        super().__init__(message, status=status, code=code, retry_after=retry_after)
         self.run, self.dify_status, self.dify_code = run, dify_status, dify_code
+
+    def details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {}
+        if self.run is not None:
+            # The row kept for the record: after a 504 it is how to find the run again.
+            details["run"] = str(self.run.public_id)
+        if self.dify_status is not None:
+            details["dify_status"] = self.dify_status
+        if self.dify_code:
+            details["dify_code"] = self.dify_code
+        return details
 
 
 def start_run(
@@ -432,18 +442,8 @@ def stop_run(run: Run, *, actor: Any = None) -> None:
     run.request_follow(snapshot=True)
 
 
-class IngestRefused(Exception):
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        code: str = "invalid_param",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message, self.status, self.code = message, status, code
-        self.retry_after = retry_after
+class IngestRefused(Refused):
+    """A run was not taken in to be followed."""
 
 
 def ingest_run(

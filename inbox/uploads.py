@@ -22,15 +22,15 @@ from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
 from inbox.dify.files import DEFAULT_SIZE_LIMITS, limits_from_parameters, upload_size_limit
 from inbox.forms import InputSpec
 from inbox.models import AuditEntry, DifyApp, Form, Upload
+from inbox.reasons import Refused
 
 # When Dify cannot be asked for an app's limits, its defaults stand in for a short while.
 LIMITS_FALLBACK_SECONDS = 30
 
 
-class UploadRejected(Exception):
-    """The file was not taken. `status` and `code` say it to an API client: the file's own
-    fault (400, 413) apart from Dify's being busy or away, which is worth trying again (429
-    with `retry_after`, 502)."""
+class UploadRejected(Refused):
+    """The file was not taken: the file's own fault (400, 413) apart from Dify's being busy or
+    away, which is worth trying again (429 with `retry_after`, 502)."""
 
     def __init__(
         self,
@@ -40,9 +40,7 @@ class UploadRejected(Exception):
         code: str = "upload_rejected",
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message, self.status, self.code = message, status, code
-        self.retry_after = retry_after
+        super().__init__(message, status=status, code=code, retry_after=retry_after)
 
 
 def upload_limits(app: DifyApp) -> dict[str, int]:
