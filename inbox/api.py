@@ -410,12 +410,13 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
 def _refuse_closed(form: Form) -> None:
     """409: who got there first, when, and with which action (or why it closed otherwise)."""
     refusal = form.refusal(force=True)
-    raise ApiError(
-        409,
-        "form_not_open",
-        str(refusal),
-        details={"decision": _decision_json(refusal.decision)} if refusal.decision else None,
-    )
+    # The message says a time as a reader on the page would; the details say it exactly.
+    details: dict[str, Any] = {"status": form.status}
+    if refusal.decision:
+        details["decision"] = _decision_json(refusal.decision)
+    if form.is_expired:
+        details["expired_at"] = _iso(form.expiration_time)
+    raise ApiError(409, "form_not_open", str(refusal), details=details)
 
 
 @api_view(["POST"])

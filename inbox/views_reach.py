@@ -418,11 +418,12 @@ def decision_times(since: dt.datetime) -> list[float]:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
-    if seconds < 60:
+    # Each unit is chosen by the value as it will be shown: 3,599 s is "1.0 h", not "60 min".
+    if round(seconds) < 60:
         return _("%(n)d s") % {"n": round(seconds)}
-    if seconds < 3600:
+    if round(seconds / 60) < 60:
         return _("%(n)d min") % {"n": round(seconds / 60)}
-    if seconds < 86400:
+    if round(seconds / 3600, 1) < 24:
         return _("%(n).1f h") % {"n": seconds / 3600}
     return _("%(n).1f d") % {"n": seconds / 86400}
 

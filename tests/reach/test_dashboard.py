@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
 from inbox.models import Decision, DifyApp, Form
-from inbox.views_reach import bar_rows, percentile
+from inbox.views_reach import _duration, bar_rows, percentile
 from tests.reach.factories import make_form, route
 
 
@@ -140,3 +141,18 @@ def test_forms_nobody_is_asked_to_decide_are_counted(
     client.force_login(admin_user)
     body = client.get("/dashboard/").content.decode()
     assert re.search(r"<strong>1</strong><a [^>]*>pending forms nobody is asked to decide", body)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (59.4, "59 s"),
+        (59.6, "1 min"),
+        (3569, "59 min"),
+        (3599, "1.0 h"),
+        (86219, "23.9 h"),
+        (86399, "1.0 d"),
+    ],
+)
+def test_a_duration_takes_the_unit_its_shown_value_needs(seconds: float, shown: str) -> None:
+    assert _duration(seconds) == shown

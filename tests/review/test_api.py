@@ -439,6 +439,9 @@ def test_a_form_past_its_time_is_said_to_have_expired_not_to_be_decided(
     response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
     assert response.status_code == 409
     assert response.json()["error"]["message"].startswith("This form expired at ")
+    details = response.json()["error"]["details"]
+    assert details["status"] == "pending"
+    assert details["expired_at"] == form.expiration_time.isoformat()
     assert client.get(f"/api/v1/forms/{form.public_id}", **auth).json()["answerable"] is False
     run = client.get(f"/api/v1/runs/{form.run.public_id}", **auth).json()
     assert run["forms"][0]["answerable"] is False
