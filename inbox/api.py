@@ -109,15 +109,31 @@ def api_view(
     methods: list[str],
 ) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        allowed = [*methods, "HEAD"] if "GET" in methods else methods
+
         @csrf_exempt
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method != "HEAD" or "GET" not in methods:
+                return answer(request, *args, **kwargs)
+            # HEAD is GET without the body: the same status and headers, its length included.
+            request.method = "GET"
+            try:
+                response = answer(request, *args, **kwargs)
+            finally:
+                request.method = "HEAD"
+            length = len(response.content)
+            response.content = b""
+            response["Content-Length"] = str(length)
+            return response
+
+        def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 if request.method not in methods:
                     response = ApiError(
                         405, "method_not_allowed", f"Use {' or '.join(methods)}."
                     ).response()
-                    response["Allow"] = ", ".join(methods)
+                    response["Allow"] = ", ".join(allowed)
                     return response
                 header = request.headers.get("Authorization", "")
                 scheme, _, raw = header.partition(" ")

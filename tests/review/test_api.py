@@ -484,9 +484,23 @@ def test_errors_django_would_answer_in_html_are_json(
 
 def test_protocol_headers_of_refusals(client: Client, auth: dict[str, str], form: Form) -> None:
     response = client.delete(f"/api/v1/forms/{form.public_id}", **auth)
-    assert response.status_code == 405 and response["Allow"] == "GET"
+    assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+    response = client.get(f"/api/v1/forms/{form.public_id}/decision", **auth)
+    assert response.status_code == 405 and response["Allow"] == "POST"
     response = client.get("/api/v1/forms")
     assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_head_is_a_get_without_its_body(client: Client, auth: dict[str, str], form: Form) -> None:
+    got = client.get(f"/api/v1/forms/{form.public_id}", **auth)
+    head = client.head(f"/api/v1/forms/{form.public_id}", **auth)
+    assert head.status_code == 200 and head.content == b""
+    assert head["Content-Type"] == "application/json"
+    assert head["Content-Length"] == str(len(got.content))
+    assert client.head("/api/v1/forms?page=0", **auth).status_code == 400
+    assert client.head("/api/v1/forms").status_code == 401
+    refused = client.head(f"/api/v1/forms/{form.public_id}/decision", **auth)
+    assert refused.status_code == 405 and refused["Allow"] == "POST"
 
 
 def test_a_submitted_form_says_what_was_answered_and_the_decision_what_was_sent(
