@@ -253,6 +253,18 @@ def default_dify_user(user: Any) -> str:
     return f"inbox-{user.get_username()}"[:255]
 
 
+# Dify's 400s that are no fault of the inputs: its model provider is not set up, out of quota or
+# failing (CONTRACT §2). Nothing the caller sends differently would start the run.
+DIFY_SETUP_CODES = frozenset(
+    {
+        "provider_not_initialize",
+        "provider_quota_exceeded",
+        "model_currently_not_support",
+        "completion_request_error",
+    }
+)
+
+
 class StartFailed(Refused):
     """Dify did not start the run. The code is the inbox's own (never Dify's, which is kept in
     `dify_code` beside Dify's HTTP status); `run` is the row kept as `failed` for the record,
@@ -343,8 +355,9 @@ def start_run(
         _fail(run, exc.message or str(exc))
         # Dify's refusal of the inputs is the caller's to fix (400); its rate limit is the
         # caller's to wait out (429, with Dify's Retry-After); anything else (a wrong key, an
-        # app not found or switched off, a server error) is the set-up's or Dify's (502).
-        if exc.refuses_app:
+        # app not found or switched off, its model provider not set up, a server error) is the
+        # set-up's or Dify's (502).
+        if exc.refuses_app or exc.code in DIFY_SETUP_CODES:
             status, code = 502, "dify_error"
         elif exc.status in (400, 422):
             status, code = 400, "dify_rejected_inputs"

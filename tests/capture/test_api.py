@@ -381,6 +381,9 @@ def test_a_dify_refusal_is_passed_on_and_recorded(
         (401, "unauthorized", (502, "dify_error")),
         (404, "not_found", (502, "dify_error")),
         (400, "invalid_param", (400, "dify_rejected_inputs")),
+        # Its model provider not set up: no input the caller could change would start the run.
+        (400, "provider_not_initialize", (502, "dify_error")),
+        (400, "provider_quota_exceeded", (502, "dify_error")),
     ],
 )
 def test_dify_s_codes_never_pass_for_the_inbox_s_own(
