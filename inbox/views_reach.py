@@ -105,6 +105,7 @@ _LINK_STATUS = {
     "lapsed": 410,
     "used": 410,
     "account": 403,
+    "other_account": 403,
     "not_allowed": 403,
     "withdrawn": 403,
     "rate_limited": 429,
@@ -203,6 +204,11 @@ def _guest_access(
         # The address belongs to an account: its owner signs in and answers as themselves.
         if landing and not user.is_authenticated:
             return redirect_to_login(reverse("inbox:form", args=[form.public_id]))
+        if user.is_authenticated and user.pk != recipient.user_id:
+            return _link_page(request, "other_account", {"username": user.get_username()})
+        if user.is_authenticated and not Form.objects.for_user(user).filter(pk=form.pk).exists():
+            # Its owner, signed in, to whom the form no longer goes (taken off its group).
+            return _link_page(request, "withdrawn")
         return _link_page(request, "account")
     if not recipient.still_asked():
         # Taken off the route, the route switched off or deleted, the form reassigned, or the

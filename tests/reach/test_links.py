@@ -8,7 +8,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.core import signing
 from django.test import Client, override_settings
 from django.utils import timezone
@@ -159,6 +159,32 @@ def test_a_recipient_with_an_account_signs_in(
     assert not Decision.objects.exists()
     client.force_login(other_reviewer)
     assert client.get(link)["Location"] == f"/forms/{form.public_id}/"
+
+
+def test_a_signed_in_reader_of_an_account_s_link_is_told_what_stands_in_the_way(
+    client: Client,
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    other_reviewer: User,
+    outsider: User,
+) -> None:
+    route(reach_app, groups=[reviewers_group], email_reviewers=True, allow_guests=True)
+    form = make_form(reach_app)
+    link = notify.link_path(notify.link_token(form.recipients.get(email="bob@example.com")))
+    # Someone else's account: not "sign in", which they are, but which account the link is for.
+    client.force_login(outsider)
+    page = client.get(link)
+    body = page.content.decode()
+    assert page.status_code == 403 and FORM_TEXT not in body
+    assert "You are signed in as mallory, but this link was sent to" in body
+    assert f'name="next" value="{link}"' in body
+    # Its owner, taken off the group the form went to: no longer asked, not "sign in".
+    other_reviewer.groups.clear()
+    client.force_login(other_reviewer)
+    page = client.get(link)
+    body = page.content.decode()
+    assert page.status_code == 403 and FORM_TEXT not in body
+    assert "You are no longer asked to decide this form." in body and "Sign in" not in body
 
 
 def test_guests_may_not_answer_unless_the_route_allows(client: Client, reach_app: DifyApp) -> None:
