@@ -60,7 +60,13 @@ class DifyAppAdminForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.initial["api_key"] = ""
-        if self.instance.pk:
+        if self.instance.pk and self.instance.api_key_sealed:
+            self.fields["api_key"].help_text = _(
+                "The stored key cannot be read with this installation's encryption keys "
+                "(INBOX_ENCRYPTION_KEYS): enter it again, or put back the encryption key it was "
+                "stored with. Nothing is sent to Dify for this app until then."
+            )
+        elif self.instance.pk:
             self.fields["api_key"].help_text = _(
                 "Current key: %(masked)s. Leave empty to keep it."
             ) % {"masked": self.instance.masked_api_key}
@@ -193,6 +199,8 @@ class DifyAppAdmin(AuditedAdmin):
 
     @admin.display(description=_("connection to Dify"), ordering="refused_at")
     def health(self, obj: DifyApp) -> str:
+        if obj.api_key_sealed:
+            return str(_("API key unreadable here: enter it again."))
         if obj.refused_at is None:
             unreachable = getattr(obj, "unreachable", 0)
             if unreachable:

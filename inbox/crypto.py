@@ -57,6 +57,24 @@ class DecryptionError(Exception):
     pass
 
 
+class Sealed(str):
+    """A stored value no key in INBOX_ENCRYPTION_KEYS opens (a key dropped before rotating, or a
+    process started without the newest): its ciphertext, kept as it is, so that a save leaves
+    it alone and the key put back opens it again. Never a secret to use: `readable` says so."""
+
+    what = "an encrypted value"
+
+    def __repr__(self) -> str:
+        return f"<Sealed {self.what}>"
+
+
+def readable(value: str) -> str:
+    """The plain value; DecryptionError for a sealed one."""
+    if isinstance(value, Sealed):
+        raise DecryptionError(f"{value.what} cannot be decrypted with INBOX_ENCRYPTION_KEYS")
+    return value
+
+
 class EncryptedTextField(models.TextField):
     """A text column holding Fernet ciphertext; Python sees the plain value.
 
@@ -65,17 +83,29 @@ class EncryptedTextField(models.TextField):
 
     description = "Text encrypted at rest with Fernet"
 
+    def __init__(self, *args: Any, seal_unreadable: bool = False, **kwargs: Any) -> None:
+        # With `seal_unreadable`, a value no key opens loads as `Sealed` (the row is still read,
+        # the secret refused where it is used: `readable`) rather than failing the whole query.
+        # Not part of the column, so not in migrations.
+        self.seal_unreadable = seal_unreadable
+        super().__init__(*args, **kwargs)
+
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> str | None:
         if value is None or value == "":
             return value
         try:
             return decrypt(value)
         except InvalidToken as exc:
-            raise DecryptionError(
-                f"{self.model.__name__}.{self.name} cannot be decrypted with INBOX_ENCRYPTION_KEYS"
-            ) from exc
+            what = f"{self.model.__name__}.{self.name}"
+            if self.seal_unreadable:
+                sealed = Sealed(value)
+                sealed.what = what
+                return sealed
+            raise DecryptionError(f"{what} cannot be decrypted with INBOX_ENCRYPTION_KEYS") from exc
 
     def get_prep_value(self, value: Any) -> Any:
+        if isinstance(value, Sealed):
+            return str.__str__(value)  # the ciphertext as it was stored
         value = super().get_prep_value(value)
         if value is None or value == "":
             return value

@@ -62,6 +62,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from inbox import capture
+from inbox.crypto import readable
 from inbox.dify.client import AsyncDifyClient, redact_url
 from inbox.dify.errors import (
     DifyError,
@@ -234,6 +235,8 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             .select_related("app")
             .only("pk", "workflow_run_id", "dify_user", "app")
         }
+        for run in runs.values():
+            readable(run.app.api_key)
     except Exception:
         # The runs cannot be read here (an app's API key this process has no key for, say):
         # given back at once, for a follower that can, rather than held for the lease's time.

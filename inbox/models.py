@@ -24,7 +24,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
-from inbox.crypto import DecryptionError, EncryptedTextField
+from inbox.crypto import DecryptionError, EncryptedTextField, Sealed, readable
 from inbox.reasons import Reason, stored, translated
 
 if typing.TYPE_CHECKING:
@@ -74,7 +74,9 @@ class DifyApp(models.Model):
     base_url = models.URLField(
         _("API base URL"), max_length=300, help_text=_("Including /v1, e.g. https://api.dify.ai/v1")
     )
-    api_key = EncryptedTextField(_("API key"))
+    # Sealed when no key of this process opens it: the app's rows still load (pages, the admin
+    # where it is entered again), and every call to Dify refuses it (`DifyClient.for_app`).
+    api_key = EncryptedTextField(_("API key"), seal_unreadable=True)
     mode = models.CharField(_("mode"), max_length=16, choices=Mode.choices, default=Mode.WORKFLOW)
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
@@ -142,7 +144,14 @@ class DifyApp(models.Model):
 
     @property
     def masked_api_key(self) -> str:
+        if self.api_key_sealed:
+            return gettext("unreadable: enter it again")
         return mask_secret(self.api_key)
+
+    @property
+    def api_key_sealed(self) -> bool:
+        """No key in INBOX_ENCRYPTION_KEYS opens the stored key (see `crypto.Sealed`)."""
+        return isinstance(self.api_key, Sealed)
 
     # --- connection health ---
 
@@ -1746,6 +1755,8 @@ class Decision(models.Model):
             )
             try:
                 rows: list[Decision] = list(batch.filter(pk__in=due))
+                for row in rows:
+                    readable(row.form.run.app.api_key)
             except DecryptionError:
                 # A form token or API key this process has no key for (a rotation half done):
                 # that decision waits, the rest of the batch goes.
@@ -1797,7 +1808,10 @@ class Decision(models.Model):
         rows: list[Decision] = []
         for pk in due:
             try:
-                rows.extend(batch.filter(pk=pk))
+                found = list(batch.filter(pk=pk))
+                for row in found:
+                    readable(row.form.run.app.api_key)
+                rows.extend(found)
             except DecryptionError as exc:
                 logger.error("decision %s: not sent: %s", pk, exc)
                 cls.objects.filter(pk=pk, status=cls.Status.QUEUED).update(

@@ -7,7 +7,7 @@ from django.test import override_settings
 
 from inbox import crypto
 from inbox.crypto import DecryptionError
-from inbox.models import DifyApp
+from inbox.models import DifyApp, Form, Run
 
 pytestmark = pytest.mark.smoke
 
@@ -38,16 +38,23 @@ def test_a_missing_key_gives_a_clear_error(db: None) -> None:
     with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
         app = DifyApp.objects.create(name="a", base_url="http://x/v1", api_key="k")
     with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
+        # The row loads (pages and the admin still open); its key is refused where it is used.
+        sealed = DifyApp.objects.get(pk=app.pk).api_key
+        assert isinstance(sealed, crypto.Sealed) and repr(sealed) == "<Sealed DifyApp.api_key>"
         with pytest.raises(DecryptionError, match="DifyApp.api_key cannot be decrypted"):
-            DifyApp.objects.get(pk=app.pk)
+            crypto.readable(sealed)
+        # A form token, read only where it is used, still fails its query.
+        run = Run.objects.create(app=app, workflow_run_id="R1", dify_user="u")
+        Form.objects.create(run=run, form_id="F1", form_token="t")
+    with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
+        with pytest.raises(DecryptionError, match="Form.form_token cannot be decrypted"):
+            Form.objects.get(form_id="F1")
 
 
 def test_rotating_re_encrypts_every_secret_so_the_old_key_can_go(
     db: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from django.core.management import CommandError, call_command
-
-    from inbox.models import Form, Run
 
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     with override_settings(INBOX_ENCRYPTION_KEYS=[old]):

@@ -43,6 +43,7 @@ import httpx
 
 from inbox.dify.errors import (
     REDACTED,
+    ApiKeyUnreadable,
     DifyError,
     DifyProtocolError,
     DifyStatusError,
@@ -364,6 +365,14 @@ class _NoCookies(httpx.Cookies):
         return None
 
 
+def _api_key(app: DifyApp) -> str:
+    """The app's key, or ApiKeyUnreadable when none of this process's encryption keys opens
+    the stored one: a DifyError, so every caller says it as it says Dify failing, and retries."""
+    if app.api_key_sealed:
+        raise ApiKeyUnreadable(app.name)
+    return str(app.api_key)
+
+
 class DifyClient(_BaseClient):
     """Synchronous client; thread-safe (httpx.Client is), one connection pool per instance."""
 
@@ -400,13 +409,14 @@ class DifyClient(_BaseClient):
     def for_app(cls, app: DifyApp) -> DifyClient:
         """The shared client of an app. A changed URL or key gets a new client; the old one is
         dropped, not closed, because another thread may still be using it."""
-        key = (app.pk, app.base_url.rstrip("/"), _key_fingerprint(app.api_key))
+        api_key = _api_key(app)
+        key = (app.pk, app.base_url.rstrip("/"), _key_fingerprint(api_key))
         with cls._cache_lock:
             client = cls._cache.get(key)
             if client is None or client.is_closed:
                 for stale in [k for k in cls._cache if k[0] == app.pk and k != key]:
                     del cls._cache[stale]
-                client = cls(app.base_url, app.api_key)
+                client = cls(app.base_url, api_key)
                 cls._cache[key] = client
             return client
 
@@ -627,7 +637,8 @@ class AsyncDifyClient(_BaseClient):
             loop: Any = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        key = (app.pk, app.base_url.rstrip("/"), _key_fingerprint(app.api_key), shard)
+        api_key = _api_key(app)
+        key = (app.pk, app.base_url.rstrip("/"), _key_fingerprint(api_key), shard)
         with cls._cache_lock:
             for dead in [lp for lp in cls._cache if lp is not None and lp.is_closed()]:
                 del cls._cache[dead]
@@ -636,7 +647,7 @@ class AsyncDifyClient(_BaseClient):
             if client is None or client.is_closed:
                 for stale in [k for k in clients if k[0] == app.pk and k[:3] != key[:3]]:
                     del clients[stale]
-                client = cls(app.base_url, app.api_key)
+                client = cls(app.base_url, api_key)
                 clients[key] = client
             return client
 

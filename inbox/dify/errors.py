@@ -1,6 +1,7 @@
 """What can go wrong talking to Dify, as a hierarchy that retry logic can decide from.
 
     DifyError
+    ├── ApiKeyUnreadable               nothing sent: no encryption key here opens the app's key
     ├── DifyConnectionError            transient: refused, reset, DNS, TLS...
     │   └── DifyTimeout                transient
     ├── DifyProtocolError              an answer we could not read
@@ -60,6 +61,20 @@ class DifyError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ApiKeyUnreadable(DifyError):
+    """Nothing was sent: the app's stored API key cannot be decrypted with this process's
+    encryption keys (one dropped before rotating, or a process started without the newest).
+    Not Dify's refusal: the key is not in question, only this process's settings."""
+
+    permanent = False
+
+    def __init__(self, app_name: str) -> None:
+        super().__init__(
+            f"The API key of the app {app_name!r} cannot be decrypted with INBOX_ENCRYPTION_KEYS: "
+            "put back the key it was encrypted with, or enter the API key again in the admin."
+        )
 
 
 class DifyConnectionError(DifyError):

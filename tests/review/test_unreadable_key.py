@@ -1,0 +1,103 @@
+"""An app's API key that no key in INBOX_ENCRYPTION_KEYS opens (a key dropped before rotating):
+the pages still open, the admin takes the key again, and nothing is sent to Dify with it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cryptography.fernet import Fernet
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client, override_settings
+from django.utils import timezone
+
+from inbox.crypto import DecryptionError, readable
+from inbox.dify.client import DifyClient
+from inbox.dify.errors import ApiKeyUnreadable
+from inbox.models import DifyApp, Form
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture
+def dropped_key(form: Form) -> Iterator[DifyApp]:
+    """The app's key was encrypted under a key this process no longer has."""
+    lost = Fernet.generate_key().decode()
+    with override_settings(INBOX_ENCRYPTION_KEYS=[lost]):
+        DifyApp.objects.filter(pk=form.run.app_id).update(api_key="app-under-a-lost-key")
+    yield DifyApp.objects.get(pk=form.run.app_id)
+
+
+def _stored(app: DifyApp) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT api_key FROM inbox_difyapp WHERE id = %s", [app.pk])
+        return str(cursor.fetchone()[0])
+
+
+def test_the_app_loads_and_its_key_is_refused_where_it_would_be_used(dropped_key: DifyApp) -> None:
+    assert dropped_key.api_key_sealed
+    assert dropped_key.masked_api_key == "unreadable: enter it again"
+    with pytest.raises(ApiKeyUnreadable, match="put back the key it was encrypted with"):
+        DifyClient.for_app(dropped_key)
+    with pytest.raises(DecryptionError, match="DifyApp.api_key cannot be decrypted"):
+        readable(dropped_key.api_key)
+    # Saved with other changes, the stored key is kept as it was: the key put back opens it.
+    before = _stored(dropped_key)
+    dropped_key.is_active = False
+    dropped_key.save()
+    assert _stored(dropped_key) == before
+
+
+def test_the_pages_open_and_the_admin_takes_the_key_again(
+    client: Client, admin_user: User, dropped_key: DifyApp, form: Form
+) -> None:
+    client.force_login(admin_user)
+    for path in (
+        "/",
+        f"/forms/{form.public_id}/",
+        "/runs/",
+        f"/runs/{form.run.public_id}/",
+        "/apps/",
+        "/dashboard/",
+        "/admin/inbox/difyapp/",
+        f"/admin/inbox/form/{form.pk}/change/",
+        f"/admin/inbox/run/{form.run.pk}/change/",
+    ):
+        assert client.get(path).status_code == 200, path
+    page = client.get(f"/admin/inbox/difyapp/{dropped_key.pk}/change/")
+    assert page.status_code == 200
+    assert "The stored key cannot be read with this installation" in page.content.decode()
+    listed = client.get("/admin/inbox/difyapp/").content.decode()
+    assert "unreadable: enter it again" in listed and "API key unreadable here" in listed
+    # The start page asks Dify for the app's inputs: it says why it cannot, as for Dify away.
+    start = client.get(f"/apps/{dropped_key.pk}/start/")
+    assert start.status_code == 502
+    assert "enter the API key again in the admin" in start.content.decode()
+    # Entered again, it is readable.
+    saved = client.post(
+        f"/admin/inbox/difyapp/{dropped_key.pk}/change/",
+        {
+            "name": dropped_key.name,
+            "base_url": dropped_key.base_url,
+            "api_key": "app-entered-again",
+            "mode": dropped_key.mode,
+            "is_active": "on",
+        },
+    )
+    assert saved.status_code == 302
+    assert DifyApp.objects.get(pk=dropped_key.pk).api_key == "app-entered-again"
+
+
+def test_a_decision_waits_for_a_readable_key(dropped_key: DifyApp, form: Form) -> None:
+    from inbox.models import Decision
+
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+    decision = Decision.objects.create(
+        form=form, action_id="approve", next_attempt_at=timezone.now()
+    )
+    claimed, _others, _drained = Decision.claim_due(10)
+    assert claimed == []
+    decision.refresh_from_db()
+    assert decision.status == "queued" and decision.attempts == 0
+    assert "lacks the key that encrypted it" in decision.last_error
