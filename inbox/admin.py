@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib import admin, messages
@@ -78,6 +79,31 @@ class DifyAppAdminForm(forms.ModelForm):
                 raise forms.ValidationError(_("An API key is required."))
             return self.instance.api_key
         return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        new_url = cleaned.get("base_url")
+        typed = (self.data.get("api_key") or "").strip()
+        if (
+            self.instance.pk
+            and new_url
+            and not typed
+            and _server(new_url) != _server(self.instance.base_url)
+        ):
+            # The stored key (and every waiting form's token) would go to the new server: whoever
+            # points the app elsewhere shows they hold the key by typing it.
+            self.add_error(
+                "api_key",
+                _("Enter the API key again to move this app to another server (%(server)s).")
+                % {"server": _server(new_url)},
+            )
+        return cleaned
+
+
+def _server(url: str) -> str:
+    """Scheme, host and port of a base URL: where its key is sent."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 class HealthFilter(admin.SimpleListFilter):

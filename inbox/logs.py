@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import re
 
-# A guest link's token: what `django.core.signing.dumps` writes (URL-safe base64, '.', ':').
-_GUEST_LINK = re.compile(r"(/r/)[A-Za-z0-9_\-.:]+")
+# A guest link's token: what `django.core.signing.dumps` writes (URL-safe base64, '.', ':'), or
+# any of it percent-encoded (which opens the same page): the whole path segment.
+_GUEST_LINK = re.compile(r"(/r/)[^/\s\"'?#]+")
 REDACTED = "***"
 LOGGERS = ("django.request", "django.security.csrf", "django.server", "gunicorn.access")
 

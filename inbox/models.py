@@ -60,7 +60,8 @@ def mask_secret(value: str | None) -> str:
     """Show enough of a key to recognise it, never enough to use it."""
     if not value:
         return ""
-    if len(value) <= 8:
+    if len(value) < 20:
+        # Its ends would be most of it (a short or home-made key): nothing of it is shown.
         return "•" * 8
     return f"{value[:4]}…{value[-4:]}"
 

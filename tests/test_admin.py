@@ -356,3 +356,34 @@ def test_the_admin_reads_in_chinese(client: Client, admin_user: User, dify_app: 
         assert column in page, column
     for untranslated in ("Action id", "Attempts", "Last error", "decision 来"):
         assert untranslated not in page, untranslated
+
+
+def test_moving_an_app_to_another_server_asks_for_its_key_again(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    client.force_login(admin_user)
+
+    def change(base_url: str, api_key: str = "") -> Any:
+        return client.post(
+            f"/admin/inbox/difyapp/{dify_app.pk}/change/",
+            {
+                "name": dify_app.name,
+                "base_url": base_url,
+                "api_key": api_key,
+                "mode": "workflow",
+                "is_active": "on",
+            },
+        )
+
+    # The kept key would go to whoever answers there: refused without the key typed.
+    refused = change("http://elsewhere.example:5309/v1")
+    assert refused.status_code == 200
+    assert "Enter the API key again to move this app to another server" in (
+        refused.content.decode()
+    )
+    assert DifyApp.objects.get(pk=dify_app.pk).base_url == "http://127.0.0.1:9/v1"
+    # Another path on the same server keeps the key; another server with the key typed is taken.
+    assert change("http://127.0.0.1:9/api/v1").status_code == 302
+    assert change("http://elsewhere.example:5309/v1", "app-new-key").status_code == 302
+    moved = DifyApp.objects.get(pk=dify_app.pk)
+    assert (moved.base_url, moved.api_key) == ("http://elsewhere.example:5309/v1", "app-new-key")

@@ -46,8 +46,24 @@ def test_add_dify_app_creates_then_updates(db: None, capsys: pytest.CaptureFixtu
     ]
 
 
-def _add_hr(*args: str) -> None:
-    call_command("add_dify_app", "hr", "--base-url", "http://dify.local/v1", *args)
+def test_add_dify_app_takes_the_key_from_the_environment_or_standard_input(
+    db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    # Not on the command line, where every user of the machine sees it.
+    monkeypatch.setenv("DIFY_API_KEY", "app-from-the-environment-1")
+    _add_hr()
+    assert DifyApp.objects.get(name="hr").api_key == "app-from-the-environment-1"
+    monkeypatch.delenv("DIFY_API_KEY")
+    _add_hr(stdin=io.StringIO("app-from-standard-input-2\n"))
+    assert DifyApp.objects.get(name="hr").api_key == "app-from-standard-input-2"
+    with pytest.raises(CommandError, match="The API key must not be empty"):
+        _add_hr(stdin=io.StringIO("\n"))
+
+
+def _add_hr(*args: str, **options: Any) -> None:
+    call_command("add_dify_app", "hr", "--base-url", "http://dify.local/v1", *args, **options)
 
 
 def test_a_new_key_from_add_dify_app_clears_a_refusal_and_hands_back_the_runs(db: None) -> None:

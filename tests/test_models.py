@@ -12,6 +12,9 @@ pytestmark = pytest.mark.smoke
 def test_mask_secret_shows_only_the_ends() -> None:
     assert mask_secret("app-abcdefghijklmnop") == "app-…mnop"
     assert mask_secret("short") == "••••••••"
+    # Eight of eleven characters would be most of the key.
+    assert mask_secret("app-sim-xss") == "••••••••"
+    assert mask_secret("app-abcdefghijklmno") == "••••••••"
     assert mask_secret("") == ""
 
 

@@ -210,7 +210,12 @@ def test_a_guest_link_refused_or_served_is_logged_without_its_token(
     logging.getLogger("gunicorn.access").info(
         '%(h)s "%(r)s" %(s)s', {"h": "10.0.0.1", "r": f"POST /r/{token}/decide HTTP/1.1", "s": 302}
     )
+    # A link whose characters a mail client or proxy percent-encoded opens the same page.
+    encoded = "%2E" + token[1:].replace(":", "%3A")
+    assert client.get(f"/r/{encoded}/").status_code == 200
+    logging.getLogger("gunicorn.access").info('"GET /r/%s/ HTTP/1.1" 200', encoded)
     assert token not in caplog.text and tampered not in caplog.text
+    assert token.split(":")[-1] not in caplog.text and encoded[6:] not in caplog.text
     assert '"GET /r/***/ HTTP/1.1" 200 512' in caplog.text
     assert '10.0.0.1 "POST /r/***/decide HTTP/1.1" 302' in caplog.text
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import getpass
+import os
+import sys
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -9,15 +12,32 @@ from django.core.validators import URLValidator
 from inbox.models import AuditEntry, DifyApp
 
 
+def _api_key(given: str | None, stdin: Any) -> str:
+    if given is not None:
+        return given.strip()
+    if os.environ.get("DIFY_API_KEY"):
+        return os.environ["DIFY_API_KEY"].strip()
+    if stdin.isatty():
+        return getpass.getpass("API key: ").strip()
+    return str(stdin.readline()).strip()
+
+
 class Command(BaseCommand):
     help = "Create or update a Dify app connection (the API key is stored encrypted)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
         parser.add_argument("--base-url", required=True, help="API base URL including /v1")
-        parser.add_argument("--api-key", required=True)
+        parser.add_argument(
+            "--api-key",
+            help="The app's key. Better left out: a command line is seen by every user of the "
+            "machine and kept in shell history. Without it, the key is read from the "
+            "environment variable DIFY_API_KEY, else asked for (or read from standard input).",
+        )
         parser.add_argument("--mode", choices=[m.value for m in DifyApp.Mode], default="workflow")
         parser.add_argument("--inactive", action="store_true", help="Store it switched off")
+
+    stealth_options = ("stdin",)
 
     def handle(self, *args: Any, **options: Any) -> None:
         base_url = options["base_url"].rstrip("/")
@@ -25,8 +45,9 @@ class Command(BaseCommand):
             URLValidator(schemes=["http", "https"])(base_url)
         except ValidationError:
             raise CommandError(f"--base-url is not an http(s) URL: {base_url!r}") from None
-        if not options["api_key"].strip():
-            raise CommandError("--api-key must not be empty")
+        api_key = _api_key(options["api_key"], options.get("stdin") or sys.stdin)
+        if not api_key:
+            raise CommandError("The API key must not be empty")
         previous = DifyApp.objects.filter(name=options["name"]).first()
         before = (
             (previous.base_url, previous.api_key, previous.mode) if previous is not None else None
@@ -35,7 +56,7 @@ class Command(BaseCommand):
             name=options["name"],
             defaults={
                 "base_url": base_url,
-                "api_key": options["api_key"].strip(),
+                "api_key": api_key,
                 "mode": options["mode"],
                 "is_active": not options["inactive"],
             },
