@@ -14,9 +14,10 @@ class InboxConfig(AppConfig):
 
         from django.conf import settings
 
-        from inbox import checks, logs  # noqa: F401 - checks registers the deploy checks
+        from inbox import checks, logs, signals  # noqa: F401 - checks registers the deploy checks
 
         logs.install()
+        signals.connect()
         # The embedded broker and SQLite file live here; create it once so every process finds it.
         Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
         options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})

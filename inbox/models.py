@@ -916,8 +916,9 @@ def _forms_estimate() -> int:
 
 
 class RoutedTo(models.Expression):
-    """True when a form is routed to the user, by name or through one of their groups, or the
-    user holds it: the condition of `FormQuerySet.for_user`, written as SQL once.
+    """True when a form is routed to the user, by name or through one of their groups: the
+    condition of `FormQuerySet.for_user`, written as SQL once. (Holding a form gives no access
+    of its own: a holder who loses it, taken off the group, is released, `release_lost_claims`.)
 
     The same condition built from querysets (two EXISTS over the routing tables, a union, the
     user's groups) costs Django 2.5 ms to assemble and as much again to compile, on every
@@ -935,13 +936,12 @@ class RoutedTo(models.Expression):
         self.user_id = user_id
         self.probe = probe
         self.pk: Any = models.F("pk")
-        self.claimed_by: Any = models.F("claimed_by")
 
     def get_source_expressions(self) -> list[Any]:
-        return [self.pk, self.claimed_by]
+        return [self.pk]
 
     def set_source_expressions(self, exprs: typing.Sequence[Any]) -> None:
-        self.pk, self.claimed_by = exprs
+        (self.pk,) = exprs
 
     def as_sql(
         self, compiler: Any, connection: Any, *, member_ids_once: bool = False
@@ -950,7 +950,6 @@ class RoutedTo(models.Expression):
 
         quote = connection.ops.quote_name
         form_sql, form_params = compiler.compile(self.pk)
-        claimed_sql, claimed_params = compiler.compile(self.claimed_by)
         users = quote(Form.assigned_users.through._meta.db_table)
         groups = quote(Form.assigned_groups.through._meta.db_table)
         members = quote(get_user_model().groups.through._meta.db_table)
@@ -973,11 +972,11 @@ class RoutedTo(models.Expression):
             f"WHERE routed_g.form_id = {form_sql} AND routed_g.group_id {in_groups}"
         )
         if self.probe:
-            sql = f"(EXISTS({by_user} UNION ALL {by_group}) OR {claimed_sql} = %s)"
+            sql = f"EXISTS({by_user} UNION ALL {by_group})"
         else:
-            sql = f"(EXISTS({by_user}) OR EXISTS({by_group}) OR {claimed_sql} = %s)"
+            sql = f"(EXISTS({by_user}) OR EXISTS({by_group}))"
         uid = self.user_id
-        return sql, (*form_params, uid, *form_params, uid, *claimed_params, uid)
+        return sql, (*form_params, uid, *form_params, uid)
 
     def as_postgresql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
         return self.as_sql(compiler, connection, member_ids_once=self.probe)
@@ -1005,7 +1004,8 @@ class FormQuerySet(models.QuerySet["Form"]):
         """The forms this user may see. Every page and API call goes through here.
 
         Staff see every form (they route, reassign and audit). A reviewer sees the forms routed
-        to them or to one of their groups, and the ones they hold. EXISTS rather than joins: a
+        to them or to one of their groups (a form they hold too: taken off the group, they are
+        released from it, `release_lost_claims`; reassigned to them, it is routed to them). EXISTS rather than joins: a
         form routed to a user and two of their groups is still one row, with no DISTINCT.
 
         Few forms routed to the user's groups: PostgreSQL hashes those routing rows once and
@@ -1035,6 +1035,27 @@ def assigned_to_q(user: Any) -> Q:
         return Q(pk__in=[])
     by_user = Form.assigned_users.through.objects.filter(form_id=OuterRef("pk"), user_id=user.pk)
     return Q(claimed_by=user) | Q(Exists(by_user))
+
+
+def release_lost_claims(user_ids: typing.Iterable[int]) -> int:
+    """Release the open forms these users hold but may no longer see (taken off the group the
+    form went to, deactivated, no longer staff): the others asked stop seeing it as taken, and
+    the former holder, who cannot open it, is no longer reminded of it. Returns how many."""
+    from django.contrib.auth import get_user_model
+
+    released = 0
+    for user in get_user_model().objects.filter(pk__in=list(user_ids)):
+        held = Form.objects.filter(claimed_by=user, status=Form.Status.PENDING)
+        if not held.exists():
+            continue
+        lost = held.exclude(pk__in=Form.objects.for_user(user).values("pk"))
+        for form in list(lost.only("pk", "run_id")):
+            if Form.objects.filter(pk=form.pk, claimed_by=user).update(
+                claimed_by=None, updated_at=timezone.now()
+            ):
+                AuditEntry.record("form_released", form, previous=user.pk, reason="lost_access")
+                released += 1
+    return released
 
 
 class Form(models.Model):

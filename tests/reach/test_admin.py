@@ -157,7 +157,9 @@ def test_new_settings_end_a_failed_connection_test_of_the_old_ones(
     data = {"name": "gone", "base_url": app.base_url, "mode": "workflow", "is_active": "on"}
     admin_client.post(change, {**data, "api_key": ""})
     assert DifyApp.objects.get(pk=app.pk).test_failed_at is not None
-    admin_client.post(change, {**data, "base_url": "http://127.0.0.1:10/v1", "api_key": ""})
+    # (Another server: the key is typed again, or the save is refused.)
+    moved = {**data, "base_url": "http://127.0.0.1:10/v1", "api_key": "k-123456789"}
+    assert admin_client.post(change, moved).status_code == 302
     assert DifyApp.objects.get(pk=app.pk).test_failed_at is None
 
 

@@ -3,6 +3,8 @@ what was routed to them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import AnonymousUser, Group, User
 from django.core.exceptions import ValidationError
@@ -204,6 +206,68 @@ def test_taking_a_form_redraws_only_its_claim_and_other_pages_hear_of_it(
     # Taking it anyway (a page that had not heard yet): told so, in place.
     refused = bob.post(base + "claim", HTTP_HX_REQUEST="true").content.decode()
     assert "Alice has already taken this form." in refused and "Taken by Alice" in refused
+
+
+@pytest.mark.parametrize(
+    "loss",
+    ["removed from group", "group cleared", "groups cleared", "group deleted", "deactivated"],
+)
+def test_a_holder_who_loses_the_form_is_released_from_it(
+    client: Client,
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    other_reviewer: User,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Any,
+    loss: str,
+) -> None:
+    route(reach_app, groups=[reviewers_group])
+    form, kept = make_form(reach_app), make_form(reach_app)
+    form.claim(other_reviewer)
+    # Held by name too (a reassignment routes it to them): kept, whatever their groups.
+    kept.reassign(to_user=other_reviewer)
+    with django_capture_on_commit_callbacks(execute=True):
+        if loss == "removed from group":
+            other_reviewer.groups.remove(reviewers_group)
+        elif loss == "group cleared":
+            reviewers_group.user_set.clear()
+        elif loss == "groups cleared":
+            other_reviewer.groups.clear()
+        elif loss == "group deleted":
+            reviewers_group.delete()
+        else:
+            other_reviewer.is_active = False
+            other_reviewer.save()
+    form.refresh_from_db()
+    kept.refresh_from_db()
+    assert form.claimed_by is None
+    assert (kept.claimed_by == other_reviewer) is (loss != "deactivated")
+    entry = AuditEntry.objects.filter(verb="form_released", object_id=str(form.pk)).get()
+    assert entry.details["reason"] == "lost_access"
+    # They no longer open it; the others asked see it free to take.
+    client.force_login(other_reviewer)
+    assert client.get(f"/forms/{form.public_id}/").status_code in (302, 404)
+    if loss in ("removed from group", "groups cleared", "deactivated"):
+        client.force_login(reviewer)
+        page = client.get(f"/forms/{form.public_id}/").content.decode()
+        assert "Taken by" not in page
+
+
+def test_moving_a_holder_between_groups_in_one_save_keeps_a_form_still_theirs(
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    other_reviewer: User,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    second = Group.objects.create(name="second")
+    route(reach_app, groups=[reviewers_group, second])
+    form = make_form(reach_app)
+    form.claim(other_reviewer)
+    # As the admin's user page saves groups: the old removed first, then the new added.
+    with django_capture_on_commit_callbacks(execute=True):
+        other_reviewer.groups.set([second])
+    form.refresh_from_db()
+    assert form.claimed_by == other_reviewer
 
 
 def test_a_closed_form_cannot_be_claimed(routed_form: Form, reviewer: User) -> None:

@@ -1,0 +1,64 @@
+"""Reactions to changes Django makes elsewhere (accounts and groups, edited in the admin).
+
+A reviewer who loses a form (taken off the group it went to, deactivated, no longer staff)
+also loses their hold on it: `release_lost_claims`. Group membership changes from either side
+(`user.groups`, `group.user_set`), including a group deleted whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+
+from inbox.models import release_lost_claims
+
+_MEMBERS = "_inbox_members_before"
+
+
+def _release_after_commit(user_ids: set[int]) -> None:
+    if user_ids:
+        transaction.on_commit(lambda: release_lost_claims(user_ids))
+
+
+def _membership_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    if action == "pre_clear" and reverse:
+        # group.user_set.clear(): who was in it is not said after.
+        setattr(instance, _MEMBERS, set(instance.user_set.values_list("pk", flat=True)))
+        return
+    if action == "post_remove":
+        _release_after_commit({instance.pk} if not reverse else set(pk_set or ()))
+    elif action == "post_clear":
+        _release_after_commit({instance.pk} if not reverse else getattr(instance, _MEMBERS, set()))
+
+
+def _user_saved(
+    sender: Any, instance: Any, created: bool, update_fields: Any, **kwargs: Any
+) -> None:
+    if created or (update_fields is not None and set(update_fields) <= {"last_login"}):
+        return
+    if not instance.is_active or not instance.is_staff:
+        _release_after_commit({instance.pk})
+
+
+def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
+    setattr(instance, _MEMBERS, set(instance.user_set.values_list("pk", flat=True)))
+
+
+def _group_deleted(sender: Any, instance: Group, **kwargs: Any) -> None:
+    _release_after_commit(getattr(instance, _MEMBERS, set()))
+
+
+def connect() -> None:
+    user_model = get_user_model()
+    m2m_changed.connect(
+        _membership_changed, sender=user_model.groups.through, dispatch_uid="inbox-members"
+    )
+    post_save.connect(_user_saved, sender=user_model, dispatch_uid="inbox-user-saved")
+    pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="inbox-group-deleting")
+    post_delete.connect(_group_deleted, sender=Group, dispatch_uid="inbox-group-deleted")
