@@ -528,18 +528,44 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     else:
         total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
         page = min(filters.page, max(1, math.ceil(total / PAGE_SIZE)))
-    offset = (page - 1) * PAGE_SIZE
     now = timezone.now()
     order = ordering(filters.sort)
-    # The page's forms are chosen on the forms table alone, then joined to their run and app:
-    # rows skipped by the offset (a thousand on page twenty) are never joined.
-    page_ids = filters.apply(visible).order_by(*order).values("pk")[offset : offset + PAGE_SIZE + 1]
-    found = list(
-        Form.objects.filter(pk__in=page_ids)
-        .order_by(*order)
-        .annotate(content_head=CONTENT_HEAD)
-        .values(*ROW_FIELDS)
-    )
+
+    def page_rows(page: int) -> list[dict[str, Any]]:
+        # The page's forms are chosen on the forms table alone, then joined to their run and
+        # app: rows skipped by the offset (a thousand on page twenty) are never joined.
+        offset = (page - 1) * PAGE_SIZE
+        page_ids = (
+            filters.apply(visible).order_by(*order).values("pk")[offset : offset + PAGE_SIZE + 1]
+        )
+        return list(
+            Form.objects.filter(pk__in=page_ids)
+            .order_by(*order)
+            .annotate(content_head=CONTENT_HEAD)
+            .values(*ROW_FIELDS)
+        )
+
+    found = page_rows(page)
+    moved_to = ""
+    if not found and page > 1:
+        # Past the last page (its forms were decided meanwhile, and the counts were the last
+        # ones): the last page that has forms, at its own address.
+        last = max(1, math.ceil(filters.apply(visible).count() / PAGE_SIZE))
+        if last < page:
+            query = request.GET.copy()
+            query.pop("since", None)
+            query.pop("page", None)
+            if last > 1:
+                query["page"] = str(last)
+            moved_to = f"{request.path}?{query.urlencode()}" if query else request.path
+            if not request.htmx:
+                return redirect(moved_to)
+            # The page's links and poll are written from the address: the corrected one.
+            query._mutable = False
+            request.GET = query  # type: ignore[assignment]  # a QueryDict made immutable
+            page = last
+            found = page_rows(page)
+    offset = (page - 1) * PAGE_SIZE
     fmt = RowFormat(now)
     rows = [inbox_row(values, fmt) for values in found[:PAGE_SIZE]]
     has_next = len(found) > PAGE_SIZE
@@ -555,6 +581,8 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     }
     if request.htmx and not request.htmx.boosted:
         response = render(request, "inbox/index.html#results", context)
+        if moved_to:
+            response["HX-Replace-Url"] = moved_to
         if since is not None:
             trigger_client_event(
                 response, "inbox:announce", {"message": _("The list was updated.")}

@@ -167,6 +167,37 @@ def test_pages_of_fifty(alice: Client, dify_app: DifyApp) -> None:
     assert "51–60 of 60" in second and 'rel="prev"' in second  # noqa: RUF001
 
 
+def test_a_page_past_the_last_goes_to_the_last(
+    alice: Client, dify_app: DifyApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    from inbox import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    forms = [
+        make_form(dify_app, node_title=f"p{i}", expires_in=dt.timedelta(hours=1 + i))
+        for i in range(5)
+    ]
+    third = alice.get("/?page=3&sort=expiry").content.decode()
+    assert rows(third) == ["p4"]
+    poll = re.search(r'hx-get="(\?[^"]*since=[^"]+)"', third)
+    assert poll is not None
+    # The forms of that page and the one before are decided elsewhere meanwhile.
+    Form.objects.filter(pk__in=[f.pk for f in forms[2:]]).update(
+        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+    )
+    polled = alice.get("/" + poll.group(1).replace("&amp;", "&"), HTTP_HX_REQUEST="true")
+    body = polled.content.decode()
+    # Not "Nothing is waiting for you" while two forms wait: the last page that has them.
+    assert rows(body) == ["p0", "p1"] and "Nothing is waiting" not in body
+    assert polled["HX-Replace-Url"] == "/?sort=expiry"
+    assert "page=3" not in body
+    # Opened at its address, the page past the last is sent to the last.
+    moved = alice.get("/?page=9&sort=expiry")
+    assert moved.status_code == 302 and moved["Location"] == "/?sort=expiry"
+
+
 def test_the_list_poll_answers_204_when_nothing_changed(alice: Client, dify_app: DifyApp) -> None:
     make_form(dify_app, node_title="first")
     page = alice.get("/").content.decode()
