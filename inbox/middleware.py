@@ -8,6 +8,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import resolve_url
 from django.utils import timezone, translation
+from django.utils.cache import add_never_cache_headers
 from django.utils.translation import gettext as _
 from django_htmx.http import HttpResponseClientRefresh
 
@@ -25,6 +26,28 @@ class TimezoneMiddleware:
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             timezone.deactivate()
         return self.get_response(request)
+
+
+class PrivatePagesMiddleware:
+    """A signed-in reviewer's pages are never kept by a browser or a proxy (`no-store`): what
+    they show changes under them (a form decided elsewhere, one they decided a moment ago), and
+    Back must ask again rather than show a form as still waiting, its buttons live. A response
+    that says how it may be cached already (static files, guest pages) keeps its own."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if (
+            user is not None
+            and user.is_authenticated
+            and "Cache-Control" not in response
+            and response.get("Content-Type", "").startswith("text/html")
+        ):
+            add_never_cache_headers(response)
+        return response
 
 
 class HealthCheckMiddleware:

@@ -981,9 +981,18 @@ def _render_body(
 
 def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> HttpResponse:
     key = (request.POST.get("submission_key") or "").strip()[:64]
-    if key and existing_decision(form, key) is not None:
+    earlier = existing_decision(form, key) if key else None
+    if earlier is not None and not _other_choice(earlier, form, request):
         # The same page posted twice (double click, resubmit): show the first decision.
         return _after_decision(request, form, decider)
+    if earlier is not None:
+        # The page came back (Back, a restored tab) and another choice was made on it: not
+        # sent. Said, with what was typed kept to copy, as when someone else got there first.
+        form.refresh_from_db()
+        notice = str(form.refusal(force=True, guest=_guest_of(decider)))
+        context = form_context(request, form, decider, notice=notice)
+        context["unsent"] = _unsent_text(form, request)
+        return _render_body(request, context, status=409)
     if page_state(form) != "open":
         # A page opened before someone else decided: say who got there first, and when.
         notice = (
@@ -1010,6 +1019,21 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
     return _after_decision(request, form, decider)
+
+
+def _other_choice(decision: Decision, form: Form, request: HttpRequest) -> bool:
+    """Whether a page posted again under a decision's key chose another action or gave a text
+    input (a paragraph, a select) another value than the decision did."""
+    if request.POST.get("action", "") != decision.action_id:
+        return True
+    stored = decision.inputs or {}
+    for spec in DecisionForm(form).specs:
+        posted = request.POST.get(spec.field_name)
+        if spec.is_file or posted is None:
+            continue
+        if str(posted).strip() != str(stored.get(spec.name, "")).strip():
+            return True
+    return False
 
 
 def _unsent_text(form: Form, request: HttpRequest) -> list[dict[str, str]]:

@@ -117,8 +117,19 @@ def test_the_same_page_posted_twice_makes_one_decision(
         first = client.post(url, {"action": "approve", "submission_key": "k-twice"})
         # A double click, or the browser resending after a lost answer; htmx this time.
         again = client.post(
-            url, {"action": "reject", "submission_key": "k-twice"}, HTTP_HX_REQUEST="true"
+            url, {"action": "approve", "submission_key": "k-twice"}, HTTP_HX_REQUEST="true"
         )
+        # The page shown again (Back) and another choice made on it: not sent, and said so,
+        # with the note kept to copy.
+        other = client.post(
+            url,
+            {"action": "reject", "submission_key": "k-twice", "in_decision_note": "No, wait."},
+            HTTP_HX_REQUEST="true",
+        )
+    assert other.status_code == 200  # htmx swaps 2xx only: the refusal is in the page
+    refused = other.content.decode()
+    assert "already decided this form at" in refused and "Approve refund" in refused
+    assert "No, wait." in refused
     assert first.status_code == 302 and again.status_code == 200
     swapped = again.content.decode()
     assert "Decision queued; it is on its way to Dify." in swapped

@@ -809,3 +809,9 @@ def test_in_chinese_the_expiry_date_is_in_full_width_parentheses(
     alice.cookies["django_language"] = "zh-hans"
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
     assert re.search(r'<span class="abs">（\d{4}年\d+月\d+日 [^）]*）</span>', page)  # noqa: RUF001
+
+
+def test_a_reviewer_s_pages_are_never_kept_by_the_browser(alice: Client, form: Form) -> None:
+    # Back must ask again: a kept page would show a decided form as waiting, its buttons live.
+    for path in ("/", f"/forms/{form.public_id}/", "/runs/"):
+        assert "no-store" in alice.get(path)["Cache-Control"], path
