@@ -18,8 +18,9 @@ readable. The rules every handler keeps:
   appended to the answer (chatflow) or to their node's entry, not stored one row each. Only the
   events someone reads later (fills, timeouts, the end, errors, anything unknown) are kept as
   `RunEvent` rows, and never with a form token in them.
-- **No NUL characters.** An LLM's output can hold one and PostgreSQL stores none: events are
-  stripped of them before anything is read from them (`without_nul`).
+- **No NUL characters, no lone surrogates.** An LLM's output can hold either and no database
+  stores them: events are cleaned of them before anything is read from them (`storable`; the
+  Dify client cleans every answer and event already).
 - **No network inside a transaction.** The GET that fetches a form's definition happens before
   (the follower fetches first and passes `definitions`), after (`fetch_definitions`), or, on
   PostgreSQL, at the same time in the follower's event loop: the batch is applied while the GET
@@ -59,7 +60,7 @@ from inbox.dify.types import (
     WorkflowPaused,
     WorkflowStarted,
     parse_event,
-    without_nul,
+    storable,
 )
 
 if TYPE_CHECKING:
@@ -1139,7 +1140,7 @@ def apply_events(
     state = stream.copy() if stream is not None else StreamState()
     with transaction.atomic(), AuditEntry.deferred():
         batch = _Batch(run, definitions, source, handoff, state)
-        raws = [without_nul(event_dict(event)) for event in events]
+        raws = [storable(event_dict(event)) for event in events]
         batch.announced = {
             fields.form_id
             for fields in pending_forms_in(

@@ -51,7 +51,7 @@ from inbox.dify.errors import (
 )
 from inbox.dify.sse import DEFAULT_MAX_EVENT_BYTES
 from inbox.dify.streaming import AsyncEventStream, EventStream, transport_error
-from inbox.dify.types import FormDefinition, RunDetail, UploadedFile
+from inbox.dify.types import FormDefinition, RunDetail, UploadedFile, storable
 
 if TYPE_CHECKING:
     from inbox.models import DifyApp
@@ -248,7 +248,8 @@ class _BaseClient:
 
     def _json(self, response: httpx.Response, call: _Call) -> Any:
         try:
-            return response.json()
+            # What a database can store: an LLM's text may hold a NUL or half an emoji.
+            return storable(response.json())
         except ValueError:
             raise DifyProtocolError(
                 f"{call.what}: answer is not JSON (HTTP {response.status_code})"

@@ -26,7 +26,7 @@ from inbox.dify.errors import (
     DifyTimeout,
 )
 from inbox.dify.sse import DEFAULT_MAX_EVENT_BYTES, ServerSentEvent, SSEDecoder
-from inbox.dify.types import ErrorEvent, StreamEvent, parse_event
+from inbox.dify.types import ErrorEvent, StreamEvent, parse_event, storable
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class _StreamState:
         if not isinstance(payload, dict):
             self._skip(f"an event that is not a JSON object ({type(payload).__name__})")
             return None
+        payload = storable(payload)
         if sse.event != "message" and "event" not in payload:
             payload["event"] = sse.event
         event = parse_event(payload)

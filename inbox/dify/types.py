@@ -12,23 +12,35 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 # --- lenient coercion -------------------------------------------------------------------------
 
 
-def without_nul(value: Any) -> Any:
-    """`value` (decoded JSON) with every NUL character taken out of its strings and keys: an
-    LLM's output can hold one, and PostgreSQL stores none, neither in text nor as `\\u0000` in
-    jsonb, so one NUL would make every write of the record fail. Dicts and lists come back as
-    copies."""
+# What no database stores: NUL, and half of a surrogate pair (Dify's JSON may escape one alone,
+# "\ud83d", when an LLM's output or a user's input cut an emoji in two; a pair decodes to its
+# character, so any surrogate left in a decoded string is alone).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _mend(text: str) -> str:
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
+
+
+def storable(value: Any) -> Any:
+    """`value` (decoded JSON) as a database can store it: every NUL character taken out of its
+    strings and keys (an LLM's output can hold one, and PostgreSQL stores none, neither in text
+    nor as `\\u0000` in jsonb) and every lone surrogate replaced by U+FFFD (psycopg cannot
+    encode one, nor SQLite's driver), so one such character cannot make every write of the
+    record fail. Values with neither come back as they are; others as copies."""
     if isinstance(value, str):
-        return value.replace("\x00", "") if "\x00" in value else value
+        return _mend(value) if _UNSTORABLE.search(value) else value
     if isinstance(value, dict):
-        return {without_nul(k): without_nul(v) for k, v in value.items()}
+        return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [without_nul(v) for v in value]
+        return [storable(v) for v in value]
     return value
 
 
@@ -278,7 +290,7 @@ class FormDefinition:
 
     @classmethod
     def from_api(cls, data: Any) -> FormDefinition:
-        d = without_nul(_dict(data))
+        d = storable(_dict(data))
         actions = d.get("user_actions")
         if actions is None:
             actions = d.get("actions")
@@ -759,8 +771,9 @@ class RunDetail:
             id=_str(d.get("id")),
             workflow_id=_str(d.get("workflow_id")),
             status=_str(d.get("status")),
-            inputs=_dict(inputs),
-            outputs=_dict(outputs),
+            # Both may be JSON in a string: decoded here, so cleaned here.
+            inputs=_dict(storable(inputs)),
+            outputs=_dict(storable(outputs)),
             error=_opt_str(d.get("error")) or None,
             total_steps=_opt_int(d.get("total_steps")),
             total_tokens=_opt_int(d.get("total_tokens")),

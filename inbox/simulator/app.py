@@ -19,7 +19,8 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from inbox.simulator.engine import PING, Event, Form, Run, Simulator, Subscriber, UploadedFile
@@ -80,10 +81,27 @@ async def abort_connection(request: Request) -> None:
         await asyncio.sleep(0)
 
 
+def json_text(value: Any, **options: Any) -> str:
+    """JSON as Dify writes it: UTF-8 where it can be; a string holding half of a surrogate pair
+    (an LLM's output cut inside an emoji) cannot be, and is written with \\u escapes, as
+    Python's json.dumps writes it by default."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, **options)
+    return text
+
+
+class JSONResponse(_StarletteJSON):
+    def render(self, content: Any) -> bytes:
+        return json_text(content, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
 def encode_event(event: Event | str) -> bytes:
     if event == PING:
         return b"event: ping\n\n"
-    return b"data: " + json.dumps(event, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + json_text(event).encode() + b"\n\n"
 
 
 class _Context:
@@ -582,7 +600,7 @@ class DifyApi:
                 "id": run.id,
                 "workflow_id": run.app.workflow_id,
                 "status": run.status,
-                "inputs": json.dumps(run.inputs, ensure_ascii=False),
+                "inputs": json_text(run.inputs),
                 "outputs": run.outputs if run.is_finished else {},
                 "error": run.error,
                 "total_steps": run.total_steps,

@@ -273,7 +273,14 @@ class SimulatorHandle:
             path = "/chat-messages"
         with (
             self.client(app_name, timeout=timeout) as http,
-            http.stream("POST", path, json=body) as response,
+            # json.dumps' escapes, as Dify's clients send them: text holding half of a
+            # surrogate pair (a test of what Dify then answers) cannot be sent as UTF-8.
+            http.stream(
+                "POST",
+                path,
+                content=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            ) as response,
         ):
             if response.status_code != 200:
                 raise AssertionError(

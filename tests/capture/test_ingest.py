@@ -11,7 +11,7 @@ from django.test import Client
 
 from inbox.capture import INGEST_FORM_PREFIX
 from inbox.models import ApiToken, AuditEntry, Form, Run
-from inbox.simulator.testing import parse_sse
+from inbox.simulator.testing import parse_sse, sample_inputs
 from inbox.tasks import reconcile_runs
 from tests.capture.conftest import FollowerThread, no_stream_left, pending, run_status, submit
 from tests.conftest import wait_until
@@ -60,6 +60,34 @@ def test_ingest_without_a_token_recovers_the_form_from_a_snapshot(
     )
     # Named as the app names them, on its page.
     assert dict(run.labelled_inputs)["Customer name"] == run.inputs["customer_name"]
+
+
+def test_half_an_emoji_in_dify_s_data_is_stored_as_a_replacement_character(
+    client: Client,
+    simulator: Any,
+    sim_app: Any,
+    starters: Any,
+    reviewer: User,
+    follower: FollowerThread,
+) -> None:
+    """Dify's JSON escapes a lone surrogate ("\\ud83d": an input or an LLM's text cut inside an
+    emoji); no database stores one. The run is captured all the same, its page opens."""
+    sim_app("refund-approval")
+    inputs = dict(
+        sample_inputs(simulator.sim.apps["refund-approval"]), customer_name="Ada \ud83d end"
+    )
+    started = simulator.start_run("refund-approval", inputs=inputs, user="crm-8")
+    response = ingest(client, reviewer, workflow_run_id=started.workflow_run_id, user="crm-8")
+    assert response.status_code == 201
+    run = Run.objects.get()
+    (form,) = pending(run)
+    run.refresh_from_db()
+    assert run.inputs["customer_name"] == "Ada \ufffd end"
+    client.force_login(reviewer)
+    assert client.get(f"/runs/{run.public_id}/").status_code == 200
+    assert client.get(f"/forms/{form.public_id}/").status_code == 200
+    submit(form, "approve")
+    assert run_status(run, "succeeded").outputs["decision"] == "approve"
 
 
 def test_ingest_without_a_token_under_another_user_is_refused_and_records_nothing(

@@ -464,3 +464,14 @@ def test_run_detail_parses_its_inputs_string() -> None:
     assert detail.status == "paused"
     assert not detail.is_finished
     assert RunDetail.from_api({"id": "R", "status": "partial-succeeded"}).is_finished
+
+
+def test_storable_takes_out_nul_and_mends_half_a_surrogate_pair() -> None:
+    from inbox.dify.types import storable
+
+    raw = json.loads(
+        '{"a\\u0000": ["x\\ud83d y", {"k": "\\ude00"}], "ok": "\\ud83d\\ude00", "n": 1}'
+    )
+    assert storable(raw) == {"a": ["x\ufffd y", {"k": "\ufffd"}], "ok": "\U0001f600", "n": 1}
+    clean = {"text": "nothing to mend"}
+    assert storable(clean) == clean
