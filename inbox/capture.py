@@ -520,6 +520,15 @@ class _Batch:
             self.entry(key, status=status)
             if event.error:
                 self.entry(key, error=str(event.error)[:500])
+        outputs = data.get("outputs")
+        whole = outputs.get("text") if finished and isinstance(outputs, dict) else None
+        if isinstance(whole, str) and whole and "text" in item:
+            # The node's whole text, which the chunks seen may only end (streamed before this
+            # stream opened): it replaces them.
+            whole = whole[:NODE_TEXT_LIMIT]
+            if item["text"] != whole:
+                item["text"] = whole
+                self.timeline_changed = True
 
     def text(self, event: TextChunk) -> None:
         if not event.text:
@@ -964,16 +973,18 @@ class _Batch:
             status=self.run.status,
             at=_iso(_when(event.finished_at)),
         )
-        if self.run.status in ("stopped", "failed"):
-            # A node cut short by the stop (or the failure) sends no `node_finished`: it would
-            # keep saying "running" under a run that has ended.
-            for item in list(self.timeline):
-                if (
-                    isinstance(item, dict)
-                    and str(item.get("key", "")).startswith("node:")
-                    and item.get("status") == "running"
-                ):
-                    self.entry(str(item["key"]), status=self.run.status)
+        # A node whose `node_finished` no stream of ours showed (cut short by a stop or the
+        # failure, or done while no stream was open: a finished run's stream is its one
+        # `workflow_finished`) would keep saying "running" under a run that has ended. In a run
+        # that succeeded, it did too.
+        ended = self.run.status if self.run.status in ("stopped", "failed") else "succeeded"
+        for item in list(self.timeline):
+            if (
+                isinstance(item, dict)
+                and str(item.get("key", "")).startswith("node:")
+                and item.get("status") == "running"
+            ):
+                self.entry(str(item["key"]), status=ended)
         self.close_open_forms("the run ended")
         self.settle_timeline()
 
@@ -1035,8 +1046,26 @@ class _Batch:
         from inbox.models import AuditEntry, Form
 
         for form in self.forms.values():
-            # A form answerable only in Dify's own channels can't be asked about: unless an
-            # event said what became of it, it stays as it was (read-only here anyway).
+            if form.status == Form.Status.NOT_ANSWERABLE:
+                # Answerable only in Dify's own channels (an email, the console), and no token to
+                # ask GET form with: a run that went on to succeed had it answered there, unless
+                # its time ran out first; a run stopped or failed left it unanswered.
+                answered = self.run.status == "succeeded" and not (
+                    form.expiration_time is not None
+                    and form.expiration_time <= (self.run.finished_at or timezone.now())
+                )
+                form.status = Form.Status.ANSWERED_ELSEWHERE if answered else Form.Status.EXPIRED
+                form.save(update_fields=["status", "updated_at"])
+                AuditEntry.record(
+                    f"form_{form.status}",
+                    form,
+                    previous=Form.Status.NOT_ANSWERABLE,
+                    reason=f"the run ended ({self.run.status})",
+                    source=self.source,
+                )
+                self.entry(f"form:{form.form_id}", status="answered" if answered else "expired")
+                self.progress()
+                continue
             if form.status != Form.Status.PENDING:
                 continue
             previous = form.status

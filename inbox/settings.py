@@ -273,6 +273,10 @@ INBOX_FOLLOWER_DB_THREADS = env_int(
 # (paused runs, given-up streams), a batch per reconcile tick.
 INBOX_RUN_RECONCILE_AFTER_SECONDS = env_float("INBOX_RUN_RECONCILE_AFTER_SECONDS", 300.0, minimum=0)
 INBOX_RUN_RECONCILE_BATCH = env_int("INBOX_RUN_RECONCILE_BATCH", 200, minimum=1)
+# ... and a run paused where no form can be answered here (by email, in Dify's console) this often.
+INBOX_RUN_RECONCILE_OUTSIDE_SECONDS = env_float(
+    "INBOX_RUN_RECONCILE_OUTSIDE_SECONDS", 60.0, minimum=0
+)
 # A run still `starting` this long after it was created never got a run id from Dify (the web
 # process died mid-start): it is marked failed.
 INBOX_RUN_START_TIMEOUT_SECONDS = env_float("INBOX_RUN_START_TIMEOUT_SECONDS", 600.0, minimum=1)

@@ -23,7 +23,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_noop
@@ -1006,7 +1006,7 @@ RUN_GONE_AFTER = dt.timedelta(minutes=10)
 
 def _reconcile_runs(batch_size: int) -> dict[str, int]:
     from inbox import capture
-    from inbox.models import Run
+    from inbox.models import Form, Run
 
     now = timezone.now()
     counts = {
@@ -1036,6 +1036,24 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             AuditEntry.record("run_never_started", run)
             counts["never_started"] += 1
     cutoff = now - dt.timedelta(seconds=settings.INBOX_RUN_RECONCILE_AFTER_SECONDS)
+    # A run paused where no form can be answered here (an email, Dify's console) has nobody
+    # here whose decision would have it followed on: asked about more often, so its next pause
+    # (or its end) shows within about a minute of the answer there, not five.
+    outside = now - dt.timedelta(seconds=settings.INBOX_RUN_RECONCILE_OUTSIDE_SECONDS)
+    waits_outside = Q(
+        status=Run.Status.PAUSED,
+        updated_at__lt=outside,
+    ) & (Q(checked_at__isnull=True) | Q(checked_at__lt=outside))
+    waits_outside &= Q(
+        Exists(Form.objects.filter(run=OuterRef("pk"), status=Form.Status.NOT_ANSWERABLE))
+    ) & ~Q(
+        Exists(
+            Form.objects.filter(
+                run=OuterRef("pk"),
+                status__in=(Form.Status.PENDING, Form.Status.SUBMITTING, Form.Status.SUBMITTED),
+            )
+        )
+    )
     due = (
         Run.objects.exclude(status__in=Run.FINAL_STATUSES)
         .exclude(workflow_run_id="")
@@ -1049,6 +1067,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             | Q(needs_reconcile=True, refollow_after__lte=Now())
             | Q(checked_at__lt=cutoff, updated_at__lt=cutoff)
             | Q(checked_at__isnull=True, updated_at__lt=cutoff)
+            | waits_outside
         )
         .select_related("app")
         .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")

@@ -397,3 +397,60 @@ def test_nul_characters_in_what_get_form_answers_are_dropped(run: Run) -> None:
     assert captured.content == "Approve?" and captured.definition_fetched_at is not None
     assert captured.definition["user_actions"][0]["title"] == "Approve"
     assert captured.definition["resolved_default_values"] == {"note": ""}
+
+
+def test_a_node_s_whole_text_replaces_the_chunks_seen_of_it(run: Run) -> None:
+    # The stream opened while the LLM was writing: only the end of its text came as chunks.
+    finished = ev.node("node_finished", "llm", "Write draft", execution="E7", status="succeeded")
+    finished["data"]["outputs"] = {"text": "Title\n\nFirst sentence. The rest of it."}
+    run.apply_events(
+        [
+            ev.started(),
+            ev.node("node_started", "llm", "Write draft", execution="E7"),
+            ev.event("text_chunk", {"text": "The rest of it.", "from_variable_selector": ["llm"]}),
+            finished,
+        ],
+        fetch_definitions=False,
+    )
+    run.refresh_from_db()
+    [entry] = [item for item in run.timeline if item.get("node_id") == "llm"]
+    assert entry["text"] == "Title\n\nFirst sentence. The rest of it."
+    assert entry["status"] == "succeeded"
+    # A node that streamed no text gets none from its outputs: the timeline shows what streams.
+    quiet = ev.node("node_finished", "code", "Compute", execution="E8", status="succeeded")
+    quiet["data"]["outputs"] = {"text": "internal"}
+    run.apply_events(
+        [ev.node("node_started", "code", "Compute", execution="E8"), quiet],
+        fetch_definitions=False,
+    )
+    run.refresh_from_db()
+    assert "text" not in next(item for item in run.timeline if item.get("node_id") == "code")
+
+
+@pytest.mark.parametrize(
+    ("status", "form_status", "entry"),
+    [
+        ("succeeded", "answered_elsewhere", "answered"),
+        ("stopped", "expired", "expired"),
+        ("failed", "expired", "expired"),
+    ],
+)
+def test_an_email_only_form_closes_with_its_run(
+    run: Run, status: str, form_status: str, entry: str
+) -> None:
+    # Answerable only by email: no token to ask Dify about it, no fill seen (no stream was
+    # open). Once the run ends it is not "only answerable in Dify" any more.
+    form = ev.form_data(token=None, channels=["email"], node_id="owner_approval")
+    run.apply_events(
+        [ev.started(), ev.node("node_started", "llm", "Draft", execution="E1")],
+        fetch_definitions=False,
+    )
+    run.apply_events([ev.event("human_input_required", form), ev.paused(form)])
+    assert run.forms.get().status == "not_answerable"
+    run.apply_events([ev.finished(status=status)], fetch_definitions=False)
+    run.refresh_from_db()
+    assert run.forms.get().status == form_status
+    entries = {item["key"]: item for item in run.timeline}
+    assert entries["form:F1"]["status"] == entry
+    # Nor does a node the stream saw start stay "running" under the ended run.
+    assert entries["node:E1"]["status"] == ("succeeded" if status == "succeeded" else status)
