@@ -403,6 +403,15 @@ def start_run(
             ) % {"seconds": FIRST_EVENT_SECONDS}
             _fail(run, message)
             raise StartFailed(message, status=504, code="dify_no_answer", run=run)
+        if any(event.event in ("message", "agent_message", "message_end") for event in seen):
+            # It answered as a chat (or agent) app: a conversation with no workflow behind it,
+            # which never pauses for a person.
+            message = gettext(
+                "Dify answered as a chat app with no workflow: this app is not a chatflow in "
+                "Dify. Only workflow and chatflow apps pause for a person's decision."
+            )
+            _fail(run, message)
+            raise StartFailed(message, run=run)
         message = gettext("Dify did not start a run.")
         _fail(run, message)
         raise StartFailed(message, run=run)

@@ -375,6 +375,19 @@ def test_a_dify_refusal_is_passed_on_and_recorded(
     assert detail.status_code == 200 and detail.json()["status"] == "failed"
 
 
+def test_a_chat_app_set_up_as_a_chatflow_is_said_to_be_one(
+    client: Client, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    app = sim_app("faq-bot")
+    DifyApp.objects.filter(pk=app.pk).update(mode="chatflow")
+    response = post(client, "/api/v1/runs", {"app": "faq-bot", "query": "Hi"}, reviewer)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "dify_error"
+    assert error["message"].startswith("Dify answered as a chat app with no workflow")
+    assert Run.objects.get(pk__isnull=False).status == "failed"
+
+
 @pytest.mark.parametrize(
     ("status", "code", "expected"),
     [
