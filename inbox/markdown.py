@@ -226,15 +226,47 @@ def _wrap_tables(tokens: list[Token]) -> list[Token]:
     return wrapped
 
 
-def render_markdown(text: str, *, heading_below: int = 2) -> SafeString:
+def top_heading(text: str) -> int | None:
+    """The level of the content's highest heading (1 for `#`), None when it has none."""
+    levels = [int(t.tag[1]) for t in _md.parse(text or "") if t.type == "heading_open"]
+    return min(levels, default=None)
+
+
+def render_markdown(text: str, *, heading_below: int = 2, top: int | None = None) -> SafeString:
     """`heading_below`: the page's own heading levels above the content. A form's content
-    follows its h1 (its headings start at h2); a record or an answer sits under an h2."""
+    follows its h1 (its highest heading is an h2); a record or an answer sits under an h2 (its
+    highest is an h3). The content's own levels keep their order and skip none the content
+    does not skip: an LLM that starts at `###` gets the page's next level, not two below it.
+    `top`: the highest level of the whole content, when `text` is a piece of it."""
     tokens = _md.parse(text or "")
+    if top is None:
+        top = min((int(t.tag[1]) for t in tokens if t.type == "heading_open"), default=1)
     for token in tokens:
         if token.type in ("heading_open", "heading_close"):
-            token.tag = f"h{min(int(token.tag[1]) + heading_below, 6)}"
+            level = int(token.tag[1]) - top + 1 + heading_below
+            token.tag = f"h{max(heading_below + 1, min(level, 6))}"
     _hold_back_images(tokens, frozenset(settings.INBOX_MARKDOWN_IMAGE_HOSTS))
-    return sanitize(_md.renderer.render(_wrap_tables(tokens), _md.options, {}))
+    return sanitize(_md.renderer.render(_wrap_tables(_drop_empty_heads(tokens)), _md.options, {}))
+
+
+def _drop_empty_heads(tokens: list[Token]) -> list[Token]:
+    """A table whose header row is empty (an LLM's table of values with no column names) has
+    no header: an empty one is read out as empty column headers."""
+    kept: list[Token] = []
+    head: list[Token] | None = None
+    for token in tokens:
+        if token.type == "thead_open":
+            head = [token]
+            continue
+        if head is not None:
+            head.append(token)
+            if token.type == "thead_close":
+                if any(t.type == "inline" and t.content.strip() for t in head):
+                    kept.extend(head)
+                head = None
+            continue
+        kept.append(token)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -255,11 +287,13 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
     known = set(input_names)
     placed: list[str] = []
     segments: list[Segment] = []
+    # One heading scale for every piece, as if the content were rendered whole.
+    top = top_heading(PLACEHOLDER.sub(" ", text or "")) or 1
     pos = 0
     for match in PLACEHOLDER.finditer(text or ""):
         before = text[pos : match.start()]
         if before.strip():
-            segments.append(Segment(html=render_markdown(before, heading_below=1)))
+            segments.append(Segment(html=render_markdown(before, heading_below=1, top=top)))
         name = match.group(1).strip()
         if name in known and name not in placed:
             placed.append(name)
@@ -267,7 +301,7 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
         pos = match.end()
     rest = (text or "")[pos:]
     if rest.strip():
-        segments.append(Segment(html=render_markdown(rest, heading_below=1)))
+        segments.append(Segment(html=render_markdown(rest, heading_below=1, top=top)))
     return segments, [name for name in input_names if name not in placed]
 
 

@@ -220,6 +220,15 @@ def test_a_forms_content_headings_follow_the_page_s_h1_and_tables_scroll_in_a_bo
 
     segments, _rest = split_content("# Request\n\n{{#$output.note#}}\n\n## Details", ["note"])
     assert [s.html for s in segments] == ["<h2>Request</h2>\n", None, "<h3>Details</h3>\n"]
+    # Content that starts at ## (or ###) starts at the page's next level all the same, and
+    # keeps its own order across the pieces the fields split it into.
+    segments, _rest = split_content("## Claim\n\n{{#$output.note#}}\n\n### Photos", ["note"])
+    assert [s.html for s in segments] == ["<h2>Claim</h2>\n", None, "<h3>Photos</h3>\n"]
+    assert render_markdown("### Summary\n\n#### Risks") == "<h3>Summary</h3>\n<h4>Risks</h4>\n"
+    # A table whose header row is empty has none.
+    table = render_markdown("| | |\n|-|-|\n|Amount|EUR 15|")
+    assert "<thead>" not in table and "<td>Amount</td>" in table
+    assert "<thead>" in render_markdown("|a|b|\n|-|-|\n|1|2|")
     html = render_markdown("|a|b|\n|-|-|\n|1|2|")
     assert html.startswith(
         '<div class="table-wrap" tabindex="0" role="region" aria-label="Table">\n<table>'
