@@ -98,16 +98,30 @@ def _unstorable(text: str) -> str | None:
     return "a NUL character" if match.group() == "\x00" else "a lone surrogate (invalid Unicode)"
 
 
-def _check_query(request: HttpRequest) -> None:
+def _check_query(request: HttpRequest, known: tuple[str, ...]) -> None:
     for key, values in request.GET.lists():
         for text in [key, *values]:
             if what := _unstorable(text):
                 raise ApiError(400, "invalid_param", f"The query parameter {key!r} holds {what}.")
+    # As with body fields: a misspelt filter (`stauts=submitted`) would otherwise be dropped in
+    # silence and the answer would look like the one asked for.
+    unknown = sorted(key for key in request.GET if key not in known)
+    if unknown:
+        takes = f"; it takes {', '.join(known)}" if known else "; it takes none"
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"Unknown query parameter {unknown[0][:40]!r}{takes}.",
+            details={key[:40]: ["Unknown query parameter."] for key in unknown[:20]},
+        )
 
 
 def api_view(
-    methods: list[str],
+    methods: list[str], *, query: tuple[str, ...] = ()
 ) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """A call of the API: its methods (HEAD with GET), the bearer token, JSON errors, and the
+    query parameters it takes (`query`, for GET; any other is refused by name)."""
+
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         allowed = [*methods, "HEAD"] if "GET" in methods else methods
 
@@ -143,7 +157,7 @@ def api_view(
                 if user is None:
                     raise ApiError(401, "unauthorized", "The API token is not valid.")
                 request.user = user
-                _check_query(request)
+                _check_query(request, query if request.method == "GET" else ())
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()
@@ -282,8 +296,9 @@ def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
         "id": str(decision.public_id),
         "status": decision.status,
         "action": decision.action_id,
-        # As sent to Dify: text as typed, files as Dify's upload ids or web addresses.
-        "inputs": decision.inputs,
+        # As sent to Dify: text as typed, files as Dify's upload ids (each with the id our
+        # upload call returned for it, `upload`) or web addresses.
+        "inputs": _with_upload_ids(decision),
         "decided_by": decision.decider_label,
         "last_error": decision.last_error,
         # Queued, but waiting for Dify to accept the app again (a refused key).
@@ -293,6 +308,33 @@ def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
         # Delivered, but Dify never said the answer it took was this one (a lost answer, then
         # "already submitted"): presumed ours.
         "delivery_presumed": decision.delivery_presumed,
+    }
+
+
+def _with_upload_ids(decision: Decision) -> dict[str, Any]:
+    inputs = decision.inputs or {}
+    wanted = [
+        str(item["upload_file_id"])
+        for value in inputs.values()
+        for item in (value if isinstance(value, list) else [value])
+        if isinstance(item, dict) and item.get("upload_file_id")
+    ]
+    if not wanted:
+        return inputs
+    ours = dict(
+        Upload.objects.filter(form_id=decision.form_id, upload_file_id__in=wanted).values_list(
+            "upload_file_id", "public_id"
+        )
+    )
+
+    def named(item: Any) -> Any:
+        if isinstance(item, dict) and item.get("upload_file_id") in ours:
+            return {**item, "upload": str(ours[item["upload_file_id"]])}
+        return item
+
+    return {
+        name: [named(item) for item in value] if isinstance(value, list) else named(value)
+        for name, value in inputs.items()
     }
 
 
@@ -315,7 +357,7 @@ def _form_summary(request: HttpRequest, form: Form, content: str) -> dict[str, A
     }
 
 
-@api_view(["GET"])
+@api_view(["GET"], query=("status", "app", "node", "q", "sort", "page", "mine"))
 def forms_list(request: HttpRequest) -> HttpResponse:
     """`GET /api/v1/forms?status=pending&app=&node=&q=&sort=&page=`"""
     status = request.GET.get("status") or "pending"
@@ -760,7 +802,7 @@ def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str,
 RUNS_PAGE = 50
 
 
-@api_view(["GET", "POST"])
+@api_view(["GET", "POST"], query=("status", "app", "page"))
 def runs(request: HttpRequest) -> HttpResponse:
     """`GET /api/v1/runs`: the caller's runs; `POST`: start one."""
     return runs_create(request) if request.method == "POST" else runs_list(request)

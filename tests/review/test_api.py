@@ -224,7 +224,12 @@ def test_another_reviewers_uploads_are_neither_listed_nor_sent(
     assert refused.json()["error"]["details"] == {
         "receipt": ["This file was uploaded for the input “evidence”; upload it again here."]
     }
-    assert decide(mine).status_code == 202
+    decided = decide(mine)
+    assert decided.status_code == 202
+    # The decision names the file by the id the upload call gave, beside Dify's.
+    receipt = decided.json()["decision"]["inputs"]["receipt"]
+    assert receipt["upload_file_id"] == "dify-my-photo.png"
+    assert receipt["upload"] == str(mine.public_id)
 
 
 def test_unknown_forms_are_404(client: Client, auth: dict[str, str]) -> None:
@@ -489,6 +494,19 @@ def test_protocol_headers_of_refusals(client: Client, auth: dict[str, str], form
     assert response.status_code == 405 and response["Allow"] == "POST"
     response = client.get("/api/v1/forms")
     assert response.status_code == 401 and response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_misspelt_query_parameter_is_refused_by_name(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    response = client.get("/api/v1/forms?stauts=submitted", **auth)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_param" and "'stauts'" in error["message"]
+    assert error["details"] == {"stauts": ["Unknown query parameter."]}
+    assert client.get("/api/v1/forms?status=all&mine=1&sort=newest", **auth).status_code == 200
+    assert client.get(f"/api/v1/forms/{form.public_id}?x=1", **auth).status_code == 400
+    assert client.get("/api/v1/runs?status=open&page=1", **auth).status_code == 200
 
 
 def test_head_is_a_get_without_its_body(client: Client, auth: dict[str, str], form: Form) -> None:
