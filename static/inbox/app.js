@@ -1,7 +1,8 @@
 // Small enhancements on top of pages that work without script: time zone, live relative
-// times, keyboard moves in the inbox, upload progress, keeping action buttons disabled until
-// Dify would accept the form, saying why when the server refuses a request, holding a reload that
-// would lose what was typed, and carrying what was typed across a language switch.
+// times, keyboard moves in the inbox, upload progress, holding the action buttons (and saying
+// what is missing) until Dify would accept the form, saying why when the server refuses a
+// request, holding a reload that would lose what was typed, and carrying what was typed (and
+// the inbox's place) across a language switch.
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
@@ -123,12 +124,32 @@
     return true;
   }
 
+  // The hint under the actions names what is missing, by the fields' labels, in the page's
+  // words (its data-* attributes).
+  function hintText(hint, missing, tooMany, busy) {
+    var separator = hint.getAttribute("data-separator") || ", ";
+    function words(attribute, labels) {
+      var list = labels.join(separator);
+      return (hint.getAttribute(attribute) || "{fields}").replace("{fields}", function () { return list; });
+    }
+    var parts = [];
+    if (missing.length) parts.push(words("data-missing", missing));
+    if (tooMany.length) parts.push(words("data-too-many", tooMany));
+    if (busy) parts.push(hint.getAttribute("data-uploading") || "");
+    return parts.join(" ");
+  }
+
+  // Not `disabled`: a disabled button is skipped by Tab, and its reason never heard. The buttons
+  // stay reachable, say they are unavailable (aria-disabled) and why (aria-describedby: the
+  // hint, or the reload notice), and their click is refused below.
   function refreshActions() {
     var form = document.getElementById("decision-form");
     if (!form) return;
-    var ready = !uploadsBusy(form) && !pageStale;
+    var busy = uploadsBusy(form);
+    var missing = [];
+    var tooMany = [];
     form.querySelectorAll(".field[data-required]").forEach(function (field) {
-      if (!fieldReady(field)) ready = false;
+      if (!fieldReady(field)) missing.push(field.getAttribute("data-label") || field.getAttribute("data-name") || "");
     });
     form.querySelectorAll(".field[data-kind=file-list]").forEach(function (field) {
       var list = field.querySelector(".file-chips");
@@ -136,14 +157,47 @@
       var count = field.querySelectorAll(".file-chip").length;
       var picker = field.querySelector(".file-pick");
       if (picker) picker.hidden = max > 0 && count >= max;
-      if (max > 0 && count > max) ready = false;
+      if (max > 0 && count > max) tooMany.push(field.getAttribute("data-label") || field.getAttribute("data-name") || "");
     });
-    form.querySelectorAll(".actions button[name=action]").forEach(function (button) {
-      button.disabled = !ready;
-    });
+    var ready = !busy && !pageStale && !missing.length && !tooMany.length;
     var hint = form.querySelector(".actions-hint");
-    if (hint) hint.hidden = ready || pageStale; // the reload notice says why instead
+    if (hint) {
+      hint.hidden = ready || pageStale; // the reload notice says why instead
+      var text = ready || pageStale ? "" : hintText(hint, missing, tooMany, busy);
+      if (text && hint.textContent !== text) hint.textContent = text;
+    }
+    var reason = pageStale ? document.getElementById("reload-notice-text") : hint;
+    form.querySelectorAll(".actions button[name=action]").forEach(function (button) {
+      if (ready) {
+        button.removeAttribute("aria-disabled");
+        button.removeAttribute("aria-describedby");
+      } else {
+        button.setAttribute("aria-disabled", "true");
+        if (reason && reason.id) button.setAttribute("aria-describedby", reason.id);
+      }
+    });
   }
+
+  function refusedAction(target) {
+    var button = target && target.closest && target.closest("#decision-form .actions button[name=action]");
+    return button && button.getAttribute("aria-disabled") === "true" ? button : null;
+  }
+
+  // A press on a button that waits (by mouse, key, or Enter in a field of the form) sends
+  // nothing: the hint is read out instead. Captured before htmx sees the form's submit.
+  document.addEventListener("click", function (event) {
+    if (!refusedAction(event.target)) return;
+    event.preventDefault();
+    event.stopPropagation();
+    var hint = document.querySelector("#decision-form .actions-hint");
+    if (hint && !hint.hidden) announce(hint.textContent.trim());
+  }, true);
+
+  document.addEventListener("submit", function (event) {
+    if (!event.target || event.target.id !== "decision-form" || !refusedAction(event.submitter)) return;
+    event.preventDefault();
+    event.stopPropagation();
+  }, true);
 
   // Another app: the node chosen belongs to the one before, so it is let go before the list is
   // asked again (this runs first, in the capture phase), and the node choices are fetched for
