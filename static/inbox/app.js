@@ -566,12 +566,17 @@
     if (!target.id) return;
     var around = target.parentElement;
     while (around && !around.id) around = around.parentElement;
+    // In the inbox: the row's place in the list (its form may be gone from the next one), and
+    // whether it was the pager (its next page is read from the start).
+    var row = active.closest("#rows .row");
     focusWas = {
       target: target.id,
       around: around ? around.id : "",
       href: active.getAttribute("href"),
       name: active.getAttribute("name"),
       value: active.getAttribute("value"),
+      rowIndex: row ? rows().indexOf(row) : -1,
+      pager: !!active.closest(".pager"),
       at: Date.now(),
     };
   }
@@ -606,12 +611,23 @@
     focusWas = null;
     var root = (was.target && document.getElementById(was.target)) || null;
     if (root) {
+      var links = Array.prototype.slice.call(root.querySelectorAll("#rows .row a.open"));
+      // Another page of the list: it is read from its first row.
+      if (was.pager && focusOn(links[0])) return;
       if (was.href && focusOn(root.querySelector('a[href="' + CSS.escape(was.href) + '"]'))) return;
       if (was.name) {
         var same = root.querySelector('[name="' + CSS.escape(was.name) + '"]' + (was.value ? '[value="' + CSS.escape(was.value) + '"]' : ""));
         if (same && !same.disabled && focusOn(same)) return;
       }
-      if (focusOn(root.querySelector(".state-title, [role=status], [role=alert], h1, h2"))) return;
+      // A row whose form left the list: the row now in its place, else the last one.
+      if (was.rowIndex >= 0 && links.length && focusOn(links[Math.min(was.rowIndex, links.length - 1)])) return;
+      // What the part says first, if it shows: a visually hidden heading would hold the focus
+      // where nobody sees it.
+      var says = Array.prototype.filter.call(
+        root.querySelectorAll(".state-title, .empty-title, [role=status], [role=alert], h1, h2"),
+        function (el) { return !el.closest(".visually-hidden, [hidden]"); }
+      );
+      if (focusOn(says[0])) return;
       if (focusOn(root.querySelector(FOCUSABLE))) return;
     }
     var around = was.around && document.getElementById(was.around);

@@ -1,0 +1,109 @@
+"""The inbox keeps the reviewer's place in Chromium: the focus through a poll and a page turn,
+the tab and filters through a language switch and a visit to a form, and the announcer quiet
+about changes nobody sees."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from inbox.models import DifyApp, Form
+from tests.review.browser import logged_in_page
+from tests.review.conftest import make_form
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _pending(app: DifyApp, count: int) -> list[Form]:
+    """`count` pending forms, listed in this order (soonest to expire first)."""
+    return [
+        make_form(app, node_title=f"Form {n:02}", expires_in=dt.timedelta(hours=1 + n))
+        for n in range(count)
+    ]
+
+
+def _focused_href(page: Any) -> str | None:
+    return page.evaluate("() => document.activeElement.getAttribute('href')")  # type: ignore[no-any-return]
+
+
+def _href(form: Form) -> str:
+    return f"/forms/{form.public_id}/"
+
+
+def test_a_row_decided_elsewhere_leaves_the_focus_on_the_row_now_in_its_place(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    forms = _pending(dify_app, 5)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#rows .row")
+    page.locator("body").focus()
+    for _ in range(3):
+        page.keyboard.press("j")
+    assert _focused_href(page) == _href(forms[2])
+    # The third form is decided elsewhere: the poll takes its row away.
+    Form.objects.filter(pk=forms[2].pk).update(
+        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+    )
+    page.wait_for_function(
+        "() => document.querySelectorAll('#rows .row').length === 4", timeout=15000
+    )
+    # The focus is on the row now third, visibly, and it is the one selected.
+    page.wait_for_function(
+        f"() => document.activeElement.getAttribute('href') === '{_href(forms[3])}'",
+        timeout=5000,
+    )
+    assert page.locator("#rows .row.selected .open").get_attribute("href") == _href(forms[3])
+    # j goes on from there.
+    page.keyboard.press("j")
+    assert _focused_href(page) == _href(forms[4])
+
+    # The last row goes: the focus goes to the row now last.
+    Form.objects.filter(pk=forms[4].pk).update(
+        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+    )
+    page.wait_for_function(
+        "() => document.querySelectorAll('#rows .row').length === 3", timeout=15000
+    )
+    page.wait_for_function(
+        f"() => document.activeElement.getAttribute('href') === '{_href(forms[3])}'",
+        timeout=5000,
+    )
+    assert page.js_errors == []
+
+
+def test_the_next_page_is_shown_from_its_top_with_the_focus_on_its_first_row(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    forms = _pending(dify_app, 53)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#rows .row")
+    following = page.locator(".pager a[rel=next]")
+    following.focus()
+    assert page.evaluate("window.scrollY") > 0  # the pager is at the foot of fifty rows
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        f"() => document.querySelector('#rows .row .open').getAttribute('href') === '{_href(forms[50])}'",
+        timeout=10000,
+    )
+    page.wait_for_function(
+        f"() => document.activeElement.getAttribute('href') === '{_href(forms[50])}'",
+        timeout=5000,
+    )
+    page.wait_for_function("() => window.scrollY === 0", timeout=5000)
+    assert parse_qs(urlsplit(page.url).query)["page"] == ["2"]
+    # And back: the first page from its top, on its first row.
+    page.locator(".pager a[rel=prev]").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        f"() => document.activeElement.getAttribute('href') === '{_href(forms[0])}'",
+        timeout=10000,
+    )
+    page.wait_for_function("() => window.scrollY === 0", timeout=5000)
+    assert page.js_errors == []
