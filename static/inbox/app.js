@@ -665,8 +665,18 @@
     return found;
   }
 
+  // Where to come back: the address as it is now, not as the page was drawn (htmx has pushed
+  // the inbox's tab, filters and page since). A path of this site only: "//host" is another's.
+  function currentPath() {
+    var path = window.location.pathname + window.location.search;
+    return /^\/(?![\/\\])/.test(path) ? path : null;
+  }
+
   document.addEventListener("submit", function (event) {
     if (!event.target.matches || !event.target.matches("form.lang-switch")) return;
+    var next = event.target.querySelector("input[name=next]");
+    var here = currentPath();
+    if (next && here) next.value = here;
     var held = [];
     document.querySelectorAll(SWITCH_FORMS).forEach(function (form) {
       var fields = changedFields(form);

@@ -107,3 +107,27 @@ def test_the_next_page_is_shown_from_its_top_with_the_focus_on_its_first_row(
     )
     page.wait_for_function("() => window.scrollY === 0", timeout=5000)
     assert page.js_errors == []
+
+
+def test_switching_language_keeps_the_inbox_tab_and_filters(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    _pending(dify_app, 2)
+    expired = make_form(dify_app, node_title="Too late", status=Form.Status.EXPIRED)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#rows .row")
+    page.locator("#tabs a", has_text="Expired").click()
+    page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 1")
+    page.select_option("#f-sort", "newest")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('sort') === 'newest'")
+    with page.expect_navigation():
+        page.get_by_role("button", name="简体中文").click()
+    assert page.evaluate("document.documentElement.lang") == "zh-hans"
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["status"] == ["expired"] and query["sort"] == ["newest"]
+    active = page.locator("#tabs a.active").get_attribute("href") or ""
+    assert parse_qs(urlsplit(active).query)["status"] == ["expired"]
+    assert page.locator("#f-sort").input_value() == "newest"
+    assert page.locator("#rows .row .open").get_attribute("href") == _href(expired)
+    assert page.js_errors == []
