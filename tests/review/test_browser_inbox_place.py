@@ -131,3 +131,30 @@ def test_switching_language_keeps_the_inbox_tab_and_filters(
     assert page.locator("#f-sort").input_value() == "newest"
     assert page.locator("#rows .row .open").get_attribute("href") == _href(expired)
     assert page.js_errors == []
+
+
+def test_a_change_the_reviewer_cannot_see_is_not_announced(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    make_form(dify_app, node_title="Too late", status=Form.Status.EXPIRED)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/?status=expired")
+    page.wait_for_selector("#rows .row")
+    # Forms arrive and go on the Pending tab: the Expired list is as it was.
+    with page.expect_response(
+        lambda response: "since=" in response.url and response.status == 200, timeout=15000
+    ):
+        make_form(dify_app, node_title="Arrived meanwhile")
+    page.wait_for_timeout(500)  # the announcer is filled 50 ms after it is asked
+    assert page.locator("#announcer").text_content() == ""
+    # One that expires shows on this tab: that is said.
+    arrived = Form.objects.get(node_title="Arrived meanwhile")
+    Form.objects.filter(pk=arrived.pk).update(status=Form.Status.EXPIRED, updated_at=timezone.now())
+    page.wait_for_function(
+        "() => document.querySelectorAll('#rows .row').length === 2", timeout=15000
+    )
+    page.wait_for_function(
+        "() => document.getElementById('announcer').textContent === 'The list was updated.'",
+        timeout=5000,
+    )
+    assert page.js_errors == []
