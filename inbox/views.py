@@ -1101,7 +1101,11 @@ def upload_response(
         response = render(request, "inbox/form.html#upload_error", context)
         retarget(response, f"#file-error-{spec.name}")
         reswap(response, "innerHTML")
-    message = _("Uploaded: %(names)s.") % {"names": names} if uploads else " ".join(errors)
+    if not uploads:
+        # The errors are read out by their own place (`#file-error-<name>`, an alert): said
+        # once, not again by the page's announcer.
+        return response
+    message = _("Uploaded: %(names)s.") % {"names": names}
     return trigger_client_event(response, "inbox:announce", {"message": message})
 
 

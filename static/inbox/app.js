@@ -276,11 +276,13 @@
     if (parts.error) parts.error.textContent = "";
     var refused = tooLarge(event.detail.elt, parts.error).concat(tooMany(event.detail.elt, parts));
     if (refused.length) {
-      // Refused before sending, in the words the server would use.
+      // Refused before sending, in the words the server would use: read out by the alert
+      // alone (its words arrive a moment after it was emptied, so the same words are read
+      // again), not by the announcer too.
       event.preventDefault();
-      if (parts.error) parts.error.textContent = refused.join(" ");
+      var error = parts.error;
+      if (error) window.setTimeout(function () { error.textContent = refused.join(" "); }, 50);
       event.detail.elt.value = "";
-      announce(refused.join(" "));
       return;
     }
     if (parts.field) parts.field.setAttribute("data-uploading", "");

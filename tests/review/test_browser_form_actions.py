@@ -112,3 +112,51 @@ def test_without_script_the_actions_send_and_the_server_says_what_is_missing(
     assert "Decision: Choose an option." in errors.inner_text()
     assert "Receipt: Add a file." in errors.inner_text()
     assert not Decision.objects.exists()
+
+
+def test_an_upload_refused_before_sending_is_read_out_once_by_its_alert(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    error = page.locator("#file-error-receipt")
+    assert error.get_attribute("role") == "alert"
+    page.set_input_files(
+        "input[data-upload=receipt]",
+        files=[
+            {"name": "big.png", "mimeType": "image/png", "buffer": b"0" * (10 * 1024 * 1024 + 1)}
+        ],
+    )
+    page.wait_for_function(
+        "() => document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
+    )
+    assert error.text_content() == (
+        "big.png: The file is larger than 10 MB, the most Dify takes for this kind of file."
+    )
+    page.wait_for_timeout(300)  # the announcer is filled 50 ms after it is asked
+    assert page.locator("#announcer").text_content() == ""
+    assert page.js_errors == []
+
+
+def test_an_upload_the_server_refuses_is_read_out_once_by_its_alert(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    # A kind of file the input does not take: refused by the server, before Dify.
+    with page.expect_response(lambda response: "/files/receipt" in response.url):
+        page.set_input_files(
+            "input[data-upload=receipt]",
+            files=[{"name": "song.mp3", "mimeType": "audio/mpeg", "buffer": b"ID3"}],
+        )
+    page.wait_for_function(
+        "() => document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
+    )
+    assert "song.mp3: This kind of file is not accepted here." in (
+        page.locator("#file-error-receipt").text_content() or ""
+    )
+    page.wait_for_timeout(300)
+    assert page.locator("#announcer").text_content() == ""
+    assert page.js_errors == []
