@@ -741,6 +741,39 @@
     }
   }
 
+  // --- "← Inbox" goes back to the list as it was left ----------------------------------------
+  // The inbox keeps its address (tab, filters, sort, page: what htmx pushed) in the tab's
+  // session storage; a form page's link back to it takes that address, if it is still the
+  // inbox's own. Without script the link opens the inbox as it starts.
+  var LIST_KEY = "inbox:list";
+
+  function rememberList() {
+    if (!document.querySelector("[data-inbox-list]")) return;
+    var here = currentPath();
+    if (!here) return;
+    try { window.sessionStorage.setItem(LIST_KEY, here); } catch (e) { /* the plain link stays */ }
+  }
+
+  function linkBackToList() {
+    var saved = null;
+    try { saved = window.sessionStorage.getItem(LIST_KEY); } catch (e) { saved = null; }
+    if (!saved || !/^\/(?![\/\\])/.test(saved)) return;
+    document.querySelectorAll("a[data-inbox-back]").forEach(function (link) {
+      var back;
+      var plain;
+      try {
+        back = new URL(saved, window.location.origin);
+        plain = new URL(link.getAttribute("href"), window.location.href);
+      } catch (e) { return; }
+      if (back.origin !== window.location.origin || back.pathname !== plain.pathname) return;
+      link.setAttribute("href", back.pathname + back.search);
+    });
+  }
+
+  ["htmx:pushedIntoHistory", "htmx:replacedInHistory", "htmx:historyRestore"].forEach(function (name) {
+    document.addEventListener(name, rememberList);
+  });
+
   document.addEventListener("inbox:announce", function (event) {
     announce(event.detail && event.detail.message);
   });
@@ -750,6 +783,8 @@
     restoreAfterSwitch();
     refreshTimes();
     refreshActions();
+    rememberList();
+    linkBackToList();
     // A page sent back with errors (the start form, a form page without htmx): the reader
     // starts at what to correct.
     var summary = document.getElementById("start-errors") || document.getElementById("form-errors");

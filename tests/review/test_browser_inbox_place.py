@@ -158,3 +158,32 @@ def test_a_change_the_reviewer_cannot_see_is_not_announced(
         timeout=5000,
     )
     assert page.js_errors == []
+
+
+def test_the_link_back_to_the_inbox_keeps_its_tab_filters_and_page(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    _pending(dify_app, 2)
+    expired = make_form(dify_app, node_title="Too late", status=Form.Status.EXPIRED)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#rows .row")
+    page.locator("#tabs a", has_text="Expired").click()
+    page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 1")
+    page.select_option("#f-sort", "oldest")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('sort') === 'oldest'")
+    left_at = urlsplit(page.url)
+    page.locator("#rows .row .open").click()
+    page.wait_for_url(f"**{_href(expired)}")
+    back = page.locator(".crumbs a", has_text="Inbox")
+    assert back.get_attribute("href") == f"{left_at.path}?{left_at.query}"
+    back.click()
+    page.wait_for_selector("#rows .row")
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["status"] == ["expired"] and query["sort"] == ["oldest"]
+    assert page.locator("#rows .row .open").get_attribute("href") == _href(expired)
+    # Another tab of the browser, which has not been to the inbox: the inbox as it opens.
+    other = page.context.new_page()
+    other.goto(f"{live_server.url}{_href(expired)}")
+    assert other.locator(".crumbs a", has_text="Inbox").get_attribute("href") == "/"
+    assert page.js_errors == []
