@@ -509,6 +509,18 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
     )
 
 
+# The header the list's poll sends with `rows_key` of the rows it shows (index.html).
+ROWS_HEADER = "X-Inbox-Rows"
+
+
+def rows_key(rows: list[Row]) -> str:
+    """What the reviewer sees of a page of the list, in a few characters: its forms and their
+    statuses, in any order. A poll whose answer has the same key changed nothing on screen (a
+    form moved on another tab, a count): it is not announced."""
+    seen = "\n".join(sorted(f"{r.id} {r.status}" for r in rows))
+    return hashlib.blake2b(seen.encode(), digest_size=8).hexdigest()
+
+
 @login_required
 @require_GET
 def index(request: HtmxHttpRequest) -> HttpResponse:
@@ -577,13 +589,16 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         "page": page,
         "has_next": has_next,
         "token": token,
+        "rows_key": rows_key(rows),
         "sorts": list(SORTS.items()),
     }
     if request.htmx and not request.htmx.boosted:
         response = render(request, "inbox/index.html#results", context)
         if moved_to:
             response["HX-Replace-Url"] = moved_to
-        if since is not None:
+        # Said only when the rows on screen changed: a change the reviewer cannot see (on
+        # another tab, another page) moves the counts in silence.
+        if since is not None and request.headers.get(ROWS_HEADER) != context["rows_key"]:
             trigger_client_event(
                 response, "inbox:announce", {"message": _("The list was updated.")}
             )
@@ -1138,7 +1153,11 @@ def upload_response(
         response = render(request, "inbox/form.html#upload_error", context)
         retarget(response, f"#file-error-{spec.name}")
         reswap(response, "innerHTML")
-    message = _("Uploaded: %(names)s.") % {"names": names} if uploads else " ".join(errors)
+    if not uploads:
+        # The errors are read out by their own place (`#file-error-<name>`, an alert): said
+        # once, not again by the page's announcer.
+        return response
+    message = _("Uploaded: %(names)s.") % {"names": names}
     return trigger_client_event(response, "inbox:announce", {"message": message})
 
 

@@ -1,7 +1,8 @@
 // Small enhancements on top of pages that work without script: time zone, live relative
-// times, keyboard moves in the inbox, upload progress, keeping action buttons disabled until
-// Dify would accept the form, saying why when the server refuses a request, holding a reload that
-// would lose what was typed, and carrying what was typed across a language switch.
+// times, keyboard moves in the inbox, upload progress, holding the action buttons (and saying
+// what is missing) until Dify would accept the form, saying why when the server refuses a
+// request, holding a reload that would lose what was typed, and carrying what was typed (and
+// the inbox's place) across a language switch.
 (function () {
   "use strict";
   document.documentElement.classList.add("js");
@@ -123,12 +124,32 @@
     return true;
   }
 
+  // The hint under the actions names what is missing, by the fields' labels, in the page's
+  // words (its data-* attributes).
+  function hintText(hint, missing, tooMany, busy) {
+    var separator = hint.getAttribute("data-separator") || ", ";
+    function words(attribute, labels) {
+      var list = labels.join(separator);
+      return (hint.getAttribute(attribute) || "{fields}").replace("{fields}", function () { return list; });
+    }
+    var parts = [];
+    if (missing.length) parts.push(words("data-missing", missing));
+    if (tooMany.length) parts.push(words("data-too-many", tooMany));
+    if (busy) parts.push(hint.getAttribute("data-uploading") || "");
+    return parts.join(" ");
+  }
+
+  // Not `disabled`: a disabled button is skipped by Tab, and its reason never heard. The buttons
+  // stay reachable, say they are unavailable (aria-disabled) and why (aria-describedby: the
+  // hint, or the reload notice), and their click is refused below.
   function refreshActions() {
     var form = document.getElementById("decision-form");
     if (!form) return;
-    var ready = !uploadsBusy(form) && !pageStale;
+    var busy = uploadsBusy(form);
+    var missing = [];
+    var tooMany = [];
     form.querySelectorAll(".field[data-required]").forEach(function (field) {
-      if (!fieldReady(field)) ready = false;
+      if (!fieldReady(field)) missing.push(field.getAttribute("data-label") || field.getAttribute("data-name") || "");
     });
     form.querySelectorAll(".field[data-kind=file-list]").forEach(function (field) {
       var list = field.querySelector(".file-chips");
@@ -136,14 +157,47 @@
       var count = field.querySelectorAll(".file-chip").length;
       var picker = field.querySelector(".file-pick");
       if (picker) picker.hidden = max > 0 && count >= max;
-      if (max > 0 && count > max) ready = false;
+      if (max > 0 && count > max) tooMany.push(field.getAttribute("data-label") || field.getAttribute("data-name") || "");
     });
-    form.querySelectorAll(".actions button[name=action]").forEach(function (button) {
-      button.disabled = !ready;
-    });
+    var ready = !busy && !pageStale && !missing.length && !tooMany.length;
     var hint = form.querySelector(".actions-hint");
-    if (hint) hint.hidden = ready || pageStale; // the reload notice says why instead
+    if (hint) {
+      hint.hidden = ready || pageStale; // the reload notice says why instead
+      var text = ready || pageStale ? "" : hintText(hint, missing, tooMany, busy);
+      if (text && hint.textContent !== text) hint.textContent = text;
+    }
+    var reason = pageStale ? document.getElementById("reload-notice-text") : hint;
+    form.querySelectorAll(".actions button[name=action]").forEach(function (button) {
+      if (ready) {
+        button.removeAttribute("aria-disabled");
+        button.removeAttribute("aria-describedby");
+      } else {
+        button.setAttribute("aria-disabled", "true");
+        if (reason && reason.id) button.setAttribute("aria-describedby", reason.id);
+      }
+    });
   }
+
+  function refusedAction(target) {
+    var button = target && target.closest && target.closest("#decision-form .actions button[name=action]");
+    return button && button.getAttribute("aria-disabled") === "true" ? button : null;
+  }
+
+  // A press on a button that waits (by mouse, key, or Enter in a field of the form) sends
+  // nothing: the hint is read out instead. Captured before htmx sees the form's submit.
+  document.addEventListener("click", function (event) {
+    if (!refusedAction(event.target)) return;
+    event.preventDefault();
+    event.stopPropagation();
+    var hint = document.querySelector("#decision-form .actions-hint");
+    if (hint && !hint.hidden) announce(hint.textContent.trim());
+  }, true);
+
+  document.addEventListener("submit", function (event) {
+    if (!event.target || event.target.id !== "decision-form" || !refusedAction(event.submitter)) return;
+    event.preventDefault();
+    event.stopPropagation();
+  }, true);
 
   // Another app: the node chosen belongs to the one before, so it is let go before the list is
   // asked again (this runs first, in the capture phase), and the node choices are fetched for
@@ -222,11 +276,13 @@
     if (parts.error) parts.error.textContent = "";
     var refused = tooLarge(event.detail.elt, parts.error).concat(tooMany(event.detail.elt, parts));
     if (refused.length) {
-      // Refused before sending, in the words the server would use.
+      // Refused before sending, in the words the server would use: read out by the alert
+      // alone (its words arrive a moment after it was emptied, so the same words are read
+      // again), not by the announcer too.
       event.preventDefault();
-      if (parts.error) parts.error.textContent = refused.join(" ");
+      var error = parts.error;
+      if (error) window.setTimeout(function () { error.textContent = refused.join(" "); }, 50);
       event.detail.elt.value = "";
-      announce(refused.join(" "));
       return;
     }
     if (parts.field) parts.field.setAttribute("data-uploading", "");
@@ -512,12 +568,17 @@
     if (!target.id) return;
     var around = target.parentElement;
     while (around && !around.id) around = around.parentElement;
+    // In the inbox: the row's place in the list (its form may be gone from the next one), and
+    // whether it was the pager (its next page is read from the start).
+    var row = active.closest("#rows .row");
     focusWas = {
       target: target.id,
       around: around ? around.id : "",
       href: active.getAttribute("href"),
       name: active.getAttribute("name"),
       value: active.getAttribute("value"),
+      rowIndex: row ? rows().indexOf(row) : -1,
+      pager: !!active.closest(".pager"),
       at: Date.now(),
     };
   }
@@ -552,12 +613,23 @@
     focusWas = null;
     var root = (was.target && document.getElementById(was.target)) || null;
     if (root) {
+      var links = Array.prototype.slice.call(root.querySelectorAll("#rows .row a.open"));
+      // Another page of the list: it is read from its first row.
+      if (was.pager && focusOn(links[0])) return;
       if (was.href && focusOn(root.querySelector('a[href="' + CSS.escape(was.href) + '"]'))) return;
       if (was.name) {
         var same = root.querySelector('[name="' + CSS.escape(was.name) + '"]' + (was.value ? '[value="' + CSS.escape(was.value) + '"]' : ""));
         if (same && !same.disabled && focusOn(same)) return;
       }
-      if (focusOn(root.querySelector(".state-title, [role=status], [role=alert], h1, h2"))) return;
+      // A row whose form left the list: the row now in its place, else the last one.
+      if (was.rowIndex >= 0 && links.length && focusOn(links[Math.min(was.rowIndex, links.length - 1)])) return;
+      // What the part says first, if it shows: a visually hidden heading would hold the focus
+      // where nobody sees it.
+      var says = Array.prototype.filter.call(
+        root.querySelectorAll(".state-title, .empty-title, [role=status], [role=alert], h1, h2"),
+        function (el) { return !el.closest(".visually-hidden, [hidden]"); }
+      );
+      if (focusOn(says[0])) return;
       if (focusOn(root.querySelector(FOCUSABLE))) return;
     }
     var around = was.around && document.getElementById(was.around);
@@ -595,8 +667,18 @@
     return found;
   }
 
+  // Where to come back: the address as it is now, not as the page was drawn (htmx has pushed
+  // the inbox's tab, filters and page since). A path of this site only: "//host" is another's.
+  function currentPath() {
+    var path = window.location.pathname + window.location.search;
+    return /^\/(?![\/\\])/.test(path) ? path : null;
+  }
+
   document.addEventListener("submit", function (event) {
     if (!event.target.matches || !event.target.matches("form.lang-switch")) return;
+    var next = event.target.querySelector("input[name=next]");
+    var here = currentPath();
+    if (next && here) next.value = here;
     var held = [];
     document.querySelectorAll(SWITCH_FORMS).forEach(function (form) {
       var fields = changedFields(form);
@@ -659,6 +741,39 @@
     }
   }
 
+  // --- "← Inbox" goes back to the list as it was left ----------------------------------------
+  // The inbox keeps its address (tab, filters, sort, page: what htmx pushed) in the tab's
+  // session storage; a form page's link back to it takes that address, if it is still the
+  // inbox's own. Without script the link opens the inbox as it starts.
+  var LIST_KEY = "inbox:list";
+
+  function rememberList() {
+    if (!document.querySelector("[data-inbox-list]")) return;
+    var here = currentPath();
+    if (!here) return;
+    try { window.sessionStorage.setItem(LIST_KEY, here); } catch (e) { /* the plain link stays */ }
+  }
+
+  function linkBackToList() {
+    var saved = null;
+    try { saved = window.sessionStorage.getItem(LIST_KEY); } catch (e) { saved = null; }
+    if (!saved || !/^\/(?![\/\\])/.test(saved)) return;
+    document.querySelectorAll("a[data-inbox-back]").forEach(function (link) {
+      var back;
+      var plain;
+      try {
+        back = new URL(saved, window.location.origin);
+        plain = new URL(link.getAttribute("href"), window.location.href);
+      } catch (e) { return; }
+      if (back.origin !== window.location.origin || back.pathname !== plain.pathname) return;
+      link.setAttribute("href", back.pathname + back.search);
+    });
+  }
+
+  ["htmx:pushedIntoHistory", "htmx:replacedInHistory", "htmx:historyRestore"].forEach(function (name) {
+    document.addEventListener(name, rememberList);
+  });
+
   document.addEventListener("inbox:announce", function (event) {
     announce(event.detail && event.detail.message);
   });
@@ -668,6 +783,8 @@
     restoreAfterSwitch();
     refreshTimes();
     refreshActions();
+    rememberList();
+    linkBackToList();
     // A page sent back with errors (the start form, a form page without htmx): the reader
     // starts at what to correct.
     var summary = document.getElementById("start-errors") || document.getElementById("form-errors");

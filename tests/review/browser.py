@@ -71,8 +71,10 @@ def logged_in_page(
     *,
     language: str = "en",
     tz: str = "Europe/Paris",
+    javascript: bool = True,
 ) -> Any:
-    """A page whose browser is logged in as `user` (a session made on the server side)."""
+    """A page whose browser is logged in as `user` (a session made on the server side);
+    `javascript=False`: a browser that runs no script, as some reviewers' do."""
     from django.test import Client
 
     client = Client()
@@ -81,6 +83,7 @@ def logged_in_page(
         locale="zh-CN" if language == "zh-hans" else "en-US",
         timezone_id=tz,
         viewport={"width": 1280, "height": 900},
+        java_script_enabled=javascript,
         extra_http_headers={
             "Accept-Language": "zh-Hans,zh;q=0.9" if language == "zh-hans" else "en"
         },

@@ -100,6 +100,64 @@ def test_every_input_kind_is_drawn(alice: Client, form: Form) -> None:
     assert '<input type="url" id="url-receipt" name="in_receipt"' in page
 
 
+def test_required_inputs_are_marked_and_the_actions_are_drawn_ready_to_send(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    definition = full_definition()
+    # A choice whose options Dify could not resolve: typed, and required all the same.
+    definition["inputs"].append(
+        {
+            "type": "select",
+            "output_variable_name": "region",
+            "option_source": {"type": "variable", "selector": ["start", "regions"], "value": []},
+        }
+    )
+    definition["inputs"].append(
+        {
+            "type": "file",
+            "output_variable_name": "scan_link",
+            "allowed_file_types": ["document"],
+            "allowed_file_extensions": [],
+            "allowed_file_upload_methods": ["remote_url"],
+        }
+    )
+    form = make_form(dify_app, definition=definition)
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+
+    def field(name: str) -> str:
+        match = re.search(
+            rf'<div class="field [^"]*" data-kind="[^"]+" data-name="{name}".*?(?=<div class="field |<div class="actions")',
+            page,
+            re.S,
+        )
+        assert match, name
+        return match.group(0)
+
+    # Required as the server checks them: the single file as the choices are, with its label
+    # named for the script's hint; the note and the list of files are not.
+    receipt = field("receipt")
+    assert 'data-label="Receipt" data-required' in receipt
+    assert '<legend>Receipt <span class="req" aria-hidden="true">*</span></legend>' in receipt
+    assert re.search(r'<input type="file"[^>]*aria-required="true"', receipt)
+    assert 'id="url-receipt"' in receipt and not re.search(
+        r'id="url-receipt"[^>]*aria-required', receipt
+    )
+    # Only web addresses taken: the address is what is required.
+    assert re.search(r'id="url-scan_link"[^>]*aria-required="true"', field("scan_link"))
+    region = field("region")
+    assert "data-required" in region and 'aria-required="true"' in region
+    assert '<span class="req" aria-hidden="true">*</span></label>' in region
+    for name in ("note", "evidence"):
+        assert "data-required" not in field(name) and "aria-required" not in field(name)
+        assert 'class="req"' not in field(name)
+    # Drawn sendable: a browser without script sends, and the server says what is missing.
+    actions = page[page.index('<div class="actions"') :]
+    assert "disabled" not in actions.split("</form>")[0]
+    response = alice.post(f"/forms/{form.public_id}/decide", {"action": "approve"})
+    assert response.status_code == 400
+    assert "<li>Receipt: Add a file.</li>" in response.content.decode()
+
+
 def test_a_long_option_list_is_a_dropdown(alice: Client, dify_app: DifyApp) -> None:
     definition = full_definition()
     definition["inputs"][1]["option_source"]["value"] = [f"option {i}" for i in range(8)]

@@ -218,6 +218,44 @@ def test_the_list_poll_answers_204_when_nothing_changed(alice: Client, dify_app:
     assert changed["HX-Trigger"].startswith('{"inbox:announce"')
 
 
+def test_the_poll_announces_a_change_only_when_the_rows_shown_changed(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    make_form(dify_app, node_title="late", status=Form.Status.EXPIRED)
+    page = alice.get("/", {"status": "expired"}).content.decode()
+    since = re.search(r'hx-get="\?status=expired&amp;since=([^"]+)"', page)
+    shown = re.search(r'hx-headers=\'\{"X-Inbox-Rows": "([0-9a-f]+)"\}\'', page)
+    assert since is not None and shown is not None
+    token = since.group(1).replace("%3A", ":").replace("%2B", "+")
+    poll = {"status": "expired", "since": token}
+    headers = {"HTTP_HX_REQUEST": "true", "HTTP_X_INBOX_ROWS": shown.group(1)}
+    # A form arrives on the Pending tab: the Expired list is redrawn (its counts changed), and
+    # nothing is said.
+    arrived = make_form(dify_app, node_title="arrived")
+    quiet = alice.get("/", poll, **headers)
+    assert quiet.status_code == 200 and rows(quiet.content.decode()) == ["late"]
+    assert "HX-Trigger" not in quiet
+    # It expires: a row appears where the reviewer looks, and that is said.
+    Form.objects.filter(pk=arrived.pk).update(status=Form.Status.EXPIRED, updated_at=timezone.now())
+    said = alice.get("/", poll, **headers)
+    assert sorted(rows(said.content.decode())) == ["arrived", "late"]
+    assert said["HX-Trigger"].startswith('{"inbox:announce"')
+    # A row whose status changed in place is a change on screen too.
+    page = alice.get("/", {"status": "all"}).content.decode()
+    shown = re.search(r'"X-Inbox-Rows": "([0-9a-f]+)"', page)
+    assert shown is not None
+    Form.objects.filter(pk=arrived.pk).update(
+        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+    )
+    moved = alice.get(
+        "/",
+        {"status": "all", "since": "0"},
+        HTTP_HX_REQUEST="true",
+        HTTP_X_INBOX_ROWS=shown.group(1),
+    )
+    assert moved["HX-Trigger"].startswith('{"inbox:announce"')
+
+
 def test_an_htmx_filter_change_returns_only_the_results(alice: Client, dify_app: DifyApp) -> None:
     make_form(dify_app)
     part = alice.get("/?status=pending", HTTP_HX_REQUEST="true").content.decode()

@@ -36,6 +36,8 @@ def test_a_file_of_a_type_the_input_refuses_is_explained(alice: Client, form: Fo
         "<p>song.mp3: This kind of file is not accepted here. Accepted: images, documents.</p>"
         in response.content.decode()
     )
+    # Read out by the place it goes to (an alert), not by the page's announcer as well.
+    assert "HX-Trigger" not in response
     assert not Upload.objects.exists()
 
 
