@@ -134,16 +134,36 @@ class AuditedAdmin(admin.ModelAdmin):
 
     audit_name = ""
 
+    def audit_values(self, obj: Any) -> dict[str, Any]:
+        """Values worth keeping in the trail before and after a change (no secrets): who a
+        route asks, say. None by default."""
+        return {}
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change and obj.pk is not None:
+            before = type(obj)._default_manager.filter(pk=obj.pk).first()
+            request._audit_before = self.audit_values(before) if before is not None else {}  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         fields = sorted({*form.changed_data, *(fs.prefix for fs in formsets if fs.has_changed())})
         if change and not fields:
             return
+        before: dict[str, Any] = getattr(request, "_audit_before", {})
+        after = self.audit_values(form.instance)
+        values = {
+            name: {"before": before.get(name), "after": value} if change else {"after": value}
+            for name, value in after.items()
+            if not change or before.get(name) != value
+        }
+        extra: dict[str, Any] = {"values": values} if values else {}
         AuditEntry.record(
             f"{self.audit_name}_{'changed' if change else 'created'}",
             form.instance,
             actor=request.user,
             fields=fields,
+            **extra,
         )
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
@@ -281,15 +301,18 @@ class DifyAppAdmin(AuditedAdmin):
             # rather than at the reconcile's next probe.
             obj.settings_changed(actor=request.user)
 
-    @admin.action(description=_("Test the connection to Dify"))
+    @admin.action(description=_("Test the connection to Dify"), permissions=["change"])
     def test_connection(self, request: HttpRequest, queryset: Any) -> None:
         """GET /info and /parameters with the app's key: proves the URL, the key and the app."""
         for app in queryset:
-            client = DifyClient.for_app(app)
             try:
+                client = DifyClient.for_app(app)
                 info = client.get_info()
                 parameters = client.get_parameters()
             except DifyError as exc:
+                AuditEntry.record(
+                    "app_connection_tested", app, actor=request.user, result=str(exc)[:300]
+                )
                 if isinstance(exc, DifyStatusError) and exc.refuses_app:
                     app.note_refused(exc, "connection test")
                 else:
@@ -307,6 +330,27 @@ class DifyAppAdmin(AuditedAdmin):
             # /parameters answers once a workflow is published; /info names the app's kind.
             kind = app.is_dify_mode(info.get("mode"))
             app.note_accepted("connection test", kind=kind, published=True)
+            # Decisions waiting out a retry's backoff go now, not at its end.
+            sent_now = Decision.send_waiting_now(app)
+            AuditEntry.record(
+                "app_connection_tested",
+                app,
+                actor=request.user,
+                result="connected",
+                mode=str(info.get("mode") or ""),
+                sent_now=sent_now,
+            )
+            if sent_now:
+                self.message_user(
+                    request,
+                    ngettext(
+                        "%(app)s: %(n)d decision waiting to be sent again goes now.",
+                        "%(app)s: %(n)d decisions waiting to be sent again go now.",
+                        sent_now,
+                    )
+                    % {"app": app.name, "n": sent_now},
+                    messages.SUCCESS,
+                )
             self.message_user(
                 request,
                 _(
@@ -455,7 +499,10 @@ class RunAdmin(RecordAdmin):
             _("No stream open: it waits for a person; the reconcile checks on it regularly.")
         )
 
-    @admin.action(description=_("Stop the selected runs in Dify"))
+    def has_stop_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("inbox.stop_run")
+
+    @admin.action(description=_("Stop the selected runs in Dify"), permissions=["stop"])
     def stop_run(self, request: HttpRequest, queryset: Any) -> None:
         """Dify's stop endpoint for the run's task, as the run's own Dify user."""
         from inbox.runs import RunNotStoppable, stop_run
@@ -574,22 +621,41 @@ class FormAdmin(RecordAdmin):
         names += [f"@{g.name}" for g in obj.assigned_groups.all()]
         return ", ".join(names) or "—"
 
-    @admin.action(description=_("Reassign the selected forms…"))
+    def has_reassign_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("inbox.reassign_form")
+
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("inbox.resend_form_emails")
+
+    @admin.action(description=_("Reassign the selected forms…"), permissions=["reassign"])
     def reassign(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
-        """An intermediate page picks the reviewer and groups; they replace the routing."""
+        """An intermediate page picks the reviewer and groups; they replace the routing. Only
+        forms still waiting for a decision: who was asked about a closed one is its record."""
         form = ReassignForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
-            for item in queryset:
+            done = sum(
                 item.reassign(
                     to_user=form.cleaned_data["to_user"],
                     groups=form.cleaned_data["groups"],
                     actor=request.user,
                 )
-            self.message_user(
-                request,
-                _("%(n)d form(s) reassigned.") % {"n": queryset.count()},
-                messages.SUCCESS,
+                for item in queryset
             )
+            skipped = queryset.count() - done
+            if done:
+                self.message_user(
+                    request, _("%(n)d form(s) reassigned.") % {"n": done}, messages.SUCCESS
+                )
+            if skipped:
+                self.message_user(
+                    request,
+                    _(
+                        "%(n)d form(s) skipped: no longer waiting for a decision (decided, "
+                        "expired or closed), so who was asked stays on record."
+                    )
+                    % {"n": skipped},
+                    messages.WARNING,
+                )
             return None
         context = {
             **self.admin_site.each_context(request),
@@ -601,7 +667,7 @@ class FormAdmin(RecordAdmin):
         }
         return TemplateResponse(request, "admin/inbox/form/reassign.html", context)
 
-    @admin.action(description=_("Resend the email to every recipient"))
+    @admin.action(description=_("Resend the email to every recipient"), permissions=["resend"])
     def resend_email(self, request: HttpRequest, queryset: Any) -> None:
         from inbox import notify
 
@@ -648,6 +714,17 @@ class RouteRecipientInline(admin.TabularInline):
 @admin.register(Route)
 class RouteAdmin(AuditedAdmin):
     audit_name = "route"
+
+    def audit_values(self, obj: Route) -> dict[str, Any]:
+        # Who may decide: the trail says who gained or lost it, not only that "users" changed.
+        return {
+            "users": sorted(obj.users.values_list("username", flat=True)),
+            "groups": sorted(obj.groups.values_list("name", flat=True)),
+            "recipients": sorted(obj.recipients.values_list("email", flat=True)),
+            "allow_guests": obj.allow_guests,
+            "is_active": obj.is_active,
+        }
+
     list_display = [
         "name",
         "app",
@@ -737,13 +814,39 @@ class DecisionAdmin(RecordAdmin):
         "dify_unreachable",
         "held_for_app",
     ]
-    actions = ["retry_delivery"]
+    actions = ["retry_delivery", "reopen_form"]
 
     @admin.display(description=_("decided by"))
     def decider(self, obj: Decision) -> str:
         return obj.decider_label
 
-    @admin.action(description=_("Retry delivery of the selected failed decisions"))
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("inbox.retry_decision")
+
+    @admin.action(
+        description=_("Give the forms of the selected failed decisions back for a new decision"),
+        permissions=["retry"],
+    )
+    def reopen_form(self, request: HttpRequest, queryset: Any) -> None:
+        reopened = sum(
+            decision.reopen_form(actor=request.user)
+            for decision in queryset.filter(status=Decision.Status.FAILED)
+        )
+        skipped = queryset.count() - reopened
+        self.message_user(
+            request,
+            _(
+                "%(reopened)d form(s) given back to their reviewers for a new decision; "
+                "%(skipped)d skipped (only the form of a failed decision, still failed and not "
+                "past its time, can be)."
+            )
+            % {"reopened": reopened, "skipped": skipped},
+            messages.SUCCESS if reopened else messages.WARNING,
+        )
+
+    @admin.action(
+        description=_("Retry delivery of the selected failed decisions"), permissions=["retry"]
+    )
     def retry_delivery(self, request: HttpRequest, queryset: Any) -> None:
         retried = sum(
             decision.retry_delivery(actor=request.user)
@@ -779,9 +882,17 @@ class RunEventAdmin(RecordAdmin):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(RecordAdmin):
-    list_display = ["created_at", "actor_label", "verb", "object_type", "object_repr"]
+    list_display = ["when", "actor_label", "verb", "object_type", "object_repr"]
     list_filter = ["verb", "object_type"]
-    search_fields = ["actor_label", "verb", "object_repr", "object_id"]
+    # The details hold the public ids of forms, runs and decisions (`AuditEntry.build`).
+    search_fields = ["actor_label", "verb", "object_repr", "object_id", "details"]
+    readonly_fields = ["when"]
+
+    @admin.display(description=_("when"), ordering="created_at")
+    def when(self, obj: AuditEntry) -> str:
+        # To the second and with its zone: entries a second apart are told apart.
+        return formats.date_format(timezone.localtime(obj.created_at), "Y-m-d H:i:s T")
+
     date_hierarchy = "created_at"
     actions = ["export_csv"]
 
@@ -833,11 +944,27 @@ class ApiTokenAdmin(admin.ModelAdmin):
         # Raw tokens are shown once, by `manage.py create_api_token`; the admin never sees one.
         return False
 
-    @admin.action(description=_("Revoke selected tokens"))
-    def revoke(self, request: HttpRequest, queryset: Any) -> None:
-        from django.utils import timezone
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Whose a token is, and that it was revoked, are never edited: a token handed to
+        # another account, or revoked and then restored, would act as someone it was not
+        # issued to. Revoking is the action below; a new token is issued by the command.
+        return False
 
-        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Revoked, a token stays as the record of what it was and who used it last.
+        return False
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("inbox.revoke_apitoken")
+
+    @admin.action(description=_("Revoke selected tokens"), permissions=["revoke"])
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        revoked = sum(token.revoke(request.user) for token in queryset.select_related("user"))
+        self.message_user(
+            request,
+            _("%(n)d token(s) revoked; their API calls are refused from now on.") % {"n": revoked},
+            messages.SUCCESS if revoked else messages.WARNING,
+        )
 
 
 @admin.register(ReviewerProfile)

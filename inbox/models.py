@@ -443,6 +443,8 @@ class Run(models.Model):
         verbose_name = _("run")
         verbose_name_plural = _("runs")
         ordering = ["-created_at"]
+        # What the admin's actions need beyond seeing the records (which are never edited).
+        permissions = [("stop_run", _("Can stop runs in Dify"))]
         constraints = [
             models.UniqueConstraint(
                 fields=["app", "workflow_run_id"],
@@ -494,9 +496,16 @@ class Run(models.Model):
                 checked_at=now,
                 updated_at=now,
             )
+            # A form whose decision failed for good closes too: nothing sent for it, again or
+            # anew, could arrive (its failed decision stays, as the record of what was decided).
             forms = list(
                 Form.objects.select_for_update().filter(
-                    run=run, status__in=(Form.Status.PENDING, Form.Status.NOT_ANSWERABLE)
+                    run=run,
+                    status__in=(
+                        Form.Status.PENDING,
+                        Form.Status.NOT_ANSWERABLE,
+                        Form.Status.FAILED,
+                    ),
                 )
             )
             Form.objects.filter(pk__in=[f.pk for f in forms]).update(
@@ -1053,7 +1062,9 @@ def release_lost_claims(user_ids: typing.Iterable[int]) -> int:
             if Form.objects.filter(pk=form.pk, claimed_by=user).update(
                 claimed_by=None, updated_at=timezone.now()
             ):
-                AuditEntry.record("form_released", form, previous=user.pk, reason="lost_access")
+                AuditEntry.record(
+                    "form_released", form, previous=user.get_username(), reason="lost_access"
+                )
                 released += 1
     return released
 
@@ -1152,6 +1163,10 @@ class Form(models.Model):
         verbose_name = _("form")
         verbose_name_plural = _("forms")
         ordering = ["expiration_time", "created_at"]
+        permissions = [
+            ("reassign_form", _("Can reassign forms")),
+            ("resend_form_emails", _("Can resend the emails of forms")),
+        ]
         indexes = [
             models.Index(fields=["status", "expiration_time"]),
             models.Index(fields=["status", "created_at"]),
@@ -1319,23 +1334,26 @@ class Form(models.Model):
                 return
             if form.claimed_by_id != user.pk and not user.is_staff:
                 raise ClaimRefused(gettext("Only the reviewer who took this form can release it."))
-            previous = form.claimed_by_id
+            previous = form.claimed_by.get_username() if form.claimed_by else None
             form.claimed_by = None
             form.save(update_fields=["claimed_by", "updated_at"])
             AuditEntry.record("form_released", form, actor=user, previous=previous)
         self.claimed_by = None
         self.updated_at = form.updated_at
 
-    def reassign(self, *, to_user: Any = None, groups: Any = None, actor: Any = None) -> None:
+    def reassign(self, *, to_user: Any = None, groups: Any = None, actor: Any = None) -> bool:
         """An administrator's reassignment: the form is routed to `to_user` (who also holds it)
-        and `groups` instead of whoever had it."""
+        and `groups` instead of whoever had it. Only a form still waiting for a decision here
+        (False otherwise, nothing changed): who was asked about a closed one is its record."""
         groups = list(groups or [])
         with transaction.atomic():
             form = Form.objects.select_for_update().get(pk=self.pk)
+            if form.status != Form.Status.PENDING or form.is_expired:
+                return False
             previous = {
                 "users": sorted(form.assigned_users.values_list("username", flat=True)),
                 "groups": sorted(form.assigned_groups.values_list("name", flat=True)),
-                "claimed_by": form.claimed_by_id,
+                "claimed_by": form.claimed_by.get_username() if form.claimed_by else None,
             }
             form.assigned_users.set([to_user] if to_user is not None else [])
             form.assigned_groups.set(groups)
@@ -1369,6 +1387,7 @@ class Form(models.Model):
                     pk = form.pk
                     transaction.on_commit(lambda: FormRecipient.enqueue_emails(pk))
         self.refresh_from_db()
+        return True
 
     @property
     def is_expired(self) -> bool:
@@ -1651,6 +1670,7 @@ class Decision(models.Model):
         verbose_name = _("decision")
         verbose_name_plural = _("decisions")
         ordering = ["-created_at"]
+        permissions = [("retry_decision", _("Can retry the delivery of decisions"))]
         constraints = [
             # At most one decision per form may be on its way or delivered: the database, not
             # only the row lock, refuses a second one.
@@ -2261,6 +2281,22 @@ class Decision(models.Model):
         return released
 
     @classmethod
+    def send_waiting_now(cls, app: DifyApp) -> int:
+        """The app's decisions waiting out a retry's backoff (Dify failed or was away) are due
+        now, and the pump is woken for them: an administrator's connection test just found Dify
+        answering again, so nobody waits up to the backoff's cap for nothing."""
+        waiting = cls.objects.filter(
+            status=cls.Status.QUEUED,
+            held_for_app=False,
+            form__run__app=app,
+            next_attempt_at__gt=Now(),
+        )
+        due = waiting.update(next_attempt_at=Now(), updated_at=timezone.now())
+        if due:
+            DeliveryPump.wake()
+        return due
+
+    @classmethod
     def resend_lost(cls, pk: int, *, due_before: dt.datetime) -> bool:
         """A queued decision long past its due time lost its task: send it again."""
         with transaction.atomic():
@@ -2338,6 +2374,30 @@ class Decision(models.Model):
             AuditEntry.record("delivery_retry_requested", decision, actor=actor, form=form.pk)
             pk = decision.pk
             transaction.on_commit(lambda: Decision.enqueue(pk))
+        self.refresh_from_db()
+        return True
+
+    def reopen_form(self, *, actor: Any = None) -> bool:
+        """An administrator gives a form whose decision failed for good back to its reviewers
+        for a new decision (Dify refused what was sent, and the form still waits there): the
+        failed decision stays as the record of what was tried. Not a form past its time."""
+        with transaction.atomic():
+            locked = Decision._lock(self.pk)
+            if locked is None:
+                return False
+            form, decision = locked
+            if (
+                decision.status != self.Status.FAILED
+                or form.status != Form.Status.FAILED
+                or form.is_expired
+            ):
+                return False
+            form.status = Form.Status.PENDING
+            form.claimed_by = None
+            form.save(update_fields=["status", "claimed_by", "updated_at"])
+            AuditEntry.record(
+                "form_reopened", form, actor=actor, failed_decision=str(decision.public_id)
+            )
         self.refresh_from_db()
         return True
 
@@ -2665,6 +2725,13 @@ class AuditEntry(models.Model):
         if actor is not None and not getattr(actor, "is_authenticated", False):
             actor = None
         label = actor_label or (actor.get_username() if actor is not None else "system")
+        # The ids an auditor holds (in a page's address, the API's answers): searchable too.
+        public_id = getattr(obj, "public_id", None)
+        if public_id is not None:
+            details.setdefault("public_id", str(public_id))
+        form = getattr(obj, "_state", None) and obj._state.fields_cache.get("form")
+        if isinstance(form, Form):
+            details.setdefault("form_public_id", str(form.public_id))
         return cls(
             actor=actor,
             actor_label=label,
@@ -2700,6 +2767,7 @@ class ApiToken(models.Model):
         verbose_name = _("API token")
         verbose_name_plural = _("API tokens")
         ordering = ["-created_at"]
+        permissions = [("revoke_apitoken", _("Can revoke API tokens"))]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
@@ -2717,8 +2785,24 @@ class ApiToken(models.Model):
 
         raw = "inbx_" + secrets.token_urlsafe(32)
         token = cls.objects.create(user=user, name=name, prefix=raw[:9], digest=cls.hash(raw))
-        AuditEntry.record("api_token_issued", token, actor=user)
+        # Issued by an operator's command, for its owner: the owner is named, not as the actor.
+        AuditEntry.record(
+            "api_token_issued", token, actor_label="create_api_token", owner=user.get_username()
+        )
         return token, raw
+
+    def revoke(self, actor: Any) -> bool:
+        """Refuse the token from now on; True when it was still in use."""
+        revoked = bool(
+            ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            )
+        )
+        if revoked:
+            AuditEntry.record(
+                "api_token_revoked", self, actor=actor, owner=self.user.get_username()
+            )
+        return revoked
 
     @classmethod
     def authenticate(cls, raw: str) -> Any:

@@ -127,7 +127,7 @@ def _sweep_expired_forms(batch_size: int) -> int:
                 continue
             form.status = Form.Status.EXPIRED
             form.save(update_fields=["status", "updated_at"])
-            AuditEntry.record("expired", form, reason="expiration_time passed")
+            AuditEntry.record("form_expired", form, reason="expiration_time passed")
             expired += 1
             runs.add(form.run_id)
     if expired:
@@ -1115,7 +1115,15 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                 Run.objects.filter(pk=run.pk).update(
                     checked_at=timezone.now(), needs_reconcile=False
                 )
-                AuditEntry.record("run_not_found", run)
+                # Once, until it is taken for gone (or new settings ask again): not a line a
+                # minute in the trail for as long as the question stays open.
+                if not AuditEntry.objects.filter(
+                    verb="run_not_found",
+                    object_type="run",
+                    object_id=str(run.pk),
+                    created_at__gt=run.app.updated_at,
+                ).exists():
+                    AuditEntry.record("run_not_found", run)
             counts["errors"] += 1
             if probing:
                 _ask_about_app(run.app, db_now)

@@ -265,8 +265,8 @@ def guest_decide(request: HtmxHttpRequest, token: str) -> HttpResponse:
             "guest_link_used_signed_in",
             decided,
             actor=request.user,
-            actor_label=recipient.email,
-            form=access.form.pk,
+            guest=recipient.email,
+            form=str(access.form.public_id),
         )
     if recipient.link_used_at is None and decided is not None:
         # Used: from now on the link shows its outcome only in this browser.
@@ -584,7 +584,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "expired_30": Form.objects.filter(
             status=Form.Status.EXPIRED, expiration_time__gte=now - dt.timedelta(days=30)
         ).count(),
-        "failed_deliveries": Decision.objects.filter(status=Decision.Status.FAILED).count(),
+        # Those still waiting for an administrator (retry, or reopen the form): not one whose
+        # form closed since (gone from Dify, reopened and decided again).
+        "failed_deliveries": Decision.objects.filter(
+            status=Decision.Status.FAILED, form__status=Form.Status.FAILED
+        ).count(),
         # What is on its way to Dify, and what of it waits: retrying (Dify down, busy or its
         # answer lost) and held (Dify refuses the app). One query.
         **Decision.objects.filter(

@@ -34,7 +34,7 @@ def test_sweep_expires_only_pending_forms_past_their_time(dify_app: DifyApp) -> 
     assert sweep_expired_forms() == 1
     statuses = dict(Form.objects.values_list("form_id", "status"))
     assert statuses == {"F-old": "expired", "F-fresh": "pending", "F-done": "submitted"}
-    assert AuditEntry.objects.get(verb="expired").object_id == str(old.pk)
+    assert AuditEntry.objects.get(verb="form_expired").object_id == str(old.pk)
     assert fresh.pk
 
 
@@ -62,7 +62,7 @@ def test_a_task_travels_through_redis_to_a_real_worker(
     form = _form(dify_app, "F-worker", -1)
     sweep_expired_forms.delay()
     wait_until(lambda: Form.objects.get(pk=form.pk).status == Form.Status.EXPIRED, timeout=60)
-    assert AuditEntry.objects.filter(verb="expired", object_id=str(form.pk)).count() == 1
+    assert AuditEntry.objects.filter(verb="form_expired", object_id=str(form.pk)).count() == 1
 
 
 @pytest.mark.worker

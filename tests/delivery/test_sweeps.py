@@ -245,6 +245,41 @@ def test_admin_retry_delivery_action(decided: Decision, admin_user: User, client
     assert "0 decision(s) queued for delivery again; 1 skipped" in response.content.decode()
 
 
+def test_a_form_whose_decision_failed_for_good_is_given_back_or_closed_with_its_run(
+    decided: Decision, admin_user: User, client: Client
+) -> None:
+    Decision.objects.filter(pk=decided.pk).update(
+        status=Decision.Status.FAILED, last_error="400 invalid_form_data: note is too long"
+    )
+    Form.objects.filter(pk=decided.form_id).update(status=Form.Status.FAILED)
+    client.force_login(admin_user)
+
+    def failed_on_dashboard() -> str:
+        page = client.get("/dashboard/").content.decode()
+        return page.split("failed deliveries")[0].rsplit("<strong>", 1)[1].split("<")[0]
+
+    assert failed_on_dashboard() == "1"
+    response = client.post(
+        "/admin/inbox/decision/",
+        {"action": "reopen_form", "_selected_action": [decided.pk]},
+        follow=True,
+    )
+    assert "1 form(s) given back to their reviewers for a new decision" in (
+        response.content.decode()
+    )
+    form = Form.objects.get(pk=decided.form_id)
+    assert form.status == Form.Status.PENDING
+    decided.refresh_from_db()
+    assert decided.status == Decision.Status.FAILED  # the record of what was tried
+    assert AuditEntry.objects.get(verb="form_reopened").actor == admin_user
+    assert failed_on_dashboard() == "0"
+    # Failed again, then its run gone from Dify: the form closes with it.
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.FAILED)
+    form.run.gone_from_dify(source="reconcile")
+    assert Form.objects.get(pk=form.pk).status == Form.Status.GONE
+    assert failed_on_dashboard() == "0"
+
+
 def test_reconcile_asks_once_about_the_forms_of_an_app_dify_refuses_then_leaves_them(
     app: DifyApp, dify: ScriptedDify
 ) -> None:
@@ -377,6 +412,11 @@ def test_a_run_dify_no_longer_knows_is_gone_after_a_second_404_and_its_forms_clo
     Run.objects.filter(pk=run.pk).update(updated_at=_ago(3600))
     dify.on("GET", "/workflows/run/", error(404, "not_found", "Workflow run not found"))
     # A first 404 is only noted: it may be a key pasted from another app, soon put right.
+    reconcile_runs()
+    assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).count() == 1
+    assert Form.objects.get(pk=waiting.pk).status == Form.Status.PENDING
+    # Asked again a minute later: the same question, not a second line in the trail.
+    Run.objects.filter(pk=run.pk).update(checked_at=_ago(3600), updated_at=_ago(3600))
     reconcile_runs()
     assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).count() == 1
     assert Form.objects.get(pk=waiting.pk).status == Form.Status.PENDING

@@ -46,6 +46,30 @@ def test_test_connection_calls_info_and_parameters(
     assert app.api_key not in response.content.decode()
 
 
+def test_a_passing_connection_test_sends_the_decisions_waiting_to_retry_now(
+    admin_client: Client, admin_user: User, simulator: Any, simulator_dify_app: Any
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox.models import Decision
+
+    app = simulator_dify_app("refund-approval")
+    form = make_form(app, status=Form.Status.SUBMITTING)
+    later = timezone.now() + dt.timedelta(minutes=15)
+    waiting = Decision.objects.create(
+        form=form, action_id="approve", attempts=4, next_attempt_at=later
+    )
+    response = action(admin_client, "difyapp", "test_connection", [app.pk])
+    assert "refund-approval: 1 decision waiting to be sent again goes now." in notes(response)
+    waiting.refresh_from_db()
+    assert waiting.next_attempt_at is not None and waiting.next_attempt_at < later
+    entry = AuditEntry.objects.get(verb="app_connection_tested")
+    assert entry.actor == admin_user and entry.details["result"] == "connected"
+    assert entry.details["sent_now"] == 1
+
+
 def test_test_connection_reports_a_bad_key(
     admin_client: Client, simulator: Any, simulator_dify_app: Any
 ) -> None:
@@ -74,8 +98,16 @@ def test_test_connection_records_a_refused_key_and_clears_it_once_dify_accepts_o
     app.refresh_from_db()
     assert app.refused_at is None
     assert list(
-        AuditEntry.objects.filter(object_type="difyapp").values_list("verb", "details__source")
+        AuditEntry.objects.filter(object_type="difyapp")
+        .exclude(verb="app_connection_tested")
+        .values_list("verb", "details__source")
     ) == [("app_accepted", "connection test"), ("app_refused", "connection test")]
+    # Each test is on record, with who ran it.
+    tests = AuditEntry.objects.filter(verb="app_connection_tested").order_by("id")
+    assert [(e.actor_label, e.details["result"][:3]) for e in tests] == [
+        ("admin", "401"),
+        ("admin", "con"),
+    ]
 
 
 def test_test_connection_clears_a_refusal_of_the_app_s_kind_only_when_dify_names_that_kind(
@@ -184,7 +216,7 @@ def test_stop_run_asks_dify_as_the_runs_own_user(
     assert exchange.path == f"/v1/workflows/tasks/{started.task_id}/stop"
     assert json.loads(exchange.request_body)["user"] == "inbox-run-user-7"
     entry = AuditEntry.objects.get(verb="run_stop_requested")
-    assert entry.actor == admin_user and entry.details == {"task_id": started.task_id}
+    assert entry.actor == admin_user and entry.details["task_id"] == started.task_id
 
 
 def test_stop_run_says_why_a_finished_or_paused_run_is_not_stopped(
@@ -270,6 +302,34 @@ def test_routes_are_edited_with_their_recipients(
     created = AuditEntry.objects.get(verb="route_created")
     assert created.object_id == str(made.pk)
     assert "recipients" in created.details["fields"] and "node" in created.details["fields"]
+    assert created.details["values"]["users"] == {"after": ["alice"]}
+    # A change names who gained or lost the right to decide, not only the field.
+    other = User.objects.create_user("carol")
+    changed = admin_client.post(
+        reverse("admin:inbox_route_change", args=[made.pk]),
+        {
+            "app": reach_app.pk,
+            "name": "finance",
+            "node": "Finance*",
+            "priority": 10,
+            "is_active": "on",
+            "users": [other.pk],
+            "language": "zh-hans",
+            "reminders": "24h,1h",
+            "recipients-TOTAL_FORMS": "1",
+            "recipients-INITIAL_FORMS": "1",
+            "recipients-0-id": RouteRecipient.objects.get(route=made).pk,
+            "recipients-0-route": made.pk,
+            "recipients-0-email": "cfo@example.org",
+            "recipients-0-language": "zh-hans",
+        },
+    )
+    assert changed.status_code == 302, changed.content.decode()[:2000]
+    entry = AuditEntry.objects.get(verb="route_changed")
+    assert entry.details["values"] == {
+        "users": {"before": ["alice"], "after": ["carol"]},
+        "allow_guests": {"before": True, "after": False},
+    }
     response = admin_client.post(
         reverse("admin:inbox_route_delete", args=[made.pk]), {"post": "yes"}
     )
@@ -315,7 +375,7 @@ def test_audit_entries_export_as_csv(admin_client: Client, routed_form: Form) ->
     assert [row[2] for row in rows[1:]] == [e.verb for e in entries]
     note = rows[-1]
     # A spreadsheet must not run a formula from a label.
-    assert note[1] == "'=HYPERLINK(evil)" and json.loads(note[6]) == {"comment": "über"}
+    assert note[1] == "'=HYPERLINK(evil)" and json.loads(note[6])["comment"] == "über"
 
 
 def test_audit_entries_are_read_only_and_searchable(
@@ -420,3 +480,90 @@ def test_the_admin_finds_forms_runs_decisions_and_routes_by_what_it_shows(
     assert found("route", reviewer.username) == 1
     # A term that is no id is no crash.
     assert found("run", "not-an-id") == 0
+
+
+def test_seeing_the_records_is_not_acting_on_them(
+    client: Client, routed_form: Form, other_reviewer: User, admin_user: User
+) -> None:
+    """Staff who may only view: no action that changes something is offered or taken."""
+    from django.contrib.auth.models import Permission
+
+    from inbox.models import ApiToken
+
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    token, _raw = ApiToken.issue(admin_user)
+    client.force_login(viewer)
+    for model, name in (
+        ("form", "reassign"),
+        ("form", "resend_email"),
+        ("run", "stop_run"),
+        ("decision", "retry_delivery"),
+        ("difyapp", "test_connection"),
+        ("apitoken", "revoke"),
+    ):
+        page = client.get(reverse(f"admin:inbox_{model}_changelist")).content.decode()
+        assert f'value="{name}"' not in page, (model, name)
+    action(client, "form", "reassign", [routed_form.pk], apply="1", to_user=other_reviewer.pk)
+    action(client, "apitoken", "revoke", [token.pk])
+    routed_form.refresh_from_db()
+    token.refresh_from_db()
+    assert routed_form.claimed_by is None and token.revoked_at is None
+    assert not AuditEntry.objects.filter(verb__in=["form_reassigned", "api_token_revoked"])
+    # Given the permission, the action is theirs.
+    viewer.user_permissions.add(Permission.objects.get(codename="reassign_form"))
+    done = action(
+        client, "form", "reassign", [routed_form.pk], apply="1", to_user=other_reviewer.pk
+    )
+    assert notes(done) == ["1 form(s) reassigned."]
+
+
+def test_a_token_is_never_edited_and_its_revoking_is_on_record(
+    admin_client: Client, admin_user: User, reviewer: User
+) -> None:
+    from inbox.models import ApiToken
+
+    token, raw = ApiToken.issue(reviewer)
+    change = reverse("admin:inbox_apitoken_change", args=[token.pk])
+    # Not to another account, not back from revoked: read-only.
+    refused = admin_client.post(change, {"user": admin_user.pk, "name": "x", "revoked_at": ""})
+    assert refused.status_code == 403
+    assert ApiToken.objects.get(pk=token.pk).user == reviewer
+    done = action(admin_client, "apitoken", "revoke", [token.pk])
+    assert notes(done) == ["1 token(s) revoked; their API calls are refused from now on."]
+    entry = AuditEntry.objects.get(verb="api_token_revoked")
+    assert entry.actor == admin_user and entry.details["owner"] == "alice"
+    issued = AuditEntry.objects.get(verb="api_token_issued")
+    assert issued.actor is None and issued.actor_label == "create_api_token"
+    assert raw not in json.dumps([entry.details, issued.details])
+
+
+def test_a_closed_form_is_not_reassigned(
+    admin_client: Client, routed_form: Form, other_reviewer: User
+) -> None:
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
+    done = action(
+        admin_client, "form", "reassign", [routed_form.pk], apply="1", to_user=other_reviewer.pk
+    )
+    assert notes(done) == [
+        "1 form(s) skipped: no longer waiting for a decision (decided, expired or closed), so "
+        "who was asked stays on record."
+    ]
+    routed_form.refresh_from_db()
+    assert routed_form.claimed_by is None
+    assert not AuditEntry.objects.filter(verb="form_reassigned").exists()
+
+
+def test_the_trail_is_found_by_the_ids_pages_and_the_api_show(
+    admin_client: Client, routed_form: Form, reviewer: User
+) -> None:
+    routed_form.claim(reviewer)
+    routed_form.release(reviewer)
+    listed = admin_client.get(
+        reverse("admin:inbox_auditentry_changelist"), {"q": str(routed_form.public_id)}
+    ).content.decode()
+    assert "form_claimed" in listed and "form_released" in listed
+    # To the second, with the zone.
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", listed)
+    released = AuditEntry.objects.get(verb="form_released")
+    assert released.details["previous"] == "alice"

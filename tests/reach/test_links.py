@@ -516,5 +516,7 @@ def test_a_decision_through_a_forwarded_link_names_who_was_signed_in(
     decision = Decision.objects.get(form=routed_form)
     assert decision.guest_email == GUEST
     entry = AuditEntry.objects.get(verb="guest_link_used_signed_in")
-    assert (entry.actor, entry.actor_label) == (other_reviewer, GUEST)
+    # Named as who pressed the button (found by their name in the trail), for the guest.
+    assert (entry.actor, entry.actor_label) == (other_reviewer, "bob")
+    assert entry.details["guest"] == GUEST
     assert entry.object_id == str(decision.pk)

@@ -60,6 +60,7 @@ def test_routing_stores_groups_users_and_recipients(
         "users": ["alice"],
         "groups": [],
         "recipients": 2,
+        "public_id": str(routed_form.public_id),
     }
 
 
