@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import contextvars
 import zoneinfo
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -26,6 +27,27 @@ class TimezoneMiddleware:
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             timezone.deactivate()
         return self.get_response(request)
+
+
+_actor: contextvars.ContextVar[Any] = contextvars.ContextVar("inbox_actor", default=None)
+
+
+def current_actor() -> Any:
+    """The signed-in user of the request being answered (None outside one): for the audit
+    trail of changes Django makes on its own, such as a user's groups saved in the admin."""
+    return _actor.get()
+
+
+class CurrentActorMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        token = _actor.set(getattr(request, "user", None))
+        try:
+            return self.get_response(request)
+        finally:
+            _actor.reset(token)
 
 
 class PrivatePagesMiddleware:

@@ -14,7 +14,8 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 
-from inbox.models import release_lost_claims
+from inbox.middleware import current_actor
+from inbox.models import AuditEntry, release_lost_claims
 
 _MEMBERS = "_inbox_members_before"
 
@@ -27,14 +28,36 @@ def _release_after_commit(user_ids: set[int]) -> None:
 def _membership_changed(
     sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
 ) -> None:
-    if action == "pre_clear" and reverse:
-        # group.user_set.clear(): who was in it is not said after.
-        setattr(instance, _MEMBERS, set(instance.user_set.values_list("pk", flat=True)))
+    if action == "pre_clear":
+        # A clear says nothing after of what it cleared.
+        if reverse:
+            setattr(instance, _MEMBERS, set(instance.user_set.values_list("pk", flat=True)))
+        else:
+            setattr(instance, _MEMBERS, set(instance.groups.values_list("pk", flat=True)))
         return
-    if action == "post_remove":
-        _release_after_commit({instance.pk} if not reverse else set(pk_set or ()))
-    elif action == "post_clear":
-        _release_after_commit({instance.pk} if not reverse else getattr(instance, _MEMBERS, set()))
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    changed = set(pk_set or ()) if action != "post_clear" else getattr(instance, _MEMBERS, set())
+    if not changed:
+        return
+    _audit_membership(instance, reverse, changed, added=action == "post_add")
+    if action != "post_add":
+        _release_after_commit({instance.pk} if not reverse else changed)
+
+
+def _audit_membership(instance: Any, reverse: bool, changed: set[int], *, added: bool) -> None:
+    """Who may decide what follows from groups: each change of a reviewer's groups is in the
+    trail, with the administrator who made it (`current_actor`)."""
+    user_model = get_user_model()
+    if reverse:
+        users = list(user_model.objects.filter(pk__in=changed))
+        groups = [instance.name]
+    else:
+        users = [instance]
+        groups = sorted(Group.objects.filter(pk__in=changed).values_list("name", flat=True))
+    change: dict[str, Any] = {"added" if added else "removed": groups}
+    for user in users:
+        AuditEntry.record("user_groups_changed", user, actor=current_actor(), **change)
 
 
 def _user_saved(
@@ -51,7 +74,16 @@ def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
 
 
 def _group_deleted(sender: Any, instance: Group, **kwargs: Any) -> None:
-    _release_after_commit(getattr(instance, _MEMBERS, set()))
+    members: set[int] = getattr(instance, _MEMBERS, set())
+    for user in get_user_model().objects.filter(pk__in=members):
+        AuditEntry.record(
+            "user_groups_changed",
+            user,
+            actor=current_actor(),
+            removed=[instance.name],
+            reason="group deleted",
+        )
+    _release_after_commit(members)
 
 
 def connect() -> None:

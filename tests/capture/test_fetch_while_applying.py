@@ -42,6 +42,7 @@ def apply_with(run: Run, answer: dict[str, Any] | None, timeout: float = 2.0) ->
 
 def captured_audit(form: Form) -> dict[str, Any]:
     entry = AuditEntry.objects.get(verb="form_captured", object_id=str(form.pk))
+    assert entry.details.pop("public_id") == str(form.public_id)
     return dict(entry.details)
 
 

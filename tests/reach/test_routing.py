@@ -410,3 +410,39 @@ def test_a_title_pattern_has_two_wildcards_and_nothing_else(
 ) -> None:
     made = Route(app=reach_app, name="x", node=pattern)
     assert made.matches("some_node", title) is matches
+
+
+def test_a_change_of_a_reviewer_s_groups_is_in_the_trail_with_who_made_it(
+    admin_client: Client, admin_user: User, reviewers_group: Group, other_reviewer: User
+) -> None:
+    second = Group.objects.create(name="second")
+    page = admin_client.get(f"/admin/auth/user/{other_reviewer.pk}/change/")
+    assert page.status_code == 200
+    form = page.context["adminform"].form
+    data = {
+        name: value
+        for name, value in form.initial.items()
+        if name not in ("groups", "user_permissions", "password") and value is not None
+    }
+    data.update(
+        {
+            "groups": [second.pk],
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+            "last_login_0": "",
+            "last_login_1": "",
+        }
+    )
+    saved = admin_client.post(f"/admin/auth/user/{other_reviewer.pk}/change/", data)
+    assert saved.status_code == 302, saved.content.decode()[:3000]
+    entries = AuditEntry.objects.filter(
+        verb="user_groups_changed", object_id=str(other_reviewer.pk), actor=admin_user
+    )
+    assert sorted(tuple(sorted(e.details.items())) for e in entries) == [
+        (("added", ["second"]),),
+        (("removed", ["reviewers"]),),
+    ]
+    # Deleting a group says so for each of its members.
+    second.delete()
+    gone = AuditEntry.objects.filter(verb="user_groups_changed", details__reason="group deleted")
+    assert [e.object_id for e in gone] == [str(other_reviewer.pk)]
