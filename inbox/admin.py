@@ -198,6 +198,19 @@ class DifyAppAdmin(AuditedAdmin):
     def masked_api_key(self, obj: DifyApp) -> str:
         return obj.masked_api_key
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            # Shown read-only, a field is its model value: the key itself. Masked instead.
+            fields = ["masked_api_key" if f == "api_key" else f for f in fields]
+        return fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            fields.append("masked_api_key")
+        return fields
+
     def get_queryset(self, request: HttpRequest) -> Any:
         # What waits on each app's connection, counted in the list's one query: decisions held
         # until Dify accepts the app, and decisions waiting out a backoff because Dify could not

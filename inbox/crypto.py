@@ -15,6 +15,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
+from inbox.dify.types import SealedText
+
 
 @cache
 def _fernet(keys: tuple[str, ...]) -> MultiFernet:
@@ -57,7 +59,7 @@ class DecryptionError(Exception):
     pass
 
 
-class Sealed(str):
+class Sealed(SealedText):
     """A stored value no key in INBOX_ENCRYPTION_KEYS opens (a key dropped before rotating, or a
     process started without the newest): its ciphertext, kept as it is, so that a save leaves
     it alone and the key put back opens it again. Never a secret to use: `readable` says so."""

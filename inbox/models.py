@@ -282,6 +282,8 @@ class DifyApp(models.Model):
         Run.objects.filter(pk__in=pks, events_unavailable=True).update(events_unavailable=False)
         # What the follower gave up on was read with the old settings: no wait carries over.
         Run.objects.filter(pk__in=pks).update(give_ups=0, refollow_after=None)
+        # Nor does a decision's backoff (a key this process could not read, a server away).
+        Decision.send_waiting_now(self)
         return request_follow_many(pks)
 
     def _clear_refusal(self, rows: models.QuerySet[DifyApp]) -> bool:
@@ -1090,7 +1092,9 @@ class Form(models.Model):
     )
     form_id = models.CharField(_("Dify form id"), max_length=64, unique=True)
     # A bearer capability: whoever holds it can answer the form. Encrypted, never rendered.
-    form_token = EncryptedTextField(blank=True, default="")
+    # Sealed when no key of this process opens it: the form's pages still open, and every call
+    # to Dify with it fails as FormTokenUnreadable, nothing sent (a delivery waits for the key).
+    form_token = EncryptedTextField(blank=True, default="", seal_unreadable=True)
     node_id = models.CharField(max_length=128, verbose_name=_("node id"))
     node_title = models.CharField(max_length=255, blank=True, verbose_name=_("node title"))
     content = models.TextField(blank=True, verbose_name=_("content"))
@@ -1799,6 +1803,7 @@ class Decision(models.Model):
                 rows: list[Decision] = list(batch.filter(pk__in=due))
                 for row in rows:
                     readable(row.form.run.app.api_key)
+                    readable(row.form.form_token)
             except DecryptionError:
                 # A form token or API key this process has no key for (a rotation half done):
                 # that decision waits, the rest of the batch goes.
@@ -1853,6 +1858,7 @@ class Decision(models.Model):
                 found = list(batch.filter(pk=pk))
                 for row in found:
                     readable(row.form.run.app.api_key)
+                    readable(row.form.form_token)
                 rows.extend(found)
             except DecryptionError as exc:
                 logger.error("decision %s: not sent: %s", pk, exc)

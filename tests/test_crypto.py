@@ -43,12 +43,14 @@ def test_a_missing_key_gives_a_clear_error(db: None) -> None:
         assert isinstance(sealed, crypto.Sealed) and repr(sealed) == "<Sealed DifyApp.api_key>"
         with pytest.raises(DecryptionError, match="DifyApp.api_key cannot be decrypted"):
             crypto.readable(sealed)
-        # A form token, read only where it is used, still fails its query.
         run = Run.objects.create(app=app, workflow_run_id="R1", dify_user="u")
         Form.objects.create(run=run, form_id="F1", form_token="t")
     with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
+        # So does a form: its token is refused where it would be sent.
+        token = Form.objects.get(form_id="F1").form_token
+        assert isinstance(token, crypto.Sealed)
         with pytest.raises(DecryptionError, match="Form.form_token cannot be decrypted"):
-            Form.objects.get(form_id="F1")
+            crypto.readable(token)
 
 
 def test_rotating_re_encrypts_every_secret_so_the_old_key_can_go(

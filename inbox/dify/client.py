@@ -47,11 +47,12 @@ from inbox.dify.errors import (
     DifyError,
     DifyProtocolError,
     DifyStatusError,
+    FormTokenUnreadable,
     from_response,
 )
 from inbox.dify.sse import DEFAULT_MAX_EVENT_BYTES
 from inbox.dify.streaming import AsyncEventStream, EventStream, transport_error
-from inbox.dify.types import FormDefinition, RunDetail, UploadedFile, storable
+from inbox.dify.types import FormDefinition, RunDetail, SealedText, UploadedFile, storable
 
 if TYPE_CHECKING:
     from inbox.models import DifyApp
@@ -346,6 +347,8 @@ class _BaseClient:
             # A null token (email/console delivery) has no API surface; say so instead of
             # sending GET /form/human_input/ and reporting a confusing 404.
             raise ValueError("form_token is empty: this form cannot be answered through the API")
+        if isinstance(form_token, SealedText):
+            raise FormTokenUnreadable()
 
 
 def _key_fingerprint(api_key: str) -> str:

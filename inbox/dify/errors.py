@@ -1,7 +1,9 @@
 """What can go wrong talking to Dify, as a hierarchy that retry logic can decide from.
 
     DifyError
-    ├── ApiKeyUnreadable               nothing sent: no encryption key here opens the app's key
+    ├── SecretUnreadable               nothing sent: no encryption key here opens a secret
+    │   ├── ApiKeyUnreadable           the app's API key
+    │   └── FormTokenUnreadable        a form's token
     ├── DifyConnectionError            transient: refused, reset, DNS, TLS...
     │   └── DifyTimeout                transient
     ├── DifyProtocolError              an answer we could not read
@@ -63,17 +65,28 @@ class DifyError(Exception):
         return self.message
 
 
-class ApiKeyUnreadable(DifyError):
-    """Nothing was sent: the app's stored API key cannot be decrypted with this process's
+class SecretUnreadable(DifyError):
+    """Nothing was sent: a secret the call needs cannot be decrypted with this process's
     encryption keys (one dropped before rotating, or a process started without the newest).
-    Not Dify's refusal: the key is not in question, only this process's settings."""
+    Not Dify's refusal, nor a fault of the form: only this process's settings. Worth trying
+    again once the key is back."""
 
     permanent = False
 
+
+class ApiKeyUnreadable(SecretUnreadable):
     def __init__(self, app_name: str) -> None:
         super().__init__(
             f"The API key of the app {app_name!r} cannot be decrypted with INBOX_ENCRYPTION_KEYS: "
             "put back the key it was encrypted with, or enter the API key again in the admin."
+        )
+
+
+class FormTokenUnreadable(SecretUnreadable):
+    def __init__(self) -> None:
+        super().__init__(
+            "This form's token cannot be decrypted with INBOX_ENCRYPTION_KEYS: put back the key "
+            "it was encrypted with."
         )
 
 

@@ -19,6 +19,12 @@ from typing import Any
 # --- lenient coercion -------------------------------------------------------------------------
 
 
+class SealedText(str):
+    """A secret this process cannot read (its stored ciphertext, which no configured key opens):
+    never sent as the secret. The model layer makes these (`inbox.crypto.Sealed`); the client
+    refuses them (`ApiKeyUnreadable`, `FormTokenUnreadable`)."""
+
+
 # What no database stores: NUL, and half of a surrogate pair (Dify's JSON may escape one alone,
 # "\ud83d", when an LLM's output or a user's input cut an emoji in two; a pair decodes to its
 # character, so any surrogate left in a decoded string is alone).

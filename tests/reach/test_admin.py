@@ -567,3 +567,17 @@ def test_the_trail_is_found_by_the_ids_pages_and_the_api_show(
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", listed)
     released = AuditEntry.objects.get(verb="form_released")
     assert released.details["previous"] == "alice"
+
+
+def test_an_app_s_key_is_masked_to_staff_who_may_only_see_the_app(
+    client: Client, reach_app: DifyApp
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename="view_difyapp"))
+    client.force_login(viewer)
+    page = client.get(reverse("admin:inbox_difyapp_change", args=[reach_app.pk]))
+    body = page.content.decode()
+    assert page.status_code == 200 and "payroll" in body
+    assert reach_app.api_key not in body and "app-…3456" in body

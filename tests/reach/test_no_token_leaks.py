@@ -214,8 +214,14 @@ def test_a_guest_link_refused_or_served_is_logged_without_its_token(
     encoded = "%2E" + token[1:].replace(":", "%3A")
     assert client.get(f"/r/{encoded}/").status_code == 200
     logging.getLogger("gunicorn.access").info('"GET /r/%s/ HTTP/1.1" 200', encoded)
+    # Other spellings of the same address, and the link in a Referer header.
+    for path in (f"/%72/{token}/", f"/r%2F{token}/"):
+        logging.getLogger("gunicorn.access").info('"GET %s HTTP/1.1" 200', path)
+    assert client.get(f"/%72/{token}/").status_code == 200
+    logging.getLogger("django.server").info("Referer: https://inbox.example/r/%s/decide", token)
     assert token not in caplog.text and tampered not in caplog.text
     assert token.split(":")[-1] not in caplog.text and encoded[6:] not in caplog.text
+    assert token.split(":")[0][:20] not in caplog.text
     assert '"GET /r/***/ HTTP/1.1" 200 512' in caplog.text
     assert '10.0.0.1 "POST /r/***/decide HTTP/1.1" 302' in caplog.text
 

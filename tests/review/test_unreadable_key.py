@@ -89,7 +89,9 @@ def test_the_pages_open_and_the_admin_takes_the_key_again(
     assert DifyApp.objects.get(pk=dropped_key.pk).api_key == "app-entered-again"
 
 
-def test_a_decision_waits_for_a_readable_key(dropped_key: DifyApp, form: Form) -> None:
+def test_a_decision_waits_for_a_readable_key_and_goes_once_it_is_entered_again(
+    dropped_key: DifyApp, form: Form
+) -> None:
     from inbox.models import Decision
 
     Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
@@ -101,3 +103,43 @@ def test_a_decision_waits_for_a_readable_key(dropped_key: DifyApp, form: Form) -
     decision.refresh_from_db()
     assert decision.status == "queued" and decision.attempts == 0
     assert "lacks the key that encrypted it" in decision.last_error
+    waits_until = decision.next_attempt_at
+    # The key entered again: the decision goes now, not at the end of its wait.
+    app = DifyApp.objects.get(pk=dropped_key.pk)
+    app.api_key = "app-entered-again"
+    app.save()
+    app.settings_changed()
+    decision.refresh_from_db()
+    assert decision.next_attempt_at is not None and decision.next_attempt_at < waits_until
+
+
+def test_a_form_token_no_key_opens_leaves_its_pages_open_and_is_never_sent(
+    client: Client, admin_user: User, form: Form
+) -> None:
+    from inbox.dify.errors import FormTokenUnreadable
+    from inbox.models import Decision
+
+    lost = Fernet.generate_key().decode()
+    with override_settings(INBOX_ENCRYPTION_KEYS=[lost]):
+        Form.objects.filter(pk=form.pk).update(form_token="token-under-a-lost-key")
+    loaded = Form.objects.get(pk=form.pk)
+    assert loaded.is_answerable
+    with pytest.raises(FormTokenUnreadable):
+        DifyClient.for_app(loaded.run.app).get_form(loaded.form_token)
+    client.force_login(admin_user)
+    for path in (
+        f"/forms/{form.public_id}/",
+        f"/runs/{form.run.public_id}/",
+        "/admin/inbox/form/",
+        f"/admin/inbox/form/{form.pk}/change/",
+        "/admin/inbox/decision/",
+    ):
+        assert client.get(path).status_code == 200, path
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+    decision = Decision.objects.create(
+        form=form, action_id="approve", next_attempt_at=timezone.now()
+    )
+    claimed, _others, _drained = Decision.claim_due(10)
+    assert claimed == []
+    decision.refresh_from_db()
+    assert decision.status == "queued" and "lacks the key" in decision.last_error
