@@ -533,13 +533,12 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     visible = Form.objects.for_user(request.user)
     counts, counts_current = _tab_counts(request, filters, token, allow_last=True)
     capped = _capped(counts, filters.status)
-    if capped or not counts_current:
+    page = filters.page
+    if not capped and counts_current:
         # Past the cap (or with the last count) the number of pages is not known: "Next"
-        # shows while another row follows.
-        page = filters.page
-    else:
+        # shows while another row follows. Otherwise a page past the last is the last.
         total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
-        page = min(filters.page, max(1, math.ceil(total / PAGE_SIZE)))
+        page = min(page, max(1, math.ceil(total / PAGE_SIZE)))
     now = timezone.now()
     order = ordering(filters.sort)
 
@@ -558,25 +557,26 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         )
 
     found = page_rows(page)
-    moved_to = ""
     if not found and page > 1:
-        # Past the last page (its forms were decided meanwhile, and the counts were the last
-        # ones): the last page that has forms, at its own address.
-        last = max(1, math.ceil(filters.apply(visible).count() / PAGE_SIZE))
-        if last < page:
-            query = request.GET.copy()
-            query.pop("since", None)
-            query.pop("page", None)
-            if last > 1:
-                query["page"] = str(last)
-            moved_to = f"{request.path}?{query.urlencode()}" if query else request.path
-            if not request.htmx:
-                return redirect(moved_to)
-            # The page's links and poll are written from the address: the corrected one.
-            query._mutable = False
-            request.GET = query  # type: ignore[assignment]  # a QueryDict made immutable
-            page = last
+        # Past the last page with the last counts (its forms were decided meanwhile): counted
+        # now, for the last page that has forms.
+        page = min(page, max(1, math.ceil(filters.apply(visible).count() / PAGE_SIZE)))
+        if page != filters.page:
             found = page_rows(page)
+    moved_to = ""
+    if page != filters.page:
+        # Shown at its own address: a redirect for a page opened there, the address replaced
+        # for htmx (the page's links and poll are written from it).
+        query = request.GET.copy()
+        query.pop("since", None)
+        query.pop("page", None)
+        if page > 1:
+            query["page"] = str(page)
+        moved_to = f"{request.path}?{query.urlencode()}" if query else request.path
+        if not request.htmx:
+            return redirect(moved_to)
+        query._mutable = False
+        request.GET = query  # type: ignore[assignment]  # a QueryDict made immutable
     offset = (page - 1) * PAGE_SIZE
     fmt = RowFormat(now)
     rows = [inbox_row(values, fmt) for values in found[:PAGE_SIZE]]

@@ -193,9 +193,17 @@ def test_a_page_past_the_last_goes_to_the_last(
     assert rows(body) == ["p0", "p1"] and "Nothing is waiting" not in body
     assert polled["HX-Replace-Url"] == "/?sort=expiry"
     assert "page=3" not in body
-    # Opened at its address, the page past the last is sent to the last.
+    # Opened at its address, the page past the last is sent to the last, whether the counts
+    # were the current ones or the last.
     moved = alice.get("/?page=9&sort=expiry")
     assert moved.status_code == 302 and moved["Location"] == "/?sort=expiry"
+    for i in range(4):
+        make_form(dify_app, node_title=f"q{i}")
+    from django.core.cache import cache
+
+    cache.clear()  # no last counts to show: the page counts now, and knows the last page
+    moved = alice.get("/?page=9&sort=expiry")
+    assert moved.status_code == 302 and moved["Location"] == "/?sort=expiry&page=3"
 
 
 def test_the_list_poll_answers_204_when_nothing_changed(alice: Client, dify_app: DifyApp) -> None:
