@@ -226,25 +226,37 @@ def _wrap_tables(tokens: list[Token]) -> list[Token]:
     return wrapped
 
 
-def top_heading(text: str) -> int | None:
-    """The level of the content's highest heading (1 for `#`), None when it has none."""
-    levels = [int(t.tag[1]) for t in _md.parse(text or "") if t.type == "heading_open"]
-    return min(levels, default=None)
+def heading_levels(text: str) -> tuple[int, ...]:
+    """The heading levels the content uses (1 for `#`), highest first."""
+    return tuple(sorted({int(t.tag[1]) for t in _md.parse(text or "") if t.type == "heading_open"}))
 
 
-def render_markdown(text: str, *, heading_below: int = 2, top: int | None = None) -> SafeString:
+def render_markdown(
+    text: str,
+    *,
+    heading_below: int = 2,
+    levels: tuple[int, ...] | None = None,
+    first_piece: bool = True,
+) -> SafeString:
     """`heading_below`: the page's own heading levels above the content. A form's content
     follows its h1 (its highest heading is an h2); a record or an answer sits under an h2 (its
-    highest is an h3). The content's own levels keep their order and skip none the content
-    does not skip: an LLM that starts at `###` gets the page's next level, not two below it.
-    `top`: the highest level of the whole content, when `text` is a piece of it."""
+    highest is an h3). The content's levels keep their order and skip none: an LLM that
+    writes `###` then `#####` gets the page's next two levels. `levels`: those the whole
+    content uses, when `text` is a piece of it; `first_piece`: False for a piece after the
+    first (its first heading follows the last one of the piece before, not the page's)."""
     tokens = _md.parse(text or "")
-    if top is None:
-        top = min((int(t.tag[1]) for t in tokens if t.type == "heading_open"), default=1)
+    if levels is None:
+        levels = tuple(sorted({int(t.tag[1]) for t in tokens if t.type == "heading_open"}))
+    rank = {level: index for index, level in enumerate(levels)}
+    # In the order they are read, a heading goes at most one level below the one before.
+    previous = heading_below if first_piece else 6
     for token in tokens:
-        if token.type in ("heading_open", "heading_close"):
-            level = int(token.tag[1]) - top + 1 + heading_below
-            token.tag = f"h{max(heading_below + 1, min(level, 6))}"
+        if token.type == "heading_open":
+            level = min(rank.get(int(token.tag[1]), 0) + heading_below + 1, previous + 1, 6)
+            token.tag = f"h{level}"
+            previous = level
+        elif token.type == "heading_close":
+            token.tag = f"h{previous}"
     _hold_back_images(tokens, frozenset(settings.INBOX_MARKDOWN_IMAGE_HOSTS))
     return sanitize(_md.renderer.render(_wrap_tables(_drop_empty_heads(tokens)), _md.options, {}))
 
@@ -288,12 +300,17 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
     placed: list[str] = []
     segments: list[Segment] = []
     # One heading scale for every piece, as if the content were rendered whole.
-    top = top_heading(PLACEHOLDER.sub(" ", text or "")) or 1
+    levels = heading_levels(PLACEHOLDER.sub(" ", text or ""))
+    pieces = 0
     pos = 0
     for match in PLACEHOLDER.finditer(text or ""):
         before = text[pos : match.start()]
         if before.strip():
-            segments.append(Segment(html=render_markdown(before, heading_below=1, top=top)))
+            html_piece = render_markdown(
+                before, heading_below=1, levels=levels, first_piece=pieces == 0
+            )
+            segments.append(Segment(html=html_piece))
+            pieces += 1
         name = match.group(1).strip()
         if name in known and name not in placed:
             placed.append(name)
@@ -301,7 +318,8 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
         pos = match.end()
     rest = (text or "")[pos:]
     if rest.strip():
-        segments.append(Segment(html=render_markdown(rest, heading_below=1, top=top)))
+        html_piece = render_markdown(rest, heading_below=1, levels=levels, first_piece=pieces == 0)
+        segments.append(Segment(html=html_piece))
     return segments, [name for name in input_names if name not in placed]
 
 

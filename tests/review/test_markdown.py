@@ -225,6 +225,8 @@ def test_a_forms_content_headings_follow_the_page_s_h1_and_tables_scroll_in_a_bo
     segments, _rest = split_content("## Claim\n\n{{#$output.note#}}\n\n### Photos", ["note"])
     assert [s.html for s in segments] == ["<h2>Claim</h2>\n", None, "<h3>Photos</h3>\n"]
     assert render_markdown("### Summary\n\n#### Risks") == "<h3>Summary</h3>\n<h4>Risks</h4>\n"
+    # Nor does it skip a level the content skips.
+    assert render_markdown("### A\n\n##### B\n\n#### C") == "<h3>A</h3>\n<h4>B</h4>\n<h4>C</h4>\n"
     # A table whose header row is empty has none.
     table = render_markdown("| | |\n|-|-|\n|Amount|EUR 15|")
     assert "<thead>" not in table and "<td>Amount</td>" in table
