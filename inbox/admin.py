@@ -836,44 +836,49 @@ class DecisionAdmin(RecordAdmin):
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("inbox.retry_decision")
 
+    def _each_failed(
+        self, request: HttpRequest, queryset: Any, act: Any, message: Any, done_name: str
+    ) -> None:
+        """`act` on each selected failed decision (True when it did something), and say how
+        many it did and how many it skipped."""
+        done = sum(act(decision) for decision in queryset.filter(status=Decision.Status.FAILED))
+        skipped = queryset.count() - done
+        self.message_user(
+            request,
+            message % {done_name: done, "skipped": skipped},
+            messages.SUCCESS if done else messages.WARNING,
+        )
+
     @admin.action(
         description=_("Give the forms of the selected failed decisions back for a new decision"),
         permissions=["retry"],
     )
     def reopen_form(self, request: HttpRequest, queryset: Any) -> None:
-        reopened = sum(
-            decision.reopen_form(actor=request.user)
-            for decision in queryset.filter(status=Decision.Status.FAILED)
-        )
-        skipped = queryset.count() - reopened
-        self.message_user(
+        self._each_failed(
             request,
+            queryset,
+            lambda decision: decision.reopen_form(actor=request.user),
             _(
                 "%(reopened)d form(s) given back to their reviewers for a new decision; "
                 "%(skipped)d skipped (only the form of a failed decision, still failed and not "
                 "past its time, can be)."
-            )
-            % {"reopened": reopened, "skipped": skipped},
-            messages.SUCCESS if reopened else messages.WARNING,
+            ),
+            "reopened",
         )
 
     @admin.action(
         description=_("Retry delivery of the selected failed decisions"), permissions=["retry"]
     )
     def retry_delivery(self, request: HttpRequest, queryset: Any) -> None:
-        retried = sum(
-            decision.retry_delivery(actor=request.user)
-            for decision in queryset.filter(status=Decision.Status.FAILED)
-        )
-        skipped = queryset.count() - retried
-        self.message_user(
+        self._each_failed(
             request,
+            queryset,
+            lambda decision: decision.retry_delivery(actor=request.user),
             _(
                 "%(retried)d decision(s) queued for delivery again; %(skipped)d skipped (only a "
                 "failed decision on a failed form can be retried)."
-            )
-            % {"retried": retried, "skipped": skipped},
-            messages.SUCCESS if retried else messages.WARNING,
+            ),
+            "retried",
         )
 
 
