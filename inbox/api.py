@@ -192,10 +192,16 @@ def api_view(
 
 @csrf_exempt
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
-    """Any other address under /api/: an answer in the API's shape, not an HTML page."""
-    return ApiError(
-        404, "not_found", f"No such API address: {request.method} {request.path}"
+    """Any other address under /api/: an answer in the API's shape, not an HTML page (and to
+    HEAD, what GET would get, without its body)."""
+    method = "GET" if request.method == "HEAD" else request.method
+    response = ApiError(
+        404, "not_found", f"No such API address: {method} {request.path}"
     ).response()
+    if request.method == "HEAD":
+        response["Content-Length"] = str(len(response.content))
+        response.content = b""
+    return response
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:

@@ -519,6 +519,9 @@ def test_head_is_a_get_without_its_body(client: Client, auth: dict[str, str], fo
     assert client.head("/api/v1/forms").status_code == 401
     refused = client.head(f"/api/v1/forms/{form.public_id}/decision", **auth)
     assert refused.status_code == 405 and refused["Allow"] == "POST"
+    missing, head = client.get("/api/v1/nothing", **auth), client.head("/api/v1/nothing", **auth)
+    assert head.status_code == missing.status_code == 404 and head.content == b""
+    assert head["Content-Length"] == str(len(missing.content))
 
 
 def test_a_submitted_form_says_what_was_answered_and_the_decision_what_was_sent(
