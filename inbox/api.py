@@ -861,7 +861,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
 
 def runs_create(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?}` → 201 the run."""
-    from inbox.dify.errors import DifyError, DifyStatusError
+    from inbox.dify.errors import DifyError, DifyStatusError, TooManyRequests
     from inbox.runs import StartFailed, StartRunForm, app_parameters, default_dify_user, start_run
 
     _require_may_start(request)
@@ -886,10 +886,21 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     except DifyError as exc:
         # Recorded as the start page does; a refusal of the start itself, and Dify taking it,
         # are recorded by `start_run` for both.
-        if isinstance(exc, DifyStatusError) and exc.refuses_app:
+        message = f"Dify's parameters could not be read: {exc}"
+        if not isinstance(exc, DifyStatusError):
+            # No answer at all (refused, reset, timed out): Dify could not be reached.
+            raise ApiError(502, "dify_unavailable", message) from None
+        if exc.refuses_app:
             app.note_refused(exc, "start")
+        # As a refused start is said (nothing was started, so no run is kept): Dify busy is the
+        # caller's to wait out; anything else is the set-up's or Dify's, never the inputs'.
+        limited = isinstance(exc, TooManyRequests)
         raise ApiError(
-            502, "dify_unavailable", f"Dify's parameters could not be read: {exc}"
+            429 if limited else 502,
+            "rate_limited" if limited else "dify_error",
+            message,
+            {"dify_status": exc.status, **({"dify_code": exc.code} if exc.code else {})},
+            retry_after=exc.retry_after if limited else None,
         ) from None
     form = StartRunForm(app, parameters)
     data = _start_form_data(form.specs, inputs)

@@ -441,10 +441,11 @@ def test_dify_refusing_the_app_s_parameters_marks_the_app_and_a_start_it_takes_c
     refusal = f"{status} {code}: {message}"
     assert error(response) == (
         502,
-        "dify_unavailable",
+        "dify_error",
         f"Dify's parameters could not be read: {refusal}",
     )
-    assert not Run.objects.exists()
+    assert response.json()["error"]["details"] == {"dify_status": status, "dify_code": code}
+    assert not Run.objects.exists()  # nothing was started
     refunds.refresh_from_db()
     assert (refunds.refusal, refunds.refusal_status) == (refusal, status)
     assert AuditEntry.objects.get(verb="app_refused").details == {
@@ -456,6 +457,27 @@ def test_dify_refusing_the_app_s_parameters_marks_the_app_and_a_start_it_takes_c
     refunds.refresh_from_db()
     assert refunds.refused_at is None
     assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "start"}
+
+
+def test_dify_busy_or_away_while_the_parameters_are_read_is_said_as_for_a_start(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    from django.core.cache import cache
+
+    body = {"app": "refund-approval", "inputs": inputs(simulator)}
+    cache.clear()  # the parameters are read anew
+    # (Every time: the client tries a GET again before it gives up.)
+    simulator.add_fault("status", "parameters", status=429, retry_after=7, times=None)
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert response.status_code == 429 and response["Retry-After"] == "7"
+    assert response.json()["error"]["code"] == "rate_limited"
+    simulator.clear_faults()
+    cache.clear()
+    simulator.add_fault("status", "parameters", status=503, times=None)
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert error(response)[:2] == (502, "dify_error")
+    assert response.json()["error"]["details"]["dify_status"] == 503
+    assert not Run.objects.exists()
 
 
 def test_dify_rate_limiting_a_start_is_passed_on_with_its_retry_after(
