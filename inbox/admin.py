@@ -987,9 +987,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 @admin.register(ReviewerProfile)
 class ReviewerProfileAdmin(admin.ModelAdmin):
-    """The language each reviewer last used the inbox in: their emails are sent in it."""
+    """The language each reviewer last used the inbox in, and their browser's time zone: their
+    emails are sent in that language, with times in that zone."""
 
-    list_display = ["user", "language", "updated_at"]
+    list_display = ["user", "language", "time_zone", "updated_at"]
     list_filter = ["language"]
     search_fields = ["user__username", "user__email"]
     autocomplete_fields = ["user"]

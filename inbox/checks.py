@@ -6,7 +6,29 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Tags, Warning, register
+from django.core.checks import Error, Tags, Warning, register
+from django.http.request import validate_host
+from django.utils.module_loading import import_string
+
+
+@register()
+def check_inbox_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """What would fail only later, when it is used: checked by every management command that
+    checks (`migrate` among them, which each deployment runs first)."""
+    found = []
+    try:
+        import_string(settings.EMAIL_BACKEND)
+    except ImportError as exc:
+        found.append(
+            Error(
+                f"EMAIL_BACKEND is {settings.EMAIL_BACKEND!r}, which cannot be imported ({exc}): "
+                "no email would be sent.",
+                hint="Leave EMAIL_BACKEND unset (SMTP when EMAIL_HOST is set), or name a backend "
+                "such as django.core.mail.backends.smtp.EmailBackend.",
+                id="inbox.E001",
+            )
+        )
+    return found
 
 
 @register(Tags.security, deploy=True)
@@ -39,6 +61,17 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
                 f"INBOX_BASE_URL is {settings.INBOX_BASE_URL}: emailed links would point there.",
                 hint="Set INBOX_BASE_URL to the inbox's public address.",
                 id="inbox.W003",
+            )
+        )
+    host = settings.INBOX_BASE_URL.split("://", 1)[-1].split("/")[0].lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if not validate_host(name, settings.ALLOWED_HOSTS):
+        found.append(
+            Warning(
+                f"INBOX_BASE_URL's host {name!r} is not in ALLOWED_HOSTS: emailed links would "
+                "be refused (400 Bad Request).",
+                hint="Add the host to ALLOWED_HOSTS, or correct INBOX_BASE_URL.",
+                id="inbox.W004",
             )
         )
     return found

@@ -106,6 +106,43 @@ def env_hosts(
     return list(dict.fromkeys(hosts))
 
 
+_ALLOWED_HOST = re.compile(
+    r"(\*|\.?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?"
+    r"|\[[0-9a-f:.]+\])\Z"
+)
+
+
+def env_allowed_hosts(
+    name: str, default: list[str], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Django's ALLOWED_HOSTS: host names (`.example.com` for a domain and its subdomains, `*`
+    for any), IP addresses, `[::1]`. A scheme, port or path never matches a request's host, so
+    every request would be refused with 400: said at start-up instead."""
+    hosts = [host.lower() for host in env_list(name, default, environ)]
+    for host in hosts:
+        if not _ALLOWED_HOST.match(host):
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated host names like inbox.example.com "
+                f"(.example.com for it and its subdomains, * for any), without a scheme, port "
+                f"or path; got {host!r}"
+            )
+    return hosts
+
+
+def env_time_zone(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """An IANA time zone name this machine knows (Europe/Paris, Asia/Shanghai, UTC)."""
+    import zoneinfo
+
+    raw = env_str(name, default, environ).strip() or default
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ImproperlyConfigured(
+            f"{name} must be a time zone name like Europe/Paris or UTC, got {raw!r}"
+        ) from None
+    return raw
+
+
 def parse_database_url(name: str, url: str) -> dict[str, object]:
     """Turn ``postgres://user:pass@host:port/db?sslmode=...`` or ``sqlite:///path`` into DATABASES."""
     parts = urlsplit(url)

@@ -14,6 +14,22 @@ from django.utils.translation import gettext as _
 from django_htmx.http import HttpResponseClientRefresh
 
 
+def valid_time_zone(name: str) -> str:
+    """`name` if it is an IANA zone this machine knows, else ""."""
+    if not name or len(name) > 64:
+        return ""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return ""
+    return name
+
+
+def browser_time_zone(request: HttpRequest) -> str:
+    """The zone the reader's browser gave (the `tz` cookie set by the page's script), or ""."""
+    return valid_time_zone(request.COOKIES.get("tz", ""))
+
+
 class TimezoneMiddleware:
     """Show times in the reviewer's zone: the `tz` cookie set by the browser, else the default."""
 
@@ -21,11 +37,8 @@ class TimezoneMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        name = request.COOKIES.get("tz", "")
-        try:
-            timezone.activate(zoneinfo.ZoneInfo(name)) if name else timezone.deactivate()
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            timezone.deactivate()
+        name = browser_time_zone(request)
+        timezone.activate(zoneinfo.ZoneInfo(name)) if name else timezone.deactivate()
         return self.get_response(request)
 
 
@@ -90,10 +103,11 @@ class HealthCheckMiddleware:
 
 class ReviewerLanguageMiddleware:
     """Remember the language a signed-in reviewer uses the inbox in (after LocaleMiddleware has
-    picked it from the switch, the cookie or the browser), for the emails sent to them. One write
-    per session and change, not per request."""
+    picked it from the switch, the cookie or the browser), and their browser's time zone, for
+    the emails sent to them. One write per session and change, not per request."""
 
     SESSION_KEY = "inbox_language_saved"
+    ZONE_SESSION_KEY = "inbox_time_zone_saved"
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -111,16 +125,25 @@ class ReviewerLanguageMiddleware:
             and request.session.session_key
             and not on_guest_link
         ):
-            language = translation.get_language() or ""
             try:
-                language = translation.get_supported_language_variant(language)
+                language = translation.get_supported_language_variant(
+                    translation.get_language() or ""
+                )
             except LookupError:
-                return response
-            if request.session.get(self.SESSION_KEY) != language:
+                language = ""
+            if language and request.session.get(self.SESSION_KEY) == language:
+                language = ""
+            zone = browser_time_zone(request)
+            if zone and request.session.get(self.ZONE_SESSION_KEY) == zone:
+                zone = ""
+            if language or zone:
                 from inbox.models import ReviewerProfile
 
-                ReviewerProfile.remember(user, language)
-                request.session[self.SESSION_KEY] = language
+                ReviewerProfile.remember(user, language, zone)
+                if language:
+                    request.session[self.SESSION_KEY] = language
+                if zone:
+                    request.session[self.ZONE_SESSION_KEY] = zone
         return response
 
 

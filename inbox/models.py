@@ -2549,6 +2549,9 @@ class FormRecipient(models.Model):
         null=True, blank=True, verbose_name=_("closed notice at")
     )
     link_opened_at = models.DateTimeField(null=True, blank=True, verbose_name=_("link opened at"))
+    # A guest's browser zone, as the link's pages last saw it: later emails give times in it.
+    # An account's zone is its reviewer profile's.
+    time_zone = models.CharField(_("time zone"), max_length=64, blank=True)
     link_used_at = models.DateTimeField(_("link used"), null=True, blank=True)
     # No longer asked: the form was reassigned to someone else. Its link opens nothing more, and
     # no reminder or notice follows.
@@ -2828,7 +2831,8 @@ class ApiToken(models.Model):
 
 class ReviewerProfile(models.Model):
     """What the inbox remembers of a reviewer: the language they last used it in (the language
-    switch or their browser's preference), so their emails speak it too."""
+    switch or their browser's preference) and their browser's time zone, so their emails speak
+    that language and give times in that zone, as the pages do."""
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL,
@@ -2838,6 +2842,13 @@ class ReviewerProfile(models.Model):
     )
     language = models.CharField(
         _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
+    )
+    # An IANA name ("Asia/Shanghai"); blank until their browser has said it.
+    time_zone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        blank=True,
+        help_text=_("As their browser last gave it; emails give times in it. Blank: the server's."),
     )
     updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
@@ -2857,5 +2868,20 @@ class ReviewerProfile(models.Model):
         return dict(cls.objects.filter(user_id__in=pks).values_list("user_id", "language"))
 
     @classmethod
-    def remember(cls, user: Any, language: str) -> None:
-        cls.objects.update_or_create(user=user, defaults={"language": language})
+    def remember(cls, user: Any, language: str | None = None, time_zone: str = "") -> None:
+        """Keep what was given: a language, a time zone, or both."""
+        defaults: dict[str, str] = {}
+        if language:
+            defaults["language"] = language
+        if time_zone:
+            defaults["time_zone"] = time_zone
+        if defaults:
+            cls.objects.update_or_create(user=user, defaults=defaults)
+
+    @classmethod
+    def time_zone_of(cls, user: Any) -> str:
+        """Their browser's zone, or "" when it never said one."""
+        if user is None:
+            return ""
+        pk = getattr(user, "pk", user)
+        return cls.objects.filter(user_id=pk).values_list("time_zone", flat=True).first() or ""

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 import uuid
+import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,8 @@ from django.utils.html import strip_tags
 
 from inbox import timefmt
 from inbox.markdown import excerpt
-from inbox.models import AuditEntry, Decision, Form, FormRecipient
+from inbox.middleware import valid_time_zone
+from inbox.models import AuditEntry, Decision, Form, FormRecipient, ReviewerProfile
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +178,11 @@ def build_email(
     now = now or timezone.now()
     form = recipient.form
     decision = _decider(form) if kind == "closed" else None
-    with translation.override(recipient.language):
+    zone = reading_zone(recipient)
+    with (
+        translation.override(recipient.language),
+        timezone.override(zoneinfo.ZoneInfo(zone) if zone else None),
+    ):
         expires = form.expiration_time
         context: dict[str, Any] = {
             "recipient": recipient,
@@ -218,6 +224,16 @@ def build_email(
     )
     message.attach_alternative(html, "text/html")
     return message
+
+
+def reading_zone(recipient: FormRecipient) -> str:
+    """The time zone an email to `recipient` gives its times in: their browser's, as the
+    inbox's pages last saw it (an account's from its reviewer profile, a guest's from their
+    link's pages), else "" for the server's."""
+    zone = ""
+    if recipient.user_id is not None:
+        zone = ReviewerProfile.time_zone_of(recipient.user_id)
+    return valid_time_zone(zone or recipient.time_zone)
 
 
 def _send(recipient: FormRecipient, kind: str, now: dt.datetime) -> bool:

@@ -14,7 +14,17 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from inbox.env import env_bool, env_float, env_hosts, env_int, env_list, env_str, parse_database_url
+from inbox.env import (
+    env_allowed_hosts,
+    env_bool,
+    env_float,
+    env_hosts,
+    env_int,
+    env_list,
+    env_str,
+    env_time_zone,
+    parse_database_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("INBOX_VAR_DIR", str(BASE_DIR / "var")))
@@ -25,7 +35,7 @@ _INSECURE_KEY = "django-insecure-embedded-key-change-me-in-production-0123456789
 SECRET_KEY = env_str("SECRET_KEY", _INSECURE_KEY if DEBUG or not env_str("DATABASE_URL") else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is set")
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+ALLOWED_HOSTS = env_allowed_hosts("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # A page's htmx post refused by the check is told so in the page (the full page otherwise).
 CSRF_FAILURE_VIEW = "inbox.views.csrf_failure"
@@ -118,7 +128,7 @@ LOGOUT_REDIRECT_URL = "login"
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
 LOCALE_PATHS = [BASE_DIR / "locale"]
-TIME_ZONE = env_str("TIME_ZONE", "UTC")
+TIME_ZONE = env_time_zone("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.translation import get_language, gettext, ngettext
 
 _UNITS = [(86400, "day"), (3600, "hour"), (60, "minute")]
@@ -70,6 +70,14 @@ def _worded(language: str | None, count: int, unit: str, *, future: bool) -> str
         # script writes over it: the same words before and after.
         worded = worded.replace(" ", "")
     return worded
+
+
+def absolute(value: dt.datetime) -> str:
+    """A date and time in the active zone, naming it ("Dec. 7, 2026, 2 p.m. Asia/Shanghai"):
+    a page shows the reader's browser zone, an email its recipient's, and either may be read
+    by someone elsewhere."""
+    local = timezone.localtime(value)
+    return f"{formats.date_format(local, 'DATETIME_FORMAT')} {timezone.get_current_timezone_name()}"
 
 
 def is_urgent(value: dt.datetime | None, now: dt.datetime | None = None) -> bool:

@@ -420,7 +420,8 @@ class RowFormat:
 
     def datetime(self, value: dt.datetime) -> str:
         local = value.astimezone(self.zone)
-        return _formatted(self.language, self.datetime_format, self.zone_key, local)
+        # Naming the zone, as `timefmt.absolute` does.
+        return f"{_formatted(self.language, self.datetime_format, self.zone_key, local)} {self.zone_key}"
 
     def relative(self, value: dt.datetime) -> str:
         return timefmt.relative(value, self.now, language=self.language)

@@ -31,6 +31,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
 
 from inbox import notify, timefmt
+from inbox.middleware import browser_time_zone
 from inbox.models import AuditEntry, ClaimRefused, Decision, Form, FormRecipient
 from inbox.views import (
     Decider,
@@ -227,6 +228,13 @@ def _guest_access(
     lapsed = check.state == "lapsed"
     if lapsed and not allow_lapsed:
         return _link_page(request, "lapsed", _lapsed_context(token, recipient))
+    zone = "" if request.user.is_authenticated else browser_time_zone(request)
+    if zone and zone != recipient.time_zone:
+        # The zone the guest reads in, for the times of the reminders and notices that follow
+        # (the first page of a link has no cookie yet; its polls and posts do). Not that of a
+        # reviewer signed in here: the link was forwarded to them.
+        FormRecipient.objects.filter(pk=recipient.pk).update(time_zone=zone)
+        recipient.time_zone = zone
     decider = Decider(base_url=notify.link_path(token), guest_email=recipient.email)
     return GuestAccess(recipient=recipient, form=form, decider=decider, lapsed=lapsed)
 

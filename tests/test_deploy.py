@@ -98,6 +98,10 @@ def test_a_lower_case_log_level_is_read() -> None:
             "https://images.example.com",
             "INBOX_MARKDOWN_IMAGE_HOSTS must be comma-separated host names",
         ),
+        ("TIME_ZONE", "Europe/Pariss", "TIME_ZONE must be a time zone name like Europe/Paris"),
+        # A scheme or a port never matches a request's host: every page would be a 400.
+        ("ALLOWED_HOSTS", "https://inbox.example.com", "ALLOWED_HOSTS must be comma-separated"),
+        ("ALLOWED_HOSTS", "inbox.example.com:443", "ALLOWED_HOSTS must be comma-separated"),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_its_name(name: str, value: str, message: str) -> None:
@@ -109,6 +113,33 @@ def test_a_bad_setting_stops_start_up_with_its_name(name: str, value: str, messa
     )
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_the_forms_django_allows_in_allowed_hosts_are_read() -> None:
+    env = _production_env(
+        ALLOWED_HOSTS="inbox.example.com, .example.org,10.0.0.5,[::1],*",
+        TIME_ZONE="Asia/Shanghai",
+    )
+    done = _manage(env, "check")
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_email_backend_that_cannot_be_imported_stops_migrate() -> None:
+    done = _manage(
+        _production_env(EMAIL_BACKEND="django.core.mail.backends.smpt.EmailBackend"), "check"
+    )
+    assert done.returncode != 0
+    assert "inbox.E001" in done.stderr and "cannot be imported" in done.stderr
+
+
+def test_the_deploy_check_warns_when_emailed_links_would_be_refused() -> None:
+    done = _manage(
+        _production_env(INBOX_BASE_URL="https://approvals.example.net"), "check", "--deploy"
+    )
+    assert "inbox.W004" in done.stderr and "'approvals.example.net'" in done.stderr
+    env = _production_env(INBOX_BASE_URL="https://inbox.example.com:8443/approvals")
+    done = _manage(env, "check", "--deploy")
+    assert "inbox.W004" not in done.stderr
 
 
 def test_production_requires_a_secret_key_and_encryption_keys() -> None:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from django import template
-from django.utils import formats, timezone
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
@@ -32,9 +32,15 @@ def reltime(value: dt.datetime | None) -> SafeString:
     return format_html(
         '<time datetime="{}" data-rel title="{}">{}</time>',
         timezone.localtime(value).isoformat(),
-        formats.date_format(timezone.localtime(value), "DATETIME_FORMAT"),
+        timefmt.absolute(value),
         timefmt.relative(value),
     )
+
+
+@register.filter
+def abstime(value: dt.datetime | None) -> str:
+    """A date and time in the reader's zone, naming the zone (`timefmt.absolute`)."""
+    return timefmt.absolute(value) if value is not None else ""
 
 
 @register.filter

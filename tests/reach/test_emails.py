@@ -177,8 +177,8 @@ def test_no_email_once_the_form_is_closed(routed_form: Form) -> None:
     ("kind", "expected"),
     [
         ("request", 'Decision needed: Tom\'s Q&A <urgent> (R&D "beta")'),
-        ("reminder", "Reminder: Tom's Q&A <urgent> expires in 1 hour"),
-        ("closed", "Decided: Tom's Q&A <urgent>"),
+        ("reminder", 'Reminder: Tom\'s Q&A <urgent> (R&D "beta") expires in 1 hour'),
+        ("closed", 'Decided: Tom\'s Q&A <urgent> (R&D "beta")'),
     ],
 )
 def test_subjects_keep_the_characters_of_titles_and_app_names(kind: str, expected: str) -> None:
@@ -193,3 +193,79 @@ def test_subjects_keep_the_characters_of_titles_and_app_names(kind: str, expecte
         "status": "submitted",
     }
     assert render_to_string(f"emails/{kind}_subject.txt", context).strip() == expected
+
+
+EXPIRES = dt.datetime(2031, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def test_email_times_are_in_the_zone_each_reader_uses_the_inbox_in(
+    reach_app: DifyApp, reviewer: Any, client: Any
+) -> None:
+    route(
+        reach_app,
+        users=[reviewer],
+        email_reviewers=True,
+        recipients=[(GUEST, "en"), ("far@example.org", "en")],
+        allow_guests=True,
+    )
+    # Alice's browser is in Shanghai; the guest's in New York; the other guest never opened
+    # a page, and their email is in the server's zone, named.
+    client.force_login(reviewer)
+    client.cookies["tz"] = "Asia/Shanghai"
+    client.get("/")
+    form = make_form(reach_app, expires_in=None, expiration_time=EXPIRES)
+    guest = form.recipients.get(email=GUEST)
+    visitor = type(client)()
+    visitor.cookies["tz"] = "America/New_York"
+    assert visitor.get(notify.link_path(notify.link_token(guest))).status_code == 200
+    guest.refresh_from_db()
+    assert guest.time_zone == "America/New_York"
+
+    notify.send_form_emails(form.pk)
+    mails = by_recipient()
+    assert "(May 1, 2031, 8 p.m. Asia/Shanghai)" in mails["alice@example.com"].body
+    assert "(May 1, 2031, 8 a.m. America/New_York)" in mails[GUEST].body
+    assert "(May 1, 2031, noon UTC)" in html_of(mails["far@example.org"])
+
+
+def test_a_zone_the_browser_makes_up_is_not_kept(
+    reach_app: DifyApp, reviewer: Any, client: Any
+) -> None:
+    from inbox.models import ReviewerProfile
+
+    client.force_login(reviewer)
+    client.cookies["tz"] = "Mars/Olympus_Mons"
+    page = client.get("/")
+    assert page.status_code == 200
+    assert ReviewerProfile.time_zone_of(reviewer) == ""
+    client.cookies["tz"] = "Europe/Paris"
+    client.get("/")
+    assert ReviewerProfile.time_zone_of(reviewer) == "Europe/Paris"
+    ReviewerProfile.objects.filter(user=reviewer).update(time_zone="")
+    client.get("/")  # once per session and zone, not per request
+    assert ReviewerProfile.time_zone_of(reviewer) == ""
+
+
+def test_a_guest_link_forwarded_to_a_reviewer_keeps_the_guest_s_zone(
+    routed_form: Form, other_reviewer: Any, client: Any
+) -> None:
+    guest = routed_form.recipients.get(email=GUEST)
+    client.force_login(other_reviewer)
+    client.cookies["tz"] = "Asia/Tokyo"
+    assert client.get(notify.link_path(notify.link_token(guest))).status_code == 200
+    guest.refresh_from_db()
+    assert guest.time_zone == ""
+
+
+def test_an_account_s_link_to_a_form_without_expiry_works_while_it_waits(
+    reach_app: DifyApp, reviewer: Any
+) -> None:
+    route(reach_app, users=[reviewer], email_reviewers=True, recipients=[GUEST], allow_guests=True)
+    form = make_form(reach_app, expires_in=None)
+    notify.send_form_emails(form.pk)
+    mails = by_recipient()
+    account = mails["alice@example.com"].body
+    assert "it works while the form waits for a decision" in account
+    assert "expires with the form" not in account
+    # A guest's link to such a form lasts a set time, and says so.
+    assert "it works for 30 days" in mails[GUEST].body

@@ -72,14 +72,14 @@ def test_reminders_at_24_and_1_hour_before_expiry(reach_route: Route, reach_app:
     assert sweep(T0 + 23 * H)["reminders"] == 0
     assert sweep(T0 + 24 * H)["reminders"] == 2
     assert subjects() == [
-        (GUEST, "Reminder: Manager approval expires in 24 hours"),
-        (GUEST_ZH, "提醒：Manager approval 将于24小时后过期"),  # noqa: RUF001
+        (GUEST, "Reminder: Manager approval (payroll) expires in 24 hours"),
+        (GUEST_ZH, "提醒：Manager approval（payroll）将于24小时后过期"),  # noqa: RUF001
     ]
     mail.outbox.clear()
     assert sweep(T0 + 30 * H)["reminders"] == 0  # nothing more until the last hour
     assert sweep(T0 + 47 * H)["reminders"] == 2
     assert {m.subject for m in mail.outbox if m.to == [GUEST]} == {
-        "Reminder: Manager approval expires in 60 minutes"
+        "Reminder: Manager approval (payroll) expires in 60 minutes"
     }
     mail.outbox.clear()
     assert sweep(T0 + 47.5 * H)["reminders"] == 0
@@ -182,7 +182,7 @@ def test_the_decided_notice_goes_to_those_who_did_not_decide(
     counts = sweep(T0 + 2 * H)
     assert counts["notices"] == 0 + 1
     assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
-    assert mail.outbox[0].subject == "已决定：Manager approval"  # noqa: RUF001
+    assert mail.outbox[0].subject == "已决定：Manager approval（payroll）"  # noqa: RUF001
     # Another guest is not told who decided: neither a reviewer's name nor a guest's address.
     assert "guest@example.net" not in mail.outbox[0].body
     assert "另一位收件人选择了：Approve。" in mail.outbox[0].body  # noqa: RUF001
@@ -195,7 +195,7 @@ def test_the_expired_notice(reach_route: Route, reach_app: DifyApp) -> None:
     Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 2 * H)
     assert sweep(T0 + 2 * H)["notices"] == 2
     message = next(m for m in mail.outbox if m.to == [GUEST])
-    assert message.subject == "Expired: Manager approval"
+    assert message.subject == "Expired: Manager approval (payroll)"
     assert "expired without a decision" in message.body
 
 
@@ -299,8 +299,8 @@ def test_a_form_that_never_expires_is_reminded_of_after_its_first_email(
     assert sweep(T0 + 0.5 * H)["reminders"] == 0
     assert sweep(T0 + H)["reminders"] == 2
     assert subjects() == [
-        (GUEST, "Reminder: Manager approval waits for your decision"),
-        (GUEST_ZH, "提醒：Manager approval 等待您的决定"),  # noqa: RUF001
+        (GUEST, "Reminder: Manager approval (payroll) waits for your decision"),
+        (GUEST_ZH, "提醒：Manager approval（payroll）等待您的决定"),  # noqa: RUF001
     ]
     message = next(m for m in mail.outbox if m.to == [GUEST])
     assert "A form you were asked about has not been answered yet." in message.body
