@@ -442,7 +442,9 @@ class DecisionForm(forms.Form):
                 )
         return cleaned
 
-    def save(self, *, reviewer: Any = None, guest_email: str = "") -> Decision:
+    def save(
+        self, *, reviewer: Any = None, guest_email: str = "", signed_in: Any = None
+    ) -> Decision:
         """Record the decision through `Form.decide` (call after is_valid()).
 
         Raises `FormNotOpen` when someone got there first. The page's submission key makes a
@@ -460,6 +462,7 @@ class DecisionForm(forms.Form):
                 reviewer=reviewer,
                 guest_email=guest_email,
                 submission_key=key,
+                signed_in=signed_in,
             )
         except IntegrityError:
             # Two posts of one page raced past the check above; the other made the decision.

@@ -1415,8 +1415,13 @@ class Form(models.Model):
         reviewer: Any = None,
         guest_email: str = "",
         submission_key: str | None = None,
+        signed_in: Any = None,
     ) -> Decision:
         """Record a reviewer's decision and queue its delivery to Dify.
+
+        `signed_in`: for a guest's decision, who was signed in here when it was made (the
+        guest's link was forwarded to them); the audit trail names them, with the guest's
+        address beside.
 
         The decision is the outbox: it is stored, with the form moved to `submitting`, in one
         transaction under the form's row lock, and the delivery task is queued only once that
@@ -1452,14 +1457,25 @@ class Form(models.Model):
                 )
                 form.status = Form.Status.SUBMITTING
                 form.save(update_fields=["status", "updated_at"])
-                AuditEntry.record(
-                    "decision_made",
-                    decision,
-                    actor=reviewer,
-                    actor_label=guest_email,
-                    form=form.pk,
-                    action=action_id,
-                )
+                pressed = signed_in if getattr(signed_in, "is_authenticated", False) else None
+                if reviewer is None and pressed is not None:
+                    AuditEntry.record(
+                        "decision_made",
+                        decision,
+                        actor=pressed,
+                        form=form.pk,
+                        action=action_id,
+                        guest=guest_email,
+                    )
+                else:
+                    AuditEntry.record(
+                        "decision_made",
+                        decision,
+                        actor=reviewer,
+                        actor_label=guest_email,
+                        form=form.pk,
+                        action=action_id,
+                    )
                 transaction.on_commit(lambda: Decision.enqueue(decision.pk))
         except IntegrityError:
             # The database constraint caught what the lock did not (a backend without row

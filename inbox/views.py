@@ -1024,7 +1024,12 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)
     try:
-        dform.save(reviewer=decider.reviewer, guest_email=decider.guest_email)
+        dform.save(
+            reviewer=decider.reviewer,
+            guest_email=decider.guest_email,
+            # A guest's link forwarded to someone signed in here: the trail names who pressed.
+            signed_in=request.user if decider.reviewer is None else None,
+        )
     except FormNotOpen as exc:
         form.refresh_from_db()
         notice = str(exc)

@@ -520,3 +520,6 @@ def test_a_decision_through_a_forwarded_link_names_who_was_signed_in(
     assert (entry.actor, entry.actor_label) == (other_reviewer, "bob")
     assert entry.details["guest"] == GUEST
     assert entry.object_id == str(decision.pk)
+    # The decision's own entry names him too, with the guest beside.
+    made = AuditEntry.objects.get(verb="decision_made")
+    assert (made.actor, made.actor_label, made.details["guest"]) == (other_reviewer, "bob", GUEST)
