@@ -579,14 +579,16 @@ class FileNames:
 
 
 def not_delivered(form_obj: Form, decision: Decision | None) -> bool:
-    """Whether the form's record is our own decision that never reached Dify: it failed, or Dify
-    had been answered elsewhere first and said nothing of that answer."""
+    """Whether the form's record is our own decision that never reached Dify: it failed, Dify
+    had been answered elsewhere first and said nothing of that answer, or the form had closed
+    in Dify (its time ran out there) before the decision arrived."""
     return (
         decision is not None
         and decision.status in (Decision.Status.FAILED, Decision.Status.REJECTED)
         and not form_obj.rendered_content
         and not form_obj.filled_data
-        and form_obj.status in (form_obj.Status.FAILED, form_obj.Status.ANSWERED_ELSEWHERE)
+        and form_obj.status
+        in (form_obj.Status.FAILED, form_obj.Status.ANSWERED_ELSEWHERE, form_obj.Status.EXPIRED)
     )
 
 

@@ -1397,6 +1397,18 @@ class Form(models.Model):
     def is_expired(self) -> bool:
         return self.expiration_time is not None and self.expiration_time <= timezone.now()
 
+    @property
+    def status_now(self) -> str:
+        """The status as a page shows it: a pending form whose time has run out is expired,
+        before the sweep records it so."""
+        if self.status == self.Status.PENDING and self.is_expired:
+            return str(self.Status.EXPIRED)
+        return str(self.status)
+
+    @property
+    def status_now_label(self) -> str:
+        return str(self.Status(self.status_now).label)
+
     def action_title(self, action_id: str) -> str:
         """The button text of an action, as the definition (or Dify's filled event) names it."""
         if action_id and action_id == self.filled_action_id and self.filled_action_text:

@@ -187,6 +187,11 @@ def _guest_access(
     if _hit(f"link:{_link_key(token)}", settings.INBOX_GUEST_RATE_PER_LINK):
         return _link_page(request, "rate_limited")
     recipient = check.recipient
+    if recipient is not None and settings.LANGUAGE_COOKIE_NAME not in request.COOKIES:
+        # No language chosen in this browser yet: the one the email was written in, for the
+        # form and for every page that says why the link opens nothing (expired, used, ...).
+        translation.activate(recipient.language)
+        request.LANGUAGE_CODE = recipient.language
     if (
         recipient is None
         or check.state == "expired"
@@ -221,10 +226,6 @@ def _guest_access(
         SESSION_USED, []
     ):
         return _link_page(request, "used")
-    if settings.LANGUAGE_COOKIE_NAME not in request.COOKIES:
-        # No language chosen in this browser yet: the one the email was written in.
-        translation.activate(recipient.language)
-        request.LANGUAGE_CODE = recipient.language
     lapsed = check.state == "lapsed"
     if lapsed and not allow_lapsed:
         return _link_page(request, "lapsed", _lapsed_context(token, recipient))

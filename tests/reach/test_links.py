@@ -113,6 +113,19 @@ def test_a_link_expires_with_its_form(client: Client, guest_link: str, routed_fo
     assert "This link has expired." in body and FORM_TEXT not in body
 
 
+def test_a_link_that_opens_nothing_says_why_in_the_email_s_language(
+    client: Client, routed_form: Form
+) -> None:
+    chinese = routed_form.recipients.get(email=GUEST_ZH)
+    link = notify.link_path(notify.link_token(chinese))
+    later = routed_form.expiration_time + dt.timedelta(seconds=1)  # type: ignore[operator]
+    with mock.patch("django.utils.timezone.now", return_value=later):
+        page = client.get(link, HTTP_ACCEPT_LANGUAGE="en")
+    assert page.status_code == 410
+    assert '<html lang="zh-hans">' in page.content.decode()
+    assert "This link has expired." not in page.content.decode()
+
+
 @override_settings(INBOX_LINK_MAX_AGE_SECONDS=60)
 def test_a_link_to_a_form_without_expiry_still_ages_out(
     client: Client, reach_route: Route, reach_app: DifyApp

@@ -6,6 +6,7 @@ import re
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from inbox.models import Decision, DifyApp, Form, Upload
 from tests.review.conftest import full_definition, make_form, make_run
@@ -462,6 +463,50 @@ def test_an_expired_form_shows_blanks_and_a_failed_one_what_was_decided(
     page = body(alice.get(f"/forms/{elsewhere.public_id}/").content.decode())
     assert "Answered elsewhere." in page
     assert "Decided here, not delivered" in page and "Conditions: Fine by me." in page
+
+
+def test_a_decision_that_arrived_after_the_form_closed_in_dify_keeps_its_words(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    # Dify timed the form out before its deadline (a global timeout, say); the decision sent
+    # from here was refused as expired. The page says so, and shows what was decided.
+    content = "Conditions: {{#$output.note#}}\n\nOutcome: {{#$output.decision#}}\n"
+    deadline = timezone.now() + dt.timedelta(days=3)
+    form = make_form(
+        dify_app,
+        status=Form.Status.EXPIRED,
+        content=content,
+        definition=full_definition(form_content=content),
+        expires_in=None,
+        expiration_time=deadline,
+    )
+    Decision.objects.create(
+        form=form,
+        action_id="approve",
+        reviewer=reviewer,
+        status=Decision.Status.REJECTED,
+        inputs={"note": "Checked the invoice twice.", "decision": "refund"},
+        last_error="The form expired in Dify before the decision arrived.",
+    )
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "This form expired." in page
+    assert "It closed in Dify before its deadline (" in page and "It closed at" not in page
+    assert "Alice chose “Approve”, but the form had closed before the decision reached Dify" in page
+    assert (
+        "Decided here, not delivered" in page and "Conditions: Checked the invoice twice." in page
+    )
+
+
+def test_a_form_past_its_deadline_reads_expired_before_the_sweep_records_it(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    form = make_form(
+        dify_app, expires_in=None, expiration_time=timezone.now() - dt.timedelta(seconds=5)
+    )
+    assert form.status == Form.Status.PENDING  # the sweep has not run
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert '<span id="form-status" class="badge expired">Expired</span>' in page
+    assert "This form expired." in page and "Take this form" not in page
 
 
 def test_a_form_answered_elsewhere_reads_with_what_dify_said_was_submitted(
