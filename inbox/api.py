@@ -190,6 +190,35 @@ def api_view(
     return decorate
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 400 for what is refused before any view runs (a Host header ALLOWED_HOSTS
+    does not hold, among others): in the API's shape under /api/, the page elsewhere."""
+    from django.core.exceptions import DisallowedHost
+    from django.views import defaults
+
+    if not request.path.startswith("/api/"):
+        return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+    if isinstance(exception, DisallowedHost):
+        message = "The request's Host header names no address this server answers to."
+    else:
+        message = "The request was refused as malformed."
+    return ApiError(400, "invalid_request", message).response()
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's 500 for a failure outside the API's views (in a middleware): in the API's shape
+    under /api/, the page elsewhere."""
+    from django.views import defaults
+
+    if not request.path.startswith("/api/"):
+        return defaults.server_error(request)
+    return ApiError(
+        500,
+        "internal_error",
+        "The inbox failed to answer this request. It was logged for the administrators.",
+    ).response()
+
+
 @csrf_exempt
 def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     """Any other address under /api/: an answer in the API's shape, not an HTML page (and to
@@ -255,10 +284,11 @@ def _refuse_unknown_keys(body: dict[str, Any], known: tuple[str, ...]) -> None:
     for: refused by its name instead."""
     unknown = sorted(set(body) - set(known))
     if unknown:
+        takes = f"this call takes: {', '.join(known)}" if known else "this call takes none"
         raise ApiError(
             400,
             "invalid_param",
-            f"Unknown field {unknown[0]!r}; this call takes: {', '.join(known)}.",
+            f"Unknown field {unknown[0]!r}; {takes}.",
             details={name: ["Unknown field."] for name in unknown},
         )
 
@@ -347,7 +377,7 @@ def _with_upload_ids(decision: Decision) -> dict[str, Any]:
 def _form_summary(request: HttpRequest, form: Form, content: str) -> dict[str, Any]:
     return {
         "id": str(form.public_id),
-        "status": form.status,
+        "status": form.status_now,
         "app": form.run.app.name,
         "run": {
             "id": str(form.run.public_id),
@@ -379,6 +409,12 @@ def forms_list(request: HttpRequest) -> HttpResponse:
         known = sorted({"all", *TAB_STATUSES, *Form.Status.values})
         raise ApiError(
             400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
+        )
+    if request.GET.get("mine", "") not in ("", "0", "1"):
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"'mine' is 1 (only forms assigned to you) or 0; got {request.GET['mine'][:20]!r}.",
         )
     raw_page = request.GET.get("page") or "1"
     if small_int(raw_page) is None:
@@ -475,11 +511,11 @@ def _refuse_closed(form: Form) -> None:
     """409: who got there first, when, and with which action (or why it closed otherwise)."""
     refusal = form.refusal(force=True)
     # The message says a time as a reader on the page would; the details say it exactly.
-    details: dict[str, Any] = {"status": form.status}
+    details: dict[str, Any] = {"status": form.status_now}
     if refusal.decision:
         details["decision"] = _decision_json(refusal.decision)
-    if form.is_expired:
-        details["expired_at"] = _iso(form.expiration_time)
+    if form.expired_at is not None:
+        details["expired_at"] = _iso(form.expired_at)
     raise ApiError(409, "form_not_open", str(refusal), details=details)
 
 
@@ -487,6 +523,22 @@ def _refuse_closed(form: Form) -> None:
 def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
     """`POST /api/v1/forms/{id}/files` (multipart: `input`, `file`): upload to Dify first."""
     form = _get_api_form(request, public_id)
+    if page_state(form) != "open":
+        _refuse_closed(form)
+    for key in request.POST:
+        if key != "input":
+            raise ApiError(400, "invalid_param", f"Unknown field {key!r}; send 'input' and 'file'.")
+    for key in request.FILES:
+        if key != "file":
+            raise ApiError(
+                400, "invalid_param", f"Unknown file field {key!r}; send the file as 'file'."
+            )
+    if len(request.POST.getlist("input")) > 1 or len(request.FILES.getlist("file")) > 1:
+        raise ApiError(
+            400,
+            "invalid_param",
+            "Send one 'input' and one 'file' per call; upload each file on its own.",
+        )
     name = request.POST.get("input", "")
     spec = next((s for s in input_specs(form.definition or {}) if s.name == name), None)
     if spec is None or not spec.is_file:
@@ -498,8 +550,6 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
             # Dropped as it arrived: larger than Dify takes for any kind of file.
             raise ApiError(413, "upload_rejected", " ".join(dropped))
         raise ApiError(400, "no_file_uploaded", "Send the file in a multipart field named 'file'.")
-    if page_state(form) != "open":
-        _refuse_closed(form)
     try:
         upload = upload_to_dify(form, spec, fileobj, request.user)
     except UploadRejected as exc:
@@ -568,7 +618,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             f"'action' is required: the id of one of this form's actions ({names}).",
             details={"action": ["Must be the id of one of the form's actions, as a string."]},
         )
-    given_key = body.get("submission_key") or ""
+    given_key = body.get("submission_key")
+    if given_key is None:
+        given_key = ""
     if not isinstance(given_key, str) or len(given_key) > 64:
         raise ApiError(
             400, "invalid_param", "'submission_key' must be a string of at most 64 characters."
@@ -634,13 +686,11 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
         raise ApiError(400, "invalid_form_data", " ".join(errors), details=details)
     try:
         decision = dform.save(reviewer=request.user)
-    except FormNotOpen as exc:
-        raise ApiError(
-            409,
-            "form_not_open",
-            str(exc),
-            details={"decision": _decision_json(exc.decision)} if exc.decision else None,
-        ) from None
+    except FormNotOpen:
+        # Another decision got there first (between the check above and the form's lock): told
+        # as any closed form is, with its status and who decided.
+        form.refresh_from_db()
+        _refuse_closed(form)
     return JsonResponse({"decision": _decision_json(decision)}, status=202)
 
 
@@ -685,7 +735,7 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
             {
                 "id": str(form.public_id) if form.pk in visible else None,
                 "visible": form.pk in visible,
-                "status": form.status,
+                "status": form.status_now,
                 "node_id": form.node_id,
                 "node_title": form.node_title,
                 "answerable": form.pk in visible and page_state(form) == "open",
@@ -736,7 +786,19 @@ def _optional_text(body: dict[str, Any], key: str, *, limit: int) -> str:
             "invalid_param",
             f"'{key}' must be a non-empty string of at most {limit} characters.",
         )
-    return value.strip()
+    _refuse_padded(key, value)
+    return value
+
+
+def _refuse_padded(key: str, value: str) -> None:
+    """Dify tells users apart by the exact text: " ann" is not "ann". Trimmed in silence, a run
+    would be under a user the caller did not name; kept, under one they did not mean."""
+    if value != value.strip():
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"'{key}' starts or ends with white space; Dify compares it exactly. Send it without.",
+        )
 
 
 _START_TYPES = {
@@ -953,10 +1015,13 @@ def run_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
 @api_view(["POST"])
 def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
     """`POST /api/v1/runs/{id}/stop` → 202; the run's end arrives through its stream."""
-    from inbox.dify.errors import DifyError, TooManyRequests
+    from inbox.dify.errors import DifyError, DifyStatusError, TooManyRequests
     from inbox.runs import RunNotStoppable, stop_run
 
     run = _get_api_run(request, public_id)
+    if request.body:
+        # It takes nothing: a field sent (a reason, "force") would read as honoured.
+        _refuse_unknown_keys(json_body(request), ())
     if not (request.user.is_staff or run.started_by_id == request.user.pk):
         raise ApiError(
             403, "forbidden", "Only who started a run, or an administrator, may stop it."
@@ -970,10 +1035,18 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
             429,
             "rate_limited",
             f"Dify is receiving too many requests: {exc}",
+            {"dify_status": exc.status, "dify_code": exc.code or ""},
             retry_after=exc.retry_after,
         ) from None
+    except DifyStatusError as exc:
+        raise ApiError(
+            502,
+            "dify_error",
+            f"Dify did not stop the run: {exc}",
+            {"dify_status": exc.status, "dify_code": exc.code or ""},
+        ) from None
     except DifyError as exc:
-        raise ApiError(502, "dify_error", f"Dify did not stop the run: {exc}") from None
+        raise ApiError(502, "dify_unavailable", f"Dify could not be reached: {exc}") from None
     run.refresh_from_db()
     return JsonResponse(_run_json(request, run), status=202)
 
@@ -1002,6 +1075,7 @@ def ingest(request: HttpRequest) -> HttpResponse:
         raise ApiError(
             400, "invalid_param", "'user' is required: the Dify user that started the run."
         )
+    _refuse_padded("user", user)
     token = body.get("form_token") or ""
     if not isinstance(token, str) or len(token) > 512:
         raise ApiError(400, "invalid_param", "'form_token' must be a string.")
@@ -1009,7 +1083,7 @@ def ingest(request: HttpRequest) -> HttpResponse:
         run, created = ingest_run(
             app,
             workflow_run_id=workflow_run_id.strip(),
-            dify_user=user.strip(),
+            dify_user=user,
             form_token=token.strip(),
             actor=request.user,
         )

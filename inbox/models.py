@@ -661,7 +661,9 @@ def _when(value: Any) -> str:
     local = timezone.localtime(value)
     if local.date() == timezone.localdate():
         return formats.date_format(local, "H:i")
-    return formats.date_format(local, "SHORT_DATETIME_FORMAT")
+    # The clock as on other days, not the format's "7:28 p.m.", whose period doubles the
+    # sentence's.
+    return f"{formats.date_format(local, 'SHORT_DATE_FORMAT')} {formats.date_format(local, 'H:i')}"
 
 
 # --- routing: who is asked about a form ---
@@ -1398,6 +1400,17 @@ class Form(models.Model):
         return self.expiration_time is not None and self.expiration_time <= timezone.now()
 
     @property
+    def expired_at(self) -> dt.datetime | None:
+        """When the form's time ran out: its `expiration_time`, or, when Dify closed it sooner
+        (a timeout of its own), when the inbox recorded that. None for a form not expired."""
+        if self.status == self.Status.EXPIRED:
+            times = [t for t in (self.expiration_time, self.updated_at) if t is not None]
+            return min(times) if times else None
+        if self.status == self.Status.PENDING and self.is_expired:
+            return self.expiration_time
+        return None
+
+    @property
     def status_now(self) -> str:
         """The status as a page shows it: a pending form whose time has run out is expired,
         before the sweep records it so."""
@@ -1582,7 +1595,7 @@ class Form(models.Model):
                 decision=winner,
             )
         if status == Form.Status.EXPIRED:
-            when = self.expiration_time or self.updated_at
+            when = self.expired_at or self.updated_at
             return FormNotOpen(
                 Reason(gettext_noop("This form expired at %(time)s."), time=_when(when))
             )

@@ -18,7 +18,9 @@ from django.utils.translation import gettext
 class Refused(Exception):
     """Something asked of the inbox was not done. `message` is for the person who asked;
     `status` and `code` are how an API client is told (the inbox's own code, never Dify's);
-    `retry_after` is set when it is worth asking again later. Subclasses name the verb."""
+    `retry_after` is set when it is worth asking again later; `dify_status` and `dify_code`
+    when Dify answered with an error (its HTTP status and its own code), told beside ours.
+    Subclasses name the verb."""
 
     def __init__(
         self,
@@ -27,14 +29,23 @@ class Refused(Exception):
         status: int = 400,
         code: str = "invalid_param",
         retry_after: float | None = None,
+        dify_status: int | None = None,
+        dify_code: str = "",
     ) -> None:
         super().__init__(message)
         self.message, self.status, self.code = message, status, code
         self.retry_after = retry_after
+        self.dify_status, self.dify_code = dify_status, dify_code
 
     def details(self) -> dict[str, Any]:
-        """What an API error carries beside the message; nothing by default."""
-        return {}
+        """What an API error carries beside the message: Dify's status and code, if it gave
+        them."""
+        details: dict[str, Any] = {}
+        if self.dify_status is not None:
+            details["dify_status"] = self.dify_status
+        if self.dify_code:
+            details["dify_code"] = self.dify_code
+        return details
 
 
 class Reason(str):

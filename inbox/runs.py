@@ -281,19 +281,22 @@ class StartFailed(Refused):
         dify_status: int | None = None,
         dify_code: str = "",
     ) -> None:
-        super().__init__(message, status=status, code=code, retry_after=retry_after)
-        self.run, self.dify_status, self.dify_code = run, dify_status, dify_code
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            retry_after=retry_after,
+            dify_status=dify_status,
+            dify_code=dify_code,
+        )
+        self.run = run
 
     def details(self) -> dict[str, Any]:
         details: dict[str, Any] = {}
         if self.run is not None:
             # The row kept for the record: after a 504 it is how to find the run again.
             details["run"] = str(self.run.public_id)
-        if self.dify_status is not None:
-            details["dify_status"] = self.dify_status
-        if self.dify_code:
-            details["dify_code"] = self.dify_code
-        return details
+        return {**details, **super().details()}
 
 
 def start_run(
@@ -649,12 +652,16 @@ def _unreachable(exc: DifyError) -> IngestRefused:
             status=429,
             code="rate_limited",
             retry_after=exc.retry_after,
+            dify_status=exc.status,
+            dify_code=exc.code or "",
         )
     if isinstance(exc, DifyStatusError):
         return IngestRefused(
             gettext("Dify answered with an error: %(error)s") % {"error": exc},
             status=502,
             code="dify_error",
+            dify_status=exc.status,
+            dify_code=exc.code or "",
         )
     return IngestRefused(
         gettext("Dify could not be reached: %(error)s") % {"error": exc},

@@ -39,8 +39,17 @@ class UploadRejected(Refused):
         status: int = 400,
         code: str = "upload_rejected",
         retry_after: float | None = None,
+        dify_status: int | None = None,
+        dify_code: str = "",
     ) -> None:
-        super().__init__(message, status=status, code=code, retry_after=retry_after)
+        super().__init__(
+            message,
+            status=status,
+            code=code,
+            retry_after=retry_after,
+            dify_status=dify_status,
+            dify_code=dify_code,
+        )
 
 
 def upload_limits(app: DifyApp) -> dict[str, int]:
@@ -145,18 +154,22 @@ def upload_to_dify(
             cast(BinaryIO, fileobj), filename=name, mime_type=mime_type, user=form.run.dify_user
         )
     except DifyStatusError as exc:
+        said: dict[str, Any] = {"dify_status": exc.status, "dify_code": exc.code or ""}
         if exc.status == 429:
             raise UploadRejected(
                 _("Dify is receiving too many requests. Try again in a moment."),
                 status=429,
                 code="rate_limited",
                 retry_after=getattr(exc, "retry_after", None),
+                **said,
             ) from None
         if exc.status >= 500 or exc.refuses_app:
             # Dify failing, or refusing the app's key or the app itself: not the file's fault.
-            raise UploadRejected(_dify_message(exc), status=502, code="dify_error") from None
+            raise UploadRejected(
+                _dify_message(exc), status=502, code="dify_error", **said
+            ) from None
         status = 413 if exc.status == 413 or exc.code == "file_too_large" else 400
-        raise UploadRejected(_dify_message(exc), status=status) from None
+        raise UploadRejected(_dify_message(exc), status=status, **said) from None
     except DifyConnectionError:
         raise UploadRejected(
             _("Dify could not be reached. Try again in a moment."),

@@ -45,6 +45,10 @@ app_patterns = (
     "inbox",
 )
 
+# Under /api/ an answer in the API's shape, even when Django refuses a request before any view.
+handler400 = "inbox.api.bad_request"
+handler500 = "inbox.api.server_error"
+
 urlpatterns = [
     path("", include(app_patterns)),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

@@ -580,6 +580,43 @@ def test_stopping_a_working_run(
     assert run.follow_wanted  # the follower records the end
 
 
+def test_stopping_takes_no_fields_and_passes_dify_s_refusal_on(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.set_options(time_scale=30.0)
+    run = start_run(refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer)
+    path = f"/api/v1/runs/{run.public_id}/stop"
+    # A reason or "force" would read as honoured: refused by name.
+    assert error(post(client, path, {"force": True}, reviewer)) == (
+        400,
+        "invalid_param",
+        "Unknown field 'force'; this call takes none.",
+    )
+    simulator.add_fault("status", "workflow_stop", status=503)
+    response = post(client, path, {}, reviewer)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "dify_error"
+    assert response.json()["error"]["details"] == {
+        "dify_status": 503,
+        "dify_code": "service_unavailable",
+    }
+
+
+def test_a_dify_user_is_taken_exactly_as_sent(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    for path, body in (
+        (
+            "/api/v1/runs",
+            {"app": "refund-approval", "inputs": inputs(simulator), "user": " crm-7 "},
+        ),
+        ("/api/v1/ingest", {"app": "refund-approval", "workflow_run_id": "R1", "user": "crm-7 "}),
+    ):
+        status, code, message = error(post(client, path, body, reviewer))
+        assert (status, code) == (400, "invalid_param") and "white space" in message, message
+    assert not Run.objects.exists()
+
+
 # --- ingest ---
 
 
@@ -768,3 +805,20 @@ def test_the_runs_list_shows_a_start_dify_did_not_take(
     for bad in ("status=done", "app=nope", "page=0"):
         response = client.get(f"/api/v1/runs?{bad}", **bearer(reviewer))
         assert error(response)[:2] == (400, "invalid_param"), bad
+
+
+def test_an_ingest_dify_fails_passes_its_status_and_code_on(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    started = simulator.start_run("refund-approval", user="crm-7")
+    simulator.add_fault("status", "workflow_run_detail", status=503, times=None)
+    response = post(
+        client,
+        "/api/v1/ingest",
+        {"app": "refund-approval", "workflow_run_id": started.workflow_run_id, "user": "crm-7"},
+        reviewer,
+    )
+    assert response.status_code == 502
+    body = response.json()["error"]
+    assert body["code"] == "dify_error"
+    assert body["details"] == {"dify_status": 503, "dify_code": "service_unavailable"}

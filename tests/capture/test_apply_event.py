@@ -222,7 +222,11 @@ def test_a_form_and_its_pause_in_one_batch_write_the_form_once(run: Run) -> None
     assert form.routed_at is not None and form.definition_fetched_at is not None
     assert form.definition["inputs"][1]["option_source"]["value"] == ["a", "b"]
     assert len([q for q in sql if q.startswith('INSERT INTO "inbox_auditentry"')]) == 1
-    verbs = set(AuditEntry.objects.filter(object_id=str(form.pk)).values_list("verb", flat=True))
+    verbs = set(
+        AuditEntry.objects.filter(object_type="form", object_id=str(form.pk)).values_list(
+            "verb", flat=True
+        )
+    )
     assert verbs == {"form_captured", "form_routed"}
     # The batch's own transaction is a savepoint here, inside the test's; no other.
     assert len([q for q in sql if q.startswith("SAVEPOINT")]) == 1
@@ -263,7 +267,7 @@ def test_a_412_from_get_form_settles_the_new_form_in_its_record_its_audit_and_th
     form = run.forms.get()
     assert form.status == status
     verbs = list(
-        AuditEntry.objects.filter(object_id=str(form.pk))
+        AuditEntry.objects.filter(object_type="form", object_id=str(form.pk))
         .order_by("id")
         .values_list("verb", flat=True)
     )

@@ -67,7 +67,7 @@ def test_a_412_handed_over_settles_the_new_form_before_anyone_sees_it(
     form = run.forms.get()
     assert form.status == status and form.definition_fetched_at is None
     verbs = list(
-        AuditEntry.objects.filter(object_id=str(form.pk))
+        AuditEntry.objects.filter(object_type="form", object_id=str(form.pk))
         .order_by("id")
         .values_list("verb", flat=True)
     )

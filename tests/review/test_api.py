@@ -445,9 +445,13 @@ def test_a_form_past_its_time_is_said_to_have_expired_not_to_be_decided(
     assert response.status_code == 409
     assert response.json()["error"]["message"].startswith("This form expired at ")
     details = response.json()["error"]["details"]
-    assert details["status"] == "pending"
+    # Expired, as soon as its time has passed: not "pending" until the sweep records it.
+    assert details["status"] == "expired"
     assert details["expired_at"] == form.expiration_time.isoformat()
-    assert client.get(f"/api/v1/forms/{form.public_id}", **auth).json()["answerable"] is False
+    detail = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()
+    assert (detail["status"], detail["answerable"]) == ("expired", False)
+    listed = client.get("/api/v1/forms?status=all", **auth).json()["results"]
+    assert [row["status"] for row in listed] == ["expired"]
     run = client.get(f"/api/v1/runs/{form.run.public_id}", **auth).json()
     assert run["forms"][0]["answerable"] is False
 
@@ -548,3 +552,117 @@ def test_a_submitted_form_says_what_was_answered_and_the_decision_what_was_sent(
     body = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()
     assert body["rendered_content"] == "Refund?\n\nPaid from Q3."
     assert body["decision"]["inputs"] == {"note": "Paid from Q3."}
+
+
+def full_inputs() -> dict[str, Any]:
+    return {
+        "note": "ok",
+        "decision": "refund",
+        "receipt": {"url": "https://files.example.com/r.pdf"},
+        "evidence": [],
+    }
+
+
+def test_a_form_dify_closed_before_its_deadline_says_when_it_closed(
+    client: Client, auth: dict[str, str], dify_app: DifyApp
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    # Dify timed it out three days early (a global timeout); a decision found it so.
+    deadline = timezone.now() + dt.timedelta(days=3)
+    form = make_form(dify_app, expires_in=None, expiration_time=deadline)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED)
+    form.refresh_from_db()
+    response = post_json(
+        client,
+        f"/api/v1/forms/{form.public_id}/decision",
+        {"action": "approve", "inputs": {}},
+        auth,
+    )
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["details"]["status"] == "expired"
+    assert error["details"]["expired_at"] == form.updated_at.isoformat()
+    assert form.updated_at < deadline
+    # A time as on other days' clocks, the sentence's one period its own.
+    assert error["message"].startswith("This form expired at ") and not error["message"].endswith(
+        ".."
+    )
+
+
+def test_the_loser_of_two_decisions_at_once_is_told_the_form_s_status(
+    client: Client, auth: dict[str, str], dify_app: DifyApp, reviewer: User, monkeypatch: Any
+) -> None:
+    from inbox import api
+
+    form = make_form(dify_app)
+    form.decide(action_id="approve", inputs=full_inputs(), reviewer=reviewer)
+    # The other decision arrives between this call's check and the form's lock.
+    monkeypatch.setattr(api, "page_state", lambda form: "open")
+    response = post_json(
+        client,
+        f"/api/v1/forms/{form.public_id}/decision",
+        {"action": "reject", "inputs": full_inputs()},
+        auth,
+    )
+    assert response.status_code == 409
+    details = response.json()["error"]["details"]
+    assert details["status"] == "submitting" and details["decision"]["action"] == "approve"
+
+
+def test_a_submission_key_is_a_string_or_absent(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    for key in (0, False, [], 12):
+        body = {"action": "approve", "inputs": full_inputs(), "submission_key": key}
+        response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+        assert response.status_code == 400, key
+        assert response.json()["error"]["code"] == "invalid_param"
+
+
+def test_mine_is_one_or_zero(client: Client, auth: dict[str, str], form: Form) -> None:
+    for value in ("1", "0", ""):
+        assert client.get(f"/api/v1/forms?mine={value}", **auth).status_code == 200
+    for value in ("true", "banana"):
+        response = client.get(f"/api/v1/forms?mine={value}", **auth)
+        assert response.status_code == 400 and "'mine' is 1" in response.json()["error"]["message"]
+
+
+def test_the_upload_call_takes_one_input_and_one_file_and_says_closed_first(
+    client: Client, auth: dict[str, str], form: Form, dify_app: DifyApp
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    url = f"/api/v1/forms/{form.public_id}/files"
+
+    def pdf(name: str = "r.pdf") -> Any:
+        return SimpleUploadedFile(name, b"%PDF-1.4", "application/pdf")
+
+    for data, says in (
+        ({"input": "receipt", "file": pdf(), "extra": "x"}, "Unknown field 'extra'"),
+        ({"input": "receipt", "file": [pdf("a.pdf"), pdf("b.pdf")]}, "one 'file' per call"),
+        ({"input": ["receipt", "evidence"], "file": pdf()}, "one 'input'"),
+        ({"input": "receipt", "document": pdf()}, "Unknown file field 'document'"),
+    ):
+        response = client.post(url, data, **auth)
+        assert response.status_code == 400, data
+        error = response.json()["error"]
+        assert error["code"] == "invalid_param" and says in error["message"], error
+    assert not Upload.objects.exists()
+    # A closed form says so before anything about the request's fields.
+    decided = make_form(dify_app, status=Form.Status.SUBMITTED)
+    response = client.post(f"/api/v1/forms/{decided.public_id}/files", {"input": "nope"}, **auth)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "form_not_open"
+
+
+def test_a_host_the_server_does_not_answer_to_is_told_in_json(
+    client: Client, auth: dict[str, str], db: None
+) -> None:
+    response = client.get("/api/v1/forms", HTTP_HOST="evil.example.com", **auth)
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "invalid_request"
+    page = client.get("/", HTTP_HOST="evil.example.com")
+    assert page.status_code == 400 and page["Content-Type"].startswith("text/html")

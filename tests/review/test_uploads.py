@@ -335,3 +335,26 @@ def test_more_files_picked_than_an_empty_list_takes_are_told_to_be_fewer(
         "At most 3 files can be attached here; choose fewer. Not added: p3.png."
         in html.unescape(response.content.decode())
     )
+
+
+def test_an_upload_dify_refuses_passes_its_status_and_code_on(
+    client: Client, simulator: Any, simulator_dify_app: Any, reviewer: Any, reviewers_group: Any
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from inbox.models import ApiToken
+
+    app = simulator_dify_app()
+    Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
+    form = make_form(app)
+    simulator.add_fault("status", "files_upload", status=503, times=None)
+    _token, raw = ApiToken.issue(reviewer)
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {"input": "receipt", "file": SimpleUploadedFile("r.pdf", b"%PDF-1.4", "application/pdf")},
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "dify_error"
+    assert error["details"] == {"dify_status": 503, "dify_code": "service_unavailable"}
