@@ -142,3 +142,19 @@ def test_no_translation_holds_a_placeholder_its_english_does_not() -> None:
         if used - given:
             wrong.append((msgid[:60], sorted(used - given)))
     assert wrong == []
+
+
+def test_lists_join_with_the_languages_separator() -> None:
+    from django.template import Context, Template
+    from django.utils import translation
+
+    from inbox.forms import joined
+
+    template = Template("{% load inbox_tags %}{{ names|joined }}")
+    names = ["Alice", "<b>Bob</b>"]
+    with translation.override("en"):
+        assert joined(names) == "Alice, <b>Bob</b>"
+        assert template.render(Context({"names": names})) == "Alice, &lt;b&gt;Bob&lt;/b&gt;"
+    with translation.override("zh-hans"):
+        assert joined(names) == "Alice\u3001<b>Bob</b>"
+        assert template.render(Context({"names": names})) == "Alice\u3001&lt;b&gt;Bob&lt;/b&gt;"
