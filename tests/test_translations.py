@@ -142,3 +142,71 @@ def test_no_translation_holds_a_placeholder_its_english_does_not() -> None:
         if used - given:
             wrong.append((msgid[:60], sorted(used - given)))
     assert wrong == []
+
+
+def _chinese_catalog() -> dict[str, str]:
+    """Each entry's English (a plural's singular) and its Chinese, from the compiled catalogue."""
+    import gettext
+
+    from django.conf import settings
+
+    mo = Path(settings.BASE_DIR) / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.mo"
+    with mo.open("rb") as handle:
+        catalog = gettext.GNUTranslations(handle)._catalog  # type: ignore[attr-defined]
+    return {
+        (key[0] if isinstance(key, tuple) else key).split("\x04")[-1]: text
+        for key, text in catalog.items()
+        if key
+    }
+
+
+def test_chinese_is_spaced_from_latin_words_numbers_and_placeholders() -> None:
+    """One space between Chinese and a Latin word, a number or a placeholder ("在 Dify 中",
+    "由 %(who)s 提交"); none beside full-width punctuation (a full-width bracket, comma or stop
+    touches what it follows and precedes). Relative times are Chinese words, written as the
+    browser's Intl.RelativeTimeFormat writes them ("2分钟后"), and so are the dashboard's
+    durations beside them: their placeholders touch the words."""
+    import re
+
+    han = "[\u3400-\u4dbf\u4e00-\u9fff]"
+    latin = r"(?:[A-Za-z0-9]|%\(\w+\)(?:\.\d)?[sdfg]|\{\w*\})"
+    relative = re.compile(r"%\((?:time_left|time|when)\)s|\{when\}")
+    compact = {"%(n)d s", "%(n)d min", "%(n).1f h", "%(n).1f d", "in %(time)s", "%(time)s ago"}
+    full_width = "\uff0c\u3002\uff1a\uff1b\uff08\uff09\u300c\u300d\u3001\uff01\uff1f\u201c\u201d"
+    wrong = []
+    for english, chinese in _chinese_catalog().items():
+        if english in compact or "\n" in english:
+            continue
+        text = chinese
+        if re.search(r"Arrived|Expires|expires|Try again %\(when\)s|ask again", english):
+            text = relative.sub("\u73b0\u5728", text)  # stands in for the Chinese words it says
+        touching = re.search(f"{han}{latin}|{latin}{han}", text)
+        cramped = re.search(f" [{full_width}]|[{full_width}] ", text)
+        if touching or cramped:
+            wrong.append(chinese)
+    assert wrong == []
+
+
+def test_one_word_for_each_thing() -> None:
+    """A reviewer is 审批人 and answering a form 作答 wherever they are named."""
+    catalog = _chinese_catalog()
+    assert catalog["reviewer"] == catalog["Reviewer"] == "\u5ba1\u6279\u4eba"
+    assert catalog["Answered elsewhere"] == "\u5df2\u5728\u522b\u5904\u4f5c\u7b54"
+    for other in ("\u5ba1\u9605\u8005", "\u5ba1\u6838\u4eba", "\u56de\u590d"):
+        assert [t for t in catalog.values() if other in t] == [], other
+
+
+def test_lists_join_with_the_languages_separator() -> None:
+    from django.template import Context, Template
+    from django.utils import translation
+
+    from inbox.forms import joined
+
+    template = Template("{% load inbox_tags %}{{ names|joined }}")
+    names = ["Alice", "<b>Bob</b>"]
+    with translation.override("en"):
+        assert joined(names) == "Alice, <b>Bob</b>"
+        assert template.render(Context({"names": names})) == "Alice, &lt;b&gt;Bob&lt;/b&gt;"
+    with translation.override("zh-hans"):
+        assert joined(names) == "Alice\u3001<b>Bob</b>"
+        assert template.render(Context({"names": names})) == "Alice\u3001&lt;b&gt;Bob&lt;/b&gt;"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from django import template
@@ -11,9 +12,17 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from inbox import markdown, timefmt
+from inbox import forms, markdown, timefmt
 
 register = template.Library()
+
+
+@register.filter
+def joined(value: Iterable[Any]) -> str:
+    """A list in a sentence with the reader's language's separator ("Alice, Bob";
+    "Alice、Bob"), as `inbox.forms.joined` words lists of file names. Not marked safe: the
+    template escapes the whole, names and all."""
+    return forms.joined(str(item) for item in value)
 
 
 @register.filter

@@ -160,4 +160,4 @@ def test_the_refusal_is_in_the_reviewers_language(
     when = timezone.localtime(first.created_at).strftime("%H:%M")
     with translation.override("zh-hans"), pytest.raises(FormNotOpen) as refused:
         form.decide(action_id="reject", inputs={}, reviewer=reviewer)
-    assert refused.value.message == f"Bob已于 {when} 对此表单作出决定：Approve"  # noqa: RUF001
+    assert refused.value.message == f"Bob 已于 {when} 对此表单作出决定：Approve"  # noqa: RUF001

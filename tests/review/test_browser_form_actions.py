@@ -30,8 +30,8 @@ def _decide_requests(page: Any) -> list[str]:
         ("en", "Still needed to decide: Decision, Receipt.", "Still needed to decide: Receipt."),
         (
             "zh-hans",
-            "还需填写以下内容才能做出决定：Decision、Receipt。",  # noqa: RUF001
-            "还需填写以下内容才能做出决定：Receipt。",  # noqa: RUF001
+            "还需填写以下内容才能作出决定：Decision、Receipt。",  # noqa: RUF001
+            "还需填写以下内容才能作出决定：Receipt。",  # noqa: RUF001
         ),
     ],
 )

@@ -4,7 +4,7 @@ import datetime as dt
 import re
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
@@ -626,6 +626,24 @@ def test_someone_else_reviewing_is_shown(
         "Bob is reviewing"
         not in client.get(f"/forms/{form.public_id}/live?state=open&run=").content.decode()
     )
+
+
+def test_the_names_of_others_reviewing_are_listed_with_the_languages_separator(
+    client: Client, form: Form, reviewer: User, other_reviewer: User, reviewers_group: Group
+) -> None:
+    third = User.objects.create_user("tom", "tom@example.com", "pw-tom-123", first_name="Tom & Co")
+    third.groups.add(reviewers_group)
+    for user in (other_reviewer, third):
+        client.force_login(user)
+        client.get(f"/forms/{form.public_id}/")
+    client.force_login(reviewer)
+    url = f"/forms/{form.public_id}/"
+    english = client.get(url, HTTP_ACCEPT_LANGUAGE="en").content.decode()
+    assert "Bob, Tom &amp; Co are reviewing this too." in english
+    # Chinese lists with the enumeration comma, as the file names of an upload's message are.
+    chinese = client.get(url, HTTP_ACCEPT_LANGUAGE="zh-Hans").content.decode()
+    assert "Bob\u3001Tom &amp; Co \u4e5f\u5728\u67e5\u770b\u6b64\u8868\u5355\u3002" in chinese
+    assert "Bob, Tom" not in chinese and "Tom & Co" not in chinese
 
 
 def test_the_run_panel_shows_status_timeline_outputs_and_the_next_form(

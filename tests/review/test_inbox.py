@@ -62,9 +62,9 @@ def test_in_chinese_the_time_comes_before_arrived_and_expires(
     Form.objects.filter(pk=form.pk).update(created_at=timezone.now() - dt.timedelta(minutes=2))
     alice.cookies["django_language"] = "zh-hans"
     page = alice.get("/").content.decode()
-    # "2分钟前收到", "48小时后截止": the time first, as Chinese says it.
+    # "2分钟前收到", "48小时后过期": the time first, as Chinese says it.
     assert re.search(r"<time [^>]*data-rel>2分钟前</time>收到</span>", page)
-    assert re.search(r"<time [^>]*>48小时后</time>截止</span>", page)
+    assert re.search(r"<time [^>]*>48小时后</time>过期</span>", page)
     form_page = alice.get(f"/forms/{form.public_id}/").content.decode()
     assert re.search(r"<time [^>]*>2分钟前</time>收到", form_page)
     translation.activate("en")
