@@ -463,6 +463,7 @@ def test_an_expired_form_shows_blanks_and_a_failed_one_what_was_decided(
     page = body(alice.get(f"/forms/{elsewhere.public_id}/").content.decode())
     assert "Answered elsewhere." in page
     assert "Decided here, not delivered" in page and "Conditions: Fine by me." in page
+    assert "Dify did not tell the inbox which action was taken" in page
 
 
 def test_a_decision_that_arrived_after_the_form_closed_in_dify_keeps_its_words(
@@ -523,6 +524,7 @@ def test_a_form_answered_elsewhere_reads_with_what_dify_said_was_submitted(
     )
     page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
     assert "<p>Outcome: deny</p>" in page and "<p>Note:</p>" in page
+    assert "Action: <strong>Reject</strong>" in page and "did not tell the inbox" not in page
 
 
 def test_answered_elsewhere_and_not_answerable_and_failed(alice: Client, dify_app: DifyApp) -> None:
