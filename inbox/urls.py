@@ -1,10 +1,28 @@
 from __future__ import annotations
 
+import uuid
+
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path, re_path
+from django.urls import include, path, re_path, register_converter
 
 from inbox import api, views, views_reach, views_runs
+
+
+class AnyCaseUUID:
+    """A UUID in either case: an API client may print ids upper case (.NET's Guid, Excel);
+    the id is the same."""
+
+    regex = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+    def to_python(self, value: str) -> uuid.UUID:
+        return uuid.UUID(value)
+
+    def to_url(self, value: uuid.UUID | str) -> str:
+        return str(value)
+
+
+register_converter(AnyCaseUUID, "anyuuid")
 
 app_patterns = (
     [
@@ -55,12 +73,12 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/forms", api.forms_list, name="api_forms"),
-    path("api/v1/forms/<uuid:public_id>", api.form_detail, name="api_form"),
-    path("api/v1/forms/<uuid:public_id>/files", api.form_files, name="api_form_files"),
-    path("api/v1/forms/<uuid:public_id>/decision", api.form_decision, name="api_form_decision"),
+    path("api/v1/forms/<anyuuid:public_id>", api.form_detail, name="api_form"),
+    path("api/v1/forms/<anyuuid:public_id>/files", api.form_files, name="api_form_files"),
+    path("api/v1/forms/<anyuuid:public_id>/decision", api.form_decision, name="api_form_decision"),
     path("api/v1/runs", api.runs, name="api_runs"),
-    path("api/v1/runs/<uuid:public_id>", api.run_detail, name="api_run"),
-    path("api/v1/runs/<uuid:public_id>/stop", api.run_stop, name="api_run_stop"),
+    path("api/v1/runs/<anyuuid:public_id>", api.run_detail, name="api_run"),
+    path("api/v1/runs/<anyuuid:public_id>/stop", api.run_stop, name="api_run_stop"),
     path("api/v1/ingest", api.ingest, name="api_ingest"),
     # Last of the API's: any other address under it (a mistyped call, an id that is no id).
     re_path(r"^api/(?P<path>.*)$", api.not_found),

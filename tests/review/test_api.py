@@ -666,3 +666,11 @@ def test_a_host_the_server_does_not_answer_to_is_told_in_json(
     assert response.json()["error"]["code"] == "invalid_request"
     page = client.get("/", HTTP_HOST="evil.example.com")
     assert page.status_code == 400 and page["Content-Type"].startswith("text/html")
+
+
+def test_an_id_is_found_in_either_case(client: Client, auth: dict[str, str], form: Form) -> None:
+    upper = str(form.public_id).upper()
+    response = client.get(f"/api/v1/forms/{upper}", **auth)
+    assert response.status_code == 200 and response.json()["id"] == str(form.public_id)
+    response = client.get(f"/api/v1/runs/{str(form.run.public_id).upper()}", **auth)
+    assert response.status_code == 200
