@@ -428,13 +428,7 @@ def forms_list(request: HttpRequest) -> HttpResponse:
             400, "invalid_param", f"Unknown sort {sort!r}; one of: {', '.join(sorted(SORTS))}."
         )
     if name := query.get("app", ""):
-        # The app by its name, as everywhere in the API (its id is accepted too).
-        app = DifyApp.objects.filter(name=name).only("pk").first()
-        if app is None and (app_id := small_int(name)) is not None:
-            app = DifyApp.objects.filter(pk=app_id).only("pk").first()
-        if app is None:
-            raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
-        query["app"] = str(app.pk)
+        query["app"] = str(_app_named(name).pk)
     filters = InboxFilters.from_query(query, request.user)
     forms = filters.apply(Form.objects.for_user(request.user), with_status=False)
     if statuses is not None:
@@ -759,6 +753,17 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     }
 
 
+def _app_named(name: str) -> DifyApp:
+    """A list's `app` filter: the app by its name, as everywhere in the API (its id, as the
+    pages' filter sends it, is accepted too)."""
+    app = DifyApp.objects.filter(name=name).only("pk").first()
+    if app is None and (app_id := small_int(name)) is not None:
+        app = DifyApp.objects.filter(pk=app_id).only("pk").first()
+    if app is None:
+        raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
+    return app
+
+
 def _active_app(body: dict[str, Any]) -> Any:
     name = body.get("app")
     if not isinstance(name, str) or not name.strip():
@@ -895,10 +900,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
             400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
         )
     if name := request.GET.get("app") or "":
-        app = DifyApp.objects.filter(name=name).only("pk").first()
-        if app is None:
-            raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
-        runs = runs.filter(app=app)
+        runs = runs.filter(app=_app_named(name))
     raw_page = request.GET.get("page") or "1"
     page = small_int(raw_page)
     if page is None or page > 10**6:

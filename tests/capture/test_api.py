@@ -800,6 +800,8 @@ def test_the_runs_list_shows_a_start_dify_did_not_take(
     assert client.get("/api/v1/runs?status=open&app=refund-approval", **bearer(reviewer)).json()[
         "results"
     ][0]["id"] == str(started.public_id)
+    by_id = client.get(f"/api/v1/runs?status=open&app={refunds.pk}", **bearer(reviewer)).json()
+    assert [r["id"] for r in by_id["results"]] == [str(started.public_id)]  # as the forms list
     # Another reviewer sees neither: no form of them is routed to anyone yet.
     assert client.get("/api/v1/runs", **bearer(other_reviewer)).json()["results"] == []
     for bad in ("status=done", "app=nope", "page=0"):
