@@ -58,6 +58,84 @@
   }
   window.setInterval(refreshTimes, 30000);
 
+  // --- The top bar: sticky on a large screen, scrolled away with the page on a phone ----------
+  // What the browser scrolls to (a focused field, a row moved to, a row revealed below) stops
+  // below the bar while it stays on the screen: its height as drawn, which wraps on some screens.
+  function stickyBar() {
+    var bar = document.querySelector(".topbar");
+    return bar && window.getComputedStyle(bar).position === "sticky" ? bar : null;
+  }
+
+  // How much of the window's top the bar covers.
+  function topInset() {
+    var bar = stickyBar();
+    return bar ? Math.max(0, bar.getBoundingClientRect().bottom) : 0;
+  }
+
+  function fitScrollPadding() {
+    var bar = stickyBar();
+    document.documentElement.style.scrollPaddingTop = bar ? Math.ceil(bar.getBoundingClientRect().height) + 8 + "px" : "0px";
+  }
+
+  // Brings `el` on the screen if it is not (below the bar), by as little as it takes.
+  function reveal(el, around) {
+    if (!el) return;
+    var inset = topInset();
+    var box = el.getBoundingClientRect();
+    if (box.top >= inset && box.bottom <= window.innerHeight) return;
+    // With what is just above it (the list's tabs, a form's heading) when both fit.
+    var top = around ? around.getBoundingClientRect().top : box.top;
+    if (around && box.bottom - top <= window.innerHeight - inset) around.scrollIntoView({ block: "start" });
+    else el.scrollIntoView({ block: "nearest" });
+  }
+
+  // --- The inbox's status tabs: the edge they run past fades, the one shown is on the screen --
+  function fitTabs(tabs, showActive) {
+    if (!tabs) return;
+    var active = showActive && tabs.querySelector(".tab.active");
+    if (active) {
+      var edge = 48; // the fade's width: a tab under it is not quite shown
+      var box = tabs.getBoundingClientRect();
+      var tab = active.getBoundingClientRect();
+      if (tab.right > box.right - edge) tabs.scrollLeft += tab.right - box.right + edge;
+      else if (tab.left < box.left + edge) tabs.scrollLeft -= box.left + edge - tab.left;
+    }
+    var end = tabs.scrollWidth - tabs.clientWidth;
+    tabs.classList.toggle("more-before", tabs.scrollLeft > 1);
+    tabs.classList.toggle("more-after", tabs.scrollLeft < end - 1);
+  }
+
+  // Redrawn (a poll, the counts coming in): the tabs stay scrolled as the reader left them,
+  // unless another tab is now the one shown.
+  var tabsWas = null;
+  function activeTabIndex(tabs) {
+    return Array.prototype.indexOf.call(tabs.querySelectorAll(".tab"), tabs.querySelector(".tab.active"));
+  }
+  document.addEventListener("htmx:beforeSwap", function () {
+    var tabs = document.getElementById("tabs");
+    tabsWas = tabs ? { tabs: tabs, left: tabs.scrollLeft, active: activeTabIndex(tabs) } : null;
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    var tabs = document.getElementById("tabs");
+    if (!tabs) return;
+    var was = tabsWas;
+    if (was && was.tabs === tabs) { fitTabs(tabs, false); return; } // not redrawn
+    tabsWas = null;
+    if (was && was.active === activeTabIndex(tabs)) {
+      tabs.scrollLeft = was.left;
+      fitTabs(tabs, false);
+    } else {
+      fitTabs(tabs, true);
+    }
+  });
+  document.addEventListener("scroll", function (event) {
+    if (event.target && event.target.id === "tabs") fitTabs(event.target, false);
+  }, true);
+  window.addEventListener("resize", function () {
+    fitScrollPadding();
+    fitTabs(document.getElementById("tabs"), false);
+  });
+
   // --- Inbox: j / k / Enter / "/" ---------------------------------------------------------
   var selectedId = null;
 
@@ -537,6 +615,43 @@
     ) : [];
   });
 
+  // --- The inbox's poll keeps the rows where the reader's thumb is ----------------------------
+  // New forms arriving above (newest first), or rows going, would push the list under a reader
+  // who has scrolled down it, and a tap meant for one form would land on another. Before the
+  // poll's list is swapped in, the rows from the top of the screen are noted with where they
+  // are; after it, the first of them still listed is put back where it was. Only for the poll,
+  // only when the reader has scrolled into the list; the focus is left alone.
+  var pollAnchor = null;
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    pollAnchor = null;
+    var detail = event.detail;
+    var elt = detail.requestConfig && detail.requestConfig.elt; // the element that asked
+    if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-inbox-poll") || !detail.shouldSwap) return;
+    var list = document.getElementById("rows");
+    var inset = topInset();
+    if (!list || list.getBoundingClientRect().top >= inset) return;
+    var seen = [];
+    rows().forEach(function (row) {
+      var box = row.getBoundingClientRect();
+      var link = row.querySelector("a.open");
+      if (box.bottom > inset && link && seen.length < 20) seen.push({ href: link.getAttribute("href"), top: box.top });
+    });
+    if (seen.length) pollAnchor = { xhr: detail.xhr, rows: seen };
+  });
+  // Right after the swap, before anything is painted.
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var anchor = pollAnchor;
+    if (!anchor || event.detail.xhr !== anchor.xhr) return;
+    pollAnchor = null;
+    for (var i = 0; i < anchor.rows.length; i++) {
+      var link = document.querySelector('#rows .row a.open[href="' + CSS.escape(anchor.rows[i].href) + '"]');
+      if (!link) continue;
+      var moved = link.closest(".row").getBoundingClientRect().top - anchor.rows[i].top;
+      if (Math.abs(moved) >= 1) window.scrollBy(0, moved);
+      return;
+    }
+  });
+
   // --- After every swap: fresh times, actions, kept selection -------------------------------
   document.addEventListener("htmx:afterSettle", function (event) {
     keptOpen.forEach(function (key) {
@@ -553,6 +668,13 @@
     }
     var errors = document.getElementById("form-errors");
     if (errors && event.detail.elt && event.detail.elt.id === "form-body") errors.focus();
+    // The reader's decision is taken: the form, shorter now, is read from its heading (its
+    // title and status) rather than from wherever the page's end left the window.
+    if (event.detail.elt && event.detail.elt.id === "form-body" && verb(event) === "post" && !document.getElementById("decision-form")) {
+      var title = document.getElementById("form-title");
+      var card = title && title.closest(".form-main");
+      if (card && title.getBoundingClientRect().top < topInset()) card.scrollIntoView({ block: "start" });
+    }
   });
 
   // --- Focus is never dropped to the page's start by a swap -------------------------------
@@ -614,8 +736,13 @@
     var root = (was.target && document.getElementById(was.target)) || null;
     if (root) {
       var links = Array.prototype.slice.call(root.querySelectorAll("#rows .row a.open"));
-      // Another page of the list: it is read from its first row.
-      if (was.pager && focusOn(links[0])) return;
+      // Another page of the list: it is read from its first row, on the screen (htmx has
+      // shown the page's top by then, under which a phone's filters can push it).
+      if (was.pager && focusOn(links[0])) {
+        var first = links[0].closest(".row");
+        window.setTimeout(function () { reveal(first, document.getElementById(was.target)); }, 0);
+        return;
+      }
       if (was.href && focusOn(root.querySelector('a[href="' + CSS.escape(was.href) + '"]'))) return;
       if (was.name) {
         var same = root.querySelector('[name="' + CSS.escape(was.name) + '"]' + (was.value ? '[value="' + CSS.escape(was.value) + '"]' : ""));
@@ -785,6 +912,8 @@
     refreshActions();
     rememberList();
     linkBackToList();
+    fitScrollPadding();
+    fitTabs(document.getElementById("tabs"), true);
     // A page sent back with errors (the start form, a form page without htmx): the reader
     // starts at what to correct.
     var summary = document.getElementById("start-errors") || document.getElementById("form-errors");

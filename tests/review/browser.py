@@ -72,9 +72,12 @@ def logged_in_page(
     language: str = "en",
     tz: str = "Europe/Paris",
     javascript: bool = True,
+    viewport: tuple[int, int] = (1280, 900),
+    touch: bool = False,
 ) -> Any:
     """A page whose browser is logged in as `user` (a session made on the server side);
-    `javascript=False`: a browser that runs no script, as some reviewers' do."""
+    `javascript=False`: a browser that runs no script, as some reviewers' do; `touch`: a phone's
+    or a tablet's (a touch screen, whose pointer is coarse), at `viewport` (width, height)."""
     from django.test import Client
 
     client = Client()
@@ -82,7 +85,9 @@ def logged_in_page(
     context = chromium.new_context(
         locale="zh-CN" if language == "zh-hans" else "en-US",
         timezone_id=tz,
-        viewport={"width": 1280, "height": 900},
+        viewport={"width": viewport[0], "height": viewport[1]},
+        is_mobile=touch,
+        has_touch=touch,
         java_script_enabled=javascript,
         extra_http_headers={
             "Accept-Language": "zh-Hans,zh;q=0.9" if language == "zh-hans" else "en"

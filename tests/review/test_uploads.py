@@ -188,7 +188,7 @@ def test_a_reload_shows_the_reviewers_own_uploads_and_submits_them(
     alice.post(f"/forms/{form.public_id}/uploads/{removed.public_id}/remove")
 
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
-    chips = re.findall(r'<span class="file-name">([^<]*)</span>', page)
+    chips = re.findall(r'<span class="file-name"[^>]*>([^<]*)</span>', page)
     # One file for the single input (the latest), the three latest for the list, in order.
     assert chips == ["latest.pdf", "e2.png", "e3.png", "e4.png"]
     assert "2.0\xa0KB" in page or "2.0 KB" in page
