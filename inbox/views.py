@@ -347,11 +347,14 @@ def _total_text(
 ) -> str:
     """The pager's "of N". Past the cap the count is a floor ("1000+", or as far as the pages
     have gone); on the last page it is exact again."""
-    if not capped:
-        return str(sum(counts.values()) if status == "all" else counts[status])
     last_index = offset + shown
     if shown and not has_next:
+        # The last page: exact, whatever the count says (the last count, shown until the
+        # current one comes, may be from before forms arrived: never "1-50 of 20").
         return str(last_index)
+    if not capped:
+        count = sum(counts.values()) if status == "all" else counts[status]
+        return str(max(count, last_index + (1 if has_next else 0)))
     floor = sum(min(n, COUNT_CAP) for n in counts.values()) if status == "all" else COUNT_CAP
     return f"{max(floor, last_index)}+"
 

@@ -507,6 +507,8 @@ def test_after_a_change_the_list_shows_at_once_and_the_tabs_fetch_current_counts
     second = alice.get("/?sort=newest").content.decode()
     assert rows(second) == ["second", "first"]  # the rows are current
     assert 'Pending <span class="count">1</span>' in second  # the tabs, not yet
+    # The range is of the rows on screen, not the last count: never "1-2 of 1".
+    assert "1–2 of 2" in second  # noqa: RUF001
     found = re.search(r'<nav class="tabs" id="tabs"[^>]*hx-get="([^"]+)" hx-trigger="load"', second)
     assert found is not None, second
     url = html.unescape(found.group(1))
