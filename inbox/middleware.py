@@ -272,3 +272,19 @@ class UploadSizeMiddleware:
             form = recipient.form if recipient is not None else None
         # Only a cap, never an answer: whether the caller may see the form is the view's part.
         cap_uploads(request, form.run.app if form is not None else None)
+
+
+class DifyDeadlineMiddleware:
+    """The Dify calls a request makes (reading an app's parameters, ingesting a run, starting,
+    stopping) give up together after INBOX_DIFY_REQUEST_DEADLINE_SECONDS, so a Dify that hangs
+    is said as unreachable in under a minute rather than after every retry's timeout. Uploads
+    keep their own time."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from inbox.dify.client import deadline
+
+        with deadline(settings.INBOX_DIFY_REQUEST_DEADLINE_SECONDS):
+            return self.get_response(request)

@@ -66,6 +66,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "inbox.middleware.PrivatePagesMiddleware",
     "inbox.middleware.CurrentActorMiddleware",
+    "inbox.middleware.DifyDeadlineMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -285,6 +286,10 @@ INBOX_FOLLOWER_DB_THREADS = env_int(
 INBOX_RUN_RECONCILE_AFTER_SECONDS = env_float("INBOX_RUN_RECONCILE_AFTER_SECONDS", 300.0, minimum=0)
 INBOX_RUN_RECONCILE_BATCH = env_int("INBOX_RUN_RECONCILE_BATCH", 200, minimum=1)
 # ... and a run paused where no form can be answered here (by email, in Dify's console) this often.
+# How long a web request (a page, an API call) waits for Dify in all, retries included.
+INBOX_DIFY_REQUEST_DEADLINE_SECONDS = env_float(
+    "INBOX_DIFY_REQUEST_DEADLINE_SECONDS", 45.0, minimum=1
+)
 INBOX_RUN_RECONCILE_OUTSIDE_SECONDS = env_float(
     "INBOX_RUN_RECONCILE_OUTSIDE_SECONDS", 60.0, minimum=0
 )

@@ -20,6 +20,8 @@ lines leave them out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import hashlib
 import importlib.metadata
@@ -92,6 +94,51 @@ UPLOAD_CHUNK_SIZE = 256 * 1024
 # An error body larger than this is cut: it is a proxy's page, not Dify's envelope.
 MAX_ERROR_BODY = 64 * 1024
 
+# When the Dify calls of the work under way must have answered (time.monotonic()), or None:
+# set by `deadline` for a web request, whose reader waits for the page.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dify_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Dify calls made inside give up together after `seconds`: an attempt's timeout is cut to
+    what is left, and no retry starts past it. Three tries of a call that hangs would hold a
+    web request for a minute and a half; a worker or the follower sets none and keeps its own
+    pace. Nested, the earlier end holds."""
+    end = time.monotonic() + seconds
+    outer = _deadline.get()
+    token = _deadline.set(end if outer is None else min(outer, end))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _within_deadline(timeout: httpx.Timeout, held: bool = True) -> httpx.Timeout:
+    """`timeout` cut to what is left of the deadline, if one is set and the call is `held`."""
+    end = _deadline.get()
+    if end is None or not held:
+        return timeout
+    left = max(0.1, end - time.monotonic())
+
+    def cut(value: float | None) -> float:
+        return left if value is None else min(value, left)
+
+    return httpx.Timeout(
+        connect=cut(timeout.connect),
+        read=cut(timeout.read),
+        write=cut(timeout.write),
+        pool=cut(timeout.pool),
+    )
+
+
+def _past_deadline(delay: float) -> bool:
+    end = _deadline.get()
+    return end is not None and time.monotonic() + delay >= end
+
+
 _TOKEN_IN_PATH = re.compile(r"(/form/human_input/)[^/?#\s\"']+")
 
 
@@ -141,6 +188,8 @@ class _Call:
     secrets: tuple[str, ...] = ()
     timeout: httpx.Timeout | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Held to a web request's `deadline`: not an upload, whose time is the file's size.
+    within_deadline: bool = True
 
 
 def _multipart_parts(
@@ -465,7 +514,10 @@ class DifyClient(_BaseClient):
                 json=call.json,
                 content=content,
                 headers=call.headers or None,
-                timeout=call.timeout or (self.stream_timeout if stream else self.timeout),
+                timeout=_within_deadline(
+                    call.timeout or (self.stream_timeout if stream else self.timeout),
+                    call.within_deadline,
+                ),
             )
             try:
                 response = self._http.send(request, stream=stream)
@@ -489,7 +541,7 @@ class DifyClient(_BaseClient):
                 finally:
                     response.close()
             delay = self._retry_delay(attempt, error) if call.idempotent else None
-            if delay is None:
+            if delay is None or _past_deadline(delay):
                 raise error
             time.sleep(delay)
             attempt += 1
@@ -576,6 +628,7 @@ class DifyClient(_BaseClient):
             "POST /files/upload",
             headers=headers,
             timeout=self.upload_timeout,
+            within_deadline=False,
         )
         response = self._send(call, stream=False, content=body())
         return UploadedFile.from_api(self._json_object(response, call))

@@ -824,3 +824,24 @@ def test_an_ingest_dify_fails_passes_its_status_and_code_on(
     body = response.json()["error"]
     assert body["code"] == "dify_error"
     assert body["details"] == {"dify_status": 503, "dify_code": "service_unavailable"}
+
+
+def test_a_dify_that_hangs_is_said_unreachable_within_the_request_s_deadline(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, settings: Any
+) -> None:
+    # Run detail hangs longer than the request may wait: three tries of 30 s each would hold
+    # the caller for a minute and a half.
+    settings.INBOX_DIFY_REQUEST_DEADLINE_SECONDS = 1.5
+    started = simulator.start_run("refund-approval", user="crm-7")
+    simulator.add_fault("delay", "workflow_run_detail", delay=5.0, times=None)
+    response = post(
+        client,
+        "/api/v1/ingest",
+        {"app": "refund-approval", "workflow_run_id": started.workflow_run_id, "user": "crm-7"},
+        reviewer,
+    )
+    # Without the deadline the one try would wait the 5 s out and the run be recorded; cut at
+    # it, Dify is said unreachable, and no retry starts past it (the client tries three times).
+    assert error(response)[:2] == (502, "dify_unavailable")
+    assert simulator.request_count("workflow_run_detail") == 1
+    assert not Run.objects.exists()
