@@ -21,6 +21,7 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from inbox.forms import (
@@ -43,6 +44,7 @@ from inbox.views import (
     inbox_rows,
     ordering,
     page_state,
+    status_q,
 )
 
 logger = logging.getLogger(__name__)
@@ -432,7 +434,7 @@ def forms_list(request: HttpRequest) -> HttpResponse:
     filters = InboxFilters.from_query(query, request.user)
     forms = filters.apply(Form.objects.for_user(request.user), with_status=False)
     if statuses is not None:
-        forms = forms.filter(status__in=statuses)
+        forms = forms.filter(status_q(statuses, timezone.now()))
     total = forms.count()
     pages = max(1, -(-total // PAGE_SIZE))
     # A page past the last is empty, so a client reading page after page stops there.

@@ -65,6 +65,7 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
         )
     host = settings.INBOX_BASE_URL.split("://", 1)[-1].split("/")[0].lower()
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.removesuffix(".")  # a fully qualified name, as Django reads the Host header
     if not validate_host(name, settings.ALLOWED_HOSTS):
         found.append(
             Warning(

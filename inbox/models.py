@@ -659,11 +659,13 @@ class FormNotOpen(Exception):
 def _when(value: Any) -> str:
     """A time as a reviewer reads it: the clock time today, the date too on another day."""
     local = timezone.localtime(value)
+    zone = timezone.get_current_timezone_name()
     if local.date() == timezone.localdate():
-        return formats.date_format(local, "H:i")
+        return f"{formats.date_format(local, 'H:i')} {zone}"
     # The clock as on other days, not the format's "7:28 p.m.", whose period doubles the
-    # sentence's.
-    return f"{formats.date_format(local, 'SHORT_DATE_FORMAT')} {formats.date_format(local, 'H:i')}"
+    # sentence's; the zone named, as every time the inbox shows is (an API client reads the
+    # server's).
+    return f"{formats.date_format(local, 'SHORT_DATE_FORMAT')} {formats.date_format(local, 'H:i')} {zone}"
 
 
 # --- routing: who is asked about a form ---

@@ -203,6 +203,12 @@ def build_email(
             "as_guest": recipient.is_guest,
             "guests_may_answer": form.allow_guests,
             "status": form.status,
+            # A decision made here that Dify refused because the form had closed there first.
+            "too_late": kind == "closed"
+            and form.status == Form.Status.EXPIRED
+            and form.decisions.filter(
+                status__in=(Decision.Status.REJECTED, Decision.Status.FAILED)
+            ).exists(),
             "action": form.filled_action_text
             or (form.action_title(decision.action_id) if decision else ""),
             # A guest is told neither reviewers' names nor other recipients' addresses.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -197,6 +198,20 @@ def test_the_expired_notice(reach_route: Route, reach_app: DifyApp) -> None:
     message = next(m for m in mail.outbox if m.to == [GUEST])
     assert message.subject == "Expired: Manager approval (payroll)"
     assert "expired without a decision" in message.body
+
+
+def test_the_expired_notice_of_a_decision_that_arrived_too_late_says_so(
+    reach_route: Route, reach_app: DifyApp, reviewer: Any
+) -> None:
+    form = captured(reach_app, hours_left=48)
+    decision = form.decide(action_id="approve", inputs={"note": ""}, reviewer=reviewer)
+    # Dify had timed the form out first: the decision was refused, the form closed expired.
+    Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.REJECTED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 2 * H)
+    assert sweep(T0 + 2 * H)["notices"] == 2
+    body = next(m for m in mail.outbox if m.to == [GUEST]).body
+    assert "closed in Dify before the decision made in the inbox reached it" in body
+    assert "without a decision" not in body
 
 
 def test_no_notice_for_news_days_old(reach_route: Route, reach_app: DifyApp) -> None:

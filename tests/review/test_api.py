@@ -452,6 +452,10 @@ def test_a_form_past_its_time_is_said_to_have_expired_not_to_be_decided(
     assert (detail["status"], detail["answerable"]) == ("expired", False)
     listed = client.get("/api/v1/forms?status=all", **auth).json()["results"]
     assert [row["status"] for row in listed] == ["expired"]
+    # In the expired tab, not the pending one, as soon as its time is up.
+    assert client.get("/api/v1/forms?status=pending", **auth).json()["results"] == []
+    expired = client.get("/api/v1/forms?status=expired", **auth).json()["results"]
+    assert [row["id"] for row in expired] == [str(form.public_id)]
     run = client.get(f"/api/v1/runs/{form.run.public_id}", **auth).json()
     assert run["forms"][0]["answerable"] is False
 

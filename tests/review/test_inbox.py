@@ -97,6 +97,26 @@ def test_tabs_count_each_status_and_filter_by_it(alice: Client, dify_app: DifyAp
     assert rows(alice.get("/?status=failed").content.decode()) == ["f1"]
 
 
+def test_a_form_whose_time_ran_out_is_listed_as_expired_before_the_sweep(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    make_form(dify_app, node_title="waiting")
+    make_form(
+        dify_app,
+        node_title="ran out",
+        expires_in=None,
+        expiration_time=timezone.now() - dt.timedelta(seconds=5),
+    )
+    assert rows(alice.get("/").content.decode()) == ["waiting"]
+    expired = alice.get("/?status=expired").content.decode()
+    assert rows(expired) == ["ran out"]
+    assert ">Expired</span>" in expired and ">Pending</span>" not in expired.split('id="rows"')[-1]
+
+
 def test_filters_by_app_node_and_search(alice: Client, dify_app: DifyApp) -> None:
     other_app = DifyApp.objects.create(name="hiring", base_url="http://127.0.0.1:9/v1", api_key="k")
     route(other_app, groups=Group.objects.filter(name="reviewers"))
