@@ -740,7 +740,14 @@
       // shown the page's top by then, under which a phone's filters can push it).
       if (was.pager && focusOn(links[0])) {
         var first = links[0].closest(".row");
-        window.setTimeout(function () { reveal(first, document.getElementById(was.target)); }, 0);
+        var show = function () { reveal(first, document.getElementById(was.target)); };
+        window.setTimeout(show, 0);
+        // Again in a moment if a late scroll (htmx's own `show`, a busy page's layout) took
+        // it off the screen meanwhile.
+        window.setTimeout(function () {
+          var box = first.getBoundingClientRect();
+          if (first.isConnected && (box.top < 0 || box.bottom > window.innerHeight)) show();
+        }, 250);
         return;
       }
       if (was.href && focusOn(root.querySelector('a[href="' + CSS.escape(was.href) + '"]'))) return;

@@ -308,7 +308,7 @@ def test_the_first_row_of_the_next_page_is_on_the_screen_of_a_phone_on_its_side(
           const box = document.activeElement.closest('.row').getBoundingClientRect();
           return box.top >= 0 && box.bottom <= window.innerHeight;
         }""",
-        timeout=3000,
+        timeout=10000,
     )
     # From the list's top: its tabs show above the row.
     assert page.locator("#tabs").bounding_box()["y"] >= 0
