@@ -67,7 +67,11 @@ def test_twenty_reviewers_submitting_at_once_make_one_decision_and_one_post(
     assert len(accepted) == 1 and len(refused) == 19
     winner = Decision.objects.select_related("reviewer").get()
     assert winner.pk == accepted[0]
-    when = timezone.localtime(winner.created_at).strftime("%H:%M")
+    when = (
+        timezone.localtime(winner.created_at).strftime("%H:%M")
+        + " "
+        + timezone.get_current_timezone_name()
+    )
     expected = f"{winner.reviewer.first_name} already decided this form at {when}: Approve"
     assert {exc.message for exc in refused} == {expected}
     assert all(exc.decision == winner for exc in refused)

@@ -59,7 +59,11 @@ def test_the_second_reviewer_is_told_who_decided_when_and_what(
     form = make_form(dify_app)
     with django_capture_on_commit_callbacks(execute=False):
         first = form.decide(action_id="approve", inputs={}, reviewer=other_reviewer)
-    when = timezone.localtime(first.created_at).strftime("%H:%M")
+    when = (
+        timezone.localtime(first.created_at).strftime("%H:%M")
+        + " "
+        + timezone.get_current_timezone_name()
+    )
     with pytest.raises(FormNotOpen) as refused:
         Form.objects.get(pk=form.pk).decide(action_id="reject", inputs={}, reviewer=reviewer)
     assert refused.value.message == f"Bob already decided this form at {when}: Approve"
@@ -83,7 +87,11 @@ def test_a_form_past_its_expiration_time_is_refused_even_before_the_sweep(
     form = make_form(dify_app, expires_in=None)
     Form.objects.filter(pk=form.pk).update(expiration_time=timezone.now() - dt.timedelta(minutes=1))
     form.refresh_from_db()
-    when = timezone.localtime(form.expiration_time).strftime("%H:%M")
+    when = (
+        timezone.localtime(form.expiration_time).strftime("%H:%M")
+        + " "
+        + timezone.get_current_timezone_name()
+    )
     with pytest.raises(FormNotOpen) as refused:
         form.decide(action_id="approve", inputs={}, reviewer=reviewer)
     assert refused.value.message == f"This form expired at {when}."
@@ -140,7 +148,7 @@ def test_the_database_refuses_a_second_active_decision_without_the_lock(
     form = make_form(dify_app)
     Decision.objects.create(form=form, action_id="reject", reviewer=reviewer)
     with pytest.raises(
-        FormNotOpen, match=r"^Alice already decided this form at \d\d:\d\d: Reject$"
+        FormNotOpen, match=r"^Alice already decided this form at \d\d:\d\d UTC: Reject$"
     ):
         form.decide(action_id="approve", inputs={}, reviewer=reviewer)
     assert Decision.objects.count() == 1
@@ -157,7 +165,11 @@ def test_the_refusal_is_in_the_reviewers_language(
     form = make_form(dify_app)
     with django_capture_on_commit_callbacks(execute=False):
         first = form.decide(action_id="approve", inputs={}, reviewer=other_reviewer)
-    when = timezone.localtime(first.created_at).strftime("%H:%M")
+    when = (
+        timezone.localtime(first.created_at).strftime("%H:%M")
+        + " "
+        + timezone.get_current_timezone_name()
+    )
     with translation.override("zh-hans"), pytest.raises(FormNotOpen) as refused:
         form.decide(action_id="reject", inputs={}, reviewer=reviewer)
     assert refused.value.message == f"Bob 已于 {when} 对此表单作出决定：Approve"  # noqa: RUF001
