@@ -22,18 +22,24 @@ class Refused(Exception):
     when Dify answered with an error (its HTTP status and its own code), told beside ours.
     Subclasses name the verb."""
 
+    # What a subclass says when its raiser does not say otherwise.
+    default_status = 400
+    default_code = "invalid_param"
+
     def __init__(
         self,
         message: str,
         *,
-        status: int = 400,
-        code: str = "invalid_param",
+        status: int | None = None,
+        code: str = "",
         retry_after: float | None = None,
         dify_status: int | None = None,
         dify_code: str = "",
     ) -> None:
         super().__init__(message)
-        self.message, self.status, self.code = message, status, code
+        self.message = message
+        self.status = self.default_status if status is None else status
+        self.code = code or self.default_code
         self.retry_after = retry_after
         self.dify_status, self.dify_code = dify_status, dify_code
 

@@ -270,25 +270,11 @@ class StartFailed(Refused):
     `dify_code` beside Dify's HTTP status); `run` is the row kept as `failed` for the record,
     where there is one."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 502,
-        code: str = "dify_error",
-        retry_after: float | None = None,
-        run: Run | None = None,
-        dify_status: int | None = None,
-        dify_code: str = "",
-    ) -> None:
-        super().__init__(
-            message,
-            status=status,
-            code=code,
-            retry_after=retry_after,
-            dify_status=dify_status,
-            dify_code=dify_code,
-        )
+    default_status = 502
+    default_code = "dify_error"
+
+    def __init__(self, message: str, *, run: Run | None = None, **refused: Any) -> None:
+        super().__init__(message, **refused)
         self.run = run
 
     def details(self) -> dict[str, Any]:

@@ -32,24 +32,7 @@ class UploadRejected(Refused):
     """The file was not taken: the file's own fault (400, 413) apart from Dify's being busy or
     away, which is worth trying again (429 with `retry_after`, 502)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        code: str = "upload_rejected",
-        retry_after: float | None = None,
-        dify_status: int | None = None,
-        dify_code: str = "",
-    ) -> None:
-        super().__init__(
-            message,
-            status=status,
-            code=code,
-            retry_after=retry_after,
-            dify_status=dify_status,
-            dify_code=dify_code,
-        )
+    default_code = "upload_rejected"
 
 
 def upload_limits(app: DifyApp) -> dict[str, int]:
