@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < requirements.lock | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# The PostgreSQL suite runs in this many test processes (pytest-xdist), each with its own test
+# database and Redis database; 1 runs it in one process.
+TEST_PROCESSES ?= 2
 
 .PHONY: run test bench lint install system-deps lock clean
 
@@ -29,7 +32,7 @@ lint: install
 
 test: install system-deps lint
 	@echo "== whole suite against PostgreSQL and Redis =="
-	bin/with-services -- $(BIN)/pytest $(PYTEST_ARGS)
+	bin/with-services -- $(BIN)/pytest $(if $(filter-out 1,$(TEST_PROCESSES)),-n $(TEST_PROCESSES)) $(PYTEST_ARGS)
 	@echo "== smoke subset against SQLite and the embedded broker =="
 	env -u DATABASE_URL -u CELERY_BROKER_URL INBOX_VAR_DIR=$$(mktemp -d) $(BIN)/pytest -m smoke -q $(PYTEST_ARGS)
 

@@ -965,7 +965,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             429 if limited else 502,
             "rate_limited" if limited else "dify_error",
             message,
-            {"dify_status": exc.status, **({"dify_code": exc.code} if exc.code else {})},
+            exc.said,
             retry_after=exc.retry_after if limited else None,
         ) from None
     form = StartRunForm(app, parameters)
@@ -1039,7 +1039,7 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
             429,
             "rate_limited",
             f"Dify is receiving too many requests: {exc}",
-            {"dify_status": exc.status, "dify_code": exc.code or ""},
+            exc.said,
             retry_after=exc.retry_after,
         ) from None
     except DifyStatusError as exc:
@@ -1047,7 +1047,7 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
             502,
             "dify_error",
             f"Dify did not stop the run: {exc}",
-            {"dify_status": exc.status, "dify_code": exc.code or ""},
+            exc.said,
         ) from None
     except DifyError as exc:
         raise ApiError(502, "dify_unavailable", f"Dify could not be reached: {exc}") from None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,25 @@ from inbox.models import DifyApp, Route
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+
+
+def _own_broker_per_test_process() -> None:
+    """Under pytest-xdist each test process has its own database (pytest-django's suffix); its
+    Celery messages get their own Redis database too, so a worker one process starts never runs
+    another's tasks against the wrong database, and a purge empties only its own queue. Set
+    before anything connects, and in the environment for the workers and followers it starts."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    url = settings.CELERY_BROKER_URL
+    if not worker.startswith("gw") or not url.startswith("redis://"):
+        return
+    own = re.sub(r"(/\d*)?$", f"/{int(worker[2:]) + 1}", url.split("?")[0], count=1)
+    os.environ["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL = own
+    from inbox.celery import app
+
+    app.conf.broker_url = own
+
+
+_own_broker_per_test_process()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -57,3 +57,22 @@ def test_sigterm_stops_the_command_and_the_servers(tmp_path: Path) -> None:
     while any(_alive(int(pid)) for pid in redis_pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(int(pid)) for pid in redis_pids), "Redis was left running"
+
+
+def test_each_test_process_sends_its_celery_messages_to_its_own_redis_database() -> None:
+    """`make test` runs the suite in several processes, one test database each: a Celery worker
+    one of them starts must only ever see that process's messages."""
+    import pytest
+    from django.conf import settings
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker or not settings.CELERY_BROKER_URL.startswith("redis://"):
+        pytest.skip("only under pytest-xdist with Redis, as make test runs the suite")
+    from inbox.celery import app
+
+    expected_db = int(worker.removeprefix("gw")) + 1
+    assert os.environ["CELERY_BROKER_URL"] == app.conf.broker_url == settings.CELERY_BROKER_URL
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        assert client.connection_pool.connection_kwargs["db"] == expected_db
+        assert client.ping()

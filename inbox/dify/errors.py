@@ -156,6 +156,12 @@ class DifyStatusError(DifyError):
         return f"{type(self).__name__}(status={self.status}, code={self.code!r}, message={self.message!r})"
 
     @property
+    def said(self) -> dict[str, int | str]:
+        """What Dify answered, for an error's `details`: `dify_status`, and `dify_code` when the
+        body had one."""
+        return {"dify_status": self.status, **({"dify_code": self.code} if self.code else {})}
+
+    @property
     def refuses_app(self) -> bool:
         """Whether Dify refuses the app or its key, not this one request (CONTRACT 1, 2.1, 6):
 
