@@ -586,6 +586,18 @@ def _scoped_key(user: Any, given: str) -> str:
     return "api-" + hashlib.sha256(f"{user.pk}:{given}".encode()).hexdigest()[:60]
 
 
+def _submission_key(request: HttpRequest, body: dict[str, Any]) -> str:
+    """The body's `submission_key` as stored ("" when none was sent)."""
+    given = body.get("submission_key")
+    if given is None:
+        given = ""
+    if not isinstance(given, str) or len(given) > 64:
+        raise ApiError(
+            400, "invalid_param", "'submission_key' must be a string of at most 64 characters."
+        )
+    return _scoped_key(request.user, given) if given else ""
+
+
 def _other_text(decision: Decision, form: Form, inputs: dict[str, Any]) -> bool:
     """Whether a decision sent again under its key gives a text input another value."""
     stored = decision.inputs or {}
@@ -614,14 +626,7 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             f"'action' is required: the id of one of this form's actions ({names}).",
             details={"action": ["Must be the id of one of the form's actions, as a string."]},
         )
-    given_key = body.get("submission_key")
-    if given_key is None:
-        given_key = ""
-    if not isinstance(given_key, str) or len(given_key) > 64:
-        raise ApiError(
-            400, "invalid_param", "'submission_key' must be a string of at most 64 characters."
-        )
-    key = _scoped_key(request.user, given_key) if given_key else ""
+    key = _submission_key(request, body)
     if key:
         decision = existing_decision(form, key)
         if decision is not None and (
@@ -926,13 +931,24 @@ def runs_list(request: HttpRequest) -> HttpResponse:
 
 
 def runs_create(request: HttpRequest) -> HttpResponse:
-    """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?}` → 201 the run."""
+    """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?, "submission_key"?}`
+    → 201 the run; 200 the same run when sent again under its submission key."""
     from inbox.dify.errors import DifyError, DifyStatusError, TooManyRequests
-    from inbox.runs import StartFailed, StartRunForm, app_parameters, default_dify_user, start_run
+    from inbox.runs import (
+        SameStart,
+        StartFailed,
+        StartRunForm,
+        app_parameters,
+        default_dify_user,
+        start_digest,
+        start_run,
+        started_under,
+    )
 
     _require_may_start(request)
     body = json_body(request)
-    _refuse_unknown_keys(body, ("app", "inputs", "query", "user"))
+    _refuse_unknown_keys(body, ("app", "inputs", "query", "user", "submission_key"))
+    key = _submission_key(request, body)
     app = _active_app(body)
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
@@ -947,6 +963,12 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             f"'query' is for chatflow apps; {app.name} is a workflow and takes only 'inputs'.",
         )
     dify_user = _optional_text(body, "user", limit=255) or default_dify_user(request.user)
+    digest = start_digest(app.pk, inputs, query, dify_user)
+    try:
+        # Sent again: answered from what the first start did, without asking Dify anything.
+        started_under(key, digest)
+    except SameStart as same:
+        return _same_start(request, same)
     try:
         parameters = app_parameters(app)
     except DifyError as exc:
@@ -990,10 +1012,45 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             started_by=request.user,
             source="api",
             labels=form.labels,
+            submission_key=key,
+            submission_digest=digest,
         )
+    except SameStart as same:
+        return _same_start(request, same)
     except StartFailed as exc:
         raise ApiError.of(exc) from None
     return JsonResponse(_run_json(request, run), status=201)
+
+
+def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
+    """A start sent again under its submission key (a `SameStart`): the run it made, or what
+    became of it, as the first answer said it; never a second run."""
+    from inbox.models import Run
+
+    run = same.run
+    details = {"run": str(run.public_id)}
+    if not same.same:
+        raise ApiError(
+            409,
+            "submission_key_reused",
+            "This submission_key was already used to start a run with another app, inputs, "
+            "query or user; send a new key for another start.",
+            details,
+        )
+    if run.status == Run.Status.STARTING:
+        raise ApiError(
+            409,
+            "start_in_progress",
+            "The start sent under this submission_key is still waiting for Dify; ask again in "
+            "a moment.",
+            details,
+            retry_after=1,
+        )
+    if run.status == Run.Status.FAILED and not run.workflow_run_id:
+        # The key outlives a failed start only when Dify's answer was lost (504 dify_no_answer):
+        # it may have started the run, so the same is said again.
+        raise ApiError(504, "dify_no_answer", run.error, details)
+    return JsonResponse(_run_json(request, run), status=200)
 
 
 def _get_api_run(request: HttpRequest, public_id: Any) -> Any:

@@ -438,6 +438,16 @@ class Run(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
     finished_at = models.DateTimeField(null=True, blank=True, verbose_name=_("finished at"))
+    # A start sent again under the same key (an API client's retry, a page posted twice) is the
+    # same start: it finds this run instead of starting another in Dify. The key is the caller's
+    # own, scoped to them; the digest is of what they asked, so the key is not reused for another
+    # start. Released when Dify surely started nothing, kept when that is not known.
+    submission_key = models.CharField(
+        max_length=64, blank=True, default="", verbose_name=_("submission key")
+    )
+    submission_digest = models.CharField(
+        max_length=64, blank=True, default="", verbose_name=_("submission digest")
+    )
 
     objects = RunQuerySet.as_manager()
 
@@ -452,7 +462,12 @@ class Run(models.Model):
                 fields=["app", "workflow_run_id"],
                 condition=~Q(workflow_run_id=""),
                 name="run_unique_workflow_run_id_per_app",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["submission_key"],
+                condition=~Q(submission_key=""),
+                name="run_unique_submission_key",
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "updated_at"]),

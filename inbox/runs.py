@@ -15,6 +15,8 @@ workflow on its own workers, so closing the original stream does not stop the ru
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from typing import Any
 
 from django import forms
 from django.core.cache import cache
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -285,6 +287,33 @@ class StartFailed(Refused):
         return {**details, **super().details()}
 
 
+class SameStart(Exception):
+    """A start under a submission key that another start holds: `run` is that start's run (it
+    may still be starting, may have failed with Dify's answer lost, or be under way), and
+    `same` whether it was asked with the same app, inputs, query and user."""
+
+    def __init__(self, run: Run, *, same: bool) -> None:
+        super().__init__(str(run.public_id))
+        self.run = run
+        self.same = same
+
+
+def start_digest(*parts: Any) -> str:
+    """A digest of what a start asked for, to tell a start sent again from another start sent
+    under the same key."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def started_under(submission_key: str, digest: str) -> None:
+    """Raises SameStart when a start holds this key (see `Run.submission_key`)."""
+    if not submission_key:
+        return
+    run = Run.objects.select_related("app").filter(submission_key=submission_key).first()
+    if run is not None:
+        raise SameStart(run, same=run.submission_digest == digest)
+
+
 def start_run(
     app: DifyApp,
     *,
@@ -294,24 +323,40 @@ def start_run(
     started_by: Any = None,
     source: str = "ui",
     labels: dict[str, str] | None = None,
+    submission_key: str = "",
+    submission_digest: str = "",
 ) -> Run:
     """Start a streaming run and hand it to the follower (see the module docstring).
     `labels`: the start inputs' labels ({variable: label}), kept for the run's page.
+    `submission_key`: the caller's key for this start (see `Run.submission_key`), with the
+    digest of what it asked (`start_digest`).
 
     Raises StartFailed; the run row then stays as `failed` with Dify's message, for the record.
+    Raises SameStart when another start holds the key, having started nothing.
     """
-    run = Run.objects.create(
-        app=app,
-        dify_user=dify_user,
-        inputs=inputs,
-        input_labels=labels or {},
-        query=query,
-        started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
-        source=source,
-        status=Run.Status.STARTING,
-        # Not before Dify has named it: there is nothing to follow yet.
-        follow_wanted=False,
-    )
+    started_under(submission_key, submission_digest)
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(
+                app=app,
+                dify_user=dify_user,
+                inputs=inputs,
+                input_labels=labels or {},
+                query=query,
+                started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
+                source=source,
+                status=Run.Status.STARTING,
+                # Not before Dify has named it: there is nothing to follow yet.
+                follow_wanted=False,
+                submission_key=submission_key,
+                submission_digest=submission_digest if submission_key else "",
+            )
+    except IntegrityError:
+        # Two starts under one key at once: the other one's row went in first.
+        if not submission_key:
+            raise
+        started_under(submission_key, submission_digest)
+        raise
     AuditEntry.record("run_started", run, actor=started_by, app=app.name, source=source)
     client = DifyClient.for_app(app)
     seen: list[StreamEvent] = []
@@ -372,7 +417,7 @@ def start_run(
                 "Dify did not answer the start (%(error)s). It may have started the run anyway: "
                 "check in Dify before starting it again."
             ) % {"error": exc}
-            _fail(run, message)
+            _fail(run, message, keep_key=True)
             raise StartFailed(message, status=504, code="dify_no_answer", run=run) from None
         _fail(run, str(exc))
         raise StartFailed(
@@ -390,7 +435,7 @@ def start_run(
                 "Dify did not name the run within %(seconds)g seconds. It may still start it: "
                 "check in Dify before starting it again."
             ) % {"seconds": FIRST_EVENT_SECONDS}
-            _fail(run, message)
+            _fail(run, message, keep_key=True)
             raise StartFailed(message, status=504, code="dify_no_answer", run=run)
         if any(event.event in ("message", "agent_message", "message_end") for event in seen):
             # It answered as a chat (or agent) app: a conversation with no workflow behind it,
@@ -412,10 +457,16 @@ def start_run(
     return run
 
 
-def _fail(run: Run, message: str) -> None:
+def _fail(run: Run, message: str, *, keep_key: bool = False) -> None:
+    """The start failed. Its submission key is released (sent again, the start is tried again)
+    unless Dify may have started the run anyway (`keep_key`): then sent again, it is told the
+    same instead of starting a second run."""
     with transaction.atomic():
         Run.objects.filter(pk=run.pk).update(
-            status=Run.Status.FAILED, error=message[:2000], follow_wanted=False
+            status=Run.Status.FAILED,
+            error=message[:2000],
+            follow_wanted=False,
+            **({} if keep_key else {"submission_key": ""}),
         )
         AuditEntry.record("run_start_failed", run, error=message[:500])
     logger.info("run %s did not start: %s", run.pk, message)

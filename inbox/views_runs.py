@@ -4,6 +4,7 @@ page (status, timeline, answer, outputs and forms, kept current by HTMX polling)
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from typing import Any
 
@@ -22,10 +23,12 @@ from inbox.forms import FileNames, small_int
 from inbox.models import DifyApp, Form, Run, Upload
 from inbox.runs import (
     RunNotStoppable,
+    SameStart,
     StartFailed,
     StartRunForm,
     app_parameters,
     default_dify_user,
+    start_digest,
     start_run,
     stop_run,
 )
@@ -106,16 +109,29 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         )
     form = StartRunForm(app, parameters, request.POST or None)
     if request.method == "POST" and form.is_valid():
+        inputs, query = form.dify_inputs(), form.cleaned_data.get("query", "")
+        dify_user = default_dify_user(request.user)
+        digest = start_digest(app.pk, inputs, query, dify_user)
         try:
             run = start_run(
                 app,
-                inputs=form.dify_inputs(),
-                query=form.cleaned_data.get("query", ""),
-                dify_user=default_dify_user(request.user),
+                inputs=inputs,
+                query=query,
+                dify_user=dify_user,
                 started_by=request.user,
                 source="ui",
                 labels=form.labels,
+                submission_key=_page_key(request, digest),
+                submission_digest=digest,
             )
+        except SameStart as same:
+            # The page sent twice (a double click, a reload that posts again): the run its
+            # first sending started, never a second one.
+            if same.run.status == Run.Status.FAILED and not same.run.workflow_run_id:
+                form.add_error(None, same.run.error)
+            else:
+                messages.info(request, _("This run was already started from this page."))
+                return redirect("inbox:run", public_id=same.run.public_id)
         except StartFailed as exc:
             if exc.code == "dify_no_answer":
                 # Whether Dify started it is not known: the message says so itself.
@@ -128,7 +144,19 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
             messages.success(request, _("The run has started."))
             return redirect("inbox:run", public_id=run.public_id)
     status = 400 if form.is_bound and form.errors else 200
-    return render(request, "inbox/apps_start.html", {"app": app, "form": form}, status=status)
+    # A new key for each page shown: sending this page twice starts one run, while a start
+    # asked again after reading why the last one failed is a start of its own.
+    context = {"app": app, "form": form, "submission_key": uuid.uuid4().hex}
+    return render(request, "inbox/apps_start.html", context, status=status)
+
+
+def _page_key(request: HttpRequest, digest: str) -> str:
+    """The start page's submission key as stored: the page's own, for this reviewer and these
+    inputs ("" when the page sent none)."""
+    given = request.POST.get("submission_key", "")
+    if not given or len(given) > 64:
+        return ""
+    return "ui-" + hashlib.sha256(f"{request.user.pk}:{given}:{digest}".encode()).hexdigest()[:61]
 
 
 # Runs a page of the runs list shows; older ones are a link away.

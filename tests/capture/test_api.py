@@ -354,6 +354,152 @@ def test_someone_without_the_permission_may_not_start_or_ingest(
     assert not Run.objects.exists()
 
 
+def test_a_start_sent_again_under_its_submission_key_is_the_same_run(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    body = {"app": "refund-approval", "inputs": inputs(simulator), "submission_key": "order-7"}
+    first = post(client, "/api/v1/runs", body, reviewer)
+    assert first.status_code == 201, first.content
+    # A retry (the first answer lost on the way back): the same run, 200, nothing asked of Dify.
+    calls = simulator.request_count("parameters")
+    again = post(client, "/api/v1/runs", body, reviewer)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert simulator.request_count("workflows_run") == 1 and Run.objects.count() == 1
+    assert simulator.request_count("parameters") == calls
+    # The key with other inputs is not that start: refused rather than read as started.
+    other = {**body, "inputs": inputs(simulator, customer_name="Grace")}
+    assert error(post(client, "/api/v1/runs", other, reviewer)) == (
+        409,
+        "submission_key_reused",
+        "This submission_key was already used to start a run with another app, inputs, query "
+        "or user; send a new key for another start.",
+    )
+    assert error(post(client, "/api/v1/runs", {**body, "user": "crm-9"}, reviewer))[1] == (
+        "submission_key_reused"
+    )
+    # Keys are each caller's own: another caller's "order-7" is another start.
+    theirs = post(client, "/api/v1/runs", body, other_reviewer)
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+    assert simulator.request_count("workflows_run") == Run.objects.count() == 2
+    for key in (7, "k" * 65):
+        assert error(post(client, "/api/v1/runs", {**body, "submission_key": key}, reviewer)) == (
+            400,
+            "invalid_param",
+            "'submission_key' must be a string of at most 64 characters.",
+        )
+
+
+def test_a_start_refused_by_dify_lets_its_key_go_and_a_lost_answer_keeps_it(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    body = {"app": "refund-approval", "inputs": inputs(simulator), "submission_key": "s-1"}
+    simulator.add_fault("status", "workflows_run", status=503)
+    assert error(post(client, "/api/v1/runs", body, reviewer))[:2] == (502, "dify_error")
+    # Dify started nothing: the retry under the same key is tried again, and starts the run.
+    retried = post(client, "/api/v1/runs", body, reviewer)
+    assert retried.status_code == 201 and retried.json()["status"] != "failed"
+    assert Run.objects.get(status="failed").submission_key == ""
+    # An answer lost after Dify took the start: it may be running there. The retry says so again,
+    # naming the same kept run, and sends Dify nothing.
+    body = {**body, "submission_key": "s-2"}
+    simulator.add_fault("drop_stream", "workflows_run", after_events=0)
+    lost = post(client, "/api/v1/runs", body, reviewer)
+    again = post(client, "/api/v1/runs", body, reviewer)
+    assert error(lost)[:2] == error(again)[:2] == (504, "dify_no_answer")
+    assert error(again)[2] == error(lost)[2]
+    assert lost.json()["error"]["details"]["run"] == again.json()["error"]["details"]["run"]
+    assert simulator.request_count("workflows_run") == 3
+
+
+def test_a_start_still_waiting_for_dify_is_said_to_be_under_way(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    from inbox.api import _scoped_key
+    from inbox.runs import start_digest
+
+    body = {"app": "refund-approval", "inputs": inputs(simulator), "submission_key": "slow"}
+    # As the row of a start whose first answer has not come back from Dify yet.
+    Run.objects.create(
+        app=refunds,
+        dify_user="inbox-alice",
+        status=Run.Status.STARTING,
+        submission_key=_scoped_key(reviewer, "slow"),
+        submission_digest=start_digest(refunds.pk, body["inputs"], "", "inbox-alice"),
+    )
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert error(response) == (
+        409,
+        "start_in_progress",
+        "The start sent under this submission_key is still waiting for Dify; ask again in a "
+        "moment.",
+    )
+    assert response["Retry-After"] == "1"
+    assert simulator.request_count("workflows_run") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_starts_under_one_key_at_once_start_one_run(
+    simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    import threading
+
+    body = {"app": "refund-approval", "inputs": inputs(simulator), "submission_key": "twice"}
+    # Dify is slow to take the start, so the second arrives while the first waits for it.
+    simulator.add_fault("delay", "workflows_run", delay=1.0)
+    answers: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def send() -> None:
+        from django.db import connection
+
+        barrier.wait()
+        try:
+            answers.append(post(Client(), "/api/v1/runs", body, reviewer))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses in ([201, 409], [200, 201]), [a.content for a in answers]
+    assert simulator.request_count("workflows_run") == 1 and Run.objects.count() == 1
+
+
+def test_a_key_taken_between_the_check_and_the_insert_starts_nothing(
+    simulator: Any, refunds: DifyApp, reviewer: User, monkeypatch: Any
+) -> None:
+    from inbox import runs
+
+    held = Run.objects.create(
+        app=refunds,
+        dify_user="u",
+        status=Run.Status.RUNNING,
+        workflow_run_id="w-1",
+        submission_key="api-held",
+        submission_digest="d",
+    )
+    real = runs.started_under
+    calls: list[str] = []
+
+    def late(key: str, digest: str) -> None:
+        # The first look finds nothing (the other start's row not in yet); the second, after
+        # the insert met the key, finds it.
+        calls.append(key)
+        if len(calls) > 1:
+            real(key, digest)
+
+    monkeypatch.setattr(runs, "started_under", late)
+    with pytest.raises(runs.SameStart) as same:
+        runs.start_run(
+            refunds, inputs={}, dify_user="u", submission_key="api-held", submission_digest="d"
+        )
+    assert same.value.run == held and same.value.same
+    assert simulator.request_count("workflows_run") == 0 and Run.objects.count() == 1
+
+
 def test_a_dify_refusal_is_passed_on_and_recorded(
     client: Client, simulator: Any, refunds: DifyApp, reviewer: User
 ) -> None:

@@ -157,6 +157,81 @@ def test_a_start_whose_answer_is_lost_tells_the_reviewer_to_check_dify_first(
     assert Run.objects.get().status == "failed"
 
 
+def page_key(page: str) -> str:
+    found = re.search(r'name="submission_key" value="([0-9a-f]{32})"', page)
+    assert found, "the start page carries its submission key"
+    return found.group(1)
+
+
+def test_a_start_page_sent_twice_starts_one_run(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    path = f"/apps/{refunds.pk}/start/"
+    key = page_key(login(client, reviewer).get(path).content.decode())
+    # Each showing of the page has its own key.
+    assert page_key(client.get(path).content.decode()) != key
+    data = {**start_form_data(simulator), "submission_key": key}
+    first = client.post(path, data)
+    run = Run.objects.get()
+    assert first.status_code == 302 and first["Location"] == f"/runs/{run.public_id}/"
+    # A double click, or a reload that posts the page again: the same run, not a second one.
+    again = client.post(path, data)
+    assert again.status_code == 302 and again["Location"] == first["Location"]
+    assert Run.objects.count() == 1 and simulator.request_count("workflows_run") == 1
+    page = client.get(again["Location"]).content.decode()
+    assert "This run was already started from this page." in page
+    # The same page with other inputs is another start (back, change, send), as is a page shown
+    # anew: both start a run of their own.
+    other = client.post(path, {**data, "in_customer_name": "Grace"})
+    assert other.status_code == 302 and other["Location"] != first["Location"]
+    fresh = client.post(
+        path,
+        {
+            **start_form_data(simulator),
+            "submission_key": page_key(client.get(path).content.decode()),
+        },
+    )
+    assert fresh.status_code == 302 and Run.objects.count() == 3
+    # Keys are each reviewer's own: another reviewer sending the same key starts their own run.
+    theirs = login(Client(), other_reviewer).post(path, data)
+    assert theirs.status_code == 302 and theirs["Location"] != first["Location"]
+    assert simulator.request_count("workflows_run") == Run.objects.count() == 4
+
+
+def test_a_start_page_sent_again_after_dify_refused_tries_again(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    path = f"/apps/{refunds.pk}/start/"
+    data = {**start_form_data(simulator), "submission_key": "a" * 32}
+    simulator.add_fault("status", "workflows_run", status=503)
+    refused = login(client, reviewer).post(path, data)
+    assert refused.status_code == 400
+    # Nothing started in Dify, so the key was let go: the page sent again starts the run.
+    started = client.post(path, data)
+    assert started.status_code == 302
+    assert Run.objects.filter(status="failed").count() == 1
+    assert Run.objects.exclude(status="failed").count() == 1
+
+
+def test_a_start_page_sent_again_after_the_answer_was_lost_starts_nothing_more(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    path = f"/apps/{refunds.pk}/start/"
+    data = {**start_form_data(simulator), "submission_key": "b" * 32}
+    simulator.add_fault("drop_stream", "workflows_run", after_events=0)
+    lost = login(client, reviewer).post(path, data)
+    warning = "It may have started the run anyway: check in Dify before starting it again."
+    assert lost.status_code == 400 and warning in lost.content.decode()
+    # Dify may have started it: the same page sent again says so again and sends nothing.
+    again = client.post(path, data)
+    assert again.status_code == 400 and warning in again.content.decode()
+    assert simulator.request_count("workflows_run") == 1 and Run.objects.count() == 1
+    # The page shown with the warning has a new key: asked again after reading it, it starts.
+    assert page_key(again.content.decode()) != "b" * 32
+    fresh = client.post(path, {**data, "submission_key": page_key(again.content.decode())})
+    assert fresh.status_code == 302 and simulator.request_count("workflows_run") == 2
+
+
 def test_a_start_page_whose_parameters_dify_refuses_marks_the_app(
     client: Client, refunds: DifyApp, reviewer: User
 ) -> None:
