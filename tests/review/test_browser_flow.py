@@ -265,3 +265,29 @@ def test_switching_language_keeps_the_inputs_of_a_run_being_started(
     assert page.get_by_label("VIP customer").is_checked()
     assert page.get_by_label("Order number").input_value() == "SO-104233"
     assert page.js_errors == []
+
+
+def test_reloading_the_page_of_a_start_whose_answer_was_lost_starts_nothing_more(
+    live_server: Any,
+    chromium: Any,
+    browser_contexts: list[Any],
+    simulator: Any,
+    sim_app: Any,  # noqa: F811
+    starters: Group,  # noqa: F811
+    reviewer: User,
+) -> None:
+    app: DifyApp = sim_app("refund-approval")
+    # Dify takes the start; its answer never reaches the inbox.
+    simulator.add_fault("drop_stream", "workflows_run", after_events=0)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/apps/{app.pk}/start/")
+    page.get_by_role("button", name="Start the run").click()
+    warning = page.locator("#start-errors", has_text="It may have started the run anyway")
+    warning.wait_for()
+    # Reloading the answer posts the page again, as browsers do: Dify is asked nothing more,
+    # and the reviewer reads the same warning.
+    page.reload()
+    warning.wait_for()
+    assert simulator.request_count("workflows_run") == 1
+    assert Run.objects.count() == 1
+    assert page.js_errors == []
