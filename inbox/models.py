@@ -25,7 +25,7 @@ from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
 from inbox.crypto import DecryptionError, EncryptedTextField, Sealed, readable
-from inbox.reasons import Reason, stored, translated
+from inbox.reasons import Reason, stored, tightened, translated
 
 if typing.TYPE_CHECKING:
     from inbox.dify.errors import DifyStatusError
@@ -1339,8 +1339,14 @@ class Form(models.Model):
             if form.claimed_by_id is not None:
                 holder = form.claimed_by
                 raise ClaimRefused(
-                    gettext("%(who)s has already taken this form.")
-                    % {"who": (holder.get_full_name() or holder.get_username()) if holder else "?"}
+                    tightened(
+                        gettext("%(who)s has already taken this form.")
+                        % {
+                            "who": (holder.get_full_name() or holder.get_username())
+                            if holder
+                            else "?"
+                        }
+                    )
                 )
             form.claimed_by = user
             form.save(update_fields=["claimed_by", "updated_at"])

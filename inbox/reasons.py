@@ -9,10 +9,28 @@ action's title and an error's text are not ours to translate.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from django.utils.translation import gettext
+from django.utils.safestring import SafeData, mark_safe
+from django.utils.translation import get_language, gettext
+
+# Chinese characters, and the full-width and CJK punctuation written beside them.
+_CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+
+
+def tightened(text: str) -> str:
+    """A sentence put together in Chinese, without the spaces its catalogue entry puts around a
+    value where the value is Chinese too: "由 Alice 发起" keeps them, "由 张三 发起" reads
+    "由张三发起" (one space between Chinese and Latin words, none between Chinese ones). Other
+    languages' text, and what is safe HTML, stay as they are otherwise."""
+    if not text or not (get_language() or "").startswith("zh"):
+        return text
+    result = _SPACE_BETWEEN_CJK.sub("", text)
+    # Removing a space between two characters keeps safe HTML safe.
+    return mark_safe(result) if isinstance(text, SafeData) else result  # noqa: S308
 
 
 class Refused(Exception):
@@ -103,7 +121,7 @@ def translated(text: str, parts: Mapping[str, Any] | None) -> str:
         return gettext(text)
     values = (parts or {}).get("values") or {}
     try:
-        return gettext(message) % values if values else gettext(message)
+        return tightened(gettext(message) % values) if values else gettext(message)
     except (KeyError, TypeError, ValueError):
         # A catalogue entry out of step with its values: the English text is still right.
         return text

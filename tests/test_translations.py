@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.test import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 PO = Path("locale/zh_Hans/LC_MESSAGES/django.po")
@@ -210,3 +211,55 @@ def test_lists_join_with_the_languages_separator() -> None:
     with translation.override("zh-hans"):
         assert joined(names) == "Alice\u3001<b>Bob</b>"
         assert template.render(Context({"names": names})) == "Alice\u3001&lt;b&gt;Bob&lt;/b&gt;"
+
+
+def test_a_chinese_value_in_a_chinese_sentence_is_not_spaced_and_a_latin_one_is() -> None:
+    from django.template import Context, Template
+    from django.utils import translation
+    from django.utils.safestring import SafeData, mark_safe
+
+    from inbox.reasons import Reason, tightened, translated
+
+    with translation.override("zh-hans"):
+        assert tightened("由 张三 发起") == "由张三发起"
+        assert tightened("由 Alice 发起") == "由 Alice 发起"
+        assert tightened("张三、李四 也在查看此表单") == "张三、李四也在查看此表单"
+        # Safe HTML stays safe (and a space beside a tag is not between two Chinese words).
+        html = tightened(mark_safe("由 <b>张三</b> 发起"))
+        assert isinstance(html, SafeData) and html == "由 <b>张三</b> 发起"
+        template = Template(
+            "{% load i18n inbox_tags %}{% filter tight %}{% blocktranslate with who=who %}"
+            "Started by {{ who }}{% endblocktranslate %}{% endfilter %}"
+        )
+        assert template.render(Context({"who": "张三"})) == "由张三发起"
+        assert template.render(Context({"who": "Ada <3"})) == "由 Ada &lt;3 发起"
+        reason = Reason("Started by %(who)s", who="张三")
+        assert translated(str(reason), reason.parts()) == "由张三发起"
+    with translation.override("en"):
+        # Only Chinese loses spaces: another language's text is as its catalogue writes it.
+        assert tightened("由 张三 发起") == "由 张三 发起"
+
+
+@pytest.mark.django_db
+def test_pages_name_a_chinese_speaking_colleague_without_spaces_around_their_name(
+    client: Client,
+) -> None:
+    from django.contrib.auth.models import User
+
+    from inbox.models import ClaimRefused, DifyApp, Form, Run
+
+    app = DifyApp.objects.create(name="refunds", base_url="http://127.0.0.1:9/v1", api_key="k-1")
+    chinese = User.objects.create_user("zhang", first_name="张三", is_staff=True)
+    latin = User.objects.create_user("ada", first_name="Ada", is_staff=True)
+    for starter, expected in ((chinese, "由张三发起"), (latin, "由 Ada 发起")):
+        run = Run.objects.create(app=app, dify_user="u", started_by=starter, workflow_run_id="")
+        client.force_login(starter)
+        page = client.get(f"/runs/{run.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+        assert expected in page.content.decode()
+    form = Form.objects.create(run=run, form_id="f-1", form_token="t-1", definition={})
+    form.claim(chinese)
+    from django.utils import translation
+
+    with translation.override("zh-hans"), pytest.raises(ClaimRefused) as refused:
+        Form.objects.get(pk=form.pk).claim(latin)
+    assert str(refused.value) == "张三已接手此表单。"

@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from inbox import forms, markdown, timefmt
+from inbox.reasons import tightened
 
 register = template.Library()
 
@@ -23,6 +24,14 @@ def joined(value: Iterable[Any]) -> str:
     "Alice、Bob"), as `inbox.forms.joined` words lists of file names. Not marked safe: the
     template escapes the whole, names and all."""
     return forms.joined(str(item) for item in value)
+
+
+@register.filter(is_safe=True)
+def tight(value: str) -> str:
+    """`{% filter tight %}{% blocktranslate with who=... %}...{% endblocktranslate %}{% endfilter %}`:
+    a sentence whose value may be Chinese, without spaces between it and the Chinese around it
+    (`inbox.reasons.tightened`)."""
+    return tightened(value)
 
 
 @register.filter

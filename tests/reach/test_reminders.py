@@ -186,7 +186,7 @@ def test_the_decided_notice_goes_to_those_who_did_not_decide(
     assert mail.outbox[0].subject == "已决定：Manager approval（payroll）"  # noqa: RUF001
     # Another guest is not told who decided: neither a reviewer's name nor a guest's address.
     assert "guest@example.net" not in mail.outbox[0].body
-    assert "另一位收件人 选择了：Approve。" in mail.outbox[0].body  # noqa: RUF001
+    assert "另一位收件人选择了：Approve。" in mail.outbox[0].body  # noqa: RUF001
     assert "。 " not in mail.outbox[0].body  # Chinese sentences run on, with no space between
     assert sweep(T0 + 3 * H)["notices"] == 0  # once
 
