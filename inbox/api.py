@@ -116,6 +116,15 @@ def _check_query(request: HttpRequest, known: tuple[str, ...]) -> None:
             f"Unknown query parameter {unknown[0][:40]!r}{takes}.",
             details={key[:40]: ["Unknown query parameter."] for key in unknown[:20]},
         )
+    # Each takes one value: `mine=1&mine=0` would otherwise answer for the last one alone.
+    repeated = sorted(key for key, values in request.GET.lists() if len(values) > 1)
+    if repeated:
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"The query parameter {repeated[0]!r} is given more than once; it takes one value.",
+            details={key: ["Given more than once."] for key in repeated},
+        )
 
 
 def api_view(
@@ -705,7 +714,8 @@ def _run_summary(request: HttpRequest, run: Any) -> dict[str, Any]:
     return {
         "id": str(run.public_id),
         "app": run.app.name,
-        "workflow_run_id": run.workflow_run_id,
+        # None until Dify has named the run (and for a start it never named).
+        "workflow_run_id": run.workflow_run_id or None,
         "status": run.status,
         "dify_user": run.dify_user,
         "source": run.source,

@@ -519,6 +519,8 @@ def test_a_dify_refusal_is_passed_on_and_recorded(
     # The failed run is the caller's to read.
     detail = client.get(f"/api/v1/runs/{run.public_id}", **bearer(reviewer))
     assert detail.status_code == 200 and detail.json()["status"] == "failed"
+    # Dify never named it: no id, rather than an empty one.
+    assert detail.json()["workflow_run_id"] is None
 
 
 def test_a_chat_app_set_up_as_a_chatflow_is_said_to_be_one(

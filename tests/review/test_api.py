@@ -517,6 +517,22 @@ def test_a_misspelt_query_parameter_is_refused_by_name(
     assert client.get("/api/v1/runs?status=open&page=1", **auth).status_code == 200
 
 
+def test_a_query_parameter_given_twice_is_refused(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    # Which one would count is not the caller's to guess: "mine=1&mine=0" is refused.
+    for path in ("/api/v1/forms?mine=1&mine=0", "/api/v1/runs?status=open&status=finished"):
+        response = client.get(path, **auth)
+        assert response.status_code == 400, path
+        error = response.json()["error"]
+        key = path.split("?")[1].split("=")[0]
+        assert (error["code"], error["message"], error["details"]) == (
+            "invalid_param",
+            f"The query parameter '{key}' is given more than once; it takes one value.",
+            {key: ["Given more than once."]},
+        )
+
+
 def test_head_is_a_get_without_its_body(client: Client, auth: dict[str, str], form: Form) -> None:
     got = client.get(f"/api/v1/forms/{form.public_id}", **auth)
     head = client.head(f"/api/v1/forms/{form.public_id}", **auth)
