@@ -572,6 +572,15 @@ def test_a_submitted_form_says_what_was_answered_and_the_decision_what_was_sent(
     body = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()
     assert body["rendered_content"] == "Refund?\n\nPaid from Q3."
     assert body["decision"]["inputs"] == {"note": "Paid from Q3."}
+    # Who decided, to read (a name) and to match (a username, as a run's started_by).
+    decided = body["decision"]
+    assert (decided["decided_by"], decided["decided_by_username"]) == ("Alice", "alice")
+    assert decided["decided_by_email"] is None
+    # A guest who decided through an emailed link: their address, and no username.
+    Decision.objects.update(reviewer=None, guest_email="ops@example.com")
+    decided = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()["decision"]
+    assert decided["decided_by"] == decided["decided_by_email"] == "ops@example.com"
+    assert decided["decided_by_username"] is None
 
 
 def full_inputs() -> dict[str, Any]:
