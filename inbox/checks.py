@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.mail.backends.base import BaseEmailBackend
 from django.http.request import validate_host
 from django.utils.module_loading import import_string
 
@@ -17,12 +18,16 @@ def check_inbox_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     checks (`migrate` among them, which each deployment runs first)."""
     found = []
     try:
-        import_string(settings.EMAIL_BACKEND)
+        backend = import_string(settings.EMAIL_BACKEND)
     except ImportError as exc:
+        problem = f"which cannot be imported ({exc})"
+    else:
+        is_backend = isinstance(backend, type) and issubclass(backend, BaseEmailBackend)
+        problem = "" if is_backend else "which is not an email backend class"
+    if problem:
         found.append(
             Error(
-                f"EMAIL_BACKEND is {settings.EMAIL_BACKEND!r}, which cannot be imported ({exc}): "
-                "no email would be sent.",
+                f"EMAIL_BACKEND is {settings.EMAIL_BACKEND!r}, {problem}: no email would be sent.",
                 hint="Leave EMAIL_BACKEND unset (SMTP when EMAIL_HOST is set), or name a backend "
                 "such as django.core.mail.backends.smtp.EmailBackend.",
                 id="inbox.E001",

@@ -136,6 +136,10 @@ def env_time_zone(name: str, default: str, environ: Mapping[str, str] | None = N
     raw = env_str(name, default, environ).strip() or default
     try:
         zoneinfo.ZoneInfo(raw)
+        # Files of the zone database that are no zone's name: the machine's own zone under
+        # another name, or none; a reader would be shown "localtime" as a zone.
+        if raw in ("localtime", "Factory", "posixrules") or raw.startswith(("posix/", "right/")):
+            raise ValueError(raw)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ImproperlyConfigured(
             f"{name} must be a time zone name like Europe/Paris or UTC, got {raw!r}"

@@ -99,6 +99,8 @@ def test_a_lower_case_log_level_is_read() -> None:
             "INBOX_MARKDOWN_IMAGE_HOSTS must be comma-separated host names",
         ),
         ("TIME_ZONE", "Europe/Pariss", "TIME_ZONE must be a time zone name like Europe/Paris"),
+        # The machine's own zone under a file's name: readers would be shown "localtime".
+        ("TIME_ZONE", "localtime", "TIME_ZONE must be a time zone name like Europe/Paris"),
         # A scheme or a port never matches a request's host: every page would be a 400.
         ("ALLOWED_HOSTS", "https://inbox.example.com", "ALLOWED_HOSTS must be comma-separated"),
         ("ALLOWED_HOSTS", "inbox.example.com:443", "ALLOWED_HOSTS must be comma-separated"),
@@ -130,6 +132,10 @@ def test_an_email_backend_that_cannot_be_imported_stops_migrate() -> None:
     )
     assert done.returncode != 0
     assert "inbox.E001" in done.stderr and "cannot be imported" in done.stderr
+    # Importable, but no backend: refused as early.
+    done = _manage(_production_env(EMAIL_BACKEND="django.core.mail.send_mail"), "check")
+    assert done.returncode != 0
+    assert "inbox.E001" in done.stderr and "is not an email backend class" in done.stderr
 
 
 def test_the_deploy_check_warns_when_emailed_links_would_be_refused() -> None:
