@@ -1040,6 +1040,7 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
     """A start sent again under its submission key (a `SameStart`): the run it made, or what
     became of it, as the first answer said it; never a second run."""
     from inbox.models import Run
+    from inbox.runs import LOST_START, start_lost
 
     run = same.run
     details = {"run": str(run.public_id)}
@@ -1051,6 +1052,10 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
             "query or user; send a new key for another start.",
             details,
         )
+    if start_lost(run):
+        # Its answer was lost, or its sender ended mid-start: it may have started the run, so
+        # the same is said again (in the caller's language now, not the first call's).
+        raise ApiError(504, "dify_no_answer", str(LOST_START), details)
     if run.status == Run.Status.STARTING:
         raise ApiError(
             409,
@@ -1060,10 +1065,6 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
             details,
             retry_after=1,
         )
-    if run.status == Run.Status.FAILED and not run.workflow_run_id:
-        # The key outlives a failed start only when Dify's answer was lost (504 dify_no_answer):
-        # it may have started the run, so the same is said again.
-        raise ApiError(504, "dify_no_answer", run.error, details)
     return JsonResponse(_run_json(request, run), status=200)
 
 

@@ -15,6 +15,7 @@ workflow on its own workers, so closing the original stream does not stop the ru
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -24,8 +25,10 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -305,6 +308,27 @@ def start_digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Said when a start is sent again under the key of a start whose outcome is not known.
+LOST_START = _(
+    "Dify did not answer when this start was first sent. It may have started the run anyway: "
+    "check in Dify before starting it again."
+)
+
+
+def start_lost(run: Run) -> bool:
+    """Whether a start under a kept key has no outcome to wait for, only an unknown one: its
+    answer was lost (the one failure that keeps its key), or it is still `starting` long after
+    any start is answered (the process sending it ended mid-start)."""
+    if run.workflow_run_id:
+        return False
+    if run.status == Run.Status.FAILED:
+        return True
+    longest = FIRST_EVENT_SECONDS + settings.INBOX_DIFY_REQUEST_DEADLINE_SECONDS
+    return run.status == Run.Status.STARTING and run.created_at < timezone.now() - dt.timedelta(
+        seconds=longest
+    )
+
+
 def started_under(submission_key: str, digest: str) -> None:
     """Raises SameStart when a start holds this key (see `Run.submission_key`)."""
     if not submission_key:
@@ -312,6 +336,36 @@ def started_under(submission_key: str, digest: str) -> None:
     run = Run.objects.select_related("app").filter(submission_key=submission_key).first()
     if run is not None:
         raise SameStart(run, same=run.submission_digest == digest)
+
+
+def _new_start(
+    app: DifyApp,
+    *,
+    dify_user: str,
+    inputs: dict[str, Any],
+    labels: dict[str, str] | None,
+    query: str,
+    started_by: Any,
+    source: str,
+    submission_key: str,
+    submission_digest: str,
+) -> Run:
+    """The start's row, before Dify is asked; raises IntegrityError when its key is held."""
+    with transaction.atomic():
+        return Run.objects.create(
+            app=app,
+            dify_user=dify_user,
+            inputs=inputs,
+            input_labels=labels or {},
+            query=query,
+            started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
+            source=source,
+            status=Run.Status.STARTING,
+            # Not before Dify has named it: there is nothing to follow yet.
+            follow_wanted=False,
+            submission_key=submission_key,
+            submission_digest=submission_digest if submission_key else "",
+        )
 
 
 def start_run(
@@ -334,29 +388,33 @@ def start_run(
     Raises StartFailed; the run row then stays as `failed` with Dify's message, for the record.
     Raises SameStart when another start holds the key, having started nothing.
     """
-    started_under(submission_key, submission_digest)
-    try:
-        with transaction.atomic():
-            run = Run.objects.create(
-                app=app,
+    for _attempt in range(3):
+        started_under(submission_key, submission_digest)
+        try:
+            run = _new_start(
+                app,
                 dify_user=dify_user,
                 inputs=inputs,
-                input_labels=labels or {},
+                labels=labels,
                 query=query,
-                started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
+                started_by=started_by,
                 source=source,
-                status=Run.Status.STARTING,
-                # Not before Dify has named it: there is nothing to follow yet.
-                follow_wanted=False,
                 submission_key=submission_key,
-                submission_digest=submission_digest if submission_key else "",
+                submission_digest=submission_digest,
             )
-    except IntegrityError:
-        # Two starts under one key at once: the other one's row went in first.
-        if not submission_key:
-            raise
-        started_under(submission_key, submission_digest)
-        raise
+            break
+        except IntegrityError:
+            # Another start under the key went in first; looked up again, it is that start,
+            # unless it failed and let the key go meanwhile: then this one tries again.
+            if not submission_key:
+                raise
+    else:
+        raise StartFailed(
+            gettext("Other starts under this submission key keep failing; try again."),
+            status=409,
+            code="start_in_progress",
+            retry_after=1,
+        )
     AuditEntry.record("run_started", run, actor=started_by, app=app.name, source=source)
     client = DifyClient.for_app(app)
     seen: list[StreamEvent] = []

@@ -22,6 +22,7 @@ from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import FileNames, small_int
 from inbox.models import DifyApp, Form, Run, Upload
 from inbox.runs import (
+    LOST_START,
     RunNotStoppable,
     SameStart,
     StartFailed,
@@ -29,6 +30,7 @@ from inbox.runs import (
     app_parameters,
     default_dify_user,
     start_digest,
+    start_lost,
     start_run,
     stop_run,
 )
@@ -127,8 +129,8 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         except SameStart as same:
             # The page sent twice (a double click, a reload that posts again): the run its
             # first sending started, never a second one.
-            if same.run.status == Run.Status.FAILED and not same.run.workflow_run_id:
-                form.add_error(None, same.run.error)
+            if start_lost(same.run):
+                form.add_error(None, str(LOST_START))
             else:
                 messages.info(request, _("This run was already started from this page."))
                 return redirect("inbox:run", public_id=same.run.public_id)

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
@@ -25,13 +25,17 @@ SHARED = ROOT.parent / "shared"
 def _own_broker_per_test_process() -> None:
     """Under pytest-xdist each test process has its own database (pytest-django's suffix); its
     Celery messages get their own Redis database too, so a worker one process starts never runs
-    another's tasks against the wrong database, and a purge empties only its own queue. Set
-    before anything connects, and in the environment for the workers and followers it starts."""
+    another's tasks against the wrong database, and a purge empties only its own queue: the
+    configured database number plus one plus the process's number (bin/with-services's Redis
+    has 256). Set before anything connects, and in the environment for the workers and
+    followers the tests start."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    url = settings.CELERY_BROKER_URL
-    if not worker.startswith("gw") or not url.startswith("redis://"):
+    parts = urlsplit(settings.CELERY_BROKER_URL)
+    if not worker.startswith("gw") or parts.scheme not in ("redis", "rediss"):
         return
-    own = re.sub(r"(/\d*)?$", f"/{int(worker[2:]) + 1}", url.split("?")[0], count=1)
+    configured = parts.path.strip("/")
+    db = (int(configured) if configured.isdigit() else 0) + 1 + int(worker[2:])
+    own = urlunsplit(parts._replace(path=f"/{db}"))
     os.environ["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL = own
     from inbox.celery import app
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from inbox.models import ApiToken, AuditEntry, DifyApp, Form, Run
 from inbox.runs import start_run
@@ -406,7 +408,10 @@ def test_a_start_refused_by_dify_lets_its_key_go_and_a_lost_answer_keeps_it(
     lost = post(client, "/api/v1/runs", body, reviewer)
     again = post(client, "/api/v1/runs", body, reviewer)
     assert error(lost)[:2] == error(again)[:2] == (504, "dify_no_answer")
-    assert error(again)[2] == error(lost)[2]
+    assert error(again)[2] == (
+        "Dify did not answer when this start was first sent. It may have started the run "
+        "anyway: check in Dify before starting it again."
+    )
     assert lost.json()["error"]["details"]["run"] == again.json()["error"]["details"]["run"]
     assert simulator.request_count("workflows_run") == 3
 
@@ -434,6 +439,11 @@ def test_a_start_still_waiting_for_dify_is_said_to_be_under_way(
         "moment.",
     )
     assert response["Retry-After"] == "1"
+    assert simulator.request_count("workflows_run") == 0
+    # Still starting long after any start is answered: its sender ended mid-start, and whether
+    # Dify started it is not known. Said so, rather than "ask again in a moment" for ever.
+    Run.objects.update(created_at=timezone.now() - dt.timedelta(minutes=3))
+    assert error(post(client, "/api/v1/runs", body, reviewer))[:2] == (504, "dify_no_answer")
     assert simulator.request_count("workflows_run") == 0
 
 
@@ -498,6 +508,43 @@ def test_a_key_taken_between_the_check_and_the_insert_starts_nothing(
         )
     assert same.value.run == held and same.value.same
     assert simulator.request_count("workflows_run") == 0 and Run.objects.count() == 1
+
+
+def test_a_key_let_go_between_the_insert_and_the_second_look_is_tried_again(
+    simulator: Any, refunds: DifyApp, reviewer: User, monkeypatch: Any
+) -> None:
+    from inbox import runs
+
+    failing = Run.objects.create(
+        app=refunds,
+        dify_user="u",
+        status=Run.Status.STARTING,
+        submission_key="api-racing",
+        submission_digest="d",
+    )
+    real = runs.started_under
+    calls: list[str] = []
+
+    def racing(key: str, digest: str) -> None:
+        # First look: the other start holds the key, not yet seen. Its insert meets the key;
+        # by the second look the other start has failed and let the key go.
+        calls.append(key)
+        if len(calls) == 2:
+            Run.objects.filter(pk=failing.pk).update(status="failed", submission_key="")
+        if len(calls) > 1:
+            real(key, digest)
+
+    monkeypatch.setattr(runs, "started_under", racing)
+    run = runs.start_run(
+        refunds,
+        inputs=inputs(simulator),
+        dify_user="u",
+        submission_key="api-racing",
+        submission_digest="d",
+    )
+    # Not a 500: the key was free again, and this start took it and went to Dify.
+    assert run.submission_key == "api-racing" and run.workflow_run_id
+    assert simulator.request_count("workflows_run") == 1 and len(calls) == 2
 
 
 def test_a_dify_refusal_is_passed_on_and_recorded(
