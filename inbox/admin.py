@@ -36,6 +36,7 @@ from inbox.models import (
     RunEvent,
     Upload,
 )
+from inbox.reasons import worded
 
 
 class DifyAppAdminForm(forms.ModelForm):
@@ -774,11 +775,15 @@ class RouteAdmin(AuditedAdmin):
             # unseen by anyone but staff: said at once.
             self.message_user(
                 request,
-                _(
-                    "The route %(name)s asks nobody: its forms will wait where only "
-                    "administrators see them. Add reviewers, groups or email addresses."
-                )
-                % {"name": route.name},
+                worded(
+                    str(
+                        _(
+                            "The route %(name)s asks nobody: its forms will wait where only "
+                            "administrators see them. Add reviewers, groups or email addresses."
+                        )
+                    ),
+                    name=route.name,
+                ),
                 messages.WARNING,
             )
 

@@ -25,7 +25,7 @@ from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
 from inbox.crypto import DecryptionError, EncryptedTextField, Sealed, readable
-from inbox.reasons import Reason, stored, tightened, translated
+from inbox.reasons import Reason, stored, translated, worded
 
 if typing.TYPE_CHECKING:
     from inbox.dify.errors import DifyStatusError
@@ -1338,16 +1338,8 @@ class Form(models.Model):
                 return
             if form.claimed_by_id is not None:
                 holder = form.claimed_by
-                raise ClaimRefused(
-                    tightened(
-                        gettext("%(who)s has already taken this form.")
-                        % {
-                            "who": (holder.get_full_name() or holder.get_username())
-                            if holder
-                            else "?"
-                        }
-                    )
-                )
+                who = (holder.get_full_name() or holder.get_username()) if holder else "?"
+                raise ClaimRefused(worded(gettext("%(who)s has already taken this form."), who=who))
             form.claimed_by = user
             form.save(update_fields=["claimed_by", "updated_at"])
             AuditEntry.record("form_claimed", form, actor=user)

@@ -13,24 +13,42 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from django.utils.html import conditional_escape
 from django.utils.safestring import SafeData, mark_safe
 from django.utils.translation import get_language, gettext
 
 # Chinese characters, and the full-width and CJK punctuation written beside them.
 _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+_IS_CJK = re.compile(f"[{_CJK}]")
 
 
-def tightened(text: str) -> str:
+def tightened(text: str, *values: Any) -> str:
     """A sentence put together in Chinese, without the spaces its catalogue entry puts around a
-    value where the value is Chinese too: "由 Alice 发起" keeps them, "由 张三 发起" reads
-    "由张三发起" (one space between Chinese and Latin words, none between Chinese ones). Other
-    languages' text, and what is safe HTML, stay as they are otherwise."""
+    value where the value meets Chinese with Chinese: "由 Alice 发起" keeps them, "由 张三 发起"
+    reads "由张三发起" (one space between Chinese and Latin words, none between Chinese ones).
+    Only the spaces at the values' ends go: a value's own spaces (Dify's "批准 退款") stay, and
+    other languages' text is as its catalogue writes it. Safe HTML stays safe, its values
+    matched as escaped."""
     if not text or not (get_language() or "").startswith("zh"):
         return text
-    result = _SPACE_BETWEEN_CJK.sub("", text)
+    safe = isinstance(text, SafeData)
+    result = str(text)
+    for value in values:
+        shown = str(conditional_escape(value) if safe else value or "")
+        if not shown or shown not in result:
+            continue
+        literal = re.escape(shown)
+        if _IS_CJK.match(shown[0]):
+            result = re.sub(f"(?<=[{_CJK}]) (?={literal})", "", result)
+        if _IS_CJK.match(shown[-1]):
+            result = re.sub(f"(?<={literal}) (?=[{_CJK}])", "", result)
     # Removing a space between two characters keeps safe HTML safe.
-    return mark_safe(result) if isinstance(text, SafeData) else result  # noqa: S308
+    return mark_safe(result) if safe else result  # noqa: S308
+
+
+def worded(text: str, /, **values: Any) -> str:
+    """`text` (already translated) with its values put in, `tightened` around them."""
+    return tightened(text % values, *(v for v in values.values() if isinstance(v, str)))
 
 
 class Refused(Exception):
@@ -121,7 +139,7 @@ def translated(text: str, parts: Mapping[str, Any] | None) -> str:
         return gettext(text)
     values = (parts or {}).get("values") or {}
     try:
-        return tightened(gettext(message) % values) if values else gettext(message)
+        return worded(gettext(message), **values) if values else gettext(message)
     except (KeyError, TypeError, ValueError):
         # A catalogue entry out of step with its values: the English text is still right.
         return text

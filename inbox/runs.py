@@ -42,7 +42,7 @@ from inbox.dify.errors import (
 )
 from inbox.dify.types import FormDefinition, StreamEvent
 from inbox.models import AuditEntry, DifyApp, Run
-from inbox.reasons import Refused
+from inbox.reasons import Refused, worded
 
 logger = logging.getLogger(__name__)
 
@@ -596,8 +596,11 @@ def ingest_run(
         detail = client.get_run(workflow_run_id)
     except NotFound:
         raise IngestRefused(
-            gettext("Dify knows no run %(id)s in the app %(app)s.")
-            % {"id": workflow_run_id, "app": app.name},
+            worded(
+                gettext("Dify knows no run %(id)s in the app %(app)s."),
+                id=workflow_run_id,
+                app=app.name,
+            ),
             code="run_not_found",
         ) from None
     except DifyError as exc:
@@ -731,7 +734,7 @@ def _ingested_form(client: DifyClient, app: DifyApp, form_token: str) -> FormDef
         return None
     except NotFound:
         raise IngestRefused(
-            gettext("Dify does not know this form token in the app %(app)s.") % {"app": app.name},
+            worded(gettext("Dify does not know this form token in the app %(app)s."), app=app.name),
             code="form_not_found",
         ) from None
     except DifyError as exc:

@@ -76,6 +76,7 @@ from inbox.models import (
     assigned_to_q,
     routing_is_dense,
 )
+from inbox.reasons import worded
 from inbox.uploads import UploadRejected, megabytes, too_large, upload_limits, upload_to_dify
 from inbox.views_runs import output_items, timeline_items
 
@@ -1198,7 +1199,7 @@ def remove_upload_response(
         return trigger_client_event(
             HttpResponse(""),
             "inbox:announce",
-            {"message": _("%(name)s removed.") % {"name": upload.name}},
+            {"message": worded(_("%(name)s removed."), name=upload.name)},
         )
     return redirect(decider.base_url)
 

@@ -218,17 +218,25 @@ def test_a_chinese_value_in_a_chinese_sentence_is_not_spaced_and_a_latin_one_is(
     from django.utils import translation
     from django.utils.safestring import SafeData, mark_safe
 
-    from inbox.reasons import Reason, tightened, translated
+    from inbox.reasons import Reason, tightened, translated, worded
 
     with translation.override("zh-hans"):
-        assert tightened("由 张三 发起") == "由张三发起"
-        assert tightened("由 Alice 发起") == "由 Alice 发起"
-        assert tightened("张三、李四 也在查看此表单") == "张三、李四也在查看此表单"
-        # Safe HTML stays safe (and a space beside a tag is not between two Chinese words).
-        html = tightened(mark_safe("由 <b>张三</b> 发起"))
-        assert isinstance(html, SafeData) and html == "由 <b>张三</b> 发起"
+        assert tightened("由 张三 发起", "张三") == "由张三发起"
+        assert tightened("由 Alice 发起", "Alice") == "由 Alice 发起"
+        assert tightened("张三、李四 也在查看此表单", "张三、李四") == "张三、李四也在查看此表单"
+        # Only the spaces at a value's ends: Dify's own words keep theirs, and so does the
+        # sentence where no value meets it.
+        assert (
+            tightened("张三 选择了“批准 退款”。", "张三", "批准 退款") == "张三选择了“批准 退款”。"
+        )
+        assert worded("%(who)s 选择了：%(action)s。", who="一位审批人", action="批准 退款") == (  # noqa: RUF001
+            "一位审批人选择了：批准 退款。"  # noqa: RUF001
+        )
+        # Safe HTML stays safe, its value matched as it was escaped.
+        html = tightened(mark_safe("由 张&lt;三 发起"), "张<三")
+        assert isinstance(html, SafeData) and html == "由张&lt;三发起"
         template = Template(
-            "{% load i18n inbox_tags %}{% filter tight %}{% blocktranslate with who=who %}"
+            "{% load i18n inbox_tags %}{% filter tight:who %}{% blocktranslate %}"
             "Started by {{ who }}{% endblocktranslate %}{% endfilter %}"
         )
         assert template.render(Context({"who": "张三"})) == "由张三发起"
@@ -237,7 +245,7 @@ def test_a_chinese_value_in_a_chinese_sentence_is_not_spaced_and_a_latin_one_is(
         assert translated(str(reason), reason.parts()) == "由张三发起"
     with translation.override("en"):
         # Only Chinese loses spaces: another language's text is as its catalogue writes it.
-        assert tightened("由 张三 发起") == "由 张三 发起"
+        assert tightened("由 张三 发起", "张三") == "由 张三 发起"
 
 
 @pytest.mark.django_db
@@ -248,7 +256,7 @@ def test_pages_name_a_chinese_speaking_colleague_without_spaces_around_their_nam
 
     from inbox.models import ClaimRefused, DifyApp, Form, Run
 
-    app = DifyApp.objects.create(name="refunds", base_url="http://127.0.0.1:9/v1", api_key="k-1")
+    app = DifyApp.objects.create(name="退款审批", base_url="http://127.0.0.1:9/v1", api_key="k-1")
     chinese = User.objects.create_user("zhang", first_name="张三", is_staff=True)
     latin = User.objects.create_user("ada", first_name="Ada", is_staff=True)
     for starter, expected in ((chinese, "由张三发起"), (latin, "由 Ada 发起")):
@@ -256,6 +264,8 @@ def test_pages_name_a_chinese_speaking_colleague_without_spaces_around_their_nam
         client.force_login(starter)
         page = client.get(f"/runs/{run.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
         assert expected in page.content.decode()
+        # The app's Chinese name in the page's heading, as in its title.
+        assert "<h1>退款审批的运行</h1>" in page.content.decode()
     form = Form.objects.create(run=run, form_id="f-1", form_token="t-1", definition={})
     form.claim(chinese)
     from django.utils import translation

@@ -27,11 +27,11 @@ def joined(value: Iterable[Any]) -> str:
 
 
 @register.filter(is_safe=True)
-def tight(value: str) -> str:
-    """`{% filter tight %}{% blocktranslate with who=... %}...{% endblocktranslate %}{% endfilter %}`:
-    a sentence whose value may be Chinese, without spaces between it and the Chinese around it
-    (`inbox.reasons.tightened`)."""
-    return tightened(value)
+def tight(sentence: str, value: Any) -> str:
+    """`{% filter tight:who %}{% blocktranslate with who=who %}…{% endblocktranslate %}
+    {% endfilter %}`: a sentence whose value may be Chinese, without the spaces between the
+    value and the Chinese around it (`inbox.reasons.tightened`)."""
+    return tightened(sentence, value)
 
 
 @register.filter

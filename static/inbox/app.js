@@ -202,13 +202,25 @@
     return true;
   }
 
+  // Chinese characters and the full-width punctuation beside them (inbox.reasons._CJK).
+  var CJK = /[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]/;
+  var CJK_BEFORE = /([\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]) \{fields\}/;
+  var CJK_AFTER = /\{fields\} ([\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef])/;
+
   // The hint under the actions names what is missing, by the fields' labels, in the page's
   // words (its data-* attributes).
   function hintText(hint, missing, tooMany, busy) {
     var separator = hint.getAttribute("data-separator") || ", ";
     function words(attribute, labels) {
       var list = labels.join(separator);
-      return (hint.getAttribute(attribute) || "{fields}").replace("{fields}", function () { return list; });
+      var text = hint.getAttribute(attribute) || "{fields}";
+      if (/^zh/i.test(document.documentElement.lang || "")) {
+        // As the server words Chinese: no space between the labels and Chinese beside them
+        // when the labels are Chinese too ("附件中的文件过多"), one when they are Latin.
+        if (CJK.test(list.charAt(0))) text = text.replace(CJK_BEFORE, "$1{fields}");
+        if (CJK.test(list.charAt(list.length - 1))) text = text.replace(CJK_AFTER, "{fields}$1");
+      }
+      return text.replace("{fields}", function () { return list; });
     }
     var parts = [];
     if (missing.length) parts.push(words("data-missing", missing));
