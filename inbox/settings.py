@@ -368,9 +368,12 @@ if CACHE_URL:
         raise ImproperlyConfigured("CACHE_URL must be a redis:// (or rediss://, unix://) URL")
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # An outage of this Redis degrades pages instead of failing them (inbox.cache).
+            "BACKEND": "inbox.cache.TolerantRedisCache",
             "LOCATION": CACHE_URL,
             "KEY_PREFIX": "inbox",
+            # A Redis that does not answer is given up on soon, not waited for by every page.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
         }
     }
 

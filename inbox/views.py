@@ -1330,9 +1330,9 @@ def healthz(request: HttpRequest) -> HttpResponse:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except DatabaseError as exc:
-        problems.append(
-            f"database: {str(exc).strip().splitlines()[0][:200] if str(exc) else type(exc).__name__}"
-        )
+        # The answer names no host or port (anyone may ask); the log line has the details.
+        logger.warning("health check: database: %s", str(exc).strip()[:500] or type(exc).__name__)
+        problems.append("database: not answering")
     try:
         from django.contrib.staticfiles.storage import staticfiles_storage
 
@@ -1342,4 +1342,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
     if problems:
         logger.warning("health check failed: %s", "; ".join(problems))
         return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
+    # The shared cache away, pages still serve (inbox.cache): degraded, still 200, so a load
+    # balancer keeps sending them here while monitoring sees it.
+    probe = getattr(cache, "unavailable", None)
+    if probe is not None and (why := probe()):
+        logger.warning("health check: cache: %s", why[:500])
+        return JsonResponse({"status": "degraded", "problems": ["cache: not answering"]})
     return JsonResponse({"status": "ok"})

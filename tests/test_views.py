@@ -37,13 +37,51 @@ def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
     settings.STATIC_ROOT = str(ROOT / "no-such-static-root")
     response = client.get("/healthz")
     assert response.status_code == 503
+    # Anyone may ask: the answer names no host (the log line does).
     assert response.json() == {
         "status": "unavailable",
-        "problems": [
-            "database: connection to server at 10.0.0.5 failed: Connection refused",
-            "static files: not collected (run collectstatic)",
-        ],
+        "problems": ["database: not answering", "static files: not collected (run collectstatic)"],
     }
+
+
+DOWN_CACHE = {
+    "default": {
+        "BACKEND": "inbox.cache.TolerantRedisCache",
+        # Nothing listens there: every call to the cache fails at once.
+        "LOCATION": "redis://127.0.0.1:9/0",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
+
+def test_pages_go_on_without_the_shared_cache_and_healthz_says_degraded(
+    client: Client, reviewer: Any, dify_app: Any, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from inbox.models import Form, Run
+
+    run = Run.objects.create(app=dify_app, dify_user="u", workflow_run_id="w-1", status="paused")
+    form = Form.objects.create(
+        run=run,
+        form_id="f-1",
+        form_token="t-1",
+        node_title="Approve",
+        definition={
+            "form_content": "Refund?",
+            "inputs": [],
+            "user_actions": [{"id": "ok", "title": "OK", "button_style": "primary"}],
+        },
+    )
+    settings.CACHES = DOWN_CACHE
+    client.force_login(reviewer)
+    # The inbox (its tab counts), a form page (presence, its checks) and the health check:
+    # each answers, the cache's outage logged rather than a 500.
+    assert client.get("/").status_code == 200
+    assert client.get(f"/forms/{form.public_id}/").status_code == 200
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "degraded", "problems": ["cache: not answering"]}
+    assert "cache unavailable, pages go on without it" in caplog.text
+    assert "127.0.0.1:9" not in health.content.decode()
 
 
 def test_inbox_requires_login(client: Client, db: None) -> None:
@@ -206,3 +244,21 @@ def test_pages_name_their_icon_so_browsers_do_not_ask_for_a_missing_favicon(
     page = client.get("/").content.decode()
     assert '<link rel="icon" href="/static/inbox/favicon.svg" type="image/svg+xml">' in page
     assert finders.find("inbox/favicon.svg")
+
+
+def test_healthz_is_ok_with_a_shared_cache_that_answers(
+    client: Client, db: None, settings: Any
+) -> None:
+    import os
+
+    if not os.environ.get("REDIS_URL"):
+        pytest.skip("needs the Redis bin/with-services starts (make test runs it)")
+    settings.CACHES = {
+        **DOWN_CACHE,
+        "default": {**DOWN_CACHE["default"], "LOCATION": os.environ["REDIS_URL"]},
+    }
+    from django.core.cache import cache
+
+    cache.set("probe", 1)
+    assert cache.get("probe") == 1
+    assert client.get("/healthz").json() == {"status": "ok"}
