@@ -80,4 +80,17 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
                 id="inbox.W004",
             )
         )
+    if str(settings.DATABASES["default"]["ENGINE"]).endswith("postgresql") and str(
+        settings.CELERY_BROKER_URL
+    ).startswith("filesystem://"):
+        found.append(
+            Warning(
+                "CELERY_BROKER_URL is not set: tasks go through folders on this machine, which "
+                "web, worker and beat in other containers or hosts never see (decisions would "
+                "wait for the sweep, emails not be sent).",
+                hint="Set CELERY_BROKER_URL to a Redis (redis://host:6379/0) shared by every "
+                "process; leave it unset only when all of them run on this one machine.",
+                id="inbox.W005",
+            )
+        )
     return found

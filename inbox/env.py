@@ -149,7 +149,16 @@ def env_time_zone(name: str, default: str, environ: Mapping[str, str] | None = N
 
 def parse_database_url(name: str, url: str) -> dict[str, object]:
     """Turn ``postgres://user:pass@host:port/db?sslmode=...`` or ``sqlite:///path`` into DATABASES."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        # A port that is no number, or a password with a bracket or a slash not %-encoded. The
+        # URL itself is not repeated: it holds the password.
+        raise ImproperlyConfigured(
+            f"{name} is not a valid URL ({exc}); %-encode special characters in the user name "
+            "and password (@ : / [ ] ? # as %40 %3A %2F %5B %5D %3F %23)"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme in {"sqlite", "sqlite3"}:
         # sqlite:///relative.db -> "relative.db"; sqlite:////abs/path.db -> "/abs/path.db"
@@ -165,7 +174,7 @@ def parse_database_url(name: str, url: str) -> dict[str, object]:
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
             "HOST": unquote(parts.hostname or ""),
-            "PORT": str(parts.port or ""),
+            "PORT": str(port or ""),
         }
         if options:
             config["OPTIONS"] = options

@@ -1661,6 +1661,10 @@ _FORM_DISPLAY_FIELDS = (
 )
 
 
+# A decision no key of the process opens is looked at again this often (seconds).
+KEY_RECHECK_SECONDS = 60.0
+
+
 class Decision(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
@@ -1906,8 +1910,8 @@ class Decision(models.Model):
     @classmethod
     def _readable(cls, batch: Any, due: list[int], db_now: dt.datetime) -> list[Decision]:
         """The decisions of `due` whose secrets this process can decrypt, one at a time. The
-        others are put off by the longest backoff with the reason, and logged: the decision is
-        kept, and goes once the process has the key again."""
+        others are put off for KEY_RECHECK_SECONDS with the reason, and logged: the decision is
+        kept, and goes once a process has the key again."""
         rows: list[Decision] = []
         for pk in due:
             try:
@@ -1919,8 +1923,13 @@ class Decision(models.Model):
             except DecryptionError as exc:
                 logger.error("decision %s: not sent: %s", pk, exc)
                 cls.objects.filter(pk=pk, status=cls.Status.QUEUED).update(
+                    # Looked at again within a minute (no call to Dify, only a decryption): a
+                    # process restarted with the key, or another one that has it, sends it then
+                    # rather than after the longest backoff.
                     next_attempt_at=db_now
-                    + dt.timedelta(seconds=settings.INBOX_DELIVERY_RETRY_CAP_SECONDS),
+                    + dt.timedelta(
+                        seconds=min(KEY_RECHECK_SECONDS, settings.INBOX_DELIVERY_RETRY_CAP_SECONDS)
+                    ),
                     last_error=(
                         f"{exc}: this process lacks the key that encrypted it. The decision is "
                         "kept and sent once the key is back in INBOX_ENCRYPTION_KEYS."

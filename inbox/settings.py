@@ -35,6 +35,12 @@ _INSECURE_KEY = "django-insecure-embedded-key-change-me-in-production-0123456789
 SECRET_KEY = env_str("SECRET_KEY", _INSECURE_KEY if DEBUG or not env_str("DATABASE_URL") else "")
 if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is set")
+# Earlier keys, comma-separated, still accepted after SECRET_KEY changes: links already emailed
+# and sessions signed with them keep working while they last. Sign with the new key, keep the
+# old one here until the longest link has lapsed (INBOX_LINK_MAX_AGE_SECONDS), then drop it.
+SECRET_KEY_FALLBACKS = [
+    k.strip() for k in env_str("SECRET_KEY_FALLBACKS", "").split(",") if k.strip()
+]
 ALLOWED_HOSTS = env_allowed_hosts("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # A page's htmx post refused by the check is told so in the page (the full page otherwise).
@@ -333,6 +339,11 @@ EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", bool(EMAIL_HOST))
+# A mail server that takes the connection and never answers is given up on after this long,
+# so the worker that was sending goes back to delivering decisions.
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20, minimum=1)
+# For django.core.mail.backends.filebased.EmailBackend: the folder it writes emails to.
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", "") or None
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Dify Approval Inbox <inbox@localhost>")
 INBOX_BASE_URL = env_str("INBOX_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", INBOX_BASE_URL):

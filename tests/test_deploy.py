@@ -99,6 +99,10 @@ def test_a_lower_case_log_level_is_read() -> None:
             "INBOX_MARKDOWN_IMAGE_HOSTS must be comma-separated host names",
         ),
         ("TIME_ZONE", "Europe/Pariss", "TIME_ZONE must be a time zone name like Europe/Paris"),
+        # Named, and the URL (its password) not repeated.
+        ("DATABASE_URL", "postgres://u:pw@db:notaport/inbox", "DATABASE_URL is not a valid URL"),
+        ("DATABASE_URL", "postgres://u:p[w@db/inbox", "%-encode special characters"),
+        ("EMAIL_TIMEOUT", "soon", "EMAIL_TIMEOUT must be an integer"),
         # The machine's own zone under a file's name: readers would be shown "localtime".
         ("TIME_ZONE", "localtime", "TIME_ZONE must be a time zone name like Europe/Paris"),
         # A scheme or a port never matches a request's host: every page would be a 400.
@@ -206,3 +210,36 @@ def test_every_json_api_call_is_documented() -> None:
     documented = {re.sub(r"\{\w+\}", "X", r) for r in re.findall(r"`\w+ /(api/v1/[^` ?]*)", readme)}
     missing = sorted(r for r in routes if re.sub(r"<[\w:]+>", "X", r) not in documented)
     assert not missing, f"README.md's JSON API table lacks {missing}"
+
+
+def test_an_earlier_secret_key_email_timeout_and_email_folder_are_read() -> None:
+    env = _production_env(
+        SECRET_KEY_FALLBACKS="old-key-" + "a" * 40 + ", older-key-" + "b" * 40,
+        EMAIL_TIMEOUT="7",
+        EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+        EMAIL_FILE_PATH="/tmp/inbox-mail",
+    )
+    done = _manage(
+        env,
+        "shell",
+        "-c",
+        "from django.conf import settings as s; "
+        "print(len(s.SECRET_KEY_FALLBACKS), s.SECRET_KEY_FALLBACKS[1][:10], s.EMAIL_TIMEOUT, "
+        "s.EMAIL_FILE_PATH)",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].split() == [
+        "2",
+        "older-key-",
+        "7",
+        "/tmp/inbox-mail",
+    ]
+
+
+def test_the_deploy_check_warns_of_a_broker_on_this_machine_alone() -> None:
+    env = _production_env()
+    env.pop("CELERY_BROKER_URL", None)
+    done = _manage(env, "check", "--deploy")
+    assert "inbox.W005" in done.stderr and "CELERY_BROKER_URL is not set" in done.stderr
+    done = _manage(_production_env(CELERY_BROKER_URL="redis://redis:6379/0"), "check", "--deploy")
+    assert "inbox.W005" not in done.stderr

@@ -563,6 +563,7 @@ def test_a_decision_this_process_cannot_decrypt_waits_and_the_others_go(
 ) -> None:
     from cryptography.fernet import Fernet
 
+    settings.INBOX_DELIVERY_RETRY_CAP_SECONDS = 900.0  # as in production
     # Captured by a web process that already has the new key in front; this worker has not.
     newer = Fernet.generate_key().decode()
     before = list(settings.INBOX_ENCRYPTION_KEYS)
@@ -577,6 +578,10 @@ def test_a_decision_this_process_cannot_decrypt_waits_and_the_others_go(
     assert readable.status == "delivered"
     assert unreadable.status == "queued" and unreadable.attempts == 0
     assert "lacks the key that encrypted it" in unreadable.last_error
+    # Looked at again within a minute, not after the longest backoff (15 minutes in production):
+    # a worker restarted with the key sends it then.
+    wait = (unreadable.next_attempt_at - timezone.now()).total_seconds()
+    assert 50 < wait <= 60
     # With the key back, it goes.
     settings.INBOX_ENCRYPTION_KEYS = [newer, *before]
     Decision.objects.filter(pk=unreadable.pk).update(next_attempt_at=timezone.now())
