@@ -947,7 +947,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
 def runs_create(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?, "submission_key"?}`
     → 201 the run; 200 the same run when sent again under its submission key."""
-    from inbox.dify.errors import DifyError, DifyStatusError, TooManyRequests
+    from inbox.dify.errors import ApiKeyUnreadable, DifyError, DifyStatusError, TooManyRequests
     from inbox.runs import (
         SameStart,
         StartFailed,
@@ -989,6 +989,10 @@ def runs_create(request: HttpRequest) -> HttpResponse:
         # Recorded as the start page does; a refusal of the start itself, and Dify taking it,
         # are recorded by `start_run` for both.
         message = f"Dify's parameters could not be read: {exc}"
+        if isinstance(exc, ApiKeyUnreadable):
+            # Not Dify's doing: this process cannot read the app's key (an administrator's to
+            # put back, or to enter again).
+            raise ApiError(503, "api_key_unreadable", str(exc)) from None
         if not isinstance(exc, DifyStatusError):
             # No answer at all (refused, reset, timed out): Dify could not be reached.
             raise ApiError(502, "dify_unavailable", message) from None

@@ -34,6 +34,7 @@ from django.utils.translation import gettext_lazy as _
 
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import (
+    ApiKeyUnreadable,
     DifyConnectionError,
     DifyError,
     DifyStatusError,
@@ -388,6 +389,11 @@ def start_run(
     Raises StartFailed; the run row then stays as `failed` with Dify's message, for the record.
     Raises SameStart when another start holds the key, having started nothing.
     """
+    try:
+        client = DifyClient.for_app(app)
+    except ApiKeyUnreadable as exc:
+        # This process cannot read the app's key: nothing is asked of Dify, and no run kept.
+        raise StartFailed(exc.message, status=503, code="api_key_unreadable") from None
     for _attempt in range(3):
         started_under(submission_key, submission_digest)
         try:
@@ -416,7 +422,6 @@ def start_run(
             retry_after=1,
         )
     AuditEntry.record("run_started", run, actor=started_by, app=app.name, source=source)
-    client = DifyClient.for_app(app)
     seen: list[StreamEvent] = []
     try:
         if app.mode == DifyApp.Mode.CHATFLOW:

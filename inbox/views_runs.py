@@ -135,8 +135,9 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
                 messages.info(request, _("This run was already started from this page."))
                 return redirect("inbox:run", public_id=same.run.public_id)
         except StartFailed as exc:
-            if exc.code == "dify_no_answer":
-                # Whether Dify started it is not known: the message says so itself.
+            if exc.code in ("dify_no_answer", "api_key_unreadable"):
+                # Whether Dify started it is not known, or Dify was not asked: the message says
+                # so itself.
                 form.add_error(None, exc.message)
             else:
                 form.add_error(

@@ -547,6 +547,38 @@ def test_a_key_let_go_between_the_insert_and_the_second_look_is_tried_again(
     assert simulator.request_count("workflows_run") == 1 and len(calls) == 2
 
 
+def test_an_app_whose_key_this_process_cannot_read_starts_nothing_and_keeps_no_run(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, settings: Any
+) -> None:
+    from cryptography.fernet import Fernet
+    from django.core.cache import cache
+
+    from inbox.runs import app_parameters
+
+    body = {"app": "refund-approval", "inputs": inputs(simulator)}
+    # Its parameters read while the key was readable (cached), then the key saved with an
+    # encryption key this process does not have (one dropped before its rotation).
+    app_parameters(refunds)
+    before = list(settings.INBOX_ENCRYPTION_KEYS)
+    settings.INBOX_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), *before]
+    refunds.save()
+    settings.INBOX_ENCRYPTION_KEYS = before
+    expected = (
+        503,
+        "api_key_unreadable",
+        "The API key of the app 'refund-approval' cannot be decrypted with "
+        "INBOX_ENCRYPTION_KEYS: put back the key it was encrypted with, or enter the API key "
+        "again in the admin.",
+    )
+    assert error(post(client, "/api/v1/runs", body, reviewer)) == expected
+    # Its parameters not cached: refused as early, with the same words.
+    cache.clear()
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "api_key_unreadable"
+    assert not Run.objects.exists() and simulator.request_count("workflows_run") == 0
+
+
 def test_a_dify_refusal_is_passed_on_and_recorded(
     client: Client, simulator: Any, refunds: DifyApp, reviewer: User
 ) -> None:
