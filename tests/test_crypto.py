@@ -78,3 +78,37 @@ def test_rotating_re_encrypts_every_secret_so_the_old_key_can_go(
     with override_settings(INBOX_ENCRYPTION_KEYS=[new]):
         with pytest.raises(CommandError, match=r"No key in INBOX_ENCRYPTION_KEYS opens: DifyApp"):
             call_command("rotate_encryption_keys")
+
+
+def test_tokens_of_closed_forms_no_key_opens_can_be_forgotten_so_rotation_completes(
+    db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from django.core.management import CommandError, call_command
+
+    lost, kept = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with override_settings(INBOX_ENCRYPTION_KEYS=[kept]):
+        app = DifyApp.objects.create(name="a", base_url="http://x/v1", api_key="app-key")
+        run = Run.objects.create(app=app, workflow_run_id="R1", dify_user="u")
+    with override_settings(INBOX_ENCRYPTION_KEYS=[lost]):
+        # 25 closed forms, one waiting and one whose delivery failed, under a key then lost.
+        for n in range(25):
+            Form.objects.create(run=run, form_id=f"S{n}", form_token="t", status="submitted")
+        Form.objects.create(run=run, form_id="P", form_token="t", status="pending")
+        Form.objects.create(run=run, form_id="F", form_token="t", status="failed")
+    with override_settings(INBOX_ENCRYPTION_KEYS=[kept]):
+        with pytest.raises(CommandError) as refused:
+            call_command("rotate_encryption_keys")
+        # Twenty named, the rest counted, and the way out said.
+        assert str(refused.value).count("Form.form_token of #") == 20
+        assert " and 7 more." in str(refused.value) and "--forget-closed" in str(refused.value)
+        # Closed forms' tokens are blanked; the waiting and the failed form keep theirs, and
+        # still fail the command: their decisions may yet need them.
+        with pytest.raises(CommandError) as refused:
+            call_command("rotate_encryption_keys", forget_closed=True)
+        assert "Form.form_token: 25 of closed forms forgotten" in capsys.readouterr().out
+        assert str(refused.value).count("Form.form_token of #") == 2
+        assert Form.objects.filter(form_token="").count() == 25
+        assert set(Form.objects.exclude(form_token="").values_list("form_id", flat=True)) == {
+            "P",
+            "F",
+        }

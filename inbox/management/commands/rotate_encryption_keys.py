@@ -1,9 +1,10 @@
 """Re-encrypt every secret at rest with the first of INBOX_ENCRYPTION_KEYS.
 
-Rotating a key: put the new key first in INBOX_ENCRYPTION_KEYS (keeping the old one after it)
-and restart every process; run this command; then drop the old key and restart again. A value
-no key can open is named, left as it is, and makes the command fail, so the old key is not
-dropped while something still needs it.
+Rotating a key: add the new key last in INBOX_ENCRYPTION_KEYS and restart every process; move it
+first (the old one after it) and restart again; run this command; then drop the old key and
+restart again. A value no key can open is named, left as it is, and makes the command fail, so
+the old key is not dropped while something still needs it; `--forget-closed` blanks such tokens
+of forms that are closed, which are never sent again.
 """
 
 from __future__ import annotations
@@ -23,12 +24,36 @@ from inbox.models import DifyApp, Form
 ENCRYPTED: list[tuple[type[Model], str]] = [(DifyApp, "api_key"), (Form, "form_token")]
 
 
+# Forms whose token is never used again: no decision of theirs can be sent to Dify any more. (A
+# form whose delivery failed keeps its token: an administrator may retry it or reopen the form.)
+CLOSED = (
+    Form.Status.SUBMITTED,
+    Form.Status.EXPIRED,
+    Form.Status.ANSWERED_ELSEWHERE,
+    Form.Status.NOT_ANSWERABLE,
+    Form.Status.GONE,
+)
+# Values named in the error, at most; the rest are counted.
+NAMED = 20
+
+
 class Command(BaseCommand):
     help = "Re-encrypt API keys and form tokens with the first key of INBOX_ENCRYPTION_KEYS."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--forget-closed",
+            action="store_true",
+            help="Blank the tokens no key opens of forms that are closed (submitted, expired, "
+            "answered elsewhere, gone): they are never sent again, and a key lost with them "
+            "would otherwise keep this command failing.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         first = Fernet(settings.INBOX_ENCRYPTION_KEYS[0].encode())
         unreadable: list[str] = []
+        if options["forget_closed"]:
+            self._forget_closed()
         for model, field in ENCRYPTED:
             done = 0
             # The stored ciphertext as text: the field itself would hand back the plain value.
@@ -55,9 +80,29 @@ class Command(BaseCommand):
                 done += 1
             self.stdout.write(f"{model.__name__}.{field}: {done} re-encrypted")
         if unreadable:
+            more = len(unreadable) - NAMED
             raise CommandError(
                 "No key in INBOX_ENCRYPTION_KEYS opens: "
-                + ", ".join(unreadable)
+                + ", ".join(unreadable[:NAMED])
+                + (f" and {more} more" if more > 0 else "")
                 + ". Keep the key that encrypted them (or enter those values again) before "
-                "dropping any key."
+                "dropping any key. Tokens of closed forms are never sent again: "
+                "--forget-closed blanks those no key opens."
             )
+
+    def _forget_closed(self) -> None:
+        rows = (
+            Form.objects.filter(status__in=CLOSED)
+            .exclude(form_token="")
+            .annotate(stored=Cast("form_token", TextField()))
+            .values_list("pk", "stored")
+        )
+        forgotten = []
+        for pk, stored in rows.iterator(chunk_size=500):
+            try:
+                crypto.decrypt(stored)
+            except InvalidToken:
+                forgotten.append(pk)
+        for start in range(0, len(forgotten), 500):
+            Form.objects.filter(pk__in=forgotten[start : start + 500]).update(form_token="")
+        self.stdout.write(f"Form.form_token: {len(forgotten)} of closed forms forgotten")
