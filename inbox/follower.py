@@ -184,6 +184,28 @@ def _claimable() -> Any:
     )
 
 
+# A run that has wanted following this long with no follower taking it: none is running (a live
+# one takes a run within a second, and a dead one's leases lapse after INBOX_FOLLOWER_LEASE_SECONDS).
+UNFOLLOWED_AFTER = dt.timedelta(minutes=2)
+
+
+def unfollowed() -> tuple[int, dt.datetime | None]:
+    """How many runs want following and have waited UNFOLLOWED_AFTER for a follower, and since
+    when the oldest of them waits: more than none means no follower is running."""
+    from django.db.models import Count, Min
+    from django.db.models.functions import Coalesce
+    from django.utils import timezone
+
+    cutoff = timezone.now() - UNFOLLOWED_AFTER
+    waiting = _claimable().filter(
+        Q(lease_expires_at__lt=cutoff) | Q(lease_expires_at__isnull=True, updated_at__lt=cutoff)
+    )
+    found = waiting.aggregate(
+        count=Count("pk"), since=Min(Coalesce("lease_expires_at", "updated_at"))
+    )
+    return found["count"], found["since"]
+
+
 def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
     """Lease up to `limit` runs that want following and nobody (alive) follows.
 

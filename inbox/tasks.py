@@ -1004,6 +1004,21 @@ def reconcile_runs(batch_size: int | None = None) -> dict[str, int]:
 RUN_GONE_AFTER = dt.timedelta(minutes=10)
 
 
+def _warn_if_unfollowed(now: dt.datetime) -> None:
+    """Said every minute while runs wait for a follower that never comes: nothing else would
+    tell, as the runs only look slow."""
+    from inbox.follower import unfollowed
+
+    count, since = unfollowed()
+    if count:
+        logger.warning(
+            "%d run(s) have waited %d min for a follower and none takes them: is "
+            "`manage.py follow` running?",
+            count,
+            (now - since).total_seconds() // 60 if since else 0,
+        )
+
+
 def _reconcile_runs(batch_size: int) -> dict[str, int]:
     from inbox import capture
     from inbox.models import Form, Run
@@ -1020,6 +1035,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         # Runs the follower gave up on in a row, not handed back to it yet (`Run.refollow_after`).
         "waiting": 0,
     }
+    _warn_if_unfollowed(now)
     stale_start = now - dt.timedelta(seconds=settings.INBOX_RUN_START_TIMEOUT_SECONDS)
     for run in Run.objects.filter(status=Run.Status.STARTING, workflow_run_id="").filter(
         created_at__lt=stale_start

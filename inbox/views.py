@@ -1342,10 +1342,20 @@ def healthz(request: HttpRequest) -> HttpResponse:
     if problems:
         logger.warning("health check failed: %s", "; ".join(problems))
         return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
-    # The shared cache away, pages still serve (inbox.cache): degraded, still 200, so a load
-    # balancer keeps sending them here while monitoring sees it.
+    # What keeps the inbox from working fully while this process still serves pages: said as
+    # degraded, still 200, so a load balancer keeps sending them here while monitoring sees it.
+    degraded = []
     probe = getattr(cache, "unavailable", None)
     if probe is not None and (why := probe()):
+        # The shared cache away (inbox.cache).
         logger.warning("health check: cache: %s", why[:500])
-        return JsonResponse({"status": "degraded", "problems": ["cache: not answering"]})
+        degraded.append("cache: not answering")
+    from inbox.follower import UNFOLLOWED_AFTER, unfollowed
+
+    waiting, _since = unfollowed()
+    if waiting:
+        minutes = int(UNFOLLOWED_AFTER.total_seconds() // 60)
+        degraded.append(f"follower: {waiting} run(s) waiting over {minutes} min for one")
+    if degraded:
+        return JsonResponse({"status": "degraded", "problems": degraded})
     return JsonResponse({"status": "ok"})

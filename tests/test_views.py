@@ -262,3 +262,36 @@ def test_healthz_is_ok_with_a_shared_cache_that_answers(
     cache.set("probe", 1)
     assert cache.get("probe") == 1
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_runs_no_follower_takes_are_told_by_healthz_and_the_reconcile_log(
+    client: Client, dify_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox import tasks
+    from inbox.models import Run
+
+    long_ago = timezone.now() - dt.timedelta(minutes=5)
+    # Wanted by the follower five minutes ago, and never taken: no follower is running.
+    waiting = Run.objects.create(
+        app=dify_app, dify_user="u", workflow_run_id="w-1", status="running", follow_wanted=True
+    )
+    # Wanted a moment ago: a live follower would be taking it now.
+    Run.objects.create(
+        app=dify_app, dify_user="u", workflow_run_id="w-2", status="running", follow_wanted=True
+    )
+    Run.objects.filter(pk=waiting.pk).update(updated_at=long_ago)
+    assert client.get("/healthz").json() == {
+        "status": "degraded",
+        "problems": ["follower: 1 run(s) waiting over 2 min for one"],
+    }
+    tasks.reconcile_runs()
+    assert "1 run(s) have waited 5 min for a follower" in caplog.text
+    # A follower that holds it (its lease running) is alive: nothing to say.
+    Run.objects.filter(pk=waiting.pk).update(
+        lease_owner="f-1", lease_expires_at=timezone.now() + dt.timedelta(seconds=60)
+    )
+    assert client.get("/healthz").json() == {"status": "ok"}
