@@ -42,6 +42,11 @@ SECRET_KEY_FALLBACKS = [
     k.strip() for k in env_str("SECRET_KEY_FALLBACKS", "").split(",") if k.strip()
 ]
 ALLOWED_HOSTS = env_allowed_hosts("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+if not ALLOWED_HOSTS and not DEBUG:
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS is empty: with DEBUG off every request would be refused (400); name the "
+        "host names the inbox is reached by, like inbox.example.com"
+    )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # A page's htmx post refused by the check is told so in the page (the full page otherwise).
 CSRF_FAILURE_VIEW = "inbox.views.csrf_failure"

@@ -108,6 +108,7 @@ def test_a_lower_case_log_level_is_read() -> None:
         # A scheme or a port never matches a request's host: every page would be a 400.
         ("ALLOWED_HOSTS", "https://inbox.example.com", "ALLOWED_HOSTS must be comma-separated"),
         ("ALLOWED_HOSTS", "inbox.example.com:443", "ALLOWED_HOSTS must be comma-separated"),
+        ("ALLOWED_HOSTS", "", "ALLOWED_HOSTS is empty: with DEBUG off every request"),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_its_name(name: str, value: str, message: str) -> None:
