@@ -326,7 +326,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "inbox.tasks.reconcile_runs",
         "schedule": env_float("INBOX_RUN_RECONCILE_EVERY_SECONDS", 60.0, minimum=1),
     },
+    # Does nothing unless INBOX_RETENTION_DAYS or INBOX_AUDIT_RETENTION_DAYS is set.
+    "prune-records": {"task": "inbox.tasks.prune_records", "schedule": 86400.0},
 }
+# Days a finished run (its forms, decisions, uploads' records, recipients and events) is kept,
+# and days an audit entry is kept; 0 keeps them for ever (inbox.retention).
+INBOX_RETENTION_DAYS = env_float("INBOX_RETENTION_DAYS", 0.0, minimum=0)
+INBOX_AUDIT_RETENTION_DAYS = env_float("INBOX_AUDIT_RETENTION_DAYS", 0.0, minimum=0)
 
 # Email: console in the embedded setup, SMTP when EMAIL_HOST is set. In production with neither
 # set, nothing is written out (an email's link is a credential, not for a process's output):

@@ -980,6 +980,26 @@ def clear_expired_sessions() -> None:
     import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
 
 
+# Periodic (beat, daily): the record let go after the days the operator set (inbox.retention).
+@shared_task(soft_time_limit=3300, time_limit=3600)
+def prune_records() -> dict[str, int]:
+    from dataclasses import asdict
+
+    from django.conf import settings
+
+    from inbox.retention import prune
+
+    runs, audit = settings.INBOX_RETENTION_DAYS, settings.INBOX_AUDIT_RETENTION_DAYS
+    if not runs and not audit:
+        return {}
+    with periodic_lock("prune_records") as held:
+        if not held:
+            return {}
+        pruned = asdict(prune(runs_older_than_days=runs, audit_older_than_days=audit))
+    logger.info("prune_records: %s", pruned)
+    return pruned
+
+
 # --- runs no stream is reading ---
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -175,3 +176,60 @@ def test_seed_demo_without_a_simulator_still_seeds_the_logins(
     assert "no simulator at http://127.0.0.1:9" in capsys.readouterr().err
     assert DifyApp.objects.count() == 0
     assert User.objects.filter(username__in=["admin", "alice", "bob"]).count() == 3
+
+
+@pytest.mark.django_db
+def test_prune_records_lets_go_of_what_ended_long_ago_and_never_what_is_being_sent(
+    dify_app: DifyApp, settings: Any
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox import tasks
+    from inbox.models import AuditEntry, Decision, Form, Run, RunEvent
+
+    long_ago = timezone.now() - dt.timedelta(days=40)
+
+    def run(name: str, status: str, *, ended: dt.datetime, decision: str = "") -> Run:
+        made = Run.objects.create(
+            app=dify_app, dify_user="u", workflow_run_id=name, status=status, finished_at=ended
+        )
+        form = Form.objects.create(
+            run=made, form_id=f"f-{name}", form_token="t", status="submitted"
+        )
+        RunEvent.objects.create(run=made, event="workflow_started")
+        if decision:
+            Decision.objects.create(form=form, action_id="ok", inputs={}, status=decision)
+        AuditEntry.record("run_ingested", made)
+        return made
+
+    old = run("old", "succeeded", ended=long_ago, decision="delivered")
+    sending = run("sending", "succeeded", ended=long_ago, decision="queued")
+    running = run("running", "running", ended=long_ago)
+    recent = run("recent", "failed", ended=timezone.now() - dt.timedelta(days=2))
+    entries = AuditEntry.objects.update(created_at=long_ago)
+    out = io.StringIO()
+    # Nothing asked, nothing set: everything is kept.
+    call_command("prune_records", stdout=out)
+    assert "Nothing to prune" in out.getvalue() and Run.objects.count() == 4
+    call_command("prune_records", "--runs-older-than", "30", "--dry-run", stdout=out)
+    assert "Would delete 1 run(s) with 1 form(s), 1 decision(s) and 1 event(s)" in out.getvalue()
+    assert Run.objects.count() == 4
+    call_command("prune_records", "--runs-older-than", "30", "--audit-older-than", "30", stdout=out)
+    assert (
+        f"Deleted 1 run(s) with 1 form(s), 1 decision(s) and 1 event(s); {entries} audit entries."
+        in out.getvalue()
+    )
+    assert not AuditEntry.objects.exists()
+    # Gone with everything of it; a run whose decision is still being sent, one still going and
+    # a recent one stay.
+    assert set(Run.objects.values_list("pk", flat=True)) == {sending.pk, running.pk, recent.pk}
+    assert not Form.objects.filter(run_id=old.pk).exists()
+    assert not RunEvent.objects.filter(run_id=old.pk).exists()
+    # The daily task does the same from the settings, and nothing when they are 0.
+    assert tasks.prune_records() == {}
+    Decision.objects.update(status="delivered")
+    settings.INBOX_RETENTION_DAYS = 30
+    assert tasks.prune_records()["runs"] == 1
+    assert set(Run.objects.values_list("pk", flat=True)) == {running.pk, recent.pk}

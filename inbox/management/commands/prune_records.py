@@ -1,0 +1,49 @@
+"""Let go of finished runs and audit entries older than asked (see inbox.retention)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from inbox.retention import prune
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete runs that ended more than --runs-older-than days ago (with their forms, "
+        "decisions, uploads' records, recipients and events; never one whose decision is still "
+        "being sent), and audit entries older than --audit-older-than days. Defaults: "
+        "INBOX_RETENTION_DAYS and INBOX_AUDIT_RETENTION_DAYS (0: keep)."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--runs-older-than", type=float, metavar="DAYS")
+        parser.add_argument("--audit-older-than", type=float, metavar="DAYS")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Count what would go, delete nothing."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        runs = options["runs_older_than"]
+        audit = options["audit_older_than"]
+        runs = settings.INBOX_RETENTION_DAYS if runs is None else runs
+        audit = settings.INBOX_AUDIT_RETENTION_DAYS if audit is None else audit
+        if runs < 0 or audit < 0:
+            raise CommandError("Days must be 0 (keep) or more.")
+        if not runs and not audit:
+            self.stdout.write(
+                "Nothing to prune: no --runs-older-than or --audit-older-than, and "
+                "INBOX_RETENTION_DAYS and INBOX_AUDIT_RETENTION_DAYS are 0 (keep everything)."
+            )
+            return
+        pruned = prune(
+            runs_older_than_days=runs, audit_older_than_days=audit, dry_run=options["dry_run"]
+        )
+        verb = "Would delete" if options["dry_run"] else "Deleted"
+        self.stdout.write(
+            f"{verb} {pruned.runs} run(s) with {pruned.forms} form(s), {pruned.decisions} "
+            f"decision(s) and {pruned.events} event(s); {pruned.audit_entries} audit entr"
+            f"{'y' if pruned.audit_entries == 1 else 'ies'}."
+        )
