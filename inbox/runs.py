@@ -339,36 +339,6 @@ def started_under(submission_key: str, digest: str) -> None:
         raise SameStart(run, same=run.submission_digest == digest)
 
 
-def _new_start(
-    app: DifyApp,
-    *,
-    dify_user: str,
-    inputs: dict[str, Any],
-    labels: dict[str, str] | None,
-    query: str,
-    started_by: Any,
-    source: str,
-    submission_key: str,
-    submission_digest: str,
-) -> Run:
-    """The start's row, before Dify is asked; raises IntegrityError when its key is held."""
-    with transaction.atomic():
-        return Run.objects.create(
-            app=app,
-            dify_user=dify_user,
-            inputs=inputs,
-            input_labels=labels or {},
-            query=query,
-            started_by=started_by if getattr(started_by, "is_authenticated", False) else None,
-            source=source,
-            status=Run.Status.STARTING,
-            # Not before Dify has named it: there is nothing to follow yet.
-            follow_wanted=False,
-            submission_key=submission_key,
-            submission_digest=submission_digest if submission_key else "",
-        )
-
-
 def start_run(
     app: DifyApp,
     *,
@@ -397,17 +367,23 @@ def start_run(
     for _attempt in range(3):
         started_under(submission_key, submission_digest)
         try:
-            run = _new_start(
-                app,
-                dify_user=dify_user,
-                inputs=inputs,
-                labels=labels,
-                query=query,
-                started_by=started_by,
-                source=source,
-                submission_key=submission_key,
-                submission_digest=submission_digest,
-            )
+            with transaction.atomic():
+                run = Run.objects.create(
+                    app=app,
+                    dify_user=dify_user,
+                    inputs=inputs,
+                    input_labels=labels or {},
+                    query=query,
+                    started_by=started_by
+                    if getattr(started_by, "is_authenticated", False)
+                    else None,
+                    source=source,
+                    status=Run.Status.STARTING,
+                    # Not before Dify has named it: there is nothing to follow yet.
+                    follow_wanted=False,
+                    submission_key=submission_key,
+                    submission_digest=submission_digest if submission_key else "",
+                )
             break
         except IntegrityError:
             # Another start under the key went in first; looked up again, it is that start,
