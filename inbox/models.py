@@ -66,6 +66,17 @@ def mask_secret(value: str | None) -> str:
     return f"{value[:4]}…{value[-4:]}"
 
 
+def _not_queued(exc: Exception, message: str, *args: Any) -> None:
+    """A task that could not be queued (the sweeps make up for it): one line when the broker is
+    away, which is expected during an outage; the traceback for anything else."""
+    from kombu.exceptions import OperationalError
+
+    if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
+        logger.warning(message + ": %s", *args, exc)
+    else:
+        logger.warning(message, *args, exc_info=exc)
+
+
 class DifyApp(models.Model):
     class Mode(models.TextChoices):
         WORKFLOW = "workflow", _("Workflow")
@@ -1538,8 +1549,8 @@ class Form(models.Model):
 
         try:
             check_form.apply_async((form_pk,))
-        except Exception:
-            logger.warning("form %s: check not queued", form_pk, exc_info=True)
+        except Exception as exc:
+            _not_queued(exc, "form %s: check not queued", form_pk)
 
     def close_in_dify(self, status: str, *, reason: str, source: str, **filled: str) -> bool:
         """Dify says this pending form is closed (answered there, or expired): record it.
@@ -1820,10 +1831,8 @@ class Decision(models.Model):
             deliver_decision.apply_async(
                 (pk,), {"due": due.isoformat()} if due is not None else {}, countdown=countdown
             )
-        except Exception:
-            logger.warning(
-                "decision %s: delivery not queued, the sweep will retry", pk, exc_info=True
-            )
+        except Exception as exc:
+            _not_queued(exc, "decision %s: delivery not queued, the sweep will retry", pk)
 
     @classmethod
     def claim_due(cls, limit: int) -> tuple[list[Decision], list[int], bool]:
@@ -2684,10 +2693,8 @@ class FormRecipient(models.Model):
 
         try:
             send_form_emails.apply_async((form_pk,))
-        except Exception:
-            logger.warning(
-                "form %s: emails not queued, the sweep will send them", form_pk, exc_info=True
-            )
+        except Exception as exc:
+            _not_queued(exc, "form %s: emails not queued, the sweep will send them", form_pk)
 
 
 class RunEvent(models.Model):

@@ -132,3 +132,34 @@ def test_a_refusal_of_the_settings_before_a_new_key_is_old_news(dify_app: DifyAp
     # A call made with the old key comes back refused after the new one was saved.
     assert not stale.note_refused(_revoked(), "follower")
     assert DifyApp.objects.get(pk=dify_app.pk).refused_at is None
+
+
+def test_a_task_not_queued_while_the_broker_is_away_is_one_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    from inbox import tasks
+    from inbox.models import FormRecipient
+
+    def away(*args: object, **kwargs: object) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.send_form_emails, "apply_async", away)
+    FormRecipient.enqueue_emails(23)
+    (record,) = caplog.records
+    # Expected during an outage (the sweep sends them later): said, without a traceback.
+    assert record.getMessage() == (
+        "form 23: emails not queued, the sweep will send them: "
+        "Error 111 connecting to 127.0.0.1:6379. Connection refused."
+    )
+    assert record.exc_info is None
+    caplog.clear()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("not serialisable")
+
+    monkeypatch.setattr(tasks.send_form_emails, "apply_async", broken)
+    FormRecipient.enqueue_emails(23)
+    # Anything else is a fault of ours: its traceback is kept.
+    assert caplog.records[0].exc_info is not None
