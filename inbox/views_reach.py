@@ -580,7 +580,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         {**period, "median_text": _duration(period["median"]), "p95_text": _duration(period["p95"])}
         for period in periods
     ]
+    from inbox.follower import unfollowed
+
     context = {
+        # Runs no follower takes: none is running, and their next forms never arrive.
+        "unfollowed": unfollowed()[0],
         "pending": pending,
         "pending_total": Form.objects.filter(status=Form.Status.PENDING).count(),
         "pending_chart": pending_chart,

@@ -143,6 +143,23 @@ def test_forms_nobody_is_asked_to_decide_are_counted(
     assert re.search(r"<strong>1</strong><a [^>]*>pending forms nobody is asked to decide", body)
 
 
+def test_runs_no_follower_takes_are_said_on_the_dashboard(
+    client: Client, admin_user: User, reach_app: DifyApp
+) -> None:
+    from inbox.models import Run
+
+    client.force_login(admin_user)
+    assert "no follower takes" not in client.get("/dashboard/").content.decode()
+    run = Run.objects.create(
+        app=reach_app, dify_user="u", workflow_run_id="w-1", status="running", follow_wanted=True
+    )
+    Run.objects.filter(pk=run.pk).update(updated_at=timezone.now() - dt.timedelta(minutes=3))
+    body = client.get("/dashboard/").content.decode()
+    assert "1 run has waited over two minutes for the follower, and no follower takes it" in body
+    body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "manage.py follow" in body and "跟踪进程" in body
+
+
 @pytest.mark.parametrize(
     ("seconds", "shown"),
     [
