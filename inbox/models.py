@@ -1917,6 +1917,25 @@ class Decision(models.Model):
         return claimed, others, drained
 
     @classmethod
+    def _wait_for_key(cls, pk: int, exc: DecryptionError, db_now: dt.datetime) -> None:
+        """No encryption key of this process opens the decision's secrets: nothing is sent, no
+        attempt counted. It is looked at again within a minute by a task of its own (only a
+        decryption, no call to Dify), so a process restarted with the key, or another one
+        that has it, sends it then rather than after the longest backoff."""
+        logger.error("decision %s: not sent: %s", pk, exc)
+        seconds = min(KEY_RECHECK_SECONDS, settings.INBOX_DELIVERY_RETRY_CAP_SECONDS)
+        due = db_now + dt.timedelta(seconds=seconds)
+        waiting = cls.objects.filter(pk=pk, status=cls.Status.QUEUED).update(
+            next_attempt_at=due,
+            last_error=(
+                f"{exc}: this process lacks the key that encrypted it. The decision is kept and "
+                "sent once the key is back in INBOX_ENCRYPTION_KEYS."
+            ),
+        )
+        if waiting:
+            transaction.on_commit(lambda: cls.enqueue(pk, countdown=seconds, due=due))
+
+    @classmethod
     def _readable(cls, batch: Any, due: list[int], db_now: dt.datetime) -> list[Decision]:
         """The decisions of `due` whose secrets this process can decrypt, one at a time. The
         others are put off for KEY_RECHECK_SECONDS with the reason, and logged: the decision is
@@ -1930,20 +1949,7 @@ class Decision(models.Model):
                     readable(row.form.form_token)
                 rows.extend(found)
             except DecryptionError as exc:
-                logger.error("decision %s: not sent: %s", pk, exc)
-                cls.objects.filter(pk=pk, status=cls.Status.QUEUED).update(
-                    # Looked at again within a minute (no call to Dify, only a decryption): a
-                    # process restarted with the key, or another one that has it, sends it then
-                    # rather than after the longest backoff.
-                    next_attempt_at=db_now
-                    + dt.timedelta(
-                        seconds=min(KEY_RECHECK_SECONDS, settings.INBOX_DELIVERY_RETRY_CAP_SECONDS)
-                    ),
-                    last_error=(
-                        f"{exc}: this process lacks the key that encrypted it. The decision is "
-                        "kept and sent once the key is back in INBOX_ENCRYPTION_KEYS."
-                    ),
-                )
+                cls._wait_for_key(pk, exc, db_now)
         return rows
 
     @classmethod
@@ -2006,6 +2012,13 @@ class Decision(models.Model):
             if form.status == Form.Status.SUBMITTING and (
                 decision.maybe_applied or not form.is_expired
             ):
+                try:
+                    readable(form.run.app.api_key)
+                    readable(form.form_token)
+                except DecryptionError as exc:
+                    # As the pump does (`_readable`): not an attempt, nothing sent.
+                    cls._wait_for_key(pk, exc, now)
+                    return None
                 decision.status = cls.Status.DELIVERING
                 decision.attempts += 1
                 decision.delivery_started_at = now

@@ -560,6 +560,7 @@ def test_a_decision_this_process_cannot_decrypt_waits_and_the_others_go(
     decide: Callable[..., Decision],
     sent: list[str],
     settings: Any,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     from cryptography.fernet import Fernet
 
@@ -572,19 +573,36 @@ def test_a_decision_this_process_cannot_decrypt_waits_and_the_others_go(
     settings.INBOX_ENCRYPTION_KEYS = before
     readable = decide(make_form(app))
 
-    assert deliver_queued() == {"delivered": 1}
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliver_queued() == {"delivered": 1}
     readable.refresh_from_db()
     unreadable.refresh_from_db()
     assert readable.status == "delivered"
     assert unreadable.status == "queued" and unreadable.attempts == 0
     assert "lacks the key that encrypted it" in unreadable.last_error
-    # Looked at again within a minute, not after the longest backoff (15 minutes in production):
-    # a worker restarted with the key sends it then.
+    # Looked at again within a minute, not after the longest backoff (15 minutes in production),
+    # by a task of its own: a worker restarted with the key sends it then.
     wait = (unreadable.next_attempt_at - timezone.now()).total_seconds()
     assert 50 < wait <= 60
-    # With the key back, it goes.
-    settings.INBOX_ENCRYPTION_KEYS = [newer, *before]
-    Decision.objects.filter(pk=unreadable.pk).update(next_attempt_at=timezone.now())
-    assert deliver_queued() == {"delivered": 1}
+    assert sent == [f"deliver_decision {unreadable.pk}"]
+    # That task, still without the key: put off again the same way. No attempt counted, nothing
+    # presumed sent, no backoff growing towards the form failing.
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        due = unreadable.next_attempt_at.isoformat()
+        assert tasks.deliver_decision(unreadable.pk, due) == "skipped"
     unreadable.refresh_from_db()
-    assert unreadable.status == "delivered"
+    assert (unreadable.status, unreadable.attempts, unreadable.maybe_applied) == (
+        "queued",
+        0,
+        False,
+    )
+    assert 50 < (unreadable.next_attempt_at - timezone.now()).total_seconds() <= 60
+    assert sent == [f"deliver_decision {unreadable.pk}"]
+    # With the key back, the next one sends it.
+    settings.INBOX_ENCRYPTION_KEYS = [newer, *before]
+    due = unreadable.next_attempt_at.isoformat()
+    assert tasks.deliver_decision(unreadable.pk, due) == "delivered"
+    unreadable.refresh_from_db()
+    assert unreadable.status == "delivered" and unreadable.attempts == 1
