@@ -324,6 +324,10 @@ class _Batch:
         if getattr(self.run, name) != value:
             setattr(self.run, name, value)
             self.run_fields.add(name)
+            if name == "error" and self.run.error_parts:
+                # Dify's own words replace the inbox's: shown as they are, in any language.
+                self.run.error_parts = {}
+                self.run_fields.add("error_parts")
 
     def progress(self) -> None:
         self.applied.changed = True

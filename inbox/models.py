@@ -398,7 +398,11 @@ class Run(models.Model):
     answer = models.TextField(
         blank=True, help_text=_("Chatflow answer text, aggregated."), verbose_name=_("answer")
     )
+    # Why the run failed: Dify's own words as it said them, or the inbox's in English (the
+    # admin, the audit trail and the API read it so), with `error_parts` keeping the inbox's
+    # message and its values for a page in the reader's language (`error_text`).
     error = models.TextField(blank=True, verbose_name=_("error"))
+    error_parts = models.JSONField(default=dict, blank=True, verbose_name=_("error parts"))
     timeline = models.JSONField(default=list, blank=True, verbose_name=_("timeline"))
     # The start inputs' labels as the app declared them when the run started ({variable:
     # label}), so its page names them as the start form did, without asking Dify again.
@@ -501,14 +505,22 @@ class Run(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINAL_STATUSES
 
+    @property
+    def error_text(self) -> str:
+        """`error` in the active language, as a page shows it (Dify's own words as they are)."""
+        return translated(self.error, self.error_parts)
+
     def gone_from_dify(self, *, source: str) -> int:
         """Dify no longer knows this run (its detail is a 404 to a key it accepts): it was
         deleted there, or Dify's data was reset. The run ends as failed, saying so, and its
         forms still waiting for an answer close as gone, so nobody decides what cannot be
         sent. A form whose decision is on its way is left to its delivery (which meets the
         same 404 and says so). Returns how many forms closed."""
-        reason = (
-            "Dify no longer knows this run (404): it was deleted there, or Dify's data was reset."
+        reason = Reason(
+            gettext_noop(
+                "Dify no longer knows this run (404): it was deleted there, or Dify's data was "
+                "reset."
+            )
         )
         with transaction.atomic():
             run = Run.objects.select_for_update().filter(pk=self.pk).first()
@@ -518,6 +530,7 @@ class Run(models.Model):
             Run.objects.filter(pk=run.pk).update(
                 status=Run.Status.FAILED,
                 error=reason,
+                error_parts=reason.parts(),
                 finished_at=now,
                 follow_wanted=False,
                 needs_reconcile=False,
@@ -1656,7 +1669,7 @@ class Form(models.Model):
 
 
 # Run columns a delivery never reads (deferred when a decision is locked with its run).
-_RUN_BULK_FIELDS = ("inputs", "query", "outputs", "answer", "error", "timeline")
+_RUN_BULK_FIELDS = ("inputs", "query", "outputs", "answer", "error", "error_parts", "timeline")
 # A delayed task queued without the due time it waited for (sent before tasks carried it) may
 # start a little before its decision's due time (Celery counts a countdown by the clocks of the
 # host that sent it and the one that runs it): still its turn. One run earlier than this sends

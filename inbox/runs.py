@@ -29,7 +29,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
 from inbox.dify.client import DifyClient
@@ -43,7 +43,7 @@ from inbox.dify.errors import (
 )
 from inbox.dify.types import FormDefinition, StreamEvent
 from inbox.models import AuditEntry, DifyApp, Run
-from inbox.reasons import Refused, worded
+from inbox.reasons import Reason, Refused, stored, translated, worded
 
 logger = logging.getLogger(__name__)
 
@@ -452,42 +452,47 @@ def start_run(
             # The request reached Dify, its answer did not reach us: the run may be going on
             # there, with no id of it here to follow. Said plainly, so nobody starts it twice
             # without looking.
-            message = gettext(
-                "Dify did not answer the start (%(error)s). It may have started the run anyway: "
-                "check in Dify before starting it again."
-            ) % {"error": exc}
-            _fail(run, message, keep_key=True)
-            raise StartFailed(message, status=504, code="dify_no_answer", run=run) from None
-        _fail(run, str(exc))
-        raise StartFailed(
-            gettext("Dify could not be reached: %(error)s") % {"error": exc},
-            code="dify_unavailable",
-            run=run,
-        ) from None
+            reason = Reason(
+                gettext_noop(
+                    "Dify did not answer the start (%(error)s). It may have started the run "
+                    "anyway: check in Dify before starting it again."
+                ),
+                error=str(exc),
+            )
+            _fail(run, reason, keep_key=True)
+            raise StartFailed(_said(reason), status=504, code="dify_no_answer", run=run) from None
+        reason = Reason(gettext_noop("Dify could not be reached: %(error)s"), error=str(exc))
+        _fail(run, reason)
+        raise StartFailed(_said(reason), code="dify_unavailable", run=run) from None
     # Dify took the start: the app is of the kind set up here, and has a workflow published.
     app.note_accepted("start", kind=True, published=True)
     if not workflow_run_id:
         if stream.deadline is not None and time.monotonic() > stream.deadline:
             # Dify took the request and kept the stream open (pings) without naming the run:
             # it may be queued there.
-            message = gettext(
-                "Dify did not name the run within %(seconds)g seconds. It may still start it: "
-                "check in Dify before starting it again."
-            ) % {"seconds": FIRST_EVENT_SECONDS}
-            _fail(run, message, keep_key=True)
-            raise StartFailed(message, status=504, code="dify_no_answer", run=run)
+            reason = Reason(
+                gettext_noop(
+                    "Dify did not name the run within %(seconds)g seconds. It may still start "
+                    "it: check in Dify before starting it again."
+                ),
+                seconds=FIRST_EVENT_SECONDS,
+            )
+            _fail(run, reason, keep_key=True)
+            raise StartFailed(_said(reason), status=504, code="dify_no_answer", run=run)
         if any(event.event in ("message", "agent_message", "message_end") for event in seen):
             # It answered as a chat (or agent) app: a conversation with no workflow behind it,
             # which never pauses for a person.
-            message = gettext(
-                "Dify answered as a chat app with no workflow: this app is not a chatflow in "
-                "Dify. Only workflow and chatflow apps pause for a person's decision."
+            reason = Reason(
+                gettext_noop(
+                    "Dify answered as a chat app with no workflow: this app is not a chatflow in "
+                    "Dify. Only workflow and chatflow apps pause for a person's decision."
+                )
             )
-            _fail(run, message)
-            raise StartFailed(message, run=run)
-        message = gettext("Dify did not start a run.")
-        _fail(run, message)
-        raise StartFailed(message, run=run)
+            _fail(run, reason)
+            raise StartFailed(_said(reason), run=run)
+        reason = Reason(gettext_noop("Dify did not start a run."))
+        _fail(run, reason)
+        raise StartFailed(_said(reason), run=run)
     # The run id is the only handle to the run: stored before anything else can fail.
     Run.objects.filter(pk=run.pk).update(workflow_run_id=workflow_run_id[:64], task_id=task_id[:64])
     run.apply_events(seen, source="start")
@@ -496,19 +501,27 @@ def start_run(
     return run
 
 
-def _fail(run: Run, message: str, *, keep_key: bool = False) -> None:
-    """The start failed. Its submission key is released (sent again, the start is tried again)
-    unless Dify may have started the run anyway (`keep_key`): then sent again, it is told the
-    same instead of starting a second run."""
+def _said(reason: Reason) -> str:
+    """`reason` in the active language, for the person who asked."""
+    return translated(str(reason), reason.parts())
+
+
+def _fail(run: Run, reason: str, *, keep_key: bool = False) -> None:
+    """The start failed, for `reason`: a `Reason` of the inbox's (stored in English with its
+    parts, read in each reader's language) or Dify's own words. Its submission key is released
+    (sent again, the start is tried again) unless Dify may have started the run anyway
+    (`keep_key`): then sent again, it is told the same instead of starting a second run."""
+    error, parts = stored(reason)
     with transaction.atomic():
         Run.objects.filter(pk=run.pk).update(
             status=Run.Status.FAILED,
-            error=message[:2000],
+            error=error[:2000],
+            error_parts=parts,
             follow_wanted=False,
             **({} if keep_key else {"submission_key": ""}),
         )
-        AuditEntry.record("run_start_failed", run, error=message[:500])
-    logger.info("run %s did not start: %s", run.pk, message)
+        AuditEntry.record("run_start_failed", run, error=error[:500])
+    logger.info("run %s did not start: %s", run.pk, error)
 
 
 class RunNotStoppable(Exception):

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.utils import translation
 
 from inbox import runs
 from inbox.models import DifyApp, Run
@@ -67,3 +68,39 @@ def test_a_start_dify_never_received_says_dify_could_not_be_reached() -> None:
         start_run(app, inputs={}, dify_user="inbox-alice")
     assert (caught.value.status, caught.value.code) == (502, "dify_unavailable")
     assert caught.value.message.startswith("Dify could not be reached")
+
+
+def test_a_failed_start_is_stored_in_english_and_read_in_each_readers_language(
+    dify: ScriptedDify, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(runs, "FIRST_EVENT_SECONDS", 0.5)
+    app = DifyApp.objects.create(name="pings", base_url=dify.base_url, api_key="app-key-123")
+    dify.on("POST", "/workflows/run", Reply(events=["event: ping"] * 50, every=0.1))
+    # Started by a reviewer reading Chinese: they are told in Chinese ...
+    with translation.override("zh-hans"), pytest.raises(StartFailed) as caught:
+        start_run(app, inputs={}, dify_user="inbox-alice")
+    assert caught.value.message.startswith("Dify 在 0.5 秒内没有")
+    # ... while the run keeps English (the admin, the audit trail, the API) with its parts,
+    # and each page reads it in its reader's language.
+    run = Run.objects.get()
+    assert run.error.startswith("Dify did not name the run within 0.5 seconds.")
+    assert run.error_parts["values"] == {"seconds": 0.5}
+    with translation.override("en"):
+        assert run.error_text == run.error
+    with translation.override("zh-hans"):
+        assert run.error_text == caught.value.message
+
+
+def test_dify_s_own_words_replace_a_stored_reason_and_are_shown_as_they_are() -> None:
+    app = DifyApp.objects.create(name="gone", base_url="http://127.0.0.1:9/v1", api_key="k-1")
+    run = Run.objects.create(app=app, workflow_run_id="wr-1", dify_user="u", status="running")
+    run.gone_from_dify(source="reconcile")
+    run.refresh_from_db()
+    with translation.override("zh-hans"):
+        assert run.error_text.startswith("Dify 已不再知道此运行")
+    # Dify's error event later carries its own words (a replay): they are kept as said.
+    run.apply_event({"event": "error", "message": "Workflow 已停止", "code": "stopped"})
+    run.refresh_from_db()
+    assert (run.error, run.error_parts) == ("Workflow 已停止", {})
+    with translation.override("en"):
+        assert run.error_text == "Workflow 已停止"
