@@ -1,8 +1,8 @@
-# Production image: one image for every process (web, worker, beat, follower), with the
+# Production image: one image for every process (web, worker, mailer, beat, follower), with the
 # runtime dependencies only (requirements.prod.lock: the pins of requirements.lock without the
 # test and lint tools).
 #   docker build -t dify-approval-inbox .
-#   docker run --env-file .env dify-approval-inbox web|worker|beat|follower|migrate
+#   docker run --env-file .env dify-approval-inbox web|worker|mailer|beat|follower|migrate
 # (.dockerignore keeps .env, .git, .venv and var/ out of the image.)
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -200,6 +200,16 @@ if CELERY_BROKER_URL == "filesystem://":
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Emails (a form's first emails, reminders, closing notices) go to this queue when it is set,
+# so a worker of their own (`bin/docker-entrypoint mailer`) sends them and a slow mail server
+# never holds the slots decisions are delivered from. Unset: they share the default queue.
+# The `worker` role consumes both queues unless WORKER_QUEUES names others.
+INBOX_MAIL_QUEUE = env_str("INBOX_MAIL_QUEUE", "")
+if INBOX_MAIL_QUEUE:
+    CELERY_TASK_ROUTES = {
+        "inbox.tasks.send_form_emails": {"queue": INBOX_MAIL_QUEUE},
+        "inbox.tasks.send_reminders": {"queue": INBOX_MAIL_QUEUE},
+    }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

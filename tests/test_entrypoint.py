@@ -131,3 +131,61 @@ def test_beat_command_starts_the_scheduler(transactional_db: None, tmp_path: Pat
 def test_follower_command_starts_a_follower(transactional_db: None) -> None:
     out = _run_until(["bin/docker-entrypoint", "follower"], _env(), ": started")
     assert "follower" in out
+
+
+def _queues(banner: str) -> list[str]:
+    """The queue names a worker's start-up banner lists under `[queues]`."""
+    listed = banner.split("[queues]", 1)[1].split("[tasks]", 1)[0]
+    return sorted(line.split()[1] for line in listed.splitlines() if line.strip().startswith("."))
+
+
+def test_with_a_mail_queue_the_worker_takes_both_queues_unless_told(
+    transactional_db: None,
+) -> None:
+    env = _env()
+    env.update(WORKER_CONCURRENCY="1", INBOX_MAIL_QUEUE="mail")
+    # Alone, it sends the emails too: setting the queue loses none.
+    assert _queues(_run_until(["bin/docker-entrypoint", "worker"], env, "ready.")) == [
+        "celery",
+        "mail",
+    ]
+    # Beside a mailer (compose.yaml), it delivers decisions only.
+    env["WORKER_QUEUES"] = "celery"
+    assert _queues(_run_until(["bin/docker-entrypoint", "worker"], env, "ready.")) == ["celery"]
+
+
+def test_the_mailer_sends_the_emails_queued_for_it(transactional_db: None) -> None:
+    env = _env()
+    env.update(INBOX_MAIL_QUEUE="mail", MAILER_CONCURRENCY="1")
+    # Queued by another process with the same setting: routed to the mail queue.
+    queued = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from inbox.tasks import send_form_emails as t; "
+            "r = t.delay(0); print(t.app.amqp.router.route({}, t.name)['queue'].name)",
+        ],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "inbox.settings"},
+        capture_output=True,
+        text=True,
+    )
+    assert queued.returncode == 0, queued.stderr
+    assert queued.stdout.split() == ["mail"]
+    # The banner lists every task by name: the marker is the message's own log line.
+    out = _run_until(["bin/docker-entrypoint", "mailer"], env, "succeeded in")
+    assert _queues(out) == ["mail"]
+    assert any(
+        "inbox.tasks.send_form_emails[" in line and "succeeded in" in line
+        for line in out.splitlines()
+    )
+
+
+def test_the_mailer_refuses_to_start_without_its_queue(transactional_db: None) -> None:
+    env = _env()
+    env.pop("INBOX_MAIL_QUEUE", None)
+    done = subprocess.run(
+        ["bin/docker-entrypoint", "mailer"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "set INBOX_MAIL_QUEUE" in done.stderr
