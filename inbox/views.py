@@ -1341,7 +1341,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
         problems.append("static files: not collected (run collectstatic)")
     if problems:
         logger.warning("health check failed: %s", "; ".join(problems))
-        return JsonResponse({"status": "unavailable", "problems": problems}, status=503)
+        response = JsonResponse({"status": "unavailable", "problems": problems}, status=503)
+        # Said once, above: not again as Django's "Service Unavailable" line at every probe.
+        response._has_been_logged = True  # type: ignore[attr-defined]
+        return response
     # What keeps the inbox from working fully while this process still serves pages: said as
     # degraded, still 200, so a load balancer keeps sending them here while monitoring sees it.
     degraded = []

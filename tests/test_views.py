@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ def test_healthz_checks_the_database(client: Client, db: None) -> None:
 
 
 def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
-    client: Client, db: None, monkeypatch: pytest.MonkeyPatch, settings: Any
+    client: Client,
+    db: None,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from django.db import OperationalError
 
@@ -42,6 +47,11 @@ def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
         "status": "unavailable",
         "problems": ["database: not answering", "static files: not collected (run collectstatic)"],
     }
+    # One line per probe, the inbox's own, with the host for whoever reads the log; not a
+    # second one from Django's request logger.
+    said = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [name for name, _ in said] == ["inbox.views", "inbox.views"]
+    assert "10.0.0.5" in said[0][1] and said[1][1].startswith("health check failed: database")
 
 
 DOWN_CACHE = {
