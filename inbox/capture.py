@@ -737,8 +737,9 @@ class _Batch:
 
         updates: list[str] = []
         token = fields.form_token or ""
-        if token and token != form.form_token:
+        if token and token != form.form_token and form.status not in Form.TOKEN_DROPPED:
             # A snapshot hands out a fresh token for a pending form; the newest one is kept.
+            # (A closed form's was let go as it closed: a replay does not bring it back.)
             form.form_token = token
             updates.append("form_token")
             if form.status == Form.Status.NOT_ANSWERABLE:

@@ -550,7 +550,7 @@ class Run(models.Model):
                 )
             )
             Form.objects.filter(pk__in=[f.pk for f in forms]).update(
-                status=Form.Status.GONE, updated_at=now, checked_at=now
+                status=Form.Status.GONE, form_token="", updated_at=now, checked_at=now
             )
             AuditEntry.record("run_gone", run, reason=reason, source=source, forms=len(forms))
             for form in forms:
@@ -1127,6 +1127,12 @@ class Form(models.Model):
         # sent (`Run.gone_from_dify`).
         GONE = "gone", _("Gone from Dify")
 
+    # Closed for good: nothing is sent for such a form again, so its token (a bearer
+    # capability in Dify) is let go as it closes, and a stream's replay does not bring it back.
+    # A form whose delivery failed keeps its token (an administrator may retry or reopen it),
+    # and so does one only answerable in Dify (it has none until a token arrives).
+    TOKEN_DROPPED = (Status.SUBMITTED, Status.EXPIRED, Status.ANSWERED_ELSEWHERE, Status.GONE)
+
     public_id = models.UUIDField(
         default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
     )
@@ -1225,6 +1231,10 @@ class Form(models.Model):
         return f"{self.node_title or self.node_id} ({self.form_id})"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.form_token and self.status in self.TOKEN_DROPPED:
+            self.form_token = ""
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = [*kwargs["update_fields"], "form_token"]
         if not self._state.adding or self.routed_at is not None:
             super().save(*args, **kwargs)
             return
@@ -2221,6 +2231,7 @@ class Decision(models.Model):
             for (action_id, action_text), form_pks in by_action.items():
                 Form.objects.filter(pk__in=form_pks).update(
                     status=Form.Status.SUBMITTED,
+                    form_token="",
                     decided_at=decided_at,
                     filled_action_id=action_id,
                     filled_action_text=action_text,

@@ -45,6 +45,37 @@ def _own_broker_per_test_process() -> None:
 _own_broker_per_test_process()
 
 
+@pytest.fixture(autouse=True)
+def _closed_forms_keep_no_token(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that used the database: no form closed for good still holds its Dify
+    token, whichever path closed it (`Form.TOKEN_DROPPED`). Set up the database first, so this
+    looks before the test's data is rolled back or flushed."""
+    uses_db = request.node.get_closest_marker("django_db") or {
+        "db",
+        "transactional_db",
+    } & set(request.fixturenames)
+    if not uses_db or not _is_pytest_function(request):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")
+    yield
+    from inbox.models import Form
+
+    kept = list(
+        Form.objects.filter(status__in=Form.TOKEN_DROPPED)
+        .exclude(form_token="")
+        .values_list("form_id", "status")
+    )
+    assert not kept, f"closed forms still hold their token: {kept}"
+
+
+def _is_pytest_function(request: pytest.FixtureRequest) -> bool:
+    # A Django TestCase manages its own database.
+    from pytest_django.django_compat import is_django_unittest
+
+    return not is_django_unittest(request)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _plain_static_storage() -> Iterator[None]:
     # Production uses WhiteNoise's manifest storage, which needs collectstatic; tests do not.

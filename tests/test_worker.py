@@ -30,7 +30,7 @@ def test_sweep_expires_only_pending_forms_past_their_time(dify_app: DifyApp) -> 
     old = _form(dify_app, "F-old", -5)
     fresh = _form(dify_app, "F-fresh", 30)
     done = _form(dify_app, "F-done", -5)
-    Form.objects.filter(pk=done.pk).update(status=Form.Status.SUBMITTED)
+    Form.objects.filter(pk=done.pk).update(status=Form.Status.SUBMITTED, form_token="")
     assert sweep_expired_forms() == 1
     statuses = dict(Form.objects.values_list("form_id", "status"))
     assert statuses == {"F-old": "expired", "F-fresh": "pending", "F-done": "submitted"}

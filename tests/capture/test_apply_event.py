@@ -82,6 +82,23 @@ def test_a_replayed_snapshot_creates_nothing_twice_and_keeps_the_fresh_token(run
     assert AuditEntry.objects.filter(verb="form_captured").count() == 1
 
 
+def test_a_form_closed_for_good_lets_go_of_its_token_and_a_replay_does_not_bring_it_back(
+    run: Run,
+) -> None:
+    pause_once(run)
+    assert run.forms.get().form_token == "tok-secret-1"
+    # Answered in Dify: nothing is sent for it again, so its bearer token is not kept.
+    run.apply_event(ev.filled())
+    form = run.forms.get()
+    assert (form.status, form.form_token) == ("answered_elsewhere", "")
+    # A reopened stream's snapshot replays the pause with a token: the closed form stays
+    # without one, and nothing else changes.
+    applied = pause_once(run, token="tok-fresh-2")
+    form.refresh_from_db()
+    assert (form.status, form.form_token) == ("answered_elsewhere", "")
+    assert not applied.forms_created and not applied.needs_definition
+
+
 def test_the_token_is_stored_encrypted_and_nowhere_else(run: Run) -> None:
     pause_once(run)
     run.apply_events([ev.filled(), ev.finished()])

@@ -138,7 +138,7 @@ def test_every_other_outcome_in_a_batch_is_recorded_for_its_own_decision(
     decisions = {form.pk: decide(form) for form in (accepted, invalid, taken, closed, expired)}
     # While they wait: one form is answered in Dify (the follower saw the fill), one expires.
     Form.objects.filter(pk=closed.pk).update(
-        status=Form.Status.ANSWERED_ELSEWHERE, filled_action_id="reject"
+        status=Form.Status.ANSWERED_ELSEWHERE, form_token="", filled_action_id="reject"
     )
     Form.objects.filter(pk=expired.pk).update(
         expiration_time=timezone.now() - dt.timedelta(minutes=1)

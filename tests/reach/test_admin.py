@@ -541,7 +541,7 @@ def test_a_token_is_never_edited_and_its_revoking_is_on_record(
 def test_a_closed_form_is_not_reassigned(
     admin_client: Client, routed_form: Form, other_reviewer: User
 ) -> None:
-    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED, form_token="")
     done = action(
         admin_client, "form", "reassign", [routed_form.pk], apply="1", to_user=other_reviewer.pk
     )

@@ -311,7 +311,7 @@ def test_a_forged_link_gets_no_button(client: Client, open_form: Form, reach_app
 def test_a_lapsed_link_to_a_closed_form_gets_no_button(
     client: Client, lapsed_link: str, open_form: Form, status: str
 ) -> None:
-    Form.objects.filter(pk=open_form.pk).update(status=status)
+    Form.objects.filter(pk=open_form.pk).update(status=status, form_token="")
     page = client.get(lapsed_link)
     assert page.status_code == 410
     body = page.content.decode()

@@ -179,7 +179,9 @@ def test_the_decided_notice_goes_to_those_who_did_not_decide(
     decision = form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
     assert sweep(T0 + 2 * H)["notices"] == 0  # still on its way to Dify: not decided yet
     Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED, updated_at=T0 + 2 * H)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.SUBMITTED, form_token="", updated_at=T0 + 2 * H
+    )
     counts = sweep(T0 + 2 * H)
     assert counts["notices"] == 0 + 1
     assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
@@ -193,7 +195,9 @@ def test_the_decided_notice_goes_to_those_who_did_not_decide(
 
 def test_the_expired_notice(reach_route: Route, reach_app: DifyApp) -> None:
     form = captured(reach_app, hours_left=2)
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 2 * H)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + 2 * H
+    )
     assert sweep(T0 + 2 * H)["notices"] == 2
     message = next(m for m in mail.outbox if m.to == [GUEST])
     assert message.subject == "Expired: Manager approval (payroll)"
@@ -207,7 +211,9 @@ def test_the_expired_notice_of_a_decision_that_arrived_too_late_says_so(
     decision = form.decide(action_id="approve", inputs={"note": ""}, reviewer=reviewer)
     # Dify had timed the form out first: the decision was refused, the form closed expired.
     Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.REJECTED)
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 2 * H)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + 2 * H
+    )
     assert sweep(T0 + 2 * H)["notices"] == 2
     body = next(m for m in mail.outbox if m.to == [GUEST]).body
     assert "closed in Dify before the decision made in the inbox reached it" in body
@@ -216,7 +222,9 @@ def test_the_expired_notice_of_a_decision_that_arrived_too_late_says_so(
 
 def test_no_notice_for_news_days_old(reach_route: Route, reach_app: DifyApp) -> None:
     form = captured(reach_app, hours_left=2)
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 2 * H)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + 2 * H
+    )
     assert sweep(T0 + 72 * H)["notices"] == 0
     assert not FormRecipient.objects.filter(closed_notice_at__isnull=True).exists()
 
@@ -226,7 +234,9 @@ def test_recipients_never_emailed_get_no_reminder_or_notice(
 ) -> None:
     with mock.patch("django.utils.timezone.now", return_value=T0):
         form = make_form(reach_app, expires_in=None)
-    Form.objects.filter(pk=form.pk).update(expiration_time=T0 + 2 * H, status=Form.Status.EXPIRED)
+    Form.objects.filter(pk=form.pk).update(
+        expiration_time=T0 + 2 * H, status=Form.Status.EXPIRED, form_token=""
+    )
     assert sweep(T0 + 2 * H) == {"requests": 0, "reminders": 0, "notices": 0}
     assert mail.outbox == []
 
@@ -247,7 +257,9 @@ def test_who_is_no_longer_asked_gets_no_reminder_notice_or_resent_email(
     assert sweep(T0 + 25 * H)["requests"] == 0
     assert [GUEST_ZH] not in [m.to for m in mail.outbox]
     mail.outbox.clear()
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, updated_at=T0 + 30 * H)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + 30 * H
+    )
     assert sweep(T0 + 30 * H)["notices"] == 1
     assert [m.to for m in mail.outbox] == [[GUEST]]
 

@@ -272,7 +272,7 @@ def test_moving_a_holder_between_groups_in_one_save_keeps_a_form_still_theirs(
 
 
 def test_a_closed_form_cannot_be_claimed(routed_form: Form, reviewer: User) -> None:
-    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED)
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED, form_token="")
     with pytest.raises(ClaimRefused, match="This form is no longer open."):
         routed_form.claim(reviewer)
 

@@ -602,7 +602,7 @@ def test_a_form_dify_closed_before_its_deadline_says_when_it_closed(
     # Dify timed it out three days early (a global timeout); a decision found it so.
     deadline = timezone.now() + dt.timedelta(days=3)
     form = make_form(dify_app, expires_in=None, expiration_time=deadline)
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, form_token="")
     form.refresh_from_db()
     response = post_json(
         client,

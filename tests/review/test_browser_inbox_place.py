@@ -48,7 +48,7 @@ def test_a_row_decided_elsewhere_leaves_the_focus_on_the_row_now_in_its_place(
     assert _focused_href(page) == _href(forms[2])
     # The third form is decided elsewhere: the poll takes its row away.
     Form.objects.filter(pk=forms[2].pk).update(
-        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+        status=Form.Status.SUBMITTED, form_token="", updated_at=timezone.now()
     )
     page.wait_for_function(
         "() => document.querySelectorAll('#rows .row').length === 4", timeout=15000
@@ -65,7 +65,7 @@ def test_a_row_decided_elsewhere_leaves_the_focus_on_the_row_now_in_its_place(
 
     # The last row goes: the focus goes to the row now last.
     Form.objects.filter(pk=forms[4].pk).update(
-        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+        status=Form.Status.SUBMITTED, form_token="", updated_at=timezone.now()
     )
     page.wait_for_function(
         "() => document.querySelectorAll('#rows .row').length === 3", timeout=15000
@@ -149,7 +149,9 @@ def test_a_change_the_reviewer_cannot_see_is_not_announced(
     assert page.locator("#announcer").text_content() == ""
     # One that expires shows on this tab: that is said.
     arrived = Form.objects.get(node_title="Arrived meanwhile")
-    Form.objects.filter(pk=arrived.pk).update(status=Form.Status.EXPIRED, updated_at=timezone.now())
+    Form.objects.filter(pk=arrived.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=timezone.now()
+    )
     page.wait_for_function(
         "() => document.querySelectorAll('#rows .row').length === 2", timeout=15000
     )

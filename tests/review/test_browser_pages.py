@@ -378,14 +378,14 @@ def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_p
     console: list[str] = []
     page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
     # Someone decides elsewhere: the page says so by itself.
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE, form_token="")
     page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
     assert "Answered elsewhere." in page.locator("#form-body").inner_text()
     # The header follows (no "Take this form", no "Expires in"), and a later redraw still finds
     # its places: htmx reports no out-of-band target missing.
     assert page.locator("#claim").inner_text() == ""
     assert page.locator("#form-expiry").inner_text() == ""
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, form_token="")
     page.wait_for_selector(".state-expired", timeout=15000)
     assert console == []
 
@@ -400,14 +400,14 @@ def test_what_the_reviewer_typed_is_kept_when_someone_else_decides_meanwhile(
     page.goto(f"{live_server.url}/forms/{form.public_id}/")
     page.locator("textarea[name=in_note]").fill("A long, careful note about this refund.")
     # Someone else decides: the page's poll redraws it closed.
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE, form_token="")
     page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
     kept = page.locator("#kept .kept-text textarea")
     assert kept.input_value() == "A long, careful note about this refund."
     assert kept.get_attribute("readonly") is not None
     assert "What you typed is kept here" in page.locator("#kept h2").inner_text()
     # A later redraw keeps it.
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.EXPIRED, form_token="")
     page.wait_for_selector(".state-expired", timeout=15000)
     assert kept.input_value() == "A long, careful note about this refund."
 
@@ -419,7 +419,7 @@ def test_nothing_is_kept_when_the_reviewer_typed_nothing(
     page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
     page.goto(f"{live_server.url}/forms/{form.public_id}/")
     # The note holds its default: not the reviewer's words.
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE, form_token="")
     page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
     assert page.locator("#kept").inner_text() == ""
 
@@ -483,7 +483,7 @@ def test_a_note_refused_because_someone_decided_first_stays_while_the_page_follo
     # Bob's decision reaches Dify: the page's poll redraws the form as submitted, and what
     # the reviewer typed is still there to copy.
     Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
-    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED, form_token="")
     page.wait_for_selector(".state-submitted", timeout=15000)
     assert kept.input_value() == "Refund only half: the box was opened."
     assert page.locator(".kept-text").is_visible()

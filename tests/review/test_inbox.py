@@ -205,7 +205,7 @@ def test_a_page_past_the_last_goes_to_the_last(
     assert poll is not None
     # The forms of that page and the one before are decided elsewhere meanwhile.
     Form.objects.filter(pk__in=[f.pk for f in forms[2:]]).update(
-        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+        status=Form.Status.SUBMITTED, form_token="", updated_at=timezone.now()
     )
     polled = alice.get("/" + poll.group(1).replace("&amp;", "&"), HTTP_HX_REQUEST="true")
     body = polled.content.decode()
@@ -264,7 +264,9 @@ def test_the_poll_announces_a_change_only_when_the_rows_shown_changed(
     assert quiet.status_code == 200 and rows(quiet.content.decode()) == ["late"]
     assert "HX-Trigger" not in quiet
     # It expires: a row appears where the reviewer looks, and that is said.
-    Form.objects.filter(pk=arrived.pk).update(status=Form.Status.EXPIRED, updated_at=timezone.now())
+    Form.objects.filter(pk=arrived.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=timezone.now()
+    )
     said = alice.get("/", poll, **headers)
     assert sorted(rows(said.content.decode())) == ["arrived", "late"]
     assert said["HX-Trigger"].startswith('{"inbox:announce"')
@@ -273,7 +275,7 @@ def test_the_poll_announces_a_change_only_when_the_rows_shown_changed(
     shown = re.search(r'"X-Inbox-Rows": "([0-9a-f]+)"', page)
     assert shown is not None
     Form.objects.filter(pk=arrived.pk).update(
-        status=Form.Status.SUBMITTED, updated_at=timezone.now()
+        status=Form.Status.SUBMITTED, form_token="", updated_at=timezone.now()
     )
     moved = alice.get(
         "/",

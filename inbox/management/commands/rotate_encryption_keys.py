@@ -26,13 +26,8 @@ ENCRYPTED: list[tuple[type[Model], str]] = [(DifyApp, "api_key"), (Form, "form_t
 
 # Forms whose token is never used again: no decision of theirs can be sent to Dify any more. (A
 # form whose delivery failed keeps its token: an administrator may retry it or reopen the form.)
-CLOSED = (
-    Form.Status.SUBMITTED,
-    Form.Status.EXPIRED,
-    Form.Status.ANSWERED_ELSEWHERE,
-    Form.Status.NOT_ANSWERABLE,
-    Form.Status.GONE,
-)
+# (Those closed since forms let go of their token as they close have none left to forget.)
+CLOSED = (*Form.TOKEN_DROPPED, Form.Status.NOT_ANSWERABLE)
 # Values named in the error, at most; the rest are counted.
 NAMED = 20
 
