@@ -349,7 +349,7 @@ def _decision_json(decision: Decision | None) -> dict[str, Any] | None:
         "decided_by": decision.decider_label,
         # Who, as a program matches them: the reviewer's username (as a run's `started_by`), or
         # the address of a guest who decided through an emailed link.
-        "decided_by_username": decision.reviewer.get_username() if decision.reviewer else None,
+        "decided_by_username": decision.decider_username,
         "decided_by_email": decision.guest_email or None,
         "last_error": decision.last_error,
         # Queued, but waiting for Dify to accept the app again (a refused key).

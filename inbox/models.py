@@ -1091,10 +1091,11 @@ def assigned_to_q(user: Any) -> Q:
     return Q(claimed_by=user) | Q(Exists(by_user))
 
 
-def release_lost_claims(user_ids: typing.Iterable[int]) -> int:
+def release_lost_claims(user_ids: typing.Iterable[int], *, actor: Any = None) -> int:
     """Release the open forms these users hold but may no longer see (taken off the group the
     form went to, deactivated, no longer staff): the others asked stop seeing it as taken, and
-    the former holder, who cannot open it, is no longer reminded of it. Returns how many."""
+    the former holder, who cannot open it, is no longer reminded of it. `actor`: the
+    administrator whose change caused it, for the trail. Returns how many."""
     from django.contrib.auth import get_user_model
 
     released = 0
@@ -1108,7 +1109,11 @@ def release_lost_claims(user_ids: typing.Iterable[int]) -> int:
                 claimed_by=None, updated_at=timezone.now()
             ):
                 AuditEntry.record(
-                    "form_released", form, previous=user.get_username(), reason="lost_access"
+                    "form_released",
+                    form,
+                    actor=actor,
+                    previous=user.get_username(),
+                    reason="lost_access",
                 )
                 released += 1
     return released
@@ -1519,9 +1524,12 @@ class Form(models.Model):
                 refusal = form.refusal()
                 if refusal is not None:
                     raise refusal
+                decider = reviewer if getattr(reviewer, "is_authenticated", False) else None
                 decision = Decision.objects.create(
                     form=form,
-                    reviewer=reviewer if getattr(reviewer, "is_authenticated", False) else None,
+                    reviewer=decider,
+                    reviewer_username=decider.get_username() if decider else "",
+                    reviewer_name=decider.get_full_name() if decider else "",
                     guest_email=guest_email,
                     action_id=action_id,
                     inputs=inputs,
@@ -1723,6 +1731,12 @@ class Decision(models.Model):
         related_name="decisions",
         verbose_name=_("reviewer"),
     )
+    # Who decided as they were named then: the record of who decided outlives their account
+    # (deleted, `reviewer` then null). Empty for a guest's decision.
+    reviewer_username = models.CharField(
+        max_length=150, blank=True, verbose_name=_("reviewer's username")
+    )
+    reviewer_name = models.CharField(max_length=300, blank=True, verbose_name=_("reviewer's name"))
     guest_email = models.EmailField(blank=True, verbose_name=_("guest email"))
     action_id = models.CharField(max_length=64, verbose_name=_("action id"))
     inputs = models.JSONField(default=dict, blank=True, verbose_name=_("inputs"))
@@ -1801,7 +1815,22 @@ class Decision(models.Model):
     def decider_label(self) -> str:
         if self.reviewer_id and self.reviewer:
             return self.reviewer.get_full_name() or self.reviewer.get_username()
-        return self.guest_email
+        # A reviewer whose account was deleted since: named as they were when they decided.
+        return self.reviewer_name or self.reviewer_username or self.guest_email
+
+    @property
+    def by_reviewer(self) -> bool:
+        """Decided by a reviewer (signed in), not a guest through an emailed link; still so once
+        the reviewer's account is deleted."""
+        return bool(self.reviewer_id or self.reviewer_username)
+
+    @property
+    def decider_username(self) -> str | None:
+        """The deciding reviewer's username (as it is now, or as it was if their account is
+        gone); None for a guest."""
+        if self.reviewer_id and self.reviewer:
+            return str(self.reviewer.get_username())
+        return self.reviewer_username or None
 
     @functools.cached_property
     def delivery_presumed(self) -> bool:
@@ -1827,9 +1856,9 @@ class Decision(models.Model):
         reviewers' names and the other recipients' addresses are not theirs to see."""
         if guest_email is None:
             return self.decider_label
-        if not self.reviewer_id and self.guest_email.lower() == guest_email.lower():
+        if not self.by_reviewer and self.guest_email.lower() == guest_email.lower():
             return self.guest_email
-        label = gettext("a reviewer") if self.reviewer_id else gettext("another recipient")
+        label = gettext("a reviewer") if self.by_reviewer else gettext("another recipient")
         return capfirst(label) if sentence_start else label
 
     # --- delivery: each verb is one short transaction, form row locked before decision row, so

@@ -12,7 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
 from inbox.middleware import current_actor
 from inbox.models import AuditEntry, release_lost_claims
@@ -20,9 +20,15 @@ from inbox.models import AuditEntry, release_lost_claims
 _MEMBERS = "_inbox_members_before"
 
 
+# What a reviewer may do follows from these: each change of them is in the trail.
+_ACCESS = ("is_active", "is_staff", "is_superuser")
+_ACCESS_BEFORE = "_inbox_access_before"
+
+
 def _release_after_commit(user_ids: set[int]) -> None:
     if user_ids:
-        transaction.on_commit(lambda: release_lost_claims(user_ids))
+        actor = current_actor()
+        transaction.on_commit(lambda: release_lost_claims(user_ids, actor=actor))
 
 
 def _membership_changed(
@@ -60,13 +66,40 @@ def _audit_membership(instance: Any, reverse: bool, changed: set[int], *, added:
         AuditEntry.record("user_groups_changed", user, actor=current_actor(), **change)
 
 
+def _user_saving(sender: Any, instance: Any, update_fields: Any, **kwargs: Any) -> None:
+    if instance.pk is None or (update_fields is not None and not set(update_fields) & {*_ACCESS}):
+        return
+    before = sender.objects.filter(pk=instance.pk).values(*_ACCESS).first()
+    setattr(instance, _ACCESS_BEFORE, before)
+
+
 def _user_saved(
     sender: Any, instance: Any, created: bool, update_fields: Any, **kwargs: Any
 ) -> None:
     if created or (update_fields is not None and set(update_fields) <= {"last_login"}):
         return
+    before = getattr(instance, _ACCESS_BEFORE, None) or {}
+    changed: dict[str, Any] = {
+        name: [before[name], getattr(instance, name)]
+        for name in _ACCESS
+        if name in before and before[name] != getattr(instance, name)
+    }
+    if changed:
+        # Deactivated, made staff or not, made superuser or not: by whom, in the trail.
+        AuditEntry.record("user_access_changed", instance, actor=current_actor(), **changed)
     if not instance.is_active or not instance.is_staff:
         _release_after_commit({instance.pk})
+
+
+def _user_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
+    # Its decisions keep its name (`Decision.reviewer_name`); the trail says who deleted it.
+    AuditEntry.record(
+        "user_deleted",
+        instance,
+        actor=current_actor(),
+        decisions=instance.decisions.count(),
+        forms_held=instance.claimed_forms.filter(status="pending").count(),
+    )
 
 
 def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
@@ -91,6 +124,8 @@ def connect() -> None:
     m2m_changed.connect(
         _membership_changed, sender=user_model.groups.through, dispatch_uid="inbox-members"
     )
+    pre_save.connect(_user_saving, sender=user_model, dispatch_uid="inbox-user-saving")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="inbox-user-saved")
+    pre_delete.connect(_user_deleting, sender=user_model, dispatch_uid="inbox-user-deleting")
     pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="inbox-group-deleting")
     post_delete.connect(_group_deleted, sender=Group, dispatch_uid="inbox-group-deleted")

@@ -10,303 +10,709 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DifyApp',
+            name="DifyApp",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True, verbose_name='name')),
-                ('base_url', models.URLField(help_text='Including /v1, e.g. https://api.dify.ai/v1', max_length=300, verbose_name='API base URL')),
-                ('api_key', inbox.crypto.EncryptedTextField(verbose_name='API key')),
-                ('mode', models.CharField(choices=[('workflow', 'Workflow'), ('chatflow', 'Chatflow')], default='workflow', max_length=16, verbose_name='mode')),
-                ('is_active', models.BooleanField(default=True, verbose_name='active')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True, verbose_name="name")),
+                (
+                    "base_url",
+                    models.URLField(
+                        help_text="Including /v1, e.g. https://api.dify.ai/v1",
+                        max_length=300,
+                        verbose_name="API base URL",
+                    ),
+                ),
+                ("api_key", inbox.crypto.EncryptedTextField(verbose_name="API key")),
+                (
+                    "mode",
+                    models.CharField(
+                        choices=[("workflow", "Workflow"), ("chatflow", "Chatflow")],
+                        default="workflow",
+                        max_length=16,
+                        verbose_name="mode",
+                    ),
+                ),
+                ("is_active", models.BooleanField(default=True, verbose_name="active")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'Dify app',
-                'verbose_name_plural': 'Dify apps',
-                'ordering': ['name'],
+                "verbose_name": "Dify app",
+                "verbose_name_plural": "Dify apps",
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ApiToken',
+            name="ApiToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=100)),
-                ('prefix', models.CharField(help_text='The first characters, to recognise it.', max_length=12)),
-                ('digest', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_tokens', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, max_length=100)),
+                (
+                    "prefix",
+                    models.CharField(
+                        help_text="The first characters, to recognise it.", max_length=12
+                    ),
+                ),
+                ("digest", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_tokens",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Route',
+            name="Route",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, verbose_name='name')),
-                ('node', models.CharField(blank=True, help_text="A node id, or a pattern for node titles (* and ? as wildcards, any case). Empty: the app's default route, used when no other route matches.", max_length=255, verbose_name='node')),
-                ('priority', models.PositiveIntegerField(default=100, help_text='Node routes of an app are tried lowest first; the first that matches wins.', verbose_name='priority')),
-                ('email_reviewers', models.BooleanField(default=False, help_text='Also email every routed reviewer (users and group members) with an address.', verbose_name='email the reviewers')),
-                ('language', models.CharField(choices=[('en', 'English'), ('zh-hans', 'Simplified Chinese')], default='en', max_length=16, verbose_name='language of reviewer emails')),
-                ('allow_guests', models.BooleanField(default=False, help_text='Recipients without an account may answer through the link in their email. Otherwise the link only works for people who sign in.', verbose_name='guests may answer')),
-                ('reminders', models.CharField(blank=True, default='24h,1h', help_text='Times before expiry to remind those who have not answered, e.g. 24h,1h.', max_length=100, validators=[inbox.models.validate_offsets], verbose_name='reminders')),
-                ('is_active', models.BooleanField(default=True, verbose_name='active')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('app', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='routes', to='inbox.difyapp')),
-                ('groups', models.ManyToManyField(blank=True, related_name='inbox_routes', to='auth.group', verbose_name='reviewer groups')),
-                ('users', models.ManyToManyField(blank=True, related_name='inbox_routes', to=settings.AUTH_USER_MODEL, verbose_name='reviewers')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, verbose_name="name")),
+                (
+                    "node",
+                    models.CharField(
+                        blank=True,
+                        help_text="A node id, or a pattern for node titles (* and ? as wildcards, any case). Empty: the app's default route, used when no other route matches.",
+                        max_length=255,
+                        verbose_name="node",
+                    ),
+                ),
+                (
+                    "priority",
+                    models.PositiveIntegerField(
+                        default=100,
+                        help_text="Node routes of an app are tried lowest first; the first that matches wins.",
+                        verbose_name="priority",
+                    ),
+                ),
+                (
+                    "email_reviewers",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Also email every routed reviewer (users and group members) with an address.",
+                        verbose_name="email the reviewers",
+                    ),
+                ),
+                (
+                    "language",
+                    models.CharField(
+                        choices=[("en", "English"), ("zh-hans", "Simplified Chinese")],
+                        default="en",
+                        max_length=16,
+                        verbose_name="language of reviewer emails",
+                    ),
+                ),
+                (
+                    "allow_guests",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Recipients without an account may answer through the link in their email. Otherwise the link only works for people who sign in.",
+                        verbose_name="guests may answer",
+                    ),
+                ),
+                (
+                    "reminders",
+                    models.CharField(
+                        blank=True,
+                        default="24h,1h",
+                        help_text="Times before expiry to remind those who have not answered, e.g. 24h,1h.",
+                        max_length=100,
+                        validators=[inbox.models.validate_offsets],
+                        verbose_name="reminders",
+                    ),
+                ),
+                ("is_active", models.BooleanField(default=True, verbose_name="active")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "app",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="routes",
+                        to="inbox.difyapp",
+                    ),
+                ),
+                (
+                    "groups",
+                    models.ManyToManyField(
+                        blank=True,
+                        related_name="inbox_routes",
+                        to="auth.group",
+                        verbose_name="reviewer groups",
+                    ),
+                ),
+                (
+                    "users",
+                    models.ManyToManyField(
+                        blank=True,
+                        related_name="inbox_routes",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="reviewers",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'route',
-                'verbose_name_plural': 'routes',
-                'ordering': ['app__name', 'priority', 'id'],
+                "verbose_name": "route",
+                "verbose_name_plural": "routes",
+                "ordering": ["app__name", "priority", "id"],
             },
         ),
         migrations.CreateModel(
-            name='RouteRecipient',
+            name="RouteRecipient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('email', models.EmailField(max_length=254, verbose_name='email')),
-                ('language', models.CharField(choices=[('en', 'English'), ('zh-hans', 'Simplified Chinese')], default='en', max_length=16, verbose_name='language')),
-                ('route', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='recipients', to='inbox.route')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("email", models.EmailField(max_length=254, verbose_name="email")),
+                (
+                    "language",
+                    models.CharField(
+                        choices=[("en", "English"), ("zh-hans", "Simplified Chinese")],
+                        default="en",
+                        max_length=16,
+                        verbose_name="language",
+                    ),
+                ),
+                (
+                    "route",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="recipients",
+                        to="inbox.route",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'email recipient',
-                'verbose_name_plural': 'email recipients',
-                'ordering': ['email'],
+                "verbose_name": "email recipient",
+                "verbose_name_plural": "email recipients",
+                "ordering": ["email"],
             },
         ),
         migrations.CreateModel(
-            name='Run',
+            name="Run",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
-                ('workflow_run_id', models.CharField(blank=True, max_length=64, verbose_name='workflow run id')),
-                ('task_id', models.CharField(blank=True, max_length=64, verbose_name='task id')),
-                ('conversation_id', models.CharField(blank=True, max_length=64)),
-                ('message_id', models.CharField(blank=True, max_length=64)),
-                ('dify_user', models.CharField(max_length=255, verbose_name='Dify user')),
-                ('inputs', models.JSONField(blank=True, default=dict)),
-                ('query', models.TextField(blank=True)),
-                ('status', models.CharField(choices=[('starting', 'Starting'), ('running', 'Running'), ('paused', 'Paused'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('stopped', 'Stopped'), ('partial-succeeded', 'Partially succeeded')], default='starting', max_length=20)),
-                ('outputs', models.JSONField(blank=True, default=dict)),
-                ('answer', models.TextField(blank=True, help_text='Chatflow answer text, aggregated.')),
-                ('error', models.TextField(blank=True)),
-                ('timeline', models.JSONField(blank=True, default=list)),
-                ('source', models.CharField(default='ui', max_length=16)),
-                ('follow_wanted', models.BooleanField(db_index=True, default=True)),
-                ('follow_snapshot', models.BooleanField(default=False)),
-                ('lease_owner', models.CharField(blank=True, max_length=64)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('stream_attempts', models.PositiveIntegerField(default=0)),
-                ('follow_seq', models.PositiveIntegerField(default=0)),
-                ('needs_reconcile', models.BooleanField(default=False)),
-                ('events_unavailable', models.BooleanField(default=False)),
-                ('checked_at', models.DateTimeField(blank=True, null=True)),
-                ('last_event_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('app', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='runs', to='inbox.difyapp')),
-                ('started_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='started_runs', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("public_id", models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                (
+                    "workflow_run_id",
+                    models.CharField(blank=True, max_length=64, verbose_name="workflow run id"),
+                ),
+                ("task_id", models.CharField(blank=True, max_length=64, verbose_name="task id")),
+                ("conversation_id", models.CharField(blank=True, max_length=64)),
+                ("message_id", models.CharField(blank=True, max_length=64)),
+                ("dify_user", models.CharField(max_length=255, verbose_name="Dify user")),
+                ("inputs", models.JSONField(blank=True, default=dict)),
+                ("query", models.TextField(blank=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("starting", "Starting"),
+                            ("running", "Running"),
+                            ("paused", "Paused"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("stopped", "Stopped"),
+                            ("partial-succeeded", "Partially succeeded"),
+                        ],
+                        default="starting",
+                        max_length=20,
+                    ),
+                ),
+                ("outputs", models.JSONField(blank=True, default=dict)),
+                (
+                    "answer",
+                    models.TextField(blank=True, help_text="Chatflow answer text, aggregated."),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("timeline", models.JSONField(blank=True, default=list)),
+                ("source", models.CharField(default="ui", max_length=16)),
+                ("follow_wanted", models.BooleanField(db_index=True, default=True)),
+                ("follow_snapshot", models.BooleanField(default=False)),
+                ("lease_owner", models.CharField(blank=True, max_length=64)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("stream_attempts", models.PositiveIntegerField(default=0)),
+                ("follow_seq", models.PositiveIntegerField(default=0)),
+                ("needs_reconcile", models.BooleanField(default=False)),
+                ("events_unavailable", models.BooleanField(default=False)),
+                ("checked_at", models.DateTimeField(blank=True, null=True)),
+                ("last_event_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "app",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="runs",
+                        to="inbox.difyapp",
+                    ),
+                ),
+                (
+                    "started_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="started_runs",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Form',
+            name="Form",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
-                ('form_id', models.CharField(max_length=64, unique=True, verbose_name='Dify form id')),
-                ('form_token', inbox.crypto.EncryptedTextField(blank=True, default='')),
-                ('node_id', models.CharField(max_length=128)),
-                ('node_title', models.CharField(blank=True, max_length=255)),
-                ('content', models.TextField(blank=True)),
-                ('definition', models.JSONField(blank=True, default=dict)),
-                ('definition_fetched_at', models.DateTimeField(blank=True, null=True)),
-                ('approval_channels', models.JSONField(blank=True, default=list)),
-                ('expiration_time', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('submitting', 'Submitting'), ('submitted', 'Submitted'), ('expired', 'Expired'), ('answered_elsewhere', 'Answered elsewhere'), ('not_answerable', 'Not answerable via API'), ('failed', 'Delivery failed')], default='pending', max_length=24)),
-                ('rendered_content', models.TextField(blank=True)),
-                ('filled_action_id', models.CharField(blank=True, max_length=64)),
-                ('filled_action_text', models.CharField(blank=True, max_length=255)),
-                ('filled_data', models.JSONField(blank=True, default=dict)),
-                ('allow_guests', models.BooleanField(default=False)),
-                ('reminder_offsets', models.JSONField(blank=True, default=list)),
-                ('routed_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('decided_at', models.DateTimeField(blank=True, null=True)),
-                ('checked_at', models.DateTimeField(blank=True, null=True)),
-                ('assigned_groups', models.ManyToManyField(blank=True, related_name='assigned_forms', to='auth.group')),
-                ('assigned_users', models.ManyToManyField(blank=True, related_name='assigned_forms', to=settings.AUTH_USER_MODEL)),
-                ('claimed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='claimed_forms', to=settings.AUTH_USER_MODEL)),
-                ('route', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='forms', to='inbox.route')),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='forms', to='inbox.run')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("public_id", models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                (
+                    "form_id",
+                    models.CharField(max_length=64, unique=True, verbose_name="Dify form id"),
+                ),
+                ("form_token", inbox.crypto.EncryptedTextField(blank=True, default="")),
+                ("node_id", models.CharField(max_length=128)),
+                ("node_title", models.CharField(blank=True, max_length=255)),
+                ("content", models.TextField(blank=True)),
+                ("definition", models.JSONField(blank=True, default=dict)),
+                ("definition_fetched_at", models.DateTimeField(blank=True, null=True)),
+                ("approval_channels", models.JSONField(blank=True, default=list)),
+                ("expiration_time", models.DateTimeField(blank=True, db_index=True, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("submitting", "Submitting"),
+                            ("submitted", "Submitted"),
+                            ("expired", "Expired"),
+                            ("answered_elsewhere", "Answered elsewhere"),
+                            ("not_answerable", "Not answerable via API"),
+                            ("failed", "Delivery failed"),
+                        ],
+                        default="pending",
+                        max_length=24,
+                    ),
+                ),
+                ("rendered_content", models.TextField(blank=True)),
+                ("filled_action_id", models.CharField(blank=True, max_length=64)),
+                ("filled_action_text", models.CharField(blank=True, max_length=255)),
+                ("filled_data", models.JSONField(blank=True, default=dict)),
+                ("allow_guests", models.BooleanField(default=False)),
+                ("reminder_offsets", models.JSONField(blank=True, default=list)),
+                ("routed_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("decided_at", models.DateTimeField(blank=True, null=True)),
+                ("checked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "assigned_groups",
+                    models.ManyToManyField(
+                        blank=True, related_name="assigned_forms", to="auth.group"
+                    ),
+                ),
+                (
+                    "assigned_users",
+                    models.ManyToManyField(
+                        blank=True, related_name="assigned_forms", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "claimed_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="claimed_forms",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "route",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="forms",
+                        to="inbox.route",
+                    ),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="forms",
+                        to="inbox.run",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['expiration_time', 'created_at'],
+                "ordering": ["expiration_time", "created_at"],
             },
         ),
         migrations.CreateModel(
-            name='RunEvent',
+            name="RunEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event', models.CharField(max_length=64)),
-                ('key', models.CharField(blank=True, max_length=200)),
-                ('payload', models.JSONField(blank=True, default=dict)),
-                ('received_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='inbox.run')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("event", models.CharField(max_length=64)),
+                ("key", models.CharField(blank=True, max_length=200)),
+                ("payload", models.JSONField(blank=True, default=dict)),
+                (
+                    "received_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="inbox.run",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['received_at', 'id'],
+                "ordering": ["received_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Upload',
+            name="Upload",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
-                ('input_name', models.CharField(max_length=128)),
-                ('upload_file_id', models.CharField(max_length=64, verbose_name='Dify upload file id')),
-                ('name', models.CharField(max_length=255)),
-                ('size', models.BigIntegerField()),
-                ('mime_type', models.CharField(blank=True, max_length=255)),
-                ('extension', models.CharField(blank=True, max_length=32)),
-                ('category', models.CharField(max_length=16)),
-                ('guest_email', models.EmailField(blank=True, max_length=254)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('form', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='uploads', to='inbox.form')),
-                ('uploaded_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("public_id", models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                ("input_name", models.CharField(max_length=128)),
+                (
+                    "upload_file_id",
+                    models.CharField(max_length=64, verbose_name="Dify upload file id"),
+                ),
+                ("name", models.CharField(max_length=255)),
+                ("size", models.BigIntegerField()),
+                ("mime_type", models.CharField(blank=True, max_length=255)),
+                ("extension", models.CharField(blank=True, max_length=32)),
+                ("category", models.CharField(max_length=16)),
+                ("guest_email", models.EmailField(blank=True, max_length=254)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "form",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="uploads",
+                        to="inbox.form",
+                    ),
+                ),
+                (
+                    "uploaded_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at'],
+                "ordering": ["created_at"],
             },
         ),
         migrations.CreateModel(
-            name='AuditEntry',
+            name="AuditEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('actor_label', models.CharField(blank=True, max_length=255)),
-                ('verb', models.CharField(db_index=True, max_length=64)),
-                ('object_type', models.CharField(max_length=64)),
-                ('object_id', models.CharField(max_length=64)),
-                ('object_repr', models.CharField(blank=True, max_length=255)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("actor_label", models.CharField(blank=True, max_length=255)),
+                ("verb", models.CharField(db_index=True, max_length=64)),
+                ("object_type", models.CharField(max_length=64)),
+                ("object_id", models.CharField(max_length=64)),
+                ("object_repr", models.CharField(blank=True, max_length=255)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                (
+                    "created_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'audit entries',
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['object_type', 'object_id'], name='inbox_audit_object__826472_idx')],
+                "verbose_name_plural": "audit entries",
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(
+                        fields=["object_type", "object_id"], name="inbox_audit_object__826472_idx"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Decision',
+            name="Decision",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
-                ('guest_email', models.EmailField(blank=True, max_length=254)),
-                ('action_id', models.CharField(max_length=64)),
-                ('inputs', models.JSONField(blank=True, default=dict)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('delivering', 'Delivering'), ('delivered', 'Delivered'), ('rejected', 'Rejected'), ('failed', 'Failed')], default='queued', max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True)),
-                ('submission_key', models.CharField(blank=True, max_length=64, null=True, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('delivery_started_at', models.DateTimeField(blank=True, null=True)),
-                ('delivered_at', models.DateTimeField(blank=True, null=True)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('maybe_applied', models.BooleanField(default=False)),
-                ('reviewer', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='decisions', to=settings.AUTH_USER_MODEL)),
-                ('form', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='decisions', to='inbox.form')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("public_id", models.UUIDField(default=uuid.uuid4, editable=False, unique=True)),
+                ("guest_email", models.EmailField(blank=True, max_length=254)),
+                ("action_id", models.CharField(max_length=64)),
+                ("inputs", models.JSONField(blank=True, default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("delivering", "Delivering"),
+                            ("delivered", "Delivered"),
+                            ("rejected", "Rejected"),
+                            ("failed", "Failed"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True)),
+                (
+                    "submission_key",
+                    models.CharField(blank=True, max_length=64, null=True, unique=True),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("delivery_started_at", models.DateTimeField(blank=True, null=True)),
+                ("delivered_at", models.DateTimeField(blank=True, null=True)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("maybe_applied", models.BooleanField(default=False)),
+                (
+                    "reviewer",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="decisions",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "form",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="decisions",
+                        to="inbox.form",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(fields=['status', 'updated_at'], name='inbox_decis_status_539e19_idx')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('status__in', ['queued', 'delivering', 'delivered'])), fields=('form',), name='decision_one_active_per_form')],
+                "ordering": ["-created_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["status", "updated_at"], name="inbox_decis_status_539e19_idx"
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("status__in", ["queued", "delivering", "delivered"])),
+                        fields=("form",),
+                        name="decision_one_active_per_form",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='FormRecipient',
+            name="FormRecipient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('email', models.EmailField(max_length=254, verbose_name='email')),
-                ('language', models.CharField(choices=[('en', 'English'), ('zh-hans', 'Simplified Chinese')], default='en', max_length=16, verbose_name='language')),
-                ('sent_at', models.DateTimeField(blank=True, null=True, verbose_name='sent')),
-                ('send_attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True)),
-                ('reminders_sent', models.JSONField(blank=True, default=list)),
-                ('reminded_at', models.DateTimeField(blank=True, null=True, verbose_name='reminded')),
-                ('next_reminder_at', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('closed_notice_at', models.DateTimeField(blank=True, null=True)),
-                ('link_opened_at', models.DateTimeField(blank=True, null=True)),
-                ('link_used_at', models.DateTimeField(blank=True, null=True, verbose_name='link used')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('form', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='recipients', to='inbox.form')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='form_recipients', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("email", models.EmailField(max_length=254, verbose_name="email")),
+                (
+                    "language",
+                    models.CharField(
+                        choices=[("en", "English"), ("zh-hans", "Simplified Chinese")],
+                        default="en",
+                        max_length=16,
+                        verbose_name="language",
+                    ),
+                ),
+                ("sent_at", models.DateTimeField(blank=True, null=True, verbose_name="sent")),
+                ("send_attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True)),
+                ("reminders_sent", models.JSONField(blank=True, default=list)),
+                (
+                    "reminded_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="reminded"),
+                ),
+                ("next_reminder_at", models.DateTimeField(blank=True, db_index=True, null=True)),
+                ("closed_notice_at", models.DateTimeField(blank=True, null=True)),
+                ("link_opened_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "link_used_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="link used"),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "form",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="recipients",
+                        to="inbox.form",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="form_recipients",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'form recipient',
-                'verbose_name_plural': 'form recipients',
-                'ordering': ['form', 'email'],
-                'indexes': [models.Index(condition=models.Q(('closed_notice_at__isnull', True), ('sent_at__isnull', False)), fields=['form'], name='form_recipient_notice_due'), models.Index(condition=models.Q(('sent_at__isnull', True)), fields=['created_at'], name='form_recipient_unsent')],
-                'constraints': [models.UniqueConstraint(fields=('form', 'email'), name='form_recipient_unique')],
+                "verbose_name": "form recipient",
+                "verbose_name_plural": "form recipients",
+                "ordering": ["form", "email"],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(
+                            ("closed_notice_at__isnull", True), ("sent_at__isnull", False)
+                        ),
+                        fields=["form"],
+                        name="form_recipient_notice_due",
+                    ),
+                    models.Index(
+                        condition=models.Q(("sent_at__isnull", True)),
+                        fields=["created_at"],
+                        name="form_recipient_unsent",
+                    ),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("form", "email"), name="form_recipient_unique")
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='route',
-            constraint=models.UniqueConstraint(condition=models.Q(('node', '')), fields=('app',), name='route_one_default_per_app'),
+            model_name="route",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("node", "")), fields=("app",), name="route_one_default_per_app"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='routerecipient',
-            constraint=models.UniqueConstraint(fields=('route', 'email'), name='route_recipient_unique'),
+            model_name="routerecipient",
+            constraint=models.UniqueConstraint(
+                fields=("route", "email"), name="route_recipient_unique"
+            ),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(fields=['status', 'updated_at'], name='inbox_run_status_2a0b35_idx'),
+            model_name="run",
+            index=models.Index(fields=["status", "updated_at"], name="inbox_run_status_2a0b35_idx"),
         ),
         migrations.AddIndex(
-            model_name='run',
-            index=models.Index(condition=models.Q(('follow_wanted', True)), fields=['lease_expires_at'], name='run_follow_queue'),
+            model_name="run",
+            index=models.Index(
+                condition=models.Q(("follow_wanted", True)),
+                fields=["lease_expires_at"],
+                name="run_follow_queue",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='run',
-            constraint=models.UniqueConstraint(condition=models.Q(('workflow_run_id', ''), _negated=True), fields=('app', 'workflow_run_id'), name='run_unique_workflow_run_id_per_app'),
+            model_name="run",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("workflow_run_id", ""), _negated=True),
+                fields=("app", "workflow_run_id"),
+                name="run_unique_workflow_run_id_per_app",
+            ),
         ),
         migrations.AddIndex(
-            model_name='form',
-            index=models.Index(fields=['status', 'expiration_time'], name='inbox_form_status_570983_idx'),
+            model_name="form",
+            index=models.Index(
+                fields=["status", "expiration_time"], name="inbox_form_status_570983_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='form',
-            index=models.Index(fields=['status', 'created_at'], name='inbox_form_status_76b972_idx'),
+            model_name="form",
+            index=models.Index(
+                fields=["status", "created_at"], name="inbox_form_status_76b972_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='form',
-            index=models.Index(fields=['updated_at'], name='inbox_form_updated_8166a0_idx'),
+            model_name="form",
+            index=models.Index(fields=["updated_at"], name="inbox_form_updated_8166a0_idx"),
         ),
         migrations.AddConstraint(
-            model_name='runevent',
-            constraint=models.UniqueConstraint(condition=models.Q(('key', ''), _negated=True), fields=('run', 'key'), name='runevent_unique_key_per_run'),
+            model_name="runevent",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("key", ""), _negated=True),
+                fields=("run", "key"),
+                name="runevent_unique_key_per_run",
+            ),
         ),
     ]

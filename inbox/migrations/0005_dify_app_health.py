@@ -4,30 +4,33 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0004_delivery_pump'),
+        ("inbox", "0004_delivery_pump"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='difyapp',
-            name='refusal',
-            field=models.CharField(blank=True, editable=False, max_length=300, verbose_name='refusal'),
+            model_name="difyapp",
+            name="refusal",
+            field=models.CharField(
+                blank=True, editable=False, max_length=300, verbose_name="refusal"
+            ),
         ),
         migrations.AddField(
-            model_name='difyapp',
-            name='refusal_checked_at',
+            model_name="difyapp",
+            name="refusal_checked_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='difyapp',
-            name='refusal_status',
+            model_name="difyapp",
+            name="refusal_status",
             field=models.PositiveSmallIntegerField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='difyapp',
-            name='refused_at',
-            field=models.DateTimeField(blank=True, editable=False, null=True, verbose_name='refused since'),
+            model_name="difyapp",
+            name="refused_at",
+            field=models.DateTimeField(
+                blank=True, editable=False, null=True, verbose_name="refused since"
+            ),
         ),
     ]

@@ -4,15 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0005_dify_app_health'),
+        ("inbox", "0005_dify_app_health"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='decision',
-            name='held_for_app',
-            field=models.BooleanField(default=False, verbose_name='held until Dify accepts its app'),
+            model_name="decision",
+            name="held_for_app",
+            field=models.BooleanField(
+                default=False, verbose_name="held until Dify accepts its app"
+            ),
         ),
     ]

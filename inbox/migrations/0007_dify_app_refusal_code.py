@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0006_decision_held_for_app'),
+        ("inbox", "0006_decision_held_for_app"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='difyapp',
-            name='refusal_code',
+            model_name="difyapp",
+            name="refusal_code",
             field=models.CharField(blank=True, editable=False, max_length=64),
         ),
     ]

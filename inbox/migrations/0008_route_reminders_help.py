@@ -5,15 +5,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0007_dify_app_refusal_code'),
+        ("inbox", "0007_dify_app_refusal_code"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='route',
-            name='reminders',
-            field=models.CharField(blank=True, default='24h,1h', help_text='Times before expiry to remind those who have not answered, e.g. 24h,1h. A form that never expires is reminded of that long after its first email instead.', max_length=100, validators=[inbox.models.validate_offsets], verbose_name='reminders'),
+            model_name="route",
+            name="reminders",
+            field=models.CharField(
+                blank=True,
+                default="24h,1h",
+                help_text="Times before expiry to remind those who have not answered, e.g. 24h,1h. A form that never expires is reminded of that long after its first email instead.",
+                max_length=100,
+                validators=[inbox.models.validate_offsets],
+                verbose_name="reminders",
+            ),
         ),
     ]

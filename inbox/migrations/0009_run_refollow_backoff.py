@@ -4,24 +4,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0008_route_reminders_help'),
+        ("inbox", "0008_route_reminders_help"),
     ]
 
     operations = [
         migrations.RemoveField(
-            model_name='run',
-            name='stream_attempts',
+            model_name="run",
+            name="stream_attempts",
         ),
         migrations.AddField(
-            model_name='run',
-            name='give_ups',
+            model_name="run",
+            name="give_ups",
             field=models.PositiveSmallIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='run',
-            name='refollow_after',
+            model_name="run",
+            name="refollow_after",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0009_run_refollow_backoff'),
+        ("inbox", "0009_run_refollow_backoff"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='decision',
-            name='last_error_parts',
+            model_name="decision",
+            name="last_error_parts",
             field=models.JSONField(blank=True, default=dict),
         ),
     ]

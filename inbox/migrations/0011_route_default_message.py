@@ -5,17 +5,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
-        ('inbox', '0010_decision_last_error_parts'),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("inbox", "0010_decision_last_error_parts"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AlterConstraint(
-            model_name='route',
-            name='route_one_default_per_app',
-            constraint=models.UniqueConstraint(condition=models.Q(('node', '')), fields=('app',), name='route_one_default_per_app', violation_error_message='This app already has a default route (one without a node). Give this route a node id or title pattern, or add these reviewers to the default route.'),
+            model_name="route",
+            name="route_one_default_per_app",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("node", "")),
+                fields=("app",),
+                name="route_one_default_per_app",
+                violation_error_message="This app already has a default route (one without a node). Give this route a node id or title pattern, or add these reviewers to the default route.",
+            ),
         ),
     ]

@@ -4,15 +4,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0012_verbose_names'),
+        ("inbox", "0012_verbose_names"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='form',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('submitting', 'Submitting'), ('submitted', 'Submitted'), ('expired', 'Expired'), ('answered_elsewhere', 'Answered elsewhere'), ('not_answerable', 'Only answerable in Dify'), ('failed', 'Delivery failed')], default='pending', max_length=24, verbose_name='status'),
+            model_name="form",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("pending", "Pending"),
+                    ("submitting", "Submitting"),
+                    ("submitted", "Submitted"),
+                    ("expired", "Expired"),
+                    ("answered_elsewhere", "Answered elsewhere"),
+                    ("not_answerable", "Only answerable in Dify"),
+                    ("failed", "Delivery failed"),
+                ],
+                default="pending",
+                max_length=24,
+                verbose_name="status",
+            ),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0013_not_answerable_label'),
+        ("inbox", "0013_not_answerable_label"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='input_labels',
-            field=models.JSONField(blank=True, default=dict, verbose_name='input labels'),
+            model_name="run",
+            name="input_labels",
+            field=models.JSONField(blank=True, default=dict, verbose_name="input labels"),
         ),
     ]

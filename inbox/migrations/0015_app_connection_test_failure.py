@@ -4,20 +4,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0014_run_input_labels'),
+        ("inbox", "0014_run_input_labels"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='difyapp',
-            name='test_failed_at',
-            field=models.DateTimeField(blank=True, editable=False, null=True, verbose_name='connection test failed at'),
+            model_name="difyapp",
+            name="test_failed_at",
+            field=models.DateTimeField(
+                blank=True, editable=False, null=True, verbose_name="connection test failed at"
+            ),
         ),
         migrations.AddField(
-            model_name='difyapp',
-            name='test_failure',
-            field=models.CharField(blank=True, editable=False, max_length=300, verbose_name='connection test failure'),
+            model_name="difyapp",
+            name="test_failure",
+            field=models.CharField(
+                blank=True, editable=False, max_length=300, verbose_name="connection test failure"
+            ),
         ),
     ]

@@ -4,26 +4,48 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0017_form_recipient_withdrawn'),
+        ("inbox", "0017_form_recipient_withdrawn"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='apitoken',
-            options={'ordering': ['-created_at'], 'permissions': [('revoke_apitoken', 'Can revoke API tokens')], 'verbose_name': 'API token', 'verbose_name_plural': 'API tokens'},
+            name="apitoken",
+            options={
+                "ordering": ["-created_at"],
+                "permissions": [("revoke_apitoken", "Can revoke API tokens")],
+                "verbose_name": "API token",
+                "verbose_name_plural": "API tokens",
+            },
         ),
         migrations.AlterModelOptions(
-            name='decision',
-            options={'ordering': ['-created_at'], 'permissions': [('retry_decision', 'Can retry the delivery of decisions')], 'verbose_name': 'decision', 'verbose_name_plural': 'decisions'},
+            name="decision",
+            options={
+                "ordering": ["-created_at"],
+                "permissions": [("retry_decision", "Can retry the delivery of decisions")],
+                "verbose_name": "decision",
+                "verbose_name_plural": "decisions",
+            },
         ),
         migrations.AlterModelOptions(
-            name='form',
-            options={'ordering': ['expiration_time', 'created_at'], 'permissions': [('reassign_form', 'Can reassign forms'), ('resend_form_emails', 'Can resend the emails of forms')], 'verbose_name': 'form', 'verbose_name_plural': 'forms'},
+            name="form",
+            options={
+                "ordering": ["expiration_time", "created_at"],
+                "permissions": [
+                    ("reassign_form", "Can reassign forms"),
+                    ("resend_form_emails", "Can resend the emails of forms"),
+                ],
+                "verbose_name": "form",
+                "verbose_name_plural": "forms",
+            },
         ),
         migrations.AlterModelOptions(
-            name='run',
-            options={'ordering': ['-created_at'], 'permissions': [('stop_run', 'Can stop runs in Dify')], 'verbose_name': 'run', 'verbose_name_plural': 'runs'},
+            name="run",
+            options={
+                "ordering": ["-created_at"],
+                "permissions": [("stop_run", "Can stop runs in Dify")],
+                "verbose_name": "run",
+                "verbose_name_plural": "runs",
+            },
         ),
     ]

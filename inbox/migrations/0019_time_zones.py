@@ -4,20 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0018_action_permissions'),
+        ("inbox", "0018_action_permissions"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='formrecipient',
-            name='time_zone',
-            field=models.CharField(blank=True, max_length=64, verbose_name='time zone'),
+            model_name="formrecipient",
+            name="time_zone",
+            field=models.CharField(blank=True, max_length=64, verbose_name="time zone"),
         ),
         migrations.AddField(
-            model_name='reviewerprofile',
-            name='time_zone',
-            field=models.CharField(blank=True, help_text="As their browser last gave it; emails give times in it. Blank: the server's.", max_length=64, verbose_name='time zone'),
+            model_name="reviewerprofile",
+            name="time_zone",
+            field=models.CharField(
+                blank=True,
+                help_text="As their browser last gave it; emails give times in it. Blank: the server's.",
+                max_length=64,
+                verbose_name="time zone",
+            ),
         ),
     ]

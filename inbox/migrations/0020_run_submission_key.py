@@ -5,25 +5,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0019_time_zones'),
+        ("inbox", "0019_time_zones"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='submission_digest',
-            field=models.CharField(blank=True, default='', max_length=64, verbose_name='submission digest'),
+            model_name="run",
+            name="submission_digest",
+            field=models.CharField(
+                blank=True, default="", max_length=64, verbose_name="submission digest"
+            ),
         ),
         migrations.AddField(
-            model_name='run',
-            name='submission_key',
-            field=models.CharField(blank=True, default='', max_length=64, verbose_name='submission key'),
+            model_name="run",
+            name="submission_key",
+            field=models.CharField(
+                blank=True, default="", max_length=64, verbose_name="submission key"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='run',
-            constraint=models.UniqueConstraint(condition=models.Q(('submission_key', ''), _negated=True), fields=('submission_key',), name='run_unique_submission_key'),
+            model_name="run",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("submission_key", ""), _negated=True),
+                fields=("submission_key",),
+                name="run_unique_submission_key",
+            ),
         ),
     ]

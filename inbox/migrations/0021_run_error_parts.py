@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inbox', '0020_run_submission_key'),
+        ("inbox", "0020_run_submission_key"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='error_parts',
-            field=models.JSONField(blank=True, default=dict, verbose_name='error parts'),
+            model_name="run",
+            name="error_parts",
+            field=models.JSONField(blank=True, default=dict, verbose_name="error parts"),
         ),
     ]

@@ -446,3 +446,50 @@ def test_a_change_of_a_reviewer_s_groups_is_in_the_trail_with_who_made_it(
     second.delete()
     gone = AuditEntry.objects.filter(verb="user_groups_changed", details__reason="group deleted")
     assert [e.object_id for e in gone] == [str(other_reviewer.pk)]
+
+
+def _user_change_data(admin_client: Client, user: User, **changes: Any) -> dict[str, Any]:
+    form = admin_client.get(f"/admin/auth/user/{user.pk}/change/").context["adminform"].form
+    data = {
+        name: value
+        for name, value in form.initial.items()
+        if name not in ("user_permissions", "password") and value is not None
+    }
+    data["groups"] = [g.pk for g in user.groups.all()]
+    data.update(
+        {"date_joined_0": "2026-01-01", "date_joined_1": "00:00:00", "last_login_0": "", **changes}
+    )
+    data["last_login_1"] = ""
+    return {name: value for name, value in data.items() if value is not False}
+
+
+def test_deactivating_and_deleting_a_reviewer_are_in_the_trail_with_who_did_it(
+    admin_client: Client,
+    admin_user: User,
+    reviewer: User,
+    routed_form: Form,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    routed_form.claim(reviewer)
+    with django_capture_on_commit_callbacks(execute=True):
+        saved = admin_client.post(
+            f"/admin/auth/user/{reviewer.pk}/change/",
+            _user_change_data(admin_client, reviewer, is_active=False),
+        )
+    assert saved.status_code == 302, saved.content.decode()[:3000]
+    changed = AuditEntry.objects.get(verb="user_access_changed", object_id=str(reviewer.pk))
+    assert (changed.actor, changed.details) == (admin_user, {"is_active": [True, False]})
+    # The form they held goes back to the others, and the trail says whose change it was.
+    released = AuditEntry.objects.get(verb="form_released", object_id=str(routed_form.pk))
+    assert released.actor == admin_user and released.details["reason"] == "lost_access"
+    # A save that changes no access writes nothing more.
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            f"/admin/auth/user/{reviewer.pk}/change/",
+            _user_change_data(admin_client, reviewer, first_name="Alicia"),
+        )
+    assert AuditEntry.objects.filter(verb="user_access_changed").count() == 1
+    deleted = admin_client.post(f"/admin/auth/user/{reviewer.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 302
+    gone = AuditEntry.objects.get(verb="user_deleted", object_id=str(reviewer.pk))
+    assert gone.actor == admin_user and gone.object_repr == "alice"

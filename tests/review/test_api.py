@@ -583,6 +583,39 @@ def test_a_submitted_form_says_what_was_answered_and_the_decision_what_was_sent(
     assert decided["decided_by_username"] is None
 
 
+def test_a_decision_still_names_its_reviewer_once_their_account_is_deleted(
+    client: Client,
+    auth: dict[str, str],
+    dify_app: DifyApp,
+    reviewers_group: Any,
+    reviewer: User,
+) -> None:
+    from inbox.models import Decision
+
+    bob = User.objects.create_user("bob", "bob@example.com", "pw", first_name="Bob")
+    bob.groups.add(reviewers_group)
+    form = make_form(
+        dify_app,
+        definition={
+            "form_content": "Refund?",
+            "inputs": [],
+            "user_actions": [{"id": "approve", "title": "Approve", "button_style": "primary"}],
+        },
+    )
+    decision = form.decide(action_id="approve", inputs={}, reviewer=bob)
+    bob.delete()
+    decision.refresh_from_db()
+    assert decision.reviewer is None
+    decided = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()["decision"]
+    assert (decided["decided_by"], decided["decided_by_username"]) == ("Bob", "bob")
+    assert decided["decided_by_email"] is None
+    # The page says who chose it; a guest is still told "a reviewer", not "another recipient".
+    client.force_login(reviewer)
+    page = client.get(f"/forms/{form.public_id}/")
+    assert "Bob chose" in page.content.decode()
+    assert Decision.objects.get().decider_label_for("guest@example.com") == "a reviewer"
+
+
 def full_inputs() -> dict[str, Any]:
     return {
         "note": "ok",
