@@ -34,6 +34,7 @@ from inbox.dify.types import (
     SelectInput,
 )
 from inbox.models import Decision, Form, Upload
+from inbox.reasons import labelled
 
 # Dify's own form page shows at most ten files in a list; with `number_limits` 0 (no cap at
 # Dify) we cap the page there too, but accept more through the API.
@@ -503,7 +504,7 @@ class DecisionForm(forms.Form):
         ("Payment method: Choose an option."): for the page's summary above the form."""
         labels = {spec.field_name: spec.label for spec in self.specs}
         return [
-            f"{labels[field_name]}: {error}" if field_name in labels else str(error)
+            labelled(labels[field_name], error) if field_name in labels else str(error)
             for field_name, errors in self.errors.items()
             for error in errors
         ]

@@ -51,6 +51,12 @@ def worded(text: str, /, **values: Any) -> str:
     return tightened(text % values, *(v for v in values.values() if isinstance(v, str)))
 
 
+def labelled(label: Any, message: Any) -> str:
+    """`message` said of `label` ("Customer name: This field is required."), with the
+    language's own colon: "客户名称\uff1a这个字段是必填项。" in Chinese."""
+    return worded(gettext("%(label)s: %(message)s"), label=str(label), message=str(message))
+
+
 class Refused(Exception):
     """Something asked of the inbox was not done. `message` is for the person who asked;
     `status` and `code` are how an API client is told (the inbox's own code, never Dify's);

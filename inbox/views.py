@@ -76,7 +76,7 @@ from inbox.models import (
     assigned_to_q,
     routing_is_dense,
 )
-from inbox.reasons import worded
+from inbox.reasons import labelled, worded
 from inbox.uploads import UploadRejected, megabytes, too_large, upload_limits, upload_to_dify
 from inbox.views_runs import output_items, timeline_items
 
@@ -1158,7 +1158,7 @@ def upload_response(
                     upload_to_dify(form, spec, fileobj, decider.reviewer, decider.guest_email)
                 )
             except UploadRejected as exc:
-                errors.append(f"{fileobj.name}: {exc.message}")
+                errors.append(labelled(fileobj.name, exc.message))
     names = joined(upload.name for upload in uploads)
     if not request.htmx:
         for error in errors:

@@ -75,7 +75,7 @@ def test_a_reason_is_stored_in_english_and_read_in_the_active_language() -> None
     assert "tok-123" not in str(parts)
     with translation.override("zh-hans"):
         assert translated(text, parts) == (
-            "Dify 拒绝了该决定（403 forbidden）：token *** is not allowed"  # noqa: RUF001
+            "Dify 拒绝了该决定（403 forbidden）\uff1atoken *** is not allowed"  # noqa: RUF001
         )
         # A row written before parts were kept: its fixed reason is looked up as it is; words
         # the catalogue does not know (Dify's) read as written.
@@ -213,6 +213,29 @@ def test_lists_join_with_the_languages_separator() -> None:
         assert template.render(Context({"names": names})) == "Alice\u3001&lt;b&gt;Bob&lt;/b&gt;"
 
 
+def test_a_message_about_a_field_or_file_uses_the_languages_colon() -> None:
+    from django.template import Context, Template
+    from django.utils import translation
+
+    from inbox.reasons import labelled
+
+    template = Template(
+        "{% load i18n %}{% blocktranslate with label=label message=message %}"
+        "{{ label }}: {{ message }}{% endblocktranslate %}"
+    )
+    with translation.override("en"):
+        assert labelled("Customer name", "This field is required.") == (
+            "Customer name: This field is required."
+        )
+    with translation.override("zh-hans"):
+        required = translation.gettext("This field is required.")
+        assert labelled("Customer name", required) == "Customer name\uff1a" + required
+        assert labelled("客户名称", required) == "客户名称\uff1a" + required
+        # The pages' error summaries say it the same way.
+        context = Context({"label": "report.pdf", "message": required})
+        assert template.render(context) == "report.pdf\uff1a" + required
+
+
 def test_a_chinese_value_in_a_chinese_sentence_is_not_spaced_and_a_latin_one_is() -> None:
     from django.template import Context, Template
     from django.utils import translation
@@ -229,8 +252,8 @@ def test_a_chinese_value_in_a_chinese_sentence_is_not_spaced_and_a_latin_one_is(
         assert (
             tightened("张三 选择了“批准 退款”。", "张三", "批准 退款") == "张三选择了“批准 退款”。"
         )
-        assert worded("%(who)s 选择了：%(action)s。", who="一位审批人", action="批准 退款") == (  # noqa: RUF001
-            "一位审批人选择了：批准 退款。"  # noqa: RUF001
+        assert worded("%(who)s 选择了\uff1a%(action)s。", who="一位审批人", action="批准 退款") == (
+            "一位审批人选择了\uff1a批准 退款。"
         )
         # Safe HTML stays safe, its value matched as it was escaped.
         html = tightened(mark_safe("由 张&lt;三 发起"), "张<三")
