@@ -76,6 +76,12 @@ def test_the_dashboard_draws_the_numbers(
     assert re.search(r"<strong>4</strong>pending forms<", body)
     assert re.search(r"<strong>1</strong><a [^>]*>failed deliveries", body)
     assert re.search(r"<strong>1</strong>expired, last 7 days", body)
+    # Per day: each column says which number is which, and a table gives them all as text.
+    today = timezone.localdate().isoformat()
+    assert f"<title>{today}: 4 decided, 1 expired</title>" in body
+    daily = body.split('id="daily-title"')[1]
+    assert f'<tr><td>{today}</td><td class="num">4</td><td class="num">1</td></tr>' in daily
+    assert daily.count("<tr><td>") == 30
 
 
 def test_the_dashboard_is_staff_only(client: Client, reviewer: User) -> None:
