@@ -77,10 +77,15 @@ def test_the_dashboard_draws_the_numbers(
     assert re.search(r"<strong>1</strong><a [^>]*>failed deliveries", body)
     assert re.search(r"<strong>1</strong>expired, last 7 days", body)
     # Per day: each column says which number is which, and a table gives them all as text.
-    today = timezone.localdate().isoformat()
-    assert f"<title>{today}: 4 decided, 1 expired</title>" in body
+    now = timezone.now()
+    counts: dict[str, list[int]] = {}
+    counts.setdefault(timezone.localdate(now - dt.timedelta(days=1)).isoformat(), [0, 0])[0] += 4
+    counts.setdefault(timezone.localdate(now - dt.timedelta(hours=2)).isoformat(), [0, 0])[1] += 1
     daily = body.split('id="daily-title"')[1]
-    assert f'<tr><td>{today}</td><td class="num">4</td><td class="num">1</td></tr>' in daily
+    for day, (decided_n, expired_n) in counts.items():
+        assert f"<title>{day}: {decided_n} decided, {expired_n} expired</title>" in daily
+        row = f'<tr><td>{day}</td><td class="num">{decided_n}</td><td class="num">{expired_n}</td>'
+        assert row in daily
     assert daily.count("<tr><td>") == 30
 
 
