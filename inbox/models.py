@@ -857,6 +857,29 @@ class Route(models.Model):
     def is_default(self) -> bool:
         return not self.node
 
+    def clean(self) -> None:
+        super().clean()
+        if not self.node or not self.is_active or not self.app_id:
+            return
+        # Two active routes for the same node: the one tried first always wins, and the other
+        # would never ask anyone, whatever its reviewers.
+        same = (
+            Route.objects.filter(app_id=self.app_id, is_active=True, node__iexact=self.node)
+            .exclude(pk=self.pk)
+            .first()
+        )
+        if same is not None:
+            raise ValidationError(
+                {
+                    "node": _(
+                        "The route “%(name)s” of this app already routes this node: only one of "
+                        "the two would ever be used. Change that route's reviewers, or give this "
+                        "one another node."
+                    )
+                    % {"name": same.name}
+                }
+            )
+
     @property
     def reminder_offsets(self) -> list[int]:
         try:

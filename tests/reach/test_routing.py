@@ -305,6 +305,24 @@ def test_reminder_offsets_parse_and_validate(reach_app: DifyApp) -> None:
     ]
 
 
+def test_a_second_active_route_for_the_same_node_is_refused_as_never_used(
+    reach_app: DifyApp, dify_app: DifyApp
+) -> None:
+    Route.objects.create(app=reach_app, name="Managers", node="manager*", priority=10)
+    for node, priority in (("manager*", 10), ("Manager*", 5)):
+        twin = Route(app=reach_app, name="Managers again", node=node, priority=priority)
+        with pytest.raises(ValidationError) as info:
+            twin.full_clean()
+        assert info.value.message_dict["node"] == [
+            "The route “Managers” of this app already routes this node: only one of the two "
+            "would ever be used. Change that route's reviewers, or give this one another node."
+        ]
+    # Inactive, or another app's, or another node: each may be.
+    Route(app=reach_app, name="Spare", node="manager*", is_active=False).full_clean()
+    Route(app=dify_app, name="Managers", node="manager*").full_clean()
+    Route(app=reach_app, name="Directors", node="director*").full_clean()
+
+
 def test_an_app_has_one_default_route(reach_app: DifyApp) -> None:
     from django.db import IntegrityError, transaction
 
