@@ -110,10 +110,9 @@ def test_a_reviewer_starts_a_run_and_decides_both_of_its_forms(
     starter.goto(live_server.url + "/apps/")
     starter.locator(f'a[href="/apps/{app.pk}/start/"]').first.click()
     starter.wait_for_url(f"**/apps/{app.pk}/start/")
-    # Sent without its required claim number (past the browser's own check): the server's
-    # errors are said, and the reader is taken to them.
+    # Sent without its required claim number: the page's own errors (in its language, not the
+    # browser's bubble in the browser's) are said, and the reader is taken to them.
     starter.get_by_label("Claim number").fill("")
-    starter.locator("form.start-form").evaluate("form => { form.noValidate = true; }")
     starter.get_by_role("button", name="Start the run").click()
     starter.wait_for_selector("#start-errors")
     assert starter.evaluate("document.activeElement.id") == "start-errors"
