@@ -6,17 +6,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db.models import Count, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import CharField, Count, Exists, OuterRef, Q, Subquery
+from django.db.models.functions import Cast, Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import formats, timezone
+from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -58,6 +63,15 @@ class DifyAppAdminForm(forms.ModelForm):
     class Meta:
         model = DifyApp
         fields = ["name", "base_url", "api_key", "mode", "is_active"]
+        # Here rather than on the model: said to administrators, no schema change.
+        help_texts = {
+            "is_active": _(
+                "Untick to stop new runs of this app from being started here: the start page "
+                "no longer offers it and the API refuses it. Runs already under way go on: "
+                "their forms still come in and can still be decided, and decisions are still "
+                "sent to Dify."
+            )
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -128,7 +142,40 @@ class HealthFilter(admin.SimpleListFilter):
         return queryset
 
 
-class AuditedAdmin(admin.ModelAdmin):
+class RefusedDeletionAdmin(admin.ModelAdmin):
+    """Where deleting is refused by design (records hang on the object), the delete page says
+    why and what to do instead, in place of Django's "your account doesn't have permission to
+    delete ...", which no permission would change."""
+
+    delete_confirmation_template = "admin/inbox/delete_confirmation.html"
+    delete_selected_confirmation_template = "admin/inbox/delete_selected_confirmation.html"
+
+    def deletion_refusal(self, objs: Any) -> str | None:
+        """Why these objects are kept, and what to do instead; None to let Django say it."""
+        return None
+
+    def render_delete_form(self, request: HttpRequest, context: dict[str, Any]) -> HttpResponse:
+        if context.get("perms_lacking") or context.get("protected"):
+            context["refusal"] = self.deletion_refusal([context["object"]])
+        return super().render_delete_form(request, context)
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions: dict[str, Any] = dict(super().get_actions(request) or {})
+        if "delete_selected" in actions:
+            func, name, description = actions["delete_selected"]
+
+            def delete_selected(modeladmin: Any, request: HttpRequest, queryset: Any) -> Any:
+                response = func(modeladmin, request, queryset)
+                data = getattr(response, "context_data", None) or {}
+                if data.get("perms_lacking") or data.get("protected"):
+                    data["refusal"] = self.deletion_refusal(queryset)
+                return response
+
+            actions["delete_selected"] = (delete_selected, name, description)
+        return actions
+
+
+class AuditedAdmin(RefusedDeletionAdmin):
     """Settings an administrator edits (apps, routes) leave an entry in the audit trail, beside
     Django's own history: who created, changed or deleted what, and which fields (their names,
     never their values: an API key stays out of the trail)."""
@@ -187,13 +234,76 @@ class DifyAppAdmin(AuditedAdmin):
         "mode",
         "masked_api_key",
         "is_active",
+        "pending_forms",
         "health",
         "updated_at",
     ]
     list_filter = ["mode", "is_active", HealthFilter]
     search_fields = ["name", "base_url"]
     readonly_fields = ["health"]
-    actions = ["test_connection"]
+    actions = ["test_connection", "activate", "deactivate"]
+
+    def deletion_refusal(self, objs: Any) -> str | None:
+        if not Run.objects.filter(app__in=list(objs)).exists():
+            return None
+        return str(
+            _(
+                "An app with runs is not deleted: its runs, their forms and decisions are the "
+                "record of what was asked and decided. Deactivate it instead (the action "
+                "“Deactivate selected apps”, or untick “Active”): no new runs start, and its "
+                "pending forms can still be decided."
+            )
+        )
+
+    @admin.display(description=_("pending forms"), ordering="pending")
+    def pending_forms(self, obj: DifyApp) -> int:
+        return getattr(obj, "pending", 0)
+
+    def _set_active(self, request: HttpRequest, queryset: Any, active: bool) -> int:
+        changed = 0
+        for app in queryset.filter(is_active=not active):
+            app.is_active = active
+            app.save(update_fields=["is_active", "updated_at"])
+            # As a change saved on the app's page is recorded.
+            AuditEntry.record(
+                "app_changed",
+                app,
+                actor=request.user,
+                fields=["is_active"],
+                values={"is_active": {"before": not active, "after": active}},
+            )
+            changed += 1
+        return changed
+
+    @admin.action(description=_("Activate selected apps"), permissions=["change"])
+    def activate(self, request: HttpRequest, queryset: Any) -> None:
+        n = self._set_active(request, queryset, True)
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d app activated: its runs can be started again.",
+                "%(count)d apps activated: their runs can be started again.",
+                n,
+            )
+            % {"count": n},
+            messages.SUCCESS if n else messages.WARNING,
+        )
+
+    @admin.action(description=_("Deactivate selected apps"), permissions=["change"])
+    def deactivate(self, request: HttpRequest, queryset: Any) -> None:
+        n = self._set_active(request, queryset, False)
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d app deactivated: no new runs start; its pending forms can still be "
+                "decided.",
+                "%(count)d apps deactivated: no new runs start; their pending forms can still "
+                "be decided.",
+                n,
+            )
+            % {"count": n},
+            messages.SUCCESS if n else messages.WARNING,
+        )
 
     @admin.display(description=_("API key"))
     def masked_api_key(self, obj: DifyApp) -> str:
@@ -230,10 +340,36 @@ class DifyAppAdmin(AuditedAdmin):
                 0,
             )
 
+        # The app's own entries in the trail (indexed by object): its last connection test.
+        trail = AuditEntry.objects.filter(
+            object_type="difyapp", object_id=Cast(OuterRef("pk"), CharField())
+        )
         return (
             super()
             .get_queryset(request)
             .annotate(
+                pending=Coalesce(
+                    Subquery(
+                        Form.objects.filter(run__app=OuterRef("pk"), status=Form.Status.PENDING)
+                        .order_by()
+                        .values("run__app")
+                        .annotate(n=Count("pk"))
+                        .values("n")
+                    ),
+                    0,
+                ),
+                # Whether Dify ever answered for the app: a run it started, a connection test,
+                # a refusal (over or not).
+                checked=Exists(Run.objects.filter(app=OuterRef("pk")).exclude(workflow_run_id=""))
+                | Exists(
+                    trail.filter(verb__in=["app_connection_tested", "app_refused", "app_accepted"])
+                ),
+                # The kind of app /info named at the last connection test that reached Dify.
+                tested_mode=Subquery(
+                    trail.filter(verb="app_connection_tested", details__result="connected")
+                    .order_by("-created_at", "-id")
+                    .values("details__mode")[:1]
+                ),
                 held=waiting(held_for_app=True),
                 unreachable=waiting(dify_unreachable=True),
                 # Sent before and to be sent again: Dify took the request and did not answer in
@@ -288,6 +424,18 @@ class DifyAppAdmin(AuditedAdmin):
                         "error": obj.test_failure,
                     }
                 )
+            tested_mode = getattr(obj, "tested_mode", None)
+            if tested_mode and not obj.is_dify_mode(tested_mode):
+                # Compared with the mode set now: setting it to match ends the warning.
+                return str(
+                    _(
+                        "Dify names its mode “%(mode)s”, which is not a %(kind)s as set up "
+                        "here: set the mode to match."
+                    )
+                    % {"mode": tested_mode, "kind": obj.get_mode_display()}
+                )
+            if not getattr(obj, "checked", True):
+                return str(_("Not checked yet: test the connection."))
             return str(_("OK"))
         # Dify's own words; the client's messages never hold the key, and `note_refused`
         # redacted it anyway.
@@ -429,7 +577,14 @@ class FormInline(admin.TabularInline):
 class RunAdmin(RecordAdmin):
     list_display = ["__str__", "app", "status", "dify_user", "started_by", "created_at"]
     list_filter = ["status", "app", "source"]
-    search_fields = ["=public_id", "workflow_run_id", "task_id", "dify_user", "conversation_id"]
+    search_fields = [
+        "=public_id",
+        "workflow_run_id",
+        "task_id",
+        "dify_user",
+        "conversation_id",
+        "app__name",
+    ]
     list_select_related = ["app", "started_by"]
     readonly_fields = ["following"]
     fieldsets = [
@@ -586,6 +741,51 @@ class ReassignForm(forms.Form):
         return cleaned
 
 
+class RouteListFilter(admin.RelatedFieldListFilter):
+    """The routes, named with their app, in one query: Django's own filter reads each route's
+    app on its own (`Route.__str__`), a query per route on every page of the list."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        return [(route.pk, str(route)) for route in Route.objects.select_related("app")]
+
+
+class ActiveUserListFilter(admin.RelatedFieldListFilter):
+    """Who holds a form: active accounts only (one query), plus "-" for nobody."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        users = get_user_model().objects.filter(is_active=True).order_by("username")
+        return [(user.pk, user.get_username()) for user in users]
+
+
+class AskedFilter(admin.SimpleListFilter):
+    title = _("assigned to")
+    parameter_name = "asked"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [
+            ("nobody", _("Nobody who can answer")),
+            ("user", _("A reviewer by name")),
+            ("group", _("A group")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        if self.value() == "nobody":
+            return queryset.asked_of_nobody()
+        if self.value() == "user":
+            return queryset.filter(
+                Exists(Form.assigned_users.through.objects.filter(form_id=OuterRef("pk")))
+            )
+        if self.value() == "group":
+            return queryset.filter(
+                Exists(Form.assigned_groups.through.objects.filter(form_id=OuterRef("pk")))
+            )
+        return queryset
+
+
+# How many of the forms a bulk action would act on its page names; the rest are counted.
+REASSIGN_PREVIEW = 20
+
+
 @admin.register(Form)
 class FormAdmin(RecordAdmin):
     list_display = [
@@ -597,7 +797,13 @@ class FormAdmin(RecordAdmin):
         "assignees",
         "created_at",
     ]
-    list_filter = ["status", "run__app", "route"]
+    list_filter = [
+        "status",
+        "run__app",
+        ("route", RouteListFilter),
+        AskedFilter,
+        ("claimed_by", ActiveUserListFilter),
+    ]
     search_fields = [
         "=public_id",
         "node_title",
@@ -605,6 +811,10 @@ class FormAdmin(RecordAdmin):
         "form_id",
         "content",
         "recipients__email",
+        "run__app__name",
+        "claimed_by__username",
+        "assigned_users__username",
+        "assigned_groups__name",
     ]
     list_select_related = ["run__app", "claimed_by"]
     exclude = ["form_token", "assigned_users", "assigned_groups"]
@@ -623,7 +833,13 @@ class FormAdmin(RecordAdmin):
     actions = ["reassign", "resend_email"]
 
     def get_queryset(self, request: HttpRequest) -> Any:
-        return super().get_queryset(request).prefetch_related("assigned_users", "assigned_groups")
+        # The token is never shown: not read, so not decrypted for every row of a page.
+        return (
+            super()
+            .get_queryset(request)
+            .defer("form_token")
+            .prefetch_related("assigned_users", "assigned_groups")
+        )
 
     @admin.display(boolean=True, description=_("Answerable via API"))
     def answerable(self, obj: Form) -> bool:
@@ -644,18 +860,35 @@ class FormAdmin(RecordAdmin):
     @admin.action(description=_("Reassign the selected forms…"), permissions=["reassign"])
     def reassign(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
         """An intermediate page picks the reviewer and groups; they replace the routing. Only
-        forms still waiting for a decision: who was asked about a closed one is its record."""
+        forms still waiting for a decision: who was asked about a closed one is its record.
+
+        "Select all" is carried through the page as `select_across`, and the page posts back
+        to the list's own address (its filters and search): the selection is derived again
+        there, never written into the page one form at a time (past ~1,000 forms that is more
+        fields than Django accepts)."""
         form = ReassignForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
-            done = sum(
-                item.reassign(
-                    to_user=form.cleaned_data["to_user"],
-                    groups=form.cleaned_data["groups"],
-                    actor=request.user,
-                )
-                for item in queryset
+            to_user = form.cleaned_data["to_user"]
+            language = (
+                ReviewerProfile.languages_of([to_user]).get(to_user.pk, settings.LANGUAGE_CODE)
+                if to_user is not None
+                else None
             )
-            skipped = queryset.count() - done
+            groups = list(form.cleaned_data["groups"])
+            total = queryset.count()
+            # Closed forms are skipped without a lock; `reassign` checks again under one.
+            waiting = (
+                queryset.filter(status=Form.Status.PENDING)
+                .exclude(expiration_time__lte=timezone.now())
+                .select_related(None)
+                .prefetch_related(None)
+                .only("pk")
+            )
+            done = sum(
+                item.reassign(to_user=to_user, groups=groups, actor=request.user, language=language)
+                for item in waiting
+            )
+            skipped = total - done
             if done:
                 self.message_user(
                     request, _("%(n)d form(s) reassigned.") % {"n": done}, messages.SUCCESS
@@ -671,11 +904,17 @@ class FormAdmin(RecordAdmin):
                     messages.WARNING,
                 )
             return None
+        count = queryset.count()
+        preview = list(queryset.select_related("run__app", "claimed_by")[:REASSIGN_PREVIEW])
         context = {
             **self.admin_site.each_context(request),
             "title": _("Reassign forms"),
             "opts": self.model._meta,
-            "forms": queryset,
+            "forms": preview,
+            "count": count,
+            "more": count - len(preview),
+            "select_across": request.POST.get("select_across") == "1",
+            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
             "reassign_form": form,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
@@ -750,7 +989,14 @@ class RouteAdmin(AuditedAdmin):
         "is_active",
     ]
     list_filter = ["app", "is_active", "allow_guests"]
-    search_fields = ["name", "node", "recipients__email", "users__username", "groups__name"]
+    search_fields = [
+        "name",
+        "node",
+        "app__name",
+        "recipients__email",
+        "users__username",
+        "groups__name",
+    ]
     list_select_related = ["app"]
     filter_horizontal = ["groups", "users"]
     inlines = [RouteRecipientInline]
@@ -766,6 +1012,40 @@ class RouteAdmin(AuditedAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         route = form.instance
+        before: dict[str, Any] = getattr(request, "_audit_before", {})
+        after = self.audit_values(route) if change and before else {}
+        asks = ("users", "groups", "recipients")
+        if after and any(before.get(name) != after[name] for name in asks):
+            # A form is routed once, when it comes in: who a route asks now is not who its
+            # waiting forms ask. Said, with the way to move them.
+            waiting = Form.objects.filter(route=route, status=Form.Status.PENDING).count()
+            if waiting:
+                url = (
+                    reverse("admin:inbox_form_changelist")
+                    + "?"
+                    + urlencode(
+                        {"route__id__exact": route.pk, "status__exact": Form.Status.PENDING}
+                    )
+                )
+                self.message_user(
+                    request,
+                    format_html(
+                        '{} <a href="{}">{}</a>',
+                        ngettext(
+                            "%(count)d pending form of this route keeps the reviewers it was "
+                            "routed to: a route's change applies to forms that come in from "
+                            "now on.",
+                            "%(count)d pending forms of this route keep the reviewers they were "
+                            "routed to: a route's change applies to forms that come in from "
+                            "now on.",
+                            waiting,
+                        )
+                        % {"count": waiting},
+                        url,
+                        _("Reassign them from the Forms list."),
+                    ),
+                    messages.WARNING,
+                )
         if route.is_active and not (
             route.users.filter(is_active=True).exists()
             or route.groups.exists()
@@ -819,6 +1099,7 @@ class DecisionAdmin(RecordAdmin):
         "reviewer__username",
         "reviewer__first_name",
         "reviewer__last_name",
+        "form__run__app__name",
     ]
     list_select_related = ["form", "reviewer"]
     readonly_fields = [
@@ -999,3 +1280,25 @@ class ReviewerProfileAdmin(admin.ModelAdmin):
     list_filter = ["language"]
     search_fields = ["user__username", "user__email"]
     autocomplete_fields = ["user"]
+
+
+# Django's own user admin, with deleting explained: an account that ever had an API token is
+# kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`).
+User = get_user_model()
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(RefusedDeletionAdmin, auth_admin.UserAdmin):  # type: ignore[type-arg]
+    def deletion_refusal(self, objs: Any) -> str | None:
+        if not ApiToken.objects.filter(user__in=list(objs)).exists():
+            return None
+        return str(
+            _(
+                "An account that has had API tokens is not deleted: its tokens stay as the "
+                "record of what they were and who used them. Deactivate the account instead "
+                "(untick “Active”) and revoke its tokens under API tokens: it can no longer "
+                "sign in, and its tokens are refused."
+            )
+        )

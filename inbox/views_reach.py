@@ -20,7 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -619,12 +619,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         ).count(),
         # Asked of nobody: no route took them, or theirs names no one who can answer (its group
         # deleted, its reviewers deactivated, its list empty). Only staff see these forms.
-        "unrouted": Form.objects.filter(status=Form.Status.PENDING)
-        .exclude(assigned_users__is_active=True)
-        .exclude(assigned_groups__user__is_active=True)
-        .exclude(
-            Exists(FormRecipient.objects.filter(form=OuterRef("pk"), withdrawn_at__isnull=True))
-        )
-        .count(),
+        "unrouted": Form.objects.filter(status=Form.Status.PENDING).asked_of_nobody().count(),
     }
     return render(request, "inbox/dashboard.html", context)

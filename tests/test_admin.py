@@ -88,7 +88,8 @@ def test_the_app_list_shows_each_app_s_connection_health_and_filters_by_it(
     page = client.get("/admin/inbox/difyapp/").content.decode()
     assert "connection to Dify" in page
     assert "Refused since " in page and ": 401 unauthorized: Access token is invalid" in page
-    assert '<td class="field-health">OK</td>' in page
+    # Never accepted nor refused by Dify yet: not said to be OK.
+    assert '<td class="field-health">Not checked yet: test the connection.</td>' in page
     refused = client.get("/admin/inbox/difyapp/?health=refused").content.decode()
     assert "refunds" in refused and "payroll" not in refused
     ok = client.get("/admin/inbox/difyapp/?health=ok").content.decode()
