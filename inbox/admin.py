@@ -1099,6 +1099,9 @@ class DecisionAdmin(RecordAdmin):
         "reviewer__username",
         "reviewer__first_name",
         "reviewer__last_name",
+        # As they were named when they decided: found once their account is deleted too.
+        "reviewer_username",
+        "reviewer_name",
         "form__run__app__name",
     ]
     list_select_related = ["form", "reviewer"]

@@ -614,6 +614,11 @@ def test_a_decision_still_names_its_reviewer_once_their_account_is_deleted(
     page = client.get(f"/forms/{form.public_id}/")
     assert "Bob chose" in page.content.decode()
     assert Decision.objects.get().decider_label_for("guest@example.com") == "a reviewer"
+    # The admin lists and finds it by that name.
+    reviewer.is_staff = reviewer.is_superuser = True
+    reviewer.save()
+    listed = client.get("/admin/inbox/decision/?q=bob").content.decode()
+    assert listed.count('field-decider">Bob<') == 1
 
 
 def full_inputs() -> dict[str, Any]:
