@@ -822,7 +822,7 @@ def test_a_decision_held_for_its_app_says_so_and_the_page_notices_when_it_goes_o
         last_error="Dify refused the decision (401 unauthorized): Access token is invalid",
     )
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
-    assert "Decision kept: Dify refuses this app's connection." in page
+    assert "Decision kept: Dify refuses this app&#x27;s connection." in page
     assert "Nothing needs to be decided again." in page
     assert "Access token is invalid" in page
     # It may wait for hours: the page asks less often, and redraws once the decision goes on.

@@ -21,7 +21,7 @@ def rows(page: str) -> list[str]:
     """The node titles of the listed rows, in order."""
     import re
 
-    return re.findall(r'<a class="open" href="/forms/[^"]+/">([^<]*)</a>', page)
+    return re.findall(r'<a class="open" href="/forms/[^"]+/"[^>]*>([^<]*)</a>', page)
 
 
 def test_anonymous_visitors_are_sent_to_log_in(client: Client, db: None) -> None:
@@ -46,11 +46,12 @@ def test_a_row_shows_app_excerpt_run_age_and_status(alice: Client, dify_app: Dif
     form = make_form(dify_app, run=make_run(dify_app, workflow_run_id="run-abc"))
     page = alice.get("/").content.decode()
     assert f'href="/forms/{form.public_id}/"' in page
-    assert '<span class="chip app">refunds</span>' in page
+    row = f"row-{form.public_id}"
+    assert f'<span class="chip app" id="{row}-app">refunds</span>' in page
     assert "Refund request · Customer Ada asks for a refund of 120 EUR. Choose the outcome:" in page
     assert "<code>run-abc</code>" in page
     assert "Arrived" in page and "in 5 hours" in page  # 5 hours less a moment, rounded
-    assert '<span class="badge pending">Pending</span>' in page
+    assert f'<span class="badge pending" id="{row}-status">Pending</span>' in page
 
 
 def test_in_chinese_the_time_comes_before_arrived_and_expires(
