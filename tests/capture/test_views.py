@@ -373,7 +373,7 @@ def test_the_run_page_s_poll_changes_nothing_until_the_run_does_and_then_says_it
         HTTP_X_RUN_DIGEST="paused.0",
         HTTP_ACCEPT_LANGUAGE="zh-hans",
     )
-    assert json.loads(zh["HX-Trigger"])["inbox:announce"]["message"].startswith("运行当前状态：")
+    assert json.loads(zh["HX-Trigger"])["inbox:announce"]["message"].startswith("运行当前状态：")  # noqa: RUF001
 
 
 def test_a_runs_list_link_is_described_by_its_run_status_and_age(

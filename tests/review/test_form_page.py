@@ -951,7 +951,7 @@ def announced(response: Any) -> str:
 
 @pytest.mark.parametrize(
     ("language", "said"),
-    [("en", "This form is now: Expired."), ("zh-hans", "此表单当前状态：已过期。")],
+    [("en", "This form is now: Expired."), ("zh-hans", "此表单当前状态：已过期。")],  # noqa: RUF001
 )
 def test_a_form_that_expires_while_open_is_announced_as_its_badge_says(
     alice: Client, dify_app: DifyApp, language: str, said: str
@@ -1031,7 +1031,9 @@ def test_the_presence_line_is_a_lasting_live_region_redrawn_only_when_the_people
     url = f"/forms/{form.public_id}/live"
     joined = client.get(url, {"state": "open", "run": "x", "seen": ""}, HTTP_HX_REQUEST="true")
     text = joined.content.decode()
-    assert '<div id="presence" class="presence-region" role="status" hx-swap-oob="innerHTML">' in text
+    assert (
+        '<div id="presence" class="presence-region" role="status" hx-swap-oob="innerHTML">' in text
+    )
     assert "Bob is reviewing this too." in text
     seen = re.search(r"seen=([0-9a-f]+)", text)
     assert seen is not None

@@ -610,7 +610,9 @@ def test_a_row_s_link_is_described_by_its_app_time_left_and_status(
     second = make_form(other, node_title="Manager approval", expires_in=None)
     page = alice.get("/").content.decode()
     for form, app, left in ((first, "refunds", "Expires"), (second, "hiring", "No time limit")):
-        link = re.search(rf'<a class="open" href="/forms/{form.public_id}/" aria-describedby="([^"]+)"', page)
+        link = re.search(
+            rf'<a class="open" href="/forms/{form.public_id}/" aria-describedby="([^"]+)"', page
+        )
         assert link is not None
         described = ""
         for ref in link.group(1).split():
