@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.db.models import QuerySet
@@ -631,3 +632,17 @@ def answered_content(form_obj: Form, decision: Decision | None) -> str:
         return value if isinstance(value, str) else str(value)
 
     return PLACEHOLDER.sub(fill, content)
+
+
+class LoginForm(AuthenticationForm):
+    """Django's login form, whose fields point at the error a failed login shows
+    (registration/login.html): a screen reader on either field hears that it was refused."""
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        if not self.errors:
+            return
+        for name in ("username", "password"):
+            self.fields[name].widget.attrs.update(
+                {"aria-invalid": "true", "aria-describedby": "login-error"}
+            )

@@ -456,16 +456,22 @@ def rows_html(rows: list[Row]) -> SafeString:
     expired_label, no_limit = _("Expired"), _("No time limit")
     out = []
     for r in rows:
+        # The link is named by the form's title alone, which many rows share ("Manager
+        # approval"): it is described by the row's app, time left and status, as shown.
+        rid = escape(f"row-{r.id}")
+        described = [f"{rid}-app", f"{rid}-status"]
         side = ""
         if r.status == "pending":
+            described.insert(1, f"{rid}-left")
             if not r.expires_iso:
-                side = f'<span class="left muted">{escape(no_limit)}</span>'
+                side = f'<span class="left muted" id="{rid}-left">{escape(no_limit)}</span>'
             elif r.expired:
-                side = f'<span class="left expired">{escape(expired_label)}</span>'
+                side = f'<span class="left expired" id="{rid}-left">{escape(expired_label)}</span>'
             else:
                 expires = escape(r.expires_iso)
                 side = (
-                    f'<span class="left{" urgent" if r.urgent else ""}" data-expires="{expires}">'
+                    f'<span class="left{" urgent" if r.urgent else ""}" id="{rid}-left" '
+                    f'data-expires="{expires}">'
                     f'{escape(expires_before)}<time datetime="{expires}" data-rel '
                     f'title="{escape(r.expires_title)}">{escape(r.expires_rel)}</time>'
                     f"{escape(expires_after)}</span>"
@@ -473,14 +479,15 @@ def rows_html(rows: list[Row]) -> SafeString:
         status = escape(r.status)
         out.append(
             f'<li class="row status-{status}" data-id="{escape(r.id)}">'
-            f'<div class="row-main"><a class="open" href="{escape(r.url)}">{escape(r.title)}</a> '
-            f'<span class="chip app">{escape(r.app)}</span> '
+            f'<div class="row-main"><a class="open" href="{escape(r.url)}" '
+            f'aria-describedby="{" ".join(described)}">{escape(r.title)}</a> '
+            f'<span class="chip app" id="{rid}-app">{escape(r.app)}</span> '
             f'<p class="excerpt">{escape(r.excerpt)}</p></div>'
             f'<div class="row-meta"><span class="run">{escape(run_label)} '
             f"<code>{escape(r.run)}</code></span> "
             f'<span class="age">{escape(arrived_before)}<time datetime="{escape(r.created_iso)}" '
             f"data-rel>{escape(r.created_rel)}</time>{escape(arrived_after)}</span></div>"
-            f'<div class="row-side">{side} <span class="badge {status}">'
+            f'<div class="row-side">{side} <span class="badge {status}" id="{rid}-status">'
             f"{escape(r.status_label)}</span></div></li>\n"
         )
     return mark_safe("".join(out))  # noqa: S308 - every value above is escaped
@@ -612,6 +619,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         "token": token,
         "rows_key": rows_key(rows),
         "sorts": list(SORTS.items()),
+        "empty_title": empty_title(filters),
     }
     if request.htmx and not request.htmx.boosted:
         response = render(request, "inbox/index.html#results", context)
@@ -622,6 +630,12 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         if since is not None and request.headers.get(ROWS_HEADER) != context["rows_key"]:
             trigger_client_event(
                 response, "inbox:announce", {"message": _("The list was updated.")}
+            )
+        elif since is None and not request.htmx.history_restore_request:
+            # The reviewer searched, filtered, sorted or paged: the focus stays where they
+            # are, so what the list now holds is read out.
+            trigger_client_event(
+                response, "inbox:announce", {"message": results_announcement(context)}
             )
         return response
     context["apps"] = list(
@@ -652,6 +666,29 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
             app["held"] = held.get(app["id"], 0)
     context["node_label"] = _node_label(filters.node, request.user) if filters.node else ""
     return render(request, "inbox/index.html", context)
+
+
+def empty_title(filters: InboxFilters) -> str:
+    """What a list without rows says first."""
+    if filters.is_narrowed:
+        return _("No forms match these filters.")
+    if filters.status == "pending":
+        return _("Nothing is waiting for you.")
+    return _("No forms here.")
+
+
+def results_announcement(context: dict[str, Any]) -> str:
+    """What the list holds now, as its pager says it, for a screen reader to hear."""
+    shown = len(context["rows"])
+    if not shown:
+        return str(context["empty_title"])
+    if context["page"] == 1 and not context["has_next"]:
+        return ngettext("%(count)d form.", "%(count)d forms.", shown) % {"count": shown}
+    return _("Forms %(first)s–%(last)s of %(total)s.") % {  # noqa: RUF001 - a range's dash
+        "first": context["first_index"],
+        "last": context["last_index"],
+        "total": context["total"],
+    }
 
 
 def split_node(value: str) -> tuple[int | None, str]:
@@ -744,14 +781,21 @@ def _guest_of(decider: Decider) -> str | None:
     return None if decider.reviewer is not None else decider.guest_email
 
 
-def _presence(form: Form, decider: Decider) -> dict[str, Any]:
+def _presence(form: Form, decider: Decider, state: str) -> dict[str, Any]:
     """Who else has the form open. A reviewer sees their names; a guest (someone outside, asked
     by email) is told only how many others there are: neither the reviewers' names nor the
-    other recipients' addresses are theirs to see."""
+    other recipients' addresses are theirs to see. `presence_key` says what the line shows, so
+    the page's poll redraws it (and a screen reader hears it) only when that changes."""
     others = presence.touch(form.pk, decider.key, decider.label)
     if decider.reviewer is None:
-        return {"others": [""] * len(others), "others_named": False}
-    return {"others": others, "others_named": True}
+        others = [""] * len(others)
+    shown = "\n".join(others) if others and state == "open" else ""
+    key = hashlib.blake2b(f"{len(others)}\n{shown}".encode(), digest_size=6).hexdigest()
+    return {
+        "others": others,
+        "others_named": decider.reviewer is not None,
+        "presence_key": key if shown else "",
+    }
 
 
 def page_state(form: Form) -> str:
@@ -927,6 +971,7 @@ def form_context(
         "answered": answered_content(form, decision) if state != "open" else "",
         "not_delivered": state != "open" and not_delivered(form, decision),
         "decision": decision,
+        "progress_title": progress_title(decision) if state == "in_flight" else "",
         # Who decided, as this reader may be told it (a guest is not told reviewers' names or
         # other recipients' addresses); the second starts a sentence.
         "decided_by": decision.decider_label_for(_guest_of(decider)) if decision else "",
@@ -938,7 +983,7 @@ def form_context(
         # A new key per page: a second click or a browser resubmit of this page finds the
         # decision the first one made instead of making another.
         "submission_key": uuid.uuid4().hex,
-        **_presence(form, decider),
+        **_presence(form, decider, state),
         **run_context(form, decider),
     }
 
@@ -1233,16 +1278,22 @@ def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> Htt
         "base": decider.base_url,
         "state": state,
         "live_key": live_key,
-        **_presence(form, decider),
+        **_presence(form, decider, state),
     }
     parts = [render(request, "inbox/form.html#live", context).content.decode()]
     changed_state = request.GET.get("state", "") != live_key
+    message = ""
     if changed_state:
         # Someone decided, the form expired, or our decision moved on: redraw the body.
         full = form_context(request, form, decider)
         parts.append(render(request, "inbox/form.html#body_oob", full).content.decode())
+        message = state_announcement(form, full)
     if changed_state or request.GET.get("run", "") != run_ctx["run_version"]:
         parts.append(render(request, "inbox/form.html#run_panel_oob", context).content.decode())
+    if request.GET.get("seen", "") != context["presence_key"]:
+        # Someone opened or left the form: the presence line (a live region that stays in
+        # the page) takes its new words, read out once.
+        parts.append(render(request, "inbox/form.html#presence_oob", context).content.decode())
     if (
         not changed_state
         and decider.reviewer is not None
@@ -1257,11 +1308,43 @@ def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> Htt
                 {"form": form, "decider": decider, "oob": True},
             ).content.decode()
         )
+        message = claim_announcement(form, decider)
     response = HttpResponse("".join(parts))
-    if changed_state:
-        message = _("This form is now: %(status)s.") % {"status": form.get_status_display()}
+    if message:
         trigger_client_event(response, "inbox:announce", {"message": message})
     return response
+
+
+def state_announcement(form: Form, context: dict[str, Any]) -> str:
+    """What the page's poll reads out when the form moved on: the words the page now shows
+    (its badge's status, or while the decision travels, the step it is at)."""
+    if context["state"] == "in_flight":
+        return str(context["progress_title"])
+    return _("This form is now: %(status)s.") % {"status": form.status_now_label}
+
+
+def claim_announcement(form: Form, decider: Decider) -> str:
+    """What the claim panel now says, read out when someone else took or released the form."""
+    if form.status_now != Form.Status.PENDING or decider.reviewer is None:
+        return ""
+    if form.claimed_by is None:
+        return _("No one is handling this form now; you can take it.")
+    if form.claimed_by_id == decider.reviewer.pk:
+        return _("You are handling this")
+    who = form.claimed_by.get_full_name() or form.claimed_by.get_username()
+    return worded(_("Taken by %(who)s"), who=who)
+
+
+def progress_title(decision: Decision | None) -> str:
+    """The step a decision on its way to Dify is at, as the page's body titles it."""
+    status = decision.status if decision else None
+    if status == Decision.Status.DELIVERING:
+        return _("Sending the decision to Dify…")
+    if decision is not None and decision.held_for_app:
+        return _("Decision kept: Dify refuses this app's connection.")
+    if status == Decision.Status.DELIVERED:
+        return _("Delivered to Dify.")
+    return _("Decision queued; it is on its way to Dify.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import trigger_client_event
 
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import FileNames, small_int
@@ -333,13 +335,48 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     }
 
 
+# The header the run page's poll sends with the `digest` of what its live part shows.
+RUN_DIGEST_HEADER = "X-Run-Digest"
+
+
+def live_digest(context: dict[str, Any]) -> str:
+    """What the run page's live part shows, in a few characters, led by the run's status: a
+    poll whose answer would show the same is answered 204 and changes nothing in the page (a
+    redraw would move the reader's focus and have their screen reader read it again)."""
+    run = context["run"]
+    shown = [
+        run.status,
+        run.error_text if run.error else "",
+        run.answer,
+        run.timeline,
+        context["outputs"],
+        [(f.pk, f.status, f.node_title, f.filled_action_text, v) for f, v in context["forms"]],
+        context["may_stop"],
+        context["refused"],
+        run.app.refusal_status,
+        context["refusal_detail"],
+    ]
+    seen = json.dumps(shown, default=str, sort_keys=True)
+    return f"{run.status}.{hashlib.blake2b(seen.encode(), digest_size=8).hexdigest()}"
+
+
 @login_required
 @require_GET
 def run_page(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     run = _get_run_for_user(request, public_id)
     context = run_context(request, run)
+    context["digest"] = live_digest(context)
     if getattr(request, "htmx", False) and request.GET.get("part") == "live":
-        return render(request, "inbox/run.html#live", context)
+        was = request.headers.get(RUN_DIGEST_HEADER, "")
+        if was == context["digest"]:
+            return HttpResponse(status=204)
+        response = render(request, "inbox/run.html#live", context)
+        if was and was.partition(".")[0] != run.status:
+            # Read out by the page's announcer, which stays in the page: the part itself is
+            # redrawn whole, and a live region redrawn would be read again, or not at all.
+            message = _("The run is now: %(status)s.") % {"status": run.get_status_display()}
+            trigger_client_event(response, "inbox:announce", {"message": message})
+        return response
     return render(request, "inbox/run.html", context)
 
 

@@ -305,3 +305,31 @@ def test_runs_no_follower_takes_are_told_by_healthz_and_the_reconcile_log(
         lease_owner="f-1", lease_expires_at=timezone.now() + dt.timedelta(seconds=60)
     )
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_failed_login_ties_both_fields_to_its_error(client: Client, db: None) -> None:
+    page = client.post(
+        "/accounts/login/", {"username": "nobody", "password": "wrong"}
+    ).content.decode()
+    error = re.search(r'<p class="error" id="login-error" role="alert" tabindex="-1">', page)
+    assert error is not None
+    for name in ("username", "password"):
+        field = re.search(rf'<input [^>]*name="{name}"[^>]*>', page)
+        assert field is not None
+        assert 'aria-invalid="true"' in field.group(0)
+        assert 'aria-describedby="login-error"' in field.group(0)
+    # A first visit has no error to point at.
+    page = client.get("/accounts/login/").content.decode()
+    assert "aria-invalid" not in page and "login-error" not in page
+
+
+def test_messages_open_the_main_content(client: Client, dify_app: DifyApp, reviewer: Any) -> None:
+    from tests.review.conftest import make_form
+
+    form = make_form(dify_app)
+    client.force_login(reviewer)
+    # Without script, taking a form comes back to its page with a message.
+    page = client.post(f"/forms/{form.public_id}/claim", follow=True).content.decode()
+    main = page.index('<main id="main"')
+    assert main < page.index('<div class="messages" role="status">') < page.index("</main>")
+    assert "You took this form." in page[main:]

@@ -137,7 +137,45 @@
   });
 
   // --- Inbox: j / k / Enter / "/" ---------------------------------------------------------
+  // Single keys act anywhere on the page, which a speech input user or one who types in a
+  // screen reader's browse mode may set off by mistake: they can be turned off (the switch
+  // beside the hint, remembered in this browser), and say where they apply
+  // (aria-keyshortcuts) only while on.
+  var SHORTCUTS_KEY = "inbox:shortcuts";
   var selectedId = null;
+
+  function shortcutsOn() {
+    try { return window.localStorage.getItem(SHORTCUTS_KEY) !== "off"; } catch (e) { return true; }
+  }
+
+  function applyShortcuts() {
+    var on = shortcutsOn();
+    var toggle = document.getElementById("shortcuts-toggle");
+    if (toggle) {
+      toggle.checked = on;
+      var box = toggle.closest(".shortcuts");
+      if (box) box.hidden = false;
+    }
+    var hint = document.getElementById("shortcuts-hint");
+    if (hint) hint.hidden = !on;
+    function mark(el, keys) {
+      if (on) el.setAttribute("aria-keyshortcuts", keys);
+      else el.removeAttribute("aria-keyshortcuts");
+    }
+    var q = document.getElementById("q");
+    if (q && toggle) mark(q, "/");
+    if (toggle) document.querySelectorAll("#rows .row a.open").forEach(function (link) { mark(link, "J K"); });
+  }
+
+  document.addEventListener("change", function (event) {
+    if (!event.target || event.target.id !== "shortcuts-toggle") return;
+    try {
+      if (event.target.checked) window.localStorage.removeItem(SHORTCUTS_KEY);
+      else window.localStorage.setItem(SHORTCUTS_KEY, "off");
+    } catch (e) { /* not remembered: the switch holds for this page */ }
+    applyShortcuts();
+  });
+  document.addEventListener("htmx:afterSettle", applyShortcuts);
 
   function rows() { return Array.prototype.slice.call(document.querySelectorAll("#rows .row")); }
 
@@ -158,9 +196,19 @@
     var target = event.target;
     var typing = target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
     if (typing) {
-      if (event.key === "Escape" && target.id === "q") target.blur();
+      // Out of the search, back to the list it filters: the row chosen, else the first.
+      if (event.key === "Escape" && target.id === "q") {
+        var back = document.querySelector("#rows .row.selected a.open") || document.querySelector("#rows .row a.open");
+        var empty = document.querySelector("#results .empty-title");
+        if (back || empty) {
+          event.preventDefault();
+          if (back) select(back.closest(".row"), true);
+          else focusOn(empty);
+        }
+      }
       return;
     }
+    if (!shortcutsOn() || document.getElementById("shortcuts-toggle") === null) return;
     var list = rows();
     if (event.key === "/") {
       var q = document.getElementById("q");
@@ -246,7 +294,15 @@
       var max = list ? parseInt(list.getAttribute("data-max"), 10) : 0;
       var count = field.querySelectorAll(".file-chip").length;
       var picker = field.querySelector(".file-pick");
-      if (picker) picker.hidden = max > 0 && count >= max;
+      var full = max > 0 && count >= max;
+      if (picker && full && !picker.hidden && picker.contains(document.activeElement)) {
+        // The list just filled while its picker had the focus: hidden, the picker would drop
+        // it to the page's start. The last file's Remove button takes it, else the list.
+        picker.hidden = true;
+        var removes = field.querySelectorAll(".file-chip .remove");
+        if (!focusOn(removes[removes.length - 1])) focusOn(list);
+      }
+      if (picker) picker.hidden = full;
       if (max > 0 && count > max) tooMany.push(field.getAttribute("data-label") || field.getAttribute("data-name") || "");
     });
     var ready = !busy && !pageStale && !missing.length && !tooMany.length;
@@ -401,6 +457,9 @@
   document.addEventListener("htmx:sendError", function () {
     var toast = document.getElementById("connection-error");
     if (toast) toast.hidden = false;
+    // Nothing is swapped: the button pressed (disabled while the request was out) gets the
+    // focus back, as after a refused answer, and the notice above is read out.
+    window.setTimeout(function () { restoreFocus(false); }, 0);
   });
 
   // --- Error answers: say what happened, and keep what was typed ----------------------------
@@ -933,9 +992,10 @@
     linkBackToList();
     fitScrollPadding();
     fitTabs(document.getElementById("tabs"), true);
+    applyShortcuts();
     // A page sent back with errors (the start form, a form page without htmx): the reader
     // starts at what to correct.
-    var summary = document.getElementById("start-errors") || document.getElementById("form-errors");
+    var summary = document.getElementById("start-errors") || document.getElementById("form-errors") || document.getElementById("login-error");
     if (summary) summary.focus();
   });
 })();

@@ -342,6 +342,60 @@ def test_the_live_part_is_the_fragment_and_stops_polling_at_the_end(
     assert "decision" in part  # the outputs
 
 
+def test_the_run_page_s_poll_changes_nothing_until_the_run_does_and_then_says_its_status(
+    client: Client, paused_run: Run, reviewer: User
+) -> None:
+    import json
+
+    page = login(client, reviewer).get(f"/runs/{paused_run.public_id}/").content.decode()
+    digest = re.search(r'hx-headers=\'\{"X-Run-Digest": "([^"]+)"\}\'', page)
+    assert digest is not None
+    # Not a live region redrawn every two seconds: the page's announcer says what changes.
+    assert "aria-live" not in page.split('id="run-live"')[1].split(">")[0]
+    url = f"/runs/{paused_run.public_id}/?part=live"
+    same = client.get(url, HTTP_HX_REQUEST="true", HTTP_X_RUN_DIGEST=digest.group(1))
+    assert same.status_code == 204 and same.content == b""
+    paused_run.apply_events([ev.filled(node_id="manager_approval"), ev.finished()])
+    moved = client.get(
+        url, HTTP_HX_REQUEST="true", HTTP_X_RUN_DIGEST=digest.group(1), HTTP_ACCEPT_LANGUAGE="en"
+    )
+    assert moved.status_code == 200
+    message = json.loads(moved["HX-Trigger"])["inbox:announce"]["message"]
+    assert message == "The run is now: Succeeded."
+    # A change within the same status (a step done) redraws the part without a word.
+    paused_run.refresh_from_db()
+    Run.objects.filter(pk=paused_run.pk).update(status=Run.Status.RUNNING)
+    running = client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    key = re.search(r'"X-Run-Digest": "([^"]+)"', running)
+    assert key is not None
+    Run.objects.filter(pk=paused_run.pk).update(timeline=[*paused_run.timeline, {"title": "x"}])
+    step = client.get(url, HTTP_HX_REQUEST="true", HTTP_X_RUN_DIGEST=key.group(1))
+    assert step.status_code == 200 and "HX-Trigger" not in step
+    zh = client.get(
+        url,
+        HTTP_HX_REQUEST="true",
+        HTTP_X_RUN_DIGEST="paused.0",
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+    )
+    assert json.loads(zh["HX-Trigger"])["inbox:announce"]["message"].startswith("运行当前状态：")  # noqa: RUF001
+
+
+def test_a_runs_list_link_is_described_by_its_run_status_and_age(
+    client: Client, paused_run: Run, reviewer: User
+) -> None:
+    page = login(client, reviewer).get("/runs/").content.decode()
+    link = re.search(
+        rf'<a class="open" href="/runs/{paused_run.public_id}/" aria-describedby="([^"]+)"', page
+    )
+    assert link is not None
+    described = ""
+    for ref in link.group(1).split():
+        found = re.search(rf'id="{ref}"[^>]*>(.*?)</span>', page, re.S)
+        assert found is not None, ref
+        described += re.sub(r"<[^>]+>", "", found.group(1)) + " "
+    assert paused_run.workflow_run_id[:8] in described and "Paused" in described
+
+
 def test_inputs_and_outputs_named_items_are_shown_like_any_other(
     client: Client, refunds: DifyApp, reviewer: User
 ) -> None:

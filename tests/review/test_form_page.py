@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -822,7 +823,7 @@ def test_a_decision_held_for_its_app_says_so_and_the_page_notices_when_it_goes_o
         last_error="Dify refused the decision (401 unauthorized): Access token is invalid",
     )
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
-    assert "Decision kept: Dify refuses this app's connection." in page
+    assert "Decision kept: Dify refuses this app&#x27;s connection." in page
     assert "Nothing needs to be decided again." in page
     assert "Access token is invalid" in page
     # It may wait for hours: the page asks less often, and redraws once the decision goes on.
@@ -938,3 +939,106 @@ def test_a_reviewer_s_pages_are_never_kept_by_the_browser(alice: Client, form: F
     # Back must ask again: a kept page would show a decided form as waiting, its buttons live.
     for path in ("/", f"/forms/{form.public_id}/", "/runs/"):
         assert "no-store" in alice.get(path)["Cache-Control"], path
+
+
+def announced(response: Any) -> str:
+    """What a response has the page's announcer read out ("" for nothing)."""
+    import json
+
+    trigger = response.headers.get("HX-Trigger")
+    return str(json.loads(trigger)["inbox:announce"]["message"]) if trigger else ""
+
+
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [("en", "This form is now: Expired."), ("zh-hans", "此表单当前状态：已过期。")],  # noqa: RUF001
+)
+def test_a_form_that_expires_while_open_is_announced_as_its_badge_says(
+    alice: Client, dify_app: DifyApp, language: str, said: str
+) -> None:
+    form = make_form(dify_app, expires_in=dt.timedelta(hours=1))
+    Form.objects.filter(pk=form.pk).update(expiration_time=timezone.now() - dt.timedelta(seconds=1))
+    live = alice.get(
+        f"/forms/{form.public_id}/live",
+        {"state": "open", "run": "x"},
+        HTTP_HX_REQUEST="true",
+        HTTP_ACCEPT_LANGUAGE=language,
+    )
+    assert announced(live) == said
+    badge = re.search(r'<span id="form-status"[^>]*>([^<]*)</span>', live.content.decode())
+    assert badge is not None and badge.group(1) in said
+
+
+def test_each_step_of_a_decision_on_its_way_is_announced_as_the_page_words_it(
+    alice: Client, form: Form, reviewer: User
+) -> None:
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+    decision = Decision.objects.create(form=form, action_id="approve", reviewer=reviewer)
+    url = f"/forms/{form.public_id}/live"
+    queued = alice.get(url, {"state": "open", "run": "x"}, HTTP_HX_REQUEST="true")
+    assert announced(queued) == "Decision queued; it is on its way to Dify."
+    Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERING)
+    sending = alice.get(url, {"state": "in_flight-queued", "run": "x"}, HTTP_HX_REQUEST="true")
+    assert announced(sending) == "Sending the decision to Dify…"
+    assert "Sending the decision to Dify…" in sending.content.decode()
+    # Nothing moved: nothing said.
+    quiet = alice.get(url, {"state": "in_flight-delivering", "run": "x"}, HTTP_HX_REQUEST="true")
+    assert announced(quiet) == ""
+
+
+def test_a_claim_or_release_by_someone_else_is_announced_once(
+    client: Client, form: Form, reviewer: User, other_reviewer: User
+) -> None:
+    client.force_login(reviewer)
+    url = f"/forms/{form.public_id}/live"
+    form.claim(other_reviewer)
+    taken = client.get(url, {"state": "open", "run": "x", "claim": ""}, HTTP_HX_REQUEST="true")
+    assert announced(taken) == "Taken by Bob"
+    # The panel redrawn carries who has the form, which the next poll sends: nothing more said.
+    key = f'<input type="hidden" name="claim" value="{other_reviewer.pk}">'
+    assert key in taken.content.decode()
+    again = client.get(
+        url, {"state": "open", "run": "x", "claim": str(other_reviewer.pk)}, HTTP_HX_REQUEST="true"
+    )
+    assert announced(again) == "" and 'id="claim"' not in again.content.decode()
+    form.release(other_reviewer)
+    free = client.get(
+        url,
+        {"state": "open", "run": "x", "claim": str(other_reviewer.pk)},
+        HTTP_HX_REQUEST="true",
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+    )
+    assert announced(free) == "现在没有人处理此表单，您可以接手。"  # noqa: RUF001
+    # The reviewer's own claim is said by its own answer, and its panel tells the poll.
+    mine = client.post(f"/forms/{form.public_id}/claim", HTTP_HX_REQUEST="true")
+    assert f'name="claim" value="{reviewer.pk}"' in mine.content.decode()
+    page = client.get(f"/forms/{form.public_id}/").content.decode()
+    assert 'hx-include="#claim input[name=claim]"' in page and "claim=" not in page
+
+
+def test_the_presence_line_is_a_lasting_live_region_redrawn_only_when_the_people_change(
+    client: Client, form: Form, reviewer: User, other_reviewer: User
+) -> None:
+    client.force_login(reviewer)
+    page = client.get(f"/forms/{form.public_id}/").content.decode()
+    # Nobody else: the region is there, empty, outside the part the poll replaces.
+    assert re.search(r'<div id="presence" class="presence-region" role="status">\s*</div>', page)
+    live = re.search(r'<div id="live"[^>]*></div>', page)
+    assert live is not None and "seen=&amp;" not in live.group(0) and "seen=" in live.group(0)
+    client.force_login(other_reviewer)
+    client.get(f"/forms/{form.public_id}/")
+    client.force_login(reviewer)
+    url = f"/forms/{form.public_id}/live"
+    joined = client.get(url, {"state": "open", "run": "x", "seen": ""}, HTTP_HX_REQUEST="true")
+    text = joined.content.decode()
+    assert (
+        '<div id="presence" class="presence-region" role="status" hx-swap-oob="innerHTML">' in text
+    )
+    assert "Bob is reviewing this too." in text
+    seen = re.search(r"seen=([0-9a-f]+)", text)
+    assert seen is not None
+    # The same people at the next poll: the line is left as it is.
+    same = client.get(
+        url, {"state": "open", "run": "x", "seen": seen.group(1)}, HTTP_HX_REQUEST="true"
+    ).content.decode()
+    assert 'id="presence"' not in same

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -10,7 +12,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from inbox.models import Decision, DifyApp, Form
+from inbox.models import Decision, DifyApp, Form, Route
 from tests.reach.factories import route, route_existing
 from tests.review.conftest import make_form, make_run
 
@@ -21,7 +23,7 @@ def rows(page: str) -> list[str]:
     """The node titles of the listed rows, in order."""
     import re
 
-    return re.findall(r'<a class="open" href="/forms/[^"]+/">([^<]*)</a>', page)
+    return re.findall(r'<a class="open" href="/forms/[^"]+/"[^>]*>([^<]*)</a>', page)
 
 
 def test_anonymous_visitors_are_sent_to_log_in(client: Client, db: None) -> None:
@@ -46,11 +48,12 @@ def test_a_row_shows_app_excerpt_run_age_and_status(alice: Client, dify_app: Dif
     form = make_form(dify_app, run=make_run(dify_app, workflow_run_id="run-abc"))
     page = alice.get("/").content.decode()
     assert f'href="/forms/{form.public_id}/"' in page
-    assert '<span class="chip app">refunds</span>' in page
+    row = f"row-{form.public_id}"
+    assert f'<span class="chip app" id="{row}-app">refunds</span>' in page
     assert "Refund request · Customer Ada asks for a refund of 120 EUR. Choose the outcome:" in page
     assert "<code>run-abc</code>" in page
     assert "Arrived" in page and "in 5 hours" in page  # 5 hours less a moment, rounded
-    assert '<span class="badge pending">Pending</span>' in page
+    assert f'<span class="badge pending" id="{row}-status">Pending</span>' in page
 
 
 def test_in_chinese_the_time_comes_before_arrived_and_expires(
@@ -557,3 +560,63 @@ def test_the_tabs_need_a_login_and_count_only_what_the_user_may_see(
     assert 'Pending <span class="count">1</span>' in tabs
     # No rows on the page that asked: no range to replace.
     assert "pager-range" not in tabs
+
+
+def said(response: Any) -> str:
+    trigger = response.headers.get("HX-Trigger")
+    return str(json.loads(trigger)["inbox:announce"]["message"]) if trigger else ""
+
+
+def test_a_search_filter_tab_or_page_change_says_what_the_list_now_holds(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    for n in range(3):
+        make_form(dify_app, node_title=f"refund {n}")
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    assert said(alice.get("/", {"status": "pending"}, **htmx)) == "3 forms."
+    assert said(alice.get("/", {"q": "refund 1"}, **htmx)) == "1 form."
+    assert said(alice.get("/", {"q": "nothing like it"}, **htmx)) == "No forms match these filters."
+    assert said(alice.get("/", {"status": "submitted"}, **htmx)) == "No forms here."
+    assert (
+        said(alice.get("/", {"q": "nothing like it"}, HTTP_ACCEPT_LANGUAGE="zh-hans", **htmx))
+        == "没有符合筛选条件的表单。"
+    )
+    assert said(alice.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans", **htmx)) == "3 个表单。"
+    # The page loaded whole says nothing: it is read as a page.
+    assert "HX-Trigger" not in alice.get("/")
+
+
+def test_a_page_of_a_longer_list_is_announced_with_its_range(
+    alice: Client, dify_app: DifyApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inbox import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    for n in range(3):
+        make_form(dify_app, node_title=f"form {n}")
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    assert said(alice.get("/", **htmx)) == "Forms 1–2 of 3."  # noqa: RUF001
+    second = alice.get("/", {"page": "2"}, HTTP_ACCEPT_LANGUAGE="zh-hans", **htmx)
+    assert said(second) == "第 3–3 个表单，共 3 个。"  # noqa: RUF001
+
+
+def test_a_row_s_link_is_described_by_its_app_time_left_and_status(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    other = DifyApp.objects.create(name="hiring", base_url="http://127.0.0.1:9/v1", api_key="k")
+    route = Route.objects.create(app=other, name="default", reminders="")
+    route.groups.add(*Group.objects.all())
+    first = make_form(dify_app, node_title="Manager approval")
+    second = make_form(other, node_title="Manager approval", expires_in=None)
+    page = alice.get("/").content.decode()
+    for form, app, left in ((first, "refunds", "Expires"), (second, "hiring", "No time limit")):
+        link = re.search(
+            rf'<a class="open" href="/forms/{form.public_id}/" aria-describedby="([^"]+)"', page
+        )
+        assert link is not None
+        described = ""
+        for ref in link.group(1).split():
+            found = re.search(rf'id="{ref}"[^>]*>(.*?)</span>', page)
+            assert found is not None, ref
+            described += re.sub(r"<[^>]+>", "", found.group(1)) + " "
+        assert app in described and left in described and "Pending" in described
