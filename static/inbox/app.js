@@ -393,12 +393,18 @@
     try { limits = JSON.parse(input.getAttribute("data-size-limits") || "null"); } catch (e) { limits = null; }
     if (!limits || !input.files) return [];
     var template = (error && error.getAttribute("data-larger-than")) || "{limit}";
+    // "big.png: …", with the page's language's colon ("big.png：…" in Chinese).
+    var labelled = (error && error.getAttribute("data-labelled")) || "{label}: {message}";
     var found = [];
     Array.prototype.forEach.call(input.files, function (file) {
       var match = /[^/\\.]\.([^./\\]+)$/.exec(file.name);
       var ext = match ? match[1].toLowerCase() : "";
       var limit = (ext && limits.ext[ext]) || limits["default"];
-      if (limit && file.size > limit) found.push(file.name + ": " + template.replace("{limit}", megabytes(limit)));
+      if (!limit || file.size <= limit) return;
+      var message = template.replace("{limit}", megabytes(limit));
+      found.push(labelled.replace(/\{(label|message)\}/g, function (whole, part) {
+        return part === "label" ? file.name : message;
+      }));
     });
     return found;
   }

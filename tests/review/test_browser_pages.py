@@ -592,11 +592,27 @@ def test_a_failed_upload_is_explained_in_the_pages_language(
     assert [text for text in console if "404" not in text] == []
 
 
+@pytest.mark.parametrize(
+    "language, said",
+    [
+        (
+            "en",
+            "big.png: The file is larger than 10 MB, the most Dify takes for this kind of file.",
+        ),
+        ("zh-hans", "big.png\uff1a文件超过 10 MB\uff0c这是 Dify 对这类文件的上限。"),
+    ],
+)
 def test_a_file_over_its_limit_is_refused_before_sending(
-    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    language: str,
+    said: str,
 ) -> None:
     form = make_form(dify_app)
-    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language=language)
     page.goto(f"{live_server.url}/forms/{form.public_id}/")
     sent: list[str] = []
     page.on(
@@ -613,9 +629,8 @@ def test_a_file_over_its_limit_is_refused_before_sending(
     page.wait_for_function(
         "() => document.getElementById('file-error-receipt').textContent.length > 0", timeout=10000
     )
-    assert error.text_content() == (
-        "big.png: The file is larger than 10 MB, the most Dify takes for this kind of file."
-    )
+    # Named with the page's language's colon.
+    assert error.text_content() == said
     assert sent == [] and not form.uploads.exists()
     assert page.js_errors == []
 
