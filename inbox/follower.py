@@ -379,6 +379,10 @@ class Follower:
         # Streams are spread over several HTTP clients per app (see AsyncDifyClient.for_app).
         self.http_shards = max(1, math.ceil(self.config.max_streams / STREAMS_PER_CLIENT))
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        # When each run's lease may run out, by this process's clock, counted from the moment
+        # the take or renewal that set it was sent: a stream is stopped before then unless a
+        # renewal came back, so a slow renewal never leaves two followers reading a run.
+        self.held_until: dict[int, float] = {}
         self.side_tasks: set[asyncio.Task[Any]] = set()
         # Batches waiting in a database thread for their GET form (see `_apply_while_fetching`).
         self.waiting_batches = 0
@@ -442,10 +446,13 @@ class Follower:
         logger.info("follower %s: started (up to %d streams)", self.owner, self.config.max_streams)
         renew_every = max(self.config.lease_seconds / 3.0, 0.05)
         last_renew = time.monotonic()
+        watch = asyncio.create_task(self._watch_leases(), name="leases")
+        self.side_tasks.add(watch)
         try:
             while not self._stop.is_set():
                 free = self.config.max_streams - len(self.tasks)
                 if free > 0 and time.monotonic() >= self._lease_retry_at:
+                    asked = time.monotonic()
                     try:
                         claims = await self.db(
                             take_leases, self.owner, free, self.config.lease_seconds
@@ -463,6 +470,7 @@ class Follower:
                         self._lease_failures = 0
                     for claim in claims:
                         self.stats["claimed"] += 1
+                        self.held_until[claim.pk] = asked + self._lease_margin_seconds()
                         task = asyncio.create_task(self._follow(claim), name=f"run-{claim.pk}")
                         self.tasks[claim.pk] = task
                         task.add_done_callback(functools.partial(self._forget, claim.pk))
@@ -480,14 +488,51 @@ class Follower:
     def _forget(self, pk: int, task: asyncio.Task[None]) -> None:
         if self.tasks.get(pk) is task:
             del self.tasks[pk]
+            self.held_until.pop(pk, None)
+
+    def _lease_margin_seconds(self) -> float:
+        """How long after a take or renewal is sent its lease is counted on: its length, less a
+        margin for this loop's own delays (a fifth of it, at most 5 s)."""
+        lease = self.config.lease_seconds
+        return lease - min(lease / 5.0, 5.0)
+
+    async def _watch_leases(self) -> None:
+        """`_stop_lapsing` several times a second, beside the loop (which waits on renewals)."""
+        every = min(self.config.poll_seconds, 0.5)
+        while True:
+            self._stop_lapsing()
+            await asyncio.sleep(every)
+
+    def _stop_lapsing(self) -> None:
+        """Stop reading runs whose lease no renewal has extended in time (the database slow or
+        out of reach): another follower may take them as soon as the lease runs out, and the
+        run is read by one follower at a time."""
+        now = time.monotonic()
+        for pk, until in list(self.held_until.items()):
+            if now < until:
+                continue
+            del self.held_until[pk]
+            task = self.tasks.get(pk)
+            if task is not None and not task.done():
+                logger.warning(
+                    "follower %s: the lease of run %s was not renewed in time; its stream stops "
+                    "so that no other follower reads it at the same time",
+                    self.owner,
+                    pk,
+                )
+                task.cancel()
 
     async def _renew(self) -> None:
         pks = list(self.tasks)
+        asked = time.monotonic()
         try:
             still_mine = await self.db(renew_leases, self.owner, pks, self.config.lease_seconds)
         except Exception:
             logger.exception("follower %s: could not renew leases", self.owner)
             return
+        for pk in still_mine:
+            if pk in self.tasks and pk in self.held_until:
+                self.held_until[pk] = asked + self._lease_margin_seconds()
         for pk in set(pks) - still_mine:
             task = self.tasks.get(pk)
             if task is not None:

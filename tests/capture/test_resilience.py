@@ -655,3 +655,42 @@ def test_two_follower_processes_never_follow_a_run_twice(simulator: Any, sim_app
                 proc.kill()
                 out, _ = proc.communicate()
             assert b"Traceback" not in out, out.decode()[-3000:]
+
+
+def test_a_follower_whose_lease_renewal_hangs_stops_reading_before_its_lease_can_lapse(
+    transactional_db: None, simulator: Any, sim_app: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    from inbox import follower as follower_module
+
+    needs_shared_database()
+    # The run's first node takes 10 s: its stream stays open while the follower reads it.
+    simulator.set_options(time_scale=100)
+    app = sim_app("access-request")
+    real_renew = follower_module.renew_leases
+    hung_at: list[float] = []
+
+    def hanging_renew(owner: str, pks: list[int], seconds: float) -> set[int]:
+        # The database answers the renewal long after the lease could run out.
+        hung_at.append(time.monotonic())
+        time.sleep(seconds * 3)
+        return real_renew(owner, pks, seconds)
+
+    thread = FollowerThread("slow-db", lease_seconds=4.0).start()
+    try:
+        run = start(simulator, app)
+
+        def streams() -> int:
+            return simulator.call(lambda: len(simulator.sim.runs[run.workflow_run_id].subscribers))
+
+        wait_until(lambda: streams() == 1, timeout=15)
+        monkeypatch.setattr(follower_module, "renew_leases", hanging_renew)
+        wait_until(lambda: bool(hung_at), timeout=10)
+        # Stopped before the lease runs out (4 s after the last renewal that came back), not
+        # when the hung renewal returns (12 s on): no other follower can take the run and read
+        # it while this one still does.
+        wait_until(lambda: streams() == 0, timeout=10)
+        assert time.monotonic() - hung_at[0] < 6
+        assert "was not renewed in time" in caplog.text
+    finally:
+        monkeypatch.setattr(follower_module, "renew_leases", real_renew)
+        thread.stop()
