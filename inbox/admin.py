@@ -13,7 +13,16 @@ from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db.models import CharField, Count, Exists, OuterRef, Q, Subquery
+from django.db.models import (
+    BooleanField,
+    CharField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    OuterRef,
+    Q,
+    Subquery,
+)
 from django.db.models.functions import Cast, Coalesce
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -834,16 +843,18 @@ class FormAdmin(RecordAdmin):
 
     def get_queryset(self, request: HttpRequest) -> Any:
         # The token is never shown: not read, so not decrypted for every row of a page.
+        # Whether it has one is asked of the database, without reading it.
         return (
             super()
             .get_queryset(request)
             .defer("form_token")
+            .annotate(has_token=ExpressionWrapper(~Q(form_token=""), output_field=BooleanField()))
             .prefetch_related("assigned_users", "assigned_groups")
         )
 
     @admin.display(boolean=True, description=_("Answerable via API"))
     def answerable(self, obj: Form) -> bool:
-        return obj.is_answerable
+        return bool(obj.has_token)  # type: ignore[attr-defined]
 
     @admin.display(description=_("assigned to"))
     def assignees(self, obj: Form) -> str:
@@ -1105,6 +1116,11 @@ class DecisionAdmin(RecordAdmin):
         "form__run__app__name",
     ]
     list_select_related = ["form", "reviewer"]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        # The form's token is never shown here: not read, so not decrypted for every row.
+        return super().get_queryset(request).defer("form__form_token")
+
     readonly_fields = [
         "public_id",
         "created_at",
@@ -1130,8 +1146,10 @@ class DecisionAdmin(RecordAdmin):
     ) -> None:
         """`act` on each selected failed decision (True when it did something), and say how
         many it did and how many it skipped."""
+        # Counted first: the ones acted on leave a list filtered by status.
+        selected = queryset.count()
         done = sum(act(decision) for decision in queryset.filter(status=Decision.Status.FAILED))
-        skipped = queryset.count() - done
+        skipped = selected - done
         self.message_user(
             request,
             message % {done_name: done, "skipped": skipped},

@@ -87,5 +87,7 @@ urlpatterns = [
     # Last of the API's: any other address under it (a mistyped call, an id that is no id).
     re_path(r"^api/(?P<path>.*)$", api.not_found),
     path("healthz", views.healthz, name="healthz"),
+    # Browsers ask for it on pages without an icon of their own (the admin's).
+    path("favicon.ico", views.favicon, name="favicon"),
     path("admin/", admin.site.urls),
 ]

@@ -1404,17 +1404,29 @@ def form_live(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
 
 
 @require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """The inbox's icon, where a browser looks for it by default."""
+    from django.templatetags.static import static
+
+    response = redirect(static("inbox/favicon.svg"), permanent=True)
+    response["Cache-Control"] = "max-age=86400"
+    return response
+
+
 def healthz(request: HttpRequest) -> HttpResponse:
     """200 when this process can serve pages: its database answers, and (with hashed static
     file names) the static files were collected. 503 otherwise, saying which, in one log line
     rather than a traceback per probe."""
     problems = []
+    # What the log line adds to the answer: the answer names no host or port (anyone may ask).
+    details = []
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except DatabaseError as exc:
-        # The answer names no host or port (anyone may ask); the log line has the details.
-        logger.warning("health check: database: %s", str(exc).strip()[:500] or type(exc).__name__)
+        # On one line: the driver's message spans several.
+        said = " ".join(str(exc).split())[:500] or type(exc).__name__
+        details.append(f"database: {said}")
         problems.append("database: not answering")
     try:
         from django.contrib.staticfiles.storage import staticfiles_storage
@@ -1422,8 +1434,9 @@ def healthz(request: HttpRequest) -> HttpResponse:
         staticfiles_storage.url("inbox/app.css")
     except ValueError:
         problems.append("static files: not collected (run collectstatic)")
+        details.append(problems[-1])
     if problems:
-        logger.warning("health check failed: %s", "; ".join(problems))
+        logger.warning("health check failed: %s", "; ".join(details))
         response = JsonResponse({"status": "unavailable", "problems": problems}, status=503)
         # Said once, above: not again as Django's "Service Unavailable" line at every probe.
         response._has_been_logged = True  # type: ignore[attr-defined]

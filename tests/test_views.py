@@ -31,7 +31,10 @@ def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
 
     class Down:
         def cursor(self) -> Any:
-            raise OperationalError("connection to server at 10.0.0.5 failed: Connection refused")
+            raise OperationalError(
+                "connection to server at 10.0.0.5 failed: Connection refused\n\tIs the server "
+                "running on that host?"
+            )
 
     monkeypatch.setattr("inbox.views.connection", Down())
     # Hashed static file names with nothing collected: every page would fail.
@@ -47,11 +50,17 @@ def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
         "status": "unavailable",
         "problems": ["database: not answering", "static files: not collected (run collectstatic)"],
     }
-    # One line per probe, the inbox's own, with the host for whoever reads the log; not a
-    # second one from Django's request logger.
+    # One line per probe (one line of text too), the inbox's own, with the host for whoever
+    # reads the log; not a second one from Django's request logger.
     said = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [name for name, _ in said] == ["inbox.views", "inbox.views"]
-    assert "10.0.0.5" in said[0][1] and said[1][1].startswith("health check failed: database")
+    assert said == [
+        (
+            "inbox.views",
+            "health check failed: database: connection to server at 10.0.0.5 failed: Connection "
+            "refused Is the server running on that host?; static files: not collected (run "
+            "collectstatic)",
+        )
+    ]
 
 
 DOWN_CACHE = {
@@ -333,3 +342,12 @@ def test_messages_open_the_main_content(client: Client, dify_app: DifyApp, revie
     main = page.index('<main id="main"')
     assert main < page.index('<div class="messages" role="status">') < page.index("</main>")
     assert "You took this form." in page[main:]
+
+
+def test_the_default_icon_address_leads_to_the_inbox_s_icon(client: Client, db: None) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].endswith("/inbox/favicon.svg")
+    from django.contrib.staticfiles import finders
+
+    assert finders.find("inbox/favicon.svg")
