@@ -26,7 +26,7 @@ from inbox.models import ApiToken, DifyApp, Form, FormRecipient, Upload
 PERSONAS = ["anonymous", "routed", "other", "outsider", "guest", "staff"]
 
 # URL names that are public by design, and Django's admin (staff only, Django's own checks).
-PUBLIC = {"login", "logout", "set_language", "healthz"}
+PUBLIC = {"login", "logout", "set_language", "healthz", "favicon"}
 
 
 @dataclass(frozen=True)
