@@ -137,13 +137,22 @@ class HealthFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [
             ("ok", _("OK")),
+            ("not_checked", _("Not checked yet")),
             ("refused", _("Refused")),
             ("test_failed", _("Connection test failed")),
         ]
 
     def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        # As the health column words it: "OK" is an app Dify has answered for, "Not checked
+        # yet" one it never has (`checked` is annotated by the app admin's queryset).
         if self.value() == "ok":
-            return queryset.filter(refused_at__isnull=True, test_failed_at__isnull=True)
+            return queryset.filter(
+                refused_at__isnull=True, test_failed_at__isnull=True, checked=True
+            )
+        if self.value() == "not_checked":
+            return queryset.filter(
+                refused_at__isnull=True, test_failed_at__isnull=True, checked=False
+            )
         if self.value() == "refused":
             return queryset.filter(refused_at__isnull=False)
         if self.value() == "test_failed":

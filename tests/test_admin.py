@@ -92,8 +92,20 @@ def test_the_app_list_shows_each_app_s_connection_health_and_filters_by_it(
     assert '<td class="field-health">Not checked yet: test the connection.</td>' in page
     refused = client.get("/admin/inbox/difyapp/?health=refused").content.decode()
     assert "refunds" in refused and "payroll" not in refused
+    # The filter says what the column says: an app Dify never answered for is not "OK".
+    ok = client.get("/admin/inbox/difyapp/?health=ok").content.decode()
+    assert "payroll" not in ok and "refunds" not in ok
+    unchecked = client.get("/admin/inbox/difyapp/?health=not_checked").content.decode()
+    assert "payroll" in unchecked and "refunds" not in unchecked
+    AuditEntry.objects.create(
+        verb="app_connection_tested",
+        object_type="difyapp",
+        object_id=str(DifyApp.objects.get(name="payroll").pk),
+        details={"result": "connected", "mode": "workflow"},
+    )
     ok = client.get("/admin/inbox/difyapp/?health=ok").content.decode()
     assert "payroll" in ok and "refunds" not in ok
+    assert "payroll" not in client.get("/admin/inbox/difyapp/?health=not_checked").content.decode()
     change = client.get(f"/admin/inbox/difyapp/{dify_app.pk}/change/").content.decode()
     assert "401 unauthorized: Access token is invalid" in change
     assert 'name="refusal"' not in change and 'name="refused_at"' not in change
