@@ -517,6 +517,7 @@ def _fail(run: Run, reason: str, *, keep_key: bool = False) -> None:
             status=Run.Status.FAILED,
             error=error[:2000],
             error_parts=parts,
+            finished_at=timezone.now(),
             follow_wanted=False,
             **({} if keep_key else {"submission_key": ""}),
         )

@@ -598,6 +598,8 @@ def test_a_dify_refusal_is_passed_on_and_recorded(
     # The failed run is the caller's to read.
     detail = client.get(f"/api/v1/runs/{run.public_id}", **bearer(reviewer))
     assert detail.status_code == 200 and detail.json()["status"] == "failed"
+    # It ended when Dify refused it, as any failed run has an end.
+    assert run.finished_at is not None and detail.json()["finished_at"] is not None
     # Dify never named it: no id, rather than an empty one.
     assert detail.json()["workflow_run_id"] is None
 
