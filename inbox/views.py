@@ -919,6 +919,15 @@ def _kept_uploads(form: Form, decider: Decider) -> dict[str, list[str]]:
     return {name: refs[::-1] for name, refs in kept.items()}
 
 
+def _made_by(decision: Decision, decider: Decider) -> bool:
+    """Whether this reader made `decision` (the same account, or the same guest address)."""
+    if decider.reviewer is not None:
+        return decision.reviewer_id == decider.reviewer.pk
+    return bool(decider.guest_email) and (
+        decision.guest_email.lower() == decider.guest_email.lower()
+    )
+
+
 def form_context(
     request: HtmxHttpRequest,
     form: Form,
@@ -929,13 +938,21 @@ def form_context(
 ) -> dict[str, Any]:
     state = page_state(form)
     decision = form.decisions.select_related("reviewer").first()
-    rejection = ""
+    rejection = rejected_by = ""
+    rejection_own = False
     if dform is None:
         initial = None
         if state == "open" and decision is not None and decision.status == Decision.Status.REJECTED:
-            # Dify refused the last decision: show why, with the values the reviewer gave.
-            initial = inputs_from_dify(form, decision.inputs)
+            # Dify refused the last decision: show why, and to whoever made it, the values they
+            # gave. Another reader starts from their own: what a colleague typed is not theirs
+            # to send under their name.
             rejection = decision.last_error_text or _("Dify did not accept the decision.")
+            rejection_own = _made_by(decision, decider)
+            if rejection_own:
+                initial = inputs_from_dify(form, decision.inputs)
+            else:
+                rejected_by = decision.decider_label_for(_guest_of(decider))
+                initial = _kept_uploads(form, decider)
         elif state == "open":
             # Files this reviewer already sent to Dify are kept across reloads.
             initial = _kept_uploads(form, decider)
@@ -979,6 +996,8 @@ def form_context(
         if decision
         else "",
         "rejection": rejection,
+        "rejection_own": rejection_own,
+        "rejected_by": rejected_by,
         "notice": notice,
         # A new key per page: a second click or a browser resubmit of this page finds the
         # decision the first one made instead of making another.

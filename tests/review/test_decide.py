@@ -220,11 +220,24 @@ def test_a_decision_dify_refuses_comes_back_with_the_values_kept(
     client.force_login(reviewer)
     url = f"/forms/{sim_form.public_id}/"
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        client.post(url + "decide", {"action": "approve", "in_decision_note": "Fine by me."})
+        sent = client.post(
+            url + "decide",
+            {"action": "approve", "in_decision_note": "Fine by me."},
+            HTTP_HX_REQUEST="true",
+        ).content.decode()
+    # The page's poll is redrawn with the page's new state: polled with the old one ("open"),
+    # it would find the form open again after the refusal and redraw nothing, leaving "on its
+    # way to Dify" on the page for good.
+    [poll] = re.findall(r'<div id="live" hx-swap-oob="true" hx-get="([^"]+)"', sent)
+    assert "state=in_flight-queued" in poll
     deliver(callbacks)
     decision = Decision.objects.get(form=sim_form)
     assert decision.status == Decision.Status.REJECTED
     assert Form.objects.get(pk=sim_form.pk).status == Form.Status.PENDING
+    redrawn = client.get(poll.replace("&amp;", "&"), HTTP_HX_REQUEST="true").content.decode()
+    assert (
+        "Dify did not accept the last decision." in redrawn and "Fine by me.</textarea>" in redrawn
+    )
     page = body(client.get(url).content.decode())
     assert "Dify did not accept the last decision." in page
     assert "decision_note: must mention the order" in page

@@ -553,9 +553,12 @@ def test_answered_elsewhere_and_not_answerable_and_failed(alice: Client, dify_ap
     )
 
 
-def test_a_rejected_decision_is_explained_with_the_values_kept(alice: Client, form: Form) -> None:
+def test_a_rejected_decision_is_explained_with_the_values_kept(
+    alice: Client, form: Form, reviewer: User, reviewers_group: Group
+) -> None:
     Decision.objects.create(
         form=form,
+        reviewer=reviewer,
         action_id="approve",
         status=Decision.Status.REJECTED,
         last_error="Missing required inputs: note",
@@ -577,6 +580,20 @@ def test_a_rejected_decision_is_explained_with_the_values_kept(alice: Client, fo
     assert "what I wrote</textarea>" in page
     assert '<input type="radio" name="in_decision" value="partial" checked>' in page
     assert 'value="https://example.com/r.pdf"' in page
+    assert "Your values are kept below" in page
+    # A colleague who opens the form is told why it is open again, and starts from their own
+    # values: what Alice typed is not theirs to send under their name.
+    carl = User.objects.create_user("carl", password="pw-carl-123", first_name="Carl")
+    carl.groups.add(reviewers_group)
+    other = Client()
+    other.force_login(carl)
+    page = body(other.get(f"/forms/{form.public_id}/").content.decode())
+    assert (
+        "Dify did not accept the last decision." in page and "Missing required inputs: note" in page
+    )
+    assert "It was Alice's decision. The form is open again: you may answer it." in page
+    assert "Your values are kept below" not in page and "what I wrote" not in page
+    assert 'value="partial" checked' not in page and "https://example.com/r.pdf" not in page
 
 
 def test_a_decision_in_flight_polls_every_second(alice: Client, form: Form, reviewer: User) -> None:
