@@ -1707,14 +1707,21 @@ class Form(models.Model):
         return True
 
     @typing.overload
-    def refusal(self, *, force: typing.Literal[True], guest: str | None = None) -> FormNotOpen: ...
+    def refusal(
+        self, *, force: typing.Literal[True], guest: str | None = None, reader: Any = None
+    ) -> FormNotOpen: ...
     @typing.overload
-    def refusal(self, *, force: bool = False, guest: str | None = None) -> FormNotOpen | None: ...
-    def refusal(self, *, force: bool = False, guest: str | None = None) -> FormNotOpen | None:
+    def refusal(
+        self, *, force: bool = False, guest: str | None = None, reader: Any = None
+    ) -> FormNotOpen | None: ...
+    def refusal(
+        self, *, force: bool = False, guest: str | None = None, reader: Any = None
+    ) -> FormNotOpen | None:
         """Why this form cannot take a decision now, in the reviewer's words; None if it can.
         `force`: the database refused a decision, so there is a reason even if the form looks
         open (a decision made by another path). `guest`: told to that guest, who is not told
-        who else decided (`Decision.decider_label_for`)."""
+        who else decided (`Decision.decider_label_for`). `reader`: the reviewer told; their own
+        decision (made in another tab, say) is theirs ("You already decided"), as a guest's is."""
         status = self.status
         # Past its time or not answerable here, a pending form says so even when forced: its
         # timeout may simply not be recorded yet.
@@ -1740,6 +1747,15 @@ class Form(models.Model):
             .first()
         )
         if status in (Form.Status.SUBMITTING, Form.Status.SUBMITTED) and winner is not None:
+            if winner.made_by(reader, guest):
+                return FormNotOpen(
+                    Reason(
+                        gettext_noop("You already decided this form at %(time)s: %(action)s"),
+                        time=_when(winner.created_at),
+                        action=self.action_title(winner.action_id),
+                    ),
+                    decision=winner,
+                )
             return FormNotOpen(
                 Reason(
                     gettext_noop("%(who)s already decided this form at %(time)s: %(action)s"),
@@ -1945,6 +1961,17 @@ class Decision(models.Model):
                 object_id=str(self.pk),
                 details__confirmed_by__startswith="presumed",
             ).exists()
+        )
+
+    def made_by(self, reviewer: Any, guest_email: str | None) -> bool:
+        """Whether this decision is the reader's own: the same account, or, read as a guest
+        (`guest_email`), that guest's through their link."""
+        if reviewer is not None and getattr(reviewer, "pk", None) is not None:
+            return self.reviewer_id == reviewer.pk
+        return (
+            bool(guest_email)
+            and not self.by_reviewer
+            and (self.guest_email.lower() == (guest_email or "").lower())
         )
 
     def decider_label_for(self, guest_email: str | None, *, sentence_start: bool = False) -> str:

@@ -919,15 +919,6 @@ def _kept_uploads(form: Form, decider: Decider) -> dict[str, list[str]]:
     return {name: refs[::-1] for name, refs in kept.items()}
 
 
-def _made_by(decision: Decision, decider: Decider) -> bool:
-    """Whether this reader made `decision` (the same account, or the same guest address)."""
-    if decider.reviewer is not None:
-        return decision.reviewer_id == decider.reviewer.pk
-    return bool(decider.guest_email) and (
-        decision.guest_email.lower() == decider.guest_email.lower()
-    )
-
-
 def form_context(
     request: HtmxHttpRequest,
     form: Form,
@@ -947,7 +938,7 @@ def form_context(
             # gave. Another reader starts from their own: what a colleague typed is not theirs
             # to send under their name.
             rejection = decision.last_error_text or _("Dify did not accept the decision.")
-            rejection_own = _made_by(decision, decider)
+            rejection_own = decision.made_by(decider.reviewer, _guest_of(decider))
             if rejection_own:
                 initial = inputs_from_dify(form, decision.inputs)
             else:
@@ -1089,14 +1080,14 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         # The page came back (Back, a restored tab) and another choice was made on it: not
         # sent. Said, with what was typed kept to copy, as when someone else got there first.
         form.refresh_from_db()
-        notice = str(form.refusal(force=True, guest=_guest_of(decider)))
+        notice = str(form.refusal(force=True, guest=_guest_of(decider), reader=decider.reviewer))
         context = form_context(request, form, decider, notice=notice)
         context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
     if page_state(form) != "open":
         # A page opened before someone else decided: say who got there first, and when.
         notice = (
-            str(form.refusal(force=True, guest=_guest_of(decider)))
+            str(form.refusal(force=True, guest=_guest_of(decider), reader=decider.reviewer))
             if form.status != Form.Status.PENDING
             else ""
         )
@@ -1117,9 +1108,12 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
     except FormNotOpen as exc:
         form.refresh_from_db()
         notice = str(exc)
-        if decider.reviewer is None:
-            # Said again for a guest, who is not told who else decided.
-            notice = str(form.refusal(force=True, guest=decider.guest_email))
+        if form.status != Form.Status.PENDING:
+            # Said again as this reader is told it: a guest is not told who else decided, and
+            # a decision of their own (in another tab) is theirs.
+            notice = str(
+                form.refusal(force=True, guest=_guest_of(decider), reader=decider.reviewer)
+            )
         context = form_context(request, form, decider, notice=notice)
         context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)

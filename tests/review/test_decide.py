@@ -191,6 +191,12 @@ def test_another_reviewer_after_the_first_is_told_who_got_there_first(
         HTTP_HX_REQUEST="true",
     ).content.decode()
     assert "Still no.</textarea>" in swapped and "Alice already decided" in swapped
+    # Alice's second tab, opened before she decided in the first: her own decision is hers.
+    second_tab = client.post(
+        url + "decide", {"action": "reject", "submission_key": "k-alice-tab-2"}
+    ).content.decode()
+    assert "You already decided this form at" in second_tab and ": Approve refund" in second_tab
+    assert "Alice already decided" not in second_tab
     deliver(callbacks)
     # Delivered by now: the same answer, and Bob's choice never reaches Dify.
     refused = bob.post(url + "decide", {"action": "reject", "submission_key": "k-bob-2"})
