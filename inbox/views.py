@@ -71,6 +71,7 @@ from inbox.models import (
     DifyApp,
     Form,
     FormNotOpen,
+    Route,
     Run,
     Upload,
     assigned_to_q,
@@ -639,9 +640,9 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
             )
         return response
     context["apps"] = list(
-        DifyApp.objects.order_by("name").values(
-            "id", "name", "is_active", "refused_at", "refusal_status"
-        )
+        _reviewer_apps(request.user, selected=filters.app)
+        .order_by("name")
+        .values("id", "name", "is_active", "refused_at", "refusal_status")
     )
     # Apps whose key Dify refuses: their new forms cannot arrive. Only the status code is
     # shown; Dify's message is for administrators.
@@ -666,6 +667,30 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
             app["held"] = held.get(app["id"], 0)
     context["node_label"] = _node_label(filters.node, request.user) if filters.node else ""
     return render(request, "inbox/index.html", context)
+
+
+def _reviewer_apps(user: Any, *, selected: int | None = None) -> QuerySet[DifyApp]:
+    """The apps a reviewer's forms come from, for the inbox's app filter and its notices of
+    apps Dify refuses: staff, every app; a reviewer, the apps routed to them or their groups
+    (a route on or off: forms already routed stay), and those of forms reassigned to them or
+    held by them. Not an app they could never see a form of. The app chosen in the address
+    stays listed, so the filter shows what the list is filtered by. Cached a minute."""
+    if user.is_staff:
+        return DifyApp.objects.all()
+    key = f"inbox:apps:{user.pk}"
+    ids = cache.get(key)
+    if ids is None:
+        groups = user.groups.values("pk")
+        routed = Route.objects.filter(Q(users=user) | Q(groups__in=groups)).values_list(
+            "app_id", flat=True
+        )
+        given = Form.assigned_users.through.objects.filter(user_id=user.pk).values_list(
+            "form__run__app_id", flat=True
+        )
+        held = Form.objects.filter(claimed_by=user).values_list("run__app_id", flat=True)
+        ids = sorted(set(routed) | set(given.distinct()) | set(held.distinct()))
+        cache.set(key, ids, timeout=60)
+    return DifyApp.objects.filter(pk__in=[*ids, *([selected] if selected else [])])
 
 
 def empty_title(filters: InboxFilters) -> str:

@@ -620,3 +620,32 @@ def test_a_row_s_link_is_described_by_its_app_time_left_and_status(
             assert found is not None, ref
             described += re.sub(r"<[^>]+>", "", found.group(1)) + " "
         assert app in described and left in described and "Pending" in described
+
+
+def test_the_app_filter_lists_the_apps_a_reviewer_s_forms_come_from(
+    alice: Client, dify_app: DifyApp, admin_user: User
+) -> None:
+    # An app routed to another team only: its forms never reach Alice, so neither does its
+    # name in her filter, nor the notice that Dify refuses it.
+    payroll = DifyApp.objects.create(
+        name="payroll",
+        base_url="http://127.0.0.1:9/v1",
+        api_key="app-payroll-key-123456",
+        refused_at=timezone.now(),
+        refusal="401 unauthorized: Access token is invalid",
+        refusal_status=401,
+    )
+    Route.objects.create(app=payroll, name="payroll team", reminders="").groups.add(
+        Group.objects.create(name="payroll team")
+    )
+    make_form(payroll)
+    page = alice.get("/").content.decode()
+    assert f'<option value="{dify_app.pk}">refunds</option>' in page
+    assert ">payroll</option>" not in page and "Dify is refusing" not in page
+    # Asked for in the address, it is shown as chosen (the list is empty for her all the same).
+    chosen = alice.get("/", {"app": payroll.pk, "status": "all"}).content.decode()
+    assert f'<option value="{payroll.pk}" selected>payroll</option>' in chosen
+    # Staff see every app.
+    staff = Client()
+    staff.force_login(admin_user)
+    assert ">payroll</option>" in staff.get("/").content.decode()
