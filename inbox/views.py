@@ -406,6 +406,9 @@ class Row:
     expires_title: str = ""
     urgent: bool = False
     expired: bool = False
+    # Who holds the open form ("You are handling this", "Taken by Ann Lee"), or "".
+    holder: str = ""
+    mine: bool = False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -422,8 +425,12 @@ class RowFormat:
 
     _PLACEHOLDER = uuid.UUID(int=0)
 
-    def __init__(self, now: dt.datetime) -> None:
+    def __init__(self, now: dt.datetime, user_pk: int | None = None) -> None:
         self.now = now
+        # The reader: a form they hold is theirs ("You are handling this").
+        self.user_pk = user_pk
+        self.yours = _("You are handling this")
+        self.taken_by = _("Taken by %(who)s")
         self.labels = {value: str(label) for value, label in Form.Status.choices}
         self.url_head, self.url_tail = reverse("inbox:form", args=[self._PLACEHOLDER]).split(
             str(self._PLACEHOLDER)
@@ -461,6 +468,8 @@ def rows_html(rows: list[Row]) -> SafeString:
         # approval"): it is described by the row's app, time left and status, as shown.
         rid = escape(f"row-{r.id}")
         described = [f"{rid}-app", f"{rid}-status"]
+        if r.holder:
+            described.append(f"{rid}-holder")
         side = ""
         if r.status == "pending":
             described.insert(1, f"{rid}-left")
@@ -483,7 +492,13 @@ def rows_html(rows: list[Row]) -> SafeString:
             f'<div class="row-main"><a class="open" href="{escape(r.url)}" '
             f'aria-describedby="{" ".join(described)}">{escape(r.title)}</a> '
             f'<span class="chip app" id="{rid}-app">{escape(r.app)}</span> '
-            f'<p class="excerpt">{escape(r.excerpt)}</p></div>'
+            + (
+                f'<span class="chip claimed{" mine" if r.mine else ""}" id="{rid}-holder">'
+                f"{escape(r.holder)}</span> "
+                if r.holder
+                else ""
+            )
+            + f'<p class="excerpt">{escape(r.excerpt)}</p></div>'
             f'<div class="row-meta"><span class="run">{escape(run_label)} '
             f"<code>{escape(r.run)}</code></span> "
             f'<span class="age">{escape(arrived_before)}<time datetime="{escape(r.created_iso)}" '
@@ -507,6 +522,10 @@ ROW_FIELDS = (
     "run__public_id",
     "run__workflow_run_id",
     "run__app__name",
+    "claimed_by_id",
+    "claimed_by__username",
+    "claimed_by__first_name",
+    "claimed_by__last_name",
 )
 # The start of the content, enough for a row's excerpt.
 CONTENT_HEAD = Left("content", 400)
@@ -519,7 +538,19 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
     status = values["status"]
     if status == "pending" and expires is not None and expires <= now:
         status = "expired"  # as the form page says it, before the sweep records it
+    holder, mine = "", False
+    if status == "pending" and values.get("claimed_by_id"):
+        mine = values["claimed_by_id"] == fmt.user_pk
+        if mine:
+            holder = fmt.yours
+        else:
+            who = " ".join(
+                n for n in (values["claimed_by__first_name"], values["claimed_by__last_name"]) if n
+            )
+            holder = worded(fmt.taken_by, who=who or values["claimed_by__username"])
     return Row(
+        holder=holder,
+        mine=mine,
         id=str(values["public_id"]),
         url=fmt.url(values["public_id"]),
         title=values["node_title"] or values["node_id"],
@@ -607,7 +638,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         query._mutable = False
         request.GET = query  # type: ignore[assignment]  # a QueryDict made immutable
     offset = (page - 1) * PAGE_SIZE
-    fmt = RowFormat(now)
+    fmt = RowFormat(now, request.user.pk)
     rows = [inbox_row(values, fmt) for values in found[:PAGE_SIZE]]
     has_next = len(found) > PAGE_SIZE
     context = {

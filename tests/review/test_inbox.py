@@ -649,3 +649,24 @@ def test_the_app_filter_lists_the_apps_a_reviewer_s_forms_come_from(
     staff = Client()
     staff.force_login(admin_user)
     assert ">payroll</option>" in staff.get("/").content.decode()
+
+
+def test_each_row_says_who_is_handling_its_form(
+    alice: Client, dify_app: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    mine, bobs, free = make_form(dify_app), make_form(dify_app), make_form(dify_app)
+    mine.claim(reviewer)
+    bobs.claim(other_reviewer)
+    page = alice.get("/").content.decode()
+    assert (
+        f'<span class="chip claimed mine" id="row-{mine.public_id}-holder">You are handling this</span>'
+        in page
+    )
+    assert (
+        f'<span class="chip claimed" id="row-{bobs.public_id}-holder">Taken by Bob</span>' in page
+    )
+    assert f"row-{free.public_id}-holder" not in page
+    # Read with the link, as the rest of the row is.
+    assert f'-status row-{bobs.public_id}-holder"' in page
+    chinese = alice.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "Taken by" not in chinese and "You are handling this" not in chinese
