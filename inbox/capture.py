@@ -244,6 +244,17 @@ def _iso(value: dt.datetime | None) -> str:
     return (value or timezone.now()).isoformat()
 
 
+def same_form(content: str, fields: HumanInputFields) -> bool:
+    """Whether a form known only by its token is the form `fields` announces. GET form says
+    nothing of a form's id, node or run, and a snapshot hands out a fresh token for each
+    pending form, so the one thing to compare is the form's content (workflow variables
+    substituted in: the same form of the same run reads the same; forms of two runs that
+    read exactly alike cannot be told apart this way). Used when an ingest checks
+    that a token's form is one its run waits at (`inbox.runs`), and when the stream later names
+    the form an ingest recorded (`_Batch.adopt_placeholder`)."""
+    return content == fields.form_content
+
+
 def pending_forms_in(events: Iterable[Mapping[str, Any] | StreamEvent]) -> list[HumanInputFields]:
     """The forms a batch of events announces (`human_input_required` and pause reasons)."""
     found: list[HumanInputFields] = []
@@ -709,7 +720,7 @@ class _Batch:
         for form in list(self.forms.values()):
             if not form.form_id.startswith(INGEST_FORM_PREFIX):
                 continue
-            if form.content != fields.form_content:
+            if not same_form(form.content, fields):
                 continue
             del self.forms[form.form_id]
             form.form_id = fields.form_id[:64]
@@ -1358,20 +1369,38 @@ def apply_run_detail(
     return applied
 
 
-def record_ingested_form(run: Run, token: str, definition: FormDefinition) -> Form:
-    """A form known only by its token (an ingest): GET form gives its content but not its
-    form_id or node. It is stored under a key derived from the token, so the same token twice
-    is one form, and the first announcement of a form with the same content in this run gives
-    it its real id (`adopt_placeholder`)."""
+def record_ingested_form(
+    run: Run,
+    token: str,
+    definition: FormDefinition,
+    announced: HumanInputFields | None = None,
+) -> Form | None:
+    """A form brought by its token (an ingest): GET form gives its content but not its form_id
+    or node. `announced`: the run's pending form it is (`same_form`), as the run's state
+    snapshot replayed it; the form is then recorded under Dify's form_id, node and title,
+    routed by its node at once. Without it (Dify does not show the run's events to the
+    caller) it is stored under a key derived from the token, so the same token twice is one
+    form, and the first announcement of a form with the same content in this run gives it its
+    real id (`adopt_placeholder`). None when the form is another record's already (the same
+    Dify form held by another run: never moved)."""
     from inbox.models import AuditEntry, Form
 
-    form_id = INGEST_FORM_PREFIX + hashlib.sha256(token.encode()).hexdigest()[:40]
+    if announced is not None and announced.form_id:
+        form_id = announced.form_id[:64]
+        node = {
+            "node_id": announced.node_id[:128],
+            "node_title": announced.node_title[:255],
+            "approval_channels": list(announced.approval_channels),
+        }
+    else:
+        form_id = INGEST_FORM_PREFIX + hashlib.sha256(token.encode()).hexdigest()[:40]
+        node = {"node_id": ""}
     form, created = Form.objects.get_or_create(
         form_id=form_id,
         defaults={
             "run": run,
             "form_token": token,
-            "node_id": "",
+            **node,
             "content": definition.form_content,
             "definition": definition.to_json(),
             "definition_fetched_at": timezone.now(),
@@ -1379,6 +1408,8 @@ def record_ingested_form(run: Run, token: str, definition: FormDefinition) -> Fo
             "status": Form.Status.PENDING,
         },
     )
+    if form.run_id != run.pk:
+        return None
     if created:
         AuditEntry.record("form_captured", form, source="ingest", definition="get")
     return form

@@ -41,7 +41,7 @@ from inbox.dify.errors import (
     DifyStreamError,
     TooManyRequests,
 )
-from inbox.dify.types import FormDefinition, StreamEvent
+from inbox.dify.types import FormDefinition, HumanInputFields, RunDetail, StreamEvent
 from inbox.models import AuditEntry, DifyApp, Run
 from inbox.reasons import Reason, Refused, stored, translated, worded
 
@@ -52,6 +52,10 @@ START_INPUT_TYPES = ("text-input", "paragraph", "select", "number", "checkbox")
 PARAMETERS_CACHE_SECONDS = 60
 # How long a start waits for Dify to name the run.
 FIRST_EVENT_SECONDS = 30.0
+# An ingest with a token reads the run's state snapshot for this long at most, and takes the
+# replay as complete once the stream is silent this long (Dify pings every 10 s).
+SNAPSHOT_SECONDS = 10.0
+SNAPSHOT_QUIET_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -576,9 +580,13 @@ def ingest_run(
     (`_ingested_again`). Dify is asked first (GET run detail), so an id that does not
     belong to this app is refused before anything is stored. Without a token the follower
     recovers the pending forms from a state snapshot. With one, its form is captured now from
-    GET form: that also covers runs whose events Dify will not show us (a run started in the
-    WebApp or the console has no API end user, CONTRACT 6.1), and when the snapshot later names
-    the form, the same form is completed, not duplicated.
+    GET form, once it is known to be the run's (`_form_of_run`: GET form does not say which run
+    a form is of): the run must be paused, and where Dify shows the run's events to `dify_user`
+    its snapshot must replay the form among the pending ones, whose form id and node it is
+    recorded with. A run whose events Dify will not show us (a run started in the WebApp or
+    the console has no API end user, CONTRACT 6.1) cannot be checked that far: its token is
+    taken on the pause alone, and when a snapshot later names the form, the same form is
+    completed, not duplicated.
     """
     from inbox import capture
     from inbox.dify.errors import NotFound
@@ -600,10 +608,16 @@ def ingest_run(
         ) from None
     except DifyError as exc:
         raise _unreachable(exc) from None
+    announced: HumanInputFields | None = None
     if not form_token:
         _check_events_user(client, app, workflow_run_id, dify_user)
-    # A form settled already has nothing to capture; the run is still followed.
-    definition = _ingested_form(client, app, form_token) if form_token else None
+        definition = None
+    else:
+        _check_paused(detail, workflow_run_id)
+        # A form settled already has nothing to capture; the run is still followed.
+        definition = _ingested_form(client, app, form_token)
+        if definition is not None:
+            announced = _form_of_run(client, workflow_run_id, dify_user, form_token, definition)
     from django.db import IntegrityError
 
     try:
@@ -622,7 +636,7 @@ def ingest_run(
             )
             AuditEntry.record("run_ingested", run, actor=actor, with_token=bool(form_token))
             if definition is not None:
-                capture.record_ingested_form(run, form_token, definition)
+                capture.record_ingested_form(run, form_token, definition, announced)
     except IntegrityError:
         # The same run ingested twice at the same moment: the other request recorded it.
         existing = Run.objects.get(app=app, workflow_run_id=workflow_run_id)
@@ -695,27 +709,140 @@ def _ingested_again(run: Run, dify_user: str, form_token: str, actor: Any) -> Ru
 
 def _ingest_new_form(run: Run, form_token: str, actor: Any) -> bool:
     """Record the form behind `form_token` in a run we hold, unless the run has it already:
-    the same token, or (a snapshot hands out fresh tokens for the same form) an open form with
-    the same content. When two open forms could be the same, none is added: a form recorded
-    twice could be answered twice. True when a form was added."""
+    the same token, the same Dify form (its snapshot names it), or (a snapshot hands out
+    fresh tokens for the same form) an open form with the same content. When two open forms
+    could be the same, none is added: a form recorded twice could be answered twice. The
+    token is checked as a first ingest checks it (`_form_of_run`). True when a form was
+    added."""
     from inbox import capture
     from inbox.models import Form
 
     if any(form.form_token == form_token for form in run.forms.exclude(form_token="")):
         return False
-    definition = _ingested_form(DifyClient.for_app(run.app), run.app, form_token)
+    client = DifyClient.for_app(run.app)
+    definition = _ingested_form(client, run.app, form_token)
     if definition is None:
         return False  # settled already: the run's own stream tells how
+    try:
+        detail = client.get_run(run.workflow_run_id)
+    except DifyError as exc:
+        raise _unreachable(exc) from None
+    _check_paused(detail, run.workflow_run_id)
+    announced = _form_of_run(client, run.workflow_run_id, run.dify_user, form_token, definition)
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
+        if announced is not None and locked.forms.filter(form_id=announced.form_id).exists():
+            return False
         if locked.forms.filter(
             status__in=[Form.Status.PENDING, Form.Status.SUBMITTING],
             content=definition.form_content,
         ).exists():
             return False
-        form = capture.record_ingested_form(locked, form_token, definition)
+        form = capture.record_ingested_form(locked, form_token, definition, announced)
+        if form is None:
+            return False
         AuditEntry.record("form_ingested", form, actor=actor)
     return True
+
+
+def _not_in_run(workflow_run_id: str, why: str) -> IngestRefused:
+    return IngestRefused(
+        worded(
+            gettext("This form token is not of a form the run %(id)s waits at in Dify: %(why)s"),
+            id=workflow_run_id,
+            why=why,
+        ),
+        status=422,
+        code="form_not_in_run",
+    )
+
+
+def _check_paused(detail: RunDetail, workflow_run_id: str) -> None:
+    """A token can only be of a pending form of a run that is paused (GET run detail says
+    `paused` while a Human Input node waits, CONTRACT 6.2): any other status refuses it."""
+    if detail.status != "paused":
+        raise _not_in_run(
+            workflow_run_id,
+            gettext("the run is not waiting at a form (Dify says it is %(status)s).")
+            % {
+                "status": str(
+                    dict(Run.Status.choices).get(detail.status, detail.status or "?")
+                ).lower()
+            },
+        )
+
+
+def _form_of_run(
+    client: DifyClient,
+    workflow_run_id: str,
+    user: str,
+    form_token: str,
+    definition: FormDefinition,
+) -> HumanInputFields | None:
+    """The pending form of the run that `form_token` (whose GET form is `definition`) is, as
+    the run's state snapshot replays it (CONTRACT 6.1): GET form does not say which run a form
+    is of, and a token of another run's form, recorded here, would answer that run. The
+    snapshot hands out fresh tokens, so the form is recognised by its content, as capture
+    recognises an ingested form later (`capture.same_form`), or by the very token where Dify
+    replays its log. Read for `SNAPSHOT_SECONDS` at most; the replay is over at
+    `workflow_finished`, or once the stream falls silent for `SNAPSHOT_QUIET_SECONDS` after a
+    pause (a stream that replays the retained log goes on past earlier pauses).
+
+    Refused (`form_not_in_run`) when the replay is complete and no pending form is the
+    token's. None when Dify does not show the run's events to `user` (a 404: a run started in
+    the WebApp or the console, or another end user): nothing can be checked this way."""
+    from inbox import capture
+    from inbox.dify.errors import DifyTimeout, NotFound
+
+    try:
+        stream = client.stream_events(
+            workflow_run_id,
+            user=user,
+            include_state_snapshot=True,
+            continue_on_pause=True,
+            read_timeout=SNAPSHOT_QUIET_SECONDS,
+        )
+    except NotFound:
+        return None
+    except DifyError as exc:
+        raise _unreachable(exc) from None
+    paused = finished = False
+    until = time.monotonic() + SNAPSHOT_SECONDS
+    with stream:
+        stream.deadline = until
+        try:
+            for event in stream:
+                for fields in capture.pending_forms_in([event]):
+                    if fields.form_token == form_token or capture.same_form(
+                        definition.form_content, fields
+                    ):
+                        return fields
+                if event.event == "workflow_paused":
+                    paused = True
+                elif event.event == "workflow_finished":
+                    finished = True
+                if paused:
+                    # Past a pause, only pings for a while (they end the stream at the
+                    # deadline) or silence (the read timeout): the replay is over.
+                    stream.deadline = min(until, time.monotonic() + SNAPSHOT_QUIET_SECONDS)
+        except DifyTimeout:
+            pass  # silent: Dify has replayed all it had
+        except DifyError as exc:
+            raise _unreachable(exc) from None
+    if not (paused or finished):
+        raise IngestRefused(
+            gettext(
+                "Dify did not show the pending forms of the run %(id)s in time, so this form "
+                "token could not be checked: try again."
+            )
+            % {"id": workflow_run_id},
+            status=502,
+            code="dify_unavailable",
+        )
+    logger.info("ingest: a form token is of no pending form of run %s", workflow_run_id)
+    raise _not_in_run(
+        workflow_run_id, gettext("it is none of the forms the run waits at (another run's?).")
+    )
 
 
 def _ingested_form(client: DifyClient, app: DifyApp, form_token: str) -> FormDefinition | None:

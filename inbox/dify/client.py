@@ -590,10 +590,18 @@ class DifyClient(_BaseClient):
         user: str,
         include_state_snapshot: bool = False,
         continue_on_pause: bool = False,
+        read_timeout: float | None = None,
     ) -> EventStream:
         """GET /workflow/{id}/events: resume following a run. With the snapshot flag a paused
-        run replays its pending forms (fresh tokens), a finished one its `workflow_finished`."""
+        run replays its pending forms (fresh tokens), a finished one its `workflow_finished`.
+        `read_timeout`: the longest silence accepted (pings break it) before the stream fails
+        with DifyTimeout, for a reader that wants only what Dify replays at once."""
         call = self._c_events(workflow_run_id, user, include_state_snapshot, continue_on_pause)
+        if read_timeout is not None:
+            base = self.stream_timeout
+            call.timeout = httpx.Timeout(
+                base.read, connect=base.connect, read=read_timeout, write=base.write, pool=base.pool
+            )
         return self._stream(call, continue_on_pause=continue_on_pause)
 
     def get_form(self, form_token: str) -> FormDefinition:

@@ -21,11 +21,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def ingest(client: Client, caller: User, **body: Any) -> Any:
     _token, raw = ApiToken.issue(caller)
+    headers = {name: body.pop(name) for name in list(body) if name.startswith("HTTP_")}
     return client.post(
         "/api/v1/ingest",
         json.dumps({"app": "refund-approval", **body}),
         content_type="application/json",
         HTTP_AUTHORIZATION=f"Bearer {raw}",
+        **headers,
     )
 
 
@@ -253,3 +255,139 @@ def test_an_ingest_of_a_run_the_caller_may_not_see_tells_nothing_of_it(
                 "message": "This run is already recorded in the inbox, and you may not see it.",
             }
         }
+
+
+# --- a token must be of a form the run waits at ---
+
+
+def five_and_six(simulator: Any) -> tuple[Any, Any]:
+    """Two runs of the same app by two end users, with different inputs, both paused."""
+    inputs = sample_inputs(simulator.sim.apps["refund-approval"])
+    five = simulator.start_run("refund-approval", {**inputs, "customer_name": "Five"}, user="u5")
+    six = simulator.start_run("refund-approval", {**inputs, "customer_name": "Six"}, user="u6")
+    return five, six
+
+
+def refused_as_not_in_run(response: Any, run_id: str, token: str) -> str:
+    assert response.status_code == 422, response.content
+    body = response.content.decode()
+    assert token not in body
+    error = response.json()["error"]
+    assert error["code"] == "form_not_in_run"
+    assert run_id in error["message"]
+    return str(error["message"])
+
+
+def test_a_token_of_another_run_s_form_is_refused_and_the_run_s_own_is_recorded_with_its_node(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    """GET form does not say which run a form is of: the run's snapshot does. A form of run
+    Five attached to run Six would answer Five when decided on Six."""
+    sim_app("refund-approval")
+    five, six = five_and_six(simulator)
+    tok5 = five.form("manager_approval")["form_token"]
+    assert ingest(client, reviewer, workflow_run_id=five.workflow_run_id, user="u5").status_code
+    response = ingest(
+        client, reviewer, workflow_run_id=six.workflow_run_id, user="u6", form_token=tok5
+    )
+    message = refused_as_not_in_run(response, six.workflow_run_id, tok5)
+    assert "none of the forms the run waits at" in message
+    assert not Run.objects.filter(workflow_run_id=six.workflow_run_id).exists()
+    assert not Form.objects.exists()
+    assert not AuditEntry.objects.filter(verb__in=["form_captured", "form_ingested"]).exists()
+    assert simulator.submit_count(five.form("manager_approval")["form_id"]) == 0
+    # In Chinese too.
+    response = ingest(
+        client,
+        reviewer,
+        workflow_run_id=six.workflow_run_id,
+        user="u6",
+        form_token=tok5,
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+    )
+    assert response.json()["error"]["message"].startswith("\u6b64")
+    # Six's own token: recorded at once with Dify's form id and node (routed by it), no
+    # follower needed.
+    own = six.form("manager_approval")
+    response = ingest(
+        client,
+        reviewer,
+        workflow_run_id=six.workflow_run_id,
+        user="u6",
+        form_token=own["form_token"],
+    )
+    assert response.status_code == 201, response.content
+    form = Form.objects.get(run__workflow_run_id=six.workflow_run_id)
+    assert (form.form_id, form.node_id, form.node_title) == (
+        own["form_id"],
+        "manager_approval",
+        own["node_title"],
+    )
+    assert form.form_token == own["form_token"] and "Six" in form.content
+
+
+def test_a_token_of_another_run_s_form_is_refused_on_an_ingest_again(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    sim_app("refund-approval")
+    five, six = five_and_six(simulator)
+    tok5 = five.form("manager_approval")["form_token"]
+    body = {"workflow_run_id": six.workflow_run_id, "user": "u6"}
+    assert ingest(client, reviewer, **body).status_code == 201
+    run = Run.objects.get()
+    forms_before = set(Form.objects.values_list("pk", flat=True))
+    response = ingest(client, reviewer, **body, form_token=tok5)
+    refused_as_not_in_run(response, six.workflow_run_id, tok5)
+    assert set(Form.objects.values_list("pk", flat=True)) == forms_before
+    assert not Form.objects.filter(content__contains="Five").exists()
+    assert not AuditEntry.objects.filter(verb="form_ingested").exists()
+    assert simulator.submit_count(five.form("manager_approval")["form_id"]) == 0
+    # Six's own token adds Six's form, with its node.
+    own = six.form("manager_approval")
+    response = ingest(client, reviewer, **body, form_token=own["form_token"])
+    assert response.status_code == 200, response.content
+    form = Form.objects.get(run=run, form_id=own["form_id"])
+    assert form.node_id == "manager_approval" and form.status == "pending"
+
+
+def test_a_token_on_a_run_that_is_not_paused_is_refused(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    sim_app("refund-approval")
+    five, six = five_and_six(simulator)
+    simulator.submit_elsewhere(six.form("manager_approval")["form_id"], "approve")
+    simulator.wait_for_status(six.workflow_run_id, "succeeded")
+    tok5 = five.form("manager_approval")["form_token"]
+    # Even where Dify will not show the run's events (nothing else to check it by).
+    for user in ("u6", "inbox-proxy"):
+        response = ingest(
+            client, reviewer, workflow_run_id=six.workflow_run_id, user=user, form_token=tok5
+        )
+        message = refused_as_not_in_run(response, six.workflow_run_id, tok5)
+        assert "not waiting at a form (Dify says it is succeeded)" in message
+    assert not Run.objects.exists() and not Form.objects.exists()
+    assert simulator.submit_count(five.form("manager_approval")["form_id"]) == 0
+
+
+def test_a_token_of_a_later_pause_is_found_where_dify_replays_the_run_s_log_from_its_start(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    """Newer builds replay the retained log: the first pause (settled) comes before the one
+    the run waits at now. The check reads on past it."""
+    sim_app("content-publish")
+    simulator.set_options(retained_log=True)
+    started = simulator.start_run("content-publish", user="crm-9")
+    run_id = started.workflow_run_id
+    simulator.submit_elsewhere(started.form("editor_review")["form_id"], "approve")
+
+    def legal_form() -> dict[str, Any] | None:
+        forms = simulator.run(run_id)["forms"]
+        return next((f for f in forms if f["node_id"] == "legal_check"), None)
+
+    legal = simulator.wait_for(legal_form)
+    simulator.wait_for_status(run_id, "paused")
+    body = {"app": "content-publish", "workflow_run_id": run_id, "user": "crm-9"}
+    response = ingest(client, reviewer, **body, form_token=legal["form_token"])
+    assert response.status_code == 201, response.content
+    form = Form.objects.get()
+    assert (form.form_id, form.node_id) == (legal["form_id"], "legal_check")
