@@ -131,6 +131,15 @@ def test_filters_by_app_node_and_search(alice: Client, dify_app: DifyApp) -> Non
     assert rows(alice.get("/?q=REFUND").content.decode()) == ["Refund check"]
     empty = alice.get("/?q=nothing-matches").content.decode()
     assert "No forms match these filters." in empty
+    # The run id a row shows finds its run's forms, as a colleague names them.
+    named = make_form(
+        dify_app,
+        node_title="Named by its run",
+        run=make_run(dify_app, workflow_run_id="41f2c79e-aaaa"),
+    )
+    page = alice.get("/?q=41F2C79E").content.decode()
+    assert rows(page) == ["Named by its run"] and "<code>41f2c79e</code>" in page
+    assert named.run.workflow_run_id.startswith("41f2c79e")
 
 
 def test_node_options_load_on_demand(alice: Client, dify_app: DifyApp) -> None:
@@ -462,6 +471,15 @@ def test_search_is_served_by_the_trigram_indexes(reviewer: User, dify_app: DifyA
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "inbox_form_title_trgm" in plan and "inbox_form_content_trgm" in plan, plan
     assert [f.node_title for f in forms] == ["Refund check"]
+    # A run id's start too: its runs are found first, the forms' search keeps its indexes.
+    forms = InboxFilters(q="4242ab", status="all").apply(Form.objects.all())
+    sql, params = forms.order_by().values("pk").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_indexscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "inbox_form_title_trgm" in plan and "inbox_form_content_trgm" in plan, plan
 
 
 def test_the_expiry_tooltip_is_in_each_reviewers_time_zone(
