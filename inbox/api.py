@@ -251,6 +251,17 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     try:
         body = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if not _json_content_type(request):
+            # A form post or a file sent to a JSON call: say what the call takes, not where
+            # the parser stumbled. (A JSON body sent as text/plain or with no Content-Type is
+            # still read as JSON: clients that do that keep working.)
+            sent = request.content_type or "no Content-Type"
+            raise ApiError(
+                400,
+                "invalid_json",
+                "This call takes a JSON object as its body, sent with 'Content-Type: "
+                f"application/json'; this body ({sent}) is not JSON.",
+            ) from None
         raise ApiError(400, "invalid_json", f"The request body is not valid JSON: {exc}") from None
     except (ValueError, RecursionError):
         # Valid JSON that Python will not read: an integer of over 4,300 digits, or arrays
@@ -269,6 +280,14 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
             details={path: [f"Holds {what}."]},
         )
     return body
+
+
+def _json_content_type(request: HttpRequest) -> bool:
+    """Whether the request says its body is JSON: application/json, or a `+json` type."""
+    kind = (request.content_type or "").lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 def _unstorable_in(value: Any, path: str) -> tuple[str, str] | None:
@@ -548,6 +567,14 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
             "invalid_param",
             "Send one 'input' and one 'file' per call; upload each file on its own.",
         )
+    if "input" not in request.POST:
+        # A JSON body, or a multipart one without the field: nothing names the input.
+        raise ApiError(
+            400,
+            "invalid_param",
+            "This call takes a multipart/form-data body: an 'input' field with the name of the "
+            "form's file input, and the file in a part named 'file'.",
+        )
     name = request.POST.get("input", "")
     spec = next((s for s in input_specs(form.definition or {}) if s.name == name), None)
     if spec is None or not spec.is_file:
@@ -600,15 +627,19 @@ def _scoped_key(user: Any, given: str) -> str:
 
 
 def _submission_key(request: HttpRequest, body: dict[str, Any]) -> str:
-    """The body's `submission_key` as stored ("" when none was sent)."""
+    """The body's `submission_key` as stored ("" when none was sent). An empty one is refused:
+    taken as none, two calls sent with it would be two decisions or two runs."""
     given = body.get("submission_key")
     if given is None:
-        given = ""
-    if not isinstance(given, str) or len(given) > 64:
+        return ""
+    if not isinstance(given, str) or not 1 <= len(given) <= 64:
         raise ApiError(
-            400, "invalid_param", "'submission_key' must be a string of at most 64 characters."
+            400,
+            "invalid_param",
+            "'submission_key' must be a string of 1 to 64 characters (any characters), or be "
+            "left out.",
         )
-    return _scoped_key(request.user, given) if given else ""
+    return _scoped_key(request.user, given)
 
 
 def _other_text(decision: Decision, form: Form, inputs: dict[str, Any]) -> bool:
@@ -618,6 +649,36 @@ def _other_text(decision: Decision, form: Form, inputs: dict[str, Any]) -> bool:
         spec.name in inputs and stored.get(spec.name) != inputs[spec.name]
         for spec in input_specs(form.definition or {})
         if not spec.is_file
+    )
+
+
+def _refuse_undelivered(form: Form, decision: Decision) -> None:
+    """A decision sent again under its key that will not reach Dify as it stands: a 409 that
+    says what became of it, never the 202 of a decision on its way. Rejected: Dify refused it
+    (its values, or the form had closed there), so a new decision needs a new key. Failed: its
+    delivery gave up; an administrator may retry it."""
+    if decision.status not in (Decision.Status.REJECTED, Decision.Status.FAILED):
+        return
+    reason = decision.last_error or "no reason was given"
+    details = {"decision": _decision_json(decision), "status": form.status_now}
+    if decision.status == Decision.Status.FAILED:
+        raise ApiError(
+            409,
+            "decision_failed",
+            f"The decision sent under this submission_key was not delivered: {reason} "
+            "An administrator may retry its delivery.",
+            details=details,
+        )
+    then = (
+        " The form is open again: send the decision under a new submission_key."
+        if page_state(form) == "open"
+        else ""
+    )
+    raise ApiError(
+        409,
+        "decision_rejected",
+        f"Dify rejected the decision sent under this submission_key: {reason}{then}",
+        details=details,
     )
 
 
@@ -633,10 +694,11 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     action = body.get("action")
     if not isinstance(action, str) or not action:
         names = ", ".join(a.id for a in action_specs(form.definition or {}))
+        said = "is required" if action is None or action == "" else "must be a string"
         raise ApiError(
             400,
             "invalid_form_data",
-            f"'action' is required: the id of one of this form's actions ({names}).",
+            f"'action' {said}: the id of one of this form's actions ({names}).",
             details={"action": ["Must be the id of one of the form's actions, as a string."]},
         )
     key = _submission_key(request, body)
@@ -656,6 +718,7 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
                 details={"decision": _decision_json(decision)},
             )
         if decision is not None:
+            _refuse_undelivered(form, decision)
             return JsonResponse({"decision": _decision_json(decision)}, status=202)
         if Decision.objects.filter(submission_key=key).exclude(form=form).exists():
             raise ApiError(
@@ -847,12 +910,17 @@ def _refuse_unknown(inputs: dict[str, Any], names: list[str], code: str, what: s
         )
 
 
-def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str, Any]:
+def _start_form_data(
+    form_specs: list[Any], inputs: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
     """API inputs as the start form's data, with JSON types checked first: the form would
-    otherwise read 12 as the text "12" and "yes" as a ticked box."""
+    otherwise read 12 as the text "12" and "yes" as a ticked box. An input of the wrong type
+    (or one the inbox cannot send) is left out of the data and returned by its name, with the
+    sentence and the detail that say so, to be said with the form's own errors of the others."""
     known = {spec.variable: spec for spec in form_specs}
     _refuse_unknown(inputs, sorted(known), "invalid_inputs", "app")
     data: dict[str, Any] = {}
+    wrong: dict[str, tuple[str, str]] = {}
     for spec in form_specs:
         # Left out, a checkbox is its default, as in Dify and on the start page.
         if spec.type == "checkbox" and inputs.get(spec.variable) is None and spec.checked:
@@ -862,35 +930,27 @@ def _start_form_data(form_specs: list[Any], inputs: dict[str, Any]) -> dict[str,
         if value is None:
             continue
         if not spec.supported:
-            raise ApiError(
-                400,
-                "invalid_inputs",
+            wrong[name] = (
                 f"'{name}' is a {spec.type} input, which the inbox cannot send; start this run "
                 "in Dify instead.",
-                details={name: [f"The inbox cannot send {spec.type} inputs."]},
+                f"The inbox cannot send {spec.type} inputs.",
             )
+            continue
         if spec.type == "number":
             if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise ApiError(
-                    400,
-                    "invalid_inputs",
-                    f"'{name}' must be a number.",
-                    details={name: ["Must be a number."]},
-                )
+                wrong[name] = (f"'{name}' must be a number.", "Must be a number.")
+                continue
         elif spec.type in _START_TYPES and not isinstance(value, _START_TYPES[spec.type]):
             expected = "true or false" if spec.type == "checkbox" else "a string"
-            raise ApiError(
-                400,
-                "invalid_inputs",
-                f"'{name}' must be {expected}.",
-                details={name: [f"Must be {expected}."]},
-            )
+            wrong[name] = (f"'{name}' must be {expected}.", f"Must be {expected}.")
+            data.pop(spec.field_name, None)
+            continue
         if spec.type == "checkbox":
             if value:
                 data[spec.field_name] = "on"
             continue
         data[spec.field_name] = value
-    return data
+    return data, wrong
 
 
 RUNS_PAGE = 50
@@ -1009,16 +1069,21 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             retry_after=exc.retry_after if limited else None,
         ) from None
     form = StartRunForm(app, parameters)
-    data = _start_form_data(form.specs, inputs)
+    data, wrong = _start_form_data(form.specs, inputs)
     if query:
         data["query"] = query
     form = StartRunForm(app, parameters, data)
-    if not form.is_valid():
-        errors = form.error_messages()
+    valid = form.is_valid()
+    if wrong or not valid:
+        # Every input's error at once: those of the wrong JSON type (left out of the form's
+        # data, so what the form says of them gives way to that) beside the form's own.
+        errors = {} if valid else form.error_messages()
+        for name, (_sentence, detail) in wrong.items():
+            errors[name] = [detail]
         message = " ".join(
-            f"{name}: {text}" if name != "__all__" else text
+            wrong[name][0] if name in wrong else f"{name}: {text}" if name != "__all__" else text
             for name, texts in errors.items()
-            for text in texts
+            for text in (texts[:1] if name in wrong else texts)
         )
         raise ApiError(400, "invalid_inputs", message, details=errors)
     try:

@@ -19,8 +19,11 @@
         ├── TooManyRequests (429, retry_after)
         └── ServerError (5xx)
 
-Every class says whether it is `permanent`: a 4xx other than 429 will fail the same way again;
-5xx, 429, connection problems and timeouts may not. A status error also says whether it
+Every class says whether it is `permanent`: a 4xx other than 408 and 429 will fail the same way
+again; 5xx, 408, 429, connection problems and timeouts may not. For a status error that is the
+HTTP status's to say, never the body's: a class chosen by Dify's `code` is used only when the
+status is one that class stands for (a 500 whose body says `not_found` is a ServerError, a 422
+whose body says `internal_server_error` a plain, permanent DifyStatusError). A status error also says whether it
 `refuses_app`: Dify refuses the app's key or the app itself (401, 403, an app-level 400), so every
 call with that key fails alike until someone fixes it, whichever run or form it is about.
 
@@ -128,10 +131,15 @@ class DifyProtocolError(DifyError):
 
 
 class DifyStatusError(DifyError):
-    """A non-2xx answer. `code` is Dify's machine-readable code ("" when the body had none)."""
+    """A non-2xx answer. `code` is Dify's machine-readable code ("" when the body had none).
 
-    # The class default; a plain DifyStatusError decides from its status instead.
+    Whether it is `permanent` follows the status alone (`_permanent_status`), whatever the
+    class. `statuses` are the statuses a subclass stands for: `from_response` picks it by
+    Dify's `code` only for one of those (empty: any, for the plain class).
+    """
+
     permanent = True
+    statuses: frozenset[int] = frozenset()
 
     def __init__(
         self,
@@ -145,8 +153,7 @@ class DifyStatusError(DifyError):
         self.code = code
         self.retry_after = retry_after
         super().__init__(message)
-        if type(self) is DifyStatusError:
-            self.permanent = _permanent_status(status)
+        self.permanent = _permanent_status(status)
 
     def __str__(self) -> str:
         head = f"{self.status} {self.code}" if self.code else str(self.status)
@@ -183,7 +190,7 @@ class DifyStatusError(DifyError):
 
 
 class BadRequest(DifyStatusError):
-    permanent = True
+    statuses = frozenset({400})
 
 
 class InvalidFormData(BadRequest):
@@ -195,19 +202,19 @@ class InvalidParam(BadRequest):
 
 
 class Unauthorized(DifyStatusError):
-    permanent = True
+    statuses = frozenset({401})
 
 
 class Forbidden(DifyStatusError):
     """The app is disabled, archived, over a plan limit or barred from the API: read `message`."""
 
-    permanent = True
+    statuses = frozenset({403})
 
 
 class NotFound(DifyStatusError):
     """Unknown token or run, one belonging to another app, or a non-WebApp form token."""
 
-    permanent = True
+    statuses = frozenset({404})
 
 
 FormNotFound = NotFound
@@ -216,29 +223,31 @@ FormNotFound = NotFound
 class FormAlreadySubmitted(DifyStatusError):
     """Someone (possibly us, earlier) already answered this form. GET returns it too."""
 
-    permanent = True
+    statuses = frozenset({412})
 
 
 class FormExpired(DifyStatusError):
     """The node timeout or the deployment's global cap has passed."""
 
-    permanent = True
+    statuses = frozenset({412})
 
 
 class FileTooLarge(DifyStatusError):
-    permanent = True
+    statuses = frozenset({413})
 
 
 class UnsupportedFileType(DifyStatusError):
-    permanent = True
+    statuses = frozenset({415})
 
 
 class TooManyRequests(DifyStatusError):
     permanent = False
+    statuses = frozenset({429})
 
 
 class ServerError(DifyStatusError):
     permanent = False
+    statuses = frozenset(range(500, 600))
 
 
 class DifyStreamError(DifyError):
@@ -332,7 +341,9 @@ def from_response(
     headers: Mapping[str, str] | None = None,
     redact_secrets: Iterable[str | None] = (),
 ) -> DifyStatusError:
-    """The error for a non-2xx answer: by Dify's `code` first, then by HTTP status.
+    """The error for a non-2xx answer: by Dify's `code` when the status is one its class stands
+    for (a 412 `human_input_form_expired` is a FormExpired), else by HTTP status alone, so a body's
+    code never turns a final answer into one worth retrying or the other way round.
 
     `body` may be the parsed envelope, its raw bytes or text, or None.
     """
@@ -358,7 +369,7 @@ def from_response(
     if headers is not None:
         retry_after = parse_retry_after(headers.get("retry-after"))
     cls = _BY_CODE.get(code)
-    if cls is None:
+    if cls is None or status not in cls.statuses:
         if status >= 500:
             cls = ServerError
         else:

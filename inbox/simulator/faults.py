@@ -5,8 +5,11 @@ the routes that name one: its events and its detail) and one form (``form``: a f
 routes that name one by its token: GET and POST form), for the next ``times`` requests (or until
 cleared). Kinds:
 
-- ``status``: answer ``status`` (5xx, or 429 with ``Retry-After: retry_after``) before anything
-  else, with Dify's error envelope.
+- ``status``: answer ``status`` (any 4xx or 5xx; 429 with ``Retry-After: retry_after``) before
+  anything else, with Dify's error envelope: the code Dify gives that status (as its handler
+  names werkzeug's exceptions: 404 ``not_found``, 409 ``conflict``, 422 ``unprocessable_entity``,
+  500 ``internal_server_error``...), or ``code`` when given, e.g. a code that says otherwise than
+  the status.
 - ``delay``: wait ``delay`` seconds before handling the request.
 - ``drop_stream``: cut the connection of an SSE response after ``after_events`` events.
 - ``stream_error``: after ``after_events`` events (0: before any) send Dify's in-stream ``error`` event
@@ -42,10 +45,24 @@ ROUTES = (
 )
 _ids = itertools.count(1)
 
-# Dify's envelopes for the statuses a fault usually injects.
+# Dify's envelopes for an HTTP error of each status: its handler names the code after the
+# werkzeug exception raised (`NotFound` -> `not_found`).
 STATUS_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "Bad Request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not Found"),
+    405: ("method_not_allowed", "Method Not Allowed"),
+    408: ("request_timeout", "Request Timeout"),
+    409: ("conflict", "Conflict"),
+    410: ("gone", "Gone"),
+    412: ("precondition_failed", "Precondition Failed"),
+    413: ("request_entity_too_large", "Request Entity Too Large"),
+    415: ("unsupported_media_type", "Unsupported Media Type"),
+    422: ("unprocessable_entity", "Unprocessable Entity"),
     429: ("too_many_requests", "Too many requests. Please try again later."),
     500: ("internal_server_error", "Internal Server Error."),
+    501: ("not_implemented", "Not Implemented"),
     502: ("bad_gateway", "Bad Gateway"),
     503: ("service_unavailable", "Service Unavailable"),
     504: ("gateway_timeout", "Gateway Timeout"),
@@ -96,8 +113,8 @@ class Fault:
         return self.app is None or self.app == app
 
     def error_body(self) -> dict[str, Any]:
-        code, message = STATUS_ERRORS.get(
-            self.status, ("internal_server_error", "Internal Server Error.")
+        code, message = (
+            STATUS_ERRORS.get(self.status) or STATUS_ERRORS[400 if self.status < 500 else 500]
         )
         return {
             "status": self.status,

@@ -133,7 +133,7 @@ def test_a_chatflow_needs_its_message(
             (400, "invalid_inputs", "amount: Enter a number."),
         ),
         (
-            {"app": "refund-approval", "inputs": {"amount": True}},
+            {"app": "refund-approval", "inputs": {**VALID, "amount": True}},
             (400, "invalid_inputs", "'amount' must be a number."),
         ),
         # Nine characters that would be a million-digit integer: refused before converting.
@@ -155,12 +155,30 @@ def test_a_chatflow_needs_its_message(
             ),
         ),
         (
-            {"app": "refund-approval", "inputs": {"vip": "yes"}},
+            {"app": "refund-approval", "inputs": {**VALID, "vip": "yes"}},
             (400, "invalid_inputs", "'vip' must be true or false."),
         ),
         (
             {"app": "refund-approval", "inputs": {"customer_name": 7}},
-            (400, "invalid_inputs", "'customer_name' must be a string."),
+            (
+                400,
+                "invalid_inputs",
+                "'customer_name' must be a string. order_id: This field is required. amount: "
+                "This field is required. reason: This field is required.",
+            ),
+        ),
+        # Every input's error at once: those of the wrong JSON type beside the form's own.
+        (
+            {
+                "app": "refund-approval",
+                "inputs": {**VALID, "amount": "abc", "channel": "fax", "vip": "yes"},
+            },
+            (
+                400,
+                "invalid_inputs",
+                "amount: Enter a number. channel: Select a valid choice. fax is not one of the "
+                "available choices. 'vip' must be true or false.",
+            ),
         ),
         (
             {
@@ -383,12 +401,15 @@ def test_a_start_sent_again_under_its_submission_key_is_the_same_run(
     theirs = post(client, "/api/v1/runs", body, other_reviewer)
     assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
     assert simulator.request_count("workflows_run") == Run.objects.count() == 2
-    for key in (7, "k" * 65):
+    for key in (7, "k" * 65, ""):
         assert error(post(client, "/api/v1/runs", {**body, "submission_key": key}, reviewer)) == (
             400,
             "invalid_param",
-            "'submission_key' must be a string of at most 64 characters.",
+            "'submission_key' must be a string of 1 to 64 characters (any characters), or be "
+            "left out.",
         )
+    # An empty key is not "no key": two calls with it start nothing, rather than two runs.
+    assert simulator.request_count("workflows_run") == Run.objects.count() == 2
 
 
 def test_a_start_refused_by_dify_lets_its_key_go_and_a_lost_answer_keeps_it(

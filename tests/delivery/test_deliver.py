@@ -430,6 +430,40 @@ def test_an_unknown_form_fails_with_a_clear_reason(
     assert decision.last_error.startswith("Dify does not know this form (404)")
 
 
+@pytest.mark.parametrize("status", [422, 409, 404])
+def test_a_final_status_fails_whatever_code_its_body_gives(
+    app: DifyApp, dify: ScriptedDify, decide: Callable[..., Decision], status: int
+) -> None:
+    # The status says the same submit would fail again; the body's "internal_server_error"
+    # does not make it worth retrying.
+    dify.on("POST", SUBMIT, error(status, "internal_server_error", "Internal Server Error"))
+    form = make_form(app)
+    decision = decide(form)
+    assert deliver_decision(decision.pk) == "failed"
+    assert _state(decision) == ("failed", "failed", 1)
+    assert len(dify.requests("POST", SUBMIT)) == 1
+    assert f"({status}" in decision.last_error
+
+
+def test_a_server_error_is_retried_whatever_code_its_body_gives(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    # Dify answered 500: its body's "not_found" does not make the form unknown for good.
+    dify.on("POST", SUBMIT, error(500, "not_found", "Form not found"), Reply())
+    form = make_form(app)
+    decision = decide(form)
+    assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    decision.refresh_from_db()
+    assert decision.status == "queued"
+    assert "404" not in decision.last_error and "does not know" not in decision.last_error
+    Decision.objects.filter(pk=decision.pk).update(next_attempt_at=timezone.now())
+    assert deliver_decision(decision.pk) == "delivered"
+    assert _state(decision) == ("delivered", "submitted", 2)
+
+
 def test_5xx_and_429_are_retried_and_honour_retry_after(
     app: DifyApp,
     dify: ScriptedDify,

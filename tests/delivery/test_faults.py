@@ -136,6 +136,38 @@ def test_5xx_and_429_bursts_are_retried_until_delivered_once(
     assert all(e.details["delay"] >= 1.0 for e in rate_limited)
 
 
+def test_the_http_status_not_the_body_s_code_decides_whether_a_refusal_is_final(
+    simulator: Any, workers: Workers, reviewer_user: User
+) -> None:
+    plain, final, transient = simulated_forms(simulator, _app(simulator), 3)
+    # A 422 as Dify sends it, a 422 whose body says "internal_server_error", a 500 whose body
+    # says "not_found": the first two are final, the last is retried.
+    simulator.add_fault("status", "form_submit", form=plain.form_id, status=422)
+    simulator.add_fault(
+        "status", "form_submit", form=final.form_id, status=422, code="internal_server_error"
+    )
+    simulator.add_fault(
+        "status", "form_submit", form=transient.form_id, status=500, code="not_found"
+    )
+    tokens = {form.pk: form.form_token for form in (plain, final, transient)}
+
+    def posts(form: Form) -> int:
+        return sum(tokens[form.pk] in e.path for e in simulator.exchanges("form_submit"))
+
+    workers.start()
+    decisions = _decide_all([plain, final, transient], reviewer_user)
+    _wait_settled(workers, decisions, timeout=60)
+    for form in (plain, final):
+        decision = Decision.objects.get(form=form)
+        assert (decision.status, decision.attempts) == ("failed", 1), decision.last_error
+        assert "(422 " in decision.last_error
+        assert posts(form) == 1
+        assert simulator.submits_applied(form.form_id) == 0
+    _delivered_once_each(simulator, [transient])
+    assert Decision.objects.get(form=transient).attempts == 2
+    assert posts(transient) == 2
+
+
 def test_responses_slower_than_the_timeout_end_delivered_once(
     simulator: Any, workers: Workers, reviewer_user: User
 ) -> None:

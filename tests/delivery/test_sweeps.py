@@ -443,6 +443,28 @@ def test_a_run_dify_no_longer_knows_is_gone_after_a_second_404_and_its_forms_clo
     )
 
 
+def test_a_server_error_that_says_not_found_never_takes_a_run_for_gone(
+    app: DifyApp, dify: ScriptedDify, settings: Any
+) -> None:
+    from inbox.tasks import reconcile_runs
+    from tests.delivery.helpers import make_run
+
+    settings.INBOX_RUN_RECONCILE_AFTER_SECONDS = 60
+    DifyApp.objects.filter(pk=app.pk).update(updated_at=_ago(7200))
+    run = make_run(app)
+    form = make_form(app, run=run)
+    Run.objects.filter(pk=run.pk).update(updated_at=_ago(3600))
+    # Dify failed (500): its body's "not_found" says nothing of the run.
+    dify.on("GET", "/workflows/run/", error(500, "not_found", "Workflow run not found"))
+    for _ in range(2):
+        reconcile_runs()
+        AuditEntry.objects.filter(verb="run_not_found").update(created_at=_ago(11 * 60))
+        Run.objects.filter(pk=run.pk).update(checked_at=_ago(3600), updated_at=_ago(3600))
+    assert not AuditEntry.objects.filter(verb="run_not_found").exists()
+    assert Run.objects.get(pk=run.pk).status == Run.Status.PAUSED
+    assert Form.objects.get(pk=form.pk).status == Form.Status.PENDING
+
+
 def test_new_settings_between_two_404s_keep_the_run(
     app: DifyApp, dify: ScriptedDify, settings: Any
 ) -> None:

@@ -62,8 +62,32 @@ def test_it_maps_code_then_status(
     assert error.permanent is permanent
 
 
-def test_code_wins_over_status() -> None:
-    assert type(from_response(400, envelope(400, "not_found"))) is NotFound
+@pytest.mark.parametrize(
+    ("status", "code", "cls", "permanent"),
+    [
+        # The body's code picks a class only for a status that class stands for: the status
+        # alone says whether the same call may succeed later.
+        (422, "internal_server_error", DifyStatusError, True),
+        (404, "internal_server_error", NotFound, True),
+        (409, "internal_server_error", DifyStatusError, True),
+        (400, "too_many_requests", BadRequest, True),
+        (500, "not_found", ServerError, False),
+        (503, "human_input_form_submitted", ServerError, False),
+        (502, "invalid_form_data", ServerError, False),
+        (429, "not_found", TooManyRequests, False),
+        (408, "not_found", DifyStatusError, False),
+        (400, "not_found", BadRequest, True),
+        (403, "invalid_form_data", Forbidden, True),
+        (400, "human_input_form_expired", BadRequest, True),
+    ],
+)
+def test_the_status_decides_when_the_code_says_otherwise(
+    status: int, code: str, cls: type[DifyStatusError], permanent: bool
+) -> None:
+    error = from_response(status, envelope(status, code))
+    assert type(error) is cls
+    assert (error.status, error.code) == (status, code)
+    assert error.permanent is permanent
 
 
 @pytest.mark.parametrize(

@@ -415,14 +415,20 @@ def test_a_misspelt_field_is_refused_by_its_name(
 def test_an_action_that_is_not_a_string_is_said_so(
     client: Client, auth: dict[str, str], form: Form
 ) -> None:
-    body = {"action": ["approve"], "inputs": {}}
-    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
-    assert response.status_code == 400
-    assert (
-        "'action' is required: the id of one of this form's actions"
-        in (response.json()["error"]["message"])
-    )
-    assert "[" not in response.json()["error"]["message"]
+    for action in (["approve"], 1, True, {"id": "approve"}):
+        body = {"action": action, "inputs": {}}
+        response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+        assert response.status_code == 400
+        message = response.json()["error"]["message"]
+        assert message.startswith(
+            "'action' must be a string: the id of one of this form's actions"
+        ), action
+        assert "[" not in message
+    for body in ({"inputs": {}}, {"action": "", "inputs": {}}, {"action": None, "inputs": {}}):
+        response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+        assert response.json()["error"]["message"].startswith(
+            "'action' is required: the id of one of this form's actions"
+        ), body
 
 
 def test_a_file_value_of_the_wrong_shape_is_keyed_by_its_input(
@@ -682,11 +688,119 @@ def test_the_loser_of_two_decisions_at_once_is_told_the_form_s_status(
 def test_a_submission_key_is_a_string_or_absent(
     client: Client, auth: dict[str, str], form: Form
 ) -> None:
-    for key in (0, False, [], 12):
+    for key in (0, False, [], 12, "", "k" * 65):
         body = {"action": "approve", "inputs": full_inputs(), "submission_key": key}
         response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
         assert response.status_code == 400, key
-        assert response.json()["error"]["code"] == "invalid_param"
+        assert response.json()["error"] == {
+            "code": "invalid_param",
+            "message": "'submission_key' must be a string of 1 to 64 characters (any "
+            "characters), or be left out.",
+        }
+    # An empty key is not "no key": nothing was decided under it.
+    assert not form.decisions.exists()
+
+
+def test_a_decision_sent_again_after_dify_rejected_it_is_a_conflict_not_a_202(
+    client: Client, auth: dict[str, str], form: Form, django_capture_on_commit_callbacks: Any
+) -> None:
+    from inbox.models import Decision
+
+    body = {"action": "approve", "inputs": full_inputs(), "submission_key": "k-9"}
+    url = f"/api/v1/forms/{form.public_id}/decision"
+    with django_capture_on_commit_callbacks(execute=False):
+        first = post_json(client, url, body, auth)
+    assert first.status_code == 202
+    decision = form.decisions.get()
+    # Dify refused the values (400 invalid_form_data): the form is the reviewer's again.
+    Decision.finish(
+        decision.pk,
+        status=Decision.Status.REJECTED,
+        form_status=Form.Status.PENDING,
+        reason="Missing required inputs: note",
+        verb="decision_rejected",
+    )
+    again = post_json(client, url, body, auth)
+    assert again.status_code == 409
+    error = again.json()["error"]
+    assert error["code"] == "decision_rejected"
+    assert error["message"] == (
+        "Dify rejected the decision sent under this submission_key: Missing required inputs: "
+        "note The form is open again: send the decision under a new submission_key."
+    )
+    assert error["details"]["decision"]["status"] == "rejected"
+    assert error["details"]["status"] == "pending"
+    assert form.decisions.count() == 1
+    # A new key is a new decision.
+    with django_capture_on_commit_callbacks(execute=False):
+        new = post_json(client, url, {**body, "submission_key": "k-10"}, auth)
+    assert new.status_code == 202 and form.decisions.count() == 2
+    # Its delivery failing for good is said too, with what an administrator may do.
+    Decision.finish(
+        form.decisions.exclude(pk=decision.pk).get().pk,
+        status=Decision.Status.FAILED,
+        form_status=Form.Status.FAILED,
+        reason="Dify refused the decision (422 unprocessable_entity): No.",
+        verb="decision_failed",
+    )
+    failed = post_json(client, url, {**body, "submission_key": "k-10"}, auth)
+    assert failed.status_code == 409
+    error = failed.json()["error"]
+    assert error["code"] == "decision_failed"
+    assert error["message"] == (
+        "The decision sent under this submission_key was not delivered: Dify refused the "
+        "decision (422 unprocessable_entity): No. An administrator may retry its delivery."
+    )
+    assert (error["details"]["status"], error["details"]["decision"]["status"]) == (
+        "failed",
+        "failed",
+    )
+
+
+def test_a_body_that_is_not_json_is_told_the_call_takes_json(
+    client: Client, auth: dict[str, str], form: Form, django_capture_on_commit_callbacks: Any
+) -> None:
+    url = f"/api/v1/forms/{form.public_id}/decision"
+    response = client.post(url, {"action": "approve"}, **auth)  # a form post
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_json",
+        "message": "This call takes a JSON object as its body, sent with 'Content-Type: "
+        "application/json'; this body (multipart/form-data) is not JSON.",
+    }
+    response = client.post(
+        url, "action=approve", content_type="application/x-www-form-urlencoded", **auth
+    )
+    assert "(application/x-www-form-urlencoded) is not JSON" in response.json()["error"]["message"]
+    # Sent as JSON, a broken body says where it broke.
+    response = client.post(url, "{oops", content_type="application/json", **auth)
+    assert response.json()["error"]["message"].startswith("The request body is not valid JSON: ")
+    # A JSON body sent as text/plain is still read as JSON.
+    body = json.dumps({"action": "approve", "inputs": full_inputs()})
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(url, body, content_type="text/plain", **auth)
+    assert response.status_code == 202, response.content
+
+
+def test_the_upload_call_says_it_takes_a_multipart_body_with_an_input(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    url = f"/api/v1/forms/{form.public_id}/files"
+    expected = {
+        "code": "invalid_param",
+        "message": "This call takes a multipart/form-data body: an 'input' field with the name "
+        "of the form's file input, and the file in a part named 'file'.",
+    }
+    response = post_json(client, url, {"input": "receipt"}, auth)
+    assert (response.status_code, response.json()["error"]) == (400, expected)
+    pdf = SimpleUploadedFile("r.pdf", b"%PDF-1.4", "application/pdf")
+    response = client.post(url, {"file": pdf}, **auth)
+    assert (response.status_code, response.json()["error"]) == (400, expected)
+    # An input named, but not one of the form's file inputs, is still said by its name.
+    response = client.post(url, {"input": "note", "file": pdf}, **auth)
+    assert response.json()["error"]["message"] == "'note' is not a file input of this form."
 
 
 def test_mine_is_one_or_zero(client: Client, auth: dict[str, str], form: Form) -> None:

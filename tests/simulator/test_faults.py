@@ -40,6 +40,37 @@ def test_a_429_carries_retry_after(simulator: Any) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "bad_request"),
+        (404, "not_found"),
+        (409, "conflict"),
+        (422, "unprocessable_entity"),
+        (418, "bad_request"),
+        (500, "internal_server_error"),
+        (503, "service_unavailable"),
+        (599, "internal_server_error"),
+    ],
+)
+def test_a_status_fault_gives_the_code_dify_gives_its_status(
+    simulator: Any, status: int, code: str
+) -> None:
+    simulator.add_fault("status", "info", status=status)
+    with simulator.client(APP) as http:
+        response = http.get("/info")
+    assert response.status_code == status
+    assert response.json()["code"] == code
+    assert response.json()["status"] == status
+
+
+def test_a_status_fault_may_give_a_code_that_says_otherwise(simulator: Any) -> None:
+    simulator.add_fault("status", "info", status=422, code="internal_server_error")
+    with simulator.client(APP) as http:
+        response = http.get("/info")
+    assert (response.status_code, response.json()["code"]) == (422, "internal_server_error")
+
+
 def test_a_fault_can_target_one_app(simulator: Any) -> None:
     simulator.add_fault("status", "info", app="content-publish", times=None, status=500)
     with simulator.client("content-publish") as http:
