@@ -423,8 +423,17 @@ def _form_summary(request: HttpRequest, form: Form, content: str) -> dict[str, A
         "excerpt": excerpt(content),
         "created_at": _iso(form.created_at),
         "expiration_time": _iso(form.expiration_time),
+        # Who is handling the open form (taken in the inbox), as the inbox's rows say it.
+        "claimed_by": _holder(form),
         "url": request.build_absolute_uri(reverse("inbox:form", args=[form.public_id])),
     }
+
+
+def _holder(form: Form) -> dict[str, str] | None:
+    user = form.claimed_by if form.claimed_by_id and form.status_now == "pending" else None
+    if user is None:
+        return None
+    return {"username": user.get_username(), "name": user.get_full_name() or user.get_username()}
 
 
 @api_view(["GET"], query=("status", "app", "node", "q", "sort", "page", "mine"))

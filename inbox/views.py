@@ -392,7 +392,7 @@ def inbox_rows(forms: QuerySet[Form]) -> QuerySet[Form]:
     decision time and the run's status); long content and definitions stay in the database."""
     fields = [name for name in ROW_FIELDS if name != "content_head"]
     return (
-        forms.select_related("run__app")
+        forms.select_related("run__app", "claimed_by")
         .only(*fields, "decided_at", "run__status")
         .annotate(content_head=CONTENT_HEAD)
     )

@@ -855,3 +855,15 @@ def test_an_id_is_found_in_either_case(client: Client, auth: dict[str, str], for
     assert response.status_code == 200 and response.json()["id"] == str(form.public_id)
     response = client.get(f"/api/v1/runs/{str(form.run.public_id).upper()}", **auth)
     assert response.status_code == 200
+
+
+def test_a_form_says_who_is_handling_it(
+    client: Client, auth: dict[str, str], form: Form, reviewer: User, other_reviewer: User
+) -> None:
+    listed = client.get("/api/v1/forms", **auth).json()["results"]
+    assert [f["claimed_by"] for f in listed] == [None]
+    form.claim(other_reviewer)
+    listed = client.get("/api/v1/forms", **auth).json()["results"]
+    assert listed[0]["claimed_by"] == {"username": "bob", "name": "Bob"}
+    detail = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()
+    assert detail["claimed_by"] == {"username": "bob", "name": "Bob"}
