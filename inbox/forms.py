@@ -107,8 +107,18 @@ class InputSpec:
         return "custom" in self.allowed_types
 
     def accepted_label(self) -> str:
-        """What a person may attach, in words: "images, documents or .dwg"."""
-        parts = [str(CATEGORY_LABELS[t]) for t in self.allowed_types if t in CATEGORY_LABELS]
+        """What a person may attach, in words, each kind with the extensions Dify takes as it:
+        "images (GIF, JPEG, JPG, PNG, SVG, WEBP), .dwg". A phone's photo that is none of them
+        (an iPhone's .HEIC) is then seen not to be one."""
+        parts = [
+            pgettext("a kind of file and its extensions", "%(kind)s (%(extensions)s)")
+            % {
+                "kind": CATEGORY_LABELS[t],
+                "extensions": joined(ext.upper() for ext in sorted(CATEGORY_EXTENSIONS[t])),
+            }
+            for t in self.allowed_types
+            if t in CATEGORY_LABELS
+        ]
         parts += list(self.custom_extensions)
         return joined(parts)
 

@@ -178,6 +178,14 @@ def build_email(
     now = now or timezone.now()
     form = recipient.form
     decision = _decider(form) if kind == "closed" else None
+    late = (
+        form.decisions.select_related("reviewer")
+        .filter(status__in=(Decision.Status.REJECTED, Decision.Status.FAILED))
+        .order_by("-created_at")
+        .first()
+        if kind == "closed" and form.status == Form.Status.EXPIRED
+        else None
+    )
     zone = reading_zone(recipient)
     with (
         translation.override(recipient.language),
@@ -203,12 +211,11 @@ def build_email(
             "as_guest": recipient.is_guest,
             "guests_may_answer": form.allow_guests,
             "status": form.status,
-            # A decision made here that Dify refused because the form had closed there first.
-            "too_late": kind == "closed"
-            and form.status == Form.Status.EXPIRED
-            and form.decisions.filter(
-                status__in=(Decision.Status.REJECTED, Decision.Status.FAILED)
-            ).exists(),
+            # A decision made here that Dify refused because the form had closed there first;
+            # `too_late_own`: it was this recipient's, who is told so (with what they chose).
+            "too_late": late is not None,
+            "too_late_own": late is not None and _made_by(late, recipient),
+            "too_late_action": form.action_title(late.action_id) if late is not None else "",
             "action": form.filled_action_text
             or (form.action_title(decision.action_id) if decision else ""),
             # A guest is told neither reviewers' names nor other recipients' addresses.
@@ -448,13 +455,18 @@ def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
         # No longer asked when it closed: how it ended is not theirs to hear.
         return 0
     decision = _decider(form)
-    if decision is not None and (
-        (decision.reviewer_id is not None and decision.reviewer_id == recipient.user_id)
-        or (decision.guest_email and decision.guest_email.lower() == recipient.email.lower())
-    ):
+    if decision is not None and _made_by(decision, recipient):
         # They made the decision; telling them about it is noise.
         return 0
     return int(_send(recipient, "closed", now))
+
+
+def _made_by(decision: Decision, recipient: FormRecipient) -> bool:
+    """Whether `recipient` made `decision` (signed in with their account, or by their link)."""
+    return bool(
+        (decision.reviewer_id is not None and decision.reviewer_id == recipient.user_id)
+        or (decision.guest_email and decision.guest_email.lower() == recipient.email.lower())
+    )
 
 
 def resend_form_emails(form: Form) -> int:

@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 
 from django.utils import formats, timezone
-from django.utils.translation import get_language, gettext, ngettext
+from django.utils.translation import get_language, gettext, ngettext, pgettext
 
 _UNITS = [(86400, "day"), (3600, "hour"), (60, "minute")]
 
@@ -43,7 +43,8 @@ def relative(
     seconds = (value - now).total_seconds()
     magnitude = abs(seconds)
     if magnitude < 60:
-        return _worded(language, 0, "", future=False)
+        # Within a minute: "just now" ("刚刚") for what has happened, "now" for what is due.
+        return _worded(language, 0, "", future=seconds > 0)
     # The largest unit of which there are at least two, rounded to the nearest: a deadline 47
     # hours away reads "in 47 hours", not "in 1 day", and one a reminder names a few seconds
     # after it was due ("24h before") reads "in 24 hours", not "in 23 hours".
@@ -59,7 +60,7 @@ def _worded(language: str | None, count: int, unit: str, *, future: bool) -> str
     """The words for one (language, amount, unit, direction); a list of fifty rows repeats a
     few of them, and translations do not change while the process runs."""
     if not unit:
-        return gettext("now")
+        return gettext("now") if future else pgettext("a time within the last minute", "just now")
     text = _unit_text(count, unit)
     if future:
         worded = gettext("in %(time)s") % {"time": text}

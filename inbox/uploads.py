@@ -88,17 +88,20 @@ def cap_uploads(request: Any, app: DifyApp | None) -> None:
     )
 
 
-def too_large(request: Any) -> list[str]:
-    """What `SizeCapHandler` dropped from this request, said for each file."""
+def too_large(request: Any, *, guest: bool = False) -> list[str]:
+    """What `SizeCapHandler` dropped from this request, said for each file (to a guest, without
+    Dify's name)."""
     handler = next((h for h in request.upload_handlers if isinstance(h, SizeCapHandler)), None)
     names = getattr(request, "uploads_too_large", [])
     if handler is None or not names:
         return []
-    return [
-        _("%(name)s: the file is larger than %(limit)s, the most Dify takes for any kind of file.")
-        % {"name": name, "limit": megabytes(handler.cap)}
-        for name in names
-    ]
+    if guest:
+        message = _("%(name)s: the file is larger than %(limit)s, the limit for any file here.")
+    else:
+        message = _(
+            "%(name)s: the file is larger than %(limit)s, the most Dify takes for any kind of file."
+        )
+    return [message % {"name": name, "limit": megabytes(handler.cap)} for name in names]
 
 
 def megabytes(size: int) -> str:
@@ -109,6 +112,9 @@ def upload_to_dify(
     form: Form, spec: InputSpec, fileobj: UploadedFile, reviewer: Any, guest_email: str = ""
 ) -> Upload:
     name = posixpath.basename((fileobj.name or "").replace("\\", "/")) or "file"
+    # A guest (someone outside, asked by email; no reviewer) is not told Dify's name or its own
+    # words: the workflow's limits and what to do, in their language.
+    guest = reviewer is None
     mime_type = fileobj.content_type or "application/octet-stream"
     if not spec.allows_upload:
         raise UploadRejected(_("Uploads are not accepted here; give a web address instead."))
@@ -122,11 +128,13 @@ def upload_to_dify(
     limit = upload_size_limit(name, upload_limits(form.run.app))
     size = fileobj.size or 0
     if limit and size > limit:
-        raise UploadRejected(
-            _("The file is larger than %(limit)s, the most Dify takes for this kind of file.")
-            % {"limit": megabytes(limit)},
-            status=413,
-        )
+        if guest:
+            message = _("The file is larger than %(limit)s, the limit for this kind of file.")
+        else:
+            message = _(
+                "The file is larger than %(limit)s, the most Dify takes for this kind of file."
+            )
+        raise UploadRejected(message % {"limit": megabytes(limit)}, status=413)
     if size == 0:
         raise UploadRejected(_("The file is empty."))
     client = DifyClient.for_app(form.run.app)
@@ -140,28 +148,45 @@ def upload_to_dify(
         said: dict[str, Any] = {"dify_status": exc.status, "dify_code": exc.code or ""}
         if exc.status == 429:
             raise UploadRejected(
-                _("Dify is receiving too many requests. Try again in a moment."),
+                _("The service is busy. Try again in a moment.")
+                if guest
+                else _("Dify is receiving too many requests. Try again in a moment."),
                 status=429,
                 code="rate_limited",
                 retry_after=getattr(exc, "retry_after", None),
                 **said,
             ) from None
-        if exc.status >= 500 or exc.refuses_app:
-            # Dify failing, or refusing the app's key or the app itself: not the file's fault.
+        if exc.status >= 500:
+            # Dify failing (503 Service Unavailable, say): not the file's fault, and Dify's own
+            # words ("Service Unavailable") say nothing more. Worth trying again.
             raise UploadRejected(
-                _dify_message(exc), status=502, code="dify_error", **said
+                _unavailable(guest), status=502, code="dify_error", **said
+            ) from None
+        if exc.refuses_app:
+            # Refusing the app's key or the app itself: not the file's fault either.
+            raise UploadRejected(
+                _("The file could not be sent to the workflow. Try again later.")
+                if guest
+                else _dify_message(exc),
+                status=502,
+                code="dify_error",
+                **said,
             ) from None
         status = 413 if exc.status == 413 or exc.code == "file_too_large" else 400
-        raise UploadRejected(_dify_message(exc), status=status, **said) from None
+        raise UploadRejected(_dify_message(exc, guest=guest), status=status, **said) from None
     except DifyConnectionError:
         raise UploadRejected(
-            _("Dify could not be reached. Try again in a moment."),
+            _unavailable(guest)
+            if guest
+            else _("Dify could not be reached. Try again in a moment."),
             status=502,
             code="dify_unavailable",
         ) from None
     except DifyError as exc:
         raise UploadRejected(
-            _("Dify did not accept the file: %(reason)s") % {"reason": exc},
+            _("The file could not be sent. Try again in a moment.")
+            if guest
+            else _("Dify did not accept the file: %(reason)s") % {"reason": exc},
             status=502,
             code="dify_error",
         ) from None
@@ -189,12 +214,26 @@ def upload_to_dify(
     return upload
 
 
-def _dify_message(exc: DifyStatusError) -> str:
-    """Dify's refusal in words a reviewer can act on (its 413 comes with an empty message)."""
+def _unavailable(guest: bool) -> str:
+    """Dify down or failing for a moment: nobody's fault, worth trying again."""
+    if guest:
+        return _("The service is temporarily unavailable. Try again in a moment.")
+    return _("Dify is temporarily unavailable. Try again in a moment.")
+
+
+def _dify_message(exc: DifyStatusError, *, guest: bool = False) -> str:
+    """Dify's refusal in words a reviewer can act on (its 413 comes with an empty message); a
+    guest is not given Dify's own words."""
     code = getattr(exc, "code", "")
     if code == "file_too_large":
-        return _("Dify says the file is too large.")
+        return _("The file is too large.") if guest else _("Dify says the file is too large.")
     if code == "unsupported_file_type":
-        return _("Dify does not accept this type of file.")
+        return (
+            _("This type of file is not accepted here.")
+            if guest
+            else _("Dify does not accept this type of file.")
+        )
+    if guest:
+        return _("The file was not accepted.")
     message = getattr(exc, "message", "") or str(exc)
     return _("Dify did not accept the file: %(reason)s") % {"reason": message}

@@ -1047,7 +1047,12 @@ def form_context(
         "answered": answered_content(form, decision) if state != "open" else "",
         "not_delivered": state != "open" and not_delivered(form, decision),
         "decision": decision,
-        "progress_title": progress_title(decision) if state == "in_flight" else "",
+        "progress_title": progress_title(decision, guest=decider.reviewer is None)
+        if state == "in_flight"
+        else "",
+        # Someone outside, asked by email: told what happens in their words, without Dify's
+        # name, status codes or Dify's own (English) messages, which reviewers still see.
+        "as_guest": decider.reviewer is None,
         # Who decided, as this reader may be told it (a guest is not told reviewers' names or
         # other recipients' addresses); the second starts a sentence.
         "decided_by": decision.decider_label_for(_guest_of(decider)) if decision else "",
@@ -1231,7 +1236,7 @@ def upload_response(
     files = request.FILES.getlist("file")
     uploads: list[Upload] = []
     # Files dropped as they arrived, for being larger than Dify takes (`SizeCapHandler`).
-    errors: list[str] = too_large(request)
+    errors: list[str] = too_large(request, guest=decider.reviewer is None)
     if page_state(form) != "open":
         errors = [_("This form can no longer be answered.")]
     elif not files:
@@ -1263,6 +1268,17 @@ def upload_response(
                         "limit": spec.ui_max_files,
                         "names": joined(f.name or "" for f in files[room:]),
                     }
+                )
+            elif len(files) > room and room:
+                # Room for some of them: the first ones are added, and the reader is told how
+                # many more the list took, not to remove one.
+                errors.append(
+                    ngettext(
+                        "Only %(room)d more file could be added here. Not added: %(names)s.",
+                        "Only %(room)d more files could be added here. Not added: %(names)s.",
+                        room,
+                    )
+                    % {"room": room, "names": joined(f.name or "" for f in files[room:])}
                 )
             elif len(files) > room:
                 errors.append(
@@ -1416,9 +1432,18 @@ def claim_announcement(form: Form, decider: Decider) -> str:
     return worded(_("Taken by %(who)s"), who=who)
 
 
-def progress_title(decision: Decision | None) -> str:
-    """The step a decision on its way to Dify is at, as the page's body titles it."""
+def progress_title(decision: Decision | None, *, guest: bool = False) -> str:
+    """The step a decision on its way to Dify is at, as the page's body titles it (for a guest,
+    the workflow's, without Dify's name)."""
     status = decision.status if decision else None
+    if guest:
+        if status == Decision.Status.DELIVERING:
+            return _("Sending the decision to the workflow…")
+        if decision is not None and decision.held_for_app:
+            return _("Decision kept: the workflow cannot take it right now.")
+        if status == Decision.Status.DELIVERED:
+            return _("Delivered to the workflow.")
+        return _("Decision queued; it is on its way to the workflow.")
     if status == Decision.Status.DELIVERING:
         return _("Sending the decision to Dify…")
     if decision is not None and decision.held_for_app:

@@ -92,7 +92,9 @@ def test_a_reason_is_stored_in_english_and_read_in_the_active_language() -> None
 @pytest.mark.parametrize(
     ("delta", "english", "chinese"),
     [
-        ({"seconds": 59}, "now", "现在"),  # before and after alike
+        ({"seconds": 59}, "now", "现在"),  # due within the minute
+        ({"seconds": -59}, "just now", "刚刚"),  # happened within the minute
+        ({"seconds": 0}, "just now", "刚刚"),
         ({"minutes": 60}, "in 60 minutes", "60分钟后"),
         ({"minutes": 90}, "in 90 minutes", "90分钟后"),
         ({"hours": 2, "minutes": 5}, "in 2 hours", "2小时后"),

@@ -417,9 +417,13 @@
     if (!max || !input.files || parts.field.getAttribute("data-kind") !== "file-list") return [];
     var count = parts.field.querySelectorAll(".file-chip").length;
     if (count + input.files.length <= max) return [];
-    // Nothing on the list yet: there is nothing to remove, only fewer to pick.
+    // Nothing on the list yet: there is nothing to remove, only fewer to pick. Room left for
+    // fewer than were picked: how many more it takes. A full list: remove one first.
+    var room = max - count;
     var words = count ? "data-too-many" : "data-too-many-picked";
-    return [(parts.error && parts.error.getAttribute(words)) || ""];
+    if (count && room > 0) words = room === 1 ? "data-room-one" : "data-room";
+    var text = (parts.error && parts.error.getAttribute(words)) || "";
+    return [text.replace("{room}", String(room))];
   }
 
   document.addEventListener("htmx:beforeRequest", function (event) {

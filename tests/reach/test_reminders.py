@@ -216,8 +216,35 @@ def test_the_expired_notice_of_a_decision_that_arrived_too_late_says_so(
     )
     assert sweep(T0 + 2 * H)["notices"] == 2
     body = next(m for m in mail.outbox if m.to == [GUEST]).body
-    assert "closed in Dify before the decision made in the inbox reached it" in body
+    # A guest is told without Dify's name or the inbox's.
+    assert (
+        "closed before the decision made on it could be sent, so that decision was not sent" in body
+    )
     assert "without a decision" not in body
+    assert "Dify" not in body and "in the inbox" not in body
+
+
+def test_the_too_late_notice_tells_a_guest_the_unsent_decision_was_theirs(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = captured(reach_app, hours_left=48)
+    decision = form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
+    Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.REJECTED)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + 2 * H
+    )
+    assert sweep(T0 + 2 * H)["notices"] == 2
+    mine = next(m for m in mail.outbox if m.to == [GUEST])
+    assert (
+        "closed before your decision (\u201cApprove\u201d) could be sent, so your decision was not "
+        "sent; the workflow took its timeout path." in " ".join(mine.body.split())
+    )
+    assert "Dify" not in mine.body and "Dify" not in mine.alternatives[0][0]
+    other = next(m for m in mail.outbox if m.to == [GUEST_ZH]).body
+    assert (
+        "\u5728\u5bf9\u5b83\u4f5c\u51fa\u7684\u51b3\u5b9a\u9001\u51fa\u4e4b\u524d" in other
+    )  # 在对它作出的决定送出之前
+    assert "Dify" not in other and "\u6536\u4ef6\u7bb1\u4e2d" not in other  # 收件箱中
 
 
 def test_no_notice_for_news_days_old(reach_route: Route, reach_app: DifyApp) -> None:

@@ -166,7 +166,8 @@ def test_files_refuse_a_type_the_input_does_not_take(
     assert response.status_code == 400
     assert response.json()["error"] == {
         "code": "upload_rejected",
-        "message": "This kind of file is not accepted here. Accepted: images, documents.",
+        "message": "This kind of file is not accepted here. Accepted: "
+        "images (GIF, JPEG, JPG, PNG, SVG, WEBP), documents (CSV, DOCX, HTM, HTML, MARKDOWN, MD, MDX, PDF, PROPERTIES, TXT, VTT, XLS, XLSX).",
     }
 
 

@@ -95,8 +95,11 @@ def test_every_input_kind_is_drawn(alice: Client, form: Form) -> None:
     )
     for option in ("refund", "partial", "deny"):
         assert f'<input type="radio" name="in_decision" value="{option}">' in page
-    assert "One file" in page and "Accepted: images, documents" in page
-    assert "Up to 3 files" in page and "Accepted: images, .dwg" in page
+    # Each kind named with the extensions Dify takes as it (an iPhone's .HEIC is no image).
+    images = "images (GIF, JPEG, JPG, PNG, SVG, WEBP)"
+    documents = "documents (CSV, DOCX, HTM, HTML, MARKDOWN, MD, MDX, PDF, PROPERTIES, TXT, VTT, "
+    assert "One file" in page and f"Accepted: {images}, {documents}XLS, XLSX)" in page
+    assert "Up to 3 files" in page and f"Accepted: {images}, .dwg" in page
     assert 'accept=".gif,.jpeg,.jpg,.png,.svg,.webp,.dwg"' in page
     assert f'hx-post="/forms/{form.public_id}/files/receipt"' in page
     assert '<input type="url" id="url-receipt" name="in_receipt"' in page
@@ -939,7 +942,7 @@ def test_in_chinese_lists_take_the_enumeration_comma_and_labels_no_stray_space(
 ) -> None:
     alice.cookies["django_language"] = "zh-hans"
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
-    assert "可接受：图片、文档" in page  # noqa: RUF001
+    assert "可接受：图片（GIF、JPEG、JPG、PNG、SVG、WEBP）、文档（CSV、DOCX" in page  # noqa: RUF001
     assert "：  " not in page and "： " not in page  # noqa: RUF001
 
 

@@ -133,7 +133,8 @@ def test_file_types_follow_the_category_table_and_custom_extensions(form: Form) 
     dform = decision_form(form, api_data(form, evidence=["https://example.com/song.mp3"]))
     assert not dform.is_valid()
     assert dform.error_list() == [
-        "evidence: song.mp3: this kind of file is not accepted here. Accepted: images, .dwg."
+        "evidence: song.mp3: this kind of file is not accepted here. Accepted: "
+        "images (GIF, JPEG, JPG, PNG, SVG, WEBP), .dwg."
     ]
 
 

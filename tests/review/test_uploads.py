@@ -33,7 +33,8 @@ def test_a_file_of_a_type_the_input_refuses_is_explained(alice: Client, form: Fo
     assert response.status_code == 200
     assert response["HX-Retarget"] == "#file-error-receipt"
     assert (
-        "<p>song.mp3: This kind of file is not accepted here. Accepted: images, documents.</p>"
+        "<p>song.mp3: This kind of file is not accepted here. Accepted: "
+        "images (GIF, JPEG, JPG, PNG, SVG, WEBP), documents (CSV, DOCX, HTM, HTML, MARKDOWN, MD, MDX, PDF, PROPERTIES, TXT, VTT, XLS, XLSX).</p>"
         in response.content.decode()
     )
     # Read out by the place it goes to (an alert), not by the page's announcer as well.
@@ -358,3 +359,27 @@ def test_an_upload_dify_refuses_passes_its_status_and_code_on(
     error = response.json()["error"]
     assert error["code"] == "dify_error"
     assert error["details"] == {"dify_status": 503, "dify_code": "service_unavailable"}
+
+
+def test_a_list_with_room_for_fewer_than_were_picked_says_how_many_more_it_takes(
+    alice: Client, form: Form, reviewer: User
+) -> None:
+    for n in range(2):  # the list takes three: room for one more
+        _upload(form, "evidence", f"e{n}.png", uploaded_by=reviewer)
+    response = alice.post(
+        f"/forms/{form.public_id}/files/evidence",
+        {
+            "file": [
+                SimpleUploadedFile("more.png", b"\x89PNG", content_type="image/png"),
+                SimpleUploadedFile("again.png", b"\x89PNG", content_type="image/png"),
+            ]
+        },
+        HTTP_HX_REQUEST="true",
+    )
+    said = html.unescape(response.content.decode())
+    assert "Only 1 more file could be added here. Not added: again.png." in said
+    assert "remove one" not in said
+    # The page's script says the same before sending, with the room it counts.
+    page = html.unescape(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert 'data-room-one="You can add 1 more file here; choose fewer."' in page
+    assert 'data-room="You can add {room} more files here; choose fewer."' in page

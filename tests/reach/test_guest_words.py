@@ -1,0 +1,206 @@
+"""What a guest (someone outside, asked by email, reading through their link) is told: the
+workflow's state in words they know, without Dify's name, status codes or Dify's own English
+messages, and what happens next. Reviewers keep the technical detail."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from inbox import notify
+from inbox.models import Decision, Form
+from tests.reach.conftest import FILE_DEFINITION, GUEST, GUEST_ZH
+from tests.reach.factories import make_form, route
+
+REFUSED = "Dify refused the decision (%(status)s %(code)s): %(message)s"
+
+
+def _link(form: Form, email: str) -> str:
+    return notify.link_path(notify.link_token(form.recipients.get(email=email)))
+
+
+def _body(page: str) -> str:
+    """The form's body (its state card), as the poll redraws it."""
+    start = page.index('<section id="form-body"')
+    return page[start : page.index("</section>", start)]
+
+
+def _decided(form: Form, *, status: str, form_status: str, **fields: Any) -> Decision:
+    decision = form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST_ZH)
+    Decision.objects.filter(pk=decision.pk).update(status=status, **fields)
+    closed = form_status == Form.Status.EXPIRED  # a closed form keeps no token
+    Form.objects.filter(pk=form.pk).update(
+        status=form_status, **({"form_token": ""} if closed else {})
+    )
+    return decision
+
+
+def _reviewer_page(client: Client, reviewer: User, form: Form) -> str:
+    other = Client()
+    other.force_login(reviewer)
+    return other.get(f"/forms/{form.public_id}/").content.decode()
+
+
+def test_an_attempt_that_failed_is_told_a_guest_without_dify_or_its_codes(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    _decided(
+        routed_form,
+        status=Decision.Status.QUEUED,
+        form_status=Form.Status.SUBMITTING,
+        attempts=2,
+        last_error="503 service_unavailable: Service Unavailable",
+    )
+    page = client.get(_link(routed_form, GUEST_ZH)).content.decode()
+    body = _body(page)
+    assert (
+        "\u51b3\u5b9a\u5df2\u6392\u961f\uff0c\u6b63\u5728\u53d1\u9001\u5230\u5de5\u4f5c\u6d41"
+        in body
+    )
+    assert "Dify" not in body and "503" not in body and "Service Unavailable" not in body
+    assert "attempt-detail" not in body
+    # Sentences are joined without a space in Chinese.
+    assert (
+        "\u201cApprove\u201d\u3002\u7b2c 2 \u6b21\u5c1d\u8bd5\u3002" in body
+    )  # “Approve”。第 2 次尝试。
+    # A time within the last minute: "just now".
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "\u521a\u521a\u6536\u5230" in text and "\u73b0\u5728" not in text  # 刚刚收到, not 现在
+
+    # A reviewer still sees the step as Dify's and what Dify said.
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert "on its way to Dify" in reviewer_body
+    assert "503 service_unavailable: Service Unavailable" in reviewer_body
+
+
+def test_a_decision_dify_refused_for_good_tells_a_guest_what_happens_next(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    values = {"status": 400, "code": "invalid_param", "message": "Invalid value for field cause"}
+    _decided(
+        routed_form,
+        status=Decision.Status.FAILED,
+        form_status=Form.Status.FAILED,
+        attempts=1,
+        last_error=REFUSED % values,
+        last_error_parts={"message": REFUSED, "values": values},
+    )
+    client.cookies["django_language"] = "en"
+    body = _body(client.get(_link(routed_form, GUEST_ZH)).content.decode())
+    assert "The decision could not be delivered." in body
+    assert "The people who run the workflow can see this" in body
+    assert "Dify" not in body and "invalid_param" not in body and "Invalid value" not in body
+
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert "Dify refused the decision (400 invalid_param): Invalid value for field cause" in (
+        html.unescape(reviewer_body)
+    )
+
+
+def test_a_form_closed_before_the_decision_arrived_is_told_a_guest_without_dify(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    _decided(routed_form, status=Decision.Status.REJECTED, form_status=Form.Status.EXPIRED)
+    client.cookies["django_language"] = "en"
+    body = html.unescape(_body(client.get(_link(routed_form, GUEST_ZH)).content.decode()))
+    assert "It was closed before its deadline (" in body
+    assert (
+        f"{GUEST_ZH} chose \u201cApprove\u201d, but the form had already closed, so the decision "
+        "was not sent. Nothing more is needed from you." in " ".join(body.split())
+    )
+    assert "Dify" not in body
+
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert "It closed in Dify before its deadline (" in reviewer_body
+
+
+@pytest.fixture
+def guest_upload_form(simulator_dify_app: Any, reviewer: User) -> Form:
+    app = simulator_dify_app("claim-review")
+    route(
+        app, users=[reviewer], recipients=[(GUEST, "en"), (GUEST_ZH, "zh-hans")], allow_guests=True
+    )
+    return make_form(
+        app,
+        definition=FILE_DEFINITION,
+        content=FILE_DEFINITION["form_content"],
+        expires_in=dt.timedelta(hours=30),
+    )
+
+
+def _upload(client: Client, url: str, name: str, data: bytes, mime: str) -> str:
+    response = client.post(
+        url, {"file": SimpleUploadedFile(name, data, content_type=mime)}, HTTP_HX_REQUEST="true"
+    )
+    return html.unescape(response.content.decode())
+
+
+def test_an_upload_while_dify_fails_says_to_try_again_not_that_the_file_was_refused(
+    client: Client, simulator: Any, guest_upload_form: Form, reviewer: User
+) -> None:
+    simulator.add_fault("status", "files_upload", app="claim-review", status=503, times=None)
+    photo = b"\x89PNG\r\n\x1a\n" + b"0" * 64
+    guest = _upload(
+        client,
+        f"{_link(guest_upload_form, GUEST_ZH)}files/receipt",
+        "\u7167\u7247_\u53a8\u623f.png",
+        photo,
+        "image/png",
+    )
+    # "照片_厨房.png: 服务暂时不可用, 请稍后再试。" with full-width punctuation.
+    assert (
+        "\u7167\u7247_\u53a8\u623f.png\uff1a\u670d\u52a1\u6682\u65f6\u4e0d\u53ef\u7528\uff0c"
+        "\u8bf7\u7a0d\u540e\u518d\u8bd5\u3002" in guest
+    )
+    assert "Dify" not in guest and "Service Unavailable" not in guest
+
+    reviewer_client = Client()
+    reviewer_client.force_login(reviewer)
+    said = _upload(
+        reviewer_client,
+        f"/forms/{guest_upload_form.public_id}/files/receipt",
+        "kitchen.png",
+        photo,
+        "image/png",
+    )
+    assert "kitchen.png: Dify is temporarily unavailable. Try again in a moment." in said
+    assert "Service Unavailable" not in said and "did not accept" not in said
+
+
+def test_a_heic_photo_is_refused_with_the_extensions_an_image_may_have(
+    client: Client, guest_upload_form: Form
+) -> None:
+    said = _upload(
+        client,
+        f"{_link(guest_upload_form, GUEST_ZH)}files/receipt",
+        "IMG_0042.HEIC",
+        b"\x00\x00\x00\x18ftypheic",
+        "application/octet-stream",  # as a phone's browser may send it
+    )
+    # "IMG_0042.HEIC: 此处不接受这类文件。可接受: 文档 (CSV、DOCX…)、图片 (GIF、…、WEBP)。"
+    assert (
+        "IMG_0042.HEIC\uff1a\u6b64\u5904\u4e0d\u63a5\u53d7\u8fd9\u7c7b\u6587\u4ef6\u3002"
+        "\u53ef\u63a5\u53d7\uff1a\u6587\u6863\uff08CSV\u3001DOCX" in said
+    )
+    assert (
+        "\u56fe\u7247\uff08GIF\u3001JPEG\u3001JPG\u3001PNG\u3001SVG\u3001WEBP\uff09\u3002" in said
+    )
+
+
+def test_a_guest_is_told_a_files_limit_without_difys_name(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    client.cookies["django_language"] = "en"
+    page = client.get(_link(routed_form, GUEST)).content.decode()
+    limits = re.search(r'data-larger-than="([^"]*)"', page)
+    assert limits is not None
+    assert limits.group(1) == "The file is larger than {limit}, the limit for this kind of file."
+    reviewer_page = _reviewer_page(client, reviewer, routed_form)
+    assert "the most Dify takes for this kind of file" in reviewer_page
