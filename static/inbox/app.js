@@ -460,13 +460,13 @@
       event.detail.elt.value = "";
     }
     var toast = document.getElementById("connection-error");
-    if (toast) toast.hidden = !event.detail.failed || event.detail.xhr.status !== 0;
+    if (toast) toast.hidden = pageStale || !event.detail.failed || event.detail.xhr.status !== 0;
     refreshActions();
   });
 
   document.addEventListener("htmx:sendError", function () {
     var toast = document.getElementById("connection-error");
-    if (toast) toast.hidden = false;
+    if (toast && !pageStale) toast.hidden = false;
     // Nothing is swapped: the button pressed (disabled while the request was out) gets the
     // focus back, as after a refused answer, and the notice above is read out.
     window.setTimeout(function () { restoreFocus(false); }, 0);
@@ -494,7 +494,7 @@
   function showError(nodes, fromGet) {
     var box = document.getElementById("request-error");
     var text = document.getElementById("request-error-text");
-    if (!box || !text) return;
+    if (!box || !text || pageStale) return;
     var words = nodes.map(function (node) { return node.textContent; }).join("");
     // A poll failing again and again says so once, not every few seconds.
     if (!box.hidden && fromGet && errorFromPoll && words === errorShown) return;
@@ -660,6 +660,13 @@
   function showStale() {
     pageStale = true;
     refreshActions();
+    // This notice says it all: not a second one beside it ("Nothing sent: you are signed
+    // out"), nor a claim panel offering what the page can no longer do.
+    hideError();
+    var lost = document.getElementById("connection-error");
+    if (lost) lost.hidden = true;
+    var claim = document.getElementById("claim");
+    if (claim) claim.hidden = true;
     var box = document.getElementById("reload-notice");
     var text = document.getElementById("reload-notice-text");
     if (!box || !text) return;

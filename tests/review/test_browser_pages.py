@@ -866,3 +866,27 @@ def test_the_connection_and_request_errors_stack_rather_than_overlap(
         assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
     assert page.js_errors == []
     assert page.csp_violations == []
+
+
+def test_a_decision_sent_after_the_login_ended_leaves_one_notice(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """Signed out in another tab, then an action pressed before the poll noticed: the refusal
+    says nothing was sent; once the poll finds the page can no longer send, its notice (with
+    the reload button) takes the refusal's place rather than stacking a second alert on it."""
+    from django.contrib.sessions.models import Session
+
+    form = note_only_form(dify_app)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill("Refund it, the parcel was lost.")
+    Session.objects.all().delete()
+    page.get_by_role("button", name="Approve").click()
+    refusal = page.locator("#request-error")
+    refusal.get_by_text("Nothing was sent: you are signed out.").wait_for()
+    stale = page.locator("#reload-notice")
+    stale.wait_for(state="visible", timeout=15000)
+    assert refusal.is_hidden() and page.locator("#connection-error").is_hidden()
+    assert page.locator("#claim").is_hidden()
+    assert page.locator("textarea[name=in_note]").input_value() == "Refund it, the parcel was lost."
+    assert page.js_errors == []
