@@ -170,10 +170,14 @@ def _decider(form: Form) -> Decision | None:
 
 def _reopened(form: Form) -> bool:
     """Whether the pending form was given back for a new decision after one failed for good."""
-    return (
-        form.status == Form.Status.PENDING
-        and form.decisions.filter(status=Decision.Status.FAILED).exists()
-    )
+    if form.status != Form.Status.PENDING:
+        return False
+    # Asked once per form object: a form's first emails all go with the same one.
+    cached: bool | None = getattr(form, "_inbox_reopened", None)
+    if cached is None:
+        cached = form.decisions.filter(status=Decision.Status.FAILED).exists()
+        form._inbox_reopened = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def build_email(
