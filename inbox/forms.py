@@ -604,16 +604,77 @@ def not_delivered(form_obj: Form, decision: Decision | None) -> bool:
     )
 
 
+# How Dify writes a file input in `rendered_content`: "[file]" for one, "[N files]" for a list.
+_DIFY_FILE = re.compile(r"\[file\]|\[(\d+) files\]")
+
+
+def _dify_file_placeholder(text: str) -> str:
+    """Dify's English "[file]" / "[N files]" in the reader's language; other text as it is."""
+    match = _DIFY_FILE.fullmatch(text)
+    if match is None:
+        return text
+    if match.group(1) is None:
+        return gettext("[file]")
+    count = int(match.group(1))
+    return ngettext("[%(n)d file]", "[%(n)d files]", count) % {"n": count}
+
+
+def _rendered_with_files(form_obj: Form, decision: Decision | None) -> str:
+    """Dify's `rendered_content`, its file inputs as people read them: the names they were
+    uploaded under when the decision was ours and delivered (Dify writes only "[file]" or
+    "[N files]"), else Dify's placeholders in the reader's language. The rest as Dify wrote
+    it. Each input's place is found by matching the content as asked against the rendered one;
+    where they do not line up, only the placeholders are translated."""
+    from inbox.markdown import PLACEHOLDER
+
+    rendered = form_obj.rendered_content
+    content = form_obj.content or str((form_obj.definition or {}).get("form_content") or "")
+    kinds = {spec.name: spec.kind for spec in input_specs(form_obj.definition or {})}
+    places = list(PLACEHOLDER.finditer(content))
+    if not any(kinds.get(m.group(1).strip()) in ("file", "file-list") for m in places):
+        return rendered
+    pattern, start = [], 0
+    for match in places:
+        pattern += [re.escape(content[start : match.start()]), "(.*?)"]
+        start = match.end()
+    pattern.append(re.escape(content[start:]))
+    aligned = re.fullmatch("".join(pattern), rendered, re.DOTALL)
+    if aligned is None:
+        return _DIFY_FILE.sub(lambda m: _dify_file_placeholder(m.group(0)), rendered)
+    values: Mapping[str, Any] = {}
+    if decision is not None and decision.status == Decision.Status.DELIVERED:
+        # Ours, and Dify took it: the files are those uploaded here.
+        values = decision.inputs if isinstance(decision.inputs, Mapping) else {}
+    file_name = FileNames(Upload.objects.filter(form=form_obj))
+    parts, start = [], 0
+    for index, match in enumerate(places, start=1):
+        parts.append(rendered[start : aligned.start(index)])
+        text = aligned.group(index)
+        name = match.group(1).strip()
+        kind = kinds.get(name)
+        value = values.get(name)
+        if kind == "file" and isinstance(value, Mapping):
+            text = file_name(value, url=True)
+        elif kind == "file-list" and isinstance(value, list):
+            text = ", ".join(file_name(item, url=True) for item in value)
+        elif kind in ("file", "file-list"):
+            text = _dify_file_placeholder(text)
+        parts.append(text)
+        start = aligned.end(index)
+    parts.append(rendered[start:])
+    return "".join(parts)
+
+
 def answered_content(form_obj: Form, decision: Decision | None) -> str:
     """The form's content as answered: Dify's own record when a fill event brought it (its
-    `rendered_content`); else the content with each input's place filled with what was sent,
+    `rendered_content`, its files named as `_rendered_with_files` says); else the content with each input's place filled with what was sent,
     as Dify fills it: the values of our decision Dify accepted, those Dify said were submitted
     elsewhere, or (`not_delivered`) those of our decision that never reached Dify. A file reads as its name when it was uploaded here. Empty when nothing says what
     was answered (the content is then shown as it was asked)."""
     from inbox.markdown import PLACEHOLDER
 
     if form_obj.rendered_content:
-        return form_obj.rendered_content
+        return _rendered_with_files(form_obj, decision)
     values: Any = None
     if decision is not None and decision.status == Decision.Status.DELIVERED:
         values = decision.inputs

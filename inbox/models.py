@@ -1369,6 +1369,8 @@ class Form(models.Model):
                     turned_away.add(account.email.lower())
             recipients = []
             skipped = []
+            # The zone each address's browser last gave a link's pages (one query).
+            zones = FormRecipient.zones_of(wanted)
             for key, (email, language, account) in wanted.items():
                 if account is None and key in turned_away and key not in accounts:
                     skipped.append(email)
@@ -1381,7 +1383,13 @@ class Form(models.Model):
                     users.setdefault(account.pk, account)
                     language = ReviewerProfile.languages_of([account]).get(account.pk, language)
                 recipients.append(
-                    FormRecipient(form=self, email=email, language=language, user=account)
+                    FormRecipient(
+                        form=self,
+                        email=email,
+                        language=language,
+                        user=account,
+                        time_zone=zones.get(key, ""),
+                    )
                 )
             # Added, not set: a form is routed once, before anyone could assign it (set() would
             # read the assignments it replaces first).
@@ -1891,6 +1899,11 @@ class Decision(models.Model):
     # an unpublished app): the decision waits, with no due time, until Dify accepts the app again
     # (`release_held`). What an administrator fixes in the app's settings fails no decision.
     held_for_app = models.BooleanField(_("held until Dify accepts its app"), default=False)
+    # When its maker was told that it failed for good (`inbox.notify.send_failure_notice`):
+    # set before the email goes, so the task and the sweep send it once.
+    failure_notice_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("failure notice sent at")
+    )
 
     class Meta:
         verbose_name = _("decision")
@@ -2265,6 +2278,10 @@ class Decision(models.Model):
         self.save(update_fields=fields)
         form.save(update_fields=form_fields)
         AuditEntry.objects.bulk_create(entries)
+        if status == self.Status.FAILED:
+            # Its maker is told, once it is written (the sweep sends it if this is lost).
+            pk = self.pk
+            transaction.on_commit(lambda: Decision.enqueue_failure_notice(pk))
 
     def _closing(
         self, form: Form, *, status: str, form_status: str, reason: str, verb: str, **details: Any
@@ -2666,11 +2683,48 @@ class Decision(models.Model):
             form.status = Form.Status.PENDING
             form.claimed_by = None
             form.save(update_fields=["status", "claimed_by", "updated_at"])
-            AuditEntry.record(
-                "form_reopened", form, actor=actor, failed_decision=str(decision.public_id)
+            # The used links open again, in any browser: the form needs a decision again.
+            form.recipients.filter(link_used_at__isnull=False).update(link_used_at=None)
+            # Those still asked are emailed again ("it needs a decision again") and their
+            # reminders start over from that email (`notify._send_request`). Each row is
+            # claimed as it is sent, so the task and the sweep send it once.
+            asked = [
+                r.pk
+                for r in form.recipients.filter(withdrawn_at__isnull=True).select_related(
+                    "form__route", "user"
+                )
+                if r.still_asked()
+            ]
+            form.recipients.filter(pk__in=asked).update(
+                sent_at=None,
+                send_attempts=0,
+                last_error="",
+                reminders_sent=[],
+                next_reminder_at=None,
             )
+            AuditEntry.record(
+                "form_reopened",
+                form,
+                actor=actor,
+                failed_decision=str(decision.public_id),
+                recipients=len(asked),
+            )
+            if asked:
+                pk = form.pk
+                transaction.on_commit(lambda: FormRecipient.enqueue_emails(pk))
         self.refresh_from_db()
         return True
+
+    @classmethod
+    def enqueue_failure_notice(cls, pk: int) -> None:
+        """Queue the email telling a failed decision's maker. A broker that is down loses
+        nothing: the email sweep sends it."""
+        from inbox.tasks import send_failure_notice
+
+        try:
+            send_failure_notice.apply_async((pk,))
+        except Exception as exc:
+            _not_queued(exc, "decision %s: failure notice not queued, the sweep sends it", pk)
 
 
 class DeliveryPump(models.Model):
@@ -2875,6 +2929,29 @@ class FormRecipient(models.Model):
         from django.contrib.auth import get_user_model
 
         return not get_user_model().objects.filter(email__iexact=email, is_active=False).exists()
+
+    @classmethod
+    def zones_of(cls, emails: typing.Iterable[str]) -> dict[str, str]:
+        """address (lower case) -> the zone its holder's browser last gave a link's pages, for
+        the addresses that gave one (one query): a form routed to them later emails them in it.
+        `remember_zone` keeps every row of an address alike, so any row says it."""
+        keys = {e.lower() for e in emails if e}
+        if not keys:
+            return {}
+        rows = (
+            cls.objects.annotate(email_lower=Lower("email"))
+            .filter(email_lower__in=keys)
+            .exclude(time_zone="")
+            .order_by("pk")
+            .values_list("email_lower", "time_zone")
+        )
+        return dict(rows)
+
+    @classmethod
+    def remember_zone(cls, email: str, zone: str) -> None:
+        """The zone a guest's browser gave: kept on every row of their address, so the emails of
+        all their forms (and of forms routed to them later) give times in it."""
+        cls.objects.filter(email__iexact=email).exclude(time_zone=zone).update(time_zone=zone)
 
     @classmethod
     def enqueue_emails(cls, form_pk: int) -> None:

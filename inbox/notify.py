@@ -1,5 +1,5 @@
-"""Reach: the emails about a form (the request, reminders, the closing notice) and the signed
-links in them.
+"""Reach: the emails about a form (the request, reminders, the closing notice, the notice that
+a decision could not be delivered) and the signed links in them.
 
 A link is signed for one recipient of one form with Django's signing framework and expires with
 the form. A form without an expiry bounds its links' age instead (INBOX_LINK_MAX_AGE_SECONDS); the
@@ -168,16 +168,37 @@ def _decider(form: Form) -> Decision | None:
     )
 
 
+def _reopened(form: Form) -> bool:
+    """Whether the pending form was given back for a new decision after one failed for good."""
+    if form.status != Form.Status.PENDING:
+        return False
+    # Asked once per form object: a form's first emails all go with the same one.
+    cached: bool | None = getattr(form, "_inbox_reopened", None)
+    if cached is None:
+        cached = form.decisions.filter(status=Decision.Status.FAILED).exists()
+        form._inbox_reopened = cached  # type: ignore[attr-defined]
+    return cached
+
+
 def build_email(
-    recipient: FormRecipient, kind: str, *, now: dt.datetime | None = None
+    recipient: FormRecipient,
+    kind: str,
+    *,
+    now: dt.datetime | None = None,
+    decision: Decision | None = None,
 ) -> EmailMultiAlternatives:
-    """The email of `kind` (`request`, `reminder`, `link`, `closed`) for a recipient, in their
-    language: plain text and HTML from templates/emails/. Each carries a link signed as it is
-    built, so a reminder's link is as fresh as the reminder. Dify's content goes in as plain
-    text only."""
+    """The email of `kind` (`request`, `reminder`, `link`, `closed`, `failed`) for a recipient,
+    in their language: plain text and HTML from templates/emails/. Each carries a link signed as
+    it is built, so a reminder's link is as fresh as the reminder. Dify's content goes in as
+    plain text only. `failed` tells the maker of `decision`, which failed for good, that it was
+    not delivered; `recipient` may then be unsaved (a reviewer emailed about nothing else): it
+    carries the page's address, not a signed link."""
     now = now or timezone.now()
     form = recipient.form
-    decision = _decider(form) if kind == "closed" else None
+    if kind == "closed":
+        decision = _decider(form)
+    elif kind != "failed":
+        decision = None
     late = (
         form.decisions.select_related("reviewer")
         .filter(status__in=(Decision.Status.REJECTED, Decision.Status.FAILED))
@@ -207,7 +228,14 @@ def build_email(
             "time_zone": timezone.get_current_timezone_name(),
             "time_left": timefmt.relative(expires, now) if expires else "",
             "link_lasts": timefmt.span(link_max_age()),
-            "url": link_url(recipient),
+            "url": form_page_url(form) if recipient.pk is None else link_url(recipient),
+            # Given back for a new decision after one that could not be delivered.
+            "reopened": kind == "request" and _reopened(form),
+            # Why the decision failed, in the reader's language where the inbox wrote it.
+            # A guest is told neither Dify's words nor its status (as on their page).
+            "reason": decision.last_error_text
+            if kind == "failed" and decision and not recipient.is_guest
+            else "",
             "as_guest": recipient.is_guest,
             "guests_may_answer": form.allow_guests,
             "status": form.status,
@@ -237,6 +265,11 @@ def build_email(
     )
     message.attach_alternative(html, "text/html")
     return message
+
+
+def form_page_url(form: Form) -> str:
+    """The form's page, for a signed-in reviewer (no signed link: it opens only with access)."""
+    return settings.INBOX_BASE_URL.rstrip("/") + reverse("inbox:form", args=[form.public_id])
 
 
 def reading_zone(recipient: FormRecipient) -> str:
@@ -379,7 +412,7 @@ def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) ->
     """The sweep: first emails that never went out, reminders that are due, and closing notices
     for forms that were decided or expired. Each part is bounded by `batch_size`."""
     now = now or timezone.now()
-    counts = {"requests": 0, "reminders": 0, "notices": 0}
+    counts = {"requests": 0, "reminders": 0, "notices": 0, "failures": 0}
 
     # First emails whose task was lost or whose send failed; a minute's grace for the task.
     late = (
@@ -408,6 +441,17 @@ def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) ->
     ).select_related("form__run__app", "user")[:batch_size]
     for recipient in closed:
         counts["notices"] += _notify_closed(recipient, now)
+
+    # Decisions that failed for good whose maker was not told (the task lost, or not yet run).
+    failed = Decision.objects.filter(
+        status=Decision.Status.FAILED,
+        form__status=Form.Status.FAILED,
+        failure_notice_at__isnull=True,
+        updated_at__gte=now - NOTICE_STALE_AFTER,
+        updated_at__lt=now - dt.timedelta(seconds=60),
+    ).values_list("pk", flat=True)[:batch_size]
+    for pk in failed:
+        counts["failures"] += send_failure_notice(pk, now=now)
     return counts
 
 
@@ -467,6 +511,60 @@ def _made_by(decision: Decision, recipient: FormRecipient) -> bool:
         (decision.reviewer_id is not None and decision.reviewer_id == recipient.user_id)
         or (decision.guest_email and decision.guest_email.lower() == recipient.email.lower())
     )
+
+
+def _failure_recipient(decision: Decision) -> FormRecipient | None:
+    """Who is told that `decision` failed: the guest whose link made it (their row), or the
+    reviewer who made it (their row when the form emailed them, else their account's address,
+    language and zone). None for an account gone, deactivated or without an address."""
+    form = decision.form
+    if decision.guest_email:
+        return (
+            form.recipients.select_related("user")
+            .filter(email__iexact=decision.guest_email)
+            .first()
+        )
+    user = decision.reviewer
+    if user is None or not user.is_active or not user.email:
+        return None
+    row = form.recipients.filter(Q(user=user) | Q(email__iexact=user.email)).first()
+    if row is not None:
+        return row
+    language = ReviewerProfile.languages_of([user]).get(user.pk, settings.LANGUAGE_CODE)
+    return FormRecipient(form=form, email=user.email, user=user, language=language)
+
+
+def send_failure_notice(decision_pk: int, *, now: dt.datetime | None = None) -> int:
+    """Tell the maker of a decision that failed for good (Dify refused it, or could not be
+    reached after every attempt) that it was not delivered, and that the inbox's administrators
+    can send it again or reopen the form. Once: the decision is claimed before the email goes,
+    so the task and the sweep never both send it. Not for a decision sent again or whose form
+    moved on meanwhile, nor news older than NOTICE_STALE_AFTER."""
+    now = now or timezone.now()
+    claimed = Decision.objects.filter(
+        pk=decision_pk,
+        status=Decision.Status.FAILED,
+        form__status=Form.Status.FAILED,
+        failure_notice_at__isnull=True,
+    ).update(failure_notice_at=now)
+    if not claimed:
+        return 0
+    decision = (
+        Decision.objects.select_related("form__run__app", "reviewer").filter(pk=decision_pk).first()
+    )
+    if decision is None or decision.updated_at < now - NOTICE_STALE_AFTER:
+        return 0
+    recipient = _failure_recipient(decision)
+    if recipient is None:
+        return 0
+    recipient.form = decision.form
+    try:
+        build_email(recipient, "failed", now=now, decision=decision).send()
+    except Exception as exc:
+        # As a closing notice: tried once. The failure is on the dashboard all the same.
+        logger.warning("decision %s: failure notice not sent: %s", decision_pk, exc)
+        return 0
+    return 1
 
 
 def resend_form_emails(form: Form) -> int:

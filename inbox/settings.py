@@ -200,7 +200,7 @@ if CELERY_BROKER_URL == "filesystem://":
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
-# Emails (a form's first emails, reminders, closing notices) go to this queue when it is set,
+# Emails (a form's first emails, reminders, closing and failure notices) go to this queue when it is set,
 # so a worker of their own (`bin/docker-entrypoint mailer`) sends them and a slow mail server
 # never holds the slots decisions are delivered from. Unset: they share the default queue.
 # The `worker` role consumes both queues unless WORKER_QUEUES names others.
@@ -209,6 +209,7 @@ if INBOX_MAIL_QUEUE:
     CELERY_TASK_ROUTES = {
         "inbox.tasks.send_form_emails": {"queue": INBOX_MAIL_QUEUE},
         "inbox.tasks.send_reminders": {"queue": INBOX_MAIL_QUEUE},
+        "inbox.tasks.send_failure_notice": {"queue": INBOX_MAIL_QUEUE},
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True

@@ -956,6 +956,15 @@ def send_form_emails(form_pk: int) -> int:
     return notify.send_form_emails(form_pk)
 
 
+# A decision that failed for good: its maker is told (once; the sweep makes up for a lost task).
+@shared_task(soft_time_limit=60, time_limit=75)
+def send_failure_notice(decision_pk: int) -> int:
+    """Email the person who made a decision that failed for good that it was not delivered."""
+    from inbox import notify
+
+    return notify.send_failure_notice(decision_pk)
+
+
 # Periodic (beat, every minute). Bounded by batches and the time limit; the rest waits a tick.
 @shared_task(soft_time_limit=100, time_limit=120)
 def send_reminders(batch_size: int = 500) -> dict[str, int]:

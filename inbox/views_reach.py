@@ -234,7 +234,9 @@ def _guest_access(
         # The zone the guest reads in, for the times of the reminders and notices that follow
         # (the first page of a link has no cookie yet; its polls and posts do). Not that of a
         # reviewer signed in here: the link was forwarded to them.
-        FormRecipient.objects.filter(pk=recipient.pk).update(time_zone=zone)
+        # Kept for the address, not only this form: the emails of the guest's other forms,
+        # and of those routed to them later, give times in it too.
+        FormRecipient.remember_zone(recipient.email, zone)
         recipient.time_zone = zone
     decider = Decider(base_url=notify.link_path(token), guest_email=recipient.email)
     return GuestAccess(recipient=recipient, form=form, decider=decider, lapsed=lapsed)

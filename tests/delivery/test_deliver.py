@@ -68,7 +68,8 @@ def _retry(decision: Decision, callbacks: Callable[..., Any]) -> str:
     """The retry the task scheduled, run now (the countdown is the broker's business)."""
     with callbacks(execute=False) as queued:
         outcome = deliver_decision(decision.pk)
-    assert len(queued) == (1 if outcome == "retry" else 0)
+    # The next attempt's task, or for a decision that failed for good its maker's notice.
+    assert len(queued) == (1 if outcome in ("retry", "failed") else 0)
     return outcome
 
 
@@ -689,3 +690,32 @@ def test_the_worker_s_reasons_are_kept_in_english_and_read_in_the_reviewer_s_lan
     assert english in client.get(f"/forms/{form.public_id}/").content.decode()
     # A token in a value is kept out of the stored values as out of the text.
     assert form.form_token not in str(decision.last_error_parts)
+
+
+def test_a_decision_dify_refuses_for_good_tells_its_maker_once(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    from django.core import mail
+
+    from inbox import notify
+
+    dify.on("POST", SUBMIT, error(400, "invalid_param", "Invalid value for field cause"))
+    form = make_form(app)
+    decision = decide(form)
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert deliver_decision(decision.pk) == "failed"
+    assert _state(decision) == ("failed", "failed", 1)
+    assert len(queued) == 1  # the failure notice's task, once the failure is written
+    mail.outbox.clear()
+    assert notify.send_failure_notice(decision.pk) == 1
+    (message,) = mail.outbox
+    assert message.to == [reviewer.email]
+    assert "“Approve”, could not be delivered to Dify" in message.body
+    assert "400 invalid_param" in message.body and form.form_token not in message.body
+    assert notify.send_failure_notice(decision.pk) == 0
+    assert notify.send_due_emails(timezone.now() + dt.timedelta(minutes=5))["failures"] == 0
+    assert len(mail.outbox) == 1

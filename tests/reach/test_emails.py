@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from inbox import notify
@@ -269,3 +269,40 @@ def test_an_account_s_link_to_a_form_without_expiry_works_while_it_waits(
     assert "expires with the form" not in account
     # A guest's link to such a form lasts a set time, and says so.
     assert "it works for 30 days" in mails[GUEST].body
+
+
+def test_a_guest_s_zone_goes_with_her_address_to_her_other_forms_and_later_ones(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    earlier = make_form(reach_app, expires_in=None, expiration_time=EXPIRES)
+    waiting = make_form(reach_app, expires_in=None, expiration_time=EXPIRES)
+    visitor = Client()
+    visitor.cookies["tz"] = "Asia/Shanghai"
+    # She opens one form's link: the form waiting beside it, and the next one, use her zone.
+    guest = earlier.recipients.get(email=GUEST_ZH)
+    assert visitor.get(notify.link_path(notify.link_token(guest))).status_code == 200
+    later = make_form(reach_app, expires_in=None, expiration_time=EXPIRES)
+    for form in (waiting, later):
+        row = form.recipients.get(email=GUEST_ZH)
+        assert notify.reading_zone(row) == "Asia/Shanghai"
+        # Another guest's zone is not hers.
+        assert notify.reading_zone(form.recipients.get(email=GUEST)) == ""
+    mail.outbox.clear()
+    notify.send_form_emails(later.pk)
+    assert "Asia/Shanghai" in by_recipient()[GUEST_ZH].body
+    assert "UTC" in by_recipient()[GUEST].body
+
+
+def test_a_reviewer_s_own_zone_beats_the_one_their_address_gave_as_a_guest(
+    reach_app: DifyApp, reviewer: Any
+) -> None:
+    from inbox.models import ReviewerProfile
+
+    route(reach_app, users=[reviewer], email_reviewers=True, recipients=[GUEST])
+    form = make_form(reach_app)
+    row = form.recipients.get(email=reviewer.email)
+    FormRecipient.objects.filter(pk=row.pk).update(time_zone="America/New_York")
+    row.refresh_from_db()
+    assert notify.reading_zone(row) == "America/New_York"
+    ReviewerProfile.remember(reviewer, time_zone="Europe/Paris")
+    assert notify.reading_zone(row) == "Europe/Paris"

@@ -161,7 +161,7 @@ def test_a_reminder_schedule_out_of_any_calendar_is_refused_and_never_breaks_the
     # A route saved before the check (or behind the admin's back) sends its emails, unreminded.
     Route.objects.filter(pk=reach_route.pk).update(reminders=text)
     captured(reach_app, hours_left=48)
-    assert sweep(T0 + 47 * H) == {"requests": 0, "reminders": 0, "notices": 0}
+    assert sweep(T0 + 47 * H) == {"requests": 0, "reminders": 0, "notices": 0, "failures": 0}
 
 
 def test_no_reminder_once_someone_decided(reach_route: Route, reach_app: DifyApp) -> None:
@@ -264,7 +264,7 @@ def test_recipients_never_emailed_get_no_reminder_or_notice(
     Form.objects.filter(pk=form.pk).update(
         expiration_time=T0 + 2 * H, status=Form.Status.EXPIRED, form_token=""
     )
-    assert sweep(T0 + 2 * H) == {"requests": 0, "reminders": 0, "notices": 0}
+    assert sweep(T0 + 2 * H) == {"requests": 0, "reminders": 0, "notices": 0, "failures": 0}
     assert mail.outbox == []
 
 
@@ -316,7 +316,7 @@ def test_the_periodic_task_holds_a_lock(reach_route: Route, reach_app: DifyApp) 
         release.set()
         thread.join(10)
     assert mail.outbox == []
-    assert send_reminders() == {"requests": 2, "reminders": 0, "notices": 0}
+    assert send_reminders() == {"requests": 2, "reminders": 0, "notices": 0, "failures": 0}
 
 
 def test_a_reminder_the_mail_server_refused_is_sent_at_a_later_sweep(

@@ -1062,3 +1062,71 @@ def test_the_presence_line_is_a_lasting_live_region_redrawn_only_when_the_people
         url, {"state": "open", "run": "x", "seen": seen.group(1)}, HTTP_HX_REQUEST="true"
     ).content.decode()
     assert 'id="presence"' not in same
+
+
+def test_the_record_names_the_files_whether_or_not_dify_s_fill_event_was_seen(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    """Dify's rendered content writes files as "[file]" and "[N files]": a decision made and
+    delivered here reads with the names the files were uploaded under, as it does when the
+    fill event was missed; an answer given elsewhere reads Dify's placeholders in the page's
+    language."""
+    content = (
+        "Refund for **Ada**\n\n{{#$output.note#}}\n\nOutcome: {{#$output.decision#}}\n\n"
+        "Receipt: {{#$output.receipt#}}\n\nEvidence: {{#$output.evidence#}}\n"
+    )
+    rendered = (
+        "Refund for **Ada**\n\nPaid back [file] today.\n\nOutcome: partial\n\n"
+        "Receipt: [file]\n\nEvidence: [2 files]\n"
+    )
+    form = make_form(
+        dify_app,
+        status=Form.Status.SUBMITTED,
+        filled_action_id="approve",
+        filled_action_text="Approve",
+        content=content,
+        definition=full_definition(form_content=content),
+        rendered_content=rendered,
+    )
+    for file_id, name in (("f-receipt", "receipt-104233.pdf"), ("f-photo", "photo-1.png")):
+        Upload.objects.create(
+            form=form, input_name="x", upload_file_id=file_id, name=name, size=1, category="image"
+        )
+    Decision.objects.create(
+        form=form,
+        action_id="approve",
+        reviewer=reviewer,
+        status=Decision.Status.DELIVERED,
+        inputs={
+            "note": "Paid back [file] today.",
+            "decision": "partial",
+            "receipt": {"transfer_method": "local_file", "upload_file_id": "f-receipt"},
+            "evidence": [
+                {"transfer_method": "local_file", "upload_file_id": "f-photo"},
+                {"transfer_method": "remote_url", "url": "https://files.example.com/a.png"},
+            ],
+        },
+    )
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "Receipt: receipt-104233.pdf" in page
+    assert "Evidence: photo-1.png, " in page and "https://files.example.com/a.png" in page
+    # The rest as Dify wrote it: a reviewer's own "[file]" in a text stays as typed.
+    assert "Paid back [file] today." in page and "Outcome: partial" in page
+    assert "[2 files]" not in page
+
+    elsewhere = make_form(
+        dify_app,
+        status=Form.Status.ANSWERED_ELSEWHERE,
+        filled_action_id="approve",
+        filled_action_text="Approve",
+        content=content,
+        definition=full_definition(form_content=content),
+        rendered_content=rendered,
+    )
+    english = body(alice.get(f"/forms/{elsewhere.public_id}/").content.decode())
+    assert "Receipt: [file]" in english and "Evidence: [2 files]" in english
+    alice.cookies["django_language"] = "zh-hans"
+    chinese = body(alice.get(f"/forms/{elsewhere.public_id}/").content.decode())
+    assert "Receipt: [\u6587\u4ef6]" in chinese
+    assert "Evidence: [2 \u4e2a\u6587\u4ef6]" in chinese
+    assert "Paid back [file] today." in chinese  # typed by whoever answered, not Dify's
