@@ -213,6 +213,26 @@ def test_pages_go_on_without_the_shared_cache_and_healthz_says_degraded(
     assert "127.0.0.1:9" not in health.content.decode()
 
 
+def test_pages_answer_503_while_the_database_does_not_answer(reviewer: Any) -> None:
+    from django.db import OperationalError, connection
+
+    def down(*args: Any) -> Any:
+        raise OperationalError("connection to server at 10.0.0.5 failed: Connection refused")
+
+    client = Client(raise_request_exception=False)
+    client.force_login(reviewer)
+    with connection.execute_wrapper(down):
+        response = client.get("/")
+        api = client.get("/api/v1/forms", HTTP_AUTHORIZATION="Bearer x")
+    assert response.status_code == 503 and response["Retry-After"] == "30"
+    page = response.content.decode()
+    assert "The inbox cannot reach its database just now." in page and "10.0.0.5" not in page
+    assert (api.status_code, api.json()["error"]["code"]) == (503, "unavailable")
+    # Any other failure is still the 500 page.
+    with connection.execute_wrapper(lambda *args: 1 / 0):
+        assert client.get("/").status_code == 500
+
+
 def test_inbox_requires_login(client: Client, db: None) -> None:
     response = client.get("/")
     assert response.status_code == 302
