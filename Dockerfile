@@ -3,6 +3,8 @@
 # test and lint tools).
 #   docker build -t dify-approval-inbox .
 #   docker run --env-file .env dify-approval-inbox web|worker|mailer|beat|follower|migrate
+# (.env names the shared DATABASE_URL and CELERY_BROKER_URL: without them these refuse to start,
+# unless INBOX_EMBEDDED=1.)
 # (.dockerignore keeps .env, .git, .venv and var/ out of the image.)
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -87,9 +87,10 @@ class DifyAppAdminForm(forms.ModelForm):
         self.initial["api_key"] = ""
         if self.instance.pk and self.instance.api_key_sealed:
             self.fields["api_key"].help_text = _(
-                "The stored key cannot be read with this installation's encryption keys "
-                "(INBOX_ENCRYPTION_KEYS): enter it again, or put back the encryption key it was "
-                "stored with. Nothing is sent to Dify for this app until then."
+                "The stored key cannot be read with this process's encryption keys "
+                "(INBOX_ENCRYPTION_KEYS): restart it with the encryption key it was stored with "
+                "(during a rotation, the new one), or enter it again. Nothing is sent to Dify "
+                "for this app until then."
             )
         elif self.instance.pk:
             self.fields["api_key"].help_text = _(
@@ -414,7 +415,15 @@ class DifyAppAdmin(AuditedAdmin):
     @admin.display(description=_("connection to Dify"), ordering="refused_at")
     def health(self, obj: DifyApp) -> str:
         if obj.api_key_sealed:
-            return str(_("API key unreadable here: enter it again."))
+            # Fernet names no key: a process lacking the newest one (restarted out of order
+            # during a rotation) and a key lost for good look alike from here.
+            return str(
+                _(
+                    "No key in this process's INBOX_ENCRYPTION_KEYS opens the API key: restart "
+                    "it with the key the API key was stored with (during a rotation, the new "
+                    "one), or enter the API key again."
+                )
+            )
         if obj.refused_at is None:
             unreachable = getattr(obj, "unreachable", 0)
             if unreachable:

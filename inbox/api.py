@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
@@ -187,6 +188,15 @@ def api_view(
             except SuspiciousOperation as exc:
                 # Too many fields or file parts, among others: said, not logged as an attack.
                 return ApiError(400, "invalid_request", str(exc)).response()
+            except (OperationalError, InterfaceError) as exc:
+                # The database away (PostgreSQL restarting, the network): worth a retry.
+                logger.warning(
+                    "API %s %s: database unavailable: %s",
+                    request.method,
+                    request.path,
+                    " ".join(str(exc).split())[:500] or type(exc).__name__,
+                )
+                return database_unavailable().response()
             except Exception:
                 logger.exception("API %s %s failed", request.method, request.path)
                 return ApiError(
@@ -216,11 +226,37 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     return ApiError(400, "invalid_request", message).response()
 
 
+# Seconds a client is asked to wait when the database does not answer.
+UNAVAILABLE_RETRY_AFTER = 30
+
+
+def database_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "unavailable",
+        "The inbox cannot reach its database just now; try again shortly (a decision or start "
+        "sent again with its submission_key counts once).",
+        retry_after=UNAVAILABLE_RETRY_AFTER,
+    )
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
-    """Django's 500 for a failure outside the API's views (in a middleware): in the API's shape
-    under /api/, the page elsewhere."""
+    """Django's 500 for a failure outside the API's views (in a middleware, or any page's): in
+    the API's shape under /api/, the page elsewhere. A database that does not answer (a
+    connection failure) is a 503 with Retry-After instead: a retry will do."""
+    import sys
+
+    from django.template import loader
     from django.views import defaults
 
+    # Django calls this while handling the exception, so it is still at hand.
+    if isinstance(sys.exc_info()[1], OperationalError | InterfaceError):
+        if request.path.startswith("/api/"):
+            return database_unavailable().response()
+        # The page asks nothing of the database, like the 500 page.
+        response = HttpResponse(loader.get_template("503.html").render(), status=503)
+        response["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
+        return response
     if not request.path.startswith("/api/"):
         return defaults.server_error(request)
     return ApiError(

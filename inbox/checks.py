@@ -80,9 +80,18 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
                 id="inbox.W004",
             )
         )
-    if str(settings.DATABASES["default"]["ENGINE"]).endswith("postgresql") and str(
-        settings.CELERY_BROKER_URL
-    ).startswith("filesystem://"):
+    if str(settings.DATABASES["default"]["ENGINE"]).endswith("sqlite3"):
+        found.append(
+            Warning(
+                "DATABASE_URL is not set: the inbox keeps its data in a SQLite file on this "
+                f"machine ({settings.DATABASES['default']['NAME']}), which web, worker, beat and "
+                "the follower in other containers or hosts never see.",
+                hint="Set DATABASE_URL to a PostgreSQL database (postgres://user:pass@host:5432/"
+                "db) shared by every process; SQLite suits a trial on one machine (make run).",
+                id="inbox.W006",
+            )
+        )
+    if str(settings.CELERY_BROKER_URL).startswith("filesystem://"):
         found.append(
             Warning(
                 "CELERY_BROKER_URL is not set: tasks go through folders on this machine, which "

@@ -92,6 +92,11 @@ class HealthCheckMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        # As WhiteNoise lists the static files it will serve: the health check then knows files
+        # collected later for ones this process does not serve.
+        from inbox.health import note_static_files
+
+        note_static_files()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path == "/healthz" and request.method in ("GET", "HEAD"):

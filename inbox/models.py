@@ -157,7 +157,8 @@ class DifyApp(models.Model):
     @property
     def masked_api_key(self) -> str:
         if self.api_key_sealed:
-            return gettext("unreadable: enter it again")
+            # Most often a process started without the newest key (mid-rotation), not a lost key.
+            return gettext("not readable with this process's INBOX_ENCRYPTION_KEYS")
         return mask_secret(self.api_key)
 
     @property

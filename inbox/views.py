@@ -1520,27 +1520,41 @@ def favicon(request: HttpRequest) -> HttpResponse:
 
 
 def healthz(request: HttpRequest) -> HttpResponse:
-    """200 when this process can serve pages: its database answers, and (with hashed static
-    file names) the static files were collected. 503 otherwise, saying which, in one log line
-    rather than a traceback per probe."""
+    """200 when this process can serve pages: its database answers with every migration this
+    code has applied, and (with hashed static file names) the static files were collected.
+    503 otherwise, saying which, in one log line rather than a traceback per probe."""
+    from inbox import health
+
     problems = []
     # What the log line adds to the answer: the answer names no host or port (anyone may ask).
     details = []
+    waiting = 0
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except DatabaseError as exc:
-        # On one line: the driver's message spans several.
-        said = " ".join(str(exc).split())[:500] or type(exc).__name__
-        details.append(f"database: {said}")
+        details.append(f"database: {_one_line(exc)}")
         problems.append("database: not answering")
-    try:
-        from django.contrib.staticfiles.storage import staticfiles_storage
+    else:
+        try:
+            # New code on an older database (migrate not run yet, or failed): pages would fail
+            # on the tables and columns it lacks.
+            unapplied = health.unapplied_migrations(connection)
+            if unapplied:
+                problems.append("database: migrations not applied")
+                shown = ", ".join(unapplied[:5]) + (" …" if len(unapplied) > 5 else "")
+                details.append(f"database: {len(unapplied)} migration(s) not applied ({shown})")
+            else:
+                from inbox.follower import unfollowed
 
-        staticfiles_storage.url("inbox/app.css")
-    except ValueError:
-        problems.append("static files: not collected (run collectstatic)")
-        details.append(problems[-1])
+                waiting, _since = unfollowed()
+        except DatabaseError as exc:
+            details.append(f"database: {_one_line(exc)}")
+            problems.append("database: not readable")
+    static = health.static_files_problem()
+    if static:
+        problems.append(static)
+        details.append(static)
     if problems:
         logger.warning("health check failed: %s", "; ".join(details))
         response = JsonResponse({"status": "unavailable", "problems": problems}, status=503)
@@ -1555,12 +1569,20 @@ def healthz(request: HttpRequest) -> HttpResponse:
         # The shared cache away (inbox.cache).
         logger.warning("health check: cache: %s", why[:500])
         degraded.append("cache: not answering")
-    from inbox.follower import UNFOLLOWED_AFTER, unfollowed
-
-    waiting, _since = unfollowed()
+    if why := health.broker_problem():
+        # Decisions still go into the outbox (202); the sweep sends them once it is back.
+        logger.warning("health check: broker: %s", why)
+        degraded.append("broker: not answering")
     if waiting:
+        from inbox.follower import UNFOLLOWED_AFTER
+
         minutes = int(UNFOLLOWED_AFTER.total_seconds() // 60)
         degraded.append(f"follower: {waiting} run(s) waiting over {minutes} min for one")
     if degraded:
         return JsonResponse({"status": "degraded", "problems": degraded})
     return JsonResponse({"status": "ok"})
+
+
+def _one_line(exc: Exception) -> str:
+    """A database error's message on one line (the driver's spans several)."""
+    return " ".join(str(exc).split())[:500] or type(exc).__name__

@@ -233,3 +233,57 @@ def test_prune_records_lets_go_of_what_ended_long_ago_and_never_what_is_being_se
     settings.INBOX_RETENTION_DAYS = 30
     assert tasks.prune_records()["runs"] == 1
     assert set(Run.objects.values_list("pk", flat=True)) == {running.pk, recent.pk}
+
+
+def test_rotation_writes_nothing_back_over_what_changed_while_it_ran(
+    db: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A form closes (the expiry sweep, as beat runs it) and an API key is entered again
+    between the rotation's read of a value and its write: neither is overwritten, so the closed
+    form holds no token again (conftest checks every test for that too)."""
+    import datetime as dt
+
+    from cryptography.fernet import Fernet
+    from django.test import override_settings
+    from django.utils import timezone
+
+    from inbox import crypto
+    from inbox.tasks import _sweep_expired_forms
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with override_settings(INBOX_ENCRYPTION_KEYS=[old]):
+        app = DifyApp.objects.create(name="a", base_url="http://x/v1", api_key="key-under-old")
+        other = DifyApp.objects.create(name="b", base_url="http://x/v1", api_key="other-key")
+        run = Run.objects.create(app=app, workflow_run_id="R1", dify_user="u")
+        past = timezone.now() - dt.timedelta(minutes=1)
+        closing = Form.objects.create(
+            run=run, form_id="F1", form_token="t-closing", expiration_time=past
+        )
+        staying = Form.objects.create(run=run, form_id="F2", form_token="t-staying")
+    real = crypto.decrypt
+    meanwhile = {
+        # Entered again in the admin by a process already restarted with the new key.
+        "key-under-old": lambda: DifyApp.objects.filter(pk=app.pk).update(api_key="entered"),
+        # Expired by the sweep.
+        "t-closing": lambda: _sweep_expired_forms(100),
+    }
+
+    def decrypt(stored: str) -> str:
+        plain = real(stored)
+        if change := meanwhile.pop(plain, None):
+            change()
+        return plain
+
+    monkeypatch.setattr(crypto, "decrypt", decrypt)
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new, old]):
+        call_command("rotate_encryption_keys")
+        out = capsys.readouterr().out
+    assert not meanwhile
+    assert "DifyApp.api_key: 1 re-encrypted, 1 changed meanwhile" in out
+    assert "Form.form_token: 1 re-encrypted, 1 changed meanwhile" in out
+    closing.refresh_from_db()
+    assert (closing.status, closing.form_token) == (Form.Status.EXPIRED, "")
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new]):
+        assert DifyApp.objects.get(pk=app.pk).api_key == "entered"
+        assert DifyApp.objects.get(pk=other.pk).api_key == "other-key"
+        assert Form.objects.get(pk=staying.pk).form_token == "t-staying"

@@ -244,3 +244,21 @@ def test_the_deploy_check_warns_of_a_broker_on_this_machine_alone() -> None:
     assert "inbox.W005" in done.stderr and "CELERY_BROKER_URL is not set" in done.stderr
     done = _manage(_production_env(CELERY_BROKER_URL="redis://redis:6379/0"), "check", "--deploy")
     assert "inbox.W005" not in done.stderr
+
+
+def test_the_deploy_check_names_sqlite_and_the_file_broker() -> None:
+    # The image started without DATABASE_URL and CELERY_BROKER_URL (as `docker run --env-file`
+    # with .env.example's values once did): each process on files of its own.
+    env = _production_env()
+    del env["DATABASE_URL"], env["CELERY_BROKER_URL"]
+    done = _manage(env, "check", "--deploy")
+    assert "inbox.W006" in done.stderr and "DATABASE_URL is not set" in done.stderr
+    assert "inbox.W005" in done.stderr and "CELERY_BROKER_URL is not set" in done.stderr
+    done = _manage(_production_env(), "check", "--deploy")
+    assert "inbox.W005" not in done.stderr and "inbox.W006" not in done.stderr
+
+
+def test_the_env_example_names_the_database_and_the_broker() -> None:
+    example = (ROOT / ".env.example").read_text()
+    assert "\nDATABASE_URL=postgres://" in example
+    assert "\nCELERY_BROKER_URL=redis://" in example

@@ -189,3 +189,40 @@ def test_the_mailer_refuses_to_start_without_its_queue(transactional_db: None) -
     )
     assert done.returncode == 2
     assert "set INBOX_MAIL_QUEUE" in done.stderr
+
+
+@pytest.mark.parametrize("role", ["web", "worker", "mailer", "beat", "follower", "migrate"])
+def test_the_image_refuses_to_start_on_files_of_its_own_unless_told(
+    role: str, tmp_path: Path
+) -> None:
+    """Without DATABASE_URL and CELERY_BROKER_URL each container would run on a SQLite file
+    and a file queue of its own, in silence."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env.update(PYTHON=sys.executable, INBOX_MAIL_QUEUE="mail", INBOX_VAR_DIR=str(tmp_path))
+    env.pop("INBOX_EMBEDDED", None)
+    done = subprocess.run(
+        ["bin/docker-entrypoint", role], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"{role}: set DATABASE_URL and CELERY_BROKER_URL (")
+    assert "INBOX_EMBEDDED=1" in done.stderr
+    # One of them missing is named alone.
+    done = subprocess.run(
+        ["bin/docker-entrypoint", role],
+        cwd=ROOT,
+        env={**env, "CELERY_BROKER_URL": "redis://127.0.0.1:9/0"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stderr.startswith(f"{role}: set DATABASE_URL (")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_embedded_setup_runs_in_the_image_when_asked_for(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env.update(PYTHON=sys.executable, INBOX_VAR_DIR=str(tmp_path), INBOX_EMBEDDED="1")
+    done = subprocess.run(
+        ["bin/docker-entrypoint", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "inbox.sqlite3").exists()

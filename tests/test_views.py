@@ -48,7 +48,10 @@ def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
     # Anyone may ask: the answer names no host (the log line does).
     assert response.json() == {
         "status": "unavailable",
-        "problems": ["database: not answering", "static files: not collected (run collectstatic)"],
+        "problems": [
+            "database: not answering",
+            "static files: not collected (run collectstatic, then restart web)",
+        ],
     }
     # One line per probe (one line of text too), the inbox's own, with the host for whoever
     # reads the log; not a second one from Django's request logger.
@@ -58,8 +61,115 @@ def test_healthz_says_what_is_wrong_in_a_503_not_a_500_page(
             "inbox.views",
             "health check failed: database: connection to server at 10.0.0.5 failed: Connection "
             "refused Is the server running on that host?; static files: not collected (run "
-            "collectstatic)",
+            "collectstatic, then restart web)",
         )
+    ]
+
+
+def test_healthz_is_503_on_a_database_missing_migrations_and_never_a_500_page(
+    client: Client, db: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import connection, transaction
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from inbox import health
+
+    # Seen all applied by an earlier probe of this process: read again here.
+    monkeypatch.setattr(health, "_migrated", False)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert health._migrated
+    monkeypatch.setattr(health, "_migrated", False)
+    # New code on an older database: its last migration not applied yet.
+    recorder = MigrationRecorder(connection)
+    last = recorder.migration_qs.filter(app="inbox").order_by("-name").first()
+    assert last is not None
+    last.delete()
+    caplog.clear()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "problems": ["database: migrations not applied"],
+    }
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [
+        f"health check failed: database: 1 migration(s) not applied (inbox.{last.name})"
+    ]
+    # An empty database: none applied.
+    recorder.migration_qs.all().delete()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["problems"] == ["database: migrations not applied"]
+    # Every migration recorded, a table missing all the same: said, not a 500 page.
+    from django.db.migrations.loader import MigrationLoader
+
+    for app_label, name in MigrationLoader(connection).disk_migrations:
+        recorder.record_applied(app_label, name)
+    quote = connection.ops.quote_name
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {quote('inbox_run')} RENAME TO {quote('inbox_run_gone')}")
+        caplog.clear()
+        response = client.get("/healthz")
+        transaction.set_rollback(True)
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "problems": ["database: not readable"]}
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "inbox_run" in said[0]
+
+
+def test_healthz_names_a_broker_that_does_not_answer_and_asks_it_seldom(
+    client: Client, db: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from inbox import health
+    from inbox.celery import app
+
+    monkeypatch.setattr(health, "_broker", None)
+    # Nothing listens there (Celery reads the variable before its settings).
+    down = "redis://:secret-pw@127.0.0.1:9/0"
+    monkeypatch.setitem(app.conf, "broker_url", down)
+    monkeypatch.setenv("CELERY_BROKER_URL", down)
+    response = client.get("/healthz")
+    # Decisions still go into the outbox: the process serves, monitoring sees what is wrong.
+    assert response.status_code == 200
+    assert response.json() == {"status": "degraded", "problems": ["broker: not answering"]}
+    assert "health check: broker: " in caplog.text and "127.0.0.1:9" in caplog.text
+    assert "secret-pw" not in caplog.text and "127.0.0.1:9" not in response.content.decode()
+    # Back: the answer is kept a few seconds (probes do not each open a connection), then
+    # asked again.
+    failed = health._broker
+    assert failed is not None
+    monkeypatch.undo()
+    monkeypatch.setattr(health, "_broker", failed)
+    assert client.get("/healthz").json()["problems"] == ["broker: not answering"]
+    monkeypatch.setattr(health, "_broker", (failed[0] - health.BROKER_EVERY, failed[1]))
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_healthz_says_when_static_files_were_collected_after_web_started(
+    client: Client, db: None, settings: Any, tmp_path: Path
+) -> None:
+    import json
+
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+    }
+    settings.STATIC_ROOT = str(tmp_path)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["problems"] == [
+        "static files: not collected (run collectstatic, then restart web)"
+    ]
+    # Collected by another process meanwhile: this one (and WhiteNoise in it) read the files
+    # as it started, so a restart is what is left to do.
+    (tmp_path / "staticfiles.json").write_text(
+        json.dumps({"version": "1.1", "paths": {"inbox/app.css": "inbox/app.0123456789ab.css"}})
+    )
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["problems"] == [
+        "static files: collected after web started (restart web)"
     ]
 
 
@@ -101,6 +211,26 @@ def test_pages_go_on_without_the_shared_cache_and_healthz_says_degraded(
     assert health.json() == {"status": "degraded", "problems": ["cache: not answering"]}
     assert "cache unavailable, pages go on without it" in caplog.text
     assert "127.0.0.1:9" not in health.content.decode()
+
+
+def test_pages_answer_503_while_the_database_does_not_answer(reviewer: Any) -> None:
+    from django.db import OperationalError, connection
+
+    def down(*args: Any) -> Any:
+        raise OperationalError("connection to server at 10.0.0.5 failed: Connection refused")
+
+    client = Client(raise_request_exception=False)
+    client.force_login(reviewer)
+    with connection.execute_wrapper(down):
+        response = client.get("/")
+        api = client.get("/api/v1/forms", HTTP_AUTHORIZATION="Bearer x")
+    assert response.status_code == 503 and response["Retry-After"] == "30"
+    page = response.content.decode()
+    assert "The inbox cannot reach its database just now." in page and "10.0.0.5" not in page
+    assert (api.status_code, api.json()["error"]["code"]) == (503, "unavailable")
+    # Any other failure is still the 500 page.
+    with connection.execute_wrapper(lambda *args: 1 / 0):
+        assert client.get("/").status_code == 500
 
 
 def test_inbox_requires_login(client: Client, db: None) -> None:

@@ -868,3 +868,30 @@ def test_a_form_says_who_is_handling_it(
     assert listed[0]["claimed_by"] == {"username": "bob", "name": "Bob"}
     detail = client.get(f"/api/v1/forms/{form.public_id}", **auth).json()
     assert detail["claimed_by"] == {"username": "bob", "name": "Bob"}
+
+
+def test_a_database_that_does_not_answer_is_a_503_to_try_again(
+    client: Client, auth: dict[str, str], form: Form, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import OperationalError, connection
+
+    def down(*args: Any) -> Any:
+        # Every query, as while PostgreSQL restarts.
+        raise OperationalError("connection to server at 10.0.0.5 failed: Connection refused")
+
+    with connection.execute_wrapper(down):
+        response = client.get("/api/v1/forms", **auth)
+        decided = client.post(
+            f"/api/v1/forms/{form.public_id}/decision",
+            {"action": "approve", "inputs": {}},
+            content_type="application/json",
+            **auth,
+        )
+    for answer in (response, decided):
+        assert answer.status_code == 503 and answer["Content-Type"] == "application/json"
+        assert answer["Retry-After"] == "30"
+        assert answer.json()["error"]["code"] == "unavailable"
+        assert "10.0.0.5" not in answer.content.decode()
+    # Said in the log, without a traceback per call.
+    assert "database unavailable: connection to server at 10.0.0.5 failed" in caplog.text
+    assert "Traceback" not in caplog.text

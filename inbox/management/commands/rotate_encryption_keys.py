@@ -14,8 +14,9 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import Model, TextField
+from django.db.models import Model, TextField, Value
 from django.db.models.functions import Cast
+from django.db.models.lookups import Exact
 
 from inbox import crypto
 from inbox.models import DifyApp, Form
@@ -50,7 +51,7 @@ class Command(BaseCommand):
         if options["forget_closed"]:
             self._forget_closed()
         for model, field in ENCRYPTED:
-            done = 0
+            done = changed = 0
             # The stored ciphertext as text: the field itself would hand back the plain value.
             rows = (
                 model._default_manager.exclude(**{field: ""})
@@ -70,10 +71,22 @@ class Command(BaseCommand):
                 except InvalidToken:
                     unreadable.append(f"{model.__name__}.{field} of #{pk}")
                     continue
-                # Saved through the field, which encrypts with the first key.
-                model._default_manager.filter(pk=pk).update(**{field: plain})
-                done += 1
-            self.stdout.write(f"{model.__name__}.{field}: {done} re-encrypted")
+                # Saved through the field, which encrypts with the first key; only over the
+                # value read, so a value changed meanwhile (a key entered again, a token let go
+                # as its form closed) is not written back, nor a token of a closed form.
+                unchanged = model._default_manager.filter(
+                    Exact(Cast(field, TextField()), Value(stored)), pk=pk
+                )
+                if model is Form:
+                    unchanged = unchanged.exclude(status__in=Form.TOKEN_DROPPED)
+                if unchanged.update(**{field: plain}):
+                    done += 1
+                else:
+                    changed += 1
+            self.stdout.write(
+                f"{model.__name__}.{field}: {done} re-encrypted"
+                + (f", {changed} changed meanwhile (left as they are)" if changed else "")
+            )
         if unreadable:
             more = len(unreadable) - NAMED
             raise CommandError(
