@@ -369,6 +369,18 @@ class FileRefsField(forms.Field):
         )
 
 
+def page_text(value: str) -> str:
+    """A browser's text as the workflow gets it: lines ended by "\n" (a form posted without
+    script ends them with CRLF)."""
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+class PageTextField(forms.CharField):
+    def to_python(self, value: Any) -> Any:
+        value = super().to_python(value)
+        return page_text(value) if isinstance(value, str) else value
+
+
 class DecisionForm(forms.Form):
     """The reviewer's answer to one form: an action, a value per input, a one-time page key."""
 
@@ -385,9 +397,14 @@ class DecisionForm(forms.Form):
         initial_inputs: Mapping[str, Any] | None = None,
         require_every_key: bool = False,
         uploads: QuerySet[Upload] | None = None,
+        from_page: bool = False,
     ) -> None:
         super().__init__(data=data)
         self.form_obj = form_obj
+        # Posted by a page without script: the browser sends a textarea's lines ended by CRLF.
+        # Dify gets "\n", as from a page with script (and Dify's own page); the API's text is
+        # sent exactly as given.
+        self.from_page = from_page
         # The uploads the decision may carry: the decider's own (`Upload.owned`). None: no
         # upload at all (a form only read, never decided with).
         self.uploads = uploads if uploads is not None else Upload.objects.none()
@@ -402,7 +419,7 @@ class DecisionForm(forms.Form):
 
     def _field_for(self, spec: InputSpec, initial: Any) -> forms.Field:
         if spec.kind == "paragraph":
-            return forms.CharField(
+            return (PageTextField if self.from_page else forms.CharField)(
                 required=False,
                 strip=False,
                 initial=spec.default if initial is None else initial,

@@ -64,6 +64,7 @@ from inbox.forms import (
     is_upload_id,
     joined,
     not_delivered,
+    page_text,
     small_int,
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
@@ -1167,7 +1168,7 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
         context = form_context(request, form, decider, notice=notice)
         context["unsent"] = _unsent_text(form, request)
         return _render_body(request, context, status=409)
-    dform = DecisionForm(form, request.POST, uploads=_own_uploads(form, decider))
+    dform = DecisionForm(form, request.POST, uploads=_own_uploads(form, decider), from_page=True)
     if not dform.is_valid():
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)
@@ -1203,7 +1204,7 @@ def _other_choice(decision: Decision, form: Form, request: HttpRequest) -> bool:
         posted = request.POST.get(spec.field_name)
         if spec.is_file or posted is None:
             continue
-        if str(posted).strip() != str(stored.get(spec.name, "")).strip():
+        if page_text(str(posted)).strip() != str(stored.get(spec.name, "")).strip():
             return True
     return False
 

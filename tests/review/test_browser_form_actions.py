@@ -160,3 +160,50 @@ def test_an_upload_the_server_refuses_is_read_out_once_by_its_alert(
     page.wait_for_timeout(300)
     assert page.locator("#announcer").text_content() == ""
     assert page.js_errors == []
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["script", "no-script"])
+def test_enter_in_a_one_line_field_sends_no_decision(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    javascript: bool,
+) -> None:
+    """The browser would send the form's first action on Enter: a decision nobody chose."""
+    definition = {
+        "form_content": "Which team?\n\n{{#$output.team#}}",
+        "inputs": [
+            {
+                # Options Dify could not resolve: a one-line text field.
+                "type": "select",
+                "output_variable_name": "team",
+                "option_source": {"type": "variable", "selector": ["sys", "teams"], "value": []},
+            }
+        ],
+        "resolved_default_values": {},
+        "user_actions": [
+            {"id": "approve", "title": "Approve", "button_style": "primary"},
+            {"id": "reject", "title": "Reject", "button_style": "default"},
+        ],
+        "expiration_time": None,
+    }
+    form = make_form(dify_app, definition=definition)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, javascript=javascript)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    sent = _decide_requests(page)
+    field = page.locator("input[name=in_team]")
+    field.fill("Finance")
+    field.press("Enter")
+    page.wait_for_timeout(1500)
+    assert sent == [] and not Decision.objects.exists()
+    assert field.input_value() == "Finance"
+    # The buttons still send, as chosen.
+    page.get_by_role("button", name="Reject").click()
+    if javascript:
+        page.wait_for_function("() => !document.querySelector('#decision-form')", timeout=15000)
+    else:
+        page.wait_for_load_state()
+    decision = Decision.objects.get()
+    assert (decision.action_id, decision.inputs) == ("reject", {"team": "Finance"})

@@ -222,3 +222,16 @@ def test_an_input_named_action_does_not_collide_with_the_action(dify_app: DifyAp
     dform = decision_form(form, {"action": "approve", "in_action": "text"}, require_every_key=True)
     assert dform.is_valid(), dform.errors
     assert dform.dify_inputs() == {"action": "text"}
+
+
+def test_a_page_s_paragraph_lines_reach_dify_ended_as_with_script(form: Form) -> None:
+    # A browser without script posts a textarea's lines ended by CRLF; with script (and on
+    # Dify's own page) they end with "\n". The workflow gets the same text either way.
+    data = api_data(form, note="Line one\r\nLine two\r\n")
+    dform = decision_form(form, data, from_page=True)
+    assert dform.is_valid(), dform.errors
+    assert dform.dify_inputs()["note"] == "Line one\nLine two\n"
+    # The JSON API's text is sent exactly as given.
+    dform = decision_form(form, data, require_every_key=True)
+    assert dform.is_valid(), dform.errors
+    assert dform.dify_inputs()["note"] == "Line one\r\nLine two\r\n"
