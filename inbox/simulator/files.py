@@ -64,9 +64,13 @@ def category_of(extension: str, mime_type: str | None) -> str:
     for category in (IMAGE, VIDEO, AUDIO, DOCUMENT):
         if ext in EXTENSIONS[category]:
             return category
-    major = (mime_type or "").split("/", 1)[0]
-    if major in (IMAGE, VIDEO, AUDIO):
-        return major
+    # Dify's test is a substring match: "text/x-log" is a document, as "application/pdf" is.
+    mime = (mime_type or "").lower()
+    for category in (IMAGE, VIDEO, AUDIO):
+        if category in mime:
+            return category
+    if "text" in mime or "pdf" in mime:
+        return DOCUMENT
     return CUSTOM
 
 

@@ -831,3 +831,19 @@ def test_s5_default_limits_are_difys(simulator: Any) -> None:
         413,
         "file_too_large",
     )
+
+
+def test_s4_a_text_file_of_no_known_extension_is_a_document() -> None:
+    """Dify's standardize_file_type falls back to a substring test of the MIME type: a browser's
+    "text/x-log" for server.log is a document, as the inbox sends it (inbox.dify.files)."""
+    from inbox.dify.files import category_for
+    from inbox.simulator.files import category_of
+
+    for name, mime, expected in (
+        ("server.log", "text/x-log", "document"),
+        ("scan.pdfx", "application/pdf", "document"),
+        ("clip.xyz", "video/x-custom", "video"),
+        ("blob.bin", "application/octet-stream", "custom"),
+    ):
+        assert category_of(name.rsplit(".", 1)[1], mime) == expected, name
+        assert category_for(name, mime) == expected, name
