@@ -303,20 +303,25 @@ def split_content(text: str, input_names: list[str]) -> tuple[list[Segment], lis
     levels = heading_levels(PLACEHOLDER.sub(" ", text or ""))
     pieces = 0
     pos = 0
+    # Text is cut only where a field goes: a placeholder that places nothing is taken out of
+    # the text, which stays whole around it (a quote, a list, a table is not broken in two).
+    before = ""
     for match in PLACEHOLDER.finditer(text or ""):
-        before = text[pos : match.start()]
+        before += text[pos : match.start()]
+        pos = match.end()
+        name = match.group(1).strip()
+        if name not in known or name in placed:
+            continue
         if before.strip():
             html_piece = render_markdown(
                 before, heading_below=1, levels=levels, first_piece=pieces == 0
             )
             segments.append(Segment(html=html_piece))
             pieces += 1
-        name = match.group(1).strip()
-        if name in known and name not in placed:
-            placed.append(name)
-            segments.append(Segment(input_name=name))
-        pos = match.end()
-    rest = (text or "")[pos:]
+        before = ""
+        placed.append(name)
+        segments.append(Segment(input_name=name))
+    rest = before + (text or "")[pos:]
     if rest.strip():
         html_piece = render_markdown(rest, heading_below=1, levels=levels, first_piece=pieces == 0)
         segments.append(Segment(html=html_piece))

@@ -60,14 +60,21 @@ def test_content_splits_at_placeholders_and_unknown_placeholders_vanish() -> Non
         ["note", "choice"],
     )
     kinds = [("field", s.input_name) if s.input_name else ("html", str(s.html)) for s in segments]
+    # A placeholder that places nothing is taken out of the text, which stays whole.
     assert kinds == [
         ("html", "<p>Before</p>\n"),
         ("field", "note"),
-        ("html", "<p>Middle</p>\n"),
-        ("html", "<p>end</p>\n"),
+        ("html", "<p>Middle  end</p>\n"),
     ]
     assert rest == ["choice"]
     assert "ghost" not in "".join(str(s.html) for s in segments)
+    # A quote around an unknown or a second placeholder is one quote, not two broken pieces.
+    segments, _rest = split_content(
+        "{{#$output.note#}}\n\n> first line {{#$output.ghost#}}\n> second {{#$output.note#}} line",
+        ["note"],
+    )
+    [quote] = [str(s.html) for s in segments if s.html is not None]
+    assert quote.count("<blockquote>") == 1 and "second" in quote and "line" in quote
 
 
 def test_excerpt_is_one_plain_line() -> None:
