@@ -436,9 +436,7 @@ class DecisionForm(forms.Form):
                     },
                 )
             # Options Dify could not resolve: any text passes at Dify (D3), so let the person type.
-            return forms.CharField(
-                initial=initial, error_messages={"required": _("Choose an option.")}
-            )
+            return forms.CharField(initial=initial, error_messages={"required": _("Type a value.")})
         return FileRefsField(spec, self.uploads, self.form_obj, initial=initial or [])
 
     def clean_submission_key(self) -> str:

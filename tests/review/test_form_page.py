@@ -1130,3 +1130,26 @@ def test_the_record_names_the_files_whether_or_not_dify_s_fill_event_was_seen(
     assert "Receipt: [\u6587\u4ef6]" in chinese
     assert "Evidence: [2 \u4e2a\u6587\u4ef6]" in chinese
     assert "Paid back [file] today." in chinese  # typed by whoever answered, not Dify's
+
+
+def test_a_list_of_choices_that_came_without_options_says_to_type_the_value(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    definition = full_definition()
+    definition["inputs"] = [
+        {
+            "type": "select",
+            "output_variable_name": "team",
+            "option_source": {"type": "variable", "selector": ["sys", "teams"], "value": []},
+        }
+    ]
+    definition["form_content"] = "Which team? {{#$output.team#}}"
+    form = make_form(dify_app, definition=definition)
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert 'type="text" id="id_in_team"' in page and 'aria-describedby="hint-team"' in page
+    assert "This list of choices came without its options: type the value." in page
+    refused = body(
+        alice.post(f"/forms/{form.public_id}/decide", {"action": "approve"}).content.decode()
+    )
+    assert "<li>Team: Type a value.</li>" in refused and "Choose an option" not in refused
+    assert 'aria-describedby="hint-team err-team"' in refused
