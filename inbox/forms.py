@@ -98,9 +98,20 @@ class InputSpec:
 
     @property
     def custom_extensions(self) -> tuple[str, ...]:
+        """The listed extensions a file can be accepted under as `custom`: not one Dify takes
+        as a kind of its own that this input does not allow (".md" is a document, and a
+        document is refused where only custom files are), nor one of two parts (".tar.gz":
+        a file's extension is its last part). Shown in the hint, offered by the file picker."""
         if not self.allows_custom:
             return ()
-        return tuple("." + ext.lower().lstrip(".") for ext in self.allowed_extensions)
+        usable = []
+        for raw in self.allowed_extensions:
+            ext = raw.lower().lstrip(".")
+            if not ext or "." in ext:
+                continue
+            if category_for("f." + ext) == CUSTOM:
+                usable.append("." + ext)
+        return tuple(usable)
 
     @property
     def allows_custom(self) -> bool:

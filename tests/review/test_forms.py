@@ -235,3 +235,25 @@ def test_a_page_s_paragraph_lines_reach_dify_ended_as_with_script(form: Form) ->
     dform = decision_form(form, data, require_every_key=True)
     assert dform.is_valid(), dform.errors
     assert dform.dify_inputs()["note"] == "Line one\r\nLine two\r\n"
+
+
+def test_a_listed_extension_no_file_can_be_accepted_under_is_not_offered() -> None:
+    from inbox.forms import input_specs
+
+    definition = full_definition()
+    definition["inputs"] = [
+        {
+            "type": "file",
+            "output_variable_name": "attachment",
+            "allowed_file_types": ["custom"],
+            # ".md" is a document to Dify (refused where only custom files are); a file's
+            # extension is its last part, so ".tar.gz" never matches.
+            "allowed_file_extensions": [".md", ".msg", ".tar.gz", "LOG2"],
+            "allowed_file_upload_methods": ["local_file"],
+        }
+    ]
+    [spec] = input_specs(definition)
+    assert spec.custom_extensions == (".msg", ".log2")
+    assert spec.accepted_label() == ".msg, .log2"
+    assert spec.accept == ".msg,.log2"
+    assert spec.file_type("notes.md") is None and spec.file_type("mail.msg") == "custom"
