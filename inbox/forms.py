@@ -699,8 +699,23 @@ def answered_content(form_obj: Form, decision: Decision | None) -> str:
     was answered (the content is then shown as it was asked)."""
     from inbox.markdown import PLACEHOLDER
 
+    values = _answered_values(form_obj, decision)
+    content = form_obj.content or str((form_obj.definition or {}).get("form_content") or "")
     if form_obj.rendered_content:
-        return _rendered_with_files(form_obj, decision)
+        return _rendered_with_files(form_obj, decision) + _unplaced(form_obj, values, content)
+    if not isinstance(values, Mapping) or not content:
+        return ""
+    kinds = {spec.name: spec.kind for spec in input_specs(form_obj.definition or {})}
+    file_name = FileNames(Upload.objects.filter(form=form_obj))
+
+    def fill(match: Any) -> str:
+        return _answer_text(match.group(1).strip(), values, kinds, file_name)
+
+    return PLACEHOLDER.sub(fill, content) + _unplaced(form_obj, values, content, file_name)
+
+
+def _answered_values(form_obj: Form, decision: Decision | None) -> Any:
+    """What was answered, as `answered_content` reads it; None when nothing says."""
     values: Any = None
     if decision is not None and decision.status == Decision.Status.DELIVERED:
         values = decision.inputs
@@ -710,25 +725,43 @@ def answered_content(form_obj: Form, decision: Decision | None) -> str:
         # What was decided here and never reached Dify (it failed, or the form was answered
         # elsewhere first): shown as such, so the reviewer's words are not lost.
         values = decision.inputs if decision is not None else None
-    content = form_obj.content or str((form_obj.definition or {}).get("form_content") or "")
-    if not isinstance(values, Mapping) or not content:
+    return values
+
+
+def _answer_text(
+    name: str, values: Mapping[str, Any], kinds: dict[str, str], file_name: Any
+) -> str:
+    value = values.get(name)
+    if value is None:
         return ""
-    kinds = {spec.name: spec.kind for spec in input_specs(form_obj.definition or {})}
-    file_name = FileNames(Upload.objects.filter(form=form_obj))
+    if kinds.get(name) == "file":
+        return str(file_name(value, url=True))
+    if kinds.get(name) == "file-list":
+        items = value if isinstance(value, list) else []
+        return ", ".join(file_name(item, url=True) for item in items)
+    return value if isinstance(value, str) else str(value)
 
-    def fill(match: Any) -> str:
-        name = match.group(1).strip()
-        value = values.get(name)
-        if value is None:
-            return ""
-        if kinds.get(name) == "file":
-            return file_name(value, url=True)
-        if kinds.get(name) == "file-list":
-            items = value if isinstance(value, list) else []
-            return ", ".join(file_name(item, url=True) for item in items)
-        return value if isinstance(value, str) else str(value)
 
-    return PLACEHOLDER.sub(fill, content)
+def _unplaced(form_obj: Form, values: Any, content: str, file_name: Any = None) -> str:
+    """The answers to inputs the content has no place for (shown after it while the form was
+    open): neither Dify's record nor the filled content holds them, so they follow it, each
+    under its label, rather than vanish once the form is decided."""
+    from inbox.markdown import PLACEHOLDER
+
+    if not isinstance(values, Mapping):
+        return ""
+    placed = {m.group(1).strip() for m in PLACEHOLDER.finditer(content or "")}
+    specs = [s for s in input_specs(form_obj.definition or {}) if s.name not in placed]
+    if not specs:
+        return ""
+    kinds = {spec.name: spec.kind for spec in specs}
+    file_name = file_name or FileNames(Upload.objects.filter(form=form_obj))
+    lines = []
+    for spec in specs:
+        text = _answer_text(spec.name, values, kinds, file_name)
+        if text.strip():
+            lines.append(labelled(f"**{spec.label}**", text.strip()))
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 class LoginForm(AuthenticationForm):

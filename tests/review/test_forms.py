@@ -257,3 +257,29 @@ def test_a_listed_extension_no_file_can_be_accepted_under_is_not_offered() -> No
     assert spec.accepted_label() == ".msg, .log2"
     assert spec.accept == ".msg,.log2"
     assert spec.file_type("notes.md") is None and spec.file_type("mail.msg") == "custom"
+
+
+def test_the_record_keeps_the_answers_the_content_had_no_place_for(dify_app: DifyApp) -> None:
+    from inbox.forms import answered_content
+    from inbox.models import Decision
+
+    definition = full_definition()
+    definition["form_content"] = "Approve the refund? {{#$output.note#}}"
+    definition["inputs"] = [
+        {"type": "paragraph", "output_variable_name": "note", "default": None},
+        {"type": "paragraph", "output_variable_name": "internal_reason", "default": None},
+        {"type": "paragraph", "output_variable_name": "left_empty", "default": None},
+    ]
+    form = make_form(dify_app, definition=definition, status=Form.Status.SUBMITTED)
+    decision = Decision.objects.create(
+        form=form,
+        action_id="approve",
+        status=Decision.Status.DELIVERED,
+        inputs={"note": "Yes.", "internal_reason": "Lost parcel", "left_empty": ""},
+    )
+    record = answered_content(form, decision)
+    assert record == "Approve the refund? Yes.\n\n**Internal reason**: Lost parcel"
+    # Dify's own record (it fills placeholders only) is followed by them too.
+    Form.objects.filter(pk=form.pk).update(rendered_content="Approve the refund? Yes.")
+    form.refresh_from_db()
+    assert answered_content(form, decision).endswith("\n\n**Internal reason**: Lost parcel")
