@@ -120,7 +120,9 @@ class InputSpec:
     def accepted_label(self) -> str:
         """What a person may attach, in words, each kind with the extensions Dify takes as it:
         "images (GIF, JPEG, JPG, PNG, SVG, WEBP), .dwg". A phone's photo that is none of them
-        (an iPhone's .HEIC) is then seen not to be one."""
+        (an iPhone's .HEIC sent without an image type) is then seen not to be one. A file of no
+        listed extension whose browser names an image type is still an image to Dify, which
+        falls back to the type: it is taken as one here too."""
         parts = [
             pgettext("a kind of file and its extensions", "%(kind)s (%(extensions)s)")
             % {

@@ -26,7 +26,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import DatabaseError, connection
-from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 from django.db.models.functions import Left
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -716,8 +716,8 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
 def _reviewer_apps(user: Any, *, selected: int | None = None) -> QuerySet[DifyApp]:
     """The apps a reviewer's forms come from, for the inbox's app filter and its notices of
     apps Dify refuses: staff, every app; a reviewer, the apps routed to them or their groups
-    (a route on or off: forms already routed stay), and those of forms reassigned to them or
-    held by them. Not an app they could never see a form of. The app chosen in the address
+    (a route on or off: forms already routed stay), and those of forms routed or reassigned
+    to them or their groups, or held by them. Not an app they could never see a form of. The app chosen in the address
     stays listed, so the filter shows what the list is filtered by. Cached a minute."""
     if user.is_staff:
         return DifyApp.objects.all()
@@ -732,7 +732,18 @@ def _reviewer_apps(user: Any, *, selected: int | None = None) -> QuerySet[DifyAp
             "form__run__app_id", flat=True
         )
         held = Form.objects.filter(claimed_by=user).values_list("run__app_id", flat=True)
-        ids = sorted(set(routed) | set(given.distinct()) | set(held.distinct()))
+        found = set(routed) | set(given.distinct()) | set(held.distinct())
+        # Forms routed to their groups by a route that asks others now: asked per app left,
+        # which stops at the first such form.
+        by_group = Form.assigned_groups.through.objects.filter(
+            group_id__in=groups, form__run__app_id=OuterRef("pk")
+        )
+        found |= set(
+            DifyApp.objects.exclude(pk__in=found)
+            .filter(Exists(by_group))
+            .values_list("pk", flat=True)
+        )
+        ids = sorted(found)
         cache.set(key, ids, timeout=60)
     return DifyApp.objects.filter(pk__in=[*ids, *([selected] if selected else [])])
 

@@ -667,6 +667,16 @@ def test_the_app_filter_lists_the_apps_a_reviewer_s_forms_come_from(
     staff = Client()
     staff.force_login(admin_user)
     assert ">payroll</option>" in staff.get("/").content.decode()
+    # Her app's route now asks another team: the forms already routed to her group stay in
+    # her list, and so does their app in her filter.
+    make_form(dify_app)  # routed to her group as it arrives
+    refunds_route = Route.objects.get(app=dify_app)
+    refunds_route.groups.set([Group.objects.get(name="payroll team")])
+    from django.core.cache import cache
+
+    cache.clear()
+    page = alice.get("/").content.decode()
+    assert f'<option value="{dify_app.pk}">refunds</option>' in page
 
 
 def test_each_row_says_who_is_handling_its_form(
