@@ -704,7 +704,9 @@ def _refuse_undelivered(form: Form, decision: Decision) -> None:
     delivery gave up; an administrator may retry it."""
     if decision.status not in (Decision.Status.REJECTED, Decision.Status.FAILED):
         return
-    reason = decision.last_error or "no reason was given"
+    reason = (decision.last_error or "no reason was given").rstrip()
+    if not reason.endswith((".", "!", "?", "\u3002")):
+        reason += "."  # its own sentence: ours follows it
     details = {"decision": _decision_json(decision), "status": form.status_now}
     if decision.status == Decision.Status.FAILED:
         raise ApiError(

@@ -83,7 +83,7 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     if str(settings.DATABASES["default"]["ENGINE"]).endswith("sqlite3"):
         found.append(
             Warning(
-                "DATABASE_URL is not set: the inbox keeps its data in a SQLite file on this "
+                "The database is SQLite: the inbox keeps its data in a file on this "
                 f"machine ({settings.DATABASES['default']['NAME']}), which web, worker, beat and "
                 "the follower in other containers or hosts never see.",
                 hint="Set DATABASE_URL to a PostgreSQL database (postgres://user:pass@host:5432/"
@@ -94,9 +94,9 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     if str(settings.CELERY_BROKER_URL).startswith("filesystem://"):
         found.append(
             Warning(
-                "CELERY_BROKER_URL is not set: tasks go through folders on this machine, which "
-                "web, worker and beat in other containers or hosts never see (decisions would "
-                "wait for the sweep, emails not be sent).",
+                "The Celery broker is the file system: tasks go through folders on this "
+                "machine, which web, worker and beat in other containers or hosts never see "
+                "(decisions would wait for the sweep, emails not be sent).",
                 hint="Set CELERY_BROKER_URL to a Redis (redis://host:6379/0) shared by every "
                 "process; leave it unset only when all of them run on this one machine.",
                 id="inbox.W005",

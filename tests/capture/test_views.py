@@ -543,3 +543,24 @@ def test_the_runs_list_shows_a_reviewer_only_the_apps_of_runs_they_may_see(
     Run.objects.create(app=hidden, status="running", workflow_run_id="not-theirs")
     page = login(client, reviewer).get("/runs/").content.decode()
     assert "content-publish" not in page and str(paused_run.public_id) in page
+
+
+def test_a_run_that_ended_without_a_form_says_so(
+    client: Client, refunds: DifyApp, reviewer: User
+) -> None:
+    going = Run.objects.create(
+        app=refunds, workflow_run_id="wr-going", dify_user="inbox-alice", started_by=reviewer
+    )
+    ended = Run.objects.create(
+        app=refunds,
+        workflow_run_id="wr-ended",
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        status=Run.Status.FAILED,
+        finished_at=timezone.now(),
+    )
+    login(client, reviewer)
+    assert "No form so far." in client.get(f"/runs/{going.public_id}/").content.decode()
+    page = client.get(f"/runs/{ended.public_id}/").content.decode()
+    assert "The run ended without asking for a decision." in page
+    assert "No form so far." not in page

@@ -204,3 +204,19 @@ def test_a_guest_is_told_a_files_limit_without_difys_name(
     assert limits.group(1) == "The file is larger than {limit}, the limit for this kind of file."
     reviewer_page = _reviewer_page(client, reviewer, routed_form)
     assert "the most Dify takes for this kind of file" in reviewer_page
+
+
+def test_a_decision_dify_refused_is_told_another_guest_in_tight_chinese(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    # A reviewer's decision, refused: the form is open again for the guests asked.
+    decision = routed_form.decide(action_id="approve", inputs={"note": "x"}, reviewer=reviewer)
+    Decision.objects.filter(pk=decision.pk).update(
+        status=Decision.Status.REJECTED, last_error="400 invalid_form_data: note too short"
+    )
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.PENDING)
+    page = client.get(_link(routed_form, GUEST_ZH)).content.decode()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", _body(page)))
+    # "这是一位审批人作出的决定。": a Chinese phrase takes no spaces around it.
+    assert "\u8fd9\u662f\u4e00\u4f4d\u5ba1\u6279\u4eba\u4f5c\u51fa\u7684\u51b3\u5b9a" in text
+    assert "note too short" not in text and "Dify" not in text

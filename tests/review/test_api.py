@@ -727,7 +727,7 @@ def test_a_decision_sent_again_after_dify_rejected_it_is_a_conflict_not_a_202(
     assert error["code"] == "decision_rejected"
     assert error["message"] == (
         "Dify rejected the decision sent under this submission_key: Missing required inputs: "
-        "note The form is open again: send the decision under a new submission_key."
+        "note. The form is open again: send the decision under a new submission_key."
     )
     assert error["details"]["decision"]["status"] == "rejected"
     assert error["details"]["status"] == "pending"

@@ -244,6 +244,11 @@ def test_a_decision_dify_refuses_comes_back_with_the_values_kept(
     assert (
         "Dify did not accept the last decision." in redrawn and "Fine by me.</textarea>" in redrawn
     )
+    # Open again: the header's claim panel and expiry come back, as a reload draws them.
+    assert '<div class="claim" id="claim" hx-swap-oob="true">' in redrawn
+    assert "Take this form" in redrawn
+    expiry = 'id="form-expiry" class="expiry' if sim_form.expiration_time else 'id="form-expiry"'
+    assert expiry in redrawn
     page = body(client.get(url).content.decode())
     assert "Dify did not accept the last decision." in page
     assert "decision_note: must mention the order" in page
