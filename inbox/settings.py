@@ -382,6 +382,11 @@ INBOX_LINK_MAX_AGE_SECONDS = env_int("INBOX_LINK_MAX_AGE_SECONDS", 30 * 86400, m
 INBOX_GUEST_RATE_PER_LINK = env_int("INBOX_GUEST_RATE_PER_LINK", 120, minimum=1)
 INBOX_GUEST_RATE_PER_IP = env_int("INBOX_GUEST_RATE_PER_IP", 300, minimum=1)
 INBOX_GUEST_BAD_LINKS_PER_IP = env_int("INBOX_GUEST_BAD_LINKS_PER_IP", 20, minimum=1)
+# Failed sign-ins allowed per username and per client address in a window, before the sign-in
+# page refuses (429) until the window ends (inbox.login).
+INBOX_LOGIN_FAILURES_PER_USER = env_int("INBOX_LOGIN_FAILURES_PER_USER", 10, minimum=1)
+INBOX_LOGIN_FAILURES_PER_IP = env_int("INBOX_LOGIN_FAILURES_PER_IP", 50, minimum=1)
+INBOX_LOGIN_WINDOW_SECONDS = env_int("INBOX_LOGIN_WINDOW_SECONDS", 900, minimum=60)
 # Images in form content (Markdown from Dify, often LLM output) are loaded only from these
 # hosts, over https; any other image is shown as a link. An image the content chose would tell
 # its host who opened the form and when, and carry off whatever a prompt injection put in its

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path, register_converter
 
-from inbox import api, forms, views, views_reach, views_runs
+from inbox import api, forms, login, views, views_reach, views_runs
 
 
 class AnyCaseUUID:
@@ -71,7 +71,7 @@ urlpatterns = [
     path("", include(app_patterns)),
     path(
         "accounts/login/",
-        auth_views.LoginView.as_view(authentication_form=forms.LoginForm),
+        login.LoginView.as_view(authentication_form=forms.LoginForm),
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
