@@ -42,6 +42,7 @@ from inbox.dify.errors import (
     TooManyRequests,
 )
 from inbox.dify.types import FormDefinition, HumanInputFields, RunDetail, StreamEvent
+from inbox.forms import PageTextField
 from inbox.models import AuditEntry, DifyApp, Run
 from inbox.reasons import Reason, Refused, stored, translated, worded
 
@@ -137,17 +138,27 @@ class StartRunForm(forms.Form):
     """The start inputs of one app, as Dify's `user_input_form` declares them; a chatflow also
     asks for the message (`query`)."""
 
-    def __init__(self, app: DifyApp, parameters: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: DifyApp,
+        parameters: dict[str, Any],
+        *args: Any,
+        from_page: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.app = app
+        # Posted by the start page: a browser ends a textarea's lines with CRLF, which Dify
+        # would get as typed and a length would count twice; the API's text goes as given.
+        text_field = PageTextField if from_page else forms.CharField
         self.specs = start_inputs(parameters)
         self.labels = start_labels(self.specs)
         self.unsupported = [s for s in self.specs if not s.supported]
         for spec in self.specs:
             if spec.supported:
-                self.fields[spec.field_name] = _field(spec)
+                self.fields[spec.field_name] = _field(spec, text_field)
         if app.mode == DifyApp.Mode.CHATFLOW:
-            self.fields["query"] = forms.CharField(
+            self.fields["query"] = text_field(
                 label=_("Message"),
                 widget=forms.Textarea(attrs={"rows": 3}),
                 help_text=_("What the chatflow is asked."),
@@ -204,11 +215,11 @@ class StartRunForm(forms.Form):
         return found
 
 
-def _field(spec: StartInput) -> forms.Field:
+def _field(spec: StartInput, text_field: type[forms.CharField] = forms.CharField) -> forms.Field:
     label = spec.label
     initial = spec.default if spec.default not in (None, "") else None
     if spec.type == "paragraph":
-        return forms.CharField(
+        return text_field(
             label=label,
             required=spec.required,
             # Sent as typed: Dify keeps leading and trailing spaces, and so do we.
@@ -221,6 +232,10 @@ def _field(spec: StartInput) -> forms.Field:
         choices = [(o, o) for o in spec.options]
         if not spec.required:
             choices = [("", "—"), *choices]
+        elif initial is None:
+            # Required, with no default: nothing is chosen until the person chooses (a first
+            # option shown as chosen would be sent without anyone choosing it).
+            choices = [("", gettext("Choose…")), *choices]
         return forms.ChoiceField(
             label=label, required=spec.required, choices=choices, initial=initial
         )
@@ -229,7 +244,7 @@ def _field(spec: StartInput) -> forms.Field:
     if spec.type == "checkbox":
         # An unticked box is a valid answer (false), whatever `required` says.
         return forms.BooleanField(label=label, required=False, initial=spec.checked)
-    return forms.CharField(
+    return text_field(
         label=label,
         required=spec.required,
         max_length=spec.max_length,

@@ -111,7 +111,10 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
             {"app": app, "form": None, "unreachable": str(exc)},
             status=502,
         )
-    form = StartRunForm(app, parameters, request.POST or None)
+    form = StartRunForm(app, parameters, request.POST or None, from_page=True)
+    # Why the page is shown again when the inputs were fine: Dify did not start the run
+    # ("failed"), or whether it did is not known ("unknown"). Not the person's to correct.
+    start_problem = ""
     if request.method == "POST" and form.is_valid():
         inputs, query = form.dify_inputs(), form.cleaned_data.get("query", "")
         dify_user = default_dify_user(request.user)
@@ -133,10 +136,12 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
             # first sending started, never a second one.
             if start_lost(same.run):
                 form.add_error(None, str(LOST_START))
+                start_problem = "unknown"
             else:
                 messages.info(request, _("This run was already started from this page."))
                 return redirect("inbox:run", public_id=same.run.public_id)
         except StartFailed as exc:
+            start_problem = "unknown" if exc.code == "dify_no_answer" else "failed"
             if exc.code in ("dify_no_answer", "api_key_unreadable"):
                 # Whether Dify started it is not known, or Dify was not asked: the message says
                 # so itself.
@@ -151,7 +156,12 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
     status = 400 if form.is_bound and form.errors else 200
     # A new key for each page shown: sending this page twice starts one run, while a start
     # asked again after reading why the last one failed is a start of its own.
-    context = {"app": app, "form": form, "submission_key": uuid.uuid4().hex}
+    context = {
+        "app": app,
+        "form": form,
+        "submission_key": uuid.uuid4().hex,
+        "start_problem": start_problem,
+    }
     return render(request, "inbox/apps_start.html", context, status=status)
 
 

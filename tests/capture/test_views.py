@@ -143,7 +143,11 @@ def test_a_dify_error_at_the_start_is_shown_on_the_form(
         f"/apps/{refunds.pk}/start/", start_form_data(simulator)
     )
     assert response.status_code == 400
-    assert "Dify did not start the run: Service Unavailable" in response.content.decode()
+    page = response.content.decode()
+    assert "Dify did not start the run: Service Unavailable" in page
+    # Nothing the person typed is wrong: not "Please correct the following".
+    assert "<strong>The run was not started.</strong>" in page
+    assert "Please correct the following" not in page
 
 
 def test_a_start_whose_answer_is_lost_tells_the_reviewer_to_check_dify_first(
@@ -158,6 +162,7 @@ def test_a_start_whose_answer_is_lost_tells_the_reviewer_to_check_dify_first(
     page = response.content.decode()
     assert "It may have started the run anyway: check in Dify before starting it again." in page
     assert "Dify did not start the run:" not in page
+    assert "<strong>The start is not confirmed.</strong>" in page
     assert Run.objects.get().status == "failed"
 
 
@@ -559,8 +564,74 @@ def test_a_run_that_ended_without_a_form_says_so(
         status=Run.Status.FAILED,
         finished_at=timezone.now(),
     )
+    never = Run.objects.create(
+        app=refunds,
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        status=Run.Status.FAILED,
+        error="Service Unavailable",
+        finished_at=timezone.now(),
+    )
     login(client, reviewer)
     assert "No form so far." in client.get(f"/runs/{going.public_id}/").content.decode()
     page = client.get(f"/runs/{ended.public_id}/").content.decode()
     assert "The run ended without asking for a decision." in page
-    assert "No form so far." not in page
+    assert "No form so far." not in page and "The run produced no outputs." in page
+    # A start Dify refused: no run in Dify to have ended, nor outputs to lack.
+    page = client.get(f"/runs/{never.public_id}/").content.decode()
+    assert "Dify never named this run, so the inbox has no form or output of it." in page
+    assert "The run ended without" not in page and "The run produced no outputs." not in page
+
+
+START_PARAMETERS = {
+    "user_input_form": [
+        {
+            "select": {
+                "variable": "channel",
+                "label": "Channel",
+                "required": True,
+                "options": ["email", "phone"],
+            }
+        },
+        {
+            "select": {
+                "variable": "region",
+                "label": "Region",
+                "required": True,
+                "options": ["eu", "us"],
+                "default": "us",
+            }
+        },
+        {"paragraph": {"variable": "note", "label": "Note", "required": False, "max_length": 12}},
+    ]
+}
+
+
+def test_a_required_choice_with_no_default_starts_unchosen(refunds: DifyApp) -> None:
+    from inbox.runs import StartRunForm
+
+    form = StartRunForm(refunds, START_PARAMETERS, from_page=True)
+    channel = form.fields[form.specs[0].field_name]
+    # Nothing chosen until the person chooses: the first option is not sent for them.
+    assert channel.choices[0] == ("", "Choose…") and channel.initial is None
+    region = form.fields[form.specs[1].field_name]
+    assert region.choices[0] == ("eu", "eu") and region.initial == "us"
+    data = {form.specs[0].field_name: "", form.specs[1].field_name: "us"}
+    refused = StartRunForm(refunds, START_PARAMETERS, data, from_page=True)
+    assert not refused.is_valid()
+    assert refused.error_messages() == {"channel": ["This field is required."]}
+
+
+def test_a_start_page_s_lines_reach_dify_ended_by_newline_and_counted_once(
+    refunds: DifyApp,
+) -> None:
+    from inbox.runs import StartRunForm
+
+    names = [spec.field_name for spec in StartRunForm(refunds, START_PARAMETERS).specs]
+    # Six lines of one character: 11 characters as the browser counts them, 16 with CRLF.
+    data = {names[0]: "email", names[1]: "us", names[2]: "a\r\nb\r\nc\r\nd\r\ne\r\nf"}
+    form = StartRunForm(refunds, START_PARAMETERS, data, from_page=True)
+    assert form.is_valid(), form.errors
+    assert form.dify_inputs()["note"] == "a\nb\nc\nd\ne\nf"
+    # The API's text is sent as given (and counted as given).
+    assert not StartRunForm(refunds, START_PARAMETERS, data).is_valid()
