@@ -2832,6 +2832,55 @@ class Upload(models.Model):
         return uploads.none()
 
 
+class UploadTally(models.Model):
+    """How many files one person (a reviewer, or a guest by address) has sent to Dify for a form,
+    and their bytes. Uploads removed or replaced since count too: Dify keeps their files (it has
+    no delete), so the tally only grows, and bounds what one person can leave there (see
+    `inbox.uploads.upload_budget`)."""
+
+    form = models.ForeignKey(
+        Form, on_delete=models.CASCADE, related_name="upload_tallies", verbose_name=_("form")
+    )
+    # "u:<user pk>" for a reviewer (pages and API tokens alike), "g:<address>" for a guest.
+    who = models.CharField(max_length=320, verbose_name=_("uploader"))
+    files = models.PositiveIntegerField(default=0, verbose_name=_("files"))
+    bytes = models.PositiveBigIntegerField(default=0, verbose_name=_("bytes"))
+
+    class Meta:
+        verbose_name = _("upload tally")
+        verbose_name_plural = _("upload tallies")
+        constraints = [
+            models.UniqueConstraint(fields=["form", "who"], name="upload_tally_once_per_person")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.who}: {self.files}"
+
+    @staticmethod
+    def key(reviewer: Any = None, guest_email: str = "") -> str:
+        if reviewer is not None and reviewer.is_authenticated:
+            return f"u:{reviewer.pk}"
+        return f"g:{guest_email.strip().lower()}"
+
+    @classmethod
+    def take(cls, form: Form, who: str, size: int, limit: int) -> bool:
+        """Count one more file of `size` bytes for `who`, unless they have sent `limit` already:
+        False then. One conditional UPDATE, so two uploads at once cannot both take the last
+        one (the second waits for the first's row and then sees it taken)."""
+        UploadTally.objects.bulk_create([UploadTally(form=form, who=who)], ignore_conflicts=True)
+        taken = cls.objects.filter(form=form, who=who, files__lt=limit).update(
+            files=models.F("files") + 1, bytes=models.F("bytes") + size
+        )
+        return taken > 0
+
+    @classmethod
+    def give_back(cls, form: Form, who: str, size: int) -> None:
+        """Uncount a file `take` counted that Dify refused (so it keeps nothing of it)."""
+        cls.objects.filter(form=form, who=who, files__gt=0, bytes__gte=size).update(
+            files=models.F("files") - 1, bytes=models.F("bytes") - size
+        )
+
+
 class FormRecipient(models.Model):
     """An address emailed about a form (a routed reviewer or a guest), and what it was sent.
 

@@ -165,6 +165,12 @@ FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR", "") or None
 # An upload request holds at most this many files of the largest size Dify takes; the files past
 # that are dropped as they arrive (inbox.uploads.SizeCapHandler).
 INBOX_UPLOAD_FILES_PER_REQUEST = env_int("INBOX_UPLOAD_FILES_PER_REQUEST", 10, minimum=1)
+# Files one person (a reviewer, or a guest by address) may send to Dify for one form, those removed
+# or replaced since included: Dify keeps every file (it has no delete). Never fewer than twice
+# what the form's file inputs hold, so each file can be replaced once. And files one person may
+# upload per minute, across forms, pages and API tokens alike (inbox.uploads.upload_to_dify).
+INBOX_UPLOADS_PER_FORM = env_int("INBOX_UPLOADS_PER_FORM", 30, minimum=1)
+INBOX_UPLOADS_PER_MINUTE = env_int("INBOX_UPLOADS_PER_MINUTE", 30, minimum=1)
 
 DEVELOPMENT_ENCRYPTION_KEY = "ZW1iZWRkZWQtZGV2LWtleS1ub3QtZm9yLXByb2R1Y3Q="
 # API keys of Dify apps (and form tokens) are encrypted with these Fernet keys. The first one

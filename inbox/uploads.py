@@ -8,6 +8,7 @@ passed on as it is and streamed: it is never read whole into memory.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from typing import Any, BinaryIO, cast
 
@@ -16,12 +17,13 @@ from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from inbox.dify import DifyClient
 from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
 from inbox.dify.files import DEFAULT_SIZE_LIMITS, limits_from_parameters, upload_size_limit
-from inbox.forms import InputSpec
-from inbox.models import AuditEntry, DifyApp, Form, Upload
+from inbox.forms import InputSpec, input_specs
+from inbox.models import AuditEntry, DifyApp, Form, Upload, UploadTally
 from inbox.reasons import Refused
 
 # When Dify cannot be asked for an app's limits, its defaults stand in for a short while.
@@ -33,6 +35,54 @@ class UploadRejected(Refused):
     away, which is worth trying again (429 with `retry_after`, 502)."""
 
     default_code = "upload_rejected"
+
+
+def upload_budget(form: Form) -> int:
+    """Files one person may send to Dify for this form, removed and replaced ones included:
+    INBOX_UPLOADS_PER_FORM, and never fewer than twice what the form's file inputs hold (one
+    for a file, the list's limit for a list), so every file can be replaced once."""
+    holds = sum(
+        spec.ui_max_files
+        for spec in input_specs(form.definition or {})
+        if spec.is_file and spec.allows_upload
+    )
+    return max(settings.INBOX_UPLOADS_PER_FORM, 2 * holds)
+
+
+def _too_fast(who: str) -> UploadRejected | None:
+    """One more file counted against its uploader's INBOX_UPLOADS_PER_MINUTE (guests', reviewers'
+    and API tokens' alike, across forms): the refusal once past it."""
+    from inbox import views_reach
+
+    key = "upload:" + hashlib.sha256(who.encode()).hexdigest()[:24]
+    if not views_reach._hit(key, settings.INBOX_UPLOADS_PER_MINUTE):
+        return None
+    return UploadRejected(
+        _("You are uploading too many files at once. Try again in a minute."),
+        status=429,
+        code="rate_limited",
+        retry_after=views_reach._window_left(),
+    )
+
+
+def _budget_spent(limit: int, guest: bool) -> UploadRejected:
+    if guest:
+        message = ngettext(
+            "You have uploaded %(limit)d file for this form, the most one person may; files "
+            "removed or replaced count too. No more can be uploaded.",
+            "You have uploaded %(limit)d files for this form, the most one person may; files "
+            "removed or replaced count too. No more can be uploaded.",
+            limit,
+        )
+    else:
+        message = ngettext(
+            "You have sent %(limit)d file to Dify for this form, the most one person may; files "
+            "removed or replaced count too, as Dify keeps them. No more can be uploaded.",
+            "You have sent %(limit)d files to Dify for this form, the most one person may; files "
+            "removed or replaced count too, as Dify keeps them. No more can be uploaded.",
+            limit,
+        )
+    return UploadRejected(message % {"limit": limit}, status=429, code="upload_limit_reached")
 
 
 def upload_limits(app: DifyApp) -> dict[str, int]:
@@ -137,6 +187,14 @@ def upload_to_dify(
         raise UploadRejected(message % {"limit": megabytes(limit)}, status=413)
     if size == 0:
         raise UploadRejected(_("The file is empty."))
+    # The last checks before Dify: the uploader's rate, then their budget for the form, taken
+    # in one conditional UPDATE (two uploads at once cannot both take its last file).
+    who = UploadTally.key(reviewer, guest_email)
+    if (refused := _too_fast(who)) is not None:
+        raise refused
+    budget = upload_budget(form)
+    if not UploadTally.take(form, who, size, budget):
+        raise _budget_spent(budget, guest)
     client = DifyClient.for_app(form.run.app)
     try:
         fileobj.seek(0)
@@ -145,6 +203,8 @@ def upload_to_dify(
             cast(BinaryIO, fileobj), filename=name, mime_type=mime_type, user=form.run.dify_user
         )
     except DifyStatusError as exc:
+        # Dify refused it and keeps nothing: it does not count.
+        UploadTally.give_back(form, who, size)
         said: dict[str, Any] = {"dify_status": exc.status, "dify_code": exc.code or ""}
         if exc.status == 429:
             raise UploadRejected(
@@ -202,6 +262,13 @@ def upload_to_dify(
         uploaded_by=reviewer if reviewer is not None and reviewer.is_authenticated else None,
         guest_email=guest_email,
     )
+    if spec.kind == "file":
+        # A single file input carries one file: the newest replaces the uploader's earlier ones
+        # (their files stay in Dify, which has no delete, and stay counted in the tally). Only
+        # older ones, so two uploads at once leave the later one.
+        Upload.owned(form, reviewer=reviewer, guest_email=guest_email).filter(
+            input_name=spec.name, pk__lt=upload.pk
+        ).delete()
     AuditEntry.record(
         "file_uploaded",
         upload,

@@ -1312,6 +1312,10 @@ def upload_response(
                     upload_to_dify(form, spec, fileobj, decider.reviewer, decider.guest_email)
                 )
             except UploadRejected as exc:
+                if exc.code == "upload_limit_reached":
+                    # Said once, of every file still to go: none of them can be sent.
+                    errors.append(exc.message)
+                    break
                 errors.append(labelled(fileobj.name, exc.message))
     names = joined(upload.name for upload in uploads)
     if not request.htmx:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
+from django.test import Client, override_settings
 
 from inbox import notify
 from inbox.models import Decision, Form
@@ -172,6 +172,57 @@ def test_an_upload_while_dify_fails_says_to_try_again_not_that_the_file_was_refu
     )
     assert "kitchen.png: Dify is temporarily unavailable. Try again in a moment." in said
     assert "Service Unavailable" not in said and "did not accept" not in said
+
+
+@override_settings(INBOX_UPLOADS_PER_FORM=2)
+def test_a_guest_past_the_upload_budget_is_told_so_in_their_language_without_difys_name(
+    client: Client, simulator: Any, guest_upload_form: Form
+) -> None:
+    pdf = b"%PDF-1.4 " + b"0" * 64
+    chinese = f"{_link(guest_upload_form, GUEST_ZH)}files/receipt"
+    for n in range(2):
+        _upload(client, chinese, f"r{n}.pdf", pdf, "application/pdf")
+    assert simulator.stats()["uploads"] == 2
+    said = _upload(client, chinese, "r2.pdf", pdf, "application/pdf")
+    # "您已为此表单上传了 2 个文件, 已达每人上限; 已移除或被替换的文件也计算在内。无法再上传。" (full-width)
+    assert (
+        "\u60a8\u5df2\u4e3a\u6b64\u8868\u5355\u4e0a\u4f20\u4e86 2 \u4e2a\u6587\u4ef6\uff0c"
+        "\u5df2\u8fbe\u6bcf\u4eba\u4e0a\u9650\uff1b\u5df2\u79fb\u9664\u6216\u88ab\u66ff\u6362"
+        "\u7684\u6587\u4ef6\u4e5f\u8ba1\u7b97\u5728\u5185\u3002\u65e0\u6cd5\u518d\u4e0a\u4f20"
+        "\u3002" in said
+    )
+    assert "Dify" not in said
+    assert simulator.stats()["uploads"] == 2
+
+    english = Client()
+    english.cookies["django_language"] = "en"
+    url = f"{_link(guest_upload_form, GUEST)}files/receipt"
+    for n in range(2):  # another address: a budget of its own
+        _upload(english, url, f"e{n}.pdf", pdf, "application/pdf")
+    said = _upload(english, url, "e2.pdf", pdf, "application/pdf")
+    assert (
+        "You have uploaded 2 files for this form, the most one person may; files removed or "
+        "replaced count too. No more can be uploaded." in said
+    )
+    assert "Dify" not in said
+    assert simulator.stats()["uploads"] == 4
+
+
+@override_settings(INBOX_UPLOADS_PER_MINUTE=1)
+def test_a_guest_uploading_too_fast_is_told_in_their_language(
+    client: Client, simulator: Any, guest_upload_form: Form, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inbox.views_reach._window", lambda: 12345)
+    pdf = b"%PDF-1.4 " + b"0" * 64
+    chinese = f"{_link(guest_upload_form, GUEST_ZH)}files/receipt"
+    _upload(client, chinese, "a.pdf", pdf, "application/pdf")
+    said = _upload(client, chinese, "b.pdf", pdf, "application/pdf")
+    # "b.pdf: 您上传文件过于频繁。请一分钟后再试。" (full-width colon)
+    assert (
+        "b.pdf\uff1a\u60a8\u4e0a\u4f20\u6587\u4ef6\u8fc7\u4e8e\u9891\u7e41\u3002"
+        "\u8bf7\u4e00\u5206\u949f\u540e\u518d\u8bd5\u3002" in said
+    )
+    assert simulator.stats()["uploads"] == 1
 
 
 def test_a_heic_photo_is_refused_with_the_extensions_an_image_may_have(
