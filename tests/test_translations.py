@@ -299,3 +299,14 @@ def test_pages_name_a_chinese_speaking_colleague_without_spaces_around_their_nam
     with translation.override("zh-hans"), pytest.raises(ClaimRefused) as refused:
         Form.objects.get(pk=form.pk).claim(latin)
     assert str(refused.value) == "张三已接手此表单。"
+
+
+def test_a_time_left_in_chinese_reads_with_now_as_with_a_duration() -> None:
+    """The time left may be "现在" (under a minute) or "2天后": "将于现在过期" is not Chinese,
+    "现在过期" and "2天后过期" both are."""
+    wrong = [
+        chinese
+        for english, chinese in _chinese_catalog().items()
+        if "%(time_left)s" in english and "\u4e8e" in chinese.split("%(time_left)s")[0][-9:]
+    ]
+    assert wrong == []

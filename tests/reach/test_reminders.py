@@ -74,7 +74,7 @@ def test_reminders_at_24_and_1_hour_before_expiry(reach_route: Route, reach_app:
     assert sweep(T0 + 24 * H)["reminders"] == 2
     assert subjects() == [
         (GUEST, "Reminder: Manager approval (payroll) expires in 24 hours"),
-        (GUEST_ZH, "提醒：Manager approval（payroll）将于24小时后过期"),  # noqa: RUF001
+        (GUEST_ZH, "提醒：Manager approval（payroll）24小时后过期"),  # noqa: RUF001
     ]
     mail.outbox.clear()
     assert sweep(T0 + 30 * H)["reminders"] == 0  # nothing more until the last hour
