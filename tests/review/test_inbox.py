@@ -462,23 +462,21 @@ def test_search_is_served_by_the_trigram_indexes(reviewer: User, dify_app: DifyA
 
     make_form(dify_app, node_title="Refund check", content="refund of 4242 EUR")
     forms = InboxFilters(q="refund of 4242", status="all").apply(Form.objects.all())
-    sql, params = forms.order_by().values("pk").query.sql_with_params()
-    with connection.cursor() as cursor:
-        # A tiny table would be read whole, or walked along another index.
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("SET LOCAL enable_indexscan = off")
-        cursor.execute("EXPLAIN " + sql, params)
-        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    def plan_of(forms: Any) -> str:
+        sql, params = forms.order_by().values("pk").query.sql_with_params()
+        with connection.cursor() as cursor:
+            # A tiny table would be read whole, or walked along another index.
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_indexscan = off")
+            cursor.execute("EXPLAIN " + sql, params)
+            return "\n".join(row[0] for row in cursor.fetchall())
+
+    plan = plan_of(forms)
     assert "inbox_form_title_trgm" in plan and "inbox_form_content_trgm" in plan, plan
     assert [f.node_title for f in forms] == ["Refund check"]
     # A run id's start too: its runs are found first, the forms' search keeps its indexes.
-    forms = InboxFilters(q="4242ab", status="all").apply(Form.objects.all())
-    sql, params = forms.order_by().values("pk").query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("SET LOCAL enable_indexscan = off")
-        cursor.execute("EXPLAIN " + sql, params)
-        plan = "\n".join(row[0] for row in cursor.fetchall())
+    plan = plan_of(InboxFilters(q="4242ab", status="all").apply(Form.objects.all()))
     assert "inbox_form_title_trgm" in plan and "inbox_form_content_trgm" in plan, plan
 
 
