@@ -1052,8 +1052,9 @@ def runs_list(request: HttpRequest) -> HttpResponse:
 
 
 def runs_create(request: HttpRequest) -> HttpResponse:
-    """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?, "submission_key"?}`
-    → 201 the run; 200 the same run when sent again under its submission key."""
+    """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?, "submission_key"?,
+    "conversation_id"? (chatflow)}` → 201 the run; 200 the same run when sent again under its
+    submission key."""
     from inbox.dify.errors import ApiKeyUnreadable, DifyError, DifyStatusError, TooManyRequests
     from inbox.runs import (
         SameStart,
@@ -1068,7 +1069,9 @@ def runs_create(request: HttpRequest) -> HttpResponse:
 
     _require_may_start(request)
     body = json_body(request)
-    _refuse_unknown_keys(body, ("app", "inputs", "query", "user", "submission_key"))
+    _refuse_unknown_keys(
+        body, ("app", "inputs", "query", "user", "submission_key", "conversation_id")
+    )
     key = _submission_key(request, body)
     app = _active_app(body)
     inputs = body.get("inputs", {})
@@ -1083,6 +1086,9 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             "invalid_param",
             f"'query' is for chatflow apps; {app.name} is a workflow and takes only 'inputs'.",
         )
+    conversation_id = _optional_text(body, "conversation_id", limit=64)
+    if conversation_id:
+        return _continue_conversation(request, app, body, key, conversation_id)
     dify_user = _optional_text(body, "user", limit=255) or default_dify_user(request.user)
     digest = start_digest(app.pk, inputs, query, dify_user)
     try:
@@ -1144,6 +1150,76 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             labels=form.labels,
             submission_key=key,
             submission_digest=digest,
+        )
+    except SameStart as same:
+        return _same_start(request, same)
+    except StartFailed as exc:
+        raise ApiError.of(exc) from None
+    return JsonResponse(_run_json(request, run), status=201)
+
+
+def _continue_conversation(
+    request: HttpRequest, app: DifyApp, body: dict[str, Any], key: str, conversation_id: str
+) -> HttpResponse:
+    """`POST /api/v1/runs` with a `conversation_id`: the next message of a chatflow's
+    conversation. Dify runs it with the inputs the conversation started with, under the user
+    it began with: both are taken from the conversation's last run here, unless `user` says
+    otherwise (a conversation begun in Dify)."""
+    from inbox.runs import (
+        SameStart,
+        StartFailed,
+        conversation_start,
+        default_dify_user,
+        start_digest,
+        start_run,
+        started_under,
+    )
+
+    if app.mode != DifyApp.Mode.CHATFLOW:
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"'conversation_id' is for chatflow apps; {app.name} is a workflow.",
+        )
+    if body.get("inputs"):
+        raise ApiError(
+            400,
+            "invalid_param",
+            "'inputs' cannot be given with 'conversation_id': Dify runs every message of a "
+            "conversation with the inputs it started with.",
+        )
+    query = body.get("query", "")
+    if not query.strip():
+        raise ApiError(
+            400,
+            "invalid_inputs",
+            "query: This field is required.",
+            details={"query": ["This field is required."]},
+        )
+    latest = conversation_start(app, conversation_id, request.user)
+    if latest is not None and not latest.is_finished:
+        raise ApiError(
+            409,
+            "conversation_in_progress",
+            f"The conversation's last message (run {latest.public_id}) has not ended yet.",
+        )
+    given_user = _optional_text(body, "user", limit=255)
+    dify_user = given_user or (latest.dify_user if latest else default_dify_user(request.user))
+    inputs = latest.inputs if latest and latest.dify_user == dify_user else {}
+    digest = start_digest(app.pk, {}, query, dify_user, conversation_id)
+    try:
+        started_under(key, digest)
+        run = start_run(
+            app,
+            inputs=inputs,
+            query=query,
+            dify_user=dify_user,
+            started_by=request.user,
+            source="api",
+            labels=latest.input_labels if latest else {},
+            submission_key=key,
+            submission_digest=digest,
+            conversation_id=conversation_id,
         )
     except SameStart as same:
         return _same_start(request, same)

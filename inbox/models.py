@@ -493,6 +493,12 @@ class Run(models.Model):
                 condition=Q(follow_wanted=True),
                 name="run_follow_queue",
             ),
+            # A chatflow's conversation: its messages on a run's page, the next one's start.
+            models.Index(
+                fields=["app", "conversation_id"],
+                condition=~Q(conversation_id=""),
+                name="run_conversation",
+            ),
         ]
 
     def __str__(self) -> str:

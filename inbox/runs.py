@@ -215,6 +215,57 @@ class StartRunForm(forms.Form):
         return found
 
 
+class ContinueForm(forms.Form):
+    """The next message of a chatflow's conversation. Dify runs it with the inputs the
+    conversation started with, so the message is all there is to ask."""
+
+    def __init__(self, *args: Any, from_page: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        text_field = PageTextField if from_page else forms.CharField
+        self.fields["query"] = text_field(
+            label=_("Message"),
+            widget=forms.Textarea(attrs={"rows": 3}),
+            help_text=_("What the chatflow is asked next, in the same conversation."),
+            strip=False,
+        )
+
+    def clean_query(self) -> str:
+        query: str = self.cleaned_data["query"]
+        if not query.strip():
+            raise forms.ValidationError(self.fields["query"].error_messages["required"], "required")
+        return query
+
+
+def conversation_runs(run: Run, user: Any) -> list[Run]:
+    """The messages of `run`'s conversation that `user` may see, oldest first (`run` too)."""
+    if not run.conversation_id:
+        return [run]
+    return list(
+        Run.objects.for_user(user)
+        .filter(app_id=run.app_id, conversation_id=run.conversation_id)
+        .order_by("created_at", "pk")[:CONVERSATION_SHOWN]
+    )
+
+
+# A conversation's messages a run page lists; a longer one is read in Dify.
+CONVERSATION_SHOWN = 100
+
+
+def conversation_start(app: DifyApp, conversation_id: str, user: Any) -> Run | None:
+    """The latest run of `app` in this conversation that `user` may see, whose Dify user and
+    inputs a next message goes on with; None when there is none here (a conversation begun
+    in Dify)."""
+    if not conversation_id:
+        return None
+    return (
+        Run.objects.for_user(user)
+        .filter(app=app, conversation_id=conversation_id)
+        .exclude(workflow_run_id="")
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
 def _field(spec: StartInput, text_field: type[forms.CharField] = forms.CharField) -> forms.Field:
     label = spec.label
     initial = spec.default if spec.default not in (None, "") else None
@@ -358,6 +409,14 @@ def started_under(submission_key: str, digest: str) -> None:
         raise SameStart(run, same=run.submission_digest == digest)
 
 
+CONVERSATION_NOT_FOUND = Reason(
+    gettext_noop(
+        "Dify has no such conversation for this user: it was deleted in Dify, or began under "
+        "another user."
+    )
+)
+
+
 def start_run(
     app: DifyApp,
     *,
@@ -369,9 +428,12 @@ def start_run(
     labels: dict[str, str] | None = None,
     submission_key: str = "",
     submission_digest: str = "",
+    conversation_id: str = "",
 ) -> Run:
     """Start a streaming run and hand it to the follower (see the module docstring).
     `labels`: the start inputs' labels ({variable: label}), kept for the run's page.
+    `conversation_id`: a chatflow's conversation to go on with (Dify's id), "" for a new one;
+    Dify then runs with the inputs the conversation started with (see `conversation_start`).
     `submission_key`: the caller's key for this start (see `Run.submission_key`), with the
     digest of what it asked (`start_digest`).
 
@@ -402,6 +464,7 @@ def start_run(
                     follow_wanted=False,
                     submission_key=submission_key,
                     submission_digest=submission_digest if submission_key else "",
+                    conversation_id=conversation_id[:64],
                 )
             break
         except IntegrityError:
@@ -420,7 +483,9 @@ def start_run(
     seen: list[StreamEvent] = []
     try:
         if app.mode == DifyApp.Mode.CHATFLOW:
-            stream = client.send_chat_message(query=query, inputs=inputs, user=dify_user)
+            stream = client.send_chat_message(
+                query=query, inputs=inputs, user=dify_user, conversation_id=conversation_id or None
+            )
         else:
             stream = client.run_workflow(inputs=inputs, user=dify_user)
         with stream:
@@ -444,6 +509,18 @@ def start_run(
     except DifyStatusError as exc:
         if exc.refuses_app:
             app.note_refused(exc, "start")
+        if conversation_id and exc.status == 404:
+            # The one 404 of a start: Dify has no such conversation for this user (deleted in
+            # Dify, or begun under another user).
+            _fail(run, CONVERSATION_NOT_FOUND)
+            raise StartFailed(
+                _said(CONVERSATION_NOT_FOUND),
+                status=400,
+                code="conversation_not_found",
+                run=run,
+                dify_status=exc.status,
+                dify_code=exc.code or "",
+            ) from None
         _fail(run, exc.message or str(exc))
         # Dify's refusal of the inputs is the caller's to fix (400); its rate limit is the
         # caller's to wait out (429, with Dify's Retry-After); anything else (a wrong key, an
@@ -451,6 +528,8 @@ def start_run(
         # set-up's or Dify's (502).
         if exc.refuses_app or exc.code in DIFY_SETUP_CODES:
             status, code = 502, "dify_error"
+        elif conversation_id and exc.code == "conversation_completed":
+            status, code = 409, "conversation_completed"
         elif exc.status in (400, 422):
             status, code = 400, "dify_rejected_inputs"
         elif exc.status == 429:

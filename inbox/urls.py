@@ -59,6 +59,7 @@ app_patterns = (
         path("runs/", views_runs.runs_list, name="runs"),
         path("runs/<uuid:public_id>/", views_runs.run_page, name="run"),
         path("runs/<uuid:public_id>/stop", views_runs.run_stop, name="run_stop"),
+        path("runs/<uuid:public_id>/continue", views_runs.run_continue, name="run_continue"),
     ],
     "inbox",
 )

@@ -25,11 +25,14 @@ from inbox.forms import FileNames, small_int
 from inbox.models import DifyApp, Form, Run, Upload
 from inbox.runs import (
     LOST_START,
+    ContinueForm,
     RunNotStoppable,
     SameStart,
     StartFailed,
     StartRunForm,
     app_parameters,
+    conversation_runs,
+    conversation_start,
     default_dify_user,
     start_digest,
     start_lost,
@@ -116,43 +119,18 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
     # ("failed"), or whether it did is not known ("unknown"). Not the person's to correct.
     start_problem = ""
     if request.method == "POST" and form.is_valid():
-        inputs, query = form.dify_inputs(), form.cleaned_data.get("query", "")
-        dify_user = default_dify_user(request.user)
-        digest = start_digest(app.pk, inputs, query, dify_user)
-        try:
-            run = start_run(
-                app,
-                inputs=inputs,
-                query=query,
-                dify_user=dify_user,
-                started_by=request.user,
-                source="ui",
-                labels=form.labels,
-                submission_key=_page_key(request, digest),
-                submission_digest=digest,
-            )
-        except SameStart as same:
-            # The page sent twice (a double click, a reload that posts again): the run its
-            # first sending started, never a second one.
-            if start_lost(same.run):
-                form.add_error(None, str(LOST_START))
-                start_problem = "unknown"
-            else:
-                messages.info(request, _("This run was already started from this page."))
-                return redirect("inbox:run", public_id=same.run.public_id)
-        except StartFailed as exc:
-            start_problem = "unknown" if exc.code == "dify_no_answer" else "failed"
-            if exc.code in ("dify_no_answer", "api_key_unreadable"):
-                # Whether Dify started it is not known, or Dify was not asked: the message says
-                # so itself.
-                form.add_error(None, exc.message)
-            else:
-                form.add_error(
-                    None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
-                )
-        else:
-            messages.success(request, _("The run has started."))
-            return redirect("inbox:run", public_id=run.public_id)
+        started = _start_from_page(
+            request,
+            form,
+            app,
+            inputs=form.dify_inputs(),
+            query=form.cleaned_data.get("query", ""),
+            dify_user=default_dify_user(request.user),
+            labels=form.labels,
+        )
+        if isinstance(started, HttpResponse):
+            return started
+        start_problem = started
     status = 400 if form.is_bound and form.errors else 200
     # A new key for each page shown: sending this page twice starts one run, while a start
     # asked again after reading why the last one failed is a start of its own.
@@ -163,6 +141,101 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         "start_problem": start_problem,
     }
     return render(request, "inbox/apps_start.html", context, status=status)
+
+
+def _start_from_page(
+    request: HttpRequest,
+    form: Any,
+    app: DifyApp,
+    *,
+    inputs: dict[str, Any],
+    query: str,
+    dify_user: str,
+    labels: dict[str, str],
+    conversation_id: str = "",
+) -> HttpResponse | str:
+    """A start page's start: the run's page once Dify took it; else why the page is shown
+    again, as an error on `form` and a word for its heading ("failed": Dify did not start the
+    run; "unknown": whether it did is not known)."""
+    # A conversation's message is another start than the same message in a new conversation.
+    extra = (conversation_id,) if conversation_id else ()
+    digest = start_digest(app.pk, inputs, query, dify_user, *extra)
+    try:
+        run = start_run(
+            app,
+            inputs=inputs,
+            query=query,
+            dify_user=dify_user,
+            started_by=request.user,
+            source="ui",
+            labels=labels,
+            submission_key=_page_key(request, digest),
+            submission_digest=digest,
+            conversation_id=conversation_id,
+        )
+    except SameStart as same:
+        # The page sent twice (a double click, a reload that posts again): the run its first
+        # sending started, never a second one.
+        if start_lost(same.run):
+            form.add_error(None, str(LOST_START))
+            return "unknown"
+        messages.info(request, _("This run was already started from this page."))
+        return redirect("inbox:run", public_id=same.run.public_id)
+    except StartFailed as exc:
+        if exc.code in ("dify_no_answer", "api_key_unreadable", "conversation_not_found"):
+            # Whether Dify started it is not known, or Dify was not asked, or the conversation
+            # is gone: the message says so itself.
+            form.add_error(None, exc.message)
+        else:
+            form.add_error(
+                None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
+            )
+        return "unknown" if exc.code == "dify_no_answer" else "failed"
+    messages.success(request, _("The run has started."))
+    return redirect("inbox:run", public_id=run.public_id)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    """The next message of a chatflow run's conversation: asked under the conversation's Dify
+    user, with its inputs (Dify keeps those of the first message)."""
+    if not Run.objects.may_start(request.user):
+        raise PermissionDenied(_("You may not start runs."))
+    run = _get_run_for_user(request, public_id)
+    app = run.app
+    if not (app.is_active and app.mode == DifyApp.Mode.CHATFLOW and run.conversation_id):
+        raise Http404(_("This run has no conversation to go on with here."))
+    latest = conversation_start(app, run.conversation_id, request.user) or run
+    form = ContinueForm(request.POST or None, from_page=True)
+    start_problem = ""
+    if request.method == "POST" and not latest.is_finished:
+        form.add_error(None, _("The conversation's last message has not ended yet."))
+    elif request.method == "POST" and form.is_valid():
+        started = _start_from_page(
+            request,
+            form,
+            app,
+            inputs=latest.inputs,
+            query=form.cleaned_data["query"],
+            dify_user=latest.dify_user,
+            labels=latest.input_labels,
+            conversation_id=run.conversation_id,
+        )
+        if isinstance(started, HttpResponse):
+            return started
+        start_problem = started
+    status = 400 if form.is_bound and form.errors else 200
+    context = {
+        "app": app,
+        "run": run,
+        "latest": latest,
+        "conversation": conversation_runs(run, request.user),
+        "form": form,
+        "submission_key": uuid.uuid4().hex,
+        "start_problem": start_problem,
+    }
+    return render(request, "inbox/run_continue.html", context, status=status)
 
 
 def _page_key(request: HttpRequest, digest: str) -> str:
@@ -329,7 +402,18 @@ def output_items(run: Run) -> list[tuple[str, str]]:
 def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
+    conversation = conversation_runs(run, request.user) if run.conversation_id else []
     return {
+        # A chatflow's conversation: its messages in the inbox, and whether one may go on with
+        # it from here (its last message has ended).
+        "conversation": conversation if len(conversation) > 1 else [],
+        "may_continue": bool(
+            conversation
+            and run.app.is_active
+            and run.app.mode == DifyApp.Mode.CHATFLOW
+            and conversation[-1].is_finished
+            and Run.objects.may_start(request.user)
+        ),
         "run": run,
         "app": run.app,
         "forms": [(form, form.pk in visible) for form in forms],
@@ -362,6 +446,8 @@ def live_digest(context: dict[str, Any]) -> str:
         context["outputs"],
         [(f.pk, f.status, f.node_title, f.filled_action_text, v) for f, v in context["forms"]],
         context["may_stop"],
+        context["may_continue"],
+        [(r.pk, r.status) for r in context["conversation"]],
         context["refused"],
         run.app.refusal_status,
         context["refusal_detail"],

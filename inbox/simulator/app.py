@@ -260,10 +260,14 @@ class DifyApi:
         if not isinstance(query, str):
             raise invalid_param("query is required and must be a string")
         inputs, mode = self._run_args(body)
-        inputs = self._validated_inputs(ctx.app, inputs)
         conversation = self.sim.conversation(ctx.app, user, body.get("conversation_id"))
         if conversation is None:
             raise not_found("Conversation Not Exists.")
+        if conversation.inputs is None:
+            conversation.inputs = self._validated_inputs(ctx.app, inputs)
+        # As Dify: a message that goes on with a conversation runs with the inputs it started
+        # with; the ones it sends are neither checked nor used.
+        inputs = conversation.inputs
         if ctx.app.mode == "chat":
             return self._plain_chat(ctx, user, query, conversation.id, mode)
         run, subscriber = self.sim.start_run(

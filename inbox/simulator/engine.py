@@ -100,6 +100,9 @@ class Conversation:
     id: str
     app_name: str
     user: str
+    # Its first message's inputs: Dify runs every later message with these, whatever inputs
+    # that message sends.
+    inputs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -598,6 +601,7 @@ class Run:
             "id": self.id,
             "app": self.app.name,
             "user": self.user,
+            "inputs": self.inputs,
             "status": self.status,
             "task_id": self.task_id,
             "outputs": self.outputs,

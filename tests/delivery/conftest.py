@@ -114,6 +114,9 @@ class Workers:
     def remove_logs(self) -> None:
         for path in self.logs:
             path.unlink(missing_ok=True)
+            # Beat's schedule is a shelve: dbm adds .dat, .dir and .bak to the name it is given.
+            for sibling in path.parent.glob(path.name + ".*"):
+                sibling.unlink(missing_ok=True)
 
 
 @pytest.fixture

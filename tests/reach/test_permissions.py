@@ -70,6 +70,9 @@ MATRIX: dict[str, Endpoint] = {
     "inbox:runs": Endpoint("GET", "login ok ok ok login ok"),
     "inbox:run": Endpoint("GET", "login ok hidden hidden login ok"),
     "inbox:run_stop": Endpoint("POST", "login denied hidden hidden login ok", {}),
+    # Going on with a chatflow's conversation needs inbox.add_run; this run is a workflow's, so
+    # staff find no conversation (tests/capture/test_conversation.py has the rest).
+    "inbox:run_continue": Endpoint("GET", "login denied denied denied login hidden"),
     # The JSON API: bearer tokens, no session
     "api_forms": Endpoint("GET", "401 ok ok ok 401 ok", api=True),
     "api_form": Endpoint("GET", "401 ok hidden hidden 401 ok", api=True),

@@ -1,0 +1,252 @@
+"""A chatflow's conversation goes on from the inbox: the next message is asked in the same
+conversation, under the Dify user it began with, and Dify runs it with the inputs it started
+with (the page "Go on with the conversation" and `POST /api/v1/runs` with `conversation_id`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from inbox.dify.client import DifyClient
+from inbox.models import ApiToken, DifyApp, Run
+from tests.capture.conftest import FollowerThread, pending, run_status, start, submit
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def post(client: Client, body: Any, user: User) -> Any:
+    _token, raw = ApiToken.issue(user)
+    return client.post(
+        "/api/v1/runs",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+
+
+def error(response: Any) -> tuple[int, str, str]:
+    body = response.json()["error"]
+    return response.status_code, body["code"], body["message"]
+
+
+@pytest.fixture
+def chat(sim_app: Any, starters: Any) -> DifyApp:
+    app: DifyApp = sim_app("support-chat")
+    return app
+
+
+def finished_conversation(simulator: Any, chat: DifyApp, user: User) -> Run:
+    """A first message, its form answered, the run ended; begun as platinum."""
+    run = start(simulator, chat, user, customer_tier="platinum")
+    (form,) = pending(run)
+    submit(form, "grant", agent_message="Credit added.")
+    return run_status(run, "succeeded")
+
+
+def test_the_api_goes_on_with_a_conversation_under_its_user_and_inputs(
+    client: Client, simulator: Any, chat: DifyApp, follower: FollowerThread, reviewer: User
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    response = post(
+        client,
+        {
+            "app": "support-chat",
+            "query": "And my other parcel?",
+            "conversation_id": first.conversation_id,
+        },
+        reviewer,
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["conversation_id"] == first.conversation_id
+    second = Run.objects.get(public_id=body["id"])
+    assert second.conversation_id == first.conversation_id and second.pk != first.pk
+    assert second.dify_user == first.dify_user == "inbox-alice"
+    in_dify = simulator.run(second.workflow_run_id)
+    assert in_dify["conversation_id"] == first.conversation_id
+    assert in_dify["user"] == "inbox-alice"
+    # Dify ran it with the conversation's inputs: the form says platinum, as the first did.
+    (form,) = pending(second)
+    assert "platinum" in form.content
+    assert second.inputs == first.inputs == {"customer_tier": "platinum"}
+
+
+def test_the_api_refuses_what_a_conversation_cannot_take(
+    client: Client,
+    simulator: Any,
+    chat: DifyApp,
+    sim_app: Any,
+    follower: FollowerThread,
+    reviewer: User,
+) -> None:
+    run = start(simulator, chat, reviewer)
+    pending(run)
+    run.refresh_from_db()
+    cid = run.conversation_id
+    # Its last message waits at a form: not yet.
+    assert error(
+        post(client, {"app": "support-chat", "query": "Hi", "conversation_id": cid}, reviewer)
+    ) == (
+        409,
+        "conversation_in_progress",
+        f"The conversation's last message (run {run.public_id}) has not ended yet.",
+    )
+    assert error(
+        post(
+            client,
+            {
+                "app": "support-chat",
+                "query": "Hi",
+                "conversation_id": cid,
+                "inputs": {"customer_tier": "gold"},
+            },
+            reviewer,
+        )
+    ) == (
+        400,
+        "invalid_param",
+        "'inputs' cannot be given with 'conversation_id': Dify runs every message of a "
+        "conversation with the inputs it started with.",
+    )
+    assert error(
+        post(client, {"app": "support-chat", "query": " ", "conversation_id": cid}, reviewer)
+    ) == (
+        400,
+        "invalid_inputs",
+        "query: This field is required.",
+    )
+    sim_app("refund-approval")
+    status, code, message = error(
+        post(client, {"app": "refund-approval", "inputs": {}, "conversation_id": cid}, reviewer)
+    )
+    assert (status, code) == (400, "invalid_param") and "for chatflow apps" in message
+    assert Run.objects.count() == 1
+
+
+def test_a_conversation_dify_does_not_have_is_said_and_kept_as_a_failed_start(
+    client: Client, simulator: Any, chat: DifyApp, reviewer: User
+) -> None:
+    response = post(
+        client,
+        {
+            "app": "support-chat",
+            "query": "Hi",
+            "conversation_id": "5f7c8a1e-0000-4000-8000-000000000000",
+        },
+        reviewer,
+    )
+    status, code, message = error(response)
+    assert (status, code) == (400, "conversation_not_found")
+    assert message.startswith("Dify has no such conversation for this user")
+    failed = Run.objects.get(public_id=response.json()["error"]["details"]["run"])
+    assert failed.status == "failed" and failed.finished_at is not None
+    assert failed.conversation_id == "5f7c8a1e-0000-4000-8000-000000000000"
+    # The app itself is fine: a 404 about a conversation is not a refusal of the app.
+    chat.refresh_from_db()
+    assert chat.refused_at is None
+
+
+def test_a_conversation_of_another_dify_user_is_not_found(
+    client: Client, simulator: Any, chat: DifyApp, follower: FollowerThread, reviewer: User
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    response = post(
+        client,
+        {
+            "app": "support-chat",
+            "query": "Hi",
+            "conversation_id": first.conversation_id,
+            "user": "crm-9",
+        },
+        reviewer,
+    )
+    assert error(response)[:2] == (400, "conversation_not_found")
+
+
+def test_dify_keeps_a_conversation_s_inputs_whatever_a_later_message_sends(
+    simulator: Any, chat: DifyApp
+) -> None:
+    # The simulator as Dify: a later message's inputs are neither checked nor used.
+    client = DifyClient.for_app(chat)
+    with client.send_chat_message(
+        query="Hi", inputs={"customer_tier": "platinum"}, user="u1"
+    ) as stream:
+        for _event in stream:
+            if stream.workflow_run_id:
+                break
+        first = simulator.run(stream.workflow_run_id)
+    with client.send_chat_message(
+        query="Again",
+        inputs={"customer_tier": "no such tier"},
+        user="u1",
+        conversation_id=first["conversation_id"],
+    ) as stream:
+        for _event in stream:
+            if stream.workflow_run_id:
+                break
+        second = simulator.run(stream.workflow_run_id)
+    assert second["conversation_id"] == first["conversation_id"]
+    assert second["inputs"] == {"customer_tier": "platinum"}
+
+
+def test_the_run_page_goes_on_with_the_conversation(
+    client: Client, simulator: Any, chat: DifyApp, follower: FollowerThread, reviewer: User
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    client.force_login(reviewer)
+    page = client.get(f"/runs/{first.public_id}/").content.decode()
+    assert f'href="/runs/{first.public_id}/continue"' in page
+    assert "Messages of this conversation" not in page  # one message: nothing to list
+
+    page = client.get(f"/runs/{first.public_id}/continue").content.decode()
+    assert "The conversation so far" in page and "My parcel is two weeks late." in page
+    assert "delivery is late" in page  # its answer
+
+    response = client.post(
+        f"/runs/{first.public_id}/continue",
+        {"query": "Thanks!\r\nAnd the other one?", "submission_key": "k1"},
+    )
+    assert response.status_code == 302
+    second = Run.objects.exclude(pk=first.pk).get()
+    assert response["Location"] == f"/runs/{second.public_id}/"
+    assert second.query == "Thanks!\nAnd the other one?"
+    assert second.conversation_id == first.conversation_id and second.dify_user == first.dify_user
+    assert second.started_by == reviewer and second.source == "ui"
+
+    page = client.get(f"/runs/{second.public_id}/").content.decode()
+    assert "Messages of this conversation" in page
+    assert f'<a href="/runs/{first.public_id}/"' in page and 'aria-current="page">2<' in page
+    # Its last message has not ended: no going on yet, on the page or by posting it.
+    assert f"/runs/{second.public_id}/continue" not in page
+    response = client.post(f"/runs/{first.public_id}/continue", {"query": "Hello?"})
+    assert response.status_code == 400
+    assert "last message has not ended yet" in response.content.decode()
+    assert Run.objects.count() == 2
+
+
+def test_going_on_needs_a_chatflow_conversation_and_the_right_to_start(
+    client: Client, simulator: Any, chat: DifyApp, sim_app: Any, reviewer: User
+) -> None:
+    refunds = sim_app("refund-approval")
+    workflow_run = Run.objects.create(
+        app=refunds, dify_user="u", status="succeeded", workflow_run_id="w1", started_by=reviewer
+    )
+    chat_run = Run.objects.create(
+        app=chat,
+        dify_user="u",
+        status="succeeded",
+        workflow_run_id="w2",
+        conversation_id="c2",
+        started_by=reviewer,
+    )
+    client.force_login(reviewer)
+    assert client.get(f"/runs/{workflow_run.public_id}/continue").status_code == 404
+    assert client.get(f"/runs/{chat_run.public_id}/continue").status_code == 200
+    DifyApp.objects.filter(pk=chat.pk).update(is_active=False)
+    assert client.get(f"/runs/{chat_run.public_id}/continue").status_code == 404
+    reviewer.groups.clear()
+    assert client.get(f"/runs/{chat_run.public_id}/continue").status_code == 403
