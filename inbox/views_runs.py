@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
+import re
 import uuid
 from typing import Any
 
@@ -16,7 +18,7 @@ from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
@@ -186,13 +188,45 @@ def _start_from_page(
             # Whether Dify started it is not known, or Dify was not asked, or the conversation
             # is gone: the message says so itself.
             form.add_error(None, exc.message)
-        else:
+        elif exc.code == "rate_limited":
+            form.add_error(None, _busy(exc.retry_after))
+        elif not (exc.code == "dify_rejected_inputs" and _refused_input(form, exc.message)):
             form.add_error(
                 None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
             )
         return "unknown" if exc.code == "dify_no_answer" else "failed"
     messages.success(request, _("The run has started."))
     return redirect("inbox:run", public_id=run.public_id)
+
+
+def _busy(retry_after: float | None) -> str:
+    """Dify's rate limit on a start, with the wait it asked for."""
+    if not retry_after:
+        return _("Dify is busy and did not start the run: try again in a moment.")
+    seconds = max(1, math.ceil(retry_after))
+    return ngettext(
+        "Dify is busy and did not start the run: try again in %(seconds)d second.",
+        "Dify is busy and did not start the run: try again in %(seconds)d seconds.",
+        seconds,
+    ) % {"seconds": seconds}
+
+
+# Dify names a start input it refuses by its variable: "amount in input form must be a valid
+# number", "name is required in input form" (CONTRACT 2).
+DIFY_INPUT_REFUSAL = re.compile(r"^(?P<variable>\S+) (?:is required )?in input form\b")
+
+
+def _refused_input(form: Any, message: str) -> bool:
+    """Dify's refusal of one start input, said beside that input's field under its label
+    rather than its variable; False when the message names no input the page shows."""
+    found = DIFY_INPUT_REFUSAL.match(message)
+    specs = {spec.variable: spec for spec in getattr(form, "specs", [])}
+    spec = specs.get(found["variable"]) if found else None
+    if spec is None or spec.field_name not in form.fields:
+        return False
+    said = spec.label + message[len(spec.variable) :]
+    form.add_error(spec.field_name, _("Dify refused this value: %(error)s") % {"error": said})
+    return True
 
 
 @login_required

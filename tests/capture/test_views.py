@@ -150,6 +150,53 @@ def test_a_dify_error_at_the_start_is_shown_on_the_form(
     assert "Please correct the following" not in page
 
 
+def test_dify_busy_at_the_start_says_how_long_to_wait(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.add_fault("status", "workflows_run", status=429, retry_after=12)
+    response = login(client, reviewer).post(
+        f"/apps/{refunds.pk}/start/", start_form_data(simulator)
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Dify is busy and did not start the run: try again in 12 seconds." in page
+    assert "<strong>The run was not started.</strong>" in page
+
+
+def test_an_input_dify_refuses_is_said_beside_its_field_under_its_label(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    # Dify's own check can be stricter than the parameters it gave (a rule changed meanwhile).
+    simulator.add_fault(
+        "status",
+        "workflows_run",
+        status=400,
+        code="invalid_param",
+        message="customer_name in input form must be less than 20 characters",
+    )
+    response = login(client, reviewer).post(
+        f"/apps/{refunds.pk}/start/", start_form_data(simulator)
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    said = "Dify refused this value: Customer name in input form must be less than 20 characters"
+    assert re.search(
+        r'<div id="id_in_customer_name_error"><p class="field-error">' + re.escape(said), page
+    )
+    assert "<strong>The run was not started.</strong>" in page
+    assert "Dify did not start the run:" not in page
+    # A refusal naming no input of the page is said as Dify said it.
+    simulator.add_fault(
+        "status", "workflows_run", status=400, code="invalid_param", message="Bad request."
+    )
+    page = (
+        login(client, reviewer)
+        .post(f"/apps/{refunds.pk}/start/", start_form_data(simulator))
+        .content.decode()
+    )
+    assert "Dify did not start the run: Bad request." in page
+
+
 def test_a_start_whose_answer_is_lost_tells_the_reviewer_to_check_dify_first(
     client: Client, simulator: Any, refunds: DifyApp, reviewer: User
 ) -> None:
