@@ -11,6 +11,7 @@ from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext
 
 from inbox import forms, markdown, timefmt
 from inbox.reasons import tightened
@@ -111,6 +112,15 @@ def as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, indent=2, default=str)
+
+
+@register.filter
+def input_text(value: Any) -> str:
+    """A start input's value as the person who started the run chose it: a ticked box reads
+    "Yes" in the reader's language, not JSON's `true`."""
+    if isinstance(value, bool):
+        return gettext("Yes") if value else gettext("No")
+    return as_text(value)
 
 
 @register.filter

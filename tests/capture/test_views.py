@@ -133,6 +133,10 @@ def test_starting_a_run_goes_to_its_page(
     assert "The run has started." in page and "refund-approval" in page
     # Its inputs are named as the start form named them, not by their variables.
     assert "<dt>Refund amount (EUR)</dt>" in page and "<dt>amount</dt>" not in page
+    # A ticked box reads as the person chose it, in their language.
+    assert "<dt>VIP customer</dt><dd><pre>Yes</pre></dd>" in page
+    page = client.get(response["Location"], HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "<dd><pre>\u662f</pre></dd>" in page and "<pre>true</pre>" not in page
 
 
 def test_a_dify_error_at_the_start_is_shown_on_the_form(
