@@ -1003,18 +1003,18 @@ def _start_form_data(
 RUNS_PAGE = 50
 
 
-@api_view(["GET", "POST"], query=("status", "app", "page"))
+@api_view(["GET", "POST"], query=("status", "app", "page", "q"))
 def runs(request: HttpRequest) -> HttpResponse:
     """`GET /api/v1/runs`: the caller's runs; `POST`: start one."""
     return runs_create(request) if request.method == "POST" else runs_list(request)
 
 
 def runs_list(request: HttpRequest) -> HttpResponse:
-    """`GET /api/v1/runs?status=&app=&page=`: the runs the caller may see, newest first, 50 a
+    """`GET /api/v1/runs?status=&app=&q=&page=`: the runs the caller may see, newest first, 50 a
     page, without their timelines. A start answered `504 dify_no_answer` is here, as `failed`
     with its reason, beside any run Dify started for it."""
     from inbox.models import Run
-    from inbox.views_runs import RUN_STATES, pending_counts
+    from inbox.views_runs import RUN_STATES, pending_counts, search_runs
 
     runs = Run.objects.for_user(request.user).select_related("app", "started_by")
     status = request.GET.get("status") or ""
@@ -1029,6 +1029,8 @@ def runs_list(request: HttpRequest) -> HttpResponse:
         )
     if name := request.GET.get("app") or "":
         runs = runs.filter(app=_app_named(name))
+    if q := (request.GET.get("q") or "").strip():
+        runs = search_runs(runs, q[:200])
     raw_page = request.GET.get("page") or "1"
     page = small_int(raw_page)
     if page is None or page > 10**6:

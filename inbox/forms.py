@@ -778,3 +778,7 @@ class LoginForm(AuthenticationForm):
             self.fields[name].widget.attrs.update(
                 {"aria-invalid": "true", "aria-describedby": "login-error"}
             )
+
+
+# The start of a run id, as a row shows it (eight characters of Dify's workflow run id).
+RUN_ID_START = re.compile(r"[0-9A-Fa-f-]{6,64}")

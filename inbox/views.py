@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import uuid
 from dataclasses import dataclass, field
 from html import escape
@@ -54,6 +53,7 @@ from inbox.dify.files import (
 )
 from inbox.forms import (
     CATEGORY_LABELS,
+    RUN_ID_START,
     DecisionForm,
     FileRefsField,
     InputSpec,
@@ -226,8 +226,6 @@ class InboxFilters:
         return forms
 
 
-# The start of a run id, as a row shows it (eight characters of Dify's workflow run id).
-RUN_ID_START = re.compile(r"[0-9A-Fa-f-]{6,64}")
 RUNS_FOUND_CAP = 200
 
 

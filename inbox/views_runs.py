@@ -14,7 +14,8 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count
+from django.db.models import Count, Q, TextField
+from django.db.models.functions import Cast
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
@@ -23,7 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from inbox.dify.errors import DifyError, DifyStatusError
-from inbox.forms import FileNames, small_int
+from inbox.forms import RUN_ID_START, FileNames, small_int
 from inbox.models import DifyApp, Form, Run, Upload
 from inbox.runs import (
     LOST_START,
@@ -306,6 +307,9 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     app = next((a for a in apps if str(a.pk) == request.GET.get("app", "")), None)
     if app is not None:
         runs = runs.filter(app=app)
+    q = request.GET.get("q", "").strip()[:200]
+    if q:
+        runs = search_runs(runs, q)
     page = min(small_int(request.GET.get("page", "1")) or 1, 10**6)
     rows = list(runs[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
     more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
@@ -325,10 +329,30 @@ def runs_list(request: HttpRequest) -> HttpResponse:
             "state": state,
             "apps": apps,
             "app": app,
+            "q": q,
             "page": page,
             "newer": page - 1 if page > 1 else None,
             "older": page + 1 if more else None,
         },
+    )
+
+
+def search_runs(runs: Any, q: str) -> Any:
+    """Runs whose start one remembers: the start of the run id a row shows ("Run 41f2c79e"),
+    who started it, its message, or a value of its inputs ("Ada", "SO-1042")."""
+    found = (
+        Q(query__icontains=q)
+        | Q(started_by__username__iexact=q)
+        | Q(started_by__first_name__icontains=q)
+        | Q(started_by__last_name__icontains=q)
+    )
+    if RUN_ID_START.fullmatch(q) and any(c.isdigit() for c in q):
+        found |= Q(workflow_run_id__startswith=q.lower())
+    # The inputs as stored (JSON text): a value typed at the start, whichever input it was.
+    # JSON escapes what is not ASCII, so such a value is looked for as JSON writes it.
+    needle = json.dumps(q)[1:-1]
+    return runs.annotate(inputs_text=Cast("inputs", TextField())).filter(
+        found | Q(inputs_text__icontains=q) | Q(inputs_text__icontains=needle)
     )
 
 

@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from inbox import views_runs
-from inbox.models import DifyApp, Form, Run
+from inbox.models import ApiToken, DifyApp, Form, Run
 from inbox.runs import start_run
 from inbox.simulator.testing import sample_inputs
 from tests.capture import events as ev
@@ -590,6 +590,43 @@ def test_the_runs_list_filters_by_state_and_app_and_pages_without_counting(
     assert "?page=2" in first and "Newer" not in first
     assert "?page=2" in last and "Older" not in last
     assert shown("?page=oops") == shown("?page=1")
+
+
+def test_the_runs_list_finds_a_run_by_its_id_its_starter_its_message_or_an_input(
+    client: Client, refunds: DifyApp, sim_app: Any, reviewer: User, admin_user: User
+) -> None:
+    reviewer.first_name, reviewer.last_name = "Alice", "Lindqvist"
+    reviewer.save()
+    ada = Run.objects.create(
+        app=refunds,
+        workflow_run_id="41f2c79e-aaaa-4000-8000-000000000001",
+        inputs={"customer_name": "Ada Lovelace", "order_id": "SO-1042"},
+        started_by=reviewer,
+    )
+    zhang = Run.objects.create(
+        app=refunds, workflow_run_id="9b0e1d2c-0000", inputs={"customer_name": "\u5f20\u4e09"}
+    )
+    chat = Run.objects.create(
+        app=sim_app("support-chat"), workflow_run_id="c0ffee01", query="Where is my parcel?"
+    )
+    admin = login(client, admin_user)
+
+    def found(q: str) -> set[str]:
+        page = admin.get("/runs/", {"q": q}).content.decode()
+        return set(re.findall(r'<a class="open" href="/runs/([0-9a-f-]+)/"', page))
+
+    assert found("41f2c79e") == {str(ada.public_id)}  # as its row shows it
+    assert found("so-1042") == found("Lovelace") == {str(ada.public_id)}
+    assert found("lindqvist") == found("alice") == {str(ada.public_id)}
+    assert found("\u5f20\u4e09") == {str(zhang.public_id)}  # not ASCII, stored escaped
+    assert found("parcel") == {str(chat.public_id)}
+    assert found("nobody") == set()
+    page = admin.get("/runs/", {"q": "nobody"}).content.decode()
+    assert "No runs match." in page and 'value="nobody"' in page
+    # The API searches the same way.
+    _token, raw = ApiToken.issue(admin_user)
+    body = client.get("/api/v1/runs", {"q": "SO-1042"}, HTTP_AUTHORIZATION=f"Bearer {raw}").json()
+    assert [r["id"] for r in body["results"]] == [str(ada.public_id)]
 
 
 def test_the_runs_list_shows_a_reviewer_only_the_apps_of_runs_they_may_see(
