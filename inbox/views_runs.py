@@ -18,6 +18,7 @@ from django.db.models import Count, Q, TextField
 from django.db.models.functions import Cast
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -461,6 +462,7 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
     conversation = conversation_runs(run, request.user) if run.conversation_id else []
+    refused = run.app.refused_at is not None and not run.is_finished
     return {
         # A chatflow's conversation: its messages in the inbox, and whether one may go on with
         # it from here (its last message has ended).
@@ -480,7 +482,15 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "may_stop": _may_stop(request, run) and run.status == Run.Status.RUNNING,
         # Dify refuses the app's key: no new form of this run can arrive. Reviewers are shown
         # the status code; Dify's message is for administrators.
-        "refused": run.app.refused_at is not None and not run.is_finished,
+        "refused": refused,
+        # The follower gave up reading this run's events (Dify away, its stream failing) and
+        # the reconcile hands it back later: what happens in Dify meanwhile is not shown yet.
+        "out_of_touch": bool(
+            run.give_ups and not run.is_finished and not run.events_unavailable and not refused
+        ),
+        "next_try": run.refollow_after
+        if run.refollow_after and run.refollow_after > timezone.now()
+        else None,
         "refusal_detail": run.app.refusal if request.user.is_staff else "",
         # The poll asks only for the part that changes, and stops once the run has ended.
         "live": not run.is_finished,
@@ -507,6 +517,8 @@ def live_digest(context: dict[str, Any]) -> str:
         context["may_continue"],
         [(r.pk, r.status) for r in context["conversation"]],
         context["refused"],
+        context["out_of_touch"],
+        context["next_try"],
         run.app.refusal_status,
         context["refusal_detail"],
     ]

@@ -145,7 +145,7 @@ def test_a_three_pause_run_survives_its_stream_dropping_after_every_event(
 
 
 def test_a_stream_that_keeps_failing_goes_to_the_reconcile_then_resumes(
-    simulator: Any, sim_app: Any, follower: FollowerThread
+    simulator: Any, sim_app: Any, follower: FollowerThread, client: Any, admin_user: Any
 ) -> None:
     app = sim_app("refund-approval")
     # Every events stream is cut before its first event.
@@ -160,12 +160,18 @@ def test_a_stream_that_keeps_failing_goes_to_the_reconcile_then_resumes(
     attempts = simulator.request_count("workflow_events")
     assert attempts == FOLLOWER_TEST_SETTINGS["max_attempts"] + 1
     assert run.forms.count() == 0 and not run.lease_owner
+    # Whoever looks at the run is told the inbox has lost touch with it, not shown a run
+    # that seems to do nothing.
+    client.force_login(admin_user)
+    out_of_touch = "The inbox cannot follow this run in Dify at the moment"
+    assert out_of_touch in client.get(f"/runs/{run.public_id}/").content.decode()
     simulator.clear_faults()
     with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
         assert reconcile_runs()["followed"] == 1
     assert len(pending(run)) == 1
     run = no_stream_left(run)
     assert not run.needs_reconcile and run.status == "paused"
+    assert out_of_touch not in client.get(f"/runs/{run.public_id}/").content.decode()
 
 
 def test_a_run_whose_stream_keeps_being_refused_is_handed_back_less_and_less_often(

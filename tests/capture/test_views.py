@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -723,3 +724,27 @@ def test_a_start_page_s_lines_reach_dify_ended_by_newline_and_counted_once(
     assert form.dify_inputs()["note"] == "a\nb\nc\nd\ne\nf"
     # The API's text is sent as given (and counted as given).
     assert not StartRunForm(refunds, START_PARAMETERS, data).is_valid()
+
+
+def test_a_run_the_inbox_lost_touch_with_says_when_it_tries_again(
+    client: Client, refunds: DifyApp, reviewer: User
+) -> None:
+    run = Run.objects.create(
+        app=refunds,
+        workflow_run_id="wr-away",
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        status=Run.Status.RUNNING,
+        needs_reconcile=True,
+        give_ups=3,
+        refollow_after=timezone.now() + dt.timedelta(minutes=4),
+    )
+    page = login(client, reviewer).get(f"/runs/{run.public_id}/").content.decode()
+    assert "The inbox cannot follow this run in Dify at the moment" in page
+    assert "Next try:" in page
+    # Not for a run whose events Dify never shows (followed through its detail), nor once the
+    # run has ended.
+    Run.objects.filter(pk=run.pk).update(events_unavailable=True)
+    assert "cannot follow this run" not in client.get(f"/runs/{run.public_id}/").content.decode()
+    Run.objects.filter(pk=run.pk).update(events_unavailable=False, status="succeeded")
+    assert "cannot follow this run" not in client.get(f"/runs/{run.public_id}/").content.decode()
