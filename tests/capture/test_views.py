@@ -621,6 +621,9 @@ def test_the_runs_list_finds_a_run_by_its_id_its_starter_its_message_or_an_input
     assert found("lindqvist") == found("alice") == {str(ada.public_id)}
     assert found("\u5f20\u4e09") == {str(zhang.public_id)}  # not ASCII, stored escaped
     assert found("parcel") == {str(chat.public_id)}
+    # A chatflow's row says what it was asked.
+    row = admin.get("/runs/", {"q": "parcel"}).content.decode()
+    assert '<p class="muted run-query">Where is my parcel?</p>' in row
     assert found("nobody") == set()
     page = admin.get("/runs/", {"q": "nobody"}).content.decode()
     assert "No runs match." in page and 'value="nobody"' in page
