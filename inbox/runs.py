@@ -187,21 +187,36 @@ class StartRunForm(forms.Form):
         return cleaned
 
     def dify_inputs(self) -> dict[str, Any]:
-        """The validated values as Dify takes them (numbers as numbers, checkboxes as bools)."""
+        """The validated values as Dify takes them (numbers as numbers, checkboxes as bools).
+
+        An optional input left without a value is one Dify fills with the app's default
+        (`_validate_inputs`). Sent as Dify would take it, so the run's record shows what the
+        run got: an input not sent at all (the API's, left out) gets the default; one left
+        blank on purpose (a default cleared on the page, or "" in the API) stays blank where
+        Dify can take a blank (text, and a number as ""), and a choice with a default, which
+        cannot be left blank in Dify, gets the default."""
         values: dict[str, Any] = {}
         for spec in self.specs:
             if not spec.supported:
                 continue
             value = self.cleaned_data.get(spec.field_name)
-            if spec.type == "number":
-                if value is None:
+            if spec.type == "checkbox":
+                values[spec.variable] = bool(value)
+                continue
+            if value in (None, ""):
+                if spec.required:
                     continue
+                default = _typed_default(spec)
+                if default is None:
+                    continue
+                if spec.field_name not in self.data or spec.type == "select":
+                    values[spec.variable] = default
+                else:
+                    values[spec.variable] = ""
+                continue
+            if spec.type == "number":
                 number = Decimal(value)
                 value = int(number) if number == number.to_integral_value() else float(number)
-            elif spec.type == "checkbox":
-                value = bool(value)
-            elif value in (None, "") and not spec.required:
-                continue
             values[spec.variable] = value
         return values
 
@@ -266,6 +281,25 @@ def conversation_start(app: DifyApp, conversation_id: str, user: Any) -> Run | N
     )
 
 
+def _typed_default(spec: StartInput) -> Any:
+    """The app's default of an input as Dify would use it; None for none (or one Dify would
+    refuse: a number that is none, a choice that is not offered)."""
+    default = spec.default
+    if default in (None, ""):
+        return None
+    if spec.type == "number":
+        try:
+            number = Decimal(str(default))
+        except ArithmeticError:
+            return None
+        if not number.is_finite():
+            return None
+        return int(number) if number == number.to_integral_value() else float(number)
+    if spec.type == "select" and default not in spec.options:
+        return None
+    return default if isinstance(default, str) else None
+
+
 def _field(spec: StartInput, text_field: type[forms.CharField] = forms.CharField) -> forms.Field:
     label = spec.label
     initial = spec.default if spec.default not in (None, "") else None
@@ -280,8 +314,11 @@ def _field(spec: StartInput, text_field: type[forms.CharField] = forms.CharField
             widget=forms.Textarea(attrs={"rows": 4}),
         )
     if spec.type == "select":
+        initial = _typed_default(spec)
         choices = [(o, o) for o in spec.options]
-        if not spec.required:
+        if not spec.required and initial is None:
+            # Nothing chosen is nothing sent. With a default there is no such choice: Dify
+            # would put the default in its place.
             choices = [("", "—"), *choices]
         elif initial is None:
             # Required, with no default: nothing is chosen until the person chooses (a first

@@ -35,8 +35,17 @@ def validate_start_inputs(
         if value is None or value == "":
             if entity.required:
                 raise InvalidInput(f"{name} is required in input form")
-            cleaned[name] = entity.default if value is None else value
-            continue
+            if value is None:
+                # Left out: Dify puts the app's default in its place.
+                cleaned[name] = entity.default
+                continue
+            if entity.type == "number":
+                # Dify reads a blank number as none.
+                cleaned[name] = None
+                continue
+            if entity.type != "select":
+                cleaned[name] = value
+                continue
         if entity.type in ("text-input", "paragraph"):
             if not isinstance(value, str):
                 raise InvalidInput(f"{name} in input form must be a string")
