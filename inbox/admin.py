@@ -19,6 +19,8 @@ from django.db.models import (
     Count,
     Exists,
     ExpressionWrapper,
+    Max,
+    Min,
     OuterRef,
     Q,
     Subquery,
@@ -1149,12 +1151,18 @@ class DecisionAdmin(RecordAdmin):
         "maybe_applied",
         "dify_unreachable",
         "held_for_app",
+        "total_attempts",
     ]
     actions = ["retry_delivery", "reopen_form"]
 
     @admin.display(description=_("decided by"))
     def decider(self, obj: Decision) -> str:
         return obj.decider_label
+
+    @admin.display(description=_("attempts in all"))
+    def total_attempts(self, obj: Decision) -> int:
+        # `attempts` starts again at each retry an administrator asks; this counts every send.
+        return obj.total_attempts()
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("inbox.retry_decision")
@@ -1241,7 +1249,21 @@ class AuditEntryAdmin(RecordAdmin):
 
     @admin.action(description=_("Export the selected entries as CSV"))
     def export_csv(self, request: HttpRequest, queryset: Any) -> StreamingHttpResponse:
-        """Streamed row by row: an export of a year of entries never sits in memory."""
+        """Streamed row by row: an export of a year of entries never sits in memory. The
+        export is in the trail (`audit_exported`): by whom, how many, with which filters."""
+        selected = queryset.aggregate(count=Count("pk"), first=Min("pk"), last=Max("pk"))
+        AuditEntry.record_about(
+            "audit_exported",
+            "auditentry",
+            actor=request.user,
+            count=selected["count"],
+            ids=[selected["first"], selected["last"]],
+            filters=request.GET.dict(),
+            # Every entry the filters match, or the ones ticked on the page.
+            all_matching=request.POST.get("select_across") == "1",
+        )
+        # What was counted: not the entry just recorded, nor any recorded while it streams.
+        queryset = queryset.filter(pk__lte=selected["last"] or 0)
 
         class Echo:
             def write(self, value: str) -> str:

@@ -34,6 +34,7 @@ from inbox.forms import (
     small_int,
 )
 from inbox.markdown import excerpt
+from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.reasons import Refused
 from inbox.uploads import UploadRejected, too_large, upload_to_dify
@@ -165,12 +166,16 @@ def api_view(
                 scheme, _, raw = header.partition(" ")
                 if scheme.lower() != "bearer" or not raw.strip():
                     raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
-                user = ApiToken.authenticate(raw.strip())
-                if user is None:
+                token = ApiToken.authenticate_token(raw.strip())
+                if token is None:
                     raise ApiError(401, "unauthorized", "The API token is not valid.")
-                request.user = user
+                request.user = token.user
+                request.api_token = token  # type: ignore[attr-defined]
                 _check_query(request, query if request.method == "GET" else ())
-                return view(request, *args, **kwargs)
+                # Each entry the call records says it came through the API, and which token
+                # (its id and prefix, never the secret): a token that leaked is traced.
+                with audit_context_of(via="api", token_id=token.pk, token_prefix=token.prefix):
+                    return view(request, *args, **kwargs)
             except ApiError as exc:
                 return exc.response()
             # Django's own answers to these would be HTML pages.

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from django.conf import settings
@@ -51,16 +52,61 @@ def current_actor() -> Any:
     return _actor.get()
 
 
+# What every audit entry recorded while answering a request says of how it came (None outside
+# one): `via` ("api", "page"), the API token that acted, a guest's recipient and address.
+_audit_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "inbox_audit_context", default=None
+)
+
+
+def audit_context() -> dict[str, Any]:
+    """The details `AuditEntry.build` adds to each entry recorded now ({} outside a request)."""
+    return dict(_audit_context.get() or {})
+
+
+@contextlib.contextmanager
+def audit_context_of(**details: Any) -> Iterator[dict[str, Any]]:
+    """Inside the block, each audit entry also carries `details` (and what the block it is in
+    gave): how the request came, said once where it is known, not at each verb."""
+    context = {**(_audit_context.get() or {}), **details}
+    token = _audit_context.set(context)
+    try:
+        yield context
+    finally:
+        _audit_context.reset(token)
+
+
+def add_audit_context(**details: Any) -> None:
+    """Add to the details of the entries the rest of this request records (nothing outside a
+    request, or outside `audit_context_of`)."""
+    context = _audit_context.get()
+    if context is not None:
+        context.update(details)
+
+
 class CurrentActorMiddleware:
+    """The request's user for the trail (`current_actor`), and a fresh `audit_context` for each
+    request: an action on the inbox's pages is recorded `via: "page"`; the API says its own
+    (`inbox.api.api_view`). The admin's entries say neither: an administrator's is the admin's."""
+
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         token = _actor.set(getattr(request, "user", None))
         try:
-            return self.get_response(request)
+            with audit_context_of():
+                return self.get_response(request)
         finally:
             _actor.reset(token)
+
+    def process_view(
+        self, request: HttpRequest, view: Any, args: Any, kwargs: Any
+    ) -> HttpResponse | None:
+        match = request.resolver_match
+        if match is not None and match.namespace == "inbox":
+            add_audit_context(via="page")
+        return None
 
 
 class PrivatePagesMiddleware:

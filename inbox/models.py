@@ -2651,6 +2651,14 @@ class Decision(models.Model):
             transaction.on_commit(lambda: cls.enqueue(pk))
         return True
 
+    def total_attempts(self) -> int:
+        """Every time the decision was sent: this round's `attempts` and those of the rounds
+        before each retry an administrator asked (`delivery_retry_requested` keeps them)."""
+        earlier = AuditEntry.objects.filter(
+            verb="delivery_retry_requested", object_type="decision", object_id=str(self.pk)
+        ).values_list("details__attempts_before_retry", flat=True)
+        return self.attempts + sum(n for n in earlier if isinstance(n, int))
+
     def retry_delivery(self, *, actor: Any = None) -> bool:
         """An administrator sends a failed decision again, with a fresh retry budget."""
         with transaction.atomic():
@@ -2660,13 +2668,22 @@ class Decision(models.Model):
             form, decision = locked
             if decision.status != self.Status.FAILED or form.status != Form.Status.FAILED:
                 return False
+            # A fresh budget (`attempts` counts this round's sends, for the backoff); the
+            # rounds before it are kept in the trail, for `total_attempts`.
+            earlier = decision.attempts
             decision.status = self.Status.QUEUED
             decision.attempts = 0
             decision.next_attempt_at = database_now()
             decision.save(update_fields=["status", "attempts", "next_attempt_at", "updated_at"])
             form.status = Form.Status.SUBMITTING
             form.save(update_fields=["status", "updated_at"])
-            AuditEntry.record("delivery_retry_requested", decision, actor=actor, form=form.pk)
+            AuditEntry.record(
+                "delivery_retry_requested",
+                decision,
+                actor=actor,
+                form=form.pk,
+                attempts_before_retry=earlier,
+            )
             pk = decision.pk
             transaction.on_commit(lambda: Decision.enqueue(pk))
         self.refresh_from_db()
@@ -2690,8 +2707,15 @@ class Decision(models.Model):
             form.status = Form.Status.PENDING
             form.claimed_by = None
             form.save(update_fields=["status", "claimed_by", "updated_at"])
-            # The used links open again, in any browser: the form needs a decision again.
-            form.recipients.filter(link_used_at__isnull=False).update(link_used_at=None)
+            # The used links open again, in any browser: the form needs a decision again. When
+            # and by whom each was used stays in the trail (`form_reopened`).
+            used = form.recipients.filter(link_used_at__isnull=False).order_by("pk")
+            released: list[dict[str, Any]] = [
+                {"recipient": pk, "email": email, "used_at": when.isoformat() if when else None}
+                for pk, email, when in used.values_list("pk", "email", "link_used_at")
+            ]
+            used.update(link_used_at=None)
+            extra: dict[str, Any] = {"links_released": released} if released else {}
             # Those still asked are emailed again ("it needs a decision again") and their
             # reminders start over from that email (`notify._send_request`). Each row is
             # claimed as it is sent, so the task and the sweep send it once.
@@ -2715,6 +2739,7 @@ class Decision(models.Model):
                 actor=actor,
                 failed_decision=str(decision.public_id),
                 recipients=len(asked),
+                **extra,
             )
             if asked:
                 pk = form.pk
@@ -3117,6 +3142,30 @@ class AuditEntry(models.Model):
             AuditEntry.objects.bulk_create(pending)
 
     @classmethod
+    def record_about(
+        cls,
+        verb: str,
+        object_type: str,
+        *,
+        actor: Any = None,
+        actor_label: str = "",
+        **details: Any,
+    ) -> AuditEntry:
+        """An entry about no one object: the trail's own housekeeping (entries let go, the
+        trail exported)."""
+        if actor is not None and not getattr(actor, "is_authenticated", False):
+            actor = None
+        label = actor_label or (actor.get_username() if actor is not None else "system")
+        return cls.objects.create(
+            actor=actor,
+            actor_label=label,
+            verb=verb,
+            object_type=object_type,
+            object_id="",
+            details=details,
+        )
+
+    @classmethod
     def build(
         cls,
         verb: str,
@@ -3126,7 +3175,11 @@ class AuditEntry(models.Model):
         actor_label: str = "",
         **details: Any,
     ) -> AuditEntry:
-        """An unsaved entry, for writing several in one INSERT (`bulk_create`)."""
+        """An unsaved entry, for writing several in one INSERT (`bulk_create`). It carries how
+        the request that made it came (`audit_context`: the API token, a guest's address)."""
+        from inbox.middleware import audit_context
+
+        details = {**audit_context(), **details}
         if actor is not None and not getattr(actor, "is_authenticated", False):
             actor = None
         label = actor_label or (actor.get_username() if actor is not None else "system")
@@ -3210,7 +3263,9 @@ class ApiToken(models.Model):
         return revoked
 
     @classmethod
-    def authenticate(cls, raw: str) -> Any:
+    def authenticate_token(cls, raw: str) -> ApiToken | None:
+        """The valid token `raw` is (its user with it), or None: the API keeps which token
+        acted, for the trail."""
         token = (
             cls.objects.select_related("user")
             .filter(digest=cls.hash(raw), revoked_at__isnull=True, user__is_active=True)
@@ -3222,7 +3277,7 @@ class ApiToken(models.Model):
         # Write at most once a minute: a busy API client must not turn every call into a write.
         if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
             cls.objects.filter(pk=token.pk).update(last_used_at=now)
-        return token.user
+        return token
 
 
 class ReviewerProfile(models.Model):

@@ -11,7 +11,7 @@ terms: its entries name what they were about by id, and outlive it when asked to
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from django.db.models import Q
 from django.db.models.functions import Coalesce
@@ -47,11 +47,23 @@ def prunable_runs(older_than_days: float) -> Q:
 
 
 def prune(
-    *, runs_older_than_days: float = 0, audit_older_than_days: float = 0, dry_run: bool = False
+    *,
+    runs_older_than_days: float = 0,
+    audit_older_than_days: float = 0,
+    dry_run: bool = False,
+    by: str = "prune_records",
 ) -> Pruned:
-    """Let go of what is older than asked (0: keep it). `dry_run`: count only."""
+    """Let go of what is older than asked (0: keep it). `dry_run`: count only.
+
+    What was let go is itself in the trail (`records_pruned`, by `by`: the command or the
+    daily task): how many of each, and the cutoffs. Written after the deletion, it is newer
+    than any cutoff and stays."""
     pruned = Pruned()
+    cutoffs: dict[str, str] = {}
     if runs_older_than_days > 0:
+        cutoffs["runs_ended_before"] = (
+            timezone.now() - dt.timedelta(days=runs_older_than_days)
+        ).isoformat()
         runs = Run.objects.annotate(ended=Coalesce("finished_at", "updated_at")).filter(
             prunable_runs(runs_older_than_days)
         )
@@ -70,8 +82,19 @@ def prune(
                 Run.objects.filter(pk__in=pks).delete()
     if audit_older_than_days > 0:
         cutoff = timezone.now() - dt.timedelta(days=audit_older_than_days)
+        cutoffs["audit_entries_before"] = cutoff.isoformat()
         old = AuditEntry.objects.filter(created_at__lt=cutoff)
         pruned.audit_entries = old.count()
         if not dry_run:
             old.delete()
+    if not dry_run and (pruned.runs or pruned.audit_entries):
+        AuditEntry.record_about(
+            "records_pruned",
+            "retention",
+            actor_label=by,
+            **asdict(pruned),
+            runs_older_than_days=runs_older_than_days,
+            audit_older_than_days=audit_older_than_days,
+            **cutoffs,
+        )
     return pruned

@@ -3,6 +3,9 @@
 A reviewer who loses a form (taken off the group it went to, deactivated, no longer staff)
 also loses their hold on it: `release_lost_claims`. Group membership changes from either side
 (`user.groups`, `group.user_set`), including a group deleted whole.
+
+Who may do what is in the audit trail, with the administrator who changed it: a user's access
+flags, groups and permissions, and a group's permissions.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
@@ -64,6 +67,54 @@ def _audit_membership(instance: Any, reverse: bool, changed: set[int], *, added:
     change: dict[str, Any] = {"added" if added else "removed": groups}
     for user in users:
         AuditEntry.record("user_groups_changed", user, actor=current_actor(), **change)
+
+
+_PERMISSIONS = "_inbox_permissions_before"
+
+
+def _permissions_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """What a reviewer or a group may do (retry deliveries, start runs, ...): each permission
+    given or taken, from the user's or group's side or the permission's, is in the trail with
+    the administrator who did it. The trail outlives the administrator; Django's admin log is
+    deleted with them."""
+    for_groups = sender is Group.permissions.through
+    if action == "pre_clear":
+        # A clear says nothing after of what it cleared.
+        if reverse:
+            related = instance.group_set if for_groups else instance.user_set
+        else:
+            related = instance.permissions if for_groups else instance.user_permissions
+        setattr(instance, _PERMISSIONS, set(related.values_list("pk", flat=True)))
+        return
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    changed = (
+        set(pk_set or ()) if action != "post_clear" else getattr(instance, _PERMISSIONS, set())
+    )
+    if not changed:
+        return
+    if reverse:
+        # `permission.group_set` / `permission.user_set`: one permission, its holders changed.
+        holder_model = Group if for_groups else get_user_model()
+        holders = list(holder_model.objects.filter(pk__in=changed))
+        names = [_permission_name(instance)]
+    else:
+        holders = [instance]
+        names = sorted(
+            _permission_name(p)
+            for p in Permission.objects.filter(pk__in=changed).select_related("content_type")
+        )
+    verb = "group_permissions_changed" if for_groups else "user_permissions_changed"
+    change: dict[str, Any] = {"added" if action == "post_add" else "removed": names}
+    for holder in holders:
+        AuditEntry.record(verb, holder, actor=current_actor(), **change)
+
+
+def _permission_name(permission: Permission) -> str:
+    """As `has_perm` takes it: "inbox.retry_decision"."""
+    return f"{permission.content_type.app_label}.{permission.codename}"
 
 
 def _user_saving(sender: Any, instance: Any, update_fields: Any, **kwargs: Any) -> None:
@@ -124,6 +175,10 @@ def connect() -> None:
     m2m_changed.connect(
         _membership_changed, sender=user_model.groups.through, dispatch_uid="inbox-members"
     )
+    for through in (user_model.user_permissions.through, Group.permissions.through):
+        m2m_changed.connect(
+            _permissions_changed, sender=through, dispatch_uid=f"inbox-permissions-{through}"
+        )
     pre_save.connect(_user_saving, sender=user_model, dispatch_uid="inbox-user-saving")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="inbox-user-saved")
     pre_delete.connect(_user_deleting, sender=user_model, dispatch_uid="inbox-user-deleting")

@@ -1004,7 +1004,9 @@ def prune_records() -> dict[str, int]:
     with periodic_lock("prune_records") as held:
         if not held:
             return {}
-        pruned = asdict(prune(runs_older_than_days=runs, audit_older_than_days=audit))
+        pruned = asdict(
+            prune(runs_older_than_days=runs, audit_older_than_days=audit, by="retention task")
+        )
     logger.info("prune_records: %s", pruned)
     return pruned
 

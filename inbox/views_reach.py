@@ -31,7 +31,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
 
 from inbox import notify, timefmt
-from inbox.middleware import browser_time_zone
+from inbox.middleware import add_audit_context, browser_time_zone
 from inbox.models import AuditEntry, ClaimRefused, Decision, Form, FormRecipient
 from inbox.views import (
     Decider,
@@ -99,6 +99,8 @@ def _link_key(token: str) -> str:
 # Recipients whose link this browser used to decide: it keeps showing them the outcome, while
 # the same link opened anywhere else is refused as used.
 SESSION_USED = "inbox_used_links"
+# Recipients whose link this browser opened: the trail has one `guest_link_opened` for each.
+SESSION_OPENED = "inbox_opened_links"
 
 _LINK_STATUS = {
     "invalid": 404,
@@ -225,6 +227,8 @@ def _guest_access(
     if recipient.link_used_at is not None and recipient.pk not in request.session.get(
         SESSION_USED, []
     ):
+        # A used link opened in another browser: forwarded, or taken. The trail says from where.
+        _record_guest("guest_link_refused", request, recipient, ip, reason="used")
         return _link_page(request, "used")
     lapsed = check.state == "lapsed"
     if lapsed and not allow_lapsed:
@@ -239,7 +243,27 @@ def _guest_access(
         FormRecipient.remember_zone(recipient.email, zone)
         recipient.time_zone = zone
     decider = Decider(base_url=notify.link_path(token), guest_email=recipient.email)
+    # What the guest does from here (decide, upload) is recorded with the link's recipient and
+    # the address it came from.
+    add_audit_context(recipient=recipient.pk, ip=ip)
     return GuestAccess(recipient=recipient, form=form, decider=decider, lapsed=lapsed)
+
+
+def _record_guest(
+    verb: str, request: HttpRequest, recipient: FormRecipient, ip: str, **details: Any
+) -> None:
+    """An entry about a guest link: by whoever is signed in here, else by its recipient."""
+    user = request.user
+    AuditEntry.record(
+        verb,
+        recipient,
+        actor=user if user.is_authenticated else None,
+        actor_label="" if user.is_authenticated else recipient.email,
+        form=str(recipient.form.public_id),
+        recipient=recipient.pk,
+        ip=ip,
+        **details,
+    )
 
 
 def _route_takes_guests(form: Form) -> bool:
@@ -254,10 +278,16 @@ def guest_form(request: HtmxHttpRequest, token: str) -> HttpResponse:
     access = _guest_access(request, token, landing=True)
     if isinstance(access, HttpResponse):
         return access
-    if access.recipient.link_opened_at is None:
-        FormRecipient.objects.filter(pk=access.recipient.pk, link_opened_at__isnull=True).update(
+    recipient = access.recipient
+    if recipient.link_opened_at is None:
+        FormRecipient.objects.filter(pk=recipient.pk, link_opened_at__isnull=True).update(
             link_opened_at=timezone.now()
         )
+    opened = list(request.session.get(SESSION_OPENED, []))
+    if recipient.pk not in opened:
+        # Who saw the form: once per link and browser (the page's polls are not views).
+        _record_guest("guest_link_opened", request, recipient, _client_ip(request))
+        request.session[SESSION_OPENED] = [*opened[-19:], recipient.pk]
     return _private(form_page_response(request, access.form, access.decider))
 
 

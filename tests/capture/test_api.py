@@ -32,6 +32,11 @@ def post(client: Client, path: str, body: Any, user: User) -> Any:
     return client.post(path, json.dumps(body), content_type="application/json", **bearer(user))
 
 
+def said(entry: AuditEntry) -> dict[str, Any]:
+    """An entry's details but the token that made it (each `post` issues its own)."""
+    return {k: v for k, v in entry.details.items() if k not in ("token_id", "token_prefix")}
+
+
 def error(response: Any) -> tuple[int, str, str]:
     body = response.json()["error"]
     return response.status_code, body["code"], body["message"]
@@ -69,6 +74,29 @@ def test_a_reviewer_starts_a_run_and_gets_its_dify_run_id(
     # Dify knows the run under the same user; the follower takes it from here.
     assert simulator.run(run.workflow_run_id)["user"] == "inbox-alice"
     assert run.follow_wanted and run.follow_snapshot
+
+
+def test_each_run_started_through_the_api_names_the_token_that_started_it(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    starts = []
+    for _n in range(2):
+        token, raw = ApiToken.issue(reviewer)
+        body = {"app": "refund-approval", "inputs": inputs(simulator)}
+        response = client.post(
+            "/api/v1/runs",
+            json.dumps(body),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {raw}",
+        )
+        assert response.status_code == 201
+        starts.append((token, raw, response.json()["id"]))
+    for token, raw, public_id in starts:
+        entry = AuditEntry.objects.get(verb="run_started", details__public_id=public_id)
+        assert entry.actor == reviewer
+        assert entry.details["via"] == "api" and entry.details["token_id"] == token.pk
+        assert entry.details["token_prefix"] == token.prefix
+        assert raw not in json.dumps(entry.details)
 
 
 def test_the_caller_may_choose_the_dify_user_once(
@@ -698,15 +726,16 @@ def test_dify_refusing_the_app_s_parameters_marks_the_app_and_a_start_it_takes_c
     assert not Run.objects.exists()  # nothing was started
     refunds.refresh_from_db()
     assert (refunds.refusal, refunds.refusal_status) == (refusal, status)
-    assert AuditEntry.objects.get(verb="app_refused").details == {
+    assert said(AuditEntry.objects.get(verb="app_refused")) == {
         "refusal": refusal,
         "source": "start",
+        "via": "api",
     }
     # Put right in Dify: the next start goes through, and Dify taking it clears the mark.
     assert post(client, "/api/v1/runs", body, reviewer).status_code == 201
     refunds.refresh_from_db()
     assert refunds.refused_at is None
-    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "start"}
+    assert said(AuditEntry.objects.get(verb="app_accepted")) == {"source": "start", "via": "api"}
 
 
 def test_dify_busy_or_away_while_the_parameters_are_read_is_said_as_for_a_start(
@@ -825,6 +854,10 @@ def test_stopping_a_working_run(
     run = start_run(refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer)
     response = post(client, f"/api/v1/runs/{run.public_id}/stop", {}, reviewer)
     assert response.status_code == 202
+    # Which token asked is in the trail.
+    stopped = AuditEntry.objects.get(verb="run_stop_requested")
+    assert stopped.details["via"] == "api"
+    assert stopped.details["token_id"] == ApiToken.objects.get(user=reviewer).pk
     simulator.wait_for_status(run.workflow_run_id, "stopped")
     run.refresh_from_db()
     assert run.follow_wanted  # the follower records the end

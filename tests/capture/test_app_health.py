@@ -701,4 +701,7 @@ def test_the_start_page_finding_an_app_published_again_clears_its_refusal(
     assert browser.get(f"/apps/{app.pk}/start/").status_code == 200
     app.refresh_from_db()
     assert app.refused_at is None and app.refusal_code == ""
-    assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "start"}
+    assert AuditEntry.objects.get(verb="app_accepted").details == {
+        "source": "start",
+        "via": "page",
+    }

@@ -523,9 +523,14 @@ def test_retries_run_out_into_a_failed_decision_an_admin_can_retry(
         assert decision.retry_delivery(actor=admin_user)
     assert len(queued) == 1
     assert _state(decision) == ("queued", "submitting", 0)
-    assert AuditEntry.objects.filter(verb="delivery_retry_requested", actor=admin_user).exists()
+    retried = AuditEntry.objects.get(verb="delivery_retry_requested", actor=admin_user)
+    # A fresh budget for the backoff, and the sends before it kept: every send is counted.
+    assert retried.details["attempts_before_retry"] == 3
+    assert decision.total_attempts() == 3
     dify.on("POST", SUBMIT, Reply())
     assert deliver_decision(decision.pk) == "delivered"
+    decision.refresh_from_db()
+    assert (decision.attempts, decision.total_attempts()) == (1, 4)
 
 
 @pytest.mark.parametrize("down", ["refused", "503"])
