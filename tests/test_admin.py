@@ -66,6 +66,8 @@ def test_every_model_has_a_working_admin_list(
 ) -> None:
     client.force_login(admin_user)
     assert client.get(f"/admin/inbox/{path}/").status_code == 200
+    # And in Chinese, with its labels and filters.
+    assert client.get(f"/admin/inbox/{path}/", HTTP_ACCEPT_LANGUAGE="zh-hans").status_code == 200
 
 
 def test_audit_entries_are_read_only(client: Client, admin_user: object) -> None:
