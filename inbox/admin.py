@@ -17,6 +17,7 @@ from django.db.models import (
     BooleanField,
     CharField,
     Count,
+    DateTimeField,
     Exists,
     ExpressionWrapper,
     Max,
@@ -36,6 +37,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from inbox.audit_words import object_type_label, verb_label
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.models import (
@@ -53,6 +55,59 @@ from inbox.models import (
     Upload,
 )
 from inbox.reasons import worded
+
+
+def to_the_second(value: Any) -> str:
+    """A time as the audit list shows it, to the second and with its zone: a decision's or a
+    run's time can be ordered against the entries of the trail."""
+    return formats.date_format(timezone.localtime(value), "Y-m-d H:i:s T")
+
+
+class ToTheSecondAdmin(admin.ModelAdmin):
+    """A record's detail page shows its times to the second, as the audit trail does, rather
+    than Django's minutes: each time field is shown through a display of its own."""
+
+    @staticmethod
+    def _shown_as(name: str) -> str:
+        return f"{name}_to_the_second"
+
+    def __init__(self, model: Any, admin_site: Any) -> None:
+        super().__init__(model, admin_site)
+        self._timed = {
+            f.name: f for f in model._meta.concrete_fields if isinstance(f, DateTimeField)
+        }
+        for name, field in self._timed.items():
+
+            def show(obj: Any, name: str = name) -> str | None:
+                value = getattr(obj, name)
+                return to_the_second(value) if value is not None else None
+
+            setattr(self, self._shown_as(name), admin.display(description=field.verbose_name)(show))
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        shown: set[str] = set()
+
+        def once(fields: Any) -> list[Any]:
+            # Django lists the displays among the read-only fields too: each shown once, where
+            # its field was.
+            kept = []
+            for field in fields:
+                if not isinstance(field, str):
+                    kept.append(field)
+                    continue
+                name = self._shown_as(field) if field in self._timed else field
+                if name not in shown:
+                    shown.add(name)
+                    kept.append(name)
+            return kept
+
+        return [
+            (title, {**options, "fields": once(options["fields"])})
+            for title, options in super().get_fieldsets(request, obj)
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), *map(self._shown_as, self._timed)]
 
 
 class DifyAppAdminForm(forms.ModelForm):
@@ -198,8 +253,9 @@ class RefusedDeletionAdmin(admin.ModelAdmin):
 
 class AuditedAdmin(RefusedDeletionAdmin):
     """Settings an administrator edits (apps, routes) leave an entry in the audit trail, beside
-    Django's own history: who created, changed or deleted what, and which fields (their names,
-    never their values: an API key stays out of the trail)."""
+    Django's own history: who created, changed or deleted what, which fields, and the values
+    `audit_values` names before and after (never a secret: an API key only as its
+    fingerprint)."""
 
     audit_name = ""
 
@@ -263,6 +319,32 @@ class DifyAppAdmin(AuditedAdmin):
     search_fields = ["name", "base_url"]
     readonly_fields = ["health"]
     actions = ["test_connection", "activate", "deactivate"]
+
+    def audit_values(self, obj: DifyApp) -> dict[str, Any]:
+        # Where its key and its forms' tokens go, and whether it starts runs: in the trail.
+        return obj.audit_values()
+
+    def _routes_go_with(self, request: HttpRequest, apps: Any) -> None:
+        """The routes an app takes with it are in the trail too, each with who it asked: replayed,
+        the trail does not leave them asking anyone."""
+        routes = Route.objects.filter(app__in=list(apps)).select_related("app")
+        for route in routes:
+            AuditEntry.record(
+                "route_deleted",
+                route,
+                actor=request.user,
+                reason="app deleted",
+                app=route.app.name,
+                values={name: {"before": value} for name, value in route.audit_values().items()},
+            )
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self._routes_go_with(request, [obj])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        self._routes_go_with(request, queryset)
+        super().delete_queryset(request, queryset)
 
     def deletion_refusal(self, objs: Any) -> str | None:
         if not Run.objects.filter(app__in=list(objs)).exists():
@@ -602,9 +684,18 @@ class FormInline(admin.TabularInline):
     show_change_link = True
 
 
+def _account(user: Any, username: str) -> str | None:
+    """Who made a record: their account, or the username it kept once the account is gone."""
+    if user is not None:
+        return str(user.get_username())
+    if username:
+        return str(_("%(username)s (account deleted)") % {"username": username})
+    return None
+
+
 @admin.register(Run)
-class RunAdmin(RecordAdmin):
-    list_display = ["__str__", "app", "status", "dify_user", "started_by", "created_at"]
+class RunAdmin(ToTheSecondAdmin, RecordAdmin):
+    list_display = ["__str__", "app", "status", "dify_user", "starter", "created_at"]
     list_filter = ["status", "app", "source"]
     search_fields = [
         "=public_id",
@@ -613,9 +704,12 @@ class RunAdmin(RecordAdmin):
         "dify_user",
         "conversation_id",
         "app__name",
+        "started_by__username",
+        # As they were named when they started it: found once their account is deleted too.
+        "started_by_username",
     ]
     list_select_related = ["app", "started_by"]
-    readonly_fields = ["following"]
+    readonly_fields = ["following", "starter"]
     fieldsets = [
         (
             None,
@@ -626,7 +720,7 @@ class RunAdmin(RecordAdmin):
                     "workflow_run_id",
                     "dify_user",
                     "source",
-                    "started_by",
+                    "starter",
                     "created_at",
                     "finished_at",
                 ]
@@ -659,6 +753,10 @@ class RunAdmin(RecordAdmin):
     date_hierarchy = "created_at"
     inlines = [FormInline]
     actions = ["stop_run"]
+
+    @admin.display(description=_("started by"), ordering="started_by_username")
+    def starter(self, obj: Run) -> str | None:
+        return _account(obj.started_by, obj.started_by_username)
 
     @admin.display(description=_("following"))
     def following(self, obj: Run) -> str:
@@ -835,6 +933,7 @@ class FormAdmin(RecordAdmin):
     ]
     search_fields = [
         "=public_id",
+        "=run__public_id",
         "node_title",
         "node_id",
         "form_id",
@@ -1000,14 +1099,7 @@ class RouteAdmin(AuditedAdmin):
     audit_name = "route"
 
     def audit_values(self, obj: Route) -> dict[str, Any]:
-        # Who may decide: the trail says who gained or lost it, not only that "users" changed.
-        return {
-            "users": sorted(obj.users.values_list("username", flat=True)),
-            "groups": sorted(obj.groups.values_list("name", flat=True)),
-            "recipients": sorted(obj.recipients.values_list("email", flat=True)),
-            "allow_guests": obj.allow_guests,
-            "is_active": obj.is_active,
-        }
+        return obj.audit_values()
 
     list_display = [
         "name",
@@ -1110,9 +1202,28 @@ class RouteAdmin(AuditedAdmin):
         return ", ".join(names) or "—"
 
 
+class MadeByFilter(admin.SimpleListFilter):
+    title = _("made by")
+    parameter_name = "made_by"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("reviewer", _("A reviewer")), ("guest", _("A guest"))]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        # As `Decision.by_reviewer` tells them: a reviewer's account, or the username it kept
+        # once the account was deleted.
+        by_reviewer = Q(reviewer__isnull=False) | ~Q(reviewer_username="")
+        if self.value() == "reviewer":
+            return queryset.filter(by_reviewer)
+        if self.value() == "guest":
+            return queryset.exclude(by_reviewer)
+        return queryset
+
+
 @admin.register(Decision)
-class DecisionAdmin(RecordAdmin):
+class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
     list_display = [
+        "public_id",
         "form",
         "action_id",
         "decider",
@@ -1121,8 +1232,12 @@ class DecisionAdmin(RecordAdmin):
         "last_error",
         "created_at",
     ]
-    list_filter = ["status", "held_for_app", "form__run__app"]
+    list_filter = ["status", MadeByFilter, "held_for_app", "form__run__app"]
     search_fields = [
+        # The ids the API, the pages' addresses and the audit trail give.
+        "=public_id",
+        "=form__public_id",
+        "=form__run__public_id",
         "form__node_title",
         "form__form_id",
         "action_id",
@@ -1136,6 +1251,7 @@ class DecisionAdmin(RecordAdmin):
         "form__run__app__name",
     ]
     list_select_related = ["form", "reviewer"]
+    date_hierarchy = "created_at"
 
     def get_queryset(self, request: HttpRequest) -> Any:
         # The form's token is never shown here: not read, so not decrypted for every row.
@@ -1217,10 +1333,37 @@ class DecisionAdmin(RecordAdmin):
 
 @admin.register(Upload)
 class UploadAdmin(RecordAdmin):
-    list_display = ["name", "form", "input_name", "category", "size", "uploaded_by", "created_at"]
+    list_display = [
+        "name",
+        "form",
+        "input_name",
+        "category",
+        "size",
+        "uploader",
+        "guest_email",
+        "created_at",
+    ]
     list_filter = ["category"]
-    search_fields = ["name", "upload_file_id", "form__node_title"]
+    search_fields = [
+        "name",
+        "upload_file_id",
+        "form__node_title",
+        "=form__public_id",
+        "uploaded_by__username",
+        # As they were named when they uploaded it: found once their account is deleted too.
+        "uploaded_by_username",
+        "guest_email",
+    ]
     list_select_related = ["form", "uploaded_by"]
+    date_hierarchy = "created_at"
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        # The form's token is never shown here: not read, so not decrypted for every row.
+        return super().get_queryset(request).defer("form__form_token")
+
+    @admin.display(description=_("uploaded by"), ordering="uploaded_by_username")
+    def uploader(self, obj: Upload) -> str | None:
+        return _account(obj.uploaded_by, obj.uploaded_by_username)
 
 
 @admin.register(RunEvent)
@@ -1231,18 +1374,55 @@ class RunEventAdmin(RecordAdmin):
     list_select_related = ["run__app"]
 
 
+class LabelledValuesFilter(admin.AllValuesFieldListFilter):
+    """Django's filter of the values a column holds, each shown by its label (the stored code
+    stays in the address, as Django's own filter puts it)."""
+
+    @staticmethod
+    def label(value: str) -> str:
+        return value
+
+    def choices(self, changelist: Any) -> Any:
+        values = {str(v) for v in self.lookup_choices if v is not None}
+        for choice in super().choices(changelist):
+            if isinstance(choice.get("display"), str) and choice["display"] in values:
+                choice = {**choice, "display": self.label(choice["display"])}
+            yield choice
+
+
+class VerbFilter(LabelledValuesFilter):
+    @staticmethod
+    def label(value: str) -> str:
+        return verb_label(value)
+
+
+class ObjectTypeFilter(LabelledValuesFilter):
+    @staticmethod
+    def label(value: str) -> str:
+        return object_type_label(value)
+
+
 @admin.register(AuditEntry)
 class AuditEntryAdmin(RecordAdmin):
-    list_display = ["when", "actor_label", "verb", "object_type", "object_repr"]
-    list_filter = ["verb", "object_type"]
+    list_display = ["when", "actor_label", "what", "object_kind", "object_repr"]
+    list_filter = [("verb", VerbFilter), ("object_type", ObjectTypeFilter)]
     # The details hold the public ids of forms, runs and decisions (`AuditEntry.build`).
     search_fields = ["actor_label", "verb", "object_repr", "object_id", "details"]
-    readonly_fields = ["when"]
+    readonly_fields = ["when", "what", "object_kind"]
 
     @admin.display(description=_("when"), ordering="created_at")
     def when(self, obj: AuditEntry) -> str:
         # To the second and with its zone: entries a second apart are told apart.
-        return formats.date_format(timezone.localtime(obj.created_at), "Y-m-d H:i:s T")
+        return to_the_second(obj.created_at)
+
+    # Labels in the reader's language; the stored codes stay as written (searched, exported).
+    @admin.display(description=_("verb"), ordering="verb")
+    def what(self, obj: AuditEntry) -> str:
+        return verb_label(obj.verb)
+
+    @admin.display(description=_("object type"), ordering="object_type")
+    def object_kind(self, obj: AuditEntry) -> str:
+        return object_type_label(obj.object_type)
 
     date_hierarchy = "created_at"
     actions = ["export_csv"]

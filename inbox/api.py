@@ -839,7 +839,10 @@ def _run_summary(request: HttpRequest, run: Any) -> dict[str, Any]:
         "dify_user": run.dify_user,
         "source": run.source,
         "error": run.error,
-        "started_by": run.started_by.get_username() if run.started_by else None,
+        # As it was when they started it: kept once their account is deleted.
+        "started_by": run.started_by.get_username()
+        if run.started_by
+        else (run.started_by_username or None),
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "url": request.build_absolute_uri(reverse("inbox:run", args=[run.public_id])),

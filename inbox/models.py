@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import functools
+import hashlib
 import logging
 import re
 import typing
@@ -165,6 +166,26 @@ class DifyApp(models.Model):
     def api_key_sealed(self) -> bool:
         """No key in INBOX_ENCRYPTION_KEYS opens the stored key (see `crypto.Sealed`)."""
         return isinstance(self.api_key, Sealed)
+
+    @property
+    def api_key_fingerprint(self) -> str | None:
+        """The first 8 hex digits of the key's SHA-256: tells a new key from the same one typed
+        again in the audit trail, and gives nothing of the key away. None when unreadable."""
+        if self.api_key_sealed or not self.api_key:
+            return None
+        return hashlib.sha256(str(self.api_key).encode()).hexdigest()[:8]
+
+    def audit_values(self) -> dict[str, Any]:
+        """What the trail keeps before and after a change of the app (the admin's and
+        `add_dify_app`'s): where its key and tokens go, and whether it starts runs. The key
+        only as its fingerprint."""
+        return {
+            "name": self.name,
+            "base_url": self.base_url.rstrip("/"),
+            "mode": self.mode,
+            "is_active": self.is_active,
+            "api_key": self.api_key_fingerprint,
+        }
 
     # --- connection health ---
 
@@ -416,9 +437,19 @@ class Run(models.Model):
         related_name="started_runs",
         verbose_name=_("started by"),
     )
+    # Their username as it was when they started it: kept once the account is deleted.
+    started_by_username = models.CharField(
+        max_length=150, blank=True, verbose_name=_("started by (username)")
+    )
+
+    class Source(models.TextChoices):
+        UI = "ui", _("Inbox page")
+        API = "api", _("JSON API")
+        INGEST = "ingest", _("Ingested from Dify")
+
     source = models.CharField(
-        max_length=16, default="ui", verbose_name=_("source")
-    )  # ui / api / ingest
+        max_length=16, default="ui", choices=Source.choices, verbose_name=_("source")
+    )
     # Following: a run that needs its stream read has follow_wanted set; a follower takes a lease.
     follow_wanted = models.BooleanField(
         default=True, db_index=True, verbose_name=_("follow wanted")
@@ -859,6 +890,18 @@ class Route(models.Model):
 
     def __str__(self) -> str:
         return f"{self.app} · {self.node or gettext('default')} · {self.name}"
+
+    def audit_values(self) -> dict[str, Any]:
+        """Who may decide, as the trail keeps it before and after a change: who gained or lost
+        it, not only that "users" changed. Read from the database, not from what was prefetched
+        before a change."""
+        return {
+            "users": sorted(self.users.values_list("username", flat=True)),
+            "groups": sorted(self.groups.values_list("name", flat=True)),
+            "recipients": sorted(self.recipients.values_list("email", flat=True)),
+            "allow_guests": self.allow_guests,
+            "is_active": self.is_active,
+        }
 
     @property
     def is_default(self) -> bool:
@@ -1468,10 +1511,12 @@ class Form(models.Model):
         users_through = Form.assigned_users.through
         groups_through = Form.assigned_groups.through
         with transaction.atomic():
-            # The holder comes with the row (one query, not two); only the form's row is locked.
+            # The holder and the run (named in the trail) come with the row (one query, not
+            # three); only the form's row is locked.
             form = (
                 Form.objects.select_for_update(of=("self",))
-                .select_related("claimed_by")
+                .select_related("claimed_by", "run")
+                .defer(*(f"run__{name}" for name in _RUN_BULK_FIELDS))
                 .get(pk=self.pk)
             )
             if form.status != Form.Status.PENDING or form.is_expired:
@@ -2830,13 +2875,26 @@ class Upload(models.Model):
     size = models.BigIntegerField(verbose_name=_("size"))
     mime_type = models.CharField(max_length=255, blank=True, verbose_name=_("MIME type"))
     extension = models.CharField(max_length=32, blank=True, verbose_name=_("extension"))
-    category = models.CharField(max_length=16, verbose_name=_("category"))
+
+    class Category(models.TextChoices):
+        # Dify's file types (`InputSpec.file_type`).
+        IMAGE = "image", _("Image")
+        DOCUMENT = "document", _("Document")
+        AUDIO = "audio", _("Audio")
+        VIDEO = "video", _("Video")
+        CUSTOM = "custom", _("Other file type")
+
+    category = models.CharField(max_length=16, choices=Category.choices, verbose_name=_("category"))
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         verbose_name=_("uploaded by"),
+    )
+    # Their username as it was when they uploaded it: kept once the account is deleted.
+    uploaded_by_username = models.CharField(
+        max_length=150, blank=True, verbose_name=_("uploaded by (username)")
     )
     guest_email = models.EmailField(blank=True, verbose_name=_("guest email"))
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
@@ -3190,6 +3248,11 @@ class AuditEntry(models.Model):
         form = getattr(obj, "_state", None) and obj._state.fields_cache.get("form")
         if isinstance(form, Form):
             details.setdefault("form_public_id", str(form.public_id))
+        # A form's, a decision's and an upload's entries name their run too: "everything
+        # about run X" is one search of the trail.
+        run_public_id = _run_public_id(obj)
+        if run_public_id is not None:
+            details.setdefault("run", run_public_id)
         return cls(
             actor=actor,
             actor_label=label,
@@ -3199,6 +3262,37 @@ class AuditEntry(models.Model):
             object_repr=str(obj)[:255],
             details=details,
         )
+
+
+def _run_public_id(obj: models.Model) -> str | None:
+    """The public id of the run a form, decision or upload belongs to: from the run or form
+    already loaded with it, else read once (and kept on the form for its next entries)."""
+    if isinstance(obj, Form):
+        form: Form | None = obj
+    elif isinstance(obj, (Decision, Upload)):
+        form = obj._state.fields_cache.get("form")
+        if form is None:
+            if obj.form_id is None:
+                return None
+            found = (
+                Run.objects.filter(forms__pk=obj.form_id)
+                .values_list("public_id", flat=True)
+                .first()
+            )
+            return str(found) if found is not None else None
+    else:
+        return None
+    assert form is not None
+    run = form._state.fields_cache.get("run")
+    # Not a stand-in built by its pk alone (`Run(pk=...)`: its public id would be a new one).
+    if isinstance(run, Run) and not run._state.adding:
+        return str(run.public_id)
+    known = getattr(form, "_run_public_id", None)
+    if known is None and form.run_id is not None:
+        found = Run.objects.filter(pk=form.run_id).values_list("public_id", flat=True).first()
+        known = str(found) if found is not None else None
+        form._run_public_id = known  # type: ignore[attr-defined]
+    return known
 
 
 class ApiToken(models.Model):

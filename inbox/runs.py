@@ -495,6 +495,9 @@ def start_run(
                     started_by=started_by
                     if getattr(started_by, "is_authenticated", False)
                     else None,
+                    started_by_username=started_by.get_username()
+                    if getattr(started_by, "is_authenticated", False)
+                    else "",
                     source=source,
                     status=Run.Status.STARTING,
                     # Not before Dify has named it: there is nothing to follow yet.
@@ -763,6 +766,9 @@ def ingest_run(
                 input_labels=_start_labels(app),
                 status=Run.Status.RUNNING,
                 started_by=actor if getattr(actor, "is_authenticated", False) else None,
+                started_by_username=actor.get_username()
+                if getattr(actor, "is_authenticated", False)
+                else "",
                 follow_wanted=False,
             )
             AuditEntry.record("run_ingested", run, actor=actor, with_token=bool(form_token))

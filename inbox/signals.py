@@ -2,7 +2,8 @@
 
 A reviewer who loses a form (taken off the group it went to, deactivated, no longer staff)
 also loses their hold on it: `release_lost_claims`. Group membership changes from either side
-(`user.groups`, `group.user_set`), including a group deleted whole.
+(`user.groups`, `group.user_set`), including a group deleted whole. A deleted account or
+group leaves the routes that asked it, and an account its holds: both in the trail too.
 
 Who may do what is in the audit trail, with the administrator who changed it: a user's access
 flags, groups and permissions, and a group's permissions.
@@ -18,7 +19,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
 from inbox.middleware import current_actor
-from inbox.models import AuditEntry, release_lost_claims
+from inbox.models import AuditEntry, Route, release_lost_claims
 
 _MEMBERS = "_inbox_members_before"
 
@@ -142,19 +143,55 @@ def _user_saved(
         _release_after_commit({instance.pk})
 
 
+def _routes_lose(routes: Any, field: str, name: str, reason: str) -> None:
+    """The routes that asked a deleted account or group ask it no more (the deletion takes
+    their rows with it, without m2m signals): each change in the trail, as the route admin
+    records one, so replaying a route's entries says who it asks."""
+    for route in routes:
+        before = route.audit_values()[field]
+        AuditEntry.record(
+            "route_changed",
+            route,
+            actor=current_actor(),
+            fields=[field],
+            values={field: {"before": before, "after": [n for n in before if n != name]}},
+            reason=reason,
+        )
+
+
 def _user_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
     # Its decisions keep its name (`Decision.reviewer_name`); the trail says who deleted it.
+    username = instance.get_username()
+    held = list(instance.claimed_forms.filter(status="pending").select_related("run"))
     AuditEntry.record(
         "user_deleted",
         instance,
         actor=current_actor(),
         decisions=instance.decisions.count(),
-        forms_held=instance.claimed_forms.filter(status="pending").count(),
+        forms_held=len(held),
     )
+    # What the deletion changes along with it: the routes that asked the account, and its
+    # holds on waiting forms (given back to whoever else they are routed to).
+    _routes_lose(
+        Route.objects.filter(users=instance).select_related("app"),
+        "users",
+        username,
+        "user deleted",
+    )
+    for form in held:
+        AuditEntry.record(
+            "form_released", form, actor=current_actor(), previous=username, reason="user deleted"
+        )
 
 
 def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
     setattr(instance, _MEMBERS, set(instance.user_set.values_list("pk", flat=True)))
+    _routes_lose(
+        Route.objects.filter(groups=instance).select_related("app"),
+        "groups",
+        instance.name,
+        "group deleted",
+    )
 
 
 def _group_deleted(sender: Any, instance: Group, **kwargs: Any) -> None:

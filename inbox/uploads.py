@@ -260,6 +260,9 @@ def upload_to_dify(
         extension=(getattr(uploaded, "extension", "") or posixpath.splitext(name)[1])[:32],
         category=file_type,
         uploaded_by=reviewer if reviewer is not None and reviewer.is_authenticated else None,
+        uploaded_by_username=reviewer.get_username()
+        if reviewer is not None and reviewer.is_authenticated
+        else "",
         guest_email=guest_email,
     )
     if spec.kind == "file":

@@ -66,6 +66,8 @@ def test_every_model_has_a_working_admin_list(
 ) -> None:
     client.force_login(admin_user)
     assert client.get(f"/admin/inbox/{path}/").status_code == 200
+    # And in Chinese, with its labels and filters.
+    assert client.get(f"/admin/inbox/{path}/", HTTP_ACCEPT_LANGUAGE="zh-hans").status_code == 200
 
 
 def test_audit_entries_are_read_only(client: Client, admin_user: object) -> None:
@@ -159,7 +161,15 @@ def test_saving_a_new_key_clears_the_refusal_and_hands_the_given_up_runs_back_at
     assert AuditEntry.objects.get(verb="app_accepted").details == {"source": "new settings"}
     # The audit trail says who changed the key, never what it is.
     changed = AuditEntry.objects.get(verb="app_changed")
-    assert changed.actor == admin_user and changed.details == {"fields": ["api_key"]}
+    assert changed.actor == admin_user and changed.details["fields"] == ["api_key"]
+    # Only its fingerprint: a new key told from the same one typed again.
+    assert changed.details["values"] == {
+        "api_key": {
+            "before": _fingerprint("app-secret-key-123456"),
+            "after": _fingerprint("app-new-key-987654"),
+        }
+    }
+    assert "app-new-key-987654" not in json.dumps(changed.details)
     assert "app-new-key-987654" not in json.dumps(changed.details) + changed.object_repr
 
 
@@ -402,3 +412,264 @@ def test_moving_an_app_to_another_server_asks_for_its_key_again(
     assert change("http://elsewhere.example:5309/v1", "app-new-key").status_code == 302
     moved = DifyApp.objects.get(pk=dify_app.pk)
     assert (moved.base_url, moved.api_key) == ("http://elsewhere.example:5309/v1", "app-new-key")
+
+
+# --- What the trail keeps of an app's change, and of what deletions take with them ---
+
+
+def _fingerprint(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def test_an_app_s_change_keeps_its_old_and_new_server_and_a_fingerprint_of_a_new_key(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    client.force_login(admin_user)
+    moved = client.post(
+        f"/admin/inbox/difyapp/{dify_app.pk}/change/",
+        {
+            "name": "refunds",
+            "base_url": "http://localhost:9/v1",
+            "api_key": "app-new-key-777",
+            "mode": "chatflow",
+        },
+    )
+    assert moved.status_code == 302
+    entry = AuditEntry.objects.get(verb="app_changed")
+    assert entry.actor == admin_user
+    assert entry.details["fields"] == ["api_key", "base_url", "is_active", "mode"]
+    assert entry.details["values"] == {
+        "base_url": {"before": "http://127.0.0.1:9/v1", "after": "http://localhost:9/v1"},
+        "mode": {"before": "workflow", "after": "chatflow"},
+        "is_active": {"before": True, "after": False},
+        "api_key": {
+            "before": _fingerprint("app-secret-key-123456"),
+            "after": _fingerprint("app-new-key-777"),
+        },
+    }
+    assert "app-new-key-777" not in json.dumps(entry.details)
+    # The same key typed again: named as a field of the form, but no new fingerprint.
+    _change(client, dify_app, "app-new-key-777")
+    again = AuditEntry.objects.filter(verb="app_changed").order_by("-id")[0]
+    assert "api_key" not in again.details["values"]
+    assert again.details["values"]["is_active"] == {"before": False, "after": True}
+
+
+def test_deleting_an_app_records_the_routes_it_takes_with_it(
+    admin_client: Client, admin_user: User, reviewer: User
+) -> None:
+    from tests.reach.factories import route
+
+    app = DifyApp.objects.create(name="tmp-app", base_url="http://127.0.0.1:9/v1", api_key="k")
+    made = route(app, node="n1", users=[reviewer], recipients=["ann@example.com"])
+    deleted = admin_client.post(f"/admin/inbox/difyapp/{app.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 302
+    assert AuditEntry.objects.filter(verb="app_deleted", object_id=str(app.pk)).exists()
+    gone = AuditEntry.objects.get(verb="route_deleted", object_id=str(made.pk))
+    assert gone.actor == admin_user
+    assert gone.details["reason"] == "app deleted" and gone.details["app"] == "tmp-app"
+    assert gone.details["values"]["users"] == {"before": ["alice"]}
+    assert gone.details["values"]["recipients"] == {"before": ["ann@example.com"]}
+
+
+def test_deleting_an_account_or_a_group_records_the_routes_and_holds_it_changes(
+    admin_client: Client, admin_user: User, reviewer: User, other_reviewer: User
+) -> None:
+    from django.contrib.auth.models import Group
+
+    from tests.reach.factories import make_form, route
+
+    app = DifyApp.objects.create(name="contracts", base_url="http://127.0.0.1:9/v1", api_key="k")
+    editors = Group.objects.create(name="editors")
+    asks = route(app, users=[reviewer, other_reviewer], groups=[editors])
+    form = make_form(app)
+    form.claim(reviewer)
+    assert (
+        admin_client.post(f"/admin/auth/user/{reviewer.pk}/delete/", {"post": "yes"}).status_code
+        == 302
+    )
+    changed = AuditEntry.objects.get(verb="route_changed", object_id=str(asks.pk))
+    assert changed.actor == admin_user
+    assert changed.details["reason"] == "user deleted"
+    assert changed.details["values"] == {"users": {"before": ["alice", "bob"], "after": ["bob"]}}
+    released = AuditEntry.objects.get(verb="form_released", object_id=str(form.pk))
+    assert released.actor == admin_user
+    assert (released.details["previous"], released.details["reason"]) == ("alice", "user deleted")
+    assert released.details["run"] == str(form.run.public_id)
+
+    assert (
+        admin_client.post(f"/admin/auth/group/{editors.pk}/delete/", {"post": "yes"}).status_code
+        == 302
+    )
+    changed = AuditEntry.objects.filter(verb="route_changed", object_id=str(asks.pk)).order_by(
+        "-id"
+    )[0]
+    assert changed.actor == admin_user and changed.details["reason"] == "group deleted"
+    assert changed.details["values"] == {"groups": {"before": ["editors"], "after": []}}
+
+
+# --- Who made a record, once their account is gone; finding a run's records ---
+
+
+def _upload(form: Form, **fields: Any) -> Any:
+    from inbox.models import Upload
+
+    fields.setdefault("input_name", "files")
+    fields.setdefault("size", 10)
+    fields.setdefault("category", "document")
+    return Upload.objects.create(form=form, upload_file_id="up-1", **fields)
+
+
+def test_a_deleted_account_s_runs_and_uploads_still_name_it(
+    admin_client: Client, reviewer: User, simulator: Any, simulator_dify_app: Any
+) -> None:
+    from inbox.runs import start_run
+    from inbox.simulator.testing import sample_inputs
+
+    run = start_run(
+        simulator_dify_app(),
+        inputs=sample_inputs(simulator.apps["refund-approval"]),
+        dify_user="inbox-alice",
+        started_by=reviewer,
+        source="ui",
+    )
+    assert run.started_by_username == "alice"
+    form = Form.objects.create(run=run, form_id="F-up", form_token="t", node_id="n")
+    upload = _upload(form, name="contract1.pdf", uploaded_by=reviewer, uploaded_by_username="alice")
+    _upload(form, name="guest.png", guest_email="zhang.wei@example.com", category="image")
+    reviewer.delete()
+    run.refresh_from_db()
+    upload.refresh_from_db()
+    assert (run.started_by, run.started_by_username) == (None, "alice")
+    assert (upload.uploaded_by, upload.uploaded_by_username) == (None, "alice")
+    runs = admin_client.get("/admin/inbox/run/").content.decode()
+    assert "alice (account deleted)" in runs
+    assert (
+        "alice (account deleted)"
+        in admin_client.get(f"/admin/inbox/run/{run.pk}/change/").content.decode()
+    )
+    uploads = admin_client.get("/admin/inbox/upload/").content.decode()
+    assert "alice (account deleted)" in uploads and "zhang.wei@example.com" in uploads
+    for q, found, not_found in (
+        ("alice", "contract1.pdf", "guest.png"),
+        ("zhang.wei@example.com", "guest.png", "contract1.pdf"),
+        (str(form.public_id), "contract1.pdf", "nothing-else"),
+    ):
+        page = admin_client.get("/admin/inbox/upload/", {"q": q}).content.decode()
+        assert found in page and not_found not in page, q
+    assert (
+        "alice (account deleted)"
+        in admin_client.get("/admin/inbox/run/", {"q": "alice"}).content.decode()
+    )
+
+
+def test_the_api_names_who_started_a_run_once_their_account_is_gone(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    from inbox.models import ApiToken
+
+    staff = User.objects.create_user("carol", password="pw-carol-123", is_staff=True)
+    run = Run.objects.create(
+        app=dify_app, dify_user="u", started_by=None, started_by_username="erin", source="ui"
+    )
+    _, raw = ApiToken.issue(staff, "t")
+    body = client.get(f"/api/v1/runs/{run.public_id}", HTTP_AUTHORIZATION=f"Bearer {raw}").json()
+    assert body["started_by"] == "erin"
+
+
+def test_the_migration_names_who_started_runs_and_made_uploads(
+    admin_user: User, reviewer: User, dify_app: DifyApp
+) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    run = Run.objects.create(app=dify_app, dify_user="u", started_by=reviewer)
+    form = Form.objects.create(run=run, form_id="F-m", form_token="t", node_id="n")
+    upload = _upload(form, name="a.pdf", uploaded_by=admin_user)
+    migration = importlib.import_module("inbox.migrations.0027_kept_usernames")
+    migration.name_starters_and_uploaders(apps, None)
+    run.refresh_from_db()
+    upload.refresh_from_db()
+    assert (run.started_by_username, upload.uploaded_by_username) == ("alice", "admin")
+
+
+def test_a_run_s_decisions_forms_and_entries_are_found_by_its_public_ids(
+    admin_client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    from inbox.models import Upload
+
+    records = _records(dify_app, admin_user)
+    run, form, decision = records["run"], records["form"], records["decision"]
+    other_run = Run.objects.create(app=dify_app, workflow_run_id="R-other", dify_user="u")
+    other_form = Form.objects.create(run=other_run, form_id="F-other", node_id="n", status="failed")
+    other = {
+        "decision": Decision.objects.create(
+            form=other_form, action_id="approve", guest_email="guest@example.com"
+        )
+    }
+    for q in (decision.public_id, form.public_id, run.public_id):
+        page = admin_client.get("/admin/inbox/decision/", {"q": str(q)}).content.decode()
+        assert str(decision.public_id) in page and str(other["decision"].public_id) not in page, q
+    page = admin_client.get("/admin/inbox/form/", {"q": str(run.public_id)}).content.decode()
+    assert "1 form" in page or "1 result" in page
+    assert f"/admin/inbox/form/{form.pk}/change/" in page
+    # Made by a reviewer, or by a guest.
+    by = admin_client.get("/admin/inbox/decision/", {"made_by": "guest"}).content.decode()
+    assert str(other["decision"].public_id) in by and str(decision.public_id) not in by
+    by = admin_client.get("/admin/inbox/decision/", {"made_by": "reviewer"}).content.decode()
+    assert str(decision.public_id) in by and str(other["decision"].public_id) not in by
+    # A form's and a decision's entries name their run: one search of the trail finds them.
+    # Read afresh, as the verbs read them: the run's id is looked up.
+    AuditEntry.record("form_reopened", Form.objects.get(pk=form.pk))
+    AuditEntry.record("decision_made", Decision.objects.get(pk=decision.pk))
+    Upload.objects.create(
+        form=form, input_name="f", upload_file_id="u", name="x", size=1, category="image"
+    )
+    AuditEntry.record("file_uploaded", Upload.objects.get(form=form))
+    trail = admin_client.get("/admin/inbox/auditentry/", {"q": str(run.public_id)})
+    verbs = {entry.verb for entry in trail.context["cl"].result_list}
+    assert {"form_reopened", "decision_made", "file_uploaded"} <= verbs
+    # Each list of dated records has its date hierarchy.
+    for model in ("decision", "upload"):
+        assert (
+            admin_client.get(f"/admin/inbox/{model}/").context["cl"].date_hierarchy == "created_at"
+        )
+
+
+def test_the_admin_shows_the_trail_s_codes_by_their_labels_in_english_and_chinese(
+    admin_client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    records = _records(dify_app, admin_user)
+    Run.objects.filter(pk=records["run"].pk).update(source="api")
+    _upload(records["form"], name="scan.png", category="image")
+    AuditEntry.record("user_deleted", admin_user, actor=admin_user)
+    AuditEntry.record("form_reopened", records["form"], actor=admin_user)
+    english = admin_client.get("/admin/inbox/auditentry/").content.decode()
+    for label in ("Account deleted", "Form given back for a new decision", "Dify app", "User"):
+        assert label in english, label
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
+    chinese = admin_client.get("/admin/inbox/auditentry/", **zh).content.decode()
+    for label in ("账户已删除", "表单已退回重新决定", "Dify 应用", "用户"):
+        assert label in chinese, label
+    for code in (">user_deleted<", ">form_reopened<", ">difyapp<"):
+        assert code not in chinese, code
+    # The filter keeps the stored code in its address.
+    assert '<a href="?verb=user_deleted">' in chinese
+    filtered = admin_client.get("/admin/inbox/auditentry/", {"verb": "user_deleted"})
+    assert [e.verb for e in filtered.context["cl"].result_list] == ["user_deleted"]
+    run_page = admin_client.get(
+        f"/admin/inbox/run/{records['run'].pk}/change/", **zh
+    ).content.decode()
+    assert "JSON API" in run_page
+    uploads = admin_client.get("/admin/inbox/upload/", **zh).content.decode()
+    assert "图片" in uploads and ">image<" not in uploads
+    # Detail times to the second, with their zone, as the trail's.
+    for record in (records["decision"], records["run"]):
+        model = record._meta.model_name
+        page = admin_client.get(f"/admin/inbox/{model}/{record.pk}/change/", **zh)
+        assert page.status_code == 200
+        second = timezone.localtime(record.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        assert second in page.content.decode(), model

@@ -42,8 +42,8 @@ def test_add_dify_app_creates_then_updates(db: None, capsys: pytest.CaptureFixtu
         "http://dify.local/v1",
     )
     assert list(AuditEntry.objects.values_list("verb", flat=True).order_by("id")) == [
-        "created",
-        "updated",
+        "app_created",
+        "app_changed",
     ]
 
 
@@ -288,3 +288,58 @@ def test_rotation_writes_nothing_back_over_what_changed_while_it_ran(
         assert DifyApp.objects.get(pk=app.pk).api_key == "entered"
         assert DifyApp.objects.get(pk=other.pk).api_key == "other-key"
         assert Form.objects.get(pk=staying.pk).form_token == "t-staying"
+
+
+def test_add_dify_app_records_the_admin_s_verbs_and_values_and_keeps_an_app_switched_off(
+    db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    def fingerprint(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+    _add_hr("--api-key", "app-first-key-1111")
+    created = AuditEntry.objects.get(verb="app_created")
+    assert created.actor_label == "add_dify_app"
+    assert created.details["values"] == {
+        "name": {"after": "hr"},
+        "base_url": {"after": "http://dify.local/v1"},
+        "mode": {"after": "workflow"},
+        "is_active": {"after": True},
+        "api_key": {"after": fingerprint("app-first-key-1111")},
+    }
+    # An administrator switches it off; a key rotation from the command line leaves it off.
+    app = DifyApp.objects.get(name="hr")
+    app.is_active = False
+    app.save()
+    capsys.readouterr()
+    _add_hr("--api-key", "app-second-key-2222", "--base-url", "http://other.local/v1")
+    app.refresh_from_db()
+    assert not app.is_active and app.base_url == "http://other.local/v1"
+    assert "The app stays inactive, as it was" in capsys.readouterr().out
+    changed = AuditEntry.objects.get(verb="app_changed")
+    assert changed.details == {
+        "fields": ["api_key", "base_url"],
+        "values": {
+            "base_url": {"before": "http://dify.local/v1", "after": "http://other.local/v1"},
+            "api_key": {
+                "before": fingerprint("app-first-key-1111"),
+                "after": fingerprint("app-second-key-2222"),
+            },
+        },
+    }
+    # Switched on only when asked, and recorded so.
+    _add_hr("--api-key", "app-second-key-2222", "--base-url", "http://other.local/v1", "--activate")
+    app.refresh_from_db()
+    assert app.is_active
+    last = AuditEntry.objects.filter(verb="app_changed").order_by("-id")[0]
+    assert last.details == {
+        "fields": ["is_active"],
+        "values": {"is_active": {"before": False, "after": True}},
+    }
+    # Nothing changed: nothing recorded.
+    _add_hr("--api-key", "app-second-key-2222", "--base-url", "http://other.local/v1")
+    assert AuditEntry.objects.filter(verb="app_changed").count() == 2
+    assert "Unchanged: Dify app 'hr'" in capsys.readouterr().out
+    with pytest.raises(CommandError):
+        _add_hr("--api-key", "k", "--activate", "--inactive")

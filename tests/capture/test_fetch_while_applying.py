@@ -43,6 +43,7 @@ def apply_with(run: Run, answer: dict[str, Any] | None, timeout: float = 2.0) ->
 def captured_audit(form: Form) -> dict[str, Any]:
     entry = AuditEntry.objects.get(verb="form_captured", object_id=str(form.pk))
     assert entry.details.pop("public_id") == str(form.public_id)
+    assert entry.details.pop("run") == str(form.run.public_id)
     return dict(entry.details)
 
 

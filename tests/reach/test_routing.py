@@ -61,6 +61,8 @@ def test_routing_stores_groups_users_and_recipients(
         "groups": [],
         "recipients": 2,
         "public_id": str(routed_form.public_id),
+        # The run's id too: an auditor finds a run's every entry with one search.
+        "run": str(routed_form.run.public_id),
     }
 
 

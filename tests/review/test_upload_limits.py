@@ -195,3 +195,14 @@ def test_a_new_file_for_a_single_file_input_replaces_the_earlier_one(
     assert not Upload.objects.filter(pk=old.pk).exists()
     assert _sent(simulator) == 3
     assert UploadTally.objects.get(form=sim_form).files == 3
+
+
+def test_an_upload_keeps_the_username_of_who_made_it(
+    alice: Client, sim_form: Form, reviewer: User, one_window: None
+) -> None:
+    assert "Uploaded: kept.pdf." in _page_upload(alice, sim_form, "kept.pdf")
+    upload = Upload.objects.get(form=sim_form)
+    assert (upload.uploaded_by, upload.uploaded_by_username) == (reviewer, "alice")
+    reviewer.delete()
+    upload.refresh_from_db()
+    assert (upload.uploaded_by, upload.uploaded_by_username) == (None, "alice")

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.validators import URLValidator
+from django.db import transaction
 
 from inbox.models import AuditEntry, DifyApp
 
@@ -35,7 +36,16 @@ class Command(BaseCommand):
             "environment variable DIFY_API_KEY, else asked for (or read from standard input).",
         )
         parser.add_argument("--mode", choices=[m.value for m in DifyApp.Mode], default="workflow")
-        parser.add_argument("--inactive", action="store_true", help="Store it switched off")
+        active = parser.add_mutually_exclusive_group()
+        active.add_argument(
+            "--inactive", action="store_true", help="Store it switched off (runs no longer start)"
+        )
+        active.add_argument(
+            "--activate",
+            action="store_true",
+            help="Switch an existing app that was deactivated back on. Without it (or "
+            "--inactive), an existing app stays as active or inactive as it is.",
+        )
 
     stealth_options = ("stdin",)
 
@@ -48,24 +58,50 @@ class Command(BaseCommand):
         api_key = _api_key(options["api_key"], options.get("stdin") or sys.stdin)
         if not api_key:
             raise CommandError("The API key must not be empty")
-        previous = DifyApp.objects.filter(name=options["name"]).first()
-        before = (
-            (previous.base_url, previous.api_key, previous.mode) if previous is not None else None
-        )
-        app, created = DifyApp.objects.update_or_create(
-            name=options["name"],
-            defaults={
-                "base_url": base_url,
-                "api_key": api_key,
-                "mode": options["mode"],
-                "is_active": not options["inactive"],
-            },
-        )
-        AuditEntry.record("created" if created else "updated", app, actor_label="add_dify_app")
-        if before is not None and before != (app.base_url, app.api_key, app.mode):
+        with transaction.atomic():
+            app = DifyApp.objects.select_for_update().filter(name=options["name"]).first()
+            created = app is None
+            if app is None:
+                app = DifyApp(name=options["name"], is_active=not options["inactive"])
+                before: dict[str, Any] = {}
+            else:
+                before = app.audit_values()
+                # Switched off by an administrator: switched on again only when asked.
+                if options["inactive"]:
+                    app.is_active = False
+                elif options["activate"]:
+                    app.is_active = True
+            app.base_url = base_url
+            app.api_key = api_key
+            app.mode = options["mode"]
+            app.save()
+            after = app.audit_values()
+            # As the admin records a change: the verbs, fields and values it writes.
+            changed = sorted(name for name, value in after.items() if before.get(name) != value)
+            if created or changed:
+                AuditEntry.record(
+                    "app_created" if created else "app_changed",
+                    app,
+                    actor_label="add_dify_app",
+                    fields=changed,
+                    values={
+                        name: {"after": after[name]}
+                        if created
+                        else {"before": before.get(name), "after": after[name]}
+                        for name in changed
+                    },
+                )
+        if not created and {"api_key", "base_url", "mode"} & set(changed):
             # As when the admin saves one: a new key, server or kind of app may be what Dify
             # was waiting for, so it is asked again now rather than at the reconcile's next
             # probe.
             app.settings_changed(actor_label="add_dify_app")
-        verb = "Created" if created else "Updated"
+        verb = "Created" if created else ("Updated" if changed else "Unchanged:")
         self.stdout.write(f"{verb} Dify app {app.name!r} ({app.mode}, key {app.masked_api_key})")
+        if not app.is_active:
+            said = (
+                "The app is inactive"
+                if created or options["inactive"]
+                else "The app stays inactive, as it was"
+            )
+            self.stdout.write(f"{said}: no runs of it start. Pass --activate to switch it on.")
