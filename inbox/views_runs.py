@@ -344,6 +344,7 @@ def search_runs(runs: Any, q: str) -> Any:
     found = (
         Q(query__icontains=q)
         | Q(started_by__username__iexact=q)
+        | Q(started_by_username__iexact=q)
         | Q(started_by__first_name__icontains=q)
         | Q(started_by__last_name__icontains=q)
     )

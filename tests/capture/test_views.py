@@ -619,6 +619,9 @@ def test_the_runs_list_finds_a_run_by_its_id_its_starter_its_message_or_an_input
     assert found("41f2c79e") == {str(ada.public_id)}  # as its row shows it
     assert found("so-1042") == found("Lovelace") == {str(ada.public_id)}
     assert found("lindqvist") == found("alice") == {str(ada.public_id)}
+    # Who started a run is found after their account is gone, by the name the run kept.
+    gone = Run.objects.create(app=refunds, workflow_run_id="0d0d0d0d", started_by_username="erin")
+    assert found("erin") == {str(gone.public_id)}
     assert found("\u5f20\u4e09") == {str(zhang.public_id)}  # not ASCII, stored escaped
     assert found("parcel") == {str(chat.public_id)}
     # A chatflow's row says what it was asked.
