@@ -837,6 +837,7 @@ class FormRecipientInline(admin.TabularInline):
         "language",
         "user",
         "sent_at",
+        "next_send_at",
         "reminded_at",
         "link_opened_at",
         "link_used_at",

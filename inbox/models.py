@@ -2774,6 +2774,7 @@ class Decision(models.Model):
             form.recipients.filter(pk__in=asked).update(
                 sent_at=None,
                 send_attempts=0,
+                next_send_at=None,
                 last_error="",
                 reminders_sent=[],
                 next_reminder_at=None,
@@ -2994,6 +2995,13 @@ class FormRecipient(models.Model):
     )
     sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
     send_attempts = models.PositiveIntegerField(default=0, verbose_name=_("send attempts"))
+    # When the sweep may next send the email this row waits for (the first email, then the
+    # closing notice): after a failed attempt, the end of its wait; while one is being sent, the
+    # end of that claim (a worker killed mid-send leaves the row to the sweep then). None: now.
+    next_send_at = models.DateTimeField(_("next send at"), null=True, blank=True)
+    notice_attempts = models.PositiveIntegerField(
+        default=0, verbose_name=_("closing notice attempts")
+    )
     last_error = models.TextField(blank=True, verbose_name=_("last error"))
     # Offsets before expiry (seconds) already reminded, or passed over because the first email
     # went out after them.

@@ -19,6 +19,7 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives
@@ -40,11 +41,26 @@ LINK_SALT = "inbox.notify.form-link"
 
 # Forms that closed longer ago than this get no closing notice: news that old is noise.
 NOTICE_STALE_AFTER = dt.timedelta(days=2)
-# An email that failed this often is left alone; the admin's "resend email" starts over.
-MAX_SEND_ATTEMPTS = 5
+# A first email or a closing notice that could not be sent is tried again after these waits, the
+# last one over and over: a first email while its form still asks (a mail server down for hours
+# delays it, never drops it), a closing notice up to MAX_NOTICE_ATTEMPTS times.
+SEND_RETRY = (
+    dt.timedelta(minutes=1),
+    dt.timedelta(minutes=5),
+    dt.timedelta(minutes=15),
+    dt.timedelta(minutes=30),
+)
+MAX_NOTICE_ATTEMPTS = 10
 # A reminder that could not be sent is tried again this much later (while the form is open).
 REMINDER_RETRY = dt.timedelta(minutes=5)
+# An email being sent holds its row this long (`next_send_at`, or a reminder's
+# `next_reminder_at`): longer than any task that sends may run (their hard time limits:
+# send_form_emails 150 s, send_reminders 120 s), so the row of a worker killed mid-send is taken
+# up again by a later sweep instead of passing for sent.
+SEND_CLAIM = dt.timedelta(minutes=5)
 CLOSED_STATUSES = (Form.Status.SUBMITTED, Form.Status.ANSWERED_ELSEWHERE, Form.Status.EXPIRED)
+# Closed for good: a first email not sent by then is given up (and logged once).
+ENDED_STATUSES = (*CLOSED_STATUSES, Form.Status.GONE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +263,10 @@ def build_email(
             "action": form.filled_action_text
             or (form.action_title(decision.action_id) if decision else ""),
             # A guest is told neither reviewers' names nor other recipients' addresses.
+            # A reminder while a reviewer has taken the form names who (a guest reads only
+            # that a reviewer is), unless it is the reader.
+            "handler": _handler(form, recipient) if kind == "reminder" else "",
+            "handled": kind == "reminder" and _handled_by_another(form, recipient),
             "decider": decision.decider_label_for(
                 recipient.email if recipient.is_guest else None, sentence_start=True
             )
@@ -267,6 +287,20 @@ def build_email(
     return message
 
 
+def _handled_by_another(form: Form, recipient: FormRecipient) -> bool:
+    """Whether a reviewer other than `recipient` has taken the form."""
+    return form.claimed_by_id is not None and form.claimed_by_id != recipient.user_id
+
+
+def _handler(form: Form, recipient: FormRecipient) -> str:
+    """The name of the reviewer who has taken the form, for a reviewer other than them; "" for
+    a guest (not told reviewers' names) or when nobody has it."""
+    holder = form.claimed_by
+    if holder is None or recipient.is_guest or not _handled_by_another(form, recipient):
+        return ""
+    return str(holder.get_full_name() or holder.get_username())
+
+
 def form_page_url(form: Form) -> str:
     """The form's page, for a signed-in reviewer (no signed link: it opens only with access)."""
     return settings.INBOX_BASE_URL.rstrip("/") + reverse("inbox:form", args=[form.public_id])
@@ -282,9 +316,25 @@ def reading_zone(recipient: FormRecipient) -> str:
     return valid_time_zone(zone or recipient.time_zone)
 
 
+def retry_wait(attempts: int) -> dt.timedelta:
+    """How long after its `attempts`-th failed attempt an email is tried again."""
+    return SEND_RETRY[min(max(attempts, 1), len(SEND_RETRY)) - 1]
+
+
+def _free(now: dt.datetime) -> Q:
+    """Rows whose waiting email may be sent now: not held by a send under way, and past the
+    wait after a failed attempt."""
+    return Q(next_send_at__isnull=True) | Q(next_send_at__lte=now)
+
+
 def _send(recipient: FormRecipient, kind: str, now: dt.datetime) -> bool:
     try:
         build_email(recipient, kind, now=now).send()
+    except SoftTimeLimitExceeded:
+        # The task's time is up (a mail server that hangs): the caller gives the row back and
+        # the task stops; the next sweep carries on. Never swallowed, or the hard limit would
+        # kill the worker mid-send.
+        raise
     except Exception as exc:
         # The error may quote the message; it never holds a form token (none is in it).
         logger.warning(
@@ -364,11 +414,16 @@ def send_form_emails(form_pk: int, *, now: dt.datetime | None = None) -> int:
     if form is None or not still_asking(form, now):
         return 0
     sent = 0
-    for recipient in form.recipients.filter(
-        sent_at__isnull=True, send_attempts__lt=MAX_SEND_ATTEMPTS, withdrawn_at__isnull=True
-    ):
-        recipient.form = form
-        sent += _send_request(recipient, now)
+    try:
+        for recipient in form.recipients.filter(
+            _free(now), sent_at__isnull=True, withdrawn_at__isnull=True
+        ):
+            recipient.form = form
+            sent += _send_request(recipient, now)
+    except SoftTimeLimitExceeded:
+        logger.warning(
+            "form %s: out of time sending its first emails; the sweep sends the rest", form_pk
+        )
     return sent
 
 
@@ -387,20 +442,32 @@ def _send_request(recipient: FormRecipient, now: dt.datetime) -> int:
         # Taken off the route, deactivated, or the form reassigned before the first email went
         # (or before an administrator's resend): nothing is sent.
         return 0
-    # Claim the row first: the capture's task and the sweep may both get here; one sends.
-    claimed = FormRecipient.objects.filter(pk=recipient.pk, sent_at__isnull=True).update(
-        sent_at=now, send_attempts=F("send_attempts") + 1
-    )
+    # Claim the row first: the capture's task and the sweep may both get here; one sends. The
+    # claim is "being sent until `held`", not "sent": a worker killed mid-send (its task's hard
+    # time limit) leaves the row to the sweep once `held` has passed.
+    held = now + SEND_CLAIM
+    claimed = FormRecipient.objects.filter(
+        _free(now), pk=recipient.pk, sent_at__isnull=True
+    ).update(next_send_at=held, send_attempts=F("send_attempts") + 1)
     if not claimed:
         return 0
-    if not _send(recipient, "request", now):
-        FormRecipient.objects.filter(pk=recipient.pk).update(sent_at=None)
+    sent = False
+    try:
+        sent = _send(recipient, "request", now)
+    finally:
+        if not sent:
+            # Failed, or the task's time ran out: tried again after a wait that grows with the
+            # attempts, while the form still asks. Given back only if still ours.
+            _release(recipient.pk, held, now)
+    if not sent:
         return 0
     form = recipient.form
     offsets = list(form.reminder_offsets or [])
     # Offsets already inside the time left, or about to be, were covered by this email.
     passed = [o for o in offsets if covered_by_first_email(o, form.expiration_time, now)]
     FormRecipient.objects.filter(pk=recipient.pk).update(
+        sent_at=now,
+        next_send_at=None,
         last_error="",
         reminders_sent=passed,
         next_reminder_at=next_reminder(offsets, form.expiration_time, now, passed),
@@ -408,17 +475,35 @@ def _send_request(recipient: FormRecipient, now: dt.datetime) -> int:
     return 1
 
 
+def _release(pk: int, held: dt.datetime, now: dt.datetime) -> None:
+    attempts = (
+        FormRecipient.objects.filter(pk=pk).values_list("send_attempts", flat=True).first() or 1
+    )
+    FormRecipient.objects.filter(pk=pk, sent_at__isnull=True, next_send_at=held).update(
+        next_send_at=now + retry_wait(attempts)
+    )
+
+
 def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) -> dict[str, int]:
     """The sweep: first emails that never went out, reminders that are due, and closing notices
-    for forms that were decided or expired. Each part is bounded by `batch_size`."""
+    for forms that were decided or expired. Each part is bounded by `batch_size`. Stops when
+    the task's time is up (SoftTimeLimitExceeded): what is left waits for the next sweep."""
     now = now or timezone.now()
     counts = {"requests": 0, "reminders": 0, "notices": 0, "failures": 0}
+    try:
+        _sweep(now, batch_size, counts)
+    except SoftTimeLimitExceeded:
+        logger.warning("email sweep: out of time; the next sweep sends the rest (%s)", counts)
+    return counts
 
-    # First emails whose task was lost or whose send failed; a minute's grace for the task.
+
+def _sweep(now: dt.datetime, batch_size: int, counts: dict[str, int]) -> None:
+    # First emails whose task was lost, whose send failed (after its wait) or whose sender died
+    # mid-send (once its claim has passed); a minute's grace for the task.
     late = (
         FormRecipient.objects.filter(
+            _free(now),
             sent_at__isnull=True,
-            send_attempts__lt=MAX_SEND_ATTEMPTS,
             created_at__lt=now - dt.timedelta(seconds=60),
             form__status=Form.Status.PENDING,
         )
@@ -429,12 +514,29 @@ def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) ->
     for recipient in late:
         counts["requests"] += _send_request(recipient, now)
 
+    # First emails still unsent (after failed attempts) when their form closed: given up,
+    # which is said once, in the log; the dashboard no longer counts them either.
+    unsent = FormRecipient.objects.filter(
+        sent_at__isnull=True, next_send_at__isnull=False, form__status__in=ENDED_STATUSES
+    ).values_list("pk", "form_id", "next_send_at", "send_attempts", "last_error")[:batch_size]
+    for pk, form_id, at, attempts, error in unsent:
+        if FormRecipient.objects.filter(pk=pk, next_send_at=at).update(next_send_at=None):
+            logger.warning(
+                "form %s closed before its first email to recipient %s could be sent; given up "
+                "after %s attempts (last error: %s)",
+                form_id,
+                pk,
+                attempts,
+                error or "none",
+            )
+
     for recipient in FormRecipient.objects.filter(
         next_reminder_at__lte=now, sent_at__isnull=False
     ).select_related("form__run__app")[:batch_size]:
         counts["reminders"] += _remind(recipient, now)
 
     closed = FormRecipient.objects.filter(
+        _free(now),
         sent_at__isnull=False,
         closed_notice_at__isnull=True,
         form__status__in=CLOSED_STATUSES,
@@ -452,11 +554,23 @@ def send_due_emails(now: dt.datetime | None = None, *, batch_size: int = 500) ->
     ).values_list("pk", flat=True)[:batch_size]
     for pk in failed:
         counts["failures"] += send_failure_notice(pk, now=now)
-    return counts
 
 
 def _remind(recipient: FormRecipient, now: dt.datetime) -> int:
     form = recipient.form
+    this_time = recipient.next_reminder_at
+    if (
+        form.status == Form.Status.SUBMITTING
+        and recipient.sent_at is not None
+        and (form.expiration_time is None or form.expiration_time > now)
+        and recipient.still_asked()
+    ):
+        # A decision is on its way: no reminder now, but Dify may still refuse it and give the
+        # form back (a 400 `invalid_form_data`), so the schedule is kept and looked at again.
+        FormRecipient.objects.filter(pk=recipient.pk, next_reminder_at=this_time).update(
+            next_reminder_at=now + REMINDER_RETRY
+        )
+        return 0
     if not still_asking(form, now) or recipient.sent_at is None or not recipient.still_asked():
         # Decided, expired or closed in Dify: no more reminders; the closing notice follows.
         # Or no longer asked (taken off the route, deactivated, the form reassigned): nothing.
@@ -467,42 +581,93 @@ def _remind(recipient: FormRecipient, now: dt.datetime) -> int:
     offset, settled = due_reminder(offsets, form.expiration_time, recipient.sent_at, done, now)
     done = sorted(set(done) | set(settled), reverse=True)
     following = next_reminder(offsets, form.expiration_time, recipient.sent_at, done)
-    # Claim by the due time we read: a concurrent sweep (the lock makes that rare) sends none.
-    claimed = FormRecipient.objects.filter(
-        pk=recipient.pk, next_reminder_at=recipient.next_reminder_at
-    ).update(reminders_sent=done, next_reminder_at=following)
-    if not claimed or offset is None:
+    mine = FormRecipient.objects.filter(pk=recipient.pk, next_reminder_at=this_time)
+    if offset is None:
+        # Only offsets the first email covered, or none due: settled without an email.
+        mine.update(reminders_sent=done, next_reminder_at=following)
         return 0
-    if not _send(recipient, "reminder", now):
-        # Not sent (the mail server down, say): this reminder is due again at the next sweep
-        # after a pause, while the form is still open, rather than lost. Undone only if no
-        # other sweep moved the row on meanwhile.
-        FormRecipient.objects.filter(
-            pk=recipient.pk, reminders_sent=done, next_reminder_at=following
-        ).update(
-            reminders_sent=[o for o in done if o != offset],
-            next_reminder_at=now + REMINDER_RETRY,
-        )
+    # Claim by the due time we read (a concurrent sweep, which the lock makes rare, sends
+    # none), as "being sent until `held`": a worker killed mid-send leaves the reminder due
+    # again once `held` has passed, rather than passing for sent.
+    held = now + SEND_CLAIM
+    if not mine.update(next_reminder_at=held):
+        return 0
+    mine = FormRecipient.objects.filter(pk=recipient.pk, next_reminder_at=held)
+    due = reminder_time(offset, form.expiration_time, recipient.sent_at)
+    sent = False
+    try:
+        # The time left as of when the reminder was due ("in 1 hour" for the 1 h reminder, not
+        # "in 59 minutes" because the sweep came a little later), but never more than a sweep's
+        # interval before now (after a pause, the time actually left).
+        sent = _send(recipient, "reminder", max(due, now - _sweep_every()))
+    finally:
+        if sent:
+            mine.update(reminders_sent=done, next_reminder_at=following)
+        else:
+            # Not sent (the mail server down, say, or the task's time up): this reminder is due
+            # again at the next sweep after a pause, while the form is still open, rather than
+            # lost. The offsets it settled silently stay settled.
+            mine.update(
+                reminders_sent=[o for o in done if o != offset],
+                next_reminder_at=now + REMINDER_RETRY,
+            )
+    if not sent:
         return 0
     FormRecipient.objects.filter(pk=recipient.pk).update(reminded_at=now)
     return 1
 
 
+def _sweep_every() -> dt.timedelta:
+    """How often the beat runs the email sweep (`send-reminders`)."""
+    entry = settings.CELERY_BEAT_SCHEDULE.get("send-reminders") or {}
+    return dt.timedelta(seconds=float(entry.get("schedule", 60.0)))  # type: ignore[arg-type]
+
+
 def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
     form = recipient.form
-    claimed = FormRecipient.objects.filter(pk=recipient.pk, closed_notice_at__isnull=True).update(
-        closed_notice_at=now, next_reminder_at=None
-    )
-    if not claimed or form.updated_at < now - NOTICE_STALE_AFTER:
-        return 0
-    if not recipient.still_asked():
-        # No longer asked when it closed: how it ended is not theirs to hear.
-        return 0
+    unsettled = FormRecipient.objects.filter(pk=recipient.pk, closed_notice_at__isnull=True)
     decision = _decider(form)
-    if decision is not None and _made_by(decision, recipient):
+    if (
+        form.updated_at < now - NOTICE_STALE_AFTER
+        # No longer asked when it closed: how it ended is not theirs to hear.
+        or not recipient.still_asked()
         # They made the decision; telling them about it is noise.
+        or (decision is not None and _made_by(decision, recipient))
+    ):
+        unsettled.update(closed_notice_at=now, next_reminder_at=None, next_send_at=None)
         return 0
-    return int(_send(recipient, "closed", now))
+    # Claimed as "being sent until `held`" (the sweep's query skips it until then), stamped
+    # once it went: a failed send is tried again after a wait, a worker killed mid-send leaves
+    # it to a later sweep.
+    held = now + SEND_CLAIM
+    claimed = unsettled.filter(_free(now)).update(
+        next_send_at=held, next_reminder_at=None, notice_attempts=F("notice_attempts") + 1
+    )
+    if not claimed:
+        return 0
+    mine = FormRecipient.objects.filter(
+        pk=recipient.pk, closed_notice_at__isnull=True, next_send_at=held
+    )
+    sent = False
+    try:
+        sent = _send(recipient, "closed", now)
+    finally:
+        if sent:
+            mine.update(closed_notice_at=now, next_send_at=None)
+        else:
+            attempts = recipient.notice_attempts + 1
+            if attempts >= MAX_NOTICE_ATTEMPTS and mine.update(
+                closed_notice_at=now, next_send_at=None
+            ):
+                logger.warning(
+                    "form %s: closing notice to recipient %s given up after %s attempts",
+                    form.pk,
+                    recipient.pk,
+                    attempts,
+                )
+            else:
+                mine.update(next_send_at=now + retry_wait(attempts))
+    return int(sent)
 
 
 def _made_by(decision: Decision, recipient: FormRecipient) -> bool:
@@ -560,6 +725,8 @@ def send_failure_notice(decision_pk: int, *, now: dt.datetime | None = None) -> 
     recipient.form = decision.form
     try:
         build_email(recipient, "failed", now=now, decision=decision).send()
+    except SoftTimeLimitExceeded:
+        raise
     except Exception as exc:
         # As a closing notice: tried once. The failure is on the dashboard all the same.
         logger.warning("decision %s: failure notice not sent: %s", decision_pk, exc)
@@ -572,7 +739,9 @@ def resend_form_emails(form: Form) -> int:
     if not still_asking(form, timezone.now()):
         return 0
     asked = [r.pk for r in form.recipients.filter(withdrawn_at__isnull=True) if r.still_asked()]
-    form.recipients.filter(pk__in=asked).update(sent_at=None, send_attempts=0, last_error="")
+    form.recipients.filter(pk__in=asked).update(
+        sent_at=None, send_attempts=0, next_send_at=None, last_error=""
+    )
     return send_form_emails(form.pk)
 
 

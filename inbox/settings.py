@@ -368,8 +368,16 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", bool(EMAIL_HOST))
 # A mail server that takes the connection and never answers is given up on after this long,
-# so the worker that was sending goes back to delivering decisions.
+# so the worker that was sending goes back to delivering decisions. Well under the soft time
+# limit of the tasks that send (60 s for the shortest, inbox.tasks): one hung connection costs
+# a task one email, not all its time.
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20, minimum=1)
+EMAIL_TIMEOUT_MAX = 30
+if EMAIL_TIMEOUT > EMAIL_TIMEOUT_MAX:
+    raise ImproperlyConfigured(
+        f"EMAIL_TIMEOUT must be at most {EMAIL_TIMEOUT_MAX} seconds (got {EMAIL_TIMEOUT}): a "
+        "longer wait on a mail server that does not answer eats the sending task's time limit"
+    )
 # For django.core.mail.backends.filebased.EmailBackend: the folder it writes emails to.
 EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", "") or None
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Dify Approval Inbox <inbox@localhost>")

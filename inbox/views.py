@@ -80,6 +80,7 @@ from inbox.models import (
     routing_is_dense,
 )
 from inbox.reasons import labelled, worded
+from inbox.templatetags.inbox_tags import status_label
 from inbox.uploads import UploadRejected, megabytes, too_large, upload_limits, upload_to_dify
 from inbox.views_runs import output_items, timeline_items
 
@@ -1431,7 +1432,9 @@ def state_announcement(form: Form, context: dict[str, Any]) -> str:
     (its badge's status, or while the decision travels, the step it is at)."""
     if context["state"] == "in_flight":
         return str(context["progress_title"])
-    return _("This form is now: %(status)s.") % {"status": form.status_now_label}
+    return _("This form is now: %(status)s.") % {
+        "status": status_label(form, context.get("as_guest", False))
+    }
 
 
 def claim_announcement(form: Form, decider: Decider) -> str:

@@ -103,6 +103,8 @@ def test_a_lower_case_log_level_is_read() -> None:
         ("DATABASE_URL", "postgres://u:pw@db:notaport/inbox", "DATABASE_URL is not a valid URL"),
         ("DATABASE_URL", "postgres://u:p[w@db/inbox", "%-encode special characters"),
         ("EMAIL_TIMEOUT", "soon", "EMAIL_TIMEOUT must be an integer"),
+        # A hung mail server would eat the sending task's time limit before it gave up.
+        ("EMAIL_TIMEOUT", "50", "EMAIL_TIMEOUT must be at most 30 seconds"),
         # The machine's own zone under a file's name: readers would be shown "localtime".
         ("TIME_ZONE", "localtime", "TIME_ZONE must be a time zone name like Europe/Paris"),
         # A scheme or a port never matches a request's host: every page would be a 400.

@@ -36,6 +36,18 @@ def tight(sentence: str, value: Any) -> str:
 
 
 @register.filter
+def status_label(form: Any, as_guest: bool = False) -> str:
+    """A form's status as its page's badge names it; a guest reads the workflow's words, never
+    Dify's name ("Gone from Dify" is "No longer available" to them)."""
+    status = form.status_now
+    if as_guest and status == "gone":
+        return gettext("No longer available")
+    if as_guest and status == "not_answerable":
+        return gettext("Answered another way")
+    return str(form.status_now_label)
+
+
+@register.filter
 def relative(value: dt.datetime | None) -> str:
     return timefmt.relative(value)
 

@@ -152,11 +152,15 @@ def test_a_failed_send_is_retried_by_the_sweep(
     assert recipient.sent_at is not None and recipient.last_error == ""
 
 
-def test_the_sweep_gives_up_after_five_failed_attempts(routed_form: Form) -> None:
-    FormRecipient.objects.filter(form=routed_form).update(send_attempts=notify.MAX_SEND_ATTEMPTS)
-    assert notify.send_due_emails(timezone.now() + dt.timedelta(minutes=2))["requests"] == 0
-    assert notify.send_form_emails(routed_form.pk) == 0
+def test_a_failed_send_waits_before_the_sweep_tries_it_again(routed_form: Form) -> None:
+    now = timezone.now()
+    FormRecipient.objects.filter(form=routed_form).update(
+        send_attempts=3, next_send_at=now + dt.timedelta(minutes=15)
+    )
+    assert notify.send_due_emails(now + dt.timedelta(minutes=2))["requests"] == 0
+    assert notify.send_form_emails(routed_form.pk, now=now) == 0
     assert mail.outbox == []
+    assert notify.send_due_emails(now + dt.timedelta(minutes=15))["requests"] == 2
 
 
 def test_resend_starts_over(routed_form: Form) -> None:

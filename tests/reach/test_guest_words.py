@@ -271,3 +271,37 @@ def test_a_decision_dify_refused_is_told_another_guest_in_tight_chinese(
     # "这是一位审批人作出的决定。": a Chinese phrase takes no spaces around it.
     assert "\u8fd9\u662f\u4e00\u4f4d\u5ba1\u6279\u4eba\u4f5c\u51fa\u7684\u51b3\u5b9a" in text
     assert "note too short" not in text and "Dify" not in text
+
+
+@pytest.mark.parametrize(
+    ("status", "guest_words", "guest_words_zh", "reviewer_words"),
+    [
+        (Form.Status.GONE, "No longer available", "\u5df2\u4e0d\u53ef\u7528", "Gone from Dify"),
+        (
+            Form.Status.NOT_ANSWERABLE,
+            "Answered another way",
+            "\u4ee5\u5176\u4ed6\u65b9\u5f0f\u4f5c\u7b54",
+            "Only answerable in Dify",
+        ),
+    ],
+)
+def test_a_guest_reads_the_status_badge_without_dify(
+    client: Client,
+    routed_form: Form,
+    reviewer: User,
+    status: str,
+    guest_words: str,
+    guest_words_zh: str,
+    reviewer_words: str,
+) -> None:
+    Form.objects.filter(pk=routed_form.pk).update(status=status, form_token="")
+    badge = re.compile(r'<span id="form-status"[^>]*>([^<]*)</span>')
+    client.cookies["django_language"] = "en"
+    page = client.get(_link(routed_form, GUEST)).content.decode()
+    assert badge.findall(page) == [guest_words]
+    assert "Dify" not in page.split("<main", 1)[1]
+    zh = Client()
+    zh.cookies["django_language"] = "zh-hans"
+    assert badge.findall(zh.get(_link(routed_form, GUEST_ZH)).content.decode()) == [guest_words_zh]
+    # A reviewer keeps the status's own name.
+    assert badge.findall(_reviewer_page(client, reviewer, routed_form)) == [reviewer_words]

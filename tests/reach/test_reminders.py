@@ -18,7 +18,7 @@ from inbox import notify
 from inbox.models import Decision, DifyApp, Form, FormRecipient, Route
 from inbox.tasks import periodic_lock, send_reminders
 from tests.reach.conftest import GUEST, GUEST_ZH
-from tests.reach.factories import make_form
+from tests.reach.factories import make_form, route
 
 H = dt.timedelta(hours=1)
 # Now, to the minute: decisions are taken on the real clock, so the forms must be open on it.
@@ -167,8 +167,10 @@ def test_a_reminder_schedule_out_of_any_calendar_is_refused_and_never_breaks_the
 def test_no_reminder_once_someone_decided(reach_route: Route, reach_app: DifyApp) -> None:
     form = captured(reach_app, hours_left=48)
     form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
-    assert sweep(T0 + 24 * H)["reminders"] == 0
+    assert sweep(T0 + 24 * H)["reminders"] == 0  # on its way to Dify: none
     assert mail.outbox == []
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED, form_token="")
+    assert sweep(T0 + 25 * H)["reminders"] == 0
     assert not FormRecipient.objects.filter(next_reminder_at__isnull=False).exists()
 
 
@@ -376,3 +378,86 @@ def test_after_a_pause_a_form_that_never_expires_gets_only_its_latest_reminder()
         [86400, 3600],
     )
     assert notify.due_reminder([86400, 3600], None, sent, [], sent + 0.5 * H) == (None, [])
+
+
+def test_reminders_go_on_when_dify_refuses_a_decision_and_the_form_asks_again(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = captured(reach_app, hours_left=48)
+    decision = form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
+    # Dify is down: the decision waits, the 24 h reminder falls due meanwhile, and none goes.
+    for hour in (24, 25, 30):
+        assert sweep(T0 + hour * H)["reminders"] == 0
+    assert mail.outbox == []
+    # Dify comes back and refuses the values (400 invalid_form_data): the form asks again.
+    Decision.finish(
+        decision.pk,
+        status=Decision.Status.REJECTED,
+        form_status=Form.Status.PENDING,
+        reason="bad values",
+        verb="decision_rejected",
+    )
+    assert sweep(T0 + 31 * H)["reminders"] == 2  # the reminder held back, now it may go
+    assert sweep(T0 + 40 * H)["reminders"] == 0
+    mail.outbox.clear()
+    assert sweep(T0 + 47 * H)["reminders"] == 2
+    assert {m.subject for m in mail.outbox if m.to == [GUEST]} == {
+        "Reminder: Manager approval (payroll) expires in 60 minutes"
+    }
+
+
+def test_a_reminder_reads_the_time_left_as_of_when_it_was_due(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    captured(reach_app, hours_left=48)
+    # The beat's sweep comes up to a minute after the reminder was due.
+    sweep(T0 + 47 * H + dt.timedelta(seconds=50))
+    assert {m.subject for m in mail.outbox if m.to == [GUEST]} == {
+        "Reminder: Manager approval (payroll) expires in 60 minutes"
+    }
+
+
+def test_a_reminder_late_after_a_pause_reads_the_time_actually_left(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    captured(reach_app, hours_left=48)
+    # The worker was down for half an hour: 30 minutes are left, and a sweep's interval at most
+    # is added (the sweep may read its clock up to that late).
+    sweep(T0 + 47.5 * H)
+    assert {m.subject for m in mail.outbox if m.to == [GUEST]} == {
+        "Reminder: Manager approval (payroll) expires in 31 minutes"
+    }
+
+
+def test_a_reminder_says_who_is_handling_the_form(
+    reach_app: DifyApp, reviewer: Any, other_reviewer: Any
+) -> None:
+    route(
+        reach_app,
+        users=[reviewer, other_reviewer],
+        email_reviewers=True,
+        recipients=[(GUEST, "en"), (GUEST_ZH, "zh-hans")],
+        allow_guests=True,
+        reminders="24h,1h",
+    )
+    with mock.patch("django.utils.timezone.now", return_value=T0):
+        form = make_form(reach_app, expires_in=None)
+    Form.objects.filter(pk=form.pk).update(expiration_time=T0 + 48 * H, created_at=T0)
+    form.refresh_from_db()
+    assert notify.send_form_emails(form.pk, now=T0) == 4
+    mail.outbox.clear()
+    Form.objects.get(pk=form.pk).claim(reviewer)
+    assert sweep(T0 + 24 * H)["reminders"] == 4
+    bodies = {m.to[0]: (m.body, html_of(m)) for m in mail.outbox}
+    for text in bodies["bob@example.com"]:
+        assert "Alice is handling this form." in text
+    for text in bodies[GUEST]:
+        assert "A reviewer is handling this form." in text and "Alice" not in text
+    for text in bodies[GUEST_ZH]:
+        assert "\u4e00\u4f4d\u5ba1\u6279\u4eba\u6b63\u5728\u5904\u7406\u6b64\u8868\u5355" in text
+    for text in bodies["alice@example.com"]:
+        assert "handling" not in text  # her own: nothing to say
+
+
+def html_of(message: Any) -> str:
+    return next(content for content, kind in message.alternatives if kind == "text/html")
