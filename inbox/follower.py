@@ -671,7 +671,7 @@ class Follower:
             # Dify takes the key again (all a stream tells: not the app's kind, nor whether
             # anything is published); read from the app as loaded with the lease, so an app in
             # good health costs no query here.
-            await self.db(claim.app.note_accepted, "follower")
+            await self.db(claim.app.note_accepted, "follower", runs=True)
         queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
 
         async def read() -> None:
