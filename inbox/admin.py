@@ -664,7 +664,7 @@ class DifyAppAdmin(AuditedAdmin):
                 # above when it is not the app's name here) is taken. The app's runs, asked
                 # about below and by later checks, still tell another app's key.
                 app.note_dify_name(name)
-            check = check_app(app, source="connection test", client=client)
+            check = check_app(app, source="connection test", client=client, info=info)
             if check.refused:
                 self.message_user(
                     request,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import CharField, Exists, OuterRef
 from django.db.models.functions import Cast
@@ -87,14 +88,16 @@ def check_app(
     first: Run | None = None,
     besides: Run | None = None,
     client: DifyClient | None = None,
+    info: dict[str, Any] | None = None,
 ) -> AppCheck:
     """Ask Dify whether this app's key still sees the app (see the module). `first`: a run to
     ask about before the others (a decision's own run); `besides`: the run whose 404 is in
     question. A whole-app 404 is recorded as the app's refusal (`note_refused`); a key shown
-    to be this app's ends such a refusal (`note_accepted`) and keeps /info's name."""
+    to be this app's ends such a refusal (`note_accepted`) and keeps /info's name. `info`:
+    what /info answered a moment ago, when the caller asked already."""
     client = client or DifyClient.for_app(app)
     try:
-        info = client.get_info()
+        info = info if info is not None else client.get_info()
     except NotFound as exc:
         return _refused(app, exc, f"GET /info: {exc}", source)
     except DifyError as exc:
