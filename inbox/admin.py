@@ -5,6 +5,7 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -37,10 +38,12 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from inbox.app_check import check_app, same_name
 from inbox.audit_words import object_type_label, verb_label
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.models import (
+    APP_NOT_FOUND_REFUSAL,
     ApiToken,
     AuditEntry,
     Decision,
@@ -557,6 +560,13 @@ class DifyAppAdmin(AuditedAdmin):
                 "refusal": obj.refusal,
             }
         )
+        if obj.refusal_code == APP_NOT_FOUND_REFUSAL:
+            text += " " + str(
+                _(
+                    "Dify answers 404 for the app as a whole: is the API key another app's, or "
+                    "the base URL wrong? Its runs and decisions wait until it answers for them."
+                )
+            )
         # What waits on the fix: decisions reviewers made that go once Dify accepts the app.
         held = getattr(obj, "held", 0)
         if held:
@@ -573,6 +583,47 @@ class DifyAppAdmin(AuditedAdmin):
             # A new key, server or kind of app may be what Dify was waiting for: try again now
             # rather than at the reconcile's next probe.
             obj.settings_changed(actor=request.user)
+        if {"api_key", "base_url"} & set(form.changed_data) and not obj.api_key_sealed:
+            self._warn_other_app(request, obj)
+
+    def _warn_other_app(self, request: HttpRequest, app: DifyApp) -> None:
+        """Whether Dify's /info, asked with the new key or URL, names the app it named before
+        (or, for an app never seen in Dify, the app's name here): the key of another app is
+        taken by Dify, and would make every run and form of this app a 404. Only a warning:
+        nothing is asked of Dify beyond /info, and a Dify that does not answer says nothing."""
+        try:
+            with DifyClient(
+                app.base_url, app.api_key, timeout=httpx.Timeout(5.0), max_retries=0
+            ) as client:
+                name = str(client.get_info().get("name") or "")
+        except DifyError:
+            return  # "Test the connection" says what is wrong
+        self._warn_name(request, app, name)
+
+    def _warn_name(self, request: HttpRequest, app: DifyApp, name: str) -> None:
+        if not name:
+            return
+        if app.dify_name:
+            if name == app.dify_name:
+                return
+            message = _(
+                "%(app)s: Dify now calls the app “%(name)s”; it called it “%(before)s” "
+                "before. If this is the key of another app, Dify will know none of this "
+                "app's runs and forms: they wait until the right key is entered."
+            )
+        elif same_name(name, app.name):
+            return
+        else:
+            message = _(
+                "%(app)s: Dify calls the app “%(name)s”, not “%(app)s” as it is named here. "
+                "If this is the key of another app, Dify will know none of this app's runs "
+                "and forms: they wait until the right key is entered."
+            )
+        self.message_user(
+            request,
+            message % {"app": app.name, "name": name, "before": app.dify_name},
+            messages.WARNING,
+        )
 
     @admin.action(description=_("Test the connection to Dify"), permissions=["change"])
     def test_connection(self, request: HttpRequest, queryset: Any) -> None:
@@ -603,6 +654,28 @@ class DifyAppAdmin(AuditedAdmin):
             # /parameters answers once a workflow is published; /info names the app's kind.
             kind = app.is_dify_mode(info.get("mode"))
             app.note_accepted("connection test", kind=kind, published=True)
+            # Whether the key sees this app's runs (another app's key answers /info too): the
+            # name /info gave before, or the app's name here, is compared first, while the
+            # check records /info's name once the key proves itself.
+            name = str(info.get("name") or "")
+            self._warn_name(request, app, name)
+            if not app.dify_name:
+                # None known yet: the name the administrator was just shown (with the warning
+                # above when it is not the app's name here) is taken. The app's runs, asked
+                # about below and by later checks, still tell another app's key.
+                app.note_dify_name(name)
+            check = check_app(app, source="connection test", client=client, info=info)
+            if check.refused:
+                self.message_user(
+                    request,
+                    _(
+                        "%(app)s: Dify knows none of this app's runs with this key (%(detail)s): "
+                        "is it the key of another app? Its runs and decisions wait until Dify "
+                        "answers for them."
+                    )
+                    % {"app": app.name, "detail": check.detail},
+                    messages.WARNING,
+                )
             # Decisions waiting out a retry's backoff go now, not at its end.
             sent_now = Decision.send_waiting_now(app)
             AuditEntry.record(

@@ -30,6 +30,7 @@ VERB_LABELS: dict[str, Any] = {
     "run_never_started": _("Run never started"),
     "run_not_found": _("Run not found in Dify"),
     "run_gone": _("Run gone from Dify"),
+    "run_back": _("Run back in Dify"),
     # Forms.
     "form_captured": _("Form captured"),
     "form_ingested": _("Form ingested"),

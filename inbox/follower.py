@@ -668,10 +668,10 @@ class Follower:
             return StreamResult("dropped", detail=str(exc))
         claim.opened = True
         if claim.app.refused_at is not None:
-            # Dify takes the key again (all a stream tells: not the app's kind, nor whether
-            # anything is published); read from the app as loaded with the lease, so an app in
-            # good health costs no query here.
-            await self.db(claim.app.note_accepted, "follower")
+            # Dify takes the key again, and it sees this app's runs (all a stream tells: not the
+            # app's kind, nor whether anything is published); read from the app as loaded with
+            # the lease, so an app in good health costs no query here.
+            await self.db(claim.app.note_accepted, "follower", runs=True)
         queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
 
         async def read() -> None:

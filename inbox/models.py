@@ -123,6 +123,11 @@ class DifyApp(models.Model):
     test_failure = models.CharField(
         _("connection test failure"), max_length=300, blank=True, editable=False
     )
+    # What Dify's /info called the app when its key last showed it sees the app's runs (or when
+    # it was first read, before the app had any): a 404 for a run is taken for "this run is
+    # gone" only while the key is still this app's (`app_check`), and the admin warns when a
+    # new key's /info names another app.
+    dify_name = models.CharField(_("name in Dify"), max_length=200, blank=True, editable=False)
 
     # What the connection-health fields are; a plain save() writes the others only.
     HEALTH_FIELDS = (
@@ -133,6 +138,7 @@ class DifyApp(models.Model):
         "refusal_checked_at",
         "test_failed_at",
         "test_failure",
+        "dify_name",
     )
 
     class Meta:
@@ -227,14 +233,18 @@ class DifyApp(models.Model):
             )
         return bool(started)
 
-    def note_accepted(self, source: str, *, kind: bool = False, published: bool = False) -> bool:
+    def note_accepted(
+        self, source: str, *, kind: bool = False, published: bool = False, runs: bool = False
+    ) -> bool:
         """Dify accepted a call with this app's key: a refusal on record is over, if the call
         can tell. Any call proves the key (401, 403). Only a call that proves it ends a refusal
         of the app's kind (`kind`: a start, /info naming the mode set up here) or of an app with
         nothing published (`published`: a start, /parameters): a run's events and detail,
-        uploads and submits go through either way. True when this clears the refusal. Free
-        when this instance knows of none the call can judge, so it may be called after every
-        successful call."""
+        uploads and submits go through either way. Only a call that answered for one of the
+        app's own runs or forms (`runs`: a run's detail or events, a submit, `app_check`) ends
+        404s for the whole app (`APP_NOT_FOUND_REFUSAL`): another app's key answers /info,
+        starts and uploads too. True when this clears the refusal. Free when this instance
+        knows of none the call can judge, so it may be called after every successful call."""
         if self.test_failed_at is not None:
             # Dify answered: whatever the last connection test found is over.
             self._clear_test_failure()
@@ -243,6 +253,9 @@ class DifyApp(models.Model):
         unjudged = set() if kind else set(KIND_REFUSALS)
         if not published:
             unjudged.add(UNPUBLISHED_REFUSAL)
+        if not runs:
+            unjudged.add(APP_NOT_FOUND_REFUSAL)
+        was = self.refusal_code
         if self.refusal_code in unjudged:
             return False
         # What is on record may be newer than what this instance knows (a start found the app
@@ -255,7 +268,18 @@ class DifyApp(models.Model):
         if cleared:
             AuditEntry.record("app_accepted", self, source=source)
             logger.info("Dify accepts the app %s again (seen by the %s)", self.name, source)
+            if was == APP_NOT_FOUND_REFUSAL:
+                # Its runs' events were a 404 too meanwhile: what the follower gave up on, or
+                # took for a run whose events it may not read, is read again now.
+                self._follow_unseen_runs()
         return cleared
+
+    def note_dify_name(self, name: str) -> None:
+        """What Dify's /info calls the app, read while its key is known to be this app's."""
+        name = (name or "")[:200]
+        if name and name != self.dify_name:
+            DifyApp.objects.filter(pk=self.pk).update(dify_name=name)
+            self.dify_name = name
 
     def note_test_failed(self, error: Exception) -> None:
         """A connection test found no Dify answering as one should, for a reason other than a
@@ -299,14 +323,22 @@ class DifyApp(models.Model):
             AuditEntry.record(
                 "app_accepted", self, actor=actor, actor_label=actor_label, source="new settings"
             )
+        # Runs whose events the old settings could not see (404: another app's key, another
+        # server) may be visible to the new ones.
+        followed = self._follow_unseen_runs()
+        # Nor does a decision's backoff (a key this process could not read, a server away).
+        Decision.send_waiting_now(self)
+        return followed
+
+    def _follow_unseen_runs(self) -> int:
+        """The open runs the follower gave up on, or whose events Dify would not show (404),
+        are read again (each stream opened with a state snapshot, so their forms come in), and
+        marked again if Dify still will not show them. Returns how many."""
         open_runs = (
             Run.objects.filter(app=self, follow_wanted=False)
             .exclude(status__in=Run.FINAL_STATUSES)
             .exclude(workflow_run_id="")
         )
-        # Runs whose events the old settings could not see (404: another app's key, another
-        # server) may be visible to the new ones: each is read once more, and marked again if
-        # Dify still will not show it.
         pks = list(
             open_runs.filter(Q(needs_reconcile=True) | Q(events_unavailable=True)).values_list(
                 "pk", flat=True
@@ -315,8 +347,6 @@ class DifyApp(models.Model):
         Run.objects.filter(pk__in=pks, events_unavailable=True).update(events_unavailable=False)
         # What the follower gave up on was read with the old settings: no wait carries over.
         Run.objects.filter(pk__in=pks).update(give_ups=0, refollow_after=None)
-        # Nor does a decision's backoff (a key this process could not read, a server away).
-        Decision.send_waiting_now(self)
         return request_follow_many(pks)
 
     def _clear_refusal(self, rows: models.QuerySet[DifyApp]) -> bool:
@@ -342,6 +372,17 @@ UNPUBLISHED_REFUSAL = "app_unavailable"
 # Both: what Dify refuses of the app as set up here, while its key still works. A run's events
 # and detail, its forms and their submits still go through for such an app.
 SETUP_REFUSALS = KIND_REFUSALS | {UNPUBLISHED_REFUSAL}
+# Not a code of Dify's: 404s that cover the whole app (its /info, or every run of it the key is
+# asked about, or an /info naming another app), which the inbox reads as a refusal of the app
+# (the key of another app, a wrong base URL, a proxy answering 404), not as runs gone
+# (`app_check`). Only a call that answers for one of the app's runs ends it.
+APP_NOT_FOUND_REFUSAL = "app_not_found"
+# Why a run Dify answered 404 for, while its key still saw the app, ended (`Run.gone_from_dify`).
+GONE_REASON = Reason(
+    gettext_noop(
+        "Dify no longer knows this run (404): it was deleted there, or Dify's data was reset."
+    )
+)
 # The `mode` Dify's /info names for each kind of app (the spec's AppInfoResponse).
 DIFY_MODES: dict[str, str] = {
     DifyApp.Mode.WORKFLOW: "workflow",
@@ -554,12 +595,7 @@ class Run(models.Model):
         forms still waiting for an answer close as gone, so nobody decides what cannot be
         sent. A form whose decision is on its way is left to its delivery (which meets the
         same 404 and says so). Returns how many forms closed."""
-        reason = Reason(
-            gettext_noop(
-                "Dify no longer knows this run (404): it was deleted there, or Dify's data was "
-                "reset."
-            )
-        )
+        reason = GONE_REASON
         with transaction.atomic():
             run = Run.objects.select_for_update().filter(pk=self.pk).first()
             if run is None or run.is_finished:
@@ -598,6 +634,48 @@ class Run(models.Model):
         logger.warning("run %s: %s (seen by the %s)", self.pk, reason, source)
         self.refresh_from_db()
         return len(forms)
+
+    @property
+    def was_gone(self) -> bool:
+        """Ended by `gone_from_dify` (a 404 for its detail), not by Dify."""
+        return self.status == Run.Status.FAILED and self.error == GONE_REASON
+
+    def back_in_dify(self, *, source: str, actor: Any = None) -> bool:
+        """Dify answers for a run taken for gone (`gone_from_dify`): the 404s were not of the
+        run after all (settings put right since, an outage the checks could not tell apart).
+        It is open again and followed with a state snapshot: its forms that closed as gone wait
+        again without a token (`not_answerable`) until the snapshot hands out fresh ones, which
+        make them pending (`capture`), and a form Dify no longer waits at is settled by the
+        same snapshot or the run's end. True when it was reopened."""
+        with transaction.atomic():
+            run = Run.objects.select_for_update().filter(pk=self.pk).first()
+            if run is None or not run.was_gone:
+                return False
+            Run.objects.filter(pk=run.pk).update(
+                status=Run.Status.RUNNING,
+                error="",
+                error_parts={},
+                finished_at=None,
+                needs_reconcile=False,
+                give_ups=0,
+                refollow_after=None,
+                events_unavailable=False,
+                updated_at=timezone.now(),
+            )
+            forms = list(run.forms.filter(status=Form.Status.GONE).values_list("pk", flat=True))
+            Form.objects.filter(pk__in=forms).update(
+                status=Form.Status.NOT_ANSWERABLE, updated_at=timezone.now()
+            )
+            AuditEntry.record("run_back", run, actor=actor, source=source, forms=len(forms))
+        logger.warning(
+            "run %s: Dify answers for it again: reopened (%d form(s)), seen by the %s",
+            self.pk,
+            len(forms),
+            source,
+        )
+        self.refresh_from_db()
+        self.request_follow(snapshot=True)
+        return True
 
     # --- capture (the event logic lives in inbox/capture.py) ---
 

@@ -838,10 +838,30 @@ def _ingested_again(run: Run, dify_user: str, form_token: str, actor: Any) -> Ru
             status=409,
             code="conflict",
         )
+    if run.was_gone:
+        _back_if_alive(run, actor)
     if form_token and not run.is_finished and _ingest_new_form(run, form_token, actor):
         run.request_follow(snapshot=True)
         run.refresh_from_db()
     return run
+
+
+def _back_if_alive(run: Run, actor: Any) -> None:
+    """An ingest of a run taken for gone (`Run.gone_from_dify`): when Dify answers for it now
+    (its settings were put right since, say), it is reopened and followed with a state
+    snapshot (`Run.back_in_dify`), so its pending forms come in again with fresh tokens."""
+    from inbox import capture
+    from inbox.dify.errors import NotFound
+
+    try:
+        detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
+    except NotFound:
+        return  # still unknown to Dify: the run stays as it ended
+    except DifyError as exc:
+        raise _unreachable(exc) from None
+    if run.back_in_dify(source="ingest", actor=actor):
+        capture.apply_run_detail(run, detail, source="ingest")
+        run.refresh_from_db()
 
 
 def _ingest_new_form(run: Run, form_token: str, actor: Any) -> bool:

@@ -28,6 +28,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
+from inbox.app_check import AppCheck, AppNotFound, check_app, learn_name, refused_before
 from inbox.dify.client import DifyClient, EventStream
 from inbox.dify.errors import (
     DifyConnectionError,
@@ -40,6 +41,7 @@ from inbox.dify.errors import (
     TooManyRequests,
 )
 from inbox.models import (
+    APP_NOT_FOUND_REFUSAL,
     KIND_REFUSALS,
     SETUP_REFUSALS,
     UNPUBLISHED_REFUSAL,
@@ -470,7 +472,7 @@ def _delivered_for(app: DifyApp) -> None:
     """Dify accepted a decision for this app: its key is good. A submit goes through whatever
     the app's kind and whether anything is published, so the decisions held for the app are due
     again even while a refusal about those stays on record. Free for an app in good health."""
-    if app.refused_at is not None and not app.note_accepted("delivery"):
+    if app.refused_at is not None and not app.note_accepted("delivery", runs=True):
         Decision.release_held([app.pk])
 
 
@@ -501,17 +503,7 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
         request_follow(run_pk)
         return "expired"
     if isinstance(exc, NotFound):
-        _fail(
-            decision,
-            Reason(
-                gettext_noop(
-                    "Dify does not know this form (404): its run was deleted there or Dify's "
-                    "data was reset, the app's key changed, or the form belongs to another app."
-                )
-            ),
-            code=exc.code,
-        )
-        return "failed"
+        return _after_not_found(decision, exc)
     if isinstance(exc, DifyStatusError) and exc.refuses_app:
         return _hold_for_app(decision, exc)
     if isinstance(exc, DifyStatusError) and exc.permanent:
@@ -531,15 +523,54 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
     return _retry_or_fail(decision, exc, retry_after=retry_after, ambiguous=ambiguous)
 
 
-def _hold_for_app(decision: Decision, exc: DifyStatusError) -> str:
+def _after_not_found(decision: Decision, exc: NotFound) -> str:
+    """Dify does not know the form's token. Final (the form is gone in Dify) only while the key
+    still sees the app, which its run's detail, its other runs and its /info tell
+    (`check_app`); 404s for the whole app (another app's key, a wrong URL, a proxy) hold the
+    decision as a refusal of the app does, and one Dify could not be asked about is tried
+    again."""
+    run = decision.form.run
+    app = run.app
+    if refused_before(app):
+        # Held already for 404s of the whole app: the reconcile asks Dify, at its interval.
+        return _hold_for_app(decision, AppNotFound(404, APP_NOT_FOUND_REFUSAL, ""), noted=True)
+    check = check_app(app, source="delivery", first=run)
+    if check.refused:
+        # Recorded by the check (a 404 for the app, or /info refusing its key).
+        return _hold_for_app(decision, AppNotFound(404, APP_NOT_FOUND_REFUSAL, ""), noted=True)
+    if not check.works:
+        return _retry_or_fail(decision, exc)
+    _fail(
+        decision,
+        Reason(
+            gettext_noop(
+                "Dify does not know this form (404), while it still answers for the app: its "
+                "run was deleted there, or the form was never one Dify lets us answer."
+            )
+        ),
+        code=exc.code,
+    )
+    return "failed"
+
+
+def _hold_for_app(decision: Decision, exc: DifyStatusError, *, noted: bool = False) -> str:
     """Dify refuses the app (a revoked key, an unpublished app), not the decision: it waits for
     the app to be accepted again, which an administrator's new key, Dify's next accepted call or
     another decision's delivery says (`DifyApp.note_accepted`, `settings_changed`,
     `_delivered_for`). A refusal that keeps coming back while other calls are accepted (a key
     that may read but not submit) fails after the attempts."""
     app = decision.form.run.app
-    app.note_refused(exc, "delivery")
+    if not noted:
+        app.note_refused(exc, "delivery")
     reason = _refused_reason(exc)
+    if exc.code == APP_NOT_FOUND_REFUSAL:
+        reason = Reason(
+            gettext_noop(
+                "Dify answers 404 for this app as a whole (the key of another app, a wrong URL "
+                "or a proxy?), not for this form alone: the decision waits until Dify answers "
+                "for the app again."
+            )
+        )
     if decision.attempts >= settings.INBOX_DELIVERY_MAX_ATTEMPTS:
         _fail(decision, reason, code=exc.code)
         return "failed"
@@ -1132,6 +1163,8 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
     runs = probes + list(due.exclude(app_id__in=holding)[:batch_size])
     unreachable: set[int] = set()
     refused_now: set[int] = set()
+    # What Dify said of each app whose run was a 404 this pass (`check_app`).
+    checks: dict[int, AppCheck] = {}
     for run in runs:
         if run.app_id in refused_now:
             counts["held"] += 1
@@ -1145,9 +1178,33 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
         except NotFound:
             # The key sees no such run: it was deleted (or Dify's data reset), or the key is
-            # another app's. Said twice, RUN_GONE_AFTER apart, with no new settings between,
-            # the run is taken for gone and its waiting forms close: nothing sent for them
-            # could arrive.
+            # another app's, or a proxy answers 404 for the app. Dify is asked about the app
+            # (once a pass): 404s for the whole app hold its runs as a refusal does; only while
+            # the key still sees the app is the run itself not found.
+            if run.app_id not in checks:
+                checks[run.app_id] = check_app(run.app, source="reconcile", besides=run)
+            check = checks[run.app_id]
+            if not check.works:
+                counts["errors"] += 1
+                Run.objects.filter(pk=run.pk).update(checked_at=timezone.now())
+                if check.refused:
+                    if probing:
+                        run.app.note_probed(db_now)
+                        logger.warning(
+                            "reconcile_runs: app %s: Dify still refuses it (since %s): %s; "
+                            "next try after %s",
+                            run.app,
+                            run.app.refused_at.isoformat() if run.app.refused_at else "?",
+                            run.app.refusal,
+                            (run.app.next_refusal_probe() or db_now).isoformat(),
+                        )
+                    refused_now.add(run.app_id)
+                else:
+                    logger.warning("reconcile_runs: app %s: %s", run.app, check.detail)
+                    unreachable.add(run.app_id)
+                continue
+            # Said twice, RUN_GONE_AFTER apart, with no new settings between, the run is taken
+            # for gone and its waiting forms close: nothing sent for them could arrive.
             seen_before = AuditEntry.objects.filter(
                 verb="run_not_found",
                 object_type="run",
@@ -1172,8 +1229,6 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                 ).exists():
                     AuditEntry.record("run_not_found", run)
             counts["errors"] += 1
-            if probing:
-                _ask_about_app(run.app, db_now)
             continue
         except DifyError as exc:
             counts["errors"] += 1
@@ -1198,7 +1253,10 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                 unreachable.add(run.app_id)
             continue
         # Dify answers for this app (again): its other runs are asked about from the next pass.
-        run.app.note_accepted("reconcile")
+        run.app.note_accepted("reconcile", runs=True)
+        # The key sees the app's runs: what /info calls the app now is what a later 404 is
+        # held against (`check_app`). Asked once per app.
+        learn_name(run.app)
         counts["checked"] += 1
         capture.apply_run_detail(run, detail)
         # The follower gave up on this run again and again: it waits to be handed back (its run
@@ -1292,6 +1350,23 @@ def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
     Dify called unavailable is asked for its parameters (refused until a workflow is
     published), one it called of another kind must be named of its kind by /info. For a
     refused key any answer will do."""
+    if app.refusal_code == APP_NOT_FOUND_REFUSAL:
+        # 404s for the whole app: over once the key sees the app's runs again.
+        check = check_app(app, source="reconcile")
+        if check.refused:
+            app.note_probed(now)
+            logger.warning(
+                "reconcile_runs: app %s: Dify still refuses it (since %s): %s; next try after %s",
+                app,
+                app.refused_at.isoformat() if app.refused_at else "?",
+                app.refusal,
+                (app.next_refusal_probe() or now).isoformat(),
+            )
+        elif not check.works:
+            logger.warning(
+                "reconcile_runs: app %s: asked Dify again about it: %s", app, check.detail
+            )
+        return
     client = DifyClient.for_app(app)
     mode = None
     published = False

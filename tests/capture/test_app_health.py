@@ -298,9 +298,10 @@ def test_a_new_key_after_another_app_s_key_follows_the_runs_that_key_could_not_s
     )
     Run.objects.filter(pk=run.pk).update(updated_at=timezone.now() - dt.timedelta(hours=1))
     reconcile_runs()
-    assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).exists()
+    # Not taken for a run Dify lost: /info names another app, so the app is held as refused.
+    assert not AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).exists()
     app.refresh_from_db()
-    assert app.refused_at is None  # Dify never refused the key itself.
+    assert app.refusal_code == "app_not_found" and "refund-approval" in app.refusal
 
     admin = Client()
     admin.force_login(admin_user)
@@ -410,9 +411,11 @@ def test_an_app_dify_calls_unavailable_is_asked_about_through_its_parameters_not
     assert counts["held"] == 0 and counts["errors"] == 1, counts
     assert simulator.request_count("parameters") == 2
     assert simulator.request_count("workflow_run_detail") == 1
-    assert simulator.request_count("info") == 0
+    # The run's 404 asks /info whether the key still sees the app (it does: the run alone is
+    # unknown); /info says nothing of what is published, so the refusal stays.
+    assert simulator.request_count("info") == 1
     app.refresh_from_db()
-    assert app.refused_at is not None
+    assert app.refused_at is not None and app.refusal_code == "app_unavailable"
     assert app.next_refusal_probe() > timezone.now()
 
     # Published: the next try finds its parameters.
@@ -421,7 +424,7 @@ def test_an_app_dify_calls_unavailable_is_asked_about_through_its_parameters_not
     reconcile_runs()
     app.refresh_from_db()
     assert app.refused_at is None
-    assert simulator.request_count("info") == 0
+    assert simulator.request_count("info") == 1
 
 
 def test_a_run_whose_detail_keeps_failing_does_not_hold_the_other_runs_of_its_app(

@@ -411,7 +411,10 @@ def test_a_run_dify_no_longer_knows_is_gone_after_a_second_404_and_its_forms_clo
     email_only = make_form(app, run=run, form_token="", status=Form.Status.NOT_ANSWERABLE)
     Run.objects.filter(pk=run.pk).update(updated_at=_ago(3600))
     dify.on("GET", "/workflows/run/", error(404, "not_found", "Workflow run not found"))
-    # A first 404 is only noted: it may be a key pasted from another app, soon put right.
+    # Dify still answers for the app itself: its /info names it as before.
+    DifyApp.objects.filter(pk=app.pk).update(dify_name="Refunds")
+    dify.on("GET", "/info", Reply(body={"name": "Refunds", "mode": "workflow"}))
+    # A first 404 is only noted: Dify may be about to answer again.
     reconcile_runs()
     assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).count() == 1
     assert Form.objects.get(pk=waiting.pk).status == Form.Status.PENDING

@@ -1,0 +1,195 @@
+"""Whether a 404 is about one run or form, or about the whole app.
+
+Dify answers 404 for a run or a form token of another app than the key's (CONTRACT 1), so the
+key of another app pasted in the admin makes every run and form of the app a 404, as does a
+wrong base URL or a proxy answering 404 for the app. Such 404s are the app's problem, as a
+revoked key is: they must not close the app's runs and forms for good. `check_app` tells them
+apart from a run or form deleted in Dify, by asking Dify about the app itself:
+
+- its /info: a 404 there is the whole app's (a refusal, as below); an /info naming another app
+  than the one this key last showed (`DifyApp.dify_name`) is another app's key;
+- the app's other runs, most recent first (`REFERENCES` of them): one Dify still answers for
+  proves the key is this app's, so the 404 was of the one run or form; every one a 404 is a
+  key that sees none of the app's runs.
+
+An app-wide 404 is recorded as a refusal of the app (`DifyApp.note_refused`, code
+`APP_NOT_FOUND_REFUSAL`): the admin shows it, the app's runs and the decisions made meanwhile
+wait, and they go on once a call answers for one of the app's runs again (the reconcile asks
+with `check_app`, with its growing interval) or an administrator saves new settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import CharField, Exists, OuterRef
+from django.db.models.functions import Cast
+
+from inbox.dify import DifyClient
+from inbox.dify.errors import DifyError, DifyStatusError, NotFound
+from inbox.models import APP_NOT_FOUND_REFUSAL, AuditEntry, DifyApp, Run
+
+logger = logging.getLogger(__name__)
+
+# The app's other runs asked about before its 404s are taken for the whole app's.
+REFERENCES = 3
+
+
+class AppNotFound(NotFound):
+    """Not an answer of Dify's: the inbox's reading of 404s that cover the whole app (see the
+    module). It refuses the app, as a 401 does."""
+
+    @property
+    def refuses_app(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class AppCheck:
+    """`works`: the key sees this app (a 404 was of the one run or form); `refused`: the 404s
+    are the whole app's (recorded as a refusal of the app); `unknown`: Dify could not be asked
+    (away, failing), so nothing is concluded."""
+
+    verdict: str
+    detail: str = ""
+
+    @property
+    def works(self) -> bool:
+        return self.verdict == "works"
+
+    @property
+    def refused(self) -> bool:
+        return self.verdict == "refused"
+
+
+def reference_runs(app: DifyApp, *, besides: list[int] | None = None) -> list[Run]:
+    """The app's runs Dify should still know, most recent first: named by Dify, neither taken
+    for gone nor found missing on their own since the app's settings last changed."""
+    trail = AuditEntry.objects.filter(
+        object_type="run", object_id=Cast(OuterRef("pk"), CharField())
+    )
+    runs = (
+        Run.objects.filter(app=app)
+        .exclude(workflow_run_id="")
+        .exclude(pk__in=besides or [])
+        .exclude(Exists(trail.filter(verb="run_gone")))
+        .exclude(Exists(trail.filter(verb="run_not_found", created_at__gt=app.updated_at)))
+        .order_by("-created_at", "-pk")
+    )
+    return list(runs[:REFERENCES])
+
+
+def check_app(
+    app: DifyApp,
+    *,
+    source: str,
+    first: Run | None = None,
+    besides: Run | None = None,
+    client: DifyClient | None = None,
+    info: dict[str, Any] | None = None,
+) -> AppCheck:
+    """Ask Dify whether this app's key still sees the app (see the module). `first`: a run to
+    ask about before the others (a decision's own run); `besides`: the run whose 404 is in
+    question. A whole-app 404 is recorded as the app's refusal (`note_refused`); a key shown
+    to be this app's ends such a refusal (`note_accepted`) and keeps /info's name. `info`:
+    what /info answered a moment ago, when the caller asked already."""
+    client = client or DifyClient.for_app(app)
+    try:
+        info = info if info is not None else client.get_info()
+    except NotFound as exc:
+        return _refused(app, exc, f"GET /info: {exc}", source)
+    except DifyError as exc:
+        if isinstance(exc, DifyStatusError) and exc.refuses_app:
+            app.note_refused(exc, source)
+            return AppCheck("refused", str(exc))
+        return AppCheck("unknown", str(exc))
+    name = str(info.get("name") or "")[:200]
+    said = f"/info names the app “{name or '?'}” (mode {info.get('mode') or '?'})"
+    runs = [first] if first is not None and first.workflow_run_id else []
+    runs += reference_runs(
+        app, besides=[r.pk for r in (first, besides) if r is not None and r.pk is not None]
+    )
+    missing = 0
+    last: NotFound | None = None
+    for run in runs:
+        try:
+            client.get_run(run.workflow_run_id)
+        except NotFound as exc:
+            missing += 1
+            last = exc
+            continue
+        except DifyError as exc:
+            if isinstance(exc, DifyStatusError) and exc.refuses_app:
+                app.note_refused(exc, source)
+                return AppCheck("refused", str(exc))
+            return AppCheck("unknown", str(exc))
+        return _works(app, name, source)
+    if last is not None:
+        return _refused(
+            app,
+            last,
+            f"none of {missing} run(s) of this app asked about is known to this key; {said}",
+            source,
+        )
+    # No other run to ask about: /info's name is all there is, held against the name it gave
+    # while the key saw the app's runs (`learn_name`), or else the app's name here.
+    if app.dify_name and name != app.dify_name:
+        return _refused(
+            app,
+            NotFound(404, "not_found", ""),
+            f"{said}, which was “{app.dify_name}” before",
+            source,
+        )
+    if not app.dify_name and not same_name(name, app.name):
+        return _refused(
+            app,
+            NotFound(404, "not_found", ""),
+            f"{said}, not “{app.name}” as here, and no other run of it tells whether the key "
+            "is this app's (testing the connection takes the name)",
+            source,
+        )
+    return _works(app, name, source)
+
+
+def learn_name(app: DifyApp, client: DifyClient | None = None) -> None:
+    """Keep what /info calls the app, now that a call showed its key sees the app's runs
+    (`check_app` holds a later /info against it). Once per app: nothing when known, and a
+    Dify that does not answer /info leaves it for the next time."""
+    if app.dify_name:
+        return
+    try:
+        info = (client or DifyClient.for_app(app)).get_info()
+    except DifyError:
+        return
+    app.note_dify_name(str(info.get("name") or ""))
+
+
+def same_name(a: str, b: str) -> bool:
+    """Names alike but for case, spaces, dashes and underscores ("Refund approval",
+    "refund-approval")."""
+
+    def plain(name: str) -> str:
+        return "".join(c for c in name.casefold() if c.isalnum())
+
+    return plain(a) == plain(b)
+
+
+def _works(app: DifyApp, name: str, source: str) -> AppCheck:
+    app.note_dify_name(name)
+    app.note_accepted(source, runs=True)
+    return AppCheck("works")
+
+
+def _refused(app: DifyApp, seen: NotFound, detail: str, source: str) -> AppCheck:
+    exc = AppNotFound(404, APP_NOT_FOUND_REFUSAL, detail)
+    if not app.note_refused(exc, source):
+        logger.info("%s: app %s: still 404 for the whole app: %s (%s)", source, app, detail, seen)
+    return AppCheck("refused", str(exc))
+
+
+def refused_before(app: DifyApp) -> bool:
+    """Whether the app, as this instance loaded it, is held for 404s of the whole app: a call
+    meeting another 404 need not ask again (the reconcile does, at its interval)."""
+    return app.refused_at is not None and app.refusal_code == APP_NOT_FOUND_REFUSAL

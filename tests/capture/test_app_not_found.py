@@ -1,0 +1,289 @@
+"""404s for a whole app (another app's key pasted in the admin, a proxy answering 404) hold the
+app's runs and decisions as a refused key does; only a run Dify no longer knows while it still
+answers for the app is taken for gone (CONTRACT 1: a run or token of another app is a 404)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import mail
+from django.test import Client
+from django.utils import timezone
+
+from inbox.models import ApiToken, AuditEntry, Decision, DifyApp, Form, Run
+from inbox.tasks import deliver_decision, reconcile_runs
+from tests.capture.conftest import FollowerThread, no_stream_left, pending, start
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _ago(seconds: float) -> dt.datetime:
+    return timezone.now() - dt.timedelta(seconds=seconds)
+
+
+def _due(app: DifyApp) -> None:
+    """Every open run of the app is due for the reconcile, as if left for an hour."""
+    Run.objects.filter(app=app).update(checked_at=_ago(3600), updated_at=_ago(3600))
+
+
+def _later(app: DifyApp) -> None:
+    """Eleven minutes on: a second 404 would take a run for gone, and the reconcile may ask
+    Dify again about a refused app."""
+    AuditEntry.objects.filter(verb="run_not_found").update(created_at=_ago(11 * 60))
+    DifyApp.objects.filter(pk=app.pk, refused_at__isnull=False).update(
+        refused_at=_ago(11 * 60), refusal_checked_at=_ago(11 * 60)
+    )
+    _due(app)
+
+
+def _decide(form: Form, reviewer: User) -> Decision:
+    return form.decide(action_id="approve", inputs={"edits": "Fine."}, reviewer=reviewer)
+
+
+def _change_key(admin: Client, app: DifyApp, key: str) -> Any:
+    return admin.post(
+        f"/admin/inbox/difyapp/{app.pk}/change/",
+        {
+            "name": app.name,
+            "base_url": app.base_url,
+            "api_key": key,
+            "mode": "workflow",
+            "is_active": "on",
+        },
+        follow=True,
+    )
+
+
+def test_another_app_s_key_holds_the_runs_and_forms_and_the_right_key_lets_them_go_on(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User, admin_user: User
+) -> None:
+    app = sim_app("content-publish")
+    runs = [start(simulator, app) for _ in range(2)]
+    firsts = [pending(run)[0] for run in runs]
+    for run in runs:
+        no_stream_left(run)
+    good_key = app.api_key
+    admin = Client()
+    admin.force_login(admin_user)
+    # An administrator pastes the key of another app: Dify takes it, and the save says whose
+    # app it is.
+    saved = _change_key(admin, app, simulator.api_key("refund-approval"))
+    assert "Dify calls the app “refund-approval”, not “content-publish”" in (saved.content.decode())
+    app.refresh_from_db()
+    DifyApp.objects.filter(pk=app.pk).update(updated_at=_ago(7200))
+    for _ in range(2):
+        _due(app)
+        wait_until(lambda: not Run.objects.filter(app=app, follow_wanted=True).exists())
+        _later(app)
+        reconcile_runs()
+    # Two passes, an hour of 404s: the app is refused, nothing of its runs is lost.
+    app.refresh_from_db()
+    assert app.refused_at is not None and app.refusal_code == "app_not_found"
+    assert app.refusal_status == 404
+    assert "refund-approval" in app.refusal
+    assert not AuditEntry.objects.filter(verb__in=["run_gone", "form_gone"]).exists()
+    for run, form in zip(runs, firsts, strict=True):
+        run.refresh_from_db()
+        form.refresh_from_db()
+        assert run.status == Run.Status.PAUSED and not run.error
+        assert form.status == Form.Status.PENDING and form.form_token
+    assert not [m for m in mail.outbox if "no longer takes a decision" in m.body]
+    # The admin and the run page say so.
+    listing = admin.get("/admin/inbox/difyapp/").content.decode()
+    assert "Dify answers 404 for the app as a whole" in listing
+    page = admin.get(runs[0].get_absolute_url()).content.decode()
+    assert "Dify is refusing this app's API key" in page
+
+    # A decision made meanwhile is held, not failed.
+    held = _decide(firsts[0], reviewer)
+    assert deliver_decision(held.pk) == "held"
+    held.refresh_from_db()
+    assert held.status == Decision.Status.QUEUED and held.held_for_app
+
+    # The right key again: the held decision goes, once; the other form is decided and goes.
+    _change_key(admin, app, good_key)
+    app.refresh_from_db()
+    assert app.refused_at is None
+    held.refresh_from_db()
+    assert not held.held_for_app
+    assert deliver_decision(held.pk) == "delivered"
+    assert deliver_decision(_decide(firsts[1], reviewer).pk) == "delivered"
+    for form in firsts:
+        form.refresh_from_db()
+        assert form.status == Form.Status.SUBMITTED
+        assert simulator.submits_applied(form.form_id) == 1
+    for run in runs:
+        assert wait_until(
+            lambda run=run: run.forms.filter(node_id="legal_check", status="pending").first(),
+            timeout=20,
+        )
+
+
+def test_a_404_for_the_whole_app_on_a_submit_holds_the_decision_until_dify_answers_again(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    app = sim_app("content-publish")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    # A proxy in front of Dify answers 404 for everything of the app.
+    simulator.add_fault("status", "*", app="content-publish", status=404, times=None)
+    decision = _decide(form, reviewer)
+    assert deliver_decision(decision.pk) == "held"
+    decision.refresh_from_db()
+    assert decision.status == Decision.Status.QUEUED and decision.held_for_app
+    assert "404 for this app as a whole" in decision.last_error
+    form.refresh_from_db()
+    assert form.status != Form.Status.FAILED and form.form_token
+    app.refresh_from_db()
+    assert app.refusal_code == "app_not_found"
+    assert not AuditEntry.objects.filter(verb="decision_failed").exists()
+    # Another decision meanwhile asks Dify nothing more of the app: held at once.
+    assert simulator.submits_applied(form.form_id) == 0
+
+    # The proxy is fixed; the reconcile's next try finds the app's run answering.
+    simulator.clear_faults()
+    DifyApp.objects.filter(pk=app.pk).update(
+        refused_at=_ago(120), refusal_checked_at=_ago(120), updated_at=_ago(7200)
+    )
+    reconcile_runs()
+    app.refresh_from_db()
+    assert app.refused_at is None
+    decision.refresh_from_db()
+    assert not decision.held_for_app
+    assert deliver_decision(decision.pk) == "delivered"
+    assert simulator.submits_applied(form.form_id) == 1
+    assert Decision.objects.get(pk=decision.pk).status == Decision.Status.DELIVERED
+
+
+def test_a_run_deleted_in_dify_while_the_app_answers_is_still_taken_for_gone(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    app = sim_app("content-publish")
+    alive = start(simulator, app)
+    pending(alive)
+    no_stream_left(alive)
+    # A run Dify no longer has (deleted there): its detail is a 404, the app's other run is
+    # answered.
+    deleted = Run.objects.create(
+        app=app,
+        workflow_run_id="00000000-dead-4000-8000-000000000000",
+        dify_user="inbox-tests",
+        status=Run.Status.PAUSED,
+        follow_wanted=False,
+    )
+    form = Form.objects.create(
+        run=deleted, form_id="F-deleted", form_token="tok-deleted-123456", node_id="n"
+    )
+    DifyApp.objects.filter(pk=app.pk).update(updated_at=_ago(7200))
+    _due(app)
+    reconcile_runs()
+    app.refresh_from_db()
+    assert app.refused_at is None
+    assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(deleted.pk)).exists()
+    _later(app)
+    reconcile_runs()
+    deleted.refresh_from_db()
+    form.refresh_from_db()
+    assert deleted.status == Run.Status.FAILED and "no longer knows this run" in deleted.error
+    assert form.status == Form.Status.GONE and not form.form_token
+    alive.refresh_from_db()
+    assert alive.status == Run.Status.PAUSED
+    app.refresh_from_db()
+    assert app.refused_at is None and app.dify_name == "content-publish"
+
+
+def test_an_ingest_of_a_run_taken_for_gone_that_dify_still_has_brings_it_back(
+    simulator: Any, sim_app: Any, follower: FollowerThread, admin_user: User
+) -> None:
+    app = sim_app("content-publish")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    # Taken for gone before this release told a wrong key from a deleted run: the run failed,
+    # its form closed and its token was let go, while Dify still waits at it.
+    run.gone_from_dify(source="reconcile")
+    form.refresh_from_db()
+    assert form.status == Form.Status.GONE and not form.form_token
+    _token, raw = ApiToken.issue(admin_user)
+    response = Client().post(
+        "/api/v1/ingest",
+        json.dumps(
+            {"app": app.name, "workflow_run_id": run.workflow_run_id, "user": run.dify_user}
+        ),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 200
+    assert response.json()["status"] in ("running", "paused")
+    # Followed again with a snapshot: the same form waits again, with a fresh token.
+    back = wait_until(
+        lambda: (
+            Form.objects.filter(pk=form.pk, status=Form.Status.PENDING)
+            .exclude(form_token="")
+            .first()
+        ),
+        timeout=20,
+    )
+    assert back.form_id == form.form_id
+    run.refresh_from_db()
+    assert run.status == Run.Status.PAUSED and not run.error and run.finished_at is None
+    assert AuditEntry.objects.filter(verb="run_back", object_id=str(run.pk)).exists()
+    assert Form.objects.filter(run=run).count() == 1
+
+
+def test_the_admin_warns_in_both_languages_when_dify_names_another_app(
+    simulator: Any, sim_app: Any, follower: FollowerThread, admin_user: User
+) -> None:
+    app = sim_app("content-publish")
+    admin = Client()
+    admin.force_login(admin_user)
+
+    def test_connection(**headers: str) -> str:
+        page: str = admin.post(
+            "/admin/inbox/difyapp/",
+            {"action": "test_connection", "_selected_action": [str(app.pk)]},
+            follow=True,
+            **headers,
+        ).content.decode()
+        return page
+
+    # Tested with its own key: what Dify calls the app is kept, with no warning.
+    assert "another app" not in test_connection()
+    app.refresh_from_db()
+    assert app.dify_name == "content-publish"
+    run = start(simulator, app)
+    pending(run)
+    no_stream_left(run)
+
+    # Another app's key, saved by an administrator reading Chinese: the save says whose app
+    # Dify now names.
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
+    saved = admin.post(
+        f"/admin/inbox/difyapp/{app.pk}/change/",
+        {
+            "name": app.name,
+            "base_url": app.base_url,
+            "api_key": simulator.api_key("refund-approval"),
+            "mode": "workflow",
+            "is_active": "on",
+        },
+        follow=True,
+        **zh,
+    ).content.decode()
+    assert "Dify \u73b0\u5728\u79f0\u6b64\u5e94\u7528\u4e3a\u201crefund-approval\u201d" in saved
+    # Its connection test, in English: connected, but Dify knows none of the app's runs.
+    page = test_connection()
+    assert "Dify now calls the app “refund-approval”; it called it “content-publish” before" in (
+        page
+    )
+    assert "Dify knows none of this app&#x27;s runs with this key" in page
+    app.refresh_from_db()
+    assert app.refusal_code == "app_not_found" and app.dify_name == "content-publish"
+    zh_page = test_connection(**zh)
+    assert "\u4f7f\u7528\u6b64\u5bc6\u94a5\u65f6\uff0cDify \u4e0d\u8ba4\u8bc6" in zh_page
