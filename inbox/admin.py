@@ -200,24 +200,25 @@ class HealthFilter(admin.SimpleListFilter):
             ("ok", _("OK")),
             ("not_checked", _("Not checked yet")),
             ("refused", _("Refused")),
+            ("unreachable", _("Not reachable")),
             ("test_failed", _("Connection test failed")),
         ]
 
     def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         # As the health column words it: "OK" is an app Dify has answered for, "Not checked
         # yet" one it never has (`checked` is annotated by the app admin's queryset).
+        fine = Q(refused_at__isnull=True, contact_failed_at__isnull=True)
         if self.value() == "ok":
-            return queryset.filter(
-                refused_at__isnull=True, test_failed_at__isnull=True, checked=True
-            )
+            return queryset.filter(fine, test_failed_at__isnull=True, checked=True)
         if self.value() == "not_checked":
-            return queryset.filter(
-                refused_at__isnull=True, test_failed_at__isnull=True, checked=False
-            )
+            return queryset.filter(fine, test_failed_at__isnull=True, checked=False)
         if self.value() == "refused":
             return queryset.filter(refused_at__isnull=False)
+        if self.value() == "unreachable":
+            # What the follower, the reconcile or a delivery last found (`note_unreachable`).
+            return queryset.filter(refused_at__isnull=True, contact_failed_at__isnull=False)
         if self.value() == "test_failed":
-            return queryset.filter(refused_at__isnull=True, test_failed_at__isnull=False)
+            return queryset.filter(fine, test_failed_at__isnull=False)
         return queryset
 
 
@@ -513,6 +514,32 @@ class DifyAppAdmin(AuditedAdmin):
             )
         if obj.refused_at is None:
             unreachable = getattr(obj, "unreachable", 0)
+            if obj.contact_failed_at is not None:
+                # What the follower, the reconcile or a delivery last found, until Dify answers.
+                values = {
+                    "since": formats.date_format(
+                        timezone.localtime(obj.contact_failed_since or obj.contact_failed_at),
+                        "DATETIME_FORMAT",
+                    ),
+                    "error": obj.contact_failure,
+                }
+                if obj.streams_failing:
+                    text = str(
+                        _(
+                            "Run event streams failing since %(since)s (Dify answers its other "
+                            "calls): %(error)s"
+                        )
+                        % values
+                    )
+                else:
+                    text = str(_("Not reachable since %(since)s: %(error)s") % values)
+                if unreachable:
+                    text += " " + ngettext(
+                        "(%(count)d decision waits for Dify to answer.)",
+                        "(%(count)d decisions wait for Dify to answer.)",
+                        unreachable,
+                    ) % {"count": unreachable}
+                return text
             if unreachable:
                 # Not a refusal (the key is not in question): Dify did not answer at all.
                 return ngettext(
@@ -858,10 +885,17 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
                 when = formats.date_format(
                     timezone.localtime(obj.refollow_after), "DATETIME_FORMAT"
                 )
+                # Not a sentence ending on the time: "6:47 a.m." would end in "a.m..".
                 return (
                     text
                     + " "
-                    + str(_("The reconcile hands it back after %(when)s.") % {"when": when})
+                    + str(
+                        _(
+                            "The reconcile hands it back no later than %(when)s, sooner if "
+                            "Dify's run detail shows news or a stream of its app opens."
+                        )
+                        % {"when": when}
+                    )
                 )
             return text + " " + str(_("The reconcile hands it back at its next pass."))
         return str(

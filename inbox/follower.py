@@ -29,7 +29,10 @@ Each run is read with `GET /workflow/{id}/events?include_state_snapshot=true&con
   clears the mark. Only a 404 marks its events unavailable. The reconcile hands a run given up
   on back at its next pass the first time, then after 2, 4, 8... minutes (30 at most) for each
   give-up in a row (`Run.give_ups`, `refollow_delay`), while it still asks the run's detail as
-  often as any run's: a run whose stream keeps failing costs Dify a few streams an hour.
+  often as any run's: a run whose stream keeps failing costs Dify a few streams an hour. It is
+  handed back sooner when its detail shows news (`tasks._reconcile_runs`), and when a stream of
+  its app opens after Dify failed the app's streams (`DifyApp.note_reached`). A give-up is logged
+  per run at INFO and per app at WARNING, at most once per GIVE_UP_REPORT_SECONDS.
 
 Database work runs in a small thread pool (Django's ORM is synchronous); the loop itself only
 waits on sockets. A `human_input_required` is captured with its full definition in one
@@ -72,6 +75,7 @@ from inbox.dify.errors import (
     FormExpired,
     FormNotFound,
     NotFound,
+    cannot_reach,
     redact,
 )
 from inbox.dify.types import FormDefinition, StreamEvent
@@ -330,7 +334,8 @@ def release_lease(owner: str, claim: Claim, outcome: str, attempts: int = 0) -> 
                 refollow_after=Now() + delay if outcome == "gave_up" else None,
             )
             if give_ups > 1 and outcome == "gave_up":
-                logger.warning(
+                # Per run, at INFO: the follower warns once per app and interval (`_gave_up`).
+                logger.info(
                     "follower: run %s: given up on %d times in a row (%d stream(s) this time); "
                     "handed back in %d min",
                     claim.pk,
@@ -356,6 +361,16 @@ class _End:
 
 
 @dataclass
+class _GiveUps:
+    """The runs of one app given up on since its last warning (`Follower._gave_up`)."""
+
+    app: str
+    runs: set[int] = field(default_factory=set)
+    error: str = ""
+    warned_at: float = -math.inf
+
+
+@dataclass
 class StreamResult:
     # paused (a form waits for a person), finished, error (an `error` event), dropped (ended
     # early), stalled (a pause with nobody waiting never moved on), gone (Dify does not know
@@ -363,8 +378,9 @@ class StreamResult:
     kind: str
     progressed: bool = False
     detail: str = ""
-    # The refusal, for `refused`.
-    error: DifyStatusError | None = None
+    # The refusal, for `refused`; for `dropped`, what kept the stream from opening (a stream
+    # that opened and then ended early reached Dify).
+    error: DifyError | None = None
 
 
 class Follower:
@@ -387,6 +403,9 @@ class Follower:
         # Batches waiting in a database thread for their GET form (see `_apply_while_fetching`).
         self.waiting_batches = 0
         self.stats = {"claimed": 0, "events": 0, "batches": 0, "reconnects": 0, "forms": 0}
+        # The runs given up on per app since its last warning, and when that was (monotonic):
+        # one WARNING per app and `GIVE_UP_REPORT_SECONDS`, however many runs (`_gave_up`).
+        self.given_up: dict[int, _GiveUps] = {}
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -439,6 +458,43 @@ class Follower:
                 f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
             )
 
+    # At most one warning per app in this long about the streams given up on.
+    GIVE_UP_REPORT_SECONDS = 60.0
+
+    def _gave_up(self, claim: Claim, detail: str) -> None:
+        """A run's stream given up on: said per run at INFO, and per app at WARNING at once if
+        the app had no such warning in the last GIVE_UP_REPORT_SECONDS, otherwise with the
+        others at the interval's end (`report_give_ups`): an outage gives one line per app,
+        not one per run."""
+        now = time.monotonic()
+        report = self.given_up.setdefault(claim.app.pk, _GiveUps(str(claim.app)))
+        report.runs.add(claim.pk)
+        report.error = detail
+        if now >= report.warned_at + self.GIVE_UP_REPORT_SECONDS:
+            self._warn_give_ups(report, now)
+
+    def report_give_ups(self, *, everything: bool = False) -> None:
+        """Warn about the apps whose interval ended with runs given up on since their last
+        warning (`everything`: all of them, at shutdown)."""
+        now = time.monotonic()
+        for report in self.given_up.values():
+            if report.runs and (
+                everything or now >= report.warned_at + self.GIVE_UP_REPORT_SECONDS
+            ):
+                self._warn_give_ups(report, now)
+
+    def _warn_give_ups(self, report: _GiveUps, now: float) -> None:
+        logger.warning(
+            "follower: app %s: %d run stream(s) failing: %s; the reconcile takes over (runs %s)",
+            report.app,
+            len(report.runs),
+            report.error,
+            ", ".join(str(pk) for pk in sorted(report.runs)[:20])
+            + (" …" if len(report.runs) > 20 else ""),
+        )
+        report.runs.clear()
+        report.warned_at = now
+
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -477,6 +533,7 @@ class Follower:
                 if time.monotonic() - last_renew >= renew_every and self.tasks:
                     last_renew = time.monotonic()
                     await self._renew()
+                self.report_give_ups()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
@@ -544,6 +601,7 @@ class Follower:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.report_give_ups(everything=True)
         with contextlib.suppress(Exception):
             await AsyncDifyClient.close_cached()
         await asyncio.get_running_loop().run_in_executor(None, self._close_db_threads)
@@ -600,25 +658,30 @@ class Follower:
                 )
                 return "gone", attempts
             if result.kind == "refused":
-                if result.error is not None and result.error.refuses_app:
+                if isinstance(result.error, DifyStatusError) and result.error.refuses_app:
                     await self.db(claim.app.note_refused, result.error, "follower")
-                logger.warning(
+                logger.info(
                     "follower: run %s: Dify refuses its events for now (%s); the reconcile "
                     "takes over",
                     claim.pk,
                     result.detail,
                 )
+                self._gave_up(claim, result.detail)
                 return "gave_up", attempts + 1
             if result.kind == "error" and await self._settle_from_detail(claim, client):
                 return "done", 0
             attempts = 1 if result.progressed else attempts + 1
             if attempts > self.config.max_attempts:
-                logger.warning(
+                logger.info(
                     "follower: run %s: giving up after %d attempts (%s); the reconcile takes over",
                     claim.pk,
                     attempts - 1,
                     result.detail or result.kind,
                 )
+                if result.error is not None and cannot_reach(result.error):
+                    # Dify not answering the app's streams: shown with the app until one opens.
+                    await self.db(claim.app.note_unreachable, result.error, "follower")
+                self._gave_up(claim, result.detail or result.kind)
                 return "gave_up", attempts
             self.stats["reconnects"] += 1
             delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (attempts - 1))
@@ -662,11 +725,16 @@ class Follower:
             # reconcile tries again later. 5xx and 429 are not permanent: reconnect.
             if exc.permanent:
                 return StreamResult("refused", detail=str(exc), error=exc)
-            return StreamResult("dropped", detail=str(exc))
+            return StreamResult("dropped", detail=str(exc), error=exc)
         except DifyError as exc:
             await stream.close()
-            return StreamResult("dropped", detail=str(exc))
+            return StreamResult("dropped", detail=str(exc), error=exc)
         claim.opened = True
+        if claim.app.contact_failed_at is not None:
+            # Dify shows a stream of the app again: a contact failure on record is over, and
+            # the app's runs given up on meanwhile are handed back now (`note_reached`). As
+            # loaded with the lease, so an app in good health costs no query here.
+            await self.db(claim.app.note_reached, "follower")
         if claim.app.refused_at is not None:
             # Dify takes the key again, and it sees this app's runs (all a stream tells: not the
             # app's kind, nor whether anything is published); read from the app as loaded with

@@ -29,7 +29,7 @@ from inbox.crypto import DecryptionError, EncryptedTextField, Sealed, readable
 from inbox.reasons import Reason, stored, translated, worded
 
 if typing.TYPE_CHECKING:
-    from inbox.dify.errors import DifyStatusError
+    from inbox.dify.errors import DifyError, DifyStatusError
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,28 @@ class DifyApp(models.Model):
     # gone" only while the key is still this app's (`app_check`), and the admin warns when a
     # new key's /info names another app.
     dify_name = models.CharField(_("name in Dify"), max_length=200, blank=True, editable=False)
+    # The last time the follower, the reconcile or a delivery found no Dify answering for the
+    # app (no connection, no answer in time, a 5xx: `errors.cannot_reach`), since when that
+    # lasts, what it was and who saw it. Not a refusal: the key is not in question, and what
+    # waits is sent once Dify answers. Cleared by the next call Dify answers (`note_reached`),
+    # and by new settings.
+    contact_failed_since = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("not reachable since")
+    )
+    contact_failed_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("last contact failure at")
+    )
+    contact_failure = models.CharField(
+        _("contact failure"), max_length=300, blank=True, editable=False
+    )
+    # "follower", "reconcile" or "delivery".
+    contact_failure_source = models.CharField(
+        max_length=16, blank=True, editable=False, verbose_name=_("contact failure seen by")
+    )
+    # The HTTP status of a 5xx; None for no connection or no answer in time.
+    contact_failure_status = models.PositiveSmallIntegerField(
+        null=True, blank=True, editable=False, verbose_name=_("contact failure status")
+    )
 
     # What the connection-health fields are; a plain save() writes the others only.
     HEALTH_FIELDS = (
@@ -139,6 +161,11 @@ class DifyApp(models.Model):
         "test_failed_at",
         "test_failure",
         "dify_name",
+        "contact_failed_since",
+        "contact_failed_at",
+        "contact_failure",
+        "contact_failure_source",
+        "contact_failure_status",
     )
 
     class Meta:
@@ -248,6 +275,7 @@ class DifyApp(models.Model):
         if self.test_failed_at is not None:
             # Dify answered: whatever the last connection test found is over.
             self._clear_test_failure()
+        self.note_reached(source)
         if self.refused_at is None:
             return False
         unjudged = set() if kind else set(KIND_REFUSALS)
@@ -280,6 +308,100 @@ class DifyApp(models.Model):
         if name and name != self.dify_name:
             DifyApp.objects.filter(pk=self.pk).update(dify_name=name)
             self.dify_name = name
+
+    @property
+    def streams_failing(self) -> bool:
+        """What is on record is the follower's: Dify answered its streams with a 5xx (its
+        event endpoint down while other calls may work)."""
+        return self.contact_failure_source == "follower" and self.contact_failure_status is not None
+
+    def note_unreachable(self, exc: DifyError, source: str) -> bool:
+        """A call for this app found no Dify answering (`errors.cannot_reach`): record it, for
+        the admin, the dashboard, /healthz and the run and form pages. True when this starts a
+        spell. Written at most every CONTACT_NOTE_EVERY, not at every failed call (an outage
+        fails every run's stream); only for the settings this instance was loaded with."""
+        from inbox.dify.errors import DifyStatusError
+
+        message = redact_secret(str(exc), self.api_key)[:300]
+        status = exc.status if isinstance(exc, DifyStatusError) else None
+        now = database_now()
+        mine = DifyApp.objects.filter(pk=self.pk, updated_at=self.updated_at)
+        fields = {
+            "contact_failed_at": now,
+            "contact_failure": message,
+            "contact_failure_source": source[:16],
+            "contact_failure_status": status,
+        }
+        started = mine.filter(contact_failed_since__isnull=True).update(
+            contact_failed_since=now, **fields
+        )
+        if not started:
+            mine.filter(contact_failed_at__lt=now - CONTACT_NOTE_EVERY).update(**fields)
+        if started or self.contact_failed_since is None:
+            self.contact_failed_since = now
+        self.contact_failed_at = now
+        self.contact_failure, self.contact_failure_source = message, source[:16]
+        self.contact_failure_status = status
+        if started:
+            logger.warning(
+                "Dify cannot be reached for the app %s (%s, seen by the %s): what waits on it is "
+                "sent once it answers",
+                self.name,
+                message,
+                source,
+            )
+        return bool(started)
+
+    def note_reached(self, source: str) -> bool:
+        """Dify answered a call for this app: a contact failure on record is over, and the runs
+        the follower gave up on meanwhile are handed back to it at once (each with a state
+        snapshot), rather than after their growing wait (`refollow_delay`). True when this
+        clears one. Free when this instance knows of none, so it may follow every call.
+
+        A 5xx on the follower's streams is Dify's event endpoint failing, which its other calls
+        do not prove over: only a stream that opens ends it (`source` "follower"), or a call
+        once no run of the app waits for its stream any more."""
+        if self.contact_failed_at is None:
+            return False
+        rows = DifyApp.objects.filter(pk=self.pk, contact_failed_at__isnull=False)
+        given_up = (
+            Run.objects.filter(app_id=self.pk, give_ups__gt=0, events_unavailable=False)
+            .exclude(status__in=Run.FINAL_STATUSES)
+            .exclude(workflow_run_id="")
+        )
+        if source != "follower" and given_up.exists():
+            if self.streams_failing:
+                return False
+            # What is on record may be newer than what this instance knows.
+            rows = rows.exclude(
+                contact_failure_source="follower", contact_failure_status__isnull=False
+            )
+        since = self.contact_failed_since
+        cleared = rows.update(**CONTACT_CLEARED)
+        if not cleared:
+            return False
+        self.contact_failed_since = self.contact_failed_at = self.contact_failure_status = None
+        self.contact_failure = self.contact_failure_source = ""
+        logger.info("Dify answers for the app %s again (seen by the %s)", self.name, source)
+        # What the follower gave up on while Dify did not answer is worth reading now: once a
+        # stream opens, or after an outage (not after one call's failure, seen a moment ago).
+        outage = since is not None and database_now() - since >= CONTACT_NOTE_EVERY
+        if source != "follower" and not outage:
+            return True
+        pks = list(
+            given_up.filter(needs_reconcile=True, follow_wanted=False).values_list("pk", flat=True)
+        )
+        if pks:
+            Run.objects.filter(pk__in=pks).update(give_ups=0, refollow_after=None)
+            request_follow_many(pks)
+        return True
+
+    def _clear_contact_failure(self) -> None:
+        DifyApp.objects.filter(pk=self.pk, contact_failed_at__isnull=False).update(
+            **CONTACT_CLEARED
+        )
+        self.contact_failed_since = self.contact_failed_at = self.contact_failure_status = None
+        self.contact_failure = self.contact_failure_source = ""
 
     def note_test_failed(self, error: Exception) -> None:
         """A connection test found no Dify answering as one should, for a reason other than a
@@ -317,8 +439,9 @@ class DifyApp(models.Model):
         what Dify refused is worth asking again now. Clears the refusal and hands the runs the
         follower gave up on, or whose events the old settings could not see, back to it (each
         stream opened with a state snapshot, so their forms come in). Returns how many."""
-        # A failed connection test was of the old settings.
+        # A failed connection test was of the old settings, and so was a contact failure.
         self._clear_test_failure()
+        self._clear_contact_failure()
         if self._clear_refusal(DifyApp.objects.filter(pk=self.pk)):
             AuditEntry.record(
                 "app_accepted", self, actor=actor, actor_label=actor_label, source="new settings"
@@ -389,6 +512,15 @@ DIFY_MODES: dict[str, str] = {
     DifyApp.Mode.CHATFLOW: "advanced-chat",
 }
 
+# How often a contact failure that goes on is written again (`DifyApp.note_unreachable`).
+CONTACT_NOTE_EVERY = dt.timedelta(seconds=15)
+CONTACT_CLEARED: dict[str, Any] = {
+    "contact_failed_since": None,
+    "contact_failed_at": None,
+    "contact_failure": "",
+    "contact_failure_source": "",
+    "contact_failure_status": None,
+}
 # How long the reconcile waits before asking Dify again about a refused app, at first and at most.
 REFUSAL_PROBE_MIN = dt.timedelta(minutes=1)
 REFUSAL_PROBE_MAX = dt.timedelta(minutes=30)

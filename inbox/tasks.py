@@ -39,6 +39,7 @@ from inbox.dify.errors import (
     InvalidFormData,
     NotFound,
     TooManyRequests,
+    cannot_reach,
 )
 from inbox.models import (
     APP_NOT_FOUND_REFUSAL,
@@ -472,6 +473,8 @@ def _delivered_for(app: DifyApp) -> None:
     """Dify accepted a decision for this app: its key is good. A submit goes through whatever
     the app's kind and whether anything is published, so the decisions held for the app are due
     again even while a refusal about those stays on record. Free for an app in good health."""
+    # Dify answered: a contact failure on record is over (free when none is).
+    app.note_reached("delivery")
     if app.refused_at is not None and not app.note_accepted("delivery", runs=True):
         Decision.release_held([app.pk])
 
@@ -513,6 +516,9 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
             code=exc.code,
         )
         return "failed"
+    if cannot_reach(exc):
+        # No Dify answering for the app: shown with it (admin, dashboard, /healthz, pages).
+        decision.form.run.app.note_unreachable(exc, "delivery")
     ambiguous = not _never_sent(exc)
     if ambiguous and watch is not None:
         # The answer was lost; Dify's own event on the run says whether the submit landed.
@@ -1132,6 +1138,20 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             )
         )
     )
+    # A run the follower gave up on that has no form here anyone could answer: its detail is
+    # asked about as often, since a pause (or any change of status) it shows hands it back to
+    # the follower at once; a run that waits at a form of ours is asked as any run is.
+    unseen = (
+        Q(needs_reconcile=True, refollow_after__gt=Now())
+        & (Q(checked_at__isnull=True) | Q(checked_at__lt=outside))
+        & ~Q(
+            Exists(
+                Form.objects.filter(
+                    run=OuterRef("pk"), status__in=sorted(capture.AWAITING_STATUSES)
+                )
+            )
+        )
+    )
     due = (
         Run.objects.exclude(status__in=Run.FINAL_STATUSES)
         .exclude(workflow_run_id="")
@@ -1146,6 +1166,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             | Q(checked_at__lt=cutoff, updated_at__lt=cutoff)
             | Q(checked_at__isnull=True, updated_at__lt=cutoff)
             | waits_outside
+            | unseen
         )
         .select_related("app")
         .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")
@@ -1165,6 +1186,10 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
     refused_now: set[int] = set()
     # What Dify said of each app whose run was a 404 this pass (`check_app`).
     checks: dict[int, AppCheck] = {}
+    # One instance per app in a pass: what one run's call found about the app (a contact
+    # failure, Dify answering again) is known to the next run's.
+    apps: dict[int, DifyApp] = dict(refused)
+    accepted: set[int] = set()
     for run in runs:
         if run.app_id in refused_now:
             counts["held"] += 1
@@ -1172,8 +1197,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         if run.app_id in unreachable:
             continue
         probing = run.pk in probe_pks
-        if run.app_id in refused:
-            run.app = refused[run.app_id]
+        run.app = apps.setdefault(run.app_id, run.app)
         try:
             detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
         except NotFound:
@@ -1242,6 +1266,8 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                 refused_now.add(run.app_id)
                 continue
             logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
+            if cannot_reach(exc):
+                run.app.note_unreachable(exc, "reconcile")
             # Asked about, if not answered: the next pass starts with the app's other runs, so
             # a run Dify keeps failing on (a 5xx on its detail alone) does not stand in front
             # of them for good.
@@ -1253,19 +1279,33 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                 unreachable.add(run.app_id)
             continue
         # Dify answers for this app (again): its other runs are asked about from the next pass.
-        run.app.note_accepted("reconcile", runs=True)
+        if run.app_id not in accepted:
+            accepted.add(run.app_id)
+            run.app.note_accepted("reconcile", runs=True)
         # The key sees the app's runs: what /info calls the app now is what a later 404 is
         # held against (`check_app`). Asked once per app.
         learn_name(run.app)
         counts["checked"] += 1
+        shown = run.status
         capture.apply_run_detail(run, detail)
+        awaiting = list(
+            run.forms.filter(status__in=sorted(capture.AWAITING_STATUSES)).values_list(
+                "status", flat=True
+            )
+        )
         # The follower gave up on this run again and again: it waits to be handed back (its run
-        # detail still says when it ends), and keeps its mark until then.
+        # detail still says when it ends), and keeps its mark until then, unless the detail
+        # shows news its stream would bring: Dify's status is not the one shown here (it
+        # started, paused or resumed), or the run is paused with no form waiting here (a form
+        # nobody could decide yet). A stream of the app that opens meanwhile hands it back too
+        # (`DifyApp.note_reached`).
         waiting = bool(
             run.needs_reconcile
             and not detail.is_finished
             and run.refollow_after is not None
             and run.refollow_after > db_now
+            and detail.status == shown
+            and not (detail.status == "paused" and not awaiting)
         )
         Run.objects.filter(pk=run.pk).update(checked_at=timezone.now(), needs_reconcile=waiting)
         if detail.is_finished:
@@ -1276,11 +1316,6 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
         if waiting:
             counts["waiting"] += 1
             continue
-        awaiting = list(
-            run.forms.filter(status__in=sorted(capture.AWAITING_STATUSES)).values_list(
-                "status", flat=True
-            )
-        )
         # A running run nobody reads, or a pause whose forms we may not know: read it again.
         # A pause on forms answerable only in Dify (email, console) is looked at each time,
         # since nothing else tells us when someone answers there.
@@ -1410,3 +1445,5 @@ def _probe_failed(app: DifyApp, exc: DifyError, now: dt.datetime) -> None:
         )
         return
     logger.warning("reconcile_runs: app %s: asked Dify again about it: %s", app, exc)
+    if cannot_reach(exc):
+        app.note_unreachable(exc, "reconcile")

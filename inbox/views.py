@@ -69,6 +69,7 @@ from inbox.forms import (
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
+    SETUP_REFUSALS,
     Decision,
     DifyApp,
     Form,
@@ -1038,11 +1039,22 @@ def form_context(
             for p in parts
         ]
         trailing = [fields[name] for name in rest]
+    app = form.run.app
     return {
         "form": form,
         "run": form.run,
-        "app": form.run.app,
+        "app": app,
         "state": state,
+        # Said before the reader decides: Dify refuses the app's key (a decision is held until
+        # it is fixed; a refusal of the app's setup lets submits through), or does not answer
+        # for it (a decision is sent once it does; a stream failing alone does not stop one).
+        "app_refused": state == "open"
+        and app.refused_at is not None
+        and app.refusal_code not in SETUP_REFUSALS,
+        "app_unreachable": state == "open"
+        and app.refused_at is None
+        and app.contact_failed_at is not None
+        and not app.streams_failing,
         "live_key": _decision_key(state, decision.status, decision.held_for_app)
         if decision
         else state,
@@ -1546,6 +1558,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
     # What the log line adds to the answer: the answer names no host or port (anyone may ask).
     details = []
     waiting = 0
+    dify: dict[str, int] = {}
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -1565,6 +1578,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
                 from inbox.follower import unfollowed
 
                 waiting, _since = unfollowed()
+                # Apps Dify does not answer for, or refuses: their forms cannot arrive and
+                # their decisions wait (the inbox itself is fine: still 200).
+                dify = DifyApp.objects.aggregate(
+                    unreachable=Count(
+                        "pk", filter=Q(refused_at__isnull=True, contact_failed_at__isnull=False)
+                    ),
+                    refused=Count("pk", filter=Q(refused_at__isnull=False)),
+                )
         except DatabaseError as exc:
             details.append(f"database: {_one_line(exc)}")
             problems.append("database: not readable")
@@ -1595,6 +1616,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
         minutes = int(UNFOLLOWED_AFTER.total_seconds() // 60)
         degraded.append(f"follower: {waiting} run(s) waiting over {minutes} min for one")
+    if dify.get("unreachable"):
+        degraded.append(f"dify: {dify['unreachable']} app(s) not reachable")
+    if dify.get("refused"):
+        degraded.append(f"dify: {dify['refused']} app(s) refused")
     if degraded:
         return JsonResponse({"status": "degraded", "problems": degraded})
     return JsonResponse({"status": "ok"})

@@ -32,7 +32,7 @@ from django_htmx.http import reswap, retarget, trigger_client_event
 
 from inbox import notify, timefmt
 from inbox.middleware import add_audit_context, browser_time_zone
-from inbox.models import AuditEntry, ClaimRefused, Decision, Form, FormRecipient
+from inbox.models import AuditEntry, ClaimRefused, Decision, DifyApp, Form, FormRecipient
 from inbox.views import (
     Decider,
     HtmxHttpRequest,
@@ -617,6 +617,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     context = {
         # Runs no follower takes: none is running, and their next forms never arrive.
         "unfollowed": unfollowed()[0],
+        # Apps Dify does not answer for (the follower, the reconcile or a delivery found it
+        # away, or failing their streams), and apps it refuses: their forms cannot arrive.
+        "unreachable_apps": list(
+            DifyApp.objects.filter(refused_at__isnull=True, contact_failed_at__isnull=False)
+        ),
+        "refused_apps": list(DifyApp.objects.filter(refused_at__isnull=False)),
         "pending": pending,
         "pending_total": Form.objects.filter(status=Form.Status.PENDING).count(),
         "pending_chart": pending_chart,

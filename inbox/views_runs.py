@@ -464,6 +464,9 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
     conversation = conversation_runs(run, request.user) if run.conversation_id else []
     refused = run.app.refused_at is not None and not run.is_finished
+    # Dify did not answer the app's last calls (no connection, a 5xx): nothing of this run
+    # reaches the inbox meanwhile.
+    unreachable = run.app.contact_failed_at is not None and not run.is_finished and not refused
     return {
         # A chatflow's conversation: its messages in the inbox, and whether one may go on with
         # it from here (its last message has ended).
@@ -487,8 +490,16 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         # The follower gave up reading this run's events (Dify away, its stream failing) and
         # the reconcile hands it back later: what happens in Dify meanwhile is not shown yet.
         "out_of_touch": bool(
-            run.give_ups and not run.is_finished and not run.events_unavailable and not refused
+            run.give_ups
+            and not run.is_finished
+            and not run.events_unavailable
+            and not refused
+            and not unreachable
         ),
+        # Said for the app instead: Dify does not answer for it (`DifyApp.note_unreachable`).
+        "unreachable": unreachable,
+        "streams_failing": unreachable and run.app.streams_failing,
+        "contact_detail": run.app.contact_failure if request.user.is_staff and unreachable else "",
         "next_try": run.refollow_after
         if run.refollow_after and run.refollow_after > timezone.now()
         else None,
@@ -519,6 +530,9 @@ def live_digest(context: dict[str, Any]) -> str:
         [(r.pk, r.status) for r in context["conversation"]],
         context["refused"],
         context["out_of_touch"],
+        context["unreachable"],
+        context["streams_failing"],
+        context["contact_detail"],
         context["next_try"],
         run.app.refusal_status,
         context["refusal_detail"],

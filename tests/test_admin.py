@@ -256,7 +256,7 @@ def test_an_app_dify_does_not_answer_for_is_not_shown_as_ok(
     assert "Not answering: 2 decisions are being sent again." in page
     Decision.objects.update(status=Decision.Status.DELIVERED)
     page = client.get("/admin/inbox/difyapp/").content.decode()
-    assert "Not reachable" not in page and '<td class="field-health">OK</td>' in page
+    assert "Not reachable:" not in page and '<td class="field-health">OK</td>' in page
 
 
 def test_the_reconcile_hands_a_given_up_run_back_later_with_each_give_up_in_a_row() -> None:
@@ -280,7 +280,7 @@ def test_the_reconcile_hands_a_given_up_run_back_later_with_each_give_up_in_a_ro
         ),
         (
             {"needs_reconcile": True, "give_ups": 3, "refollow_after": "soon"},
-            "gave up on its stream 3 times in a row. The reconcile hands it back after",
+            "gave up on its stream 3 times in a row. The reconcile hands it back no later than",
         ),
         ({}, "No stream open: it waits for a person"),
     ],
@@ -298,6 +298,8 @@ def test_a_run_s_admin_page_says_who_reads_its_events_or_why_nobody_does(
     client.force_login(admin_user)
     page = client.get(f"/admin/inbox/run/{run.pk}/change/").content.decode()
     assert says in page
+    # A time is not the end of a sentence: "6:47 a.m." would end in "a.m..".
+    assert "a.m.." not in page and "p.m.." not in page
 
 
 def _records(app: DifyApp, user: User) -> dict[str, Any]:

@@ -189,6 +189,15 @@ class DifyStatusError(DifyError):
         return self.status == 400 and self.code in _APP_REFUSAL_CODES
 
 
+def cannot_reach(exc: BaseException) -> bool:
+    """Whether the call found no Dify answering for the app: no connection, no answer in time,
+    or a server error (5xx: Dify itself, or a gateway with nothing behind it). What
+    `DifyApp.note_unreachable` records; a 4xx is an answer about the app or the request."""
+    if isinstance(exc, DifyConnectionError):
+        return True
+    return isinstance(exc, DifyStatusError) and exc.status >= 500
+
+
 class BadRequest(DifyStatusError):
     statuses = frozenset({400})
 

@@ -305,3 +305,48 @@ def test_a_guest_reads_the_status_badge_without_dify(
     assert badge.findall(zh.get(_link(routed_form, GUEST_ZH)).content.decode()) == [guest_words_zh]
     # A reviewer keeps the status's own name.
     assert badge.findall(_reviewer_page(client, reviewer, routed_form)) == [reviewer_words]
+
+
+def test_a_guest_is_told_before_deciding_that_the_workflow_cannot_take_decisions_now(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    from django.utils import timezone
+
+    from inbox.models import DifyApp
+
+    app = routed_form.run.app
+    # Dify refuses the app's key: the decision is kept until someone fixes it.
+    DifyApp.objects.filter(pk=app.pk).update(
+        refused_at=timezone.now(),
+        refusal="401 unauthorized: Access token is invalid",
+        refusal_status=401,
+        refusal_code="unauthorized",
+    )
+    body = _body(client.get(_link(routed_form, GUEST)).content.decode())
+    assert "The workflow cannot take decisions at the moment" in body
+    assert "Dify" not in body and "401" not in body
+    body = _body(Client().get(_link(routed_form, GUEST_ZH)).content.decode())
+    # 工作流目前无法接收决定 ... 您的决定会被保留
+    assert "\u5de5\u4f5c\u6d41\u76ee\u524d\u65e0\u6cd5\u63a5\u6536\u51b3\u5b9a" in body
+    assert "\u60a8\u7684\u51b3\u5b9a\u4f1a\u88ab\u4fdd\u7559" in body
+    assert "Dify" not in body
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert "API key at the moment. You can still decide" in reviewer_body
+
+    # Dify cannot be reached: the decision is sent as soon as it answers again.
+    now = timezone.now()
+    DifyApp.objects.filter(pk=app.pk).update(
+        refused_at=None,
+        contact_failed_at=now,
+        contact_failed_since=now,
+        contact_failure="GET /workflows/run/x: connection refused (ConnectError)",
+        contact_failure_source="delivery",
+    )
+    body = _body(Client().get(_link(routed_form, GUEST)).content.decode())
+    assert "The workflow cannot be reached at the moment" in body
+    assert "Dify" not in body and "ConnectError" not in body
+    body = _body(Client().get(_link(routed_form, GUEST_ZH)).content.decode())
+    assert "\u76ee\u524d\u65e0\u6cd5\u8fde\u63a5\u5de5\u4f5c\u6d41" in body  # 目前无法连接工作流
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert "The inbox cannot reach Dify for this app at the moment" in reviewer_body
+    assert "ConnectError" not in reviewer_body
