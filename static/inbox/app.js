@@ -22,6 +22,22 @@
     window.setTimeout(function () { region.textContent = message; }, 50);
   }
 
+  // --- Filters: only what is chosen goes in the address ---------------------------------------
+  // A list's filters are sent as the page's form would send them, less the empty ones, so the
+  // address it keeps reads "?state=open", not "?q=&state=open".
+  document.addEventListener("htmx:configRequest", function (evt) {
+    var source = evt.detail.elt;
+    var form = source && source.closest ? source.closest("form.filters") : null;
+    if (!form || (evt.detail.verb || "").toLowerCase() !== "get") return;
+    var data = evt.detail.formData;
+    if (!data || !data.keys) return;
+    var empty = [];
+    data.forEach(function (value, key) { if (value === "") empty.push(key); });
+    empty.forEach(function (key) {
+      if (data.getAll(key).every(function (value) { return value === ""; })) data.delete(key);
+    });
+  });
+
   // --- Relative times, refreshed in the page's language -------------------------------------
   var lang = document.documentElement.lang || "en";
   var rtf = null;
