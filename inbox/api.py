@@ -1178,6 +1178,7 @@ def _continue_conversation(
     from inbox.runs import (
         SameStart,
         StartFailed,
+        conversation_of_others,
         conversation_start,
         default_dify_user,
         start_digest,
@@ -1205,6 +1206,12 @@ def _continue_conversation(
             "invalid_inputs",
             "query: This field is required.",
             details={"query": ["This field is required."]},
+        )
+    if conversation_of_others(app, conversation_id, request.user):
+        raise ApiError(
+            403,
+            "forbidden",
+            "Only who started this conversation, or an administrator, may go on with it.",
         )
     latest = conversation_start(app, conversation_id, request.user)
     if latest is not None and not latest.is_finished:

@@ -267,18 +267,25 @@ CONVERSATION_SHOWN = 100
 
 
 def conversation_start(app: DifyApp, conversation_id: str, user: Any) -> Run | None:
-    """The latest run of `app` in this conversation that `user` may see, whose Dify user and
-    inputs a next message goes on with; None when there is none here (a conversation begun
-    in Dify)."""
+    """The latest run of `app` in this conversation that `user` started (any run, for staff),
+    whose Dify user and inputs a next message goes on with; None when there is none (a
+    conversation begun in Dify, or someone else's: a reviewer who sees a run through its form
+    does not speak in its conversation under its starter's Dify user)."""
     if not conversation_id:
         return None
-    return (
-        Run.objects.for_user(user)
-        .filter(app=app, conversation_id=conversation_id)
-        .exclude(workflow_run_id="")
-        .order_by("-created_at", "-pk")
-        .first()
-    )
+    runs = Run.objects.filter(app=app, conversation_id=conversation_id).exclude(workflow_run_id="")
+    if not getattr(user, "is_staff", False):
+        runs = runs.filter(started_by_id=getattr(user, "pk", None))
+    return runs.order_by("-created_at", "-pk").first()
+
+
+def conversation_of_others(app: DifyApp, conversation_id: str, user: Any) -> bool:
+    """Whether the inbox has this conversation only as someone else's (see
+    `conversation_start`)."""
+    if getattr(user, "is_staff", False) or not conversation_id:
+        return False
+    runs = Run.objects.filter(app=app, conversation_id=conversation_id)
+    return runs.exists() and not runs.filter(started_by_id=getattr(user, "pk", None)).exists()
 
 
 def _typed_default(spec: StartInput) -> Any:

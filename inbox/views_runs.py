@@ -202,10 +202,25 @@ def _start_from_page(
 
 
 def _busy(retry_after: float | None) -> str:
-    """Dify's rate limit on a start, with the wait it asked for."""
+    """Dify's rate limit on a start, with the wait it asked for (in minutes or hours once it
+    is that long)."""
     if not retry_after:
         return _("Dify is busy and did not start the run: try again in a moment.")
     seconds = max(1, math.ceil(retry_after))
+    if seconds >= 2 * 3600:
+        hours = math.ceil(seconds / 3600)
+        return ngettext(
+            "Dify is busy and did not start the run: try again in %(hours)d hour.",
+            "Dify is busy and did not start the run: try again in %(hours)d hours.",
+            hours,
+        ) % {"hours": hours}
+    if seconds >= 120:
+        minutes = math.ceil(seconds / 60)
+        return ngettext(
+            "Dify is busy and did not start the run: try again in %(minutes)d minute.",
+            "Dify is busy and did not start the run: try again in %(minutes)d minutes.",
+            minutes,
+        ) % {"minutes": minutes}
     return ngettext(
         "Dify is busy and did not start the run: try again in %(seconds)d second.",
         "Dify is busy and did not start the run: try again in %(seconds)d seconds.",
@@ -242,7 +257,11 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     app = run.app
     if not (app.is_active and app.mode == DifyApp.Mode.CHATFLOW and run.conversation_id):
         raise Http404(_("This run has no conversation to go on with here."))
-    latest = conversation_start(app, run.conversation_id, request.user) or run
+    latest = conversation_start(app, run.conversation_id, request.user)
+    if latest is None:
+        raise PermissionDenied(
+            _("Only who started this conversation, or an administrator, may go on with it.")
+        )
     form = ContinueForm(request.POST or None, from_page=True)
     start_problem = ""
     if request.method == "POST" and not latest.is_finished:
@@ -339,8 +358,9 @@ def runs_list(request: HttpRequest) -> HttpResponse:
 
 
 def search_runs(runs: Any, q: str) -> Any:
-    """Runs whose start one remembers: the start of the run id a row shows ("Run 41f2c79e"),
-    who started it, its message, or a value of its inputs ("Ada", "SO-1042")."""
+    """Runs whose start one remembers: the start of the run id a row shows ("Run 41f2c79e") or
+    of the inbox's own (its page's address), who started it, its message, or a value of its
+    inputs ("Ada", "SO-1042"; not their names)."""
     found = (
         Q(query__icontains=q)
         | Q(started_by__username__iexact=q)
@@ -349,13 +369,20 @@ def search_runs(runs: Any, q: str) -> Any:
         | Q(started_by__last_name__icontains=q)
     )
     if RUN_ID_START.fullmatch(q) and any(c.isdigit() for c in q):
-        found |= Q(workflow_run_id__startswith=q.lower())
-    # The inputs as stored (JSON text): a value typed at the start, whichever input it was.
-    # JSON escapes what is not ASCII, so such a value is looked for as JSON writes it.
-    needle = json.dumps(q)[1:-1]
-    return runs.annotate(inputs_text=Cast("inputs", TextField())).filter(
-        found | Q(inputs_text__icontains=q) | Q(inputs_text__icontains=needle)
-    )
+        found |= Q(workflow_run_id__startswith=q.lower()) | Q(public_id__startswith=q.lower())
+    # The inputs as stored (JSON text), within a value only: after a name's colon, in a
+    # string (JSON escapes what is not ASCII, so such a value is also looked for as JSON
+    # writes it) or as a number.
+    in_values = Q()
+    for needle in {q, json.dumps(q)[1:-1]}:
+        in_values |= Q(inputs_text__iregex=r'":\s*"[^"]*' + re.escape(needle) + '[^"]*"')
+    if NUMBER.fullmatch(q):
+        in_values |= Q(inputs_text__iregex=r'":\s*' + re.escape(q) + r"\s*[,}]")
+    return runs.annotate(inputs_text=Cast("inputs", TextField())).filter(found | in_values)
+
+
+# A number as JSON writes one.
+NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 def pending_counts(runs: list[Run]) -> dict[int, int]:
@@ -477,6 +504,10 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
             and run.app.mode == DifyApp.Mode.CHATFLOW
             and conversation[-1].is_finished
             and Run.objects.may_start(request.user)
+            and (
+                request.user.is_staff
+                or any(r.started_by_id == request.user.pk for r in conversation)
+            )
         ),
         "run": run,
         "app": run.app,

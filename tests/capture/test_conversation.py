@@ -250,3 +250,31 @@ def test_going_on_needs_a_chatflow_conversation_and_the_right_to_start(
     assert client.get(f"/runs/{chat_run.public_id}/continue").status_code == 404
     reviewer.groups.clear()
     assert client.get(f"/runs/{chat_run.public_id}/continue").status_code == 403
+
+
+def test_only_who_started_a_conversation_goes_on_with_it(
+    client: Client,
+    simulator: Any,
+    chat: DifyApp,
+    follower: FollowerThread,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    # Bob sees the run (its form went to the reviewers) and may start runs, but the
+    # conversation is Alice's: he does not speak in it under her Dify user.
+    response = post(
+        client,
+        {"app": "support-chat", "query": "Hi", "conversation_id": first.conversation_id},
+        other_reviewer,
+    )
+    assert error(response) == (
+        403,
+        "forbidden",
+        "Only who started this conversation, or an administrator, may go on with it.",
+    )
+    client.force_login(other_reviewer)
+    page = client.get(f"/runs/{first.public_id}/").content.decode()
+    assert f"/runs/{first.public_id}/continue" not in page
+    assert client.get(f"/runs/{first.public_id}/continue").status_code == 403
+    assert Run.objects.count() == 1

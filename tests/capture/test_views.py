@@ -165,6 +165,14 @@ def test_dify_busy_at_the_start_says_how_long_to_wait(
     assert response.status_code == 400
     page = response.content.decode()
     assert "Dify is busy and did not start the run: try again in 12 seconds." in page
+    # A long wait in the unit one would say it in.
+    simulator.add_fault("status", "workflows_run", status=429, retry_after=7200)
+    page = (
+        login(client, reviewer)
+        .post(f"/apps/{refunds.pk}/start/", start_form_data(simulator))
+        .content.decode()
+    )
+    assert "try again in 2 hours." in page
     assert "<strong>The run was not started.</strong>" in page
 
 
@@ -624,6 +632,12 @@ def test_the_runs_list_finds_a_run_by_its_id_its_starter_its_message_or_an_input
     assert found("erin") == {str(gone.public_id)}
     assert found("\u5f20\u4e09") == {str(zhang.public_id)}  # not ASCII, stored escaped
     assert found("parcel") == {str(chat.public_id)}
+    # Values, not the inputs' names nor JSON's words; a number as a value too.
+    assert found("customer") == found("order_id") == found('":') == set()
+    Run.objects.filter(pk=zhang.pk).update(inputs={"customer_name": "Zhang", "amount": 249.9})
+    assert found("249.9") == {str(zhang.public_id)}
+    # The run's own id, as its page's address shows it.
+    assert found(str(chat.public_id)[:8]) >= {str(chat.public_id)}
     # A chatflow's row says what it was asked.
     row = admin.get("/runs/", {"q": "parcel"}).content.decode()
     assert '<p class="muted run-query">Where is my parcel?</p>' in row
