@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import Group, User
+from django.test import Client
 from django.utils import timezone
 
 from inbox.models import DifyApp, Form, Route, RouteRecipient, Run
@@ -86,3 +87,20 @@ def route_existing(forms: Iterable[Form]) -> None:
     """Route forms created without `save()` (bulk_create), as their capture would have."""
     for form in forms:
         form.on_captured()
+
+
+def user_change_data(admin_client: Client, user: User, **changes: Any) -> dict[str, Any]:
+    """What the admin's change page of `user` would post, with `changes`: unticked boxes left
+    out, as a browser leaves them."""
+    form = admin_client.get(f"/admin/auth/user/{user.pk}/change/").context["adminform"].form
+    data = {
+        name: value
+        for name, value in form.initial.items()
+        if name not in ("user_permissions", "password") and value is not None
+    }
+    data["groups"] = [g.pk for g in user.groups.all()]
+    data.update(
+        {"date_joined_0": "2026-01-01", "date_joined_1": "00:00:00", "last_login_0": "", **changes}
+    )
+    data["last_login_1"] = ""
+    return {name: value for name, value in data.items() if value is not False}

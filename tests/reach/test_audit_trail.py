@@ -20,32 +20,10 @@ from django.test import Client
 from inbox import notify
 from inbox.models import ApiToken, AuditEntry, Decision, Form, FormRecipient
 from tests.reach.conftest import FILE_DEFINITION, GUEST
-from tests.reach.factories import make_form, route
+from tests.reach.factories import make_form, route, user_change_data
 from tests.reach.test_admin import action
 
 RECEIPT = "https://files.example.org/receipt.pdf"
-
-
-def _user_change_data(client: Client, user: User, **changes: Any) -> dict[str, Any]:
-    page = client.get(f"/admin/auth/user/{user.pk}/change/")
-    assert page.status_code == 200
-    form = page.context["adminform"].form
-    data = {
-        name: value
-        for name, value in form.initial.items()
-        if name not in ("groups", "user_permissions", "password") and value is not None
-    }
-    data.update(
-        {
-            "groups": [g.pk for g in user.groups.all()],
-            "date_joined_0": "2026-01-01",
-            "date_joined_1": "00:00:00",
-            "last_login_0": "",
-            "last_login_1": "",
-            **changes,
-        }
-    )
-    return data
 
 
 # --- permissions ---
@@ -58,7 +36,7 @@ def test_a_permission_given_in_the_admin_outlives_the_administrator_who_gave_it(
     client = Client()
     client.force_login(admin2)
     retry = Permission.objects.get(codename="retry_decision")
-    data = _user_change_data(client, other_reviewer, user_permissions=[retry.pk])
+    data = user_change_data(client, other_reviewer, user_permissions=[retry.pk])
     saved = client.post(f"/admin/auth/user/{other_reviewer.pk}/change/", data)
     assert saved.status_code == 302, saved.content.decode()[:3000]
     assert other_reviewer.has_perm("inbox.retry_decision")
@@ -71,7 +49,7 @@ def test_a_permission_given_in_the_admin_outlives_the_administrator_who_gave_it(
 
     # Taken away again (by the other administrator): said too, with who did it.
     client.force_login(admin_user)
-    data = _user_change_data(client, other_reviewer, user_permissions=[])
+    data = user_change_data(client, other_reviewer, user_permissions=[])
     assert client.post(f"/admin/auth/user/{other_reviewer.pk}/change/", data).status_code == 302
     removed = AuditEntry.objects.get(verb="user_permissions_changed", actor=admin_user)
     assert removed.details["removed"] == ["inbox.retry_decision"]

@@ -21,7 +21,7 @@ from inbox.models import (
     parse_offsets,
 )
 from tests.reach.conftest import GUEST, GUEST_ZH
-from tests.reach.factories import make_form, route
+from tests.reach.factories import make_form, route, user_change_data
 
 
 def test_a_node_route_wins_over_the_default_and_priority_orders_node_routes(
@@ -436,23 +436,7 @@ def test_a_change_of_a_reviewer_s_groups_is_in_the_trail_with_who_made_it(
     admin_client: Client, admin_user: User, reviewers_group: Group, other_reviewer: User
 ) -> None:
     second = Group.objects.create(name="second")
-    page = admin_client.get(f"/admin/auth/user/{other_reviewer.pk}/change/")
-    assert page.status_code == 200
-    form = page.context["adminform"].form
-    data = {
-        name: value
-        for name, value in form.initial.items()
-        if name not in ("groups", "user_permissions", "password") and value is not None
-    }
-    data.update(
-        {
-            "groups": [second.pk],
-            "date_joined_0": "2026-01-01",
-            "date_joined_1": "00:00:00",
-            "last_login_0": "",
-            "last_login_1": "",
-        }
-    )
+    data = user_change_data(admin_client, other_reviewer, groups=[second.pk])
     saved = admin_client.post(f"/admin/auth/user/{other_reviewer.pk}/change/", data)
     assert saved.status_code == 302, saved.content.decode()[:3000]
     entries = AuditEntry.objects.filter(
@@ -468,21 +452,6 @@ def test_a_change_of_a_reviewer_s_groups_is_in_the_trail_with_who_made_it(
     assert [e.object_id for e in gone] == [str(other_reviewer.pk)]
 
 
-def _user_change_data(admin_client: Client, user: User, **changes: Any) -> dict[str, Any]:
-    form = admin_client.get(f"/admin/auth/user/{user.pk}/change/").context["adminform"].form
-    data = {
-        name: value
-        for name, value in form.initial.items()
-        if name not in ("user_permissions", "password") and value is not None
-    }
-    data["groups"] = [g.pk for g in user.groups.all()]
-    data.update(
-        {"date_joined_0": "2026-01-01", "date_joined_1": "00:00:00", "last_login_0": "", **changes}
-    )
-    data["last_login_1"] = ""
-    return {name: value for name, value in data.items() if value is not False}
-
-
 def test_deactivating_and_deleting_a_reviewer_are_in_the_trail_with_who_did_it(
     admin_client: Client,
     admin_user: User,
@@ -494,7 +463,7 @@ def test_deactivating_and_deleting_a_reviewer_are_in_the_trail_with_who_did_it(
     with django_capture_on_commit_callbacks(execute=True):
         saved = admin_client.post(
             f"/admin/auth/user/{reviewer.pk}/change/",
-            _user_change_data(admin_client, reviewer, is_active=False),
+            user_change_data(admin_client, reviewer, is_active=False),
         )
     assert saved.status_code == 302, saved.content.decode()[:3000]
     changed = AuditEntry.objects.get(verb="user_access_changed", object_id=str(reviewer.pk))
@@ -506,7 +475,7 @@ def test_deactivating_and_deleting_a_reviewer_are_in_the_trail_with_who_did_it(
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(
             f"/admin/auth/user/{reviewer.pk}/change/",
-            _user_change_data(admin_client, reviewer, first_name="Alicia"),
+            user_change_data(admin_client, reviewer, first_name="Alicia"),
         )
     assert AuditEntry.objects.filter(verb="user_access_changed").count() == 1
     deleted = admin_client.post(f"/admin/auth/user/{reviewer.pk}/delete/", {"post": "yes"})
