@@ -310,3 +310,18 @@ def test_a_reviewer_s_own_zone_beats_the_one_their_address_gave_as_a_guest(
     assert notify.reading_zone(row) == "America/New_York"
     ReviewerProfile.remember(reviewer, time_zone="Europe/Paris")
     assert notify.reading_zone(row) == "Europe/Paris"
+
+
+def test_text_in_angle_brackets_that_is_no_html_stays_in_the_email(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = make_form(
+        reach_app,
+        content="Refund <customer name> if the amount < 100 and <b>now</b><!-- note -->.",
+    )
+    notify.send_form_emails(form.pk)
+    message = by_recipient()[GUEST]
+    assert "Refund <customer name> if the amount < 100 and now ." in message.body
+    html = html_of(message)
+    assert "Refund &lt;customer name&gt; if the amount &lt; 100 and now ." in html
+    assert "<b>" not in html and "note" not in html
