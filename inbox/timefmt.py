@@ -43,7 +43,8 @@ def relative(
     seconds = (value - now).total_seconds()
     magnitude = abs(seconds)
     if magnitude < 60:
-        # Within a minute: "just now" ("刚刚") for what has happened, "now" for what is due.
+        # Within a minute: "just now" ("刚刚") for what has happened, "in less than a minute"
+        # for what is due (a form that expires in 40 seconds is not expiring "now").
         return _worded(language, 0, "", future=seconds > 0)
     # The largest unit of which there are at least two, rounded to the nearest: a deadline 47
     # hours away reads "in 47 hours", not "in 1 day", and one a reminder names a few seconds
@@ -60,7 +61,7 @@ def _worded(language: str | None, count: int, unit: str, *, future: bool) -> str
     """The words for one (language, amount, unit, direction); a list of fifty rows repeats a
     few of them, and translations do not change while the process runs."""
     if not unit:
-        return gettext("now") if future else pgettext("a time within the last minute", "just now")
+        return gettext("in less than a minute") if future else pgettext("a time within the last minute", "just now")
     text = _unit_text(count, unit)
     if future:
         worded = gettext("in %(time)s") % {"time": text}

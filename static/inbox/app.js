@@ -46,7 +46,8 @@
   function relative(date) {
     var seconds = (date.getTime() - Date.now()) / 1000;
     var abs = Math.abs(seconds);
-    if (abs < 60) return null; // keep the server's "now"
+    // Within a minute, the server's words (as timefmt.relative says them).
+    if (abs < 60) return document.body.getAttribute(seconds > 0 ? "data-soon" : "data-just-now");
     // As the server words it (timefmt.relative): the largest unit of which there are at
     // least two, rounded to the nearest.
     var units = [[86400, "day"], [3600, "hour"], [60, "minute"]];

@@ -309,6 +309,50 @@ def test_new_forms_appear_without_a_reload(
     )
 
 
+@pytest.mark.parametrize(
+    ("language", "soon", "past"),
+    [
+        ("en", "in less than a minute", "just now"),
+        ("zh-hans", "\u4e0d\u5230\u4e00\u5206\u949f\u540e", "\u521a\u521a"),
+    ],
+)
+def test_a_time_within_the_minute_is_worded_as_the_server_words_it(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    reviewer: User,
+    language: str,
+    soon: str,
+    past: str,
+) -> None:
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.clock.install()
+    page.goto(live_server.url + "/")
+    # Drawn as "in 2 minutes" and "2 minutes ago"; the page's refresh (every 30 s) rewords them.
+    page.evaluate(
+        """() => {
+          for (const [id, offset] of [["soon", 100000], ["past", -100000]]) {
+            const el = document.createElement("time");
+            el.id = id; el.setAttribute("data-rel", "");
+            el.setAttribute("datetime", new Date(Date.now() + offset).toISOString());
+            el.textContent = "server words";
+            document.body.appendChild(el);
+          }
+        }"""
+    )
+    page.clock.run_for(30000)
+    assert page.inner_text("#soon") != soon and page.inner_text("#soon") != "server words"
+    page.clock.run_for(30000)
+    assert page.inner_text("#soon") == soon  # 40 s left: not "now", nor a minute
+    assert page.inner_text("#past") != past
+    page.evaluate(
+        "() => document.getElementById('past').setAttribute('datetime',"
+        " new Date(Date.now() - 20000).toISOString())"
+    )
+    page.clock.run_for(30000)
+    assert page.inner_text("#past") == past
+
+
 def _focused(page: Any) -> str:
     """Where the focus is: the element's id, else its tag and text."""
     return str(
