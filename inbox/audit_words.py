@@ -39,6 +39,7 @@ VERB_LABELS: dict[str, Any] = {
     "form_claimed": _("Form taken"),
     "form_released": _("Form released"),
     "form_reassigned": _("Form reassigned"),
+    "form_unassigned": _("Form lost an assignee"),
     "form_reopened": _("Form given back for a new decision"),
     "form_emails_resent": _("Form emails sent again"),
     "form_pending": _("Form pending"),

@@ -3,7 +3,8 @@
 A reviewer who loses a form (taken off the group it went to, deactivated, no longer staff)
 also loses their hold on it: `release_lost_claims`. Group membership changes from either side
 (`user.groups`, `group.user_set`), including a group deleted whole. A deleted account or
-group leaves the routes that asked it, and an account its holds: both in the trail too.
+group leaves the routes that asked it and the waiting forms assigned to it, and an account
+its holds: all in the trail too.
 
 Who may do what is in the audit trail, with the administrator who changed it: a user's access
 flags, groups and permissions, and a group's permissions.
@@ -19,7 +20,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
 from inbox.middleware import current_actor
-from inbox.models import AuditEntry, Route, release_lost_claims
+from inbox.models import AuditEntry, Form, Route, release_lost_claims
 
 _MEMBERS = "_inbox_members_before"
 
@@ -159,6 +160,29 @@ def _routes_lose(routes: Any, field: str, name: str, reason: str) -> None:
         )
 
 
+def _forms_lose(forms: Any, field: str, name: str, reason: str) -> None:
+    """The waiting forms assigned to a deleted account or group are assigned to it no more
+    (its rows go with it, without m2m signals): each in the trail, with who is still asked,
+    so an auditor sees a form left to no one but the administrators."""
+    for form in forms.prefetch_related("assigned_users", "assigned_groups"):
+        users = sorted(u.get_username() for u in form.assigned_users.all())
+        groups = sorted(g.name for g in form.assigned_groups.all())
+        left = {
+            "users": [n for n in users if not (field == "users" and n == name)],
+            "groups": [n for n in groups if not (field == "groups" and n == name)],
+        }
+        AuditEntry.record(
+            "form_unassigned",
+            form,
+            actor=current_actor(),
+            removed={field: [name]},
+            users=left["users"],
+            groups=left["groups"],
+            nobody_left=not (left["users"] or left["groups"]),
+            reason=reason,
+        )
+
+
 def _user_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
     # Its decisions keep its name (`Decision.reviewer_name`); the trail says who deleted it.
     username = instance.get_username()
@@ -182,12 +206,28 @@ def _user_deleting(sender: Any, instance: Any, **kwargs: Any) -> None:
         AuditEntry.record(
             "form_released", form, actor=current_actor(), previous=username, reason="user deleted"
         )
+    _forms_lose(
+        Form.objects.filter(assigned_users=instance, status=Form.Status.PENDING).select_related(
+            "run"
+        ),
+        "users",
+        username,
+        "user deleted",
+    )
 
 
 def _group_deleting(sender: Any, instance: Group, **kwargs: Any) -> None:
     setattr(instance, _MEMBERS, set(instance.user_set.values_list("pk", flat=True)))
     _routes_lose(
         Route.objects.filter(groups=instance).select_related("app"),
+        "groups",
+        instance.name,
+        "group deleted",
+    )
+    _forms_lose(
+        Form.objects.filter(assigned_groups=instance, status=Form.Status.PENDING).select_related(
+            "run"
+        ),
         "groups",
         instance.name,
         "group deleted",

@@ -61,7 +61,11 @@ def _worded(language: str | None, count: int, unit: str, *, future: bool) -> str
     """The words for one (language, amount, unit, direction); a list of fifty rows repeats a
     few of them, and translations do not change while the process runs."""
     if not unit:
-        return gettext("in less than a minute") if future else pgettext("a time within the last minute", "just now")
+        return (
+            gettext("in less than a minute")
+            if future
+            else pgettext("a time within the last minute", "just now")
+        )
     text = _unit_text(count, unit)
     if future:
         worded = gettext("in %(time)s") % {"time": text}

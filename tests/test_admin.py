@@ -510,6 +510,20 @@ def test_deleting_an_account_or_a_group_records_the_routes_and_holds_it_changes(
     )[0]
     assert changed.actor == admin_user and changed.details["reason"] == "group deleted"
     assert changed.details["values"] == {"groups": {"before": ["editors"], "after": []}}
+    # The waiting form lost both: who was left to ask, each time.
+    lost = AuditEntry.objects.filter(verb="form_unassigned", object_id=str(form.pk)).order_by("id")
+    assert [(e.details["removed"], e.details["reason"]) for e in lost] == [
+        ({"users": ["alice"]}, "user deleted"),
+        ({"groups": ["editors"]}, "group deleted"),
+    ]
+    assert (lost[0].details["users"], lost[0].details["groups"]) == (["bob"], ["editors"])
+    assert (lost[1].details["users"], lost[1].details["groups"]) == (["bob"], [])
+    assert not lost[1].details["nobody_left"] and lost[1].actor == admin_user
+    assert lost[1].details["run"] == str(form.run.public_id)
+    # The last one gone: the form is left to the administrators, and the trail says so.
+    admin_client.post(f"/admin/auth/user/{other_reviewer.pk}/delete/", {"post": "yes"})
+    last = AuditEntry.objects.filter(verb="form_unassigned", object_id=str(form.pk)).latest("id")
+    assert last.details["removed"] == {"users": ["bob"]} and last.details["nobody_left"]
 
 
 # --- Who made a record, once their account is gone; finding a run's records ---

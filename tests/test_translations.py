@@ -92,7 +92,11 @@ def test_a_reason_is_stored_in_english_and_read_in_the_active_language() -> None
 @pytest.mark.parametrize(
     ("delta", "english", "chinese"),
     [
-        ({"seconds": 59}, "in less than a minute", "\u4e0d\u5230\u4e00\u5206\u949f\u540e"),  # due within the minute
+        (
+            {"seconds": 59},
+            "in less than a minute",
+            "\u4e0d\u5230\u4e00\u5206\u949f\u540e",
+        ),  # due within the minute
         ({"seconds": -59}, "just now", "刚刚"),  # happened within the minute
         ({"seconds": 0}, "just now", "刚刚"),
         ({"minutes": 60}, "in 60 minutes", "60分钟后"),
