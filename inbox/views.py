@@ -1045,16 +1045,7 @@ def form_context(
         "run": form.run,
         "app": app,
         "state": state,
-        # Said before the reader decides: Dify refuses the app's key (a decision is held until
-        # it is fixed; a refusal of the app's setup lets submits through), or does not answer
-        # for it (a decision is sent once it does; a stream failing alone does not stop one).
-        "app_refused": state == "open"
-        and app.refused_at is not None
-        and app.refusal_code not in SETUP_REFUSALS,
-        "app_unreachable": state == "open"
-        and app.refused_at is None
-        and app.contact_failed_at is not None
-        and not app.streams_failing,
+        "app_notice": app_notice(app, state),
         "live_key": _decision_key(state, decision.status, decision.held_for_app)
         if decision
         else state,
@@ -1373,6 +1364,20 @@ def remove_upload_response(
     return redirect(decider.base_url)
 
 
+def app_notice(app: DifyApp, state: str) -> str:
+    """What an open form's page says of its app before the reader decides: "refused" (Dify
+    refuses the app's key: a decision is held until it is fixed; a refusal of the app's setup
+    lets submits through), "unreachable" (Dify does not answer for it: a decision is sent once
+    it does; a stream failing alone does not stop one), or nothing."""
+    if state != "open":
+        return ""
+    if app.refused_at is not None:
+        return "refused" if app.refusal_code not in SETUP_REFUSALS else ""
+    if app.contact_failed_at is not None and not app.streams_failing:
+        return "unreachable"
+    return ""
+
+
 def _live_key(form: Form, state: str) -> str:
     """What the page last showed: the state, and while a decision travels, its status too."""
     if state != "in_flight":
@@ -1402,6 +1407,8 @@ def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> Htt
         "base": decider.base_url,
         "state": state,
         "live_key": live_key,
+        "app_notice": (notice := app_notice(form.run.app, state)),
+        "as_guest": decider.reviewer is None,
         **_presence(form, decider, state),
     }
     parts = [render(request, "inbox/form.html#live", context).content.decode()]
@@ -1414,6 +1421,10 @@ def live_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> Htt
         message = state_announcement(form, full)
     if changed_state or request.GET.get("run", "") != run_ctx["run_version"]:
         parts.append(render(request, "inbox/form.html#run_panel_oob", context).content.decode())
+    if not changed_state and state == "open" and request.GET.get("app", "") != notice:
+        # Dify stopped or started answering for the app, or refusing it: the notice above the
+        # form says so (in its own place; the body and what the reader typed stay).
+        parts.append(render(request, "inbox/form.html#app_notice_oob", context).content.decode())
     if request.GET.get("seen", "") != context["presence_key"]:
         # Someone opened or left the form: the presence line (a live region that stays in
         # the page) takes its new words, read out once.

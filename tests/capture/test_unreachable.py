@@ -308,3 +308,35 @@ def test_the_form_page_says_before_deciding_that_dify_refuses_or_cannot_be_reach
     )
     assert "at the moment" not in viewer.get(url).content.decode()
     assert Form.objects.get(pk=form.pk).status == "pending"
+
+
+def test_the_form_page_s_poll_redraws_the_app_notice_and_leaves_the_body(
+    simulator: Any, sim_app: Any, follower: FollowerThread, reviewer: User
+) -> None:
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    viewer = Client()
+    viewer.force_login(reviewer)
+    page = viewer.get(f"/forms/{form.public_id}/").content.decode()
+    assert '<div id="app-notice">' in page and '&amp;app="' in page
+    live = f"/forms/{form.public_id}/live?state=open&run=&seen=&app="
+    assert 'id="app-notice"' not in viewer.get(live).content.decode()
+    # Dify stops answering while the page is open: the next poll says so above the form.
+    DifyApp.objects.filter(pk=app.pk).update(
+        contact_failed_at=timezone.now(),
+        contact_failed_since=timezone.now(),
+        contact_failure="ConnectError",
+        contact_failure_source="reconcile",
+    )
+    polled = viewer.get(live).content.decode()
+    assert '<div id="app-notice" hx-swap-oob="true">' in polled
+    assert "The inbox cannot reach Dify for this app at the moment" in polled
+    assert 'id="form-body"' not in polled  # what the reviewer typed stays
+    assert "&amp;app=unreachable" in polled  # the next poll says what the page shows
+    assert 'id="app-notice"' not in viewer.get(live + "unreachable").content.decode()
+    # Dify answers again: the notice goes.
+    DifyApp.objects.filter(pk=app.pk).update(contact_failed_at=None, contact_failed_since=None)
+    cleared = viewer.get(live + "unreachable").content.decode()
+    assert '<div id="app-notice" hx-swap-oob="true"></div>' in cleared
