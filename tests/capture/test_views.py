@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -648,6 +649,56 @@ def test_the_runs_list_finds_a_run_by_its_id_its_starter_its_message_or_an_input
     _token, raw = ApiToken.issue(admin_user)
     body = client.get("/api/v1/runs", {"q": "SO-1042"}, HTTP_AUTHORIZATION=f"Bearer {raw}").json()
     assert [r["id"] for r in body["results"]] == [str(ada.public_id)]
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the runs search's indexes exist on PostgreSQL only"
+)
+def test_the_runs_search_reads_only_the_runs_its_indexes_find(
+    refunds: DifyApp, reviewer: User, admin_user: User
+) -> None:
+    """Every part of the search is answered by an index (migration 0031), so PostgreSQL need not
+    read every run to test it: no sequential scan of the runs, whatever is looked for."""
+    reviewer.first_name = "Alice"
+    reviewer.save()
+    ada = Run.objects.create(
+        app=refunds,
+        workflow_run_id="41f2c79e-aaaa-4000-8000-000000000001",
+        inputs={
+            "customer_name": "Ada Lovelace",
+            "reason": "\u7533\u8bf7\u9000\u6b3e",
+            "amount": 12.5,
+        },
+        query="Where is my parcel?",
+        started_by=reviewer,
+        started_by_username=reviewer.username,
+    )
+
+    def plan_and_found(q: str) -> tuple[str, list[int]]:
+        runs = views_runs.search_runs(Run.objects.for_user(admin_user), q)
+        sql, params = runs.order_by().values("pk").query.sql_with_params()
+        with transaction.atomic(), connection.cursor() as cursor:
+            # A tiny table would be read whole, or walked along another index.
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL enable_indexscan = off")
+            cursor.execute("EXPLAIN " + sql, params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        return plan, list(runs.values_list("pk", flat=True))
+
+    for q, uses in [
+        ("lovelace", "run_inputs_trgm"),
+        ("\u9000\u6b3e", "run_inputs_trgm"),
+        ("12.5", "run_inputs_trgm"),
+        ("parcel", "run_query_trgm"),
+        ("alice", "started_by_id"),
+        (reviewer.username, "run_started_by_username_upper"),
+        ("41f2c79e", "run_workflow_run_id_start"),
+        ("0123abcd-ffff", "run_public_id_start"),
+        ("nothing like it", "run_inputs_trgm"),
+    ]:
+        plan, found = plan_and_found(q)
+        assert "Seq Scan on inbox_run" not in plan and uses in plan, (q, plan)
+        assert found == ([] if q in ("nothing like it", "0123abcd-ffff") else [ada.pk]), q
 
 
 def test_the_runs_list_shows_a_reviewer_only_the_apps_of_runs_they_may_see(
