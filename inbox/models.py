@@ -778,7 +778,9 @@ class Run(models.Model):
         It is open again and followed with a state snapshot: its forms that closed as gone wait
         again without a token (`not_answerable`) until the snapshot hands out fresh ones, which
         make them pending (`capture`), and a form Dify no longer waits at is settled by the
-        same snapshot or the run's end. True when it was reopened."""
+        same snapshot or the run's end. Those emailed about its forms are emailed again once
+        they are pending (they may have been told the form was gone). True when it was
+        reopened."""
         with transaction.atomic():
             run = Run.objects.select_for_update().filter(pk=self.pk).first()
             if run is None or not run.was_gone:
@@ -797,6 +799,20 @@ class Run(models.Model):
             forms = list(run.forms.filter(status=Form.Status.GONE).values_list("pk", flat=True))
             Form.objects.filter(pk__in=forms).update(
                 status=Form.Status.NOT_ANSWERABLE, updated_at=timezone.now()
+            )
+            # Those emailed about it are emailed again once it waits again with a token (the
+            # sweep sends the first emails of pending forms): those told it was gone read
+            # "nothing more is needed from you", and the reminders of all stopped as it went.
+            # Their reminders start over from that email, and a closing notice is owed anew.
+            FormRecipient.objects.filter(form_id__in=forms, sent_at__isnull=False).update(
+                sent_at=None,
+                send_attempts=0,
+                next_send_at=None,
+                last_error="",
+                reminders_sent=[],
+                next_reminder_at=None,
+                closed_notice_at=None,
+                notice_attempts=0,
             )
             AuditEntry.record("run_back", run, actor=actor, source=source, forms=len(forms))
         logger.warning(
@@ -2162,9 +2178,18 @@ class Decision(models.Model):
     # (`release_held`). What an administrator fixes in the app's settings fails no decision.
     held_for_app = models.BooleanField(_("held until Dify accepts its app"), default=False)
     # When its maker was told that it failed for good (`inbox.notify.send_failure_notice`):
-    # set before the email goes, so the task and the sweep send it once.
+    # set once the email went (or was given up, or there was nobody to tell), so it goes once.
     failure_notice_at = models.DateTimeField(
         null=True, blank=True, verbose_name=_("failure notice sent at")
+    )
+    # The notice's sends so far, and when it may next be sent: while one is being sent, the end
+    # of that claim (the task and the sweep never both send it; a worker killed mid-send leaves
+    # it to a later sweep); after a failed send, the end of its wait. None: now.
+    failure_notice_attempts = models.PositiveIntegerField(
+        default=0, verbose_name=_("failure notice attempts")
+    )
+    failure_notice_next_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("failure notice next send at")
     )
 
     class Meta:

@@ -1,5 +1,6 @@
 """Reach: the emails about a form (the request, reminders, the closing notice, the notice that
-a decision could not be delivered) and the signed links in them.
+it is gone from the workflow, the notice that a decision could not be delivered) and the signed
+links in them.
 
 A link is signed for one recipient of one form with Django's signing framework and expires with
 the form. A form without an expiry bounds its links' age instead (INBOX_LINK_MAX_AGE_SECONDS); the
@@ -32,7 +33,7 @@ from django.utils import formats, timezone, translation
 from inbox import timefmt
 from inbox.markdown import excerpt
 from inbox.middleware import valid_time_zone
-from inbox.models import AuditEntry, Decision, Form, FormRecipient, ReviewerProfile
+from inbox.models import AuditEntry, Decision, Form, FormRecipient, ReviewerProfile, Run
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ LINK_SALT = "inbox.notify.form-link"
 
 # Forms that closed longer ago than this get no closing notice: news that old is noise.
 NOTICE_STALE_AFTER = dt.timedelta(days=2)
-# A first email or a closing notice that could not be sent is tried again after these waits, the
-# last one over and over: a first email while its form still asks (a mail server down for hours
-# delays it, never drops it), a closing notice up to MAX_NOTICE_ATTEMPTS times.
+# A first email or a notice (a closing or gone notice, a failed decision's) that could not be
+# sent is tried again after these waits, the last one over and over: a first email while its form
+# still asks (a mail server down for hours delays it, never drops it), a notice up to
+# MAX_NOTICE_ATTEMPTS times.
 SEND_RETRY = (
     dt.timedelta(minutes=1),
     dt.timedelta(minutes=5),
@@ -53,12 +55,15 @@ MAX_NOTICE_ATTEMPTS = 10
 # A reminder that could not be sent is tried again this much later (while the form is open).
 REMINDER_RETRY = dt.timedelta(minutes=5)
 # An email being sent holds its row this long (`next_send_at`, or a reminder's
-# `next_reminder_at`): longer than any task that sends may run (their hard time limits:
-# send_form_emails 150 s, send_reminders 120 s), so the row of a worker killed mid-send is taken
-# up again by a later sweep instead of passing for sent.
+# `next_reminder_at`, a failed decision's `failure_notice_next_at`): longer than any task that
+# sends may run (their hard time limits: send_form_emails 150 s, send_reminders 120 s,
+# send_failure_notice 75 s), so the row of a worker killed mid-send is taken up again by a later
+# sweep instead of passing for sent.
 SEND_CLAIM = dt.timedelta(minutes=5)
 CLOSED_STATUSES = (Form.Status.SUBMITTED, Form.Status.ANSWERED_ELSEWHERE, Form.Status.EXPIRED)
-# Closed for good: a first email not sent by then is given up (and logged once).
+# Closed for good: a first email not sent by then is given up (and logged once), and those
+# emailed get a notice: a closing notice (`closed`), or for a form gone from the workflow
+# (`Run.gone_from_dify`) one that says so (`gone`).
 ENDED_STATUSES = (*CLOSED_STATUSES, Form.Status.GONE)
 
 
@@ -209,6 +214,20 @@ def _reopened(form: Form) -> bool:
     return cached
 
 
+def _back(form: Form) -> bool:
+    """Whether the pending form's run was taken for gone and came back (`Run.back_in_dify`):
+    those emailed about it may have been told it was no longer available."""
+    if form.status != Form.Status.PENDING:
+        return False
+    cached: bool | None = getattr(form, "_inbox_back", None)
+    if cached is None:
+        cached = AuditEntry.objects.filter(
+            verb="run_back", object_type=Run._meta.model_name, object_id=str(form.run_id)
+        ).exists()
+        form._inbox_back = cached  # type: ignore[attr-defined]
+    return cached
+
+
 def build_email(
     recipient: FormRecipient,
     kind: str,
@@ -216,7 +235,8 @@ def build_email(
     now: dt.datetime | None = None,
     decision: Decision | None = None,
 ) -> EmailMultiAlternatives:
-    """The email of `kind` (`request`, `reminder`, `link`, `closed`, `failed`) for a recipient,
+    """The email of `kind` (`request`, `reminder`, `link`, `closed`, `gone`, `failed`) for a
+    recipient,
     in their language: plain text and HTML from templates/emails/. Each carries a link signed as
     it is built, so a reminder's link is as fresh as the reminder. Dify's content goes in as
     plain text only. `failed` tells the maker of `decision`, which failed for good, that it was
@@ -258,6 +278,8 @@ def build_email(
             "time_left": timefmt.relative(expires, now) if expires else "",
             "link_lasts": timefmt.span(link_max_age()),
             "url": form_page_url(form) if recipient.pk is None else link_url(recipient),
+            # Back in the workflow after it was taken for gone (`Run.back_in_dify`).
+            "back": kind == "request" and _back(form),
             # Given back for a new decision after one that could not be delivered.
             "reopened": kind == "request" and _reopened(form),
             # Why the decision failed, in the reader's language where the inbox wrote it.
@@ -548,17 +570,20 @@ def _sweep(now: dt.datetime, batch_size: int, counts: dict[str, int]) -> None:
     ).select_related("form__run__app")[:batch_size]:
         counts["reminders"] += _remind(recipient, now)
 
+    # Closing notices, and the notices of forms gone from the workflow.
     closed = FormRecipient.objects.filter(
         _free(now),
         sent_at__isnull=False,
         closed_notice_at__isnull=True,
-        form__status__in=CLOSED_STATUSES,
+        form__status__in=ENDED_STATUSES,
     ).select_related("form__run__app", "user")[:batch_size]
     for recipient in closed:
         counts["notices"] += _notify_closed(recipient, now)
 
-    # Decisions that failed for good whose maker was not told (the task lost, or not yet run).
+    # Decisions that failed for good whose maker was not told (the task lost, or not yet run,
+    # or its send failed and its wait is over).
     failed = Decision.objects.filter(
+        Q(failure_notice_next_at__isnull=True) | Q(failure_notice_next_at__lte=now),
         status=Decision.Status.FAILED,
         form__status=Form.Status.FAILED,
         failure_notice_at__isnull=True,
@@ -637,9 +662,12 @@ def _sweep_every() -> dt.timedelta:
 
 
 def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
+    """The notice to `recipient` that their form closed, or is gone from the workflow."""
     form = recipient.form
     unsettled = FormRecipient.objects.filter(pk=recipient.pk, closed_notice_at__isnull=True)
-    decision = _decider(form)
+    gone = form.status == Form.Status.GONE
+    kind = "gone" if gone else "closed"
+    decision = _gone_decider(form) if gone else _decider(form)
     if (
         form.updated_at < now - NOTICE_STALE_AFTER
         # No longer asked when it closed: how it ended is not theirs to hear.
@@ -663,7 +691,7 @@ def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
     )
     sent = False
     try:
-        sent = _send(recipient, "closed", now)
+        sent = _send(recipient, kind, now)
     finally:
         if sent:
             mine.update(closed_notice_at=now, next_send_at=None)
@@ -673,14 +701,36 @@ def _notify_closed(recipient: FormRecipient, now: dt.datetime) -> int:
                 closed_notice_at=now, next_send_at=None
             ):
                 logger.warning(
-                    "form %s: closing notice to recipient %s given up after %s attempts",
+                    "form %s: %s notice to recipient %s given up after %s attempts",
                     form.pk,
+                    "gone" if gone else "closing",
                     recipient.pk,
                     attempts,
                 )
             else:
                 mine.update(next_send_at=now + retry_wait(attempts))
     return int(sent)
+
+
+def _gone_decider(form: Form) -> Decision | None:
+    """The decision a gone form was left with: the one that failed for good (its maker was told
+    so, `send_failure_notice`), unless an administrator gave the form back since, which asked
+    its maker again like everyone else. None when the form went while it asked."""
+    failed = (
+        form.decisions.select_related("reviewer")
+        .filter(status=Decision.Status.FAILED)
+        .order_by("-created_at")
+        .first()
+    )
+    if failed is None:
+        return None
+    given_back = AuditEntry.objects.filter(
+        verb="form_reopened",
+        object_type=Form._meta.model_name,
+        object_id=str(form.pk),
+        details__failed_decision=str(failed.public_id),
+    ).exists()
+    return None if given_back else failed
 
 
 def _made_by(decision: Decision, recipient: FormRecipient) -> bool:
@@ -715,36 +765,63 @@ def _failure_recipient(decision: Decision) -> FormRecipient | None:
 def send_failure_notice(decision_pk: int, *, now: dt.datetime | None = None) -> int:
     """Tell the maker of a decision that failed for good (Dify refused it, or could not be
     reached after every attempt) that it was not delivered, and that the inbox's administrators
-    can send it again or reopen the form. Once: the decision is claimed before the email goes,
-    so the task and the sweep never both send it. Not for a decision sent again or whose form
-    moved on meanwhile, nor news older than NOTICE_STALE_AFTER."""
+    can send it again or reopen the form. Once: the decision is claimed before the email goes
+    (as "being sent until `held`"), so the task and the sweep never both send it, and stamped
+    once it went; a failed send is tried again by the sweep after `retry_wait`, up to
+    MAX_NOTICE_ATTEMPTS times. Not for a decision sent again or whose form moved on meanwhile
+    (looked at before each attempt), nor news older than NOTICE_STALE_AFTER."""
     now = now or timezone.now()
+    held = now + SEND_CLAIM
     claimed = Decision.objects.filter(
+        Q(failure_notice_next_at__isnull=True) | Q(failure_notice_next_at__lte=now),
         pk=decision_pk,
         status=Decision.Status.FAILED,
         form__status=Form.Status.FAILED,
         failure_notice_at__isnull=True,
-    ).update(failure_notice_at=now)
+    ).update(failure_notice_next_at=held, failure_notice_attempts=F("failure_notice_attempts") + 1)
     if not claimed:
         return 0
+    mine = Decision.objects.filter(
+        pk=decision_pk, failure_notice_at__isnull=True, failure_notice_next_at=held
+    )
     decision = (
         Decision.objects.select_related("form__run__app", "reviewer").filter(pk=decision_pk).first()
     )
-    if decision is None or decision.updated_at < now - NOTICE_STALE_AFTER:
-        return 0
-    recipient = _failure_recipient(decision)
-    if recipient is None:
+    recipient = None
+    if decision is not None and decision.updated_at >= now - NOTICE_STALE_AFTER:
+        recipient = _failure_recipient(decision)
+    if decision is None or recipient is None:
+        # News too old, or nobody to tell: settled without an email.
+        mine.update(failure_notice_at=now, failure_notice_next_at=None)
         return 0
     recipient.form = decision.form
+    sent = False
     try:
         build_email(recipient, "failed", now=now, decision=decision).send()
+        sent = True
     except SoftTimeLimitExceeded:
+        # The task's time is up (a mail server that hangs): the claim is given back below and
+        # the sweep tries again.
         raise
     except Exception as exc:
-        # As a closing notice: tried once. The failure is on the dashboard all the same.
+        # The error may quote the message; it never holds a form token (none is in it).
         logger.warning("decision %s: failure notice not sent: %s", decision_pk, exc)
-        return 0
-    return 1
+    finally:
+        if sent:
+            mine.update(failure_notice_at=now, failure_notice_next_at=None)
+        else:
+            attempts = decision.failure_notice_attempts
+            if attempts >= MAX_NOTICE_ATTEMPTS and mine.update(
+                failure_notice_at=now, failure_notice_next_at=None
+            ):
+                logger.warning(
+                    "decision %s: failure notice given up after %s attempts",
+                    decision_pk,
+                    attempts,
+                )
+            else:
+                mine.update(failure_notice_next_at=now + retry_wait(attempts))
+    return int(sent)
 
 
 def resend_form_emails(form: Form) -> int:

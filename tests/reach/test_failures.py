@@ -1,14 +1,20 @@
-"""A decision that fails for good: its maker is told, and an administrator who reopens the form
-asks its recipients again (their used links open again, their reminders start over)."""
+"""A decision that fails for good: its maker is told (the notice tried again while the mail server
+refuses it, at most MAX_NOTICE_ATTEMPTS times, never twice), and an administrator who reopens the
+form asks its recipients again (their used links open again, their reminders start over)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth.models import User
 from django.core import mail
+from django.core.mail import EmailMultiAlternatives
 from django.test import Client
 from django.utils import timezone
 from django.utils.translation import gettext_noop
@@ -184,3 +190,95 @@ def test_reopening_asks_no_one_taken_off_the_route(
         assert decision.reopen_form(actor=admin_user)
     assert notify.send_form_emails(routed_form.pk) == 1
     assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
+
+
+REFUSED_BY_MAIL = ConnectionRefusedError(111, "Connection refused")
+M = dt.timedelta(minutes=1)
+
+
+def _mail_server(side_effect: Any) -> Any:
+    """The mail server refusing (or hanging: a time limit) every email while the block runs."""
+    return mock.patch.object(EmailMultiAlternatives, "send", autospec=True, side_effect=side_effect)
+
+
+def _failed_by(
+    form: Form, email: str, callbacks: Callable[..., Any]
+) -> tuple[Decision, dt.datetime]:
+    """`email`'s decision on `form`, failed for good; its notice's task not run yet."""
+    notify.send_form_emails(form.pk)
+    _link, _browser, decision = _guest_decides(form, email)
+    _fail(decision, callbacks)
+    mail.outbox.clear()
+    return decision, timezone.now()
+
+
+def test_a_failure_notice_the_mail_server_refused_is_sent_by_a_later_sweep_once(
+    routed_form: Form, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    decision, now = _failed_by(routed_form, GUEST, django_capture_on_commit_callbacks)
+    with _mail_server(REFUSED_BY_MAIL) as server:
+        assert notify.send_failure_notice(decision.pk, now=now) == 0
+    assert server.call_count == 1
+    assert mail.outbox == []
+    # Tried again after its wait, by the sweep (or the task run again), not before.
+    assert notify.send_failure_notice(decision.pk, now=now + M // 2) == 0
+    assert notify.send_due_emails(now + M + M // 2)["failures"] == 1
+    assert [m.to for m in mail.outbox] == [[GUEST]]
+    assert "could not be delivered, so the workflow has not moved on" in mail.outbox[0].body
+    # Once.
+    assert notify.send_failure_notice(decision.pk, now=now + 2 * M) == 0
+    assert notify.send_due_emails(now + 10 * M)["failures"] == 0
+    assert len(mail.outbox) == 1
+
+
+def test_a_failure_notice_whose_send_ran_out_of_time_is_sent_by_a_later_sweep(
+    routed_form: Form, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    decision, now = _failed_by(routed_form, GUEST_ZH, django_capture_on_commit_callbacks)
+    with _mail_server(SoftTimeLimitExceeded()), pytest.raises(SoftTimeLimitExceeded):
+        notify.send_failure_notice(decision.pk, now=now)
+    assert notify.send_due_emails(now + 2 * M)["failures"] == 1
+    assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
+
+
+def test_a_failure_notice_is_given_up_after_its_attempts(
+    routed_form: Form,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    decision, now = _failed_by(routed_form, GUEST, django_capture_on_commit_callbacks)
+    with (
+        _mail_server(REFUSED_BY_MAIL) as server,
+        caplog.at_level(logging.WARNING, logger="inbox.notify"),
+    ):
+        notify.send_failure_notice(decision.pk, now=now)
+        for minute in range(1, 6 * 60):
+            notify.send_due_emails(now + minute * M)
+    assert server.call_count == notify.MAX_NOTICE_ATTEMPTS
+    given_up = [r for r in caplog.records if "failure notice given up" in r.getMessage()]
+    assert len(given_up) == 1
+    assert Decision.objects.get(pk=decision.pk).failure_notice_at is not None
+    assert notify.send_due_emails(now + 7 * 60 * M)["failures"] == 0
+    assert mail.outbox == []
+
+
+def test_a_failure_notice_waiting_to_be_tried_again_is_not_sent_once_the_decision_is_sent_again(
+    routed_form: Form,
+    admin_user: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    decision, now = _failed_by(routed_form, GUEST, django_capture_on_commit_callbacks)
+    with _mail_server(REFUSED_BY_MAIL):
+        assert notify.send_failure_notice(decision.pk, now=now) == 0
+    # An administrator sends it again meanwhile: nothing to tell while it is on its way.
+    with django_capture_on_commit_callbacks(execute=False):
+        assert decision.retry_delivery(actor=admin_user)
+    assert notify.send_due_emails(now + 5 * M)["failures"] == 0
+    assert notify.send_failure_notice(decision.pk, now=now + 5 * M) == 0
+    assert mail.outbox == []
+    # It fails for good again: its maker is told, once.
+    _fail(Decision.objects.get(pk=decision.pk), django_capture_on_commit_callbacks)
+    later = timezone.now()
+    assert notify.send_due_emails(later + 2 * M)["failures"] == 1
+    assert notify.send_due_emails(later + 10 * M)["failures"] == 0
+    assert [m.to for m in mail.outbox] == [[GUEST]]
