@@ -261,7 +261,7 @@ def _send_files(
     """The message's files in Dify: those kept from the last sending and the ones chosen now,
     uploaded under `dify_user`. None when Dify did not take one: said beside the files, and
     those it took are kept (ticked) for the page's next sending."""
-    kept: list[MessageFile] = form.kept_files
+    kept: list[MessageFile] = getattr(form, "kept_files", [])
     if not chosen:
         return list(kept)
     spec = form.fields["files"].spec
