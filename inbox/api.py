@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -862,6 +863,8 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
         "query": run.query,
         # A chatflow's conversation, to go on with it in Dify.
         "conversation_id": run.conversation_id or None,
+        # The files a chatflow's message was sent with.
+        "files": [_message_file_json(f) for f in run.message_files.all()],
         "answer": run.answer,
         "outputs": run.outputs,
         "forms": [
@@ -1080,7 +1083,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     _require_may_start(request)
     body = json_body(request)
     _refuse_unknown_keys(
-        body, ("app", "inputs", "query", "user", "submission_key", "conversation_id")
+        body, ("app", "inputs", "query", "user", "submission_key", "conversation_id", "files")
     )
     key = _submission_key(request, body)
     app = _active_app(body)
@@ -1100,7 +1103,9 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     if conversation_id:
         return _continue_conversation(request, app, body, key, conversation_id)
     dify_user = _optional_text(body, "user", limit=255) or default_dify_user(request.user)
-    digest = start_digest(app.pk, inputs, query, dify_user)
+    # A start with files is another start than the same one without.
+    extra = [_file_ids(body)] if body.get("files") else []
+    digest = start_digest(app.pk, inputs, query, dify_user, *extra)
     try:
         # Sent again: answered from what the first start did, without asking Dify anything.
         started_under(key, digest)
@@ -1149,9 +1154,11 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             for text in (texts[:1] if name in wrong else texts)
         )
         raise ApiError(400, "invalid_inputs", message, details=errors)
+    files = _message_files(request, app, body, dify_user)
     try:
         run = start_run(
             app,
+            files=files,
             inputs=form.dify_inputs(),
             query=form.cleaned_data.get("query", ""),
             dify_user=dify_user,
@@ -1223,11 +1230,14 @@ def _continue_conversation(
     given_user = _optional_text(body, "user", limit=255)
     dify_user = given_user or (latest.dify_user if latest else default_dify_user(request.user))
     inputs = latest.inputs if latest and latest.dify_user == dify_user else {}
-    digest = start_digest(app.pk, {}, query, dify_user, conversation_id)
+    extra = [_file_ids(body)] if body.get("files") else []
+    digest = start_digest(app.pk, {}, query, dify_user, conversation_id, *extra)
     try:
         started_under(key, digest)
+        files = _message_files(request, app, body, dify_user)
         run = start_run(
             app,
+            files=files,
             inputs=inputs,
             query=query,
             dify_user=dify_user,
@@ -1243,6 +1253,14 @@ def _continue_conversation(
     except StartFailed as exc:
         raise ApiError.of(exc) from None
     return JsonResponse(_run_json(request, run), status=201)
+
+
+def _file_ids(body: dict[str, Any]) -> Any:
+    """A start's `files` as its digest keeps them (as sent; checked by `_message_files`)."""
+    given = body.get("files")
+    if isinstance(given, list):
+        return [item.get("upload_id") if isinstance(item, dict) else item for item in given]
+    return given
 
 
 def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
@@ -1275,6 +1293,161 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
             retry_after=1,
         )
     return JsonResponse(_run_json(request, run), status=200)
+
+
+def _message_dify_user(request: HttpRequest, app: DifyApp, user: str, conversation_id: str) -> str:
+    """The Dify user a chatflow's message is asked as, as `POST /api/v1/runs` picks it: `user`
+    when given, else the conversation's (its last run here), else the caller's default."""
+    from inbox.runs import conversation_of_others, conversation_start, default_dify_user
+
+    if user:
+        return user
+    if conversation_id:
+        if conversation_of_others(app, conversation_id, request.user):
+            raise ApiError(
+                403,
+                "forbidden",
+                "Only who started this conversation, or an administrator, may go on with it.",
+            )
+        latest = conversation_start(app, conversation_id, request.user)
+        if latest is not None:
+            return str(latest.dify_user)
+    return default_dify_user(request.user)
+
+
+def _message_file_spec(app: DifyApp) -> Any:
+    """What files the app takes with a message (`uploads.message_file_spec`); refused when it
+    takes none, or is no chatflow."""
+    from inbox.dify.errors import DifyError
+    from inbox.runs import app_parameters
+    from inbox.uploads import message_file_spec
+
+    if app.mode != DifyApp.Mode.CHATFLOW:
+        raise ApiError(
+            400, "invalid_param", f"Files go with a chatflow's message; {app.name} is a workflow."
+        )
+    try:
+        spec = message_file_spec(app_parameters(app))
+    except DifyError as exc:
+        raise ApiError(
+            502, "dify_unavailable", f"Dify's parameters could not be read: {exc}"
+        ) from None
+    if spec is None:
+        raise ApiError(400, "invalid_param", f"{app.name} takes no uploaded files with a message.")
+    return spec
+
+
+@api_view(["POST"])
+def run_files(request: HttpRequest) -> HttpResponse:
+    """`POST /api/v1/runs/files` (multipart: `app`, `file`, `user`?, `conversation_id`?): a file
+    for a chatflow's message, uploaded to Dify first under the Dify user the message will be
+    asked as (as `POST /api/v1/runs` picks it from the same fields); its `id` then goes in the
+    start's `files`."""
+    from inbox.uploads import upload_message_file
+
+    _require_may_start(request)
+    fields = ("app", "user", "conversation_id")
+    for key in request.POST:
+        if key not in fields:
+            raise ApiError(
+                400,
+                "invalid_param",
+                f"Unknown field {key!r}; send 'app', 'file' and 'user'?, 'conversation_id'?.",
+            )
+        if len(request.POST.getlist(key)) > 1:
+            raise ApiError(400, "invalid_param", f"{key!r} is given more than once.")
+    for key in request.FILES:
+        if key != "file":
+            raise ApiError(
+                400, "invalid_param", f"Unknown file field {key!r}; send the file as 'file'."
+            )
+    if len(request.FILES.getlist("file")) > 1:
+        raise ApiError(400, "invalid_param", "Send one 'file' per call; upload each on its own.")
+    if "app" not in request.POST:
+        raise ApiError(
+            400,
+            "invalid_param",
+            "This call takes a multipart/form-data body: an 'app' field with the app's name "
+            "and the file in a part named 'file' (and 'user' or 'conversation_id' as the run "
+            "will be started with).",
+        )
+    body = dict(request.POST.items())
+    app = _active_app(body)
+    spec = _message_file_spec(app)
+    dify_user = _message_dify_user(
+        request,
+        app,
+        _optional_text(body, "user", limit=255),
+        _optional_text(body, "conversation_id", limit=64),
+    )
+    fileobj = request.FILES.get("file")
+    if fileobj is None:
+        dropped = too_large(request)
+        if dropped:
+            raise ApiError(413, "upload_rejected", " ".join(dropped))
+        raise ApiError(400, "no_file_uploaded", "Send the file in a multipart field named 'file'.")
+    try:
+        sent = upload_message_file(app, spec, fileobj, dify_user=dify_user, uploader=request.user)
+    except UploadRejected as exc:
+        raise ApiError.of(exc) from None
+    return JsonResponse({**_message_file_json(sent), "user": sent.dify_user}, status=201)
+
+
+def _message_file_json(sent: Any) -> dict[str, Any]:
+    return {
+        "id": str(sent.public_id),
+        "name": sent.name,
+        "size": sent.size,
+        "type": sent.category,
+        "mime_type": sent.mime_type,
+    }
+
+
+def _message_files(
+    request: HttpRequest, app: DifyApp, body: dict[str, Any], dify_user: str
+) -> list[Any]:
+    """A start's `files`: the caller's own files from `POST /api/v1/runs/files`, uploaded for
+    this app under the Dify user the run is asked as, no more than the app takes."""
+    from inbox.models import MessageFile
+    from inbox.uploads import too_many_files
+
+    given = body.get("files")
+    if given is None or given == []:
+        return []
+    shape = "'files' is a list of {'upload_id': ...} from POST /api/v1/runs/files."
+    if not isinstance(given, list):
+        raise ApiError(400, "invalid_param", shape)
+    ids: list[uuid.UUID] = []
+    for item in given:
+        ref = item.get("upload_id") if isinstance(item, dict) else item
+        try:
+            ids.append(uuid.UUID(ref))
+        except (TypeError, ValueError, AttributeError):
+            raise ApiError(400, "invalid_param", shape) from None
+    spec = _message_file_spec(app)
+    if (many := too_many_files(spec.max_files, len(ids))) is not None:
+        raise ApiError(400, "invalid_inputs", many, details={"files": [many]})
+    found = {
+        f.public_id: f
+        for f in MessageFile.objects.filter(
+            public_id__in=ids, app=app, uploaded_by_id=request.user.pk
+        )
+    }
+    files = []
+    for file_id in ids:
+        sent = found.get(file_id)
+        if sent is None:
+            message = f"No upload {file_id} of yours for {app.name}."
+        elif sent.dify_user != dify_user:
+            message = (
+                f"The upload {file_id} was sent to Dify under the user {sent.dify_user!r}, not "
+                f"{dify_user!r}, which this run is asked as: Dify lets only that user use it."
+            )
+        else:
+            files.append(sent)
+            continue
+        raise ApiError(400, "invalid_inputs", message, details={"files": [message]})
+    return files
 
 
 def _get_api_run(request: HttpRequest, public_id: Any) -> Any:

@@ -288,7 +288,17 @@ class UploadSizeMiddleware:
     streams in (`uploads.cap_uploads`). Without it Django would write a file of any size to a
     temporary file before the view could refuse it, even from a guest's link."""
 
-    UPLOAD_VIEWS = frozenset({"inbox:form_upload", "inbox:guest_upload", "api_form_files"})
+    UPLOAD_VIEWS = frozenset(
+        {
+            "inbox:form_upload",
+            "inbox:guest_upload",
+            "api_form_files",
+            # A chatflow's message with its files, and the API's upload of such a file.
+            "inbox:app_start",
+            "inbox:run_continue",
+            "api_run_files",
+        }
+    )
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -308,10 +318,19 @@ class UploadSizeMiddleware:
         if match.view_name not in self.UPLOAD_VIEWS:
             return
         from inbox import notify
-        from inbox.models import Form
+        from inbox.models import DifyApp, Form, Run
         from inbox.uploads import cap_uploads
 
         form = None
+        if match.view_name in ("inbox:app_start", "inbox:run_continue", "api_run_files"):
+            app = None
+            if "app_id" in match.kwargs:
+                app = DifyApp.objects.filter(pk=match.kwargs["app_id"]).first()
+            elif "public_id" in match.kwargs:
+                run = Run.objects.filter(public_id=match.kwargs["public_id"]).first()
+                app = run.app if run is not None else None
+            cap_uploads(request, app)
+            return
         if "public_id" in match.kwargs:
             form = (
                 Form.objects.filter(public_id=match.kwargs["public_id"])

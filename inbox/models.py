@@ -3206,6 +3206,58 @@ class UploadTally(models.Model):
         )
 
 
+class MessageFile(models.Model):
+    """A file uploaded to Dify to go with a chatflow's message (a start, or the next message of a
+    conversation), under the Dify user the message is asked as (Dify lets only that user use
+    it). Uploaded before the message is sent; `runs` are the messages that sent it."""
+
+    public_id = models.UUIDField(
+        default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
+    )
+    app = models.ForeignKey(
+        DifyApp, on_delete=models.CASCADE, related_name="message_files", verbose_name=_("app")
+    )
+    dify_user = models.CharField(_("Dify user"), max_length=255)
+    runs = models.ManyToManyField(
+        Run, blank=True, related_name="message_files", verbose_name=_("runs")
+    )
+    upload_file_id = models.CharField(_("Dify upload file id"), max_length=64)
+    name = models.CharField(max_length=255, verbose_name=_("name"))
+    size = models.BigIntegerField(verbose_name=_("size"))
+    mime_type = models.CharField(max_length=255, blank=True, verbose_name=_("MIME type"))
+    extension = models.CharField(max_length=32, blank=True, verbose_name=_("extension"))
+    category = models.CharField(
+        max_length=16, choices=Upload.Category.choices, verbose_name=_("category")
+    )
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        verbose_name=_("uploaded by"),
+    )
+    uploaded_by_username = models.CharField(
+        max_length=150, blank=True, verbose_name=_("uploaded by (username)")
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+
+    class Meta:
+        verbose_name = _("message file")
+        verbose_name_plural = _("message files")
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def as_dify(self) -> dict[str, str]:
+        """The file as a message's `files` item sends it (CONTRACT 2.1)."""
+        return {
+            "type": self.category,
+            "transfer_method": "local_file",
+            "upload_file_id": self.upload_file_id,
+        }
+
+
 class FormRecipient(models.Model):
     """An address emailed about a form (a routed reviewer or a guest), and what it was sent.
 

@@ -251,6 +251,63 @@ class ContinueForm(forms.Form):
         return query
 
 
+class MultipleFileInput(forms.FileInput):
+    allow_multiple_selected = True
+
+
+class MessageFilesField(forms.FileField):
+    """The files a chatflow's message carries, as the app's `file_upload` takes them (`spec`:
+    `uploads.message_file_spec`): each file's kind and size are checked here, before anything
+    is sent to Dify, and their number with those kept from the page's last sending."""
+
+    def __init__(self, spec: Any, app: DifyApp, kept: int = 0, **kwargs: Any) -> None:
+        self.spec, self.app, self.kept = spec, app, kept
+        super().__init__(
+            label=_("Files"),
+            required=False,
+            widget=MultipleFileInput(attrs={"multiple": True, "accept": spec.accept}),
+            **kwargs,
+        )
+        self.help_text = gettext("Accepted: %(accepted)s. At most %(limit)d.") % {
+            "accepted": spec.accepted_label() or "—",
+            "limit": spec.ui_max_files,
+        }
+
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        from inbox.uploads import UploadRejected, _checked, too_many_files
+
+        given = [f for f in (data if isinstance(data, list | tuple) else [data]) if f]
+        files = [super(MessageFilesField, self).clean(f, initial) for f in given]
+        errors = []
+        if (many := too_many_files(self.spec.ui_max_files, self.kept + len(files))) is not None:
+            errors.append(many)
+        for fileobj in files:
+            try:
+                _checked(
+                    self.spec,
+                    fileobj.name or "file",
+                    fileobj.content_type or "application/octet-stream",
+                    fileobj.size or 0,
+                    self.app,
+                    guest=False,
+                )
+            except UploadRejected as exc:
+                errors.append(
+                    gettext("%(name)s: %(error)s") % {"name": fileobj.name, "error": exc.message}
+                )
+        if errors:
+            raise forms.ValidationError(errors)
+        return files
+
+
+def add_files_field(form: forms.Form, app: DifyApp, spec: Any, kept: list[Any]) -> None:
+    """A chatflow's message form takes files when the app does (`spec`, None when it takes
+    none); `kept`: the files sent to Dify from the page's last sending, sent again with it."""
+    form.kept_files = list(kept)  # type: ignore[attr-defined]
+    if spec is not None:
+        form.fields["files"] = MessageFilesField(spec, app, kept=len(kept))
+
+
 def conversation_runs(run: Run, user: Any) -> list[Run]:
     """The messages of `run`'s conversation that `user` may see, oldest first (`run` too)."""
     if not run.conversation_id:
@@ -258,6 +315,7 @@ def conversation_runs(run: Run, user: Any) -> list[Run]:
     return list(
         Run.objects.for_user(user)
         .filter(app_id=run.app_id, conversation_id=run.conversation_id)
+        .prefetch_related("message_files")
         .order_by("created_at", "pk")[:CONVERSATION_SHOWN]
     )
 
@@ -473,6 +531,7 @@ def start_run(
     submission_key: str = "",
     submission_digest: str = "",
     conversation_id: str = "",
+    files: list[Any] | None = None,
 ) -> Run:
     """Start a streaming run and hand it to the follower (see the module docstring).
     `labels`: the start inputs' labels ({variable: label}), kept for the run's page.
@@ -480,6 +539,8 @@ def start_run(
     Dify then runs with the inputs the conversation started with (see `conversation_start`).
     `submission_key`: the caller's key for this start (see `Run.submission_key`), with the
     digest of what it asked (`start_digest`).
+    `files`: a chatflow message's files (`MessageFile`s uploaded under `dify_user`), sent as
+    Dify's uploaded files and kept with the run.
 
     Raises StartFailed; the run row then stays as `failed` with Dify's message, for the record.
     Raises SameStart when another start holds the key, having started nothing.
@@ -513,6 +574,8 @@ def start_run(
                     submission_digest=submission_digest if submission_key else "",
                     conversation_id=conversation_id[:64],
                 )
+                if files:
+                    run.message_files.add(*files)
             break
         except IntegrityError:
             # Another start under the key went in first; looked up again, it is that start,
@@ -531,7 +594,11 @@ def start_run(
     try:
         if app.mode == DifyApp.Mode.CHATFLOW:
             stream = client.send_chat_message(
-                query=query, inputs=inputs, user=dify_user, conversation_id=conversation_id or None
+                query=query,
+                inputs=inputs,
+                user=dify_user,
+                conversation_id=conversation_id or None,
+                files=[f.as_dify() for f in files or ()],
             )
         else:
             stream = client.run_workflow(inputs=inputs, user=dify_user)

@@ -23,7 +23,7 @@ from inbox.dify import DifyClient
 from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
 from inbox.dify.files import DEFAULT_SIZE_LIMITS, limits_from_parameters, upload_size_limit
 from inbox.forms import InputSpec, input_specs
-from inbox.models import AuditEntry, DifyApp, Form, Upload, UploadTally
+from inbox.models import AuditEntry, DifyApp, Form, MessageFile, Upload, UploadTally
 from inbox.reasons import Refused
 
 # When Dify cannot be asked for an app's limits, its defaults stand in for a short while.
@@ -166,6 +166,66 @@ def upload_to_dify(
     # words: the workflow's limits and what to do, in their language.
     guest = reviewer is None
     mime_type = fileobj.content_type or "application/octet-stream"
+    size = fileobj.size or 0
+    file_type = _checked(spec, name, mime_type, size, form.run.app, guest=guest)
+    # The last checks before Dify: the uploader's rate, then their budget for the form, taken
+    # in one conditional UPDATE (two uploads at once cannot both take its last file).
+    who = UploadTally.key(reviewer, guest_email)
+    if (refused := _too_fast(who)) is not None:
+        raise refused
+    budget = upload_budget(form)
+    if not UploadTally.take(form, who, size, budget):
+        raise _budget_spent(budget, guest)
+    uploaded = _send(
+        form.run.app,
+        fileobj,
+        name=name,
+        mime_type=mime_type,
+        dify_user=form.run.dify_user,
+        guest=guest,
+        # Dify refused it and keeps nothing: it does not count.
+        refused=lambda: UploadTally.give_back(form, who, size),
+    )
+    upload = Upload.objects.create(
+        form=form,
+        input_name=spec.name,
+        upload_file_id=str(uploaded.id),
+        name=name[:255],
+        size=getattr(uploaded, "size", None) or size,
+        mime_type=(getattr(uploaded, "mime_type", "") or mime_type)[:255],
+        extension=(getattr(uploaded, "extension", "") or posixpath.splitext(name)[1])[:32],
+        category=file_type,
+        uploaded_by=reviewer if reviewer is not None and reviewer.is_authenticated else None,
+        uploaded_by_username=reviewer.get_username()
+        if reviewer is not None and reviewer.is_authenticated
+        else "",
+        guest_email=guest_email,
+    )
+    if spec.kind == "file":
+        # A single file input carries one file: the newest replaces the uploader's earlier ones
+        # (their files stay in Dify, which has no delete, and stay counted in the tally). Only
+        # older ones, so two uploads at once leave the later one.
+        Upload.owned(form, reviewer=reviewer, guest_email=guest_email).filter(
+            input_name=spec.name, pk__lt=upload.pk
+        ).delete()
+    AuditEntry.record(
+        "file_uploaded",
+        upload,
+        actor=reviewer,
+        actor_label="" if reviewer is not None else guest_email,
+        form=str(form.public_id),
+        input=spec.name,
+        size=upload.size,
+    )
+    return upload
+
+
+def _checked(
+    spec: InputSpec, name: str, mime_type: str, size: int, app: DifyApp, *, guest: bool
+) -> str:
+    """The `type` Dify will take the file as where `spec` takes it, once its kind and size are
+    seen to be what Dify takes (its limits for `app`); else UploadRejected, before anything is
+    sent."""
     if not spec.allows_upload:
         raise UploadRejected(_("Uploads are not accepted here; give a web address instead."))
     file_type = spec.file_type(name, mime_type)
@@ -175,8 +235,7 @@ def upload_to_dify(
             % {"accepted": spec.accepted_label() or "—"}
         )
     # Dify picks the limit from the extension alone, whatever type the input takes it as.
-    limit = upload_size_limit(name, upload_limits(form.run.app))
-    size = fileobj.size or 0
+    limit = upload_size_limit(name, upload_limits(app))
     if limit and size > limit:
         if guest:
             message = _("The file is larger than %(limit)s, the limit for this kind of file.")
@@ -187,24 +246,31 @@ def upload_to_dify(
         raise UploadRejected(message % {"limit": megabytes(limit)}, status=413)
     if size == 0:
         raise UploadRejected(_("The file is empty."))
-    # The last checks before Dify: the uploader's rate, then their budget for the form, taken
-    # in one conditional UPDATE (two uploads at once cannot both take its last file).
-    who = UploadTally.key(reviewer, guest_email)
-    if (refused := _too_fast(who)) is not None:
-        raise refused
-    budget = upload_budget(form)
-    if not UploadTally.take(form, who, size, budget):
-        raise _budget_spent(budget, guest)
-    client = DifyClient.for_app(form.run.app)
+    return file_type
+
+
+def _send(
+    app: DifyApp,
+    fileobj: UploadedFile,
+    *,
+    name: str,
+    mime_type: str,
+    dify_user: str,
+    guest: bool,
+    refused: Any = None,
+) -> Any:
+    """POST /files/upload under `dify_user`: Dify's file, or UploadRejected in words the
+    uploader can act on (`refused` is called first when Dify refused it and keeps nothing)."""
+    client = DifyClient.for_app(app)
     try:
         fileobj.seek(0)
         # Django's upload (memory or temporary file) is read in chunks by the client, never whole.
-        uploaded = client.upload_file(
-            cast(BinaryIO, fileobj), filename=name, mime_type=mime_type, user=form.run.dify_user
+        return client.upload_file(
+            cast(BinaryIO, fileobj), filename=name, mime_type=mime_type, user=dify_user
         )
     except DifyStatusError as exc:
-        # Dify refused it and keeps nothing: it does not count.
-        UploadTally.give_back(form, who, size)
+        if refused is not None:
+            refused()
         said: dict[str, Any] = {"dify_status": exc.status, "dify_code": exc.code or ""}
         if exc.status == 429:
             raise UploadRejected(
@@ -250,38 +316,94 @@ def upload_to_dify(
             status=502,
             code="dify_error",
         ) from None
-    upload = Upload.objects.create(
-        form=form,
-        input_name=spec.name,
+
+
+def message_file_spec(parameters: dict[str, Any]) -> InputSpec | None:
+    """What files a chatflow's message may carry, from the app's `GET /parameters`
+    `file_upload` (its kinds, extensions, transfer methods and `number_limits`); None when the
+    app takes no uploaded file with a message. An app set up before Dify's file kinds says only
+    `image` (`enabled`, `number_limits`, `transfer_methods`): images, then."""
+    config = parameters.get("file_upload")
+    if not isinstance(config, dict):
+        return None
+    found = config.get("image")
+    image: dict[str, Any] = found if isinstance(found, dict) else {}
+    if config.get("enabled") is True:
+        types = config.get("allowed_file_types")
+        types = [str(t) for t in types] if isinstance(types, list) else ["image"]
+        extensions = config.get("allowed_file_extensions")
+        methods = config.get("allowed_file_upload_methods") or image.get("transfer_methods")
+        limit = config.get("number_limits", image.get("number_limits"))
+    elif image.get("enabled") is True:
+        types, extensions = ["image"], []
+        methods, limit = image.get("transfer_methods"), image.get("number_limits")
+    else:
+        return None
+    spec = InputSpec(
+        kind="file-list",
+        name="files",
+        allowed_types=tuple(types),
+        allowed_extensions=tuple(str(e) for e in extensions)
+        if isinstance(extensions, list)
+        else (),
+        allowed_methods=tuple(str(m) for m in methods)
+        if isinstance(methods, list) and methods
+        else ("local_file", "remote_url"),
+        number_limits=limit if isinstance(limit, int) and not isinstance(limit, bool) else 0,
+    )
+    if not spec.allows_upload or not (spec.allowed_types or spec.allowed_extensions):
+        return None
+    return spec
+
+
+def upload_message_file(
+    app: DifyApp, spec: InputSpec, fileobj: UploadedFile, *, dify_user: str, uploader: Any
+) -> MessageFile:
+    """A file for a chatflow's message, uploaded to Dify under the Dify user the message will
+    be asked as (Dify lets only that user use it), checked first as a form's files are
+    (`spec`: `message_file_spec`), and counted against the uploader's INBOX_UPLOADS_PER_MINUTE.
+    Raises UploadRejected."""
+    name = posixpath.basename((fileobj.name or "").replace("\\", "/")) or "file"
+    mime_type = fileobj.content_type or "application/octet-stream"
+    size = fileobj.size or 0
+    file_type = _checked(spec, name, mime_type, size, app, guest=False)
+    if (refused := _too_fast(UploadTally.key(uploader))) is not None:
+        raise refused
+    uploaded = _send(app, fileobj, name=name, mime_type=mime_type, dify_user=dify_user, guest=False)
+    known = uploader is not None and uploader.is_authenticated
+    message_file = MessageFile.objects.create(
+        app=app,
+        dify_user=dify_user,
         upload_file_id=str(uploaded.id),
         name=name[:255],
         size=getattr(uploaded, "size", None) or size,
         mime_type=(getattr(uploaded, "mime_type", "") or mime_type)[:255],
         extension=(getattr(uploaded, "extension", "") or posixpath.splitext(name)[1])[:32],
         category=file_type,
-        uploaded_by=reviewer if reviewer is not None and reviewer.is_authenticated else None,
-        uploaded_by_username=reviewer.get_username()
-        if reviewer is not None and reviewer.is_authenticated
-        else "",
-        guest_email=guest_email,
+        uploaded_by=uploader if known else None,
+        uploaded_by_username=uploader.get_username() if known else "",
     )
-    if spec.kind == "file":
-        # A single file input carries one file: the newest replaces the uploader's earlier ones
-        # (their files stay in Dify, which has no delete, and stay counted in the tally). Only
-        # older ones, so two uploads at once leave the later one.
-        Upload.owned(form, reviewer=reviewer, guest_email=guest_email).filter(
-            input_name=spec.name, pk__lt=upload.pk
-        ).delete()
     AuditEntry.record(
         "file_uploaded",
-        upload,
-        actor=reviewer,
-        actor_label="" if reviewer is not None else guest_email,
-        form=str(form.public_id),
-        input=spec.name,
-        size=upload.size,
+        message_file,
+        actor=uploader,
+        app=app.name,
+        dify_user=dify_user,
+        size=message_file.size,
     )
-    return upload
+    return message_file
+
+
+def too_many_files(limit: int | None, count: int) -> str | None:
+    """Said when a message would carry more files than the app takes (`number_limits`; None:
+    no limit)."""
+    if limit is None or count <= limit:
+        return None
+    return ngettext(
+        "This app takes at most %(limit)d file with a message.",
+        "This app takes at most %(limit)d files with a message.",
+        limit,
+    ) % {"limit": limit}
 
 
 def _unavailable(guest: bool) -> str:

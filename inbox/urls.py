@@ -82,6 +82,7 @@ urlpatterns = [
     path("api/v1/forms/<anyuuid:public_id>/files", api.form_files, name="api_form_files"),
     path("api/v1/forms/<anyuuid:public_id>/decision", api.form_decision, name="api_form_decision"),
     path("api/v1/runs", api.runs, name="api_runs"),
+    path("api/v1/runs/files", api.run_files, name="api_run_files"),
     path("api/v1/runs/<anyuuid:public_id>", api.run_detail, name="api_run"),
     path("api/v1/runs/<anyuuid:public_id>/stop", api.run_stop, name="api_run_stop"),
     path("api/v1/ingest", api.ingest, name="api_ingest"),

@@ -26,8 +26,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from inbox.dify.errors import DifyError, DifyStatusError
-from inbox.forms import RUN_ID_START, FileNames, small_int
-from inbox.models import DifyApp, Form, Run, Upload
+from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
+from inbox.models import DifyApp, Form, MessageFile, Run, Upload
 from inbox.runs import (
     LOST_START,
     ContinueForm,
@@ -35,6 +35,7 @@ from inbox.runs import (
     SameStart,
     StartFailed,
     StartRunForm,
+    add_files_field,
     app_parameters,
     conversation_runs,
     conversation_start,
@@ -42,8 +43,10 @@ from inbox.runs import (
     start_digest,
     start_lost,
     start_run,
+    started_under,
     stop_run,
 )
+from inbox.uploads import UploadRejected, message_file_spec, too_large, upload_message_file
 
 # Timeline events shown without a node title, in the reviewer's language.
 EVENT_LABELS = {
@@ -119,18 +122,25 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
             {"app": app, "form": None, "unreachable": str(exc)},
             status=502,
         )
-    form = StartRunForm(app, parameters, request.POST or None, from_page=True)
+    form = StartRunForm(
+        app, parameters, request.POST or None, request.FILES or None, from_page=True
+    )
+    dify_user = default_dify_user(request.user)
+    if app.mode == DifyApp.Mode.CHATFLOW:
+        add_files_field(
+            form, app, message_file_spec(parameters), _kept_files(request, app, dify_user)
+        )
     # Why the page is shown again when the inputs were fine: Dify did not start the run
     # ("failed"), or whether it did is not known ("unknown"). Not the person's to correct.
     start_problem = ""
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and _valid(request, form):
         started = _start_from_page(
             request,
             form,
             app,
             inputs=form.dify_inputs(),
             query=form.cleaned_data.get("query", ""),
-            dify_user=default_dify_user(request.user),
+            dify_user=dify_user,
             labels=form.labels,
         )
         if isinstance(started, HttpResponse):
@@ -161,11 +171,26 @@ def _start_from_page(
 ) -> HttpResponse | str:
     """A start page's start: the run's page once Dify took it; else why the page is shown
     again, as an error on `form` and a word for its heading ("failed": Dify did not start the
-    run; "unknown": whether it did is not known)."""
+    run; "unknown": whether it did is not known; "" for a file Dify did not take). A message's
+    files (a chatflow's) go to Dify first, under `dify_user`, unless the page was sent twice."""
     # A conversation's message is another start than the same message in a new conversation.
-    extra = (conversation_id,) if conversation_id else ()
+    extra: tuple[Any, ...] = (conversation_id,) if conversation_id else ()
+    kept = getattr(form, "kept_files", [])
+    chosen = form.cleaned_data.get("files") or []
+    if kept or chosen:
+        # The page sent twice sends the same files: known by their names and sizes before
+        # they are uploaded again.
+        extra += (
+            sorted(str(f.public_id) for f in kept),
+            sorted(f"{f.name}:{f.size}" for f in chosen),
+        )
     digest = start_digest(app.pk, inputs, query, dify_user, *extra)
+    key = _page_key(request, digest)
     try:
+        started_under(key, digest)
+        files = _send_files(request, form, app, dify_user, chosen)
+        if files is None:
+            return ""
         run = start_run(
             app,
             inputs=inputs,
@@ -174,9 +199,10 @@ def _start_from_page(
             started_by=request.user,
             source="ui",
             labels=labels,
-            submission_key=_page_key(request, digest),
+            submission_key=key,
             submission_digest=digest,
             conversation_id=conversation_id,
+            files=files,
         )
     except SameStart as same:
         # The page sent twice (a double click, a reload that posts again): the run its first
@@ -200,6 +226,57 @@ def _start_from_page(
         return "unknown" if exc.code == "dify_no_answer" else "failed"
     messages.success(request, _("The run has started."))
     return redirect("inbox:run", public_id=run.public_id)
+
+
+def _valid(request: HttpRequest, form: Any) -> bool:
+    """Whether a start page's form is valid, a file dropped as it arrived (over the most Dify
+    takes for any kind of file) said beside the files."""
+    valid = bool(form.is_valid())
+    dropped = too_large(request) if "files" in form.fields else []
+    for message in dropped:
+        form.add_error("files", message)
+    return valid and not dropped
+
+
+def _kept_files(request: HttpRequest, app: DifyApp, dify_user: str) -> list[MessageFile]:
+    """The files the page's last sending sent to Dify and the reviewer kept ticked: theirs,
+    of this app and Dify user, sent again rather than uploaded again."""
+    wanted = []
+    for value in request.POST.getlist("kept_files")[:UI_FILE_LIST_CAP]:
+        try:
+            wanted.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    if not wanted:
+        return []
+    return list(
+        MessageFile.objects.filter(
+            public_id__in=wanted, app=app, dify_user=dify_user, uploaded_by_id=request.user.pk
+        )
+    )
+
+
+def _send_files(
+    request: HttpRequest, form: Any, app: DifyApp, dify_user: str, chosen: list[Any]
+) -> list[MessageFile] | None:
+    """The message's files in Dify: those kept from the last sending and the ones chosen now,
+    uploaded under `dify_user`. None when Dify did not take one: said beside the files, and
+    those it took are kept (ticked) for the page's next sending."""
+    kept: list[MessageFile] = getattr(form, "kept_files", [])
+    if not chosen:
+        return list(kept)
+    spec = form.fields["files"].spec
+    for fileobj in chosen:
+        try:
+            kept.append(
+                upload_message_file(app, spec, fileobj, dify_user=dify_user, uploader=request.user)
+            )
+        except UploadRejected as exc:
+            form.add_error(
+                "files", _("%(name)s: %(error)s") % {"name": fileobj.name, "error": exc.message}
+            )
+            return None
+    return list(kept)
 
 
 def _busy(retry_after: float | None) -> str:
@@ -263,11 +340,17 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
         raise PermissionDenied(
             _("Only who started this conversation, or an administrator, may go on with it.")
         )
-    form = ContinueForm(request.POST or None, from_page=True)
+    form = ContinueForm(request.POST or None, request.FILES or None, from_page=True)
+    try:
+        spec = message_file_spec(app_parameters(app))
+    except DifyError:
+        # Dify does not say now which files the app takes: the message goes without.
+        spec = None
+    add_files_field(form, app, spec, _kept_files(request, app, latest.dify_user))
     start_problem = ""
     if request.method == "POST" and not latest.is_finished:
         form.add_error(None, _("The conversation's last message has not ended yet."))
-    elif request.method == "POST" and form.is_valid():
+    elif request.method == "POST" and _valid(request, form):
         started = _start_from_page(
             request,
             form,
@@ -525,6 +608,8 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         ),
         "run": run,
         "app": run.app,
+        # The files a chatflow's message was sent with.
+        "message_files": list(run.message_files.all()),
         "forms": [(form, form.pk in visible) for form in forms],
         "timeline": timeline_items(run.timeline),
         "outputs": output_items(run) if run.is_finished else [],

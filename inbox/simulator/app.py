@@ -33,6 +33,7 @@ from inbox.simulator.uploads import StreamingMultipart
 from inbox.simulator.validation import (
     InvalidFormData,
     InvalidInput,
+    validate_message_files,
     validate_start_inputs,
     validate_submission,
 )
@@ -268,6 +269,7 @@ class DifyApi:
         # As Dify: a message that goes on with a conversation runs with the inputs it started
         # with; the ones it sends are neither checked nor used.
         inputs = conversation.inputs
+        files = self._message_files(ctx.app, user, body.get("files"))
         if ctx.app.mode == "chat":
             return self._plain_chat(ctx, user, query, conversation.id, mode)
         run, subscriber = self.sim.start_run(
@@ -277,6 +279,7 @@ class DifyApi:
             query=query,
             conversation=conversation,
             subscribe=mode == "streaming",
+            files=files,
         )
         if subscriber is not None:
             return self._stream(ctx, run, subscriber, self._original_terminal(run))
@@ -294,6 +297,22 @@ class DifyApi:
                 "created_at": run.created_at,
             }
         )
+
+    def _message_files(self, app: AppSpec, user: str, files: Any) -> list[dict[str, Any]]:
+        """A message's `files` as Dify takes them: each an upload of the same `user` (files
+        are visible only to requests carrying it), allowed by the app's file upload feature;
+        ignored when the app has none."""
+
+        def find_upload(upload_id: str) -> tuple[str, str] | None:
+            upload = self.sim.uploads.get(upload_id)
+            if upload is None or upload.user != user:
+                return None
+            return upload.extension, upload.mime_type
+
+        try:
+            return validate_message_files(app.file_upload, files, find_upload)
+        except InvalidInput as exc:
+            raise invalid_param(str(exc)) from exc
 
     def _run_args(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         inputs = body.get("inputs")
@@ -832,14 +851,7 @@ class DifyApi:
                 "more_like_this": {"enabled": False},
                 "sensitive_word_avoidance": {"enabled": False},
                 "user_input_form": [item.user_input_form_item() for item in app.inputs],
-                "file_upload": {
-                    "image": {
-                        "enabled": False,
-                        "number_limits": 3,
-                        "detail": "high",
-                        "transfer_methods": ["remote_url", "local_file"],
-                    }
-                },
+                "file_upload": self._file_upload(app),
                 "system_parameters": {
                     "file_size_limit": limits["file"] // (1024 * 1024),
                     "image_file_size_limit": limits["image"] // (1024 * 1024),
@@ -849,6 +861,31 @@ class DifyApi:
                 },
             }
         )
+
+    @staticmethod
+    def _file_upload(app: AppSpec) -> dict[str, Any]:
+        """`file_upload` of /parameters as Dify gives it: the app's file upload feature (its
+        kinds, extensions, methods and number), with the older `image` part beside it."""
+        config = app.file_upload
+        if config is None:
+            return {
+                "image": {
+                    "enabled": False,
+                    "number_limits": 3,
+                    "detail": "high",
+                    "transfer_methods": ["remote_url", "local_file"],
+                }
+            }
+        return {
+            "enabled": True,
+            **config,
+            "image": {
+                "enabled": "image" in config["allowed_file_types"],
+                "number_limits": config["number_limits"],
+                "detail": "high",
+                "transfer_methods": config["allowed_file_upload_methods"],
+            },
+        }
 
     async def info(self, ctx: _Context) -> Response:
         app = ctx.app

@@ -177,6 +177,7 @@ class Run:
         *,
         query: str = "",
         conversation: Conversation | None = None,
+        files: list[dict[str, Any]] | None = None,
     ) -> None:
         self.sim = sim
         self.app = app
@@ -186,6 +187,8 @@ class Run:
         self.task_id = str(uuid.uuid4())
         self.inputs = inputs
         self.query = query
+        # A chat message's files, as sent (`files` of /chat-messages).
+        self.files = list(files or [])
         self.conversation = conversation
         self.message_id = str(uuid.uuid4()) if app.is_chatflow else None
         self.created_at = int(time.time())
@@ -607,6 +610,7 @@ class Run:
             "outputs": self.outputs,
             "error": self.error,
             "answer": self.answer,
+            "files": self.files,
             "conversation_id": self.conversation.id if self.conversation else None,
             "message_id": self.message_id,
             "forms": [
@@ -751,9 +755,16 @@ class Simulator:
         query: str = "",
         conversation: Conversation | None = None,
         subscribe: bool = False,
+        files: list[dict[str, Any]] | None = None,
     ) -> tuple[Run, Subscriber | None]:
         run = Run(
-            self, app, self.end_user(app, user), inputs, query=query, conversation=conversation
+            self,
+            app,
+            self.end_user(app, user),
+            inputs,
+            query=query,
+            conversation=conversation,
+            files=files,
         )
         self.runs[run.id] = run
         subscriber = run.subscribe() if subscribe else None

@@ -155,6 +155,9 @@ class AppSpec:
     nodes: dict[str, NodeSpec]
     opening_statement: str = ""
     source: str = ""
+    # The app's file upload feature (a chat message's `files`): allowed_file_types,
+    # allowed_file_extensions, allowed_file_upload_methods, number_limits; None: off.
+    file_upload: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -423,6 +426,34 @@ def _check_references(app: AppSpec, where: str) -> None:
             raise _fail(at, "a chat app has no workflow graph")
 
 
+def _parse_file_upload(raw: Any, where: str) -> dict[str, Any] | None:
+    """`app.file_upload`: the files a chat message may carry (Dify's file upload feature)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _fail(where, "must be a mapping")
+    types = list(raw.get("allowed_file_types") or ["image"])
+    if any(t not in FILE_TYPES for t in types):
+        raise _fail(f"{where}.allowed_file_types", f"must be a subset of {FILE_TYPES}")
+    extensions = list(raw.get("allowed_file_extensions") or [])
+    if any(not isinstance(e, str) or not e.startswith(".") for e in extensions):
+        raise _fail(f"{where}.allowed_file_extensions", "must be dot-prefixed, like .md")
+    methods = list(raw.get("allowed_file_upload_methods") or ["local_file", "remote_url"])
+    if any(m not in TRANSFER_METHODS for m in methods):
+        raise _fail(
+            f"{where}.allowed_file_upload_methods", f"must be a subset of {TRANSFER_METHODS}"
+        )
+    limit = raw.get("number_limits", 3)
+    if not isinstance(limit, int) or limit < 0:
+        raise _fail(f"{where}.number_limits", "must be an integer >= 0")
+    return {
+        "allowed_file_types": types,
+        "allowed_file_extensions": extensions,
+        "allowed_file_upload_methods": methods,
+        "number_limits": limit,
+    }
+
+
 def parse_app(data: Any, source: str = "<scenario>") -> AppSpec:
     if not isinstance(data, dict):
         raise _fail(source, "a scenario file holds one mapping")
@@ -464,6 +495,7 @@ def parse_app(data: Any, source: str = "<scenario>") -> AppSpec:
             meta.get("opening_statement"), f"{source}: app.opening_statement", required=False
         ),
         source=source,
+        file_upload=_parse_file_upload(meta.get("file_upload"), f"{source}: app.file_upload"),
     )
     _check_references(app, source)
     return app

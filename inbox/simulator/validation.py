@@ -151,6 +151,36 @@ def _check_file_mapping(
         )
 
 
+def validate_message_files(
+    config: Mapping[str, Any] | None, files: Any, find_upload: UploadLookup
+) -> list[dict[str, Any]]:
+    """Dify's `file_factory.build_from_mappings` for a chat message's `files`, under the app's
+    `file_upload` feature: ignored when the app takes no files; else each mapping resolved
+    (an upload of the sender's own) and allowed by the feature, and at most `number_limits`.
+    Raises InvalidInput (Dify: 400 `invalid_param`, its ValueError's message)."""
+    if not config or not files:
+        return []
+    if not isinstance(files, list):
+        raise InvalidInput("files must be a list")
+    limit = config.get("number_limits") or 0
+    if limit and len(files) > limit:
+        raise InvalidInput(f"Number of files exceeds the maximum limit {limit}")
+    kept = []
+    for mapping in files:
+        if not isinstance(mapping, Mapping):
+            raise InvalidInput("Invalid file mapping")
+        try:
+            resolved = _resolve_mapping(mapping, find_upload)
+        except InvalidFormData as exc:
+            raise InvalidInput(str(exc)) from exc
+        if mapping.get("type") not in FILE_TYPES or not _file_allowed(config, mapping, resolved):
+            raise InvalidInput(
+                f"File validation failed for file: {mapping.get('upload_file_id') or 'file'}"
+            )
+        kept.append(dict(mapping))
+    return kept
+
+
 def validate_submission(
     form_inputs: Sequence[Mapping[str, Any]],
     action_ids: Sequence[str],

@@ -79,6 +79,7 @@ MATRIX: dict[str, Endpoint] = {
     "api_form_files": Endpoint("POST", "401 ok hidden hidden 401 ok", {}, api=True),
     "api_form_decision": Endpoint("POST", "401 ok hidden hidden 401 ok", {}, api=True),
     "api_runs": Endpoint("POST", "401 denied denied denied 401 ok", {}, api=True),
+    "api_run_files": Endpoint("POST", "401 denied denied denied 401 ok", {}, api=True),
     "api_run": Endpoint("GET", "401 ok hidden hidden 401 ok", api=True),
     "api_run_stop": Endpoint("POST", "401 denied hidden hidden 401 ok", {}, api=True),
     "api_ingest": Endpoint("POST", "401 denied denied denied 401 ok", {}, api=True),

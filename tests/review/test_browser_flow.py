@@ -290,3 +290,43 @@ def test_reloading_the_page_of_a_start_whose_answer_was_lost_starts_nothing_more
     assert simulator.request_count("workflows_run") == 1
     assert Run.objects.count() == 1
     assert page.js_errors == []
+
+
+def test_a_reviewer_goes_on_with_a_conversation_sending_a_file(
+    live_server: Any,
+    chromium: Any,
+    browser_contexts: list[Any],
+    simulator: Any,
+    sim_app: Any,  # noqa: F811
+    starters: Group,  # noqa: F811
+    follower: FollowerThread,  # noqa: F811
+    reviewer: User,
+    tmp_path: Path,
+) -> None:
+    from tests.capture.conftest import pending, run_status, start, submit
+
+    app: DifyApp = sim_app("support-chat")
+    first = start(simulator, app, reviewer)
+    (form,) = pending(first)
+    submit(form, "grant", agent_message="Credit added.")
+    run_status(first, "succeeded")
+    photo = tmp_path / "parcel.png"
+    photo.write_bytes(PNG)
+
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/runs/{first.public_id}/")
+    page.get_by_role("link", name="Go on with the conversation").click()
+    page.get_by_label("Message").fill("Here is a photo of the parcel.")
+    page.get_by_label("Files").set_input_files(str(photo))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Send the message").click()
+    second = Run.objects.exclude(pk=first.pk).get()
+    assert page.url.endswith(f"/runs/{second.public_id}/")
+    (sent,) = second.message_files.all()
+    assert sent.name == "parcel.png" and sent.dify_user == first.dify_user
+    assert simulator.run(second.workflow_run_id)["files"] == [sent.as_dify()]
+    # The run page shows the file the message went with.
+    page.get_by_text("Inputs", exact=True).click()
+    assert page.get_by_text("parcel.png").is_visible()
+    screenshot(page, "continue-with-a-file")
+    assert page.js_errors == []

@@ -283,6 +283,41 @@ def test_s2_an_unknown_conversation_is_404(simulator: Any) -> None:
     assert answer(response) == (404, "not_found", "Conversation Not Exists.")
 
 
+def test_s2_a_chat_message_takes_files_as_the_app_s_file_upload_allows(simulator: Any) -> None:
+    with simulator.client("support-chat") as http:
+        feature = http.get("/parameters").json()["file_upload"]
+    assert feature["enabled"] is True and feature["number_limits"] == 3
+    assert feature["allowed_file_types"] == ["image", "document"]
+    mine = upload(simulator, "a.png", b"\x89PNG", "image/png", user="u", app="support-chat")
+    theirs = upload(simulator, "b.png", b"\x89PNG", "image/png", user="v", app="support-chat")
+
+    def send(*files: dict[str, Any]) -> httpx.Response:
+        with simulator.client("support-chat") as http:
+            return http.post(
+                "/chat-messages",
+                json={"inputs": {}, "query": "hi", "user": "u", "files": list(files)},
+            )
+
+    def local(upload_id: str, kind: str = "image") -> dict[str, Any]:
+        return {"type": kind, "transfer_method": "local_file", "upload_file_id": upload_id}
+
+    # Files are visible only to requests carrying the same user.
+    assert answer(send(local(theirs.json()["id"]))) == (400, "invalid_param", "Invalid upload file")
+    assert answer(send(*[local(mine.json()["id"])] * 4)) == (
+        400,
+        "invalid_param",
+        "Number of files exceeds the maximum limit 3",
+    )
+    assert answer(send(local(mine.json()["id"], "document")))[1] == "invalid_param"
+    response = send(local(mine.json()["id"]))
+    assert response.status_code == 200
+    task_id = response.json()["task_id"]
+    (run,) = simulator.call(
+        lambda: [r.describe() for r in simulator.sim.runs.values() if r.task_id == task_id]
+    )
+    assert run["files"] == [local(mine.json()["id"])]
+
+
 # --- §3 GET form -------------------------------------------------------------------------------------
 
 
