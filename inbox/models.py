@@ -1573,6 +1573,22 @@ class Form(models.Model):
     def is_answerable(self) -> bool:
         return bool(self.form_token)
 
+    @property
+    def closed_by_run_end(self) -> str:
+        """ "stopped" or "failed" for an expired form that closed because its run was stopped or
+        failed while it waited (Dify marks a form left waiting at a run's end as expired), not
+        because its time ran out: no timeout path was taken. Else "". A form whose time ran out
+        before its run failed later on keeps its timeout."""
+        if self.status != Form.Status.EXPIRED:
+            return ""
+        run = self.run
+        if run.status not in ("stopped", "failed"):
+            return ""
+        ended = run.finished_at
+        if self.expiration_time is not None and (ended is None or self.expiration_time <= ended):
+            return ""
+        return str(run.status)
+
     # --- routing and claims ---
 
     def on_captured(self) -> None:

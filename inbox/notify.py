@@ -290,6 +290,8 @@ def build_email(
             "as_guest": recipient.is_guest,
             "guests_may_answer": form.allow_guests,
             "status": form.status,
+            # Expired because its run was stopped or failed meanwhile, not by its timeout.
+            "run_end": form.closed_by_run_end,
             # A decision made here that Dify refused because the form had closed there first;
             # `too_late_own`: it was this recipient's, who is told so (with what they chose).
             "too_late": late is not None,

@@ -104,3 +104,8 @@ def user_change_data(admin_client: Client, user: User, **changes: Any) -> dict[s
     )
     data["last_login_1"] = ""
     return {name: value for name, value in data.items() if value is not False}
+
+
+def html_of(message: Any) -> str:
+    """The HTML part of an email."""
+    return str(next(content for content, kind in message.alternatives if kind == "text/html"))

@@ -15,13 +15,9 @@ from inbox import notify
 from inbox.models import DifyApp, Form, FormRecipient, Route
 from inbox.tasks import send_form_emails
 from tests.reach.conftest import GUEST, GUEST_ZH
-from tests.reach.factories import make_form, route
+from tests.reach.factories import html_of, make_form, route
 
 LINK = re.compile(r"https?://[^\s\"<]+/r/[^\s\"<]+/")
-
-
-def html_of(message: Any) -> str:
-    return next(content for content, kind in message.alternatives if kind == "text/html")
 
 
 def by_recipient() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from django.utils import timezone
 from inbox import notify
 from inbox.models import Decision, Form, FormRecipient
 from tests.reach.conftest import GUEST, GUEST_ZH
-from tests.reach.factories import make_form
+from tests.reach.factories import html_of, make_form
 from tests.reach.test_failures import _fail, _guest_decides
 
 M = dt.timedelta(minutes=1)
@@ -49,10 +49,6 @@ def gone(form: Form) -> dt.datetime:
     form.refresh_from_db()
     assert form.status == Form.Status.GONE
     return form.updated_at
-
-
-def html_of(message: Any) -> str:
-    return str(next(content for content, kind in message.alternatives if kind == "text/html"))
 
 
 def test_those_emailed_are_told_the_form_is_gone_in_their_language(routed_form: Form) -> None:

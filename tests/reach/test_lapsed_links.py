@@ -23,7 +23,7 @@ from django.utils import timezone
 from inbox import notify
 from inbox.models import AuditEntry, DifyApp, Form, FormRecipient, Route
 from tests.reach.conftest import GUEST
-from tests.reach.factories import make_form, route
+from tests.reach.factories import html_of, make_form, route
 
 DAY = 86400
 FORM_TEXT = "Refund"  # in the form's content: a page that shows it leaked the form
@@ -36,10 +36,6 @@ def signed_days_ago(recipient: FormRecipient, days: float) -> str:
     """The recipient's link as an email sent `days` ago carried it (signing's clock)."""
     with mock.patch("time.time", return_value=time.time() - days * DAY):
         return notify.link_path(notify.link_token(recipient))
-
-
-def html_of(message: Any) -> str:
-    return next(content for content, kind in message.alternatives if kind == "text/html")
 
 
 @pytest.fixture

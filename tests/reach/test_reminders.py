@@ -15,10 +15,10 @@ from django.db import connection
 from django.utils import timezone
 
 from inbox import notify
-from inbox.models import Decision, DifyApp, Form, FormRecipient, Route
+from inbox.models import Decision, DifyApp, Form, FormRecipient, Route, Run
 from inbox.tasks import periodic_lock, send_reminders
 from tests.reach.conftest import GUEST, GUEST_ZH
-from tests.reach.factories import make_form, route
+from tests.reach.factories import html_of, make_form, route
 
 H = dt.timedelta(hours=1)
 # Now, to the minute: decisions are taken on the real clock, so the forms must be open on it.
@@ -204,6 +204,45 @@ def test_the_expired_notice(reach_route: Route, reach_app: DifyApp) -> None:
     message = next(m for m in mail.outbox if m.to == [GUEST])
     assert message.subject == "Expired: Manager approval (payroll)"
     assert "expired without a decision" in message.body
+
+
+@pytest.mark.parametrize("ending", ["stopped", "failed"])
+def test_a_form_closed_by_its_run_s_end_is_not_said_to_have_taken_a_timeout_path(
+    reach_route: Route, reach_app: DifyApp, ending: str
+) -> None:
+    form = captured(reach_app, hours_left=48)
+    # Stopped (or failed) an hour in, long before the form's deadline: Dify marks it expired.
+    Run.objects.filter(pk=form.run_id).update(status=ending, finished_at=T0 + H)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + H
+    )
+    assert sweep(T0 + H)["notices"] == 2
+    message = next(m for m in mail.outbox if m.to == [GUEST])
+    assert message.subject == "Closed: Manager approval (payroll)"
+    assert "closed without a decision." in message.body
+    assert "timeout path" not in message.body and "expired" not in message.body
+    said = {"stopped": "The workflow was stopped.", "failed": "The workflow ended with an error."}
+    assert said[ending] in message.body and said[ending] in html_of(message)
+    chinese = next(m for m in mail.outbox if m.to == [GUEST_ZH])
+    assert chinese.subject == "\u5df2\u5173\u95ed\uff1aManager approval\uff08payroll\uff09"
+    assert "\u8d85\u65f6" not in chinese.body  # 超时: no timeout path
+    # Its page says the same, to a reviewer with the run's words.
+    form.refresh_from_db()
+    assert form.closed_by_run_end == ending
+
+
+def test_a_form_whose_time_ran_out_before_its_run_failed_keeps_its_timeout(
+    reach_route: Route, reach_app: DifyApp
+) -> None:
+    form = captured(reach_app, hours_left=2)
+    Run.objects.filter(pk=form.run_id).update(status="failed", finished_at=T0 + 3 * H)
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + 3 * H
+    )
+    assert sweep(T0 + 3 * H)["notices"] == 2
+    message = next(m for m in mail.outbox if m.to == [GUEST])
+    assert message.subject == "Expired: Manager approval (payroll)"
+    assert "expired without a decision; the workflow took its timeout path" in message.body
 
 
 def test_the_expired_notice_of_a_decision_that_arrived_too_late_says_so(
@@ -457,7 +496,3 @@ def test_a_reminder_says_who_is_handling_the_form(
         assert "\u4e00\u4f4d\u5ba1\u6279\u4eba\u6b63\u5728\u5904\u7406\u6b64\u8868\u5355" in text
     for text in bodies["alice@example.com"]:
         assert "handling" not in text  # her own: nothing to say
-
-
-def html_of(message: Any) -> str:
-    return next(content for content, kind in message.alternatives if kind == "text/html")

@@ -335,6 +335,18 @@ def test_expired_form_says_so_and_takes_no_decision(alice: Client, dify_app: Dif
     assert response.status_code == 409
 
 
+def test_a_form_closed_by_a_stopped_run_says_so_not_that_it_timed_out(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    form = make_form(dify_app, expires_in=dt.timedelta(hours=5), status=Form.Status.EXPIRED)
+    form.run.status, form.run.finished_at = "stopped", timezone.now()
+    form.run.save(update_fields=["status", "finished_at"])
+    page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    assert "This form closed without a decision." in page
+    assert "Its run was stopped before a decision was made." in page
+    assert "timeout path" not in page and "decision-form" not in page
+
+
 def test_submitted_form_shows_who_when_which_action_and_the_record(
     alice: Client, dify_app: DifyApp, reviewer: User
 ) -> None:
