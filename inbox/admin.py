@@ -3,9 +3,7 @@ from __future__ import annotations
 import csv
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -38,7 +36,14 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from inbox.app_check import check_app, same_name
+from inbox.app_check import (
+    check_app,
+    look_alike,
+    name_warning,
+    other_app_warning,
+    server_of,
+    shared_key_warning,
+)
 from inbox.audit_words import object_type_label, verb_label
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
@@ -157,6 +162,20 @@ class DifyAppAdminForm(forms.ModelForm):
                 "Current key: %(masked)s. Leave empty to keep it."
             ) % {"masked": self.instance.masked_api_key}
 
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data.get("name") or "")
+        other = look_alike(name, besides=self.instance.pk)
+        if other is not None:
+            # An exact match is the unique constraint's to refuse; this is the near one.
+            raise forms.ValidationError(
+                _(
+                    "The app “%(other)s” already has this name but for case or spaces: two apps "
+                    "would read the same in every list. Choose another name."
+                )
+                % {"other": other.name}
+            )
+        return name
+
     def clean_api_key(self) -> str:
         value = self.cleaned_data.get("api_key", "").strip()
         if not value:
@@ -173,22 +192,16 @@ class DifyAppAdminForm(forms.ModelForm):
             self.instance.pk
             and new_url
             and not typed
-            and _server(new_url) != _server(self.instance.base_url)
+            and server_of(new_url) != server_of(self.instance.base_url)
         ):
             # The stored key (and every waiting form's token) would go to the new server: whoever
             # points the app elsewhere shows they hold the key by typing it.
             self.add_error(
                 "api_key",
                 _("Enter the API key again to move this app to another server (%(server)s).")
-                % {"server": _server(new_url)},
+                % {"server": server_of(new_url)},
             )
         return cleaned
-
-
-def _server(url: str) -> str:
-    """Scheme, host and port of a base URL: where its key is sent."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 class HealthFilter(admin.SimpleListFilter):
@@ -295,13 +308,19 @@ class AuditedAdmin(RefusedDeletionAdmin):
             **extra,
         )
 
+    def _record_deleted(self, request: HttpRequest, obj: Any) -> None:
+        # What it was, as a change keeps it "before": which server's app, who a route asked.
+        values = {name: {"before": value} for name, value in self.audit_values(obj).items()}
+        extra: dict[str, Any] = {"values": values} if values else {}
+        AuditEntry.record(f"{self.audit_name}_deleted", obj, actor=request.user, **extra)
+
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        AuditEntry.record(f"{self.audit_name}_deleted", obj, actor=request.user)
+        self._record_deleted(request, obj)
         super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         for obj in queryset:
-            AuditEntry.record(f"{self.audit_name}_deleted", obj, actor=request.user)
+            self._record_deleted(request, obj)
         super().delete_queryset(request, queryset)
 
 
@@ -314,6 +333,7 @@ class DifyAppAdmin(AuditedAdmin):
         "base_url",
         "mode",
         "masked_api_key",
+        "key_fingerprint",
         "is_active",
         "pending_forms",
         "health",
@@ -415,6 +435,12 @@ class DifyAppAdmin(AuditedAdmin):
     @admin.display(description=_("API key"))
     def masked_api_key(self, obj: DifyApp) -> str:
         return obj.masked_api_key
+
+    @admin.display(description=_("key fingerprint"))
+    def key_fingerprint(self, obj: DifyApp) -> str:
+        # As the audit trail keeps it (the first 8 hex digits of the key's SHA-256): two apps
+        # with one key, or a key the trail names, are told apart without showing a key.
+        return obj.api_key_fingerprint or "—"
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_fields(request, obj))
@@ -610,47 +636,17 @@ class DifyAppAdmin(AuditedAdmin):
             # A new key, server or kind of app may be what Dify was waiting for: try again now
             # rather than at the reconcile's next probe.
             obj.settings_changed(actor=request.user)
-        if {"api_key", "base_url"} & set(form.changed_data) and not obj.api_key_sealed:
-            self._warn_other_app(request, obj)
-
-    def _warn_other_app(self, request: HttpRequest, app: DifyApp) -> None:
-        """Whether Dify's /info, asked with the new key or URL, names the app it named before
-        (or, for an app never seen in Dify, the app's name here): the key of another app is
-        taken by Dify, and would make every run and form of this app a 404. Only a warning:
-        nothing is asked of Dify beyond /info, and a Dify that does not answer says nothing."""
-        try:
-            with DifyClient(
-                app.base_url, app.api_key, timeout=httpx.Timeout(5.0), max_retries=0
-            ) as client:
-                name = str(client.get_info().get("name") or "")
-        except DifyError:
-            return  # "Test the connection" says what is wrong
-        self._warn_name(request, app, name)
+        if {"api_key", "base_url"} & set(form.changed_data):
+            # Only warnings: the settings are saved as given. Whether /info names the app it
+            # named before, and whether another app here sends Dify the same key already.
+            for warning in (other_app_warning(obj), shared_key_warning(obj)):
+                if warning:
+                    self.message_user(request, warning, messages.WARNING)
 
     def _warn_name(self, request: HttpRequest, app: DifyApp, name: str) -> None:
-        if not name:
-            return
-        if app.dify_name:
-            if name == app.dify_name:
-                return
-            message = _(
-                "%(app)s: Dify now calls the app “%(name)s”; it called it “%(before)s” "
-                "before. If this is the key of another app, Dify will know none of this "
-                "app's runs and forms: they wait until the right key is entered."
-            )
-        elif same_name(name, app.name):
-            return
-        else:
-            message = _(
-                "%(app)s: Dify calls the app “%(name)s”, not “%(app)s” as it is named here. "
-                "If this is the key of another app, Dify will know none of this app's runs "
-                "and forms: they wait until the right key is entered."
-            )
-        self.message_user(
-            request,
-            message % {"app": app.name, "name": name, "before": app.dify_name},
-            messages.WARNING,
-        )
+        warning = name_warning(app, name)
+        if warning:
+            self.message_user(request, warning, messages.WARNING)
 
     @admin.action(description=_("Test the connection to Dify"), permissions=["change"])
     def test_connection(self, request: HttpRequest, queryset: Any) -> None:
@@ -701,8 +697,20 @@ class DifyAppAdmin(AuditedAdmin):
                         "answers for them."
                     )
                     % {"app": app.name, "detail": check.detail},
-                    messages.WARNING,
+                    messages.ERROR,
                 )
+                # Not connected, whatever /info answered: `check_app` recorded the refusal, the
+                # decisions waiting on the app stay held (sent now, they would only meet the
+                # same 404s), and the trail says what the test found.
+                AuditEntry.record(
+                    "app_connection_tested",
+                    app,
+                    actor=request.user,
+                    result="refused",
+                    detail=check.detail[:300],
+                    mode=str(info.get("mode") or ""),
+                )
+                continue
             # Decisions waiting out a retry's backoff go now, not at its end.
             sent_now = Decision.send_waiting_now(app)
             AuditEntry.record(
@@ -804,6 +812,8 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
         "dify_user",
         "conversation_id",
         "app__name",
+        # Its app's server: the runs of one Dify, when the inbox serves several.
+        "app__base_url",
         "started_by__username",
         # As they were named when they started it: found once their account is deleted too.
         "started_by_username",
@@ -1048,6 +1058,7 @@ class FormAdmin(RecordAdmin):
         "content",
         "recipients__email",
         "run__app__name",
+        "run__app__base_url",
         "claimed_by__username",
         "assigned_users__username",
         "assigned_groups__name",
@@ -1357,6 +1368,7 @@ class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
         "reviewer_username",
         "reviewer_name",
         "form__run__app__name",
+        "form__run__app__base_url",
     ]
     list_select_related = ["form", "reviewer"]
     date_hierarchy = "created_at"

@@ -20,12 +20,16 @@ with `check_app`, with its growing interval) or an administrator saves new setti
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 from django.db.models import CharField, Exists, OuterRef
 from django.db.models.functions import Cast
+from django.utils.translation import gettext as _
 
 from inbox.dify import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError, NotFound
@@ -193,3 +197,109 @@ def refused_before(app: DifyApp) -> bool:
     """Whether the app, as this instance loaded it, is held for 404s of the whole app: a call
     meeting another 404 need not ask again (the reconcile does, at its interval)."""
     return app.refused_at is not None and app.refusal_code == APP_NOT_FOUND_REFUSAL
+
+
+# --- What the admin's save and `add_dify_app` say of an app's new settings (warnings only) ---
+
+
+def server_of(url: str) -> str:
+    """Scheme, host and port of a base URL: where its key and its forms' tokens are sent. An
+    app moved to another server is one whose `server_of` changes (another path on the same
+    server is not a move)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def look_alike(name: str, *, besides: int | None = None) -> DifyApp | None:
+    """Another app whose name differs from `name` only by case or spaces at its ends (not one
+    of exactly that name): two rows that read the same in every list, and that a stripped name
+    (the admin's, the API's) would take for one another."""
+    plain = name.strip().casefold()
+    apps = DifyApp.objects.exclude(name=name).only("pk", "name")
+    if besides is not None:
+        apps = apps.exclude(pk=besides)
+    for app in apps:
+        if app.name.strip().casefold() == plain:
+            return app
+    return None
+
+
+def info_name(app: DifyApp) -> str | None:
+    """What Dify's /info calls the app, asked with its settings as they are now (a short
+    timeout, no retries); None when Dify does not answer as it should ("Test the connection"
+    says what is wrong)."""
+    try:
+        with DifyClient(
+            app.base_url, app.api_key, timeout=httpx.Timeout(5.0), max_retries=0
+        ) as client:
+            return str(client.get_info().get("name") or "")
+    except DifyError:
+        return None
+
+
+def name_warning(app: DifyApp, name: str) -> str | None:
+    """Whether /info's `name` is the app's as known before (or, for an app never seen in Dify,
+    its name here): the key of another app is taken by Dify, and would make every run and form
+    of this app a 404. The warning, or None."""
+    if not name:
+        return None
+    if app.dify_name:
+        if name == app.dify_name:
+            return None
+        message = _(
+            "%(app)s: Dify now calls the app “%(name)s”; it called it “%(before)s” "
+            "before. If this is the key of another app, Dify will know none of this "
+            "app's runs and forms: they wait until the right key is entered."
+        )
+    elif same_name(name, app.name):
+        return None
+    else:
+        message = _(
+            "%(app)s: Dify calls the app “%(name)s”, not “%(app)s” as it is named here. "
+            "If this is the key of another app, Dify will know none of this app's runs "
+            "and forms: they wait until the right key is entered."
+        )
+    return message % {"app": app.name, "name": name, "before": app.dify_name}
+
+
+def other_app_warning(app: DifyApp) -> str | None:
+    """The name check of a new key or URL (the admin's save, `add_dify_app`): /info asked
+    with the app's settings now, held against the name it gave before (`name_warning`).
+    Nothing is asked of Dify beyond /info, and a Dify that does not answer says nothing."""
+    if app.api_key_sealed:
+        return None
+    name = info_name(app)
+    return name_warning(app, name) if name is not None else None
+
+
+def same_server_and_key(app: DifyApp) -> list[DifyApp]:
+    """The other apps that send the same key to the same server: one Dify app recorded twice
+    here, whose runs the inbox could capture under either. Keys compared decrypted, in
+    constant time; never shown (the apps list shows their fingerprints)."""
+    if app.api_key_sealed or not app.api_key:
+        return []
+    server = server_of(app.base_url)
+    key = str(app.api_key).encode()
+    return [
+        other
+        for other in DifyApp.objects.exclude(pk=app.pk).order_by("name")
+        if server_of(other.base_url) == server
+        and not other.api_key_sealed
+        and hmac.compare_digest(str(other.api_key).encode(), key)
+    ]
+
+
+def shared_key_warning(app: DifyApp) -> str | None:
+    """The warning when another app already uses this app's server and key, or None."""
+    others = same_server_and_key(app)
+    if not others:
+        return None
+    return _(
+        "%(app)s: %(others)s already uses this server (%(server)s) and this API key: Dify "
+        "takes them for one app, and its runs could be recorded here under either. Give each "
+        "app here the key of its own Dify app."
+    ) % {
+        "app": app.name,
+        "others": ", ".join(f"“{other.name}”" for other in others),
+        "server": server_of(app.base_url),
+    }

@@ -5,7 +5,7 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
@@ -466,9 +466,24 @@ def test_deleting_an_app_records_the_routes_it_takes_with_it(
 
     app = DifyApp.objects.create(name="tmp-app", base_url="http://127.0.0.1:9/v1", api_key="k")
     made = route(app, node="n1", users=[reviewer], recipients=["ann@example.com"])
+    made.groups.add(Group.objects.create(name="finance"))
+    # The confirmation names what goes with the app as it reads, not as Django's rows.
+    confirm = admin_client.get(f"/admin/inbox/difyapp/{app.pk}/delete/").content.decode()
+    assert "Route reviewer: alice" in confirm and "Route reviewer group: finance" in confirm
+    assert "object (" not in confirm
     deleted = admin_client.post(f"/admin/inbox/difyapp/{app.pk}/delete/", {"post": "yes"})
     assert deleted.status_code == 302
-    assert AuditEntry.objects.filter(verb="app_deleted", object_id=str(app.pk)).exists()
+    # Which server's app it was, as a change keeps it: with the same names on two servers,
+    # the trail tells them apart.
+    entry = AuditEntry.objects.get(verb="app_deleted", object_id=str(app.pk))
+    assert entry.actor == admin_user
+    assert entry.details["values"] == {
+        "name": {"before": "tmp-app"},
+        "base_url": {"before": "http://127.0.0.1:9/v1"},
+        "mode": {"before": "workflow"},
+        "is_active": {"before": True},
+        "api_key": {"before": _fingerprint("k")},
+    }
     gone = AuditEntry.objects.get(verb="route_deleted", object_id=str(made.pk))
     assert gone.actor == admin_user
     assert gone.details["reason"] == "app deleted" and gone.details["app"] == "tmp-app"
@@ -689,3 +704,81 @@ def test_the_admin_shows_the_trail_s_codes_by_their_labels_in_english_and_chines
         assert page.status_code == 200
         second = timezone.localtime(record.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
         assert second in page.content.decode(), model
+
+
+# --- Two Dify servers in one inbox: apps that share a server and key, searches by server ---
+
+
+def _add_app(client: Client, **fields: str) -> Any:
+    return client.post(
+        "/admin/inbox/difyapp/add/",
+        {"mode": "workflow", "is_active": "on", **fields},
+        follow=True,
+    )
+
+
+def test_saving_an_app_with_another_app_s_server_and_key_warns_and_the_list_shows_fingerprints(
+    admin_client: Client, dify_app: DifyApp
+) -> None:
+    # The settings of the existing app under another name: saved, with a warning naming it.
+    page = _add_app(
+        admin_client,
+        name="refunds-dup",
+        base_url="http://127.0.0.1:9/v1/",
+        api_key="app-secret-key-123456",
+    ).content.decode()
+    # (The admin writes a message with a capital.)
+    assert "Refunds-dup: “refunds” already uses this server (http://127.0.0.1:9)" in page
+    assert "app-secret-key-123456" not in page
+    # The same key on another server (a staging Dify sharing it) is another app.
+    page = _add_app(
+        admin_client,
+        name="refunds-staging",
+        base_url="http://localhost:9/v1",
+        api_key="app-secret-key-123456",
+    ).content.decode()
+    assert "already uses this server" not in page
+    # The list shows each key's fingerprint beside its mask: the two that share one are seen.
+    listing = admin_client.get("/admin/inbox/difyapp/").content.decode()
+    assert listing.count(_fingerprint("app-secret-key-123456")) == 3
+    assert "app-secret-key-123456" not in listing
+    zh = admin_client.get("/admin/inbox/difyapp/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "\u5bc6\u94a5\u6307\u7eb9" in zh.content.decode()  # the column, in Chinese
+
+
+def test_an_app_name_differing_only_by_case_or_spaces_is_refused_in_the_admin(
+    admin_client: Client, dify_app: DifyApp
+) -> None:
+    page = _add_app(
+        admin_client, name=" Refunds ", base_url="http://127.0.0.1:9/v1", api_key="k-2"
+    ).content.decode()
+    assert "The app “refunds” already has this name but for case or spaces" in page
+    assert DifyApp.objects.count() == 1
+    # Its own name in another case is the app's to take.
+    renamed = admin_client.post(
+        f"/admin/inbox/difyapp/{dify_app.pk}/change/",
+        {"name": "Refunds", "base_url": dify_app.base_url, "mode": "workflow", "api_key": ""},
+    )
+    assert renamed.status_code == 302
+    assert DifyApp.objects.get().name == "Refunds"
+
+
+def test_runs_forms_and_decisions_are_searched_by_their_app_s_server(
+    admin_client: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    from tests.reach.factories import make_form
+
+    staging = DifyApp.objects.create(
+        name="refunds-stg", base_url="http://127.0.0.1:8713/v1", api_key="app-stg"
+    )
+    here, there = make_form(dify_app), make_form(staging)
+    for form in (here, there):
+        Decision.objects.create(form=form, action_id="approve", reviewer=reviewer)
+    for model, shown in (
+        ("run", lambda form: str(form.run)),
+        ("form", lambda form: f"/admin/inbox/form/{form.pk}/change/"),
+        ("decision", lambda form: str(form.decisions.get().public_id)),
+    ):
+        page = admin_client.get(f"/admin/inbox/{model}/", {"q": "8713"}).content.decode()
+        assert shown(there) in page, model
+        assert shown(here) not in page, model

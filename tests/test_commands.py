@@ -343,3 +343,131 @@ def test_add_dify_app_records_the_admin_s_verbs_and_values_and_keeps_an_app_swit
     assert "Unchanged: Dify app 'hr'" in capsys.readouterr().out
     with pytest.raises(CommandError):
         _add_hr("--api-key", "k", "--activate", "--inactive")
+
+
+# --- An existing app given another server, a look-alike name, another app's key ---
+
+
+def _open_run_and_form(app: DifyApp) -> tuple[Run, Form]:
+    from tests.reach.factories import make_form, make_run
+
+    run = make_run(app)
+    return run, make_form(app, run=run)
+
+
+def test_add_dify_app_refuses_to_move_an_app_with_open_runs_to_another_server_unless_asked(
+    db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _add_hr("--api-key", "app-production-1111")
+    app = DifyApp.objects.get(name="hr")
+    _open_run_and_form(app)
+    capsys.readouterr()
+    # Staging's app under the same name: its key and URL would take the production app, and
+    # the production forms' tokens would go to staging. Refused, with what it would move.
+    with pytest.raises(CommandError) as refused:
+        call_command(
+            "add_dify_app", "hr", "--base-url", "http://staging.local:8713/v1", "--api-key", "s-1"
+        )
+    said = str(refused.value)
+    assert "'hr' moves from http://dify.local to http://staging.local:8713" in said
+    assert "base URL http://dify.local/v1 -> http://staging.local:8713/v1" in said
+    assert "1 open run(s) and 1 pending form(s)" in said and "--move" in said
+    assert "s-1" not in said
+    app.refresh_from_db()
+    assert (app.base_url, app.api_key) == ("http://dify.local/v1", "app-production-1111")
+    assert not AuditEntry.objects.filter(verb="app_changed").exists()
+
+    # Another path on the same server is no move.
+    call_command(
+        "add_dify_app", "hr", "--base-url", "http://dify.local/api/v1", "--api-key", "app-p-2"
+    )
+    assert "Base URL: http://dify.local/v1 -> http://dify.local/api/v1 (the same server)" in (
+        capsys.readouterr().out
+    )
+    # Asked for: moved, said, and recorded as any change is.
+    call_command(
+        "add_dify_app",
+        "hr",
+        "--base-url",
+        "http://staging.local:8713/v1",
+        "--api-key",
+        "app-staging-3333",
+        "--move",
+    )
+    out = capsys.readouterr().out
+    assert "'hr' moves from http://dify.local to http://staging.local:8713" in out
+    assert "their forms' tokens and decisions are sent to the new server from now on" in out
+    app.refresh_from_db()
+    assert app.base_url == "http://staging.local:8713/v1"
+    last = AuditEntry.objects.filter(verb="app_changed").order_by("-id")[0]
+    assert last.actor_label == "add_dify_app"
+    assert last.details["values"]["base_url"] == {
+        "before": "http://dify.local/api/v1",
+        "after": "http://staging.local:8713/v1",
+    }
+
+
+def test_add_dify_app_moves_an_app_with_nothing_open_and_says_so(
+    db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _add_hr("--api-key", "app-production-1111")
+    run, form = _open_run_and_form(DifyApp.objects.get(name="hr"))
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.SUCCEEDED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED, form_token="")
+    capsys.readouterr()
+    call_command("add_dify_app", "hr", "--base-url", "https://other.local/v1", "--api-key", "k-2")
+    out = capsys.readouterr().out
+    assert "'hr' moves from http://dify.local to https://other.local" in out
+    assert "0 open run(s) and 0 pending form(s)." in out
+    assert DifyApp.objects.get(name="hr").base_url == "https://other.local/v1"
+
+
+def test_add_dify_app_strips_the_name_and_refuses_an_empty_or_look_alike_one(
+    db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    call_command(
+        "add_dify_app", "  hr \t", "--base-url", "http://dify.local/v1", "--api-key", "k-1"
+    )
+    assert "Created Dify app 'hr'" in capsys.readouterr().out
+    assert list(DifyApp.objects.values_list("name", flat=True)) == ["hr"]
+    # Given with spaces again, it is the same app.
+    call_command("add_dify_app", "hr ", "--base-url", "http://dify.local/v1", "--api-key", "k-2")
+    assert DifyApp.objects.get().api_key == "k-2"
+    with pytest.raises(CommandError, match="The app's name must not be empty"):
+        call_command("add_dify_app", "   ", "--base-url", "http://dify.local/v1", "--api-key", "k")
+    with pytest.raises(CommandError, match="An app named 'hr' exists already: 'HR' differs"):
+        call_command("add_dify_app", "HR", "--base-url", "http://dify.local/v1", "--api-key", "k")
+    # One stored with a space before the command stripped names is told apart too.
+    DifyApp.objects.create(name="payroll ", base_url="http://dify.local/v1", api_key="k")
+    with pytest.raises(CommandError, match="An app named 'payroll ' exists already"):
+        call_command(
+            "add_dify_app", "Payroll", "--base-url", "http://dify.local/v1", "--api-key", "k"
+        )
+    assert DifyApp.objects.count() == 2
+
+
+def test_add_dify_app_warns_as_the_admin_does_of_another_app_s_name_or_key(
+    db: None, simulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = simulator.api_key("refund-approval")
+    call_command(
+        "add_dify_app", "refund-approval", "--base-url", simulator.base_url, "--api-key", key
+    )
+    first = capsys.readouterr()
+    assert "Created Dify app 'refund-approval'" in first.out and not first.err
+    # The same Dify app again under another name: /info names it, and the server and key are
+    # the first app's. Warnings only; never the key.
+    call_command("add_dify_app", "refunds-dup", "--base-url", simulator.base_url, "--api-key", key)
+    second = capsys.readouterr()
+    assert "Created Dify app 'refunds-dup'" in second.out
+    assert (
+        "Warning: refunds-dup: Dify calls the app “refund-approval”, not “refunds-dup”"
+        in second.err
+    )
+    assert "“refund-approval” already uses this server" in second.err
+    assert key not in second.out + second.err
+    # The same key on another server (a staging Dify sharing it) is another app.
+    elsewhere = simulator.base_url.replace("127.0.0.1", "localhost")
+    assert elsewhere != simulator.base_url
+    call_command("add_dify_app", "refunds-dup", "--base-url", elsewhere, "--api-key", key, "--move")
+    assert "already uses this server" not in capsys.readouterr().err

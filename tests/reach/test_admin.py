@@ -57,7 +57,10 @@ def test_a_passing_connection_test_sends_the_decisions_waiting_to_retry_now(
     from inbox.models import Decision
 
     app = simulator_dify_app("refund-approval")
-    form = make_form(app, status=Form.Status.SUBMITTING)
+    # A run Dify knows: the test's check of the app's runs finds the key sees them.
+    started = simulator.start_run("refund-approval", user="inbox-run-user-8")
+    run = make_run(app, workflow_run_id=started.workflow_run_id, dify_user="inbox-run-user-8")
+    form = make_form(app, run=run, status=Form.Status.SUBMITTING)
     later = timezone.now() + dt.timedelta(minutes=15)
     waiting = Decision.objects.create(
         form=form, action_id="approve", attempts=4, next_attempt_at=later
@@ -69,6 +72,42 @@ def test_a_passing_connection_test_sends_the_decisions_waiting_to_retry_now(
     entry = AuditEntry.objects.get(verb="app_connection_tested")
     assert entry.actor == admin_user and entry.details["result"] == "connected"
     assert entry.details["sent_now"] == 1
+
+
+def test_a_connection_test_that_finds_the_app_refused_neither_says_connected_nor_sends(
+    admin_client: Client, admin_user: User, simulator: Any, simulator_dify_app: Any
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox.models import Decision
+
+    # Dify rebuilt empty (or another app's key): /info answers, but none of the app's runs is
+    # known to it, and a decision waits out its backoff.
+    app = simulator_dify_app("refund-approval")
+    form = make_form(app, status=Form.Status.SUBMITTING)
+    later = timezone.now() + dt.timedelta(minutes=15)
+    waiting = Decision.objects.create(
+        form=form, action_id="approve", attempts=4, next_attempt_at=later
+    )
+    response = action(admin_client, "difyapp", "test_connection", [app.pk])
+    said = notes(response)
+    assert len(said) == 1, said
+    assert said[0].startswith("refund-approval: Dify knows none of this app's runs with this key")
+    assert not [m for m in said if "connected" in m or "goes now" in m], said
+    # The decision is not sent again to meet the same 404s: it waits for Dify to answer.
+    waiting.refresh_from_db()
+    assert waiting.next_attempt_at == later
+    app.refresh_from_db()
+    assert app.refusal_code == "app_not_found"
+    entry = AuditEntry.objects.get(verb="app_connection_tested")
+    assert entry.actor == admin_user and entry.details["result"] == "refused"
+    assert "none of 1 run(s)" in entry.details["detail"]
+    assert "sent_now" not in entry.details
+    # The app's list says refused, never "OK" from the test.
+    listing = admin_client.get(reverse("admin:inbox_difyapp_changelist")).content.decode()
+    assert "Dify answers 404 for the app as a whole" in listing
 
 
 def test_test_connection_reports_a_bad_key(
@@ -335,7 +374,10 @@ def test_routes_are_edited_with_their_recipients(
         reverse("admin:inbox_route_delete", args=[made.pk]), {"post": "yes"}
     )
     assert response.status_code == 302
-    assert AuditEntry.objects.filter(verb="route_deleted", object_id=str(made.pk)).exists()
+    gone = AuditEntry.objects.get(verb="route_deleted", object_id=str(made.pk))
+    # Who it asked, as it was: the trail does not leave a deleted route asking anyone.
+    assert gone.details["values"]["users"] == {"before": ["carol"]}
+    assert gone.details["values"]["recipients"] == {"before": ["cfo@example.org"]}
 
 
 def test_a_bad_reminder_setting_is_refused_in_the_admin(

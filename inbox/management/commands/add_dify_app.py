@@ -10,7 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.validators import URLValidator
 from django.db import transaction
 
-from inbox.models import AuditEntry, DifyApp
+from inbox.app_check import look_alike, other_app_warning, server_of, shared_key_warning
+from inbox.models import AuditEntry, DifyApp, Form, Run
 
 
 def _api_key(given: str | None, stdin: Any) -> str:
@@ -46,10 +47,25 @@ class Command(BaseCommand):
             help="Switch an existing app that was deactivated back on. Without it (or "
             "--inactive), an existing app stays as active or inactive as it is.",
         )
+        parser.add_argument(
+            "--move",
+            action="store_true",
+            help="Let an existing app with open runs or pending forms move to another server "
+            "(another scheme, host or port in --base-url): its forms' tokens and the decisions "
+            "on them go to the new server from then on. Without it, such a move is refused.",
+        )
 
     stealth_options = ("stdin",)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # As the admin's form takes it: spaces at its ends would make a look-alike of another
+        # app, which the admin could not save and the API would not find.
+        name = options["name"].strip()
+        if not name:
+            raise CommandError("The app's name must not be empty")
+        limit = DifyApp._meta.get_field("name").max_length or 100
+        if len(name) > limit:
+            raise CommandError(f"The app's name is longer than {limit} characters")
         base_url = options["base_url"].rstrip("/")
         try:
             URLValidator(schemes=["http", "https"])(base_url)
@@ -58,14 +74,23 @@ class Command(BaseCommand):
         api_key = _api_key(options["api_key"], options.get("stdin") or sys.stdin)
         if not api_key:
             raise CommandError("The API key must not be empty")
+        moved = ""
         with transaction.atomic():
-            app = DifyApp.objects.select_for_update().filter(name=options["name"]).first()
+            app = DifyApp.objects.select_for_update().filter(name=name).first()
             created = app is None
             if app is None:
-                app = DifyApp(name=options["name"], is_active=not options["inactive"])
+                other = look_alike(name)
+                if other is not None:
+                    raise CommandError(
+                        f"An app named {other.name!r} exists already: {name!r} differs from it "
+                        "only by case or spaces, and would read the same in every list. Give "
+                        f"{other.name!r} exactly to change that app, or choose another name."
+                    )
+                app = DifyApp(name=name, is_active=not options["inactive"])
                 before: dict[str, Any] = {}
             else:
                 before = app.audit_values()
+                moved = self._move(app, base_url, allowed=options["move"])
                 # Switched off by an administrator: switched on again only when asked.
                 if options["inactive"]:
                     app.is_active = False
@@ -98,6 +123,13 @@ class Command(BaseCommand):
             app.settings_changed(actor_label="add_dify_app")
         verb = "Created" if created else ("Updated" if changed else "Unchanged:")
         self.stdout.write(f"{verb} Dify app {app.name!r} ({app.mode}, key {app.masked_api_key})")
+        if moved:
+            self.stdout.write(moved)
+        if created or {"api_key", "base_url"} & set(changed):
+            # As the admin warns on saving a new key or URL: only warnings, the app is saved.
+            for warning in (other_app_warning(app), shared_key_warning(app)):
+                if warning:
+                    self.stderr.write(f"Warning: {warning}")
         if not app.is_active:
             said = (
                 "The app is inactive"
@@ -105,3 +137,31 @@ class Command(BaseCommand):
                 else "The app stays inactive, as it was"
             )
             self.stdout.write(f"{said}: no runs of it start. Pass --activate to switch it on.")
+
+    @staticmethod
+    def _move(app: DifyApp, base_url: str, *, allowed: bool) -> str:
+        """What a new base URL does to an existing app, said before it is saved: "" for the
+        same one. To another server (scheme, host or port: the admin form's rule), the app's
+        open runs and pending forms go with it, and their tokens are sent there from then on:
+        refused unless `allowed` (--move) while it has any."""
+        old = app.base_url.rstrip("/")
+        if old == base_url:
+            return ""
+        if server_of(old) == server_of(base_url):
+            return f"Base URL: {old} -> {base_url} (the same server)"
+        runs = Run.objects.filter(app=app).exclude(status__in=Run.FINAL_STATUSES).count()
+        forms = Form.objects.filter(run__app=app, status=Form.Status.PENDING).count()
+        said = (
+            f"{app.name!r} moves from {server_of(old)} to {server_of(base_url)} "
+            f"(base URL {old} -> {base_url}); it has {runs} open run(s) and {forms} pending "
+            "form(s)"
+        )
+        if not (runs or forms):
+            return f"{said}."
+        if not allowed:
+            raise CommandError(
+                f"{said}: their forms' tokens, and the decisions made on them, would be sent to "
+                "the new server. Nothing was changed. Pass --move to move the app anyway; an "
+                "app of the other server is better added under another name."
+            )
+        return f"{said}: their forms' tokens and decisions are sent to the new server from now on."
