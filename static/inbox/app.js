@@ -471,23 +471,162 @@
 
   document.addEventListener("htmx:afterRequest", function (event) {
     var parts = uploadParts(event.detail.elt);
+    // No answer at all (htmx leaves `failed` unset then).
+    var lostOnTheWay = !event.detail.successful && event.detail.xhr.status === 0;
     if (parts) {
       if (parts.field) parts.field.removeAttribute("data-uploading");
       if (parts.progress) parts.progress.hidden = true;
+      // The files never reached the server: the field says which, before the input forgets
+      // them (picked again, the same file must set the input off anew).
+      if (lostOnTheWay && !pageStale) uploadLost(event.detail.elt, parts);
       event.detail.elt.value = "";
     }
+    // The toast is the poll's: the page's own asking again. What the reader sent and lost says
+    // so itself (below), and stays; any answer from the server says the connection is back.
     var toast = document.getElementById("connection-error");
-    if (toast) toast.hidden = pageStale || !event.detail.failed || event.detail.xhr.status !== 0;
+    if (toast && verb(event) === "get") toast.hidden = pageStale || !lostOnTheWay;
+    else if (toast && !lostOnTheWay) toast.hidden = true;
     refreshActions();
   });
 
-  document.addEventListener("htmx:sendError", function () {
-    var toast = document.getElementById("connection-error");
-    if (toast && !pageStale) toast.hidden = false;
+  document.addEventListener("htmx:sendError", function (event) {
+    if (verb(event) === "get") {
+      var toast = document.getElementById("connection-error");
+      if (toast && !pageStale) toast.hidden = false;
+    } else if (!uploadParts(event.detail.elt)) {
+      notSent(event);
+    }
     // Nothing is swapped: the button pressed (disabled while the request was out) gets the
-    // focus back, as after a refused answer, and the notice above is read out.
+    // focus back, as after a refused answer, and the notice is read out.
     window.setTimeout(function () { restoreFocus(false); }, 0);
   });
+
+  function uploadLost(input, parts) {
+    var error = parts.error;
+    if (!error) return;
+    var names = Array.prototype.map.call(input.files || [], function (file) { return file.name; });
+    var message = error.getAttribute("data-upload-lost") || "";
+    var hint = document.getElementById("actions-hint");
+    var separator = (hint && hint.getAttribute("data-separator")) || ", ";
+    var labelled = error.getAttribute("data-labelled") || "{label}: {message}";
+    var words = names.length ? labelled.replace(/\{(label|message)\}/g, function (whole, part) {
+      return part === "label" ? names.join(separator) : message;
+    }) : message;
+    // After the alert was emptied (at the upload's start), so it is read out.
+    window.setTimeout(function () { error.textContent = words; }, 50);
+  }
+
+  // --- What the reader sent that never reached the server ------------------------------------
+  // A post lost on the way (the connection dropped: no answer at all) was not received: the
+  // page says so in the error alert, which stays until the reader acts (the poll's own toast
+  // comes and goes with the connection). A decision is sent again by itself once the
+  // connection is back: its submission key makes a second post of the same page count once,
+  // also when the first did arrive and only its answer was lost. What the reader typed stays
+  // in the form; if they change it meanwhile, it waits for their tap instead.
+  var resend = null; // { action, delay, timer, sending }
+
+  function notSentWords(key) {
+    var box = document.getElementById("request-error");
+    return (box && box.getAttribute(key)) || "";
+  }
+
+  function showNotSent(key) {
+    var words = notSentWords(key);
+    var box = document.getElementById("request-error");
+    // Each failed try of the same resend says it once, not again.
+    if (!words || (box && !box.hidden && errorShown === words)) return;
+    showError([document.createTextNode(words)], false);
+  }
+
+  function hideNotSent() {
+    var box = document.getElementById("request-error");
+    if (box && !box.hidden && (errorShown === notSentWords("data-not-sent") || errorShown === notSentWords("data-resending"))) hideError();
+  }
+
+  function postedAction(event) {
+    var config = event.detail.requestConfig;
+    var data = config && config.formData;
+    var action = data && data.get ? data.get("action") : null;
+    return typeof action === "string" ? action : "";
+  }
+
+  function notSent(event) {
+    if (pageStale) return;
+    var elt = event.detail.elt;
+    var action = elt && elt.id === "decision-form" ? postedAction(event) : "";
+    if (!action) {
+      showNotSent("data-not-sent");
+      return;
+    }
+    var delay = resend && resend.action === action ? Math.min(resend.delay * 2, 30000) : 2000;
+    cancelResend();
+    resend = { action: action, delay: delay, timer: window.setTimeout(sendAgain, delay), sending: false };
+    showNotSent("data-resending");
+  }
+
+  function cancelResend() {
+    if (resend) window.clearTimeout(resend.timer);
+    resend = null;
+  }
+
+  function sendAgain() {
+    var wanted = resend;
+    if (!wanted || wanted.sending) return;
+    window.clearTimeout(wanted.timer);
+    var form = document.getElementById("decision-form");
+    var button = form && form.querySelector('.actions button[name=action][value="' + CSS.escape(wanted.action) + '"]');
+    if (!button || pageStale) {
+      // The form closed meanwhile (the decision did arrive, or someone else's): the page says
+      // what happened to it now.
+      cancelResend();
+      hideNotSent();
+      return;
+    }
+    if (button.disabled) { // a request of the form's is out: after it
+      wanted.timer = window.setTimeout(sendAgain, 1000);
+      return;
+    }
+    wanted.sending = true;
+    button.click(); // as the reader's tap: the same form, the same key
+    window.setTimeout(function () {
+      // Not sent after all (the form waits for an upload): tried again later.
+      if (resend === wanted && wanted.sending && !wanted.started) {
+        wanted.sending = false;
+        wanted.timer = window.setTimeout(sendAgain, wanted.delay);
+      }
+    }, 0);
+  }
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    if (!resend || verb(event) === "get" || !event.detail.elt || event.detail.elt.id !== "decision-form") return;
+    if (resend.sending) resend.started = true;
+    else cancelResend(); // the reader pressed again themselves
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    // The poll got through: the connection is back.
+    if (event.detail.xhr.status !== 0 && verb(event) === "get" && resend && !resend.sending) sendAgain();
+  });
+
+  // Answered (before the answer replaces the form, and its events with it): the answer says
+  // what became of the decision.
+  document.addEventListener("htmx:beforeOnLoad", function (event) {
+    var elt = event.detail.elt;
+    if (!resend || verb(event) === "get" || !elt || elt.id !== "decision-form") return;
+    cancelResend();
+    if (event.detail.xhr.status < 400) hideNotSent();
+  });
+
+  window.addEventListener("online", function () { if (resend && !resend.sending) sendAgain(); });
+
+  // Changed after it was lost: sent when the reader says, with what they have now.
+  function editedWhileWaiting(event) {
+    if (!resend || resend.sending || !event.target.closest || !event.target.closest("#decision-form")) return;
+    cancelResend();
+    showNotSent("data-not-sent");
+  }
+  document.addEventListener("input", editedWhileWaiting);
+  document.addEventListener("change", editedWhileWaiting);
 
   // --- Error answers: say what happened, and keep what was typed ----------------------------
   // htmx swaps nothing of a 4xx or 5xx answer: the button would just come back. An answer that
@@ -599,8 +738,9 @@
   });
 
   document.addEventListener("htmx:beforeRequest", function (event) {
-    // Sent again: the alert about the last try goes; a new one comes if this fails too.
-    if (verb(event) !== "get") hideError();
+    // Sent again: the alert about the last try goes; a new one comes if this fails too. Not
+    // for a decision sent again by the page itself: its alert says so while it goes.
+    if (verb(event) !== "get" && !(resend && resend.sending)) hideError();
   });
 
   document.addEventListener("htmx:afterRequest", function (event) {
@@ -622,6 +762,8 @@
     var text = document.getElementById("request-error-text");
     if (target === text) {
       showError(Array.prototype.slice.call(text.childNodes), verb(event) === "get");
+      // Refused for the page being out of date (signed out): it links to its reload.
+      if (text.querySelector("a[href]")) pageOutdated();
     } else {
       // The page's content was replaced by the reason: say it, and start reading there.
       if (typed.length) target.appendChild(keptBox(typed));
@@ -676,6 +818,8 @@
 
   function showStale() {
     pageStale = true;
+    cancelResend();
+    pageOutdated();
     refreshActions();
     // This notice says it all: not a second one beside it ("Nothing sent: you are signed
     // out"), nor a claim panel offering what the page can no longer do.
@@ -889,6 +1033,14 @@
 
   function formKey(form) { return form.id || "start-form"; }
 
+  // What a select showed as drawn: the option the server marked selected, else the first one
+  // (a "Choose…" placeholder), which the browser shows without marking it.
+  function drawnChoice(select) {
+    var marked = Array.prototype.filter.call(select.options, function (o) { return o.defaultSelected; });
+    var option = marked.length ? marked[marked.length - 1] : select.options[0];
+    return option ? option.value : "";
+  }
+
   function changedFields(form) {
     var found = [];
     Array.prototype.forEach.call(form.elements, function (el) {
@@ -896,8 +1048,7 @@
       if (el.type === "radio" || el.type === "checkbox") {
         if (el.checked !== el.defaultChecked) found.push({ name: el.name, type: el.type, value: el.value, checked: el.checked });
       } else if (el.tagName === "SELECT") {
-        var drawn = Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
-        if (drawn) found.push({ name: el.name, type: "select", value: el.value });
+        if (el.value !== drawnChoice(el)) found.push({ name: el.name, type: "select", value: el.value });
       } else if (el.value !== el.defaultValue) {
         var label = el.id ? document.querySelector('label[for="' + CSS.escape(el.id) + '"]') : null;
         found.push({ name: el.name, type: "text", value: el.value, label: label ? label.textContent.trim() : "" });
@@ -936,21 +1087,55 @@
     var selector = '[name="' + CSS.escape(field.name) + '"]';
     if (field.type === "radio" || field.type === "checkbox") {
       // By its value as the browser reads it: a box drawn with no value attribute reads "on".
+      var set = false;
       Array.prototype.forEach.call(form.querySelectorAll("input" + selector), function (box) {
-        if (box.value === field.value && !box.disabled && box.checked === box.defaultChecked) box.checked = field.checked;
+        if (box.value === field.value && !box.disabled && box.checked === box.defaultChecked) {
+          box.checked = field.checked;
+          set = true;
+        }
       });
-      return true;
+      return set ? "set" : "there";
     }
     var el = form.querySelector(selector);
     if (!el || el.disabled) return false;
     if (field.type === "select") {
-      var drawnNow = Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
       var known = Array.prototype.some.call(el.options, function (o) { return o.value === field.value; });
-      if (!drawnNow && known) el.value = field.value;
-      return true;
+      if (el.value !== drawnChoice(el) || !known) return "there";
+      el.value = field.value;
+      return "set";
     }
-    if (el.value === el.defaultValue) el.value = field.value;
-    return true;
+    if (el.value !== el.defaultValue) return "there";
+    el.value = field.value;
+    return "set";
+  }
+
+  // Puts back what was held (by the switch, or over a sign-in); says how many fields took a
+  // value, and keeps text whose field is gone (the form closed meanwhile) beside the page.
+  function putBack(forms) {
+    var lost = [];
+    var set = 0;
+    (forms || []).forEach(function (held) {
+      var form = null;
+      document.querySelectorAll(SWITCH_FORMS).forEach(function (f) { if (formKey(f) === held.form) form = f; });
+      (held.fields || []).forEach(function (field) {
+        var done = form ? restoreField(form, field) : false;
+        if (done === "set") set++;
+        if (done) return;
+        if (field.type === "text" && field.value.trim()) lost.push({ label: field.label || "", value: field.value });
+      });
+    });
+    if (lost.length) {
+      // A form page keeps it in its place for kept text; a page that took the form's place
+      // (its link has expired) at the end of its content.
+      var kept = document.getElementById("kept");
+      if (kept && !kept.children.length) kept.appendChild(keptBox(lost));
+      else if (!kept) {
+        var main = document.getElementById("main");
+        if (main) main.appendChild(keptBox(lost));
+      }
+    }
+    if (set) refreshActions();
+    return set;
   }
 
   function restoreAfterSwitch() {
@@ -960,24 +1145,74 @@
       window.sessionStorage.removeItem(SWITCH_KEY);
     } catch (e) { saved = null; }
     if (!saved || saved.path !== window.location.pathname || !(Date.now() - saved.at < 600000)) return;
-    var lost = [];
-    (saved.forms || []).forEach(function (held) {
-      var form = null;
-      document.querySelectorAll(SWITCH_FORMS).forEach(function (f) { if (formKey(f) === held.form) form = f; });
-      (held.fields || []).forEach(function (field) {
-        if (form && restoreField(form, field)) return;
-        if (field.type === "text" && field.value.trim()) lost.push({ label: field.label || "", value: field.value });
-      });
+    putBack(saved.forms);
+  }
+
+  // --- Signed out with a form half filled: what was typed comes back after signing in -------
+  // When the page learns it can no longer send its form (the poll's reload notice, or a post
+  // refused for the login having ended), what the reader typed or chose in the decision form
+  // is held in the tab's session storage, for this form's address and this reviewer only
+  // (never a file: uploads are kept by the server). The reload leads to the sign-in page,
+  // which leads back to the form: there it is put back, and the page says so.
+  var SIGNIN_KEY = "inbox:signed-out";
+  var outdated = false;
+
+  function currentUser() { return document.body ? document.body.getAttribute("data-user") || "" : ""; }
+
+  function holdOverSignIn() {
+    var form = document.getElementById("decision-form");
+    var user = currentUser();
+    if (!form || !user) return;
+    var fields = changedFields(form);
+    // A text the page drew from a refused decision (its default since) differs from what a
+    // reload draws: held too.
+    textFields().forEach(function (input) {
+      var key = input.id || input.name;
+      if (!input.name || !Object.prototype.hasOwnProperty.call(drawnText, key)) return;
+      if (input.value === drawnText[key] || input.value !== input.defaultValue) return;
+      fields.push({ name: input.name, type: "text", value: input.value, label: "" });
     });
-    if (!lost.length) return;
-    // A form page keeps it in its place for kept text; a page that took the form's place (its
-    // link has expired) at the end of its content.
-    var kept = document.getElementById("kept");
-    if (kept && !kept.children.length) kept.appendChild(keptBox(lost));
-    else if (!kept) {
-      var main = document.getElementById("main");
-      if (main) main.appendChild(keptBox(lost));
-    }
+    try {
+      if (fields.length) {
+        window.sessionStorage.setItem(SIGNIN_KEY, JSON.stringify({
+          path: window.location.pathname, user: user, at: Date.now(), forms: [{ form: formKey(form), fields: fields }],
+        }));
+      } else {
+        window.sessionStorage.removeItem(SIGNIN_KEY);
+      }
+    } catch (e) { /* storage refused: the notice still says to copy it */ }
+  }
+
+  function pageOutdated() {
+    outdated = true;
+    holdOverSignIn();
+  }
+
+  // Held again as the page is left (the reload), with anything typed since the notice.
+  window.addEventListener("pagehide", function () { if (outdated) holdOverSignIn(); });
+
+  function restoreAfterSignIn() {
+    var saved = null;
+    try { saved = JSON.parse(window.sessionStorage.getItem(SIGNIN_KEY) || "null"); } catch (e) { saved = null; }
+    if (!saved) return;
+    var here = saved.path === window.location.pathname;
+    var user = currentUser();
+    var drop = !(Date.now() - saved.at < 3600000) || (here && saved.user !== user);
+    // The sign-in page, or another page on the way: kept for the form's own.
+    if (!drop && (!here || !user)) return;
+    try { window.sessionStorage.removeItem(SIGNIN_KEY); } catch (e) { /* read once anyway */ }
+    if (drop) return;
+    if (!putBack(saved.forms)) return;
+    var form = document.getElementById("decision-form");
+    var words = form && form.getAttribute("data-restored");
+    if (!words) return;
+    var note = document.createElement("p");
+    note.id = "restored-note";
+    note.className = "banner info";
+    note.setAttribute("role", "status");
+    form.parentNode.insertBefore(note, form);
+    // Filled once in the page, so it is read out.
+    window.setTimeout(function () { note.textContent = words; }, 50);
   }
 
   // --- "← Inbox" goes back to the list as it was left ----------------------------------------
@@ -1020,6 +1255,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     rememberDrawnText(); // what the server drew: a text put back below is typed, not drawn
     restoreAfterSwitch();
+    restoreAfterSignIn();
     refreshTimes();
     refreshActions();
     rememberList();

@@ -177,11 +177,13 @@ def test_a_decision_lost_on_the_network_gives_the_focus_back_to_its_button(
     page.route("**/decide", lambda route: route.abort("connectionreset"))
     page.get_by_role("button", name="Approve").focus()
     page.keyboard.press("Enter")
-    page.locator("#connection-error").wait_for(state="visible")
+    # Said in the error alert (the poll's connection toast is not for it).
+    page.locator("#request-error").get_by_text("Your decision was not sent").wait_for()
     page.wait_for_function(
         "() => document.activeElement && document.activeElement.value === 'approve'", timeout=3000
     )
-    assert page.locator("#connection-error").get_attribute("role") == "alert"
+    assert page.locator("#request-error-text").get_attribute("role") == "alert"
+    assert page.locator("#connection-error").is_hidden()
     assert not Form.objects.get(pk=form.pk).decisions.exists()
 
 

@@ -1,0 +1,317 @@
+"""What a reviewer on a phone sent or typed is not lost: a post the connection dropped says it
+was not sent (a decision goes again by itself, once), a choice in a long list survives the
+language switch, what was typed survives signing in again, and the run's next form is in
+reach right after a decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+from django.utils import timezone
+
+from inbox.models import Decision, DifyApp, Form, Run
+from tests.review.browser import logged_in_page, screenshot
+from tests.review.conftest import full_definition, make_form
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PHONE = (390, 844)
+RESENDING = (
+    "Your decision was not sent: the connection dropped. Sending it again when the connection "
+    "is back\u2026 What you typed is kept."
+)
+NOT_SENT = (
+    "Not sent: the connection dropped. What you typed is kept: tap the button again once you "
+    "are back online."
+)
+NOTE = "Refund it, the parcel was lost."
+
+
+def _note_form(app: DifyApp, **kwargs: Any) -> Form:
+    definition = full_definition()
+    definition["inputs"] = definition["inputs"][:1]  # the note, prefilled "resolved default"
+    return make_form(app, definition=definition, **kwargs)
+
+
+def _phone(chromium: Any, live_server: Any, user: User, contexts: list[Any], **kw: Any) -> Any:
+    return logged_in_page(chromium, live_server, user, contexts, viewport=PHONE, touch=True, **kw)
+
+
+def test_a_decision_the_connection_dropped_says_so_stays_said_and_is_sent_again_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    posts: list[str] = []
+
+    def drop(route: Any) -> None:
+        posts.append(route.request.url)
+        route.abort("internetdisconnected")
+
+    page.route("**/decide", drop)
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(RESENDING).wait_for(timeout=5000)
+    assert page.locator("#request-error-text").get_attribute("role") == "alert"
+    # The poll gets through meanwhile (its toast, if any, goes): the message stays, and the
+    # page keeps trying while the decision cannot get through.
+    page.wait_for_timeout(7000)
+    assert alert.get_by_text(RESENDING).is_visible()
+    assert page.locator("#connection-error").is_hidden()
+    assert len(posts) >= 2
+    assert not Decision.objects.filter(form=form).exists()
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    screenshot(page, "phone-decision-not-sent")
+    # The connection is back: sent by the page itself, once.
+    page.unroute("**/decide")
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert alert.is_hidden()
+    decisions = list(Decision.objects.filter(form=form))
+    assert len(decisions) == 1
+    assert decisions[0].action_id == "approve" and decisions[0].inputs["note"] == NOTE
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_whose_answer_was_lost_is_sent_again_and_counts_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """The post reached the server and made the decision; only its answer was lost. The page
+    sends it again under the same submission key: the server answers with that decision."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    # The poll cannot get through either: only the page's own resend can learn what happened.
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    posts: list[str] = []
+
+    def answer_lost(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fetch()  # the server gets it, and decides
+            route.abort("internetdisconnected")  # the answer never comes back
+        else:
+            route.continue_()
+
+    page.route("**/decide", answer_lost)
+    page.get_by_role("button", name="Approve").tap()
+    page.locator("#request-error").get_by_text(RESENDING).wait_for(timeout=5000)
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2
+    assert Decision.objects.filter(form=form).count() == 1
+    # The same page's key both times.
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(keys) == 1
+    assert page.locator("#request-error").is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_edited_after_the_connection_dropped_waits_for_the_tap(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    note = page.locator("textarea[name=in_note]")
+    note.fill(NOTE)
+    page.route("**/decide", lambda route: route.abort("internetdisconnected"))
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(RESENDING).wait_for(timeout=5000)
+    note.fill(NOTE + " And apologise.")
+    alert.get_by_text(NOT_SENT).wait_for(timeout=3000)
+    page.unroute("**/decide")
+    page.wait_for_timeout(7000)  # a poll got through: nothing is sent by itself now
+    assert not Decision.objects.filter(form=form).exists()
+    assert alert.get_by_text(NOT_SENT).is_visible()
+    page.get_by_role("button", name="Approve").tap()
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    decision = Decision.objects.get(form=form)
+    assert decision.inputs["note"] == NOTE + " And apologise."
+    assert alert.is_hidden()
+    assert page.js_errors == []
+
+
+def test_a_claim_and_an_upload_the_connection_dropped_say_so_until_the_reviewer_acts(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(dify_app)  # a file input "receipt", among others
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.route("**/claim", lambda route: route.abort("internetdisconnected"))
+    page.get_by_role("button", name="Take this form").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(NOT_SENT).wait_for(timeout=5000)
+    # The poll gets through meanwhile: it stays until the reviewer acts.
+    page.wait_for_timeout(7000)
+    assert alert.get_by_text(NOT_SENT).is_visible()
+    assert Form.objects.get(pk=form.pk).claimed_by_id is None
+    alert.get_by_role("button", name="Dismiss").tap()
+    assert alert.is_hidden()
+    page.route("**/files/receipt", lambda route: route.abort("internetdisconnected"))
+    page.locator("input[data-upload=receipt]").set_input_files(
+        files=[
+            {
+                "name": "photo.png",
+                "mimeType": "image/png",
+                "buffer": b"\x89PNG\r\n\x1a\n" + b"0" * 64,
+            }
+        ]
+    )
+    error = page.locator("#file-error-receipt")
+    error.get_by_text(
+        "photo.png: Not uploaded: the connection dropped. Choose the file again once you are "
+        "back online."
+    ).wait_for(timeout=5000)
+    page.wait_for_timeout(6000)
+    assert error.inner_text().startswith("photo.png: Not uploaded")
+    assert page.js_errors == []
+
+
+def test_a_choice_from_a_long_list_survives_the_language_switch(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    centres = [f"CC-{n}000 Centre {n}" for n in range(1, 11)]
+    definition = full_definition()
+    definition["inputs"] = [
+        definition["inputs"][0],
+        {
+            "type": "select",
+            "output_variable_name": "decision",
+            "option_source": {"type": "constant", "selector": [], "value": centres},
+        },
+    ]
+    form = make_form(dify_app, definition=definition)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    select = page.locator("select[name=in_decision]")  # more than 6 options: a list
+    select.select_option(centres[3])
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    page.locator("form.lang-switch button[value=zh-hans]").tap()
+    page.wait_for_function("() => document.documentElement.lang === 'zh-hans'")
+    assert select.input_value() == centres[3]
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    assert page.locator("#actions-hint").is_hidden()  # nothing missing to decide
+    page.locator("form.lang-switch button[value=en]").tap()
+    page.wait_for_function("() => document.documentElement.lang === 'en'")
+    assert select.input_value() == centres[3]
+    assert page.js_errors == []
+
+
+def test_what_was_typed_comes_back_after_signing_in_again(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    form = _note_form(dify_app)
+    other = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    url = f"{live_server.url}/forms/{form.public_id}/"
+    page.goto(url)
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    Session.objects.all().delete()  # the login expired
+    page.locator("#reload-notice").wait_for(state="visible", timeout=15000)
+    page.get_by_role("button", name="Reload the page").tap()
+    page.wait_for_url("**/accounts/login/**", timeout=15000)
+    # Not on another form of theirs.
+    page.goto(f"{live_server.url}/accounts/login/?next=/forms/{other.public_id}/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("pw-alice-123")
+    page.get_by_role("button", name="Log in").tap()
+    page.wait_for_url(f"**/forms/{other.public_id}/", timeout=15000)
+    assert page.locator("textarea[name=in_note]").input_value() == "resolved default"
+    assert page.locator("#restored-note").count() == 0
+    # Back on the form they typed in: it is there, and the page says so.
+    page.goto(url)
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    page.locator("#restored-note").get_by_text(
+        "What you typed before you were signed out is filled in again."
+    ).wait_for(timeout=3000)
+    # Once: a later load of the page draws the form as it is.
+    page.reload()
+    assert page.locator("textarea[name=in_note]").input_value() == "resolved default"
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_what_was_typed_is_not_given_to_someone_else_signing_in(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    url = f"{live_server.url}/forms/{form.public_id}/"
+    page.goto(url)
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    Session.objects.all().delete()
+    page.locator("#reload-notice").wait_for(state="visible", timeout=15000)
+    page.get_by_role("button", name="Reload the page").tap()
+    page.wait_for_url("**/accounts/login/**", timeout=15000)
+    page.get_by_label("Username").fill("bob")
+    page.get_by_label("Password").fill("pw-bob-123")
+    page.get_by_role("button", name="Log in").tap()
+    page.wait_for_url(f"**/forms/{form.public_id}/", timeout=15000)
+    assert page.locator("textarea[name=in_note]").input_value() == "resolved default"
+    assert page.evaluate("() => sessionStorage.getItem('inbox:signed-out')") is None
+
+
+def test_after_a_decision_on_a_phone_the_runs_next_form_is_right_under_it(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    # A long record: the run panel (which links the next form too) ends far below.
+    definition = full_definition()
+    definition["inputs"] = definition["inputs"][:1]
+    definition["form_content"] = (
+        "\n\n".join(f"Paragraph {n}: what the editor checked, at length." for n in range(25))
+        + "\n\n{{#$output.note#}}"
+    )
+    first = make_form(dify_app, definition=definition, node_title="Editor review")
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{first.public_id}/")
+    page.get_by_role("button", name="Approve").tap()
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=10000)
+    # Delivered; the run goes on and pauses at its next form.
+    Decision.objects.filter(form=first).update(status=Decision.Status.DELIVERED)
+    Form.objects.filter(pk=first.pk).update(
+        status=Form.Status.SUBMITTED, decided_at=timezone.now(), form_token=""
+    )
+    run = Run.objects.get(pk=first.run_id)
+    following = make_form(dify_app, run=run, node_title="Legal check")
+    run.save()  # its version changes
+    link = page.locator("#next-near").get_by_role("link", name="Legal check")
+    link.wait_for(timeout=15000)
+    assert link.get_attribute("href") == f"/forms/{following.public_id}/"
+    # On the screen with the submitted card, well above the run panel's own link.
+    box = link.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= PHONE[1]
+    card = page.locator(".state-card").bounding_box()
+    assert card is not None and card["y"] < box["y"]
+    assert page.locator("#next-near nav").get_attribute("aria-labelledby") == "next-near-title"
+    screenshot(page, "phone-next-form-under-submitted")
+    link.tap()
+    page.wait_for_url(f"**/forms/{following.public_id}/")
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_on_a_wide_screen_the_next_form_is_in_the_run_panel_only(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    first = _note_form(dify_app, status=Form.Status.SUBMITTED, form_token="")
+    make_form(dify_app, run=first.run, node_title="Legal check")
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{first.public_id}/")
+    assert page.get_by_role("link", name="Legal check").count() == 1
+    assert page.locator("#run-panel").get_by_role("link", name="Legal check").is_visible()
