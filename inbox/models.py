@@ -360,27 +360,23 @@ class DifyApp(models.Model):
             if status is None:
                 # No connection, no answer in time: most likely the whole server is away, and
                 # its other apps with it. They are asked at once (`tasks.check_server`).
-                self._check_server(source)
+                self._check_server(source, away=True)
         return bool(started)
 
-    def _check_server(self, source: str) -> None:
+    def _check_server(self, source: str, *, away: bool) -> None:
         """Have the other active apps on this app's server asked whether Dify answers for them
-        (`tasks.check_server`), now that this one's contact changed. Not for what such a check
-        itself found, which would ask again and again. A broker that is down loses little:
-        the reconcile finds the others in its time."""
+        (`tasks.check_server`), now that this one was found `away` or answering again. Not for
+        what such a check itself found, which would ask again and again. Queued at once, with
+        what was found (the task needs nothing of this transaction); a broker that is down
+        loses little: the reconcile finds the others in its time."""
         if source == SERVER_CHECK:
             return
         from inbox.tasks import check_server
 
-        pk = self.pk
-
-        def queue() -> None:
-            try:
-                check_server.apply_async((pk,))
-            except Exception as exc:
-                _not_queued(exc, "app %s: server check not queued", pk)
-
-        transaction.on_commit(queue)
+        try:
+            check_server.apply_async((self.pk, away))
+        except Exception as exc:
+            _not_queued(exc, "app %s: server check not queued", self.pk)
 
     def note_reached(self, source: str) -> bool:
         """Dify answered a call for this app: a contact failure on record is over, and the runs
@@ -417,7 +413,7 @@ class DifyApp(models.Model):
         logger.info("Dify answers for the app %s again (seen by the %s)", self.name, source)
         if was_down:
             # Its server is back: the other apps found away with it are asked now.
-            self._check_server(source)
+            self._check_server(source, away=False)
         # What the follower gave up on while Dify did not answer is worth reading now: once a
         # stream opens, or after an outage (not after one call's failure, seen a moment ago).
         outage = since is not None and database_now() - since >= CONTACT_NOTE_EVERY

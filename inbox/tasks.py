@@ -996,16 +996,16 @@ def check_form(form_pk: int) -> str:
 # An app's Dify was found away (no connection, no answer in time), or answering again: the
 # other apps on its server most likely are too (`DifyApp._check_server`). One short call each.
 @shared_task(soft_time_limit=60, time_limit=75)
-def check_server(app_pk: int) -> dict[str, int]:
-    """Ask Dify's /info for each other active app on the server of `app_pk` whose mark differs
-    from that app's: while it is away, those not marked yet; once it answers, those still
-    marked. Each app is marked or cleared on its own answer (`note_unreachable`,
-    `note_reached`), never on another's: an app with no open run, which no other call would
-    ask about, shows with its server. Any answer from Dify (a 4xx too) means it is there."""
+def check_server(app_pk: int, away: bool) -> dict[str, int]:
+    """Ask Dify's /info for each other active app on the server of `app_pk`, which was found
+    `away` (no connection) or answering again: while it is away, those not marked yet; once it
+    answers, those still marked. Each app is marked or cleared on its own answer
+    (`note_unreachable`, `note_reached`), never on another's: an app with no open run, which
+    no other call would ask about, shows with its server. Any answer from Dify (a 4xx too)
+    means it is there."""
     app = DifyApp.objects.filter(pk=app_pk).first()
     if app is None:
         return {}
-    away = app.contact_failed_at is not None and not app.streams_failing
     others = [
         other
         for other in DifyApp.objects.filter(is_active=True, contact_failed_at__isnull=away).exclude(

@@ -369,7 +369,7 @@ def test_a_page_view_s_check_that_finds_the_server_away_marks_its_apps_and_names
     app.refresh_from_db()
     assert app.contact_failed_since is not None and app.contact_failure_source == "check on view"
     # The app's server is asked about its other apps at once: each marked on its own answer.
-    assert check_server(app.pk) == {"reachable": 0, "unreachable": 2}
+    assert check_server(app.pk, True) == {"reachable": 0, "unreachable": 2}
     for other in others:
         other.refresh_from_db()
         assert other.contact_failed_at is not None and other.contact_failure_source == (
@@ -393,7 +393,7 @@ def test_a_page_view_s_check_that_finds_the_server_away_marks_its_apps_and_names
     with override_settings(INBOX_CHECK_ON_VIEW_SECONDS=0):
         assert check_form(form.pk) == "open"
     assert DifyApp.objects.get(pk=app.pk).contact_failed_at is None
-    assert check_server(app.pk) == {"reachable": 2, "unreachable": 0}
+    assert check_server(app.pk, False) == {"reachable": 2, "unreachable": 0}
     assert not DifyApp.objects.filter(contact_failed_at__isnull=False).exists()
     assert admin.get("/healthz").json() == {"status": "ok"}
 
