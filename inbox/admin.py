@@ -862,7 +862,7 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
     ]
     date_hierarchy = "created_at"
     inlines = [FormInline]
-    actions = ["stop_run"]
+    actions = ["stop_run", "close_here"]
 
     @admin.display(description=_("started by"), ordering="started_by_username")
     def starter(self, obj: Run) -> str | None:
@@ -945,6 +945,51 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
                 % {"run": run},
                 messages.SUCCESS,
             )
+
+    def has_close_here_permission(self, request: HttpRequest) -> bool:
+        # A record admin edits nothing by hand: the runs' change permission grants this verb.
+        return request.user.has_perm("inbox.change_run")
+
+    @admin.action(
+        description=_("Close here: Dify no longer has, or will not answer for, these runs"),
+        permissions=["close_here"],
+    )
+    def close_here(self, request: HttpRequest, queryset: Any) -> None:
+        """Write runs off in the inbox alone (`Run.close_here`), for a Dify that lost them or a
+        server retired: nothing is asked of Dify."""
+        for run in queryset:
+            if run.is_finished:
+                self.message_user(
+                    request,
+                    _("%(run)s: not closed: it had ended already.") % {"run": run},
+                    messages.WARNING,
+                )
+                continue
+            closed = run.close_here(actor=request.user)
+            if closed is None:
+                self.message_user(
+                    request,
+                    _(
+                        "%(run)s: not closed: a decision on one of its forms is on its way to "
+                        "Dify. Close it once that decision is delivered or has failed (admin → "
+                        "Decisions)."
+                    )
+                    % {"run": run},
+                    messages.WARNING,
+                )
+            else:
+                self.message_user(
+                    request,
+                    ngettext(
+                        "%(run)s: closed here; %(count)d open form closed as gone from Dify, "
+                        "its recipients told.",
+                        "%(run)s: closed here; %(count)d open forms closed as gone from Dify, "
+                        "their recipients told.",
+                        closed,
+                    )
+                    % {"run": run, "count": closed},
+                    messages.SUCCESS,
+                )
 
 
 class FormRecipientInline(admin.TabularInline):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -146,7 +147,9 @@ def check_app(
             f"{said}, which was “{app.dify_name}” before",
             source,
         )
-    if not app.dify_name and not same_name(name, app.name):
+    # Strictly alike: a 404 taken for the run's or form's own closes it for good, and a name
+    # here with words around Dify's ("refund-approval-stg" for "refund") is no proof of the key.
+    if not app.dify_name and not same_name(name, app.name, qualified=False):
         return _refused(
             app,
             NotFound(404, "not_found", ""),
@@ -170,14 +173,35 @@ def learn_name(app: DifyApp, client: DifyClient | None = None) -> None:
     app.note_dify_name(str(info.get("name") or ""))
 
 
-def same_name(a: str, b: str) -> bool:
-    """Names alike but for case, spaces, dashes and underscores ("Refund approval",
-    "refund-approval")."""
+def same_name(dify: str, here: str, *, qualified: bool = True) -> bool:
+    """Whether the app Dify calls `dify` is the app named `here` in the inbox: names alike but
+    for case, spaces, dashes and underscores ("Refund approval", "refund-approval"), or, with
+    `qualified`, the name here being Dify's whole name with words around it, as an inbox
+    serving two Dify servers tells their apps of one name apart ("refund-approval (staging)",
+    "refund-approval-stg", "staging refund-approval"). Dify's full name must stand in the
+    name here on word boundaries: "refund" is not "refunds-stg", nor "refund-approval"
+    "refund" (a name here shorter than Dify's is another app's)."""
+    target = _plain(dify)
+    if _plain(here) == target:
+        return True
+    if not qualified or not target:
+        return False
+    words = _words(here)
+    # Dify's name may be written in fewer words here ("RefundApproval-stg"), or in more.
+    return any(
+        "".join(words[start:end]) == target
+        for start in range(len(words))
+        for end in range(start + 1, len(words) + 1)
+    )
 
-    def plain(name: str) -> str:
-        return "".join(c for c in name.casefold() if c.isalnum())
 
-    return plain(a) == plain(b)
+def _plain(name: str) -> str:
+    return "".join(c for c in name.casefold() if c.isalnum())
+
+
+def _words(name: str) -> list[str]:
+    """The name's words: its runs of letters and digits (any script)."""
+    return re.findall(r"[^\W_]+", name.casefold())
 
 
 def _works(app: DifyApp, name: str, source: str) -> AppCheck:

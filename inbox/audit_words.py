@@ -31,6 +31,7 @@ VERB_LABELS: dict[str, Any] = {
     "run_not_found": _("Run not found in Dify"),
     "run_gone": _("Run gone from Dify"),
     "run_back": _("Run back in Dify"),
+    "run_closed_here": _("Run closed here by an administrator"),
     # Forms.
     "form_captured": _("Form captured"),
     "form_ingested": _("Form ingested"),

@@ -13,6 +13,7 @@ import typing
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -196,6 +197,12 @@ class DifyApp(models.Model):
         return mask_secret(self.api_key)
 
     @property
+    def server(self) -> str:
+        """Where the app's Dify answers: scheme, host and port of its base URL (never a user
+        or password it may hold). Apps on one server are down together in an outage."""
+        return server_of(self.base_url)
+
+    @property
     def api_key_sealed(self) -> bool:
         """No key in INBOX_ENCRYPTION_KEYS opens the stored key (see `crypto.Sealed`)."""
         return isinstance(self.api_key, Sealed)
@@ -350,7 +357,26 @@ class DifyApp(models.Model):
                 message,
                 source,
             )
+            if status is None:
+                # No connection, no answer in time: most likely the whole server is away, and
+                # its other apps with it. They are asked at once (`tasks.check_server`).
+                self._check_server(source, away=True)
         return bool(started)
+
+    def _check_server(self, source: str, *, away: bool) -> None:
+        """Have the other active apps on this app's server asked whether Dify answers for them
+        (`tasks.check_server`), now that this one was found `away` or answering again. Not for
+        what such a check itself found, which would ask again and again. Queued at once, with
+        what was found (the task needs nothing of this transaction); a broker that is down
+        loses little: the reconcile finds the others in its time."""
+        if source == SERVER_CHECK:
+            return
+        from inbox.tasks import check_server
+
+        try:
+            check_server.apply_async((self.pk, away))
+        except Exception as exc:
+            _not_queued(exc, "app %s: server check not queued", self.pk)
 
     def note_reached(self, source: str) -> bool:
         """Dify answered a call for this app: a contact failure on record is over, and the runs
@@ -377,12 +403,17 @@ class DifyApp(models.Model):
                 contact_failure_source="follower", contact_failure_status__isnull=False
             )
         since = self.contact_failed_since
+        # Away as a whole (not only its event streams failing): its server may be back.
+        was_down = not self.streams_failing
         cleared = rows.update(**CONTACT_CLEARED)
         if not cleared:
             return False
         self.contact_failed_since = self.contact_failed_at = self.contact_failure_status = None
         self.contact_failure = self.contact_failure_source = ""
         logger.info("Dify answers for the app %s again (seen by the %s)", self.name, source)
+        if was_down:
+            # Its server is back: the other apps found away with it are asked now.
+            self._check_server(source, away=False)
         # What the follower gave up on while Dify did not answer is worth reading now: once a
         # stream opens, or after an outage (not after one call's failure, seen a moment ago).
         outage = since is not None and database_now() - since >= CONTACT_NOTE_EVERY
@@ -506,12 +537,29 @@ GONE_REASON = Reason(
         "Dify no longer knows this run (404): it was deleted there, or Dify's data was reset."
     )
 )
+# Why a run an administrator wrote off ended (`Run.close_here`).
+CLOSED_HERE_REASON = Reason(
+    gettext_noop(
+        "Closed here by an administrator: Dify no longer has this run, or will not answer for it."
+    )
+)
 # The `mode` Dify's /info names for each kind of app (the spec's AppInfoResponse).
 DIFY_MODES: dict[str, str] = {
     DifyApp.Mode.WORKFLOW: "workflow",
     DifyApp.Mode.CHATFLOW: "advanced-chat",
 }
 
+
+def server_of(url: str) -> str:
+    """Scheme, host and port of a base URL ("http://dify.example.com:8080"), without the
+    user and password it may hold."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}".lower()
+
+
+# The source of what `tasks.check_server` records: an app asked because another app on its
+# server was found away or back.
+SERVER_CHECK = "server check"
 # How often a contact failure that goes on is written again (`DifyApp.note_unreachable`).
 CONTACT_NOTE_EVERY = dt.timedelta(seconds=15)
 CONTACT_CLEARED: dict[str, Any] = {
@@ -766,6 +814,62 @@ class Run(models.Model):
         logger.warning("run %s: %s (seen by the %s)", self.pk, reason, source)
         self.refresh_from_db()
         return len(forms)
+
+    def close_here(self, *, actor: Any) -> int | None:
+        """An administrator writes the run off: Dify no longer has it, or will not answer for
+        it again (its server retired, its data lost). Closed here alone, nothing asked of Dify:
+        it ends as failed, saying so, and its forms still waiting for an answer (or whose
+        decision failed for good) close as gone, their recipients told as for a run gone from
+        Dify. Not while a decision on one of its forms is on its way to Dify: None then, and
+        nothing changes. Returns how many forms closed (0 for a run that had ended)."""
+        reason = CLOSED_HERE_REASON
+        with transaction.atomic():
+            run = Run.objects.select_for_update().filter(pk=self.pk).first()
+            if run is None or run.is_finished:
+                return 0
+            forms = list(Form.objects.select_for_update().filter(run=run))
+            if any(form.status == Form.Status.SUBMITTING for form in forms) or (
+                Decision.objects.filter(
+                    form__run=run,
+                    status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING),
+                ).exists()
+            ):
+                return None
+            now = timezone.now()
+            Run.objects.filter(pk=run.pk).update(
+                status=Run.Status.FAILED,
+                error=reason,
+                error_parts=reason.parts(),
+                finished_at=now,
+                follow_wanted=False,
+                needs_reconcile=False,
+                checked_at=now,
+                updated_at=now,
+            )
+            closing = [
+                form
+                for form in forms
+                if form.status
+                in (Form.Status.PENDING, Form.Status.NOT_ANSWERABLE, Form.Status.FAILED)
+            ]
+            Form.objects.filter(pk__in=[f.pk for f in closing]).update(
+                status=Form.Status.GONE, form_token="", updated_at=now, checked_at=now
+            )
+            AuditEntry.record(
+                "run_closed_here", run, actor=actor, reason=reason, forms=len(closing)
+            )
+            for form in closing:
+                AuditEntry.record(
+                    "form_gone",
+                    form,
+                    actor=actor,
+                    previous=form.status,
+                    reason=reason,
+                    source="closed here",
+                )
+        logger.info("run %s: closed here by %s: %s", self.pk, actor, reason)
+        self.refresh_from_db()
+        return len(closing)
 
     @property
     def was_gone(self) -> bool:

@@ -44,6 +44,7 @@ from inbox.dify.errors import (
 from inbox.models import (
     APP_NOT_FOUND_REFUSAL,
     KIND_REFUSALS,
+    SERVER_CHECK,
     SETUP_REFUSALS,
     UNPUBLISHED_REFUSAL,
     AuditEntry,
@@ -920,9 +921,14 @@ def _ask_about_form(form: Form, source: str) -> str:
     meanwhile), "refused" (Dify refuses its app), "unreachable" (Dify down or busy for the app)
     or "error" (an answer Dify will give again)."""
     app = form.run.app
+    # An inactive app's forms may still be decided, and are asked about; what its Dify (often
+    # a server retired) fails to answer is no news worth a warning at every pass.
+    level = logging.WARNING if app.is_active else logging.INFO
     try:
         delivery_client(app).get_form(form.form_token)
     except FormAlreadySubmitted:
+        # Dify answered: a contact failure on record is over (free when none is).
+        app.note_reached(source)
         closed = form.close_in_dify(
             Form.Status.ANSWERED_ELSEWHERE,
             reason="GET form: human_input_form_submitted",
@@ -931,6 +937,7 @@ def _ask_about_form(form: Form, source: str) -> str:
         _stamp_checked(form)
         return "answered_elsewhere" if closed else "closed"
     except FormExpired:
+        app.note_reached(source)
         closed = form.close_in_dify(
             Form.Status.EXPIRED, reason="GET form: human_input_form_expired", source=source
         )
@@ -940,10 +947,15 @@ def _ask_about_form(form: Form, source: str) -> str:
         if isinstance(exc, DifyStatusError) and exc.refuses_app:
             # Said once, for the app (`note_refused` logs it).
             if not app.note_refused(exc, source):
-                logger.warning("%s: app %s: Dify refuses it: %s", source, app, exc)
+                logger.log(level, "%s: app %s: Dify refuses it: %s", source, app, exc)
             return "refused"
-        logger.warning("%s: form %s: %s", source, form.pk, exc)
+        logger.log(level, "%s: form %s: %s", source, form.pk, exc)
         _stamp_checked(form)
+        if cannot_reach(exc):
+            # No Dify answering for the app, as the follower, the run reconcile and deliveries
+            # record it: the admin, the dashboard, /healthz and the pages say so. Not a 404,
+            # which is an answer (about the form, or the whole app: `check_app`).
+            app.note_unreachable(exc, source)
         if not isinstance(exc, DifyStatusError) or not exc.permanent:
             # Dify may be down or busy for this app. The form is stamped as asked about all
             # the same, so the next pass starts with the others: a form Dify keeps failing on
@@ -951,6 +963,7 @@ def _ask_about_form(form: Form, source: str) -> str:
             # costs one call per app and pass.
             return "unreachable"
         return "error"
+    app.note_reached(source)
     _stamp_checked(form)
     return "open"
 
@@ -978,6 +991,45 @@ def check_form(form_pk: int) -> str:
     if form is None:
         return "skipped"
     return _ask_about_form(form, "check on view")
+
+
+# An app's Dify was found away (no connection, no answer in time), or answering again: the
+# other apps on its server most likely are too (`DifyApp._check_server`). One short call each.
+@shared_task(soft_time_limit=60, time_limit=75)
+def check_server(app_pk: int, away: bool) -> dict[str, int]:
+    """Ask Dify's /info for each other active app on the server of `app_pk`, which was found
+    `away` (no connection) or answering again: while it is away, those not marked yet; once it
+    answers, those still marked. Each app is marked or cleared on its own answer
+    (`note_unreachable`, `note_reached`), never on another's: an app with no open run, which
+    no other call would ask about, shows with its server. Any answer from Dify (a 4xx too)
+    means it is there."""
+    app = DifyApp.objects.filter(pk=app_pk).first()
+    if app is None:
+        return {}
+    others = [
+        other
+        for other in DifyApp.objects.filter(is_active=True, contact_failed_at__isnull=away).exclude(
+            pk=app.pk
+        )
+        if other.server == app.server and not other.api_key_sealed
+    ]
+    counts = {"reachable": 0, "unreachable": 0}
+    for other in others:
+        try:
+            with DifyClient(
+                other.base_url, other.api_key, timeout=httpx.Timeout(5.0), max_retries=0
+            ) as client:
+                client.get_info()
+        except DifyError as exc:
+            if cannot_reach(exc):
+                other.note_unreachable(exc, SERVER_CHECK)
+                counts["unreachable"] += 1
+                continue
+        other.note_reached(SERVER_CHECK)
+        counts["reachable"] += 1
+    if others:
+        logger.info("check_server: %s (after app %s): %s", app.server, app, counts)
+    return counts
 
 
 # --- emails: requests, reminders, closing notices ---
@@ -1070,6 +1122,15 @@ def reconcile_runs(batch_size: int | None = None) -> dict[str, int]:
 
 # How long after Dify first said it does not know a run (404) a second 404 takes it for gone.
 RUN_GONE_AFTER = dt.timedelta(minutes=10)
+# How often the runs of an inactive app are asked about (its server retired, say: every pass
+# would fail the same way), unless a decision of theirs is on its way or just arrived.
+INACTIVE_RECONCILE_EVERY = dt.timedelta(hours=1)
+
+
+def _level(app: DifyApp) -> int:
+    """How loud to say what Dify fails to answer for the app: an inactive app's (its server
+    retired, say) is no news worth a warning at every pass."""
+    return logging.WARNING if app.is_active else logging.INFO
 
 
 def _warn_if_unfollowed(now: dt.datetime) -> None:
@@ -1168,6 +1229,19 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
             | waits_outside
             | unseen
         )
+        .filter(
+            Q(app__is_active=True)
+            | Q(checked_at__isnull=True)
+            | Q(checked_at__lt=now - INACTIVE_RECONCILE_EVERY)
+            | Q(
+                Exists(
+                    Form.objects.filter(
+                        run=OuterRef("pk"),
+                        status__in=(Form.Status.SUBMITTING, Form.Status.SUBMITTED),
+                    )
+                )
+            )
+        )
         .select_related("app")
         .order_by("-needs_reconcile", F("checked_at").asc(nulls_first=True), "pk")
     )
@@ -1214,7 +1288,8 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                 if check.refused:
                     if probing:
                         run.app.note_probed(db_now)
-                        logger.warning(
+                        logger.log(
+                            _level(run.app),
                             "reconcile_runs: app %s: Dify still refuses it (since %s): %s; "
                             "next try after %s",
                             run.app,
@@ -1224,7 +1299,7 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                         )
                     refused_now.add(run.app_id)
                 else:
-                    logger.warning("reconcile_runs: app %s: %s", run.app, check.detail)
+                    logger.log(_level(run.app), "reconcile_runs: app %s: %s", run.app, check.detail)
                     unreachable.add(run.app_id)
                 continue
             # Said twice, RUN_GONE_AFTER apart, with no new settings between, the run is taken
@@ -1262,10 +1337,12 @@ def _reconcile_runs(batch_size: int) -> dict[str, int]:
                     continue
                 # Said once, for the app (`note_refused` logs it); its other runs wait.
                 if not run.app.note_refused(exc, "reconcile"):
-                    logger.warning("reconcile_runs: app %s: Dify refuses it: %s", run.app, exc)
+                    logger.log(
+                        _level(run.app), "reconcile_runs: app %s: Dify refuses it: %s", run.app, exc
+                    )
                 refused_now.add(run.app_id)
                 continue
-            logger.warning("reconcile_runs: run %s: %s", run.pk, exc)
+            logger.log(_level(run.app), "reconcile_runs: run %s: %s", run.pk, exc)
             if cannot_reach(exc):
                 run.app.note_unreachable(exc, "reconcile")
             # Asked about, if not answered: the next pass starts with the app's other runs, so
@@ -1359,7 +1436,8 @@ def _refused_apps(
         if next_probe is not None and now < next_probe:
             counts["held"] += count
             if count:
-                logger.warning(
+                logger.log(
+                    _level(app),
                     "reconcile_runs: app %s: Dify refuses it since %s (%s); %d run(s) wait, "
                     "next try after %s",
                     app,
@@ -1390,7 +1468,8 @@ def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
         check = check_app(app, source="reconcile")
         if check.refused:
             app.note_probed(now)
-            logger.warning(
+            logger.log(
+                _level(app),
                 "reconcile_runs: app %s: Dify still refuses it (since %s): %s; next try after %s",
                 app,
                 app.refused_at.isoformat() if app.refused_at else "?",
@@ -1398,8 +1477,11 @@ def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
                 (app.next_refusal_probe() or now).isoformat(),
             )
         elif not check.works:
-            logger.warning(
-                "reconcile_runs: app %s: asked Dify again about it: %s", app, check.detail
+            logger.log(
+                _level(app),
+                "reconcile_runs: app %s: asked Dify again about it: %s",
+                app,
+                check.detail,
             )
         return
     client = DifyClient.for_app(app)
@@ -1417,7 +1499,8 @@ def _ask_about_app(app: DifyApp, now: dt.datetime) -> None:
     kind = app.is_dify_mode(mode)
     if app.refusal_code in KIND_REFUSALS and not kind:
         app.note_probed(now)
-        logger.warning(
+        logger.log(
+            _level(app),
             "reconcile_runs: app %s: Dify still refuses it (since %s): %s; its /info names the "
             "mode %r; next try after %s",
             app,
@@ -1436,7 +1519,8 @@ def _probe_failed(app: DifyApp, exc: DifyError, now: dt.datetime) -> None:
     if isinstance(exc, DifyStatusError) and exc.refuses_app:
         app.note_refused(exc, "reconcile")
         app.note_probed(now)
-        logger.warning(
+        logger.log(
+            _level(app),
             "reconcile_runs: app %s: Dify still refuses it (since %s): %s; next try after %s",
             app,
             app.refused_at.isoformat() if app.refused_at else "?",
@@ -1444,6 +1528,6 @@ def _probe_failed(app: DifyApp, exc: DifyError, now: dt.datetime) -> None:
             (app.next_refusal_probe() or now).isoformat(),
         )
         return
-    logger.warning("reconcile_runs: app %s: asked Dify again about it: %s", app, exc)
+    logger.log(_level(app), "reconcile_runs: app %s: asked Dify again about it: %s", app, exc)
     if cannot_reach(exc):
         app.note_unreachable(exc, "reconcile")

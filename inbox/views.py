@@ -1590,8 +1590,9 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
                 waiting, _since = unfollowed()
                 # Apps Dify does not answer for, or refuses: their forms cannot arrive and
-                # their decisions wait (the inbox itself is fine: still 200).
-                dify = DifyApp.objects.aggregate(
+                # their decisions wait (the inbox itself is fine: still 200). Not an inactive
+                # app's: one switched off (its server retired, say) is no fault to monitor.
+                dify = DifyApp.objects.filter(is_active=True).aggregate(
                     unreachable=Count(
                         "pk", filter=Q(refused_at__isnull=True, contact_failed_at__isnull=False)
                     ),

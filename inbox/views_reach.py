@@ -558,6 +558,48 @@ def daily_columns(now: dt.datetime, days: int = 30) -> dict[str, Any]:
     }
 
 
+def _dify_troubles() -> dict[str, Any]:
+    """What the dashboard says of Dify: the servers found away (an outage is most often the
+    whole server's, so its apps are named together, with the server), the apps whose event
+    streams Dify fails, and the apps it refuses: their forms cannot arrive. Only active apps
+    raise a banner; an inactive one (a server retired, say) is named apart, quietly."""
+    troubled = list(
+        DifyApp.objects.filter(Q(refused_at__isnull=False) | Q(contact_failed_at__isnull=False))
+    )
+    active = [app for app in troubled if app.is_active]
+    away: dict[str, list[DifyApp]] = {}
+    for app in active:
+        if app.refused_at is None and not app.streams_failing:
+            away.setdefault(app.server, []).append(app)
+    servers = []
+    for server, apps in sorted(away.items()):
+        # Each is marked (`contact_failed_at`), so each has a time; the latest says most.
+        times = sorted(
+            (
+                (app.contact_failed_since or app.contact_failed_at or timezone.now(), app)
+                for app in apps
+            ),
+            key=lambda pair: pair[0],
+        )
+        servers.append(
+            {
+                "server": server,
+                "count": len(apps),
+                "names": ", ".join(app.name for app in apps),
+                "since": times[0][0],
+                "failure": times[-1][1].contact_failure,
+            }
+        )
+    return {
+        "unreachable_servers": servers,
+        "streams_failing_apps": [
+            app for app in active if app.refused_at is None and app.streams_failing
+        ],
+        "refused_apps": [app for app in active if app.refused_at is not None],
+        "inactive_troubled": ", ".join(app.name for app in troubled if not app.is_active),
+    }
+
+
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -617,12 +659,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     context = {
         # Runs no follower takes: none is running, and their next forms never arrive.
         "unfollowed": unfollowed()[0],
-        # Apps Dify does not answer for (the follower, the reconcile or a delivery found it
-        # away, or failing their streams), and apps it refuses: their forms cannot arrive.
-        "unreachable_apps": list(
-            DifyApp.objects.filter(refused_at__isnull=True, contact_failed_at__isnull=False)
-        ),
-        "refused_apps": list(DifyApp.objects.filter(refused_at__isnull=False)),
+        **_dify_troubles(),
         "pending": pending,
         "pending_total": Form.objects.filter(status=Form.Status.PENDING).count(),
         "pending_chart": pending_chart,

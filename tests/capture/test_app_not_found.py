@@ -287,3 +287,74 @@ def test_the_admin_warns_in_both_languages_when_dify_names_another_app(
     assert app.refusal_code == "app_not_found" and app.dify_name == "content-publish"
     zh_page = test_connection(**zh)
     assert "\u4f7f\u7528\u6b64\u5bc6\u94a5\u65f6\uff0cDify \u4e0d\u8ba4\u8bc6" in zh_page
+
+
+def test_an_inbox_name_with_a_qualifier_around_dify_s_name_is_the_same_app(
+    simulator: Any, sim_app: Any, admin_user: User
+) -> None:
+    # One inbox for two Dify servers: the second server's "refund-approval" needs another
+    # name here, Dify's name with a qualifier.
+    admin = Client()
+    admin.force_login(admin_user)
+    names = ["refund-approval (staging)", "refund-approval-stg", "staging refund-approval"]
+    apps = []
+    for name in names:
+        app = sim_app("refund-approval")
+        DifyApp.objects.filter(pk=app.pk).update(name=name)
+        apps.append(DifyApp.objects.get(pk=app.pk))
+    page = admin.post(
+        "/admin/inbox/difyapp/",
+        {"action": "test_connection", "_selected_action": [str(a.pk) for a in apps]},
+        follow=True,
+    ).content.decode()
+    # Its right key: connected, with no word of another app's key.
+    assert page.count("connected") >= 3
+    assert "Dify calls the app" not in page and "another app" not in page
+    for app in apps:
+        app.refresh_from_db()
+        assert app.dify_name == "refund-approval" and app.refused_at is None
+    # The key of another app, pasted in an app never tested: still warned of, qualifier or
+    # not.
+    other = sim_app("refund-approval")
+    DifyApp.objects.filter(pk=other.pk).update(name="refund-approval (prod)")
+    other.refresh_from_db()
+    saved = _change_key(admin, other, simulator.api_key("contract-review"))
+    assert (
+        "Dify calls the app “contract-review”, not “refund-approval (prod)” as it is named"
+        in saved.content.decode()
+    )
+
+
+def test_a_name_here_is_dify_s_only_with_all_of_dify_s_name_on_word_boundaries() -> None:
+    from inbox.app_check import same_name
+
+    assert same_name("refund-approval", "Refund Approval")
+    assert same_name("refund-approval", "refund-approval (staging)")
+    assert same_name("refund-approval", "refund-approval-stg")
+    assert same_name("refund-approval", "staging refund-approval")
+    assert same_name("Refund approval", "RefundApproval_stg")
+    assert same_name("\u9000\u6b3e\u5ba1\u6279", "\u9000\u6b3e\u5ba1\u6279\uff08staging\uff09")
+    # Another app: a name here shorter than Dify's, a word that only starts alike, none alike.
+    assert not same_name("refund-approval", "refund")
+    assert not same_name("refund", "refunds-stg")
+    assert not same_name("contract-review", "refund-approval (staging)")
+    assert not same_name("", "refund-approval")
+    # Where a 404 would close a run or a form for good, only names alike but for case and
+    # punctuation stand in for a key proven by the app's runs.
+    assert same_name("refund-approval", "Refund_Approval", qualified=False)
+    assert not same_name("refund-approval", "refund-approval-stg", qualified=False)
+
+
+def test_a_404_is_not_taken_for_the_run_s_own_on_a_qualified_name_alone(
+    simulator: Any, sim_app: Any
+) -> None:
+    from inbox.app_check import check_app
+
+    # Never tested, no other run to ask about: /info naming Dify's name within the name here
+    # proves no key, so the 404 is held as the whole app's rather than closing anything.
+    app = sim_app("refund-approval")
+    DifyApp.objects.filter(pk=app.pk).update(name="refund-approval-stg")
+    app.refresh_from_db()
+    assert check_app(app, source="reconcile").refused
+    app.refresh_from_db()
+    assert app.refusal_code == "app_not_found"

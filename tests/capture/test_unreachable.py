@@ -192,8 +192,9 @@ def test_a_full_outage_marks_the_app_for_operators_and_readers_until_dify_answer
     }
     listing = admin.get("/admin/inbox/difyapp/?health=unreachable").content.decode()
     assert "Not reachable since" in listing
-    dashboard = admin.get("/dashboard/").content.decode()
-    assert "Dify has not been reachable for refund-approval since" in dashboard
+    dashboard = " ".join(admin.get("/dashboard/").content.decode().split())
+    assert "has not been reachable since" in dashboard
+    assert "for refund-approval: new forms of its runs cannot arrive" in dashboard
     page = admin.get(f"/runs/{run.public_id}/").content.decode()
     assert "The inbox cannot reach Dify for this app at the moment" in page
     # A reviewer sees the notice, not the error's text (an administrator's).
@@ -340,3 +341,126 @@ def test_the_form_page_s_poll_redraws_the_app_notice_and_leaves_the_body(
     DifyApp.objects.filter(pk=app.pk).update(contact_failed_at=None, contact_failed_since=None)
     cleared = viewer.get(live + "unreachable").content.decode()
     assert '<div id="app-notice" hx-swap-oob="true"></div>' in cleared
+
+
+def test_a_page_view_s_check_that_finds_the_server_away_marks_its_apps_and_names_the_server(
+    simulator: Any, sim_app: Any, follower: FollowerThread, admin_user: User
+) -> None:
+    from inbox.tasks import check_form, check_server
+
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    follower.stop()
+    good_url = app.base_url
+    # The staging server: three apps, two of them with no open run; production elsewhere.
+    others = [sim_app("contract-review"), sim_app("content-publish")]
+    prod = DifyApp.objects.create(
+        name="refund-approval (production)",
+        base_url=good_url,
+        api_key=simulator.api_key("refund-approval"),
+    )
+    down = _closed_port_url()
+    DifyApp.objects.filter(pk__in=[app.pk, *(o.pk for o in others)]).update(base_url=down)
+    # The staging server stops; a reviewer opens the form's page, which asks Dify about it.
+    with override_settings(INBOX_CHECK_ON_VIEW_SECONDS=0):
+        assert check_form(form.pk) == "unreachable"
+    app.refresh_from_db()
+    assert app.contact_failed_since is not None and app.contact_failure_source == "check on view"
+    # The app's server is asked about its other apps at once: each marked on its own answer.
+    assert check_server(app.pk, True) == {"reachable": 0, "unreachable": 2}
+    for other in others:
+        other.refresh_from_db()
+        assert other.contact_failed_at is not None and other.contact_failure_source == (
+            "server check"
+        )
+    assert DifyApp.objects.get(pk=prod.pk).contact_failed_at is None
+    admin = Client()
+    admin.force_login(admin_user)
+    assert admin.get("/healthz").json() == {
+        "status": "degraded",
+        "problems": ["dify: 3 app(s) not reachable"],
+    }
+    server = down.removesuffix("/v1")
+    dashboard = " ".join(admin.get("/dashboard/").content.decode().split())
+    assert f"Dify at {server} has not been reachable since" in dashboard
+    assert "for 3 apps (content-publish, contract-review, refund-approval)" in dashboard
+    assert "refund-approval (production)" not in dashboard
+
+    # The server is back: the next page view's check clears its app, and its server's others.
+    DifyApp.objects.filter(base_url=down).update(base_url=good_url)
+    with override_settings(INBOX_CHECK_ON_VIEW_SECONDS=0):
+        assert check_form(form.pk) == "open"
+    assert DifyApp.objects.get(pk=app.pk).contact_failed_at is None
+    assert check_server(app.pk, False) == {"reachable": 2, "unreachable": 0}
+    assert not DifyApp.objects.filter(contact_failed_at__isnull=False).exists()
+    assert admin.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_404_of_the_form_check_is_no_contact_failure(
+    simulator: Any, sim_app: Any, follower: FollowerThread
+) -> None:
+    from inbox.tasks import check_form
+
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    Form.objects.filter(pk=form.pk).update(form_token="not-a-token-dify-knows")
+    with override_settings(INBOX_CHECK_ON_VIEW_SECONDS=0):
+        assert check_form(form.pk) == "error"
+    assert DifyApp.objects.get(pk=app.pk).contact_failed_at is None
+
+
+def test_an_inactive_app_s_retired_server_neither_degrades_health_nor_is_asked_at_every_pass(
+    simulator: Any, sim_app: Any, admin_user: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="inbox")
+    app = sim_app("refund-approval")
+    run = start(simulator, app)
+    simulator.wait_for_status(run.workflow_run_id, "paused")
+    earlier = timezone.now() - dt.timedelta(hours=2)
+    Run.objects.filter(pk=run.pk).update(
+        follow_wanted=False, needs_reconcile=False, checked_at=earlier, updated_at=earlier
+    )
+    refused = sim_app("contract-review")
+    # Both switched off, then the server retired.
+    DifyApp.objects.filter(pk__in=[app.pk, refused.pk]).update(
+        is_active=False, base_url=_closed_port_url()
+    )
+    DifyApp.objects.filter(pk=refused.pk).update(
+        refused_at=timezone.now(), refusal="401 unauthorized", refusal_status=401
+    )
+    assert reconcile_runs()["errors"] == 1
+    app.refresh_from_db()
+    assert app.contact_failed_at is not None
+    # Said at INFO: the spell's one line aside, no warning for an inactive app.
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+        and "Dify cannot be reached for the app" not in r.getMessage()
+    ]
+    assert warnings == []
+    assert any(
+        f"reconcile_runs: run {run.pk}:" in r.getMessage() and r.levelno == logging.INFO
+        for r in caplog.records
+    )
+    # Asked about again in an hour, not at every pass.
+    Run.objects.filter(pk=run.pk).update(updated_at=earlier)
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=0):
+        assert reconcile_runs()["errors"] == 0
+    Run.objects.filter(pk=run.pk).update(checked_at=earlier)
+    with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=0):
+        assert reconcile_runs()["errors"] == 1
+    # Monitoring and the dashboard: no fault, no banner; the apps named apart, quietly.
+    admin = Client()
+    admin.force_login(admin_user)
+    assert admin.get("/healthz").json() == {"status": "ok"}
+    dashboard = " ".join(admin.get("/dashboard/").content.decode().split())
+    assert "banner" not in dashboard
+    assert (
+        "Inactive, and Dify does not answer for them or refuses them: contract-review, "
+        "refund-approval." in dashboard
+    )

@@ -212,3 +212,69 @@ def test_a_form_back_from_gone_emails_those_told_again_with_a_link_that_works(
     mail.outbox.clear()
     assert notify.send_due_emails(later + 2 * M)["notices"] == 1
     assert [m.to for m in mail.outbox] == [[GUEST_ZH]]
+
+
+def _close_here(client: Client, *runs: Any) -> str:
+    page: str = client.post(
+        "/admin/inbox/run/",
+        {"action": "close_here", "_selected_action": [str(run.pk) for run in runs]},
+        follow=True,
+    ).content.decode()
+    return page
+
+
+def test_an_administrator_writes_off_a_run_of_a_retired_server_and_those_emailed_are_told(
+    routed_form: Form, admin_user: User
+) -> None:
+    from inbox.models import CLOSED_HERE_REASON, AuditEntry, Run
+
+    # The app's server was retired: Dify will never answer for the run (its base URL answers
+    # nothing here), and nothing is asked of it.
+    form = emailed(routed_form)
+    run = form.run
+    busy = make_form(form.run.app)
+    Form.objects.filter(pk=busy.pk).update(status=Form.Status.SUBMITTING)
+    admin = Client()
+    admin.force_login(admin_user)
+    page = _close_here(admin, run, busy.run)
+    assert "closed here; 1 open form closed as gone from Dify, its recipients told." in page
+    # A decision on its way to Dify: left alone, and the administrator is told why.
+    assert "not closed: a decision on one of its forms is on its way to Dify" in page
+    assert Form.objects.get(pk=busy.pk).status == Form.Status.SUBMITTING
+    assert not Run.objects.get(pk=busy.run_id).is_finished
+    run.refresh_from_db()
+    form.refresh_from_db()
+    assert run.status == Run.Status.FAILED and run.error == CLOSED_HERE_REASON
+    assert run.finished_at is not None and not run.follow_wanted
+    assert form.status == Form.Status.GONE and form.form_token == ""
+    closed = AuditEntry.objects.get(verb="run_closed_here", object_id=str(run.pk))
+    assert closed.actor == admin_user and closed.details["forms"] == 1
+    gone_entry = AuditEntry.objects.get(verb="form_gone", object_id=str(form.pk))
+    assert gone_entry.actor == admin_user and gone_entry.details["previous"] == "pending"
+    # Those emailed are told, as for a run gone from Dify.
+    assert notify.send_due_emails(form.updated_at + M)["notices"] == 2
+    told = {m.to[0]: m for m in mail.outbox}
+    assert set(told) == {GUEST, GUEST_ZH}
+    assert told[GUEST].subject == "No longer available: Manager approval (payroll)"
+    # Once is enough.
+    assert "not closed: it had ended already." in _close_here(admin, run)
+
+
+def test_writing_off_runs_takes_the_runs_change_permission(
+    routed_form: Form, django_user_model: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("ops", password="x", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_run"))
+    client = Client()
+    client.force_login(staff)
+    assert "close_here" not in client.get("/admin/inbox/run/").content.decode()
+    _close_here(client, routed_form.run)
+    assert Form.objects.get(pk=routed_form.pk).status == Form.Status.PENDING
+    staff.user_permissions.add(Permission.objects.get(codename="change_run"))
+    staff = django_user_model.objects.get(pk=staff.pk)
+    client.force_login(staff)
+    assert "close_here" in client.get("/admin/inbox/run/").content.decode()
+    assert "closed here" in _close_here(client, routed_form.run)
+    assert Form.objects.get(pk=routed_form.pk).status == Form.Status.GONE
