@@ -49,20 +49,35 @@ def upload_budget(form: Form) -> int:
     return max(settings.INBOX_UPLOADS_PER_FORM, 2 * holds)
 
 
-def _too_fast(who: str) -> UploadRejected | None:
+def _rate_key(who: str) -> str:
+    return "upload:" + hashlib.sha256(who.encode()).hexdigest()[:24]
+
+
+def _too_fast(who: str, window: int) -> UploadRejected | None:
     """One more file counted against its uploader's INBOX_UPLOADS_PER_MINUTE (guests', reviewers'
-    and API tokens' alike, across forms): the refusal once past it."""
+    and API tokens' alike, across forms) in the rate window `window`: the refusal once past it
+    (the file is then not counted: nothing is sent)."""
     from inbox import views_reach
 
-    key = "upload:" + hashlib.sha256(who.encode()).hexdigest()[:24]
-    if not views_reach._hit(key, settings.INBOX_UPLOADS_PER_MINUTE):
+    key = _rate_key(who)
+    if not views_reach._hit(key, settings.INBOX_UPLOADS_PER_MINUTE, window):
         return None
+    views_reach._unhit(key, window)
     return UploadRejected(
         _("You are uploading too many files at once. Try again in a minute."),
         status=429,
         code="rate_limited",
         retry_after=views_reach._window_left(),
     )
+
+
+def _not_sent(form: Form, who: str, size: int, window: int) -> None:
+    """A file counted by the budget and the rate that Dify refused (so it keeps nothing of it):
+    it counts against neither."""
+    from inbox import views_reach
+
+    UploadTally.give_back(form, who, size)
+    views_reach._unhit(_rate_key(who), window)
 
 
 def _budget_spent(limit: int, guest: bool) -> UploadRejected:
@@ -187,14 +202,20 @@ def upload_to_dify(
         raise UploadRejected(message % {"limit": megabytes(limit)}, status=413)
     if size == 0:
         raise UploadRejected(_("The file is empty."))
-    # The last checks before Dify: the uploader's rate, then their budget for the form, taken
-    # in one conditional UPDATE (two uploads at once cannot both take its last file).
+    # The last checks before Dify: the uploader's budget for the form, taken in one conditional
+    # UPDATE (two uploads at once cannot both take its last file), then their rate. The budget
+    # first: spent, it is spent for good, which a rate refusal's Retry-After would hide; and a
+    # file refused either way is sent nowhere, so it uses up neither.
     who = UploadTally.key(reviewer, guest_email)
-    if (refused := _too_fast(who)) is not None:
-        raise refused
     budget = upload_budget(form)
     if not UploadTally.take(form, who, size, budget):
         raise _budget_spent(budget, guest)
+    from inbox import views_reach
+
+    window = views_reach._window()
+    if (refused := _too_fast(who, window)) is not None:
+        UploadTally.give_back(form, who, size)
+        raise refused
     client = DifyClient.for_app(form.run.app)
     try:
         fileobj.seek(0)
@@ -203,8 +224,8 @@ def upload_to_dify(
             cast(BinaryIO, fileobj), filename=name, mime_type=mime_type, user=form.run.dify_user
         )
     except DifyStatusError as exc:
-        # Dify refused it and keeps nothing: it does not count.
-        UploadTally.give_back(form, who, size)
+        # Dify refused it and keeps nothing: it does not count, for the form or the rate.
+        _not_sent(form, who, size, window)
         said: dict[str, Any] = {"dify_status": exc.status, "dify_code": exc.code or ""}
         if exc.status == 429:
             raise UploadRejected(
