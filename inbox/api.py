@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt
 
 from inbox.forms import (
@@ -904,13 +905,74 @@ def _app_named(name: str) -> DifyApp:
 
 
 def _active_app(body: dict[str, Any]) -> Any:
-    name = body.get("app")
-    if not isinstance(name, str) or not name.strip():
-        raise ApiError(400, "invalid_param", "'app' is required: the name of a Dify app.")
-    app = DifyApp.objects.filter(name=name.strip(), is_active=True).first()
+    name = _text_param(body, "app", limit=100, required=gettext("the name of a Dify app"))
+    app = DifyApp.objects.filter(name=name, is_active=True).first()
     if app is None:
-        raise ApiError(400, "unknown_app", f"There is no active Dify app named {name.strip()!r}.")
+        raise ApiError(
+            400,
+            "unknown_app",
+            gettext("There is no active Dify app named %(name)s.") % {"name": repr(name)},
+        )
     return app
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, as a caller would name it."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return gettext("a number")
+    if isinstance(value, list):
+        return gettext("an array")
+    if isinstance(value, dict):
+        return gettext("an object")
+    return gettext("a string")
+
+
+def _text_param(body: dict[str, Any], key: str, *, limit: int, required: str = "") -> str:
+    """The body's text field `key`, checked one way for every field: a string (no other JSON
+    type is taken for it, nor for "none"), not empty, at most `limit` characters, and without
+    white space at its ends (Dify compares names, users and ids exactly). Left out (or null):
+    "" when optional, refused when `required` (which says what the field is). Each refusal
+    names the field in `details`."""
+    value = body.get(key)
+    if value is None:
+        if not required:
+            return ""
+        raise _param_error(
+            key,
+            gettext("'%(field)s' is required: %(what)s.") % {"field": key, "what": required},
+            gettext("Required."),
+        )
+    if not isinstance(value, str):
+        raise _param_error(
+            key,
+            gettext("'%(field)s' must be a string, not %(type)s.")
+            % {"field": key, "type": _json_type(value)},
+            gettext("Must be a string."),
+        )
+    if not value.strip():
+        raise _param_error(
+            key,
+            gettext("'%(field)s' is empty.") % {"field": key}
+            if required
+            else gettext("'%(field)s' is empty: leave it out, or send null, when there is none.")
+            % {"field": key},
+            gettext("Must not be empty."),
+        )
+    if len(value) > limit:
+        raise _param_error(
+            key,
+            gettext("'%(field)s' is too long: %(length)d characters, at most %(limit)d.")
+            % {"field": key, "length": len(value), "limit": limit},
+            gettext("At most %(limit)d characters.") % {"limit": limit},
+        )
+    _refuse_padded(key, value)
+    return value
+
+
+def _param_error(key: str, message: str, detail: str) -> ApiError:
+    return ApiError(400, "invalid_param", message, details={key: [detail]})
 
 
 def _require_may_start(request: HttpRequest) -> None:
@@ -921,28 +983,27 @@ def _require_may_start(request: HttpRequest) -> None:
 
 
 def _optional_text(body: dict[str, Any], key: str, *, limit: int) -> str:
-    value = body.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        raise ApiError(
-            400,
-            "invalid_param",
-            f"'{key}' must be a non-empty string of at most {limit} characters.",
-        )
-    _refuse_padded(key, value)
-    return value
+    return _text_param(body, key, limit=limit)
 
 
 def _refuse_padded(key: str, value: str) -> None:
     """Dify tells users apart by the exact text: " ann" is not "ann". Trimmed in silence, a run
     would be under a user the caller did not name; kept, under one they did not mean."""
     if value != value.strip():
-        raise ApiError(
-            400,
-            "invalid_param",
-            f"'{key}' starts or ends with white space; Dify compares it exactly. Send it without.",
+        raise _param_error(
+            key,
+            gettext(
+                "'%(field)s' starts or ends with white space; Dify compares it exactly. Send it "
+                "without."
+            )
+            % {"field": key},
+            gettext("Starts or ends with white space."),
         )
+
+
+# What a Dify run id may hold: Dify's are UUIDs. Never a character that would change the
+# address it is put in (a "/", "." or "..", white space, "?", "#", "%").
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 _START_TYPES = {
@@ -1346,30 +1407,28 @@ def ingest(request: HttpRequest) -> HttpResponse:
     body = json_body(request)
     _refuse_unknown_keys(body, ("app", "workflow_run_id", "user", "form_token"))
     app = _active_app(body)
-    workflow_run_id = body.get("workflow_run_id")
-    if (
-        not isinstance(workflow_run_id, str)
-        or not workflow_run_id.strip()
-        or len(workflow_run_id) > 64
-    ):
-        raise ApiError(
-            400, "invalid_param", "'workflow_run_id' is required: the run id Dify gave the run."
+    workflow_run_id = _text_param(
+        body, "workflow_run_id", limit=64, required=gettext("the run id Dify gave the run")
+    )
+    if not _RUN_ID.fullmatch(workflow_run_id):
+        raise _param_error(
+            "workflow_run_id",
+            gettext(
+                "'workflow_run_id' is not a Dify run id: Dify's are UUIDs, of letters, digits "
+                "and dashes."
+            ),
+            gettext("Not a Dify run id."),
         )
-    user = body.get("user")
-    if not isinstance(user, str) or not user.strip() or len(user) > 255:
-        raise ApiError(
-            400, "invalid_param", "'user' is required: the Dify user that started the run."
-        )
-    _refuse_padded("user", user)
-    token = body.get("form_token") or ""
-    if not isinstance(token, str) or len(token) > 512:
-        raise ApiError(400, "invalid_param", "'form_token' must be a string.")
+    user = _text_param(
+        body, "user", limit=255, required=gettext("the Dify user that started the run")
+    )
+    token = _text_param(body, "form_token", limit=512)
     try:
         run, created = ingest_run(
             app,
-            workflow_run_id=workflow_run_id.strip(),
+            workflow_run_id=workflow_run_id,
             dify_user=user,
-            form_token=token.strip(),
+            form_token=token,
             actor=request.user,
         )
     except IngestRefused as exc:

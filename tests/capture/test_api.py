@@ -145,7 +145,11 @@ def test_a_chatflow_needs_its_message(
         ),
         (
             {"app": "refund-approval", "inputs": {}, "user": ""},
-            (400, "invalid_param", "'user' must be a non-empty string of at most 255 characters."),
+            (
+                400,
+                "invalid_param",
+                "'user' is empty: leave it out, or send null, when there is none.",
+            ),
         ),
         (
             {"app": "refund-approval", "inputs": {"colour": "red"}},
@@ -917,7 +921,7 @@ def test_ingest_validation(
         ),
         (
             {"app": "refund-approval", "workflow_run_id": "R1", "user": "u", "form_token": 5},
-            (400, "invalid_param", "'form_token' must be a string."),
+            (400, "invalid_param", "'form_token' must be a string, not a number."),
         ),
         (
             {"app": "refund-approval", "workflow_run_id": "no-such-run", "user": "u"},
@@ -943,6 +947,107 @@ def test_ingest_validation(
         "form_not_found",
         "Dify does not know this form token in the app refund-approval.",
     )
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message", "detail"),
+    [
+        ({"app": 5}, "app", "'app' must be a string, not a number.", "Must be a string."),
+        (
+            {"app": float("nan")},
+            "app",
+            "'app' must be a string, not a number.",
+            "Must be a string.",
+        ),
+        ({"app": ""}, "app", "'app' is empty.", "Must not be empty."),
+        (
+            {"app": " refund-approval"},
+            "app",
+            "'app' starts or ends with white space; Dify compares it exactly. Send it without.",
+            "Starts or ends with white space.",
+        ),
+        (
+            {"user": "u" * 300},
+            "user",
+            "'user' is too long: 300 characters, at most 255.",
+            "At most 255 characters.",
+        ),
+        (
+            {"workflow_run_id": "a" * 100000},
+            "workflow_run_id",
+            "'workflow_run_id' is too long: 100000 characters, at most 64.",
+            "At most 64 characters.",
+        ),
+        (
+            {"workflow_run_id": " abc "},
+            "workflow_run_id",
+            "'workflow_run_id' starts or ends with white space; Dify compares it exactly. Send "
+            "it without.",
+            "Starts or ends with white space.",
+        ),
+        (
+            {"form_token": "t" * 600},
+            "form_token",
+            "'form_token' is too long: 600 characters, at most 512.",
+            "At most 512 characters.",
+        ),
+        (
+            {"form_token": False},
+            "form_token",
+            "'form_token' must be a string, not true/false.",
+            "Must be a string.",
+        ),
+        (
+            {"form_token": 0},
+            "form_token",
+            "'form_token' must be a string, not a number.",
+            "Must be a string.",
+        ),
+        (
+            {"form_token": []},
+            "form_token",
+            "'form_token' must be a string, not an array.",
+            "Must be a string.",
+        ),
+        (
+            {"form_token": ""},
+            "form_token",
+            "'form_token' is empty: leave it out, or send null, when there is none.",
+            "Must not be empty.",
+        ),
+        *[
+            (
+                {"workflow_run_id": bad},
+                "workflow_run_id",
+                "'workflow_run_id' is not a Dify run id: Dify's are UUIDs, of letters, digits "
+                "and dashes.",
+                "Not a Dify run id.",
+            )
+            for bad in (".", "..", "a/b", "a b", "a?b", "a%2Fb", "\u00e9t\u00e9")
+        ],
+    ],
+)
+def test_ingest_says_which_field_is_wrong_and_how(
+    client: Client,
+    simulator: Any,
+    refunds: DifyApp,
+    reviewer: User,
+    fields: dict[str, Any],
+    field: str,
+    message: str,
+    detail: str,
+) -> None:
+    body = {"app": "refund-approval", "workflow_run_id": "R1", "user": "u", **fields}
+    response = post(client, "/api/v1/ingest", body, reviewer)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_param",
+        "message": message,
+        "details": {field: [detail]},
+    }
+    # Nothing was asked of Dify.
+    assert not simulator.exchanges("workflow_run_detail")
     assert not Run.objects.exists()
 
 
