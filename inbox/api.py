@@ -37,7 +37,7 @@ from inbox.forms import (
 from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
-from inbox.reasons import Refused
+from inbox.reasons import Refused, labelled
 from inbox.uploads import UploadRejected, too_large, upload_to_dify
 from inbox.views import (
     PAGE_SIZE,
@@ -655,18 +655,48 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
 
 
 def _file_refs(name: str, value: Any) -> list[str] | None:
-    """An API file value as the form's references: upload ids and web addresses."""
+    """An API file value as the form's references: upload ids and web addresses. A file is the
+    id the upload call returned (as a string, or `{"upload": id}`) or, where the input takes
+    them, a web address (as a string, or `{"url": ...}`)."""
+    from inbox.forms import is_upload_id
+
     if value is None:
         return None
     items = value if isinstance(value, list) else [value]
     refs = []
-    shape = "A file is {'upload_id': ...} from /files, or {'url': 'https://...'}."
     for item in items:
         ref = item
+        by_url = False
         if isinstance(item, dict):
-            ref = item.get("upload_id") or item.get("url") or item.get("id")
+            by_url = "url" in item and not ("upload" in item or "upload_id" in item)
+            # `upload_id` and `id`: read as they were before `upload` was documented.
+            ref = item.get("upload") or item.get("upload_id") or item.get("url") or item.get("id")
         if not isinstance(ref, str):
-            raise ApiError(400, "invalid_form_data", f"'{name}': {shape}", details={name: [shape]})
+            shape = gettext(
+                "A file is the id the upload call (/files) returned, as a string or as "
+                '{"upload": id}, or a web address, as a string or as {"url": "https://..."}.'
+            )
+            raise ApiError(
+                400,
+                "invalid_form_data",
+                labelled(name, shape),
+                details={name: [shape]},
+            )
+        if not by_url and not (
+            ref.strip().lower().startswith(("http://", "https://")) or is_upload_id(ref.strip())
+        ):
+            # Neither a web address nor an upload id: an id typed wrong or from another field,
+            # said as such rather than as a web address typed wrong.
+            said = gettext(
+                "%(ref)s is not an upload id: give the id the upload call (/files) returned, or "
+                "a web address starting with http:// or https://."
+            ) % {"ref": repr(ref[:80])}
+            raise ApiError(
+                400,
+                "invalid_form_data",
+                labelled(name, said),
+                details={name: [said]},
+            )
         refs.append(ref)
     return refs
 

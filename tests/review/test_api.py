@@ -895,3 +895,47 @@ def test_a_database_that_does_not_answer_is_a_503_to_try_again(
     # Said in the log, without a traceback per call.
     assert "database unavailable: connection to server at 10.0.0.5 failed" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_a_file_listed_twice_or_a_value_that_is_no_upload_id_is_refused_by_its_input(
+    client: Client, auth: dict[str, str], form: Form, django_capture_on_commit_callbacks: Any
+) -> None:
+    mine = Upload.objects.create(
+        form=form,
+        uploaded_by=ApiToken.objects.get().user,
+        input_name="evidence",
+        upload_file_id="dify-annex",
+        name="annex.png",
+        size=10,
+        category="image",
+    )
+    annex = str(mine.public_id)
+
+    def decide(receipt: Any, evidence: Any) -> Any:
+        with django_capture_on_commit_callbacks(execute=False):
+            inputs = {"note": "ok", "decision": "refund", "receipt": receipt, "evidence": evidence}
+            body = {"action": "approve", "inputs": inputs}
+            return post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+
+    url = "https://files.example.com/r.pdf"
+    for twice in ([annex, annex], [annex, {"upload": annex.upper()}], [url + "#.png"] * 2):
+        refused = decide(url, twice)
+        assert refused.status_code == 400, twice
+        assert refused.json()["error"]["details"] == {
+            "evidence": ["The same file is attached twice."]
+        }
+    # Neither an upload id nor a web address: said as an upload id that is none, by its input.
+    refused = decide("nope", [])
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["message"].startswith("receipt: 'nope' is not an upload id")
+    assert "web address starting with http" in error["message"]
+    assert list(error["details"]) == ["receipt"]
+    # A value of the wrong shape is told the documented shapes only.
+    shape = decide({"name": "x"}, [])
+    said = shape.json()["error"]["message"]
+    assert '{"upload": id}' in said and "upload_id" not in said
+    # Given as documented, once, it is taken.
+    decided = decide(url, [{"upload": annex}])
+    assert decided.status_code == 202, decided.content
+    assert decided.json()["decision"]["inputs"]["evidence"][0]["upload"] == annex
