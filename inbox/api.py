@@ -581,6 +581,8 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
                 for u in Upload.owned(form, reviewer=request.user)
             ],
             "decision": _decision_json(decision),
+            # As for its run: whether Dify can be reached for the app, and the run followed.
+            "dify": _dify_json(form.run),
         }
     )
     return JsonResponse(body)
@@ -880,6 +882,42 @@ def _run_summary(request: HttpRequest, run: Any) -> dict[str, Any]:
     }
 
 
+def _dify_json(run: Any) -> dict[str, Any]:
+    """Whether the inbox is in touch with Dify for this run, as the run and form pages say it
+    (never Dify's message, which may quote the set-up: only its status and our reason).
+
+    `state`: `ok`; `unreachable` (Dify did not answer the app's last calls: no connection, no
+    answer in time, a 5xx; `reason` `streams_failing` when it was the run's event streams,
+    else `not_reachable`); or `refused` (Dify refuses the app: `reason` `app_not_found` when it
+    answers 404 for the app as a whole, else `refused`, with Dify's HTTP status). `since`: when
+    that began. `following`: `given_up` while the follower has given up on the run's events
+    for now (its next try at `next_try`, when known), else `ok`; `ended` once the run has
+    ended. While the app is not `ok`, no new form of the run arrives and decisions wait."""
+    from inbox.models import APP_NOT_FOUND_REFUSAL
+
+    app = run.app
+    body: dict[str, Any] = {"state": "ok", "since": None, "reason": None, "dify_status": None}
+    if app.refused_at is not None:
+        body = {
+            "state": "refused",
+            "since": _iso(app.refused_at),
+            "reason": "app_not_found" if app.refusal_code == APP_NOT_FOUND_REFUSAL else "refused",
+            "dify_status": app.refusal_status,
+        }
+    elif app.contact_failed_at is not None:
+        body = {
+            "state": "unreachable",
+            "since": _iso(app.contact_failed_since or app.contact_failed_at),
+            "reason": "streams_failing" if app.streams_failing else "not_reachable",
+            "dify_status": app.contact_failure_status,
+        }
+    given_up = bool(run.give_ups) and not run.is_finished and not run.events_unavailable
+    next_try = run.refollow_after if given_up and run.refollow_after else None
+    body["following"] = "ended" if run.is_finished else "given_up" if given_up else "ok"
+    body["next_try"] = _iso(next_try) if next_try and next_try > timezone.now() else None
+    return body
+
+
 def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
     # As on the run page: every form of the run is listed, but only those the caller may open
@@ -893,6 +931,8 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
         "query": run.query,
         # A chatflow's conversation, to go on with it in Dify.
         "conversation_id": run.conversation_id or None,
+        # Whether the inbox can reach Dify for the run's app, and follows its events.
+        "dify": _dify_json(run),
         "answer": run.answer,
         "outputs": run.outputs,
         "forms": [

@@ -1233,3 +1233,61 @@ def test_a_dify_that_hangs_is_said_unreachable_within_the_request_s_deadline(
     assert error(response)[:2] == (502, "dify_unavailable")
     assert simulator.request_count("workflow_run_detail") == 1
     assert not Run.objects.exists()
+
+
+def test_the_run_and_form_detail_say_when_dify_cannot_be_reached_or_refuses_the_app(
+    client: Client, simulator: Any, paused_run: Run, reviewer: User
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox.app_check import AppNotFound
+    from inbox.dify.errors import ServerError
+    from inbox.models import APP_NOT_FOUND_REFUSAL
+
+    form = Form.objects.get()
+    run_path = f"/api/v1/runs/{paused_run.public_id}"
+    form_path = f"/api/v1/forms/{form.public_id}"
+
+    def said() -> list[dict[str, Any]]:
+        return [
+            client.get(path, **bearer(reviewer)).json()["dify"] for path in (run_path, form_path)
+        ]
+
+    ok = {
+        "state": "ok",
+        "since": None,
+        "reason": None,
+        "dify_status": None,
+        "following": "ok",
+        "next_try": None,
+    }
+    assert said() == [ok, ok]
+    app = paused_run.app
+    # Dify fails the app's calls (a 503 seen by the reconcile): unreachable, since then.
+    app.note_unreachable(
+        ServerError(503, "service_unavailable", "Service Unavailable"), "reconcile"
+    )
+    app.refresh_from_db()
+    for dify in said():
+        assert (dify["state"], dify["reason"], dify["dify_status"]) == (
+            "unreachable",
+            "not_reachable",
+            503,
+        )
+        assert dify["since"] == app.contact_failed_since.isoformat()
+    # The follower gave up on the run's events for now: said, with its next try.
+    later = timezone.now() + dt.timedelta(minutes=4)
+    Run.objects.filter(pk=paused_run.pk).update(give_ups=2, refollow_after=later)
+    for dify in said():
+        assert (dify["following"], dify["next_try"]) == ("given_up", later.isoformat())
+    # Dify answers 404 for the app as a whole: refused, never with Dify's message.
+    app.note_refused(AppNotFound(404, APP_NOT_FOUND_REFUSAL, "secret-ish detail"), "ingest")
+    for dify in said():
+        assert (dify["state"], dify["reason"], dify["dify_status"]) == (
+            "refused",
+            "app_not_found",
+            404,
+        )
+    assert "secret-ish" not in client.get(run_path, **bearer(reviewer)).content.decode()
