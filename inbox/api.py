@@ -100,24 +100,35 @@ def _unstorable(text: str) -> str | None:
     match = _UNSTORABLE.search(text)
     if match is None:
         return None
-    return "a NUL character" if match.group() == "\x00" else "a lone surrogate (invalid Unicode)"
+    if match.group() == "\x00":
+        return gettext("a NUL character")
+    return gettext("a lone surrogate (invalid Unicode)")
 
 
 def _check_query(request: HttpRequest, known: tuple[str, ...]) -> None:
     for key, values in request.GET.lists():
         for text in [key, *values]:
             if what := _unstorable(text):
-                raise ApiError(400, "invalid_param", f"The query parameter {key!r} holds {what}.")
+                raise ApiError(
+                    400,
+                    "invalid_param",
+                    gettext("The query parameter %(name)s holds %(what)s.")
+                    % {"name": repr(key), "what": what},
+                )
     # As with body fields: a misspelt filter (`stauts=submitted`) would otherwise be dropped in
     # silence and the answer would look like the one asked for.
     unknown = sorted(key for key in request.GET if key not in known)
     if unknown:
-        takes = f"; it takes {', '.join(known)}" if known else "; it takes none"
+        message = (
+            gettext("Unknown query parameter %(name)s; it takes %(known)s.")
+            if known
+            else gettext("Unknown query parameter %(name)s; it takes none.")
+        )
         raise ApiError(
             400,
             "invalid_param",
-            f"Unknown query parameter {unknown[0][:40]!r}{takes}.",
-            details={key[:40]: ["Unknown query parameter."] for key in unknown[:20]},
+            message % {"name": repr(unknown[0][:40]), "known": ", ".join(known)},
+            details={key[:40]: [gettext("Unknown query parameter.")] for key in unknown[:20]},
         )
     # Each takes one value: `mine=1&mine=0` would otherwise answer for the last one alone.
     repeated = sorted(key for key, values in request.GET.lists() if len(values) > 1)
@@ -125,8 +136,9 @@ def _check_query(request: HttpRequest, known: tuple[str, ...]) -> None:
         raise ApiError(
             400,
             "invalid_param",
-            f"The query parameter {repeated[0]!r} is given more than once; it takes one value.",
-            details={key: ["Given more than once."] for key in repeated},
+            gettext("The query parameter %(name)s is given more than once; it takes one value.")
+            % {"name": repr(repeated[0])},
+            details={key: [gettext("Given more than once.")] for key in repeated},
         )
 
 
@@ -159,17 +171,21 @@ def api_view(
             try:
                 if request.method not in methods:
                     response = ApiError(
-                        405, "method_not_allowed", f"Use {' or '.join(methods)}."
+                        405,
+                        "method_not_allowed",
+                        gettext("Use %(methods)s.") % {"methods": " / ".join(methods)},
                     ).response()
                     response["Allow"] = ", ".join(allowed)
                     return response
                 header = request.headers.get("Authorization", "")
                 scheme, _, raw = header.partition(" ")
                 if scheme.lower() != "bearer" or not raw.strip():
-                    raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
+                    raise ApiError(
+                        401, "unauthorized", gettext("Send 'Authorization: Bearer <token>'.")
+                    )
                 token = ApiToken.authenticate_token(raw.strip())
                 if token is None:
-                    raise ApiError(401, "unauthorized", "The API token is not valid.")
+                    raise ApiError(401, "unauthorized", gettext("The API token is not valid."))
                 request.user = token.user
                 request.api_token = token  # type: ignore[attr-defined]
                 _check_query(request, query if request.method == "GET" else ())
@@ -184,12 +200,17 @@ def api_view(
                 return ApiError(
                     413,
                     "request_too_large",
-                    f"The request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; "
-                    "files go to the upload call, one at a time.",
+                    gettext(
+                        "The request body is over %(size)d bytes; files go to the upload call, "
+                        "one at a time."
+                    )
+                    % {"size": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
                 ).response()
             except MultiPartParserError as exc:
                 return ApiError(
-                    400, "invalid_request", f"The multipart body could not be read: {exc}"
+                    400,
+                    "invalid_request",
+                    gettext("The multipart body could not be read: %(error)s") % {"error": exc},
                 ).response()
             except SuspiciousOperation as exc:
                 # Too many fields or file parts, among others: said, not logged as an attack.
@@ -208,8 +229,10 @@ def api_view(
                 return ApiError(
                     500,
                     "internal_error",
-                    "The inbox failed to answer this request; nothing was changed by it. "
-                    "It was logged for the administrators.",
+                    gettext(
+                        "The inbox failed to answer this request; nothing was changed by it. "
+                        "It was logged for the administrators."
+                    ),
                 ).response()
 
         return wrapper
@@ -226,9 +249,9 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     if not request.path.startswith("/api/"):
         return defaults.bad_request(request, exception)  # type: ignore[arg-type]
     if isinstance(exception, DisallowedHost):
-        message = "The request's Host header names no address this server answers to."
+        message = gettext("The request's Host header names no address this server answers to.")
     else:
-        message = "The request was refused as malformed."
+        message = gettext("The request was refused as malformed.")
     return ApiError(400, "invalid_request", message).response()
 
 
@@ -240,8 +263,10 @@ def database_unavailable() -> ApiError:
     return ApiError(
         503,
         "unavailable",
-        "The inbox cannot reach its database just now; try again shortly (a decision or start "
-        "sent again with its submission_key counts once).",
+        gettext(
+            "The inbox cannot reach its database just now; try again shortly (a decision or "
+            "start sent again with its submission_key counts once)."
+        ),
         retry_after=UNAVAILABLE_RETRY_AFTER,
     )
 
@@ -268,7 +293,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return ApiError(
         500,
         "internal_error",
-        "The inbox failed to answer this request. It was logged for the administrators.",
+        gettext("The inbox failed to answer this request. It was logged for the administrators."),
     ).response()
 
 
@@ -278,7 +303,10 @@ def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     HEAD, what GET would get, without its body)."""
     method = "GET" if request.method == "HEAD" else request.method
     response = ApiError(
-        404, "not_found", f"No such API address: {method} {request.path}"
+        404,
+        "not_found",
+        gettext("No such API address: %(method)s %(path)s")
+        % {"method": method, "path": request.path},
     ).response()
     if request.method == "HEAD":
         response["Content-Length"] = str(len(response.content))
@@ -289,7 +317,7 @@ def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
 def json_body(request: HttpRequest) -> dict[str, Any]:
     """The request's JSON object, or a 400 that says what is wrong with it."""
     if not request.body:
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+        raise ApiError(400, "invalid_json", gettext("The request body must be a JSON object."))
     try:
         body = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -297,29 +325,38 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
             # A form post or a file sent to a JSON call: say what the call takes, not where
             # the parser stumbled. (A JSON body sent as text/plain or with no Content-Type is
             # still read as JSON: clients that do that keep working.)
-            sent = request.content_type or "no Content-Type"
+            sent = request.content_type or gettext("no Content-Type")
             raise ApiError(
                 400,
                 "invalid_json",
-                "This call takes a JSON object as its body, sent with 'Content-Type: "
-                f"application/json'; this body ({sent}) is not JSON.",
+                gettext(
+                    "This call takes a JSON object as its body, sent with 'Content-Type: "
+                    "application/json'; this body (%(sent)s) is not JSON."
+                )
+                % {"sent": sent},
             ) from None
-        raise ApiError(400, "invalid_json", f"The request body is not valid JSON: {exc}") from None
+        raise ApiError(
+            400,
+            "invalid_json",
+            gettext("The request body is not valid JSON: %(error)s") % {"error": exc},
+        ) from None
     except (ValueError, RecursionError):
         # Valid JSON that Python will not read: an integer of over 4,300 digits, or arrays
         # nested thousands deep.
         raise ApiError(
-            400, "invalid_json", "The request body holds a number too long or nesting too deep."
+            400,
+            "invalid_json",
+            gettext("The request body holds a number too long or nesting too deep."),
         ) from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+        raise ApiError(400, "invalid_json", gettext("The request body must be a JSON object."))
     if where := _unstorable_in(body, ""):
         path, what = where
         raise ApiError(
             400,
             "invalid_json",
-            f"The request body holds {what} in {path}.",
-            details={path: [f"Holds {what}."]},
+            gettext("The request body holds %(what)s in %(path)s.") % {"what": what, "path": path},
+            details={path: [gettext("Holds %(what)s.") % {"what": what}]},
         )
     return body
 
@@ -341,7 +378,10 @@ def _unstorable_in(value: Any, path: str) -> tuple[str, str] | None:
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
             if what := _unstorable(key):
-                return (f"a key of {path}" if path else "a key", what)
+                return (
+                    gettext("a key of %(path)s") % {"path": path} if path else gettext("a key"),
+                    what,
+                )
             if found := _unstorable_in(item, where):
                 return found
     if isinstance(value, list):
@@ -356,12 +396,16 @@ def _refuse_unknown_keys(body: dict[str, Any], known: tuple[str, ...]) -> None:
     for: refused by its name instead."""
     unknown = sorted(set(body) - set(known))
     if unknown:
-        takes = f"this call takes: {', '.join(known)}" if known else "this call takes none"
+        message = (
+            gettext("Unknown field %(name)s; this call takes: %(known)s.")
+            if known
+            else gettext("Unknown field %(name)s; this call takes none.")
+        )
         raise ApiError(
             400,
             "invalid_param",
-            f"Unknown field {unknown[0]!r}; {takes}.",
-            details={name: ["Unknown field."] for name in unknown},
+            message % {"name": repr(unknown[0]), "known": ", ".join(known)},
+            details={name: [gettext("Unknown field.")] for name in unknown},
         )
 
 
@@ -393,7 +437,7 @@ def _get_api_form(request: HttpRequest, public_id: Any) -> Form:
         .first()
     )
     if form is None:
-        raise ApiError(404, "not_found", "No such form, or you may not see it.")
+        raise ApiError(404, "not_found", gettext("No such form, or you may not see it."))
     return form
 
 
@@ -492,26 +536,21 @@ def forms_list(request: HttpRequest) -> HttpResponse:
         statuses = (status,)
     else:
         known = sorted({"all", *TAB_STATUSES, *Form.Status.values})
-        raise ApiError(
-            400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
-        )
+        raise _unknown_value("status", status, known)
     if request.GET.get("mine", "") not in ("", "0", "1"):
         raise ApiError(
             400,
             "invalid_param",
-            f"'mine' is 1 (only forms assigned to you) or 0; got {request.GET['mine'][:20]!r}.",
+            gettext("'mine' is 1 (only forms assigned to you) or 0; got %(value)s.")
+            % {"value": repr(request.GET["mine"][:20])},
         )
     raw_page = request.GET.get("page") or "1"
     if small_int(raw_page) is None:
-        raise ApiError(
-            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page[:20]!r}."
-        )
+        raise _bad_page(raw_page)
     query = request.GET.copy()
     sort = query.get("sort", "")
     if sort and sort not in SORTS:
-        raise ApiError(
-            400, "invalid_param", f"Unknown sort {sort!r}; one of: {', '.join(sorted(SORTS))}."
-        )
+        raise _unknown_value("sort", sort, sorted(SORTS))
     if name := query.get("app", ""):
         query["app"] = str(_app_named(name).pk)
     filters = InboxFilters.from_query(query, request.user)
@@ -608,37 +647,52 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
         _refuse_closed(form)
     for key in request.POST:
         if key != "input":
-            raise ApiError(400, "invalid_param", f"Unknown field {key!r}; send 'input' and 'file'.")
+            raise ApiError(
+                400,
+                "invalid_param",
+                gettext("Unknown field %(name)s; send 'input' and 'file'.") % {"name": repr(key)},
+            )
     for key in request.FILES:
         if key != "file":
             raise ApiError(
-                400, "invalid_param", f"Unknown file field {key!r}; send the file as 'file'."
+                400,
+                "invalid_param",
+                gettext("Unknown file field %(name)s; send the file as 'file'.")
+                % {"name": repr(key)},
             )
     if len(request.POST.getlist("input")) > 1 or len(request.FILES.getlist("file")) > 1:
         raise ApiError(
             400,
             "invalid_param",
-            "Send one 'input' and one 'file' per call; upload each file on its own.",
+            gettext("Send one 'input' and one 'file' per call; upload each file on its own."),
         )
     if "input" not in request.POST:
         # A JSON body, or a multipart one without the field: nothing names the input.
         raise ApiError(
             400,
             "invalid_param",
-            "This call takes a multipart/form-data body: an 'input' field with the name of the "
-            "form's file input, and the file in a part named 'file'.",
+            gettext(
+                "This call takes a multipart/form-data body: an 'input' field with the name of "
+                "the form's file input, and the file in a part named 'file'."
+            ),
         )
     name = request.POST.get("input", "")
     spec = next((s for s in input_specs(form.definition or {}) if s.name == name), None)
     if spec is None or not spec.is_file:
-        raise ApiError(400, "invalid_param", f"{name!r} is not a file input of this form.")
+        raise ApiError(
+            400,
+            "invalid_param",
+            gettext("%(name)s is not a file input of this form.") % {"name": repr(name)},
+        )
     fileobj = request.FILES.get("file")
     if fileobj is None:
         dropped = too_large(request)
         if dropped:
             # Dropped as it arrived: larger than Dify takes for any kind of file.
             raise ApiError(413, "upload_rejected", " ".join(dropped))
-        raise ApiError(400, "no_file_uploaded", "Send the file in a multipart field named 'file'.")
+        raise ApiError(
+            400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
+        )
     try:
         upload = upload_to_dify(form, spec, fileobj, request.user)
     except UploadRejected as exc:
@@ -716,11 +770,13 @@ def _submission_key(request: HttpRequest, body: dict[str, Any]) -> str:
     if given is None:
         return ""
     if not isinstance(given, str) or not 1 <= len(given) <= 64:
-        raise ApiError(
-            400,
-            "invalid_param",
-            "'submission_key' must be a string of 1 to 64 characters (any characters), or be "
-            "left out.",
+        raise _param_error(
+            "submission_key",
+            gettext(
+                "'submission_key' must be a string of 1 to 64 characters (any characters), or "
+                "be left out."
+            ),
+            gettext("A string of 1 to 64 characters."),
         )
     return _scoped_key(request.user, given)
 
@@ -742,7 +798,7 @@ def _refuse_undelivered(form: Form, decision: Decision) -> None:
     delivery gave up; an administrator may retry it."""
     if decision.status not in (Decision.Status.REJECTED, Decision.Status.FAILED):
         return
-    reason = (decision.last_error or "no reason was given").rstrip()
+    reason = (decision.last_error or gettext("no reason was given")).rstrip()
     if not reason.endswith((".", "!", "?", "\u3002")):
         reason += "."  # its own sentence: ours follows it
     details = {"decision": _decision_json(decision), "status": form.status_now}
@@ -750,19 +806,25 @@ def _refuse_undelivered(form: Form, decision: Decision) -> None:
         raise ApiError(
             409,
             "decision_failed",
-            f"The decision sent under this submission_key was not delivered: {reason} "
-            "An administrator may retry its delivery.",
+            gettext(
+                "The decision sent under this submission_key was not delivered: %(reason)s An "
+                "administrator may retry its delivery."
+            )
+            % {"reason": reason},
             details=details,
         )
-    then = (
-        " The form is open again: send the decision under a new submission_key."
+    message = (
+        gettext(
+            "Dify rejected the decision sent under this submission_key: %(reason)s The form is "
+            "open again: send the decision under a new submission_key."
+        )
         if page_state(form) == "open"
-        else ""
+        else gettext("Dify rejected the decision sent under this submission_key: %(reason)s")
     )
     raise ApiError(
         409,
         "decision_rejected",
-        f"Dify rejected the decision sent under this submission_key: {reason}{then}",
+        message % {"reason": reason},
         details=details,
     )
 
@@ -775,16 +837,29 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     _refuse_unknown_keys(body, ("action", "inputs", "submission_key"))
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
-        raise ApiError(400, "invalid_form_data", "'inputs' must be an object.")
-    action = body.get("action")
-    if not isinstance(action, str) or not action:
-        names = ", ".join(a.id for a in action_specs(form.definition or {}))
-        said = "is required" if action is None or action == "" else "must be a string"
         raise ApiError(
             400,
             "invalid_form_data",
-            f"'action' {said}: the id of one of this form's actions ({names}).",
-            details={"action": ["Must be the id of one of the form's actions, as a string."]},
+            gettext("'inputs' must be an object."),
+            details={"inputs": [gettext("Must be an object.")]},
+        )
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        names = ", ".join(a.id for a in action_specs(form.definition or {}))
+        said = (
+            gettext("'action' is required: the id of one of this form's actions (%(names)s).")
+            if action is None or action == ""
+            else gettext(
+                "'action' must be a string: the id of one of this form's actions (%(names)s)."
+            )
+        )
+        raise ApiError(
+            400,
+            "invalid_form_data",
+            said % {"names": names},
+            details={
+                "action": [gettext("Must be the id of one of the form's actions, as a string.")]
+            },
         )
     key = _submission_key(request, body)
     if key:
@@ -797,9 +872,12 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             raise ApiError(
                 409,
                 "submission_key_reused",
-                f"This submission_key was already used for a decision on this form (the action "
-                f"{decision.action_id!r}, with other values than these); send a new key for "
-                "another decision.",
+                gettext(
+                    "This submission_key was already used for a decision on this form (the "
+                    "action %(action)s, with other values than these); send a new key for "
+                    "another decision."
+                )
+                % {"action": repr(decision.action_id)},
                 details={"decision": _decision_json(decision)},
             )
         if decision is not None:
@@ -809,7 +887,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             raise ApiError(
                 409,
                 "submission_key_reused",
-                "You used this submission_key for a decision on another form; send a new key.",
+                gettext(
+                    "You used this submission_key for a decision on another form; send a new key."
+                ),
             )
     if page_state(form) != "open":
         _refuse_closed(form)
@@ -827,8 +907,8 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
                 raise ApiError(
                     400,
                     "invalid_form_data",
-                    f"'{spec.name}' must be a string.",
-                    details={spec.name: ["Must be a string."]},
+                    gettext("'%(field)s' must be a string.") % {"field": spec.name},
+                    details={spec.name: [gettext("Must be a string.")]},
                 )
             data[spec.field_name] = _file_refs(spec.name, value) if spec.is_file else value
     dform = DecisionForm(
@@ -844,7 +924,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
         # Every input must be sent (CONTRACT 4): each one left out is named on its own too.
         for spec in dform.specs:
             if spec.name not in inputs:
-                details.setdefault(spec.name, ["Missing: every input of the form must be sent."])
+                details.setdefault(
+                    spec.name, [gettext("Missing: every input of the form must be sent.")]
+                )
         raise ApiError(400, "invalid_form_data", " ".join(errors), details=details)
     try:
         decision = dform.save(reviewer=request.user)
@@ -970,7 +1052,9 @@ def _app_named(name: str) -> DifyApp:
     if app is None and (app_id := small_int(name)) is not None:
         app = DifyApp.objects.filter(pk=app_id).only("pk").first()
     if app is None:
-        raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
+        raise _param_error(
+            "app", gettext("Unknown app %(name)s.") % {"name": repr(name)}, gettext("Unknown app.")
+        )
     return app
 
 
@@ -1049,11 +1133,28 @@ def _require_may_start(request: HttpRequest) -> None:
     from inbox.models import Run
 
     if not Run.objects.may_start(request.user):
-        raise ApiError(403, "forbidden", "You may not start or ingest runs.")
+        raise ApiError(403, "forbidden", gettext("You may not start or ingest runs."))
 
 
 def _optional_text(body: dict[str, Any], key: str, *, limit: int) -> str:
     return _text_param(body, key, limit=limit)
+
+
+def _bad_page(raw: str) -> ApiError:
+    return _param_error(
+        "page",
+        gettext("'page' must be a whole number from 1; got %(value)s.") % {"value": repr(raw[:20])},
+        gettext("A whole number from 1."),
+    )
+
+
+def _unknown_value(name: str, value: str, known: list[str]) -> ApiError:
+    return _param_error(
+        name,
+        gettext("Unknown %(name)s %(value)s; one of: %(known)s.")
+        % {"name": name, "value": repr(value[:40]), "known": ", ".join(known)},
+        gettext("One of: %(known)s.") % {"known": ", ".join(known)},
+    )
 
 
 def _refuse_padded(key: str, value: str) -> None:
@@ -1091,8 +1192,13 @@ def _refuse_unknown(inputs: dict[str, Any], names: list[str], code: str, what: s
         raise ApiError(
             400,
             code,
-            f"Unknown input {unknown[0]!r}; this {what} takes: {', '.join(names) or 'none'}.",
-            details={name: ["Unknown input."] for name in unknown},
+            (
+                gettext("Unknown input %(name)s; this app takes: %(known)s.")
+                if what == "app"
+                else gettext("Unknown input %(name)s; this form takes: %(known)s.")
+            )
+            % {"name": repr(unknown[0]), "known": ", ".join(names) or gettext("none")},
+            details={name: [gettext("Unknown input.")] for name in unknown},
         )
 
 
@@ -1117,18 +1223,33 @@ def _start_form_data(
             continue
         if not spec.supported:
             wrong[name] = (
-                f"'{name}' is a {spec.type} input, which the inbox cannot send; start this run "
-                "in Dify instead.",
-                f"The inbox cannot send {spec.type} inputs.",
+                gettext(
+                    "'%(name)s' is a %(type)s input, which the inbox cannot send; start this run "
+                    "in Dify instead."
+                )
+                % {"name": name, "type": spec.type},
+                gettext("The inbox cannot send %(type)s inputs.") % {"type": spec.type},
             )
             continue
         if spec.type == "number":
             if isinstance(value, bool) or not isinstance(value, int | float | str):
-                wrong[name] = (f"'{name}' must be a number.", "Must be a number.")
+                wrong[name] = (
+                    gettext("'%(name)s' must be a number.") % {"name": name},
+                    gettext("Must be a number."),
+                )
                 continue
         elif spec.type in _START_TYPES and not isinstance(value, _START_TYPES[spec.type]):
-            expected = "true or false" if spec.type == "checkbox" else "a string"
-            wrong[name] = (f"'{name}' must be {expected}.", f"Must be {expected}.")
+            wrong[name] = (
+                (
+                    gettext("'%(name)s' must be true or false.")
+                    if spec.type == "checkbox"
+                    else gettext("'%(name)s' must be a string.")
+                )
+                % {"name": name},
+                gettext("Must be true or false.")
+                if spec.type == "checkbox"
+                else gettext("Must be a string."),
+            )
             data.pop(spec.field_name, None)
             continue
         if spec.type == "checkbox":
@@ -1163,9 +1284,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
         runs = runs.filter(status=status)
     elif status:
         known = sorted({*RUN_STATES, *Run.Status.values})
-        raise ApiError(
-            400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
-        )
+        raise _unknown_value("status", status, known)
     if name := request.GET.get("app") or "":
         runs = runs.filter(app=_app_named(name))
     if q := (request.GET.get("q") or "").strip():
@@ -1173,9 +1292,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     raw_page = request.GET.get("page") or "1"
     page = small_int(raw_page)
     if page is None or page > 10**6:
-        raise ApiError(
-            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page[:20]!r}."
-        )
+        raise _bad_page(raw_page)
     # Read one past the page rather than counting every run: whether there is a next page.
     rows = list(runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
     more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
@@ -1217,15 +1334,20 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     app = _active_app(body)
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
-        raise ApiError(400, "invalid_param", "'inputs' must be an object.")
+        raise _param_error(
+            "inputs", gettext("'inputs' must be an object."), gettext("Must be an object.")
+        )
     query = body.get("query", "")
     if not isinstance(query, str):
-        raise ApiError(400, "invalid_param", "'query' must be a string.")
+        raise _param_error(
+            "query", gettext("'query' must be a string."), gettext("Must be a string.")
+        )
     if query and app.mode != DifyApp.Mode.CHATFLOW:
         raise ApiError(
             400,
             "invalid_param",
-            f"'query' is for chatflow apps; {app.name} is a workflow and takes only 'inputs'.",
+            gettext("'query' is for chatflow apps; %(app)s is a workflow and takes only 'inputs'.")
+            % {"app": app.name},
         )
     conversation_id = _optional_text(body, "conversation_id", limit=64)
     if conversation_id:
@@ -1242,7 +1364,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     except DifyError as exc:
         # Recorded as the start page does; a refusal of the start itself, and Dify taking it,
         # are recorded by `start_run` for both.
-        message = f"Dify's parameters could not be read: {exc}"
+        message = gettext("Dify's parameters could not be read: %(error)s") % {"error": exc}
         if isinstance(exc, ApiKeyUnreadable):
             # Not Dify's doing: this process cannot read the app's key (an administrator's to
             # put back, or to enter again).
@@ -1275,7 +1397,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
         for name, (_sentence, detail) in wrong.items():
             errors[name] = [detail]
         message = " ".join(
-            wrong[name][0] if name in wrong else f"{name}: {text}" if name != "__all__" else text
+            wrong[name][0] if name in wrong else labelled(name, text) if name != "__all__" else text
             for name, texts in errors.items()
             for text in (texts[:1] if name in wrong else texts)
         )
@@ -1321,35 +1443,39 @@ def _continue_conversation(
         raise ApiError(
             400,
             "invalid_param",
-            f"'conversation_id' is for chatflow apps; {app.name} is a workflow.",
+            gettext("'conversation_id' is for chatflow apps; %(app)s is a workflow.")
+            % {"app": app.name},
         )
     if body.get("inputs"):
         raise ApiError(
             400,
             "invalid_param",
-            "'inputs' cannot be given with 'conversation_id': Dify runs every message of a "
-            "conversation with the inputs it started with.",
+            gettext(
+                "'inputs' cannot be given with 'conversation_id': Dify runs every message of a "
+                "conversation with the inputs it started with."
+            ),
         )
     query = body.get("query", "")
     if not query.strip():
         raise ApiError(
             400,
             "invalid_inputs",
-            "query: This field is required.",
-            details={"query": ["This field is required."]},
+            labelled("query", gettext("This field is required.")),
+            details={"query": [gettext("This field is required.")]},
         )
     if conversation_of_others(app, conversation_id, request.user):
         raise ApiError(
             403,
             "forbidden",
-            "Only who started this conversation, or an administrator, may go on with it.",
+            gettext("Only who started this conversation, or an administrator, may go on with it."),
         )
     latest = conversation_start(app, conversation_id, request.user)
     if latest is not None and not latest.is_finished:
         raise ApiError(
             409,
             "conversation_in_progress",
-            f"The conversation's last message (run {latest.public_id}) has not ended yet.",
+            gettext("The conversation's last message (run %(run)s) has not ended yet.")
+            % {"run": latest.public_id},
         )
     given_user = _optional_text(body, "user", limit=255)
     dify_user = given_user or (latest.dify_user if latest else default_dify_user(request.user))
@@ -1388,8 +1514,10 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
         raise ApiError(
             409,
             "submission_key_reused",
-            "This submission_key was already used to start a run with another app, inputs, "
-            "query or user; send a new key for another start.",
+            gettext(
+                "This submission_key was already used to start a run with another app, inputs, "
+                "query or user; send a new key for another start."
+            ),
             details,
         )
     if start_lost(run):
@@ -1400,8 +1528,10 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
         raise ApiError(
             409,
             "start_in_progress",
-            "The start sent under this submission_key is still waiting for Dify; ask again in "
-            "a moment.",
+            gettext(
+                "The start sent under this submission_key is still waiting for Dify; ask again "
+                "in a moment."
+            ),
             details,
             retry_after=1,
         )
@@ -1418,7 +1548,7 @@ def _get_api_run(request: HttpRequest, public_id: Any) -> Any:
         .first()
     )
     if run is None:
-        raise ApiError(404, "not_found", "No such run, or you may not see it.")
+        raise ApiError(404, "not_found", gettext("No such run, or you may not see it."))
     return run
 
 
@@ -1440,7 +1570,9 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
         _refuse_unknown_keys(json_body(request), ())
     if not (request.user.is_staff or run.started_by_id == request.user.pk):
         raise ApiError(
-            403, "forbidden", "Only who started a run, or an administrator, may stop it."
+            403,
+            "forbidden",
+            gettext("Only who started a run, or an administrator, may stop it."),
         )
     try:
         stop_run(run, actor=request.user)
@@ -1450,7 +1582,7 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
         raise ApiError(
             429,
             "rate_limited",
-            f"Dify is receiving too many requests: {exc}",
+            gettext("Dify is receiving too many requests: %(error)s") % {"error": exc},
             exc.said,
             retry_after=exc.retry_after,
         ) from None
@@ -1458,11 +1590,15 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
         raise ApiError(
             502,
             "dify_error",
-            f"Dify did not stop the run: {exc}",
+            gettext("Dify did not stop the run: %(error)s") % {"error": exc},
             exc.said,
         ) from None
     except DifyError as exc:
-        raise ApiError(502, "dify_unavailable", f"Dify could not be reached: {exc}") from None
+        raise ApiError(
+            502,
+            "dify_unavailable",
+            gettext("Dify could not be reached: %(error)s") % {"error": exc},
+        ) from None
     run.refresh_from_db()
     return JsonResponse(_run_json(request, run), status=202)
 
