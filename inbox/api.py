@@ -24,6 +24,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.views.decorators.csrf import csrf_exempt
 
 from inbox.forms import (
@@ -37,7 +38,7 @@ from inbox.forms import (
 from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
-from inbox.reasons import Refused
+from inbox.reasons import Refused, labelled
 from inbox.uploads import UploadRejected, too_large, upload_to_dify
 from inbox.views import (
     PAGE_SIZE,
@@ -100,24 +101,35 @@ def _unstorable(text: str) -> str | None:
     match = _UNSTORABLE.search(text)
     if match is None:
         return None
-    return "a NUL character" if match.group() == "\x00" else "a lone surrogate (invalid Unicode)"
+    if match.group() == "\x00":
+        return gettext("a NUL character")
+    return gettext("a lone surrogate (invalid Unicode)")
 
 
 def _check_query(request: HttpRequest, known: tuple[str, ...]) -> None:
     for key, values in request.GET.lists():
         for text in [key, *values]:
             if what := _unstorable(text):
-                raise ApiError(400, "invalid_param", f"The query parameter {key!r} holds {what}.")
+                raise ApiError(
+                    400,
+                    "invalid_param",
+                    gettext("The query parameter %(name)s holds %(what)s.")
+                    % {"name": repr(key), "what": what},
+                )
     # As with body fields: a misspelt filter (`stauts=submitted`) would otherwise be dropped in
     # silence and the answer would look like the one asked for.
     unknown = sorted(key for key in request.GET if key not in known)
     if unknown:
-        takes = f"; it takes {', '.join(known)}" if known else "; it takes none"
+        message = (
+            gettext("Unknown query parameter %(name)s; it takes %(known)s.")
+            if known
+            else gettext("Unknown query parameter %(name)s; it takes none.")
+        )
         raise ApiError(
             400,
             "invalid_param",
-            f"Unknown query parameter {unknown[0][:40]!r}{takes}.",
-            details={key[:40]: ["Unknown query parameter."] for key in unknown[:20]},
+            message % {"name": repr(unknown[0][:40]), "known": ", ".join(known)},
+            details={key[:40]: [gettext("Unknown query parameter.")] for key in unknown[:20]},
         )
     # Each takes one value: `mine=1&mine=0` would otherwise answer for the last one alone.
     repeated = sorted(key for key, values in request.GET.lists() if len(values) > 1)
@@ -125,8 +137,9 @@ def _check_query(request: HttpRequest, known: tuple[str, ...]) -> None:
         raise ApiError(
             400,
             "invalid_param",
-            f"The query parameter {repeated[0]!r} is given more than once; it takes one value.",
-            details={key: ["Given more than once."] for key in repeated},
+            gettext("The query parameter %(name)s is given more than once; it takes one value.")
+            % {"name": repr(repeated[0])},
+            details={key: [gettext("Given more than once.")] for key in repeated},
         )
 
 
@@ -159,17 +172,21 @@ def api_view(
             try:
                 if request.method not in methods:
                     response = ApiError(
-                        405, "method_not_allowed", f"Use {' or '.join(methods)}."
+                        405,
+                        "method_not_allowed",
+                        gettext("Use %(methods)s.") % {"methods": " / ".join(methods)},
                     ).response()
                     response["Allow"] = ", ".join(allowed)
                     return response
                 header = request.headers.get("Authorization", "")
                 scheme, _, raw = header.partition(" ")
                 if scheme.lower() != "bearer" or not raw.strip():
-                    raise ApiError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
+                    raise ApiError(
+                        401, "unauthorized", gettext("Send 'Authorization: Bearer <token>'.")
+                    )
                 token = ApiToken.authenticate_token(raw.strip())
                 if token is None:
-                    raise ApiError(401, "unauthorized", "The API token is not valid.")
+                    raise ApiError(401, "unauthorized", gettext("The API token is not valid."))
                 request.user = token.user
                 request.api_token = token  # type: ignore[attr-defined]
                 _check_query(request, query if request.method == "GET" else ())
@@ -184,12 +201,17 @@ def api_view(
                 return ApiError(
                     413,
                     "request_too_large",
-                    f"The request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; "
-                    "files go to the upload call, one at a time.",
+                    gettext(
+                        "The request body is over %(size)d bytes; files go to the upload call, "
+                        "one at a time."
+                    )
+                    % {"size": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
                 ).response()
             except MultiPartParserError as exc:
                 return ApiError(
-                    400, "invalid_request", f"The multipart body could not be read: {exc}"
+                    400,
+                    "invalid_request",
+                    gettext("The multipart body could not be read: %(error)s") % {"error": exc},
                 ).response()
             except SuspiciousOperation as exc:
                 # Too many fields or file parts, among others: said, not logged as an attack.
@@ -208,8 +230,10 @@ def api_view(
                 return ApiError(
                     500,
                     "internal_error",
-                    "The inbox failed to answer this request; nothing was changed by it. "
-                    "It was logged for the administrators.",
+                    gettext(
+                        "The inbox failed to answer this request; nothing was changed by it. "
+                        "It was logged for the administrators."
+                    ),
                 ).response()
 
         return wrapper
@@ -226,9 +250,9 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     if not request.path.startswith("/api/"):
         return defaults.bad_request(request, exception)  # type: ignore[arg-type]
     if isinstance(exception, DisallowedHost):
-        message = "The request's Host header names no address this server answers to."
+        message = gettext("The request's Host header names no address this server answers to.")
     else:
-        message = "The request was refused as malformed."
+        message = gettext("The request was refused as malformed.")
     return ApiError(400, "invalid_request", message).response()
 
 
@@ -240,8 +264,10 @@ def database_unavailable() -> ApiError:
     return ApiError(
         503,
         "unavailable",
-        "The inbox cannot reach its database just now; try again shortly (a decision or start "
-        "sent again with its submission_key counts once).",
+        gettext(
+            "The inbox cannot reach its database just now; try again shortly (a decision or "
+            "start sent again with its submission_key counts once)."
+        ),
         retry_after=UNAVAILABLE_RETRY_AFTER,
     )
 
@@ -268,7 +294,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return ApiError(
         500,
         "internal_error",
-        "The inbox failed to answer this request. It was logged for the administrators.",
+        gettext("The inbox failed to answer this request. It was logged for the administrators."),
     ).response()
 
 
@@ -278,7 +304,10 @@ def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
     HEAD, what GET would get, without its body)."""
     method = "GET" if request.method == "HEAD" else request.method
     response = ApiError(
-        404, "not_found", f"No such API address: {method} {request.path}"
+        404,
+        "not_found",
+        gettext("No such API address: %(method)s %(path)s")
+        % {"method": method, "path": request.path},
     ).response()
     if request.method == "HEAD":
         response["Content-Length"] = str(len(response.content))
@@ -289,7 +318,7 @@ def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
 def json_body(request: HttpRequest) -> dict[str, Any]:
     """The request's JSON object, or a 400 that says what is wrong with it."""
     if not request.body:
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+        raise ApiError(400, "invalid_json", gettext("The request body must be a JSON object."))
     try:
         body = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -297,29 +326,38 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
             # A form post or a file sent to a JSON call: say what the call takes, not where
             # the parser stumbled. (A JSON body sent as text/plain or with no Content-Type is
             # still read as JSON: clients that do that keep working.)
-            sent = request.content_type or "no Content-Type"
+            sent = request.content_type or gettext("no Content-Type")
             raise ApiError(
                 400,
                 "invalid_json",
-                "This call takes a JSON object as its body, sent with 'Content-Type: "
-                f"application/json'; this body ({sent}) is not JSON.",
+                gettext(
+                    "This call takes a JSON object as its body, sent with 'Content-Type: "
+                    "application/json'; this body (%(sent)s) is not JSON."
+                )
+                % {"sent": sent},
             ) from None
-        raise ApiError(400, "invalid_json", f"The request body is not valid JSON: {exc}") from None
+        raise ApiError(
+            400,
+            "invalid_json",
+            gettext("The request body is not valid JSON: %(error)s") % {"error": exc},
+        ) from None
     except (ValueError, RecursionError):
         # Valid JSON that Python will not read: an integer of over 4,300 digits, or arrays
         # nested thousands deep.
         raise ApiError(
-            400, "invalid_json", "The request body holds a number too long or nesting too deep."
+            400,
+            "invalid_json",
+            gettext("The request body holds a number too long or nesting too deep."),
         ) from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+        raise ApiError(400, "invalid_json", gettext("The request body must be a JSON object."))
     if where := _unstorable_in(body, ""):
         path, what = where
         raise ApiError(
             400,
             "invalid_json",
-            f"The request body holds {what} in {path}.",
-            details={path: [f"Holds {what}."]},
+            gettext("The request body holds %(what)s in %(path)s.") % {"what": what, "path": path},
+            details={path: [gettext("Holds %(what)s.") % {"what": what}]},
         )
     return body
 
@@ -341,7 +379,10 @@ def _unstorable_in(value: Any, path: str) -> tuple[str, str] | None:
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
             if what := _unstorable(key):
-                return (f"a key of {path}" if path else "a key", what)
+                return (
+                    gettext("a key of %(path)s") % {"path": path} if path else gettext("a key"),
+                    what,
+                )
             if found := _unstorable_in(item, where):
                 return found
     if isinstance(value, list):
@@ -356,12 +397,16 @@ def _refuse_unknown_keys(body: dict[str, Any], known: tuple[str, ...]) -> None:
     for: refused by its name instead."""
     unknown = sorted(set(body) - set(known))
     if unknown:
-        takes = f"this call takes: {', '.join(known)}" if known else "this call takes none"
+        message = (
+            gettext("Unknown field %(name)s; this call takes: %(known)s.")
+            if known
+            else gettext("Unknown field %(name)s; this call takes none.")
+        )
         raise ApiError(
             400,
             "invalid_param",
-            f"Unknown field {unknown[0]!r}; {takes}.",
-            details={name: ["Unknown field."] for name in unknown},
+            message % {"name": repr(unknown[0]), "known": ", ".join(known)},
+            details={name: [gettext("Unknown field.")] for name in unknown},
         )
 
 
@@ -393,7 +438,7 @@ def _get_api_form(request: HttpRequest, public_id: Any) -> Form:
         .first()
     )
     if form is None:
-        raise ApiError(404, "not_found", "No such form, or you may not see it.")
+        raise ApiError(404, "not_found", gettext("No such form, or you may not see it."))
     return form
 
 
@@ -492,26 +537,21 @@ def forms_list(request: HttpRequest) -> HttpResponse:
         statuses = (status,)
     else:
         known = sorted({"all", *TAB_STATUSES, *Form.Status.values})
-        raise ApiError(
-            400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
-        )
+        raise _unknown_value("status", status, known)
     if request.GET.get("mine", "") not in ("", "0", "1"):
         raise ApiError(
             400,
             "invalid_param",
-            f"'mine' is 1 (only forms assigned to you) or 0; got {request.GET['mine'][:20]!r}.",
+            gettext("'mine' is 1 (only forms assigned to you) or 0; got %(value)s.")
+            % {"value": repr(request.GET["mine"][:20])},
         )
     raw_page = request.GET.get("page") or "1"
     if small_int(raw_page) is None:
-        raise ApiError(
-            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page[:20]!r}."
-        )
+        raise _bad_page(raw_page)
     query = request.GET.copy()
     sort = query.get("sort", "")
     if sort and sort not in SORTS:
-        raise ApiError(
-            400, "invalid_param", f"Unknown sort {sort!r}; one of: {', '.join(sorted(SORTS))}."
-        )
+        raise _unknown_value("sort", sort, sorted(SORTS))
     if name := query.get("app", ""):
         query["app"] = str(_app_named(name).pk)
     filters = InboxFilters.from_query(query, request.user)
@@ -581,6 +621,8 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
                 for u in Upload.owned(form, reviewer=request.user)
             ],
             "decision": _decision_json(decision),
+            # As for its run: whether Dify can be reached for the app, and the run followed.
+            "dify": _dify_json(form.run),
         }
     )
     return JsonResponse(body)
@@ -606,37 +648,52 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
         _refuse_closed(form)
     for key in request.POST:
         if key != "input":
-            raise ApiError(400, "invalid_param", f"Unknown field {key!r}; send 'input' and 'file'.")
+            raise ApiError(
+                400,
+                "invalid_param",
+                gettext("Unknown field %(name)s; send 'input' and 'file'.") % {"name": repr(key)},
+            )
     for key in request.FILES:
         if key != "file":
             raise ApiError(
-                400, "invalid_param", f"Unknown file field {key!r}; send the file as 'file'."
+                400,
+                "invalid_param",
+                gettext("Unknown file field %(name)s; send the file as 'file'.")
+                % {"name": repr(key)},
             )
     if len(request.POST.getlist("input")) > 1 or len(request.FILES.getlist("file")) > 1:
         raise ApiError(
             400,
             "invalid_param",
-            "Send one 'input' and one 'file' per call; upload each file on its own.",
+            gettext("Send one 'input' and one 'file' per call; upload each file on its own."),
         )
     if "input" not in request.POST:
         # A JSON body, or a multipart one without the field: nothing names the input.
         raise ApiError(
             400,
             "invalid_param",
-            "This call takes a multipart/form-data body: an 'input' field with the name of the "
-            "form's file input, and the file in a part named 'file'.",
+            gettext(
+                "This call takes a multipart/form-data body: an 'input' field with the name of "
+                "the form's file input, and the file in a part named 'file'."
+            ),
         )
     name = request.POST.get("input", "")
     spec = next((s for s in input_specs(form.definition or {}) if s.name == name), None)
     if spec is None or not spec.is_file:
-        raise ApiError(400, "invalid_param", f"{name!r} is not a file input of this form.")
+        raise ApiError(
+            400,
+            "invalid_param",
+            gettext("%(name)s is not a file input of this form.") % {"name": repr(name)},
+        )
     fileobj = request.FILES.get("file")
     if fileobj is None:
         dropped = too_large(request)
         if dropped:
             # Dropped as it arrived: larger than Dify takes for any kind of file.
             raise ApiError(413, "upload_rejected", " ".join(dropped))
-        raise ApiError(400, "no_file_uploaded", "Send the file in a multipart field named 'file'.")
+        raise ApiError(
+            400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
+        )
     try:
         upload = upload_to_dify(form, spec, fileobj, request.user)
     except UploadRejected as exc:
@@ -655,18 +712,48 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
 
 
 def _file_refs(name: str, value: Any) -> list[str] | None:
-    """An API file value as the form's references: upload ids and web addresses."""
+    """An API file value as the form's references: upload ids and web addresses. A file is the
+    id the upload call returned (as a string, or `{"upload": id}`) or, where the input takes
+    them, a web address (as a string, or `{"url": ...}`)."""
+    from inbox.forms import is_upload_id
+
     if value is None:
         return None
     items = value if isinstance(value, list) else [value]
     refs = []
-    shape = "A file is {'upload_id': ...} from /files, or {'url': 'https://...'}."
     for item in items:
         ref = item
+        by_url = False
         if isinstance(item, dict):
-            ref = item.get("upload_id") or item.get("url") or item.get("id")
+            by_url = "url" in item and not ("upload" in item or "upload_id" in item)
+            # `upload_id` and `id`: read as they were before `upload` was documented.
+            ref = item.get("upload") or item.get("upload_id") or item.get("url") or item.get("id")
         if not isinstance(ref, str):
-            raise ApiError(400, "invalid_form_data", f"'{name}': {shape}", details={name: [shape]})
+            shape = gettext(
+                "A file is the id the upload call (/files) returned, as a string or as "
+                '{"upload": id}, or a web address, as a string or as {"url": "https://..."}.'
+            )
+            raise ApiError(
+                400,
+                "invalid_form_data",
+                labelled(name, shape),
+                details={name: [shape]},
+            )
+        if not by_url and not (
+            ref.strip().lower().startswith(("http://", "https://")) or is_upload_id(ref.strip())
+        ):
+            # Neither a web address nor an upload id: an id typed wrong or from another field,
+            # said as such rather than as a web address typed wrong.
+            said = gettext(
+                "%(ref)s is not an upload id: give the id the upload call (/files) returned, or "
+                "a web address starting with http:// or https://."
+            ) % {"ref": repr(ref[:80])}
+            raise ApiError(
+                400,
+                "invalid_form_data",
+                labelled(name, said),
+                details={name: [said]},
+            )
         refs.append(ref)
     return refs
 
@@ -684,11 +771,13 @@ def _submission_key(request: HttpRequest, body: dict[str, Any]) -> str:
     if given is None:
         return ""
     if not isinstance(given, str) or not 1 <= len(given) <= 64:
-        raise ApiError(
-            400,
-            "invalid_param",
-            "'submission_key' must be a string of 1 to 64 characters (any characters), or be "
-            "left out.",
+        raise _param_error(
+            "submission_key",
+            gettext(
+                "'submission_key' must be a string of 1 to 64 characters (any characters), or "
+                "be left out."
+            ),
+            gettext("A string of 1 to 64 characters."),
         )
     return _scoped_key(request.user, given)
 
@@ -710,7 +799,7 @@ def _refuse_undelivered(form: Form, decision: Decision) -> None:
     delivery gave up; an administrator may retry it."""
     if decision.status not in (Decision.Status.REJECTED, Decision.Status.FAILED):
         return
-    reason = (decision.last_error or "no reason was given").rstrip()
+    reason = (decision.last_error or gettext("no reason was given")).rstrip()
     if not reason.endswith((".", "!", "?", "\u3002")):
         reason += "."  # its own sentence: ours follows it
     details = {"decision": _decision_json(decision), "status": form.status_now}
@@ -718,19 +807,25 @@ def _refuse_undelivered(form: Form, decision: Decision) -> None:
         raise ApiError(
             409,
             "decision_failed",
-            f"The decision sent under this submission_key was not delivered: {reason} "
-            "An administrator may retry its delivery.",
+            gettext(
+                "The decision sent under this submission_key was not delivered: %(reason)s An "
+                "administrator may retry its delivery."
+            )
+            % {"reason": reason},
             details=details,
         )
-    then = (
-        " The form is open again: send the decision under a new submission_key."
+    message = (
+        gettext(
+            "Dify rejected the decision sent under this submission_key: %(reason)s The form is "
+            "open again: send the decision under a new submission_key."
+        )
         if page_state(form) == "open"
-        else ""
+        else gettext("Dify rejected the decision sent under this submission_key: %(reason)s")
     )
     raise ApiError(
         409,
         "decision_rejected",
-        f"Dify rejected the decision sent under this submission_key: {reason}{then}",
+        message % {"reason": reason},
         details=details,
     )
 
@@ -743,16 +838,29 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     _refuse_unknown_keys(body, ("action", "inputs", "submission_key"))
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
-        raise ApiError(400, "invalid_form_data", "'inputs' must be an object.")
-    action = body.get("action")
-    if not isinstance(action, str) or not action:
-        names = ", ".join(a.id for a in action_specs(form.definition or {}))
-        said = "is required" if action is None or action == "" else "must be a string"
         raise ApiError(
             400,
             "invalid_form_data",
-            f"'action' {said}: the id of one of this form's actions ({names}).",
-            details={"action": ["Must be the id of one of the form's actions, as a string."]},
+            gettext("'inputs' must be an object."),
+            details={"inputs": [gettext("Must be an object.")]},
+        )
+    action = body.get("action")
+    if not isinstance(action, str) or not action:
+        names = ", ".join(a.id for a in action_specs(form.definition or {}))
+        said = (
+            gettext("'action' is required: the id of one of this form's actions (%(names)s).")
+            if action is None or action == ""
+            else gettext(
+                "'action' must be a string: the id of one of this form's actions (%(names)s)."
+            )
+        )
+        raise ApiError(
+            400,
+            "invalid_form_data",
+            said % {"names": names},
+            details={
+                "action": [gettext("Must be the id of one of the form's actions, as a string.")]
+            },
         )
     key = _submission_key(request, body)
     if key:
@@ -765,9 +873,12 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             raise ApiError(
                 409,
                 "submission_key_reused",
-                f"This submission_key was already used for a decision on this form (the action "
-                f"{decision.action_id!r}, with other values than these); send a new key for "
-                "another decision.",
+                gettext(
+                    "This submission_key was already used for a decision on this form (the "
+                    "action %(action)s, with other values than these); send a new key for "
+                    "another decision."
+                )
+                % {"action": repr(decision.action_id)},
                 details={"decision": _decision_json(decision)},
             )
         if decision is not None:
@@ -777,7 +888,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
             raise ApiError(
                 409,
                 "submission_key_reused",
-                "You used this submission_key for a decision on another form; send a new key.",
+                gettext(
+                    "You used this submission_key for a decision on another form; send a new key."
+                ),
             )
     if page_state(form) != "open":
         _refuse_closed(form)
@@ -795,8 +908,8 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
                 raise ApiError(
                     400,
                     "invalid_form_data",
-                    f"'{spec.name}' must be a string.",
-                    details={spec.name: ["Must be a string."]},
+                    gettext("'%(field)s' must be a string.") % {"field": spec.name},
+                    details={spec.name: [gettext("Must be a string.")]},
                 )
             data[spec.field_name] = _file_refs(spec.name, value) if spec.is_file else value
     dform = DecisionForm(
@@ -812,7 +925,9 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
         # Every input must be sent (CONTRACT 4): each one left out is named on its own too.
         for spec in dform.specs:
             if spec.name not in inputs:
-                details.setdefault(spec.name, ["Missing: every input of the form must be sent."])
+                details.setdefault(
+                    spec.name, [gettext("Missing: every input of the form must be sent.")]
+                )
         raise ApiError(400, "invalid_form_data", " ".join(errors), details=details)
     try:
         decision = dform.save(reviewer=request.user)
@@ -850,6 +965,42 @@ def _run_summary(request: HttpRequest, run: Any) -> dict[str, Any]:
     }
 
 
+def _dify_json(run: Any) -> dict[str, Any]:
+    """Whether the inbox is in touch with Dify for this run, as the run and form pages say it
+    (never Dify's message, which may quote the set-up: only its status and our reason).
+
+    `state`: `ok`; `unreachable` (Dify did not answer the app's last calls: no connection, no
+    answer in time, a 5xx; `reason` `streams_failing` when it was the run's event streams,
+    else `not_reachable`); or `refused` (Dify refuses the app: `reason` `app_not_found` when it
+    answers 404 for the app as a whole, else `refused`, with Dify's HTTP status). `since`: when
+    that began. `following`: `given_up` while the follower has given up on the run's events
+    for now (its next try at `next_try`, when known), else `ok`; `ended` once the run has
+    ended. While the app is not `ok`, no new form of the run arrives and decisions wait."""
+    from inbox.models import APP_NOT_FOUND_REFUSAL
+
+    app = run.app
+    body: dict[str, Any] = {"state": "ok", "since": None, "reason": None, "dify_status": None}
+    if app.refused_at is not None:
+        body = {
+            "state": "refused",
+            "since": _iso(app.refused_at),
+            "reason": "app_not_found" if app.refusal_code == APP_NOT_FOUND_REFUSAL else "refused",
+            "dify_status": app.refusal_status,
+        }
+    elif app.contact_failed_at is not None:
+        body = {
+            "state": "unreachable",
+            "since": _iso(app.contact_failed_since or app.contact_failed_at),
+            "reason": "streams_failing" if app.streams_failing else "not_reachable",
+            "dify_status": app.contact_failure_status,
+        }
+    given_up = bool(run.give_ups) and not run.is_finished and not run.events_unavailable
+    next_try = run.refollow_after if given_up and run.refollow_after else None
+    body["following"] = "ended" if run.is_finished else "given_up" if given_up else "ok"
+    body["next_try"] = _iso(next_try) if next_try and next_try > timezone.now() else None
+    return body
+
+
 def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
     # As on the run page: every form of the run is listed, but only those the caller may open
@@ -865,6 +1016,8 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
         "conversation_id": run.conversation_id or None,
         # The files a chatflow's message was sent with.
         "files": [_message_file_json(f) for f in run.message_files.all()],
+        # Whether the inbox can reach Dify for the run's app, and follows its events.
+        "dify": _dify_json(run),
         "answer": run.answer,
         "outputs": run.outputs,
         "forms": [
@@ -902,50 +1055,129 @@ def _app_named(name: str) -> DifyApp:
     if app is None and (app_id := small_int(name)) is not None:
         app = DifyApp.objects.filter(pk=app_id).only("pk").first()
     if app is None:
-        raise ApiError(400, "invalid_param", f"Unknown app {name!r}.")
+        raise _param_error(
+            "app", gettext("Unknown app %(name)s.") % {"name": repr(name)}, gettext("Unknown app.")
+        )
     return app
 
 
 def _active_app(body: dict[str, Any]) -> Any:
-    name = body.get("app")
-    if not isinstance(name, str) or not name.strip():
-        raise ApiError(400, "invalid_param", "'app' is required: the name of a Dify app.")
-    app = DifyApp.objects.filter(name=name.strip(), is_active=True).first()
+    name = _text_param(body, "app", limit=100, required=gettext("the name of a Dify app"))
+    app = DifyApp.objects.filter(name=name, is_active=True).first()
     if app is None:
-        raise ApiError(400, "unknown_app", f"There is no active Dify app named {name.strip()!r}.")
+        raise ApiError(
+            400,
+            "unknown_app",
+            gettext("There is no active Dify app named %(name)s.") % {"name": repr(name)},
+        )
     return app
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, as a caller would name it."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return gettext("a number")
+    if isinstance(value, list):
+        return gettext("an array")
+    if isinstance(value, dict):
+        return gettext("an object")
+    return gettext("a string")
+
+
+def _text_param(body: dict[str, Any], key: str, *, limit: int, required: str = "") -> str:
+    """The body's text field `key`, checked one way for every field: a string (no other JSON
+    type is taken for it, nor for "none"), not empty, at most `limit` characters, and without
+    white space at its ends (Dify compares names, users and ids exactly). Left out (or null):
+    "" when optional, refused when `required` (which says what the field is). Each refusal
+    names the field in `details`."""
+    value = body.get(key)
+    if value is None:
+        if not required:
+            return ""
+        raise _param_error(
+            key,
+            gettext("'%(field)s' is required: %(what)s.") % {"field": key, "what": required},
+            gettext("Required."),
+        )
+    if not isinstance(value, str):
+        raise _param_error(
+            key,
+            gettext("'%(field)s' must be a string, not %(type)s.")
+            % {"field": key, "type": _json_type(value)},
+            gettext("Must be a string."),
+        )
+    if not value.strip():
+        raise _param_error(
+            key,
+            gettext("'%(field)s' is empty.") % {"field": key}
+            if required
+            else gettext("'%(field)s' is empty: leave it out, or send null, when there is none.")
+            % {"field": key},
+            gettext("Must not be empty."),
+        )
+    if len(value) > limit:
+        raise _param_error(
+            key,
+            gettext("'%(field)s' is too long: %(length)d characters, at most %(limit)d.")
+            % {"field": key, "length": len(value), "limit": limit},
+            gettext("At most %(limit)d characters.") % {"limit": limit},
+        )
+    _refuse_padded(key, value)
+    return value
+
+
+def _param_error(key: str, message: str, detail: str) -> ApiError:
+    return ApiError(400, "invalid_param", message, details={key: [detail]})
 
 
 def _require_may_start(request: HttpRequest) -> None:
     from inbox.models import Run
 
     if not Run.objects.may_start(request.user):
-        raise ApiError(403, "forbidden", "You may not start or ingest runs.")
+        raise ApiError(403, "forbidden", gettext("You may not start or ingest runs."))
 
 
 def _optional_text(body: dict[str, Any], key: str, *, limit: int) -> str:
-    value = body.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str) or not value.strip() or len(value) > limit:
-        raise ApiError(
-            400,
-            "invalid_param",
-            f"'{key}' must be a non-empty string of at most {limit} characters.",
-        )
-    _refuse_padded(key, value)
-    return value
+    return _text_param(body, key, limit=limit)
+
+
+def _bad_page(raw: str) -> ApiError:
+    return _param_error(
+        "page",
+        gettext("'page' must be a whole number from 1; got %(value)s.") % {"value": repr(raw[:20])},
+        gettext("A whole number from 1."),
+    )
+
+
+def _unknown_value(name: str, value: str, known: list[str]) -> ApiError:
+    return _param_error(
+        name,
+        gettext("Unknown %(name)s %(value)s; one of: %(known)s.")
+        % {"name": name, "value": repr(value[:40]), "known": ", ".join(known)},
+        gettext("One of: %(known)s.") % {"known": ", ".join(known)},
+    )
 
 
 def _refuse_padded(key: str, value: str) -> None:
     """Dify tells users apart by the exact text: " ann" is not "ann". Trimmed in silence, a run
     would be under a user the caller did not name; kept, under one they did not mean."""
     if value != value.strip():
-        raise ApiError(
-            400,
-            "invalid_param",
-            f"'{key}' starts or ends with white space; Dify compares it exactly. Send it without.",
+        raise _param_error(
+            key,
+            gettext(
+                "'%(field)s' starts or ends with white space; Dify compares it exactly. Send it "
+                "without."
+            )
+            % {"field": key},
+            gettext("Starts or ends with white space."),
         )
+
+
+# What a Dify run id may hold: Dify's are UUIDs. Never a character that would change the
+# address it is put in (a "/", "." or "..", white space, "?", "#", "%").
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 _START_TYPES = {
@@ -963,8 +1195,13 @@ def _refuse_unknown(inputs: dict[str, Any], names: list[str], code: str, what: s
         raise ApiError(
             400,
             code,
-            f"Unknown input {unknown[0]!r}; this {what} takes: {', '.join(names) or 'none'}.",
-            details={name: ["Unknown input."] for name in unknown},
+            (
+                gettext("Unknown input %(name)s; this app takes: %(known)s.")
+                if what == "app"
+                else gettext("Unknown input %(name)s; this form takes: %(known)s.")
+            )
+            % {"name": repr(unknown[0]), "known": ", ".join(names) or gettext("none")},
+            details={name: [gettext("Unknown input.")] for name in unknown},
         )
 
 
@@ -989,18 +1226,33 @@ def _start_form_data(
             continue
         if not spec.supported:
             wrong[name] = (
-                f"'{name}' is a {spec.type} input, which the inbox cannot send; start this run "
-                "in Dify instead.",
-                f"The inbox cannot send {spec.type} inputs.",
+                gettext(
+                    "'%(name)s' is a %(type)s input, which the inbox cannot send; start this run "
+                    "in Dify instead."
+                )
+                % {"name": name, "type": spec.type},
+                gettext("The inbox cannot send %(type)s inputs.") % {"type": spec.type},
             )
             continue
         if spec.type == "number":
             if isinstance(value, bool) or not isinstance(value, int | float | str):
-                wrong[name] = (f"'{name}' must be a number.", "Must be a number.")
+                wrong[name] = (
+                    gettext("'%(name)s' must be a number.") % {"name": name},
+                    gettext("Must be a number."),
+                )
                 continue
         elif spec.type in _START_TYPES and not isinstance(value, _START_TYPES[spec.type]):
-            expected = "true or false" if spec.type == "checkbox" else "a string"
-            wrong[name] = (f"'{name}' must be {expected}.", f"Must be {expected}.")
+            wrong[name] = (
+                (
+                    gettext("'%(name)s' must be true or false.")
+                    if spec.type == "checkbox"
+                    else gettext("'%(name)s' must be a string.")
+                )
+                % {"name": name},
+                gettext("Must be true or false.")
+                if spec.type == "checkbox"
+                else gettext("Must be a string."),
+            )
             data.pop(spec.field_name, None)
             continue
         if spec.type == "checkbox":
@@ -1035,9 +1287,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
         runs = runs.filter(status=status)
     elif status:
         known = sorted({*RUN_STATES, *Run.Status.values})
-        raise ApiError(
-            400, "invalid_param", f"Unknown status {status!r}; one of: {', '.join(known)}."
-        )
+        raise _unknown_value("status", status, known)
     if name := request.GET.get("app") or "":
         runs = runs.filter(app=_app_named(name))
     if q := (request.GET.get("q") or "").strip():
@@ -1045,9 +1295,7 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     raw_page = request.GET.get("page") or "1"
     page = small_int(raw_page)
     if page is None or page > 10**6:
-        raise ApiError(
-            400, "invalid_param", f"'page' must be a whole number from 1; got {raw_page[:20]!r}."
-        )
+        raise _bad_page(raw_page)
     # Read one past the page rather than counting every run: whether there is a next page.
     rows = list(runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
     more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
@@ -1089,15 +1337,20 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     app = _active_app(body)
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
-        raise ApiError(400, "invalid_param", "'inputs' must be an object.")
+        raise _param_error(
+            "inputs", gettext("'inputs' must be an object."), gettext("Must be an object.")
+        )
     query = body.get("query", "")
     if not isinstance(query, str):
-        raise ApiError(400, "invalid_param", "'query' must be a string.")
+        raise _param_error(
+            "query", gettext("'query' must be a string."), gettext("Must be a string.")
+        )
     if query and app.mode != DifyApp.Mode.CHATFLOW:
         raise ApiError(
             400,
             "invalid_param",
-            f"'query' is for chatflow apps; {app.name} is a workflow and takes only 'inputs'.",
+            gettext("'query' is for chatflow apps; %(app)s is a workflow and takes only 'inputs'.")
+            % {"app": app.name},
         )
     conversation_id = _optional_text(body, "conversation_id", limit=64)
     if conversation_id:
@@ -1116,7 +1369,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     except DifyError as exc:
         # Recorded as the start page does; a refusal of the start itself, and Dify taking it,
         # are recorded by `start_run` for both.
-        message = f"Dify's parameters could not be read: {exc}"
+        message = gettext("Dify's parameters could not be read: %(error)s") % {"error": exc}
         if isinstance(exc, ApiKeyUnreadable):
             # Not Dify's doing: this process cannot read the app's key (an administrator's to
             # put back, or to enter again).
@@ -1149,7 +1402,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
         for name, (_sentence, detail) in wrong.items():
             errors[name] = [detail]
         message = " ".join(
-            wrong[name][0] if name in wrong else f"{name}: {text}" if name != "__all__" else text
+            wrong[name][0] if name in wrong else labelled(name, text) if name != "__all__" else text
             for name, texts in errors.items()
             for text in (texts[:1] if name in wrong else texts)
         )
@@ -1197,35 +1450,39 @@ def _continue_conversation(
         raise ApiError(
             400,
             "invalid_param",
-            f"'conversation_id' is for chatflow apps; {app.name} is a workflow.",
+            gettext("'conversation_id' is for chatflow apps; %(app)s is a workflow.")
+            % {"app": app.name},
         )
     if body.get("inputs"):
         raise ApiError(
             400,
             "invalid_param",
-            "'inputs' cannot be given with 'conversation_id': Dify runs every message of a "
-            "conversation with the inputs it started with.",
+            gettext(
+                "'inputs' cannot be given with 'conversation_id': Dify runs every message of a "
+                "conversation with the inputs it started with."
+            ),
         )
     query = body.get("query", "")
     if not query.strip():
         raise ApiError(
             400,
             "invalid_inputs",
-            "query: This field is required.",
-            details={"query": ["This field is required."]},
+            labelled("query", gettext("This field is required.")),
+            details={"query": [gettext("This field is required.")]},
         )
     if conversation_of_others(app, conversation_id, request.user):
         raise ApiError(
             403,
             "forbidden",
-            "Only who started this conversation, or an administrator, may go on with it.",
+            gettext("Only who started this conversation, or an administrator, may go on with it."),
         )
     latest = conversation_start(app, conversation_id, request.user)
     if latest is not None and not latest.is_finished:
         raise ApiError(
             409,
             "conversation_in_progress",
-            f"The conversation's last message (run {latest.public_id}) has not ended yet.",
+            gettext("The conversation's last message (run %(run)s) has not ended yet.")
+            % {"run": latest.public_id},
         )
     given_user = _optional_text(body, "user", limit=255)
     dify_user = given_user or (latest.dify_user if latest else default_dify_user(request.user))
@@ -1275,8 +1532,10 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
         raise ApiError(
             409,
             "submission_key_reused",
-            "This submission_key was already used to start a run with another app, inputs, "
-            "query or user; send a new key for another start.",
+            gettext(
+                "This submission_key was already used to start a run with another app, inputs, "
+                "query or user; send a new key for another start."
+            ),
             details,
         )
     if start_lost(run):
@@ -1287,8 +1546,10 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
         raise ApiError(
             409,
             "start_in_progress",
-            "The start sent under this submission_key is still waiting for Dify; ask again in "
-            "a moment.",
+            gettext(
+                "The start sent under this submission_key is still waiting for Dify; ask again "
+                "in a moment."
+            ),
             details,
             retry_after=1,
         )
@@ -1307,7 +1568,9 @@ def _message_dify_user(request: HttpRequest, app: DifyApp, user: str, conversati
             raise ApiError(
                 403,
                 "forbidden",
-                "Only who started this conversation, or an administrator, may go on with it.",
+                gettext(
+                    "Only who started this conversation, or an administrator, may go on with it."
+                ),
             )
         latest = conversation_start(app, conversation_id, request.user)
         if latest is not None:
@@ -1324,16 +1587,25 @@ def _message_file_spec(app: DifyApp) -> Any:
 
     if app.mode != DifyApp.Mode.CHATFLOW:
         raise ApiError(
-            400, "invalid_param", f"Files go with a chatflow's message; {app.name} is a workflow."
+            400,
+            "invalid_param",
+            gettext("Files go with a chatflow's message; %(app)s is a workflow.")
+            % {"app": app.name},
         )
     try:
         spec = message_file_spec(app_parameters(app))
     except DifyError as exc:
         raise ApiError(
-            502, "dify_unavailable", f"Dify's parameters could not be read: {exc}"
+            502,
+            "dify_unavailable",
+            gettext("Dify's parameters could not be read: %(reason)s") % {"reason": exc},
         ) from None
     if spec is None:
-        raise ApiError(400, "invalid_param", f"{app.name} takes no uploaded files with a message.")
+        raise ApiError(
+            400,
+            "invalid_param",
+            gettext("%(app)s takes no uploaded files with a message.") % {"app": app.name},
+        )
     return spec
 
 
@@ -1352,24 +1624,38 @@ def run_files(request: HttpRequest) -> HttpResponse:
             raise ApiError(
                 400,
                 "invalid_param",
-                f"Unknown field {key!r}; send 'app', 'file' and 'user'?, 'conversation_id'?.",
+                gettext(
+                    "Unknown field %(field)s; send 'app', 'file' and 'user'?, 'conversation_id'?."
+                )
+                % {"field": repr(key)},
             )
         if len(request.POST.getlist(key)) > 1:
-            raise ApiError(400, "invalid_param", f"{key!r} is given more than once.")
+            raise ApiError(
+                400,
+                "invalid_param",
+                gettext("%(field)s is given more than once.") % {"field": repr(key)},
+            )
     for key in request.FILES:
         if key != "file":
             raise ApiError(
-                400, "invalid_param", f"Unknown file field {key!r}; send the file as 'file'."
+                400,
+                "invalid_param",
+                gettext("Unknown file field %(field)s; send the file as 'file'.")
+                % {"field": repr(key)},
             )
     if len(request.FILES.getlist("file")) > 1:
-        raise ApiError(400, "invalid_param", "Send one 'file' per call; upload each on its own.")
+        raise ApiError(
+            400, "invalid_param", gettext("Send one 'file' per call; upload each on its own.")
+        )
     if "app" not in request.POST:
         raise ApiError(
             400,
             "invalid_param",
-            "This call takes a multipart/form-data body: an 'app' field with the app's name "
-            "and the file in a part named 'file' (and 'user' or 'conversation_id' as the run "
-            "will be started with).",
+            gettext(
+                "This call takes a multipart/form-data body: an 'app' field with the app's name "
+                "and the file in a part named 'file' (and 'user' or 'conversation_id' as the run "
+                "will be started with)."
+            ),
         )
     body = dict(request.POST.items())
     app = _active_app(body)
@@ -1385,7 +1671,9 @@ def run_files(request: HttpRequest) -> HttpResponse:
         dropped = too_large(request)
         if dropped:
             raise ApiError(413, "upload_rejected", " ".join(dropped))
-        raise ApiError(400, "no_file_uploaded", "Send the file in a multipart field named 'file'.")
+        raise ApiError(
+            400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
+        )
     try:
         sent = upload_message_file(app, spec, fileobj, dify_user=dify_user, uploader=request.user)
     except UploadRejected as exc:
@@ -1414,12 +1702,13 @@ def _message_files(
     given = body.get("files")
     if given is None or given == []:
         return []
-    shape = "'files' is a list of {'upload_id': ...} from POST /api/v1/runs/files."
+    shape = gettext("'files' is a list of {'upload': id} from POST /api/v1/runs/files.")
     if not isinstance(given, list):
         raise ApiError(400, "invalid_param", shape)
     ids: list[uuid.UUID] = []
     for item in given:
-        ref = item.get("upload_id") if isinstance(item, dict) else item
+        # {"upload": id}, as a decision's files are given ("upload_id" still read).
+        ref = (item.get("upload") or item.get("upload_id")) if isinstance(item, dict) else item
         try:
             ids.append(uuid.UUID(ref))
         except (TypeError, ValueError, AttributeError):
@@ -1437,12 +1726,15 @@ def _message_files(
     for file_id in ids:
         sent = found.get(file_id)
         if sent is None:
-            message = f"No upload {file_id} of yours for {app.name}."
+            message = gettext("No upload %(id)s of yours for %(app)s.") % {
+                "id": file_id,
+                "app": app.name,
+            }
         elif sent.dify_user != dify_user:
-            message = (
-                f"The upload {file_id} was sent to Dify under the user {sent.dify_user!r}, not "
-                f"{dify_user!r}, which this run is asked as: Dify lets only that user use it."
-            )
+            message = gettext(
+                "The upload %(id)s was sent to Dify under the user %(sent)s, not %(user)s, "
+                "which this run is asked as: Dify lets only that user use it."
+            ) % {"id": file_id, "sent": repr(sent.dify_user), "user": repr(dify_user)}
         else:
             files.append(sent)
             continue
@@ -1460,7 +1752,7 @@ def _get_api_run(request: HttpRequest, public_id: Any) -> Any:
         .first()
     )
     if run is None:
-        raise ApiError(404, "not_found", "No such run, or you may not see it.")
+        raise ApiError(404, "not_found", gettext("No such run, or you may not see it."))
     return run
 
 
@@ -1482,7 +1774,9 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
         _refuse_unknown_keys(json_body(request), ())
     if not (request.user.is_staff or run.started_by_id == request.user.pk):
         raise ApiError(
-            403, "forbidden", "Only who started a run, or an administrator, may stop it."
+            403,
+            "forbidden",
+            gettext("Only who started a run, or an administrator, may stop it."),
         )
     try:
         stop_run(run, actor=request.user)
@@ -1492,7 +1786,7 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
         raise ApiError(
             429,
             "rate_limited",
-            f"Dify is receiving too many requests: {exc}",
+            gettext("Dify is receiving too many requests: %(error)s") % {"error": exc},
             exc.said,
             retry_after=exc.retry_after,
         ) from None
@@ -1500,11 +1794,15 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
         raise ApiError(
             502,
             "dify_error",
-            f"Dify did not stop the run: {exc}",
+            gettext("Dify did not stop the run: %(error)s") % {"error": exc},
             exc.said,
         ) from None
     except DifyError as exc:
-        raise ApiError(502, "dify_unavailable", f"Dify could not be reached: {exc}") from None
+        raise ApiError(
+            502,
+            "dify_unavailable",
+            gettext("Dify could not be reached: %(error)s") % {"error": exc},
+        ) from None
     run.refresh_from_db()
     return JsonResponse(_run_json(request, run), status=202)
 
@@ -1519,30 +1817,28 @@ def ingest(request: HttpRequest) -> HttpResponse:
     body = json_body(request)
     _refuse_unknown_keys(body, ("app", "workflow_run_id", "user", "form_token"))
     app = _active_app(body)
-    workflow_run_id = body.get("workflow_run_id")
-    if (
-        not isinstance(workflow_run_id, str)
-        or not workflow_run_id.strip()
-        or len(workflow_run_id) > 64
-    ):
-        raise ApiError(
-            400, "invalid_param", "'workflow_run_id' is required: the run id Dify gave the run."
+    workflow_run_id = _text_param(
+        body, "workflow_run_id", limit=64, required=gettext("the run id Dify gave the run")
+    )
+    if not _RUN_ID.fullmatch(workflow_run_id):
+        raise _param_error(
+            "workflow_run_id",
+            gettext(
+                "'workflow_run_id' is not a Dify run id: Dify's are UUIDs, of letters, digits "
+                "and dashes."
+            ),
+            gettext("Not a Dify run id."),
         )
-    user = body.get("user")
-    if not isinstance(user, str) or not user.strip() or len(user) > 255:
-        raise ApiError(
-            400, "invalid_param", "'user' is required: the Dify user that started the run."
-        )
-    _refuse_padded("user", user)
-    token = body.get("form_token") or ""
-    if not isinstance(token, str) or len(token) > 512:
-        raise ApiError(400, "invalid_param", "'form_token' must be a string.")
+    user = _text_param(
+        body, "user", limit=255, required=gettext("the Dify user that started the run")
+    )
+    token = _text_param(body, "form_token", limit=512)
     try:
         run, created = ingest_run(
             app,
-            workflow_run_id=workflow_run_id.strip(),
+            workflow_run_id=workflow_run_id,
             dify_user=user,
-            form_token=token.strip(),
+            form_token=token,
             actor=request.user,
         )
     except IngestRefused as exc:

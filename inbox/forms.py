@@ -303,6 +303,13 @@ class FileRefsField(forms.Field):
                 code="too_many",
             )
         ids = [ref for ref in refs if not ref.lower().startswith(("http://", "https://"))]
+        # The same file twice would reach Dify twice (the same upload, or the same address).
+        seen: set[str] = set()
+        for ref in refs:
+            same = str(uuid.UUID(ref)) if ref in ids and is_upload_id(ref) else ref
+            if same in seen:
+                raise ValidationError(_("The same file is attached twice."), code="duplicate")
+            seen.add(same)
         uploads = self._uploads(ids)
         result: list[FileRef] = []
         for ref in refs:

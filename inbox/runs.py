@@ -805,8 +805,10 @@ def ingest_run(
     client = DifyClient.for_app(app)
     try:
         detail = client.get_run(workflow_run_id)
-    except NotFound:
-        raise IngestRefused(
+    except NotFound as exc:
+        # Not found, or the whole app a 404 (a wrong URL or key, a proxy): Dify is asked about
+        # the app before the caller is told the run is unknown, a mistake of theirs.
+        raise _app_404(app, exc, client) or IngestRefused(
             worded(
                 gettext("Dify knows no run %(id)s in the app %(app)s."),
                 id=workflow_run_id,
@@ -815,7 +817,13 @@ def ingest_run(
             code="run_not_found",
         ) from None
     except DifyError as exc:
+        if isinstance(exc, DifyStatusError) and exc.refuses_app:
+            # Shown with the app (admin, /healthz, pages), as a start, delivery or the
+            # reconcile refused so records it.
+            app.note_refused(exc, "ingest")
         raise _unreachable(exc) from None
+    # Dify answered for one of the app's runs: a refusal of the app on record is over.
+    app.note_accepted("ingest", runs=True)
     announced: HumanInputFields | None = None
     if not form_token:
         _check_events_user(client, app, workflow_run_id, dify_user)
@@ -828,6 +836,9 @@ def ingest_run(
             announced = _form_of_run(client, workflow_run_id, dify_user, form_token, definition)
     from django.db import IntegrityError
 
+    # Asked of Dify (GET /parameters, cached) before the transaction: no call to Dify holds one
+    # open.
+    labels = _start_labels(app)
     try:
         with transaction.atomic():
             run = Run.objects.create(
@@ -837,7 +848,7 @@ def ingest_run(
                 source="ingest",
                 # What it was started with, as Dify keeps it (the run page and API show it).
                 inputs=detail.inputs or {},
-                input_labels=_start_labels(app),
+                input_labels=labels,
                 status=Run.Status.RUNNING,
                 started_by=actor if getattr(actor, "is_authenticated", False) else None,
                 started_by_username=actor.get_username()
@@ -880,7 +891,23 @@ def _check_events_user(client: DifyClient, app: DifyApp, workflow_run_id: str, u
     try:
         with client.stream_events(workflow_run_id, user=user):
             pass
-    except NotFound:
+    except NotFound as exc:
+        if _events_404_for_the_app(client, app):
+            raise IngestRefused(
+                worded(
+                    gettext(
+                        "Dify answers 404 for the events of the app %(app)s's runs, those of "
+                        "runs it showed their users before too (a proxy that does not pass "
+                        "/workflow/…/events?), not for this user alone: try again once Dify "
+                        "shows them."
+                    ),
+                    app=app.name,
+                ),
+                status=502,
+                code="dify_error",
+                dify_status=exc.status,
+                dify_code=exc.code or "",
+            ) from None
         raise IngestRefused(
             gettext(
                 "Dify does not show this run's events to the user %(user)s: give the user that "
@@ -892,6 +919,66 @@ def _check_events_user(client: DifyClient, app: DifyApp, workflow_run_id: str, u
         ) from None
     except DifyError as exc:
         raise _unreachable(exc) from None
+
+
+def _events_404_for_the_app(client: DifyClient, app: DifyApp) -> bool:
+    """Whether Dify answers 404 for the events of the app's runs whoever asks: the events of
+    the latest run started here (by the inbox, under its Dify user, which Dify shows its events
+    to) are a 404 too. No such run, or Dify not answering: not concluded (False)."""
+    from inbox.app_check import reference_runs
+    from inbox.dify.errors import NotFound
+
+    started_here = [run for run in reference_runs(app) if run.source != Run.Source.INGEST]
+    if not started_here:
+        return False
+    run = started_here[0]
+    try:
+        with client.stream_events(run.workflow_run_id, user=run.dify_user):
+            pass
+    except NotFound:
+        return True
+    except DifyError:
+        return False
+    return False
+
+
+def _app_404(app: DifyApp, exc: DifyError, client: DifyClient) -> IngestRefused | None:
+    """A 404 for a run asked about is the run's (None: the caller's to correct) only while
+    Dify still answers for the app (`app_check.check_app`, as delivery and the reconcile ask).
+    A 404 for the whole app (the key of another app, a wrong URL, a proxy) is the app's,
+    recorded as its refusal (the admin, /healthz and the pages show it): a 502 to try again
+    once Dify answers for the app, as is a Dify that could not be asked."""
+    from inbox.app_check import check_app
+
+    check = check_app(app, source="ingest", client=client)
+    if check.works:
+        return None
+    if check.refused:
+        return IngestRefused(
+            worded(
+                gettext(
+                    "Dify answers 404 for the app %(app)s as a whole (the key of another app, a "
+                    "wrong URL or a proxy?), not for this run alone: try again once Dify answers "
+                    "for the app."
+                ),
+                app=app.name,
+            ),
+            status=502,
+            code="dify_error",
+            dify_status=404,
+            dify_code=getattr(exc, "code", "") or "",
+        )
+    return IngestRefused(
+        worded(
+            gettext(
+                "Dify answered 404 for this run, and could not be asked whether it still "
+                "answers for the app %(app)s: try again."
+            ),
+            app=app.name,
+        ),
+        status=502,
+        code="dify_unavailable",
+    )
 
 
 def _ingested_again(run: Run, dify_user: str, form_token: str, actor: Any) -> Run:
@@ -927,10 +1014,15 @@ def _back_if_alive(run: Run, actor: Any) -> None:
     from inbox import capture
     from inbox.dify.errors import NotFound
 
+    client = DifyClient.for_app(run.app)
     try:
-        detail = DifyClient.for_app(run.app).get_run(run.workflow_run_id)
-    except NotFound:
-        return  # still unknown to Dify: the run stays as it ended
+        detail = client.get_run(run.workflow_run_id)
+    except NotFound as exc:
+        # Still unknown to Dify while it answers for the app: the run stays as it ended. A 404
+        # for the whole app is said (a 502), not taken for the run's.
+        if (refusal := _app_404(run.app, exc, client)) is not None:
+            raise refusal from None
+        return
     except DifyError as exc:
         raise _unreachable(exc) from None
     if run.back_in_dify(source="ingest", actor=actor):

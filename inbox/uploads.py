@@ -49,20 +49,35 @@ def upload_budget(form: Form) -> int:
     return max(settings.INBOX_UPLOADS_PER_FORM, 2 * holds)
 
 
-def _too_fast(who: str) -> UploadRejected | None:
+def _rate_key(who: str) -> str:
+    return "upload:" + hashlib.sha256(who.encode()).hexdigest()[:24]
+
+
+def _too_fast(who: str, window: int) -> UploadRejected | None:
     """One more file counted against its uploader's INBOX_UPLOADS_PER_MINUTE (guests', reviewers'
-    and API tokens' alike, across forms): the refusal once past it."""
+    and API tokens' alike, across forms) in the rate window `window`: the refusal once past it
+    (the file is then not counted: nothing is sent)."""
     from inbox import views_reach
 
-    key = "upload:" + hashlib.sha256(who.encode()).hexdigest()[:24]
-    if not views_reach._hit(key, settings.INBOX_UPLOADS_PER_MINUTE):
+    key = _rate_key(who)
+    if not views_reach._hit(key, settings.INBOX_UPLOADS_PER_MINUTE, window):
         return None
+    views_reach._unhit(key, window)
     return UploadRejected(
         _("You are uploading too many files at once. Try again in a minute."),
         status=429,
         code="rate_limited",
         retry_after=views_reach._window_left(),
     )
+
+
+def _not_sent(form: Form, who: str, size: int, window: int) -> None:
+    """A file counted by the budget and the rate that Dify refused (so it keeps nothing of it):
+    it counts against neither."""
+    from inbox import views_reach
+
+    UploadTally.give_back(form, who, size)
+    views_reach._unhit(_rate_key(who), window)
 
 
 def _budget_spent(limit: int, guest: bool) -> UploadRejected:
@@ -168,14 +183,20 @@ def upload_to_dify(
     mime_type = fileobj.content_type or "application/octet-stream"
     size = fileobj.size or 0
     file_type = _checked(spec, name, mime_type, size, form.run.app, guest=guest)
-    # The last checks before Dify: the uploader's rate, then their budget for the form, taken
-    # in one conditional UPDATE (two uploads at once cannot both take its last file).
+    # The last checks before Dify: the uploader's budget for the form, taken in one conditional
+    # UPDATE (two uploads at once cannot both take its last file), then their rate. The budget
+    # first: spent, it is spent for good, which a rate refusal's Retry-After would hide; and a
+    # file refused either way is sent nowhere, so it uses up neither.
     who = UploadTally.key(reviewer, guest_email)
-    if (refused := _too_fast(who)) is not None:
-        raise refused
     budget = upload_budget(form)
     if not UploadTally.take(form, who, size, budget):
         raise _budget_spent(budget, guest)
+    from inbox import views_reach
+
+    window = views_reach._window()
+    if (refused := _too_fast(who, window)) is not None:
+        UploadTally.give_back(form, who, size)
+        raise refused
     uploaded = _send(
         form.run.app,
         fileobj,
@@ -183,8 +204,8 @@ def upload_to_dify(
         mime_type=mime_type,
         dify_user=form.run.dify_user,
         guest=guest,
-        # Dify refused it and keeps nothing: it does not count.
-        refused=lambda: UploadTally.give_back(form, who, size),
+        # Dify refused it and keeps nothing: it does not count, for the form or the rate.
+        refused=lambda: _not_sent(form, who, size, window),
     )
     upload = Upload.objects.create(
         form=form,
@@ -367,9 +388,21 @@ def upload_message_file(
     mime_type = fileobj.content_type or "application/octet-stream"
     size = fileobj.size or 0
     file_type = _checked(spec, name, mime_type, size, app, guest=False)
-    if (refused := _too_fast(UploadTally.key(uploader))) is not None:
+    from inbox import views_reach
+
+    who, window = UploadTally.key(uploader), views_reach._window()
+    if (refused := _too_fast(who, window)) is not None:
         raise refused
-    uploaded = _send(app, fileobj, name=name, mime_type=mime_type, dify_user=dify_user, guest=False)
+    uploaded = _send(
+        app,
+        fileobj,
+        name=name,
+        mime_type=mime_type,
+        dify_user=dify_user,
+        guest=False,
+        # Dify refused it and keeps nothing: it does not count against the rate.
+        refused=lambda: views_reach._unhit(_rate_key(who), window),
+    )
     known = uploader is not None and uploader.is_authenticated
     message_file = MessageFile.objects.create(
         app=app,

@@ -62,9 +62,10 @@ def _window_left() -> int:
     return max(1, math.ceil(WINDOW - time.time() % WINDOW))
 
 
-def _hit(key: str, limit: int) -> bool:
-    """Count one request against `key` in the current minute; True when over the limit."""
-    bucket = f"reach:rate:{key}:{_window()}"
+def _hit(key: str, limit: int, window: int | None = None) -> bool:
+    """Count one request against `key` in the current minute (or in `window`, as `_window`
+    numbered it); True when over the limit."""
+    bucket = f"reach:rate:{key}:{_window() if window is None else window}"
     if cache.add(bucket, 1, timeout=WINDOW * 2):
         return 1 > limit
     try:
@@ -73,6 +74,14 @@ def _hit(key: str, limit: int) -> bool:
         # Evicted between add and incr: start the count again.
         cache.set(bucket, 1, timeout=WINDOW * 2)
         return False
+
+
+def _unhit(key: str, window: int) -> None:
+    """Uncount a request `_hit` counted in `window` (what it was counted for did not happen)."""
+    try:
+        cache.incr(f"reach:rate:{key}:{window}", -1)
+    except ValueError:
+        pass  # the window's count is gone (evicted, or the window long over): nothing to undo
 
 
 def _client_ip(request: HttpRequest) -> str:

@@ -145,7 +145,11 @@ def test_a_chatflow_needs_its_message(
         ),
         (
             {"app": "refund-approval", "inputs": {}, "user": ""},
-            (400, "invalid_param", "'user' must be a non-empty string of at most 255 characters."),
+            (
+                400,
+                "invalid_param",
+                "'user' is empty: leave it out, or send null, when there is none.",
+            ),
         ),
         (
             {"app": "refund-approval", "inputs": {"colour": "red"}},
@@ -917,7 +921,7 @@ def test_ingest_validation(
         ),
         (
             {"app": "refund-approval", "workflow_run_id": "R1", "user": "u", "form_token": 5},
-            (400, "invalid_param", "'form_token' must be a string."),
+            (400, "invalid_param", "'form_token' must be a string, not a number."),
         ),
         (
             {"app": "refund-approval", "workflow_run_id": "no-such-run", "user": "u"},
@@ -943,6 +947,107 @@ def test_ingest_validation(
         "form_not_found",
         "Dify does not know this form token in the app refund-approval.",
     )
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message", "detail"),
+    [
+        ({"app": 5}, "app", "'app' must be a string, not a number.", "Must be a string."),
+        (
+            {"app": float("nan")},
+            "app",
+            "'app' must be a string, not a number.",
+            "Must be a string.",
+        ),
+        ({"app": ""}, "app", "'app' is empty.", "Must not be empty."),
+        (
+            {"app": " refund-approval"},
+            "app",
+            "'app' starts or ends with white space; Dify compares it exactly. Send it without.",
+            "Starts or ends with white space.",
+        ),
+        (
+            {"user": "u" * 300},
+            "user",
+            "'user' is too long: 300 characters, at most 255.",
+            "At most 255 characters.",
+        ),
+        (
+            {"workflow_run_id": "a" * 100000},
+            "workflow_run_id",
+            "'workflow_run_id' is too long: 100000 characters, at most 64.",
+            "At most 64 characters.",
+        ),
+        (
+            {"workflow_run_id": " abc "},
+            "workflow_run_id",
+            "'workflow_run_id' starts or ends with white space; Dify compares it exactly. Send "
+            "it without.",
+            "Starts or ends with white space.",
+        ),
+        (
+            {"form_token": "t" * 600},
+            "form_token",
+            "'form_token' is too long: 600 characters, at most 512.",
+            "At most 512 characters.",
+        ),
+        (
+            {"form_token": False},
+            "form_token",
+            "'form_token' must be a string, not true/false.",
+            "Must be a string.",
+        ),
+        (
+            {"form_token": 0},
+            "form_token",
+            "'form_token' must be a string, not a number.",
+            "Must be a string.",
+        ),
+        (
+            {"form_token": []},
+            "form_token",
+            "'form_token' must be a string, not an array.",
+            "Must be a string.",
+        ),
+        (
+            {"form_token": ""},
+            "form_token",
+            "'form_token' is empty: leave it out, or send null, when there is none.",
+            "Must not be empty.",
+        ),
+        *[
+            (
+                {"workflow_run_id": bad},
+                "workflow_run_id",
+                "'workflow_run_id' is not a Dify run id: Dify's are UUIDs, of letters, digits "
+                "and dashes.",
+                "Not a Dify run id.",
+            )
+            for bad in (".", "..", "a/b", "a b", "a?b", "a%2Fb", "\u00e9t\u00e9")
+        ],
+    ],
+)
+def test_ingest_says_which_field_is_wrong_and_how(
+    client: Client,
+    simulator: Any,
+    refunds: DifyApp,
+    reviewer: User,
+    fields: dict[str, Any],
+    field: str,
+    message: str,
+    detail: str,
+) -> None:
+    body = {"app": "refund-approval", "workflow_run_id": "R1", "user": "u", **fields}
+    response = post(client, "/api/v1/ingest", body, reviewer)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "invalid_param",
+        "message": message,
+        "details": {field: [detail]},
+    }
+    # Nothing was asked of Dify.
+    assert not simulator.exchanges("workflow_run_detail")
     assert not Run.objects.exists()
 
 
@@ -1128,3 +1233,61 @@ def test_a_dify_that_hangs_is_said_unreachable_within_the_request_s_deadline(
     assert error(response)[:2] == (502, "dify_unavailable")
     assert simulator.request_count("workflow_run_detail") == 1
     assert not Run.objects.exists()
+
+
+def test_the_run_and_form_detail_say_when_dify_cannot_be_reached_or_refuses_the_app(
+    client: Client, simulator: Any, paused_run: Run, reviewer: User
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox.app_check import AppNotFound
+    from inbox.dify.errors import ServerError
+    from inbox.models import APP_NOT_FOUND_REFUSAL
+
+    form = Form.objects.get()
+    run_path = f"/api/v1/runs/{paused_run.public_id}"
+    form_path = f"/api/v1/forms/{form.public_id}"
+
+    def said() -> list[dict[str, Any]]:
+        return [
+            client.get(path, **bearer(reviewer)).json()["dify"] for path in (run_path, form_path)
+        ]
+
+    ok = {
+        "state": "ok",
+        "since": None,
+        "reason": None,
+        "dify_status": None,
+        "following": "ok",
+        "next_try": None,
+    }
+    assert said() == [ok, ok]
+    app = paused_run.app
+    # Dify fails the app's calls (a 503 seen by the reconcile): unreachable, since then.
+    app.note_unreachable(
+        ServerError(503, "service_unavailable", "Service Unavailable"), "reconcile"
+    )
+    app.refresh_from_db()
+    for dify in said():
+        assert (dify["state"], dify["reason"], dify["dify_status"]) == (
+            "unreachable",
+            "not_reachable",
+            503,
+        )
+        assert dify["since"] == app.contact_failed_since.isoformat()
+    # The follower gave up on the run's events for now: said, with its next try.
+    later = timezone.now() + dt.timedelta(minutes=4)
+    Run.objects.filter(pk=paused_run.pk).update(give_ups=2, refollow_after=later)
+    for dify in said():
+        assert (dify["following"], dify["next_try"]) == ("given_up", later.isoformat())
+    # Dify answers 404 for the app as a whole: refused, never with Dify's message.
+    app.note_refused(AppNotFound(404, APP_NOT_FOUND_REFUSAL, "secret-ish detail"), "ingest")
+    for dify in said():
+        assert (dify["state"], dify["reason"], dify["dify_status"]) == (
+            "refused",
+            "app_not_found",
+            404,
+        )
+    assert "secret-ish" not in client.get(run_path, **bearer(reviewer)).content.decode()

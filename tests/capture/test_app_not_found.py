@@ -358,3 +358,73 @@ def test_a_404_is_not_taken_for_the_run_s_own_on_a_qualified_name_alone(
     assert check_app(app, source="reconcile").refused
     app.refresh_from_db()
     assert app.refusal_code == "app_not_found"
+
+
+def _ingest(caller: User, app: DifyApp, **body: Any) -> Any:
+    _token, raw = ApiToken.issue(caller)
+    return Client().post(
+        "/api/v1/ingest",
+        json.dumps({"app": app.name, **body}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+
+
+def test_an_ingest_while_dify_answers_404_for_the_whole_app_is_a_502_and_refuses_the_app(
+    simulator: Any, sim_app: Any, admin_user: User
+) -> None:
+    from inbox.models import APP_NOT_FOUND_REFUSAL
+
+    app = sim_app("refund-approval")
+    started = simulator.start_run("refund-approval", user="ext-k")
+    token = started.form("manager_approval")["form_token"]
+    # A wrong URL or a proxy: /info, /parameters and every run are 404s.
+    simulator.add_fault("status", "*", app="refund-approval", status=404, times=None)
+    for extra in ({}, {"form_token": token}):
+        response = _ingest(
+            admin_user, app, workflow_run_id=started.workflow_run_id, user="ext-k", **extra
+        )
+        assert response.status_code == 502, response.content
+        error = response.json()["error"]
+        assert error["code"] == "dify_error"
+        assert error["details"]["dify_status"] == 404
+        assert "404 for the app refund-approval as a whole" in error["message"]
+        assert token not in response.content.decode()
+    assert not Run.objects.exists()
+    # Recorded on the app, as delivery and the reconcile record it.
+    app.refresh_from_db()
+    assert app.refused_at is not None and app.refusal_code == APP_NOT_FOUND_REFUSAL
+    # Dify answers for the app again: the same ingest records the run, and the app is accepted.
+    simulator.clear_faults()
+    response = _ingest(admin_user, app, workflow_run_id=started.workflow_run_id, user="ext-k")
+    assert response.status_code == 201, response.content
+    app.refresh_from_db()
+    assert app.refused_at is None
+    # A run Dify does not have while it answers for the app is the caller's mistake.
+    response = _ingest(admin_user, app, workflow_run_id="no-such-run", user="ext-k")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "run_not_found"
+    app.refresh_from_db()
+    assert app.refused_at is None
+
+
+def test_an_ingest_while_only_the_events_are_404_for_the_app_is_no_user_mismatch(
+    simulator: Any, sim_app: Any, admin_user: User
+) -> None:
+    app = sim_app("refund-approval")
+    # A run started here: Dify showed its events to its user.
+    mine = start(simulator, app)
+    assert mine.workflow_run_id
+    started = simulator.start_run("refund-approval", user="ext-k")
+    # A proxy that does not pass /workflow/.../events.
+    simulator.add_fault("status", "workflow_events", app="refund-approval", status=404, times=None)
+    response = _ingest(admin_user, app, workflow_run_id=started.workflow_run_id, user="ext-k")
+    assert response.status_code == 502, response.content
+    error = response.json()["error"]
+    assert (error["code"], error["details"]["dify_status"]) == ("dify_error", 404)
+    assert "events" in error["message"]
+    assert not Run.objects.filter(workflow_run_id=started.workflow_run_id).exists()
+    simulator.clear_faults()
+    # Dify shows the events again: a wrong user is told so.
+    response = _ingest(admin_user, app, workflow_run_id=started.workflow_run_id, user="ext-x")
+    assert response.json()["error"]["code"] == "user_mismatch"

@@ -230,7 +230,7 @@ def test_the_api_takes_files_with_a_conversation_s_next_message(
     }
     assert Run.objects.count() == 1
 
-    response = start([{"upload_id": uploaded["id"]}])
+    response = start([{"upload": uploaded["id"]}])
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["files"] == [{k: v for k, v in uploaded.items() if k != "user"}]

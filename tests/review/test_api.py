@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -60,7 +61,10 @@ def test_the_list_is_narrowed_to_an_app_by_its_name_and_refuses_what_it_does_not
     ):
         response = client.get(f"/api/v1/forms?{query}", **auth)
         assert response.status_code == 400
-        assert response.json()["error"] == {"code": "invalid_param", "message": message}
+        error = response.json()["error"]
+        assert (error["code"], error["message"]) == ("invalid_param", message)
+        # The parameter is named, as the other calls' errors name their fields.
+        assert list(error["details"]) == [query.split("=")[0]]
 
 
 def test_detail_gives_the_definition_and_never_the_token(
@@ -697,6 +701,7 @@ def test_a_submission_key_is_a_string_or_absent(
             "code": "invalid_param",
             "message": "'submission_key' must be a string of 1 to 64 characters (any "
             "characters), or be left out.",
+            "details": {"submission_key": ["A string of 1 to 64 characters."]},
         }
     # An empty key is not "no key": nothing was decided under it.
     assert not form.decisions.exists()
@@ -895,3 +900,76 @@ def test_a_database_that_does_not_answer_is_a_503_to_try_again(
     # Said in the log, without a traceback per call.
     assert "database unavailable: connection to server at 10.0.0.5 failed" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_a_file_listed_twice_or_a_value_that_is_no_upload_id_is_refused_by_its_input(
+    client: Client, auth: dict[str, str], form: Form, django_capture_on_commit_callbacks: Any
+) -> None:
+    mine = Upload.objects.create(
+        form=form,
+        uploaded_by=ApiToken.objects.get().user,
+        input_name="evidence",
+        upload_file_id="dify-annex",
+        name="annex.png",
+        size=10,
+        category="image",
+    )
+    annex = str(mine.public_id)
+
+    def decide(receipt: Any, evidence: Any) -> Any:
+        with django_capture_on_commit_callbacks(execute=False):
+            inputs = {"note": "ok", "decision": "refund", "receipt": receipt, "evidence": evidence}
+            body = {"action": "approve", "inputs": inputs}
+            return post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+
+    url = "https://files.example.com/r.pdf"
+    for twice in ([annex, annex], [annex, {"upload": annex.upper()}], [url + "#.png"] * 2):
+        refused = decide(url, twice)
+        assert refused.status_code == 400, twice
+        assert refused.json()["error"]["details"] == {
+            "evidence": ["The same file is attached twice."]
+        }
+    # Neither an upload id nor a web address: said as an upload id that is none, by its input.
+    refused = decide("nope", [])
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["message"].startswith("receipt: 'nope' is not an upload id")
+    assert "web address starting with http" in error["message"]
+    assert list(error["details"]) == ["receipt"]
+    # A value of the wrong shape is told the documented shapes only.
+    shape = decide({"name": "x"}, [])
+    said = shape.json()["error"]["message"]
+    assert '{"upload": id}' in said and "upload_id" not in said
+    # Given as documented, once, it is taken.
+    decided = decide(url, [{"upload": annex}])
+    assert decided.status_code == 202, decided.content
+    assert decided.json()["decision"]["inputs"]["evidence"][0]["upload"] == annex
+
+
+def test_every_api_message_is_in_the_caller_s_language(
+    client: Client, auth: dict[str, str], form: Form
+) -> None:
+    """One rule: Accept-Language is honoured for every message (codes stay as they are)."""
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-hans", **auth}
+    cases = [
+        client.get("/api/v1/forms?status=zz", **zh),
+        client.get("/api/v1/forms?page=x", **zh),
+        client.get("/api/v1/forms?colour=red", **zh),
+        client.get("/api/v1/nowhere", **zh),
+        client.get("/api/v1/forms", HTTP_ACCEPT_LANGUAGE="zh-hans"),
+        client.post("/api/v1/ingest", json.dumps({"app": "x"}), "application/json", **zh),
+        client.post("/api/v1/ingest", json.dumps({"app": 5}), "application/json", **zh),
+        client.post("/api/v1/ingest", "nope", "text/plain", **zh),
+        client.post(
+            f"/api/v1/forms/{form.public_id}/decision",
+            json.dumps({"action": "approve", "inputs": {}, "colour": 1}),
+            "application/json",
+            **zh,
+        ),
+    ]
+    for response in cases:
+        message = response.json()["error"]["message"]
+        assert re.search("[\u4e00-\u9fff]", message), message
+    # And in English without the header.
+    english = client.get("/api/v1/forms?status=zz", **auth).json()["error"]["message"]
+    assert english.startswith("Unknown status 'zz'; one of:")

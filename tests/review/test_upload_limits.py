@@ -206,3 +206,50 @@ def test_an_upload_keeps_the_username_of_who_made_it(
     reviewer.delete()
     upload.refresh_from_db()
     assert (upload.uploaded_by, upload.uploaded_by_username) == (None, "alice")
+
+
+@override_settings(INBOX_UPLOADS_PER_FORM=2, INBOX_UPLOADS_PER_MINUTE=2)
+def test_a_spent_budget_is_said_before_the_rate_and_refusals_use_up_no_rate(
+    client: Client, simulator: Any, sim_form: Form, reviewer: User, one_window: None
+) -> None:
+    _token, raw = ApiToken.issue(reviewer)
+    assert [_api_upload(client, sim_form, raw, f"f{n}.pdf").status_code for n in range(2)] == [
+        201,
+        201,
+    ]
+    # The budget is spent for good: said so, not as a rate to wait out.
+    for n in range(3):
+        refused = _api_upload(client, sim_form, raw, f"g{n}.pdf")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "upload_limit_reached"
+        assert "Retry-After" not in refused
+    assert _sent(simulator) == 2
+
+
+@override_settings(INBOX_UPLOADS_PER_FORM=2, INBOX_UPLOADS_PER_MINUTE=3)
+def test_only_files_sent_to_dify_count_against_the_rate(
+    client: Client,
+    simulator: Any,
+    sim_form: Form,
+    reviewer: User,
+    one_window: None,
+) -> None:
+    _token, raw = ApiToken.issue(reviewer)
+    # Refused by Dify: it keeps nothing, so neither the form's budget nor the rate counts it.
+    simulator.add_fault("status", "files_upload", status=415, code="unsupported_file_type")
+    assert _api_upload(client, sim_form, raw, "refused.pdf").status_code == 400
+    assert _api_upload(client, sim_form, raw, "a.pdf").status_code == 201
+    assert _api_upload(client, sim_form, raw, "a2.pdf").status_code == 201
+    # Refused by the form's budget, again and again: nothing sent, no rate used up.
+    for n in range(3):
+        refused = _api_upload(client, sim_form, raw, f"b{n}.pdf")
+        assert refused.json()["error"]["code"] == "upload_limit_reached"
+    other = make_form(sim_form.run.app, definition=_receipt_only())
+    assert _api_upload(client, other, raw, "c.pdf").status_code == 201
+    # Now three files went to Dify this minute: the next one waits.
+    third = make_form(sim_form.run.app, definition=_receipt_only())
+    refused = _api_upload(client, third, raw, "d.pdf")
+    assert refused.json()["error"]["code"] == "rate_limited"
+    # ... and is not counted against that form's budget.
+    assert not UploadTally.objects.filter(form=third, files__gt=0).exists()
+    assert _sent(simulator) == 3
