@@ -954,9 +954,29 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
         description=_("Close here: Dify no longer has, or will not answer for, these runs"),
         permissions=["close_here"],
     )
-    def close_here(self, request: HttpRequest, queryset: Any) -> None:
+    def close_here(self, request: HttpRequest, queryset: Any) -> TemplateResponse | None:
         """Write runs off in the inbox alone (`Run.close_here`), for a Dify that lost them or a
-        server retired: nothing is asked of Dify."""
+        server retired: nothing is asked of Dify. It cannot be undone (the forms' tokens go,
+        their recipients are told), so a page first says what it will close, as a deletion's."""
+        if "confirm" not in request.POST:
+            count = queryset.count()
+            preview = list(
+                queryset.select_related("app").annotate(
+                    open_forms=Count("forms", filter=Q(forms__status=Form.Status.PENDING))
+                )[:REASSIGN_PREVIEW]
+            )
+            context = {
+                **self.admin_site.each_context(request),
+                "title": _("Close runs here"),
+                "opts": self.model._meta,
+                "runs": preview,
+                "count": count,
+                "more": count - len(preview),
+                "select_across": request.POST.get("select_across") == "1",
+                "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/inbox/run/close_here.html", context)
         for run in queryset:
             if run.is_finished:
                 self.message_user(
@@ -990,6 +1010,7 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
                     % {"run": run, "count": closed},
                     messages.SUCCESS,
                 )
+        return None
 
 
 class FormRecipientInline(admin.TabularInline):

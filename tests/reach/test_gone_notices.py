@@ -19,7 +19,7 @@ from django.test import Client
 from django.utils import timezone
 
 from inbox import notify
-from inbox.models import Decision, Form, FormRecipient
+from inbox.models import AuditEntry, Decision, Form, FormRecipient
 from tests.reach.conftest import GUEST, GUEST_ZH
 from tests.reach.factories import html_of, make_form
 from tests.reach.test_failures import _fail, _guest_decides
@@ -215,12 +215,29 @@ def test_a_form_back_from_gone_emails_those_told_again_with_a_link_that_works(
 
 
 def _close_here(client: Client, *runs: Any) -> str:
+    """The action as an administrator takes it: the page that says what it will close, then
+    its confirmation."""
+    chosen = {"action": "close_here", "_selected_action": [str(run.pk) for run in runs]}
+    client.post("/admin/inbox/run/", chosen)
     page: str = client.post(
-        "/admin/inbox/run/",
-        {"action": "close_here", "_selected_action": [str(run.pk) for run in runs]},
-        follow=True,
+        "/admin/inbox/run/", {**chosen, "index": "0", "confirm": "yes"}, follow=True
     ).content.decode()
     return page
+
+
+def test_closing_runs_here_first_says_what_it_will_close(
+    routed_form: Form, admin_user: User
+) -> None:
+    admin = Client()
+    admin.force_login(admin_user)
+    page = admin.post(
+        "/admin/inbox/run/",
+        {"action": "close_here", "_selected_action": [str(routed_form.run_id)]},
+    ).content.decode()
+    assert "This cannot be undone." in page and 'name="confirm"' in page
+    assert "1 run selected." in page and "<td>1</td>" in page  # its one open form
+    assert Form.objects.get(pk=routed_form.pk).status == Form.Status.PENDING
+    assert not AuditEntry.objects.filter(verb="run_closed_here").exists()
 
 
 def test_an_administrator_writes_off_a_run_of_a_retired_server_and_those_emailed_are_told(
