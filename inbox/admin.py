@@ -990,9 +990,8 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
                 self.message_user(
                     request,
                     _(
-                        "%(run)s: not closed: a decision on one of its forms is on its way to "
-                        "Dify. Close it once that decision is delivered or has failed (admin → "
-                        "Decisions)."
+                        "%(run)s: not closed: a decision on one of its forms is being sent to "
+                        "Dify right now. Try again in a few minutes, once that attempt has ended."
                     )
                     % {"run": run},
                     messages.WARNING,

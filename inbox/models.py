@@ -543,6 +543,12 @@ CLOSED_HERE_REASON = Reason(
         "Closed here by an administrator: Dify no longer has this run, or will not answer for it."
     )
 )
+NOT_SENT_CLOSED_HERE = Reason(
+    gettext_noop(
+        "Not sent: an administrator closed its run here (Dify no longer has the run, or will not "
+        "answer for it) while the decision waited to be sent."
+    )
+)
 # The `mode` Dify's /info names for each kind of app (the spec's AppInfoResponse).
 DIFY_MODES: dict[str, str] = {
     DifyApp.Mode.WORKFLOW: "workflow",
@@ -820,21 +826,29 @@ class Run(models.Model):
         it again (its server retired, its data lost). Closed here alone, nothing asked of Dify:
         it ends as failed, saying so, and its forms still waiting for an answer (or whose
         decision failed for good) close as gone, their recipients told as for a run gone from
-        Dify. Not while a decision on one of its forms is on its way to Dify: None then, and
-        nothing changes. Returns how many forms closed (0 for a run that had ended)."""
+        Dify. A decision waiting to be sent (again) fails first, saying why (its maker is told,
+        as of any failed decision); one a worker is sending right now is waited for: None then,
+        and nothing changes. Returns how many forms closed (0 for a run that had ended)."""
         reason = CLOSED_HERE_REASON
         with transaction.atomic():
             run = Run.objects.select_for_update().filter(pk=self.pk).first()
             if run is None or run.is_finished:
                 return 0
             forms = list(Form.objects.select_for_update().filter(run=run))
-            if any(form.status == Form.Status.SUBMITTING for form in forms) or (
-                Decision.objects.filter(
-                    form__run=run,
-                    status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING),
-                ).exists()
-            ):
+            if Decision.objects.filter(form__run=run, status=Decision.Status.DELIVERING).exists():
                 return None
+            for waiting in Decision.objects.filter(
+                form__run=run, status=Decision.Status.QUEUED
+            ).values_list("pk", flat=True):
+                Decision.finish(
+                    waiting,
+                    status=Decision.Status.FAILED,
+                    form_status=Form.Status.FAILED,
+                    reason=NOT_SENT_CLOSED_HERE,
+                    verb="decision_failed",
+                    source="closed here",
+                )
+            forms = list(Form.objects.filter(run=run))
             now = timezone.now()
             Run.objects.filter(pk=run.pk).update(
                 status=Run.Status.FAILED,

@@ -249,16 +249,27 @@ def test_an_administrator_writes_off_a_run_of_a_retired_server_and_those_emailed
     # nothing here), and nothing is asked of it.
     form = emailed(routed_form)
     run = form.run
+    # A decision a worker is sending right now: that run is left alone, and the administrator
+    # is told why.
     busy = make_form(form.run.app)
-    Form.objects.filter(pk=busy.pk).update(status=Form.Status.SUBMITTING)
+    sending = busy.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
+    Decision.objects.filter(pk=sending.pk).update(status=Decision.Status.DELIVERING)
+    # A decision waiting to be sent again (its server down for good): it fails, its maker is
+    # told, and its form closes with the run.
+    stuck = make_form(form.run.app)
+    waiting = stuck.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
     admin = Client()
     admin.force_login(admin_user)
-    page = _close_here(admin, run, busy.run)
+    page = _close_here(admin, run, busy.run, stuck.run)
     assert "closed here; 1 open form closed as gone from Dify, its recipients told." in page
-    # A decision on its way to Dify: left alone, and the administrator is told why.
-    assert "not closed: a decision on one of its forms is on its way to Dify" in page
+    assert "not closed: a decision on one of its forms is being sent to Dify right now" in page
     assert Form.objects.get(pk=busy.pk).status == Form.Status.SUBMITTING
     assert not Run.objects.get(pk=busy.run_id).is_finished
+    waiting.refresh_from_db()
+    assert waiting.status == Decision.Status.FAILED
+    assert "an administrator closed its run here" in waiting.last_error
+    assert Form.objects.get(pk=stuck.pk).status == Form.Status.GONE
+    assert Run.objects.get(pk=stuck.run_id).is_finished
     run.refresh_from_db()
     form.refresh_from_db()
     assert run.status == Run.Status.FAILED and run.error == CLOSED_HERE_REASON
