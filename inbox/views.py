@@ -422,6 +422,11 @@ class Row:
     # Who holds the open form ("You are handling this", "Taken by Ann Lee"), or "".
     holder: str = ""
     mine: bool = False
+    # A decided form: when, and the action that filled it (in Dify's words), if known.
+    decided_iso: str = ""
+    decided_rel: str = ""
+    decided_title: str = ""
+    action: str = ""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -475,6 +480,7 @@ def rows_html(rows: list[Row]) -> SafeString:
     arrived_before, _sep, arrived_after = _("Arrived %(when)s").partition("%(when)s")
     expires_before, _sep, expires_after = _("Expires %(when)s").partition("%(when)s")
     expired_label, no_limit = _("Expired"), _("No time limit")
+    decided_before, _sep, decided_after = _("Decided %(when)s").partition("%(when)s")
     out = []
     for r in rows:
         # The link is named by the form's title alone, which many rows share ("Manager
@@ -499,6 +505,16 @@ def rows_html(rows: list[Row]) -> SafeString:
                     f'title="{escape(r.expires_title)}">{escape(r.expires_rel)}</time>'
                     f"{escape(expires_after)}</span>"
                 )
+        elif r.decided_iso:
+            described.insert(1, f"{rid}-left")
+            decided = escape(r.decided_iso)
+            side = (
+                f'<span class="left muted" id="{rid}-left">{escape(decided_before)}'
+                f'<time datetime="{decided}" data-rel title="{escape(r.decided_title)}">'
+                f"{escape(r.decided_rel)}</time>{escape(decided_after)}"
+                + (f' · <span class="action">{escape(r.action)}</span>' if r.action else "")
+                + "</span>"
+            )
         status = escape(r.status)
         out.append(
             f'<li class="row status-{status}" data-id="{escape(r.id)}">'
@@ -539,6 +555,8 @@ ROW_FIELDS = (
     "claimed_by__username",
     "claimed_by__first_name",
     "claimed_by__last_name",
+    "decided_at",
+    "filled_action_text",
 )
 # The start of the content, enough for a row's excerpt.
 CONTENT_HEAD = Left("content", 400)
@@ -579,7 +597,28 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
         expires_title=fmt.datetime(expires) if expires else "",
         urgent=timefmt.is_urgent(expires, now),
         expired=expires is not None and expires <= now,
+        **_decided(values, status, fmt),
     )
+
+
+def _decided(values: dict[str, Any], status: str, fmt: RowFormat) -> dict[str, str]:
+    """When a decided (or answered elsewhere) form was decided, and with which action: what the
+    Submitted tab's rows tell apart."""
+    decided = values.get("decided_at")
+    if status not in ("submitted", "answered_elsewhere") or decided is None:
+        return {}
+    return {
+        "decided_iso": decided.isoformat(),
+        "decided_rel": fmt.relative(decided),
+        "decided_title": fmt.datetime(decided),
+        # One line's worth: the form page has the whole title.
+        "action": excerpt_line(values.get("filled_action_text") or "", 60),
+    }
+
+
+def excerpt_line(text: str, length: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= length else text[: length - 1].rstrip() + "…"
 
 
 # The header the list's poll sends with `rows_key` of the rows it shows (index.html).

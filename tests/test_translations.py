@@ -185,7 +185,7 @@ def test_chinese_is_spaced_from_latin_words_numbers_and_placeholders() -> None:
         if english in compact or "\n" in english:
             continue
         text = chinese
-        if re.search(r"Arrived|Expires|expires|Try again %\(when\)s|ask again", english):
+        if re.search(r"Arrived|Decided|Expires|expires|Try again %\(when\)s|ask again", english):
             text = relative.sub("\u73b0\u5728", text)  # stands in for the Chinese words it says
         touching = re.search(f"{han}{latin}|{latin}{han}", text)
         cramped = re.search(f" [{full_width}]|[{full_width}] ", text)

@@ -56,6 +56,25 @@ def test_a_row_shows_app_excerpt_run_age_and_status(alice: Client, dify_app: Dif
     assert f'<span class="badge pending" id="{row}-status">Pending</span>' in page
 
 
+def test_a_decided_row_says_when_and_with_which_action(alice: Client, dify_app: DifyApp) -> None:
+    form = make_form(dify_app, status=Form.Status.SUBMITTED)
+    Form.objects.filter(pk=form.pk).update(
+        decided_at=timezone.now() - dt.timedelta(hours=3), filled_action_text="Approve refund"
+    )
+    page = alice.get("/?status=submitted").content.decode()
+    row = f"row-{form.public_id}"
+    side = re.search(
+        rf'<span class="left muted" id="{row}-left">(.*?)</span> <span class="badge', page
+    )
+    assert side is not None
+    assert re.fullmatch(
+        r'Decided <time datetime="[^"]+" data-rel title="[^"]+">3 hours ago</time>'
+        r' · <span class="action">Approve refund</span>',
+        side.group(1),
+    )
+    assert f'aria-describedby="{row}-app {row}-left {row}-status"' in page
+
+
 def test_in_chinese_the_time_comes_before_arrived_and_expires(
     alice: Client, dify_app: DifyApp
 ) -> None:
