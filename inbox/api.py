@@ -1477,20 +1477,22 @@ def _continue_conversation(
             gettext("Only who started this conversation, or an administrator, may go on with it."),
         )
     latest = conversation_start(app, conversation_id, request.user)
-    if latest is not None and not latest.is_finished:
-        raise ApiError(
-            409,
-            "conversation_in_progress",
-            gettext("The conversation's last message (run %(run)s) has not ended yet.")
-            % {"run": latest.public_id},
-        )
     given_user = _optional_text(body, "user", limit=255)
     dify_user = given_user or (latest.dify_user if latest else default_dify_user(request.user))
     inputs = latest.inputs if latest and latest.dify_user == dify_user else {}
     extra = [_file_ids(body)] if body.get("files") else []
     digest = start_digest(app.pk, {}, query, dify_user, conversation_id, *extra)
     try:
+        # A message sent again under its key first: its own run is the conversation's last,
+        # and may still be running.
         started_under(key, digest)
+        if latest is not None and not latest.is_finished:
+            raise ApiError(
+                409,
+                "conversation_in_progress",
+                gettext("The conversation's last message (run %(run)s) has not ended yet.")
+                % {"run": latest.public_id},
+            )
         files = _message_files(request, app, body, dify_user)
         run = start_run(
             app,
@@ -1512,12 +1514,28 @@ def _continue_conversation(
     return JsonResponse(_run_json(request, run), status=201)
 
 
+def _file_ref(item: Any) -> Any:
+    """One of a start's `files`: `{"upload": id}`, as a decision's files are given
+    ("upload_id" still read), or the id alone."""
+    if isinstance(item, dict):
+        return item.get("upload") or item.get("upload_id")
+    return item
+
+
 def _file_ids(body: dict[str, Any]) -> Any:
-    """A start's `files` as its digest keeps them (as sent; checked by `_message_files`)."""
+    """A start's `files` as its digest keeps them: the ids, in one spelling (checked by
+    `_message_files`), so the same files sent again are the same start and others are not."""
     given = body.get("files")
-    if isinstance(given, list):
-        return [item.get("upload_id") if isinstance(item, dict) else item for item in given]
-    return given
+    if not isinstance(given, list):
+        return given
+    ids = []
+    for item in given:
+        ref = _file_ref(item)
+        try:
+            ids.append(str(uuid.UUID(str(ref))))
+        except ValueError:
+            ids.append(ref)
+    return ids
 
 
 def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
@@ -1707,14 +1725,17 @@ def _message_files(
         raise ApiError(400, "invalid_param", shape)
     ids: list[uuid.UUID] = []
     for item in given:
-        # {"upload": id}, as a decision's files are given ("upload_id" still read).
-        ref = (item.get("upload") or item.get("upload_id")) if isinstance(item, dict) else item
         try:
-            ids.append(uuid.UUID(ref))
+            ids.append(uuid.UUID(_file_ref(item)))
         except (TypeError, ValueError, AttributeError):
             raise ApiError(400, "invalid_param", shape) from None
+    if len(set(ids)) < len(ids):
+        # Dify would be sent the file as often as it is listed; the run records it once.
+        twice = gettext("The same file is attached twice.")
+        raise ApiError(400, "invalid_inputs", twice, details={"files": [twice]})
     spec = _message_file_spec(app)
-    if (many := too_many_files(spec.max_files, len(ids))) is not None:
+    # As the pages cap them: Dify's own limit, else the inbox's.
+    if (many := too_many_files(spec.ui_max_files, len(ids))) is not None:
         raise ApiError(400, "invalid_inputs", many, details={"files": [many]})
     found = {
         f.public_id: f

@@ -349,6 +349,15 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     add_files_field(form, app, spec, _kept_files(request, app, latest.dify_user))
     start_problem = ""
     if request.method == "POST" and not latest.is_finished:
+        if (
+            request.POST.get("submission_key")
+            and latest.started_by_id == request.user.pk
+            and latest.source == "ui"
+            and form.is_valid()
+            and latest.query == form.cleaned_data["query"]
+        ):
+            # The page sent twice: its message is the conversation's last, still running.
+            return redirect("inbox:run", public_id=latest.public_id)
         form.add_error(None, _("The conversation's last message has not ended yet."))
     elif request.method == "POST" and _valid(request, form):
         started = _start_from_page(

@@ -222,6 +222,12 @@ def test_the_run_page_goes_on_with_the_conversation(
     assert f'<a href="/runs/{first.public_id}/"' in page and 'aria-current="page">2<' in page
     # Its last message has not ended: no going on yet, on the page or by posting it.
     assert f"/runs/{second.public_id}/continue" not in page
+    # The page sent twice (a double click, a resent form): the message it sent, not an error.
+    again = client.post(
+        f"/runs/{first.public_id}/continue",
+        {"query": "Thanks!\r\nAnd the other one?", "submission_key": "k1"},
+    )
+    assert again.status_code == 302 and again["Location"] == f"/runs/{second.public_id}/"
     response = client.post(f"/runs/{first.public_id}/continue", {"query": "Hello?"})
     assert response.status_code == 400
     assert "last message has not ended yet" in response.content.decode()

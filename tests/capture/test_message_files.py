@@ -210,12 +210,13 @@ def test_the_api_takes_files_with_a_conversation_s_next_message(
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "upload_rejected"
 
-    def start(files: list[Any]) -> Any:
+    def start(files: list[Any], **extra: Any) -> Any:
         body = {
             "app": "support-chat",
             "query": "A photo.",
             "conversation_id": first.conversation_id,
             "files": files,
+            **extra,
         }
         return api(
             client, reviewer, "/api/v1/runs", data=json.dumps(body), content_type="application/json"
@@ -224,15 +225,34 @@ def test_the_api_takes_files_with_a_conversation_s_next_message(
     response = start([{"upload_id": other["id"]}])
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_inputs"
     assert "someone-else" in response.json()["error"]["message"]
-    response = start([{"upload_id": uploaded["id"]}] * 4)
+    # The same file twice would reach Dify twice.
+    response = start([{"upload": uploaded["id"]}, {"upload_id": uploaded["id"]}])
+    assert response.json()["error"]["details"] == {"files": ["The same file is attached twice."]}
+    more = [
+        api(
+            client,
+            reviewer,
+            "/api/v1/runs/files",
+            data={"app": "support-chat", "user": "inbox-alice", "file": png(f"{n}.png")},
+        ).json()["id"]
+        for n in range(3)
+    ]
+    response = start([{"upload": uploaded["id"]}] + [{"upload": i} for i in more])
     assert response.json()["error"]["details"] == {
         "files": ["This app takes at most 3 files with a message."]
     }
     assert Run.objects.count() == 1
 
-    response = start([{"upload": uploaded["id"]}])
+    response = start([{"upload": uploaded["id"]}], submission_key="k1")
     assert response.status_code == 201, response.content
     body = response.json()
+    # Sent again under its key with other files: another start, refused, not the first's run.
+    again = start([{"upload": more[0]}], submission_key="k1")
+    assert again.status_code == 409, again.content
+    assert again.json()["error"]["code"] == "submission_key_reused"
+    # The same files, spelt the other way: the same start.
+    same = start([{"upload_id": uploaded["id"].upper()}], submission_key="k1")
+    assert same.status_code == 200 and same.json()["id"] == body["id"]
     assert body["files"] == [{k: v for k, v in uploaded.items() if k != "user"}]
     second = Run.objects.get(public_id=body["id"])
     in_dify = simulator.run(second.workflow_run_id)
