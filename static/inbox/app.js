@@ -1197,7 +1197,8 @@
     if (!saved) return;
     var here = saved.path === window.location.pathname;
     var user = currentUser();
-    var drop = !(Date.now() - saved.at < 3600000) || (here && saved.user !== user);
+    // Old, or any page signed in as someone else (a shared computer): never kept for them.
+    var drop = !(Date.now() - saved.at < 3600000) || (user && saved.user !== user);
     // The sign-in page, or another page on the way: kept for the form's own.
     if (!drop && (!here || !user)) return;
     try { window.sessionStorage.removeItem(SIGNIN_KEY); } catch (e) { /* read once anyway */ }
@@ -1214,6 +1215,16 @@
     // Filled once in the page, so it is read out.
     window.setTimeout(function () { note.textContent = words; }, 50);
   }
+
+  // Signing out leaves nothing typed behind in the tab for whoever signs in next.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form || !form.matches || !form.matches("form[data-logout]")) return;
+    try {
+      window.sessionStorage.removeItem(SIGNIN_KEY);
+      window.sessionStorage.removeItem(SWITCH_KEY);
+    } catch (e) { /* nothing was kept */ }
+  }, true);
 
   // --- "← Inbox" goes back to the list as it was left ----------------------------------------
   // The inbox keeps its address (tab, filters, sort, page: what htmx pushed) in the tab's

@@ -260,12 +260,39 @@ def test_what_was_typed_is_not_given_to_someone_else_signing_in(
     page.locator("#reload-notice").wait_for(state="visible", timeout=15000)
     page.get_by_role("button", name="Reload the page").tap()
     page.wait_for_url("**/accounts/login/**", timeout=15000)
+    # Someone else signs in there, and goes to the inbox first: nothing is left for them to
+    # read in the tab either.
+    page.goto(f"{live_server.url}/accounts/login/?next=/")
+    assert "in_note" in (page.evaluate("() => sessionStorage.getItem('inbox:signed-out')") or "")
     page.get_by_label("Username").fill("bob")
     page.get_by_label("Password").fill("pw-bob-123")
     page.get_by_role("button", name="Log in").tap()
-    page.wait_for_url(f"**/forms/{form.public_id}/", timeout=15000)
-    assert page.locator("textarea[name=in_note]").input_value() == "resolved default"
+    page.wait_for_url(f"{live_server.url}/", timeout=15000)
     assert page.evaluate("() => sessionStorage.getItem('inbox:signed-out')") is None
+    page.goto(url)
+    assert page.locator("textarea[name=in_note]").input_value() == "resolved default"
+
+
+def test_signing_out_leaves_nothing_typed_in_the_tab(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+) -> None:
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.evaluate(
+        "() => { sessionStorage.setItem('inbox:signed-out', '{}');"
+        " sessionStorage.setItem('inbox:language-switch', '{}'); }"
+    )
+    page.get_by_role("button", name="Log out").tap()
+    page.wait_for_url("**/accounts/login/**", timeout=15000)
+    assert page.evaluate(
+        "() => [sessionStorage.getItem('inbox:signed-out'),"
+        " sessionStorage.getItem('inbox:language-switch')]"
+    ) == [None, None]
 
 
 def test_after_a_decision_on_a_phone_the_runs_next_form_is_right_under_it(
