@@ -603,13 +603,14 @@ class RunQuerySet(models.QuerySet["Run"]):
         return self.filter(Q(started_by=user) | Q(Exists(visible_forms)))
 
     def may_start(self, user: Any) -> bool:
-        """Starting runs needs the `inbox.add_run` permission (staff and superusers have it
-        through the admin; reviewers get it through their group)."""
+        """Starting runs needs the `inbox.add_run` permission (superusers have every one;
+        reviewers and staff get it through a group or their own permissions): being staff
+        alone opens the admin, not Dify's apps."""
         return bool(
             user is not None
             and user.is_authenticated
             and user.is_active
-            and (user.is_staff or user.has_perm("inbox.add_run"))
+            and user.has_perm("inbox.add_run")
         )
 
 

@@ -404,6 +404,15 @@ def test_someone_without_the_permission_may_not_start_or_ingest(
         response = post(client, path, {"app": "refund-approval"}, outsider)
         assert error(response) == (403, "forbidden", "You may not start or ingest runs.")
     assert not Run.objects.exists()
+    # Nor does being staff alone: it opens the admin, not Dify's apps.
+    outsider.is_staff = True
+    outsider.save(update_fields=["is_staff"])
+    for path in ("/api/v1/runs", "/api/v1/ingest"):
+        response = post(client, path, {"app": "refund-approval"}, outsider)
+        assert error(response) == (403, "forbidden", "You may not start or ingest runs.")
+    client.force_login(outsider)
+    assert client.get(f"/apps/{refunds.pk}/start/").status_code == 403
+    assert not Run.objects.exists()
 
 
 def test_a_start_sent_again_under_its_submission_key_is_the_same_run(
