@@ -40,6 +40,7 @@ from inbox.dify.errors import (
     DifyStatusError,
     DifyStreamError,
     TooManyRequests,
+    cannot_reach,
 )
 from inbox.dify.types import FormDefinition, HumanInputFields, RunDetail, StreamEvent
 from inbox.forms import PageTextField
@@ -821,9 +822,14 @@ def ingest_run(
             # Shown with the app (admin, /healthz, pages), as a start, delivery or the
             # reconcile refused so records it.
             app.note_refused(exc, "ingest")
+        elif cannot_reach(exc):
+            # As the follower, the reconciles and deliveries record it.
+            app.note_unreachable(exc, "ingest")
         raise _unreachable(exc) from None
-    # Dify answered for one of the app's runs: a refusal of the app on record is over.
+    # Dify answered for one of the app's runs: a refusal of the app on record is over, and
+    # so is a spell of not answering.
     app.note_accepted("ingest", runs=True)
+    app.note_reached("ingest")
     announced: HumanInputFields | None = None
     if not form_token:
         _check_events_user(client, app, workflow_run_id, dify_user)

@@ -428,3 +428,21 @@ def test_an_ingest_while_only_the_events_are_404_for_the_app_is_no_user_mismatch
     # Dify shows the events again: a wrong user is told so.
     response = _ingest(admin_user, app, workflow_run_id=started.workflow_run_id, user="ext-x")
     assert response.json()["error"]["code"] == "user_mismatch"
+
+
+def test_an_ingest_that_finds_dify_down_records_it_and_the_next_one_clears_it(
+    simulator: Any, sim_app: Any, admin_user: User
+) -> None:
+    app = sim_app("refund-approval")
+    started = simulator.start_run("refund-approval", user="ext-k")
+    simulator.add_fault("status", "*", app="refund-approval", status=503, times=None)
+    response = _ingest(admin_user, app, workflow_run_id=started.workflow_run_id, user="ext-k")
+    assert response.status_code == 502, response.content
+    # Shown with the app (admin, dashboard, /healthz), as the follower and deliveries record it.
+    app.refresh_from_db()
+    assert app.contact_failed_at is not None and app.contact_failure_source == "ingest"
+    simulator.clear_faults()
+    response = _ingest(admin_user, app, workflow_run_id=started.workflow_run_id, user="ext-k")
+    assert response.status_code == 201, response.content
+    app.refresh_from_db()
+    assert app.contact_failed_at is None
