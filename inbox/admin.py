@@ -631,6 +631,10 @@ class DifyAppAdmin(AuditedAdmin):
         return text
 
     def save_model(self, request: HttpRequest, obj: DifyApp, form: Any, change: bool) -> None:
+        if change and not form.has_changed():
+            # Saved as it was: its `updated_at` dates its settings (the reconcile counts a run's
+            # 404s from it), so it is left as it is.
+            return
         super().save_model(request, obj, form, change)
         if change and {"api_key", "base_url", "mode"} & set(form.changed_data):
             # A new key, server or kind of app may be what Dify was waiting for: try again now

@@ -48,6 +48,8 @@ def test_saving_with_an_empty_key_keeps_the_current_one(
     )
     assert response.status_code == 302
     assert DifyApp.objects.get(pk=dify_app.pk).api_key == "app-secret-key-123456"
+    # Saved as it was: its settings' date (the reconcile counts a run's 404s from it) stays.
+    assert DifyApp.objects.get(pk=dify_app.pk).updated_at == dify_app.updated_at
 
 
 def test_creating_an_app_requires_a_key(client: Client, admin_user: object) -> None:

@@ -337,9 +337,12 @@ def test_add_dify_app_records_the_admin_s_verbs_and_values_and_keeps_an_app_swit
         "fields": ["is_active"],
         "values": {"is_active": {"before": False, "after": True}},
     }
-    # Nothing changed: nothing recorded.
+    # Nothing changed: nothing recorded, and nothing saved (the app's `updated_at` dates its
+    # settings, which the reconcile counts a run's 404s from).
+    saved = DifyApp.objects.get(pk=app.pk).updated_at
     _add_hr("--api-key", "app-second-key-2222", "--base-url", "http://other.local/v1")
     assert AuditEntry.objects.filter(verb="app_changed").count() == 2
+    assert DifyApp.objects.get(pk=app.pk).updated_at == saved
     assert "Unchanged: Dify app 'hr'" in capsys.readouterr().out
     with pytest.raises(CommandError):
         _add_hr("--api-key", "k", "--activate", "--inactive")

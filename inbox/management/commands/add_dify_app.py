@@ -99,10 +99,14 @@ class Command(BaseCommand):
             app.base_url = base_url
             app.api_key = api_key
             app.mode = options["mode"]
-            app.save()
             after = app.audit_values()
             # As the admin records a change: the verbs, fields and values it writes.
             changed = sorted(name for name, value in after.items() if before.get(name) != value)
+            if created or changed:
+                # Saved only when something changed: the app's `updated_at` dates its settings
+                # (the reconcile counts a run's 404s from it), which a script that runs this
+                # again and again with the same values must not move.
+                app.save()
             if created or changed:
                 AuditEntry.record(
                     "app_created" if created else "app_changed",
