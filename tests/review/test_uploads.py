@@ -282,8 +282,8 @@ def test_a_file_larger_than_dify_takes_is_dropped_as_it_arrives(
     )
     assert response["HX-Retarget"] == "#file-error-receipt"
     assert (
-        "scan.png: the file is larger than 1 MB, the most Dify takes for any kind of file."
-        in response.content.decode()
+        "scan.png: the file is larger than 1 MB, the most Dify takes for the kinds of file "
+        "accepted here." in response.content.decode()
     )
     # Never more than the cap went on to memory or a temporary file.
     assert 0 < BytesSeen.most <= 1024 * 1024
@@ -312,8 +312,8 @@ def test_the_api_refuses_a_file_larger_than_dify_takes_without_keeping_it(
     assert response.status_code == 413
     assert response.json()["error"] == {
         "code": "upload_rejected",
-        "message": "scan.png: the file is larger than 1 MB, the most Dify takes for any kind of "
-        "file.",
+        "message": "scan.png: the file is larger than 1 MB, the most Dify takes for the kinds of "
+        "file accepted here.",
     }
     assert 0 < BytesSeen.most <= 1024 * 1024
 
