@@ -39,7 +39,7 @@ from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.reasons import Refused, labelled
-from inbox.uploads import UploadRejected, too_large, upload_to_dify
+from inbox.uploads import UploadRejected, dropped_count, too_large, upload_to_dify
 from inbox.views import (
     PAGE_SIZE,
     SORTS,
@@ -661,7 +661,8 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
                 gettext("Unknown file field %(name)s; send the file as 'file'.")
                 % {"name": repr(key)},
             )
-    if len(request.POST.getlist("input")) > 1 or len(request.FILES.getlist("file")) > 1:
+    files = len(request.FILES.getlist("file")) + dropped_count(request)
+    if len(request.POST.getlist("input")) > 1 or files > 1:
         raise ApiError(
             400,
             "invalid_param",
@@ -1627,6 +1628,30 @@ def _message_file_spec(app: DifyApp) -> Any:
     return spec
 
 
+def _cap_message_file(request: HttpRequest) -> None:
+    """Before the body is read (`middleware.UploadSizeMiddleware` leaves this call to its view,
+    once the token is known): one file, at most the largest limit of the kinds an active
+    chatflow app takes with a message. The app is named in the body, next to the file, so not
+    known before; its own kinds' limits are checked once it is. No file is kept when no app
+    takes one."""
+    from inbox.dify.errors import DifyError
+    from inbox.runs import app_parameters
+    from inbox.uploads import cap_uploads, drop_uploads, file_cap, message_file_spec
+
+    caps = []
+    for app in DifyApp.objects.filter(is_active=True, mode=DifyApp.Mode.CHATFLOW):
+        try:
+            spec = message_file_spec(app_parameters(app))
+        except DifyError:
+            continue
+        if spec is not None:
+            caps.append(file_cap(app, [spec]))
+    if caps:
+        cap_uploads(request, max(caps), files=1)
+    else:
+        drop_uploads(request)
+
+
 @api_view(["POST"])
 def run_files(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/runs/files` (multipart: `app`, `file`, `user`?, `conversation_id`?): a file
@@ -1636,6 +1661,7 @@ def run_files(request: HttpRequest) -> HttpResponse:
     from inbox.uploads import upload_message_file
 
     _require_may_start(request)
+    _cap_message_file(request)
     fields = ("app", "user", "conversation_id")
     for key in request.POST:
         if key not in fields:
@@ -1661,7 +1687,7 @@ def run_files(request: HttpRequest) -> HttpResponse:
                 gettext("Unknown file field %(field)s; send the file as 'file'.")
                 % {"field": repr(key)},
             )
-    if len(request.FILES.getlist("file")) > 1:
+    if len(request.FILES.getlist("file")) + dropped_count(request) > 1:
         raise ApiError(
             400, "invalid_param", gettext("Send one 'file' per call; upload each on its own.")
         )

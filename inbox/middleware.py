@@ -283,10 +283,22 @@ class ContentSecurityPolicyMiddleware:
 
 
 class UploadSizeMiddleware:
-    """Before anything reads the body (the CSRF check does, for its token): a POST to an upload
-    endpoint gets a handler that drops any file over the most the form's Dify takes, as it
-    streams in (`uploads.cap_uploads`). Without it Django would write a file of any size to a
-    temporary file before the view could refuse it, even from a guest's link."""
+    """Before anything reads the body (the CSRF check does, for its token): a POST's file
+    parts are kept only where a view takes files, from whom it takes them, and no larger than
+    what is taken there, as they stream in. Without it Django would write a file of any size
+    to a temporary file before the view could refuse it, even from someone not signed in.
+
+    After AuthenticationMiddleware (the session says who is signed in); the CSRF check reads
+    the body only in its `process_view`, after every middleware's own part has run.
+
+    - Any other page, and a reviewer's upload page when nobody is signed in: every file part
+      is dropped as it begins (`uploads.DropFiles`). A guest's upload is judged by its signed
+      link in the view; an API call's by its token, before the view reads the body.
+    - A form's file input: each file at most the largest limit of the kinds the input takes,
+      the request's files together at most as many as it holds (`uploads.cap_uploads`).
+    - A chatflow's message (start, next message): the kinds and number the app's
+      `file_upload` takes. The API's message-file upload is capped by its view, once the
+      token is known (the app is named in the body, next to the file)."""
 
     UPLOAD_VIEWS = frozenset(
         {
@@ -299,6 +311,8 @@ class UploadSizeMiddleware:
             "api_run_files",
         }
     )
+    # Reached without a session: a guest's signed link, an API token (each checked by the view).
+    WITHOUT_SESSION = frozenset({"inbox:guest_upload", "api_form_files", "api_run_files"})
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -311,37 +325,74 @@ class UploadSizeMiddleware:
     def _cap(self, request: HttpRequest) -> None:
         from django.urls import Resolver404, resolve
 
+        from inbox.uploads import drop_uploads
+
         try:
             match = resolve(request.path_info)
+            view_name, match_kwargs = match.view_name, match.kwargs
         except Resolver404:
+            view_name, match_kwargs = "", {}
+        if view_name not in self.UPLOAD_VIEWS or (
+            view_name not in self.WITHOUT_SESSION and not request.user.is_authenticated
+        ):
+            drop_uploads(request)
             return
-        if match.view_name not in self.UPLOAD_VIEWS:
-            return
-        from inbox import notify
-        from inbox.models import DifyApp, Form, Run
-        from inbox.uploads import cap_uploads
+        if view_name != "api_run_files":
+            self._cap_for(request, view_name, match_kwargs)
 
-        form = None
-        if match.view_name in ("inbox:app_start", "inbox:run_continue", "api_run_files"):
+    @staticmethod
+    def _cap_for(request: HttpRequest, view_name: str, kwargs: dict[str, Any]) -> None:
+        from inbox import notify
+        from inbox.dify.errors import DifyError
+        from inbox.forms import input_specs
+        from inbox.models import DifyApp, Form, Run
+        from inbox.runs import app_parameters
+        from inbox.uploads import cap_uploads, drop_uploads, file_cap, message_file_spec
+
+        # Only a cap, never an answer: whether the caller may see the form, the app or the run
+        # is the view's part. Where no file can be taken, none is kept.
+        if view_name in ("inbox:app_start", "inbox:run_continue"):
             app = None
-            if "app_id" in match.kwargs:
-                app = DifyApp.objects.filter(pk=match.kwargs["app_id"]).first()
-            elif "public_id" in match.kwargs:
-                run = Run.objects.filter(public_id=match.kwargs["public_id"]).first()
+            if "app_id" in kwargs:
+                app = DifyApp.objects.filter(pk=kwargs["app_id"], is_active=True).first()
+            else:
+                run = Run.objects.filter(public_id=kwargs["public_id"]).first()
                 app = run.app if run is not None else None
-            cap_uploads(request, app)
+            spec = None
+            if app is not None and app.mode == DifyApp.Mode.CHATFLOW:
+                try:
+                    spec = message_file_spec(app_parameters(app))
+                except DifyError:
+                    spec = None
+            if spec is None:
+                drop_uploads(request)
+            else:
+                cap_uploads(request, file_cap(app, [spec]), files=spec.ui_max_files)
             return
-        if "public_id" in match.kwargs:
+        form = None
+        if "public_id" in kwargs:
             form = (
-                Form.objects.filter(public_id=match.kwargs["public_id"])
+                Form.objects.filter(public_id=kwargs["public_id"])
                 .select_related("run__app")
                 .first()
             )
-        elif "token" in match.kwargs:
-            recipient = notify.check_link(match.kwargs["token"]).recipient
+        elif "token" in kwargs:
+            recipient = notify.check_link(kwargs["token"]).recipient
             form = recipient.form if recipient is not None else None
-        # Only a cap, never an answer: whether the caller may see the form is the view's part.
-        cap_uploads(request, form.run.app if form is not None else None)
+        if form is None:
+            drop_uploads(request)
+            return
+        specs = [spec for spec in input_specs(form.definition or {}) if spec.is_file]
+        # A page's upload names its input, and takes as many files as it holds; the API's
+        # takes one file per call, for any of the form's file inputs.
+        files = 1
+        if "input_name" in kwargs:
+            specs = [spec for spec in specs if spec.name == kwargs["input_name"]]
+            files = specs[0].ui_max_files if specs else 1
+        if not specs:
+            drop_uploads(request)
+            return
+        cap_uploads(request, file_cap(form.run.app, specs), files=files)
 
 
 class DifyDeadlineMiddleware:

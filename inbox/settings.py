@@ -72,9 +72,10 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "inbox.middleware.UploadSizeMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After the session's user is known, before the CSRF check reads the body (in process_view).
+    "inbox.middleware.UploadSizeMiddleware",
     "inbox.middleware.PrivatePagesMiddleware",
     "inbox.middleware.CurrentActorMiddleware",
     "inbox.middleware.DifyDeadlineMiddleware",
@@ -162,8 +163,9 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR", "") or None
-# An upload request holds at most this many files of the largest size Dify takes; the files past
-# that are dropped as they arrive (inbox.uploads.SizeCapHandler).
+# An upload request that does not say how many files it holds (the API's take one; a form's input
+# and a chatflow's message their own number) holds at most this many of the largest size Dify
+# takes; the files past that are dropped as they arrive (inbox.uploads.SizeCapHandler).
 INBOX_UPLOAD_FILES_PER_REQUEST = env_int("INBOX_UPLOAD_FILES_PER_REQUEST", 10, minimum=1)
 # Files one person (a reviewer, or a guest by address) may send to Dify for one form, those removed
 # or replaced since included: Dify keeps every file (it has no delete). Never fewer than twice

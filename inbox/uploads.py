@@ -21,7 +21,16 @@ from django.utils.translation import ngettext
 
 from inbox.dify import DifyClient
 from inbox.dify.errors import DifyConnectionError, DifyError, DifyStatusError
-from inbox.dify.files import DEFAULT_SIZE_LIMITS, limits_from_parameters, upload_size_limit
+from inbox.dify.files import (
+    AUDIO,
+    DEFAULT_SIZE_LIMITS,
+    DOCUMENT,
+    IMAGE,
+    VIDEO,
+    limits_from_parameters,
+    size_limit_for,
+    upload_size_limit,
+)
 from inbox.forms import InputSpec, input_specs
 from inbox.models import AuditEntry, DifyApp, Form, MessageFile, Upload, UploadTally
 from inbox.reasons import Refused
@@ -119,11 +128,12 @@ def upload_limits(app: DifyApp) -> dict[str, int]:
 
 class SizeCapHandler(FileUploadHandler):
     """First of the request's upload handlers on the upload endpoints: a file larger than the
-    most Dify takes for any kind of file (`cap`) is dropped as it streams in, so it is never
-    kept whole in memory or on disk, and the request remembers its name for the view to say
-    why. Once the request's files together pass `total`, every further file is dropped too.
-    A file within the cap goes on to Django's own handlers; its kind's limit (smaller) is
-    checked by `upload_to_dify` as before."""
+    most Dify takes for the kinds of file accepted there (`cap`, `file_cap`) is dropped as it
+    streams in, so it is never kept whole in memory or on disk, and the request remembers its
+    name for the view to say why. Once the request's files together pass `total` (as many
+    files as the place takes, each at the cap), every further file is dropped too. A file
+    within the cap goes on to Django's own handlers; its kind's limit (smaller or the same) is
+    checked by `_checked` as before."""
 
     def __init__(self, request: Any, cap: int, total: int) -> None:
         super().__init__(request)
@@ -131,11 +141,11 @@ class SizeCapHandler(FileUploadHandler):
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
         self.received += len(raw_data)
-        if start + len(raw_data) > self.cap or self.received > self.total:
+        over_cap = start + len(raw_data) > self.cap
+        if over_cap or self.received > self.total:
             request: Any = self.request
-            dropped = getattr(request, "uploads_too_large", [])
-            dropped.append(self.file_name or "file")
-            request.uploads_too_large = dropped
+            key = "uploads_too_large" if over_cap else "uploads_over_total"
+            setattr(request, key, [*getattr(request, key, []), self.file_name or "file"])
             raise SkipFile
         return raw_data
 
@@ -143,13 +153,52 @@ class SizeCapHandler(FileUploadHandler):
         return None
 
 
-def cap_uploads(request: Any, app: DifyApp | None) -> None:
-    """Put a `SizeCapHandler` in front of the request's upload handlers, capped at the most
-    the app's Dify takes for any kind of file (Dify's defaults when the app is not known)."""
-    limits = upload_limits(app) if app is not None else DEFAULT_SIZE_LIMITS
-    cap = max(limits.values(), default=max(DEFAULT_SIZE_LIMITS.values()))
-    request.upload_handlers.insert(
-        0, SizeCapHandler(request, cap, cap * settings.INBOX_UPLOAD_FILES_PER_REQUEST)
+class DropFiles(FileUploadHandler):
+    """First of the request's upload handlers where no file is taken (any page but the upload
+    endpoints, and those of a signed-in reviewer when nobody is signed in): every file part
+    is dropped as it begins, before any handler opens memory or a temporary file for it. The
+    request's other fields (the CSRF token, what was typed) are read as ever."""
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        raise SkipFile
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        return None
+
+    def file_complete(self, file_size: int) -> None:
+        return None
+
+
+def file_cap(app: DifyApp | None, specs: list[InputSpec] | None = None) -> int:
+    """The most one file may weigh where `specs` take files: the largest of the app's Dify
+    limits (Dify's defaults when the app is not known) for the kinds they take; for any kind
+    when no spec is given. Dify picks a file's limit by its extension alone, and anything but
+    an image, audio or video extension gets the general one (a custom file; an image known by
+    its type only): that limit is always among them."""
+    limits = upload_limits(app) if app is not None else dict(DEFAULT_SIZE_LIMITS)
+    if not specs:
+        return max(limits.values(), default=max(DEFAULT_SIZE_LIMITS.values()))
+    kinds = {DOCUMENT} | {t for s in specs for t in s.allowed_types if t in (IMAGE, AUDIO, VIDEO)}
+    return max(size_limit_for(kind, limits) for kind in kinds)
+
+
+def cap_uploads(request: Any, cap: int, files: int | None = None) -> None:
+    """Put a `SizeCapHandler` in front of the request's upload handlers: each file at most
+    `cap` bytes, and the request's files together at most `files` such files
+    (INBOX_UPLOAD_FILES_PER_REQUEST when not given)."""
+    count = files or settings.INBOX_UPLOAD_FILES_PER_REQUEST
+    request.upload_handlers.insert(0, SizeCapHandler(request, cap, cap * count))
+
+
+def drop_uploads(request: Any) -> None:
+    """Put a `DropFiles` in front of the request's upload handlers: no file part is kept."""
+    request.upload_handlers.insert(0, DropFiles(request))
+
+
+def dropped_count(request: Any) -> int:
+    """How many files `SizeCapHandler` dropped from this request."""
+    return len(getattr(request, "uploads_too_large", [])) + len(
+        getattr(request, "uploads_over_total", [])
     )
 
 
@@ -157,16 +206,28 @@ def too_large(request: Any, *, guest: bool = False) -> list[str]:
     """What `SizeCapHandler` dropped from this request, said for each file (to a guest, without
     Dify's name)."""
     handler = next((h for h in request.upload_handlers if isinstance(h, SizeCapHandler)), None)
-    names = getattr(request, "uploads_too_large", [])
-    if handler is None or not names:
+    if handler is None or not dropped_count(request):
         return []
     if guest:
         message = _("%(name)s: the file is larger than %(limit)s, the limit for any file here.")
     else:
         message = _(
-            "%(name)s: the file is larger than %(limit)s, the most Dify takes for any kind of file."
+            "%(name)s: the file is larger than %(limit)s, the most Dify takes for the kinds of "
+            "file accepted here."
         )
-    return [message % {"name": name, "limit": megabytes(handler.cap)} for name in names]
+    said = [
+        message % {"name": name, "limit": megabytes(handler.cap)}
+        for name in getattr(request, "uploads_too_large", [])
+    ]
+    together = _(
+        "%(name)s: not received: the files sent together came to more than %(limit)s, the most "
+        "one sending may carry. Send fewer at a time."
+    )
+    said += [
+        together % {"name": name, "limit": megabytes(handler.total)}
+        for name in getattr(request, "uploads_over_total", [])
+    ]
+    return said
 
 
 def megabytes(size: int) -> str:

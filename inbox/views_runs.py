@@ -146,7 +146,7 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         if isinstance(started, HttpResponse):
             return started
         start_problem = started
-    status = 400 if form.is_bound and form.errors else 200
+    status = _status(request, form)
     # A new key for each page shown: sending this page twice starts one run, while a start
     # asked again after reading why the last one failed is a start of its own.
     context = {
@@ -230,12 +230,21 @@ def _start_from_page(
 
 def _valid(request: HttpRequest, form: Any) -> bool:
     """Whether a start page's form is valid, a file dropped as it arrived (over the most Dify
-    takes for any kind of file) said beside the files."""
+    takes for the kinds of file the app takes, or past what one sending may carry) said beside
+    the files."""
     valid = bool(form.is_valid())
     dropped = too_large(request) if "files" in form.fields else []
     for message in dropped:
         form.add_error("files", message)
     return valid and not dropped
+
+
+def _status(request: HttpRequest, form: Any) -> int:
+    """A start page's status: 413 when a file was dropped as it arrived (larger than the app
+    takes, said beside the files, what was typed shown again), 400 for other errors."""
+    if not (form.is_bound and form.errors):
+        return 200
+    return 413 if "files" in form.fields and too_large(request) else 400
 
 
 def _kept_files(request: HttpRequest, app: DifyApp, dify_user: str) -> list[MessageFile]:
@@ -373,7 +382,7 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
         if isinstance(started, HttpResponse):
             return started
         start_problem = started
-    status = 400 if form.is_bound and form.errors else 200
+    status = _status(request, form)
     context = {
         "app": app,
         "run": run,

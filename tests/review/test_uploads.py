@@ -265,6 +265,44 @@ def test_the_apps_own_size_limits_apply_by_extension_on_the_page_and_the_server(
     assert [u.name for u in Upload.objects.filter(form=form)] == ["scan.pdf"]
 
 
+def test_a_file_larger_than_its_inputs_kinds_take_is_dropped_as_it_arrives(
+    alice: Client,
+    simulator: Any,
+    simulator_dify_app: Any,
+    reviewers_group: Any,
+    settings: Any,
+) -> None:
+    mb = 1024 * 1024
+    simulator.set_options(
+        size_limits={"image": 1 * mb, "file": 2 * mb, "audio": 3 * mb, "video": 4 * mb}
+    )
+    settings.FILE_UPLOAD_HANDLERS = [
+        "tests.conftest.BytesSeen",
+        "django.core.files.uploadhandler.MemoryFileUploadHandler",
+        "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+    ]
+    BytesSeen.most = 0
+    app = simulator_dify_app()
+    Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
+    form = make_form(app)
+    # receipt takes images and documents: 2 MB at most, not the 4 MB of a video it never takes.
+    response = post_file(
+        alice,
+        form,
+        "receipt",
+        "scan.pdf",
+        b"0" * (3 * mb),
+        "application/pdf",
+        HTTP_HX_REQUEST="true",
+    )
+    assert (
+        "scan.pdf: the file is larger than 2 MB, the most Dify takes for the kinds of file "
+        "accepted here." in response.content.decode()
+    )
+    assert 0 < BytesSeen.most <= 2 * mb
+    assert not Upload.objects.exists()
+
+
 def test_without_the_apps_parameters_difys_defaults_apply(alice: Client, form: Form) -> None:
     # dify_app points at a closed port: the defaults are shown.
     page = alice.get(f"/forms/{form.public_id}/").content.decode()
@@ -282,8 +320,8 @@ def test_a_file_larger_than_dify_takes_is_dropped_as_it_arrives(
     )
     assert response["HX-Retarget"] == "#file-error-receipt"
     assert (
-        "scan.png: the file is larger than 1 MB, the most Dify takes for any kind of file."
-        in response.content.decode()
+        "scan.png: the file is larger than 1 MB, the most Dify takes for the kinds of file "
+        "accepted here." in response.content.decode()
     )
     # Never more than the cap went on to memory or a temporary file.
     assert 0 < BytesSeen.most <= 1024 * 1024
@@ -312,8 +350,8 @@ def test_the_api_refuses_a_file_larger_than_dify_takes_without_keeping_it(
     assert response.status_code == 413
     assert response.json()["error"] == {
         "code": "upload_rejected",
-        "message": "scan.png: the file is larger than 1 MB, the most Dify takes for any kind of "
-        "file.",
+        "message": "scan.png: the file is larger than 1 MB, the most Dify takes for the kinds of "
+        "file accepted here.",
     }
     assert 0 < BytesSeen.most <= 1024 * 1024
 
