@@ -1570,6 +1570,18 @@ def release_lost_claims(user_ids: typing.Iterable[int], *, actor: Any = None) ->
     return released
 
 
+def run_end_closing(
+    run_status: str, finished_at: dt.datetime | None, expiration_time: dt.datetime | None
+) -> str:
+    """`Form.closed_by_run_end` of an expired form from its run's status and end and its own
+    deadline (an inbox row has these as values, not objects)."""
+    if run_status not in ("stopped", "failed"):
+        return ""
+    if expiration_time is not None and (finished_at is None or expiration_time <= finished_at):
+        return ""
+    return str(run_status)
+
+
 class Form(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", _("Pending")
@@ -1720,13 +1732,7 @@ class Form(models.Model):
         before its run failed later on keeps its timeout."""
         if self.status != Form.Status.EXPIRED:
             return ""
-        run = self.run
-        if run.status not in ("stopped", "failed"):
-            return ""
-        ended = run.finished_at
-        if self.expiration_time is not None and (ended is None or self.expiration_time <= ended):
-            return ""
-        return str(run.status)
+        return run_end_closing(self.run.status, self.run.finished_at, self.expiration_time)
 
     # --- routing and claims ---
 

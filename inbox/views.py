@@ -34,7 +34,7 @@ from django.utils import dateformat, timezone
 from django.utils.formats import get_format
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timezone import get_current_timezone
-from django.utils.translation import get_language, gettext_lazy, ngettext
+from django.utils.translation import get_language, gettext_lazy, ngettext, pgettext
 from django.utils.translation import gettext as _
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.http import require_GET, require_POST
@@ -79,6 +79,7 @@ from inbox.models import (
     Upload,
     assigned_to_q,
     routing_is_dense,
+    run_end_closing,
 )
 from inbox.reasons import labelled, worded
 from inbox.templatetags.inbox_tags import status_label
@@ -450,6 +451,8 @@ class RowFormat:
         self.yours = _("You are handling this")
         self.taken_by = _("Taken by %(who)s")
         self.labels = {value: str(label) for value, label in Form.Status.choices}
+        # An expired form whose run was stopped or failed while it waited (`Form.closed_by_run_end`).
+        self.closed = pgettext("a form closed by its run's end", "Closed")
         self.url_head, self.url_tail = reverse("inbox:form", args=[self._PLACEHOLDER]).split(
             str(self._PLACEHOLDER)
         )
@@ -557,6 +560,8 @@ ROW_FIELDS = (
     "claimed_by__last_name",
     "decided_at",
     "filled_action_text",
+    "run__status",
+    "run__finished_at",
 )
 # The start of the content, enough for a row's excerpt.
 CONTENT_HEAD = Left("content", 400)
@@ -589,7 +594,11 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
         excerpt=quick_excerpt(values["content_head"] or ""),
         run=(values["run__workflow_run_id"] or str(values["run__public_id"]))[:8],
         status=status,
-        status_label=fmt.labels.get(status, status),
+        status_label=fmt.closed
+        if status == "expired"
+        and values["status"] == "expired"
+        and run_end_closing(values["run__status"], values["run__finished_at"], expires)
+        else fmt.labels.get(status, status),
         created_iso=created.isoformat(),
         created_rel=fmt.relative(created),
         expires_iso=expires.isoformat() if expires else "",

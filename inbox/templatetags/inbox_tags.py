@@ -11,7 +11,7 @@ from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.translation import gettext
+from django.utils.translation import gettext, pgettext
 
 from inbox import forms, markdown, timefmt
 from inbox.reasons import tightened
@@ -44,6 +44,9 @@ def status_label(form: Any, as_guest: bool = False) -> str:
         return gettext("No longer available")
     if as_guest and status == "not_answerable":
         return gettext("Answered another way")
+    if status == "expired" and form.closed_by_run_end:
+        # Its run was stopped or failed while it waited: no timeout was reached.
+        return pgettext("a form closed by its run's end", "Closed")
     return str(form.status_now_label)
 
 

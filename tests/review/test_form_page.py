@@ -345,6 +345,9 @@ def test_a_form_closed_by_a_stopped_run_says_so_not_that_it_timed_out(
     assert "This form closed without a decision." in page
     assert "Its run was stopped before a decision was made." in page
     assert "timeout path" not in page and "decision-form" not in page
+    # Its badge too: "Closed", not "Expired".
+    full = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert '<span id="form-status" class="badge expired">Closed</span>' in full
 
 
 def test_submitted_form_shows_who_when_which_action_and_the_record(

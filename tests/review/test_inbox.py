@@ -12,7 +12,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from inbox.models import Decision, DifyApp, Form, Route
+from inbox.models import Decision, DifyApp, Form, Route, Run
 from tests.reach.factories import route, route_existing
 from tests.review.conftest import make_form, make_run
 
@@ -73,6 +73,19 @@ def test_a_decided_row_says_when_and_with_which_action(alice: Client, dify_app: 
         side.group(1),
     )
     assert f'aria-describedby="{row}-app {row}-left {row}-status"' in page
+
+
+def test_a_form_closed_by_its_run_s_stop_reads_closed_not_expired(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    stopped = make_form(dify_app, status=Form.Status.EXPIRED)
+    Run.objects.filter(pk=stopped.run_id).update(status="stopped", finished_at=timezone.now())
+    timed_out = make_form(dify_app, status=Form.Status.EXPIRED, expires_in=-dt.timedelta(hours=1))
+    page = alice.get("/?status=expired").content.decode()
+    assert f'<span class="badge expired" id="row-{stopped.public_id}-status">Closed</span>' in page
+    assert (
+        f'<span class="badge expired" id="row-{timed_out.public_id}-status">Expired</span>' in page
+    )
 
 
 def test_in_chinese_the_time_comes_before_arrived_and_expires(
