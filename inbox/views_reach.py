@@ -568,8 +568,9 @@ def daily_columns(now: dt.datetime, days: int = 30) -> dict[str, Any]:
 
 
 def _dify_troubles() -> dict[str, Any]:
-    """What the dashboard says of Dify: the servers found away (an outage is most often the
-    whole server's, so its apps are named together, with the server), the apps whose event
+    """What the dashboard says of Dify: the servers found away (no connection or no answer in
+    time: an outage is most often the whole server's, so its apps are named together, with the
+    server), the apps Dify answers with server errors (5xx), the apps whose event
     streams Dify fails, and the apps it refuses: their forms cannot arrive. Only active apps
     raise a banner; an inactive one (a server retired, say) is named apart, quietly."""
     troubled = list(
@@ -577,9 +578,15 @@ def _dify_troubles() -> dict[str, Any]:
     )
     active = [app for app in troubled if app.is_active]
     away: dict[str, list[DifyApp]] = {}
+    erring: list[DifyApp] = []
     for app in active:
         if app.refused_at is None and not app.streams_failing:
-            away.setdefault(app.server, []).append(app)
+            if app.contact_failure_status is None:
+                # No connection, no answer in time: the server's, most often.
+                away.setdefault(app.server, []).append(app)
+            else:
+                # The server answered, with a 5xx for this app: not the server as a whole.
+                erring.append(app)
     servers = []
     for server, apps in sorted(away.items()):
         # Each is marked (`contact_failed_at`), so each has a time; the latest says most.
@@ -601,6 +608,7 @@ def _dify_troubles() -> dict[str, Any]:
         )
     return {
         "unreachable_servers": servers,
+        "erring_apps": erring,
         "streams_failing_apps": [
             app for app in active if app.refused_at is None and app.streams_failing
         ],

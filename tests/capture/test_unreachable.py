@@ -464,3 +464,34 @@ def test_an_inactive_app_s_retired_server_neither_degrades_health_nor_is_asked_a
         "Inactive, and Dify does not answer for them or refuses them: contract-review, "
         "refund-approval." in dashboard
     )
+
+
+def test_a_server_error_for_one_app_names_the_app_not_its_server(
+    simulator: Any, sim_app: Any, admin_user: User
+) -> None:
+    app = sim_app("refund-approval")
+    other = sim_app("contract-review")
+    now = timezone.now()
+    # A 503 for this app's calls: the server answers, for the other app too.
+    DifyApp.objects.filter(pk=app.pk).update(
+        contact_failed_at=now,
+        contact_failed_since=now,
+        contact_failure="503 service_unavailable",
+        contact_failure_source="delivery",
+        contact_failure_status=503,
+    )
+    admin = Client()
+    admin.force_login(admin_user)
+    dashboard = " ".join(admin.get("/dashboard/").content.decode().split())
+    assert "has not been reachable" not in dashboard
+    assert "Dify has answered the calls for refund-approval with server errors since" in dashboard
+    # No connection at all: the server is named, with its app.
+    DifyApp.objects.filter(pk=other.pk).update(
+        contact_failed_at=now,
+        contact_failed_since=now,
+        contact_failure="ConnectError",
+        contact_failure_source="reconcile",
+    )
+    dashboard = " ".join(admin.get("/dashboard/").content.decode().split())
+    assert f"Dify at {other.server} has not been reachable since" in dashboard
+    assert "for contract-review: new forms" in dashboard
