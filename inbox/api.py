@@ -653,14 +653,7 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
                 "invalid_param",
                 gettext("Unknown field %(name)s; send 'input' and 'file'.") % {"name": repr(key)},
             )
-    for key in request.FILES:
-        if key != "file":
-            raise ApiError(
-                400,
-                "invalid_param",
-                gettext("Unknown file field %(name)s; send the file as 'file'.")
-                % {"name": repr(key)},
-            )
+    _file_part_only(request)
     files = len(request.FILES.getlist("file")) + dropped_count(request)
     if len(request.POST.getlist("input")) > 1 or files > 1:
         raise ApiError(
@@ -1652,6 +1645,18 @@ def _cap_message_file(request: HttpRequest) -> None:
         drop_uploads(request)
 
 
+def _file_part_only(request: HttpRequest) -> None:
+    """An upload call's multipart body carries its file in a part named `file`, no other."""
+    for key in request.FILES:
+        if key != "file":
+            raise ApiError(
+                400,
+                "invalid_param",
+                gettext("Unknown file field %(name)s; send the file as 'file'.")
+                % {"name": repr(key)},
+            )
+
+
 @api_view(["POST"])
 def run_files(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/runs/files` (multipart: `app`, `file`, `user`?, `conversation_id`?): a file
@@ -1679,14 +1684,7 @@ def run_files(request: HttpRequest) -> HttpResponse:
                 "invalid_param",
                 gettext("%(field)s is given more than once.") % {"field": repr(key)},
             )
-    for key in request.FILES:
-        if key != "file":
-            raise ApiError(
-                400,
-                "invalid_param",
-                gettext("Unknown file field %(field)s; send the file as 'file'.")
-                % {"field": repr(key)},
-            )
+    _file_part_only(request)
     if len(request.FILES.getlist("file")) + dropped_count(request) > 1:
         raise ApiError(
             400, "invalid_param", gettext("Send one 'file' per call; upload each on its own.")

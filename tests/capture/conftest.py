@@ -186,3 +186,18 @@ def no_stream_left(run: Run, timeout: float = 15.0) -> Run:
 
     result: Run = wait_until(released, timeout=timeout)
     return result
+
+
+@pytest.fixture
+def chat(sim_app: Any, starters: Any) -> DifyApp:
+    """The simulator's chatflow `support-chat`, connected."""
+    app: DifyApp = sim_app("support-chat")
+    return app
+
+
+def finished_conversation(simulator: Any, chat: DifyApp, user: User) -> Run:
+    """A first message, its form answered, the run ended; begun as platinum."""
+    run = start(simulator, chat, user, customer_tier="platinum")
+    (form,) = pending(run)
+    submit(form, "grant", agent_message="Credit added.")
+    return run_status(run, "succeeded")

@@ -13,7 +13,12 @@ from django.test import Client
 
 from inbox.dify.client import DifyClient
 from inbox.models import ApiToken, DifyApp, Run
-from tests.capture.conftest import FollowerThread, pending, run_status, start, submit
+from tests.capture.conftest import (
+    FollowerThread,
+    finished_conversation,
+    pending,
+    start,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,20 +36,6 @@ def post(client: Client, body: Any, user: User) -> Any:
 def error(response: Any) -> tuple[int, str, str]:
     body = response.json()["error"]
     return response.status_code, body["code"], body["message"]
-
-
-@pytest.fixture
-def chat(sim_app: Any, starters: Any) -> DifyApp:
-    app: DifyApp = sim_app("support-chat")
-    return app
-
-
-def finished_conversation(simulator: Any, chat: DifyApp, user: User) -> Run:
-    """A first message, its form answered, the run ended; begun as platinum."""
-    run = start(simulator, chat, user, customer_tier="platinum")
-    (form,) = pending(run)
-    submit(form, "grant", agent_message="Credit added.")
-    return run_status(run, "succeeded")
 
 
 def test_the_api_goes_on_with_a_conversation_under_its_user_and_inputs(

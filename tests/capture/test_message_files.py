@@ -15,7 +15,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from inbox.models import ApiToken, DifyApp, MessageFile, Run
-from tests.capture.conftest import FollowerThread, pending, run_status, start, submit
+from tests.capture.conftest import (
+    FollowerThread,
+    finished_conversation,
+    pending,
+    run_status,
+    submit,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,19 +30,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
 def png(name: str = "parcel.png", content: bytes = PNG) -> SimpleUploadedFile:
     return SimpleUploadedFile(name, content, content_type="image/png")
-
-
-@pytest.fixture
-def chat(sim_app: Any, starters: Any) -> DifyApp:
-    app: DifyApp = sim_app("support-chat")
-    return app
-
-
-def finished_conversation(simulator: Any, chat: DifyApp, user: User) -> Run:
-    run = start(simulator, chat, user, customer_tier="platinum")
-    (form,) = pending(run)
-    submit(form, "grant", agent_message="Credit added.")
-    return run_status(run, "succeeded")
 
 
 def api(client: Client, user: User, path: str, **kwargs: Any) -> Any:
