@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench.bench_review import _setup
+
 ROUNDS = int(os.environ.get("BENCH_RUNS_ROUNDS", "40"))
 # Without the indexes a search reads every run: fewer rounds keep the bench short.
 ROUNDS_UNINDEXED = int(os.environ.get("BENCH_RUNS_ROUNDS_UNINDEXED", "10"))
@@ -72,20 +74,6 @@ SEARCH_INDEXES = (
     "run_workflow_run_id_start",
     "run_public_id_start",
 )
-
-
-def _setup() -> None:
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inbox.settings")
-    # Pages are rendered in process without collectstatic; the manifest storage would refuse.
-    os.environ["INBOX_MANIFEST_STATIC"] = "false"
-    django.setup()
-    from django.core.management import call_command
-    from django.test.utils import setup_test_environment
-
-    setup_test_environment()
-    call_command("migrate", verbosity=0)
 
 
 def _seed(target: int) -> dict[str, str]:
@@ -218,6 +206,7 @@ def _summary(plan: str) -> str:
 
 
 def main() -> str:
+    # As the review bench sets Django up: in process, migrated, no collected static files.
     _setup()
     from django.contrib.auth.models import User
     from django.db import connection, transaction

@@ -679,15 +679,7 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
             "invalid_param",
             gettext("%(name)s is not a file input of this form.") % {"name": repr(name)},
         )
-    fileobj = request.FILES.get("file")
-    if fileobj is None:
-        dropped = too_large(request)
-        if dropped:
-            # Dropped as it arrived: larger than Dify takes for any kind of file.
-            raise ApiError(413, "upload_rejected", " ".join(dropped))
-        raise ApiError(
-            400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
-        )
+    fileobj = _the_file(request)
     try:
         upload = upload_to_dify(form, spec, fileobj, request.user)
     except UploadRejected as exc:
@@ -1645,6 +1637,20 @@ def _cap_message_file(request: HttpRequest) -> None:
         drop_uploads(request)
 
 
+def _the_file(request: HttpRequest) -> Any:
+    """An upload call's file; refused when it was dropped as it arrived (larger than its
+    cap) or not sent."""
+    fileobj = request.FILES.get("file")
+    if fileobj is None:
+        dropped = too_large(request)
+        if dropped:
+            raise ApiError(413, "upload_rejected", " ".join(dropped))
+        raise ApiError(
+            400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
+        )
+    return fileobj
+
+
 def _file_part_only(request: HttpRequest) -> None:
     """An upload call's multipart body carries its file in a part named `file`, no other."""
     for key in request.FILES:
@@ -1708,14 +1714,7 @@ def run_files(request: HttpRequest) -> HttpResponse:
         _optional_text(body, "user", limit=255),
         _optional_text(body, "conversation_id", limit=64),
     )
-    fileobj = request.FILES.get("file")
-    if fileobj is None:
-        dropped = too_large(request)
-        if dropped:
-            raise ApiError(413, "upload_rejected", " ".join(dropped))
-        raise ApiError(
-            400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
-        )
+    fileobj = _the_file(request)
     try:
         sent = upload_message_file(app, spec, fileobj, dify_user=dify_user, uploader=request.user)
     except UploadRejected as exc:
