@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.bench_review import _setup
+from bench.bench_review import _python_speed, _setup, _time
 
 ROUNDS = int(os.environ.get("BENCH_RUNS_ROUNDS", "40"))
 # Without the indexes a search reads every run: fewer rounds keep the bench short.
@@ -153,26 +152,6 @@ def _seed(target: int) -> dict[str, str]:
         "rare": f"SO-{100000 + target // 2}",
         "username": people[7].username,
     }
-
-
-def _time(fn: Callable[[], Any], rounds: int) -> tuple[float, float]:
-    fn()  # warm caches, templates and the connection
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[max(0, int(len(samples) * 0.95) - 1)]
-
-
-def _python_speed() -> float:
-    """CPU seconds for ten million additions in a Python loop (see bench_review)."""
-    started = time.process_time()
-    total = 0
-    for i in range(10_000_000):
-        total += i
-    return time.process_time() - started
 
 
 def _plan(q: str, user: Any) -> tuple[str, int]:
