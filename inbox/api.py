@@ -1208,7 +1208,8 @@ def _start_form_data(
             data[spec.field_name] = "on"
     for name, value in inputs.items():
         spec = known[name]
-        if value is None:
+        if value is None or (spec.supported and spec.is_file):
+            # A file input's uploads are looked up on their own (`_start_input_files`).
             continue
         if not spec.supported:
             wrong[name] = (
@@ -1381,6 +1382,8 @@ def runs_create(request: HttpRequest) -> HttpResponse:
         data["query"] = query
     form = StartRunForm(app, parameters, data)
     valid = form.is_valid()
+    file_values, input_files = _start_input_files(request, app, form.file_specs, inputs, dify_user)
+    wrong.update({name: said for name, said in file_values.items() if isinstance(said, tuple)})
     if wrong or not valid:
         # Every input's error at once: those of the wrong JSON type (left out of the form's
         # data, so what the form says of them gives way to that) beside the form's own.
@@ -1394,11 +1397,15 @@ def runs_create(request: HttpRequest) -> HttpResponse:
         )
         raise ApiError(400, "invalid_inputs", message, details=errors)
     files = _message_files(request, app, body, dify_user)
+    if set(files) & set(input_files):
+        twice = gettext("The same file is attached twice.")
+        raise ApiError(400, "invalid_inputs", twice, details={"files": [twice]})
     try:
         run = start_run(
             app,
             files=files,
-            inputs=form.dify_inputs(),
+            input_files=input_files,
+            inputs={**form.dify_inputs(), **file_values},
             query=form.cleaned_data.get("query", ""),
             dify_user=dify_user,
             started_by=request.user,
@@ -1616,21 +1623,24 @@ def _message_file_spec(app: DifyApp) -> Any:
 def _cap_message_file(request: HttpRequest) -> None:
     """Before the body is read (`middleware.UploadSizeMiddleware` leaves this call to its view,
     once the token is known): one file, at most the largest limit of the kinds an active
-    chatflow app takes with a message. The app is named in the body, next to the file, so not
+    chatflow app takes with a message, or an active app's file start input takes. The app is named in the body, next to the file, so not
     known before; its own kinds' limits are checked once it is. No file is kept when no app
     takes one."""
     from inbox.dify.errors import DifyError
-    from inbox.runs import app_parameters
+    from inbox.runs import app_parameters, start_inputs
     from inbox.uploads import cap_uploads, drop_uploads, file_cap, message_file_spec
 
     caps = []
-    for app in DifyApp.objects.filter(is_active=True, mode=DifyApp.Mode.CHATFLOW):
+    for app in DifyApp.objects.filter(is_active=True):
         try:
-            spec = message_file_spec(app_parameters(app))
+            parameters = app_parameters(app)
         except DifyError:
             continue
-        if spec is not None:
-            caps.append(file_cap(app, [spec]))
+        specs = [s.file_spec for s in start_inputs(parameters) if s.supported and s.is_file]
+        if app.mode == DifyApp.Mode.CHATFLOW:
+            specs += [s for s in [message_file_spec(parameters)] if s is not None]
+        if specs:
+            caps.append(file_cap(app, specs))
     if caps:
         cap_uploads(request, max(caps), files=1)
     else:
@@ -1673,14 +1683,15 @@ def run_files(request: HttpRequest) -> HttpResponse:
 
     _require_may_start(request)
     _cap_message_file(request)
-    fields = ("app", "user", "conversation_id")
+    fields = ("app", "user", "conversation_id", "input")
     for key in request.POST:
         if key not in fields:
             raise ApiError(
                 400,
                 "invalid_param",
                 gettext(
-                    "Unknown field %(field)s; send 'app', 'file' and 'user'?, 'conversation_id'?."
+                    "Unknown field %(field)s; send 'app', 'file' and 'input'?, 'user'?, "
+                    "'conversation_id'?."
                 )
                 % {"field": repr(key)},
             )
@@ -1707,7 +1718,8 @@ def run_files(request: HttpRequest) -> HttpResponse:
         )
     body = dict(request.POST.items())
     app = _active_app(body)
-    spec = _message_file_spec(app)
+    input_name = _optional_text(body, "input", limit=255)
+    spec = _start_file_spec(app, input_name) if input_name else _message_file_spec(app)
     dify_user = _message_dify_user(
         request,
         app,
@@ -1716,14 +1728,63 @@ def run_files(request: HttpRequest) -> HttpResponse:
     )
     fileobj = _the_file(request)
     try:
-        sent = upload_message_file(app, spec, fileobj, dify_user=dify_user, uploader=request.user)
+        sent = upload_message_file(
+            app,
+            spec,
+            fileobj,
+            dify_user=dify_user,
+            uploader=request.user,
+            input_name=input_name,
+        )
     except UploadRejected as exc:
         raise ApiError.of(exc) from None
     return JsonResponse({**_message_file_json(sent), "user": sent.dify_user}, status=201)
 
 
+def _start_file_spec(app: DifyApp, input_name: str) -> Any:
+    """What files the app's start input `input_name` takes (`StartInput.file_spec`); refused
+    when the app has no such input, it is no file input, or it takes web addresses only."""
+    from inbox.dify.errors import DifyError
+    from inbox.runs import app_parameters, start_inputs
+
+    try:
+        specs = start_inputs(app_parameters(app))
+    except DifyError as exc:
+        raise ApiError(
+            502,
+            "dify_unavailable",
+            gettext("Dify's parameters could not be read: %(reason)s") % {"reason": exc},
+        ) from None
+    files = [s for s in specs if s.is_file]
+    found = next((s for s in files if s.variable == input_name), None)
+    if found is None:
+        raise ApiError(
+            400,
+            "invalid_param",
+            gettext("%(app)s has no file input %(name)s; its file inputs: %(known)s.")
+            % {
+                "app": app.name,
+                "name": repr(input_name),
+                "known": ", ".join(s.variable for s in files) or gettext("none"),
+            },
+        )
+    if not found.supported:
+        raise ApiError(
+            400,
+            "invalid_param",
+            gettext(
+                "The input %(name)s takes files by web address only, which the inbox cannot "
+                "send; start this run in Dify instead."
+            )
+            % {"name": repr(input_name)},
+        )
+    return found.file_spec
+
+
 def _message_file_json(sent: Any) -> dict[str, Any]:
     return {
+        # The start input the file fills; null for a chatflow message's file.
+        "input": sent.input_name or None,
         "id": str(sent.public_id),
         "name": sent.name,
         "size": sent.size,
@@ -1784,6 +1845,89 @@ def _message_files(
             continue
         raise ApiError(400, "invalid_inputs", message, details={"files": [message]})
     return files
+
+
+def _start_input_files(
+    request: HttpRequest, app: DifyApp, specs: list[Any], inputs: dict[str, Any], dify_user: str
+) -> tuple[dict[str, Any], list[Any]]:
+    """A start's file inputs (`specs`, those that take uploads): `{"upload": id}` for a file,
+    a list of them for a file-list, each an upload of the caller's from `POST
+    /api/v1/runs/files` for this app and input, under the run's Dify user, that no run has
+    used, of a kind the input takes, no more than it takes. Returns ({variable: Dify's value,
+    or (sentence, detail) when refused}, the files)."""
+    from inbox.models import MessageFile
+    from inbox.uploads import too_many_files
+
+    values: dict[str, Any] = {}
+    files: list[Any] = []
+    for spec in specs:
+        name, given = spec.variable, inputs.get(spec.variable)
+        if given is None or given == []:
+            if spec.required:
+                required = gettext("This input is required: give the id of an upload for it.")
+                values[name] = (f"{labelled(name, required)}", required)
+            continue
+        listed = given if spec.type == "file-list" else [given]
+        ids: list[uuid.UUID] = []
+        for item in listed if isinstance(listed, list) else [None]:
+            try:
+                ids.append(uuid.UUID(str(_file_ref(item) if isinstance(item, dict) else "")))
+            except ValueError:
+                ids = []
+                break
+        if not ids:
+            shape = (
+                gettext("A list of {'upload': id} from POST /api/v1/runs/files.")
+                if spec.type == "file-list"
+                else gettext("An object {'upload': id} from POST /api/v1/runs/files.")
+            )
+            values[name] = (labelled(name, shape), shape)
+            continue
+        problem = None
+        if len(set(ids)) < len(ids):
+            problem = gettext("The same file is attached twice.")
+        elif many := too_many_files(spec.file_spec.ui_max_files, len(ids), start_input=True):
+            problem = many
+        found = {
+            f.public_id: f
+            for f in MessageFile.objects.filter(
+                public_id__in=ids, app=app, uploaded_by_id=request.user.pk
+            )
+        }
+        unused = set(
+            MessageFile.objects.filter(pk__in=[f.pk for f in found.values()])
+            .unused()
+            .values_list("pk", flat=True)
+        )
+        chosen = []
+        for file_id in ids:
+            if problem is not None:
+                break
+            sent = found.get(file_id)
+            if sent is None or sent.input_name != name:
+                problem = gettext("No upload %(id)s of yours for this input.") % {"id": file_id}
+            elif sent.dify_user != dify_user:
+                problem = gettext(
+                    "The upload %(id)s was sent to Dify under the user %(sent)s, not %(user)s, "
+                    "which this run is asked as: Dify lets only that user use it."
+                ) % {"id": file_id, "sent": repr(sent.dify_user), "user": repr(dify_user)}
+            elif sent.pk not in unused:
+                problem = gettext(
+                    "The upload %(id)s was used by another run already: upload the file again."
+                ) % {"id": file_id}
+            elif spec.file_spec.file_type(sent.name, sent.mime_type) is None:
+                problem = gettext(
+                    "%(name)s is not a kind of file this input takes. Accepted: %(accepted)s."
+                ) % {"name": sent.name, "accepted": spec.file_spec.accepted_label() or "—"}
+            else:
+                chosen.append(sent)
+        if problem is not None:
+            values[name] = (labelled(name, problem), problem)
+            continue
+        files += chosen
+        mappings = [f.as_dify() for f in chosen]
+        values[name] = mappings if spec.type == "file-list" else mappings[0]
+    return values, files
 
 
 def _get_api_run(request: HttpRequest, public_id: Any) -> Any:

@@ -297,7 +297,7 @@ class UploadSizeMiddleware:
     - A form's file input: each file at most the largest limit of the kinds the input takes,
       the request's files together at most as many as it holds (`uploads.cap_uploads`).
     - A chatflow's message (start, next message): the kinds and number the app's
-      `file_upload` takes. The API's message-file upload is capped by its view, once the
+      `file_upload` takes; a start page's file inputs too, each its own kinds and number. The API's message-file upload is capped by its view, once the
       token is known (the app is named in the body, next to the file)."""
 
     UPLOAD_VIEWS = frozenset(
@@ -346,7 +346,7 @@ class UploadSizeMiddleware:
         from inbox.dify.errors import DifyError
         from inbox.forms import input_specs
         from inbox.models import DifyApp, Form, Run
-        from inbox.runs import app_parameters
+        from inbox.runs import app_parameters, start_inputs
         from inbox.uploads import cap_uploads, drop_uploads, file_cap, message_file_spec
 
         # Only a cap, never an answer: whether the caller may see the form, the app or the run
@@ -358,16 +358,24 @@ class UploadSizeMiddleware:
             else:
                 run = Run.objects.filter(public_id=kwargs["public_id"]).first()
                 app = run.app if run is not None else None
-            spec = None
-            if app is not None and app.mode == DifyApp.Mode.CHATFLOW:
+            taken: list[Any] = []
+            if app is not None:
                 try:
-                    spec = message_file_spec(app_parameters(app))
+                    parameters = app_parameters(app)
                 except DifyError:
-                    spec = None
-            if spec is None:
+                    parameters = {}
+                if app.mode == DifyApp.Mode.CHATFLOW:
+                    taken += [s for s in [message_file_spec(parameters)] if s is not None]
+                if "app_id" in kwargs:
+                    # A start's file inputs, each as it takes files.
+                    taken += [
+                        s.file_spec for s in start_inputs(parameters) if s.supported and s.is_file
+                    ]
+            if not taken:
                 drop_uploads(request)
             else:
-                cap_uploads(request, file_cap(app, [spec]), files=spec.ui_max_files)
+                files = sum(spec.ui_max_files for spec in taken)
+                cap_uploads(request, file_cap(app, taken), files=files)
             return
         form = None
         if "public_id" in kwargs:

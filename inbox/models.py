@@ -3367,10 +3367,21 @@ class UploadTally(models.Model):
         )
 
 
+class MessageFileQuerySet(models.QuerySet["MessageFile"]):
+    def unused(self) -> MessageFileQuerySet:
+        """Files no run has used: none that Dify named or that is still starting (a start Dify
+        refused lets its files go for another)."""
+        used = MessageFile.runs.through.objects.filter(
+            ~Q(run__workflow_run_id="") | ~Q(run__status=Run.Status.FAILED)
+        ).values("messagefile_id")
+        return self.exclude(pk__in=used)
+
+
 class MessageFile(models.Model):
     """A file uploaded to Dify to go with a chatflow's message (a start, or the next message of a
-    conversation), under the Dify user the message is asked as (Dify lets only that user use
-    it). Uploaded before the message is sent; `runs` are the messages that sent it."""
+    conversation), or to fill a start input of type file or file-list (`input_name`, its
+    variable), under the Dify user the run is asked as (Dify lets only that user use it).
+    Uploaded before the run starts; `runs` are the runs that sent it."""
 
     public_id = models.UUIDField(
         default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")
@@ -3379,6 +3390,8 @@ class MessageFile(models.Model):
         DifyApp, on_delete=models.CASCADE, related_name="message_files", verbose_name=_("app")
     )
     dify_user = models.CharField(_("Dify user"), max_length=255)
+    # The start input (its variable) the file fills; "" for a chatflow message's file.
+    input_name = models.CharField(_("start input"), max_length=255, blank=True, default="")
     runs = models.ManyToManyField(
         Run, blank=True, related_name="message_files", verbose_name=_("runs")
     )
@@ -3401,6 +3414,8 @@ class MessageFile(models.Model):
         max_length=150, blank=True, verbose_name=_("uploaded by (username)")
     )
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+
+    objects = MessageFileQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("message file")

@@ -50,6 +50,8 @@ from inbox.reasons import Reason, Refused, stored, translated, worded
 logger = logging.getLogger(__name__)
 
 START_INPUT_TYPES = ("text-input", "paragraph", "select", "number", "checkbox")
+# Start inputs that take files: filled with files uploaded to Dify first, under the run's user.
+START_FILE_TYPES = ("file", "file-list")
 # Parameters change when an app is republished, rarely; a start page is opened often.
 PARAMETERS_CACHE_SECONDS = 60
 # How long a start waits for Dify to name the run.
@@ -71,10 +73,37 @@ class StartInput:
     default: Any = None
     options: tuple[str, ...] = ()
     max_length: int | None = None
+    # A file or file-list input's kinds, extensions and transfer methods.
+    file_types: tuple[str, ...] = ()
+    file_extensions: tuple[str, ...] = ()
+    file_methods: tuple[str, ...] = ()
+
+    @property
+    def is_file(self) -> bool:
+        return self.type in START_FILE_TYPES
 
     @property
     def supported(self) -> bool:
+        """Filled here: a file input only when it takes uploaded files (one that takes web
+        addresses alone is left to Dify, as before)."""
+        if self.is_file:
+            return self.file_spec.allows_upload
         return self.type in START_INPUT_TYPES
+
+    @property
+    def file_spec(self) -> Any:
+        """The files a file input takes, as a form's file input says them (`forms.InputSpec`):
+        its kinds, extensions and methods, and a file-list's count (its `max_length`)."""
+        from inbox.forms import InputSpec
+
+        return InputSpec(
+            kind=self.type,
+            name=self.variable,
+            allowed_types=self.file_types,
+            allowed_extensions=self.file_extensions,
+            allowed_methods=self.file_methods or ("local_file", "remote_url"),
+            number_limits=self.max_length or 0 if self.type == "file-list" else 0,
+        )
 
     @property
     def checked(self) -> bool:
@@ -96,7 +125,14 @@ class StartInput:
         if not isinstance(body, dict) or not body.get("variable"):
             return None
         max_length = body.get("max_length")
+        if str(kind) == "file-list" and not isinstance(max_length, int):
+            max_length = body.get("number_limits")
         options = body.get("options")
+
+        def strings(key: str) -> tuple[str, ...]:
+            found = body.get(key)
+            return tuple(str(v) for v in found) if isinstance(found, list) else ()
+
         return cls(
             type=str(kind),
             variable=str(body["variable"]),
@@ -105,7 +141,12 @@ class StartInput:
             default=body.get("default"),
             # A list in Dify; anything else (a misconfigured app) offers no choice, not a 500.
             options=tuple(str(o) for o in options) if isinstance(options, list) else (),
-            max_length=max_length if isinstance(max_length, int) and max_length > 0 else None,
+            max_length=max_length
+            if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length > 0
+            else None,
+            file_types=strings("allowed_file_types"),
+            file_extensions=strings("allowed_file_extensions"),
+            file_methods=strings("allowed_file_upload_methods"),
         )
 
 
@@ -155,8 +196,14 @@ class StartRunForm(forms.Form):
         self.specs = start_inputs(parameters)
         self.labels = start_labels(self.specs)
         self.unsupported = [s for s in self.specs if not s.supported]
+        # A file input's files go to Dify before the run starts: the page asks for them here;
+        # the API names files it uploaded (`api._start_input_files`).
+        self.file_specs = [s for s in self.specs if s.supported and s.is_file]
         for spec in self.specs:
-            if spec.supported:
+            if spec.supported and spec.is_file:
+                if from_page:
+                    self.fields[spec.field_name] = StartFilesField(spec, app)
+            elif spec.supported:
                 self.fields[spec.field_name] = _field(spec, text_field)
         if app.mode == DifyApp.Mode.CHATFLOW:
             self.fields["query"] = text_field(
@@ -169,7 +216,8 @@ class StartRunForm(forms.Form):
 
     @property
     def blocked(self) -> bool:
-        """An input this page cannot fill (a file, say) is required: start the run elsewhere."""
+        """An input this page cannot fill (a file input that takes web addresses only, say) is
+        required: start the run elsewhere."""
         return any(s.required for s in self.unsupported)
 
     def clean_query(self) -> str:
@@ -198,7 +246,7 @@ class StartRunForm(forms.Form):
         cannot be left blank in Dify, gets the default."""
         values: dict[str, Any] = {}
         for spec in self.specs:
-            if not spec.supported:
+            if not spec.supported or spec.is_file:
                 continue
             value = self.cleaned_data.get(spec.field_name)
             if spec.type == "checkbox":
@@ -279,8 +327,15 @@ class MessageFilesField(forms.FileField):
 
         given = [f for f in (data if isinstance(data, list | tuple) else [data]) if f]
         files = [super(MessageFilesField, self).clean(f, initial) for f in given]
+        if self.required and not files and not self.kept:
+            raise forms.ValidationError(self.error_messages["required"], "required")
         errors = []
-        if (many := too_many_files(self.spec.ui_max_files, self.kept + len(files))) is not None:
+        many = too_many_files(
+            self.spec.ui_max_files,
+            self.kept + len(files),
+            start_input=isinstance(self, StartFilesField),
+        )
+        if many is not None:
             errors.append(many)
         for fileobj in files:
             try:
@@ -301,9 +356,36 @@ class MessageFilesField(forms.FileField):
         return files
 
 
+class StartFilesField(MessageFilesField):
+    """The files of a start input of type file or file-list (`spec`: a `StartInput` that takes
+    uploads), checked as a message's are against the input's own kinds and count; `kept`: the
+    files the page's last sending sent to Dify for it (`keep`)."""
+
+    def __init__(self, start: StartInput, app: DifyApp) -> None:
+        spec = start.file_spec
+        super().__init__(spec, app)
+        self.label = start.label
+        self.required = start.required
+        self.kept_files: list[Any] = []
+        if spec.kind == "file":
+            self.widget = forms.FileInput(attrs={"accept": spec.accept})
+            self.help_text = gettext("Accepted: %(accepted)s.") % {
+                "accepted": spec.accepted_label() or "—"
+            }
+
+    def keep(self, files: list[Any]) -> None:
+        self.kept_files = list(files)
+        self.kept = len(files)
+
+
 def add_files_field(form: forms.Form, app: DifyApp, spec: Any, kept: list[Any]) -> None:
     """A chatflow's message form takes files when the app does (`spec`, None when it takes
-    none); `kept`: the files sent to Dify from the page's last sending, sent again with it."""
+    none); `kept`: the files sent to Dify from the page's last sending, sent again with it
+    (those of a start input go back to its own field)."""
+    for field in form.fields.values():
+        if isinstance(field, StartFilesField):
+            field.keep([f for f in kept if f.input_name == field.spec.name])
+    kept = [f for f in kept if not f.input_name]
     form.kept_files = list(kept)  # type: ignore[attr-defined]
     if spec is not None:
         form.fields["files"] = MessageFilesField(spec, app, kept=len(kept))
@@ -533,6 +615,7 @@ def start_run(
     submission_digest: str = "",
     conversation_id: str = "",
     files: list[Any] | None = None,
+    input_files: list[Any] | None = None,
 ) -> Run:
     """Start a streaming run and hand it to the follower (see the module docstring).
     `labels`: the start inputs' labels ({variable: label}), kept for the run's page.
@@ -541,7 +624,8 @@ def start_run(
     `submission_key`: the caller's key for this start (see `Run.submission_key`), with the
     digest of what it asked (`start_digest`).
     `files`: a chatflow message's files (`MessageFile`s uploaded under `dify_user`), sent as
-    Dify's uploaded files and kept with the run.
+    Dify's uploaded files and kept with the run; `input_files`: those that fill file start
+    inputs (already in `inputs`, as Dify takes them), kept with the run too.
 
     Raises StartFailed; the run row then stays as `failed` with Dify's message, for the record.
     Raises SameStart when another start holds the key, having started nothing.
@@ -575,8 +659,8 @@ def start_run(
                     submission_digest=submission_digest if submission_key else "",
                     conversation_id=conversation_id[:64],
                 )
-                if files:
-                    run.message_files.add(*files)
+                if files or input_files:
+                    run.message_files.add(*(files or ()), *(input_files or ()))
             break
         except IntegrityError:
             # Another start under the key went in first; looked up again, it is that start,

@@ -146,6 +146,10 @@ class SizeCapHandler(FileUploadHandler):
             request: Any = self.request
             key = "uploads_too_large" if over_cap else "uploads_over_total"
             setattr(request, key, [*getattr(request, key, []), self.file_name or "file"])
+            # The field it was sent for, in the same order, so a page says it beside that field.
+            fields = getattr(request, "uploads_dropped_fields", {})
+            fields.setdefault(key, []).append(self.field_name or "")
+            request.uploads_dropped_fields = fields
             raise SkipFile
         return raw_data
 
@@ -439,11 +443,18 @@ def message_file_spec(parameters: dict[str, Any]) -> InputSpec | None:
 
 
 def upload_message_file(
-    app: DifyApp, spec: InputSpec, fileobj: UploadedFile, *, dify_user: str, uploader: Any
+    app: DifyApp,
+    spec: InputSpec,
+    fileobj: UploadedFile,
+    *,
+    dify_user: str,
+    uploader: Any,
+    input_name: str = "",
 ) -> MessageFile:
     """A file for a chatflow's message, uploaded to Dify under the Dify user the message will
     be asked as (Dify lets only that user use it), checked first as a form's files are
-    (`spec`: `message_file_spec`), and counted against the uploader's INBOX_UPLOADS_PER_MINUTE.
+    (`spec`: `message_file_spec`, or a start input's `file_spec` with its variable as
+    `input_name`), and counted against the uploader's INBOX_UPLOADS_PER_MINUTE.
     Raises UploadRejected."""
     name = posixpath.basename((fileobj.name or "").replace("\\", "/")) or "file"
     mime_type = fileobj.content_type or "application/octet-stream"
@@ -468,6 +479,7 @@ def upload_message_file(
     message_file = MessageFile.objects.create(
         app=app,
         dify_user=dify_user,
+        input_name=input_name[:255],
         upload_file_id=str(uploaded.id),
         name=name[:255],
         size=getattr(uploaded, "size", None) or size,
@@ -488,11 +500,17 @@ def upload_message_file(
     return message_file
 
 
-def too_many_files(limit: int | None, count: int) -> str | None:
+def too_many_files(limit: int | None, count: int, *, start_input: bool = False) -> str | None:
     """Said when a message would carry more files than the app takes (`number_limits`; None:
-    no limit)."""
+    no limit), or a start input more than it takes (`start_input`)."""
     if limit is None or count <= limit:
         return None
+    if start_input:
+        return ngettext(
+            "This input takes at most %(limit)d file.",
+            "This input takes at most %(limit)d files.",
+            limit,
+        ) % {"limit": limit}
     return ngettext(
         "This app takes at most %(limit)d file with a message.",
         "This app takes at most %(limit)d files with a message.",

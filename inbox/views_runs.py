@@ -34,6 +34,7 @@ from inbox.runs import (
     RunNotStoppable,
     SameStart,
     StartFailed,
+    StartFilesField,
     StartRunForm,
     add_files_field,
     app_parameters,
@@ -126,10 +127,9 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         app, parameters, request.POST or None, request.FILES or None, from_page=True
     )
     dify_user = default_dify_user(request.user)
-    if app.mode == DifyApp.Mode.CHATFLOW:
-        add_files_field(
-            form, app, message_file_spec(parameters), _kept_files(request, app, dify_user)
-        )
+    # A chatflow's message files, and the files of the start's file inputs.
+    message_spec = message_file_spec(parameters) if app.mode == DifyApp.Mode.CHATFLOW else None
+    add_files_field(form, app, message_spec, _kept_files(request, app, dify_user))
     # Why the page is shown again when the inputs were fine: Dify did not start the run
     # ("failed"), or whether it did is not known ("unknown"). Not the person's to correct.
     start_problem = ""
@@ -184,10 +184,25 @@ def _start_from_page(
             sorted(str(f.public_id) for f in kept),
             sorted(f"{f.name}:{f.size}" for f in chosen),
         )
+    start_fields = _start_file_fields(form)
+    if start_fields:
+        # So are a start input's files (its own).
+        extra += (
+            {
+                name: (
+                    sorted(str(f.public_id) for f in field.kept_files),
+                    sorted(f"{f.name}:{f.size}" for f in form.cleaned_data.get(name) or []),
+                )
+                for name, field in start_fields.items()
+            },
+        )
     digest = start_digest(app.pk, inputs, query, dify_user, *extra)
     key = _page_key(request, digest)
     try:
         started_under(key, digest)
+        input_files = _send_input_files(request, form, app, dify_user, inputs)
+        if input_files is None:
+            return ""
         files = _send_files(request, form, app, dify_user, chosen)
         if files is None:
             return ""
@@ -203,6 +218,7 @@ def _start_from_page(
             submission_digest=digest,
             conversation_id=conversation_id,
             files=files,
+            input_files=input_files,
         )
     except SameStart as same:
         # The page sent twice (a double click, a reload that posts again): the run its first
@@ -228,28 +244,49 @@ def _start_from_page(
     return redirect("inbox:run", public_id=run.public_id)
 
 
+def _start_file_fields(form: Any) -> dict[str, StartFilesField]:
+    """The start page's file inputs' fields, by field name."""
+    return {
+        name: field for name, field in form.fields.items() if isinstance(field, StartFilesField)
+    }
+
+
+def _file_field_of(request: HttpRequest, form: Any, name: str) -> str | None:
+    """The field a file part named `name` was sent for, when the form takes files there."""
+    if name == "files" and "files" in form.fields:
+        return "files"
+    return name if name in _start_file_fields(form) else None
+
+
 def _valid(request: HttpRequest, form: Any) -> bool:
     """Whether a start page's form is valid, a file dropped as it arrived (over the most Dify
     takes for the kinds of file the app takes, or past what one sending may carry) said beside
-    the files."""
+    the field it was sent for."""
     valid = bool(form.is_valid())
-    dropped = too_large(request) if "files" in form.fields else []
-    for message in dropped:
-        form.add_error("files", message)
+    takes_files = "files" in form.fields or bool(_start_file_fields(form))
+    dropped = too_large(request) if takes_files else []
+    by_kind = getattr(request, "uploads_dropped_fields", {})
+    # In the order `too_large` says them.
+    fields = [*by_kind.get("uploads_too_large", []), *by_kind.get("uploads_over_total", [])]
+    for index, message in enumerate(dropped):
+        at = _file_field_of(request, form, fields[index]) if index < len(fields) else None
+        form.add_error(at or (None if "files" not in form.fields else "files"), message)
     return valid and not dropped
 
 
 def _status(request: HttpRequest, form: Any) -> int:
     """A start page's status: 413 when a file was dropped as it arrived (larger than the app
-    takes, said beside the files, what was typed shown again), 400 for other errors."""
+    takes, said beside its field, what was typed shown again), 400 for other errors."""
     if not (form.is_bound and form.errors):
         return 200
-    return 413 if "files" in form.fields and too_large(request) else 400
+    takes_files = "files" in form.fields or bool(_start_file_fields(form))
+    return 413 if takes_files and too_large(request) else 400
 
 
 def _kept_files(request: HttpRequest, app: DifyApp, dify_user: str) -> list[MessageFile]:
     """The files the page's last sending sent to Dify and the reviewer kept ticked: theirs,
-    of this app and Dify user, sent again rather than uploaded again."""
+    of this app and Dify user, sent again rather than uploaded again (a start input's, only
+    while no run has used them)."""
     wanted = []
     for value in request.POST.getlist("kept_files")[:UI_FILE_LIST_CAP]:
         try:
@@ -258,11 +295,49 @@ def _kept_files(request: HttpRequest, app: DifyApp, dify_user: str) -> list[Mess
             continue
     if not wanted:
         return []
-    return list(
-        MessageFile.objects.filter(
-            public_id__in=wanted, app=app, dify_user=dify_user, uploaded_by_id=request.user.pk
-        )
+    found = MessageFile.objects.filter(
+        public_id__in=wanted, app=app, dify_user=dify_user, uploaded_by_id=request.user.pk
     )
+    unused = set(found.unused().values_list("pk", flat=True))
+    return [f for f in found if not f.input_name or f.pk in unused]
+
+
+def _send_input_files(
+    request: HttpRequest, form: Any, app: DifyApp, dify_user: str, inputs: dict[str, Any]
+) -> list[MessageFile] | None:
+    """The start's file inputs' files in Dify: those kept from the last sending and the ones
+    chosen now, uploaded under `dify_user`, put in `inputs` as Dify takes them (a file-list's
+    as a list). None when Dify did not take one: said beside its input, and those it took are
+    kept (ticked) for the page's next sending."""
+    sent: list[MessageFile] = []
+    failed = False
+    for name, field in _start_file_fields(form).items():
+        files = field.kept_files
+        for fileobj in form.cleaned_data.get(name) or []:
+            if failed:
+                break
+            try:
+                files.append(
+                    upload_message_file(
+                        app,
+                        field.spec,
+                        fileobj,
+                        dify_user=dify_user,
+                        uploader=request.user,
+                        input_name=field.spec.name,
+                    )
+                )
+            except UploadRejected as exc:
+                form.add_error(
+                    name, _("%(name)s: %(error)s") % {"name": fileobj.name, "error": exc.message}
+                )
+                failed = True
+        field.keep(files)
+        sent += files
+        if files:
+            mappings = [f.as_dify() for f in files]
+            inputs[field.spec.name] = mappings[0] if field.spec.kind == "file" else mappings
+    return None if failed else sent
 
 
 def _send_files(
@@ -609,6 +684,13 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     # Dify did not answer the app's last calls (no connection, a 5xx): nothing of this run
     # reaches the inbox meanwhile.
     unreachable = run.app.contact_failed_at is not None and not run.is_finished and not refused
+    sent = list(run.message_files.all())
+    by_input: dict[str, list[MessageFile]] = {}
+    for sent_file in sent:
+        if sent_file.input_name:
+            by_input.setdefault(sent_file.input_name, []).append(sent_file)
+    labels = run.input_labels if isinstance(run.input_labels, dict) else {}
+    inputs = list(run.inputs) if isinstance(run.inputs, dict) else []
     return {
         # A chatflow's conversation: its messages in the inbox, and whether one may go on with
         # it from here (its last message has ended).
@@ -626,8 +708,15 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         ),
         "run": run,
         "app": run.app,
-        # The files a chatflow's message was sent with.
-        "message_files": list(run.message_files.all()),
+        # The files a chatflow's message was sent with, and those of file start inputs by
+        # their input's label (in place of the inputs' values, Dify's file mappings).
+        "message_files": [f for f in sent if not f.input_name],
+        "start_files": [(labels.get(name) or name, files) for name, files in by_input.items()],
+        "labelled_inputs": [
+            (label, value)
+            for (label, value), name in zip(run.labelled_inputs, inputs, strict=True)
+            if name not in by_input
+        ],
         "forms": [(form, form.pk in visible) for form in forms],
         "timeline": timeline_items(run.timeline),
         "outputs": output_items(run) if run.is_finished else [],

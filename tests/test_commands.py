@@ -140,7 +140,9 @@ def test_seed_demo_registers_the_simulator_apps_and_starts_runs_once(
     assert names == {n for n, spec in simulator.apps.items() if spec.mode != "chat"}
     assert DifyApp.objects.get(name="support-chat").mode == "chatflow"
     runs = Run.objects.all()
-    assert runs.count() == len(names) + 1  # two refund runs
+    # Two refund runs; none of document-intake, whose start needs a file someone chooses.
+    assert runs.count() == len(names) + 1 - 1
+    assert not runs.filter(app__name="document-intake").exists()
     assert f"{runs.count()} demo runs started" in out
     assert all(r.workflow_run_id and r.dify_user == "inbox-alice" for r in runs)
     # They really run in the simulator, under the run's user.

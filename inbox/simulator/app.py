@@ -246,7 +246,7 @@ class DifyApi:
         if not ctx.app.is_workflow:
             raise DifyError(400, "not_workflow_app", MODE_MISMATCH)
         inputs, mode = self._run_args(body)
-        inputs = self._validated_inputs(ctx.app, inputs)
+        inputs = self._validated_inputs(ctx.app, inputs, user)
         run, subscriber = self.sim.start_run(ctx.app, user, inputs, subscribe=mode == "streaming")
         if subscriber is not None:
             return self._stream(ctx, run, subscriber, self._original_terminal(run))
@@ -265,7 +265,7 @@ class DifyApi:
         if conversation is None:
             raise not_found("Conversation Not Exists.")
         if conversation.inputs is None:
-            conversation.inputs = self._validated_inputs(ctx.app, inputs)
+            conversation.inputs = self._validated_inputs(ctx.app, inputs, user)
         # As Dify: a message that goes on with a conversation runs with the inputs it started
         # with; the ones it sends are neither checked nor used.
         inputs = conversation.inputs
@@ -303,16 +303,21 @@ class DifyApi:
         are visible only to requests carrying it), allowed by the app's file upload feature;
         ignored when the app has none."""
 
+        try:
+            return validate_message_files(app.file_upload, files, self._uploads_of(user))
+        except InvalidInput as exc:
+            raise invalid_param(str(exc)) from exc
+
+    def _uploads_of(self, user: str) -> Any:
+        """Looks up an upload as Dify lets `user` use it: only one of their own."""
+
         def find_upload(upload_id: str) -> tuple[str, str] | None:
             upload = self.sim.uploads.get(upload_id)
             if upload is None or upload.user != user:
                 return None
             return upload.extension, upload.mime_type
 
-        try:
-            return validate_message_files(app.file_upload, files, find_upload)
-        except InvalidInput as exc:
-            raise invalid_param(str(exc)) from exc
+        return find_upload
 
     def _run_args(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         inputs = body.get("inputs")
@@ -323,9 +328,9 @@ class DifyApi:
             raise invalid_param("response_mode must be one of: blocking, streaming")
         return inputs, mode
 
-    def _validated_inputs(self, app: AppSpec, inputs: dict[str, Any]) -> dict[str, Any]:
+    def _validated_inputs(self, app: AppSpec, inputs: dict[str, Any], user: str) -> dict[str, Any]:
         try:
-            return validate_start_inputs(app.inputs, inputs)
+            return validate_start_inputs(app.inputs, inputs, self._uploads_of(user))
         except InvalidInput as exc:
             raise invalid_param(str(exc)) from exc
 

@@ -52,7 +52,15 @@ MODES = {
     "chat": "chat",
 }
 
-START_INPUT_TYPES = ("text-input", "paragraph", "select", "number", "checkbox")
+START_INPUT_TYPES = (
+    "text-input",
+    "paragraph",
+    "select",
+    "number",
+    "checkbox",
+    "file",
+    "file-list",
+)
 FORM_INPUT_TYPES = ("paragraph", "select", "file", "file-list")
 BUTTON_STYLES = ("primary", "default", "accent", "ghost")
 PLAIN_NODE_TYPES = (
@@ -88,6 +96,14 @@ class StartInput:
     default: Any = None
     options: tuple[str, ...] = ()
     max_length: int | None = None
+    # A file or file-list input's config, as Dify's /parameters gives it: allowed_file_types,
+    # allowed_file_extensions, allowed_file_upload_methods (a file-list's count is
+    # `max_length`, 0 for none).
+    file_config: dict[str, Any] | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return self.type in ("file", "file-list")
 
     def user_input_form_item(self) -> dict[str, Any]:
         """The item `/parameters` lists for this input, keyed by its control type."""
@@ -101,6 +117,12 @@ class StartInput:
             body["max_length"] = self.max_length
         if self.type == "select":
             body["options"] = list(self.options)
+        if self.is_file:
+            # Dify gives a file input no default, and a file-list's count as `max_length`.
+            body["default"] = None
+            body.update(self.file_config or {})
+            if self.type == "file-list":
+                body["max_length"] = self.max_length or 0
         return {self.type: body}
 
 
@@ -224,14 +246,21 @@ def _parse_start_input(raw: Any, where: str) -> StartInput:
     max_length = raw.get("max_length")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
         raise _fail(f"{where}.max_length", "must be a positive integer")
+    file_config = None
+    if kind in ("file", "file-list"):
+        file_config = _parse_file_upload(raw, where)
+        assert file_config is not None
+        # A start input's count is its `max_length`, not `number_limits`.
+        file_config.pop("number_limits", None)
     return StartInput(
         variable=variable,
         type=kind,
         label=_str(raw.get("label"), f"{where}.label", required=False, default=variable),
         required=bool(raw.get("required", True)),
-        default=raw.get("default"),
+        default=None if file_config is not None else raw.get("default"),
         options=tuple(options),
         max_length=max_length,
+        file_config=file_config,
     )
 
 
@@ -427,7 +456,8 @@ def _check_references(app: AppSpec, where: str) -> None:
 
 
 def _parse_file_upload(raw: Any, where: str) -> dict[str, Any] | None:
-    """`app.file_upload`: the files a chat message may carry (Dify's file upload feature)."""
+    """`app.file_upload`: the files a chat message may carry (Dify's file upload feature); also
+    a file or file-list start input's kinds and methods."""
     if raw is None:
         return None
     if not isinstance(raw, dict):

@@ -25,16 +25,25 @@ class InvalidFormData(ValueError):
 
 
 def validate_start_inputs(
-    declared: Sequence[StartInput], given: Mapping[str, Any]
+    declared: Sequence[StartInput],
+    given: Mapping[str, Any],
+    find_upload: UploadLookup | None = None,
 ) -> dict[str, Any]:
-    """Dify's `BaseAppGenerator._validate_inputs`: only declared variables are kept."""
+    """Dify's `BaseAppGenerator._validate_inputs`: only declared variables are kept. A file
+    input's mapping (a file-list's list of them) is resolved with `find_upload` (an upload of
+    the run's own user) and checked against the input's config, as `_prepare_user_inputs`
+    builds its files."""
     cleaned: dict[str, Any] = {}
     for entity in declared:
         name = entity.variable
         value = given.get(name)
+        if entity.type == "file-list" and value == []:
+            value = None
         if value is None or value == "":
             if entity.required:
                 raise InvalidInput(f"{name} is required in input form")
+            if entity.is_file:
+                continue
             if value is None:
                 # Left out: Dify puts the app's default in its place.
                 cleaned[name] = entity.default
@@ -68,8 +77,32 @@ def validate_start_inputs(
                 raise InvalidInput(f"{name} in input form must be a valid number")
         elif entity.type == "checkbox" and not isinstance(value, bool):
             raise InvalidInput(f"{name} in input form must be a boolean")
+        elif entity.type == "file":
+            if not isinstance(value, Mapping):
+                raise InvalidInput(f"{name} in input form must be a file")
+            value = _start_files(entity, [value], find_upload)[0]
+        elif entity.type == "file-list":
+            if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+                raise InvalidInput(f"{name} in input form must be a list of files")
+            value = _start_files(entity, value, find_upload)
         cleaned[name] = value
     return cleaned
+
+
+def _start_files(
+    entity: StartInput, mappings: Sequence[Mapping[str, Any]], find_upload: UploadLookup | None
+) -> list[dict[str, Any]]:
+    """A file start input's files as Dify's file factory builds them under the input's config
+    (its kinds, extensions and methods; a file-list's `max_length`)."""
+    config = dict(entity.file_config or {})
+    limit = entity.max_length if entity.type == "file-list" else 1
+    if limit and len(mappings) > limit:
+        raise InvalidInput(f"Number of files exceeds the maximum limit {limit}")
+    return validate_message_files(
+        {**config, "number_limits": limit or 0},
+        list(mappings),
+        find_upload or (lambda _id: None),
+    )
 
 
 class ResolvedFile:

@@ -330,3 +330,40 @@ def test_a_reviewer_goes_on_with_a_conversation_sending_a_file(
     assert page.get_by_text("parcel.png").is_visible()
     screenshot(page, "continue-with-a-file")
     assert page.js_errors == []
+
+
+def test_a_reviewer_starts_a_run_with_a_file_in_its_start_inputs(
+    live_server: Any,
+    chromium: Any,
+    browser_contexts: list[Any],
+    simulator: Any,
+    sim_app: Any,  # noqa: F811
+    starters: Group,  # noqa: F811
+    reviewer: User,
+    tmp_path: Path,
+) -> None:
+    app: DifyApp = sim_app("document-intake")
+    contract = tmp_path / "contract.pdf"
+    contract.write_bytes(pdf("signed"))
+
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/apps/{app.pk}/start/")
+    page.get_by_label("Supplier").fill("Hartmann")
+    page.get_by_label("Signed contract").set_input_files(str(contract))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Start the run").click()
+    run = Run.objects.get()
+    assert page.url.endswith(f"/runs/{run.public_id}/")
+    (sent,) = run.message_files.all()
+    assert (sent.name, sent.input_name, sent.dify_user) == (
+        "contract.pdf",
+        "contract",
+        run.dify_user,
+    )
+    assert simulator.run(run.workflow_run_id)["inputs"]["contract"] == sent.as_dify()
+    # The run page lists the file under its input's label.
+    page.get_by_text("Inputs", exact=True).click()
+    assert page.get_by_text("contract.pdf").is_visible()
+    assert page.get_by_text("Signed contract").is_visible()
+    screenshot(page, "start-with-a-file")
+    assert page.js_errors == []

@@ -23,6 +23,7 @@ EXPECTED_APPS = {
     "invoice-sync": ("app-sim-failing", "workflow"),
     "faq-bot": ("app-sim-chatbot", "chat"),
     "claim-review": ("app-sim-claims", "workflow"),
+    "document-intake": ("app-sim-documents", "workflow"),
 }
 
 

@@ -148,6 +148,9 @@ class Command(BaseCommand):
             self.stderr.write(f"seed_demo: {app.name}: parameters: {exc}")
             return 0
         form = StartRunForm(app, parameters, data={})
+        if any(spec.required for spec in form.file_specs):
+            # Its start needs a file someone chooses: started from its start page.
+            return 0
         data: dict[str, Any] = {}
         for spec in form.specs:
             if spec.supported and spec.default not in (None, "", False):
