@@ -39,7 +39,13 @@ from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.reasons import Refused, labelled
-from inbox.uploads import UploadRejected, dropped_count, too_large, upload_to_dify
+from inbox.uploads import (
+    UploadRejected,
+    dropped_count,
+    dropped_status,
+    too_large,
+    upload_to_dify,
+)
 from inbox.views import (
     PAGE_SIZE,
     SORTS,
@@ -1615,14 +1621,17 @@ def _message_file_spec(app: DifyApp) -> Any:
 
 def _cap_message_file(request: HttpRequest) -> None:
     """Before the body is read (`middleware.UploadSizeMiddleware` leaves this call to its view,
-    once the token is known): one file, at most the largest limit of the kinds an active
-    chatflow app takes with a message. The app is named in the body, next to the file, so not
-    known before; its own kinds' limits are checked once it is. No file is kept when no app
-    takes one."""
+    once the token is known): one file. The app is named in the body, beside the file: a file
+    after the `app` part is capped at that app's own limit for its kind, and dropped as it
+    begins when the app does not take its kind (`uploads.MessageFileCapHandler`); a file before
+    it, at the largest limit of the kinds any active chatflow app takes with a message, its
+    app's own limits checked once the whole body is read. No file is kept when no app takes
+    one."""
     from inbox.dify.errors import DifyError
     from inbox.runs import app_parameters
-    from inbox.uploads import cap_uploads, drop_uploads, file_cap, message_file_spec
+    from inbox.uploads import cap_message_file, drop_uploads, file_cap, message_file_spec
 
+    takes: dict[str, tuple[DifyApp, Any]] = {}
     caps = []
     for app in DifyApp.objects.filter(is_active=True, mode=DifyApp.Mode.CHATFLOW):
         try:
@@ -1630,9 +1639,10 @@ def _cap_message_file(request: HttpRequest) -> None:
         except DifyError:
             continue
         if spec is not None:
+            takes[app.name] = (app, spec)
             caps.append(file_cap(app, [spec]))
     if caps:
-        cap_uploads(request, max(caps), files=1)
+        cap_message_file(request, max(caps), takes.get)
     else:
         drop_uploads(request)
 
@@ -1644,7 +1654,7 @@ def _the_file(request: HttpRequest) -> Any:
     if fileobj is None:
         dropped = too_large(request)
         if dropped:
-            raise ApiError(413, "upload_rejected", " ".join(dropped))
+            raise ApiError(dropped_status(request), "upload_rejected", " ".join(dropped))
         raise ApiError(
             400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
         )

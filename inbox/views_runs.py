@@ -241,10 +241,14 @@ def _valid(request: HttpRequest, form: Any) -> bool:
 
 def _status(request: HttpRequest, form: Any) -> int:
     """A start page's status: 413 when a file was dropped as it arrived (larger than the app
-    takes, said beside the files, what was typed shown again), 400 for other errors."""
+    takes, said beside the files, what was typed shown again), 429 when the day's files are
+    spent, 400 for other errors."""
     if not (form.is_bound and form.errors):
         return 200
-    return 413 if "files" in form.fields and too_large(request) else 400
+    if "files" in form.fields and too_large(request):
+        return 413
+    # The day's budget of message files spent: said beside the files, as the API's 429.
+    return 429 if getattr(form, "files_spent", False) else 400
 
 
 def _kept_files(request: HttpRequest, app: DifyApp, dify_user: str) -> list[MessageFile]:
@@ -281,6 +285,11 @@ def _send_files(
                 upload_message_file(app, spec, fileobj, dify_user=dify_user, uploader=request.user)
             )
         except UploadRejected as exc:
+            if exc.code == "upload_limit_reached":
+                # Said once, of every file still to go: none of them can be sent today.
+                form.files_spent = True
+                form.add_error("files", exc.message)
+                return None
             form.add_error(
                 "files", _("%(name)s: %(error)s") % {"name": fileobj.name, "error": exc.message}
             )
