@@ -31,7 +31,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import formats, timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -55,6 +55,7 @@ from inbox.models import (
     DifyApp,
     Form,
     FormRecipient,
+    MessageFile,
     ReviewerProfile,
     Route,
     RouteRecipient,
@@ -805,6 +806,46 @@ def _account(user: Any, username: str) -> str | None:
     return None
 
 
+class MessageFileInline(admin.TabularInline):
+    """The files a run's message was sent with (a chatflow's), each a link to its own page."""
+
+    model = MessageFile.runs.through
+    verbose_name = _("message file")
+    verbose_name_plural = _("message files")
+    fields = ("file", "category", "size", "uploader")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).select_related("messagefile__uploaded_by")
+
+    @admin.display(description=_("name"))
+    def file(self, obj: Any) -> str:
+        sent = obj.messagefile
+        url = reverse("admin:inbox_messagefile_change", args=[sent.pk])
+        return format_html('<a href="{}">{}</a>', url, sent.name)
+
+    @admin.display(description=_("category"))
+    def category(self, obj: Any) -> str:
+        return str(obj.messagefile.get_category_display())
+
+    @admin.display(description=_("size"))
+    def size(self, obj: Any) -> int:
+        return int(obj.messagefile.size)
+
+    @admin.display(description=_("uploaded by"))
+    def uploader(self, obj: Any) -> str | None:
+        sent = obj.messagefile
+        return _account(sent.uploaded_by, sent.uploaded_by_username)
+
+
 @admin.register(Run)
 class RunAdmin(ToTheSecondAdmin, RecordAdmin):
     list_display = ["__str__", "app", "status", "dify_user", "starter", "created_at"]
@@ -865,7 +906,7 @@ class RunAdmin(ToTheSecondAdmin, RecordAdmin):
         ),
     ]
     date_hierarchy = "created_at"
-    inlines = [FormInline]
+    inlines = [FormInline, MessageFileInline]
     actions = ["stop_run", "close_here"]
 
     @admin.display(description=_("started by"), ordering="started_by_username")
@@ -1553,6 +1594,80 @@ class UploadAdmin(RecordAdmin):
     @admin.display(description=_("uploaded by"), ordering="uploaded_by_username")
     def uploader(self, obj: Upload) -> str | None:
         return _account(obj.uploaded_by, obj.uploaded_by_username)
+
+
+@admin.register(MessageFile)
+class MessageFileAdmin(RecordAdmin):
+    """Files uploaded to Dify to go with a chatflow's message or in a run's file start input
+    (`input_name`), as uploads are shown: never edited or added here (Dify keeps the file
+    whatever the record says)."""
+
+    list_display = [
+        "name",
+        "app",
+        "input_name",
+        "dify_user",
+        "category",
+        "size",
+        "uploader",
+        "sent_with",
+        "created_at",
+    ]
+    list_filter = ["category", "app"]
+    search_fields = [
+        "name",
+        "upload_file_id",
+        "=public_id",
+        "dify_user",
+        "app__name",
+        # The files a run's message was sent with, by the run's public id.
+        "=runs__public_id",
+        "uploaded_by__username",
+        # As they were named when they uploaded it: found once their account is deleted too.
+        "uploaded_by_username",
+    ]
+    list_select_related = ["app", "uploaded_by"]
+    date_hierarchy = "created_at"
+    fields = [
+        "name",
+        "app",
+        "input_name",
+        "dify_user",
+        "runs_sent_with",
+        "category",
+        "size",
+        "mime_type",
+        "extension",
+        "upload_file_id",
+        "uploader",
+        "public_id",
+        "created_at",
+    ]
+    readonly_fields = ["runs_sent_with", "uploader", "public_id", "created_at"]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).annotate(run_count=Count("runs"))
+
+    @admin.display(description=_("uploaded by"), ordering="uploaded_by_username")
+    def uploader(self, obj: MessageFile) -> str | None:
+        return _account(obj.uploaded_by, obj.uploaded_by_username)
+
+    @admin.display(description=_("messages sent with it"), ordering="run_count")
+    def sent_with(self, obj: MessageFile) -> int:
+        return int(getattr(obj, "run_count", 0))
+
+    @admin.display(description=_("runs"))
+    def runs_sent_with(self, obj: MessageFile) -> Any:
+        runs = list(obj.runs.order_by("created_at", "pk"))
+        if not runs:
+            return _("None yet: uploaded, not sent with a message.")
+        links = [
+            format_html(
+                '<a href="{}">{}</a>', reverse("admin:inbox_run_change", args=[run.pk]), run
+            )
+            for run in runs
+        ]
+        return format_html_join(", ", "{}", ((link,) for link in links))
 
 
 @admin.register(RunEvent)

@@ -39,7 +39,13 @@ from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.reasons import Refused, labelled
-from inbox.uploads import UploadRejected, dropped_count, too_large, upload_to_dify
+from inbox.uploads import (
+    UploadRejected,
+    dropped_count,
+    dropped_status,
+    too_large,
+    upload_to_dify,
+)
 from inbox.views import (
     PAGE_SIZE,
     SORTS,
@@ -1622,27 +1628,43 @@ def _message_file_spec(app: DifyApp) -> Any:
 
 def _cap_message_file(request: HttpRequest) -> None:
     """Before the body is read (`middleware.UploadSizeMiddleware` leaves this call to its view,
-    once the token is known): one file, at most the largest limit of the kinds an active
-    chatflow app takes with a message, or an active app's file start input takes. The app is named in the body, next to the file, so not
-    known before; its own kinds' limits are checked once it is. No file is kept when no app
-    takes one."""
+    once the token is known): one file. The app is named in the body, beside the file (and,
+    for a start input's file, the input): a file after the `app` (and `input`) part is capped
+    at that app's own limit for its kind, and dropped as it begins when the app (or the input)
+    does not take its kind (`uploads.MessageFileCapHandler`); a file before it, at the largest
+    limit of the kinds any active app takes with a message or in a file start input, its own
+    limits checked once the whole body is read. No file is kept when no app takes one."""
     from inbox.dify.errors import DifyError
     from inbox.runs import app_parameters, start_inputs
-    from inbox.uploads import cap_uploads, drop_uploads, file_cap, message_file_spec
+    from inbox.uploads import cap_message_file, drop_uploads, file_cap, message_file_spec
 
+    takes: dict[tuple[str, str], tuple[DifyApp, Any]] = {}
     caps = []
     for app in DifyApp.objects.filter(is_active=True):
         try:
             parameters = app_parameters(app)
         except DifyError:
             continue
-        specs = [s.file_spec for s in start_inputs(parameters) if s.supported and s.is_file]
-        if app.mode == DifyApp.Mode.CHATFLOW:
-            specs += [s for s in [message_file_spec(parameters)] if s is not None]
+        # What the app takes, by input: "" for a chatflow's message, else a start input.
+        specs = {
+            s.variable: s.file_spec for s in start_inputs(parameters) if s.supported and s.is_file
+        }
+        if app.mode == DifyApp.Mode.CHATFLOW and (spec := message_file_spec(parameters)):
+            specs[""] = spec
+        for input_name, spec in specs.items():
+            takes[(app.name, input_name)] = (app, spec)
         if specs:
-            caps.append(file_cap(app, specs))
+            caps.append(file_cap(app, list(specs.values())))
+
+    def own_spec(app_name: str, input_name: str) -> tuple[DifyApp, Any] | None:
+        # No `input` read yet while the app has file start inputs: it may still come after the
+        # file, so the file is not judged by the message's kinds.
+        if not input_name and any(a == app_name and i for a, i in takes):
+            return None
+        return takes.get((app_name, input_name))
+
     if caps:
-        cap_uploads(request, max(caps), files=1)
+        cap_message_file(request, max(caps), own_spec)
     else:
         drop_uploads(request)
 
@@ -1654,7 +1676,7 @@ def _the_file(request: HttpRequest) -> Any:
     if fileobj is None:
         dropped = too_large(request)
         if dropped:
-            raise ApiError(413, "upload_rejected", " ".join(dropped))
+            raise ApiError(dropped_status(request), "upload_rejected", " ".join(dropped))
         raise ApiError(
             400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
         )

@@ -3434,6 +3434,52 @@ class MessageFile(models.Model):
         }
 
 
+class MessageFileTally(models.Model):
+    """How many files one person has sent to Dify with chatflow messages on one day (in
+    TIME_ZONE), and their bytes: the day's budget of `inbox.uploads.upload_message_file`
+    (INBOX_MESSAGE_FILES_PER_DAY, INBOX_MESSAGE_FILES_MB_PER_DAY). Only files Dify took count;
+    a person's rows of earlier days are let go as a new day's is taken."""
+
+    # "u:<user pk>", as `UploadTally.key` gives it (pages and API tokens alike).
+    who = models.CharField(max_length=320, verbose_name=_("uploader"))
+    day = models.DateField(verbose_name=_("day"))
+    files = models.PositiveIntegerField(default=0, verbose_name=_("files"))
+    bytes = models.PositiveBigIntegerField(default=0, verbose_name=_("bytes"))
+
+    class Meta:
+        verbose_name = _("message file tally")
+        verbose_name_plural = _("message file tallies")
+        constraints = [
+            models.UniqueConstraint(fields=["who", "day"], name="message_file_tally_once_a_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.who} {self.day}: {self.files}"
+
+    @classmethod
+    def take(cls, who: str, size: int, *, files: int, limit_bytes: int) -> bool:
+        """Count one more file of `size` bytes for `who` today, unless they have sent `files`
+        files today already or it would take their bytes past `limit_bytes`: False then. One
+        conditional UPDATE, so two uploads at once cannot both take the day's last room."""
+        today = timezone.localdate()
+        cls.objects.filter(who=who, day__lt=today).delete()
+        MessageFileTally.objects.bulk_create(
+            [MessageFileTally(who=who, day=today)], ignore_conflicts=True
+        )
+        taken = cls.objects.filter(
+            who=who, day=today, files__lt=files, bytes__lte=limit_bytes - size
+        ).update(files=models.F("files") + 1, bytes=models.F("bytes") + size)
+        return taken > 0
+
+    @classmethod
+    def give_back(cls, who: str, size: int, day: dt.date) -> None:
+        """Uncount a file `take` counted on `day` that was not sent after all (refused by the
+        rate, or by Dify, which keeps nothing of it)."""
+        cls.objects.filter(who=who, day=day, files__gt=0, bytes__gte=size).update(
+            files=models.F("files") - 1, bytes=models.F("bytes") - size
+        )
+
+
 class FormRecipient(models.Model):
     """An address emailed about a form (a routed reviewer or a guest), and what it was sent.
 

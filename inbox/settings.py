@@ -173,6 +173,11 @@ INBOX_UPLOAD_FILES_PER_REQUEST = env_int("INBOX_UPLOAD_FILES_PER_REQUEST", 10, m
 # upload per minute, across forms, pages and API tokens alike (inbox.uploads.upload_to_dify).
 INBOX_UPLOADS_PER_FORM = env_int("INBOX_UPLOADS_PER_FORM", 30, minimum=1)
 INBOX_UPLOADS_PER_MINUTE = env_int("INBOX_UPLOADS_PER_MINUTE", 30, minimum=1)
+# Files one person may send to Dify with chatflow messages in a day (in TIME_ZONE), and their
+# megabytes in all, pages and API tokens alike (inbox.uploads.upload_message_file): Dify keeps
+# every file, and a message's files belong to no form whose budget would bound them.
+INBOX_MESSAGE_FILES_PER_DAY = env_int("INBOX_MESSAGE_FILES_PER_DAY", 200, minimum=1)
+INBOX_MESSAGE_FILES_MB_PER_DAY = env_int("INBOX_MESSAGE_FILES_MB_PER_DAY", 1000, minimum=1)
 
 DEVELOPMENT_ENCRYPTION_KEY = "ZW1iZWRkZWQtZGV2LWtleS1ub3QtZm9yLXByb2R1Y3Q="
 # API keys of Dify apps (and form tokens) are encrypted with these Fernet keys. The first one

@@ -8,14 +8,20 @@ passed on as it is and streamed: it is never read whole into memory.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import math
 import posixpath
+from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile
+from django.http.multipartparser import MultiPartParser
+from django.utils import timezone
+from django.utils.datastructures import ImmutableList
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -32,7 +38,15 @@ from inbox.dify.files import (
     upload_size_limit,
 )
 from inbox.forms import InputSpec, input_specs
-from inbox.models import AuditEntry, DifyApp, Form, MessageFile, Upload, UploadTally
+from inbox.models import (
+    AuditEntry,
+    DifyApp,
+    Form,
+    MessageFile,
+    MessageFileTally,
+    Upload,
+    UploadTally,
+)
 from inbox.reasons import Refused
 
 # When Dify cannot be asked for an app's limits, its defaults stand in for a short while.
@@ -157,6 +171,97 @@ class SizeCapHandler(FileUploadHandler):
         return None
 
 
+class MessageFileCapHandler(SizeCapHandler):
+    """The `SizeCapHandler` of `POST /api/v1/runs/files`, whose body names its app (and, for a
+    start input's file, the input) in fields beside the file. Until they are read, a file is
+    capped at the largest limit of any active app (`cap`); once they are (clients send `app`
+    and `input` first), each file after them is capped at that app's own limit for its kind,
+    as Dify picks it by the extension, and a kind the message or the input does not take is
+    dropped as it begins, so nothing of it is kept. What it drops is said by `too_large`.
+    `app_spec(app, input)` finds what the app takes there (`(app, spec)`; input "" for a
+    chatflow's message), or None when no active app of that name takes files there, or it is
+    not known yet (the view then says why, and the file keeps the request's cap)."""
+
+    def __init__(
+        self,
+        request: Any,
+        cap: int,
+        total: int,
+        app_spec: Callable[[str, str], tuple[DifyApp, InputSpec] | None],
+    ) -> None:
+        super().__init__(request, cap, total)
+        self.most, self.app_spec = cap, app_spec
+        # The parser reading the body (`read_fields_first`): the fields read so far.
+        self.parser: Any = None
+        self.own_limit = False
+
+    def new_file(self, *args: Any, **kwargs: Any) -> None:
+        super().new_file(*args, **kwargs)
+        self.cap, self.own_limit = self.most, False
+        fields = getattr(self.parser, "_post", None)
+        names = fields.getlist("app") if fields is not None else []
+        inputs = fields.getlist("input") if fields is not None else []
+        found = (
+            self.app_spec(names[0], inputs[0] if inputs else "")
+            if len(names) == 1 and len(inputs) <= 1
+            else None
+        )
+        if found is None:
+            return
+        app, spec = found
+        name = self.file_name or "file"
+        if spec.file_type(name, self.content_type or "application/octet-stream") is None:
+            self._refuse(
+                400,
+                _("This kind of file is not accepted here. Accepted: %(accepted)s.")
+                % {"accepted": spec.accepted_label() or "—"},
+            )
+        limit = upload_size_limit(name, upload_limits(app))
+        if limit:
+            self.cap, self.own_limit = min(limit, self.most), True
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes | None:
+        if self.own_limit and start + len(raw_data) > self.cap:
+            self._refuse(
+                413,
+                _("The file is larger than %(limit)s, the most Dify takes for this kind of file.")
+                % {"limit": megabytes(self.cap)},
+            )
+        return super().receive_data_chunk(raw_data, start)
+
+    def _refuse(self, status: int, message: str) -> None:
+        request: Any = self.request
+        said = _("%(name)s: %(error)s") % {"name": self.file_name or "file", "error": message}
+        request.uploads_refused = [*getattr(request, "uploads_refused", []), (status, said)]
+        raise SkipFile
+
+
+class _FieldsFirstParser(MultiPartParser):
+    """Django's multipart parser, which lets a `MessageFileCapHandler` read the fields it has
+    parsed before each file part (Django keeps them in `_post` as it goes)."""
+
+    def __init__(self, meta: Any, input_data: Any, upload_handlers: Any, encoding: Any) -> None:
+        super().__init__(meta, input_data, upload_handlers, encoding)
+        for handler in upload_handlers:
+            if isinstance(handler, MessageFileCapHandler):
+                handler.parser = self
+
+
+def read_fields_first(request: Any) -> None:
+    """Have the request's multipart body read by `_FieldsFirstParser` (as
+    `HttpRequest.parse_file_upload` does with Django's own)."""
+
+    def parse_file_upload(meta: Any, post_data: Any) -> tuple[Any, Any]:
+        request.upload_handlers = ImmutableList(
+            request.upload_handlers,
+            warning="You cannot alter upload handlers after the upload has been processed.",
+        )
+        parser = _FieldsFirstParser(meta, post_data, request.upload_handlers, request.encoding)
+        return parser.parse()  # type: ignore[no-any-return]
+
+    request.parse_file_upload = parse_file_upload
+
+
 class DropFiles(FileUploadHandler):
     """First of the request's upload handlers where no file is taken (any page but the upload
     endpoints, and those of a signed-in reviewer when nobody is signed in): every file part
@@ -194,6 +299,16 @@ def cap_uploads(request: Any, cap: int, files: int | None = None) -> None:
     request.upload_handlers.insert(0, SizeCapHandler(request, cap, cap * count))
 
 
+def cap_message_file(
+    request: Any, cap: int, app_spec: Callable[[str, str], tuple[DifyApp, InputSpec] | None]
+) -> None:
+    """Put a `MessageFileCapHandler` in front of the request's upload handlers (one file, at
+    most `cap` bytes until its app is known, then its app's own limit), and have the body read
+    so that it sees the fields before each file."""
+    request.upload_handlers.insert(0, MessageFileCapHandler(request, cap, cap, app_spec))
+    read_fields_first(request)
+
+
 def drop_uploads(request: Any) -> None:
     """Put a `DropFiles` in front of the request's upload handlers: no file part is kept."""
     request.upload_handlers.insert(0, DropFiles(request))
@@ -201,9 +316,19 @@ def drop_uploads(request: Any) -> None:
 
 def dropped_count(request: Any) -> int:
     """How many files `SizeCapHandler` dropped from this request."""
-    return len(getattr(request, "uploads_too_large", [])) + len(
-        getattr(request, "uploads_over_total", [])
+    return (
+        len(getattr(request, "uploads_too_large", []))
+        + len(getattr(request, "uploads_over_total", []))
+        + len(getattr(request, "uploads_refused", []))
     )
+
+
+def dropped_status(request: Any) -> int:
+    """The status of a call whose file was dropped as it arrived: 413 for one too large (or
+    past the request's total), 400 when only its kind was refused (`MessageFileCapHandler`)."""
+    if getattr(request, "uploads_too_large", []) or getattr(request, "uploads_over_total", []):
+        return 413
+    return max((status for status, _said in getattr(request, "uploads_refused", [])), default=413)
 
 
 def too_large(request: Any, *, guest: bool = False) -> list[str]:
@@ -220,7 +345,7 @@ def too_large(request: Any, *, guest: bool = False) -> list[str]:
             "file accepted here."
         )
     said = [
-        message % {"name": name, "limit": megabytes(handler.cap)}
+        message % {"name": name, "limit": megabytes(getattr(handler, "most", handler.cap))}
         for name in getattr(request, "uploads_too_large", [])
     ]
     together = _(
@@ -231,6 +356,7 @@ def too_large(request: Any, *, guest: bool = False) -> list[str]:
         together % {"name": name, "limit": megabytes(handler.total)}
         for name in getattr(request, "uploads_over_total", [])
     ]
+    said += [message for _status, message in getattr(request, "uploads_refused", [])]
     return said
 
 
@@ -454,7 +580,9 @@ def upload_message_file(
     """A file for a chatflow's message, uploaded to Dify under the Dify user the message will
     be asked as (Dify lets only that user use it), checked first as a form's files are
     (`spec`: `message_file_spec`, or a start input's `file_spec` with its variable as
-    `input_name`), and counted against the uploader's INBOX_UPLOADS_PER_MINUTE.
+    `input_name`), and counted against the uploader's day (`MessageFileTally`:
+    INBOX_MESSAGE_FILES_PER_DAY, INBOX_MESSAGE_FILES_MB_PER_DAY) and their
+    INBOX_UPLOADS_PER_MINUTE.
     Raises UploadRejected."""
     name = posixpath.basename((fileobj.name or "").replace("\\", "/")) or "file"
     mime_type = fileobj.content_type or "application/octet-stream"
@@ -462,9 +590,26 @@ def upload_message_file(
     file_type = _checked(spec, name, mime_type, size, app, guest=False)
     from inbox import views_reach
 
+    # As a form's uploads: the uploader's budget (the day's) first, then their rate; a file
+    # refused either way is sent nowhere, so it uses up neither.
     who, window = UploadTally.key(uploader), views_reach._window()
+    day = timezone.localdate()
+    if not MessageFileTally.take(
+        who,
+        size,
+        files=settings.INBOX_MESSAGE_FILES_PER_DAY,
+        limit_bytes=settings.INBOX_MESSAGE_FILES_MB_PER_DAY * 1024 * 1024,
+    ):
+        raise _day_spent()
     if (refused := _too_fast(who, window)) is not None:
+        MessageFileTally.give_back(who, size, day)
         raise refused
+
+    def not_sent() -> None:
+        # Dify refused it and keeps nothing: it counts against neither the day nor the rate.
+        MessageFileTally.give_back(who, size, day)
+        views_reach._unhit(_rate_key(who), window)
+
     uploaded = _send(
         app,
         fileobj,
@@ -472,8 +617,7 @@ def upload_message_file(
         mime_type=mime_type,
         dify_user=dify_user,
         guest=False,
-        # Dify refused it and keeps nothing: it does not count against the rate.
-        refused=lambda: views_reach._unhit(_rate_key(who), window),
+        refused=not_sent,
     )
     known = uploader is not None and uploader.is_authenticated
     message_file = MessageFile.objects.create(
@@ -498,6 +642,30 @@ def upload_message_file(
         size=message_file.size,
     )
     return message_file
+
+
+def _day_spent() -> UploadRejected:
+    """The uploader's day of message files is spent (INBOX_MESSAGE_FILES_PER_DAY files, or
+    INBOX_MESSAGE_FILES_MB_PER_DAY megabytes): nothing is sent until the next day (in
+    TIME_ZONE), which `retry_after` says."""
+    files = settings.INBOX_MESSAGE_FILES_PER_DAY
+    message = ngettext(
+        "You have sent as many files to Dify with messages today as one person may in a day "
+        "(%(files)d file, %(limit)s in all). Try again tomorrow.",
+        "You have sent as many files to Dify with messages today as one person may in a day "
+        "(%(files)d files, %(limit)s in all). Try again tomorrow.",
+        files,
+    ) % {"files": files, "limit": megabytes(settings.INBOX_MESSAGE_FILES_MB_PER_DAY << 20)}
+    now = timezone.localtime()
+    tomorrow = timezone.make_aware(
+        dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time()), now.tzinfo
+    )
+    return UploadRejected(
+        message,
+        status=429,
+        code="upload_limit_reached",
+        retry_after=max(1, math.ceil((tomorrow - now).total_seconds())),
+    )
 
 
 def too_many_files(limit: int | None, count: int, *, start_input: bool = False) -> str | None:

@@ -276,11 +276,15 @@ def _valid(request: HttpRequest, form: Any) -> bool:
 
 def _status(request: HttpRequest, form: Any) -> int:
     """A start page's status: 413 when a file was dropped as it arrived (larger than the app
-    takes, said beside its field, what was typed shown again), 400 for other errors."""
+    takes, said beside its field, what was typed shown again), 429 when the day's files are
+    spent, 400 for other errors."""
     if not (form.is_bound and form.errors):
         return 200
     takes_files = "files" in form.fields or bool(_start_file_fields(form))
-    return 413 if takes_files and too_large(request) else 400
+    if takes_files and too_large(request):
+        return 413
+    # The day's budget of files sent to Dify spent: said beside the files, as the API's 429.
+    return 429 if getattr(form, "files_spent", False) else 400
 
 
 def _kept_files(request: HttpRequest, app: DifyApp, dify_user: str) -> list[MessageFile]:
@@ -328,9 +332,15 @@ def _send_input_files(
                     )
                 )
             except UploadRejected as exc:
-                form.add_error(
-                    name, _("%(name)s: %(error)s") % {"name": fileobj.name, "error": exc.message}
-                )
+                if exc.code == "upload_limit_reached":
+                    # Said once: no file can be sent today, this one or any other.
+                    form.files_spent = True
+                    form.add_error(name, exc.message)
+                else:
+                    form.add_error(
+                        name,
+                        _("%(name)s: %(error)s") % {"name": fileobj.name, "error": exc.message},
+                    )
                 failed = True
         field.keep(files)
         sent += files
@@ -356,6 +366,11 @@ def _send_files(
                 upload_message_file(app, spec, fileobj, dify_user=dify_user, uploader=request.user)
             )
         except UploadRejected as exc:
+            if exc.code == "upload_limit_reached":
+                # Said once, of every file still to go: none of them can be sent today.
+                form.files_spent = True
+                form.add_error("files", exc.message)
+                return None
             form.add_error(
                 "files", _("%(name)s: %(error)s") % {"name": fileobj.name, "error": exc.message}
             )

@@ -62,7 +62,9 @@ def test_creating_an_app_requires_a_key(client: Client, admin_user: object) -> N
     assert not DifyApp.objects.filter(name="new").exists()
 
 
-@pytest.mark.parametrize("path", ["run", "form", "decision", "upload", "runevent", "auditentry"])
+@pytest.mark.parametrize(
+    "path", ["run", "form", "decision", "upload", "messagefile", "runevent", "auditentry"]
+)
 def test_every_model_has_a_working_admin_list(
     client: Client, admin_user: object, path: str
 ) -> None:
@@ -784,3 +786,62 @@ def test_runs_forms_and_decisions_are_searched_by_their_app_s_server(
         page = admin_client.get(f"/admin/inbox/{model}/", {"q": "8713"}).content.decode()
         assert shown(there) in page, model
         assert shown(here) not in page, model
+
+
+def test_message_files_are_shown_in_the_admin_as_uploads_are_and_on_their_run_s_page(
+    admin_client: Client, admin_user: User, reviewer: User, dify_app: DifyApp
+) -> None:
+    from inbox.models import MessageFile
+
+    run = _records(dify_app, admin_user)["run"]
+    other = Run.objects.create(app=dify_app, workflow_run_id="R-other", dify_user="u")
+    sent = MessageFile.objects.create(
+        app=dify_app,
+        dify_user="inbox-alice",
+        upload_file_id="dify-up-77",
+        name="parcel.png",
+        size=2048,
+        mime_type="image/png",
+        extension=".png",
+        category="image",
+        uploaded_by=reviewer,
+        uploaded_by_username="alice",
+    )
+    sent.runs.add(run)
+    MessageFile.objects.create(
+        app=dify_app,
+        dify_user="inbox-bob",
+        upload_file_id="dify-up-78",
+        name="notes.txt",
+        size=10,
+        category="document",
+    )
+    listed = admin_client.get("/admin/inbox/messagefile/").content.decode()
+    assert "parcel.png" in listed and "notes.txt" in listed and "inbox-alice" in listed
+    for q, found in (
+        ("alice", ["parcel.png"]),
+        (str(run.public_id), ["parcel.png"]),
+        ("dify-up-78", ["notes.txt"]),
+        (str(other.public_id), []),
+    ):
+        page = admin_client.get("/admin/inbox/messagefile/", {"q": q})
+        assert [f.name for f in page.context["cl"].result_list] == found, q
+    filtered = admin_client.get("/admin/inbox/messagefile/", {"category": "image"})
+    assert [f.name for f in filtered.context["cl"].result_list] == ["parcel.png"]
+    # Shown, never edited, added or deleted; the runs it went with are links.
+    page = admin_client.get(f"/admin/inbox/messagefile/{sent.pk}/change/").content.decode()
+    assert "View message file" in page and 'name="_save"' not in page
+    assert f"/admin/inbox/run/{run.pk}/change/" in page and "dify-up-77" in page
+    assert admin_client.get("/admin/inbox/messagefile/add/").status_code == 403
+    response = admin_client.post(f"/admin/inbox/messagefile/{sent.pk}/change/", {"name": "x"})
+    assert response.status_code == 403
+    assert admin_client.post(f"/admin/inbox/messagefile/{sent.pk}/delete/").status_code == 403
+    assert MessageFile.objects.get(pk=sent.pk).name == "parcel.png"
+    # The run's page lists the files its message was sent with; in Chinese too.
+    page = admin_client.get(f"/admin/inbox/run/{run.pk}/change/").content.decode()
+    assert "Message files" in page
+    assert f"/admin/inbox/messagefile/{sent.pk}/change/" in page and "notes.txt" not in page
+    zh = admin_client.get(
+        f"/admin/inbox/run/{run.pk}/change/", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert "parcel.png" in zh and "\u56fe\u7247" in zh

@@ -178,8 +178,9 @@ def test_the_api_upload_keeps_one_file_no_larger_than_the_apps_kinds_take(
 ) -> None:
     _token, raw = ApiToken.issue(reviewer)
     auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+    # The file before its app: capped at the most any chatflow app takes (2 MB here).
     response = client.post(
-        "/api/v1/runs/files", {"app": "support-chat", "file": big("clip.txt")}, **auth
+        "/api/v1/runs/files", {"file": big("clip.txt"), "app": "support-chat"}, **auth
     )
     assert response.status_code == 413
     assert response.json()["error"] == {
@@ -208,3 +209,114 @@ def test_the_api_upload_keeps_one_file_no_larger_than_the_apps_kinds_take(
         "/api/v1/runs/files", {"app": "support-chat", "file": big("ok.txt", MB)}, **auth
     )
     assert response.status_code == 201, response.content
+
+
+def test_the_api_upload_caps_a_file_after_its_app_at_that_app_s_own_limit(
+    client: Client, spy: list[str], chat: DifyApp, reviewer: User, simulator: Any
+) -> None:
+    _token, raw = ApiToken.issue(reviewer)
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+    # `app` first: an image is capped at the app's image limit (1 MB) as it streams in, not at
+    # the largest any app takes (2 MB, its documents').
+    response = client.post(
+        "/api/v1/runs/files", {"app": "support-chat", "file": big("photo.png", 3 * MB // 2)}, **auth
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "upload_rejected",
+        "message": "photo.png: The file is larger than 1 MB, the most Dify takes for this kind "
+        "of file.",
+    }
+    assert 0 < Spy.most <= MB
+    # A kind the app does not take (video) is dropped as it begins: nothing of it is kept.
+    Spy.opened, Spy.most, Spy.total = [], 0, 0
+    response = client.post(
+        "/api/v1/runs/files",
+        {"app": "support-chat", "file": big("clip.mp4", MB)},
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+        **auth,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "upload_rejected"
+    assert error["message"].startswith("clip.mp4\uff1a")
+    assert Spy.opened == [] and Spy.total == 0 and spy == []
+    # The same image after its app's part is read whole, then refused by its app's limit.
+    Spy.opened, Spy.most, Spy.total = [], 0, 0
+    response = client.post(
+        "/api/v1/runs/files", {"file": big("photo.png", 3 * MB // 2), "app": "support-chat"}, **auth
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["message"] == (
+        "The file is larger than 1 MB, the most Dify takes for this kind of file."
+    )
+    assert Spy.most == 3 * MB // 2
+    assert simulator.uploads() == [] and not MessageFile.objects.exists()
+    # Within its kind's limit, after its app: taken.
+    response = client.post(
+        "/api/v1/runs/files", {"app": "support-chat", "file": big("small.png", MB // 2)}, **auth
+    )
+    assert response.status_code == 201, response.content
+
+
+def test_a_file_past_the_request_s_total_is_not_left_on_disk(
+    client: Client,
+    spy: list[str],
+    chat: DifyApp,
+    reviewer: User,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    import inbox.api
+
+    seen: dict[str, bool] = {}
+    real = inbox.api._file_part_only
+
+    def looking(request: Any) -> None:
+        # Once the body is read, before the view answers: which temporary files are on disk.
+        real(request)
+        seen.update({name: os.path.exists(name) for name in spy})
+
+    monkeypatch.setattr(inbox.api, "_file_part_only", looking)
+    _token, raw = ApiToken.issue(reviewer)
+    # 2 MB in all for the call's one file: the second file passes it part of the way in.
+    response = client.post(
+        "/api/v1/runs/files",
+        {"app": "support-chat", "file": [big("a.txt", 3 * MB // 2), big("b.txt", 3 * MB // 2)]},
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 400
+    assert len(spy) == 2, spy
+    # The first file was whole; the second, cut off past the total, is gone at once.
+    assert seen == {spy[0]: True, spy[1]: False}
+    assert not any(os.path.exists(name) for name in spy)
+
+
+def test_a_start_input_s_file_is_judged_by_its_input_once_app_and_input_are_read(
+    client: Client, spy: list[str], sim_app: Any, starters: Any, reviewer: User, simulator: Any
+) -> None:
+    sim_app("document-intake")  # `contract` takes documents only
+    _token, raw = ApiToken.issue(reviewer)
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+    picture = SimpleUploadedFile("stamp.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png")
+    # `app` and `input` first: a kind the input does not take is dropped as it begins.
+    response = client.post(
+        "/api/v1/runs/files",
+        {"app": "document-intake", "input": "contract", "file": picture},
+        **auth,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "upload_rejected"
+    assert Spy.opened == [] and spy == []
+    # `input` after the file: not known as the file arrives, so it is read, then refused.
+    picture.seek(0)
+    response = client.post(
+        "/api/v1/runs/files",
+        {"app": "document-intake", "file": picture, "input": "contract"},
+        **auth,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "upload_rejected"
+    assert Spy.opened == ["stamp.png"]
+    assert simulator.uploads() == [] and not MessageFile.objects.exists()
