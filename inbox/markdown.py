@@ -100,7 +100,7 @@ def _any_link(_url: str) -> bool:
     return True
 
 
-_md.validateLink = _any_link  # type: ignore[method-assign]
+_md.validateLink = _any_link  # type: ignore[method-assign, assignment]
 
 
 def image_allowed(src: str, hosts: Collection[str]) -> bool:
