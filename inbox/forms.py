@@ -26,7 +26,14 @@ from django.utils.text import format_lazy
 from django.utils.translation import gettext, ngettext, pgettext
 from django.utils.translation import gettext_lazy as _
 
-from inbox.dify.files import CATEGORY_EXTENSIONS, CUSTOM, category_for, extension_of, is_allowed
+from inbox.dify.files import (
+    CATEGORY_EXTENSIONS,
+    CUSTOM,
+    category_for,
+    extension_of,
+    is_allowed,
+    matchable_extension,
+)
 from inbox.dify.types import (
     FileInput,
     FileListInput,
@@ -101,13 +108,15 @@ class InputSpec:
         """The listed extensions a file can be accepted under as `custom`: not one Dify takes
         as a kind of its own that this input does not allow (".md" is a document, and a
         document is refused where only custom files are), nor one of two parts (".tar.gz":
-        a file's extension is its last part). Shown in the hint, offered by the file picker."""
+        a file's extension is its last part), nor one written so that Dify matches no file with
+        it (".DXF": Dify compares a file's extension, in lower case, with the entry as written).
+        Shown in the hint, offered by the file picker."""
         if not self.allows_custom:
             return ()
         usable = []
         for raw in self.allowed_extensions:
-            ext = raw.lower().lstrip(".")
-            if not ext or "." in ext:
+            ext = raw.lstrip(".")
+            if not matchable_extension(raw) or "." in ext:
                 continue
             if category_for("f." + ext) == CUSTOM:
                 usable.append("." + ext)
@@ -134,6 +143,16 @@ class InputSpec:
         ]
         parts += list(self.custom_extensions)
         return joined(parts)
+
+    def mime_type_for_dify(self, filename: str, mime_type: str) -> str:
+        """The MIME type to send Dify for a file. A file of one of the custom extensions, which
+        Dify has no kind for (".dwg"), goes as application/octet-stream: Dify takes the kind of
+        such a file from its MIME type, and the one a browser names for it (from the system's
+        list: "image/vnd.dwg", "image/vnd.adobe.photoshop") would make it an image, refused
+        where the workflow asks for custom files."""
+        if "." + extension_of(filename) in self.custom_extensions:
+            return "application/octet-stream"
+        return mime_type
 
     def file_type(self, filename: str, mime_type: str = "") -> str | None:
         """The `type` Dify will accept for this file here, or None when it is not allowed.

@@ -247,8 +247,9 @@ def test_a_listed_extension_no_file_can_be_accepted_under_is_not_offered() -> No
             "output_variable_name": "attachment",
             "allowed_file_types": ["custom"],
             # ".md" is a document to Dify (refused where only custom files are); a file's
-            # extension is its last part, so ".tar.gz" never matches.
-            "allowed_file_extensions": [".md", ".msg", ".tar.gz", "LOG2"],
+            # extension is its last part, so ".tar.gz" never matches; Dify compares the entry as
+            # written with a file's extension in lower case, so neither do "LOG2" nor ".DXF".
+            "allowed_file_extensions": [".md", ".msg", ".tar.gz", "LOG2", ".DXF", ".log2"],
             "allowed_file_upload_methods": ["local_file"],
         }
     ]
