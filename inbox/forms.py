@@ -9,6 +9,7 @@ already at Dify, see `Upload`) or web addresses (Dify fetches those when the dec
 
 from __future__ import annotations
 
+import mimetypes
 import posixpath
 import re
 import uuid
@@ -30,6 +31,7 @@ from inbox.dify.files import (
     CATEGORY_EXTENSIONS,
     CUSTOM,
     category_for,
+    category_for_extension,
     extension_of,
     is_allowed,
     matchable_extension,
@@ -153,6 +155,18 @@ class InputSpec:
         if "." + extension_of(filename) in self.custom_extensions:
             return "application/octet-stream"
         return mime_type
+
+    def url_type_for_dify(self, url: str) -> str | None:
+        """The `type` to send for a web address whose name says nothing of its kind
+        (".../download?id=123", a presigned or Drive link), or None when its name does. Dify
+        fetches such an address's headers (its Content-Type, Content-Disposition's name) to
+        tell its kind; the inbox does not fetch it, so Dify judges it: sent as the first kind
+        the input takes, and a refusal from Dify comes back as any other."""
+        name = url_filename(url)
+        if mimetypes.guess_type(name)[0] or category_for_extension(extension_of(name)):
+            return None
+        kinds = [t for t in self.allowed_types if t != CUSTOM]
+        return kinds[0] if kinds else None
 
     def file_type(self, filename: str, mime_type: str = "") -> str | None:
         """The `type` Dify will accept for this file here, or None when it is not allowed.
@@ -357,7 +371,7 @@ class FileRefsField(forms.Field):
                         _("Enter a full web address starting with http:// or https://."),
                         code="url",
                     )
-                file_type = spec.file_type(url_filename(ref))
+                file_type = spec.file_type(url_filename(ref)) or spec.url_type_for_dify(ref)
                 if file_type is None:
                     raise self._type_error(url_filename(ref))
                 result.append(FileRef(url=ref, type=file_type))
