@@ -9,6 +9,7 @@ already at Dify, see `Upload`) or web addresses (Dify fetches those when the dec
 
 from __future__ import annotations
 
+import mimetypes
 import posixpath
 import re
 import uuid
@@ -26,7 +27,15 @@ from django.utils.text import format_lazy
 from django.utils.translation import gettext, ngettext, pgettext
 from django.utils.translation import gettext_lazy as _
 
-from inbox.dify.files import CATEGORY_EXTENSIONS, CUSTOM, category_for, extension_of, is_allowed
+from inbox.dify.files import (
+    CATEGORY_EXTENSIONS,
+    CUSTOM,
+    category_for,
+    category_for_extension,
+    extension_of,
+    is_allowed,
+    matchable_extension,
+)
 from inbox.dify.types import (
     FileInput,
     FileListInput,
@@ -101,13 +110,15 @@ class InputSpec:
         """The listed extensions a file can be accepted under as `custom`: not one Dify takes
         as a kind of its own that this input does not allow (".md" is a document, and a
         document is refused where only custom files are), nor one of two parts (".tar.gz":
-        a file's extension is its last part). Shown in the hint, offered by the file picker."""
+        a file's extension is its last part), nor one written so that Dify matches no file with
+        it (".DXF": Dify compares a file's extension, in lower case, with the entry as written).
+        Shown in the hint, offered by the file picker."""
         if not self.allows_custom:
             return ()
         usable = []
         for raw in self.allowed_extensions:
-            ext = raw.lower().lstrip(".")
-            if not ext or "." in ext:
+            ext = raw.lstrip(".")
+            if not matchable_extension(raw) or "." in ext:
                 continue
             if category_for("f." + ext) == CUSTOM:
                 usable.append("." + ext)
@@ -134,6 +145,28 @@ class InputSpec:
         ]
         parts += list(self.custom_extensions)
         return joined(parts)
+
+    def mime_type_for_dify(self, filename: str, mime_type: str) -> str:
+        """The MIME type to send Dify for a file. A file of one of the custom extensions, which
+        Dify has no kind for (".dwg"), goes as application/octet-stream: Dify takes the kind of
+        such a file from its MIME type, and the one a browser names for it (from the system's
+        list: "image/vnd.dwg", "image/vnd.adobe.photoshop") would make it an image, refused
+        where the workflow asks for custom files."""
+        if "." + extension_of(filename) in self.custom_extensions:
+            return "application/octet-stream"
+        return mime_type
+
+    def url_type_for_dify(self, url: str) -> str | None:
+        """The `type` to send for a web address whose name says nothing of its kind
+        (".../download?id=123", a presigned or Drive link), or None when its name does. Dify
+        fetches such an address's headers (its Content-Type, Content-Disposition's name) to
+        tell its kind; the inbox does not fetch it, so Dify judges it: sent as the first kind
+        the input takes, and a refusal from Dify comes back as any other."""
+        name = url_filename(url)
+        if mimetypes.guess_type(name)[0] or category_for_extension(extension_of(name)):
+            return None
+        kinds = [t for t in self.allowed_types if t != CUSTOM]
+        return kinds[0] if kinds else None
 
     def file_type(self, filename: str, mime_type: str = "") -> str | None:
         """The `type` Dify will accept for this file here, or None when it is not allowed.
@@ -338,7 +371,7 @@ class FileRefsField(forms.Field):
                         _("Enter a full web address starting with http:// or https://."),
                         code="url",
                     )
-                file_type = spec.file_type(url_filename(ref))
+                file_type = spec.file_type(url_filename(ref)) or spec.url_type_for_dify(ref)
                 if file_type is None:
                     raise self._type_error(url_filename(ref))
                 result.append(FileRef(url=ref, type=file_type))

@@ -92,6 +92,17 @@ _linkify.add(
 _plain = RendererHTML()  # an image's alt text, as the browser would show it
 
 
+def _any_link(_url: str) -> bool:
+    """Every link is parsed as one. markdown-it would leave a `javascript:` or `data:` link
+    unparsed, its source shown as text ("[evil](javascript:alert(1))"); parsed, it shows its
+    text, as on Dify's page, and the sanitizer drops the address (only http, https and mailto
+    are kept) or, for an image, it is held back as any other."""
+    return True
+
+
+_md.validateLink = _any_link  # type: ignore[method-assign, assignment]
+
+
 def image_allowed(src: str, hosts: Collection[str]) -> bool:
     """Whether an image at `src` may be loaded: https, on one of `hosts`, at the default port,
     with no user name (what a browser would take for the host is what is checked). A host
@@ -358,7 +369,41 @@ def excerpt(text: str, length: int = 140) -> str:
     return line if len(line) <= length else line[: length - 1].rstrip() + "…"
 
 
-_MARKUP = re.compile(r"!?\[([^\]]*)\]\([^)]*\)|[*_`~>#|]+|<[^>]*>")
+# HTML's own elements and comments. Anything else in angle brackets is the content's text
+# ("Refund <customer name>", "amount < 500 and days > 30"), as the form page shows it. A tag's
+# attributes each have a value ("<a href=x>") or are one of HTML's yes-or-no ones ("<details
+# open>"), so "a<b and c>d" is text, not a <b> tag.
+_HTML_TAGS = re.compile(
+    r"<!--.*?-->|</?(?:a|abbr|address|article|aside|audio|b|base|bdi|bdo|big|blockquote|body"
+    r"|br|button|canvas|caption|center|cite|code|col|colgroup|data|dd|del|details|dfn|dialog"
+    r"|div|dl|dt|em|embed|fieldset|figcaption|figure|font|footer|form|frame|frameset|h[1-6]"
+    r"|head|header|hr|html|i|iframe|img|input|ins|kbd|label|legend|li|link|main|map|mark"
+    r"|marquee|math|menu|meta|meter|nav|noscript|object|ol|optgroup|option|output|p|param"
+    r"|picture|pre|progress|q|rp|rt|ruby|s|samp|script|section|select|small|source|span"
+    r"|strike|strong|style|sub|summary|sup|svg|table|tbody|td|template|textarea|tfoot|th"
+    r"|thead|time|title|tr|track|tt|u|ul|var|video|wbr)"
+    r"""(?:\s+(?:[^\s"'<>/=]+\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'<>=`]+)|"""
+    r"(?:allowfullscreen|async|autofocus|autoplay|checked|controls|default|defer|disabled"
+    r"|hidden|inert|ismap|loop|multiple|muted|nomodule|novalidate|nowrap|open|readonly"
+    r"|required|reversed|selected)(?=[\s/>])))*\s*/?>",
+    re.IGNORECASE | re.DOTALL,
+)
+# A code span ("`x <b>`"): its text is shown as written, angle brackets and all.
+_CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.DOTALL)
+
+
+def strip_html_tags(text: str, replacement: str = " ") -> str:
+    """`text` without HTML's tags and comments, outside code spans."""
+    out, pos = [], 0
+    for match in _CODE_SPAN.finditer(text):
+        out += [_HTML_TAGS.sub(replacement, text[pos : match.start()]), match.group(0)]
+        pos = match.end()
+    return "".join([*out, _HTML_TAGS.sub(replacement, text[pos:])])
+
+
+# A link's text, emphasis and code marks, a heading's or a table's, and a quote's at the start
+# of a line (a ">" inside a line is the text's: "days > 30").
+_MARKUP = re.compile(r"!?\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)|[*_`~#|]+|(?m:^[ \t>]*>)")
 # A line that is only a rule or a table's delimiter row ("---", "|:---|---:|", "===").
 _RULE_LINES = re.compile(r"(?m)^[ \t]*[-=:|*_ \t]{3,}$")
 # A list item's marker at the start of a line ("- ", "* ", "+ ", "1. ").
@@ -370,6 +415,6 @@ def quick_excerpt(text: str, length: int = 140) -> str:
     heading and quote marks and inline tags go. Good enough for one line of preview, and
     cheap enough for fifty rows per page."""
     text = _LIST_MARKERS.sub("", _RULE_LINES.sub(" ", PLACEHOLDER.sub(" ", text or "")))
-    plain = _MARKUP.sub(lambda m: m.group(1) or "", text)
+    plain = _MARKUP.sub(lambda m: m.group(1) or "", strip_html_tags(text, ""))
     line = one_line(html.unescape(plain))
     return line if len(line) <= length else line[: length - 1].rstrip() + "…"

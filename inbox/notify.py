@@ -31,7 +31,7 @@ from django.urls import reverse
 from django.utils import formats, timezone, translation
 
 from inbox import timefmt
-from inbox.markdown import excerpt
+from inbox.markdown import excerpt, strip_html_tags
 from inbox.middleware import valid_time_zone
 from inbox.models import AuditEntry, Decision, Form, FormRecipient, ReviewerProfile, Run
 
@@ -172,25 +172,12 @@ def masked_address(email: str) -> str:
 
 
 _SCRIPTS = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-# HTML's own elements and comments. Anything else in angle brackets is the content's text
-# ("Refund <customer name>", "amount < 100"), as the form page shows it.
-_HTML_TAGS = re.compile(
-    r"<!--.*?-->|</?(?:a|abbr|address|article|aside|audio|b|base|bdi|bdo|big|blockquote|body"
-    r"|br|button|canvas|caption|center|cite|code|col|colgroup|data|dd|del|details|dfn|dialog"
-    r"|div|dl|dt|em|embed|fieldset|figcaption|figure|font|footer|form|frame|frameset|h[1-6]"
-    r"|head|header|hr|html|i|iframe|img|input|ins|kbd|label|legend|li|link|main|map|mark"
-    r"|marquee|math|menu|meta|meter|nav|noscript|object|ol|optgroup|option|output|p|param"
-    r"|picture|pre|progress|q|rp|rt|ruby|s|samp|script|section|select|small|source|span"
-    r"|strike|strong|style|sub|summary|sup|svg|table|tbody|td|template|textarea|tfoot|th"
-    r"|thead|time|title|tr|track|tt|u|ul|var|video|wbr)(?=[\s/>])[^<>]*>",
-    re.IGNORECASE | re.DOTALL,
-)
 
 
 def plain_excerpt(content: str, length: int = 600) -> str:
     """Dify's Markdown as a short plain text: no HTML tags, no scripts' text, no placeholders.
     Other text in angle brackets stays, as on the form page (which shows raw HTML as text)."""
-    return excerpt(_HTML_TAGS.sub(" ", _SCRIPTS.sub(" ", content or "")), length)
+    return excerpt(strip_html_tags(_SCRIPTS.sub(" ", content or "")), length)
 
 
 def _decider(form: Form) -> Decision | None:

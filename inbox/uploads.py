@@ -371,7 +371,7 @@ def upload_to_dify(
     # A guest (someone outside, asked by email; no reviewer) is not told Dify's name or its own
     # words: the workflow's limits and what to do, in their language.
     guest = reviewer is None
-    mime_type = fileobj.content_type or "application/octet-stream"
+    mime_type = spec.mime_type_for_dify(name, fileobj.content_type or "application/octet-stream")
     size = fileobj.size or 0
     file_type = _checked(spec, name, mime_type, size, form.run.app, guest=guest)
     # The last checks before Dify: the uploader's budget for the form, taken in one conditional
@@ -585,7 +585,7 @@ def upload_message_file(
     INBOX_UPLOADS_PER_MINUTE.
     Raises UploadRejected."""
     name = posixpath.basename((fileobj.name or "").replace("\\", "/")) or "file"
-    mime_type = fileobj.content_type or "application/octet-stream"
+    mime_type = spec.mime_type_for_dify(name, fileobj.content_type or "application/octet-stream")
     size = fileobj.size or 0
     file_type = _checked(spec, name, mime_type, size, app, guest=False)
     from inbox import views_reach

@@ -25,6 +25,7 @@ from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
+from inbox import timefmt
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
 from inbox.models import DifyApp, Form, MessageFile, Run, Upload
@@ -606,11 +607,30 @@ def timeline_items(entries: Any) -> list[dict[str, Any]]:
     Dify's event names become words, and what the follower keeps but a reader does not need
     is left out. A Human Input node's own entry says "running" until the run resumes, then
     "succeeded" (dated when it started), while its form's entries say what it waited for and how
-    it was answered: only the form's are shown, unless the node itself failed. The run's start
+    it was answered: only the form's are shown, unless the node itself failed. A form answered
+    is one entry, "Answered", with how long the run waited for it: its pause's entry (which
+    the follower keeps, saying "paused") would read as a node still paused. The run's start
     entry carries no status; the run's own is shown beside the timeline."""
     raw = [item for item in entries or [] if isinstance(item, dict)]
     waiting: set[str] = set()
     hidden: set[int] = set()
+    # The pause of each form answered, by the answer's index.
+    pauses: dict[int, dict[str, Any]] = {}
+    for index, item in enumerate(raw):
+        form = str(item.get("form") or "")
+        if item.get("event") != "human_input_form_filled" or not form:
+            continue
+        for earlier in range(index - 1, -1, -1):
+            pause = raw[earlier]
+            if (
+                pause.get("event") == "human_input_required"
+                and pause.get("status") == "paused"
+                and str(pause.get("form") or "") == form
+                and earlier not in hidden
+            ):
+                hidden.add(earlier)
+                pauses[index] = pause
+                break
     for index in range(len(raw) - 1, -1, -1):
         item = raw[index]
         node_id = str(item.get("node_id") or "")
@@ -628,6 +648,8 @@ def timeline_items(entries: Any) -> list[dict[str, Any]]:
             continue
         event = str(item.get("event") or item.get("type") or "")
         status = "" if event == "workflow_started" else str(item.get("status") or "")
+        at = _timeline_time(item.get("at") or item.get("created_at"))
+        paused_at = _timeline_time(pauses.get(index, {}).get("at"))
         items.append(
             {
                 "label": str(
@@ -639,7 +661,9 @@ def timeline_items(entries: Any) -> list[dict[str, Any]]:
                 "action": item.get("action") or "",
                 "text": item.get("text") or "",
                 "error": item.get("error") or "",
-                "at": _timeline_time(item.get("at") or item.get("created_at")),
+                "at": at,
+                # How long the run waited for this answer ("5 minutes").
+                "waited": timefmt.span(at - paused_at) if at and paused_at else "",
                 "form": item.get("form") or "",
                 # Keeps an entry's "Output text" open across the live part's refresh.
                 "key": str(item.get("key") or ""),

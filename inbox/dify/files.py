@@ -153,12 +153,18 @@ def is_allowed(
 
     A file of a known category passes only when that category is allowed, even if `custom` with
     its extension is allowed too: Dify requires the submitted `type` to equal the category it
-    detects. A `custom` file passes when `custom` is allowed and its extension is listed
-    (entries are dot-prefixed, e.g. ".md").
+    detects. A `custom` file passes when `custom` is allowed and its extension is listed. Dify
+    compares the listed entries as they are written (dot-prefixed, e.g. ".md") with the
+    extension it stored for the file, in lower case: an entry ".DXF" matches no file.
     """
     if category != CUSTOM:
         return category in allowed_file_types
     if CUSTOM not in allowed_file_types:
         return False
-    ext = "." + extension.lstrip(".").lower()
-    return ext in {"." + e.lstrip(".").lower() for e in allowed_file_extensions}
+    return "." + extension.lstrip(".").lower() in allowed_file_extensions
+
+
+def matchable_extension(entry: str) -> bool:
+    """Whether an `allowed_file_extensions` entry can match a file in Dify: dot-prefixed and in
+    lower case, as Dify stores a file's extension (".DXF" or "dxf" never match)."""
+    return entry.startswith(".") and len(entry) > 1 and entry == entry.lower()

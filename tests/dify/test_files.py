@@ -71,6 +71,11 @@ def test_is_allowed_follows_the_detected_category() -> None:
         "custom", "exe", allowed_file_types=["custom"], allowed_file_extensions=[".heic"]
     )
     assert not is_allowed("custom", "heic", allowed_file_types=["image"])
+    # Dify compares the entries as written with the file's extension in lower case.
+    for entries in ([".DXF"], ["dxf"]):
+        assert not is_allowed(
+            "custom", "DXF", allowed_file_types=["custom"], allowed_file_extensions=entries
+        )
 
 
 def test_the_upload_limit_follows_the_extension_alone() -> None:

@@ -908,6 +908,8 @@ def test_the_run_panel_s_timeline_is_in_words_and_shows_a_waiting_node_once(
             "node_id": "approval",
             "title": "Data owner approval",
             "status": "waiting",
+            "form": str(form.public_id),
+            "at": "2026-12-06T02:37:00+00:00",
         },
     ]
     run.save()
@@ -922,8 +924,10 @@ def test_the_run_panel_s_timeline_is_in_words_and_shows_a_waiting_node_once(
         f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans"
     ).content.decode()
     assert "运行已启动" in chinese and "Run started" not in chinese
-    # Once answered and the node finished, the form's entries tell it: paused, then answered.
-    # The node's own "succeeded", dated when it started, would read as done before the pause.
+    # Once answered and the node finished, the form's entry tells it: answered, after how long
+    # a wait. The pause's own entry (the follower keeps it, saying "paused") would read as a
+    # node still paused beside it; the node's own "succeeded", dated when it started, as done
+    # before the pause.
     run.timeline[2]["status"] = "succeeded"
     run.timeline[3]["status"] = "paused"
     run.timeline.append(
@@ -934,22 +938,32 @@ def test_the_run_panel_s_timeline_is_in_words_and_shows_a_waiting_node_once(
             "title": "Data owner approval",
             "status": "answered",
             "action": "Approve",
+            "form": str(form.public_id),
+            "at": "2026-12-06T02:42:30+00:00",
         }
     )
+    run.timeline.append(
+        {"key": "finished", "event": "workflow_finished", "status": "succeeded"},
+    )
     run.save()
-    panel = alice.get(f"/forms/{form.public_id}/").content.decode()
-    panel = panel[panel.index('id="run-panel"') :]
-    titles = re.findall(r'<span class="tl-title">([^<]*)</span>', panel)
-    assert titles == ["Run started", "Start", "Data owner approval", "Data owner approval"]
-    statuses = re.findall(r'<span class="tl-status">([^<]*)</span>', panel)
-    assert statuses == ["Succeeded", "Paused", "Answered"]
+    for url in (f"/forms/{form.public_id}/", f"/runs/{run.public_id}/"):
+        panel = alice.get(url).content.decode()
+        panel = panel[panel.index('class="timeline"') :]
+        titles = re.findall(r'<span class="tl-title">([^<]*)</span>', panel)
+        assert titles == ["Run started", "Start", "Data owner approval", "Run ended"], url
+        statuses = re.findall(r'<span class="tl-status">([^<]*)</span>', panel)
+        assert statuses[:2] == ["Succeeded", "Answered"] and statuses[-1] == "Succeeded", url
+        assert "Paused" not in statuses and 'class="tl-paused"' not in panel, url
+        assert '<span class="tl-waited">waited 5 minutes</span>' in panel, url
+    chinese = alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "等待了 5 分钟" in chinese.content.decode()
     # A Human Input node that failed says so.
     run.timeline[2]["status"] = "failed"
     run.save()
     panel = alice.get(f"/forms/{form.public_id}/").content.decode()
     panel = panel[panel.index('id="run-panel"') :]
     statuses = re.findall(r'<span class="tl-status">([^<]*)</span>', panel)
-    assert statuses == ["Succeeded", "Failed", "Paused", "Answered"]
+    assert statuses == ["Succeeded", "Failed", "Answered", "Succeeded"]
 
 
 def test_in_chinese_lists_take_the_enumeration_comma_and_labels_no_stray_space(

@@ -247,8 +247,9 @@ def test_a_listed_extension_no_file_can_be_accepted_under_is_not_offered() -> No
             "output_variable_name": "attachment",
             "allowed_file_types": ["custom"],
             # ".md" is a document to Dify (refused where only custom files are); a file's
-            # extension is its last part, so ".tar.gz" never matches.
-            "allowed_file_extensions": [".md", ".msg", ".tar.gz", "LOG2"],
+            # extension is its last part, so ".tar.gz" never matches; Dify compares the entry as
+            # written with a file's extension in lower case, so neither do "LOG2" nor ".DXF".
+            "allowed_file_extensions": [".md", ".msg", ".tar.gz", "LOG2", ".DXF", ".log2"],
             "allowed_file_upload_methods": ["local_file"],
         }
     ]
@@ -283,3 +284,22 @@ def test_the_record_keeps_the_answers_the_content_had_no_place_for(dify_app: Dif
     Form.objects.filter(pk=form.pk).update(rendered_content="Approve the refund? Yes.")
     form.refresh_from_db()
     assert answered_content(form, decision).endswith("\n\n**Internal reason**: Lost parcel")
+
+
+def test_a_web_address_whose_name_says_no_kind_is_left_for_dify_to_judge(form: Form) -> None:
+    # Dify fetches such an address's headers to tell its kind (a PDF served from
+    # ".../download?id=123" is a document); the inbox sends it as the kind the input takes.
+    for url in ("https://example.com/download?id=123", "https://drive.example.com/"):
+        data = api_data(form, receipt=url, evidence=[])
+        dform = decision_form(form, data, require_every_key=True)
+        assert dform.is_valid(), (url, dform.errors)
+        assert dform.dify_inputs()["receipt"] == {
+            "transfer_method": "remote_url",
+            "url": url,
+            "type": "image",
+        }
+    # One whose name does tell its kind is still judged here.
+    data = api_data(form, receipt="https://example.com/setup.exe", evidence=[])
+    dform = decision_form(form, data, require_every_key=True)
+    assert not dform.is_valid()
+    assert "setup.exe" in str(dform.errors["in_receipt"])

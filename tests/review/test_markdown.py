@@ -260,3 +260,36 @@ def test_bare_web_addresses_are_links_as_on_dify_s_page_but_not_names_with_a_dot
     assert "config.py" in html and 'href="http://config.py"' not in html
     assert 'href="http://README.md"' not in html and "mailto:" not in html
     assert 'href="javascript' not in html
+
+
+def test_quick_excerpt_keeps_text_between_a_less_than_and_a_greater_than_sign() -> None:
+    from inbox.markdown import quick_excerpt
+
+    text = "Refund only if amount < 500 and days > 30\n> quoted <b>bold</b> <a href='x'>link</a>"
+    assert quick_excerpt(text) == ("Refund only if amount < 500 and days > 30 · quoted bold link")
+
+
+def test_the_emails_excerpt_keeps_text_that_only_looks_like_a_tag_and_code_spans() -> None:
+    from inbox.notify import plain_excerpt
+
+    assert plain_excerpt("Compare a<b and c>d. Run `code <b>` <b>now</b>.") == (
+        "Compare a<b and c>d. Run code <b> now ."
+    )
+    assert plain_excerpt('<details open><summary>More</summary></details> <img src="x">') == (
+        "More"
+    )
+
+
+def test_a_link_to_a_script_or_data_address_shows_its_text_without_the_address() -> None:
+    from inbox.markdown import quick_excerpt
+
+    text = "[evil link](javascript:alert(document.cookie)) and [data](data:text/html,<i>x</i>)"
+    html = str(render_markdown(text))
+    assert html == (
+        '<p><a rel="noopener noreferrer nofollow">evil link</a> and '
+        '<a rel="noopener noreferrer nofollow">data</a></p>\n'
+    )
+    assert excerpt(text) == "evil link and data"
+    assert quick_excerpt(text) == "evil link and data"
+    # An image at such an address is held back as any other.
+    assert "Image not loaded" in render_markdown("![pic](javascript:alert(1))")

@@ -421,3 +421,65 @@ def test_a_list_with_room_for_fewer_than_were_picked_says_how_many_more_it_takes
     page = html.unescape(alice.get(f"/forms/{form.public_id}/").content.decode())
     assert 'data-room-one="You can add 1 more file here; choose fewer."' in page
     assert 'data-room="You can add {room} more files here; choose fewer."' in page
+
+
+def _drawings_form(app: DifyApp) -> Form:
+    definition = full_definition()
+    definition["inputs"] = [
+        {
+            "type": "file-list",
+            "output_variable_name": "drawings",
+            "allowed_file_types": ["custom"],
+            "allowed_file_extensions": [".dwg", ".DXF"],
+            "allowed_file_upload_methods": ["local_file"],
+            "number_limits": 3,
+        }
+    ]
+    return make_form(app, definition=definition)
+
+
+def test_a_custom_extension_the_browser_names_an_image_type_goes_to_dify_as_a_custom_file(
+    client: Client, simulator: Any, simulator_dify_app: Any, reviewer: Any, reviewers_group: Any
+) -> None:
+    from inbox.models import ApiToken
+
+    app = simulator_dify_app()
+    Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
+    form = _drawings_form(app)
+    _token, raw = ApiToken.issue(reviewer)
+    # Chromium on Linux names a .dwg "image/vnd.dwg" (the system's MIME list): to Dify, whose
+    # kinds have no .dwg, that type would make it an image, refused where only custom files are.
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {"input": "drawings", "file": SimpleUploadedFile("a.dwg", b"AC1032", "image/vnd.dwg")},
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["type"] == "custom"
+    upload = Upload.objects.get()
+    # Dify was told no image type, and so detects what the workflow asks for.
+    assert (upload.category, upload.mime_type) == ("custom", "application/octet-stream")
+
+
+def test_an_extension_listed_in_upper_case_is_not_offered_as_dify_matches_no_file_with_it(
+    client: Client, simulator: Any, simulator_dify_app: Any, reviewer: Any, reviewers_group: Any
+) -> None:
+    from inbox.models import ApiToken
+
+    app = simulator_dify_app()
+    Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
+    form = _drawings_form(app)
+    _token, raw = ApiToken.issue(reviewer)
+    # Dify compares a file's extension, in lower case, with ".DXF" as written: never a match,
+    # so the file would be refused only once the decision reached Dify.
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {"input": "drawings", "file": SimpleUploadedFile("A.DXF", b"0", "image/vnd.dxf")},
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "upload_rejected"
+    assert response.json()["error"]["message"] == (
+        "This kind of file is not accepted here. Accepted: .dwg."
+    )
+    assert not Upload.objects.exists()
