@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from html import escape
@@ -27,6 +28,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 from django.db.models.functions import Left
+from django.forms.utils import ErrorDict, ErrorList
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -1047,6 +1049,33 @@ def _kept_uploads(form: Form, decider: Decider) -> dict[str, list[str]]:
     return {name: refs[::-1] for name, refs in kept.items()}
 
 
+# Where Dify's refusal of a decision names inputs: "Invalid value for file input 'x': ...",
+# "Missing required inputs: x, y" (CONTRACT: submit's `invalid_form_data`).
+_NAMED_INPUT = re.compile(r"\binput '([^']+)'")
+_MISSING_INPUTS = re.compile(r"Missing required inputs?: ([^.\n]+)")
+
+
+def _refused_beside(dform: DecisionForm, rejection: str, *, guest: bool) -> None:
+    """The inputs Dify's refusal names are marked beside their fields too, to whoever made
+    the decision (its values are theirs, shown again): the page's banner alone left them to
+    find the field by Dify's variable name."""
+    named = set(_NAMED_INPUT.findall(rejection))
+    for listed in _MISSING_INPUTS.findall(rejection):
+        named.update(name.strip() for name in listed.split(","))
+    errors = ErrorDict()
+    for spec in dform.specs:
+        if spec.name in named:
+            errors[spec.field_name] = ErrorList(
+                [
+                    _("The workflow did not accept this value.")
+                    if guest
+                    else _("Dify did not accept this value.")
+                ]
+            )
+    if errors:
+        dform._errors = errors
+
+
 def form_context(
     request: HtmxHttpRequest,
     form: Form,
@@ -1076,6 +1105,8 @@ def form_context(
             # Files this reviewer already sent to Dify are kept across reloads.
             initial = _kept_uploads(form, decider)
         dform = DecisionForm(form, initial_inputs=initial)
+        if rejection_own:
+            _refused_beside(dform, rejection, guest=decider.reviewer is None)
     fields = _field_views(dform)
     segments: list[dict[str, Any]] = []
     trailing: list[FieldView] = []

@@ -264,6 +264,44 @@ def test_a_decision_dify_refuses_comes_back_with_the_values_kept(
     assert simulator.submits_applied(sim_form.form_id) == 1
 
 
+def test_an_input_dify_s_refusal_names_is_marked_beside_its_field(
+    client: Client,
+    reviewer: User,
+    other_reviewer: User,
+    sim_form: Form,
+    simulator: Any,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    simulator.add_fault(
+        "status",
+        "form_submit",
+        status=400,
+        code="invalid_form_data",
+        message="Invalid value for paragraph input 'decision_note': too long",
+    )
+    client.force_login(reviewer)
+    url = f"/forms/{sim_form.public_id}/"
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        client.post(url + "decide", {"action": "approve", "in_decision_note": "Fine by me."})
+    deliver(callbacks)
+    page = body(client.get(url).content.decode())
+    assert "Dify did not accept the last decision." in page
+    field = re.search(
+        r'<div class="field[^"]*" data-kind="paragraph" data-name="decision_note".*?</div>',
+        page,
+        re.S,
+    )
+    assert field is not None and "has-error" in field.group(0)
+    assert 'id="err-decision_note"' in page and "Dify did not accept this value." in page
+    # The banner says why; no second summary of the same.
+    assert "Please correct the following" not in page
+    # Another reviewer starts from their own values: nothing of the refusal is marked there.
+    client.force_login(other_reviewer)
+    theirs = body(client.get(url).content.decode())
+    assert "Dify did not accept this value." not in theirs
+
+
 # --- The JSON API ---------------------------------------------------------------------------
 
 
