@@ -1072,8 +1072,8 @@ def _refused_beside(dform: DecisionForm, rejection: str, *, guest: bool) -> None
                     else _("Dify did not accept this value.")
                 ]
             )
-    if errors:
-        dform._errors = errors
+    # An unbound form's errors are an empty ErrorDict of its own, which these join.
+    dform.errors.update(errors)
 
 
 def form_context(
