@@ -78,6 +78,58 @@ def test_a_412_handed_over_settles_the_new_form_before_anyone_sees_it(
     assert run.timeline[-1]["key"] == "form:F1" and run.timeline[-1]["status"] == label
 
 
+class AnsweredMidBatch(capture.DefinitionsHandoff):
+    """GET form answers right after the batch first looks (at the form's announcement), so
+    the answer is in when the pause names the form again, in the same batch: what a follower
+    under load meets when the GET lands while the batch is being applied."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(["F1"], timeout=2.0)
+        self.answer = answer
+
+    def answered(self) -> dict[str, Any] | None:
+        found = super().answered()
+        if found is None:
+            self.give(self.answer)
+        return found
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("error", "status", "label"), ev.CLOSED_IN_DIFY)
+def test_a_412_that_lands_between_the_announcement_and_the_pause_settles_the_form_once_captured(
+    run: Run, error: Exception, status: str, label: str
+) -> None:
+    applied = capture.apply_events(run, PAUSE, handoff=AnsweredMidBatch({"F1": error}))
+    run.refresh_from_db()
+    form = run.forms.get()
+    assert form.status == status and form.definition_fetched_at is None
+    verbs = list(
+        AuditEntry.objects.filter(object_type="form", object_id=str(form.pk))
+        .order_by("id")
+        .values_list("verb", flat=True)
+    )
+    # Captured first, then settled: the trail reads as when the answer came at either end.
+    assert verbs[-2:] == ["form_captured", f"form_{status}"]
+    assert verbs.count(f"form_{status}") == 1
+    assert applied.paused and not applied.awaiting_human and not applied.needs_definition
+    assert run.timeline[-1]["key"] == "form:F1" and run.timeline[-1]["status"] == label
+
+
+@pytest.mark.django_db
+def test_a_definition_that_lands_between_the_announcement_and_the_pause_is_the_forms(
+    run: Run,
+) -> None:
+    handoff = AnsweredMidBatch({"F1": get_definition()})
+    applied = capture.apply_events(run, PAUSE, handoff=handoff)
+    run.refresh_from_db()
+    form = run.forms.get()
+    assert form.definition["inputs"][1]["option_source"]["value"] == ["a", "b"]
+    assert form.definition_fetched_at is not None and form.routed_at is not None
+    assert captured_audit(form) == {"source": "stream", "status": "pending", "definition": "get"}
+    assert applied.forms_created == [form.pk] and not applied.needs_definition
+    assert applied.paused and applied.awaiting_human
+
+
 @pytest.mark.django_db
 def test_a_get_that_failed_or_never_came_leaves_the_definition_to_be_fetched_again(
     run: Run,
