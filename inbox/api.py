@@ -2020,7 +2020,8 @@ def run_stop(request: HttpRequest, public_id: Any) -> HttpResponse:
 @api_view(["POST"])
 def ingest(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/ingest` `{"app", "workflow_run_id", "user", "form_token"?}`: follow a run
-    started elsewhere. 201 when recorded now, 200 when it was already (nothing changes)."""
+    started elsewhere. 201 when recorded now, 200 when it was already (nothing changes, but a
+    run taken for gone that Dify has comes back, its snapshot read before the answer)."""
     from inbox.runs import IngestRefused, ingest_run
 
     _require_may_start(request)

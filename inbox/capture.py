@@ -616,6 +616,12 @@ class _Batch:
             if answered is None:
                 self.waiting[fields.form_id] = fields
             else:
+                if self.waiting:
+                    # The answer came in while this batch was being applied, after it inserted
+                    # forms without it: they are captured with it now, before the form is
+                    # named again (the pause's reasons) and settled by it, so the trail reads
+                    # "captured" then "expired" whenever the answer lands.
+                    self.receive(answered)
                 self.definitions.update(answered)
                 fetched = answered.get(fields.form_id)
         if form is None:
@@ -696,7 +702,8 @@ class _Batch:
             self.applied.needs_definition[form.pk] = form.form_token
 
     def receive(self, results: Mapping[str, DefinitionResult]) -> None:
-        """The answers of the GET forms this batch waited for (DefinitionsHandoff)."""
+        """The answers of the GET forms this batch waited for (DefinitionsHandoff): before it
+        commits, or as soon as they are in when the batch names a form of the handoff again."""
         self.definitions.update(results)
         for form_id, fields in self.waiting.items():
             fetched = results.get(form_id)
@@ -707,6 +714,7 @@ class _Batch:
                 continue
             if isinstance(fetched, FormDefinition):
                 created.save(update_fields=[*_set_definition(created, fetched), "updated_at"])
+                self.defined_here.add(form_id)
             self.captured(created, fetched)
         self.waiting.clear()
         if self.last_pause is not None:

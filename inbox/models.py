@@ -891,15 +891,16 @@ class Run(models.Model):
         """Ended by `gone_from_dify` (a 404 for its detail), not by Dify."""
         return self.status == Run.Status.FAILED and self.error == GONE_REASON
 
-    def back_in_dify(self, *, source: str, actor: Any = None) -> bool:
+    def back_in_dify(self, *, source: str, actor: Any = None, follow: bool = True) -> bool:
         """Dify answers for a run taken for gone (`gone_from_dify`): the 404s were not of the
         run after all (settings put right since, an outage the checks could not tell apart).
         It is open again and followed with a state snapshot: its forms that closed as gone wait
         again without a token (`not_answerable`) until the snapshot hands out fresh ones, which
         make them pending (`capture`), and a form Dify no longer waits at is settled by the
         same snapshot or the run's end. Those emailed about its forms are emailed again once
-        they are pending (they may have been told the form was gone). True when it was
-        reopened."""
+        they are pending (they may have been told the form was gone). `follow=False` leaves
+        the follow to the caller, which reads the snapshot itself first (an ingest). True when
+        it was reopened."""
         with transaction.atomic():
             run = Run.objects.select_for_update().filter(pk=self.pk).first()
             if run is None or not run.was_gone:
@@ -941,7 +942,8 @@ class Run(models.Model):
             source,
         )
         self.refresh_from_db()
-        self.request_follow(snapshot=True)
+        if follow:
+            self.request_follow(snapshot=True)
         return True
 
     # --- capture (the event logic lives in inbox/capture.py) ---

@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
-from inbox.dify.client import DifyClient
+from inbox.dify.client import DifyClient, deadline
 from inbox.dify.errors import (
     ApiKeyUnreadable,
     DifyConnectionError,
@@ -1115,9 +1115,70 @@ def _back_if_alive(run: Run, actor: Any) -> None:
         return
     except DifyError as exc:
         raise _unreachable(exc) from None
-    if run.back_in_dify(source="ingest", actor=actor):
-        capture.apply_run_detail(run, detail, source="ingest")
-        run.refresh_from_db()
+    if run.back_in_dify(source="ingest", actor=actor, follow=False):
+        try:
+            capture.apply_run_detail(run, detail, source="ingest")
+            if not detail.is_finished:
+                _recover_forms(run)
+        finally:
+            # Followed as every ingest is, after the snapshot read here (not beside it).
+            run.request_follow(snapshot=True)
+            run.refresh_from_db()
+
+
+def _recover_forms(run: Run) -> None:
+    """The state snapshot of a run just brought back (`_back_if_alive`), read and applied
+    before the ingest answers, so the answer shows its forms waiting again with their fresh
+    tokens rather than `not_answerable` for the moment before the follower's snapshot. Read
+    for `SNAPSHOT_SECONDS` at most, as an ingest's token is checked (`_form_of_run`): done at
+    `workflow_finished`, at a pause once no form that came back still lacks its token, or
+    once the stream falls silent for `SNAPSHOT_QUIET_SECONDS` after a pause (a replay of the
+    retained log goes on past earlier pauses; a form Dify no longer waits at never comes).
+    Dify not showing the snapshot (its events a 404 to the run's user, a failure, no answer
+    in time) is left to the follower: the forms then wait without a token a little longer."""
+    from inbox import capture
+    from inbox.models import Form
+
+    back = set(
+        run.forms.filter(status=Form.Status.NOT_ANSWERABLE, form_token="").values_list(
+            "pk", flat=True
+        )
+    )
+    if not back:
+        return
+    client = DifyClient.for_app(run.app)
+    until = time.monotonic() + SNAPSHOT_SECONDS
+    try:
+        # Retries of the opening included: none starts past the budget.
+        with deadline(SNAPSHOT_SECONDS):
+            stream = client.stream_events(
+                run.workflow_run_id,
+                user=run.dify_user,
+                include_state_snapshot=True,
+                continue_on_pause=True,
+                read_timeout=SNAPSHOT_QUIET_SECONDS,
+            )
+    except DifyError as exc:
+        logger.info("ingest: run %s back, its snapshot not read: %s", run.pk, exc)
+        return
+    state = capture.StreamState()
+    events: list[StreamEvent] = []
+    with stream:
+        stream.deadline = until
+        try:
+            for event in stream:
+                events.append(event)
+                if event.event not in ("workflow_paused", "workflow_finished"):
+                    continue
+                run.apply_events(events, source="ingest", stream=state)
+                events = []
+                if event.event == "workflow_finished":
+                    break
+                if not run.forms.filter(pk__in=back, status=Form.Status.NOT_ANSWERABLE).exists():
+                    break
+                stream.deadline = min(until, time.monotonic() + SNAPSHOT_QUIET_SECONDS)
+        except DifyError as exc:  # silent past the pause, or failing: the follower goes on
+            logger.info("ingest: run %s back, its snapshot ended: %s", run.pk, exc)
 
 
 def _ingest_new_form(run: Run, form_token: str, actor: Any) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from typing import Any
 
 import pytest
@@ -235,6 +236,91 @@ def test_an_ingest_of_a_run_taken_for_gone_that_dify_still_has_brings_it_back(
     assert run.status == Run.Status.PAUSED and not run.error and run.finished_at is None
     assert AuditEntry.objects.filter(verb="run_back", object_id=str(run.pk)).exists()
     assert Form.objects.filter(run=run).count() == 1
+
+
+def _ingest_again(run: Run, caller: User) -> Any:
+    _token, raw = ApiToken.issue(caller)
+    return Client().post(
+        "/api/v1/ingest",
+        json.dumps(
+            {"app": run.app.name, "workflow_run_id": run.workflow_run_id, "user": run.dify_user}
+        ),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+
+
+def _taken_for_gone(simulator: Any, sim_app: Any, follower: FollowerThread) -> tuple[Run, Form]:
+    """A run paused at its form, taken for gone while Dify still waits at it; no follower runs
+    any more, so whatever the ingest answers is its own doing."""
+    app = sim_app("content-publish")
+    run = start(simulator, app)
+    (form,) = pending(run)
+    no_stream_left(run)
+    follower.stop()
+    run.gone_from_dify(source="reconcile")
+    return run, form
+
+
+def test_an_ingest_that_brings_a_run_back_answers_with_its_forms_waiting_again(
+    simulator: Any, sim_app: Any, follower: FollowerThread, admin_user: User
+) -> None:
+    run, form = _taken_for_gone(simulator, sim_app, follower)
+    response = _ingest_again(run, admin_user)
+    assert response.status_code == 200
+    body = response.json()
+    # Its snapshot read before the answer: the form waits again, answerable, with a fresh token
+    # (which the answer does not carry).
+    assert body["status"] == "paused"
+    (listed,) = body["forms"]
+    assert listed["id"] == str(form.public_id)
+    assert listed["status"] == "pending" and listed["answerable"] is True
+    form.refresh_from_db()
+    assert form.status == Form.Status.PENDING and form.form_token
+    assert form.form_token not in response.content.decode()
+    assert simulator.exchanges("workflow_events")[-1].status == 200
+    # Still handed to the follower, as every ingest is.
+    run.refresh_from_db()
+    assert run.follow_wanted and run.status == Run.Status.PAUSED and not run.error
+    assert Form.objects.filter(run=run).count() == 1
+
+
+def test_an_ingest_whose_snapshot_does_not_come_in_time_answers_within_its_budget(
+    simulator: Any,
+    sim_app: Any,
+    follower: FollowerThread,
+    admin_user: User,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from inbox import runs
+
+    monkeypatch.setattr(runs, "SNAPSHOT_SECONDS", 1.0)
+    monkeypatch.setattr(runs, "SNAPSHOT_QUIET_SECONDS", 0.5)
+    run, form = _taken_for_gone(simulator, sim_app, follower)
+    # Every opening of its events held past the budget, retries included.
+    simulator.add_fault("delay", "workflow_events", times=None, delay=10.0)
+    began = time.monotonic()
+    response = _ingest_again(run, admin_user)
+    assert time.monotonic() - began < 6.0
+    simulator.clear_faults()
+    # Back and followed all the same; its form waits for the follower's snapshot.
+    assert response.status_code == 200
+    (listed,) = response.json()["forms"]
+    assert listed["status"] == "not_answerable" and listed["answerable"] is False
+    run.refresh_from_db()
+    assert run.follow_wanted and not run.error
+    with_follower = FollowerThread("after").start()
+    try:
+        wait_until(
+            lambda: (
+                Form.objects.filter(pk=form.pk, status=Form.Status.PENDING)
+                .exclude(form_token="")
+                .exists()
+            ),
+            timeout=20,
+        )
+    finally:
+        with_follower.stop()
 
 
 def test_the_admin_warns_in_both_languages_when_dify_names_another_app(

@@ -62,9 +62,16 @@ def _three_pauses(sim: Any, app: DifyApp, drop_at: tuple[int, int] | None) -> Ru
             return newest if ready else None
 
         form = wait_until(captured, timeout=30)
+        # Answered once the follower has let go of the run, so each answer opens a stream of
+        # its own, whatever the timing: a follower that opened its snapshot after Dify resumed
+        # missed the fill, finds the answered form unlisted at the next pause and reads on for
+        # the settle window, and an answer given within it would go on in the same stream.
+        no_stream_left(run, timeout=30)
         arm(pause + 1)
         submit(form)
-        wait_until(lambda f=form: Form.objects.get(pk=f.pk).status == "answered_elsewhere")
+        wait_until(
+            lambda f=form: Form.objects.get(pk=f.pk).status == "answered_elsewhere", timeout=30
+        )
     return run_status(run, "succeeded", timeout=30)
 
 
