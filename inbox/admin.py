@@ -63,6 +63,7 @@ from inbox.models import (
     RunEvent,
     Upload,
 )
+from inbox.names import chooser_label
 from inbox.reasons import worded
 
 
@@ -1078,8 +1079,22 @@ class FormRecipientInline(admin.TabularInline):
         return False
 
 
+class UserChoiceField(forms.ModelChoiceField):
+    """A user chosen by their name and username ("张敏 (zhangmin)"), not the username alone."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        return chooser_label(obj)
+
+
+class UsersChoiceField(forms.ModelMultipleChoiceField):
+    """Users chosen by their name and username, as `UserChoiceField`."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        return chooser_label(obj)
+
+
 class ReassignForm(forms.Form):
-    to_user = forms.ModelChoiceField(
+    to_user = UserChoiceField(
         queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
         required=False,
         label=_("Reviewer"),
@@ -1109,7 +1124,7 @@ class ActiveUserListFilter(admin.RelatedFieldListFilter):
 
     def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
         users = get_user_model().objects.filter(is_active=True).order_by("username")
-        return [(user.pk, user.get_username()) for user in users]
+        return [(user.pk, chooser_label(user)) for user in users]
 
 
 class AskedFilter(admin.SimpleListFilter):
@@ -1352,6 +1367,12 @@ class RouteAdmin(AuditedAdmin):
     list_select_related = ["app"]
     filter_horizontal = ["groups", "users"]
     inlines = [RouteRecipientInline]
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "users":
+            kwargs["form_class"] = UsersChoiceField
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
     fieldsets = [
         (None, {"fields": ["app", "name", "node", "priority", "is_active"]}),
         (_("Reviewers"), {"fields": ["groups", "users"]}),

@@ -27,6 +27,7 @@ from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
 from inbox.crypto import DecryptionError, EncryptedTextField, Sealed, readable
+from inbox.names import display_name
 from inbox.reasons import Reason, stored, translated, worded
 
 if typing.TYPE_CHECKING:
@@ -1858,7 +1859,7 @@ class Form(models.Model):
                 return
             if form.claimed_by_id is not None:
                 holder = form.claimed_by
-                who = (holder.get_full_name() or holder.get_username()) if holder else "?"
+                who = display_name(holder) if holder else "?"
                 raise ClaimRefused(worded(gettext("%(who)s has already taken this form."), who=who))
             form.claimed_by = user
             form.save(update_fields=["claimed_by", "updated_at"])
@@ -2074,7 +2075,7 @@ class Form(models.Model):
                     form=form,
                     reviewer=decider,
                     reviewer_username=decider.get_username() if decider else "",
-                    reviewer_name=decider.get_full_name() if decider else "",
+                    reviewer_name=display_name(decider) if decider else "",
                     guest_email=guest_email,
                     action_id=action_id,
                     inputs=inputs,
@@ -2389,7 +2390,7 @@ class Decision(models.Model):
     @property
     def decider_label(self) -> str:
         if self.reviewer_id and self.reviewer:
-            return self.reviewer.get_full_name() or self.reviewer.get_username()
+            return display_name(self.reviewer)
         # A reviewer whose account was deleted since: named as they were when they decided.
         return self.reviewer_name or self.reviewer_username or self.guest_email
 
