@@ -1103,11 +1103,19 @@ class OffsetTooLong(ValueError):
     """A part of a reminder schedule longer than `MAX_OFFSET_SECONDS`."""
 
 
+# As typed with a Chinese input method: full-width letters, digits, commas and spaces read as
+# their ASCII forms (as NFKC folds them), and the enumeration comma "、" as a comma.
+_HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {
+    0x3000: " ",
+    0x3001: ",",
+}
+
+
 def parse_offsets(text: str) -> list[int]:
-    """`"24h,1h"` as seconds before expiry, largest first. Raises ValueError on a bad part
-    (`OffsetTooLong` for one over a year)."""
+    """`"24h,1h"` as seconds before expiry, largest first; with a full-width comma or "、" too.
+    Raises ValueError on a bad part (`OffsetTooLong` for one over a year)."""
     offsets: set[int] = set()
-    for part in (text or "").replace(" ", "").split(","):
+    for part in (text or "").translate(_HALF_WIDTH).replace(" ", "").split(","):
         if not part:
             continue
         unit = part[-1].lower()
