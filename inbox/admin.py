@@ -34,8 +34,8 @@ from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.text import smart_split, unescape_string_literal
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from inbox.app_check import (
     check_app,
@@ -1476,7 +1476,7 @@ class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
     list_display = [
         "public_id",
         "form",
-        "action_id",
+        "chosen_action",
         "decider",
         "status",
         "attempts",
@@ -1520,8 +1520,14 @@ class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
         "dify_unreachable",
         "held_for_app",
         "total_attempts",
+        "chosen_action",
     ]
     actions = ["retry_delivery", "reopen_form"]
+
+    @admin.display(description=_("action"), ordering="action_id")
+    def chosen_action(self, obj: Decision) -> str:
+        # The button the reviewer clicked ("Approve refund"), not only its id.
+        return obj.action_title
 
     @admin.display(description=_("decided by"))
     def decider(self, obj: Decision) -> str:
@@ -1735,6 +1741,17 @@ class AuditEntryAdmin(RecordAdmin):
     # The details hold the public ids of forms, runs and decisions (`AuditEntry.build`).
     search_fields = ["actor_label", "verb", "object_repr", "object_id", "details"]
     readonly_fields = ["when", "what", "object_kind"]
+    # The labels, not the stored codes beside them, and one time (to the second, with its zone).
+    fields = [
+        "when",
+        "actor",
+        "actor_label",
+        "what",
+        "object_kind",
+        "object_id",
+        "object_repr",
+        "details",
+    ]
 
     def get_search_results(
         self, request: HttpRequest, queryset: Any, search_term: str
@@ -1871,6 +1888,28 @@ class ReviewerProfileAdmin(admin.ModelAdmin):
     autocomplete_fields = ["user"]
 
 
+# The product's name, not "Django administration", heading every admin page.
+admin.site.site_header = _("Approval inbox")
+admin.site.site_title = _("Approval inbox")
+
+
+class PermissionsChoiceField(forms.ModelMultipleChoiceField):
+    """Permissions named in the reader's language: Django stores their names in English when it
+    migrates, and the project's own names ("Can reassign forms") are in its catalogue."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.content_type} | {gettext(obj.name)}"
+
+
+class TranslatedPermissionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A user's or group's permissions chooser with `PermissionsChoiceField`'s labels."""
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in ("permissions", "user_permissions"):
+            kwargs["form_class"] = PermissionsChoiceField
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+
 # Django's own user admin, with deleting explained: an account that ever had an API token is
 # kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`).
 User = get_user_model()
@@ -1879,7 +1918,9 @@ if admin.site.is_registered(User):
 
 
 @admin.register(User)
-class UserAdmin(RefusedDeletionAdmin, auth_admin.UserAdmin):  # type: ignore[type-arg]
+class UserAdmin(  # type: ignore[type-arg]
+    TranslatedPermissionsAdmin, RefusedDeletionAdmin, auth_admin.UserAdmin
+):
     def deletion_refusal(self, objs: Any) -> str | None:
         if not ApiToken.objects.filter(user__in=list(objs)).exists():
             return None
@@ -1891,3 +1932,12 @@ class UserAdmin(RefusedDeletionAdmin, auth_admin.UserAdmin):  # type: ignore[typ
                 "sign in, and its tokens are refused."
             )
         )
+
+
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(TranslatedPermissionsAdmin, auth_admin.GroupAdmin):  # type: ignore[misc]
+    pass

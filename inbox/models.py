@@ -1243,7 +1243,9 @@ class Route(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.app} · {self.node or gettext('default')} · {self.name}"
+        # Outside the f-string, so makemessages finds it.
+        default = gettext("default")
+        return f"{self.app} · {self.node or default} · {self.name}"
 
     def audit_values(self) -> dict[str, Any]:
         """Who may decide, as the trail keeps it before and after a change: who gained or lost
@@ -1705,7 +1707,11 @@ class Form(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.node_title or self.node_id} ({self.form_id})"
+        # Its public id (the one its page's address and the API give), not Dify's form id.
+        return gettext("%(title)s (%(id)s)") % {
+            "title": self.node_title or self.node_id,
+            "id": self.public_id,
+        }
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.form_token and self.status in self.TOKEN_DROPPED:
@@ -2383,7 +2389,13 @@ class Decision(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.action_id} on {self.form_id} ({self.status})"
+        # The button the reviewer chose, its status in the reader's language, the public id.
+        return worded(
+            gettext("%(action)s (%(status)s) · %(id)s"),
+            action=self.action_title,
+            status=str(self.get_status_display()),
+            id=str(self.public_id),
+        )
 
     @property
     def action_title(self) -> str:
@@ -3690,7 +3702,15 @@ class AuditEntry(models.Model):
         indexes = [models.Index(fields=["object_type", "object_id"])]
 
     def __str__(self) -> str:
-        return f"{self.actor_label or 'system'} {self.verb} {self.object_type}:{self.object_id}"
+        from inbox.audit_words import object_type_label, verb_label
+
+        what = self.object_repr or f"{object_type_label(self.object_type)} {self.object_id}"
+        return worded(
+            gettext("%(actor)s · %(verb)s · %(object)s"),
+            actor=self.actor_label or gettext("system"),
+            verb=str(verb_label(self.verb)),
+            object=what,
+        )
 
     @classmethod
     def record(
