@@ -33,8 +33,9 @@ from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.text import smart_split, unescape_string_literal
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from inbox.app_check import (
     check_app,
@@ -63,6 +64,7 @@ from inbox.models import (
     RunEvent,
     Upload,
 )
+from inbox.names import chooser_label
 from inbox.reasons import worded
 
 
@@ -1078,8 +1080,22 @@ class FormRecipientInline(admin.TabularInline):
         return False
 
 
+class UserChoiceField(forms.ModelChoiceField):
+    """A user chosen by their name and username ("张敏 (zhangmin)"), not the username alone."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        return chooser_label(obj)
+
+
+class UsersChoiceField(forms.ModelMultipleChoiceField):
+    """Users chosen by their name and username, as `UserChoiceField`."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        return chooser_label(obj)
+
+
 class ReassignForm(forms.Form):
-    to_user = forms.ModelChoiceField(
+    to_user = UserChoiceField(
         queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
         required=False,
         label=_("Reviewer"),
@@ -1109,7 +1125,7 @@ class ActiveUserListFilter(admin.RelatedFieldListFilter):
 
     def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
         users = get_user_model().objects.filter(is_active=True).order_by("username")
-        return [(user.pk, user.get_username()) for user in users]
+        return [(user.pk, chooser_label(user)) for user in users]
 
 
 class AskedFilter(admin.SimpleListFilter):
@@ -1352,6 +1368,12 @@ class RouteAdmin(AuditedAdmin):
     list_select_related = ["app"]
     filter_horizontal = ["groups", "users"]
     inlines = [RouteRecipientInline]
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "users":
+            kwargs["form_class"] = UsersChoiceField
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
     fieldsets = [
         (None, {"fields": ["app", "name", "node", "priority", "is_active"]}),
         (_("Reviewers"), {"fields": ["groups", "users"]}),
@@ -1454,7 +1476,7 @@ class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
     list_display = [
         "public_id",
         "form",
-        "action_id",
+        "chosen_action",
         "decider",
         "status",
         "attempts",
@@ -1498,8 +1520,14 @@ class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
         "dify_unreachable",
         "held_for_app",
         "total_attempts",
+        "chosen_action",
     ]
     actions = ["retry_delivery", "reopen_form"]
+
+    @admin.display(description=_("action"), ordering="action_id")
+    def chosen_action(self, obj: Decision) -> str:
+        # The button the reviewer clicked ("Approve refund"), not only its id.
+        return obj.action_title
 
     @admin.display(description=_("decided by"))
     def decider(self, obj: Decision) -> str:
@@ -1713,6 +1741,36 @@ class AuditEntryAdmin(RecordAdmin):
     # The details hold the public ids of forms, runs and decisions (`AuditEntry.build`).
     search_fields = ["actor_label", "verb", "object_repr", "object_id", "details"]
     readonly_fields = ["when", "what", "object_kind"]
+    # The labels, not the stored codes beside them, and one time (to the second, with its zone).
+    fields = [
+        "when",
+        "actor",
+        "actor_label",
+        "what",
+        "object_kind",
+        "object_id",
+        "object_repr",
+        "details",
+    ]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: Any, search_term: str
+    ) -> tuple[Any, bool]:
+        """Each word in any of `search_fields`, as Django's search; a word in the details is
+        also looked for as JSON writes it ("上海" as "\\u4e0a\\u6d77", a quote as \\"): SQLite
+        keeps JSON as text with such escapes, while PostgreSQL's jsonb reads as written."""
+        fields = self.get_search_fields(request)
+        for word in smart_split(search_term):
+            if word[:1] in ('"', "'") and word[-1:] == word[:1] and len(word) > 1:
+                word = unescape_string_literal(word)
+            match = Q()
+            for field in fields:
+                match |= Q(**{f"{field}__icontains": word})
+            escaped = json.dumps(word)[1:-1]
+            if escaped != word:
+                match |= Q(details__icontains=escaped)
+            queryset = queryset.filter(match)
+        return queryset, False
 
     @admin.display(description=_("when"), ordering="created_at")
     def when(self, obj: AuditEntry) -> str:
@@ -1762,6 +1820,9 @@ class AuditEntryAdmin(RecordAdmin):
             return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
         def rows() -> Any:
+            # A byte order mark: Excel reads a CSV without one in the system's code page (GBK
+            # on a Chinese Windows), garbling every Chinese name.
+            yield "\ufeff"
             yield writer.writerow(header)
             for entry in queryset.order_by("created_at", "id").iterator(chunk_size=2000):
                 yield writer.writerow(
@@ -1827,6 +1888,28 @@ class ReviewerProfileAdmin(admin.ModelAdmin):
     autocomplete_fields = ["user"]
 
 
+# The product's name, not "Django administration", heading every admin page.
+admin.site.site_header = _("Approval inbox")
+admin.site.site_title = _("Approval inbox")
+
+
+class PermissionsChoiceField(forms.ModelMultipleChoiceField):
+    """Permissions named in the reader's language: Django stores their names in English when it
+    migrates, and the project's own names ("Can reassign forms") are in its catalogue."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.content_type} | {gettext(obj.name)}"
+
+
+class TranslatedPermissionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A user's or group's permissions chooser with `PermissionsChoiceField`'s labels."""
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name in ("permissions", "user_permissions"):
+            kwargs["form_class"] = PermissionsChoiceField
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+
 # Django's own user admin, with deleting explained: an account that ever had an API token is
 # kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`).
 User = get_user_model()
@@ -1835,7 +1918,9 @@ if admin.site.is_registered(User):
 
 
 @admin.register(User)
-class UserAdmin(RefusedDeletionAdmin, auth_admin.UserAdmin):  # type: ignore[type-arg]
+class UserAdmin(  # type: ignore[type-arg]
+    TranslatedPermissionsAdmin, RefusedDeletionAdmin, auth_admin.UserAdmin
+):
     def deletion_refusal(self, objs: Any) -> str | None:
         if not ApiToken.objects.filter(user__in=list(objs)).exists():
             return None
@@ -1847,3 +1932,12 @@ class UserAdmin(RefusedDeletionAdmin, auth_admin.UserAdmin):  # type: ignore[typ
                 "sign in, and its tokens are refused."
             )
         )
+
+
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(TranslatedPermissionsAdmin, auth_admin.GroupAdmin):  # type: ignore[misc]
+    pass

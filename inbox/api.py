@@ -38,6 +38,7 @@ from inbox.forms import (
 from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
+from inbox.names import display_name
 from inbox.reasons import Refused, labelled
 from inbox.uploads import (
     UploadRejected,
@@ -526,7 +527,7 @@ def _holder(form: Form) -> dict[str, str] | None:
     user = form.claimed_by if form.claimed_by_id and form.status_now == "pending" else None
     if user is None:
         return None
-    return {"username": user.get_username(), "name": user.get_full_name() or user.get_username()}
+    return {"username": user.get_username(), "name": display_name(user)}
 
 
 @api_view(["GET"], query=("status", "app", "node", "q", "sort", "page", "mine"))

@@ -27,6 +27,7 @@ from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
 from inbox.crypto import DecryptionError, EncryptedTextField, Sealed, readable
+from inbox.names import display_name
 from inbox.reasons import Reason, stored, translated, worded
 
 if typing.TYPE_CHECKING:
@@ -1104,11 +1105,19 @@ class OffsetTooLong(ValueError):
     """A part of a reminder schedule longer than `MAX_OFFSET_SECONDS`."""
 
 
+# As typed with a Chinese input method: full-width letters, digits, commas and spaces read as
+# their ASCII forms (as NFKC folds them), and the enumeration comma "、" as a comma.
+_HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {
+    0x3000: " ",
+    0x3001: ",",
+}
+
+
 def parse_offsets(text: str) -> list[int]:
-    """`"24h,1h"` as seconds before expiry, largest first. Raises ValueError on a bad part
-    (`OffsetTooLong` for one over a year)."""
+    """`"24h,1h"` as seconds before expiry, largest first; with a full-width comma or "、" too.
+    Raises ValueError on a bad part (`OffsetTooLong` for one over a year)."""
     offsets: set[int] = set()
-    for part in (text or "").replace(" ", "").split(","):
+    for part in (text or "").translate(_HALF_WIDTH).replace(" ", "").split(","):
         if not part:
             continue
         unit = part[-1].lower()
@@ -1236,7 +1245,9 @@ class Route(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.app} · {self.node or gettext('default')} · {self.name}"
+        # Outside the f-string, so makemessages finds it.
+        default = gettext("default")
+        return f"{self.app} · {self.node or default} · {self.name}"
 
     def audit_values(self) -> dict[str, Any]:
         """Who may decide, as the trail keeps it before and after a change: who gained or lost
@@ -1698,7 +1709,11 @@ class Form(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.node_title or self.node_id} ({self.form_id})"
+        # Its public id (the one its page's address and the API give), not Dify's form id.
+        return gettext("%(title)s (%(id)s)") % {
+            "title": self.node_title or self.node_id,
+            "id": self.public_id,
+        }
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.form_token and self.status in self.TOKEN_DROPPED:
@@ -1860,7 +1875,7 @@ class Form(models.Model):
                 return
             if form.claimed_by_id is not None:
                 holder = form.claimed_by
-                who = (holder.get_full_name() or holder.get_username()) if holder else "?"
+                who = display_name(holder) if holder else "?"
                 raise ClaimRefused(worded(gettext("%(who)s has already taken this form."), who=who))
             form.claimed_by = user
             form.save(update_fields=["claimed_by", "updated_at"])
@@ -2076,7 +2091,7 @@ class Form(models.Model):
                     form=form,
                     reviewer=decider,
                     reviewer_username=decider.get_username() if decider else "",
-                    reviewer_name=decider.get_full_name() if decider else "",
+                    reviewer_name=display_name(decider) if decider else "",
                     guest_email=guest_email,
                     action_id=action_id,
                     inputs=inputs,
@@ -2376,7 +2391,13 @@ class Decision(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.action_id} on {self.form_id} ({self.status})"
+        # The button the reviewer chose, its status in the reader's language, the public id.
+        return worded(
+            gettext("%(action)s (%(status)s) · %(id)s"),
+            action=self.action_title,
+            status=str(self.get_status_display()),
+            id=str(self.public_id),
+        )
 
     @property
     def action_title(self) -> str:
@@ -2391,7 +2412,7 @@ class Decision(models.Model):
     @property
     def decider_label(self) -> str:
         if self.reviewer_id and self.reviewer:
-            return self.reviewer.get_full_name() or self.reviewer.get_username()
+            return display_name(self.reviewer)
         # A reviewer whose account was deleted since: named as they were when they decided.
         return self.reviewer_name or self.reviewer_username or self.guest_email
 
@@ -3683,7 +3704,15 @@ class AuditEntry(models.Model):
         indexes = [models.Index(fields=["object_type", "object_id"])]
 
     def __str__(self) -> str:
-        return f"{self.actor_label or 'system'} {self.verb} {self.object_type}:{self.object_id}"
+        from inbox.audit_words import object_type_label, verb_label
+
+        what = self.object_repr or f"{object_type_label(self.object_type)} {self.object_id}"
+        return worded(
+            gettext("%(actor)s · %(verb)s · %(object)s"),
+            actor=self.actor_label or gettext("system"),
+            verb=str(verb_label(self.verb)),
+            object=what,
+        )
 
     @classmethod
     def record(

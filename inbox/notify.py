@@ -34,6 +34,7 @@ from inbox import timefmt
 from inbox.markdown import excerpt, strip_html_tags
 from inbox.middleware import valid_time_zone
 from inbox.models import AuditEntry, Decision, Form, FormRecipient, ReviewerProfile, Run
+from inbox.names import display_name
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ def _handler(form: Form, recipient: FormRecipient) -> str:
     holder = form.claimed_by
     if holder is None or recipient.is_guest or not _handled_by_another(form, recipient):
         return ""
-    return str(holder.get_full_name() or holder.get_username())
+    return display_name(holder)
 
 
 def form_page_url(form: Form) -> str:

@@ -83,6 +83,7 @@ from inbox.models import (
     routing_is_dense,
     run_end_closing,
 )
+from inbox.names import display_name, full_name
 from inbox.reasons import labelled, worded
 from inbox.templatetags.inbox_tags import status_label
 from inbox.uploads import UploadRejected, megabytes, too_large, upload_limits, upload_to_dify
@@ -582,9 +583,7 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
         if mine:
             holder = fmt.yours
         else:
-            who = " ".join(
-                n for n in (values["claimed_by__first_name"], values["claimed_by__last_name"]) if n
-            )
+            who = full_name(values["claimed_by__first_name"], values["claimed_by__last_name"])
             holder = worded(fmt.taken_by, who=who or values["claimed_by__username"])
     return Row(
         holder=holder,
@@ -902,7 +901,7 @@ class Decider:
     @property
     def label(self) -> str:
         if self.reviewer is not None:
-            return str(self.reviewer.get_full_name() or self.reviewer.get_username())
+            return display_name(self.reviewer)
         return self.guest_email
 
 
@@ -1547,7 +1546,7 @@ def claim_announcement(form: Form, decider: Decider) -> str:
         return _("No one is handling this form now; you can take it.")
     if form.claimed_by_id == decider.reviewer.pk:
         return _("You are handling this")
-    who = form.claimed_by.get_full_name() or form.claimed_by.get_username()
+    who = display_name(form.claimed_by)
     return worded(_("Taken by %(who)s"), who=who)
 
 

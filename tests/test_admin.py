@@ -383,7 +383,7 @@ def test_the_admin_reads_in_chinese(client: Client, admin_user: User, dify_app: 
     for name in ("运行", "表单", "决定", "上传", "运行事件", "审计记录", "API 令牌"):
         assert f">{name}</a>" in index, name
     page = client.get("/admin/inbox/decision/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
-    for column in ("操作 ID", "状态", "尝试次数", "最后错误"):
+    for column in ("操作", "状态", "尝试次数", "最后错误"):
         assert column in page, column
     for untranslated in ("Action id", "Attempts", "Last error", "decision 来"):
         assert untranslated not in page, untranslated

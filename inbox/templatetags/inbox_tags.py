@@ -14,6 +14,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext, pgettext
 
 from inbox import forms, markdown, timefmt
+from inbox.names import display_name
 from inbox.reasons import tightened
 
 register = template.Library()
@@ -33,6 +34,12 @@ def tight(sentence: str, value: Any) -> str:
     {% endfilter %}`: a sentence whose value may be Chinese, without the spaces between the
     value and the Chinese around it (`inbox.reasons.tightened`)."""
     return tightened(sentence, value)
+
+
+@register.filter(name="display_name")
+def display_name_filter(user: Any) -> str:
+    """A person as the inbox names them (`inbox.names.display_name`): "张敏", "Alice Smith"."""
+    return display_name(user)
 
 
 @register.filter

@@ -405,7 +405,7 @@ def test_audit_entries_export_as_csv(admin_client: Client, routed_form: Form) ->
     response = action(admin_client, "auditentry", "export_csv", [e.pk for e in entries])
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"] == 'attachment; filename="audit.csv"'
-    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode("utf-8-sig"))))
     assert rows[0] == [
         "created_at",
         "actor",

@@ -290,3 +290,27 @@ def test_the_decision_admin_shows_every_send_across_retries(
     body = page.content.decode()
     assert "Attempts in all" in body
     assert '<div class="readonly">4</div>' in body
+
+
+def test_the_trail_is_found_by_a_chinese_word_in_its_details(
+    admin_client: Client, routed_form: Form
+) -> None:
+    # SQLite keeps JSON as text with its non-ASCII characters escaped; PostgreSQL as written.
+    entry = AuditEntry.record("form_reassigned", routed_form, groups=["上海审核组"])
+    AuditEntry.record("note", routed_form, groups=["北京审核组"])
+    for term in ("上海审核组", "审核组 上海"):
+        page = admin_client.get("/admin/inbox/auditentry/", {"q": term}).content.decode()
+        assert f"/admin/inbox/auditentry/{entry.pk}/change/" in page, term
+        assert "1 result" in page, term
+
+
+def test_the_trail_s_csv_export_opens_in_excel_with_its_chinese_intact(
+    admin_client: Client, routed_form: Form
+) -> None:
+    AuditEntry.record("note", routed_form, groups=["上海审核组"])
+    entries = list(AuditEntry.objects.order_by("id"))
+    response = action(admin_client, "auditentry", "export_csv", [e.pk for e in entries])
+    content = b"".join(response.streaming_content)
+    # A UTF-8 byte order mark first: without it Excel reads the file as the system's code page.
+    assert content.startswith(b"\xef\xbb\xbfcreated_at,")
+    assert "上海审核组" in content.decode("utf-8-sig")

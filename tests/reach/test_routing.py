@@ -307,6 +307,16 @@ def test_reminder_offsets_parse_and_validate(reach_app: DifyApp) -> None:
     ]
 
 
+def test_reminder_offsets_typed_with_a_chinese_input_method_are_read(reach_app: DifyApp) -> None:
+    # The full-width comma and the enumeration comma separate; full-width digits and letters,
+    # and the ideographic space, read as their ASCII forms.
+    assert parse_offsets("24h\uff0c55m") == [86400, 3300]
+    assert parse_offsets("\uff12\uff44\u3001\uff13\uff10\uff2d\u3000") == [172800, 1800]
+    Route(app=reach_app, name="x", node="n", reminders="24h\uff0c55m").full_clean()
+    route = Route(app=reach_app, name="y", node="m", reminders="24h\uff0c1h")
+    assert route.reminder_offsets == [86400, 3600]
+
+
 def test_a_second_active_route_for_the_same_node_is_refused_as_never_used(
     reach_app: DifyApp, dify_app: DifyApp
 ) -> None:

@@ -1,0 +1,41 @@
+"""How a person is named wherever the inbox shows one: pages, emails, the admin, the API, and
+the name a decision keeps of its reviewer."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.utils.translation import gettext
+
+# Han ideographs, kana and Hangul: names written family name first, with no space.
+_CJK_NAME = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]"
+)
+
+
+def full_name(first_name: str, last_name: str) -> str:
+    """A given name and a family name put together as the name is written: "Alice Smith", but
+    "张敏" (family name first, no space) when either is written in Chinese, Japanese or Korean
+    characters. "" when both are blank."""
+    first, last = (first_name or "").strip(), (last_name or "").strip()
+    if first and last and (_CJK_NAME.search(first) or _CJK_NAME.search(last)):
+        return f"{last}{first}"
+    return " ".join(part for part in (first, last) if part)
+
+
+def display_name(user: Any) -> str:
+    """The name a user is shown by (`full_name`), or their username when they gave none."""
+    if user is None:
+        return ""
+    return full_name(user.first_name, user.last_name) or str(user.get_username())
+
+
+def chooser_label(user: Any) -> str:
+    """A user in a list to choose from: their name and their username ("张敏 (zhangmin)"), or
+    the username alone when they have no name."""
+    name = full_name(user.first_name, user.last_name)
+    username = str(user.get_username())
+    if not name or name == username:
+        return username
+    return gettext("%(name)s (%(username)s)") % {"name": name, "username": username}

@@ -1,0 +1,108 @@
+"""People are named one way everywhere: a Chinese name family name first, with no space."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from django.utils import translation
+
+from inbox.admin import ReassignForm
+from inbox.models import ApiToken, ClaimRefused, DifyApp, Form, FormRecipient, Route
+from inbox.names import chooser_label, display_name, full_name
+from inbox.notify import _handler
+from tests.review.conftest import make_form
+
+ZH = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
+
+
+def test_a_chinese_name_is_family_name_first_without_a_space() -> None:
+    assert full_name("敏", "张") == "张敏"
+    assert full_name("Alice", "Smith") == "Alice Smith"
+    assert full_name("敏", "") == "敏"
+    assert full_name("", "张") == "张"
+    assert full_name(" ", "") == ""
+    assert display_name(User(username="zhangmin", first_name="敏", last_name="张")) == "张敏"
+    assert display_name(User(username="ada")) == "ada"
+    assert chooser_label(User(username="zhangmin", first_name="敏", last_name="张")) == (
+        "张敏 (zhangmin)"
+    )
+    assert chooser_label(User(username="ada")) == "ada"
+    with translation.override("zh-hans"):
+        assert chooser_label(User(username="liuyang", first_name="洋", last_name="刘")) == (
+            "刘洋\uff08liuyang\uff09"
+        )
+
+
+def _chinese_reviewers(group: Group) -> tuple[User, User]:
+    zhangmin = User.objects.create_user("zhangmin", first_name="敏", last_name="张")
+    liuyang = User.objects.create_user("liuyang", first_name="洋", last_name="刘")
+    for user in (zhangmin, liuyang):
+        user.groups.add(group)
+    return zhangmin, liuyang
+
+
+def test_pages_and_the_api_name_a_chinese_reviewer_family_name_first(
+    client: Client, dify_app: DifyApp, reviewer: User, reviewers_group: Group
+) -> None:
+    zhangmin, liuyang = _chinese_reviewers(reviewers_group)
+    form = make_form(dify_app)
+    # Zhang Min opens the form (seen reviewing it) and takes it.
+    client.force_login(zhangmin)
+    header = client.get(f"/forms/{form.public_id}/", **ZH).content.decode()
+    assert '<span class="whoami"' in header and ">张敏</span>" in header
+    form.claim(zhangmin)
+    client.force_login(liuyang)
+    page = client.get(f"/forms/{form.public_id}/", **ZH).content.decode()
+    assert "已由张敏接手" in page and "张敏也在查看此表单" in page
+    assert "敏 张" not in page
+    inbox = client.get("/", **ZH).content.decode()
+    assert "张敏" in inbox and "敏 张" not in inbox
+    _token, raw = ApiToken.issue(liuyang)
+    listed = client.get("/api/v1/forms", HTTP_AUTHORIZATION=f"Bearer {raw}").json()
+    assert listed["results"][0]["claimed_by"] == {"username": "zhangmin", "name": "张敏"}
+    with translation.override("zh-hans"), pytest.raises(ClaimRefused) as refused:
+        Form.objects.get(pk=form.pk).claim(liuyang)
+    assert str(refused.value) == "张敏已接手此表单。"
+    # A reminder to another reviewer says who is handling it, named the same way.
+    recipient = FormRecipient(form=form, user=liuyang, email="liuyang@example.com")
+    assert _handler(form, recipient) == "张敏"
+
+
+def test_a_decision_keeps_its_reviewers_name_family_name_first(
+    client: Client, admin_user: User, dify_app: DifyApp, reviewers_group: Group
+) -> None:
+    _zhangmin, liuyang = _chinese_reviewers(reviewers_group)
+    form = make_form(
+        dify_app,
+        definition={
+            "form_content": "Refund?",
+            "inputs": [],
+            "user_actions": [{"id": "approve", "title": "Approve", "button_style": "primary"}],
+        },
+    )
+    decision = form.decide(action_id="approve", inputs={}, reviewer=liuyang)
+    assert decision.reviewer_name == "刘洋"
+    assert decision.decider_label == "刘洋"
+    client.force_login(admin_user)
+    listed = client.get("/admin/inbox/decision/", **ZH).content.decode()
+    assert "刘洋" in listed and "洋 刘" not in listed
+    page = client.get(f"/forms/{form.public_id}/", **ZH).content.decode()
+    assert "洋 刘" not in page
+    liuyang.delete()
+    decision.refresh_from_db()
+    assert decision.decider_label == "刘洋"
+
+
+def test_the_admins_user_choosers_give_name_and_username(
+    client: Client, admin_user: User, dify_app: DifyApp, reviewers_group: Group
+) -> None:
+    _chinese_reviewers(reviewers_group)
+    labels = [label for _value, label in ReassignForm().fields["to_user"].choices]
+    assert "张敏 (zhangmin)" in labels and "admin" in labels
+    client.force_login(admin_user)
+    route = Route.objects.get(app=dify_app)
+    page = client.get(f"/admin/inbox/route/{route.pk}/change/").content.decode()
+    assert ">刘洋 (liuyang)</option>" in page
+    forms_list = client.get("/admin/inbox/form/").content.decode()
+    assert "张敏 (zhangmin)" in forms_list

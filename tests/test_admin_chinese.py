@@ -1,0 +1,53 @@
+"""The Chinese admin reads Chinese: route and record titles, Django's gaps, permission names."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import translation
+
+from inbox.models import AuditEntry, DifyApp, Route
+from tests.review.conftest import make_form
+
+ZH = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
+
+
+def test_titles_of_routes_decisions_forms_and_entries_are_in_the_readers_language(
+    dify_app: DifyApp, reviewer: User
+) -> None:
+    route = Route.objects.get(app=dify_app)
+    form = make_form(dify_app)
+    decision = form.decide(
+        action_id="approve", inputs={"note": "ok", "decision": "refund"}, reviewer=reviewer
+    )
+    entry = AuditEntry.record("form_reassigned", form, actor=reviewer)
+    with translation.override("zh-hans"):
+        assert str(route) == "refunds · 默认 · default"
+        assert str(decision) == f"Approve\uff08排队中\uff09· {decision.public_id}"
+        assert str(form) == f"Manager approval\uff08{form.public_id}\uff09"
+        assert "form_reassigned" not in str(entry) and str(form.public_id) in str(entry)
+
+
+def test_the_chinese_admin_fills_djangos_gaps_and_names_permissions_in_chinese(
+    client: Client, admin_user: User, dify_app: DifyApp, reviewer: User
+) -> None:
+    client.force_login(admin_user)
+    index = client.get("/admin/", **ZH).content.decode()
+    assert "审批收件箱" in index and "Django" not in index.split("<body")[1].split("</header>")[0]
+    assert "模型名称" in index and "Model name" not in index
+    add = client.get("/admin/auth/user/add/", **ZH).content.decode()
+    assert "创建用户后" in add
+    change = client.get(f"/admin/auth/user/{reviewer.pk}/change/", **ZH).content.decode()
+    assert "Can reassign forms" not in change and "可以改派表单" in change
+    form = make_form(dify_app)
+    decision = form.decide(
+        action_id="approve", inputs={"note": "ok", "decision": "refund"}, reviewer=reviewer
+    )
+    listed = client.get("/admin/inbox/decision/", **ZH).content.decode()
+    assert '<td class="field-chosen_action">Approve</td>' in listed
+    entry = AuditEntry.objects.filter(verb="form_decided").first() or AuditEntry.record(
+        "form_reassigned", form, actor=admin_user
+    )
+    page = client.get(f"/admin/inbox/auditentry/{entry.pk}/change/", **ZH).content.decode()
+    assert "创建时间" not in page and "field-verb" not in page and "field-what" in page
+    assert decision.public_id
