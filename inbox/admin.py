@@ -34,7 +34,7 @@ from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.text import smart_split, unescape_string_literal
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext, ngettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from inbox.app_check import (
@@ -63,6 +63,7 @@ from inbox.models import (
     Run,
     RunEvent,
     Upload,
+    offsets_text,
 )
 from inbox.names import chooser_label
 from inbox.reasons import worded
@@ -89,9 +90,10 @@ class ToTheSecondAdmin(admin.ModelAdmin):
         }
         for name, field in self._timed.items():
 
-            def show(obj: Any, name: str = name) -> str | None:
+            def show(obj: Any, name: str = name) -> str:
                 value = getattr(obj, name)
-                return to_the_second(value) if value is not None else None
+                # A display's None would read "None": Django shows a callable's value as is.
+                return to_the_second(value) if value is not None else self.get_empty_value_display()
 
             setattr(self, self._shown_as(name), admin.display(description=field.verbose_name)(show))
 
@@ -1190,13 +1192,22 @@ class FormAdmin(RecordAdmin):
         "assigned_groups__name",
     ]
     list_select_related = ["run__app", "claimed_by"]
-    exclude = ["form_token", "assigned_users", "assigned_groups"]
+    exclude = [
+        "form_token",
+        "assigned_users",
+        "assigned_groups",
+        # Shown in words below, not as JSON.
+        "approval_channels",
+        "reminder_offsets",
+    ]
     readonly_fields = [
         "public_id",
         "form_id",
         "created_at",
         "updated_at",
         "answerable",
+        "channels",
+        "reminders",
         "route",
         "routed_at",
         "assignees",
@@ -1219,6 +1230,22 @@ class FormAdmin(RecordAdmin):
     @admin.display(boolean=True, description=_("Answerable via API"))
     def answerable(self, obj: Form) -> bool:
         return bool(obj.has_token)  # type: ignore[attr-defined]
+
+    @admin.display(description=_("approval channels"))
+    def channels(self, obj: Form) -> str:
+        # Where Dify says the form is answered (`approval_channels`, CONTRACT D9).
+        words = {
+            "webapp": _("web app"),
+            "email": pgettext_lazy("approval channel", "email"),
+            "console": _("console"),
+        }
+        named = [str(words.get(str(c), c)) for c in obj.approval_channels or []]
+        return ", ".join(named) or self.get_empty_value_display()
+
+    @admin.display(description=_("reminder offsets"))
+    def reminders(self, obj: Form) -> str:
+        # As a route's reminders are typed ("24h, 52m"), before the form expires.
+        return offsets_text(obj.reminder_offsets or []) or self.get_empty_value_display()
 
     @admin.display(description=_("assigned to"))
     def assignees(self, obj: Form) -> str:

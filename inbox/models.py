@@ -1113,6 +1113,19 @@ _HALF_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {
 }
 
 
+def offsets_text(offsets: list[int]) -> str:
+    """Seconds before expiry as a route's reminders are typed: [86400, 3120] → "1d, 52m"."""
+    parts = []
+    for seconds in offsets:
+        for unit, size in _OFFSET_UNITS.items():
+            if seconds and seconds % size == 0:
+                parts.append(f"{seconds // size}{unit}")
+                break
+        else:
+            parts.append(f"{seconds}s")
+    return ", ".join(parts)
+
+
 def parse_offsets(text: str) -> list[int]:
     """`"24h,1h"` as seconds before expiry, largest first; with a full-width comma or "、" too.
     Raises ValueError on a bad part (`OffsetTooLong` for one over a year)."""

@@ -67,3 +67,22 @@ def test_the_admin_s_two_list_chooser_reads_chinese(client: Client, admin_user: 
         "\u79fb\u9664"
         in catalog['Remove %s by selecting them and then select the "Remove" arrow button.']
     )
+
+
+def test_record_pages_show_empty_times_and_a_form_s_channels_and_reminders_in_words(
+    client: Client, admin_user: User, dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(dify_app)
+    form.approval_channels = ["webapp", "email"]
+    form.reminder_offsets = [86400, 3120]
+    form.save(update_fields=["approval_channels", "reminder_offsets"])
+    decision = form.decide(
+        action_id="approve", inputs={"note": "ok", "decision": "refund"}, reviewer=reviewer
+    )
+    client.force_login(admin_user)
+    page = client.get(f"/admin/inbox/decision/{decision.pk}/change/", **ZH).content.decode()
+    # Not delivered yet: its time is empty, not "None".
+    assert "None" not in page.split('id="content"')[1]
+    page = client.get(f"/admin/inbox/form/{form.pk}/change/", **ZH).content.decode()
+    assert "1d, 52m" in page and "[86400" not in page
+    assert "\u7f51\u9875\u5e94\u7528, \u90ae\u4ef6" in page and "webapp" not in page
