@@ -1086,7 +1086,14 @@ class ReassignForm(forms.Form):
         help_text=_("Routed to and held by this reviewer, who is emailed if they have an address."),
     )
     groups = forms.ModelMultipleChoiceField(
-        queryset=Group.objects.order_by("name"), required=False, label=_("Reviewer groups")
+        queryset=Group.objects.order_by("name"),
+        required=False,
+        label=_("Reviewer groups"),
+        help_text=_(
+            "Routed to these groups' active members, who keep the links they were emailed; "
+            "members not emailed yet are emailed only when the form's route emails its "
+            "reviewers."
+        ),
     )
 
     def clean(self) -> dict[str, Any]:
