@@ -1834,15 +1834,110 @@ class ReviewerProfileAdmin(admin.ModelAdmin):
     autocomplete_fields = ["user"]
 
 
+def _held_permission_pks(user: Any) -> set[int]:
+    """The permissions `user` holds (their own and their groups'), as Permission pks."""
+    from django.contrib.auth.models import Permission
+
+    held = user.get_all_permissions()
+    return {
+        pk
+        for pk, app_label, codename in Permission.objects.values_list(
+            "pk", "content_type__app_label", "codename"
+        )
+        if f"{app_label}.{codename}" in held
+    }
+
+
+class DelegatedAccessAdmin(admin.ModelAdmin):
+    """An administrator who is not a superuser (a team lead) hands out no more than they hold:
+    the permissions offered are theirs, and (for accounts) the groups offered grant nothing they
+    lack. What the account or group already has beyond that is kept as it is, neither shown as
+    removable nor removed."""
+
+    # The many-to-many fields so limited: name -> how the offered rows are found.
+    delegated_fields: tuple[str, ...] = ()
+
+    def offered(self, request: HttpRequest, name: str) -> Any:
+        from django.contrib.auth.models import Permission
+
+        held = _held_permission_pks(request.user)
+        if name in ("permissions", "user_permissions"):
+            return Permission.objects.filter(pk__in=held)
+        not_held = Permission.objects.exclude(pk__in=held)
+        return Group.objects.exclude(permissions__in=not_held)
+
+    def formfield_for_manytomany(self, db_field: Any, request: Any = None, **kwargs: Any) -> Any:
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if (
+            field is not None
+            and field.queryset is not None
+            and db_field.name in self.delegated_fields
+            and request is not None
+            and not request.user.is_superuser
+        ):
+            field.queryset = field.queryset.filter(
+                pk__in=self.offered(request, db_field.name).values("pk")
+            )
+        return field
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if change and not request.user.is_superuser:
+            for name in self.delegated_fields:
+                if name not in form.cleaned_data:
+                    continue
+                offered = set(self.offered(request, name).values_list("pk", flat=True))
+                kept = getattr(form.instance, name).exclude(pk__in=offered)
+                form.cleaned_data[name] = list(form.cleaned_data[name]) + list(kept)
+        super().save_related(request, form, formsets, change)
+
+
 # Django's own user admin, with deleting explained: an account that ever had an API token is
-# kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`).
+# kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`). An
+# administrator who is not a superuser neither makes anyone staff or superuser nor hands out
+# permissions they lack (`DelegatedAccessAdmin`), and only views the accounts that hold more
+# than they do (a superuser's among them).
 User = get_user_model()
 if admin.site.is_registered(User):
     admin.site.unregister(User)
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(DelegatedAccessAdmin, auth_admin.GroupAdmin):
+    delegated_fields = ("permissions",)
 
 
 @admin.register(User)
-class UserAdmin(RefusedDeletionAdmin, auth_admin.UserAdmin):  # type: ignore[type-arg]
+class UserAdmin(RefusedDeletionAdmin, DelegatedAccessAdmin, auth_admin.UserAdmin):  # type: ignore[type-arg]
+    delegated_fields = ("groups", "user_permissions")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += ["is_staff", "is_superuser"]
+        return fields
+
+    def holds_more(self, request: HttpRequest, obj: Any) -> bool:
+        """Whether the account is a superuser or holds a permission the editor lacks (active
+        or not: reactivated, it would hold it again)."""
+        from django.contrib.auth.models import Permission
+
+        if request.user.is_superuser or obj is None:
+            return False
+        if obj.is_superuser:
+            return True
+        theirs = Permission.objects.filter(Q(user=obj) | Q(group__user=obj)).values_list(
+            "pk", flat=True
+        )
+        return bool(set(theirs) - _held_permission_pks(request.user))
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and not self.holds_more(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and not self.holds_more(request, obj)
+
     def deletion_refusal(self, objs: Any) -> str | None:
         if not ApiToken.objects.filter(user__in=list(objs)).exists():
             return None
