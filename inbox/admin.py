@@ -1417,7 +1417,7 @@ class RouteAdmin(AuditedAdmin):
                 worded(
                     str(
                         _(
-                            "The route %(name)s asks nobody: its forms will wait where only "
+                            "The route “%(name)s” asks nobody: its forms will wait where only "
                             "administrators see them. Add reviewers, groups or email addresses."
                         )
                     ),
@@ -1425,6 +1425,34 @@ class RouteAdmin(AuditedAdmin):
                 ),
                 messages.WARNING,
             )
+
+        turned_away = sorted(route.users.filter(is_active=False).values_list("username", flat=True))
+        if route.is_active and turned_away:
+            # Kept on the route (reactivated, they are asked again), but asked by no form now.
+            self.message_user(
+                request,
+                worded(
+                    str(
+                        _(
+                            "Deactivated accounts are not asked, though the route lists them: "
+                            "%(names)s."
+                        )
+                    ),
+                    names=", ".join(turned_away),
+                ),
+                messages.WARNING,
+            )
+
+    def formfield_for_manytomany(self, db_field: Any, request: Any = None, **kwargs: Any) -> Any:
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if db_field.name == "users" and field is not None and field.queryset is not None:
+            # Active accounts to choose from; a deactivated one stays only where it is listed
+            # already (so saving does not drop it unsaid).
+            route_id = (request.resolver_match.kwargs.get("object_id") if request else None) or 0
+            field.queryset = field.queryset.filter(
+                Q(is_active=True) | Q(inbox_routes__pk=route_id)
+            ).distinct()
+        return field
 
     @admin.display(description=_("node"))
     def node_or_default(self, obj: Route) -> str:
