@@ -1104,7 +1104,14 @@ class ReassignForm(forms.Form):
         help_text=_("Routed to and held by this reviewer, who is emailed if they have an address."),
     )
     groups = forms.ModelMultipleChoiceField(
-        queryset=Group.objects.order_by("name"), required=False, label=_("Reviewer groups")
+        queryset=Group.objects.order_by("name"),
+        required=False,
+        label=_("Reviewer groups"),
+        help_text=_(
+            "Routed to these groups' active members, who keep the links they were emailed; "
+            "members not emailed yet are emailed only when the form's route emails its "
+            "reviewers."
+        ),
     )
 
     def clean(self) -> dict[str, Any]:
@@ -1396,11 +1403,6 @@ class RouteAdmin(AuditedAdmin):
     filter_horizontal = ["groups", "users"]
     inlines = [RouteRecipientInline]
 
-    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        if db_field.name == "users":
-            kwargs["form_class"] = UsersChoiceField
-        return super().formfield_for_manytomany(db_field, request, **kwargs)
-
     fieldsets = [
         (None, {"fields": ["app", "name", "node", "priority", "is_active"]}),
         (_("Reviewers"), {"fields": ["groups", "users"]}),
@@ -1459,7 +1461,7 @@ class RouteAdmin(AuditedAdmin):
                 worded(
                     str(
                         _(
-                            "The route %(name)s asks nobody: its forms will wait where only "
+                            "The route “%(name)s” asks nobody: its forms will wait where only "
                             "administrators see them. Add reviewers, groups or email addresses."
                         )
                     ),
@@ -1467,6 +1469,37 @@ class RouteAdmin(AuditedAdmin):
                 ),
                 messages.WARNING,
             )
+
+        turned_away = sorted(route.users.filter(is_active=False).values_list("username", flat=True))
+        if route.is_active and turned_away:
+            # Kept on the route (reactivated, they are asked again), but asked by no form now.
+            self.message_user(
+                request,
+                worded(
+                    str(
+                        _(
+                            "Deactivated accounts are not asked, though the route lists them: "
+                            "%(names)s."
+                        )
+                    ),
+                    names=", ".join(turned_away),
+                ),
+                messages.WARNING,
+            )
+
+    def formfield_for_manytomany(self, db_field: Any, request: Any = None, **kwargs: Any) -> Any:
+        if db_field.name == "users":
+            # Named as people write them, with their usernames.
+            kwargs["form_class"] = UsersChoiceField
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if db_field.name == "users" and field is not None and field.queryset is not None:
+            # Active accounts to choose from; a deactivated one stays only where it is listed
+            # already (so saving does not drop it unsaid).
+            route_id = (request.resolver_match.kwargs.get("object_id") if request else None) or 0
+            field.queryset = field.queryset.filter(
+                Q(is_active=True) | Q(inbox_routes__pk=route_id)
+            ).distinct()
+        return field
 
     @admin.display(description=_("node"))
     def node_or_default(self, obj: Route) -> str:
@@ -1937,17 +1970,114 @@ class TranslatedPermissionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return super().formfield_for_manytomany(db_field, request, **kwargs)
 
 
+def _held_permission_pks(user: Any) -> set[int]:
+    """The permissions `user` holds (their own and their groups'), as Permission pks."""
+    from django.contrib.auth.models import Permission
+
+    held = user.get_all_permissions()
+    return {
+        pk
+        for pk, app_label, codename in Permission.objects.values_list(
+            "pk", "content_type__app_label", "codename"
+        )
+        if f"{app_label}.{codename}" in held
+    }
+
+
+class DelegatedAccessAdmin(admin.ModelAdmin):
+    """An administrator who is not a superuser (a team lead) hands out no more than they hold:
+    the permissions offered are theirs, and (for accounts) the groups offered grant nothing they
+    lack. What the account or group already has beyond that is kept as it is, neither shown as
+    removable nor removed."""
+
+    # The many-to-many fields so limited: name -> how the offered rows are found.
+    delegated_fields: tuple[str, ...] = ()
+
+    def offered(self, request: HttpRequest, name: str) -> Any:
+        from django.contrib.auth.models import Permission
+
+        held = _held_permission_pks(request.user)
+        if name in ("permissions", "user_permissions"):
+            return Permission.objects.filter(pk__in=held)
+        not_held = Permission.objects.exclude(pk__in=held)
+        return Group.objects.exclude(permissions__in=not_held)
+
+    def formfield_for_manytomany(self, db_field: Any, request: Any = None, **kwargs: Any) -> Any:
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if (
+            field is not None
+            and field.queryset is not None
+            and db_field.name in self.delegated_fields
+            and request is not None
+            and not request.user.is_superuser
+        ):
+            field.queryset = field.queryset.filter(
+                pk__in=self.offered(request, db_field.name).values("pk")
+            )
+        return field
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if change and not request.user.is_superuser:
+            for name in self.delegated_fields:
+                if name not in form.cleaned_data:
+                    continue
+                offered = set(self.offered(request, name).values_list("pk", flat=True))
+                kept = getattr(form.instance, name).exclude(pk__in=offered)
+                form.cleaned_data[name] = list(form.cleaned_data[name]) + list(kept)
+        super().save_related(request, form, formsets, change)
+
+
 # Django's own user admin, with deleting explained: an account that ever had an API token is
-# kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`).
+# kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`). An
+# administrator who is not a superuser neither makes anyone staff or superuser nor hands out
+# permissions they lack (`DelegatedAccessAdmin`), and only views the accounts that hold more
+# than they do (a superuser's among them).
 User = get_user_model()
 if admin.site.is_registered(User):
     admin.site.unregister(User)
+if admin.site.is_registered(Group):
+    admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(  # type: ignore[misc]
+    DelegatedAccessAdmin, TranslatedPermissionsAdmin, auth_admin.GroupAdmin
+):
+    delegated_fields = ("permissions",)
 
 
 @admin.register(User)
 class UserAdmin(  # type: ignore[type-arg]
-    TranslatedPermissionsAdmin, RefusedDeletionAdmin, auth_admin.UserAdmin
+    RefusedDeletionAdmin, DelegatedAccessAdmin, TranslatedPermissionsAdmin, auth_admin.UserAdmin
 ):
+    delegated_fields = ("groups", "user_permissions")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += ["is_staff", "is_superuser"]
+        return fields
+
+    def holds_more(self, request: HttpRequest, obj: Any) -> bool:
+        """Whether the account is a superuser or holds a permission the editor lacks (active
+        or not: reactivated, it would hold it again)."""
+        from django.contrib.auth.models import Permission
+
+        if request.user.is_superuser or obj is None:
+            return False
+        if obj.is_superuser:
+            return True
+        theirs = Permission.objects.filter(Q(user=obj) | Q(group__user=obj)).values_list(
+            "pk", flat=True
+        )
+        return bool(set(theirs) - _held_permission_pks(request.user))
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and not self.holds_more(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and not self.holds_more(request, obj)
+
     def deletion_refusal(self, objs: Any) -> str | None:
         if not ApiToken.objects.filter(user__in=list(objs)).exists():
             return None
@@ -1959,12 +2089,3 @@ class UserAdmin(  # type: ignore[type-arg]
                 "sign in, and its tokens are refused."
             )
         )
-
-
-if admin.site.is_registered(Group):
-    admin.site.unregister(Group)
-
-
-@admin.register(Group)
-class GroupAdmin(TranslatedPermissionsAdmin, auth_admin.GroupAdmin):  # type: ignore[misc]
-    pass

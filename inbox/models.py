@@ -1544,14 +1544,20 @@ class FormQuerySet(models.QuerySet["Form"]):
     def asked_of_nobody(self) -> FormQuerySet:
         """Forms nobody who can answer is asked about: no route took them, or theirs names no
         one (its group deleted or emptied, its reviewers deactivated, its list empty), and no
-        email link is open. Only staff see them. EXISTS, so a form is one row."""
+        email link is open (a guest's, or an active account's). Only staff see them. EXISTS, so a form is one row."""
         users = Form.assigned_users.through.objects.filter(
             form_id=OuterRef("pk"), user__is_active=True
         )
         groups = Form.assigned_groups.through.objects.filter(
             form_id=OuterRef("pk"), group__user__is_active=True
         )
-        links = FormRecipient.objects.filter(form_id=OuterRef("pk"), withdrawn_at__isnull=True)
+        # An account's link counts while the account is active: a deactivated reviewer's link
+        # opens nothing, and deactivating does not withdraw it.
+        links = FormRecipient.objects.filter(
+            Q(user__isnull=True) | Q(user__is_active=True),
+            form_id=OuterRef("pk"),
+            withdrawn_at__isnull=True,
+        )
         return self.exclude(Exists(users)).exclude(Exists(groups)).exclude(Exists(links))
 
     def assigned_to(self, user: Any) -> FormQuerySet:
@@ -1932,7 +1938,7 @@ class Form(models.Model):
             # three); only the form's row is locked.
             form = (
                 Form.objects.select_for_update(of=("self",))
-                .select_related("claimed_by", "run")
+                .select_related("claimed_by", "run", "route")
                 .defer(*(f"run__{name}" for name in _RUN_BULK_FIELDS))
                 .get(pk=self.pk)
             )
@@ -1977,6 +1983,9 @@ class Form(models.Model):
                 )
             form.claimed_by = to_user
             form.save(update_fields=["claimed_by", "updated_at"])
+            withdrawn, emailed = form._ask_again(to_user, groups, language)
+            # Whose links closed and who is emailed, when anyone: addresses, never a link.
+            links: dict[str, Any] = {"withdrawn": withdrawn, "emailed": emailed}
             AuditEntry.record(
                 "form_reassigned",
                 form,
@@ -1984,45 +1993,103 @@ class Form(models.Model):
                 previous=previous,
                 users=[to_user.get_username()] if to_user is not None else [],
                 groups=sorted(g.name for g in groups),
+                **{name: value for name, value in links.items() if value},
             )
-            # Whoever else was asked is asked no more: their links close, their reminders stop.
-            # Read once, then written only where something changes.
-            recipients = list(form.recipients.values_list("pk", "email", "user_id", "withdrawn_at"))
-            others = [
-                pk
-                for pk, _email, user_id, withdrawn_at in recipients
-                if withdrawn_at is None and (to_user is None or user_id != to_user.pk)
-            ]
-            if others:
-                FormRecipient.objects.filter(pk__in=others).update(
-                    withdrawn_at=timezone.now(), next_reminder_at=None
-                )
-            if (
-                to_user is not None
-                and to_user.email
-                and form.is_answerable
-                and to_user.email not in {email for _pk, email, _u, _w in recipients}
-            ):
-                if language is None:
-                    language = ReviewerProfile.languages_of([to_user]).get(
-                        to_user.pk, settings.LANGUAGE_CODE
-                    )
-                # The form's row is locked, so the address is still missing; ignoring a
-                # conflict rather than catching it keeps the transaction usable regardless.
-                FormRecipient.objects.bulk_create(
-                    [
-                        FormRecipient(
-                            form=form, email=to_user.email, user=to_user, language=language
-                        )
-                    ],
-                    ignore_conflicts=True,
-                )
-                pk = form.pk
-                transaction.on_commit(lambda: FormRecipient.enqueue_emails(pk))
         # What changed, without reading the row again.
         self.status, self.claimed_by, self.updated_at = form.status, to_user, form.updated_at
         self.__dict__.pop("_prefetched_objects_cache", None)
         return True
+
+    def _ask_again(
+        self, to_user: Any, groups: list[Any], language: str | None
+    ) -> tuple[list[str], list[str]]:
+        """The email links of a form `reassign` just routed to `to_user` and `groups`: whoever
+        is no longer asked (anyone but `to_user` and the groups' active members; guests too) is
+        withdrawn, their link closed and their reminders stopped; those still asked keep their
+        link and reminders. `to_user`, and the groups' members when the form's route emails its
+        reviewers, are emailed if they have no open link (a link withdrawn by an earlier
+        reassignment is opened again, with a new email). Returns the addresses withdrawn and
+        those to be emailed, for the trail."""
+        from django.contrib.auth import get_user_model
+
+        asked: dict[int, Any] = {}
+        if groups:
+            members = get_user_model().objects.filter(is_active=True, groups__in=groups).distinct()
+            asked = {member.pk: member for member in members}
+        if to_user is not None:
+            asked[to_user.pk] = to_user
+        # Read once, then written only where something changes.
+        recipients = list(self.recipients.values_list("pk", "email", "user_id", "withdrawn_at"))
+        withdrawn = [
+            (pk, email)
+            for pk, email, user_id, was_withdrawn in recipients
+            if was_withdrawn is None and user_id not in asked
+        ]
+        if withdrawn:
+            FormRecipient.objects.filter(pk__in=[pk for pk, _email in withdrawn]).update(
+                withdrawn_at=timezone.now(), next_reminder_at=None
+            )
+        route = self.route
+        emailing = [
+            user
+            for user in asked.values()
+            if user.email and (user is to_user or (route is not None and route.email_reviewers))
+        ]
+        if not emailing or not self.is_answerable:
+            return sorted(email for _pk, email in withdrawn), []
+        by_email = {email.lower(): (pk, was) for pk, email, _u, was in recipients}
+        new: list[Any] = []
+        reopened: dict[int, Any] = {}
+        for user in emailing:
+            pk, was_withdrawn = by_email.get(user.email.lower(), (None, None))
+            if pk is None:
+                new.append(user)
+            elif was_withdrawn is not None:
+                reopened[pk] = user
+        if not new and not reopened:
+            return sorted(email for _pk, email in withdrawn), []
+        asking = new + list(reopened.values())
+        if language is not None and asking == [to_user]:
+            spoken = {to_user.pk: language}  # looked up once by the caller, for many forms
+        else:
+            spoken = ReviewerProfile.languages_of(asking)
+        fallback = route.language if route is not None else settings.LANGUAGE_CODE
+        # The form's row is locked, so the addresses are still missing; ignoring a conflict
+        # rather than catching it keeps the transaction usable regardless.
+        FormRecipient.objects.bulk_create(
+            [
+                FormRecipient(
+                    form=self,
+                    email=user.email,
+                    user=user,
+                    language=spoken.get(user.pk, fallback),
+                )
+                for user in new
+            ],
+            ignore_conflicts=True,
+        )
+        for pk, user in reopened.items():
+            # Asked again after an earlier reassignment withdrew them: a new first email, and
+            # the reminders from it.
+            FormRecipient.objects.filter(pk=pk).update(
+                user=user,
+                language=spoken.get(user.pk, fallback),
+                withdrawn_at=None,
+                sent_at=None,
+                send_attempts=0,
+                next_send_at=None,
+                last_error="",
+                reminders_sent=[],
+                reminded_at=None,
+                next_reminder_at=None,
+                closed_notice_at=None,
+            )
+        pk = self.pk
+        transaction.on_commit(lambda: FormRecipient.enqueue_emails(pk))
+        return (
+            sorted(email for _pk, email in withdrawn),
+            sorted(user.email for user in asking),
+        )
 
     @property
     def is_expired(self) -> bool:

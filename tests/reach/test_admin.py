@@ -499,7 +499,43 @@ def test_a_route_that_asks_nobody_is_saved_with_a_warning(
         follow=True,
     )
     notes = [str(m) for m in get_messages(response.wsgi_request)]
-    assert any("The route nobody asks nobody" in note for note in notes), notes
+    assert any("The route “nobody” asks nobody" in note for note in notes), notes
+
+
+def test_a_route_listing_only_a_deactivated_reviewer_names_them_and_offers_active_ones(
+    admin_client: Client, reach_app: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    other_reviewer.is_active = False
+    other_reviewer.save()
+    chooser = admin_client.get(reverse("admin:inbox_route_add")).context["adminform"].form
+    offered = set(chooser.fields["users"].queryset)
+    assert reviewer in offered and other_reviewer not in offered
+    made = Route.objects.create(app=reach_app, name="经理审批\uff1a仅杨帆", node="*经理审批")
+    made.users.add(other_reviewer)
+    page = admin_client.get(reverse("admin:inbox_route_change", args=[made.pk]))
+    # Listed already, the deactivated account stays listed (saving does not drop it unsaid).
+    assert {reviewer, other_reviewer} <= set(
+        page.context["adminform"].form.fields["users"].queryset
+    )
+    response = admin_client.post(
+        reverse("admin:inbox_route_change", args=[made.pk]),
+        {
+            "app": reach_app.pk,
+            "name": made.name,
+            "node": made.node,
+            "priority": 1,
+            "language": "zh-hans",
+            "is_active": "on",
+            "users": [other_reviewer.pk],
+            "recipients-TOTAL_FORMS": "0",
+            "recipients-INITIAL_FORMS": "0",
+        },
+        follow=True,
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+    )
+    said = [str(m) for m in get_messages(response.wsgi_request)]
+    assert "路由\u201c经理审批\uff1a仅杨帆\u201d没有指定任何人" in said[0], said
+    assert said[1] == "路由中列出的以下账号已停用\uff0c不会被询问\uff1abob\u3002", said
 
 
 def test_the_admin_finds_forms_runs_decisions_and_routes_by_what_it_shows(

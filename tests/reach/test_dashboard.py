@@ -154,6 +154,23 @@ def test_forms_nobody_is_asked_to_decide_are_counted(
     assert re.search(r"<strong>1</strong><a [^>]*>pending forms nobody is asked to decide", body)
 
 
+def test_a_form_reassigned_to_a_reviewer_deactivated_since_is_asked_of_nobody(
+    client: Client, admin_user: User, other_reviewer: User, reach_app: DifyApp
+) -> None:
+    route(reach_app)
+    form = make_form(reach_app)
+    form.reassign(to_user=other_reviewer, actor=admin_user)
+    # Bob has an email link, open while his account is.
+    assert form.recipients.get().user == other_reviewer
+    assert not Form.objects.asked_of_nobody().exists()
+    other_reviewer.is_active = False
+    other_reviewer.save()
+    assert list(Form.objects.asked_of_nobody()) == [form]
+    client.force_login(admin_user)
+    body = client.get("/dashboard/").content.decode()
+    assert re.search(r"<strong>1</strong><a [^>]*>pending forms nobody is asked to decide", body)
+
+
 def test_runs_no_follower_takes_are_said_on_the_dashboard(
     client: Client, admin_user: User, reach_app: DifyApp
 ) -> None:

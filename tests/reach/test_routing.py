@@ -3,13 +3,16 @@ what was routed to them."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import AnonymousUser, Group, User
+from django.core import mail
 from django.core.exceptions import ValidationError
 from django.test import Client
 
+from inbox import notify
 from inbox.models import (
     ApiToken,
     AuditEntry,
@@ -294,6 +297,135 @@ def test_reassign_moves_the_form_and_emails_the_new_reviewer(
     assert routed_form.recipients.filter(email="bob@example.com", user=other_reviewer).exists()
     entry = AuditEntry.objects.get(verb="form_reassigned")
     assert entry.actor == admin_user and entry.details["previous"]["users"] == ["alice"]
+
+
+def _emailed_group_form(app: DifyApp, group: Group, **fields: Any) -> Form:
+    """A form of `app`'s default route to `group`, which emails its members, first emails sent."""
+    route(app, groups=[group], email_reviewers=True, reminders="24h,1h", **fields)
+    form = make_form(app, expires_in=dt.timedelta(hours=30))
+    notify.send_form_emails(form.pk)
+    mail.outbox.clear()
+    return form
+
+
+def test_reassigning_a_form_to_its_own_group_keeps_the_members_links_and_reminders(
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    reviewer: User,
+    other_reviewer: User,
+    admin_user: User,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    form = _emailed_group_form(reach_app, reviewers_group)
+    form.claim(reviewer)
+    before = dict(form.recipients.values_list("email", "next_reminder_at"))
+    assert set(before) == {"alice@example.com", "bob@example.com"} and all(before.values())
+    # Alice goes on leave: the lead gives the form back to the whole group.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert form.reassign(groups=[reviewers_group], actor=admin_user)
+    notify.send_form_emails(form.pk)
+    # Both are still asked through the group: their links stay open, their reminders due.
+    after = dict(
+        form.recipients.filter(withdrawn_at__isnull=True).values_list("email", "next_reminder_at")
+    )
+    assert after == before
+    assert not mail.outbox  # nobody new to email
+    entry = AuditEntry.objects.get(verb="form_reassigned")
+    assert entry.details["groups"] == ["reviewers"] and "withdrawn" not in entry.details
+    # The reminder goes to both, and the lead can still email them again.
+    notify.send_due_emails(form.expiration_time - dt.timedelta(minutes=59))
+    assert sorted(m.to[0] for m in mail.outbox) == ["alice@example.com", "bob@example.com"]
+    mail.outbox.clear()
+    assert notify.resend_form_emails(form) == 2
+
+
+def test_reassigning_to_a_group_emails_its_members_and_withdraws_only_those_no_longer_asked(
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    reviewer: User,
+    other_reviewer: User,
+    outsider: User,
+    admin_user: User,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    # Routed to mallory and a guest; the route emails its reviewers.
+    route(
+        reach_app,
+        users=[outsider],
+        recipients=[GUEST],
+        email_reviewers=True,
+        allow_guests=True,
+        reminders="24h,1h",
+    )
+    form = make_form(reach_app, expires_in=dt.timedelta(hours=30))
+    notify.send_form_emails(form.pk)
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert form.reassign(groups=[reviewers_group], actor=admin_user)
+    notify.send_form_emails(form.pk)  # the task queued
+    # The group's members, never emailed, are now; mallory and the guest are asked no more.
+    assert sorted(m.to[0] for m in mail.outbox) == ["alice@example.com", "bob@example.com"]
+    open_links = form.recipients.filter(withdrawn_at__isnull=True)
+    assert sorted(open_links.values_list("email", flat=True)) == [
+        "alice@example.com",
+        "bob@example.com",
+    ]
+    assert all(open_links.values_list("next_reminder_at", flat=True))
+    closed = form.recipients.filter(withdrawn_at__isnull=False, next_reminder_at__isnull=True)
+    assert sorted(closed.values_list("email", flat=True)) == [GUEST, "mallory@example.com"]
+    entry = AuditEntry.objects.get(verb="form_reassigned")
+    assert entry.details["withdrawn"] == [GUEST, "mallory@example.com"]
+    assert entry.details["emailed"] == ["alice@example.com", "bob@example.com"]
+
+
+def test_a_group_s_members_are_not_emailed_when_the_form_s_route_does_not_email_reviewers(
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    reviewer: User,
+    outsider: User,
+    admin_user: User,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    route(reach_app, users=[outsider])
+    form = make_form(reach_app)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert form.reassign(groups=[reviewers_group], actor=admin_user)
+    notify.send_form_emails(form.pk)
+    assert not form.recipients.exists() and not mail.outbox
+    assert Form.objects.for_user(reviewer).filter(pk=form.pk).exists()
+
+
+def test_reassigning_to_someone_withdrawn_earlier_emails_them_again(
+    reach_app: DifyApp,
+    reviewers_group: Group,
+    reviewer: User,
+    other_reviewer: User,
+    outsider: User,
+    admin_user: User,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    form = _emailed_group_form(reach_app, reviewers_group)
+    # Given to mallory alone: alice and bob are withdrawn.
+    with django_capture_on_commit_callbacks(execute=True):
+        form.reassign(to_user=outsider, actor=admin_user)
+    notify.send_form_emails(form.pk)
+    bobs = form.recipients.get(email="bob@example.com")
+    assert bobs.withdrawn_at is not None
+    mail.outbox.clear()
+    # Then to bob: his link opens again and he gets a new first email, his reminders with it.
+    with django_capture_on_commit_callbacks(execute=True):
+        form.reassign(to_user=other_reviewer, actor=admin_user)
+    notify.send_form_emails(form.pk)  # the task queued
+    assert [m.to[0] for m in mail.outbox] == ["bob@example.com"]
+    bobs.refresh_from_db()
+    assert bobs.withdrawn_at is None and bobs.sent_at is not None and bobs.next_reminder_at
+    assert bobs.still_asked()
+    assert sorted(
+        form.recipients.filter(withdrawn_at__isnull=True).values_list("email", flat=True)
+    ) == ["bob@example.com"]
+    entry = AuditEntry.objects.filter(verb="form_reassigned").latest("pk")
+    assert entry.details["emailed"] == ["bob@example.com"]
+    assert entry.details["withdrawn"] == ["mallory@example.com"]
 
 
 def test_reminder_offsets_parse_and_validate(reach_app: DifyApp) -> None:
