@@ -66,7 +66,7 @@ from inbox.models import (
     offsets_text,
 )
 from inbox.names import chooser_label
-from inbox.reasons import worded
+from inbox.reasons import sentence_gap, worded
 
 
 def to_the_second(value: Any) -> str:
@@ -1433,7 +1433,7 @@ class RouteAdmin(AuditedAdmin):
                 self.message_user(
                     request,
                     format_html(
-                        '{} <a href="{}">{}</a>',
+                        '{}{}<a href="{}">{}</a>',
                         ngettext(
                             "%(count)d pending form of this route keeps the reviewers it was "
                             "routed to: a route's change applies to forms that come in from "
@@ -1444,6 +1444,7 @@ class RouteAdmin(AuditedAdmin):
                             waiting,
                         )
                         % {"count": waiting},
+                        sentence_gap(),
                         url,
                         _("Reassign them from the Forms list."),
                     ),

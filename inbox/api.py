@@ -39,7 +39,7 @@ from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.names import display_name
-from inbox.reasons import Refused, labelled
+from inbox.reasons import Refused, labelled, sentence_gap
 from inbox.uploads import (
     UploadRejected,
     dropped_count,
@@ -346,7 +346,11 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         raise ApiError(
             400,
             "invalid_json",
-            gettext("The request body is not valid JSON: %(error)s") % {"error": exc},
+            # Where the parser stopped, not its (English) words.
+            gettext("The request body is not valid JSON (line %(line)d, column %(column)d).")
+            % {"line": exc.lineno, "column": exc.colno}
+            if isinstance(exc, json.JSONDecodeError)
+            else gettext("The request body is not valid JSON: it is not UTF-8 text."),
         ) from None
     except (ValueError, RecursionError):
         # Valid JSON that Python will not read: an integer of over 4,300 digits, or arrays
@@ -921,7 +925,7 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
                 details.setdefault(
                     spec.name, [gettext("Missing: every input of the form must be sent.")]
                 )
-        raise ApiError(400, "invalid_form_data", " ".join(errors), details=details)
+        raise ApiError(400, "invalid_form_data", sentence_gap().join(errors), details=details)
     try:
         decision = dform.save(reviewer=request.user)
     except FormNotOpen:
@@ -1049,7 +1053,7 @@ def _app_named(name: str) -> DifyApp:
         app = DifyApp.objects.filter(pk=app_id).only("pk").first()
     if app is None:
         raise _param_error(
-            "app", gettext("Unknown app %(name)s.") % {"name": repr(name)}, gettext("Unknown app.")
+            "app", gettext("Unknown app “%(name)s”.") % {"name": name}, gettext("Unknown app.")
         )
     return app
 
@@ -1397,7 +1401,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
         errors = {} if valid else form.error_messages()
         for name, (_sentence, detail) in wrong.items():
             errors[name] = [detail]
-        message = " ".join(
+        message = sentence_gap().join(
             wrong[name][0] if name in wrong else labelled(name, text) if name != "__all__" else text
             for name, texts in errors.items()
             for text in (texts[:1] if name in wrong else texts)
@@ -1677,7 +1681,7 @@ def _the_file(request: HttpRequest) -> Any:
     if fileobj is None:
         dropped = too_large(request)
         if dropped:
-            raise ApiError(dropped_status(request), "upload_rejected", " ".join(dropped))
+            raise ApiError(dropped_status(request), "upload_rejected", sentence_gap().join(dropped))
         raise ApiError(
             400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
         )

@@ -571,11 +571,10 @@ class DecisionForm(forms.Form):
         """Every error as a sentence, prefixed with the input's name: for the API and for a summary."""
         messages = []
         for field_name, errors in self.errors.items():
-            prefix = ""
-            if field_name.startswith("in_"):
-                prefix = f"{field_name[3:]}: "
             for error in errors:
-                messages.append(f"{prefix}{error}")
+                # With the language's own colon ("budget\uff1a" in Chinese).
+                shown = labelled(field_name[3:], error) if field_name.startswith("in_") else error
+                messages.append(str(shown))
         return messages
 
     def error_summary(self) -> list[str]:

@@ -22,6 +22,11 @@ _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 _IS_CJK = re.compile(f"[{_CJK}]")
 
 
+def sentence_gap() -> str:
+    """What goes between two sentences put side by side: a space, none after Chinese "。"."""
+    return "" if (get_language() or "").startswith("zh") else " "
+
+
 def tightened(text: str, *values: Any) -> str:
     """A sentence put together in Chinese, without the spaces its catalogue entry puts around a
     value where the value meets Chinese with Chinese: "由 Alice 发起" keeps them, "由 张三 发起"

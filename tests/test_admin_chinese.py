@@ -86,3 +86,18 @@ def test_record_pages_show_empty_times_and_a_form_s_channels_and_reminders_in_wo
     page = client.get(f"/admin/inbox/form/{form.pk}/change/", **ZH).content.decode()
     assert "1d, 52m" in page and "[86400" not in page
     assert "\u7f51\u9875\u5e94\u7528, \u90ae\u4ef6" in page and "webapp" not in page
+
+
+def test_chinese_sentences_side_by_side_have_no_space_between_them(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    form = make_form(dify_app)
+    client.force_login(admin_user)
+    page = client.post(
+        "/admin/inbox/form/",
+        {"action": "reassign", "_selected_action": [form.pk]},
+        **ZH,
+    ).content.decode()
+    assert "\u4e2a\u8868\u5355\u3002</strong>\u53ea\u6539\u6d3e" in page
+    dashboard = client.get("/dashboard/", **ZH).content.decode()
+    assert "\u5df2\u51b3\u5b9a\uff08" in dashboard and "\u5df2\u51b3\u5b9a (" not in dashboard

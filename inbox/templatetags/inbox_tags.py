@@ -15,7 +15,7 @@ from django.utils.translation import gettext, pgettext
 
 from inbox import forms, markdown, timefmt
 from inbox.names import display_name
-from inbox.reasons import tightened
+from inbox.reasons import sentence_gap, tightened
 
 register = template.Library()
 
@@ -34,6 +34,12 @@ def tight(sentence: str, value: Any) -> str:
     {% endfilter %}`: a sentence whose value may be Chinese, without the spaces between the
     value and the Chinese around it (`inbox.reasons.tightened`)."""
     return tightened(sentence, value)
+
+
+@register.simple_tag(name="sentence_gap")
+def sentence_gap_tag() -> str:
+    """`{% sentence_gap %}` between two sentences: a space, none in Chinese."""
+    return sentence_gap()
 
 
 @register.filter(name="display_name")

@@ -56,7 +56,7 @@ def test_the_list_is_narrowed_to_an_app_by_its_name_and_refuses_what_it_does_not
     assert titles("app=hiring") == ["Offer"]
     assert titles(f"app={dify_app.pk}") == ["Refund"]  # its id, as the pages' filter sends it
     for query, message in (
-        ("app=payroll", "Unknown app 'payroll'."),
+        ("app=payroll", "Unknown app \u201cpayroll\u201d."),
         ("sort=cheapest", "Unknown sort 'cheapest'; one of: newest, oldest, time_left."),
     ):
         response = client.get(f"/api/v1/forms?{query}", **auth)
@@ -106,6 +106,16 @@ def test_decision_validation_speaks_difys_rules(
         "note": missing,
         "evidence": missing,
     }
+    # In Chinese: the language's own colon after the input, no space between the sentences.
+    response = client.post(
+        f"/api/v1/forms/{form.public_id}/decision",
+        json.dumps({"action": "approve", "inputs": {"decision": "refund"}}),
+        content_type="application/json",
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+        **auth,
+    )
+    said = response.json()["error"]["message"]
+    assert said.startswith("receipt\uff1a") and "\u3002 " not in said and ": " not in said
 
 
 @pytest.mark.parametrize("value", [{"a": [1, 2]}, 5, None, ["x"]])
@@ -780,7 +790,17 @@ def test_a_body_that_is_not_json_is_told_the_call_takes_json(
     assert "(application/x-www-form-urlencoded) is not JSON" in response.json()["error"]["message"]
     # Sent as JSON, a broken body says where it broke.
     response = client.post(url, "{oops", content_type="application/json", **auth)
-    assert response.json()["error"]["message"].startswith("The request body is not valid JSON: ")
+    assert response.json()["error"]["message"] == (
+        "The request body is not valid JSON (line 1, column 2)."
+    )
+    # In Chinese too: where the parser stopped, not its English words.
+    response = client.post(
+        url, "{oops", content_type="application/json", HTTP_ACCEPT_LANGUAGE="zh-hans", **auth
+    )
+    assert response.json()["error"]["message"] == (
+        "\u8bf7\u6c42\u6b63\u6587\u4e0d\u662f\u6709\u6548\u7684 JSON"
+        "\uff08\u7b2c 1 \u884c\u7b2c 2 \u5217\uff09\u3002"
+    )
     # A JSON body sent as text/plain is still read as JSON.
     body = json.dumps({"action": "approve", "inputs": full_inputs()})
     with django_capture_on_commit_callbacks(execute=False):
