@@ -23,7 +23,10 @@ RUN useradd --system --uid 10001 --home-dir /app inbox && mkdir -p /app/var && c
 USER inbox
 EXPOSE 8000
 # The web process's check (the port it listens on, PORT); the other processes serve no HTTP, so
-# their containers turn it off (compose.yaml) or pass --no-healthcheck to docker run.
+# their containers replace it (compose.yaml: a ping for worker and mailer, the schedule file's
+# age for beat, none for the follower) or pass --no-healthcheck to docker run. Beat and the
+# workers are also watched from web: `/healthz` says `degraded` once no periodic task has run
+# for 5 minutes.
 HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import os,urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000')).status == 200 else 1)" || exit 1
 ENTRYPOINT ["bin/docker-entrypoint"]
 CMD ["web"]

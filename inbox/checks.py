@@ -91,6 +91,20 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
                 id="inbox.W006",
             )
         )
+    backend = str(settings.CACHES.get("default", {}).get("BACKEND", ""))
+    if not str(settings.DATABASES["default"]["ENGINE"]).endswith("sqlite3") and backend.endswith(
+        ("LocMemCache", "DummyCache")
+    ):
+        found.append(
+            Warning(
+                "The cache is each process's own memory (CACHE_URL not set): with several web "
+                "processes, the sign-in throttling, the upload and guest-link rate limits count "
+                "per process (each lets through its own share), and presence, tab counts and "
+                "apps' parameters are not shared.",
+                hint="Set CACHE_URL to a Redis (redis://host:6379/1) shared by every web process.",
+                id="inbox.W007",
+            )
+        )
     if str(settings.CELERY_BROKER_URL).startswith("filesystem://"):
         found.append(
             Warning(

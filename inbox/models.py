@@ -3362,6 +3362,32 @@ class DeliveryPump(models.Model):
         cls.objects.filter(pk=1).update(requested_at=None)
 
 
+class Heartbeat(models.Model):
+    """When a periodic task last started, one row per task (its name). Beat sends the task, a
+    worker runs it: a row that stops moving says one of them is down, which `/healthz` and the
+    dashboard report (inbox.health.celery_state)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    # The database's clock, as every host compares it.
+    at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("heartbeat")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.at})"
+
+    @classmethod
+    def beat(cls, name: str) -> None:
+        """Record that the task `name` runs now. Never raises: a heartbeat not recorded is no
+        reason for the task itself to fail."""
+        try:
+            if not cls.objects.filter(pk=name).update(at=Now()):
+                cls.objects.update_or_create(pk=name, defaults={"at": database_now()})
+        except DatabaseError:
+            logger.warning("heartbeat of %s not recorded", name, exc_info=True)
+
+
 class Upload(models.Model):
     public_id = models.UUIDField(
         default=uuid.uuid4, unique=True, editable=False, verbose_name=_("public id")

@@ -370,10 +370,22 @@ EMAIL_BACKEND = env_str(
     if _database_url and not DEBUG
     else "django.core.mail.backends.console.EmailBackend",
 )
-EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+# SMTP with STARTTLS on port 587 by default (EMAIL_USE_TLS, on when EMAIL_HOST is set); implicit
+# TLS (SMTPS, port 465) with EMAIL_USE_SSL=1, which turns the STARTTLS default off. A plain
+# relay on the internal network: EMAIL_USE_TLS=0.
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", bool(EMAIL_HOST) and not EMAIL_USE_SSL)
+if EMAIL_USE_SSL and EMAIL_USE_TLS:
+    raise ImproperlyConfigured(
+        "EMAIL_USE_SSL and EMAIL_USE_TLS are both on: set EMAIL_USE_SSL=1 for implicit TLS (port "
+        "465) or EMAIL_USE_TLS=1 for STARTTLS (port 587), not both"
+    )
+EMAIL_PORT = env_int("EMAIL_PORT", 465 if EMAIL_USE_SSL else 587, minimum=1)
+# A client certificate for the mail server, when it asks for one (files in PEM).
+EMAIL_SSL_CERTFILE = env_str("EMAIL_SSL_CERTFILE", "") or None
+EMAIL_SSL_KEYFILE = env_str("EMAIL_SSL_KEYFILE", "") or None
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", bool(EMAIL_HOST))
 # A mail server that takes the connection and never answers is given up on after this long,
 # so the worker that was sending goes back to delivering decisions. Well under the soft time
 # limit of the tasks that send (60 s for the shortest, inbox.tasks): one hung connection costs
@@ -442,6 +454,10 @@ _PRODUCTION = bool(_database_url) and not DEBUG
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _PRODUCTION)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The proxy passes the visitor's Host header on (nginx: `proxy_set_header Host $host;`). One that
+# cannot, and sets X-Forwarded-Host instead (overwriting any the visitor sent), needs this on;
+# either host must be in ALLOWED_HOSTS.
+USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", False)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", _PRODUCTION)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _PRODUCTION else 0, minimum=0)

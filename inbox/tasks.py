@@ -41,6 +41,7 @@ from inbox.dify.errors import (
     TooManyRequests,
     cannot_reach,
 )
+from inbox.health import MAIL_HEARTBEAT, SWEEP_HEARTBEAT
 from inbox.models import (
     APP_NOT_FOUND_REFUSAL,
     KIND_REFUSALS,
@@ -52,6 +53,7 @@ from inbox.models import (
     DeliveryPump,
     DifyApp,
     Form,
+    Heartbeat,
     RunEvent,
     database_now,
     request_follow,
@@ -820,6 +822,9 @@ def sweep_deliveries(batch_size: int = 500) -> dict[str, int]:
     """Recover deliveries left `delivering` by a dead worker and re-send queued decisions whose
     task was lost. Both go back through `deliver_decision`; a 412 keeps a landed one from
     counting twice."""
+    # Beat and a worker are alive (inbox.health.celery_state): said even when another run holds
+    # the lock.
+    Heartbeat.beat(SWEEP_HEARTBEAT)
     with periodic_lock("sweep_deliveries") as held:
         if not held:
             logger.info("sweep_deliveries: another run holds the lock")
@@ -1061,6 +1066,8 @@ def send_reminders(batch_size: int = 500) -> dict[str, int]:
     and a notice to each recipient once their form is decided or expires."""
     from inbox import notify
 
+    # Beat and whoever sends the emails (the mailer, with INBOX_MAIL_QUEUE) are alive.
+    Heartbeat.beat(MAIL_HEARTBEAT)
     with periodic_lock("send_reminders") as held:
         if not held:
             logger.info("send_reminders: another run holds the lock")

@@ -1648,6 +1648,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
     details = []
     waiting = 0
     dify: dict[str, int] = {}
+    celery: health.CeleryState | None = None
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -1667,6 +1668,9 @@ def healthz(request: HttpRequest) -> HttpResponse:
                 from inbox.follower import unfollowed
 
                 waiting, _since = unfollowed()
+                # Beat, the workers and the mailer: whether the periodic tasks run and the
+                # decisions go out.
+                celery = health.celery_state()
                 # Apps Dify does not answer for, or refuses: their forms cannot arrive and
                 # their decisions wait (the inbox itself is fine: still 200). Not an inactive
                 # app's: one switched off (its server retired, say) is no fault to monitor.
@@ -1706,6 +1710,8 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
         minutes = int(UNFOLLOWED_AFTER.total_seconds() // 60)
         degraded.append(f"follower: {waiting} run(s) waiting over {minutes} min for one")
+    if celery is not None:
+        degraded.extend(health.celery_problems(celery))
     if dify.get("unreachable"):
         degraded.append(f"dify: {dify['unreachable']} app(s) not reachable")
     if dify.get("refused"):

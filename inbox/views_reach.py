@@ -20,7 +20,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
-from django.db.models import Count, Q
+from django.db.models import Count, Min, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -672,10 +672,27 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         for period in periods
     ]
     from inbox.follower import unfollowed
+    from inbox.health import celery_state
 
+    # What is on its way to Dify, and what of it waits: retrying (Dify down, busy or its answer
+    # lost) and held (Dify refuses the app), and since when the oldest not held waits. One query.
+    on_their_way = Decision.objects.filter(
+        status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING)
+    ).aggregate(
+        on_their_way=Count("pk"),
+        retrying=Count(
+            "pk",
+            filter=Q(status=Decision.Status.QUEUED, attempts__gt=0, held_for_app=False),
+        ),
+        held=Count("pk", filter=Q(status=Decision.Status.QUEUED, held_for_app=True)),
+        oldest=Min("created_at", filter=Q(held_for_app=False)),
+    )
+    oldest = on_their_way.pop("oldest")
     context = {
         # Runs no follower takes: none is running, and their next forms never arrive.
         "unfollowed": unfollowed()[0],
+        # Beat, the workers, the mailer: whether the periodic tasks run and decisions go out.
+        "celery": celery_state(),
         **_dify_troubles(),
         "pending": pending,
         "pending_total": Form.objects.filter(status=Form.Status.PENDING).count(),
@@ -694,18 +711,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "failed_deliveries": Decision.objects.filter(
             status=Decision.Status.FAILED, form__status=Form.Status.FAILED
         ).count(),
-        # What is on its way to Dify, and what of it waits: retrying (Dify down, busy or its
-        # answer lost) and held (Dify refuses the app). One query.
-        **Decision.objects.filter(
-            status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING)
-        ).aggregate(
-            on_their_way=Count("pk"),
-            retrying=Count(
-                "pk",
-                filter=Q(status=Decision.Status.QUEUED, attempts__gt=0, held_for_app=False),
-            ),
-            held=Count("pk", filter=Q(status=Decision.Status.QUEUED, held_for_app=True)),
-        ),
+        **on_their_way,
+        "oldest_waiting": _duration((now - oldest).total_seconds()) if oldest else "",
         "unsent_emails": FormRecipient.objects.filter(
             sent_at__isnull=True, form__status=Form.Status.PENDING
         ).count(),

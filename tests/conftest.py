@@ -241,6 +241,15 @@ def _fresh_cache() -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _no_heartbeat_missing_yet() -> None:
+    """Each test starts as a web process that just started: a heartbeat missing since an earlier
+    test (the suite takes minutes) is not taken for beat being down."""
+    from inbox import health
+
+    health._first_missing.clear()
+
+
+@pytest.fixture(autouse=True)
 def _default_language() -> Iterator[None]:
     """Each test starts in the default language: a request the test client sends in another
     one (LocaleMiddleware activates it in this thread and leaves it there) must not change

@@ -476,3 +476,53 @@ def test_add_dify_app_warns_as_the_admin_does_of_another_app_s_name_or_key(
     assert elsewhere != simulator.base_url
     call_command("add_dify_app", "refunds-dup", "--base-url", elsewhere, "--api-key", key, "--move")
     assert "already uses this server" not in capsys.readouterr().err
+
+
+def test_add_dify_app_tests_the_connection_as_the_admin_does(
+    db: None, simulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    base_url = simulator.base_url.rstrip("/")
+    assert base_url.endswith("/v1")
+    key = simulator.api_key("refund-approval")
+
+    def add(name: str, url: str, api_key: str) -> tuple[str, str]:
+        call_command("add_dify_app", name, "--base-url", url, "--api-key", api_key)
+        said = capsys.readouterr()
+        assert f"Created Dify app '{name}'" in said.out  # created anyway, as before
+        assert api_key not in said.out + said.err
+        return said.out, said.err
+
+    out, err = add("refund-approval", base_url, key)
+    assert "Connection test: Dify answered /info and /parameters." in out
+    assert "connection test failed" not in err
+    # A wrong key: Dify's 401, said now rather than at the first run.
+    out, err = add("x3", base_url, "app-wrong-key-0000")
+    assert "Warning: the connection test failed: Dify refused the key (401" in err
+    assert "Connection test:" not in out
+    # The base URL without /v1.
+    out, err = add("x4", base_url.removesuffix("/v1"), key)
+    assert "Dify answered 404" in err and f"does the base URL end in /v1 ({base_url})?" in err
+    # Nothing listens there.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out, err = add("x2", f"http://127.0.0.1:{port}/v1", key)
+    assert f"could not reach Dify at http://127.0.0.1:{port}/v1" in err
+
+
+def test_prune_records_names_where_its_zero_days_came_from(db: None) -> None:
+    out = io.StringIO()
+    call_command("prune_records", stdout=out)
+    assert out.getvalue().strip() == (
+        "Nothing to prune: INBOX_RETENTION_DAYS and INBOX_AUDIT_RETENTION_DAYS are 0 "
+        "(keep everything)."
+    )
+    # The option given as 0 (keep) is not "no --runs-older-than".
+    out = io.StringIO()
+    call_command("prune_records", "--runs-older-than", "0", "--dry-run", stdout=out)
+    assert out.getvalue().strip() == (
+        "Nothing to prune: --runs-older-than and INBOX_AUDIT_RETENTION_DAYS are 0 "
+        "(keep everything)."
+    )

@@ -35,7 +35,8 @@ def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_production_settings_pass_the_deploy_check() -> None:
-    done = _manage(_production_env(), "check", "--deploy", "--fail-level", "WARNING")
+    env = _production_env(CACHE_URL="redis://redis.internal:6379/1")
+    done = _manage(env, "check", "--deploy", "--fail-level", "WARNING")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no issues" in done.stdout
 
@@ -264,3 +265,58 @@ def test_the_env_example_names_the_database_and_the_broker() -> None:
     example = (ROOT / ".env.example").read_text()
     assert "\nDATABASE_URL=postgres://" in example
     assert "\nCELERY_BROKER_URL=redis://" in example
+
+
+def test_the_deploy_check_warns_of_a_cache_each_process_keeps_alone() -> None:
+    # PostgreSQL without CACHE_URL (as `docker run --env-file .env` once ran): each web process
+    # counted sign-in failures and rate limits on its own.
+    done = _manage(_production_env(), "check", "--deploy")
+    assert "inbox.W007" in done.stderr and "CACHE_URL not set" in done.stderr
+    env = _production_env(CACHE_URL="redis://redis.internal:6379/1")
+    assert "inbox.W007" not in _manage(env, "check", "--deploy").stderr
+    # The embedded setup (SQLite, one machine) is told about SQLite, not the cache.
+    env = _production_env()
+    del env["DATABASE_URL"]
+    assert "inbox.W007" not in _manage(env, "check", "--deploy").stderr
+    example = (ROOT / ".env.example").read_text()
+    assert "\nCACHE_URL=redis://" in example
+
+
+def _email_settings(**extra: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    done = _manage(
+        _production_env(**extra),
+        "shell",
+        "-c",
+        "from django.conf import settings as s; "
+        "print(s.EMAIL_USE_SSL, s.EMAIL_USE_TLS, s.EMAIL_PORT, s.EMAIL_SSL_CERTFILE)",
+    )
+    lines = done.stdout.strip().splitlines()
+    return done, lines[-1].split() if lines else []
+
+
+def test_smtp_over_implicit_tls_can_be_set_and_starttls_is_the_default() -> None:
+    # The default with EMAIL_HOST: STARTTLS on port 587.
+    done, shown = _email_settings()
+    assert shown == ["False", "True", "587", "None"], done.stderr
+    # Implicit TLS (port 465): STARTTLS off unless asked for, the port 465 unless named.
+    done, shown = _email_settings(EMAIL_USE_SSL="1", EMAIL_SSL_CERTFILE="/etc/ssl/client.pem")
+    assert shown == ["True", "False", "465", "/etc/ssl/client.pem"], done.stderr
+    done, shown = _email_settings(EMAIL_USE_SSL="1", EMAIL_PORT="2465", EMAIL_USE_TLS="0")
+    assert shown == ["True", "False", "2465", "None"], done.stderr
+    # A plain relay.
+    done, shown = _email_settings(EMAIL_USE_TLS="0", EMAIL_PORT="25")
+    assert shown == ["False", "False", "25", "None"], done.stderr
+    # Both: refused at start-up, naming them.
+    done, _shown = _email_settings(EMAIL_USE_SSL="1", EMAIL_USE_TLS="1")
+    assert done.returncode != 0
+    assert "EMAIL_USE_SSL and EMAIL_USE_TLS are both on" in done.stderr
+
+
+def test_the_host_can_be_read_from_x_forwarded_host_when_asked() -> None:
+    code = "from django.conf import settings as s; print(s.USE_X_FORWARDED_HOST)"
+    done = _manage(_production_env(), "shell", "-c", code)
+    assert done.stdout.split()[-1] == "False", done.stderr
+    done = _manage(_production_env(USE_X_FORWARDED_HOST="1"), "shell", "-c", code)
+    assert done.stdout.split()[-1] == "True", done.stderr
+    example = (ROOT / ".env.example").read_text()
+    assert "proxy_set_header Host $host" in example

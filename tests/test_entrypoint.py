@@ -74,7 +74,7 @@ def test_migrate_command_runs(transactional_db: None) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_web_command_serves_the_health_check(transactional_db: None) -> None:
+def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: Path) -> None:
     env = _env()
     env["PORT"] = str(port := _free_port())
     env["WEB_CONCURRENCY"] = "1"
@@ -84,11 +84,12 @@ def test_web_command_serves_the_health_check(transactional_db: None) -> None:
     env["INBOX_MANIFEST_STATIC"] = "0"
     # As in production: the probe's address is not one of the site's host names.
     env["ALLOWED_HOSTS"] = "inbox.example.com"
+    access_log = tmp_path / "access.log"
     proc = subprocess.Popen(
         ["bin/docker-entrypoint", "web"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=access_log.open("w"),
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -110,9 +111,20 @@ def test_web_command_serves_the_health_check(transactional_db: None) -> None:
         assert response.headers["location"].startswith("https://inbox.example.com/")
         # Any other host is refused, the probe's address included.
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 400
+        # The access log names the visitor the proxy saw, not only the proxy.
+        httpx.get(
+            f"http://127.0.0.1:{port}/accounts/login/",
+            headers={"Host": "inbox.example.com", "X-Forwarded-For": "203.0.113.5"},
+            timeout=5,
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+    lines = access_log.read_text().splitlines()
+    assert any(
+        line.startswith("203.0.113.5 127.0.0.1 ") and '"GET /accounts/login/ HTTP/1.1"' in line
+        for line in lines
+    ), lines
 
 
 def test_worker_command_starts_a_worker(transactional_db: None) -> None:

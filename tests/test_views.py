@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -481,3 +482,94 @@ def test_the_default_icon_address_leads_to_the_inbox_s_icon(client: Client, db: 
     from django.contrib.staticfiles import finders
 
     assert finders.find("inbox/favicon.svg")
+
+
+def _heartbeats(**ages: float) -> None:
+    """Heartbeats (inbox.models.Heartbeat) that many minutes old, by task name."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox.models import Heartbeat
+
+    for name, minutes in ages.items():
+        Heartbeat.objects.update_or_create(
+            name=name, defaults={"at": timezone.now() - dt.timedelta(minutes=minutes)}
+        )
+
+
+def test_healthz_says_when_beat_or_the_workers_ran_no_periodic_task(
+    client: Client, db: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inbox import health, tasks
+    from inbox.models import Heartbeat
+
+    # The sweep and the reminders record that they ran.
+    tasks.sweep_deliveries()
+    tasks.send_reminders()
+    assert set(Heartbeat.objects.values_list("name", flat=True)) == {
+        "sweep_deliveries",
+        "send_reminders",
+    }
+    assert client.get("/healthz").json() == {"status": "ok"}
+    # A tick late is no outage; five minutes without one is.
+    _heartbeats(sweep_deliveries=2, send_reminders=2)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    _heartbeats(sweep_deliveries=7, send_reminders=7)
+    assert client.get("/healthz").json() == {
+        "status": "degraded",
+        "problems": ["beat/worker: no periodic task ran for 7 min"],
+    }
+    # Beat and the worker run, the mailer does not.
+    settings.INBOX_MAIL_QUEUE = "mail"
+    _heartbeats(sweep_deliveries=0)
+    assert client.get("/healthz").json() == {
+        "status": "degraded",
+        "problems": ["mailer: no email task ran for 7 min"],
+    }
+    # Never recorded (beat never started): said once this process has waited as long.
+    Heartbeat.objects.all().delete()
+    assert client.get("/healthz").json() == {"status": "ok"}
+    monkeypatch.setitem(health._first_missing, "sweep_deliveries", time.monotonic() - 360)
+    assert client.get("/healthz").json() == {
+        "status": "degraded",
+        "problems": ["beat/worker: no periodic task ran for 6 min"],
+    }
+
+
+def test_healthz_says_when_decisions_wait_past_their_time(
+    client: Client, dify_app: DifyApp, settings: Any
+) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from inbox.models import Decision
+    from tests.delivery.helpers import make_form
+
+    _heartbeats(sweep_deliveries=0, send_reminders=0)
+    settings.INBOX_DELIVERY_REQUEUE_AFTER_SECONDS = 60
+    settings.INBOX_DELIVERY_STUCK_SECONDS = 300
+    now = timezone.now()
+
+    def decision(**fields: Any) -> Decision:
+        form = make_form(dify_app, status="submitting")
+        return Decision.objects.create(form=form, action_id="approve", **fields)
+
+    # Due a moment ago, on a retry's schedule, held for its app, delivering for a minute: none
+    # is late.
+    decision(status=Decision.Status.QUEUED)
+    decision(status=Decision.Status.QUEUED, next_attempt_at=now + dt.timedelta(minutes=5))
+    held = decision(status=Decision.Status.QUEUED, held_for_app=True)
+    decision(status=Decision.Status.DELIVERING, delivery_started_at=now - dt.timedelta(minutes=1))
+    Decision.objects.filter(pk=held.pk).update(updated_at=now - dt.timedelta(hours=1))
+    assert client.get("/healthz").json() == {"status": "ok"}
+    # Queued nine minutes ago, and its task lost with no sweep to send it again; one
+    # delivering for twenty minutes, its worker killed.
+    late = decision(status=Decision.Status.QUEUED)
+    Decision.objects.filter(pk=late.pk).update(updated_at=now - dt.timedelta(minutes=9))
+    decision(status=Decision.Status.DELIVERING, delivery_started_at=now - dt.timedelta(minutes=20))
+    assert client.get("/healthz").json() == {
+        "status": "degraded",
+        "problems": ["decisions: 2 queued 15 min past due"],
+    }

@@ -201,3 +201,36 @@ def test_runs_no_follower_takes_are_said_on_the_dashboard(
 )
 def test_a_duration_takes_the_unit_its_shown_value_needs(seconds: float, shown: str) -> None:
     assert _duration(seconds) == shown
+
+
+def test_the_dashboard_says_how_long_decisions_wait_and_when_beat_or_the_workers_are_down(
+    client: Client, admin_user: User, reach_app: DifyApp
+) -> None:
+    from inbox.models import Heartbeat
+
+    route(reach_app)
+    now = timezone.now()
+    Heartbeat.objects.create(name="sweep_deliveries", at=now)
+    Heartbeat.objects.create(name="send_reminders", at=now)
+    client.force_login(admin_user)
+    body = client.get("/dashboard/").content.decode()
+    assert "the oldest waiting" not in body and "No periodic task" not in body
+    for minutes in (3, 12):
+        form = make_form(reach_app, status=Form.Status.SUBMITTING)
+        decision = Decision.objects.create(
+            form=form, action_id="approve", status=Decision.Status.QUEUED
+        )
+        Decision.objects.filter(pk=decision.pk).update(
+            created_at=now - dt.timedelta(minutes=minutes),
+            updated_at=now - dt.timedelta(minutes=minutes),
+        )
+    body = client.get("/dashboard/").content.decode()
+    assert re.search(r"<strong>2</strong><a [^>]*>decisions on their way to Dify</a>", body)
+    assert "the oldest waiting for 12 min" in body
+    assert 'class="card figure warn"><strong>2</strong>' in body
+    assert "2 decisions are past the time they should have been sent, the oldest by 12 min" in body
+    Heartbeat.objects.filter(name="sweep_deliveries").update(at=now - dt.timedelta(minutes=8))
+    body = client.get("/dashboard/").content.decode()
+    assert "No periodic task has run for 8 minutes: check that Celery beat and a worker" in body
+    body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "12分钟" in body and "8 分钟" in body and "Celery beat" in body

@@ -5,12 +5,15 @@ import os
 import sys
 from typing import Any
 
+import httpx
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.validators import URLValidator
 from django.db import transaction
 
 from inbox.app_check import look_alike, other_app_warning, server_of, shared_key_warning
+from inbox.dify.client import DifyClient
+from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.models import AuditEntry, DifyApp, Form, Run
 
 
@@ -131,9 +134,15 @@ class Command(BaseCommand):
             self.stdout.write(moved)
         if created or {"api_key", "base_url"} & set(changed):
             # As the admin warns on saving a new key or URL: only warnings, the app is saved.
-            for warning in (other_app_warning(app), shared_key_warning(app)):
+            # The command line has no "Test the connection" button: its calls are made here.
+            tested = self._test_connection(app)
+            for warning in (tested, other_app_warning(app) if not tested else None):
                 if warning:
                     self.stderr.write(f"Warning: {warning}")
+            if not tested:
+                self.stdout.write("Connection test: Dify answered /info and /parameters.")
+            if warning := shared_key_warning(app):
+                self.stderr.write(f"Warning: {warning}")
         if not app.is_active:
             said = (
                 "The app is inactive"
@@ -141,6 +150,36 @@ class Command(BaseCommand):
                 else "The app stays inactive, as it was"
             )
             self.stdout.write(f"{said}: no runs of it start. Pass --activate to switch it on.")
+
+    @staticmethod
+    def _test_connection(app: DifyApp) -> str:
+        """The admin's "Test the connection": GET /info and /parameters with the app's key (a
+        short timeout, no retries). What is wrong, or "" when Dify answered both."""
+        if app.api_key_sealed:
+            return ""
+        base_url = app.base_url.rstrip("/")
+        try:
+            with DifyClient(
+                base_url, app.api_key, timeout=httpx.Timeout(5.0), max_retries=0
+            ) as client:
+                client.get_info()
+                client.get_parameters()
+        except DifyStatusError as exc:
+            if exc.status in (401, 403):
+                return (
+                    f"the connection test failed: Dify refused the key ({exc}). Its runs "
+                    "cannot start until the right key is entered."
+                )
+            if exc.status == 404 and not base_url.endswith("/v1"):
+                return (
+                    f"the connection test failed: Dify answered 404 ({exc}): does the base URL "
+                    f"end in /v1 ({base_url}/v1)?"
+                )
+            return f"the connection test failed: Dify did not answer as expected ({exc})."
+        except DifyError as exc:
+            # The client's messages never include the key.
+            return f"the connection test failed: could not reach Dify at {base_url} ({exc})."
+        return ""
 
     @staticmethod
     def _move(app: DifyApp, base_url: str, *, allowed: bool) -> str:

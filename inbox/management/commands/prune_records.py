@@ -28,14 +28,16 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         runs = options["runs_older_than"]
         audit = options["audit_older_than"]
+        # Where each value came from, as the message says it: the option given, or the setting.
+        runs_from = "INBOX_RETENTION_DAYS" if runs is None else "--runs-older-than"
+        audit_from = "INBOX_AUDIT_RETENTION_DAYS" if audit is None else "--audit-older-than"
         runs = settings.INBOX_RETENTION_DAYS if runs is None else runs
         audit = settings.INBOX_AUDIT_RETENTION_DAYS if audit is None else audit
         if runs < 0 or audit < 0:
             raise CommandError("Days must be 0 (keep) or more.")
         if not runs and not audit:
             self.stdout.write(
-                "Nothing to prune: no --runs-older-than or --audit-older-than, and "
-                "INBOX_RETENTION_DAYS and INBOX_AUDIT_RETENTION_DAYS are 0 (keep everything)."
+                f"Nothing to prune: {runs_from} and {audit_from} are 0 (keep everything)."
             )
             return
         pruned = prune(
