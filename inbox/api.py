@@ -1600,11 +1600,25 @@ def _message_dify_user(request: HttpRequest, app: DifyApp, user: str, conversati
     return default_dify_user(request.user)
 
 
+def _parameters_of(app: DifyApp) -> dict[str, Any]:
+    """The app's `GET /parameters` (cached briefly); `502 dify_unavailable` when Dify did not
+    give them."""
+    from inbox.dify.errors import DifyError
+    from inbox.runs import app_parameters
+
+    try:
+        return app_parameters(app)
+    except DifyError as exc:
+        raise ApiError(
+            502,
+            "dify_unavailable",
+            gettext("Dify's parameters could not be read: %(reason)s") % {"reason": exc},
+        ) from None
+
+
 def _message_file_spec(app: DifyApp) -> Any:
     """What files the app takes with a message (`uploads.message_file_spec`); refused when it
     takes none, or is no chatflow."""
-    from inbox.dify.errors import DifyError
-    from inbox.runs import app_parameters
     from inbox.uploads import message_file_spec
 
     if app.mode != DifyApp.Mode.CHATFLOW:
@@ -1614,14 +1628,7 @@ def _message_file_spec(app: DifyApp) -> Any:
             gettext("Files go with a chatflow's message; %(app)s is a workflow.")
             % {"app": app.name},
         )
-    try:
-        spec = message_file_spec(app_parameters(app))
-    except DifyError as exc:
-        raise ApiError(
-            502,
-            "dify_unavailable",
-            gettext("Dify's parameters could not be read: %(reason)s") % {"reason": exc},
-        ) from None
+    spec = message_file_spec(_parameters_of(app))
     if spec is None:
         raise ApiError(
             400,
@@ -1771,17 +1778,9 @@ def run_files(request: HttpRequest) -> HttpResponse:
 def _start_file_spec(app: DifyApp, input_name: str) -> Any:
     """What files the app's start input `input_name` takes (`StartInput.file_spec`); refused
     when the app has no such input, it is no file input, or it takes web addresses only."""
-    from inbox.dify.errors import DifyError
-    from inbox.runs import app_parameters, start_inputs
+    from inbox.runs import start_inputs
 
-    try:
-        specs = start_inputs(app_parameters(app))
-    except DifyError as exc:
-        raise ApiError(
-            502,
-            "dify_unavailable",
-            gettext("Dify's parameters could not be read: %(reason)s") % {"reason": exc},
-        ) from None
+    specs = start_inputs(_parameters_of(app))
     files = [s for s in specs if s.is_file]
     found = next((s for s in files if s.variable == input_name), None)
     if found is None:
