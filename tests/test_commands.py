@@ -501,6 +501,8 @@ def test_add_dify_app_tests_the_connection_as_the_admin_does(
     out, err = add("x3", base_url, "app-wrong-key-0000")
     assert "Warning: the connection test failed: Dify refused the key (401" in err
     assert "Connection test:" not in out
+    # Recorded on the app as the admin's test records it: its list shows the refusal.
+    assert DifyApp.objects.get(name="x3").refused_at is not None
     # The base URL without /v1.
     out, err = add("x4", base_url.removesuffix("/v1"), key)
     assert "Dify answered 404" in err and f"does the base URL end in /v1 ({base_url})?" in err
@@ -510,6 +512,8 @@ def test_add_dify_app_tests_the_connection_as_the_admin_does(
         port = sock.getsockname()[1]
     out, err = add("x2", f"http://127.0.0.1:{port}/v1", key)
     assert f"could not reach Dify at http://127.0.0.1:{port}/v1" in err
+    assert DifyApp.objects.get(name="x2").test_failed_at is not None
+    assert DifyApp.objects.get(name="refund-approval").refused_at is None
 
 
 def test_prune_records_names_where_its_zero_days_came_from(db: None) -> None:

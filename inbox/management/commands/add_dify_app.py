@@ -162,9 +162,14 @@ class Command(BaseCommand):
             with DifyClient(
                 base_url, app.api_key, timeout=httpx.Timeout(5.0), max_retries=0
             ) as client:
-                client.get_info()
+                info = client.get_info()
                 client.get_parameters()
         except DifyStatusError as exc:
+            # Recorded on the app as the admin's test records it: shown in its list.
+            if exc.refuses_app:
+                app.note_refused(exc, "connection test")
+            else:
+                app.note_test_failed(exc)
             if exc.status in (401, 403):
                 return (
                     f"the connection test failed: Dify refused the key ({exc}). Its runs "
@@ -177,8 +182,12 @@ class Command(BaseCommand):
                 )
             return f"the connection test failed: Dify did not answer as expected ({exc})."
         except DifyError as exc:
+            app.note_test_failed(exc)
             # The client's messages never include the key.
             return f"the connection test failed: could not reach Dify at {base_url} ({exc})."
+        app.note_accepted(
+            "connection test", kind=app.is_dify_mode(info.get("mode")), published=True
+        )
         return ""
 
     @staticmethod
