@@ -1849,8 +1849,10 @@ def _message_files(
         raise ApiError(400, "invalid_inputs", many, details={"files": [many]})
     found = {
         f.public_id: f
+        # A start input's upload (`input_name`) was checked against that input's kinds, not
+        # the message's: it is not one of the message's files.
         for f in MessageFile.objects.filter(
-            public_id__in=ids, app=app, uploaded_by_id=request.user.pk
+            public_id__in=ids, app=app, uploaded_by_id=request.user.pk, input_name=""
         )
     }
     files = []

@@ -403,7 +403,10 @@ def strip_html_tags(text: str, replacement: str = " ") -> str:
 
 # A link's text, emphasis and code marks, a heading's or a table's, and a quote's at the start
 # of a line (a ">" inside a line is the text's: "days > 30").
-_MARKUP = re.compile(r"!?\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)|[*_`~#|]+|(?m:^[ \t>]*>)")
+# A link's or image's text may hold one level of brackets ("[a [b] c](…)", an image in a link).
+_MARKUP = re.compile(
+    r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\((?:[^()]|\([^()]*\))*\)|[*_`~#|]+|(?m:^[ \t>]*>)"
+)
 # A line that is only a rule or a table's delimiter row ("---", "|:---|---:|", "===").
 _RULE_LINES = re.compile(r"(?m)^[ \t]*[-=:|*_ \t]{3,}$")
 # A list item's marker at the start of a line ("- ", "* ", "+ ", "1. ").
@@ -415,6 +418,12 @@ def quick_excerpt(text: str, length: int = 140) -> str:
     heading and quote marks and inline tags go. Good enough for one line of preview, and
     cheap enough for fifty rows per page."""
     text = _LIST_MARKERS.sub("", _RULE_LINES.sub(" ", PLACEHOLDER.sub(" ", text or "")))
-    plain = _MARKUP.sub(lambda m: m.group(1) or "", strip_html_tags(text, ""))
+    plain = strip_html_tags(text, "")
+    # Again on what a link kept: its text's own emphasis, or an image inside it.
+    for _round in range(3):
+        stripped = _MARKUP.sub(lambda m: m.group(1) or "", plain)
+        if stripped == plain:
+            break
+        plain = stripped
     line = one_line(html.unescape(plain))
     return line if len(line) <= length else line[: length - 1].rstrip() + "…"

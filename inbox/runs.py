@@ -45,7 +45,7 @@ from inbox.dify.errors import (
 from inbox.dify.types import FormDefinition, HumanInputFields, RunDetail, StreamEvent
 from inbox.forms import PageTextField
 from inbox.models import AuditEntry, DifyApp, Run
-from inbox.reasons import Reason, Refused, stored, translated, worded
+from inbox.reasons import Reason, Refused, labelled, sentence_gap, stored, translated, worded
 
 logger = logging.getLogger(__name__)
 
@@ -546,6 +546,43 @@ class StartFailed(Refused):
         return {**details, **super().details()}
 
 
+class FilesTaken(StartFailed):
+    """A start input's upload that another run took first (two starts sent together with one
+    upload): nothing was started, and no run kept. `taken`: {input: message}."""
+
+    default_status = 400
+    default_code = "invalid_inputs"
+
+    def __init__(self, taken: dict[str, str]) -> None:
+        super().__init__(sentence_gap().join(labelled(n, m) for n, m in taken.items()))
+        self.taken = taken
+
+    def details(self) -> dict[str, Any]:
+        return {name: [message] for name, message in self.taken.items()}
+
+
+def _claim_input_files(files: list[Any]) -> None:
+    """In the transaction that creates a run: its start inputs' uploads, each used by one run
+    only, are locked and checked again, so two starts sent together with one upload do not
+    both take it (the one that comes second waits here, then finds it used). Raises
+    FilesTaken."""
+    from inbox.models import MessageFile
+
+    pks = [f.pk for f in files]
+    list(MessageFile.objects.select_for_update().filter(pk__in=pks).order_by("pk"))
+    free = set(MessageFile.objects.filter(pk__in=pks).unused().values_list("pk", flat=True))
+    taken = {
+        f.input_name: gettext(
+            "The upload %(id)s was used by another run already: upload the file again."
+        )
+        % {"id": f.public_id}
+        for f in files
+        if f.pk not in free
+    }
+    if taken:
+        raise FilesTaken(taken)
+
+
 class SameStart(Exception):
     """A start under a submission key that another start holds: `run` is that start's run (it
     may still be starting, may have failed with Dify's answer lost, or be under way), and
@@ -659,6 +696,10 @@ def start_run(
                     submission_digest=submission_digest if submission_key else "",
                     conversation_id=conversation_id[:64],
                 )
+                if input_files:
+                    # After the run's row is written: on SQLite that write holds the lock
+                    # another start waits on, as select_for_update does on PostgreSQL.
+                    _claim_input_files(list(input_files))
                 if files or input_files:
                     run.message_files.add(*(files or ()), *(input_files or ()))
             break

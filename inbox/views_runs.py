@@ -32,6 +32,7 @@ from inbox.models import DifyApp, Form, MessageFile, Run, Upload
 from inbox.runs import (
     LOST_START,
     ContinueForm,
+    FilesTaken,
     RunNotStoppable,
     SameStart,
     StartFailed,
@@ -230,7 +231,12 @@ def _start_from_page(
         messages.info(request, _("This run was already started from this page."))
         return redirect("inbox:run", public_id=same.run.public_id)
     except StartFailed as exc:
-        if exc.code in ("dify_no_answer", "api_key_unreadable", "conversation_not_found"):
+        if isinstance(exc, FilesTaken):
+            # Another start took a kept file first: said beside its input, nothing started.
+            for name, message in exc.taken.items():
+                field = f"in_{name}"
+                form.add_error(field if field in form.fields else None, message)
+        elif exc.code in ("dify_no_answer", "api_key_unreadable", "conversation_not_found"):
             # Whether Dify started it is not known, or Dify was not asked, or the conversation
             # is gone: the message says so itself.
             form.add_error(None, exc.message)

@@ -235,6 +235,14 @@ def test_the_api_takes_files_with_a_conversation_s_next_message(
         "files": ["This app takes at most 3 files with a message."]
     }
     assert Run.objects.count() == 1
+    # A start input's upload (checked against that input's kinds) is not a message's file.
+    as_input = MessageFile.objects.get(public_id=uploaded["id"])
+    as_input.input_name = "photo"
+    as_input.save(update_fields=["input_name"])
+    response = start([{"upload": uploaded["id"]}])
+    assert response.status_code == 400 and "No upload" in response.json()["error"]["message"]
+    as_input.input_name = ""
+    as_input.save(update_fields=["input_name"])
 
     response = start([{"upload": uploaded["id"]}], submission_key="k1")
     assert response.status_code == 201, response.content

@@ -246,3 +246,83 @@ def test_a_file_input_that_takes_web_addresses_only_is_left_to_dify(intake: Dify
         intake, {"user_input_form": [{"file": {**item, "required": False}}]}, {}, from_page=True
     )
     assert optional.is_valid() and optional.dify_inputs() == {}
+
+
+def test_one_upload_starts_one_run_when_starts_come_together(
+    simulator: Any, intake: DifyApp, follower: FollowerThread, reviewer: User
+) -> None:
+    """Five starts sent at once with one contract: one run takes it, the others are refused by
+    its input (the upload's check and its use were two steps, and each start passed the first)."""
+    import threading
+
+    from django.db import connection
+
+    _token, raw = ApiToken.issue(reviewer)
+    upload = api(
+        Client(),
+        raw,
+        "/api/v1/runs/files",
+        data={"app": "document-intake", "input": "contract", "file": pdf()},
+    ).json()
+    body = json.dumps(
+        {
+            "app": "document-intake",
+            "inputs": {"supplier": "H", "contract": {"upload": upload["id"]}},
+        }
+    )
+    answers: list[Any] = []
+    gate = threading.Barrier(5)
+
+    def start() -> None:
+        try:
+            gate.wait()
+            answers.append(
+                api(Client(), raw, "/api/v1/runs", data=body, content_type="application/json")
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=start) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [201, 400, 400, 400, 400]
+    for refused in (a for a in answers if a.status_code == 400):
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_inputs"
+        assert "used by another run already" in error["details"]["contract"][0]
+    assert Run.objects.count() == 1
+    assert MessageFile.objects.get().runs.count() == 1
+
+
+def test_a_start_whose_upload_another_run_took_meanwhile_starts_nothing(
+    simulator: Any, intake: DifyApp, reviewer: User
+) -> None:
+    from inbox.runs import FilesTaken, start_run
+
+    contract = MessageFile.objects.create(
+        app=intake,
+        name="contract.pdf",
+        size=10,
+        category="document",
+        mime_type="application/pdf",
+        extension="pdf",
+        upload_file_id="f-1",
+        dify_user="inbox-alice",
+        uploaded_by=reviewer,
+        input_name="contract",
+    )
+    first = Run.objects.create(app=intake, dify_user="inbox-alice", workflow_run_id="wr-first")
+    first.message_files.add(contract)
+    with pytest.raises(FilesTaken) as refused:
+        start_run(
+            intake,
+            inputs={"supplier": "H", "contract": contract.as_dify()},
+            dify_user="inbox-alice",
+            started_by=reviewer,
+            input_files=[contract],
+        )
+    assert list(refused.value.details()) == ["contract"]
+    assert Run.objects.count() == 1
+    assert simulator.request_count("workflows_run") == 0

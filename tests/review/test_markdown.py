@@ -293,3 +293,12 @@ def test_a_link_to_a_script_or_data_address_shows_its_text_without_the_address()
     assert quick_excerpt(text) == "evil link and data"
     # An image at such an address is held back as any other.
     assert "Image not loaded" in render_markdown("![pic](javascript:alert(1))")
+
+
+def test_a_row_s_excerpt_reads_links_holding_images_emphasis_or_brackets_as_their_text() -> None:
+    from inbox.markdown import quick_excerpt
+
+    image_in_link = "See [![logo](https://evil.example/a.png)](https://ok.example/doc) now"
+    assert quick_excerpt(image_in_link) == "See logo now"
+    assert quick_excerpt("[**here**](https://x.example)") == "here"
+    assert quick_excerpt("[a [b] c](https://y.example)") == "a [b] c"
