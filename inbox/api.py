@@ -1771,6 +1771,13 @@ def run_files(request: HttpRequest) -> HttpResponse:
             input_name=input_name,
         )
     except UploadRejected as exc:
+        if exc.code == "upload_rejected":
+            # The file's own fault, named as a file refused while it streamed in is
+            # ("big.png: ..."), whichever part came first; a day's budget or a rate is not.
+            exc.message = gettext("%(name)s: %(error)s") % {
+                "name": fileobj.name or "file",
+                "error": exc.message,
+            }
         raise ApiError.of(exc) from None
     return JsonResponse({**_message_file_json(sent), "user": sent.dify_user}, status=201)
 

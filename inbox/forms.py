@@ -166,7 +166,11 @@ class InputSpec:
         if mimetypes.guess_type(name)[0] or category_for_extension(extension_of(name)):
             return None
         kinds = [t for t in self.allowed_types if t != CUSTOM]
-        return kinds[0] if kinds else None
+        if kinds:
+            return kinds[0]
+        # Custom files only (".dwg" behind a presigned link): Dify reads the name its headers
+        # give and judges it against the input's extensions.
+        return CUSTOM if CUSTOM in self.allowed_types else None
 
     def file_type(self, filename: str, mime_type: str = "") -> str | None:
         """The `type` Dify will accept for this file here, or None when it is not allowed.

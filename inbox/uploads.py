@@ -650,9 +650,11 @@ def _day_spent() -> UploadRejected:
     TIME_ZONE), which `retry_after` says."""
     files = settings.INBOX_MESSAGE_FILES_PER_DAY
     message = ngettext(
-        "You have sent as many files to Dify with messages today as one person may in a day "
+        "You have sent as many files to Dify today (with messages and to start runs) as one "
+        "person may in a day "
         "(%(files)d file, %(limit)s in all). Try again tomorrow.",
-        "You have sent as many files to Dify with messages today as one person may in a day "
+        "You have sent as many files to Dify today (with messages and to start runs) as one "
+        "person may in a day "
         "(%(files)d files, %(limit)s in all). Try again tomorrow.",
         files,
     ) % {"files": files, "limit": megabytes(settings.INBOX_MESSAGE_FILES_MB_PER_DAY << 20)}

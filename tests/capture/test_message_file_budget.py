@@ -55,7 +55,8 @@ def test_the_api_refuses_message_files_past_the_day_s_count(
     error = response.json()["error"]
     assert error["code"] == "upload_limit_reached"
     assert error["message"] == (
-        "You have sent as many files to Dify with messages today as one person may in a day "
+        "You have sent as many files to Dify today (with messages and to start runs) as one "
+        "person may in a day "
         "(2 files, 1000 MB in all). Try again tomorrow."
     )
     # Until the day's end (in TIME_ZONE).

@@ -248,7 +248,7 @@ def test_the_api_upload_caps_a_file_after_its_app_at_that_app_s_own_limit(
     )
     assert response.status_code == 413
     assert response.json()["error"]["message"] == (
-        "The file is larger than 1 MB, the most Dify takes for this kind of file."
+        "photo.png: The file is larger than 1 MB, the most Dify takes for this kind of file."
     )
     assert Spy.most == 3 * MB // 2
     assert simulator.uploads() == [] and not MessageFile.objects.exists()

@@ -303,3 +303,19 @@ def test_a_web_address_whose_name_says_no_kind_is_left_for_dify_to_judge(form: F
     dform = decision_form(form, data, require_every_key=True)
     assert not dform.is_valid()
     assert "setup.exe" in str(dform.errors["in_receipt"])
+
+
+def test_a_web_address_with_no_kind_goes_as_custom_where_only_custom_files_are_taken() -> None:
+    from inbox.forms import InputSpec
+
+    only_custom = InputSpec(
+        kind="file",
+        name="drawing",
+        allowed_types=("custom",),
+        allowed_extensions=(".dwg",),
+        allowed_methods=("remote_url",),
+    )
+    # A presigned link to a drawing: Dify reads its name from the headers and judges it.
+    assert only_custom.url_type_for_dify("https://files.example.com/download?id=123") == "custom"
+    # A name that says its kind is judged here, as before.
+    assert only_custom.url_type_for_dify("https://files.example.com/plan.pdf") is None
