@@ -156,6 +156,7 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         "form": form,
         "submission_key": uuid.uuid4().hex,
         "start_problem": start_problem,
+        "choose_again": _choose_again(request, form),
     }
     return render(request, "inbox/apps_start.html", context, status=status)
 
@@ -249,6 +250,26 @@ def _start_from_page(
         return "unknown" if exc.code == "dify_no_answer" else "failed"
     messages.success(request, _("The run has started."))
     return redirect("inbox:run", public_id=run.public_id)
+
+
+def _choose_again(request: HttpRequest, form: Any) -> list[str]:
+    """The file fields of a page shown again whose chosen files it cannot show: a browser
+    keeps no chosen file across a sending, and only files Dify took are kept (ticked). Named
+    so the page asks for them again, rather than "required" at the next sending."""
+    if request.method != "POST" or not form.is_bound:
+        return []
+    names = []
+    for name, field in form.fields.items():
+        if isinstance(field, StartFilesField):
+            kept = field.kept_files
+        elif name == "files":
+            kept = getattr(form, "kept_files", [])
+        else:
+            continue
+        chosen = request.FILES.getlist(form.add_prefix(name))
+        if any(c.name not in {f.name for f in kept} for c in chosen):
+            names.append(name)
+    return names
 
 
 def _start_file_fields(form: Any) -> dict[str, StartFilesField]:
@@ -488,6 +509,7 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
         "form": form,
         "submission_key": uuid.uuid4().hex,
         "start_problem": start_problem,
+        "choose_again": _choose_again(request, form),
     }
     return render(request, "inbox/run_continue.html", context, status=status)
 

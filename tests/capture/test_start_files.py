@@ -122,6 +122,13 @@ def test_the_start_page_says_beside_each_file_input_what_it_does_not_send(
     # More than the list takes.
     page = send(in_contract=pdf(), in_attachments=[png(f"p{i}.png") for i in range(4)])
     assert "This input takes at most 3 files." in beside(page, "in_attachments")
+    # The contract was fine but not sent: the page asks for it again rather than saying
+    # "required" at the next sending.
+    again = "Choose the file again: a page sent back cannot keep a file you chose."
+    contract_block = page.split('for="id_in_contract"')[1].split('<div class="field')[0]
+    assert again in contract_block
+    # None chosen, none asked again.
+    assert again not in send()
     # Larger than Dify takes for a document (the simulator's 15 MB): dropped as it arrived.
     page = send(413, in_contract=pdf("huge.pdf", b"%PDF" + b"\0" * (16 * 1024 * 1024)))
     assert "huge.pdf: the file is larger than" in beside(page, "in_contract")
