@@ -401,11 +401,17 @@ def strip_html_tags(text: str, replacement: str = " ") -> str:
     return "".join([*out, _HTML_TAGS.sub(replacement, text[pos:])])
 
 
-# A link's text, emphasis and code marks, a heading's or a table's, and a quote's at the start
-# of a line (a ">" inside a line is the text's: "days > 30").
-# A link's or image's text may hold one level of brackets ("[a [b] c](…)", an image in a link).
-_MARKUP = re.compile(
-    r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\((?:[^()]|\([^()]*\))*\)|[*_`~#|]+|(?m:^[ \t>]*>)"
+# A link's or image's text (it may hold one level of brackets: "[a [b] c](…)", an image in a
+# link).
+_LINKS = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\((?:[^()]|\([^()]*\))*\)")
+# Emphasis and strike-through marks paired around text at a word's edges ("**x**", "_x_",
+# "~~x~~"). Inside a word they are the text's ("SO_2026_0001", "2*4"), as CommonMark reads "_".
+_EMPHASIS = re.compile(r"(?<![\w*_~])([*_~]{1,3})(?=[^\s*_~])(.+?)(?<=[^\s*_~])\1(?![\w*_~])")
+# Code marks; a heading's at the start of a line ("C# team", "#4471" are the text's); a table's
+# pipes at a line's ends or set apart by spaces; a quote's ">" at the start of a line (a ">"
+# inside a line is the text's: "days > 30").
+_MARKS = re.compile(
+    r"`+|(?m:^[ \t]*#{1,6}(?=[ \t]|$))|(?m:^[ \t]*\||\|[ \t]*$)| \|(?= )|(?m:^[ \t>]*>)"
 )
 # A line that is only a rule or a table's delimiter row ("---", "|:---|---:|", "===").
 _RULE_LINES = re.compile(r"(?m)^[ \t]*[-=:|*_ \t]{3,}$")
@@ -418,10 +424,10 @@ def quick_excerpt(text: str, length: int = 140) -> str:
     heading and quote marks and inline tags go. Good enough for one line of preview, and
     cheap enough for fifty rows per page."""
     text = _LIST_MARKERS.sub("", _RULE_LINES.sub(" ", PLACEHOLDER.sub(" ", text or "")))
-    plain = strip_html_tags(text, "")
-    # Again on what a link kept: its text's own emphasis, or an image inside it.
+    plain = _MARKS.sub(" ", strip_html_tags(text, ""))
+    # Again on what a link or emphasis kept: an image inside a link, emphasis inside either.
     for _round in range(3):
-        stripped = _MARKUP.sub(lambda m: m.group(1) or "", plain)
+        stripped = _EMPHASIS.sub(r"\2", _LINKS.sub(lambda m: m.group(1), plain))
         if stripped == plain:
             break
         plain = stripped

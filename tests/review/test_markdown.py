@@ -94,7 +94,8 @@ def test_quick_excerpt_drops_marks_and_keeps_link_text() -> None:
     from inbox.markdown import quick_excerpt
 
     text = "# Order **#4411**: see [the ticket](https://x.test/1)\n\n> quoted `code`\n\n{{#$output.note#}}"
-    assert quick_excerpt(text) == "Order 4411: see the ticket · quoted code"
+    # "#4411" is how the order is written: only a heading's "#" goes.
+    assert quick_excerpt(text) == "Order #4411: see the ticket · quoted code"
 
 
 def test_a_remote_image_becomes_a_link_marked_as_an_image_not_loaded() -> None:
@@ -302,3 +303,15 @@ def test_a_row_s_excerpt_reads_links_holding_images_emphasis_or_brackets_as_thei
     assert quick_excerpt(image_in_link) == "See logo now"
     assert quick_excerpt("[**here**](https://x.example)") == "here"
     assert quick_excerpt("[a [b] c](https://y.example)") == "a [b] c"
+
+
+def test_a_row_s_excerpt_keeps_ids_and_names_written_with_markdown_s_characters() -> None:
+    from inbox.markdown import quick_excerpt
+
+    text = "Order SO_2026_0001 for acme_corp_eu (C# team): qty 2*4, ticket #4471, Olga #7"
+    assert quick_excerpt(text) == text
+    # Markdown's own marks still go: emphasis at a word's edges, headings, tables, code.
+    assert (
+        quick_excerpt("# Refund\n\n**Ada** asks _now_ ~~not~~ `x`") == "Refund · Ada asks now not x"
+    )
+    assert quick_excerpt("| a | b |\n|---|---|\n| 1 | 2 |") == "a b · 1 2"
