@@ -85,6 +85,12 @@ def test_make_run_serves_the_demo_with_paused_forms_and_ctrl_c_stops_everything(
 
             wait_until(inbox_lists_forms, timeout=60, interval=1)
 
+        # The guests' emails are sent by the worker of the `mail` queue, not the one that
+        # delivers decisions (printed by the console backend).
+        wait_until(lambda: "To: guest@example.com" in "".join(lines), timeout=60, interval=1)
+        out = "".join(lines)
+        assert "mailer@" in out and ".> mail" in out
+
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         # Every child went with it.
