@@ -65,7 +65,7 @@ from inbox.models import (
     Upload,
     offsets_text,
 )
-from inbox.names import chooser_label
+from inbox.names import chooser_label, people_named
 from inbox.reasons import sentence_gap, worded
 
 
@@ -775,6 +775,30 @@ class DifyAppAdmin(AuditedAdmin):
                 )
 
 
+class PeopleSearchAdmin(admin.ModelAdmin):
+    """A list whose search finds people by the name the admin shows them by ("Alice Smith",
+    "王芳" for 王 芳: `people_named`) as well as by Django's search of `search_fields`: the
+    records of `person_fields` (an account field each) holding one of them."""
+
+    person_fields: tuple[str, ...] = ()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: Any, search_term: str
+    ) -> tuple[Any, bool]:
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        people = list(people_named(search_term).values_list("pk", flat=True)[:PEOPLE_FOUND_CAP])
+        if not people or not self.person_fields:
+            return found, may_have_duplicates
+        named = Q()
+        for field in self.person_fields:
+            named |= Q(**{f"{field}__in": people})
+        return found | queryset.filter(named), True
+
+
+# How many people a name found in an admin search stands for at most.
+PEOPLE_FOUND_CAP = 200
+
+
 class RecordAdmin(admin.ModelAdmin):
     """What Dify said, what reviewers decided and the audit trail of both: shown, never edited
     or added by hand. A run's status or a decision's state changed here would bypass the verbs
@@ -802,9 +826,10 @@ class FormInline(admin.TabularInline):
 
 
 def _account(user: Any, username: str) -> str | None:
-    """Who made a record: their account, or the username it kept once the account is gone."""
+    """Who made a record: their account, by name and username ("Alice Smith (alice)"), or the
+    username it kept once the account is gone."""
     if user is not None:
-        return str(user.get_username())
+        return chooser_label(user)
     if username:
         return str(_("%(username)s (account deleted)") % {"username": username})
     return None
@@ -851,7 +876,8 @@ class MessageFileInline(admin.TabularInline):
 
 
 @admin.register(Run)
-class RunAdmin(ToTheSecondAdmin, RecordAdmin):
+class RunAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
+    person_fields = ("started_by",)
     list_display = ["__str__", "app", "status", "dify_user", "starter", "created_at"]
     list_filter = ["status", "app", "source"]
     search_fields = [
@@ -1167,13 +1193,14 @@ REASSIGN_PREVIEW = 20
 
 
 @admin.register(Form)
-class FormAdmin(RecordAdmin):
+class FormAdmin(PeopleSearchAdmin, RecordAdmin):
+    person_fields = ("claimed_by", "assigned_users")
     list_display = [
         "node_title",
         "run",
         "status",
         "expiration_time",
-        "claimed_by",
+        "holder",
         "assignees",
         "created_at",
     ]
@@ -1254,9 +1281,14 @@ class FormAdmin(RecordAdmin):
         # As a route's reminders are typed ("24h, 52m"), before the form expires.
         return offsets_text(obj.reminder_offsets or []) or self.get_empty_value_display()
 
+    @admin.display(description=_("claimed by"), ordering="claimed_by__username")
+    def holder(self, obj: Form) -> str:
+        # Named as the choosers name people ("Alice Smith (alice)"), not by the username alone.
+        return chooser_label(obj.claimed_by) if obj.claimed_by else self.get_empty_value_display()
+
     @admin.display(description=_("assigned to"))
     def assignees(self, obj: Form) -> str:
-        names = [u.get_username() for u in obj.assigned_users.all()]
+        names = [chooser_label(u) for u in obj.assigned_users.all()]
         names += [f"@{g.name}" for g in obj.assigned_groups.all()]
         return ", ".join(names) or "—"
 
@@ -1319,7 +1351,15 @@ class FormAdmin(RecordAdmin):
             **self.admin_site.each_context(request),
             "title": _("Reassign forms"),
             "opts": self.model._meta,
-            "forms": preview,
+            # Each form with who holds it and who it asks, named as the choosers below name them.
+            "forms": [
+                (
+                    item,
+                    chooser_label(item.claimed_by) if item.claimed_by else "—",
+                    self.assignees(item),
+                )
+                for item in preview
+            ],
             "count": count,
             "more": count - len(preview),
             "select_across": request.POST.get("select_across") == "1",
@@ -1374,8 +1414,9 @@ class RouteRecipientInline(admin.TabularInline):
 
 
 @admin.register(Route)
-class RouteAdmin(AuditedAdmin):
+class RouteAdmin(PeopleSearchAdmin, AuditedAdmin):
     audit_name = "route"
+    person_fields = ("users",)
 
     def audit_values(self, obj: Route) -> dict[str, Any]:
         return obj.audit_values()
@@ -1471,7 +1512,9 @@ class RouteAdmin(AuditedAdmin):
                 messages.WARNING,
             )
 
-        turned_away = sorted(route.users.filter(is_active=False).values_list("username", flat=True))
+        turned_away = [
+            chooser_label(user) for user in route.users.filter(is_active=False).order_by("username")
+        ]
         if route.is_active and turned_away:
             # Kept on the route (reactivated, they are asked again), but asked by no form now.
             self.message_user(
@@ -1509,7 +1552,7 @@ class RouteAdmin(AuditedAdmin):
     @admin.display(description=_("who"))
     def who(self, obj: Route) -> str:
         names = [f"@{g.name}" for g in obj.groups.all()]
-        names += [u.get_username() for u in obj.users.all()]
+        names += [chooser_label(u) for u in obj.users.all()]
         names += [r.email for r in obj.recipients.all()]
         return ", ".join(names) or "—"
 
@@ -1533,7 +1576,8 @@ class MadeByFilter(admin.SimpleListFilter):
 
 
 @admin.register(Decision)
-class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
+class DecisionAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
+    person_fields = ("reviewer",)
     list_display = [
         "public_id",
         "form",
@@ -1592,6 +1636,8 @@ class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
 
     @admin.display(description=_("decided by"))
     def decider(self, obj: Decision) -> str:
+        if obj.reviewer_id and obj.reviewer:
+            return chooser_label(obj.reviewer)
         return obj.decider_label
 
     @admin.display(description=_("attempts in all"))
@@ -1651,7 +1697,8 @@ class DecisionAdmin(ToTheSecondAdmin, RecordAdmin):
 
 
 @admin.register(Upload)
-class UploadAdmin(RecordAdmin):
+class UploadAdmin(PeopleSearchAdmin, RecordAdmin):
+    person_fields = ("uploaded_by",)
     list_display = [
         "name",
         "form",
@@ -1686,11 +1733,12 @@ class UploadAdmin(RecordAdmin):
 
 
 @admin.register(MessageFile)
-class MessageFileAdmin(RecordAdmin):
+class MessageFileAdmin(PeopleSearchAdmin, RecordAdmin):
     """Files uploaded to Dify to go with a chatflow's message or in a run's file start input
     (`input_name`), as uploads are shown: never edited or added here (Dify keeps the file
     whatever the record says)."""
 
+    person_fields = ("uploaded_by",)
     list_display = [
         "name",
         "app",
@@ -1904,12 +1952,17 @@ class AuditEntryAdmin(RecordAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
+class ApiTokenAdmin(PeopleSearchAdmin):
+    person_fields = ("user",)
+    list_display = ["prefix", "owner", "name", "created_at", "last_used_at", "revoked_at"]
     list_select_related = ["user"]
     search_fields = ["user__username", "name", "prefix"]
     readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
     actions = ["revoke"]
+
+    @admin.display(description=_("user"), ordering="user__username")
+    def owner(self, obj: ApiToken) -> str:
+        return chooser_label(obj.user)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Raw tokens are shown once, by `manage.py create_api_token`; the admin never sees one.
@@ -1939,14 +1992,20 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReviewerProfile)
-class ReviewerProfileAdmin(admin.ModelAdmin):
+class ReviewerProfileAdmin(PeopleSearchAdmin):
     """The language each reviewer last used the inbox in, and their browser's time zone: their
     emails are sent in that language, with times in that zone."""
 
-    list_display = ["user", "language", "time_zone", "updated_at"]
+    person_fields = ("user",)
+    list_display = ["reviewer", "language", "time_zone", "updated_at"]
     list_filter = ["language"]
     search_fields = ["user__username", "user__email"]
     autocomplete_fields = ["user"]
+    list_select_related = ["user"]
+
+    @admin.display(description=_("user"), ordering="user__username")
+    def reviewer(self, obj: ReviewerProfile) -> str:
+        return chooser_label(obj.user)
 
 
 # The product's name, not "Django administration", heading every admin page.
@@ -1954,12 +2013,34 @@ admin.site.site_header = _("Approval inbox")
 admin.site.site_title = _("Approval inbox")
 
 
+def permission_name(permission: Any) -> str:
+    """A permission's name in the reader's language. Django stores the names in English when it
+    migrates; the project's own ("Can reassign forms") are in its catalogue, and Django's
+    default ones ("Can add user", in no catalogue) are built again from a translated pattern
+    and the model's name, as Django built them ("可以添加用户")."""
+    model = permission.content_type.model_class()
+    if model is not None:
+        opts = model._meta
+        for action in opts.default_permissions:
+            if permission.codename == f"{action}_{opts.model_name}" and action in DEFAULT_ACTIONS:
+                return DEFAULT_ACTIONS[action]() % {"model": opts.verbose_name}
+    return gettext(permission.name)
+
+
+# Django's default permissions, named as Django names them ("Can add %(model)s").
+DEFAULT_ACTIONS = {
+    "add": lambda: gettext("Can add %(model)s"),
+    "change": lambda: gettext("Can change %(model)s"),
+    "delete": lambda: gettext("Can delete %(model)s"),
+    "view": lambda: gettext("Can view %(model)s"),
+}
+
+
 class PermissionsChoiceField(forms.ModelMultipleChoiceField):
-    """Permissions named in the reader's language: Django stores their names in English when it
-    migrates, and the project's own names ("Can reassign forms") are in its catalogue."""
+    """Permissions named in the reader's language (`permission_name`)."""
 
     def label_from_instance(self, obj: Any) -> str:
-        return f"{obj.content_type} | {gettext(obj.name)}"
+        return f"{obj.content_type} | {permission_name(obj)}"
 
 
 class TranslatedPermissionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -2049,9 +2130,14 @@ class GroupAdmin(  # type: ignore[misc]
 
 @admin.register(User)
 class UserAdmin(  # type: ignore[type-arg]
-    RefusedDeletionAdmin, DelegatedAccessAdmin, TranslatedPermissionsAdmin, auth_admin.UserAdmin
+    PeopleSearchAdmin,
+    RefusedDeletionAdmin,
+    DelegatedAccessAdmin,
+    TranslatedPermissionsAdmin,
+    auth_admin.UserAdmin,
 ):
     delegated_fields = ("groups", "user_permissions")
+    person_fields = ("pk",)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))

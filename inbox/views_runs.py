@@ -29,6 +29,7 @@ from inbox import timefmt
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
 from inbox.models import DifyApp, Form, MessageFile, Run, Upload
+from inbox.names import people_named
 from inbox.runs import (
     LOST_START,
     ContinueForm,
@@ -585,11 +586,11 @@ def search_runs(runs: Any, q: str) -> Any:
 
     Every condition is on the run's own columns, so on PostgreSQL each one is answered by an
     index (migration 0031: trigrams of the message and of the inputs' text, the kept username,
-    the ids' starts) and a search reads only the runs it finds. The people are looked up first
-    (a few rows) and matched by id: a condition on the joined account would make PostgreSQL
-    read every run to test it."""
+    the ids' starts) and a search reads only the runs it finds. The people (by username, or by
+    the name the page shows: `people_named`) are looked up first (a few rows) and matched by
+    id: a condition on the joined account would make PostgreSQL read every run to test it."""
     people = get_user_model().objects.filter(
-        Q(username__iexact=q) | Q(first_name__icontains=q) | Q(last_name__icontains=q)
+        Q(username__iexact=q) | Q(pk__in=people_named(q).values("pk"))
     )
     found = (
         Q(query__icontains=q)

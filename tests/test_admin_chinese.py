@@ -101,3 +101,15 @@ def test_chinese_sentences_side_by_side_have_no_space_between_them(
     assert "\u4e2a\u8868\u5355\u3002</strong>\u53ea\u6539\u6d3e" in page
     dashboard = client.get("/dashboard/", **ZH).content.decode()
     assert "\u5df2\u51b3\u5b9a\uff08" in dashboard and "\u5df2\u51b3\u5b9a (" not in dashboard
+
+
+def test_djangos_default_permissions_are_named_in_chinese(
+    client: Client, admin_user: User, reviewer: User
+) -> None:
+    client.force_login(admin_user)
+    change = client.get(f"/admin/auth/user/{reviewer.pk}/change/", **ZH).content.decode()
+    for english in ("Can add user", "Can change route", "Can add API token", "Can view run"):
+        assert english not in change, english
+    assert "可以添加用户" in change and "可以修改路由" in change and "可以吊销 API 令牌" in change
+    english = client.get(f"/admin/auth/user/{reviewer.pk}/change/").content.decode()
+    assert "Can add user" in english and "Can change route" in english

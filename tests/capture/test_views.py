@@ -651,6 +651,44 @@ def test_the_runs_list_finds_a_run_by_its_id_its_starter_its_message_or_an_input
     assert [r["id"] for r in body["results"]] == [str(ada.public_id)]
 
 
+def test_the_runs_list_finds_who_started_a_run_by_the_name_it_shows(
+    client: Client, refunds: DifyApp, reviewer: User, admin_user: User
+) -> None:
+    """A full name as the row writes it: "Min Zhang", and a Chinese name family name first
+    with no space ("\u738b\u82b3" for \u738b \u82b3), in either order, with or without a
+    space."""
+    lead = User.objects.create_user("lead", first_name="Min", last_name="Zhang")
+    wang = User.objects.create_user("wang", first_name="\u82b3", last_name="\u738b")
+    reviewer.first_name, reviewer.last_name = "Alice", "Smith"
+    reviewer.save()
+    runs = {
+        user.username: Run.objects.create(
+            app=refunds, workflow_run_id=f"wr-{user.username}", started_by=user
+        )
+        for user in (lead, wang, reviewer)
+    }
+    admin = login(client, admin_user)
+
+    def found(q: str) -> set[str]:
+        page = admin.get("/runs/", {"q": q}).content.decode()
+        ids = set(re.findall(r'<a class="open" href="/runs/([0-9a-f-]+)/"', page))
+        return {name for name, run in runs.items() if str(run.public_id) in ids}
+
+    page = admin.get("/runs/").content.decode()
+    assert "\u738b\u82b3" in page and "Min Zhang" in page
+    assert found("\u738b\u82b3") == found("\u738b \u82b3") == {"wang"}
+    assert found("\u82b3") == found("\u738b") == found("wang") == {"wang"}
+    assert found("Min Zhang") == found("zhang min") == found("Min  Zhang") == {"lead"}
+    assert found("Alice Smith") == found("alice smi") == {reviewer.username}
+    assert found("Alice Zhang") == found("\u738b\u82b3x") == set()
+    # The API searches the same way.
+    _token, raw = ApiToken.issue(admin_user)
+    body = client.get(
+        "/api/v1/runs", {"q": "\u738b\u82b3"}, HTTP_AUTHORIZATION=f"Bearer {raw}"
+    ).json()
+    assert [r["id"] for r in body["results"]] == [str(runs["wang"].public_id)]
+
+
 @pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the runs search's indexes exist on PostgreSQL only"
 )
@@ -659,7 +697,7 @@ def test_the_runs_search_reads_only_the_runs_its_indexes_find(
 ) -> None:
     """Every part of the search is answered by an index (migration 0031), so PostgreSQL need not
     read every run to test it: no sequential scan of the runs, whatever is looked for."""
-    reviewer.first_name = "Alice"
+    reviewer.first_name, reviewer.last_name = "Alice", "Lovelace"
     reviewer.save()
     ada = Run.objects.create(
         app=refunds,
@@ -691,6 +729,7 @@ def test_the_runs_search_reads_only_the_runs_its_indexes_find(
         ("12.5", "run_inputs_trgm"),
         ("parcel", "run_query_trgm"),
         ("alice", "started_by_id"),
+        ("Alice Lovelace", "started_by_id"),
         (reviewer.username, "run_started_by_username_upper"),
         ("41f2c79e", "run_workflow_run_id_start"),
         ("0123abcd-ffff", "run_public_id_start"),

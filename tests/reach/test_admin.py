@@ -338,7 +338,7 @@ def test_routes_are_edited_with_their_recipients(
     assert list(made.users.all()) == [reviewer]
     assert RouteRecipient.objects.get(route=made).email == "cfo@example.org"
     listing = admin_client.get(reverse("admin:inbox_route_changelist")).content.decode()
-    assert "alice, cfo@example.org" in listing
+    assert "Alice (alice), cfo@example.org" in listing
     created = AuditEntry.objects.get(verb="route_created")
     assert created.object_id == str(made.pk)
     assert "recipients" in created.details["fields"] and "node" in created.details["fields"]
@@ -535,7 +535,9 @@ def test_a_route_listing_only_a_deactivated_reviewer_names_them_and_offers_activ
     )
     said = [str(m) for m in get_messages(response.wsgi_request)]
     assert "路由\u201c经理审批\uff1a仅杨帆\u201d没有指定任何人" in said[0], said
-    assert said[1] == "路由中列出的以下账号已停用\uff0c不会被询问\uff1abob\u3002", said
+    assert said[1] == "路由中列出的以下账号已停用\uff0c不会被询问\uff1aBob\uff08bob\uff09\u3002", (
+        said
+    )
 
 
 def test_the_admin_finds_forms_runs_decisions_and_routes_by_what_it_shows(

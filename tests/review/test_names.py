@@ -106,3 +106,70 @@ def test_the_admins_user_choosers_give_name_and_username(
     assert ">刘洋 (liuyang)</option>" in page
     forms_list = client.get("/admin/inbox/form/").content.decode()
     assert "张敏 (zhangmin)" in forms_list
+
+
+def test_the_admin_names_holders_assignees_and_route_members_with_their_usernames(
+    client: Client, admin_user: User, dify_app: DifyApp, reviewers_group: Group
+) -> None:
+    """The lists' columns, the reassign page and a route's save message name people as the
+    choosers do: "王芳 (wang)", not the username alone."""
+    wang = User.objects.create_user("wang", first_name="芳", last_name="王")
+    alice = User.objects.create_user("alice", first_name="Alice", last_name="Smith")
+    gone = User.objects.create_user("gone", first_name="Gina", last_name="Old", is_active=False)
+    form = make_form(dify_app)
+    form.claim(wang)
+    form.assigned_users.add(alice)
+    client.force_login(admin_user)
+    listed = client.get("/admin/inbox/form/").content.decode()
+    assert '<td class="field-holder">王芳 (wang)</td>' in listed
+    assert '<td class="field-assignees">Alice Smith (alice), @reviewers</td>' in listed
+    reassign = client.post(
+        "/admin/inbox/form/",
+        {"action": "reassign", "_selected_action": [form.pk], "index": "0"},
+    ).content.decode()
+    assert "<td>王芳 (wang)</td><td>Alice Smith (alice), @reviewers</td>" in reassign
+    route = Route.objects.get(app=dify_app)
+    route.users.add(gone)
+    saved = client.post(
+        f"/admin/inbox/route/{route.pk}/change/",
+        {
+            "app": dify_app.pk,
+            "name": route.name,
+            "node": route.node,
+            "priority": route.priority,
+            "is_active": "on",
+            "groups": [g.pk for g in route.groups.all()],
+            "users": [gone.pk],
+            "language": route.language or "en",
+            "reminders": "",
+            "recipients-TOTAL_FORMS": "0",
+            "recipients-INITIAL_FORMS": "0",
+        },
+        follow=True,
+        **ZH,
+    ).content.decode()
+    assert "Gina Old\uff08gone\uff09" in saved and "\uff1agone" not in saved
+    routes = client.get("/admin/inbox/route/").content.decode()
+    assert "Gina Old (gone)" in routes
+
+
+def test_the_admins_searches_find_people_by_the_name_they_are_shown_by(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    wang = User.objects.create_user("wang", first_name="芳", last_name="王")
+    lead = User.objects.create_user("lead", first_name="Min", last_name="Zhang")
+    form = make_form(dify_app)
+    form.claim(wang)
+    other = make_form(dify_app)
+    other.assigned_users.add(lead)
+    client.force_login(admin_user)
+
+    def forms(q: str) -> set[str]:
+        page = client.get("/admin/inbox/form/", {"q": q}).content.decode()
+        return {str(f.public_id) for f in (form, other) if f"/admin/inbox/form/{f.pk}/" in page}
+
+    assert forms("王芳") == forms("wang") == {str(form.public_id)}
+    assert forms("Min Zhang") == forms("zhang min") == {str(other.public_id)}
+    users = client.get("/admin/auth/user/", {"q": "王芳"}).content.decode()
+    assert f"/admin/auth/user/{wang.pk}/change/" in users
+    assert f"/admin/auth/user/{lead.pk}/change/" not in users
