@@ -2173,6 +2173,57 @@ class UserAdmin(  # type: ignore[type-arg]
                 "An account that has had API tokens is not deleted: its tokens stay as the "
                 "record of what they were and who used them. Deactivate the account instead "
                 "(untick “Active”) and revoke its tokens under API tokens: it can no longer "
-                "sign in, and its tokens are refused."
+                "sign in, and its tokens are refused. To erase the person's name and address, "
+                "use the action “Anonymise account” in the list of users."
             )
         )
+
+    actions = ["anonymise"]
+
+    def has_anonymise_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("inbox.anonymise_user")
+
+    @admin.action(description=_("Anonymise account"), permissions=["anonymise"])
+    def anonymise(self, request: HttpRequest, queryset: Any) -> TemplateResponse | None:
+        """Erase the person behind each account (`inbox.erasure.anonymise_user`), keeping the
+        records. It cannot be undone, so a page first says what will change. Not one's own
+        account, nor (for a team lead) one holding more than they do."""
+        users = list(queryset.order_by("pk"))
+        refused = [u for u in users if u.pk == request.user.pk or self.holds_more(request, u)]
+        chosen = [u for u in users if u not in refused]
+        if "confirm" not in request.POST:
+            context = {
+                **self.admin_site.each_context(request),
+                "title": _("Anonymise accounts"),
+                "opts": self.model._meta,
+                "accounts": chosen,
+                "refused": refused,
+                "select_across": request.POST.get("select_across") == "1",
+                "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/auth/user/anonymise.html", context)
+        from inbox.erasure import account_pseudonym, anonymise_user
+
+        for user in refused:
+            self.message_user(
+                request,
+                _(
+                    "%(user)s: not anonymised: you cannot anonymise your own account, nor one "
+                    "holding more than you do."
+                )
+                % {"user": user.get_username()},
+                messages.WARNING,
+            )
+        for user in chosen:
+            if user.get_username() == account_pseudonym(user) and not user.is_active:
+                continue
+            anonymise_user(user, actor=request.user)
+        if chosen:
+            self.message_user(
+                request,
+                ngettext("%(n)d account anonymised.", "%(n)d accounts anonymised.", len(chosen))
+                % {"n": len(chosen)},
+                messages.SUCCESS,
+            )
+        return None

@@ -75,6 +75,8 @@ VERB_LABELS: dict[str, Any] = {
     "user_permissions_changed": _("Account permissions changed"),
     "group_permissions_changed": _("Group permissions changed"),
     "user_deleted": _("Account deleted"),
+    "user_anonymised": _("Account anonymised"),
+    "person_erased": _("Person's address erased"),
     "api_token_issued": _("API token issued"),
     "api_token_revoked": _("API token revoked"),
     # The trail itself.

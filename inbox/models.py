@@ -4054,6 +4054,9 @@ class ReviewerProfile(models.Model):
     class Meta:
         verbose_name = _("reviewer profile")
         verbose_name_plural = _("reviewer profiles")
+        # Erasing a person's account (`inbox.erasure.anonymise_user`): what the inbox remembers
+        # of a reviewer goes.
+        permissions = [("anonymise_user", _("Can anonymise accounts"))]
 
     def __str__(self) -> str:
         return f"{self.user} ({self.language})"

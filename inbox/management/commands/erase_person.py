@@ -1,0 +1,57 @@
+"""Erase one person's email address from the inbox's records (see inbox.erasure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.core.validators import validate_email
+
+from inbox.erasure import erase_email
+
+
+class Command(BaseCommand):
+    help = (
+        "Replace an email address (a guest's, or anyone's) by a pseudonym everywhere the inbox "
+        "keeps it: form recipients, decisions, uploads, upload tallies and audit entries; the "
+        "routes that email it stop doing so. A decision still being sent to Dify (or whose "
+        "maker is still to be told that it failed) is left as it is: run again once it ended."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--email", required=True, metavar="ADDRESS")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Count what would change, change nothing."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        email = options["email"].strip()
+        try:
+            validate_email(email)
+        except ValidationError as exc:
+            raise CommandError(f"Not an email address: {email!r}.") from exc
+        erased = erase_email(email, dry_run=options["dry_run"])
+        counts = erased.counts
+        verb = "Would replace" if options["dry_run"] else f"Replaced by {erased.pseudonym}"
+        self.stdout.write(
+            f"{verb}: {counts['recipients']} form recipient(s), {counts['decisions']} "
+            f"decision(s), {counts['uploads']} upload(s), {counts['upload_tallies']} upload "
+            f"tally(ies), {counts['audit_entries']} audit entr"
+            f"{'y' if counts['audit_entries'] == 1 else 'ies'}; "
+            f"{'would remove' if options['dry_run'] else 'removed'} "
+            f"{counts['route_recipients']} route recipient(s)."
+        )
+        if erased.in_flight:
+            self.stdout.write(
+                f"Left as they are: {len(erased.in_flight)} decision(s) still being sent to Dify "
+                f"or whose maker is still to be told that they failed ("
+                + ", ".join(erased.in_flight)
+                + "). Run this command again once they have ended."
+            )
+        if erased.accounts:
+            self.stdout.write(
+                "Accounts with this address, not changed here: "
+                + ", ".join(erased.accounts)
+                + ". Use the admin action “Anonymise account” on them."
+            )

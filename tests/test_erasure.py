@@ -1,0 +1,200 @@
+"""Erasing a person: "Anonymise account" in the admin, and `manage.py erase_person`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from io import StringIO
+from typing import Any
+
+from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+
+from inbox.models import (
+    ApiToken,
+    AuditEntry,
+    Decision,
+    DifyApp,
+    FormRecipient,
+    MessageFile,
+    Route,
+    RouteRecipient,
+    Run,
+    Upload,
+    UploadTally,
+)
+from tests.delivery.helpers import make_form
+
+
+def scan(*needles: str) -> list[str]:
+    """Every row of every table holding one of `needles` (any case), as /tmp/snap41/scan.py
+    searches a database: "table: row" for each."""
+    found = []
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names(cursor):
+            cursor.execute(f'SELECT * FROM "{table}"')
+            for row in cursor.fetchall():
+                text = " | ".join(str(v) for v in row).lower()
+                if any(n.lower() in text for n in needles):
+                    found.append(f"{table}: {text[:200]}")
+    return found
+
+
+def _lena(dify_app: DifyApp, capture: Callable[..., Any]) -> tuple[User, Decision]:
+    lena = User.objects.create_user(
+        "lena.kowalski",
+        "lena.k@example.org",
+        "pw-lena-123",
+        first_name="Lena",
+        last_name="Kowalski",
+    )
+    ApiToken.issue(lena, "laptop")
+    form = make_form(dify_app)
+    with capture(execute=False):
+        decision = form.decide(action_id="approve", inputs={}, reviewer=lena)
+    Upload.objects.create(
+        form=form,
+        input_name="files",
+        upload_file_id="up-1",
+        name="a.pdf",
+        size=3,
+        category="document",
+        uploaded_by=lena,
+        uploaded_by_username="lena.kowalski",
+    )
+    MessageFile.objects.create(
+        app=dify_app,
+        dify_user="inbox-lena",
+        upload_file_id="mf-1",
+        name="b.png",
+        size=3,
+        category="image",
+        uploaded_by=lena,
+        uploaded_by_username="lena.kowalski",
+    )
+    Run.objects.filter(pk=form.run_id).update(started_by=lena, started_by_username="lena.kowalski")
+    FormRecipient.objects.create(form=form, email="lena.k@example.org", user=lena)
+    return lena, decision
+
+
+def test_a_superuser_anonymises_an_account_that_had_tokens_keeping_its_records(
+    client: Client,
+    admin_user: User,
+    dify_app: DifyApp,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    lena, decision = _lena(dify_app, django_capture_on_commit_callbacks)
+    assert scan("lena.kowalski", "lena.k@example.org", "Kowalski")
+    client.force_login(admin_user)
+    data = {"action": "anonymise", "_selected_action": [str(lena.pk)]}
+    page = client.post("/admin/auth/user/", data)
+    body = page.content.decode()
+    assert page.status_code == 200 and "This cannot be undone." in body
+    assert f"former-{lena.pk}" in body
+    User.objects.get(pk=lena.pk)  # nothing changed yet
+    assert User.objects.get(pk=lena.pk).username == "lena.kowalski"
+
+    done = client.post("/admin/auth/user/", {**data, "confirm": "yes"}, follow=True)
+    assert "1 account anonymised." in done.content.decode()
+    lena.refresh_from_db()
+    pseudonym = f"former-{lena.pk}"
+    assert (lena.username, lena.first_name, lena.last_name, lena.email) == (pseudonym, "", "", "")
+    assert not lena.is_active and not lena.has_usable_password() and lena.last_login is None
+    assert not ApiToken.objects.filter(user=lena, revoked_at__isnull=True).exists()
+    # The records stay, under the pseudonym.
+    decision.refresh_from_db()
+    assert (decision.reviewer, decision.reviewer_username, decision.reviewer_name) == (
+        lena,
+        pseudonym,
+        pseudonym,
+    )
+    assert Upload.objects.get().uploaded_by_username == pseudonym
+    assert MessageFile.objects.get().uploaded_by_username == pseudonym
+    assert Run.objects.get().started_by_username == pseudonym
+    assert AuditEntry.objects.get(verb="decision_made").actor_label == pseudonym
+    assert scan("lena.kowalski", "lena.k@example.org", "Kowalski") == []
+    entry = AuditEntry.objects.get(verb="user_anonymised")
+    assert (entry.actor, entry.object_id, entry.object_repr) == (
+        admin_user,
+        str(lena.pk),
+        pseudonym,
+    )
+
+
+def test_a_team_lead_anonymises_only_accounts_holding_no_more_than_they_do(
+    client: Client,
+    admin_user: User,
+    reviewer: User,
+    dify_app: DifyApp,
+) -> None:
+    lead = User.objects.create_user("lead", "lead@example.com", "pw-lead-123", is_staff=True)
+    for codename in ("view_user", "change_user"):
+        lead.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(lead)
+    data = {"action": "anonymise", "_selected_action": [str(admin_user.pk), str(reviewer.pk)]}
+    # Without the permission, the action is not offered.
+    assert "anonymise" not in client.get("/admin/auth/user/").content.decode()
+    client.post("/admin/auth/user/", {**data, "confirm": "yes"})
+    assert User.objects.get(pk=reviewer.pk).username == "alice"
+    lead.user_permissions.add(Permission.objects.get(codename="anonymise_user"))
+    client.post("/admin/auth/user/", {**data, "confirm": "yes"})
+    assert User.objects.get(pk=admin_user.pk).username == "admin"
+    assert User.objects.get(pk=reviewer.pk).username == f"former-{reviewer.pk}"
+
+
+def test_erase_person_pseudonymises_a_guest_everywhere_but_a_decision_still_being_sent(
+    dify_app: DifyApp, django_capture_on_commit_callbacks: Callable[..., Any]
+) -> None:
+    guest = "Zhang.Wei@example.com"
+    route = Route.objects.get(app=dify_app)
+    RouteRecipient.objects.create(route=route, email=guest)
+    done, sending = make_form(dify_app), make_form(dify_app, form_id="F-2")
+    for form in (done, sending):
+        # Routed to the guest (the route lists the address); in two cases on one form too.
+        assert FormRecipient.objects.filter(form=form, email=guest).exists()
+        FormRecipient.objects.create(form=form, email=guest.lower(), time_zone="Asia/Shanghai")
+        UploadTally.objects.create(form=form, who=f"g:{guest.lower()}", files=1, bytes=3)
+    Upload.objects.create(
+        form=done,
+        input_name="files",
+        upload_file_id="up-1",
+        name="passport.png",
+        size=3,
+        category="image",
+        guest_email=guest,
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        delivered = done.decide(action_id="approve", inputs={}, guest_email=guest)
+        queued = sending.decide(action_id="approve", inputs={}, guest_email=guest)
+    Decision.objects.filter(pk=delivered.pk).update(status=Decision.Status.DELIVERED)
+    AuditEntry.record("link_opened", done, actor_label=guest, ip="203.0.113.7", guest=guest.lower())
+
+    out = StringIO()
+    call_command("erase_person", email="zhang.wei@example.com", dry_run=True, stdout=out)
+    assert "Would replace" in out.getvalue()
+    assert Decision.objects.get(pk=delivered.pk).guest_email == guest
+
+    out = StringIO()
+    call_command("erase_person", email="zhang.wei@example.com", stdout=out)
+    said = out.getvalue()
+    assert "1 decision(s)" in said and "removed 1 route recipient(s)" in said
+    assert "Left as they are: 1 decision(s)" in said and str(queued.public_id) in said
+    # Nothing of the guest is left but the decision on its way and its form's recipient row
+    # (its failure notice would go there).
+    left = scan("zhang.wei@example.com", "203.0.113.7")
+    assert left and all(
+        row.startswith(("inbox_decision:", "inbox_formrecipient:")) for row in left
+    ), left
+    assert len(left) == 3
+    assert Decision.objects.get(pk=queued.pk).guest_email == guest
+    pseudonym = Decision.objects.get(pk=delivered.pk).guest_email
+    assert pseudonym.startswith("erased-") and pseudonym.endswith("@erased.invalid")
+    assert Upload.objects.get().guest_email == pseudonym
+    assert not RouteRecipient.objects.exists()
+    assert AuditEntry.objects.get(verb="person_erased").details["pseudonym"] == pseudonym
+
+    # Once the decision has been delivered, a second run erases the rest.
+    Decision.objects.filter(pk=queued.pk).update(status=Decision.Status.DELIVERED)
+    call_command("erase_person", email="zhang.wei@example.com", stdout=StringIO())
+    assert scan("zhang.wei@example.com", "203.0.113.7") == []
