@@ -75,6 +75,31 @@ def to_the_second(value: Any) -> str:
     return formats.date_format(timezone.localtime(value), "Y-m-d H:i:s T")
 
 
+class JsonValuesSearchAdmin(admin.ModelAdmin):
+    """A list whose search also reads JSON fields (`json_search_fields`, among `search_fields`):
+    a run's start inputs, a decision's values, where a data subject's name, address or IBAN
+    is. Django's search looks for each word in the JSON's text (`UPPER(inputs::text) LIKE`:
+    no index serves it, so it reads every row of the list, as the admin's other searches on
+    joined fields do); the whole search is also looked for as JSON writes it ("上海" as
+    "\\u4e0a\\u6d77", a quote as \\"): SQLite keeps JSON as text with such escapes, while
+    PostgreSQL's jsonb reads as written."""
+
+    json_search_fields: tuple[str, ...] = ()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: Any, search_term: str
+    ) -> tuple[Any, bool]:
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        escaped = json.dumps(term)[1:-1]
+        if term and escaped != term and self.json_search_fields:
+            match = Q()
+            for field in self.json_search_fields:
+                match |= Q(**{f"{field}__icontains": escaped})
+            found = found | queryset.filter(match)
+        return found, may_have_duplicates
+
+
 class ToTheSecondAdmin(admin.ModelAdmin):
     """A record's detail page shows its times to the second, as the audit trail does, rather
     than Django's minutes: each time field is shown through a display of its own."""
@@ -876,11 +901,16 @@ class MessageFileInline(admin.TabularInline):
 
 
 @admin.register(Run)
-class RunAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
+class RunAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, RecordAdmin):
     person_fields = ("started_by",)
     list_display = ["__str__", "app", "status", "dify_user", "starter", "created_at"]
     list_filter = ["status", "app", "source"]
+    json_search_fields = ("inputs",)
     search_fields = [
+        # What it was started with: its start inputs' values (and names) and a chatflow's
+        # message, where the person a run is about is named.
+        "inputs",
+        "query",
         "=public_id",
         "workflow_run_id",
         "task_id",
@@ -1576,7 +1606,7 @@ class MadeByFilter(admin.SimpleListFilter):
 
 
 @admin.register(Decision)
-class DecisionAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
+class DecisionAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, RecordAdmin):
     person_fields = ("reviewer",)
     list_display = [
         "public_id",
@@ -1606,7 +1636,10 @@ class DecisionAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
         "reviewer_name",
         "form__run__app__name",
         "form__run__app__base_url",
+        # The values the reviewer or guest entered (a note, an IBAN, an upload's name).
+        "inputs",
     ]
+    json_search_fields = ("inputs",)
     list_select_related = ["form", "reviewer"]
     date_hierarchy = "created_at"
 

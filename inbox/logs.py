@@ -1,10 +1,15 @@
-"""Keep guest links out of the logs.
+"""Keep guest links and search terms out of the logs.
 
 An emailed link (`/r/<signed token>/...`) lets whoever holds it open the form and decide as its
 recipient, until it lapses: it is a password. Django logs the path of every refused request
 (`django.request`: "Gone: /r/.../"; a POST its CSRF check refuses under `django.security.csrf`,
 which `django.request` does not see), and the web servers log every request line (`django.server`
 under `make run`, `gunicorn.access` in the image). The token in such a line is replaced by ***.
+
+A search's words (`?q=`, on the inbox's and the admin's lists and the API's) are most often a
+person's name or address: they too are replaced by ***, as is the admin's
+`_changelist_filters` (the list's search, carried to the page opened from it), and either when
+percent-encoded inside another parameter (`?next=/%3Fq%3DName`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,20 @@ _GUEST_LINK = re.compile(r"(/r/)[^/\s\"'?#]+")
 _CH = r"(?:[A-Za-z0-9_\-.]|%[0-9A-Fa-f]{2})"
 _SEP = r"(?::|%3[Aa])"
 _SIGNED = re.compile(rf"{_CH}{{8,}}{_SEP}{_CH}{{4,12}}{_SEP}{_CH}{{20,}}")
+# A search parameter and its value, plain (`?q=Name&`) or percent-encoded in another one
+# (`%3Fq%3DName%26`): the value runs to the next parameter, the end of the URL or the line.
+SEARCH_PARAMS = ("q", "_changelist_filters")
+_SEARCH = re.compile(
+    r"((?:[?&;]|%3[Ff]|%26)(?:" + "|".join(SEARCH_PARAMS) + r")(?:=|%3[Dd]))"
+    r"(?:(?!%26)[^&;\s\"'#])+"
+)
 REDACTED = "***"
 LOGGERS = ("django.request", "django.security.csrf", "django.server", "gunicorn.access")
 
 
 def redact_links(text: str) -> str:
-    return _SIGNED.sub(REDACTED, _GUEST_LINK.sub(r"\1" + REDACTED, text))
+    text = _SIGNED.sub(REDACTED, _GUEST_LINK.sub(r"\1" + REDACTED, text))
+    return _SEARCH.sub(r"\1" + REDACTED, text)
 
 
 class RedactGuestLinks(logging.Filter):
@@ -36,7 +49,7 @@ class RedactGuestLinks(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError, KeyError):
             return True
-        if "/r" in message or ":" in message or "%3" in message:
+        if "/r" in message or ":" in message or "%3" in message or "=" in message:
             redacted = redact_links(message)
             if redacted != message:
                 record.msg, record.args = redacted, ()

@@ -236,14 +236,7 @@ def build_email(
         decision = _decider(form)
     elif kind != "failed":
         decision = None
-    late = (
-        form.decisions.select_related("reviewer")
-        .filter(status__in=(Decision.Status.REJECTED, Decision.Status.FAILED))
-        .order_by("-created_at")
-        .first()
-        if kind == "closed" and form.status == Form.Status.EXPIRED
-        else None
-    )
+    late = _late(form) if kind == "closed" else None
     zone = reading_zone(recipient)
     with (
         translation.override(recipient.language),
@@ -278,25 +271,11 @@ def build_email(
             "as_guest": recipient.is_guest,
             "guests_may_answer": form.allow_guests,
             "status": form.status,
-            # Expired because its run was stopped or failed meanwhile, not by its timeout.
-            "run_end": form.closed_by_run_end,
-            # A decision made here that Dify refused because the form had closed there first;
-            # `too_late_own`: it was this recipient's, who is told so (with what they chose).
-            "too_late": late is not None,
-            "too_late_own": late is not None and _made_by(late, recipient),
-            "too_late_action": form.action_title(late.action_id) if late is not None else "",
-            "action": form.filled_action_text
-            or (form.action_title(decision.action_id) if decision else ""),
-            # A guest is told neither reviewers' names nor other recipients' addresses.
             # A reminder while a reviewer has taken the form names who (a guest reads only
             # that a reviewer is), unless it is the reader.
             "handler": _handler(form, recipient) if kind == "reminder" else "",
             "handled": kind == "reminder" and _handled_by_another(form, recipient),
-            "decider": decision.decider_label_for(
-                recipient.email if recipient.is_guest else None, sentence_start=True
-            )
-            if decision
-            else "",
+            **_ending(form, recipient, decision, late),
         }
         subject = " ".join(render_to_string(f"emails/{kind}_subject.txt", context).split())
         text = render_to_string(f"emails/{kind}.txt", context)
@@ -310,6 +289,54 @@ def build_email(
     )
     message.attach_alternative(html, "text/html")
     return message
+
+
+def _ending(
+    form: Form, recipient: FormRecipient, decision: Decision | None, late: Decision | None
+) -> dict[str, Any]:
+    """How the form ended as `recipient` may be told it (emails/_closed_what.txt)."""
+    return {
+        # Expired because its run was stopped or failed meanwhile, not by its timeout.
+        "run_end": form.closed_by_run_end,
+        # A decision made here that Dify refused because the form had closed there first;
+        # `too_late_own`: it was this recipient's, who is told so (with what they chose).
+        "too_late": late is not None,
+        "too_late_own": late is not None and _made_by(late, recipient),
+        "too_late_action": form.action_title(late.action_id) if late is not None else "",
+        "action": form.filled_action_text
+        or (form.action_title(decision.action_id) if decision else ""),
+        # A guest is told neither reviewers' names nor other recipients' addresses.
+        "decider": decision.decider_label_for(
+            recipient.email if recipient.is_guest else None, sentence_start=True
+        )
+        if decision
+        else "",
+    }
+
+
+def closing_context(recipient: FormRecipient) -> dict[str, Any]:
+    """What a guest's link to a closed form shows, in the active language: how it ended, as
+    the closing notice says it, and nothing of its content or of the values entered."""
+    form = recipient.form
+    return {
+        "title": form.node_title or form.node_id,
+        "app": form.run.app.name,
+        "as_guest": recipient.is_guest,
+        "status": form.status,
+        **_ending(form, recipient, _decider(form), _late(form)),
+    }
+
+
+def _late(form: Form) -> Decision | None:
+    """A decision made here that Dify refused because the expired form had closed there."""
+    if form.status != Form.Status.EXPIRED:
+        return None
+    return (
+        form.decisions.select_related("reviewer")
+        .filter(status__in=(Decision.Status.REJECTED, Decision.Status.FAILED))
+        .order_by("-created_at")
+        .first()
+    )
 
 
 def _handled_by_another(form: Form, recipient: FormRecipient) -> bool:

@@ -1,11 +1,17 @@
 """How long the record is kept: finished runs (with their forms, decisions, uploads' records,
-recipients and events) and the audit trail, each for as many days as the operator says, then
-let go. Nothing is let go unless asked (`INBOX_RETENTION_DAYS`, `INBOX_AUDIT_RETENTION_DAYS`, or
+recipients, events and the files sent with their start or messages) and the audit trail (with
+the admin site's change log), each for as many days as the operator says, then let go. Nothing is let go unless asked (`INBOX_RETENTION_DAYS`, `INBOX_AUDIT_RETENTION_DAYS`, or
 `manage.py prune_records`).
 
 A run is let go only once it has ended and nothing of it is still on its way to Dify: a form
 whose decision is being sent keeps its run, however old. The audit trail is kept on its own
 terms: its entries name what they were about by id, and outlive it when asked to.
+
+A file uploaded for a start input or a chatflow message (`MessageFile`: its name is often
+personal, "contract_<name>.pdf") goes with the last run that used it, never while a run still
+here uses it; one no run ever used (a start given up or refused) goes once it is
+`UNUSED_FILE_DAYS` old, and the daily file tallies of days gone by go too, whenever runs are
+pruned.
 """
 
 from __future__ import annotations
@@ -13,14 +19,26 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
+from django.contrib.admin.models import LogEntry
+from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from inbox.models import AuditEntry, Decision, Form, Run, RunEvent
+from inbox.models import (
+    AuditEntry,
+    Decision,
+    Form,
+    MessageFile,
+    MessageFileTally,
+    Run,
+    RunEvent,
+)
 
 # Runs let go per transaction: a long prune never holds many rows locked at once.
 BATCH = 200
+# Days a file uploaded for a start or a message is kept while no run has used it.
+UNUSED_FILE_DAYS = 1
 
 
 @dataclass
@@ -29,7 +47,9 @@ class Pruned:
     forms: int = 0
     decisions: int = 0
     events: int = 0
+    message_files: int = 0
     audit_entries: int = 0
+    admin_log_entries: int = 0
 
 
 def prunable_runs(older_than_days: float) -> Q:
@@ -77,17 +97,40 @@ def prune(
             pruned.forms += Form.objects.filter(run_id__in=pks).count()
             pruned.decisions += Decision.objects.filter(form__run_id__in=pks).count()
             pruned.events += RunEvent.objects.filter(run_id__in=pks).count()
-            if not dry_run:
+            # Files sent with these runs and with no run beyond them.
+            files = MessageFile.objects.filter(runs__in=pks).distinct()
+            if dry_run:
+                pruned.message_files += files.exclude(
+                    runs__in=Run.objects.exclude(pk__in=pks)
+                ).count()
+                continue
+            file_pks = list(files.values_list("pk", flat=True))
+            with transaction.atomic():
                 # The forms, decisions, uploads' records, recipients and events go with it.
                 Run.objects.filter(pk__in=pks).delete()
+                pruned.message_files += _let_go_of_files(file_pks)
+        unused = MessageFile.objects.filter(
+            runs__isnull=True,
+            created_at__lt=timezone.now() - dt.timedelta(days=UNUSED_FILE_DAYS),
+        )
+        if dry_run:
+            pruned.message_files += unused.count()
+        else:
+            pruned.message_files += _let_go_of_files(list(unused.values_list("pk", flat=True)))
+            MessageFileTally.objects.filter(day__lt=timezone.localdate()).delete()
     if audit_older_than_days > 0:
         cutoff = timezone.now() - dt.timedelta(days=audit_older_than_days)
         cutoffs["audit_entries_before"] = cutoff.isoformat()
         old = AuditEntry.objects.filter(created_at__lt=cutoff)
         pruned.audit_entries = old.count()
+        # The admin site's own change log names what was changed (`object_repr`: a username,
+        # a file's name) and whom by: kept as long as the audit trail.
+        old_log = LogEntry.objects.filter(action_time__lt=cutoff)
+        pruned.admin_log_entries = old_log.count()
         if not dry_run:
             old.delete()
-    if not dry_run and (pruned.runs or pruned.audit_entries):
+            old_log.delete()
+    if not dry_run and any(asdict(pruned).values()):
         AuditEntry.record_about(
             "records_pruned",
             "retention",
@@ -98,3 +141,18 @@ def prune(
             **cutoffs,
         )
     return pruned
+
+
+def _let_go_of_files(pks: list[int]) -> int:
+    """Delete those of these message files that no run uses (now that their runs are gone):
+    locked first, as a start claiming its upload locks it, so a run that takes one meanwhile
+    keeps it."""
+    if not pks:
+        return 0
+    with transaction.atomic():
+        list(MessageFile.objects.select_for_update().filter(pk__in=pks).order_by("pk"))
+        free = MessageFile.objects.filter(pk__in=pks, runs__isnull=True)
+        _, gone = MessageFile.objects.filter(
+            pk__in=list(free.values_list("pk", flat=True))
+        ).delete()
+        return gone.get(MessageFile._meta.label, 0)

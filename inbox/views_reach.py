@@ -116,12 +116,23 @@ _LINK_STATUS = {
     "expired": 410,
     "lapsed": 410,
     "used": 410,
+    "closed": 410,
     "account": 403,
     "other_account": 403,
     "not_allowed": 403,
     "withdrawn": 403,
     "rate_limited": 429,
 }
+
+
+# A form in these states shows a guest who did not decide it only how it ended.
+CLOSED_TO_GUESTS = (
+    Form.Status.SUBMITTING,
+    Form.Status.SUBMITTED,
+    Form.Status.FAILED,
+    Form.Status.EXPIRED,
+    Form.Status.ANSWERED_ELSEWHERE,
+)
 
 
 def _link_page(
@@ -239,6 +250,15 @@ def _guest_access(
         # A used link opened in another browser: forwarded, or taken. The trail says from where.
         _record_guest("guest_link_refused", request, recipient, ip, reason="used")
         return _link_page(request, "used")
+    if (
+        form.status in CLOSED_TO_GUESTS
+        and recipient.pk not in request.session.get(SESSION_USED, [])
+        and not form.decisions.filter(guest_email__iexact=recipient.email).exists()
+    ):
+        # Decided or closed: how it ended, as the closing notice says it, but no more its
+        # content nor the values a reviewer or another guest entered. The guest who decided
+        # keeps their own outcome (in the browser they decided in: elsewhere the link is used).
+        return _link_page(request, "closed", notify.closing_context(recipient))
     lapsed = check.state == "lapsed"
     if lapsed and not allow_lapsed:
         return _link_page(request, "lapsed", _lapsed_context(token, recipient))

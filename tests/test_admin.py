@@ -845,3 +845,45 @@ def test_message_files_are_shown_in_the_admin_as_uploads_are_and_on_their_run_s_
         f"/admin/inbox/run/{run.pk}/change/", HTTP_ACCEPT_LANGUAGE="zh-hans"
     ).content.decode()
     assert "parcel.png" in zh and "\u56fe\u7247" in zh
+
+
+def test_runs_and_decisions_are_found_by_their_start_inputs_message_and_values(
+    admin_client: Client, dify_app: DifyApp
+) -> None:
+    """A subject-access request: the person a run is about is named in its start inputs or its
+    message, and a reviewer's values (a note, an IBAN) in the decision."""
+    run = Run.objects.create(
+        app=dify_app,
+        dify_user="u",
+        workflow_run_id="R-sar",
+        inputs={"customer_name": "Erika Mustermann3", "city": "上海"},
+    )
+    chat = Run.objects.create(
+        app=dify_app, dify_user="u", workflow_run_id="R-chat", query="Refund for Hans Kundenmann"
+    )
+    other = Run.objects.create(
+        app=dify_app, dify_user="u", workflow_run_id="R-other", inputs={"customer_name": "Ada"}
+    )
+    form = Form.objects.create(run=run, form_id="F-sar", node_id="n", status="submitted")
+    decision = Decision.objects.create(
+        form=form,
+        action_id="reject",
+        inputs={
+            "decision_note": "Rejected Erika Mustermann3",
+            "payout_note": "DE89370400440532013000",
+        },
+    )
+    other_form = Form.objects.create(run=other, form_id="F-other", node_id="n", status="submitted")
+    Decision.objects.create(form=other_form, action_id="approve", inputs={"note": "fine"})
+
+    def found(model: str, q: str) -> set[int]:
+        page = admin_client.get(f"/admin/inbox/{model}/", {"q": q})
+        assert page.status_code == 200
+        return {row.pk for row in page.context["cl"].result_list}
+
+    assert found("run", "Mustermann3") == {run.pk}
+    assert found("run", "Erika Mustermann3") == {run.pk}
+    assert found("run", "上海") == {run.pk}
+    assert found("run", "Kundenmann") == {chat.pk}
+    assert found("decision", "Mustermann3") == {decision.pk}
+    assert found("decision", "DE89370400440532013000") == {decision.pk}

@@ -216,12 +216,15 @@ def test_prune_records_lets_go_of_what_ended_long_ago_and_never_what_is_being_se
     call_command("prune_records", stdout=out)
     assert "Nothing to prune" in out.getvalue() and Run.objects.count() == 4
     call_command("prune_records", "--runs-older-than", "30", "--dry-run", stdout=out)
-    assert "Would delete 1 run(s) with 1 form(s), 1 decision(s) and 1 event(s)" in out.getvalue()
+    assert (
+        "Would delete 1 run(s) with 1 form(s), 1 decision(s) and 1 event(s), 0 message file(s)"
+        in out.getvalue()
+    )
     assert Run.objects.count() == 4
     call_command("prune_records", "--runs-older-than", "30", "--audit-older-than", "30", stdout=out)
     assert (
-        f"Deleted 1 run(s) with 1 form(s), 1 decision(s) and 1 event(s); {entries} audit entries."
-        in out.getvalue()
+        f"Deleted 1 run(s) with 1 form(s), 1 decision(s) and 1 event(s), 0 message file(s); "
+        f"{entries} audit entries and 0 admin log entries." in out.getvalue()
     )
     # What is left of the trail is the prune's own record of what it let go.
     assert list(AuditEntry.objects.values_list("verb", flat=True)) == ["records_pruned"]
@@ -236,6 +239,84 @@ def test_prune_records_lets_go_of_what_ended_long_ago_and_never_what_is_being_se
     settings.INBOX_RETENTION_DAYS = 30
     assert tasks.prune_records()["runs"] == 1
     assert set(Run.objects.values_list("pk", flat=True)) == {running.pk, recent.pk}
+
+
+@pytest.mark.django_db
+def test_prune_records_lets_go_of_message_files_with_their_runs_or_unused_and_admin_log(
+    dify_app: DifyApp,
+) -> None:
+    import datetime as dt
+
+    from django.contrib.admin.models import DELETION, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+    from django.utils import timezone
+
+    from inbox.models import MessageFile, MessageFileTally
+
+    long_ago = timezone.now() - dt.timedelta(days=40)
+    old = Run.objects.create(
+        app=dify_app, dify_user="u", workflow_run_id="old", status="succeeded", finished_at=long_ago
+    )
+    kept = Run.objects.create(app=dify_app, dify_user="u", workflow_run_id="kept", status="running")
+
+    def upload(name: str, *runs: Run, age_days: float = 0) -> MessageFile:
+        made = MessageFile.objects.create(
+            app=dify_app,
+            dify_user="u",
+            upload_file_id=f"dify-{name}",
+            name=name,
+            size=10,
+            category="document",
+        )
+        made.runs.set(runs)
+        MessageFile.objects.filter(pk=made.pk).update(
+            created_at=timezone.now() - dt.timedelta(days=age_days)
+        )
+        return made
+
+    contract = upload("contract_Hans_Kundenmann.pdf", old, age_days=40)
+    shared = upload("chat_shared.pdf", old, kept, age_days=40)
+    abandoned = upload("passport_abandoned.jpg", age_days=2)
+    fresh = upload("passport_fresh.jpg")
+    today = timezone.localdate()
+    MessageFileTally.objects.create(who="u:1", day=today - dt.timedelta(days=3), files=1)
+    MessageFileTally.objects.create(who="u:2", day=today, files=1)
+    carol = User.objects.create(username="carol")
+    for when in (long_ago, timezone.now()):
+        entry = LogEntry.objects.create(
+            user=carol,
+            content_type=ContentType.objects.get_for_model(User),
+            object_id=str(carol.pk),
+            object_repr="carol",
+            action_flag=DELETION,
+        )
+        LogEntry.objects.filter(pk=entry.pk).update(action_time=when)
+    out = io.StringIO()
+    call_command(
+        "prune_records",
+        "--runs-older-than",
+        "30",
+        "--audit-older-than",
+        "30",
+        "--dry-run",
+        stdout=out,
+    )
+    assert "1 event(s)" not in out.getvalue()
+    assert "2 message file(s); 0 audit entries and 1 admin log entry." in out.getvalue()
+    assert MessageFile.objects.count() == 4 and LogEntry.objects.count() == 2
+    call_command("prune_records", "--runs-older-than", "30", "--audit-older-than", "30", stdout=out)
+    assert "Deleted 1 run(s) with 0 form(s), 0 decision(s) and 0 event(s), 2 message file(s)" in (
+        out.getvalue()
+    )
+    # The pruned run's own file and the file no run used for a day are gone (so the upload
+    # cannot start another run); one a run kept still uses, and one just uploaded, stay.
+    assert set(MessageFile.objects.values_list("pk", flat=True)) == {shared.pk, fresh.pk}
+    assert not MessageFile.objects.filter(pk__in=[contract.pk, abandoned.pk]).exists()
+    assert list(MessageFile.objects.get(pk=shared.pk).runs.all()) == [kept]
+    assert list(MessageFileTally.objects.values_list("who", flat=True)) == ["u:2"]
+    assert LogEntry.objects.count() == 1
+    noted = AuditEntry.objects.get(verb="records_pruned").details
+    assert (noted["message_files"], noted["admin_log_entries"]) == (2, 1)
 
 
 def test_rotation_writes_nothing_back_over_what_changed_while_it_ran(

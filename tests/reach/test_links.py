@@ -291,9 +291,11 @@ def test_the_guest_page_shows_a_closed_form_to_the_recipient(
     Form.objects.filter(pk=routed_form.pk).update(
         status=Form.Status.ANSWERED_ELSEWHERE, form_token="", filled_action_text="Approve"
     )
-    body = client.get(guest_link).content.decode()
-    assert "Answered elsewhere." in body
-    assert 'action="' + guest_link + 'decide"' not in body
+    page = client.get(guest_link)
+    body = page.content.decode()
+    assert page.status_code == 410
+    assert "was answered elsewhere. Action: Approve." in body
+    assert 'action="' + guest_link + 'decide"' not in body and FORM_TEXT not in body
 
 
 @pytest.fixture
@@ -419,11 +421,11 @@ def test_a_guest_is_not_told_who_else_decided(
     with django_capture_on_commit_callbacks(execute=False):
         assert decide(zh_guest, zh_link).status_code == 302
     refused = decide(guest, guest_link)
-    assert refused.status_code == 409
+    # The form closed meanwhile: how it ended, nothing of it nor of what was entered.
+    assert refused.status_code == 410
     page = refused.content.decode()
-    assert GUEST_ZH not in page
-    assert "Another recipient already decided this form at" in page
-    assert "Another recipient chose “Approve”." in page
+    assert GUEST_ZH not in page and "ok by me" not in page and FORM_TEXT not in page
+    assert "Another recipient chose: Approve." in page
     # The one who decided reads their own address.
     assert GUEST_ZH in zh_guest.get(zh_link).content.decode()
     # A reviewer inside reads who it was.
@@ -441,7 +443,7 @@ def test_a_guest_reads_a_reviewer_decided_not_their_name(
     Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
     Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTED, form_token="")
     page = client.get(guest_link).content.decode()
-    assert "By a reviewer" in page
+    assert "A reviewer chose: Approve." in page
     assert reviewer.get_full_name() not in page and reviewer.username not in page
 
 
@@ -549,3 +551,34 @@ def test_a_decision_through_a_forwarded_link_names_who_was_signed_in(
     # The decision's own entry names him too, with the guest beside.
     made = AuditEntry.objects.get(verb="decision_made")
     assert (made.actor, made.actor_label, made.details["guest"]) == (other_reviewer, "bob", GUEST)
+
+
+def test_a_guest_s_link_to_a_decided_form_shows_how_it_ended_not_its_content_or_values(
+    client: Client,
+    guest_link: str,
+    routed_form: Form,
+    reviewer: User,
+    guest_recipient: FormRecipient,
+) -> None:
+    """Data minimisation: once a form is decided, the other recipients' links say so (as the
+    closing notice does), but no longer show the form nor what the decider entered."""
+    assert FORM_TEXT in client.get(guest_link).content.decode()
+    note = "Approved for Erika Mustermann1, mail erika1.mustermann@kunde.test"
+    routed_form.decide(action_id="approve", inputs={"note": note, "receipt": []}, reviewer=reviewer)
+    for status in (Form.Status.SUBMITTING, Form.Status.SUBMITTED):
+        closed = {"form_token": ""} if status == Form.Status.SUBMITTED else {}
+        Form.objects.filter(pk=routed_form.pk).update(status=status, **closed)
+        page = client.get(guest_link)
+        body = page.content.decode()
+        assert page.status_code == 410
+        assert FORM_TEXT not in body and "Mustermann" not in body and "Ada" not in body
+        assert "has been decided. A reviewer chose: Approve." in body
+        assert reviewer.username not in body
+        # The page's poll too.
+        poll = client.get(f"{guest_link}live", HTTP_HX_REQUEST="true")
+        assert FORM_TEXT not in poll.content.decode()
+    # The closing notice says the same, and that the link shows no more.
+    notice = notify.build_email(guest_recipient, "closed")
+    assert "has been decided. A reviewer chose: Approve." in notice.body
+    assert "nor shows the form: only how it ended" in notice.body
+    assert "Mustermann" not in notice.body

@@ -242,3 +242,25 @@ def test_a_guest_post_refused_by_the_csrf_check_is_logged_without_its_token(
     assert "Forbidden (CSRF cookie not set.): /r/***/decide" in caplog.text
     assert "Forbidden (CSRF cookie not set.): /r/***/renew" in caplog.text
     assert token not in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_search_is_logged_without_its_words(client: Client, caplog: Any) -> None:
+    """A search's words are most often a person's name: the request lines (and a refused
+    request's warning) keep the path and the other parameters, not the search."""
+    caplog.set_level(logging.INFO)
+    access = logging.getLogger("gunicorn.access")
+    access.info('"%s" %s', "GET /api/v1/forms?app=claim-review&q=Kundenmann HTTP/1.1", 200)
+    logging.getLogger("django.server").info(
+        '"%s" %s', "GET /?q=Erika+M%C3%BCller&status=all HTTP/1.1", 200
+    )
+    # The admin carries its list's search to the page opened from it; a login page its next.
+    access.info("GET /admin/inbox/run/7/change/?_changelist_filters=q%3DMustermann3 HTTP/1.1")
+    access.info("GET /login/?next=/runs/%3Fstatus%3Dall%26q%3DHans%26page%3D2 HTTP/1.1")
+    assert client.get("/admin/inbox/decision/?q=Kundenmann2").status_code == 302
+    text = caplog.text
+    for words in ("Kundenmann", "M%C3%BCller", "Erika", "Mustermann3", "Hans"):
+        assert words not in text
+    assert '"GET /api/v1/forms?app=claim-review&q=*** HTTP/1.1" 200' in text
+    assert '"GET /?q=***&status=all HTTP/1.1" 200' in text
+    assert "/runs/%3Fstatus%3Dall%26q%3D***%26page%3D2" in text

@@ -13,8 +13,10 @@ from inbox.retention import prune
 class Command(BaseCommand):
     help = (
         "Delete runs that ended more than --runs-older-than days ago (with their forms, "
-        "decisions, uploads' records, recipients and events; never one whose decision is still "
-        "being sent), and audit entries older than --audit-older-than days. Defaults: "
+        "decisions, uploads' records, recipients, events and the files sent with their start or "
+        "messages; never one whose decision is still being sent, nor a file a run kept still "
+        "uses) with files no run used for a day, and audit entries (and the admin site's change "
+        "log) older than --audit-older-than days. Defaults: "
         "INBOX_RETENTION_DAYS and INBOX_AUDIT_RETENTION_DAYS (0: keep)."
     )
 
@@ -46,6 +48,8 @@ class Command(BaseCommand):
         verb = "Would delete" if options["dry_run"] else "Deleted"
         self.stdout.write(
             f"{verb} {pruned.runs} run(s) with {pruned.forms} form(s), {pruned.decisions} "
-            f"decision(s) and {pruned.events} event(s); {pruned.audit_entries} audit entr"
-            f"{'y' if pruned.audit_entries == 1 else 'ies'}."
+            f"decision(s) and {pruned.events} event(s), {pruned.message_files} message file(s); "
+            f"{pruned.audit_entries} audit entr{'y' if pruned.audit_entries == 1 else 'ies'} and "
+            f"{pruned.admin_log_entries} admin log entr"
+            f"{'y' if pruned.admin_log_entries == 1 else 'ies'}."
         )
