@@ -1344,6 +1344,21 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
     if not dform.is_valid():
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)
+    holder = form.held_by_other(decider.reviewer)
+    if holder is not None and request.POST.get("taken_ok") != str(holder.pk):
+        # Another reviewer took the form: asked first, with what was typed kept and the same
+        # submission key, so the confirmed post makes one decision. A confirmation given for
+        # a holder who has since let go, or been replaced, is asked again for the new one.
+        context = form_context(request, form, decider, dform=dform)
+        context.update(
+            confirm_taken=display_name(holder),
+            confirm_action=dform.cleaned_data["action"],
+            confirm_action_title=form.action_title(dform.cleaned_data["action"]),
+            taken_ok=holder.pk,
+        )
+        if key:
+            context["submission_key"] = key
+        return _render_body(request, context, status=409)
     try:
         dform.save(
             reviewer=decider.reviewer,
