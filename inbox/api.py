@@ -574,7 +574,7 @@ def forms_list(request: HttpRequest) -> HttpResponse:
     # A page past the last is empty, so a client reading page after page stops there.
     page = filters.page
     rows = (
-        inbox_rows(forms).order_by(*ordering(filters.sort))[
+        inbox_rows(forms).order_by(*ordering(filters.sort, filters.status))[
             (page - 1) * PAGE_SIZE : page * PAGE_SIZE
         ]
         if page <= pages

@@ -1882,9 +1882,18 @@ class Form(models.Model):
                 pk = self.pk
                 transaction.on_commit(lambda: FormRecipient.enqueue_emails(pk))
 
+    def held_by_other(self, user: Any) -> Any:
+        """The reviewer who took the form, when it is someone other than `user` (who is asked
+        to confirm before deciding it, on the pages); else None."""
+        if self.claimed_by_id is None or user is None or self.claimed_by_id == user.pk:
+            return None
+        return self.claimed_by
+
     def claim(self, user: Any) -> None:
-        """Take the form, so others see it is being handled. Raises ClaimRefused when another
-        reviewer holds it or it no longer takes a decision."""
+        """Take the form, so others see it is being handled, and asked to confirm before they
+        decide it on the pages (the API decides without asking, its form JSON naming the
+        holder). Raises ClaimRefused when another reviewer holds it or it no longer takes a
+        decision."""
         with transaction.atomic():
             form = Form.objects.select_for_update().get(pk=self.pk)
             if form.status != Form.Status.PENDING:

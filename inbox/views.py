@@ -164,10 +164,25 @@ SORTS: dict[str, Any] = {
     "time_left": gettext_lazy("Time left"),
     "newest": gettext_lazy("Newest"),
     "oldest": gettext_lazy("Oldest"),
+    "decided": gettext_lazy("Recently decided"),
 }
+# The tabs of decided forms read most recently decided first by default: what colleagues just
+# did. The others, soonest to expire first.
+DECIDED_TABS = ("submitted", "elsewhere")
 
 
-def ordering(sort: str) -> list[Any]:
+def default_sort(status: str) -> str:
+    return "decided" if status in DECIDED_TABS else "time_left"
+
+
+def ordering(sort: str, status: str = "") -> list[Any]:
+    if sort == "decided":
+        # A form on its way to Dify has no decision time yet: it is the one decided last, so
+        # it comes first on the Submitted tab. Elsewhere a form with none (one Dify still asks,
+        # one gone) comes after those answered (index `form_status_decided_at`, 0037).
+        if status == "elsewhere":
+            return [F("decided_at").desc(nulls_last=True), "-id"]
+        return [F("decided_at").desc(nulls_first=True), "-id"]
     if sort == "newest":
         return ["-created_at", "-id"]
     if sort == "oldest":
@@ -191,15 +206,16 @@ class InboxFilters:
     @classmethod
     def from_query(cls, query: Any, user: Any = None) -> InboxFilters:
         status = query.get("status", "pending")
-        sort = query.get("sort", "time_left")
+        status = status if status in TAB_STATUSES or status == "all" else "pending"
+        sort = query.get("sort") or default_sort(status)
         app = query.get("app", "")
         page = query.get("page", "1")
         return cls(
-            status=status if status in TAB_STATUSES or status == "all" else "pending",
+            status=status,
             app=small_int(app),
             node=query.get("node", "").strip()[:128],
             q=query.get("q", "").strip()[:200],
-            sort=sort if sort in SORTS else "time_left",
+            sort=sort if sort in SORTS else default_sort(status),
             page=small_int(page) or 1,
             mine=query.get("mine") == "1" and user is not None,
             user=user,
@@ -224,6 +240,11 @@ class InboxFilters:
                 # it). Its runs are found first, so the forms' search stays on its indexes.
                 runs = Run.objects.filter(workflow_run_id__startswith=self.q.lower())
                 found |= Q(run_id__in=list(runs.values_list("pk", flat=True)[:RUNS_FOUND_CAP]))
+            # The app's name, as every row's chip shows it ("refund-approval"). The apps are
+            # few and found first, so a search that names none adds no join to the forms'.
+            apps = list(DifyApp.objects.filter(name__icontains=self.q).values_list("pk", flat=True))
+            if apps:
+                found |= Q(run__app_id__in=apps)
             forms = forms.filter(found)
         if self.mine:
             forms = forms.filter(assigned_to_q(self.user))
@@ -431,6 +452,8 @@ class Row:
     decided_rel: str = ""
     decided_title: str = ""
     action: str = ""
+    # Who decided (a reviewer here), as every reviewer may be told it; "" when decided in Dify.
+    decider: str = ""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -487,6 +510,8 @@ def rows_html(rows: list[Row]) -> SafeString:
     expires_before, _sep, expires_after = _("Expires %(when)s").partition("%(when)s")
     expired_label, no_limit = _("Expired"), _("No time limit")
     decided_before, _sep, decided_after = _("Decided %(when)s").partition("%(when)s")
+    # With who decided: each language places both ("Alice 于 3 小时前决定").
+    decided_by = re.split(r"(%\(when\)s|%\(who\)s)", _("Decided %(when)s by %(who)s"))
     out = []
     for r in rows:
         # The link is named by the form's title alone, which many rows share ("Manager
@@ -514,10 +539,20 @@ def rows_html(rows: list[Row]) -> SafeString:
         elif r.decided_iso:
             described.insert(1, f"{rid}-left")
             decided = escape(r.decided_iso)
-            side = (
-                f'<span class="left muted" id="{rid}-left">{escape(decided_before)}'
+            when = (
                 f'<time datetime="{decided}" data-rel title="{escape(r.decided_title)}">'
-                f"{escape(r.decided_rel)}</time>{escape(decided_after)}"
+                f"{escape(r.decided_rel)}</time>"
+            )
+            if r.decider:
+                who = f'<span class="decider">{escape(r.decider)}</span>'
+                said = "".join(
+                    when if part == "%(when)s" else who if part == "%(who)s" else escape(part)
+                    for part in decided_by
+                )
+            else:
+                said = f"{escape(decided_before)}{when}{escape(decided_after)}"
+            side = (
+                f'<span class="left muted" id="{rid}-left">{said}'
                 + (f' · <span class="action">{escape(r.action)}</span>' if r.action else "")
                 + "</span>"
             )
@@ -547,6 +582,7 @@ def rows_html(rows: list[Row]) -> SafeString:
 # What a row shows, read as plain values: fifty model instances (with their run and app)
 # cost more to build than the query that fills them.
 ROW_FIELDS = (
+    "id",
     "public_id",
     "node_id",
     "node_title",
@@ -612,18 +648,59 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
 
 
 def _decided(values: dict[str, Any], status: str, fmt: RowFormat) -> dict[str, str]:
-    """When a decided (or answered elsewhere) form was decided, and with which action: what the
-    Submitted tab's rows tell apart."""
-    decided = values.get("decided_at")
-    if status not in ("submitted", "answered_elsewhere") or decided is None:
+    """When a decided (or answered elsewhere) form was decided, with which action and by whom:
+    what the Submitted tab's rows tell apart. A form on its way to Dify (`submitting`) has
+    neither time nor action recorded yet: its decision's are shown (`with_deciders`)."""
+    decided = values.get("decided_at") or values.get("decision_at")
+    if status not in ("submitting", "submitted", "answered_elsewhere") or decided is None:
         return {}
     return {
         "decided_iso": decided.isoformat(),
         "decided_rel": fmt.relative(decided),
         "decided_title": fmt.datetime(decided),
         # One line's worth: the form page has the whole title.
-        "action": excerpt_line(values.get("filled_action_text") or "", 60),
+        "action": excerpt_line(
+            values.get("filled_action_text") or values.get("decision_action") or "", 60
+        ),
+        "decider": values.get("decider") or "",
     }
+
+
+def with_deciders(found: list[dict[str, Any]]) -> None:
+    """Adds to decided rows who decided (`decider`) and, for a form still on its way to Dify,
+    its decision's time and action: one query for a page, a second only when it lists forms
+    being sent."""
+    decided = [v["id"] for v in found if v["status"] in ("submitting", "submitted")]
+    if not decided:
+        return
+    decisions = {
+        d.form_id: d
+        for d in Decision.objects.filter(form_id__in=decided, status__in=Decision.ACTIVE_STATUSES)
+        .select_related("reviewer")
+        .only(
+            "form_id",
+            "action_id",
+            "created_at",
+            "reviewer_name",
+            "reviewer_username",
+            "guest_email",
+            "reviewer__username",
+            "reviewer__first_name",
+            "reviewer__last_name",
+        )
+    }
+    sending = [v["id"] for v in found if v["status"] == "submitting" and v["id"] in decisions]
+    forms = (
+        {f.pk: f for f in Form.objects.filter(pk__in=sending).only("definition")} if sending else {}
+    )
+    for values in found:
+        decision = decisions.get(values["id"])
+        if decision is None:
+            continue
+        values["decider"] = decision.decider_label
+        if values["id"] in forms:
+            values["decision_at"] = decision.created_at
+            values["decision_action"] = forms[values["id"]].action_title(decision.action_id)
 
 
 def excerpt_line(text: str, length: int) -> str:
@@ -662,7 +739,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
         page = min(page, max(1, math.ceil(total / PAGE_SIZE)))
     now = timezone.now()
-    order = ordering(filters.sort)
+    order = ordering(filters.sort, filters.status)
 
     def page_rows(page: int) -> list[dict[str, Any]]:
         # The page's forms are chosen on the forms table alone, then joined to their run and
@@ -701,6 +778,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         request.GET = query  # type: ignore[assignment]  # a QueryDict made immutable
     offset = (page - 1) * PAGE_SIZE
     fmt = RowFormat(now, request.user.pk)
+    with_deciders(found[:PAGE_SIZE])
     rows = [inbox_row(values, fmt) for values in found[:PAGE_SIZE]]
     has_next = len(found) > PAGE_SIZE
     context = {
@@ -716,6 +794,9 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         "empty_title": empty_title(filters),
     }
     if request.htmx and not request.htmx.boosted:
+        # A tab, a page or the poll: the sort menu outside the results is brought in line
+        # (a tab's default order differs); the filters' own change keeps it as chosen.
+        context["sort_oob"] = since is None and request.htmx.trigger != "filters"
         response = render(request, "inbox/index.html#results", context)
         if moved_to:
             response["HX-Replace-Url"] = moved_to
@@ -1263,6 +1344,21 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
     if not dform.is_valid():
         context = form_context(request, form, decider, dform=dform)
         return _render_body(request, context, status=400)
+    holder = form.held_by_other(decider.reviewer)
+    if holder is not None and request.POST.get("taken_ok") != str(holder.pk):
+        # Another reviewer took the form: asked first, with what was typed kept and the same
+        # submission key, so the confirmed post makes one decision. A confirmation given for
+        # a holder who has since let go, or been replaced, is asked again for the new one.
+        context = form_context(request, form, decider, dform=dform)
+        context.update(
+            confirm_taken=display_name(holder),
+            confirm_action=dform.cleaned_data["action"],
+            confirm_action_title=form.action_title(dform.cleaned_data["action"]),
+            taken_ok=holder.pk,
+        )
+        if key:
+            context["submission_key"] = key
+        return _render_body(request, context, status=409)
     try:
         dform.save(
             reviewer=decider.reviewer,

@@ -57,7 +57,7 @@ def test_the_list_is_narrowed_to_an_app_by_its_name_and_refuses_what_it_does_not
     assert titles(f"app={dify_app.pk}") == ["Refund"]  # its id, as the pages' filter sends it
     for query, message in (
         ("app=payroll", "Unknown app \u201cpayroll\u201d."),
-        ("sort=cheapest", "Unknown sort 'cheapest'; one of: newest, oldest, time_left."),
+        ("sort=cheapest", "Unknown sort 'cheapest'; one of: decided, newest, oldest, time_left."),
     ):
         response = client.get(f"/api/v1/forms?{query}", **auth)
         assert response.status_code == 400

@@ -368,3 +368,86 @@ def test_the_api_takes_a_decision_with_202_and_reports_its_delivery(
     again = api_post(client, alice_token, url + "/decision", payload)
     assert again.status_code == 202 and again.json()["decision"]["status"] == "delivered"
     assert simulator.submit_count(sim_form.form_id) == 1
+
+
+def test_deciding_a_form_another_reviewer_took_asks_first_and_decides_once(
+    client: Client,
+    reviewer: User,
+    other_reviewer: User,
+    sim_form: Form,
+    simulator: Any,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    sim_form.claim(reviewer)  # Alice took it
+    url = f"/forms/{sim_form.public_id}/"
+    bob = Client()
+    bob.force_login(other_reviewer)
+    post = {"action": "reject", "submission_key": "k-bob", "in_decision_note": "Receipt missing."}
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        asked = bob.post(url + "decide", post)
+    assert asked.status_code == 409 and callbacks == []
+    assert not Decision.objects.filter(form=sim_form).exists()
+    page = asked.content.decode()
+    assert "Alice is handling this form. Decide anyway?" in page
+    # Without script: the same form, what Bob typed kept, the same key, his action offered.
+    assert f'<input type="hidden" name="taken_ok" value="{reviewer.pk}">' in page
+    assert '<input type="hidden" name="submission_key" value="k-bob">' in page
+    assert re.search(r"<textarea [^>]*>\s*Receipt missing\.</textarea>", page), re.findall(
+        r"<textarea[^>]*>[^<]*</textarea>", page
+    )
+    assert '<button type="submit" name="action" value="reject" class="btn primary">' in page
+    assert "Decide anyway: Reject" in page
+    # In Chinese, and on the page's htmx post alike.
+    chinese = bob.post(
+        url + "decide", post, HTTP_HX_REQUEST="true", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert (
+        "<strong>Alice \u6b63\u5728\u5904\u7406\u6b64\u8868\u5355\u3002" in chinese
+        and "Decide anyway" not in chinese
+    )
+    assert not Decision.objects.filter(form=sim_form).exists()
+    # A confirmation given for someone else than the holder now is asked again.
+    stale = bob.post(url + "decide", {**post, "taken_ok": str(other_reviewer.pk)})
+    assert stale.status_code == 409 and not Decision.objects.exists()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        confirmed = bob.post(url + "decide", {**post, "taken_ok": str(reviewer.pk)})
+        # The confirmation sent twice (a double click): still one decision.
+        again = bob.post(url + "decide", {**post, "taken_ok": str(reviewer.pk)})
+    assert confirmed.status_code == 302 and again.status_code == 302
+    decision = Decision.objects.get(form=sim_form)
+    assert (decision.reviewer, decision.action_id) == (other_reviewer, "reject")
+    assert decision.inputs == {"decision_note": "Receipt missing."}
+    assert len(callbacks) == 1
+    deliver(callbacks)
+    assert simulator.submit_count(sim_form.form_id) == 1
+    # The holder deciding it is not asked; nor is anyone once the holder lets go.
+    other = next(iter(simulated_forms(simulator, sim_form.run.app, 1)))
+    other.claim(reviewer)
+    client.force_login(reviewer)
+    own = client.post(f"/forms/{other.public_id}/decide", {"action": "approve"})
+    assert own.status_code == 302 and Decision.objects.filter(form=other).count() == 1
+
+
+def test_the_api_decides_a_taken_form_without_asking_and_names_its_holder(
+    client: Client,
+    reviewer: User,
+    other_reviewer: User,
+    sim_form: Form,
+    tasks_in_process: None,
+    django_capture_on_commit_callbacks: Capture,
+) -> None:
+    sim_form.claim(reviewer)
+    _, bob_token = ApiToken.issue(other_reviewer)
+    url = f"/api/v1/forms/{sim_form.public_id}"
+    detail = client.get(url, HTTP_AUTHORIZATION=f"Bearer {bob_token}").json()
+    assert detail["claimed_by"] == {"username": "alice", "name": "Alice"}
+    with django_capture_on_commit_callbacks(execute=False):
+        response = api_post(
+            client,
+            bob_token,
+            url + "/decision",
+            {"action": "reject", "inputs": {"decision_note": "No."}},
+        )
+    assert response.status_code == 202, response.content
+    assert Decision.objects.get(form=sim_form).reviewer == other_reviewer

@@ -12,7 +12,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from inbox.models import Decision, DifyApp, Form, Route, Run
+from inbox.models import ApiToken, Decision, DifyApp, Form, Route, Run
 from tests.reach.factories import route, route_existing
 from tests.review.conftest import make_form, make_run
 
@@ -73,6 +73,64 @@ def test_a_decided_row_says_when_and_with_which_action(alice: Client, dify_app: 
         side.group(1),
     )
     assert f'aria-describedby="{row}-app {row}-left {row}-status"' in page
+
+
+def test_the_decided_tabs_list_the_latest_decided_first_and_name_the_decider(
+    alice: Client, dify_app: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    now = timezone.now()
+    # Expiring in the opposite order to their decisions: the old default order is undone.
+    for title, hours_ago, expires_in, who in [
+        ("Decided long ago", 5, 1, reviewer),
+        ("Decided lately", 1, 3, other_reviewer),
+        ("Decided between", 3, 2, reviewer),
+    ]:
+        form = make_form(
+            dify_app,
+            node_title=title,
+            status=Form.Status.SUBMITTED,
+            expires_in=dt.timedelta(hours=expires_in),
+        )
+        Decision.objects.create(
+            form=form, action_id="approve", reviewer=who, status=Decision.Status.DELIVERED
+        )
+        Form.objects.filter(pk=form.pk).update(
+            decided_at=now - dt.timedelta(hours=hours_ago), filled_action_text="Approve"
+        )
+    sending = make_form(dify_app, node_title="Being sent", status=Form.Status.SUBMITTING)
+    Decision.objects.create(form=sending, action_id="reject", reviewer=other_reviewer)
+    page = alice.get("/?status=submitted").content.decode()
+    assert rows(page) == ["Being sent", "Decided lately", "Decided between", "Decided long ago"]
+    assert '<option value="decided" selected>Recently decided</option>' in page
+    # Who decided, when and how; also for the form still on its way to Dify.
+    row = f"row-{sending.public_id}"
+    side = re.search(
+        rf'<span class="left muted" id="{row}-left">(.*?)</span> <span class="badge', page
+    )
+    assert side is not None
+    assert re.fullmatch(
+        r'Decided <time datetime="[^"]+" data-rel title="[^"]+">just now</time> by '
+        r'<span class="decider">Bob</span> · <span class="action">Reject</span>',
+        side.group(1),
+    ), side.group(1)
+    assert 'by <span class="decider">Alice</span> · <span class="action">Approve</span>' in page
+    chinese = alice.get("/?status=submitted", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert '<span class="decider">Bob</span>\u4e8e<time' in chinese
+    # Another order is still there to choose; the pending tab keeps its own default.
+    assert rows(alice.get("/?status=submitted&sort=oldest").content.decode())[0] == (
+        "Decided long ago"
+    )
+    assert '<option value="time_left" selected>' in alice.get("/").content.decode()
+    # The API lists them the same way.
+    raw = ApiToken.issue(reviewer)[1]
+    listed = alice.get("/api/v1/forms?status=submitted", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert [f["node_title"] for f in listed.json()["results"]] == rows(page)
+    if connection.vendor == "postgresql":  # migration 0037's index serves the order
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %s", ["form_status_decided_at"]
+            )
+            assert "(status, decided_at)" in cursor.fetchone()[0]
 
 
 def test_a_form_closed_by_its_run_s_stop_reads_closed_not_expired(
@@ -161,6 +219,9 @@ def test_filters_by_app_node_and_search(alice: Client, dify_app: DifyApp) -> Non
     assert rows(alice.get("/?node=refund").content.decode()) == ["Refund check"]
     assert rows(alice.get("/?q=salary").content.decode()) == ["Offer approval"]
     assert rows(alice.get("/?q=REFUND").content.decode()) == ["Refund check"]
+    # The app's name, as each row's chip shows it, finds its forms.
+    assert rows(alice.get("/?q=HIR").content.decode()) == ["Offer approval"]
+    assert rows(alice.get("/?q=refunds").content.decode()) == ["Refund check"]
     empty = alice.get("/?q=nothing-matches").content.decode()
     assert "No forms match these filters." in empty
     # The run id a row shows finds its run's forms, as a colleague names them.

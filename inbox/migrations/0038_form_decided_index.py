@@ -1,0 +1,52 @@
+"""An index for the Submitted and "Outside the inbox" tabs' default order on PostgreSQL: most
+recently decided first (`views.ordering`, sort `decided`).
+
+Those tabs hold most of the forms table in time (every decided form stays there), so a page of
+them ordered by `decided_at` would read and sort every decided form without it. A B-tree on
+`(status, decided_at)` gives each status's forms in decision order, either way.
+
+Built with CREATE INDEX CONCURRENTLY, as 0031 builds the runs' search indexes, so the forms table
+stays readable and writable while it builds, and the migration is not atomic. An index left
+invalid by an interrupted build is dropped and built again when the migration runs again. Other
+databases (SQLite, the embedded setup) are left as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations
+
+NAME = "form_status_decided_at"
+
+
+def create(apps: Any, schema_editor: Any) -> None:
+    connection = schema_editor.connection
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", [NAME]
+        )
+        row = cursor.fetchone()
+        if row is not None and not row[0]:  # left behind by an interrupted build
+            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {NAME}")
+        cursor.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {NAME} ON inbox_form (status, decided_at)"
+        )
+
+
+def drop(apps: Any, schema_editor: Any) -> None:
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {NAME}")
+
+
+class Migration(migrations.Migration):
+    # CREATE INDEX CONCURRENTLY cannot run in a transaction.
+    atomic = False
+
+    dependencies = [("inbox", "0037_anonymise_permission")]
+
+    operations = [migrations.RunPython(create, drop)]
