@@ -3456,7 +3456,36 @@ class Upload(models.Model):
         return uploads.none()
 
 
-class UploadTally(models.Model):
+class Tally(models.Model):
+    """How many files one person has sent to Dify within a scope (a form, a day), and their
+    bytes: counted by one conditional UPDATE, so two uploads at once cannot both take the last
+    room (the second waits for the first's row and then sees it taken)."""
+
+    files = models.PositiveIntegerField(default=0, verbose_name=_("files"))
+    bytes = models.PositiveBigIntegerField(default=0, verbose_name=_("bytes"))
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def _take(cls, scope: dict[str, Any], size: int, **room: Any) -> bool:
+        """One more file of `size` bytes in `scope` (the row's key fields), where the row
+        still has `room` (filters on its counts): False when it has not."""
+        cls._default_manager.bulk_create([cls(**scope)], ignore_conflicts=True)
+        taken = cls._default_manager.filter(**scope, **room).update(
+            files=models.F("files") + 1, bytes=models.F("bytes") + size
+        )
+        return taken > 0
+
+    @classmethod
+    def _give_back(cls, scope: dict[str, Any], size: int) -> None:
+        """Uncount a file `_take` counted in `scope` that was not sent after all."""
+        cls._default_manager.filter(**scope, files__gt=0, bytes__gte=size).update(
+            files=models.F("files") - 1, bytes=models.F("bytes") - size
+        )
+
+
+class UploadTally(Tally):
     """How many files one person (a reviewer, or a guest by address) has sent to Dify for a form,
     and their bytes. Uploads removed or replaced since count too: Dify keeps their files (it has
     no delete), so the tally only grows, and bounds what one person can leave there (see
@@ -3467,8 +3496,6 @@ class UploadTally(models.Model):
     )
     # "u:<user pk>" for a reviewer (pages and API tokens alike), "g:<address>" for a guest.
     who = models.CharField(max_length=320, verbose_name=_("uploader"))
-    files = models.PositiveIntegerField(default=0, verbose_name=_("files"))
-    bytes = models.PositiveBigIntegerField(default=0, verbose_name=_("bytes"))
 
     class Meta:
         verbose_name = _("upload tally")
@@ -3491,18 +3518,12 @@ class UploadTally(models.Model):
         """Count one more file of `size` bytes for `who`, unless they have sent `limit` already:
         False then. One conditional UPDATE, so two uploads at once cannot both take the last
         one (the second waits for the first's row and then sees it taken)."""
-        UploadTally.objects.bulk_create([UploadTally(form=form, who=who)], ignore_conflicts=True)
-        taken = cls.objects.filter(form=form, who=who, files__lt=limit).update(
-            files=models.F("files") + 1, bytes=models.F("bytes") + size
-        )
-        return taken > 0
+        return cls._take({"form": form, "who": who}, size, files__lt=limit)
 
     @classmethod
     def give_back(cls, form: Form, who: str, size: int) -> None:
         """Uncount a file `take` counted that Dify refused (so it keeps nothing of it)."""
-        cls.objects.filter(form=form, who=who, files__gt=0, bytes__gte=size).update(
-            files=models.F("files") - 1, bytes=models.F("bytes") - size
-        )
+        cls._give_back({"form": form, "who": who}, size)
 
 
 class MessageFileQuerySet(models.QuerySet["MessageFile"]):
@@ -3572,7 +3593,7 @@ class MessageFile(models.Model):
         }
 
 
-class MessageFileTally(models.Model):
+class MessageFileTally(Tally):
     """How many files one person has sent to Dify with chatflow messages on one day (in
     TIME_ZONE), and their bytes: the day's budget of `inbox.uploads.upload_message_file`
     (INBOX_MESSAGE_FILES_PER_DAY, INBOX_MESSAGE_FILES_MB_PER_DAY). Only files Dify took count;
@@ -3581,8 +3602,6 @@ class MessageFileTally(models.Model):
     # "u:<user pk>", as `UploadTally.key` gives it (pages and API tokens alike).
     who = models.CharField(max_length=320, verbose_name=_("uploader"))
     day = models.DateField(verbose_name=_("day"))
-    files = models.PositiveIntegerField(default=0, verbose_name=_("files"))
-    bytes = models.PositiveBigIntegerField(default=0, verbose_name=_("bytes"))
 
     class Meta:
         verbose_name = _("message file tally")
@@ -3601,21 +3620,15 @@ class MessageFileTally(models.Model):
         conditional UPDATE, so two uploads at once cannot both take the day's last room."""
         today = timezone.localdate()
         cls.objects.filter(who=who, day__lt=today).delete()
-        MessageFileTally.objects.bulk_create(
-            [MessageFileTally(who=who, day=today)], ignore_conflicts=True
+        return cls._take(
+            {"who": who, "day": today}, size, files__lt=files, bytes__lte=limit_bytes - size
         )
-        taken = cls.objects.filter(
-            who=who, day=today, files__lt=files, bytes__lte=limit_bytes - size
-        ).update(files=models.F("files") + 1, bytes=models.F("bytes") + size)
-        return taken > 0
 
     @classmethod
     def give_back(cls, who: str, size: int, day: dt.date) -> None:
         """Uncount a file `take` counted on `day` that was not sent after all (refused by the
         rate, or by Dify, which keeps nothing of it)."""
-        cls.objects.filter(who=who, day=day, files__gt=0, bytes__gte=size).update(
-            files=models.F("files") - 1, bytes=models.F("bytes") - size
-        )
+        cls._give_back({"who": who, "day": day}, size)
 
 
 class FormRecipient(models.Model):
