@@ -66,7 +66,7 @@ from inbox.models import (
     offsets_text,
 )
 from inbox.names import chooser_label, people_named
-from inbox.reasons import sentence_gap, worded
+from inbox.reasons import sentence_gap, tightened, worded
 
 
 def to_the_second(value: Any) -> str:
@@ -2056,7 +2056,9 @@ def permission_name(permission: Any) -> str:
         opts = model._meta
         for action in opts.default_permissions:
             if permission.codename == f"{action}_{opts.model_name}" and action in DEFAULT_ACTIONS:
-                return DEFAULT_ACTIONS[action]() % {"model": opts.verbose_name}
+                said = DEFAULT_ACTIONS[action]() % {"model": opts.verbose_name}
+                # "可以添加 %(model)s" with a Chinese model name touches it: "可以添加用户".
+                return tightened(said, opts.verbose_name)
     return gettext(permission.name)
 
 

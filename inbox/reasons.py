@@ -22,6 +22,11 @@ _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 _IS_CJK = re.compile(f"[{_CJK}]")
 
 
+def is_cjk(char: str) -> bool:
+    """Whether `char` (one character, or "") is Chinese or its punctuation."""
+    return _IS_CJK.match(char) is not None
+
+
 def sentence_gap() -> str:
     """What goes between two sentences put side by side: a space, none after Chinese "。"."""
     return "" if (get_language() or "").startswith("zh") else " "

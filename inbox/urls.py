@@ -29,6 +29,7 @@ app_patterns = (
         path("", views.index, name="index"),
         path("nodes/", views.node_options, name="node_options"),
         path("tabs/", views.tabs, name="tabs"),
+        path("forms/next/", views.next_in_list, name="next_in_list"),
         path("forms/<uuid:public_id>/", views.form_page, name="form"),
         path("forms/<uuid:public_id>/decide", views.form_decide, name="form_decide"),
         path("forms/<uuid:public_id>/live", views.form_live, name="form_live"),

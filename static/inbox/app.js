@@ -1255,6 +1255,24 @@
     });
   }
 
+  // "Next form in your list", after a decision, carries the list the reader came from (its
+  // filters, search and sort); without script it takes the pending forms in their usual order.
+  function linkNextInList() {
+    var saved = null;
+    try { saved = window.sessionStorage.getItem(LIST_KEY); } catch (e) { saved = null; }
+    if (!saved || !/^\/(?![\/\\])/.test(saved)) return;
+    var search;
+    try { search = new URL(saved, window.location.origin).search; } catch (e) { return; }
+    document.querySelectorAll("a[data-next-in-list]").forEach(function (link) {
+      var next;
+      try { next = new URL(link.getAttribute("href"), window.location.href); } catch (e) { return; }
+      next.searchParams.set("list", search.replace(/^\?/, ""));
+      link.setAttribute("href", next.pathname + next.search);
+    });
+  }
+
+  document.addEventListener("htmx:afterSettle", linkNextInList);
+
   ["htmx:pushedIntoHistory", "htmx:replacedInHistory", "htmx:historyRestore"].forEach(function (name) {
     document.addEventListener(name, rememberList);
   });
@@ -1271,6 +1289,7 @@
     refreshActions();
     rememberList();
     linkBackToList();
+    linkNextInList();
     fitScrollPadding();
     fitTabs(document.getElementById("tabs"), true);
     applyShortcuts();

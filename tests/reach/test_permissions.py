@@ -43,6 +43,7 @@ class Endpoint:
 MATRIX: dict[str, Endpoint] = {
     # The inbox and the form page (inbox.views)
     "inbox:index": Endpoint("GET", "login ok ok ok login ok"),
+    "inbox:next_in_list": Endpoint("GET", "login ok ok ok login ok"),
     "inbox:node_options": Endpoint("GET", "login ok ok ok login ok"),
     "inbox:tabs": Endpoint("GET", "login ok ok ok login ok"),
     "inbox:form": Endpoint("GET", "login ok hidden hidden login ok"),

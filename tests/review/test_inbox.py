@@ -115,7 +115,8 @@ def test_the_decided_tabs_list_the_latest_decided_first_and_name_the_decider(
     ), side.group(1)
     assert 'by <span class="decider">Alice</span> · <span class="action">Approve</span>' in page
     chinese = alice.get("/?status=submitted", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
-    assert '<span class="decider">Bob</span>\u4e8e<time' in chinese
+    # A Latin name is spaced from the Chinese, as the catalogue writes it; a Chinese one touches it.
+    assert '<span class="decider">Bob</span> \u4e8e<time' in chinese
     # Another order is still there to choose; the pending tab keeps its own default.
     assert rows(alice.get("/?status=submitted&sort=oldest").content.decode())[0] == (
         "Decided long ago"
@@ -789,3 +790,38 @@ def test_each_row_says_who_is_handling_its_form(
     assert f'-status row-{bobs.public_id}-holder"' in page
     chinese = alice.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "Taken by" not in chinese and "You are handling this" not in chinese
+
+
+def test_next_form_in_your_list_is_the_one_after_the_decided_one_held_by_nobody_else(
+    alice: Client, dify_app: DifyApp, reviewer: User, other_reviewer: User
+) -> None:
+    # The list soonest to expire first: a, b (held by Bob), c, d (another title).
+    a, b, c = (make_form(dify_app, expires_in=dt.timedelta(hours=h)) for h in (1, 2, 3))
+    d = make_form(dify_app, expires_in=dt.timedelta(hours=4), node_title="Legal review")
+    Form.objects.filter(pk=b.pk).update(claimed_by=other_reviewer)
+    a.decide(action_id="approve", inputs={"note": "ok", "decision": "refund"}, reviewer=reviewer)
+
+    def next_after(form: Form, listed: str = "") -> str:
+        response = alice.get("/forms/next/", {"after": str(form.public_id), "list": listed})
+        assert response.status_code == 302
+        return str(response["Location"])
+
+    # After the decided one, skipping the form Bob holds.
+    assert next_after(a) == f"/forms/{c.public_id}/"
+    # In the list the reviewer came from (its search, its sort).
+    assert next_after(a, "q=Legal") == f"/forms/{d.public_id}/"
+    assert next_after(d, "sort=newest") == f"/forms/{c.public_id}/"
+    # Past the list's end it starts again at its top; with nothing left, back to the list.
+    assert next_after(d) == f"/forms/{c.public_id}/"
+    assert next_after(d, "q=Legal") == "/?q=Legal"
+    # The decided form's page offers it.
+    page = alice.get(f"/forms/{a.public_id}/").content.decode()
+    assert f'data-next-in-list href="/forms/next/?after={a.public_id}"' in page
+
+
+def test_a_chinese_decider_s_name_touches_the_chinese_around_it() -> None:
+    from inbox.views import _touching
+
+    parts = ["", "%(who)s", " \u4e8e", "%(when)s", "\u51b3\u5b9a"]
+    assert _touching(parts, 2, parts[2], (True, True)) == "\u4e8e"
+    assert _touching(parts, 2, parts[2], (False, False)) == " \u4e8e"
