@@ -31,6 +31,8 @@ from typing import Any
 
 from django.db import migrations
 
+from inbox.migrations import _concurrently as concurrently
+
 logger = logging.getLogger(__name__)
 
 # name -> what follows "ON inbox_run"; each expression as Django writes the search's condition.
@@ -61,15 +63,7 @@ def create(apps: Any, schema_editor: Any) -> None:
     with connection.cursor() as cursor:
         indexes = {**BTREE_INDEXES, **(TRIGRAM_INDEXES if _has_trgm(cursor) else {})}
         for name, definition in indexes.items():
-            cursor.execute(
-                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", [name]
-            )
-            row = cursor.fetchone()
-            if row is not None and not row[0]:  # left behind by an interrupted build
-                cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            cursor.execute(
-                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON inbox_run {definition}"
-            )
+            concurrently.build(cursor, name, "inbox_run", definition)
 
 
 def drop(apps: Any, schema_editor: Any) -> None:
@@ -77,7 +71,7 @@ def drop(apps: Any, schema_editor: Any) -> None:
         return
     with schema_editor.connection.cursor() as cursor:
         for name in {**TRIGRAM_INDEXES, **BTREE_INDEXES}:
-            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+            concurrently.drop(cursor, name)
 
 
 class Migration(migrations.Migration):

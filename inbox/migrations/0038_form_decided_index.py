@@ -17,6 +17,8 @@ from typing import Any
 
 from django.db import migrations
 
+from inbox.migrations import _concurrently as concurrently
+
 NAME = "form_status_decided_at"
 
 
@@ -25,22 +27,14 @@ def create(apps: Any, schema_editor: Any) -> None:
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", [NAME]
-        )
-        row = cursor.fetchone()
-        if row is not None and not row[0]:  # left behind by an interrupted build
-            cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {NAME}")
-        cursor.execute(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {NAME} ON inbox_form (status, decided_at)"
-        )
+        concurrently.build(cursor, NAME, "inbox_form", "(status, decided_at)")
 
 
 def drop(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor != "postgresql":
         return
     with schema_editor.connection.cursor() as cursor:
-        cursor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {NAME}")
+        concurrently.drop(cursor, NAME)
 
 
 class Migration(migrations.Migration):
