@@ -208,6 +208,13 @@ def test_another_reviewer_after_the_first_is_told_who_got_there_first(
     assert simulator.run(sim_form.run.workflow_run_id)["forms"][0]["action_id"] == "approve"
 
 
+def dify_refuses_the_decision(simulator: Any, message: str) -> None:
+    """Dify answers the next submit with a 400 `invalid_form_data` saying `message`."""
+    simulator.add_fault(
+        "status", "form_submit", status=400, code="invalid_form_data", message=message
+    )
+
+
 def test_a_decision_dify_refuses_comes_back_with_the_values_kept(
     client: Client,
     reviewer: User,
@@ -216,13 +223,7 @@ def test_a_decision_dify_refuses_comes_back_with_the_values_kept(
     tasks_in_process: None,
     django_capture_on_commit_callbacks: Capture,
 ) -> None:
-    simulator.add_fault(
-        "status",
-        "form_submit",
-        status=400,
-        code="invalid_form_data",
-        message="decision_note: must mention the order",
-    )
+    dify_refuses_the_decision(simulator, "decision_note: must mention the order")
     client.force_login(reviewer)
     url = f"/forms/{sim_form.public_id}/"
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -273,12 +274,8 @@ def test_an_input_dify_s_refusal_names_is_marked_beside_its_field(
     tasks_in_process: None,
     django_capture_on_commit_callbacks: Capture,
 ) -> None:
-    simulator.add_fault(
-        "status",
-        "form_submit",
-        status=400,
-        code="invalid_form_data",
-        message="Invalid value for paragraph input 'decision_note': too long",
+    dify_refuses_the_decision(
+        simulator, "Invalid value for paragraph input 'decision_note': too long"
     )
     client.force_login(reviewer)
     url = f"/forms/{sim_form.public_id}/"
