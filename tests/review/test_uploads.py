@@ -438,21 +438,37 @@ def _drawings_form(app: DifyApp) -> Form:
     return make_form(app, definition=definition)
 
 
-def test_a_custom_extension_the_browser_names_an_image_type_goes_to_dify_as_a_custom_file(
-    client: Client, simulator: Any, simulator_dify_app: Any, reviewer: Any, reviewers_group: Any
-) -> None:
+def _upload_drawing(
+    client: Client,
+    simulator_dify_app: Any,
+    reviewer: Any,
+    reviewers_group: Any,
+    name: str,
+    content: bytes,
+    mime_type: str,
+) -> Any:
+    """A file for the drawings input of a new form, sent through the API as the browser names
+    its type."""
     from inbox.models import ApiToken
 
     app = simulator_dify_app()
     Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
     form = _drawings_form(app)
     _token, raw = ApiToken.issue(reviewer)
+    return client.post(
+        f"/api/v1/forms/{form.public_id}/files",
+        {"input": "drawings", "file": SimpleUploadedFile(name, content, mime_type)},
+        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    )
+
+
+def test_a_custom_extension_the_browser_names_an_image_type_goes_to_dify_as_a_custom_file(
+    client: Client, simulator: Any, simulator_dify_app: Any, reviewer: Any, reviewers_group: Any
+) -> None:
     # Chromium on Linux names a .dwg "image/vnd.dwg" (the system's MIME list): to Dify, whose
     # kinds have no .dwg, that type would make it an image, refused where only custom files are.
-    response = client.post(
-        f"/api/v1/forms/{form.public_id}/files",
-        {"input": "drawings", "file": SimpleUploadedFile("a.dwg", b"AC1032", "image/vnd.dwg")},
-        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    response = _upload_drawing(
+        client, simulator_dify_app, reviewer, reviewers_group, "a.dwg", b"AC1032", "image/vnd.dwg"
     )
     assert response.status_code == 201, response.content
     assert response.json()["type"] == "custom"
@@ -464,18 +480,10 @@ def test_a_custom_extension_the_browser_names_an_image_type_goes_to_dify_as_a_cu
 def test_an_extension_listed_in_upper_case_is_not_offered_as_dify_matches_no_file_with_it(
     client: Client, simulator: Any, simulator_dify_app: Any, reviewer: Any, reviewers_group: Any
 ) -> None:
-    from inbox.models import ApiToken
-
-    app = simulator_dify_app()
-    Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
-    form = _drawings_form(app)
-    _token, raw = ApiToken.issue(reviewer)
     # Dify compares a file's extension, in lower case, with ".DXF" as written: never a match,
     # so the file would be refused only once the decision reached Dify.
-    response = client.post(
-        f"/api/v1/forms/{form.public_id}/files",
-        {"input": "drawings", "file": SimpleUploadedFile("A.DXF", b"0", "image/vnd.dxf")},
-        HTTP_AUTHORIZATION=f"Bearer {raw}",
+    response = _upload_drawing(
+        client, simulator_dify_app, reviewer, reviewers_group, "A.DXF", b"0", "image/vnd.dxf"
     )
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] == "upload_rejected"
