@@ -612,6 +612,7 @@ class Run:
             "answer": self.answer,
             "files": self.files,
             "conversation_id": self.conversation.id if self.conversation else None,
+            "streams": len(self.subscribers),  # connections reading the run's events now
             "message_id": self.message_id,
             "forms": [
                 {
@@ -704,6 +705,10 @@ class Simulator:
         self.end_users: dict[tuple[str, str], EndUser] = {}
         self.conversations: dict[str, Conversation] = {}
         self.stats = Stats()
+        # Open unless a test holds resumed runs back (`hold_resumes`): a submit is accepted and
+        # the form marked answered, but the run goes on only once the gate opens.
+        self.resume_gate = asyncio.Event()
+        self.resume_gate.set()
         self.faults.clear()
         self.recorder.clear()
         self.recorder.enabled = self.options.record
@@ -867,6 +872,7 @@ class Simulator:
     async def _resume(self, form: Form) -> None:
         if self.options.resume_delay > 0:
             await asyncio.sleep(self.options.resume_delay)
+        await self.resume_gate.wait()
         run = form.run
         if run.is_finished:
             return

@@ -156,6 +156,14 @@ class SimulatorHandle:
 
         self.call(do)
 
+    def hold_resumes(self) -> None:
+        """Accept submits but keep their runs paused until `release_resumes`, as a busy Dify
+        task queue would: what a client sees between the two is then certain."""
+        self.call(self.sim.resume_gate.clear)
+
+    def release_resumes(self) -> None:
+        self.call(self.sim.resume_gate.set)
+
     def stats(self) -> dict[str, Any]:
         return self.call(self.sim.stats.snapshot)
 

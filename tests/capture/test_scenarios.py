@@ -228,6 +228,10 @@ def test_an_email_only_form_is_recorded_read_only_and_the_run_followed_to_the_en
     # The owner answers by email. Nothing tells the inbox but Dify itself: the periodic
     # reconcile reads the run detail and hands a pause on such a form back to the follower;
     # such a run is asked about more often than others (every minute, here at once).
+    # Dify's task queue holds the resumed run until the follower reads it again: a stream
+    # opened only after the end would carry `workflow_finished` alone, and which action the
+    # owner chose would stay unknown (test_apply_event.py, `..._closes_with_its_run`).
+    simulator.hold_resumes()
     assert simulator.submit_elsewhere(form.form_id, "approve")
     with override_settings(INBOX_RUN_RECONCILE_AFTER_SECONDS=3600):
         assert reconcile_runs()["followed"] == 0  # not due yet: asked about a moment ago
@@ -235,6 +239,8 @@ def test_an_email_only_form_is_recorded_read_only_and_the_run_followed_to_the_en
         INBOX_RUN_RECONCILE_AFTER_SECONDS=3600, INBOX_RUN_RECONCILE_OUTSIDE_SECONDS=0
     ):
         assert reconcile_runs()["followed"] == 1
+    simulator.wait_for(lambda: simulator.run(run.workflow_run_id)["streams"])
+    simulator.release_resumes()
     run = run_status(run, "succeeded")
     form.refresh_from_db()
     assert form.status == "answered_elsewhere" and form.filled_action_id == "approve"
