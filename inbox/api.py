@@ -1440,8 +1440,10 @@ def _continue_conversation(
     it began with: both are taken from the conversation's last run here, unless `user` says
     otherwise (a conversation begun in Dify)."""
     from inbox.runs import (
+        ConversationBusy,
         SameStart,
         StartFailed,
+        conversation_in_progress,
         conversation_of_others,
         conversation_start,
         default_dify_user,
@@ -1490,13 +1492,10 @@ def _continue_conversation(
         # A message sent again under its key first: its own run is the conversation's last,
         # and may still be running.
         started_under(key, digest)
-        if latest is not None and not latest.is_finished:
-            raise ApiError(
-                409,
-                "conversation_in_progress",
-                gettext("The conversation's last message (run %(run)s) has not ended yet.")
-                % {"run": latest.public_id},
-            )
+        busy = conversation_in_progress(app, conversation_id)
+        if busy is not None:
+            # Whoever sent it: checked again as the run is made (two sent at once).
+            raise ConversationBusy(busy)
         files = _message_files(request, app, body, dify_user)
         run = start_run(
             app,

@@ -420,6 +420,20 @@ def conversation_start(app: DifyApp, conversation_id: str, user: Any) -> Run | N
     return runs.order_by("-created_at", "-pk").first()
 
 
+def conversation_in_progress(app: DifyApp, conversation_id: str) -> Run | None:
+    """The conversation's message still in flight here, whoever sent it (one still starting,
+    running or paused at a form); None when every one has ended. Dify would take a next
+    message meanwhile, and the customer would get two turns at once."""
+    if not conversation_id:
+        return None
+    return (
+        Run.objects.filter(app=app, conversation_id=conversation_id[:64])
+        .exclude(status__in=Run.FINAL_STATUSES)
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
 def conversation_of_others(app: DifyApp, conversation_id: str, user: Any) -> bool:
     """Whether the inbox has this conversation only as someone else's (see
     `conversation_start`)."""
@@ -544,6 +558,33 @@ class StartFailed(Refused):
             # The row kept for the record: after a 504 it is how to find the run again.
             details["run"] = str(self.run.public_id)
         return {**details, **super().details()}
+
+
+class ConversationBusy(StartFailed):
+    """A next message while another of its conversation is in flight (two agents sending at
+    once, or one sent while the last one starts): nothing started, no run kept. `run` is the
+    message in flight."""
+
+    default_status = 409
+    default_code = "conversation_in_progress"
+
+    def __init__(self, busy: Run) -> None:
+        super().__init__(
+            gettext("The conversation's last message (run %(run)s) has not ended yet.")
+            % {"run": busy.public_id},
+            run=busy,
+        )
+
+
+def _claim_conversation(app: DifyApp, conversation_id: str) -> None:
+    """In the transaction that creates a run: one message of a conversation in flight at a
+    time. Starts in the app's conversations wait for each other here (the app's row, locked
+    without blocking the rows that refer to it; SQLite's transactions are serialized already),
+    so of two sent together the second finds the first. Raises ConversationBusy."""
+    list(DifyApp.objects.select_for_update(no_key=True).filter(pk=app.pk))
+    busy = conversation_in_progress(app, conversation_id)
+    if busy is not None:
+        raise ConversationBusy(busy)
 
 
 class FilesTaken(StartFailed):
@@ -676,6 +717,8 @@ def start_run(
         started_under(submission_key, submission_digest)
         try:
             with transaction.atomic():
+                if conversation_id:
+                    _claim_conversation(app, conversation_id)
                 run = Run.objects.create(
                     app=app,
                     dify_user=dify_user,

@@ -33,6 +33,7 @@ from inbox.names import people_named
 from inbox.runs import (
     LOST_START,
     ContinueForm,
+    ConversationBusy,
     FilesTaken,
     RunNotStoppable,
     SameStart,
@@ -41,6 +42,7 @@ from inbox.runs import (
     StartRunForm,
     add_files_field,
     app_parameters,
+    conversation_in_progress,
     conversation_runs,
     conversation_start,
     default_dify_user,
@@ -233,6 +235,10 @@ def _start_from_page(
         messages.info(request, _("This run was already started from this page."))
         return redirect("inbox:run", public_id=same.run.public_id)
     except StartFailed as exc:
+        if isinstance(exc, ConversationBusy):
+            # Another message of the conversation went in first (sent at the same moment).
+            form.add_error(None, _("The conversation's last message has not ended yet."))
+            return ""
         if isinstance(exc, FilesTaken):
             # Another start took a kept file first: said beside its input, nothing started.
             for name, message in exc.taken.items():
@@ -476,16 +482,18 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
         spec = None
     add_files_field(form, app, spec, _kept_files(request, app, latest.dify_user))
     start_problem = ""
-    if request.method == "POST" and not latest.is_finished:
+    # Whoever sent it (a colleague's message counts): checked again as the run is made.
+    busy = conversation_in_progress(app, run.conversation_id)
+    if request.method == "POST" and busy is not None:
         if (
             request.POST.get("submission_key")
-            and latest.started_by_id == request.user.pk
-            and latest.source == "ui"
+            and busy.started_by_id == request.user.pk
+            and busy.source == "ui"
             and form.is_valid()
-            and latest.query == form.cleaned_data["query"]
+            and busy.query == form.cleaned_data["query"]
         ):
             # The page sent twice: its message is the conversation's last, still running.
-            return redirect("inbox:run", public_id=latest.public_id)
+            return redirect("inbox:run", public_id=busy.public_id)
         form.add_error(None, _("The conversation's last message has not ended yet."))
     elif request.method == "POST" and _valid(request, form):
         started = _start_from_page(
@@ -506,6 +514,10 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
         "app": app,
         "run": run,
         "latest": latest,
+        # Asked again after a sending: a colleague's message may have gone in meanwhile.
+        "busy": busy
+        if request.method != "POST"
+        else conversation_in_progress(app, run.conversation_id),
         "conversation": conversation_runs(run, request.user),
         "form": form,
         "submission_key": uuid.uuid4().hex,

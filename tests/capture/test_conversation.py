@@ -5,14 +5,17 @@ with (the page "Go on with the conversation" and `POST /api/v1/runs` with `conve
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
 
 from inbox.dify.client import DifyClient
 from inbox.models import ApiToken, DifyApp, Run
+from inbox.runs import ConversationBusy, start_run
 from tests.capture.conftest import (
     FollowerThread,
     finished_conversation,
@@ -275,3 +278,105 @@ def test_only_who_started_a_conversation_goes_on_with_it(
     assert f"/runs/{first.public_id}/continue" not in page
     assert client.get(f"/runs/{first.public_id}/continue").status_code == 403
     assert Run.objects.count() == 1
+
+
+def test_a_message_in_flight_holds_the_conversation_whoever_sent_it(
+    client: Client,
+    simulator: Any,
+    chat: DifyApp,
+    follower: FollowerThread,
+    reviewer: User,
+    admin_user: User,
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    cid = first.conversation_id
+    # The team lead sends the next message; it waits at its form.
+    response = post(
+        client, {"app": "support-chat", "query": "Lead", "conversation_id": cid}, admin_user
+    )
+    assert response.status_code == 201, response.content
+    lead = Run.objects.get(public_id=response.json()["id"])
+    pending(lead)
+    # The reviewer's own last message has ended, the conversation's has not.
+    status, code, message = error(
+        post(client, {"app": "support-chat", "query": "Me", "conversation_id": cid}, reviewer)
+    )
+    assert (status, code) == (409, "conversation_in_progress")
+    assert str(lead.public_id) in message
+    assert response_details(client, reviewer, cid)["run"] == str(lead.public_id)
+    client.force_login(reviewer)
+    page = client.post(f"/runs/{first.public_id}/continue", {"query": "Me", "submission_key": "k"})
+    assert page.status_code == 400
+    assert "last message has not ended yet" in page.content.decode()
+    assert f'href="/runs/{lead.public_id}/"' in page.content.decode()
+    assert Run.objects.filter(conversation_id=cid).count() == 2
+    assert len(simulator.run(lead.workflow_run_id)["forms"]) == 1
+
+
+def response_details(client: Client, user: User, cid: str) -> Any:
+    response = post(client, {"app": "support-chat", "query": "Me", "conversation_id": cid}, user)
+    return response.json()["error"]["details"]
+
+
+def test_a_message_still_starting_holds_the_conversation_as_its_run_is_made(
+    simulator: Any, chat: DifyApp, follower: FollowerThread, reviewer: User
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    # Another message of the conversation is being sent to Dify: no workflow run id yet.
+    starting = Run.objects.create(
+        app=chat,
+        dify_user=first.dify_user,
+        status="starting",
+        conversation_id=first.conversation_id,
+        query="Sent a moment ago",
+    )
+    sent = simulator.request_count("chat_messages")
+    # Checked where the run is made, whatever a caller checked before.
+    with pytest.raises(ConversationBusy) as refused:
+        start_run(
+            chat,
+            inputs={},
+            query="Me too",
+            dify_user=first.dify_user,
+            started_by=reviewer,
+            conversation_id=first.conversation_id,
+        )
+    assert refused.value.code == "conversation_in_progress"
+    assert refused.value.details()["run"] == str(starting.public_id)
+    assert Run.objects.filter(conversation_id=first.conversation_id).count() == 2
+    assert simulator.request_count("chat_messages") == sent
+
+
+def test_two_next_messages_sent_at_once_start_one_turn(
+    simulator: Any, chat: DifyApp, follower: FollowerThread, reviewer: User, admin_user: User
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    cid = first.conversation_id
+    # Dify is slow to take a message: both requests are in the inbox at the same moment.
+    simulator.add_fault("delay", "chat_messages", times=2, delay=0.5)
+    barrier = threading.Barrier(2)
+    answers: dict[str, Any] = {}
+
+    def send(user: User) -> None:
+        try:
+            body = {"app": "support-chat", "query": f"From {user}", "conversation_id": cid}
+            barrier.wait(timeout=10)
+            answers[user.username] = post(Client(), body, user)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(u,)) for u in (reviewer, admin_user)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    statuses = sorted(a.status_code for a in answers.values())
+    assert statuses == [201, 409], {k: a.content for k, a in answers.items()}
+    turns = Run.objects.filter(conversation_id=cid).exclude(pk=first.pk)
+    assert turns.count() == 1
+    in_dify = [
+        r
+        for r in simulator.call(lambda: list(simulator.sim.runs.values()))
+        if r.conversation is not None and r.conversation.id == cid
+    ]
+    assert len(in_dify) == 2  # the first message and one next one
