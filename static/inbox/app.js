@@ -926,6 +926,33 @@
     }
   });
 
+  // --- "Someone else is handling this form. Decide anyway?" can be answered no -------------
+  // The question goes (with the word that would let the next press decide), nothing is sent,
+  // and the focus goes back to the action that asked it.
+  function showCancels() {
+    document.querySelectorAll("[data-confirm-cancel][hidden]").forEach(function (b) { b.hidden = false; });
+  }
+  showCancels();
+  document.addEventListener("htmx:afterSettle", showCancels);
+  function dismissConfirm(box) {
+    var asked = box.querySelector("button[name=action]");
+    var value = asked ? asked.value : "";
+    var form = box.closest("form");
+    box.remove();
+    var back = form && form.querySelector('.actions button[name=action][value="' + CSS.escape(value) + '"]');
+    if (back) back.focus();
+  }
+  document.addEventListener("click", function (event) {
+    var cancel = event.target.closest && event.target.closest("[data-confirm-cancel]");
+    var box = cancel && cancel.closest("#confirm-taken");
+    if (box) dismissConfirm(box);
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Escape") return;
+    var box = document.activeElement && document.activeElement.closest && document.activeElement.closest("#confirm-taken");
+    if (box) { event.preventDefault(); dismissConfirm(box); }
+  });
+
   // --- Focus is never dropped to the page's start by a swap -------------------------------
   // A swap that takes away the element the reader was on (their button, a row, a chip) would
   // leave the focus on <body>, sending keyboard and screen reader users back to the top. The
@@ -1000,6 +1027,11 @@
         return;
       }
       if (was.href && focusOn(root.querySelector('a[href="' + CSS.escape(was.href) + '"]'))) return;
+      // An action pressed on a form someone else holds brings the question "Decide anyway?":
+      // it is read from its text, so a second press of the key (a double Enter) answers
+      // nothing; on its own "Decide anyway" button it would decide.
+      var confirm = was.name === "action" && root.querySelector("#confirm-taken");
+      if (confirm && focusOn(confirm)) return;
       if (was.name) {
         var same = root.querySelector('[name="' + CSS.escape(was.name) + '"]' + (was.value ? '[value="' + CSS.escape(was.value) + '"]' : ""));
         if (same && !same.disabled && focusOn(same)) return;

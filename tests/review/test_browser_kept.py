@@ -342,3 +342,48 @@ def test_on_a_wide_screen_the_next_form_is_in_the_run_panel_only(
     page.goto(f"{live_server.url}/forms/{first.public_id}/")
     assert page.get_by_role("link", name="Legal check").count() == 1
     assert page.locator("#run-panel").get_by_role("link", name="Legal check").is_visible()
+    # The form after it in the reviewer's list is offered on every screen, under the card.
+    following = page.get_by_role("link", name="Next form in your list")
+    assert following.is_visible()
+    box, card = following.bounding_box(), page.locator(".state-card").bounding_box()
+    assert box is not None and card is not None and card["y"] < box["y"]
+    assert following.evaluate("link => link.checkVisibility()")
+
+
+def test_a_double_enter_on_a_form_someone_else_holds_asks_and_decides_nothing(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    form = _note_form(dify_app)
+    form.claim(reviewer)  # Alice took it
+    page = logged_in_page(chromium, live_server, other_reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    approve = page.locator("#decision-form .actions button[value=approve]")
+    approve.focus()
+    page.keyboard.press("Enter")
+    question = page.locator("#confirm-taken")
+    question.wait_for(timeout=10000)
+    # The question holds the focus, read from its text: the key pressed again answers nothing.
+    page.wait_for_function("() => document.activeElement.id === 'confirm-taken'")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(500)
+    assert not Decision.objects.filter(form=form).exists()
+    assert "is handling this form. Decide anyway?" in question.inner_text()
+    # Escape (or "Don't decide") takes the question away and gives the focus back.
+    page.keyboard.press("Escape")
+    assert question.count() == 0
+    assert page.evaluate("document.activeElement.value") == "approve"
+    approve.press("Enter")
+    question.wait_for(timeout=10000)
+    page.get_by_role("button", name="Don't decide").click()
+    assert question.count() == 0 and not Decision.objects.filter(form=form).exists()
+    # Answered yes: one decision.
+    approve.press("Enter")
+    page.get_by_role("button", name="Decide anyway: Approve").click()
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=10000)
+    assert Decision.objects.filter(form=form).count() == 1
+    assert page.js_errors == [] and page.csp_violations == []
