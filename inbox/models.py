@@ -4071,7 +4071,15 @@ class ReviewerProfile(models.Model):
         blank=True,
         help_text=_("As their browser last gave it; emails give times in it. Blank: the server's."),
     )
+    # "New since your last visit" (`looked_at_list`): when they last looked at the inbox's
+    # list of pending forms, and since when the forms they see now count as new to them.
+    list_seen_at = models.DateTimeField(_("last looked at the inbox"), null=True, blank=True)
+    new_since = models.DateTimeField(_("forms new to them since"), null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
+
+    # Looks at the list this close together are one visit: the forms new at its start stay
+    # marked new throughout it (back from each form decided, a reload), not only on its first page.
+    VISIT_GAP = dt.timedelta(minutes=30)
 
     class Meta:
         verbose_name = _("reviewer profile")
@@ -4101,6 +4109,44 @@ class ReviewerProfile(models.Model):
             defaults["time_zone"] = time_zone
         if defaults:
             cls.objects.update_or_create(user=user, defaults=defaults)
+
+    @classmethod
+    def looked_at_list(cls, user: Any, now: dt.datetime) -> dt.datetime | None:
+        """The reviewer looks at their pending forms (`views.index`): a look more than
+        VISIT_GAP after their last one starts a visit, whose forms arrived since that last
+        look are new to them. Returns since when forms are new (None: their first visit).
+
+        One statement: the update reads the row's old values and returns the new one."""
+        table = cls._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET "  # noqa: S608 - the model's own table name
+                "new_since = CASE WHEN list_seen_at IS NULL OR list_seen_at < %s "
+                "THEN list_seen_at ELSE new_since END, list_seen_at = %s "
+                "WHERE user_id = %s RETURNING new_since",
+                [
+                    connection.ops.adapt_datetimefield_value(now - cls.VISIT_GAP),
+                    connection.ops.adapt_datetimefield_value(now),
+                    user.pk,
+                ],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            # Their first look at all (the profile is made after the first page, by
+            # `ReviewerLanguageMiddleware`): nothing is new yet.
+            cls.objects.update_or_create(user=user, defaults={"list_seen_at": now})
+            return None
+        value = row[0]
+        if isinstance(value, str):  # SQLite's RETURNING gives the stored text
+            value = dt.datetime.fromisoformat(value)
+        if value is not None and timezone.is_naive(value):
+            value = timezone.make_aware(value, dt.UTC)
+        return value
+
+    @classmethod
+    def new_since_of(cls, user: Any) -> dt.datetime | None:
+        """Since when forms are new to the reviewer, without looking (a poll, another page)."""
+        return cls.objects.filter(user_id=user.pk).values_list("new_since", flat=True).first()
 
     @classmethod
     def time_zone_of(cls, user: Any) -> str:

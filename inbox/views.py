@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -76,6 +77,7 @@ from inbox.models import (
     DifyApp,
     Form,
     FormNotOpen,
+    ReviewerProfile,
     Route,
     Run,
     Upload,
@@ -272,8 +274,13 @@ COUNT_CAP = 1000
 
 
 def _tab_counts(
-    request: HttpRequest, filters: InboxFilters, token: str, *, allow_last: bool = False
-) -> tuple[dict[str, int], bool]:
+    request: HttpRequest,
+    filters: InboxFilters,
+    token: str,
+    *,
+    allow_last: bool = False,
+    new_since: dt.datetime | None = None,
+) -> tuple[dict[str, int], bool, int]:
     """Forms per tab, counted up to COUNT_CAP + 1 and cached until any form changes.
 
     The change token moves with every new form or status change, so a cached count is never
@@ -284,21 +291,26 @@ def _tab_counts(
     early in each status index, and each form is probed; where few are (a team routed one form
     in ten) it reads far down the index, and hashing the team's routing once is cheaper.
 
-    Returns the counts and whether they are current. `allow_last`: when the forms changed
+    `new_since`: the pending forms that arrived since then are counted too, in the same
+    statement ("3 new": `ReviewerProfile.looked_at_list`).
+
+    Returns the counts, whether they are current, and the new forms. `allow_last`: when the forms changed
     since the last count, return that last count (not current) rather than count again; the
     page then asks for the current one (`tabs`) once it is shown, so a list never waits for a
     recount (a tenth of a second at 100k forms) and every change still reaches the tabs.
     """
-    narrowing = f"{filters.app or ''}\n{filters.node}\n{filters.q}\n{filters.mine}".encode()
+    new = new_since.isoformat() if new_since else ""
+    narrowing = f"{filters.app or ''}\n{filters.node}\n{filters.q}\n{filters.mine}\n{new}".encode()
     narrow = hashlib.sha256(narrowing).hexdigest()[:16]
     key = f"inbox:counts:{request.user.pk}:{token}:{narrow}"
     last_key = f"inbox:counts-last:{request.user.pk}:{narrow}"
     cached = cache.get_many([key, last_key] if allow_last else [key])
     counts: dict[str, int] | None = cached.get(key)
     if counts is not None:
-        return counts, True
+        return counts, True, counts.pop(NEW_COUNT, 0)
     if allow_last and cached.get(last_key) is not None:
-        return cached[last_key], False
+        counts = cached[last_key]
+        return counts, False, counts.pop(NEW_COUNT, 0)
     user = request.user
     dense = not user.is_staff and routing_is_dense(user)
     visible = Form.objects.for_user(user, probe=dense)
@@ -310,6 +322,11 @@ def _tab_counts(
             base.filter(status__in=statuses).values("pk")[: COUNT_CAP + 1].query.sql_with_params()
         )
         # Django compiled `sql` with placeholders; its values travel in `params`.
+        parts.append(f"(SELECT COUNT(*) FROM ({sql}) AS capped)")  # noqa: S608
+        params.extend(part_params)
+    if new_since is not None:
+        arrived = base.filter(status=Form.Status.PENDING, created_at__gt=new_since)
+        sql, part_params = arrived.values("pk")[: COUNT_CAP + 1].query.sql_with_params()
         parts.append(f"(SELECT COUNT(*) FROM ({sql}) AS capped)")  # noqa: S608
         params.extend(part_params)
     select = "SELECT " + ", ".join(parts)
@@ -341,9 +358,17 @@ def _tab_counts(
                 with contextlib.suppress(DatabaseError):
                     cursor.execute("SELECT set_config('enable_bitmapscan', %s, false)", [previous])
                 raise
-    counts = {tab: int(n) for (tab, _label, _statuses), n in zip(TABS, row, strict=True)}
-    cache.set_many({key: counts, last_key: counts}, timeout=300)
-    return counts, True
+    counts = {
+        tab: int(n) for (tab, _label, _statuses), n in zip(TABS, row[: len(TABS)], strict=True)
+    }
+    arrived_count = int(row[len(TABS)]) if new_since is not None else 0
+    stored = {**counts, NEW_COUNT: arrived_count}
+    cache.set_many({key: stored, last_key: stored}, timeout=300)
+    return counts, True, arrived_count
+
+
+# The key of the cached counts that holds the new forms' (not a tab).
+NEW_COUNT = "_new"
 
 
 def _capped(counts: dict[str, int], status: str) -> bool:
@@ -353,14 +378,27 @@ def _capped(counts: dict[str, int], status: str) -> bool:
 
 
 def _tabs_context(
-    counts: dict[str, int], current: bool, status: str, offset: int, shown: int, has_next: bool
+    counts: dict[str, int],
+    current: bool,
+    status: str,
+    offset: int,
+    shown: int,
+    has_next: bool,
+    new: int = 0,
 ) -> dict[str, Any]:
     """The tabs and the pager's range. Not `current`: the tabs ask for the current counts
-    when they are shown, and the answer replaces both."""
+    when they are shown, and the answer replaces both. `new`: the pending forms arrived since
+    the reviewer's last visit, said beside the Pending tab ("3 new")."""
     total = _total_text(counts, status, _capped(counts, status), offset, shown, has_next)
     return {
         "tabs": [
-            {"key": k, "label": label, "count": _count_text(counts[k])} for k, label, _s in TABS
+            {
+                "key": k,
+                "label": label,
+                "count": _count_text(counts[k]),
+                **(_new_text(new) if k == "pending" and new else {}),
+            }
+            for k, label, _s in TABS
         ],
         "counts_current": current,
         "total": total,
@@ -376,7 +414,10 @@ def tabs(request: HtmxHttpRequest) -> HttpResponse:
     """The tabs with current counts, and the pager's range with them (out of band): asked for
     by a list shown with the last counts. `shown` and `more` describe the page on screen."""
     filters = InboxFilters.from_query(request.GET, request.user)
-    counts, _current = _tab_counts(request, filters, _change_token(request))
+    new_since = ReviewerProfile.new_since_of(request.user)
+    counts, _current, new = _tab_counts(
+        request, filters, _change_token(request), new_since=new_since
+    )
     try:
         shown = max(0, min(int(request.GET.get("shown", "0")), PAGE_SIZE))
     except ValueError:
@@ -385,7 +426,7 @@ def tabs(request: HtmxHttpRequest) -> HttpResponse:
     has_next = request.GET.get("more") == "1"
     context = {
         "filters": filters,
-        **_tabs_context(counts, True, filters.status, offset, shown, has_next),
+        **_tabs_context(counts, True, filters.status, offset, shown, has_next, new),
         # The range only exists on a page with rows.
         "oob": shown > 0,
     }
@@ -394,6 +435,20 @@ def tabs(request: HtmxHttpRequest) -> HttpResponse:
 
 def _count_text(count: int) -> str:
     return f"{COUNT_CAP}+" if count > COUNT_CAP else str(count)
+
+
+def _new_text(new: int) -> dict[str, str]:
+    """The Pending tab's "3 new", shown, and the sentence a screen reader hears instead."""
+    shown = _count_text(new)
+    return {
+        "new": ngettext("%(count)s new", "%(count)s new", new) % {"count": shown},
+        "new_said": ngettext(
+            "%(count)s form arrived since your last visit.",
+            "%(count)s forms arrived since your last visit.",
+            new,
+        )
+        % {"count": shown},
+    }
 
 
 def _total_text(
@@ -454,6 +509,8 @@ class Row:
     action: str = ""
     # Who decided (a reviewer here), as every reviewer may be told it; "" when decided in Dify.
     decider: str = ""
+    # A pending form that arrived since the reviewer's last visit (`ReviewerProfile.new_since`).
+    new: bool = False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -470,8 +527,12 @@ class RowFormat:
 
     _PLACEHOLDER = uuid.UUID(int=0)
 
-    def __init__(self, now: dt.datetime, user_pk: int | None = None) -> None:
+    def __init__(
+        self, now: dt.datetime, user_pk: int | None = None, new_since: dt.datetime | None = None
+    ) -> None:
         self.now = now
+        # Pending forms that arrived after this are new to the reader.
+        self.new_since = new_since
         # The reader: a form they hold is theirs ("You are handling this").
         self.user_pk = user_pk
         self.yours = _("You are handling this")
@@ -510,11 +571,18 @@ def _touching(parts: list[str], i: int, part: str, cjk: tuple[bool, bool]) -> st
     return part
 
 
-def rows_html(rows: list[Row]) -> SafeString:
+def rows_html(rows: list[Row], place: int | None = None) -> SafeString:
     """The list's rows as HTML. Built here rather than in a template loop: fifty rows of a
     dozen escaped values each cost a template a third of the page's time. Every value is
-    escaped; the words are translated once per page."""
+    escaped; the words are translated once per page.
+
+    `place`: the index of the row where the reviewer's place is (`?after=`): selected, its
+    link `aria-current`, and `#place`, the fragment the links back to the list end with."""
     run_label = _("Run")
+    # A new form: "New" shown, and said in full with the row's link.
+    new_shown = pgettext("a form arrived since the last visit", "New")
+    new_said = _("Arrived since your last visit")
+    place_id, current = ' id="place"', ' aria-current="true"'
     # Each language puts the time where its grammar wants it ("2分钟前收到").
     arrived_before, _sep, arrived_after = _("Arrived %(when)s").partition("%(when)s")
     expires_before, _sep, expires_after = _("Expires %(when)s").partition("%(when)s")
@@ -523,13 +591,16 @@ def rows_html(rows: list[Row]) -> SafeString:
     # With who decided: each language places both ("Alice 于 3 小时前决定").
     decided_by = re.split(r"(%\(when\)s|%\(who\)s)", _("Decided %(when)s by %(who)s"))
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         # The link is named by the form's title alone, which many rows share ("Manager
         # approval"): it is described by the row's app, time left and status, as shown.
         rid = escape(f"row-{r.id}")
         described = [f"{rid}-app", f"{rid}-status"]
         if r.holder:
             described.append(f"{rid}-holder")
+        if r.new:
+            described.append(f"{rid}-new")
+        here = i == place
         side = ""
         if r.status == "pending":
             described.insert(1, f"{rid}-left")
@@ -575,10 +646,19 @@ def rows_html(rows: list[Row]) -> SafeString:
             )
         status = escape(r.status)
         out.append(
-            f'<li class="row status-{status}" data-id="{escape(r.id)}">'
-            f'<div class="row-main"><a class="open" href="{escape(r.url)}" '
+            f'<li class="row status-{status}{" new" if r.new else ""}{" selected" if here else ""}"'
+            f'{place_id if here else ""} data-id="{escape(r.id)}">'
+            f'<div class="row-main"><a class="open" href="{escape(r.url)}"'
+            f"{current if here else ''} "
             f'aria-describedby="{" ".join(described)}">{escape(r.title)}</a> '
-            f'<span class="chip app" id="{rid}-app">{escape(r.app)}</span> '
+            + (
+                f'<span class="chip new" id="{rid}-new" title="{escape(new_said)}">'
+                f'<span aria-hidden="true">{escape(new_shown)}</span>'
+                f'<span class="visually-hidden">{escape(new_said)}</span></span> '
+                if r.new
+                else ""
+            )
+            + f'<span class="chip app" id="{rid}-app">{escape(r.app)}</span> '
             + (
                 f'<span class="chip claimed{" mine" if r.mine else ""}" id="{rid}-holder">'
                 f"{escape(r.holder)}</span> "
@@ -641,6 +721,7 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
     return Row(
         holder=holder,
         mine=mine,
+        new=status == "pending" and fmt.new_since is not None and created > fmt.new_since,
         id=str(values["public_id"]),
         url=fmt.url(values["public_id"]),
         title=values["node_title"] or values["node_id"],
@@ -769,8 +850,12 @@ def next_in_list(request: HttpRequest) -> HttpResponse:
         found = Form.objects.only("public_id").get(pk=following[0])
         return redirect("inbox:form", public_id=found.public_id)
     messages.info(request, _("No other form is waiting in this list."))
-    back = f"?{query.urlencode()}" if query else ""
-    return redirect(reverse("inbox:index") + back)
+    # At the decided form's place: the list's empty state, or a form another reviewer holds.
+    back = query.copy()
+    if after is not None:
+        back["after"] = str(after.public_id)
+    back_query = f"?{back.urlencode()}" if back else ""
+    return redirect(reverse("inbox:index") + back_query + ("#place" if after is not None else ""))
 
 
 def _uuid_or_none(value: str) -> uuid.UUID | None:
@@ -790,15 +875,27 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         return HttpResponse(status=204)
     filters = InboxFilters.from_query(request.GET, request.user)
     visible = Form.objects.for_user(request.user)
-    counts, counts_current = _tab_counts(request, filters, token, allow_last=True)
+    now = timezone.now()
+    new_since = (
+        ReviewerProfile.looked_at_list(request.user, now)
+        if is_look_at_list(request, filters)
+        else ReviewerProfile.new_since_of(request.user)
+    )
+    counts, counts_current, new = _tab_counts(
+        request, filters, token, allow_last=True, new_since=new_since
+    )
     capped = _capped(counts, filters.status)
     page = filters.page
+    # Back from a form (`?after=`): the list opens at that form's place, on its page.
+    place_id = _uuid_or_none(request.GET.get("after", "")) if since is None else None
+    place = place_index(filters, visible, place_id, now) if place_id else None
+    if place is not None:
+        page = place // PAGE_SIZE + 1
     if not capped and counts_current:
         # Past the cap (or with the last count) the number of pages is not known: "Next"
         # shows while another row follows. Otherwise a page past the last is the last.
         total = sum(counts.values()) if filters.status == "all" else counts[filters.status]
         page = min(page, max(1, math.ceil(total / PAGE_SIZE)))
-    now = timezone.now()
     order = ordering(filters.sort, filters.status)
 
     def page_rows(page: int) -> list[dict[str, Any]]:
@@ -829,6 +926,9 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         query = request.GET.copy()
         query.pop("since", None)
         query.pop("page", None)
+        if request.htmx:
+            # The place is shown in this answer; the address kept is the list's own.
+            query.pop("after", None)
         if page > 1:
             query["page"] = str(page)
         moved_to = f"{request.path}?{query.urlencode()}" if query else request.path
@@ -837,15 +937,19 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         query._mutable = False
         request.GET = query  # type: ignore[assignment]  # a QueryDict made immutable
     offset = (page - 1) * PAGE_SIZE
-    fmt = RowFormat(now, request.user.pk)
+    fmt = RowFormat(now, request.user.pk, new_since)
     with_deciders(found[:PAGE_SIZE])
     rows = [inbox_row(values, fmt) for values in found[:PAGE_SIZE]]
     has_next = len(found) > PAGE_SIZE
+    # The row in the form's place; past the list's end (the form was its last), the row
+    # before it. None: no place asked for, or no row left (the empty state is the place).
+    at = min(max(place - offset, 0), len(rows) - 1) if place is not None and rows else None
     context = {
         "filters": filters,
-        **_tabs_context(counts, counts_current, filters.status, offset, len(rows), has_next),
+        **_tabs_context(counts, counts_current, filters.status, offset, len(rows), has_next, new),
         "rows": rows,
-        "rows_html": rows_html(rows),
+        "rows_html": rows_html(rows, at),
+        "placed": place_id is not None,
         "page": page,
         "has_next": has_next,
         "token": token,
@@ -901,6 +1005,72 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
             app["held"] = held.get(app["id"], 0)
     context["node_label"] = _node_label(filters.node, request.user) if filters.node else ""
     return render(request, "inbox/index.html", context)
+
+
+def is_look_at_list(request: HtmxHttpRequest, filters: InboxFilters) -> bool:
+    """Whether this view of the list is the reviewer looking at what waits for them, which
+    moves their last visit on (`ReviewerProfile.looked_at_list`): the Pending tab's first page,
+    neither searched nor filtered, opened, reloaded or shown by its tab, a link back from a
+    form or the back button. Not the list's poll (`since`) nor the counts it asks for (`tabs`),
+    which only bring what is shown up to date: a form that arrives while the list is open is
+    marked new, and stays marked, until the next visit."""
+    htmx = request.htmx
+    return (
+        request.GET.get("since") is None
+        and filters.status == "pending"
+        and filters.page == 1
+        and not filters.is_narrowed
+        and not (htmx and htmx.history_restore_request)
+    )
+
+
+def before_q(sort: str, status: str, form: Mapping[str, Any]) -> Q:
+    """The forms listed before `form` (its values: pk and the sort's fields) in the order
+    `ordering(sort, status)` gives, as it stands now."""
+    pk = form["pk"]
+    if sort == "decided":
+        decided = form["decided_at"]
+        nulls_first = status != "elsewhere"
+        if decided is None:
+            same = Q(decided_at__isnull=True, pk__gt=pk)
+            return same if nulls_first else Q(decided_at__isnull=False) | same
+        later = Q(decided_at__gt=decided) | Q(decided_at=decided, pk__gt=pk)
+        return Q(decided_at__isnull=True) | later if nulls_first else later
+    if sort == "newest":
+        created = form["created_at"]
+        return Q(created_at__gt=created) | Q(created_at=created, pk__gt=pk)
+    if sort == "oldest":
+        created = form["created_at"]
+        return Q(created_at__lt=created) | Q(created_at=created, pk__lt=pk)
+    expires = form["expiration_time"]
+    if expires is None:
+        return Q(expiration_time__isnull=False) | Q(expiration_time__isnull=True, pk__lt=pk)
+    return Q(expiration_time__lt=expires) | Q(expiration_time=expires, pk__lt=pk)
+
+
+def place_index(
+    filters: InboxFilters, visible: QuerySet[Form], public_id: uuid.UUID, now: dt.datetime
+) -> int | None:
+    """Where in the list (its tab, filters and sort) the reviewer's place is after the form
+    `public_id`: the form itself while it still waits in the list (opened, and left
+    undecided), else the row after where it stands in the list's order (decided: on the
+    Pending tab it has left the list, and the row after it took its place). One query for the
+    form, one for the list's forms before it. None for a form the reviewer may not see."""
+    form = (
+        visible.filter(public_id=public_id)
+        .values("pk", "status", "expiration_time", "created_at", "decided_at")
+        .first()
+    )
+    if form is None:
+        return None
+    found = filters.apply(visible).aggregate(
+        before=Count("pk", filter=before_q(filters.sort, filters.status, form)),
+        here=Count("pk", filter=Q(pk=form["pk"])),
+    )
+    waiting = form["status"] == Form.Status.PENDING and (
+        form["expiration_time"] is None or form["expiration_time"] > now
+    )
+    return int(found["before"]) + (1 if found["here"] and not waiting else 0)
 
 
 def _reviewer_apps(user: Any, *, selected: int | None = None) -> QuerySet[DifyApp]:

@@ -1283,9 +1283,86 @@
         plain = new URL(link.getAttribute("href"), window.location.href);
       } catch (e) { return; }
       if (back.origin !== window.location.origin || back.pathname !== plain.pathname) return;
-      link.setAttribute("href", back.pathname + back.search);
+      // At this form's place in that list (`after`), as the plain link is.
+      var after = plain.searchParams.get("after");
+      if (after) back.searchParams.set("after", after);
+      link.setAttribute("href", back.pathname + back.search + plain.hash);
     });
   }
+
+  // --- Back in the list, at the place of the form just seen ---------------------------------
+  // The list drawn with `?after=` marks the row in that form's place (the row after it once it
+  // is decided) `#place`, selected: here the focus goes to it, on the screen, so j / k / Enter
+  // go on from there; where nothing is left, to what the empty list says. The address then
+  // drops `after` (a reload or a link taken from it opens the list as it is).
+  var PLACE_KEY = "inbox:place";
+
+  function showPlace(root) {
+    var place = root && root.querySelector ? root.querySelector("#place") : null;
+    if (!place) return false;
+    // Shown once: a later swap (the counts, a poll) leaves the focus where the reader took it.
+    place.removeAttribute("id");
+    var row = place.closest("#rows .row");
+    if (row) {
+      select(row, false);
+      focusOn(row.querySelector("a.open"));
+      reveal(row);
+    } else {
+      focusOn(place);
+      reveal(place);
+    }
+    try {
+      var url = new URL(window.location.href);
+      if (url.searchParams.has("after") || url.hash === "#place") {
+        url.searchParams.delete("after");
+        url.hash = "";
+        window.history.replaceState(window.history.state, "", url.pathname + url.search);
+      }
+    } catch (e) { /* the address keeps it: a reload shows the same place */ }
+    return true;
+  }
+
+  // A form page notes its form for the back button, which shows the list as it was left
+  // (the browser's cache, or drawn again without `after`): the list then asks for its place.
+  function notePlace() {
+    var link = document.querySelector("a[data-inbox-back]");
+    if (!link) return;
+    var after;
+    try { after = new URL(link.getAttribute("href"), window.location.href).searchParams.get("after"); } catch (e) { return; }
+    if (!after) return;
+    try { window.sessionStorage.setItem(PLACE_KEY, JSON.stringify({ id: after, at: Date.now() })); } catch (e) { /* the links still carry it */ }
+  }
+
+  // Taken once, by the list shown next: an older note would move a list opened later.
+  function takePlace() {
+    var saved = null;
+    try {
+      saved = JSON.parse(window.sessionStorage.getItem(PLACE_KEY) || "null");
+      window.sessionStorage.removeItem(PLACE_KEY);
+    } catch (e) { saved = null; }
+    return saved && typeof saved.id === "string" && /^[0-9a-f-]{36}$/i.test(saved.id) && Date.now() - saved.at < 3600000 ? saved.id : null;
+  }
+
+  function placeAfterBack(backward) {
+    if (!document.querySelector("[data-inbox-list]")) return;
+    var id = takePlace();
+    if (!id || !backward || document.getElementById("place") || !window.htmx || !document.getElementById("results")) return;
+    var url = new URL(window.location.href);
+    url.searchParams.set("after", id);
+    url.hash = "";
+    window.htmx.ajax("GET", url.pathname + url.search, { target: "#results", swap: "outerHTML" });
+  }
+
+  function cameBack() {
+    try {
+      var nav = window.performance.getEntriesByType("navigation")[0];
+      return !!nav && nav.type === "back_forward";
+    } catch (e) { return false; }
+  }
+
+  document.addEventListener("htmx:afterSettle", function () { showPlace(document); });
+  // Back from a form page to a list the browser kept whole (no new load).
+  window.addEventListener("pageshow", function (event) { if (event.persisted) placeAfterBack(true); });
 
   // "Next form in your list", after a decision, carries the list the reader came from (its
   // filters, search and sort); without script it takes the pending forms in their usual order.
@@ -1319,10 +1396,13 @@
     restoreAfterSignIn();
     refreshTimes();
     refreshActions();
+    fitScrollPadding();
+    showPlace(document);
+    placeAfterBack(cameBack());
+    notePlace();
     rememberList();
     linkBackToList();
     linkNextInList();
-    fitScrollPadding();
     fitTabs(document.getElementById("tabs"), true);
     applyShortcuts();
     // A page sent back with errors (the start form, a form page without htmx): the reader

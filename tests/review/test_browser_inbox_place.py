@@ -178,14 +178,77 @@ def test_the_link_back_to_the_inbox_keeps_its_tab_filters_and_page(
     page.locator("#rows .row .open").click()
     page.wait_for_url(f"**{_href(expired)}")
     back = page.locator(".crumbs a", has_text="Inbox")
-    assert back.get_attribute("href") == f"{left_at.path}?{left_at.query}"
+    # At the form's place in that list.
+    assert (
+        back.get_attribute("href")
+        == f"{left_at.path}?{left_at.query}&after={expired.public_id}#place"
+    )
     back.click()
     page.wait_for_selector("#rows .row")
     query = parse_qs(urlsplit(page.url).query)
     assert query["status"] == ["expired"] and query["sort"] == ["oldest"]
     assert page.locator("#rows .row .open").get_attribute("href") == _href(expired)
+    assert _focused_href(page) == _href(expired)
     # Another tab of the browser, which has not been to the inbox: the inbox as it opens.
     other = page.context.new_page()
     other.goto(f"{live_server.url}{_href(expired)}")
-    assert other.locator(".crumbs a", has_text="Inbox").get_attribute("href") == "/"
+    assert (
+        other.locator(".crumbs a", has_text="Inbox").get_attribute("href")
+        == f"/?after={expired.public_id}#place"
+    )
     assert page.js_errors == []
+
+
+def test_back_in_the_list_after_a_decision_the_row_after_it_has_the_focus(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    forms = _pending(dify_app, 30)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#rows .row")
+    page.goto(f"{live_server.url}{_href(forms[20])}")
+    forms[20].decide(
+        action_id="approve", inputs={"note": "ok", "decision": "refund"}, reviewer=reviewer
+    )
+    # The link back: the row after the decided one is focused, selected and on the screen,
+    # and j goes on from it.
+    page.locator(".crumbs a", has_text="Inbox").click()
+    page.wait_for_selector("#rows .row.selected")
+    assert _focused_href(page) == _href(forms[21])
+    assert page.locator("#rows .row.selected .open").get_attribute("href") == _href(forms[21])
+    assert page.locator("#rows .row.selected").is_visible()
+    box = page.evaluate(
+        "() => { const b = document.querySelector('#rows .row.selected').getBoundingClientRect();"
+        " return [b.top, b.bottom, window.innerHeight, window.scrollY]; }"
+    )
+    assert box[0] >= 0 and box[1] <= box[2] + 1, box
+    assert "after" not in urlsplit(page.url).query
+    page.keyboard.press("j")
+    assert _focused_href(page) == _href(forms[22])
+    # The browser's back button from another form: the list asks for its place.
+    page.goto(f"{live_server.url}{_href(forms[25])}")
+    forms[25].decide(
+        action_id="approve", inputs={"note": "ok", "decision": "refund"}, reviewer=reviewer
+    )
+    page.go_back()
+    page.wait_for_function(
+        f"() => document.activeElement.getAttribute('href') === '{_href(forms[26])}'",
+        timeout=10000,
+    )
+    assert page.js_errors == []
+
+
+def test_without_script_the_link_back_lands_on_the_row_after_the_decided_one(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    forms = _pending(dify_app, 3)
+    forms[1].decide(
+        action_id="approve", inputs={"note": "ok", "decision": "refund"}, reviewer=reviewer
+    )
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts, javascript=False)
+    page.goto(f"{live_server.url}{_href(forms[1])}")
+    page.locator(".crumbs a", has_text="Inbox").click()
+    page.wait_for_selector("#rows .row")
+    assert urlsplit(page.url).fragment == "place"
+    assert page.locator("#place .open").get_attribute("href") == _href(forms[2])
+    assert page.locator("#place .open").get_attribute("aria-current") == "true"

@@ -813,7 +813,7 @@ def test_next_form_in_your_list_is_the_one_after_the_decided_one_held_by_nobody_
     assert next_after(d, "sort=newest") == f"/forms/{c.public_id}/"
     # Past the list's end it starts again at its top; with nothing left, back to the list.
     assert next_after(d) == f"/forms/{c.public_id}/"
-    assert next_after(d, "q=Legal") == "/?q=Legal"
+    assert next_after(d, "q=Legal") == f"/?q=Legal&after={d.public_id}#place"
     # The decided form's page offers it.
     page = alice.get(f"/forms/{a.public_id}/").content.decode()
     assert f'data-next-in-list href="/forms/next/?after={a.public_id}"' in page
