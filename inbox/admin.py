@@ -40,6 +40,7 @@ from django.utils.translation import gettext_lazy as _
 from inbox.app_check import (
     check_app,
     look_alike,
+    mode_warning,
     name_warning,
     other_app_warning,
     server_of,
@@ -784,20 +785,8 @@ class DifyAppAdmin(AuditedAdmin):
                 },
                 messages.SUCCESS,
             )
-            if not kind:
-                self.message_user(
-                    request,
-                    _(
-                        "%(app)s: Dify names its mode “%(mode)s”, which is not a %(kind)s as set "
-                        "up here; set the mode to match."
-                    )
-                    % {
-                        "app": app.name,
-                        "mode": info.get("mode") or "?",
-                        "kind": app.get_mode_display(),
-                    },
-                    messages.WARNING,
-                )
+            if warning := mode_warning(app, info.get("mode")):
+                self.message_user(request, warning, messages.WARNING)
 
 
 class PeopleSearchAdmin(admin.ModelAdmin):

@@ -515,6 +515,8 @@ def _form_summary(request: HttpRequest, form: Form, content: str) -> dict[str, A
             "id": str(form.run.public_id),
             "status": form.run.status,
             "workflow_run_id": form.run.workflow_run_id,
+            # A chatflow's form: the conversation and the message its run is in it.
+            **_conversation_json(form.run, getattr(form, "run_turn", _UNKNOWN)),
         },
         "node_id": form.node_id,
         "node_title": form.node_title,
@@ -524,6 +526,24 @@ def _form_summary(request: HttpRequest, form: Form, content: str) -> dict[str, A
         # Who is handling the open form (taken in the inbox), as the inbox's rows say it.
         "claimed_by": _holder(form),
         "url": request.build_absolute_uri(reverse("inbox:form", args=[form.public_id])),
+    }
+
+
+_UNKNOWN = object()
+
+
+def _conversation_json(run: Any, turn: Any = _UNKNOWN) -> dict[str, Any]:
+    """A run's place in its chatflow's conversation: Dify's `conversation_id` (null for a
+    workflow, or a start Dify never named), what the message asked (`query`), and `turn`, its
+    number among the conversation's messages in the inbox (null for a start Dify never took,
+    which is no message of it). `turn`: as annotated on a list's rows (`turn_number`), else
+    counted here."""
+    from inbox.runs import turn_of
+
+    return {
+        "conversation_id": run.conversation_id or None,
+        "query": run.query,
+        "turn": turn_of(run) if turn is _UNKNOWN else turn,
     }
 
 
@@ -949,6 +969,7 @@ def _run_summary(request: HttpRequest, run: Any) -> dict[str, Any]:
         # None until Dify has named the run (and for a start it never named).
         "workflow_run_id": run.workflow_run_id or None,
         "status": run.status,
+        **_conversation_json(run, getattr(run, "turn", _UNKNOWN)),
         "dify_user": run.dify_user,
         "source": run.source,
         "error": run.error,
@@ -1008,9 +1029,6 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
     return {
         **_run_summary(request, run),
         "inputs": run.inputs,
-        "query": run.query,
-        # A chatflow's conversation, to go on with it in Dify.
-        "conversation_id": run.conversation_id or None,
         # The files a chatflow's message was sent with.
         "files": [_message_file_json(f) for f in run.message_files.all()],
         # Whether the inbox can reach Dify for the run's app, and follows its events.
@@ -1275,9 +1293,14 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     page, without their timelines. A start answered `504 dify_no_answer` is here, as `failed`
     with its reason, beside any run Dify started for it."""
     from inbox.models import Run
+    from inbox.runs import turn_number
     from inbox.views_runs import RUN_STATES, pending_counts, search_runs
 
-    runs = Run.objects.for_user(request.user).select_related("app", "started_by")
+    runs = (
+        Run.objects.for_user(request.user)
+        .select_related("app", "started_by")
+        .annotate(turn=turn_number())
+    )
     status = request.GET.get("status") or ""
     if status in RUN_STATES:
         runs = runs.filter(status__in=RUN_STATES[status])
@@ -1295,7 +1318,9 @@ def runs_list(request: HttpRequest) -> HttpResponse:
     if page is None or page > 10**6:
         raise _bad_page(raw_page)
     # Read one past the page rather than counting every run: whether there is a next page.
-    rows = list(runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1])
+    rows: list[Any] = list(
+        runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1]
+    )
     more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
     waiting = pending_counts(rows)
     return JsonResponse(

@@ -286,6 +286,17 @@ def name_warning(app: DifyApp, name: str) -> str | None:
     return message % {"app": app.name, "name": name, "before": app.dify_name}
 
 
+def mode_warning(app: DifyApp, mode: Any) -> str | None:
+    """Whether the `mode` Dify's /info names is the kind of app set up here ("Test the
+    connection", `add_dify_app`): the warning, or None."""
+    if app.is_dify_mode(mode):
+        return None
+    return _(
+        "%(app)s: Dify names its mode “%(mode)s”, which is not a %(kind)s as set up here; set "
+        "the mode to match."
+    ) % {"app": app.name, "mode": mode or "?", "kind": app.get_mode_display()}
+
+
 def other_app_warning(app: DifyApp) -> str | None:
     """The name check of a new key or URL (the admin's save, `add_dify_app`): /info asked
     with the app's settings now, held against the name it gave before (`name_warning`).

@@ -773,6 +773,12 @@ class Run(models.Model):
         return self.status in self.FINAL_STATUSES
 
     @property
+    def not_sent(self) -> bool:
+        """A start that ended before Dify named a run (Dify refused it, `conversation_not_found`
+        among them, or it failed first): kept, but no message of its conversation."""
+        return self.is_finished and not self.workflow_run_id
+
+    @property
     def error_text(self) -> str:
         """`error` in the active language, as a page shows it (Dify's own words as they are)."""
         return translated(self.error, self.error_parts)

@@ -28,6 +28,7 @@ from django import forms
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
+from django.db.models import Case, Count, IntegerField, OuterRef, Prefetch, Q, Subquery, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
@@ -44,7 +45,7 @@ from inbox.dify.errors import (
 )
 from inbox.dify.types import FormDefinition, HumanInputFields, RunDetail, StreamEvent
 from inbox.forms import PageTextField
-from inbox.models import AuditEntry, DifyApp, Run
+from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
 from inbox.reasons import Reason, Refused, labelled, sentence_gap, stored, translated, worded
 
 logger = logging.getLogger(__name__)
@@ -391,20 +392,114 @@ def add_files_field(form: forms.Form, app: DifyApp, spec: Any, kept: list[Any]) 
         form.fields["files"] = MessageFilesField(spec, app, kept=len(kept))
 
 
-def conversation_runs(run: Run, user: Any) -> list[Run]:
-    """The messages of `run`'s conversation that `user` may see, oldest first (`run` too)."""
-    if not run.conversation_id:
-        return [run]
-    return list(
-        Run.objects.for_user(user)
-        .filter(app_id=run.app_id, conversation_id=run.conversation_id)
-        .prefetch_related("message_files")
-        .order_by("created_at", "pk")[:CONVERSATION_SHOWN]
+# A conversation's messages a run page lists, the latest; older ones are read in Dify.
+CONVERSATION_SHOWN = 100
+
+
+def turn_number(prefix: str = "") -> Case:
+    """The number of a chatflow run's message in its conversation, as the inbox has it, for
+    an annotation (`prefix`: the way to the run, "run__" from a form): its place among the
+    conversation's runs Dify named, oldest first. None for a run of no conversation, and for
+    a start Dify never named (refused, `conversation_not_found` among them, or failed before
+    Dify named a run: it is not a message of the conversation, see `Run.not_sent`). One
+    subquery on the conversation's index: a list of forms or runs costs no query more."""
+    earlier = (
+        Run.objects.filter(
+            app_id=OuterRef(f"{prefix}app_id"),
+            conversation_id=OuterRef(f"{prefix}conversation_id"),
+        )
+        .exclude(workflow_run_id="")
+        .filter(
+            Q(created_at__lt=OuterRef(f"{prefix}created_at"))
+            | Q(created_at=OuterRef(f"{prefix}created_at"), pk__lte=OuterRef(f"{prefix}pk"))
+        )
+        .order_by()
+        .values("app_id")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Case(
+        When(
+            Q(**{f"{prefix}conversation_id": ""}) | Q(**{f"{prefix}workflow_run_id": ""}),
+            then=Value(None),
+        ),
+        default=Subquery(earlier),
+        output_field=IntegerField(),
     )
 
 
-# A conversation's messages a run page lists; a longer one is read in Dify.
-CONVERSATION_SHOWN = 100
+def turn_of(run: Run) -> int | None:
+    """`turn_number` of one run (one query, none for a run of no conversation)."""
+    if hasattr(run, "turn"):
+        return run.turn  # type: ignore[no-any-return]
+    if not run.conversation_id or not run.workflow_run_id:
+        return None
+    return (
+        Run.objects.filter(pk=run.pk)
+        .annotate(turn=turn_number())
+        .values_list("turn", flat=True)
+        .first()
+    )
+
+
+class Conversation(list[Run]):
+    """A chatflow conversation's messages as a run page shows them, oldest first: each run
+    with its `turn` (`turn_number`), its `forms_shown` (its forms, each with `visible` and
+    its `decision`). `earlier`: the conversation has older messages than those shown (in the
+    inbox; Dify has them all)."""
+
+    earlier: bool = False
+
+
+def conversation_runs(run: Run, user: Any) -> Conversation:
+    """The latest messages of `run`'s conversation that `user` may see (CONVERSATION_SHOWN
+    of them), oldest first, always with `run` itself: an older message's page shows it
+    first, before the latest ones (its `gap_after`)."""
+    if not run.conversation_id:
+        run.turn = turn_of(run)  # type: ignore[attr-defined]
+        run.forms_shown = []  # type: ignore[attr-defined]
+        return Conversation([run])
+    runs = (
+        Run.objects.for_user(user)
+        .filter(app_id=run.app_id, conversation_id=run.conversation_id)
+        .annotate(turn=turn_number())
+        .prefetch_related(
+            "message_files",
+            Prefetch(
+                "forms",
+                queryset=Form.objects.defer("content", "definition")
+                .order_by("created_at", "id")
+                .prefetch_related(
+                    Prefetch(
+                        "decisions",
+                        queryset=Decision.objects.filter(status__in=Decision.ACTIVE_STATUSES)
+                        .select_related("reviewer")
+                        .order_by("-created_at"),
+                        to_attr="active_decisions",
+                    )
+                ),
+            ),
+        )
+    )
+    latest = list(runs.order_by("-created_at", "-pk")[: CONVERSATION_SHOWN + 1])
+    shown = Conversation(reversed(latest[:CONVERSATION_SHOWN]))
+    shown.earlier = len(latest) > CONVERSATION_SHOWN
+    if all(r.pk != run.pk for r in shown):
+        this = runs.filter(pk=run.pk).first()
+        if this is not None:
+            this.gap_after = True  # type: ignore[attr-defined]
+            shown.insert(0, this)
+    visible = set(
+        Form.objects.for_user(user)
+        .filter(run__in=[r.pk for r in shown])
+        .values_list("pk", flat=True)
+    )
+    for message in shown:
+        message.forms_shown = [  # type: ignore[attr-defined]
+            (form, form.pk in visible, (getattr(form, "active_decisions", None) or [None])[0])
+            for form in message.forms.all()
+        ]
+    return shown
 
 
 def conversation_start(app: DifyApp, conversation_id: str, user: Any) -> Run | None:

@@ -87,6 +87,7 @@ from inbox.models import (
 )
 from inbox.names import display_name, full_name
 from inbox.reasons import is_cjk, labelled, worded
+from inbox.runs import turn_number, turn_of
 from inbox.templatetags.inbox_tags import status_label
 from inbox.uploads import UploadRejected, megabytes, too_large, upload_limits, upload_to_dify
 from inbox.views_runs import output_items, timeline_items
@@ -471,11 +472,11 @@ def _total_text(
 def inbox_rows(forms: QuerySet[Form]) -> QuerySet[Form]:
     """The API's list: a row's fields as model instances (the API's summary also gives the
     decision time and the run's status); long content and definitions stay in the database."""
-    fields = [name for name in ROW_FIELDS if name != "content_head"]
+    fields = [name for name in ROW_FIELDS if name not in ROW_ANNOTATIONS]
     return (
         forms.select_related("run__app", "claimed_by")
-        .only(*fields, "decided_at", "run__status")
-        .annotate(content_head=CONTENT_HEAD)
+        .only(*fields, "decided_at", "run__status", "run__query", "run__created_at")
+        .annotate(content_head=CONTENT_HEAD, run_turn=turn_number("run__"))
     )
 
 
@@ -511,6 +512,11 @@ class Row:
     decider: str = ""
     # A pending form that arrived since the reviewer's last visit (`ReviewerProfile.new_since`).
     new: bool = False
+    # A chatflow's form: its run's message in the conversation (`turn`, 0 when not known) and
+    # the start of what it asked (`query`), in place of the run's id.
+    conversation: bool = False
+    turn: int = 0
+    query: str = ""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -583,6 +589,11 @@ def rows_html(rows: list[Row], place: int | None = None) -> SafeString:
     new_shown = pgettext("a form arrived since the last visit", "New")
     new_said = _("Arrived since your last visit")
     place_id, current = ' id="place"', ' aria-current="true"'
+    # The number where each language wants it ("对话中的第 2 条消息").
+    turn_before, _sep, turn_after = _("Message %(number)s of the conversation").partition(
+        "%(number)s"
+    )
+    of_conversation = _("A message of the conversation")
     # Each language puts the time where its grammar wants it ("2分钟前收到").
     arrived_before, _sep, arrived_after = _("Arrived %(when)s").partition("%(when)s")
     expires_before, _sep, expires_after = _("Expires %(when)s").partition("%(when)s")
@@ -666,14 +677,23 @@ def rows_html(rows: list[Row], place: int | None = None) -> SafeString:
                 else ""
             )
             + f'<p class="excerpt">{escape(r.excerpt)}</p></div>'
-            f'<div class="row-meta"><span class="run">{escape(run_label)} '
-            f"<code>{escape(r.run)}</code></span> "
+            f'<div class="row-meta">{_run_said(r, run_label, turn_before, turn_after, of_conversation)} '
             f'<span class="age">{escape(arrived_before)}<time datetime="{escape(r.created_iso)}" '
             f"data-rel>{escape(r.created_rel)}</time>{escape(arrived_after)}</span></div>"
             f'<div class="row-side">{side} <span class="badge {status}" id="{rid}-status">'
             f"{escape(r.status_label)}</span></div></li>\n"
         )
     return mark_safe("".join(out))  # noqa: S308 - every value above is escaped
+
+
+def _run_said(r: Row, run_label: str, before: str, after: str, of_conversation: str) -> str:
+    """A row's run: its id, or for a chatflow's form the message of the conversation it is
+    ("Message 2 of the conversation") with the start of what it asked."""
+    if not r.conversation:
+        return f'<span class="run">{escape(run_label)} <code>{escape(r.run)}</code></span>'
+    said = f"{escape(before)}{r.turn}{escape(after)}" if r.turn else escape(of_conversation)
+    query = f' <q class="query">{escape(r.query)}</q>' if r.query else ""
+    return f'<span class="run conversation">{said}{query}</span>'
 
 
 # What a row shows, read as plain values: fifty model instances (with their run and app)
@@ -698,9 +718,24 @@ ROW_FIELDS = (
     "filled_action_text",
     "run__status",
     "run__finished_at",
+    "run__conversation_id",
+    "run_query_head",
+    "run_turn",
 )
 # The start of the content, enough for a row's excerpt.
 CONTENT_HEAD = Left("content", 400)
+# The start of a chatflow message's query, enough for a row's.
+RUN_QUERY_HEAD = Left("run__query", 120)
+# Annotations of ROW_FIELDS: computed in the rows' one query.
+ROW_ANNOTATIONS = ("content_head", "run_query_head", "run_turn")
+
+
+def row_annotations() -> dict[str, Any]:
+    return {
+        "content_head": CONTENT_HEAD,
+        "run_query_head": RUN_QUERY_HEAD,
+        "run_turn": turn_number("run__"),
+    }
 
 
 def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
@@ -742,6 +777,9 @@ def inbox_row(values: dict[str, Any], fmt: RowFormat) -> Row:
         urgent=timefmt.is_urgent(expires, now),
         expired=expires is not None and expires <= now,
         **_decided(values, status, fmt),
+        conversation=bool(values.get("run__conversation_id")),
+        turn=values.get("run_turn") or 0,
+        query=excerpt_line(values.get("run_query_head") or "", 80),
     )
 
 
@@ -908,7 +946,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         return list(
             Form.objects.filter(pk__in=page_ids)
             .order_by(*order)
-            .annotate(content_head=CONTENT_HEAD)
+            .annotate(**row_annotations())
             .values(*ROW_FIELDS)
         )
 
@@ -1499,6 +1537,9 @@ def run_context(form: Form, decider: Decider) -> dict[str, Any]:
         "next_forms": next_forms,
         "run_url": _run_url(run) if reviewer else "",
         "run_details": reviewer,
+        # A chatflow's form: which message of its conversation the run is (reviewers only:
+        # what the message asked may hold more than the form shows).
+        "turn": turn_of(run) if reviewer and run.conversation_id else None,
     }
 
 

@@ -31,8 +31,10 @@ from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
 from inbox.models import DifyApp, Form, MessageFile, Run, Upload
 from inbox.names import people_named
 from inbox.runs import (
+    CONVERSATION_SHOWN,
     LOST_START,
     ContinueForm,
+    Conversation,
     ConversationBusy,
     FilesTaken,
     RunNotStoppable,
@@ -519,6 +521,7 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
         if request.method != "POST"
         else conversation_in_progress(app, run.conversation_id),
         "conversation": conversation_runs(run, request.user),
+        "shown_most": CONVERSATION_SHOWN,
         "form": form,
         "submission_key": uuid.uuid4().hex,
         "start_problem": start_problem,
@@ -759,7 +762,8 @@ def output_items(run: Run) -> list[tuple[str, str]]:
 def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     forms = list(run.forms.order_by("created_at", "id"))
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
-    conversation = conversation_runs(run, request.user) if run.conversation_id else []
+    conversation = conversation_runs(run, request.user) if run.conversation_id else Conversation()
+    this = next((r for r in conversation if r.pk == run.pk), run)
     refused = run.app.refused_at is not None and not run.is_finished
     # Dify did not answer the app's last calls (no connection, a 5xx): nothing of this run
     # reaches the inbox meanwhile.
@@ -772,9 +776,12 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     labels = run.input_labels if isinstance(run.input_labels, dict) else {}
     inputs = list(run.inputs) if isinstance(run.inputs, dict) else []
     return {
-        # A chatflow's conversation: its messages in the inbox, and whether one may go on with
-        # it from here (its last message has ended).
-        "conversation": conversation if len(conversation) > 1 else [],
+        # A chatflow's conversation: its messages in the inbox (the latest, with this one),
+        # this one's number in it, and whether one may go on with it from here (its last
+        # message has ended).
+        "conversation": conversation,
+        "turn": getattr(this, "turn", None),
+        "shown_most": CONVERSATION_SHOWN,
         "may_continue": bool(
             conversation
             and run.app.is_active

@@ -611,3 +611,45 @@ def test_prune_records_names_where_its_zero_days_came_from(db: None) -> None:
         "Nothing to prune: --runs-older-than and INBOX_AUDIT_RETENTION_DAYS are 0 "
         "(keep everything)."
     )
+
+
+def test_add_dify_app_warns_as_the_admin_does_when_dify_names_another_kind_of_app(
+    db: None, simulator: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Dify's /info says "chat" (a chatbot, no workflow behind it): not a chatflow.
+    key = simulator.api_key("faq-bot")
+    call_command(
+        "add_dify_app",
+        "faq-bot",
+        "--base-url",
+        simulator.base_url,
+        "--mode",
+        "chatflow",
+        stdin=io.StringIO(key + "\n"),
+    )
+    said = capsys.readouterr()
+    assert "Created Dify app 'faq-bot'" in said.out
+    assert (
+        "Warning: faq-bot: Dify names its mode “chat”, which is not a Chatflow as set up here; "
+        "set the mode to match." in said.err
+    )
+    assert key not in said.out + said.err
+    # A workflow app set up as one: no warning; set up as a chatflow (its mode changed
+    # alone), the warning again.
+    key = simulator.api_key("refund-approval")
+    call_command(
+        "add_dify_app", "refund-approval", "--base-url", simulator.base_url, "--api-key", key
+    )
+    assert "names its mode" not in capsys.readouterr().err
+    call_command(
+        "add_dify_app",
+        "refund-approval",
+        "--base-url",
+        simulator.base_url,
+        "--api-key",
+        key,
+        "--mode",
+        "chatflow",
+    )
+    said = capsys.readouterr()
+    assert "Dify names its mode “workflow”, which is not a Chatflow" in said.err

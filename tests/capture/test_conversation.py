@@ -5,6 +5,7 @@ with (the page "Go on with the conversation" and `POST /api/v1/runs` with `conve
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any
 
@@ -81,14 +82,17 @@ def test_the_api_refuses_what_a_conversation_cannot_take(
     pending(run)
     run.refresh_from_db()
     cid = run.conversation_id
-    # Its last message waits at a form: not yet.
-    assert error(
-        post(client, {"app": "support-chat", "query": "Hi", "conversation_id": cid}, reviewer)
-    ) == (
+    # Its last message waits at a form: not yet. The open run is named, as other starts' 409s
+    # name theirs.
+    response = post(
+        client, {"app": "support-chat", "query": "Hi", "conversation_id": cid}, reviewer
+    )
+    assert error(response) == (
         409,
         "conversation_in_progress",
         f"The conversation's last message (run {run.public_id}) has not ended yet.",
     )
+    assert response.json()["error"]["details"] == {"run": str(run.public_id)}
     assert error(
         post(
             client,
@@ -194,7 +198,10 @@ def test_the_run_page_goes_on_with_the_conversation(
     client.force_login(reviewer)
     page = client.get(f"/runs/{first.public_id}/").content.decode()
     assert f'href="/runs/{first.public_id}/continue"' in page
-    assert "Messages of this conversation" not in page  # one message: nothing to list
+    # Its one message, numbered, and not only in the collapsed inputs.
+    assert "Message 1 of the conversation" in page
+    shown = page[page.index('id="conversation-heading"') : page.index("<summary>Inputs</summary>")]
+    assert "My parcel is two weeks late." in shown
 
     page = client.get(f"/runs/{first.public_id}/continue").content.decode()
     assert "The conversation so far" in page and "My parcel is two weeks late." in page
@@ -212,8 +219,9 @@ def test_the_run_page_goes_on_with_the_conversation(
     assert second.started_by == reviewer and second.source == "ui"
 
     page = client.get(f"/runs/{second.public_id}/").content.decode()
-    assert "Messages of this conversation" in page
-    assert f'<a href="/runs/{first.public_id}/"' in page and 'aria-current="page">2<' in page
+    assert "Message 2 of the conversation" in page
+    assert f'<a href="/runs/{first.public_id}/"' in page
+    assert re.search(r'aria-current="page">\s*<p class="meta">\s*<strong>Message 2</strong>', page)
     # Its last message has not ended: no going on yet, on the page or by posting it.
     assert f"/runs/{second.public_id}/continue" not in page
     # The page sent twice (a double click, a resent form): the message it sent, not an error.

@@ -11,7 +11,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.validators import URLValidator
 from django.db import transaction
 
-from inbox.app_check import look_alike, other_app_warning, server_of, shared_key_warning
+from inbox.app_check import (
+    look_alike,
+    mode_warning,
+    other_app_warning,
+    server_of,
+    shared_key_warning,
+)
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.models import AuditEntry, DifyApp, Form, Run
@@ -132,16 +138,23 @@ class Command(BaseCommand):
         self.stdout.write(f"{verb} Dify app {app.name!r} ({app.mode}, key {app.masked_api_key})")
         if moved:
             self.stdout.write(moved)
-        if created or {"api_key", "base_url"} & set(changed):
+        # A new key or URL (or a new app: every field is new then).
+        new_place = bool({"api_key", "base_url"} & set(changed))
+        if new_place or "mode" in changed:
             # As the admin warns on saving a new key or URL: only warnings, the app is saved.
-            # The command line has no "Test the connection" button: its calls are made here.
-            tested = self._test_connection(app)
-            for warning in (tested, other_app_warning(app) if not tested else None):
+            # The command line has no "Test the connection" button: its calls are made here,
+            # and they warn as the button does when /info names another kind of app.
+            tested, mode = self._test_connection(app)
+            for warning in (
+                tested,
+                mode_warning(app, mode) if mode is not None else None,
+                other_app_warning(app) if new_place and not tested else None,
+            ):
                 if warning:
                     self.stderr.write(f"Warning: {warning}")
             if not tested:
                 self.stdout.write("Connection test: Dify answered /info and /parameters.")
-            if warning := shared_key_warning(app):
+            if new_place and (warning := shared_key_warning(app)):
                 self.stderr.write(f"Warning: {warning}")
         if not app.is_active:
             said = (
@@ -152,11 +165,12 @@ class Command(BaseCommand):
             self.stdout.write(f"{said}: no runs of it start. Pass --activate to switch it on.")
 
     @staticmethod
-    def _test_connection(app: DifyApp) -> str:
+    def _test_connection(app: DifyApp) -> tuple[str, Any]:
         """The admin's "Test the connection": GET /info and /parameters with the app's key (a
-        short timeout, no retries). What is wrong, or "" when Dify answered both."""
+        short timeout, no retries). What is wrong ("" when Dify answered both), and the mode
+        /info named (None when it was not asked or did not answer)."""
         if app.api_key_sealed:
-            return ""
+            return "", None
         base_url = app.base_url.rstrip("/")
         try:
             with DifyClient(
@@ -174,21 +188,21 @@ class Command(BaseCommand):
                 return (
                     f"the connection test failed: Dify refused the key ({exc}). Its runs "
                     "cannot start until the right key is entered."
-                )
+                ), None
             if exc.status == 404 and not base_url.endswith("/v1"):
                 return (
                     f"the connection test failed: Dify answered 404 ({exc}): does the base URL "
                     f"end in /v1 ({base_url}/v1)?"
-                )
-            return f"the connection test failed: Dify did not answer as expected ({exc})."
+                ), None
+            return f"the connection test failed: Dify did not answer as expected ({exc}).", None
         except DifyError as exc:
             app.note_test_failed(exc)
             # The client's messages never include the key.
-            return f"the connection test failed: could not reach Dify at {base_url} ({exc})."
+            return f"the connection test failed: could not reach Dify at {base_url} ({exc}).", None
         app.note_accepted(
             "connection test", kind=app.is_dify_mode(info.get("mode")), published=True
         )
-        return ""
+        return "", str(info.get("mode") or "")
 
     @staticmethod
     def _move(app: DifyApp, base_url: str, *, allowed: bool) -> str:
