@@ -150,9 +150,25 @@ def pending(run: Run, count: int = 1, timeout: float = 15.0) -> list[Form]:
     return result
 
 
-def submit(form: Form, action: str = "", **values: Any) -> None:
+def submit(form: Form, action: str = "", *, held_by: Any = None, **values: Any) -> None:
     """Answer a form in Dify with the stored token and the run's Dify user, as the delivery
-    worker would, then ask for the run to be followed. The action defaults to the first one."""
+    worker would, then ask for the run to be followed. The action defaults to the first one.
+
+    With `held_by` (the form's simulator), Dify's task queue holds the resumed run until the
+    follower reads it again, so its stream carries the fill and all that follows: otherwise a
+    follower slower than the resume (a loaded machine) opens its stream once the run has moved
+    on or ended, and which action was taken, the nodes after it and a chatflow's `message_end`
+    are never streamed (as they never are in Dify, for a stream opened that late)."""
+    if held_by is not None:
+        no_stream_left(form.run)  # the stream waited for below is the one opened for this
+        held_by.hold_resumes()
+        try:
+            submit(form, action, **values)
+            run_id = form.run.workflow_run_id
+            held_by.wait_for(lambda: held_by.run(run_id)["streams"], timeout=15)
+        finally:
+            held_by.release_resumes()
+        return
     form.refresh_from_db()
     run = form.run
     action = action or form.definition["user_actions"][0]["id"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, connections
+from django.db.models.functions import Now
 from django.test import override_settings
 from django.utils import timezone
 
@@ -260,19 +261,32 @@ def test_a_run_left_to_wait_for_its_stream_is_still_closed_when_it_ends(
 
 
 def test_a_dead_followers_lease_is_taken_over_when_it_expires(
-    simulator: Any, sim_app: Any, follower: FollowerThread
+    simulator: Any, sim_app: Any, follower: FollowerThread, monkeypatch: Any
 ) -> None:
+    from inbox import follower as follower_module
+
     app = sim_app("refund-approval")
     follower.stop()
     run = start(simulator, app)
-    # A follower that took the run and died: its lease runs out, nobody renews it.
+    # A follower that took the run and died: nobody renews its lease.
     Run.objects.filter(pk=run.pk).update(
-        lease_owner="dead-host:1", lease_expires_at=timezone.now() + dt.timedelta(seconds=1)
+        lease_owner="dead-host:1", lease_expires_at=timezone.now() + dt.timedelta(seconds=60)
     )
+    real_take = follower_module.take_leases
+    tries: list[str] = []
+
+    def counted_take(owner: str, limit: int, seconds: float) -> list[Any]:
+        tries.append(owner)
+        return real_take(owner, limit, seconds)
+
+    monkeypatch.setattr(follower_module, "take_leases", counted_take)
     other = FollowerThread("second").start()
     try:
-        time.sleep(0.5)
+        # Left alone while the lease lasts, however slowly the new follower came up.
+        wait_until(lambda: len(tries) >= 5, timeout=30)
         assert Run.objects.get(pk=run.pk).lease_owner == "dead-host:1"
+        # The lease runs out.
+        Run.objects.filter(pk=run.pk).update(lease_expires_at=Now())
         (form,) = pending(run)
         assert form.node_id == "manager_approval"
         run = no_stream_left(run)

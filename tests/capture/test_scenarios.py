@@ -45,7 +45,7 @@ def test_a_single_pause_is_captured_then_followed_to_the_end(
     no_stream_left(run)
     assert simulator.stats()["streams_open"] == 0
 
-    submit(form, "approve", decision_note="Approved, sorry for the trouble.")
+    submit(form, "approve", held_by=simulator, decision_note="Approved, sorry for the trouble.")
     run = run_status(run, "succeeded")
     assert run.outputs == {
         "decision": "approve",
@@ -185,7 +185,7 @@ def test_a_chatflow_pause_and_its_answer(
     assert run.conversation_id and run.message_id
     assert "delivery is late" in run.answer
     answer_before = run.answer
-    submit(form, "grant", agent_message="Credit added.")
+    submit(form, "grant", held_by=simulator, agent_message="Credit added.")
     run = run_status(run, "succeeded")
     assert run.answer.startswith(answer_before) and len(run.answer) > len(answer_before)
     assert run.outputs.get("answer") == run.answer
