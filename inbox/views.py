@@ -68,6 +68,7 @@ from inbox.forms import (
     not_delivered,
     page_text,
     small_int,
+    unmatchable_extensions,
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
@@ -1296,6 +1297,11 @@ def form_context(
         "rejection_own": rejection_own,
         "rejected_by": rejected_by,
         "notice": notice,
+        # File types the workflow lists that Dify can never accept: staff (who may change the
+        # workflow, or know who does) are told; reviewers and guests are offered the others.
+        "unmatchable_extensions": joined(unmatchable_extensions(form.definition or {}))
+        if decider.reviewer is not None and decider.reviewer.is_staff
+        else "",
         # A new key per page: a second click or a browser resubmit of this page finds the
         # decision the first one made instead of making another.
         "submission_key": uuid.uuid4().hex,
