@@ -1055,12 +1055,31 @@ def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
             }
             for form in forms
         ],
-        "timeline": [
-            {k: v for k, v in item.items() if k != "key" and not (k == "form" and v in hidden)}
-            for item in (run.timeline or [])
-            if isinstance(item, dict)
-        ],
+        "timeline": _timeline_json(run, hidden),
     }
+
+
+def _timeline_json(run: Any, hidden: set[str]) -> list[dict[str, Any]]:
+    """The run's timeline as its page shows it (`shown_timeline`): a form is one entry, its
+    pause's while it waits or closed unanswered, its answer's once answered (the outcome and the
+    action, with when the run paused for it, `paused_at`, and how long it waited,
+    `waited_seconds`); a Human Input node's own running/succeeded entry is left out. An entry
+    keeps the fields the follower wrote (`event`, `node_id`, `title`, `status`, `action`, `at`,
+    `form`, ...), but not its key, nor the id of a form the caller may not open."""
+    from inbox.views_runs import shown_timeline, timeline_time
+
+    entries = []
+    for item, pause in shown_timeline(run.timeline):
+        entry = {k: v for k, v in item.items() if k != "key" and not (k == "form" and v in hidden)}
+        if pause is not None:
+            entry["paused_at"] = pause.get("at")
+            at = timeline_time(item.get("at") or item.get("created_at"))
+            paused_at = timeline_time(pause.get("at"))
+            entry["waited_seconds"] = (
+                max(0, round((at - paused_at).total_seconds())) if at and paused_at else None
+            )
+        entries.append(entry)
+    return entries
 
 
 def _app_named(name: str) -> DifyApp:

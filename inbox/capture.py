@@ -687,6 +687,7 @@ class _Batch:
     def captured(self, form: Form, fetched: DefinitionResult | None) -> None:
         """Record the capture of a form this batch inserted, with what GET form answered: a
         closed form (412) is settled at once, one without an answer fetched again later."""
+        from inbox.forms import unmatchable_extensions
         from inbox.models import AuditEntry
 
         AuditEntry.record(
@@ -696,6 +697,16 @@ class _Batch:
             status=form.status,
             definition="get" if isinstance(fetched, FormDefinition) else "event",
         )
+        unmatchable = unmatchable_extensions(form.definition or {})
+        if unmatchable:
+            # Dropped from what the form's file inputs offer: the workflow's author is told, once
+            # per form, as it is captured (staff read it on the form's page too).
+            message = (
+                "form %s (app %s, node %s): the workflow lists file types Dify cannot accept: "
+                "%s. Change them in the workflow (a dot and lower case, one part: '.dxf')."
+            )
+            args = (form.public_id, self.run.app.name, form.node_id, ", ".join(unmatchable))
+            transaction.on_commit(lambda: logger.warning(message, *args))
         if isinstance(fetched, FormAlreadySubmitted | FormExpired):
             self.closed_in_dify(form, fetched)
         elif form.form_token and not isinstance(fetched, FormDefinition):

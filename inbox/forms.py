@@ -128,6 +128,21 @@ class InputSpec:
     def allows_custom(self) -> bool:
         return "custom" in self.allowed_types
 
+    @property
+    def unmatchable_extensions(self) -> tuple[str, ...]:
+        """The listed extensions, as the workflow writes them, Dify matches no file with where
+        the input takes custom files: one not dot-prefixed or not in lower case (".DXF", "dxf":
+        Dify compares a file's extension, in lower case with its dot, with the entry as written)
+        or one of two parts (".tar.gz": a file's extension is its last part). They are dropped
+        from what the input offers; the workflow's author is told (`unmatchable_extensions`)."""
+        if not self.allows_custom:
+            return ()
+        return tuple(
+            raw
+            for raw in self.allowed_extensions
+            if raw.strip() and (not matchable_extension(raw) or "." in raw.lstrip("."))
+        )
+
     def accepted_label(self) -> str:
         """What a person may attach, in words, each kind with the extensions Dify takes as it:
         "images (GIF, JPEG, JPG, PNG, SVG, WEBP), .dwg". A phone's photo that is none of them
@@ -230,6 +245,15 @@ def input_specs(definition: Mapping[str, Any]) -> list[InputSpec]:
                 )
             )
     return specs
+
+
+def unmatchable_extensions(definition: Mapping[str, Any]) -> list[str]:
+    """Every file input's `unmatchable_extensions` of a form definition, each once, in order:
+    file types the workflow lists that Dify can never accept."""
+    found: list[str] = []
+    for spec in input_specs(definition):
+        found += [ext for ext in spec.unmatchable_extensions if ext not in found]
+    return found
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,41 @@ class PrivatePagesMiddleware:
         return response
 
 
+# Where the inbox keeps the client's address in the request's WSGI environ (`request.META`), for
+# the web server's access log (gunicorn.conf.py: `%({inbox.client_addr}e)s`).
+CLIENT_ADDR_ENVIRON_KEY = "inbox.client_addr"
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's address: the connection's, or behind `INBOX_TRUSTED_PROXIES` reverse proxies
+    the `X-Forwarded-For` entry the outermost of them wrote (entries further left are whatever
+    the client sent, and can be forged). Sign-in throttling, guest links' rate limits, the audit
+    trail and the access log all read this one."""
+    hops = settings.INBOX_TRUSTED_PROXIES
+    if hops:
+        forwarded = [
+            part.strip()
+            for part in str(request.META.get("HTTP_X_FORWARDED_FOR", "")).split(",")
+            if part.strip()
+        ]
+        if len(forwarded) >= hops:
+            return forwarded[-hops]
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
+class ClientAddressMiddleware:
+    """Put the client's address as `client_ip` resolves it in the request's environ, so the
+    access log names it rather than the `X-Forwarded-For` header as sent. First of all, so every
+    request the inbox answers has it (the health check's too)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.META[CLIENT_ADDR_ENVIRON_KEY] = client_ip(request)
+        return self.get_response(request)
+
+
 class HealthCheckMiddleware:
     """Answer `/healthz` before anything checks the Host header or redirects to HTTPS: the
     container's health check and load balancers probe by address over plain HTTP, with a Host

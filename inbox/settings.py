@@ -65,6 +65,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # The client's address for the access log, before anything can answer.
+    "inbox.middleware.ClientAddressMiddleware",
     "inbox.middleware.HealthCheckMiddleware",
     "inbox.middleware.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",

@@ -24,10 +24,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import DatabaseError, connection
-from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Left
 from django.forms.utils import ErrorDict, ErrorList
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
@@ -69,6 +70,7 @@ from inbox.forms import (
     not_delivered,
     page_text,
     small_int,
+    unmatchable_extensions,
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
@@ -85,7 +87,7 @@ from inbox.models import (
     routing_is_dense,
     run_end_closing,
 )
-from inbox.names import display_name, full_name
+from inbox.names import display_name, full_name, people_named
 from inbox.reasons import is_cjk, labelled, worded
 from inbox.runs import turn_number, turn_of
 from inbox.templatetags.inbox_tags import status_label
@@ -243,11 +245,28 @@ class InboxFilters:
                 # it). Its runs are found first, so the forms' search stays on its indexes.
                 runs = Run.objects.filter(workflow_run_id__startswith=self.q.lower())
                 found |= Q(run_id__in=list(runs.values_list("pk", flat=True)[:RUNS_FOUND_CAP]))
-            # The app's name, as every row's chip shows it ("refund-approval"). The apps are
-            # few and found first, so a search that names none adds no join to the forms'.
-            apps = list(DifyApp.objects.filter(name__icontains=self.q).values_list("pk", flat=True))
+            # The app's name, as every row's chip shows it ("refund-approval"), and the people
+            # a row names: who the form is assigned to, who decided it, who started its run, by
+            # username or by the name the page shows ("Alice Smith", "王芳", as the Runs search
+            # finds them: `people_named`). The apps and the people are few and found first, in
+            # one query, so a search that names none adds nothing to the forms' (which then
+            # stays on its indexes).
+            apps: list[int] = []
+            people: list[int] = []
+            for kind, pk in named_in_search(self.q):
+                (apps if kind == "app" else people).append(pk)
             if apps:
                 found |= Q(run__app_id__in=apps)
+            if people:
+                found |= (
+                    Q(
+                        pk__in=Form.assigned_users.through.objects.filter(
+                            user_id__in=people
+                        ).values("form_id")
+                    )
+                    | Q(pk__in=Decision.objects.filter(reviewer_id__in=people).values("form_id"))
+                    | Q(run_id__in=Run.objects.filter(started_by_id__in=people).values("pk"))
+                )
             forms = forms.filter(found)
         if self.mine:
             forms = forms.filter(assigned_to_q(self.user))
@@ -257,6 +276,27 @@ class InboxFilters:
 
 
 RUNS_FOUND_CAP = 200
+# The apps and people a search names, at most (a search naming more is no search for one).
+NAMED_FOUND_CAP = 200
+
+
+def named_in_search(q: str) -> list[tuple[str, int]]:
+    """("app", pk) for each app whose name holds `q`, ("person", pk) for each account it names
+    by username or by the name the pages show (`people_named`): one query."""
+    apps = (
+        DifyApp.objects.filter(name__icontains=q)
+        .annotate(kind=Value("app"))
+        .order_by()
+        .values_list("kind", "pk")
+    )
+    people = (
+        get_user_model()
+        .objects.filter(Q(username__iexact=q) | Q(pk__in=people_named(q).values("pk")))
+        .annotate(kind=Value("person"))
+        .order_by()
+        .values_list("kind", "pk")
+    )
+    return list(apps.union(people, all=True)[:NAMED_FOUND_CAP])
 
 
 def _change_token(request: HttpRequest) -> str:
@@ -1504,6 +1544,11 @@ def form_context(
         "rejection_own": rejection_own,
         "rejected_by": rejected_by,
         "notice": notice,
+        # File types the workflow lists that Dify can never accept: staff (who may change the
+        # workflow, or know who does) are told; reviewers and guests are offered the others.
+        "unmatchable_extensions": joined(unmatchable_extensions(form.definition or {}))
+        if decider.reviewer is not None and decider.reviewer.is_staff
+        else "",
         # A new key per page: a second click or a browser resubmit of this page finds the
         # decision the first one made instead of making another.
         "submission_key": uuid.uuid4().hex,

@@ -31,7 +31,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
 
 from inbox import notify, timefmt
-from inbox.middleware import add_audit_context, browser_time_zone
+from inbox.middleware import add_audit_context, browser_time_zone, client_ip
 from inbox.models import AuditEntry, ClaimRefused, Decision, DifyApp, Form, FormRecipient
 from inbox.views import (
     Decider,
@@ -85,16 +85,7 @@ def _unhit(key: str, window: int) -> None:
 
 
 def _client_ip(request: HttpRequest) -> str:
-    hops = settings.INBOX_TRUSTED_PROXIES
-    if hops:
-        forwarded = [
-            part.strip()
-            for part in str(request.META.get("HTTP_X_FORWARDED_FOR", "")).split(",")
-            if part.strip()
-        ]
-        if len(forwarded) >= hops:
-            return forwarded[-hops]
-    return str(request.META.get("REMOTE_ADDR") or "unknown")
+    return client_ip(request)
 
 
 def _link_key(token: str) -> str:

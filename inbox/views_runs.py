@@ -646,15 +646,14 @@ def pending_counts(runs: list[Run]) -> dict[int, int]:
     )
 
 
-def timeline_items(entries: Any) -> list[dict[str, Any]]:
-    """A run's timeline as written by the follower, read tolerantly and worded for reviewers:
-    Dify's event names become words, and what the follower keeps but a reader does not need
-    is left out. A Human Input node's own entry says "running" until the run resumes, then
+def shown_timeline(entries: Any) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """The entries of a run's timeline (as the follower writes it) a reader is shown, each with
+    the pause its form's answer ended (None for any other entry): the run page and the API's
+    run read the same. A Human Input node's own entry says "running" until the run resumes, then
     "succeeded" (dated when it started), while its form's entries say what it waited for and how
     it was answered: only the form's are shown, unless the node itself failed. A form answered
-    is one entry, "Answered", with how long the run waited for it: its pause's entry (which
-    the follower keeps, saying "paused") would read as a node still paused. The run's start
-    entry carries no status; the run's own is shown beside the timeline."""
+    is one entry, its answer's, with its pause: the pause's entry (which the follower keeps,
+    saying "paused") would read as a node still paused."""
     raw = [item for item in entries or [] if isinstance(item, dict)]
     waiting: set[str] = set()
     hidden: set[int] = set()
@@ -686,14 +685,20 @@ def timeline_items(entries: Any) -> list[dict[str, Any]]:
             and node_id in waiting
         ):
             hidden.add(index)
+    return [(item, pauses.get(index)) for index, item in enumerate(raw) if index not in hidden]
+
+
+def timeline_items(entries: Any) -> list[dict[str, Any]]:
+    """A run's timeline as `shown_timeline` reads it, worded for reviewers: Dify's event names
+    become words, and what the follower keeps but a reader does not need is left out. A form
+    answered is one entry, "Answered", with how long the run waited for it. The run's start
+    entry carries no status; the run's own is shown beside the timeline."""
     items = []
-    for index, item in enumerate(raw):
-        if index in hidden:
-            continue
+    for item, pause in shown_timeline(entries):
         event = str(item.get("event") or item.get("type") or "")
         status = "" if event == "workflow_started" else str(item.get("status") or "")
-        at = _timeline_time(item.get("at") or item.get("created_at"))
-        paused_at = _timeline_time(pauses.get(index, {}).get("at"))
+        at = timeline_time(item.get("at") or item.get("created_at"))
+        paused_at = timeline_time((pause or {}).get("at"))
         items.append(
             {
                 "label": str(
@@ -716,7 +721,7 @@ def timeline_items(entries: Any) -> list[dict[str, Any]]:
     return items
 
 
-def _timeline_time(at: Any) -> dt.datetime | None:
+def timeline_time(at: Any) -> dt.datetime | None:
     if isinstance(at, int | float):
         return dt.datetime.fromtimestamp(at, tz=dt.UTC)
     if isinstance(at, str) and at:

@@ -84,6 +84,7 @@ def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: P
     env["INBOX_MANIFEST_STATIC"] = "0"
     # As in production: the probe's address is not one of the site's host names.
     env["ALLOWED_HOSTS"] = "inbox.example.com"
+    env["INBOX_TRUSTED_PROXIES"] = "1"
     access_log = tmp_path / "access.log"
     proc = subprocess.Popen(
         ["bin/docker-entrypoint", "web"],
@@ -111,10 +112,11 @@ def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: P
         assert response.headers["location"].startswith("https://inbox.example.com/")
         # Any other host is refused, the probe's address included.
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 400
-        # The access log names the visitor the proxy saw, not only the proxy.
+        # The access log names the visitor the proxy saw, not only the proxy, and not what the
+        # visitor wrote in X-Forwarded-For before it (the left-most entry).
         httpx.get(
             f"http://127.0.0.1:{port}/accounts/login/",
-            headers={"Host": "inbox.example.com", "X-Forwarded-For": "203.0.113.5"},
+            headers={"Host": "inbox.example.com", "X-Forwarded-For": "198.51.100.7, 203.0.113.5"},
             timeout=5,
         )
     finally:
@@ -125,6 +127,7 @@ def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: P
         line.startswith("203.0.113.5 127.0.0.1 ") and '"GET /accounts/login/ HTTP/1.1"' in line
         for line in lines
     ), lines
+    assert not any("198.51.100.7" in line for line in lines), lines
 
 
 def test_worker_command_starts_a_worker(transactional_db: None) -> None:

@@ -817,6 +817,38 @@ def test_the_run_detail_has_forms_and_never_the_token(
     assert {item["event"] for item in body["timeline"]} >= {"human_input_required"}
 
 
+def test_the_run_detail_lists_a_form_answered_once_as_its_page_does(
+    client: Client, paused_run: Run, reviewer: User
+) -> None:
+    form = Form.objects.get()
+    paused_run.apply_events([ev.filled(node_id="manager_approval", action="approve")])
+    # The run waited five minutes for the answer.
+    run = Run.objects.get(pk=paused_run.pk)
+    [answer] = [i for i in run.timeline if i["event"] == "human_input_form_filled"]
+    [pause] = [i for i in run.timeline if i["event"] == "human_input_required"]
+    pause["at"] = (dt.datetime.fromisoformat(answer["at"]) - dt.timedelta(minutes=5)).isoformat()
+    Run.objects.filter(pk=run.pk).update(timeline=run.timeline)
+    body = client.get(f"/api/v1/runs/{run.public_id}", **bearer(reviewer)).json()
+    entries = [item for item in body["timeline"] if item.get("node_id") == "manager_approval"]
+    # One entry for the form, as on the run page: its answer, with the outcome and the action,
+    # when the run paused for it and how long it waited; the fields clients read are kept.
+    assert len(entries) == 1, body["timeline"]
+    [entry] = entries
+    assert entry["event"] == "human_input_form_filled"
+    assert entry["status"] == "answered"
+    assert entry["action"] == "Approve"
+    assert entry["form"] == str(form.public_id)
+    assert entry["title"] and entry["at"] == answer["at"]
+    assert entry["paused_at"] == pause["at"]
+    assert entry["waited_seconds"] == 300
+    assert "key" not in entry
+    # The page shows the same entries.
+    client.force_login(reviewer)
+    page = client.get(f"/runs/{run.public_id}/")
+    assert page.content.decode().count('class="tl-answered"') == 1
+    assert 'class="tl-paused"' not in page.content.decode()
+
+
 def test_who_may_see_a_run(
     client: Client,
     paused_run: Run,

@@ -475,3 +475,38 @@ def test_an_email_only_form_closes_with_its_run(
     assert entries["form:F1"]["status"] == entry
     # Nor does a node the stream saw start stay "running" under the ended run.
     assert entries["node:E1"]["status"] == ("succeeded" if status == "succeeded" else status)
+
+
+def test_file_types_dify_can_never_accept_are_logged_once_as_the_form_is_captured(
+    run: Run,
+    caplog: pytest.LogCaptureFixture,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    import logging
+
+    drawings = {
+        "type": "file-list",
+        "output_variable_name": "drawings",
+        "allowed_file_types": ["custom"],
+        # Dify compares a file's extension, in lower case with its dot, with each entry as
+        # written: ".DXF", "step" and ".tar.gz" match no file; ".dwg" does.
+        "allowed_file_extensions": [".dwg", ".DXF", "step", ".tar.gz"],
+        "allowed_file_upload_methods": ["local_file"],
+        "number_limits": 3,
+    }
+    data = ev.form_data()
+    data["inputs"] = [*data["inputs"], drawings]
+    caplog.set_level(logging.WARNING, logger="inbox")
+    for token in ("tok-secret-1", "tok-fresh-2"):
+        # Captured, then the same form again (a replayed snapshot): told once.
+        data = {**data, "form_token": token}
+        with django_capture_on_commit_callbacks(execute=True):
+            run.apply_events([ev.event("human_input_required", data), ev.paused(data)])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    form = run.forms.get()
+    assert warnings == [
+        f"form {form.public_id} (app {run.app.name}, node approve_node): the workflow lists file"
+        " types Dify cannot accept: .DXF, step, .tar.gz. Change them in the workflow (a dot and"
+        " lower case, one part: '.dxf')."
+    ]
+    assert "tok-" not in warnings[0]

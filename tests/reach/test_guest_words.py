@@ -350,3 +350,30 @@ def test_a_guest_is_told_before_deciding_that_the_workflow_cannot_take_decisions
     reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
     assert "The inbox cannot reach Dify for this app at the moment" in reviewer_body
     assert "ConnectError" not in reviewer_body
+
+
+def test_file_types_dify_can_never_accept_are_told_staff_not_reviewers_or_guests(
+    client: Client, routed_form: Form, reviewer: User, admin_user: User
+) -> None:
+    definition = routed_form.definition
+    receipt = definition["inputs"][-1]
+    receipt.update(allowed_file_types=["custom"], allowed_file_extensions=[".dwg", ".DXF"])
+    Form.objects.filter(pk=routed_form.pk).update(definition=definition)
+    path = f"/forms/{routed_form.public_id}/"
+    note = "This form lists file types Dify cannot accept: .DXF. Change them in the workflow."
+    # Staff, who may change the workflow or know who does, are told, in their language.
+    client.force_login(admin_user)
+    client.cookies["django_language"] = "en"
+    assert note in html.unescape(client.get(path).content.decode())
+    client.cookies["django_language"] = "zh-hans"
+    page = html.unescape(client.get(path).content.decode())
+    assert "此表单列出了 Dify 无法接受的文件类型\uff1a.DXF\u3002请在工作流中修改它们\u3002" in page
+    # A reviewer is offered the file types that work, and not told of the workflow's setup.
+    client.force_login(reviewer)
+    client.cookies["django_language"] = "en"
+    page = html.unescape(client.get(path).content.decode())
+    assert "cannot accept" not in page and ".dwg" in page
+    # Nor is a guest, who reads of the workflow, never of Dify.
+    client.logout()
+    page = html.unescape(client.get(_link(routed_form, GUEST)).content.decode())
+    assert "cannot accept" not in page and ".dwg" in page

@@ -255,6 +255,9 @@ def test_a_listed_extension_no_file_can_be_accepted_under_is_not_offered() -> No
     ]
     [spec] = input_specs(definition)
     assert spec.custom_extensions == (".msg", ".log2")
+    # Those no file ever matches are the workflow's mistakes, told its author (".md" is matched,
+    # but as a document).
+    assert spec.unmatchable_extensions == (".tar.gz", "LOG2", ".DXF")
     assert spec.accepted_label() == ".msg, .log2"
     assert spec.accept == ".msg,.log2"
     assert spec.file_type("notes.md") is None and spec.file_type("mail.msg") == "custom"

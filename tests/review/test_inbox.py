@@ -236,6 +236,47 @@ def test_filters_by_app_node_and_search(alice: Client, dify_app: DifyApp) -> Non
     assert named.run.workflow_run_id.startswith("41f2c79e")
 
 
+def test_the_search_finds_the_people_a_form_names_by_their_names(
+    alice: Client, dify_app: DifyApp, reviewers_group: Group
+) -> None:
+    wang = User.objects.create_user("wang", first_name="芳", last_name="王")
+    carol = User.objects.create_user("carol", first_name="Carol", last_name="Jones")
+    dave = User.objects.create_user("dave", first_name="Dave", last_name="Brown")
+    for person in (wang, carol, dave):
+        person.groups.add(reviewers_group)
+    make_form(dify_app, node_title="Assigned").assigned_users.add(wang)
+    decided = make_form(dify_app, node_title="Decided", status=Form.Status.SUBMITTED)
+    Decision.objects.create(form=decided, action_id="approve", reviewer=carol)
+    make_form(dify_app, node_title="Started", run=make_run(dify_app, started_by=dave))
+    make_form(dify_app, node_title="Nobody's")
+
+    def found(q: str) -> list[str]:
+        return sorted(rows(alice.get("/", {"q": q, "status": "all"}).content.decode()))
+
+    # Who it is assigned to, who decided it and who started its run: by the name the pages
+    # show, in either order or part of it, or by username.
+    assert found("王芳") == found("芳") == found("wang") == ["Assigned"]
+    assert found("Carol Jones") == found("jones carol") == found("CAROL") == ["Decided"]
+    assert found("Dave Brown") == found("dave") == ["Started"]
+    # The API's search is the inbox's.
+    _token, raw = ApiToken.issue(User.objects.get(username="alice"))
+    listed = alice.get(
+        "/api/v1/forms", {"q": "Carol Jones", "status": "all"}, HTTP_AUTHORIZATION=f"Bearer {raw}"
+    ).json()
+    assert [f["node_title"] for f in listed["results"]] == ["Decided"]
+    # Finding the form by its decider costs the queries finding it by its title does: the
+    # apps and people a search names are found in one query.
+    from django.core.cache import cache
+
+    counts = []
+    for q in ("Carol Jones", "Decided"):
+        cache.clear()
+        with CaptureQueriesContext(connection) as queries:
+            alice.get("/", {"q": q, "status": "all"})
+        counts.append(len(queries))
+    assert counts[0] == counts[1], counts
+
+
 def test_node_options_load_on_demand(alice: Client, dify_app: DifyApp) -> None:
     make_form(dify_app, node_title="Refund check", node_id="refund")
     page = alice.get(
