@@ -132,7 +132,7 @@ class PrivatePagesMiddleware:
 
 
 # Where the inbox keeps the client's address in the request's WSGI environ (`request.META`), for
-# the web server's access log (gunicorn.conf.py: `%({inbox.client_addr}e)s`).
+# the web server's access log (inbox/gunicorn_conf.py: `%({inbox.client_addr}e)s`).
 CLIENT_ADDR_ENVIRON_KEY = "inbox.client_addr"
 
 

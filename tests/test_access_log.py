@@ -23,7 +23,7 @@ def _access_line(environ: dict[str, Any]) -> str:
     config.set("accesslog", "-")
     config.set(
         "access_log_format",
-        runpy.run_path(str(ROOT / "gunicorn.conf.py"))["access_log_format"],
+        runpy.run_path(str(ROOT / "inbox" / "gunicorn_conf.py"))["access_log_format"],
     )
     logger = Logger(config)
     response = SimpleNamespace(status="200 OK", headers=[], sent=12)
