@@ -301,8 +301,46 @@ class ContinueForm(forms.Form):
         return query
 
 
-class MultipleFileInput(forms.FileInput):
+class KeptFileInput(forms.FileInput):
+    """A file input whose field a kept file (ticked, sent to Dify by the page's last sending)
+    may fill: not marked `required` while one does (`filled`), or a screen reader would say
+    "required, no file chosen" beside it. `data-required` says it is, for the page's script to
+    put back once the kept files are unticked."""
+
+    filled = False
+
+    def use_required_attribute(self, initial: Any) -> bool:
+        return super().use_required_attribute(initial) and not self.filled
+
+
+class MultipleFileInput(KeptFileInput):
     allow_multiple_selected = True
+
+
+def _files_help(spec: Any, app: DifyApp, *, count: bool) -> str:
+    """What a start page's file field takes: its kinds, a list's count and the largest file
+    per kind Dify takes (as the form page's file inputs say it)."""
+    from inbox.uploads import size_limit_label, upload_limits
+
+    accepted = spec.accepted_label() or "—"
+    largest = size_limit_label(spec, upload_limits(app))
+    if count and largest:
+        return gettext("Accepted: %(accepted)s. At most %(limit)d. Largest file: %(limits)s.") % {
+            "accepted": accepted,
+            "limit": spec.ui_max_files,
+            "limits": largest,
+        }
+    if count:
+        return gettext("Accepted: %(accepted)s. At most %(limit)d.") % {
+            "accepted": accepted,
+            "limit": spec.ui_max_files,
+        }
+    if largest:
+        return gettext("Accepted: %(accepted)s. Largest file: %(limits)s.") % {
+            "accepted": accepted,
+            "limits": largest,
+        }
+    return gettext("Accepted: %(accepted)s.") % {"accepted": accepted}
 
 
 class MessageFilesField(forms.FileField):
@@ -318,10 +356,7 @@ class MessageFilesField(forms.FileField):
             widget=MultipleFileInput(attrs={"multiple": True, "accept": spec.accept}),
             **kwargs,
         )
-        self.help_text = gettext("Accepted: %(accepted)s. At most %(limit)d.") % {
-            "accepted": spec.accepted_label() or "—",
-            "limit": spec.ui_max_files,
-        }
+        self.help_text = _files_help(spec, app, count=True)
 
     def clean(self, data: Any, initial: Any = None) -> list[Any]:
         from inbox.uploads import UploadRejected, _checked, too_many_files
@@ -369,14 +404,15 @@ class StartFilesField(MessageFilesField):
         self.required = start.required
         self.kept_files: list[Any] = []
         if spec.kind == "file":
-            self.widget = forms.FileInput(attrs={"accept": spec.accept})
-            self.help_text = gettext("Accepted: %(accepted)s.") % {
-                "accepted": spec.accepted_label() or "—"
-            }
+            self.widget = KeptFileInput(attrs={"accept": spec.accept})
+            self.help_text = _files_help(spec, app, count=False)
+        if self.required:
+            self.widget.attrs["data-required"] = "true"
 
     def keep(self, files: list[Any]) -> None:
         self.kept_files = list(files)
         self.kept = len(files)
+        self.widget.filled = bool(files)  # type: ignore[attr-defined]
 
 
 def add_files_field(form: forms.Form, app: DifyApp, spec: Any, kept: list[Any]) -> None:

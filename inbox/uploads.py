@@ -37,7 +37,7 @@ from inbox.dify.files import (
     size_limit_for,
     upload_size_limit,
 )
-from inbox.forms import InputSpec, input_specs
+from inbox.forms import CATEGORY_LABELS, InputSpec, input_specs, joined
 from inbox.models import (
     AuditEntry,
     DifyApp,
@@ -362,6 +362,22 @@ def too_large(request: Any, *, guest: bool = False) -> list[str]:
 
 def megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):g} MB"
+
+
+def size_limit_label(spec: InputSpec, limits: dict[str, int]) -> str:
+    """The largest file per kind an input takes, as Dify picks it: "images 10 MB, documents
+    15 MB"; a listed extension of another kind counts as a document or under its own kind.
+    `limits`: bytes per file category the app's Dify takes (`upload_limits`)."""
+    if not limits:
+        return ""
+    parts = [
+        f"{CATEGORY_LABELS[kind]} {megabytes(size_limit_for(kind, limits))}"
+        for kind in spec.allowed_types
+        if kind in CATEGORY_LABELS
+    ]
+    for ext in spec.custom_extensions:
+        parts.append(f"{ext} {megabytes(upload_size_limit('f' + ext, limits))}")
+    return joined(parts)
 
 
 def upload_to_dify(

@@ -53,10 +53,8 @@ from inbox.dify.files import (
     IMAGE,
     VIDEO,
     size_limit_for,
-    upload_size_limit,
 )
 from inbox.forms import (
-    CATEGORY_LABELS,
     RUN_ID_START,
     DecisionForm,
     FileRefsField,
@@ -91,7 +89,13 @@ from inbox.names import display_name, full_name, people_named
 from inbox.reasons import is_cjk, labelled, worded
 from inbox.runs import turn_number, turn_of
 from inbox.templatetags.inbox_tags import status_label
-from inbox.uploads import UploadRejected, megabytes, too_large, upload_limits, upload_to_dify
+from inbox.uploads import (
+    UploadRejected,
+    size_limit_label,
+    too_large,
+    upload_limits,
+    upload_to_dify,
+)
 from inbox.views_runs import output_items, timeline_items
 
 logger = logging.getLogger(__name__)
@@ -1340,19 +1344,8 @@ class FieldView:
 
     @property
     def size_limit_label(self) -> str:
-        """The largest file per kind this input takes, as Dify picks it: "images 10 MB, documents
-        15 MB"; a listed extension of another kind counts as a document or under its own kind."""
-        if not self.limits:
-            return ""
-        parts = []
-        for kind in self.spec.allowed_types:
-            if kind in CATEGORY_LABELS:
-                parts.append(
-                    f"{CATEGORY_LABELS[kind]} {megabytes(size_limit_for(kind, self.limits))}"
-                )
-        for ext in self.spec.custom_extensions:
-            parts.append(f"{ext} {megabytes(upload_size_limit('f' + ext, self.limits))}")
-        return joined(parts)
+        """The largest file per kind this input takes, as Dify picks it (`size_limit_label`)."""
+        return size_limit_label(self.spec, self.limits)
 
     @property
     def size_limits_json(self) -> str:

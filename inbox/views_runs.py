@@ -140,7 +140,9 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
     # Why the page is shown again when the inputs were fine: Dify did not start the run
     # ("failed"), or whether it did is not known ("unknown"). Not the person's to correct.
     start_problem = ""
-    if request.method == "POST" and _valid(request, form):
+    if request.method == "POST" and not _valid(request, form):
+        _keep_passed_files(request, form, app, dify_user)
+    elif request.method == "POST":
         started = _start_from_page(
             request,
             form,
@@ -264,7 +266,9 @@ def _start_from_page(
 def _choose_again(request: HttpRequest, form: Any) -> list[str]:
     """The file fields of a page shown again whose chosen files it cannot show: a browser
     keeps no chosen file across a sending, and only files Dify took are kept (ticked). Named
-    so the page asks for them again, rather than "required" at the next sending."""
+    so the page asks for them again, rather than "required" at the next sending: in the error
+    summary, and in a note (`<id>_again`) the input is described by, the input marked
+    invalid."""
     if request.method != "POST" or not form.is_bound:
         return []
     names = []
@@ -278,6 +282,14 @@ def _choose_again(request: HttpRequest, form: Any) -> list[str]:
         chosen = request.FILES.getlist(form.add_prefix(name))
         if any(c.name not in {f.name for f in kept} for c in chosen):
             names.append(name)
+            bound = form[name]
+            # The ids the template gives the help text, the note and the errors.
+            described = [f"{bound.auto_id}_helptext"] if bound.help_text else []
+            described.append(f"{bound.auto_id}_again")
+            if bound.errors:
+                described.append(f"{bound.auto_id}_error")
+            field.widget.attrs["aria-describedby"] = " ".join(described)
+            field.widget.attrs["aria-invalid"] = "true"
     return names
 
 
@@ -307,8 +319,36 @@ def _valid(request: HttpRequest, form: Any) -> bool:
     fields = [*by_kind.get("uploads_too_large", []), *by_kind.get("uploads_over_total", [])]
     for index, message in enumerate(dropped):
         at = _file_field_of(request, form, fields[index]) if index < len(fields) else None
+        if at is not None:
+            # Its file was chosen, and refused for its size: that is all there is to say.
+            _drop_required(form, at)
         form.add_error(at or (None if "files" not in form.fields else "files"), message)
     return valid and not dropped
+
+
+def _drop_required(form: Any, name: str) -> None:
+    """Take back the "This field is required." of a field whose file was dropped as it
+    arrived: the field was filled, with a file too large."""
+    errors = form.errors.get(name)
+    if errors is None:
+        return
+    errors.data[:] = [e for e in errors.data if getattr(e, "code", None) != "required"]
+    if not errors.data:
+        del form.errors[name]
+
+
+def _keep_passed_files(request: HttpRequest, form: Any, app: DifyApp, dify_user: str) -> None:
+    """A start page refused for what one field says (a missing input, a file refused, one too
+    large): the files chosen in the other file fields, which passed their checks, go to Dify
+    now, under `dify_user`, and are kept (ticked) for the next sending, so none of them needs
+    choosing again. One Dify does not take is said beside its field, and asked for again."""
+    if getattr(form, "blocked", False) or not hasattr(form, "cleaned_data"):
+        return  # nothing could start from this page: nothing goes to Dify
+    if _send_input_files(request, form, app, dify_user, {}) is None:
+        return
+    chosen = form.cleaned_data.get("files") or []
+    if chosen:
+        _send_files(request, form, app, dify_user, chosen)
 
 
 def _status(request: HttpRequest, form: Any) -> int:
@@ -497,7 +537,9 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
             # The page sent twice: its message is the conversation's last, still running.
             return redirect("inbox:run", public_id=busy.public_id)
         form.add_error(None, _("The conversation's last message has not ended yet."))
-    elif request.method == "POST" and _valid(request, form):
+    elif request.method == "POST" and not _valid(request, form):
+        _keep_passed_files(request, form, app, latest.dify_user)
+    elif request.method == "POST":
         started = _start_from_page(
             request,
             form,

@@ -1386,6 +1386,31 @@
     document.addEventListener(name, rememberList);
   });
 
+  // --- Start pages: a kept file fills its field -------------------------------------------
+  // A file the page's last sending sent to Dify, ticked, fills its field: the field's input
+  // (`data-required`, drawn without `required` while one is) is not required meanwhile, its
+  // mark hidden; unticked, both come back.
+  function fitKeptFiles(field) {
+    var input = field.querySelector("input[type=file][data-required]");
+    if (!input) return;
+    var filled = field.querySelector(".kept-files input[name=kept_files]:checked") !== null;
+    input.required = !filled;
+    var mark = field.querySelector("[data-required-mark]");
+    if (mark) mark.hidden = filled;
+  }
+
+  document.addEventListener("change", function (event) {
+    var box = event.target;
+    if (!box || box.name !== "kept_files" || !box.closest) return;
+    var field = box.closest(".field");
+    if (field) fitKeptFiles(field);
+  });
+
+  // Ticks the browser restored (back, forward) count as the reader's.
+  window.addEventListener("pageshow", function () {
+    document.querySelectorAll(".start-form .field").forEach(fitKeptFiles);
+  });
+
   document.addEventListener("inbox:announce", function (event) {
     announce(event.detail && event.detail.message);
   });

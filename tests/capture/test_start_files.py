@@ -122,17 +122,19 @@ def test_the_start_page_says_beside_each_file_input_what_it_does_not_send(
     # More than the list takes.
     page = send(in_contract=pdf(), in_attachments=[png(f"p{i}.png") for i in range(4)])
     assert "This input takes at most 3 files." in beside(page, "in_attachments")
-    # The contract was fine but not sent: the page asks for it again rather than saying
-    # "required" at the next sending.
+    # The contract was fine: sent to Dify and kept (ticked) rather than asked for again; the
+    # attachments refused are.
     again = "Choose the file again: a page sent back cannot keep a file you chose."
     contract_block = page.split('for="id_in_contract"')[1].split('<div class="field')[0]
-    assert again in contract_block
+    assert again not in contract_block and 'name="kept_files"' in contract_block
+    assert again in page.split('for="id_in_attachments"')[1]
+    assert [u["name"] for u in simulator.uploads()] == ["contract.pdf"]
     # None chosen, none asked again.
     assert again not in send()
     # Larger than Dify takes for a document (the simulator's 15 MB): dropped as it arrived.
     page = send(413, in_contract=pdf("huge.pdf", b"%PDF" + b"\0" * (16 * 1024 * 1024)))
     assert "huge.pdf: the file is larger than" in beside(page, "in_contract")
-    assert not simulator.uploads() and not Run.objects.exists()
+    assert len(simulator.uploads()) == 1 and not Run.objects.exists()
     # Dify refusing the upload: said beside the input; nothing started.
     simulator.add_fault("status", "files_upload", status=503, times=None)
     page = send(in_contract=pdf())
