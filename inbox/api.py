@@ -593,8 +593,10 @@ def forms_list(request: HttpRequest) -> HttpResponse:
     pages = max(1, -(-total // PAGE_SIZE))
     # A page past the last is empty, so a client reading page after page stops there.
     page = filters.page
+    # One form status is ordered as its tab is (the tab's index serves it).
+    tab = next((key for key, held in TAB_STATUSES.items() if status in held), status)
     rows = (
-        inbox_rows(forms).order_by(*ordering(filters.sort, filters.status))[
+        inbox_rows(forms).order_by(*ordering(filters.sort, tab))[
             (page - 1) * PAGE_SIZE : page * PAGE_SIZE
         ]
         if page <= pages

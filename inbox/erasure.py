@@ -8,6 +8,7 @@ doings. The trail keeps that an erasure happened (by whom, when), never the name
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 from typing import Any
 
@@ -100,11 +101,39 @@ def _mentioning(names: set[str]) -> Q:
     return match
 
 
+# Rows a transaction when an erasure rewrites a person's records: another process (the worker
+# delivering one of their decisions, the follower on one of their runs) waits for one batch at
+# most, not for all of them (a year of an integration account's runs took minutes at once).
+BATCH = 2000
+
+
+def _update_in_batches(rows: Any, **values: Any) -> int:
+    """`rows.update(**values)`, BATCH rows at a time in pk order, each batch committed.
+    `rows` leaves out those already carrying `values`, so a run interrupted between batches is
+    finished by running it again, and each row is counted once."""
+    done = 0
+    after = None
+    while True:
+        batch = rows.order_by("pk") if after is None else rows.filter(pk__gt=after).order_by("pk")
+        pks = list(batch.values_list("pk", flat=True)[:BATCH])
+        if not pks:
+            return done
+        with transaction.atomic():
+            done += rows.filter(pk__in=pks).update(**values)
+        after = pks[-1]
+
+
 def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
     """Deactivate the account, revoke its API tokens, blank its name, address, password and last
     sign-in, and rename it `former-<id>`; the names its records keep (decisions, uploads, message
     files, runs, audit entries) become that pseudonym. Recorded as `user_anonymised`, with who
-    did it and the counts, not the old name. Returns the counts."""
+    did it and the counts, not the old name. Returns the counts.
+
+    Not one transaction: the account is deactivated first (it signs in and calls the API no
+    more), its records are rewritten in committed batches, and it is renamed and recorded last.
+    Interrupted (a timeout, a restart), the account is left inactive under its old name, some of
+    its records under the pseudonym; anonymising it again finishes the rest (the pseudonym is
+    the same) and records it once, counting what that run changed."""
     from django.contrib.admin.models import LogEntry
     from django.contrib.contenttypes.models import ContentType
 
@@ -115,35 +144,49 @@ def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
         names.add(full_name.lower())
     counts: dict[str, int] = {}
     with transaction.atomic():
-        user.username = pseudonym
-        user.first_name = user.last_name = user.email = ""
         user.is_active = False
         user.last_login = None
         user.set_unusable_password()
-        user.save()
+        user.save(update_fields=["is_active", "last_login", "password"])
         counts["tokens"] = sum(t.revoke(actor) for t in ApiToken.objects.filter(user=user))
-        counts["decisions"] = Decision.objects.filter(reviewer=user).update(
-            reviewer_username=pseudonym, reviewer_name=pseudonym
-        )
-        counts["uploads"] = Upload.objects.filter(uploaded_by=user).update(
-            uploaded_by_username=pseudonym
-        )
-        counts["message_files"] = MessageFile.objects.filter(uploaded_by=user).update(
-            uploaded_by_username=pseudonym
-        )
-        counts["runs"] = Run.objects.filter(started_by=user).update(started_by_username=pseudonym)
-        counts["recipients"] = FormRecipient.objects.filter(user=user).update(
-            email=f"{pseudonym}@erased.invalid"
-        )
         ReviewerProfile.objects.filter(user=user).update(time_zone="")
-        counts["audit_entries"] = AuditEntry.objects.filter(actor=user).update(
-            actor_label=pseudonym
-        )
-        # Entries naming the account otherwise (a token's owner, a form's previous holder).
-        about = AuditEntry.objects.filter(
-            Q(object_type="user", object_id=str(user.pk)) | _mentioning(names)
-        )
-        counts["audit_entries"] += _scrub_audit(about, names, pseudonym, write=True)
+    counts["decisions"] = _update_in_batches(
+        Decision.objects.filter(reviewer=user).exclude(
+            reviewer_username=pseudonym, reviewer_name=pseudonym
+        ),
+        reviewer_username=pseudonym,
+        reviewer_name=pseudonym,
+    )
+    counts["uploads"] = _update_in_batches(
+        Upload.objects.filter(uploaded_by=user).exclude(uploaded_by_username=pseudonym),
+        uploaded_by_username=pseudonym,
+    )
+    counts["message_files"] = _update_in_batches(
+        MessageFile.objects.filter(uploaded_by=user).exclude(uploaded_by_username=pseudonym),
+        uploaded_by_username=pseudonym,
+    )
+    counts["runs"] = _update_in_batches(
+        Run.objects.filter(started_by=user).exclude(started_by_username=pseudonym),
+        started_by_username=pseudonym,
+    )
+    address = f"{pseudonym}@erased.invalid"
+    counts["recipients"] = _update_in_batches(
+        FormRecipient.objects.filter(user=user).exclude(email=address), email=address
+    )
+    counts["audit_entries"] = _update_in_batches(
+        AuditEntry.objects.filter(actor=user).exclude(actor_label=pseudonym),
+        actor_label=pseudonym,
+    )
+    # Entries naming the account otherwise (a token's owner, a form's previous holder), each
+    # rewritten on its own.
+    about = AuditEntry.objects.filter(
+        Q(object_type="user", object_id=str(user.pk)) | _mentioning(names)
+    )
+    counts["audit_entries"] += _scrub_audit(about, names, pseudonym, write=True)
+    with transaction.atomic():
+        user.username = pseudonym
+        user.first_name = user.last_name = user.email = ""
+        user.save()
         # A token's entries show it as "<prefix>… (<owner>)".
         for token in ApiToken.objects.filter(user=user):
             AuditEntry.objects.filter(object_type="apitoken", object_id=str(token.pk)).update(
@@ -169,65 +212,79 @@ class Erased:
     accounts: list[str]
 
 
-def erase_email(email: str, *, dry_run: bool = False) -> Erased:
+def new_pseudonym() -> str:
+    """The address an erased one becomes: random, so it names nobody."""
+    return f"erased-{secrets.token_hex(6)}@erased.invalid"
+
+
+PSEUDONYM = re.compile(r"erased-[0-9a-f]{12}@erased\.invalid")
+
+
+def erase_email(email: str, *, dry_run: bool = False, pseudonym: str = "") -> Erased:
     """Replace the address everywhere the inbox keeps it (form and route recipients, decisions,
-    uploads, upload tallies, audit entries) by `erased-<random>@erased.invalid`; a route stops
-    emailing it (its recipient row is removed, the route's change recorded). A decision still
-    needing it is left as it is and named; run again once it has ended."""
+    uploads, upload tallies, audit entries) by `pseudonym` (`erased-<random>@erased.invalid`,
+    a new one when not given); a route stops emailing it (its recipient row is removed, the
+    route's change recorded). A decision still needing it is left as it is and named; run again
+    once it has ended.
+
+    Not one transaction: each record, or batch of them, is committed on its own, so nobody
+    waits long on a person with many. Interrupted, running again with the same `pseudonym`
+    finishes the rest under it."""
     email = email.strip()
     lower = email.lower()
     names = {lower}
-    pseudonym = f"erased-{secrets.token_hex(6)}@erased.invalid"
+    pseudonym = pseudonym or new_pseudonym()
+    if not PSEUDONYM.fullmatch(pseudonym):
+        raise ValueError(f"not a pseudonym of erase_email: {pseudonym!r}")
     in_flight = Decision.objects.filter(_IN_FLIGHT, guest_email__iexact=email)
     held = list(in_flight.values_list("pk", flat=True))
     counts: dict[str, int] = {}
-    with transaction.atomic():
-        decisions = Decision.objects.filter(guest_email__iexact=email).exclude(pk__in=held)
-        # A failed decision's notice goes to its guest through their recipient row.
-        recipients = FormRecipient.objects.filter(email__iexact=email).exclude(
-            form__decisions__pk__in=held
-        )
-        route_recipients = RouteRecipient.objects.filter(email__iexact=email).select_related(
-            "route"
-        )
-        uploads = Upload.objects.filter(guest_email__iexact=email)
-        tallies = UploadTally.objects.filter(who=f"g:{lower}")
-        entries = AuditEntry.objects.filter(_mentioning(names))
-        if dry_run:
-            counts["recipients"] = recipients.count()
-            counts["route_recipients"] = route_recipients.count()
-            counts["decisions"] = decisions.count()
-            counts["uploads"] = uploads.count()
-            counts["upload_tallies"] = tallies.count()
-            counts["audit_entries"] = _scrub_audit(entries, names, pseudonym, write=False)
-        else:
-            counts["audit_entries"] = _scrub_audit(entries, names, pseudonym, write=True)
-            counts["recipients"] = 0
-            for recipient in recipients.order_by("pk"):
+    decisions = Decision.objects.filter(guest_email__iexact=email).exclude(pk__in=held)
+    # A failed decision's notice goes to its guest through their recipient row.
+    recipients = FormRecipient.objects.filter(email__iexact=email).exclude(
+        form__decisions__pk__in=held
+    )
+    route_recipients = RouteRecipient.objects.filter(email__iexact=email).select_related("route")
+    uploads = Upload.objects.filter(guest_email__iexact=email)
+    tallies = UploadTally.objects.filter(who=f"g:{lower}")
+    entries = AuditEntry.objects.filter(_mentioning(names))
+    if dry_run:
+        counts["recipients"] = recipients.count()
+        counts["route_recipients"] = route_recipients.count()
+        counts["decisions"] = decisions.count()
+        counts["uploads"] = uploads.count()
+        counts["upload_tallies"] = tallies.count()
+        counts["audit_entries"] = _scrub_audit(entries, names, pseudonym, write=False)
+    else:
+        counts["audit_entries"] = _scrub_audit(entries, names, pseudonym, write=True)
+        counts["recipients"] = 0
+        for recipient in recipients.order_by("pk"):
+            with transaction.atomic():
                 # Two rows of one form for the address in two cases would become one address.
-                rows = FormRecipient.objects.filter(pk=recipient.pk)
+                rows = FormRecipient.objects.filter(pk=recipient.pk, email__iexact=email)
                 if FormRecipient.objects.filter(form=recipient.form_id, email=pseudonym).exists():
-                    rows.delete()
+                    gone = rows.delete()[1].get(FormRecipient._meta.label, 0)
                 else:
-                    rows.update(email=pseudonym, time_zone="")
-                counts["recipients"] += 1
+                    gone = rows.update(email=pseudonym, time_zone="")
+                counts["recipients"] += gone
+        with transaction.atomic():
             routes = {r.route for r in route_recipients}
             counts["route_recipients"] = route_recipients.delete()[0]
             for route in routes:
                 AuditEntry.record(
                     "route_changed", route, actor_label="erase_person", reason="person erased"
                 )
-            counts["decisions"] = decisions.update(guest_email=pseudonym)
-            counts["uploads"] = uploads.update(guest_email=pseudonym)
-            counts["upload_tallies"] = tallies.update(who=f"g:{pseudonym}")
-            AuditEntry.record_about(
-                "person_erased",
-                "person",
-                actor_label="erase_person",
-                pseudonym=pseudonym,
-                left_in_flight=len(held),
-                **counts,
-            )
+        counts["decisions"] = _update_in_batches(decisions, guest_email=pseudonym)
+        counts["uploads"] = _update_in_batches(uploads, guest_email=pseudonym)
+        counts["upload_tallies"] = tallies.update(who=f"g:{pseudonym}")
+        AuditEntry.record_about(
+            "person_erased",
+            "person",
+            actor_label="erase_person",
+            pseudonym=pseudonym,
+            left_in_flight=len(held),
+            **counts,
+        )
     accounts = list(
         get_user_model()
         .objects.filter(email__iexact=email)

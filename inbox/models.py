@@ -3556,7 +3556,10 @@ class MessageFile(models.Model):
     )
     dify_user = models.CharField(_("Dify user"), max_length=255)
     # The start input (its variable) the file fills; "" for a chatflow message's file.
-    input_name = models.CharField(_("start input"), max_length=255, blank=True, default="")
+    # A database default too: the release before 0034 inserts message files without it.
+    input_name = models.CharField(
+        _("start input"), max_length=255, blank=True, default="", db_default=""
+    )
     runs = models.ManyToManyField(
         Run, blank=True, related_name="message_files", verbose_name=_("runs")
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from io import StringIO
 from typing import Any
 
+import pytest
 from django.contrib.auth.models import Permission, User
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
 
@@ -198,3 +200,105 @@ def test_erase_person_pseudonymises_a_guest_everywhere_but_a_decision_still_bein
     Decision.objects.filter(pk=queued.pk).update(status=Decision.Status.DELIVERED)
     call_command("erase_person", email="zhang.wei@example.com", stdout=StringIO())
     assert scan("zhang.wei@example.com", "203.0.113.7") == []
+
+
+class Interrupted(Exception):
+    """The process stopped (a proxy's timeout, a restart) between two batches."""
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, model: type, batches: int) -> None:
+    """Stop the erasure when it would update `model` for the (batches + 1)th time."""
+    from django.db.models.query import QuerySet
+
+    real = QuerySet.update
+    done: list[int] = []
+
+    def update(self: QuerySet[Any], **values: Any) -> int:
+        if self.model is model:
+            if len(done) == batches:
+                raise Interrupted
+            done.append(1)
+        return real(self, **values)
+
+    monkeypatch.setattr(QuerySet, "update", update)
+
+
+def test_anonymising_commits_in_batches_and_running_it_again_finishes_an_interrupted_one(
+    admin_user: User,
+    dify_app: DifyApp,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    from inbox import erasure
+
+    lena, _decision = _lena(dify_app, django_capture_on_commit_callbacks)
+    for n in range(4):
+        Run.objects.create(
+            app=dify_app,
+            dify_user="u",
+            workflow_run_id=f"R-lena-{n}",
+            started_by=lena,
+            started_by_username="lena.kowalski",
+        )
+    monkeypatch.setattr(erasure, "BATCH", 2)
+    with monkeypatch.context() as stop, pytest.raises(Interrupted):
+        _interrupt_after(stop, Run, batches=1)
+        erasure.anonymise_user(User.objects.get(pk=lena.pk), actor=admin_user)
+    pseudonym = f"former-{lena.pk}"
+    # The account was deactivated first; it keeps its name until the end, so a second run
+    # still knows what to look for; the first two runs were committed.
+    lena.refresh_from_db()
+    assert not lena.is_active and lena.username == "lena.kowalski"
+    assert not ApiToken.objects.filter(user=lena, revoked_at__isnull=True).exists()
+    names = list(Run.objects.order_by("pk").values_list("started_by_username", flat=True))
+    assert names == [pseudonym] * 2 + ["lena.kowalski"] * 3
+    assert Decision.objects.get().reviewer_username == pseudonym
+    assert not AuditEntry.objects.filter(verb="user_anonymised").exists()
+
+    counts = erasure.anonymise_user(User.objects.get(pk=lena.pk), actor=admin_user)
+    assert counts["runs"] == 3 and counts["decisions"] == 0 and counts["tokens"] == 0
+    assert set(Run.objects.values_list("started_by_username", flat=True)) == {pseudonym}
+    assert User.objects.get(pk=lena.pk).username == pseudonym
+    assert scan("lena.kowalski", "lena.k@example.org", "Kowalski") == []
+    entry = AuditEntry.objects.get(verb="user_anonymised")
+    assert entry.object_repr == pseudonym and entry.details["runs"] == 3
+
+
+def test_erase_person_interrupted_is_finished_under_the_pseudonym_it_printed(
+    dify_app: DifyApp,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    from inbox import erasure
+
+    guest = "zhang.wei@example.com"
+    for n in range(3):
+        with django_capture_on_commit_callbacks(execute=False):
+            decision = make_form(dify_app, form_id=f"F-z{n}").decide(
+                action_id="approve", inputs={}, guest_email=guest
+            )
+        Decision.objects.filter(pk=decision.pk).update(status=Decision.Status.DELIVERED)
+    monkeypatch.setattr(erasure, "BATCH", 1)
+    out = StringIO()
+    with monkeypatch.context() as stop, pytest.raises(Interrupted):
+        _interrupt_after(stop, Decision, batches=1)
+        call_command("erase_person", email=guest, stdout=out)
+    printed = re.search(r"run it again with --pseudonym (\S+)", out.getvalue())
+    assert printed is not None, out.getvalue()
+    pseudonym = printed.group(1)
+    assert sorted(Decision.objects.values_list("guest_email", flat=True)) == [
+        pseudonym,
+        guest,
+        guest,
+    ]
+    assert not AuditEntry.objects.filter(verb="person_erased").exists()
+
+    out = StringIO()
+    call_command("erase_person", email=guest, pseudonym=pseudonym, stdout=out)
+    assert f"Replaced by {pseudonym}: " in out.getvalue() and "2 decision(s)" in out.getvalue()
+    assert set(Decision.objects.values_list("guest_email", flat=True)) == {pseudonym}
+    assert scan(guest) == []
+    assert AuditEntry.objects.get(verb="person_erased").details["pseudonym"] == pseudonym
+    # Only a pseudonym of its own kind: never someone's address.
+    with pytest.raises(CommandError):
+        call_command("erase_person", email=guest, pseudonym="bob@example.com", stdout=out)

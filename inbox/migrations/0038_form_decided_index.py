@@ -3,7 +3,9 @@ recently decided first (`views.ordering`, sort `decided`).
 
 Those tabs hold most of the forms table in time (every decided form stays there), so a page of
 them ordered by `decided_at` would read and sort every decided form without it. A B-tree on
-`(status, decided_at)` gives each status's forms in decision order, either way.
+`(status, decided_at)` gives each status's forms in decision order, either way. (It does not
+give a tab's order, several statuses merged with `id` after: 0040's partial indexes do. This one
+serves the dashboard's forms decided lately.)
 
 Built with CREATE INDEX CONCURRENTLY, as 0031 builds the runs' search indexes, so the forms table
 stays readable and writable while it builds, and the migration is not atomic. An index left

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.core.validators import validate_email
 
-from inbox.erasure import erase_email
+from inbox.erasure import PSEUDONYM, erase_email, new_pseudonym
 
 
 class Command(BaseCommand):
@@ -16,13 +16,21 @@ class Command(BaseCommand):
         "Replace an email address (a guest's, or anyone's) by a pseudonym everywhere the inbox "
         "keeps it: form recipients, decisions, uploads, upload tallies and audit entries; the "
         "routes that email it stop doing so. A decision still being sent to Dify (or whose "
-        "maker is still to be told that it failed) is left as it is: run again once it ended."
+        "maker is still to be told that it failed) is left as it is: run again once it ended. "
+        "Records are changed in batches, each committed: if the command stops before the end, "
+        "run it again with the --pseudonym it printed first."
     )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--email", required=True, metavar="ADDRESS")
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would change, change nothing."
+        )
+        parser.add_argument(
+            "--pseudonym",
+            default="",
+            metavar="ERASED_ADDRESS",
+            help="Finish an erasure that stopped before the end, under the pseudonym it printed.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -31,7 +39,19 @@ class Command(BaseCommand):
             validate_email(email)
         except ValidationError as exc:
             raise CommandError(f"Not an email address: {email!r}.") from exc
-        erased = erase_email(email, dry_run=options["dry_run"])
+        pseudonym = options["pseudonym"].strip()
+        if pseudonym and not PSEUDONYM.fullmatch(pseudonym):
+            raise CommandError(
+                f"Not a pseudonym this command gives: {pseudonym!r} "
+                "(erased-<12 hexadecimal digits>@erased.invalid)."
+            )
+        pseudonym = pseudonym or new_pseudonym()
+        if not options["dry_run"]:
+            self.stdout.write(
+                f"Erasing as {pseudonym}. If this stops before the end, run it again with "
+                f"--pseudonym {pseudonym}"
+            )
+        erased = erase_email(email, dry_run=options["dry_run"], pseudonym=pseudonym)
         counts = erased.counts
         verb = "Would replace" if options["dry_run"] else f"Replaced by {erased.pseudonym}"
         self.stdout.write(
