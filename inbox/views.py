@@ -189,7 +189,7 @@ def ordering(sort: str, status: str = "") -> list[Any]:
         # A form on its way to Dify has no decision time yet: it is the one decided last, so
         # it comes first on the Submitted tab. Elsewhere a form with none (one Dify still asks,
         # one gone) comes after those answered. On PostgreSQL each tab's order, over exactly
-        # its statuses (TABS), is a partial index of migration 0040; change them together.
+        # its statuses (TABS), is a partial index of migration 0041; change them together.
         if status == "elsewhere":
             return [F("decided_at").desc(nulls_last=True), "-id"]
         return [F("decided_at").desc(nulls_first=True), "-id"]

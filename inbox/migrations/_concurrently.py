@@ -1,4 +1,4 @@
-"""Indexes built with CREATE INDEX CONCURRENTLY by migrations that are not atomic (0031, 0038, 0040):
+"""Indexes built with CREATE INDEX CONCURRENTLY by migrations that are not atomic (0031, 0038, 0041):
 the table stays readable and writable while an index builds. Not a migration itself (its name
 starts with "_", which Django's loader passes over)."""
 

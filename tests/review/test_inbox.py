@@ -151,7 +151,7 @@ def test_the_decided_tabs_read_their_page_along_their_index(
     address: str,
     index: str,
 ) -> None:
-    """Migration 0040's partial indexes give each tab's order over each tab's statuses, so a
+    """Migration 0041's partial indexes give each tab's order over each tab's statuses, so a
     page is read along one of them, not by sorting every decided form: the statements the page
     and the API send, EXPLAINed with sorting and table scans priced out (on a table this small
     the planner would read it whole; a statement no index orders still sorts, at that price)."""

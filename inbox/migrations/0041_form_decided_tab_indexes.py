@@ -60,6 +60,6 @@ class Migration(migrations.Migration):
     # CREATE INDEX CONCURRENTLY cannot run in a transaction.
     atomic = False
 
-    dependencies = [("inbox", "0039_message_file_input_db_default")]
+    dependencies = [("inbox", "0040_message_file_input_db_default")]
 
     operations = [migrations.RunPython(create, drop)]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('inbox', '0038_form_decided_index'),
+        ('inbox', '0039_reviewer_list_seen'),
     ]
 
     operations = [
