@@ -35,9 +35,11 @@ Each run is read with `GET /workflow/{id}/events?include_state_snapshot=true&con
   per run at INFO and per app at WARNING, at most once per GIVE_UP_REPORT_SECONDS.
 
 Database work runs in a small thread pool (Django's ORM is synchronous); the loop itself only
-waits on sockets. A `human_input_required` is captured with its full definition in one
-transaction: GET form first (asynchronously, outside any transaction), then the insert, so a
-reviewer never sees a form whose select options are not resolved yet.
+waits on sockets. Leases are taken and renewed on one more thread, of their own: a renewal never
+waits behind a backlog of batches, so only a slow or unreachable database stops a stream for want
+of one. A `human_input_required` is captured with its full definition in one transaction: GET form
+first (asynchronously, outside any transaction), then the insert, so a reviewer never sees a form
+whose select options are not resolved yet.
 """
 
 from __future__ import annotations
@@ -392,6 +394,11 @@ class Follower:
         self.executor = ThreadPoolExecutor(
             max_workers=self.config.db_threads, thread_name_prefix="follower-db"
         )
+        # Leases are taken and renewed on a thread (and connection) of their own: in the pool
+        # above, a renewal would wait behind every batch queued before it, and under a backlog
+        # longer than the lease (a follower starting with many runs to replay, a slow database)
+        # each run's stream would be stopped for want of a renewal, then taken and opened again.
+        self.lease_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="follower-lease")
         # Streams are spread over several HTTP clients per app (see AsyncDifyClient.for_app).
         self.http_shards = max(1, math.ceil(self.config.max_streams / STREAMS_PER_CLIENT))
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -416,6 +423,13 @@ class Follower:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.executor, functools.partial(_db_call, fn, *args, **kwargs)
+        )
+
+    async def lease_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`db` on the lease thread: taking and renewing leases never queue behind batches."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.lease_executor, functools.partial(_db_call, fn, *args, **kwargs)
         )
 
     # --- lifecycle ---
@@ -510,7 +524,7 @@ class Follower:
                 if free > 0 and time.monotonic() >= self._lease_retry_at:
                     asked = time.monotonic()
                     try:
-                        claims = await self.db(
+                        claims = await self.lease_db(
                             take_leases, self.owner, free, self.config.lease_seconds
                         )
                     except Exception as exc:
@@ -583,7 +597,9 @@ class Follower:
         pks = list(self.tasks)
         asked = time.monotonic()
         try:
-            still_mine = await self.db(renew_leases, self.owner, pks, self.config.lease_seconds)
+            still_mine = await self.lease_db(
+                renew_leases, self.owner, pks, self.config.lease_seconds
+            )
         except Exception:
             logger.exception("follower %s: could not renew leases", self.owner)
             return
@@ -613,7 +629,8 @@ class Follower:
 
     def _close_db_threads(self) -> None:
         """Close each pool thread's database connection, from that thread (Django connections
-        belong to their thread): one job per thread, held at a barrier so no thread takes two."""
+        belong to their thread): one job per thread, held at a barrier so no thread takes two;
+        then the lease thread's."""
         n = self.config.db_threads
         barrier = threading.Barrier(n)
 
@@ -626,6 +643,9 @@ class Follower:
             with contextlib.suppress(Exception):
                 future.result(timeout=10)
         self.executor.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self.lease_executor.submit(connections.close_all).result(timeout=10)
+        self.lease_executor.shutdown(wait=True)
 
     # --- one run ---
 

@@ -721,3 +721,56 @@ def test_a_follower_whose_lease_renewal_hangs_stops_reading_before_its_lease_can
     finally:
         monkeypatch.setattr(follower_module, "renew_leases", real_renew)
         thread.stop()
+
+
+def test_a_database_backlog_longer_than_the_lease_neither_stops_nor_reopens_a_stream(
+    transactional_db: None, monkeypatch: Any, caplog: Any
+) -> None:
+    """Leases are renewed on a thread of their own: a renewal queued behind the batches in the
+    database threads (a follower that starts with many runs to replay, on a busy database)
+    came back after the lease could run out, so every stream was stopped, its run taken again
+    and its stream opened a second time."""
+    from tests.delivery.malformed import Case, definition
+    from tests.delivery.scripted import Reply, ScriptedDify
+
+    needs_shared_database()
+    lease = 3.0
+    dify = ScriptedDify()
+    app = DifyApp.objects.create(name="backlog", base_url=dify.base_url, api_key="k-123")
+    run_id, form_id, token = "R-backlog", "F-backlog", "tok-backlog"
+    dify.on(
+        "GET", f"/workflow/{run_id}/events", Reply(raw=Case("plain").stream(run_id, form_id, token))
+    )
+    dify.on("GET", f"/form/human_input/{token}", Reply(body=definition(form_id, token)))
+    run = Run.objects.create(
+        app=app,
+        workflow_run_id=run_id,
+        dify_user="u-backlog",
+        status=Run.Status.RUNNING,
+        follow_wanted=True,
+    )
+    real_apply = capture.apply_events
+    busy: list[float] = []
+
+    def slow_apply(*args: Any, **kwargs: Any) -> capture.Applied:
+        # The one database thread is busy for far longer than the lease (the batches of the
+        # other runs queued before this one's).
+        if not busy:
+            busy.append(time.monotonic())
+            time.sleep(lease * 2.5)
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(capture, "apply_events", slow_apply)
+    caplog.set_level(logging.INFO)
+    thread = FollowerThread("backlog", lease_seconds=lease, db_threads=1).start()
+    try:
+        no_stream_left(run, timeout=30)
+    finally:
+        thread.stop()
+        dify.close()
+    assert busy
+    assert "was not renewed in time" not in caplog.text
+    assert len(dify.requests("GET", f"/workflow/{run_id}/events")) == 1
+    run.refresh_from_db()
+    assert run.status == "paused"
+    assert list(run.forms.values_list("form_id", "status")) == [(form_id, "pending")]
