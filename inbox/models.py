@@ -21,7 +21,7 @@ from django.db import DatabaseError, IntegrityError, connection, models, transac
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Lower, Now
 from django.urls import reverse
-from django.utils import formats, timezone
+from django.utils import formats, timezone, translation
 from django.utils.text import capfirst
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
@@ -4142,8 +4142,17 @@ class ReviewerProfile(models.Model):
             row = cursor.fetchone()
         if row is None:
             # Their first look at all (the profile is made after the first page, by
-            # `ReviewerLanguageMiddleware`): nothing is new yet.
-            cls.objects.update_or_create(user=user, defaults={"list_seen_at": now})
+            # `ReviewerLanguageMiddleware`): nothing is new yet. Made here first, it is in the
+            # page's language, as the middleware would keep it (not the default, which would
+            # then choose the language of their emails).
+            language = translation.get_language() or settings.LANGUAGE_CODE
+            if language not in dict(settings.LANGUAGES):
+                language = settings.LANGUAGE_CODE
+            profile, made = cls.objects.get_or_create(
+                user=user, defaults={"list_seen_at": now, "language": language}
+            )
+            if not made:
+                cls.objects.filter(pk=profile.pk).update(list_seen_at=now)
             return None
         value = row[0]
         if isinstance(value, str):  # SQLite's RETURNING gives the stored text

@@ -525,8 +525,12 @@ def test_the_language_is_remembered_once_per_session_and_not_for_api_tokens(
     client.get("/", HTTP_ACCEPT_LANGUAGE="zh-Hans,zh;q=0.9")
     assert ReviewerProfile.objects.get(user=reviewer).language == "zh-hans"
     ReviewerProfile.objects.all().delete()
-    client.get("/", HTTP_ACCEPT_LANGUAGE="zh-Hans,zh;q=0.9")
+    client.get("/runs/", HTTP_ACCEPT_LANGUAGE="zh-Hans,zh;q=0.9")
     assert not ReviewerProfile.objects.exists()  # already saved in this session
+    # The inbox's list keeps when they last looked at it on the profile: one made there is in
+    # the page's language, not the default (their emails' language).
+    client.get("/", HTTP_ACCEPT_LANGUAGE="zh-Hans,zh;q=0.9")
+    assert ReviewerProfile.objects.get(user=reviewer).language == "zh-hans"
     _token, raw = ApiToken.issue(other_reviewer_for_api := User.objects.create_user("carol"))
     api = Client()
     response = api.get("/api/v1/forms", HTTP_AUTHORIZATION=f"Bearer {raw}")
