@@ -1170,12 +1170,18 @@
     return set;
   }
 
-  function restoreAfterSwitch() {
-    var saved = null;
+  // What a page left in the tab's session storage for the next one, read once: taken away as it
+  // is read, so an older note never moves a page opened later. null when there is none.
+  function takeStored(key) {
     try {
-      saved = JSON.parse(window.sessionStorage.getItem(SWITCH_KEY) || "null");
-      window.sessionStorage.removeItem(SWITCH_KEY);
-    } catch (e) { saved = null; }
+      var saved = JSON.parse(window.sessionStorage.getItem(key) || "null");
+      window.sessionStorage.removeItem(key);
+      return saved;
+    } catch (e) { return null; }
+  }
+
+  function restoreAfterSwitch() {
+    var saved = takeStored(SWITCH_KEY);
     if (!saved || saved.path !== window.location.pathname || !(Date.now() - saved.at < 600000)) return;
     putBack(saved.forms);
   }
@@ -1335,11 +1341,7 @@
 
   // Taken once, by the list shown next: an older note would move a list opened later.
   function takePlace() {
-    var saved = null;
-    try {
-      saved = JSON.parse(window.sessionStorage.getItem(PLACE_KEY) || "null");
-      window.sessionStorage.removeItem(PLACE_KEY);
-    } catch (e) { saved = null; }
+    var saved = takeStored(PLACE_KEY);
     return saved && typeof saved.id === "string" && /^[0-9a-f-]{36}$/i.test(saved.id) && Date.now() - saved.at < 3600000 ? saved.id : null;
   }
 
