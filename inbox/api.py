@@ -1396,7 +1396,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             gettext("'query' is for chatflow apps; %(app)s is a workflow and takes only 'inputs'.")
             % {"app": app.name},
         )
-    conversation_id = _optional_text(body, "conversation_id", limit=64)
+    conversation_id = _conversation_id(body)
     if conversation_id:
         return _continue_conversation(request, app, body, key, conversation_id)
     dify_user = _optional_text(body, "user", limit=255) or default_dify_user(request.user)
@@ -1541,7 +1541,7 @@ def _continue_conversation(
         busy = conversation_in_progress(app, conversation_id)
         if busy is not None:
             # Whoever sent it: checked again as the run is made (two sent at once).
-            raise ConversationBusy(busy)
+            raise ConversationBusy(busy, request.user)
         files = _message_files(request, app, body, dify_user)
         run = start_run(
             app,
@@ -1621,6 +1621,24 @@ def _same_start(request: HttpRequest, same: Any) -> HttpResponse:
             retry_after=1,
         )
     return JsonResponse(_run_json(request, run), status=200)
+
+
+def _conversation_id(body: dict[str, Any]) -> str:
+    """A chatflow conversation's id as given, in the one spelling Dify answers with ("" for
+    none). Dify reads it as a UUID, so another spelling of the same id (upper case, no dashes)
+    names the same conversation there, and must here too: who may go on with it, and whether a
+    message of it is in flight, are looked up by it."""
+    given = _optional_text(body, "conversation_id", limit=64)
+    if not given:
+        return ""
+    try:
+        return str(uuid.UUID(given))
+    except ValueError:
+        raise ApiError(
+            400,
+            "invalid_param",
+            gettext("'conversation_id' must be a conversation's id, as a run's JSON gives it."),
+        ) from None
 
 
 def _message_dify_user(request: HttpRequest, app: DifyApp, user: str, conversation_id: str) -> str:
@@ -1803,7 +1821,7 @@ def run_files(request: HttpRequest) -> HttpResponse:
         request,
         app,
         _optional_text(body, "user", limit=255),
-        _optional_text(body, "conversation_id", limit=64),
+        _conversation_id(body),
     )
     fileobj = _the_file(request)
     try:

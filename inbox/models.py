@@ -4123,17 +4123,20 @@ class ReviewerProfile(models.Model):
     def looked_at_list(cls, user: Any, now: dt.datetime) -> dt.datetime | None:
         """The reviewer looks at their pending forms (`views.index`): a look more than
         VISIT_GAP after their last one starts a visit, whose forms arrived since that last
-        look are new to them. Returns since when forms are new (None: their first visit).
+        look are new to them; their very first look starts their first visit (what arrives while
+        it lasts is new). Returns since when forms are new.
 
         One statement: the update reads the row's old values and returns the new one."""
         table = cls._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {table} SET "  # noqa: S608 - the model's own table name
-                "new_since = CASE WHEN list_seen_at IS NULL OR list_seen_at < %s "
-                "THEN list_seen_at ELSE new_since END, list_seen_at = %s "
-                "WHERE user_id = %s RETURNING new_since",
+                # The first look starts the first visit: what arrives while it lasts is new.
+                "new_since = CASE WHEN list_seen_at IS NULL THEN %s "
+                "WHEN list_seen_at < %s THEN list_seen_at ELSE new_since END, "
+                "list_seen_at = %s WHERE user_id = %s RETURNING new_since",
                 [
+                    connection.ops.adapt_datetimefield_value(now),
                     connection.ops.adapt_datetimefield_value(now - cls.VISIT_GAP),
                     connection.ops.adapt_datetimefield_value(now),
                     user.pk,
@@ -4149,11 +4152,11 @@ class ReviewerProfile(models.Model):
             if language not in dict(settings.LANGUAGES):
                 language = settings.LANGUAGE_CODE
             profile, made = cls.objects.get_or_create(
-                user=user, defaults={"list_seen_at": now, "language": language}
+                user=user, defaults={"list_seen_at": now, "new_since": now, "language": language}
             )
             if not made:
-                cls.objects.filter(pk=profile.pk).update(list_seen_at=now)
-            return None
+                cls.objects.filter(pk=profile.pk).update(list_seen_at=now, new_since=now)
+            return now
         value = row[0]
         if isinstance(value, str):  # SQLite's RETURNING gives the stored text
             value = dt.datetime.fromisoformat(value)

@@ -699,15 +699,21 @@ class ConversationBusy(StartFailed):
     default_status = 409
     default_code = "conversation_in_progress"
 
-    def __init__(self, busy: Run) -> None:
-        super().__init__(
-            gettext("The conversation's last message (run %(run)s) has not ended yet.")
-            % {"run": busy.public_id},
-            run=busy,
-        )
+    def __init__(self, busy: Run, user: Any = None) -> None:
+        # Named only to whom may open it: a colleague's message may be one they cannot see.
+        if user is not None and Run.objects.for_user(user).filter(pk=busy.pk).exists():
+            message = gettext(
+                "The conversation's last message (run %(run)s) has not ended yet."
+            ) % {"run": busy.public_id}
+            super().__init__(message, run=busy)
+        else:
+            super().__init__(
+                gettext("The conversation's last message, sent by someone else, has not ended yet.")
+            )
+        self.busy = busy
 
 
-def _claim_conversation(app: DifyApp, conversation_id: str) -> None:
+def _claim_conversation(app: DifyApp, conversation_id: str, user: Any) -> None:
     """In the transaction that creates a run: one message of a conversation in flight at a
     time. Starts in the app's conversations wait for each other here (the app's row, locked
     without blocking the rows that refer to it; SQLite's transactions are serialized already),
@@ -715,7 +721,7 @@ def _claim_conversation(app: DifyApp, conversation_id: str) -> None:
     list(DifyApp.objects.select_for_update(no_key=True).filter(pk=app.pk))
     busy = conversation_in_progress(app, conversation_id)
     if busy is not None:
-        raise ConversationBusy(busy)
+        raise ConversationBusy(busy, user)
 
 
 class FilesTaken(StartFailed):
@@ -849,7 +855,7 @@ def start_run(
         try:
             with transaction.atomic():
                 if conversation_id:
-                    _claim_conversation(app, conversation_id)
+                    _claim_conversation(app, conversation_id, started_by)
                 run = Run.objects.create(
                     app=app,
                     dify_user=dify_user,

@@ -916,7 +916,9 @@ def next_in_list(request: HttpRequest) -> HttpResponse:
     query = QueryDict(request.GET.get("list", "").lstrip("?"))
     filters = InboxFilters.from_query(query, request.user)
     after_id = _uuid_or_none(request.GET.get("after", ""))
-    after = Form.objects.filter(public_id=after_id).first() if after_id else None
+    # One the reviewer may see: another's id would be told apart from no form by the answer.
+    visible = Form.objects.for_user(request.user)
+    after = visible.filter(public_id=after_id).first() if after_id else None
     waiting = status_q(TAB_STATUSES["pending"], timezone.now()) & (
         Q(claimed_by__isnull=True) | Q(claimed_by=request.user)
     )

@@ -554,14 +554,17 @@ def run_continue(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
             return started
         start_problem = started
     status = _status(request, form)
+    if request.method == "POST":
+        # Asked again after a sending: a colleague's message may have gone in meanwhile.
+        busy = conversation_in_progress(app, run.conversation_id)
     context = {
         "app": app,
         "run": run,
         "latest": latest,
-        # Asked again after a sending: a colleague's message may have gone in meanwhile.
-        "busy": busy
-        if request.method != "POST"
-        else conversation_in_progress(app, run.conversation_id),
+        "busy": busy,
+        # Linked only for whom may open it (a colleague's message may be one they cannot see).
+        "busy_shown": busy is not None
+        and Run.objects.for_user(request.user).filter(pk=busy.pk).exists(),
         "conversation": conversation_runs(run, request.user),
         "shown_most": CONVERSATION_SHOWN,
         "form": form,

@@ -337,6 +337,7 @@ def test_a_message_still_starting_holds_the_conversation_as_its_run_is_made(
         status="starting",
         conversation_id=first.conversation_id,
         query="Sent a moment ago",
+        started_by=reviewer,
     )
     sent = simulator.request_count("chat_messages")
     # Checked where the run is made, whatever a caller checked before.
@@ -388,3 +389,66 @@ def test_two_next_messages_sent_at_once_start_one_turn(
         if r.conversation is not None and r.conversation.id == cid
     ]
     assert len(in_dify) == 2  # the first message and one next one
+
+
+def test_a_conversation_s_id_in_another_spelling_is_the_same_conversation(
+    client: Client,
+    simulator: Any,
+    chat: DifyApp,
+    follower: FollowerThread,
+    reviewer: User,
+    other_reviewer: User,
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    # Dify reads the id as a UUID: upper case or without dashes, it names the same conversation.
+    for spelling in (first.conversation_id.upper(), first.conversation_id.replace("-", "")):
+        body = {"app": "support-chat", "query": "Hi", "conversation_id": spelling}
+        assert error(post(client, {**body, "user": first.dify_user}, other_reviewer))[:2] == (
+            403,
+            "forbidden",
+        )
+    status, code, message = error(
+        post(client, {"app": "support-chat", "query": "Hi", "conversation_id": "c-1"}, reviewer)
+    )
+    assert (status, code) == (400, "invalid_param") and "conversation_id" in message
+    # Her own, spelt otherwise: the next message of it, stored as Dify spells it.
+    response = post(
+        client,
+        {"app": "support-chat", "query": "Again", "conversation_id": first.conversation_id.upper()},
+        reviewer,
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["conversation_id"] == first.conversation_id
+    assert Run.objects.filter(conversation_id=first.conversation_id).count() == 2
+
+
+def test_a_message_in_flight_the_caller_may_not_see_is_not_named(
+    client: Client,
+    simulator: Any,
+    chat: DifyApp,
+    follower: FollowerThread,
+    reviewer: User,
+) -> None:
+    first = finished_conversation(simulator, chat, reviewer)
+    # A message of hers being sent by someone she does not see runs of (a started run of the
+    # conversation that no route or start of hers shows her).
+    hidden = Run.objects.create(
+        app=chat,
+        dify_user=first.dify_user,
+        status="starting",
+        conversation_id=first.conversation_id,
+        query="Sent by the team lead",
+    )
+    assert not Run.objects.for_user(reviewer).filter(pk=hidden.pk).exists()
+    response = post(
+        client,
+        {"app": "support-chat", "query": "Me", "conversation_id": first.conversation_id},
+        reviewer,
+    )
+    status, code, message = error(response)
+    assert (status, code) == (409, "conversation_in_progress")
+    assert str(hidden.public_id) not in response.content.decode()
+    assert message == "The conversation's last message, sent by someone else, has not ended yet."
+    client.force_login(reviewer)
+    page = client.get(f"/runs/{first.public_id}/continue").content.decode()
+    assert "last message has not ended yet" in page and str(hidden.public_id) not in page

@@ -146,6 +146,9 @@ def test_the_run_page_shows_the_conversation_as_a_conversation(
     assert "Approve" in first and "decided by Alice" in first
     # The start Dify refused: kept, marked, and not numbered.
     assert "Not sent" in refused and "Hello? Anyone?" in refused
+    # Said without a reason of its own: Dify's refusal (or outage) says why.
+    assert "The inbox has no run of this message in Dify." in refused
+    assert "Dify has no such conversation for this user." in refused
     assert "<strong>Message" not in refused
     # This message, marked; its answer is in the live part below.
     assert 'aria-current="page"' in second and "<strong>Message 2</strong>" in second

@@ -114,6 +114,13 @@ def test_no_place_at_a_form_the_reviewer_may_not_see(
     _pending(dify_app, 2)
     assert _place(alice.get("/", {"after": str(hidden.public_id)}).content.decode()) is None
     assert alice.get("/", {"after": "not-an-id"}).status_code == 200
+    # Nor does "Next form" tell her form from no form at all.
+    nowhere = "00000000-0000-4000-8000-000000000000"
+    answers = [
+        alice.get("/forms/next/", {"after": after, "list": "?q=zzzz"})["Location"]
+        for after in (str(hidden.public_id), nowhere)
+    ]
+    assert answers == ["/?q=zzzz", "/?q=zzzz"]
 
 
 def test_nothing_left_after_next_form_goes_back_to_the_decided_form_s_place(
@@ -141,6 +148,11 @@ def test_forms_arrived_since_the_last_visit_are_marked_new(
     page = alice.get("/").content.decode()
     assert not _row_is_new(page, old) and "new-count" not in page
     assert _profile(reviewer).list_seen_at is not None
+    # What arrives while the first visit lasts is new, as in any visit.
+    during = make_form(dify_app, node_title="During")
+    page = alice.get("/").content.decode()
+    assert _row_is_new(page, during) and not _row_is_new(page, old)
+    during.delete()
     # The reviewer last looked an hour ago; a form arrived since, another before.
     now = timezone.now()
     Form.objects.filter(pk=old.pk).update(created_at=now - dt.timedelta(hours=2))
