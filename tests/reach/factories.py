@@ -3,6 +3,7 @@ somewhere other than the shared `dify_app` fixture's default route)."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 from collections.abc import Iterable
@@ -78,6 +79,9 @@ def make_form(
     kwargs.setdefault("node_title", "Manager approval")
     kwargs.setdefault("definition", DEFINITION)
     kwargs.setdefault("content", DEFINITION["form_content"])
+    # A copy: a test that edits its form's definition must not edit a module's constant for
+    # the tests after it.
+    kwargs["definition"] = copy.deepcopy(kwargs["definition"])
     if expires_in is not None:
         kwargs.setdefault("expiration_time", timezone.now() + expires_in)
     return Form.objects.create(run=run or make_run(app), **kwargs)

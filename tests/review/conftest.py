@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 from typing import Any
@@ -95,7 +96,9 @@ def make_form(
     **kwargs: Any,
 ) -> Form:
     n = next(_ids)
-    definition = definition if definition is not None else full_definition()
+    # A copy: a test that edits its form's definition must not edit a module's constant for
+    # the tests after it.
+    definition = copy.deepcopy(definition) if definition is not None else full_definition()
     kwargs.setdefault("form_id", f"F-{n}")
     kwargs.setdefault("form_token", f"secret-form-token-{n}")
     kwargs.setdefault("node_id", f"node_{n}")
