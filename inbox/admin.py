@@ -2239,15 +2239,17 @@ class UserAdmin(  # type: ignore[type-arg]
                 % {"user": user.get_username()},
                 messages.WARNING,
             )
+        done = 0
         for user in chosen:
             if user.get_username() == account_pseudonym(user) and not user.is_active:
-                continue
+                continue  # anonymised before: nothing to count
             anonymise_user(user, actor=request.user)
-        if chosen:
+            done += 1
+        if done:
             self.message_user(
                 request,
-                ngettext("%(n)d account anonymised.", "%(n)d accounts anonymised.", len(chosen))
-                % {"n": len(chosen)},
+                ngettext("%(n)d account anonymised.", "%(n)d accounts anonymised.", done)
+                % {"n": done},
                 messages.SUCCESS,
             )
         return None

@@ -122,6 +122,12 @@ def test_a_superuser_anonymises_an_account_that_had_tokens_keeping_its_records(
         str(lena.pk),
         pseudonym,
     )
+    # Chosen again with someone else: only the one anonymised now is counted.
+    mia = User.objects.create_user("mia", email="mia@example.org")
+    again = {"action": "anonymise", "_selected_action": [str(lena.pk), str(mia.pk)]}
+    done = client.post("/admin/auth/user/", {**again, "confirm": "yes"}, follow=True)
+    assert "1 account anonymised." in done.content.decode()
+    assert AuditEntry.objects.filter(verb="user_anonymised").count() == 2
 
 
 def test_a_team_lead_anonymises_only_accounts_holding_no_more_than_they_do(
