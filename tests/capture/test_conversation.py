@@ -326,19 +326,24 @@ def response_details(client: Client, user: User, cid: str) -> Any:
     return response.json()["error"]["details"]
 
 
+def _being_sent(first: Run, query: str, **kwargs: Any) -> Run:
+    """Another message of `first`'s conversation, being sent to Dify (no workflow run id yet)."""
+    return Run.objects.create(
+        app=first.app,
+        dify_user=first.dify_user,
+        status="starting",
+        conversation_id=first.conversation_id,
+        query=query,
+        **kwargs,
+    )
+
+
 def test_a_message_still_starting_holds_the_conversation_as_its_run_is_made(
     simulator: Any, chat: DifyApp, follower: FollowerThread, reviewer: User
 ) -> None:
     first = finished_conversation(simulator, chat, reviewer)
     # Another message of the conversation is being sent to Dify: no workflow run id yet.
-    starting = Run.objects.create(
-        app=chat,
-        dify_user=first.dify_user,
-        status="starting",
-        conversation_id=first.conversation_id,
-        query="Sent a moment ago",
-        started_by=reviewer,
-    )
+    starting = _being_sent(first, "Sent a moment ago", started_by=reviewer)
     sent = simulator.request_count("chat_messages")
     # Checked where the run is made, whatever a caller checked before.
     with pytest.raises(ConversationBusy) as refused:
@@ -432,13 +437,7 @@ def test_a_message_in_flight_the_caller_may_not_see_is_not_named(
     first = finished_conversation(simulator, chat, reviewer)
     # A message of hers being sent by someone she does not see runs of (a started run of the
     # conversation that no route or start of hers shows her).
-    hidden = Run.objects.create(
-        app=chat,
-        dify_user=first.dify_user,
-        status="starting",
-        conversation_id=first.conversation_id,
-        query="Sent by the team lead",
-    )
+    hidden = _being_sent(first, "Sent by the team lead")
     assert not Run.objects.for_user(reviewer).filter(pk=hidden.pk).exists()
     response = post(
         client,
