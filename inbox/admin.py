@@ -2020,6 +2020,9 @@ class ReviewerProfileAdmin(PeopleSearchAdmin):
 
     person_fields = ("user",)
     list_display = ["reviewer", "language", "time_zone", "updated_at"]
+    # "New since your last visit" is the inbox's own bookkeeping of their looks at the list:
+    # shown, never edited (a changed time would mark forms new, or not, that they have seen).
+    readonly_fields = ["list_seen_at", "new_since"]
     list_filter = ["language"]
     search_fields = ["user__username", "user__email"]
     autocomplete_fields = ["user"]

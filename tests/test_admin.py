@@ -887,3 +887,36 @@ def test_runs_and_decisions_are_found_by_their_start_inputs_message_and_values(
     assert found("run", "Kundenmann") == {chat.pk}
     assert found("decision", "Mustermann3") == {decision.pk}
     assert found("decision", "DE89370400440532013000") == {decision.pk}
+
+
+def test_a_reviewer_s_profile_shows_when_they_last_looked_at_the_list_and_never_changes_it(
+    client: Client, admin_user: User
+) -> None:
+    from inbox.models import ReviewerProfile
+
+    reviewer = User.objects.create_user("dora")
+    seen = timezone.now() - dt.timedelta(hours=2)
+    profile = ReviewerProfile.objects.create(
+        user=reviewer, language="en", list_seen_at=seen, new_since=seen
+    )
+    client.force_login(admin_user)
+    page = client.get(f"/admin/inbox/reviewerprofile/{profile.pk}/change/").content.decode()
+    assert "Last looked at the inbox" in page
+    assert 'name="list_seen_at' not in page and 'name="new_since' not in page
+
+    response = client.post(
+        f"/admin/inbox/reviewerprofile/{profile.pk}/change/",
+        {
+            "user": reviewer.pk,
+            "language": "zh-hans",
+            "time_zone": "Asia/Shanghai",
+            "list_seen_at_0": "2020-01-01",
+            "list_seen_at_1": "00:00:00",
+            "new_since_0": "2020-01-01",
+            "new_since_1": "00:00:00",
+        },
+    )
+    assert response.status_code == 302
+    profile.refresh_from_db()
+    assert (profile.language, profile.time_zone) == ("zh-hans", "Asia/Shanghai")
+    assert (profile.list_seen_at, profile.new_since) == (seen, seen)
