@@ -703,7 +703,8 @@ class _Batch:
             # per form, as it is captured (staff read it on the form's page too).
             message = (
                 "form %s (app %s, node %s): the workflow lists file types Dify cannot accept: "
-                "%s. Change them in the workflow (a dot and lower case, one part: '.dxf')."
+                "%s. Change them in the workflow (a dot and lower case, one part: '.dxf'; one of"
+                " Dify's own kinds, as '.pdf', only with its kind allowed)."
             )
             args = (form.public_id, self.run.app.name, form.node_id, ", ".join(unmatchable))
             transaction.on_commit(lambda: logger.warning(message, *args))

@@ -105,6 +105,17 @@ def check_inbox_deploy(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
                 id="inbox.W007",
             )
         )
+    if settings.SECURE_SSL_REDIRECT and not settings.INBOX_TRUSTED_PROXIES:
+        found.append(
+            Warning(
+                "HTTPS redirects are on, and no reverse proxy is trusted (INBOX_TRUSTED_PROXIES "
+                "is 0): X-Forwarded-Proto is not read, so behind a TLS-terminating proxy every "
+                "request looks like plain HTTP and is redirected again.",
+                hint="Set INBOX_TRUSTED_PROXIES to the number of reverse proxies in front; "
+                "without one (a trial on plain HTTP), set SECURE_SSL_REDIRECT=0.",
+                id="inbox.W008",
+            )
+        )
     if str(settings.CELERY_BROKER_URL).startswith("filesystem://"):
         found.append(
             Warning(

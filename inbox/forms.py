@@ -115,14 +115,7 @@ class InputSpec:
         Shown in the hint, offered by the file picker."""
         if not self.allows_custom:
             return ()
-        usable = []
-        for raw in self.allowed_extensions:
-            ext = raw.lstrip(".")
-            if not matchable_extension(raw) or "." in ext:
-                continue
-            if category_for("f." + ext) == CUSTOM:
-                usable.append("." + ext)
-        return tuple(usable)
+        return tuple(raw for raw in self.allowed_extensions if custom_entry_usable(raw))
 
     @property
     def allows_custom(self) -> bool:
@@ -130,18 +123,32 @@ class InputSpec:
 
     @property
     def unmatchable_extensions(self) -> tuple[str, ...]:
-        """The listed extensions, as the workflow writes them, Dify matches no file with where
+        """The listed extensions, as the workflow writes them, Dify accepts no file under where
         the input takes custom files: one not dot-prefixed or not in lower case (".DXF", "dxf":
-        Dify compares a file's extension, in lower case with its dot, with the entry as written)
-        or one of two parts (".tar.gz": a file's extension is its last part). They are dropped
-        from what the input offers; the workflow's author is told (`unmatchable_extensions`)."""
+        Dify compares a file's extension, in lower case with its dot, with the entry as written),
+        one of two parts (".tar.gz": a file's extension is its last part), or one Dify takes as
+        a kind of its own that the input does not allow (".pdf", a document, where documents
+        are not allowed: Dify refuses a file whose kind the input does not take). They are
+        dropped from what the input offers; the workflow's author is told
+        (`unmatchable_extensions`)."""
         if not self.allows_custom:
             return ()
         return tuple(
             raw
             for raw in self.allowed_extensions
-            if raw.strip() and (not matchable_extension(raw) or "." in raw.lstrip("."))
+            if raw.strip()
+            and not custom_entry_usable(raw)
+            # A kind the input allows takes such a file as that kind (".pdf" with documents):
+            # the entry is then harmless.
+            and category_for_extension(raw.strip()) not in self.allowed_types
         )
+
+    @property
+    def accepts_no_file(self) -> bool:
+        """Whether Dify takes no file at all here: no kind it knows is allowed and no custom
+        extension can match (custom files only, each listed type dropped). Its page offers no
+        file picker (one would offer every file, each then refused) and says so instead."""
+        return not self.accept
 
     def accepted_label(self) -> str:
         """What a person may attach, in words, each kind with the extensions Dify takes as it:
@@ -211,6 +218,15 @@ class InputSpec:
             {f".{ext}" for t in self.allowed_types for ext in CATEGORY_EXTENSIONS.get(t, ())}
         )
         return ",".join(extensions + list(self.custom_extensions))
+
+
+def custom_entry_usable(entry: str) -> bool:
+    """Whether Dify can take a file as `custom` under an `allowed_file_extensions` entry: one
+    it can match (dot-prefixed, lower case), of one part (a file's extension is its last), and
+    of no kind of its own (".md" is a document, never a custom file)."""
+    return (
+        matchable_extension(entry) and "." not in entry[1:] and category_for("f" + entry) == CUSTOM
+    )
 
 
 def input_specs(definition: Mapping[str, Any]) -> list[InputSpec]:

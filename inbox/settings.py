@@ -455,7 +455,11 @@ if CACHE_URL:
 _PRODUCTION = bool(_database_url) and not DEBUG
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", _PRODUCTION)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Whether the visitor came over HTTPS, as the reverse proxy in front says in X-Forwarded-Proto:
+# read only behind INBOX_TRUSTED_PROXIES proxies, as X-Forwarded-For is (anyone else reaching the
+# web port could write it). With none, the connection's own scheme (gunicorn's `wsgi.url_scheme`,
+# which trusts the header from the same proxies only: inbox/gunicorn_conf.py).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if INBOX_TRUSTED_PROXIES else None
 # The proxy passes the visitor's Host header on (nginx: `proxy_set_header Host $host;`). One that
 # cannot, and sets X-Forwarded-Host instead (overwriting any the visitor sent), needs this on;
 # either host must be in ALLOWED_HOSTS.

@@ -1133,6 +1133,12 @@ def before_q(sort: str, status: str, form: Mapping[str, Any]) -> Q:
     return Q(expiration_time__lt=expires) | Q(expiration_time=expires, pk__lt=pk)
 
 
+# How many forms may stand before a place (`?after=`) for the list to open there: counting
+# them reads that many rows, so a place deeper in a long list (past twenty pages of fifty) is
+# not looked for, and the list opens at the page its address names.
+PLACE_CAP = 1000
+
+
 def place_index(
     filters: InboxFilters, visible: QuerySet[Form], public_id: uuid.UUID, now: dt.datetime
 ) -> int | None:
@@ -1140,7 +1146,8 @@ def place_index(
     `public_id`: the form itself while it still waits in the list (opened, and left
     undecided), else the row after where it stands in the list's order (decided: on the
     Pending tab it has left the list, and the row after it took its place). One query for the
-    form, one for the list's forms before it. None for a form the reviewer may not see."""
+    form, one for the list's forms before it, which stops after PLACE_CAP + 2 rows. None for a
+    form the reviewer may not see, or one with more than PLACE_CAP forms before it."""
     form = (
         visible.filter(public_id=public_id)
         .values("pk", "status", "expiration_time", "created_at", "decided_at")
@@ -1148,10 +1155,20 @@ def place_index(
     )
     if form is None:
         return None
-    found = filters.apply(visible).aggregate(
-        before=Count("pk", filter=before_q(filters.sort, filters.status, form)),
+    # The forms before it, and the form itself, up to PLACE_CAP + 2 of them (in no order: with
+    # more than PLACE_CAP before it, any PLACE_CAP + 2 of them count past the cap).
+    near = (
+        filters.apply(visible)
+        .filter(before_q(filters.sort, filters.status, form) | Q(pk=form["pk"]))
+        .order_by()
+        .values("pk")[: PLACE_CAP + 2]
+    )
+    found = Form.objects.filter(pk__in=near).aggregate(
+        before=Count("pk", filter=~Q(pk=form["pk"])),
         here=Count("pk", filter=Q(pk=form["pk"])),
     )
+    if found["before"] > PLACE_CAP:
+        return None
     waiting = form["status"] == Form.Status.PENDING and (
         form["expiration_time"] is None or form["expiration_time"] > now
     )

@@ -23,6 +23,8 @@ def _production_env(**extra: str) -> dict[str, str]:
         CELERY_BROKER_URL="redis://redis.internal:6379/0",
         INBOX_BASE_URL="https://inbox.example.com",
         EMAIL_HOST="smtp.example.com",
+        # Behind the TLS-terminating proxy production expects (.env.example).
+        INBOX_TRUSTED_PROXIES="1",
     )
     env.update(extra)
     return env
@@ -52,6 +54,17 @@ def test_the_deploy_check_warns_of_what_would_leak_or_go_nowhere() -> None:
     del env["DATABASE_URL"], env["SECRET_KEY"], env["INBOX_ENCRYPTION_KEYS"]
     done = _manage(env, "check", "--deploy")
     assert "security.W009" in done.stderr and "inbox.W001" in done.stderr
+
+
+def test_the_deploy_check_warns_of_https_redirects_with_no_proxy_trusted() -> None:
+    # X-Forwarded-Proto is read behind INBOX_TRUSTED_PROXIES proxies only: with none, every
+    # request through a TLS-terminating proxy would look like plain HTTP and be redirected.
+    done = _manage(_production_env(INBOX_TRUSTED_PROXIES="0"), "check", "--deploy")
+    assert "inbox.W008" in done.stderr and "INBOX_TRUSTED_PROXIES" in done.stderr
+    done = _manage(
+        _production_env(INBOX_TRUSTED_PROXIES="0", SECURE_SSL_REDIRECT="0"), "check", "--deploy"
+    )
+    assert "inbox.W008" not in done.stderr
 
 
 def test_without_a_mail_server_an_email_is_not_written_out_but_left_unsent() -> None:

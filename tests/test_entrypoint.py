@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import runpy
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -74,7 +77,10 @@ def test_migrate_command_runs(transactional_db: None) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _web(proxies: int, access_log: Path) -> Iterator[str]:
+    """`bin/docker-entrypoint web` in production's HTTPS settings behind `proxies` reverse
+    proxies, healthy; its address."""
     env = _env()
     env["PORT"] = str(port := _free_port())
     env["WEB_CONCURRENCY"] = "1"
@@ -84,8 +90,7 @@ def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: P
     env["INBOX_MANIFEST_STATIC"] = "0"
     # As in production: the probe's address is not one of the site's host names.
     env["ALLOWED_HOSTS"] = "inbox.example.com"
-    env["INBOX_TRUSTED_PROXIES"] = "1"
-    access_log = tmp_path / "access.log"
+    env["INBOX_TRUSTED_PROXIES"] = str(proxies)
     proc = subprocess.Popen(
         ["bin/docker-entrypoint", "web"],
         cwd=ROOT,
@@ -93,41 +98,78 @@ def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: P
         stdout=access_log.open("w"),
         stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
 
         def healthy() -> bool:
             try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json() == {
-                    "status": "ok"
-                }
+                return httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
             except httpx.HTTPError:
                 return False
 
         wait_until(healthy, timeout=60)
-        # Everything else is redirected to HTTPS in production.
-        response = httpx.get(
-            f"http://127.0.0.1:{port}/", headers={"Host": "inbox.example.com"}, timeout=5
-        )
-        assert response.status_code == 301
-        assert response.headers["location"].startswith("https://inbox.example.com/")
-        # Any other host is refused, the probe's address included.
-        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 400
-        # The access log names the visitor the proxy saw, not only the proxy, and not what the
-        # visitor wrote in X-Forwarded-For before it (the left-most entry).
-        httpx.get(
-            f"http://127.0.0.1:{port}/accounts/login/",
-            headers={"Host": "inbox.example.com", "X-Forwarded-For": "198.51.100.7, 203.0.113.5"},
-            timeout=5,
-        )
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_web_command_serves_the_health_check(transactional_db: None, tmp_path: Path) -> None:
+    access_log = tmp_path / "access.log"
+    with _web(1, access_log) as base:
+        # Everything else is redirected to HTTPS in production.
+        response = httpx.get(f"{base}/", headers={"Host": "inbox.example.com"}, timeout=5)
+        assert response.status_code == 301
+        assert response.headers["location"].startswith("https://inbox.example.com/")
+        # Any other host is refused, the probe's address included.
+        assert httpx.get(f"{base}/", timeout=5).status_code == 400
+        # Behind the proxy, its X-Forwarded-Proto says the visitor came over HTTPS.
+        response = httpx.get(
+            f"{base}/accounts/login/",
+            headers={"Host": "inbox.example.com", "X-Forwarded-Proto": "https"},
+            timeout=5,
+        )
+        assert response.status_code == 200
+        # The access log names the visitor the proxy saw, not only the proxy, and not what the
+        # visitor wrote in X-Forwarded-For before it (the left-most entry).
+        httpx.get(
+            f"{base}/accounts/login/",
+            headers={"Host": "inbox.example.com", "X-Forwarded-For": "198.51.100.7, 203.0.113.5"},
+            timeout=5,
+        )
     lines = access_log.read_text().splitlines()
     assert any(
         line.startswith("203.0.113.5 127.0.0.1 ") and '"GET /accounts/login/ HTTP/1.1"' in line
         for line in lines
     ), lines
     assert not any("198.51.100.7" in line for line in lines), lines
+
+
+def test_web_without_a_trusted_proxy_takes_no_x_forwarded_proto(
+    transactional_db: None, tmp_path: Path
+) -> None:
+    # INBOX_TRUSTED_PROXIES=0: a visitor reaching gunicorn directly over plain HTTP cannot claim
+    # HTTPS, neither to gunicorn (wsgi.url_scheme) nor to Django: still redirected.
+    with _web(0, tmp_path / "access.log") as base:
+        response = httpx.get(
+            f"{base}/accounts/login/",
+            headers={"Host": "inbox.example.com", "X-Forwarded-Proto": "https"},
+            timeout=5,
+        )
+        assert response.status_code == 301
+        assert response.headers["location"] == "https://inbox.example.com/accounts/login/"
+
+
+def test_the_web_server_trusts_forwarded_headers_behind_the_proxies_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conf = str(ROOT / "inbox" / "gunicorn_conf.py")
+    monkeypatch.delenv("INBOX_TRUSTED_PROXIES", raising=False)
+    assert runpy.run_path(conf)["forwarded_allow_ips"] == ""
+    monkeypatch.setenv("INBOX_TRUSTED_PROXIES", "2")
+    assert runpy.run_path(conf)["forwarded_allow_ips"] == "*"
+    monkeypatch.setenv("INBOX_TRUSTED_PROXIES", "0")
+    assert runpy.run_path(conf)["forwarded_allow_ips"] == ""
 
 
 def test_worker_command_starts_a_worker(transactional_db: None) -> None:

@@ -507,6 +507,7 @@ def test_file_types_dify_can_never_accept_are_logged_once_as_the_form_is_capture
     assert warnings == [
         f"form {form.public_id} (app {run.app.name}, node approve_node): the workflow lists file"
         " types Dify cannot accept: .DXF, step, .tar.gz. Change them in the workflow (a dot and"
-        " lower case, one part: '.dxf')."
+        " lower case, one part: '.dxf'; one of Dify's own kinds, as '.pdf', only with its kind"
+        " allowed)."
     ]
     assert "tok-" not in warnings[0]

@@ -377,3 +377,70 @@ def test_file_types_dify_can_never_accept_are_told_staff_not_reviewers_or_guests
     client.logout()
     page = html.unescape(client.get(_link(routed_form, GUEST)).content.decode())
     assert "cannot accept" not in page and ".dwg" in page
+
+
+def test_a_file_input_dify_accepts_no_file_for_says_so_instead_of_offering_a_picker(
+    client: Client, routed_form: Form, reviewer: User, admin_user: User
+) -> None:
+    # Custom files only, each listed type one Dify takes no file under: ".pdf" is a document
+    # to Dify (refused where only custom files are), ".DXF" is never matched.
+    definition = routed_form.definition
+    receipt = definition["inputs"][-1]
+    receipt.update(allowed_file_types=["custom"], allowed_file_extensions=[".pdf", ".DXF"])
+    Form.objects.filter(pk=routed_form.pk).update(definition=definition)
+    path = f"/forms/{routed_form.public_id}/"
+
+    def field(page: str) -> str:
+        start = page.index('data-name="receipt"')
+        return page[start : page.index("</fieldset>", start)]
+
+    # Staff are told every type that is dropped, ".pdf" too.
+    client.force_login(admin_user)
+    client.cookies["django_language"] = "en"
+    page = html.unescape(client.get(path).content.decode())
+    assert (
+        "This form lists file types Dify cannot accept: .pdf, .DXF. Change them in the workflow."
+        in page
+    )
+    # The single file the form needs cannot be given: no picker offering every file (an empty
+    # `accept`) nor a web address box, but why the form cannot be answered here.
+    client.force_login(reviewer)
+    page = html.unescape(client.get(path).content.decode())
+    assert 'accept=""' not in page
+    assert 'type="file"' not in field(page) and "url-receipt" not in field(page)
+    assert (
+        "Dify accepts no file here (every file type the workflow lists is one it cannot take),"
+        " and this form needs one, so it cannot be answered here." in field(page)
+    )
+    client.cookies["django_language"] = "zh-hans"
+    page = html.unescape(client.get(path).content.decode())
+    assert "\u800c\u6b64\u8868\u5355\u9700\u8981\u4e00\u4e2a\u6587\u4ef6" in field(page)
+    # A guest reads of the workflow, not of Dify.
+    client.logout()
+    page = html.unescape(client.get(_link(routed_form, GUEST)).content.decode())
+    assert 'accept=""' not in page and "Dify" not in field(page)
+    assert (
+        "The workflow accepts no file here, and this form needs one, so it cannot be answered"
+        " here." in field(page)
+    )
+    page = html.unescape(client.get(_link(routed_form, GUEST_ZH)).content.decode())
+    assert (
+        "\u5de5\u4f5c\u6d41\u5728\u6b64\u4e0d\u63a5\u53d7\u4efb\u4f55\u6587\u4ef6"  # 工作流在此不接受任何文件
+        in field(page)
+    )
+
+    # A file list may stay empty: the reader is told to leave it so.
+    receipt.update(type="file-list", number_limits=2)
+    Form.objects.filter(pk=routed_form.pk).update(definition=definition)
+    client.force_login(reviewer)
+    client.cookies["django_language"] = "en"
+    page = html.unescape(client.get(path).content.decode())
+    assert 'type="file"' not in field(page) and 'accept=""' not in page
+    assert (
+        "Dify accepts no file here (every file type the workflow lists is one it cannot take):"
+        " leave it empty." in field(page)
+    )
+    assert "cannot be answered here" not in field(page)
+    client.logout()
+    page = html.unescape(client.get(_link(routed_form, GUEST)).content.decode())
+    assert "The workflow accepts no file here: leave it empty." in field(page)

@@ -255,12 +255,47 @@ def test_a_listed_extension_no_file_can_be_accepted_under_is_not_offered() -> No
     ]
     [spec] = input_specs(definition)
     assert spec.custom_extensions == (".msg", ".log2")
-    # Those no file ever matches are the workflow's mistakes, told its author (".md" is matched,
-    # but as a document).
-    assert spec.unmatchable_extensions == (".tar.gz", "LOG2", ".DXF")
+    # Those no file is ever accepted under are the workflow's mistakes, told its author: ".md"
+    # too, a document to Dify, which this input does not take.
+    assert spec.unmatchable_extensions == (".md", ".tar.gz", "LOG2", ".DXF")
+    assert not spec.accepts_no_file
     assert spec.accepted_label() == ".msg, .log2"
     assert spec.accept == ".msg,.log2"
     assert spec.file_type("notes.md") is None and spec.file_type("mail.msg") == "custom"
+
+
+def test_a_listed_type_of_a_kind_the_input_takes_is_not_named_and_one_with_none_offers_nothing() -> (
+    None
+):
+    from inbox.forms import input_specs
+
+    def spec_of(types: list[str], extensions: list[str]) -> Any:
+        definition = full_definition()
+        definition["inputs"] = [
+            {
+                "type": "file-list",
+                "output_variable_name": "drawings",
+                "allowed_file_types": types,
+                "allowed_file_extensions": extensions,
+                "allowed_file_upload_methods": ["local_file", "remote_url"],
+                "number_limits": 3,
+            }
+        ]
+        return input_specs(definition)[0]
+
+    # Custom files only: a PDF is a document to Dify, refused here, so ".pdf" is named with
+    # ".DXF"; nothing is left, so the input takes no file at all.
+    spec = spec_of(["custom"], [".pdf", ".DXF", ".PNG"])
+    assert spec.unmatchable_extensions == (".pdf", ".DXF", ".PNG")
+    assert spec.custom_extensions == () and spec.accept == ""
+    assert spec.accepts_no_file
+    # With documents allowed, a PDF is taken as one: ".pdf" is no mistake (".PNG" still is).
+    spec = spec_of(["document", "custom"], [".pdf", ".PNG"])
+    assert spec.unmatchable_extensions == (".PNG",)
+    assert not spec.accepts_no_file and ".pdf" in spec.accept.split(",")
+    # "..dwg" is no extension Dify stores; ".dwg" is.
+    spec = spec_of(["custom"], ["..dwg", ".dwg"])
+    assert spec.unmatchable_extensions == ("..dwg",) and spec.custom_extensions == (".dwg",)
 
 
 def test_the_record_keeps_the_answers_the_content_had_no_place_for(dify_app: DifyApp) -> None:

@@ -106,6 +106,34 @@ def test_the_place_follows_the_list_s_filters_and_pages(
     assert _place(page) == str(other.public_id)
 
 
+def test_the_forms_before_a_place_are_counted_up_to_a_cap(
+    alice: Client, dify_app: DifyApp, reviewer: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inbox.views.PAGE_SIZE", 2)
+    monkeypatch.setattr("inbox.views.PLACE_CAP", 3)
+    forms = _pending(dify_app, 6)  # pages: 00 01 | 02 03 | 04 05
+    # Three forms before it, as many as the cap: the place is found, on its own page.
+    moved = alice.get("/", {"after": str(forms[3].public_id)})
+    assert moved.status_code == 302 and moved["Location"] == f"/?after={forms[3].public_id}&page=2"
+    with CaptureQueriesContext(connection) as queries:
+        page = alice.get(moved["Location"]).content.decode()
+    assert _place(page) == str(forms[3].public_id)
+    # The count reads no further than the cap (and the form itself, and one more).
+    [counting] = [q["sql"] for q in queries.captured_queries if '"before"' in q["sql"]]
+    assert re.search(r"\bLIMIT 5\)$", counting), counting
+    # Deeper than the cap: not looked for. The list opens at the page its address names (the
+    # one the reviewer left), or its first, with no row selected.
+    page = alice.get("/", {"page": "3", "after": str(forms[4].public_id)})
+    assert page.status_code == 200 and _place(page.content.decode()) is None
+    assert f"/forms/{forms[4].public_id}/" in page.content.decode()
+    page = alice.get("/", {"after": str(forms[5].public_id)})
+    assert page.status_code == 200 and _place(page.content.decode()) is None
+    assert f"/forms/{forms[0].public_id}/" in page.content.decode()
+    # Decided, the form past the cap still counts as far as the cap only.
+    _decide(forms[4], reviewer)
+    assert _place(alice.get("/", {"after": str(forms[4].public_id)}).content.decode()) is None
+
+
 def test_no_place_at_a_form_the_reviewer_may_not_see(
     alice: Client, dify_app: DifyApp, reviewer: User
 ) -> None:
