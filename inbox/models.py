@@ -1550,17 +1550,38 @@ class FormQuerySet(models.QuerySet["Form"]):
     def asked_of_nobody(self) -> FormQuerySet:
         """Forms nobody who can answer is asked about: no route took them, or theirs names no
         one (its group deleted or emptied, its reviewers deactivated, its list empty), and no
-        email link is open (a guest's, or an active account's). Only staff see them. EXISTS, so a form is one row."""
+        email link opens them (`FormRecipient.still_asked`). Only staff see them. EXISTS, so a
+        form is one row.
+
+        An account's link opens the form while the account may see it: while it is routed to
+        the form by name or through a group (counted by the first two EXISTS already) or is
+        staff. A reviewer taken off the group the form went to, or deactivated, keeps their
+        link row (not withdrawn) but can answer no more. A guest's link opens it while the
+        form's route is on, lets guests answer and still lists the address, and no deactivated
+        account owns the address."""
+        from django.contrib.auth import get_user_model
+
         users = Form.assigned_users.through.objects.filter(
             form_id=OuterRef("pk"), user__is_active=True
         )
         groups = Form.assigned_groups.through.objects.filter(
             form_id=OuterRef("pk"), group__user__is_active=True
         )
-        # An account's link counts while the account is active: a deactivated reviewer's link
-        # opens nothing, and deactivating does not withdraw it.
+        listed = RouteRecipient.objects.filter(
+            route_id=OuterRef("form__route_id"), email__iexact=OuterRef("email")
+        )
+        turned_away = get_user_model().objects.filter(
+            email__iexact=OuterRef("email"), is_active=False
+        )
+        guest = Q(
+            Exists(listed),
+            ~Exists(turned_away),
+            user__isnull=True,
+            form__route__is_active=True,
+            form__route__allow_guests=True,
+        )
         links = FormRecipient.objects.filter(
-            Q(user__isnull=True) | Q(user__is_active=True),
+            guest | Q(user__is_active=True, user__is_staff=True),
             form_id=OuterRef("pk"),
             withdrawn_at__isnull=True,
         )
