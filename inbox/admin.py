@@ -12,6 +12,7 @@ from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import (
     BooleanField,
     CharField,
@@ -1510,13 +1511,10 @@ class RouteAdmin(PeopleSearchAdmin, AuditedAdmin):
                     ),
                     messages.WARNING,
                 )
-        if route.is_active and not (
-            route.users.filter(is_active=True).exists()
-            or route.groups.exists()
-            or route.recipients.exists()
-        ):
+        if Route.objects.filter(pk=route.pk).asking_nobody().exists():
             # Saved as asked (a route may be set up before its people), but its forms would wait
-            # unseen by anyone but staff: said at once.
+            # unseen by anyone but staff: said at once. A group with no active member asks no
+            # one, like a deactivated account.
             self.message_user(
                 request,
                 worded(
@@ -1527,6 +1525,29 @@ class RouteAdmin(PeopleSearchAdmin, AuditedAdmin):
                         )
                     ),
                     name=route.name,
+                ),
+                messages.WARNING,
+            )
+
+        if route.is_active and route.node:
+            self._say_unseen_node(request, route)
+
+        empty = [
+            f"@{group.name}"
+            for group in route.groups.exclude(user__is_active=True).order_by("name")
+        ]
+        if route.is_active and empty:
+            # Kept on the route (a member added later is asked), but nobody in them is asked now.
+            self.message_user(
+                request,
+                worded(
+                    str(
+                        _(
+                            "Groups with no active member ask nobody, though the route lists "
+                            "them: %(names)s."
+                        )
+                    ),
+                    names=", ".join(empty),
                 ),
                 messages.WARNING,
             )
@@ -1549,6 +1570,40 @@ class RouteAdmin(PeopleSearchAdmin, AuditedAdmin):
                 ),
                 messages.WARNING,
             )
+
+    def _say_unseen_node(self, request: HttpRequest, route: Route) -> None:
+        """A node route whose pattern matches no node the app's captured forms came from (the
+        nodes the inbox's node filter lists) may be misspelt: said as a possibility, since the
+        node may simply not have asked yet. Nothing is said of an app with no form yet."""
+        seen = list(
+            Form.objects.filter(run__app_id=route.app_id)
+            .values_list("node_id", "node_title")
+            .distinct()
+            .order_by()
+        )
+        if not seen or any(route.matches(node_id, title) for node_id, title in seen):
+            return
+        labels = sorted(
+            (f"{title} ({node_id})" if title else node_id for node_id, title in seen),
+            key=str.casefold,
+        )
+        shown = labels[:10]
+        self.message_user(
+            request,
+            worded(
+                str(
+                    _(
+                        "No form of this app captured so far came from a node named “%(node)s” "
+                        "(by id, or by title with * and ?). If the route is meant for a node "
+                        "that has asked before, check the spelling; the nodes seen so far: "
+                        "%(nodes)s."
+                    )
+                ),
+                node=route.node,
+                nodes=", ".join(shown) + (" …" if len(seen) > len(shown) else ""),
+            ),
+            messages.WARNING,
+        )
 
     def formfield_for_manytomany(self, db_field: Any, request: Any = None, **kwargs: Any) -> Any:
         if db_field.name == "users":
@@ -2136,6 +2191,120 @@ class DelegatedAccessAdmin(admin.ModelAdmin):
         super().save_related(request, form, formsets, change)
 
 
+class Stranding:
+    """What a change to accounts or groups may leave without anyone to ask: the active routes
+    that asked them and the pending forms they could answer, looked at before the change, so
+    that afterwards those it left asking nobody (`RouteQuerySet.asking_nobody`) or answerable
+    by nobody but the administrators (`FormQuerySet.asked_of_nobody`) are said, with a link to
+    those forms."""
+
+    def __init__(self, *, users: Any = (), groups: Any = ()) -> None:
+        user_ids = [u.pk for u in users if u.pk is not None]
+        group_ids = {g.pk for g in groups if g.pk is not None}
+        group_ids |= set(
+            get_user_model()
+            .groups.through.objects.filter(user_id__in=user_ids)
+            .values_list("group_id", flat=True)
+        )
+        self.route_ids = set(
+            Route.users.through.objects.filter(user_id__in=user_ids).values_list(
+                "route_id", flat=True
+            )
+        ) | set(
+            Route.groups.through.objects.filter(group_id__in=group_ids).values_list(
+                "route_id", flat=True
+            )
+        )
+        pending = Form.objects.filter(status=Form.Status.PENDING)
+        self.form_ids = (
+            set(pending.filter(assigned_users__in=user_ids).values_list("pk", flat=True))
+            | set(pending.filter(assigned_groups__in=group_ids).values_list("pk", flat=True))
+            | set(pending.filter(recipients__user__in=user_ids).values_list("pk", flat=True))
+        )
+        self.before = self._stranded()
+
+    def _stranded(self) -> tuple[set[int], set[int]]:
+        routes = Route.objects.filter(pk__in=self.route_ids).asking_nobody()
+        forms = Form.objects.filter(pk__in=self.form_ids, status=Form.Status.PENDING)
+        return (
+            set(routes.values_list("pk", flat=True)),
+            set(forms.asked_of_nobody().values_list("pk", flat=True)),
+        )
+
+    def left(self) -> tuple[list[Route], int]:
+        """The routes the change left asking nobody, and how many forms it left to nobody."""
+        routes, forms = self._stranded()
+        stranded = Route.objects.filter(pk__in=routes - self.before[0]).select_related("app")
+        return list(stranded.order_by("name", "pk")), len(forms - self.before[1])
+
+    def say(
+        self,
+        admin_: Any,
+        request: HttpRequest,
+        *,
+        ahead: bool = False,
+        left: tuple[list[Route], int] | None = None,
+    ) -> None:
+        """The admin's warning of what the change left (`ahead`: what it would leave, on a
+        deletion's confirmation page, `left` as measured by a deletion rolled back)."""
+        routes, forms = left if left is not None else self.left()
+        parts = []
+        if routes:
+            names = ", ".join(f"{r.app} · {r.name}" for r in routes)
+            text = (
+                ngettext(
+                    "Deleting it leaves the route %(names)s asking nobody: its forms will wait "
+                    "where only administrators see them.",
+                    "Deleting it leaves the routes %(names)s asking nobody: their forms will "
+                    "wait where only administrators see them.",
+                    len(routes),
+                )
+                if ahead
+                else ngettext(
+                    "The route %(names)s now asks nobody: its forms will wait where only "
+                    "administrators see them.",
+                    "The routes %(names)s now ask nobody: their forms will wait where only "
+                    "administrators see them.",
+                    len(routes),
+                )
+            )
+            parts.append(worded(text, names=names))
+        if forms:
+            url = (
+                reverse("admin:inbox_form_changelist")
+                + "?"
+                + urlencode({"status__exact": Form.Status.PENDING, "asked": "nobody"})
+            )
+            text = (
+                ngettext(
+                    "Deleting it leaves %(count)d pending form with nobody who can answer it.",
+                    "Deleting it leaves %(count)d pending forms with nobody who can answer them.",
+                    forms,
+                )
+                if ahead
+                else ngettext(
+                    "%(count)d pending form now has nobody who can answer it.",
+                    "%(count)d pending forms now have nobody who can answer them.",
+                    forms,
+                )
+            )
+            parts.append(
+                format_html(
+                    '{}{}<a href="{}">{}</a>',
+                    text % {"count": forms},
+                    sentence_gap(),
+                    url,
+                    _("Reassign them from the Forms list."),
+                )
+            )
+        if parts:
+            admin_.message_user(
+                request,
+                format_html_join(sentence_gap(), "{}", ((p,) for p in parts)),
+                messages.WARNING,
+            )
+
+
 # Django's own user admin, with deleting explained: an account that ever had an API token is
 # kept, as the token stays the record of what it was and who used it (`ApiTokenAdmin`). An
 # administrator who is not a superuser neither makes anyone staff or superuser nor hands out
@@ -2153,6 +2322,48 @@ class GroupAdmin(  # type: ignore[misc]
     DelegatedAccessAdmin, TranslatedPermissionsAdmin, auth_admin.GroupAdmin
 ):
     delegated_fields = ("permissions",)
+    readonly_fields = ["members"]
+
+    @admin.display(description=_("members"))
+    def members(self, obj: Group) -> str:
+        """Who the group's routes and forms ask: its active members (a deactivated one is
+        asked by nothing, and said so)."""
+        if obj.pk is None:
+            return "—"
+        people = []
+        for user in obj.user_set.order_by("username"):
+            label = chooser_label(user)
+            if not user.is_active:
+                label = worded(gettext("%(name)s (deactivated)"), name=label)
+            people.append(label)
+        return ", ".join(people) or str(_("Nobody: the routes and forms of this group ask no one."))
+
+    def render_delete_form(self, request: HttpRequest, context: dict[str, Any]) -> HttpResponse:
+        group = context.get("object")
+        if (
+            request.method == "GET"
+            and isinstance(group, Group)
+            and not context.get("perms_lacking")
+        ):
+            # What deleting it would leave without anyone to ask: measured by deleting it in a
+            # transaction rolled back (its trail entries and releases go with it).
+            with transaction.atomic():
+                watch = Stranding(groups=[group])
+                Group.objects.filter(pk=group.pk).delete()
+                left = watch.left()
+                transaction.set_rollback(True)
+            watch.say(self, request, ahead=True, left=left)
+        return super().render_delete_form(request, context)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        watch = Stranding(groups=[obj])
+        super().delete_model(request, obj)
+        watch.say(self, request)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        watch = Stranding(groups=list(queryset))
+        super().delete_queryset(request, queryset)
+        watch.say(self, request)
 
 
 @admin.register(User)
@@ -2171,6 +2382,29 @@ class UserAdmin(  # type: ignore[type-arg]
         if not request.user.is_superuser:
             fields += ["is_staff", "is_superuser"]
         return fields
+
+    # Deactivating an account, taking it off groups, un-staffing or deleting it: the routes it
+    # leaves asking nobody and the forms it leaves to nobody are said (`Stranding`).
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change and obj.pk is not None:
+            request._inbox_stranding = Stranding(users=[obj])  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        watch: Stranding | None = getattr(request, "_inbox_stranding", None)
+        if watch is not None:
+            watch.say(self, request)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        watch = Stranding(users=[obj])
+        super().delete_model(request, obj)
+        watch.say(self, request)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        watch = Stranding(users=list(queryset))
+        super().delete_queryset(request, queryset)
+        watch.say(self, request)
 
     def holds_more(self, request: HttpRequest, obj: Any) -> bool:
         """Whether the account is a superuser or holds a permission the editor lacks (active

@@ -14,10 +14,11 @@ class InboxConfig(AppConfig):
 
         from django.conf import settings
 
-        from inbox import checks, logs, signals  # noqa: F401 - checks registers the deploy checks
+        from inbox import checks, logs, models, signals  # noqa: F401 - checks registers the deploy checks
 
         logs.install()
         signals.connect()
+        models.name_memberships()
         # The embedded broker and SQLite file live here; create it once so every process finds it.
         Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
         options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})

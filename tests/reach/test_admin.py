@@ -502,6 +502,45 @@ def test_a_route_that_asks_nobody_is_saved_with_a_warning(
     assert any("The route “nobody” asks nobody" in note for note in notes), notes
 
 
+def test_a_route_on_a_node_no_captured_form_came_from_is_saved_with_a_warning(
+    admin_client: Client, reach_app: DifyApp, reviewer: User
+) -> None:
+    def add(node: str, name: str) -> list[str]:
+        response = admin_client.post(
+            reverse("admin:inbox_route_add"),
+            {
+                "app": reach_app.pk,
+                "name": name,
+                "node": node,
+                "priority": 1,
+                "language": "en",
+                "is_active": "on",
+                "users": [reviewer.pk],
+                "recipients-TOTAL_FORMS": "0",
+                "recipients-INITIAL_FORMS": "0",
+            },
+            follow=True,
+        )
+        assert Route.objects.filter(name=name).exists()  # saved all the same
+        return [n for n in notes(response) if "captured so far" in n]
+
+    # No form of the app yet: nothing is known, nothing said.
+    assert add("Manger aproval", "first") == []
+    Route.objects.all().delete()
+    make_form(reach_app, node_id="approval_1", node_title="Manager approval")
+    make_form(reach_app, node_id="payout", node_title="")
+    [warning] = add("Manger aproval", "typo")
+    assert html.unescape(warning) == (
+        "No form of this app captured so far came from a node named “Manger aproval” (by id, "
+        "or by title with * and ?). If the route is meant for a node that has asked before, "
+        "check the spelling; the nodes seen so far: Manager approval (approval_1), payout."
+    )
+    # By title in any case, by pattern, by id: nothing said.
+    assert add("manager APPROVAL", "title") == []
+    assert add("Manager *", "pattern") == []
+    assert add("payout", "by id") == []
+
+
 def test_a_route_listing_only_a_deactivated_reviewer_names_them_and_offers_active_ones(
     admin_client: Client, reach_app: DifyApp, reviewer: User, other_reviewer: User
 ) -> None:

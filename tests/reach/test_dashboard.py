@@ -7,11 +7,11 @@ import datetime as dt
 import re
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
-from inbox.models import Decision, DifyApp, Form
+from inbox.models import Decision, DifyApp, Form, Route, RouteRecipient
 from inbox.views_reach import _duration, bar_rows, percentile
 from tests.reach.factories import make_form, route
 
@@ -144,8 +144,6 @@ def test_the_dashboard_counts_decisions_on_their_way_and_those_that_wait(
 def test_forms_nobody_is_asked_to_decide_are_counted(
     client: Client, admin_user: User, reach_app: DifyApp
 ) -> None:
-    from django.contrib.auth.models import Group
-
     group = Group.objects.create(name="payroll-team")
     route(reach_app, groups=[group])
     make_form(reach_app)  # asked of a group with no one in it, and of no address
@@ -169,6 +167,69 @@ def test_a_form_reassigned_to_a_reviewer_deactivated_since_is_asked_of_nobody(
     client.force_login(admin_user)
     body = client.get("/dashboard/").content.decode()
     assert re.search(r"<strong>1</strong><a [^>]*>pending forms nobody is asked to decide", body)
+
+
+def _finance(reach_app: DifyApp) -> tuple[Group, User, User]:
+    """@finance (carol, dave), the app's route, emailing its reviewers."""
+    finance = Group.objects.create(name="finance")
+    carol = User.objects.create_user("carol", "carol@example.com", "pw-carol-123")
+    dave = User.objects.create_user("dave", "dave@example.com", "pw-dave-123")
+    finance.user_set.add(carol, dave)
+    route(reach_app, groups=[finance], email_reviewers=True)
+    return finance, carol, dave
+
+
+def test_forms_of_a_group_whose_reviewers_left_or_were_deactivated_are_asked_of_nobody(
+    client: Client, admin_user: User, reach_app: DifyApp
+) -> None:
+    finance, carol, dave = _finance(reach_app)
+    forms = [make_form(reach_app) for _ in range(3)]
+    # Each form emailed carol and dave: their links are rows, never withdrawn below.
+    assert all(f.recipients.filter(user__isnull=False).count() == 2 for f in forms)
+    forms[0].claim(carol)
+    forms[1].claim(dave)
+    assert not Form.objects.asked_of_nobody().exists()
+    finance.user_set.remove(carol)
+    assert not Form.objects.asked_of_nobody().exists()  # dave is still asked
+    dave.is_active = False
+    dave.save()
+    pending = Form.objects.filter(status=Form.Status.PENDING)
+    assert set(pending.asked_of_nobody()) == set(forms)
+    client.force_login(admin_user)
+    body = client.get("/dashboard/").content.decode()
+    assert re.search(r"<strong>3</strong><a [^>]*>pending forms nobody is asked to decide", body)
+    listed = client.get("/admin/inbox/form/?asked=nobody").content.decode()
+    assert all(f"/admin/inbox/form/{f.pk}/change/" in listed for f in forms)
+    # The group deleted under them: still nobody's.
+    finance.delete()
+    assert set(pending.asked_of_nobody()) == set(forms)
+    # Staff see every form: a link of one who is staff still opens it.
+    carol.is_staff = True
+    carol.save()
+    assert not Form.objects.asked_of_nobody().exists()
+
+
+def test_a_guest_link_counts_while_it_opens_the_form(reach_app: DifyApp) -> None:
+    made = route(reach_app, recipients=["guest@example.net"], allow_guests=True)
+    form = make_form(reach_app)
+    assert form.recipients.get().user is None
+    assert not Form.objects.asked_of_nobody().exists()
+    # A route that no longer lets guests answer: the link opens nothing to decide.
+    Route.objects.filter(pk=made.pk).update(allow_guests=False)
+    assert list(Form.objects.asked_of_nobody()) == [form]
+    Route.objects.filter(pk=made.pk).update(allow_guests=True, is_active=False)
+    assert list(Form.objects.asked_of_nobody()) == [form]
+    Route.objects.filter(pk=made.pk).update(is_active=True)
+    assert not Form.objects.asked_of_nobody().exists()
+    # Taken off the route's addresses (any case kept counts), or its address's account
+    # deactivated.
+    made.recipients.update(email="Guest@Example.NET")
+    assert not Form.objects.asked_of_nobody().exists()
+    made.recipients.all().delete()
+    assert list(Form.objects.asked_of_nobody()) == [form]
+    RouteRecipient.objects.create(route=made, email="guest@example.net")
+    User.objects.create_user("gone", "GUEST@example.net", "pw-gone-123", is_active=False)
+    assert list(Form.objects.asked_of_nobody()) == [form]
 
 
 def test_runs_no_follower_takes_are_said_on_the_dashboard(

@@ -332,6 +332,37 @@ def test_who_is_no_longer_asked_gets_no_reminder_notice_or_resent_email(
     assert [m.to for m in mail.outbox] == [[GUEST]]
 
 
+def test_a_reviewer_taken_off_the_group_or_deactivated_is_reminded_of_nothing(
+    reach_app: DifyApp,
+) -> None:
+    from django.contrib.auth.models import Group, User
+
+    finance = Group.objects.create(name="finance")
+    carol = User.objects.create_user("carol", "carol@example.com", "pw-carol-123")
+    dave = User.objects.create_user("dave", "dave@example.com", "pw-dave-123")
+    erin = User.objects.create_user("erin", "erin@example.com", "pw-erin-123")
+    finance.user_set.add(carol, dave, erin)
+    route(reach_app, groups=[finance], email_reviewers=True, reminders="24h,1h")
+    with mock.patch("django.utils.timezone.now", return_value=T0):
+        form = make_form(reach_app, expires_in=None)
+    Form.objects.filter(pk=form.pk).update(expiration_time=T0 + 48 * H, created_at=T0)
+    assert notify.send_form_emails(form.pk, now=T0) == 3
+    mail.outbox.clear()
+    finance.user_set.remove(carol)
+    dave.is_active = False
+    dave.save()
+    # Their links stay rows, not withdrawn: the sweep itself turns them away.
+    assert form.recipients.filter(withdrawn_at__isnull=True).count() == 3
+    assert sweep(T0 + 24 * H)["reminders"] == 1
+    assert [m.to for m in mail.outbox] == [["erin@example.com"]]
+    mail.outbox.clear()
+    Form.objects.filter(pk=form.pk).update(
+        status=Form.Status.EXPIRED, form_token="", updated_at=T0 + 48 * H
+    )
+    assert sweep(T0 + 48 * H)["notices"] == 1
+    assert [m.to for m in mail.outbox] == [["erin@example.com"]]
+
+
 def test_the_periodic_task_holds_a_lock(reach_route: Route, reach_app: DifyApp) -> None:
     make_form(reach_app)
     FormRecipient.objects.update(created_at=timezone.now() - dt.timedelta(minutes=5))
