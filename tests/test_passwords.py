@@ -314,3 +314,23 @@ def test_a_reviewer_taken_off_a_form_is_told_so(
     client.force_login(stranger)
     other = client.get(f"/forms/{form.public_id}/").content.decode()
     assert "This form does not exist, or you may not see it." in other
+
+
+def test_a_password_an_administrator_sets_is_in_the_trail(admin_user: User, reviewer: User) -> None:
+    admin = Client()
+    admin.force_login(admin_user)
+    url = f"/admin/auth/user/{reviewer.pk}/password/"
+    new = {
+        "password1": "n3w-Secret-pass",
+        "password2": "n3w-Secret-pass",
+        "usable_password": "true",
+    }
+    assert admin.post(url, new).status_code == 302
+    reviewer.refresh_from_db()
+    assert reviewer.check_password("n3w-Secret-pass")
+    [entry] = AuditEntry.objects.filter(verb="password_changed")
+    assert entry.object_id == str(reviewer.pk) and entry.actor == admin_user
+    assert entry.details["usable"] is True and "n3w" not in str(entry.details)
+    # A refused form changes nothing and notes nothing.
+    assert admin.post(url, {"password1": "a", "password2": "b"}).status_code == 200
+    assert AuditEntry.objects.filter(verb="password_changed").count() == 1
