@@ -8,6 +8,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -2425,6 +2426,21 @@ class UserAdmin(  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return super().has_delete_permission(request, obj) and not self.holds_more(request, obj)
+
+    def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> Any:
+        """The password an administrator set (or took away) is in the trail, by whom, as a
+        reviewer's own change is (`password_changed`)."""
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:
+            user = self.get_object(request, unquote(id))
+            if user is not None:
+                AuditEntry.record(
+                    "password_changed",
+                    user,
+                    actor=request.user,
+                    usable=user.has_usable_password(),
+                )
+        return response
 
     def deletion_refusal(self, objs: Any) -> str | None:
         if not ApiToken.objects.filter(user__in=list(objs)).exists():

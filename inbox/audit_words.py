@@ -70,6 +70,9 @@ VERB_LABELS: dict[str, Any] = {
     "link_renewal_failed": _("Link renewal failed"),
     # Accounts and access.
     "login_throttled": _("Sign-in throttled"),
+    "password_changed": _("Password changed"),
+    "password_reset_requested": _("Password reset link asked for"),
+    "password_reset": _("Password reset by email"),
     "user_access_changed": _("Account access changed"),
     "user_groups_changed": _("Account groups changed"),
     "user_permissions_changed": _("Account permissions changed"),

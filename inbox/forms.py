@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
@@ -851,7 +852,28 @@ def _unplaced(form_obj: Form, values: Any, content: str, file_name: Any = None) 
 
 class LoginForm(AuthenticationForm):
     """Django's login form, whose fields point at the error a failed login shows
-    (registration/login.html): a screen reader on either field hears that it was refused."""
+    (registration/login.html): a screen reader on either field hears that it was refused.
+
+    A deactivated account given its right password is told so (the `inactive` error), and not
+    signed in. Its password is checked here, once, as the backend would an active account's: a
+    wrong password reads the same, and takes as long, whatever the account's state."""
+
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "inactive": _("This account is deactivated. Ask your administrator."),
+    }
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if username is not None and password:
+            model = get_user_model()
+            user = model._default_manager.filter(**{model.USERNAME_FIELD: username}).first()
+            if user is not None and not user.is_active:
+                if user.check_password(password):
+                    raise ValidationError(self.error_messages["inactive"], code="inactive")
+                raise self.get_invalid_login_error()
+        return super().clean()
 
     def full_clean(self) -> None:
         super().full_clean()

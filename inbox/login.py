@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.core.cache import cache
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.http import HttpRequest, HttpResponse
 from django.utils.translation import ngettext
 
@@ -58,6 +59,24 @@ def _add_failure(key: str) -> None:
         cache.set(key, 1, timeout=settings.INBOX_LOGIN_WINDOW_SECONDS * 2)
 
 
+def window_left() -> int:
+    return _window()[1]
+
+
+def refusal_text(minutes: int) -> str:
+    return ngettext(
+        "Too many failed sign-ins. Try again in %(minutes)d minute.",
+        "Too many failed sign-ins. Try again in %(minutes)d minutes.",
+        minutes,
+    ) % {"minutes": minutes}
+
+
+def clear_failures(request: HttpRequest, username: str) -> None:
+    """The username's failed sign-ins of this window no longer count (a success)."""
+    user_key, _limit = _keys(request, username)[0]
+    cache.delete(user_key)
+
+
 class LoginView(auth_views.LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = str(request.POST.get("username", ""))[:150]
@@ -67,25 +86,21 @@ class LoginView(auth_views.LoginView):
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form: Any) -> HttpResponse:
-        username = str(self.request.POST.get("username", ""))[:150]
-        for key, _limit in _keys(self.request, username):
-            _add_failure(key)
+        # The right password of a deactivated account is told so (LoginForm), not counted as
+        # a guess.
+        if not form.has_error(NON_FIELD_ERRORS, "inactive"):
+            username = str(self.request.POST.get("username", ""))[:150]
+            for key, _limit in _keys(self.request, username):
+                _add_failure(key)
         return super().form_invalid(form)
 
     def form_valid(self, form: Any) -> HttpResponse:
-        username = str(self.request.POST.get("username", ""))[:150]
-        user_key, _limit = _keys(self.request, username)[0]
-        cache.delete(user_key)
+        clear_failures(self.request, str(self.request.POST.get("username", ""))[:150])
         return super().form_valid(form)
 
     def _refused(self, request: HttpRequest, username: str) -> HttpResponse:
         _window_no, left = _window()
-        minutes = max(1, math.ceil(left / 60))
-        message = ngettext(
-            "Too many failed sign-ins. Try again in %(minutes)d minute.",
-            "Too many failed sign-ins. Try again in %(minutes)d minutes.",
-            minutes,
-        ) % {"minutes": minutes}
+        message = refusal_text(max(1, math.ceil(left / 60)))
         noted = f"login:refused:{_keys(request, username)[0][0]}"
         if cache.add(noted, 1, timeout=left + 1):
             logger.warning(

@@ -225,6 +225,7 @@ if INBOX_MAIL_QUEUE:
         "inbox.tasks.send_form_emails": {"queue": INBOX_MAIL_QUEUE},
         "inbox.tasks.send_reminders": {"queue": INBOX_MAIL_QUEUE},
         "inbox.tasks.send_failure_notice": {"queue": INBOX_MAIL_QUEUE},
+        "inbox.tasks.send_password_reset": {"queue": INBOX_MAIL_QUEUE},
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
@@ -422,6 +423,11 @@ INBOX_GUEST_BAD_LINKS_PER_IP = env_int("INBOX_GUEST_BAD_LINKS_PER_IP", 20, minim
 INBOX_LOGIN_FAILURES_PER_USER = env_int("INBOX_LOGIN_FAILURES_PER_USER", 10, minimum=1)
 INBOX_LOGIN_FAILURES_PER_IP = env_int("INBOX_LOGIN_FAILURES_PER_IP", 50, minimum=1)
 INBOX_LOGIN_WINDOW_SECONDS = env_int("INBOX_LOGIN_WINDOW_SECONDS", 900, minimum=60)
+# Password reset emails asked for per address and per client address in the same window, before
+# the reset page refuses (429) until the window ends (inbox.accounts): counted whether or not an
+# account has that address, so the refusal tells nothing about it.
+INBOX_PASSWORD_RESETS_PER_EMAIL = env_int("INBOX_PASSWORD_RESETS_PER_EMAIL", 3, minimum=1)
+INBOX_PASSWORD_RESETS_PER_IP = env_int("INBOX_PASSWORD_RESETS_PER_IP", 20, minimum=1)
 # Images in form content (Markdown from Dify, often LLM output) are loaded only from these
 # hosts, over https; any other image is shown as a link. An image the content chose would tell
 # its host who opened the form and when, and carry off whatever a prompt injection put in its

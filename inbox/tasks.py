@@ -1059,6 +1059,15 @@ def send_failure_notice(decision_pk: int) -> int:
     return notify.send_failure_notice(decision_pk)
 
 
+# A password reset asked for: the link is made here, so it exists nowhere but in the email.
+@shared_task(soft_time_limit=60, time_limit=75)
+def send_password_reset(user_pk: int, language: str) -> int:
+    """Email an account the link to choose a new password (inbox.accounts)."""
+    from inbox import accounts
+
+    return accounts.send_password_reset(user_pk, language)
+
+
 # Periodic (beat, every minute). Bounded by batches and the time limit; the rest waits a tick.
 @shared_task(soft_time_limit=100, time_limit=120)
 def send_reminders(batch_size: int = 500) -> dict[str, int]:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -77,6 +77,7 @@ from inbox.models import (
     DifyApp,
     Form,
     FormNotOpen,
+    FormRecipient,
     ReviewerProfile,
     Route,
     Run,
@@ -2018,7 +2019,12 @@ def form_page(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
     try:
         form = _get_form_for_user(request, public_id)
     except Http404:
-        return render(request, "inbox/form_not_found.html", status=404)
+        # Someone the form asked (their emailed link) who may see it no longer: taken off it
+        # (a reassignment, a group left). Told so; they knew of the form already.
+        taken_off = FormRecipient.objects.filter(
+            form__public_id=public_id, user_id=cast(int, request.user.pk)
+        ).exists()
+        return render(request, "inbox/form_not_found.html", {"taken_off": taken_off}, status=404)
     return form_page_response(request, form, _reviewer(request, form))
 
 

@@ -27,6 +27,13 @@ PERSONAS = ["anonymous", "routed", "other", "outsider", "guest", "staff"]
 
 # URL names that are public by design, and Django's admin (staff only, Django's own checks).
 PUBLIC = {"login", "logout", "set_language", "healthz", "favicon"}
+# Resetting a forgotten password: for whoever cannot sign in (tests/test_passwords.py).
+PUBLIC |= {
+    "password_reset",
+    "password_reset_done",
+    "password_reset_confirm",
+    "password_reset_complete",
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,9 @@ MATRIX: dict[str, Endpoint] = {
     "inbox:form_live": Endpoint("GET", "login ok hidden hidden login ok"),
     "inbox:form_upload": Endpoint("POST", "login ok hidden hidden login ok", {}),
     "inbox:form_remove_upload": Endpoint("POST", "login ok hidden hidden login ok", {}),
+    # One's own password (inbox.accounts)
+    "password_change": Endpoint("GET", "login ok ok ok login ok"),
+    "password_change_done": Endpoint("GET", "login ok ok ok login ok"),
     # Claims and the dashboard (inbox.views_reach)
     "inbox:form_claim": Endpoint("POST", "login ok hidden hidden login ok", {}),
     "inbox:form_release": Endpoint("POST", "login ok hidden hidden login ok", {}),

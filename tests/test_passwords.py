@@ -1,0 +1,336 @@
+"""A reviewer's own password (inbox.accounts), and who may not sign in being told why."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import mail
+from django.test import Client
+from django.utils import timezone
+
+from inbox import login, tasks
+from inbox.logs import redact_links
+from inbox.models import AuditEntry, DifyApp, FormRecipient, ReviewerProfile
+from tests.reach.factories import make_form
+
+pytestmark = pytest.mark.smoke
+
+LINK = re.compile(r"https?://\S+/accounts/reset/[^/\s]+/[^/\s]+/")
+
+
+@pytest.fixture(autouse=True)
+def one_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The throttles' window does not end while a test runs."""
+    monkeypatch.setattr(login, "_window", lambda: (1, 600))
+
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The reset emails queued, each sent at once (as the worker would)."""
+    calls: list[tuple[Any, ...]] = []
+
+    def apply_async(args: tuple[Any, ...]) -> None:
+        calls.append(args)
+        tasks.send_password_reset(*args)
+
+    monkeypatch.setattr(tasks.send_password_reset, "apply_async", apply_async)
+    return calls
+
+
+def ask_reset(client: Client, email: str, **extra: Any) -> Any:
+    return client.post("/accounts/password_reset/", {"email": email}, **extra)
+
+
+def sign_in(client: Client, username: str, password: str, **extra: Any) -> Any:
+    return client.post("/accounts/login/", {"username": username, "password": password}, **extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Links to the pages
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "words"), [("en", "Forgot your password?"), ("zh-hans", "忘记密码\uff1f")]
+)
+def test_the_sign_in_page_offers_a_reset(client: Client, language: str, words: str) -> None:
+    page = client.get("/accounts/login/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+    assert f'<a href="/accounts/password_reset/">{words}</a>' in page
+
+
+def test_a_signed_in_reviewer_finds_change_password_beside_log_out(
+    client: Client, reviewer: User
+) -> None:
+    client.force_login(reviewer)
+    page = client.get("/").content.decode()
+    assert '<a href="/accounts/password_change/">Change password</a>' in page
+    chinese = client.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert '<a href="/accounts/password_change/">修改密码</a>' in chinese
+
+
+# ---------------------------------------------------------------------------------------------
+# Changing one's password
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_reviewer_changes_the_password_they_were_given(client: Client, reviewer: User) -> None:
+    client.force_login(reviewer)
+    page = client.get("/accounts/password_change/")
+    assert page.status_code == 200 and "Change password" in page.content.decode()
+    new = {"new_password1": "n3w-Secret-pass", "new_password2": "n3w-Secret-pass"}
+    wrong = client.post("/accounts/password_change/", {"old_password": "nope", **new})
+    assert wrong.status_code == 200
+    assert "Your password was not changed" in wrong.content.decode()
+    done = client.post("/accounts/password_change/", {"old_password": "pw-alice-123", **new})
+    assert done.status_code == 302 and done["Location"] == "/accounts/password_change/done/"
+    # Still signed in, with the new password from now on.
+    assert "Password changed" in client.get(done["Location"]).content.decode()
+    reviewer.refresh_from_db()
+    assert reviewer.check_password("n3w-Secret-pass")
+    [entry] = AuditEntry.objects.filter(verb="password_changed")
+    assert entry.object_id == str(reviewer.pk) and entry.actor == reviewer
+    assert "pw-alice" not in str(entry.details) and "n3w" not in str(entry.details)
+
+
+def test_the_change_page_is_in_chinese(client: Client, reviewer: User) -> None:
+    client.force_login(reviewer)
+    page = client.get("/accounts/password_change/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    text = page.content.decode()
+    assert "<h1>修改密码</h1>" in text and "Enter your current password" not in text
+
+
+def test_guessing_the_current_password_on_the_change_page_meets_the_sign_in_brake(
+    client: Client, reviewer: User, settings: Any
+) -> None:
+    settings.INBOX_LOGIN_FAILURES_PER_USER = 2
+    client.force_login(reviewer)
+    new = {"new_password1": "n3w-Secret-pass", "new_password2": "n3w-Secret-pass"}
+    for n in range(2):
+        guess = {"old_password": f"guess-{n}", **new}
+        assert client.post("/accounts/password_change/", guess).status_code == 200
+    # The right one now: not even checked until the window ends, nor may alice sign in anew.
+    refused = client.post("/accounts/password_change/", {"old_password": "pw-alice-123", **new})
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in refused.content.decode()
+    reviewer.refresh_from_db()
+    assert reviewer.check_password("pw-alice-123")
+    assert sign_in(Client(), "alice", "pw-alice-123").status_code == 429
+
+
+def test_the_change_page_needs_a_signed_in_reviewer(client: Client, db: None) -> None:
+    response = client.get("/accounts/password_change/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+# ---------------------------------------------------------------------------------------------
+# Resetting a forgotten one
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_forgotten_password_is_reset_through_an_emailed_link(
+    client: Client, reviewer: User, queued: list[Any], settings: Any, caplog: Any
+) -> None:
+    settings.INBOX_BASE_URL = "https://inbox.example.com/approvals"
+    caplog.set_level(logging.DEBUG)
+    assert client.get("/accounts/password_reset/").status_code == 200
+    asked = ask_reset(client, "ALICE@example.com")
+    assert asked.status_code == 302 and asked["Location"] == "/accounts/password_reset/done/"
+    assert "Check your email" in client.get(asked["Location"]).content.decode()
+    # Queued with the account's id and the page's language only: the link is made by the
+    # worker, never carried through the broker.
+    assert queued == [(reviewer.pk, "en")]
+    [message] = mail.outbox
+    assert message.to == ["alice@example.com"]
+    assert message.subject == "Reset your password for the approval inbox"
+    [url] = LINK.findall(message.body)
+    assert url.startswith("https://inbox.example.com/approvals/accounts/reset/")
+    assert "Hello Alice," in message.body and "(alice)" in message.body
+    assert "3 days" in message.body
+    html = message.alternatives[0][0]
+    assert f'href="{url}"' in html and "reset your account's password" in html
+    path = url.removeprefix("https://inbox.example.com/approvals")
+    # Django's own confirm step: the token goes into the session, the page is at another address.
+    opened = client.get(path)
+    assert opened.status_code == 302 and opened["Location"].endswith("/set-password/")
+    page = client.get(opened["Location"])
+    assert "Choose a new password" in page.content.decode()
+    new = {"new_password1": "n3w-Secret-pass", "new_password2": "n3w-Secret-pass"}
+    done = client.post(opened["Location"], new)
+    assert done.status_code == 302 and done["Location"] == "/accounts/reset/done/"
+    assert "Your new password is set" in client.get(done["Location"]).content.decode()
+    assert sign_in(Client(), "alice", "n3w-Secret-pass").status_code == 302
+    # The link works once.
+    again = client.get(path)
+    assert (
+        "This link no longer works"
+        in client.get(again.url if again.status_code == 302 else path).content.decode()
+    )
+    verbs = list(
+        AuditEntry.objects.filter(object_id=str(reviewer.pk)).values_list("verb", flat=True)
+    )
+    assert "password_reset_requested" in verbs and "password_reset" in verbs
+    # The link is in the email only: in no log line, no audit entry.
+    token = path.split("/")[-2]
+    assert token not in caplog.text
+    assert not AuditEntry.objects.filter(details__icontains=token).exists()
+
+
+def test_the_reset_page_tells_nothing_of_which_addresses_have_accounts(
+    client: Client, reviewer: User, queued: list[Any]
+) -> None:
+    User.objects.create_user("dave", "dave@example.com", "pw-dave-123", is_active=False)
+    User.objects.create_user("erin", "erin@example.com")  # No password: none to reset.
+    answers = [
+        ask_reset(client, email)
+        for email in (
+            "alice@example.com",
+            "nobody@example.com",
+            "dave@example.com",
+            "erin@example.com",
+        )
+    ]
+    assert {(a.status_code, a["Location"]) for a in answers} == {
+        (302, "/accounts/password_reset/done/")
+    }
+    assert [m.to for m in mail.outbox] == [["alice@example.com"]]
+
+
+def test_the_reset_email_speaks_the_reviewer_s_language(
+    client: Client, reviewer: User, queued: list[Any]
+) -> None:
+    ReviewerProfile.remember(reviewer, language="zh-hans")
+    ask_reset(client, "alice@example.com")  # From an English page.
+    [message] = mail.outbox
+    assert message.subject == "重置您在审批收件箱的密码"
+    assert "Reset" not in message.body and "3天" in message.body.replace(" ", "")
+    # Without a language on record: the page's.
+    other = User.objects.create_user("bob9", "bob9@example.com", "pw-bob9-123")
+    ask_reset(client, "bob9@example.com", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert queued[-1] == (other.pk, "zh-hans")
+    assert mail.outbox[-1].subject == "重置您在审批收件箱的密码"
+
+
+def test_reset_requests_are_throttled_per_address_whether_or_not_it_has_an_account(
+    client: Client, reviewer: User, queued: list[Any], settings: Any
+) -> None:
+    settings.INBOX_PASSWORD_RESETS_PER_EMAIL = 2
+    for email in ("alice@example.com", "nobody@example.com"):
+        for _ in range(2):
+            assert ask_reset(client, email).status_code == 302
+        refused = ask_reset(client, email.upper())
+        assert refused.status_code == 429
+        assert 0 < int(refused["Retry-After"]) <= settings.INBOX_LOGIN_WINDOW_SECONDS
+        assert "Too many requests for a reset link. Try again in " in refused.content.decode()
+    assert len(mail.outbox) == 2
+    # Another address from elsewhere is not held back.
+    User.objects.create_user("bob9", "bob9@example.com", "pw-bob9-123")
+    assert ask_reset(Client(REMOTE_ADDR="10.0.0.9"), "bob9@example.com").status_code == 302
+    zh = ask_reset(client, "alice@example.com", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert zh.status_code == 429 and "Too many" not in zh.content.decode()
+
+
+def test_reset_requests_are_throttled_per_client_address(
+    client: Client, reviewer: User, queued: list[Any], settings: Any
+) -> None:
+    settings.INBOX_PASSWORD_RESETS_PER_IP = 3
+    for n in range(3):
+        assert ask_reset(client, f"someone-{n}@example.com").status_code == 302
+    assert ask_reset(client, "alice@example.com").status_code == 429
+    assert not mail.outbox
+
+
+def test_a_mail_server_that_fails_leaves_no_link_in_the_log(
+    client: Client, reviewer: User, queued: list[Any], settings: Any, caplog: Any
+) -> None:
+    settings.EMAIL_BACKEND = "inbox.mail.NoMailServerBackend"
+    caplog.set_level(logging.DEBUG)
+    assert ask_reset(client, "alice@example.com").status_code == 302
+    assert "password reset email not sent: NoMailServer" in caplog.text
+    assert "/accounts/reset/" not in caplog.text
+
+
+def test_the_web_servers_lines_hide_a_reset_link() -> None:
+    token = "cq1x2y-0123456789abcdef0123456789abcdef"
+    line = f'"GET /accounts/reset/MQ/{token}/ HTTP/1.1" 302 0 "https://mail.example/?{token}"'
+    redacted = redact_links(line)
+    assert token not in redacted and "MQ" not in redacted
+    assert "/accounts/reset/***/***/" in redacted
+    # Ids that look alike stay readable.
+    uuid = "0123abcd-0123-0123-0123-0123456789ab"
+    assert redact_links(f"GET /forms/{uuid}/") == f"GET /forms/{uuid}/"
+
+
+# ---------------------------------------------------------------------------------------------
+# Who lost access, told so
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_deactivated_account_with_its_right_password_is_told_so(
+    client: Client, settings: Any, db: None
+) -> None:
+    settings.INBOX_LOGIN_FAILURES_PER_USER = 2
+    User.objects.create_user("dave", "dave@example.com", "pw-dave-123", is_active=False)
+    for _ in range(3):
+        told = sign_in(client, "dave", "pw-dave-123")
+        assert told.status_code == 200 and "_auth_user_id" not in client.session
+        page = told.content.decode()
+        assert "This account is deactivated. Ask your administrator." in page
+        assert "didn't match" not in page
+    zh = sign_in(client, "dave", "pw-dave-123", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "此账号已停用\uff0c请联系管理员\u3002" in zh.content.decode()
+
+
+def test_a_wrong_password_reads_the_same_for_a_deactivated_account(
+    client: Client, db: None
+) -> None:
+    User.objects.create_user("dave", "dave@example.com", "pw-dave-123", is_active=False)
+    for username in ("dave", "nobody"):
+        page = sign_in(client, username, "wrong").content.decode()
+        assert "Your username and password didn't match. Please try again." in page
+        assert "deactivated" not in page
+
+
+def test_a_reviewer_taken_off_a_form_is_told_so(
+    client: Client, dify_app: DifyApp, outsider: User
+) -> None:
+    form = make_form(dify_app)
+    # Asked once (their emailed link), then no longer.
+    FormRecipient.objects.create(
+        form=form, email=outsider.email, user=outsider, withdrawn_at=timezone.now()
+    )
+    client.force_login(outsider)
+    response = client.get(f"/forms/{form.public_id}/")
+    assert response.status_code == 404
+    page = response.content.decode()
+    assert "This form is no longer assigned to you." in page and "does not exist" not in page
+    zh = client.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "此表单已不再分配给您\u3002" in zh.content.decode()
+    # Someone it never asked reads the usual words: nothing about the form.
+    stranger = User.objects.create_user("zed", "zed@example.com", "pw-zed-123")
+    client.force_login(stranger)
+    other = client.get(f"/forms/{form.public_id}/").content.decode()
+    assert "This form does not exist, or you may not see it." in other
+
+
+def test_a_password_an_administrator_sets_is_in_the_trail(admin_user: User, reviewer: User) -> None:
+    admin = Client()
+    admin.force_login(admin_user)
+    url = f"/admin/auth/user/{reviewer.pk}/password/"
+    new = {
+        "password1": "n3w-Secret-pass",
+        "password2": "n3w-Secret-pass",
+        "usable_password": "true",
+    }
+    assert admin.post(url, new).status_code == 302
+    reviewer.refresh_from_db()
+    assert reviewer.check_password("n3w-Secret-pass")
+    [entry] = AuditEntry.objects.filter(verb="password_changed")
+    assert entry.object_id == str(reviewer.pk) and entry.actor == admin_user
+    assert entry.details["usable"] is True and "n3w" not in str(entry.details)
+    # A refused form changes nothing and notes nothing.
+    assert admin.post(url, {"password1": "a", "password2": "b"}).status_code == 200
+    assert AuditEntry.objects.filter(verb="password_changed").count() == 1
