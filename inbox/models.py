@@ -4028,6 +4028,13 @@ class ApiToken(models.Model):
         )
         return token, raw
 
+    @classmethod
+    def of_deactivated_account(cls, raw: str) -> bool:
+        """`raw` is a token not revoked whose account is deactivated (refused all the same)."""
+        return cls.objects.filter(
+            digest=cls.hash(raw), revoked_at__isnull=True, user__is_active=False
+        ).exists()
+
     def revoke(self, actor: Any) -> bool:
         """Refuse the token from now on; True when it was still in use."""
         revoked = bool(
