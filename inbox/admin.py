@@ -2071,15 +2071,16 @@ class ApiTokenAdmin(PeopleSearchAdmin):
 
 @admin.register(ReviewerProfile)
 class ReviewerProfileAdmin(PeopleSearchAdmin):
-    """The language each reviewer last used the inbox in, and their browser's time zone: their
-    emails are sent in that language, with times in that zone."""
+    """Each reviewer's language and their browser's time zone: their pages open in that
+    language in every browser once it is chosen, and their emails are sent in it, with times in
+    that zone. A language set here is their choice, as one made with the language switch."""
 
     person_fields = ("user",)
-    list_display = ["reviewer", "language", "time_zone", "updated_at"]
+    list_display = ["reviewer", "language", "language_chosen", "time_zone", "updated_at"]
     # "New since your last visit" is the inbox's own bookkeeping of their looks at the list:
     # shown, never edited (a changed time would mark forms new, or not, that they have seen).
     readonly_fields = ["list_seen_at", "new_since"]
-    list_filter = ["language"]
+    list_filter = ["language", "language_chosen"]
     search_fields = ["user__username", "user__email"]
     autocomplete_fields = ["user"]
     list_select_related = ["user"]
@@ -2087,6 +2088,15 @@ class ReviewerProfileAdmin(PeopleSearchAdmin):
     @admin.display(description=_("user"), ordering="user__username")
     def reviewer(self, obj: ReviewerProfile) -> str:
         return chooser_label(obj.user)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        # The language an administrator gives (a new profile's, or a changed one) is chosen: no
+        # browser's guess replaces it. Unticking "language chosen" leaves it to their browser.
+        if (not change or "language" in form.changed_data) and (
+            "language_chosen" not in form.changed_data
+        ):
+            obj.language_chosen = True
+        super().save_model(request, obj, form, change)
 
 
 # The product's name, not "Django administration", heading every admin page.

@@ -193,7 +193,16 @@ def api_view(
                     )
                 token = ApiToken.authenticate_token(raw.strip())
                 if token is None:
-                    raise ApiError(401, "unauthorized", gettext("The API token is not valid."))
+                    # Only the token's holder learns its account was deactivated: a guess at a
+                    # token matches none.
+                    if ApiToken.of_deactivated_account(raw.strip()):
+                        message = gettext(
+                            "The API token's account is deactivated; an administrator can "
+                            "activate it again."
+                        )
+                    else:
+                        message = gettext("The API token is not valid.")
+                    raise ApiError(401, "unauthorized", message)
                 request.user = token.user
                 request.api_token = token  # type: ignore[attr-defined]
                 _check_query(request, query if request.method == "GET" else ())

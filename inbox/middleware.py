@@ -187,10 +187,47 @@ class HealthCheckMiddleware:
         return self.get_response(request)
 
 
+def supported_language(code: str | None) -> str:
+    """`code` as one of LANGUAGES ("zh-Hans" -> "zh-hans"), or "" when it names none."""
+    try:
+        return translation.get_supported_language_variant(code or "")
+    except LookupError:
+        return ""
+
+
+# The chosen language a request was given (`speak_chosen_language`), for the response to keep
+# in the browser's language cookie.
+_KEEP_LANGUAGE = "_inbox_keep_language"
+
+
+def speak_chosen_language(request: HttpRequest, user: Any) -> None:
+    """Answer `request` in the language `user` (or an administrator) chose for them, if they
+    chose one, and keep it in the browser (`ReviewerLanguageMiddleware` sets the cookie): on
+    signing in, and on a page asked for without a language cookie."""
+    from inbox.models import ReviewerProfile
+
+    language = ReviewerProfile.chosen_language_of(user)
+    if language:
+        translation.activate(language)
+        request.LANGUAGE_CODE = language
+        setattr(request, _KEEP_LANGUAGE, language)
+
+
 class ReviewerLanguageMiddleware:
-    """Remember the language a signed-in reviewer uses the inbox in (after LocaleMiddleware has
-    picked it from the switch, the cookie or the browser), and their browser's time zone, for
-    the emails sent to them. One write per session and change, not per request."""
+    """A signed-in reviewer's language (`ReviewerProfile.language`), and their browser's time
+    zone, for their pages and the emails sent to them.
+
+    - Chosen (by them with the language switch, or by an administrator), their language goes
+      with them to every browser: signing in (`signals.signed_in`) opens the inbox in it, and so
+      does a page asked for without a language cookie; the response keeps it in that cookie.
+    - The switch, used while signed in, makes the language it sets their choice. A language
+      cookie the browser had before (the switch used there) becomes their choice if they have
+      none.
+    - Otherwise the language LocaleMiddleware picked from their browser's Accept-Language is
+      kept as a guess, until they or an administrator choose one: a guess never replaces a
+      choice, so another browser does not change the language of their emails.
+
+    One write per session and change, not per request."""
 
     SESSION_KEY = "inbox_language_saved"
     ZONE_SESSION_KEY = "inbox_time_zone_saved"
@@ -198,11 +235,12 @@ class ReviewerLanguageMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+    @staticmethod
+    def _reviewer(request: HttpRequest) -> Any:
+        """The reviewer signed in through the session (not an API token), and not on a guest
+        link (a link forwarded to a reviewer opens in its recipient's language, not theirs);
+        else None."""
         user = getattr(request, "user", None)
-        # Signed in through the session (not an API token), and not on a guest link: a link
-        # forwarded to a reviewer opens in its recipient's language, which is not theirs.
         match = getattr(request, "resolver_match", None)
         on_guest_link = match is not None and (match.url_name or "").startswith("guest_")
         if (
@@ -211,25 +249,66 @@ class ReviewerLanguageMiddleware:
             and request.session.session_key
             and not on_guest_link
         ):
-            try:
-                language = translation.get_supported_language_variant(
-                    translation.get_language() or ""
-                )
-            except LookupError:
-                language = ""
-            if language and request.session.get(self.SESSION_KEY) == language:
-                language = ""
-            zone = browser_time_zone(request)
-            if zone and request.session.get(self.ZONE_SESSION_KEY) == zone:
-                zone = ""
-            if language or zone:
-                from inbox.models import ReviewerProfile
+            return user
+        return None
 
-                ReviewerProfile.remember(user, language, zone)
-                if language:
-                    request.session[self.SESSION_KEY] = language
-                if zone:
-                    request.session[self.ZONE_SESSION_KEY] = zone
+    @staticmethod
+    def _cookie_language(request: HttpRequest) -> str:
+        return supported_language(request.COOKIES.get(settings.LANGUAGE_COOKIE_NAME))
+
+    def process_view(
+        self, request: HttpRequest, view: Any, args: Any, kwargs: Any
+    ) -> HttpResponse | None:
+        # No language chosen in this browser: the reviewer's own, if they chose one, rather than
+        # the one the browser asks for.
+        user = self._reviewer(request)
+        if user is not None and not self._cookie_language(request):
+            speak_chosen_language(request, user)
+        return None
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from inbox.models import ReviewerProfile
+
+        response = self.get_response(request)
+        user = self._reviewer(request)
+        if user is None:
+            return response
+        match = getattr(request, "resolver_match", None)
+        switched = ""
+        if match is not None and match.url_name == "set_language":
+            cookie = response.cookies.get(settings.LANGUAGE_COOKIE_NAME)
+            switched = supported_language(cookie.value if cookie is not None else "")
+        kept = getattr(request, _KEEP_LANGUAGE, "")
+        language, how = "", ReviewerProfile.ASKED_BY_BROWSER
+        if switched:
+            language, how = switched, ReviewerProfile.CHOSEN
+        elif kept:
+            # Their chosen language, kept in this browser from now on; nothing new to save.
+            response.set_cookie(
+                settings.LANGUAGE_COOKIE_NAME,
+                kept,
+                max_age=settings.LANGUAGE_COOKIE_AGE,
+                path=settings.LANGUAGE_COOKIE_PATH,
+                domain=settings.LANGUAGE_COOKIE_DOMAIN,
+                secure=settings.LANGUAGE_COOKIE_SECURE,
+                httponly=settings.LANGUAGE_COOKIE_HTTPONLY,
+                samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+            )
+        else:
+            language = supported_language(translation.get_language())
+            if language and language == self._cookie_language(request):
+                how = ReviewerProfile.KEPT_IN_BROWSER
+            if request.session.get(self.SESSION_KEY) == language:
+                language = ""
+        zone = browser_time_zone(request)
+        if zone and request.session.get(self.ZONE_SESSION_KEY) == zone:
+            zone = ""
+        if language or zone:
+            ReviewerProfile.remember(user, language, zone, how=how)
+            if language:
+                request.session[self.SESSION_KEY] = language
+            if zone:
+                request.session[self.ZONE_SESSION_KEY] = zone
         return response
 
 

@@ -1237,8 +1237,8 @@ class Route(models.Model):
         choices=settings.LANGUAGES,
         default=settings.LANGUAGE_CODE,
         help_text=_(
-            "For reviewers who have not used the inbox yet; the others get their emails in the "
-            "language they last used it in."
+            "For reviewers who have not used the inbox yet; the others get their emails in "
+            "their own language, as their reviewer profile gives it."
         ),
     )
     allow_guests = models.BooleanField(
@@ -4113,6 +4113,13 @@ class ApiToken(models.Model):
         )
         return token, raw
 
+    @classmethod
+    def of_deactivated_account(cls, raw: str) -> bool:
+        """`raw` is a token not revoked whose account is deactivated (refused all the same)."""
+        return cls.objects.filter(
+            digest=cls.hash(raw), revoked_at__isnull=True, user__is_active=False
+        ).exists()
+
     def revoke(self, actor: Any) -> bool:
         """Refuse the token from now on; True when it was still in use."""
         revoked = bool(
@@ -4145,9 +4152,13 @@ class ApiToken(models.Model):
 
 
 class ReviewerProfile(models.Model):
-    """What the inbox remembers of a reviewer: the language they last used it in (the language
-    switch or their browser's preference) and their browser's time zone, so their emails speak
-    that language and give times in that zone, as the pages do."""
+    """What the inbox remembers of a reviewer: their language and their browser's time zone, so
+    their emails speak that language and give times in that zone, as the pages do.
+
+    Their language is chosen (`language_chosen`) by an administrator here or by them with the
+    language switch; chosen, it is theirs in every browser (`ReviewerLanguageMiddleware`) and
+    only another choice changes it. Until then it is a guess, the language their browser asks
+    for, which the next browser's may replace."""
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL,
@@ -4156,7 +4167,23 @@ class ReviewerProfile(models.Model):
         verbose_name=_("user"),
     )
     language = models.CharField(
-        _("language"), max_length=16, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
+        _("language"),
+        max_length=16,
+        choices=settings.LANGUAGES,
+        default=settings.LANGUAGE_CODE,
+        help_text=_(
+            "Their language: the inbox's pages open in it in every browser they sign in from, "
+            "and their emails are written in it. Saving it here makes it their choice."
+        ),
+    )
+    language_chosen = models.BooleanField(
+        _("language chosen"),
+        default=False,
+        db_default=False,
+        help_text=_(
+            "Set by an administrator or by them with the language switch. Until it is, the "
+            "language is the one their browser asks for, and another browser's may replace it."
+        ),
     )
     # An IANA name ("Asia/Shanghai"); blank until their browser has said it.
     time_zone = models.CharField(
@@ -4193,16 +4220,58 @@ class ReviewerProfile(models.Model):
             return {}
         return dict(cls.objects.filter(user_id__in=pks).values_list("user_id", "language"))
 
+    # How `remember` was told a language: the reviewer chose it (the language switch), their
+    # browser keeps a choice made in it (the language cookie), or their browser asks for it.
+    CHOSEN = "chosen"
+    KEPT_IN_BROWSER = "cookie"
+    ASKED_BY_BROWSER = "browser"
+
     @classmethod
-    def remember(cls, user: Any, language: str | None = None, time_zone: str = "") -> None:
-        """Keep what was given: a language, a time zone, or both."""
-        defaults: dict[str, str] = {}
+    def remember(
+        cls,
+        user: Any,
+        language: str | None = None,
+        time_zone: str = "",
+        *,
+        how: str = ASKED_BY_BROWSER,
+    ) -> None:
+        """Keep what was given: a language, a time zone, or both.
+
+        A language the reviewer chose (`CHOSEN`) is theirs from now on. One kept in a browser
+        (`KEPT_IN_BROWSER`: the switch, used there before) becomes their choice only if they
+        have none; one their browser merely asks for is kept only while they have none, and
+        never replaces a language chosen (by them, or by an administrator)."""
+        if not language and not time_zone:
+            return
+        chosen = bool(language) and how == cls.CHOSEN
+        made_with: dict[str, Any] = {}
         if language:
-            defaults["language"] = language
+            made_with = {"language": language, "language_chosen": how != cls.ASKED_BY_BROWSER}
         if time_zone:
-            defaults["time_zone"] = time_zone
-        if defaults:
-            cls.objects.update_or_create(user=user, defaults=defaults)
+            made_with["time_zone"] = time_zone
+        profile, made = cls.objects.get_or_create(user=user, defaults=made_with)
+        if made:
+            return
+        now = timezone.now()
+        if time_zone:
+            cls.objects.filter(pk=profile.pk).update(time_zone=time_zone, updated_at=now)
+        if language:
+            mine = cls.objects.filter(pk=profile.pk)
+            if not chosen:
+                mine = mine.filter(language_chosen=False)
+            mine.update(
+                language=language, language_chosen=made_with["language_chosen"], updated_at=now
+            )
+
+    @classmethod
+    def chosen_language_of(cls, user: Any) -> str:
+        """The language the reviewer (or an administrator) chose for them, or "" if none."""
+        return (
+            cls.objects.filter(user_id=user.pk, language_chosen=True)
+            .values_list("language", flat=True)
+            .first()
+            or ""
+        )
 
     @classmethod
     def looked_at_list(cls, user: Any, now: dt.datetime) -> dt.datetime | None:

@@ -16,10 +16,11 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
-from inbox.middleware import current_actor
+from inbox.middleware import current_actor, speak_chosen_language
 from inbox.models import AuditEntry, Form, Route, release_lost_claims
 
 _MEMBERS = "_inbox_members_before"
@@ -247,8 +248,19 @@ def _group_deleted(sender: Any, instance: Group, **kwargs: Any) -> None:
     _release_after_commit(members)
 
 
+def signed_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """A reviewer who chose their language (or whose administrator chose it) signs in: the inbox
+    opens in it, whatever this browser asks for or kept from before
+    (`middleware.ReviewerLanguageMiddleware` keeps it in the browser's cookie)."""
+    # Through a page (a sign-in made without one, such as a test's, has no response to keep
+    # the language in).
+    if request is not None and getattr(request, "resolver_match", None) is not None:
+        speak_chosen_language(request, user)
+
+
 def connect() -> None:
     user_model = get_user_model()
+    user_logged_in.connect(signed_in, dispatch_uid="inbox-signed-in")
     m2m_changed.connect(
         _membership_changed, sender=user_model.groups.through, dispatch_uid="inbox-members"
     )

@@ -653,3 +653,34 @@ def test_add_dify_app_warns_as_the_admin_does_when_dify_names_another_kind_of_ap
     )
     said = capsys.readouterr()
     assert "Dify names its mode “workflow”, which is not a Chatflow" in said.err
+
+
+def test_create_api_token_prints_a_token_for_an_active_account_and_refuses_a_deactivated_one(
+    db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from django.utils import translation
+
+    from inbox.models import ApiToken
+
+    User.objects.create_user("carol")
+    call_command("create_api_token", "carol", "--name", "ci")
+    raw = capsys.readouterr().out.strip()
+    assert raw.startswith("inbx_") and ApiToken.authenticate_token(raw) is not None
+
+    User.objects.create_user("dave", is_active=False)
+    with pytest.raises(CommandError) as refused:
+        call_command("create_api_token", "dave")
+    assert str(refused.value) == (
+        "The account 'dave' is deactivated: the API refuses its tokens, so none was issued. "
+        "Activate it first (admin: Users, Active)."
+    )
+    assert capsys.readouterr().out == ""
+    assert not ApiToken.objects.filter(user__username="dave").exists()
+    assert AuditEntry.objects.filter(verb="api_token_issued").count() == 1
+    # In Chinese for an operator whose inbox speaks it (LANGUAGE_CODE).
+    with translation.override("zh-hans"), pytest.raises(CommandError) as chinese:
+        call_command("create_api_token", "dave")
+    assert "dave" in str(chinese.value) and "deactivated" not in str(chinese.value)
+    with translation.override("zh-hans"), pytest.raises(CommandError) as nobody:
+        call_command("create_api_token", "erin")
+    assert "erin" in str(nobody.value) and "No user" not in str(nobody.value)

@@ -658,6 +658,18 @@ def test_a_token_is_never_edited_and_its_revoking_is_on_record(
     assert raw not in json.dumps([entry.details, issued.details])
 
 
+def test_the_token_list_says_how_a_token_is_issued(admin_client: Client) -> None:
+    # No token yet, and no Add button (the admin never sees a token whole): the list says how.
+    page = admin_client.get(reverse("admin:inbox_apitoken_changelist")).content.decode()
+    assert "<code>python manage.py create_api_token USERNAME</code>" in page
+    assert "API tokens are issued on the server, not here" in page
+    chinese = admin_client.get(
+        reverse("admin:inbox_apitoken_changelist"), HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert "<code>python manage.py create_api_token USERNAME</code>" in chinese
+    assert "issued on the server" not in chinese
+
+
 def test_a_closed_form_is_not_reassigned(
     admin_client: Client, routed_form: Form, other_reviewer: User
 ) -> None:

@@ -26,6 +26,31 @@ def test_the_api_needs_a_token(client: Client, db: None) -> None:
     assert response.json()["error"]["code"] == "unauthorized"
 
 
+def test_a_token_of_a_deactivated_account_is_refused_saying_so_only_to_its_holder(
+    client: Client, reviewer: User
+) -> None:
+    _token, raw = ApiToken.issue(reviewer)
+    assert client.get("/api/v1/forms", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
+    User.objects.filter(pk=reviewer.pk).update(is_active=False)
+    refused = client.get("/api/v1/forms", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert refused.status_code == 401
+    assert refused.json()["error"] == {
+        "code": "unauthorized",
+        "message": "The API token's account is deactivated; an administrator can activate it "
+        "again.",
+    }
+    chinese = client.get(
+        "/api/v1/forms", HTTP_AUTHORIZATION=f"Bearer {raw}", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).json()["error"]
+    assert chinese["code"] == "unauthorized" and re.search("[\u4e00-\u9fff]", chinese["message"])
+    # A guessed token, or this one revoked, learns nothing of the account.
+    guessed = client.get("/api/v1/forms", HTTP_AUTHORIZATION="Bearer inbx_guess")
+    assert guessed.json()["error"]["message"] == "The API token is not valid."
+    ApiToken.objects.filter(user=reviewer).update(revoked_at="2026-01-01T00:00:00Z")
+    revoked = client.get("/api/v1/forms", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert revoked.json()["error"]["message"] == "The API token is not valid."
+
+
 def test_list_pending_forms(client: Client, auth: dict[str, str], dify_app: DifyApp) -> None:
     form = make_form(dify_app, node_title="Manager approval")
     make_form(dify_app, status=Form.Status.SUBMITTED)

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import gettext
 
 from inbox.models import ApiToken
 
@@ -17,9 +18,21 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         user_model = get_user_model()
+        username = options["username"]
         try:
-            user = user_model.objects.get(**{user_model.USERNAME_FIELD: options["username"]})
+            user = user_model.objects.get(**{user_model.USERNAME_FIELD: username})
         except user_model.DoesNotExist:
-            raise CommandError(f"No user named {options['username']!r}") from None
+            raise CommandError(
+                gettext("No user named '%(username)s'.") % {"username": username}
+            ) from None
+        if not user.is_active:
+            # Every call with it would be refused: no token is issued.
+            raise CommandError(
+                gettext(
+                    "The account '%(username)s' is deactivated: the API refuses its tokens, so "
+                    "none was issued. Activate it first (admin: Users, Active)."
+                )
+                % {"username": username}
+            )
         _token, raw = ApiToken.issue(user, options["name"])
         self.stdout.write(raw)
