@@ -1000,7 +1000,9 @@ def _dify_json(run: Any) -> dict[str, Any]:
 
     app = run.app
     body: dict[str, Any] = {"state": "ok", "since": None, "reason": None, "dify_status": None}
-    if app.refused_at is not None:
+    if app.refused_at is not None and not app.mode_mismatch:
+        # (A mode set up here that Dify's does not match refuses only starts: the run's forms,
+        # events and decisions go through, CONTRACT 7.10.)
         body = {
             "state": "refused",
             "since": _iso(app.refused_at),

@@ -814,7 +814,10 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
     conversation = conversation_runs(run, request.user) if run.conversation_id else Conversation()
     this = next((r for r in conversation if r.pk == run.pk), run)
-    refused = run.app.refused_at is not None and not run.is_finished
+    # A mode set up here that Dify's does not match refuses only starts: this run's forms
+    # arrive and its decisions go (CONTRACT 7.10). Staff are told, to set the mode.
+    refused = run.app.refused_at is not None and not run.is_finished and not run.app.mode_mismatch
+    mode_mismatch = run.app.mode_mismatch and request.user.is_staff
     # Dify did not answer the app's last calls (no connection, a 5xx): nothing of this run
     # reaches the inbox meanwhile.
     unreachable = run.app.contact_failed_at is not None and not run.is_finished and not refused
@@ -861,6 +864,7 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         # Dify refuses the app's key: no new form of this run can arrive. Reviewers are shown
         # the status code; Dify's message is for administrators.
         "refused": refused,
+        "mode_mismatch": mode_mismatch,
         # The follower gave up reading this run's events (Dify away, its stream failing) and
         # the reconcile hands it back later: what happens in Dify meanwhile is not shown yet.
         "out_of_touch": bool(
