@@ -28,7 +28,7 @@ from django_htmx.http import trigger_client_event
 from inbox import timefmt
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
-from inbox.models import DifyApp, Form, MessageFile, Run, Upload
+from inbox.models import KIND_REFUSALS, DifyApp, Form, MessageFile, Run, Upload
 from inbox.names import people_named
 from inbox.runs import (
     CONVERSATION_SHOWN,
@@ -254,6 +254,13 @@ def _start_from_page(
             form.add_error(None, exc.message)
         elif exc.code == "rate_limited":
             form.add_error(None, _busy(exc.retry_after))
+        elif exc.dify_code in KIND_REFUSALS:
+            # Dify's words name its API routes ("Please check if your app mode matches the right
+            # API route."), in English: what is to be set here is said instead.
+            form.add_error(
+                None,
+                _("Dify did not start the run: %(error)s") % {"error": app.mode_mismatch_text},
+            )
         elif not (exc.code == "dify_rejected_inputs" and _refused_input(form, exc.message)):
             form.add_error(
                 None, _("Dify did not start the run: %(error)s") % {"error": exc.message}

@@ -232,3 +232,21 @@ def test_decisions_due_now_after_a_save_are_not_said_to_be_not_answered(
     assert "Not answering: 1 decision is being sent again." in (
         admin_client.get(listing).content.decode()
     )
+
+
+def test_a_start_dify_refuses_for_its_mode_says_which_mode_to_set(
+    admin_client: Client, simulator: Any, simulator_dify_app: Any
+) -> None:
+    # A chatflow in Dify, set up here as a workflow: Dify answers `not_workflow_app`.
+    app = simulator_dify_app("support-chat", mode="workflow")
+    page = admin_client.post(
+        reverse("inbox:app_start", args=[app.pk]),
+        {"in_customer_tier": "gold", "submission_key": "s"},
+    ).content.decode()
+    assert (
+        "Dify did not start the run: Dify says this app is a Chatflow, not a Workflow: set Mode "
+        "to match." in page
+    )
+    assert "API route" not in page
+    app.refresh_from_db()
+    assert app.mode_mismatch
