@@ -27,7 +27,7 @@ from django.db.models import (
     Q,
     Subquery,
 )
-from django.db.models.functions import Cast, Coalesce
+from django.db.models.functions import Cast, Coalesce, Now
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
@@ -40,19 +40,22 @@ from django.utils.translation import gettext, ngettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from inbox.app_check import (
+    DIFY_KINDS,
+    UNUSABLE_MODES,
     check_app,
     look_alike,
     mode_warning,
     name_warning,
-    other_app_warning,
     server_of,
     shared_key_warning,
+    unusable_warning,
 )
 from inbox.audit_words import object_type_label, verb_label
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.models import (
     APP_NOT_FOUND_REFUSAL,
+    KIND_REFUSALS,
     ApiToken,
     AuditEntry,
     Decision,
@@ -164,7 +167,8 @@ class DifyAppAdminForm(forms.ModelForm):
         label=_("API key"),
         required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        help_text=_("Leave empty to keep the current key."),
+        # Said for a new app; an app's own page says what it has (`__init__`).
+        help_text=_("The app's API key, from Dify: the app → API Access."),
     )
 
     class Meta:
@@ -246,6 +250,7 @@ class HealthFilter(admin.SimpleListFilter):
             ("ok", _("OK")),
             ("not_checked", _("Not checked yet")),
             ("refused", _("Refused")),
+            ("mode_mismatch", _("Mode does not match Dify's")),
             ("unreachable", _("Not reachable")),
             ("test_failed", _("Connection test failed")),
         ]
@@ -259,7 +264,11 @@ class HealthFilter(admin.SimpleListFilter):
         if self.value() == "not_checked":
             return queryset.filter(fine, test_failed_at__isnull=True, checked=False)
         if self.value() == "refused":
-            return queryset.filter(refused_at__isnull=False)
+            return queryset.filter(refused_at__isnull=False).exclude(
+                refusal_code__in=sorted(KIND_REFUSALS)
+            )
+        if self.value() == "mode_mismatch":
+            return queryset.filter(refused_at__isnull=False, refusal_code__in=sorted(KIND_REFUSALS))
         if self.value() == "unreachable":
             # What the follower, the reconcile or a delivery last found (`note_unreachable`).
             return queryset.filter(refused_at__isnull=True, contact_failed_at__isnull=False)
@@ -477,6 +486,9 @@ class DifyAppAdmin(AuditedAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(super().get_fields(request, obj))
+        if obj is None:
+            # A new app has no connection to tell of yet: its save tests it.
+            fields = [f for f in fields if f != "health"]
         if obj is not None and not self.has_change_permission(request, obj):
             # Shown read-only, a field is its model value: the key itself. Masked instead.
             fields = ["masked_api_key" if f == "api_key" else f for f in fields]
@@ -532,7 +544,10 @@ class DifyAppAdmin(AuditedAdmin):
                 ),
                 # The kind of app /info named at the last connection test that reached Dify.
                 tested_mode=Subquery(
-                    trail.filter(verb="app_connection_tested", details__result="connected")
+                    trail.filter(
+                        verb="app_connection_tested",
+                        details__result__in=["connected", "unusable"],
+                    )
                     .order_by("-created_at", "-id")
                     .values("details__mode")[:1]
                 ),
@@ -548,6 +563,26 @@ class DifyAppAdmin(AuditedAdmin):
                             | Q(status=Decision.Status.DELIVERING, attempts__gt=1),
                             held_for_app=False,
                             dify_unreachable=False,
+                        )
+                        .order_by()
+                        .values("form__run__app")
+                        .annotate(n=Count("pk"))
+                        .values("n")
+                    ),
+                    0,
+                ),
+                # Of those, the ones waiting out a backoff: Dify did not take the last attempt.
+                # The others are due now (held for the app until new settings were saved, or
+                # sent now by a connection test), which says nothing against Dify.
+                backing_off=Coalesce(
+                    Subquery(
+                        Decision.objects.filter(
+                            form__run__app=OuterRef("pk"),
+                            status=Decision.Status.QUEUED,
+                            attempts__gt=0,
+                            held_for_app=False,
+                            dify_unreachable=False,
+                            next_attempt_at__gt=Now(),
                         )
                         .order_by()
                         .values("form__run__app")
@@ -607,10 +642,18 @@ class DifyAppAdmin(AuditedAdmin):
                     unreachable,
                 ) % {"count": unreachable}
             retrying = getattr(obj, "retrying", 0)
-            if retrying:
+            if retrying and getattr(obj, "backing_off", 0):
                 return ngettext(
                     "Not answering: %(count)d decision is being sent again.",
                     "Not answering: %(count)d decisions are being sent again.",
+                    retrying,
+                ) % {"count": retrying}
+            if retrying:
+                # Due now (held until new settings were saved, say): nothing says Dify did not
+                # answer.
+                return ngettext(
+                    "%(count)d decision for this app is being sent to Dify now.",
+                    "%(count)d decisions for this app are being sent to Dify now.",
                     retrying,
                 ) % {"count": retrying}
             if obj.test_failed_at is not None:
@@ -625,6 +668,19 @@ class DifyAppAdmin(AuditedAdmin):
                     }
                 )
             tested_mode = getattr(obj, "tested_mode", None)
+            if tested_mode in UNUSABLE_MODES:
+                return str(
+                    _(
+                        "Dify says this is a “%(mode)s” app. Such apps have no Human Input "
+                        "node, so they cannot be used here: only Workflow and Chatflow apps can."
+                    )
+                    % {"mode": tested_mode}
+                )
+            if tested_mode in DIFY_KINDS and not obj.is_dify_mode(tested_mode):
+                return str(
+                    _("Dify says this app is a %(dify)s, not a %(kind)s: set Mode to match.")
+                    % {"dify": DIFY_KINDS[tested_mode], "kind": obj.get_mode_display()}
+                )
             if tested_mode and not obj.is_dify_mode(tested_mode):
                 # Compared with the mode set now: setting it to match ends the warning.
                 return str(
@@ -634,9 +690,13 @@ class DifyAppAdmin(AuditedAdmin):
                     )
                     % {"mode": tested_mode, "kind": obj.get_mode_display()}
                 )
-            if not getattr(obj, "checked", True):
+            if obj.pk is None or not getattr(obj, "checked", True):
                 return str(_("Not checked yet: test the connection."))
             return str(_("OK"))
+        if obj.mode_mismatch:
+            # Not a refusal of the app: only its starts, the one call of a mode, are refused;
+            # its runs' forms and decisions go through (CONTRACT 7.10).
+            return str(obj.mode_mismatch_text)
         # Dify's own words; the client's messages never hold the key, and `note_refused`
         # redacted it anyway.
         text = str(
@@ -669,126 +729,152 @@ class DifyAppAdmin(AuditedAdmin):
             # 404s from it), so it is left as it is.
             return
         super().save_model(request, obj, form, change)
-        if change and {"api_key", "base_url", "mode"} & set(form.changed_data):
+        new_settings = {"api_key", "base_url", "mode"} & set(form.changed_data)
+        if change and new_settings:
             # A new key, server or kind of app may be what Dify was waiting for: try again now
             # rather than at the reconcile's next probe.
             obj.settings_changed(actor=request.user)
+        if new_settings and not obj.api_key_sealed:
+            # The settings are saved as given; what Dify makes of them is said at once, as
+            # "Test the connection" says it (a refused key, a wrong URL, another kind of app, the
+            # key of another app), and recorded as the test records it: the app's health never
+            # reads "OK" for settings Dify did not take.
+            self._test(request, obj, failure=messages.WARNING)
         if {"api_key", "base_url"} & set(form.changed_data):
-            # Only warnings: the settings are saved as given. Whether /info names the app it
-            # named before, and whether another app here sends Dify the same key already.
-            for warning in (other_app_warning(obj), shared_key_warning(obj)):
-                if warning:
-                    self.message_user(request, warning, messages.WARNING)
+            # Whether another app here sends Dify the same key already.
+            if warning := shared_key_warning(obj):
+                self.message_user(request, warning, messages.WARNING)
 
-    def _warn_name(self, request: HttpRequest, app: DifyApp, name: str) -> None:
+    def _warn_name(self, request: HttpRequest, app: DifyApp, name: str, level: int) -> None:
         warning = name_warning(app, name)
         if warning:
-            self.message_user(request, warning, messages.WARNING)
+            self.message_user(request, warning, level)
 
     @admin.action(description=_("Test the connection to Dify"), permissions=["change"])
     def test_connection(self, request: HttpRequest, queryset: Any) -> None:
         """GET /info and /parameters with the app's key: proves the URL, the key and the app."""
         for app in queryset:
-            try:
-                client = DifyClient.for_app(app)
-                info = client.get_info()
-                parameters = client.get_parameters()
-            except DifyError as exc:
-                AuditEntry.record(
-                    "app_connection_tested", app, actor=request.user, result=str(exc)[:300]
-                )
-                if isinstance(exc, DifyStatusError) and exc.refuses_app:
-                    app.note_refused(exc, "connection test")
-                else:
-                    # No refusal of the key or the app, but no Dify either (a wrong URL, a
-                    # server down): the app's list shows it until Dify answers.
-                    app.note_test_failed(exc)
-                # The client's messages never include the key.
-                self.message_user(
-                    request,
-                    _("%(app)s: Dify did not answer as expected: %(error)s")
-                    % {"app": app.name, "error": exc},
-                    messages.ERROR,
-                )
-                continue
-            # /parameters answers once a workflow is published; /info names the app's kind.
-            kind = app.is_dify_mode(info.get("mode"))
-            app.note_accepted("connection test", kind=kind, published=True)
-            # Whether the key sees this app's runs (another app's key answers /info too): the
-            # name /info gave before, or the app's name here, is compared first, while the
-            # check records /info's name once the key proves itself.
-            name = str(info.get("name") or "")
-            self._warn_name(request, app, name)
-            if not app.dify_name:
-                # None known yet: the name the administrator was just shown (with the warning
-                # above when it is not the app's name here) is taken. The app's runs, asked
-                # about below and by later checks, still tell another app's key.
-                app.note_dify_name(name)
-            check = check_app(app, source="connection test", client=client, info=info)
-            if check.refused:
-                self.message_user(
-                    request,
-                    _(
-                        "%(app)s: Dify knows none of this app's runs with this key (%(detail)s): "
-                        "is it the key of another app? Its runs and decisions wait until Dify "
-                        "answers for them."
-                    )
-                    % {"app": app.name, "detail": check.detail},
-                    messages.ERROR,
-                )
-                # Not connected, whatever /info answered: `check_app` recorded the refusal, the
-                # decisions waiting on the app stay held (sent now, they would only meet the
-                # same 404s), and the trail says what the test found.
-                AuditEntry.record(
-                    "app_connection_tested",
-                    app,
-                    actor=request.user,
-                    result="refused",
-                    detail=check.detail[:300],
-                    mode=str(info.get("mode") or ""),
-                )
-                continue
-            # Decisions waiting out a retry's backoff go now, not at its end.
-            sent_now = Decision.send_waiting_now(app)
+            self._test(request, app, failure=messages.ERROR)
+
+    def _test(self, request: HttpRequest, app: DifyApp, *, failure: int) -> None:
+        """The connection test of one app (the action's, and the save's of new settings): what
+        Dify answered, said with `failure` as the level of what is wrong, and recorded on the
+        app and in the trail."""
+        warning = messages.WARNING if failure == messages.ERROR else failure
+        try:
+            client = DifyClient.for_app(app)
+            info = client.get_info()
+            parameters = client.get_parameters()
+        except DifyError as exc:
+            AuditEntry.record(
+                "app_connection_tested", app, actor=request.user, result=str(exc)[:300]
+            )
+            if isinstance(exc, DifyStatusError) and exc.refuses_app:
+                app.note_refused(exc, "connection test")
+            else:
+                # No refusal of the key or the app, but no Dify either (a wrong URL, a
+                # server down): the app's list shows it until Dify answers.
+                app.note_test_failed(exc)
+            # The client's messages never include the key.
+            self.message_user(
+                request,
+                _("%(app)s: Dify did not answer as expected: %(error)s")
+                % {"app": app.name, "error": exc},
+                failure,
+            )
+            return
+        mode = info.get("mode")
+        if unusable := unusable_warning(app, mode):
+            # A plain chat, completion or agent app: the key works, and nothing of the app can
+            # be used here. Not "connected", and no mode to set.
+            app.note_accepted("connection test", published=True)
             AuditEntry.record(
                 "app_connection_tested",
                 app,
                 actor=request.user,
-                result="connected",
-                mode=str(info.get("mode") or ""),
-                sent_now=sent_now,
+                result="unusable",
+                mode=str(mode or ""),
             )
-            if sent_now:
-                self.message_user(
-                    request,
-                    ngettext(
-                        "%(app)s: %(n)d decision waiting to be sent again goes now.",
-                        "%(app)s: %(n)d decisions waiting to be sent again go now.",
-                        sent_now,
-                    )
-                    % {"app": app.name, "n": sent_now},
-                    messages.SUCCESS,
-                )
+            self.message_user(request, unusable, failure)
+            return
+        # /parameters answers once a workflow is published; /info names the app's kind.
+        kind = app.is_dify_mode(mode)
+        app.note_accepted("connection test", kind=kind, published=True)
+        # Whether the key sees this app's runs (another app's key answers /info too): the
+        # name /info gave before, or the app's name here, is compared first, while the
+        # check records /info's name once the key proves itself.
+        name = str(info.get("name") or "")
+        self._warn_name(request, app, name, warning)
+        if not app.dify_name:
+            # None known yet: the name the administrator was just shown (with the warning
+            # above when it is not the app's name here) is taken. The app's runs, asked
+            # about below and by later checks, still tell another app's key.
+            app.note_dify_name(name)
+        check = check_app(app, source="connection test", client=client, info=info)
+        if check.refused:
             self.message_user(
                 request,
                 _(
-                    "%(app)s: connected. Dify calls it “%(name)s” (mode %(mode)s); "
-                    "%(inputs)d start input(s), file upload %(upload)s."
+                    "%(app)s: Dify knows none of this app's runs with this key (%(detail)s): "
+                    "is it the key of another app? Its runs and decisions wait until Dify "
+                    "answers for them."
                 )
-                % {
-                    "app": app.name,
-                    "name": info.get("name") or "?",
-                    "mode": info.get("mode") or "?",
-                    "inputs": len(parameters.get("user_input_form") or []),
-                    "upload": _("on")
-                    if (parameters.get("file_upload") or {}).get("enabled")
-                    or ((parameters.get("file_upload") or {}).get("image") or {}).get("enabled")
-                    else _("off"),
-                },
+                % {"app": app.name, "detail": check.detail},
+                failure,
+            )
+            # Not connected, whatever /info answered: `check_app` recorded the refusal, the
+            # decisions waiting on the app stay held (sent now, they would only meet the
+            # same 404s), and the trail says what the test found.
+            AuditEntry.record(
+                "app_connection_tested",
+                app,
+                actor=request.user,
+                result="refused",
+                detail=check.detail[:300],
+                mode=str(mode or ""),
+            )
+            return
+        # Decisions waiting out a retry's backoff go now, not at its end.
+        sent_now = Decision.send_waiting_now(app)
+        AuditEntry.record(
+            "app_connection_tested",
+            app,
+            actor=request.user,
+            result="connected",
+            mode=str(mode or ""),
+            sent_now=sent_now,
+        )
+        if sent_now:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(app)s: %(n)d decision waiting to be sent again goes now.",
+                    "%(app)s: %(n)d decisions waiting to be sent again go now.",
+                    sent_now,
+                )
+                % {"app": app.name, "n": sent_now},
                 messages.SUCCESS,
             )
-            if warning := mode_warning(app, info.get("mode")):
-                self.message_user(request, warning, messages.WARNING)
+        self.message_user(
+            request,
+            _(
+                "%(app)s: connected. Dify calls it “%(name)s” (mode %(mode)s); "
+                "%(inputs)d start input(s), file upload %(upload)s."
+            )
+            % {
+                "app": app.name,
+                "name": info.get("name") or "?",
+                "mode": mode or "?",
+                "inputs": len(parameters.get("user_input_form") or []),
+                "upload": _("on")
+                if (parameters.get("file_upload") or {}).get("enabled")
+                or ((parameters.get("file_upload") or {}).get("image") or {}).get("enabled")
+                else _("off"),
+            },
+            messages.SUCCESS,
+        )
+        if warning_text := mode_warning(app, mode):
+            self.message_user(request, warning_text, warning)
 
 
 class PeopleSearchAdmin(admin.ModelAdmin):

@@ -1001,7 +1001,8 @@ def _dify_json(run: Any) -> dict[str, Any]:
     `state`: `ok`; `unreachable` (Dify did not answer the app's last calls: no connection, no
     answer in time, a 5xx; `reason` `streams_failing` when it was the run's event streams,
     else `not_reachable`); or `refused` (Dify refuses the app: `reason` `app_not_found` when it
-    answers 404 for the app as a whole, else `refused`, with Dify's HTTP status). `since`: when
+    answers 404 for the app as a whole, else `refused`, with Dify's HTTP status; a mode set up
+    here that Dify's does not match refuses only starts, and is `ok` here). `since`: when
     that began. `following`: `given_up` while the follower has given up on the run's events
     for now (its next try at `next_try`, when known), else `ok`; `ended` once the run has
     ended. While the app is not `ok`, no new form of the run arrives and decisions wait."""
@@ -1009,7 +1010,9 @@ def _dify_json(run: Any) -> dict[str, Any]:
 
     app = run.app
     body: dict[str, Any] = {"state": "ok", "since": None, "reason": None, "dify_status": None}
-    if app.refused_at is not None:
+    if app.refused_at is not None and not app.mode_mismatch:
+        # (A mode set up here that Dify's does not match refuses only starts: the run's forms,
+        # events and decisions go through, CONTRACT 7.10.)
         body = {
             "state": "refused",
             "since": _iso(app.refused_at),

@@ -34,7 +34,7 @@ from django.utils.translation import gettext as _
 
 from inbox.dify import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError, NotFound
-from inbox.models import APP_NOT_FOUND_REFUSAL, AuditEntry, DifyApp, Run
+from inbox.models import APP_NOT_FOUND_REFUSAL, DIFY_MODES, AuditEntry, DifyApp, Run
 
 logger = logging.getLogger(__name__)
 
@@ -286,11 +286,35 @@ def name_warning(app: DifyApp, name: str) -> str | None:
     return message % {"app": app.name, "name": name, "before": app.dify_name}
 
 
+# Kinds of Dify app without a workflow, so without a Human Input node: nothing of theirs can
+# be captured or decided here, whatever the mode set up here.
+UNUSABLE_MODES = frozenset({"chat", "completion", "agent-chat"})
+# The kinds of app set up here, by the mode Dify's /info names them: "Workflow", "Chatflow".
+DIFY_KINDS = {dify: DifyApp.Mode(here).label for here, dify in DIFY_MODES.items()}
+
+
+def unusable_warning(app: DifyApp, mode: Any) -> str | None:
+    """Whether the `mode` Dify's /info names is a kind of app the inbox cannot use (a plain
+    chat, completion or agent app): what to say, or None."""
+    if mode not in UNUSABLE_MODES:
+        return None
+    return _(
+        "%(app)s: Dify says this is a “%(mode)s” app. Such apps have no Human Input node, so "
+        "they cannot be used here: only Workflow and Chatflow apps can."
+    ) % {"app": app.name, "mode": mode}
+
+
 def mode_warning(app: DifyApp, mode: Any) -> str | None:
     """Whether the `mode` Dify's /info names is the kind of app set up here ("Test the
-    connection", `add_dify_app`): the warning, or None."""
+    connection", the admin's save, `add_dify_app`): the warning, or None."""
     if app.is_dify_mode(mode):
         return None
+    if unusable := unusable_warning(app, mode):
+        return unusable
+    if mode in DIFY_KINDS:
+        return _(
+            "%(app)s: Dify says this app is a %(dify)s, not a %(kind)s: set Mode to match."
+        ) % {"app": app.name, "dify": DIFY_KINDS[mode], "kind": app.get_mode_display()}
     return _(
         "%(app)s: Dify names its mode “%(mode)s”, which is not a %(kind)s as set up here; set "
         "the mode to match."

@@ -259,13 +259,26 @@ class DifyApp(models.Model):
         if started:
             self.refused_at = self.refusal_checked_at = now
             AuditEntry.record("app_refused", self, refusal=message, source=source)
-            logger.warning(
-                "Dify refuses the app %s (%s, seen by the %s): its runs wait until it accepts "
-                "the key again",
-                self.name,
-                message,
-                source,
-            )
+            if code in KIND_REFUSALS:
+                # A setting here, not a refusal of the app: only a start of the mode set up
+                # here is refused; its runs' forms, events and decisions go through (CONTRACT
+                # 7.10).
+                logger.warning(
+                    "Dify says the app %s is not a %s (%s, seen by the %s): its mode here must "
+                    "be set to match to start runs; its runs' forms and decisions go through",
+                    self.name,
+                    self.mode,
+                    message,
+                    source,
+                )
+            else:
+                logger.warning(
+                    "Dify refuses the app %s (%s, seen by the %s): its runs wait until it "
+                    "accepts the key again",
+                    self.name,
+                    message,
+                    source,
+                )
         return bool(started)
 
     def note_accepted(
@@ -309,6 +322,26 @@ class DifyApp(models.Model):
                 # took for a run whose events it may not read, is read again now.
                 self._follow_unseen_runs()
         return cleared
+
+    @property
+    def mode_mismatch(self) -> bool:
+        """Dify refused a start as not of the kind of app set up here (`KIND_REFUSALS`): a
+        setting of the app here to correct, not a refusal of the app. Only starts are of one
+        mode; a run's events and detail, its forms and their submits are the same for both
+        (CONTRACT 7.10), so nothing of its runs waits on it."""
+        return self.refused_at is not None and self.refusal_code in KIND_REFUSALS
+
+    @property
+    def mode_mismatch_text(self) -> str:
+        """What the admin, the dashboard and the run page say of a `mode_mismatch`, in the
+        active language."""
+        other = (
+            DifyApp.Mode.WORKFLOW if self.mode == DifyApp.Mode.CHATFLOW else DifyApp.Mode.CHATFLOW
+        )
+        return gettext("Dify says this app is a %(dify)s, not a %(kind)s: set Mode to match.") % {
+            "dify": other.label,
+            "kind": self.get_mode_display(),
+        }
 
     def note_dify_name(self, name: str) -> None:
         """What Dify's /info calls the app, read while its key is known to be this app's."""

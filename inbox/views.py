@@ -72,6 +72,7 @@ from inbox.forms import (
 )
 from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
+    KIND_REFUSALS,
     SETUP_REFUSALS,
     Decision,
     DifyApp,
@@ -1066,12 +1067,14 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     context["apps"] = list(
         _reviewer_apps(request.user, selected=filters.app)
         .order_by("name")
-        .values("id", "name", "is_active", "refused_at", "refusal_status")
+        .values("id", "name", "is_active", "refused_at", "refusal_status", "refusal_code")
     )
     # Apps whose key Dify refuses: their new forms cannot arrive. Only the status code is
     # shown; Dify's message is for administrators.
     context["refused_apps"] = [
-        app for app in context["apps"] if app["refused_at"] and app["is_active"]
+        app
+        for app in context["apps"]
+        if app["refused_at"] and app["is_active"] and app["refusal_code"] not in KIND_REFUSALS
     ]
     if context["refused_apps"]:
         # The reviewer's own decisions that wait for the fix (`Decision.held_for_app`).
@@ -2109,7 +2112,16 @@ def healthz(request: HttpRequest) -> HttpResponse:
                     unreachable=Count(
                         "pk", filter=Q(refused_at__isnull=True, contact_failed_at__isnull=False)
                     ),
-                    refused=Count("pk", filter=Q(refused_at__isnull=False)),
+                    refused=Count(
+                        "pk",
+                        filter=Q(refused_at__isnull=False)
+                        & ~Q(refusal_code__in=sorted(KIND_REFUSALS)),
+                    ),
+                    # Not refused: Dify refuses only starts of the mode set up here.
+                    mode_mismatch=Count(
+                        "pk",
+                        filter=Q(refused_at__isnull=False, refusal_code__in=sorted(KIND_REFUSALS)),
+                    ),
                 )
         except DatabaseError as exc:
             details.append(f"database: {_one_line(exc)}")
@@ -2147,6 +2159,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
         degraded.append(f"dify: {dify['unreachable']} app(s) not reachable")
     if dify.get("refused"):
         degraded.append(f"dify: {dify['refused']} app(s) refused")
+    if dify.get("mode_mismatch"):
+        degraded.append(
+            f"dify: {dify['mode_mismatch']} app(s) set up with another mode than Dify's"
+        )
     if degraded:
         return JsonResponse({"status": "degraded", "problems": degraded})
     return JsonResponse({"status": "ok"})

@@ -623,8 +623,14 @@ def _dify_troubles() -> dict[str, Any]:
         "streams_failing_apps": [
             app for app in active if app.refused_at is None and app.streams_failing
         ],
-        "refused_apps": [app for app in active if app.refused_at is not None],
-        "inactive_troubled": ", ".join(app.name for app in troubled if not app.is_active),
+        "refused_apps": [
+            app for app in active if app.refused_at is not None and not app.mode_mismatch
+        ],
+        # Not refused: a start of the mode set up here is, and nothing of their runs waits.
+        "mode_mismatch_apps": [app for app in active if app.mode_mismatch],
+        "inactive_troubled": ", ".join(
+            app.name for app in troubled if not app.is_active and not app.mode_mismatch
+        ),
     }
 
 

@@ -28,7 +28,7 @@ from django_htmx.http import trigger_client_event
 from inbox import timefmt
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
-from inbox.models import DifyApp, Form, MessageFile, Run, Upload
+from inbox.models import KIND_REFUSALS, DifyApp, Form, MessageFile, Run, Upload
 from inbox.names import people_named
 from inbox.runs import (
     CONVERSATION_SHOWN,
@@ -254,6 +254,13 @@ def _start_from_page(
             form.add_error(None, exc.message)
         elif exc.code == "rate_limited":
             form.add_error(None, _busy(exc.retry_after))
+        elif exc.dify_code in KIND_REFUSALS:
+            # Dify's words name its API routes ("Please check if your app mode matches the right
+            # API route."), in English: what is to be set here is said instead.
+            form.add_error(
+                None,
+                _("Dify did not start the run: %(error)s") % {"error": app.mode_mismatch_text},
+            )
         elif not (exc.code == "dify_rejected_inputs" and _refused_input(form, exc.message)):
             form.add_error(
                 None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
@@ -814,7 +821,10 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     visible = set(Form.objects.for_user(request.user).filter(run=run).values_list("pk", flat=True))
     conversation = conversation_runs(run, request.user) if run.conversation_id else Conversation()
     this = next((r for r in conversation if r.pk == run.pk), run)
-    refused = run.app.refused_at is not None and not run.is_finished
+    # A mode set up here that Dify's does not match refuses only starts: this run's forms
+    # arrive and its decisions go (CONTRACT 7.10). Staff are told, to set the mode.
+    refused = run.app.refused_at is not None and not run.is_finished and not run.app.mode_mismatch
+    mode_mismatch = run.app.mode_mismatch and request.user.is_staff
     # Dify did not answer the app's last calls (no connection, a 5xx): nothing of this run
     # reaches the inbox meanwhile.
     unreachable = run.app.contact_failed_at is not None and not run.is_finished and not refused
@@ -861,6 +871,7 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         # Dify refuses the app's key: no new form of this run can arrive. Reviewers are shown
         # the status code; Dify's message is for administrators.
         "refused": refused,
+        "mode_mismatch": mode_mismatch,
         # The follower gave up reading this run's events (Dify away, its stream failing) and
         # the reconcile hands it back later: what happens in Dify meanwhile is not shown yet.
         "out_of_touch": bool(

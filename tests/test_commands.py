@@ -616,7 +616,7 @@ def test_prune_records_names_where_its_zero_days_came_from(db: None) -> None:
 def test_add_dify_app_warns_as_the_admin_does_when_dify_names_another_kind_of_app(
     db: None, simulator: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Dify's /info says "chat" (a chatbot, no workflow behind it): not a chatflow.
+    # Dify's /info says "chat" (a chatbot, no workflow behind it): no app to use here.
     key = simulator.api_key("faq-bot")
     call_command(
         "add_dify_app",
@@ -630,8 +630,8 @@ def test_add_dify_app_warns_as_the_admin_does_when_dify_names_another_kind_of_ap
     said = capsys.readouterr()
     assert "Created Dify app 'faq-bot'" in said.out
     assert (
-        "Warning: faq-bot: Dify names its mode “chat”, which is not a Chatflow as set up here; "
-        "set the mode to match." in said.err
+        "Warning: faq-bot: Dify says this is a “chat” app. Such apps have no Human Input node, "
+        "so they cannot be used here: only Workflow and Chatflow apps can." in said.err
     )
     assert key not in said.out + said.err
     # A workflow app set up as one: no warning; set up as a chatflow (its mode changed
@@ -652,7 +652,7 @@ def test_add_dify_app_warns_as_the_admin_does_when_dify_names_another_kind_of_ap
         "chatflow",
     )
     said = capsys.readouterr()
-    assert "Dify names its mode “workflow”, which is not a Chatflow" in said.err
+    assert "Dify says this app is a Workflow, not a Chatflow: set Mode to match." in said.err
 
 
 def test_create_api_token_prints_a_token_for_an_active_account_and_refuses_a_deactivated_one(

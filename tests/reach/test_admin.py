@@ -166,8 +166,7 @@ def test_test_connection_clears_a_refusal_of_the_app_s_kind_only_when_dify_names
     connected, mismatch = notes(action(admin_client, "difyapp", "test_connection", [app.pk]))
     assert connected.startswith("refund-approval: connected.")
     assert mismatch == (
-        "refund-approval: Dify names its mode “workflow”, which is not a Chatflow as set up "
-        "here; set the mode to match."
+        "refund-approval: Dify says this app is a Workflow, not a Chatflow: set Mode to match."
     )
     assert DifyApp.objects.get(pk=app.pk).refusal_code == "not_chat_app"
     DifyApp.objects.filter(pk=app.pk).update(mode="workflow")
@@ -224,6 +223,7 @@ def test_new_settings_end_a_failed_connection_test_of_the_old_ones(
     action(admin_client, "difyapp", "test_connection", [app.pk])
     app.refresh_from_db()
     assert "could not connect" in app.test_failure
+    first = app.test_failed_at
     # Another save of the app (its name) keeps what the test found; a new URL ends it.
     change = reverse("admin:inbox_difyapp_change", args=[app.pk])
     data = {"name": "gone", "base_url": app.base_url, "mode": "workflow", "is_active": "on"}
@@ -232,7 +232,10 @@ def test_new_settings_end_a_failed_connection_test_of_the_old_ones(
     # (Another server: the key is typed again, or the save is refused.)
     moved = {**data, "base_url": "http://127.0.0.1:10/v1", "api_key": "k-123456789"}
     assert admin_client.post(change, moved).status_code == 302
-    assert DifyApp.objects.get(pk=app.pk).test_failed_at is None
+    # (The save tests the new settings, as the action does: what it finds is of the new URL.)
+    app.refresh_from_db()
+    assert app.test_failed_at is not None and first is not None and app.test_failed_at > first
+    assert "could not connect" in app.test_failure
 
 
 def test_stop_run_asks_dify_as_the_runs_own_user(
@@ -973,10 +976,7 @@ def test_a_mode_mismatch_found_by_the_connection_test_shows_in_the_app_s_health(
     DifyApp.objects.filter(pk=app.pk).update(mode="chatflow")
     action(admin_client, "difyapp", "test_connection", [app.pk])
     mismatch = admin_client.get(listing).content.decode()
-    assert (
-        "Dify names its mode “workflow”, which is not a Chatflow as set up here: set the mode "
-        "to match." in mismatch
-    )
+    assert "Dify says this app is a Workflow, not a Chatflow: set Mode to match." in mismatch
     DifyApp.objects.filter(pk=app.pk).update(mode="workflow")
     assert '<td class="field-health">OK</td>' in admin_client.get(listing).content.decode()
 
