@@ -489,16 +489,22 @@
     refreshActions();
   });
 
-  document.addEventListener("htmx:sendError", function (event) {
+  // Lost on the way: no answer at all. Chromium's XHR ends a post whose connection timed out
+  // (net::ERR_TIMED_OUT, or the decision's own time limit below) with a `timeout`, for which
+  // htmx fires htmx:timeout, not htmx:sendError: the same loss.
+  function requestLost(event) {
     if (verb(event) === "get") {
       var toast = document.getElementById("connection-error");
       if (toast && !pageStale) toast.hidden = false;
     } else if (!uploadParts(event.detail.elt)) {
-      notSent(event);
+      notSent(event, event.type === "htmx:timeout");
     }
     // Nothing is swapped: the button pressed (disabled while the request was out) gets the
     // focus back, as after a refused answer, and the notice is read out.
     window.setTimeout(function () { restoreFocus(false); }, 0);
+  }
+  ["htmx:sendError", "htmx:timeout"].forEach(function (name) {
+    document.addEventListener(name, requestLost);
   });
 
   function uploadLost(input, parts) {
@@ -540,7 +546,8 @@
 
   function hideNotSent() {
     var box = document.getElementById("request-error");
-    if (box && !box.hidden && (errorShown === notSentWords("data-not-sent") || errorShown === notSentWords("data-resending"))) hideError();
+    if (!box || box.hidden) return;
+    if (["data-not-sent", "data-resending", "data-no-answer"].some(function (key) { return errorShown === notSentWords(key); })) hideError();
   }
 
   function postedAction(event) {
@@ -550,7 +557,8 @@
     return typeof action === "string" ? action : "";
   }
 
-  function notSent(event) {
+  // `timedOut`: no answer in time, the post may have arrived: the page says it could not tell.
+  function notSent(event, timedOut) {
     if (pageStale) return;
     var elt = event.detail.elt;
     var action = elt && elt.id === "decision-form" ? postedAction(event) : "";
@@ -561,7 +569,7 @@
     var delay = resend && resend.action === action ? Math.min(resend.delay * 2, 30000) : 2000;
     cancelResend();
     resend = { action: action, delay: delay, timer: window.setTimeout(sendAgain, delay), sending: false };
-    showNotSent("data-resending");
+    showNotSent(timedOut ? "data-no-answer" : "data-resending");
   }
 
   function cancelResend() {

@@ -27,6 +27,10 @@ NOT_SENT = (
     "Not sent: the connection dropped. What you typed is kept: tap the button again once you "
     "are back online."
 )
+NO_ANSWER = (
+    "The server did not answer in time, so your decision may not have arrived. Sending it "
+    "again\u2026 It will count only once. What you typed is kept."
+)
 NOTE = "Refund it, the parcel was lost."
 
 
@@ -109,6 +113,39 @@ def test_a_decision_whose_answer_was_lost_is_sent_again_and_counts_once(
         part for post in posts for part in post.split("&") if part.startswith("submission_key=")
     }
     assert len(keys) == 1
+    assert page.locator("#request-error").is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_whose_post_timed_out_says_so_and_is_sent_again_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """Chromium ends a post whose connection timed out (net::ERR_TIMED_OUT) with a `timeout`,
+    not an `error`: it is lost all the same, and sent again under the same key."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    posts: list[str] = []
+
+    def time_out_once(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.abort("timedout")
+        else:
+            route.continue_()
+
+    page.route("**/decide", time_out_once)
+    page.get_by_role("button", name="Approve").tap()
+    page.locator("#request-error").get_by_text(NO_ANSWER).wait_for(timeout=5000)
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(keys) == 1
+    decision = Decision.objects.get(form=form)
+    assert decision.action_id == "approve" and decision.inputs["note"] == NOTE
     assert page.locator("#request-error").is_hidden()
     assert page.js_errors == [] and page.csp_violations == []
 
