@@ -769,9 +769,13 @@
     if (!xhr || xhr.status < 400 || !xhr.getResponseHeader("HX-Retarget") || event.target !== target) return;
     var text = document.getElementById("request-error-text");
     if (target === text) {
-      showError(Array.prototype.slice.call(text.childNodes), verb(event) === "get");
-      // Refused for the page being out of date (signed out): it links to its reload.
-      if (text.querySelector("a[href]")) pageOutdated();
+      var nodes = Array.prototype.slice.call(text.childNodes);
+      // Refused for the page being out of date (signed out, a stale token): it links to its
+      // reload, which must find what was typed held. Looked for before showError takes the
+      // nodes out of the alert (to put them back a moment later).
+      var reload = nodes.some(function (node) { return !!node.querySelector && (node.matches("a[href]") || !!node.querySelector("a[href]")); });
+      showError(nodes, verb(event) === "get");
+      if (reload) pageOutdated();
     } else {
       // The page's content was replaced by the reason: say it, and start reading there.
       if (typed.length) target.appendChild(keptBox(typed));

@@ -280,6 +280,51 @@ def test_what_was_typed_comes_back_after_signing_in_again(
     assert page.js_errors == [] and page.csp_violations == []
 
 
+@pytest.mark.parametrize("why", ["signed_out", "stale_token"])
+def test_a_decision_refused_for_an_outdated_page_holds_what_was_typed_for_its_reload(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    why: str,
+) -> None:
+    """The refusal's own "Reload the page" link, taken before any poll noticed: what was typed
+    comes back after it (signing in again first when the login ended)."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    url = f"{live_server.url}/forms/{form.public_id}/"
+    page.goto(url)
+    # No poll learns of it first: only the decision's refusal tells the page.
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    if why == "signed_out":
+        Session.objects.all().delete()  # signed out in another tab
+        said = "Nothing was sent: you are signed out."
+    else:
+        # Signed in again in another tab: the token the page was drawn with is no longer valid.
+        page.context.add_cookies([{"name": "csrftoken", "value": "x" * 32, "url": live_server.url}])
+        said = "Nothing was sent: this page is out of date"
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(said).wait_for(timeout=5000)
+    held = page.evaluate("() => sessionStorage.getItem('inbox:signed-out')") or ""
+    assert NOTE in held
+    alert.get_by_role("link", name="Reload the page").tap()
+    if why == "signed_out":
+        page.wait_for_url("**/accounts/login/**", timeout=15000)
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill("pw-alice-123")
+        page.get_by_role("button", name="Log in").tap()
+    page.wait_for_url(url, timeout=15000)
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    page.locator("#restored-note").get_by_text(
+        "What you typed before you were signed out is filled in again."
+    ).wait_for(timeout=3000)
+    assert not Decision.objects.filter(form=form).exists()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
 def test_what_was_typed_is_not_given_to_someone_else_signing_in(
     chromium: Any,
     live_server: Any,
