@@ -38,6 +38,17 @@
     });
   });
 
+  // --- A decision's post waits so long for its answer ---------------------------------------
+  // A post stalled on a dead connection (a phone's link gone mid-request) could wait minutes
+  // with nothing said: past the form's limit it counts as lost (htmx:timeout, below) and is
+  // sent again under the same key. Only the decision: an upload on a slow link takes longer.
+  document.addEventListener("htmx:configRequest", function (evt) {
+    var form = evt.detail.elt;
+    if (!form || form.id !== "decision-form" || (evt.detail.verb || "").toLowerCase() === "get") return;
+    var limit = parseInt(form.getAttribute("data-answer-timeout") || "", 10);
+    if (limit > 0) evt.detail.timeout = limit;
+  });
+
   // --- Relative times, refreshed in the page's language -------------------------------------
   var lang = document.documentElement.lang || "en";
   var rtf = null;
@@ -590,7 +601,7 @@
       hideNotSent();
       return;
     }
-    if (button.disabled) { // a request of the form's is out: after it
+    if (button.disabled) { // a request of the form's is out (every action waits meanwhile): after it
       wanted.timer = window.setTimeout(sendAgain, 1000);
       return;
     }
@@ -604,6 +615,25 @@
       }
     }, 0);
   }
+
+  // While a decision is out every action waits (hx-disabled-elt); the one pressed says it is
+  // busy, until the answer comes or the post is lost.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.detail.elt;
+    if (!form || form.id !== "decision-form" || verb(event) === "get") return;
+    var trigger = event.detail.requestConfig && event.detail.requestConfig.triggeringEvent;
+    var button = trigger && trigger.submitter;
+    if (!button || button.name !== "action") {
+      button = form.querySelector('.actions button[name=action][value="' + CSS.escape(postedAction(event)) + '"]');
+    }
+    if (button) button.setAttribute("aria-busy", "true");
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail.elt;
+    if (!form || form.id !== "decision-form" || !form.querySelectorAll) return;
+    form.querySelectorAll("button[aria-busy]").forEach(function (button) { button.removeAttribute("aria-busy"); });
+  });
 
   document.addEventListener("htmx:beforeRequest", function (event) {
     if (!resend || verb(event) === "get" || !event.detail.elt || event.detail.elt.id !== "decision-form") return;

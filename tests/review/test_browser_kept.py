@@ -150,6 +150,58 @@ def test_a_decision_whose_post_timed_out_says_so_and_is_sent_again_once(
     assert page.js_errors == [] and page.csp_violations == []
 
 
+def test_a_decision_stalled_on_a_dead_connection_shows_it_waits_then_is_sent_again_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """The post reached the server, and its answer never comes (a phone's link gone dead):
+    every action waits meanwhile, the one pressed says it is busy; past the form's limit the
+    page says it had no answer and sends the decision again, which counts once."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    decision_form = page.locator("#decision-form")
+    assert decision_form.get_attribute("data-answer-timeout") == "45000"
+    # The same limit, shorter for the test.
+    page.evaluate(
+        "() => document.getElementById('decision-form').setAttribute('data-answer-timeout', '3000')"
+    )
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    # The poll cannot get through either: only the page's own resend can learn what happened.
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    posts: list[str] = []
+
+    def stall_once(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fetch()  # the server gets it, and decides; the answer never comes back
+        else:
+            route.continue_()
+
+    page.route("**/decide", stall_once)
+    approve = decision_form.get_by_role("button", name="Approve")
+    reject = decision_form.get_by_role("button", name="Reject")
+    reject.tap()
+    page.wait_for_function(
+        "() => document.querySelector('#decision-form button[value=reject]')"
+        ".getAttribute('aria-busy') === 'true'",
+        timeout=3000,
+    )
+    assert approve.is_disabled() and reject.is_disabled()
+    assert approve.get_attribute("aria-busy") is None
+    screenshot(page, "phone-decision-waiting")
+    page.locator("#request-error").get_by_text(NO_ANSWER).wait_for(timeout=10000)
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(keys) == 1
+    decision = Decision.objects.get(form=form)
+    assert decision.action_id == "reject" and decision.inputs["note"] == NOTE
+    assert page.locator("#request-error").is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
 def test_a_decision_edited_after_the_connection_dropped_waits_for_the_tap(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
