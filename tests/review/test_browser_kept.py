@@ -377,6 +377,38 @@ def test_a_decision_refused_for_an_outdated_page_holds_what_was_typed_for_its_re
     assert page.js_errors == [] and page.csp_violations == []
 
 
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        ("en", "reload the page to sign in again. Reload the page"),
+        # No space between a Chinese sentence and the link after it.
+        (
+            "zh-hans",
+            "\u7136\u540e\u5237\u65b0\u9875\u9762\u91cd\u65b0\u767b\u5f55\u3002\u5237\u65b0\u9875\u9762",
+        ),
+    ],
+)
+def test_the_signed_out_refusal_s_reload_link_reads_in_the_page_s_language(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    language: str,
+    said: str,
+) -> None:
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    Session.objects.all().delete()
+    page.locator("#decision-form .actions button[value=approve]").tap()
+    text = page.locator("#request-error-text")
+    text.locator("a[href]").wait_for(timeout=5000)
+    assert said in text.inner_text()
+    assert page.js_errors == []
+
+
 def test_what_was_typed_is_not_given_to_someone_else_signing_in(
     chromium: Any,
     live_server: Any,
