@@ -522,7 +522,8 @@
     var error = parts.error;
     if (!error) return;
     var names = Array.prototype.map.call(input.files || [], function (file) { return file.name; });
-    var message = error.getAttribute("data-upload-lost") || "";
+    // Several files picked at once (a file list): "Choose the files again".
+    var message = (names.length > 1 && error.getAttribute("data-upload-lost-many")) || error.getAttribute("data-upload-lost") || "";
     var hint = document.getElementById("actions-hint");
     var separator = (hint && hint.getAttribute("data-separator")) || ", ";
     var labelled = error.getAttribute("data-labelled") || "{label}: {message}";

@@ -264,6 +264,47 @@ def test_a_claim_and_an_upload_the_connection_dropped_say_so_until_the_reviewer_
     assert page.js_errors == []
 
 
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        (
+            "en",
+            "a.png, b.png: Not uploaded: the connection dropped. Choose the files again once you "
+            "are back online.",
+        ),
+        (
+            "zh-hans",
+            "a.png\u3001b.png\uff1a\u672a\u4e0a\u4f20\uff1a\u8fde\u63a5\u5df2\u4e2d\u65ad"
+            "\u3002\u6062\u590d\u8054\u7f51\u540e\uff0c\u8bf7\u91cd\u65b0\u9009\u62e9"
+            "\u8fd9\u4e9b\u6587\u4ef6\u3002",
+        ),
+    ],
+)
+def test_several_files_the_connection_dropped_are_asked_for_again_as_several(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    language: str,
+    said: str,
+) -> None:
+    form = make_form(dify_app)  # a file list "evidence", among others
+    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.route("**/files/evidence", lambda route: route.abort("internetdisconnected"))
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 64
+    page.locator("input[data-upload=evidence]").set_input_files(
+        files=[
+            {"name": "a.png", "mimeType": "image/png", "buffer": png},
+            {"name": "b.png", "mimeType": "image/png", "buffer": png},
+        ]
+    )
+    error = page.locator("#file-error-evidence")
+    error.get_by_text(said).wait_for(timeout=5000)
+    assert page.js_errors == []
+
+
 def test_a_choice_from_a_long_list_survives_the_language_switch(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
