@@ -410,10 +410,11 @@ def test_a_decision_refused_for_an_outdated_page_holds_what_was_typed_for_its_re
         page.get_by_label("Password").fill("pw-alice-123")
         page.get_by_role("button", name="Log in").tap()
     page.wait_for_url(url, timeout=15000)
-    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    # Drawn anew (the address is the same when the page reloads straight back to it).
     page.locator("#restored-note").get_by_text(
         "What you typed before you were signed out is filled in again."
-    ).wait_for(timeout=3000)
+    ).wait_for(timeout=15000)
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
     assert not Decision.objects.filter(form=form).exists()
     assert page.js_errors == [] and page.csp_violations == []
 
