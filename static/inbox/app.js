@@ -38,6 +38,17 @@
     });
   });
 
+  // --- A decision's post waits so long for its answer ---------------------------------------
+  // A post stalled on a dead connection (a phone's link gone mid-request) could wait minutes
+  // with nothing said: past the form's limit it counts as lost (htmx:timeout, below) and is
+  // sent again under the same key. Only the decision: an upload on a slow link takes longer.
+  document.addEventListener("htmx:configRequest", function (evt) {
+    var form = evt.detail.elt;
+    if (!form || form.id !== "decision-form" || (evt.detail.verb || "").toLowerCase() === "get") return;
+    var limit = parseInt(form.getAttribute("data-answer-timeout") || "", 10);
+    if (limit > 0) evt.detail.timeout = limit;
+  });
+
   // --- Relative times, refreshed in the page's language -------------------------------------
   var lang = document.documentElement.lang || "en";
   var rtf = null;
@@ -489,23 +500,30 @@
     refreshActions();
   });
 
-  document.addEventListener("htmx:sendError", function (event) {
+  // Lost on the way: no answer at all. Chromium's XHR ends a post whose connection timed out
+  // (net::ERR_TIMED_OUT, or the decision's own time limit below) with a `timeout`, for which
+  // htmx fires htmx:timeout, not htmx:sendError: the same loss.
+  function requestLost(event) {
     if (verb(event) === "get") {
       var toast = document.getElementById("connection-error");
       if (toast && !pageStale) toast.hidden = false;
     } else if (!uploadParts(event.detail.elt)) {
-      notSent(event);
+      notSent(event, event.type === "htmx:timeout");
     }
     // Nothing is swapped: the button pressed (disabled while the request was out) gets the
     // focus back, as after a refused answer, and the notice is read out.
     window.setTimeout(function () { restoreFocus(false); }, 0);
+  }
+  ["htmx:sendError", "htmx:timeout"].forEach(function (name) {
+    document.addEventListener(name, requestLost);
   });
 
   function uploadLost(input, parts) {
     var error = parts.error;
     if (!error) return;
     var names = Array.prototype.map.call(input.files || [], function (file) { return file.name; });
-    var message = error.getAttribute("data-upload-lost") || "";
+    // Several files picked at once (a file list): "Choose the files again".
+    var message = (names.length > 1 && error.getAttribute("data-upload-lost-many")) || error.getAttribute("data-upload-lost") || "";
     var hint = document.getElementById("actions-hint");
     var separator = (hint && hint.getAttribute("data-separator")) || ", ";
     var labelled = error.getAttribute("data-labelled") || "{label}: {message}";
@@ -540,7 +558,8 @@
 
   function hideNotSent() {
     var box = document.getElementById("request-error");
-    if (box && !box.hidden && (errorShown === notSentWords("data-not-sent") || errorShown === notSentWords("data-resending"))) hideError();
+    if (!box || box.hidden) return;
+    if (["data-not-sent", "data-resending", "data-no-answer"].some(function (key) { return errorShown === notSentWords(key); })) hideError();
   }
 
   function postedAction(event) {
@@ -550,7 +569,8 @@
     return typeof action === "string" ? action : "";
   }
 
-  function notSent(event) {
+  // `timedOut`: no answer in time, the post may have arrived: the page says it could not tell.
+  function notSent(event, timedOut) {
     if (pageStale) return;
     var elt = event.detail.elt;
     var action = elt && elt.id === "decision-form" ? postedAction(event) : "";
@@ -561,7 +581,7 @@
     var delay = resend && resend.action === action ? Math.min(resend.delay * 2, 30000) : 2000;
     cancelResend();
     resend = { action: action, delay: delay, timer: window.setTimeout(sendAgain, delay), sending: false };
-    showNotSent("data-resending");
+    showNotSent(timedOut ? "data-no-answer" : "data-resending");
   }
 
   function cancelResend() {
@@ -582,7 +602,7 @@
       hideNotSent();
       return;
     }
-    if (button.disabled) { // a request of the form's is out: after it
+    if (button.disabled) { // a request of the form's is out (every action waits meanwhile): after it
       wanted.timer = window.setTimeout(sendAgain, 1000);
       return;
     }
@@ -596,6 +616,25 @@
       }
     }, 0);
   }
+
+  // While a decision is out every action waits (hx-disabled-elt); the one pressed says it is
+  // busy, until the answer comes or the post is lost.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var form = event.detail.elt;
+    if (!form || form.id !== "decision-form" || verb(event) === "get") return;
+    var trigger = event.detail.requestConfig && event.detail.requestConfig.triggeringEvent;
+    var button = trigger && trigger.submitter;
+    if (!button || button.name !== "action") {
+      button = form.querySelector('.actions button[name=action][value="' + CSS.escape(postedAction(event)) + '"]');
+    }
+    if (button) button.setAttribute("aria-busy", "true");
+  });
+
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail.elt;
+    if (!form || form.id !== "decision-form" || !form.querySelectorAll) return;
+    form.querySelectorAll("button[aria-busy]").forEach(function (button) { button.removeAttribute("aria-busy"); });
+  });
 
   document.addEventListener("htmx:beforeRequest", function (event) {
     if (!resend || verb(event) === "get" || !event.detail.elt || event.detail.elt.id !== "decision-form") return;
@@ -761,9 +800,13 @@
     if (!xhr || xhr.status < 400 || !xhr.getResponseHeader("HX-Retarget") || event.target !== target) return;
     var text = document.getElementById("request-error-text");
     if (target === text) {
-      showError(Array.prototype.slice.call(text.childNodes), verb(event) === "get");
-      // Refused for the page being out of date (signed out): it links to its reload.
-      if (text.querySelector("a[href]")) pageOutdated();
+      var nodes = Array.prototype.slice.call(text.childNodes);
+      // Refused for the page being out of date (signed out, a stale token): it links to its
+      // reload, which must find what was typed held. Looked for before showError takes the
+      // nodes out of the alert (to put them back a moment later).
+      var reload = nodes.some(function (node) { return !!node.querySelector && (node.matches("a[href]") || !!node.querySelector("a[href]")); });
+      showError(nodes, verb(event) === "get");
+      if (reload) pageOutdated();
     } else {
       // The page's content was replaced by the reason: say it, and start reading there.
       if (typed.length) target.appendChild(keptBox(typed));

@@ -27,6 +27,10 @@ NOT_SENT = (
     "Not sent: the connection dropped. What you typed is kept: tap the button again once you "
     "are back online."
 )
+NO_ANSWER = (
+    "The server did not answer in time, so your decision may not have arrived. Sending it "
+    "again\u2026 It will count only once. What you typed is kept."
+)
 NOTE = "Refund it, the parcel was lost."
 
 
@@ -113,6 +117,91 @@ def test_a_decision_whose_answer_was_lost_is_sent_again_and_counts_once(
     assert page.js_errors == [] and page.csp_violations == []
 
 
+def test_a_decision_whose_post_timed_out_says_so_and_is_sent_again_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """Chromium ends a post whose connection timed out (net::ERR_TIMED_OUT) with a `timeout`,
+    not an `error`: it is lost all the same, and sent again under the same key."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    posts: list[str] = []
+
+    def time_out_once(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.abort("timedout")
+        else:
+            route.continue_()
+
+    page.route("**/decide", time_out_once)
+    page.get_by_role("button", name="Approve").tap()
+    page.locator("#request-error").get_by_text(NO_ANSWER).wait_for(timeout=5000)
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(keys) == 1
+    decision = Decision.objects.get(form=form)
+    assert decision.action_id == "approve" and decision.inputs["note"] == NOTE
+    assert page.locator("#request-error").is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_stalled_on_a_dead_connection_shows_it_waits_then_is_sent_again_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """The post reached the server, and its answer never comes (a phone's link gone dead):
+    every action waits meanwhile, the one pressed says it is busy; past the form's limit the
+    page says it had no answer and sends the decision again, which counts once."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    decision_form = page.locator("#decision-form")
+    assert decision_form.get_attribute("data-answer-timeout") == "45000"
+    # The same limit, shorter for the test.
+    page.evaluate(
+        "() => document.getElementById('decision-form').setAttribute('data-answer-timeout', '3000')"
+    )
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    # The poll cannot get through either: only the page's own resend can learn what happened.
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    posts: list[str] = []
+
+    def stall_once(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fetch()  # the server gets it, and decides; the answer never comes back
+        else:
+            route.continue_()
+
+    page.route("**/decide", stall_once)
+    approve = decision_form.get_by_role("button", name="Approve")
+    reject = decision_form.get_by_role("button", name="Reject")
+    reject.tap()
+    page.wait_for_function(
+        "() => document.querySelector('#decision-form button[value=reject]')"
+        ".getAttribute('aria-busy') === 'true'",
+        timeout=3000,
+    )
+    assert approve.is_disabled() and reject.is_disabled()
+    assert approve.get_attribute("aria-busy") is None
+    screenshot(page, "phone-decision-waiting")
+    page.locator("#request-error").get_by_text(NO_ANSWER).wait_for(timeout=10000)
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(keys) == 1
+    decision = Decision.objects.get(form=form)
+    assert decision.action_id == "reject" and decision.inputs["note"] == NOTE
+    assert page.locator("#request-error").is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
 def test_a_decision_edited_after_the_connection_dropped_waits_for_the_tap(
     chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
 ) -> None:
@@ -172,6 +261,47 @@ def test_a_claim_and_an_upload_the_connection_dropped_say_so_until_the_reviewer_
     ).wait_for(timeout=5000)
     page.wait_for_timeout(6000)
     assert error.inner_text().startswith("photo.png: Not uploaded")
+    assert page.js_errors == []
+
+
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        (
+            "en",
+            "a.png, b.png: Not uploaded: the connection dropped. Choose the files again once you "
+            "are back online.",
+        ),
+        (
+            "zh-hans",
+            "a.png\u3001b.png\uff1a\u672a\u4e0a\u4f20\uff1a\u8fde\u63a5\u5df2\u4e2d\u65ad"
+            "\u3002\u6062\u590d\u8054\u7f51\u540e\uff0c\u8bf7\u91cd\u65b0\u9009\u62e9"
+            "\u8fd9\u4e9b\u6587\u4ef6\u3002",
+        ),
+    ],
+)
+def test_several_files_the_connection_dropped_are_asked_for_again_as_several(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    language: str,
+    said: str,
+) -> None:
+    form = make_form(dify_app)  # a file list "evidence", among others
+    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.route("**/files/evidence", lambda route: route.abort("internetdisconnected"))
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 64
+    page.locator("input[data-upload=evidence]").set_input_files(
+        files=[
+            {"name": "a.png", "mimeType": "image/png", "buffer": png},
+            {"name": "b.png", "mimeType": "image/png", "buffer": png},
+        ]
+    )
+    error = page.locator("#file-error-evidence")
+    error.get_by_text(said).wait_for(timeout=5000)
     assert page.js_errors == []
 
 
@@ -241,6 +371,84 @@ def test_what_was_typed_comes_back_after_signing_in_again(
     page.reload()
     assert page.locator("textarea[name=in_note]").input_value() == "resolved default"
     assert page.js_errors == [] and page.csp_violations == []
+
+
+@pytest.mark.parametrize("why", ["signed_out", "stale_token"])
+def test_a_decision_refused_for_an_outdated_page_holds_what_was_typed_for_its_reload(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    why: str,
+) -> None:
+    """The refusal's own "Reload the page" link, taken before any poll noticed: what was typed
+    comes back after it (signing in again first when the login ended)."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    url = f"{live_server.url}/forms/{form.public_id}/"
+    page.goto(url)
+    # No poll learns of it first: only the decision's refusal tells the page.
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    if why == "signed_out":
+        Session.objects.all().delete()  # signed out in another tab
+        said = "Nothing was sent: you are signed out."
+    else:
+        # Signed in again in another tab: the token the page was drawn with is no longer valid.
+        page.context.add_cookies([{"name": "csrftoken", "value": "x" * 32, "url": live_server.url}])
+        said = "Nothing was sent: this page is out of date"
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(said).wait_for(timeout=5000)
+    held = page.evaluate("() => sessionStorage.getItem('inbox:signed-out')") or ""
+    assert NOTE in held
+    alert.get_by_role("link", name="Reload the page").tap()
+    if why == "signed_out":
+        page.wait_for_url("**/accounts/login/**", timeout=15000)
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill("pw-alice-123")
+        page.get_by_role("button", name="Log in").tap()
+    page.wait_for_url(url, timeout=15000)
+    # Drawn anew (the address is the same when the page reloads straight back to it).
+    page.locator("#restored-note").get_by_text(
+        "What you typed before you were signed out is filled in again."
+    ).wait_for(timeout=15000)
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    assert not Decision.objects.filter(form=form).exists()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+@pytest.mark.parametrize(
+    ("language", "said"),
+    [
+        ("en", "reload the page to sign in again. Reload the page"),
+        # No space between a Chinese sentence and the link after it.
+        (
+            "zh-hans",
+            "\u7136\u540e\u5237\u65b0\u9875\u9762\u91cd\u65b0\u767b\u5f55\u3002\u5237\u65b0\u9875\u9762",
+        ),
+    ],
+)
+def test_the_signed_out_refusal_s_reload_link_reads_in_the_page_s_language(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    language: str,
+    said: str,
+) -> None:
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    Session.objects.all().delete()
+    page.locator("#decision-form .actions button[value=approve]").tap()
+    text = page.locator("#request-error-text")
+    text.locator("a[href]").wait_for(timeout=5000)
+    assert said in text.inner_text()
+    assert page.js_errors == []
 
 
 def test_what_was_typed_is_not_given_to_someone_else_signing_in(
