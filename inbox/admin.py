@@ -713,6 +713,13 @@ class DifyAppAdmin(AuditedAdmin):
                     "the base URL wrong? Its runs and decisions wait until it answers for them."
                 )
             )
+        elif obj.refusal_status == 403:
+            text += " " + str(
+                _(
+                    "Dify answers 403: the app may have been disabled or deleted there. Runs it "
+                    "will never answer for again can be written off: Runs → “Close here”."
+                )
+            )
         # What waits on the fix: decisions reviewers made that go once Dify accepts the app.
         held = getattr(obj, "held", 0)
         if held:

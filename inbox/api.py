@@ -1372,13 +1372,11 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     """`POST /api/v1/runs` `{"app", "inputs", "query" (chatflow), "user"?, "submission_key"?,
     "conversation_id"? (chatflow)}` → 201 the run; 200 the same run when sent again under its
     submission key."""
-    from inbox.dify.errors import ApiKeyUnreadable, DifyError, DifyStatusError, TooManyRequests
     from inbox.runs import (
         SameStart,
         StartFailed,
-        StartRunForm,
-        app_parameters,
         default_dify_user,
+        parameters_cached,
         start_digest,
         start_run,
         started_under,
@@ -1420,51 +1418,22 @@ def runs_create(request: HttpRequest) -> HttpResponse:
         started_under(key, digest)
     except SameStart as same:
         return _same_start(request, same)
+    cached = parameters_cached(app)
+    parameters = _start_parameters(app)
     try:
-        parameters = app_parameters(app)
-    except DifyError as exc:
-        # Recorded as the start page does; a refusal of the start itself, and Dify taking it,
-        # are recorded by `start_run` for both.
-        message = gettext("Dify's parameters could not be read: %(error)s") % {"error": exc}
-        if isinstance(exc, ApiKeyUnreadable):
-            # Not Dify's doing: this process cannot read the app's key (an administrator's to
-            # put back, or to enter again).
-            raise ApiError(503, "api_key_unreadable", str(exc)) from None
-        if not isinstance(exc, DifyStatusError):
-            # No answer at all (refused, reset, timed out): Dify could not be reached.
-            raise ApiError(502, "dify_unavailable", message) from None
-        if exc.refuses_app:
-            app.note_refused(exc, "start")
-        # As a refused start is said (nothing was started, so no run is kept): Dify busy is the
-        # caller's to wait out; anything else is the set-up's or Dify's, never the inputs'.
-        limited = isinstance(exc, TooManyRequests)
-        raise ApiError(
-            429 if limited else 502,
-            "rate_limited" if limited else "dify_error",
-            message,
-            exc.said,
-            retry_after=exc.retry_after if limited else None,
-        ) from None
-    form = StartRunForm(app, parameters)
-    data, wrong = _start_form_data(form.specs, inputs)
-    if query:
-        data["query"] = query
-    form = StartRunForm(app, parameters, data)
-    valid = form.is_valid()
-    file_values, input_files = _start_input_files(request, app, form.file_specs, inputs, dify_user)
-    wrong.update({name: said for name, said in file_values.items() if isinstance(said, tuple)})
-    if wrong or not valid:
-        # Every input's error at once: those of the wrong JSON type (left out of the form's
-        # data, so what the form says of them gives way to that) beside the form's own.
-        errors = {} if valid else form.error_messages()
-        for name, (_sentence, detail) in wrong.items():
-            errors[name] = [detail]
-        message = sentence_gap().join(
-            wrong[name][0] if name in wrong else labelled(name, text) if name != "__all__" else text
-            for name, texts in errors.items()
-            for text in (texts[:1] if name in wrong else texts)
+        form, file_values, input_files = _start_form(
+            request, app, parameters, inputs, query, dify_user
         )
-        raise ApiError(400, "invalid_inputs", message, details=errors)
+    except ApiError as exc:
+        if exc.code != "invalid_inputs" or not cached:
+            raise
+        # Checked against the parameters cached here: the app may have been republished with
+        # other inputs meanwhile (an option added, an input added). Asked of Dify again once,
+        # so a value Dify takes is not refused here.
+        fresh = _start_parameters(app, fresh=True)
+        if fresh == parameters:
+            raise
+        form, file_values, input_files = _start_form(request, app, fresh, inputs, query, dify_user)
     files = _message_files(request, app, body, dify_user)
     if set(files) & set(input_files):
         twice = gettext("The same file is attached twice.")
@@ -1488,6 +1457,75 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     except StartFailed as exc:
         raise ApiError.of(exc) from None
     return JsonResponse(_run_json(request, run), status=201)
+
+
+def _start_parameters(app: DifyApp, *, fresh: bool = False) -> dict[str, Any]:
+    """The app's start parameters for `POST /api/v1/runs` (`fresh`: asked of Dify again);
+    Dify not giving them is said as a start it refused would be."""
+    from inbox.dify.errors import ApiKeyUnreadable, DifyError, DifyStatusError, TooManyRequests
+    from inbox.runs import app_parameters
+
+    try:
+        return app_parameters(app, fresh=fresh)
+    except DifyError as exc:
+        # Recorded as the start page does; a refusal of the start itself, and Dify taking it,
+        # are recorded by `start_run` for both.
+        message = gettext("Dify's parameters could not be read: %(error)s") % {"error": exc}
+        if isinstance(exc, ApiKeyUnreadable):
+            # Not Dify's doing: this process cannot read the app's key (an administrator's to
+            # put back, or to enter again).
+            raise ApiError(503, "api_key_unreadable", str(exc)) from None
+        if not isinstance(exc, DifyStatusError):
+            # No answer at all (refused, reset, timed out): Dify could not be reached.
+            raise ApiError(502, "dify_unavailable", message) from None
+        if exc.refuses_app:
+            app.note_refused(exc, "start")
+        # As a refused start is said (nothing was started, so no run is kept): Dify busy is the
+        # caller's to wait out; anything else is the set-up's or Dify's, never the inputs'.
+        limited = isinstance(exc, TooManyRequests)
+        raise ApiError(
+            429 if limited else 502,
+            "rate_limited" if limited else "dify_error",
+            message,
+            exc.said,
+            retry_after=exc.retry_after if limited else None,
+        ) from None
+
+
+def _start_form(
+    request: HttpRequest,
+    app: DifyApp,
+    parameters: dict[str, Any],
+    inputs: dict[str, Any],
+    query: str,
+    dify_user: str,
+) -> tuple[Any, dict[str, Any], list[Any]]:
+    """A start's inputs checked against the app's `parameters`: the valid form, the file
+    inputs' values as Dify takes them and their files; else `400 invalid_inputs`, every
+    input's error at once."""
+    from inbox.runs import StartRunForm
+
+    form = StartRunForm(app, parameters)
+    data, wrong = _start_form_data(form.specs, inputs)
+    if query:
+        data["query"] = query
+    form = StartRunForm(app, parameters, data)
+    valid = form.is_valid()
+    file_values, input_files = _start_input_files(request, app, form.file_specs, inputs, dify_user)
+    wrong.update({name: said for name, said in file_values.items() if isinstance(said, tuple)})
+    if wrong or not valid:
+        # Every input's error at once: those of the wrong JSON type (left out of the form's
+        # data, so what the form says of them gives way to that) beside the form's own.
+        errors = {} if valid else form.error_messages()
+        for name, (_sentence, detail) in wrong.items():
+            errors[name] = [detail]
+        message = sentence_gap().join(
+            wrong[name][0] if name in wrong else labelled(name, text) if name != "__all__" else text
+            for name, texts in errors.items()
+            for text in (texts[:1] if name in wrong else texts)
+        )
+        raise ApiError(400, "invalid_inputs", message, details=errors)
+    return form, file_values, input_files
 
 
 def _continue_conversation(

@@ -164,10 +164,15 @@ def start_inputs(parameters: dict[str, Any]) -> list[StartInput]:
     ]
 
 
-def app_parameters(app: DifyApp) -> dict[str, Any]:
-    """The app's `GET /parameters`, cached briefly. Raises DifyError."""
-    key = f"inbox:parameters:{app.pk}:{app.updated_at.timestamp() if app.updated_at else 0}"
-    cached = cache.get(key)
+def _parameters_key(app: DifyApp) -> str:
+    return f"inbox:parameters:{app.pk}:{app.updated_at.timestamp() if app.updated_at else 0}"
+
+
+def app_parameters(app: DifyApp, *, fresh: bool = False) -> dict[str, Any]:
+    """The app's `GET /parameters`, cached briefly; `fresh`: asked of Dify again, the cached
+    ones being out of date (the app republished with other start inputs). Raises DifyError."""
+    key = _parameters_key(app)
+    cached = None if fresh else cache.get(key)
     if cached is None:
         cached = DifyClient.for_app(app).get_parameters()
         cache.set(key, cached, PARAMETERS_CACHE_SECONDS)
@@ -175,6 +180,17 @@ def app_parameters(app: DifyApp) -> dict[str, Any]:
         # published (or for its key) is accepted again.
         app.note_accepted("start", published=True)
     return dict(cached)
+
+
+def parameters_cached(app: DifyApp) -> bool:
+    """Whether the app's parameters would be read from the cache, not asked of Dify."""
+    return cache.get(_parameters_key(app)) is not None
+
+
+def forget_parameters(app: DifyApp) -> None:
+    """Drop the app's cached parameters: Dify refused a start's inputs, perhaps for inputs
+    the app no longer has (republished meanwhile), so the next page or call asks again."""
+    cache.delete(_parameters_key(app))
 
 
 class StartRunForm(forms.Form):
@@ -952,6 +968,8 @@ def start_run(
             status, code = 409, "conversation_completed"
         elif exc.status in (400, 422):
             status, code = 400, "dify_rejected_inputs"
+            # Checked against the parameters cached here: the app's inputs may have changed.
+            forget_parameters(app)
         elif exc.status == 429:
             status, code = 429, "rate_limited"
         else:

@@ -1873,13 +1873,17 @@ def remove_upload_response(
 
 def app_notice(app: DifyApp, state: str) -> str:
     """What an open form's page says of its app before the reader decides: "refused" (Dify
-    refuses the app's key: a decision is held until it is fixed; a refusal of the app's setup
-    lets submits through), "unreachable" (Dify does not answer for it: a decision is sent once
-    it does; a stream failing alone does not stop one), or nothing."""
+    refuses the app's key, 401, or answers 404 for the app as a whole: a decision is held
+    until it is fixed; a refusal of the app's setup lets submits through), "unavailable" (Dify
+    answers 403: the app is disabled or deleted there, its key not in question; held too),
+    "unreachable" (Dify does not answer for it: a decision is sent once it does; a stream
+    failing alone does not stop one), or nothing."""
     if state != "open":
         return ""
     if app.refused_at is not None:
-        return "refused" if app.refusal_code not in SETUP_REFUSALS else ""
+        if app.refusal_code in SETUP_REFUSALS:
+            return ""
+        return "unavailable" if app.refusal_status == 403 else "refused"
     if app.contact_failed_at is not None and not app.streams_failing:
         return "unreachable"
     return ""

@@ -155,6 +155,9 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         if isinstance(started, HttpResponse):
             return started
         start_problem = started
+        refusal = getattr(form, "dify_refusal", "")
+        if refusal:
+            form = _with_current_inputs(request, app, parameters, form, refusal)
     status = _status(request, form)
     # A new key for each page shown: sending this page twice starts one run, while a start
     # asked again after reading why the last one failed is a start of its own.
@@ -265,6 +268,9 @@ def _start_from_page(
             form.add_error(
                 None, _("Dify did not start the run: %(error)s") % {"error": exc.message}
             )
+        if exc.code == "dify_rejected_inputs":
+            # Perhaps for inputs the app no longer has: the page asks Dify for them again.
+            form.dify_refusal = exc.message
         return "unknown" if exc.code == "dify_no_answer" else "failed"
     messages.success(request, _("The run has started."))
     return redirect("inbox:run", public_id=run.public_id)
@@ -494,17 +500,67 @@ def _busy(retry_after: float | None) -> str:
 DIFY_INPUT_REFUSAL = re.compile(r"^(?P<variable>\S+) (?:is required )?in input form\b")
 
 
-def _refused_input(form: Any, message: str) -> bool:
+def _refused_input(form: Any, message: str, *, alone: bool = False) -> bool:
     """Dify's refusal of one start input, said beside that input's field under its label
-    rather than its variable; False when the message names no input the page shows."""
+    rather than its variable (`alone`: in place of what the page's own check said of it);
+    False when the message names no input the page shows."""
     found = DIFY_INPUT_REFUSAL.match(message)
     specs = {spec.variable: spec for spec in getattr(form, "specs", [])}
     spec = specs.get(found["variable"]) if found else None
     if spec is None or spec.field_name not in form.fields:
         return False
+    if alone and spec.field_name in form.errors:
+        del form.errors[spec.field_name]
     said = spec.label + message[len(spec.variable) :]
     form.add_error(spec.field_name, _("Dify refused this value: %(error)s") % {"error": said})
     return True
+
+
+def _with_current_inputs(
+    request: HttpRequest, app: DifyApp, parameters: dict[str, Any], form: Any, refusal: str
+) -> Any:
+    """A start whose inputs Dify refused (`refusal`, its reason): the page built again from
+    the app's start inputs as Dify gives them now, when they changed since it was built (the
+    app republished with other options, inputs added or taken away), what was typed kept
+    where its field still is, a new input or a choice no longer offered at its default, and
+    the files sent to Dify kept where their input still is; Dify's reason said beside the
+    input it names. `form` as it was when they did not change, or Dify did not give them."""
+    try:
+        current = app_parameters(app, fresh=True)
+    except DifyError:
+        return form
+    if current == parameters:
+        return form
+    blank = StartRunForm(app, current, from_page=True)
+    data = request.POST.copy()
+    for name, field in blank.fields.items():
+        if isinstance(field, StartFilesField):
+            continue
+        offered = {str(value) for value, _label in getattr(field, "choices", [])}
+        if name in form.fields and (not offered or data.get(name) in offered):
+            continue  # kept as typed
+        initial = field.initial
+        if initial is None or initial is False:
+            data.pop(name, None)
+        else:
+            data[name] = "on" if initial is True else str(initial)
+    fresh = StartRunForm(app, current, data, None, from_page=True)
+    kept = list(getattr(form, "kept_files", []))
+    for field in _start_file_fields(form).values():
+        kept += field.kept_files
+    spec = message_file_spec(current) if app.mode == DifyApp.Mode.CHATFLOW else None
+    add_files_field(fresh, app, spec, kept)
+    fresh.is_valid()
+    fresh.add_error(
+        None,
+        _(
+            "This app's start inputs have changed in Dify since the page was opened: they are "
+            "shown as they are now."
+        ),
+    )
+    if not _refused_input(fresh, refusal, alone=True):
+        fresh.add_error(None, _("Dify did not start the run: %(error)s") % {"error": refusal})
+    return fresh
 
 
 @login_required

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 from typing import Any
 
@@ -922,3 +923,24 @@ def test_a_reviewer_s_profile_shows_when_they_last_looked_at_the_list_and_never_
     profile.refresh_from_db()
     assert (profile.language, profile.time_zone) == ("zh-hans", "Asia/Shanghai")
     assert (profile.list_seen_at, profile.new_since) == (seen, seen)
+
+
+def test_an_app_dify_answers_403_for_is_said_to_be_perhaps_gone_with_how_to_close_its_runs(
+    client: Client, admin_user: object, dify_app: DifyApp
+) -> None:
+    _refused(dify_app, "403 forbidden: The app no longer exists.")
+    client.force_login(admin_user)
+    page = html.unescape(client.get("/admin/inbox/difyapp/").content.decode())
+    assert (
+        ": 403 forbidden: The app no longer exists. Dify answers 403: the app may have been "
+        "disabled or deleted there. Runs it will never answer for again can be written off: "
+        "Runs → “Close here”."
+    ) in page
+    page = html.unescape(
+        client.get("/admin/inbox/difyapp/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    )
+    assert "\u8fd0\u884c \u2192\u201c\u5728\u6b64\u5173\u95ed\u201d" in page  # 运行 →“在此关闭”
+    # A refused key is not said to be a deleted app.
+    _refused(dify_app)
+    page = client.get("/admin/inbox/difyapp/").content.decode()
+    assert "disabled or deleted" not in page

@@ -444,3 +444,60 @@ def test_a_file_input_dify_accepts_no_file_for_says_so_instead_of_offering_a_pic
     client.logout()
     page = html.unescape(client.get(_link(routed_form, GUEST)).content.decode())
     assert "The workflow accepts no file here: leave it empty." in field(page)
+
+
+def test_an_app_dify_no_longer_accepts_is_not_told_as_a_refused_key(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    from django.utils import timezone
+
+    from inbox.models import DifyApp
+
+    app = routed_form.run.app
+    # Dify answers 403 for a deleted or disabled app (CONTRACT 1): its key is not in question.
+    DifyApp.objects.filter(pk=app.pk).update(
+        refused_at=timezone.now(),
+        refusal="403 forbidden: The app no longer exists.",
+        refusal_status=403,
+        refusal_code="forbidden",
+    )
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert (
+        "Dify does not accept this app at the moment: it may have been disabled or deleted "
+        "there. You can still decide: your decision is stored and sent once Dify accepts the "
+        "app again."
+    ) in reviewer_body
+    assert "API key" not in reviewer_body
+    zh = Client()
+    zh.force_login(reviewer)
+    zh.cookies["django_language"] = "zh-hans"
+    zh_body = _body(zh.get(f"/forms/{routed_form.public_id}/").content.decode())
+    # "Dify does not accept this app: it may have been disabled or deleted" in Chinese.
+    assert (
+        "Dify \u76ee\u524d\u4e0d\u63a5\u53d7\u6b64\u5e94\u7528\uff1a\u5b83\u53ef\u80fd\u5df2"
+        "\u5728 Dify \u4e2d\u88ab\u505c\u7528\u6216\u5220\u9664"
+    ) in zh_body
+    assert "\u5bc6\u94a5" not in zh_body  # 密钥
+    # A guest is told neither of Dify nor of a setting to fix: the app may be gone for good.
+    body = _body(Client().get(_link(routed_form, GUEST)).content.decode())
+    assert (
+        "The workflow cannot take decisions at the moment. You can still decide: your "
+        "decision is kept and sent once it can."
+    ) in body
+    assert "setting" not in body and "Dify" not in body and "403" not in body
+    body = _body(Client().get(_link(routed_form, GUEST_ZH)).content.decode())
+    assert "\u5de5\u4f5c\u6d41\u76ee\u524d\u65e0\u6cd5\u63a5\u6536\u51b3\u5b9a" in body
+    assert "\u8bbe\u7f6e" not in body and "Dify" not in body  # 设置
+    # A decision held meanwhile says what it waits for, in the same words.
+    _decided(
+        routed_form,
+        status=Decision.Status.QUEUED,
+        form_status=Form.Status.SUBMITTING,
+        held_for_app=True,
+    )
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert (
+        "It is sent as soon as Dify accepts the app again (it may have been disabled or "
+        "deleted there)."
+    ) in reviewer_body
+    assert "fixes its key" not in reviewer_body

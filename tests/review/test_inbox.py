@@ -911,3 +911,30 @@ def test_a_chinese_decider_s_name_touches_the_chinese_around_it() -> None:
     parts = ["", "%(who)s", " \u4e8e", "%(when)s", "\u51b3\u5b9a"]
     assert _touching(parts, 2, parts[2], (True, True)) == "\u4e8e"
     assert _touching(parts, 2, parts[2], (False, False)) == " \u4e8e"
+
+
+def test_the_inbox_and_the_run_page_say_an_app_dify_answers_403_for_is_not_accepted(
+    alice: Client, dify_app: DifyApp
+) -> None:
+    form = make_form(dify_app)
+    DifyApp.objects.filter(pk=dify_app.pk).update(
+        refused_at=timezone.now(),
+        refusal="403 forbidden: The app no longer exists.",
+        refusal_status=403,
+        refusal_code="forbidden",
+    )
+    page = alice.get("/").content.decode()
+    assert (
+        "Dify does not accept the app refunds (it answered 403): it may have been disabled or "
+        "deleted there. New forms from this app cannot arrive until Dify accepts it again."
+    ) in page
+    assert "API key" not in page
+    page = alice.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "\u4e0d\u63a5\u53d7\u5e94\u7528 refunds" in page  # 不接受应用 refunds
+    assert "\u5bc6\u94a5" not in page  # 密钥
+    page = alice.get(f"/runs/{form.run.public_id}/").content.decode()
+    assert (
+        "Dify does not accept this app: it may have been disabled or deleted there. New forms "
+        "of this run cannot arrive until Dify accepts it again."
+    ) in page
+    assert "API key" not in page
