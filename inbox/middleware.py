@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 import zoneinfo
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -200,13 +201,35 @@ def supported_language(code: str | None) -> str:
 _KEEP_LANGUAGE = "_inbox_keep_language"
 
 
-def speak_chosen_language(request: HttpRequest, user: Any) -> None:
+# Their chosen language ("" for none) and when it was read, for a browser that keeps no
+# language cookie (none chosen to keep there): the database is asked again after
+# CHOSEN_LANGUAGE_RECHECK_SECONDS, not on every page and poll, so a language an administrator
+# chooses reaches such a browser within that time (and at once on signing in).
+_CHOSEN_SESSION_KEY = "inbox_language_chosen"
+CHOSEN_LANGUAGE_RECHECK_SECONDS = 60
+
+
+def speak_chosen_language(request: HttpRequest, user: Any, *, fresh: bool = True) -> None:
     """Answer `request` in the language `user` (or an administrator) chose for them, if they
     chose one, and keep it in the browser (`ReviewerLanguageMiddleware` sets the cookie): on
-    signing in, and on a page asked for without a language cookie."""
+    signing in (`fresh`: read again), and on a page asked for without a language cookie (as
+    read in this session less than CHOSEN_LANGUAGE_RECHECK_SECONDS ago)."""
     from inbox.models import ReviewerProfile
 
-    language = ReviewerProfile.chosen_language_of(user)
+    session = getattr(request, "session", None)
+    known = session.get(_CHOSEN_SESSION_KEY) if session is not None else None
+    now = time.time()
+    if (
+        not fresh
+        and isinstance(known, list)
+        and len(known) == 2
+        and 0 <= now - known[1] < CHOSEN_LANGUAGE_RECHECK_SECONDS
+    ):
+        language = known[0]
+    else:
+        language = ReviewerProfile.chosen_language_of(user) or ""
+        if session is not None:
+            session[_CHOSEN_SESSION_KEY] = [language, now]
     if language:
         translation.activate(language)
         request.LANGUAGE_CODE = language
@@ -263,7 +286,7 @@ class ReviewerLanguageMiddleware:
         # the one the browser asks for.
         user = self._reviewer(request)
         if user is not None and not self._cookie_language(request):
-            speak_chosen_language(request, user)
+            speak_chosen_language(request, user, fresh=False)
         return None
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -282,6 +305,7 @@ class ReviewerLanguageMiddleware:
         language, how = "", ReviewerProfile.ASKED_BY_BROWSER
         if switched:
             language, how = switched, ReviewerProfile.CHOSEN
+            request.session[_CHOSEN_SESSION_KEY] = [switched, time.time()]
         elif kept:
             # Their chosen language, kept in this browser from now on; nothing new to save.
             response.set_cookie(

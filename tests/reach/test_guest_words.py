@@ -45,6 +45,7 @@ def _decided(form: Form, *, status: str, form_status: str, **fields: Any) -> Dec
 def _reviewer_page(client: Client, reviewer: User, form: Form) -> str:
     other = Client()
     other.force_login(reviewer)
+    other.cookies["django_language"] = "en"  # a browser of theirs in English
     return other.get(f"/forms/{form.public_id}/").content.decode()
 
 

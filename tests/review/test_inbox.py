@@ -430,7 +430,7 @@ def test_the_list_poll_answers_204_when_nothing_changed(alice: Client, dify_app:
         unchanged = alice.get("/", {"since": since}, HTTP_HX_REQUEST="true")
     assert unchanged.status_code == 204
     # Session, user, and the one MAX(updated_at).
-    assert len(queries) == 3
+    assert len(queries) == 3, [q["sql"] for q in queries.captured_queries]
     make_form(dify_app, node_title="second")
     changed = alice.get("/", {"since": since}, HTTP_HX_REQUEST="true")
     assert changed.status_code == 200
