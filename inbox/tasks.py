@@ -55,6 +55,7 @@ from inbox.models import (
     Form,
     Heartbeat,
     RunEvent,
+    answered_elsewhere_reason,
     database_now,
     request_follow,
     request_follow_many,
@@ -767,17 +768,11 @@ def _settle_filled(decision: Decision, filled: dict[str, str], *, confirmed_by: 
 def _answered_elsewhere(decision: Decision, filled: dict[str, str] | None) -> str:
     form = Form.objects.get(pk=decision.form_id)
     if filled is not None and filled["filled_action_id"]:
-        title = filled["filled_action_text"] or form.action_title(filled["filled_action_id"])
-        reason = Reason(
-            gettext_noop(
-                "This form was answered in Dify before this decision arrived: %(action)s."
-            ),
-            action=title,
+        reason = answered_elsewhere_reason(
+            form, filled["filled_action_id"], filled["filled_action_text"]
         )
     else:
-        reason = Reason(
-            gettext_noop("This form was answered in Dify before this decision arrived.")
-        )
+        reason = answered_elsewhere_reason(form)
     Decision.finish(
         decision.pk,
         status=Decision.Status.REJECTED,
@@ -799,7 +794,8 @@ def _settle_already_submitted(decision: Decision) -> str:
     they are known: our action, delivered; another one, answered elsewhere. When they are not
     (Dify replays no `human_input_form_filled` to a late reader, so a lost answer seen by nobody
     leaves no trace), the submit is presumed ours: the form closed within seconds of our own
-    unanswered call, and the audit entry says it was presumed."""
+    unanswered call, and the audit entry says it was presumed. Dify's events, once the
+    follower reads the run on, confirm it or correct it (`Decision.settle_presumption`)."""
     filled = _find_filled_event(decision)
     if not decision.maybe_applied:
         return _answered_elsewhere(decision, filled)
@@ -810,6 +806,7 @@ def _settle_already_submitted(decision: Decision) -> str:
         status=Decision.Status.DELIVERED,
         form_status=Form.Status.SUBMITTED,
         verb="decision_delivered",
+        presumed=True,
         confirmed_by="presumed: an earlier attempt's answer was lost; Dify shows no other answer",
     )
     request_follow(decision.form.run_id)
