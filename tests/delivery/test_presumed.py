@@ -18,7 +18,7 @@ from django.utils import timezone
 from inbox import notify
 from inbox.dify.client import DifyClient
 from inbox.models import AuditEntry, Decision, DifyApp, Form, FormRecipient, Run
-from inbox.tasks import deliver_decision
+from inbox.tasks import deliver_decision, deliver_queued
 from tests.delivery.helpers import simulated_forms
 
 APP = "refund-approval"
@@ -208,3 +208,85 @@ def test_a_presumed_delivery_the_events_show_as_ours_is_confirmed(
     assert entry.details["confirmed_by"] in ("human_input_form_filled", "node_finished")
     _follow(simulator, Run.objects.get(pk=form.run_id))
     assert AuditEntry.objects.filter(verb="delivery_confirmed").count() == 1
+
+
+# --- a database away while a decision Dify accepted is recorded ---
+
+
+def _flaky(monkeypatch: pytest.MonkeyPatch, failures: int | None) -> list[int]:
+    """`Decision.finish_delivered` fails as a restarting database fails, `failures` times
+    (None: always); returns the list counting the calls."""
+    from django.db import OperationalError
+
+    real = Decision.finish_delivered.__func__  # type: ignore[attr-defined]
+    calls: list[int] = []
+
+    def finish(cls: type[Decision], claimed: Any) -> Any:
+        calls.append(1)
+        if failures is None or len(calls) <= failures:
+            raise OperationalError("the database system is starting up")
+        return real(cls, claimed)
+
+    monkeypatch.setattr(Decision, "finish_delivered", classmethod(finish))
+    monkeypatch.setattr("inbox.tasks.time.sleep", lambda seconds: None)
+    return calls
+
+
+def test_a_database_away_for_a_moment_after_dify_accepted_is_waited_out(
+    simulator: Any,
+    app: DifyApp,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (form,) = simulated_forms(simulator, app, 1)
+    calls = _flaky(monkeypatch, 2)
+    with django_capture_on_commit_callbacks(execute=False):
+        decision = form.decide(
+            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
+        )
+    # The delivery pump sends it and records it (its batch path).
+    assert deliver_queued(helper=True) == {"delivered": 1}
+    assert len(calls) == 3
+    decision = Decision.objects.get(pk=decision.pk)
+    assert (decision.status, decision.attempts) == ("delivered", 1)
+    assert not decision.delivery_presumed
+    assert Form.objects.get(pk=form.pk).status == "submitted"
+    assert Run.objects.get(pk=form.run_id).follow_wanted
+    assert simulator.submits_applied(form.form_id) == 1
+
+
+def test_a_database_away_longer_hands_the_accepted_decision_to_a_new_task(
+    simulator: Any,
+    app: DifyApp,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from inbox import tasks
+
+    (form,) = simulated_forms(simulator, app, 1)
+    _flaky(monkeypatch, None)
+    monkeypatch.setattr(tasks, "RECORD_RETRY_SECONDS", 0.0)
+    queued: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        tasks.deliver_decision,
+        "apply_async",
+        lambda args, kwargs, countdown: queued.append((args, kwargs, countdown)),
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        decision = form.decide(
+            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
+        )
+        assert deliver_decision(decision.pk) == "requeued"
+    assert queued == [((decision.pk,), {"accepted": True}, tasks.RECORD_REQUEUE_SECONDS)]
+    assert Decision.objects.get(pk=decision.pk).status == "delivering"
+    # The database is back: the new task records it, confirmed, and sends nothing again.
+    monkeypatch.undo()
+    args, kwargs, _countdown = queued[0]
+    assert deliver_decision(*args, **kwargs) == "delivered"
+    decision = Decision.objects.get(pk=decision.pk)
+    assert (decision.status, decision.attempts) == ("delivered", 1)
+    assert not decision.delivery_presumed
+    assert simulator.submit_count(form.form_id) == 1
+    assert deliver_decision(*args, **kwargs) == "skipped"
