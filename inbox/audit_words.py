@@ -61,6 +61,7 @@ VERB_LABELS: dict[str, Any] = {
     "delivery_held": _("Delivery held"),
     "delivery_recovered": _("Delivery recovered"),
     "decision_delivered": _("Decision delivered"),
+    "delivery_confirmed": _("Delivery confirmed by Dify"),
     "decision_rejected": _("Decision rejected by Dify"),
     "decision_failed": _("Decision delivery failed"),
     # Guests' links.

@@ -309,6 +309,8 @@ class _Batch:
         self.events_saved = False
         # form_id -> how its fill ("filled:<action>") or timeout ("timeout") was recorded.
         self._settlements: dict[str, set[str]] | None = None
+        # form pk -> its decision delivered by presumption, unsettled (`presumed`).
+        self._presumed: dict[int, Any] = {}
 
     # --- helpers ---
 
@@ -536,6 +538,18 @@ class _Batch:
             if event.error:
                 self.entry(key, error=str(event.error)[:500])
         outputs = data.get("outputs")
+        action = outputs.get("__action_id") if finished and isinstance(outputs, dict) else None
+        if isinstance(action, str) and action and action != "__timeout":
+            # A Human Input node's outputs name the action that filled its form: evidence for a
+            # decision of ours delivered by presumption (the fill itself may never be seen).
+            for form in reversed(list(self.forms.values())):
+                if form.node_id == event.node_id and form.status == "submitted":
+                    self.check_presumption(
+                        form,
+                        {"filled_action_id": action, "filled_action_text": ""},
+                        evidence="node_finished",
+                    )
+                    break
         whole = outputs.get("text") if finished and isinstance(outputs, dict) else None
         if isinstance(whole, str) and whole and "text" in item:
             # The node's whole text, which the chunks seen may only end (streamed before this
@@ -857,11 +871,12 @@ class _Batch:
             )
 
         def awaits(form: Form) -> bool:
-            # A decision of ours that Dify accepted sets the action before the fill shows it.
+            # A decision of ours that Dify accepted sets the action before the fill shows it;
+            # one delivered by presumption only presumes it (the fill may name another).
             return (
                 form.form_id not in self.settlements
                 and not form.rendered_content
-                and form.filled_action_id in ("", action)
+                and (form.filled_action_id in ("", action) or self.presumed(form) is not None)
             )
 
         form, replayed = self.settled_form(
@@ -921,6 +936,16 @@ class _Batch:
                 action=form.filled_action_id,
                 source=self.source,
             )
+        if previous == Form.Status.SUBMITTED:
+            self.check_presumption(
+                form,
+                {
+                    "filled_action_id": event.action_id,
+                    "filled_action_text": event.action_text,
+                    "rendered_content": event.rendered_content,
+                },
+                evidence="human_input_form_filled",
+            )
         # The pause's own entry says the run paused here; the answer is the entry below, at the
         # time it came (both saying "answered" read as two answers).
         self.entry(f"form:{form.form_id}", status="paused")
@@ -934,6 +959,45 @@ class _Batch:
             form=str(form.public_id),
             at=_iso(None),
         )
+
+    def presumed(self, form: Form) -> Any:
+        """The form's decision delivered by presumption and not yet confirmed or corrected
+        (`Decision.presumed_on`), asked once per form and batch."""
+        from inbox.models import Decision
+
+        if form.status != "submitted":
+            return None
+        if form.pk not in self._presumed:
+            self._presumed[form.pk] = Decision.presumed_on(form)
+        return self._presumed[form.pk]
+
+    def check_presumption(self, form: Form, filled: dict[str, str], *, evidence: str) -> None:
+        """Dify's events name the action that filled a form: a decision of ours delivered by
+        presumption is confirmed by it, or corrected (answered elsewhere) when it is another.
+        Idempotent: a replay finds the presumption settled."""
+        decision = self.presumed(form)
+        if decision is None:
+            return
+        old_action = form.filled_action_id
+        outcome = decision.settle_presumption(form, filled, evidence=evidence, source=self.source)
+        self._presumed[form.pk] = None
+        if outcome != "corrected":
+            return
+        self.progress()
+        # The answer the timeline gave the form from our presumed action (`settle_timeline`)
+        # is not Dify's: it goes, the fill's own entry (or the next settle) says the right one.
+        stale = self.timeline_index.get(f"filled:{form.form_id}:{old_action}")
+        if old_action and old_action != form.filled_action_id and stale is not None:
+            del self.timeline[stale]
+            self.timeline_index = {
+                item.get("key"): i for i, item in enumerate(self.timeline) if isinstance(item, dict)
+            }
+            self.timeline_changed = True
+        answer = f"filled:{form.form_id}:{form.filled_action_id}"
+        if answer not in self.timeline_index and f"form:{form.form_id}" in self.timeline_index:
+            self.timeline[self.timeline_index[f"form:{form.form_id}"]]["status"] = "waiting"
+            self.timeline_changed = True
+            self.settle_timeline()
 
     def timed_out(self, event: HumanInputFormTimeout) -> None:
         from inbox.models import AuditEntry, Form

@@ -347,7 +347,10 @@ def release_lease(owner: str, claim: Claim, outcome: str, attempts: int = 0) -> 
                 )
         if outcome == "gone":
             final["events_unavailable"] = True
-        if mine.filter(follow_seq=claim.seq).update(**final):
+        # A run that ended has nothing more to show: a request made while it was read (the
+        # second of two parallel decisions delivered as the first one's follow ended it) is
+        # not left wanting a follow for ever.
+        if mine.filter(Q(follow_seq=claim.seq) | Q(status__in=Run.FINAL_STATUSES)).update(**final):
             return
     mine.update(**cleared)
 

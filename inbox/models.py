@@ -1102,6 +1102,18 @@ def request_follow(run: Run | int) -> None:
     run.request_follow(snapshot=True)
 
 
+def answered_elsewhere_reason(form: Form, action_id: str = "", action_text: str = "") -> Reason:
+    """Why a decision was not taken: Dify's form had been answered another way first."""
+    if action_id:
+        return Reason(
+            gettext_noop(
+                "This form was answered in Dify before this decision arrived: %(action)s."
+            ),
+            action=action_text or form.action_title(action_id),
+        )
+    return Reason(gettext_noop("This form was answered in Dify before this decision arrived."))
+
+
 class FormNotOpen(Exception):
     """A decision was refused because the form is no longer open to one.
 
@@ -2648,17 +2660,110 @@ class Decision(models.Model):
         """Delivered by presumption: an attempt's answer was lost, Dify then said the form was
         already submitted, and nothing Dify showed said whose answer it took
         (`tasks._settle_already_submitted`). Told to readers rather than passed off as
-        confirmed."""
+        confirmed. No longer once Dify's events showed our action filling the form
+        (`settle_presumption`: a `delivery_confirmed` entry)."""
+        if self.status != Decision.Status.DELIVERED or not self.maybe_applied:
+            return False
+        entries = AuditEntry.objects.filter(object_type="decision", object_id=str(self.pk))
         return (
-            self.status == Decision.Status.DELIVERED
-            and self.maybe_applied
-            and AuditEntry.objects.filter(
-                verb="decision_delivered",
-                object_type="decision",
-                object_id=str(self.pk),
-                details__confirmed_by__startswith="presumed",
+            entries.filter(
+                verb="decision_delivered", details__confirmed_by__startswith="presumed"
             ).exists()
+            and not entries.filter(verb="delivery_confirmed").exists()
         )
+
+    @classmethod
+    def presumed_on(cls, form: Form) -> Decision | None:
+        """The form's decision delivered by presumption (`delivery_presumed`) whose presumption
+        Dify's events have neither confirmed nor contradicted yet; None for any other form."""
+        if form.status != Form.Status.SUBMITTED:
+            return None
+        decision = (
+            cls.objects.filter(form=form, status=cls.Status.DELIVERED, maybe_applied=True)
+            .order_by("-created_at")
+            .first()
+        )
+        return decision if decision is not None and decision.delivery_presumed else None
+
+    def settle_presumption(
+        self, form: Form, filled: dict[str, str], *, evidence: str, source: str
+    ) -> str:
+        """Dify's events (`evidence`: a `human_input_form_filled`, the node's `node_finished`
+        outputs) show which action filled the form of this decision, delivered by presumption.
+        Ours: the presumption is confirmed ("confirmed"). Another one: Dify did not take this
+        decision, and the record is corrected as for any decision Dify did not take
+        ("corrected"): the decision is rejected, the form answered elsewhere with Dify's
+        action, and those emailed about the form (its maker among them) get the closing notice
+        anew, which now says how it was answered. Call with the run's row locked (capture);
+        `form` is updated in place."""
+        action_id = filled.get("filled_action_id") or ""
+        if not action_id or form.status != Form.Status.SUBMITTED:
+            return ""
+        if action_id == self.action_id:
+            AuditEntry.record(
+                "delivery_confirmed", self, form=form.pk, confirmed_by=evidence, source=source
+            )
+            return "confirmed"
+        action_text = filled.get("filled_action_text") or form.action_title(action_id)
+        now = timezone.now()
+        self.status = self.Status.REJECTED
+        self.last_error, self.last_error_parts = stored(
+            answered_elsewhere_reason(form, action_id, action_text),
+            lambda text: redact_secret(text, form.form_token),
+        )
+        self.delivered_at = None
+        self.updated_at = now
+        self.save(
+            update_fields=["status", "last_error", "last_error_parts", "delivered_at", "updated_at"]
+        )
+        previous = form.status
+        form.status = Form.Status.ANSWERED_ELSEWHERE
+        form.filled_action_id = action_id[:64]
+        form.filled_action_text = action_text[:255]
+        fields = ["status", "filled_action_id", "filled_action_text", "updated_at"]
+        if filled.get("rendered_content") and filled["rendered_content"] != form.rendered_content:
+            form.rendered_content = filled["rendered_content"]
+            fields.append("rendered_content")
+        form.updated_at = now
+        form.save(update_fields=fields)
+        AuditEntry.objects.bulk_create(
+            [
+                AuditEntry.build(
+                    "decision_rejected",
+                    self,
+                    form=form.pk,
+                    attempts=self.attempts,
+                    reason=self.last_error,
+                    code="human_input_form_submitted",
+                    corrected="presumed delivery",
+                    evidence=evidence,
+                    action=action_id,
+                    source=source,
+                ),
+                AuditEntry.build(
+                    "form_answered_elsewhere",
+                    form,
+                    decision=self.pk,
+                    previous=previous,
+                    action=action_id,
+                    reason=self.last_error,
+                    source=source,
+                ),
+            ]
+        )
+        # Those told it was decided (its maker, as its maker, was spared that notice) are told
+        # how it was answered: the closing notice of a form answered elsewhere.
+        FormRecipient.objects.filter(form=form, closed_notice_at__isnull=False).update(
+            closed_notice_at=None, notice_attempts=0
+        )
+        logger.warning(
+            "decision %s: presumed delivered, but Dify's %s shows another action (%s): "
+            "recorded as answered elsewhere",
+            self.pk,
+            evidence,
+            action_id,
+        )
+        return "corrected"
 
     def made_by(self, reviewer: Any, guest_email: str | None) -> bool:
         """Whether this decision is the reader's own: the same account, or, read as a guest
@@ -3105,11 +3210,15 @@ class Decision(models.Model):
         reason: str = "",
         verb: str,
         filled: dict[str, str] | None = None,
+        presumed: bool = False,
         **details: Any,
     ) -> bool:
         """Settle a decision in flight: delivered, rejected (with why) or failed. False when it
         was already settled (a duplicate task got there first). `filled` records what Dify
-        showed of the answer that filled the form (action id and text, rendered content)."""
+        showed of the answer that filled the form (action id and text, rendered content).
+        `presumed`: delivered by presumption, unless the follower recorded Dify's fill on the
+        form meanwhile, which then decides: ours, delivered and confirmed; another action,
+        answered elsewhere."""
         with transaction.atomic():
             locked = cls._lock(pk)
             if locked is None:
@@ -3117,6 +3226,14 @@ class Decision(models.Model):
             form, decision = locked
             if decision.status not in (cls.Status.QUEUED, cls.Status.DELIVERING):
                 return False
+            if presumed and form.filled_action_id:
+                details["confirmed_by"] = "human_input_form_filled"
+                if form.filled_action_id != decision.action_id:
+                    status, form_status = cls.Status.REJECTED, Form.Status.ANSWERED_ELSEWHERE
+                    verb, details["code"] = "decision_rejected", "human_input_form_submitted"
+                    reason = answered_elsewhere_reason(
+                        form, form.filled_action_id, form.filled_action_text
+                    )
             extra = []
             for name, value in (filled or {}).items():
                 if value and not getattr(form, name):

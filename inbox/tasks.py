@@ -22,7 +22,13 @@ import httpx
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -55,6 +61,7 @@ from inbox.models import (
     Form,
     Heartbeat,
     RunEvent,
+    answered_elsewhere_reason,
     database_now,
     request_follow,
     request_follow_many,
@@ -314,10 +321,21 @@ def _submit(client: DifyClient, decision: Decision) -> str | None:
     soft_time_limit=_DELIVERY_SOFT_LIMIT,
     time_limit=settings.INBOX_DELIVERY_TIME_LIMIT,
 )
-def deliver_decision(decision_pk: int, due: str | None = None) -> str:
+def deliver_decision(decision_pk: int, due: str | None = None, accepted: bool = False) -> str:
     """Deliver one decision to Dify and record the outcome. Retries come through here (each
     with its backoff as the countdown, and `due`, the due time it was scheduled for); a
-    decision due now goes through `deliver_queued`."""
+    decision due now goes through `deliver_queued`. `accepted`: Dify answered 200 to an
+    attempt whose worker could not record it (the database was away, `_record_accepted`):
+    the delivery is recorded, confirmed, and nothing is sent again."""
+    if accepted:
+        found = (
+            Decision.objects.select_related("form__run__app")
+            .filter(pk=decision_pk, status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING))
+            .first()
+        )
+        if found is None:
+            return "skipped"
+        return _record_accepted([found])
     decision = Decision.start_delivery(
         decision_pk, due=dt.datetime.fromisoformat(due) if due else None
     )
@@ -326,17 +344,68 @@ def deliver_decision(decision_pk: int, due: str | None = None) -> str:
     outcome = _submit(delivery_client(decision.form.run.app), decision)
     if outcome is not None:
         return outcome
-    _delivered_for(decision.form.run.app)
-    Decision.finish(
-        decision.pk,
-        status=Decision.Status.DELIVERED,
-        form_status=Form.Status.SUBMITTED,
-        verb="decision_delivered",
-    )
-    request_follow(decision.form.run)
-    if decision.dify_unreachable:
-        # Its last attempt could not reach Dify, this one did: Dify is back for this app.
-        Decision.release_unreachable([decision.form.run.app_id])
+    return _record_accepted([decision])
+
+
+# After Dify accepted a decision, writing that down is tried again for this long while the
+# database is away (a restart), then handed to a new task this many seconds on.
+RECORD_RETRY_SECONDS = 30.0
+RECORD_REQUEUE_SECONDS = 5.0
+
+
+def _with_database(fn: Any, *args: Any) -> Any:
+    """`fn(*args)`, tried again with a fresh connection and a growing pause while the database
+    does not answer (OperationalError, InterfaceError), for up to RECORD_RETRY_SECONDS."""
+    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    pause = 0.25
+    while True:
+        try:
+            return fn(*args)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning(
+                "database away while recording a delivery (%s): again in %.2fs", exc, pause
+            )
+            time.sleep(pause)
+            pause = min(2 * pause, 4.0)
+            # A connection the failure left broken is dropped, for a new one on the next
+            # query; never one a caller's transaction is still open on.
+            for conn in connections.all(initialized_only=True):
+                if not conn.in_atomic_block:
+                    conn.close_if_unusable_or_obsolete()
+
+
+def _record_accepted(accepted: list[Decision]) -> str:
+    """Record decisions Dify accepted (200): delivered, their runs followed on, Dify known to
+    answer for their apps. A database that stays away past the retries does not leave them
+    `delivering` for the stuck sweep (which would send them again, meet a 412 and only presume
+    them delivered): each is handed to a new task that records it, confirmed, when it is back."""
+    try:
+        for app in {d.form.run.app_id: d.form.run.app for d in accepted}.values():
+            _with_database(_delivered_for, app)
+        settled = _with_database(Decision.finish_delivered, accepted)
+        _with_database(request_follow_many, [d.form.run_id for d in settled])
+        # A decision whose last attempt could not reach Dify got through: Dify is back.
+        _with_database(
+            Decision.release_unreachable, [d.form.run.app_id for d in settled if d.dify_unreachable]
+        )
+    except (OperationalError, InterfaceError) as exc:
+        for decision in accepted:
+            logger.warning(
+                "decision %s: Dify accepted it, the database did not record it (%s): "
+                "recorded by a new task in %.0fs",
+                decision.pk,
+                exc,
+                RECORD_REQUEUE_SECONDS,
+            )
+            try:
+                deliver_decision.apply_async(
+                    (decision.pk,), {"accepted": True}, countdown=RECORD_REQUEUE_SECONDS
+                )
+            except Exception:
+                logger.warning("decision %s: not handed on", decision.pk, exc_info=True)
+        return "requeued"
     return "delivered"
 
 
@@ -461,14 +530,9 @@ def _record_batch(
 ) -> None:
     """The decisions Dify accepted, recorded together; the other outcomes are recorded already."""
     accepted = [d for d, outcome in zip(claimed, outcomes, strict=True) if outcome is None]
-    for app in {d.form.run.app_id: d.form.run.app for d in accepted}.values():
-        _delivered_for(app)
-    settled = Decision.finish_delivered(accepted)
-    request_follow_many(d.form.run_id for d in settled)
-    # A decision whose last attempt could not reach Dify got through: Dify is back for its app.
-    Decision.release_unreachable(d.form.run.app_id for d in settled if d.dify_unreachable)
+    recorded = _record_accepted(accepted) if accepted else "delivered"
     for outcome in outcomes:
-        key = outcome or "delivered"
+        key = outcome or recorded
         counts[key] = counts.get(key, 0) + 1
 
 
@@ -767,17 +831,11 @@ def _settle_filled(decision: Decision, filled: dict[str, str], *, confirmed_by: 
 def _answered_elsewhere(decision: Decision, filled: dict[str, str] | None) -> str:
     form = Form.objects.get(pk=decision.form_id)
     if filled is not None and filled["filled_action_id"]:
-        title = filled["filled_action_text"] or form.action_title(filled["filled_action_id"])
-        reason = Reason(
-            gettext_noop(
-                "This form was answered in Dify before this decision arrived: %(action)s."
-            ),
-            action=title,
+        reason = answered_elsewhere_reason(
+            form, filled["filled_action_id"], filled["filled_action_text"]
         )
     else:
-        reason = Reason(
-            gettext_noop("This form was answered in Dify before this decision arrived.")
-        )
+        reason = answered_elsewhere_reason(form)
     Decision.finish(
         decision.pk,
         status=Decision.Status.REJECTED,
@@ -799,7 +857,8 @@ def _settle_already_submitted(decision: Decision) -> str:
     they are known: our action, delivered; another one, answered elsewhere. When they are not
     (Dify replays no `human_input_form_filled` to a late reader, so a lost answer seen by nobody
     leaves no trace), the submit is presumed ours: the form closed within seconds of our own
-    unanswered call, and the audit entry says it was presumed."""
+    unanswered call, and the audit entry says it was presumed. Dify's events, once the
+    follower reads the run on, confirm it or correct it (`Decision.settle_presumption`)."""
     filled = _find_filled_event(decision)
     if not decision.maybe_applied:
         return _answered_elsewhere(decision, filled)
@@ -810,6 +869,7 @@ def _settle_already_submitted(decision: Decision) -> str:
         status=Decision.Status.DELIVERED,
         form_status=Form.Status.SUBMITTED,
         verb="decision_delivered",
+        presumed=True,
         confirmed_by="presumed: an earlier attempt's answer was lost; Dify shows no other answer",
     )
     request_follow(decision.form.run_id)
