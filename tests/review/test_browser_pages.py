@@ -487,11 +487,15 @@ def test_a_decision_the_proxy_answers_with_a_502_is_explained_and_the_note_kept(
     )
     page.get_by_role("button", name="Approve").click()
     alert = page.get_by_role("alert")
-    alert.get_by_text("服务器出现问题（502）。您输入的内容仍在此处，请稍后再试。").wait_for()  # noqa: RUF001
+    # Sent again by the page once its poll gets through (test_browser_kept.py): said so.
+    alert.get_by_text(
+        "服务器暂时无法使用\uff08502\uff09\uff0c您的决定可能未被接收\u3002服务器恢复响应后将重新发送"
+    ).wait_for()
     screenshot(page, "form-502-zh-hans")
     assert page.locator("textarea[name=in_note]").input_value() == "Refund it, the parcel was lost."
     assert page.get_by_role("button", name="Approve").is_enabled()
-    # The page's poll answering again does not take away what the reviewer was told.
+    # The page's poll answering again (and the decision sent again, refused again) does not
+    # take away what the reviewer was told.
     with page.expect_response(lambda response: "/live" in response.url):
         pass
     assert alert.is_visible()
@@ -887,7 +891,7 @@ def test_the_connection_and_request_errors_stack_rather_than_overlap(
     )
     page.get_by_role("button", name="Approve").click()
     request_error = page.locator("#request-error")
-    request_error.get_by_text("The server ran into a problem (502).").wait_for()
+    request_error.get_by_text("The server is unavailable for the moment (502)").wait_for()
     # Then the connection drops: the next poll cannot reach the server.
     page.route("**/live?*", lambda route: route.abort())
     connection_error = page.locator("#connection-error")
