@@ -1403,8 +1403,13 @@
     if (!place) return false;
     // Shown once: a later swap (the counts, a poll) leaves the focus where the reader took it.
     place.removeAttribute("id");
+    var asked = placeAsked;
+    placeAsked = null;
     var row = place.closest("#rows .row");
-    if (row) {
+    if (asked && asked.acted) {
+      // Asked for after going back, and the reader moved on meanwhile (pressed "/" and typed a
+      // search, took a row): the focus stays where they took it.
+    } else if (row) {
       select(row, false);
       focusOn(row.querySelector("a.open"));
       reveal(row);
@@ -1440,6 +1445,11 @@
     return saved && typeof saved.id === "string" && /^[0-9a-f-]{36}$/i.test(saved.id) && Date.now() - saved.at < 3600000 ? saved.id : null;
   }
 
+  // The list asked again for its place after going back: its answer comes a moment later, by
+  // which time the reader may have moved on (a key pressed, a tap). Then the answer is not
+  // swapped in (its list may be older than a search they typed), nor the focus moved.
+  var placeAsked = null; // { path, acted }
+
   function placeAfterBack(backward) {
     if (!document.querySelector("[data-inbox-list]")) return;
     var id = takePlace();
@@ -1447,8 +1457,21 @@
     var url = new URL(window.location.href);
     url.searchParams.set("after", id);
     url.hash = "";
-    window.htmx.ajax("GET", url.pathname + url.search, { target: "#results", swap: "outerHTML" });
+    placeAsked = { path: url.pathname + url.search, acted: false };
+    window.htmx.ajax("GET", placeAsked.path, { target: "#results", swap: "outerHTML" });
   }
+
+  ["keydown", "pointerdown"].forEach(function (name) {
+    document.addEventListener(name, function () { if (placeAsked) placeAsked.acted = true; }, true);
+  });
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var asked = placeAsked;
+    var config = event.detail.requestConfig;
+    if (!asked || !asked.acted || !config || config.path !== asked.path) return;
+    placeAsked = null;
+    event.detail.shouldSwap = false;
+  });
 
   function cameBack() {
     try {

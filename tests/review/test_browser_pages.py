@@ -246,13 +246,51 @@ def test_keyboard_moves_opens_and_searches(
     page.wait_for_url("**/forms/**")
     assert page.locator("#form-title").inner_text() == "Manager approval"
     page.go_back()
-    page.wait_for_selector("#rows .row")
+    # The page's script has run (it marks the document first thing): its keys work. Scripts
+    # are deferred, so the rows may be drawn a moment before.
+    page.wait_for_selector("html.js #rows .row")
     page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "q"
     page.keyboard.type("clause 7.2")
     page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 1")
     assert page.locator("#rows .row .open").inner_text() == "Contract review"
     assert "q=clause%207.2" in page.url  # the filters live in the URL
+
+
+def test_a_search_started_right_after_going_back_keeps_the_focus_and_its_results(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """Back in the list, the page asks for the place of the form just seen; the reader pressed
+    "/" before its answer came (a slow server): the answer does not take the focus from the
+    search, and what they type goes in it."""
+    seed(dify_app, reviewer)
+    page = logged_in_page(chromium, live_server, reviewer, browser_contexts)
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("html.js #rows .row")
+    page.keyboard.press("j")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/forms/**")
+    held: list[Any] = []
+    page.route("**/?*after=*", lambda route: held.append(route))  # its answer, held back
+    page.go_back()
+    page.wait_for_selector("html.js #rows .row")
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    page.keyboard.press("/")
+    with page.expect_response(lambda response: "after=" in response.url):
+        held[0].continue_()
+    page.wait_for_timeout(500)
+    assert page.evaluate("document.activeElement.id") == "q"
+    page.keyboard.type("clause 7.2")
+    page.wait_for_function("() => document.querySelectorAll('#rows .row').length === 1")
+    page.wait_for_timeout(500)
+    assert page.evaluate("document.activeElement.id") == "q"
+    assert page.locator("#q").input_value() == "clause 7.2"
+    assert page.locator("#rows .row .open").all_inner_texts() == ["Contract review"]
+    assert page.js_errors == [] and page.csp_violations == []
 
 
 def test_the_node_filter_follows_the_app_chosen(
