@@ -541,25 +541,35 @@
   // connection is back: its submission key makes a second post of the same page count once,
   // also when the first did arrive and only its answer was lost. What the reader typed stays
   // in the form; if they change it meanwhile, it waits for their tap instead.
-  var resend = null; // { action, delay, timer, sending }
+  // A decision answered 502, 503 or 504 (the server, or the proxy in front of it, unavailable
+  // for the moment: the database down, a restart) was not taken, or may have been: it is sent
+  // again the same way, not before the answer's Retry-After (else the same back-off), and only
+  // once the page's poll gets an answer again. A 500 is a fault of the server's own, not a
+  // moment's absence: sending the same again would likely fail the same way, and the decision
+  // may even be stored (the poll then shows it taken), so the alert says to try again and
+  // stays, and the reader's tap sends it (under the same key, so it still counts once).
+  var resend = null; // { action, delay, timer, sending, untilPoll, notBefore }
+  var notSentShown = ""; // the words showNotSent put in the alert
+  var UNAVAILABLE = [502, 503, 504];
 
   function notSentWords(key) {
     var box = document.getElementById("request-error");
     return (box && box.getAttribute(key)) || "";
   }
 
-  function showNotSent(key) {
-    var words = notSentWords(key);
+  function showNotSent(key, status) {
+    var words = notSentWords(key).replace("{status}", String(status || ""));
     var box = document.getElementById("request-error");
     // Each failed try of the same resend says it once, not again.
     if (!words || (box && !box.hidden && errorShown === words)) return;
     showError([document.createTextNode(words)], false);
+    notSentShown = words;
   }
 
   function hideNotSent() {
     var box = document.getElementById("request-error");
     if (!box || box.hidden) return;
-    if (["data-not-sent", "data-resending", "data-no-answer"].some(function (key) { return errorShown === notSentWords(key); })) hideError();
+    if (notSentShown && errorShown === notSentShown) hideError();
   }
 
   function postedAction(event) {
@@ -578,10 +588,32 @@
       showNotSent("data-not-sent");
       return;
     }
-    var delay = resend && resend.action === action ? Math.min(resend.delay * 2, 30000) : 2000;
+    var delay = nextDelay(action);
     cancelResend();
     resend = { action: action, delay: delay, timer: window.setTimeout(sendAgain, delay), sending: false };
     showNotSent(timedOut ? "data-no-answer" : "data-resending");
+  }
+
+  function nextDelay(action) {
+    return resend && resend.action === action ? Math.min(resend.delay * 2, 30000) : 2000;
+  }
+
+  // A decision answered 502, 503 or 504: sent again once the poll gets through, after the
+  // answer's Retry-After (at most a minute: the poll says when the server is back) or the
+  // back-off.
+  function serverUnavailable(event) {
+    var elt = event.detail.elt;
+    var xhr = event.detail.xhr;
+    var action = elt && elt.id === "decision-form" ? postedAction(event) : "";
+    if (pageStale || !action || UNAVAILABLE.indexOf(xhr.status) === -1) return false;
+    var delay = nextDelay(action);
+    var wait = parseInt(xhr.getResponseHeader("Retry-After") || "", 10);
+    wait = wait > 0 ? Math.min(wait * 1000, 60000) : delay;
+    cancelResend();
+    resend = { action: action, delay: delay, timer: null, sending: false, untilPoll: true, notBefore: Date.now() + wait };
+    showNotSent("data-unavailable", xhr.status);
+    window.setTimeout(function () { restoreFocus(false); }, 0);
+    return true;
   }
 
   function cancelResend() {
@@ -643,8 +675,11 @@
   });
 
   document.addEventListener("htmx:afterRequest", function (event) {
-    // The poll got through: the connection is back.
-    if (event.detail.xhr.status !== 0 && verb(event) === "get" && resend && !resend.sending) sendAgain();
+    if (!resend || resend.sending || verb(event) !== "get") return;
+    // The poll got through: the connection is back. After a 5xx, answered as it should be
+    // (not the same 503 again), and the server's wait over.
+    if (resend.untilPoll ? !event.detail.successful || Date.now() < resend.notBefore : event.detail.xhr.status === 0) return;
+    sendAgain();
   });
 
   // Answered (before the answer replaces the form, and its events with it): the answer says
@@ -652,11 +687,13 @@
   document.addEventListener("htmx:beforeOnLoad", function (event) {
     var elt = event.detail.elt;
     if (!resend || verb(event) === "get" || !elt || elt.id !== "decision-form") return;
+    // Unavailable again: sent again later, waiting longer (serverUnavailable, below).
+    if (UNAVAILABLE.indexOf(event.detail.xhr.status) !== -1) return;
     cancelResend();
     if (event.detail.xhr.status < 400) hideNotSent();
   });
 
-  window.addEventListener("online", function () { if (resend && !resend.sending) sendAgain(); });
+  window.addEventListener("online", function () { if (resend && !resend.sending && !resend.untilPoll) sendAgain(); });
 
   // Changed after it was lost: sent when the reader says, with what they have now.
   function editedWhileWaiting(event) {
@@ -686,10 +723,18 @@
     if (box) box.hidden = true;
   }
 
+  function postAlertShown() {
+    var box = document.getElementById("request-error");
+    return !!box && !box.hidden && !errorFromPoll;
+  }
+
   function showError(nodes, fromGet) {
     var box = document.getElementById("request-error");
     var text = document.getElementById("request-error-text");
     if (!box || !text || pageStale) return;
+    // What the page's poll meets never takes the place of what the reader is told about what
+    // they sent (a decision not sent yet, a refusal): that stays until they act.
+    if (fromGet && postAlertShown()) return;
     var words = nodes.map(function (node) { return node.textContent; }).join("");
     // A poll failing again and again says so once, not every few seconds.
     if (!box.hidden && fromGet && errorFromPoll && words === errorShown) return;
@@ -758,6 +803,12 @@
   document.addEventListener("htmx:beforeSwap", function (event) {
     var xhr = event.detail.xhr;
     if (xhr.status < 400 || !xhr.getResponseHeader("HX-Retarget")) return;
+    var target = event.detail.target;
+    // A poll's refusal aimed at the alert (too many requests) leaves one about a post as it is.
+    if (verb(event) === "get" && target && target.id === "request-error-text" && postAlertShown()) {
+      event.detail.shouldSwap = false;
+      return;
+    }
     event.detail.shouldSwap = true;
     typed = typedIn(event.detail.target);
   });
@@ -830,6 +881,7 @@
         : (parts.error.getAttribute("data-upload-failed") || "{status}").replace("{status}", status);
       return;
     }
+    if (verb(event) !== "get" && serverUnavailable(event)) return;
     showError([document.createTextNode(statusMessage(xhr))], verb(event) === "get");
   });
 
@@ -1351,8 +1403,13 @@
     if (!place) return false;
     // Shown once: a later swap (the counts, a poll) leaves the focus where the reader took it.
     place.removeAttribute("id");
+    var asked = placeAsked;
+    placeAsked = null;
     var row = place.closest("#rows .row");
-    if (row) {
+    if (asked && asked.acted) {
+      // Asked for after going back, and the reader moved on meanwhile (pressed "/" and typed a
+      // search, took a row): the focus stays where they took it.
+    } else if (row) {
       select(row, false);
       focusOn(row.querySelector("a.open"));
       reveal(row);
@@ -1388,6 +1445,11 @@
     return saved && typeof saved.id === "string" && /^[0-9a-f-]{36}$/i.test(saved.id) && Date.now() - saved.at < 3600000 ? saved.id : null;
   }
 
+  // The list asked again for its place after going back: its answer comes a moment later, by
+  // which time the reader may have moved on (a key pressed, a tap). Then the answer is not
+  // swapped in (its list may be older than a search they typed), nor the focus moved.
+  var placeAsked = null; // { path, acted }
+
   function placeAfterBack(backward) {
     if (!document.querySelector("[data-inbox-list]")) return;
     var id = takePlace();
@@ -1395,8 +1457,21 @@
     var url = new URL(window.location.href);
     url.searchParams.set("after", id);
     url.hash = "";
-    window.htmx.ajax("GET", url.pathname + url.search, { target: "#results", swap: "outerHTML" });
+    placeAsked = { path: url.pathname + url.search, acted: false };
+    window.htmx.ajax("GET", placeAsked.path, { target: "#results", swap: "outerHTML" });
   }
+
+  ["keydown", "pointerdown"].forEach(function (name) {
+    document.addEventListener(name, function () { if (placeAsked) placeAsked.acted = true; }, true);
+  });
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var asked = placeAsked;
+    var config = event.detail.requestConfig;
+    if (!asked || !asked.acted || !config || config.path !== asked.path) return;
+    placeAsked = null;
+    event.detail.shouldSwap = false;
+  });
 
   function cameBack() {
     try {

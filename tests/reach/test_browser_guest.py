@@ -353,3 +353,61 @@ def test_a_guest_whose_form_closed_while_switching_language_keeps_their_note(
     assert kept.input_value() == "Pay it from the Q3 budget."
     assert page.locator(".kept-text h2").inner_text().startswith("未发送。")
     assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_guest_decision_the_proxy_answered_504_stays_said_and_is_sent_again_once(
+    live_server: Any,
+    chromium: Any,  # noqa: F811
+    browser_contexts: list[Any],  # noqa: F811
+    guest_link: str,
+) -> None:
+    """As a reviewer's page does: a 504 (the proxy gave up waiting) is said as not sent yet, the
+    poll failing then answering leaves it said, and the decision goes again, counted once."""
+    page = guest_page(chromium, browser_contexts)
+    page.goto(live_server.url + guest_link)
+    page.locator("textarea[name=in_note]").fill("ok by me")
+    page.locator(".url-input").fill("https://files.example.org/receipt.pdf")
+    posts: list[str] = []
+    polls: list[int] = []
+
+    def decide(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fulfill(status=504, content_type="text/html", body="<h1>504 Gateway Timeout</h1>")
+        else:
+            route.continue_()
+
+    def poll(route: Any) -> None:
+        if posts and not polls:
+            polls.append(503)
+            route.fulfill(status=503, content_type="text/html", body="<h1>x</h1>")
+        else:
+            if posts:
+                polls.append(200)
+            route.continue_()
+
+    page.route("**/live?*", poll)
+    page.route("**/decide", decide)
+    page.get_by_role("button", name="Approve").click()
+    alert = page.locator("#request-error")
+    said = (
+        "The server is unavailable for the moment (504), so your decision may not have been "
+        "taken. Sending it again once it answers\u2026 It will count only once. What you typed "
+        "is kept."
+    )
+    alert.get_by_text(said).wait_for(timeout=5000)
+    deadline = time.monotonic() + 15
+    while not polls:
+        assert time.monotonic() < deadline
+        page.wait_for_timeout(200)
+    page.wait_for_timeout(500)
+    assert alert.get_by_text(said).is_visible()  # the poll's 503 did not take its place
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=20000)
+    assert polls[:2] == [503, 200]
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(posts) == 2 and len(keys) == 1
+    assert Decision.objects.get().inputs["note"] == "ok by me"
+    assert alert.is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []

@@ -5,6 +5,7 @@ reach right after a decision."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -594,4 +595,141 @@ def test_a_double_enter_on_a_form_someone_else_holds_asks_and_decides_nothing(
     page.get_by_role("button", name="Decide anyway: Approve").click()
     page.wait_for_function("() => !document.getElementById('decision-form')", timeout=10000)
     assert Decision.objects.filter(form=form).count() == 1
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def unavailable(status: int) -> str:
+    return (
+        f"The server is unavailable for the moment ({status}), so your decision may not have "
+        "been taken. Sending it again once it answers\u2026 It will count only once. What you "
+        "typed is kept."
+    )
+
+
+def test_a_decision_the_server_was_unavailable_for_stays_said_and_is_sent_again_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """The database down (503 with Retry-After), then a proxy's 502 as the web restarts: the
+    decision is sent again under the same key, not before the server's wait and only once the
+    poll gets through; the poll failing meanwhile, then answering, never takes the alert away."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    events: list[tuple[str, int, float]] = []
+    posts: list[str] = []
+
+    def decide(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            events.append(("post", 503, time.monotonic()))
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "12"},
+                content_type="text/html",
+                body="<h1>x</h1>",
+            )
+        elif len(posts) == 2:
+            events.append(("post", 502, time.monotonic()))
+            route.fulfill(status=502, content_type="text/html", body="<h1>502 Bad Gateway</h1>")
+        else:
+            events.append(("post", 200, time.monotonic()))
+            route.continue_()
+
+    def poll(route: Any) -> None:
+        # The first poll after the decision meets the database down too.
+        if posts and not any(kind == "poll" for kind, _, _ in events):
+            events.append(("poll", 503, time.monotonic()))
+            route.fulfill(status=503, content_type="text/html", body="<h1>x</h1>")
+        else:
+            if posts:
+                events.append(("poll", 200, time.monotonic()))
+            route.continue_()
+
+    page.route("**/live?*", poll)
+    page.route("**/decide", decide)
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(unavailable(503)).wait_for(timeout=5000)
+    # The poll fails, then answers: the alert stays as it was, and nothing is sent yet (the
+    # server asked for 12 s).
+    deadline = time.monotonic() + 15
+    while not any(kind == "poll" and status == 200 for kind, status, _ in events):
+        assert time.monotonic() < deadline, events
+        page.wait_for_timeout(200)
+    page.wait_for_timeout(300)
+    assert alert.get_by_text(unavailable(503)).is_visible()
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=40000)
+    assert [status for kind, status, _ in events if kind == "post"] == [503, 502, 200]
+    first, second, third = (at for kind, _, at in events if kind == "post")
+    assert second - first >= 12
+    # Each sent again right after a poll that got through.
+    for sent in (second, third):
+        before = [e for e in events if e[2] < sent]
+        assert before[-1][:2] == ("poll", 200), events
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(keys) == 1
+    decision = Decision.objects.get(form=form)
+    assert decision.action_id == "approve" and decision.inputs["note"] == NOTE
+    assert alert.is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_the_server_failed_with_a_500_stays_said_and_waits_for_the_tap(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """A 500 is a fault of the server's, not a moment's absence: the alert says to try again and
+    stays through the poll failing and answering again; nothing is sent by itself."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    posts: list[str] = []
+    polls: list[int] = []
+
+    def decide(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fulfill(status=500, content_type="text/html", body="<h1>Server Error</h1>")
+        else:
+            route.continue_()
+
+    def poll(route: Any) -> None:
+        if posts and not polls:
+            polls.append(503)
+            route.fulfill(status=503, content_type="text/html", body="<h1>x</h1>")
+        else:
+            if posts:
+                polls.append(200)
+            route.continue_()
+
+    page.route("**/live?*", poll)
+    page.route("**/decide", decide)
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    said = (
+        "The server ran into a problem (500). What you typed is still here: try again in a moment."
+    )
+    alert.get_by_text(said).wait_for(timeout=5000)
+    deadline = time.monotonic() + 20
+    while polls.count(200) < 2:
+        assert time.monotonic() < deadline, polls
+        page.wait_for_timeout(200)
+    page.wait_for_timeout(300)
+    assert alert.get_by_text(said).is_visible()
+    assert len(posts) == 1
+    assert not Decision.objects.filter(form=form).exists()
+    assert page.locator("textarea[name=in_note]").input_value() == NOTE
+    # The reader's tap sends it, under the page's same key.
+    page.get_by_role("button", name="Approve").tap()
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    keys = {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+    assert len(posts) == 2 and len(keys) == 1
+    assert Decision.objects.get(form=form).inputs["note"] == NOTE
+    assert alert.is_hidden()
     assert page.js_errors == [] and page.csp_violations == []
