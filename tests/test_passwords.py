@@ -62,14 +62,19 @@ def test_the_sign_in_page_offers_a_reset(client: Client, language: str, words: s
     assert f'<a href="/accounts/password_reset/">{words}</a>' in page
 
 
-def test_a_signed_in_reviewer_finds_change_password_beside_log_out(
+def test_a_signed_in_reviewer_s_name_in_the_top_bar_opens_change_password(
     client: Client, reviewer: User
 ) -> None:
     client.force_login(reviewer)
     page = client.get("/").content.decode()
-    assert '<a href="/accounts/password_change/">Change password</a>' in page
+    link = re.search(r'<a class="whoami" href="/accounts/password_change/"[^>]*>(.*?)</a>', page)
+    assert link is not None
+    assert link.group(1) == 'Alice<span class="visually-hidden"> · Change password</span>'
     chinese = client.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
-    assert '<a href="/accounts/password_change/">修改密码</a>' in chinese
+    assert '<span class="visually-hidden"> · \u4fee\u6539\u5bc6\u7801</span></a>' in chinese
+    # On its own page, the link says it is the page they are on.
+    here = client.get("/accounts/password_change/").content.decode()
+    assert re.search(r'<a class="whoami" href="/accounts/password_change/"[^>]*aria-current', here)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,8 +69,9 @@ def test_a_finger_gets_targets_of_44px_on_a_phone_and_a_mouse_keeps_the_compact_
     )
     page.goto(live_server.url + "/")
     page.wait_for_selector("#rows .row")
-    # The top bar: the mark, Inbox, Runs, the language switch, Log out.
-    _assert_targets(page, ".brand, .topnav > a, .topnav button", count=5, width=44)
+    # The top bar: the mark, Inbox, Runs, the language switch, their name (their account's
+    # page), Log out.
+    _assert_targets(page, ".brand, .topnav > a, .topnav button", count=6, width=44)
     assert _boxes(page, ".filter.mine label")[0]["height"] >= 44
     assert _boxes(page, ".filter.mine input")[0]["height"] >= 20
     page.goto(f"{live_server.url}/forms/{form.public_id}/")
