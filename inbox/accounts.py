@@ -12,6 +12,8 @@ Django's own views and token generator, with the inbox's pages and these rules:
   account's language (`ReviewerProfile`, else the page's) and links from INBOX_BASE_URL.
 - A wrong current password on the change page counts as a failed sign-in of the account
   (`inbox.login`): the change page is no way around the sign-in's brake.
+- A reset link sets a password only while its account is active (`ResetTokenGenerator`): one
+  made before a deactivation opens nothing while the account is deactivated.
 - Each change, reset request and reset is in the audit trail (`password_changed`,
   `password_reset_requested`, `password_reset`).
 """
@@ -22,13 +24,14 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import unicodedata
 from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.tokens import default_token_generator
+from django.contrib.auth.tokens import PasswordResetTokenGenerator
 from django.core.mail import EmailMultiAlternatives
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
@@ -84,7 +87,10 @@ class PasswordChangeDoneView(auth_views.PasswordChangeDoneView):
 
 def _reset_keys(request: HttpRequest, email: str) -> list[tuple[str, int]]:
     window, _left = login._window()
-    address = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:24]
+    # Folded as Django matches an address to its accounts (`_unicode_ci_compare`): a spelling
+    # that finds the same account (a long s, U+017F, for "s") counts as the same address.
+    plain = unicodedata.normalize("NFKC", email.strip()).casefold()
+    address = hashlib.sha256(plain.encode()).hexdigest()[:24]
     ip = hashlib.sha256(client_ip(request).encode()).hexdigest()[:24]
     return [
         (f"reset:email:{address}:{window}", settings.INBOX_PASSWORD_RESETS_PER_EMAIL),
@@ -108,6 +114,18 @@ def _refused(view: Any, form: Any, text: Any, left: int) -> HttpResponse:
     response = view.render_to_response(context, status=429)
     response["Retry-After"] = str(left)
     return response
+
+
+class ResetTokenGenerator(PasswordResetTokenGenerator):
+    """Django's reset token, also made of whether the account is active: a link made before an
+    account was deactivated sets no password while it is (Django's own token stays good
+    through a deactivation, and its confirm view does not ask)."""
+
+    def _make_hash_value(self, user: Any, timestamp: int) -> str:
+        return f"{super()._make_hash_value(user, timestamp)}{int(bool(user.is_active))}"
+
+
+token_generator = ResetTokenGenerator()
 
 
 class PasswordResetForm(auth_forms.PasswordResetForm):
@@ -148,6 +166,7 @@ class PasswordResetDoneView(auth_views.PasswordResetDoneView):
 
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "accounts/password_reset_confirm.html"
+    token_generator = token_generator
 
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
@@ -174,7 +193,7 @@ def password_reset_email(user: Any, language: str) -> EmailMultiAlternatives:
         "password_reset_confirm",
         kwargs={
             "uidb64": urlsafe_base64_encode(force_bytes(user.pk)),
-            "token": default_token_generator.make_token(user),
+            "token": token_generator.make_token(user),
         },
     )
     with translation.override(language):

@@ -12,7 +12,8 @@ person's name or address: they too are replaced by ***, as is the admin's
 percent-encoded inside another parameter (`?next=/%3Fq%3DName`).
 
 A password reset link (`/accounts/reset/<uid>/<token>/`) sets a new password for its account:
-both its segments are replaced, and Django's reset token itself wherever it stands (a Referer).
+both its segments are replaced (either slash written `/` or `%2F`), and Django's reset token
+itself wherever it stands (a Referer).
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ _CH = r"(?:[A-Za-z0-9_\-.]|%[0-9A-Fa-f]{2})"
 _SEP = r"(?::|%3[Aa])"
 _SIGNED = re.compile(rf"{_CH}{{8,}}{_SEP}{_CH}{{4,12}}{_SEP}{_CH}{{20,}}")
 # A password reset link's two segments (the account's id and Django's token), and the token
-# itself: a base 36 timestamp, '-', 32 hex digits (`PasswordResetTokenGenerator`).
-_RESET_LINK = re.compile(r"(/reset/)[^/\s\"'?#]+/[^/\s\"'?#]+")
-_RESET_TOKEN = re.compile(r"(?<![0-9A-Za-z])[0-9a-z]{1,13}(?:-|%2[Dd])[0-9a-f]{32}(?![0-9A-Za-z])")
+# itself: a base 36 timestamp, '-', 32 hex digits (`PasswordResetTokenGenerator`). Either
+# slash may be written %2F (Django routes `/reset%2FMw%2F<token>/` to the same page).
+_SLASH = r"(?:/|%2[Ff])"
+_SEGMENT = r"(?:(?!%2[Ff])[^/\s\"'?#])+"
+_RESET_LINK = re.compile(rf"(/reset{_SLASH}){_SEGMENT}({_SLASH}){_SEGMENT}")
+_RESET_TOKEN = re.compile(
+    r"(?:(?<=%2[Ff])|(?<![0-9A-Za-z]))[0-9a-z]{1,13}(?:-|%2[Dd])[0-9a-f]{32}(?![0-9A-Za-z])"
+)
 # A search parameter and its value, plain (`?q=Name&`) or percent-encoded in another one
 # (`%3Fq%3DName%26`): the value runs to the next parameter, the end of the URL or the line.
 SEARCH_PARAMS = ("q", "_changelist_filters")
@@ -47,7 +53,7 @@ LOGGERS = ("django.request", "django.security.csrf", "django.server", "gunicorn.
 
 def redact_links(text: str) -> str:
     text = _SIGNED.sub(REDACTED, _GUEST_LINK.sub(r"\1" + REDACTED, text))
-    text = _RESET_LINK.sub(r"\1" + REDACTED + "/" + REDACTED, text)
+    text = _RESET_LINK.sub(r"\1" + REDACTED + r"\2" + REDACTED, text)
     text = _RESET_TOKEN.sub(REDACTED, text)
     return _SEARCH.sub(r"\1" + REDACTED, text)
 
@@ -58,7 +64,7 @@ class RedactGuestLinks(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError, KeyError):
             return True
-        if "/r" in message or ":" in message or "%3" in message or "=" in message:
+        if any(part in message for part in ("/r", ":", "%3", "%2", "=")):
             redacted = redact_links(message)
             if redacted != message:
                 record.msg, record.args = redacted, ()

@@ -13,7 +13,7 @@ from django.test import Client
 from django.utils import timezone
 
 from inbox import login, tasks
-from inbox.logs import redact_links
+from inbox.logs import RedactGuestLinks, redact_links
 from inbox.models import AuditEntry, DifyApp, FormRecipient, ReviewerProfile
 from tests.reach.factories import make_form
 
@@ -238,6 +238,17 @@ def test_reset_requests_are_throttled_per_address_whether_or_not_it_has_an_accou
     assert zh.status_code == 429 and "Too many" not in zh.content.decode()
 
 
+def test_an_address_spelt_with_look_alike_letters_counts_as_the_same_address(
+    client: Client, queued: list[Any], settings: Any, db: None
+) -> None:
+    settings.INBOX_PASSWORD_RESETS_PER_EMAIL = 2
+    for _ in range(2):
+        assert ask_reset(client, "sam@example.com").status_code == 302
+    # "\u017f" (long s) folds to "s", as Django folds an address it matches to accounts.
+    assert ask_reset(client, "\u017fam@example.com").status_code == 429
+    assert ask_reset(client, " SAM@Example.COM ").status_code == 429
+
+
 def test_reset_requests_are_throttled_per_client_address(
     client: Client, reviewer: User, queued: list[Any], settings: Any
 ) -> None:
@@ -264,6 +275,31 @@ def test_the_web_servers_lines_hide_a_reset_link() -> None:
     redacted = redact_links(line)
     assert token not in redacted and "MQ" not in redacted
     assert "/accounts/reset/***/***/" in redacted
+    # Either slash percent-encoded reaches the same page: hidden too, in the request line and in
+    # what the filter hands the web servers' loggers.
+    for path, said in [
+        (f"/accounts/reset/Mw%2F{token}/", "/accounts/reset/***%2F***/"),
+        (f"/accounts/reset/Mw%2f{token}/", "/accounts/reset/***%2f***/"),
+        (f"/accounts/reset%2FMw%2F{token}/", "/accounts/reset%2F***%2F***/"),
+        (f"/accounts/reset%2FMw/{token}/", "/accounts/reset%2F***/***/"),
+    ]:
+        redacted = redact_links(f'"GET {path} HTTP/1.1" 200 3672')
+        assert token not in redacted and "Mw" not in redacted, redacted
+        assert said in redacted, redacted
+        record = logging.LogRecord(
+            "django.server",
+            logging.INFO,
+            "",
+            0,
+            '"%s" %s %s',
+            (f"GET {path} HTTP/1.1", 200, 1),
+            None,
+        )
+        RedactGuestLinks().filter(record)
+        assert token not in record.getMessage() and said in record.getMessage()
+    # The token alone, after an encoded slash (a Referer, a `next`).
+    assert token not in redact_links(f"next=%2Faccounts%2Freset%2FMw%2F{token}%2F")
+    assert token not in redact_links(f"%2F{token}")
     # Ids that look alike stay readable.
     uuid = "0123abcd-0123-0123-0123-0123456789ab"
     assert redact_links(f"GET /forms/{uuid}/") == f"GET /forms/{uuid}/"
@@ -339,3 +375,23 @@ def test_a_password_an_administrator_sets_is_in_the_trail(admin_user: User, revi
     # A refused form changes nothing and notes nothing.
     assert admin.post(url, {"password1": "a", "password2": "b"}).status_code == 200
     assert AuditEntry.objects.filter(verb="password_changed").count() == 1
+
+
+def test_a_reset_link_made_before_a_deactivation_sets_no_password(
+    client: Client, reviewer: User, queued: list[Any]
+) -> None:
+    ask_reset(client, "alice@example.com")
+    [message] = mail.outbox
+    [url] = LINK.findall(message.body)
+    path = "/accounts/" + url.split("/accounts/", 1)[1]
+    User.objects.filter(pk=reviewer.pk).update(is_active=False)
+    opened = client.get(path)
+    page = client.get(opened.url if opened.status_code == 302 else path).content.decode()
+    assert "This link no longer works" in page and "new_password1" not in page
+    # Nor does a POST to where the link would have gone set one.
+    new = {"new_password1": "n3w-Secret-pass", "new_password2": "n3w-Secret-pass"}
+    uid = path.split("/")[-3]
+    client.post(f"/accounts/reset/{uid}/set-password/", new)
+    reviewer.refresh_from_db()
+    assert not reviewer.check_password("n3w-Secret-pass")
+    assert not AuditEntry.objects.filter(verb="password_reset").exists()

@@ -51,6 +51,8 @@ from inbox.dify.errors import (
     DifyStatusError,
     FormTokenUnreadable,
     from_response,
+    is_json,
+    not_dify,
 )
 from inbox.dify.sse import DEFAULT_MAX_EVENT_BYTES
 from inbox.dify.streaming import AsyncEventStream, EventStream, transport_error
@@ -174,6 +176,17 @@ _install_log_filter()
 def _seg(value: str) -> str:
     """A path segment: ids come from servers and users, so they may not add path parts."""
     return quote(str(value), safe="")
+
+
+# The fields of Dify's AppInfoResponse (openapi_service.json) and their types: Dify sends them
+# all (a description or an author it has none of as "" or null).
+_INFO_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "description": (str, type(None)),
+    "tags": list,
+    "mode": str,
+    "author_name": (str, type(None)),
+}
 
 
 @dataclass
@@ -309,6 +322,22 @@ class _BaseClient:
         data = self._json(response, call)
         if not isinstance(data, dict):
             raise DifyProtocolError(f"{call.what}: answer is not a JSON object")
+        return data
+
+    def _info(self, response: httpx.Response, call: _Call) -> dict[str, Any]:
+        """/info's answer, only when it is Dify's: JSON with the fields of the spec's
+        AppInfoResponse (`name`, `description`, `tags`, `mode`, `author_name`). Anything else
+        (another service a wrong base URL points at) is a DifyProtocolError that says none of
+        its words: its name is never shown as "Dify calls it …"."""
+        data = self._json_object(response, call) if is_json(response.headers) else None
+        if (
+            data is None
+            or not set(_INFO_FIELDS).issubset(data)
+            or not all(isinstance(data[key], kinds) for key, kinds in _INFO_FIELDS.items())
+        ):
+            raise DifyProtocolError(
+                f"{call.what}: {response.status_code}, {not_dify(response.headers)}"
+            )
         return data
 
     @staticmethod
@@ -657,7 +686,7 @@ class DifyClient(_BaseClient):
 
     def get_info(self) -> dict[str, Any]:
         call = _Call("GET", "/info", "GET /info", idempotent=True)
-        return self._json_object(self._send(call, stream=False), call)
+        return self._info(self._send(call, stream=False), call)
 
 
 class AsyncDifyClient(_BaseClient):
@@ -902,4 +931,4 @@ class AsyncDifyClient(_BaseClient):
 
     async def get_info(self) -> dict[str, Any]:
         call = _Call("GET", "/info", "GET /info", idempotent=True)
-        return self._json_object(await self._send(call, stream=False), call)
+        return self._info(await self._send(call, stream=False), call)

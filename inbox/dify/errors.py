@@ -354,17 +354,17 @@ def from_response(
     for (a 412 `human_input_form_expired` is a FormExpired), else by HTTP status alone, so a body's
     code never turns a final answer into one worth retrying or the other way round.
 
-    `body` may be the parsed envelope, its raw bytes or text, or None.
+    `body` may be the parsed envelope, its raw bytes or text, or None. Raw bytes or text are
+    read only as Dify's error envelope (`code` and `message`, both strings) sent as JSON
+    (`headers`' content type): anything else, whatever answered (a proxy, or whichever
+    service a wrong base URL points at), is said as its status and content type alone, "not an
+    answer from Dify (text/html)", so no word of a reply that is not Dify's reaches a message,
+    the audit trail or a log line.
     """
     secrets = tuple(redact_secrets)
     envelope: Any = body
-    if isinstance(body, bytes | bytearray):
-        envelope = bytes(body).decode("utf-8", "replace")
-    if isinstance(envelope, str):
-        try:
-            envelope = json.loads(envelope)
-        except ValueError:
-            envelope = {"message": envelope.strip()}
+    if isinstance(body, bytes | bytearray | str):
+        envelope = _dify_envelope(body, headers)
     if not isinstance(envelope, dict):
         envelope = {}
     code = envelope.get("code")
@@ -372,6 +372,8 @@ def from_response(
     message = envelope.get("message")
     message = message if isinstance(message, str) else ("" if message is None else str(message))
     message = redact(message, secrets)
+    if not envelope and body:
+        message = not_dify(headers)
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "…"
     retry_after = None
@@ -384,3 +386,36 @@ def from_response(
         else:
             cls = _BY_STATUS.get(status, DifyStatusError)
     return cls(status, code, message, retry_after=retry_after)
+
+
+def not_dify(headers: Mapping[str, str] | None) -> str:
+    """What is said of an answer that is not Dify's: its content type, never its words."""
+    ctype = (headers or {}).get("content-type", "").split(";")[0].strip()[:60]
+    return f"not an answer from Dify ({ctype or 'no content type'})"
+
+
+def is_json(headers: Mapping[str, str] | None) -> bool:
+    """Whether an answer says it is JSON (`application/json`, or a `+json` type)."""
+    ctype = (headers or {}).get("content-type", "").split(";")[0].strip().lower()
+    return ctype == "application/json" or ctype.endswith("+json")
+
+
+def _dify_envelope(
+    body: bytes | bytearray | str, headers: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """Dify's error envelope in a raw body, or {} when the answer is not one: not said to be
+    JSON, not JSON, or without a string `code` and `message`."""
+    if not is_json(headers):
+        return {}
+    text = bytes(body).decode("utf-8", "replace") if isinstance(body, bytes | bytearray) else body
+    try:
+        envelope = json.loads(text)
+    except ValueError:
+        return {}
+    if (
+        not isinstance(envelope, dict)
+        or not isinstance(envelope.get("code"), str)
+        or not isinstance(envelope.get("message"), str)
+    ):
+        return {}
+    return envelope

@@ -153,6 +153,12 @@ class ScriptedDify:
             return Reply(events=["event: ping"])
         if method == "GET" and "/form/human_input/" in path:
             return error(404, "not_found", "Form not found")
+        if method == "GET" and path == "/v1/info":
+            # An answer with the fields of Dify's /info (only such an answer is Dify's), naming
+            # no app.
+            return Reply(
+                body={"name": "", "description": "", "tags": [], "mode": "", "author_name": None}
+            )
         return Reply()
 
     def on(self, method: str, prefix: str, *replies: Reply, query: str = "") -> None:

@@ -413,7 +413,19 @@ def test_a_run_dify_no_longer_knows_is_gone_after_a_second_404_and_its_forms_clo
     dify.on("GET", "/workflows/run/", error(404, "not_found", "Workflow run not found"))
     # Dify still answers for the app itself: its /info names it as before.
     DifyApp.objects.filter(pk=app.pk).update(dify_name="Refunds")
-    dify.on("GET", "/info", Reply(body={"name": "Refunds", "mode": "workflow"}))
+    dify.on(
+        "GET",
+        "/info",
+        Reply(
+            body={
+                "name": "Refunds",
+                "description": "",
+                "tags": [],
+                "mode": "workflow",
+                "author_name": "Ada",
+            }
+        ),
+    )
     # A first 404 is only noted: Dify may be about to answer again.
     reconcile_runs()
     assert AuditEntry.objects.filter(verb="run_not_found", object_id=str(run.pk)).count() == 1

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
+from typing import Any
 
 import httpx
 import pytest
 
 from inbox.dify import AsyncDifyClient, DifyClient
 from inbox.dify.client import USER_AGENT, redact_url
-from inbox.dify.errors import DifyConnectionError
+from inbox.dify.errors import DifyConnectionError, DifyProtocolError, DifyStatusError
 from inbox.models import DifyApp
 
 
@@ -170,3 +172,64 @@ def test_the_api_key_is_never_repeated_from_an_answer_that_echoes_it() -> None:
         dify.close()
     assert "Authorization=Bearer ***" in str(caught.value)
     assert key not in str(caught.value) and key not in repr(caught.value)
+
+
+INFO = {
+    "name": "Refunds",
+    "description": "",
+    "tags": [],
+    "mode": "workflow",
+    "author_name": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "ctype", "body", "said"),
+    [
+        (200, "application/json", INFO, None),
+        (200, "application/json; charset=utf-8", INFO, None),
+        # An internal service's JSON with a name, not Dify's /info.
+        (
+            200,
+            "application/json",
+            {"name": "INTERNAL db=prod", "mode": "workflow", "secret": "s3"},
+            "application/json",
+        ),
+        (200, "application/json", {**INFO, "name": ["INTERNAL db=prod"]}, "application/json"),
+        (200, "application/json", {**INFO, "tags": "INTERNAL db=prod"}, "application/json"),
+        # Dify's fields, not said to be JSON.
+        (200, "text/html", {**INFO, "name": "INTERNAL db=prod"}, "text/html"),
+    ],
+)
+def test_info_is_read_only_from_an_answer_with_dify_s_fields(
+    status: int, ctype: str, body: Any, said: str | None
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            status, content=json.dumps(body).encode(), headers={"content-type": ctype}
+        )
+
+    client = DifyClient("http://dify.test/v1", "key", transport=httpx.MockTransport(handler))
+    if said is None:
+        assert client.get_info()["name"] == "Refunds"
+        return
+    with pytest.raises(DifyProtocolError) as caught:
+        client.get_info()
+    assert str(caught.value) == f"GET /info: 200, not an answer from Dify ({said})"
+    assert "INTERNAL" not in repr(caught.value)
+
+
+def test_an_error_page_that_is_not_dify_s_is_said_by_its_status_alone() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            500,
+            content=b"<html>Internal console. AWS_SECRET_ACCESS_KEY=AKIA</html>",
+            headers={"content-type": "text/html"},
+        )
+
+    client = DifyClient(
+        "http://dify.test/v1", "key", max_retries=0, transport=httpx.MockTransport(handler)
+    )
+    with pytest.raises(DifyStatusError) as caught:
+        client.get_parameters()
+    assert str(caught.value) == "500: not an answer from Dify (text/html)"

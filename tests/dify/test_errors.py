@@ -27,6 +27,9 @@ from inbox.dify.errors import (
     parse_retry_after,
 )
 
+# What Dify sends its errors as: only such an answer's words are kept.
+JSON = {"content-type": "application/json"}
+
 
 def envelope(status: int, code: str, message: str = "m") -> bytes:
     return json.dumps({"status": status, "code": code, "message": message}).encode()
@@ -56,7 +59,7 @@ def envelope(status: int, code: str, message: str = "m") -> bytes:
 def test_it_maps_code_then_status(
     status: int, code: str, cls: type[DifyStatusError], permanent: bool
 ) -> None:
-    error = from_response(status, envelope(status, code, "the message"))
+    error = from_response(status, envelope(status, code, "the message"), headers=JSON)
     assert type(error) is cls
     assert (error.status, error.code, error.message) == (status, code, "the message")
     assert error.permanent is permanent
@@ -84,7 +87,7 @@ def test_it_maps_code_then_status(
 def test_the_status_decides_when_the_code_says_otherwise(
     status: int, code: str, cls: type[DifyStatusError], permanent: bool
 ) -> None:
-    error = from_response(status, envelope(status, code))
+    error = from_response(status, envelope(status, code), headers=JSON)
     assert type(error) is cls
     assert (error.status, error.code) == (status, code)
     assert error.permanent is permanent
@@ -101,21 +104,53 @@ def test_the_status_decides_when_the_code_says_otherwise(
     ],
 )
 def test_a_body_without_a_code_maps_by_status(status: int, cls: type[DifyStatusError]) -> None:
-    error = from_response(status, b"<html>Not here</html>")
+    error = from_response(status, b"<html>Not here</html>", headers={"content-type": "text/html"})
     assert type(error) is cls
     assert error.code == ""
-    assert error.message == "<html>Not here</html>"
+    # Not Dify's answer (a proxy's, or whatever a wrong base URL points at): none of its words.
+    assert error.message == "not an answer from Dify (text/html)"
+    assert str(error) == f"{status}: not an answer from Dify (text/html)"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "said"),
+    [
+        # An internal service's error page.
+        (b"<html>AWS_SECRET=x</html>", {"content-type": "text/html"}, "text/html"),
+        # Dify's envelope in its shape, not said to be JSON.
+        (
+            b'{"code": "forbidden", "message": "redis password=x"}',
+            {"content-type": "text/plain; charset=utf-8"},
+            "text/plain",
+        ),
+        (b'{"code": "forbidden", "message": "redis password=x"}', None, "no content type"),
+        # JSON, not Dify's envelope: no code, or a message that is no string.
+        (b'{"message": "redis password=x"}', JSON, "application/json"),
+        (b'{"code": "x", "message": {"redis": "password=x"}}', JSON, "application/json"),
+        (b'["redis password=x"]', JSON, "application/json"),
+        (b"redis password=x", JSON, "application/json"),
+    ],
+)
+def test_an_answer_that_is_not_dify_s_envelope_is_said_by_its_status_alone(
+    body: bytes, headers: dict[str, str] | None, said: str
+) -> None:
+    error = from_response(403, body, headers=headers)
+    assert type(error) is Forbidden
+    assert (error.code, error.message) == ("", f"not an answer from Dify ({said})")
+    assert "password" not in str(error) and "password" not in repr(error)
 
 
 def test_an_unknown_4xx_is_a_permanent_plain_status_error() -> None:
-    error = from_response(409, envelope(409, "conflict"))
+    error = from_response(409, envelope(409, "conflict"), headers=JSON)
     assert type(error) is DifyStatusError
     assert error.permanent is True
     assert from_response(408, b"").permanent is False
 
 
 def test_retry_after_is_read_from_the_headers() -> None:
-    error = from_response(429, envelope(429, "too_many_requests"), headers={"retry-after": "3"})
+    error = from_response(
+        429, envelope(429, "too_many_requests"), headers={**JSON, "retry-after": "3"}
+    )
     assert isinstance(error, TooManyRequests)
     assert error.retry_after == 3.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
@@ -124,18 +159,21 @@ def test_retry_after_is_read_from_the_headers() -> None:
 
 def test_messages_never_contain_the_token() -> None:
     body = envelope(404, "not_found", "Form tok-SECRET not found")
-    error = from_response(404, body, redact_secrets=["tok-SECRET"])
+    error = from_response(404, body, headers=JSON, redact_secrets=["tok-SECRET"])
     assert "tok-SECRET" not in str(error)
     assert "tok-SECRET" not in repr(error)
     assert str(error) == "404 not_found: Form *** not found"
 
 
 def test_an_empty_message_keeps_the_code() -> None:
-    assert str(from_response(413, envelope(413, "file_too_large", ""))) == "413 file_too_large"
+    assert (
+        str(from_response(413, envelope(413, "file_too_large", ""), headers=JSON))
+        == "413 file_too_large"
+    )
 
 
 def test_huge_bodies_are_cut() -> None:
-    error = from_response(502, b"x" * 100_000)
+    error = from_response(502, envelope(502, "bad_gateway", "x" * 100_000), headers=JSON)
     assert len(error.message) < 1000
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -250,3 +252,94 @@ def test_a_start_dify_refuses_for_its_mode_says_which_mode_to_set(
     assert "API route" not in page
     app.refresh_from_db()
     assert app.mode_mismatch
+
+
+# --- Whatever a wrong base URL points at: said as its status, never in its own words ---
+
+
+class _Internal(BaseHTTPRequestHandler):
+    """An internal service an administrator's base URL points at: its answers hold secrets."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/html/"):
+            status, ctype = 403, "text/html"
+            body = b"<html><body>Internal console. AWS_SECRET_ACCESS_KEY=AKIA-SECRET</body></html>"
+        elif self.path.startswith("/plain/"):
+            # Dify's envelope in its shape, not said to be JSON.
+            status, ctype = 403, "text/plain"
+            body = b'{"code": "forbidden", "message": "PLAIN-SECRET redis=hunter2"}'
+        elif self.path.startswith("/bare/"):
+            status, ctype = 403, "application/json"
+            body = b'{"message": "BARE-SECRET db=prod-primary"}'
+        else:  # /json/: a 200 JSON with a name, not the fields of Dify's /info
+            status, ctype = 200, "application/json"
+            body = b'{"name": "JSON-SECRET db=prod-primary", "mode": "workflow", "secret": "s3"}'
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_new_app_s_test_never_shows_words_of_an_answer_that_is_not_dify_s(
+    admin_client: Client, db: None, caplog: Any
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Internal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        said: list[tuple[int, str]] = []
+        for name, path in [("html", "/html/v1"), ("plain", "/plain/v1"), ("bare", "/bare/v1")]:
+            page = admin_client.post(
+                reverse("admin:inbox_difyapp_add"),
+                {
+                    "name": name,
+                    "base_url": root + path,
+                    "api_key": "app-whatever",
+                    "mode": "workflow",
+                    "is_active": "on",
+                },
+                follow=True,
+            )
+            said += notes(page)
+        page = admin_client.post(
+            reverse("admin:inbox_difyapp_add"),
+            {
+                "name": "json",
+                "base_url": root + "/json",
+                "api_key": "app-whatever",
+                "mode": "workflow",
+                "is_active": "on",
+            },
+            follow=True,
+        )
+        said += notes(page)
+    finally:
+        server.shutdown()
+        server.server_close()
+    texts = [text for _level, text in said]
+    assert "html: Dify did not answer as expected: 403: not an answer from Dify (text/html)" in (
+        texts
+    ), said
+    assert "plain: Dify did not answer as expected: 403: not an answer from Dify (text/plain)" in (
+        texts
+    ), said
+    assert (
+        "bare: Dify did not answer as expected: 403: not an answer from Dify (application/json)"
+        in texts
+    ), said
+    assert (
+        "json: Dify did not answer as expected: GET /info: 200, not an answer from Dify "
+        "(application/json)" in texts
+    ), said
+    assert not [text for text in texts if "connected" in text or "calls" in text], said
+    trail = json.dumps(list(AuditEntry.objects.values_list("details", flat=True)))
+    apps = json.dumps(list(DifyApp.objects.values()), default=str)
+    for secret in ("SECRET", "hunter2", "prod-primary", "<html"):
+        assert secret not in " ".join(texts)
+        assert secret not in trail
+        assert secret not in apps
+        assert secret not in caplog.text
