@@ -28,9 +28,18 @@ def _access_line(environ: dict[str, Any]) -> str:
     logger = Logger(config)
     response = SimpleNamespace(status="200 OK", headers=[], sent=12)
     lines: list[str] = []
+    # gunicorn's access logger is the process's `gunicorn.access`: its `info` is put back after,
+    # or every later test in this process that logs through it would write here.
     logger.access_log.info = lambda message, atoms: lines.append(message % atoms)  # type: ignore[method-assign]
-    environ = {"RAW_URI": environ.get("PATH_INFO", "/"), "SERVER_PROTOCOL": "HTTP/1.1", **environ}
-    logger.access(response, [], environ, dt.timedelta(milliseconds=5))
+    try:
+        environ = {
+            "RAW_URI": environ.get("PATH_INFO", "/"),
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            **environ,
+        }
+        logger.access(response, [], environ, dt.timedelta(milliseconds=5))
+    finally:
+        del logger.access_log.info
     return lines[0]
 
 
