@@ -34,7 +34,6 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.tokens import PasswordResetTokenGenerator
 from django.core.mail import EmailMultiAlternatives
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import translation
 from django.utils.encoding import force_bytes
@@ -45,6 +44,7 @@ from django.utils.translation import ngettext
 from inbox import login, timefmt
 from inbox.middleware import client_ip
 from inbox.models import AuditEntry, ReviewerProfile, _not_queued
+from inbox.notify import automated_email
 
 logger = logging.getLogger(__name__)
 
@@ -205,17 +205,7 @@ def password_reset_email(user: Any, language: str) -> EmailMultiAlternatives:
             "lasts": reset_lasts(),
             "title": _("Reset your password"),
         }
-        subject = " ".join(render_to_string("emails/password_reset_subject.txt", context).split())
-        text = render_to_string("emails/password_reset.txt", context)
-        html = render_to_string("emails/password_reset.html", context)
-    message = EmailMultiAlternatives(
-        subject,
-        text,
-        to=[user.email],
-        headers={"Auto-Submitted": "auto-generated", "X-Auto-Response-Suppress": "All"},
-    )
-    message.attach_alternative(html, "text/html")
-    return message
+        return automated_email("password_reset", context, user.email)
 
 
 def send_password_reset(user_pk: int, language: str) -> int:

@@ -277,17 +277,21 @@ def build_email(
             "handled": kind == "reminder" and _handled_by_another(form, recipient),
             **_ending(form, recipient, decision, late),
         }
-        subject = " ".join(render_to_string(f"emails/{kind}_subject.txt", context).split())
-        text = render_to_string(f"emails/{kind}.txt", context)
-        html = render_to_string(f"emails/{kind}.html", context)
+        return automated_email(kind, context, recipient.email)
+
+
+def automated_email(kind: str, context: dict[str, Any], to: str) -> EmailMultiAlternatives:
+    """The email `emails/<kind>` (its subject, text and HTML templates) rendered with `context`
+    in the active language, to `to`, marked as sent by a machine."""
+    subject = " ".join(render_to_string(f"emails/{kind}_subject.txt", context).split())
     message = EmailMultiAlternatives(
         subject,
-        text,
-        to=[recipient.email],
+        render_to_string(f"emails/{kind}.txt", context),
+        to=[to],
         # Out-of-office replies to an automated notice only clutter the sender's mailbox.
         headers={"Auto-Submitted": "auto-generated", "X-Auto-Response-Suppress": "All"},
     )
-    message.attach_alternative(html, "text/html")
+    message.attach_alternative(render_to_string(f"emails/{kind}.html", context), "text/html")
     return message
 
 
