@@ -321,21 +321,16 @@ def _submit(client: DifyClient, decision: Decision) -> str | None:
     soft_time_limit=_DELIVERY_SOFT_LIMIT,
     time_limit=settings.INBOX_DELIVERY_TIME_LIMIT,
 )
-def deliver_decision(decision_pk: int, due: str | None = None, accepted: bool = False) -> str:
+def deliver_decision(
+    decision_pk: int, due: str | None = None, accepted: bool = False, handed: int = 0
+) -> str:
     """Deliver one decision to Dify and record the outcome. Retries come through here (each
     with its backoff as the countdown, and `due`, the due time it was scheduled for); a
     decision due now goes through `deliver_queued`. `accepted`: Dify answered 200 to an
-    attempt whose worker could not record it (the database was away, `_record_accepted`):
-    the delivery is recorded, confirmed, and nothing is sent again."""
+    attempt whose worker could not record it (the database was away, `_record_accepted`; this
+    the `handed`-th time): the delivery is recorded, confirmed, and nothing is sent again."""
     if accepted:
-        found = (
-            Decision.objects.select_related("form__run__app")
-            .filter(pk=decision_pk, status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING))
-            .first()
-        )
-        if found is None:
-            return "skipped"
-        return _record_accepted([found])
+        return _record_handed(decision_pk, handed)
     decision = Decision.start_delivery(
         decision_pk, due=dt.datetime.fromisoformat(due) if due else None
     )
@@ -348,9 +343,63 @@ def deliver_decision(decision_pk: int, due: str | None = None, accepted: bool = 
 
 
 # After Dify accepted a decision, writing that down is tried again for this long while the
-# database is away (a restart), then handed to a new task this many seconds on.
+# database is away (a restart), then handed to a new task this many seconds on (doubling each
+# time it is handed on again, up to RECORD_REQUEUE_CAP_SECONDS), at most RECORD_HANDOVERS
+# times: a database away longer than that (about an hour) leaves it to the stuck sweep.
 RECORD_RETRY_SECONDS = 30.0
 RECORD_REQUEUE_SECONDS = 5.0
+RECORD_REQUEUE_CAP_SECONDS = 300.0
+RECORD_HANDOVERS = 16
+
+
+def _record_handed(decision_pk: int, handed: int) -> str:
+    """A decision Dify accepted, handed on by `_record_accepted`: recorded delivered. One
+    already recorded (the write went through, its answer was lost, or another worker's did) is
+    skipped, but its run is still asked to be followed on, which the write that got through
+    may not have come to."""
+    try:
+        found = _with_database(
+            lambda: Decision.objects.select_related("form__run__app").filter(pk=decision_pk).first()
+        )
+        if found is None:
+            return "skipped"
+        if found.status in (Decision.Status.QUEUED, Decision.Status.DELIVERING):
+            return _record_accepted([found], handed=handed)
+        if found.status == Decision.Status.DELIVERED:
+            _with_database(request_follow_many, [found.form.run_id])
+        return "skipped"
+    except (OperationalError, InterfaceError, SoftTimeLimitExceeded) as exc:
+        _hand_on([decision_pk], exc, handed + 1)
+        return "requeued"
+
+
+def _hand_on(decision_pks: list[int], exc: BaseException, handed: int) -> None:
+    """Give decisions Dify accepted to a new task that records them, later (`_record_handed`)."""
+    if handed > RECORD_HANDOVERS:
+        for pk in decision_pks:
+            logger.error(
+                "decision %s: Dify accepted it, the database did not record it (%s) after %d "
+                "tries: the stuck-delivery sweep takes it up",
+                pk,
+                exc,
+                handed - 1,
+            )
+        return
+    countdown = min(RECORD_REQUEUE_SECONDS * 2 ** (handed - 1), RECORD_REQUEUE_CAP_SECONDS)
+    for pk in decision_pks:
+        logger.warning(
+            "decision %s: Dify accepted it, the database did not record it (%s): "
+            "recorded by a new task in %.0fs",
+            pk,
+            exc,
+            countdown,
+        )
+        try:
+            deliver_decision.apply_async(
+                (pk,), {"accepted": True, "handed": handed}, countdown=countdown
+            )
+        except Exception:
+            logger.warning("decision %s: not handed on", pk, exc_info=True)
 
 
 def _with_database(fn: Any, *args: Any) -> Any:
@@ -376,35 +425,25 @@ def _with_database(fn: Any, *args: Any) -> Any:
                     conn.close_if_unusable_or_obsolete()
 
 
-def _record_accepted(accepted: list[Decision]) -> str:
+def _record_accepted(accepted: list[Decision], *, handed: int = 0) -> str:
     """Record decisions Dify accepted (200): delivered, their runs followed on, Dify known to
-    answer for their apps. A database that stays away past the retries does not leave them
-    `delivering` for the stuck sweep (which would send them again, meet a 412 and only presume
-    them delivered): each is handed to a new task that records it, confirmed, when it is back."""
+    answer for their apps. A database that stays away past the retries (or a task out of time
+    meanwhile) does not leave them `delivering` for the stuck sweep (which would send them
+    again, meet a 412 and only presume them delivered): each is handed to a new task that
+    records it, confirmed, when it is back."""
     try:
         for app in {d.form.run.app_id: d.form.run.app for d in accepted}.values():
             _with_database(_delivered_for, app)
         settled = _with_database(Decision.finish_delivered, accepted)
-        _with_database(request_follow_many, [d.form.run_id for d in settled])
+        # Every accepted decision's run, not only those settled here: Dify took each (its run
+        # went on), and a write whose answer was lost settles nothing when tried again.
+        _with_database(request_follow_many, [d.form.run_id for d in accepted])
         # A decision whose last attempt could not reach Dify got through: Dify is back.
         _with_database(
             Decision.release_unreachable, [d.form.run.app_id for d in settled if d.dify_unreachable]
         )
-    except (OperationalError, InterfaceError) as exc:
-        for decision in accepted:
-            logger.warning(
-                "decision %s: Dify accepted it, the database did not record it (%s): "
-                "recorded by a new task in %.0fs",
-                decision.pk,
-                exc,
-                RECORD_REQUEUE_SECONDS,
-            )
-            try:
-                deliver_decision.apply_async(
-                    (decision.pk,), {"accepted": True}, countdown=RECORD_REQUEUE_SECONDS
-                )
-            except Exception:
-                logger.warning("decision %s: not handed on", decision.pk, exc_info=True)
+    except (OperationalError, InterfaceError, SoftTimeLimitExceeded) as exc:
+        _hand_on([d.pk for d in accepted], exc, handed + 1)
         return "requeued"
     return "delivered"
 

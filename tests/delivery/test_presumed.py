@@ -279,7 +279,9 @@ def test_a_database_away_longer_hands_the_accepted_decision_to_a_new_task(
             action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
         )
         assert deliver_decision(decision.pk) == "requeued"
-    assert queued == [((decision.pk,), {"accepted": True}, tasks.RECORD_REQUEUE_SECONDS)]
+    assert queued == [
+        ((decision.pk,), {"accepted": True, "handed": 1}, tasks.RECORD_REQUEUE_SECONDS)
+    ]
     assert Decision.objects.get(pk=decision.pk).status == "delivering"
     # The database is back: the new task records it, confirmed, and sends nothing again.
     monkeypatch.undo()
@@ -290,3 +292,131 @@ def test_a_database_away_longer_hands_the_accepted_decision_to_a_new_task(
     assert not decision.delivery_presumed
     assert simulator.submit_count(form.form_id) == 1
     assert deliver_decision(*args, **kwargs) == "skipped"
+
+
+def _handed_on(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The decisions `_record_accepted` hands to a new task (not queued: listed)."""
+    from inbox import tasks
+
+    monkeypatch.setattr(tasks, "RECORD_RETRY_SECONDS", 0.0)
+    queued: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        tasks.deliver_decision,
+        "apply_async",
+        lambda args, kwargs, countdown: queued.append((args, kwargs, countdown)),
+    )
+    return queued
+
+
+def test_a_database_still_away_when_the_new_task_runs_hands_it_on_again_later(
+    simulator: Any,
+    app: DifyApp,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError, connection
+
+    from inbox import tasks
+
+    (form,) = simulated_forms(simulator, app, 1)
+    _flaky(monkeypatch, None)
+    queued = _handed_on(monkeypatch)
+    with django_capture_on_commit_callbacks(execute=False):
+        decision = form.decide(
+            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
+        )
+        assert deliver_decision(decision.pk) == "requeued"
+
+    def away(*args: Any) -> Any:
+        raise OperationalError("the database system is starting up")
+
+    # The new task comes while the database is still away: not a task that dies (its message
+    # gone, the decision left to the stuck sweep, sent again and only presumed), but handed
+    # on again, later.
+    args, kwargs, _countdown = queued[0]
+    with connection.execute_wrapper(away):
+        assert deliver_decision(*args, **kwargs) == "requeued"
+    assert queued[1] == (
+        (decision.pk,),
+        {"accepted": True, "handed": 2},
+        2 * tasks.RECORD_REQUEUE_SECONDS,
+    )
+    with connection.execute_wrapper(away):
+        assert deliver_decision(*queued[1][0], **queued[1][1]) == "requeued"
+    assert queued[2][1:] == ({"accepted": True, "handed": 3}, 4 * tasks.RECORD_REQUEUE_SECONDS)
+    # Past RECORD_HANDOVERS tries it is the stuck sweep's, said in the log.
+    monkeypatch.setattr(tasks, "RECORD_HANDOVERS", 3)
+    with connection.execute_wrapper(away):
+        assert deliver_decision(*queued[2][0], **queued[2][1]) == "requeued"
+    assert len(queued) == 3
+    # The database back, the last task given records it, confirmed, sending nothing again.
+    monkeypatch.undo()
+    assert deliver_decision(*queued[2][0], **queued[2][1]) == "delivered"
+    decision = Decision.objects.get(pk=decision.pk)
+    assert (decision.status, decision.attempts) == ("delivered", 1)
+    assert not decision.delivery_presumed
+    assert simulator.submit_count(form.form_id) == 1
+
+
+def test_a_delivery_recorded_but_not_its_follow_is_followed_on_by_the_new_task(
+    simulator: Any,
+    app: DifyApp,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError
+
+    from inbox import tasks
+
+    (form,) = simulated_forms(simulator, app, 1)
+    queued = _handed_on(monkeypatch)
+    monkeypatch.setattr("inbox.tasks.time.sleep", lambda seconds: None)
+
+    def away(run_ids: Any) -> Any:
+        raise OperationalError("the database system is starting up")
+
+    # The delivery's write went through; the database went away before the run's follow.
+    monkeypatch.setattr(tasks, "request_follow_many", away)
+    Run.objects.filter(pk=form.run_id).update(follow_wanted=False)
+    with django_capture_on_commit_callbacks(execute=False):
+        decision = form.decide(
+            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
+        )
+        assert deliver_decision(decision.pk) == "requeued"
+    assert Decision.objects.get(pk=decision.pk).status == "delivered"
+    assert not Run.objects.get(pk=form.run_id).follow_wanted
+    # The new task finds it recorded, and still asks for the run to be followed on.
+    monkeypatch.undo()
+    args, kwargs, _countdown = queued[0]
+    assert deliver_decision(*args, **kwargs) == "skipped"
+    assert Run.objects.get(pk=form.run_id).follow_wanted
+    assert simulator.submit_count(form.form_id) == 1
+
+
+def test_a_task_out_of_time_while_recording_hands_the_accepted_decision_on(
+    simulator: Any,
+    app: DifyApp,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    (form,) = simulated_forms(simulator, app, 1)
+    queued = _handed_on(monkeypatch)
+
+    def out_of_time(cls: Any, claimed: Any) -> Any:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(Decision, "finish_delivered", classmethod(out_of_time))
+    with django_capture_on_commit_callbacks(execute=False):
+        decision = form.decide(
+            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
+        )
+        assert deliver_decision(decision.pk) == "requeued"
+    assert [q[:2] for q in queued] == [((decision.pk,), {"accepted": True, "handed": 1})]
+    monkeypatch.undo()
+    assert deliver_decision(*queued[0][0], **queued[0][1]) == "delivered"
+    assert simulator.submit_count(form.form_id) == 1
