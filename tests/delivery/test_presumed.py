@@ -256,6 +256,32 @@ def test_a_database_away_for_a_moment_after_dify_accepted_is_waited_out(
     assert simulator.submits_applied(form.form_id) == 1
 
 
+def _handed_on(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The decisions `_record_accepted` hands to a new task (not queued: listed)."""
+    from inbox import tasks
+
+    monkeypatch.setattr(tasks, "RECORD_RETRY_SECONDS", 0.0)
+    queued: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        tasks.deliver_decision,
+        "apply_async",
+        lambda args, kwargs, countdown: queued.append((args, kwargs, countdown)),
+    )
+    return queued
+
+
+def _decided_and_sent(
+    form: Form, reviewer: User, capture: Callable[..., Any]
+) -> tuple[Decision, str]:
+    """The reviewer approves `form` and one delivery task sends it (the decision's own queueing
+    held back): the decision and the task's outcome."""
+    with capture(execute=False):
+        decision = form.decide(
+            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
+        )
+        return decision, deliver_decision(decision.pk)
+
+
 def test_a_database_away_longer_hands_the_accepted_decision_to_a_new_task(
     simulator: Any,
     app: DifyApp,
@@ -267,18 +293,9 @@ def test_a_database_away_longer_hands_the_accepted_decision_to_a_new_task(
 
     (form,) = simulated_forms(simulator, app, 1)
     _flaky(monkeypatch, None)
-    monkeypatch.setattr(tasks, "RECORD_RETRY_SECONDS", 0.0)
-    queued: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(
-        tasks.deliver_decision,
-        "apply_async",
-        lambda args, kwargs, countdown: queued.append((args, kwargs, countdown)),
-    )
-    with django_capture_on_commit_callbacks(execute=False):
-        decision = form.decide(
-            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
-        )
-        assert deliver_decision(decision.pk) == "requeued"
+    queued = _handed_on(monkeypatch)
+    decision, outcome = _decided_and_sent(form, reviewer, django_capture_on_commit_callbacks)
+    assert outcome == "requeued"
     assert queued == [
         ((decision.pk,), {"accepted": True, "handed": 1}, tasks.RECORD_REQUEUE_SECONDS)
     ]
@@ -292,20 +309,6 @@ def test_a_database_away_longer_hands_the_accepted_decision_to_a_new_task(
     assert not decision.delivery_presumed
     assert simulator.submit_count(form.form_id) == 1
     assert deliver_decision(*args, **kwargs) == "skipped"
-
-
-def _handed_on(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """The decisions `_record_accepted` hands to a new task (not queued: listed)."""
-    from inbox import tasks
-
-    monkeypatch.setattr(tasks, "RECORD_RETRY_SECONDS", 0.0)
-    queued: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(
-        tasks.deliver_decision,
-        "apply_async",
-        lambda args, kwargs, countdown: queued.append((args, kwargs, countdown)),
-    )
-    return queued
 
 
 def test_a_database_still_away_when_the_new_task_runs_hands_it_on_again_later(
@@ -322,11 +325,8 @@ def test_a_database_still_away_when_the_new_task_runs_hands_it_on_again_later(
     (form,) = simulated_forms(simulator, app, 1)
     _flaky(monkeypatch, None)
     queued = _handed_on(monkeypatch)
-    with django_capture_on_commit_callbacks(execute=False):
-        decision = form.decide(
-            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
-        )
-        assert deliver_decision(decision.pk) == "requeued"
+    decision, outcome = _decided_and_sent(form, reviewer, django_capture_on_commit_callbacks)
+    assert outcome == "requeued"
 
     def away(*args: Any) -> Any:
         raise OperationalError("the database system is starting up")
@@ -380,11 +380,8 @@ def test_a_delivery_recorded_but_not_its_follow_is_followed_on_by_the_new_task(
     # The delivery's write went through; the database went away before the run's follow.
     monkeypatch.setattr(tasks, "request_follow_many", away)
     Run.objects.filter(pk=form.run_id).update(follow_wanted=False)
-    with django_capture_on_commit_callbacks(execute=False):
-        decision = form.decide(
-            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
-        )
-        assert deliver_decision(decision.pk) == "requeued"
+    decision, outcome = _decided_and_sent(form, reviewer, django_capture_on_commit_callbacks)
+    assert outcome == "requeued"
     assert Decision.objects.get(pk=decision.pk).status == "delivered"
     assert not Run.objects.get(pk=form.run_id).follow_wanted
     # The new task finds it recorded, and still asks for the run to be followed on.
@@ -411,11 +408,8 @@ def test_a_task_out_of_time_while_recording_hands_the_accepted_decision_on(
         raise SoftTimeLimitExceeded()
 
     monkeypatch.setattr(Decision, "finish_delivered", classmethod(out_of_time))
-    with django_capture_on_commit_callbacks(execute=False):
-        decision = form.decide(
-            action_id="approve", inputs={"decision_note": "ok"}, reviewer=reviewer
-        )
-        assert deliver_decision(decision.pk) == "requeued"
+    decision, outcome = _decided_and_sent(form, reviewer, django_capture_on_commit_callbacks)
+    assert outcome == "requeued"
     assert [q[:2] for q in queued] == [((decision.pk,), {"accepted": True, "handed": 1})]
     monkeypatch.undo()
     assert deliver_decision(*queued[0][0], **queued[0][1]) == "delivered"
