@@ -13,7 +13,6 @@ from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.db.models import (
     BooleanField,
     CharField,
@@ -2300,11 +2299,13 @@ class Stranding:
     that asked them and the pending forms they could answer, looked at before the change, so
     that afterwards those it left asking nobody (`RouteQuerySet.asking_nobody`) or answerable
     by nobody but the administrators (`FormQuerySet.asked_of_nobody`) are said, with a link to
-    those forms."""
+    those forms. What deleting the groups would leave is said beforehand from the same rules,
+    as if the groups were gone (`ahead`), deleting nothing."""
 
     def __init__(self, *, users: Any = (), groups: Any = ()) -> None:
         user_ids = [u.pk for u in users if u.pk is not None]
         group_ids = {g.pk for g in groups if g.pk is not None}
+        self.group_ids = set(group_ids)
         group_ids |= set(
             get_user_model()
             .groups.through.objects.filter(user_id__in=user_ids)
@@ -2327,19 +2328,29 @@ class Stranding:
         )
         self.before = self._stranded()
 
-    def _stranded(self) -> tuple[set[int], set[int]]:
-        routes = Route.objects.filter(pk__in=self.route_ids).asking_nobody()
+    def _stranded(self, without_groups: Any = ()) -> tuple[set[int], set[int]]:
+        routes = Route.objects.filter(pk__in=self.route_ids).asking_nobody(
+            without_groups=without_groups
+        )
         forms = Form.objects.filter(pk__in=self.form_ids, status=Form.Status.PENDING)
         return (
             set(routes.values_list("pk", flat=True)),
-            set(forms.asked_of_nobody().values_list("pk", flat=True)),
+            set(forms.asked_of_nobody(without_groups=without_groups).values_list("pk", flat=True)),
         )
+
+    def _compared(self, after: tuple[set[int], set[int]]) -> tuple[list[Route], int]:
+        routes, forms = after
+        stranded = Route.objects.filter(pk__in=routes - self.before[0]).select_related("app")
+        return list(stranded.order_by("name", "pk")), len(forms - self.before[1])
 
     def left(self) -> tuple[list[Route], int]:
         """The routes the change left asking nobody, and how many forms it left to nobody."""
-        routes, forms = self._stranded()
-        stranded = Route.objects.filter(pk__in=routes - self.before[0]).select_related("app")
-        return list(stranded.order_by("name", "pk")), len(forms - self.before[1])
+        return self._compared(self._stranded())
+
+    def ahead(self) -> tuple[list[Route], int]:
+        """What deleting the groups would leave, as `left` says it after: the same rules, with
+        the groups' rows left out, so nothing is deleted, locked or signalled to find out."""
+        return self._compared(self._stranded(without_groups=self.group_ids))
 
     def say(
         self,
@@ -2347,16 +2358,25 @@ class Stranding:
         request: HttpRequest,
         *,
         ahead: bool = False,
-        left: tuple[list[Route], int] | None = None,
+        several: bool = False,
     ) -> None:
-        """The admin's warning of what the change left (`ahead`: what it would leave, on a
-        deletion's confirmation page, `left` as measured by a deletion rolled back)."""
-        routes, forms = left if left is not None else self.left()
+        """The admin's warning of what the change left, or (`ahead`, on a deletion's
+        confirmation page) what deleting the groups would leave; `several`: of more than one
+        group deleted together."""
+        routes, forms = self.ahead() if ahead else self.left()
         parts = []
         if routes:
             names = ", ".join(f"{r.app} · {r.name}" for r in routes)
             text = (
                 ngettext(
+                    "Deleting them leaves the route %(names)s asking nobody: its forms will "
+                    "wait where only administrators see them.",
+                    "Deleting them leaves the routes %(names)s asking nobody: their forms will "
+                    "wait where only administrators see them.",
+                    len(routes),
+                )
+                if ahead and several
+                else ngettext(
                     "Deleting it leaves the route %(names)s asking nobody: its forms will wait "
                     "where only administrators see them.",
                     "Deleting it leaves the routes %(names)s asking nobody: their forms will "
@@ -2381,6 +2401,12 @@ class Stranding:
             )
             text = (
                 ngettext(
+                    "Deleting them leaves %(count)d pending form with nobody who can answer it.",
+                    "Deleting them leaves %(count)d pending forms with nobody who can answer them.",
+                    forms,
+                )
+                if ahead and several
+                else ngettext(
                     "Deleting it leaves %(count)d pending form with nobody who can answer it.",
                     "Deleting it leaves %(count)d pending forms with nobody who can answer them.",
                     forms,
@@ -2449,15 +2475,29 @@ class GroupAdmin(  # type: ignore[misc]
             and isinstance(group, Group)
             and not context.get("perms_lacking")
         ):
-            # What deleting it would leave without anyone to ask: measured by deleting it in a
-            # transaction rolled back (its trail entries and releases go with it).
-            with transaction.atomic():
-                watch = Stranding(groups=[group])
-                Group.objects.filter(pk=group.pk).delete()
-                left = watch.left()
-                transaction.set_rollback(True)
-            watch.say(self, request, ahead=True, left=left)
+            # What deleting it would leave without anyone to ask, found by reading only.
+            Stranding(groups=[group]).say(self, request, ahead=True)
         return super().render_delete_form(request, context)
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions: dict[str, Any] = dict(super().get_actions(request) or {})
+        if "delete_selected" in actions:
+            func, name, description = actions["delete_selected"]
+
+            def delete_selected(modeladmin: Any, request: HttpRequest, queryset: Any) -> Any:
+                response = func(modeladmin, request, queryset)
+                data = getattr(response, "context_data", None)
+                # Django's confirmation page (not the deletion, which returns None): what
+                # deleting the selected groups together would leave, as the page of one says.
+                if data is not None and not (data.get("perms_lacking") or data.get("protected")):
+                    groups = list(queryset)
+                    Stranding(groups=groups).say(
+                        modeladmin, request, ahead=True, several=len(groups) > 1
+                    )
+                return response
+
+            actions["delete_selected"] = (delete_selected, name, description)
+        return actions
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         watch = Stranding(groups=[obj])

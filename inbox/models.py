@@ -1222,14 +1222,20 @@ def title_pattern(pattern: str) -> re.Pattern[str]:
 
 
 class RouteQuerySet(models.QuerySet["Route"]):
-    def asking_nobody(self) -> RouteQuerySet:
+    def asking_nobody(self, *, without_groups: typing.Iterable[int] = ()) -> RouteQuerySet:
         """Active routes whose forms would wait where only administrators see them: no active
         reviewer by name, no group with an active member, no email address. EXISTS, so a route
-        is one row."""
+        is one row.
+
+        `without_groups`: as if those groups (ids) were deleted, which takes only their rows
+        with them (what a group's delete page says beforehand, deleting nothing)."""
         users = Route.users.through.objects.filter(route_id=OuterRef("pk"), user__is_active=True)
         groups = Route.groups.through.objects.filter(
             route_id=OuterRef("pk"), group__user__is_active=True
         )
+        gone = list(without_groups)
+        if gone:
+            groups = groups.exclude(group_id__in=gone)
         addresses = RouteRecipient.objects.filter(route_id=OuterRef("pk"))
         return (
             self.filter(is_active=True)
@@ -1612,7 +1618,7 @@ class FormQuerySet(models.QuerySet["Form"]):
             probe = probes_routing(user)
         return self.filter(RoutedTo(user.pk, probe=probe))
 
-    def asked_of_nobody(self) -> FormQuerySet:
+    def asked_of_nobody(self, *, without_groups: typing.Iterable[int] = ()) -> FormQuerySet:
         """Forms nobody who can answer is asked about: no route took them, or theirs names no
         one (its group deleted or emptied, its reviewers deactivated, its list empty), and no
         email link opens them (`FormRecipient.still_asked`). Only staff see them. EXISTS, so a
@@ -1623,7 +1629,11 @@ class FormQuerySet(models.QuerySet["Form"]):
         staff. A reviewer taken off the group the form went to, or deactivated, keeps their
         link row (not withdrawn) but can answer no more. A guest's link opens it while the
         form's route is on, lets guests answer and still lists the address, and no deactivated
-        account owns the address."""
+        account owns the address.
+
+        `without_groups`: as if those groups (ids) were deleted. That takes their assignment
+        rows and memberships only: a link row stays, and the account's own access (by name,
+        another group, staff) is what it was, so it opens the form or not as said above."""
         from django.contrib.auth import get_user_model
 
         users = Form.assigned_users.through.objects.filter(
@@ -1632,6 +1642,9 @@ class FormQuerySet(models.QuerySet["Form"]):
         groups = Form.assigned_groups.through.objects.filter(
             form_id=OuterRef("pk"), group__user__is_active=True
         )
+        gone = list(without_groups)
+        if gone:
+            groups = groups.exclude(group_id__in=gone)
         listed = RouteRecipient.objects.filter(
             route_id=OuterRef("form__route_id"), email__iexact=OuterRef("email")
         )

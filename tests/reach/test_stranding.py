@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 from django.contrib.messages import get_messages
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import translation
 
@@ -180,3 +182,202 @@ def test_what_a_change_leaves_is_said_in_chinese(
         "3 个待处理表单现在没有任何人能回答。请在表单列表中改派它们。"
     )
     assert FORMS_LINK in warning
+
+
+# What the delete pages say beforehand equals what the deletion then leaves: the routes it
+# leaves asking nobody and the forms it leaves to nobody, as said afterwards and as the
+# dashboard counts them.
+AHEAD_ROUTES = re.compile(r"Deleting (?:it|them) leaves the routes? (.+?) asking nobody:")
+AHEAD_FORMS = re.compile(r"Deleting (?:it|them) leaves (\d+) pending forms? with nobody")
+AFTER_ROUTES = re.compile(r"The routes? (.+?) now asks? nobody:")
+AFTER_FORMS = re.compile(r"(\d+) pending forms? now ha(?:s|ve) nobody")
+
+
+def _said(pattern: re.Pattern[str], texts: list[str]) -> str:
+    found = [m.group(1) for t in texts for m in [pattern.search(t)] if m]
+    assert len(found) <= 1, texts
+    return found[0] if found else ""
+
+
+def _unrouted(client: Client) -> int:
+    count = client.get("/dashboard/").context["unrouted"]
+    assert isinstance(count, int)
+    return count
+
+
+def _writes(queries: CaptureQueriesContext) -> list[str]:
+    """Statements that change the inbox's rows or lock them (a session's save aside)."""
+    return [
+        q["sql"]
+        for q in queries.captured_queries
+        if re.match(r"\s*(DELETE|UPDATE|INSERT|SAVEPOINT)\b", q["sql"], re.IGNORECASE)
+        and "django_session" not in q["sql"]
+    ]
+
+
+def _preview_then_delete(admin_client: Client, groups: list[Group]) -> tuple[str, str]:
+    """Opens the delete page of one group (or the action's confirmation for several), checks
+    that nothing was deleted to say what it would leave, deletes, and checks that the same is
+    then said and counted. Returns what was said: the routes and the number of forms."""
+    unrouted = _unrouted(admin_client)
+    routes_before = set(Route.objects.asking_nobody())
+    with CaptureQueriesContext(connection) as queries:
+        if len(groups) == 1:
+            page = admin_client.get(f"/admin/auth/group/{groups[0].pk}/delete/")
+        else:
+            page = admin_client.post(
+                "/admin/auth/group/",
+                {"action": "delete_selected", "_selected_action": [g.pk for g in groups]},
+            )
+    assert page.status_code == 200
+    assert not _writes(queries), _writes(queries)
+    assert not AuditEntry.objects.filter(verb__in=["form_unassigned", "route_changed"]).exists()
+    assert Group.objects.filter(pk__in=[g.pk for g in groups]).count() == len(groups)
+    ahead = notes(page)
+    # Said in the page itself, above Django's list of what goes with the groups.
+    body = html.unescape(page.content.decode())
+    assert all(note in body for note in ahead if "nobody" in note)
+    routes, forms = _said(AHEAD_ROUTES, ahead), _said(AHEAD_FORMS, ahead)
+
+    if len(groups) == 1:
+        deleted = admin_client.post(
+            f"/admin/auth/group/{groups[0].pk}/delete/", {"post": "yes"}, follow=True
+        )
+    else:
+        deleted = admin_client.post(
+            "/admin/auth/group/",
+            {
+                "action": "delete_selected",
+                "_selected_action": [g.pk for g in groups],
+                "post": "yes",
+            },
+            follow=True,
+        )
+    assert not Group.objects.filter(pk__in=[g.pk for g in groups]).exists()
+    after = notes(deleted)
+    assert (_said(AFTER_ROUTES, after), _said(AFTER_FORMS, after)) == (routes, forms)
+    assert _unrouted(admin_client) - unrouted == int(forms or 0)
+    left = sorted(set(Route.objects.asking_nobody()) - routes_before, key=lambda r: r.name)
+    assert routes == ", ".join(f"{r.app} · {r.name}" for r in left)
+    return routes, forms
+
+
+def test_a_route_s_only_group_deleted_is_said_beforehand_as_it_then_is(
+    admin_client: Client, finance: tuple[Group, User, User, list[Form]]
+) -> None:
+    group, *_ = finance
+    said = _preview_then_delete(admin_client, [group])
+    assert said == ("payroll · finance managers", "3")
+
+
+def test_a_group_whose_members_are_asked_through_another_group_too(
+    admin_client: Client, reach_app: DifyApp
+) -> None:
+    # carol is in @legal too, which the default route also asks: its forms keep her. A node
+    # route asking @finance only loses everyone, though carol is in a routed group still.
+    finance, legal = Group.objects.create(name="finance"), Group.objects.create(name="legal")
+    carol = User.objects.create_user("carol", "carol@example.com", "pw-carol-123")
+    dave = User.objects.create_user("dave", "dave@example.com", "pw-dave-123")
+    finance.user_set.add(carol, dave)
+    legal.user_set.add(carol)
+    route(reach_app, name="finance managers", groups=[finance, legal])
+    route(reach_app, node="audit_check", name="audit", groups=[finance])
+    for _ in range(3):
+        make_form(reach_app)
+    make_form(reach_app, node_id="audit_check")
+    make_form(reach_app, node_id="audit_check")
+    said = _preview_then_delete(admin_client, [finance])
+    assert said == ("payroll · audit", "2")
+
+
+def test_a_reviewer_s_email_link_opens_the_form_only_while_they_may_see_it(
+    admin_client: Client, finance: tuple[Group, User, User, list[Form]]
+) -> None:
+    group, carol, _dave, forms = finance
+    # Every form emailed carol and dave; carol is staff, who sees every form: her link keeps
+    # the forms answerable, though the route asks nobody.
+    assert all(f.recipients.filter(user=carol).exists() for f in forms)
+    carol.is_staff = True
+    carol.save()
+    said = _preview_then_delete(admin_client, [group])
+    assert said == ("payroll · finance managers", "")
+
+
+def test_a_reviewer_s_email_link_alone_does_not_keep_a_form(
+    admin_client: Client, reach_app: DifyApp, finance: tuple[Group, User, User, list[Form]]
+) -> None:
+    group, carol, _dave, forms = finance
+    # Their links stay, but a reviewer who no longer sees a form cannot answer it.
+    assert all(f.recipients.filter(user=carol).exists() for f in forms)
+    said = _preview_then_delete(admin_client, [group])
+    assert said == ("payroll · finance managers", "3")
+    assert all(f.recipients.filter(user=carol).exists() for f in forms)
+
+
+def test_a_guest_s_link_keeps_the_forms_while_guests_may_answer(
+    admin_client: Client, reach_app: DifyApp
+) -> None:
+    finance = Group.objects.create(name="finance")
+    finance.user_set.add(User.objects.create_user("carol", "carol@example.com", "pw-carol-123"))
+    route(reach_app, name="finance", groups=[finance], recipients=["guest@example.net"])
+    route(
+        reach_app,
+        node="audit_check",
+        name="audit",
+        groups=[finance],
+        recipients=["auditor@example.net"],
+        allow_guests=True,
+    )
+    make_form(reach_app)
+    make_form(reach_app, node_id="audit_check")
+    # Both routes still email an address; the audit form's guest may answer it, the other
+    # form's guest may only sign in, which they cannot.
+    said = _preview_then_delete(admin_client, [finance])
+    assert said == ("", "1")
+
+
+def test_deleting_several_groups_says_beforehand_what_they_leave_together(
+    admin_client: Client, reach_app: DifyApp, finance: tuple[Group, User, User, list[Form]]
+) -> None:
+    group, carol, _dave, _forms = finance
+    # The audit route asks @finance and @legal (carol): neither deleted alone strands it, both
+    # together leave it and its form, and the default route and its three forms.
+    legal = Group.objects.create(name="legal")
+    legal.user_set.add(carol)
+    route(reach_app, node="audit_check", name="audit", groups=[group, legal])
+    make_form(reach_app, node_id="audit_check")
+    page = admin_client.post(
+        "/admin/auth/group/", {"action": "delete_selected", "_selected_action": [legal.pk]}
+    )
+    assert not [n for n in notes(page) if "nobody" in n]
+    said = _preview_then_delete(admin_client, [group, legal])
+    assert said == ("payroll · audit, payroll · finance managers", "4")
+
+
+def test_the_bulk_confirmation_warns_as_a_warning_in_both_languages(
+    admin_client: Client, reach_app: DifyApp, finance: tuple[Group, User, User, list[Form]]
+) -> None:
+    group, *_ = finance
+    legal = Group.objects.create(name="legal")
+    selected = {"action": "delete_selected", "_selected_action": [group.pk, legal.pk]}
+    page = admin_client.post("/admin/auth/group/", selected)
+    body = html.unescape(page.content.decode())
+    assert "Are you sure you want to delete the selected groups?" in body
+    warning = body.split('<li class="warning">', 1)[1].split("</li>", 1)[0]
+    assert warning.startswith(
+        "Deleting them leaves the route payroll · finance managers asking nobody: its forms "
+        "will wait where only administrators see them. Deleting them leaves 3 pending forms "
+        "with nobody who can answer them. "
+    )
+    assert FORMS_LINK in warning.replace("&amp;", "&")
+    admin_client.cookies["django_language"] = "zh-hans"
+    with translation.override("zh-hans"):
+        page = admin_client.post("/admin/auth/group/", selected)
+        [warning] = [n for n in notes(page) if "href" in n]
+    assert re.sub(r"<[^>]+>", "", warning) == (
+        "删除这些组后\uff0c路由 payroll · finance managers 将不再指定任何人\uff1a它的表单只有"
+        "管理员能看到\uff0c会一直等待。删除这些组后\uff0c3 个待处理表单将没有任何人能回答。"
+        "请在表单列表中改派它们。"
+    )
+    # Nothing was deleted to say it.
+    assert Group.objects.filter(pk__in=[group.pk, legal.pk]).count() == 2
