@@ -3,19 +3,27 @@
 Django's own views and token generator, with the inbox's pages and these rules:
 
 - The reset page says the same whether or not an account has the address (an email is queued
-  only for active accounts with a password that have it), and is throttled per address and per
-  client address in the sign-in's window (INBOX_PASSWORD_RESETS_PER_EMAIL / _PER_IP), counted
-  either way: past a limit it answers 429 with Retry-After, sending nothing.
-- The email is built and sent by the worker (`tasks.send_password_reset`, given the account's
-  id only): the link exists nowhere but in the email, never in the broker or a log line
-  (`inbox.logs` hides the reset page's address in the web servers' lines). It speaks the
-  account's language (`ReviewerProfile`, else the page's) and links from INBOX_BASE_URL.
+  only for the active accounts that have it, with a password or without one yet: an invited
+  reviewer who lost the invitation asks here), and is throttled per address and per client
+  address in the sign-in's window (INBOX_PASSWORD_RESETS_PER_EMAIL / _PER_IP), counted either
+  way: past a limit it answers 429 with Retry-After, sending nothing.
+- An administrator sends a "set your password" link from the admin's user list or an
+  account's page (`inbox.admin.UserAdmin`, `tasks.send_password_link`): worded as an
+  invitation to an account that has no password and never signed in (`invited`), as a reset
+  otherwise.
+- Either email is built and sent by the worker (`tasks.send_password_reset`,
+  `tasks.send_password_link`, given the account's id only): the link exists nowhere but in the
+  email, never in the broker or a log line (`inbox.logs` hides the reset page's address in the
+  web servers' lines). It speaks the account's language (`ReviewerProfile`, else the page's,
+  else the inbox's default) and links from INBOX_BASE_URL.
+- Django's token is made of the account's password hash, an unusable one too: a link sets a
+  password for an account without one, and works once (the hash changes as it is used).
 - A wrong current password on the change page counts as a failed sign-in of the account
   (`inbox.login`): the change page is no way around the sign-in's brake.
 - A reset link sets a password only while its account is active (`ResetTokenGenerator`): one
   made before a deactivation opens nothing while the account is deactivated.
-- Each change, reset request and reset is in the audit trail (`password_changed`,
-  `password_reset_requested`, `password_reset`).
+- Each change, reset request, link an administrator sent and reset is in the audit trail
+  (`password_changed`, `password_reset_requested`, `password_link_sent`, `password_reset`).
 """
 
 from __future__ import annotations
@@ -129,8 +137,26 @@ token_generator = ResetTokenGenerator()
 
 
 class PasswordResetForm(auth_forms.PasswordResetForm):
+    def get_users(self, email: str) -> Any:
+        """Django's, less its test of a usable password: an active account without a password
+        yet (an administrator made it without one, and its invitation is lost or lapsed) gets
+        its link too. The address is matched as Django matches it."""
+        field = get_user_model().get_email_field_name()
+        active = get_user_model()._default_manager.filter(
+            **{f"{field}__iexact": email, "is_active": True}
+        )
+        return (u for u in active if _same_address(email, getattr(u, field)))
+
     def accounts(self) -> list[Any]:
         return list(self.get_users(self.cleaned_data["email"]))
+
+
+def _same_address(one: str, other: str) -> bool:
+    # As Django's `_unicode_ci_compare`: NFKC, then case folded.
+    def fold(text: str) -> str:
+        return unicodedata.normalize("NFKC", text).casefold()
+
+    return fold(one) == fold(other)
 
 
 class PasswordResetView(auth_views.PasswordResetView):
@@ -168,6 +194,14 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     template_name = "accounts/password_reset_confirm.html"
     token_generator = token_generator
 
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        # An account with no password yet chooses its first one, not a new one.
+        context["first"] = bool(
+            self.validlink and self.user is not None and not self.user.has_usable_password()
+        )
+        return context
+
     def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
         user = form.user
@@ -185,9 +219,19 @@ def reset_lasts() -> str:
     return timefmt.span(dt.timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT))
 
 
-def password_reset_email(user: Any, language: str) -> EmailMultiAlternatives:
-    """The reset email for `user`, in their language (the page's when they have none on
-    record), its link from INBOX_BASE_URL. Built where it is sent: its link goes nowhere else."""
+def invited(user: Any) -> bool:
+    """Whether an account never had a way in: no usable password, never signed in (an
+    administrator made it without one). Its link from an administrator is an invitation."""
+    return not user.has_usable_password() and user.last_login is None
+
+
+def password_reset_email(
+    user: Any, language: str, *, by_admin: bool = False
+) -> EmailMultiAlternatives:
+    """The email with `user`'s link to set a password, in their language (`language` when they
+    have none on record), its link from INBOX_BASE_URL. Built where it is sent: its link goes
+    nowhere else. Asked for on the reset page, it says so; sent by an administrator, it is an
+    invitation to an account that never had a way in (`invited`), else a reset."""
     language = ReviewerProfile.languages_of([user]).get(user.pk) or language
     path = reverse(
         "password_reset_confirm",
@@ -196,6 +240,7 @@ def password_reset_email(user: Any, language: str) -> EmailMultiAlternatives:
             "token": token_generator.make_token(user),
         },
     )
+    invitation = by_admin and invited(user)
     with translation.override(language):
         context = {
             "user": user,
@@ -203,21 +248,44 @@ def password_reset_email(user: Any, language: str) -> EmailMultiAlternatives:
             "name": user.get_full_name() or user.get_username(),
             "url": settings.INBOX_BASE_URL.rstrip("/") + path,
             "lasts": reset_lasts(),
-            "title": _("Reset your password"),
+            "by_admin": by_admin,
+            "title": _("Choose your password") if invitation else _("Reset your password"),
         }
-        return automated_email("password_reset", context, user.email)
+        kind = "password_invitation" if invitation else "password_reset"
+        return automated_email(kind, context, user.email)
+
+
+def _may_have_link(user_pk: int) -> Any:
+    """The account, if a link may still go to it: active, with an address."""
+    user = get_user_model().objects.filter(pk=user_pk, is_active=True).first()
+    return user if user is not None and user.email else None
 
 
 def send_password_reset(user_pk: int, language: str) -> int:
-    """Email the account its reset link, if it may still have one (active, with a password and
-    an address). A failed send is logged without the email (its link): asked again, it goes."""
-    user = get_user_model().objects.filter(pk=user_pk, is_active=True).first()
-    if user is None or not user.has_usable_password() or not user.email:
+    """Email the account its reset link, if it may still have one (active, with an address; a
+    password or none yet). A failed send is logged without the email (its link): asked again,
+    it goes."""
+    user = _may_have_link(user_pk)
+    if user is None:
         return 0
     try:
         return email_sent(password_reset_email(user, language))
     except Exception as exc:
         logger.warning("user %s: password reset email not sent: %s", user_pk, type(exc).__name__)
+        return 0
+
+
+def send_password_link(user_pk: int) -> int:
+    """Email the account the link an administrator sent it (`password_reset_email`, by_admin),
+    in its language or the inbox's default, if it may still have one: deactivated or without
+    an address since, nothing goes. A failed send is logged without the email (its link)."""
+    user = _may_have_link(user_pk)
+    if user is None:
+        return 0
+    try:
+        return email_sent(password_reset_email(user, settings.LANGUAGE_CODE, by_admin=True))
+    except Exception as exc:
+        logger.warning("user %s: set-password email not sent: %s", user_pk, type(exc).__name__)
         return 0
 
 

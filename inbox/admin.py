@@ -12,7 +12,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth import admin as auth_admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import (
     BooleanField,
     CharField,
@@ -28,9 +28,9 @@ from django.db.models import (
 )
 from django.db.models.functions import Cast, Coalesce, Now
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -52,6 +52,7 @@ from inbox.app_check import (
 from inbox.audit_words import object_type_label, verb_label
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
+from inbox.forms import joined
 from inbox.models import (
     APP_NOT_FOUND_REFUSAL,
     KIND_REFUSALS,
@@ -68,6 +69,7 @@ from inbox.models import (
     Run,
     RunEvent,
     Upload,
+    _not_queued,
     offsets_text,
 )
 from inbox.names import chooser_label, people_named
@@ -2598,7 +2600,150 @@ class UserAdmin(  # type: ignore[type-arg]
             )
         )
 
-    actions = ["anonymise"]
+    actions = ["anonymise", "send_password_link"]
+
+    # ---- A link to set a password (an invitation to an account made without one) ----------
+    # The list's action and the account page's button ("Send a set-password link", which opens
+    # a page to confirm it) queue `tasks.send_password_link` with the account's id only: the
+    # worker makes the link and words the email (inbox.accounts). Who sent it is in the trail.
+
+    change_form_template = "admin/auth/user/inbox_change_form.html"
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<id>/password-link/",
+                self.admin_site.admin_view(self.password_link_view),
+                name="auth_user_password_link",
+            ),
+            *super().get_urls(),
+        ]
+
+    def password_link_refusal(self, request: HttpRequest, user: Any) -> str | None:
+        """Why no link goes to `user` ("deactivated", "no_email", "not_yours"), or None."""
+        if not user.is_active:
+            return "deactivated"
+        if not user.email:
+            return "no_email"
+        if not self.has_change_permission(request, user):
+            return "not_yours"
+        return None
+
+    @staticmethod
+    def password_link_refusal_text(reason: str, names: list[str]) -> str:
+        n = len(names)
+        texts = {
+            "deactivated": ngettext(
+                "Not sent to %(names)s: the account is deactivated, and a link sets no "
+                "password while it is. Reactivate it first (tick “Active”).",
+                "Not sent to %(names)s: the accounts are deactivated, and a link sets no "
+                "password while they are. Reactivate them first (tick “Active”).",
+                n,
+            ),
+            "no_email": ngettext(
+                "Not sent to %(names)s: the account has no email address. Add one on its "
+                "page, then send the link again.",
+                "Not sent to %(names)s: the accounts have no email address. Add one on their "
+                "pages, then send the links again.",
+                n,
+            ),
+            "not_yours": ngettext(
+                "Not sent to %(names)s: you may not change this account's password.",
+                "Not sent to %(names)s: you may not change these accounts' passwords.",
+                n,
+            ),
+            "not_queued": ngettext(
+                "Not sent to %(names)s: the task queue could not be reached. Try again in a "
+                "moment.",
+                "Not sent to %(names)s: the task queue could not be reached. Try again in a "
+                "moment.",
+                n,
+            ),
+        }
+        return worded(texts[reason], names=joined(names))
+
+    def send_password_links(self, request: HttpRequest, users: list[Any]) -> int:
+        """Queue a set-password email to each account that may have one; say which were sent
+        and which were not, and why. Returns how many were queued."""
+        from inbox.accounts import invited
+        from inbox.tasks import send_password_link
+
+        refused: dict[str, list[str]] = {}
+        sent: list[str] = []
+        for user in users:
+            reason = self.password_link_refusal(request, user)
+            if reason is None:
+                try:
+                    send_password_link.apply_async((user.pk,))
+                except Exception as exc:
+                    _not_queued(exc, "user %s: set-password email not queued", user.pk)
+                    reason = "not_queued"
+            if reason is not None:
+                refused.setdefault(reason, []).append(user.get_username())
+                continue
+            AuditEntry.record(
+                "password_link_sent", user, actor=request.user, invitation=invited(user)
+            )
+            sent.append(f"{user.get_username()} ({user.email})")
+        if sent:
+            self.message_user(
+                request,
+                worded(
+                    ngettext(
+                        "A set-password link is being emailed to %(names)s.",
+                        "Set-password links are being emailed to %(count)d accounts: %(names)s.",
+                        len(sent),
+                    ),
+                    names=joined(sent),
+                    count=len(sent),
+                ),
+                messages.SUCCESS,
+            )
+        for reason in ("deactivated", "no_email", "not_yours", "not_queued"):
+            if reason in refused:
+                self.message_user(
+                    request,
+                    self.password_link_refusal_text(reason, refused[reason]),
+                    messages.WARNING,
+                )
+        return len(sent)
+
+    @admin.action(description=_("Send a set-password link"), permissions=["change"])
+    def send_password_link(self, request: HttpRequest, queryset: Any) -> None:
+        """Email each selected account a link to set its password: an invitation to one made
+        without a password, a reset to the others. The deactivated, those without an email
+        address and those the administrator may not change are named and skipped."""
+        self.send_password_links(request, list(queryset.order_by("username")))
+
+    def password_link_view(self, request: HttpRequest, id: str) -> HttpResponse:
+        """The account page's button: a page to confirm (or saying why no link can go), whose
+        POST sends it and goes back to the account's page."""
+        user = self.get_object(request, unquote(id))
+        if user is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, id)  # type: ignore[attr-defined]
+        if not self.has_view_or_change_permission(request, user):
+            raise PermissionDenied
+        reason = self.password_link_refusal(request, user)
+        back = reverse("admin:auth_user_change", args=[user.pk])
+        if request.method == "POST":
+            self.send_password_links(request, [user])
+            return HttpResponseRedirect(back)
+        from inbox.accounts import invited, reset_lasts
+
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Send a set-password link"),
+            "opts": self.opts,
+            "original": user,
+            "account": user,
+            "refusal": (
+                self.password_link_refusal_text(reason, [user.get_username()]) if reason else ""
+            ),
+            "invitation": invited(user),
+            "lasts": reset_lasts(),
+            "back": back,
+        }
+        return TemplateResponse(request, "admin/auth/user/password_link.html", context)
 
     def has_anonymise_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("inbox.anonymise_user")

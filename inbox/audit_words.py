@@ -73,6 +73,7 @@ VERB_LABELS: dict[str, Any] = {
     "login_throttled": _("Sign-in throttled"),
     "password_changed": _("Password changed"),
     "password_reset_requested": _("Password reset link asked for"),
+    "password_link_sent": _("Set-password link sent by an administrator"),
     "password_reset": _("Password reset by email"),
     "user_access_changed": _("Account access changed"),
     "user_groups_changed": _("Account groups changed"),

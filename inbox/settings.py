@@ -226,6 +226,7 @@ if INBOX_MAIL_QUEUE:
         "inbox.tasks.send_reminders": {"queue": INBOX_MAIL_QUEUE},
         "inbox.tasks.send_failure_notice": {"queue": INBOX_MAIL_QUEUE},
         "inbox.tasks.send_password_reset": {"queue": INBOX_MAIL_QUEUE},
+        "inbox.tasks.send_password_link": {"queue": INBOX_MAIL_QUEUE},
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True

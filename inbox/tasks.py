@@ -1167,6 +1167,16 @@ def send_password_reset(user_pk: int, language: str) -> int:
     return accounts.send_password_reset(user_pk, language)
 
 
+# A set-password link an administrator sent (the admin's users): made here too, from the id.
+@shared_task(soft_time_limit=60, time_limit=75)
+def send_password_link(user_pk: int) -> int:
+    """Email an account the link to set its password, as an administrator asked (an invitation
+    to an account that never had one; inbox.accounts)."""
+    from inbox import accounts
+
+    return accounts.send_password_link(user_pk)
+
+
 # Periodic (beat, every minute). Bounded by batches and the time limit; the rest waits a tick.
 @shared_task(soft_time_limit=100, time_limit=120)
 def send_reminders(batch_size: int = 500) -> dict[str, int]:

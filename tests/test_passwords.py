@@ -41,6 +41,32 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     return calls
 
 
+@pytest.fixture
+def links_queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The set-password emails an administrator queued, each sent at once (as the worker would)."""
+    calls: list[tuple[Any, ...]] = []
+
+    def apply_async(args: tuple[Any, ...]) -> None:
+        calls.append(args)
+        tasks.send_password_link(*args)
+
+    monkeypatch.setattr(tasks.send_password_link, "apply_async", apply_async)
+    return calls
+
+
+def set_password_through(client: Client, path: str, password: str) -> str:
+    """Open an emailed link's path, choose `password` on its page; the page's heading."""
+    opened = client.get(path)
+    assert opened.status_code == 302 and opened["Location"].endswith("/set-password/")
+    page = client.get(opened["Location"]).content.decode()
+    heading = re.search(r"<h1>(.*?)</h1>", page)
+    assert heading is not None
+    new = {"new_password1": password, "new_password2": password}
+    done = client.post(opened["Location"], new)
+    assert done.status_code == 302 and done["Location"] == "/accounts/reset/done/", done
+    return heading.group(1)
+
+
 def ask_reset(client: Client, email: str, **extra: Any) -> Any:
     return client.post("/accounts/password_reset/", {"email": email}, **extra)
 
@@ -188,7 +214,7 @@ def test_the_reset_page_tells_nothing_of_which_addresses_have_accounts(
     client: Client, reviewer: User, queued: list[Any]
 ) -> None:
     User.objects.create_user("dave", "dave@example.com", "pw-dave-123", is_active=False)
-    User.objects.create_user("erin", "erin@example.com")  # No password: none to reset.
+    User.objects.create_user("erin", "erin@example.com")  # No password yet: one to choose.
     answers = [
         ask_reset(client, email)
         for email in (
@@ -201,7 +227,31 @@ def test_the_reset_page_tells_nothing_of_which_addresses_have_accounts(
     assert {(a.status_code, a["Location"]) for a in answers} == {
         (302, "/accounts/password_reset/done/")
     }
-    assert [m.to for m in mail.outbox] == [["alice@example.com"]]
+    assert [m.to for m in mail.outbox] == [["alice@example.com"], ["erin@example.com"]]
+
+
+def test_an_account_without_a_password_yet_gets_its_link_from_the_reset_page(
+    client: Client, queued: list[Any], settings: Any, db: None
+) -> None:
+    """An invited reviewer who lost the invitation asks "Forgot your password?": the link
+    sets their first password, and they sign in with it."""
+    settings.INBOX_PASSWORD_RESETS_PER_EMAIL = 2
+    erin = User.objects.create_user("erin", "erin@example.com")
+    assert not erin.has_usable_password()
+    asked = ask_reset(client, "Erin@Example.com")
+    assert asked.status_code == 302 and asked["Location"] == "/accounts/password_reset/done/"
+    assert queued == [(erin.pk, "en")]
+    [message] = mail.outbox
+    assert message.to == ["erin@example.com"]
+    assert message.subject == "Reset your password for the approval inbox"
+    path = "/accounts/" + LINK.findall(message.body)[0].split("/accounts/", 1)[1]
+    assert set_password_through(client, path, "first-Secret-pass") == "Choose your password"
+    assert sign_in(Client(), "erin", "first-Secret-pass").status_code == 302
+    assert AuditEntry.objects.filter(verb="password_reset_requested").count() == 1
+    # Throttled as any address: past the limit, 429 and nothing sent.
+    ask_reset(client, "erin@example.com")
+    assert ask_reset(client, "erin@example.com").status_code == 429
+    assert len(mail.outbox) == 2
 
 
 def test_the_reset_email_speaks_the_reviewer_s_language(
@@ -395,3 +445,225 @@ def test_a_reset_link_made_before_a_deactivation_sets_no_password(
     reviewer.refresh_from_db()
     assert not reviewer.check_password("n3w-Secret-pass")
     assert not AuditEntry.objects.filter(verb="password_reset").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A set-password link an administrator sends (an invitation to an account made without one)
+# ---------------------------------------------------------------------------------------------
+
+
+def send_links(admin: Client, *users: User, **extra: Any) -> Any:
+    """The users list's action on `users`, followed to the list (its messages)."""
+    data = {"action": "send_password_link", "_selected_action": [u.pk for u in users]}
+    return admin.post("/admin/auth/user/", data, follow=True, **extra)
+
+
+def said(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_an_administrator_emails_set_password_links_to_the_accounts_selected(
+    admin_user: User,
+    reviewer: User,
+    links_queued: list[Any],
+    settings: Any,
+    caplog: Any,
+) -> None:
+    settings.INBOX_BASE_URL = "https://inbox.example.com/approvals"
+    caplog.set_level(logging.DEBUG)
+    # Made in the admin without a password, as a team is onboarded; one without an address,
+    # one deactivated.
+    erin = User.objects.create_user("erin", "erin@example.com", first_name="Erin")
+    User.objects.create_user("nomail")
+    User.objects.create_user("dave", "dave@example.com", "pw-dave-123", is_active=False)
+    # Alice is signed in elsewhere: a link sent to her signs her out of nothing.
+    alices = Client()
+    alices.force_login(reviewer)
+    admin = Client()
+    admin.force_login(admin_user)
+    chosen = User.objects.filter(username__in=["alice", "erin", "nomail", "dave"])
+    answer = send_links(admin, *chosen)
+    assert answer.status_code == 200
+    assert said(answer) == [
+        "Set-password links are being emailed to 2 accounts: "
+        "alice (alice@example.com), erin (erin@example.com).",
+        "Not sent to dave: the account is deactivated, and a link sets no password while it "
+        "is. Reactivate it first (tick “Active”).",
+        "Not sent to nomail: the account has no email address. Add one on its page, then send "
+        "the link again.",
+    ]
+    # The worker is given each account's id only: it makes the link as it sends the email.
+    assert sorted(links_queued) == sorted([(reviewer.pk,), (erin.pk,)])
+    by_address = {m.to[0]: m for m in mail.outbox}
+    assert sorted(by_address) == ["alice@example.com", "erin@example.com"]
+    # Erin never had a password: an invitation, saying how long the link works.
+    invitation = by_address["erin@example.com"]
+    assert invitation.subject == "Your approval inbox account: choose your password"
+    assert "Hello Erin," in invitation.body and "username erin" in invitation.body
+    assert (
+        "works once, for 3 days" in invitation.body and "Forgot your password?" in invitation.body
+    )
+    [url] = LINK.findall(invitation.body)
+    assert "reset" not in invitation.body.replace(url, "").lower()
+    assert url.startswith("https://inbox.example.com/approvals/accounts/reset/")
+    assert f'href="{url}"' in invitation.alternatives[0][0]
+    # Alice has a password: a reset, said to come from an administrator.
+    reset = by_address["alice@example.com"]
+    assert reset.subject == "Reset your password for the approval inbox"
+    assert "An administrator of the approval inbox sent you a link" in reset.body
+    assert "Someone, we hope you" not in reset.body and "3 days" in reset.body
+    reviewer.refresh_from_db()
+    assert reviewer.check_password("pw-alice-123")
+    assert alices.get("/").status_code == 200
+    # Each sent link is in the trail, by the administrator; the accounts skipped have none.
+    entries = AuditEntry.objects.filter(verb="password_link_sent").order_by("object_id")
+    assert sorted(
+        (e.object_id, e.actor, e.actor_label, e.details["invitation"]) for e in entries
+    ) == sorted(
+        [
+            (str(reviewer.pk), admin_user, admin_user.get_username(), False),
+            (str(erin.pk), admin_user, admin_user.get_username(), True),
+        ]
+    )
+    # Erin's link sets her first password (Django's token is made of her unusable one), once.
+    path = url.removeprefix("https://inbox.example.com/approvals")
+    browser = Client()
+    assert set_password_through(browser, path, "erin-Secret-pass") == "Choose your password"
+    assert sign_in(Client(), "erin", "erin-Secret-pass").status_code == 302
+    again = browser.get(path)
+    page = browser.get(again.url if again.status_code == 302 else path).content.decode()
+    assert "This link no longer works" in page
+    assert AuditEntry.objects.filter(verb="password_reset", object_id=str(erin.pk)).exists()
+    # The link is in the email only: in no log line, no audit entry.
+    token = path.split("/")[-2]
+    assert token not in caplog.text and "/accounts/reset/" not in caplog.text
+    assert not AuditEntry.objects.filter(details__icontains=token).exists()
+
+
+def test_setting_a_password_from_a_link_signs_out_only_that_account_s_other_sessions(
+    admin_user: User, reviewer: User, links_queued: list[Any]
+) -> None:
+    admin = Client()
+    admin.force_login(admin_user)
+    alices = Client()
+    alices.force_login(reviewer)
+    send_links(admin, reviewer)
+    [url] = LINK.findall(mail.outbox[0].body)
+    path = "/accounts/" + url.split("/accounts/", 1)[1]
+    # Opened in the administrator's own browser (trying it): they stay signed in.
+    assert set_password_through(admin, path, "n3w-Secret-pass") == "Choose a new password"
+    assert admin.get("/admin/").status_code == 200
+    # Alice's old session ends with her old password, as any reset's does.
+    assert alices.get("/").status_code == 302
+    assert sign_in(Client(), "alice", "n3w-Secret-pass").status_code == 302
+
+
+def test_the_set_password_email_speaks_the_reviewer_s_language(
+    admin_user: User, links_queued: list[Any], db: None
+) -> None:
+    li = User.objects.create_user("li", "li@example.com", first_name="李")
+    ReviewerProfile.objects.create(user=li, language="zh-hans", language_chosen=True)
+    admin = Client()
+    admin.force_login(admin_user)
+    send_links(admin, li)  # From an English admin.
+    [message] = mail.outbox
+    assert message.subject == "您的审批收件箱账号\uff1a设置密码"
+    body = message.body + message.alternatives[0][0]
+    assert "3天" in body.replace(" ", "") and "li" in body
+    assert "password" not in body.lower() and "administrator" not in body.lower()
+    # With no language on record: the inbox's default.
+    bo = User.objects.create_user("bo", "bo@example.com")
+    send_links(admin, bo, HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert mail.outbox[-1].subject == "Your approval inbox account: choose your password"
+
+
+def test_the_link_lasts_as_long_as_django_s_reset_timeout_and_says_so(
+    admin_user: User, links_queued: list[Any], settings: Any, db: None
+) -> None:
+    settings.PASSWORD_RESET_TIMEOUT = 2 * 3600
+    erin = User.objects.create_user("erin", "erin@example.com")
+    admin = Client()
+    admin.force_login(admin_user)
+    send_links(admin, erin)
+    [message] = mail.outbox
+    assert "The link works once, for 2 hours." in message.body
+
+
+def test_an_account_s_page_offers_the_link_and_says_why_it_cannot_go(
+    admin_user: User, reviewer: User, links_queued: list[Any]
+) -> None:
+    admin = Client()
+    admin.force_login(admin_user)
+    erin = User.objects.create_user("erin", "erin@example.com")
+    page = admin.get(f"/admin/auth/user/{erin.pk}/change/").content.decode()
+    url = f"/admin/auth/user/{erin.pk}/password-link/"
+    assert f'<a href="{url}">Send a set-password link</a>' in page
+    zh = admin.get(f"/admin/auth/user/{erin.pk}/change/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "发送设置密码链接" in zh.content.decode()
+    confirm = admin.get(url).content.decode()
+    assert "An email goes to erin@example.com" in confirm and "invitation" in confirm
+    assert not mail.outbox  # Opening the page sends nothing.
+    sent = admin.post(url, follow=True)
+    assert sent.redirect_chain[0][0] == f"/admin/auth/user/{erin.pk}/change/"
+    assert said(sent) == ["A set-password link is being emailed to erin (erin@example.com)."]
+    assert links_queued == [(erin.pk,)] and len(mail.outbox) == 1
+    # A deactivated account: the page says why, offers no button, and a POST sends nothing.
+    User.objects.filter(pk=erin.pk).update(is_active=False)
+    refused = admin.get(url).content.decode()
+    assert "Not sent to erin: the account is deactivated" in refused
+    assert 'value="Send the link"' not in refused and 'value="Send the link"' in confirm
+    assert said(admin.post(url, follow=True))[0].startswith("Not sent to erin:")
+    assert len(mail.outbox) == 1
+    assert AuditEntry.objects.filter(verb="password_link_sent").count() == 1
+
+
+def test_a_team_lead_sends_no_link_to_an_account_they_may_not_change(
+    admin_user: User, reviewer: User, links_queued: list[Any]
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    lead = User.objects.create_user("lead", "lead@example.com", "pw-lead-123", is_staff=True)
+    lead.user_permissions.set(Permission.objects.filter(codename__in=["view_user", "change_user"]))
+    client = Client()
+    client.force_login(lead)
+    answer = send_links(client, reviewer, admin_user)
+    assert said(answer) == [
+        "A set-password link is being emailed to alice (alice@example.com).",
+        f"Not sent to {admin_user.get_username()}: you may not change this account's password.",
+    ]
+    assert links_queued == [(reviewer.pk,)]
+    # Nor from the superuser's page, which they may only view.
+    url = f"/admin/auth/user/{admin_user.pk}/password-link/"
+    assert (
+        "Send a set-password link</a>"
+        not in client.get(f"/admin/auth/user/{admin_user.pk}/change/").content.decode()
+    )
+    client.post(url)
+    assert links_queued == [(reviewer.pk,)]
+
+
+def test_an_account_deactivated_after_its_link_was_queued_gets_no_email(
+    reviewer: User, db: None
+) -> None:
+    User.objects.filter(pk=reviewer.pk).update(is_active=False)
+    assert tasks.send_password_link(reviewer.pk) == 0
+    User.objects.filter(pk=reviewer.pk).update(is_active=True, email="")
+    assert tasks.send_password_link(reviewer.pk) == 0
+    assert not mail.outbox
+
+
+def test_a_broker_away_is_said_and_nothing_recorded(
+    admin_user: User, reviewer: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    def away(args: tuple[Any, ...]) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(tasks.send_password_link, "apply_async", away)
+    admin = Client()
+    admin.force_login(admin_user)
+    assert said(send_links(admin, reviewer)) == [
+        "Not sent to alice: the task queue could not be reached. Try again in a moment."
+    ]
+    assert not AuditEntry.objects.filter(verb="password_link_sent").exists()
