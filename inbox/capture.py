@@ -179,8 +179,11 @@ class StreamState:
     from_start: bool = False
     # node_id -> the forms this stream announced at that node, in order...
     announced: dict[str, list[str]] = field(default_factory=dict)
-    # ... and the forms whose fill or timeout it delivered.
+    # ... and the forms whose fill or timeout it delivered, the last one per node...
     settled: set[str] = field(default_factory=set)
+    last_settled: dict[str, str] = field(default_factory=dict)
+    # ... and the forms whose Human Input node's `node_finished` it delivered.
+    finished: set[str] = field(default_factory=set)
     # The stream paused the run (a pause replayed or new) and no fill or timeout came since.
     paused: bool = False
     # How far into the run's answer, and into each node's text, a stream replaying from the
@@ -194,6 +197,8 @@ class StreamState:
             from_start=self.from_start,
             announced={node: list(ids) for node, ids in self.announced.items()},
             settled=set(self.settled),
+            last_settled=dict(self.last_settled),
+            finished=set(self.finished),
             paused=self.paused,
             answer_at=self.answer_at,
             text_at=dict(self.text_at),
@@ -445,6 +450,7 @@ class _Batch:
         only a replay, which resumes only a pause the same replay applied."""
         if form is not None:
             self.stream.settled.add(form.form_id)
+            self.stream.last_settled[form.node_id] = form.form_id
             if not replayed:
                 self.settlements.setdefault(form.form_id, set()).add(mark)
         if not replayed or self.stream.paused:
@@ -515,14 +521,17 @@ class _Batch:
 
     def node(self, event: NodeEvent) -> None:
         data = event.data
+        if event.event.endswith(("_next", "_retry")):
+            return
+        finished = event.event.endswith(("_finished", "_completed", "_succeeded", "_failed"))
+        outputs = data.get("outputs")
+        if finished and isinstance(outputs, dict) and "__action_id" in outputs:
+            self.human_input_finished(event.node_id, outputs.get("__action_id"))
         # Nodes inside an iteration or a loop would fill the timeline with one entry per pass;
         # the iteration's own events stand for them.
         if data.get("iteration_id") or data.get("loop_id"):
             return
-        if event.event.endswith(("_next", "_retry")):
-            return
         key = f"node:{event.id or f'{event.node_id}:{event.index}'}"
-        finished = event.event.endswith(("_finished", "_completed", "_succeeded", "_failed"))
         status = (event.status or ("succeeded" if finished else "running")).lower()
         when = _when(data.get("created_at"))
         item = self.entry(
@@ -537,19 +546,6 @@ class _Batch:
             self.entry(key, status=status)
             if event.error:
                 self.entry(key, error=str(event.error)[:500])
-        outputs = data.get("outputs")
-        action = outputs.get("__action_id") if finished and isinstance(outputs, dict) else None
-        if isinstance(action, str) and action and action != "__timeout":
-            # A Human Input node's outputs name the action that filled its form: evidence for a
-            # decision of ours delivered by presumption (the fill itself may never be seen).
-            for form in reversed(list(self.forms.values())):
-                if form.node_id == event.node_id and form.status == "submitted":
-                    self.check_presumption(
-                        form,
-                        {"filled_action_id": action, "filled_action_text": ""},
-                        evidence="node_finished",
-                    )
-                    break
         whole = outputs.get("text") if finished and isinstance(outputs, dict) else None
         if isinstance(whole, str) and whole and "text" in item:
             # The node's whole text, which the chunks seen may only end (streamed before this
@@ -558,6 +554,43 @@ class _Batch:
             if item["text"] != whole:
                 item["text"] = whole
                 self.timeline_changed = True
+
+    def human_input_finished(self, node_id: str, action: Any) -> None:
+        """A Human Input node finished: its outputs name the action that filled its form
+        (`__action_id`), evidence for a decision of ours delivered by presumption (the fill
+        itself may never be seen). `__timeout` names none."""
+        form = self.finished_form(node_id)
+        if form is None or not isinstance(action, str) or not action or action == "__timeout":
+            return
+        self.check_presumption(
+            form, {"filled_action_id": action, "filled_action_text": ""}, evidence="node_finished"
+        )
+
+    def finished_form(self, node_id: str) -> Form | None:
+        """The form a Human Input node's `node_finished` is about. Nothing Dify sends ties the
+        two: the event names the node and its execution, the form's announcement names no
+        execution, and the outputs name no form. A node in a loop has had several forms, so
+        the stream's order tells, as for fills (`settled_form`): Dify finishes a node's form
+        right after its fill or timeout, and after announcing it. It is the form whose fill or
+        timeout the stream delivered last at the node, unless that one finished already; else
+        the first form the stream announced there and has not finished. Only a stream that showed
+        nothing of the node falls back on the node id: its only form, or, in a live stream,
+        its newest (the pass Dify is at); in a replay from the start (which announces every
+        form before finishing it) several forms leave it unknown."""
+        order = self.stream.announced.get(node_id, [])
+        last = self.stream.last_settled.get(node_id)
+        done = self.stream.finished
+        form_id = last if last is not None and last not in done else None
+        if form_id is None:
+            form_id = next((f for f in order if f not in done), None)
+        if form_id is None and not order and last is None:
+            candidates = [f for f in self.forms.values() if f.node_id == node_id]
+            if len(candidates) == 1 or (candidates and not self.stream.from_start):
+                form_id = candidates[-1].form_id
+        if form_id is None:
+            return None
+        done.add(form_id)
+        return self.forms.get(form_id)
 
     def text(self, event: TextChunk) -> None:
         if not event.text:

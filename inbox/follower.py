@@ -186,7 +186,7 @@ def _claimable() -> Any:
         Run.objects.filter(follow_wanted=True)
         .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=Now()))
         .exclude(workflow_run_id="")
-        .exclude(status__in=Run.FINAL_STATUSES)
+        .filter(Run.followable())
     )
 
 
@@ -349,8 +349,14 @@ def release_lease(owner: str, claim: Claim, outcome: str, attempts: int = 0) -> 
             final["events_unavailable"] = True
         # A run that ended has nothing more to show: a request made while it was read (the
         # second of two parallel decisions delivered as the first one's follow ended it) is
-        # not left wanting a follow for ever.
-        if mine.filter(Q(follow_seq=claim.seq) | Q(status__in=Run.FINAL_STATUSES)).update(**final):
+        # not left wanting a follow for ever. Unless a decision of the run was delivered by
+        # presumption and is still unsettled: that request asks for the evidence of whose
+        # answer Dify took, which the stream just read may have shown before there was a
+        # presumption to settle (the Human Input node's outputs, read while the decision was
+        # still on its way), and which a stream read once more shows again where Dify replays
+        # the run's log. That read ends the wish (`follow_seq` is then unchanged).
+        ended = Q(status__in=Run.FINAL_STATUSES) & ~Run.evidence_awaited()
+        if mine.filter(Q(follow_seq=claim.seq) | ended).update(**final):
             return
     mine.update(**cleared)
 

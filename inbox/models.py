@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.db.models.functions import Lower, Now
+from django.db.models.functions import Cast, Lower, Now
 from django.urls import reverse
 from django.utils import formats, timezone, translation
 from django.utils.text import capfirst
@@ -1043,6 +1043,22 @@ class Run(models.Model):
         inputs = self.inputs if isinstance(self.inputs, dict) else {}
         return [(str(labels.get(name) or name), value) for name, value in inputs.items()]
 
+    def awaits_evidence(self) -> bool:
+        """A decision on one of its forms was delivered by presumption and Dify's events have
+        not settled it yet (`Decision.unsettled_presumptions`)."""
+        return Decision.unsettled_presumptions().filter(form__run_id=self.pk).exists()
+
+    @staticmethod
+    def evidence_awaited() -> Q:
+        """`awaits_evidence`, as a condition on runs."""
+        return Q(Exists(Decision.unsettled_presumptions().filter(form__run_id=OuterRef("pk"))))
+
+    @classmethod
+    def followable(cls) -> Q:
+        """The runs a stream may still tell something: those not finished, and the finished
+        ones that await evidence of a presumed delivery (`awaits_evidence`)."""
+        return ~Q(status__in=cls.FINAL_STATUSES) | cls.evidence_awaited()
+
     def request_follow(self, snapshot: bool = False) -> bool:
         """Ask a follower to (re)open this run's event stream and read it to the next pause or
         the end. Call it whenever the run may have moved on in Dify: after a decision was
@@ -1053,9 +1069,12 @@ class Run(models.Model):
         miss the events in between (CONTRACT 6.1 "Race"); replays are idempotent. `snapshot=True`
         additionally asks it to fetch the definitions of the forms the replay lists again (GET
         form), since after a decision the variables that select options and defaults resolve
-        from may have changed. Returns False for a finished run: it has nothing more to say.
+        from may have changed. Returns False for a finished run: it has nothing more to say,
+        unless a decision on one of its forms was delivered by presumption and is not settled
+        yet (`awaits_evidence`): Dify's events may still say whose answer it took (newer builds
+        replay a finished run's event log), and nothing but a stream can tell.
         """
-        if self.is_finished:
+        if self.is_finished and not self.awaits_evidence():
             return False
         fields: dict[str, Any] = {
             "follow_wanted": True,
@@ -1065,9 +1084,7 @@ class Run(models.Model):
         if snapshot:
             fields["follow_snapshot"] = True
         # An UPDATE, not save(): the follower writes this row concurrently.
-        updated = (
-            Run.objects.filter(pk=self.pk).exclude(status__in=self.FINAL_STATUSES).update(**fields)
-        )
+        updated = Run.objects.filter(pk=self.pk).filter(Run.followable()).update(**fields)
         if updated:
             self.follow_wanted = True
             self.follow_snapshot = self.follow_snapshot or snapshot
@@ -2683,6 +2700,29 @@ class Decision(models.Model):
                 verb="decision_delivered", details__confirmed_by__startswith="presumed"
             ).exists()
             and not entries.filter(verb="delivery_confirmed").exists()
+        )
+
+    @classmethod
+    def unsettled_presumptions(cls) -> models.QuerySet[Decision]:
+        """The decisions delivered by presumption (`delivery_presumed`) that Dify's events have
+        neither confirmed nor contradicted yet, as one query (a subquery of the follower's)."""
+        trail = AuditEntry.objects.filter(
+            object_type="decision", object_id=Cast(OuterRef("pk"), models.CharField())
+        )
+        return (
+            cls.objects.filter(
+                status=cls.Status.DELIVERED,
+                maybe_applied=True,
+                form__status=Form.Status.SUBMITTED,
+            )
+            .filter(
+                Exists(
+                    trail.filter(
+                        verb="decision_delivered", details__confirmed_by__startswith="presumed"
+                    )
+                )
+            )
+            .exclude(Exists(trail.filter(verb="delivery_confirmed")))
         )
 
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from inbox.capture import StreamState
-from inbox.models import AuditEntry, Run, RunEvent
+from inbox.models import AuditEntry, Decision, Run, RunEvent
 from tests.capture import events as ev
 
 pytestmark = pytest.mark.django_db
@@ -232,3 +232,113 @@ def test_a_replayed_node_text_is_kept_once(run: Run) -> None:
     apply(run, log)
     applied = apply(run, log)
     assert run.timeline[1]["text"] == "Hello world" and not applied.changed
+
+
+# --- a Human Input node's outputs as evidence of a presumed delivery ---
+
+
+def human_input_finished(execution: str, action: str, note: str) -> dict[str, Any]:
+    """The Human Input node's `node_finished`: its outputs name the action that filled the form
+    (`__action_id`), but neither the form nor anything its announcement carried."""
+    return ev.event(
+        "node_finished",
+        {
+            "id": execution,
+            "node_id": "approve_node",
+            "node_type": "human-input",
+            "title": "Manager approval",
+            "index": 2,
+            "status": "succeeded",
+            "outputs": {"note": note, "__action_id": action},
+            "created_at": 1,
+        },
+    )
+
+
+# F1 answered in Dify with Reject; the loop came round: F2 waits, and a decision of ours for it is
+# delivered by presumption (Approve). Then Dify replays the run's log from its start, with F2's
+# answer after it: ours, with or without its fill.
+FIRST_PASS = [
+    ev.started(),
+    ev.event("human_input_required", F1),
+    ev.paused(F1),
+    ev.filled(action="reject", note="no"),
+    human_input_finished("E1", "reject", "no"),
+    ev.started("resumption"),
+    ev.event("human_input_required", F2),
+    ev.paused(F2),
+]
+
+
+@pytest.mark.parametrize("fills", [True, False], ids=["with the fills", "outputs alone"])
+@pytest.mark.parametrize("cut", [0, 4, 5, 8])
+def test_a_replayed_pass_of_a_loop_settles_the_presumption_on_its_own_form_only(
+    run: Run, reviewer: Any, fills: bool, cut: int
+) -> None:
+    from tests.delivery.helpers import presume
+
+    live(run, FIRST_PASS)
+    f1, f2 = run.forms.get(form_id="F1"), run.forms.get(form_id="F2")
+    assert (f1.status, f1.filled_action_id, f2.status) == ("answered_elsewhere", "reject", "pending")
+    decision = presume(f2, "approve", reviewer=reviewer)
+    replay = [
+        *FIRST_PASS,
+        *([ev.filled(action="approve", note="ours")] if fills else []),
+        human_input_finished("E2", "approve", "ours"),
+        ev.finished(),
+    ]
+    if not fills:
+        replay = [e for e in replay if e["event"] != "human_input_form_filled"]
+    # F1's outputs (Reject) are not F2's: read in one stream, however the batches fall, the
+    # replay confirms our Approve and corrects nothing.
+    stream = StreamState()
+    apply(run, replay[:cut], stream)
+    apply(run, replay[cut:], stream)
+    decision.refresh_from_db()
+    f2.refresh_from_db()
+    assert (decision.status, f2.status) == ("delivered", "submitted")
+    (entry,) = AuditEntry.objects.filter(verb="delivery_confirmed")
+    assert entry.object_id == str(decision.pk)
+    assert entry.details["confirmed_by"] == (
+        "human_input_form_filled" if fills else "node_finished"
+    )
+    assert not AuditEntry.objects.filter(verb="decision_rejected").exists()
+
+
+def test_a_node_outputs_shown_after_a_fill_at_the_resume_go_to_the_filled_form(
+    run: Run, reviewer: Any
+) -> None:
+    from tests.delivery.helpers import presume
+
+    apply(run, FIRST_PASS)
+    decision = presume(run.forms.get(form_id="F2"), "approve", reviewer=reviewer)
+    # A stream opened at the resume: F2's fill names Reject, and so do the node's outputs.
+    apply(
+        run,
+        [
+            ev.started("resumption"),
+            ev.filled(action="reject", note="theirs"),
+            human_input_finished("E2", "reject", "theirs"),
+        ],
+    )
+    decision.refresh_from_db()
+    assert decision.status == "rejected"
+    (entry,) = AuditEntry.objects.filter(verb="decision_rejected")
+    assert entry.details["evidence"] == "human_input_form_filled"
+
+
+def test_outputs_a_replay_cannot_place_among_several_forms_of_the_node_settle_nothing(
+    run: Run, reviewer: Any
+) -> None:
+    from tests.delivery.helpers import presume
+
+    apply(run, FIRST_PASS)
+    decision = presume(run.forms.get(form_id="F2"), "approve", reviewer=reviewer)
+    # A replay from the start that shows the node's outputs before announcing anything there
+    # (as a state snapshot lists executed nodes): F1's pass or F2's, nothing tells.
+    apply(run, [ev.started(), human_input_finished("E1", "reject", "no")])
+    decision.refresh_from_db()
+    assert decision.status == "delivered" and decision.delivery_presumed
+    # A stream of the node's one pass going on live does tell: the pass Dify is at, F2's.
+    apply(run, [human_input_finished("E2", "approve", "ours")])
+    assert not Decision.objects.get(pk=decision.pk).delivery_presumed

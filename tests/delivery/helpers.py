@@ -8,7 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from inbox.models import DifyApp, Form, Run
+from inbox.models import Decision, DifyApp, Form, Run
 
 _ids = itertools.count(1)
 
@@ -91,3 +91,30 @@ def simulated_forms(
             )
         )
     return forms
+
+
+def presume(form: Form, action_id: str = "approve", **kwargs: Any) -> Decision:
+    """A decision on `form` delivered by presumption, recorded by the delivery's own verb: an
+    attempt whose answer was lost (it may have been applied), then Dify's 412 "already
+    submitted" with nothing showing whose answer it took (`tasks._settle_already_submitted`)."""
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+    decision = Decision.objects.create(
+        form=form,
+        action_id=action_id,
+        inputs={"note": "ours"},
+        status=Decision.Status.DELIVERING,
+        maybe_applied=True,
+        **kwargs,
+    )
+    assert Decision.finish(
+        decision.pk,
+        status=Decision.Status.DELIVERED,
+        form_status=Form.Status.SUBMITTED,
+        verb="decision_delivered",
+        presumed=True,
+        confirmed_by="presumed: an earlier attempt's answer was lost; Dify shows no other answer",
+    )
+    decision = Decision.objects.get(pk=decision.pk)
+    assert decision.delivery_presumed
+    form.refresh_from_db()
+    return decision

@@ -15,8 +15,9 @@ from django.core import mail
 from django.test import Client
 from django.utils import timezone
 
-from inbox import notify
+from inbox import capture, notify
 from inbox.dify.client import DifyClient
+from inbox.follower import release_lease, take_leases
 from inbox.models import AuditEntry, Decision, DifyApp, Form, FormRecipient, Run
 from inbox.tasks import deliver_decision, deliver_queued
 from tests.delivery.helpers import simulated_forms
@@ -43,6 +44,7 @@ def _presumed(
     callbacks: Callable[..., Any],
     *,
     elsewhere: str | None,
+    before_retry: Callable[[], None] | None = None,
 ) -> Decision:
     """Our first submit hangs past the timeout without being applied; `elsewhere` (an action)
     is then answered in Dify's web app, or (None) the first submit is applied with its answer
@@ -65,6 +67,8 @@ def _presumed(
             form.form_id, elsewhere, {"decision_note": "elsewhere"}, channel="webapp"
         )
         simulator.wait_for_status(form.run.workflow_run_id, "succeeded")
+    if before_retry is not None:
+        before_retry()
     with callbacks(execute=False):
         assert deliver_decision(decision.pk) == "delivered"
     decision = Decision.objects.get(pk=decision.pk)
@@ -208,6 +212,51 @@ def test_a_presumed_delivery_the_events_show_as_ours_is_confirmed(
     assert entry.details["confirmed_by"] in ("human_input_form_filled", "node_finished")
     _follow(simulator, Run.objects.get(pk=form.run_id))
     assert AuditEntry.objects.filter(verb="delivery_confirmed").count() == 1
+
+
+def test_a_presumed_delivery_on_a_run_already_closed_here_is_still_followed_for_its_evidence(
+    simulator: Any,
+    app: DifyApp,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    (form,) = simulated_forms(simulator, app, 1)
+    run = form.run
+
+    def closed_here() -> None:
+        # Before the retry, the reconcile saw the run's end in its detail and closed it here.
+        detail = DifyClient(app.base_url, app.api_key).get_run(run.workflow_run_id)
+        capture.apply_run_detail(run.pk, detail)
+        assert Run.objects.get(pk=run.pk).status == "succeeded"
+
+    decision = _presumed(
+        simulator,
+        form,
+        reviewer,
+        django_capture_on_commit_callbacks,
+        elsewhere="reject",
+        before_retry=closed_here,
+    )
+    # Finished here, but its events may still say whose answer Dify took: a follower reads it.
+    run.refresh_from_db()
+    assert run.is_finished and run.follow_wanted and run.follow_snapshot
+    (claim,) = take_leases("follower-1", 10, 60)
+    assert claim.pk == run.pk
+    _follow(simulator, run, drop="human_input_form_filled")
+    release_lease("follower-1", claim, "done")
+    decision.refresh_from_db()
+    form.refresh_from_db()
+    assert (decision.status, form.status, form.filled_action_id) == (
+        "rejected",
+        "answered_elsewhere",
+        "reject",
+    )
+    entry = AuditEntry.objects.get(verb="decision_rejected", object_id=str(decision.pk))
+    assert entry.details["evidence"] == "node_finished"
+    # Settled: the finished run wants no more following.
+    run.refresh_from_db()
+    assert not run.follow_wanted and not run.awaits_evidence()
+    assert not run.request_follow(snapshot=True)
 
 
 # --- a database away while a decision Dify accepted is recorded ---
