@@ -1557,6 +1557,7 @@ def form_context(
         "decided_by_start": decision.decider_label_for(_guest_of(decider), sentence_start=True)
         if decision
         else "",
+        "settled": settled_words(form, state, decision, decider),
         "rejection": rejection,
         "rejection_own": rejection_own,
         "rejected_by": rejected_by,
@@ -1571,6 +1572,30 @@ def form_context(
         "submission_key": uuid.uuid4().hex,
         **_presence(form, decider, state),
         **run_context(form, decider),
+    }
+
+
+def settled_words(form: Form, state: str, decision: Decision | None, decider: Decider) -> str:
+    """What the page's alert says instead of what it said about a post once the page's poll
+    finds the form no longer open (app.js): decided (by whom, with what, as the body says it;
+    this reader's decision after all, or someone else's), else the form's status. "" while
+    the form is open."""
+    if state == "open":
+        return ""
+    if decision is not None and (
+        state in ("in_flight", "failed")
+        or (state == "submitted" and decision.status == Decision.Status.DELIVERED)
+    ):
+        return worded(
+            _(
+                "This form has been decided: %(who)s chose “%(action)s”. "
+                "There is nothing more to send."
+            ),
+            who=decision.decider_label_for(_guest_of(decider)),
+            action=decision.action_title,
+        )
+    return _("This form is now: %(status)s. Nothing can be sent for it any more.") % {
+        "status": status_label(form, decider.reviewer is None)
     }
 
 

@@ -548,9 +548,20 @@
   // moment's absence: sending the same again would likely fail the same way, and the decision
   // may even be stored (the poll then shows it taken), so the alert says to try again and
   // stays, and the reader's tap sends it (under the same key, so it still counts once).
-  var resend = null; // { action, delay, timer, sending, untilPoll, notBefore }
+  // Changed while a resend waits (or while it is out), it is not sent by itself any more: sent
+  // at a moment the reader does not choose (the next poll), it could carry a note half typed, or
+  // a choice they were still making, under the action they pressed for what was there before.
+  // The alert says why it stopped, in the words of what happened to it (EDITED), and their tap
+  // sends what they see then (a page sent twice under one key that chose otherwise is refused,
+  // said, and what was typed kept, should the first have arrived after all).
+  var resend = null; // { action, delay, timer, sending, untilPoll, notBefore, words, status, edited }
   var notSentShown = ""; // the words showNotSent put in the alert
   var UNAVAILABLE = [502, 503, 504];
+  var EDITED = {
+    "data-resending": "data-not-sent",
+    "data-no-answer": "data-no-answer-edited",
+    "data-unavailable": "data-unavailable-edited",
+  };
 
   function notSentWords(key) {
     var box = document.getElementById("request-error");
@@ -588,10 +599,25 @@
       showNotSent("data-not-sent");
       return;
     }
+    var words = timedOut ? "data-no-answer" : "data-resending";
+    if (editedMeanwhile()) return stopResend(words);
     var delay = nextDelay(action);
     cancelResend();
-    resend = { action: action, delay: delay, timer: window.setTimeout(sendAgain, delay), sending: false };
-    showNotSent(timedOut ? "data-no-answer" : "data-resending");
+    resend = { action: action, delay: delay, timer: window.setTimeout(sendAgain, delay), sending: false, words: words };
+    showNotSent(words);
+  }
+
+  // The resend that just failed was changed while it was out: it is not sent again by itself.
+  function editedMeanwhile() {
+    return !!resend && !!resend.edited;
+  }
+
+  // Waits for the reader's tap from now on: the alert says what happened to the decision, and
+  // that it stopped because they changed the form.
+  function stopResend(words, status) {
+    cancelResend();
+    showNotSent(EDITED[words] || "data-not-sent", status);
+    return true;
   }
 
   function nextDelay(action) {
@@ -606,13 +632,17 @@
     var xhr = event.detail.xhr;
     var action = elt && elt.id === "decision-form" ? postedAction(event) : "";
     if (pageStale || !action || UNAVAILABLE.indexOf(xhr.status) === -1) return false;
+    window.setTimeout(function () { restoreFocus(false); }, 0);
+    if (editedMeanwhile()) return stopResend("data-unavailable", xhr.status);
     var delay = nextDelay(action);
     var wait = parseInt(xhr.getResponseHeader("Retry-After") || "", 10);
     wait = wait > 0 ? Math.min(wait * 1000, 60000) : delay;
     cancelResend();
-    resend = { action: action, delay: delay, timer: null, sending: false, untilPoll: true, notBefore: Date.now() + wait };
+    resend = {
+      action: action, delay: delay, timer: null, sending: false, untilPoll: true, notBefore: Date.now() + wait,
+      words: "data-unavailable", status: xhr.status,
+    };
     showNotSent("data-unavailable", xhr.status);
-    window.setTimeout(function () { restoreFocus(false); }, 0);
     return true;
   }
 
@@ -644,6 +674,7 @@
       // Not sent after all (the form waits for an upload): tried again later.
       if (resend === wanted && wanted.sending && !wanted.started) {
         wanted.sending = false;
+        if (wanted.edited) { stopResend(wanted.words, wanted.status); return; }
         wanted.timer = window.setTimeout(sendAgain, wanted.delay);
       }
     }, 0);
@@ -695,14 +726,50 @@
 
   window.addEventListener("online", function () { if (resend && !resend.sending && !resend.untilPoll) sendAgain(); });
 
-  // Changed after it was lost: sent when the reader says, with what they have now.
+  // Changed after it was lost: sent when the reader says, with what they have now. Changed while
+  // the resend is out: its answer says what became of it; if it failed again, not sent again
+  // by itself (notSent, serverUnavailable).
   function editedWhileWaiting(event) {
-    if (!resend || resend.sending || !event.target.closest || !event.target.closest("#decision-form")) return;
-    cancelResend();
-    showNotSent("data-not-sent");
+    if (!resend || !event.target.closest || !event.target.closest("#decision-form")) return;
+    if (resend.sending) {
+      resend.edited = true;
+      return;
+    }
+    stopResend(resend.words, resend.status);
   }
   document.addEventListener("input", editedWhileWaiting);
   document.addEventListener("change", editedWhileWaiting);
+
+  // --- The form moved on: what was said about sending to it gives way -----------------------
+  // The page's poll redraws the body once the form is no longer open: decided (this page's
+  // decision after all, say one a 500 answered once it was stored, or someone else's),
+  // expired, answered elsewhere. An alert about what the reader sent ("try again", "sending it
+  // again…") would then invite them to send what can no longer be sent: its place is taken by
+  // what the body now says (data-settled: decided, by whom and with what; else the form's
+  // status), and a resend still waiting is dropped. A resend out meanwhile is answered itself.
+  var settledShown = ""; // the words formMovedOn put in the alert
+
+  function formMovedOn() {
+    var body = document.getElementById("form-body");
+    var words = body && body.getAttribute("data-settled");
+    if (document.getElementById("decision-form")) {
+      // Open again (Dify refused the decision): what the alert said of it is over.
+      if (settledShown && errorShown === settledShown) hideError();
+      settledShown = "";
+      return;
+    }
+    if (!words || (resend && resend.sending)) return;
+    var waiting = !!resend;
+    cancelResend();
+    var box = document.getElementById("request-error");
+    if (!box || (box.hidden && !waiting) || (!box.hidden && errorFromPoll)) return;
+    if (!box.hidden && errorShown === words) return; // said already (each swapped part tells)
+    showError([document.createTextNode(words)], false);
+    settledShown = words;
+  }
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    if (event.target && event.target.id === "form-body") formMovedOn();
+  });
 
   // --- Error answers: say what happened, and keep what was typed ----------------------------
   // htmx swaps nothing of a 4xx or 5xx answer: the button would just come back. An answer that

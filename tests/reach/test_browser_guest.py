@@ -411,3 +411,51 @@ def test_a_guest_decision_the_proxy_answered_504_stays_said_and_is_sent_again_on
     assert Decision.objects.get().inputs["note"] == "ok by me"
     assert alert.is_hidden()
     assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_guest_decision_stored_before_a_500_is_said_decided_once_the_poll_shows_it(
+    live_server: Any,
+    chromium: Any,  # noqa: F811
+    browser_contexts: list[Any],  # noqa: F811
+    reach_route: Route,
+    reach_app: DifyApp,
+) -> None:
+    """The server stored the guest's decision, then failed (500): the alert saying to try again
+    gives way, once the poll shows the form decided, to who decided it and with what, as the
+    guest's page names it (their own address), in the page's language."""
+    form = make_form(reach_app, expires_in=dt.timedelta(hours=5))
+    link = notify.link_path(notify.link_token(form.recipients.get(email=GUEST_ZH)))
+    page = guest_page(chromium, browser_contexts)
+    page.goto(live_server.url + link)
+    page.locator("textarea[name=in_note]").fill("同意。")
+    posts: list[str] = []
+    held: list[Any] = []  # the polls, held until the 500 was said
+
+    def decide(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        route.fetch()  # the server stores it, then fails
+        route.fulfill(status=500, content_type="text/html", body="<h1>Server Error</h1>")
+
+    def poll(route: Any) -> None:
+        if posts:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/live?*", poll)
+    page.route("**/decide", decide)
+    page.get_by_role("button", name="Approve").click()
+    alert = page.locator("#request-error")
+    alert.get_by_text(
+        "服务器出现问题（500）。您输入的内容仍在此处，请稍后再试。"  # noqa: RUF001
+    ).wait_for(timeout=5000)
+    page.unroute("**/live?*")
+    for route in held:
+        route.continue_()
+    said = f"此表单已有决定：{GUEST_ZH} 选择了\u201cApprove\u201d。无需再发送任何内容。"  # noqa: RUF001
+    alert.get_by_text(said).wait_for(timeout=15000)
+    assert page.locator("#decision-form").count() == 0
+    assert "请稍后再试" not in alert.inner_text()
+    assert len(posts) == 1
+    assert Decision.objects.get(form=form).guest_email == GUEST_ZH
+    assert page.js_errors == [] and page.csp_violations == []

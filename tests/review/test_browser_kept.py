@@ -733,3 +733,262 @@ def test_a_decision_the_server_failed_with_a_500_stays_said_and_waits_for_the_ta
     assert Decision.objects.get(form=form).inputs["note"] == NOTE
     assert alert.is_hidden()
     assert page.js_errors == [] and page.csp_violations == []
+
+
+UNAVAILABLE_EDITED = {
+    "en": (
+        "The server was unavailable (503), so your decision may not have been taken. You have "
+        "changed the form since, so it is not sent again by itself: tap the button again to send "
+        "it as it is now."
+    ),
+    "zh-hans": (
+        "服务器当时无法使用（503），您的决定可能未被接收。您之后修改了表单，"  # noqa: RUF001
+        "因此不会再自动重新发送：请再次点按该按钮，发送表单现在的内容。"  # noqa: RUF001
+    ),
+}
+UNAVAILABLE_ZH = (
+    "服务器暂时无法使用（503），您的决定可能未被接收。服务器恢复响应后将重新发送……"  # noqa: RUF001
+    "只会计为一次。您输入的内容已保留。"
+)
+
+
+def _polls_after(page: Any, polls: list[float], since: float, count: int) -> None:
+    """Waits for `count` of the page's polls answered after `since` (time.monotonic())."""
+    deadline = time.monotonic() + 20
+    while len([at for at in polls if at > since]) < count:
+        assert time.monotonic() < deadline, polls
+        page.wait_for_timeout(200)
+
+
+def _keys(posts: list[str]) -> set[str]:
+    return {
+        part for post in posts for part in post.split("&") if part.startswith("submission_key=")
+    }
+
+
+@pytest.mark.parametrize("language", ["en", "zh-hans"])
+def test_a_decision_edited_while_its_resend_after_a_503_waits_is_not_sent_by_itself(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    language: str,
+) -> None:
+    """The server said 503 (not a dropped connection): changed while the page waits to send it
+    again, the decision is not sent by itself at the next poll (that could send a note half
+    typed under the action pressed for the old one), and the alert says so in those words,
+    not that the connection dropped; the reviewer's tap sends what they see."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    note = page.locator("textarea[name=in_note]")
+    note.fill(NOTE)
+    posts: list[str] = []
+    polls: list[float] = []
+
+    def decide(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "2"},
+                content_type="text/html",
+                body="<h1>x</h1>",
+            )
+        else:
+            route.continue_()
+
+    def poll(route: Any) -> None:
+        route.continue_()
+        polls.append(time.monotonic())
+
+    page.route("**/live?*", poll)
+    page.route("**/decide", decide)
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(unavailable(503) if language == "en" else UNAVAILABLE_ZH).wait_for(
+        timeout=5000
+    )
+    note.fill(NOTE + " And apologise.")
+    alert.get_by_text(UNAVAILABLE_EDITED[language]).wait_for(timeout=3000)
+    assert "connection dropped" not in alert.inner_text() and "连接" not in alert.inner_text()
+    # Past the server's wait, the poll gets through twice: nothing is sent by itself.
+    _polls_after(page, polls, time.monotonic() + 2, 2)
+    page.wait_for_timeout(300)
+    assert len(posts) == 1
+    assert not Decision.objects.filter(form=form).exists()
+    assert alert.get_by_text(UNAVAILABLE_EDITED[language]).is_visible()
+    page.get_by_role("button", name="Approve").tap()
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2 and len(_keys(posts)) == 1
+    assert Decision.objects.get(form=form).inputs["note"] == NOTE + " And apologise."
+    assert alert.is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_edited_while_its_resend_is_out_is_not_sent_again_by_itself(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """Changed while the page's own resend is on its way, which the server answers 503 again:
+    the page does not send the changed form by itself next time; it waits for the tap."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    note = page.locator("textarea[name=in_note]")
+    note.fill(NOTE)
+    posts: list[str] = []
+    held: list[Any] = []
+    polls: list[float] = []
+
+    def decide(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "1"},
+                content_type="text/html",
+                body="<h1>x</h1>",
+            )
+        elif len(posts) == 2:
+            held.append(route)  # answered below, once the reviewer changed the form
+        else:
+            route.continue_()
+
+    def poll(route: Any) -> None:
+        route.continue_()
+        polls.append(time.monotonic())
+
+    page.route("**/live?*", poll)
+    page.route("**/decide", decide)
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(unavailable(503)).wait_for(timeout=5000)
+    deadline = time.monotonic() + 15
+    while not held:
+        assert time.monotonic() < deadline
+        page.wait_for_timeout(100)
+    assert "note=Refund" in posts[1] and "apologise" not in posts[1]
+    note.fill(NOTE + " And apologise.")
+    held[0].fulfill(
+        status=503, headers={"Retry-After": "1"}, content_type="text/html", body="<h1>x</h1>"
+    )
+    alert.get_by_text(UNAVAILABLE_EDITED["en"]).wait_for(timeout=5000)
+    _polls_after(page, polls, time.monotonic() + 1, 2)
+    page.wait_for_timeout(300)
+    assert len(posts) == 2
+    assert not Decision.objects.filter(form=form).exists()
+    page.get_by_role("button", name="Approve").tap()
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 3 and len(_keys(posts)) == 1
+    assert Decision.objects.get(form=form).inputs["note"] == NOTE + " And apologise."
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+SERVER_ERROR = {
+    "en": "The server ran into a problem (500). What you typed is still here: try again in a moment.",
+    "zh-hans": "服务器出现问题（500）。您输入的内容仍在此处，请稍后再试。",  # noqa: RUF001
+}
+DECIDED = {
+    "en": "This form has been decided: {who} chose \u201c{action}\u201d. There is nothing more to send.",
+    "zh-hans": "此表单已有决定：{who} 选择了\u201c{action}\u201d。无需再发送任何内容。",  # noqa: RUF001
+}
+
+
+@pytest.mark.parametrize(("language", "whose"), [("en", "own"), ("zh-hans", "other")])
+def test_a_500_gives_way_to_the_decision_the_poll_shows(
+    chromium: Any,
+    live_server: Any,
+    browser_contexts: list[Any],
+    dify_app: DifyApp,
+    reviewer: User,
+    other_reviewer: User,
+    language: str,
+    whose: str,
+) -> None:
+    """A 500 says to try again; once the poll shows the form decided (this very decision, which
+    the server stored before it failed, or Bob's), the alert says so, by whom and with what,
+    instead of inviting a try that can no longer be made."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    posts: list[str] = []
+    held: list[Any] = []  # the polls, held until the 500 was said
+
+    def decide(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if whose == "own":
+            route.fetch()  # the server stores it, then fails
+        route.fulfill(status=500, content_type="text/html", body="<h1>Server Error</h1>")
+
+    def poll(route: Any) -> None:
+        if posts:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/live?*", poll)
+    page.route("**/decide", decide)
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(SERVER_ERROR[language]).wait_for(timeout=5000)
+    page.unroute("**/live?*")
+    for route in held:
+        route.continue_()
+    if whose == "other":
+        Decision.objects.create(form=form, action_id="reject", reviewer=other_reviewer)
+        Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+        said = DECIDED[language].format(who="Bob", action="Reject")
+    else:
+        assert Decision.objects.get(form=form).inputs["note"] == NOTE
+        said = DECIDED[language].format(who="Alice", action="Approve")
+    alert.get_by_text(said).wait_for(timeout=15000)
+    assert page.locator("#decision-form").count() == 0
+    assert SERVER_ERROR[language] not in alert.inner_text()
+    # The form reaches Dify: the body moves on, the alert stays as it is, said once.
+    Decision.objects.filter(form=form).update(status=Decision.Status.DELIVERED)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTED, form_token="")
+    page.wait_for_selector(".state-submitted", timeout=15000)
+    page.wait_for_timeout(300)
+    assert alert.locator("#request-error-text").inner_text() == said
+    assert len(posts) == 1 and Decision.objects.filter(form=form).count() == 1
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_edited_after_its_post_got_no_answer_says_so_and_waits_for_the_tap(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """No answer in time (not a dropped connection): changed before it is sent again, the
+    decision waits for the tap, and the alert still says the server did not answer."""
+    form = _note_form(dify_app)
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    note = page.locator("textarea[name=in_note]")
+    note.fill(NOTE)
+    posts: list[str] = []
+
+    def time_out_once(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.abort("timedout")
+        else:
+            route.continue_()
+
+    page.route("**/decide", time_out_once)
+    page.get_by_role("button", name="Approve").tap()
+    alert = page.locator("#request-error")
+    alert.get_by_text(NO_ANSWER).wait_for(timeout=5000)
+    note.fill(NOTE + " And apologise.")
+    alert.get_by_text(
+        "The server did not answer in time, so your decision may not have arrived. You have "
+        "changed the form since, so it is not sent again by itself: tap the button again to "
+        "send it as it is now."
+    ).wait_for(timeout=3000)
+    page.wait_for_timeout(4000)  # past the resend's back-off: nothing is sent by itself
+    assert len(posts) == 1 and not Decision.objects.filter(form=form).exists()
+    page.get_by_role("button", name="Approve").tap()
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2 and len(_keys(posts)) == 1
+    assert Decision.objects.get(form=form).inputs["note"] == NOTE + " And apologise."
+    assert page.js_errors == [] and page.csp_violations == []

@@ -640,7 +640,8 @@ def test_the_live_poll_redraws_the_body_only_when_the_state_changed(
     changed = alice.get(url, {"state": "open", "run": run_version}, HTTP_HX_REQUEST="true")
     text = changed.content.decode()
     assert (
-        '<section id="form-body" class="form-body state-answered_elsewhere" hx-swap-oob="true">'
+        '<section id="form-body" class="form-body state-answered_elsewhere" hx-swap-oob="true"'
+        ' data-settled="This form is now: Answered elsewhere. Nothing can be sent for it any more.">'
         in text
     )
     assert "Answered elsewhere" in changed["HX-Trigger"]
@@ -1182,3 +1183,29 @@ def test_a_list_of_choices_that_came_without_options_says_to_type_the_value(
     )
     assert "<li>Team: Type a value.</li>" in refused and "Choose an option" not in refused
     assert 'aria-describedby="hint-team err-team"' in refused
+
+
+def test_a_closed_form_s_body_carries_what_replaces_an_alert_about_a_post(
+    alice: Client, dify_app: DifyApp, other_reviewer: User
+) -> None:
+    """`data-settled`: what the page's script says in place of an alert about something sent
+    (a 500 saying to try again, a resend waiting) once the poll shows the form no longer open:
+    decided, by whom and with what, else the form's status. None while the form is open."""
+    form = make_form(dify_app)
+    assert "data-settled" not in body(alice.get(f"/forms/{form.public_id}/").content.decode())
+    Decision.objects.create(form=form, action_id="reject", reviewer=other_reviewer)
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+    for language, words in (
+        ("en", "This form has been decided: Bob chose \u201cReject\u201d."),
+        ("zh-hans", "此表单已有决定：Bob 选择了\u201cReject\u201d。无需再发送任何内容。"),  # noqa: RUF001
+    ):
+        page = body(
+            alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE=language).content.decode()
+        )
+        assert f'data-settled="{words}' in page
+    # The poll's redraw carries it too.
+    live = alice.get(f"/forms/{form.public_id}/live?state=open&run=").content.decode()
+    assert "data-settled=" in live and "Bob chose" in live
+    expired = make_form(dify_app, expires_in=-dt.timedelta(minutes=5))
+    page = body(alice.get(f"/forms/{expired.public_id}/").content.decode())
+    assert 'data-settled="This form is now: Expired. Nothing can be sent for it any more."' in page
