@@ -563,9 +563,9 @@ def _holder(form: Form) -> dict[str, str] | None:
     return {"username": user.get_username(), "name": display_name(user)}
 
 
-@api_view(["GET"], query=("status", "app", "node", "q", "sort", "page", "mine"))
+@api_view(["GET"], query=("status", "app", "node", "q", "sort", "page", "page_size", "mine"))
 def forms_list(request: HttpRequest) -> HttpResponse:
-    """`GET /api/v1/forms?status=pending&app=&node=&q=&sort=&page=`"""
+    """`GET /api/v1/forms?status=pending&app=&node=&q=&sort=&page=&page_size=`"""
     status = request.GET.get("status") or "pending"
     statuses: tuple[str, ...] | None
     if status == "all":
@@ -585,9 +585,7 @@ def forms_list(request: HttpRequest) -> HttpResponse:
             gettext("'mine' is 1 (only forms assigned to you) or 0; got %(value)s.")
             % {"value": repr(request.GET["mine"][:20])},
         )
-    raw_page = request.GET.get("page") or "1"
-    if small_int(raw_page) is None:
-        raise _bad_page(raw_page)
+    page, size = _paging(request, PAGE_SIZE)
     query = request.GET.copy()
     sort = query.get("sort", "")
     if sort and sort not in SORTS:
@@ -599,15 +597,12 @@ def forms_list(request: HttpRequest) -> HttpResponse:
     if statuses is not None:
         forms = forms.filter(status_q(statuses, timezone.now()))
     total = forms.count()
-    pages = max(1, -(-total // PAGE_SIZE))
-    # A page past the last is empty, so a client reading page after page stops there.
-    page = filters.page
+    pages = max(1, -(-total // size))
     # One form status is ordered as its tab is (the tab's index serves it).
     tab = next((key for key, held in TAB_STATUSES.items() if status in held), status)
+    # A page past the last is empty, so a client reading page after page stops there.
     rows = (
-        inbox_rows(forms).order_by(*ordering(filters.sort, tab))[
-            (page - 1) * PAGE_SIZE : page * PAGE_SIZE
-        ]
+        inbox_rows(forms).order_by(*ordering(filters.sort, tab))[(page - 1) * size : page * size]
         if page <= pages
         else []
     )
@@ -616,6 +611,8 @@ def forms_list(request: HttpRequest) -> HttpResponse:
             "count": total,
             "page": page,
             "pages": pages,
+            "page_size": size,
+            "next_page": page + 1 if page < pages else None,
             "results": [_form_summary(request, f, getattr(f, "content_head", "")) for f in rows],
         }
     )
@@ -632,11 +629,7 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
         {
             "answerable": page_state(form) == "open",
             "content": form.content or definition.get("form_content", ""),
-            "inputs": [
-                {k: raw[k] for k in _INPUT_KEYS if k in raw}
-                for raw in definition.get("inputs") or []
-                if isinstance(raw, dict)
-            ],
+            "inputs": _form_inputs_json(form, definition),
             "resolved_default_values": definition.get("resolved_default_values") or {},
             "actions": [
                 {"id": a.id, "title": a.title, "button_style": a.button_style}
@@ -668,6 +661,29 @@ def form_detail(request: HttpRequest, public_id: Any) -> HttpResponse:
         }
     )
     return JsonResponse(body)
+
+
+def _form_inputs_json(form: Form, definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """A form's inputs as Dify defines them; a file input that takes uploads adds the largest
+    file per kind Dify takes (`max_file_sizes`, in bytes, as the page names them beside it:
+    the app's `GET /parameters` limits, Dify's defaults while it cannot be asked); null for
+    one that takes web addresses only."""
+    from inbox.uploads import size_limits, upload_limits
+
+    specs = {spec.name: spec for spec in input_specs(definition) if spec.is_file}
+    limits: dict[str, int] | None = None
+    inputs = []
+    for raw in definition.get("inputs") or []:
+        if not isinstance(raw, dict):
+            continue
+        item = {k: raw[k] for k in _INPUT_KEYS if k in raw}
+        spec = specs.get(str(raw.get("output_variable_name")))
+        if spec is not None:
+            if spec.allows_upload and limits is None:
+                limits = upload_limits(form.run.app)
+            item["max_file_sizes"] = size_limits(spec, limits or {}) if spec.allows_upload else None
+        inputs.append(item)
+    return inputs
 
 
 def _refuse_closed(form: Form) -> None:
@@ -1006,31 +1022,53 @@ def _dify_json(run: Any) -> dict[str, Any]:
     that began. `following`: `given_up` while the follower has given up on the run's events
     for now (its next try at `next_try`, when known), else `ok`; `ended` once the run has
     ended. While the app is not `ok`, no new form of the run arrives and decisions wait."""
-    from inbox.models import APP_NOT_FOUND_REFUSAL
-
-    app = run.app
-    body: dict[str, Any] = {"state": "ok", "since": None, "reason": None, "dify_status": None}
-    if app.refused_at is not None and not app.mode_mismatch:
-        # (A mode set up here that Dify's does not match refuses only starts: the run's forms,
-        # events and decisions go through, CONTRACT 7.10.)
-        body = {
-            "state": "refused",
-            "since": _iso(app.refused_at),
-            "reason": "app_not_found" if app.refusal_code == APP_NOT_FOUND_REFUSAL else "refused",
-            "dify_status": app.refusal_status,
-        }
-    elif app.contact_failed_at is not None:
-        body = {
-            "state": "unreachable",
-            "since": _iso(app.contact_failed_since or app.contact_failed_at),
-            "reason": "streams_failing" if app.streams_failing else "not_reachable",
-            "dify_status": app.contact_failure_status,
-        }
+    body = _app_health_json(run.app)
     given_up = bool(run.give_ups) and not run.is_finished and not run.events_unavailable
     next_try = run.refollow_after if given_up and run.refollow_after else None
     body["following"] = "ended" if run.is_finished else "given_up" if given_up else "ok"
     body["next_try"] = _iso(next_try) if next_try and next_try > timezone.now() else None
     return body
+
+
+def _app_health_json(app: DifyApp, *, starts: bool = False) -> dict[str, Any]:
+    """What the inbox has on record of its touch with Dify for `app` (`_dify_json`'s `state`,
+    `since`, `reason`, `dify_status`). `starts`: said of starting runs (the apps' list), where
+    a mode set up here that Dify's does not match is `refused` too (`reason` `mode_mismatch`),
+    and a key this process cannot read is `refused` (`reason` `api_key_unreadable`, nothing
+    asked of Dify)."""
+    from inbox.models import APP_NOT_FOUND_REFUSAL
+
+    if starts and app.api_key_sealed:
+        return {
+            "state": "refused",
+            "since": None,
+            "reason": "api_key_unreadable",
+            "dify_status": None,
+        }
+    if app.refused_at is not None and (starts or not app.mode_mismatch):
+        # (A mode set up here that Dify's does not match refuses only starts: the run's forms,
+        # events and decisions go through, CONTRACT 7.10.)
+        reason = (
+            "mode_mismatch"
+            if app.mode_mismatch
+            else "app_not_found"
+            if app.refusal_code == APP_NOT_FOUND_REFUSAL
+            else "refused"
+        )
+        return {
+            "state": "refused",
+            "since": _iso(app.refused_at),
+            "reason": reason,
+            "dify_status": app.refusal_status,
+        }
+    if app.contact_failed_at is not None:
+        return {
+            "state": "unreachable",
+            "since": _iso(app.contact_failed_since or app.contact_failed_at),
+            "reason": "streams_failing" if app.streams_failing else "not_reachable",
+            "dify_status": app.contact_failure_status,
+        }
+    return {"state": "ok", "since": None, "reason": None, "dify_status": None}
 
 
 def _run_json(request: HttpRequest, run: Any) -> dict[str, Any]:
@@ -1103,8 +1141,12 @@ def _app_named(name: str) -> DifyApp:
     if app is None and (app_id := small_int(name)) is not None:
         app = DifyApp.objects.filter(pk=app_id).only("pk").first()
     if app is None:
-        raise _param_error(
-            "app", gettext("Unknown app “%(name)s”.") % {"name": name}, gettext("Unknown app.")
+        # As a start or an ingest names an app no active app has, with the field named.
+        raise ApiError(
+            400,
+            "unknown_app",
+            gettext("Unknown app “%(name)s”.") % {"name": name},
+            details={"app": [gettext("Unknown app.")]},
         )
     return app
 
@@ -1191,12 +1233,37 @@ def _optional_text(body: dict[str, Any], key: str, *, limit: int) -> str:
     return _text_param(body, key, limit=limit)
 
 
-def _bad_page(raw: str) -> ApiError:
-    return _param_error(
-        "page",
-        gettext("'page' must be a whole number from 1; got %(value)s.") % {"value": repr(raw[:20])},
-        gettext("A whole number from 1."),
-    )
+# The lists' pages: any page up to MAX_PAGE (one past the last is empty), MAX_PAGE_SIZE rows
+# at most. The bound keeps a page's offset within what the database counts, and its number
+# exact in a client that reads JSON numbers as doubles.
+MAX_PAGE = 1_000_000_000
+MAX_PAGE_SIZE = 100
+
+
+def _paging(request: HttpRequest, default_size: int) -> tuple[int, int]:
+    """A list's `page` (from 1) and `page_size` (1 to MAX_PAGE_SIZE, `default_size` when not
+    given), each refused by its name when it is no whole number in its range."""
+    raw_page = request.GET.get("page") or "1"
+    page = small_int(raw_page)
+    if page is None or page > MAX_PAGE:
+        raise _param_error(
+            "page",
+            gettext("'page' must be a whole number from 1 to %(max)d; got %(value)s.")
+            % {"max": MAX_PAGE, "value": repr(raw_page[:20])},
+            gettext("A whole number from 1 to %(max)d.") % {"max": MAX_PAGE},
+        )
+    raw_size = request.GET.get("page_size") or ""
+    if not raw_size:
+        return page, default_size
+    size = small_int(raw_size)
+    if size is None or size > MAX_PAGE_SIZE:
+        raise _param_error(
+            "page_size",
+            gettext("'page_size' must be a whole number from 1 to %(max)d; got %(value)s.")
+            % {"max": MAX_PAGE_SIZE, "value": repr(raw_size[:20])},
+            gettext("A whole number from 1 to %(max)d.") % {"max": MAX_PAGE_SIZE},
+        )
+    return page, size
 
 
 def _unknown_value(name: str, value: str, known: list[str]) -> ApiError:
@@ -1315,16 +1382,17 @@ def _start_form_data(
 RUNS_PAGE = 50
 
 
-@api_view(["GET", "POST"], query=("status", "app", "page", "q"))
+@api_view(["GET", "POST"], query=("status", "app", "page", "page_size", "q"))
 def runs(request: HttpRequest) -> HttpResponse:
     """`GET /api/v1/runs`: the caller's runs; `POST`: start one."""
     return runs_create(request) if request.method == "POST" else runs_list(request)
 
 
 def runs_list(request: HttpRequest) -> HttpResponse:
-    """`GET /api/v1/runs?status=&app=&q=&page=`: the runs the caller may see, newest first, 50 a
-    page, without their timelines. A start answered `504 dify_no_answer` is here, as `failed`
-    with its reason, beside any run Dify started for it."""
+    """`GET /api/v1/runs?status=&app=&q=&page=&page_size=`: the runs the caller may see, newest
+    first, 50 a page unless `page_size` says otherwise, without their timelines. A start
+    answered `504 dify_no_answer` is here, as `failed` with its reason, beside any run Dify
+    started for it."""
     from inbox.models import Run
     from inbox.runs import turn_number
     from inbox.views_runs import RUN_STATES, pending_counts, search_runs
@@ -1339,26 +1407,23 @@ def runs_list(request: HttpRequest) -> HttpResponse:
         runs = runs.filter(status__in=RUN_STATES[status])
     elif status in Run.Status.values:
         runs = runs.filter(status=status)
-    elif status:
-        known = sorted({*RUN_STATES, *Run.Status.values})
+    elif status and status != "all":
+        known = sorted({"all", *RUN_STATES, *Run.Status.values})
         raise _unknown_value("status", status, known)
     if name := request.GET.get("app") or "":
         runs = runs.filter(app=_app_named(name))
     if q := (request.GET.get("q") or "").strip():
         runs = search_runs(runs, q[:200])
-    raw_page = request.GET.get("page") or "1"
-    page = small_int(raw_page)
-    if page is None or page > 10**6:
-        raise _bad_page(raw_page)
-    # Read one past the page rather than counting every run: whether there is a next page.
-    rows: list[Any] = list(
-        runs.order_by("-created_at", "-pk")[(page - 1) * RUNS_PAGE : page * RUNS_PAGE + 1]
-    )
-    more, rows = len(rows) > RUNS_PAGE, rows[:RUNS_PAGE]
+    page, size = _paging(request, RUNS_PAGE)
+    # Read one past the page rather than counting every run: whether there is a next page. A
+    # page past the last is empty, as the forms' is.
+    rows: list[Any] = list(runs.order_by("-created_at", "-pk")[(page - 1) * size : page * size + 1])
+    more, rows = len(rows) > size, rows[:size]
     waiting = pending_counts(rows)
     return JsonResponse(
         {
             "page": page,
+            "page_size": size,
             "next_page": page + 1 if more else None,
             "results": [
                 {**_run_summary(request, run), "pending_forms": waiting.get(run.pk, 0)}
@@ -1366,6 +1431,116 @@ def runs_list(request: HttpRequest) -> HttpResponse:
             ],
         }
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps: what may be started, as the Apps page lists them, and each one's start inputs.
+# ---------------------------------------------------------------------------------------------
+
+
+def _app_json(request: HttpRequest, app: DifyApp, may_start: bool) -> dict[str, Any]:
+    """An app as the Apps page lists it (`mode`: `workflow` or `chatflow`), with what is on
+    record of starting it (`dify`, `_app_health_json`; `usable` while that is `ok`) and whether
+    the caller may start runs (`may_start`, with the "Start a run" page's address)."""
+    health = _app_health_json(app, starts=True)
+    return {
+        "name": app.name,
+        "mode": app.mode,
+        "usable": health["state"] == "ok",
+        "dify": health,
+        "may_start": may_start,
+        "start_url": request.build_absolute_uri(reverse("inbox:app_start", args=[app.pk]))
+        if may_start
+        else None,
+    }
+
+
+def _file_inputs_json(spec: Any, limits: dict[str, int]) -> dict[str, Any]:
+    """What files an input (an `InputSpec`) takes, named as a form's file inputs name them:
+    its kinds, extensions and ways of sending, how many files, and the largest file per kind
+    Dify takes, in bytes (`uploads.size_limits`, as the pages name them)."""
+    from inbox.uploads import size_limits
+
+    return {
+        "allowed_file_types": list(spec.allowed_types),
+        "allowed_file_extensions": list(spec.allowed_extensions),
+        "allowed_file_upload_methods": list(spec.allowed_methods),
+        "max_files": spec.ui_max_files,
+        "max_file_sizes": size_limits(spec, limits) if spec.allows_upload else None,
+    }
+
+
+def _start_input_json(spec: Any, limits: dict[str, int]) -> dict[str, Any]:
+    """A start input as the "Start a run" page builds its field (`runs.StartRunForm`)."""
+    from inbox.runs import _typed_default
+
+    item: dict[str, Any] = {
+        "variable": spec.variable,
+        "label": spec.label,
+        "type": spec.type,
+        # A checkbox left out is its default (false unless the app ticks it).
+        "required": spec.required and spec.type != "checkbox",
+        "default": spec.checked if spec.type == "checkbox" else _typed_default(spec),
+        "options": list(spec.options) if spec.type == "select" else [],
+        "max_length": spec.max_length if spec.type in ("text-input", "paragraph") else None,
+        # False: of a kind the inbox cannot send (a file input taking web addresses only, a
+        # type it does not know); a required one means the run is started in Dify.
+        "supported": spec.supported,
+    }
+    if spec.is_file:
+        item.update(_file_inputs_json(spec.file_spec, limits))
+    return item
+
+
+@api_view(["GET"])
+def apps_list(request: HttpRequest) -> HttpResponse:
+    """`GET /api/v1/apps`: the active apps, as the Apps page lists them, by name."""
+    from inbox.models import Run
+
+    may_start = Run.objects.may_start(request.user)
+    apps = DifyApp.objects.filter(is_active=True).order_by("name")
+    return JsonResponse(
+        {"may_start": may_start, "results": [_app_json(request, a, may_start) for a in apps]}
+    )
+
+
+@api_view(["GET"])
+def app_detail(request: HttpRequest, name: str) -> HttpResponse:
+    """`GET /api/v1/apps/{name}`: the app, with its start inputs as the "Start a run" page builds
+    them from Dify's `GET /parameters` (the same parameters, kept for a minute), and for a
+    chatflow the message (`query`) and the files it may carry."""
+    from inbox.dify.files import limits_from_parameters
+    from inbox.models import Run
+    from inbox.runs import StartRunForm
+    from inbox.uploads import message_file_spec
+
+    app = DifyApp.objects.filter(name=name, is_active=True).first()
+    if app is None:
+        raise ApiError(
+            404, "not_found", gettext("No active app named %(name)s.") % {"name": repr(name[:100])}
+        )
+    if not Run.objects.may_start(request.user):
+        # As the "Start a run" page: its inputs are for those who may start runs.
+        raise ApiError(403, "forbidden", gettext("You may not start or ingest runs."))
+    # Dify away, busy or refusing: said as for a start (`502`, `429`, `503`), never a 500; a
+    # refusal of the app is recorded as the page records it (the list's `dify` then says it).
+    parameters = _start_parameters(app)
+    form = StartRunForm(app, parameters)
+    limits = limits_from_parameters(parameters)
+    chatflow = app.mode == DifyApp.Mode.CHATFLOW
+    message_spec = message_file_spec(parameters) if chatflow else None
+    body = _app_json(request, app, True)
+    body.update(
+        {
+            # False when a required input is one the inbox cannot send: start it in Dify.
+            "startable": not form.blocked,
+            "inputs": [_start_input_json(spec, limits) for spec in form.specs],
+            # A chatflow's message: required, as on the page.
+            "query": {"required": True} if chatflow else None,
+            "message_files": _file_inputs_json(message_spec, limits) if message_spec else None,
+        }
+    )
+    return JsonResponse(body)
 
 
 def runs_create(request: HttpRequest) -> HttpResponse:

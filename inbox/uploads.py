@@ -364,20 +364,30 @@ def megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):g} MB"
 
 
+def size_limits(spec: InputSpec, limits: dict[str, int]) -> dict[str, int]:
+    """The largest file per kind an input takes, as Dify picks it, in bytes: each kind it takes
+    (`image`, `document`, `audio`, `video`) and each custom extension (".dwg", which counts as
+    a document or under its own kind). `limits`: bytes per file category the app's Dify takes
+    (`upload_limits`). What the pages name beside a file input (`size_limit_label`) and the
+    API gives (`max_file_sizes`)."""
+    if not limits:
+        return {}
+    found = {
+        kind: size_limit_for(kind, limits) for kind in spec.allowed_types if kind in CATEGORY_LABELS
+    }
+    for ext in spec.custom_extensions:
+        found[ext] = upload_size_limit("f" + ext, limits)
+    return found
+
+
 def size_limit_label(spec: InputSpec, limits: dict[str, int]) -> str:
     """The largest file per kind an input takes, as Dify picks it: "images 10 MB, documents
     15 MB"; a listed extension of another kind counts as a document or under its own kind.
     `limits`: bytes per file category the app's Dify takes (`upload_limits`)."""
-    if not limits:
-        return ""
-    parts = [
-        f"{CATEGORY_LABELS[kind]} {megabytes(size_limit_for(kind, limits))}"
-        for kind in spec.allowed_types
-        if kind in CATEGORY_LABELS
-    ]
-    for ext in spec.custom_extensions:
-        parts.append(f"{ext} {megabytes(upload_size_limit('f' + ext, limits))}")
-    return joined(parts)
+    return joined(
+        f"{CATEGORY_LABELS.get(kind, kind)} {megabytes(size)}"
+        for kind, size in size_limits(spec, limits).items()
+    )
 
 
 def upload_to_dify(

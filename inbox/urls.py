@@ -113,6 +113,9 @@ urlpatterns = [
     path("api/v1/runs/<anyuuid:public_id>", api.run_detail, name="api_run"),
     path("api/v1/runs/<anyuuid:public_id>/stop", api.run_stop, name="api_run_stop"),
     path("api/v1/ingest", api.ingest, name="api_ingest"),
+    path("api/v1/apps", api.apps_list, name="api_apps"),
+    # By name, as every call names an app; a name may hold any character.
+    path("api/v1/apps/<path:name>", api.app_detail, name="api_app"),
     # Last of the API's: any other address under it (a mistyped call, an id that is no id).
     re_path(r"^api/(?P<path>.*)$", api.not_found),
     path("healthz", views.healthz, name="healthz"),

@@ -1233,9 +1233,13 @@ def test_the_runs_list_shows_a_start_dify_did_not_take(
     assert [r["id"] for r in by_id["results"]] == [str(started.public_id)]  # as the forms list
     # Another reviewer sees neither: no form of them is routed to anyone yet.
     assert client.get("/api/v1/runs", **bearer(other_reviewer)).json()["results"] == []
-    for bad in ("status=done", "app=nope", "page=0"):
+    for bad in ("status=done", "page=0"):
         response = client.get(f"/api/v1/runs?{bad}", **bearer(reviewer))
         assert error(response)[:2] == (400, "invalid_param"), bad
+    # An app no app has is said as a start says it, the filter named.
+    response = client.get("/api/v1/runs?app=nope", **bearer(reviewer))
+    assert error(response) == (400, "unknown_app", "Unknown app \u201cnope\u201d.")
+    assert response.json()["error"]["details"] == {"app": ["Unknown app."]}
 
 
 def test_an_ingest_dify_fails_passes_its_status_and_code_on(
@@ -1332,3 +1336,248 @@ def test_the_run_and_form_detail_say_when_dify_cannot_be_reached_or_refuses_the_
             404,
         )
     assert "secret-ish" not in client.get(run_path, **bearer(reviewer)).content.decode()
+
+
+# --- paging the runs, as the forms are paged ---
+
+
+def test_the_runs_are_paged_as_the_forms_are(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    started = [
+        start_run(refunds, inputs=inputs(simulator), dify_user="inbox-alice", started_by=reviewer)
+        for _n in range(3)
+    ]
+    newest = [str(run.public_id) for run in reversed(started)]
+    auth = bearer(reviewer)
+
+    def page(query: str) -> dict[str, Any]:
+        response = client.get(f"/api/v1/runs?{query}", **auth)
+        assert response.status_code == 200, response.content
+        body: dict[str, Any] = response.json()
+        return body
+
+    first = page("page_size=2")
+    assert (first["page"], first["page_size"], first["next_page"]) == (1, 2, 2)
+    assert [r["id"] for r in first["results"]] == newest[:2]
+    second = page(f"page={first['next_page']}&page_size=2")
+    assert (second["page"], second["next_page"]) == (2, None)
+    assert [r["id"] for r in second["results"]] == newest[2:]
+    # As the forms' list: a page past the last is empty, not refused.
+    for past in ("3&page_size=2", "1000001", "1000000000"):
+        body = page(f"page={past}")
+        assert (body["results"], body["next_page"]) == ([], None), past
+    assert page("")["page_size"] == 50
+    # `all` is every status, as for the forms.
+    assert [r["id"] for r in page("status=all")["results"]] == newest
+    for query, field, message in (
+        (
+            "page=1000000001",
+            "page",
+            "'page' must be a whole number from 1 to 1000000000; got '1000000001'.",
+        ),
+        ("page=0", "page", "'page' must be a whole number from 1 to 1000000000; got '0'."),
+        ("page_size=0", "page_size", "'page_size' must be a whole number from 1 to 100; got '0'."),
+        (
+            "page_size=101",
+            "page_size",
+            "'page_size' must be a whole number from 1 to 100; got '101'.",
+        ),
+        (
+            "page_size=ten",
+            "page_size",
+            "'page_size' must be a whole number from 1 to 100; got 'ten'.",
+        ),
+    ):
+        response = client.get(f"/api/v1/runs?{query}", **auth)
+        assert error(response) == (400, "invalid_param", message), query
+        top = "1000000000" if field == "page" else "100"
+        assert response.json()["error"]["details"] == {field: [f"A whole number from 1 to {top}."]}
+    message = client.get("/api/v1/runs?status=done", **auth).json()["error"]["message"]
+    assert message.startswith("Unknown status 'done'; one of: all, ")
+
+
+# --- the apps: what may be started, and with which inputs ---
+
+
+def test_the_apps_are_listed_as_the_apps_page_lists_them_with_their_state(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User, outsider: User
+) -> None:
+    from inbox.dify.errors import DifyStatusError
+
+    refunds = sim_app("refund-approval")
+    chat = sim_app("support-chat")
+    sim_app("document-intake")
+    DifyApp.objects.create(
+        name="retired", base_url=simulator.base_url, api_key="k", is_active=False
+    )
+    # Dify refuses the chatflow's key: on record, said without Dify's words.
+    chat.note_refused(
+        DifyStatusError(401, "unauthorized", "Access token is invalid (secret-ish)"), "start"
+    )
+    response = client.get("/api/v1/apps", **bearer(reviewer))
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["may_start"] is True
+    rows = {row["name"]: row for row in body["results"]}
+    assert list(rows) == ["document-intake", "refund-approval", "support-chat"]
+    assert rows["refund-approval"] == {
+        "name": "refund-approval",
+        "mode": "workflow",
+        "usable": True,
+        "dify": {"state": "ok", "since": None, "reason": None, "dify_status": None},
+        "may_start": True,
+        "start_url": f"http://testserver/apps/{refunds.pk}/start/",
+    }
+    assert rows["support-chat"]["mode"] == "chatflow"
+    assert rows["support-chat"]["usable"] is False
+    assert rows["support-chat"]["dify"]["state"] == "refused"
+    assert rows["support-chat"]["dify"]["reason"] == "refused"
+    assert rows["support-chat"]["dify"]["dify_status"] == 401
+    assert "secret-ish" not in response.content.decode()
+    # Someone who may not start runs sees the apps (as the page shows them), not their inputs.
+    body = client.get("/api/v1/apps", **bearer(outsider)).json()
+    assert body["may_start"] is False
+    assert {(r["may_start"], r["start_url"]) for r in body["results"]} == {(False, None)}
+    assert len(body["results"]) == 3
+    response = client.get("/api/v1/apps/refund-approval", **bearer(outsider))
+    assert error(response) == (403, "forbidden", "You may not start or ingest runs.")
+    # An app that is no active app's name is not there.
+    for name in ("retired", "nope"):
+        response = client.get(f"/api/v1/apps/{name}", **bearer(reviewer))
+        assert error(response) == (404, "not_found", f"No active app named '{name}'.")
+    response = client.get("/api/v1/apps?x=1", **bearer(reviewer))
+    assert error(response)[:2] == (400, "invalid_param")
+
+
+def test_an_app_that_cannot_start_runs_is_listed_as_not_usable(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    from cryptography.fernet import Fernet
+    from django.test import override_settings
+
+    from inbox.dify.errors import DifyStatusError
+
+    intake = sim_app("document-intake")
+    refunds = sim_app("refund-approval")
+    # Dify says it is no workflow: its runs' forms go through, its starts do not.
+    intake.note_refused(DifyStatusError(400, "not_workflow_app", "wrong mode"), "start")
+    # Its key stored under a key this process no longer has: nothing can be asked of Dify.
+    with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
+        DifyApp.objects.filter(pk=refunds.pk).update(api_key="app-under-a-lost-key")
+    rows = {r["name"]: r for r in client.get("/api/v1/apps", **bearer(reviewer)).json()["results"]}
+    assert (rows["document-intake"]["usable"], rows["document-intake"]["dify"]) == (
+        False,
+        {
+            "state": "refused",
+            "since": DifyApp.objects.get(pk=intake.pk).refused_at.isoformat(),
+            "reason": "mode_mismatch",
+            "dify_status": 400,
+        },
+    )
+    assert (rows["refund-approval"]["usable"], rows["refund-approval"]["dify"]) == (
+        False,
+        {"state": "refused", "since": None, "reason": "api_key_unreadable", "dify_status": None},
+    )
+    response = client.get("/api/v1/apps/refund-approval", **bearer(reviewer))
+    assert error(response)[:2] == (503, "api_key_unreadable")
+
+
+def test_an_app_s_start_inputs_are_those_the_start_page_builds(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    mb = 1024 * 1024
+    simulator.set_options(
+        size_limits={"image": 1 * mb, "file": 2 * mb, "audio": 3 * mb, "video": 4 * mb}
+    )
+    for name in ("refund-approval", "document-intake", "support-chat"):
+        sim_app(name)
+    auth = bearer(reviewer)
+    body = client.get("/api/v1/apps/refund-approval", **auth).json()
+    assert (body["name"], body["mode"], body["usable"], body["startable"]) == (
+        "refund-approval",
+        "workflow",
+        True,
+        True,
+    )
+    assert body["query"] is None and body["message_files"] is None
+    inputs = {item["variable"]: item for item in body["inputs"]}
+    assert list(inputs) == ["customer_name", "order_id", "amount", "reason", "channel", "vip"]
+    assert inputs["customer_name"] == {
+        "variable": "customer_name",
+        "label": "Customer name",
+        "type": "text-input",
+        "required": True,
+        "default": "Ada Lovelace",
+        "options": [],
+        "max_length": 80,
+        "supported": True,
+    }
+    assert (inputs["amount"]["type"], inputs["amount"]["default"]) == ("number", 249.9)
+    assert inputs["channel"]["options"] == ["email", "phone", "chat"]
+    assert (inputs["channel"]["required"], inputs["channel"]["default"]) == (False, "email")
+    assert (inputs["vip"]["type"], inputs["vip"]["default"]) == ("checkbox", False)
+    # File inputs: their kinds, how many, and the largest file per kind Dify takes.
+    inputs = {
+        i["variable"]: i
+        for i in client.get("/api/v1/apps/document-intake", **auth).json()["inputs"]
+    }
+    assert inputs["contract"] == {
+        "variable": "contract",
+        "label": "Signed contract",
+        "type": "file",
+        "required": True,
+        "default": None,
+        "options": [],
+        "max_length": None,
+        "supported": True,
+        "allowed_file_types": ["document"],
+        "allowed_file_extensions": [],
+        "allowed_file_upload_methods": ["local_file", "remote_url"],
+        "max_files": 1,
+        "max_file_sizes": {"document": 2 * mb},
+    }
+    assert inputs["attachments"]["max_files"] == 3
+    assert inputs["attachments"]["max_file_sizes"] == {"image": 1 * mb, "document": 2 * mb}
+    # A chatflow: its message is required, and the files a message may carry.
+    body = client.get("/api/v1/apps/support-chat", **auth).json()
+    assert body["mode"] == "chatflow" and body["query"] == {"required": True}
+    assert body["message_files"] == {
+        "allowed_file_types": ["image", "document"],
+        "allowed_file_extensions": [],
+        "allowed_file_upload_methods": ["local_file", "remote_url"],
+        "max_files": 3,
+        "max_file_sizes": {"image": 1 * mb, "document": 2 * mb},
+    }
+    # The same parameters as the start page's, kept for a minute: not asked of Dify again,
+    # neither by the page nor by a start.
+    asked = simulator.request_count("parameters", "support-chat")
+    assert asked == 1
+    client.get("/api/v1/apps/support-chat", **auth)
+    client.force_login(reviewer)
+    assert (
+        client.get(f"/apps/{DifyApp.objects.get(name='support-chat').pk}/start/").status_code == 200
+    )
+    assert simulator.request_count("parameters", "support-chat") == asked
+
+
+def test_an_app_whose_dify_is_away_or_refuses_is_said_so_not_a_500(
+    client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
+) -> None:
+    DifyApp.objects.create(name="away", base_url="http://127.0.0.1:9/v1", api_key="k")
+    response = client.get("/api/v1/apps/away", **bearer(reviewer))
+    status, code, message = error(response)
+    assert (status, code) == (502, "dify_unavailable")
+    assert message.startswith("Dify's parameters could not be read: ")
+    sim_app("refund-approval")
+    simulator.add_fault("status", "parameters", status=401, code="unauthorized")
+    response = client.get("/api/v1/apps/refund-approval", **bearer(reviewer))
+    assert error(response)[:2] == (502, "dify_error")
+    # Recorded as the start page records it: the list says so.
+    listed = client.get("/api/v1/apps", **bearer(reviewer)).json()["results"]
+    row = next(r for r in listed if r["name"] == "refund-approval")
+    assert (row["usable"], row["dify"]["state"], row["dify"]["dify_status"]) == (
+        False,
+        "refused",
+        401,
+    )

@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from inbox.models import ApiToken, DifyApp, Form, Upload
-from tests.review.conftest import make_form
+from tests.review.conftest import full_definition, make_form
 
 pytestmark = pytest.mark.smoke
 
@@ -80,14 +80,19 @@ def test_the_list_is_narrowed_to_an_app_by_its_name_and_refuses_what_it_does_not
     assert titles("") == ["Offer", "Refund"]
     assert titles("app=hiring") == ["Offer"]
     assert titles(f"app={dify_app.pk}") == ["Refund"]  # its id, as the pages' filter sends it
-    for query, message in (
-        ("app=payroll", "Unknown app \u201cpayroll\u201d."),
-        ("sort=cheapest", "Unknown sort 'cheapest'; one of: decided, newest, oldest, time_left."),
+    for query, code, message in (
+        # An app no app has: said as a start or an ingest says it.
+        ("app=payroll", "unknown_app", "Unknown app \u201cpayroll\u201d."),
+        (
+            "sort=cheapest",
+            "invalid_param",
+            "Unknown sort 'cheapest'; one of: decided, newest, oldest, time_left.",
+        ),
     ):
         response = client.get(f"/api/v1/forms?{query}", **auth)
         assert response.status_code == 400
         error = response.json()["error"]
-        assert (error["code"], error["message"]) == ("invalid_param", message)
+        assert (error["code"], error["message"]) == (code, message)
         # The parameter is named, as the other calls' errors name their fields.
         assert list(error["details"]) == [query.split("=")[0]]
 
@@ -430,9 +435,10 @@ def test_pages_of_the_form_list_end(
         make_form(dify_app)
     body = client.get("/api/v1/forms?status=&page=1", **auth).json()
     assert (body["count"], body["page"], body["pages"], len(body["results"])) == (3, 1, 1, 3)
+    assert (body["page_size"], body["next_page"]) == (50, None)
     # Past the last page: empty, so a client reading page after page stops.
     body = client.get("/api/v1/forms?page=2", **auth).json()
-    assert (body["page"], body["results"]) == (2, [])
+    assert (body["page"], body["results"], body["next_page"]) == (2, [], None)
     for bad in ("abc", "0", "-1", "1.5"):
         response = client.get(f"/api/v1/forms?page={bad}", **auth)
         assert response.status_code == 400, bad
@@ -440,6 +446,80 @@ def test_pages_of_the_form_list_end(
     message = client.get("/api/v1/forms?status=done", **auth).json()["error"]["message"]
     assert message.startswith("Unknown status 'done'; one of: ")
     assert "pending" in message and "elsewhere" in message
+
+
+def test_the_forms_are_paged_as_the_runs_are(
+    client: Client, auth: dict[str, str], dify_app: DifyApp
+) -> None:
+    made = [make_form(dify_app) for _ in range(3)]
+    ids = [str(form.public_id) for form in made]
+
+    def page(query: str) -> dict[str, Any]:
+        response = client.get(f"/api/v1/forms?sort=oldest&{query}", **auth)
+        assert response.status_code == 200, response.content
+        body: dict[str, Any] = response.json()
+        return body
+
+    first = page("page_size=2")
+    assert (first["count"], first["pages"], first["page"], first["page_size"]) == (3, 2, 1, 2)
+    assert first["next_page"] == 2 and [r["id"] for r in first["results"]] == ids[:2]
+    second = page(f"page={first['next_page']}&page_size=2")
+    assert (second["page"], second["next_page"]) == (2, None)
+    assert [r["id"] for r in second["results"]] == ids[2:]
+    # Far past the last page: empty as any page past it, not a number refused.
+    far = page("page=1000001")
+    assert (far["page"], far["next_page"], far["results"]) == (1000001, None, [])
+    for query, message in (
+        (
+            "page=1000000001",
+            "'page' must be a whole number from 1 to 1000000000; got '1000000001'.",
+        ),
+        ("page_size=0", "'page_size' must be a whole number from 1 to 100; got '0'."),
+        ("page_size=500", "'page_size' must be a whole number from 1 to 100; got '500'."),
+    ):
+        response = client.get(f"/api/v1/forms?{query}", **auth)
+        assert response.status_code == 400, query
+        error = response.json()["error"]
+        assert (error["code"], error["message"]) == ("invalid_param", message)
+        assert list(error["details"]) == [query.split("=")[0]]
+
+
+def test_a_form_s_file_inputs_say_the_largest_file_per_kind_as_its_page_does(
+    client: Client,
+    auth: dict[str, str],
+    simulator: Any,
+    simulator_dify_app: Any,
+    reviewers_group: Any,
+) -> None:
+    from inbox.models import Route
+
+    mb = 1024 * 1024
+    simulator.set_options(
+        size_limits={"image": 1 * mb, "file": 2 * mb, "audio": 3 * mb, "video": 4 * mb}
+    )
+    app = simulator_dify_app()
+    Route.objects.create(app=app, name="default", reminders="").groups.add(reviewers_group)
+    url_only = {
+        "type": "file",
+        "output_variable_name": "link",
+        "allowed_file_types": ["document"],
+        "allowed_file_extensions": [],
+        "allowed_file_upload_methods": ["remote_url"],
+    }
+    definition = full_definition()
+    definition["inputs"].append(url_only)
+    form = make_form(app, definition=definition)
+    inputs = {
+        i["output_variable_name"]: i
+        for i in client.get(f"/api/v1/forms/{form.public_id}", **auth).json()["inputs"]
+    }
+    # The page names "images 1 MB, documents 2 MB" and "images 1 MB, .dwg 2 MB" beside them.
+    assert inputs["receipt"]["max_file_sizes"] == {"image": 1 * mb, "document": 2 * mb}
+    assert inputs["evidence"]["max_file_sizes"] == {"image": 1 * mb, ".dwg": 2 * mb}
+    assert inputs["evidence"]["allowed_file_extensions"] == [".dwg"]
+    # Web addresses only: no file is uploaded, so no size is Dify's to take.
+    assert inputs["link"]["max_file_sizes"] is None
+    assert "max_file_sizes" not in inputs["note"] and "max_file_sizes" not in inputs["decision"]
 
 
 def test_a_misspelt_field_is_refused_by_its_name(
