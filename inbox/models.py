@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.db.models.functions import Lower, Now
+from django.db.models.functions import Cast, Lower, Now
 from django.urls import reverse
 from django.utils import formats, timezone, translation
 from django.utils.text import capfirst
@@ -330,6 +330,21 @@ class DifyApp(models.Model):
         mode; a run's events and detail, its forms and their submits are the same for both
         (CONTRACT 7.10), so nothing of its runs waits on it."""
         return self.refused_at is not None and self.refusal_code in KIND_REFUSALS
+
+    @property
+    def unpublished(self) -> bool:
+        """Dify says the app is not available (`app_unavailable`: nothing published, no
+        workflow). Only starts need a published workflow; the runs it has go on, their forms
+        arrive and their decisions go, so nothing of them waits on it."""
+        return self.refused_at is not None and self.refusal_code == UNPUBLISHED_REFUSAL
+
+    @property
+    def unpublished_text(self) -> str:
+        """What a start page says of an app Dify calls unavailable, in the active language."""
+        return gettext(
+            "Dify says this app is not available: it may have no published workflow. Runs of it "
+            "can start once an administrator publishes it in Dify."
+        )
 
     @property
     def mode_mismatch_text(self) -> str:
@@ -2670,6 +2685,25 @@ class Decision(models.Model):
                 verb="decision_delivered", details__confirmed_by__startswith="presumed"
             ).exists()
             and not entries.filter(verb="delivery_confirmed").exists()
+        )
+
+    @classmethod
+    def presumed(cls) -> Q:
+        """`delivery_presumed` as a filter: the decisions delivered by presumption that Dify's
+        events have neither confirmed nor corrected yet (a correction rejects the decision)."""
+        entries = AuditEntry.objects.filter(
+            object_type="decision", object_id=Cast(OuterRef("pk"), models.CharField())
+        )
+        return (
+            Q(status=cls.Status.DELIVERED, maybe_applied=True)
+            & Q(
+                Exists(
+                    entries.filter(
+                        verb="decision_delivered", details__confirmed_by__startswith="presumed"
+                    )
+                )
+            )
+            & ~Q(Exists(entries.filter(verb="delivery_confirmed")))
         )
 
     @classmethod
