@@ -42,6 +42,7 @@ from inbox.app_check import (
     DIFY_KINDS,
     UNUSABLE_MODES,
     check_app,
+    last_tested_mode,
     look_alike,
     mode_warning,
     name_warning,
@@ -56,6 +57,7 @@ from inbox.forms import joined
 from inbox.models import (
     APP_NOT_FOUND_REFUSAL,
     KIND_REFUSALS,
+    UNPUBLISHED_REFUSAL,
     ApiToken,
     AuditEntry,
     Decision,
@@ -519,7 +521,7 @@ class DifyAppAdmin(AuditedAdmin):
                 0,
             )
 
-        # The app's own entries in the trail (indexed by object): its last connection test.
+        # The app's own entries in the trail (indexed by object).
         trail = AuditEntry.objects.filter(
             object_type="difyapp", object_id=Cast(OuterRef("pk"), CharField())
         )
@@ -544,14 +546,7 @@ class DifyAppAdmin(AuditedAdmin):
                     trail.filter(verb__in=["app_connection_tested", "app_refused", "app_accepted"])
                 ),
                 # The kind of app /info named at the last connection test that reached Dify.
-                tested_mode=Subquery(
-                    trail.filter(
-                        verb="app_connection_tested",
-                        details__result__in=["connected", "unusable"],
-                    )
-                    .order_by("-created_at", "-id")
-                    .values("details__mode")[:1]
-                ),
+                tested_mode=last_tested_mode(),
                 held=waiting(held_for_app=True),
                 unreachable=waiting(dify_unreachable=True),
                 # Sent before and to be sent again: Dify took the request and did not answer in
@@ -714,6 +709,16 @@ class DifyAppAdmin(AuditedAdmin):
                     "the base URL wrong? Its runs and decisions wait until it answers for them."
                 )
             )
+        elif obj.unpublished:
+            text += " " + str(
+                _(
+                    "Dify says the app is not available: it may have no published workflow. "
+                    "Publish it in Dify (or check its configuration there). Until then no run "
+                    "of it can start, while the forms and decisions of its runs under way go "
+                    "through. The inbox notices by itself once it is published, or at once with "
+                    "“Test the connection”."
+                )
+            )
         elif obj.refusal_status == 403:
             text += " " + str(
                 _(
@@ -783,6 +788,20 @@ class DifyAppAdmin(AuditedAdmin):
                 # No refusal of the key or the app, but no Dify either (a wrong URL, a
                 # server down): the app's list shows it until Dify answers.
                 app.note_test_failed(exc)
+            if isinstance(exc, DifyStatusError) and exc.code == UNPUBLISHED_REFUSAL:
+                # Dify's words ("App unavailable, please check your app configurations.") say
+                # nothing of what to do.
+                self.message_user(
+                    request,
+                    _(
+                        "%(app)s: Dify says the app is not available: it may have no published "
+                        "workflow. Publish it in Dify, then test the connection again. "
+                        "(%(error)s)"
+                    )
+                    % {"app": app.name, "error": exc},
+                    failure,
+                )
+                return
             # The client's messages never include the key.
             self.message_user(
                 request,
@@ -1744,6 +1763,22 @@ class MadeByFilter(admin.SimpleListFilter):
         return queryset
 
 
+class DeliveryFilter(admin.SimpleListFilter):
+    """The decisions delivered by presumption that Dify has not confirmed yet
+    (`Decision.delivery_presumed`): the dashboard counts them and links here."""
+
+    title = _("delivery")
+    parameter_name = "delivery"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("presumed", _("Presumed, not confirmed by Dify yet"))]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        if self.value() == "presumed":
+            return queryset.filter(Decision.presumed())
+        return queryset
+
+
 @admin.register(Decision)
 class DecisionAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, RecordAdmin):
     person_fields = ("reviewer",)
@@ -1757,7 +1792,7 @@ class DecisionAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, 
         "last_error",
         "created_at",
     ]
-    list_filter = ["status", MadeByFilter, "held_for_app", "form__run__app"]
+    list_filter = ["status", MadeByFilter, DeliveryFilter, "held_for_app", "form__run__app"]
     search_fields = [
         # The ids the API, the pages' addresses and the audit trail give.
         "=public_id",

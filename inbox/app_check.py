@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from django.db.models import CharField, Exists, OuterRef
+from django.db.models import CharField, Exists, OuterRef, Subquery
 from django.db.models.functions import Cast
 from django.utils.translation import gettext as _
 
@@ -291,6 +291,22 @@ def name_warning(app: DifyApp, name: str) -> str | None:
 UNUSABLE_MODES = frozenset({"chat", "completion", "agent-chat"})
 # The kinds of app set up here, by the mode Dify's /info names them: "Workflow", "Chatflow".
 DIFY_KINDS = {dify: DifyApp.Mode(here).label for here, dify in DIFY_MODES.items()}
+
+
+def last_tested_mode() -> Subquery:
+    """For annotating apps: the kind of app /info named at the app's last connection test that
+    reached Dify (the admin's "Test the connection", and its save of new settings), or None.
+    Compared with the mode set now where it matters: setting the mode ends a mismatch."""
+    return Subquery(
+        AuditEntry.objects.filter(
+            object_type="difyapp",
+            object_id=Cast(OuterRef("pk"), CharField()),
+            verb="app_connection_tested",
+            details__result__in=["connected", "unusable"],
+        )
+        .order_by("-created_at", "-id")
+        .values("details__mode")[:1]
+    )
 
 
 def unusable_warning(app: DifyApp, mode: Any) -> str | None:

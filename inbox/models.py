@@ -332,6 +332,21 @@ class DifyApp(models.Model):
         return self.refused_at is not None and self.refusal_code in KIND_REFUSALS
 
     @property
+    def unpublished(self) -> bool:
+        """Dify says the app is not available (`app_unavailable`: nothing published, no
+        workflow). Only starts need a published workflow; the runs it has go on, their forms
+        arrive and their decisions go, so nothing of them waits on it."""
+        return self.refused_at is not None and self.refusal_code == UNPUBLISHED_REFUSAL
+
+    @property
+    def unpublished_text(self) -> str:
+        """What a start page says of an app Dify calls unavailable, in the active language."""
+        return gettext(
+            "Dify says this app is not available: it may have no published workflow. Runs of it "
+            "can start once an administrator publishes it in Dify."
+        )
+
+    @property
     def mode_mismatch_text(self) -> str:
         """What the admin, the dashboard and the run page say of a `mode_mismatch`, in the
         active language."""
@@ -2703,27 +2718,30 @@ class Decision(models.Model):
         )
 
     @classmethod
-    def unsettled_presumptions(cls) -> models.QuerySet[Decision]:
-        """The decisions delivered by presumption (`delivery_presumed`) that Dify's events have
-        neither confirmed nor contradicted yet, as one query (a subquery of the follower's)."""
-        trail = AuditEntry.objects.filter(
+    def presumed(cls) -> Q:
+        """`delivery_presumed` as a filter: the decisions delivered by presumption that Dify's
+        events have neither confirmed nor corrected yet (a correction rejects the decision)."""
+        entries = AuditEntry.objects.filter(
             object_type="decision", object_id=Cast(OuterRef("pk"), models.CharField())
         )
         return (
-            cls.objects.filter(
-                status=cls.Status.DELIVERED,
-                maybe_applied=True,
-                form__status=Form.Status.SUBMITTED,
-            )
-            .filter(
+            Q(status=cls.Status.DELIVERED, maybe_applied=True)
+            & Q(
                 Exists(
-                    trail.filter(
+                    entries.filter(
                         verb="decision_delivered", details__confirmed_by__startswith="presumed"
                     )
                 )
             )
-            .exclude(Exists(trail.filter(verb="delivery_confirmed")))
+            & ~Q(Exists(entries.filter(verb="delivery_confirmed")))
         )
+
+    @classmethod
+    def unsettled_presumptions(cls) -> models.QuerySet[Decision]:
+        """The decisions delivered by presumption (`delivery_presumed`) that Dify's events have
+        neither confirmed nor contradicted yet, on forms still taken for submitted, as one query
+        (a subquery of the follower's)."""
+        return cls.objects.filter(cls.presumed(), form__status=Form.Status.SUBMITTED)
 
     @classmethod
     def presumed_on(cls, form: Form) -> Decision | None:

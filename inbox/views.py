@@ -1545,7 +1545,7 @@ def form_context(
         "answered": answered_content(form, decision) if state != "open" else "",
         "not_delivered": state != "open" and not_delivered(form, decision),
         "decision": decision,
-        "progress_title": progress_title(decision, guest=decider.reviewer is None)
+        "progress_title": progress_title(decision, guest=decider.reviewer is None, app=app)
         if state == "in_flight"
         else "",
         # Someone outside, asked by email: told what happens in their words, without Dify's
@@ -2008,9 +2008,12 @@ def claim_announcement(form: Form, decider: Decider) -> str:
     return worded(_("Taken by %(who)s"), who=who)
 
 
-def progress_title(decision: Decision | None, *, guest: bool = False) -> str:
+def progress_title(
+    decision: Decision | None, *, guest: bool = False, app: DifyApp | None = None
+) -> str:
     """The step a decision on its way to Dify is at, as the page's body titles it (for a guest,
-    the workflow's, without Dify's name)."""
+    the workflow's, without Dify's name). `app`, the form's: a decision held for an app Dify
+    calls unavailable is titled so."""
     status = decision.status if decision else None
     if guest:
         if status == Decision.Status.DELIVERING:
@@ -2022,6 +2025,8 @@ def progress_title(decision: Decision | None, *, guest: bool = False) -> str:
         return _("Decision queued; it is on its way to the workflow.")
     if status == Decision.Status.DELIVERING:
         return _("Sending the decision to Dify…")
+    if decision is not None and decision.held_for_app and app is not None and app.unpublished:
+        return _("Decision kept: Dify says this app is not available.")
     if decision is not None and decision.held_for_app:
         return _("Decision kept: Dify refuses this app's connection.")
     if status == Decision.Status.DELIVERED:

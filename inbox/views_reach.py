@@ -692,17 +692,19 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     from inbox.health import celery_state
 
     # What is on its way to Dify, and what of it waits: retrying (Dify down, busy or its answer
-    # lost) and held (Dify refuses the app), and since when the oldest not held waits. One query.
-    on_their_way = Decision.objects.filter(
-        status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING)
-    ).aggregate(
-        on_their_way=Count("pk"),
+    # lost) and held (Dify refuses the app), and since when the oldest not held waits; and the
+    # decisions delivered by presumption that Dify's events have not confirmed yet
+    # (`Decision.delivery_presumed`). One query.
+    travelling = Q(status__in=(Decision.Status.QUEUED, Decision.Status.DELIVERING))
+    on_their_way = Decision.objects.filter(travelling | Decision.presumed()).aggregate(
+        on_their_way=Count("pk", filter=travelling),
         retrying=Count(
             "pk",
             filter=Q(status=Decision.Status.QUEUED, attempts__gt=0, held_for_app=False),
         ),
         held=Count("pk", filter=Q(status=Decision.Status.QUEUED, held_for_app=True)),
-        oldest=Min("created_at", filter=Q(held_for_app=False)),
+        oldest=Min("created_at", filter=travelling & Q(held_for_app=False)),
+        presumed=Count("pk", filter=Q(status=Decision.Status.DELIVERED)),
     )
     oldest = on_their_way.pop("oldest")
     context = {

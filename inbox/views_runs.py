@@ -26,9 +26,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from inbox import timefmt
+from inbox.app_check import UNUSABLE_MODES, last_tested_mode
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
-from inbox.models import KIND_REFUSALS, DifyApp, Form, MessageFile, Run, Upload
+from inbox.models import KIND_REFUSALS, UNPUBLISHED_REFUSAL, DifyApp, Form, MessageFile, Run, Upload
 from inbox.names import people_named
 from inbox.runs import (
     CONVERSATION_SHOWN,
@@ -105,7 +106,15 @@ def _may_stop(request: HttpRequest, run: Run) -> bool:
 @login_required
 @require_GET
 def apps_list(request: HttpRequest) -> HttpResponse:
-    apps = DifyApp.objects.filter(is_active=True).order_by("name")
+    # Each with the kind of app Dify named at its last connection test when that is a plain
+    # chat, completion or agent app: no Human Input node, so nothing of it can be started or
+    # decided here, whatever the mode set up here ("" for any other).
+    apps = [
+        (app, app.tested_mode if app.tested_mode in UNUSABLE_MODES else "")
+        for app in DifyApp.objects.filter(is_active=True)
+        .annotate(tested_mode=last_tested_mode())
+        .order_by("name")
+    ]
     return render(
         request,
         "inbox/apps.html",
@@ -127,7 +136,14 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
         return render(
             request,
             "inbox/apps_start.html",
-            {"app": app, "form": None, "unreachable": str(exc)},
+            {
+                "app": app,
+                "form": None,
+                "unreachable": str(exc),
+                # Dify's words ("App unavailable, please check your app configurations.") say
+                # nothing of what to do: said instead.
+                "unpublished": isinstance(exc, DifyStatusError) and exc.code == UNPUBLISHED_REFUSAL,
+            },
             status=502,
         )
     form = StartRunForm(
@@ -263,6 +279,12 @@ def _start_from_page(
             form.add_error(
                 None,
                 _("Dify did not start the run: %(error)s") % {"error": app.mode_mismatch_text},
+            )
+        elif exc.dify_code == UNPUBLISHED_REFUSAL:
+            # Dify's words ("App unavailable, please check your app configurations.") say
+            # nothing of what to do: said instead.
+            form.add_error(
+                None, _("Dify did not start the run: %(error)s") % {"error": app.unpublished_text}
             )
         elif not (exc.code == "dify_rejected_inputs" and _refused_input(form, exc.message)):
             form.add_error(
@@ -879,7 +901,15 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     this = next((r for r in conversation if r.pk == run.pk), run)
     # A mode set up here that Dify's does not match refuses only starts: this run's forms
     # arrive and its decisions go (CONTRACT 7.10). Staff are told, to set the mode.
-    refused = run.app.refused_at is not None and not run.is_finished and not run.app.mode_mismatch
+    # So does an app Dify calls unavailable (nothing published): told to everyone, with what
+    # still goes.
+    unpublished = run.app.unpublished and not run.is_finished
+    refused = (
+        run.app.refused_at is not None
+        and not run.is_finished
+        and not run.app.mode_mismatch
+        and not run.app.unpublished
+    )
     mode_mismatch = run.app.mode_mismatch and request.user.is_staff
     # Dify did not answer the app's last calls (no connection, a 5xx): nothing of this run
     # reaches the inbox meanwhile.
@@ -928,6 +958,7 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         # the status code; Dify's message is for administrators.
         "refused": refused,
         "mode_mismatch": mode_mismatch,
+        "unpublished": unpublished,
         # The follower gave up reading this run's events (Dify away, its stream failing) and
         # the reconcile hands it back later: what happens in Dify meanwhile is not shown yet.
         "out_of_touch": bool(
@@ -970,6 +1001,7 @@ def live_digest(context: dict[str, Any]) -> str:
         context["may_continue"],
         [(r.pk, r.status) for r in context["conversation"]],
         context["refused"],
+        context["unpublished"],
         context["out_of_touch"],
         context["unreachable"],
         context["streams_failing"],

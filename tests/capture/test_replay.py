@@ -279,7 +279,11 @@ def test_a_replayed_pass_of_a_loop_settles_the_presumption_on_its_own_form_only(
 
     live(run, FIRST_PASS)
     f1, f2 = run.forms.get(form_id="F1"), run.forms.get(form_id="F2")
-    assert (f1.status, f1.filled_action_id, f2.status) == ("answered_elsewhere", "reject", "pending")
+    assert (f1.status, f1.filled_action_id, f2.status) == (
+        "answered_elsewhere",
+        "reject",
+        "pending",
+    )
     decision = presume(f2, "approve", reviewer=reviewer)
     replay = [
         *FIRST_PASS,

@@ -13,7 +13,7 @@ from django.test import Client
 from django.utils import timezone
 
 from inbox import views_runs
-from inbox.models import ApiToken, DifyApp, Form, Run
+from inbox.models import ApiToken, AuditEntry, DifyApp, Form, Run
 from inbox.runs import start_run
 from inbox.simulator.testing import sample_inputs
 from tests.capture import events as ev
@@ -61,6 +61,85 @@ def test_the_apps_page_offers_a_start_only_to_who_may_start(
     assert "refund-approval" in page and "/start/" not in page
     # Not told to do what the page does not offer.
     assert "Start a run to see" not in page and "for those an administrator allows" in page
+
+
+def test_the_apps_page_shows_a_plain_chat_app_as_unusable_with_no_start(
+    client: Client,
+    simulator: Any,
+    sim_app: Any,
+    refunds: DifyApp,
+    reviewer: User,
+    admin_client: Client,
+) -> None:
+    faq = sim_app("faq-bot")  # a plain chat app in Dify, set up here as a workflow
+    page = login(client, reviewer).get("/apps/").content.decode()
+    # Not tested yet: nothing says what it is.
+    assert f'href="/apps/{faq.pk}/start/"' in page and "Cannot be used here" not in page
+    # The administrator's connection test finds it is a chat app (recorded "unusable").
+    admin_client.post(
+        "/admin/inbox/difyapp/",
+        {"action": "test_connection", "_selected_action": [str(faq.pk)]},
+    )
+    page = client.get("/apps/").content.decode()
+    item = page[page.index("<strong>faq-bot</strong>") : page.index("</li>", page.index("faq-bot"))]
+    assert '<span class="chip unusable">Cannot be used here</span>' in item
+    assert (
+        "Dify says this is a “chat” app. Such apps have no Human Input node: no run of it can "
+        "be started or decided here."
+    ) in item
+    assert "/start/" not in item and "Workflow" not in item
+    # The other app is offered as before.
+    assert f'href="/apps/{refunds.pk}/start/"' in page
+    client.cookies["django_language"] = "zh-hans"
+    page = client.get("/apps/").content.decode()
+    assert "无法在此使用" in page and "没有人工输入节点" in page
+    # A later test that found a workflow app (the key of one entered since) is what counts.
+    AuditEntry.record("app_connection_tested", faq, result="connected", mode="workflow")
+    client.cookies["django_language"] = "en"
+    page = client.get("/apps/").content.decode()
+    assert f'href="/apps/{faq.pk}/start/"' in page and "Cannot be used here" not in page
+
+
+UNAVAILABLE = "App unavailable, please check your app configurations."
+
+
+def test_the_start_page_says_an_app_dify_calls_unavailable_is_to_be_published(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.add_fault(
+        "status",
+        "parameters",
+        app="refund-approval",
+        times=None,
+        status=400,
+        code="app_unavailable",
+        message=UNAVAILABLE,
+    )
+    response = login(client, reviewer).get(f"/apps/{refunds.pk}/start/")
+    assert response.status_code == 502
+    page = response.content.decode()
+    assert (
+        "Dify says this app is not available: it may have no published workflow. Runs of it "
+        "can start once an administrator publishes it in Dify."
+    ) in page
+    assert "could not be reached" not in page and UNAVAILABLE not in page
+    page = client.get(f"/apps/{refunds.pk}/start/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "Dify 表示此应用不可用：它可能没有已发布的工作流。" in page  # noqa: RUF001
+    # Dify's start refusing it says the same, in place of Dify's words.
+    simulator.clear_faults()
+    simulator.add_fault(
+        "status",
+        "workflows_run",
+        status=400,
+        code="app_unavailable",
+        message=UNAVAILABLE,
+    )
+    page = client.post(f"/apps/{refunds.pk}/start/", start_form_data(simulator)).content.decode()
+    assert (
+        "Dify did not start the run: Dify says this app is not available: it may have no "
+        "published workflow."
+    ) in page
+    assert UNAVAILABLE not in page
 
 
 def test_the_start_page_renders_dify_s_start_inputs(

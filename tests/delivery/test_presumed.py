@@ -6,6 +6,7 @@ the capture are called in this process."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -199,6 +200,15 @@ def test_a_presumed_delivery_the_events_show_as_ours_is_confirmed(
         simulator, form, reviewer, django_capture_on_commit_callbacks, elsewhere=None
     )
     assert simulator.submits_applied(form.form_id) == 1  # ours
+    # The dashboard counts it until Dify's events confirm it, and the admin lists it.
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-boss-123"))
+    presumed_card = re.compile(
+        r"<strong>(\d+)</strong><a href=\"/admin/inbox/decision/\?delivery=presumed\">"
+    )
+    assert presumed_card.findall(admin.get("/dashboard/").content.decode()) == ["1"]
+    listing = admin.get("/admin/inbox/decision/?delivery=presumed").content.decode()
+    assert str(decision.public_id) in listing
     _follow(simulator, Run.objects.get(pk=form.run_id))
     decision = Decision.objects.get(pk=decision.pk)
     form.refresh_from_db()
@@ -208,6 +218,9 @@ def test_a_presumed_delivery_the_events_show_as_ours_is_confirmed(
         "approve",
     )
     assert not decision.delivery_presumed
+    assert presumed_card.findall(admin.get("/dashboard/").content.decode()) == ["0"]
+    listing = admin.get("/admin/inbox/decision/?delivery=presumed").content.decode()
+    assert str(decision.public_id) not in listing
     (entry,) = AuditEntry.objects.filter(verb="delivery_confirmed")
     assert entry.details["confirmed_by"] in ("human_input_form_filled", "node_finished")
     _follow(simulator, Run.objects.get(pk=form.run_id))

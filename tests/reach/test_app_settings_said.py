@@ -343,3 +343,46 @@ def test_a_new_app_s_test_never_shows_words_of_an_answer_that_is_not_dify_s(
         assert secret not in trail
         assert secret not in apps
         assert secret not in caplog.text
+
+
+# --- An app Dify calls unavailable (nothing published) ---
+
+
+def test_an_app_dify_calls_unavailable_is_said_to_be_published_in_dify(
+    admin_client: Client, simulator: Any, simulator_dify_app: Any
+) -> None:
+    app = simulator_dify_app("refund-approval")
+    unavailable = "App unavailable, please check your app configurations."
+    simulator.add_fault(
+        "status",
+        "parameters",
+        app="refund-approval",
+        times=None,
+        status=400,
+        code="app_unavailable",
+        message=unavailable,
+    )
+    listing = reverse("admin:inbox_difyapp_changelist")
+    page = admin_client.post(
+        listing, {"action": "test_connection", "_selected_action": [str(app.pk)]}, follow=True
+    )
+    assert notes(page) == [
+        (
+            constants.ERROR,
+            "refund-approval: Dify says the app is not available: it may have no published "
+            "workflow. Publish it in Dify, then test the connection again. "
+            f"(400 app_unavailable: {unavailable})",
+        )
+    ]
+    app.refresh_from_db()
+    assert app.unpublished
+    # The app's list says what it means and what to do, beside Dify's words.
+    body = admin_client.get(listing).content.decode()
+    assert f"400 app_unavailable: {unavailable}" in body
+    assert (
+        "Dify says the app is not available: it may have no published workflow. Publish it in "
+        "Dify (or check its configuration there). Until then no run of it can start, while the "
+        "forms and decisions of its runs under way go through."
+    ) in body
+    body = admin_client.get(listing, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "Dify 表示该应用不可用：它可能没有已发布的工作流。请在 Dify 中发布它" in body  # noqa: RUF001

@@ -295,3 +295,107 @@ def test_the_dashboard_says_how_long_decisions_wait_and_when_beat_or_the_workers
     assert "No periodic task has run for 8 minutes: check that Celery beat and a worker" in body
     body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "12分钟" in body and "8 分钟" in body and "Celery beat" in body
+
+
+def _delivered(
+    app: DifyApp,
+    confirmed_by: str,
+    *,
+    maybe_applied: bool = True,
+    status: str = Decision.Status.DELIVERED,
+    confirmed: bool = False,
+) -> Decision:
+    """A delivered decision as the delivery records it (`confirmed_by` in its trail entry),
+    and, `confirmed`, as Dify's events later confirmed it (`Decision.settle_presumption`)."""
+    from inbox.models import AuditEntry
+
+    form = make_form(app, status=Form.Status.SUBMITTED)
+    decision = Decision.objects.create(
+        form=form,
+        action_id="approve",
+        status=status,
+        maybe_applied=maybe_applied,
+        delivered_at=timezone.now(),
+    )
+    AuditEntry.record("decision_delivered", decision, form=form.pk, confirmed_by=confirmed_by)
+    if confirmed:
+        AuditEntry.record("delivery_confirmed", decision, confirmed_by="human_input_form_filled")
+    return decision
+
+
+PRESUMED = "presumed: an earlier attempt's answer was lost; Dify shows no other answer"
+
+
+def test_the_dashboard_counts_decisions_presumed_delivered_and_links_to_them(
+    client: Client, admin_user: User, reach_app: DifyApp
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    route(reach_app)
+    client.force_login(admin_user)
+    body = client.get("/dashboard/").content.decode()
+    assert re.search(
+        r"<strong>0</strong><a href=\"/admin/inbox/decision/\?delivery=presumed\">"
+        r"decisions presumed delivered, not confirmed by Dify yet</a></div>",
+        body,
+    )
+    presumed = _delivered(reach_app, PRESUMED)
+    others = [
+        _delivered(reach_app, PRESUMED, confirmed=True),  # Dify's events named our action
+        _delivered(reach_app, PRESUMED, status=Decision.Status.REJECTED),  # ...or another
+        _delivered(reach_app, "response", maybe_applied=False),
+        _delivered(reach_app, "live events"),  # an answer lost, Dify's own event found
+    ]
+    assert Decision.objects.get(pk=presumed.pk).delivery_presumed
+    assert not any(Decision.objects.get(pk=d.pk).delivery_presumed for d in others)
+    body = client.get("/dashboard/").content.decode()
+    assert re.search(
+        r"<strong>1</strong><a [^>]*\?delivery=presumed\">decisions presumed delivered", body
+    )
+    assert "Dify's events on their runs confirm or correct it." in body
+    # Not on their way: Dify took them, as far as the inbox can tell.
+    assert re.search(r"<strong>0</strong><a [^>]*>decisions on their way to Dify</a>", body)
+    # The admin's list, filtered to them.
+    listing = client.get("/admin/inbox/decision/?delivery=presumed").content.decode()
+    assert str(presumed.public_id) in listing
+    assert not any(str(d.public_id) in listing for d in others)
+    assert "Presumed, not confirmed by Dify yet" in listing
+    everything = client.get("/admin/inbox/decision/").content.decode()
+    assert all(str(d.public_id) in everything for d in others)
+    # In Chinese.
+    body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "推定已送达、尚未经 Dify 确认的决定" in body
+    # Counted in the query that counts those on their way: more of them, no more queries.
+    client.get("/dashboard/")  # back in English (the language change is written once)
+    with CaptureQueriesContext(connection) as one:
+        client.get("/dashboard/")
+    _delivered(reach_app, PRESUMED)
+    _delivered(reach_app, PRESUMED)
+    with CaptureQueriesContext(connection) as three:
+        body = client.get("/dashboard/").content.decode()
+    assert re.search(r"<strong>3</strong><a [^>]*\?delivery=presumed\">", body)
+    assert len(three) == len(one)
+
+
+def test_the_dashboard_says_an_app_dify_calls_unavailable_is_to_be_published(
+    client: Client, admin_user: User, reach_app: DifyApp
+) -> None:
+    DifyApp.objects.filter(pk=reach_app.pk).update(
+        refused_at=timezone.now(),
+        refusal="400 app_unavailable: App unavailable, please check your app configurations.",
+        refusal_status=400,
+        refusal_code="app_unavailable",
+    )
+    client.force_login(admin_user)
+    body = client.get("/dashboard/").content.decode()
+    assert "that payroll is not available: it may have no published workflow. Publish it in " in (
+        body
+    )
+    assert (
+        "until then no run of it can start, while the forms and decisions of its runs under way "
+        "go through."
+    ) in body
+    assert "new forms of its runs cannot arrive" not in body
+    body = client.get("/dashboard/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "Dify 表示 payroll 不可用：它可能没有已发布的工作流。请在 Dify 中发布它" in body  # noqa: RUF001

@@ -504,3 +504,38 @@ def test_an_app_dify_no_longer_accepts_is_not_told_as_a_refused_key(
         "deleted there)."
     ) in reviewer_body
     assert "fixes its key" not in reviewer_body
+
+
+def test_a_guest_decision_held_for_an_app_dify_calls_unavailable_waits_for_it_to_be_published(
+    client: Client, routed_form: Form, reviewer: User
+) -> None:
+    from django.utils import timezone
+
+    from inbox.models import DifyApp
+
+    DifyApp.objects.filter(pk=routed_form.run.app.pk).update(
+        refused_at=timezone.now(),
+        refusal="400 app_unavailable: App unavailable, please check your app configurations.",
+        refusal_status=400,
+        refusal_code="app_unavailable",
+    )
+    # Nothing said before deciding: a submit needs nothing published.
+    body = _body(Client().get(_link(routed_form, GUEST)).content.decode())
+    assert "cannot take decisions" not in body
+    # The English guest decides; Dify's submit met the refusal, and the decision is held.
+    decision = routed_form.decide(action_id="approve", inputs={"note": ""}, guest_email=GUEST)
+    Decision.objects.filter(pk=decision.pk).update(held_for_app=True)
+    Form.objects.filter(pk=routed_form.pk).update(status=Form.Status.SUBMITTING)
+    body = _body(Client().get(_link(routed_form, GUEST)).content.decode())
+    assert (
+        "It is sent as soon as the workflow is available again, once the people who run it "
+        "publish it. Nothing needs to be decided again."
+    ) in body
+    assert "fix a setting" not in body and "Dify" not in body and "app_unavailable" not in body
+    # As the Chinese guest's decision, read through their link.
+    Decision.objects.filter(pk=decision.pk).update(guest_email=GUEST_ZH)
+    body = _body(Client().get(_link(routed_form, GUEST_ZH)).content.decode())
+    assert "负责该工作流的人员将其发布" in body and "Dify" not in body
+    # A reviewer reads of Dify and of publishing the app there.
+    reviewer_body = _body(_reviewer_page(client, reviewer, routed_form))
+    assert "once an administrator publishes it in Dify" in reviewer_body

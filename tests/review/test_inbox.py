@@ -938,3 +938,62 @@ def test_the_inbox_and_the_run_page_say_an_app_dify_answers_403_for_is_not_accep
         "of this run cannot arrive until Dify accepts it again."
     ) in page
     assert "API key" not in page
+
+
+UNAVAILABLE = "400 app_unavailable: App unavailable, please check your app configurations."
+
+
+def test_the_pages_say_an_app_dify_calls_unavailable_is_to_be_published(
+    alice: Client, dify_app: DifyApp, reviewer: User
+) -> None:
+    form = make_form(dify_app)
+    DifyApp.objects.filter(pk=dify_app.pk).update(
+        refused_at=timezone.now(),
+        refusal=UNAVAILABLE,
+        refusal_status=400,
+        refusal_code="app_unavailable",
+    )
+    # The inbox: no run of it can start, while the forms of its runs under way still arrive.
+    page = alice.get("/").content.decode()
+    assert (
+        "Dify says the app refunds is not available: it may have no published workflow. No run "
+        "of it can start until an administrator publishes it in Dify; the forms of its runs "
+        "under way still arrive, and decisions on them are sent."
+    ) in page
+    assert "as it is set up here" not in page and "cannot arrive" not in page
+    assert "App unavailable" not in page  # Dify's words are for administrators
+    page = alice.get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "Dify 表示应用 refunds 不可用：它可能没有已发布的工作流。" in page  # noqa: RUF001
+    # The run page: its forms still arrive, so it is no refusal of the run.
+    run_page = f"/runs/{form.run.public_id}/"
+    page = alice.get(run_page).content.decode()
+    assert (
+        "Dify says this app is not available: it may have no published workflow. No run of it "
+        "can start until an administrator publishes it in Dify; this run's forms still "
+        "arrive, and decisions on them are sent."
+    ) in page
+    assert "cannot arrive" not in page and "Dify answered 400." not in page
+    assert "App unavailable" not in page
+    page = alice.get(run_page, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "此运行的表单仍会送达" in page
+    # Staff are told what to do, with Dify's words.
+    staff = Client()
+    staff.force_login(User.objects.create_user("root", is_staff=True, is_superuser=True))
+    page = staff.get(run_page).content.decode()
+    assert "Publish the app in Dify: the inbox notices by itself" in page
+    assert "App unavailable, please check your app configurations." in page
+    # The form page says nothing before one decides (a submit needs nothing published); a
+    # decision Dify held for it says what it waits for.
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert 'id="app-notice"></div>' in page
+    Form.objects.filter(pk=form.pk).update(status=Form.Status.SUBMITTING)
+    Decision.objects.create(form=form, action_id="approve", reviewer=reviewer, held_for_app=True)
+    page = alice.get(f"/forms/{form.public_id}/").content.decode()
+    assert "Decision kept: Dify says this app is not available." in page
+    assert (
+        "It is sent as soon as Dify makes the app available again (Dify says it is not: it may "
+        "have no published workflow), once an administrator publishes it in Dify."
+    ) in page
+    assert "fixes its key or settings" not in page and "refuses this app" not in page
+    page = alice.get(f"/forms/{form.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "管理员在 Dify 中发布该应用" in page and "Decision kept" not in page
