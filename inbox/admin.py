@@ -2085,8 +2085,24 @@ class AuditEntryAdmin(RecordAdmin):
             escaped = json.dumps(word)[1:-1]
             if escaped != word:
                 match |= Q(details__icontains=escaped)
+            form_pk = self._form_pk_of(word)
+            if form_pk is not None:
+                # Entries written before `details.form` held the form's public id held its
+                # internal id there.
+                match |= Q(details__form=form_pk)
             queryset = queryset.filter(match)
         return queryset, False
+
+    @staticmethod
+    def _form_pk_of(word: str) -> int | None:
+        """The internal id of the form whose public id `word` is, if it is one."""
+        import uuid
+
+        try:
+            public_id = uuid.UUID(word)
+        except ValueError:
+            return None
+        return Form.objects.filter(public_id=public_id).values_list("pk", flat=True).first()
 
     @admin.display(description=_("when"), ordering="created_at")
     def when(self, obj: AuditEntry) -> str:
@@ -2783,6 +2799,42 @@ class UserAdmin(  # type: ignore[type-arg]
     def has_anonymise_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("inbox.anonymise_user")
 
+    @staticmethod
+    def anonymise_preview(users: list[Any]) -> list[dict[str, Any]]:
+        """What the confirmation page says of each account: the routes its address is taken
+        off, and how many decisions and uploads it made (what it typed in them, and its files'
+        names, stay as they are), with where to read them. A query each, for all accounts."""
+        from inbox.erasure import account_pseudonym, routes_listing
+
+        pks = [u.pk for u in users]
+        decisions = dict(
+            Decision.objects.filter(reviewer__in=pks)
+            .values("reviewer")
+            .annotate(n=Count("pk"))
+            .values_list("reviewer", "n")
+        )
+        uploads = dict(
+            Upload.objects.filter(uploaded_by__in=pks)
+            .values("uploaded_by")
+            .annotate(n=Count("pk"))
+            .values_list("uploaded_by", "n")
+        )
+        routes = routes_listing(u.email for u in users)
+        decision_list = reverse("admin:inbox_decision_changelist")
+        upload_list = reverse("admin:inbox_upload_changelist")
+        return [
+            {
+                "user": user,
+                "pseudonym": account_pseudonym(user),
+                "routes": routes.get(user.email.lower(), []) if user.email else [],
+                "decisions": decisions.get(user.pk, 0),
+                "uploads": uploads.get(user.pk, 0),
+                "decisions_url": f"{decision_list}?{urlencode({'reviewer__id__exact': user.pk})}",
+                "uploads_url": f"{upload_list}?{urlencode({'uploaded_by__id__exact': user.pk})}",
+            }
+            for user in users
+        ]
+
     @admin.action(description=_("Anonymise account"), permissions=["anonymise"])
     def anonymise(self, request: HttpRequest, queryset: Any) -> TemplateResponse | None:
         """Erase the person behind each account (`inbox.erasure.anonymise_user`), keeping the
@@ -2796,7 +2848,7 @@ class UserAdmin(  # type: ignore[type-arg]
                 **self.admin_site.each_context(request),
                 "title": _("Anonymise accounts"),
                 "opts": self.model._meta,
-                "accounts": chosen,
+                "accounts": self.anonymise_preview(chosen),
                 "refused": refused,
                 "select_across": request.POST.get("select_across") == "1",
                 "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),

@@ -66,6 +66,7 @@ VERB_LABELS: dict[str, Any] = {
     "decision_failed": _("Decision delivery failed"),
     # Guests' links.
     "guest_link_opened": _("Guest link opened"),
+    "guest_link_refused": _("Guest link refused"),
     "guest_link_used_signed_in": _("Guest link used while signed in"),
     "link_renewed": _("Link renewed"),
     "link_renewal_failed": _("Link renewal failed"),

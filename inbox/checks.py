@@ -13,10 +13,10 @@ from django.utils.module_loading import import_string
 
 
 @register()
-def check_inbox_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+def check_inbox_settings(app_configs: Any = None, **kwargs: Any) -> list[Error | Warning]:
     """What would fail only later, when it is used: checked by every management command that
     checks (`migrate` among them, which each deployment runs first)."""
-    found = []
+    found: list[Error | Warning] = []
     try:
         backend = import_string(settings.EMAIL_BACKEND)
     except ImportError as exc:
@@ -31,6 +31,22 @@ def check_inbox_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 hint="Leave EMAIL_BACKEND unset (SMTP when EMAIL_HOST is set), or name a backend "
                 "such as django.core.mail.backends.smtp.EmailBackend.",
                 id="inbox.E001",
+            )
+        )
+    from inbox.retention import audit_shorter_than_runs, days_text
+
+    runs, audit = settings.INBOX_RETENTION_DAYS, settings.INBOX_AUDIT_RETENTION_DAYS
+    if audit_shorter_than_runs(runs, audit):
+        found.append(
+            Warning(
+                f"INBOX_AUDIT_RETENTION_DAYS ({audit:g}) is shorter than INBOX_RETENTION_DAYS "
+                f"({runs:g}: runs kept for {days_text(runs)}): the decisions of the runs kept "
+                "lose the audit entries that say who made them, how and when they were "
+                "delivered.",
+                hint="Keep the audit entries at least as long as the runs: set "
+                "INBOX_AUDIT_RETENTION_DAYS to INBOX_RETENTION_DAYS or more (0 keeps them for "
+                "ever). The entries proving an erasure are kept whatever their age.",
+                id="inbox.W009",
             )
         )
     return found

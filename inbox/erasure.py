@@ -8,6 +8,7 @@ doings. The trail keeps that an erasure happened (by whom, when), never the name
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import secrets
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from inbox.models import (
     ApiToken,
@@ -101,6 +103,71 @@ def _mentioning(names: set[str]) -> Q:
     return match
 
 
+def _scrub_admin_log(names: set[str], pseudonym: str, *, write: bool) -> int:
+    """Replace `names` in the admin site's own change log (`django_admin_log`): its object
+    (`object_repr`) and its change message, which names what an inline added, changed or
+    removed ("Added email recipient “lena@example.org”"). How many entries changed."""
+    from django.contrib.admin.models import LogEntry
+
+    match = Q()
+    for name in names:
+        # Django writes the message as JSON with non-ASCII characters escaped.
+        for form in {name, json.dumps(name)[1:-1]}:
+            match |= Q(object_repr__icontains=form) | Q(change_message__icontains=form)
+    changed = 0
+    for entry in LogEntry.objects.filter(match).iterator(chunk_size=500):
+        shown, shown_changed = _replaced(entry.object_repr, names, pseudonym)
+        try:
+            message: Any = json.loads(entry.change_message)
+            as_json = True
+        except ValueError:
+            message, as_json = entry.change_message, False
+        new_message, message_changed = _replaced(message, names, pseudonym)
+        if not (shown_changed or message_changed):
+            continue
+        changed += 1
+        if write:
+            LogEntry.objects.filter(pk=entry.pk).update(
+                object_repr=shown[:200],
+                change_message=json.dumps(new_message) if as_json else new_message,
+            )
+    return changed
+
+
+def _drop_from_routes(email: str, *, actor: Any = None, actor_label: str = "", reason: str) -> int:
+    """Take `email` off every route that emails it (its `RouteRecipient` rows): no form routed
+    from now on asks it, as a guest or otherwise. Each route's change is in the trail
+    (`route_changed`, with `reason`), without the address. How many rows went."""
+    with transaction.atomic():
+        listed = RouteRecipient.objects.filter(email__iexact=email).select_related("route")
+        routes = {row.route for row in listed}
+        gone = RouteRecipient.objects.filter(pk__in=[r.pk for r in listed]).delete()[0]
+        for route in sorted(routes, key=lambda r: r.pk):
+            AuditEntry.record(
+                "route_changed", route, actor=actor, actor_label=actor_label, reason=reason
+            )
+    return gone
+
+
+def routes_listing(emails: Any) -> dict[str, list[Any]]:
+    """address (lower case) -> the routes that email it, for `emails` (one query)."""
+    from django.db.models.functions import Lower
+
+    keys = {e.lower() for e in emails if e}
+    found: dict[str, list[Any]] = {}
+    if not keys:
+        return found
+    rows = (
+        RouteRecipient.objects.annotate(email_lower=Lower("email"))
+        .filter(email_lower__in=keys)
+        .select_related("route__app")
+        .order_by("route__app__name", "route__node", "route__name")
+    )
+    for row in rows:
+        found.setdefault(row.email_lower, []).append(row.route)
+    return found
+
+
 # Rows a transaction when an erasure rewrites a person's records: another process (the worker
 # delivering one of their decisions, the follower on one of their runs) waits for one batch at
 # most, not for all of them (a year of an integration account's runs took minutes at once).
@@ -126,8 +193,12 @@ def _update_in_batches(rows: Any, **values: Any) -> int:
 def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
     """Deactivate the account, revoke its API tokens, blank its name, address, password and last
     sign-in, and rename it `former-<id>`; the names its records keep (decisions, uploads, message
-    files, runs, audit entries) become that pseudonym. Recorded as `user_anonymised`, with who
-    did it and the counts, not the old name. Returns the counts.
+    files, runs, audit entries, the admin site's change log) become that pseudonym. Its address
+    is taken off the routes that email it (as `erase_email` does), and the email links of its
+    address (its own, and any a guest with that address holds) are withdrawn: once the account
+    no longer holds the address, the address would otherwise be a guest's and be asked again.
+    Recorded as `user_anonymised`, with who did it and the counts, not the old name. Returns the
+    counts.
 
     Not one transaction: the account is deactivated first (it signs in and calls the API no
     more), its records are rewritten in committed batches, and it is renamed and recorded last.
@@ -150,6 +221,19 @@ def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
         user.save(update_fields=["is_active", "last_login", "password"])
         counts["tokens"] = sum(t.revoke(actor) for t in ApiToken.objects.filter(user=user))
         ReviewerProfile.objects.filter(user=user).update(time_zone="")
+        # Before the address leaves the account (last): until then, the deactivated account
+        # holding it keeps it from being asked as a guest's.
+        counts["route_recipients"] = (
+            _drop_from_routes(user.email, actor=actor, reason="account anonymised")
+            if user.email
+            else 0
+        )
+        links = Q(user=user)
+        if user.email:
+            links |= Q(email__iexact=user.email, user__isnull=True)
+        counts["links_withdrawn"] = FormRecipient.objects.filter(
+            links, withdrawn_at__isnull=True
+        ).update(withdrawn_at=timezone.now(), next_reminder_at=None)
     counts["decisions"] = _update_in_batches(
         Decision.objects.filter(reviewer=user).exclude(
             reviewer_username=pseudonym, reviewer_name=pseudonym
@@ -183,6 +267,7 @@ def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
         Q(object_type="user", object_id=str(user.pk)) | _mentioning(names)
     )
     counts["audit_entries"] += _scrub_audit(about, names, pseudonym, write=True)
+    counts["admin_log_entries"] = _scrub_admin_log(names, pseudonym, write=True)
     with transaction.atomic():
         user.username = pseudonym
         user.first_name = user.last_name = user.email = ""
@@ -222,9 +307,9 @@ PSEUDONYM = re.compile(r"erased-[0-9a-f]{12}@erased\.invalid")
 
 def erase_email(email: str, *, dry_run: bool = False, pseudonym: str = "") -> Erased:
     """Replace the address everywhere the inbox keeps it (form and route recipients, decisions,
-    uploads, upload tallies, audit entries) by `pseudonym` (`erased-<random>@erased.invalid`,
-    a new one when not given); a route stops emailing it (its recipient row is removed, the
-    route's change recorded). A decision still needing it is left as it is and named; run again
+    uploads, upload tallies, audit entries, the admin site's change log) by `pseudonym`
+    (`erased-<random>@erased.invalid`, a new one when not given); a route stops emailing it
+    (its recipient row is removed, the route's change recorded, as `anonymise_user` does). A decision still needing it is left as it is and named; run again
     once it has ended.
 
     Not one transaction: each record, or batch of them, is committed on its own, so nobody
@@ -244,7 +329,7 @@ def erase_email(email: str, *, dry_run: bool = False, pseudonym: str = "") -> Er
     recipients = FormRecipient.objects.filter(email__iexact=email).exclude(
         form__decisions__pk__in=held
     )
-    route_recipients = RouteRecipient.objects.filter(email__iexact=email).select_related("route")
+    route_recipients = RouteRecipient.objects.filter(email__iexact=email)
     uploads = Upload.objects.filter(guest_email__iexact=email)
     tallies = UploadTally.objects.filter(who=f"g:{lower}")
     entries = AuditEntry.objects.filter(_mentioning(names))
@@ -255,8 +340,10 @@ def erase_email(email: str, *, dry_run: bool = False, pseudonym: str = "") -> Er
         counts["uploads"] = uploads.count()
         counts["upload_tallies"] = tallies.count()
         counts["audit_entries"] = _scrub_audit(entries, names, pseudonym, write=False)
+        counts["admin_log_entries"] = _scrub_admin_log(names, pseudonym, write=False)
     else:
         counts["audit_entries"] = _scrub_audit(entries, names, pseudonym, write=True)
+        counts["admin_log_entries"] = _scrub_admin_log(names, pseudonym, write=True)
         counts["recipients"] = 0
         for recipient in recipients.order_by("pk"):
             with transaction.atomic():
@@ -267,13 +354,9 @@ def erase_email(email: str, *, dry_run: bool = False, pseudonym: str = "") -> Er
                 else:
                     gone = rows.update(email=pseudonym, time_zone="")
                 counts["recipients"] += gone
-        with transaction.atomic():
-            routes = {r.route for r in route_recipients}
-            counts["route_recipients"] = route_recipients.delete()[0]
-            for route in routes:
-                AuditEntry.record(
-                    "route_changed", route, actor_label="erase_person", reason="person erased"
-                )
+        counts["route_recipients"] = _drop_from_routes(
+            email, actor_label="erase_person", reason="person erased"
+        )
         counts["decisions"] = _update_in_batches(decisions, guest_email=pseudonym)
         counts["uploads"] = _update_in_batches(uploads, guest_email=pseudonym)
         counts["upload_tallies"] = tallies.update(who=f"g:{pseudonym}")

@@ -2333,7 +2333,7 @@ class Form(models.Model):
                         "decision_made",
                         decision,
                         actor=pressed,
-                        form=form.pk,
+                        form=str(form.public_id),
                         action=action_id,
                         guest=guest_email,
                     )
@@ -2343,7 +2343,7 @@ class Form(models.Model):
                         decision,
                         actor=reviewer,
                         actor_label=guest_email,
-                        form=form.pk,
+                        form=str(form.public_id),
                         action=action_id,
                     )
                 transaction.on_commit(lambda: Decision.enqueue(decision.pk))
@@ -2772,7 +2772,11 @@ class Decision(models.Model):
             return ""
         if action_id == self.action_id:
             AuditEntry.record(
-                "delivery_confirmed", self, form=form.pk, confirmed_by=evidence, source=source
+                "delivery_confirmed",
+                self,
+                form=str(form.public_id),
+                confirmed_by=evidence,
+                source=source,
             )
             return "confirmed"
         action_text = filled.get("filled_action_text") or form.action_title(action_id)
@@ -2802,7 +2806,7 @@ class Decision(models.Model):
                 AuditEntry.build(
                     "decision_rejected",
                     self,
-                    form=form.pk,
+                    form=str(form.public_id),
                     attempts=self.attempts,
                     reason=self.last_error,
                     code="human_input_form_submitted",
@@ -3177,7 +3181,12 @@ class Decision(models.Model):
         form.updated_at = now
         entries = [
             AuditEntry.build(
-                verb, self, form=form.pk, attempts=self.attempts, reason=self.last_error, **details
+                verb,
+                self,
+                form=str(form.public_id),
+                attempts=self.attempts,
+                reason=self.last_error,
+                **details,
             )
         ]
         if previous != form_status:
@@ -3546,7 +3555,7 @@ class Decision(models.Model):
                 "delivery_retry_requested",
                 decision,
                 actor=actor,
-                form=form.pk,
+                form=str(form.public_id),
                 attempts_before_retry=earlier,
             )
             pk = decision.pk

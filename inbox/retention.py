@@ -5,7 +5,11 @@ the admin site's change log), each for as many days as the operator says, then l
 
 A run is let go only once it has ended and nothing of it is still on its way to Dify: a form
 whose decision is being sent keeps its run, however old. The audit trail is kept on its own
-terms: its entries name what they were about by id, and outlive it when asked to.
+terms: its entries name what they were about by id, and outlive it when asked to. Kept
+shorter than the runs, it leaves decisions that no entry explains any more: a system check
+(`inbox.W009`) and `prune_records` say so (`audit_shorter_than_runs`). The entries that prove an
+erasure (`ERASURE_VERBS`: an account anonymised, an address erased) stay whatever their age,
+unless `prune_records --with-erasure-records` is asked to let them go too.
 
 A file uploaded for a start input or a chatflow message (`MessageFile`: its name is often
 personal, "contract_<name>.pdf") goes with the last run that used it, never while a run still
@@ -34,6 +38,23 @@ from inbox.models import (
     Run,
     RunEvent,
 )
+
+# The entries that prove a person was erased (inbox.erasure): kept by the audit retention.
+ERASURE_VERBS = ("user_anonymised", "person_erased")
+
+
+def audit_shorter_than_runs(runs_days: float, audit_days: float) -> bool:
+    """Whether audit entries would go before the runs (with their decisions) they explain:
+    the trail kept for fewer days than the runs, or for a while when runs are kept for ever."""
+    return audit_days > 0 and (runs_days <= 0 or audit_days < runs_days)
+
+
+def days_text(days: float) -> str:
+    """`days` as a setting or option gives them: "30 days", or "ever" for 0."""
+    if days <= 0:
+        return "ever"
+    return f"{days:g} day{'' if days == 1 else 's'}"
+
 
 # Runs let go per transaction: a long prune never holds many rows locked at once.
 BATCH = 200
@@ -72,8 +93,10 @@ def prune(
     audit_older_than_days: float = 0,
     dry_run: bool = False,
     by: str = "prune_records",
+    with_erasure_records: bool = False,
 ) -> Pruned:
-    """Let go of what is older than asked (0: keep it). `dry_run`: count only.
+    """Let go of what is older than asked (0: keep it). `dry_run`: count only. The entries
+    proving an erasure (`ERASURE_VERBS`) stay, unless `with_erasure_records`.
 
     What was let go is itself in the trail (`records_pruned`, by `by`: the command or the
     daily task): how many of each, and the cutoffs. Written after the deletion, it is newer
@@ -122,6 +145,8 @@ def prune(
         cutoff = timezone.now() - dt.timedelta(days=audit_older_than_days)
         cutoffs["audit_entries_before"] = cutoff.isoformat()
         old = AuditEntry.objects.filter(created_at__lt=cutoff)
+        if not with_erasure_records:
+            old = old.exclude(verb__in=ERASURE_VERBS)
         pruned.audit_entries = old.count()
         # The admin site's own change log names what was changed (`object_repr`: a username,
         # a file's name) and whom by: kept as long as the audit trail.
@@ -138,6 +163,7 @@ def prune(
             **asdict(pruned),
             runs_older_than_days=runs_older_than_days,
             audit_older_than_days=audit_older_than_days,
+            erasure_records_kept=not with_erasure_records,
             **cutoffs,
         )
     return pruned

@@ -1210,11 +1210,18 @@ def prune_records() -> dict[str, int]:
 
     from django.conf import settings
 
-    from inbox.retention import prune
+    from inbox.retention import audit_shorter_than_runs, prune
 
     runs, audit = settings.INBOX_RETENTION_DAYS, settings.INBOX_AUDIT_RETENTION_DAYS
     if not runs and not audit:
         return {}
+    if audit_shorter_than_runs(runs, audit):
+        logger.warning(
+            "prune_records: INBOX_AUDIT_RETENTION_DAYS (%g) is shorter than "
+            "INBOX_RETENTION_DAYS (%g, 0: for ever): decisions kept lose their audit entries",
+            audit,
+            runs,
+        )
     with periodic_lock("prune_records") as held:
         if not held:
             return {}

@@ -308,3 +308,149 @@ def test_erase_person_interrupted_is_finished_under_the_pseudonym_it_printed(
     # Only a pseudonym of its own kind: never someone's address.
     with pytest.raises(CommandError):
         call_command("erase_person", email=guest, pseudonym="bob@example.com", stdout=out)
+
+
+LENA = "lena.li@corp.example"
+
+
+def _list_on_default_route(admin_client: Client, app: DifyApp, email: str) -> Route:
+    """An administrator adds `email` to the app's default route as an email recipient (guests
+    allowed), on the route's admin page: the admin's change log says so, with the address."""
+    from django.contrib.admin.models import LogEntry
+
+    default = Route.objects.get(app=app, node="")
+    saved = admin_client.post(
+        f"/admin/inbox/route/{default.pk}/change/",
+        {
+            "app": app.pk,
+            "name": default.name,
+            "node": "",
+            "priority": default.priority,
+            "is_active": "on",
+            "groups": [g.pk for g in default.groups.all()],
+            "language": "en",
+            "allow_guests": "on",
+            "email_reviewers": "on",
+            "reminders": "",
+            "recipients-TOTAL_FORMS": "1",
+            "recipients-INITIAL_FORMS": "0",
+            "recipients-0-email": email,
+            "recipients-0-language": "en",
+        },
+    )
+    assert saved.status_code == 302, saved.content.decode()[:3000]
+    assert RouteRecipient.objects.filter(route=default, email=email).exists()
+    assert LogEntry.objects.filter(change_message__icontains=email).exists()
+    return default
+
+
+def test_anonymising_takes_the_address_off_routes_and_closes_its_links_guest_or_not(
+    admin_client: Client,
+    admin_user: User,
+    dify_app: DifyApp,
+    reviewers_group: Any,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    from django.contrib.admin.models import LogEntry
+    from django.core import mail
+
+    from inbox import notify
+
+    default = _list_on_default_route(admin_client, dify_app, LENA)
+    # Routed before her account existed: her address was a guest's.
+    with django_capture_on_commit_callbacks(execute=False):
+        as_guest = make_form(dify_app, form_id="F-guest")
+    guest_row = FormRecipient.objects.get(form=as_guest, email=LENA)
+    assert guest_row.user is None and guest_row.still_asked()
+    lena = User.objects.create_user("lena", LENA, "pw-lena-123", first_name="Lena", last_name="Li")
+    lena.groups.add(reviewers_group)
+    with django_capture_on_commit_callbacks(execute=False):
+        as_reviewer = make_form(dify_app, form_id="F-account")
+    account_row = FormRecipient.objects.get(form=as_reviewer, email=LENA)
+    assert account_row.user == lena and account_row.still_asked()
+
+    data = {"action": "anonymise", "_selected_action": [str(lena.pk)]}
+    page = admin_client.post("/admin/auth/user/", data).content.decode()
+    # What goes: the route she is an email recipient of, by name.
+    assert "Taken off the email recipients of these routes:" in page
+    assert str(default) in page
+    done = admin_client.post("/admin/auth/user/", {**data, "confirm": "yes"}, follow=True)
+    assert "1 account anonymised." in done.content.decode()
+
+    assert not RouteRecipient.objects.exists()
+    changed = AuditEntry.objects.get(verb="route_changed", details__reason="account anonymised")
+    assert changed.object_id == str(default.pk) and changed.actor == admin_user
+    # Her links, the guest's one too, open nothing more.
+    for row in (guest_row, account_row):
+        row.refresh_from_db()
+        assert row.withdrawn_at is not None and not row.still_asked()
+    guest_link = notify.link_path(notify.link_token(guest_row))
+    assert Client().get(guest_link).status_code == 403
+    assert AuditEntry.objects.get(verb="user_anonymised").details["links_withdrawn"] == 2
+
+    # A form the route routes now does not ask the address at all, nor email it.
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        after = make_form(dify_app, form_id="F-after")
+    notify.send_form_emails(after.pk)
+    assert not FormRecipient.objects.filter(form=after, email__iexact=LENA).exists()
+    assert all(LENA not in message.to for message in mail.outbox)
+
+    # The admin's change log no longer names the address ("Added email recipient ...").
+    assert not LogEntry.objects.filter(change_message__icontains=LENA).exists()
+    assert LogEntry.objects.filter(change_message__icontains=f"former-{lena.pk}").exists()
+    # Only the guest's withdrawn link keeps the address (erase_person erases a guest's).
+    left = scan(LENA)
+    assert left and all(row.startswith("inbox_formrecipient:") for row in left), left
+    assert list(FormRecipient.objects.filter(email__iexact=LENA)) == [guest_row]
+
+
+def test_the_anonymise_page_says_what_stays_with_counts_and_where_to_read_it(
+    client: Client,
+    admin_user: User,
+    reviewer: User,
+    dify_app: DifyApp,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    lena, decision = _lena(dify_app, django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=False):
+        others = make_form(dify_app).decide(action_id="approve", inputs={}, reviewer=reviewer)
+    client.force_login(admin_user)
+    data = {"action": "anonymise", "_selected_action": [str(lena.pk)]}
+    page = client.post("/admin/auth/user/", data).content.decode()
+    text = " ".join(page.split())
+    assert "Not changed: what the person typed into their decisions" in text
+    assert "the names of the files they uploaded" in text
+    assert "the outputs of runs as Dify returned them" in text
+    assert "1 decision by this account" in text and "1 upload by this account" in text
+    assert "Its address is an email recipient of no route." in text
+    decisions = f"/admin/inbox/decision/?reviewer__id__exact={lena.pk}"
+    uploads = f"/admin/inbox/upload/?uploaded_by__id__exact={lena.pk}"
+    assert f'href="{decisions}"' in page and f'href="{uploads}"' in page
+    # The links list hers alone, before and after.
+    for _round in range(2):
+        listed = client.get(decisions).content.decode()
+        assert str(decision.public_id) in listed and str(others.public_id) not in listed
+        assert "a.pdf" in client.get(uploads).content.decode()
+        client.post("/admin/auth/user/", {**data, "confirm": "yes"})
+    assert User.objects.get(pk=lena.pk).username == f"former-{lena.pk}"
+
+
+def test_erase_person_scrubs_the_address_from_the_admin_change_log(
+    admin_client: Client, dify_app: DifyApp
+) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    guest = "zhang.wei@example.com"
+    _list_on_default_route(admin_client, dify_app, guest)
+    out = StringIO()
+    call_command("erase_person", email=guest, dry_run=True, stdout=out)
+    assert "1 admin log entry" in out.getvalue()
+    assert LogEntry.objects.filter(change_message__icontains=guest).exists()
+    out = StringIO()
+    call_command("erase_person", email=guest, stdout=out)
+    assert "1 admin log entry" in out.getvalue()
+    pseudonym = AuditEntry.objects.get(verb="person_erased").details["pseudonym"]
+    entry = LogEntry.objects.get(change_message__icontains=pseudonym)
+    assert f"Added email recipient “{pseudonym}”." in entry.get_change_message()
+    assert scan(guest) == []

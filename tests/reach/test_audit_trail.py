@@ -157,6 +157,8 @@ def test_a_guest_s_link_opened_and_used_is_in_the_trail_with_where_from(
     made = AuditEntry.objects.get(verb="decision_made")
     assert made.actor_label == GUEST
     assert made.details["recipient"] == guest_recipient.pk
+    # The form by its public id, as the link's entries (and an upload's) name it.
+    assert made.details["form"] == str(routed_form.public_id)
     assert made.details["ip"] == "203.0.113.9" and made.details["via"] == "page"
 
     # The used link opened in another browser: refused, and said.
@@ -314,3 +316,244 @@ def test_the_trail_s_csv_export_opens_in_excel_with_its_chinese_intact(
     # A UTF-8 byte order mark first: without it Excel reads the file as the system's code page.
     assert content.startswith(b"\xef\xbb\xbfcreated_at,")
     assert "上海审核组" in content.decode("utf-8-sig")
+
+
+def test_every_entry_names_its_form_by_public_id_and_old_ones_are_still_found_by_it(
+    admin_client: Client,
+    routed_form: Form,
+    reviewer: User,
+    django_capture_on_commit_callbacks: Callable[..., Any],
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False):
+        decision = routed_form.decide(
+            action_id="approve", inputs={"note": "ok", "receipt": None}, reviewer=reviewer
+        )
+        assert Decision.finish(
+            decision.pk,
+            status=Decision.Status.DELIVERED,
+            form_status=Form.Status.SUBMITTED,
+            verb="decision_delivered",
+        )
+    public = str(routed_form.public_id)
+    for verb in ("decision_made", "decision_delivered"):
+        assert AuditEntry.objects.get(verb=verb).details["form"] == public, verb
+    # An entry written before: the form by its internal id alone.
+    old = AuditEntry.objects.create(
+        verb="decision_delivered",
+        object_type="decision",
+        object_id="999999",
+        details={"form": routed_form.pk, "attempts": 1},
+    )
+    page = admin_client.get("/admin/inbox/auditentry/", {"q": public}).content.decode()
+    assert f"/admin/inbox/auditentry/{old.pk}/change/" in page
+    # Another form's old entries are not.
+    other = AuditEntry.objects.create(
+        verb="decision_delivered",
+        object_type="decision",
+        object_id="999998",
+        details={"form": routed_form.pk + 1000},
+    )
+    assert f"/admin/inbox/auditentry/{other.pk}/change/" not in page
+
+
+def _age(entry: AuditEntry, days: int) -> None:
+    from django.utils import timezone
+
+    AuditEntry.objects.filter(pk=entry.pk).update(
+        created_at=timezone.now() - dt.timedelta(days=days)
+    )
+
+
+def test_pruning_keeps_the_proof_of_an_erasure_unless_asked(
+    routed_form: Form, admin_user: User
+) -> None:
+    from inbox.erasure import anonymise_user
+
+    lena = User.objects.create_user("lena", "lena.li@corp.example")
+    anonymise_user(lena, actor=admin_user)
+    call_command("erase_person", email="zhang.wei@example.com", stdout=io.StringIO())
+    proofs = list(AuditEntry.objects.filter(verb__in=["user_anonymised", "person_erased"]))
+    assert len(proofs) == 2
+    note = AuditEntry.record("note", routed_form)
+    for entry in [*proofs, note]:
+        _age(entry, 400)
+    out, err = io.StringIO(), io.StringIO()
+    call_command("prune_records", "--audit-older-than", "300", stdout=out, stderr=err)
+    assert not AuditEntry.objects.filter(pk=note.pk).exists()
+    assert AuditEntry.objects.filter(pk__in=[p.pk for p in proofs]).count() == 2
+    assert AuditEntry.objects.get(verb="records_pruned").details["erasure_records_kept"] is True
+    # Asked explicitly, they go too.
+    call_command(
+        "prune_records",
+        "--audit-older-than",
+        "300",
+        "--with-erasure-records",
+        stdout=out,
+        stderr=err,
+    )
+    assert not AuditEntry.objects.filter(pk__in=[p.pk for p in proofs]).exists()
+
+
+def test_an_audit_retention_shorter_than_the_runs_is_warned_of(settings: Any) -> None:
+    from inbox.checks import check_inbox_settings
+
+    def warnings() -> list[str]:
+        return [m.id for m in check_inbox_settings() if m.id == "inbox.W009"]
+
+    settings.INBOX_RETENTION_DAYS, settings.INBOX_AUDIT_RETENTION_DAYS = 365, 90
+    assert warnings() == ["inbox.W009"]
+    message = next(m for m in check_inbox_settings() if m.id == "inbox.W009")
+    assert "INBOX_AUDIT_RETENTION_DAYS (90) is shorter than INBOX_RETENTION_DAYS" in message.msg
+    # Runs kept for ever, the trail for a while: the same.
+    settings.INBOX_RETENTION_DAYS = 0
+    assert warnings() == ["inbox.W009"]
+    for runs, audit in ((365, 365), (365, 0), (0, 0), (90, 365)):
+        settings.INBOX_RETENTION_DAYS, settings.INBOX_AUDIT_RETENTION_DAYS = runs, audit
+        assert warnings() == [], (runs, audit)
+
+
+@pytest.mark.django_db
+def test_prune_records_warns_when_the_trail_would_go_before_the_runs(settings: Any) -> None:
+    settings.INBOX_RETENTION_DAYS, settings.INBOX_AUDIT_RETENTION_DAYS = 0, 0
+    err = io.StringIO()
+    call_command(
+        "prune_records",
+        "--runs-older-than",
+        "365",
+        "--audit-older-than",
+        "30",
+        "--dry-run",
+        stdout=io.StringIO(),
+        stderr=err,
+    )
+    said = err.getvalue()
+    assert "audit entries are kept for 30 days (--audit-older-than)" in said
+    assert "runs for 365 days (--runs-older-than)" in said
+    err = io.StringIO()
+    call_command(
+        "prune_records",
+        "--runs-older-than",
+        "30",
+        "--audit-older-than",
+        "365",
+        stderr=err,
+        stdout=io.StringIO(),
+    )
+    assert err.getvalue() == ""
+
+
+# --- every verb has a label ---
+
+
+def _audit_verbs_in_code() -> set[str]:
+    """Every verb the inbox's code records or looks for: the argument `verb` of each function
+    that takes one (`AuditEntry.record`, `build`, `record_about`, the helpers around them) and
+    each `verb=` keyword, resolved through the names and f-strings that make it."""
+    import ast
+    import itertools
+    import pathlib
+
+    import inbox
+
+    root = pathlib.Path(inbox.__file__).parent
+    modules = {
+        path: ast.parse(path.read_text())
+        for path in root.rglob("*.py")
+        if "migrations" not in path.parts
+    }
+    # Where `verb` stands among each recorder's positional parameters (None: keyword only).
+    slots: dict[str, int | None] = {}
+    for tree in modules.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                positional = [a.arg for a in node.args.posonlyargs + node.args.args]
+                if positional[:1] in (["self"], ["cls"]):
+                    positional = positional[1:]
+                if "verb" in positional or "verb" in [a.arg for a in node.args.kwonlyargs]:
+                    slots[node.name] = positional.index("verb") if "verb" in positional else None
+    slots.pop("verb_label", None)
+
+    statuses = {str(s) for s in Form.Status.values}
+
+    def strings(node: ast.AST, names: dict[str, set[str]], where: str) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, ast.IfExp):
+            return strings(node.body, names, where) | strings(node.orelse, names, where)
+        if isinstance(node, ast.Name | ast.Attribute):
+            name = node.id if isinstance(node, ast.Name) else node.attr
+            if name in ("status", "form_status"):
+                return statuses
+            if name in names:
+                return names[name]
+            raise AssertionError(f"{where}: cannot tell which verbs {name!r} holds")
+        if isinstance(node, ast.JoinedStr):
+            parts = [
+                {v.value} if isinstance(v, ast.Constant) else strings(v.value, names, where)  # type: ignore[attr-defined]
+                for v in node.values
+            ]
+            return {"".join(p) for p in itertools.product(*parts)}
+        raise AssertionError(f"{where}: cannot read the verb {ast.dump(node)}")
+
+    verbs: set[str] = set()
+    for path, tree in modules.items():
+        # What each name is given in this module (a constant, a class's `audit_name`, ...).
+        names: dict[str, set[str]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+                if isinstance(target, ast.Name) and isinstance(
+                    node.value, ast.Constant | ast.IfExp
+                ):
+                    try:
+                        found = strings(node.value, {}, "")
+                    except AssertionError:
+                        continue
+                    names.setdefault(target.id, set()).update(v for v in found if v)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            where = f"{path.relative_to(root)}:{node.lineno}"
+            # (A `verb=` computed by a call is a sentence's word, not a code: `worded`.)
+            given = [
+                kw.value
+                for kw in node.keywords
+                if kw.arg == "verb" and not isinstance(kw.value, ast.Call)
+            ]
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            slot = slots.get(called)
+            if slot is not None and len(node.args) > slot:
+                given.append(node.args[slot])
+            for value in given:
+                if isinstance(value, ast.Name) and value.id == "verb":
+                    if "verb" not in names:
+                        continue  # passed on by a recorder: its callers are read
+                verbs |= strings(value, names, where)
+    return verbs
+
+
+def test_every_verb_the_code_records_has_a_label_in_english_and_chinese() -> None:
+    from django.utils import translation
+
+    from inbox.audit_words import VERB_LABELS, verb_label
+
+    verbs = _audit_verbs_in_code()
+    # The reading finds what it should: the verbs of every kind of call.
+    assert {
+        "guest_link_refused",  # _record_guest
+        "link_renewed",  # notify._audit, through a constant
+        "route_deleted",  # the admin's f-string and its audit_name
+        "form_expired",  # f"form_{status}"
+        "decision_delivered",  # verb= keyword
+        "user_permissions_changed",  # verb = ... if ... else ...
+        "person_erased",  # record_about
+    } <= verbs
+    assert sorted(verbs - set(VERB_LABELS)) == []
+    with translation.override("en"):
+        english = {verb: verb_label(verb) for verb in verbs}
+    assert english["guest_link_refused"] == "Guest link refused"
+    with translation.override("zh-hans"):
+        chinese = {verb: verb_label(verb) for verb in verbs}
+    assert chinese["guest_link_refused"] != "guest_link_refused"
+    assert [verb for verb in verbs if chinese[verb] == english[verb]] == []

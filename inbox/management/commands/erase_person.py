@@ -14,8 +14,8 @@ from inbox.erasure import PSEUDONYM, erase_email, new_pseudonym
 class Command(BaseCommand):
     help = (
         "Replace an email address (a guest's, or anyone's) by a pseudonym everywhere the inbox "
-        "keeps it: form recipients, decisions, uploads, upload tallies and audit entries; the "
-        "routes that email it stop doing so. A decision still being sent to Dify (or whose "
+        "keeps it: form recipients, decisions, uploads, upload tallies, audit entries and the "
+        "admin site's change log; the routes that email it stop doing so. A decision still being sent to Dify (or whose "
         "maker is still to be told that it failed) is left as it is: run again once it ended. "
         "Records are changed in batches, each committed: if the command stops before the end, "
         "run it again with the --pseudonym it printed first."
@@ -58,7 +58,9 @@ class Command(BaseCommand):
             f"{verb}: {counts['recipients']} form recipient(s), {counts['decisions']} "
             f"decision(s), {counts['uploads']} upload(s), {counts['upload_tallies']} upload "
             f"tally(ies), {counts['audit_entries']} audit entr"
-            f"{'y' if counts['audit_entries'] == 1 else 'ies'}; "
+            f"{'y' if counts['audit_entries'] == 1 else 'ies'}, "
+            f"{counts['admin_log_entries']} admin log entr"
+            f"{'y' if counts['admin_log_entries'] == 1 else 'ies'}; "
             f"{'would remove' if options['dry_run'] else 'removed'} "
             f"{counts['route_recipients']} route recipient(s)."
         )

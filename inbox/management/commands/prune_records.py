@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from inbox.retention import prune
+from inbox.retention import ERASURE_VERBS, audit_shorter_than_runs, days_text, prune
 
 
 class Command(BaseCommand):
@@ -16,8 +16,10 @@ class Command(BaseCommand):
         "decisions, uploads' records, recipients, events and the files sent with their start or "
         "messages; never one whose decision is still being sent, nor a file a run kept still "
         "uses) with files no run used for a day, and audit entries (and the admin site's change "
-        "log) older than --audit-older-than days. Defaults: "
-        "INBOX_RETENTION_DAYS and INBOX_AUDIT_RETENTION_DAYS (0: keep)."
+        "log) older than --audit-older-than days, but for the entries proving an erasure "
+        f"({', '.join(ERASURE_VERBS)}) unless given --with-erasure-records. Defaults: "
+        "INBOX_RETENTION_DAYS and INBOX_AUDIT_RETENTION_DAYS (0: keep). Warns when the audit "
+        "entries would go before the runs they explain."
     )
 
     def add_arguments(self, parser: Any) -> None:
@@ -25,6 +27,12 @@ class Command(BaseCommand):
         parser.add_argument("--audit-older-than", type=float, metavar="DAYS")
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would go, delete nothing."
+        )
+        parser.add_argument(
+            "--with-erasure-records",
+            action="store_true",
+            help="Let the entries proving an erasure (an account anonymised, an address "
+            "erased) go with the other audit entries of their age; they stay otherwise.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -42,8 +50,18 @@ class Command(BaseCommand):
                 f"Nothing to prune: {runs_from} and {audit_from} are 0 (keep everything)."
             )
             return
+        if audit_shorter_than_runs(runs, audit):
+            self.stderr.write(
+                f"Warning: audit entries are kept for {days_text(audit)} ({audit_from}), runs "
+                f"for {days_text(runs)} ({runs_from}): the decisions of the runs kept longer "
+                "lose the entries that say who made them, how and when they were delivered. "
+                "Keep the audit entries at least as long as the runs."
+            )
         pruned = prune(
-            runs_older_than_days=runs, audit_older_than_days=audit, dry_run=options["dry_run"]
+            runs_older_than_days=runs,
+            audit_older_than_days=audit,
+            dry_run=options["dry_run"],
+            with_erasure_records=options["with_erasure_records"],
         )
         verb = "Would delete" if options["dry_run"] else "Deleted"
         self.stdout.write(
