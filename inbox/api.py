@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, pgettext
 from django.views.decorators.csrf import csrf_exempt
 
 from inbox.forms import (
@@ -33,13 +33,15 @@ from inbox.forms import (
     answered_content,
     existing_decision,
     input_specs,
+    joined,
+    other_files,
     small_int,
 )
 from inbox.markdown import excerpt
 from inbox.middleware import audit_context_of
 from inbox.models import ApiToken, Decision, DifyApp, Form, FormNotOpen, Upload
 from inbox.names import display_name
-from inbox.reasons import Refused, labelled, sentence_gap
+from inbox.reasons import Refused, labelled, sentence_gap, worded
 from inbox.uploads import (
     UploadRejected,
     dropped_count,
@@ -579,11 +581,11 @@ def forms_list(request: HttpRequest) -> HttpResponse:
         known = sorted({"all", *TAB_STATUSES, *Form.Status.values})
         raise _unknown_value("status", status, known)
     if request.GET.get("mine", "") not in ("", "0", "1"):
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "mine",
             gettext("'mine' is 1 (only forms assigned to you) or 0; got %(value)s.")
             % {"value": repr(request.GET["mine"][:20])},
+            gettext("1 or 0."),
         )
     page, size = _paging(request, PAGE_SIZE)
     query = request.GET.copy()
@@ -706,10 +708,10 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
         _refuse_closed(form)
     for key in request.POST:
         if key != "input":
-            raise ApiError(
-                400,
-                "invalid_param",
+            raise _param_error(
+                key,
                 gettext("Unknown field %(name)s; send 'input' and 'file'.") % {"name": repr(key)},
+                gettext("Unknown field."),
             )
     _file_part_only(request)
     files = len(request.FILES.getlist("file")) + dropped_count(request)
@@ -718,30 +720,38 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
             400,
             "invalid_param",
             gettext("Send one 'input' and one 'file' per call; upload each file on its own."),
+            details={
+                key: [gettext("Given more than once.")]
+                for key, many in (("input", len(request.POST.getlist("input"))), ("file", files))
+                if many > 1
+            },
         )
     if "input" not in request.POST:
         # A JSON body, or a multipart one without the field: nothing names the input.
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "input",
             gettext(
                 "This call takes a multipart/form-data body: an 'input' field with the name of "
                 "the form's file input, and the file in a part named 'file'."
             ),
+            gettext("Required: the name of one of the form's file inputs."),
         )
     name = request.POST.get("input", "")
-    spec = next((s for s in input_specs(form.definition or {}) if s.name == name), None)
+    specs = input_specs(form.definition or {})
+    spec = next((s for s in specs if s.name == name), None)
     if spec is None or not spec.is_file:
-        raise ApiError(
-            400,
-            "invalid_param",
-            gettext("%(name)s is not a file input of this form.") % {"name": repr(name)},
+        known = ", ".join(s.name for s in specs if s.is_file) or gettext("none")
+        raise _param_error(
+            "input",
+            gettext("%(name)s is not a file input of this form; its file inputs: %(known)s.")
+            % {"name": repr(name), "known": known},
+            gettext("Not a file input of this form."),
         )
     fileobj = _the_file(request)
     try:
         upload = upload_to_dify(form, spec, fileobj, request.user)
     except UploadRejected as exc:
-        raise ApiError.of(exc) from None
+        raise _upload_refused(exc) from None
     return JsonResponse(
         {
             "id": str(upload.public_id),
@@ -755,14 +765,42 @@ def form_files(request: HttpRequest, public_id: Any) -> HttpResponse:
     )
 
 
-def _file_refs(name: str, value: Any) -> list[str] | None:
-    """An API file value as the form's references: upload ids and web addresses. A file is the
-    id the upload call returned (as a string, or `{"upload": id}`) or, where the input takes
-    them, a web address (as a string, or `{"url": ...}`)."""
+def _upload_refused(exc: UploadRejected) -> ApiError:
+    """An upload the inbox or Dify refused, in the API's shape: the file's own fault
+    (`upload_rejected`) is said of the `file` field in `details` too, beside Dify's status
+    and code when Dify refused it."""
+    error = ApiError.of(exc)
+    if exc.code == "upload_rejected":
+        error.details = {"file": [exc.message], **(error.details or {})}
+    return error
+
+
+def _file_refs(spec: Any, value: Any) -> list[str] | tuple[str, str] | None:
+    """An API file value as the form's references: upload ids and web addresses; or, when it is
+    none, the sentence and the detail that say so, by the input's name. A file is the id the
+    upload call returned (as a string, or `{"upload": id}`) or, where the input takes them, a
+    web address (as a string, or `{"url": ...}`); a `file` input takes one file (or null), a
+    `file-list` a list of them."""
     from inbox.forms import is_upload_id
 
+    name = spec.name
     if value is None:
         return None
+    if spec.kind == "file-list" and not isinstance(value, list):
+        said = worded(
+            gettext(
+                'A file list takes a list of files, even of one: [id] or [{"upload": id}], not '
+                "%(type)s."
+            ),
+            type=_json_type(value),
+        )
+        return labelled(name, said), said
+    if spec.kind == "file" and isinstance(value, list):
+        said = gettext(
+            'This input takes one file, not a list: its id as a string or as {"upload": id} '
+            "(or null for none)."
+        )
+        return labelled(name, said), said
     items = value if isinstance(value, list) else [value]
     refs = []
     for item in items:
@@ -777,12 +815,7 @@ def _file_refs(name: str, value: Any) -> list[str] | None:
                 "A file is the id the upload call (/files) returned, as a string or as "
                 '{"upload": id}, or a web address, as a string or as {"url": "https://..."}.'
             )
-            raise ApiError(
-                400,
-                "invalid_form_data",
-                labelled(name, shape),
-                details={name: [shape]},
-            )
+            return labelled(name, shape), shape
         if not by_url and not (
             ref.strip().lower().startswith(("http://", "https://")) or is_upload_id(ref.strip())
         ):
@@ -792,12 +825,7 @@ def _file_refs(name: str, value: Any) -> list[str] | None:
                 "%(ref)s is not an upload id: give the id the upload call (/files) returned, or "
                 "a web address starting with http:// or https://."
             ) % {"ref": repr(ref[:80])}
-            raise ApiError(
-                400,
-                "invalid_form_data",
-                labelled(name, said),
-                details={name: [said]},
-            )
+            return labelled(name, said), said
         refs.append(ref)
     return refs
 
@@ -826,13 +854,72 @@ def _submission_key(request: HttpRequest, body: dict[str, Any]) -> str:
     return _scoped_key(request.user, given)
 
 
-def _other_text(decision: Decision, form: Form, inputs: dict[str, Any]) -> bool:
-    """Whether a decision sent again under its key gives a text input another value."""
+def _other_text(decision: Decision, form: Form, inputs: dict[str, Any]) -> list[str]:
+    """The text inputs to which a decision sent again under its key gives another value."""
     stored = decision.inputs or {}
-    return any(
-        spec.name in inputs and stored.get(spec.name) != inputs[spec.name]
+    return [
+        spec.name
         for spec in input_specs(form.definition or {})
-        if not spec.is_file
+        if not spec.is_file and spec.name in inputs and stored.get(spec.name) != inputs[spec.name]
+    ]
+
+
+def _sent_files(value: Any) -> list[str] | None:
+    """A file input's value as sent again, read only to compare it with the decision's files
+    (`other_files`): its references (upload ids, web addresses), a single one or a list, in any
+    spelling a decision takes; None when it holds something that is no file reference. Not
+    checked: a first sending is (`_file_refs`)."""
+    refs = []
+    for item in value if isinstance(value, list) else [] if value is None else [value]:
+        ref = item
+        if isinstance(item, dict):
+            ref = item.get("upload") or item.get("upload_id") or item.get("url") or item.get("id")
+        if not isinstance(ref, str):
+            return None
+        refs.append(ref)
+    return refs
+
+
+def _reused_key(decision: Decision, form: Form, action: str, inputs: dict[str, Any]) -> None:
+    """A decision sent again under its key must be that decision: another action, other values
+    or other files under it are another decision, which a 202 would make look accepted. A 409
+    `submission_key_reused` that says what differs (`details.differs`: `action`, and
+    `inputs.<name>` for each input)."""
+    texts = _other_text(decision, form, inputs)
+    files = other_files(
+        decision,
+        form,
+        {
+            spec.name: _sent_files(inputs[spec.name])
+            for spec in input_specs(form.definition or {})
+            if spec.is_file and spec.name in inputs
+        },
+    )
+    differs = decision.action_id != action
+    if not (differs or texts or files):
+        return
+    said = []
+    if differs:
+        said.append(
+            gettext("another action (it was %(action)s)") % {"action": repr(decision.action_id)}
+        )
+    if texts:
+        said.append(gettext("other values for %(names)s") % {"names": joined(texts)})
+    if files:
+        said.append(gettext("other files for %(names)s") % {"names": joined(files)})
+    raise ApiError(
+        409,
+        "submission_key_reused",
+        gettext(
+            "This submission_key was already used for a decision on this form, and this one "
+            "differs from it: %(what)s. Send a new key for another decision."
+        )
+        % {"what": pgettext("differences, one after another", "; ").join(said)},
+        details={
+            "decision": _decision_json(decision),
+            "differs": (["action"] if differs else [])
+            + [f"inputs.{name}" for name in [*texts, *files]],
+        },
     )
 
 
@@ -909,23 +996,8 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     key = _submission_key(request, body)
     if key:
         decision = existing_decision(form, key)
-        if decision is not None and (
-            decision.action_id != action or _other_text(decision, form, inputs)
-        ):
-            # The same key is the same decision, sent again: another action or other words
-            # under it are not that, and would read as accepted if answered 202.
-            raise ApiError(
-                409,
-                "submission_key_reused",
-                gettext(
-                    "This submission_key was already used for a decision on this form (the "
-                    "action %(action)s, with other values than these); send a new key for "
-                    "another decision."
-                )
-                % {"action": repr(decision.action_id)},
-                details={"decision": _decision_json(decision)},
-            )
         if decision is not None:
+            _reused_key(decision, form, action, inputs)
             _refuse_undelivered(form, decision)
             return JsonResponse({"decision": _decision_json(decision)}, status=202)
         if Decision.objects.filter(submission_key=key).exclude(form=form).exists():
@@ -935,6 +1007,7 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
                 gettext(
                     "You used this submission_key for a decision on another form; send a new key."
                 ),
+                details={"submission_key": [gettext("Used for a decision on another form.")]},
             )
     if page_state(form) != "open":
         _refuse_closed(form)
@@ -943,36 +1016,59 @@ def form_decision(request: HttpRequest, public_id: Any) -> HttpResponse:
     # is refused here instead, by its name.
     _refuse_unknown(inputs, [spec.name for spec in dform.specs], "invalid_form_data", "form")
     data: dict[str, Any] = {"action": action, "submission_key": key}
+    # A value of the wrong JSON type is said with the form's own errors of the others, every
+    # input's at once (as a start says them): left out of the form's data (sent as none, so not
+    # "missing"), what the form says of it gives way to that.
+    wrong: dict[str, tuple[str, str]] = {}
     for spec in dform.specs:
-        if spec.name in inputs:
-            value = inputs[spec.name]
-            if not spec.is_file and not isinstance(value, str):
-                # A paragraph or a select is text; Dify would store a number or an object as
-                # whatever Python prints for it (CONTRACT D4), as starting a run refuses it.
-                raise ApiError(
-                    400,
-                    "invalid_form_data",
-                    gettext("'%(field)s' must be a string.") % {"field": spec.name},
-                    details={spec.name: [gettext("Must be a string.")]},
-                )
-            data[spec.field_name] = _file_refs(spec.name, value) if spec.is_file else value
+        if spec.name not in inputs:
+            continue
+        value = inputs[spec.name]
+        if spec.is_file:
+            refs = _file_refs(spec, value)
+            if isinstance(refs, tuple):
+                wrong[spec.name] = refs
+                refs = None
+            data[spec.field_name] = refs
+        elif isinstance(value, str):
+            data[spec.field_name] = value
+        else:
+            # A paragraph or a select is text; Dify would store a number or an object as
+            # whatever Python prints for it (CONTRACT D4), as starting a run refuses it.
+            wrong[spec.name] = (
+                gettext("'%(field)s' must be a string.") % {"field": spec.name},
+                gettext("Must be a string."),
+            )
+            data[spec.field_name] = ""
     dform = DecisionForm(
         form, data, require_every_key=True, uploads=Upload.owned(form, reviewer=request.user)
     )
-    if not dform.is_valid():
-        errors = dform.error_list()
-        # Keyed as the request names them: an input by its name, not the page's field name.
+    if not dform.is_valid() or wrong:
+        # Keyed as the request names them: an input by its name, not the page's field name;
+        # in the form's order, the action first and the form's own errors last.
         named = {spec.field_name: spec.name for spec in dform.specs}
-        details: dict[str, Any] = {
+        found = {
             named.get(field, field): [str(e) for e in errs] for field, errs in dform.errors.items()
         }
+        order = ["action", "submission_key", *(spec.name for spec in dform.specs), "__all__"]
+        details: dict[str, Any] = {}
+        sentences: list[str] = []
+        for name in dict.fromkeys([*order, *found]):
+            if name in wrong:
+                details[name] = [wrong[name][1]]
+                sentences.append(wrong[name][0])
+            elif name in found:
+                details[name] = found[name]
+                sentences += [
+                    labelled(name, text) if name in named.values() else text for text in found[name]
+                ]
         # Every input must be sent (CONTRACT 4): each one left out is named on its own too.
         for spec in dform.specs:
             if spec.name not in inputs:
                 details.setdefault(
                     spec.name, [gettext("Missing: every input of the form must be sent.")]
                 )
-        raise ApiError(400, "invalid_form_data", sentence_gap().join(errors), details=details)
+        raise ApiError(400, "invalid_form_data", sentence_gap().join(sentences), details=details)
     try:
         decision = dform.save(reviewer=request.user)
     except FormNotOpen:
@@ -1320,6 +1416,20 @@ def _refuse_unknown(inputs: dict[str, Any], names: list[str], code: str, what: s
         )
 
 
+def _not_a_number(name: str) -> tuple[str, str]:
+    """What a start says of a number input given something that is no number: another JSON
+    type (true, an object) or a string that reads as none ("abc"), in the same words. A string
+    of one ("130", "12.5") is taken, as Dify takes it."""
+    return (
+        gettext(
+            "'%(name)s' must be a number: a JSON number, or a string holding one, such as "
+            '"130" or "12.5".'
+        )
+        % {"name": name},
+        gettext('Must be a number: a JSON number, or a string holding one, such as "130".'),
+    )
+
+
 def _start_form_data(
     form_specs: list[Any], inputs: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
@@ -1352,10 +1462,7 @@ def _start_form_data(
             continue
         if spec.type == "number":
             if isinstance(value, bool) or not isinstance(value, int | float | str):
-                wrong[name] = (
-                    gettext("'%(name)s' must be a number.") % {"name": name},
-                    gettext("Must be a number."),
-                )
+                wrong[name] = _not_a_number(name)
                 continue
         elif spec.type in _START_TYPES and not isinstance(value, _START_TYPES[spec.type]):
             wrong[name] = (
@@ -1575,11 +1682,11 @@ def runs_create(request: HttpRequest) -> HttpResponse:
             "query", gettext("'query' must be a string."), gettext("Must be a string.")
         )
     if query and app.mode != DifyApp.Mode.CHATFLOW:
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "query",
             gettext("'query' is for chatflow apps; %(app)s is a workflow and takes only 'inputs'.")
             % {"app": app.name},
+            gettext("Only a chatflow app takes a query."),
         )
     conversation_id = _conversation_id(body)
     if conversation_id:
@@ -1686,6 +1793,11 @@ def _start_form(
         data["query"] = query
     form = StartRunForm(app, parameters, data)
     valid = form.is_valid()
+    for spec in form.specs:
+        # A string that is no number ("abc"): said as another JSON type is, not in the page's
+        # words ("Enter a number.").
+        if spec.type == "number" and form.has_error(spec.field_name, "invalid"):
+            wrong[spec.variable] = _not_a_number(spec.variable)
     file_values, input_files = _start_input_files(request, app, form.file_specs, inputs, dify_user)
     wrong.update({name: said for name, said in file_values.items() if isinstance(said, tuple)})
     if wrong or not valid:
@@ -1859,10 +1971,10 @@ def _conversation_id(body: dict[str, Any]) -> str:
     try:
         return str(uuid.UUID(given))
     except ValueError:
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "conversation_id",
             gettext("'conversation_id' must be a conversation's id, as a run's JSON gives it."),
+            gettext("A conversation's id, as a run's JSON gives it."),
         ) from None
 
 
@@ -1910,18 +2022,18 @@ def _message_file_spec(app: DifyApp) -> Any:
     from inbox.uploads import message_file_spec
 
     if app.mode != DifyApp.Mode.CHATFLOW:
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "input",
             gettext("Files go with a chatflow's message; %(app)s is a workflow.")
             % {"app": app.name},
+            gettext("Required for a workflow: the start input the file is for."),
         )
     spec = message_file_spec(_parameters_of(app))
     if spec is None:
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "app",
             gettext("%(app)s takes no uploaded files with a message.") % {"app": app.name},
+            gettext("Takes no uploaded files with a message."),
         )
     return spec
 
@@ -1976,9 +2088,17 @@ def _the_file(request: HttpRequest) -> Any:
     if fileobj is None:
         dropped = too_large(request)
         if dropped:
-            raise ApiError(dropped_status(request), "upload_rejected", sentence_gap().join(dropped))
+            raise ApiError(
+                dropped_status(request),
+                "upload_rejected",
+                sentence_gap().join(dropped),
+                details={"file": dropped},
+            )
         raise ApiError(
-            400, "no_file_uploaded", gettext("Send the file in a multipart field named 'file'.")
+            400,
+            "no_file_uploaded",
+            gettext("Send the file in a multipart field named 'file'."),
+            details={"file": [gettext("Required.")]},
         )
     return fileobj
 
@@ -1987,11 +2107,11 @@ def _file_part_only(request: HttpRequest) -> None:
     """An upload call's multipart body carries its file in a part named `file`, no other."""
     for key in request.FILES:
         if key != "file":
-            raise ApiError(
-                400,
-                "invalid_param",
+            raise _param_error(
+                key,
                 gettext("Unknown file field %(name)s; send the file as 'file'.")
                 % {"name": repr(key)},
+                gettext("Unknown field."),
             )
 
 
@@ -2008,35 +2128,37 @@ def run_files(request: HttpRequest) -> HttpResponse:
     fields = ("app", "user", "conversation_id", "input")
     for key in request.POST:
         if key not in fields:
-            raise ApiError(
-                400,
-                "invalid_param",
+            raise _param_error(
+                key,
                 gettext(
                     "Unknown field %(field)s; send 'app', 'file' and 'input'?, 'user'?, "
                     "'conversation_id'?."
                 )
                 % {"field": repr(key)},
+                gettext("Unknown field."),
             )
         if len(request.POST.getlist(key)) > 1:
-            raise ApiError(
-                400,
-                "invalid_param",
+            raise _param_error(
+                key,
                 gettext("%(field)s is given more than once.") % {"field": repr(key)},
+                gettext("Given more than once."),
             )
     _file_part_only(request)
     if len(request.FILES.getlist("file")) + dropped_count(request) > 1:
-        raise ApiError(
-            400, "invalid_param", gettext("Send one 'file' per call; upload each on its own.")
+        raise _param_error(
+            "file",
+            gettext("Send one 'file' per call; upload each on its own."),
+            gettext("Given more than once."),
         )
     if "app" not in request.POST:
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "app",
             gettext(
                 "This call takes a multipart/form-data body: an 'app' field with the app's name "
                 "and the file in a part named 'file' (and 'user' or 'conversation_id' as the run "
                 "will be started with)."
             ),
+            gettext("Required: the name of a Dify app."),
         )
     body = dict(request.POST.items())
     app = _active_app(body)
@@ -2066,7 +2188,7 @@ def run_files(request: HttpRequest) -> HttpResponse:
                 "name": fileobj.name or "file",
                 "error": exc.message,
             }
-        raise ApiError.of(exc) from None
+        raise _upload_refused(exc) from None
     return JsonResponse({**_message_file_json(sent), "user": sent.dify_user}, status=201)
 
 
@@ -2079,25 +2201,25 @@ def _start_file_spec(app: DifyApp, input_name: str) -> Any:
     files = [s for s in specs if s.is_file]
     found = next((s for s in files if s.variable == input_name), None)
     if found is None:
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "input",
             gettext("%(app)s has no file input %(name)s; its file inputs: %(known)s.")
             % {
                 "app": app.name,
                 "name": repr(input_name),
                 "known": ", ".join(s.variable for s in files) or gettext("none"),
             },
+            gettext("Not a file input of this app."),
         )
     if not found.supported:
-        raise ApiError(
-            400,
-            "invalid_param",
+        raise _param_error(
+            "input",
             gettext(
                 "The input %(name)s takes files by web address only, which the inbox cannot "
                 "send; start this run in Dify instead."
             )
             % {"name": repr(input_name)},
+            gettext("Takes files by web address only."),
         )
     return found.file_spec
 
@@ -2192,17 +2314,26 @@ def _start_input_files(
             continue
         listed = given if spec.type == "file-list" else [given]
         ids: list[uuid.UUID] = []
+        # A file is the id POST /api/v1/runs/files returned, as a string or as {"upload": id},
+        # as a decision's files are given; a file-list is a list of them, even of one.
         for item in listed if isinstance(listed, list) else [None]:
+            ref = _file_ref(item)
             try:
-                ids.append(uuid.UUID(str(_file_ref(item) if isinstance(item, dict) else "")))
+                ids.append(uuid.UUID(ref if isinstance(ref, str) else ""))
             except ValueError:
                 ids = []
                 break
         if not ids:
             shape = (
-                gettext("A list of {'upload': id} from POST /api/v1/runs/files.")
+                gettext(
+                    "A list of files, even of one: each the id POST /api/v1/runs/files returned, "
+                    "as a string or as {'upload': id}."
+                )
                 if spec.type == "file-list"
-                else gettext("An object {'upload': id} from POST /api/v1/runs/files.")
+                else gettext(
+                    "One file: the id POST /api/v1/runs/files returned, as a string or as "
+                    "{'upload': id}."
+                )
             )
             values[name] = (labelled(name, shape), shape)
             continue

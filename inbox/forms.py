@@ -645,6 +645,62 @@ def existing_decision(form_obj: Form, submission_key: str) -> Decision | None:
     return Decision.objects.filter(form=form_obj, submission_key=submission_key).first()
 
 
+def other_files(
+    decision: Decision, form_obj: Form, given: Mapping[str, list[str] | None]
+) -> list[str]:
+    """The file inputs to which a decision sent again under its key gives other files than the
+    decision has, in the form's order. `given`: each input's files as sent again, by input name,
+    as the page and the API name them (our upload ids, web addresses; None for a value that
+    reads as no files at all); an input not in it is not compared. The files are compared as
+    Dify got them (an upload by Dify's id, an address as given) and in any order: the same
+    files listed otherwise are the same decision. The page (sent again after an error or a
+    timeout) and the API compare the same way."""
+    stored = decision.inputs or {}
+    specs = [s for s in input_specs(form_obj.definition or {}) if s.is_file and s.name in given]
+    lines = {
+        spec.name: None
+        if given[spec.name] is None
+        else [
+            line.strip()
+            for ref in given[spec.name] or []
+            for line in str(ref).splitlines()
+            if line.strip()
+        ]
+        for spec in specs
+    }
+    ids = {
+        str(uuid.UUID(ref)) for refs in lines.values() for ref in refs or [] if is_upload_id(ref)
+    }
+    dify_ids = {
+        str(public_id): upload_file_id
+        for public_id, upload_file_id in Upload.objects.filter(
+            form=form_obj, public_id__in=ids
+        ).values_list("public_id", "upload_file_id")
+    }
+
+    def sent_again(ref: str) -> str:
+        if is_upload_id(ref):
+            ours = dify_ids.get(str(uuid.UUID(ref)))
+            return f"dify:{ours}" if ours else f"upload:{uuid.UUID(ref)}"
+        return f"url:{ref}"
+
+    def had(item: Any) -> str:
+        if isinstance(item, Mapping) and item.get("upload_file_id"):
+            return f"dify:{item['upload_file_id']}"
+        if isinstance(item, Mapping) and item.get("url"):
+            return f"url:{item['url']}"
+        return repr(item)
+
+    changed = []
+    for spec in specs:
+        refs = lines[spec.name]
+        value = stored.get(spec.name)
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        if refs is None or sorted(map(sent_again, refs)) != sorted(map(had, items)):
+            changed.append(spec.name)
+    return changed
+
+
 def inputs_from_dify(form_obj: Form, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """A decision's Dify-shaped inputs turned back into form values, to refill the page.
 

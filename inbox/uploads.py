@@ -86,11 +86,18 @@ def _too_fast(who: str, window: int) -> UploadRejected | None:
     if not views_reach._hit(key, settings.INBOX_UPLOADS_PER_MINUTE, window):
         return None
     views_reach._unhit(key, window)
+    # The wait said in the message is the one Retry-After says.
+    seconds = views_reach._window_left()
     return UploadRejected(
-        _("You are uploading too many files at once. Try again in a minute."),
+        ngettext(
+            "You are uploading too many files at once. Try again in %(seconds)d second.",
+            "You are uploading too many files at once. Try again in %(seconds)d seconds.",
+            seconds,
+        )
+        % {"seconds": seconds},
         status=429,
         code="rate_limited",
-        retry_after=views_reach._window_left(),
+        retry_after=seconds,
     )
 
 
@@ -120,7 +127,9 @@ def _budget_spent(limit: int, guest: bool) -> UploadRejected:
             "removed or replaced count too, as Dify keeps them. No more can be uploaded.",
             limit,
         )
-    return UploadRejected(message % {"limit": limit}, status=429, code="upload_limit_reached")
+    # Spent for good (Dify keeps every file: none comes back), so no 429, which clients retry:
+    # waiting changes nothing.
+    return UploadRejected(message % {"limit": limit}, status=409, code="upload_budget_spent")
 
 
 def upload_limits(app: DifyApp) -> dict[str, int]:

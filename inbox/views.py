@@ -66,6 +66,7 @@ from inbox.forms import (
     is_upload_id,
     joined,
     not_delivered,
+    other_files,
     page_text,
     small_int,
     unmatchable_extensions,
@@ -1740,18 +1741,25 @@ def decide_response(request: HtmxHttpRequest, form: Form, decider: Decider) -> H
 
 
 def _other_choice(decision: Decision, form: Form, request: HttpRequest) -> bool:
-    """Whether a page posted again under a decision's key chose another action or gave a text
-    input (a paragraph, a select) another value than the decision did."""
+    """Whether a page posted again under a decision's key chose another action, gave a text
+    input (a paragraph, a select) another value, or a file input other files than the decision
+    did (compared as the API compares a decision sent again, `other_files`: in any order). The
+    page posts a file input's files as its own hidden upload ids and typed addresses; none
+    posted is no file."""
     if request.POST.get("action", "") != decision.action_id:
         return True
     stored = decision.inputs or {}
+    files: dict[str, list[str] | None] = {}
     for spec in DecisionForm(form).specs:
+        if spec.is_file:
+            files[spec.name] = request.POST.getlist(spec.field_name)
+            continue
         posted = request.POST.get(spec.field_name)
-        if spec.is_file or posted is None:
+        if posted is None:
             continue
         if page_text(str(posted)).strip() != str(stored.get(spec.name, "")).strip():
             return True
-    return False
+    return bool(other_files(decision, form, files))
 
 
 def _unsent_text(form: Form, request: HttpRequest) -> list[dict[str, str]]:
@@ -1846,7 +1854,7 @@ def upload_response(
                     upload_to_dify(form, spec, fileobj, decider.reviewer, decider.guest_email)
                 )
             except UploadRejected as exc:
-                if exc.code == "upload_limit_reached":
+                if exc.code == "upload_budget_spent":
                     # Said once, of every file still to go: none of them can be sent.
                     errors.append(exc.message)
                     break

@@ -131,6 +131,11 @@ def test_a_chatflow_needs_its_message(
     assert response.json()["conversation_id"] == run.conversation_id
 
 
+NOT_A_NUMBER = (
+    '\'amount\' must be a number: a JSON number, or a string holding one, such as "130" or "12.5".'
+)
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -160,13 +165,15 @@ def test_a_chatflow_needs_its_message(
                 "order_id, reason, vip.",
             ),
         ),
+        # A string that is no number and another JSON type: one problem, said one way (a
+        # string of a number is taken, as Dify takes it).
         (
             {"app": "refund-approval", "inputs": {**VALID, "amount": "lots"}},
-            (400, "invalid_inputs", "amount: Enter a number."),
+            (400, "invalid_inputs", NOT_A_NUMBER),
         ),
         (
             {"app": "refund-approval", "inputs": {**VALID, "amount": True}},
-            (400, "invalid_inputs", "'amount' must be a number."),
+            (400, "invalid_inputs", NOT_A_NUMBER),
         ),
         # Nine characters that would be a million-digit integer: refused before converting.
         (
@@ -208,7 +215,7 @@ def test_a_chatflow_needs_its_message(
             (
                 400,
                 "invalid_inputs",
-                "amount: Enter a number. channel: Select a valid choice. fax is not one of the "
+                f"{NOT_A_NUMBER} channel: Select a valid choice. fax is not one of the "
                 "available choices. 'vip' must be true or false.",
             ),
         ),
@@ -248,6 +255,34 @@ def test_start_validation_says_what_is_wrong(
     response = post(client, "/api/v1/runs", body, reviewer)
     assert error(response) == expected
     assert not Run.objects.exists()
+
+
+def test_a_number_input_takes_a_string_of_one_and_says_anything_else_one_way(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    detail = 'Must be a number: a JSON number, or a string holding one, such as "130".'
+    for value in ("abc", True, {"n": 1}, [130]):
+        response = post(
+            client,
+            "/api/v1/runs",
+            {"app": "refund-approval", "inputs": {**VALID, "amount": value}},
+            reviewer,
+        )
+        assert error(response) == (400, "invalid_inputs", NOT_A_NUMBER), value
+        assert response.json()["error"]["details"] == {"amount": [detail]}
+    body = {"app": "refund-approval", "inputs": {**VALID, "amount": "130"}}
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert response.status_code == 201, response.content
+    assert Run.objects.get().inputs["amount"] == 130
+
+
+def test_a_query_for_a_workflow_is_refused_by_its_field(
+    client: Client, refunds: DifyApp, reviewer: User
+) -> None:
+    body = {"app": "refund-approval", "inputs": VALID, "query": "Refund it."}
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"query": ["Only a chatflow app takes a query."]}
 
 
 def test_the_largest_number_allowed_reaches_dify_exactly(

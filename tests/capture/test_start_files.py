@@ -199,11 +199,21 @@ def test_the_api_starts_a_run_with_uploads_in_its_file_inputs(
     unknown = upload(pdf(), "supplier")
     assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "invalid_param"
     assert "no file input 'supplier'" in unknown.json()["error"]["message"]
+    assert unknown.json()["error"]["details"] == {"input": ["Not a file input of this app."]}
 
     # Required, and missing.
     assert "required" in refused(start({}), "contract")
-    # Not an {"upload": id}.
+    # Not an upload id, as a string or as {"upload": id}.
     assert "{'upload': id}" in refused(start({"contract": "x"}), "contract")
+    # One file for a file, a list for a file-list (even of one), as a decision takes them.
+    one = contract.json()["id"]
+    assert refused(start({"contract": [one]}), "contract") == (
+        "One file: the id POST /api/v1/runs/files returned, as a string or as {'upload': id}."
+    )
+    assert refused(start({"contract": one, "attachments": one}), "attachments") == (
+        "A list of files, even of one: each the id POST /api/v1/runs/files returned, as a "
+        "string or as {'upload': id}."
+    )
     # Another input's upload, or someone else's Dify user's.
     picture = upload(png(), "attachments").json()
     said = refused(start({"contract": {"upload": picture["id"]}}), "contract")
@@ -219,8 +229,9 @@ def test_the_api_starts_a_run_with_uploads_in_its_file_inputs(
     assert said == "This input takes at most 3 files."
     assert not Run.objects.exists()
 
+    # A file as its id alone, or as {"upload": id}: both taken, as a decision takes them.
     good = {
-        "contract": {"upload": contract.json()["id"]},
+        "contract": contract.json()["id"],
         "attachments": [{"upload": picture["id"]}],
     }
     response = start(good, submission_key="k1")

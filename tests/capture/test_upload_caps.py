@@ -183,10 +183,15 @@ def test_the_api_upload_keeps_one_file_no_larger_than_the_apps_kinds_take(
         "/api/v1/runs/files", {"file": big("clip.txt"), "app": "support-chat"}, **auth
     )
     assert response.status_code == 413
+    said = (
+        "clip.txt: the file is larger than 2 MB, the most Dify takes for the kinds of "
+        "file accepted here."
+    )
     assert response.json()["error"] == {
         "code": "upload_rejected",
-        "message": "clip.txt: the file is larger than 2 MB, the most Dify takes for the kinds of "
-        "file accepted here.",
+        "message": said,
+        # The file's own fault: named in `details` too.
+        "details": {"file": [said]},
     }
     assert 0 < Spy.most <= 2 * MB
 
@@ -222,10 +227,12 @@ def test_the_api_upload_caps_a_file_after_its_app_at_that_app_s_own_limit(
         "/api/v1/runs/files", {"app": "support-chat", "file": big("photo.png", 3 * MB // 2)}, **auth
     )
     assert response.status_code == 413
+    said = "photo.png: The file is larger than 1 MB, the most Dify takes for this kind of file."
     assert response.json()["error"] == {
         "code": "upload_rejected",
-        "message": "photo.png: The file is larger than 1 MB, the most Dify takes for this kind "
-        "of file.",
+        "message": said,
+        # The file's own fault: named in `details` too.
+        "details": {"file": [said]},
     }
     assert 0 < Spy.most <= MB
     # A kind the app does not take (video) is dropped as it begins: nothing of it is kept.

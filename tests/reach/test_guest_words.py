@@ -215,14 +215,16 @@ def test_a_guest_uploading_too_fast_is_told_in_their_language(
     client: Client, simulator: Any, guest_upload_form: Form, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("inbox.views_reach._window", lambda: 12345)
+    monkeypatch.setattr("inbox.views_reach._window_left", lambda: 13)
     pdf = b"%PDF-1.4 " + b"0" * 64
     chinese = f"{_link(guest_upload_form, GUEST_ZH)}files/receipt"
     _upload(client, chinese, "a.pdf", pdf, "application/pdf")
     said = _upload(client, chinese, "b.pdf", pdf, "application/pdf")
-    # "b.pdf: 您上传文件过于频繁。请一分钟后再试。" (full-width colon)
+    # "b.pdf: 您上传文件过于频繁。请 13 秒后再试。" (full-width colon; the seconds the wait
+    # lasts, as an API client's Retry-After says them)
     assert (
         "b.pdf\uff1a\u60a8\u4e0a\u4f20\u6587\u4ef6\u8fc7\u4e8e\u9891\u7e41\u3002"
-        "\u8bf7\u4e00\u5206\u949f\u540e\u518d\u8bd5\u3002" in said
+        "\u8bf7 13 \u79d2\u540e\u518d\u8bd5\u3002" in said
     )
     assert simulator.stats()["uploads"] == 1
 

@@ -154,15 +154,21 @@ def test_a_decision_with_text_that_is_not_a_string_is_refused(
 ) -> None:
     response = client.post(
         f"/api/v1/forms/{form.public_id}/decision",
-        json.dumps({"action": "approve", "inputs": {"note": value, "decision": "refund"}}),
+        json.dumps(
+            {
+                "action": "approve",
+                "inputs": {"note": value, "decision": "refund", "receipt": None, "evidence": []},
+            }
+        ),
         content_type="application/json",
         **auth,
     )
     assert response.status_code == 400
+    # Said beside the form's own errors of the other inputs, at once.
     assert response.json()["error"] == {
         "code": "invalid_form_data",
-        "message": "'note' must be a string.",
-        "details": {"note": ["Must be a string."]},
+        "message": "'note' must be a string. receipt: Add a file.",
+        "details": {"note": ["Must be a string."], "receipt": ["Add a file."]},
     }
     assert not form.decisions.exists()
 
@@ -208,10 +214,16 @@ def test_files_refuse_a_type_the_input_does_not_take(
         f"/api/v1/forms/{form.public_id}/files", {"input": "receipt", "file": upload}, **auth
     )
     assert response.status_code == 400
+    said = (
+        "This kind of file is not accepted here. Accepted: images (GIF, JPEG, JPG, PNG, SVG, "
+        "WEBP), documents (CSV, DOCX, HTM, HTML, MARKDOWN, MD, MDX, PDF, PROPERTIES, TXT, VTT, "
+        "XLS, XLSX)."
+    )
+    # The file's own fault: said of the `file` field in `details` too.
     assert response.json()["error"] == {
         "code": "upload_rejected",
-        "message": "This kind of file is not accepted here. Accepted: "
-        "images (GIF, JPEG, JPG, PNG, SVG, WEBP), documents (CSV, DOCX, HTM, HTML, MARKDOWN, MD, MDX, PDF, PROPERTIES, TXT, VTT, XLS, XLSX).",
+        "message": said,
+        "details": {"file": [said]},
     }
 
 
@@ -307,6 +319,7 @@ def test_a_submission_key_of_another_forms_decision_is_refused_not_a_crash(
     assert response.json()["error"] == {
         "code": "submission_key_reused",
         "message": "You used this submission_key for a decision on another form; send a new key.",
+        "details": {"submission_key": ["Used for a decision on another form."]},
     }
     assert second.decisions.count() == 0
 
@@ -384,7 +397,165 @@ def test_the_same_submission_key_with_another_action_is_a_conflict_not_a_202(
     error = other.json()["error"]
     assert error["code"] == "submission_key_reused"
     assert error["details"]["decision"]["action"] == "approve"
+    # Said by what differs: the action, not "other values" the call did not send.
+    assert error["message"] == (
+        "This submission_key was already used for a decision on this form, and this one differs "
+        "from it: another action (it was 'approve'). Send a new key for another decision."
+    )
+    assert error["details"]["differs"] == ["action"]
     assert form.decisions.count() == 1
+
+
+def _own_upload(form: Form, input_name: str, name: str) -> str:
+    upload = Upload.objects.create(
+        form=form,
+        uploaded_by=ApiToken.objects.get().user,
+        input_name=input_name,
+        upload_file_id=f"dify-{name}",
+        name=name,
+        size=10,
+        category="image" if name.endswith(".png") else "document",
+    )
+    return str(upload.public_id)
+
+
+def test_the_same_submission_key_with_other_files_is_a_conflict_not_a_202(
+    client: Client, auth: dict[str, str], form: Form, django_capture_on_commit_callbacks: Any
+) -> None:
+    r1, r2 = (_own_upload(form, "receipt", f"r{n}.pdf") for n in (1, 2))
+    e1, e2, e3 = (_own_upload(form, "evidence", f"e{n}.png") for n in (1, 2, 3))
+
+    def decide(receipt: Any, evidence: Any, action: str = "approve", note: str = "ok") -> Any:
+        inputs = {"note": note, "decision": "refund", "receipt": receipt, "evidence": evidence}
+        body = {"action": action, "inputs": inputs, "submission_key": "k-files"}
+        with django_capture_on_commit_callbacks(execute=False):
+            return post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+
+    first = decide(r1, [e1, e2])
+    assert first.status_code == 202, first.content
+    # The same files sent again, listed in another order or spelt otherwise: the same decision.
+    for receipt, evidence in ((r1, [e2, e1]), ({"upload": r1.upper()}, [{"upload": e1}, e2])):
+        again = decide(receipt, evidence)
+        assert again.status_code == 202, again.content
+        assert again.json()["decision"]["id"] == first.json()["decision"]["id"]
+    # Other files under the key are another decision: never a 202 that says they went.
+    for receipt, evidence, differs in (
+        (r1, [e1, e3], "evidence"),
+        (r1, [e1], "evidence"),
+        (r1, [e1, e2, e3], "evidence"),
+        (r2, [e1, e2], "receipt"),
+        (None, [e1, e2], "receipt"),
+        ("https://files.example.com/r1.pdf", [e1, e2], "receipt"),
+    ):
+        refused = decide(receipt, evidence)
+        assert refused.status_code == 409, (receipt, evidence)
+        error = refused.json()["error"]
+        assert error["code"] == "submission_key_reused"
+        assert error["message"] == (
+            "This submission_key was already used for a decision on this form, and this one "
+            f"differs from it: other files for {differs}. Send a new key for another decision."
+        )
+        assert error["details"]["differs"] == [f"inputs.{differs}"]
+        assert error["details"]["decision"]["id"] == first.json()["decision"]["id"]
+    # Everything that differs is said, each in its words.
+    refused = decide(r2, [e1, e3], action="reject", note="no")
+    error = refused.json()["error"]
+    assert error["message"] == (
+        "This submission_key was already used for a decision on this form, and this one differs "
+        "from it: another action (it was 'approve'); other values for note; other files for "
+        "receipt, evidence. Send a new key for another decision."
+    )
+    assert error["details"]["differs"] == [
+        "action",
+        "inputs.note",
+        "inputs.receipt",
+        "inputs.evidence",
+    ]
+    assert form.decisions.count() == 1
+    sent = form.decisions.get().inputs
+    assert sent["receipt"]["upload_file_id"] == "dify-r1.pdf"
+    assert [f["upload_file_id"] for f in sent["evidence"]] == ["dify-e1.png", "dify-e2.png"]
+
+
+def test_every_decision_input_of_the_wrong_type_is_said_at_once(
+    client: Client, auth: dict[str, str], dify_app: DifyApp
+) -> None:
+    definition = full_definition()
+    definition["inputs"] += [
+        {"type": "paragraph", "output_variable_name": "cause", "default": None},
+    ]
+    form = make_form(dify_app, definition=definition)
+    inputs = {
+        "note": ["a"],
+        "decision": "refund",
+        "cause": 5,
+        "receipt": 123,
+        "evidence": {"a": 1},
+    }
+    body = {"action": "approve", "inputs": inputs}
+    response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_form_data"
+    shape = (
+        'A file is the id the upload call (/files) returned, as a string or as {"upload": id}, '
+        'or a web address, as a string or as {"url": "https://..."}.'
+    )
+    listed = (
+        'A file list takes a list of files, even of one: [id] or [{"upload": id}], not an object.'
+    )
+    assert error["details"] == {
+        "note": ["Must be a string."],
+        "receipt": [shape],
+        "evidence": [listed],
+        "cause": ["Must be a string."],
+    }
+    assert error["message"] == (
+        f"'note' must be a string. receipt: {shape} evidence: {listed} 'cause' must be a string."
+    )
+    assert not form.decisions.exists()
+
+
+def test_a_file_list_takes_a_list_and_a_file_one_file(
+    client: Client, auth: dict[str, str], form: Form, django_capture_on_commit_callbacks: Any
+) -> None:
+    receipt = _own_upload(form, "receipt", "r.pdf")
+    annex = _own_upload(form, "evidence", "annex.png")
+
+    def decide(receipt: Any, evidence: Any) -> Any:
+        inputs = {"note": "ok", "decision": "refund", "receipt": receipt, "evidence": evidence}
+        with django_capture_on_commit_callbacks(execute=False):
+            return post_json(
+                client,
+                f"/api/v1/forms/{form.public_id}/decision",
+                {"action": "approve", "inputs": inputs},
+                auth,
+            )
+
+    # A bare id where a list goes: refused, by its input, not taken as a list of one.
+    for bare in (annex, {"upload": annex}):
+        refused = decide(receipt, bare)
+        assert refused.status_code == 400
+        said = refused.json()["error"]
+        assert said["details"] == {
+            "evidence": [
+                'A file list takes a list of files, even of one: [id] or [{"upload": id}], not '
+                + ("a string." if isinstance(bare, str) else "an object.")
+            ]
+        }
+        assert said["message"].startswith("evidence: A file list takes a list of files")
+    # A list where one file goes: refused as well.
+    refused = decide([receipt], [annex])
+    assert refused.json()["error"]["details"] == {
+        "receipt": [
+            'This input takes one file, not a list: its id as a string or as {"upload": id} '
+            "(or null for none)."
+        ]
+    }
+    assert not form.decisions.exists()
+    # Either spelling of a file, one for a file and a list for a list, is taken.
+    decided = decide({"upload": receipt}, [annex])
+    assert decided.status_code == 202, decided.content
 
 
 def post_json(client: Client, path: str, body: Any, auth: dict[str, str]) -> Any:
@@ -554,7 +725,8 @@ def test_an_action_that_is_not_a_string_is_said_so(
 def test_a_file_value_of_the_wrong_shape_is_keyed_by_its_input(
     client: Client, auth: dict[str, str], form: Form
 ) -> None:
-    body = {"action": "approve", "inputs": {"note": "", "decision": "refund", "receipt": 5}}
+    inputs = {"note": "", "decision": "refund", "receipt": 5, "evidence": []}
+    body = {"action": "approve", "inputs": inputs}
     response = post_json(client, f"/api/v1/forms/{form.public_id}/decision", body, auth)
     assert response.status_code == 400
     assert list(response.json()["error"]["details"]) == ["receipt"]
@@ -923,15 +1095,21 @@ def test_the_upload_call_says_it_takes_a_multipart_body_with_an_input(
         "code": "invalid_param",
         "message": "This call takes a multipart/form-data body: an 'input' field with the name "
         "of the form's file input, and the file in a part named 'file'.",
+        "details": {"input": ["Required: the name of one of the form's file inputs."]},
     }
     response = post_json(client, url, {"input": "receipt"}, auth)
     assert (response.status_code, response.json()["error"]) == (400, expected)
     pdf = SimpleUploadedFile("r.pdf", b"%PDF-1.4", "application/pdf")
     response = client.post(url, {"file": pdf}, **auth)
     assert (response.status_code, response.json()["error"]) == (400, expected)
-    # An input named, but not one of the form's file inputs, is still said by its name.
+    # An input named, but not one of the form's file inputs, is still said by its name, in
+    # `details` too, with the ones it has.
     response = client.post(url, {"input": "note", "file": pdf}, **auth)
-    assert response.json()["error"]["message"] == "'note' is not a file input of this form."
+    assert response.json()["error"] == {
+        "code": "invalid_param",
+        "message": "'note' is not a file input of this form; its file inputs: receipt, evidence.",
+        "details": {"input": ["Not a file input of this form."]},
+    }
 
 
 def test_mine_is_one_or_zero(client: Client, auth: dict[str, str], form: Form) -> None:
@@ -940,6 +1118,7 @@ def test_mine_is_one_or_zero(client: Client, auth: dict[str, str], form: Form) -
     for value in ("true", "banana"):
         response = client.get(f"/api/v1/forms?mine={value}", **auth)
         assert response.status_code == 400 and "'mine' is 1" in response.json()["error"]["message"]
+        assert response.json()["error"]["details"] == {"mine": ["1 or 0."]}
 
 
 def test_the_upload_call_takes_one_input_and_one_file_and_says_closed_first(

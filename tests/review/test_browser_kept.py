@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
-from inbox.models import Decision, DifyApp, Form, Run
+from inbox.models import Decision, DifyApp, Form, Run, Upload
 from tests.review.browser import logged_in_page, screenshot
 from tests.review.conftest import full_definition, make_form
 
@@ -114,6 +114,57 @@ def test_a_decision_whose_answer_was_lost_is_sent_again_and_counts_once(
         part for post in posts for part in post.split("&") if part.startswith("submission_key=")
     }
     assert len(keys) == 1
+    assert page.locator("#request-error").is_hidden()
+    assert page.js_errors == [] and page.csp_violations == []
+
+
+def test_a_decision_with_files_whose_answer_was_lost_is_sent_again_and_counts_once(
+    chromium: Any, live_server: Any, browser_contexts: list[Any], dify_app: DifyApp, reviewer: User
+) -> None:
+    """The page's own resend carries the same files under the same key: the server takes it
+    for the decision it made (`other_files`), not for another one to refuse."""
+    definition = full_definition()
+    # The note and a list of files.
+    definition["inputs"] = [definition["inputs"][0], definition["inputs"][3]]
+    form = make_form(dify_app, definition=definition)
+    for n in (1, 2):
+        Upload.objects.create(
+            form=form,
+            uploaded_by=reviewer,
+            input_name="evidence",
+            upload_file_id=f"dify-e{n}",
+            name=f"e{n}.png",
+            size=10,
+            category="image",
+        )
+    page = _phone(chromium, live_server, reviewer, browser_contexts)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    page.route("**/live?*", lambda route: route.abort("internetdisconnected"))
+    posts: list[str] = []
+
+    def answer_lost(route: Any) -> None:
+        posts.append(route.request.post_data or "")
+        if len(posts) == 1:
+            route.fetch()  # the server gets it, and decides
+            route.abort("internetdisconnected")  # the answer never comes back
+        else:
+            route.continue_()
+
+    page.route("**/decide", answer_lost)
+    page.get_by_role("button", name="Approve").tap()
+    page.locator("#request-error").get_by_text(RESENDING).wait_for(timeout=5000)
+    page.wait_for_function("() => !document.getElementById('decision-form')", timeout=15000)
+    assert len(posts) == 2
+    # Both posts carried the two files.
+    assert all(post.count("in_evidence=") >= 2 for post in posts)
+    decision = Decision.objects.get(form=form)
+    assert sorted(f["upload_file_id"] for f in decision.inputs["evidence"]) == [
+        "dify-e1",
+        "dify-e2",
+    ]
+    # Shown as the decision made, not refused as another one under its key.
+    assert "already decided this form" not in page.content()
     assert page.locator("#request-error").is_hidden()
     assert page.js_errors == [] and page.csp_violations == []
 

@@ -293,6 +293,56 @@ def test_a_decision_carries_only_the_reviewer_s_own_uploads(
     assert not Decision.objects.exists()
 
 
+def test_a_page_sent_again_with_its_files_is_the_same_decision_and_with_others_is_refused(
+    alice: Client, form: Form, reviewer: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The page sends itself again under its key after a server error or a timeout: the same
+    files, in whatever order the browser lists them, are the decision it made; other files
+    under that key (the page shown again, its files changed) are not sent, as the API refuses
+    them (`other_files`)."""
+
+    def upload(input_name: str, name: str) -> str:
+        made = Upload.objects.create(
+            form=form,
+            uploaded_by=reviewer,
+            input_name=input_name,
+            upload_file_id=f"dify-{name}",
+            name=name,
+            size=10,
+            category="image" if name.endswith(".png") else "document",
+        )
+        return str(made.public_id)
+
+    receipt = upload("receipt", "r.pdf")
+    e1, e2, e3 = (upload("evidence", f"e{n}.png") for n in (1, 2, 3))
+
+    def decide(evidence: list[str]) -> Any:
+        post = {
+            "action": "approve",
+            "in_note": "ok",
+            "in_decision": "refund",
+            "in_receipt": [receipt],
+            # The hidden upload ids, then the (empty) box for web addresses.
+            "in_evidence": [*evidence, ""],
+            "submission_key": "k-page",
+        }
+        with django_capture_on_commit_callbacks(execute=False):
+            return alice.post(f"/forms/{form.public_id}/decide", post, HTTP_HX_REQUEST="true")
+
+    assert decide([e1, e2]).status_code == 200
+    again = decide([e2, e1]).content.decode()
+    assert "Decision queued; it is on its way to Dify." in again
+    assert "already decided this form at" not in again
+    other = decide([e1, e3]).content.decode()
+    # Not taken for the decision sent again: refused, said as when someone got there first.
+    assert "already decided this form at" in other
+    decision = Decision.objects.get(form=form)
+    assert [f["upload_file_id"] for f in decision.inputs["evidence"]] == [
+        "dify-e1.png",
+        "dify-e2.png",
+    ]
+
+
 def test_web_addresses_the_check_refused_are_drawn_back_as_typed(alice: Client, form: Form) -> None:
     response = alice.post(
         f"/forms/{form.public_id}/decide",

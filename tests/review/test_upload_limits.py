@@ -39,8 +39,10 @@ def sim_form(simulator: Any, simulator_dify_app: Any, reviewers_group: Any) -> F
 
 @pytest.fixture
 def one_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every upload of the test in one rate-limit window, however slow the machine."""
+    """Every upload of the test in one rate-limit window, however slow the machine, 13 seconds
+    from its end."""
     monkeypatch.setattr("inbox.views_reach._window", lambda: 12345)
+    monkeypatch.setattr("inbox.views_reach._window_left", lambda: 13)
 
 
 def _page_upload(client: Client, form: Form, name: str) -> str:
@@ -86,11 +88,13 @@ def test_past_the_budget_nothing_more_is_sent_to_dify_removed_files_counting_too
     assert not Upload.owned(sim_form, reviewer=reviewer).exists()
 
     # Through the API, the same person's budget: refused in the API's shape, nothing sent.
+    # Spent for good: a 409, not a 429 that clients retrying on 429 would send again forever.
     _token, raw = ApiToken.issue(reviewer)
     refused = _api_upload(Client(), sim_form, raw, "r4.pdf")
-    assert refused.status_code == 429
+    assert refused.status_code == 409
+    assert "Retry-After" not in refused
     error = refused.json()["error"]
-    assert error["code"] == "upload_limit_reached"
+    assert error["code"] == "upload_budget_spent"
     assert error["message"].startswith("You have sent 3 files to Dify for this form")
     assert _sent(simulator) == 3
 
@@ -140,7 +144,7 @@ def test_two_uploads_at_once_cannot_both_take_the_last_file(
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(statuses) == [201, 429]
+    assert sorted(statuses) == [201, 409]
     assert _sent(simulator) == 2
     assert UploadTally.objects.get(form=form).files == 2
 
@@ -152,18 +156,18 @@ def test_a_reviewer_uploading_too_fast_is_held_back_on_the_page_and_through_the_
     assert "Uploaded: a.pdf." in _page_upload(alice, sim_form, "a.pdf")
     assert "Uploaded: b.pdf." in _page_upload(alice, sim_form, "b.pdf")
     said = _page_upload(alice, sim_form, "c.pdf")
-    assert "c.pdf: You are uploading too many files at once. Try again in a minute." in said
+    assert "c.pdf: You are uploading too many files at once. Try again in 13 seconds." in said
     assert _sent(simulator) == 2
 
-    # An API token is its user: the same count.
+    # An API token is its user: the same count. The wait said is the one Retry-After says.
     _token, raw = ApiToken.issue(reviewer)
     refused = _api_upload(Client(), sim_form, raw, "d.pdf")
     assert refused.status_code == 429
     assert refused.json()["error"] == {
         "code": "rate_limited",
-        "message": "You are uploading too many files at once. Try again in a minute.",
+        "message": "You are uploading too many files at once. Try again in 13 seconds.",
     }
-    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert refused["Retry-After"] == "13"
     assert _sent(simulator) == 2
 
 
@@ -220,8 +224,8 @@ def test_a_spent_budget_is_said_before_the_rate_and_refusals_use_up_no_rate(
     # The budget is spent for good: said so, not as a rate to wait out.
     for n in range(3):
         refused = _api_upload(client, sim_form, raw, f"g{n}.pdf")
-        assert refused.status_code == 429
-        assert refused.json()["error"]["code"] == "upload_limit_reached"
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "upload_budget_spent"
         assert "Retry-After" not in refused
     assert _sent(simulator) == 2
 
@@ -243,7 +247,7 @@ def test_only_files_sent_to_dify_count_against_the_rate(
     # Refused by the form's budget, again and again: nothing sent, no rate used up.
     for n in range(3):
         refused = _api_upload(client, sim_form, raw, f"b{n}.pdf")
-        assert refused.json()["error"]["code"] == "upload_limit_reached"
+        assert refused.json()["error"]["code"] == "upload_budget_spent"
     other = make_form(sim_form.run.app, definition=_receipt_only())
     assert _api_upload(client, other, raw, "c.pdf").status_code == 201
     # Now three files went to Dify this minute: the next one waits.

@@ -348,10 +348,15 @@ def test_the_api_refuses_a_file_larger_than_dify_takes_without_keeping_it(
         HTTP_AUTHORIZATION=f"Bearer {raw}",
     )
     assert response.status_code == 413
+    said = (
+        "scan.png: the file is larger than 1 MB, the most Dify takes for the kinds of "
+        "file accepted here."
+    )
     assert response.json()["error"] == {
         "code": "upload_rejected",
-        "message": "scan.png: the file is larger than 1 MB, the most Dify takes for the kinds of "
-        "file accepted here.",
+        "message": said,
+        # The file's own fault: named in `details` too.
+        "details": {"file": [said]},
     }
     assert 0 < BytesSeen.most <= 1024 * 1024
 
