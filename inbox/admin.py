@@ -602,6 +602,25 @@ class DifyAppAdmin(AuditedAdmin):
                     "one), or enter the API key again."
                 )
             )
+        if obj.key_unreadable_now:
+            # This process reads it; a follower does not (started without the key): its runs
+            # wait for one that does. Not Dify's doing, nor the follower missing.
+            return str(
+                _(
+                    "The follower %(follower)s cannot decrypt the API key with its "
+                    "INBOX_ENCRYPTION_KEYS (since %(since)s): the app's runs wait for a "
+                    "follower that can. Restart that follower with the key the API key was "
+                    "stored with (during a rotation, the new one too), or enter the API key "
+                    "again."
+                )
+                % {
+                    "follower": obj.key_unreadable_by,
+                    "since": formats.date_format(
+                        timezone.localtime(obj.key_unreadable_since or obj.key_unreadable_at),
+                        "DATETIME_FORMAT",
+                    ),
+                }
+            )
         if obj.refused_at is None:
             unreachable = getattr(obj, "unreachable", 0)
             if obj.contact_failed_at is not None:

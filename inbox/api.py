@@ -1116,12 +1116,20 @@ def _dify_json(run: Any) -> dict[str, Any]:
     answers 404 for the app as a whole, else `refused`, with Dify's HTTP status; a mode set up
     here that Dify's does not match refuses only starts, and is `ok` here). `since`: when
     that began. `following`: `given_up` while the follower has given up on the run's events
-    for now (its next try at `next_try`, when known), else `ok`; `ended` once the run has
-    ended. While the app is not `ok`, no new form of the run arrives and decisions wait."""
-    body = _app_health_json(run.app)
+    for now (its next try at `next_try`, when known), `key_unreadable` while a running follower
+    cannot decrypt the app's API key with its INBOX_ENCRYPTION_KEYS (the run waits for a
+    follower that can), else `ok`; `ended` once the run has ended. While the app is not `ok`,
+    no new form of the run arrives and decisions wait."""
+    app = run.app
+    body = _app_health_json(app)
     given_up = bool(run.give_ups) and not run.is_finished and not run.events_unavailable
     next_try = run.refollow_after if given_up and run.refollow_after else None
-    body["following"] = "ended" if run.is_finished else "given_up" if given_up else "ok"
+    if run.is_finished:
+        body["following"] = "ended"
+    elif app.key_unreadable_now:
+        body["following"] = "key_unreadable"
+    else:
+        body["following"] = "given_up" if given_up else "ok"
     body["next_try"] = _iso(next_try) if next_try and next_try > timezone.now() else None
     return body
 

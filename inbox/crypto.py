@@ -70,10 +70,12 @@ class Sealed(SealedText):
         return f"<Sealed {self.what}>"
 
 
-def readable(value: str) -> str:
-    """The plain value; DecryptionError for a sealed one."""
+def readable(value: str, of: str = "") -> str:
+    """The plain value; DecryptionError for a sealed one. `of` names whose value it is (the
+    app, the form), for the message: the sealed value knows only its column."""
     if isinstance(value, Sealed):
-        raise DecryptionError(f"{value.what} cannot be decrypted with INBOX_ENCRYPTION_KEYS")
+        whose = f" of {of}" if of else ""
+        raise DecryptionError(f"{value.what}{whose} cannot be decrypted with INBOX_ENCRYPTION_KEYS")
     return value
 
 

@@ -33,6 +33,11 @@ Each run is read with `GET /workflow/{id}/events?include_state_snapshot=true&con
   handed back sooner when its detail shows news (`tasks._reconcile_runs`), and when a stream of
   its app opens after Dify failed the app's streams (`DifyApp.note_reached`). A give-up is logged
   per run at INFO and per app at WARNING, at most once per GIVE_UP_REPORT_SECONDS.
+- A run whose app's API key this process cannot decrypt (started without the key another process
+  stored it with, mid-rotation) is let go at once for a follower that can, and the app marked
+  (`DifyApp.key_unreadable_since`, shown on its pages, the dashboard and /healthz); the other
+  apps' runs are followed as usual. The app's runs are taken again after KEY_RETRY_SECONDS, or
+  at once when the app is saved again (`Follower._keys_unreadable`).
 
 Database work runs in a small thread pool (Django's ORM is synchronous); the loop itself only
 waits on sockets. Leases are taken and renewed on one more thread, of their own: a renewal never
@@ -67,7 +72,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from inbox import capture
-from inbox.crypto import readable
+from inbox.crypto import DecryptionError
 from inbox.dify.client import AsyncDifyClient, redact_url
 from inbox.dify.errors import (
     DifyError,
@@ -197,14 +202,20 @@ UNFOLLOWED_AFTER = dt.timedelta(minutes=2)
 
 def unfollowed() -> tuple[int, dt.datetime | None]:
     """How many runs want following and have waited UNFOLLOWED_AFTER for a follower, and since
-    when the oldest of them waits: more than none means no follower is running."""
+    when the oldest of them waits: more than none means no follower is running. Not the runs
+    of an app a running follower cannot decrypt the API key of (`waiting_for_a_key`): a
+    follower is running, and they wait for the key."""
     from django.db.models import Count, Min
     from django.db.models.functions import Coalesce
     from django.utils import timezone
 
     cutoff = timezone.now() - UNFOLLOWED_AFTER
-    waiting = _claimable().filter(
-        Q(lease_expires_at__lt=cutoff) | Q(lease_expires_at__isnull=True, updated_at__lt=cutoff)
+    waiting = (
+        _claimable()
+        .filter(
+            Q(lease_expires_at__lt=cutoff) | Q(lease_expires_at__isnull=True, updated_at__lt=cutoff)
+        )
+        .exclude(DifyApp.key_unreadable_q("app__"))
     )
     found = waiting.aggregate(
         count=Count("pk"), since=Min(Coalesce("lease_expires_at", "updated_at"))
@@ -212,24 +223,68 @@ def unfollowed() -> tuple[int, dt.datetime | None]:
     return found["count"], found["since"]
 
 
-def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
+def waiting_for_a_key() -> list[tuple[DifyApp, int]]:
+    """The apps a running follower cannot decrypt the API key of (`DifyApp.key_unreadable_now`),
+    each with how many of its runs want following: they wait for a follower with the key."""
+    from django.db.models import Count
+
+    apps = DifyApp.objects.filter(DifyApp.key_unreadable_q()).annotate(
+        waiting=Count(
+            "runs",
+            filter=Q(runs__follow_wanted=True) & ~Q(runs__status__in=Run.FINAL_STATUSES),
+        )
+    )
+    return [(app, app.waiting) for app in apps]
+
+
+# A follower that cannot decrypt an app's API key lets the app's runs go at once (for a follower
+# that can), and takes them again this long after, or at once when the app is saved again (a
+# key entered again): the key is looked at again, not every poll.
+KEY_RETRY_SECONDS = 30.0
+
+
+class Taken(list[Claim]):
+    """What `take_leases` took, and the runs it let go because this process cannot decrypt
+    their app's API key: app pk -> (the app, how many of its runs)."""
+
+    def __init__(self, claims: Iterable[Claim] = ()) -> None:
+        super().__init__(claims)
+        self.unreadable: dict[int, tuple[DifyApp, int]] = {}
+
+
+def take_leases(
+    owner: str,
+    limit: int,
+    seconds: float,
+    skip_apps: dict[int, dt.datetime] | None = None,
+) -> Taken:
     """Lease up to `limit` runs that want following and nobody (alive) follows.
 
     `follow_snapshot` stays set while the run is read: it is cleared when the lease is given
     back done, so a follower that dies before its stream replayed the forms leaves the wish to
-    the next one."""
+    the next one.
+
+    A run whose app's API key this process cannot decrypt is let go at once (for a follower
+    that can) and the app marked (`DifyApp.note_key_unreadable`), in `Taken.unreadable`; the
+    others are taken all the same. `skip_apps` (app pk -> its `updated_at` then): apps whose
+    runs are not taken, until the app is saved again."""
     if limit <= 0:
-        return []
+        return Taken()
+    claimable = _claimable()
+    if skip_apps:
+        skipped = Q()
+        for app_pk, updated_at in skip_apps.items():
+            skipped |= Q(app_id=app_pk, app__updated_at=updated_at)
+        claimable = claimable.exclude(skipped)
     # A read first: most polls find nothing, and on SQLite a write transaction would block
     # every other writer for nothing.
-    if not _claimable().exists():
-        return []
+    if not claimable.exists():
+        return Taken()
     until = Now() + dt.timedelta(seconds=seconds)
     with transaction.atomic():
         if connection.features.has_select_for_update_skip_locked:
             rows = list(
-                _claimable()
-                .select_for_update(skip_locked=True, of=("self",))
+                claimable.select_for_update(skip_locked=True, of=("self",))
                 .order_by("updated_at")
                 .values("pk", "follow_seq", "follow_snapshot", "give_ups")[:limit]
             )
@@ -240,9 +295,9 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             # (transaction_mode IMMEDIATE), so nothing changes between this read and the update;
             # the conditional update says so again.
             rows = list(
-                _claimable()
-                .order_by("updated_at")
-                .values("pk", "follow_seq", "follow_snapshot", "give_ups")[:limit]
+                claimable.order_by("updated_at").values(
+                    "pk", "follow_seq", "follow_snapshot", "give_ups"
+                )[:limit]
             )
             taken = []
             for row in rows:
@@ -255,7 +310,8 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             rows = taken
             pks = [row["pk"] for row in rows]
     if not rows:
-        return []
+        return Taken()
+    result = Taken()
     try:
         runs = {
             r.pk: r
@@ -263,11 +319,26 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
             .select_related("app")
             .only("pk", "workflow_run_id", "dify_user", "app")
         }
+        # An app's API key this process has no key for (one started without the key another
+        # process stored it with, mid-rotation): that app's runs are given back at once, for a
+        # follower that can read it, and the others are followed.
+        let_go: list[int] = []
         for run in runs.values():
-            readable(run.app.api_key)
+            if run.app.api_key_sealed:
+                let_go.append(run.pk)
+                app, count = result.unreadable.get(run.app_id, (run.app, 0))
+                result.unreadable[run.app_id] = (app, count + 1)
+        if let_go:
+            Run.objects.filter(pk__in=let_go, lease_owner=owner).update(
+                lease_owner="", lease_expires_at=None
+            )
+            DifyApp.note_key_unreadable(result.unreadable, owner)
+            for pk in let_go:
+                del runs[pk]
+        DifyApp.note_key_readable({run.app_id for run in runs.values()})
     except Exception:
-        # The runs cannot be read here (an app's API key this process has no key for, say):
-        # given back at once, for a follower that can, rather than held for the lease's time.
+        # The runs cannot be read here: given back at once, for a follower that can, rather
+        # than held for the lease's time.
         Run.objects.filter(pk__in=pks, lease_owner=owner).update(lease_expires_at=None)
         raise
     known: dict[int, set[str]] = {}
@@ -275,7 +346,7 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
         run_id__in=pks, definition_fetched_at__isnull=False
     ).values_list("run_id", "form_id"):
         known.setdefault(run_pk, set()).add(form_id)
-    return [
+    result.extend(
         Claim(
             pk=row["pk"],
             seq=row["follow_seq"],
@@ -288,7 +359,8 @@ def take_leases(owner: str, limit: int, seconds: float) -> list[Claim]:
         )
         for row in rows
         if row["pk"] in runs
-    ]
+    )
+    return result
 
 
 def renew_leases(owner: str, pks: list[int], seconds: float) -> set[int]:
@@ -382,6 +454,17 @@ class _GiveUps:
 
 
 @dataclass
+class _KeyWait:
+    """An app whose API key this follower cannot decrypt: its runs are not taken until
+    `retry_at` (monotonic), or until the app is saved again (its `updated_at` changes)."""
+
+    label: str
+    updated_at: dt.datetime
+    retry_at: float
+    runs: int = 0
+
+
+@dataclass
 class StreamResult:
     # paused (a form waits for a person), finished, error (an `error` event), dropped (ended
     # early), stalled (a pause with nobody waiting never moved on), gone (Dify does not know
@@ -422,6 +505,8 @@ class Follower:
         # The runs given up on per app since its last warning, and when that was (monotonic):
         # one WARNING per app and `GIVE_UP_REPORT_SECONDS`, however many runs (`_gave_up`).
         self.given_up: dict[int, _GiveUps] = {}
+        # The apps whose API key this process cannot decrypt, by pk (`_keys_unreadable`).
+        self.key_waits: dict[int, _KeyWait] = {}
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -469,6 +554,9 @@ class Follower:
             self.config.poll_seconds * 2 ** min(self._lease_failures, 16), self.LEASE_BACKOFF_MAX
         )
         self._lease_retry_at = now + pause
+        if isinstance(exc, DecryptionError):
+            # A known condition, said in one line: its traceback would add nothing.
+            self._lease_traceback_at = now + self.LEASE_TRACEBACK_EVERY
         if self._lease_failures == 1 or now >= self._lease_traceback_at:
             self._lease_traceback_at = now + self.LEASE_TRACEBACK_EVERY
             logger.exception("follower %s: could not take leases", self.owner)
@@ -480,6 +568,54 @@ class Follower:
                 pause,
                 f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
             )
+
+    def _skipped_apps(self) -> dict[int, dt.datetime]:
+        """The apps whose runs are not taken now: their key was unreadable a moment ago."""
+        now = time.monotonic()
+        return {pk: w.updated_at for pk, w in self.key_waits.items() if now < w.retry_at}
+
+    def _keys_unreadable(self, taken: Taken, skipped: dict[int, dt.datetime]) -> None:
+        """After a take: the apps whose key this process cannot decrypt wait KEY_RETRY_SECONDS
+        (their runs were let go for a follower that can); said once per app in one line, then
+        at INFO at each try. An app whose runs were taken, its key read, is said back."""
+        now = time.monotonic()
+        for app_pk, (app, runs) in taken.unreadable.items():
+            wait = self.key_waits.get(app_pk)
+            self.key_waits[app_pk] = _KeyWait(
+                app.label, app.updated_at, now + KEY_RETRY_SECONDS, runs
+            )
+            if wait is None:
+                logger.warning(
+                    "follower %s: app %s: its API key cannot be decrypted with this process's "
+                    "INBOX_ENCRYPTION_KEYS: %d run(s) let go for a follower that can read it "
+                    "(tried again in %d s, or at once when the key is entered again); restart "
+                    "this follower with the key the API key was stored with",
+                    self.owner,
+                    app.label,
+                    runs,
+                    KEY_RETRY_SECONDS,
+                )
+            else:
+                logger.info(
+                    "follower %s: app %s: its API key still cannot be decrypted: %d run(s) wait",
+                    self.owner,
+                    app.label,
+                    runs,
+                )
+        followed = {claim.app.pk for claim in taken}
+        for app_pk in list(self.key_waits):
+            if app_pk in taken.unreadable:
+                continue
+            if app_pk in followed:
+                logger.info(
+                    "follower %s: app %s: its API key can be read again: its runs are followed",
+                    self.owner,
+                    self.key_waits[app_pk].label,
+                )
+                del self.key_waits[app_pk]
+            elif app_pk not in skipped:
+                # Looked at again, and none of its runs wanted following.
+                del self.key_waits[app_pk]
 
     # At most one warning per app in this long about the streams given up on.
     GIVE_UP_REPORT_SECONDS = 60.0
@@ -532,14 +668,16 @@ class Follower:
                 free = self.config.max_streams - len(self.tasks)
                 if free > 0 and time.monotonic() >= self._lease_retry_at:
                     asked = time.monotonic()
+                    skipped = self._skipped_apps()
                     try:
                         claims = await self.lease_db(
-                            take_leases, self.owner, free, self.config.lease_seconds
+                            take_leases, self.owner, free, self.config.lease_seconds, skipped
                         )
                     except Exception as exc:
                         self._lease_failed(exc)
-                        claims = []
+                        claims = Taken()
                     else:
+                        self._keys_unreadable(claims, skipped)
                         if self._lease_failures:
                             logger.info(
                                 "follower %s: takes leases again, after %d failed tries",

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.db.models.functions import Cast, Lower, Now
+from django.db.models.functions import Cast, Coalesce, Lower, Now
 from django.urls import reverse
 from django.utils import formats, timezone, translation
 from django.utils.text import capfirst
@@ -152,6 +152,26 @@ class DifyApp(models.Model):
     contact_failure_status = models.PositiveSmallIntegerField(
         null=True, blank=True, editable=False, verbose_name=_("contact failure status")
     )
+    # A follower found it cannot decrypt the app's API key with its INBOX_ENCRYPTION_KEYS (one
+    # started without the key another process stored it with, mid-rotation): since when, when
+    # last (said again each time it lets the app's runs go, every `follower.KEY_RETRY_SECONDS`
+    # while they wait), and which follower. Only a recent mark counts (`key_unreadable_now`):
+    # a follower that stopped says nothing any more. Cleared when a follower reads the key, and
+    # by new settings. Not a fault of Dify, nor of the key: of that process's settings.
+    key_unreadable_since = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("API key unreadable since")
+    )
+    key_unreadable_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("API key last found unreadable at")
+    )
+    key_unreadable_by = models.CharField(
+        _("API key unreadable by"),
+        max_length=100,
+        blank=True,
+        default="",
+        db_default="",
+        editable=False,
+    )
 
     # What the connection-health fields are; a plain save() writes the others only.
     HEALTH_FIELDS = (
@@ -168,6 +188,9 @@ class DifyApp(models.Model):
         "contact_failure",
         "contact_failure_source",
         "contact_failure_status",
+        "key_unreadable_since",
+        "key_unreadable_at",
+        "key_unreadable_by",
     )
 
     class Meta:
@@ -207,6 +230,57 @@ class DifyApp(models.Model):
     def api_key_sealed(self) -> bool:
         """No key in INBOX_ENCRYPTION_KEYS opens the stored key (see `crypto.Sealed`)."""
         return isinstance(self.api_key, Sealed)
+
+    @property
+    def label(self) -> str:
+        """The app as a log line names it: its name and id (never its key)."""
+        return f"{self.name!r} (id {self.pk})"
+
+    def readable_api_key(self) -> str:
+        """The key; DecryptionError naming the app when no key of this process opens it."""
+        return readable(self.api_key, of=f"the app {self.label}")
+
+    # A follower's mark that it cannot read the app's key counts while this recent: it says it
+    # again every 30 s while the app's runs wait (`follower.KEY_RETRY_SECONDS`).
+    KEY_UNREADABLE_FRESH = dt.timedelta(minutes=2)
+
+    @property
+    def key_unreadable_now(self) -> bool:
+        """A follower running now cannot decrypt the key with its INBOX_ENCRYPTION_KEYS, and
+        the app's runs wait for one that can (see `key_unreadable_since`)."""
+        return (
+            self.key_unreadable_at is not None
+            and self.key_unreadable_at >= timezone.now() - self.KEY_UNREADABLE_FRESH
+        )
+
+    @classmethod
+    def key_unreadable_q(cls, prefix: str = "") -> Q:
+        """`key_unreadable_now` as a filter (by the database's clock, which wrote the mark)."""
+        return Q(**{f"{prefix}key_unreadable_at__gte": Now() - cls.KEY_UNREADABLE_FRESH})
+
+    @classmethod
+    def note_key_unreadable(cls, pks: Iterable[int], by: str) -> set[int]:
+        """A follower (`by`) cannot decrypt these apps' keys: marked, or the mark said again.
+        Returns the apps not marked before."""
+        pks = list(pks)
+        started = set(
+            cls.objects.filter(pk__in=pks, key_unreadable_since__isnull=True).values_list(
+                "pk", flat=True
+            )
+        )
+        cls.objects.filter(pk__in=pks).update(
+            key_unreadable_since=Coalesce("key_unreadable_since", Now()),
+            key_unreadable_at=Now(),
+            key_unreadable_by=by[:100],
+        )
+        return started
+
+    @classmethod
+    def note_key_readable(cls, pks: Iterable[int]) -> int:
+        """A follower read these apps' keys: a mark is over (free when there is none)."""
+        return cls.objects.filter(pk__in=list(pks), key_unreadable_at__isnull=False).update(
+            key_unreadable_since=None, key_unreadable_at=None, key_unreadable_by=""
+        )
 
     @property
     def api_key_fingerprint(self) -> str | None:
@@ -522,6 +596,8 @@ class DifyApp(models.Model):
         # A failed connection test was of the old settings, and so was a contact failure.
         self._clear_test_failure()
         self._clear_contact_failure()
+        # A follower that could not read the old key is asked to read the new one at once.
+        DifyApp.note_key_readable([self.pk])
         if self._clear_refusal(DifyApp.objects.filter(pk=self.pk)):
             AuditEntry.record(
                 "app_accepted", self, actor=actor, actor_label=actor_label, source="new settings"
@@ -2555,6 +2631,14 @@ _FORM_DISPLAY_FIELDS = (
 KEY_RECHECK_SECONDS = 60.0
 
 
+def _secrets_readable(form: Form) -> None:
+    """DecryptionError, naming the app (and the form), when this process cannot decrypt the
+    secrets a delivery of the form's decision needs: its app's API key, its token."""
+    app = form.run.app
+    app.readable_api_key()
+    readable(form.form_token, of=f"form {form.pk} of the app {app.label}")
+
+
 class Decision(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
@@ -2925,8 +3009,7 @@ class Decision(models.Model):
             try:
                 rows: list[Decision] = list(batch.filter(pk__in=due))
                 for row in rows:
-                    readable(row.form.run.app.api_key)
-                    readable(row.form.form_token)
+                    _secrets_readable(row.form)
             except DecryptionError:
                 # A form token or API key this process has no key for (a rotation half done):
                 # that decision waits, the rest of the batch goes.
@@ -2999,8 +3082,7 @@ class Decision(models.Model):
             try:
                 found = list(batch.filter(pk=pk))
                 for row in found:
-                    readable(row.form.run.app.api_key)
-                    readable(row.form.form_token)
+                    _secrets_readable(row.form)
                 rows.extend(found)
             except DecryptionError as exc:
                 cls._wait_for_key(pk, exc, db_now)
@@ -3067,8 +3149,7 @@ class Decision(models.Model):
                 decision.maybe_applied or not form.is_expired
             ):
                 try:
-                    readable(form.run.app.api_key)
-                    readable(form.form_token)
+                    _secrets_readable(form)
                 except DecryptionError as exc:
                     # As the pump does (`_readable`): not an attempt, nothing sent.
                     cls._wait_for_key(pk, exc, now)

@@ -281,7 +281,17 @@ def _watch_run(client: DifyClient, decision: Decision) -> Iterator[EventStream |
     try:
         stream = client.stream_events(run.workflow_run_id, user=run.dify_user)
     except DifyError as exc:
-        logger.info("decision %s: not watching the run: %s", decision.pk, exc)
+        # Dify away or busy: the submit that follows, to the same server, says so in its own
+        # line (`_retry_or_fail`), naming the app and server; not said twice per attempt.
+        app = run.app
+        logger.log(
+            logging.DEBUG if _outage(exc) else logging.INFO,
+            "decision %s: not watching the run (app %s at %s): %s",
+            decision.pk,
+            app.label,
+            app.server,
+            exc,
+        )
         yield None
         return
     try:
@@ -753,11 +763,14 @@ def _retry_or_fail(
     Decision.schedule_retry(
         decision.pk, error=text, delay=delay, ambiguous=ambiguous, unreachable=unreachable
     )
+    app = decision.form.run.app
     logger.info(
-        "decision %s: attempt %d failed (%s), retry in %.2fs",
+        "decision %s: attempt %d failed (%s), app %s at %s, retry in %.2fs",
         decision.pk,
         decision.attempts,
         text,
+        app.label,
+        app.server,
         delay,
     )
     return "retry"

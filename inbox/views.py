@@ -2164,6 +2164,15 @@ def healthz(request: HttpRequest) -> HttpResponse:
                         "pk",
                         filter=Q(refused_at__isnull=False, refusal_code__in=sorted(KIND_REFUSALS)),
                     ),
+                    # A running follower cannot decrypt the app's key: its runs wait for one
+                    # that can (not counted as waiting for a follower, above).
+                    follower_keys=Count("pk", filter=DifyApp.key_unreadable_q()),
+                )
+                # The apps whose key this process cannot decrypt (started without the key
+                # another process stored it with): what it would do with them fails.
+                dify["keys_here"] = sum(
+                    app.api_key_sealed
+                    for app in DifyApp.objects.filter(is_active=True).only("pk", "api_key")
                 )
         except DatabaseError as exc:
             details.append(f"database: {_one_line(exc)}")
@@ -2204,6 +2213,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
     if dify.get("mode_mismatch"):
         degraded.append(
             f"dify: {dify['mode_mismatch']} app(s) set up with another mode than Dify's"
+        )
+    if dify.get("keys_here"):
+        degraded.append(
+            f"keys: {dify['keys_here']} app(s) with an API key this process cannot decrypt"
+        )
+    if dify.get("follower_keys"):
+        degraded.append(
+            f"keys: {dify['follower_keys']} app(s) with an API key a follower cannot decrypt"
         )
     if degraded:
         return JsonResponse({"status": "degraded", "problems": degraded})

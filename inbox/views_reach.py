@@ -584,6 +584,8 @@ def _dify_troubles() -> dict[str, Any]:
     server), the apps Dify answers with server errors (5xx), the apps whose event
     streams Dify fails, and the apps it refuses: their forms cannot arrive. Only active apps
     raise a banner; an inactive one (a server retired, say) is named apart, quietly."""
+    from inbox.follower import waiting_for_a_key
+
     troubled = list(
         DifyApp.objects.filter(Q(refused_at__isnull=False) | Q(contact_failed_at__isnull=False))
     )
@@ -631,6 +633,9 @@ def _dify_troubles() -> dict[str, Any]:
         "inactive_troubled": ", ".join(
             app.name for app in troubled if not app.is_active and not app.mode_mismatch
         ),
+        # Apps a running follower cannot decrypt the API key of, with their runs that wait:
+        # not Dify's doing, nor the follower missing (`unfollowed` leaves their runs out).
+        "key_unreadable_apps": waiting_for_a_key(),
     }
 
 

@@ -914,6 +914,8 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     # Dify did not answer the app's last calls (no connection, a 5xx): nothing of this run
     # reaches the inbox meanwhile.
     unreachable = run.app.contact_failed_at is not None and not run.is_finished and not refused
+    # A follower that cannot decrypt the app's API key lets its runs go: not Dify's doing.
+    key_unreadable = run.app.key_unreadable_now and not run.is_finished
     sent = list(run.message_files.all())
     by_input: dict[str, list[MessageFile]] = {}
     for sent_file in sent:
@@ -967,7 +969,13 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
             and not run.events_unavailable
             and not refused
             and not unreachable
+            and not key_unreadable
         ),
+        "key_unreadable": key_unreadable,
+        # Which follower, for staff (its host and process): the one to restart with the key.
+        "key_unreadable_by": run.app.key_unreadable_by
+        if key_unreadable and request.user.is_staff
+        else "",
         # Said for the app instead: Dify does not answer for it (`DifyApp.note_unreachable`).
         "unreachable": unreachable,
         "streams_failing": unreachable and run.app.streams_failing,
@@ -1003,6 +1011,8 @@ def live_digest(context: dict[str, Any]) -> str:
         context["refused"],
         context["unpublished"],
         context["out_of_touch"],
+        context["key_unreadable"],
+        context["key_unreadable_by"],
         context["unreachable"],
         context["streams_failing"],
         context["contact_detail"],

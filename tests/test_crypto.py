@@ -115,3 +115,21 @@ def test_tokens_of_closed_forms_no_key_opens_can_be_forgotten_so_rotation_comple
             "P",
             "F",
         }
+
+
+def test_an_unreadable_value_is_said_with_whose_it_is(db: None) -> None:
+    from inbox.crypto import DecryptionError, readable
+
+    with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
+        app = DifyApp.objects.create(name="refunds", base_url="http://dify/v1", api_key="secret-k")
+    app = DifyApp.objects.get(pk=app.pk)
+    with pytest.raises(DecryptionError) as raised:
+        app.readable_api_key()
+    assert str(raised.value) == (
+        f"DifyApp.api_key of the app 'refunds' (id {app.pk}) cannot be decrypted with "
+        "INBOX_ENCRYPTION_KEYS"
+    )
+    # Without a context, as before; a readable value is given back as it is.
+    with pytest.raises(DecryptionError, match="^DifyApp.api_key cannot be decrypted"):
+        readable(app.api_key)
+    assert readable("plain", of="anything") == "plain"

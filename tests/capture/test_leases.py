@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
+from django.conf import settings
 from django.db.models.functions import Now
+from django.test import override_settings
 from django.utils import timezone
 
 from inbox.follower import renew_leases, take_leases
@@ -79,20 +83,80 @@ def test_the_reconcile_on_a_fast_host_leaves_alone_a_run_a_follower_holds(run: R
     assert counts["checked"] == 0 and counts["errors"] == 0
 
 
-def test_runs_a_follower_cannot_read_are_given_back_at_once(run: Run) -> None:
-    from cryptography.fernet import Fernet
-    from django.test import override_settings
+def _under_new_key(app: DifyApp, new: str) -> None:
+    """The app's API key saved by a process whose first key is `new` (a web process restarted
+    for a rotation before the follower was): this process, with only the old key, cannot read it."""
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new, *settings.INBOX_ENCRYPTION_KEYS]):
+        app.save()
 
-    from inbox.crypto import DecryptionError
 
-    # A follower started with another key than the one the app's API key is under.
-    with override_settings(INBOX_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]):
-        with pytest.raises(DecryptionError):
-            take_leases("wrong-key", 10, 60)
+def test_one_app_whose_key_a_follower_cannot_read_does_not_keep_it_from_the_others(
+    run: Run,
+) -> None:
+    from inbox.follower import unfollowed
+
+    other_app = DifyApp.objects.create(
+        name="expenses", base_url="http://127.0.0.1:9/v1", api_key="app-key-456"
+    )
+    other = Run.objects.create(
+        app=other_app,
+        workflow_run_id="R-lease-2",
+        dify_user="inbox-run-2",
+        status=Run.Status.RUNNING,
+        follow_wanted=True,
+    )
+    # The unreadable app's run is the oldest: it leads every batch.
+    Run.objects.filter(pk=run.pk).update(updated_at=timezone.now() - dt.timedelta(minutes=10))
+    new_key = Fernet.generate_key().decode()
+    _under_new_key(run.app, new_key)
+    taken = take_leases("old-keys", 10, 60)
+    # The other app's run is followed; the unreadable one's is let go at once, for a follower
+    # that can read it, and its app marked with who cannot.
+    assert [claim.pk for claim in taken] == [other.pk]
+    assert list(taken.unreadable) == [run.app_id] and taken.unreadable[run.app_id][1] == 1
     run.refresh_from_db()
-    assert run.lease_expires_at is None
-    # Another follower takes it straight away, not a lease's time later.
-    assert [claim.pk for claim in take_leases("right-key", 10, 60)] == [run.pk]
+    assert run.lease_owner == "" and run.lease_expires_at is None and run.follow_wanted
+    app = DifyApp.objects.get(pk=run.app_id)
+    assert app.key_unreadable_now and app.key_unreadable_by == "old-keys"
+    assert app.key_unreadable_since is not None
+    assert not DifyApp.objects.get(pk=other_app.pk).key_unreadable_now
+    # Waiting for the key, it is not taken for a run no follower takes (one is running).
+    assert unfollowed()[0] == 0
+    # This follower leaves the app alone for a while...
+    skip = {run.app_id: app.updated_at}
+    assert take_leases("old-keys", 10, 60, skip) == []
+    # ... and a follower restarted with both keys takes the run, and the mark is over.
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new_key, *settings.INBOX_ENCRYPTION_KEYS]):
+        assert [claim.pk for claim in take_leases("both-keys", 10, 60)] == [run.pk]
+    assert not DifyApp.objects.get(pk=run.app_id).key_unreadable_now
+    assert DifyApp.objects.get(pk=run.app_id).key_unreadable_since is None
+
+
+def test_a_key_entered_again_is_read_at_once_by_the_follower_that_could_not(run: Run) -> None:
+    _under_new_key(run.app, Fernet.generate_key().decode())
+    taken = take_leases("old-keys", 10, 60)
+    assert taken == [] and list(taken.unreadable) == [run.app_id]
+    skip = {run.app_id: DifyApp.objects.get(pk=run.app_id).updated_at}
+    # The key entered again (with this process's key): the app saved, the skip is over.
+    app = DifyApp.objects.get(pk=run.app_id)
+    app.api_key = "app-key-again"
+    app.save()
+    app.settings_changed()
+    assert not DifyApp.objects.get(pk=run.app_id).key_unreadable_now
+    assert [claim.pk for claim in take_leases("old-keys", 10, 60, skip)] == [run.pk]
+
+
+def test_a_stale_mark_no_longer_hides_runs_no_follower_takes(run: Run) -> None:
+    """A follower that marked an app and stopped: after a while its runs count as waiting for
+    a follower again."""
+    from inbox.follower import unfollowed
+
+    _under_new_key(run.app, Fernet.generate_key().decode())
+    take_leases("old-keys", 10, 60)
+    Run.objects.filter(pk=run.pk).update(updated_at=timezone.now() - dt.timedelta(minutes=10))
+    assert unfollowed()[0] == 0
+    DifyApp.objects.filter(pk=run.app_id).update(key_unreadable_at=Now() - dt.timedelta(minutes=3))
+    assert unfollowed()[0] == 1
 
 
 def test_a_database_that_stays_down_is_tried_less_and_less_often_and_logged_briefly(
@@ -113,3 +177,27 @@ def test_a_database_that_stays_down_is_tried_less_and_less_often_and_logged_brie
     with_traceback = [r for r in caplog.records if r.exc_info]
     assert len(with_traceback) == 1 and len(caplog.records) == 8
     assert caplog.records[-1].getMessage().endswith("ConnectionError: connection refused")
+
+
+def test_the_reconcile_asks_about_the_other_apps_runs_past_an_unreadable_key(
+    simulator: Any, sim_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.capture.conftest import start
+
+    stuck_app, other_app = sim_app("refund-approval"), sim_app("content-publish")
+    stuck, other = start(simulator, stuck_app), start(simulator, other_app)
+    # Both given up on by the follower, the unreadable one first in the reconcile's order.
+    Run.objects.filter(pk__in=[stuck.pk, other.pk]).update(
+        follow_wanted=False, needs_reconcile=True
+    )
+    _under_new_key(stuck_app, Fernet.generate_key().decode())
+    with caplog.at_level("INFO", logger="inbox.tasks"):
+        counts = reconcile_runs()
+    assert counts["followed"] == 1 and counts["errors"] == 1
+    assert Run.objects.get(pk=other.pk).follow_wanted
+    assert not Run.objects.get(pk=stuck.pk).follow_wanted
+    # Said naming the app.
+    assert any(
+        "'refund-approval'" in r.getMessage() and "cannot be decrypted" in r.getMessage()
+        for r in caplog.records
+    )

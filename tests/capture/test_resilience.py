@@ -275,9 +275,9 @@ def test_a_dead_followers_lease_is_taken_over_when_it_expires(
     real_take = follower_module.take_leases
     tries: list[str] = []
 
-    def counted_take(owner: str, limit: int, seconds: float) -> list[Any]:
+    def counted_take(owner: str, *args: Any) -> list[Any]:
         tries.append(owner)
-        return real_take(owner, limit, seconds)
+        return real_take(owner, *args)
 
     monkeypatch.setattr(follower_module, "take_leases", counted_take)
     other = FollowerThread("second").start()
@@ -292,6 +292,90 @@ def test_a_dead_followers_lease_is_taken_over_when_it_expires(
         run = no_stream_left(run)
     finally:
         other.stop()
+
+
+def test_an_app_whose_key_the_follower_cannot_read_leaves_the_other_apps_followed(
+    simulator: Any,
+    sim_app: Any,
+    follower: FollowerThread,
+    client: Any,
+    admin_user: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A rotation half done: the web process has the new key first, the follower only the old
+    one. The app whose API key was saved under the new key waits, and says why; every other
+    app's runs are followed; it is followed as soon as its key can be read."""
+    from cryptography.fernet import Fernet
+    from django.conf import settings
+
+    from inbox.follower import KEY_RETRY_SECONDS
+    from tests.capture.test_api import bearer
+
+    follower.stop()
+    refunds, publish = sim_app("refund-approval"), sim_app("content-publish")
+    new_key = Fernet.generate_key().decode()
+    with override_settings(INBOX_ENCRYPTION_KEYS=[new_key, *settings.INBOX_ENCRYPTION_KEYS]):
+        # The web process saves the key under the new key, and starts a run of each app.
+        refunds.save()
+        stuck = start(simulator, refunds)
+        followed = start(simulator, publish)
+    # The stuck run leads every batch of runs to take.
+    Run.objects.filter(pk=stuck.pk).update(updated_at=timezone.now() - dt.timedelta(minutes=5))
+    with caplog.at_level(logging.INFO, logger="inbox.follower"):
+        old_keys = FollowerThread("old-keys").start()
+        try:
+            # The other app's run is followed: its form arrives.
+            (form,) = pending(followed)
+            assert form.run_id == followed.pk
+            app = wait_until(
+                lambda: DifyApp.objects.filter(
+                    pk=refunds.pk, key_unreadable_since__isnull=False
+                ).first(),
+                timeout=15,
+            )
+            assert app.key_unreadable_by == "old-keys"
+            stuck.refresh_from_db()
+            assert stuck.follow_wanted and not stuck.lease_owner and stuck.forms.count() == 0
+            # Let go, it is not taken again at every poll (0.05 s here), only after a while.
+            time.sleep(1.0)
+            assert KEY_RETRY_SECONDS > 1.0
+            said = [r for r in caplog.records if f"(id {refunds.pk})" in r.getMessage()]
+            assert len(said) == 1, [r.getMessage() for r in said]
+            (line,) = said
+            assert line.levelno == logging.WARNING and line.exc_info is None
+            message = line.getMessage()
+            assert f"'refund-approval' (id {refunds.pk})" in message
+            assert "cannot be decrypted with this process's INBOX_ENCRYPTION_KEYS" in message
+            assert "\n" not in message
+            assert not [r for r in caplog.records if r.exc_info]
+            # The run, its API and the pages say why, and no follower is blamed.
+            client.force_login(admin_user)
+            api = bearer(admin_user)
+            body = client.get(f"/api/v1/runs/{stuck.public_id}", **api).json()
+            assert body["dify"]["following"] == "key_unreadable"
+            assert body["dify"]["state"] == "ok"
+            page = client.get(f"/runs/{stuck.public_id}/").content.decode()
+            assert "The follower old-keys cannot decrypt this app's API key" in page
+            dashboard = client.get("/dashboard/").content.decode()
+            assert "The follower old-keys cannot decrypt the API key of refund-approval" in (
+                dashboard
+            )
+            assert "check that the follower process" not in dashboard
+            health = client.get("/healthz").json()
+            assert health["status"] == "degraded"
+            assert "keys: 1 app(s) with an API key a follower cannot decrypt" in health["problems"]
+            # The key entered again: followed at once, not after the retry's wait.
+            refunds.refresh_from_db()
+            refunds.api_key = simulator.api_key("refund-approval")
+            refunds.save()
+            refunds.settings_changed()
+            (stuck_form,) = pending(stuck, timeout=KEY_RETRY_SECONDS / 2)
+            assert stuck_form.node_id == "manager_approval"
+            assert not DifyApp.objects.get(pk=refunds.pk).key_unreadable_now
+            body = client.get(f"/api/v1/runs/{stuck.public_id}", **api).json()
+            assert body["dify"]["following"] == "ok"
+        finally:
+            old_keys.stop()
 
 
 def test_a_run_dify_will_not_show_is_followed_through_its_run_detail(

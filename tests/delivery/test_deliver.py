@@ -724,3 +724,27 @@ def test_a_decision_dify_refuses_for_good_tells_its_maker_once(
     assert notify.send_failure_notice(decision.pk) == 0
     assert notify.send_due_emails(timezone.now() + dt.timedelta(minutes=5))["failures"] == 0
     assert len(mail.outbox) == 1
+
+
+def test_a_failed_attempt_is_one_line_naming_the_app_and_its_server(
+    app: DifyApp,
+    dify: ScriptedDify,
+    decide: Callable[..., Decision],
+    django_capture_on_commit_callbacks: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Dify's gateway has nothing behind it: the run's events and the submit both answer 503.
+    dify.on("GET", "/workflow/", error(503, "", "no healthy upstream"))
+    dify.on("POST", SUBMIT, error(503, "", "no healthy upstream"))
+    form = make_form(app)
+    decision = decide(form)
+    with caplog.at_level("INFO", logger="inbox.tasks"):
+        assert _retry(decision, django_capture_on_commit_callbacks) == "retry"
+    assert dify.requests("GET", "/workflow/")  # the watch was tried
+    lines = [r.getMessage() for r in caplog.records if f"decision {decision.pk}:" in r.getMessage()]
+    # One line for the attempt (not a "not watching the run" line before it), saying which
+    # app and which Dify, with no secret.
+    (line,) = lines
+    assert line.startswith(f"decision {decision.pk}: attempt 1 failed (503")
+    assert f"app 'refunds' (id {app.pk}) at http://127.0.0.1:{dify.port}" in line
+    assert form.form_token not in line and "app-key-123" not in line

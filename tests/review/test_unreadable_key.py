@@ -97,7 +97,7 @@ def test_the_pages_open_and_the_admin_takes_the_key_again(
 
 
 def test_a_decision_waits_for_a_readable_key_and_goes_once_it_is_entered_again(
-    dropped_key: DifyApp, form: Form
+    dropped_key: DifyApp, form: Form, caplog: pytest.LogCaptureFixture
 ) -> None:
     from inbox.models import Decision
 
@@ -105,8 +105,15 @@ def test_a_decision_waits_for_a_readable_key_and_goes_once_it_is_entered_again(
     decision = Decision.objects.create(
         form=form, action_id="approve", next_attempt_at=timezone.now()
     )
-    claimed, _others, _drained = Decision.claim_due(10)
+    with caplog.at_level("ERROR", logger="inbox.models"):
+        claimed, _others, _drained = Decision.claim_due(10)
     assert claimed == []
+    # The log line names the app whose key cannot be read, never the key.
+    (line,) = [
+        r.getMessage() for r in caplog.records if f"decision {decision.pk}:" in r.getMessage()
+    ]
+    assert f"of the app {dropped_key.name!r} (id {dropped_key.pk}) cannot be decrypted" in line
+    assert "app-under-a-lost-key" not in line
     decision.refresh_from_db()
     assert decision.status == "queued" and decision.attempts == 0
     assert "lacks the key that encrypted it" in decision.last_error
@@ -121,7 +128,7 @@ def test_a_decision_waits_for_a_readable_key_and_goes_once_it_is_entered_again(
 
 
 def test_a_form_token_no_key_opens_leaves_its_pages_open_and_is_never_sent(
-    client: Client, admin_user: User, form: Form
+    client: Client, admin_user: User, form: Form, caplog: pytest.LogCaptureFixture
 ) -> None:
     from inbox.dify.errors import FormTokenUnreadable
     from inbox.models import Decision
@@ -146,7 +153,15 @@ def test_a_form_token_no_key_opens_leaves_its_pages_open_and_is_never_sent(
     decision = Decision.objects.create(
         form=form, action_id="approve", next_attempt_at=timezone.now()
     )
-    claimed, _others, _drained = Decision.claim_due(10)
+    with caplog.at_level("ERROR", logger="inbox.models"):
+        claimed, _others, _drained = Decision.claim_due(10)
     assert claimed == []
+    # The log line names the form and its app, never the token.
+    (line,) = [
+        r.getMessage() for r in caplog.records if f"decision {decision.pk}:" in r.getMessage()
+    ]
+    app = form.run.app
+    assert f"Form.form_token of form {form.pk} of the app {app.name!r} (id {app.pk})" in line
+    assert "token-under-a-lost-key" not in line
     decision.refresh_from_db()
     assert decision.status == "queued" and "lacks the key" in decision.last_error
