@@ -34,10 +34,12 @@ from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext, ngettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
 
+from inbox import timefmt
 from inbox.app_check import (
     DIFY_KINDS,
     UNUSABLE_MODES,
@@ -79,9 +81,31 @@ from inbox.reasons import sentence_gap, tightened, worded
 
 
 def to_the_second(value: Any) -> str:
-    """A time as the audit list shows it, to the second and with its zone: a decision's or a
-    run's time can be ordered against the entries of the trail."""
-    return formats.date_format(timezone.localtime(value), "Y-m-d H:i:s T")
+    """A time as the audit list shows it, to the second, with its offset from UTC and its zone
+    named in full (`timefmt.to_the_second`): a decision's or a run's time can be ordered against
+    the entries of the trail, and read alike by an administrator anywhere."""
+    return timefmt.to_the_second(value)
+
+
+def _time_displays(owner: Any, model: Any, names: Any) -> dict[str, str]:
+    """For each of `names` that is a time field of `model`, a display on `owner` showing it to
+    the second (`<name>_to_the_second`); returns {field name: display name}."""
+    timed = {f.name: f for f in model._meta.concrete_fields if isinstance(f, DateTimeField)}
+    shown: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str) or name not in timed:
+            continue
+        field = timed[name]
+
+        def show(obj: Any, name: str = name) -> str:
+            value = getattr(obj, name, None)
+            # A display's None would read "None": Django shows a callable's value as is.
+            return to_the_second(value) if value is not None else owner.get_empty_value_display()
+
+        display = f"{name}_to_the_second"
+        setattr(owner, display, admin.display(description=field.verbose_name, ordering=name)(show))
+        shown[name] = display
+    return shown
 
 
 class JsonValuesSearchAdmin(admin.ModelAdmin):
@@ -109,9 +133,9 @@ class JsonValuesSearchAdmin(admin.ModelAdmin):
         return found, may_have_duplicates
 
 
-class ToTheSecondAdmin(admin.ModelAdmin):
-    """A record's detail page shows its times to the second, as the audit trail does, rather
-    than Django's minutes: each time field is shown through a display of its own."""
+class ToTheSecondListAdmin(admin.ModelAdmin):
+    """A list's time columns to the second, with their offset and zone, as the audit list shows
+    its entries' (`to_the_second`), rather than Django's minutes in no named zone."""
 
     @staticmethod
     def _shown_as(name: str) -> str:
@@ -119,17 +143,19 @@ class ToTheSecondAdmin(admin.ModelAdmin):
 
     def __init__(self, model: Any, admin_site: Any) -> None:
         super().__init__(model, admin_site)
-        self._timed = {
-            f.name: f for f in model._meta.concrete_fields if isinstance(f, DateTimeField)
-        }
-        for name, field in self._timed.items():
+        self._timed = _time_displays(self, model, [f.name for f in model._meta.concrete_fields])
 
-            def show(obj: Any, name: str = name) -> str:
-                value = getattr(obj, name)
-                # A display's None would read "None": Django shows a callable's value as is.
-                return to_the_second(value) if value is not None else self.get_empty_value_display()
+    def get_list_display(self, request: HttpRequest) -> Any:
+        return [
+            self._shown_as(name) if isinstance(name, str) and name in self._timed else name
+            for name in super().get_list_display(request)
+        ]
 
-            setattr(self, self._shown_as(name), admin.display(description=field.verbose_name)(show))
+
+class ToTheSecondAdmin(ToTheSecondListAdmin):
+    """A record's page and list show its times to the second, with their offset and zone, as the
+    audit trail does: each time field is shown through a display of its own (read-only: a time
+    is the record's, not an administrator's to set)."""
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         shown: set[str] = set()
@@ -155,6 +181,21 @@ class ToTheSecondAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [*super().get_readonly_fields(request, obj), *map(self._shown_as, self._timed)]
+
+
+class ToTheSecondInline(admin.options.InlineModelAdmin):  # type: ignore[type-arg]
+    """An inline's times (its `fields`, shown read-only) to the second, as `ToTheSecondAdmin`."""
+
+    def __init__(self, parent_model: Any, admin_site: Any) -> None:
+        super().__init__(parent_model, admin_site)
+        self._shown = _time_displays(self, self.model, list(self.fields or ()))
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields: list[Any] = list(super().get_fields(request, obj))
+        return [self._shown.get(name, name) if isinstance(name, str) else name for name in fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [self._shown.get(name, name) for name in super().get_readonly_fields(request, obj)]
 
 
 class DifyAppAdminForm(forms.ModelForm):
@@ -370,7 +411,7 @@ class AuditedAdmin(RefusedDeletionAdmin):
 
 
 @admin.register(DifyApp)
-class DifyAppAdmin(AuditedAdmin):
+class DifyAppAdmin(ToTheSecondListAdmin, AuditedAdmin):
     audit_name = "app"
     form = DifyAppAdminForm
     list_display = [
@@ -964,7 +1005,7 @@ class RecordAdmin(admin.ModelAdmin):
         return False
 
 
-class FormInline(admin.TabularInline):
+class FormInline(ToTheSecondInline, admin.TabularInline):
     model = Form
     fields = ("node_title", "status", "expiration_time", "created_at")
     readonly_fields = ("node_title", "status", "expiration_time", "created_at")
@@ -981,6 +1022,13 @@ def _account(user: Any, username: str) -> str | None:
     if username:
         return str(_("%(username)s (account deleted)") % {"username": username})
     return None
+
+
+def _audit_link(public_id: Any) -> str:
+    """A link to the audit list searched by a record's public id: every entry about it (a form's
+    and a decision's entries carry their run's and form's ids too, `AuditEntry.build`)."""
+    url = reverse("admin:inbox_auditentry_changelist") + "?" + urlencode({"q": str(public_id)})
+    return format_html('<a href="{}">{}</a>', url, _("Audit entries"))
 
 
 class MessageFileInline(admin.TabularInline):
@@ -1047,7 +1095,7 @@ class RunAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, Recor
         "started_by_username",
     ]
     list_select_related = ["app", "started_by"]
-    readonly_fields = ["following", "starter"]
+    readonly_fields = ["following", "starter", "trail"]
     fieldsets = [
         (
             None,
@@ -1055,6 +1103,7 @@ class RunAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, Recor
                 "fields": [
                     "app",
                     "status",
+                    "trail",
                     "workflow_run_id",
                     "dify_user",
                     "source",
@@ -1096,6 +1145,24 @@ class RunAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, Recor
     def starter(self, obj: Run) -> str | None:
         return _account(obj.started_by, obj.started_by_username)
 
+    @admin.display(description=_("records"))
+    def trail(self, obj: Run) -> str:
+        """Its forms, their decisions and every entry of the trail about any of them, each a
+        list searched by the run's public id."""
+        if obj.pk is None:
+            return self.get_empty_value_display()
+        query = urlencode({"q": str(obj.public_id)})
+        forms_url = reverse("admin:inbox_form_changelist") + "?" + query
+        decisions_url = reverse("admin:inbox_decision_changelist") + "?" + query
+        return format_html(
+            '<a href="{}">{}</a> · <a href="{}">{}</a> · {}',
+            forms_url,
+            _("Forms"),
+            decisions_url,
+            _("Decisions"),
+            _audit_link(obj.public_id),
+        )
+
     @admin.display(description=_("following"))
     def following(self, obj: Run) -> str:
         """Who reads the run's events, or why nobody does: what an operator asks first about a
@@ -1120,9 +1187,7 @@ class RunAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, Recor
                 max(obj.give_ups, 1),
             ) % {"count": max(obj.give_ups, 1)}
             if obj.refollow_after and obj.refollow_after > timezone.now():
-                when = formats.date_format(
-                    timezone.localtime(obj.refollow_after), "DATETIME_FORMAT"
-                )
+                when = to_the_second(obj.refollow_after)
                 # Not a sentence ending on the time: "6:47 a.m." would end in "a.m..".
                 return (
                     text
@@ -1240,7 +1305,7 @@ class RunAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, Recor
         return None
 
 
-class FormRecipientInline(admin.TabularInline):
+class FormRecipientInline(ToTheSecondInline, admin.TabularInline):
     model = FormRecipient
     fields = (
         "email",
@@ -1341,12 +1406,15 @@ class AskedFilter(admin.SimpleListFilter):
         return queryset
 
 
+# Shown on a form's page after its status: its decisions and a link to its trail.
+TRAIL_FIELDS = ("decisions_made", "trail")
+
 # How many of the forms a bulk action would act on its page names; the rest are counted.
 REASSIGN_PREVIEW = 20
 
 
 @admin.register(Form)
-class FormAdmin(PeopleSearchAdmin, RecordAdmin):
+class FormAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
     person_fields = ("claimed_by", "assigned_users")
     list_display = [
         "node_title",
@@ -1398,9 +1466,40 @@ class FormAdmin(PeopleSearchAdmin, RecordAdmin):
         "route",
         "routed_at",
         "assignees",
+        "decisions_made",
+        "trail",
     ]
     date_hierarchy = "created_at"
     inlines = [FormRecipientInline]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Its decisions and its trail first, beside its status: what an auditor follows on.
+        fields = [f for f in super().get_fields(request, obj) if f not in TRAIL_FIELDS]
+        at = fields.index("status") + 1 if "status" in fields else 0
+        return [*fields[:at], *TRAIL_FIELDS, *fields[at:]]
+
+    @admin.display(description=_("decisions"))
+    def decisions_made(self, obj: Form) -> str:
+        """Each decision made on the form (a failed one given back leaves the next), a link to
+        its page, with who made it and when."""
+        if obj.pk is None:
+            return self.get_empty_value_display()
+        made = list(obj.decisions.select_related("reviewer").order_by("created_at", "pk"))
+        if not made:
+            return str(_("None yet."))
+        rows = []
+        for decision in made:
+            decision.form = obj
+            url = reverse("admin:inbox_decision_change", args=[decision.pk])
+            rows.append(
+                (url, str(decision), decision.decider_label, to_the_second(decision.created_at))
+            )
+        return format_html_join(mark_safe("<br>"), '<a href="{}">{}</a> — {}, {}', rows)
+
+    @admin.display(description=_("audit trail"))
+    def trail(self, obj: Form) -> str:
+        return _audit_link(obj.public_id) if obj.pk is not None else self.get_empty_value_display()
+
     actions = ["reassign", "resend_email"]
 
     def get_queryset(self, request: HttpRequest) -> Any:
@@ -1852,8 +1951,19 @@ class DecisionAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, 
         "held_for_app",
         "total_attempts",
         "chosen_action",
+        "trail",
     ]
     actions = ["retry_delivery", "reopen_form"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Its trail right after its form (a link to the form's page): where an auditor goes on.
+        fields = [f for f in super().get_fields(request, obj) if f != "trail"]
+        at = fields.index("form") + 1 if "form" in fields else 0
+        return [*fields[:at], "trail", *fields[at:]]
+
+    @admin.display(description=_("audit trail"))
+    def trail(self, obj: Decision) -> str:
+        return _audit_link(obj.public_id) if obj.pk is not None else self.get_empty_value_display()
 
     @admin.display(description=_("action"), ordering="action_id")
     def chosen_action(self, obj: Decision) -> str:
@@ -1923,7 +2033,7 @@ class DecisionAdmin(PeopleSearchAdmin, JsonValuesSearchAdmin, ToTheSecondAdmin, 
 
 
 @admin.register(Upload)
-class UploadAdmin(PeopleSearchAdmin, RecordAdmin):
+class UploadAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
     person_fields = ("uploaded_by",)
     list_display = [
         "name",
@@ -1959,7 +2069,7 @@ class UploadAdmin(PeopleSearchAdmin, RecordAdmin):
 
 
 @admin.register(MessageFile)
-class MessageFileAdmin(PeopleSearchAdmin, RecordAdmin):
+class MessageFileAdmin(PeopleSearchAdmin, ToTheSecondAdmin, RecordAdmin):
     """Files uploaded to Dify to go with a chatflow's message or in a run's file start input
     (`input_name`), as uploads are shown: never edited or added here (Dify keeps the file
     whatever the record says)."""
@@ -2034,7 +2144,7 @@ class MessageFileAdmin(PeopleSearchAdmin, RecordAdmin):
 
 
 @admin.register(RunEvent)
-class RunEventAdmin(RecordAdmin):
+class RunEventAdmin(ToTheSecondAdmin, RecordAdmin):
     list_display = ["event", "run", "received_at"]
     list_filter = ["event"]
     search_fields = ["run__workflow_run_id", "event"]
@@ -2194,7 +2304,7 @@ class AuditEntryAdmin(RecordAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(PeopleSearchAdmin):
+class ApiTokenAdmin(PeopleSearchAdmin, ToTheSecondAdmin):
     person_fields = ("user",)
     list_display = ["prefix", "owner", "name", "created_at", "last_used_at", "revoked_at"]
     list_select_related = ["user"]
@@ -2234,7 +2344,7 @@ class ApiTokenAdmin(PeopleSearchAdmin):
 
 
 @admin.register(ReviewerProfile)
-class ReviewerProfileAdmin(PeopleSearchAdmin):
+class ReviewerProfileAdmin(PeopleSearchAdmin, ToTheSecondAdmin):
     """Each reviewer's language and their browser's time zone: their pages open in that
     language in every browser once it is chosen, and their emails are sent in it, with times in
     that zone. A language set here is their choice, as one made with the language switch."""
@@ -2588,6 +2698,7 @@ class UserAdmin(  # type: ignore[type-arg]
     RefusedDeletionAdmin,
     DelegatedAccessAdmin,
     TranslatedPermissionsAdmin,
+    ToTheSecondAdmin,
     auth_admin.UserAdmin,
 ):
     delegated_fields = ("groups", "user_permissions")

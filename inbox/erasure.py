@@ -30,6 +30,7 @@ from inbox.models import (
     Upload,
     UploadTally,
 )
+from inbox.signals import UNRECORDED_RENAME
 
 # A decision whose delivery, or its maker's failure notice, still needs the guest's address.
 _IN_FLIGHT = Q(status__in=[Decision.Status.QUEUED, Decision.Status.DELIVERING]) | Q(
@@ -190,6 +191,23 @@ def _update_in_batches(rows: Any, **values: Any) -> int:
         after = pks[-1]
 
 
+def _former_names(user: Any) -> set[str]:
+    """The usernames, addresses and names the trail says `user` had (lowercased)."""
+    found: set[str] = set()
+    entries = AuditEntry.objects.filter(
+        object_type="user", object_id=str(user.pk), verb__in=["user_created", "user_changed"]
+    ).values_list("details", flat=True)
+    for details in entries:
+        if not isinstance(details, dict):
+            continue
+        for key in ("username", "email", "name"):
+            value = details.get(key)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and item.strip():
+                    found.add(item.strip().lower())
+    return found
+
+
 def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
     """Deactivate the account, revoke its API tokens, blank its name, address, password and last
     sign-in, and rename it `former-<id>`; the names its records keep (decisions, uploads, message
@@ -213,6 +231,9 @@ def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
     full_name = user.get_full_name().strip()
     if full_name:
         names.add(full_name.lower())
+    # The names and addresses it had before (`user_created`, `user_changed`): the trail keeps
+    # them, and they were the person's as much as the current ones.
+    names |= _former_names(user)
     counts: dict[str, int] = {}
     with transaction.atomic():
         user.is_active = False
@@ -271,6 +292,8 @@ def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
     with transaction.atomic():
         user.username = pseudonym
         user.first_name = user.last_name = user.email = ""
+        # Recorded below as `user_anonymised`, not as a change from the name it replaces.
+        setattr(user, UNRECORDED_RENAME, True)
         user.save()
         # A token's entries show it as "<prefix>… (<owner>)".
         for token in ApiToken.objects.filter(user=user):

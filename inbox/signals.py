@@ -7,7 +7,9 @@ group leaves the routes that asked it and the waiting forms assigned to it, and 
 its holds: all in the trail too.
 
 Who may do what is in the audit trail, with the administrator who changed it: a user's access
-flags, groups and permissions, and a group's permissions.
+flags, groups and permissions, and a group's permissions. So is who an account is: made
+(`user_created`), its username, email or name changed (`user_changed`, before and after), and a
+group made or renamed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,25 @@ _MEMBERS = "_inbox_members_before"
 # What a reviewer may do follows from these: each change of them is in the trail.
 _ACCESS = ("is_active", "is_staff", "is_superuser")
 _ACCESS_BEFORE = "_inbox_access_before"
+
+# Who an account is: its address decides where its form links and password links go, so a
+# change of it (or of its name) is in the trail, with what it was and what it became.
+_IDENTITY = ("username", "email", "first_name", "last_name")
+# Set on an account being anonymised (`erasure.anonymise_user`): its renaming is recorded as
+# `user_anonymised`, never with the name it replaced.
+UNRECORDED_RENAME = "_inbox_unrecorded_rename"
+_GROUP_NAME_BEFORE = "_inbox_group_name_before"
+
+
+def identity(values: dict[str, Any]) -> dict[str, str]:
+    """An account's username, email and full name as the trail keeps them ("name": first and
+    last, as `get_full_name` joins them)."""
+    name = f"{values.get('first_name') or ''} {values.get('last_name') or ''}".strip()
+    return {
+        "username": values.get("username") or "",
+        "email": values.get("email") or "",
+        "name": name,
+    }
 
 
 def _release_after_commit(user_ids: set[int]) -> None:
@@ -121,16 +142,27 @@ def _permission_name(permission: Permission) -> str:
 
 
 def _user_saving(sender: Any, instance: Any, update_fields: Any, **kwargs: Any) -> None:
-    if instance.pk is None or (update_fields is not None and not set(update_fields) & {*_ACCESS}):
+    watched = {*_ACCESS, *_IDENTITY}
+    if instance.pk is None or (update_fields is not None and not set(update_fields) & watched):
         return
-    before = sender.objects.filter(pk=instance.pk).values(*_ACCESS).first()
+    before = sender.objects.filter(pk=instance.pk).values(*_ACCESS, *_IDENTITY).first()
     setattr(instance, _ACCESS_BEFORE, before)
 
 
 def _user_saved(
     sender: Any, instance: Any, created: bool, update_fields: Any, **kwargs: Any
 ) -> None:
-    if created or (update_fields is not None and set(update_fields) <= {"last_login"}):
+    if created:
+        # Made in the admin, by `createsuperuser` or in a shell: by whom, and who it is.
+        AuditEntry.record(
+            "user_created",
+            instance,
+            actor=current_actor(),
+            **identity({name: getattr(instance, name) for name in _IDENTITY}),
+            **{name: getattr(instance, name) for name in _ACCESS if getattr(instance, name)},
+        )
+        return
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
         return
     before = getattr(instance, _ACCESS_BEFORE, None) or {}
     changed: dict[str, Any] = {
@@ -141,6 +173,14 @@ def _user_saved(
     if changed:
         # Deactivated, made staff or not, made superuser or not: by whom, in the trail.
         AuditEntry.record("user_access_changed", instance, actor=current_actor(), **changed)
+    if before and not getattr(instance, UNRECORDED_RENAME, False):
+        was = identity(before)
+        now = identity({name: getattr(instance, name) for name in _IDENTITY})
+        renamed: dict[str, Any] = {key: [was[key], now[key]] for key in now if was[key] != now[key]}
+        if renamed:
+            # Its address (where its links go) or its name, before and after: an address
+            # changed to take over someone's links is reconstructed from here.
+            AuditEntry.record("user_changed", instance, actor=current_actor(), **renamed)
     if not instance.is_active or not instance.is_staff:
         _release_after_commit({instance.pk})
 
@@ -248,6 +288,25 @@ def _group_deleted(sender: Any, instance: Group, **kwargs: Any) -> None:
     _release_after_commit(members)
 
 
+def _group_saving(sender: Any, instance: Group, **kwargs: Any) -> None:
+    if instance.pk is not None:
+        before = Group.objects.filter(pk=instance.pk).values_list("name", flat=True).first()
+        setattr(instance, _GROUP_NAME_BEFORE, before)
+
+
+def _group_saved(sender: Any, instance: Group, created: bool, **kwargs: Any) -> None:
+    """A group made or renamed: in the trail, by whom (a group's name is how routes and forms
+    name who they ask)."""
+    if created:
+        AuditEntry.record("group_created", instance, actor=current_actor(), name=instance.name)
+        return
+    before = getattr(instance, _GROUP_NAME_BEFORE, None)
+    if before is not None and before != instance.name:
+        AuditEntry.record(
+            "group_renamed", instance, actor=current_actor(), name=[before, instance.name]
+        )
+
+
 def signed_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     """A reviewer who chose their language (or whose administrator chose it) signs in: the inbox
     opens in it, whatever this browser asks for or kept from before
@@ -271,5 +330,7 @@ def connect() -> None:
     pre_save.connect(_user_saving, sender=user_model, dispatch_uid="inbox-user-saving")
     post_save.connect(_user_saved, sender=user_model, dispatch_uid="inbox-user-saved")
     pre_delete.connect(_user_deleting, sender=user_model, dispatch_uid="inbox-user-deleting")
+    pre_save.connect(_group_saving, sender=Group, dispatch_uid="inbox-group-saving")
+    post_save.connect(_group_saved, sender=Group, dispatch_uid="inbox-group-saved")
     pre_delete.connect(_group_deleting, sender=Group, dispatch_uid="inbox-group-deleting")
     post_delete.connect(_group_deleted, sender=Group, dispatch_uid="inbox-group-deleted")

@@ -86,6 +86,20 @@ def absolute(value: dt.datetime) -> str:
     return f"{formats.date_format(local, 'DATETIME_FORMAT')} {timezone.get_current_timezone_name()}"
 
 
+def to_the_second(value: dt.datetime) -> str:
+    """A time as the admin and its audit trail show it: to the second, with its offset from UTC
+    and the zone named in full ("2026-12-08 05:49:01 +08:00 (Asia/Shanghai)"), as
+    `absolute` names it. An abbreviation ("CST") names several zones (China's, the US
+    Central's); an offset and a zone's full name, one."""
+    local = timezone.localtime(value)
+    offset = local.utcoffset() or dt.timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    hours, minutes = divmod(abs(minutes), 60)
+    zone = timezone.get_current_timezone_name()
+    return f"{local:%Y-%m-%d %H:%M:%S} {sign}{hours:02d}:{minutes:02d} ({zone})"
+
+
 def is_urgent(value: dt.datetime | None, now: dt.datetime | None = None) -> bool:
     """The last hour before a form expires: the list and the page turn it red."""
     if value is None:

@@ -75,6 +75,7 @@ from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
     KIND_REFUSALS,
     SETUP_REFUSALS,
+    AuditEntry,
     Decision,
     DifyApp,
     Form,
@@ -2070,7 +2071,34 @@ def form_page(request: HtmxHttpRequest, public_id: uuid.UUID) -> HttpResponse:
             form__public_id=public_id, user_id=cast(int, request.user.pk)
         ).exists()
         return render(request, "inbox/form_not_found.html", {"taken_off": taken_off}, status=404)
+    _note_opened(request, form)
     return form_page_response(request, form, _reviewer(request, form))
+
+
+# Forms whose opening by the signed-in reviewer the trail has (`form_opened`): this session's
+# later views of them ask nothing of the database.
+SESSION_OPENED_FORMS = "inbox_opened_forms"
+# How many the session keeps: one opened longer ago is looked up in the trail again.
+OPENED_FORMS_KEPT = 100
+
+
+def _note_opened(request: HtmxHttpRequest, form: Form) -> None:
+    """A reviewer's first opening of a form is in the trail (`form_opened`), as a guest's of
+    their link is (`guest_link_opened`): once per reviewer and form, not at each view or poll
+    (the page's polls are `form_live`)."""
+    key = str(form.pk)
+    opened = list(request.session.get(SESSION_OPENED_FORMS, []))
+    if key in opened:
+        return
+    before = AuditEntry.objects.filter(
+        verb="form_opened",
+        object_type="form",
+        object_id=key,
+        actor_id=request.user.pk,
+    ).exists()
+    if not before:
+        AuditEntry.record("form_opened", form, actor=request.user, status=form.status)
+    request.session[SESSION_OPENED_FORMS] = [*opened[-(OPENED_FORMS_KEPT - 1) :], key]
 
 
 @login_required

@@ -709,8 +709,8 @@ def test_the_admin_shows_the_trail_s_codes_by_their_labels_in_english_and_chines
         model = record._meta.model_name
         page = admin_client.get(f"/admin/inbox/{model}/{record.pk}/change/", **zh)
         assert page.status_code == 200
-        second = timezone.localtime(record.created_at).strftime("%Y-%m-%d %H:%M:%S %Z")
-        assert second in page.content.decode(), model
+        second = timezone.localtime(record.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        assert f"{second} +00:00 (UTC)" in page.content.decode(), model
 
 
 # --- Two Dify servers in one inbox: apps that share a server and key, searches by server ---
@@ -944,3 +944,114 @@ def test_an_app_dify_answers_403_for_is_said_to_be_perhaps_gone_with_how_to_clos
     _refused(dify_app)
     page = client.get("/admin/inbox/difyapp/").content.decode()
     assert "disabled or deleted" not in page
+
+
+# --- Times in one unambiguous form: to the second, with the UTC offset and the zone's name ---
+
+
+def test_every_admin_page_and_list_shows_its_times_to_the_second_with_offset_and_zone(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    from inbox.models import ApiToken, FormRecipient, MessageFile, ReviewerProfile, RunEvent
+
+    records = _records(dify_app, admin_user)
+    form, run, decision = records["form"], records["run"], records["decision"]
+    moment = dt.datetime(2026, 12, 7, 21, 49, 1, tzinfo=dt.UTC)  # 05:49:01 next day in Shanghai
+    Form.objects.filter(pk=form.pk).update(
+        expiration_time=moment, decided_at=moment, checked_at=moment, created_at=moment
+    )
+    FormRecipient.objects.create(
+        form=form, email="g@example.net", sent_at=moment, link_opened_at=moment
+    )
+    Run.objects.filter(pk=run.pk).update(created_at=moment)
+    Decision.objects.filter(pk=decision.pk).update(created_at=moment)
+    upload = _upload(form, name="scan.png")
+    type(upload).objects.filter(pk=upload.pk).update(created_at=moment)
+    sent = MessageFile.objects.create(
+        app=dify_app, dify_user="u", upload_file_id="mf-1", name="b.png", size=3
+    )
+    MessageFile.objects.filter(pk=sent.pk).update(created_at=moment)
+    token, _raw = ApiToken.issue(admin_user, "laptop")
+    ApiToken.objects.filter(pk=token.pk).update(created_at=moment, last_used_at=moment)
+    event = RunEvent.objects.create(run=run, event="ping")
+    RunEvent.objects.filter(pk=event.pk).update(received_at=moment)
+    profile = ReviewerProfile.objects.create(user=admin_user, list_seen_at=moment)
+    User.objects.filter(pk=admin_user.pk).update(date_joined=moment)
+    AuditEntry.objects.all().update(created_at=moment)
+    entry = AuditEntry.record("form_reopened", form, actor=admin_user)
+    AuditEntry.objects.filter(pk=entry.pk).update(created_at=moment)
+    client.force_login(admin_user)
+    client.cookies["tz"] = "Asia/Shanghai"
+    said = "2026-12-08 05:49:01 +08:00 (Asia/Shanghai)"
+    pages = {
+        "form": f"/admin/inbox/form/{form.pk}/change/",
+        "form list": "/admin/inbox/form/",
+        "run": f"/admin/inbox/run/{run.pk}/change/",
+        "run list": "/admin/inbox/run/",
+        "decision": f"/admin/inbox/decision/{decision.pk}/change/",
+        "decision list": "/admin/inbox/decision/",
+        "upload": f"/admin/inbox/upload/{upload.pk}/change/",
+        "message file": f"/admin/inbox/messagefile/{sent.pk}/change/",
+        "api token": f"/admin/inbox/apitoken/{token.pk}/change/",
+        "api token list": "/admin/inbox/apitoken/",
+        "run event": f"/admin/inbox/runevent/{event.pk}/change/",
+        "run event list": "/admin/inbox/runevent/",
+        "profile": f"/admin/inbox/reviewerprofile/{profile.pk}/change/",
+        "user": f"/admin/auth/user/{admin_user.pk}/change/",
+        "audit entry": f"/admin/inbox/auditentry/{entry.pk}/change/",
+        "audit list": "/admin/inbox/auditentry/",
+    }
+    for name, url in pages.items():
+        page = client.get(url)
+        assert page.status_code == 200, name
+        body = page.content.decode()
+        assert said in body, name
+        # Never an abbreviation shared by several zones, nor Django's minutes without a zone.
+        assert "CST" not in body and "a.m." not in body, name
+    # The form's page: each of its times, and its recipients' (the inline).
+    body = client.get(pages["form"]).content.decode()
+    assert body.count(said) >= 6
+    # A list still sorts by a time column.
+    listed = client.get("/admin/inbox/form/", {"o": "-7"})
+    assert listed.status_code == 200
+
+
+# --- From a form, a decision and a run to their trail ---
+
+
+def test_a_form_s_page_links_its_decisions_and_trail_a_decision_s_and_a_run_s_theirs(
+    admin_client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    records = _records(dify_app, admin_user)
+    form, run, decision = records["form"], records["run"], records["decision"]
+    AuditEntry.record("form_reopened", form, actor=admin_user)
+    AuditEntry.record("decision_failed", decision, actor=admin_user)
+    AuditEntry.record("note", run)
+
+    def trail_of(public_id: Any) -> str:
+        return f'href="/admin/inbox/auditentry/?q={public_id}"'
+
+    body = admin_client.get(f"/admin/inbox/form/{form.pk}/change/").content.decode()
+    assert f'href="/admin/inbox/decision/{decision.pk}/change/"' in body
+    assert str(decision.public_id) in body
+    assert trail_of(form.public_id) in body
+    body = admin_client.get(f"/admin/inbox/decision/{decision.pk}/change/").content.decode()
+    assert f'href="/admin/inbox/form/{form.pk}/change/"' in body
+    assert trail_of(decision.public_id) in body
+    body = admin_client.get(f"/admin/inbox/run/{run.pk}/change/").content.decode()
+    assert trail_of(run.public_id) in body
+    assert f'href="/admin/inbox/form/?q={run.public_id}"' in body
+    assert f'href="/admin/inbox/decision/?q={run.public_id}"' in body
+    # Each link finds what it says: the form's search finds its own entries and its decision's.
+    listed = admin_client.get("/admin/inbox/auditentry/", {"q": str(form.public_id)})
+    verbs = {e.verb for e in listed.context["cl"].result_list}
+    assert {"form_reopened", "decision_failed"} <= verbs and "note" not in verbs
+    listed = admin_client.get("/admin/inbox/decision/", {"q": str(run.public_id)})
+    assert list(listed.context["cl"].result_list) == [decision]
+    listed = admin_client.get("/admin/inbox/form/", {"q": str(run.public_id)})
+    assert list(listed.context["cl"].result_list) == [form]
+    # In Chinese too.
+    body = admin_client.get(
+        f"/admin/inbox/form/{form.pk}/change/", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert f"{trail_of(form.public_id)}>审计记录</a>" in body

@@ -454,3 +454,39 @@ def test_erase_person_scrubs_the_address_from_the_admin_change_log(
     entry = LogEntry.objects.get(change_message__icontains=pseudonym)
     assert f"Added email recipient “{pseudonym}”." in entry.get_change_message()
     assert scan(guest) == []
+
+
+def test_an_account_s_former_addresses_and_names_in_the_trail_are_erased_with_it(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    """`user_created` and `user_changed` keep who an account was, before and after: anonymising
+    it replaces all of them, not only its present name and address; erasing an address an
+    account once had replaces it in those entries too."""
+    nina = User.objects.create_user("nina.old", "nina.old@example.org", first_name="Nina")
+    nina.username, nina.email, nina.last_name = "nina.new", "nina.new@example.org", "Novak"
+    nina.save()
+    changed = AuditEntry.objects.get(verb="user_changed", object_id=str(nina.pk))
+    assert changed.details["email"] == ["nina.old@example.org", "nina.new@example.org"]
+    assert changed.details["name"] == ["Nina", "Nina Novak"]
+    made = AuditEntry.objects.get(verb="user_created", object_id=str(nina.pk))
+    assert made.details["username"] == "nina.old"
+    # Another account's address, changed: erased by `erase_person`, as a guest's would be.
+    omar = User.objects.create_user("omar", "omar.private@example.net")
+    omar.email = "omar@example.com"
+    omar.save()
+
+    client.force_login(admin_user)
+    data = {"action": "anonymise", "_selected_action": [str(nina.pk)], "confirm": "yes"}
+    client.post("/admin/auth/user/", data)
+    nina.refresh_from_db()
+    assert nina.username == f"former-{nina.pk}"
+    assert scan("nina.old", "nina.new", "Novak", "Nina") == []
+    # Its renaming is recorded once, as the anonymisation, never as a change from its name.
+    assert AuditEntry.objects.filter(verb="user_changed", object_id=str(nina.pk)).count() == 1
+    assert AuditEntry.objects.filter(verb="user_anonymised").count() == 1
+
+    call_command("erase_person", email="omar.private@example.net", stdout=StringIO())
+    assert scan("omar.private") == []
+    entry = AuditEntry.objects.get(verb="user_changed", object_id=str(omar.pk))
+    before, after = entry.details["email"]
+    assert before.startswith("erased-") and after == "omar@example.com"

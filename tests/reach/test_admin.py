@@ -699,7 +699,7 @@ def test_the_trail_is_found_by_the_ids_pages_and_the_api_show(
     ).content.decode()
     assert "form_claimed" in listed and "form_released" in listed
     # To the second, with the zone.
-    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", listed)
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+00:00 \(UTC\)", listed)
     released = AuditEntry.objects.get(verb="form_released")
     assert released.details["previous"] == "alice"
 

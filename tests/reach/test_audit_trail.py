@@ -15,7 +15,9 @@ import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from inbox import notify
 from inbox.models import ApiToken, AuditEntry, Decision, Form, FormRecipient
@@ -557,3 +559,118 @@ def test_every_verb_the_code_records_has_a_label_in_english_and_chinese() -> Non
         chinese = {verb: verb_label(verb) for verb in verbs}
     assert chinese["guest_link_refused"] != "guest_link_refused"
     assert [verb for verb in verbs if chinese[verb] == english[verb]] == []
+
+
+# --- who an account is: made, its address or name changed; groups made and renamed ---
+
+
+def test_an_account_made_and_its_address_and_name_changed_are_in_the_trail_with_by_whom(
+    admin_client: Client, admin_user: User
+) -> None:
+    added = admin_client.post(
+        "/admin/auth/user/add/",
+        {
+            "username": "carol",
+            "usable_password": "true",
+            "password1": "a-long-pass-phrase-9",
+            "password2": "a-long-pass-phrase-9",
+        },
+    )
+    assert added.status_code == 302, added.content.decode()[:3000]
+    carol = User.objects.get(username="carol")
+    made = AuditEntry.objects.get(verb="user_created", object_id=str(carol.pk))
+    assert made.actor == admin_user and made.actor_label == "admin"
+    assert (made.details["username"], made.details["email"]) == ("carol", "")
+
+    # The address her form links go to, and her name, set and then changed: each before → after.
+    data = user_change_data(
+        admin_client, carol, email="carol@example.com", first_name="Carol", last_name="Chen"
+    )
+    assert admin_client.post(f"/admin/auth/user/{carol.pk}/change/", data).status_code == 302
+    carol.refresh_from_db()
+    data = user_change_data(admin_client, carol, email="mallory@evil.example")
+    assert admin_client.post(f"/admin/auth/user/{carol.pk}/change/", data).status_code == 302
+    first, second = AuditEntry.objects.filter(verb="user_changed").order_by("id")
+    assert first.actor == admin_user and first.object_id == str(carol.pk)
+    assert first.details["email"] == ["", "carol@example.com"]
+    assert first.details["name"] == ["", "Carol Chen"]
+    assert second.details["email"] == ["carol@example.com", "mallory@evil.example"]
+    assert "name" not in second.details and "username" not in second.details
+    # The admin's list of entries says what happened, in English and Chinese.
+    english = admin_client.get("/admin/inbox/auditentry/").content.decode()
+    assert "Account created" in english and "Account&#x27;s address or name changed" in english
+    chinese = admin_client.get(
+        "/admin/inbox/auditentry/", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert "账户已创建" in chinese and "账户的地址或姓名已更改" in chinese
+
+
+def test_an_account_made_or_renamed_outside_the_admin_is_in_the_trail_too(db: None) -> None:
+    call_command("createsuperuser", interactive=False, username="root", email="root@example.com")
+    made = AuditEntry.objects.get(verb="user_created")
+    assert made.actor_label == "system"
+    assert made.details["email"] == "root@example.com" and made.details["is_superuser"] is True
+    root = User.objects.get(username="root")
+    root.username = "root2"
+    root.email = "ROOT@example.org"
+    root.save()
+    changed = AuditEntry.objects.get(verb="user_changed")
+    assert changed.details["username"] == ["root", "root2"]
+    assert changed.details["email"] == ["root@example.com", "ROOT@example.org"]
+    # Saving what did not change, or its last sign-in, records nothing.
+    root.save()
+    root.save(update_fields=["last_login"])
+    assert AuditEntry.objects.filter(verb="user_changed").count() == 1
+
+
+def test_a_group_made_and_renamed_is_in_the_trail_with_by_whom(
+    admin_client: Client, admin_user: User
+) -> None:
+    assert admin_client.post("/admin/auth/group/add/", {"name": "finance"}).status_code == 302
+    group = Group.objects.get(name="finance")
+    made = AuditEntry.objects.get(verb="group_created")
+    assert made.actor == admin_user and made.object_id == str(group.pk)
+    assert made.details["name"] == "finance"
+    saved = admin_client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "finance-eu"})
+    assert saved.status_code == 302
+    renamed = AuditEntry.objects.get(verb="group_renamed")
+    assert renamed.actor == admin_user and renamed.details["name"] == ["finance", "finance-eu"]
+    Group.objects.filter(pk=group.pk).get().save()  # unchanged: nothing more
+    assert AuditEntry.objects.filter(verb="group_renamed").count() == 1
+
+
+# --- a reviewer opening a form ---
+
+
+def test_a_reviewer_s_first_opening_of_a_form_is_in_the_trail_once(
+    routed_form: Form, reviewer: User, admin_user: User
+) -> None:
+    browser = Client()
+    browser.force_login(reviewer)
+    page = f"/forms/{routed_form.public_id}/"
+    assert browser.get(page).status_code == 200
+    (opened,) = AuditEntry.objects.filter(verb="form_opened")
+    assert opened.actor == reviewer and opened.object_id == str(routed_form.pk)
+    assert opened.details["public_id"] == str(routed_form.public_id)
+    assert opened.details["via"] == "page"
+    # Opened again, and its live part polled: nothing more written, nor asked of the trail.
+    with CaptureQueriesContext(connection) as second:
+        assert browser.get(page).status_code == 200
+    with CaptureQueriesContext(connection) as third:
+        assert browser.get(page).status_code == 200
+    assert browser.get(f"{page}live").status_code == 200
+    assert len(second) == len(third)
+    assert not any("inbox_auditentry" in q["sql"] for q in second.captured_queries)
+    # In another browser: the trail has it already.
+    elsewhere = Client()
+    elsewhere.force_login(reviewer)
+    assert elsewhere.get(page).status_code == 200
+    assert AuditEntry.objects.filter(verb="form_opened").count() == 1
+    # Another reviewer's first opening is theirs.
+    admin_browser = Client()
+    admin_browser.force_login(admin_user)
+    assert admin_browser.get(page).status_code == 200
+    assert [e.actor for e in AuditEntry.objects.filter(verb="form_opened").order_by("id")] == [
+        reviewer,
+        admin_user,
+    ]
