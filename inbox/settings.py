@@ -37,7 +37,9 @@ if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is set")
 # Earlier keys, comma-separated, still accepted after SECRET_KEY changes: links already emailed
 # and sessions signed with them keep working while they last. Sign with the new key, keep the
-# old one here until the longest link has lapsed (INBOX_LINK_MAX_AGE_SECONDS), then drop it.
+# old one here until nothing signed with it is still good: a link to a form with an expiry lasts
+# until that expiry, however far off, so INBOX_LINK_MAX_AGE_SECONDS alone can be too short;
+# `manage.py secret_key_fallbacks` says until when.
 SECRET_KEY_FALLBACKS = [
     k.strip() for k in env_str("SECRET_KEY_FALLBACKS", "").split(",") if k.strip()
 ]

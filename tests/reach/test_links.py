@@ -4,6 +4,7 @@ single-use, and rate limited. A link that opens nothing shows why and nothing of
 from __future__ import annotations
 
 import datetime as dt
+import html
 from typing import Any
 from unittest import mock
 
@@ -151,6 +152,43 @@ def test_links_emailed_before_the_secret_key_changed_open_while_the_old_key_is_a
     assert notify.check_link(token).state == "invalid"
     settings.SECRET_KEY_FALLBACKS = ["the-key-the-email-was-signed-with-" + "o" * 20]
     assert client.get(link).status_code == 200
+
+
+INVALID = "This link is not valid."
+OPEN_AGAIN = "Open it again from the email, in full."
+ASK_AGAIN = (
+    "If it still does not open, it may no longer be accepted: ask the person who runs the "
+    "workflow to send you a new link."
+)
+
+
+@pytest.mark.parametrize(
+    ("language", "words"),
+    [
+        ("en", (INVALID, OPEN_AGAIN, ASK_AGAIN)),
+        (
+            "zh-hans",
+            (
+                "此链接无效。",
+                "请从邮件中重新完整地打开它。",
+                "如果仍然打不开，此链接可能已不再有效：请让工作流的负责人给您发送一个新链接。",  # noqa: RUF001
+            ),
+        ),
+    ],
+)
+def test_a_link_signed_with_a_key_since_dropped_says_opening_it_again_may_not_do(
+    client: Client, guest_recipient: FormRecipient, settings: Any, language: str, words: tuple
+) -> None:
+    # Opened again in full, a link signed with a key no longer kept (SECRET_KEY changed without
+    # SECRET_KEY_FALLBACKS) still does not open: the page says who can send a new one.
+    settings.SECRET_KEY = "the-key-the-email-was-signed-with-" + "o" * 20
+    link = notify.link_path(notify.link_token(guest_recipient))
+    settings.SECRET_KEY = "the-key-of-today-" + "n" * 40
+    page = client.get(link, HTTP_ACCEPT_LANGUAGE=language)
+    assert page.status_code == 404
+    body = html.unescape(page.content.decode())
+    assert all(said in body for said in words), body
+    assert FORM_TEXT not in body
 
 
 def test_a_deleted_recipient_link_is_invalid(
