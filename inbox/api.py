@@ -1112,14 +1112,16 @@ def _dify_json(run: Any) -> dict[str, Any]:
 
     `state`: `ok`; `unreachable` (Dify did not answer the app's last calls: no connection, no
     answer in time, a 5xx; `reason` `streams_failing` when it was the run's event streams,
-    else `not_reachable`); or `refused` (Dify refuses the app: `reason` `app_not_found` when it
+    else `not_reachable`); `refused` (Dify refuses the app: `reason` `app_not_found` when it
     answers 404 for the app as a whole, else `refused`, with Dify's HTTP status; a mode set up
-    here that Dify's does not match refuses only starts, and is `ok` here). `since`: when
-    that began. `following`: `given_up` while the follower has given up on the run's events
-    for now (its next try at `next_try`, when known), `key_unreadable` while a running follower
-    cannot decrypt the app's API key with its INBOX_ENCRYPTION_KEYS (the run waits for a
-    follower that can), else `ok`; `ended` once the run has ended. While the app is not `ok`,
-    no new form of the run arrives and decisions wait."""
+    here that Dify's does not match refuses only starts, and is `ok` here); or `unpublished`
+    (Dify says the app is not available, `reason` `app_unavailable`: it may have no published
+    workflow, so no run of it can start, while the run's forms arrive and decisions on them
+    go). `since`: when that began. `following`: `given_up` while the follower has given up on
+    the run's events for now (its next try at `next_try`, when known), `key_unreadable` while a
+    running follower cannot decrypt the app's API key with its INBOX_ENCRYPTION_KEYS (the run
+    waits for a follower that can), else `ok`; `ended` once the run has ended. While the app is
+    `unreachable` or `refused`, no new form of the run arrives and decisions wait."""
     app = run.app
     body = _app_health_json(app)
     given_up = bool(run.give_ups) and not run.is_finished and not run.events_unavailable
@@ -1138,8 +1140,10 @@ def _app_health_json(app: DifyApp, *, starts: bool = False) -> dict[str, Any]:
     """What the inbox has on record of its touch with Dify for `app` (`_dify_json`'s `state`,
     `since`, `reason`, `dify_status`). `starts`: said of starting runs (the apps' list), where
     a mode set up here that Dify's does not match is `refused` too (`reason` `mode_mismatch`),
-    and a key this process cannot read is `refused` (`reason` `api_key_unreadable`, nothing
-    asked of Dify)."""
+    as are a key this process cannot read (`reason` `api_key_unreadable`, nothing asked of
+    Dify) and an app whose last connection test found a plain chat, completion or agent app
+    (`reason` `app_unusable`: no Human Input node)."""
+    from inbox.app_check import unusable_mode
     from inbox.models import APP_NOT_FOUND_REFUSAL
 
     if starts and app.api_key_sealed:
@@ -1148,6 +1152,17 @@ def _app_health_json(app: DifyApp, *, starts: bool = False) -> dict[str, Any]:
             "since": None,
             "reason": "api_key_unreadable",
             "dify_status": None,
+        }
+    if starts and unusable_mode(app):
+        return {"state": "refused", "since": None, "reason": "app_unusable", "dify_status": None}
+    if app.unpublished:
+        # Only starts need a published workflow: the runs' events, forms and submits go on.
+        # (Said `refused`, `reason` `refused`, before: the README's API notes say so.)
+        return {
+            "state": "unpublished",
+            "since": _iso(app.refused_at),
+            "reason": "app_unavailable",
+            "dify_status": app.refusal_status,
         }
     if app.refused_at is not None and (starts or not app.mode_mismatch):
         # (A mode set up here that Dify's does not match refuses only starts: the run's forms,
@@ -1610,10 +1625,16 @@ def _start_input_json(spec: Any, limits: dict[str, int]) -> dict[str, Any]:
 @api_view(["GET"])
 def apps_list(request: HttpRequest) -> HttpResponse:
     """`GET /api/v1/apps`: the active apps, as the Apps page lists them, by name."""
+    from inbox.app_check import last_tested_mode
     from inbox.models import Run
 
     may_start = Run.objects.may_start(request.user)
-    apps = DifyApp.objects.filter(is_active=True).order_by("name")
+    # With the kind of app its last connection test found (an unusable one is not `usable`).
+    apps = (
+        DifyApp.objects.filter(is_active=True)
+        .annotate(tested_mode=last_tested_mode())
+        .order_by("name")
+    )
     return JsonResponse(
         {"may_start": may_start, "results": [_app_json(request, a, may_start) for a in apps]}
     )
@@ -1624,6 +1645,7 @@ def app_detail(request: HttpRequest, name: str) -> HttpResponse:
     """`GET /api/v1/apps/{name}`: the app, with its start inputs as the "Start a run" page builds
     them from Dify's `GET /parameters` (the same parameters, kept for a minute), and for a
     chatflow the message (`query`) and the files it may carry."""
+    from inbox.app_check import unusable_mode
     from inbox.dify.files import limits_from_parameters
     from inbox.models import Run
     from inbox.runs import StartRunForm
@@ -1637,6 +1659,11 @@ def app_detail(request: HttpRequest, name: str) -> HttpResponse:
     if not Run.objects.may_start(request.user):
         # As the "Start a run" page: its inputs are for those who may start runs.
         raise ApiError(403, "forbidden", gettext("You may not start or ingest runs."))
+    if unusable_mode(app):
+        # As the "Start a run" page: nothing to start, and Dify is not asked.
+        body = _app_json(request, app, True)
+        body.update({"startable": False, "inputs": [], "query": None, "message_files": None})
+        return JsonResponse(body)
     # Dify away, busy or refusing: said as for a start (`502`, `429`, `503`), never a 500; a
     # refusal of the app is recorded as the page records it (the list's `dify` then says it).
     parameters = _start_parameters(app)
@@ -1679,6 +1706,7 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     )
     key = _submission_key(request, body)
     app = _active_app(body)
+    _refuse_unusable(app)
     inputs = body.get("inputs", {})
     if not isinstance(inputs, dict):
         raise _param_error(
@@ -1747,6 +1775,25 @@ def runs_create(request: HttpRequest) -> HttpResponse:
     except StartFailed as exc:
         raise ApiError.of(exc) from None
     return JsonResponse(_run_json(request, run), status=201)
+
+
+def _refuse_unusable(app: DifyApp) -> None:
+    """`409` `app_unusable` for an app whose last connection test found a plain chat,
+    completion or agent app (as the Apps page marks it): no Human Input node, so nothing of it
+    is started here, and Dify is not asked."""
+    from inbox.app_check import unusable_mode
+
+    if mode := unusable_mode(app):
+        raise ApiError(
+            409,
+            "app_unusable",
+            gettext(
+                "%(app)s cannot be used here: Dify says it is a “%(mode)s” app. Such apps have "
+                "no Human Input node, so no run of it can be started or decided here."
+            )
+            % {"app": app.name, "mode": mode},
+            details={"dify_mode": mode},
+        )
 
 
 def _start_parameters(app: DifyApp, *, fresh: bool = False) -> dict[str, Any]:

@@ -309,6 +309,28 @@ def last_tested_mode() -> Subquery:
     )
 
 
+def unusable_mode(app: DifyApp) -> str:
+    """The kind of app Dify named at `app`'s last connection test when that is one the inbox
+    cannot use (`UNUSABLE_MODES`: a plain chat, completion or agent app, with no Human Input
+    node), else "". Read from `tested_mode` when the app was annotated with
+    `last_tested_mode()` (the lists), else asked of the trail."""
+    if hasattr(app, "tested_mode"):
+        mode = app.tested_mode
+    else:
+        mode = (
+            AuditEntry.objects.filter(
+                object_type="difyapp",
+                object_id=str(app.pk),
+                verb="app_connection_tested",
+                details__result__in=["connected", "unusable"],
+            )
+            .order_by("-created_at", "-id")
+            .values_list("details__mode", flat=True)
+            .first()
+        )
+    return mode if isinstance(mode, str) and mode in UNUSABLE_MODES else ""
+
+
 def unusable_warning(app: DifyApp, mode: Any) -> str | None:
     """Whether the `mode` Dify's /info names is a kind of app the inbox cannot use (a plain
     chat, completion or agent app): what to say, or None."""

@@ -481,6 +481,7 @@ class UploadSizeMiddleware:
     @staticmethod
     def _cap_for(request: HttpRequest, view_name: str, kwargs: dict[str, Any]) -> None:
         from inbox import notify
+        from inbox.app_check import unusable_mode
         from inbox.dify.errors import DifyError
         from inbox.forms import input_specs
         from inbox.models import DifyApp, Form, Run
@@ -493,6 +494,10 @@ class UploadSizeMiddleware:
             app = None
             if "app_id" in kwargs:
                 app = DifyApp.objects.filter(pk=kwargs["app_id"], is_active=True).first()
+                if app is not None and unusable_mode(app):
+                    # A plain chat, completion or agent app: nothing of it starts here (its
+                    # start page says so), so no file is kept and Dify is not asked.
+                    app = None
             else:
                 run = Run.objects.filter(public_id=kwargs["public_id"]).first()
                 app = run.app if run is not None else None

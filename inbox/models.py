@@ -907,6 +907,14 @@ class Run(models.Model):
         """`error` in the active language, as a page shows it (Dify's own words as they are)."""
         return translated(self.error, self.error_parts)
 
+    @property
+    def error_detail(self) -> str:
+        """Dify's own words for an `error` said in the inbox's words instead (a start refused
+        as the app has nothing published), for staff: "" otherwise."""
+        parts = self.error_parts if isinstance(self.error_parts, dict) else {}
+        detail = parts.get("detail") if parts.get("message") else None
+        return detail if isinstance(detail, str) else ""
+
     def gone_from_dify(self, *, source: str) -> int:
         """Dify no longer knows this run (its detail is a 404 to a key it accepts): it was
         deleted there, or Dify's data was reset. The run ends as failed, saying so, and its

@@ -45,7 +45,7 @@ from inbox.dify.errors import (
 )
 from inbox.dify.types import FormDefinition, HumanInputFields, RunDetail, StreamEvent
 from inbox.forms import PageTextField
-from inbox.models import AuditEntry, Decision, DifyApp, Form, Run
+from inbox.models import UNPUBLISHED_REFUSAL, AuditEntry, Decision, DifyApp, Form, Run
 from inbox.reasons import Reason, Refused, labelled, sentence_gap, stored, translated, worded
 
 logger = logging.getLogger(__name__)
@@ -832,6 +832,16 @@ CONVERSATION_NOT_FOUND = Reason(
     )
 )
 
+# A start Dify refused as the app has nothing published (`app_unavailable`), as the start page
+# says it: Dify's words ("App unavailable, please check your app configurations.") say nothing
+# of what to do, and are kept beside it for staff (`Run.error_detail`).
+UNPUBLISHED_START = Reason(
+    gettext_noop(
+        "Dify did not start the run: Dify says this app is not available: it may have no "
+        "published workflow. Runs of it can start once an administrator publishes it in Dify."
+    )
+)
+
 
 def start_run(
     app: DifyApp,
@@ -957,7 +967,10 @@ def start_run(
                 dify_status=exc.status,
                 dify_code=exc.code or "",
             ) from None
-        _fail(run, exc.message or str(exc))
+        if exc.code == UNPUBLISHED_REFUSAL:
+            _fail(run, UNPUBLISHED_START, detail=exc.message or str(exc))
+        else:
+            _fail(run, exc.message or str(exc))
         # Dify's refusal of the inputs is the caller's to fix (400); its rate limit is the
         # caller's to wait out (429, with Dify's Retry-After); anything else (a wrong key, an
         # app not found or switched off, its model provider not set up, a server error) is the
@@ -1042,12 +1055,17 @@ def _said(reason: Reason) -> str:
     return translated(str(reason), reason.parts())
 
 
-def _fail(run: Run, reason: str, *, keep_key: bool = False) -> None:
+def _fail(run: Run, reason: str, *, keep_key: bool = False, detail: str = "") -> None:
     """The start failed, for `reason`: a `Reason` of the inbox's (stored in English with its
-    parts, read in each reader's language) or Dify's own words. Its submission key is released
+    parts, read in each reader's language) or Dify's own words. `detail`: Dify's words beside
+    a `Reason` said in their place, kept in the English text (the admin, the trail, the API)
+    and shown to staff on the run page (`Run.error_detail`). Its submission key is released
     (sent again, the start is tried again) unless Dify may have started the run anyway
     (`keep_key`): then sent again, it is told the same instead of starting a second run."""
     error, parts = stored(reason)
+    if detail and parts:
+        error = f"{error} (Dify: {detail})"
+        parts = {**parts, "detail": detail[:1000]}
     with transaction.atomic():
         Run.objects.filter(pk=run.pk).update(
             status=Run.Status.FAILED,

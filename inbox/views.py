@@ -75,6 +75,7 @@ from inbox.markdown import PLACEHOLDER, quick_excerpt, split_content
 from inbox.models import (
     KIND_REFUSALS,
     SETUP_REFUSALS,
+    UNPUBLISHED_REFUSAL,
     AuditEntry,
     Decision,
     DifyApp,
@@ -2185,7 +2186,13 @@ def healthz(request: HttpRequest) -> HttpResponse:
                     refused=Count(
                         "pk",
                         filter=Q(refused_at__isnull=False)
-                        & ~Q(refusal_code__in=sorted(KIND_REFUSALS)),
+                        & ~Q(refusal_code__in=sorted(SETUP_REFUSALS)),
+                    ),
+                    # Not refused either: nothing published, so no run of it can start, while
+                    # its runs' forms arrive and decisions on them go.
+                    unpublished=Count(
+                        "pk",
+                        filter=Q(refused_at__isnull=False, refusal_code=UNPUBLISHED_REFUSAL),
                     ),
                     # Not refused: Dify refuses only starts of the mode set up here.
                     mode_mismatch=Count(
@@ -2238,6 +2245,8 @@ def healthz(request: HttpRequest) -> HttpResponse:
         degraded.append(f"dify: {dify['unreachable']} app(s) not reachable")
     if dify.get("refused"):
         degraded.append(f"dify: {dify['refused']} app(s) refused")
+    if dify.get("unpublished"):
+        degraded.append(f"dify: {dify['unpublished']} app(s) not published (no run can start)")
     if dify.get("mode_mismatch"):
         degraded.append(
             f"dify: {dify['mode_mismatch']} app(s) set up with another mode than Dify's"

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from inbox import timefmt
-from inbox.app_check import UNUSABLE_MODES, last_tested_mode
+from inbox.app_check import last_tested_mode, unusable_mode
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import RUN_ID_START, UI_FILE_LIST_CAP, FileNames, small_int
 from inbox.models import KIND_REFUSALS, UNPUBLISHED_REFUSAL, DifyApp, Form, MessageFile, Run, Upload
@@ -110,7 +110,7 @@ def apps_list(request: HttpRequest) -> HttpResponse:
     # chat, completion or agent app: no Human Input node, so nothing of it can be started or
     # decided here, whatever the mode set up here ("" for any other).
     apps = [
-        (app, app.tested_mode if app.tested_mode in UNUSABLE_MODES else "")
+        (app, unusable_mode(app))
         for app in DifyApp.objects.filter(is_active=True)
         .annotate(tested_mode=last_tested_mode())
         .order_by("name")
@@ -128,6 +128,15 @@ def app_start(request: HttpRequest, app_id: int) -> HttpResponse:
     if not Run.objects.may_start(request.user):
         raise PermissionDenied(_("You may not start runs."))
     app = get_object_or_404(DifyApp, pk=app_id, is_active=True)
+    if mode := unusable_mode(app):
+        # A plain chat, completion or agent app by its last connection test (as /apps/ marks
+        # it): no Human Input node, so nothing to start here. Dify is not asked.
+        return render(
+            request,
+            "inbox/apps_start.html",
+            {"app": app, "form": None, "unusable_mode": mode},
+            status=409,
+        )
     try:
         parameters = app_parameters(app)
     except DifyError as exc:
@@ -984,6 +993,8 @@ def run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         if run.refollow_after and run.refollow_after > timezone.now()
         else None,
         "refusal_detail": run.app.refusal if request.user.is_staff else "",
+        # Dify's own words for an error said in the reader's language instead, for staff.
+        "error_detail": run.error_detail if request.user.is_staff else "",
         # The poll asks only for the part that changes, and stops once the run has ended.
         "live": not run.is_finished,
     }

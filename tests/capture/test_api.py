@@ -1518,6 +1518,116 @@ def test_an_app_that_cannot_start_runs_is_listed_as_not_usable(
     assert error(response)[:2] == (503, "api_key_unreadable")
 
 
+UNAVAILABLE = "App unavailable, please check your app configurations."
+
+
+def test_an_app_dify_calls_unavailable_is_unpublished_not_refused(
+    client: Client, paused_run: Run, reviewer: User, admin_client: Client
+) -> None:
+    from inbox.dify.errors import DifyStatusError
+
+    form = Form.objects.get()
+    app = paused_run.app
+    # Nothing published in Dify: only its starts are refused.
+    app.note_refused(DifyStatusError(400, "app_unavailable", UNAVAILABLE), "start")
+    app.refresh_from_db()
+    unpublished = {
+        "state": "unpublished",
+        "since": app.refused_at.isoformat(),
+        "reason": "app_unavailable",
+        "dify_status": 400,
+    }
+    for path in (f"/api/v1/runs/{paused_run.public_id}", f"/api/v1/forms/{form.public_id}"):
+        response = client.get(path, **bearer(reviewer))
+        assert response.json()["dify"] == {
+            **unpublished,
+            "following": "ok",
+            "next_try": None,
+        }
+        assert UNAVAILABLE not in response.content.decode()
+    # Its form is still answerable: its decision goes.
+    run = client.get(f"/api/v1/runs/{paused_run.public_id}", **bearer(reviewer)).json()
+    assert [f["answerable"] for f in run["forms"]] == [True]
+    # The apps' list: not usable for starts, and said the same.
+    rows = {r["name"]: r for r in client.get("/api/v1/apps", **bearer(reviewer)).json()["results"]}
+    assert (rows["refund-approval"]["usable"], rows["refund-approval"]["dify"]) == (
+        False,
+        unpublished,
+    )
+    # /healthz counts it apart from the refused apps.
+    problems = admin_client.get("/healthz").json()["problems"]
+    assert "dify: 1 app(s) not published (no run can start)" in problems
+    assert not [p for p in problems if "refused" in p], problems
+
+
+def test_an_app_whose_connection_test_found_a_chat_app_starts_nothing(
+    client: Client,
+    simulator: Any,
+    sim_app: Any,
+    refunds: DifyApp,
+    starters: Any,
+    reviewer: User,
+    admin_client: Client,
+) -> None:
+    faq = sim_app("faq-bot")  # a plain chat app in Dify, set up here as a workflow
+    # The administrator's connection test finds it is a chat app (recorded "unusable").
+    admin_client.post(
+        "/admin/inbox/difyapp/",
+        {"action": "test_connection", "_selected_action": [str(faq.pk)]},
+    )
+    asked = len(simulator.exchanges())
+    response = post(client, "/api/v1/runs", {"app": "faq-bot", "inputs": {}}, reviewer)
+    assert error(response) == (
+        409,
+        "app_unusable",
+        "faq-bot cannot be used here: Dify says it is a “chat” app. Such apps have no Human "
+        "Input node, so no run of it can be started or decided here.",
+    )
+    assert response.json()["error"]["details"] == {"dify_mode": "chat"}
+    response = client.post(
+        "/api/v1/runs",
+        json.dumps({"app": "faq-bot", "inputs": {}}),
+        content_type="application/json",
+        HTTP_ACCEPT_LANGUAGE="zh-hans",
+        **bearer(reviewer),
+    )
+    assert response.json()["error"]["code"] == "app_unusable"
+    assert "没有人工输入节点" in response.json()["error"]["message"]
+    # Nothing asked of Dify, nothing kept.
+    assert len(simulator.exchanges()) == asked and not Run.objects.exists()
+    # Listed as not usable, and its detail offers nothing to start, without asking Dify.
+    rows = {r["name"]: r for r in client.get("/api/v1/apps", **bearer(reviewer)).json()["results"]}
+    assert (rows["faq-bot"]["usable"], rows["faq-bot"]["dify"]) == (
+        False,
+        {"state": "refused", "since": None, "reason": "app_unusable", "dify_status": None},
+    )
+    assert rows["refund-approval"]["usable"] is True
+    body = client.get("/api/v1/apps/faq-bot", **bearer(reviewer)).json()
+    assert (body["usable"], body["startable"], body["inputs"]) == (False, False, [])
+    assert len(simulator.exchanges()) == asked
+    # The other app starts as before.
+    body = {"app": "refund-approval", "inputs": inputs(simulator)}
+    assert post(client, "/api/v1/runs", body, reviewer).status_code == 201
+
+
+def test_a_start_dify_refused_as_unpublished_keeps_both_words_in_its_error(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User
+) -> None:
+    simulator.add_fault(
+        "status", "workflows_run", status=400, code="app_unavailable", message=UNAVAILABLE
+    )
+    body = {"app": "refund-approval", "inputs": inputs(simulator)}
+    response = post(client, "/api/v1/runs", body, reviewer)
+    assert error(response)[:2] == (502, "dify_error")
+    run = client.get(f"/api/v1/runs/{Run.objects.get().public_id}", **bearer(reviewer)).json()
+    # In English, as the admin and the trail have it: the inbox's words, and Dify's.
+    assert run["error"] == (
+        "Dify did not start the run: Dify says this app is not available: it may have no "
+        f"published workflow. Runs of it can start once an administrator publishes it in Dify. "
+        f"(Dify: {UNAVAILABLE})"
+    )
+
+
 def test_an_app_s_start_inputs_are_those_the_start_page_builds(
     client: Client, simulator: Any, sim_app: Any, starters: Any, reviewer: User
 ) -> None:

@@ -142,6 +142,62 @@ def test_the_start_page_says_an_app_dify_calls_unavailable_is_to_be_published(
     assert UNAVAILABLE not in page
 
 
+def test_the_start_page_of_an_app_found_to_be_a_chat_app_offers_no_start(
+    client: Client,
+    simulator: Any,
+    sim_app: Any,
+    refunds: DifyApp,
+    reviewer: User,
+    admin_client: Client,
+) -> None:
+    faq = sim_app("faq-bot")  # a plain chat app in Dify, set up here as a workflow
+    admin_client.post(
+        "/admin/inbox/difyapp/",
+        {"action": "test_connection", "_selected_action": [str(faq.pk)]},
+    )
+    asked = len(simulator.exchanges())
+    # Opened directly (not offered on /apps/): said as /apps/ says it, with no form.
+    response = login(client, reviewer).get(f"/apps/{faq.pk}/start/")
+    assert response.status_code == 409
+    page = response.content.decode()
+    assert (
+        "This app cannot be used here: Dify says it is a “chat” app. Such apps have no Human "
+        "Input node, so no run of it can be started or decided here."
+    ) in page
+    assert 'class="start-form' not in page and "Start the run" not in page
+    page = client.get(f"/apps/{faq.pk}/start/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "此应用无法在此使用" in page and "没有人工输入节点" in page
+    # Sent anyway: nothing starts, nothing is asked of Dify.
+    response = client.post(f"/apps/{faq.pk}/start/", start_form_data(simulator))
+    assert response.status_code == 409 and not Run.objects.exists()
+    assert len(simulator.exchanges()) == asked
+    # Another app's page is as before.
+    assert client.get(f"/apps/{refunds.pk}/start/").status_code == 200
+
+
+def test_a_run_dify_refused_as_unpublished_says_so_in_the_reader_s_language(
+    client: Client, simulator: Any, refunds: DifyApp, reviewer: User, admin_user: User
+) -> None:
+    simulator.add_fault(
+        "status", "workflows_run", status=400, code="app_unavailable", message=UNAVAILABLE
+    )
+    login(client, reviewer).post(f"/apps/{refunds.pk}/start/", start_form_data(simulator))
+    run = Run.objects.get()
+    assert run.status == "failed"
+    said = (
+        "Dify did not start the run: Dify says this app is not available: it may have no "
+        "published workflow. Runs of it can start once an administrator publishes it in Dify."
+    )
+    page = client.get(f"/runs/{run.public_id}/").content.decode()
+    assert said in page and UNAVAILABLE not in page
+    page = client.get(f"/runs/{run.public_id}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "Dify 未启动该运行" in page and "Dify 表示此应用不可用" in page
+    assert UNAVAILABLE not in page and "not available" not in page
+    # Staff see Dify's own words beside it.
+    page = login(Client(), admin_user).get(f"/runs/{run.public_id}/").content.decode()
+    assert said in page and UNAVAILABLE in page
+
+
 def test_the_start_page_renders_dify_s_start_inputs(
     client: Client, refunds: DifyApp, reviewer: User
 ) -> None:
