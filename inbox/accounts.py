@@ -52,6 +52,7 @@ from django.utils.translation import ngettext
 from inbox import login, timefmt
 from inbox.middleware import client_ip
 from inbox.models import AuditEntry, ReviewerProfile, _not_queued
+from inbox.names import display_name
 from inbox.notify import automated_email
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def password_reset_email(
         context = {
             "user": user,
             "username": user.get_username(),
-            "name": user.get_full_name() or user.get_username(),
+            "name": display_name(user),
             "url": settings.INBOX_BASE_URL.rstrip("/") + path,
             "lasts": reset_lasts(),
             "by_admin": by_admin,

@@ -52,7 +52,7 @@ from inbox.app_check import (
     shared_key_warning,
     unusable_warning,
 )
-from inbox.audit_words import object_type_label, verb_label
+from inbox.audit_words import object_label, object_type_label, verb_label
 from inbox.dify.client import DifyClient
 from inbox.dify.errors import DifyError, DifyStatusError
 from inbox.forms import joined
@@ -2181,7 +2181,7 @@ class ObjectTypeFilter(LabelledValuesFilter):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(RecordAdmin):
-    list_display = ["when", "actor_label", "what", "object_kind", "object_repr"]
+    list_display = ["when", "actor_label", "what", "object_kind", "object_shown"]
     list_filter = [("verb", VerbFilter), ("object_type", ObjectTypeFilter)]
     # The details hold the public ids of forms, runs and decisions (`AuditEntry.build`).
     search_fields = ["actor_label", "verb", "object_repr", "object_id", "details"]
@@ -2246,6 +2246,11 @@ class AuditEntryAdmin(RecordAdmin):
     @admin.display(description=_("object type"), ordering="object_type")
     def object_kind(self, obj: AuditEntry) -> str:
         return object_type_label(obj.object_type)
+
+    @admin.display(description=_("object repr"), ordering="object_repr")
+    def object_shown(self, obj: AuditEntry) -> str:
+        # As written, whoever acted; a decision's status then in the reader's language.
+        return object_label(obj)
 
     date_hierarchy = "created_at"
     actions = ["export_csv"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.apps import apps
 from django.utils.text import capfirst
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 VERB_LABELS: dict[str, Any] = {
@@ -108,3 +109,22 @@ def object_type_label(object_type: str) -> str:
         if model._meta.model_name == object_type:
             return str(capfirst(model._meta.verbose_name))
     return object_type
+
+
+def object_label(entry: Any) -> str:
+    """What an entry calls its object (`AuditEntry.object_repr`, written the same whoever acted),
+    with what the trail keeps of it as a code in the reader's language: a decision's status
+    then ("Approve refund · 3f2a… (Queued)"). Entries written before the status was kept
+    apart name it in their text already, and are shown as written."""
+    from inbox.models import Decision
+    from inbox.reasons import worded
+
+    shown = str(entry.object_repr)
+    status = entry.details.get("status") if isinstance(entry.details, dict) else None
+    if shown and entry.object_type == "decision" and status in Decision.Status.values:
+        return worded(
+            gettext("%(object)s (%(status)s)"),
+            object=shown,
+            status=str(Decision.Status(status).label),
+        )
+    return shown

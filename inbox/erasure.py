@@ -226,11 +226,14 @@ def anonymise_user(user: Any, *, actor: Any) -> dict[str, int]:
     from django.contrib.admin.models import LogEntry
     from django.contrib.contenttypes.models import ContentType
 
+    from inbox.names import full_name
+
     pseudonym = account_pseudonym(user)
     names = {n.lower() for n in (user.get_username(), user.email) if n}
-    full_name = user.get_full_name().strip()
-    if full_name:
-        names.add(full_name.lower())
+    # Their name as the inbox writes it ("李娜", family name first), and in Django's order.
+    for written in (full_name(user.first_name, user.last_name), user.get_full_name().strip()):
+        if written:
+            names.add(written.lower())
     # The names and addresses it had before (`user_created`, `user_changed`): the trail keeps
     # them, and they were the person's as much as the current ones.
     names |= _former_names(user)

@@ -2761,6 +2761,11 @@ class Decision(models.Model):
             id=str(self.public_id),
         )
 
+    def audit_repr(self) -> str:
+        """What the audit trail calls the decision: the button and the public id, the same
+        whatever its status is then (the entry's details keep that, as a code: `status`)."""
+        return f"{self.action_title} · {self.public_id}"
+
     @property
     def action_title(self) -> str:
         """The chosen action as its button read ("Approve refund"), not its id."""
@@ -4245,9 +4250,9 @@ class AuditEntry(models.Model):
         indexes = [models.Index(fields=["object_type", "object_id"])]
 
     def __str__(self) -> str:
-        from inbox.audit_words import object_type_label, verb_label
+        from inbox.audit_words import object_label, object_type_label, verb_label
 
-        what = self.object_repr or f"{object_type_label(self.object_type)} {self.object_id}"
+        what = object_label(self) or f"{object_type_label(self.object_type)} {self.object_id}"
         return worded(
             gettext("%(actor)s · %(verb)s · %(object)s"),
             actor=self.actor_label or gettext("system"),
@@ -4342,15 +4347,28 @@ class AuditEntry(models.Model):
         run_public_id = _run_public_id(obj)
         if run_public_id is not None:
             details.setdefault("run", run_public_id)
+        # A decision's status then, as a code: the admin names it in its reader's language.
+        if isinstance(obj, Decision):
+            details.setdefault("status", obj.status)
         return cls(
             actor=actor,
             actor_label=label,
             verb=verb,
             object_type=obj._meta.model_name or type(obj).__name__.lower(),
             object_id=str(obj.pk),
-            object_repr=str(obj)[:255],
+            object_repr=_audit_repr(obj),
             details=details,
         )
+
+
+def _audit_repr(obj: models.Model) -> str:
+    """What an entry calls its object, the same whoever acted and in whichever language: written
+    with no language active (the inbox's own words in English, as the trail's codes are), and
+    from the object's `audit_repr` when it has one (a decision's leaves out its status, which
+    changes)."""
+    with translation.override(None):
+        audit_repr = getattr(obj, "audit_repr", None)
+        return str(audit_repr() if callable(audit_repr) else obj)[:255]
 
 
 def _run_public_id(obj: models.Model) -> str | None:

@@ -14,7 +14,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext, pgettext
 
 from inbox import forms, markdown, timefmt
-from inbox.names import display_name
+from inbox.names import display_name, full_name
 from inbox.reasons import sentence_gap, tightened
 
 register = template.Library()
@@ -46,6 +46,13 @@ def sentence_gap_tag() -> str:
 def display_name_filter(user: Any) -> str:
     """A person as the inbox names them (`inbox.names.display_name`): "张敏", "Alice Smith"."""
     return display_name(user)
+
+
+@register.filter(name="full_name")
+def full_name_filter(user: Any) -> str:
+    """A person's name as the inbox writes it (`inbox.names.full_name`: "张敏", "Alice Smith"),
+    "" when they gave none: for a page that shows their username beside it."""
+    return full_name(user.first_name, user.last_name) if user is not None else ""
 
 
 @register.filter

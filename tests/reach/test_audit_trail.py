@@ -18,10 +18,11 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import translation
 
 from inbox import notify
 from inbox.models import ApiToken, AuditEntry, Decision, Form, FormRecipient
-from tests.reach.conftest import FILE_DEFINITION, GUEST
+from tests.reach.conftest import FILE_DEFINITION, GUEST, GUEST_ZH
 from tests.reach.factories import make_form, route, user_change_data
 from tests.reach.test_admin import action
 
@@ -674,3 +675,45 @@ def test_a_reviewer_s_first_opening_of_a_form_is_in_the_trail_once(
         reviewer,
         admin_user,
     ]
+
+
+def test_an_entry_reads_the_same_whoever_acted_and_in_the_reader_s_language(
+    admin_client: Client, routed_form: Form
+) -> None:
+    """A Chinese guest's decision, and a form recorded while Chinese was active, are written in
+    no one's language: an English reader's list and export never show Chinese, and the status
+    the decision had then (kept as a code) is named in each reader's language."""
+    recipient = FormRecipient.objects.get(form=routed_form, email=GUEST_ZH)
+    link = notify.link_path(notify.link_token(recipient))
+    guest = Client(HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert '<html lang="zh-hans">' in guest.get(link).content.decode()
+    response = guest.post(
+        f"{link}decide", {"action": "approve", "in_note": "好", "in_receipt": RECEIPT}
+    )
+    assert response.status_code == 302
+    decision = Decision.objects.get(form=routed_form)
+    made = AuditEntry.objects.get(verb="decision_made")
+    assert made.actor_label == GUEST_ZH
+    assert made.object_repr == f"Approve · {decision.public_id}"
+    assert made.details["status"] == "queued"
+    with translation.override("zh-hans"):
+        resent = AuditEntry.record("form_emails_resent", routed_form)
+    assert resent.object_repr == f"Manager approval ({routed_form.public_id})"
+
+    english = admin_client.get("/admin/inbox/auditentry/").content.decode()
+    assert f"Approve · {decision.public_id} (Queued)" in english
+    # "Queued" in Chinese, and a full-width parenthesis: none in an English reader's list.
+    assert "\u6392\u961f\u4e2d" not in english and "\uff08" not in english
+    chinese = admin_client.get(
+        "/admin/inbox/auditentry/", HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert f"Approve · {decision.public_id}\uff08\u6392\u961f\u4e2d\uff09" in chinese
+
+    entries = list(AuditEntry.objects.order_by("id"))
+    exported = action(admin_client, "auditentry", "export_csv", [e.pk for e in entries])
+    rows = list(
+        csv.DictReader(io.StringIO(b"".join(exported.streaming_content).decode("utf-8-sig")))
+    )
+    objects = {row["verb"]: row["object"] for row in rows}
+    assert objects["decision_made"] == f"Approve · {decision.public_id}"
+    assert objects["form_emails_resent"] == f"Manager approval ({routed_form.public_id})"

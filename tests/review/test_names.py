@@ -7,8 +7,17 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import translation
 
+from inbox.accounts import password_reset_email
 from inbox.admin import ReassignForm
-from inbox.models import ApiToken, ClaimRefused, DifyApp, Form, FormRecipient, Route
+from inbox.models import (
+    ApiToken,
+    AuditEntry,
+    ClaimRefused,
+    DifyApp,
+    Form,
+    FormRecipient,
+    Route,
+)
 from inbox.names import chooser_label, display_name, full_name
 from inbox.notify import _handler
 from tests.review.conftest import make_form
@@ -173,3 +182,27 @@ def test_the_admins_searches_find_people_by_the_name_they_are_shown_by(
     users = client.get("/admin/auth/user/", {"q": "王芳"}).content.decode()
     assert f"/admin/auth/user/{wang.pk}/change/" in users
     assert f"/admin/auth/user/{lead.pk}/change/" not in users
+
+
+def test_the_anonymise_page_a_password_email_and_the_erasure_name_her_as_decisions_do(
+    client: Client, admin_user: User, dify_app: DifyApp
+) -> None:
+    """Li Na is 李娜 on the anonymise confirmation and in her password email, as her decisions
+    name her, never Django's "娜 李"; anonymising her takes 李娜 out of the trail's entries."""
+    lena = User.objects.create_user("lena", "lena@example.cn", first_name="娜", last_name="李")
+    form = make_form(dify_app)
+    decision = form.decide(action_id="approve", inputs={}, reviewer=lena)
+    assert decision.reviewer_name == "李娜"
+    noted = AuditEntry.record("form_reassigned", form, actor=admin_user, asked_by="李娜")
+
+    mail = password_reset_email(lena, "zh-hans")
+    assert "李娜" in mail.body and "娜 李" not in mail.body
+
+    client.force_login(admin_user)
+    data = {"action": "anonymise", "_selected_action": [str(lena.pk)]}
+    page = client.post("/admin/auth/user/", data).content.decode()
+    assert "This cannot be undone." in page
+    assert "<li>lena (李娜) → former-" in page and "娜 李" not in page
+    client.post("/admin/auth/user/", {**data, "confirm": "yes"})
+    noted.refresh_from_db()
+    assert noted.details["asked_by"] == f"former-{lena.pk}"
