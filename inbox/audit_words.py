@@ -50,6 +50,7 @@ VERB_LABELS: dict[str, Any] = {
     "form_submitted": _("Form submitted"),
     "form_expired": _("Form expired"),
     "form_answered_elsewhere": _("Form answered elsewhere"),
+    "form_answer_learnt": _("Answer given in Dify learnt"),
     "form_not_answerable": _("Form only answerable in Dify"),
     "form_failed": _("Form delivery failed"),
     "form_gone": _("Form gone from Dify"),

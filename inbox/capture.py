@@ -249,6 +249,24 @@ def _iso(value: dt.datetime | None) -> str:
     return (value or timezone.now()).isoformat()
 
 
+def node_outputs_info(outputs: Any) -> dict[str, Any] | None:
+    """What a Human Input node's `node_finished` outputs say of the answer that filled its form
+    (`__action_id`, `__rendered_content`, and the values under their names); None when they
+    name no action (a timeout's `__timeout`, a snapshot's empty outputs)."""
+    if not isinstance(outputs, dict):
+        return None
+    action = outputs.get("__action_id")
+    if not isinstance(action, str) or not action or action == "__timeout":
+        return None
+    rendered = outputs.get("__rendered_content")
+    return {
+        "filled_action_id": action[:64],
+        "filled_action_text": "",
+        "rendered_content": rendered if isinstance(rendered, str) else "",
+        "filled_data": {k: v for k, v in outputs.items() if not str(k).startswith("__")},
+    }
+
+
 def same_form(content: str, fields: HumanInputFields) -> bool:
     """Whether a form known only by its token is the form `fields` announces. GET form says
     nothing of a form's id, node or run, and a snapshot hands out a fresh token for each
@@ -526,7 +544,7 @@ class _Batch:
         finished = event.event.endswith(("_finished", "_completed", "_succeeded", "_failed"))
         outputs = data.get("outputs")
         if finished and isinstance(outputs, dict) and "__action_id" in outputs:
-            self.human_input_finished(event.node_id, outputs.get("__action_id"))
+            self.human_input_finished(event.node_id, outputs, _when(data.get("finished_at")))
         # Nodes inside an iteration or a loop would fill the timeline with one entry per pass;
         # the iteration's own events stand for them.
         if data.get("iteration_id") or data.get("loop_id"):
@@ -555,16 +573,46 @@ class _Batch:
                 item["text"] = whole
                 self.timeline_changed = True
 
-    def human_input_finished(self, node_id: str, action: Any) -> None:
+    def human_input_finished(
+        self, node_id: str, outputs: dict[str, Any], at: dt.datetime | None
+    ) -> None:
         """A Human Input node finished: its outputs name the action that filled its form
-        (`__action_id`), evidence for a decision of ours delivered by presumption (the fill
-        itself may never be seen). `__timeout` names none."""
+        (`__action_id`) and the values, evidence for a decision of ours delivered by
+        presumption (the fill itself may never be seen), and of how a form answered in Dify
+        was answered (`answer_learnt`), with when (the node's `finished_at`). `__timeout`
+        names none."""
         form = self.finished_form(node_id)
-        if form is None or not isinstance(action, str) or not action or action == "__timeout":
+        filled = node_outputs_info(outputs)
+        if form is None or filled is None:
             return
-        self.check_presumption(
-            form, {"filled_action_id": action, "filled_action_text": ""}, evidence="node_finished"
-        )
+        if form.status == "answered_elsewhere":
+            self.answer_learnt(form, filled, evidence="node_finished", at=at)
+            return
+        self.check_presumption(form, filled, evidence="node_finished")
+
+    def answer_learnt(
+        self, form: Form, filled: dict[str, Any], *, evidence: str, at: dt.datetime | None
+    ) -> None:
+        """Dify's events show how a form answered in Dify was answered (`Form.learn_answer`).
+        Where the inbox did not know how, and the form's last decision was refused by Dify as
+        come too late (`Decision.refused_as_answered`), that answer may be the decision itself,
+        delivered by an attempt this database never recorded: it is then corrected to
+        delivered (`Decision.correct_rejection`)."""
+        from inbox.models import Decision
+
+        unknown = not form.filled_action_id
+        fields = form.learn_answer(filled, evidence=evidence, source=self.source, at=at)
+        if fields:
+            form.save(update_fields=[*fields, "updated_at"])
+            self.progress()
+        if not unknown:
+            return
+        decision = Decision.refused_as_answered(form)
+        if decision is not None and decision.correct_rejection(
+            form, filled, evidence=evidence, source=self.source
+        ):
+            self.progress()
+            self.settle_timeline()
 
     def finished_form(self, node_id: str) -> Form | None:
         """The form a Human Input node's `node_finished` is about. Nothing Dify sends ties the
@@ -865,7 +913,23 @@ class _Batch:
         if f"form:{form.form_id}" in self.timeline_index:
             label = "answered" if status == Form.Status.ANSWERED_ELSEWHERE else "expired"
             self.entry(f"form:{form.form_id}", status=label)
+        if status == Form.Status.ANSWERED_ELSEWHERE:
+            self.evidence_wanted()
         self.progress()
+
+    def evidence_wanted(self) -> None:
+        """A form closed as answered in Dify without Dify saying how: the run's events, read
+        once more with a snapshot (the run followable for it, finished or not:
+        `Form.answer_unknown`), may show it where Dify replays them. Not asked by a follower's
+        own stream, which has just shown what it had."""
+        from inbox.models import request_follow
+
+        if self.source == "stream" or self.run.events_unavailable:
+            # A run whose events Dify shows to no one (started in its WebApp or console) has
+            # nothing to show either.
+            return
+        run_pk = self.run.pk
+        transaction.on_commit(lambda: request_follow(run_pk))
 
     def paused(self, event: WorkflowPaused) -> None:
         announced = [self.form_announced(r) for r in event.reasons if r.is_human_input or r.form_id]
@@ -931,6 +995,21 @@ class _Batch:
                 at=_iso(None),
             )
             return
+        if form.status == Form.Status.ANSWERED_ELSEWHERE:
+            # Closed here as answered in Dify (GET form said so), maybe without knowing how.
+            self.answer_learnt(
+                form,
+                {
+                    "filled_action_id": event.action_id,
+                    "filled_action_text": event.action_text,
+                    "rendered_content": event.rendered_content,
+                    "filled_data": event.submitted_data or {},
+                },
+                evidence="human_input_form_filled",
+                at=None if self.stream.from_start else timezone.now(),
+            )
+            self.fill_entries(form, key, event)
+            return
         updates: list[str] = []
         filled = {
             "rendered_content": event.rendered_content,
@@ -958,6 +1037,11 @@ class _Batch:
             # console). A decision of ours in flight (`submitting`) is settled by delivery.
             form.status = Form.Status.ANSWERED_ELSEWHERE
             updates.append("status")
+            if form.decided_at is None and not self.stream.from_start:
+                # Seen as it happened (a replay from the run's start shows it late: the node's
+                # `finished_at` says when).
+                form.decided_at = timezone.now()
+                updates.append("decided_at")
         if updates:
             form.save(update_fields=[*updates, "updated_at"])
             self.progress()
@@ -976,9 +1060,13 @@ class _Batch:
                     "filled_action_id": event.action_id,
                     "filled_action_text": event.action_text,
                     "rendered_content": event.rendered_content,
+                    "filled_data": event.submitted_data or {},
                 },
                 evidence="human_input_form_filled",
             )
+        self.fill_entries(form, key, event)
+
+    def fill_entries(self, form: Form, key: str, event: HumanInputFormFilled) -> None:
         # The pause's own entry says the run paused here; the answer is the entry below, at the
         # time it came (both saying "answered" read as two answers).
         self.entry(f"form:{form.form_id}", status="paused")
@@ -1004,7 +1092,7 @@ class _Batch:
             self._presumed[form.pk] = Decision.presumed_on(form)
         return self._presumed[form.pk]
 
-    def check_presumption(self, form: Form, filled: dict[str, str], *, evidence: str) -> None:
+    def check_presumption(self, form: Form, filled: dict[str, Any], *, evidence: str) -> None:
         """Dify's events name the action that filled a form: a decision of ours delivered by
         presumption is confirmed by it, or corrected (answered elsewhere) when it is another.
         Idempotent: a replay finds the presumption settled."""
@@ -1189,6 +1277,8 @@ class _Batch:
                 )
                 form.status = Form.Status.ANSWERED_ELSEWHERE if answered else Form.Status.EXPIRED
                 form.save(update_fields=["status", "updated_at"])
+                if answered:
+                    self.evidence_wanted()
                 AuditEntry.record(
                     f"form_{form.status}",
                     form,
@@ -1223,6 +1313,7 @@ class _Batch:
             if isinstance(checked, FormAlreadySubmitted):
                 form.status = Form.Status.ANSWERED_ELSEWHERE
                 why = f"GET form: {checked.code}"
+                self.evidence_wanted()
             else:
                 form.status = Form.Status.EXPIRED
                 why = reason

@@ -1144,18 +1144,24 @@ class Run(models.Model):
 
     def awaits_evidence(self) -> bool:
         """A decision on one of its forms was delivered by presumption and Dify's events have
-        not settled it yet (`Decision.unsettled_presumptions`)."""
-        return Decision.unsettled_presumptions().filter(form__run_id=self.pk).exists()
+        not settled it yet (`Decision.unsettled_presumptions`), or one of its forms was
+        answered in Dify with an action not known here (`Form.answer_unknown`)."""
+        return (
+            Decision.unsettled_presumptions().filter(form__run_id=self.pk).exists()
+            or Form.answer_unknown().filter(run_id=self.pk).exists()
+        )
 
     @staticmethod
     def evidence_awaited() -> Q:
         """`awaits_evidence`, as a condition on runs."""
-        return Q(Exists(Decision.unsettled_presumptions().filter(form__run_id=OuterRef("pk"))))
+        return Q(Exists(Decision.unsettled_presumptions().filter(form__run_id=OuterRef("pk")))) | Q(
+            Exists(Form.answer_unknown().filter(run_id=OuterRef("pk")))
+        )
 
     @classmethod
     def followable(cls) -> Q:
         """The runs a stream may still tell something: those not finished, and the finished
-        ones that await evidence of a presumed delivery (`awaits_evidence`)."""
+        ones that await evidence of whose answer Dify took (`awaits_evidence`)."""
         return ~Q(status__in=cls.FINAL_STATUSES) | cls.evidence_awaited()
 
     def request_follow(self, snapshot: bool = False) -> bool:
@@ -2455,6 +2461,56 @@ class Form(models.Model):
         except Exception as exc:
             _not_queued(exc, "form %s: check not queued", form_pk)
 
+    @classmethod
+    def answer_unknown(cls) -> models.QuerySet[Form]:
+        """Forms answered in Dify (not through this inbox) whose action Dify has not shown us
+        yet: their run's events, read once more, may still show it (a fill, or the Human Input
+        node's outputs, which newer Dify builds replay from the run's start)."""
+        return cls.objects.filter(status=cls.Status.ANSWERED_ELSEWHERE, filled_action_id="")
+
+    def learn_answer(
+        self, filled: dict[str, Any], *, evidence: str, source: str, at: dt.datetime | None = None
+    ) -> list[str]:
+        """Dify's events (`evidence`: a `human_input_form_filled`, the Human Input node's
+        `node_finished` outputs) show how this form, answered in Dify, was answered: its action
+        (id and title), the content with the values in place, the values, and (`at`) when.
+        Recorded where not known yet, on the object (the caller saves the fields returned),
+        and in the trail once the action is learnt. Call with the run's row locked."""
+        action_id = str(filled.get("filled_action_id") or "")[:64]
+        if self.status != Form.Status.ANSWERED_ELSEWHERE or not action_id:
+            return []
+        learnt = not self.filled_action_id
+        if self.filled_action_id and self.filled_action_id != action_id:
+            return []
+        fields: list[str] = []
+        values = {
+            "filled_action_id": action_id,
+            "filled_action_text": str(
+                filled.get("filled_action_text") or self.action_title(action_id)
+            )[:255],
+            "rendered_content": str(filled.get("rendered_content") or ""),
+        }
+        for name, value in values.items():
+            if value and not getattr(self, name):
+                setattr(self, name, value)
+                fields.append(name)
+        data = filled.get("filled_data")
+        if isinstance(data, dict) and data and not self.filled_data:
+            self.filled_data = data
+            fields.append("filled_data")
+        if at is not None and (self.decided_at is None or at < self.decided_at):
+            self.decided_at = at
+            fields.append("decided_at")
+        if learnt:
+            AuditEntry.record(
+                "form_answer_learnt",
+                self,
+                action=action_id,
+                evidence=evidence,
+                source=source,
+            )
+        return fields
+
     def close_in_dify(self, status: str, *, reason: str, source: str, **filled: str) -> bool:
         """Dify says this pending form is closed (answered there, or expired): record it.
 
@@ -2854,7 +2910,7 @@ class Decision(models.Model):
         return decision if decision is not None and decision.delivery_presumed else None
 
     def settle_presumption(
-        self, form: Form, filled: dict[str, str], *, evidence: str, source: str
+        self, form: Form, filled: dict[str, Any], *, evidence: str, source: str
     ) -> str:
         """Dify's events (`evidence`: a `human_input_form_filled`, the node's `node_finished`
         outputs) show which action filled the form of this decision, delivered by presumption.
@@ -2867,7 +2923,7 @@ class Decision(models.Model):
         action_id = filled.get("filled_action_id") or ""
         if not action_id or form.status != Form.Status.SUBMITTED:
             return ""
-        if action_id == self.action_id:
+        if self.matches_answer(filled):
             AuditEntry.record(
                 "delivery_confirmed",
                 self,
@@ -2936,6 +2992,117 @@ class Decision(models.Model):
             action_id,
         )
         return "corrected"
+
+    def matches_answer(self, filled: dict[str, Any]) -> bool:
+        """Whether the answer Dify's evidence shows filled the form (`filled_action_id`, and
+        `filled_data`: the values, where Dify carries them, in a fill's `submitted_data` or the
+        node's outputs) is this decision: the same action, and each text value this decision
+        sent the same where Dify shows it (files are not compared: Dify writes them its own
+        way)."""
+        if (filled.get("filled_action_id") or "") != self.action_id:
+            return False
+        data = filled.get("filled_data")
+        ours = self.inputs if isinstance(self.inputs, dict) else {}
+        if not isinstance(data, dict):
+            return True
+        for name, value in ours.items():
+            theirs = data.get(name)
+            if isinstance(value, str) and isinstance(theirs, str) and value != theirs:
+                return False
+        return True
+
+    @classmethod
+    def refused_as_answered(cls, form: Form) -> Decision | None:
+        """The form's last decision, when Dify refused it because the form had been answered
+        there already (412 `human_input_form_submitted`) while the inbox knew nothing of how:
+        Dify's events, read later, may show that the answer was this very decision (delivered
+        by an earlier attempt whose success was never recorded here: a database restored from
+        a backup taken while it was on its way). None otherwise."""
+        if form.status != Form.Status.ANSWERED_ELSEWHERE:
+            return None
+        decision = cls.objects.filter(form=form).order_by("-created_at", "-pk").first()
+        if decision is None or decision.status != cls.Status.REJECTED:
+            return None
+        refused = AuditEntry.objects.filter(
+            object_type="decision",
+            object_id=str(decision.pk),
+            verb="decision_rejected",
+            details__code="human_input_form_submitted",
+        ).exists()
+        return decision if refused else None
+
+    def correct_rejection(
+        self, form: Form, filled: dict[str, Any], *, evidence: str, source: str
+    ) -> bool:
+        """Dify's events show the form this decision was refused for (`refused_as_answered`)
+        was answered with this decision (`matches_answer`): it was delivered after all. The
+        decision becomes delivered, the form submitted with it, the trail says it was
+        corrected, and those already told the form was answered elsewhere are told anew how it
+        was decided (its maker is spared, as for any decision of theirs). Call with the run's
+        row locked (capture); `form` is updated in place. False when it does not match."""
+        if form.status != Form.Status.ANSWERED_ELSEWHERE or not self.matches_answer(filled):
+            return False
+        now = timezone.now()
+        updated = Decision.objects.filter(pk=self.pk, status=self.Status.REJECTED).update(
+            status=self.Status.DELIVERED,
+            last_error="",
+            last_error_parts={},
+            delivered_at=now,
+            updated_at=now,
+        )
+        if not updated:
+            return False
+        self.status, self.last_error, self.last_error_parts = self.Status.DELIVERED, "", {}
+        self.delivered_at = self.updated_at = now
+        previous = form.status
+        form.status = Form.Status.SUBMITTED
+        form.decided_at = self.created_at
+        form.filled_action_id = self.action_id
+        form.filled_action_text = str(
+            filled.get("filled_action_text") or form.action_title(self.action_id)
+        )[:255]
+        fields = ["status", "decided_at", "filled_action_id", "filled_action_text", "updated_at"]
+        if filled.get("rendered_content") and not form.rendered_content:
+            form.rendered_content = str(filled["rendered_content"])
+            fields.append("rendered_content")
+        data = filled.get("filled_data")
+        if isinstance(data, dict) and data and not form.filled_data:
+            form.filled_data = data
+            fields.append("filled_data")
+        form.updated_at = now
+        form.save(update_fields=fields)
+        AuditEntry.objects.bulk_create(
+            [
+                AuditEntry.build(
+                    "decision_delivered",
+                    self,
+                    form=form.pk,
+                    attempts=self.attempts,
+                    confirmed_by=evidence,
+                    corrected="answered elsewhere",
+                    source=source,
+                ),
+                AuditEntry.build(
+                    "form_submitted",
+                    form,
+                    decision=self.pk,
+                    previous=previous,
+                    reason="",
+                    source=source,
+                ),
+            ]
+        )
+        # Those told it was answered elsewhere are told how it was decided.
+        FormRecipient.objects.filter(form=form, closed_notice_at__isnull=False).update(
+            closed_notice_at=None, notice_attempts=0
+        )
+        logger.warning(
+            "decision %s: refused as answered elsewhere, but Dify's %s shows its own action "
+            "and values: recorded as delivered",
+            self.pk,
+            evidence,
+        )
+        return True
 
     def made_by(self, reviewer: Any, guest_email: str | None) -> bool:
         """Whether this decision is the reader's own: the same account, or, read as a guest
@@ -3383,7 +3550,7 @@ class Decision(models.Model):
         form_status: str,
         reason: str = "",
         verb: str,
-        filled: dict[str, str] | None = None,
+        filled: dict[str, Any] | None = None,
         presumed: bool = False,
         **details: Any,
     ) -> bool:
@@ -3402,7 +3569,8 @@ class Decision(models.Model):
                 return False
             if presumed and form.filled_action_id:
                 details["confirmed_by"] = "human_input_form_filled"
-                if form.filled_action_id != decision.action_id:
+                shown = {"filled_action_id": form.filled_action_id, "filled_data": form.filled_data}
+                if not decision.matches_answer(shown):
                     status, form_status = cls.Status.REJECTED, Form.Status.ANSWERED_ELSEWHERE
                     verb, details["code"] = "decision_rejected", "human_input_form_submitted"
                     reason = answered_elsewhere_reason(

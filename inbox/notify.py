@@ -591,13 +591,25 @@ def _sweep(now: dt.datetime, batch_size: int, counts: dict[str, int]) -> None:
     ).select_related("form__run__app")[:batch_size]:
         counts["reminders"] += _remind(recipient, now)
 
-    # Closing notices, and the notices of forms gone from the workflow.
-    closed = FormRecipient.objects.filter(
-        _free(now),
-        sent_at__isnull=False,
-        closed_notice_at__isnull=True,
-        form__status__in=ENDED_STATUSES,
-    ).select_related("form__run__app", "user")[:batch_size]
+    # Closing notices, and the notices of forms gone from the workflow. A form found answered
+    # in Dify without Dify saying how waits a little for the run's events, read once more: they
+    # may say how, or that the answer was a decision made here (`Decision.correct_rejection`),
+    # whose recipients are then told it was decided, not answered elsewhere.
+    hold = dt.timedelta(seconds=settings.INBOX_ELSEWHERE_NOTICE_HOLD_SECONDS)
+    closed = (
+        FormRecipient.objects.filter(
+            _free(now),
+            sent_at__isnull=False,
+            closed_notice_at__isnull=True,
+            form__status__in=ENDED_STATUSES,
+        )
+        .exclude(
+            form__status=Form.Status.ANSWERED_ELSEWHERE,
+            form__filled_action_id="",
+            form__updated_at__gt=now - hold,
+        )
+        .select_related("form__run__app", "user")[:batch_size]
+    )
     for recipient in closed:
         counts["notices"] += _notify_closed(recipient, now)
 

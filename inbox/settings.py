@@ -303,6 +303,12 @@ INBOX_RECONCILE_BATCH = env_int("INBOX_RECONCILE_BATCH", 100, minimum=1)
 # A reviewer opening a pending form's page asks Dify about it (GET form) at most this often, so a
 # form answered in Dify's own pages reads so within seconds. 0: on every opening.
 INBOX_CHECK_ON_VIEW_SECONDS = env_float("INBOX_CHECK_ON_VIEW_SECONDS", 60.0, minimum=0)
+# A form found answered in Dify without Dify saying how waits this long for the run's events
+# (read once more) before its closing notices go: they may show how it was answered, or that
+# the answer was a decision made here whose delivery this database never recorded.
+INBOX_ELSEWHERE_NOTICE_HOLD_SECONDS = env_float(
+    "INBOX_ELSEWHERE_NOTICE_HOLD_SECONDS", 120.0, minimum=0
+)
 
 # The follower (`manage.py follow`, inbox/follower.py): how many streams one process reads at
 # once, how often it looks for work, how long its lease on a run lasts (renewed every third of

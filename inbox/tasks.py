@@ -35,6 +35,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_noop
 
 from inbox.app_check import AppCheck, AppNotFound, check_app, learn_name, refused_before
+from inbox.capture import node_outputs_info
 from inbox.dify.client import DifyClient, EventStream
 from inbox.dify.errors import (
     DifyConnectionError,
@@ -638,7 +639,7 @@ def _after_error(decision: Decision, exc: DifyError, watch: EventStream | None) 
     ambiguous = not _never_sent(exc)
     if ambiguous and watch is not None:
         # The answer was lost; Dify's own event on the run says whether the submit landed.
-        filled = _filled_from_stream(watch, decision.form, stop_at_pending=False)
+        filled = _filled_from_stream(watch, decision.form)
         if filled is not None:
             return _settle_filled(decision, filled, confirmed_by="live events")
     retry_after = exc.retry_after if isinstance(exc, DifyStatusError) else None
@@ -783,36 +784,49 @@ def _filled_data(payload: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else payload
 
 
-def _filled_info(data: dict[str, Any]) -> dict[str, str]:
+def _filled_info(data: dict[str, Any]) -> dict[str, Any]:
+    """What a `human_input_form_filled` says of the answer, as the form records it."""
+    submitted = data.get("submitted_data")
     return {
         "filled_action_id": str(data.get("action_id") or ""),
         "filled_action_text": str(data.get("action_text") or "")[:255],
         "rendered_content": str(data.get("rendered_content") or ""),
+        "filled_data": submitted if isinstance(submitted, dict) else {},
     }
 
 
-def _filled_from_stream(
-    stream: EventStream, form: Form, *, stop_at_pending: bool
-) -> dict[str, str] | None:
+def _filled_from_stream(stream: EventStream, form: Form) -> dict[str, Any] | None:
     """Read a run's events (bounded in time) for the `human_input_form_filled` of this form's
-    node. `stop_at_pending`: a snapshot that replays this form as still pending ends the search."""
+    node, or the node's `node_finished` outputs naming the action (newer Dify builds replay
+    both from the run's start, this form's announcement and the pause on it first). The
+    evidence found is named under "evidence"."""
     deadline = time.monotonic() + float(settings.INBOX_DELIVERY_WATCH_SECONDS)
     # The form this stream last announced at the node: a fill names the node only, and one
     # that follows another form's announcement (a loop, replayed from the run's start) is that
-    # form's, not this one's.
+    # form's, not this one's; so are the node outputs that follow that fill.
     announced: str | None = None
+    other = False
     try:
         for event in stream:
             data = event.data or {}
+            ours = announced in (None, form.form_id) and not other
             if event.event == "human_input_form_filled":
                 if data.get("node_id") == form.node_id and data.get("action_id"):
-                    if announced in (None, form.form_id):
-                        return _filled_info(data)
-                    announced = None
+                    if ours:
+                        return {**_filled_info(data), "evidence": "human_input_form_filled"}
+                    announced, other = None, True
+            elif (
+                event.event == "node_finished"
+                and data.get("node_id") == form.node_id
+                and (found := node_outputs_info(data.get("outputs"))) is not None
+            ):
+                if ours:
+                    return {**found, "evidence": "node_finished"}
+                announced, other = None, False
             elif event.event == "human_input_required" and data.get("node_id") == form.node_id:
-                if stop_at_pending and data.get("form_id") == form.form_id:
-                    return None
-                announced = data.get("form_id")
+                announced, other = data.get("form_id"), False
+            elif event.event == "workflow_finished":
+                break
             if time.monotonic() > deadline:
                 break
     except DifyError as exc:
@@ -821,17 +835,21 @@ def _filled_from_stream(
     return None
 
 
-def _find_filled_event(decision: Decision) -> dict[str, str] | None:
+def _find_filled_event(decision: Decision) -> dict[str, Any] | None:
     """What Dify showed of the answer that filled the decision's form: the follower's record
-    on the form, a stored `human_input_form_filled` event, or (only when one of our earlier
-    attempts may have landed) the run's event stream read with a state snapshot (newer Dify
-    builds replay the retained event log there)."""
+    on the form, a stored `human_input_form_filled` event, or the run's event stream read with
+    a state snapshot (newer Dify builds replay the retained event log there: the fill, and the
+    Human Input node's outputs). Read even for a decision never known to have reached Dify: an
+    attempt whose success this database never recorded (one restored from a backup taken while
+    the decision was on its way) shows there as our own action and values."""
     form = Form.objects.select_related("run__app").get(pk=decision.form_id)
     if form.filled_action_id:
         return {
             "filled_action_id": form.filled_action_id,
             "filled_action_text": form.filled_action_text,
             "rendered_content": form.rendered_content,
+            "filled_data": form.filled_data if isinstance(form.filled_data, dict) else {},
+            "evidence": "human_input_form_filled",
         }
     # Events carry the node, not the form id. Capture stores a fill under the form it gave it
     # to (`filled:<form_id>:<action>`), or under the node when it knew no form there: this
@@ -849,24 +867,35 @@ def _find_filled_event(decision: Decision) -> dict[str, str] | None:
     for _key, payload in stored:
         data = _filled_data(payload)
         if data.get("node_id") == form.node_id and data.get("action_id"):
-            return _filled_info(data)
-    if not decision.maybe_applied or not form.run.workflow_run_id:
+            return {**_filled_info(data), "evidence": "human_input_form_filled"}
+    if not form.run.workflow_run_id:
         return None
     try:
+        # Past the pauses (a replayed log holds the pause on this very form before its fill),
+        # to the run's end or the time allowed: Dify said the form is answered, so none of them
+        # waits on it.
         stream = delivery_client(form.run.app).stream_events(
-            form.run.workflow_run_id, user=form.run.dify_user, include_state_snapshot=True
+            form.run.workflow_run_id,
+            user=form.run.dify_user,
+            include_state_snapshot=True,
+            continue_on_pause=True,
+            # What Dify replays comes at once: a silence (an older build's snapshot of a run
+            # paused further on) ends the read.
+            read_timeout=float(settings.INBOX_DELIVERY_WATCH_SECONDS),
         )
     except DifyError as exc:
         logger.info("decision %s: could not read the run's events: %s", decision.pk, exc)
         return None
     with stream:
-        return _filled_from_stream(stream, form, stop_at_pending=True)
+        return _filled_from_stream(stream, form)
 
 
-def _settle_filled(decision: Decision, filled: dict[str, str], *, confirmed_by: str) -> str:
-    """Dify's events show which action filled the form: ours (delivered) or another one."""
+def _settle_filled(decision: Decision, filled: dict[str, Any], *, confirmed_by: str) -> str:
+    """Dify's events show which answer filled the form: ours (our action, and our values where
+    Dify shows them: delivered) or another one (answered elsewhere)."""
     run_pk = decision.form.run_id
-    if filled["filled_action_id"] == decision.action_id:
+    filled = {k: v for k, v in filled.items() if k != "evidence"}
+    if decision.matches_answer(filled):
         Decision.finish(
             decision.pk,
             status=Decision.Status.DELIVERED,
@@ -880,7 +909,7 @@ def _settle_filled(decision: Decision, filled: dict[str, str], *, confirmed_by: 
     return _answered_elsewhere(decision, filled)
 
 
-def _answered_elsewhere(decision: Decision, filled: dict[str, str] | None) -> str:
+def _answered_elsewhere(decision: Decision, filled: dict[str, Any] | None) -> str:
     form = Form.objects.get(pk=decision.form_id)
     if filled is not None and filled["filled_action_id"]:
         reason = answered_elsewhere_reason(
@@ -910,12 +939,23 @@ def _settle_already_submitted(decision: Decision) -> str:
     (Dify replays no `human_input_form_filled` to a late reader, so a lost answer seen by nobody
     leaves no trace), the submit is presumed ours: the form closed within seconds of our own
     unanswered call, and the audit entry says it was presumed. Dify's events, once the
-    follower reads the run on, confirm it or correct it (`Decision.settle_presumption`)."""
+    follower reads the run on, confirm it or correct it (`Decision.settle_presumption`).
+
+    Dify's evidence naming exactly this decision (its action, and its values where Dify shows
+    them) settles it as delivered even when no attempt is known to have reached Dify: one did,
+    whose success this database never recorded (restored from a backup taken while the
+    decision was on its way). Without such evidence, a decision never known to have been sent
+    is refused as answered elsewhere (presuming it ours would hide a real answer given in
+    Dify); should the run's events show it later, the capture corrects it to delivered
+    (`Decision.correct_rejection`), and the notices of a form answered elsewhere wait a little
+    for them (`INBOX_ELSEWHERE_NOTICE_HOLD_SECONDS`)."""
     filled = _find_filled_event(decision)
-    if not decision.maybe_applied:
-        return _answered_elsewhere(decision, filled)
     if filled is not None:
-        return _settle_filled(decision, filled, confirmed_by="human_input_form_filled")
+        return _settle_filled(
+            decision, filled, confirmed_by=str(filled.get("evidence") or "human_input_form_filled")
+        )
+    if not decision.maybe_applied:
+        return _answered_elsewhere(decision, None)
     Decision.finish(
         decision.pk,
         status=Decision.Status.DELIVERED,

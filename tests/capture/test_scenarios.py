@@ -150,9 +150,11 @@ def test_a_form_answered_in_dify_before_our_decision_reads_so_on_the_timeline(
     no_stream_left(run)
     follower.stop()
     assert simulator.submit_elsewhere(form.form_id, "reject", {"decision_note": "No."})
+    # Ended before the decision is sent: the run's events (an older build's, which replay a
+    # finished run's end alone) cannot show the answer to the delivery's read either.
+    simulator.wait_for_status(run.workflow_run_id, "succeeded")
     decision = form.decide(action_id="approve", inputs=_filled(form), reviewer=reviewer)
     assert deliver_decision(decision.pk) == "answered_elsewhere"
-    simulator.wait_for_status(run.workflow_run_id, "succeeded")
     follower = FollowerThread("after-elsewhere").start()
     try:
         run = run_status(run, "succeeded")

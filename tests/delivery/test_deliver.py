@@ -143,8 +143,9 @@ def test_a_form_answered_in_dify_first_is_shown_as_answered_elsewhere(
     assert deliver_decision(decision.pk) == "answered_elsewhere"
     assert _state(decision) == ("rejected", "answered_elsewhere", 1)
     assert decision.last_error == "This form was answered in Dify before this decision arrived."
-    # Our first attempt cannot have landed, so no time is spent on a snapshot.
-    assert not dify.requests("GET", "/workflow/", query="include_state_snapshot")
+    # The run's events are read once for how it was answered (one read, bounded in time):
+    # they show nothing here, and a decision never known to have been sent is not presumed.
+    assert len(dify.requests("GET", "/workflow/", query="include_state_snapshot")) == 1
     assert Run.objects.get(pk=form.run_id).follow_snapshot
 
 

@@ -462,7 +462,7 @@ def test_actions_wait_for_required_choices_and_a_decision_elsewhere_closes_the_p
     # Someone decides elsewhere: the page says so by itself.
     Form.objects.filter(pk=form.pk).update(status=Form.Status.ANSWERED_ELSEWHERE, form_token="")
     page.wait_for_selector(".state-answered_elsewhere", timeout=15000)
-    assert "Answered elsewhere." in page.locator("#form-body").inner_text()
+    assert "Answered in Dify; which action is not known." in page.locator("#form-body").inner_text()
     # The header follows (no "Take this form", no "Expires in"), and a later redraw still finds
     # its places: htmx reports no out-of-band target missing.
     assert page.locator("#claim").inner_text() == ""

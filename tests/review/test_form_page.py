@@ -530,7 +530,7 @@ def test_an_expired_form_shows_blanks_and_a_failed_one_what_was_decided(
         last_error="This form was answered in Dify before this decision arrived.",
     )
     page = body(alice.get(f"/forms/{elsewhere.public_id}/").content.decode())
-    assert "Answered elsewhere." in page
+    assert "Answered in Dify; which action is not known." in page
     assert "Decided here, not delivered" in page and "Conditions: Fine by me." in page
     assert "Dify did not tell the inbox which action was taken" in page
 
@@ -593,14 +593,14 @@ def test_a_form_answered_elsewhere_reads_with_what_dify_said_was_submitted(
     )
     page = body(alice.get(f"/forms/{form.public_id}/").content.decode())
     assert "<p>Outcome: deny</p>" in page and "<p>Note:</p>" in page
-    assert "Action: <strong>Reject</strong>" in page and "did not tell the inbox" not in page
+    assert "Answered in Dify: Reject" in page and "did not tell the inbox" not in page
 
 
 def test_answered_elsewhere_and_not_answerable_and_failed(alice: Client, dify_app: DifyApp) -> None:
     elsewhere = make_form(
         dify_app, status=Form.Status.ANSWERED_ELSEWHERE, filled_action_text="Reject"
     )
-    assert "Answered elsewhere." in body(
+    assert "Answered in Dify: Reject" in body(
         alice.get(f"/forms/{elsewhere.public_id}/").content.decode()
     )
     email_only = make_form(dify_app, form_token="", approval_channels=["email"])
