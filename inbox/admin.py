@@ -321,6 +321,25 @@ class HealthFilter(admin.SimpleListFilter):
         return queryset
 
 
+def with_delete_confirmation_hook(actions: Any, hook: Any) -> dict[str, Any]:
+    """`actions` with Django's "delete selected" wrapped so that `hook(modeladmin, request,
+    queryset, context)` may add to its confirmation page's context. The hook runs only when
+    that page is shown, not after the deletion itself (which returns no page)."""
+    actions = dict(actions or {})
+    if "delete_selected" in actions:
+        func, name, description = actions["delete_selected"]
+
+        def delete_selected(modeladmin: Any, request: HttpRequest, queryset: Any) -> Any:
+            response = func(modeladmin, request, queryset)
+            data = getattr(response, "context_data", None)
+            if data is not None:
+                hook(modeladmin, request, queryset, data)
+            return response
+
+        actions["delete_selected"] = (delete_selected, name, description)
+    return actions
+
+
 class RefusedDeletionAdmin(admin.ModelAdmin):
     """Where deleting is refused by design (records hang on the object), the delete page says
     why and what to do instead, in place of Django's "your account doesn't have permission to
@@ -339,19 +358,11 @@ class RefusedDeletionAdmin(admin.ModelAdmin):
         return super().render_delete_form(request, context)
 
     def get_actions(self, request: HttpRequest) -> Any:
-        actions: dict[str, Any] = dict(super().get_actions(request) or {})
-        if "delete_selected" in actions:
-            func, name, description = actions["delete_selected"]
+        def refuse(modeladmin: Any, request: HttpRequest, queryset: Any, data: Any) -> None:
+            if data.get("perms_lacking") or data.get("protected"):
+                data["refusal"] = self.deletion_refusal(queryset)
 
-            def delete_selected(modeladmin: Any, request: HttpRequest, queryset: Any) -> Any:
-                response = func(modeladmin, request, queryset)
-                data = getattr(response, "context_data", None) or {}
-                if data.get("perms_lacking") or data.get("protected"):
-                    data["refusal"] = self.deletion_refusal(queryset)
-                return response
-
-            actions["delete_selected"] = (delete_selected, name, description)
-        return actions
+        return with_delete_confirmation_hook(super().get_actions(request), refuse)
 
 
 class AuditedAdmin(RefusedDeletionAdmin):
@@ -2667,24 +2678,15 @@ class GroupAdmin(  # type: ignore[misc]
         return super().render_delete_form(request, context)
 
     def get_actions(self, request: HttpRequest) -> Any:
-        actions: dict[str, Any] = dict(super().get_actions(request) or {})
-        if "delete_selected" in actions:
-            func, name, description = actions["delete_selected"]
+        def strand_ahead(modeladmin: Any, request: HttpRequest, queryset: Any, data: Any) -> None:
+            # What deleting the selected groups together would leave, as the page of one says.
+            if not (data.get("perms_lacking") or data.get("protected")):
+                groups = list(queryset)
+                Stranding(groups=groups).say(
+                    modeladmin, request, ahead=True, several=len(groups) > 1
+                )
 
-            def delete_selected(modeladmin: Any, request: HttpRequest, queryset: Any) -> Any:
-                response = func(modeladmin, request, queryset)
-                data = getattr(response, "context_data", None)
-                # Django's confirmation page (not the deletion, which returns None): what
-                # deleting the selected groups together would leave, as the page of one says.
-                if data is not None and not (data.get("perms_lacking") or data.get("protected")):
-                    groups = list(queryset)
-                    Stranding(groups=groups).say(
-                        modeladmin, request, ahead=True, several=len(groups) > 1
-                    )
-                return response
-
-            actions["delete_selected"] = (delete_selected, name, description)
-        return actions
+        return with_delete_confirmation_hook(super().get_actions(request), strand_ahead)
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         watch = Stranding(groups=[obj])

@@ -1362,27 +1362,25 @@ MAX_PAGE_SIZE = 100
 def _paging(request: HttpRequest, default_size: int) -> tuple[int, int]:
     """A list's `page` (from 1) and `page_size` (1 to MAX_PAGE_SIZE, `default_size` when not
     given), each refused by its name when it is no whole number in its range."""
-    raw_page = request.GET.get("page") or "1"
-    page = small_int(raw_page)
-    if page is None or page > MAX_PAGE:
-        raise _param_error(
-            "page",
-            gettext("'page' must be a whole number from 1 to %(max)d; got %(value)s.")
-            % {"max": MAX_PAGE, "value": repr(raw_page[:20])},
-            gettext("A whole number from 1 to %(max)d.") % {"max": MAX_PAGE},
-        )
+    page = _whole_number_param("page", request.GET.get("page") or "1", MAX_PAGE)
     raw_size = request.GET.get("page_size") or ""
     if not raw_size:
         return page, default_size
-    size = small_int(raw_size)
-    if size is None or size > MAX_PAGE_SIZE:
+    return page, _whole_number_param("page_size", raw_size, MAX_PAGE_SIZE)
+
+
+def _whole_number_param(name: str, raw: str, maximum: int) -> int:
+    """The query parameter `name` as a whole number from 1 to `maximum`, refused by its name
+    otherwise."""
+    value = small_int(raw)
+    if value is None or value > maximum:
         raise _param_error(
-            "page_size",
-            gettext("'page_size' must be a whole number from 1 to %(max)d; got %(value)s.")
-            % {"max": MAX_PAGE_SIZE, "value": repr(raw_size[:20])},
-            gettext("A whole number from 1 to %(max)d.") % {"max": MAX_PAGE_SIZE},
+            name,
+            gettext("'%(name)s' must be a whole number from 1 to %(max)d; got %(value)s.")
+            % {"name": name, "max": maximum, "value": repr(raw[:20])},
+            gettext("A whole number from 1 to %(max)d.") % {"max": maximum},
         )
-    return page, size
+    return value
 
 
 def _unknown_value(name: str, value: str, known: list[str]) -> ApiError:

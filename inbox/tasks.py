@@ -956,16 +956,23 @@ def _settle_already_submitted(decision: Decision) -> str:
         )
     if not decision.maybe_applied:
         return _answered_elsewhere(decision, None)
-    Decision.finish(
-        decision.pk,
+    presume_delivered(decision.pk)
+    request_follow(decision.form.run_id)
+    return "delivered"
+
+
+def presume_delivered(decision_pk: int) -> bool:
+    """Record a delivering decision as delivered by presumption: its earlier attempt's answer
+    was lost and Dify shows no other answer (`_settle_already_submitted`). False when the
+    decision was already settled (a duplicate task got there first)."""
+    return Decision.finish(
+        decision_pk,
         status=Decision.Status.DELIVERED,
         form_status=Form.Status.SUBMITTED,
         verb="decision_delivered",
         presumed=True,
         confirmed_by="presumed: an earlier attempt's answer was lost; Dify shows no other answer",
     )
-    request_follow(decision.form.run_id)
-    return "delivered"
 
 
 # Periodic (beat, every 30 s). Bounded by a batch and the time limit; the rest waits a tick.

@@ -817,6 +817,38 @@ def _keys(posts: list[str]) -> set[str]:
     }
 
 
+def _note_typed(
+    chromium: Any, live_server: Any, contexts: list[Any], app: DifyApp, user: User, **kw: Any
+) -> tuple[Form, Any]:
+    """A form with a note, open on `user`'s phone, NOTE typed in it."""
+    form = _note_form(app)
+    page = _phone(chromium, live_server, user, contexts, **kw)
+    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    page.locator("textarea[name=in_note]").fill(NOTE)
+    return form, page
+
+
+def _record_polls(page: Any) -> list[float]:
+    """When each of the page's polls was answered (time.monotonic()), from now on."""
+    polls: list[float] = []
+
+    def poll(route: Any) -> None:
+        route.continue_()
+        polls.append(time.monotonic())
+
+    page.route("**/live?*", poll)
+    return polls
+
+
+def _unavailable(route: Any, retry_after: str) -> None:
+    route.fulfill(
+        status=503,
+        headers={"Retry-After": retry_after},
+        content_type="text/html",
+        body="<h1>x</h1>",
+    )
+
+
 @pytest.mark.parametrize("language", ["en", "zh-hans"])
 def test_a_decision_edited_while_its_resend_after_a_503_waits_is_not_sent_by_itself(
     chromium: Any,
@@ -830,31 +862,20 @@ def test_a_decision_edited_while_its_resend_after_a_503_waits_is_not_sent_by_its
     again, the decision is not sent by itself at the next poll (that could send a note half
     typed under the action pressed for the old one), and the alert says so in those words,
     not that the connection dropped; the reviewer's tap sends what they see."""
-    form = _note_form(dify_app)
-    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
-    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    form, page = _note_typed(
+        chromium, live_server, browser_contexts, dify_app, reviewer, language=language
+    )
     note = page.locator("textarea[name=in_note]")
-    note.fill(NOTE)
     posts: list[str] = []
-    polls: list[float] = []
 
     def decide(route: Any) -> None:
         posts.append(route.request.post_data or "")
         if len(posts) == 1:
-            route.fulfill(
-                status=503,
-                headers={"Retry-After": "2"},
-                content_type="text/html",
-                body="<h1>x</h1>",
-            )
+            _unavailable(route, "2")
         else:
             route.continue_()
 
-    def poll(route: Any) -> None:
-        route.continue_()
-        polls.append(time.monotonic())
-
-    page.route("**/live?*", poll)
+    polls = _record_polls(page)
     page.route("**/decide", decide)
     page.get_by_role("button", name="Approve").tap()
     alert = page.locator("#request-error")
@@ -883,34 +904,21 @@ def test_a_decision_edited_while_its_resend_is_out_is_not_sent_again_by_itself(
 ) -> None:
     """Changed while the page's own resend is on its way, which the server answers 503 again:
     the page does not send the changed form by itself next time; it waits for the tap."""
-    form = _note_form(dify_app)
-    page = _phone(chromium, live_server, reviewer, browser_contexts)
-    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    form, page = _note_typed(chromium, live_server, browser_contexts, dify_app, reviewer)
     note = page.locator("textarea[name=in_note]")
-    note.fill(NOTE)
     posts: list[str] = []
     held: list[Any] = []
-    polls: list[float] = []
 
     def decide(route: Any) -> None:
         posts.append(route.request.post_data or "")
         if len(posts) == 1:
-            route.fulfill(
-                status=503,
-                headers={"Retry-After": "1"},
-                content_type="text/html",
-                body="<h1>x</h1>",
-            )
+            _unavailable(route, "1")
         elif len(posts) == 2:
             held.append(route)  # answered below, once the reviewer changed the form
         else:
             route.continue_()
 
-    def poll(route: Any) -> None:
-        route.continue_()
-        polls.append(time.monotonic())
-
-    page.route("**/live?*", poll)
+    polls = _record_polls(page)
     page.route("**/decide", decide)
     page.get_by_role("button", name="Approve").tap()
     alert = page.locator("#request-error")
@@ -921,9 +929,7 @@ def test_a_decision_edited_while_its_resend_is_out_is_not_sent_again_by_itself(
         page.wait_for_timeout(100)
     assert "note=Refund" in posts[1] and "apologise" not in posts[1]
     note.fill(NOTE + " And apologise.")
-    held[0].fulfill(
-        status=503, headers={"Retry-After": "1"}, content_type="text/html", body="<h1>x</h1>"
-    )
+    _unavailable(held[0], "1")
     alert.get_by_text(UNAVAILABLE_EDITED["en"]).wait_for(timeout=5000)
     _polls_after(page, polls, time.monotonic() + 1, 2)
     page.wait_for_timeout(300)
@@ -960,10 +966,9 @@ def test_a_500_gives_way_to_the_decision_the_poll_shows(
     """A 500 says to try again; once the poll shows the form decided (this very decision, which
     the server stored before it failed, or Bob's), the alert says so, by whom and with what,
     instead of inviting a try that can no longer be made."""
-    form = _note_form(dify_app)
-    page = _phone(chromium, live_server, reviewer, browser_contexts, language=language)
-    page.goto(f"{live_server.url}/forms/{form.public_id}/")
-    page.locator("textarea[name=in_note]").fill(NOTE)
+    form, page = _note_typed(
+        chromium, live_server, browser_contexts, dify_app, reviewer, language=language
+    )
     posts: list[str] = []
     held: list[Any] = []  # the polls, held until the 500 was said
 
@@ -1012,11 +1017,8 @@ def test_a_decision_edited_after_its_post_got_no_answer_says_so_and_waits_for_th
 ) -> None:
     """No answer in time (not a dropped connection): changed before it is sent again, the
     decision waits for the tap, and the alert still says the server did not answer."""
-    form = _note_form(dify_app)
-    page = _phone(chromium, live_server, reviewer, browser_contexts)
-    page.goto(f"{live_server.url}/forms/{form.public_id}/")
+    form, page = _note_typed(chromium, live_server, browser_contexts, dify_app, reviewer)
     note = page.locator("textarea[name=in_note]")
-    note.fill(NOTE)
     posts: list[str] = []
 
     def time_out_once(route: Any) -> None:
