@@ -94,6 +94,9 @@ MATRIX: dict[str, Endpoint] = {
     "api_run": Endpoint("GET", "401 ok hidden hidden 401 ok", api=True),
     "api_run_stop": Endpoint("POST", "401 denied hidden hidden 401 ok", {}, api=True),
     "api_ingest": Endpoint("POST", "401 denied denied denied 401 ok", {}, api=True),
+    # Every caller sees the list of apps; an app's start inputs need the start permission.
+    "api_apps": Endpoint("GET", "401 ok ok ok 401 ok", api=True),
+    "api_app": Endpoint("GET", "401 denied denied denied 401 ok", api=True),
 }
 
 
@@ -166,6 +169,8 @@ def build_url(name: str, persona: str, world: dict[str, Any]) -> str:
         kwargs["upload_id"] = upload.public_id
     if "app_id" in params:
         kwargs["app_id"] = world["app"].pk
+    if "name" in params:
+        kwargs["name"] = world["app"].name
     return reverse(name, kwargs=kwargs)
 
 
